@@ -1,0 +1,335 @@
+//! How decisions reach the daemon: the local unix socket (CLI, caller identified by SO_PEERCRED)
+//! and the HTTP endpoint for webhook receivers (caller identified by an HMAC signature).
+
+use std::{
+    net::SocketAddr,
+    os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, Path as UrlPath, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+};
+use tracing::warn;
+
+use crate::{
+    cgroups,
+    daemon::{DaemonError, Decider, DecisionFailure, Shared, user_name},
+    notify,
+    requests::{DecideError, Decision},
+};
+
+/// Signed HTTP decisions older (or further in the future) than this are refused.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+const MAX_BODY_BYTES: usize = 64 * 1024;
+const MAX_LOCAL_LINE: u64 = 64 * 1024;
+
+/// One call on the local socket: a JSON object on one line.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LocalCall {
+    Status,
+    List {
+        all: bool,
+    },
+    Decide {
+        id: String,
+        decision: Decision,
+        reason: Option<String>,
+    },
+}
+
+/// The answer: a JSON object on one line.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LocalReply {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl LocalReply {
+    fn data(value: impl Serialize) -> Self {
+        match serde_json::to_value(value) {
+            Ok(data) => Self {
+                ok: true,
+                data: Some(data),
+                error: None,
+            },
+            Err(error) => Self::error(error.to_string()),
+        }
+    }
+
+    fn error(message: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            data: None,
+            error: Some(message.into()),
+        }
+    }
+}
+
+pub struct LocalApi {
+    listener: UnixListener,
+    shared: Shared,
+}
+
+impl LocalApi {
+    /// Binds the socket, refusing to steal it from a daemon that is still running.
+    pub fn bind(path: &Path, shared: Shared) -> Result<Self, DaemonError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        if let Ok(metadata) = std::fs::symlink_metadata(path) {
+            if !metadata.file_type().is_socket() {
+                return Err(DaemonError::Api(format!(
+                    "{} exists and is not a socket",
+                    path.display()
+                )));
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(DaemonError::Api(format!(
+                    "another daemon is listening on {}",
+                    path.display()
+                )));
+            }
+            std::fs::remove_file(path)?;
+        }
+        let listener = UnixListener::bind(path)?;
+        // Anyone may connect; who may decide is checked per call from the peer's credentials.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+        Ok(Self { listener, shared })
+    }
+
+    pub async fn serve(self) -> std::io::Result<()> {
+        loop {
+            let (stream, _) = self.listener.accept().await?;
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                if let Err(error) = serve_local(stream, shared).await {
+                    warn!(%error, "local API connection");
+                }
+            });
+        }
+    }
+}
+
+/// The identity of a local caller, from the kernel rather than from anything it says.
+fn local_decider(stream: &UnixStream, agent_cgroups: &[PathBuf]) -> Result<Decider, String> {
+    let credentials = stream.peer_cred().map_err(|error| error.to_string())?;
+    let reviewer = user_name(credentials.uid())
+        .ok_or_else(|| format!("uid {} has no user name", credentials.uid()))?;
+    let pid = credentials
+        .pid()
+        .and_then(|pid| u32::try_from(pid).ok())
+        .ok_or("caller's pid unknown")?;
+    // If the caller's cgroup cannot be read, it is treated as an agent: fail closed.
+    let caller_is_agent = cgroups::of_process(pid)
+        .map(|cgroup| cgroups::is_within(&cgroup, agent_cgroups))
+        .unwrap_or(true);
+    Ok(Decider {
+        reviewer,
+        caller_is_agent,
+        channel: "cli",
+    })
+}
+
+async fn serve_local(mut stream: UnixStream, shared: Shared) -> std::io::Result<()> {
+    let mut line = String::new();
+    BufReader::new((&mut stream).take(MAX_LOCAL_LINE))
+        .read_line(&mut line)
+        .await?;
+    let reply = answer_local(&line, &stream, &shared);
+    let mut text = serde_json::to_string(&reply).unwrap_or_else(|_| "{\"ok\":false}".into());
+    text.push('\n');
+    stream.write_all(text.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+fn answer_local(line: &str, stream: &UnixStream, shared: &Shared) -> LocalReply {
+    let call: LocalCall = match serde_json::from_str(line.trim_end()) {
+        Ok(call) => call,
+        Err(error) => return LocalReply::error(format!("malformed call: {error}")),
+    };
+    match call {
+        LocalCall::Status => LocalReply::data(shared.lock().status()),
+        LocalCall::List { all } => LocalReply::data(shared.lock().list(all)),
+        LocalCall::Decide {
+            id,
+            decision,
+            reason,
+        } => {
+            let agent_cgroups = shared.lock().config().agent_cgroups.clone();
+            let decider = match local_decider(stream, &agent_cgroups) {
+                Ok(decider) => decider,
+                Err(error) => return LocalReply::error(format!("cannot identify caller: {error}")),
+            };
+            match shared.lock().decide(&id, decision, reason, &decider) {
+                Ok(request) => LocalReply::data(request),
+                Err(error) => LocalReply::error(error.to_string()),
+            }
+        }
+    }
+}
+
+/// Body of `POST /v1/requests/{id}/decision`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpDecision {
+    pub decision: Decision,
+    pub reviewer: String,
+    pub reason: Option<String>,
+}
+
+fn http_error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+/// Checks the timestamp and signature headers against every configured webhook secret.
+fn authenticate(headers: &HeaderMap, body: &[u8], secrets: &[String]) -> Result<(), String> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .ok_or_else(|| format!("missing {name} header"))
+    };
+    let timestamp: i64 = header(notify::TIMESTAMP_HEADER)?
+        .parse()
+        .map_err(|_| format!("{} is not a Unix time", notify::TIMESTAMP_HEADER))?;
+    let signature = header(notify::SIGNATURE_HEADER)?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if now.abs_diff(timestamp) > MAX_CLOCK_SKEW.as_secs() {
+        return Err("timestamp outside the allowed window".into());
+    }
+    // Every secret is tried so the time taken does not tell which one matched.
+    let matched = secrets.iter().fold(false, |matched, secret| {
+        notify::verify(secret.as_bytes(), timestamp, body, signature) | matched
+    });
+    if matched {
+        Ok(())
+    } else {
+        Err("bad signature".into())
+    }
+}
+
+async fn http_decide(
+    State(shared): State<Shared>,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let secrets: Vec<String> = shared
+        .lock()
+        .config()
+        .webhooks
+        .iter()
+        .map(|hook| hook.secret.clone())
+        .collect();
+    if let Err(error) = authenticate(&headers, &body, &secrets) {
+        return http_error(StatusCode::UNAUTHORIZED, error);
+    }
+    let call: HttpDecision = match serde_json::from_slice(&body) {
+        Ok(call) => call,
+        Err(error) => return http_error(StatusCode::BAD_REQUEST, format!("malformed body: {error}")),
+    };
+    let decider = Decider {
+        reviewer: call.reviewer,
+        caller_is_agent: false,
+        channel: "webhook",
+    };
+    let result = shared.lock().decide(&id, call.decision, call.reason, &decider);
+    match result {
+        Ok(request) => (StatusCode::OK, Json(request)).into_response(),
+        Err(error) => {
+            let status = match &error {
+                DecisionFailure::Refused(_) => StatusCode::FORBIDDEN,
+                DecisionFailure::Request(DecideError::NotFound(_)) => StatusCode::NOT_FOUND,
+                DecisionFailure::Request(DecideError::AlreadyDecided { .. }) => {
+                    StatusCode::CONFLICT
+                }
+                DecisionFailure::Request(DecideError::Expired(_)) => StatusCode::GONE,
+                DecisionFailure::Journal(_) | DecisionFailure::Kernel(_) => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            };
+            http_error(status, error.to_string())
+        }
+    }
+}
+
+async fn health() -> &'static str {
+    "ok\n"
+}
+
+pub fn http_router(shared: Shared) -> Router {
+    Router::new()
+        .route("/v1/requests/{id}/decision", post(http_decide))
+        .route("/v1/health", get(health))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(shared)
+}
+
+/// Binds the HTTP listener now (so a taken port fails start-up) and returns the server future.
+pub async fn bind_http(
+    addr: SocketAddr,
+    shared: Shared,
+) -> Result<impl std::future::Future<Output = Result<(), DaemonError>>, DaemonError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|error| DaemonError::Api(format!("cannot listen on {addr}: {error}")))?;
+    Ok(async move {
+        axum::serve(listener, http_router(shared))
+            .await
+            .map_err(DaemonError::from)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signed_headers(secret: &str, timestamp: i64, body: &[u8]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(notify::TIMESTAMP_HEADER, timestamp.to_string().parse().unwrap());
+        headers.insert(
+            notify::SIGNATURE_HEADER,
+            notify::sign(secret.as_bytes(), timestamp, body).parse().unwrap(),
+        );
+        headers
+    }
+
+    #[test]
+    fn authentication() {
+        let secrets = vec!["first-secret-0000".to_owned(), "second-secret-000".to_owned()];
+        let body = br#"{"decision":"approve","reviewer":"root"}"#;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        assert_eq!(authenticate(&signed_headers(&secrets[1], now, body), body, &secrets), Ok(()));
+        assert!(authenticate(&signed_headers("other-secret-0000", now, body), body, &secrets).is_err());
+        let stale = now - MAX_CLOCK_SKEW.as_secs() as i64 - 1;
+        assert!(authenticate(&signed_headers(&secrets[0], stale, body), body, &secrets).is_err());
+        assert!(authenticate(&HeaderMap::new(), body, &secrets).is_err());
+        // No webhook configured: nothing authenticates.
+        assert!(authenticate(&signed_headers(&secrets[0], now, body), body, &[]).is_err());
+    }
+
+    #[test]
+    fn local_calls_parse_strictly() {
+        let call: LocalCall =
+            serde_json::from_str(r#"{"op":"decide","id":"ab","decision":"deny","reason":null}"#)
+                .unwrap();
+        assert!(matches!(call, LocalCall::Decide { decision: Decision::Deny, .. }));
+        assert!(serde_json::from_str::<LocalCall>(r#"{"op":"decide","id":"ab","decision":"maybe","reason":null}"#).is_err());
+        assert!(serde_json::from_str::<LocalCall>(r#"{"op":"list","all":true,"x":1}"#).is_err());
+    }
+}

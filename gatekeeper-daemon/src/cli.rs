@@ -1,0 +1,219 @@
+//! The `gatekeeper` command line: the daemon itself, and the clients that talk to it.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::{Parser, Subcommand};
+
+use crate::{
+    api::{LocalCall, LocalReply},
+    config::{Config, ConfigError, DEFAULT_CONFIG, DEFAULT_SOCKET},
+    journal,
+    requests::{Decision, Request},
+};
+
+/// Exit code for a bad configuration or bad arguments.
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(name = "gatekeeper", version, about = "Kernel-enforced human approval for AI agents")]
+pub struct Cli {
+    /// Configuration file (the daemon's, and where clients find the socket).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The daemon's socket [default: the config's [daemon] socket, else /run/gatekeeper/api.sock].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the LSM programs and enforce until stopped.
+    Daemon,
+    /// Validate a configuration file without loading anything.
+    CheckConfig { file: PathBuf },
+    /// List pending approval requests.
+    Requests {
+        /// Include decided and expired requests.
+        #[arg(long)]
+        all: bool,
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a request: its agent's retry passes once.
+    Approve {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Deny a request.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Exit 0 only while the daemon is up and enforcing.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Audit journal tools.
+    Journal {
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JournalCommand {
+    /// Check the hash chain; exits non-zero naming the first bad record.
+    Verify { file: PathBuf },
+}
+
+/// Runs the parsed command line; errors are printed here, once, with the right exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("gatekeeper: {error:#}");
+            let usage = error.chain().any(|cause| cause.is::<ConfigError>());
+            ExitCode::from(if usage { EXIT_USAGE } else { 1 })
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Daemon => {
+            let path = cli.config.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG));
+            let config = Config::load(path)?;
+            let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
+            runtime.block_on(crate::daemon::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { file } => {
+            let config = Config::load(file)?;
+            println!(
+                "{}: ok ({} agent cgroups, {} protected binaries, {} webhooks)",
+                file.display(),
+                config.agent_cgroups.len(),
+                config.exec_rules.len(),
+                config.webhooks.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Journal {
+            command: JournalCommand::Verify { file },
+        } => {
+            let tail = journal::verify(file)?;
+            println!("{}: intact, {} records", file.display(), tail.records);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Requests { all, json } => {
+            let data = call(&cli, &LocalCall::List { all: *all })?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&data)?);
+            } else {
+                let requests: Vec<Request> = serde_json::from_value(data)?;
+                print_requests(&requests);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Approve { id, reason } => decide(&cli, id, Decision::Approve, reason),
+        Command::Deny { id, reason } => decide(&cli, id, Decision::Deny, reason),
+        Command::Status { json } => {
+            let data = call(&cli, &LocalCall::Status)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&data)?);
+            } else {
+                println!(
+                    "enforcing since {}: {} pending requests, {} denied, {} grants used, {} events dropped",
+                    data["since"].as_str().unwrap_or("?"),
+                    data["pending_requests"],
+                    data["denied"],
+                    data["grants_used"],
+                    data["events_dropped"]
+                );
+            }
+            if data["enforcing"] == true {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                bail!("the daemon is not enforcing")
+            }
+        }
+    }
+}
+
+fn decide(cli: &Cli, id: &str, decision: Decision, reason: &Option<String>) -> anyhow::Result<ExitCode> {
+    let data = call(
+        cli,
+        &LocalCall::Decide {
+            id: id.to_owned(),
+            decision,
+            reason: reason.clone(),
+        },
+    )?;
+    let request: Request = serde_json::from_value(data)?;
+    let verb = match decision {
+        Decision::Approve => "approved",
+        Decision::Deny => "denied",
+    };
+    println!("{verb} request {} ({} for {})", request.id, request.target, request.cgroup);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_requests(requests: &[Request]) {
+    println!("{:<13} {:<9} {:<5} {:<25} {:<30} TARGET", "ID", "STATE", "KIND", "CREATED", "CGROUP");
+    for request in requests {
+        let created = request
+            .created
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        println!(
+            "{:<13} {:<9} {:<5} {:<25} {:<30} {}",
+            request.id,
+            format!("{:?}", request.state).to_lowercase(),
+            format!("{:?}", request.kind).to_lowercase(),
+            created,
+            request.cgroup,
+            request.target
+        );
+    }
+}
+
+fn socket_path(cli: &Cli) -> anyhow::Result<PathBuf> {
+    if let Some(socket) = &cli.socket {
+        return Ok(socket.clone());
+    }
+    match &cli.config {
+        Some(path) => Ok(Config::load(path)?.socket),
+        None if Path::new(DEFAULT_CONFIG).exists() => Ok(Config::load(Path::new(DEFAULT_CONFIG))?.socket),
+        None => Ok(PathBuf::from(DEFAULT_SOCKET)),
+    }
+}
+
+/// One call on the daemon's socket.
+fn call(cli: &Cli, request: &LocalCall) -> anyhow::Result<serde_json::Value> {
+    let path = socket_path(cli)?;
+    let mut stream = UnixStream::connect(&path)
+        .with_context(|| format!("cannot reach the daemon at {}", path.display()))?;
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer)?;
+    let reply: LocalReply = serde_json::from_str(&answer)
+        .with_context(|| format!("unexpected answer from the daemon: {answer:?}"))?;
+    match (reply.ok, reply.data) {
+        (true, Some(data)) => Ok(data),
+        _ => Err(anyhow!(reply.error.unwrap_or_else(|| "refused".into()))),
+    }
+}

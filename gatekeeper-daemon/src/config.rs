@@ -1,0 +1,389 @@
+//! The TOML configuration: parsed strictly (unknown keys are errors), then validated against the
+//! host so that every problem is reported, naming its key, before anything is loaded.
+
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::cgroups;
+
+pub const DEFAULT_CONFIG: &str = "/etc/gatekeeper/config.toml";
+pub const DEFAULT_SOCKET: &str = "/run/gatekeeper/api.sock";
+const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+const DEFAULT_JOURNAL: &str = "/var/lib/gatekeeper/journal.jsonl";
+const DEFAULT_WEBHOOK_TIMEOUT: &str = "5s";
+const DEFAULT_WEBHOOK_ATTEMPTS: u32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {cause}")]
+    Read {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("invalid config {path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// A configuration that passed validation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub socket: PathBuf,
+    pub listen: Option<SocketAddr>,
+    pub journal: PathBuf,
+    pub agent_cgroups: Vec<PathBuf>,
+    pub exec_rules: Vec<ExecRule>,
+    pub reviewers: Vec<String>,
+    pub grant_ttl: Duration,
+    pub request_ttl: Duration,
+    pub webhooks: Vec<Webhook>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRule {
+    pub path: PathBuf,
+    pub name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub url: reqwest::Url,
+    pub secret: String,
+    pub timeout: Duration,
+    /// Delivery attempts before giving up (each one journaled).
+    pub attempts: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    daemon: RawDaemon,
+    agents: RawAgents,
+    #[serde(default)]
+    protect: RawProtect,
+    approval: RawApproval,
+    #[serde(default)]
+    webhook: Vec<RawWebhook>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    socket: Option<PathBuf>,
+    /// An empty string turns the HTTP listener off.
+    listen: Option<String>,
+    journal: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgents {
+    cgroups: Vec<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProtect {
+    #[serde(default)]
+    exec: Vec<RawExecRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExecRule {
+    path: PathBuf,
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApproval {
+    reviewers: Vec<String>,
+    grant_ttl: String,
+    request_ttl: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url: String,
+    secret: String,
+    timeout: Option<String>,
+    attempts: Option<u32>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+            path: path.to_owned(),
+            cause,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates `text`; `path` only names the file in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: error.to_string().trim_end().to_owned(),
+        })?;
+        Validator { path }.validate(raw)
+    }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn duration(&self, key: &str, text: &str) -> Result<Duration, ConfigError> {
+        let duration = humantime::parse_duration(text)
+            .map_err(|error| self.invalid(key, format!("bad duration {text:?}: {error}")))?;
+        if duration.is_zero() {
+            return Err(self.invalid(key, "must be longer than zero"));
+        }
+        Ok(duration)
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let listen = match raw.daemon.listen.as_deref() {
+            Some("") => None,
+            other => Some(
+                other
+                    .unwrap_or(DEFAULT_LISTEN)
+                    .parse::<SocketAddr>()
+                    .map_err(|error| self.invalid("daemon.listen", error.to_string()))?,
+            ),
+        };
+
+        if raw.agents.cgroups.is_empty() {
+            return Err(self.invalid("agents.cgroups", "at least one agent cgroup is required"));
+        }
+        for (index, cgroup) in raw.agents.cgroups.iter().enumerate() {
+            cgroups::check_cgroup_dir(cgroup).map_err(|error| {
+                self.invalid(format!("agents.cgroups[{index}]"), error.to_string())
+            })?;
+        }
+
+        let mut exec_rules = Vec::new();
+        let mut seen = HashSet::new();
+        for (index, rule) in raw.protect.exec.into_iter().enumerate() {
+            let key = format!("protect.exec[{index}].path");
+            if !rule.path.is_absolute() {
+                return Err(self.invalid(key, "must be an absolute path"));
+            }
+            let metadata = std::fs::metadata(&rule.path)
+                .map_err(|error| self.invalid(&key, format!("{}: {error}", rule.path.display())))?;
+            if !metadata.is_file() {
+                return Err(self.invalid(&key, format!("{} is not a file", rule.path.display())));
+            }
+            if !seen.insert(rule.path.clone()) {
+                return Err(self.invalid(&key, format!("{} is listed twice", rule.path.display())));
+            }
+            let name = rule
+                .name
+                .unwrap_or_else(|| rule.path.display().to_string());
+            exec_rules.push(ExecRule {
+                path: rule.path,
+                name,
+            });
+        }
+
+        if raw.approval.reviewers.is_empty() {
+            return Err(self.invalid("approval.reviewers", "at least one reviewer is required"));
+        }
+        if let Some(bad) = raw.approval.reviewers.iter().find(|name| name.trim().is_empty()) {
+            return Err(self.invalid("approval.reviewers", format!("empty name {bad:?}")));
+        }
+        let grant_ttl = self.duration("approval.grant_ttl", &raw.approval.grant_ttl)?;
+        let request_ttl = self.duration("approval.request_ttl", &raw.approval.request_ttl)?;
+
+        let mut webhooks = Vec::new();
+        for (index, hook) in raw.webhook.into_iter().enumerate() {
+            let key = |field: &str| format!("webhook[{index}].{field}");
+            let url = reqwest::Url::parse(&hook.url)
+                .map_err(|error| self.invalid(key("url"), format!("{:?}: {error}", hook.url)))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(self.invalid(key("url"), "must be an http or https URL"));
+            }
+            if hook.secret.len() < 16 {
+                return Err(self.invalid(key("secret"), "must be at least 16 characters"));
+            }
+            let timeout = self.duration(
+                &key("timeout"),
+                hook.timeout.as_deref().unwrap_or(DEFAULT_WEBHOOK_TIMEOUT),
+            )?;
+            let attempts = hook.attempts.unwrap_or(DEFAULT_WEBHOOK_ATTEMPTS);
+            if !(1..=20).contains(&attempts) {
+                return Err(self.invalid(key("attempts"), "must be between 1 and 20"));
+            }
+            webhooks.push(Webhook {
+                url,
+                secret: hook.secret,
+                timeout,
+                attempts,
+            });
+        }
+
+        Ok(Config {
+            path: self.path.to_owned(),
+            socket: raw
+                .daemon
+                .socket
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
+            listen,
+            journal: raw
+                .daemon
+                .journal
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_JOURNAL)),
+            agent_cgroups: raw.agents.cgroups,
+            exec_rules,
+            reviewers: raw.approval.reviewers,
+            grant_ttl,
+            request_ttl,
+            webhooks,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config whose host-dependent parts (cgroup, protected file) point at things that exist on
+    /// any Linux host with cgroup v2.
+    fn config_text(extra: &str) -> String {
+        let cgroup = cgroups::mount_point().expect("cgroup v2 mounted");
+        format!(
+            r#"
+[agents]
+cgroups = ["{}"]
+[[protect.exec]]
+path = "/bin/sh"
+name = "shell"
+[approval]
+reviewers = ["root"]
+grant_ttl = "60s"
+request_ttl = "15m"
+{extra}
+"#,
+            cgroup.display()
+        )
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("test.toml"), text)
+    }
+
+    fn error_of(text: &str) -> String {
+        match parse(text) {
+            Ok(_) => panic!("config was accepted:\n{text}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn valid_config_has_defaults() {
+        let config = parse(&config_text(
+            "[[webhook]]\nurl = \"http://127.0.0.1:9000/hook\"\nsecret = \"0123456789abcdef\"",
+        ))
+        .expect("valid config");
+        assert_eq!(config.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(config.grant_ttl, Duration::from_secs(60));
+        assert_eq!(config.request_ttl, Duration::from_secs(15 * 60));
+        assert_eq!(config.exec_rules[0].name, "shell");
+        assert_eq!(config.webhooks[0].attempts, DEFAULT_WEBHOOK_ATTEMPTS);
+        assert_eq!(config.listen, Some(DEFAULT_LISTEN.parse().unwrap()));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let error = error_of(&config_text("[daemon]\nsockett = \"/x\""));
+        assert!(error.contains("sockett"), "{error}");
+    }
+
+    #[test]
+    fn syntax_error_is_reported() {
+        let error = error_of("[agents\ncgroups = []");
+        assert!(error.starts_with("invalid config test.toml"), "{error}");
+    }
+
+    #[test]
+    fn bad_duration_names_key() {
+        let text = config_text("").replace("\"60s\"", "\"sixty\"");
+        let error = error_of(&text);
+        assert!(error.contains("approval.grant_ttl"), "{error}");
+        let error = error_of(&config_text("").replace("\"15m\"", "\"0s\""));
+        assert!(error.contains("approval.request_ttl"), "{error}");
+    }
+
+    #[test]
+    fn missing_protected_path_names_key() {
+        let text = config_text("").replace("/bin/sh", "/nonexistent/gatekeeper-test");
+        let error = error_of(&text);
+        assert!(error.contains("protect.exec[0].path"), "{error}");
+    }
+
+    #[test]
+    fn relative_protected_path_refused() {
+        let error = error_of(&config_text("").replace("/bin/sh", "bin/sh"));
+        assert!(error.contains("protect.exec[0].path"), "{error}");
+    }
+
+    #[test]
+    fn unreadable_cgroup_names_key() {
+        let mount = cgroups::mount_point().expect("cgroup v2 mounted");
+        let mount = mount.display().to_string();
+        let text = config_text("").replace(&mount, "/nonexistent/cgroup");
+        let error = error_of(&text);
+        assert!(error.contains("agents.cgroups[0]"), "{error}");
+        // A directory that is not a cgroup.
+        let error = error_of(&config_text("").replace(&mount, "/proc"));
+        assert!(error.contains("agents.cgroups[0]"), "{error}");
+    }
+
+    #[test]
+    fn webhook_checks_name_keys() {
+        let error = error_of(&config_text(
+            "[[webhook]]\nurl = \"not a url\"\nsecret = \"0123456789abcdef\"",
+        ));
+        assert!(error.contains("webhook[0].url"), "{error}");
+        let error = error_of(&config_text(
+            "[[webhook]]\nurl = \"http://127.0.0.1:1/\"\nsecret = \"short\"",
+        ));
+        assert!(error.contains("webhook[0].secret"), "{error}");
+    }
+
+    #[test]
+    fn empty_reviewers_refused() {
+        let error = error_of(&config_text("").replace("[\"root\"]", "[]"));
+        assert!(error.contains("approval.reviewers"), "{error}");
+    }
+
+    #[test]
+    fn bad_listen_address_names_key() {
+        let error = error_of(&config_text("[daemon]\nlisten = \"nowhere\""));
+        assert!(error.contains("daemon.listen"), "{error}");
+    }
+}

@@ -1,0 +1,650 @@
+//! The running daemon: kernel event -> request -> notification -> decision -> grant -> journal.
+//!
+//! `Engine` holds the state behind one lock, so that a decision is checked, journaled and turned
+//! into a grant as one step; the tasks around it only move data in and out.
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt as _,
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use aya::maps::MapError;
+use gatekeeper_common::{Counter, EventKind, GrantKey, GrantValue, Target};
+use serde::Serialize;
+use time::OffsetDateTime;
+use tracing::{error, info, warn};
+
+use crate::{
+    cgroups,
+    config::Config,
+    events::{EventReader, KernelEvent},
+    journal::{Journal, JournalError, JournalEvent},
+    loader::{Kernel, LoaderError},
+    notify,
+    requests::{
+        Admission, DecideError, Decision, DecisionInfo, Denial, Kind, Parent, Process, Refusal,
+        Request, Requests, authorize_reviewer,
+    },
+};
+
+/// How often protected paths are checked for replacement (the promise is within 2 s).
+const PROTECT_REFRESH: Duration = Duration::from_millis(500);
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+/// How long after its expiry a consumed grant waits for its event before it is journaled as used
+/// without one.
+const USED_EVENT_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("agent cgroup {path}: {cause}")]
+    AgentCgroup {
+        path: PathBuf,
+        cause: cgroups::CgroupError,
+    },
+    #[error("protected path {path}: {cause}")]
+    ProtectedPath {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("kernel map: {0}")]
+    Map(#[from] MapError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("API: {0}")]
+    Api(String),
+}
+
+/// Why a decision was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum DecisionFailure {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Request(#[from] DecideError),
+    #[error("the decision could not be recorded: {0}")]
+    Journal(#[from] JournalError),
+    #[error("the grant could not reach the kernel: {0}")]
+    Kernel(#[from] MapError),
+}
+
+/// Where a decision comes from.
+pub struct Decider {
+    pub reviewer: String,
+    pub caller_is_agent: bool,
+    pub channel: &'static str,
+}
+
+struct ProtectedPath {
+    path: PathBuf,
+    name: String,
+    current: Option<Target>,
+}
+
+struct Grant {
+    request_id: String,
+    key: GrantKey,
+    expires_boot_ns: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub enforcing: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
+    pub pid: u32,
+    pub pending_requests: usize,
+    pub active_grants: usize,
+    pub denied: u64,
+    pub grants_used: u64,
+    pub events_dropped: u64,
+    pub protected: Vec<ProtectedStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProtectedStatus {
+    pub name: String,
+    pub path: String,
+    pub dev: Option<u32>,
+    pub ino: Option<u64>,
+}
+
+pub struct Engine {
+    config: Arc<Config>,
+    kernel: Kernel,
+    journal: Journal,
+    requests: Requests,
+    grants: HashMap<u64, Grant>,
+    protected: Vec<ProtectedPath>,
+    since: OffsetDateTime,
+}
+
+/// The kernel's `dev_t` encoding (major << 20 | minor) of a userspace `st_dev`.
+pub fn kernel_dev(st_dev: u64) -> u32 {
+    (libc::major(st_dev) << 20) | libc::minor(st_dev)
+}
+
+fn exec_target_of(path: &std::path::Path) -> std::io::Result<Target> {
+    let metadata = std::fs::metadata(path)?;
+    Ok(Target::exec(kernel_dev(metadata.dev()), metadata.ino()))
+}
+
+/// CLOCK_BOOTTIME, the clock the kernel program checks grant expiry against.
+fn boot_time_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|now| now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64)
+        // CLOCK_BOOTTIME exists on every kernel with BPF LSM; treat failure as "far future" so
+        // nothing is expired early: the kernel still enforces the real expiry.
+        .unwrap_or(0)
+}
+
+pub fn user_name(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(uid.into())
+        .ok()
+        .flatten()
+        .map(|user| user.name)
+}
+
+/// What /proc still tells about the process that was denied.
+fn describe_process(event: &KernelEvent) -> Process {
+    let proc_dir = PathBuf::from(format!("/proc/{}", event.pid));
+    let argv = std::fs::read(proc_dir.join("cmdline")).ok().map(|raw| {
+        raw.split(|byte| *byte == 0)
+            .filter(|arg| !arg.is_empty())
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .collect()
+    });
+    let parent = std::fs::read_to_string(proc_dir.join("stat"))
+        .ok()
+        .and_then(|stat| {
+            // The command name may hold spaces and parentheses; fields resume after the last ')'.
+            let (_, rest) = stat.rsplit_once(')')?;
+            rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+        })
+        .map(|pid| Parent {
+            pid,
+            comm: std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .ok()
+                .map(|comm| comm.trim_end().to_owned()),
+        });
+    Process {
+        pid: event.pid,
+        tgid: event.tgid,
+        uid: event.uid,
+        user: user_name(event.uid),
+        comm: event.comm.clone(),
+        argv,
+        parent,
+    }
+}
+
+impl Engine {
+    /// Opens the journal, loads the programs, fills the maps and only then attaches.
+    pub fn start(config: Arc<Config>) -> Result<Self, DaemonError> {
+        let journal = Journal::open(&config.journal)?;
+        let mut kernel = Kernel::load()?;
+        for path in &config.agent_cgroups {
+            let id = cgroups::id_of(path).map_err(|cause| DaemonError::AgentCgroup {
+                path: path.clone(),
+                cause,
+            })?;
+            kernel.agents.insert(id, 1, 0)?;
+        }
+        let mut protected = Vec::new();
+        for (index, rule) in config.exec_rules.iter().enumerate() {
+            let target =
+                exec_target_of(&rule.path).map_err(|cause| DaemonError::ProtectedPath {
+                    path: rule.path.clone(),
+                    cause,
+                })?;
+            kernel.protected.insert(target, index as u32, 0)?;
+            protected.push(ProtectedPath {
+                path: rule.path.clone(),
+                name: rule.name.clone(),
+                current: Some(target),
+            });
+        }
+        kernel.attach()?;
+        let mut engine = Self {
+            requests: Requests::new(config.request_ttl),
+            config,
+            kernel,
+            journal,
+            grants: HashMap::new(),
+            protected,
+            since: OffsetDateTime::now_utc(),
+        };
+        let kernel_release = nix::sys::utsname::uname()
+            .map(|uts| uts.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        engine.journal.append(&JournalEvent::DaemonStarted {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            kernel: kernel_release,
+        })?;
+        Ok(engine)
+    }
+
+    fn record(&mut self, event: JournalEvent) {
+        if let Err(error) = self.journal.append(&event) {
+            error!(%error, ?event, "journal write failed");
+        }
+    }
+
+    fn rule_name(&self, target: &Target) -> Option<&str> {
+        self.protected
+            .iter()
+            .find(|rule| rule.current.as_ref() == Some(target))
+            .map(|rule| rule.name.as_str())
+    }
+
+    /// Handles one kernel event; returns a request that is new and must go to reviewers.
+    pub fn on_kernel_event(&mut self, event: KernelEvent) -> Option<Request> {
+        match event.kind {
+            EventKind::Denied => {
+                let process = describe_process(&event);
+                let cgroup = cgroups::find_by_id(&self.config.agent_cgroups, event.cgroup_id)
+                    .map(|path| path.display().to_string())
+                    .unwrap_or_else(|| format!("cgroup id {}", event.cgroup_id));
+                let denial = Denial {
+                    kind: Kind::Exec,
+                    rule: self
+                        .rule_name(&event.target)
+                        .unwrap_or("protected binary")
+                        .to_owned(),
+                    target: event.filename,
+                    target_key: event.target,
+                    cgroup,
+                    cgroup_id: event.cgroup_id,
+                    process,
+                };
+                match self.requests.on_denial(denial, OffsetDateTime::now_utc()) {
+                    Admission::New(request) => {
+                        let request = request.clone();
+                        info!(id = %request.id, target = %request.target, cgroup = %request.cgroup, "approval requested");
+                        self.record(JournalEvent::RequestCreated {
+                            request: Box::new(request.clone()),
+                        });
+                        Some(request)
+                    }
+                    Admission::Joined(_) => None,
+                }
+            }
+            EventKind::GrantUsed => {
+                if let Some(grant) = self.grants.remove(&event.grant_id) {
+                    info!(grant = event.grant_id, pid = event.pid, "grant used");
+                    self.record(JournalEvent::GrantUsed {
+                        grant_id: event.grant_id,
+                        request_id: grant.request_id,
+                        pid: Some(event.pid),
+                    });
+                } else {
+                    warn!(grant = event.grant_id, "kernel used a grant the daemon does not know");
+                }
+                None
+            }
+        }
+    }
+
+    /// Decides request `id`: authorised, checked, journaled durably, then granted in the kernel.
+    pub fn decide(
+        &mut self,
+        id: &str,
+        decision: Decision,
+        reason: Option<String>,
+        decider: &Decider,
+    ) -> Result<Request, DecisionFailure> {
+        let refuse = |engine: &mut Self, why: String| {
+            engine.record(JournalEvent::DecisionRefused {
+                request_id: id.to_owned(),
+                reviewer: Some(decider.reviewer.clone()),
+                channel: decider.channel.to_owned(),
+                why,
+            });
+        };
+        if let Err(refusal) = authorize_reviewer(
+            &self.config.reviewers,
+            &decider.reviewer,
+            decider.caller_is_agent,
+        ) {
+            refuse(self, refusal.to_string());
+            return Err(refusal.into());
+        }
+        let now = OffsetDateTime::now_utc();
+        if let Err(error) = self.requests.check_decidable(id, now) {
+            if !matches!(error, DecideError::NotFound(_)) {
+                refuse(self, error.to_string());
+            }
+            return Err(error.into());
+        }
+        self.journal.append(&JournalEvent::Decision {
+            request_id: id.to_owned(),
+            decision,
+            reviewer: decider.reviewer.clone(),
+            reason: reason.clone(),
+            channel: decider.channel.to_owned(),
+        })?;
+        let request = self
+            .requests
+            .decide(
+                id,
+                DecisionInfo {
+                    decision,
+                    reviewer: decider.reviewer.clone(),
+                    reason,
+                    channel: decider.channel.to_owned(),
+                    at: now,
+                },
+            )?
+            .clone();
+        info!(id, ?decision, reviewer = %decider.reviewer, "decided");
+        if decision == Decision::Approve {
+            self.issue_grant(&request)?;
+        }
+        Ok(self.requests.get(id).cloned().unwrap_or(request))
+    }
+
+    fn issue_grant(&mut self, request: &Request) -> Result<(), DecisionFailure> {
+        let key = GrantKey {
+            cgroup_id: request.cgroup_id,
+            target: request.target_key,
+        };
+        // A grant for the same key still in the table was already dead in the kernel (else the
+        // denial behind this request could not have happened); the new one replaces it.
+        let replaced: Vec<u64> = self
+            .grants
+            .iter()
+            .filter(|(_, grant)| grant.key == key)
+            .map(|(id, _)| *id)
+            .collect();
+        for grant_id in replaced {
+            if let Some(old) = self.grants.remove(&grant_id) {
+                self.record(JournalEvent::GrantExpired {
+                    grant_id,
+                    request_id: old.request_id,
+                });
+            }
+        }
+        let mut id_bytes = [0u8; 8];
+        let grant_id = match getrandom::fill(&mut id_bytes) {
+            Ok(()) => u64::from_le_bytes(id_bytes) >> 1,
+            Err(_) => OffsetDateTime::now_utc().unix_timestamp_nanos() as u64,
+        };
+        let ttl = self.config.grant_ttl;
+        let expires_boot_ns = boot_time_ns().saturating_add(ttl.as_nanos() as u64);
+        self.journal.append(&JournalEvent::GrantIssued {
+            grant_id,
+            request_id: request.id.clone(),
+            expires: OffsetDateTime::now_utc() + ttl,
+        })?;
+        self.kernel.grants.insert(
+            key,
+            GrantValue {
+                expires_boot_ns,
+                grant_id,
+            },
+            0,
+        )?;
+        self.grants.insert(
+            grant_id,
+            Grant {
+                request_id: request.id.clone(),
+                key,
+                expires_boot_ns,
+            },
+        );
+        self.requests.attach_grant(&request.id, grant_id);
+        Ok(())
+    }
+
+    /// Expires requests and grants whose time is up.
+    pub fn sweep(&mut self) {
+        for request_id in self.requests.expire_due(OffsetDateTime::now_utc()) {
+            info!(id = %request_id, "request expired");
+            self.record(JournalEvent::RequestExpired { request_id });
+        }
+        let now = boot_time_ns();
+        let due: Vec<u64> = self
+            .grants
+            .iter()
+            .filter(|(_, grant)| now >= grant.expires_boot_ns)
+            .map(|(id, _)| *id)
+            .collect();
+        for grant_id in due {
+            let Some(grant) = self.grants.get(&grant_id) else {
+                continue;
+            };
+            let in_kernel = self.kernel.grants.get(&grant.key, 0).ok();
+            let event = match in_kernel {
+                // Still there, so unused: the kernel refuses it from now on; tidy it away.
+                Some(value) if value.grant_id == grant_id => {
+                    if let Err(error) = self.kernel.grants.remove(&grant.key) {
+                        warn!(%error, grant_id, "cannot remove expired grant");
+                    }
+                    JournalEvent::GrantExpired {
+                        grant_id,
+                        request_id: grant.request_id.clone(),
+                    }
+                }
+                // Consumed: its event may still be on its way.
+                _ if now < grant.expires_boot_ns + USED_EVENT_GRACE.as_nanos() as u64 => continue,
+                _ => JournalEvent::GrantUsed {
+                    grant_id,
+                    request_id: grant.request_id.clone(),
+                    pid: None,
+                },
+            };
+            self.grants.remove(&grant_id);
+            self.record(event);
+        }
+    }
+
+    /// Follows protected paths to their current file, so a replaced binary stays protected.
+    pub fn refresh_protected(&mut self) {
+        for index in 0..self.protected.len() {
+            let rule = &self.protected[index];
+            let target = match exec_target_of(&rule.path) {
+                Ok(target) => target,
+                // Mid-replacement the path may briefly not exist: keep the old entry meanwhile.
+                Err(_) => continue,
+            };
+            if rule.current == Some(target) {
+                continue;
+            }
+            let old = rule.current;
+            let path = rule.path.clone();
+            if let Err(error) = self.kernel.protected.insert(target, index as u32, 0) {
+                error!(%error, path = %path.display(), "cannot protect replaced file");
+                continue;
+            }
+            self.protected[index].current = Some(target);
+            let still_used = self
+                .protected
+                .iter()
+                .any(|other| other.current == old);
+            if let (Some(old), false) = (old, still_used) {
+                let _ = self.kernel.protected.remove(&old);
+            }
+            info!(path = %path.display(), "protected path now names a new file");
+            self.record(JournalEvent::ProtectionUpdated {
+                path: path.display().to_string(),
+                dev: target.data[0] as u32,
+                ino: target.data[1],
+            });
+        }
+    }
+
+    pub fn list(&self, all: bool) -> Vec<Request> {
+        self.requests.list(all).into_iter().cloned().collect()
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            enforcing: true,
+            since: self.since,
+            pid: std::process::id(),
+            pending_requests: self.requests.list(false).len(),
+            active_grants: self.grants.len(),
+            denied: self.kernel.counter(Counter::Denied),
+            grants_used: self.kernel.counter(Counter::GrantsUsed),
+            events_dropped: self.kernel.counter(Counter::EventsDropped),
+            protected: self
+                .protected
+                .iter()
+                .map(|rule| ProtectedStatus {
+                    name: rule.name.clone(),
+                    path: rule.path.display().to_string(),
+                    dev: rule.current.map(|target| target.data[0] as u32),
+                    ino: rule.current.map(|target| target.data[1]),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+        self.kernel.events.take()
+    }
+
+    pub fn journal_delivery(&mut self, request_id: &str, attempt: notify::Attempt) {
+        self.record(JournalEvent::WebhookDelivery {
+            request_id: request_id.to_owned(),
+            url: attempt.url,
+            attempt: attempt.attempt,
+            delivered: attempt.delivered,
+            status: attempt.status,
+            error: attempt.error,
+        });
+    }
+
+    pub fn stop(&mut self, reason: &str) {
+        self.record(JournalEvent::DaemonStopped {
+            reason: reason.to_owned(),
+        });
+    }
+}
+
+/// The engine shared by the daemon's tasks.
+#[derive(Clone)]
+pub struct Shared(Arc<Mutex<Engine>>);
+
+impl Shared {
+    pub fn new(engine: Engine) -> Self {
+        Self(Arc::new(Mutex::new(engine)))
+    }
+
+    /// The engine stays usable even if a task panicked while holding it: its state is updated in
+    /// single steps, and stopping enforcement would be worse.
+    pub fn lock(&self) -> MutexGuard<'_, Engine> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Sends a new request to every webhook, journaling each attempt.
+fn notify_reviewers(shared: &Shared, client: &reqwest::Client, request: &Request) {
+    let webhooks = shared.lock().config().webhooks.clone();
+    let body = match serde_json::to_vec(&notify::RequestMessage::new(request)) {
+        Ok(body) => body,
+        Err(error) => {
+            error!(%error, "cannot encode request message");
+            return;
+        }
+    };
+    for hook in webhooks {
+        let shared = shared.clone();
+        let client = client.clone();
+        let body = body.clone();
+        let request_id = request.id.clone();
+        tokio::spawn(async move {
+            notify::deliver(&client, &hook, &body, |attempt| {
+                shared.lock().journal_delivery(&request_id, attempt);
+            })
+            .await;
+        });
+    }
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let config = Arc::new(config);
+    let mut engine = Engine::start(config.clone())?;
+    let ring = engine
+        .take_events()
+        .ok_or_else(|| DaemonError::Api("event ring buffer already taken".into()))?;
+    let mut reader = EventReader::new(ring)?;
+    let shared = Shared::new(engine);
+    let client = reqwest::Client::new();
+
+    let local = crate::api::LocalApi::bind(&config.socket, shared.clone())?;
+    let http = match config.listen {
+        Some(addr) => Some(crate::api::bind_http(addr, shared.clone()).await?),
+        None => None,
+    };
+    info!(socket = %config.socket.display(), listen = ?config.listen, "enforcing");
+
+    let events = {
+        let shared = shared.clone();
+        async move {
+            loop {
+                let batch = reader.next_batch().await?;
+                for event in batch {
+                    match event {
+                        Ok(event) => {
+                            let new = shared.lock().on_kernel_event(event);
+                            if let Some(request) = new {
+                                notify_reviewers(&shared, &client, &request);
+                            }
+                        }
+                        Err(error) => warn!(%error, "undecodable kernel event"),
+                    }
+                }
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), std::io::Error>(())
+        }
+    };
+    let timers = {
+        let shared = shared.clone();
+        async move {
+            let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+            let mut refresh = tokio::time::interval(PROTECT_REFRESH);
+            loop {
+                tokio::select! {
+                    _ = sweep.tick() => shared.lock().sweep(),
+                    _ = refresh.tick() => shared.lock().refresh_protected(),
+                }
+            }
+        }
+    };
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let result = tokio::select! {
+        result = events => result.map_err(DaemonError::from),
+        () = timers => Ok(()),
+        result = local.serve() => result.map_err(DaemonError::from),
+        result = async {
+            match http {
+                Some(server) => server.await,
+                None => std::future::pending().await,
+            }
+        } => result,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = terminate.recv() => Ok(()),
+    };
+    let reason = match &result {
+        Ok(()) => "signal".to_owned(),
+        Err(error) => error.to_string(),
+    };
+    shared.lock().stop(&reason);
+    let _ = std::fs::remove_file(&config.socket);
+    result
+}

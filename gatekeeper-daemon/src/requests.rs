@@ -1,0 +1,393 @@
+//! Approval requests: the pure state machine from a kernel denial to one human decision.
+//!
+//! A request is decided once; repeats of the same (cgroup, target) while it is pending join it.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
+
+use gatekeeper_common::Target;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Approve,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Exec,
+}
+
+/// The process that attempted the action, as far as /proc still knew it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Process {
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    pub user: Option<String>,
+    pub comm: String,
+    /// Command line of the process that attempted the exec (the new program never started).
+    pub argv: Option<Vec<String>>,
+    pub parent: Option<Parent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Parent {
+    pub pid: u32,
+    pub comm: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionInfo {
+    pub decision: Decision,
+    pub reviewer: String,
+    pub reason: Option<String>,
+    pub channel: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub id: String,
+    pub state: State,
+    pub kind: Kind,
+    /// Name of the rule that matched.
+    pub rule: String,
+    /// What was attempted: for exec, the path as the caller named it.
+    pub target: String,
+    pub target_key: Target,
+    /// The cgroup of the process: grants are issued for exactly this cgroup.
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    pub process: Process,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires: OffsetDateTime,
+    /// Denials joined into this request, the first included.
+    pub attempts: u32,
+    pub decision: Option<DecisionInfo>,
+    pub grant_id: Option<u64>,
+}
+
+/// A kernel denial, enriched by the daemon.
+#[derive(Debug, Clone)]
+pub struct Denial {
+    pub kind: Kind,
+    pub rule: String,
+    pub target: String,
+    pub target_key: Target,
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    pub process: Process,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Admission<'a> {
+    /// A new request: to be journaled and sent to reviewers.
+    New(&'a Request),
+    /// Joined the pending request with this id.
+    Joined(String),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DecideError {
+    #[error("no request {0}")]
+    NotFound(String),
+    #[error("request {id} is already {state:?}")]
+    AlreadyDecided { id: String, state: State },
+    #[error("request {0} has expired")]
+    Expired(String),
+}
+
+/// Why a would-be reviewer may not decide.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refusal {
+    #[error("{0} is not a listed reviewer")]
+    NotReviewer(String),
+    #[error("decisions cannot come from inside an agent cgroup")]
+    FromAgent,
+}
+
+/// Only listed reviewers decide, and never from inside an agent cgroup.
+pub fn authorize_reviewer(
+    reviewers: &[String],
+    reviewer: &str,
+    caller_is_agent: bool,
+) -> Result<(), Refusal> {
+    if caller_is_agent {
+        return Err(Refusal::FromAgent);
+    }
+    if !reviewers.iter().any(|listed| listed == reviewer) {
+        return Err(Refusal::NotReviewer(reviewer.to_owned()));
+    }
+    Ok(())
+}
+
+pub struct Requests {
+    ttl: Duration,
+    by_id: BTreeMap<String, Request>,
+    pending: HashMap<(u64, Target), String>,
+}
+
+fn new_id() -> String {
+    let mut bytes = [0u8; 6];
+    // An id only needs to be unique and unguessable enough not to be typed by accident; if the
+    // system's randomness fails, the clock still makes it unique.
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
+        bytes.copy_from_slice(&nanos.to_le_bytes()[..6]);
+    }
+    hex::encode(bytes)
+}
+
+impl Requests {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            by_id: BTreeMap::new(),
+            pending: HashMap::new(),
+        }
+    }
+
+    pub fn on_denial(&mut self, denial: Denial, now: OffsetDateTime) -> Admission<'_> {
+        let key = (denial.cgroup_id, denial.target_key);
+        if let Some(id) = self.pending.get(&key) {
+            if let Some(request) = self.by_id.get_mut(id) {
+                request.attempts += 1;
+                return Admission::Joined(id.clone());
+            }
+        }
+        let mut id = new_id();
+        while self.by_id.contains_key(&id) {
+            id = new_id();
+        }
+        let request = Request {
+            id: id.clone(),
+            state: State::Pending,
+            kind: denial.kind,
+            rule: denial.rule,
+            target: denial.target,
+            target_key: denial.target_key,
+            cgroup: denial.cgroup,
+            cgroup_id: denial.cgroup_id,
+            process: denial.process,
+            created: now,
+            expires: now + self.ttl,
+            attempts: 1,
+            decision: None,
+            grant_id: None,
+        };
+        self.pending.insert(key, id.clone());
+        Admission::New(self.by_id.entry(id).or_insert(request))
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Request> {
+        self.by_id.get(id)
+    }
+
+    /// Pending requests, or all with `all`, oldest first.
+    pub fn list(&self, all: bool) -> Vec<&Request> {
+        let mut requests: Vec<_> = self
+            .by_id
+            .values()
+            .filter(|request| all || request.state == State::Pending)
+            .collect();
+        requests.sort_by_key(|request| request.created);
+        requests
+    }
+
+    /// Whether `id` can be decided now; nothing changes.
+    pub fn check_decidable(&self, id: &str, now: OffsetDateTime) -> Result<&Request, DecideError> {
+        let request = self
+            .by_id
+            .get(id)
+            .ok_or_else(|| DecideError::NotFound(id.to_owned()))?;
+        match request.state {
+            State::Pending if now >= request.expires => Err(DecideError::Expired(id.to_owned())),
+            State::Pending => Ok(request),
+            State::Expired => Err(DecideError::Expired(id.to_owned())),
+            state => Err(DecideError::AlreadyDecided {
+                id: id.to_owned(),
+                state,
+            }),
+        }
+    }
+
+    /// Records the one decision of request `id`.
+    pub fn decide(&mut self, id: &str, info: DecisionInfo) -> Result<&Request, DecideError> {
+        self.check_decidable(id, info.at)?;
+        let request = self
+            .by_id
+            .get_mut(id)
+            .ok_or_else(|| DecideError::NotFound(id.to_owned()))?;
+        request.state = match info.decision {
+            Decision::Approve => State::Approved,
+            Decision::Deny => State::Denied,
+        };
+        request.decision = Some(info);
+        self.pending.remove(&(request.cgroup_id, request.target_key));
+        Ok(request)
+    }
+
+    pub fn attach_grant(&mut self, id: &str, grant_id: u64) {
+        if let Some(request) = self.by_id.get_mut(id) {
+            request.grant_id = Some(grant_id);
+        }
+    }
+
+    /// Expires pending requests whose time is up; returns their ids.
+    pub fn expire_due(&mut self, now: OffsetDateTime) -> Vec<String> {
+        let mut expired = Vec::new();
+        for request in self.by_id.values_mut() {
+            if request.state == State::Pending && now >= request.expires {
+                request.state = State::Expired;
+                self.pending
+                    .remove(&(request.cgroup_id, request.target_key));
+                expired.push(request.id.clone());
+            }
+        }
+        expired
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    fn denial(cgroup_id: u64, ino: u64) -> Denial {
+        Denial {
+            kind: Kind::Exec,
+            rule: "database export".into(),
+            target: "/usr/bin/pg_dump".into(),
+            target_key: Target::exec(1, ino),
+            cgroup: "/sys/fs/cgroup/agents".into(),
+            cgroup_id,
+            process: Process {
+                pid: 10,
+                tgid: 10,
+                uid: 0,
+                user: Some("root".into()),
+                comm: "sh".into(),
+                argv: None,
+                parent: None,
+            },
+        }
+    }
+
+    fn decision(decision: Decision, at: OffsetDateTime) -> DecisionInfo {
+        DecisionInfo {
+            decision,
+            reviewer: "alice".into(),
+            reason: None,
+            channel: "cli".into(),
+            at,
+        }
+    }
+
+    fn new_id_of(admission: Admission<'_>) -> String {
+        match admission {
+            Admission::New(request) => request.id.clone(),
+            Admission::Joined(id) => panic!("joined {id}, expected a new request"),
+        }
+    }
+
+    #[test]
+    fn repeats_join_the_pending_request() {
+        let now = OffsetDateTime::now_utc();
+        let mut requests = Requests::new(TTL);
+        let id = new_id_of(requests.on_denial(denial(7, 100), now));
+        assert_eq!(requests.on_denial(denial(7, 100), now), Admission::Joined(id.clone()));
+        assert_eq!(requests.get(&id).unwrap().attempts, 2);
+        // Another cgroup or another target is another request.
+        let other_cgroup = new_id_of(requests.on_denial(denial(8, 100), now));
+        let other_target = new_id_of(requests.on_denial(denial(7, 101), now));
+        assert_ne!(other_cgroup, id);
+        assert_ne!(other_target, id);
+        assert_eq!(requests.list(false).len(), 3);
+    }
+
+    #[test]
+    fn decided_once() {
+        let now = OffsetDateTime::now_utc();
+        let mut requests = Requests::new(TTL);
+        let id = new_id_of(requests.on_denial(denial(7, 100), now));
+        let request = requests.decide(&id, decision(Decision::Approve, now)).unwrap();
+        assert_eq!(request.state, State::Approved);
+        assert_eq!(
+            requests.decide(&id, decision(Decision::Deny, now)),
+            Err(DecideError::AlreadyDecided {
+                id: id.clone(),
+                state: State::Approved
+            })
+        );
+        // After a decision, the next denial is a new request.
+        let next = new_id_of(requests.on_denial(denial(7, 100), now));
+        assert_ne!(next, id);
+        assert_eq!(requests.list(false).len(), 1);
+        assert_eq!(requests.list(true).len(), 2);
+    }
+
+    #[test]
+    fn unknown_request_not_found() {
+        let mut requests = Requests::new(TTL);
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(
+            requests.decide("nope", decision(Decision::Approve, now)),
+            Err(DecideError::NotFound("nope".into()))
+        );
+    }
+
+    #[test]
+    fn expired_requests_cannot_be_decided() {
+        let now = OffsetDateTime::now_utc();
+        let mut requests = Requests::new(TTL);
+        let id = new_id_of(requests.on_denial(denial(7, 100), now));
+        let later = now + TTL;
+        // Past its time but before the sweep: still refused.
+        assert_eq!(
+            requests.check_decidable(&id, later).err(),
+            Some(DecideError::Expired(id.clone()))
+        );
+        assert_eq!(requests.expire_due(now), Vec::<String>::new());
+        assert_eq!(requests.expire_due(later), vec![id.clone()]);
+        assert_eq!(requests.get(&id).unwrap().state, State::Expired);
+        assert_eq!(
+            requests.decide(&id, decision(Decision::Approve, later)),
+            Err(DecideError::Expired(id.clone()))
+        );
+    }
+
+    #[test]
+    fn reviewer_authorization() {
+        let reviewers = vec!["alice".to_owned(), "root".to_owned()];
+        assert_eq!(authorize_reviewer(&reviewers, "alice", false), Ok(()));
+        assert_eq!(
+            authorize_reviewer(&reviewers, "bob", false),
+            Err(Refusal::NotReviewer("bob".into()))
+        );
+        // Even a listed reviewer cannot decide from inside an agent cgroup.
+        assert_eq!(
+            authorize_reviewer(&reviewers, "root", true),
+            Err(Refusal::FromAgent)
+        );
+    }
+}

@@ -1,0 +1,25 @@
+//! Gatekeeper's kernel side: deny protected actions of agent processes unless a single-use grant
+//! allows them, and report both to the daemon. Policy lives in userspace; this only matches keys.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod exec;
+#[cfg(target_arch = "bpf")]
+mod verdict;
+
+/// The kernel refuses LSM programs whose license is not GPL-compatible.
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+// Built for the host only so that workspace-wide tools see a valid crate.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

@@ -1,0 +1,112 @@
+//! What every hook shares: who is an agent, whether a grant allows, and reporting to the daemon.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+    },
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use gatekeeper_common::{
+    COUNTER_SLOTS, Counter, Event, EventKind, GrantKey, GrantValue, MAX_AGENT_CGROUPS,
+    MAX_CGROUP_DEPTH, MAX_GRANTS, MAX_PROTECTED, RING_BUFFER_BYTES, Target,
+};
+
+pub const EPERM: i32 = 1;
+
+#[map]
+static AGENT_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_AGENT_CGROUPS, 0);
+
+#[map]
+static PROTECTED: HashMap<Target, u32> = HashMap::with_max_entries(MAX_PROTECTED, 0);
+
+#[map]
+static GRANTS: HashMap<GrantKey, GrantValue> = HashMap::with_max_entries(MAX_GRANTS, 0);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUFFER_BYTES, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// The configured agent cgroup the current task is in or descends from.
+#[inline(always)]
+pub fn agent_cgroup() -> Option<u64> {
+    // Level 0 is the root cgroup, which is never an agent cgroup.
+    for level in 1..=MAX_CGROUP_DEPTH {
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if id == 0 {
+            // Deeper than the task's own cgroup.
+            return None;
+        }
+        if AGENT_CGROUPS.get_ptr(&id).is_some() {
+            return Some(id);
+        }
+    }
+    None
+}
+
+#[inline(always)]
+pub fn is_protected(target: &Target) -> bool {
+    PROTECTED.get_ptr(target).is_some()
+}
+
+/// Decides a protected action of an agent: allowed once if an unexpired grant is consumed by this
+/// very call, denied otherwise. Returns the LSM verdict.
+#[inline(always)]
+pub fn decide(agent_cgroup_id: u64, target: Target, filename: *const u8) -> i32 {
+    let key = GrantKey {
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        target,
+    };
+    if let Some(grant) = GRANTS.get_ptr(&key) {
+        let grant = unsafe { *grant };
+        let now = unsafe { bpf_ktime_get_boot_ns() };
+        // Of several racing callers only one deletion succeeds: that caller is the one allowed.
+        if now < grant.expires_boot_ns && GRANTS.remove(&key).is_ok() {
+            count(Counter::GrantsUsed);
+            report(EventKind::GrantUsed, agent_cgroup_id, &key, grant.grant_id, filename);
+            return 0;
+        }
+    }
+    count(Counter::Denied);
+    report(EventKind::Denied, agent_cgroup_id, &key, 0, filename);
+    -EPERM
+}
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Sends an event to the daemon. A full ring buffer changes no verdict; it is counted instead.
+#[inline(always)]
+fn report(kind: EventKind, agent_cgroup_id: u64, key: &GrantKey, grant_id: u64, filename: *const u8) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(Counter::EventsDropped);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    unsafe {
+        (*event).kind = kind as u32;
+        (*event).pid = pid_tgid as u32;
+        (*event).tgid = (pid_tgid >> 32) as u32;
+        (*event).uid = bpf_get_current_uid_gid() as u32;
+        (*event).cgroup_id = key.cgroup_id;
+        (*event).agent_cgroup_id = agent_cgroup_id;
+        (*event).target = key.target;
+        (*event).grant_id = grant_id;
+        (*event).comm = bpf_get_current_comm().unwrap_or_default();
+        let name = &mut (*event).filename;
+        // Ring buffer memory is not zeroed: an empty string must still be terminated.
+        name[0] = 0;
+        if !filename.is_null() {
+            let _ = aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(filename, name);
+        }
+    }
+    entry.submit(0);
+}
