@@ -187,6 +187,8 @@ fn describe_process(event: &KernelEvent) -> Process {
 impl Engine {
     /// Opens the journal, loads the programs, fills the maps and only then attaches.
     pub fn start(config: Arc<Config>) -> Result<Self, DaemonError> {
+        // Before anything is written: a host that cannot enforce is told so first.
+        crate::loader::check_bpf_lsm()?;
         let journal = Journal::open(&config.journal)?;
         let mut kernel = Kernel::load()?;
         for path in &config.agent_cgroups {

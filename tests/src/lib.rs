@@ -1,1 +1,443 @@
+//! The guest test harness: each scenario gets its own agent cgroup, protected binary, webhook
+//! receiver, config, journal and daemon, all torn down when it is dropped.
+//!
+//! Everything here runs for real inside a guest kernel with the BPF LSM on: the daemon is the
+//! release binary, the webhook is a real HTTP listener on loopback.
 
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// How long to wait for something asynchronous (a daemon start, an event) before giving up. Guests
+/// run under software emulation, so this is generous; it bounds a hang, it measures nothing.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub const WEBHOOK_SECRET: &str = "guest-webhook-secret-0123456789";
+pub const TARGET_RAN: &str = "TARGET RAN";
+pub const UNLISTED_UID: u32 = 1001;
+
+/// Where the guest keeps the project's binaries.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("GK_BIN_DIR").unwrap_or_else(|| "/usr/local/bin".into());
+    PathBuf::from(dir).join(name)
+}
+
+/// Waits until `check` returns something, or panics naming `what`.
+pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What an attempted exec came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exec {
+    Ran,
+    /// execve failed with EPERM.
+    Denied,
+    Other(String),
+}
+
+fn exec_result(output: &Output) -> Exec {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.success() && stdout.contains(TARGET_RAN) {
+        Exec::Ran
+    } else if stderr.contains(&format!("EXEC_ERRNO={}", libc::EPERM)) {
+        Exec::Denied
+    } else {
+        Exec::Other(format!("{}: {stdout}{stderr}", output.status))
+    }
+}
+
+/// A real HTTP listener on loopback that records every POST and answers 200.
+pub struct WebhookReceiver {
+    pub url: String,
+    server: Arc<tiny_http::Server>,
+    received: Arc<Mutex<Vec<Received>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).expect("webhook body is JSON")
+    }
+}
+
+impl WebhookReceiver {
+    pub fn start() -> Self {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("webhook listener"));
+        let port = server.server_addr().to_ip().expect("ip listener").port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let thread = {
+            let server = server.clone();
+            let received = received.clone();
+            std::thread::spawn(move || {
+                for mut request in server.incoming_requests() {
+                    let mut body = String::new();
+                    let _ = request.as_reader().read_to_string(&mut body);
+                    let headers = request
+                        .headers()
+                        .iter()
+                        .map(|h| (h.field.to_string(), h.value.to_string()))
+                        .collect();
+                    received.lock().unwrap().push(Received { headers, body });
+                    let _ = request.respond(tiny_http::Response::from_string("ok"));
+                }
+            })
+        };
+        Self {
+            url: format!("http://127.0.0.1:{port}/hook"),
+            server,
+            received,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+impl Drop for WebhookReceiver {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+pub struct Options {
+    pub grant_ttl: &'static str,
+    pub request_ttl: &'static str,
+    pub webhook: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            grant_ttl: "60s",
+            request_ttl: "15m",
+            webhook: true,
+        }
+    }
+}
+
+/// One test's world.
+pub struct Scenario {
+    pub dir: PathBuf,
+    /// The configured agent cgroup.
+    pub agents: PathBuf,
+    /// A cgroup outside every agent cgroup.
+    pub outside: PathBuf,
+    /// The protected binary (a copy of gk-helper that says it ran).
+    pub protected: PathBuf,
+    /// Another copy, not protected.
+    pub unprotected: PathBuf,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub journal: PathBuf,
+    pub http: String,
+    pub webhook: Option<WebhookReceiver>,
+    daemon: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("free port")
+}
+
+impl Scenario {
+    /// Builds the world and starts a daemon on it.
+    pub fn start(name: &str, options: Options) -> Self {
+        let scenario = Self::prepare(name, options);
+        scenario.with_daemon()
+    }
+
+    /// Builds the world (files, cgroups, config) without starting the daemon.
+    pub fn prepare(name: &str, options: Options) -> Self {
+        let dir = PathBuf::from(format!("/tmp/gk-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("protected")).unwrap();
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        let agents = PathBuf::from(format!("/sys/fs/cgroup/gk-{name}-agents"));
+        let outside = PathBuf::from(format!("/sys/fs/cgroup/gk-{name}-outside"));
+        for cgroup in [&agents, &outside] {
+            if !cgroup.exists() {
+                std::fs::create_dir(cgroup).unwrap();
+            }
+        }
+        let protected = dir.join("protected/dbexport");
+        let unprotected = dir.join("bin/harmless");
+        std::fs::copy(bin("gk-helper"), &protected).unwrap();
+        std::fs::copy(bin("gk-helper"), &unprotected).unwrap();
+        let webhook = options.webhook.then(WebhookReceiver::start);
+        let port = free_port();
+        let socket = dir.join("api.sock");
+        let journal = dir.join("journal.jsonl");
+        let webhook_section = webhook
+            .as_ref()
+            .map(|hook| {
+                format!(
+                    "[[webhook]]\nurl = \"{}\"\nsecret = \"{WEBHOOK_SECRET}\"\ntimeout = \"5s\"\n",
+                    hook.url
+                )
+            })
+            .unwrap_or_default();
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[daemon]
+socket = "{socket}"
+listen = "127.0.0.1:{port}"
+journal = "{journal}"
+
+[agents]
+cgroups = ["{agents}"]
+
+[[protect.exec]]
+path = "{protected}"
+name = "database export"
+
+[approval]
+reviewers = ["root", "alice"]
+grant_ttl = "{grant_ttl}"
+request_ttl = "{request_ttl}"
+
+{webhook_section}"#,
+                socket = socket.display(),
+                journal = journal.display(),
+                agents = agents.display(),
+                protected = protected.display(),
+                grant_ttl = options.grant_ttl,
+                request_ttl = options.request_ttl,
+            ),
+        )
+        .unwrap();
+        Self {
+            dir,
+            agents,
+            outside,
+            protected,
+            unprotected,
+            config,
+            socket,
+            journal,
+            http: format!("http://127.0.0.1:{port}"),
+            webhook,
+            daemon: None,
+        }
+    }
+
+    fn with_daemon(mut self) -> Self {
+        let log = std::fs::File::create(self.dir.join("daemon.log")).unwrap();
+        let child = Command::new(bin("gatekeeper"))
+            .arg("daemon")
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start gatekeeper daemon");
+        self.daemon = Some(child);
+        wait_for("the daemon to enforce", || {
+            if let Some(status) = self.daemon.as_mut().and_then(|d| d.try_wait().ok().flatten()) {
+                panic!("daemon exited with {status}:\n{}", self.daemon_log());
+            }
+            self.gatekeeper(&["status"]).status.success().then_some(())
+        });
+        self
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Stops the daemon with SIGTERM and waits for it.
+    pub fn stop_daemon(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs the CLI against this scenario's daemon as root from outside any agent cgroup.
+    pub fn gatekeeper(&self, args: &[&str]) -> Output {
+        Command::new(bin("gatekeeper"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run gatekeeper")
+    }
+
+    /// Runs the CLI from inside `cgroup` (joined by the helper before the exec).
+    pub fn gatekeeper_in(&self, cgroup: &Path, args: &[&str]) -> Output {
+        let gatekeeper = bin("gatekeeper");
+        Command::new(bin("gk-helper"))
+            .arg("run")
+            .arg(cgroup)
+            .arg(&gatekeeper)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run gatekeeper in a cgroup")
+    }
+
+    /// Execs `program` from a fresh process in `cgroup` (or none with "-").
+    pub fn exec_in(&self, cgroup: &Path, program: &Path) -> Exec {
+        let output = Command::new(bin("gk-helper"))
+            .arg("run")
+            .arg(cgroup)
+            .arg(program)
+            .arg("target")
+            .output()
+            .expect("run gk-helper");
+        exec_result(&output)
+    }
+
+    /// The agent tries the protected binary.
+    pub fn agent_exec(&self) -> Exec {
+        self.exec_in(&self.agents, &self.protected)
+    }
+
+    /// `threads` simultaneous execs of `program` from one process in `cgroup`:
+    /// returns (ran, denied, other).
+    pub fn race(&self, cgroup: &Path, threads: usize, program: &Path) -> (usize, usize, usize) {
+        let output = Command::new(bin("gk-helper"))
+            .arg("race")
+            .arg(cgroup)
+            .arg(threads.to_string())
+            .arg(program)
+            .output()
+            .expect("run gk-helper race");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let count = |key: &str| {
+            text.split_whitespace()
+                .find_map(|part| part.strip_prefix(key)?.parse().ok())
+                .unwrap_or_else(|| panic!("race output without {key}: {text}"))
+        };
+        (count("ran="), count("denied="), count("other="))
+    }
+
+    pub fn requests(&self, all: bool) -> Vec<Value> {
+        let mut args = vec!["requests", "--json"];
+        if all {
+            args.push("--all");
+        }
+        let output = self.gatekeeper(&args);
+        assert!(output.status.success(), "requests failed: {output:?}");
+        serde_json::from_slice(&output.stdout).expect("requests --json is JSON")
+    }
+
+    /// The request for an exec of `program`, once the daemon has it.
+    pub fn wait_request(&self, program: &Path) -> Value {
+        let target = program.display().to_string();
+        wait_for(&format!("a request for {target}"), || {
+            self.requests(true)
+                .into_iter()
+                .rev()
+                .find(|request| request["target"] == target.as_str() && request["state"] == "pending")
+        })
+    }
+
+    pub fn request(&self, id: &str) -> Value {
+        self.requests(true)
+            .into_iter()
+            .find(|request| request["id"] == id)
+            .unwrap_or_else(|| panic!("no request {id}"))
+    }
+
+    pub fn journal_events(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.journal)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str::<Value>(line).expect("journal line is JSON")["event"].clone())
+            .collect()
+    }
+
+    /// Waits until the journal holds an event of `kind` matching `predicate`.
+    pub fn wait_journal(&self, kind: &str, predicate: impl Fn(&Value) -> bool) -> Value {
+        wait_for(&format!("a {kind} journal record"), || {
+            self.journal_events()
+                .into_iter()
+                .find(|event| event["type"] == kind && predicate(event))
+        })
+    }
+
+    /// Sends an HTTP decision signed with `secret` at `timestamp`; returns (status, body).
+    pub fn http_decision(&self, id: &str, body: &str, secret: &str, timestamp: i64) -> (u16, String) {
+        use hmac::Mac as _;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(format!("{timestamp}.{body}").as_bytes());
+        let signature = format!("v1={}", hex::encode(mac.finalize().into_bytes()));
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent
+            .post(format!("{}/v1/requests/{id}/decision", self.http))
+            .header("content-type", "application/json")
+            .header("x-gatekeeper-timestamp", timestamp.to_string())
+            .header("x-gatekeeper-signature", signature)
+            .send(body)
+            .expect("HTTP decision sent");
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (status, text)
+    }
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        self.stop_daemon();
+        // Children first: a cgroup with children cannot be removed.
+        for cgroup in [&self.agents, &self.outside] {
+            if let Ok(entries) = std::fs::read_dir(cgroup) {
+                for entry in entries.filter_map(Result::ok) {
+                    if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                        let _ = std::fs::remove_dir(entry.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(cgroup);
+        }
+    }
+}

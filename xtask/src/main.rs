@@ -1,1 +1,267 @@
-fn main(){}
+//! Project tasks: `setup`, `test` and `demo`.
+
+mod guest;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+const GUEST_TEST_TIMEOUT: Duration = Duration::from_secs(25 * 60);
+const GUEST_CHECK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+const DEMO_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what this machine lacks: apt packages, rust-src, bpf-linker, guest kernels.
+    Setup,
+    /// Host unit tests, then the integration suite inside a guest for each kernel.
+    Test,
+    /// Boot a guest and walk through the main story.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().task {
+        Task::Setup => setup::setup().map(|()| ExitCode::SUCCESS),
+        Task::Test => test(),
+        Task::Demo => demo(),
+    };
+    result.unwrap_or_else(|error| {
+        eprintln!("xtask: {error:#}");
+        ExitCode::FAILURE
+    })
+}
+
+/// Runs a command, failing on a non-zero exit.
+pub fn run(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its standard output.
+pub fn cmd_output(command: &mut Command) -> anyhow::Result<String> {
+    let output = command
+        .output()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed: {}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(workspace_root());
+    command
+}
+
+fn ensure_setup() -> anyhow::Result<()> {
+    if !setup::is_complete() {
+        setup::setup()?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    passed: usize,
+    failed: usize,
+}
+
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, other: Self) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+    }
+}
+
+/// Sums libtest's `test result:` lines.
+fn parse_summaries(output: &str) -> Option<Counts> {
+    let mut counts = None;
+    for line in output.lines() {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            continue;
+        };
+        let number_before = |word: &str| {
+            rest.split(';')
+                .find_map(|part| part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<usize>().ok())
+        };
+        let total: &mut Counts = counts.get_or_insert_with(Counts::default);
+        total.passed += number_before("passed")?;
+        total.failed += number_before("failed")?;
+    }
+    counts
+}
+
+fn host_tests() -> anyhow::Result<Counts> {
+    println!("== host unit tests");
+    let output = cargo()
+        .args(["test", "--workspace", "--exclude", "gatekeeper-tests", "--exclude", "gatekeeper-ebpf"])
+        .output()
+        .context("cargo test")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    print!("{stdout}");
+    if !output.status.success() {
+        eprint!("{}", String::from_utf8_lossy(&output.stderr));
+    }
+    match parse_summaries(&stdout) {
+        Some(counts) if output.status.success() || counts.failed > 0 => Ok(counts),
+        _ => {
+            println!("host unit tests did not run to completion");
+            Ok(Counts { passed: 0, failed: 1 })
+        }
+    }
+}
+
+/// Builds the release binaries the guest runs and returns (path, name in the guest).
+fn guest_binaries() -> anyhow::Result<Vec<(PathBuf, &'static str)>> {
+    run(cargo().args(["build", "--release", "-p", "gatekeeper-daemon", "-p", "gatekeeper-tests", "--bins"]))?;
+    let listing = cmd_output(cargo().args([
+        "test", "--release", "-p", "gatekeeper-tests", "--test", "guest", "--no-run",
+        "--message-format=json",
+    ]))?;
+    let tests = listing
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|message| message["target"]["name"] == "guest" && message["executable"].is_string())
+        .and_then(|message| message["executable"].as_str().map(PathBuf::from))
+        .context("cargo did not report the guest test executable")?;
+    let release = workspace_root().join("target/release");
+    Ok(vec![
+        (release.join("gatekeeper"), "gatekeeper"),
+        (release.join("gk-helper"), "gk-helper"),
+        (release.join("gatekeeper-demo"), "gatekeeper-demo"),
+        (tests, "guest-tests"),
+    ])
+}
+
+fn build_guest() -> anyhow::Result<PathBuf> {
+    let binaries = guest_binaries()?;
+    guest::build_initramfs(&workspace_root().join("target/guest"), &binaries)
+}
+
+/// Counts libtest's per-test lines in a guest's console output.
+fn guest_counts(output: &str) -> Counts {
+    let mut counts = Counts::default();
+    for line in output.lines() {
+        let line = line.trim();
+        if !line.starts_with("test ") || line.starts_with("test result:") {
+            continue;
+        }
+        if line.ends_with(" ... ok") {
+            counts.passed += 1;
+        } else if line.ends_with(" ... FAILED") {
+            counts.failed += 1;
+        }
+    }
+    counts
+}
+
+/// One guest boot: its console is kept in a log, and a run that did not finish is a failure.
+fn guest_run(label: &str, initramfs: &Path, cmdline: &str, expected_min: usize, timeout: Duration) -> anyhow::Result<Counts> {
+    let kernel = setup::kernel_image(label);
+    let output = guest::boot(&kernel, initramfs, cmdline, timeout, false)?;
+    let log = workspace_root().join(format!("target/guest/console-{label}-{}.log", cmdline.split_whitespace().last().unwrap_or("run")));
+    std::fs::write(&log, &output)?;
+    let mut counts = guest_counts(&output);
+    let finished = parse_summaries(&output).is_some();
+    let failed = counts.failed > 0 || !finished || counts.passed < expected_min;
+    if failed {
+        println!("{output}");
+        if !finished || counts.passed < expected_min {
+            println!("guest on {label} did not finish its tests (console in {})", log.display());
+            counts.failed += 1;
+        }
+    } else {
+        for line in output.lines().filter(|line| line.starts_with("test ") || line.starts_with("guest:")) {
+            println!("  {line}");
+        }
+    }
+    Ok(counts)
+}
+
+fn test() -> anyhow::Result<ExitCode> {
+    ensure_setup()?;
+    let mut total = host_tests()?;
+    println!("host: {} passed, {} failed", total.passed, total.failed);
+
+    let initramfs = build_guest()?;
+    for (label, _) in setup::KERNELS {
+        println!("== guest tests on Linux {label} (BPF LSM on)");
+        let counts = guest_run(label, &initramfs, &format!("{} gk.mode=tests", guest::LSM_ON), 1, GUEST_TEST_TIMEOUT)?;
+        println!("linux {label}: {} passed, {} failed", counts.passed, counts.failed);
+        total += counts;
+    }
+    let (label, _) = setup::KERNELS[0];
+    println!("== daemon on Linux {label} with the BPF LSM off");
+    let counts = guest_run(label, &initramfs, &format!("{} gk.mode=nolsm", guest::LSM_OFF), 1, GUEST_CHECK_TIMEOUT)?;
+    println!("linux {label}, BPF LSM off: {} passed, {} failed", counts.passed, counts.failed);
+    total += counts;
+
+    println!("{} passed, {} failed", total.passed, total.failed);
+    Ok(if total.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn demo() -> anyhow::Result<ExitCode> {
+    ensure_setup()?;
+    let initramfs = build_guest()?;
+    let (label, _) = setup::KERNELS[1];
+    println!("== booting Linux {label} with the BPF LSM on (software emulation: give it a minute)");
+    let output = guest::boot(
+        &setup::kernel_image(label),
+        &initramfs,
+        &format!("{} gk.mode=demo", guest::LSM_ON),
+        DEMO_TIMEOUT,
+        true,
+    )?;
+    Ok(if output.contains("demo: complete") { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_are_summed() {
+        let output = "test a ... ok\n\
+            test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s\n\
+            test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out\n";
+        assert_eq!(parse_summaries(output), Some(Counts { passed: 5, failed: 1 }));
+        assert_eq!(parse_summaries("nothing here"), None);
+    }
+
+    #[test]
+    fn guest_lines_are_counted() {
+        let output = "test exec::denied ... ok\r\ntest exec::other ... FAILED\ntest result: FAILED. 1 passed; 1 failed\n";
+        assert_eq!(guest_counts(output), Counts { passed: 1, failed: 1 });
+    }
+}

@@ -1,0 +1,79 @@
+//! `cargo xtask demo`: the main story, told step by step inside a guest.
+
+use std::time::Duration;
+
+use gatekeeper_tests::{Exec, Options, Scenario, wait_for};
+
+fn step(text: &str) {
+    println!("\ndemo: {text}");
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+fn show(label: &str, exec: &Exec) {
+    let verdict = match exec {
+        Exec::Ran => "ran".to_owned(),
+        Exec::Denied => "blocked by the kernel (EPERM)".to_owned(),
+        Exec::Other(what) => format!("unexpected: {what}"),
+    };
+    println!("      {label}: {verdict}");
+}
+
+fn main() -> std::process::ExitCode {
+    step("starting the Gatekeeper daemon; the agent runs in its own cgroup");
+    let scenario = Scenario::start("demo", Options::default());
+    println!("      agent cgroup: {}", scenario.agents.display());
+    println!("      protected:    {} (\"database export\")", scenario.protected.display());
+
+    step("the agent tries to run the database export");
+    let first = scenario.agent_exec();
+    show("agent exec", &first);
+
+    step("the daemon turned the denial into a request and sent it to the reviewers' webhook");
+    let request = scenario.wait_request(&scenario.protected);
+    let id = request["id"].as_str().unwrap_or_default().to_owned();
+    let hook = scenario.webhook.as_ref().map(|hook| {
+        wait_for("the webhook delivery", || hook.received().into_iter().next())
+    });
+    if let Some(message) = &hook {
+        let body = message.json();
+        println!(
+            "      webhook received request {} for {} from {} ({})",
+            body["request"]["id"], body["request"]["target"], body["request"]["cgroup"], body["request"]["rule"]
+        );
+    }
+
+    step(&format!("a reviewer approves: gatekeeper approve {id} --reason 'nightly backup'"));
+    let approval = scenario.gatekeeper(&["approve", &id, "--reason", "nightly backup"]);
+    print!("      {}", String::from_utf8_lossy(&approval.stdout));
+
+    step("the agent retries: the single-use grant lets exactly this one through");
+    let retry = scenario.agent_exec();
+    show("retry", &retry);
+
+    step("and tries once more: the grant is spent");
+    let again = scenario.agent_exec();
+    show("next try", &again);
+
+    step("an auditor verifies the hash-chained journal");
+    scenario.wait_journal("grant_used", |event| event["request_id"] == id.as_str());
+    let journal = scenario.journal.display().to_string();
+    let verify = scenario.gatekeeper(&["journal", "verify", &journal]);
+    print!("      {}", String::from_utf8_lossy(&verify.stdout));
+    for event in scenario.journal_events() {
+        println!("      journal: {}", event["type"].as_str().unwrap_or("?"));
+    }
+
+    let told = first == Exec::Denied
+        && hook.is_some()
+        && approval.status.success()
+        && retry == Exec::Ran
+        && again == Exec::Denied
+        && verify.status.success();
+    if told {
+        println!("\ndemo: complete");
+        std::process::ExitCode::SUCCESS
+    } else {
+        println!("\ndemo: FAILED (see above)");
+        std::process::ExitCode::FAILURE
+    }
+}

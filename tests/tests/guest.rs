@@ -1,0 +1,337 @@
+//! Exec approvals end to end, in a real kernel with the BPF LSM on. Run by `cargo xtask test`
+//! inside QEMU guests; each test starts its own daemon on its own cgroup and binary.
+
+use std::{os::unix::process::CommandExt as _, process::Command, time::Duration};
+
+use gatekeeper_tests::{
+    Exec, Options, Scenario, UNLISTED_UID, WEBHOOK_SECRET, bin, now_unix, wait_for,
+};
+
+fn approve(scenario: &Scenario, id: &str) {
+    let output = scenario.gatekeeper(&["approve", id, "--reason", "test"]);
+    assert!(output.status.success(), "approve failed: {output:?}");
+}
+
+#[test]
+fn agent_exec_of_protected_binary_is_denied_and_requested() {
+    let scenario = Scenario::start("denied", Options::default());
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+
+    let request = scenario.wait_request(&scenario.protected);
+    let id = request["id"].as_str().unwrap();
+    assert_eq!(request["state"], "pending");
+    assert_eq!(request["kind"], "exec");
+    assert_eq!(request["rule"], "database export");
+    assert_eq!(request["cgroup"], scenario.agents.display().to_string());
+    assert!(request["created"].is_string());
+    assert_eq!(request["process"]["uid"], 0);
+    assert_eq!(request["process"]["user"], "root");
+
+    // The reviewers' webhook got the same request, signed.
+    let hook = scenario.webhook.as_ref().unwrap();
+    let message = wait_for("the webhook delivery", || hook.received().into_iter().next());
+    let body = message.json();
+    assert_eq!(body["type"], "gatekeeper.request");
+    assert_eq!(body["request"]["id"], id);
+    assert_eq!(body["request"]["target"], scenario.protected.display().to_string());
+    assert_eq!(body["decision_path"], format!("/v1/requests/{id}/decision"));
+    assert!(message.header("x-gatekeeper-signature").is_some_and(|s| s.starts_with("v1=")));
+    scenario.wait_journal("webhook_delivery", |event| {
+        event["request_id"] == id && event["delivered"] == true
+    });
+
+    // A repeat while pending joins the request instead of making another.
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+    wait_for("the repeat to join", || {
+        (scenario.request(id)["attempts"] == 2).then_some(())
+    });
+    assert_eq!(scenario.requests(false).len(), 1);
+}
+
+#[test]
+fn symlink_and_hard_link_are_denied() {
+    let scenario = Scenario::start("links", Options::default());
+    let symlink = scenario.dir.join("bin/symlinked");
+    let hardlink = scenario.dir.join("protected/hardlinked");
+    std::os::unix::fs::symlink(&scenario.protected, &symlink).unwrap();
+    std::fs::hard_link(&scenario.protected, &hardlink).unwrap();
+    assert_eq!(scenario.exec_in(&scenario.agents, &symlink), Exec::Denied);
+    assert_eq!(scenario.exec_in(&scenario.agents, &hardlink), Exec::Denied);
+}
+
+#[test]
+fn non_agent_exec_is_allowed() {
+    let scenario = Scenario::start("non-agent", Options::default());
+    assert_eq!(scenario.exec_in(&scenario.outside, &scenario.protected), Exec::Ran);
+    assert!(scenario.requests(true).is_empty());
+}
+
+#[test]
+fn agent_exec_of_unprotected_binary_is_allowed() {
+    let scenario = Scenario::start("unprotected", Options::default());
+    assert_eq!(scenario.exec_in(&scenario.agents, &scenario.unprotected), Exec::Ran);
+}
+
+#[test]
+fn child_cgroup_of_agent_cgroup_is_an_agent() {
+    let scenario = Scenario::start("child", Options::default());
+    let grandchild = scenario.agents.join("task/step");
+    std::fs::create_dir_all(&grandchild).unwrap();
+    assert_eq!(scenario.exec_in(&grandchild, &scenario.protected), Exec::Denied);
+    let request = scenario.wait_request(&scenario.protected);
+    assert_eq!(request["cgroup"], grandchild.display().to_string());
+    // A grant is for the cgroup that asked: approving lets the grandchild through once.
+    approve(&scenario, request["id"].as_str().unwrap());
+    assert_eq!(scenario.exec_in(&scenario.agents, &scenario.protected), Exec::Denied);
+    assert_eq!(scenario.exec_in(&grandchild, &scenario.protected), Exec::Ran);
+    std::fs::remove_dir(&grandchild).unwrap();
+    std::fs::remove_dir(scenario.agents.join("task")).unwrap();
+}
+
+#[test]
+fn approval_lets_exactly_one_retry_pass() {
+    let scenario = Scenario::start("once", Options::default());
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+    let id = scenario.wait_request(&scenario.protected)["id"].as_str().unwrap().to_owned();
+    approve(&scenario, &id);
+    let request = scenario.request(&id);
+    assert_eq!(request["state"], "approved");
+    assert_eq!(request["decision"]["reviewer"], "root");
+    assert_eq!(request["decision"]["reason"], "test");
+
+    assert_eq!(scenario.agent_exec(), Exec::Ran);
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+
+    let used = scenario.wait_journal("grant_used", |event| event["request_id"] == id.as_str());
+    assert!(used["pid"].as_u64().is_some_and(|pid| pid > 0), "{used}");
+    // Deciding again is refused.
+    let again = scenario.gatekeeper(&["approve", &id]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already"), "{again:?}");
+}
+
+#[test]
+fn concurrent_retries_after_one_approval_pass_exactly_once() {
+    let scenario = Scenario::start("race", Options::default());
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+    let id = scenario.wait_request(&scenario.protected)["id"].as_str().unwrap().to_owned();
+    approve(&scenario, &id);
+    let (ran, denied, other) = scenario.race(&scenario.agents, 8, &scenario.protected);
+    assert_eq!((ran, denied, other), (1, 7, 0));
+}
+
+#[test]
+fn unused_grant_expires_and_never_allows() {
+    let scenario = Scenario::start(
+        "expiry",
+        Options {
+            grant_ttl: "2s",
+            ..Options::default()
+        },
+    );
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+    let id = scenario.wait_request(&scenario.protected)["id"].as_str().unwrap().to_owned();
+    approve(&scenario, &id);
+    let grant = scenario.wait_journal("grant_issued", |event| event["request_id"] == id.as_str());
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+    let expired = scenario.wait_journal("grant_expired", |event| event["request_id"] == id.as_str());
+    assert_eq!(expired["grant_id"], grant["grant_id"]);
+    assert!(
+        !scenario.journal_events().iter().any(|event| event["type"] == "grant_used"),
+        "an expired grant was used"
+    );
+}
+
+#[test]
+fn deny_leaves_it_blocked() {
+    let scenario = Scenario::start("deny", Options::default());
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+    let id = scenario.wait_request(&scenario.protected)["id"].as_str().unwrap().to_owned();
+    let output = scenario.gatekeeper(&["deny", &id, "--reason", "not today"]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(scenario.request(&id)["state"], "denied");
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+    // The next attempt is a new request, and the denied one cannot be approved after all.
+    assert!(!scenario.gatekeeper(&["approve", &id]).status.success());
+    assert!(!scenario.journal_events().iter().any(|event| event["type"] == "grant_issued"));
+}
+
+#[test]
+fn unlisted_reviewer_is_refused() {
+    let scenario = Scenario::start("unlisted", Options::default());
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+    let id = scenario.wait_request(&scenario.protected)["id"].as_str().unwrap().to_owned();
+    let output = Command::new(bin("gatekeeper"))
+        .arg("--socket")
+        .arg(&scenario.socket)
+        .args(["approve", &id])
+        .uid(UNLISTED_UID)
+        .gid(UNLISTED_UID)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("bob is not a listed reviewer"),
+        "{output:?}"
+    );
+    assert_eq!(scenario.request(&id)["state"], "pending");
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+    scenario.wait_journal("decision_refused", |event| event["reviewer"] == "bob");
+}
+
+#[test]
+fn approval_from_inside_an_agent_cgroup_is_refused() {
+    let scenario = Scenario::start("self-approval", Options::default());
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+    let id = scenario.wait_request(&scenario.protected)["id"].as_str().unwrap().to_owned();
+    // root, a listed reviewer, but calling from the agent's own cgroup.
+    let output = scenario.gatekeeper_in(&scenario.agents, &["approve", &id]);
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("inside an agent cgroup"),
+        "{output:?}"
+    );
+    assert_eq!(scenario.request(&id)["state"], "pending");
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+}
+
+#[test]
+fn http_decision_needs_a_fresh_valid_signature() {
+    let scenario = Scenario::start("http", Options::default());
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+    let id = scenario.wait_request(&scenario.protected)["id"].as_str().unwrap().to_owned();
+    let body = r#"{"decision":"approve","reviewer":"alice","reason":"ticket 42"}"#;
+
+    let (status, _) = scenario.http_decision(&id, body, "wrong-secret-0123456789", now_unix());
+    assert_eq!(status, 401);
+    let stale = now_unix() - 6 * 60;
+    let (status, _) = scenario.http_decision(&id, body, WEBHOOK_SECRET, stale);
+    assert_eq!(status, 401);
+    let (status, _) = scenario.http_decision(&id, "{not json", WEBHOOK_SECRET, now_unix());
+    assert_eq!(status, 400);
+    let unlisted = r#"{"decision":"approve","reviewer":"bob","reason":null}"#;
+    let (status, _) = scenario.http_decision(&id, unlisted, WEBHOOK_SECRET, now_unix());
+    assert_eq!(status, 403);
+    let (status, _) = scenario.http_decision("nosuchid", body, WEBHOOK_SECRET, now_unix());
+    assert_eq!(status, 404);
+    assert_eq!(scenario.request(&id)["state"], "pending");
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+
+    let (status, answer) = scenario.http_decision(&id, body, WEBHOOK_SECRET, now_unix());
+    assert_eq!(status, 200, "{answer}");
+    let request = scenario.request(&id);
+    assert_eq!(request["state"], "approved");
+    assert_eq!(request["decision"]["reviewer"], "alice");
+    assert_eq!(request["decision"]["channel"], "webhook");
+    assert_eq!(scenario.agent_exec(), Exec::Ran);
+    let (status, _) = scenario.http_decision(&id, body, WEBHOOK_SECRET, now_unix());
+    assert_eq!(status, 409);
+}
+
+#[test]
+fn replaced_protected_path_stays_protected() {
+    let scenario = Scenario::start("replaced", Options::default());
+    // A package upgrade: a new file renamed over the old path.
+    let staged = scenario.dir.join("protected/.dbexport.new");
+    std::fs::copy(bin("gk-helper"), &staged).unwrap();
+    std::fs::rename(&staged, &scenario.protected).unwrap();
+    scenario.wait_journal("protection_updated", |_| true);
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+    let status = scenario.gatekeeper(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&scenario.protected).unwrap());
+    assert_eq!(status["protected"][0]["ino"], ino);
+}
+
+#[test]
+fn journal_verifies_then_fails_after_an_edit() {
+    let mut scenario = Scenario::start("journal", Options::default());
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+    let id = scenario.wait_request(&scenario.protected)["id"].as_str().unwrap().to_owned();
+    approve(&scenario, &id);
+    assert_eq!(scenario.agent_exec(), Exec::Ran);
+    scenario.wait_journal("grant_used", |_| true);
+    scenario.stop_daemon();
+
+    let journal = scenario.journal.display().to_string();
+    let verify = scenario.gatekeeper(&["journal", "verify", &journal]);
+    assert!(verify.status.success(), "{verify:?}");
+    let kinds: Vec<String> = scenario
+        .journal_events()
+        .iter()
+        .map(|event| event["type"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    for kind in ["daemon_started", "request_created", "decision", "grant_issued", "grant_used", "daemon_stopped"] {
+        assert!(kinds.iter().any(|k| k == kind), "no {kind} in {kinds:?}");
+    }
+
+    let text = std::fs::read_to_string(&scenario.journal).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let decision_line = lines.iter().position(|line| line.contains("\"type\":\"decision\"")).unwrap();
+    lines[decision_line] = lines[decision_line].replace("\"reviewer\":\"root\"", "\"reviewer\":\"alice\"");
+    std::fs::write(&scenario.journal, lines.join("\n") + "\n").unwrap();
+    let verify = scenario.gatekeeper(&["journal", "verify", &journal]);
+    assert!(!verify.status.success());
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(stderr.contains(&format!("line {}", decision_line + 1)), "{stderr}");
+}
+
+#[test]
+fn status_reports_enforcement_and_fails_when_down() {
+    let mut scenario = Scenario::start("status", Options::default());
+    let output = scenario.gatekeeper(&["status", "--json"]);
+    assert!(output.status.success());
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["enforcing"], true);
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+    wait_for("the denial to be counted", || {
+        let output = scenario.gatekeeper(&["status", "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+        (status["denied"].as_u64()? >= 1).then_some(())
+    });
+    scenario.stop_daemon();
+    assert!(!scenario.gatekeeper(&["status"]).status.success());
+    // And with the daemon gone, nothing is enforced by this test's programs any more.
+    assert_eq!(scenario.agent_exec(), Exec::Ran);
+}
+
+#[test]
+fn bad_config_exits_2_naming_the_key_before_loading() {
+    let scenario = Scenario::prepare("bad-config", Options::default());
+    let text = std::fs::read_to_string(&scenario.config).unwrap();
+    std::fs::write(&scenario.config, text.replace("grant_ttl = \"60s\"", "grant_ttl = \"soon\"")).unwrap();
+    let output = Command::new(bin("gatekeeper"))
+        .args(["daemon", "--config"])
+        .arg(&scenario.config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("approval.grant_ttl"));
+    // Nothing was loaded: the agent is not blocked.
+    assert_eq!(scenario.agent_exec(), Exec::Ran);
+    let check = Command::new(bin("gatekeeper")).arg("check-config").arg(&scenario.config).output().unwrap();
+    assert_eq!(check.status.code(), Some(2));
+}
+
+/// Run only in a guest booted without the BPF LSM (`cargo xtask test` does one).
+#[test]
+fn refuses_without_bpf_lsm() {
+    let lsms = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap();
+    assert!(
+        !lsms.split(',').any(|lsm| lsm.trim() == "bpf"),
+        "this check needs a kernel booted without the BPF LSM, but it is active: {lsms}"
+    );
+    let scenario = Scenario::prepare("no-lsm", Options::default());
+    let output = Command::new(bin("gatekeeper"))
+        .args(["daemon", "--config"])
+        .arg(&scenario.config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("BPF LSM is not active"), "{stderr}");
+    assert!(stderr.contains("lsm="), "{stderr}");
+    assert!(!scenario.socket.exists(), "no API while nothing is enforced");
+    assert!(!scenario.journal.exists(), "nothing written before the kernel check");
+}

@@ -1,0 +1,173 @@
+//! Guests: a busybox initramfs carrying the project's binaries, booted under QEMU (TCG) on a
+//! Debian kernel with the BPF LSM switched on.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{cmd_output, run};
+
+/// Where the project's binaries go inside the guest (busybox owns /bin).
+pub const GUEST_BIN: &str = "/usr/local/bin";
+
+/// LSMs the guests boot with: the BPF LSM on, as on a production host.
+pub const LSM_ON: &str = "lsm=lockdown,capability,bpf";
+/// The same kernel with the BPF LSM off, to prove the daemon refuses to run there.
+pub const LSM_OFF: &str = "lsm=lockdown,capability";
+
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/usr/local/bin:/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t securityfs securityfs /sys/kernel/security
+mount -t bpf bpf /sys/fs/bpf
+ip link set lo up
+mode=$(sed -n 's/.*gk\.mode=\([a-z-]*\).*/\1/p' /proc/cmdline)
+echo "guest: kernel $(uname -r), LSMs $(cat /sys/kernel/security/lsm), mode $mode"
+case "$mode" in
+  tests) guest-tests --test-threads=1 --skip refuses_without_bpf_lsm 2>&1 ;;
+  nolsm) guest-tests --test-threads=1 --exact refuses_without_bpf_lsm 2>&1 ;;
+  demo) gatekeeper-demo 2>&1 ;;
+  *) echo "guest: unknown mode $mode" ;;
+esac
+echo "guest: finished with status $?"
+poweroff -f
+"#;
+
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
+alice:x:1000:1000:reviewer:/tmp:/bin/sh\n\
+bob:x:1001:1001:not a reviewer:/tmp:/bin/sh\n";
+const GROUP: &str = "root:x:0:\nalice:x:1000:\nbob:x:1001:\n";
+
+/// Builds `out/initramfs.cpio` holding busybox, `binaries` and the libraries they link.
+pub fn build_initramfs(out: &Path, binaries: &[(PathBuf, &str)]) -> anyhow::Result<PathBuf> {
+    let root = out.join("root");
+    if root.exists() {
+        std::fs::remove_dir_all(&root)?;
+    }
+    for dir in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "usr/local/bin", "etc", "proc", "sys", "dev", "tmp",
+        "run", "root", "var/lib",
+    ] {
+        std::fs::create_dir_all(root.join(dir))?;
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))?;
+    let mut libraries = Vec::new();
+    for (source, name) in binaries {
+        let target = root.join(GUEST_BIN.trim_start_matches('/')).join(name);
+        std::fs::copy(source, &target)
+            .with_context(|| format!("copy {} into the guest", source.display()))?;
+        libraries.extend(linked_libraries(source)?);
+    }
+    libraries.sort();
+    libraries.dedup();
+    for library in libraries {
+        let target = root.join(library.strip_prefix("/").unwrap_or(&library));
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        // Follows symlinks: the guest gets the file under the name the loader asks for.
+        std::fs::copy(&library, &target)
+            .with_context(|| format!("copy {} into the guest", library.display()))?;
+    }
+    std::fs::write(root.join("etc/passwd"), PASSWD)?;
+    std::fs::write(root.join("etc/group"), GROUP)?;
+    let init = root.join("init");
+    std::fs::write(&init, INIT)?;
+    run(Command::new("chmod").arg("755").arg(&init))?;
+    let cpio = out.join("initramfs.cpio");
+    run(Command::new("sh")
+        .arg("-c")
+        .arg("find . -print0 | cpio --null --create --format=newc --quiet > \"$0\"")
+        .arg(&cpio)
+        .current_dir(&root))?;
+    Ok(cpio)
+}
+
+/// Shared libraries `binary` loads, as `ldd` resolves them on this machine.
+fn linked_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let listing = cmd_output(Command::new("ldd").arg(binary))?;
+    Ok(listing
+        .lines()
+        .filter_map(|line| {
+            let path = match line.split_once("=>") {
+                Some((_, resolved)) => resolved.split_whitespace().next()?,
+                None => line.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
+}
+
+/// Boots `kernel` with the initramfs and returns everything the guest printed. With `echo`, the
+/// console is also shown live.
+pub fn boot(
+    kernel: &Path,
+    initramfs: &Path,
+    cmdline: &str,
+    timeout: Duration,
+    echo: bool,
+) -> anyhow::Result<String> {
+    if !kernel.exists() {
+        bail!("{} is missing: run cargo xtask setup", kernel.display());
+    }
+    let mut child = Command::new("qemu-system-x86_64")
+        // KVM fails with Debian's kernels on these machines: software emulation it is.
+        .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "2048"])
+        .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initramfs)
+        .arg("-append")
+        .arg(format!("console=ttyS0 panic=-1 quiet loglevel=1 {cmdline}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start qemu-system-x86_64 (run cargo xtask setup)")?;
+    let stdout = child.stdout.take().context("qemu stdout")?;
+    let (lines, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let line = line.trim_end_matches('\r').to_owned();
+            if echo {
+                println!("{line}");
+            }
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + timeout;
+    let mut output = String::new();
+    loop {
+        match received.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                output.push_str(&line);
+                output.push('\n');
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            output.push_str(&format!("xtask: guest killed after {timeout:?}\n"));
+            break;
+        }
+    }
+    let _ = child.wait();
+    Ok(output)
+}
