@@ -241,14 +241,18 @@ async fn http_decide(
     }
     let call: HttpDecision = match serde_json::from_slice(&body) {
         Ok(call) => call,
-        Err(error) => return http_error(StatusCode::BAD_REQUEST, format!("malformed body: {error}")),
+        Err(error) => {
+            return http_error(StatusCode::BAD_REQUEST, format!("malformed body: {error}"));
+        }
     };
     let decider = Decider {
         reviewer: call.reviewer,
         caller_is_agent: false,
         channel: "webhook",
     };
-    let result = shared.lock().decide(&id, call.decision, call.reason, &decider);
+    let result = shared
+        .lock()
+        .decide(&id, call.decision, call.reason, &decider);
     match result {
         Ok(request) => (StatusCode::OK, Json(request)).into_response(),
         Err(error) => {
@@ -301,21 +305,39 @@ mod tests {
 
     fn signed_headers(secret: &str, timestamp: i64, body: &[u8]) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(notify::TIMESTAMP_HEADER, timestamp.to_string().parse().unwrap());
+        headers.insert(
+            notify::TIMESTAMP_HEADER,
+            timestamp.to_string().parse().unwrap(),
+        );
         headers.insert(
             notify::SIGNATURE_HEADER,
-            notify::sign(secret.as_bytes(), timestamp, body).parse().unwrap(),
+            notify::sign(secret.as_bytes(), timestamp, body)
+                .parse()
+                .unwrap(),
         );
         headers
     }
 
     #[test]
     fn authentication() {
-        let secrets = vec!["first-secret-0000".to_owned(), "second-secret-000".to_owned()];
+        let secrets = vec![
+            "first-secret-0000".to_owned(),
+            "second-secret-000".to_owned(),
+        ];
         let body = br#"{"decision":"approve","reviewer":"root"}"#;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        assert_eq!(authenticate(&signed_headers(&secrets[1], now, body), body, &secrets), Ok(()));
-        assert!(authenticate(&signed_headers("other-secret-0000", now, body), body, &secrets).is_err());
+        assert_eq!(
+            authenticate(&signed_headers(&secrets[1], now, body), body, &secrets),
+            Ok(())
+        );
+        assert!(
+            authenticate(
+                &signed_headers("other-secret-0000", now, body),
+                body,
+                &secrets
+            )
+            .is_err()
+        );
         let stale = now - MAX_CLOCK_SKEW.as_secs() as i64 - 1;
         assert!(authenticate(&signed_headers(&secrets[0], stale, body), body, &secrets).is_err());
         assert!(authenticate(&HeaderMap::new(), body, &secrets).is_err());
@@ -328,8 +350,19 @@ mod tests {
         let call: LocalCall =
             serde_json::from_str(r#"{"op":"decide","id":"ab","decision":"deny","reason":null}"#)
                 .unwrap();
-        assert!(matches!(call, LocalCall::Decide { decision: Decision::Deny, .. }));
-        assert!(serde_json::from_str::<LocalCall>(r#"{"op":"decide","id":"ab","decision":"maybe","reason":null}"#).is_err());
+        assert!(matches!(
+            call,
+            LocalCall::Decide {
+                decision: Decision::Deny,
+                ..
+            }
+        ));
+        assert!(
+            serde_json::from_str::<LocalCall>(
+                r#"{"op":"decide","id":"ab","decision":"maybe","reason":null}"#
+            )
+            .is_err()
+        );
         assert!(serde_json::from_str::<LocalCall>(r#"{"op":"list","all":true,"x":1}"#).is_err());
     }
 }

@@ -1,8 +1,7 @@
 //! cgroup v2 lookups: what the kernel calls a cgroup id is the inode number of its directory.
 
 use std::{
-    fs,
-    io,
+    fs, io,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
@@ -125,7 +124,7 @@ mod tests {
         check_cgroup_dir(&mount).expect("mount point is a cgroup v2 directory");
         let own = of_process(std::process::id()).expect("own cgroup");
         let id = id_of(&own).expect("id");
-        assert_eq!(find_by_id(&[own.clone()], id), Some(own));
+        assert_eq!(find_by_id(std::slice::from_ref(&own), id), Some(own));
     }
 
     #[test]

@@ -21,7 +21,11 @@ use crate::{
 pub const EXIT_USAGE: u8 = 2;
 
 #[derive(Debug, Parser)]
-#[command(name = "gatekeeper", version, about = "Kernel-enforced human approval for AI agents")]
+#[command(
+    name = "gatekeeper",
+    version,
+    about = "Kernel-enforced human approval for AI agents"
+)]
 pub struct Cli {
     /// Configuration file (the daemon's, and where clients find the socket).
     #[arg(long, global = true, value_name = "FILE")]
@@ -152,7 +156,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn decide(cli: &Cli, id: &str, decision: Decision, reason: &Option<String>) -> anyhow::Result<ExitCode> {
+fn decide(
+    cli: &Cli,
+    id: &str,
+    decision: Decision,
+    reason: &Option<String>,
+) -> anyhow::Result<ExitCode> {
     let data = call(
         cli,
         &LocalCall::Decide {
@@ -166,12 +175,18 @@ fn decide(cli: &Cli, id: &str, decision: Decision, reason: &Option<String>) -> a
         Decision::Approve => "approved",
         Decision::Deny => "denied",
     };
-    println!("{verb} request {} ({} for {})", request.id, request.target, request.cgroup);
+    println!(
+        "{verb} request {} ({} for {})",
+        request.id, request.target, request.cgroup
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 fn print_requests(requests: &[Request]) {
-    println!("{:<13} {:<9} {:<5} {:<25} {:<30} TARGET", "ID", "STATE", "KIND", "CREATED", "CGROUP");
+    println!(
+        "{:<13} {:<9} {:<5} {:<25} {:<30} TARGET",
+        "ID", "STATE", "KIND", "CREATED", "CGROUP"
+    );
     for request in requests {
         let created = request
             .created
@@ -195,7 +210,9 @@ fn socket_path(cli: &Cli) -> anyhow::Result<PathBuf> {
     }
     match &cli.config {
         Some(path) => Ok(Config::load(path)?.socket),
-        None if Path::new(DEFAULT_CONFIG).exists() => Ok(Config::load(Path::new(DEFAULT_CONFIG))?.socket),
+        None if Path::new(DEFAULT_CONFIG).exists() => {
+            Ok(Config::load(Path::new(DEFAULT_CONFIG))?.socket)
+        }
         None => Ok(PathBuf::from(DEFAULT_SOCKET)),
     }
 }

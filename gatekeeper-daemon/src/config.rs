@@ -201,9 +201,7 @@ impl Validator<'_> {
             if !seen.insert(rule.path.clone()) {
                 return Err(self.invalid(&key, format!("{} is listed twice", rule.path.display())));
             }
-            let name = rule
-                .name
-                .unwrap_or_else(|| rule.path.display().to_string());
+            let name = rule.name.unwrap_or_else(|| rule.path.display().to_string());
             exec_rules.push(ExecRule {
                 path: rule.path,
                 name,
@@ -213,7 +211,12 @@ impl Validator<'_> {
         if raw.approval.reviewers.is_empty() {
             return Err(self.invalid("approval.reviewers", "at least one reviewer is required"));
         }
-        if let Some(bad) = raw.approval.reviewers.iter().find(|name| name.trim().is_empty()) {
+        if let Some(bad) = raw
+            .approval
+            .reviewers
+            .iter()
+            .find(|name| name.trim().is_empty())
+        {
             return Err(self.invalid("approval.reviewers", format!("empty name {bad:?}")));
         }
         let grant_ttl = self.duration("approval.grant_ttl", &raw.approval.grant_ttl)?;

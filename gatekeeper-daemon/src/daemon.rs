@@ -287,7 +287,10 @@ impl Engine {
                         pid: Some(event.pid),
                     });
                 } else {
-                    warn!(grant = event.grant_id, "kernel used a grant the daemon does not know");
+                    warn!(
+                        grant = event.grant_id,
+                        "kernel used a grant the daemon does not know"
+                    );
                 }
                 None
             }
@@ -466,10 +469,7 @@ impl Engine {
                 continue;
             }
             self.protected[index].current = Some(target);
-            let still_used = self
-                .protected
-                .iter()
-                .any(|other| other.current == old);
+            let still_used = self.protected.iter().any(|other| other.current == old);
             if let (Some(old), false) = (old, still_used) {
                 let _ = self.kernel.protected.remove(&old);
             }
@@ -547,7 +547,9 @@ impl Shared {
     /// The engine stays usable even if a task panicked while holding it: its state is updated in
     /// single steps, and stopping enforcement would be worse.
     pub fn lock(&self) -> MutexGuard<'_, Engine> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -627,8 +629,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             }
         }
     };
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = tokio::select! {
         result = events => result.map_err(DaemonError::from),
         () = timers => Ok(()),

@@ -168,10 +168,7 @@ impl Journal {
             event,
         })?;
         let hash = sha256_hex(body.as_bytes());
-        let line = format!(
-            "{}{HASH_SUFFIX_START}{hash}\"}}\n",
-            &body[..body.len() - 1]
-        );
+        let line = format!("{}{HASH_SUFFIX_START}{hash}\"}}\n", &body[..body.len() - 1]);
         let io_error = |cause| JournalError::Io {
             path: self.path.clone(),
             cause,
@@ -253,10 +250,8 @@ mod tests {
 
     impl TempJournal {
         fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!(
-                "gatekeeper-journal-{name}-{}",
-                std::process::id()
-            ));
+            let dir = std::env::temp_dir()
+                .join(format!("gatekeeper-journal-{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             Self(dir.join("journal.jsonl"))
         }

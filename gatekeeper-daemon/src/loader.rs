@@ -9,9 +9,7 @@ use aya::{
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{Lsm, ProgramError},
 };
-use gatekeeper_common::{
-    Counter, EXEC_PROGRAM, GrantKey, GrantValue, Target, maps, offsets,
-};
+use gatekeeper_common::{Counter, EXEC_PROGRAM, GrantKey, GrantValue, Target, maps, offsets};
 
 const LSM_LIST: &str = "/sys/kernel/security/lsm";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -28,7 +26,9 @@ pub enum LoaderError {
         "the BPF LSM is not active on this kernel (active LSMs: {active}); add bpf to the kernel command line, e.g. lsm={active},bpf, and reboot"
     )]
     BpfLsmInactive { active: String },
-    #[error("cannot read kernel BTF from {VMLINUX_BTF}: {0}; a kernel built with CONFIG_DEBUG_INFO_BTF=y is required")]
+    #[error(
+        "cannot read kernel BTF from {VMLINUX_BTF}: {0}; a kernel built with CONFIG_DEBUG_INFO_BTF=y is required"
+    )]
     Btf(String),
     #[error("kernel BTF has no member {member} in struct {structure}")]
     MissingMember { structure: String, member: String },
@@ -85,7 +85,8 @@ pub struct Offsets {
 
 impl Offsets {
     pub fn from_kernel(path: &Path) -> Result<Self, LoaderError> {
-        let btf = btf_rs::Btf::from_file(path).map_err(|error| LoaderError::Btf(error.to_string()))?;
+        let btf =
+            btf_rs::Btf::from_file(path).map_err(|error| LoaderError::Btf(error.to_string()))?;
         let offset = |structure: &str, member: &str| member_offset(&btf, structure, member);
         Ok(Self {
             bprm_file: offset("linux_binprm", "file")?,
@@ -122,14 +123,12 @@ fn find_member(btf: &btf_rs::Btf, s: &btf_rs::Struct, member: &str) -> Option<u3
         if name == member {
             return Some(candidate.bit_offset() / 8);
         }
-        if name.is_empty() {
-            if let Ok(btf_rs::Type::Struct(inner) | btf_rs::Type::Union(inner)) =
+        if name.is_empty()
+            && let Ok(btf_rs::Type::Struct(inner) | btf_rs::Type::Union(inner)) =
                 btf.resolve_chained_type(candidate)
-            {
-                if let Some(offset) = find_member(btf, &inner, member) {
-                    return Some(candidate.bit_offset() / 8 + offset);
-                }
-            }
+            && let Some(offset) = find_member(btf, &inner, member)
+        {
+            return Some(candidate.bit_offset() / 8 + offset);
         }
     }
     None
@@ -173,7 +172,7 @@ impl Kernel {
             grants: HashMap::try_from(grants).map_err(map_error(maps::GRANTS))?,
             counters: PerCpuArray::try_from(counters).map_err(map_error(maps::COUNTERS))?,
             events: Some(RingBuf::try_from(events).map_err(map_error(maps::EVENTS))?),
-            ebpf: ebpf,
+            ebpf,
         };
         Ok(kernel)
     }

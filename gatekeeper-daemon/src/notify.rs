@@ -94,7 +94,10 @@ pub async fn deliver(
             .timeout(hook.timeout)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(TIMESTAMP_HEADER, timestamp.to_string())
-            .header(SIGNATURE_HEADER, sign(hook.secret.as_bytes(), timestamp, body))
+            .header(
+                SIGNATURE_HEADER,
+                sign(hook.secret.as_bytes(), timestamp, body),
+            )
             .body(body.to_vec())
             .send()
             .await;
@@ -134,12 +137,42 @@ mod tests {
     fn signature_round_trips_and_rejects_changes() {
         let signature = sign(b"secret-secret-secret", 1_700_000_000, b"{\"a\":1}");
         assert!(signature.starts_with("v1="));
-        assert!(verify(b"secret-secret-secret", 1_700_000_000, b"{\"a\":1}", &signature));
-        assert!(!verify(b"secret-secret-secreT", 1_700_000_000, b"{\"a\":1}", &signature));
-        assert!(!verify(b"secret-secret-secret", 1_700_000_001, b"{\"a\":1}", &signature));
-        assert!(!verify(b"secret-secret-secret", 1_700_000_000, b"{\"a\":2}", &signature));
-        assert!(!verify(b"secret-secret-secret", 1_700_000_000, b"{\"a\":1}", "v1=zz"));
-        assert!(!verify(b"secret-secret-secret", 1_700_000_000, b"{\"a\":1}", &signature[3..]));
+        assert!(verify(
+            b"secret-secret-secret",
+            1_700_000_000,
+            b"{\"a\":1}",
+            &signature
+        ));
+        assert!(!verify(
+            b"secret-secret-secreT",
+            1_700_000_000,
+            b"{\"a\":1}",
+            &signature
+        ));
+        assert!(!verify(
+            b"secret-secret-secret",
+            1_700_000_001,
+            b"{\"a\":1}",
+            &signature
+        ));
+        assert!(!verify(
+            b"secret-secret-secret",
+            1_700_000_000,
+            b"{\"a\":2}",
+            &signature
+        ));
+        assert!(!verify(
+            b"secret-secret-secret",
+            1_700_000_000,
+            b"{\"a\":1}",
+            "v1=zz"
+        ));
+        assert!(!verify(
+            b"secret-secret-secret",
+            1_700_000_000,
+            b"{\"a\":1}",
+            &signature[3..]
+        ));
     }
 
     #[test]
@@ -207,7 +240,8 @@ mod tests {
             last.lines()
                 .find_map(|line| {
                     let (key, value) = line.split_once(": ")?;
-                    key.eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
+                    key.eq_ignore_ascii_case(name)
+                        .then(|| value.trim().to_owned())
                 })
                 .unwrap()
         };

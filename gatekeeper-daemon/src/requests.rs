@@ -168,11 +168,11 @@ impl Requests {
 
     pub fn on_denial(&mut self, denial: Denial, now: OffsetDateTime) -> Admission<'_> {
         let key = (denial.cgroup_id, denial.target_key);
-        if let Some(id) = self.pending.get(&key) {
-            if let Some(request) = self.by_id.get_mut(id) {
-                request.attempts += 1;
-                return Admission::Joined(id.clone());
-            }
+        if let Some(id) = self.pending.get(&key)
+            && let Some(request) = self.by_id.get_mut(id)
+        {
+            request.attempts += 1;
+            return Admission::Joined(id.clone());
         }
         let mut id = new_id();
         while self.by_id.contains_key(&id) {
@@ -242,7 +242,8 @@ impl Requests {
             Decision::Deny => State::Denied,
         };
         request.decision = Some(info);
-        self.pending.remove(&(request.cgroup_id, request.target_key));
+        self.pending
+            .remove(&(request.cgroup_id, request.target_key));
         Ok(request)
     }
 
@@ -315,7 +316,10 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let mut requests = Requests::new(TTL);
         let id = new_id_of(requests.on_denial(denial(7, 100), now));
-        assert_eq!(requests.on_denial(denial(7, 100), now), Admission::Joined(id.clone()));
+        assert_eq!(
+            requests.on_denial(denial(7, 100), now),
+            Admission::Joined(id.clone())
+        );
         assert_eq!(requests.get(&id).unwrap().attempts, 2);
         // Another cgroup or another target is another request.
         let other_cgroup = new_id_of(requests.on_denial(denial(8, 100), now));
@@ -330,7 +334,9 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let mut requests = Requests::new(TTL);
         let id = new_id_of(requests.on_denial(denial(7, 100), now));
-        let request = requests.decide(&id, decision(Decision::Approve, now)).unwrap();
+        let request = requests
+            .decide(&id, decision(Decision::Approve, now))
+            .unwrap();
         assert_eq!(request.state, State::Approved);
         assert_eq!(
             requests.decide(&id, decision(Decision::Deny, now)),

@@ -40,7 +40,7 @@ pub fn agent_cgroup() -> Option<u64> {
             // Deeper than the task's own cgroup.
             return None;
         }
-        if AGENT_CGROUPS.get_ptr(&id).is_some() {
+        if AGENT_CGROUPS.get_ptr(id).is_some() {
             return Some(id);
         }
     }
@@ -60,13 +60,19 @@ pub fn decide(agent_cgroup_id: u64, target: Target, filename: *const u8) -> i32 
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         target,
     };
-    if let Some(grant) = GRANTS.get_ptr(&key) {
+    if let Some(grant) = GRANTS.get_ptr(key) {
         let grant = unsafe { *grant };
         let now = unsafe { bpf_ktime_get_boot_ns() };
         // Of several racing callers only one deletion succeeds: that caller is the one allowed.
-        if now < grant.expires_boot_ns && GRANTS.remove(&key).is_ok() {
+        if now < grant.expires_boot_ns && GRANTS.remove(key).is_ok() {
             count(Counter::GrantsUsed);
-            report(EventKind::GrantUsed, agent_cgroup_id, &key, grant.grant_id, filename);
+            report(
+                EventKind::GrantUsed,
+                agent_cgroup_id,
+                &key,
+                grant.grant_id,
+                filename,
+            );
             return 0;
         }
     }
@@ -84,7 +90,13 @@ fn count(counter: Counter) {
 
 /// Sends an event to the daemon. A full ring buffer changes no verdict; it is counted instead.
 #[inline(always)]
-fn report(kind: EventKind, agent_cgroup_id: u64, key: &GrantKey, grant_id: u64, filename: *const u8) {
+fn report(
+    kind: EventKind,
+    agent_cgroup_id: u64,
+    key: &GrantKey,
+    grant_id: u64,
+    filename: *const u8,
+) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(Counter::EventsDropped);
         return;

@@ -269,7 +269,11 @@ request_ttl = "{request_ttl}"
             .expect("start gatekeeper daemon");
         self.daemon = Some(child);
         wait_for("the daemon to enforce", || {
-            if let Some(status) = self.daemon.as_mut().and_then(|d| d.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .daemon
+                .as_mut()
+                .and_then(|d| d.try_wait().ok().flatten())
+            {
                 panic!("daemon exited with {status}:\n{}", self.daemon_log());
             }
             self.gatekeeper(&["status"]).status.success().then_some(())
@@ -364,10 +368,9 @@ request_ttl = "{request_ttl}"
     pub fn wait_request(&self, program: &Path) -> Value {
         let target = program.display().to_string();
         wait_for(&format!("a request for {target}"), || {
-            self.requests(true)
-                .into_iter()
-                .rev()
-                .find(|request| request["target"] == target.as_str() && request["state"] == "pending")
+            self.requests(true).into_iter().rev().find(|request| {
+                request["target"] == target.as_str() && request["state"] == "pending"
+            })
         })
     }
 
@@ -382,7 +385,9 @@ request_ttl = "{request_ttl}"
         std::fs::read_to_string(&self.journal)
             .unwrap_or_default()
             .lines()
-            .map(|line| serde_json::from_str::<Value>(line).expect("journal line is JSON")["event"].clone())
+            .map(|line| {
+                serde_json::from_str::<Value>(line).expect("journal line is JSON")["event"].clone()
+            })
             .collect()
     }
 
@@ -396,7 +401,13 @@ request_ttl = "{request_ttl}"
     }
 
     /// Sends an HTTP decision signed with `secret` at `timestamp`; returns (status, body).
-    pub fn http_decision(&self, id: &str, body: &str, secret: &str, timestamp: i64) -> (u16, String) {
+    pub fn http_decision(
+        &self,
+        id: &str,
+        body: &str,
+        secret: &str,
+        timestamp: i64,
+    ) -> (u16, String) {
         use hmac::Mac as _;
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
         mac.update(format!("{timestamp}.{body}").as_bytes());

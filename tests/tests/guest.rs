@@ -29,13 +29,22 @@ fn agent_exec_of_protected_binary_is_denied_and_requested() {
 
     // The reviewers' webhook got the same request, signed.
     let hook = scenario.webhook.as_ref().unwrap();
-    let message = wait_for("the webhook delivery", || hook.received().into_iter().next());
+    let message = wait_for("the webhook delivery", || {
+        hook.received().into_iter().next()
+    });
     let body = message.json();
     assert_eq!(body["type"], "gatekeeper.request");
     assert_eq!(body["request"]["id"], id);
-    assert_eq!(body["request"]["target"], scenario.protected.display().to_string());
+    assert_eq!(
+        body["request"]["target"],
+        scenario.protected.display().to_string()
+    );
     assert_eq!(body["decision_path"], format!("/v1/requests/{id}/decision"));
-    assert!(message.header("x-gatekeeper-signature").is_some_and(|s| s.starts_with("v1=")));
+    assert!(
+        message
+            .header("x-gatekeeper-signature")
+            .is_some_and(|s| s.starts_with("v1="))
+    );
     scenario.wait_journal("webhook_delivery", |event| {
         event["request_id"] == id && event["delivered"] == true
     });
@@ -62,14 +71,20 @@ fn symlink_and_hard_link_are_denied() {
 #[test]
 fn non_agent_exec_is_allowed() {
     let scenario = Scenario::start("non-agent", Options::default());
-    assert_eq!(scenario.exec_in(&scenario.outside, &scenario.protected), Exec::Ran);
+    assert_eq!(
+        scenario.exec_in(&scenario.outside, &scenario.protected),
+        Exec::Ran
+    );
     assert!(scenario.requests(true).is_empty());
 }
 
 #[test]
 fn agent_exec_of_unprotected_binary_is_allowed() {
     let scenario = Scenario::start("unprotected", Options::default());
-    assert_eq!(scenario.exec_in(&scenario.agents, &scenario.unprotected), Exec::Ran);
+    assert_eq!(
+        scenario.exec_in(&scenario.agents, &scenario.unprotected),
+        Exec::Ran
+    );
 }
 
 #[test]
@@ -77,13 +92,22 @@ fn child_cgroup_of_agent_cgroup_is_an_agent() {
     let scenario = Scenario::start("child", Options::default());
     let grandchild = scenario.agents.join("task/step");
     std::fs::create_dir_all(&grandchild).unwrap();
-    assert_eq!(scenario.exec_in(&grandchild, &scenario.protected), Exec::Denied);
+    assert_eq!(
+        scenario.exec_in(&grandchild, &scenario.protected),
+        Exec::Denied
+    );
     let request = scenario.wait_request(&scenario.protected);
     assert_eq!(request["cgroup"], grandchild.display().to_string());
     // A grant is for the cgroup that asked: approving lets the grandchild through once.
     approve(&scenario, request["id"].as_str().unwrap());
-    assert_eq!(scenario.exec_in(&scenario.agents, &scenario.protected), Exec::Denied);
-    assert_eq!(scenario.exec_in(&grandchild, &scenario.protected), Exec::Ran);
+    assert_eq!(
+        scenario.exec_in(&scenario.agents, &scenario.protected),
+        Exec::Denied
+    );
+    assert_eq!(
+        scenario.exec_in(&grandchild, &scenario.protected),
+        Exec::Ran
+    );
     std::fs::remove_dir(&grandchild).unwrap();
     std::fs::remove_dir(scenario.agents.join("task")).unwrap();
 }
@@ -92,7 +116,10 @@ fn child_cgroup_of_agent_cgroup_is_an_agent() {
 fn approval_lets_exactly_one_retry_pass() {
     let scenario = Scenario::start("once", Options::default());
     assert_eq!(scenario.agent_exec(), Exec::Denied);
-    let id = scenario.wait_request(&scenario.protected)["id"].as_str().unwrap().to_owned();
+    let id = scenario.wait_request(&scenario.protected)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     approve(&scenario, &id);
     let request = scenario.request(&id);
     assert_eq!(request["state"], "approved");
@@ -107,14 +134,20 @@ fn approval_lets_exactly_one_retry_pass() {
     // Deciding again is refused.
     let again = scenario.gatekeeper(&["approve", &id]);
     assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("already"), "{again:?}");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already"),
+        "{again:?}"
+    );
 }
 
 #[test]
 fn concurrent_retries_after_one_approval_pass_exactly_once() {
     let scenario = Scenario::start("race", Options::default());
     assert_eq!(scenario.agent_exec(), Exec::Denied);
-    let id = scenario.wait_request(&scenario.protected)["id"].as_str().unwrap().to_owned();
+    let id = scenario.wait_request(&scenario.protected)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     approve(&scenario, &id);
     let (ran, denied, other) = scenario.race(&scenario.agents, 8, &scenario.protected);
     assert_eq!((ran, denied, other), (1, 7, 0));
@@ -130,15 +163,22 @@ fn unused_grant_expires_and_never_allows() {
         },
     );
     assert_eq!(scenario.agent_exec(), Exec::Denied);
-    let id = scenario.wait_request(&scenario.protected)["id"].as_str().unwrap().to_owned();
+    let id = scenario.wait_request(&scenario.protected)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     approve(&scenario, &id);
     let grant = scenario.wait_journal("grant_issued", |event| event["request_id"] == id.as_str());
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(scenario.agent_exec(), Exec::Denied);
-    let expired = scenario.wait_journal("grant_expired", |event| event["request_id"] == id.as_str());
+    let expired =
+        scenario.wait_journal("grant_expired", |event| event["request_id"] == id.as_str());
     assert_eq!(expired["grant_id"], grant["grant_id"]);
     assert!(
-        !scenario.journal_events().iter().any(|event| event["type"] == "grant_used"),
+        !scenario
+            .journal_events()
+            .iter()
+            .any(|event| event["type"] == "grant_used"),
         "an expired grant was used"
     );
 }
@@ -147,21 +187,32 @@ fn unused_grant_expires_and_never_allows() {
 fn deny_leaves_it_blocked() {
     let scenario = Scenario::start("deny", Options::default());
     assert_eq!(scenario.agent_exec(), Exec::Denied);
-    let id = scenario.wait_request(&scenario.protected)["id"].as_str().unwrap().to_owned();
+    let id = scenario.wait_request(&scenario.protected)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let output = scenario.gatekeeper(&["deny", &id, "--reason", "not today"]);
     assert!(output.status.success(), "{output:?}");
     assert_eq!(scenario.request(&id)["state"], "denied");
     assert_eq!(scenario.agent_exec(), Exec::Denied);
     // The next attempt is a new request, and the denied one cannot be approved after all.
     assert!(!scenario.gatekeeper(&["approve", &id]).status.success());
-    assert!(!scenario.journal_events().iter().any(|event| event["type"] == "grant_issued"));
+    assert!(
+        !scenario
+            .journal_events()
+            .iter()
+            .any(|event| event["type"] == "grant_issued")
+    );
 }
 
 #[test]
 fn unlisted_reviewer_is_refused() {
     let scenario = Scenario::start("unlisted", Options::default());
     assert_eq!(scenario.agent_exec(), Exec::Denied);
-    let id = scenario.wait_request(&scenario.protected)["id"].as_str().unwrap().to_owned();
+    let id = scenario.wait_request(&scenario.protected)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let output = Command::new(bin("gatekeeper"))
         .arg("--socket")
         .arg(&scenario.socket)
@@ -184,7 +235,10 @@ fn unlisted_reviewer_is_refused() {
 fn approval_from_inside_an_agent_cgroup_is_refused() {
     let scenario = Scenario::start("self-approval", Options::default());
     assert_eq!(scenario.agent_exec(), Exec::Denied);
-    let id = scenario.wait_request(&scenario.protected)["id"].as_str().unwrap().to_owned();
+    let id = scenario.wait_request(&scenario.protected)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     // root, a listed reviewer, but calling from the agent's own cgroup.
     let output = scenario.gatekeeper_in(&scenario.agents, &["approve", &id]);
     assert!(!output.status.success());
@@ -200,7 +254,10 @@ fn approval_from_inside_an_agent_cgroup_is_refused() {
 fn http_decision_needs_a_fresh_valid_signature() {
     let scenario = Scenario::start("http", Options::default());
     assert_eq!(scenario.agent_exec(), Exec::Denied);
-    let id = scenario.wait_request(&scenario.protected)["id"].as_str().unwrap().to_owned();
+    let id = scenario.wait_request(&scenario.protected)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let body = r#"{"decision":"approve","reviewer":"alice","reason":"ticket 42"}"#;
 
     let (status, _) = scenario.http_decision(&id, body, "wrong-secret-0123456789", now_unix());
@@ -248,7 +305,10 @@ fn replaced_protected_path_stays_protected() {
 fn journal_verifies_then_fails_after_an_edit() {
     let mut scenario = Scenario::start("journal", Options::default());
     assert_eq!(scenario.agent_exec(), Exec::Denied);
-    let id = scenario.wait_request(&scenario.protected)["id"].as_str().unwrap().to_owned();
+    let id = scenario.wait_request(&scenario.protected)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     approve(&scenario, &id);
     assert_eq!(scenario.agent_exec(), Exec::Ran);
     scenario.wait_journal("grant_used", |_| true);
@@ -262,19 +322,33 @@ fn journal_verifies_then_fails_after_an_edit() {
         .iter()
         .map(|event| event["type"].as_str().unwrap_or_default().to_owned())
         .collect();
-    for kind in ["daemon_started", "request_created", "decision", "grant_issued", "grant_used", "daemon_stopped"] {
+    for kind in [
+        "daemon_started",
+        "request_created",
+        "decision",
+        "grant_issued",
+        "grant_used",
+        "daemon_stopped",
+    ] {
         assert!(kinds.iter().any(|k| k == kind), "no {kind} in {kinds:?}");
     }
 
     let text = std::fs::read_to_string(&scenario.journal).unwrap();
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    let decision_line = lines.iter().position(|line| line.contains("\"type\":\"decision\"")).unwrap();
-    lines[decision_line] = lines[decision_line].replace("\"reviewer\":\"root\"", "\"reviewer\":\"alice\"");
+    let decision_line = lines
+        .iter()
+        .position(|line| line.contains("\"type\":\"decision\""))
+        .unwrap();
+    lines[decision_line] =
+        lines[decision_line].replace("\"reviewer\":\"root\"", "\"reviewer\":\"alice\"");
     std::fs::write(&scenario.journal, lines.join("\n") + "\n").unwrap();
     let verify = scenario.gatekeeper(&["journal", "verify", &journal]);
     assert!(!verify.status.success());
     let stderr = String::from_utf8_lossy(&verify.stderr);
-    assert!(stderr.contains(&format!("line {}", decision_line + 1)), "{stderr}");
+    assert!(
+        stderr.contains(&format!("line {}", decision_line + 1)),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -300,7 +374,11 @@ fn status_reports_enforcement_and_fails_when_down() {
 fn bad_config_exits_2_naming_the_key_before_loading() {
     let scenario = Scenario::prepare("bad-config", Options::default());
     let text = std::fs::read_to_string(&scenario.config).unwrap();
-    std::fs::write(&scenario.config, text.replace("grant_ttl = \"60s\"", "grant_ttl = \"soon\"")).unwrap();
+    std::fs::write(
+        &scenario.config,
+        text.replace("grant_ttl = \"60s\"", "grant_ttl = \"soon\""),
+    )
+    .unwrap();
     let output = Command::new(bin("gatekeeper"))
         .args(["daemon", "--config"])
         .arg(&scenario.config)
@@ -310,7 +388,11 @@ fn bad_config_exits_2_naming_the_key_before_loading() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("approval.grant_ttl"));
     // Nothing was loaded: the agent is not blocked.
     assert_eq!(scenario.agent_exec(), Exec::Ran);
-    let check = Command::new(bin("gatekeeper")).arg("check-config").arg(&scenario.config).output().unwrap();
+    let check = Command::new(bin("gatekeeper"))
+        .arg("check-config")
+        .arg(&scenario.config)
+        .output()
+        .unwrap();
     assert_eq!(check.status.code(), Some(2));
 }
 
@@ -332,6 +414,12 @@ fn refuses_without_bpf_lsm() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("BPF LSM is not active"), "{stderr}");
     assert!(stderr.contains("lsm="), "{stderr}");
-    assert!(!scenario.socket.exists(), "no API while nothing is enforced");
-    assert!(!scenario.journal.exists(), "nothing written before the kernel check");
+    assert!(
+        !scenario.socket.exists(),
+        "no API while nothing is enforced"
+    );
+    assert!(
+        !scenario.journal.exists(),
+        "nothing written before the kernel check"
+    );
 }

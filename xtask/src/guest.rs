@@ -57,8 +57,19 @@ pub fn build_initramfs(out: &Path, binaries: &[(PathBuf, &str)]) -> anyhow::Resu
         std::fs::remove_dir_all(&root)?;
     }
     for dir in [
-        "bin", "sbin", "usr/bin", "usr/sbin", "usr/local/bin", "etc", "proc", "sys", "dev", "tmp",
-        "run", "root", "var/lib",
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "usr/local/bin",
+        "etc",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+        "root",
+        "var/lib",
     ] {
         std::fs::create_dir_all(root.join(dir))?;
     }
@@ -124,8 +135,25 @@ pub fn boot(
     }
     let mut child = Command::new("qemu-system-x86_64")
         // KVM fails with Debian's kernels on these machines: software emulation it is.
-        .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "2048"])
-        .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"])
+        .args([
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max",
+            "-smp",
+            "2",
+            "-m",
+            "2048",
+        ])
+        .args([
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-no-reboot",
+        ])
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")

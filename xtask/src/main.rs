@@ -112,8 +112,15 @@ fn parse_summaries(output: &str) -> Option<Counts> {
             continue;
         };
         let number_before = |word: &str| {
-            rest.split(';')
-                .find_map(|part| part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<usize>().ok())
+            rest.split(';').find_map(|part| {
+                part.trim()
+                    .strip_suffix(word)?
+                    .trim()
+                    .rsplit(' ')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
         };
         let total: &mut Counts = counts.get_or_insert_with(Counts::default);
         total.passed += number_before("passed")?;
@@ -125,7 +132,14 @@ fn parse_summaries(output: &str) -> Option<Counts> {
 fn host_tests() -> anyhow::Result<Counts> {
     println!("== host unit tests");
     let output = cargo()
-        .args(["test", "--workspace", "--exclude", "gatekeeper-tests", "--exclude", "gatekeeper-ebpf"])
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "gatekeeper-tests",
+            "--exclude",
+            "gatekeeper-ebpf",
+        ])
         .output()
         .context("cargo test")?;
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -137,16 +151,33 @@ fn host_tests() -> anyhow::Result<Counts> {
         Some(counts) if output.status.success() || counts.failed > 0 => Ok(counts),
         _ => {
             println!("host unit tests did not run to completion");
-            Ok(Counts { passed: 0, failed: 1 })
+            Ok(Counts {
+                passed: 0,
+                failed: 1,
+            })
         }
     }
 }
 
 /// Builds the release binaries the guest runs and returns (path, name in the guest).
 fn guest_binaries() -> anyhow::Result<Vec<(PathBuf, &'static str)>> {
-    run(cargo().args(["build", "--release", "-p", "gatekeeper-daemon", "-p", "gatekeeper-tests", "--bins"]))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "gatekeeper-daemon",
+        "-p",
+        "gatekeeper-tests",
+        "--bins",
+    ]))?;
     let listing = cmd_output(cargo().args([
-        "test", "--release", "-p", "gatekeeper-tests", "--test", "guest", "--no-run",
+        "test",
+        "--release",
+        "-p",
+        "gatekeeper-tests",
+        "--test",
+        "guest",
+        "--no-run",
         "--message-format=json",
     ]))?;
     let tests = listing
@@ -187,10 +218,19 @@ fn guest_counts(output: &str) -> Counts {
 }
 
 /// One guest boot: its console is kept in a log, and a run that did not finish is a failure.
-fn guest_run(label: &str, initramfs: &Path, cmdline: &str, expected_min: usize, timeout: Duration) -> anyhow::Result<Counts> {
+fn guest_run(
+    label: &str,
+    initramfs: &Path,
+    cmdline: &str,
+    expected_min: usize,
+    timeout: Duration,
+) -> anyhow::Result<Counts> {
     let kernel = setup::kernel_image(label);
     let output = guest::boot(&kernel, initramfs, cmdline, timeout, false)?;
-    let log = workspace_root().join(format!("target/guest/console-{label}-{}.log", cmdline.split_whitespace().last().unwrap_or("run")));
+    let log = workspace_root().join(format!(
+        "target/guest/console-{label}-{}.log",
+        cmdline.split_whitespace().last().unwrap_or("run")
+    ));
     std::fs::write(&log, &output)?;
     let mut counts = guest_counts(&output);
     let finished = parse_summaries(&output).is_some();
@@ -198,11 +238,17 @@ fn guest_run(label: &str, initramfs: &Path, cmdline: &str, expected_min: usize, 
     if failed {
         println!("{output}");
         if !finished || counts.passed < expected_min {
-            println!("guest on {label} did not finish its tests (console in {})", log.display());
+            println!(
+                "guest on {label} did not finish its tests (console in {})",
+                log.display()
+            );
             counts.failed += 1;
         }
     } else {
-        for line in output.lines().filter(|line| line.starts_with("test ") || line.starts_with("guest:")) {
+        for line in output
+            .lines()
+            .filter(|line| line.starts_with("test ") || line.starts_with("guest:"))
+        {
             println!("  {line}");
         }
     }
@@ -217,18 +263,40 @@ fn test() -> anyhow::Result<ExitCode> {
     let initramfs = build_guest()?;
     for (label, _) in setup::KERNELS {
         println!("== guest tests on Linux {label} (BPF LSM on)");
-        let counts = guest_run(label, &initramfs, &format!("{} gk.mode=tests", guest::LSM_ON), 1, GUEST_TEST_TIMEOUT)?;
-        println!("linux {label}: {} passed, {} failed", counts.passed, counts.failed);
+        let counts = guest_run(
+            label,
+            &initramfs,
+            &format!("{} gk.mode=tests", guest::LSM_ON),
+            1,
+            GUEST_TEST_TIMEOUT,
+        )?;
+        println!(
+            "linux {label}: {} passed, {} failed",
+            counts.passed, counts.failed
+        );
         total += counts;
     }
     let (label, _) = setup::KERNELS[0];
     println!("== daemon on Linux {label} with the BPF LSM off");
-    let counts = guest_run(label, &initramfs, &format!("{} gk.mode=nolsm", guest::LSM_OFF), 1, GUEST_CHECK_TIMEOUT)?;
-    println!("linux {label}, BPF LSM off: {} passed, {} failed", counts.passed, counts.failed);
+    let counts = guest_run(
+        label,
+        &initramfs,
+        &format!("{} gk.mode=nolsm", guest::LSM_OFF),
+        1,
+        GUEST_CHECK_TIMEOUT,
+    )?;
+    println!(
+        "linux {label}, BPF LSM off: {} passed, {} failed",
+        counts.passed, counts.failed
+    );
     total += counts;
 
     println!("{} passed, {} failed", total.passed, total.failed);
-    Ok(if total.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if total.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn demo() -> anyhow::Result<ExitCode> {
@@ -243,7 +311,11 @@ fn demo() -> anyhow::Result<ExitCode> {
         DEMO_TIMEOUT,
         true,
     )?;
-    Ok(if output.contains("demo: complete") { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if output.contains("demo: complete") {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 #[cfg(test)]
@@ -255,13 +327,25 @@ mod tests {
         let output = "test a ... ok\n\
             test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s\n\
             test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out\n";
-        assert_eq!(parse_summaries(output), Some(Counts { passed: 5, failed: 1 }));
+        assert_eq!(
+            parse_summaries(output),
+            Some(Counts {
+                passed: 5,
+                failed: 1
+            })
+        );
         assert_eq!(parse_summaries("nothing here"), None);
     }
 
     #[test]
     fn guest_lines_are_counted() {
         let output = "test exec::denied ... ok\r\ntest exec::other ... FAILED\ntest result: FAILED. 1 passed; 1 failed\n";
-        assert_eq!(guest_counts(output), Counts { passed: 1, failed: 1 });
+        assert_eq!(
+            guest_counts(output),
+            Counts {
+                passed: 1,
+                failed: 1
+            }
+        );
     }
 }

@@ -13,7 +13,10 @@ use crate::{cmd_output, run};
 /// The kernels every guest test runs on: (label, apt package name pattern).
 pub const KERNELS: [(&str, &str); 2] = [
     ("6.1", r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$"),
-    ("6.12", r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64-unsigned$"),
+    (
+        "6.12",
+        r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64-unsigned$",
+    ),
 ];
 
 const APT_PACKAGES: [(&str, &str); 3] = [
@@ -26,7 +29,9 @@ const APT_PACKAGES: [(&str, &str); 3] = [
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("GATEKEEPER_CACHE")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/gatekeeper")))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/gatekeeper"))
+        })
         .unwrap_or_else(|| PathBuf::from("/var/cache/gatekeeper"))
 }
 
@@ -36,10 +41,14 @@ pub fn kernel_image(label: &str) -> PathBuf {
 
 /// Whether everything is already in place (no network, no changes).
 pub fn is_complete() -> bool {
-    APT_PACKAGES.iter().all(|(_, path)| Path::new(path).exists())
+    APT_PACKAGES
+        .iter()
+        .all(|(_, path)| Path::new(path).exists())
         && has_rust_src()
         && has_bpf_linker()
-        && KERNELS.iter().all(|(label, _)| kernel_image(label).exists())
+        && KERNELS
+            .iter()
+            .all(|(label, _)| kernel_image(label).exists())
 }
 
 pub fn setup() -> anyhow::Result<()> {
@@ -66,7 +75,13 @@ pub fn setup() -> anyhow::Result<()> {
     }
 
     if !has_rust_src() {
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
 
     if !has_bpf_linker() {
@@ -86,8 +101,14 @@ pub fn setup() -> anyhow::Result<()> {
 }
 
 fn has_rust_src() -> bool {
-    cmd_output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
-        .is_ok_and(|installed| installed.lines().any(|line| line.starts_with("rust-src")))
+    cmd_output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))
+    .is_ok_and(|installed| installed.lines().any(|line| line.starts_with("rust-src")))
 }
 
 /// bpf-linker loads the nightly's libLLVM, which only `rustup run nightly` puts on the library path
@@ -124,7 +145,15 @@ fn install_bpf_linker() -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(&llvm, &link)?;
     run(Command::new("cargo")
-        .args(["install", "bpf-linker", "--version", "0.13.0", "--locked", "--no-default-features", "--features"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            "0.13.0",
+            "--locked",
+            "--no-default-features",
+            "--features",
+        ])
         .arg(format!("llvm-{major}"))
         .env("LLVM_PREFIX", &prefix))
 }
@@ -162,10 +191,17 @@ fn fetch_kernel(label: &str, pattern: &str) -> anyhow::Result<()> {
         let image = std::fs::read_dir(&boot)?
             .filter_map(Result::ok)
             .map(|entry| entry.path())
-            .find(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
+            .find(|path| {
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("vmlinuz-"))
+            })
             .with_context(|| format!("{package} has no kernel image"))?;
         std::fs::copy(&image, kernel_image(label))?;
-        std::fs::write(cache_dir().join(format!("vmlinuz-{label}.package")), package)?;
+        std::fs::write(
+            cache_dir().join(format!("vmlinuz-{label}.package")),
+            package,
+        )?;
         std::fs::remove_dir_all(&work)?;
         eprintln!("setup: kernel {label} from {package}");
         return Ok(());
@@ -187,7 +223,7 @@ mod tests {
 
     #[test]
     fn newest_kernel_sorts_last() {
-        let mut names = vec![
+        let mut names = [
             "linux-image-6.12.117+deb12-cloud-amd64-unsigned",
             "linux-image-6.12.9+deb12-cloud-amd64-unsigned",
             "linux-image-6.12.111+deb12-cloud-amd64-unsigned",

@@ -22,7 +22,10 @@ fn main() -> std::process::ExitCode {
     step("starting the Gatekeeper daemon; the agent runs in its own cgroup");
     let scenario = Scenario::start("demo", Options::default());
     println!("      agent cgroup: {}", scenario.agents.display());
-    println!("      protected:    {} (\"database export\")", scenario.protected.display());
+    println!(
+        "      protected:    {} (\"database export\")",
+        scenario.protected.display()
+    );
 
     step("the agent tries to run the database export");
     let first = scenario.agent_exec();
@@ -32,17 +35,24 @@ fn main() -> std::process::ExitCode {
     let request = scenario.wait_request(&scenario.protected);
     let id = request["id"].as_str().unwrap_or_default().to_owned();
     let hook = scenario.webhook.as_ref().map(|hook| {
-        wait_for("the webhook delivery", || hook.received().into_iter().next())
+        wait_for("the webhook delivery", || {
+            hook.received().into_iter().next()
+        })
     });
     if let Some(message) = &hook {
         let body = message.json();
         println!(
             "      webhook received request {} for {} from {} ({})",
-            body["request"]["id"], body["request"]["target"], body["request"]["cgroup"], body["request"]["rule"]
+            body["request"]["id"],
+            body["request"]["target"],
+            body["request"]["cgroup"],
+            body["request"]["rule"]
         );
     }
 
-    step(&format!("a reviewer approves: gatekeeper approve {id} --reason 'nightly backup'"));
+    step(&format!(
+        "a reviewer approves: gatekeeper approve {id} --reason 'nightly backup'"
+    ));
     let approval = scenario.gatekeeper(&["approve", &id, "--reason", "nightly backup"]);
     print!("      {}", String::from_utf8_lossy(&approval.stdout));
 

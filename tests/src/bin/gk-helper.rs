@@ -22,9 +22,14 @@ fn join_cgroup(cgroup: &str) -> Result<(), String> {
 
 /// Replaces this process with `program args`; returns only on failure, with the errno.
 fn exec(program: &str, args: &[String]) -> i32 {
-    let Ok(path) = CString::new(program) else { return libc::EINVAL };
+    let Ok(path) = CString::new(program) else {
+        return libc::EINVAL;
+    };
     let mut argv: Vec<CString> = vec![path.clone()];
-    argv.extend(args.iter().filter_map(|arg| CString::new(arg.as_bytes()).ok()));
+    argv.extend(
+        args.iter()
+            .filter_map(|arg| CString::new(arg.as_bytes()).ok()),
+    );
     let mut pointers: Vec<*const libc::c_char> = argv.iter().map(|arg| arg.as_ptr()).collect();
     pointers.push(std::ptr::null());
     // SAFETY: argv is NUL-terminated C strings ending in a null pointer; envp is ours.
@@ -50,7 +55,12 @@ fn race(program: &str, threads: usize) -> String {
     let (mut ran, mut denied, mut other) = (0, 0, 0);
     for handle in handles {
         match handle.join() {
-            Ok(Ok(output)) if output.status.success() && String::from_utf8_lossy(&output.stdout).contains(RAN) => ran += 1,
+            Ok(Ok(output))
+                if output.status.success()
+                    && String::from_utf8_lossy(&output.stdout).contains(RAN) =>
+            {
+                ran += 1
+            }
             Ok(Err(error)) if error.raw_os_error() == Some(libc::EPERM) => denied += 1,
             _ => other += 1,
         }
@@ -60,7 +70,12 @@ fn race(program: &str, threads: usize) -> String {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["target", ..] => {
             println!("{RAN}");
             ExitCode::SUCCESS
@@ -88,7 +103,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("usage: gk-helper target | run CGROUP|- PROGRAM [ARGS...] | race CGROUP THREADS PROGRAM");
+            eprintln!(
+                "usage: gk-helper target | run CGROUP|- PROGRAM [ARGS...] | race CGROUP THREADS PROGRAM"
+            );
             ExitCode::from(2)
         }
     }
