@@ -26,7 +26,7 @@ use crate::{
     cgroups,
     daemon::{DaemonError, Decider, DecisionFailure, Shared, user_name},
     notify,
-    requests::{DecideError, Decision},
+    requests::{DecideError, Decision, authorize_reviewer},
 };
 
 /// Signed HTTP decisions older (or further in the future) than this are refused.
@@ -157,6 +157,12 @@ async fn serve_local(mut stream: UnixStream, shared: Shared) -> std::io::Result<
     stream.shutdown().await
 }
 
+fn identify(stream: &UnixStream, shared: &Shared) -> Result<Decider, LocalReply> {
+    let agent_cgroups = shared.lock().config().agent_cgroups.clone();
+    local_decider(stream, &agent_cgroups)
+        .map_err(|error| LocalReply::error(format!("cannot identify caller: {error}")))
+}
+
 fn answer_local(line: &str, stream: &UnixStream, shared: &Shared) -> LocalReply {
     let call: LocalCall = match serde_json::from_str(line.trim_end()) {
         Ok(call) => call,
@@ -164,16 +170,30 @@ fn answer_local(line: &str, stream: &UnixStream, shared: &Shared) -> LocalReply 
     };
     match call {
         LocalCall::Status => LocalReply::data(shared.lock().status()),
-        LocalCall::List { all } => LocalReply::data(shared.lock().list(all)),
+        LocalCall::List { all } => {
+            // Requests carry agents' command lines: only those who may decide see them.
+            let decider = match identify(stream, shared) {
+                Ok(decider) => decider,
+                Err(reply) => return reply,
+            };
+            let engine = shared.lock();
+            match authorize_reviewer(
+                &engine.config().reviewers,
+                &decider.reviewer,
+                decider.caller_is_agent,
+            ) {
+                Ok(()) => LocalReply::data(engine.list(all)),
+                Err(refusal) => LocalReply::error(refusal.to_string()),
+            }
+        }
         LocalCall::Decide {
             id,
             decision,
             reason,
         } => {
-            let agent_cgroups = shared.lock().config().agent_cgroups.clone();
-            let decider = match local_decider(stream, &agent_cgroups) {
+            let decider = match identify(stream, shared) {
                 Ok(decider) => decider,
-                Err(error) => return LocalReply::error(format!("cannot identify caller: {error}")),
+                Err(reply) => return reply,
             };
             match shared.lock().decide(&id, decision, reason, &decider) {
                 Ok(request) => LocalReply::data(request),

@@ -85,6 +85,9 @@ struct ProtectedPath {
     path: PathBuf,
     name: String,
     current: Option<Target>,
+    /// Files the path named before a replacement. They stay protected: a hard link made
+    /// beforehand would otherwise keep the old binary runnable.
+    previous: Vec<Target>,
 }
 
 struct Grant {
@@ -210,6 +213,7 @@ impl Engine {
                 path: rule.path.clone(),
                 name: rule.name.clone(),
                 current: Some(target),
+                previous: Vec::new(),
             });
         }
         kernel.attach()?;
@@ -242,7 +246,7 @@ impl Engine {
     fn rule_name(&self, target: &Target) -> Option<&str> {
         self.protected
             .iter()
-            .find(|rule| rule.current.as_ref() == Some(target))
+            .find(|rule| rule.current.as_ref() == Some(target) || rule.previous.contains(target))
             .map(|rule| rule.name.as_str())
     }
 
@@ -468,11 +472,9 @@ impl Engine {
                 error!(%error, path = %path.display(), "cannot protect replaced file");
                 continue;
             }
-            self.protected[index].current = Some(target);
-            let still_used = self.protected.iter().any(|other| other.current == old);
-            if let (Some(old), false) = (old, still_used) {
-                let _ = self.kernel.protected.remove(&old);
-            }
+            let rule = &mut self.protected[index];
+            rule.current = Some(target);
+            rule.previous.extend(old);
             info!(path = %path.display(), "protected path now names a new file");
             self.record(JournalEvent::ProtectionUpdated {
                 path: path.display().to_string(),

@@ -229,6 +229,50 @@ fn unlisted_reviewer_is_refused() {
     assert_eq!(scenario.request(&id)["state"], "pending");
     assert_eq!(scenario.agent_exec(), Exec::Denied);
     scenario.wait_journal("decision_refused", |event| event["reviewer"] == "bob");
+    // Requests carry agents' command lines: a non-reviewer cannot list them either.
+    let listing = Command::new(bin("gatekeeper"))
+        .arg("--socket")
+        .arg(&scenario.socket)
+        .args(["requests", "--json"])
+        .uid(UNLISTED_UID)
+        .gid(UNLISTED_UID)
+        .output()
+        .unwrap();
+    assert!(!listing.status.success(), "{listing:?}");
+    assert!(!String::from_utf8_lossy(&listing.stdout).contains(&id));
+}
+
+#[test]
+fn unanswered_request_expires_and_cannot_be_approved() {
+    let scenario = Scenario::start(
+        "request-expiry",
+        Options {
+            request_ttl: "2s",
+            ..Options::default()
+        },
+    );
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+    let id = scenario.wait_request(&scenario.protected)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    scenario.wait_journal("request_expired", |event| {
+        event["request_id"] == id.as_str()
+    });
+    assert_eq!(scenario.request(&id)["state"], "expired");
+    let late = scenario.gatekeeper(&["approve", &id]);
+    assert!(!late.status.success());
+    assert!(
+        String::from_utf8_lossy(&late.stderr).contains("expired"),
+        "{late:?}"
+    );
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+    assert!(
+        !scenario
+            .journal_events()
+            .iter()
+            .any(|event| event["type"] == "grant_issued")
+    );
 }
 
 #[test]
@@ -289,12 +333,19 @@ fn http_decision_needs_a_fresh_valid_signature() {
 #[test]
 fn replaced_protected_path_stays_protected() {
     let scenario = Scenario::start("replaced", Options::default());
+    // A hard link kept from before the upgrade still names the old binary.
+    let old_binary = scenario.dir.join("protected/kept-old");
+    std::fs::hard_link(&scenario.protected, &old_binary).unwrap();
     // A package upgrade: a new file renamed over the old path.
     let staged = scenario.dir.join("protected/.dbexport.new");
     std::fs::copy(bin("gk-helper"), &staged).unwrap();
     std::fs::rename(&staged, &scenario.protected).unwrap();
     scenario.wait_journal("protection_updated", |_| true);
     assert_eq!(scenario.agent_exec(), Exec::Denied);
+    assert_eq!(
+        scenario.exec_in(&scenario.agents, &old_binary),
+        Exec::Denied
+    );
     let status = scenario.gatekeeper(&["status", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&scenario.protected).unwrap());

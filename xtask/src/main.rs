@@ -31,6 +31,8 @@ enum Task {
     Test,
     /// Boot a guest and walk through the main story.
     Demo,
+    /// rustfmt and clippy, the kernel crate included.
+    Lint,
 }
 
 fn main() -> ExitCode {
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::setup().map(|()| ExitCode::SUCCESS),
         Task::Test => test(),
         Task::Demo => demo(),
+        Task::Lint => lint().map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|error| {
         eprintln!("xtask: {error:#}");
@@ -316,6 +319,31 @@ fn demo() -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn lint() -> anyhow::Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The kernel crate only builds for the BPF target, with the nightly toolchain.
+    run(Command::new("rustup")
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+        ])
+        .args(["-Z", "build-std=core", "--", "-D", "warnings"])
+        .current_dir(workspace_root().join("gatekeeper-ebpf")))
 }
 
 #[cfg(test)]
