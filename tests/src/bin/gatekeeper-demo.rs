@@ -41,12 +41,13 @@ fn main() -> std::process::ExitCode {
     });
     if let Some(message) = &hook {
         let body = message.json();
+        let field = |name: &str| body["request"][name].as_str().unwrap_or("?").to_owned();
         println!(
-            "      webhook received request {} for {} from {} ({})",
-            body["request"]["id"],
-            body["request"]["target"],
-            body["request"]["cgroup"],
-            body["request"]["rule"]
+            "      webhook received request {} for {} from {} (rule: {})",
+            field("id"),
+            field("target"),
+            field("cgroup"),
+            field("rule")
         );
     }
 
