@@ -8,8 +8,10 @@
 pub mod maps {
     /// cgroup id (u64) -> 1 for every configured agent cgroup.
     pub const AGENT_CGROUPS: &str = "AGENT_CGROUPS";
-    /// [`crate::Target`] -> rule index (u32) for every protected target.
+    /// [`crate::Target`] -> rule index (u32) for every protected exec target.
     pub const PROTECTED: &str = "PROTECTED";
+    /// Longest-prefix-match trie: IPv6 (or IPv4-mapped) prefix -> [`crate::PortRanges`].
+    pub const PROTECTED_NETS: &str = "PROTECTED_NETS";
     /// [`crate::GrantKey`] -> [`crate::GrantValue`]: single-use approvals.
     pub const GRANTS: &str = "GRANTS";
     /// Ring buffer of [`crate::Event`].
@@ -27,10 +29,17 @@ pub mod offsets {
     pub const INODE_INO: &str = "OFF_INODE_INO";
     pub const INODE_SB: &str = "OFF_INODE_SB";
     pub const SB_DEV: &str = "OFF_SB_DEV";
+    pub const SOCKET_SK: &str = "OFF_SOCKET_SK";
+    pub const SOCK_PROTOCOL: &str = "OFF_SOCK_PROTOCOL";
+    pub const MSGHDR_NAME: &str = "OFF_MSGHDR_NAME";
+    pub const MSGHDR_FLAGS: &str = "OFF_MSGHDR_FLAGS";
 }
 
-/// Name of the LSM program and the hook it attaches to.
+/// LSM programs, each named after the hook it attaches to.
 pub const EXEC_PROGRAM: &str = "bprm_check_security";
+pub const CONNECT_PROGRAM: &str = "socket_connect";
+pub const SENDMSG_PROGRAM: &str = "socket_sendmsg";
+pub const PROGRAMS: [&str; 3] = [EXEC_PROGRAM, CONNECT_PROGRAM, SENDMSG_PROGRAM];
 
 /// How many cgroup levels below the root the kernel walks looking for an agent ancestor.
 pub const MAX_CGROUP_DEPTH: i32 = 16;
@@ -39,9 +48,57 @@ pub const MAX_CGROUP_DEPTH: i32 = 16;
 pub const MAX_AGENT_CGROUPS: u32 = 256;
 pub const MAX_PROTECTED: u32 = 4096;
 pub const MAX_GRANTS: u32 = 4096;
+pub const MAX_PROTECTED_NETS: u32 = 4096;
 pub const RING_BUFFER_BYTES: u32 = 256 * 1024;
 
 pub const TARGET_KIND_EXEC: u32 = 1;
+pub const TARGET_KIND_CONNECT: u32 = 2;
+
+/// IP protocol numbers as the kernel reports them in `sock.sk_protocol`.
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Bits of [`PortRange::protocols`].
+pub const PROTOCOL_TCP: u32 = 1;
+pub const PROTOCOL_UDP: u32 = 2;
+
+/// Port ranges one protected prefix covers, already merged with those of every shorter prefix
+/// containing it (the trie returns only the longest match).
+pub const MAX_PORT_RANGES: usize = 16;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+    pub protocols: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRanges {
+    pub count: u32,
+    pub ranges: [PortRange; MAX_PORT_RANGES],
+}
+
+impl PortRanges {
+    /// Whether `port` over `protocol` (a PROTOCOL_* bit) is covered.
+    #[inline(always)]
+    pub fn covers(&self, port: u16, protocol: u32) -> bool {
+        let mut index = 0;
+        while index < MAX_PORT_RANGES {
+            if index as u32 >= self.count {
+                return false;
+            }
+            let range = &self.ranges[index];
+            if range.protocols & protocol != 0 && range.first <= port && port <= range.last {
+                return true;
+            }
+            index += 1;
+        }
+        false
+    }
+}
 
 /// What an action touches. For exec, `data` is (device, inode) of the executed file, the device
 /// in the kernel's own `dev_t` encoding (major << 20 | minor).
@@ -62,6 +119,29 @@ impl Target {
             aux: 0,
             data: [dev as u64, ino],
         }
+    }
+
+    /// A network destination: `address` in IPv6 form (IPv4 as `::ffff:a.b.c.d`), `port` in host
+    /// order, `protocol` an IPPROTO_* number.
+    #[inline(always)]
+    pub fn connect(address: [u8; 16], port: u16, protocol: u8) -> Self {
+        let mut high = [0u8; 8];
+        let mut low = [0u8; 8];
+        high.copy_from_slice(&address[..8]);
+        low.copy_from_slice(&address[8..]);
+        Self {
+            kind: TARGET_KIND_CONNECT,
+            aux: port as u32 | (protocol as u32) << 16,
+            data: [u64::from_ne_bytes(high), u64::from_ne_bytes(low)],
+        }
+    }
+
+    /// For a network target: (address, port, protocol).
+    pub fn destination(&self) -> ([u8; 16], u16, u8) {
+        let mut address = [0u8; 16];
+        address[..8].copy_from_slice(&self.data[0].to_ne_bytes());
+        address[8..].copy_from_slice(&self.data[1].to_ne_bytes());
+        (address, self.aux as u16, (self.aux >> 16) as u8)
     }
 }
 
@@ -142,6 +222,7 @@ mod user {
     unsafe impl aya::Pod for super::Target {}
     unsafe impl aya::Pod for super::GrantKey {}
     unsafe impl aya::Pod for super::GrantValue {}
+    unsafe impl aya::Pod for super::PortRanges {}
 }
 
 #[cfg(test)]
@@ -155,10 +236,51 @@ mod tests {
         assert_eq!(size_of::<Target>(), 4 + 4 + 16);
         assert_eq!(size_of::<GrantKey>(), 8 + size_of::<Target>());
         assert_eq!(size_of::<GrantValue>(), 16);
+        assert_eq!(size_of::<PortRange>(), 2 + 2 + 4);
+        assert_eq!(
+            size_of::<PortRanges>(),
+            4 + MAX_PORT_RANGES * size_of::<PortRange>()
+        );
         assert_eq!(
             size_of::<Event>(),
             4 * 4 + 8 + 8 + size_of::<Target>() + 8 + COMM_LEN + FILENAME_LEN
         );
+    }
+
+    #[test]
+    fn connect_target_round_trips() {
+        let mut address = [0u8; 16];
+        address[10] = 0xff;
+        address[11] = 0xff;
+        address[12..].copy_from_slice(&[10, 20, 0, 5]);
+        let target = Target::connect(address, 5432, IPPROTO_TCP);
+        assert_eq!(target.kind, TARGET_KIND_CONNECT);
+        assert_eq!(target.destination(), (address, 5432, IPPROTO_TCP));
+    }
+
+    #[test]
+    fn port_ranges_cover_by_port_and_protocol() {
+        let mut ranges = PortRanges {
+            count: 2,
+            ..PortRanges::default()
+        };
+        ranges.ranges[0] = PortRange {
+            first: 5432,
+            last: 5432,
+            protocols: PROTOCOL_TCP,
+        };
+        ranges.ranges[1] = PortRange {
+            first: 8000,
+            last: 8100,
+            protocols: PROTOCOL_TCP | PROTOCOL_UDP,
+        };
+        assert!(ranges.covers(5432, PROTOCOL_TCP));
+        assert!(!ranges.covers(5432, PROTOCOL_UDP));
+        assert!(ranges.covers(8100, PROTOCOL_UDP));
+        assert!(!ranges.covers(8101, PROTOCOL_TCP));
+        // Entries past `count` are ignored.
+        ranges.count = 1;
+        assert!(!ranges.covers(8000, PROTOCOL_TCP));
     }
 
     #[test]

@@ -10,7 +10,10 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::cgroups;
+use crate::{
+    cgroups,
+    destinations::{self, PortSpec, Prefix},
+};
 
 pub const DEFAULT_CONFIG: &str = "/etc/gatekeeper/config.toml";
 pub const DEFAULT_SOCKET: &str = "/run/gatekeeper/api.sock";
@@ -18,6 +21,7 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 const DEFAULT_JOURNAL: &str = "/var/lib/gatekeeper/journal.jsonl";
 const DEFAULT_WEBHOOK_TIMEOUT: &str = "5s";
 const DEFAULT_WEBHOOK_ATTEMPTS: u32 = 5;
+const DEFAULT_RESOLVE_INTERVAL: &str = "30s";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -43,8 +47,11 @@ pub struct Config {
     pub socket: PathBuf,
     pub listen: Option<SocketAddr>,
     pub journal: PathBuf,
+    /// How often `host` destinations are resolved again.
+    pub resolve_interval: Duration,
     pub agent_cgroups: Vec<PathBuf>,
     pub exec_rules: Vec<ExecRule>,
+    pub connect_rules: Vec<ConnectRule>,
     pub reviewers: Vec<String>,
     pub grant_ttl: Duration,
     pub request_ttl: Duration,
@@ -55,6 +62,23 @@ pub struct Config {
 pub struct ExecRule {
     pub path: PathBuf,
     pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectRule {
+    pub name: String,
+    pub destination: DestinationSpec,
+    /// Inclusive ranges; empty means every port.
+    pub ports: Vec<(u16, u16)>,
+    /// PROTOCOL_* bits.
+    pub protocols: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DestinationSpec {
+    Cidr(Prefix),
+    /// Resolved at start and again every `resolve_interval`.
+    Host(String),
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +110,7 @@ struct RawDaemon {
     /// An empty string turns the HTTP listener off.
     listen: Option<String>,
     journal: Option<PathBuf>,
+    resolve_interval: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -99,6 +124,18 @@ struct RawAgents {
 struct RawProtect {
     #[serde(default)]
     exec: Vec<RawExecRule>,
+    #[serde(default)]
+    connect: Vec<RawConnectRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConnectRule {
+    name: Option<String>,
+    cidr: Option<String>,
+    host: Option<String>,
+    ports: Option<Vec<PortSpec>>,
+    protocol: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -166,6 +203,48 @@ impl Validator<'_> {
         Ok(duration)
     }
 
+    fn connect_rule(&self, index: usize, raw: RawConnectRule) -> Result<ConnectRule, ConfigError> {
+        let key = |field: &str| format!("protect.connect[{index}].{field}");
+        let destination = match (raw.cidr, raw.host) {
+            (Some(cidr), None) => DestinationSpec::Cidr(
+                destinations::parse_cidr(&cidr)
+                    .map_err(|error| self.invalid(key("cidr"), error.to_string()))?,
+            ),
+            (None, Some(host)) if !host.trim().is_empty() => DestinationSpec::Host(host),
+            (None, Some(_)) => return Err(self.invalid(key("host"), "must not be empty")),
+            (Some(_), Some(_)) => {
+                return Err(self.invalid(key("cidr"), "give either cidr or host, not both"));
+            }
+            (None, None) => return Err(self.invalid(key("cidr"), "a cidr or a host is required")),
+        };
+        if raw.ports.as_ref().is_some_and(Vec::is_empty) {
+            return Err(self.invalid(key("ports"), "empty: omit the key to cover every port"));
+        }
+        let ports = raw
+            .ports
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(port_index, spec)| {
+                destinations::parse_port(spec).map_err(|error| {
+                    self.invalid(format!("{}[{port_index}]", key("ports")), error.to_string())
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let protocols = destinations::parse_protocol(raw.protocol.as_deref().unwrap_or("any"))
+            .map_err(|error| self.invalid(key("protocol"), error.to_string()))?;
+        let name = raw.name.unwrap_or_else(|| match &destination {
+            DestinationSpec::Cidr(prefix) => prefix.to_string(),
+            DestinationSpec::Host(host) => host.clone(),
+        });
+        Ok(ConnectRule {
+            name,
+            destination,
+            ports,
+            protocols,
+        })
+    }
+
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let listen = match raw.daemon.listen.as_deref() {
             Some("") => None,
@@ -208,6 +287,27 @@ impl Validator<'_> {
             });
         }
 
+        let connect_rules = raw
+            .protect
+            .connect
+            .into_iter()
+            .enumerate()
+            .map(|(index, rule)| self.connect_rule(index, rule))
+            .collect::<Result<Vec<_>, _>>()?;
+        let reaches: Vec<destinations::Reach> = connect_rules
+            .iter()
+            .filter_map(|rule| match rule.destination {
+                DestinationSpec::Cidr(prefix) => Some(destinations::Reach {
+                    prefixes: vec![prefix],
+                    ports: rule.ports.clone(),
+                    protocols: rule.protocols,
+                }),
+                DestinationSpec::Host(_) => None,
+            })
+            .collect();
+        destinations::compile(&reaches)
+            .map_err(|error| self.invalid("protect.connect", error.to_string()))?;
+
         if raw.approval.reviewers.is_empty() {
             return Err(self.invalid("approval.reviewers", "at least one reviewer is required"));
         }
@@ -249,8 +349,18 @@ impl Validator<'_> {
             });
         }
 
+        let resolve_interval = self.duration(
+            "daemon.resolve_interval",
+            raw.daemon
+                .resolve_interval
+                .as_deref()
+                .unwrap_or(DEFAULT_RESOLVE_INTERVAL),
+        )?;
+
         Ok(Config {
             path: self.path.to_owned(),
+            resolve_interval,
+            connect_rules,
             socket: raw
                 .daemon
                 .socket
@@ -382,6 +492,67 @@ request_ttl = "15m"
     fn empty_reviewers_refused() {
         let error = error_of(&config_text("").replace("[\"root\"]", "[]"));
         assert!(error.contains("approval.reviewers"), "{error}");
+    }
+
+    #[test]
+    fn connect_rules_parse() {
+        let config = parse(&config_text(
+            r#"
+[[protect.connect]]
+name = "prod postgres"
+cidr = "10.20.0.0/16"
+ports = [5432, "8000-8100"]
+protocol = "tcp"
+[[protect.connect]]
+host = "db.internal"
+"#,
+        ))
+        .expect("valid config");
+        let first = &config.connect_rules[0];
+        assert_eq!(first.name, "prod postgres");
+        assert_eq!(first.ports, vec![(5432, 5432), (8000, 8100)]);
+        assert_eq!(first.protocols, gatekeeper_common::PROTOCOL_TCP);
+        let second = &config.connect_rules[1];
+        assert_eq!(
+            second.destination,
+            DestinationSpec::Host("db.internal".into())
+        );
+        assert!(second.ports.is_empty(), "no ports: every port");
+        assert_eq!(second.name, "db.internal");
+    }
+
+    #[test]
+    fn bad_connect_rules_name_the_key() {
+        let cases = [
+            ("cidr = \"10.20.0.0/33\"", "protect.connect[0].cidr"),
+            ("cidr = \"10.20.1.0/16\"", "protect.connect[0].cidr"),
+            (
+                "cidr = \"10.0.0.0/8\"\nports = [0]",
+                "protect.connect[0].ports[0]",
+            ),
+            (
+                "cidr = \"10.0.0.0/8\"\nports = [22, \"90-80\"]",
+                "protect.connect[0].ports[1]",
+            ),
+            (
+                "cidr = \"10.0.0.0/8\"\nports = []",
+                "protect.connect[0].ports",
+            ),
+            (
+                "cidr = \"10.0.0.0/8\"\nprotocol = \"icmp\"",
+                "protect.connect[0].protocol",
+            ),
+            ("name = \"nothing\"", "protect.connect[0].cidr"),
+            (
+                "cidr = \"10.0.0.0/8\"\nhost = \"db\"",
+                "protect.connect[0].cidr",
+            ),
+            ("cidr = \"10.0.0.0/8\"\nport = 22", "port"),
+        ];
+        for (rule, key) in cases {
+            let error = error_of(&config_text(&format!("[[protect.connect]]\n{rule}")));
+            assert!(error.contains(key), "{rule}: {error}");
+        }
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! into a grant as one step; the tasks around it only move data in and out.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, ToSocketAddrs as _},
     os::unix::fs::MetadataExt as _,
     path::PathBuf,
     sync::{Arc, Mutex, MutexGuard},
@@ -12,14 +13,17 @@ use std::{
 };
 
 use aya::maps::MapError;
-use gatekeeper_common::{Counter, EventKind, GrantKey, GrantValue, Target};
+use gatekeeper_common::{
+    Counter, EventKind, GrantKey, GrantValue, PortRanges, TARGET_KIND_CONNECT, Target,
+};
 use serde::Serialize;
 use time::OffsetDateTime;
 use tracing::{error, info, warn};
 
 use crate::{
     cgroups,
-    config::Config,
+    config::{Config, DestinationSpec},
+    destinations::{self, Destination, DestinationError, Prefix, Reach},
     events::{EventReader, KernelEvent},
     journal::{Journal, JournalError, JournalEvent},
     loader::{Kernel, LoaderError},
@@ -55,6 +59,14 @@ pub enum DaemonError {
     },
     #[error("kernel map: {0}")]
     Map(#[from] MapError),
+    #[error("protect.connect[{index}].host: cannot resolve {host}: {cause}")]
+    Resolve {
+        index: usize,
+        host: String,
+        cause: String,
+    },
+    #[error("protect.connect: {0}")]
+    Destinations(#[from] DestinationError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("API: {0}")]
@@ -125,6 +137,10 @@ pub struct Engine {
     requests: Requests,
     grants: HashMap<u64, Grant>,
     protected: Vec<ProtectedPath>,
+    /// One per `[[protect.connect]]` rule, with its addresses resolved.
+    reaches: Vec<Reach>,
+    /// What the kernel's destination trie holds now.
+    installed_nets: BTreeMap<Prefix, PortRanges>,
     since: OffsetDateTime,
 }
 
@@ -152,6 +168,19 @@ pub fn user_name(uid: u32) -> Option<String> {
         .ok()
         .flatten()
         .map(|user| user.name)
+}
+
+/// The addresses `host` resolves to now (blocking; used at start).
+fn resolve(host: &str) -> Result<Vec<IpAddr>, String> {
+    let addresses: Vec<IpAddr> = (host, 0)
+        .to_socket_addrs()
+        .map_err(|error| error.to_string())?
+        .map(|address| address.ip())
+        .collect();
+    if addresses.is_empty() {
+        return Err("no addresses".into());
+    }
+    Ok(addresses)
 }
 
 /// What /proc still tells about the process that was denied.
@@ -216,7 +245,30 @@ impl Engine {
                 previous: Vec::new(),
             });
         }
-        kernel.attach()?;
+        let reaches = config
+            .connect_rules
+            .iter()
+            .enumerate()
+            .map(|(index, rule)| {
+                let prefixes = match &rule.destination {
+                    DestinationSpec::Cidr(prefix) => vec![*prefix],
+                    DestinationSpec::Host(host) => resolve(host)
+                        .map_err(|cause| DaemonError::Resolve {
+                            index,
+                            host: host.clone(),
+                            cause,
+                        })?
+                        .into_iter()
+                        .map(Prefix::host)
+                        .collect(),
+                };
+                Ok(Reach {
+                    prefixes,
+                    ports: rule.ports.clone(),
+                    protocols: rule.protocols,
+                })
+            })
+            .collect::<Result<Vec<_>, DaemonError>>()?;
         let mut engine = Self {
             requests: Requests::new(config.request_ttl),
             config,
@@ -224,8 +276,12 @@ impl Engine {
             journal,
             grants: HashMap::new(),
             protected,
+            reaches,
+            installed_nets: BTreeMap::new(),
             since: OffsetDateTime::now_utc(),
         };
+        engine.sync_nets()?;
+        engine.kernel.attach()?;
         let kernel_release = nix::sys::utsname::uname()
             .map(|uts| uts.release().to_string_lossy().into_owned())
             .unwrap_or_default();
@@ -250,26 +306,131 @@ impl Engine {
             .map(|rule| rule.name.as_str())
     }
 
+    /// A denial in the words reviewers read: what, which rule, which cgroup, which process.
+    fn describe_denial(&self, event: KernelEvent) -> Denial {
+        let process = describe_process(&event);
+        let cgroup = cgroups::find_by_id(&self.config.agent_cgroups, event.cgroup_id)
+            .map(|path| path.display().to_string())
+            .unwrap_or_else(|| format!("cgroup id {}", event.cgroup_id));
+        let (kind, rule, target, destination) = if event.target.kind == TARGET_KIND_CONNECT {
+            let (address, port, protocol) = event.target.destination();
+            let rule = destinations::matching_rule(&self.reaches, address, port, protocol)
+                .and_then(|index| self.config.connect_rules.get(index));
+            let host = rule.and_then(|rule| match &rule.destination {
+                DestinationSpec::Host(host) => Some(host.clone()),
+                DestinationSpec::Cidr(_) => None,
+            });
+            let destination = Destination::new(address, port, protocol, host);
+            (
+                Kind::Connect,
+                rule.map_or("protected destination", |rule| rule.name.as_str()),
+                destination.to_string(),
+                Some(destination),
+            )
+        } else {
+            (
+                Kind::Exec,
+                self.rule_name(&event.target).unwrap_or("protected binary"),
+                event.filename.clone(),
+                None,
+            )
+        };
+        Denial {
+            kind,
+            rule: rule.to_owned(),
+            target,
+            target_key: event.target,
+            destination,
+            cgroup,
+            cgroup_id: event.cgroup_id,
+            process,
+        }
+    }
+
+    /// Makes the kernel's destination trie hold exactly what the rules compile to.
+    fn sync_nets(&mut self) -> Result<(), DaemonError> {
+        let table = destinations::compile(&self.reaches)?;
+        for (prefix, ranges) in &table {
+            if self.installed_nets.get(prefix) != Some(ranges) {
+                let key = aya::maps::lpm_trie::Key::new(u32::from(prefix.len), prefix.address);
+                self.kernel.nets.insert(&key, ranges, 0)?;
+            }
+        }
+        let stale: Vec<Prefix> = self
+            .installed_nets
+            .keys()
+            .filter(|prefix| !table.contains_key(prefix))
+            .copied()
+            .collect();
+        for prefix in stale {
+            let key = aya::maps::lpm_trie::Key::new(u32::from(prefix.len), prefix.address);
+            self.kernel.nets.remove(&key)?;
+        }
+        self.installed_nets = table;
+        Ok(())
+    }
+
+    /// Host rules to resolve again: (rule index, host).
+    pub fn hosts(&self) -> Vec<(usize, String)> {
+        self.config
+            .connect_rules
+            .iter()
+            .enumerate()
+            .filter_map(|(index, rule)| match &rule.destination {
+                DestinationSpec::Host(host) => Some((index, host.clone())),
+                DestinationSpec::Cidr(_) => None,
+            })
+            .collect()
+    }
+
+    /// Adds addresses a host rule now resolves to. Addresses it no longer returns stay
+    /// protected: a name that moves must not open its old address.
+    pub fn add_resolved(&mut self, index: usize, addresses: Vec<IpAddr>) {
+        let Some(reach) = self.reaches.get_mut(index) else {
+            return;
+        };
+        let before = reach.prefixes.clone();
+        for address in addresses {
+            let prefix = Prefix::host(address);
+            if !reach.prefixes.contains(&prefix) {
+                reach.prefixes.push(prefix);
+            }
+        }
+        if reach.prefixes == before {
+            return;
+        }
+        if let Err(error) = self.sync_nets() {
+            error!(%error, "cannot protect newly resolved addresses");
+            if let Some(reach) = self.reaches.get_mut(index) {
+                reach.prefixes = before;
+            }
+            return;
+        }
+        let Some(rule) = self.config.connect_rules.get(index) else {
+            return;
+        };
+        let host = match &rule.destination {
+            DestinationSpec::Host(host) => host.clone(),
+            DestinationSpec::Cidr(prefix) => prefix.to_string(),
+        };
+        let addresses = self.reaches[index]
+            .prefixes
+            .iter()
+            .map(|prefix| destinations::natural(prefix.address).to_string())
+            .collect();
+        info!(%host, "destination resolves to new addresses");
+        self.record(JournalEvent::HostResolved {
+            rule: rule.name.clone(),
+            host,
+            addresses,
+        });
+    }
+
     /// Handles one kernel event; returns a request that is new and must go to reviewers.
     pub fn on_kernel_event(&mut self, event: KernelEvent) -> Option<Request> {
         match event.kind {
             EventKind::Denied => {
-                let process = describe_process(&event);
-                let cgroup = cgroups::find_by_id(&self.config.agent_cgroups, event.cgroup_id)
-                    .map(|path| path.display().to_string())
-                    .unwrap_or_else(|| format!("cgroup id {}", event.cgroup_id));
-                let denial = Denial {
-                    kind: Kind::Exec,
-                    rule: self
-                        .rule_name(&event.target)
-                        .unwrap_or("protected binary")
-                        .to_owned(),
-                    target: event.filename,
-                    target_key: event.target,
-                    cgroup,
-                    cgroup_id: event.cgroup_id,
-                    process,
-                };
+                let denial = self.describe_denial(event);
                 match self.requests.on_denial(denial, OffsetDateTime::now_utc()) {
                     Admission::New(request) => {
                         let request = request.clone();
@@ -579,6 +740,22 @@ fn notify_reviewers(shared: &Shared, client: &reqwest::Client, request: &Request
     }
 }
 
+/// Resolves every host rule again; a failed lookup keeps what was protected.
+async fn resolve_hosts(shared: &Shared) {
+    let hosts = shared.lock().hosts();
+    for (index, host) in hosts {
+        match tokio::net::lookup_host((host.as_str(), 0)).await {
+            Ok(addresses) => {
+                let addresses = addresses.map(|address| address.ip()).collect();
+                shared.lock().add_resolved(index, addresses);
+            }
+            Err(error) => {
+                warn!(%host, %error, "cannot resolve protected host; keeping its addresses")
+            }
+        }
+    }
+}
+
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let config = Arc::new(config);
@@ -620,13 +797,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     let timers = {
         let shared = shared.clone();
+        let resolve_interval = config.resolve_interval;
         async move {
             let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
             let mut refresh = tokio::time::interval(PROTECT_REFRESH);
+            let mut resolve = tokio::time::interval(resolve_interval);
+            resolve.reset();
             loop {
                 tokio::select! {
                     _ = sweep.tick() => shared.lock().sweep(),
                     _ = refresh.tick() => shared.lock().refresh_protected(),
+                    _ = resolve.tick() => resolve_hosts(&shared).await,
                 }
             }
         }

@@ -55,6 +55,12 @@ pub enum JournalEvent {
         dev: u32,
         ino: u64,
     },
+    /// A `host` destination now resolves to (also) these addresses.
+    HostResolved {
+        rule: String,
+        host: String,
+        addresses: Vec<String>,
+    },
     RequestCreated {
         request: Box<Request>,
     },

@@ -5,6 +5,7 @@ pub mod cgroups;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod destinations;
 pub mod events;
 pub mod journal;
 pub mod loader;

@@ -6,10 +6,12 @@ use std::path::Path;
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::LpmTrie},
     programs::{Lsm, ProgramError},
 };
-use gatekeeper_common::{Counter, EXEC_PROGRAM, GrantKey, GrantValue, Target, maps, offsets};
+use gatekeeper_common::{
+    Counter, GrantKey, GrantValue, PROGRAMS, PortRanges, Target, maps, offsets,
+};
 
 const LSM_LIST: &str = "/sys/kernel/security/lsm";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -52,6 +54,7 @@ pub struct Kernel {
     ebpf: Ebpf,
     pub agents: HashMap<MapData, u64, u32>,
     pub protected: HashMap<MapData, Target, u32>,
+    pub nets: LpmTrie<MapData, [u8; 16], PortRanges>,
     pub grants: HashMap<MapData, GrantKey, GrantValue>,
     pub counters: PerCpuArray<MapData, u64>,
     /// Taken by the event reader.
@@ -72,31 +75,27 @@ pub fn check_bpf_lsm() -> Result<(), LoaderError> {
     }
 }
 
-/// Byte offsets of the struct members the exec program reads, from the running kernel's BTF.
-#[derive(Debug, Clone, Copy)]
-pub struct Offsets {
-    pub bprm_file: u32,
-    pub bprm_filename: u32,
-    pub file_inode: u32,
-    pub inode_ino: u32,
-    pub inode_sb: u32,
-    pub sb_dev: u32,
-}
+/// The struct members the programs read: (global that receives the offset, struct, member).
+const MEMBERS: [(&str, &str, &str); 10] = [
+    (offsets::BPRM_FILE, "linux_binprm", "file"),
+    (offsets::BPRM_FILENAME, "linux_binprm", "filename"),
+    (offsets::FILE_INODE, "file", "f_inode"),
+    (offsets::INODE_INO, "inode", "i_ino"),
+    (offsets::INODE_SB, "inode", "i_sb"),
+    (offsets::SB_DEV, "super_block", "s_dev"),
+    (offsets::SOCKET_SK, "socket", "sk"),
+    (offsets::SOCK_PROTOCOL, "sock", "sk_protocol"),
+    (offsets::MSGHDR_NAME, "msghdr", "msg_name"),
+    (offsets::MSGHDR_FLAGS, "msghdr", "msg_flags"),
+];
 
-impl Offsets {
-    pub fn from_kernel(path: &Path) -> Result<Self, LoaderError> {
-        let btf =
-            btf_rs::Btf::from_file(path).map_err(|error| LoaderError::Btf(error.to_string()))?;
-        let offset = |structure: &str, member: &str| member_offset(&btf, structure, member);
-        Ok(Self {
-            bprm_file: offset("linux_binprm", "file")?,
-            bprm_filename: offset("linux_binprm", "filename")?,
-            file_inode: offset("file", "f_inode")?,
-            inode_ino: offset("inode", "i_ino")?,
-            inode_sb: offset("inode", "i_sb")?,
-            sb_dev: offset("super_block", "s_dev")?,
-        })
-    }
+/// Byte offsets of [`MEMBERS`] in the running kernel, from its BTF.
+pub fn offsets_from_kernel(path: &Path) -> Result<Vec<(&'static str, u32)>, LoaderError> {
+    let btf = btf_rs::Btf::from_file(path).map_err(|error| LoaderError::Btf(error.to_string()))?;
+    MEMBERS
+        .iter()
+        .map(|&(global, structure, member)| Ok((global, member_offset(&btf, structure, member)?)))
+        .collect()
 }
 
 fn member_offset(btf: &btf_rs::Btf, structure: &str, member: &str) -> Result<u32, LoaderError> {
@@ -120,7 +119,8 @@ fn member_offset(btf: &btf_rs::Btf, structure: &str, member: &str) -> Result<u32
 fn find_member(btf: &btf_rs::Btf, s: &btf_rs::Struct, member: &str) -> Option<u32> {
     for candidate in &s.members {
         let name = btf.resolve_name(candidate).unwrap_or_default();
-        if name == member {
+        // A bitfield cannot be read as a whole value at a byte offset.
+        if name == member && candidate.bitfield_size().unwrap_or(0) == 0 {
             return Some(candidate.bit_offset() / 8);
         }
         if name.is_empty()
@@ -138,30 +138,30 @@ impl Kernel {
     /// Loads and attaches the programs. Fails, and enforces nothing, unless the kernel enforces.
     pub fn load() -> Result<Self, LoaderError> {
         check_bpf_lsm()?;
-        let offsets = Offsets::from_kernel(Path::new(VMLINUX_BTF))?;
+        let offsets = offsets_from_kernel(Path::new(VMLINUX_BTF))?;
         let btf = Btf::from_sys_fs().map_err(|error| LoaderError::Btf(error.to_string()))?;
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
-            .override_global(offsets::BPRM_FILE, &offsets.bprm_file, true)
-            .override_global(offsets::BPRM_FILENAME, &offsets.bprm_filename, true)
-            .override_global(offsets::FILE_INODE, &offsets.file_inode, true)
-            .override_global(offsets::INODE_INO, &offsets.inode_ino, true)
-            .override_global(offsets::INODE_SB, &offsets.inode_sb, true)
-            .override_global(offsets::SB_DEV, &offsets.sb_dev, true)
-            .load(EBPF_OBJECT)?;
+        let mut loader = EbpfLoader::new();
+        loader.btf(Some(&btf));
+        for (global, offset) in &offsets {
+            loader.override_global(global, offset, true);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
 
-        let program: &mut Lsm = ebpf
-            .program_mut(EXEC_PROGRAM)
-            .ok_or(LoaderError::Missing(EXEC_PROGRAM))?
-            .try_into()
-            .map_err(|cause| LoaderError::Refused { cause })?;
-        program
-            .load(EXEC_PROGRAM, &btf)
-            .map_err(|cause| LoaderError::Refused { cause })?;
+        for name in PROGRAMS {
+            let program: &mut Lsm = ebpf
+                .program_mut(name)
+                .ok_or(LoaderError::Missing(name))?
+                .try_into()
+                .map_err(|cause| LoaderError::Refused { cause })?;
+            program
+                .load(name, &btf)
+                .map_err(|cause| LoaderError::Refused { cause })?;
+        }
 
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(LoaderError::Missing(name));
         let agents = take(maps::AGENT_CGROUPS)?;
         let protected = take(maps::PROTECTED)?;
+        let nets = take(maps::PROTECTED_NETS)?;
         let grants = take(maps::GRANTS)?;
         let counters = take(maps::COUNTERS)?;
         let events = take(maps::EVENTS)?;
@@ -169,6 +169,7 @@ impl Kernel {
         let kernel = Self {
             agents: HashMap::try_from(agents).map_err(map_error(maps::AGENT_CGROUPS))?,
             protected: HashMap::try_from(protected).map_err(map_error(maps::PROTECTED))?,
+            nets: LpmTrie::try_from(nets).map_err(map_error(maps::PROTECTED_NETS))?,
             grants: HashMap::try_from(grants).map_err(map_error(maps::GRANTS))?,
             counters: PerCpuArray::try_from(counters).map_err(map_error(maps::COUNTERS))?,
             events: Some(RingBuf::try_from(events).map_err(map_error(maps::EVENTS))?),
@@ -177,15 +178,17 @@ impl Kernel {
         Ok(kernel)
     }
 
-    /// Attaches the program. Called after the maps hold the policy, so enforcement starts whole.
+    /// Attaches the programs. Called after the maps hold the policy, so enforcement starts whole.
     pub fn attach(&mut self) -> Result<(), LoaderError> {
-        let program: &mut Lsm = self
-            .ebpf
-            .program_mut(EXEC_PROGRAM)
-            .ok_or(LoaderError::Missing(EXEC_PROGRAM))?
-            .try_into()
-            .map_err(LoaderError::Attach)?;
-        program.attach().map_err(LoaderError::Attach)?;
+        for name in PROGRAMS {
+            let program: &mut Lsm = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(LoaderError::Missing(name))?
+                .try_into()
+                .map_err(LoaderError::Attach)?;
+            program.attach().map_err(LoaderError::Attach)?;
+        }
         Ok(())
     }
 

@@ -8,6 +8,8 @@ use std::{
 };
 
 use gatekeeper_common::Target;
+
+use crate::destinations::Destination;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -31,6 +33,7 @@ pub enum State {
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     Exec,
+    Connect,
 }
 
 /// The process that attempted the action, as far as /proc still knew it.
@@ -69,9 +72,12 @@ pub struct Request {
     pub kind: Kind,
     /// Name of the rule that matched.
     pub rule: String,
-    /// What was attempted: for exec, the path as the caller named it.
+    /// What was attempted: for exec, the path as the caller named it; for connect, the
+    /// destination as `tcp 10.20.0.5:5432`.
     pub target: String,
     pub target_key: Target,
+    /// For connect: the destination in parts.
+    pub destination: Option<Destination>,
     /// The cgroup of the process: grants are issued for exactly this cgroup.
     pub cgroup: String,
     pub cgroup_id: u64,
@@ -93,6 +99,7 @@ pub struct Denial {
     pub rule: String,
     pub target: String,
     pub target_key: Target,
+    pub destination: Option<Destination>,
     pub cgroup: String,
     pub cgroup_id: u64,
     pub process: Process,
@@ -185,6 +192,7 @@ impl Requests {
             rule: denial.rule,
             target: denial.target,
             target_key: denial.target_key,
+            destination: denial.destination,
             cgroup: denial.cgroup,
             cgroup_id: denial.cgroup_id,
             process: denial.process,
@@ -280,6 +288,7 @@ mod tests {
             rule: "database export".into(),
             target: "/usr/bin/pg_dump".into(),
             target_key: Target::exec(1, ino),
+            destination: None,
             cgroup: "/sys/fs/cgroup/agents".into(),
             cgroup_id,
             process: Process {

@@ -1,9 +1,12 @@
 //! `bprm_check_security`: exec of a protected binary, matched by the file's (device, inode).
 
-use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::lsm, programs::LsmContext};
+use aya_ebpf::{macros::lsm, programs::LsmContext};
 use gatekeeper_common::Target;
 
-use crate::verdict::{EPERM, agent_cgroup, decide, is_protected};
+use crate::{
+    read::read_field,
+    verdict::{EPERM, agent_cgroup, decide, is_protected},
+};
 
 // Struct offsets of the running kernel, filled by the daemon from its BTF before loading.
 #[unsafe(no_mangle)]
@@ -38,17 +41,6 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
         return 0;
     }
     decide(agent_cgroup_id, target, filename)
-}
-
-#[inline(always)]
-fn offset(global: &'static u32) -> usize {
-    // Volatile so the compiler does not fold the placeholder zero; the loader rewrites it.
-    unsafe { core::ptr::read_volatile(global) as usize }
-}
-
-#[inline(always)]
-unsafe fn read_field<T>(base: *const u8, global: &'static u32) -> Result<T, i32> {
-    unsafe { bpf_probe_read_kernel(base.add(offset(global)).cast::<T>()) }
 }
 
 /// (device, inode) of the file being executed, and the path the caller named.

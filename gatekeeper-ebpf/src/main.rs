@@ -4,7 +4,15 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod connect;
+#[cfg(target_arch = "bpf")]
 mod exec;
+#[cfg(target_arch = "bpf")]
+mod net;
+#[cfg(target_arch = "bpf")]
+mod read;
+#[cfg(target_arch = "bpf")]
+mod sendmsg;
 #[cfg(target_arch = "bpf")]
 mod verdict;
 

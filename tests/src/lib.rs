@@ -136,6 +136,9 @@ pub struct Options {
     pub grant_ttl: &'static str,
     pub request_ttl: &'static str,
     pub webhook: bool,
+    /// More config, appended as is (e.g. `[[protect.connect]]` rules).
+    pub extra: String,
+    pub resolve_interval: &'static str,
 }
 
 impl Default for Options {
@@ -144,8 +147,20 @@ impl Default for Options {
             grant_ttl: "60s",
             request_ttl: "15m",
             webhook: true,
+            extra: String::new(),
+            resolve_interval: "30s",
         }
     }
+}
+
+/// What a network operation came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Net {
+    Ok,
+    /// Refused with EPERM.
+    Denied,
+    /// Failed otherwise (e.g. ECONNREFUSED: not Gatekeeper's doing).
+    Errno(i32),
 }
 
 /// One test's world.
@@ -219,6 +234,7 @@ impl Scenario {
 socket = "{socket}"
 listen = "127.0.0.1:{port}"
 journal = "{journal}"
+resolve_interval = "{resolve_interval}"
 
 [agents]
 cgroups = ["{agents}"]
@@ -232,13 +248,16 @@ reviewers = ["root", "alice"]
 grant_ttl = "{grant_ttl}"
 request_ttl = "{request_ttl}"
 
-{webhook_section}"#,
+{webhook_section}
+{extra}"#,
                 socket = socket.display(),
                 journal = journal.display(),
                 agents = agents.display(),
                 protected = protected.display(),
                 grant_ttl = options.grant_ttl,
                 request_ttl = options.request_ttl,
+                resolve_interval = options.resolve_interval,
+                extra = options.extra,
             ),
         )
         .unwrap();
@@ -338,20 +357,51 @@ request_ttl = "{request_ttl}"
     /// `threads` simultaneous execs of `program` from one process in `cgroup`:
     /// returns (ran, denied, other).
     pub fn race(&self, cgroup: &Path, threads: usize, program: &Path) -> (usize, usize, usize) {
+        let program = program.display().to_string();
+        race_counts(&[
+            "race",
+            &cgroup.display().to_string(),
+            &threads.to_string(),
+            &program,
+        ])
+    }
+
+    /// One network operation (`tcp`, `udp`, `sendto`, `sendmmsg`, `fastopen`) from a fresh
+    /// process in `cgroup`.
+    pub fn net(&self, cgroup: &Path, op: &str, address: &str) -> Net {
         let output = Command::new(bin("gk-helper"))
-            .arg("race")
+            .arg("net")
             .arg(cgroup)
-            .arg(threads.to_string())
-            .arg(program)
+            .args([op, address])
             .output()
-            .expect("run gk-helper race");
+            .expect("run gk-helper net");
         let text = String::from_utf8_lossy(&output.stdout);
-        let count = |key: &str| {
-            text.split_whitespace()
-                .find_map(|part| part.strip_prefix(key)?.parse().ok())
-                .unwrap_or_else(|| panic!("race output without {key}: {text}"))
-        };
-        (count("ran="), count("denied="), count("other="))
+        match text.trim().strip_prefix("RESULT=") {
+            Some("ok") => Net::Ok,
+            Some(errno) => match errno.strip_prefix("errno:").and_then(|n| n.parse().ok()) {
+                Some(libc::EPERM) => Net::Denied,
+                Some(errno) => Net::Errno(errno),
+                None => panic!("unexpected gk-helper output: {text}"),
+            },
+            None => panic!("unexpected gk-helper output: {output:?}"),
+        }
+    }
+
+    /// `threads` simultaneous operations from one process in `cgroup`: (passed, denied, other).
+    pub fn race_net(
+        &self,
+        cgroup: &Path,
+        threads: usize,
+        op: &str,
+        address: &str,
+    ) -> (usize, usize, usize) {
+        race_counts(&[
+            "race-net",
+            &cgroup.display().to_string(),
+            &threads.to_string(),
+            op,
+            address,
+        ])
     }
 
     pub fn requests(&self, all: bool) -> Vec<Value> {
@@ -366,11 +416,16 @@ request_ttl = "{request_ttl}"
 
     /// The request for an exec of `program`, once the daemon has it.
     pub fn wait_request(&self, program: &Path) -> Value {
-        let target = program.display().to_string();
+        self.wait_request_for(&program.display().to_string())
+    }
+
+    /// The pending request whose target reads `target` (a path, or e.g. `tcp 127.0.5.1:5432`).
+    pub fn wait_request_for(&self, target: &str) -> Value {
         wait_for(&format!("a request for {target}"), || {
-            self.requests(true).into_iter().rev().find(|request| {
-                request["target"] == target.as_str() && request["state"] == "pending"
-            })
+            self.requests(true)
+                .into_iter()
+                .rev()
+                .find(|request| request["target"] == target && request["state"] == "pending")
         })
     }
 
@@ -427,6 +482,20 @@ request_ttl = "{request_ttl}"
         let text = response.body_mut().read_to_string().unwrap_or_default();
         (status, text)
     }
+}
+
+fn race_counts(args: &[&str]) -> (usize, usize, usize) {
+    let output = Command::new(bin("gk-helper"))
+        .args(args)
+        .output()
+        .expect("run gk-helper race");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let count = |key: &str| {
+        text.split_whitespace()
+            .find_map(|part| part.strip_prefix(key)?.parse().ok())
+            .unwrap_or_else(|| panic!("race output without {key}: {output:?}"))
+    };
+    (count("passed="), count("denied="), count("other="))
 }
 
 pub fn now_unix() -> i64 {

@@ -49,6 +49,9 @@ const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
 alice:x:1000:1000:reviewer:/tmp:/bin/sh\n\
 bob:x:1001:1001:not a reviewer:/tmp:/bin/sh\n";
 const GROUP: &str = "root:x:0:\nalice:x:1000:\nbob:x:1001:\n";
+const HOSTS: &str = "127.0.0.1 localhost\n::1 localhost\n";
+/// Host names come from /etc/hosts alone: guests have no DNS.
+const NSSWITCH: &str = "hosts: files\n";
 
 /// Builds `out/initramfs.cpio` holding busybox, `binaries` and the libraries they link.
 pub fn build_initramfs(out: &Path, binaries: &[(PathBuf, &str)]) -> anyhow::Result<PathBuf> {
@@ -94,6 +97,8 @@ pub fn build_initramfs(out: &Path, binaries: &[(PathBuf, &str)]) -> anyhow::Resu
     }
     std::fs::write(root.join("etc/passwd"), PASSWD)?;
     std::fs::write(root.join("etc/group"), GROUP)?;
+    std::fs::write(root.join("etc/hosts"), HOSTS)?;
+    std::fs::write(root.join("etc/nsswitch.conf"), NSSWITCH)?;
     let init = root.join("init");
     std::fs::write(&init, INIT)?;
     run(Command::new("chmod").arg("755").arg(&init))?;

@@ -258,42 +258,37 @@ fn guest_run(
     Ok(counts)
 }
 
+/// Every stage counts: one that cannot run is a failure, and the last line always sums up.
 fn test() -> anyhow::Result<ExitCode> {
-    ensure_setup()?;
-    let mut total = host_tests()?;
-    println!("host: {} passed, {} failed", total.passed, total.failed);
-
-    let initramfs = build_guest()?;
-    for (label, _) in setup::KERNELS {
-        println!("== guest tests on Linux {label} (BPF LSM on)");
-        let counts = guest_run(
-            label,
-            &initramfs,
-            &format!("{} gk.mode=tests", guest::LSM_ON),
-            1,
-            GUEST_TEST_TIMEOUT,
-        )?;
-        println!(
-            "linux {label}: {} passed, {} failed",
-            counts.passed, counts.failed
-        );
-        total += counts;
+    let mut total = Counts::default();
+    let mut stage = |name: &str, result: anyhow::Result<Counts>| match result {
+        Ok(counts) => {
+            println!("{name}: {} passed, {} failed", counts.passed, counts.failed);
+            total += counts;
+        }
+        Err(error) => {
+            println!("{name}: could not run: {error:#}");
+            total.failed += 1;
+        }
+    };
+    stage("setup", ensure_setup().map(|()| Counts::default()));
+    stage("host", host_tests());
+    match build_guest() {
+        Ok(initramfs) => {
+            for (label, _) in setup::KERNELS {
+                println!("== guest tests on Linux {label} (BPF LSM on)");
+                let cmdline = format!("{} gk.mode=tests", guest::LSM_ON);
+                let result = guest_run(label, &initramfs, &cmdline, 1, GUEST_TEST_TIMEOUT);
+                stage(&format!("linux {label}"), result);
+            }
+            let (label, _) = setup::KERNELS[0];
+            println!("== daemon on Linux {label} with the BPF LSM off");
+            let cmdline = format!("{} gk.mode=nolsm", guest::LSM_OFF);
+            let result = guest_run(label, &initramfs, &cmdline, 1, GUEST_CHECK_TIMEOUT);
+            stage(&format!("linux {label}, BPF LSM off"), result);
+        }
+        Err(error) => stage("guest build", Err(error)),
     }
-    let (label, _) = setup::KERNELS[0];
-    println!("== daemon on Linux {label} with the BPF LSM off");
-    let counts = guest_run(
-        label,
-        &initramfs,
-        &format!("{} gk.mode=nolsm", guest::LSM_OFF),
-        1,
-        GUEST_CHECK_TIMEOUT,
-    )?;
-    println!(
-        "linux {label}, BPF LSM off: {} passed, {} failed",
-        counts.passed, counts.failed
-    );
-    total += counts;
-
     println!("{} passed, {} failed", total.passed, total.failed);
     Ok(if total.failed == 0 {
         ExitCode::SUCCESS

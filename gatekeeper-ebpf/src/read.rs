@@ -1,0 +1,21 @@
+//! Reading kernel structs at offsets the daemon found in the running kernel's BTF.
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+
+#[inline(always)]
+fn offset(global: &'static u32) -> usize {
+    // Volatile so the compiler does not fold the placeholder zero; the loader rewrites it.
+    unsafe { core::ptr::read_volatile(global) as usize }
+}
+
+/// Reads the field at the offset held in `global` from the struct at `base`.
+#[inline(always)]
+pub unsafe fn read_field<T>(base: *const u8, global: &'static u32) -> Result<T, i32> {
+    unsafe { bpf_probe_read_kernel(base.add(offset(global)).cast::<T>()) }
+}
+
+/// Reads a `T` at a fixed byte offset (for ABI structs such as `sockaddr_in`).
+#[inline(always)]
+pub unsafe fn read_at<T>(base: *const u8, offset: usize) -> Result<T, i32> {
+    unsafe { bpf_probe_read_kernel(base.add(offset).cast::<T>()) }
+}

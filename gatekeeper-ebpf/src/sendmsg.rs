@@ -1,0 +1,63 @@
+//! `socket_sendmsg`: sends that name their destination and so never call connect: unconnected
+//! UDP `sendto`/`sendmsg`/`sendmmsg` (checked per datagram) and TCP Fast Open.
+
+use aya_ebpf::{macros::lsm, programs::LsmContext};
+use gatekeeper_common::IPPROTO_TCP;
+
+use crate::{
+    net::{protected_destination, transport},
+    read::read_field,
+    verdict::{EPERM, agent_cgroup, decide},
+};
+
+#[unsafe(no_mangle)]
+static OFF_MSGHDR_NAME: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_MSGHDR_FLAGS: u32 = 0;
+
+const MSG_FASTOPEN: u32 = 0x2000_0000;
+
+#[lsm(hook = "socket_sendmsg")]
+pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
+    // An earlier LSM program's denial stands.
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    let Some(agent_cgroup_id) = agent_cgroup() else {
+        return 0;
+    };
+    let sock: *const u8 = ctx.arg(0);
+    let msg: *const u8 = ctx.arg(1);
+    match unsafe { named_destination(sock, msg) } {
+        Ok(Some(target)) => decide(agent_cgroup_id, target, core::ptr::null()),
+        Ok(None) => 0,
+        // Unreadable send of an agent: refuse rather than guess.
+        Err(_) => -EPERM,
+    }
+}
+
+#[inline(always)]
+unsafe fn named_destination(
+    sock: *const u8,
+    msg: *const u8,
+) -> Result<Option<gatekeeper_common::Target>, i32> {
+    unsafe {
+        let name: *const u8 = read_field(msg, &OFF_MSGHDR_NAME)?;
+        // No address: the socket's connected peer, which connect already checked.
+        if name.is_null() {
+            return Ok(None);
+        }
+        let Some((protocol, bit)) = transport(sock)? else {
+            return Ok(None);
+        };
+        // TCP ignores a send's address except to open a connection with Fast Open.
+        if protocol == IPPROTO_TCP {
+            let flags: u32 = read_field(msg, &OFF_MSGHDR_FLAGS)?;
+            if flags & MSG_FASTOPEN == 0 {
+                return Ok(None);
+            }
+        }
+        protected_destination(name, protocol, bit)
+    }
+}
