@@ -47,6 +47,8 @@ pub enum LocalCall {
         decision: Decision,
         reason: Option<String>,
     },
+    /// End enforcement: root only, never from an agent cgroup.
+    Uninstall,
 }
 
 /// The answer: a JSON object on one line.
@@ -184,6 +186,20 @@ fn answer_local(line: &str, stream: &UnixStream, shared: &Shared) -> LocalReply 
             ) {
                 Ok(()) => LocalReply::data(engine.list(all)),
                 Err(refusal) => LocalReply::error(refusal.to_string()),
+            }
+        }
+        LocalCall::Uninstall => {
+            let uid = stream.peer_cred().map(|credentials| credentials.uid());
+            let decider = match identify(stream, shared) {
+                Ok(decider) => decider,
+                Err(reply) => return reply,
+            };
+            if decider.caller_is_agent || uid.ok() != Some(0) {
+                return LocalReply::error("only root outside agent cgroups may uninstall");
+            }
+            match shared.uninstall(&decider.reviewer) {
+                Ok(()) => LocalReply::data("uninstalled"),
+                Err(error) => LocalReply::error(format!("uninstall failed: {error}")),
             }
         }
         LocalCall::Decide {

@@ -69,6 +69,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// End enforcement: detach the programs and remove their pins (root only).
+    Uninstall,
     /// Audit journal tools.
     Journal {
         #[command(subcommand)]
@@ -133,8 +135,23 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Approve { id, reason } => decide(&cli, id, Decision::Approve, reason),
         Command::Deny { id, reason } => decide(&cli, id, Decision::Deny, reason),
+        Command::Uninstall => uninstall(&cli),
         Command::Status { json } => {
-            let data = call(&cli, &LocalCall::Status)?;
+            let data = match call(&cli, &LocalCall::Status) {
+                Ok(data) => data,
+                Err(error) => {
+                    // The daemon is down; say whether its pinned programs still enforce.
+                    if let Ok(config) = client_config(&cli) {
+                        let live = crate::loader::links_pinned(&config.pin_dir);
+                        eprintln!(
+                            "enforcement is {} (pins in {})",
+                            if live { "still live" } else { "off" },
+                            config.pin_dir.display()
+                        );
+                    }
+                    return Err(error);
+                }
+            };
             if *json {
                 println!("{}", serde_json::to_string_pretty(&data)?);
             } else {
@@ -204,17 +221,50 @@ fn print_requests(requests: &[Request]) {
     }
 }
 
+/// The configuration a client command was pointed at: `--config`, else the default file.
+fn client_config(cli: &Cli) -> anyhow::Result<Config> {
+    let path = cli.config.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG));
+    Ok(Config::load(path)?)
+}
+
 fn socket_path(cli: &Cli) -> anyhow::Result<PathBuf> {
     if let Some(socket) = &cli.socket {
         return Ok(socket.clone());
     }
-    match &cli.config {
-        Some(path) => Ok(Config::load(path)?.socket),
-        None if Path::new(DEFAULT_CONFIG).exists() => {
-            Ok(Config::load(Path::new(DEFAULT_CONFIG))?.socket)
-        }
-        None => Ok(PathBuf::from(DEFAULT_SOCKET)),
+    if cli.config.is_some() || Path::new(DEFAULT_CONFIG).exists() {
+        return Ok(client_config(cli)?.socket);
     }
+    Ok(PathBuf::from(DEFAULT_SOCKET))
+}
+
+/// Through the daemon when it runs (it detaches and exits); otherwise directly, from the config.
+fn uninstall(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let reachable = socket_path(cli)
+        .map(|path| UnixStream::connect(path).is_ok())
+        .unwrap_or(false);
+    if reachable {
+        call(cli, &LocalCall::Uninstall)?;
+        println!("uninstalled: enforcement has ended");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = client_config(cli).context("no daemon is running; uninstall needs its config")?;
+    let own_cgroup = crate::cgroups::of_process(std::process::id())?;
+    if crate::cgroups::is_within(&own_cgroup, &config.agent_cgroups) {
+        bail!("uninstall cannot run from inside an agent cgroup");
+    }
+    let user = nix::unistd::getuid();
+    if !user.is_root() {
+        bail!("only root may uninstall");
+    }
+    let (mut journal, _) = journal::Journal::open(&config.journal)?;
+    journal.append(&journal::JournalEvent::Uninstalled {
+        pin_dir: config.pin_dir.display().to_string(),
+        by: crate::daemon::user_name(user.as_raw()).unwrap_or_else(|| "root".into()),
+    })?;
+    crate::loader::uninstall(&config.pin_dir)
+        .with_context(|| format!("remove pins in {}", config.pin_dir.display()))?;
+    println!("uninstalled: enforcement has ended");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// One call on the daemon's socket.

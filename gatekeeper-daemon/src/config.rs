@@ -19,6 +19,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/gatekeeper/config.toml";
 pub const DEFAULT_SOCKET: &str = "/run/gatekeeper/api.sock";
 const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 const DEFAULT_JOURNAL: &str = "/var/lib/gatekeeper/journal.jsonl";
+const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/gatekeeper";
 const DEFAULT_WEBHOOK_TIMEOUT: &str = "5s";
 const DEFAULT_WEBHOOK_ATTEMPTS: u32 = 5;
 const DEFAULT_RESOLVE_INTERVAL: &str = "30s";
@@ -47,6 +48,8 @@ pub struct Config {
     pub socket: PathBuf,
     pub listen: Option<SocketAddr>,
     pub journal: PathBuf,
+    /// Where programs' links and maps are pinned (on bpffs).
+    pub pin_dir: PathBuf,
     /// How often `host` destinations are resolved again.
     pub resolve_interval: Duration,
     pub agent_cgroups: Vec<PathBuf>,
@@ -110,6 +113,7 @@ struct RawDaemon {
     /// An empty string turns the HTTP listener off.
     listen: Option<String>,
     journal: Option<PathBuf>,
+    pin_dir: Option<PathBuf>,
     resolve_interval: Option<String>,
 }
 
@@ -357,8 +361,17 @@ impl Validator<'_> {
                 .unwrap_or(DEFAULT_RESOLVE_INTERVAL),
         )?;
 
+        let pin_dir = raw
+            .daemon
+            .pin_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
+        if !pin_dir.is_absolute() {
+            return Err(self.invalid("daemon.pin_dir", "must be an absolute path"));
+        }
+
         Ok(Config {
             path: self.path.to_owned(),
+            pin_dir,
             resolve_interval,
             connect_rules,
             socket: raw

@@ -25,8 +25,8 @@ use crate::{
     config::{Config, DestinationSpec},
     destinations::{self, Destination, DestinationError, Prefix, Reach},
     events::{EventReader, KernelEvent},
-    journal::{Journal, JournalError, JournalEvent},
-    loader::{Kernel, LoaderError},
+    journal::{Journal, JournalError, JournalEvent, Record},
+    loader::{self, Kernel, LoaderError},
     notify,
     requests::{
         Admission, DecideError, Decision, DecisionInfo, Denial, Kind, Parent, Process, Refusal,
@@ -170,6 +170,22 @@ pub fn user_name(uid: u32) -> Option<String> {
         .map(|user| user.name)
 }
 
+/// Removes the entries of an adopted map that the current configuration no longer wants.
+fn remove_stale<K: aya::Pod, V: aya::Pod>(
+    map: &mut aya::maps::HashMap<aya::maps::MapData, K, V>,
+    wanted: impl Fn(&K) -> bool,
+) -> Result<(), MapError> {
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| !wanted(key))
+        .collect();
+    for key in stale {
+        map.remove(&key)?;
+    }
+    Ok(())
+}
+
 /// The addresses `host` resolves to now (blocking; used at start).
 fn resolve(host: &str) -> Result<Vec<IpAddr>, String> {
     let addresses: Vec<IpAddr> = (host, 0)
@@ -221,15 +237,22 @@ impl Engine {
     pub fn start(config: Arc<Config>) -> Result<Self, DaemonError> {
         // Before anything is written: a host that cannot enforce is told so first.
         crate::loader::check_bpf_lsm()?;
-        let journal = Journal::open(&config.journal)?;
-        let mut kernel = Kernel::load()?;
+        let (journal, records) = Journal::open(&config.journal)?;
+        let was_enforcing = loader::links_pinned(&config.pin_dir);
+        let mut kernel = Kernel::load(&config.pin_dir)?;
+
+        // An earlier daemon's maps are adopted: the new policy goes in first and what is no
+        // longer configured comes out after, so nothing is unprotected in between.
+        let mut agents = Vec::new();
         for path in &config.agent_cgroups {
             let id = cgroups::id_of(path).map_err(|cause| DaemonError::AgentCgroup {
                 path: path.clone(),
                 cause,
             })?;
             kernel.agents.insert(id, 1, 0)?;
+            agents.push(id);
         }
+        remove_stale(&mut kernel.agents, |id| agents.contains(id))?;
         let mut protected = Vec::new();
         for (index, rule) in config.exec_rules.iter().enumerate() {
             let target =
@@ -245,6 +268,11 @@ impl Engine {
                 previous: Vec::new(),
             });
         }
+        remove_stale(&mut kernel.protected, |target| {
+            protected
+                .iter()
+                .any(|rule| rule.current.as_ref() == Some(target))
+        })?;
         let reaches = config
             .connect_rules
             .iter()
@@ -269,6 +297,18 @@ impl Engine {
                 })
             })
             .collect::<Result<Vec<_>, DaemonError>>()?;
+        let installed_nets = kernel
+            .nets
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, ranges)| {
+                let prefix = Prefix {
+                    address: key.data(),
+                    len: key.prefix_len() as u8,
+                };
+                (prefix, ranges)
+            })
+            .collect();
         let mut engine = Self {
             requests: Requests::new(config.request_ttl),
             config,
@@ -277,11 +317,13 @@ impl Engine {
             grants: HashMap::new(),
             protected,
             reaches,
-            installed_nets: BTreeMap::new(),
+            installed_nets,
             since: OffsetDateTime::now_utc(),
         };
         engine.sync_nets()?;
-        engine.kernel.attach()?;
+        let installed = engine.replay(records, was_enforcing);
+        let pin_dir = engine.config.pin_dir.clone();
+        engine.kernel.attach(&pin_dir)?;
         let kernel_release = nix::sys::utsname::uname()
             .map(|uts| uts.release().to_string_lossy().into_owned())
             .unwrap_or_default();
@@ -290,7 +332,109 @@ impl Engine {
             pid: std::process::id(),
             kernel: kernel_release,
         })?;
+        engine.since = match installed {
+            Some(since) if was_enforcing => since,
+            _ => engine.journal.append(&JournalEvent::EnforcementInstalled {
+                pin_dir: pin_dir.display().to_string(),
+            })?,
+        };
         Ok(engine)
+    }
+
+    /// Picks up where an earlier daemon left: its requests, decisions and outstanding grants.
+    /// Returns when enforcement was last installed.
+    fn replay(&mut self, records: Vec<Record>, was_enforcing: bool) -> Option<OffsetDateTime> {
+        let mut installed = None;
+        for record in records {
+            match record.event {
+                JournalEvent::EnforcementInstalled { .. } => installed = Some(record.time),
+                JournalEvent::Uninstalled { .. } => {
+                    installed = None;
+                    self.grants.clear();
+                }
+                JournalEvent::RequestCreated { request } => self.requests.restore(*request),
+                JournalEvent::Decision {
+                    request_id,
+                    decision,
+                    reviewer,
+                    reason,
+                    channel,
+                } => self.requests.restore_decision(
+                    &request_id,
+                    DecisionInfo {
+                        decision,
+                        reviewer,
+                        reason,
+                        channel,
+                        at: record.time,
+                    },
+                ),
+                JournalEvent::RequestExpired { request_id } => {
+                    self.requests.restore_expired(&request_id)
+                }
+                JournalEvent::GrantIssued {
+                    grant_id,
+                    request_id,
+                    ..
+                } => {
+                    if let Some(request) = self.requests.get(&request_id) {
+                        let key = GrantKey {
+                            cgroup_id: request.cgroup_id,
+                            target: request.target_key,
+                        };
+                        self.requests.attach_grant(&request_id, grant_id);
+                        self.grants.insert(
+                            grant_id,
+                            Grant {
+                                request_id,
+                                key,
+                                expires_boot_ns: 0,
+                            },
+                        );
+                    }
+                }
+                JournalEvent::GrantUsed { grant_id, .. }
+                | JournalEvent::GrantExpired { grant_id, .. } => {
+                    self.grants.remove(&grant_id);
+                }
+                _ => {}
+            }
+        }
+        if !was_enforcing {
+            // Nothing was pinned (first start, or a reboot): no earlier grant can be used.
+            let void: Vec<(u64, String)> = self
+                .grants
+                .drain()
+                .map(|(grant_id, grant)| (grant_id, grant.request_id))
+                .collect();
+            for (grant_id, request_id) in void {
+                self.record(JournalEvent::GrantExpired {
+                    grant_id,
+                    request_id,
+                });
+            }
+            return installed;
+        }
+        // The kernel's map has each outstanding grant's expiry; one no longer there was used
+        // while the daemon was away, and its event waits in the ring buffer.
+        let now = boot_time_ns();
+        for (grant_id, grant) in &mut self.grants {
+            grant.expires_boot_ns = match self.kernel.grants.get(&grant.key, 0) {
+                Ok(value) if value.grant_id == *grant_id => value.expires_boot_ns,
+                _ => now,
+            };
+        }
+        installed
+    }
+
+    /// Ends enforcement for good: journals it and removes the pins, which detaches the programs.
+    pub fn uninstall(&mut self, by: &str) -> std::io::Result<()> {
+        let pin_dir = self.config.pin_dir.clone();
+        self.record(JournalEvent::Uninstalled {
+            pin_dir: pin_dir.display().to_string(),
+            by: by.to_owned(),
+        });
+        loader::uninstall(&pin_dir)
     }
 
     fn record(&mut self, event: JournalEvent) {
@@ -651,7 +795,7 @@ impl Engine {
 
     pub fn status(&self) -> Status {
         Status {
-            enforcing: true,
+            enforcing: loader::links_pinned(&self.config.pin_dir),
             since: self.since,
             pid: std::process::id(),
             pending_requests: self.requests.list(false).len(),
@@ -700,17 +844,31 @@ impl Engine {
 
 /// The engine shared by the daemon's tasks.
 #[derive(Clone)]
-pub struct Shared(Arc<Mutex<Engine>>);
+pub struct Shared {
+    engine: Arc<Mutex<Engine>>,
+    /// Set once enforcement was uninstalled: the daemon then exits.
+    uninstalled: Arc<tokio::sync::Notify>,
+}
 
 impl Shared {
     pub fn new(engine: Engine) -> Self {
-        Self(Arc::new(Mutex::new(engine)))
+        Self {
+            engine: Arc::new(Mutex::new(engine)),
+            uninstalled: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// Uninstalls enforcement and tells the daemon to exit.
+    pub fn uninstall(&self, by: &str) -> std::io::Result<()> {
+        self.lock().uninstall(by)?;
+        self.uninstalled.notify_one();
+        Ok(())
     }
 
     /// The engine stays usable even if a task panicked while holding it: its state is updated in
     /// single steps, and stopping enforcement would be worse.
     pub fn lock(&self) -> MutexGuard<'_, Engine> {
-        self.0
+        self.engine
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -825,9 +983,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         } => result,
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = terminate.recv() => Ok(()),
+        () = shared.uninstalled.notified() => Ok(()),
     };
+    // Stopping leaves the pinned programs enforcing; only `gatekeeper uninstall` ends that.
     let reason = match &result {
-        Ok(()) => "signal".to_owned(),
+        Ok(()) if !loader::links_pinned(&config.pin_dir) => "uninstalled".to_owned(),
+        Ok(()) => "stopped; pinned programs keep enforcing".to_owned(),
         Err(error) => error.to_string(),
     };
     shared.lock().stop(&reason);

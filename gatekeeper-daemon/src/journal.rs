@@ -50,6 +50,15 @@ pub enum JournalEvent {
     DaemonStopped {
         reason: String,
     },
+    /// Programs attached and pinned where none were: enforcement starts here.
+    EnforcementInstalled {
+        pin_dir: String,
+    },
+    /// `gatekeeper uninstall`: enforcement ends here.
+    Uninstalled {
+        pin_dir: String,
+        by: String,
+    },
     ProtectionUpdated {
         path: String,
         dev: u32,
@@ -120,8 +129,17 @@ struct Body<'a> {
 struct ParsedBody {
     seq: u64,
     prev: String,
-    #[allow(dead_code)]
+    #[serde(with = "time::serde::rfc3339")]
+    time: OffsetDateTime,
     event: serde_json::Value,
+}
+
+/// One record as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub seq: u64,
+    pub time: OffsetDateTime,
+    pub event: JournalEvent,
 }
 
 pub struct Journal {
@@ -136,8 +154,9 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 impl Journal {
-    /// Opens (or creates) the journal and verifies it, so that new records extend an intact chain.
-    pub fn open(path: &Path) -> Result<Self, JournalError> {
+    /// Opens (or creates) the journal and reads it back, verified, so that new records extend an
+    /// intact chain and the daemon can pick up where the last one left.
+    pub fn open(path: &Path) -> Result<(Self, Vec<Record>), JournalError> {
         let io_error = |cause| JournalError::Io {
             path: path.to_owned(),
             cause,
@@ -151,25 +170,27 @@ impl Journal {
             .read(true)
             .open(path)
             .map_err(io_error)?;
-        let tail = verify(path)?;
-        Ok(Self {
+        let (records, tail) = read(path)?;
+        let journal = Self {
             path: path.to_owned(),
             file,
             next_seq: tail.records,
             last_hash: tail.last_hash,
-        })
+        };
+        Ok((journal, records))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Appends one record and makes it durable before returning.
-    pub fn append(&mut self, event: &JournalEvent) -> Result<u64, JournalError> {
+    /// Appends one record and makes it durable before returning; returns the record's time.
+    pub fn append(&mut self, event: &JournalEvent) -> Result<OffsetDateTime, JournalError> {
         let seq = self.next_seq;
+        let time = OffsetDateTime::now_utc();
         let body = serde_json::to_string(&Body {
             seq,
-            time: OffsetDateTime::now_utc(),
+            time,
             prev: &self.last_hash,
             event,
         })?;
@@ -183,7 +204,7 @@ impl Journal {
         self.file.sync_data().map_err(io_error)?;
         self.next_seq += 1;
         self.last_hash = hash;
-        Ok(seq)
+        Ok(time)
     }
 }
 
@@ -197,6 +218,33 @@ pub struct ChainTail {
 /// Checks every record of the journal at `path`: its own hash, its sequence number and its link
 /// to the record before. Returns the first bad record's line number on failure.
 pub fn verify(path: &Path) -> Result<ChainTail, JournalError> {
+    walk(path, |_| Ok(()))
+}
+
+/// Every record of an intact journal, in order; a record this version cannot read is an error.
+pub fn records(path: &Path) -> Result<Vec<Record>, JournalError> {
+    read(path).map(|(records, _)| records)
+}
+
+fn read(path: &Path) -> Result<(Vec<Record>, ChainTail), JournalError> {
+    let mut records = Vec::new();
+    let tail = walk(path, |body| {
+        let event = serde_json::from_value(body.event.clone())
+            .map_err(|error| format!("unreadable event: {error}"))?;
+        records.push(Record {
+            seq: body.seq,
+            time: body.time,
+            event,
+        });
+        Ok(())
+    })?;
+    Ok((records, tail))
+}
+
+fn walk(
+    path: &Path,
+    mut visit: impl FnMut(&ParsedBody) -> Result<(), String>,
+) -> Result<ChainTail, JournalError> {
     let file = File::open(path).map_err(|cause| JournalError::Io {
         path: path.to_owned(),
         cause,
@@ -216,15 +264,16 @@ pub fn verify(path: &Path) -> Result<ChainTail, JournalError> {
             reason,
         };
         let line = String::from_utf8(line).map_err(|_| corrupt("not UTF-8".into()))?;
-        let hash = check_record(&line, &tail).map_err(corrupt)?;
+        let (hash, body) = check_record(&line, &tail).map_err(corrupt)?;
+        visit(&body).map_err(corrupt)?;
         tail.records += 1;
         tail.last_hash = hash;
     }
     Ok(tail)
 }
 
-/// Checks one line against the chain so far; returns its hash.
-fn check_record(line: &str, tail: &ChainTail) -> Result<String, String> {
+/// Checks one line against the chain so far; returns its hash and body.
+fn check_record(line: &str, tail: &ChainTail) -> Result<(String, ParsedBody), String> {
     let (head, stated_hash) = line
         .rsplit_once(HASH_SUFFIX_START)
         .and_then(|(head, rest)| Some((head, rest.strip_suffix("\"}")?)))
@@ -245,7 +294,7 @@ fn check_record(line: &str, tail: &ChainTail) -> Result<String, String> {
     if parsed.prev != tail.last_hash {
         return Err("does not link to the record before it (removed or reordered)".into());
     }
-    Ok(hash)
+    Ok((hash, parsed))
 }
 
 #[cfg(test)]
@@ -272,7 +321,7 @@ mod tests {
     }
 
     fn write_records(path: &Path, count: u64) {
-        let mut journal = Journal::open(path).expect("open");
+        let (mut journal, _) = Journal::open(path).expect("open");
         for index in 0..count {
             journal
                 .append(&JournalEvent::RequestExpired {
@@ -361,6 +410,21 @@ mod tests {
         all.push("not json".into());
         write_lines(&temp.0, &all);
         assert_eq!(bad_line(&temp.0), 2);
+    }
+
+    #[test]
+    fn records_read_back_in_order() {
+        let temp = TempJournal::new("records");
+        write_records(&temp.0, 3);
+        let records = records(&temp.0).expect("intact");
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[2].seq, 2);
+        assert_eq!(
+            records[1].event,
+            JournalEvent::RequestExpired {
+                request_id: "r1".into()
+            }
+        );
     }
 
     #[test]

@@ -2,16 +2,17 @@
 //!
 //! Refuses loudly when the kernel cannot enforce: the BPF LSM not active, or the program refused.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::LpmTrie},
-    programs::{Lsm, ProgramError},
+    programs::{Lsm, ProgramError, links::FdLink},
 };
 use gatekeeper_common::{
     Counter, GrantKey, GrantValue, PROGRAMS, PortRanges, Target, maps, offsets,
 };
+use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
 const LSM_LIST: &str = "/sys/kernel/security/lsm";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -46,6 +47,67 @@ pub enum LoaderError {
     Attach(ProgramError),
     #[error("map {name}: {cause}")]
     Map { name: &'static str, cause: MapError },
+    #[error("pin directory {path}: {cause}")]
+    PinDir { path: PathBuf, cause: String },
+    #[error("cannot pin {path}: {cause}")]
+    Pin { path: PathBuf, cause: String },
+}
+
+/// An error with its causes, for errors whose message leaves them out.
+fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+/// Where the link of `program` is pinned.
+pub fn link_pin(pin_dir: &Path, program: &str) -> PathBuf {
+    pin_dir.join(format!("link_{program}"))
+}
+
+/// Whether every program's link is pinned: enforcement is live, with or without a daemon.
+pub fn links_pinned(pin_dir: &Path) -> bool {
+    PROGRAMS
+        .iter()
+        .all(|program| link_pin(pin_dir, program).exists())
+}
+
+/// Creates the pin directory, which must be on a BPF filesystem.
+fn prepare_pin_dir(pin_dir: &Path) -> Result<(), LoaderError> {
+    let error = |cause: String| LoaderError::PinDir {
+        path: pin_dir.to_owned(),
+        cause,
+    };
+    std::fs::create_dir_all(pin_dir).map_err(|cause| error(cause.to_string()))?;
+    let fs = statfs(pin_dir).map_err(|cause| error(cause.to_string()))?;
+    if fs.filesystem_type() != BPF_FS_MAGIC {
+        return Err(error(
+            "not on a BPF filesystem (mount -t bpf bpf /sys/fs/bpf)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Ends enforcement: removes the pinned links (detaching the programs) and maps.
+pub fn uninstall(pin_dir: &Path) -> std::io::Result<()> {
+    if !pin_dir.exists() {
+        return Ok(());
+    }
+    // Links first, so nothing is left half enforced with its maps gone.
+    for program in PROGRAMS {
+        let path = link_pin(pin_dir, program);
+        if path.exists() {
+            std::fs::remove_file(path)?;
+        }
+    }
+    for entry in std::fs::read_dir(pin_dir)? {
+        std::fs::remove_file(entry?.path())?;
+    }
+    std::fs::remove_dir(pin_dir)
 }
 
 /// The loaded, attached programs and the maps the daemon uses. Dropping it detaches everything.
@@ -136,12 +198,14 @@ fn find_member(btf: &btf_rs::Btf, s: &btf_rs::Struct, member: &str) -> Option<u3
 
 impl Kernel {
     /// Loads and attaches the programs. Fails, and enforces nothing, unless the kernel enforces.
-    pub fn load() -> Result<Self, LoaderError> {
+    /// Maps are pinned in `pin_dir`, and adopted from there when a daemon ran before.
+    pub fn load(pin_dir: &Path) -> Result<Self, LoaderError> {
         check_bpf_lsm()?;
+        prepare_pin_dir(pin_dir)?;
         let offsets = offsets_from_kernel(Path::new(VMLINUX_BTF))?;
         let btf = Btf::from_sys_fs().map_err(|error| LoaderError::Btf(error.to_string()))?;
         let mut loader = EbpfLoader::new();
-        loader.btf(Some(&btf));
+        loader.btf(Some(&btf)).default_map_pin_directory(pin_dir);
         for (global, offset) in &offsets {
             loader.override_global(global, offset, true);
         }
@@ -178,8 +242,12 @@ impl Kernel {
         Ok(kernel)
     }
 
-    /// Attaches the programs. Called after the maps hold the policy, so enforcement starts whole.
-    pub fn attach(&mut self) -> Result<(), LoaderError> {
+    /// Attaches the programs and pins their links, so they enforce whether or not a daemon runs.
+    /// Called after the maps hold the policy. Links pinned by an earlier daemon are replaced only
+    /// once every new program is attached: there is no moment without enforcement.
+    pub fn attach(&mut self, pin_dir: &Path) -> Result<(), LoaderError> {
+        // bpffs refuses names with dots.
+        let staged = |program: &str| pin_dir.join(format!("link_{program}_new"));
         for name in PROGRAMS {
             let program: &mut Lsm = self
                 .ebpf
@@ -187,7 +255,25 @@ impl Kernel {
                 .ok_or(LoaderError::Missing(name))?
                 .try_into()
                 .map_err(LoaderError::Attach)?;
-            program.attach().map_err(LoaderError::Attach)?;
+            let link_id = program.attach().map_err(LoaderError::Attach)?;
+            let link: FdLink = program
+                .take_link(link_id)
+                .map_err(LoaderError::Attach)?
+                .into();
+            let path = staged(name);
+            let _ = std::fs::remove_file(&path);
+            link.pin(&path).map_err(|cause| LoaderError::Pin {
+                path: path.clone(),
+                cause: with_sources(&cause),
+            })?;
+        }
+        for name in PROGRAMS {
+            let path = link_pin(pin_dir, name);
+            // Renaming over the old pin drops the old link's last reference: it detaches.
+            std::fs::rename(staged(name), &path).map_err(|cause| LoaderError::Pin {
+                path,
+                cause: cause.to_string(),
+            })?;
         }
         Ok(())
     }

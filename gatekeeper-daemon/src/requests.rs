@@ -255,6 +255,37 @@ impl Requests {
         Ok(request)
     }
 
+    /// Takes back a request an earlier daemon made, as it was recorded.
+    pub fn restore(&mut self, request: Request) {
+        if request.state == State::Pending {
+            self.pending
+                .insert((request.cgroup_id, request.target_key), request.id.clone());
+        }
+        self.by_id.insert(request.id.clone(), request);
+    }
+
+    /// Replays a recorded decision: it was valid when taken, so nothing is checked again.
+    pub fn restore_decision(&mut self, id: &str, info: DecisionInfo) {
+        if let Some(request) = self.by_id.get_mut(id) {
+            request.state = match info.decision {
+                Decision::Approve => State::Approved,
+                Decision::Deny => State::Denied,
+            };
+            request.decision = Some(info);
+            self.pending
+                .remove(&(request.cgroup_id, request.target_key));
+        }
+    }
+
+    /// Replays a recorded expiry.
+    pub fn restore_expired(&mut self, id: &str) {
+        if let Some(request) = self.by_id.get_mut(id) {
+            request.state = State::Expired;
+            self.pending
+                .remove(&(request.cgroup_id, request.target_key));
+        }
+    }
+
     pub fn attach_grant(&mut self, id: &str, grant_id: u64) {
         if let Some(request) = self.by_id.get_mut(id) {
             request.grant_id = Some(grant_id);
@@ -388,6 +419,36 @@ mod tests {
         assert_eq!(
             requests.decide(&id, decision(Decision::Approve, later)),
             Err(DecideError::Expired(id.clone()))
+        );
+    }
+
+    #[test]
+    fn restored_requests_behave_as_before() {
+        let now = OffsetDateTime::now_utc();
+        let mut original = Requests::new(TTL);
+        let pending = new_id_of(original.on_denial(denial(7, 100), now)).clone();
+        let decided = new_id_of(original.on_denial(denial(7, 101), now));
+        let expired = new_id_of(original.on_denial(denial(7, 102), now));
+
+        let mut restored = Requests::new(TTL);
+        for id in [&pending, &decided, &expired] {
+            restored.restore(original.get(id).unwrap().clone());
+        }
+        restored.restore_decision(&decided, decision(Decision::Deny, now));
+        restored.restore_expired(&expired);
+        assert_eq!(restored.list(false).len(), 1);
+        assert_eq!(
+            restored.on_denial(denial(7, 100), now),
+            Admission::Joined(pending.clone())
+        );
+        assert!(matches!(
+            restored.on_denial(denial(7, 101), now),
+            Admission::New(_)
+        ));
+        assert!(
+            restored
+                .decide(&pending, decision(Decision::Approve, now))
+                .is_ok()
         );
     }
 

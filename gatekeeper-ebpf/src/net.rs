@@ -17,8 +17,7 @@ static OFF_SOCKET_SK: u32 = 0;
 static OFF_SOCK_PROTOCOL: u32 = 0;
 
 #[map]
-static PROTECTED_NETS: LpmTrie<[u8; 16], PortRanges> =
-    LpmTrie::with_max_entries(MAX_PROTECTED_NETS, 0);
+static PROTECTED_NETS: LpmTrie<[u8; 16], PortRanges> = LpmTrie::pinned(MAX_PROTECTED_NETS, 0);
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;

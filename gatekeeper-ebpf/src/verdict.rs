@@ -15,20 +15,23 @@ use gatekeeper_common::{
 
 pub const EPERM: i32 = 1;
 
-#[map]
-static AGENT_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_AGENT_CGROUPS, 0);
+// Every map is pinned by name: a restarted or upgraded daemon adopts them with their grants and
+// the events queued while it was away.
 
 #[map]
-static PROTECTED: HashMap<Target, u32> = HashMap::with_max_entries(MAX_PROTECTED, 0);
+static AGENT_CGROUPS: HashMap<u64, u32> = HashMap::pinned(MAX_AGENT_CGROUPS, 0);
 
 #[map]
-static GRANTS: HashMap<GrantKey, GrantValue> = HashMap::with_max_entries(MAX_GRANTS, 0);
+static PROTECTED: HashMap<Target, u32> = HashMap::pinned(MAX_PROTECTED, 0);
 
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUFFER_BYTES, 0);
+static GRANTS: HashMap<GrantKey, GrantValue> = HashMap::pinned(MAX_GRANTS, 0);
 
 #[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+static EVENTS: RingBuf = RingBuf::pinned(RING_BUFFER_BYTES, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 
 /// The configured agent cgroup the current task is in or descends from.
 #[inline(always)]

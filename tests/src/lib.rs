@@ -177,6 +177,7 @@ pub struct Scenario {
     pub config: PathBuf,
     pub socket: PathBuf,
     pub journal: PathBuf,
+    pub pin_dir: PathBuf,
     pub http: String,
     pub webhook: Option<WebhookReceiver>,
     daemon: Option<Child>,
@@ -217,6 +218,7 @@ impl Scenario {
         let port = free_port();
         let socket = dir.join("api.sock");
         let journal = dir.join("journal.jsonl");
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/gk-{name}"));
         let webhook_section = webhook
             .as_ref()
             .map(|hook| {
@@ -234,6 +236,7 @@ impl Scenario {
 socket = "{socket}"
 listen = "127.0.0.1:{port}"
 journal = "{journal}"
+pin_dir = "{pin_dir}"
 resolve_interval = "{resolve_interval}"
 
 [agents]
@@ -252,6 +255,7 @@ request_ttl = "{request_ttl}"
 {extra}"#,
                 socket = socket.display(),
                 journal = journal.display(),
+                pin_dir = pin_dir.display(),
                 agents = agents.display(),
                 protected = protected.display(),
                 grant_ttl = options.grant_ttl,
@@ -270,6 +274,7 @@ request_ttl = "{request_ttl}"
             config,
             socket,
             journal,
+            pin_dir,
             http: format!("http://127.0.0.1:{port}"),
             webhook,
             daemon: None,
@@ -277,7 +282,18 @@ request_ttl = "{request_ttl}"
     }
 
     fn with_daemon(mut self) -> Self {
-        let log = std::fs::File::create(self.dir.join("daemon.log")).unwrap();
+        self.start_daemon();
+        self
+    }
+
+    /// Starts (or restarts) the daemon and waits until it enforces.
+    pub fn start_daemon(&mut self) {
+        assert!(self.daemon.is_none(), "a daemon is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))
+            .unwrap();
         let child = Command::new(bin("gatekeeper"))
             .arg("daemon")
             .arg("--config")
@@ -297,7 +313,24 @@ request_ttl = "{request_ttl}"
             }
             self.gatekeeper(&["status"]).status.success().then_some(())
         });
-        self
+    }
+
+    /// SIGKILLs the daemon, as a crash or the OOM killer would.
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            child.kill().expect("SIGKILL the daemon");
+            let _ = child.wait();
+        }
+    }
+
+    /// `gatekeeper uninstall` as root from outside any agent cgroup.
+    pub fn uninstall(&self) -> Output {
+        Command::new(bin("gatekeeper"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("uninstall")
+            .output()
+            .expect("run gatekeeper uninstall")
     }
 
     pub fn daemon_log(&self) -> String {
@@ -508,6 +541,13 @@ pub fn now_unix() -> i64 {
 impl Drop for Scenario {
     fn drop(&mut self) {
         self.stop_daemon();
+        // Stopping leaves the programs enforcing: take them away before the next test.
+        if self.pin_dir.exists() {
+            let output = self.uninstall();
+            if !output.status.success() {
+                eprintln!("uninstall after the test failed: {output:?}");
+            }
+        }
         // Children first: a cgroup with children cannot be removed.
         for cgroup in [&self.agents, &self.outside] {
             if let Ok(entries) = std::fs::read_dir(cgroup) {

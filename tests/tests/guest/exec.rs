@@ -402,25 +402,6 @@ fn journal_verifies_then_fails_after_an_edit() {
 }
 
 #[test]
-fn status_reports_enforcement_and_fails_when_down() {
-    let mut scenario = Scenario::start("status", Options::default());
-    let output = scenario.gatekeeper(&["status", "--json"]);
-    assert!(output.status.success());
-    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(status["enforcing"], true);
-    assert_eq!(scenario.agent_exec(), Exec::Denied);
-    wait_for("the denial to be counted", || {
-        let output = scenario.gatekeeper(&["status", "--json"]);
-        let status: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
-        (status["denied"].as_u64()? >= 1).then_some(())
-    });
-    scenario.stop_daemon();
-    assert!(!scenario.gatekeeper(&["status"]).status.success());
-    // And with the daemon gone, nothing is enforced by this test's programs any more.
-    assert_eq!(scenario.agent_exec(), Exec::Ran);
-}
-
-#[test]
 fn bad_config_exits_2_naming_the_key_before_loading() {
     let scenario = Scenario::prepare("bad-config", Options::default());
     let text = std::fs::read_to_string(&scenario.config).unwrap();

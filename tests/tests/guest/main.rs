@@ -3,6 +3,7 @@
 
 mod connect;
 mod exec;
+mod survival;
 
 use std::process::Command;
 
