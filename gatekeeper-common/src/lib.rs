@@ -18,6 +18,12 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU counters, indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// tgid (u32) -> 1 for the daemon: agents may not signal or trace it.
+    pub const DAEMON_PIDS: &str = "DAEMON_PIDS";
+    /// [`crate::Target`] -> 1 for binaries agents may run in allowlist mode.
+    pub const ALLOWED: &str = "ALLOWED";
+    /// Array of u32 settings, indexed by [`crate::Setting`].
+    pub const SETTINGS: &str = "SETTINGS";
 }
 
 /// Names of the read-only globals the daemon fills with struct offsets read from the running
@@ -33,13 +39,49 @@ pub mod offsets {
     pub const SOCK_PROTOCOL: &str = "OFF_SOCK_PROTOCOL";
     pub const MSGHDR_NAME: &str = "OFF_MSGHDR_NAME";
     pub const MSGHDR_FLAGS: &str = "OFF_MSGHDR_FLAGS";
+    pub const TASK_TGID: &str = "OFF_TASK_TGID";
+    pub const SB_MAGIC: &str = "OFF_SB_MAGIC";
+    pub const VFSMOUNT_SB: &str = "OFF_VFSMOUNT_SB";
+    pub const VFSMOUNT_FLAGS: &str = "OFF_VFSMOUNT_FLAGS";
+    pub const FILE_PATH: &str = "OFF_FILE_PATH";
+    pub const PATH_MNT: &str = "OFF_PATH_MNT";
+    pub const TASK_MM: &str = "OFF_TASK_MM";
+    pub const MM_EXE_FILE: &str = "OFF_MM_EXE_FILE";
 }
 
 /// LSM programs, each named after the hook it attaches to.
 pub const EXEC_PROGRAM: &str = "bprm_check_security";
 pub const CONNECT_PROGRAM: &str = "socket_connect";
 pub const SENDMSG_PROGRAM: &str = "socket_sendmsg";
-pub const PROGRAMS: [&str; 3] = [EXEC_PROGRAM, CONNECT_PROGRAM, SENDMSG_PROGRAM];
+pub const PROGRAMS: [&str; 14] = [
+    EXEC_PROGRAM,
+    CONNECT_PROGRAM,
+    SENDMSG_PROGRAM,
+    // Self-defence: what an agent could use to switch Gatekeeper off or walk around it.
+    "bpf",
+    "task_kill",
+    "ptrace_access_check",
+    "inode_unlink",
+    "inode_rename",
+    "sb_umount",
+    "sb_remount",
+    "inode_permission",
+    "kernel_read_file",
+    "kernel_load_data",
+    "mmap_file",
+];
+
+/// Indices into the settings array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug)]
+pub enum Setting {
+    /// 1: agents may exec only allowlisted binaries; anything else needs approval.
+    ExecAllowlist = 0,
+}
+
+pub const SETTING_SLOTS: u32 = 4;
+pub const MAX_DAEMON_PIDS: u32 = 16;
+pub const MAX_ALLOWED: u32 = 4096;
 
 /// How many cgroup levels below the root the kernel walks looking for an agent ancestor.
 pub const MAX_CGROUP_DEPTH: i32 = 16;
@@ -53,6 +95,77 @@ pub const RING_BUFFER_BYTES: u32 = 256 * 1024;
 
 pub const TARGET_KIND_EXEC: u32 = 1;
 pub const TARGET_KIND_CONNECT: u32 = 2;
+/// A tamper attempt: `aux` is the [`TamperHook`], `data` hook-specific detail.
+pub const TARGET_KIND_TAMPER: u32 = 3;
+
+/// What an agent tried against the enforcer. Denied outright: there is nothing to approve.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TamperHook {
+    /// The bpf() syscall (data: command).
+    Bpf = 1,
+    /// A signal to the daemon (data: tgid, signal).
+    Signal = 2,
+    /// ptrace or process_vm_* on the daemon (data: tgid, mode).
+    Ptrace = 3,
+    /// Unlinking something on bpffs.
+    PinUnlink = 4,
+    /// Renaming something on or onto bpffs.
+    PinRename = 5,
+    /// Unmounting a filesystem.
+    Umount = 6,
+    /// Remounting bpffs.
+    Remount = 7,
+    /// Writing on cgroupfs: moving processes, making or changing cgroups.
+    CgroupWrite = 8,
+    /// Loading kernel modules or other files into the kernel (data: read id).
+    KernelRead = 9,
+    /// Loading kernel modules or other blobs into the kernel (data: load id).
+    KernelLoad = 10,
+    /// Mapping a protected binary executable outside exec (the dynamic loader trick).
+    ExecMapping = 11,
+    /// Executing a file that lives on no mounted filesystem (a memfd).
+    ExecInternal = 12,
+}
+
+impl TamperHook {
+    pub fn from_raw(raw: u32) -> Option<Self> {
+        use TamperHook::*;
+        [
+            Bpf,
+            Signal,
+            Ptrace,
+            PinUnlink,
+            PinRename,
+            Umount,
+            Remount,
+            CgroupWrite,
+            KernelRead,
+            KernelLoad,
+            ExecMapping,
+            ExecInternal,
+        ]
+        .into_iter()
+        .find(|hook| *hook as u32 == raw)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Bpf => "bpf",
+            Self::Signal => "signal",
+            Self::Ptrace => "ptrace",
+            Self::PinUnlink => "pin_unlink",
+            Self::PinRename => "pin_rename",
+            Self::Umount => "umount",
+            Self::Remount => "remount",
+            Self::CgroupWrite => "cgroup_write",
+            Self::KernelRead => "kernel_read_file",
+            Self::KernelLoad => "kernel_load_data",
+            Self::ExecMapping => "exec_mapping",
+            Self::ExecInternal => "exec_internal",
+        }
+    }
+}
 
 /// IP protocol numbers as the kernel reports them in `sock.sk_protocol`.
 pub const IPPROTO_TCP: u8 = 6;
@@ -168,6 +281,8 @@ pub enum EventKind {
     Denied = 1,
     /// A grant was consumed: this one action passed.
     GrantUsed = 2,
+    /// An agent tried to disable or walk around the enforcer; denied.
+    Tamper = 3,
 }
 
 impl EventKind {
@@ -175,6 +290,7 @@ impl EventKind {
         match raw {
             1 => Some(Self::Denied),
             2 => Some(Self::GrantUsed),
+            3 => Some(Self::Tamper),
             _ => None,
         }
     }
@@ -212,6 +328,8 @@ pub enum Counter {
     Denied = 1,
     /// Grants consumed.
     GrantsUsed = 2,
+    /// Tamper attempts denied.
+    Tamper = 3,
 }
 
 pub const COUNTER_SLOTS: u32 = 4;
@@ -284,8 +402,18 @@ mod tests {
     }
 
     #[test]
+    fn tamper_hooks_round_trip() {
+        for raw in 1..=12 {
+            let hook = TamperHook::from_raw(raw).expect("every id names a hook");
+            assert_eq!(hook as u32, raw);
+            assert!(!hook.name().is_empty());
+        }
+        assert_eq!(TamperHook::from_raw(13), None);
+    }
+
+    #[test]
     fn event_kind_round_trips() {
-        for kind in [EventKind::Denied, EventKind::GrantUsed] {
+        for kind in [EventKind::Denied, EventKind::GrantUsed, EventKind::Tamper] {
             assert_eq!(EventKind::from_raw(kind as u32), Some(kind));
         }
         assert_eq!(EventKind::from_raw(0), None);

@@ -53,6 +53,9 @@ pub struct Config {
     /// How often `host` destinations are resolved again.
     pub resolve_interval: Duration,
     pub agent_cgroups: Vec<PathBuf>,
+    /// Agents may exec only `allowed` binaries (and approved ones).
+    pub exec_allowlist: bool,
+    pub allowed: Vec<PathBuf>,
     pub exec_rules: Vec<ExecRule>,
     pub connect_rules: Vec<ConnectRule>,
     pub reviewers: Vec<String>,
@@ -121,6 +124,11 @@ struct RawDaemon {
 #[serde(deny_unknown_fields)]
 struct RawAgents {
     cgroups: Vec<PathBuf>,
+    /// "protect" (default): only protected binaries need approval; "allowlist": everything
+    /// not in `allow` does.
+    exec: Option<String>,
+    #[serde(default)]
+    allow: Vec<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -269,6 +277,34 @@ impl Validator<'_> {
             })?;
         }
 
+        let exec_allowlist = match raw.agents.exec.as_deref() {
+            None | Some("protect") => false,
+            Some("allowlist") => true,
+            Some(other) => {
+                return Err(self.invalid(
+                    "agents.exec",
+                    format!("{other:?}: use \"protect\" or \"allowlist\""),
+                ));
+            }
+        };
+        if exec_allowlist && raw.agents.allow.is_empty() {
+            return Err(self.invalid(
+                "agents.allow",
+                "allowlist mode needs the binaries agents may run",
+            ));
+        }
+        for (index, path) in raw.agents.allow.iter().enumerate() {
+            let key = format!("agents.allow[{index}]");
+            if !path.is_absolute() {
+                return Err(self.invalid(key, "must be an absolute path"));
+            }
+            let metadata = std::fs::metadata(path)
+                .map_err(|error| self.invalid(&key, format!("{}: {error}", path.display())))?;
+            if !metadata.is_file() {
+                return Err(self.invalid(&key, format!("{} is not a file", path.display())));
+            }
+        }
+
         let mut exec_rules = Vec::new();
         let mut seen = HashSet::new();
         for (index, rule) in raw.protect.exec.into_iter().enumerate() {
@@ -384,6 +420,8 @@ impl Validator<'_> {
                 .journal
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_JOURNAL)),
             agent_cgroups: raw.agents.cgroups,
+            exec_allowlist,
+            allowed: raw.agents.allow,
             exec_rules,
             reviewers: raw.approval.reviewers,
             grant_ttl,
@@ -566,6 +604,23 @@ host = "db.internal"
             let error = error_of(&config_text(&format!("[[protect.connect]]\n{rule}")));
             assert!(error.contains(key), "{rule}: {error}");
         }
+    }
+
+    #[test]
+    fn allowlist_mode_is_checked() {
+        let text = config_text("").replace(
+            "[[protect.exec]]",
+            "exec = \"allowlist\"\nallow = [\"/bin/sh\"]\n[[protect.exec]]",
+        );
+        let config = parse(&text).expect("valid allowlist config");
+        assert!(config.exec_allowlist);
+        assert_eq!(config.allowed, vec![PathBuf::from("/bin/sh")]);
+        let error = error_of(&text.replace("allow = [\"/bin/sh\"]", "allow = []"));
+        assert!(error.contains("agents.allow"), "{error}");
+        let error = error_of(&text.replace("\"allowlist\"", "\"everything\""));
+        assert!(error.contains("agents.exec"), "{error}");
+        let error = error_of(&text.replace("\"/bin/sh\"]", "\"/nonexistent/x\"]"));
+        assert!(error.contains("agents.allow[0]"), "{error}");
     }
 
     #[test]

@@ -14,7 +14,8 @@ use std::{
 
 use aya::maps::MapError;
 use gatekeeper_common::{
-    Counter, EventKind, GrantKey, GrantValue, PortRanges, TARGET_KIND_CONNECT, Target,
+    Counter, EventKind, GrantKey, GrantValue, PortRanges, Setting, TARGET_KIND_CONNECT, TamperHook,
+    Target,
 };
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -119,6 +120,7 @@ pub struct Status {
     pub denied: u64,
     pub grants_used: u64,
     pub events_dropped: u64,
+    pub tamper_attempts: u64,
     pub protected: Vec<ProtectedStatus>,
 }
 
@@ -137,6 +139,7 @@ pub struct Engine {
     requests: Requests,
     grants: HashMap<u64, Grant>,
     protected: Vec<ProtectedPath>,
+    allowed: Vec<ProtectedPath>,
     /// One per `[[protect.connect]]` rule, with its addresses resolved.
     reaches: Vec<Reach>,
     /// What the kernel's destination trie holds now.
@@ -168,6 +171,58 @@ pub fn user_name(uid: u32) -> Option<String> {
         .ok()
         .flatten()
         .map(|user| user.name)
+}
+
+/// Puts the files `paths` name into `map` and takes out what an earlier configuration left.
+fn install_paths(
+    paths: impl Iterator<Item = (PathBuf, String)>,
+    map: &mut aya::maps::HashMap<aya::maps::MapData, Target, u32>,
+) -> Result<Vec<ProtectedPath>, DaemonError> {
+    let mut installed = Vec::new();
+    for (index, (path, name)) in paths.enumerate() {
+        let target = exec_target_of(&path).map_err(|cause| DaemonError::ProtectedPath {
+            path: path.clone(),
+            cause,
+        })?;
+        map.insert(target, index as u32, 0)?;
+        installed.push(ProtectedPath {
+            path,
+            name,
+            current: Some(target),
+            previous: Vec::new(),
+        });
+    }
+    remove_stale(map, |target| {
+        installed
+            .iter()
+            .any(|path| path.current.as_ref() == Some(target))
+    })?;
+    Ok(installed)
+}
+
+/// Follows `paths` to the files they name now; returns those that moved. A file a path named
+/// before stays in the map.
+fn follow_paths(
+    paths: &mut [ProtectedPath],
+    map: &mut aya::maps::HashMap<aya::maps::MapData, Target, u32>,
+) -> Vec<(PathBuf, Target)> {
+    let mut moved = Vec::new();
+    for (index, entry) in paths.iter_mut().enumerate() {
+        // Mid-replacement the path may briefly not exist: keep the old entry meanwhile.
+        let Ok(target) = exec_target_of(&entry.path) else {
+            continue;
+        };
+        if entry.current == Some(target) {
+            continue;
+        }
+        if let Err(error) = map.insert(target, index as u32, 0) {
+            error!(%error, path = %entry.path.display(), "cannot follow replaced file");
+            continue;
+        }
+        entry.previous.extend(entry.current.replace(target));
+        moved.push((entry.path.clone(), target));
+    }
+    moved
 }
 
 /// Removes the entries of an adopted map that the current configuration no longer wants.
@@ -253,26 +308,28 @@ impl Engine {
             agents.push(id);
         }
         remove_stale(&mut kernel.agents, |id| agents.contains(id))?;
-        let mut protected = Vec::new();
-        for (index, rule) in config.exec_rules.iter().enumerate() {
-            let target =
-                exec_target_of(&rule.path).map_err(|cause| DaemonError::ProtectedPath {
-                    path: rule.path.clone(),
-                    cause,
-                })?;
-            kernel.protected.insert(target, index as u32, 0)?;
-            protected.push(ProtectedPath {
-                path: rule.path.clone(),
-                name: rule.name.clone(),
-                current: Some(target),
-                previous: Vec::new(),
-            });
-        }
-        remove_stale(&mut kernel.protected, |target| {
-            protected
+        let protected = install_paths(
+            config
+                .exec_rules
                 .iter()
-                .any(|rule| rule.current.as_ref() == Some(target))
-        })?;
+                .map(|rule| (rule.path.clone(), rule.name.clone())),
+            &mut kernel.protected,
+        )?;
+        let allowed = install_paths(
+            config
+                .allowed
+                .iter()
+                .map(|path| (path.clone(), "allowlisted".to_owned())),
+            &mut kernel.allowed,
+        )?;
+        kernel.settings.set(
+            Setting::ExecAllowlist as u32,
+            u32::from(config.exec_allowlist),
+            0,
+        )?;
+        let own_pid = std::process::id();
+        kernel.daemon_pids.insert(own_pid, 1, 0)?;
+        remove_stale(&mut kernel.daemon_pids, |pid| *pid == own_pid)?;
         let reaches = config
             .connect_rules
             .iter()
@@ -316,6 +373,7 @@ impl Engine {
             journal,
             grants: HashMap::new(),
             protected,
+            allowed,
             reaches,
             installed_nets,
             since: OffsetDateTime::now_utc(),
@@ -474,7 +532,12 @@ impl Engine {
         } else {
             (
                 Kind::Exec,
-                self.rule_name(&event.target).unwrap_or("protected binary"),
+                self.rule_name(&event.target)
+                    .unwrap_or(if self.config.exec_allowlist {
+                        "not on the allowlist"
+                    } else {
+                        "protected binary"
+                    }),
                 event.filename.clone(),
                 None,
             )
@@ -586,6 +649,24 @@ impl Engine {
                     }
                     Admission::Joined(_) => None,
                 }
+            }
+            EventKind::Tamper => {
+                let hook = TamperHook::from_raw(event.target.aux)
+                    .map_or("unknown", TamperHook::name)
+                    .to_owned();
+                let cgroup = cgroups::find_by_id(&self.config.agent_cgroups, event.cgroup_id)
+                    .map(|path| path.display().to_string())
+                    .unwrap_or_else(|| format!("cgroup id {}", event.cgroup_id));
+                warn!(%hook, pid = event.pid, %cgroup, "tamper attempt denied");
+                self.record(JournalEvent::TamperAttempt {
+                    hook,
+                    pid: event.pid,
+                    uid: event.uid,
+                    comm: event.comm,
+                    cgroup,
+                    detail: event.target.data,
+                });
+                None
             }
             EventKind::GrantUsed => {
                 if let Some(grant) = self.grants.remove(&event.grant_id) {
@@ -759,28 +840,13 @@ impl Engine {
         }
     }
 
-    /// Follows protected paths to their current file, so a replaced binary stays protected.
+    /// Follows protected and allowlisted paths to their current file, so a replaced binary stays
+    /// protected (or allowed).
     pub fn refresh_protected(&mut self) {
-        for index in 0..self.protected.len() {
-            let rule = &self.protected[index];
-            let target = match exec_target_of(&rule.path) {
-                Ok(target) => target,
-                // Mid-replacement the path may briefly not exist: keep the old entry meanwhile.
-                Err(_) => continue,
-            };
-            if rule.current == Some(target) {
-                continue;
-            }
-            let old = rule.current;
-            let path = rule.path.clone();
-            if let Err(error) = self.kernel.protected.insert(target, index as u32, 0) {
-                error!(%error, path = %path.display(), "cannot protect replaced file");
-                continue;
-            }
-            let rule = &mut self.protected[index];
-            rule.current = Some(target);
-            rule.previous.extend(old);
-            info!(path = %path.display(), "protected path now names a new file");
+        let mut moved = follow_paths(&mut self.protected, &mut self.kernel.protected);
+        moved.extend(follow_paths(&mut self.allowed, &mut self.kernel.allowed));
+        for (path, target) in moved {
+            info!(path = %path.display(), "path now names a new file");
             self.record(JournalEvent::ProtectionUpdated {
                 path: path.display().to_string(),
                 dev: target.data[0] as u32,
@@ -803,6 +869,7 @@ impl Engine {
             denied: self.kernel.counter(Counter::Denied),
             grants_used: self.kernel.counter(Counter::GrantsUsed),
             events_dropped: self.kernel.counter(Counter::EventsDropped),
+            tamper_attempts: self.kernel.counter(Counter::Tamper),
             protected: self
                 .protected
                 .iter()

@@ -111,6 +111,16 @@ pub enum JournalEvent {
         grant_id: u64,
         request_id: String,
     },
+    /// An agent tried to disable or walk around the enforcer, and was denied.
+    TamperAttempt {
+        hook: String,
+        pid: u32,
+        uid: u32,
+        comm: String,
+        cgroup: String,
+        /// Hook-specific: e.g. (target pid, signal), (bpf command, 0).
+        detail: [u64; 2],
+    },
     RequestExpired {
         request_id: String,
     },

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::LpmTrie},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::LpmTrie},
     programs::{Lsm, ProgramError, links::FdLink},
 };
 use gatekeeper_common::{
@@ -119,6 +119,9 @@ pub struct Kernel {
     pub nets: LpmTrie<MapData, [u8; 16], PortRanges>,
     pub grants: HashMap<MapData, GrantKey, GrantValue>,
     pub counters: PerCpuArray<MapData, u64>,
+    pub daemon_pids: HashMap<MapData, u32, u32>,
+    pub allowed: HashMap<MapData, Target, u32>,
+    pub settings: Array<MapData, u32>,
     /// Taken by the event reader.
     pub events: Option<RingBuf<MapData>>,
 }
@@ -138,7 +141,7 @@ pub fn check_bpf_lsm() -> Result<(), LoaderError> {
 }
 
 /// The struct members the programs read: (global that receives the offset, struct, member).
-const MEMBERS: [(&str, &str, &str); 10] = [
+const MEMBERS: [(&str, &str, &str); 18] = [
     (offsets::BPRM_FILE, "linux_binprm", "file"),
     (offsets::BPRM_FILENAME, "linux_binprm", "filename"),
     (offsets::FILE_INODE, "file", "f_inode"),
@@ -149,6 +152,14 @@ const MEMBERS: [(&str, &str, &str); 10] = [
     (offsets::SOCK_PROTOCOL, "sock", "sk_protocol"),
     (offsets::MSGHDR_NAME, "msghdr", "msg_name"),
     (offsets::MSGHDR_FLAGS, "msghdr", "msg_flags"),
+    (offsets::TASK_TGID, "task_struct", "tgid"),
+    (offsets::SB_MAGIC, "super_block", "s_magic"),
+    (offsets::VFSMOUNT_SB, "vfsmount", "mnt_sb"),
+    (offsets::VFSMOUNT_FLAGS, "vfsmount", "mnt_flags"),
+    (offsets::FILE_PATH, "file", "f_path"),
+    (offsets::PATH_MNT, "path", "mnt"),
+    (offsets::TASK_MM, "task_struct", "mm"),
+    (offsets::MM_EXE_FILE, "mm_struct", "exe_file"),
 ];
 
 /// Byte offsets of [`MEMBERS`] in the running kernel, from its BTF.
@@ -228,6 +239,9 @@ impl Kernel {
         let nets = take(maps::PROTECTED_NETS)?;
         let grants = take(maps::GRANTS)?;
         let counters = take(maps::COUNTERS)?;
+        let daemon_pids = take(maps::DAEMON_PIDS)?;
+        let allowed = take(maps::ALLOWED)?;
+        let settings = take(maps::SETTINGS)?;
         let events = take(maps::EVENTS)?;
         let map_error = |name| move |cause| LoaderError::Map { name, cause };
         let kernel = Self {
@@ -236,6 +250,9 @@ impl Kernel {
             nets: LpmTrie::try_from(nets).map_err(map_error(maps::PROTECTED_NETS))?,
             grants: HashMap::try_from(grants).map_err(map_error(maps::GRANTS))?,
             counters: PerCpuArray::try_from(counters).map_err(map_error(maps::COUNTERS))?,
+            daemon_pids: HashMap::try_from(daemon_pids).map_err(map_error(maps::DAEMON_PIDS))?,
+            allowed: HashMap::try_from(allowed).map_err(map_error(maps::ALLOWED))?,
+            settings: Array::try_from(settings).map_err(map_error(maps::SETTINGS))?,
             events: Some(RingBuf::try_from(events).map_err(map_error(maps::EVENTS))?),
             ebpf,
         };

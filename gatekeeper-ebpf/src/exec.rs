@@ -1,11 +1,13 @@
-//! `bprm_check_security`: exec of a protected binary, matched by the file's (device, inode).
+//! `bprm_check_security`: exec of a protected binary, matched by the file's (device, inode); in
+//! allowlist mode, of anything not allowlisted; and never of a file outside every mounted
+//! filesystem (a memfd copy).
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use gatekeeper_common::Target;
+use gatekeeper_common::{TamperHook, Target};
 
 use crate::{
     read::read_field,
-    verdict::{EPERM, agent_cgroup, decide, is_protected},
+    verdict::{EPERM, agent_cgroup, decide, is_protected, needs_allowlist_approval, tamper},
 };
 
 // Struct offsets of the running kernel, filled by the daemon from its BTF before loading.
@@ -18,9 +20,18 @@ static OFF_FILE_INODE: u32 = 0;
 #[unsafe(no_mangle)]
 static OFF_INODE_INO: u32 = 0;
 #[unsafe(no_mangle)]
-static OFF_INODE_SB: u32 = 0;
+pub static OFF_INODE_SB: u32 = 0;
 #[unsafe(no_mangle)]
 static OFF_SB_DEV: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_FILE_PATH: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_PATH_MNT: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_VFSMOUNT_FLAGS: u32 = 0;
+
+/// Marks the kernel's own mounts (shmem behind memfd, pipes, sockets): no path leads there.
+const MNT_INTERNAL: i32 = 0x4000;
 
 #[lsm(hook = "bprm_check_security")]
 pub fn bprm_check_security(ctx: LsmContext) -> i32 {
@@ -33,26 +44,44 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
         return 0;
     };
     let bprm: *const u8 = ctx.arg(0);
-    let Ok((target, filename)) = (unsafe { exec_target(bprm) }) else {
+    let Ok(file) = (unsafe { read_field::<*const u8>(bprm, &OFF_BPRM_FILE) }) else {
         // Unreadable exec of an agent: refuse rather than guess.
         return -EPERM;
     };
-    if !is_protected(&target) {
+    match unsafe { on_internal_mount(file) } {
+        Ok(false) => {}
+        Ok(true) => return tamper(agent_cgroup_id, TamperHook::ExecInternal, [0, 0]),
+        Err(_) => return -EPERM,
+    }
+    let Ok(target) = (unsafe { exec_target(file) }) else {
+        return -EPERM;
+    };
+    if !is_protected(&target) && !needs_allowlist_approval(&target) {
         return 0;
     }
+    let filename =
+        unsafe { read_field::<*const u8>(bprm, &OFF_BPRM_FILENAME) }.unwrap_or(core::ptr::null());
     decide(agent_cgroup_id, target, filename)
 }
 
-/// (device, inode) of the file being executed, and the path the caller named.
+/// (device, inode) of an open file.
 #[inline(always)]
-unsafe fn exec_target(bprm: *const u8) -> Result<(Target, *const u8), i32> {
+pub unsafe fn exec_target(file: *const u8) -> Result<Target, i32> {
     unsafe {
-        let file: *const u8 = read_field(bprm, &OFF_BPRM_FILE)?;
         let inode: *const u8 = read_field(file, &OFF_FILE_INODE)?;
         let ino: u64 = read_field(inode, &OFF_INODE_INO)?;
         let sb: *const u8 = read_field(inode, &OFF_INODE_SB)?;
         let dev: u32 = read_field(sb, &OFF_SB_DEV)?;
-        let filename: *const u8 = read_field(bprm, &OFF_BPRM_FILENAME)?;
-        Ok((Target::exec(dev, ino), filename))
+        Ok(Target::exec(dev, ino))
+    }
+}
+
+#[inline(always)]
+unsafe fn on_internal_mount(file: *const u8) -> Result<bool, i32> {
+    unsafe {
+        let path = file.add(core::ptr::read_volatile(&OFF_FILE_PATH) as usize);
+        let mnt: *const u8 = read_field(path, &OFF_PATH_MNT)?;
+        let flags: i32 = read_field(mnt, &OFF_VFSMOUNT_FLAGS)?;
+        Ok(flags & MNT_INTERNAL != 0)
     }
 }

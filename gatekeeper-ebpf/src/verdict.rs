@@ -6,11 +6,12 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
     },
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use gatekeeper_common::{
-    COUNTER_SLOTS, Counter, Event, EventKind, GrantKey, GrantValue, MAX_AGENT_CGROUPS,
-    MAX_CGROUP_DEPTH, MAX_GRANTS, MAX_PROTECTED, RING_BUFFER_BYTES, Target,
+    COUNTER_SLOTS, Counter, Event, EventKind, GrantKey, GrantValue, MAX_AGENT_CGROUPS, MAX_ALLOWED,
+    MAX_CGROUP_DEPTH, MAX_DAEMON_PIDS, MAX_GRANTS, MAX_PROTECTED, RING_BUFFER_BYTES, SETTING_SLOTS,
+    Setting, TARGET_KIND_TAMPER, TamperHook, Target,
 };
 
 pub const EPERM: i32 = 1;
@@ -33,6 +34,15 @@ static EVENTS: RingBuf = RingBuf::pinned(RING_BUFFER_BYTES, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 
+#[map]
+static DAEMON_PIDS: HashMap<u32, u32> = HashMap::pinned(MAX_DAEMON_PIDS, 0);
+
+#[map]
+static ALLOWED: HashMap<Target, u32> = HashMap::pinned(MAX_ALLOWED, 0);
+
+#[map]
+static SETTINGS: Array<u32> = Array::pinned(SETTING_SLOTS, 0);
+
 /// The configured agent cgroup the current task is in or descends from.
 #[inline(always)]
 pub fn agent_cgroup() -> Option<u64> {
@@ -53,6 +63,43 @@ pub fn agent_cgroup() -> Option<u64> {
 #[inline(always)]
 pub fn is_protected(target: &Target) -> bool {
     PROTECTED.get_ptr(target).is_some()
+}
+
+/// In allowlist mode, whether an agent needs approval to run `target` although it is not
+/// protected: everything not allowlisted does.
+#[inline(always)]
+pub fn needs_allowlist_approval(target: &Target) -> bool {
+    let allowlist = SETTINGS
+        .get(Setting::ExecAllowlist as u32)
+        .is_some_and(|mode| *mode == 1);
+    allowlist && ALLOWED.get_ptr(target).is_none()
+}
+
+#[inline(always)]
+pub fn is_daemon(tgid: u32) -> bool {
+    DAEMON_PIDS.get_ptr(tgid).is_some()
+}
+
+/// Denies a tamper attempt of an agent and reports it; there is nothing to approve.
+#[inline(always)]
+pub fn tamper(agent_cgroup_id: u64, hook: TamperHook, detail: [u64; 2]) -> i32 {
+    let key = GrantKey {
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        target: Target {
+            kind: TARGET_KIND_TAMPER,
+            aux: hook as u32,
+            data: detail,
+        },
+    };
+    count(Counter::Tamper);
+    report(
+        EventKind::Tamper,
+        agent_cgroup_id,
+        &key,
+        0,
+        core::ptr::null(),
+    );
+    -EPERM
 }
 
 /// Decides a protected action of an agent: allowed once if an unexpired grant is consumed by this

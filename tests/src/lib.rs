@@ -153,9 +153,9 @@ impl Default for Options {
     }
 }
 
-/// What a network operation came to.
+/// What a network operation or tamper attempt came to.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Net {
+pub enum Outcome {
     Ok,
     /// Refused with EPERM.
     Denied,
@@ -401,23 +401,21 @@ request_ttl = "{request_ttl}"
 
     /// One network operation (`tcp`, `udp`, `sendto`, `sendmmsg`, `fastopen`) from a fresh
     /// process in `cgroup`.
-    pub fn net(&self, cgroup: &Path, op: &str, address: &str) -> Net {
-        let output = Command::new(bin("gk-helper"))
-            .arg("net")
-            .arg(cgroup)
-            .args([op, address])
-            .output()
-            .expect("run gk-helper net");
-        let text = String::from_utf8_lossy(&output.stdout);
-        match text.trim().strip_prefix("RESULT=") {
-            Some("ok") => Net::Ok,
-            Some(errno) => match errno.strip_prefix("errno:").and_then(|n| n.parse().ok()) {
-                Some(libc::EPERM) => Net::Denied,
-                Some(errno) => Net::Errno(errno),
-                None => panic!("unexpected gk-helper output: {text}"),
-            },
-            None => panic!("unexpected gk-helper output: {output:?}"),
-        }
+    pub fn net(&self, cgroup: &Path, op: &str, address: &str) -> Outcome {
+        helper_outcome(&["net", &cgroup.display().to_string(), op, address])
+    }
+
+    /// One attempt against the enforcer (see gk-helper's `tamper`) from a fresh process, as
+    /// root, in `cgroup`.
+    pub fn tamper(&self, cgroup: &Path, op: &str, args: &[&str]) -> Outcome {
+        let cgroup = cgroup.display().to_string();
+        let mut all = vec!["tamper", cgroup.as_str(), op];
+        all.extend_from_slice(args);
+        helper_outcome(&all)
+    }
+
+    pub fn daemon_pid(&self) -> u32 {
+        self.daemon.as_ref().expect("daemon running").id()
     }
 
     /// `threads` simultaneous operations from one process in `cgroup`: (passed, denied, other).
@@ -514,6 +512,30 @@ request_ttl = "{request_ttl}"
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap_or_default();
         (status, text)
+    }
+}
+
+/// Runs gk-helper and reads its `RESULT=` line (or a target that ran, for exec routes).
+fn helper_outcome(args: &[&str]) -> Outcome {
+    let output = Command::new(bin("gk-helper"))
+        .args(args)
+        .output()
+        .expect("run gk-helper");
+    let text = String::from_utf8_lossy(&output.stdout);
+    if text.contains(TARGET_RAN) {
+        return Outcome::Ok;
+    }
+    let result = text
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("RESULT="));
+    match result {
+        Some("ok") => Outcome::Ok,
+        Some(errno) => match errno.strip_prefix("errno:").and_then(|n| n.parse().ok()) {
+            Some(libc::EPERM) => Outcome::Denied,
+            Some(errno) => Outcome::Errno(errno),
+            None => panic!("unexpected gk-helper output: {output:?}"),
+        },
+        None => panic!("unexpected gk-helper output: {output:?}"),
     }
 }
 

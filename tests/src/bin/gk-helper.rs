@@ -20,6 +20,7 @@ const USAGE: &str = "usage: gk-helper target
   | race CGROUP THREADS PROGRAM
   | net CGROUP OP ADDRESS:PORT         (OP: tcp, udp, sendto, sendmmsg, fastopen)
   | race-net CGROUP THREADS OP ADDRESS:PORT
+  | tamper CGROUP OP [ARGS...]             (see `tamper` below)
 CGROUP may be - to stay where the helper is.";
 
 fn join_cgroup(cgroup: &str) -> Result<(), String> {
@@ -235,6 +236,204 @@ fn run_target(program: &str) -> Result<(), i32> {
     }
 }
 
+fn errno_of(result: libc::c_long) -> Result<(), i32> {
+    if result < 0 {
+        Err(last_errno())
+    } else {
+        Ok(())
+    }
+}
+
+fn c_path(path: &str) -> Result<CString, i32> {
+    CString::new(path).map_err(|_| libc::EINVAL)
+}
+
+/// The bpf() syscall with a zeroed attribute, except for the first word.
+fn bpf(cmd: i32, first: u32) -> Result<(), i32> {
+    let mut attr = [0u32; 32];
+    attr[0] = first;
+    // SAFETY: attr outlives the call and its size is passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            size_of_val(&attr) as u32,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: an fd the call returned to us.
+        unsafe { libc::close(fd as i32) };
+    }
+    errno_of(fd)
+}
+
+/// clone3 with CLONE_INTO_CGROUP: a child born straight into another cgroup.
+fn clone_into(cgroup: &str) -> Result<(), i32> {
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let dir = std::fs::File::open(cgroup).map_err(|error| error.raw_os_error().unwrap_or(-1))?;
+    use std::os::fd::AsRawFd as _;
+    // flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
+    // set_tid_size, cgroup
+    let mut args = [0u64; 11];
+    args[0] = CLONE_INTO_CGROUP;
+    args[4] = libc::SIGCHLD as u64;
+    args[10] = dir.as_raw_fd() as u64;
+    // SAFETY: clone3 without a new stack behaves like fork; the child only exits.
+    let pid = unsafe { libc::syscall(libc::SYS_clone3, args.as_mut_ptr(), size_of_val(&args)) };
+    if pid == 0 {
+        // SAFETY: leave the child at once, without running the parent's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    if pid > 0 {
+        // SAFETY: reap our own child.
+        unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), 0) };
+    }
+    errno_of(pid)
+}
+
+/// Runs `path target` by a route other than a plain execve of its path.
+fn exec_by(route: &str, path: &str) -> Result<(), i32> {
+    use std::os::fd::{AsRawFd as _, IntoRawFd as _};
+    let argv0 = c_path(path)?;
+    let arg1 = c_path("target")?;
+    let argv = [argv0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
+    let envp = [std::ptr::null::<libc::c_char>()];
+    let empty = c_path("")?;
+    let fd = match route {
+        "memfd" => {
+            let name = c_path("copy")?;
+            // SAFETY: plain memfd_create.
+            let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+            if fd < 0 {
+                return Err(last_errno());
+            }
+            let bytes = std::fs::read(path).map_err(|error| error.raw_os_error().unwrap_or(-1))?;
+            // SAFETY: fd is ours; bytes outlive the call.
+            if unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) } < 0 {
+                return Err(last_errno());
+            }
+            fd
+        }
+        _ => std::fs::File::open(path)
+            .map_err(|error| error.raw_os_error().unwrap_or(-1))?
+            .into_raw_fd(),
+    };
+    match route {
+        "proc-fd" => {
+            let proc_path = c_path(&format!("/proc/self/fd/{fd}"))?;
+            // SAFETY: NUL-terminated argv and envp.
+            unsafe { libc::execve(proc_path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        }
+        _ => {
+            // SAFETY: as above; AT_EMPTY_PATH runs the open file itself.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_execveat,
+                    fd.as_raw_fd(),
+                    empty.as_ptr(),
+                    argv.as_ptr(),
+                    envp.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                )
+            };
+        }
+    }
+    Err(last_errno())
+}
+
+/// Attempts against the enforcer. Each prints RESULT=ok or RESULT=errno:N.
+fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
+    let number = |index: usize| -> Result<i32, i32> {
+        args.get(index)
+            .and_then(|arg| arg.parse().ok())
+            .ok_or(libc::EINVAL)
+    };
+    let text = |index: usize| args.get(index).copied().ok_or(libc::EINVAL);
+    match op {
+        "bpf" => bpf(number(0)?, number(1).unwrap_or(0) as u32),
+        // SAFETY (all below): plain syscalls on arguments that live for the call.
+        "kill" => errno_of(unsafe { libc::kill(number(0)?, number(1)?) } as libc::c_long),
+        "tgkill" => {
+            errno_of(unsafe { libc::syscall(libc::SYS_tgkill, number(0)?, number(0)?, number(1)?) })
+        }
+        "pidfd-signal" => {
+            let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, number(0)?, 0) };
+            errno_of(pidfd)?;
+            errno_of(unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd,
+                    number(1)?,
+                    std::ptr::null::<u8>(),
+                    0,
+                )
+            })
+        }
+        "ptrace" => errno_of(unsafe { libc::ptrace(libc::PTRACE_SEIZE, number(0)?, 0, 0) }),
+        "vm-write" => {
+            let mut byte = [0u8; 1];
+            let local = libc::iovec {
+                iov_base: byte.as_mut_ptr().cast(),
+                iov_len: 1,
+            };
+            let remote = libc::iovec {
+                iov_base: 0x1000 as *mut libc::c_void,
+                iov_len: 1,
+            };
+            errno_of(
+                unsafe { libc::process_vm_writev(number(0)?, &local, 1, &remote, 1, 0) }
+                    as libc::c_long,
+            )
+        }
+        "unlink" => outcome(std::fs::remove_file(text(0)?)),
+        "rename" => outcome(std::fs::rename(text(0)?, text(1)?)),
+        "umount" => {
+            let path = c_path(text(0)?)?;
+            errno_of(unsafe { libc::umount2(path.as_ptr(), 0) } as libc::c_long)
+        }
+        "remount" => {
+            let path = c_path(text(0)?)?;
+            errno_of(unsafe {
+                libc::mount(
+                    std::ptr::null(),
+                    path.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REMOUNT | libc::MS_RDONLY,
+                    std::ptr::null(),
+                )
+            } as libc::c_long)
+        }
+        "write" => outcome(std::fs::write(text(0)?, text(1)?)),
+        "mkdir" => outcome(std::fs::create_dir(text(0)?)),
+        "clone-into" => clone_into(text(0)?),
+        "finit-module" => {
+            let file = std::fs::File::open(text(0)?).map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+            use std::os::fd::AsRawFd as _;
+            let empty = c_path("")?;
+            errno_of(unsafe {
+                libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), empty.as_ptr(), 0)
+            })
+        }
+        "init-module" => {
+            let image = [0u8; 64];
+            let empty = c_path("")?;
+            errno_of(unsafe {
+                libc::syscall(
+                    libc::SYS_init_module,
+                    image.as_ptr(),
+                    image.len(),
+                    empty.as_ptr(),
+                )
+            })
+        }
+        "exec-proc-fd" => exec_by("proc-fd", text(0)?),
+        "execveat" => exec_by("execveat", text(0)?),
+        "exec-memfd" => exec_by("memfd", text(0)?),
+        _ => Err(libc::EINVAL),
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -269,6 +468,10 @@ fn main() -> ExitCode {
                 let target = address(target)?;
                 joined(cgroup)?;
                 print_result(net(op, &target));
+            }
+            ["tamper", cgroup, op, rest @ ..] => {
+                joined(cgroup)?;
+                print_result(tamper(op, rest));
             }
             ["race-net", cgroup, threads, op, target] => {
                 let target = address(target)?;

@@ -2,7 +2,7 @@
 
 use std::{net::TcpListener, time::Duration};
 
-use gatekeeper_tests::{Net, Options, Scenario, wait_for};
+use gatekeeper_tests::{Options, Outcome, Scenario, wait_for};
 
 const ECONNREFUSED: i32 = 111;
 
@@ -61,7 +61,7 @@ fn tcp_connect_to_protected_v4_is_denied_and_requested() {
     let _listeners = listen(&["127.0.5.1:5432"]);
     assert_eq!(
         scenario.net(&scenario.agents, "tcp", "127.0.5.1:5432"),
-        Net::Denied
+        Outcome::Denied
     );
     let request = scenario.wait_request_for("tcp 127.0.5.1:5432");
     assert_eq!(request["kind"], "connect");
@@ -84,12 +84,12 @@ fn v4_rule_holds_through_a_v6_socket_and_v6_rules_hold() {
     let _listeners = listen(&["127.0.5.1:5432", "[::1]:7000"]);
     assert_eq!(
         scenario.net(&scenario.agents, "tcp", "[::ffff:127.0.5.1]:5432"),
-        Net::Denied
+        Outcome::Denied
     );
     scenario.wait_request_for("tcp 127.0.5.1:5432");
     assert_eq!(
         scenario.net(&scenario.agents, "tcp", "[::1]:7000"),
-        Net::Denied
+        Outcome::Denied
     );
     let request = scenario.wait_request_for("tcp [::1]:7000");
     assert_eq!(request["rule"], "v6 service");
@@ -101,26 +101,26 @@ fn only_protected_ports_and_agents_are_stopped() {
     let _listeners = listen(&["127.0.5.1:5432", "127.0.5.1:5433", "127.0.5.1:8050"]);
     assert_eq!(
         scenario.net(&scenario.agents, "tcp", "127.0.5.1:5433"),
-        Net::Ok
+        Outcome::Ok
     );
     assert_eq!(
         scenario.net(&scenario.agents, "tcp", "127.0.5.1:8050"),
-        Net::Denied,
+        Outcome::Denied,
         "inside the 8000-8100 range"
     );
     // Outside every agent cgroup nothing is stopped.
     assert_eq!(
         scenario.net(&scenario.outside, "tcp", "127.0.5.1:5432"),
-        Net::Ok
+        Outcome::Ok
     );
     // A TCP-only rule leaves UDP to the same place alone, and the reverse.
     assert_eq!(
         scenario.net(&scenario.agents, "udp", "127.0.5.1:5432"),
-        Net::Ok
+        Outcome::Ok
     );
     assert_eq!(
         scenario.net(&scenario.agents, "tcp", "127.0.6.1:53"),
-        Net::Errno(ECONNREFUSED)
+        Outcome::Errno(ECONNREFUSED)
     );
 }
 
@@ -130,19 +130,19 @@ fn udp_connect_and_unconnected_sends_are_denied() {
     for op in ["udp", "sendto", "sendmmsg"] {
         assert_eq!(
             scenario.net(&scenario.agents, op, "127.0.6.1:53"),
-            Net::Denied,
+            Outcome::Denied,
             "{op}"
         );
         assert_eq!(
             scenario.net(&scenario.agents, op, "127.0.6.1:54"),
-            Net::Ok,
+            Outcome::Ok,
             "{op} to an unprotected port"
         );
     }
     // Through a v6 socket too.
     assert_eq!(
         scenario.net(&scenario.agents, "sendto", "[::ffff:127.0.6.1]:53"),
-        Net::Denied
+        Outcome::Denied
     );
     let request = scenario.wait_request_for("udp 127.0.6.1:53");
     assert_eq!(request["rule"], "resolver");
@@ -154,11 +154,11 @@ fn tcp_fast_open_is_denied() {
     let _listeners = listen(&["127.0.5.1:5432", "127.0.5.1:5433"]);
     assert_eq!(
         scenario.net(&scenario.agents, "fastopen", "127.0.5.1:5432"),
-        Net::Denied
+        Outcome::Denied
     );
     assert_ne!(
         scenario.net(&scenario.agents, "fastopen", "127.0.5.1:5433"),
-        Net::Denied,
+        Outcome::Denied,
         "fast open to an unprotected port"
     );
 }
@@ -169,32 +169,32 @@ fn approval_lets_exactly_one_connect_pass() {
     let _listeners = listen(&["127.0.5.1:5432"]);
     assert_eq!(
         scenario.net(&scenario.agents, "tcp", "127.0.5.1:5432"),
-        Net::Denied
+        Outcome::Denied
     );
     let id = approve_request_for(&scenario, "tcp 127.0.5.1:5432");
     assert_eq!(
         scenario.net(&scenario.agents, "tcp", "127.0.5.1:5432"),
-        Net::Ok
+        Outcome::Ok
     );
     assert_eq!(
         scenario.net(&scenario.agents, "tcp", "127.0.5.1:5432"),
-        Net::Denied
+        Outcome::Denied
     );
     scenario.wait_journal("grant_used", |event| event["request_id"] == id.as_str());
 
     // One datagram per approval for unconnected UDP.
     assert_eq!(
         scenario.net(&scenario.agents, "sendto", "127.0.6.1:53"),
-        Net::Denied
+        Outcome::Denied
     );
     approve_request_for(&scenario, "udp 127.0.6.1:53");
     assert_eq!(
         scenario.net(&scenario.agents, "sendto", "127.0.6.1:53"),
-        Net::Ok
+        Outcome::Ok
     );
     assert_eq!(
         scenario.net(&scenario.agents, "sendto", "127.0.6.1:53"),
-        Net::Denied
+        Outcome::Denied
     );
 }
 
@@ -204,7 +204,7 @@ fn concurrent_connects_after_one_approval_pass_exactly_once() {
     let _listeners = listen(&["127.0.5.1:5432"]);
     assert_eq!(
         scenario.net(&scenario.agents, "tcp", "127.0.5.1:5432"),
-        Net::Denied
+        Outcome::Denied
     );
     approve_request_for(&scenario, "tcp 127.0.5.1:5432");
     assert_eq!(
@@ -226,13 +226,13 @@ fn expired_connect_grant_never_allows() {
     let _listeners = listen(&["127.0.5.1:5432"]);
     assert_eq!(
         scenario.net(&scenario.agents, "tcp", "127.0.5.1:5432"),
-        Net::Denied
+        Outcome::Denied
     );
     let id = approve_request_for(&scenario, "tcp 127.0.5.1:5432");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         scenario.net(&scenario.agents, "tcp", "127.0.5.1:5432"),
-        Net::Denied
+        Outcome::Denied
     );
     scenario.wait_journal("grant_expired", |event| event["request_id"] == id.as_str());
 }
@@ -253,7 +253,7 @@ fn host_rules_resolve_and_follow_the_name() {
     let _listeners = listen(&["127.0.7.1:5432", "127.0.7.2:5432"]);
     assert_eq!(
         scenario.net(&scenario.agents, "tcp", "127.0.7.1:5432"),
-        Net::Denied
+        Outcome::Denied
     );
     let request = scenario.wait_request_for("tcp 127.0.7.1:5432 (db.gatekeeper.test)");
     assert_eq!(request["destination"]["host"], "db.gatekeeper.test");
@@ -262,7 +262,7 @@ fn host_rules_resolve_and_follow_the_name() {
     // The name moves: the new address is protected after re-resolution, the old one still is.
     assert_eq!(
         scenario.net(&scenario.agents, "tcp", "127.0.7.2:5432"),
-        Net::Ok
+        Outcome::Ok
     );
     std::fs::write(hosts, format!("{original}127.0.7.2 db.gatekeeper.test\n")).unwrap();
     scenario.wait_journal("host_resolved", |event| {
@@ -273,10 +273,10 @@ fn host_rules_resolve_and_follow_the_name() {
     std::fs::write(hosts, original).unwrap();
     assert_eq!(
         scenario.net(&scenario.agents, "tcp", "127.0.7.2:5432"),
-        Net::Denied
+        Outcome::Denied
     );
     assert_eq!(
         scenario.net(&scenario.agents, "tcp", "127.0.7.1:5432"),
-        Net::Denied
+        Outcome::Denied
     );
 }

@@ -2,6 +2,7 @@
 //! QEMU guests; each test starts its own daemon on its own cgroup, binary and destinations.
 
 mod connect;
+mod defend;
 mod exec;
 mod survival;
 

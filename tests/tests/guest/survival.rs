@@ -3,7 +3,7 @@
 
 use std::{os::unix::process::CommandExt as _, process::Command, time::Duration};
 
-use gatekeeper_tests::{Exec, Net, Options, Scenario, UNLISTED_UID, bin, wait_for};
+use gatekeeper_tests::{Exec, Options, Outcome, Scenario, UNLISTED_UID, bin, wait_for};
 
 const DB_RULE: &str = r#"
 [[protect.connect]]
@@ -69,7 +69,7 @@ fn killed_daemon_keeps_enforcing_and_a_restart_picks_up_its_requests() {
     assert_eq!(scenario.agent_exec(), Exec::Denied);
     assert_eq!(
         scenario.net(&scenario.agents, "tcp", "127.0.5.1:5432"),
-        Net::Denied
+        Outcome::Denied
     );
 
     scenario.start_daemon();

@@ -1,0 +1,189 @@
+//! Self-defence: what an agent, even as root, could use to switch Gatekeeper off or walk around
+//! it. Each is denied and reported as a tamper attempt.
+//!
+//! Hooks whose argument lists differ between kernels do not read the trailing `retval`: a BPF LSM
+//! program only runs when the ones before it allowed, so it is always 0 there.
+
+use aya_ebpf::{helpers::bpf_get_current_task, macros::lsm, programs::LsmContext};
+use gatekeeper_common::TamperHook;
+
+use crate::{
+    exec::exec_target,
+    read::read_field,
+    verdict::{agent_cgroup, is_daemon, is_protected, tamper},
+};
+
+#[unsafe(no_mangle)]
+static OFF_TASK_TGID: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SB_MAGIC: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_VFSMOUNT_SB: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_TASK_MM: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_MM_EXE_FILE: u32 = 0;
+
+const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
+const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
+const MAY_WRITE: i32 = 2;
+const PROT_EXEC: u64 = 4;
+
+/// Denies the call outright when the caller is an agent.
+#[inline(always)]
+fn deny_agents(hook: TamperHook, detail: [u64; 2]) -> i32 {
+    match agent_cgroup() {
+        Some(agent) => tamper(agent, hook, detail),
+        None => 0,
+    }
+}
+
+#[inline(always)]
+unsafe fn sb_magic(sb: *const u8) -> Result<u64, i32> {
+    unsafe { read_field::<u64>(sb, &OFF_SB_MAGIC) }
+}
+
+#[inline(always)]
+unsafe fn inode_magic(inode: *const u8) -> Result<u64, i32> {
+    unsafe { sb_magic(read_field(inode, &crate::exec::OFF_INODE_SB)?) }
+}
+
+/// Every bpf() command: fds by id, detaching links, map updates, program loads.
+#[lsm(hook = "bpf")]
+pub fn bpf(ctx: LsmContext) -> i32 {
+    let cmd: i32 = ctx.arg(0);
+    deny_agents(TamperHook::Bpf, [cmd as u64, 0])
+}
+
+/// kill, tgkill, pidfd_send_signal, SIGSTOP: all pass here on their way to the daemon.
+#[lsm(hook = "task_kill")]
+pub fn task_kill(ctx: LsmContext) -> i32 {
+    let task: *const u8 = ctx.arg(0);
+    let sig: i32 = ctx.arg(2);
+    let Ok(tgid) = (unsafe { read_field::<i32>(task, &OFF_TASK_TGID) }) else {
+        return 0;
+    };
+    if !is_daemon(tgid as u32) {
+        return 0;
+    }
+    deny_agents(TamperHook::Signal, [tgid as u64, sig as u64])
+}
+
+/// ptrace, process_vm_readv/writev and /proc/PID/mem of the daemon.
+#[lsm(hook = "ptrace_access_check")]
+pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
+    let child: *const u8 = ctx.arg(0);
+    let mode: u32 = ctx.arg(1);
+    let Ok(tgid) = (unsafe { read_field::<i32>(child, &OFF_TASK_TGID) }) else {
+        return 0;
+    };
+    if !is_daemon(tgid as u32) {
+        return 0;
+    }
+    deny_agents(TamperHook::Ptrace, [tgid as u64, mode as u64])
+}
+
+/// Removing pinned links or maps would detach the programs.
+#[lsm(hook = "inode_unlink")]
+pub fn inode_unlink(ctx: LsmContext) -> i32 {
+    let dir: *const u8 = ctx.arg(0);
+    match unsafe { inode_magic(dir) } {
+        Ok(BPF_FS_MAGIC) => deny_agents(TamperHook::PinUnlink, [0, 0]),
+        _ => 0,
+    }
+}
+
+#[lsm(hook = "inode_rename")]
+pub fn inode_rename(ctx: LsmContext) -> i32 {
+    let old_dir: *const u8 = ctx.arg(0);
+    let new_dir: *const u8 = ctx.arg(2);
+    let on_bpffs = |dir| matches!(unsafe { inode_magic(dir) }, Ok(BPF_FS_MAGIC));
+    if on_bpffs(old_dir) || on_bpffs(new_dir) {
+        return deny_agents(TamperHook::PinRename, [0, 0]);
+    }
+    0
+}
+
+/// Any unmount: unmounting bpffs, or a tree holding it, drops the pins.
+#[lsm(hook = "sb_umount")]
+pub fn sb_umount(ctx: LsmContext) -> i32 {
+    let mnt: *const u8 = ctx.arg(0);
+    let magic =
+        unsafe { read_field::<*const u8>(mnt, &OFF_VFSMOUNT_SB).and_then(|sb| sb_magic(sb)) };
+    deny_agents(TamperHook::Umount, [magic.unwrap_or(0), 0])
+}
+
+#[lsm(hook = "sb_remount")]
+pub fn sb_remount(ctx: LsmContext) -> i32 {
+    let sb: *const u8 = ctx.arg(0);
+    match unsafe { sb_magic(sb) } {
+        Ok(BPF_FS_MAGIC) => deny_agents(TamperHook::Remount, [BPF_FS_MAGIC, 0]),
+        _ => 0,
+    }
+}
+
+/// Writes on cgroupfs: moving a process (cgroup.procs, also clone3 with CLONE_INTO_CGROUP,
+/// whose permission check asks for write access there), creating cgroups, changing limits.
+#[lsm(hook = "inode_permission")]
+pub fn inode_permission(ctx: LsmContext) -> i32 {
+    let mask: i32 = ctx.arg(1);
+    // This hook runs on every permission check: the cheap tests come first.
+    if mask & MAY_WRITE == 0 {
+        return 0;
+    }
+    let inode: *const u8 = ctx.arg(0);
+    match unsafe { inode_magic(inode) } {
+        Ok(CGROUP2_SUPER_MAGIC) => deny_agents(TamperHook::CgroupWrite, [mask as u64, 0]),
+        _ => 0,
+    }
+}
+
+/// finit_module (and firmware, kexec, policy files read into the kernel).
+#[lsm(hook = "kernel_read_file")]
+pub fn kernel_read_file(ctx: LsmContext) -> i32 {
+    let id: i32 = ctx.arg(1);
+    deny_agents(TamperHook::KernelRead, [id as u64, 0])
+}
+
+/// init_module (and other blobs handed to the kernel).
+#[lsm(hook = "kernel_load_data")]
+pub fn kernel_load_data(ctx: LsmContext) -> i32 {
+    let id: i32 = ctx.arg(0);
+    deny_agents(TamperHook::KernelLoad, [id as u64, 0])
+}
+
+/// Whether `file` is the executable of the current process (`mm->exe_file`).
+#[inline(always)]
+unsafe fn is_own_executable(file: *const u8) -> Result<bool, i32> {
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let mm: *const u8 = read_field(task, &OFF_TASK_MM)?;
+        if mm.is_null() {
+            return Ok(false);
+        }
+        let exe: *const u8 = read_field(mm, &OFF_MM_EXE_FILE)?;
+        Ok(exe == file)
+    }
+}
+
+/// `ld-linux.so /usr/bin/pg_dump` runs a protected binary without exec: the loader maps it
+/// executable from a file it opened itself.
+#[lsm(hook = "mmap_file")]
+pub fn mmap_file(ctx: LsmContext) -> i32 {
+    let prot: u64 = ctx.arg(2);
+    let file: *const u8 = ctx.arg(0);
+    if prot & PROT_EXEC == 0 || file.is_null() {
+        return 0;
+    }
+    let Some(agent) = agent_cgroup() else {
+        return 0;
+    };
+    if unsafe { is_own_executable(file) }.unwrap_or(false) {
+        // The kernel mapping the binary it executes: bprm_check_security decided that.
+        return 0;
+    }
+    match unsafe { exec_target(file) } {
+        Ok(target) if is_protected(&target) => tamper(agent, TamperHook::ExecMapping, target.data),
+        _ => 0,
+    }
+}

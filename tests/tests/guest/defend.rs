@@ -1,0 +1,241 @@
+//! The agent cannot switch Gatekeeper off or walk around it: each attempt, made as root from inside
+//! an agent cgroup, fails and is journaled as a tamper attempt.
+
+use std::process::{Command, Stdio};
+
+use gatekeeper_tests::{Exec, Options, Outcome, Scenario, TARGET_RAN, bin, wait_for};
+
+/// Waits until the journal holds a tamper attempt through `hook`.
+fn journaled(scenario: &Scenario, hook: &str) {
+    scenario.wait_journal("tamper_attempt", |event| event["hook"] == hook);
+}
+
+const BPF_MAP_UPDATE_ELEM: &str = "2";
+const BPF_PROG_LOAD: &str = "5";
+const BPF_MAP_GET_FD_BY_ID: &str = "14";
+const BPF_LINK_DETACH: &str = "34";
+
+#[test]
+fn agent_cannot_use_bpf() {
+    let scenario = Scenario::start("defend-bpf", Options::default());
+    for cmd in [
+        BPF_MAP_GET_FD_BY_ID,
+        BPF_LINK_DETACH,
+        BPF_MAP_UPDATE_ELEM,
+        BPF_PROG_LOAD,
+    ] {
+        assert_eq!(
+            scenario.tamper(&scenario.agents, "bpf", &[cmd, "1"]),
+            Outcome::Denied,
+            "bpf command {cmd}"
+        );
+    }
+    // The same call from outside the agent cgroup reaches bpf() itself (and fails there).
+    assert_ne!(
+        scenario.tamper(&scenario.outside, "bpf", &[BPF_LINK_DETACH, "0"]),
+        Outcome::Denied
+    );
+    journaled(&scenario, "bpf");
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+}
+
+#[test]
+fn agent_cannot_signal_or_trace_the_daemon() {
+    let scenario = Scenario::start("defend-signal", Options::default());
+    let daemon = scenario.daemon_pid().to_string();
+    let cases: [(&str, &[&str]); 7] = [
+        ("kill", &[&daemon, "9"]),
+        ("kill", &[&daemon, "19"]),
+        ("kill", &[&daemon, "15"]),
+        ("tgkill", &[&daemon, "9"]),
+        ("pidfd-signal", &[&daemon, "9"]),
+        ("ptrace", &[&daemon]),
+        ("vm-write", &[&daemon]),
+    ];
+    for (op, args) in cases {
+        assert_eq!(
+            scenario.tamper(&scenario.agents, op, args),
+            Outcome::Denied,
+            "{op} {args:?}"
+        );
+    }
+    journaled(&scenario, "signal");
+    journaled(&scenario, "ptrace");
+    assert!(
+        scenario.gatekeeper(&["status"]).status.success(),
+        "the daemon lives on"
+    );
+
+    // Other processes are still the agent's to signal.
+    let mut bystander = Command::new("sleep")
+        .arg("60")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = bystander.id().to_string();
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "kill", &[&pid, "9"]),
+        Outcome::Ok
+    );
+    let _ = bystander.wait();
+}
+
+#[test]
+fn agent_cannot_remove_pins_or_unmount_bpffs() {
+    let scenario = Scenario::start("defend-pins", Options::default());
+    let link = scenario.pin_dir.join("link_bprm_check_security");
+    let link_text = link.display().to_string();
+    let moved = scenario.pin_dir.join("moved").display().to_string();
+    let cases: [(&str, &[&str]); 4] = [
+        ("unlink", &[&link_text]),
+        ("rename", &[&link_text, &moved]),
+        ("umount", &["/sys/fs/bpf"]),
+        ("remount", &["/sys/fs/bpf"]),
+    ];
+    for (op, args) in cases {
+        assert_eq!(
+            scenario.tamper(&scenario.agents, op, args),
+            Outcome::Denied,
+            "{op} {args:?}"
+        );
+    }
+    assert!(link.exists(), "the pin is still there");
+    for hook in ["pin_unlink", "pin_rename", "umount", "remount"] {
+        journaled(&scenario, hook);
+    }
+    assert_eq!(scenario.agent_exec(), Exec::Denied, "still enforcing");
+}
+
+#[test]
+fn agent_cannot_leave_its_cgroup() {
+    let scenario = Scenario::start("defend-cgroup", Options::default());
+    let outside_procs = scenario.outside.join("cgroup.procs").display().to_string();
+    let child = scenario.agents.join("hideout").display().to_string();
+    let outside = scenario.outside.display().to_string();
+    let cases: [(&str, &[&str]); 3] = [
+        ("write", &[&outside_procs, "0"]),
+        ("mkdir", &[&child]),
+        ("clone-into", &[&outside]),
+    ];
+    for (op, args) in cases {
+        assert_eq!(
+            scenario.tamper(&scenario.agents, op, args),
+            Outcome::Denied,
+            "{op} {args:?}"
+        );
+    }
+    assert!(!scenario.agents.join("hideout").exists());
+    journaled(&scenario, "cgroup_write");
+    // The same clone3 from outside the agent cgroups works: the test is not of clone3 itself.
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "clone-into", &[&outside]),
+        Outcome::Ok
+    );
+}
+
+#[test]
+fn agent_cannot_load_kernel_modules() {
+    let scenario = Scenario::start("defend-modules", Options::default());
+    let helper = bin("gk-helper").display().to_string();
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "finit-module", &[&helper]),
+        Outcome::Denied
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "init-module", &[]),
+        Outcome::Denied
+    );
+    journaled(&scenario, "kernel_read_file");
+    journaled(&scenario, "kernel_load_data");
+}
+
+#[test]
+fn protected_binary_cannot_run_by_other_routes() {
+    let scenario = Scenario::start("defend-routes", Options::default());
+    let protected = scenario.protected.display().to_string();
+    // Through the open file: the same inode, so the same denial (and request).
+    for route in ["exec-proc-fd", "execveat"] {
+        assert_eq!(
+            scenario.tamper(&scenario.agents, route, &[&protected]),
+            Outcome::Denied,
+            "{route}"
+        );
+    }
+    let request = wait_for("a request for the open-file routes", || {
+        scenario.requests(false).into_iter().next()
+    });
+    assert_eq!(request["rule"], "database export");
+
+    // A memfd copy lives on no mounted filesystem: agents may not run such files at all.
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "exec-memfd", &[&protected]),
+        Outcome::Denied
+    );
+    journaled(&scenario, "exec_internal");
+
+    // The dynamic loader maps the binary itself instead of exec'ing it.
+    let loader = "/lib64/ld-linux-x86-64.so.2";
+    let via_loader = Command::new(bin("gk-helper"))
+        .arg("run")
+        .arg(&scenario.agents)
+        .args([loader, &protected, "target"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&via_loader.stdout).contains(TARGET_RAN),
+        "{via_loader:?}"
+    );
+    journaled(&scenario, "exec_mapping");
+    // The loader itself, and an unprotected binary through it, still work for agents.
+    let unprotected = Command::new(bin("gk-helper"))
+        .arg("run")
+        .arg(&scenario.agents)
+        .args([
+            loader,
+            &scenario.unprotected.display().to_string(),
+            "target",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&unprotected.stdout).contains(TARGET_RAN),
+        "{unprotected:?}"
+    );
+}
+
+#[test]
+fn allowlist_mode_denies_a_copied_binary() {
+    let scenario = Scenario::prepare("allowlist", Options::default());
+    let text = std::fs::read_to_string(&scenario.config).unwrap();
+    let allowlisted = scenario.unprotected.display().to_string();
+    std::fs::write(
+        &scenario.config,
+        text.replace(
+            "[[protect.exec]]",
+            &format!("exec = \"allowlist\"\nallow = [\"{allowlisted}\"]\n\n[[protect.exec]]"),
+        ),
+    )
+    .unwrap();
+    let mut scenario = scenario;
+    scenario.start_daemon();
+
+    let copy = scenario.dir.join("bin/copied");
+    std::fs::copy(&scenario.protected, &copy).unwrap();
+    assert_eq!(scenario.exec_in(&scenario.agents, &copy), Exec::Denied);
+    let request = scenario.wait_request(&copy);
+    assert_eq!(request["rule"], "not on the allowlist");
+    assert_eq!(
+        scenario.exec_in(&scenario.agents, &scenario.unprotected),
+        Exec::Ran
+    );
+    assert_eq!(
+        scenario.agent_exec(),
+        Exec::Denied,
+        "protected stays protected"
+    );
+    // Approval works as for any request.
+    let id = request["id"].as_str().unwrap();
+    assert!(scenario.gatekeeper(&["approve", id]).status.success());
+    assert_eq!(scenario.exec_in(&scenario.agents, &copy), Exec::Ran);
+    assert_eq!(scenario.exec_in(&scenario.agents, &copy), Exec::Denied);
+}
