@@ -4,7 +4,7 @@ use aya_ebpf::{macros::lsm, programs::LsmContext};
 
 use crate::{
     net::{protected_destination, transport},
-    verdict::{EPERM, agent_cgroup, decide},
+    verdict::{agent_cgroup, decide_found},
 };
 
 #[lsm(hook = "socket_connect")]
@@ -19,17 +19,11 @@ pub fn socket_connect(ctx: LsmContext) -> i32 {
     };
     let sock: *const u8 = ctx.arg(0);
     let address: *const u8 = ctx.arg(1);
-    let target = unsafe {
-        match transport(sock) {
-            Ok(Some((protocol, bit))) => protected_destination(address, protocol, bit),
-            Ok(None) => Ok(None),
-            Err(error) => Err(error),
-        }
+    let found = unsafe {
+        transport(sock).and_then(|transport| match transport {
+            Some((protocol, bit)) => protected_destination(address, protocol, bit),
+            None => Ok(None),
+        })
     };
-    match target {
-        Ok(Some(target)) => decide(agent_cgroup_id, target, core::ptr::null()),
-        Ok(None) => 0,
-        // Unreadable connect of an agent: refuse rather than guess.
-        Err(_) => -EPERM,
-    }
+    decide_found(agent_cgroup_id, found)
 }

@@ -7,7 +7,7 @@ use gatekeeper_common::IPPROTO_TCP;
 use crate::{
     net::{protected_destination, transport},
     read::read_field,
-    verdict::{EPERM, agent_cgroup, decide},
+    verdict::{agent_cgroup, decide_found},
 };
 
 #[unsafe(no_mangle)]
@@ -29,12 +29,7 @@ pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
     };
     let sock: *const u8 = ctx.arg(0);
     let msg: *const u8 = ctx.arg(1);
-    match unsafe { named_destination(sock, msg) } {
-        Ok(Some(target)) => decide(agent_cgroup_id, target, core::ptr::null()),
-        Ok(None) => 0,
-        // Unreadable send of an agent: refuse rather than guess.
-        Err(_) => -EPERM,
-    }
+    decide_found(agent_cgroup_id, unsafe { named_destination(sock, msg) })
 }
 
 #[inline(always)]

@@ -131,6 +131,17 @@ pub fn decide(agent_cgroup_id: u64, target: Target, filename: *const u8) -> i32 
     -EPERM
 }
 
+/// The verdict on an agent's action that may touch a protected target: none touched allows,
+/// one touched is decided, and one that could not be read is refused rather than guessed.
+#[inline(always)]
+pub fn decide_found(agent_cgroup_id: u64, found: Result<Option<Target>, i32>) -> i32 {
+    match found {
+        Ok(Some(target)) => decide(agent_cgroup_id, target, core::ptr::null()),
+        Ok(None) => 0,
+        Err(_) => -EPERM,
+    }
+}
+
 #[inline(always)]
 fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {

@@ -460,6 +460,22 @@ request_ttl = "{request_ttl}"
         })
     }
 
+    /// The agent tries the protected binary, is denied, and this returns the request's id.
+    pub fn denied_request(&self) -> String {
+        assert_eq!(self.agent_exec(), Exec::Denied);
+        self.wait_request(&self.protected)["id"]
+            .as_str()
+            .expect("request id")
+            .to_owned()
+    }
+
+    /// Whether the journal holds an event of `kind`.
+    pub fn journal_has(&self, kind: &str) -> bool {
+        self.journal_events()
+            .iter()
+            .any(|event| event["type"] == kind)
+    }
+
     pub fn request(&self, id: &str) -> Value {
         self.requests(true)
             .into_iter()

@@ -114,11 +114,7 @@ fn child_cgroup_of_agent_cgroup_is_an_agent() {
 #[test]
 fn approval_lets_exactly_one_retry_pass() {
     let scenario = Scenario::start("once", Options::default());
-    assert_eq!(scenario.agent_exec(), Exec::Denied);
-    let id = scenario.wait_request(&scenario.protected)["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = scenario.denied_request();
     approve(&scenario, &id);
     let request = scenario.request(&id);
     assert_eq!(request["state"], "approved");
@@ -142,11 +138,7 @@ fn approval_lets_exactly_one_retry_pass() {
 #[test]
 fn concurrent_retries_after_one_approval_pass_exactly_once() {
     let scenario = Scenario::start("race", Options::default());
-    assert_eq!(scenario.agent_exec(), Exec::Denied);
-    let id = scenario.wait_request(&scenario.protected)["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = scenario.denied_request();
     approve(&scenario, &id);
     let (ran, denied, other) = scenario.race(&scenario.agents, 8, &scenario.protected);
     assert_eq!((ran, denied, other), (1, 7, 0));
@@ -161,11 +153,7 @@ fn unused_grant_expires_and_never_allows() {
             ..Options::default()
         },
     );
-    assert_eq!(scenario.agent_exec(), Exec::Denied);
-    let id = scenario.wait_request(&scenario.protected)["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = scenario.denied_request();
     approve(&scenario, &id);
     let grant = scenario.wait_journal("grant_issued", |event| event["request_id"] == id.as_str());
     std::thread::sleep(Duration::from_secs(3));
@@ -174,10 +162,7 @@ fn unused_grant_expires_and_never_allows() {
         scenario.wait_journal("grant_expired", |event| event["request_id"] == id.as_str());
     assert_eq!(expired["grant_id"], grant["grant_id"]);
     assert!(
-        !scenario
-            .journal_events()
-            .iter()
-            .any(|event| event["type"] == "grant_used"),
+        !scenario.journal_has("grant_used"),
         "an expired grant was used"
     );
 }
@@ -185,33 +170,20 @@ fn unused_grant_expires_and_never_allows() {
 #[test]
 fn deny_leaves_it_blocked() {
     let scenario = Scenario::start("deny", Options::default());
-    assert_eq!(scenario.agent_exec(), Exec::Denied);
-    let id = scenario.wait_request(&scenario.protected)["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = scenario.denied_request();
     let output = scenario.gatekeeper(&["deny", &id, "--reason", "not today"]);
     assert!(output.status.success(), "{output:?}");
     assert_eq!(scenario.request(&id)["state"], "denied");
     assert_eq!(scenario.agent_exec(), Exec::Denied);
     // The next attempt is a new request, and the denied one cannot be approved after all.
     assert!(!scenario.gatekeeper(&["approve", &id]).status.success());
-    assert!(
-        !scenario
-            .journal_events()
-            .iter()
-            .any(|event| event["type"] == "grant_issued")
-    );
+    assert!(!scenario.journal_has("grant_issued"));
 }
 
 #[test]
 fn unlisted_reviewer_is_refused() {
     let scenario = Scenario::start("unlisted", Options::default());
-    assert_eq!(scenario.agent_exec(), Exec::Denied);
-    let id = scenario.wait_request(&scenario.protected)["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = scenario.denied_request();
     let output = Command::new(bin("gatekeeper"))
         .arg("--socket")
         .arg(&scenario.socket)
@@ -250,11 +222,7 @@ fn unanswered_request_expires_and_cannot_be_approved() {
             ..Options::default()
         },
     );
-    assert_eq!(scenario.agent_exec(), Exec::Denied);
-    let id = scenario.wait_request(&scenario.protected)["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = scenario.denied_request();
     scenario.wait_journal("request_expired", |event| {
         event["request_id"] == id.as_str()
     });
@@ -266,22 +234,13 @@ fn unanswered_request_expires_and_cannot_be_approved() {
         "{late:?}"
     );
     assert_eq!(scenario.agent_exec(), Exec::Denied);
-    assert!(
-        !scenario
-            .journal_events()
-            .iter()
-            .any(|event| event["type"] == "grant_issued")
-    );
+    assert!(!scenario.journal_has("grant_issued"));
 }
 
 #[test]
 fn approval_from_inside_an_agent_cgroup_is_refused() {
     let scenario = Scenario::start("self-approval", Options::default());
-    assert_eq!(scenario.agent_exec(), Exec::Denied);
-    let id = scenario.wait_request(&scenario.protected)["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = scenario.denied_request();
     // root, a listed reviewer, but calling from the agent's own cgroup.
     let output = scenario.gatekeeper_in(&scenario.agents, &["approve", &id]);
     assert!(!output.status.success());
@@ -296,11 +255,7 @@ fn approval_from_inside_an_agent_cgroup_is_refused() {
 #[test]
 fn http_decision_needs_a_fresh_valid_signature() {
     let scenario = Scenario::start("http", Options::default());
-    assert_eq!(scenario.agent_exec(), Exec::Denied);
-    let id = scenario.wait_request(&scenario.protected)["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = scenario.denied_request();
     let body = r#"{"decision":"approve","reviewer":"alice","reason":"ticket 42"}"#;
 
     let (status, _) = scenario.http_decision(&id, body, "wrong-secret-0123456789", now_unix());
@@ -354,11 +309,7 @@ fn replaced_protected_path_stays_protected() {
 #[test]
 fn journal_verifies_then_fails_after_an_edit() {
     let mut scenario = Scenario::start("journal", Options::default());
-    assert_eq!(scenario.agent_exec(), Exec::Denied);
-    let id = scenario.wait_request(&scenario.protected)["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = scenario.denied_request();
     approve(&scenario, &id);
     assert_eq!(scenario.agent_exec(), Exec::Ran);
     scenario.wait_journal("grant_used", |_| true);

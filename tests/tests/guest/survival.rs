@@ -58,11 +58,7 @@ fn killed_daemon_keeps_enforcing_and_a_restart_picks_up_its_requests() {
         },
     );
     let _listener = std::net::TcpListener::bind("127.0.5.1:5432").unwrap();
-    assert_eq!(scenario.agent_exec(), Exec::Denied);
-    let id = scenario.wait_request(&scenario.protected)["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = scenario.denied_request();
 
     scenario.kill_daemon();
     // Down, and still nothing passes; the denials wait in the pinned ring buffer.
@@ -97,11 +93,7 @@ fn grant_issued_before_a_kill_expires_on_time() {
             ..Options::default()
         },
     );
-    assert_eq!(scenario.agent_exec(), Exec::Denied);
-    let id = scenario.wait_request(&scenario.protected)["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = scenario.denied_request();
     let output = scenario.gatekeeper(&["approve", &id]);
     assert!(output.status.success(), "{output:?}");
     scenario.kill_daemon();
@@ -115,10 +107,7 @@ fn grant_issued_before_a_kill_expires_on_time() {
     scenario.start_daemon();
     scenario.wait_journal("grant_expired", |event| event["request_id"] == id.as_str());
     assert!(
-        !scenario
-            .journal_events()
-            .iter()
-            .any(|event| event["type"] == "grant_used"),
+        !scenario.journal_has("grant_used"),
         "the expired grant was used"
     );
 }
