@@ -24,9 +24,10 @@ use tracing::warn;
 
 use crate::{
     cgroups,
+    config::WebhookKind,
     daemon::{DaemonError, Decider, DecisionFailure, Shared, user_name},
     notify,
-    requests::{DecideError, Decision, authorize_reviewer},
+    requests::{self, DecideError, Decision, authorize_reviewer},
 };
 
 /// Signed HTTP decisions older (or further in the future) than this are refused.
@@ -49,6 +50,12 @@ pub enum LocalCall {
     },
     /// End enforcement: root only, never from an agent cgroup.
     Uninstall,
+    /// Wait for the decision on one of the caller's own cgroup's requests (its latest without
+    /// `id`); answers `{id, state}` with state `timeout` when the wait ran out.
+    Await {
+        id: Option<String>,
+        timeout_ms: u64,
+    },
 }
 
 /// The answer: a JSON object on one line.
@@ -152,11 +159,56 @@ async fn serve_local(mut stream: UnixStream, shared: Shared) -> std::io::Result<
     BufReader::new((&mut stream).take(MAX_LOCAL_LINE))
         .read_line(&mut line)
         .await?;
-    let reply = answer_local(&line, &stream, &shared);
+    let reply = match serde_json::from_str::<LocalCall>(line.trim_end()) {
+        Ok(LocalCall::Await { id, timeout_ms }) => {
+            await_decision(&stream, &shared, id, Duration::from_millis(timeout_ms)).await
+        }
+        Ok(call) => answer_local(call, &stream, &shared),
+        Err(error) => LocalReply::error(format!("malformed call: {error}")),
+    };
     let mut text = serde_json::to_string(&reply).unwrap_or_else(|_| "{\"ok\":false}".into());
     text.push('\n');
     stream.write_all(text.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// How often a waiting agent's request is looked at.
+const AWAIT_POLL: Duration = Duration::from_millis(200);
+
+/// Waits for a decision on the caller's own request; other cgroups' requests do not exist for it.
+async fn await_decision(
+    stream: &UnixStream,
+    shared: &Shared,
+    id: Option<String>,
+    timeout: Duration,
+) -> LocalReply {
+    let caller = stream
+        .peer_cred()
+        .ok()
+        .and_then(|credentials| credentials.pid())
+        .and_then(|pid| u32::try_from(pid).ok())
+        .and_then(|pid| cgroups::of_process(pid).ok())
+        .and_then(|cgroup| cgroups::id_of(&cgroup).ok());
+    let Some(cgroup_id) = caller else {
+        return LocalReply::error("cannot tell the caller's cgroup");
+    };
+    let Some(id) = shared.lock().request_for_cgroup(cgroup_id, id.as_deref()) else {
+        return LocalReply::error("no such request for this cgroup");
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let state = shared.lock().request_state(&id);
+        match state {
+            Some(requests::State::Pending) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(AWAIT_POLL).await;
+            }
+            Some(requests::State::Pending) => {
+                return LocalReply::data(serde_json::json!({"id": id, "state": "timeout"}));
+            }
+            Some(state) => return LocalReply::data(serde_json::json!({"id": id, "state": state})),
+            None => return LocalReply::error("no such request for this cgroup"),
+        }
+    }
 }
 
 fn identify(stream: &UnixStream, shared: &Shared) -> Result<Decider, LocalReply> {
@@ -165,11 +217,7 @@ fn identify(stream: &UnixStream, shared: &Shared) -> Result<Decider, LocalReply>
         .map_err(|error| LocalReply::error(format!("cannot identify caller: {error}")))
 }
 
-fn answer_local(line: &str, stream: &UnixStream, shared: &Shared) -> LocalReply {
-    let call: LocalCall = match serde_json::from_str(line.trim_end()) {
-        Ok(call) => call,
-        Err(error) => return LocalReply::error(format!("malformed call: {error}")),
-    };
+fn answer_local(call: LocalCall, stream: &UnixStream, shared: &Shared) -> LocalReply {
     match call {
         LocalCall::Status => LocalReply::data(shared.lock().status()),
         LocalCall::List { all } => {
@@ -188,6 +236,7 @@ fn answer_local(line: &str, stream: &UnixStream, shared: &Shared) -> LocalReply 
                 Err(refusal) => LocalReply::error(refusal.to_string()),
             }
         }
+        LocalCall::Await { .. } => LocalReply::error("await is answered asynchronously"),
         LocalCall::Uninstall => {
             let uid = stream.peer_cred().map(|credentials| credentials.uid());
             let decider = match identify(stream, shared) {
@@ -270,6 +319,7 @@ async fn http_decide(
         .config()
         .webhooks
         .iter()
+        .filter(|hook| hook.kind == WebhookKind::Generic)
         .map(|hook| hook.secret.clone())
         .collect();
     if let Err(error) = authenticate(&headers, &body, &secrets) {
@@ -293,7 +343,14 @@ async fn http_decide(
         Ok(request) => (StatusCode::OK, Json(request)).into_response(),
         Err(error) => {
             let status = match &error {
-                DecisionFailure::Refused(_) => StatusCode::FORBIDDEN,
+                DecisionFailure::Refused(_)
+                | DecisionFailure::Request(DecideError::Owner { .. }) => StatusCode::FORBIDDEN,
+                DecisionFailure::Request(DecideError::ReasonRequired(_)) => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
+                DecisionFailure::Request(DecideError::AlreadyApproved { .. }) => {
+                    StatusCode::CONFLICT
+                }
                 DecisionFailure::Request(DecideError::NotFound(_)) => StatusCode::NOT_FOUND,
                 DecisionFailure::Request(DecideError::AlreadyDecided { .. }) => {
                     StatusCode::CONFLICT
@@ -308,6 +365,162 @@ async fn http_decide(
     }
 }
 
+#[derive(Deserialize)]
+struct SlackPayload {
+    user: SlackUser,
+    actions: Vec<SlackAction>,
+    response_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SlackUser {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct SlackAction {
+    action_id: String,
+    value: String,
+}
+
+/// Checks Slack's timestamp and signature headers against every Slack signing secret.
+fn authenticate_slack(headers: &HeaderMap, body: &[u8], secrets: &[String]) -> Result<(), String> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .ok_or_else(|| format!("missing {name} header"))
+    };
+    let timestamp = header("x-slack-request-timestamp")?;
+    let seconds: i64 = timestamp
+        .parse()
+        .map_err(|_| "x-slack-request-timestamp is not a Unix time".to_owned())?;
+    if time::OffsetDateTime::now_utc()
+        .unix_timestamp()
+        .abs_diff(seconds)
+        > MAX_CLOCK_SKEW.as_secs()
+    {
+        return Err("timestamp outside the allowed window".into());
+    }
+    let signature = header("x-slack-signature")?;
+    let matched = secrets.iter().fold(false, |matched, secret| {
+        notify::slack_signature_valid(secret.as_bytes(), timestamp, body, signature) | matched
+    });
+    if matched {
+        Ok(())
+    } else {
+        Err("bad signature".into())
+    }
+}
+
+fn slack_payload(body: &[u8]) -> Result<SlackPayload, String> {
+    let form: Vec<(String, String)> =
+        serde_urlencoded::from_bytes(body).map_err(|error| format!("not a form: {error}"))?;
+    let payload = form
+        .into_iter()
+        .find(|(key, _)| key == "payload")
+        .map(|(_, value)| value)
+        .ok_or("no payload field")?;
+    serde_json::from_str(&payload).map_err(|error| format!("malformed payload: {error}"))
+}
+
+/// `POST /v1/slack/interactions`: an Approve or Deny button pressed in Slack.
+async fn slack_interaction(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (secrets, users) = {
+        let engine = shared.lock();
+        let config = engine.config();
+        let secrets: Vec<String> = config
+            .webhooks
+            .iter()
+            .filter_map(|hook| hook.signing_secret.clone())
+            .collect();
+        (secrets, config.slack_users.clone())
+    };
+    if let Err(error) = authenticate_slack(&headers, &body, &secrets) {
+        return http_error(StatusCode::UNAUTHORIZED, error);
+    }
+    let payload = match slack_payload(&body) {
+        Ok(payload) => payload,
+        Err(error) => return http_error(StatusCode::BAD_REQUEST, error),
+    };
+    let Some(action) = payload.actions.first() else {
+        return http_error(StatusCode::BAD_REQUEST, "no action");
+    };
+    let decision = match action.action_id.as_str() {
+        "approve" => Decision::Approve,
+        "deny" => Decision::Deny,
+        other => return http_error(StatusCode::BAD_REQUEST, format!("unknown action {other:?}")),
+    };
+    let Some(reviewer) = users.get(&payload.user.id).cloned() else {
+        let why = format!("Slack user {} is not mapped to a reviewer", payload.user.id);
+        shared
+            .lock()
+            .refuse(&action.value, None, "slack", why.clone());
+        return http_error(StatusCode::FORBIDDEN, why);
+    };
+    let decider = Decider {
+        reviewer: reviewer.clone(),
+        caller_is_agent: false,
+        channel: "slack",
+    };
+    let result = shared
+        .lock()
+        .decide(&action.value, decision, None, &decider);
+    match result {
+        Ok(request) => {
+            let text = match request.state {
+                requests::State::Pending => format!(
+                    "{reviewer} approved request {} ({}); {} of {} approvals",
+                    request.id,
+                    request.target,
+                    request.approvals.len(),
+                    request.approvals_required
+                ),
+                state => format!(
+                    "Request {} ({}) {} by {reviewer}",
+                    request.id,
+                    request.target,
+                    format!("{state:?}").to_lowercase()
+                ),
+            };
+            if let Some(url) = payload.response_url {
+                replace_slack_message(url, text.clone());
+            }
+            (StatusCode::OK, Json(serde_json::json!({ "text": text }))).into_response()
+        }
+        // Slack shows the answer to the one who pressed; nothing changed.
+        Err(error) => (
+            StatusCode::OK,
+            Json(serde_json::json!({
+                "response_type": "ephemeral",
+                "replace_original": false,
+                "text": format!("Not decided: {error}"),
+            })),
+        )
+            .into_response(),
+    }
+}
+
+/// Replaces the request's Slack message with its outcome, through the interaction's response URL.
+fn replace_slack_message(url: String, text: String) {
+    tokio::spawn(async move {
+        let body = serde_json::json!({ "replace_original": true, "text": text });
+        if let Err(error) = reqwest::Client::new()
+            .post(&url)
+            .timeout(Duration::from_secs(10))
+            .json(&body)
+            .send()
+            .await
+        {
+            warn!(%error, "cannot update the Slack message");
+        }
+    });
+}
+
 async fn health() -> &'static str {
     "ok\n"
 }
@@ -315,6 +528,7 @@ async fn health() -> &'static str {
 pub fn http_router(shared: Shared) -> Router {
     Router::new()
         .route("/v1/requests/{id}/decision", post(http_decide))
+        .route("/v1/slack/interactions", post(slack_interaction))
         .route("/v1/health", get(health))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(shared)

@@ -14,7 +14,7 @@ use crate::{
     api::{LocalCall, LocalReply},
     config::{Config, ConfigError, DEFAULT_CONFIG, DEFAULT_SOCKET},
     journal,
-    requests::{Decision, Request},
+    requests::{Decision, Request, State},
 };
 
 /// Exit code for a bad configuration or bad arguments.
@@ -71,6 +71,19 @@ pub enum Command {
     },
     /// End enforcement: detach the programs and remove their pins (root only).
     Uninstall,
+    /// Wait for the decision on this cgroup's latest (or given) request: exit 0 approved (retry
+    /// now), 1 denied, 2 expired or timed out, 3 no such request or no daemon.
+    Await {
+        /// A request of the caller's own cgroup [default: its latest].
+        #[arg(conflicts_with = "last")]
+        id: Option<String>,
+        /// Wait on the latest request (the default).
+        #[arg(long)]
+        last: bool,
+        /// Give up after this long, e.g. "5m" [default: until the request expires].
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
+    },
     /// Audit journal tools.
     Journal {
         #[command(subcommand)]
@@ -82,6 +95,44 @@ pub enum Command {
 pub enum JournalCommand {
     /// Check the hash chain; exits non-zero naming the first bad record.
     Verify { file: PathBuf },
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|error| error.to_string())
+}
+
+/// Exit codes of `gatekeeper await`.
+const AWAIT_DENIED: u8 = 1;
+const AWAIT_EXPIRED: u8 = 2;
+const AWAIT_UNKNOWN: u8 = 3;
+/// Longer than any request lives: without --timeout, await ends when the request does.
+const AWAIT_FOREVER: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+fn await_decision(
+    cli: &Cli,
+    id: &Option<String>,
+    timeout: Option<std::time::Duration>,
+) -> ExitCode {
+    let timeout = timeout.unwrap_or(AWAIT_FOREVER);
+    let call = LocalCall::Await {
+        id: id.clone(),
+        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+    };
+    match call_with_timeout(cli, &call, None) {
+        Ok(data) => {
+            let state = data["state"].as_str().unwrap_or_default();
+            println!("request {}: {state}", data["id"].as_str().unwrap_or("?"));
+            match state {
+                "approved" => ExitCode::SUCCESS,
+                "denied" => ExitCode::from(AWAIT_DENIED),
+                _ => ExitCode::from(AWAIT_EXPIRED),
+            }
+        }
+        Err(error) => {
+            eprintln!("gatekeeper: {error:#}");
+            ExitCode::from(AWAIT_UNKNOWN)
+        }
+    }
 }
 
 /// Runs the parsed command line; errors are printed here, once, with the right exit code.
@@ -98,6 +149,7 @@ pub fn run(cli: Cli) -> ExitCode {
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
+        Command::Await { id, timeout, .. } => Ok(await_decision(&cli, id, *timeout)),
         Command::Daemon => {
             let path = cli.config.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG));
             let config = Config::load(path)?;
@@ -188,14 +240,22 @@ fn decide(
         },
     )?;
     let request: Request = serde_json::from_value(data)?;
-    let verb = match decision {
-        Decision::Approve => "approved",
-        Decision::Deny => "denied",
-    };
-    println!(
-        "{verb} request {} ({} for {})",
-        request.id, request.target, request.cgroup
-    );
+    match (decision, request.state) {
+        (Decision::Approve, State::Pending) => println!(
+            "approval recorded for request {}: {} of {} approvals",
+            request.id,
+            request.approvals.len(),
+            request.approvals_required
+        ),
+        (Decision::Approve, _) => println!(
+            "approved request {} ({} for {})",
+            request.id, request.target, request.cgroup
+        ),
+        (Decision::Deny, _) => println!(
+            "denied request {} ({} for {})",
+            request.id, request.target, request.cgroup
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -267,11 +327,23 @@ fn uninstall(cli: &Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How long a client waits for the daemon's answer.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// One call on the daemon's socket.
 fn call(cli: &Cli, request: &LocalCall) -> anyhow::Result<serde_json::Value> {
+    call_with_timeout(cli, request, Some(CALL_TIMEOUT))
+}
+
+fn call_with_timeout(
+    cli: &Cli,
+    request: &LocalCall,
+    timeout: Option<std::time::Duration>,
+) -> anyhow::Result<serde_json::Value> {
     let path = socket_path(cli)?;
     let mut stream = UnixStream::connect(&path)
         .with_context(|| format!("cannot reach the daemon at {}", path.display()))?;
+    stream.set_read_timeout(timeout)?;
     let mut line = serde_json::to_string(request)?;
     line.push('\n');
     stream.write_all(line.as_bytes())?;

@@ -23,6 +23,7 @@ const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/gatekeeper";
 const DEFAULT_WEBHOOK_TIMEOUT: &str = "5s";
 const DEFAULT_WEBHOOK_ATTEMPTS: u32 = 5;
 const DEFAULT_RESOLVE_INTERVAL: &str = "30s";
+const DEFAULT_REDELIVER_INTERVAL: &str = "30s";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -52,6 +53,8 @@ pub struct Config {
     pub pin_dir: PathBuf,
     /// How often `host` destinations are resolved again.
     pub resolve_interval: Duration,
+    /// How often undelivered requests are sent to their webhooks again.
+    pub redeliver_interval: Duration,
     pub agent_cgroups: Vec<PathBuf>,
     /// Agents may exec only `allowed` binaries (and approved ones).
     pub exec_allowlist: bool,
@@ -59,6 +62,10 @@ pub struct Config {
     pub exec_rules: Vec<ExecRule>,
     pub connect_rules: Vec<ConnectRule>,
     pub reviewers: Vec<String>,
+    /// Slack user id -> reviewer name.
+    pub slack_users: std::collections::BTreeMap<String, String>,
+    /// Agent cgroup -> the person who runs that agent (who may never approve it).
+    pub owners: Vec<(PathBuf, String)>,
     pub grant_ttl: Duration,
     pub request_ttl: Duration,
     pub webhooks: Vec<Webhook>,
@@ -68,6 +75,35 @@ pub struct Config {
 pub struct ExecRule {
     pub path: PathBuf,
     pub name: String,
+    pub approval: RulePolicy,
+}
+
+/// Per-rule approval policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RulePolicy {
+    /// Distinct reviewers who must approve before the grant is issued.
+    pub approvals: u32,
+    /// An approval without a reason is refused.
+    pub require_reason: bool,
+}
+
+impl Default for RulePolicy {
+    fn default() -> Self {
+        Self {
+            approvals: 1,
+            require_reason: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookKind {
+    /// The JSON request document, signed; the receiver calls the HTTP decision endpoint.
+    Generic,
+    /// A Block Kit message with Approve and Deny buttons.
+    Slack,
+    /// An Adaptive Card.
+    Teams,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +114,7 @@ pub struct ConnectRule {
     pub ports: Vec<(u16, u16)>,
     /// PROTOCOL_* bits.
     pub protocols: u32,
+    pub approval: RulePolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,8 +126,12 @@ pub enum DestinationSpec {
 
 #[derive(Debug, Clone)]
 pub struct Webhook {
+    pub kind: WebhookKind,
     pub url: reqwest::Url,
+    /// generic: signs deliveries and verifies HTTP decisions. Empty for other kinds.
     pub secret: String,
+    /// slack: verifies interactions (Slack's signing secret).
+    pub signing_secret: Option<String>,
     pub timeout: Duration,
     /// Delivery attempts before giving up (each one journaled).
     pub attempts: u32,
@@ -118,17 +159,27 @@ struct RawDaemon {
     journal: Option<PathBuf>,
     pin_dir: Option<PathBuf>,
     resolve_interval: Option<String>,
+    redeliver_interval: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAgents {
     cgroups: Vec<PathBuf>,
+    #[serde(default)]
+    owner: Vec<RawOwner>,
     /// "protect" (default): only protected binaries need approval; "allowlist": everything
     /// not in `allow` does.
     exec: Option<String>,
     #[serde(default)]
     allow: Vec<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOwner {
+    cgroup: PathBuf,
+    owner: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -148,6 +199,8 @@ struct RawConnectRule {
     host: Option<String>,
     ports: Option<Vec<PortSpec>>,
     protocol: Option<String>,
+    approvals: Option<u32>,
+    require_reason: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -155,12 +208,16 @@ struct RawConnectRule {
 struct RawExecRule {
     path: PathBuf,
     name: Option<String>,
+    approvals: Option<u32>,
+    require_reason: Option<bool>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApproval {
     reviewers: Vec<String>,
+    #[serde(default)]
+    slack_users: std::collections::BTreeMap<String, String>,
     grant_ttl: String,
     request_ttl: String,
 }
@@ -168,13 +225,24 @@ struct RawApproval {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWebhook {
+    kind: Option<String>,
     url: String,
-    secret: String,
+    secret: Option<String>,
+    signing_secret: Option<String>,
     timeout: Option<String>,
     attempts: Option<u32>,
 }
 
 impl Config {
+    /// The owner of the agent running in `cgroup`: the most specific `[[agents.owner]]` entry.
+    pub fn owner_of(&self, cgroup: &Path) -> Option<&str> {
+        self.owners
+            .iter()
+            .filter(|(owned, _)| cgroup.starts_with(owned))
+            .max_by_key(|(owned, _)| owned.components().count())
+            .map(|(_, owner)| owner.as_str())
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_owned(),
@@ -215,6 +283,22 @@ impl Validator<'_> {
         Ok(duration)
     }
 
+    fn policy(
+        &self,
+        rule_key: &str,
+        approvals: Option<u32>,
+        require_reason: Option<bool>,
+    ) -> Result<RulePolicy, ConfigError> {
+        let approvals = approvals.unwrap_or(1);
+        if !(1..=10).contains(&approvals) {
+            return Err(self.invalid(format!("{rule_key}.approvals"), "must be between 1 and 10"));
+        }
+        Ok(RulePolicy {
+            approvals,
+            require_reason: require_reason.unwrap_or(false),
+        })
+    }
+
     fn connect_rule(&self, index: usize, raw: RawConnectRule) -> Result<ConnectRule, ConfigError> {
         let key = |field: &str| format!("protect.connect[{index}].{field}");
         let destination = match (raw.cidr, raw.host) {
@@ -249,11 +333,17 @@ impl Validator<'_> {
             DestinationSpec::Cidr(prefix) => prefix.to_string(),
             DestinationSpec::Host(host) => host.clone(),
         });
+        let approval = self.policy(
+            &format!("protect.connect[{index}]"),
+            raw.approvals,
+            raw.require_reason,
+        )?;
         Ok(ConnectRule {
             name,
             destination,
             ports,
             protocols,
+            approval,
         })
     }
 
@@ -321,9 +411,15 @@ impl Validator<'_> {
                 return Err(self.invalid(&key, format!("{} is listed twice", rule.path.display())));
             }
             let name = rule.name.unwrap_or_else(|| rule.path.display().to_string());
+            let approval = self.policy(
+                &format!("protect.exec[{index}]"),
+                rule.approvals,
+                rule.require_reason,
+            )?;
             exec_rules.push(ExecRule {
                 path: rule.path,
                 name,
+                approval,
             });
         }
 
@@ -370,9 +466,46 @@ impl Validator<'_> {
             if !matches!(url.scheme(), "http" | "https") {
                 return Err(self.invalid(key("url"), "must be an http or https URL"));
             }
-            if hook.secret.len() < 16 {
-                return Err(self.invalid(key("secret"), "must be at least 16 characters"));
-            }
+            let kind = match hook.kind.as_deref().unwrap_or("generic") {
+                "generic" => WebhookKind::Generic,
+                "slack" => WebhookKind::Slack,
+                "teams" => WebhookKind::Teams,
+                other => {
+                    return Err(self.invalid(
+                        key("kind"),
+                        format!("{other:?}: use \"generic\", \"slack\" or \"teams\""),
+                    ));
+                }
+            };
+            let secret = match (kind, hook.secret) {
+                (WebhookKind::Generic, Some(secret)) if secret.len() >= 16 => secret,
+                (WebhookKind::Generic, Some(_)) => {
+                    return Err(self.invalid(key("secret"), "must be at least 16 characters"));
+                }
+                (WebhookKind::Generic, None) => {
+                    return Err(self.invalid(key("secret"), "a generic webhook needs a secret"));
+                }
+                (_, Some(_)) => {
+                    return Err(self.invalid(key("secret"), "only generic webhooks take a secret"));
+                }
+                (_, None) => String::new(),
+            };
+            let signing_secret = match (kind, hook.signing_secret) {
+                (WebhookKind::Slack, Some(secret)) if !secret.is_empty() => Some(secret),
+                (WebhookKind::Slack, _) => {
+                    return Err(self.invalid(
+                        key("signing_secret"),
+                        "a slack webhook needs Slack's signing secret to verify interactions",
+                    ));
+                }
+                (_, Some(_)) => {
+                    return Err(self.invalid(
+                        key("signing_secret"),
+                        "only slack webhooks take a signing_secret",
+                    ));
+                }
+                (_, None) => None,
+            };
             let timeout = self.duration(
                 &key("timeout"),
                 hook.timeout.as_deref().unwrap_or(DEFAULT_WEBHOOK_TIMEOUT),
@@ -382,8 +515,10 @@ impl Validator<'_> {
                 return Err(self.invalid(key("attempts"), "must be between 1 and 20"));
             }
             webhooks.push(Webhook {
+                kind,
                 url,
-                secret: hook.secret,
+                secret,
+                signing_secret,
                 timeout,
                 attempts,
             });
@@ -397,6 +532,29 @@ impl Validator<'_> {
                 .unwrap_or(DEFAULT_RESOLVE_INTERVAL),
         )?;
 
+        let mut owners = Vec::new();
+        for (index, owner) in raw.agents.owner.into_iter().enumerate() {
+            let key = |field: &str| format!("agents.owner[{index}].{field}");
+            if !cgroups::is_within(&owner.cgroup, &raw.agents.cgroups) {
+                return Err(self.invalid(key("cgroup"), "is not an agent cgroup or below one"));
+            }
+            if owner.owner.trim().is_empty() {
+                return Err(self.invalid(key("owner"), "must not be empty"));
+            }
+            owners.push((owner.cgroup, owner.owner));
+        }
+        if let Some((id, _)) = raw
+            .approval
+            .slack_users
+            .iter()
+            .find(|(_, name)| !raw.approval.reviewers.contains(name))
+        {
+            return Err(self.invalid(
+                format!("approval.slack_users.{id}"),
+                "maps to someone not in approval.reviewers",
+            ));
+        }
+
         let pin_dir = raw
             .daemon
             .pin_dir
@@ -405,9 +563,18 @@ impl Validator<'_> {
             return Err(self.invalid("daemon.pin_dir", "must be an absolute path"));
         }
 
+        let redeliver_interval = self.duration(
+            "daemon.redeliver_interval",
+            raw.daemon
+                .redeliver_interval
+                .as_deref()
+                .unwrap_or(DEFAULT_REDELIVER_INTERVAL),
+        )?;
+
         Ok(Config {
             path: self.path.to_owned(),
             pin_dir,
+            redeliver_interval,
             resolve_interval,
             connect_rules,
             socket: raw
@@ -424,6 +591,8 @@ impl Validator<'_> {
             allowed: raw.agents.allow,
             exec_rules,
             reviewers: raw.approval.reviewers,
+            slack_users: raw.approval.slack_users,
+            owners,
             grant_ttl,
             request_ttl,
             webhooks,
@@ -621,6 +790,74 @@ host = "db.internal"
         assert!(error.contains("agents.exec"), "{error}");
         let error = error_of(&text.replace("\"/bin/sh\"]", "\"/nonexistent/x\"]"));
         assert!(error.contains("agents.allow[0]"), "{error}");
+    }
+
+    #[test]
+    fn webhook_kinds_owners_and_slack_users() {
+        let mount = cgroups::mount_point().expect("cgroup v2 mounted");
+        let owned = mount.join("agent-of-alice");
+        let extra = format!(
+            r#"
+[[webhook]]
+kind = "slack"
+url = "https://hooks.slack.example/services/T/B/X"
+signing_secret = "slack-secret"
+[[webhook]]
+kind = "teams"
+url = "https://teams.example/webhook"
+[approval.slack_users]
+U012ABCDEF = "root"
+[[agents.owner]]
+cgroup = "{}"
+owner = "alice"
+[[protect.connect]]
+cidr = "10.0.0.0/8"
+approvals = 2
+require_reason = true
+"#,
+            owned.display()
+        );
+        let config = parse(&config_text(&extra)).expect("valid config");
+        assert_eq!(config.webhooks[0].kind, WebhookKind::Slack);
+        assert_eq!(config.webhooks[1].kind, WebhookKind::Teams);
+        assert_eq!(config.slack_users["U012ABCDEF"], "root");
+        assert_eq!(config.owner_of(&owned.join("task")), Some("alice"));
+        assert_eq!(config.owner_of(&mount), None);
+        assert_eq!(config.exec_rules[0].approval, RulePolicy::default());
+        assert_eq!(
+            config.connect_rules[0].approval,
+            RulePolicy {
+                approvals: 2,
+                require_reason: true
+            }
+        );
+
+        let cases = [
+            (
+                extra.replace("signing_secret = \"slack-secret\"\n", ""),
+                "webhook[0].signing_secret",
+            ),
+            (
+                extra.replace("kind = \"teams\"", "kind = \"pager\""),
+                "webhook[1].kind",
+            ),
+            (
+                extra.replace("= \"root\"", "= \"mallory\""),
+                "approval.slack_users.U012ABCDEF",
+            ),
+            (
+                extra.replace(&owned.display().to_string(), "/elsewhere"),
+                "agents.owner[0].cgroup",
+            ),
+            (
+                extra.replace("approvals = 2", "approvals = 0"),
+                "protect.connect[0].approvals",
+            ),
+        ];
+        for (text, key) in cases {
+            let error = error_of(&config_text(&text));
+            assert!(error.contains(key), "{key}: {error}");
+        }
     }
 
     #[test]

@@ -23,15 +23,15 @@ use tracing::{error, info, warn};
 
 use crate::{
     cgroups,
-    config::{Config, DestinationSpec},
+    config::{Config, DestinationSpec, ExecRule},
     destinations::{self, Destination, DestinationError, Prefix, Reach},
     events::{EventReader, KernelEvent},
     journal::{Journal, JournalError, JournalEvent, Record},
     loader::{self, Kernel, LoaderError},
     notify,
     requests::{
-        Admission, DecideError, Decision, DecisionInfo, Denial, Kind, Parent, Process, Refusal,
-        Request, Requests, authorize_reviewer,
+        Admission, DecideError, Decision, DecisionInfo, Denial, Kind, Outcome, Parent, Process,
+        Refusal, Request, Requests, State, authorize_reviewer,
     },
 };
 
@@ -103,6 +103,12 @@ struct ProtectedPath {
     previous: Vec<Target>,
 }
 
+#[derive(Default)]
+struct Delivery {
+    delivered: bool,
+    in_flight: bool,
+}
+
 struct Grant {
     request_id: String,
     key: GrantKey,
@@ -144,6 +150,8 @@ pub struct Engine {
     reaches: Vec<Reach>,
     /// What the kernel's destination trie holds now.
     installed_nets: BTreeMap<Prefix, PortRanges>,
+    /// Per (request, webhook index): whether it was delivered, or is being sent.
+    deliveries: HashMap<(String, usize), Delivery>,
     since: OffsetDateTime,
 }
 
@@ -376,6 +384,7 @@ impl Engine {
             allowed,
             reaches,
             installed_nets,
+            deliveries: HashMap::new(),
             since: OffsetDateTime::now_utc(),
         };
         engine.sync_nets()?;
@@ -455,6 +464,21 @@ impl Engine {
                 | JournalEvent::GrantExpired { grant_id, .. } => {
                     self.grants.remove(&grant_id);
                 }
+                JournalEvent::WebhookDelivery {
+                    request_id,
+                    url,
+                    delivered: true,
+                    ..
+                } => {
+                    let hook = self
+                        .config
+                        .webhooks
+                        .iter()
+                        .position(|hook| hook.url.as_str() == url);
+                    if let Some(index) = hook {
+                        self.delivery_done(&request_id, index, true);
+                    }
+                }
                 _ => {}
             }
         }
@@ -501,11 +525,14 @@ impl Engine {
         }
     }
 
-    fn rule_name(&self, target: &Target) -> Option<&str> {
+    /// The `[[protect.exec]]` rule whose path names (or named) `target`.
+    fn exec_rule(&self, target: &Target) -> Option<&ExecRule> {
         self.protected
             .iter()
-            .find(|rule| rule.current.as_ref() == Some(target) || rule.previous.contains(target))
-            .map(|rule| rule.name.as_str())
+            .position(|rule| {
+                rule.current.as_ref() == Some(target) || rule.previous.contains(target)
+            })
+            .and_then(|index| self.config.exec_rules.get(index))
     }
 
     /// A denial in the words reviewers read: what, which rule, which cgroup, which process.
@@ -514,7 +541,8 @@ impl Engine {
         let cgroup = cgroups::find_by_id(&self.config.agent_cgroups, event.cgroup_id)
             .map(|path| path.display().to_string())
             .unwrap_or_else(|| format!("cgroup id {}", event.cgroup_id));
-        let (kind, rule, target, destination) = if event.target.kind == TARGET_KIND_CONNECT {
+        let (kind, rule, policy, target, destination) = if event.target.kind == TARGET_KIND_CONNECT
+        {
             let (address, port, protocol) = event.target.destination();
             let rule = destinations::matching_rule(&self.reaches, address, port, protocol)
                 .and_then(|index| self.config.connect_rules.get(index));
@@ -526,22 +554,29 @@ impl Engine {
             (
                 Kind::Connect,
                 rule.map_or("protected destination", |rule| rule.name.as_str()),
+                rule.map(|rule| rule.approval).unwrap_or_default(),
                 destination.to_string(),
                 Some(destination),
             )
         } else {
+            let rule = self.exec_rule(&event.target);
+            let fallback = if self.config.exec_allowlist {
+                "not on the allowlist"
+            } else {
+                "protected binary"
+            };
             (
                 Kind::Exec,
-                self.rule_name(&event.target)
-                    .unwrap_or(if self.config.exec_allowlist {
-                        "not on the allowlist"
-                    } else {
-                        "protected binary"
-                    }),
+                rule.map_or(fallback, |rule| rule.name.as_str()),
+                rule.map(|rule| rule.approval).unwrap_or_default(),
                 event.filename.clone(),
                 None,
             )
         };
+        let owner = self
+            .config
+            .owner_of(std::path::Path::new(&cgroup))
+            .map(str::to_owned);
         Denial {
             kind,
             rule: rule.to_owned(),
@@ -551,6 +586,9 @@ impl Engine {
             cgroup,
             cgroup_id: event.cgroup_id,
             process,
+            owner,
+            approvals_required: policy.approvals,
+            require_reason: policy.require_reason,
         }
     }
 
@@ -711,8 +749,14 @@ impl Engine {
             refuse(self, refusal.to_string());
             return Err(refusal.into());
         }
-        let now = OffsetDateTime::now_utc();
-        if let Err(error) = self.requests.check_decidable(id, now) {
+        let info = DecisionInfo {
+            decision,
+            reviewer: decider.reviewer.clone(),
+            reason,
+            channel: decider.channel.to_owned(),
+            at: OffsetDateTime::now_utc(),
+        };
+        if let Err(error) = self.requests.check(id, &info) {
             if !matches!(error, DecideError::NotFound(_)) {
                 refuse(self, error.to_string());
             }
@@ -721,25 +765,19 @@ impl Engine {
         self.journal.append(&JournalEvent::Decision {
             request_id: id.to_owned(),
             decision,
-            reviewer: decider.reviewer.clone(),
-            reason: reason.clone(),
-            channel: decider.channel.to_owned(),
+            reviewer: info.reviewer.clone(),
+            reason: info.reason.clone(),
+            channel: info.channel.clone(),
         })?;
-        let request = self
-            .requests
-            .decide(
-                id,
-                DecisionInfo {
-                    decision,
-                    reviewer: decider.reviewer.clone(),
-                    reason,
-                    channel: decider.channel.to_owned(),
-                    at: now,
-                },
-            )?
-            .clone();
         info!(id, ?decision, reviewer = %decider.reviewer, "decided");
-        if decision == Decision::Approve {
+        let request = match self.requests.decide(id, info)? {
+            Outcome::Approval { request, missing } => {
+                info!(id, missing, "approval recorded; more needed");
+                return Ok(request);
+            }
+            Outcome::Decided(request) => request,
+        };
+        if request.state == State::Approved {
             self.issue_grant(&request)?;
         }
         Ok(self.requests.get(id).cloned().unwrap_or(request))
@@ -891,6 +929,68 @@ impl Engine {
         self.kernel.events.take()
     }
 
+    /// Pending requests some webhook has not had yet (and is not being sent): marks them as
+    /// being sent.
+    pub fn take_undelivered(&mut self) -> Vec<(Request, usize, crate::config::Webhook)> {
+        let mut due = Vec::new();
+        for request in self.requests.list(false) {
+            for (index, hook) in self.config.webhooks.iter().enumerate() {
+                let delivery = self
+                    .deliveries
+                    .entry((request.id.clone(), index))
+                    .or_default();
+                if !delivery.delivered && !delivery.in_flight {
+                    delivery.in_flight = true;
+                    due.push((request.clone(), index, hook.clone()));
+                }
+            }
+        }
+        due
+    }
+
+    /// Journals a decision refused before it reached a request (e.g. an unknown Slack user).
+    pub fn refuse(
+        &mut self,
+        request_id: &str,
+        reviewer: Option<String>,
+        channel: &str,
+        why: String,
+    ) {
+        self.record(JournalEvent::DecisionRefused {
+            request_id: request_id.to_owned(),
+            reviewer,
+            channel: channel.to_owned(),
+            why,
+        });
+    }
+
+    /// The caller's own request: `id` if it belongs to cgroup `cgroup_id`, else its latest.
+    pub fn request_for_cgroup(&self, cgroup_id: u64, id: Option<&str>) -> Option<String> {
+        let own = self
+            .requests
+            .list(true)
+            .into_iter()
+            .filter(|request| request.cgroup_id == cgroup_id);
+        match id {
+            Some(id) => own.into_iter().find(|request| request.id == id),
+            None => own.into_iter().max_by_key(|request| request.created),
+        }
+        .map(|request| request.id.clone())
+    }
+
+    pub fn request_state(&self, id: &str) -> Option<State> {
+        self.requests.get(id).map(|request| request.state)
+    }
+
+    pub fn delivery_done(&mut self, request_id: &str, hook: usize, delivered: bool) {
+        let delivery = self
+            .deliveries
+            .entry((request_id.to_owned(), hook))
+            .or_default();
+        delivery.in_flight = false;
+        delivery.delivered |= delivered;
+    }
+
     pub fn journal_delivery(&mut self, request_id: &str, attempt: notify::Attempt) {
         self.record(JournalEvent::WebhookDelivery {
             request_id: request_id.to_owned(),
@@ -941,26 +1041,27 @@ impl Shared {
     }
 }
 
-/// Sends a new request to every webhook, journaling each attempt.
-fn notify_reviewers(shared: &Shared, client: &reqwest::Client, request: &Request) {
-    let webhooks = shared.lock().config().webhooks.clone();
-    let body = match serde_json::to_vec(&notify::RequestMessage::new(request)) {
-        Ok(body) => body,
-        Err(error) => {
-            error!(%error, "cannot encode request message");
-            return;
-        }
-    };
-    for hook in webhooks {
+/// Sends every pending request to every webhook that has not had it yet, journaling each
+/// attempt. Called for new requests and on a timer, so a webhook that was down (or a daemon that
+/// restarted) catches up.
+fn deliver_pending(shared: &Shared, client: &reqwest::Client) {
+    let due = shared.lock().take_undelivered();
+    for (request, index, hook) in due {
+        let body = match serde_json::to_vec(&notify::message(hook.kind, &request)) {
+            Ok(body) => body,
+            Err(error) => {
+                error!(%error, "cannot encode request message");
+                continue;
+            }
+        };
         let shared = shared.clone();
         let client = client.clone();
-        let body = body.clone();
-        let request_id = request.id.clone();
         tokio::spawn(async move {
-            notify::deliver(&client, &hook, &body, |attempt| {
-                shared.lock().journal_delivery(&request_id, attempt);
+            let delivered = notify::deliver(&client, &hook, &body, |attempt| {
+                shared.lock().journal_delivery(&request.id, attempt);
             })
             .await;
+            shared.lock().delivery_done(&request.id, index, delivered);
         });
     }
 }
@@ -1001,6 +1102,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     let events = {
         let shared = shared.clone();
+        let client = client.clone();
         async move {
             loop {
                 let batch = reader.next_batch().await?;
@@ -1008,8 +1110,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                     match event {
                         Ok(event) => {
                             let new = shared.lock().on_kernel_event(event);
-                            if let Some(request) = new {
-                                notify_reviewers(&shared, &client, &request);
+                            if new.is_some() {
+                                deliver_pending(&shared, &client);
                             }
                         }
                         Err(error) => warn!(%error, "undecodable kernel event"),
@@ -1023,16 +1125,21 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let timers = {
         let shared = shared.clone();
         let resolve_interval = config.resolve_interval;
+        let redeliver_interval = config.redeliver_interval;
+        let client = client.clone();
         async move {
             let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
             let mut refresh = tokio::time::interval(PROTECT_REFRESH);
             let mut resolve = tokio::time::interval(resolve_interval);
             resolve.reset();
+            // The first tick is at once: what a previous daemon left undelivered goes out now.
+            let mut redeliver = tokio::time::interval(redeliver_interval);
             loop {
                 tokio::select! {
                     _ = sweep.tick() => shared.lock().sweep(),
                     _ = refresh.tick() => shared.lock().refresh_protected(),
                     _ = resolve.tick() => resolve_hosts(&shared).await,
+                    _ = redeliver.tick() => deliver_pending(&shared, &client),
                 }
             }
         }

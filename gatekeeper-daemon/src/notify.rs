@@ -9,7 +9,12 @@ use hmac::{Hmac, Mac as _};
 use serde::Serialize;
 use sha2::Sha256;
 
-use crate::{config::Webhook, requests::Request};
+use serde_json::{Value, json};
+
+use crate::{
+    config::{Webhook, WebhookKind},
+    requests::Request,
+};
 
 pub const TIMESTAMP_HEADER: &str = "x-gatekeeper-timestamp";
 pub const SIGNATURE_HEADER: &str = "x-gatekeeper-signature";
@@ -19,9 +24,13 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
 type HmacSha256 = Hmac<Sha256>;
 
+fn keyed(secret: &[u8]) -> HmacSha256 {
+    HmacSha256::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"))
+}
+
 fn mac(secret: &[u8], timestamp: i64, body: &[u8]) -> HmacSha256 {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = HmacSha256::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
+    let mut mac = keyed(secret);
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
@@ -43,6 +52,20 @@ pub fn verify(secret: &[u8], timestamp: i64, body: &[u8], signature: &str) -> bo
     mac(secret, timestamp, body).verify_slice(&tag).is_ok()
 }
 
+/// Checks Slack's request signature: `v0=` and the hex HMAC-SHA256, keyed with the signing
+/// secret, of `v0:{timestamp}:{body}`; constant-time.
+pub fn slack_signature_valid(secret: &[u8], timestamp: &str, body: &[u8], signature: &str) -> bool {
+    let Some(Ok(tag)) = signature.strip_prefix("v0=").map(hex::decode) else {
+        return false;
+    };
+    let mut mac = keyed(secret);
+    mac.update(b"v0:");
+    mac.update(timestamp.as_bytes());
+    mac.update(b":");
+    mac.update(body);
+    mac.verify_slice(&tag).is_ok()
+}
+
 /// The document every generic webhook receives.
 #[derive(Serialize)]
 pub struct RequestMessage<'a> {
@@ -61,6 +84,139 @@ impl<'a> RequestMessage<'a> {
             decision_path: format!("/v1/requests/{}/decision", request.id),
         }
     }
+}
+
+/// Slack rejects longer field texts.
+const SLACK_FIELD_LIMIT: usize = 1900;
+
+/// The facts a reviewer needs, as (label, value) pairs, in the order they are shown.
+fn facts(request: &Request) -> Vec<(&'static str, String)> {
+    let process = &request.process;
+    let user = process
+        .user
+        .clone()
+        .unwrap_or_else(|| format!("uid {}", process.uid));
+    let what = match &request.destination {
+        Some(destination) => format!("connect to {destination}"),
+        None => format!("exec {}", request.target),
+    };
+    let command = process
+        .argv
+        .as_ref()
+        .map(|argv| argv.join(" "))
+        .unwrap_or_else(|| "(gone)".into());
+    let expires = request
+        .expires
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    vec![
+        ("Request", request.id.clone()),
+        ("Rule", request.rule.clone()),
+        ("What", what),
+        ("Agent", request.cgroup.clone()),
+        (
+            "Owner",
+            request.owner.clone().unwrap_or_else(|| "not set".into()),
+        ),
+        (
+            "Process",
+            format!("{} (pid {}, {user})", process.comm, process.pid),
+        ),
+        ("Command line", command),
+        (
+            "Approvals",
+            format!(
+                "{} of {}",
+                request.approvals.len(),
+                request.approvals_required
+            ),
+        ),
+        ("Expires", expires),
+    ]
+}
+
+fn truncated(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_owned();
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// The body each kind of webhook receives for a new request.
+pub fn message(kind: WebhookKind, request: &Request) -> Value {
+    match kind {
+        WebhookKind::Generic => json!(RequestMessage::new(request)),
+        WebhookKind::Slack => slack_message(request),
+        WebhookKind::Teams => teams_message(request),
+    }
+}
+
+/// A Block Kit message whose buttons carry the decision in `action_id` and the request id in
+/// `value`, for `POST /v1/slack/interactions`.
+pub fn slack_message(request: &Request) -> Value {
+    let fields: Vec<Value> = facts(request)
+        .into_iter()
+        .map(|(label, value)| {
+            json!({"type": "mrkdwn", "text": format!("*{label}*\n{}", truncated(&value, SLACK_FIELD_LIMIT))})
+        })
+        .collect();
+    // A section holds at most ten fields.
+    let sections: Vec<Value> = fields
+        .chunks(10)
+        .map(|chunk| json!({"type": "section", "fields": chunk}))
+        .collect();
+    let mut blocks = vec![json!({
+        "type": "header",
+        "text": {"type": "plain_text", "text": truncated(&format!("Approval requested: {}", request.rule), 140)}
+    })];
+    blocks.extend(sections);
+    blocks.push(json!({
+        "type": "actions",
+        "block_id": "gatekeeper_decision",
+        "elements": [
+            {"type": "button", "action_id": "approve", "style": "primary", "value": request.id,
+             "text": {"type": "plain_text", "text": "Approve"}},
+            {"type": "button", "action_id": "deny", "style": "danger", "value": request.id,
+             "text": {"type": "plain_text", "text": "Deny"}}
+        ]
+    }));
+    json!({
+        "text": format!("Gatekeeper: approval requested for {} ({})", request.target, request.id),
+        "blocks": blocks,
+    })
+}
+
+/// An Adaptive Card with the same facts; Teams incoming webhooks take no buttons that call back,
+/// so the card says how to decide.
+pub fn teams_message(request: &Request) -> Value {
+    let facts: Vec<Value> = facts(request)
+        .into_iter()
+        .map(|(title, value)| json!({"title": title, "value": value}))
+        .collect();
+    json!({
+        "type": "message",
+        "attachments": [{
+            "contentType": "application/vnd.microsoft.card.adaptive",
+            "contentUrl": null,
+            "content": {
+                "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                "type": "AdaptiveCard",
+                "version": "1.4",
+                "body": [
+                    {"type": "TextBlock", "size": "Medium", "weight": "Bolder", "wrap": true,
+                     "text": format!("Approval requested: {}", request.rule)},
+                    {"type": "FactSet", "facts": facts},
+                    {"type": "TextBlock", "wrap": true, "text": format!(
+                        "Decide on the host with `gatekeeper approve {id} --reason ...` or `gatekeeper deny {id}`, or through your reviewers' integration: POST /v1/requests/{id}/decision.",
+                        id = request.id)}
+                ]
+            }
+        }]
+    })
 }
 
 /// One delivery attempt, as journaled.
@@ -89,18 +245,18 @@ pub async fn deliver(
 ) -> bool {
     for attempt in 1..=hook.attempts {
         let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
-        let result = client
+        let mut post = client
             .post(hook.url.clone())
             .timeout(hook.timeout)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(TIMESTAMP_HEADER, timestamp.to_string())
-            .header(
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        // Generic receivers verify the sender; Slack and Teams webhook URLs are their own secret.
+        if !hook.secret.is_empty() {
+            post = post.header(TIMESTAMP_HEADER, timestamp.to_string()).header(
                 SIGNATURE_HEADER,
                 sign(hook.secret.as_bytes(), timestamp, body),
-            )
-            .body(body.to_vec())
-            .send()
-            .await;
+            );
+        }
+        let result = post.body(body.to_vec()).send().await;
         let (delivered, status, error) = match result {
             Ok(response) if response.status().is_success() => {
                 (true, Some(response.status().as_u16()), None)
@@ -175,6 +331,180 @@ mod tests {
         ));
     }
 
+    fn sample_request() -> Request {
+        let now = time::OffsetDateTime::now_utc();
+        Request {
+            id: "a1b2c3d4e5f6".into(),
+            state: crate::requests::State::Pending,
+            kind: crate::requests::Kind::Exec,
+            rule: "database export".into(),
+            target: "/usr/bin/pg_dump".into(),
+            target_key: gatekeeper_common::Target::exec(1, 2),
+            destination: None,
+            cgroup: "/sys/fs/cgroup/agents/alice-agent".into(),
+            cgroup_id: 7,
+            process: crate::requests::Process {
+                pid: 10,
+                tgid: 10,
+                uid: 1000,
+                user: Some("alice".into()),
+                comm: "python3".into(),
+                argv: Some(vec!["python3".into(), "agent.py".into()]),
+                parent: None,
+            },
+            created: now,
+            expires: now + Duration::from_secs(900),
+            attempts: 1,
+            decision: None,
+            grant_id: None,
+            owner: Some("alice".into()),
+            approvals_required: 2,
+            require_reason: false,
+            approvals: Vec::new(),
+        }
+    }
+
+    /// Checks `value` against the `required` and `properties` of a JSON schema, recursively: enough
+    /// to keep the documented shape and the code in step.
+    fn conforms(value: &Value, schema: &Value, path: &str) {
+        if let Some(required) = schema["required"].as_array() {
+            for key in required {
+                let key = key.as_str().unwrap();
+                assert!(value.get(key).is_some(), "{path}.{key} is missing");
+            }
+        }
+        if let Some(properties) = schema["properties"].as_object() {
+            for (key, inner) in properties {
+                if let Some(child) = value.get(key).filter(|child| child.is_object()) {
+                    conforms(child, inner, &format!("{path}.{key}"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn generic_message_has_the_documented_shape() {
+        let schema: Value =
+            serde_json::from_str(include_str!("../../docs/webhook-request.schema.json")).unwrap();
+        let message = message(WebhookKind::Generic, &sample_request());
+        conforms(&message, &schema, "");
+        assert_eq!(message["type"], "gatekeeper.request");
+        assert_eq!(
+            message["decision_path"],
+            "/v1/requests/a1b2c3d4e5f6/decision"
+        );
+    }
+
+    #[test]
+    fn slack_message_is_block_kit_with_decision_buttons() {
+        let message = message(WebhookKind::Slack, &sample_request());
+        assert!(message["text"].as_str().unwrap().contains("a1b2c3d4e5f6"));
+        let blocks = message["blocks"].as_array().unwrap();
+        assert_eq!(blocks[0]["type"], "header");
+        let text: String = blocks
+            .iter()
+            .filter(|block| block["type"] == "section")
+            .flat_map(|block| block["fields"].as_array().unwrap().iter())
+            .map(|field| {
+                assert_eq!(field["type"], "mrkdwn");
+                field["text"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        for fact in [
+            "a1b2c3d4e5f6",
+            "database export",
+            "alice-agent",
+            "python3 agent.py",
+            "0 of 2",
+        ] {
+            assert!(text.contains(fact), "{fact} missing from {text}");
+        }
+        let actions = blocks.last().unwrap();
+        assert_eq!(actions["type"], "actions");
+        let buttons = actions["elements"].as_array().unwrap();
+        let ids: Vec<&str> = buttons
+            .iter()
+            .map(|b| b["action_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["approve", "deny"]);
+        assert!(
+            buttons
+                .iter()
+                .all(|b| b["type"] == "button" && b["value"] == "a1b2c3d4e5f6")
+        );
+    }
+
+    #[test]
+    fn teams_message_is_an_adaptive_card() {
+        let message = message(WebhookKind::Teams, &sample_request());
+        assert_eq!(message["type"], "message");
+        let attachment = &message["attachments"][0];
+        assert_eq!(
+            attachment["contentType"],
+            "application/vnd.microsoft.card.adaptive"
+        );
+        let card = &attachment["content"];
+        assert_eq!(card["type"], "AdaptiveCard");
+        assert_eq!(card["version"], "1.4");
+        let facts = card["body"][1]["facts"].as_array().unwrap();
+        assert_eq!(card["body"][1]["type"], "FactSet");
+        assert!(
+            facts
+                .iter()
+                .any(|f| f["title"] == "Request" && f["value"] == "a1b2c3d4e5f6")
+        );
+        assert!(
+            facts
+                .iter()
+                .any(|f| f["title"] == "Owner" && f["value"] == "alice")
+        );
+        assert!(
+            card["body"][2]["text"]
+                .as_str()
+                .unwrap()
+                .contains("gatekeeper approve a1b2c3d4e5f6")
+        );
+    }
+
+    #[test]
+    fn slack_signatures_are_checked() {
+        let secret = b"8f742231b10e8888abcd99yyyzzz85a5";
+        let body = b"payload=%7B%7D";
+        let mut mac = keyed(secret);
+        mac.update(b"v0:1531420618:payload=%7B%7D");
+        let signature = format!("v0={}", hex::encode(mac.finalize().into_bytes()));
+        assert!(slack_signature_valid(
+            secret,
+            "1531420618",
+            body,
+            &signature
+        ));
+        assert!(!slack_signature_valid(
+            secret,
+            "1531420619",
+            body,
+            &signature
+        ));
+        assert!(!slack_signature_valid(
+            b"other",
+            "1531420618",
+            body,
+            &signature
+        ));
+        assert!(!slack_signature_valid(
+            secret,
+            "1531420618",
+            b"payload=%7B%20%7D",
+            &signature
+        ));
+        assert!(!slack_signature_valid(
+            secret,
+            "1531420618",
+            body,
+            &signature.replace("v0=", "v1=")
+        ));
+    }
+
     #[test]
     fn retry_delay_grows_and_is_capped() {
         assert_eq!(retry_delay(1), Duration::from_millis(500));
@@ -219,6 +549,8 @@ mod tests {
             requests
         });
         let hook = Webhook {
+            kind: crate::config::WebhookKind::Generic,
+            signing_secret: None,
             url: url.parse().unwrap(),
             secret: "0123456789abcdef".into(),
             timeout: Duration::from_secs(5),

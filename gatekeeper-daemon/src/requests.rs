@@ -88,8 +88,16 @@ pub struct Request {
     pub expires: OffsetDateTime,
     /// Denials joined into this request, the first included.
     pub attempts: u32,
+    /// The final decision.
     pub decision: Option<DecisionInfo>,
     pub grant_id: Option<u64>,
+    /// Who runs the agent: never allowed to approve its requests.
+    pub owner: Option<String>,
+    /// Distinct approvals needed before the grant.
+    pub approvals_required: u32,
+    pub require_reason: bool,
+    /// Approvals so far (the last one completes the decision).
+    pub approvals: Vec<DecisionInfo>,
 }
 
 /// A kernel denial, enriched by the daemon.
@@ -103,6 +111,9 @@ pub struct Denial {
     pub cgroup: String,
     pub cgroup_id: u64,
     pub process: Process,
+    pub owner: Option<String>,
+    pub approvals_required: u32,
+    pub require_reason: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -121,6 +132,21 @@ pub enum DecideError {
     AlreadyDecided { id: String, state: State },
     #[error("request {0} has expired")]
     Expired(String),
+    #[error("{reviewer} owns the agent behind request {id} and cannot approve it")]
+    Owner { id: String, reviewer: String },
+    #[error("request {0} needs a reason to be approved")]
+    ReasonRequired(String),
+    #[error("{reviewer} has already approved request {id}")]
+    AlreadyApproved { id: String, reviewer: String },
+}
+
+/// What a decision did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Decided: approved (grant now) or denied.
+    Decided(Request),
+    /// An approval counted; more are needed.
+    Approval { request: Request, missing: u32 },
 }
 
 /// Why a would-be reviewer may not decide.
@@ -201,6 +227,10 @@ impl Requests {
             attempts: 1,
             decision: None,
             grant_id: None,
+            owner: denial.owner,
+            approvals_required: denial.approvals_required.max(1),
+            require_reason: denial.require_reason,
+            approvals: Vec::new(),
         };
         self.pending.insert(key, id.clone());
         Admission::New(self.by_id.entry(id).or_insert(request))
@@ -238,13 +268,56 @@ impl Requests {
         }
     }
 
-    /// Records the one decision of request `id`.
-    pub fn decide(&mut self, id: &str, info: DecisionInfo) -> Result<&Request, DecideError> {
-        self.check_decidable(id, info.at)?;
-        let request = self
-            .by_id
-            .get_mut(id)
-            .ok_or_else(|| DecideError::NotFound(id.to_owned()))?;
+    /// Whether `info` may be taken on request `id` now: a pending, unexpired request; the owner
+    /// of the agent never approves, nor does anyone twice, and a reason may be required.
+    pub fn check(&self, id: &str, info: &DecisionInfo) -> Result<(), DecideError> {
+        let request = self.check_decidable(id, info.at)?;
+        if info.decision == Decision::Deny {
+            return Ok(());
+        }
+        if request.owner.as_deref() == Some(info.reviewer.as_str()) {
+            return Err(DecideError::Owner {
+                id: id.to_owned(),
+                reviewer: info.reviewer.clone(),
+            });
+        }
+        if request.require_reason && info.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+            return Err(DecideError::ReasonRequired(id.to_owned()));
+        }
+        if request
+            .approvals
+            .iter()
+            .any(|a| a.reviewer == info.reviewer)
+        {
+            return Err(DecideError::AlreadyApproved {
+                id: id.to_owned(),
+                reviewer: info.reviewer.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a decision on request `id`: a deny ends it, an approval counts towards the
+    /// approvals it needs.
+    pub fn decide(&mut self, id: &str, info: DecisionInfo) -> Result<Outcome, DecideError> {
+        self.check(id, &info)?;
+        self.apply(id, info)
+            .ok_or_else(|| DecideError::NotFound(id.to_owned()))
+    }
+
+    /// Applies a checked (or recorded) decision; None for an unknown request.
+    fn apply(&mut self, id: &str, info: DecisionInfo) -> Option<Outcome> {
+        let request = self.by_id.get_mut(id)?;
+        if info.decision == Decision::Approve {
+            request.approvals.push(info.clone());
+            let have = request.approvals.len() as u32;
+            if have < request.approvals_required {
+                return Some(Outcome::Approval {
+                    request: request.clone(),
+                    missing: request.approvals_required - have,
+                });
+            }
+        }
         request.state = match info.decision {
             Decision::Approve => State::Approved,
             Decision::Deny => State::Denied,
@@ -252,7 +325,7 @@ impl Requests {
         request.decision = Some(info);
         self.pending
             .remove(&(request.cgroup_id, request.target_key));
-        Ok(request)
+        Some(Outcome::Decided(request.clone()))
     }
 
     /// Takes back a request an earlier daemon made, as it was recorded.
@@ -266,15 +339,7 @@ impl Requests {
 
     /// Replays a recorded decision: it was valid when taken, so nothing is checked again.
     pub fn restore_decision(&mut self, id: &str, info: DecisionInfo) {
-        if let Some(request) = self.by_id.get_mut(id) {
-            request.state = match info.decision {
-                Decision::Approve => State::Approved,
-                Decision::Deny => State::Denied,
-            };
-            request.decision = Some(info);
-            self.pending
-                .remove(&(request.cgroup_id, request.target_key));
-        }
+        self.apply(id, info);
     }
 
     /// Replays a recorded expiry.
@@ -331,13 +396,20 @@ mod tests {
                 argv: None,
                 parent: None,
             },
+            owner: Some("olivia".into()),
+            approvals_required: 1,
+            require_reason: false,
         }
     }
 
     fn decision(decision: Decision, at: OffsetDateTime) -> DecisionInfo {
+        decision_by("alice", decision, at)
+    }
+
+    fn decision_by(reviewer: &str, decision: Decision, at: OffsetDateTime) -> DecisionInfo {
         DecisionInfo {
             decision,
-            reviewer: "alice".into(),
+            reviewer: reviewer.into(),
             reason: None,
             channel: "cli".into(),
             at,
@@ -374,9 +446,10 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let mut requests = Requests::new(TTL);
         let id = new_id_of(requests.on_denial(denial(7, 100), now));
-        let request = requests
-            .decide(&id, decision(Decision::Approve, now))
-            .unwrap();
+        let Ok(Outcome::Decided(request)) = requests.decide(&id, decision(Decision::Approve, now))
+        else {
+            panic!("one approval decides");
+        };
         assert_eq!(request.state, State::Approved);
         assert_eq!(
             requests.decide(&id, decision(Decision::Deny, now)),
@@ -420,6 +493,81 @@ mod tests {
             requests.decide(&id, decision(Decision::Approve, later)),
             Err(DecideError::Expired(id.clone()))
         );
+    }
+
+    #[test]
+    fn owner_never_approves_but_may_deny() {
+        let now = OffsetDateTime::now_utc();
+        let mut requests = Requests::new(TTL);
+        let id = new_id_of(requests.on_denial(denial(7, 100), now));
+        assert_eq!(
+            requests.decide(&id, decision_by("olivia", Decision::Approve, now)),
+            Err(DecideError::Owner {
+                id: id.clone(),
+                reviewer: "olivia".into()
+            })
+        );
+        assert!(matches!(
+            requests.decide(&id, decision_by("olivia", Decision::Deny, now)),
+            Ok(Outcome::Decided(_))
+        ));
+    }
+
+    #[test]
+    fn two_approvals_need_two_reviewers_and_one_deny_ends_it() {
+        let now = OffsetDateTime::now_utc();
+        let mut requests = Requests::new(TTL);
+        let mut two = denial(7, 100);
+        two.approvals_required = 2;
+        let id = new_id_of(requests.on_denial(two.clone(), now));
+        assert!(matches!(
+            requests.decide(&id, decision_by("alice", Decision::Approve, now)),
+            Ok(Outcome::Approval { missing: 1, .. })
+        ));
+        assert_eq!(
+            requests.decide(&id, decision_by("alice", Decision::Approve, now)),
+            Err(DecideError::AlreadyApproved {
+                id: id.clone(),
+                reviewer: "alice".into()
+            })
+        );
+        assert_eq!(requests.get(&id).unwrap().state, State::Pending);
+        let Ok(Outcome::Decided(request)) =
+            requests.decide(&id, decision_by("bob", Decision::Approve, now))
+        else {
+            panic!("the second reviewer decides");
+        };
+        assert_eq!(request.state, State::Approved);
+
+        let other = new_id_of(requests.on_denial(two, now));
+        requests
+            .decide(&other, decision_by("alice", Decision::Approve, now))
+            .unwrap();
+        let Ok(Outcome::Decided(denied)) =
+            requests.decide(&other, decision_by("bob", Decision::Deny, now))
+        else {
+            panic!("a deny decides");
+        };
+        assert_eq!(denied.state, State::Denied);
+    }
+
+    #[test]
+    fn required_reason_is_enforced() {
+        let now = OffsetDateTime::now_utc();
+        let mut requests = Requests::new(TTL);
+        let mut strict = denial(7, 100);
+        strict.require_reason = true;
+        let id = new_id_of(requests.on_denial(strict, now));
+        assert_eq!(
+            requests.decide(&id, decision(Decision::Approve, now)),
+            Err(DecideError::ReasonRequired(id.clone()))
+        );
+        let mut with_reason = decision(Decision::Approve, now);
+        with_reason.reason = Some("ticket 7".into());
+        assert!(matches!(
+            requests.decide(&id, with_reason),
+            Ok(Outcome::Decided(_))
+        ));
     }
 
     #[test]

@@ -90,7 +90,13 @@ impl Received {
 
 impl WebhookReceiver {
     pub fn start() -> Self {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("webhook listener"));
+        Self::start_on(0)
+    }
+
+    /// A receiver on `port` (0: any free one).
+    pub fn start_on(port: u16) -> Self {
+        let server =
+            Arc::new(tiny_http::Server::http(("127.0.0.1", port)).expect("webhook listener"));
         let port = server.server_addr().to_ip().expect("ip listener").port();
         let received = Arc::new(Mutex::new(Vec::new()));
         let thread = {
@@ -139,6 +145,11 @@ pub struct Options {
     /// More config, appended as is (e.g. `[[protect.connect]]` rules).
     pub extra: String,
     pub resolve_interval: &'static str,
+    pub redeliver_interval: &'static str,
+    /// Delivery attempts per round for the scenario's webhook.
+    pub webhook_attempts: u32,
+    /// Give the webhook a URL nobody listens on yet (see `Scenario::bring_webhook_up`).
+    pub webhook_down: bool,
 }
 
 impl Default for Options {
@@ -149,6 +160,9 @@ impl Default for Options {
             webhook: true,
             extra: String::new(),
             resolve_interval: "30s",
+            redeliver_interval: "30s",
+            webhook_attempts: 5,
+            webhook_down: false,
         }
     }
 }
@@ -180,6 +194,8 @@ pub struct Scenario {
     pub pin_dir: PathBuf,
     pub http: String,
     pub webhook: Option<WebhookReceiver>,
+    /// The port of a webhook that is down until brought up.
+    pub webhook_down_port: Option<u16>,
     daemon: Option<Child>,
 }
 
@@ -214,17 +230,21 @@ impl Scenario {
         let unprotected = dir.join("bin/harmless");
         std::fs::copy(bin("gk-helper"), &protected).unwrap();
         std::fs::copy(bin("gk-helper"), &unprotected).unwrap();
-        let webhook = options.webhook.then(WebhookReceiver::start);
+        let webhook_down_port = (options.webhook && options.webhook_down).then(free_port);
+        let webhook = (options.webhook && !options.webhook_down).then(WebhookReceiver::start);
+        let webhook_url = webhook
+            .as_ref()
+            .map(|hook| hook.url.clone())
+            .or_else(|| webhook_down_port.map(|port| format!("http://127.0.0.1:{port}/hook")));
         let port = free_port();
         let socket = dir.join("api.sock");
         let journal = dir.join("journal.jsonl");
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/gk-{name}"));
-        let webhook_section = webhook
-            .as_ref()
-            .map(|hook| {
+        let webhook_section = webhook_url
+            .map(|url| {
                 format!(
-                    "[[webhook]]\nurl = \"{}\"\nsecret = \"{WEBHOOK_SECRET}\"\ntimeout = \"5s\"\n",
-                    hook.url
+                    "[[webhook]]\nurl = \"{url}\"\nsecret = \"{WEBHOOK_SECRET}\"\ntimeout = \"5s\"\nattempts = {}\n",
+                    options.webhook_attempts
                 )
             })
             .unwrap_or_default();
@@ -238,6 +258,7 @@ listen = "127.0.0.1:{port}"
 journal = "{journal}"
 pin_dir = "{pin_dir}"
 resolve_interval = "{resolve_interval}"
+redeliver_interval = "{redeliver_interval}"
 
 [agents]
 cgroups = ["{agents}"]
@@ -261,6 +282,7 @@ request_ttl = "{request_ttl}"
                 grant_ttl = options.grant_ttl,
                 request_ttl = options.request_ttl,
                 resolve_interval = options.resolve_interval,
+                redeliver_interval = options.redeliver_interval,
                 extra = options.extra,
             ),
         )
@@ -277,6 +299,7 @@ request_ttl = "{request_ttl}"
             pin_dir,
             http: format!("http://127.0.0.1:{port}"),
             webhook,
+            webhook_down_port,
             daemon: None,
         }
     }
@@ -313,6 +336,54 @@ request_ttl = "{request_ttl}"
             }
             self.gatekeeper(&["status"]).status.success().then_some(())
         });
+    }
+
+    /// Starts the receiver of a webhook that was down.
+    pub fn bring_webhook_up(&mut self) {
+        let port = self.webhook_down_port.expect("a webhook that is down");
+        self.webhook = Some(WebhookReceiver::start_on(port));
+    }
+
+    /// Starts the CLI from inside `cgroup` without waiting for it.
+    pub fn spawn_gatekeeper_in(&self, cgroup: &Path, args: &[&str]) -> Child {
+        Command::new(bin("gk-helper"))
+            .arg("run")
+            .arg(cgroup)
+            .arg(bin("gatekeeper"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start gatekeeper in a cgroup")
+    }
+
+    /// Sends a Slack interaction, signed like Slack signs (with `secret`, at `timestamp`), whose
+    /// form body is `body`; returns (status, body).
+    pub fn slack_interaction(&self, body: &str, secret: &str, timestamp: i64) -> (u16, String) {
+        let signature = slack_signature(secret, timestamp, body);
+        self.post_slack(body, &timestamp.to_string(), &signature)
+    }
+
+    /// Posts to the Slack interactions endpoint with the given headers as they are.
+    pub fn post_slack(&self, body: &str, timestamp: &str, signature: &str) -> (u16, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent
+            .post(format!("{}/v1/slack/interactions", self.http))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-slack-request-timestamp", timestamp)
+            .header("x-slack-signature", signature)
+            .send(body)
+            .expect("Slack interaction sent");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.body_mut().read_to_string().unwrap_or_default(),
+        )
     }
 
     /// SIGKILLs the daemon, as a crash or the OOM killer would.
@@ -567,6 +638,14 @@ fn race_counts(args: &[&str]) -> (usize, usize, usize) {
             .unwrap_or_else(|| panic!("race output without {key}: {output:?}"))
     };
     (count("passed="), count("denied="), count("other="))
+}
+
+/// Slack's request signature, computed here independently of the daemon's code.
+pub fn slack_signature(secret: &str, timestamp: i64, body: &str) -> String {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key");
+    mac.update(format!("v0:{timestamp}:{body}").as_bytes());
+    format!("v0={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 pub fn now_unix() -> i64 {

@@ -4,6 +4,7 @@
 mod connect;
 mod defend;
 mod exec;
+mod reviewers;
 mod survival;
 
 use std::process::Command;

@@ -1,0 +1,322 @@
+//! Reviewers where they work: Slack interactions, separation of duties, multi-approval rules,
+//! reasons, webhooks that come back, and agents that wait for the outcome.
+
+use std::{os::unix::process::CommandExt as _, process::Command, time::Duration};
+
+use gatekeeper_tests::{
+    Exec, Options, Scenario, WEBHOOK_SECRET, WebhookReceiver, bin, now_unix, slack_signature,
+    wait_for,
+};
+
+const SLACK_SECRET: &str = "slack-signing-secret-for-tests";
+const ALICE_UID: u32 = 1000;
+
+/// A Slack webhook (delivering to `receiver`), Slack user ids mapped to reviewers, and alice as
+/// the owner of the agent cgroup.
+fn slack_config(scenario: &Scenario, receiver: &WebhookReceiver) -> String {
+    format!(
+        r#"
+[[webhook]]
+kind = "slack"
+url = "{url}"
+signing_secret = "{SLACK_SECRET}"
+
+[[webhook]]
+kind = "teams"
+url = "{url}"
+
+[approval.slack_users]
+UROOT = "root"
+UALICE = "alice"
+
+[[agents.owner]]
+cgroup = "{agents}"
+owner = "alice"
+"#,
+        url = receiver.url,
+        agents = scenario.agents.display()
+    )
+}
+
+/// A scenario whose config `edit` rewrites before the daemon starts.
+fn start_edited(name: &str, edit: impl Fn(&Scenario, String) -> String) -> Scenario {
+    let mut scenario = Scenario::prepare(name, Options::default());
+    let text = std::fs::read_to_string(&scenario.config).unwrap();
+    std::fs::write(&scenario.config, edit(&scenario, text)).unwrap();
+    scenario.start_daemon();
+    scenario
+}
+
+fn button(user: &str, action: &str, id: &str, response_url: &str) -> String {
+    let payload = serde_json::json!({
+        "type": "block_actions",
+        "user": {"id": user, "username": user},
+        "actions": [{"action_id": action, "value": id, "type": "button"}],
+        "response_url": response_url,
+    });
+    serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap()
+}
+
+fn decisions(scenario: &Scenario) -> usize {
+    scenario
+        .journal_events()
+        .iter()
+        .filter(|event| event["type"] == "decision")
+        .count()
+}
+
+#[test]
+fn slack_interactions_are_verified_and_decide_once() {
+    let receiver = WebhookReceiver::start();
+    let scenario = start_edited("slack", |s, text| text + &slack_config(s, &receiver));
+    let id = scenario.denied_request();
+
+    // The Block Kit message and the Adaptive Card went out, as well as the generic document.
+    let delivered = wait_for("three deliveries", || {
+        let all = receiver.received();
+        (all.len() >= 2 && scenario.webhook.as_ref()?.received().len() == 1).then_some(all)
+    });
+    let slack = delivered
+        .iter()
+        .map(|m| m.json())
+        .find(|m| m["blocks"].is_array())
+        .unwrap();
+    let buttons = &slack["blocks"].as_array().unwrap().last().unwrap()["elements"];
+    assert_eq!(buttons[0]["action_id"], "approve");
+    assert_eq!(buttons[0]["value"], id.as_str());
+    let teams = delivered
+        .iter()
+        .map(|m| m.json())
+        .find(|m| m["type"] == "message")
+        .unwrap();
+    assert_eq!(teams["attachments"][0]["content"]["type"], "AdaptiveCard");
+
+    let body = button("UROOT", "approve", &id, &receiver.url);
+    let now = now_unix();
+    // Refused, changing nothing: stale timestamp, changed body, wrong secret, unmapped user.
+    assert_eq!(
+        scenario
+            .slack_interaction(&body, SLACK_SECRET, now - 6 * 60)
+            .0,
+        401
+    );
+    let signature = slack_signature(SLACK_SECRET, now, &body);
+    let changed = button("UROOT", "approve", &id, "http://127.0.0.1:1/elsewhere");
+    assert_eq!(
+        scenario
+            .post_slack(&changed, &now.to_string(), &signature)
+            .0,
+        401
+    );
+    assert_eq!(
+        scenario
+            .slack_interaction(&body, "not-the-signing-secret", now)
+            .0,
+        401
+    );
+    let stranger = button("USTRANGER", "approve", &id, &receiver.url);
+    assert_eq!(
+        scenario.slack_interaction(&stranger, SLACK_SECRET, now).0,
+        403
+    );
+    assert_eq!(scenario.request(&id)["state"], "pending");
+    assert_eq!(decisions(&scenario), 0);
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+
+    // Signed as Slack does, by a mapped reviewer: decided, and the message replaced.
+    let (status, answer) = scenario.slack_interaction(&body, SLACK_SECRET, now);
+    assert_eq!(status, 200, "{answer}");
+    let request = scenario.request(&id);
+    assert_eq!(request["state"], "approved");
+    assert_eq!(request["decision"]["channel"], "slack");
+    assert_eq!(request["decision"]["reviewer"], "root");
+    wait_for("the Slack message to be replaced", || {
+        receiver
+            .received()
+            .into_iter()
+            .find(|m| m.json()["replace_original"] == true)
+    });
+
+    // The same interaction again decides nothing.
+    let (status, answer) = scenario.slack_interaction(&body, SLACK_SECRET, now);
+    assert_eq!(status, 200);
+    assert!(answer.contains("Not decided"), "{answer}");
+    assert_eq!(decisions(&scenario), 1);
+    assert_eq!(scenario.agent_exec(), Exec::Ran);
+}
+
+#[test]
+fn the_owner_never_approves_on_any_channel() {
+    let receiver = WebhookReceiver::start();
+    let scenario = start_edited("owner", |s, text| text + &slack_config(s, &receiver));
+    let id = scenario.denied_request();
+    assert_eq!(scenario.request(&id)["owner"], "alice");
+
+    let by_cli = Command::new(bin("gatekeeper"))
+        .arg("--socket")
+        .arg(&scenario.socket)
+        .args(["approve", &id, "--reason", "mine"])
+        .uid(ALICE_UID)
+        .gid(ALICE_UID)
+        .output()
+        .unwrap();
+    assert!(!by_cli.status.success());
+    assert!(
+        String::from_utf8_lossy(&by_cli.stderr).contains("owns the agent"),
+        "{by_cli:?}"
+    );
+    let body = r#"{"decision":"approve","reviewer":"alice","reason":"mine"}"#;
+    assert_eq!(
+        scenario
+            .http_decision(&id, body, WEBHOOK_SECRET, now_unix())
+            .0,
+        403
+    );
+    let slack = button("UALICE", "approve", &id, &receiver.url);
+    let (status, answer) = scenario.slack_interaction(&slack, SLACK_SECRET, now_unix());
+    assert_eq!(status, 200);
+    assert!(answer.contains("owns the agent"), "{answer}");
+    assert_eq!(scenario.request(&id)["state"], "pending");
+    assert_eq!(decisions(&scenario), 0);
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+
+    // Someone else may.
+    assert!(scenario.gatekeeper(&["approve", &id]).status.success());
+    assert_eq!(scenario.agent_exec(), Exec::Ran);
+}
+
+#[test]
+fn two_approval_rule_needs_two_distinct_reviewers_and_a_reason() {
+    let scenario = start_edited("two-approvals", |_, text| {
+        text.replace(
+            "name = \"database export\"",
+            "name = \"database export\"\napprovals = 2\nrequire_reason = true",
+        )
+    });
+    let id = scenario.denied_request();
+
+    let no_reason = scenario.gatekeeper(&["approve", &id]);
+    assert!(!no_reason.status.success());
+    assert!(String::from_utf8_lossy(&no_reason.stderr).contains("needs a reason"));
+
+    let first = scenario.gatekeeper(&["approve", &id, "--reason", "ticket 42"]);
+    assert!(first.status.success(), "{first:?}");
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("1 of 2"),
+        "{first:?}"
+    );
+    assert_eq!(scenario.request(&id)["state"], "pending");
+    assert_eq!(
+        scenario.agent_exec(),
+        Exec::Denied,
+        "one approval is not enough"
+    );
+
+    let again = scenario.gatekeeper(&["approve", &id, "--reason", "ticket 42"]);
+    assert!(!again.status.success(), "the same reviewer twice");
+    let body = r#"{"decision":"approve","reviewer":"alice","reason":"ticket 42 too"}"#;
+    let (status, answer) = scenario.http_decision(&id, body, WEBHOOK_SECRET, now_unix());
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(scenario.request(&id)["state"], "approved");
+    assert_eq!(scenario.agent_exec(), Exec::Ran);
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+}
+
+#[test]
+fn a_down_webhook_gets_the_request_once_it_is_back_also_across_a_restart() {
+    let mut scenario = Scenario::start(
+        "redeliver",
+        Options {
+            webhook_down: true,
+            webhook_attempts: 1,
+            redeliver_interval: "1s",
+            ..Options::default()
+        },
+    );
+    let id = scenario.denied_request();
+    scenario.wait_journal("webhook_delivery", |event| {
+        event["request_id"] == id.as_str() && event["delivered"] == false
+    });
+    assert_eq!(scenario.request(&id)["state"], "pending");
+    scenario.bring_webhook_up();
+    let hook = scenario.webhook.as_ref().unwrap();
+    let message = wait_for("the redelivery", || hook.received().into_iter().next());
+    assert_eq!(message.json()["request"]["id"], id.as_str());
+
+    // Down again, with a new request, and the daemon killed before it could deliver.
+    scenario.webhook = None;
+    // The same binary from a child cgroup is a new request.
+    let child = scenario.agents.join("second");
+    std::fs::create_dir(&child).unwrap();
+    assert_eq!(scenario.exec_in(&child, &scenario.protected), Exec::Denied);
+    let other = wait_for("the second request", || {
+        scenario
+            .requests(false)
+            .into_iter()
+            .find(|request| request["id"] != id.as_str())
+            .and_then(|request| request["id"].as_str().map(str::to_owned))
+    });
+    scenario.kill_daemon();
+    scenario.bring_webhook_up();
+    scenario.start_daemon();
+    let hook = scenario.webhook.as_ref().unwrap();
+    let message = wait_for("the delivery after the restart", || {
+        hook.received()
+            .into_iter()
+            .find(|m| m.json()["request"]["id"] == other.as_str())
+    });
+    assert_eq!(message.json()["type"], "gatekeeper.request");
+    // What was delivered before the restart is not sent again.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !hook
+            .received()
+            .iter()
+            .any(|m| m.json()["request"]["id"] == id.as_str()),
+        "delivered twice"
+    );
+}
+
+#[test]
+fn agents_await_their_own_requests() {
+    let scenario = Scenario::start("await", Options::default());
+    let args = ["await", "--timeout", "60s"];
+
+    let id = scenario.denied_request();
+    let waiting = scenario.spawn_gatekeeper_in(&scenario.agents, &args);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(scenario.gatekeeper(&["approve", &id]).status.success());
+    let approved = waiting.wait_with_output().unwrap();
+    assert_eq!(approved.status.code(), Some(0), "{approved:?}");
+    assert_eq!(scenario.agent_exec(), Exec::Ran, "retry now");
+
+    let id = scenario.denied_request();
+    let waiting = scenario.spawn_gatekeeper_in(&scenario.agents, &["await", "--last"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(scenario.gatekeeper(&["deny", &id]).status.success());
+    assert_eq!(waiting.wait_with_output().unwrap().status.code(), Some(1));
+
+    let id = scenario.denied_request();
+    let timed_out = scenario.gatekeeper_in(&scenario.agents, &["await", &id, "--timeout", "1s"]);
+    assert_eq!(timed_out.status.code(), Some(2), "{timed_out:?}");
+
+    // Another cgroup cannot see this one's request.
+    let elsewhere = scenario.gatekeeper_in(&scenario.outside, &["await", &id, "--timeout", "1s"]);
+    assert_eq!(elsewhere.status.code(), Some(3), "{elsewhere:?}");
+    assert!(String::from_utf8_lossy(&elsewhere.stderr).contains("no such request"));
+}
+
+#[test]
+fn await_reports_expiry() {
+    let scenario = Scenario::start(
+        "await-expiry",
+        Options {
+            request_ttl: "2s",
+            ..Options::default()
+        },
+    );
+    let id = scenario.denied_request();
+    let expired = scenario.gatekeeper_in(&scenario.agents, &["await", &id]);
+    assert_eq!(expired.status.code(), Some(2), "{expired:?}");
+    assert!(String::from_utf8_lossy(&expired.stdout).contains("expired"));
+}
