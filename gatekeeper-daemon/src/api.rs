@@ -281,31 +281,50 @@ fn http_error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
-/// Checks the timestamp and signature headers against every configured webhook secret.
-fn authenticate(headers: &HeaderMap, body: &[u8], secrets: &[String]) -> Result<(), String> {
+/// Checks a signed call: the timestamp header within [`MAX_CLOCK_SKEW`] and the signature header
+/// valid, by `valid(secret, timestamp as sent, timestamp, signature)`, for one of `secrets`.
+fn authenticate_signed(
+    headers: &HeaderMap,
+    timestamp_header: &str,
+    signature_header: &str,
+    secrets: &[String],
+    valid: impl Fn(&[u8], &str, i64, &str) -> bool,
+) -> Result<(), String> {
     let header = |name: &str| {
         headers
             .get(name)
             .and_then(|value| value.to_str().ok())
             .ok_or_else(|| format!("missing {name} header"))
     };
-    let timestamp: i64 = header(notify::TIMESTAMP_HEADER)?
+    let sent = header(timestamp_header)?;
+    let timestamp: i64 = sent
         .parse()
-        .map_err(|_| format!("{} is not a Unix time", notify::TIMESTAMP_HEADER))?;
-    let signature = header(notify::SIGNATURE_HEADER)?;
+        .map_err(|_| format!("{timestamp_header} is not a Unix time"))?;
+    let signature = header(signature_header)?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     if now.abs_diff(timestamp) > MAX_CLOCK_SKEW.as_secs() {
         return Err("timestamp outside the allowed window".into());
     }
     // Every secret is tried so the time taken does not tell which one matched.
     let matched = secrets.iter().fold(false, |matched, secret| {
-        notify::verify(secret.as_bytes(), timestamp, body, signature) | matched
+        valid(secret.as_bytes(), sent, timestamp, signature) | matched
     });
     if matched {
         Ok(())
     } else {
         Err("bad signature".into())
     }
+}
+
+/// A generic receiver's call, signed with a webhook secret.
+fn authenticate(headers: &HeaderMap, body: &[u8], secrets: &[String]) -> Result<(), String> {
+    authenticate_signed(
+        headers,
+        notify::TIMESTAMP_HEADER,
+        notify::SIGNATURE_HEADER,
+        secrets,
+        |secret, _, timestamp, signature| notify::verify(secret, timestamp, body, signature),
+    )
 }
 
 async fn http_decide(
@@ -383,34 +402,15 @@ struct SlackAction {
     value: String,
 }
 
-/// Checks Slack's timestamp and signature headers against every Slack signing secret.
+/// A Slack interaction, signed with a Slack signing secret.
 fn authenticate_slack(headers: &HeaderMap, body: &[u8], secrets: &[String]) -> Result<(), String> {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .ok_or_else(|| format!("missing {name} header"))
-    };
-    let timestamp = header("x-slack-request-timestamp")?;
-    let seconds: i64 = timestamp
-        .parse()
-        .map_err(|_| "x-slack-request-timestamp is not a Unix time".to_owned())?;
-    if time::OffsetDateTime::now_utc()
-        .unix_timestamp()
-        .abs_diff(seconds)
-        > MAX_CLOCK_SKEW.as_secs()
-    {
-        return Err("timestamp outside the allowed window".into());
-    }
-    let signature = header("x-slack-signature")?;
-    let matched = secrets.iter().fold(false, |matched, secret| {
-        notify::slack_signature_valid(secret.as_bytes(), timestamp, body, signature) | matched
-    });
-    if matched {
-        Ok(())
-    } else {
-        Err("bad signature".into())
-    }
+    authenticate_signed(
+        headers,
+        "x-slack-request-timestamp",
+        "x-slack-signature",
+        secrets,
+        |secret, sent, _, signature| notify::slack_signature_valid(secret, sent, body, signature),
+    )
 }
 
 fn slack_payload(body: &[u8]) -> Result<SlackPayload, String> {
@@ -471,22 +471,32 @@ async fn slack_interaction(
         .lock()
         .decide(&action.value, decision, None, &decider);
     match result {
+        Ok(request) if request.state == requests::State::Pending => {
+            // More approvals are needed: the buttons stay for the next reviewer.
+            let text = format!(
+                "Your approval of request {} ({}) is recorded: {} of {} approvals",
+                request.id,
+                request.target,
+                request.approvals.len(),
+                request.approvals_required
+            );
+            (
+                StatusCode::OK,
+                Json(serde_json::json!({
+                    "response_type": "ephemeral",
+                    "replace_original": false,
+                    "text": text,
+                })),
+            )
+                .into_response()
+        }
         Ok(request) => {
-            let text = match request.state {
-                requests::State::Pending => format!(
-                    "{reviewer} approved request {} ({}); {} of {} approvals",
-                    request.id,
-                    request.target,
-                    request.approvals.len(),
-                    request.approvals_required
-                ),
-                state => format!(
-                    "Request {} ({}) {} by {reviewer}",
-                    request.id,
-                    request.target,
-                    format!("{state:?}").to_lowercase()
-                ),
-            };
+            let text = format!(
+                "Request {} ({}) {} by {reviewer}",
+                request.id,
+                request.target,
+                format!("{:?}", request.state).to_lowercase()
+            );
             if let Some(url) = payload.response_url {
                 replace_slack_message(url, text.clone());
             }
