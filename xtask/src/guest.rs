@@ -139,10 +139,13 @@ pub fn boot(
         bail!("{} is missing: run cargo xtask setup", kernel.display());
     }
     let mut child = Command::new("qemu-system-x86_64")
-        // KVM fails with Debian's kernels on these machines: software emulation it is.
+        // KVM fails with Debian's kernels on these machines: software emulation it is. One TCG
+        // thread for both vCPUs: with a thread per vCPU, the kernel patching its own code as BPF
+        // trampolines attach and detach (int3, then the new instruction) was seen to leave a stale
+        // int3 on the other vCPU, an oops that real hardware does not have.
         .args([
             "-accel",
-            "tcg,thread=multi",
+            "tcg,thread=single",
             "-cpu",
             "max",
             "-smp",
