@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use gatekeeper_tests::{Exec, Options, Scenario, wait_for};
+use gatekeeper_tests::{Exec, Options, Outcome, Scenario, wait_for};
 
 fn step(text: &str) {
     println!("\ndemo: {text}");
@@ -65,6 +65,19 @@ fn main() -> std::process::ExitCode {
     let again = scenario.agent_exec();
     show("next try", &again);
 
+    step("the agent, root in its cgroup, tries to kill the daemon and to detach the programs");
+    let daemon = scenario.daemon_pid().to_string();
+    let kill = scenario.tamper(&scenario.agents, "kill", &[&daemon, "9"]);
+    let link = scenario.pin_dir.join("link_bprm_check_security");
+    let unpin = scenario.tamper(&scenario.agents, "unlink", &[&link.display().to_string()]);
+    println!(
+        "      kill -9 {daemon}: {kill:?}; rm {}: {unpin:?}",
+        link.display()
+    );
+    let alive = scenario.gatekeeper(&["status"]).status.success();
+    println!("      daemon still enforcing: {alive}");
+    scenario.wait_journal("tamper_attempt", |_| true);
+
     step("an auditor verifies the hash-chained journal");
     scenario.wait_journal("grant_used", |event| event["request_id"] == id.as_str());
     let journal = scenario.journal.display().to_string();
@@ -79,6 +92,9 @@ fn main() -> std::process::ExitCode {
         && approval.status.success()
         && retry == Exec::Ran
         && again == Exec::Denied
+        && kill == Outcome::Denied
+        && unpin == Outcome::Denied
+        && alive
         && verify.status.success();
     if told {
         println!("\ndemo: complete");
