@@ -4,18 +4,15 @@ use aya_ebpf::{macros::lsm, programs::LsmContext};
 
 use crate::{
     net::{protected_destination, transport},
-    verdict::{agent_cgroup, decide_found},
+    verdict::{agent_caller, decide_found},
 };
 
 #[lsm(hook = "socket_connect")]
 pub fn socket_connect(ctx: LsmContext) -> i32 {
-    // An earlier LSM program's denial stands.
-    let previous: i32 = ctx.arg(3);
-    if previous != 0 {
-        return previous;
-    }
-    let Some(agent_cgroup_id) = agent_cgroup() else {
-        return 0;
+    // An earlier LSM program's denial stands; non-agents pass.
+    let agent_cgroup_id = match agent_caller(ctx.arg(3)) {
+        Ok(agent) => agent,
+        Err(verdict) => return verdict,
     };
     let sock: *const u8 = ctx.arg(0);
     let address: *const u8 = ctx.arg(1);

@@ -7,7 +7,7 @@ use gatekeeper_common::{TamperHook, Target};
 
 use crate::{
     read::read_field,
-    verdict::{EPERM, agent_cgroup, decide, is_protected, needs_allowlist_approval, tamper},
+    verdict::{EPERM, agent_caller, decide, is_protected, needs_allowlist_approval, tamper},
 };
 
 // Struct offsets of the running kernel, filled by the daemon from its BTF before loading.
@@ -35,13 +35,10 @@ const MNT_INTERNAL: i32 = 0x4000;
 
 #[lsm(hook = "bprm_check_security")]
 pub fn bprm_check_security(ctx: LsmContext) -> i32 {
-    // An earlier LSM program's denial stands.
-    let previous: i32 = ctx.arg(1);
-    if previous != 0 {
-        return previous;
-    }
-    let Some(agent_cgroup_id) = agent_cgroup() else {
-        return 0;
+    // An earlier LSM program's denial stands; non-agents pass.
+    let agent_cgroup_id = match agent_caller(ctx.arg(1)) {
+        Ok(agent) => agent,
+        Err(verdict) => return verdict,
     };
     let bprm: *const u8 = ctx.arg(0);
     let Ok(file) = (unsafe { read_field::<*const u8>(bprm, &OFF_BPRM_FILE) }) else {

@@ -7,7 +7,7 @@ use gatekeeper_common::IPPROTO_TCP;
 use crate::{
     net::{protected_destination, transport},
     read::read_field,
-    verdict::{agent_cgroup, decide_found},
+    verdict::{agent_caller, decide_found},
 };
 
 #[unsafe(no_mangle)]
@@ -19,13 +19,10 @@ const MSG_FASTOPEN: u32 = 0x2000_0000;
 
 #[lsm(hook = "socket_sendmsg")]
 pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
-    // An earlier LSM program's denial stands.
-    let previous: i32 = ctx.arg(3);
-    if previous != 0 {
-        return previous;
-    }
-    let Some(agent_cgroup_id) = agent_cgroup() else {
-        return 0;
+    // An earlier LSM program's denial stands; non-agents pass.
+    let agent_cgroup_id = match agent_caller(ctx.arg(3)) {
+        Ok(agent) => agent,
+        Err(verdict) => return verdict,
     };
     let sock: *const u8 = ctx.arg(0);
     let msg: *const u8 = ctx.arg(1);

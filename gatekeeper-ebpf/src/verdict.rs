@@ -43,6 +43,17 @@ static ALLOWED: HashMap<Target, u32> = HashMap::pinned(MAX_ALLOWED, 0);
 #[map]
 static SETTINGS: Array<u32> = Array::pinned(SETTING_SLOTS, 0);
 
+/// The agent cgroup of the caller of a hook whose trailing argument is `previous`, the verdict of
+/// the LSM programs before: Err(that verdict) when one already denied, Err(0) (allow) when the
+/// caller is no agent.
+#[inline(always)]
+pub fn agent_caller(previous: i32) -> Result<u64, i32> {
+    if previous != 0 {
+        return Err(previous);
+    }
+    agent_cgroup().ok_or(0)
+}
+
 /// The configured agent cgroup the current task is in or descends from.
 #[inline(always)]
 pub fn agent_cgroup() -> Option<u64> {
