@@ -14,6 +14,15 @@ const ALICE_UID: u32 = 1000;
 /// A Slack webhook (delivering to `receiver`), Slack user ids mapped to reviewers, and alice as
 /// the owner of the agent cgroup.
 fn slack_config(scenario: &Scenario, receiver: &WebhookReceiver) -> String {
+    slack_webhooks(receiver)
+        + &format!(
+            "\n[[agents.owner]]\ncgroup = \"{}\"\nowner = \"alice\"\n",
+            scenario.agents.display()
+        )
+}
+
+/// The Slack and Teams webhooks and the Slack users, without owners.
+fn slack_webhooks(receiver: &WebhookReceiver) -> String {
     format!(
         r#"
 [[webhook]]
@@ -28,13 +37,8 @@ url = "{url}"
 [approval.slack_users]
 UROOT = "root"
 UALICE = "alice"
-
-[[agents.owner]]
-cgroup = "{agents}"
-owner = "alice"
 "#,
         url = receiver.url,
-        agents = scenario.agents.display()
     )
 }
 
@@ -220,6 +224,43 @@ fn two_approval_rule_needs_two_distinct_reviewers_and_a_reason() {
     assert_eq!(scenario.request(&id)["state"], "approved");
     assert_eq!(scenario.agent_exec(), Exec::Ran);
     assert_eq!(scenario.agent_exec(), Exec::Denied);
+}
+
+#[test]
+fn a_partial_slack_approval_keeps_the_buttons() {
+    let receiver = WebhookReceiver::start();
+    let scenario = start_edited("slack-two", |_, text| {
+        text.replace(
+            "name = \"database export\"",
+            "name = \"database export\"\napprovals = 2",
+        ) + &slack_webhooks(&receiver)
+    });
+    let id = scenario.denied_request();
+    let body = button("UROOT", "approve", &id, &receiver.url);
+    let (status, answer) = scenario.slack_interaction(&body, SLACK_SECRET, now_unix());
+    assert_eq!(status, 200);
+    assert!(answer.contains("1 of 2"), "{answer}");
+    assert_eq!(scenario.request(&id)["state"], "pending");
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+    // The message keeps its buttons for the next reviewer.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !receiver
+            .received()
+            .iter()
+            .any(|m| m.json()["replace_original"] == true)
+    );
+    let second = button("UALICE", "approve", &id, &receiver.url);
+    let (status, answer) = scenario.slack_interaction(&second, SLACK_SECRET, now_unix());
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(scenario.request(&id)["state"], "approved");
+    wait_for("the Slack message to be replaced", || {
+        receiver
+            .received()
+            .into_iter()
+            .find(|m| m.json()["replace_original"] == true)
+    });
+    assert_eq!(scenario.agent_exec(), Exec::Ran);
 }
 
 #[test]
