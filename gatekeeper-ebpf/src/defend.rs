@@ -55,32 +55,30 @@ pub fn bpf(ctx: LsmContext) -> i32 {
     deny_agents(TamperHook::Bpf, [cmd as u64, 0])
 }
 
-/// kill, tgkill, pidfd_send_signal, SIGSTOP: all pass here on their way to the daemon.
-#[lsm(hook = "task_kill")]
-pub fn task_kill(ctx: LsmContext) -> i32 {
-    let task: *const u8 = ctx.arg(0);
-    let sig: i32 = ctx.arg(2);
+/// Denies an agent's `hook` against `task` when that task is the daemon.
+#[inline(always)]
+fn guard_daemon(task: *const u8, hook: TamperHook, detail: u64) -> i32 {
     let Ok(tgid) = (unsafe { read_field::<i32>(task, &OFF_TASK_TGID) }) else {
         return 0;
     };
     if !is_daemon(tgid as u32) {
         return 0;
     }
-    deny_agents(TamperHook::Signal, [tgid as u64, sig as u64])
+    deny_agents(hook, [tgid as u64, detail])
+}
+
+/// kill, tgkill, pidfd_send_signal, SIGSTOP: all pass here on their way to the daemon.
+#[lsm(hook = "task_kill")]
+pub fn task_kill(ctx: LsmContext) -> i32 {
+    let sig: i32 = ctx.arg(2);
+    guard_daemon(ctx.arg(0), TamperHook::Signal, sig as u64)
 }
 
 /// ptrace, process_vm_readv/writev and /proc/PID/mem of the daemon.
 #[lsm(hook = "ptrace_access_check")]
 pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
-    let child: *const u8 = ctx.arg(0);
     let mode: u32 = ctx.arg(1);
-    let Ok(tgid) = (unsafe { read_field::<i32>(child, &OFF_TASK_TGID) }) else {
-        return 0;
-    };
-    if !is_daemon(tgid as u32) {
-        return 0;
-    }
-    deny_agents(TamperHook::Ptrace, [tgid as u64, mode as u64])
+    guard_daemon(ctx.arg(0), TamperHook::Ptrace, mode as u64)
 }
 
 /// Removing pinned links or maps would detach the programs.
