@@ -2,9 +2,11 @@
 //! and the HTTP endpoint for webhook receivers (caller identified by an HMAC signature).
 
 use std::{
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
-    path::{Path, PathBuf},
+    path::PathBuf,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -19,13 +21,16 @@ use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
 };
 use tracing::warn;
 
 use crate::{
     cgroups,
-    config::WebhookKind,
-    daemon::{DaemonError, Decider, DecisionFailure, Shared, user_name},
+    config::{Config, WebhookKind},
+    core::{Decider, DecisionFailure},
+    enrich::user_name,
+    handle::{DecideFailure, Handle, Waiting},
     notify,
     requests::{self, DecideError, Decision, authorize_reviewer},
 };
@@ -89,44 +94,198 @@ impl LocalReply {
     }
 }
 
+/// How long a client may take to send its call.
+const CALL_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest pause between accept attempts after an error (e.g. EMFILE).
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{path}: {cause}")]
+    Socket {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("{0} exists and is not a socket")]
+    NotSocket(PathBuf),
+    #[error("another daemon is listening on {0}")]
+    Taken(PathBuf),
+    #[error("cannot listen on {addr}: {cause}")]
+    Listen {
+        addr: SocketAddr,
+        cause: std::io::Error,
+    },
+    #[error("HTTP server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Connections the local socket holds at once: in all, from one non-root user, and from agent
+/// cgroups together, so that neither a user nor an agent can crowd reviewers out.
+#[derive(Clone)]
+struct Limits {
+    total: Arc<Semaphore>,
+    agents: Arc<Semaphore>,
+    per_user: Arc<Mutex<HashMap<u32, usize>>>,
+    per_user_max: usize,
+}
+
+/// A connection's places in [`Limits`], given back when it ends.
+struct Admitted {
+    _total: OwnedSemaphorePermit,
+    _agent: Option<OwnedSemaphorePermit>,
+    user: Option<(Arc<Mutex<HashMap<u32, usize>>>, u32)>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some((per_user, uid)) = &self.user {
+            let mut counts = per_user.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(count) = counts.get_mut(uid) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    counts.remove(uid);
+                }
+            }
+        }
+    }
+}
+
+impl Limits {
+    fn new(max_clients: u32) -> Self {
+        let max = max_clients.max(8) as usize;
+        Self {
+            total: Arc::new(Semaphore::new(max)),
+            agents: Arc::new(Semaphore::new(max / 4)),
+            per_user: Arc::new(Mutex::new(HashMap::new())),
+            per_user_max: max / 8,
+        }
+    }
+
+    /// A place for a caller, or None when its share is used up (what it took is given back).
+    fn admit(&self, caller: &Caller) -> Option<Admitted> {
+        let total = self.total.clone().try_acquire_owned().ok()?;
+        let agent = match caller.is_agent {
+            true => Some(self.agents.clone().try_acquire_owned().ok()?),
+            false => None,
+        };
+        // Root outside the agent cgroups is the operator: only the total bounds it.
+        let user = if caller.uid != 0 || caller.is_agent {
+            let mut counts = self
+                .per_user
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let count = counts.entry(caller.uid).or_default();
+            if *count >= self.per_user_max {
+                return None;
+            }
+            *count += 1;
+            Some((self.per_user.clone(), caller.uid))
+        } else {
+            None
+        };
+        Some(Admitted {
+            _total: total,
+            _agent: agent,
+            user,
+        })
+    }
+}
+
+/// Who is on the other end of a local connection, from the kernel at connect time.
+struct Caller {
+    uid: u32,
+    pid: u32,
+    is_agent: bool,
+}
+
+fn caller_of(stream: &UnixStream, agent_cgroups: &[PathBuf]) -> Option<Caller> {
+    let credentials = stream.peer_cred().ok()?;
+    let pid = credentials.pid().and_then(|pid| u32::try_from(pid).ok())?;
+    // If the caller's cgroup cannot be read, it is treated as an agent: fail closed.
+    let is_agent = cgroups::of_process(pid)
+        .map(|cgroup| cgroups::is_within(&cgroup, agent_cgroups))
+        .unwrap_or(true);
+    Some(Caller {
+        uid: credentials.uid(),
+        pid,
+        is_agent,
+    })
+}
+
+/// The local socket: the CLI's way to the daemon.
 pub struct LocalApi {
     listener: UnixListener,
-    shared: Shared,
+    handle: Handle,
+    agent_cgroups: Arc<Vec<PathBuf>>,
+    reviewers: Arc<Vec<String>>,
+    limits: Limits,
 }
 
 impl LocalApi {
     /// Binds the socket, refusing to steal it from a daemon that is still running.
-    pub fn bind(path: &Path, shared: Shared) -> Result<Self, DaemonError> {
+    pub fn bind(config: &Config, handle: Handle) -> Result<Self, ApiError> {
+        let path = &config.socket;
+        let error = |cause| ApiError::Socket {
+            path: path.clone(),
+            cause,
+        };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).map_err(error)?;
         }
         if let Ok(metadata) = std::fs::symlink_metadata(path) {
             if !metadata.file_type().is_socket() {
-                return Err(DaemonError::Api(format!(
-                    "{} exists and is not a socket",
-                    path.display()
-                )));
+                return Err(ApiError::NotSocket(path.clone()));
             }
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(DaemonError::Api(format!(
-                    "another daemon is listening on {}",
-                    path.display()
-                )));
+                return Err(ApiError::Taken(path.clone()));
             }
-            std::fs::remove_file(path)?;
+            std::fs::remove_file(path).map_err(error)?;
         }
-        let listener = UnixListener::bind(path)?;
-        // Anyone may connect; who may decide is checked per call from the peer's credentials.
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
-        Ok(Self { listener, shared })
+        let listener = UnixListener::bind(path).map_err(error)?;
+        // Anyone may connect (agents wait on their requests here); who may do what is checked
+        // per call from the peer's credentials, and each kind of caller has a bounded share.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(error)?;
+        Ok(Self {
+            listener,
+            handle,
+            agent_cgroups: Arc::new(config.agent_cgroups.clone()),
+            reviewers: Arc::new(config.reviewers.clone()),
+            limits: Limits::new(config.max_clients),
+        })
     }
 
-    pub async fn serve(self) -> std::io::Result<()> {
+    /// Serves until the engine is gone. Accept errors (e.g. out of file descriptors) pause the
+    /// loop with a growing backoff; they never end it.
+    pub async fn serve(self) {
+        let mut backoff = Duration::from_millis(10);
         loop {
-            let (stream, _) = self.listener.accept().await?;
-            let shared = self.shared.clone();
+            let stream = match self.listener.accept().await {
+                Ok((stream, _)) => {
+                    backoff = Duration::from_millis(10);
+                    stream
+                }
+                Err(error) => {
+                    warn!(%error, "local API accept failed; backing off");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                    continue;
+                }
+            };
+            let Some(caller) = caller_of(&stream, &self.agent_cgroups) else {
+                continue;
+            };
+            // Over its share: closed at once, holding nothing.
+            let Some(admitted) = self.limits.admit(&caller) else {
+                continue;
+            };
+            let connection = Connection {
+                caller,
+                handle: self.handle.clone(),
+                reviewers: self.reviewers.clone(),
+            };
             tokio::spawn(async move {
-                if let Err(error) = serve_local(stream, shared).await {
+                let _admitted = admitted;
+                if let Err(error) = connection.serve(stream).await {
                     warn!(%error, "local API connection");
                 }
             });
@@ -134,136 +293,117 @@ impl LocalApi {
     }
 }
 
-/// The identity of a local caller, from the kernel rather than from anything it says.
-fn local_decider(stream: &UnixStream, agent_cgroups: &[PathBuf]) -> Result<Decider, String> {
-    let credentials = stream.peer_cred().map_err(|error| error.to_string())?;
-    let reviewer = user_name(credentials.uid())
-        .ok_or_else(|| format!("uid {} has no user name", credentials.uid()))?;
-    let pid = credentials
-        .pid()
-        .and_then(|pid| u32::try_from(pid).ok())
-        .ok_or("caller's pid unknown")?;
-    // If the caller's cgroup cannot be read, it is treated as an agent: fail closed.
-    let caller_is_agent = cgroups::of_process(pid)
-        .map(|cgroup| cgroups::is_within(&cgroup, agent_cgroups))
-        .unwrap_or(true);
-    Ok(Decider {
-        reviewer,
-        caller_is_agent,
-        channel: "cli",
-    })
+struct Connection {
+    caller: Caller,
+    handle: Handle,
+    reviewers: Arc<Vec<String>>,
 }
 
-async fn serve_local(mut stream: UnixStream, shared: Shared) -> std::io::Result<()> {
-    let mut line = String::new();
-    BufReader::new((&mut stream).take(MAX_LOCAL_LINE))
-        .read_line(&mut line)
-        .await?;
-    let reply = match serde_json::from_str::<LocalCall>(line.trim_end()) {
-        Ok(LocalCall::Await { id, timeout_ms }) => {
-            await_decision(&stream, &shared, id, Duration::from_millis(timeout_ms)).await
+impl Connection {
+    async fn serve(self, mut stream: UnixStream) -> std::io::Result<()> {
+        let mut line = String::new();
+        let mut reader = BufReader::new((&mut stream).take(MAX_LOCAL_LINE));
+        let read = reader.read_line(&mut line);
+        // A client that connects and says nothing gives its place back.
+        if tokio::time::timeout(CALL_READ_TIMEOUT, read).await.is_err() {
+            return Ok(());
         }
-        Ok(call) => answer_local(call, &stream, &shared),
-        Err(error) => LocalReply::error(format!("malformed call: {error}")),
-    };
-    let mut text = serde_json::to_string(&reply).unwrap_or_else(|_| "{\"ok\":false}".into());
-    text.push('\n');
-    stream.write_all(text.as_bytes()).await?;
-    stream.shutdown().await
-}
+        drop(reader);
+        let reply = match serde_json::from_str::<LocalCall>(line.trim_end()) {
+            Ok(call) => self.answer(call).await,
+            Err(error) => LocalReply::error(format!("malformed call: {error}")),
+        };
+        let mut text = serde_json::to_string(&reply).unwrap_or_else(|_| "{\"ok\":false}".into());
+        text.push('\n');
+        stream.write_all(text.as_bytes()).await?;
+        stream.shutdown().await
+    }
 
-/// How often a waiting agent's request is looked at.
-const AWAIT_POLL: Duration = Duration::from_millis(200);
+    fn decider(&self) -> Result<Decider, LocalReply> {
+        let reviewer = user_name(self.caller.uid).ok_or_else(|| {
+            LocalReply::error(format!(
+                "cannot identify caller: uid {} has no user name",
+                self.caller.uid
+            ))
+        })?;
+        Ok(Decider {
+            reviewer,
+            caller_is_agent: self.caller.is_agent,
+            channel: "cli",
+        })
+    }
 
-/// Waits for a decision on the caller's own request; other cgroups' requests do not exist for it.
-async fn await_decision(
-    stream: &UnixStream,
-    shared: &Shared,
-    id: Option<String>,
-    timeout: Duration,
-) -> LocalReply {
-    let caller = stream
-        .peer_cred()
-        .ok()
-        .and_then(|credentials| credentials.pid())
-        .and_then(|pid| u32::try_from(pid).ok())
-        .and_then(|pid| cgroups::of_process(pid).ok())
-        .and_then(|cgroup| cgroups::id_of(&cgroup).ok());
-    let Some(cgroup_id) = caller else {
-        return LocalReply::error("cannot tell the caller's cgroup");
-    };
-    let Some(id) = shared.lock().request_for_cgroup(cgroup_id, id.as_deref()) else {
-        return LocalReply::error("no such request for this cgroup");
-    };
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let state = shared.lock().request_state(&id);
-        match state {
-            Some(requests::State::Pending) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(AWAIT_POLL).await;
+    async fn answer(&self, call: LocalCall) -> LocalReply {
+        let gone = || LocalReply::error("the daemon is shutting down");
+        match call {
+            LocalCall::Status => self.handle.status().await.map_or_else(gone, LocalReply::data),
+            LocalCall::List { all } => {
+                // Requests carry agents' command lines: only those who may decide see them.
+                let decider = match self.decider() {
+                    Ok(decider) => decider,
+                    Err(reply) => return reply,
+                };
+                if let Err(refusal) =
+                    authorize_reviewer(&self.reviewers, &decider.reviewer, decider.caller_is_agent)
+                {
+                    return LocalReply::error(refusal.to_string());
+                }
+                self.handle.list(all).await.map_or_else(gone, LocalReply::data)
             }
-            Some(requests::State::Pending) => {
-                return LocalReply::data(serde_json::json!({"id": id, "state": "timeout"}));
+            LocalCall::Await { id, timeout_ms } => {
+                self.await_decision(id, Duration::from_millis(timeout_ms))
+                    .await
             }
-            Some(state) => return LocalReply::data(serde_json::json!({"id": id, "state": state})),
-            None => return LocalReply::error("no such request for this cgroup"),
+            LocalCall::Uninstall => {
+                let decider = match self.decider() {
+                    Ok(decider) => decider,
+                    Err(reply) => return reply,
+                };
+                if decider.caller_is_agent || self.caller.uid != 0 {
+                    return LocalReply::error("only root outside agent cgroups may uninstall");
+                }
+                match self.handle.uninstall(decider.reviewer).await {
+                    Ok(()) => LocalReply::data("uninstalled"),
+                    Err(error) => LocalReply::error(format!("uninstall failed: {error}")),
+                }
+            }
+            LocalCall::Decide {
+                id,
+                decision,
+                reason,
+            } => {
+                let decider = match self.decider() {
+                    Ok(decider) => decider,
+                    Err(reply) => return reply,
+                };
+                match self.handle.decide(id, decision, reason, decider).await {
+                    Ok(request) => LocalReply::data(request),
+                    Err(error) => LocalReply::error(error.to_string()),
+                }
+            }
         }
     }
-}
 
-fn identify(stream: &UnixStream, shared: &Shared) -> Result<Decider, LocalReply> {
-    let agent_cgroups = shared.lock().config().agent_cgroups.clone();
-    local_decider(stream, &agent_cgroups)
-        .map_err(|error| LocalReply::error(format!("cannot identify caller: {error}")))
-}
-
-fn answer_local(call: LocalCall, stream: &UnixStream, shared: &Shared) -> LocalReply {
-    match call {
-        LocalCall::Status => LocalReply::data(shared.lock().status()),
-        LocalCall::List { all } => {
-            // Requests carry agents' command lines: only those who may decide see them.
-            let decider = match identify(stream, shared) {
-                Ok(decider) => decider,
-                Err(reply) => return reply,
-            };
-            let engine = shared.lock();
-            match authorize_reviewer(
-                &engine.config().reviewers,
-                &decider.reviewer,
-                decider.caller_is_agent,
-            ) {
-                Ok(()) => LocalReply::data(engine.list(all)),
-                Err(refusal) => LocalReply::error(refusal.to_string()),
+    /// Waits for a decision on the caller's own request; other cgroups' requests do not exist
+    /// for it. The engine says when the request settles: nothing polls.
+    async fn await_decision(&self, id: Option<String>, timeout: Duration) -> LocalReply {
+        let cgroup_id = cgroups::of_process(self.caller.pid)
+            .ok()
+            .and_then(|cgroup| cgroups::id_of(&cgroup).ok());
+        let Some(cgroup_id) = cgroup_id else {
+            return LocalReply::error("cannot tell the caller's cgroup");
+        };
+        match self.handle.wait_on(cgroup_id, id).await {
+            Waiting::NoSuchRequest => LocalReply::error("no such request for this cgroup"),
+            Waiting::Settled { id, state } => {
+                LocalReply::data(serde_json::json!({"id": id, "state": state}))
             }
-        }
-        LocalCall::Await { .. } => LocalReply::error("await is answered asynchronously"),
-        LocalCall::Uninstall => {
-            let uid = stream.peer_cred().map(|credentials| credentials.uid());
-            let decider = match identify(stream, shared) {
-                Ok(decider) => decider,
-                Err(reply) => return reply,
-            };
-            if decider.caller_is_agent || uid.ok() != Some(0) {
-                return LocalReply::error("only root outside agent cgroups may uninstall");
-            }
-            match shared.uninstall(&decider.reviewer) {
-                Ok(()) => LocalReply::data("uninstalled"),
-                Err(error) => LocalReply::error(format!("uninstall failed: {error}")),
-            }
-        }
-        LocalCall::Decide {
-            id,
-            decision,
-            reason,
-        } => {
-            let decider = match identify(stream, shared) {
-                Ok(decider) => decider,
-                Err(reply) => return reply,
-            };
-            match shared.lock().decide(&id, decision, reason, &decider) {
-                Ok(request) => LocalReply::data(request),
-                Err(error) => LocalReply::error(error.to_string()),
-            }
+            Waiting::Pending { id, settled } => match tokio::time::timeout(timeout, settled).await
+            {
+                Ok(Ok(state)) => LocalReply::data(serde_json::json!({"id": id, "state": state})),
+                Ok(Err(_)) => LocalReply::error("the daemon is shutting down"),
+                Err(_) => LocalReply::data(serde_json::json!({"id": id, "state": "timeout"})),
+            },
         }
     }
 }
@@ -327,21 +467,63 @@ fn authenticate(headers: &HeaderMap, body: &[u8], secrets: &[String]) -> Result<
     )
 }
 
+/// What the HTTP endpoints need: the engine and the secrets that sign calls to them.
+#[derive(Clone)]
+pub struct HttpState {
+    handle: Handle,
+    generic_secrets: Arc<Vec<String>>,
+    slack_secrets: Arc<Vec<String>>,
+    slack_users: Arc<BTreeMap<String, String>>,
+}
+
+impl HttpState {
+    pub fn new(config: &Config, handle: Handle) -> Self {
+        let mut generic_secrets = Vec::new();
+        let mut slack_secrets = Vec::new();
+        for hook in &config.webhooks {
+            match &hook.kind {
+                WebhookKind::Generic { secret } => generic_secrets.push(secret.clone()),
+                WebhookKind::Slack { signing_secret } => slack_secrets.push(signing_secret.clone()),
+                WebhookKind::Teams => {}
+            }
+        }
+        Self {
+            handle,
+            generic_secrets: Arc::new(generic_secrets),
+            slack_secrets: Arc::new(slack_secrets),
+            slack_users: Arc::new(config.slack_users.clone()),
+        }
+    }
+}
+
+/// The HTTP status that tells a caller why its decision was not taken.
+fn decision_status(failure: &DecideFailure) -> StatusCode {
+    match failure {
+        DecideFailure::Decision(DecisionFailure::Refused(_))
+        | DecideFailure::Decision(DecisionFailure::Request(DecideError::Owner { .. })) => {
+            StatusCode::FORBIDDEN
+        }
+        DecideFailure::Decision(DecisionFailure::Request(error)) => match error {
+            DecideError::ReasonRequired(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            DecideError::NotFound(_) => StatusCode::NOT_FOUND,
+            DecideError::Expired(_) => StatusCode::GONE,
+            DecideError::AlreadyApproved { .. }
+            | DecideError::AlreadyDecided { .. }
+            | DecideError::Owner { .. } => StatusCode::CONFLICT,
+        },
+        DecideFailure::JournalUnwritable(_)
+        | DecideFailure::NotYetRecorded(_)
+        | DecideFailure::Gone => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
 async fn http_decide(
-    State(shared): State<Shared>,
+    State(state): State<HttpState>,
     UrlPath(id): UrlPath<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let secrets: Vec<String> = shared
-        .lock()
-        .config()
-        .webhooks
-        .iter()
-        .filter(|hook| hook.kind == WebhookKind::Generic)
-        .map(|hook| hook.secret.clone())
-        .collect();
-    if let Err(error) = authenticate(&headers, &body, &secrets) {
+    if let Err(error) = authenticate(&headers, &body, &state.generic_secrets) {
         return http_error(StatusCode::UNAUTHORIZED, error);
     }
     let call: HttpDecision = match serde_json::from_slice(&body) {
@@ -355,32 +537,13 @@ async fn http_decide(
         caller_is_agent: false,
         channel: "webhook",
     };
-    let result = shared
-        .lock()
-        .decide(&id, call.decision, call.reason, &decider);
-    match result {
+    match state
+        .handle
+        .decide(id, call.decision, call.reason, decider)
+        .await
+    {
         Ok(request) => (StatusCode::OK, Json(request)).into_response(),
-        Err(error) => {
-            let status = match &error {
-                DecisionFailure::Refused(_)
-                | DecisionFailure::Request(DecideError::Owner { .. }) => StatusCode::FORBIDDEN,
-                DecisionFailure::Request(DecideError::ReasonRequired(_)) => {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                }
-                DecisionFailure::Request(DecideError::AlreadyApproved { .. }) => {
-                    StatusCode::CONFLICT
-                }
-                DecisionFailure::Request(DecideError::NotFound(_)) => StatusCode::NOT_FOUND,
-                DecisionFailure::Request(DecideError::AlreadyDecided { .. }) => {
-                    StatusCode::CONFLICT
-                }
-                DecisionFailure::Request(DecideError::Expired(_)) => StatusCode::GONE,
-                DecisionFailure::Journal(_) | DecisionFailure::Kernel(_) => {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                }
-            };
-            http_error(status, error.to_string())
-        }
+        Err(error) => http_error(decision_status(&error), error.to_string()),
     }
 }
 
@@ -426,21 +589,11 @@ fn slack_payload(body: &[u8]) -> Result<SlackPayload, String> {
 
 /// `POST /v1/slack/interactions`: an Approve or Deny button pressed in Slack.
 async fn slack_interaction(
-    State(shared): State<Shared>,
+    State(state): State<HttpState>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let (secrets, users) = {
-        let engine = shared.lock();
-        let config = engine.config();
-        let secrets: Vec<String> = config
-            .webhooks
-            .iter()
-            .filter_map(|hook| hook.signing_secret.clone())
-            .collect();
-        (secrets, config.slack_users.clone())
-    };
-    if let Err(error) = authenticate_slack(&headers, &body, &secrets) {
+    if let Err(error) = authenticate_slack(&headers, &body, &state.slack_secrets) {
         return http_error(StatusCode::UNAUTHORIZED, error);
     }
     let payload = match slack_payload(&body) {
@@ -455,11 +608,12 @@ async fn slack_interaction(
         "deny" => Decision::Deny,
         other => return http_error(StatusCode::BAD_REQUEST, format!("unknown action {other:?}")),
     };
-    let Some(reviewer) = users.get(&payload.user.id).cloned() else {
+    let Some(reviewer) = state.slack_users.get(&payload.user.id).cloned() else {
         let why = format!("Slack user {} is not mapped to a reviewer", payload.user.id);
-        shared
-            .lock()
-            .refuse(&action.value, None, "slack", why.clone());
+        state
+            .handle
+            .refuse(action.value.clone(), None, "slack", why.clone())
+            .await;
         return http_error(StatusCode::FORBIDDEN, why);
     };
     let decider = Decider {
@@ -467,9 +621,10 @@ async fn slack_interaction(
         caller_is_agent: false,
         channel: "slack",
     };
-    let result = shared
-        .lock()
-        .decide(&action.value, decision, None, &decider);
+    let result = state
+        .handle
+        .decide(action.value.clone(), decision, None, decider)
+        .await;
     match result {
         Ok(request) if request.state == requests::State::Pending => {
             // More approvals are needed: the buttons stay for the next reviewer.
@@ -535,27 +690,27 @@ async fn health() -> &'static str {
     "ok\n"
 }
 
-pub fn http_router(shared: Shared) -> Router {
+pub fn http_router(state: HttpState) -> Router {
     Router::new()
         .route("/v1/requests/{id}/decision", post(http_decide))
         .route("/v1/slack/interactions", post(slack_interaction))
         .route("/v1/health", get(health))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(shared)
+        .with_state(state)
 }
 
 /// Binds the HTTP listener now (so a taken port fails start-up) and returns the server future.
 pub async fn bind_http(
     addr: SocketAddr,
-    shared: Shared,
-) -> Result<impl std::future::Future<Output = Result<(), DaemonError>>, DaemonError> {
+    state: HttpState,
+) -> Result<impl std::future::Future<Output = Result<(), ApiError>>, ApiError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|error| DaemonError::Api(format!("cannot listen on {addr}: {error}")))?;
+        .map_err(|cause| ApiError::Listen { addr, cause })?;
     Ok(async move {
-        axum::serve(listener, http_router(shared))
+        axum::serve(listener, http_router(state))
             .await
-            .map_err(DaemonError::from)
+            .map_err(ApiError::Serve)
     })
 }
 

@@ -154,7 +154,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let path = cli.config.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG));
             let config = Config::load(path)?;
             let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
-            runtime.block_on(crate::daemon::run(config))?;
+            runtime.block_on(crate::service::run(config))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => {
@@ -316,10 +316,10 @@ fn uninstall(cli: &Cli) -> anyhow::Result<ExitCode> {
     if !user.is_root() {
         bail!("only root may uninstall");
     }
-    let (mut journal, _) = journal::Journal::open(&config.journal)?;
-    journal.append(&journal::JournalEvent::Uninstalled {
+    let mut journal = journal::Journal::open(&config.journal)?.journal;
+    journal.append(&journal::Event::Uninstalled {
         pin_dir: config.pin_dir.display().to_string(),
-        by: crate::daemon::user_name(user.as_raw()).unwrap_or_else(|| "root".into()),
+        by: crate::enrich::user_name(user.as_raw()).unwrap_or_else(|| "root".into()),
     })?;
     crate::loader::uninstall(&config.pin_dir)
         .with_context(|| format!("remove pins in {}", config.pin_dir.display()))?;

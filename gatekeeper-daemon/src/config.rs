@@ -69,6 +69,10 @@ pub struct Config {
     pub grant_ttl: Duration,
     pub request_ttl: Duration,
     pub webhooks: Vec<Webhook>,
+    pub max_pending: u32,
+    pub retention: Duration,
+    pub checkpoint_every: u64,
+    pub max_clients: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,14 +100,24 @@ impl Default for RulePolicy {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WebhookKind {
     /// The JSON request document, signed; the receiver calls the HTTP decision endpoint.
-    Generic,
+    Generic { secret: String },
     /// A Block Kit message with Approve and Deny buttons.
-    Slack,
+    Slack { signing_secret: String },
     /// An Adaptive Card.
     Teams,
+}
+
+impl WebhookKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Generic { .. } => "generic",
+            Self::Slack { .. } => "slack",
+            Self::Teams => "teams",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,13 +142,11 @@ pub enum DestinationSpec {
 pub struct Webhook {
     pub kind: WebhookKind,
     pub url: reqwest::Url,
-    /// generic: signs deliveries and verifies HTTP decisions. Empty for other kinds.
-    pub secret: String,
-    /// slack: verifies interactions (Slack's signing secret).
-    pub signing_secret: Option<String>,
     pub timeout: Duration,
     /// Delivery attempts before giving up (each one journaled).
     pub attempts: u32,
+    pub burst: u32,
+    pub refill: Duration,
 }
 
 #[derive(Deserialize)]
@@ -467,9 +479,9 @@ impl Validator<'_> {
                 return Err(self.invalid(key("url"), "must be an http or https URL"));
             }
             let kind = match hook.kind.as_deref().unwrap_or("generic") {
-                "generic" => WebhookKind::Generic,
-                "slack" => WebhookKind::Slack,
-                "teams" => WebhookKind::Teams,
+                "generic" => 0,
+                "slack" => 1,
+                "teams" => 2,
                 other => {
                     return Err(self.invalid(
                         key("kind"),
@@ -478,11 +490,11 @@ impl Validator<'_> {
                 }
             };
             let secret = match (kind, hook.secret) {
-                (WebhookKind::Generic, Some(secret)) if secret.len() >= 16 => secret,
-                (WebhookKind::Generic, Some(_)) => {
+                (0, Some(secret)) if secret.len() >= 16 => secret,
+                (0, Some(_)) => {
                     return Err(self.invalid(key("secret"), "must be at least 16 characters"));
                 }
-                (WebhookKind::Generic, None) => {
+                (0, None) => {
                     return Err(self.invalid(key("secret"), "a generic webhook needs a secret"));
                 }
                 (_, Some(_)) => {
@@ -491,8 +503,8 @@ impl Validator<'_> {
                 (_, None) => String::new(),
             };
             let signing_secret = match (kind, hook.signing_secret) {
-                (WebhookKind::Slack, Some(secret)) if !secret.is_empty() => Some(secret),
-                (WebhookKind::Slack, _) => {
+                (1, Some(secret)) if !secret.is_empty() => Some(secret),
+                (1, _) => {
                     return Err(self.invalid(
                         key("signing_secret"),
                         "a slack webhook needs Slack's signing secret to verify interactions",
@@ -514,13 +526,18 @@ impl Validator<'_> {
             if !(1..=20).contains(&attempts) {
                 return Err(self.invalid(key("attempts"), "must be between 1 and 20"));
             }
+            let kind = match (kind, signing_secret) {
+                (0, _) => WebhookKind::Generic { secret },
+                (1, Some(signing_secret)) => WebhookKind::Slack { signing_secret },
+                _ => WebhookKind::Teams,
+            };
             webhooks.push(Webhook {
                 kind,
                 url,
-                secret,
-                signing_secret,
                 timeout,
                 attempts,
+                burst: 10,
+                refill: Duration::from_secs(6),
             });
         }
 
@@ -596,6 +613,10 @@ impl Validator<'_> {
             grant_ttl,
             request_ttl,
             webhooks,
+            max_pending: 16,
+            retention: Duration::from_secs(3600),
+            checkpoint_every: 1000,
+            max_clients: 256,
         })
     }
 }
@@ -818,7 +839,7 @@ require_reason = true
             owned.display()
         );
         let config = parse(&config_text(&extra)).expect("valid config");
-        assert_eq!(config.webhooks[0].kind, WebhookKind::Slack);
+        assert_eq!(config.webhooks[0].kind.name(), "slack");
         assert_eq!(config.webhooks[1].kind, WebhookKind::Teams);
         assert_eq!(config.slack_users["U012ABCDEF"], "root");
         assert_eq!(config.owner_of(&owned.join("task")), Some("alice"));

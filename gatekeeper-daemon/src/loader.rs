@@ -2,17 +2,25 @@
 //!
 //! Refuses loudly when the kernel cannot enforce: the BPF LSM not active, or the program refused.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::LpmTrie},
+    maps::{
+        Array, HashMap, MapData, MapError, PerCpuArray, RingBuf,
+        lpm_trie::{self, LpmTrie},
+    },
     programs::{Lsm, ProgramError, links::FdLink},
 };
 use gatekeeper_common::{
-    Counter, GrantKey, GrantValue, PROGRAMS, PortRanges, Target, maps, offsets,
+    Counter, GrantKey, GrantValue, PROGRAMS, PortRanges, Setting, Target, maps, offsets,
 };
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
+
+use crate::destinations::Prefix;
 
 const LSM_LIST: &str = "/sys/kernel/security/lsm";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -110,20 +118,59 @@ pub fn uninstall(pin_dir: &Path) -> std::io::Result<()> {
     std::fs::remove_dir(pin_dir)
 }
 
-/// The loaded, attached programs and the maps the daemon uses. Dropping it detaches everything.
+/// The loaded programs and the maps the daemon uses, behind typed operations. Dropping it
+/// detaches what it attached (pinned links stay).
 pub struct Kernel {
-    // Owns the programs and their links: dropping it detaches.
+    // Owns the programs and their links.
     ebpf: Ebpf,
-    pub agents: HashMap<MapData, u64, u32>,
-    pub protected: HashMap<MapData, Target, u32>,
-    pub nets: LpmTrie<MapData, [u8; 16], PortRanges>,
-    pub grants: HashMap<MapData, GrantKey, GrantValue>,
-    pub counters: PerCpuArray<MapData, u64>,
-    pub daemon_pids: HashMap<MapData, u32, u32>,
-    pub allowed: HashMap<MapData, Target, u32>,
-    pub settings: Array<MapData, u32>,
+    agents: HashMap<MapData, u64, u32>,
+    protected: HashMap<MapData, Target, u32>,
+    nets: LpmTrie<MapData, [u8; 16], PortRanges>,
+    grants: HashMap<MapData, GrantKey, GrantValue>,
+    counters: PerCpuArray<MapData, u64>,
+    daemon_pids: HashMap<MapData, u32, u32>,
+    allowed: HashMap<MapData, Target, u32>,
+    settings: Array<MapData, u32>,
     /// Taken by the event reader.
-    pub events: Option<RingBuf<MapData>>,
+    events: Option<RingBuf<MapData>>,
+}
+
+/// The two maps of files matched by (device, inode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathList {
+    /// Protected binaries: agents need approval to run them.
+    Protected,
+    /// Allowlisted binaries: in allowlist mode, what agents may run unasked.
+    Allowed,
+}
+
+/// Removes the entries of an adopted map that the current configuration no longer wants.
+fn keep_only<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    wanted: impl Fn(&K) -> bool,
+) -> Result<(), MapError> {
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| !wanted(key))
+        .collect();
+    for key in stale {
+        map.remove(&key)?;
+    }
+    Ok(())
+}
+
+/// A lookup or delete of a key the map does not hold (aya reports deletes as ENOENT).
+fn is_not_found(error: &MapError) -> bool {
+    match error {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(syscall) => syscall.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+fn trie_key(prefix: &Prefix) -> lpm_trie::Key<[u8; 16]> {
+    lpm_trie::Key::new(u32::from(prefix.len), prefix.address)
 }
 
 /// Checks that the BPF LSM is in the kernel's active LSM list.
@@ -293,6 +340,96 @@ impl Kernel {
             })?;
         }
         Ok(())
+    }
+
+    /// Makes `ids` the agent cgroups: new ones in first, then the stale ones out.
+    pub fn set_agent_cgroups(&mut self, ids: &[u64]) -> Result<(), MapError> {
+        for id in ids {
+            self.agents.insert(id, 1, 0)?;
+        }
+        keep_only(&mut self.agents, |id| ids.contains(id))
+    }
+
+    fn path_map(&mut self, list: PathList) -> &mut HashMap<MapData, Target, u32> {
+        match list {
+            PathList::Protected => &mut self.protected,
+            PathList::Allowed => &mut self.allowed,
+        }
+    }
+
+    pub fn add_path(&mut self, list: PathList, target: Target, rule: u32) -> Result<(), MapError> {
+        self.path_map(list).insert(target, rule, 0)
+    }
+
+    /// Takes out of `list` every file `wanted` does not keep.
+    pub fn keep_paths(
+        &mut self,
+        list: PathList,
+        wanted: impl Fn(&Target) -> bool,
+    ) -> Result<(), MapError> {
+        keep_only(self.path_map(list), wanted)
+    }
+
+    pub fn set_setting(&mut self, setting: Setting, value: u32) -> Result<(), MapError> {
+        self.settings.set(setting as u32, value, 0)
+    }
+
+    /// Makes `pid` the one daemon agents may not signal or trace.
+    pub fn set_daemon_pid(&mut self, pid: u32) -> Result<(), MapError> {
+        self.daemon_pids.insert(pid, 1, 0)?;
+        keep_only(&mut self.daemon_pids, |other| *other == pid)
+    }
+
+    /// What the destination trie holds now.
+    pub fn nets(&self) -> BTreeMap<Prefix, PortRanges> {
+        self.nets
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, ranges)| {
+                let prefix = Prefix {
+                    address: key.data(),
+                    len: key.prefix_len() as u8,
+                };
+                (prefix, ranges)
+            })
+            .collect()
+    }
+
+    pub fn put_net(&mut self, prefix: &Prefix, ranges: &PortRanges) -> Result<(), MapError> {
+        self.nets.insert(&trie_key(prefix), ranges, 0)
+    }
+
+    pub fn remove_net(&mut self, prefix: &Prefix) -> Result<(), MapError> {
+        self.nets.remove(&trie_key(prefix))
+    }
+
+    pub fn put_grant(&mut self, key: &GrantKey, value: &GrantValue) -> Result<(), MapError> {
+        self.grants.insert(key, value, 0)
+    }
+
+    pub fn grant(&self, key: &GrantKey) -> Option<GrantValue> {
+        self.grants.get(key, 0).ok()
+    }
+
+    /// Takes grant `grant_id` out of the kernel: true if it was there (unused), false if the
+    /// kernel had consumed it. A map delete succeeds for exactly one of racing deleters, so an
+    /// agent's retry and this cannot both have it.
+    pub fn take_grant(&mut self, key: &GrantKey, grant_id: u64) -> Result<bool, MapError> {
+        match self.grants.get(key, 0) {
+            Ok(value) if value.grant_id == grant_id => {}
+            Ok(_) => return Ok(false),
+            Err(error) if is_not_found(&error) => return Ok(false),
+            Err(error) => return Err(error),
+        }
+        match self.grants.remove(key) {
+            Ok(()) => Ok(true),
+            Err(error) if is_not_found(&error) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
     }
 
     pub fn counter(&self, counter: Counter) -> u64 {

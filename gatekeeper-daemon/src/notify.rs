@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::{
     config::{Webhook, WebhookKind},
+    core::DeliveryAttempt,
     requests::Request,
 };
 
@@ -146,13 +147,86 @@ fn truncated(text: &str, limit: usize) -> String {
     format!("{}…", &text[..end])
 }
 
-/// The body each kind of webhook receives for a new request.
-pub fn message(kind: WebhookKind, request: &Request) -> Value {
-    match kind {
-        WebhookKind::Generic => json!(RequestMessage::new(request)),
-        WebhookKind::Slack => slack_message(request),
-        WebhookKind::Teams => teams_message(request),
+/// The body each kind of webhook receives: one request's message, or a digest of several that
+/// piled up while the endpoint's rate limit held them back.
+pub fn message(kind: &WebhookKind, requests: &[Request]) -> Value {
+    match (kind, requests) {
+        (WebhookKind::Generic { .. }, [request]) => json!(RequestMessage::new(request)),
+        (WebhookKind::Slack { .. }, [request]) => slack_message(request),
+        (WebhookKind::Teams, [request]) => teams_message(request),
+        (WebhookKind::Generic { .. }, _) => json!({
+            "type": "gatekeeper.digest",
+            "requests": requests.iter().map(RequestMessage::new).collect::<Vec<_>>(),
+        }),
+        (WebhookKind::Slack { .. }, _) => slack_digest(requests),
+        (WebhookKind::Teams, _) => teams_digest(requests),
     }
+}
+
+/// One short line per request, for digests.
+fn summary(request: &Request) -> String {
+    let what = match &request.destination {
+        Some(destination) => format!("connect to {destination}"),
+        None => format!("exec {}", request.target),
+    };
+    format!(
+        "{} · {} · {what} · {}",
+        request.id, request.rule, request.cgroup
+    )
+}
+
+/// Several requests in one Block Kit message, each with its own buttons.
+fn slack_digest(requests: &[Request]) -> Value {
+    let mut blocks = vec![json!({
+        "type": "header",
+        "text": {"type": "plain_text", "text": format!("{} approval requests", requests.len())}
+    })];
+    for request in requests {
+        blocks.push(json!({
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": truncated(&summary(request), SLACK_FIELD_LIMIT)}
+        }));
+        blocks.push(json!({
+            "type": "actions",
+            "block_id": format!("gatekeeper_decision_{}", request.id),
+            "elements": [
+                {"type": "button", "action_id": "approve", "style": "primary", "value": request.id,
+                 "text": {"type": "plain_text", "text": "Approve"}},
+                {"type": "button", "action_id": "deny", "style": "danger", "value": request.id,
+                 "text": {"type": "plain_text", "text": "Deny"}}
+            ]
+        }));
+    }
+    json!({
+        "text": format!("Gatekeeper: {} approval requests", requests.len()),
+        "blocks": blocks,
+    })
+}
+
+fn teams_digest(requests: &[Request]) -> Value {
+    let facts: Vec<Value> = requests
+        .iter()
+        .map(|request| json!({"title": request.id, "value": summary(request)}))
+        .collect();
+    json!({
+        "type": "message",
+        "attachments": [{
+            "contentType": "application/vnd.microsoft.card.adaptive",
+            "contentUrl": null,
+            "content": {
+                "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                "type": "AdaptiveCard",
+                "version": "1.4",
+                "body": [
+                    {"type": "TextBlock", "size": "Medium", "weight": "Bolder", "wrap": true,
+                     "text": format!("{} approval requests", requests.len())},
+                    {"type": "FactSet", "facts": facts},
+                    {"type": "TextBlock", "wrap": true, "text":
+                        "Decide on the host with `gatekeeper approve ID` or `gatekeeper deny ID` (see `gatekeeper requests`), or through your reviewers' integration."}
+                ]
+            }
+        }]
+    })
 }
 
 /// A Block Kit message whose buttons carry the decision in `action_id` and the request id in
@@ -219,16 +293,6 @@ pub fn teams_message(request: &Request) -> Value {
     })
 }
 
-/// One delivery attempt, as journaled.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Attempt {
-    pub url: String,
-    pub attempt: u32,
-    pub delivered: bool,
-    pub status: Option<u16>,
-    pub error: Option<String>,
-}
-
 fn retry_delay(attempt: u32) -> Duration {
     FIRST_RETRY_DELAY
         .saturating_mul(1 << attempt.saturating_sub(1).min(16))
@@ -241,7 +305,7 @@ pub async fn deliver(
     client: &reqwest::Client,
     hook: &Webhook,
     body: &[u8],
-    mut record: impl FnMut(Attempt),
+    mut record: impl FnMut(DeliveryAttempt),
 ) -> bool {
     for attempt in 1..=hook.attempts {
         let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -250,10 +314,10 @@ pub async fn deliver(
             .timeout(hook.timeout)
             .header(reqwest::header::CONTENT_TYPE, "application/json");
         // Generic receivers verify the sender; Slack and Teams webhook URLs are their own secret.
-        if !hook.secret.is_empty() {
+        if let WebhookKind::Generic { secret } = &hook.kind {
             post = post.header(TIMESTAMP_HEADER, timestamp.to_string()).header(
                 SIGNATURE_HEADER,
-                sign(hook.secret.as_bytes(), timestamp, body),
+                sign(secret.as_bytes(), timestamp, body),
             );
         }
         let result = post.body(body.to_vec()).send().await;
@@ -268,8 +332,7 @@ pub async fn deliver(
             ),
             Err(error) => (false, None, Some(error.to_string())),
         };
-        record(Attempt {
-            url: hook.url.to_string(),
+        record(DeliveryAttempt {
             attempt,
             delivered,
             status,
@@ -361,6 +424,21 @@ mod tests {
             approvals_required: 2,
             require_reason: false,
             approvals: Vec::new(),
+            grant_error: None,
+            finished: None,
+            over_cap: 0,
+        }
+    }
+
+    fn generic() -> WebhookKind {
+        WebhookKind::Generic {
+            secret: "0123456789abcdef".into(),
+        }
+    }
+
+    fn slack() -> WebhookKind {
+        WebhookKind::Slack {
+            signing_secret: "slack-secret".into(),
         }
     }
 
@@ -386,7 +464,7 @@ mod tests {
     fn generic_message_has_the_documented_shape() {
         let schema: Value =
             serde_json::from_str(include_str!("../../docs/webhook-request.schema.json")).unwrap();
-        let message = message(WebhookKind::Generic, &sample_request());
+        let message = message(&generic(), &[sample_request()]);
         conforms(&message, &schema, "");
         assert_eq!(message["type"], "gatekeeper.request");
         assert_eq!(
@@ -397,7 +475,7 @@ mod tests {
 
     #[test]
     fn slack_message_is_block_kit_with_decision_buttons() {
-        let message = message(WebhookKind::Slack, &sample_request());
+        let message = message(&slack(), &[sample_request()]);
         assert!(message["text"].as_str().unwrap().contains("a1b2c3d4e5f6"));
         let blocks = message["blocks"].as_array().unwrap();
         assert_eq!(blocks[0]["type"], "header");
@@ -436,7 +514,7 @@ mod tests {
 
     #[test]
     fn teams_message_is_an_adaptive_card() {
-        let message = message(WebhookKind::Teams, &sample_request());
+        let message = message(&WebhookKind::Teams, &[sample_request()]);
         assert_eq!(message["type"], "message");
         let attachment = &message["attachments"][0];
         assert_eq!(
@@ -464,6 +542,34 @@ mod tests {
                 .unwrap()
                 .contains("gatekeeper approve a1b2c3d4e5f6")
         );
+    }
+
+    #[test]
+    fn digests_list_every_request_with_its_own_buttons() {
+        let mut second = sample_request();
+        second.id = "f6e5d4c3b2a1".into();
+        let both = [sample_request(), second];
+        let generic = message(&generic(), &both);
+        assert_eq!(generic["type"], "gatekeeper.digest");
+        assert_eq!(generic["requests"][1]["request"]["id"], "f6e5d4c3b2a1");
+        assert_eq!(
+            generic["requests"][0]["decision_path"],
+            "/v1/requests/a1b2c3d4e5f6/decision"
+        );
+        let slack = message(&slack(), &both);
+        let values: Vec<&str> = slack["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|block| block["type"] == "actions")
+            .map(|block| block["elements"][0]["value"].as_str().unwrap())
+            .collect();
+        assert_eq!(values, ["a1b2c3d4e5f6", "f6e5d4c3b2a1"]);
+        let teams = message(&WebhookKind::Teams, &both);
+        let facts = teams["attachments"][0]["content"]["body"][1]["facts"]
+            .as_array()
+            .unwrap();
+        assert_eq!(facts.len(), 2);
     }
 
     #[test]
@@ -549,12 +655,12 @@ mod tests {
             requests
         });
         let hook = Webhook {
-            kind: crate::config::WebhookKind::Generic,
-            signing_secret: None,
+            kind: generic(),
             url: url.parse().unwrap(),
-            secret: "0123456789abcdef".into(),
             timeout: Duration::from_secs(5),
             attempts: 3,
+            burst: 1,
+            refill: Duration::from_secs(1),
         };
         let mut attempts = Vec::new();
         let delivered = deliver(&reqwest::Client::new(), &hook, b"{\"x\":1}", |a| {
@@ -579,7 +685,7 @@ mod tests {
         };
         let timestamp: i64 = header(TIMESTAMP_HEADER).parse().unwrap();
         assert!(verify(
-            hook.secret.as_bytes(),
+            b"0123456789abcdef",
             timestamp,
             b"{\"x\":1}",
             &header(SIGNATURE_HEADER)

@@ -98,6 +98,16 @@ pub struct Request {
     pub require_reason: bool,
     /// Approvals so far (the last one completes the decision).
     pub approvals: Vec<DecisionInfo>,
+    /// Approved, but the grant could not be put into the kernel: why.
+    #[serde(default)]
+    pub grant_error: Option<String>,
+    /// When it left pending.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub finished: Option<OffsetDateTime>,
+    /// Denials in this agent cgroup that became no request because it had its cap of pending
+    /// requests.
+    #[serde(default)]
+    pub over_cap: u64,
 }
 
 /// A kernel denial, enriched by the daemon.
@@ -116,12 +126,14 @@ pub struct Denial {
     pub require_reason: bool,
 }
 
-#[derive(Debug, PartialEq)]
-pub enum Admission<'a> {
-    /// A new request: to be journaled and sent to reviewers.
-    New(&'a Request),
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// A new request with this id: journaled and sent to reviewers.
+    New(String),
     /// Joined the pending request with this id.
     Joined(String),
+    /// Its cgroup has its cap of pending requests: counted, no request.
+    OverCap,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -179,17 +191,6 @@ pub struct Requests {
     pending: HashMap<(u64, Target), String>,
 }
 
-fn new_id() -> String {
-    let mut bytes = [0u8; 6];
-    // An id only needs to be unique and unguessable enough not to be typed by accident; if the
-    // system's randomness fails, the clock still makes it unique.
-    if getrandom::fill(&mut bytes).is_err() {
-        let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
-        bytes.copy_from_slice(&nanos.to_le_bytes()[..6]);
-    }
-    hex::encode(bytes)
-}
-
 impl Requests {
     pub fn new(ttl: Duration) -> Self {
         Self {
@@ -199,18 +200,27 @@ impl Requests {
         }
     }
 
-    pub fn on_denial(&mut self, denial: Denial, now: OffsetDateTime) -> Admission<'_> {
-        let key = (denial.cgroup_id, denial.target_key);
-        if let Some(id) = self.pending.get(&key)
-            && let Some(request) = self.by_id.get_mut(id)
-        {
+    /// The pending request for (cgroup, target), if there is one.
+    pub fn pending_for(&self, cgroup_id: u64, target: &Target) -> Option<String> {
+        self.pending.get(&(cgroup_id, *target)).cloned()
+    }
+
+    /// Counts a repeat of a pending request's action.
+    pub fn join(&mut self, id: &str) {
+        if let Some(request) = self.by_id.get_mut(id) {
             request.attempts += 1;
-            return Admission::Joined(id.clone());
         }
-        let mut id = new_id();
-        while self.by_id.contains_key(&id) {
-            id = new_id();
-        }
+    }
+
+    pub fn pending_in_cgroup(&self, cgroup_id: u64) -> usize {
+        self.pending
+            .keys()
+            .filter(|(cgroup, _)| *cgroup == cgroup_id)
+            .count()
+    }
+
+    /// A new pending request `id` for `denial`.
+    pub fn create(&mut self, denial: Denial, id: String, now: OffsetDateTime) -> &Request {
         let request = Request {
             id: id.clone(),
             state: State::Pending,
@@ -231,9 +241,13 @@ impl Requests {
             approvals_required: denial.approvals_required.max(1),
             require_reason: denial.require_reason,
             approvals: Vec::new(),
+            grant_error: None,
+            finished: None,
+            over_cap: 0,
         };
-        self.pending.insert(key, id.clone());
-        Admission::New(self.by_id.entry(id).or_insert(request))
+        self.pending
+            .insert((request.cgroup_id, request.target_key), id.clone());
+        self.by_id.entry(id).or_insert(request)
     }
 
     pub fn get(&self, id: &str) -> Option<&Request> {
@@ -322,6 +336,7 @@ impl Requests {
             Decision::Approve => State::Approved,
             Decision::Deny => State::Denied,
         };
+        request.finished = Some(info.at);
         request.decision = Some(info);
         self.pending
             .remove(&(request.cgroup_id, request.target_key));
@@ -343,9 +358,10 @@ impl Requests {
     }
 
     /// Replays a recorded expiry.
-    pub fn restore_expired(&mut self, id: &str) {
+    pub fn restore_expired(&mut self, id: &str, at: OffsetDateTime) {
         if let Some(request) = self.by_id.get_mut(id) {
             request.state = State::Expired;
+            request.finished = Some(at);
             self.pending
                 .remove(&(request.cgroup_id, request.target_key));
         }
@@ -357,12 +373,36 @@ impl Requests {
         }
     }
 
+    pub fn set_grant_error(&mut self, id: &str, error: String) {
+        if let Some(request) = self.by_id.get_mut(id) {
+            request.grant_error = Some(error);
+        }
+    }
+
+    /// Finished requests that finished before `cutoff`.
+    pub fn finished_before(&self, cutoff: OffsetDateTime) -> Vec<String> {
+        self.by_id
+            .values()
+            .filter(|request| request.finished.is_some_and(|at| at < cutoff))
+            .map(|request| request.id.clone())
+            .collect()
+    }
+
+    pub fn remove(&mut self, id: &str) {
+        if let Some(request) = self.by_id.remove(id)
+            && self.pending.get(&(request.cgroup_id, request.target_key)) == Some(&request.id)
+        {
+            self.pending.remove(&(request.cgroup_id, request.target_key));
+        }
+    }
+
     /// Expires pending requests whose time is up; returns their ids.
     pub fn expire_due(&mut self, now: OffsetDateTime) -> Vec<String> {
         let mut expired = Vec::new();
         for request in self.by_id.values_mut() {
             if request.state == State::Pending && now >= request.expires {
                 request.state = State::Expired;
+                request.finished = Some(now);
                 self.pending
                     .remove(&(request.cgroup_id, request.target_key));
                 expired.push(request.id.clone());
@@ -416,10 +456,21 @@ mod tests {
         }
     }
 
-    fn new_id_of(admission: Admission<'_>) -> String {
+    /// Joins a pending request or creates one, as the core does (without its cap).
+    fn admit(requests: &mut Requests, denial: Denial, now: OffsetDateTime) -> Admission {
+        if let Some(id) = requests.pending_for(denial.cgroup_id, &denial.target_key) {
+            requests.join(&id);
+            return Admission::Joined(id);
+        }
+        let id = format!("r{}", requests.list(true).len());
+        requests.create(denial, id.clone(), now);
+        Admission::New(id)
+    }
+
+    fn new_id_of(admission: Admission) -> String {
         match admission {
-            Admission::New(request) => request.id.clone(),
-            Admission::Joined(id) => panic!("joined {id}, expected a new request"),
+            Admission::New(id) => id,
+            other => panic!("{other:?}, expected a new request"),
         }
     }
 
@@ -427,15 +478,15 @@ mod tests {
     fn repeats_join_the_pending_request() {
         let now = OffsetDateTime::now_utc();
         let mut requests = Requests::new(TTL);
-        let id = new_id_of(requests.on_denial(denial(7, 100), now));
+        let id = new_id_of(admit(&mut requests, denial(7, 100), now));
         assert_eq!(
-            requests.on_denial(denial(7, 100), now),
+            admit(&mut requests, denial(7, 100), now),
             Admission::Joined(id.clone())
         );
         assert_eq!(requests.get(&id).unwrap().attempts, 2);
         // Another cgroup or another target is another request.
-        let other_cgroup = new_id_of(requests.on_denial(denial(8, 100), now));
-        let other_target = new_id_of(requests.on_denial(denial(7, 101), now));
+        let other_cgroup = new_id_of(admit(&mut requests, denial(8, 100), now));
+        let other_target = new_id_of(admit(&mut requests, denial(7, 101), now));
         assert_ne!(other_cgroup, id);
         assert_ne!(other_target, id);
         assert_eq!(requests.list(false).len(), 3);
@@ -445,7 +496,7 @@ mod tests {
     fn decided_once() {
         let now = OffsetDateTime::now_utc();
         let mut requests = Requests::new(TTL);
-        let id = new_id_of(requests.on_denial(denial(7, 100), now));
+        let id = new_id_of(admit(&mut requests, denial(7, 100), now));
         let Ok(Outcome::Decided(request)) = requests.decide(&id, decision(Decision::Approve, now))
         else {
             panic!("one approval decides");
@@ -459,7 +510,7 @@ mod tests {
             })
         );
         // After a decision, the next denial is a new request.
-        let next = new_id_of(requests.on_denial(denial(7, 100), now));
+        let next = new_id_of(admit(&mut requests, denial(7, 100), now));
         assert_ne!(next, id);
         assert_eq!(requests.list(false).len(), 1);
         assert_eq!(requests.list(true).len(), 2);
@@ -479,7 +530,7 @@ mod tests {
     fn expired_requests_cannot_be_decided() {
         let now = OffsetDateTime::now_utc();
         let mut requests = Requests::new(TTL);
-        let id = new_id_of(requests.on_denial(denial(7, 100), now));
+        let id = new_id_of(admit(&mut requests, denial(7, 100), now));
         let later = now + TTL;
         // Past its time but before the sweep: still refused.
         assert_eq!(
@@ -499,7 +550,7 @@ mod tests {
     fn owner_never_approves_but_may_deny() {
         let now = OffsetDateTime::now_utc();
         let mut requests = Requests::new(TTL);
-        let id = new_id_of(requests.on_denial(denial(7, 100), now));
+        let id = new_id_of(admit(&mut requests, denial(7, 100), now));
         assert_eq!(
             requests.decide(&id, decision_by("olivia", Decision::Approve, now)),
             Err(DecideError::Owner {
@@ -519,7 +570,7 @@ mod tests {
         let mut requests = Requests::new(TTL);
         let mut two = denial(7, 100);
         two.approvals_required = 2;
-        let id = new_id_of(requests.on_denial(two.clone(), now));
+        let id = new_id_of(admit(&mut requests, two.clone(), now));
         assert!(matches!(
             requests.decide(&id, decision_by("alice", Decision::Approve, now)),
             Ok(Outcome::Approval { missing: 1, .. })
@@ -539,7 +590,7 @@ mod tests {
         };
         assert_eq!(request.state, State::Approved);
 
-        let other = new_id_of(requests.on_denial(two, now));
+        let other = new_id_of(admit(&mut requests, two, now));
         requests
             .decide(&other, decision_by("alice", Decision::Approve, now))
             .unwrap();
@@ -557,7 +608,7 @@ mod tests {
         let mut requests = Requests::new(TTL);
         let mut strict = denial(7, 100);
         strict.require_reason = true;
-        let id = new_id_of(requests.on_denial(strict, now));
+        let id = new_id_of(admit(&mut requests, strict, now));
         assert_eq!(
             requests.decide(&id, decision(Decision::Approve, now)),
             Err(DecideError::ReasonRequired(id.clone()))
@@ -574,23 +625,23 @@ mod tests {
     fn restored_requests_behave_as_before() {
         let now = OffsetDateTime::now_utc();
         let mut original = Requests::new(TTL);
-        let pending = new_id_of(original.on_denial(denial(7, 100), now)).clone();
-        let decided = new_id_of(original.on_denial(denial(7, 101), now));
-        let expired = new_id_of(original.on_denial(denial(7, 102), now));
+        let pending = new_id_of(admit(&mut original, denial(7, 100), now)).clone();
+        let decided = new_id_of(admit(&mut original, denial(7, 101), now));
+        let expired = new_id_of(admit(&mut original, denial(7, 102), now));
 
         let mut restored = Requests::new(TTL);
         for id in [&pending, &decided, &expired] {
             restored.restore(original.get(id).unwrap().clone());
         }
         restored.restore_decision(&decided, decision(Decision::Deny, now));
-        restored.restore_expired(&expired);
+        restored.restore_expired(&expired, now);
         assert_eq!(restored.list(false).len(), 1);
         assert_eq!(
-            restored.on_denial(denial(7, 100), now),
+            admit(&mut restored, denial(7, 100), now),
             Admission::Joined(pending.clone())
         );
         assert!(matches!(
-            restored.on_denial(denial(7, 101), now),
+            admit(&mut restored, denial(7, 101), now),
             Admission::New(_)
         ));
         assert!(

@@ -1,0 +1,511 @@
+//! The engine: the one task that owns the core, the journal and the kernel maps. Everything else
+//! reaches it through [`crate::handle`]. It feeds commands and the time into the core and
+//! carries out the effects in order: a record is on disk before anything that follows it
+//! happens, so while the journal cannot be written nothing is granted.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
+
+use gatekeeper_common::{Counter, GrantValue};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use crate::{
+    config::Config,
+    core::{Core, Effect, HookSettings, Now, Settings},
+    handle::{Command, DecideFailure, Handle, KernelInput, Status, Waiting},
+    journal::{Event, Journal, JournalError},
+    loader::{self, Kernel, LoaderError},
+    notify,
+    policy::{Policy, PolicyError},
+    requests::{Admission, Request, State},
+};
+
+/// How often time passes for the core: expiry, grant sweeps, deliveries, retention.
+const TICK: Duration = Duration::from_millis(250);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
+/// CLOCK_BOOTTIME, the clock the kernel program checks grant expiry against.
+fn boot_time_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|now| now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64)
+        // CLOCK_BOOTTIME exists on every kernel with BPF LSM; treat failure as "the start of
+        // time" so nothing is expired early: the kernel still enforces the real expiry.
+        .unwrap_or(0)
+}
+
+pub fn now() -> Now {
+    Now {
+        wall: OffsetDateTime::now_utc(),
+        boot_ns: boot_time_ns(),
+    }
+}
+
+/// Fresh random ids; if the system's randomness fails, the clock still makes them unique.
+fn random_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        Err(_) => OffsetDateTime::now_utc().unix_timestamp_nanos() as u64,
+    }
+}
+
+fn settings(config: &Config) -> Settings {
+    Settings {
+        reviewers: config.reviewers.clone(),
+        request_ttl: config.request_ttl,
+        grant_ttl: config.grant_ttl,
+        retention: config.retention,
+        max_pending: config.max_pending,
+        redeliver_interval: config.redeliver_interval,
+        hooks: config
+            .webhooks
+            .iter()
+            .map(|hook| HookSettings {
+                url: hook.url.to_string(),
+                burst: hook.burst,
+                refill: hook.refill,
+            })
+            .collect(),
+    }
+}
+
+pub struct Engine {
+    config: Arc<Config>,
+    kernel: Kernel,
+    journal: Journal,
+    core: Core,
+    policy: Policy,
+    /// Effects not carried out yet: the head waits while the journal cannot be written.
+    queue: VecDeque<Effect>,
+    journal_error: Option<String>,
+    waiters: HashMap<String, Vec<oneshot::Sender<State>>>,
+    handle: Handle,
+    client: reqwest::Client,
+    /// Set when the engine should stop, with why.
+    stopping: Option<String>,
+}
+
+impl Engine {
+    /// Opens the journal, loads the programs, fills the maps, picks up the journal's state and
+    /// only then attaches. `handle` reaches this engine once it runs (delivery results).
+    pub fn start(config: Arc<Config>, handle: Handle) -> Result<Self, EngineError> {
+        // Before anything is written: a host that cannot enforce is told so first.
+        loader::check_bpf_lsm()?;
+        let opened = Journal::open(&config.journal)?;
+        if let Some(repair) = &opened.repaired {
+            warn!(
+                offset = repair.offset,
+                bytes = repair.bytes,
+                saved_to = %repair.saved_to.display(),
+                "journal ended in a torn record; its bytes were moved aside"
+            );
+        }
+        let was_enforcing = loader::links_pinned(&config.pin_dir);
+        let mut kernel = Kernel::load(&config.pin_dir)?;
+        let policy = Policy::install(config.clone(), &mut kernel)?;
+        let start = now();
+        let mut core = Core::new(settings(&config), start, Box::new(random_id));
+        for record in &opened.records {
+            core.replay(record.time, &record.event);
+        }
+        if was_enforcing {
+            for (grant_id, key) in core.outstanding_grants() {
+                let expires = kernel
+                    .grant(&key)
+                    .filter(|value| value.grant_id == grant_id)
+                    .map(|value| value.expires_boot_ns);
+                core.adopt_grant(grant_id, expires, start);
+            }
+        } else {
+            core.void_grants();
+        }
+        kernel.attach(&config.pin_dir)?;
+        let kernel_release = nix::sys::utsname::uname()
+            .map(|uts| uts.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        core.note(Event::DaemonStarted {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            kernel: kernel_release,
+        });
+        if !was_enforcing || core.enforcing_since().is_none() {
+            core.note(Event::EnforcementInstalled {
+                pin_dir: config.pin_dir.display().to_string(),
+            });
+            core.set_enforcing_since(start.wall);
+        }
+        core.resume_grants(start);
+        let mut engine = Self {
+            config,
+            kernel,
+            journal: opened.journal,
+            core,
+            policy,
+            queue: VecDeque::new(),
+            journal_error: None,
+            waiters: HashMap::new(),
+            handle,
+            client: reqwest::Client::new(),
+            stopping: None,
+        };
+        engine.flush();
+        if let Some(error) = engine.journal_error.take() {
+            return Err(EngineError::Journal(JournalError::Io {
+                path: engine.config.journal.clone(),
+                cause: std::io::Error::other(error),
+            }));
+        }
+        // A restart from here on reads only what follows.
+        engine.checkpoint();
+        Ok(engine)
+    }
+
+    /// Takes the ring buffer for the reader task.
+    pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+        self.kernel.take_events()
+    }
+
+    /// The paths the watcher stats for replacement: (protected, allowlisted).
+    pub fn watched_paths(&self) -> (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>) {
+        self.policy.watched()
+    }
+
+    pub fn hosts(&self) -> Vec<(usize, String)> {
+        self.policy.hosts()
+    }
+
+    /// Runs until a `Stop` or `Uninstall` command, or until every handle is gone; returns why
+    /// it stopped, journaled.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> String {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while self.stopping.is_none() {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.command(command),
+                    None => self.stopping = Some("every handle is gone".into()),
+                },
+                _ = tick.tick() => {
+                    self.core.tick(now());
+                    self.flush();
+                }
+            }
+        }
+        let reason = self.stopping.take().unwrap_or_default();
+        self.core.note(Event::DaemonStopped {
+            reason: reason.clone(),
+        });
+        self.flush();
+        self.checkpoint();
+        reason
+    }
+
+    fn command(&mut self, command: Command) {
+        let at = now();
+        match command {
+            Command::Kernel(input) => self.kernel_input(input, at),
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::List { all, reply } => {
+                let _ = reply.send(self.core.list(all));
+            }
+            Command::Decide {
+                id,
+                decision,
+                reason,
+                decider,
+                reply,
+            } => {
+                if let Some(error) = &self.journal_error {
+                    let _ = reply.send(Err(DecideFailure::JournalUnwritable(error.clone())));
+                    return;
+                }
+                let result = self.core.decide(&id, decision, reason, &decider, at);
+                if let Ok(request) = &result {
+                    info!(%id, ?decision, reviewer = %decider.reviewer, state = ?request.state, "decided");
+                }
+                self.flush();
+                let result = match (result, &self.journal_error) {
+                    (Ok(_), Some(error)) => Err(DecideFailure::NotYetRecorded(error.clone())),
+                    (Ok(_), None) => self.core.get(&id).ok_or(DecideFailure::Gone),
+                    (Err(error), _) => Err(error.into()),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Refuse {
+                request_id,
+                reviewer,
+                channel,
+                why,
+            } => self.core.refuse(&request_id, reviewer, channel, why),
+            Command::Await {
+                cgroup_id,
+                id,
+                reply,
+            } => {
+                let waiting = match self.core.request_for_cgroup(cgroup_id, id.as_deref()) {
+                    None => Waiting::NoSuchRequest,
+                    Some(request) if request.state == State::Pending => {
+                        let (settled, receiver) = oneshot::channel();
+                        self.waiters
+                            .entry(request.id.clone())
+                            .or_default()
+                            .push(settled);
+                        Waiting::Pending {
+                            id: request.id,
+                            settled: receiver,
+                        }
+                    }
+                    Some(request) => Waiting::Settled {
+                        id: request.id,
+                        state: request.state,
+                    },
+                };
+                let _ = reply.send(waiting);
+            }
+            Command::DeliveryDone {
+                delivery,
+                attempts,
+                delivered,
+            } => self.core.delivery_done(delivery, attempts, delivered, at),
+            Command::Resolved { rule, addresses } => {
+                match self.policy.add_resolved(&mut self.kernel, rule, addresses) {
+                    Ok(Some(event)) => {
+                        info!("protected destination resolves to new addresses");
+                        self.core.note(event);
+                    }
+                    Ok(None) => {}
+                    Err(error) => error!(%error, "cannot protect newly resolved addresses"),
+                }
+            }
+            Command::PathsNow { protected, allowed } => {
+                for event in self.policy.follow(&mut self.kernel, &protected, &allowed) {
+                    self.core.note(event);
+                }
+            }
+            Command::Uninstall { by, reply } => {
+                let _ = reply.send(self.uninstall(&by));
+            }
+            Command::Stop { reason } => self.stopping = Some(reason),
+        }
+        self.flush();
+    }
+
+    fn kernel_input(&mut self, input: KernelInput, at: Now) {
+        match input {
+            KernelInput::Denied {
+                target,
+                filename,
+                cgroup_id,
+                cgroup,
+                process,
+            } => {
+                let denial = self
+                    .policy
+                    .denial(target, filename, cgroup_id, cgroup, process);
+                let what = denial.target.clone();
+                let cgroup = denial.cgroup.clone();
+                match self.core.on_denial(denial, at) {
+                    Admission::New(id) => {
+                        info!(%id, target = %what, %cgroup, "approval requested")
+                    }
+                    Admission::OverCap => {
+                        warn!(target = %what, %cgroup, "denied; the cgroup has its cap of pending requests")
+                    }
+                    Admission::Joined(_) => {}
+                }
+            }
+            KernelInput::Tamper {
+                hook,
+                pid,
+                uid,
+                comm,
+                cgroup,
+                detail,
+            } => {
+                warn!(%hook, pid, %cgroup, "tamper attempt denied");
+                self.core.on_tamper(Event::TamperAttempt {
+                    hook,
+                    pid,
+                    uid,
+                    comm,
+                    cgroup,
+                    detail,
+                });
+            }
+            KernelInput::GrantUsed { grant_id, pid } => {
+                if self.core.on_grant_used(grant_id, pid) {
+                    info!(grant = grant_id, pid, "grant used");
+                } else {
+                    warn!(grant = grant_id, "kernel used a grant the daemon does not know");
+                }
+            }
+        }
+    }
+
+    /// Carries out queued effects in order, stopping at a journal record that cannot be
+    /// written (it is tried again on the next tick).
+    fn flush(&mut self) {
+        self.queue.extend(self.core.take_effects());
+        while let Some(effect) = self.queue.pop_front() {
+            match effect {
+                Effect::Journal(event) => match self.journal.append(&event) {
+                    Ok(_) => {
+                        if self.journal_error.take().is_some() {
+                            info!("the journal is writable again");
+                        }
+                    }
+                    Err(error) => {
+                        if self.journal_error.is_none() {
+                            error!(%error, "journal write failed: nothing is granted until it can be written");
+                        }
+                        self.journal_error = Some(error.to_string());
+                        self.queue.push_front(Effect::Journal(event));
+                        return;
+                    }
+                },
+                Effect::PutGrant {
+                    grant_id,
+                    key,
+                    expires_boot_ns,
+                } => {
+                    let value = GrantValue {
+                        expires_boot_ns,
+                        grant_id,
+                    };
+                    let result = self
+                        .kernel
+                        .put_grant(&key, &value)
+                        .map_err(|error| error.to_string());
+                    if let Err(error) = &result {
+                        error!(%error, grant = grant_id, "the grant could not reach the kernel");
+                    }
+                    self.core.grant_put(grant_id, result, now());
+                    self.run_next();
+                }
+                Effect::TakeGrant { grant_id, key } => {
+                    let taken = self
+                        .kernel
+                        .take_grant(&key, grant_id)
+                        .map_err(|error| error.to_string());
+                    if let Err(error) = &taken {
+                        warn!(%error, grant = grant_id, "cannot take an expired grant out; trying again");
+                    }
+                    self.core.grant_taken(grant_id, taken, now());
+                    self.run_next();
+                }
+                Effect::Deliver {
+                    delivery,
+                    hook,
+                    requests,
+                } => self.deliver(delivery, hook, requests),
+                Effect::Settled { request_id, state } => {
+                    for waiter in self.waiters.remove(&request_id).unwrap_or_default() {
+                        let _ = waiter.send(state);
+                    }
+                }
+            }
+        }
+        self.waiters
+            .retain(|_, waiters| waiters.iter().any(|waiter| !waiter.is_closed()));
+        if self.journal.since_checkpoint() >= self.config.checkpoint_every {
+            self.checkpoint();
+        }
+    }
+
+    /// Effects that follow from the one just carried out come before the rest of the queue.
+    fn run_next(&mut self) {
+        for effect in self.core.take_effects().into_iter().rev() {
+            self.queue.push_front(effect);
+        }
+    }
+
+    /// Writes the core's state, if every earlier record is on disk.
+    fn checkpoint(&mut self) {
+        if !self.queue.is_empty() {
+            return;
+        }
+        let state = self.core.snapshot();
+        if let Err(error) = self.journal.append(&Event::Checkpoint { state }) {
+            warn!(%error, "cannot write a checkpoint");
+        }
+    }
+
+    fn deliver(&self, delivery: u64, hook: usize, requests: Vec<Request>) {
+        let Some(webhook) = self.config.webhooks.get(hook).cloned() else {
+            return;
+        };
+        let body = match serde_json::to_vec(&notify::message(&webhook.kind, &requests)) {
+            Ok(body) => body,
+            Err(error) => {
+                error!(%error, "cannot encode request message");
+                return;
+            }
+        };
+        let client = self.client.clone();
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            let mut attempts = Vec::new();
+            let delivered =
+                notify::deliver(&client, &webhook, &body, |attempt| attempts.push(attempt)).await;
+            handle
+                .send(Command::DeliveryDone {
+                    delivery,
+                    attempts,
+                    delivered,
+                })
+                .await;
+        });
+    }
+
+    fn status(&self) -> Status {
+        let counts = self.core.counts();
+        Status {
+            enforcing: loader::links_pinned(&self.config.pin_dir),
+            since: self.core.enforcing_since(),
+            pid: std::process::id(),
+            pending_requests: counts.pending,
+            retained_requests: counts.retained,
+            active_grants: counts.grants,
+            denials_over_cap: counts.over_cap,
+            denied: self.kernel.counter(Counter::Denied),
+            grants_used: self.kernel.counter(Counter::GrantsUsed),
+            events_dropped: self.kernel.counter(Counter::EventsDropped),
+            tamper_attempts: self.kernel.counter(Counter::Tamper),
+            journal_writable: self.journal_error.is_none(),
+            journal_error: self.journal_error.clone(),
+            protected: self.policy.protected_status(),
+        }
+    }
+
+    /// Ends enforcement for good: journals it and removes the pins, which detaches the programs.
+    fn uninstall(&mut self, by: &str) -> Result<(), String> {
+        let pin_dir = self.config.pin_dir.clone();
+        self.core.note(Event::Uninstalled {
+            pin_dir: pin_dir.display().to_string(),
+            by: by.to_owned(),
+        });
+        self.flush();
+        if let Some(error) = &self.journal_error {
+            return Err(format!("the journal cannot be written: {error}"));
+        }
+        loader::uninstall(&pin_dir).map_err(|error| error.to_string())?;
+        self.stopping = Some("uninstalled".into());
+        Ok(())
+    }
+}

@@ -1,0 +1,146 @@
+//! Kernel events become inputs for the engine: decoded from the ring buffer and completed with
+//! what /proc and cgroupfs say of the process, here, so that no blocking read runs in the engine.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use gatekeeper_common::{EventKind, TamperHook};
+use tracing::warn;
+
+use crate::{
+    cgroups,
+    events::{EventReader, KernelEvent},
+    handle::{Command, Handle, KernelInput},
+    requests::{Parent, Process},
+};
+
+/// Cgroup names remembered at most (a cgroup's id is not reused while it exists).
+const CGROUP_NAMES: usize = 1024;
+
+pub fn user_name(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(uid.into())
+        .ok()
+        .flatten()
+        .map(|user| user.name)
+}
+
+/// What /proc still tells about the process that was denied.
+fn describe_process(event: &KernelEvent) -> Process {
+    let proc_dir = PathBuf::from(format!("/proc/{}", event.pid));
+    let argv = std::fs::read(proc_dir.join("cmdline")).ok().map(|raw| {
+        raw.split(|byte| *byte == 0)
+            .filter(|arg| !arg.is_empty())
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .collect()
+    });
+    let parent = std::fs::read_to_string(proc_dir.join("stat"))
+        .ok()
+        .and_then(|stat| {
+            // The command name may hold spaces and parentheses; fields resume after the last ')'.
+            let (_, rest) = stat.rsplit_once(')')?;
+            rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+        })
+        .map(|pid| Parent {
+            pid,
+            comm: std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .ok()
+                .map(|comm| comm.trim_end().to_owned()),
+        });
+    Process {
+        pid: event.pid,
+        tgid: event.tgid,
+        uid: event.uid,
+        user: user_name(event.uid),
+        comm: event.comm.clone(),
+        argv,
+        parent,
+    }
+}
+
+/// Names cgroups by id, walking cgroupfs below the agent cgroups once per cgroup.
+struct CgroupNames {
+    roots: Vec<PathBuf>,
+    known: HashMap<u64, String>,
+}
+
+impl CgroupNames {
+    fn name(&mut self, id: u64) -> String {
+        if let Some(name) = self.known.get(&id) {
+            return name.clone();
+        }
+        let Some(path) = cgroups::find_by_id(&self.roots, id) else {
+            return format!("cgroup id {id}");
+        };
+        if self.known.len() >= CGROUP_NAMES {
+            self.known.clear();
+        }
+        let name = path.display().to_string();
+        self.known.insert(id, name.clone());
+        name
+    }
+}
+
+fn describe(event: KernelEvent, names: &mut CgroupNames) -> KernelInput {
+    match event.kind {
+        EventKind::Denied => KernelInput::Denied {
+            process: describe_process(&event),
+            cgroup: names.name(event.cgroup_id),
+            target: event.target,
+            filename: event.filename,
+            cgroup_id: event.cgroup_id,
+        },
+        EventKind::Tamper => KernelInput::Tamper {
+            hook: TamperHook::from_raw(event.target.aux)
+                .map_or("unknown", TamperHook::name)
+                .to_owned(),
+            pid: event.pid,
+            uid: event.uid,
+            comm: event.comm,
+            cgroup: names.name(event.cgroup_id),
+            detail: event.target.data,
+        },
+        EventKind::GrantUsed => KernelInput::GrantUsed {
+            grant_id: event.grant_id,
+            pid: event.pid,
+        },
+    }
+}
+
+/// Reads the ring buffer until the engine is gone, in order, completing each event off the
+/// async threads.
+pub async fn forward_events(
+    mut reader: EventReader,
+    roots: Vec<PathBuf>,
+    handle: Handle,
+) -> std::io::Result<()> {
+    let mut names = Some(CgroupNames {
+        roots,
+        known: HashMap::new(),
+    });
+    loop {
+        let batch = reader.next_batch().await?;
+        let Some(mut owned) = names.take() else {
+            return Ok(());
+        };
+        let (inputs, returned) = tokio::task::spawn_blocking(move || {
+            let inputs: Vec<KernelInput> = batch
+                .into_iter()
+                .filter_map(|event| match event {
+                    Ok(event) => Some(describe(event, &mut owned)),
+                    Err(error) => {
+                        warn!(%error, "undecodable kernel event");
+                        None
+                    }
+                })
+                .collect();
+            (inputs, owned)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        names = Some(returned);
+        for input in inputs {
+            if !handle.send(Command::Kernel(input)).await {
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! How the daemon's tasks talk to the engine, the one task that owns the core, the journal and
+//! the kernel maps: commands over a channel, answers over oneshot channels.
+
+use std::net::IpAddr;
+
+use gatekeeper_common::Target;
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    core::{Decider, DecisionFailure, DeliveryAttempt},
+    requests::{Decision, Process, Request, State},
+};
+
+/// Commands queued for the engine at most; senders wait beyond that (backpressure, not loss).
+pub const QUEUE: usize = 1024;
+
+/// A kernel event, with what /proc and cgroupfs told about it (read outside the engine).
+#[derive(Debug, Clone)]
+pub enum KernelInput {
+    Denied {
+        target: Target,
+        filename: String,
+        cgroup_id: u64,
+        /// The cgroup's path, or `cgroup id N` when it could not be named.
+        cgroup: String,
+        process: Process,
+    },
+    Tamper {
+        hook: String,
+        pid: u32,
+        uid: u32,
+        comm: String,
+        cgroup: String,
+        detail: [u64; 2],
+    },
+    GrantUsed {
+        grant_id: u64,
+        pid: u32,
+    },
+}
+
+/// Why the engine could not take a decision.
+#[derive(Debug, thiserror::Error)]
+pub enum DecideFailure {
+    #[error(transparent)]
+    Decision(#[from] DecisionFailure),
+    #[error(
+        "the journal cannot be written ({0}); no decision is taken until it can, so nothing is granted unrecorded"
+    )]
+    JournalUnwritable(String),
+    #[error(
+        "the decision is taken but the journal cannot be written ({0}): it takes effect, and any grant reaches the kernel, only once it is recorded"
+    )]
+    NotYetRecorded(String),
+    #[error("the daemon is shutting down")]
+    Gone,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub enforcing: bool,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub since: Option<OffsetDateTime>,
+    pub pid: u32,
+    pub pending_requests: usize,
+    /// Finished requests still held in memory (all stay in the journal).
+    pub retained_requests: usize,
+    pub active_grants: usize,
+    /// Denials not turned into requests because their cgroup had its cap of pending ones.
+    pub denials_over_cap: u64,
+    pub denied: u64,
+    pub grants_used: u64,
+    pub events_dropped: u64,
+    pub tamper_attempts: u64,
+    pub journal_writable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub journal_error: Option<String>,
+    pub protected: Vec<ProtectedStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProtectedStatus {
+    pub name: String,
+    pub path: String,
+    pub dev: Option<u32>,
+    pub ino: Option<u64>,
+}
+
+/// What `await` learns at once: the request it waits on and, while pending, where the answer
+/// will come from.
+pub enum Waiting {
+    Settled { id: String, state: State },
+    Pending { id: String, settled: oneshot::Receiver<State> },
+    NoSuchRequest,
+}
+
+pub enum Command {
+    Kernel(KernelInput),
+    Status(oneshot::Sender<Status>),
+    List {
+        all: bool,
+        reply: oneshot::Sender<Vec<Request>>,
+    },
+    Decide {
+        id: String,
+        decision: Decision,
+        reason: Option<String>,
+        decider: Decider,
+        reply: oneshot::Sender<Result<Request, DecideFailure>>,
+    },
+    /// A decision refused before it reached a request (e.g. an unmapped Slack user).
+    Refuse {
+        request_id: String,
+        reviewer: Option<String>,
+        channel: &'static str,
+        why: String,
+    },
+    Await {
+        cgroup_id: u64,
+        id: Option<String>,
+        reply: oneshot::Sender<Waiting>,
+    },
+    DeliveryDone {
+        delivery: u64,
+        attempts: Vec<DeliveryAttempt>,
+        delivered: bool,
+    },
+    /// Addresses a `host` rule resolves to now.
+    Resolved {
+        rule: usize,
+        addresses: Vec<IpAddr>,
+    },
+    /// What the protected and allowlisted paths name now (None: not there this moment).
+    PathsNow {
+        protected: Vec<Option<Target>>,
+        allowed: Vec<Option<Target>>,
+    },
+    Uninstall {
+        by: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Stop (a signal): the pinned programs keep enforcing.
+    Stop { reason: String },
+}
+
+/// A cheap, cloneable way to reach the engine.
+#[derive(Clone)]
+pub struct Handle {
+    commands: mpsc::Sender<Command>,
+}
+
+impl Handle {
+    pub fn new(commands: mpsc::Sender<Command>) -> Self {
+        Self { commands }
+    }
+
+    /// Sends without waiting for an answer; false once the engine is gone.
+    pub async fn send(&self, command: Command) -> bool {
+        self.commands.send(command).await.is_ok()
+    }
+
+    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        if !self.send(command(reply)).await {
+            return None;
+        }
+        answer.await.ok()
+    }
+
+    pub async fn status(&self) -> Option<Status> {
+        self.ask(Command::Status).await
+    }
+
+    pub async fn list(&self, all: bool) -> Option<Vec<Request>> {
+        self.ask(|reply| Command::List { all, reply }).await
+    }
+
+    pub async fn decide(
+        &self,
+        id: String,
+        decision: Decision,
+        reason: Option<String>,
+        decider: Decider,
+    ) -> Result<Request, DecideFailure> {
+        self.ask(|reply| Command::Decide {
+            id,
+            decision,
+            reason,
+            decider,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(DecideFailure::Gone))
+    }
+
+    pub async fn refuse(
+        &self,
+        request_id: String,
+        reviewer: Option<String>,
+        channel: &'static str,
+        why: String,
+    ) {
+        self.send(Command::Refuse {
+            request_id,
+            reviewer,
+            channel,
+            why,
+        })
+        .await;
+    }
+
+    pub async fn wait_on(&self, cgroup_id: u64, id: Option<String>) -> Waiting {
+        self.ask(|reply| Command::Await {
+            cgroup_id,
+            id,
+            reply,
+        })
+        .await
+        .unwrap_or(Waiting::NoSuchRequest)
+    }
+
+    pub async fn uninstall(&self, by: String) -> Result<(), String> {
+        self.ask(|reply| Command::Uninstall { by, reply })
+            .await
+            .unwrap_or_else(|| Err("the daemon is shutting down".into()))
+    }
+}

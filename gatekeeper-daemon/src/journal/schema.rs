@@ -1,0 +1,289 @@
+//! The journal's record types, format 1: what auditors read and what a restarted daemon replays.
+//!
+//! These types are the file format, kept apart from the daemon's in-memory structs so that a
+//! field added to a request does not change (or break) the journal. Every field added in a later
+//! format gets a serde default, so journals written before it still open. See
+//! `docs/journal-format.md`.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// The format this build writes (records carry it as `"v"`; records without one are format 0).
+pub const FORMAT: u32 = 1;
+
+/// What happened. The `type` tag and the field names are the format.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Event {
+    DaemonStarted {
+        version: String,
+        pid: u32,
+        kernel: String,
+    },
+    DaemonStopped {
+        reason: String,
+    },
+    /// Programs attached and pinned where none were: enforcement starts here.
+    EnforcementInstalled {
+        pin_dir: String,
+    },
+    /// `gatekeeper uninstall`: enforcement ends here.
+    Uninstalled {
+        pin_dir: String,
+        by: String,
+    },
+    ProtectionUpdated {
+        path: String,
+        dev: u32,
+        ino: u64,
+    },
+    /// A `host` destination now resolves to (also) these addresses.
+    HostResolved {
+        rule: String,
+        host: String,
+        addresses: Vec<String>,
+    },
+    RequestCreated {
+        request: RequestRecord,
+    },
+    /// One delivery attempt to one webhook, of one request or of a digest of several.
+    WebhookDelivery {
+        request_ids: Vec<String>,
+        url: String,
+        attempt: u32,
+        delivered: bool,
+        status: Option<u16>,
+        error: Option<String>,
+    },
+    Decision {
+        request_id: String,
+        decision: Verdict,
+        reviewer: String,
+        reason: Option<String>,
+        channel: String,
+    },
+    DecisionRefused {
+        request_id: String,
+        reviewer: Option<String>,
+        channel: String,
+        why: String,
+    },
+    /// Written once the grant is in the kernel, never before.
+    GrantIssued {
+        grant_id: u64,
+        request_id: String,
+        #[serde(with = "time::serde::rfc3339")]
+        expires: OffsetDateTime,
+    },
+    /// The approval stands but its grant could not be put into the kernel.
+    GrantFailed {
+        grant_id: u64,
+        request_id: String,
+        error: String,
+    },
+    GrantUsed {
+        grant_id: u64,
+        request_id: String,
+        /// None when the kernel's event was lost (ring buffer full) and only the consumed map
+        /// entry tells that the grant was used.
+        pid: Option<u32>,
+    },
+    GrantExpired {
+        grant_id: u64,
+        request_id: String,
+    },
+    /// An agent tried to disable or walk around the enforcer, and was denied.
+    TamperAttempt {
+        hook: String,
+        pid: u32,
+        uid: u32,
+        comm: String,
+        cgroup: String,
+        /// Hook-specific: e.g. (target pid, signal), (bpf command, 0).
+        detail: [u64; 2],
+    },
+    RequestExpired {
+        request_id: String,
+    },
+    /// An agent cgroup reached its cap of pending requests: further distinct denials are counted
+    /// on its open requests instead of becoming requests, until one is decided or expires.
+    PendingCapReached {
+        cgroup: String,
+        cap: u32,
+    },
+    /// The last line was torn (e.g. power loss mid-write): its bytes were moved aside.
+    JournalRepaired {
+        offset: u64,
+        bytes: u64,
+        saved_to: String,
+    },
+    /// The daemon's state at this point: a restart replays from the last checkpoint on.
+    Checkpoint {
+        state: Snapshot,
+    },
+}
+
+impl Event {
+    /// The `type` tag, as written.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::DaemonStarted { .. } => "daemon_started",
+            Self::DaemonStopped { .. } => "daemon_stopped",
+            Self::EnforcementInstalled { .. } => "enforcement_installed",
+            Self::Uninstalled { .. } => "uninstalled",
+            Self::ProtectionUpdated { .. } => "protection_updated",
+            Self::HostResolved { .. } => "host_resolved",
+            Self::RequestCreated { .. } => "request_created",
+            Self::WebhookDelivery { .. } => "webhook_delivery",
+            Self::Decision { .. } => "decision",
+            Self::DecisionRefused { .. } => "decision_refused",
+            Self::GrantIssued { .. } => "grant_issued",
+            Self::GrantFailed { .. } => "grant_failed",
+            Self::GrantUsed { .. } => "grant_used",
+            Self::GrantExpired { .. } => "grant_expired",
+            Self::TamperAttempt { .. } => "tamper_attempt",
+            Self::RequestExpired { .. } => "request_expired",
+            Self::PendingCapReached { .. } => "pending_cap_reached",
+            Self::JournalRepaired { .. } => "journal_repaired",
+            Self::Checkpoint { .. } => "checkpoint",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Approve,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestKind {
+    Exec,
+    Connect,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestState {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+}
+
+/// The kernel's key for what was attempted.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TargetRecord {
+    pub kind: u32,
+    pub aux: u32,
+    pub data: [u64; 2],
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DestinationRecord {
+    pub address: String,
+    pub port: u16,
+    pub protocol: String,
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProcessRecord {
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    #[serde(default)]
+    pub user: Option<String>,
+    pub comm: String,
+    #[serde(default)]
+    pub argv: Option<Vec<String>>,
+    #[serde(default)]
+    pub parent: Option<ParentRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ParentRecord {
+    pub pid: u32,
+    #[serde(default)]
+    pub comm: Option<String>,
+}
+
+/// A request as it was created: what was asked, by whom, under which rule.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RequestRecord {
+    pub id: String,
+    pub kind: RequestKind,
+    pub rule: String,
+    pub target: String,
+    pub target_key: TargetRecord,
+    #[serde(default)]
+    pub destination: Option<DestinationRecord>,
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    pub process: ProcessRecord,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires: OffsetDateTime,
+    #[serde(default)]
+    pub owner: Option<String>,
+    pub approvals_required: u32,
+    #[serde(default)]
+    pub require_reason: bool,
+}
+
+/// One reviewer's decision, with when it was taken.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DecisionRecord {
+    pub decision: Verdict,
+    pub reviewer: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    pub channel: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// A request in a checkpoint: as created, and where it stands.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RequestSnapshot {
+    pub request: RequestRecord,
+    pub state: RequestState,
+    pub attempts: u32,
+    #[serde(default)]
+    pub approvals: Vec<DecisionRecord>,
+    #[serde(default)]
+    pub decision: Option<DecisionRecord>,
+    #[serde(default)]
+    pub grant_id: Option<u64>,
+    #[serde(default)]
+    pub grant_error: Option<String>,
+    /// When it left pending.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub finished: Option<OffsetDateTime>,
+    /// URLs of the webhooks that have had it.
+    #[serde(default)]
+    pub delivered_to: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GrantSnapshot {
+    pub grant_id: u64,
+    pub request_id: String,
+}
+
+/// What a restarted daemon needs to pick up: open and recently finished requests, and grants
+/// that may still be used.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Snapshot {
+    /// When enforcement was last installed, if it still is.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub enforcing_since: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub requests: Vec<RequestSnapshot>,
+    #[serde(default)]
+    pub grants: Vec<GrantSnapshot>,
+}

@@ -1,0 +1,175 @@
+//! `gatekeeper daemon`: starts the engine and the tasks around it, and wires them together.
+//!
+//! The engine owns the state; the ring-buffer reader, the path watcher, the resolver, the local
+//! socket, the HTTP listener and the signal handler only send it commands.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::{
+    api::{self, ApiError, HttpState, LocalApi},
+    config::Config,
+    engine::{Engine, EngineError},
+    enrich,
+    events::EventReader,
+    handle::{self, Command, Handle},
+    policy::exec_target_of,
+};
+
+/// How often protected paths are checked for replacement (the promise is within 2 s).
+const PATHS_INTERVAL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("event ring buffer: {0}")]
+    Events(std::io::Error),
+    #[error("signal handler: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Raises the soft open-file limit to the hard one: connections must never starve the daemon
+/// of descriptors for its journal and maps.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                warn!(%error, "cannot raise the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(error) => warn!(%error, "cannot read the open-file limit"),
+    }
+}
+
+/// Stats the watched paths every [`PATHS_INTERVAL`] off the async threads.
+async fn watch_paths(paths: (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>), handle: Handle) {
+    let paths = Arc::new(paths);
+    let mut interval = tokio::time::interval(PATHS_INTERVAL);
+    loop {
+        interval.tick().await;
+        let paths = paths.clone();
+        let stat = tokio::task::spawn_blocking(move || {
+            let now = |list: &[std::path::PathBuf]| {
+                list.iter()
+                    .map(|path| exec_target_of(path).ok())
+                    .collect::<Vec<_>>()
+            };
+            (now(&paths.0), now(&paths.1))
+        });
+        let Ok((protected, allowed)) = stat.await else {
+            continue;
+        };
+        if !handle.send(Command::PathsNow { protected, allowed }).await {
+            return;
+        }
+    }
+}
+
+/// Resolves every host rule again each interval; a failed lookup keeps what was protected.
+async fn resolve_hosts(hosts: Vec<(usize, String)>, interval: Duration, handle: Handle) {
+    if hosts.is_empty() {
+        return;
+    }
+    let mut ticks = tokio::time::interval(interval);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        for (rule, host) in &hosts {
+            match tokio::net::lookup_host((host.as_str(), 0)).await {
+                Ok(addresses) => {
+                    let addresses = addresses.map(|address| address.ip()).collect();
+                    if !handle.send(Command::Resolved { rule: *rule, addresses }).await {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    warn!(%host, %error, "cannot resolve protected host; keeping its addresses")
+                }
+            }
+        }
+    }
+}
+
+/// Runs the daemon until SIGINT, SIGTERM or `gatekeeper uninstall`.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    raise_open_file_limit();
+    let config = Arc::new(config);
+    let (commands, inbox) = mpsc::channel(handle::QUEUE);
+    let handle = Handle::new(commands);
+    let mut engine = Engine::start(config.clone(), handle.clone())?;
+    let ring = engine
+        .take_events()
+        .ok_or_else(|| DaemonError::Events(std::io::Error::other("ring buffer already taken")))?;
+    let reader = EventReader::new(ring).map_err(DaemonError::Events)?;
+
+    let local = LocalApi::bind(&config, handle.clone())?;
+    let http = match config.listen {
+        Some(addr) => Some(api::bind_http(addr, HttpState::new(&config, handle.clone())).await?),
+        None => None,
+    };
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(DaemonError::Signals)?;
+    info!(socket = %config.socket.display(), listen = ?config.listen, "enforcing");
+
+    let events = tokio::spawn(enrich::forward_events(
+        reader,
+        config.agent_cgroups.clone(),
+        handle.clone(),
+    ));
+    let paths = tokio::spawn(watch_paths(engine.watched_paths(), handle.clone()));
+    let resolver = tokio::spawn(resolve_hosts(
+        engine.hosts(),
+        config.resolve_interval,
+        handle.clone(),
+    ));
+    let local = tokio::spawn(local.serve());
+    let http = http.map(tokio::spawn);
+    let signals = {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            handle
+                .send(Command::Stop {
+                    reason: "stopped; pinned programs keep enforcing".into(),
+                })
+                .await;
+        })
+    };
+    let watchdog = {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            // A reader that stops would leave denials unanswered: stop loudly instead.
+            let reason = match events.await {
+                Ok(Ok(())) => return,
+                Ok(Err(error)) => format!("event ring buffer failed: {error}"),
+                Err(error) => format!("event reader failed: {error}"),
+            };
+            handle.send(Command::Stop { reason }).await;
+        })
+    };
+    drop(handle);
+
+    let reason = engine.run(inbox).await;
+    info!(%reason, "stopping");
+    for task in [paths, resolver, local, signals, watchdog] {
+        task.abort();
+    }
+    if let Some(http) = http {
+        http.abort();
+    }
+    let _ = std::fs::remove_file(&config.socket);
+    if reason.starts_with("event") {
+        return Err(DaemonError::Events(std::io::Error::other(reason)));
+    }
+    Ok(())
+}
