@@ -150,6 +150,9 @@ pub struct Options {
     pub webhook_attempts: u32,
     /// Give the webhook a URL nobody listens on yet (see `Scenario::bring_webhook_up`).
     pub webhook_down: bool,
+    /// Keep the journal in this subdirectory of the scenario's (e.g. to mount a small
+    /// filesystem there).
+    pub journal_subdir: Option<&'static str>,
 }
 
 impl Default for Options {
@@ -163,6 +166,7 @@ impl Default for Options {
             redeliver_interval: "30s",
             webhook_attempts: 5,
             webhook_down: false,
+            journal_subdir: None,
         }
     }
 }
@@ -238,7 +242,13 @@ impl Scenario {
             .or_else(|| webhook_down_port.map(|port| format!("http://127.0.0.1:{port}/hook")));
         let port = free_port();
         let socket = dir.join("api.sock");
-        let journal = dir.join("journal.jsonl");
+        let journal = match options.journal_subdir {
+            Some(subdir) => {
+                std::fs::create_dir_all(dir.join(subdir)).unwrap();
+                dir.join(subdir).join("journal.jsonl")
+            }
+            None => dir.join("journal.jsonl"),
+        };
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/gk-{name}"));
         let webhook_section = webhook_url
             .map(|url| {
@@ -504,6 +514,33 @@ request_ttl = "{request_ttl}"
             op,
             address,
         ])
+    }
+
+    /// One operation from a fresh process in `cgroup` to each of `count` ports from
+    /// `first_port`: (passed, denied, other).
+    pub fn sweep(
+        &self,
+        cgroup: &Path,
+        op: &str,
+        address: &str,
+        first_port: u16,
+        count: u16,
+    ) -> (usize, usize, usize) {
+        race_counts(&[
+            "sweep",
+            &cgroup.display().to_string(),
+            op,
+            address,
+            &first_port.to_string(),
+            &count.to_string(),
+        ])
+    }
+
+    /// `gatekeeper status --json` as root outside the agent cgroups.
+    pub fn status(&self) -> Value {
+        let output = self.gatekeeper(&["status", "--json"]);
+        assert!(output.status.success(), "status failed: {output:?}");
+        serde_json::from_slice(&output.stdout).expect("status --json is JSON")
     }
 
     pub fn requests(&self, all: bool) -> Vec<Value> {

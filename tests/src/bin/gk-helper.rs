@@ -21,6 +21,8 @@ const USAGE: &str = "usage: gk-helper target
   | net CGROUP OP ADDRESS:PORT         (OP: tcp, udp, sendto, sendmmsg, fastopen)
   | race-net CGROUP THREADS OP ADDRESS:PORT
   | tamper CGROUP OP [ARGS...]             (see `tamper` below)
+  | sweep CGROUP OP ADDRESS FIRST_PORT COUNT   (one OP to each of COUNT ports)
+  | hold SOCKET COUNT SECONDS              (open COUNT connections to a unix socket, keep them)
 CGROUP may be - to stay where the helper is.";
 
 fn join_cgroup(cgroup: &str) -> Result<(), String> {
@@ -434,6 +436,42 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
     }
 }
 
+/// One operation to each of `count` consecutive ports: `passed= denied= other=`.
+fn sweep(op: &str, address: std::net::IpAddr, first_port: u16, count: u16) -> String {
+    let (mut passed, mut denied, mut other) = (0, 0, 0);
+    for port in first_port..first_port.saturating_add(count) {
+        match net(op, &SocketAddr::new(address, port)) {
+            Ok(()) => passed += 1,
+            Err(libc::EPERM) => denied += 1,
+            Err(_) => other += 1,
+        }
+    }
+    format!("passed={passed} denied={denied} other={other}")
+}
+
+/// Opens up to `count` connections to the unix socket at `path` and keeps them for `seconds`;
+/// prints `held=N` once they are open.
+fn hold(path: &str, count: usize, seconds: u64) {
+    // As many descriptors as this user may have.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+    let held: Vec<std::os::unix::net::UnixStream> = (0..count)
+        .map_while(|_| std::os::unix::net::UnixStream::connect(path).ok())
+        .collect();
+    println!("held={}", held.len());
+    std::thread::sleep(Duration::from_secs(seconds));
+    drop(held);
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -479,6 +517,20 @@ fn main() -> ExitCode {
                 let threads = threads.parse().map_err(|_| ExitCode::from(2))?;
                 let op = op.to_string();
                 println!("{}", race(threads, move || net(&op, &target)));
+            }
+            ["sweep", cgroup, op, address, first_port, count] => {
+                let address = address
+                    .parse()
+                    .map_err(|_| ExitCode::from(2))?;
+                let first_port = first_port.parse().map_err(|_| ExitCode::from(2))?;
+                let count = count.parse().map_err(|_| ExitCode::from(2))?;
+                joined(cgroup)?;
+                println!("{}", sweep(op, address, first_port, count));
+            }
+            ["hold", socket, count, seconds] => {
+                let count = count.parse().map_err(|_| ExitCode::from(2))?;
+                let seconds = seconds.parse().map_err(|_| ExitCode::from(2))?;
+                hold(socket, count, seconds);
             }
             _ => {
                 eprintln!("{USAGE}");

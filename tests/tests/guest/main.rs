@@ -4,6 +4,7 @@
 mod connect;
 mod defend;
 mod exec;
+mod limits;
 mod reviewers;
 mod survival;
 
