@@ -119,13 +119,16 @@ pub enum ApiError {
     Serve(std::io::Error),
 }
 
+/// Connections held per uid.
+type UserCounts = Arc<Mutex<HashMap<u32, usize>>>;
+
 /// Connections the local socket holds at once: in all, from one non-root user, and from agent
 /// cgroups together, so that neither a user nor an agent can crowd reviewers out.
 #[derive(Clone)]
 struct Limits {
     total: Arc<Semaphore>,
     agents: Arc<Semaphore>,
-    per_user: Arc<Mutex<HashMap<u32, usize>>>,
+    per_user: UserCounts,
     per_user_max: usize,
 }
 
@@ -133,13 +136,15 @@ struct Limits {
 struct Admitted {
     _total: OwnedSemaphorePermit,
     _agent: Option<OwnedSemaphorePermit>,
-    user: Option<(Arc<Mutex<HashMap<u32, usize>>>, u32)>,
+    user: Option<(UserCounts, u32)>,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
         if let Some((per_user, uid)) = &self.user {
-            let mut counts = per_user.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut counts = per_user
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             if let Some(count) = counts.get_mut(uid) {
                 *count = count.saturating_sub(1);
                 if *count == 0 {
@@ -336,7 +341,11 @@ impl Connection {
     async fn answer(&self, call: LocalCall) -> LocalReply {
         let gone = || LocalReply::error("the daemon is shutting down");
         match call {
-            LocalCall::Status => self.handle.status().await.map_or_else(gone, LocalReply::data),
+            LocalCall::Status => self
+                .handle
+                .status()
+                .await
+                .map_or_else(gone, LocalReply::data),
             LocalCall::List { all } => {
                 // Requests carry agents' command lines: only those who may decide see them.
                 let decider = match self.decider() {
@@ -348,7 +357,10 @@ impl Connection {
                 {
                     return LocalReply::error(refusal.to_string());
                 }
-                self.handle.list(all).await.map_or_else(gone, LocalReply::data)
+                self.handle
+                    .list(all)
+                    .await
+                    .map_or_else(gone, LocalReply::data)
             }
             LocalCall::Await { id, timeout_ms } => {
                 self.await_decision(id, Duration::from_millis(timeout_ms))
@@ -398,12 +410,15 @@ impl Connection {
             Waiting::Settled { id, state } => {
                 LocalReply::data(serde_json::json!({"id": id, "state": state}))
             }
-            Waiting::Pending { id, settled } => match tokio::time::timeout(timeout, settled).await
-            {
-                Ok(Ok(state)) => LocalReply::data(serde_json::json!({"id": id, "state": state})),
-                Ok(Err(_)) => LocalReply::error("the daemon is shutting down"),
-                Err(_) => LocalReply::data(serde_json::json!({"id": id, "state": "timeout"})),
-            },
+            Waiting::Pending { id, settled } => {
+                match tokio::time::timeout(timeout, settled).await {
+                    Ok(Ok(state)) => {
+                        LocalReply::data(serde_json::json!({"id": id, "state": state}))
+                    }
+                    Ok(Err(_)) => LocalReply::error("the daemon is shutting down"),
+                    Err(_) => LocalReply::data(serde_json::json!({"id": id, "state": "timeout"})),
+                }
+            }
         }
     }
 }

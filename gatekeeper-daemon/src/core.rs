@@ -128,7 +128,9 @@ enum GrantPhase {
     /// Asked out of the kernel at expiry.
     Taking,
     /// Gone from the kernel without the daemon taking it: consumed, its event on the way.
-    Consumed { since_boot_ns: u64 },
+    Consumed {
+        since_boot_ns: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -244,7 +246,10 @@ impl Core {
     /// A kernel denial. Repeats of a pending (cgroup, target) join it; a cgroup at its cap of
     /// pending requests gets no new one, only a count on the open ones.
     pub fn on_denial(&mut self, denial: Denial, now: Now) -> Admission {
-        if let Some(id) = self.requests.pending_for(denial.cgroup_id, &denial.target_key) {
+        if let Some(id) = self
+            .requests
+            .pending_for(denial.cgroup_id, &denial.target_key)
+        {
             self.requests.join(&id);
             return Admission::Joined(id);
         }
@@ -262,7 +267,7 @@ impl Core {
         let id = self.request_id();
         let request = self.requests.create(denial, id.clone(), now.wall).clone();
         self.journal(Event::RequestCreated {
-            request: records::request_record(&request),
+            request: Box::new(records::request_record(&request)),
         });
         self.schedule_deliveries(now);
         Admission::New(id)
@@ -287,7 +292,13 @@ impl Core {
     }
 
     /// Journals a decision refused before it reached a request (e.g. an unmapped Slack user).
-    pub fn refuse(&mut self, request_id: &str, reviewer: Option<String>, channel: &str, why: String) {
+    pub fn refuse(
+        &mut self,
+        request_id: &str,
+        reviewer: Option<String>,
+        channel: &str,
+        why: String,
+    ) {
         self.journal(Event::DecisionRefused {
             request_id: request_id.to_owned(),
             reviewer,
@@ -311,7 +322,12 @@ impl Core {
             &decider.reviewer,
             decider.caller_is_agent,
         ) {
-            self.refuse(id, Some(decider.reviewer.clone()), decider.channel, refusal.to_string());
+            self.refuse(
+                id,
+                Some(decider.reviewer.clone()),
+                decider.channel,
+                refusal.to_string(),
+            );
             return Err(refusal.into());
         }
         let info = DecisionInfo {
@@ -323,7 +339,12 @@ impl Core {
         };
         if let Err(error) = self.requests.check(id, &info) {
             if !matches!(error, DecideError::NotFound(_)) {
-                self.refuse(id, Some(decider.reviewer.clone()), decider.channel, error.to_string());
+                self.refuse(
+                    id,
+                    Some(decider.reviewer.clone()),
+                    decider.channel,
+                    error.to_string(),
+                );
             }
             return Err(error.into());
         }
@@ -414,7 +435,8 @@ impl Core {
             }
             Err(error) => {
                 self.grants.remove(&grant_id);
-                self.requests.set_grant_error(&grant.request_id, error.clone());
+                self.requests
+                    .set_grant_error(&grant.request_id, error.clone());
                 self.journal(Event::GrantFailed {
                     grant_id,
                     request_id: grant.request_id,
@@ -583,7 +605,10 @@ impl Core {
                 let delivery = (self.ids)();
                 let ids: Vec<String> = due.iter().map(|request| request.id.clone()).collect();
                 for id in &ids {
-                    self.deliveries.entry((id.clone(), hook)).or_default().in_flight = true;
+                    self.deliveries
+                        .entry((id.clone(), hook))
+                        .or_default()
+                        .in_flight = true;
                 }
                 self.in_flight.insert(delivery, (hook, ids));
                 let requests = due
@@ -605,7 +630,10 @@ impl Core {
     }
 
     pub fn get(&self, id: &str) -> Option<Request> {
-        self.requests.get(id).cloned().map(|r| self.with_over_cap(r))
+        self.requests
+            .get(id)
+            .cloned()
+            .map(|r| self.with_over_cap(r))
     }
 
     /// Pending requests, or all still in memory with `all`, oldest first.
@@ -736,8 +764,7 @@ impl Core {
                 self.grants.clear();
             }
             Event::RequestCreated { request } => {
-                self.requests
-                    .restore(records::request_from_record(request));
+                self.requests.restore(records::request_from_record(request));
             }
             Event::Decision {
                 request_id,
@@ -755,9 +782,7 @@ impl Core {
                     at: time,
                 },
             ),
-            Event::RequestExpired { request_id } => {
-                self.requests.restore_expired(request_id, time)
-            }
+            Event::RequestExpired { request_id } => self.requests.restore_expired(request_id, time),
             Event::GrantIssued {
                 grant_id,
                 request_id,
@@ -846,7 +871,7 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::requests::{Kind, Process};
+    use crate::requests::tests::denial;
     use gatekeeper_common::Target;
 
     const URL: &str = "http://127.0.0.1:9000/hook";
@@ -888,30 +913,6 @@ mod tests {
 
     fn core() -> Core {
         core_with(settings())
-    }
-
-    fn denial(cgroup_id: u64, ino: u64) -> Denial {
-        Denial {
-            kind: Kind::Exec,
-            rule: "database export".into(),
-            target: "/usr/bin/pg_dump".into(),
-            target_key: Target::exec(1, ino),
-            destination: None,
-            cgroup: format!("/sys/fs/cgroup/agents/{cgroup_id}"),
-            cgroup_id,
-            process: Process {
-                pid: 10,
-                tgid: 10,
-                uid: 0,
-                user: Some("root".into()),
-                comm: "sh".into(),
-                argv: None,
-                parent: None,
-            },
-            owner: Some("olivia".into()),
-            approvals_required: 1,
-            require_reason: false,
-        }
     }
 
     fn cli(reviewer: &str) -> Decider {
@@ -994,7 +995,7 @@ mod tests {
         let effects = core.take_effects();
         assert_eq!(journaled(&effects), ["request_created"]);
         assert!(matches!(effects[0], Effect::Journal(_)), "journaled first");
-        assert_eq!(deliveries(&effects)[0].1, [id.clone()]);
+        assert_eq!(deliveries(&effects)[0].1, std::slice::from_ref(&id));
 
         assert_eq!(
             core.on_denial(denial(7, 100), start()),
@@ -1014,7 +1015,10 @@ mod tests {
             .unwrap();
         assert_eq!(request.state, State::Approved);
         let effects = core.take_effects();
-        assert!(matches!(&effects[0], Effect::Journal(Event::Decision { .. })));
+        assert!(matches!(
+            &effects[0],
+            Effect::Journal(Event::Decision { .. })
+        ));
         assert!(matches!(effects[1], Effect::PutGrant { .. }));
         assert!(
             !journaled(&effects).contains(&"grant_issued"),
@@ -1078,12 +1082,17 @@ mod tests {
         ));
         let effects = core.take_effects();
         assert_eq!(journaled(&effects), ["decision_refused"; 4]);
-        assert!(effects.iter().all(|effect| matches!(effect, Effect::Journal(_))));
+        assert!(
+            effects
+                .iter()
+                .all(|effect| matches!(effect, Effect::Journal(_)))
+        );
         assert_eq!(core.get(&id).unwrap().state, State::Pending);
         // Unknown ids are not journaled: anyone could fill the journal with them.
-        assert!(core
-            .decide("nope", Decision::Approve, None, &cli("alice"), start())
-            .is_err());
+        assert!(
+            core.decide("nope", Decision::Approve, None, &cli("alice"), start())
+                .is_err()
+        );
         assert!(core.take_effects().is_empty());
     }
 
@@ -1165,7 +1174,10 @@ mod tests {
         core.take_effects();
         core.grant_taken(lost, Ok(false), expiry);
         core.tick(expiry.plus(Duration::from_secs(1)));
-        assert!(journaled(&core.take_effects()).is_empty(), "its event may come");
+        assert!(
+            journaled(&core.take_effects()).is_empty(),
+            "its event may come"
+        );
         core.tick(expiry.plus(USED_EVENT_GRACE));
         let effects = core.take_effects();
         assert!(matches!(
@@ -1219,10 +1231,18 @@ mod tests {
             assert_eq!(core.on_denial(denial(7, ino), start()), Admission::OverCap);
         }
         let effects = core.take_effects();
-        assert_eq!(journaled(&effects), ["pending_cap_reached"], "journaled once");
+        assert_eq!(
+            journaled(&effects),
+            ["pending_cap_reached"],
+            "journaled once"
+        );
         assert!(deliveries(&effects).is_empty(), "nothing more to reviewers");
         assert_eq!(core.list(false).len(), 3);
-        assert!(core.list(false).iter().all(|request| request.over_cap == 47));
+        assert!(
+            core.list(false)
+                .iter()
+                .all(|request| request.over_cap == 47)
+        );
         assert_eq!(core.counts().over_cap, 47);
         // Another cgroup is not affected.
         assert!(matches!(
@@ -1282,7 +1302,10 @@ mod tests {
             at,
         );
         let effects = core.take_effects();
-        assert_eq!(journaled(&effects), ["webhook_delivery", "webhook_delivery"]);
+        assert_eq!(
+            journaled(&effects),
+            ["webhook_delivery", "webhook_delivery"]
+        );
         assert!(matches!(
             &effects[1],
             Effect::Journal(Event::WebhookDelivery { request_ids, .. }) if request_ids.len() == 4
@@ -1347,7 +1370,14 @@ mod tests {
         let states = |core: &Core| {
             core.list(true)
                 .into_iter()
-                .map(|request| (request.id, request.state, request.approvals.len(), request.grant_id))
+                .map(|request| {
+                    (
+                        request.id,
+                        request.state,
+                        request.approvals.len(),
+                        request.grant_id,
+                    )
+                })
                 .collect::<Vec<_>>()
         };
         assert_eq!(states(&replayed), states(&original));
@@ -1426,7 +1456,10 @@ mod tests {
             boot_ns: expiry,
             ..start()
         });
-        assert!(matches!(adopted.take_effects()[0], Effect::TakeGrant { .. }));
+        assert!(matches!(
+            adopted.take_effects()[0],
+            Effect::TakeGrant { .. }
+        ));
 
         let mut rebooted = replay();
         rebooted.void_grants();
@@ -1453,14 +1486,24 @@ mod tests {
         assert_eq!(core.get("a00000000001").unwrap().state, State::Approved);
         assert_eq!(core.get("c00000000003").unwrap().state, State::Denied);
         assert_eq!(core.get("d00000000004").unwrap().state, State::Expired);
-        assert_eq!(core.counts().grants, 0, "used, expired, or voided by uninstall");
+        assert_eq!(
+            core.counts().grants,
+            0,
+            "used, expired, or voided by uninstall"
+        );
         assert!(core.enforcing_since().is_some());
         // The webhook of the day had them both: nothing is sent again.
         core.tick(start());
         assert!(deliveries(&core.take_effects()).is_empty());
         // And the restored request decides as any other.
         let request = core
-            .decide("f00000000006", Decision::Approve, None, &cli("alice"), start())
+            .decide(
+                "f00000000006",
+                Decision::Approve,
+                None,
+                &cli("alice"),
+                start(),
+            )
             .unwrap();
         assert_eq!(request.state, State::Approved);
         assert!(put_grant(&core.take_effects()).is_some());

@@ -352,7 +352,10 @@ impl Engine {
                 if self.core.on_grant_used(grant_id, pid) {
                     info!(grant = grant_id, pid, "grant used");
                 } else {
-                    warn!(grant = grant_id, "kernel used a grant the daemon does not know");
+                    warn!(
+                        grant = grant_id,
+                        "kernel used a grant the daemon does not know"
+                    );
                 }
             }
         }

@@ -91,8 +91,14 @@ pub struct ProtectedStatus {
 /// What `await` learns at once: the request it waits on and, while pending, where the answer
 /// will come from.
 pub enum Waiting {
-    Settled { id: String, state: State },
-    Pending { id: String, settled: oneshot::Receiver<State> },
+    Settled {
+        id: String,
+        state: State,
+    },
+    Pending {
+        id: String,
+        settled: oneshot::Receiver<State>,
+    },
     NoSuchRequest,
 }
 
@@ -142,7 +148,9 @@ pub enum Command {
         reply: oneshot::Sender<Result<(), String>>,
     },
     /// Stop (a signal): the pinned programs keep enforcing.
-    Stop { reason: String },
+    Stop {
+        reason: String,
+    },
 }
 
 /// A cheap, cloneable way to reach the engine.

@@ -186,16 +186,10 @@ fn slack_digest(requests: &[Request]) -> Value {
             "type": "section",
             "text": {"type": "mrkdwn", "text": truncated(&summary(request), SLACK_FIELD_LIMIT)}
         }));
-        blocks.push(json!({
-            "type": "actions",
-            "block_id": format!("gatekeeper_decision_{}", request.id),
-            "elements": [
-                {"type": "button", "action_id": "approve", "style": "primary", "value": request.id,
-                 "text": {"type": "plain_text", "text": "Approve"}},
-                {"type": "button", "action_id": "deny", "style": "danger", "value": request.id,
-                 "text": {"type": "plain_text", "text": "Deny"}}
-            ]
-        }));
+        blocks.push(decision_buttons(
+            &format!("gatekeeper_decision_{}", request.id),
+            &request.id,
+        ));
     }
     json!({
         "text": format!("Gatekeeper: {} approval requests", requests.len()),
@@ -204,9 +198,36 @@ fn slack_digest(requests: &[Request]) -> Value {
 }
 
 fn teams_digest(requests: &[Request]) -> Value {
-    let facts: Vec<Value> = requests
+    let facts = requests
         .iter()
-        .map(|request| json!({"title": request.id, "value": summary(request)}))
+        .map(|request| (request.id.clone(), summary(request)))
+        .collect();
+    adaptive_card(
+        format!("{} approval requests", requests.len()),
+        facts,
+        "Decide on the host with `gatekeeper approve ID` or `gatekeeper deny ID` (see `gatekeeper requests`), or through your reviewers' integration.".to_owned(),
+    )
+}
+
+/// Slack's Approve and Deny buttons for request `id`, read back by `POST /v1/slack/interactions`.
+fn decision_buttons(block_id: &str, id: &str) -> Value {
+    json!({
+        "type": "actions",
+        "block_id": block_id,
+        "elements": [
+            {"type": "button", "action_id": "approve", "style": "primary", "value": id,
+             "text": {"type": "plain_text", "text": "Approve"}},
+            {"type": "button", "action_id": "deny", "style": "danger", "value": id,
+             "text": {"type": "plain_text", "text": "Deny"}}
+        ]
+    })
+}
+
+/// A Teams message holding one Adaptive Card: a title, facts, and how to decide.
+fn adaptive_card(title: String, facts: Vec<(String, String)>, how_to_decide: String) -> Value {
+    let facts: Vec<Value> = facts
+        .into_iter()
+        .map(|(title, value)| json!({"title": title, "value": value}))
         .collect();
     json!({
         "type": "message",
@@ -219,10 +240,9 @@ fn teams_digest(requests: &[Request]) -> Value {
                 "version": "1.4",
                 "body": [
                     {"type": "TextBlock", "size": "Medium", "weight": "Bolder", "wrap": true,
-                     "text": format!("{} approval requests", requests.len())},
+                     "text": title},
                     {"type": "FactSet", "facts": facts},
-                    {"type": "TextBlock", "wrap": true, "text":
-                        "Decide on the host with `gatekeeper approve ID` or `gatekeeper deny ID` (see `gatekeeper requests`), or through your reviewers' integration."}
+                    {"type": "TextBlock", "wrap": true, "text": how_to_decide}
                 ]
             }
         }]
@@ -248,16 +268,7 @@ pub fn slack_message(request: &Request) -> Value {
         "text": {"type": "plain_text", "text": truncated(&format!("Approval requested: {}", request.rule), 140)}
     })];
     blocks.extend(sections);
-    blocks.push(json!({
-        "type": "actions",
-        "block_id": "gatekeeper_decision",
-        "elements": [
-            {"type": "button", "action_id": "approve", "style": "primary", "value": request.id,
-             "text": {"type": "plain_text", "text": "Approve"}},
-            {"type": "button", "action_id": "deny", "style": "danger", "value": request.id,
-             "text": {"type": "plain_text", "text": "Deny"}}
-        ]
-    }));
+    blocks.push(decision_buttons("gatekeeper_decision", &request.id));
     json!({
         "text": format!("Gatekeeper: approval requested for {} ({})", request.target, request.id),
         "blocks": blocks,
@@ -267,30 +278,18 @@ pub fn slack_message(request: &Request) -> Value {
 /// An Adaptive Card with the same facts; Teams incoming webhooks take no buttons that call back,
 /// so the card says how to decide.
 pub fn teams_message(request: &Request) -> Value {
-    let facts: Vec<Value> = facts(request)
+    let facts = facts(request)
         .into_iter()
-        .map(|(title, value)| json!({"title": title, "value": value}))
+        .map(|(title, value)| (title.to_owned(), value))
         .collect();
-    json!({
-        "type": "message",
-        "attachments": [{
-            "contentType": "application/vnd.microsoft.card.adaptive",
-            "contentUrl": null,
-            "content": {
-                "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
-                "type": "AdaptiveCard",
-                "version": "1.4",
-                "body": [
-                    {"type": "TextBlock", "size": "Medium", "weight": "Bolder", "wrap": true,
-                     "text": format!("Approval requested: {}", request.rule)},
-                    {"type": "FactSet", "facts": facts},
-                    {"type": "TextBlock", "wrap": true, "text": format!(
-                        "Decide on the host with `gatekeeper approve {id} --reason ...` or `gatekeeper deny {id}`, or through your reviewers' integration: POST /v1/requests/{id}/decision.",
-                        id = request.id)}
-                ]
-            }
-        }]
-    })
+    adaptive_card(
+        format!("Approval requested: {}", request.rule),
+        facts,
+        format!(
+            "Decide on the host with `gatekeeper approve {id} --reason ...` or `gatekeeper deny {id}`, or through your reviewers' integration: POST /v1/requests/{id}/decision.",
+            id = request.id
+        ),
+    )
 }
 
 fn retry_delay(attempt: u32) -> Duration {
@@ -315,10 +314,9 @@ pub async fn deliver(
             .header(reqwest::header::CONTENT_TYPE, "application/json");
         // Generic receivers verify the sender; Slack and Teams webhook URLs are their own secret.
         if let WebhookKind::Generic { secret } = &hook.kind {
-            post = post.header(TIMESTAMP_HEADER, timestamp.to_string()).header(
-                SIGNATURE_HEADER,
-                sign(secret.as_bytes(), timestamp, body),
-            );
+            post = post
+                .header(TIMESTAMP_HEADER, timestamp.to_string())
+                .header(SIGNATURE_HEADER, sign(secret.as_bytes(), timestamp, body));
         }
         let result = post.body(body.to_vec()).send().await;
         let (delivered, status, error) = match result {

@@ -220,7 +220,12 @@ impl Policy {
         protected_now: &[Option<Target>],
         allowed_now: &[Option<Target>],
     ) -> Vec<Event> {
-        let mut moved = follow_list(kernel, PathList::Protected, &mut self.protected, protected_now);
+        let mut moved = follow_list(
+            kernel,
+            PathList::Protected,
+            &mut self.protected,
+            protected_now,
+        );
         moved.extend(follow_list(
             kernel,
             PathList::Allowed,
@@ -308,8 +313,7 @@ impl Policy {
         cgroup: String,
         process: Process,
     ) -> Denial {
-        let (kind, rule, approval, target_text, destination) = if target.kind
-            == TARGET_KIND_CONNECT
+        let (kind, rule, approval, target_text, destination) = if target.kind == TARGET_KIND_CONNECT
         {
             let (address, port, protocol) = target.destination();
             let rule = destinations::matching_rule(&self.reaches, address, port, protocol)

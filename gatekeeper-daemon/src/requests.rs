@@ -392,7 +392,8 @@ impl Requests {
         if let Some(request) = self.by_id.remove(id)
             && self.pending.get(&(request.cgroup_id, request.target_key)) == Some(&request.id)
         {
-            self.pending.remove(&(request.cgroup_id, request.target_key));
+            self.pending
+                .remove(&(request.cgroup_id, request.target_key));
         }
     }
 
@@ -413,12 +414,13 @@ impl Requests {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const TTL: Duration = Duration::from_secs(60);
 
-    fn denial(cgroup_id: u64, ino: u64) -> Denial {
+    /// A denial of an exec of target (1, `ino`) from cgroup `cgroup_id`, owned by olivia.
+    pub(crate) fn denial(cgroup_id: u64, ino: u64) -> Denial {
         Denial {
             kind: Kind::Exec,
             rule: "database export".into(),

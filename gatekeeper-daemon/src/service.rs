@@ -85,7 +85,13 @@ async fn resolve_hosts(hosts: Vec<(usize, String)>, interval: Duration, handle: 
             match tokio::net::lookup_host((host.as_str(), 0)).await {
                 Ok(addresses) => {
                     let addresses = addresses.map(|address| address.ip()).collect();
-                    if !handle.send(Command::Resolved { rule: *rule, addresses }).await {
+                    if !handle
+                        .send(Command::Resolved {
+                            rule: *rule,
+                            addresses,
+                        })
+                        .await
+                    {
                         return;
                     }
                 }

@@ -269,9 +269,14 @@ fn guest_run(
 /// Every stage counts: one that cannot run is a failure, and the last line always sums up.
 fn test(filter: Option<&str>, kernel: Option<&str>) -> anyhow::Result<ExitCode> {
     if let Some(filter) = filter
-        && (filter.is_empty() || !filter.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        && (filter.is_empty()
+            || !filter
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'))
     {
-        bail!("the filter {filter:?} must be a test name or part of one (letters, digits, _ and :)");
+        bail!(
+            "the filter {filter:?} must be a test name or part of one (letters, digits, _ and :)"
+        );
     }
     if let Some(kernel) = kernel
         && !setup::KERNELS.iter().any(|(label, _)| *label == kernel)

@@ -13,7 +13,7 @@ use super::schema::{
 #[serde(tag = "type", rename_all = "snake_case")]
 enum LegacyEvent {
     /// Embedded the whole in-memory request of the day.
-    RequestCreated { request: LegacyRequest },
+    RequestCreated { request: Box<LegacyRequest> },
     /// Named one request.
     WebhookDelivery {
         request_id: String,
@@ -62,7 +62,7 @@ pub fn read(value: serde_json::Value) -> Result<Event, String> {
         serde_json::from_value(value.clone()).map_err(|error| error.to_string())?;
     Ok(match legacy {
         LegacyEvent::RequestCreated { request } => Event::RequestCreated {
-            request: RequestRecord {
+            request: Box::new(RequestRecord {
                 id: request.id,
                 kind: request.kind,
                 rule: request.rule,
@@ -77,7 +77,7 @@ pub fn read(value: serde_json::Value) -> Result<Event, String> {
                 owner: request.owner,
                 approvals_required: request.approvals_required.max(1),
                 require_reason: request.require_reason,
-            },
+            }),
         },
         LegacyEvent::WebhookDelivery {
             request_id,

@@ -44,7 +44,7 @@ pub enum Event {
         addresses: Vec<String>,
     },
     RequestCreated {
-        request: RequestRecord,
+        request: Box<RequestRecord>,
     },
     /// One delivery attempt to one webhook, of one request or of a digest of several.
     WebhookDelivery {

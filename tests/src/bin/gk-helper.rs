@@ -519,9 +519,7 @@ fn main() -> ExitCode {
                 println!("{}", race(threads, move || net(&op, &target)));
             }
             ["sweep", cgroup, op, address, first_port, count] => {
-                let address = address
-                    .parse()
-                    .map_err(|_| ExitCode::from(2))?;
+                let address = address.parse().map_err(|_| ExitCode::from(2))?;
                 let first_port = first_port.parse().map_err(|_| ExitCode::from(2))?;
                 let count = count.parse().map_err(|_| ExitCode::from(2))?;
                 joined(cgroup)?;

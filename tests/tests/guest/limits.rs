@@ -15,13 +15,19 @@ const MAX_PENDING: usize = 16;
 
 /// A journal written by the format before versioning (format 0), with two requests pending at
 /// its end (b00000000002 needs two approvals and a reason, one of which it has).
-const FORMAT_ZERO: &str = include_str!("../../../gatekeeper-daemon/tests/fixtures/journal-v0.jsonl");
+const FORMAT_ZERO: &str =
+    include_str!("../../../gatekeeper-daemon/tests/fixtures/journal-v0.jsonl");
 
 #[test]
 fn thousands_of_connections_from_a_user_do_not_stop_decisions() {
     let scenario = Scenario::start("flood-socket", Options::default());
     let mut holder = Command::new(bin("gk-helper"))
-        .args(["hold", &scenario.socket.display().to_string(), "3000", "300"])
+        .args([
+            "hold",
+            &scenario.socket.display().to_string(),
+            "3000",
+            "300",
+        ])
         .uid(UNLISTED_UID)
         .gid(UNLISTED_UID)
         .stdout(Stdio::piped())
@@ -70,7 +76,11 @@ protocol = "tcp"
         },
     );
     let (passed, denied, other) = scenario.sweep(&scenario.agents, "tcp", "127.0.7.1", 5000, 200);
-    assert_eq!((passed, denied, other), (0, 200, 0), "every destination denied");
+    assert_eq!(
+        (passed, denied, other),
+        (0, 200, 0),
+        "every destination denied"
+    );
     // Control: the same sweep from outside the agent cgroups is not Gatekeeper's business
     // (nothing listens there: refused, not denied).
     let (_, outside_denied, _) = scenario.sweep(&scenario.outside, "tcp", "127.0.7.1", 5000, 20);
@@ -97,7 +107,10 @@ protocol = "tcp"
     let webhook = scenario.webhook.as_ref().expect("webhook");
     let messages = wait_for("every request to reach the webhook", || {
         let received = webhook.received();
-        let bodies: String = received.iter().map(|message| message.body.clone()).collect();
+        let bodies: String = received
+            .iter()
+            .map(|message| message.body.clone())
+            .collect();
         pending
             .iter()
             .all(|request| bodies.contains(request["id"].as_str().unwrap_or("?")))
@@ -127,15 +140,28 @@ fn a_journal_of_the_previous_format_resumes_its_pending_requests() {
     assert_eq!(half["approvals"].as_array().map(Vec::len), Some(1));
     assert_eq!(half["approvals_required"], 2);
 
-    let verify = scenario.gatekeeper(&["journal", "verify", &scenario.journal.display().to_string()]);
-    assert!(verify.status.success(), "old and new records chain: {verify:?}");
+    let verify =
+        scenario.gatekeeper(&["journal", "verify", &scenario.journal.display().to_string()]);
+    assert!(
+        verify.status.success(),
+        "old and new records chain: {verify:?}"
+    );
     let text = std::fs::read_to_string(&scenario.journal).unwrap();
-    assert!(text.starts_with(FORMAT_ZERO), "the old records are kept as they were");
-    assert!(text[FORMAT_ZERO.len()..].lines().all(|line| line.starts_with("{\"v\":1,")));
+    assert!(
+        text.starts_with(FORMAT_ZERO),
+        "the old records are kept as they were"
+    );
+    assert!(
+        text[FORMAT_ZERO.len()..]
+            .lines()
+            .all(|line| line.starts_with("{\"v\":1,"))
+    );
 
     let approve = scenario.gatekeeper(&["approve", "f00000000006"]);
     assert!(approve.status.success(), "{approve:?}");
-    scenario.wait_journal("grant_issued", |event| event["request_id"] == "f00000000006");
+    scenario.wait_journal("grant_issued", |event| {
+        event["request_id"] == "f00000000006"
+    });
 
     // A restart now starts from the checkpoint the new daemon wrote.
     scenario.stop_daemon();
@@ -160,8 +186,13 @@ fn a_torn_last_line_is_set_aside_and_journaled() {
     assert_eq!(repair["offset"], intact as u64);
     let saved = repair["saved_to"].as_str().expect("where the bytes went");
     assert_eq!(std::fs::read_to_string(saved).unwrap(), torn);
-    assert_eq!(scenario.request(&id)["state"], "pending", "nothing before it is lost");
-    let verify = scenario.gatekeeper(&["journal", "verify", &scenario.journal.display().to_string()]);
+    assert_eq!(
+        scenario.request(&id)["state"],
+        "pending",
+        "nothing before it is lost"
+    );
+    let verify =
+        scenario.gatekeeper(&["journal", "verify", &scenario.journal.display().to_string()]);
     assert!(verify.status.success(), "{verify:?}");
     // Still deciding and enforcing.
     assert!(scenario.gatekeeper(&["approve", &id]).status.success());
@@ -223,7 +254,11 @@ fn nothing_is_granted_while_the_journal_cannot_be_written() {
     assert!(!approve.status.success(), "{approve:?}");
     let said = String::from_utf8_lossy(&approve.stderr);
     assert!(said.contains("journal cannot be written"), "{said}");
-    assert_eq!(scenario.agent_exec(), Exec::Denied, "no grant without its record");
+    assert_eq!(
+        scenario.agent_exec(),
+        Exec::Denied,
+        "no grant without its record"
+    );
 
     // Room again: what waited is written in order, and decisions work again.
     std::fs::remove_file(&filler).unwrap();
@@ -234,15 +269,18 @@ fn nothing_is_granted_while_the_journal_cannot_be_written() {
     assert!(approve.status.success(), "{approve:?}");
     assert_eq!(scenario.agent_exec(), Exec::Ran);
     scenario.wait_journal("grant_issued", |event| event["request_id"] == id);
-    let verify = scenario.gatekeeper(&["journal", "verify", &scenario.journal.display().to_string()]);
-    assert!(verify.status.success(), "no partial record was left: {verify:?}");
+    let verify =
+        scenario.gatekeeper(&["journal", "verify", &scenario.journal.display().to_string()]);
+    assert!(
+        verify.status.success(),
+        "no partial record was left: {verify:?}"
+    );
     let events = scenario.journal_events();
     let position = |kind: &str| {
         events
             .iter()
             .position(|event| {
-                event["type"] == kind
-                    && (event["request_id"] == id || event["request"]["id"] == id)
+                event["type"] == kind && (event["request_id"] == id || event["request"]["id"] == id)
             })
             .unwrap_or_else(|| panic!("no {kind}"))
     };
