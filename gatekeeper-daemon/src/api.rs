@@ -557,6 +557,13 @@ async fn http_decide(
         .decide(id, call.decision, call.reason, decider)
         .await
     {
+        Ok(request) if request.grant_error.is_some() => http_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "approved, but the grant could not reach the kernel: {}",
+                request.grant_error.unwrap_or_default()
+            ),
+        ),
         Ok(request) => (StatusCode::OK, Json(request)).into_response(),
         Err(error) => http_error(decision_status(&error), error.to_string()),
     }
@@ -661,8 +668,13 @@ async fn slack_interaction(
                 .into_response()
         }
         Ok(request) => {
+            let failed = request
+                .grant_error
+                .as_ref()
+                .map(|error| format!(", but the grant could not reach the kernel: {error}"))
+                .unwrap_or_default();
             let text = format!(
-                "Request {} ({}) {} by {reviewer}",
+                "Request {} ({}) {} by {reviewer}{failed}",
                 request.id,
                 request.target,
                 format!("{:?}", request.state).to_lowercase()

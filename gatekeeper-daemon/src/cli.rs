@@ -240,6 +240,12 @@ fn decide(
         },
     )?;
     let request: Request = serde_json::from_value(data)?;
+    if let Some(error) = &request.grant_error {
+        bail!(
+            "request {} is approved, but its grant could not reach the kernel ({error}): the agent's retry stays denied",
+            request.id
+        );
+    }
     match (decision, request.state) {
         (Decision::Approve, State::Pending) => println!(
             "approval recorded for request {}: {} of {} approvals",
