@@ -26,27 +26,64 @@ pub mod maps {
     pub const SETTINGS: &str = "SETTINGS";
 }
 
-/// Names of the read-only globals the daemon fills with struct offsets read from the running
-/// kernel's BTF, since Rust-built BPF carries no CO-RE relocations.
+/// The kernel struct members the programs read, each as (global that receives its byte offset,
+/// struct, member): the one list from which both the kernel's globals and the daemon's lookups
+/// are generated. Rust-built BPF carries no CO-RE relocations, so the daemon reads the offsets from
+/// the running kernel's BTF and writes them into these read-only globals before loading.
+///
+/// Invoke with the name of a macro that takes the rows: `kernel_members!(my_macro)` expands to
+/// `my_macro! { (OFF_BPRM_FILE, "linux_binprm", "file"), ... }`.
+#[macro_export]
+macro_rules! kernel_members {
+    ($then:ident) => {
+        $then! {
+            (OFF_BPRM_FILE, "linux_binprm", "file"),
+            (OFF_BPRM_FILENAME, "linux_binprm", "filename"),
+            (OFF_FILE_INODE, "file", "f_inode"),
+            (OFF_INODE_INO, "inode", "i_ino"),
+            (OFF_INODE_SB, "inode", "i_sb"),
+            (OFF_SB_DEV, "super_block", "s_dev"),
+            (OFF_SOCKET_SK, "socket", "sk"),
+            (OFF_SOCK_PROTOCOL, "sock", "sk_protocol"),
+            (OFF_MSGHDR_NAME, "msghdr", "msg_name"),
+            (OFF_MSGHDR_FLAGS, "msghdr", "msg_flags"),
+            (OFF_TASK_TGID, "task_struct", "tgid"),
+            (OFF_SB_MAGIC, "super_block", "s_magic"),
+            (OFF_VFSMOUNT_SB, "vfsmount", "mnt_sb"),
+            (OFF_VFSMOUNT_FLAGS, "vfsmount", "mnt_flags"),
+            (OFF_FILE_PATH, "file", "f_path"),
+            (OFF_PATH_MNT, "path", "mnt"),
+            (OFF_TASK_MM, "task_struct", "mm"),
+            (OFF_MM_EXE_FILE, "mm_struct", "exe_file"),
+        }
+    };
+}
+
+/// Names of the offset globals, and [`offsets::MEMBERS`], which the daemon iterates to fill them.
 pub mod offsets {
-    pub const BPRM_FILE: &str = "OFF_BPRM_FILE";
-    pub const BPRM_FILENAME: &str = "OFF_BPRM_FILENAME";
-    pub const FILE_INODE: &str = "OFF_FILE_INODE";
-    pub const INODE_INO: &str = "OFF_INODE_INO";
-    pub const INODE_SB: &str = "OFF_INODE_SB";
-    pub const SB_DEV: &str = "OFF_SB_DEV";
-    pub const SOCKET_SK: &str = "OFF_SOCKET_SK";
-    pub const SOCK_PROTOCOL: &str = "OFF_SOCK_PROTOCOL";
-    pub const MSGHDR_NAME: &str = "OFF_MSGHDR_NAME";
-    pub const MSGHDR_FLAGS: &str = "OFF_MSGHDR_FLAGS";
-    pub const TASK_TGID: &str = "OFF_TASK_TGID";
-    pub const SB_MAGIC: &str = "OFF_SB_MAGIC";
-    pub const VFSMOUNT_SB: &str = "OFF_VFSMOUNT_SB";
-    pub const VFSMOUNT_FLAGS: &str = "OFF_VFSMOUNT_FLAGS";
-    pub const FILE_PATH: &str = "OFF_FILE_PATH";
-    pub const PATH_MNT: &str = "OFF_PATH_MNT";
-    pub const TASK_MM: &str = "OFF_TASK_MM";
-    pub const MM_EXE_FILE: &str = "OFF_MM_EXE_FILE";
+    /// A struct member whose offset the kernel programs need.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Member {
+        /// The program's global that receives the offset.
+        pub global: &'static str,
+        /// The kernel struct, as BTF names it.
+        pub structure: &'static str,
+        pub member: &'static str,
+    }
+
+    macro_rules! names_and_members {
+        ($(($global:ident, $structure:literal, $member:literal)),* $(,)?) => {
+            $(pub const $global: &str = stringify!($global);)*
+
+            pub const MEMBERS: [Member; [$(stringify!($global)),*].len()] = [$(Member {
+                global: stringify!($global),
+                structure: $structure,
+                member: $member,
+            }),*];
+        };
+    }
+
+    crate::kernel_members!(names_and_members);
 }
 
 /// LSM programs, each named after the hook it attaches to.
@@ -363,6 +400,20 @@ mod tests {
             size_of::<Event>(),
             4 * 4 + 8 + 8 + size_of::<Target>() + 8 + COMM_LEN + FILENAME_LEN
         );
+    }
+
+    #[test]
+    fn offset_globals_are_unique() {
+        let members = &offsets::MEMBERS;
+        for (index, member) in members.iter().enumerate() {
+            assert!(
+                members[index + 1..]
+                    .iter()
+                    .all(|other| other.global != member.global),
+                "{} is listed twice",
+                member.global
+            );
+        }
     }
 
     #[test]

@@ -187,34 +187,15 @@ pub fn check_bpf_lsm() -> Result<(), LoaderError> {
     }
 }
 
-/// The struct members the programs read: (global that receives the offset, struct, member).
-const MEMBERS: [(&str, &str, &str); 18] = [
-    (offsets::BPRM_FILE, "linux_binprm", "file"),
-    (offsets::BPRM_FILENAME, "linux_binprm", "filename"),
-    (offsets::FILE_INODE, "file", "f_inode"),
-    (offsets::INODE_INO, "inode", "i_ino"),
-    (offsets::INODE_SB, "inode", "i_sb"),
-    (offsets::SB_DEV, "super_block", "s_dev"),
-    (offsets::SOCKET_SK, "socket", "sk"),
-    (offsets::SOCK_PROTOCOL, "sock", "sk_protocol"),
-    (offsets::MSGHDR_NAME, "msghdr", "msg_name"),
-    (offsets::MSGHDR_FLAGS, "msghdr", "msg_flags"),
-    (offsets::TASK_TGID, "task_struct", "tgid"),
-    (offsets::SB_MAGIC, "super_block", "s_magic"),
-    (offsets::VFSMOUNT_SB, "vfsmount", "mnt_sb"),
-    (offsets::VFSMOUNT_FLAGS, "vfsmount", "mnt_flags"),
-    (offsets::FILE_PATH, "file", "f_path"),
-    (offsets::PATH_MNT, "path", "mnt"),
-    (offsets::TASK_MM, "task_struct", "mm"),
-    (offsets::MM_EXE_FILE, "mm_struct", "exe_file"),
-];
-
-/// Byte offsets of [`MEMBERS`] in the running kernel, from its BTF.
+/// Byte offsets of [`offsets::MEMBERS`] in the running kernel, from its BTF, by global name.
 pub fn offsets_from_kernel(path: &Path) -> Result<Vec<(&'static str, u32)>, LoaderError> {
     let btf = btf_rs::Btf::from_file(path).map_err(|error| LoaderError::Btf(error.to_string()))?;
-    MEMBERS
+    offsets::MEMBERS
         .iter()
-        .map(|&(global, structure, member)| Ok((global, member_offset(&btf, structure, member)?)))
+        .map(|member| {
+            let offset = member_offset(&btf, member.structure, member.member)?;
+            Ok((member.global, offset))
+        })
         .collect()
 }
 

@@ -9,20 +9,12 @@ use gatekeeper_common::TamperHook;
 
 use crate::{
     exec::exec_target,
+    offsets::{
+        OFF_INODE_SB, OFF_MM_EXE_FILE, OFF_SB_MAGIC, OFF_TASK_MM, OFF_TASK_TGID, OFF_VFSMOUNT_SB,
+    },
     read::read_field,
     verdict::{agent_cgroup, is_daemon, is_protected, tamper},
 };
-
-#[unsafe(no_mangle)]
-static OFF_TASK_TGID: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_SB_MAGIC: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_VFSMOUNT_SB: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_TASK_MM: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_MM_EXE_FILE: u32 = 0;
 
 const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
@@ -45,7 +37,7 @@ unsafe fn sb_magic(sb: *const u8) -> Result<u64, i32> {
 
 #[inline(always)]
 unsafe fn inode_magic(inode: *const u8) -> Result<u64, i32> {
-    unsafe { sb_magic(read_field(inode, &crate::exec::OFF_INODE_SB)?) }
+    unsafe { sb_magic(read_field(inode, &OFF_INODE_SB)?) }
 }
 
 /// Every bpf() command: fds by id, detaching links, map updates, program loads.

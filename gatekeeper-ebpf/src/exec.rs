@@ -6,29 +6,13 @@ use aya_ebpf::{macros::lsm, programs::LsmContext};
 use gatekeeper_common::{TamperHook, Target};
 
 use crate::{
+    offsets::{
+        OFF_BPRM_FILE, OFF_BPRM_FILENAME, OFF_FILE_INODE, OFF_FILE_PATH, OFF_INODE_INO,
+        OFF_INODE_SB, OFF_PATH_MNT, OFF_SB_DEV, OFF_VFSMOUNT_FLAGS,
+    },
     read::read_field,
     verdict::{EPERM, agent_caller, decide, is_protected, needs_allowlist_approval, tamper},
 };
-
-// Struct offsets of the running kernel, filled by the daemon from its BTF before loading.
-#[unsafe(no_mangle)]
-static OFF_BPRM_FILE: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_BPRM_FILENAME: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_FILE_INODE: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_INODE_INO: u32 = 0;
-#[unsafe(no_mangle)]
-pub static OFF_INODE_SB: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_SB_DEV: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_FILE_PATH: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_PATH_MNT: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_VFSMOUNT_FLAGS: u32 = 0;
 
 /// Marks the kernel's own mounts (shmem behind memfd, pipes, sockets): no path leads there.
 const MNT_INTERNAL: i32 = 0x4000;

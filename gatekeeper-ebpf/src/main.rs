@@ -12,6 +12,8 @@ mod exec;
 #[cfg(target_arch = "bpf")]
 mod net;
 #[cfg(target_arch = "bpf")]
+mod offsets;
+#[cfg(target_arch = "bpf")]
 mod read;
 #[cfg(target_arch = "bpf")]
 mod sendmsg;

@@ -9,12 +9,10 @@ use gatekeeper_common::{
     IPPROTO_TCP, IPPROTO_UDP, MAX_PROTECTED_NETS, PROTOCOL_TCP, PROTOCOL_UDP, PortRanges, Target,
 };
 
-use crate::read::{read_at, read_field};
-
-#[unsafe(no_mangle)]
-static OFF_SOCKET_SK: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_SOCK_PROTOCOL: u32 = 0;
+use crate::{
+    offsets::{OFF_SOCK_PROTOCOL, OFF_SOCKET_SK},
+    read::{read_at, read_field},
+};
 
 #[map]
 static PROTECTED_NETS: LpmTrie<[u8; 16], PortRanges> = LpmTrie::pinned(MAX_PROTECTED_NETS, 0);

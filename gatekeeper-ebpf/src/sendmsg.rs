@@ -6,14 +6,10 @@ use gatekeeper_common::IPPROTO_TCP;
 
 use crate::{
     net::{protected_destination, transport},
+    offsets::{OFF_MSGHDR_FLAGS, OFF_MSGHDR_NAME},
     read::read_field,
     verdict::{agent_caller, decide_found},
 };
-
-#[unsafe(no_mangle)]
-static OFF_MSGHDR_NAME: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_MSGHDR_FLAGS: u32 = 0;
 
 const MSG_FASTOPEN: u32 = 0x2000_0000;
 
