@@ -100,17 +100,20 @@ impl Default for RulePolicy {
     }
 }
 
+/// What a webhook receives, and the secret that goes with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WebhookKind {
-    /// The JSON request document, signed; the receiver calls the HTTP decision endpoint.
+    /// The JSON request document; `secret` signs deliveries and verifies HTTP decisions.
     Generic { secret: String },
-    /// A Block Kit message with Approve and Deny buttons.
+    /// A Block Kit message with Approve and Deny buttons; the Slack app's `signing_secret`
+    /// verifies the presses.
     Slack { signing_secret: String },
-    /// An Adaptive Card.
+    /// An Adaptive Card (Teams incoming webhooks cannot call back).
     Teams,
 }
 
 impl WebhookKind {
+    /// The name the config's `kind` key uses.
     pub fn name(&self) -> &'static str {
         match self {
             Self::Generic { .. } => "generic",
@@ -138,12 +141,12 @@ pub enum DestinationSpec {
     Host(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Webhook {
     pub kind: WebhookKind,
     pub url: reqwest::Url,
     pub timeout: Duration,
-    /// Delivery attempts before giving up (each one journaled).
+    /// Delivery attempts per round (each one journaled).
     pub attempts: u32,
     pub burst: u32,
     pub refill: Duration,
@@ -359,6 +362,47 @@ impl Validator<'_> {
         })
     }
 
+    /// The kind with its own secret; a secret meant for another kind is refused.
+    fn webhook_kind(
+        &self,
+        index: usize,
+        kind: Option<&str>,
+        secret: Option<String>,
+        signing_secret: Option<String>,
+    ) -> Result<WebhookKind, ConfigError> {
+        let key = |field: &str| format!("webhook[{index}].{field}");
+        let foreign = |field: &str, owner: &str| {
+            self.invalid(key(field), format!("only {owner} webhooks take a {field}"))
+        };
+        match (kind.unwrap_or("generic"), secret, signing_secret) {
+            ("generic", _, Some(_)) | ("teams", None, Some(_)) => {
+                Err(foreign("signing_secret", "slack"))
+            }
+            ("slack" | "teams", Some(_), _) => Err(foreign("secret", "generic")),
+            ("generic", Some(secret), None) if secret.len() >= 16 => {
+                Ok(WebhookKind::Generic { secret })
+            }
+            ("generic", Some(_), None) => {
+                Err(self.invalid(key("secret"), "must be at least 16 characters"))
+            }
+            ("generic", None, None) => {
+                Err(self.invalid(key("secret"), "a generic webhook needs a secret"))
+            }
+            ("slack", None, Some(signing_secret)) if !signing_secret.is_empty() => {
+                Ok(WebhookKind::Slack { signing_secret })
+            }
+            ("slack", None, _) => Err(self.invalid(
+                key("signing_secret"),
+                "a slack webhook needs Slack's signing secret to verify interactions",
+            )),
+            ("teams", None, None) => Ok(WebhookKind::Teams),
+            (other, _, _) => Err(self.invalid(
+                key("kind"),
+                format!("{other:?}: use \"generic\", \"slack\" or \"teams\""),
+            )),
+        }
+    }
+
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let listen = match raw.daemon.listen.as_deref() {
             Some("") => None,
@@ -478,46 +522,12 @@ impl Validator<'_> {
             if !matches!(url.scheme(), "http" | "https") {
                 return Err(self.invalid(key("url"), "must be an http or https URL"));
             }
-            let kind = match hook.kind.as_deref().unwrap_or("generic") {
-                "generic" => 0,
-                "slack" => 1,
-                "teams" => 2,
-                other => {
-                    return Err(self.invalid(
-                        key("kind"),
-                        format!("{other:?}: use \"generic\", \"slack\" or \"teams\""),
-                    ));
-                }
-            };
-            let secret = match (kind, hook.secret) {
-                (0, Some(secret)) if secret.len() >= 16 => secret,
-                (0, Some(_)) => {
-                    return Err(self.invalid(key("secret"), "must be at least 16 characters"));
-                }
-                (0, None) => {
-                    return Err(self.invalid(key("secret"), "a generic webhook needs a secret"));
-                }
-                (_, Some(_)) => {
-                    return Err(self.invalid(key("secret"), "only generic webhooks take a secret"));
-                }
-                (_, None) => String::new(),
-            };
-            let signing_secret = match (kind, hook.signing_secret) {
-                (1, Some(secret)) if !secret.is_empty() => Some(secret),
-                (1, _) => {
-                    return Err(self.invalid(
-                        key("signing_secret"),
-                        "a slack webhook needs Slack's signing secret to verify interactions",
-                    ));
-                }
-                (_, Some(_)) => {
-                    return Err(self.invalid(
-                        key("signing_secret"),
-                        "only slack webhooks take a signing_secret",
-                    ));
-                }
-                (_, None) => None,
-            };
+            let kind = self.webhook_kind(
+                index,
+                hook.kind.as_deref(),
+                hook.secret,
+                hook.signing_secret,
+            )?;
             let timeout = self.duration(
                 &key("timeout"),
                 hook.timeout.as_deref().unwrap_or(DEFAULT_WEBHOOK_TIMEOUT),
@@ -526,11 +536,6 @@ impl Validator<'_> {
             if !(1..=20).contains(&attempts) {
                 return Err(self.invalid(key("attempts"), "must be between 1 and 20"));
             }
-            let kind = match (kind, signing_secret) {
-                (0, _) => WebhookKind::Generic { secret },
-                (1, Some(signing_secret)) => WebhookKind::Slack { signing_secret },
-                _ => WebhookKind::Teams,
-            };
             webhooks.push(Webhook {
                 kind,
                 url,
@@ -839,6 +844,12 @@ require_reason = true
             owned.display()
         );
         let config = parse(&config_text(&extra)).expect("valid config");
+        assert_eq!(
+            config.webhooks[0].kind,
+            WebhookKind::Slack {
+                signing_secret: "slack-secret".into()
+            }
+        );
         assert_eq!(config.webhooks[0].kind.name(), "slack");
         assert_eq!(config.webhooks[1].kind, WebhookKind::Teams);
         assert_eq!(config.slack_users["U012ABCDEF"], "root");
