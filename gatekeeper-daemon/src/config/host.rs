@@ -1,0 +1,44 @@
+//! What a parsed config names must exist on this host: agent cgroups as readable cgroup v2
+//! directories, protected and allowlisted binaries as files. Keys index the config's lists, which
+//! keep the order of the file.
+
+use std::path::Path;
+
+use super::{Config, ConfigError, Problem};
+use crate::cgroups;
+
+pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
+    let mut problems = Vec::new();
+    for (index, cgroup) in config.agent_cgroups.iter().enumerate() {
+        if let Err(error) = cgroups::check_cgroup_dir(cgroup) {
+            problems.push(Problem::new(format!("agents.cgroups[{index}]"), error));
+        }
+    }
+    let allowed = (config.allowed.iter().enumerate())
+        .map(|(index, path)| (format!("agents.allow[{index}]"), path));
+    let protected = (config.exec_rules.iter().enumerate())
+        .map(|(index, rule)| (format!("protect.exec[{index}].path"), &rule.path));
+    for (key, path) in allowed.chain(protected) {
+        if let Err(message) = check_file(path) {
+            problems.push(Problem::new(key, message));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            path: config.path.clone(),
+            problems,
+        })
+    }
+}
+
+fn check_file(path: &Path) -> Result<(), String> {
+    let metadata =
+        std::fs::metadata(path).map_err(|error| format!("{}: {error}", path.display()))?;
+    if metadata.is_file() {
+        Ok(())
+    } else {
+        Err(format!("{} is not a file", path.display()))
+    }
+}

@@ -1,0 +1,608 @@
+//! From TOML text to a [`Config`], without consulting the host. Every part is checked even when
+//! an earlier one failed, so the error lists every problem.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    fmt,
+    net::SocketAddr,
+    ops::RangeInclusive,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use super::{
+    Config, ConfigError, ConnectRule, DEFAULT_SOCKET, DestinationSpec, ExecRule, Problem,
+    RulePolicy, Webhook, WebhookKind,
+    raw::{
+        RawAgents, RawApproval, RawConfig, RawConnectRule, RawDaemon, RawExecRule, RawOwner,
+        RawWebhook,
+    },
+};
+use crate::{
+    cgroups,
+    destinations::{self, PortSpec},
+};
+
+pub(super) const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+const DEFAULT_JOURNAL: &str = "/var/lib/gatekeeper/journal.jsonl";
+const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/gatekeeper";
+const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+const DEFAULT_REDELIVER_INTERVAL: Duration = Duration::from_secs(30);
+// Not yet read from the file.
+const DEFAULT_RETENTION: Duration = Duration::from_secs(60 * 60);
+const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
+const DEFAULT_MAX_CLIENTS: u32 = 256;
+const DEFAULT_MAX_PENDING: u32 = 16;
+const DEFAULT_WEBHOOK_BURST: u32 = 10;
+const DEFAULT_WEBHOOK_REFILL: Duration = Duration::from_secs(6);
+const APPROVALS_RANGE: RangeInclusive<u32> = 1..=10;
+const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const DEFAULT_WEBHOOK_ATTEMPTS: u32 = 5;
+const WEBHOOK_ATTEMPTS_RANGE: RangeInclusive<u32> = 1..=20;
+const MIN_GENERIC_SECRET_LEN: usize = 16;
+
+pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError::Syntax {
+        path: path.to_owned(),
+        message: error.to_string().trim_end().to_owned(),
+    })?;
+    let mut parser = Parser::default();
+    match parser.config(path, raw) {
+        Ok(config) if parser.problems.is_empty() => Ok(config),
+        _ => Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            problems: parser.problems,
+        }),
+    }
+}
+
+/// Proof that a problem was recorded: a part that fails returns this instead of its value, so a
+/// config can only be refused with something to say.
+struct Reported;
+
+#[derive(Default)]
+struct Parser {
+    problems: Vec<Problem>,
+}
+
+/// Every item's value, or [`Reported`] if any failed. Unlike `collect`, it goes on past the
+/// first failure, so each item reports its own problems.
+fn all<T>(items: impl IntoIterator<Item = Result<T, Reported>>) -> Result<Vec<T>, Reported> {
+    let mut values = Vec::new();
+    let mut failed = false;
+    for item in items {
+        match item {
+            Ok(value) => values.push(value),
+            Err(Reported) => failed = true,
+        }
+    }
+    if failed { Err(Reported) } else { Ok(values) }
+}
+
+/// Both values, once both parts have reported their problems.
+fn both<A, B>(a: Result<A, Reported>, b: Result<B, Reported>) -> Result<(A, B), Reported> {
+    Ok((a?, b?))
+}
+
+/// The settings of `[daemon]`.
+struct DaemonSection {
+    socket: PathBuf,
+    listen: Option<SocketAddr>,
+    journal: PathBuf,
+    pin_dir: PathBuf,
+    resolve_interval: Duration,
+    redeliver_interval: Duration,
+}
+
+/// The settings of `[agents]`.
+struct AgentsSection {
+    cgroups: Vec<PathBuf>,
+    exec_allowlist: bool,
+    allowed: Vec<PathBuf>,
+    owners: Vec<(PathBuf, String)>,
+}
+
+/// The settings of `[approval]`.
+struct ApprovalSection {
+    reviewers: Vec<String>,
+    slack_users: BTreeMap<String, String>,
+    grant_ttl: Duration,
+    request_ttl: Duration,
+}
+
+impl Parser {
+    fn report(&mut self, key: impl Into<String>, message: impl fmt::Display) -> Reported {
+        self.problems.push(Problem::new(key, message));
+        Reported
+    }
+
+    /// `result`'s value, or its error reported under `key`.
+    fn check<T, E: fmt::Display>(
+        &mut self,
+        key: impl Into<String>,
+        result: Result<T, E>,
+    ) -> Result<T, Reported> {
+        result.map_err(|error| self.report(key, error))
+    }
+
+    fn config(&mut self, path: &Path, raw: RawConfig) -> Result<Config, Reported> {
+        let daemon = self.daemon(raw.daemon);
+        let agents = self.agents(raw.agents);
+        let exec_rules = self.exec_rules(raw.protect.exec);
+        let connect_rules = self.connect_rules(raw.protect.connect);
+        let approval = self.approval(raw.approval);
+        let webhooks = all(raw
+            .webhook
+            .into_iter()
+            .enumerate()
+            .map(|(index, hook)| self.webhook(&format!("webhook[{index}]"), hook)));
+        let (daemon, agents) = both(daemon, agents)?;
+        let (exec_rules, connect_rules) = both(exec_rules, connect_rules)?;
+        let (approval, webhooks) = both(approval, webhooks)?;
+        Ok(Config {
+            path: path.to_owned(),
+            socket: daemon.socket,
+            listen: daemon.listen,
+            journal: daemon.journal,
+            pin_dir: daemon.pin_dir,
+            resolve_interval: daemon.resolve_interval,
+            redeliver_interval: daemon.redeliver_interval,
+            retention: DEFAULT_RETENTION,
+            checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
+            max_clients: DEFAULT_MAX_CLIENTS,
+            agent_cgroups: agents.cgroups,
+            max_pending: DEFAULT_MAX_PENDING,
+            exec_allowlist: agents.exec_allowlist,
+            allowed: agents.allowed,
+            exec_rules,
+            connect_rules,
+            reviewers: approval.reviewers,
+            slack_users: approval.slack_users,
+            owners: agents.owners,
+            grant_ttl: approval.grant_ttl,
+            request_ttl: approval.request_ttl,
+            webhooks,
+        })
+    }
+
+    fn daemon(&mut self, raw: RawDaemon) -> Result<DaemonSection, Reported> {
+        let listen = match raw.listen.as_deref() {
+            Some("") => Ok(None),
+            other => self
+                .check(
+                    "daemon.listen",
+                    other.unwrap_or(DEFAULT_LISTEN).parse::<SocketAddr>(),
+                )
+                .map(Some),
+        };
+        let pin_dir = self.absolute_path(
+            "daemon.pin_dir",
+            raw.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
+        );
+        let resolve_interval = self.duration(
+            "daemon.resolve_interval",
+            raw.resolve_interval,
+            DEFAULT_RESOLVE_INTERVAL,
+        );
+        let redeliver_interval = self.duration(
+            "daemon.redeliver_interval",
+            raw.redeliver_interval,
+            DEFAULT_REDELIVER_INTERVAL,
+        );
+        Ok(DaemonSection {
+            socket: raw.socket.unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            listen: listen?,
+            journal: raw.journal.unwrap_or_else(|| DEFAULT_JOURNAL.into()),
+            pin_dir: pin_dir?,
+            resolve_interval: resolve_interval?,
+            redeliver_interval: redeliver_interval?,
+        })
+    }
+
+    fn agents(&mut self, raw: RawAgents) -> Result<AgentsSection, Reported> {
+        let cgroups = if raw.cgroups.is_empty() {
+            Err(self.report("agents.cgroups", "at least one agent cgroup is required"))
+        } else {
+            Ok(())
+        };
+        let exec_allowlist = match raw.exec.as_deref() {
+            None | Some("protect") => Ok(false),
+            Some("allowlist") if raw.allow.is_empty() => Err(self.report(
+                "agents.allow",
+                "allowlist mode needs the binaries agents may run",
+            )),
+            Some("allowlist") => Ok(true),
+            Some(other) => Err(self.report(
+                "agents.exec",
+                format!("{other:?}: use \"protect\" or \"allowlist\""),
+            )),
+        };
+        let allowed = all(raw
+            .allow
+            .into_iter()
+            .enumerate()
+            .map(|(index, path)| self.absolute_path(&format!("agents.allow[{index}]"), path)));
+        let owners = all(raw.owner.into_iter().enumerate().map(|(index, owner)| {
+            self.owner(&format!("agents.owner[{index}]"), owner, &raw.cgroups)
+        }));
+        cgroups?;
+        Ok(AgentsSection {
+            cgroups: raw.cgroups,
+            exec_allowlist: exec_allowlist?,
+            allowed: allowed?,
+            owners: owners?,
+        })
+    }
+
+    fn owner(
+        &mut self,
+        key: &str,
+        raw: RawOwner,
+        agent_cgroups: &[PathBuf],
+    ) -> Result<(PathBuf, String), Reported> {
+        let cgroup = if cgroups::is_within(&raw.cgroup, agent_cgroups) {
+            Ok(raw.cgroup)
+        } else {
+            Err(self.report(
+                format!("{key}.cgroup"),
+                "is not an agent cgroup or below one",
+            ))
+        };
+        let owner = if raw.owner.trim().is_empty() {
+            Err(self.report(format!("{key}.owner"), "must not be empty"))
+        } else {
+            Ok(raw.owner)
+        };
+        both(cgroup, owner)
+    }
+
+    fn exec_rules(&mut self, raw: Vec<RawExecRule>) -> Result<Vec<ExecRule>, Reported> {
+        let mut seen = HashSet::new();
+        all(raw.into_iter().enumerate().map(|(index, rule)| {
+            self.exec_rule(&format!("protect.exec[{index}]"), rule, &mut seen)
+        }))
+    }
+
+    fn exec_rule(
+        &mut self,
+        key: &str,
+        raw: RawExecRule,
+        seen: &mut HashSet<PathBuf>,
+    ) -> Result<ExecRule, Reported> {
+        let path_key = format!("{key}.path");
+        let unique = if seen.insert(raw.path.clone()) {
+            Ok(())
+        } else {
+            let message = format!("{} is listed twice", raw.path.display());
+            Err(self.report(&path_key, message))
+        };
+        let path = self.absolute_path(&path_key, raw.path);
+        let approval = self.policy(key, raw.approvals, raw.require_reason);
+        unique?;
+        let path = path?;
+        Ok(ExecRule {
+            name: raw.name.unwrap_or_else(|| path.display().to_string()),
+            path,
+            approval: approval?,
+        })
+    }
+
+    fn connect_rules(&mut self, raw: Vec<RawConnectRule>) -> Result<Vec<ConnectRule>, Reported> {
+        let rules: Vec<_> = raw
+            .into_iter()
+            .enumerate()
+            .map(|(index, rule)| self.connect_rule(&format!("protect.connect[{index}]"), rule))
+            .collect();
+        // The rules that parsed must fit the kernel's trie; the others only add ranges.
+        let reaches: Vec<destinations::Reach> = rules
+            .iter()
+            .flatten()
+            .filter_map(|rule| match rule.destination {
+                DestinationSpec::Cidr(prefix) => Some(destinations::Reach {
+                    prefixes: vec![prefix],
+                    ports: rule.ports.clone(),
+                    protocols: rule.protocols,
+                }),
+                DestinationSpec::Host(_) => None,
+            })
+            .collect();
+        let fits = self.check("protect.connect", destinations::compile(&reaches));
+        let rules = all(rules);
+        fits?;
+        rules
+    }
+
+    fn connect_rule(&mut self, key: &str, raw: RawConnectRule) -> Result<ConnectRule, Reported> {
+        let destination = self.destination(key, raw.cidr, raw.host);
+        let ports = self.ports(&format!("{key}.ports"), raw.ports);
+        let protocols = self.check(
+            format!("{key}.protocol"),
+            destinations::parse_protocol(raw.protocol.as_deref().unwrap_or("any")),
+        );
+        let approval = self.policy(key, raw.approvals, raw.require_reason);
+        let destination = destination?;
+        Ok(ConnectRule {
+            name: raw.name.unwrap_or_else(|| match &destination {
+                DestinationSpec::Cidr(prefix) => prefix.to_string(),
+                DestinationSpec::Host(host) => host.clone(),
+            }),
+            destination,
+            ports: ports?,
+            protocols: protocols?,
+            approval: approval?,
+        })
+    }
+
+    fn destination(
+        &mut self,
+        key: &str,
+        cidr: Option<String>,
+        host: Option<String>,
+    ) -> Result<DestinationSpec, Reported> {
+        match (cidr, host) {
+            (Some(cidr), None) => self
+                .check(format!("{key}.cidr"), destinations::parse_cidr(&cidr))
+                .map(DestinationSpec::Cidr),
+            (None, Some(host)) if !host.trim().is_empty() => Ok(DestinationSpec::Host(host)),
+            (None, Some(_)) => Err(self.report(format!("{key}.host"), "must not be empty")),
+            (Some(_), Some(_)) => {
+                Err(self.report(format!("{key}.cidr"), "give either cidr or host, not both"))
+            }
+            (None, None) => Err(self.report(format!("{key}.cidr"), "a cidr or a host is required")),
+        }
+    }
+
+    fn ports(
+        &mut self,
+        key: &str,
+        specs: Option<Vec<PortSpec>>,
+    ) -> Result<Vec<(u16, u16)>, Reported> {
+        match specs {
+            None => Ok(Vec::new()),
+            Some(specs) if specs.is_empty() => {
+                Err(self.report(key, "empty: omit the key to cover every port"))
+            }
+            Some(specs) => all(specs.iter().enumerate().map(|(index, spec)| {
+                self.check(format!("{key}[{index}]"), destinations::parse_port(spec))
+            })),
+        }
+    }
+
+    fn policy(
+        &mut self,
+        rule_key: &str,
+        approvals: Option<i64>,
+        require_reason: Option<bool>,
+    ) -> Result<RulePolicy, Reported> {
+        let defaults = RulePolicy::default();
+        Ok(RulePolicy {
+            approvals: self.number(
+                &format!("{rule_key}.approvals"),
+                approvals,
+                defaults.approvals,
+                APPROVALS_RANGE,
+            )?,
+            require_reason: require_reason.unwrap_or(defaults.require_reason),
+        })
+    }
+
+    fn approval(&mut self, raw: RawApproval) -> Result<ApprovalSection, Reported> {
+        let reviewers = self.reviewers(&raw.reviewers);
+        let slack_users = all(raw.slack_users.iter().map(|(id, name)| {
+            if raw.reviewers.contains(name) {
+                Ok(())
+            } else {
+                Err(self.report(
+                    format!("approval.slack_users.{id}"),
+                    "maps to someone not in approval.reviewers",
+                ))
+            }
+        }));
+        let grant_ttl = self.required_duration("approval.grant_ttl", raw.grant_ttl, "60s");
+        let request_ttl = self.required_duration("approval.request_ttl", raw.request_ttl, "15m");
+        reviewers?;
+        slack_users?;
+        Ok(ApprovalSection {
+            reviewers: raw.reviewers,
+            slack_users: raw.slack_users,
+            grant_ttl: grant_ttl?,
+            request_ttl: request_ttl?,
+        })
+    }
+
+    fn reviewers(&mut self, reviewers: &[String]) -> Result<(), Reported> {
+        if reviewers.is_empty() {
+            return Err(self.report("approval.reviewers", "at least one reviewer is required"));
+        }
+        all(reviewers.iter().enumerate().map(|(index, name)| {
+            if name.trim().is_empty() {
+                Err(self.report(
+                    format!("approval.reviewers[{index}]"),
+                    format!("empty name {name:?}"),
+                ))
+            } else {
+                Ok(())
+            }
+        }))
+        .map(drop)
+    }
+
+    fn webhook(&mut self, key: &str, raw: RawWebhook) -> Result<Webhook, Reported> {
+        let kind = self.webhook_kind(key, raw.kind.as_deref(), raw.secret, raw.signing_secret);
+        let url = self.webhook_url(&format!("{key}.url"), raw.url);
+        let timeout = self.duration(
+            &format!("{key}.timeout"),
+            raw.timeout,
+            DEFAULT_WEBHOOK_TIMEOUT,
+        );
+        let attempts = self.number(
+            &format!("{key}.attempts"),
+            raw.attempts,
+            DEFAULT_WEBHOOK_ATTEMPTS,
+            WEBHOOK_ATTEMPTS_RANGE,
+        );
+        Ok(Webhook {
+            kind: kind?,
+            url: url?,
+            timeout: timeout?,
+            attempts: attempts?,
+            burst: DEFAULT_WEBHOOK_BURST,
+            refill: DEFAULT_WEBHOOK_REFILL,
+        })
+    }
+
+    fn webhook_url(&mut self, key: &str, url: Option<String>) -> Result<reqwest::Url, Reported> {
+        let Some(text) = url else {
+            return Err(self.report(key, "required"));
+        };
+        let url = reqwest::Url::parse(&text)
+            .map_err(|error| self.report(key, format!("{text:?}: {error}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(self.report(key, "must be an http or https URL"));
+        }
+        Ok(url)
+    }
+
+    /// The kind with its own secret; a secret meant for another kind is a problem too.
+    fn webhook_kind(
+        &mut self,
+        key: &str,
+        kind: Option<&str>,
+        secret: Option<String>,
+        signing_secret: Option<String>,
+    ) -> Result<WebhookKind, Reported> {
+        match kind.unwrap_or("generic") {
+            "generic" => {
+                let foreign = self.foreign_secret(key, "signing_secret", &signing_secret, "slack");
+                let secret = self.generic_secret(&format!("{key}.secret"), secret);
+                foreign?;
+                Ok(WebhookKind::Generic { secret: secret? })
+            }
+            "slack" => {
+                let foreign = self.foreign_secret(key, "secret", &secret, "generic");
+                let signing_secret =
+                    self.slack_signing_secret(&format!("{key}.signing_secret"), signing_secret);
+                foreign?;
+                Ok(WebhookKind::Slack {
+                    signing_secret: signing_secret?,
+                })
+            }
+            "teams" => {
+                let secret = self.foreign_secret(key, "secret", &secret, "generic");
+                let signing = self.foreign_secret(key, "signing_secret", &signing_secret, "slack");
+                both(secret, signing).map(|_| WebhookKind::Teams)
+            }
+            other => Err(self.report(
+                format!("{key}.kind"),
+                format!("{other:?}: use \"generic\", \"slack\" or \"teams\""),
+            )),
+        }
+    }
+
+    fn generic_secret(&mut self, key: &str, secret: Option<String>) -> Result<String, Reported> {
+        match secret {
+            Some(secret) if secret.len() >= MIN_GENERIC_SECRET_LEN => Ok(secret),
+            Some(_) => Err(self.report(
+                key,
+                format!("must be at least {MIN_GENERIC_SECRET_LEN} characters"),
+            )),
+            None => Err(self.report(key, "a generic webhook needs a secret")),
+        }
+    }
+
+    fn slack_signing_secret(
+        &mut self,
+        key: &str,
+        secret: Option<String>,
+    ) -> Result<String, Reported> {
+        match secret {
+            Some(secret) if !secret.is_empty() => Ok(secret),
+            _ => Err(self.report(
+                key,
+                "a slack webhook needs Slack's signing secret to verify interactions",
+            )),
+        }
+    }
+
+    /// Refuses `field` of the webhook at `key` when set: only webhooks of kind `owner` take it.
+    fn foreign_secret(
+        &mut self,
+        key: &str,
+        field: &str,
+        value: &Option<String>,
+        owner: &str,
+    ) -> Result<(), Reported> {
+        match value {
+            Some(_) => Err(self.report(
+                format!("{key}.{field}"),
+                format!("only {owner} webhooks take a {field}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn absolute_path(&mut self, key: &str, path: PathBuf) -> Result<PathBuf, Reported> {
+        if path.is_absolute() {
+            Ok(path)
+        } else {
+            Err(self.report(key, "must be an absolute path"))
+        }
+    }
+
+    /// The duration at `key`, `default` when absent; zero is refused.
+    fn duration(
+        &mut self,
+        key: &str,
+        text: Option<String>,
+        default: Duration,
+    ) -> Result<Duration, Reported> {
+        match text {
+            Some(text) => self.positive_duration(key, &text),
+            None => Ok(default),
+        }
+    }
+
+    fn required_duration(
+        &mut self,
+        key: &str,
+        text: Option<String>,
+        example: &str,
+    ) -> Result<Duration, Reported> {
+        match text {
+            Some(text) => self.positive_duration(key, &text),
+            None => Err(self.report(key, format!("required, e.g. {example:?}"))),
+        }
+    }
+
+    fn positive_duration(&mut self, key: &str, text: &str) -> Result<Duration, Reported> {
+        let duration = humantime::parse_duration(text)
+            .map_err(|error| self.report(key, format!("bad duration {text:?}: {error}")))?;
+        if duration.is_zero() {
+            return Err(self.report(key, "must be longer than zero"));
+        }
+        Ok(duration)
+    }
+
+    /// The integer at `key`, `default` when absent, if it lies in `range`.
+    fn number<T>(
+        &mut self,
+        key: &str,
+        value: Option<i64>,
+        default: T,
+        range: RangeInclusive<T>,
+    ) -> Result<T, Reported>
+    where
+        T: TryFrom<i64> + PartialOrd + fmt::Display,
+    {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        match T::try_from(value) {
+            Ok(value) if range.contains(&value) => Ok(value),
+            _ => Err(self.report(
+                key,
+                format!("must be between {} and {}", range.start(), range.end()),
+            )),
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The TOML schema as written, before validation.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use serde::Deserialize;
+
+use crate::destinations::PortSpec;
+
+// Required keys and integers are optional here, so that a missing key or a number out of range
+// is one problem among the others rather than a deserialization error that hides them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub(super) daemon: RawDaemon,
+    #[serde(default)]
+    pub(super) agents: RawAgents,
+    #[serde(default)]
+    pub(super) protect: RawProtect,
+    #[serde(default)]
+    pub(super) approval: RawApproval,
+    #[serde(default)]
+    pub(super) webhook: Vec<RawWebhook>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDaemon {
+    pub(super) socket: Option<PathBuf>,
+    /// An empty string turns the HTTP listener off.
+    pub(super) listen: Option<String>,
+    pub(super) journal: Option<PathBuf>,
+    pub(super) pin_dir: Option<PathBuf>,
+    pub(super) resolve_interval: Option<String>,
+    pub(super) redeliver_interval: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAgents {
+    #[serde(default)]
+    pub(super) cgroups: Vec<PathBuf>,
+    #[serde(default)]
+    pub(super) owner: Vec<RawOwner>,
+    /// "protect" (default): only protected binaries need approval; "allowlist": everything
+    /// not in `allow` does.
+    pub(super) exec: Option<String>,
+    #[serde(default)]
+    pub(super) allow: Vec<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOwner {
+    pub(super) cgroup: PathBuf,
+    pub(super) owner: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProtect {
+    #[serde(default)]
+    pub(super) exec: Vec<RawExecRule>,
+    #[serde(default)]
+    pub(super) connect: Vec<RawConnectRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawExecRule {
+    pub(super) path: PathBuf,
+    pub(super) name: Option<String>,
+    pub(super) approvals: Option<i64>,
+    pub(super) require_reason: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConnectRule {
+    pub(super) name: Option<String>,
+    pub(super) cidr: Option<String>,
+    pub(super) host: Option<String>,
+    pub(super) ports: Option<Vec<PortSpec>>,
+    pub(super) protocol: Option<String>,
+    pub(super) approvals: Option<i64>,
+    pub(super) require_reason: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawApproval {
+    #[serde(default)]
+    pub(super) reviewers: Vec<String>,
+    #[serde(default)]
+    pub(super) slack_users: BTreeMap<String, String>,
+    pub(super) grant_ttl: Option<String>,
+    pub(super) request_ttl: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWebhook {
+    pub(super) kind: Option<String>,
+    pub(super) url: Option<String>,
+    pub(super) secret: Option<String>,
+    pub(super) signing_secret: Option<String>,
+    pub(super) timeout: Option<String>,
+    pub(super) attempts: Option<i64>,
+}

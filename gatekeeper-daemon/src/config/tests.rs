@@ -1,0 +1,476 @@
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use super::{
+    parse::{DEFAULT_LISTEN, DEFAULT_WEBHOOK_ATTEMPTS},
+    *,
+};
+use crate::cgroups;
+
+/// A config whose host-dependent parts (cgroup, protected file) point at things that exist on
+/// any Linux host with cgroup v2.
+fn config_text(extra: &str) -> String {
+    let cgroup = cgroups::mount_point().expect("cgroup v2 mounted");
+    format!(
+        r#"
+[agents]
+cgroups = ["{}"]
+[[protect.exec]]
+path = "/bin/sh"
+name = "shell"
+[approval]
+reviewers = ["root"]
+grant_ttl = "60s"
+request_ttl = "15m"
+{extra}
+"#,
+        cgroup.display()
+    )
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("test.toml"), text)
+}
+
+/// Parses and checks the host, as `Config::load` does.
+fn load(text: &str) -> Result<Config, ConfigError> {
+    let config = parse(text)?;
+    config.check_host()?;
+    Ok(config)
+}
+
+fn error_of(text: &str) -> String {
+    match load(text) {
+        Ok(_) => panic!("config was accepted:\n{text}"),
+        Err(error) => error.to_string(),
+    }
+}
+
+/// The keys of the problems `result` reports, in order.
+fn keys_of(result: Result<impl std::fmt::Debug, ConfigError>) -> Vec<String> {
+    match result {
+        Err(ConfigError::Invalid { problems, .. }) => {
+            problems.into_iter().map(|problem| problem.key).collect()
+        }
+        other => panic!("expected problems, got {other:?}"),
+    }
+}
+
+#[test]
+fn valid_config_has_defaults() {
+    let config = load(&config_text(
+        "[[webhook]]\nurl = \"http://127.0.0.1:9000/hook\"\nsecret = \"0123456789abcdef\"",
+    ))
+    .expect("valid config");
+    assert_eq!(config.socket, PathBuf::from(DEFAULT_SOCKET));
+    assert_eq!(config.grant_ttl, Duration::from_secs(60));
+    assert_eq!(config.request_ttl, Duration::from_secs(15 * 60));
+    assert_eq!(config.exec_rules[0].name, "shell");
+    assert_eq!(config.webhooks[0].attempts, DEFAULT_WEBHOOK_ATTEMPTS);
+    assert_eq!(config.listen, Some(DEFAULT_LISTEN.parse().unwrap()));
+}
+
+#[test]
+fn every_problem_is_reported_with_its_key() {
+    let text = config_text(
+        r#"
+[daemon]
+listen = "nowhere"
+resolve_interval = "0s"
+[[protect.connect]]
+cidr = "10.0.0.0/8"
+ports = [22, "90-80", 0]
+protocol = "icmp"
+[[webhook]]
+url = "http://127.0.0.1:1/"
+secret = "short"
+[[webhook]]
+kind = "pager"
+url = "ftp://example/"
+"#,
+    )
+    .replace("\"60s\"", "\"sixty\"")
+    .replace("[\"root\"]", "[\"root\", \" \"]");
+    let error = parse(&text).expect_err("several problems");
+    let expected = [
+        "daemon.listen",
+        "daemon.resolve_interval",
+        "protect.connect[0].ports[1]",
+        "protect.connect[0].ports[2]",
+        "protect.connect[0].protocol",
+        "approval.reviewers[1]",
+        "approval.grant_ttl",
+        "webhook[0].secret",
+        "webhook[1].kind",
+        "webhook[1].url",
+    ];
+    let message = error.to_string();
+    assert!(
+        message.starts_with("invalid config test.toml:\n"),
+        "{message}"
+    );
+    for key in expected {
+        assert!(
+            message.contains(&format!("\n  {key}: ")),
+            "{key}: {message}"
+        );
+    }
+    assert_eq!(message.lines().count(), 1 + expected.len(), "{message}");
+    assert_eq!(keys_of(Err::<(), _>(error)), expected);
+}
+
+#[test]
+fn missing_sections_are_problems_not_syntax_errors() {
+    assert_eq!(
+        keys_of(parse("")),
+        [
+            "agents.cgroups",
+            "approval.reviewers",
+            "approval.grant_ttl",
+            "approval.request_ttl"
+        ]
+    );
+}
+
+#[test]
+fn parse_leaves_the_host_to_check_host() {
+    let text = r#"
+[agents]
+cgroups = ["/nonexistent/cgroup", "/proc", "/nonexistent/other"]
+exec = "allowlist"
+allow = ["/nonexistent/allowed", "/bin/sh"]
+[[protect.exec]]
+path = "/nonexistent/protected"
+[[protect.exec]]
+path = "/tmp"
+[approval]
+reviewers = ["root"]
+grant_ttl = "60s"
+request_ttl = "15m"
+"#;
+    let config = parse(text).expect("parsing consults no filesystem");
+    assert_eq!(
+        keys_of(config.check_host()),
+        [
+            "agents.cgroups[0]",
+            "agents.cgroups[1]",
+            "agents.cgroups[2]",
+            "agents.allow[0]",
+            "protect.exec[0].path",
+            "protect.exec[1].path",
+        ]
+    );
+    let message = config.check_host().expect_err("missing paths").to_string();
+    for path in [
+        "/nonexistent/cgroup",
+        "/nonexistent/allowed",
+        "/nonexistent/protected",
+    ] {
+        assert!(message.contains(path), "{path}: {message}");
+    }
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let error = error_of(&config_text("[daemon]\nsockett = \"/x\""));
+    assert!(error.contains("sockett"), "{error}");
+}
+
+#[test]
+fn syntax_error_is_reported() {
+    let error = error_of("[agents\ncgroups = []");
+    assert!(error.starts_with("invalid config test.toml"), "{error}");
+}
+
+#[test]
+fn bad_duration_names_key() {
+    let text = config_text("").replace("\"60s\"", "\"sixty\"");
+    let error = error_of(&text);
+    assert!(error.contains("approval.grant_ttl"), "{error}");
+    let error = error_of(&config_text("").replace("\"15m\"", "\"0s\""));
+    assert!(error.contains("approval.request_ttl"), "{error}");
+}
+
+#[test]
+fn missing_protected_path_names_key() {
+    let text = config_text("").replace("/bin/sh", "/nonexistent/gatekeeper-test");
+    let error = error_of(&text);
+    assert!(error.contains("protect.exec[0].path"), "{error}");
+}
+
+#[test]
+fn relative_protected_path_refused() {
+    let error = error_of(&config_text("").replace("/bin/sh", "bin/sh"));
+    assert!(error.contains("protect.exec[0].path"), "{error}");
+}
+
+#[test]
+fn protected_path_listed_twice_refused() {
+    let text = config_text("[[protect.exec]]\npath = \"/bin/sh\"");
+    assert_eq!(keys_of(parse(&text)), ["protect.exec[1].path"]);
+}
+
+#[test]
+fn unreadable_cgroup_names_key() {
+    let mount = cgroups::mount_point().expect("cgroup v2 mounted");
+    let mount = mount.display().to_string();
+    let text = config_text("").replace(&mount, "/nonexistent/cgroup");
+    let error = error_of(&text);
+    assert!(error.contains("agents.cgroups[0]"), "{error}");
+    // A directory that is not a cgroup.
+    let error = error_of(&config_text("").replace(&mount, "/proc"));
+    assert!(error.contains("agents.cgroups[0]"), "{error}");
+}
+
+#[test]
+fn webhook_checks_name_keys() {
+    let error = error_of(&config_text(
+        "[[webhook]]\nurl = \"not a url\"\nsecret = \"0123456789abcdef\"",
+    ));
+    assert!(error.contains("webhook[0].url"), "{error}");
+    let error = error_of(&config_text(
+        "[[webhook]]\nurl = \"http://127.0.0.1:1/\"\nsecret = \"short\"",
+    ));
+    assert!(error.contains("webhook[0].secret"), "{error}");
+}
+
+#[test]
+fn each_webhook_kind_has_its_own_secret() {
+    let config = parse(&config_text(
+        r#"
+[[webhook]]
+url = "https://reviewers.example/hook"
+secret = "0123456789abcdef"
+[[webhook]]
+kind = "slack"
+url = "https://hooks.slack.example/services/T/B/X"
+signing_secret = "slack-secret"
+[[webhook]]
+kind = "teams"
+url = "https://teams.example/webhook"
+"#,
+    ))
+    .expect("valid config");
+    let kinds: Vec<_> = config.webhooks.iter().map(|hook| &hook.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            &WebhookKind::Generic {
+                secret: "0123456789abcdef".into()
+            },
+            &WebhookKind::Slack {
+                signing_secret: "slack-secret".into()
+            },
+            &WebhookKind::Teams,
+        ]
+    );
+    let names: Vec<_> = kinds.iter().map(|kind| kind.name()).collect();
+    assert_eq!(names, ["generic", "slack", "teams"]);
+
+    let hook = |lines: &str| {
+        config_text(&format!(
+            "[[webhook]]\nurl = \"https://x.example/\"\n{lines}"
+        ))
+    };
+    let cases = [
+        (hook("kind = \"generic\""), vec!["webhook[0].secret"]),
+        (
+            hook("secret = \"0123456789abcdef\"\nsigning_secret = \"s\""),
+            vec!["webhook[0].signing_secret"],
+        ),
+        (hook("kind = \"slack\""), vec!["webhook[0].signing_secret"]),
+        (
+            hook("kind = \"slack\"\nsigning_secret = \"\""),
+            vec!["webhook[0].signing_secret"],
+        ),
+        (
+            hook("kind = \"slack\"\nsigning_secret = \"s\"\nsecret = \"0123456789abcdef\""),
+            vec!["webhook[0].secret"],
+        ),
+        (
+            hook("kind = \"teams\"\nsecret = \"0123456789abcdef\"\nsigning_secret = \"s\""),
+            vec!["webhook[0].secret", "webhook[0].signing_secret"],
+        ),
+        (
+            hook("kind = \"pager\"\nsecret = \"x\""),
+            vec!["webhook[0].kind"],
+        ),
+    ];
+    for (text, keys) in cases {
+        assert_eq!(keys_of(parse(&text)), keys, "{text}");
+    }
+}
+
+#[test]
+fn empty_reviewers_refused() {
+    let error = error_of(&config_text("").replace("[\"root\"]", "[]"));
+    assert!(error.contains("approval.reviewers"), "{error}");
+}
+
+#[test]
+fn connect_rules_parse() {
+    let config = parse(&config_text(
+        r#"
+[[protect.connect]]
+name = "prod postgres"
+cidr = "10.20.0.0/16"
+ports = [5432, "8000-8100"]
+protocol = "tcp"
+[[protect.connect]]
+host = "db.internal"
+"#,
+    ))
+    .expect("valid config");
+    let first = &config.connect_rules[0];
+    assert_eq!(first.name, "prod postgres");
+    assert_eq!(first.ports, vec![(5432, 5432), (8000, 8100)]);
+    assert_eq!(first.protocols, gatekeeper_common::PROTOCOL_TCP);
+    let second = &config.connect_rules[1];
+    assert_eq!(
+        second.destination,
+        DestinationSpec::Host("db.internal".into())
+    );
+    assert!(second.ports.is_empty(), "no ports: every port");
+    assert_eq!(second.name, "db.internal");
+}
+
+#[test]
+fn bad_connect_rules_name_the_key() {
+    let cases = [
+        ("cidr = \"10.20.0.0/33\"", "protect.connect[0].cidr"),
+        ("cidr = \"10.20.1.0/16\"", "protect.connect[0].cidr"),
+        (
+            "cidr = \"10.0.0.0/8\"\nports = [0]",
+            "protect.connect[0].ports[0]",
+        ),
+        (
+            "cidr = \"10.0.0.0/8\"\nports = [22, \"90-80\"]",
+            "protect.connect[0].ports[1]",
+        ),
+        (
+            "cidr = \"10.0.0.0/8\"\nports = []",
+            "protect.connect[0].ports",
+        ),
+        (
+            "cidr = \"10.0.0.0/8\"\nprotocol = \"icmp\"",
+            "protect.connect[0].protocol",
+        ),
+        ("name = \"nothing\"", "protect.connect[0].cidr"),
+        (
+            "cidr = \"10.0.0.0/8\"\nhost = \"db\"",
+            "protect.connect[0].cidr",
+        ),
+        ("cidr = \"10.0.0.0/8\"\nport = 22", "port"),
+    ];
+    for (rule, key) in cases {
+        let error = error_of(&config_text(&format!("[[protect.connect]]\n{rule}")));
+        assert!(error.contains(key), "{rule}: {error}");
+    }
+}
+
+#[test]
+fn too_many_port_ranges_reported_with_rule_problems() {
+    let ports: Vec<String> = (1..=17).map(|port| port.to_string()).collect();
+    let text = config_text(&format!(
+        "[[protect.connect]]\ncidr = \"10.0.0.0/8\"\nports = [{}]\n\
+         [[protect.connect]]\ncidr = \"10.0.0.0/33\"",
+        ports.join(", ")
+    ));
+    assert_eq!(
+        keys_of(parse(&text)),
+        ["protect.connect[1].cidr", "protect.connect"]
+    );
+}
+
+#[test]
+fn allowlist_mode_is_checked() {
+    let text = config_text("").replace(
+        "[[protect.exec]]",
+        "exec = \"allowlist\"\nallow = [\"/bin/sh\"]\n[[protect.exec]]",
+    );
+    let config = load(&text).expect("valid allowlist config");
+    assert!(config.exec_allowlist);
+    assert_eq!(config.allowed, vec![PathBuf::from("/bin/sh")]);
+    let error = error_of(&text.replace("allow = [\"/bin/sh\"]", "allow = []"));
+    assert!(error.contains("agents.allow"), "{error}");
+    let error = error_of(&text.replace("\"allowlist\"", "\"everything\""));
+    assert!(error.contains("agents.exec"), "{error}");
+    let error = error_of(&text.replace("\"/bin/sh\"]", "\"/nonexistent/x\"]"));
+    assert!(error.contains("agents.allow[0]"), "{error}");
+}
+
+#[test]
+fn webhook_kinds_owners_and_slack_users() {
+    let mount = cgroups::mount_point().expect("cgroup v2 mounted");
+    let owned = mount.join("agent-of-alice");
+    let extra = format!(
+        r#"
+[[webhook]]
+kind = "slack"
+url = "https://hooks.slack.example/services/T/B/X"
+signing_secret = "slack-secret"
+[[webhook]]
+kind = "teams"
+url = "https://teams.example/webhook"
+[approval.slack_users]
+U012ABCDEF = "root"
+[[agents.owner]]
+cgroup = "{}"
+owner = "alice"
+[[protect.connect]]
+cidr = "10.0.0.0/8"
+approvals = 2
+require_reason = true
+"#,
+        owned.display()
+    );
+    let config = load(&config_text(&extra)).expect("valid config");
+    assert_eq!(config.webhooks[0].kind.name(), "slack");
+    assert_eq!(config.webhooks[1].kind, WebhookKind::Teams);
+    assert_eq!(config.slack_users["U012ABCDEF"], "root");
+    assert_eq!(config.owner_of(&owned.join("task")), Some("alice"));
+    assert_eq!(config.owner_of(&mount), None);
+    assert_eq!(config.exec_rules[0].approval, RulePolicy::default());
+    assert_eq!(
+        config.connect_rules[0].approval,
+        RulePolicy {
+            approvals: 2,
+            require_reason: true
+        }
+    );
+
+    let cases = [
+        (
+            extra.replace("signing_secret = \"slack-secret\"\n", ""),
+            "webhook[0].signing_secret",
+        ),
+        (
+            extra.replace("kind = \"teams\"", "kind = \"pager\""),
+            "webhook[1].kind",
+        ),
+        (
+            extra.replace("= \"root\"", "= \"mallory\""),
+            "approval.slack_users.U012ABCDEF",
+        ),
+        (
+            extra.replace(&owned.display().to_string(), "/elsewhere"),
+            "agents.owner[0].cgroup",
+        ),
+        (
+            extra.replace("approvals = 2", "approvals = 0"),
+            "protect.connect[0].approvals",
+        ),
+    ];
+    for (text, key) in cases {
+        let error = error_of(&config_text(&text));
+        assert!(error.contains(key), "{key}: {error}");
+    }
+}
+
+#[test]
+fn bad_listen_address_names_key() {
+    let error = error_of(&config_text("[daemon]\nlisten = \"nowhere\""));
+    assert!(error.contains("daemon.listen"), "{error}");
+}
