@@ -28,17 +28,20 @@ const DEFAULT_JOURNAL: &str = "/var/lib/gatekeeper/journal.jsonl";
 const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/gatekeeper";
 const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 const DEFAULT_REDELIVER_INTERVAL: Duration = Duration::from_secs(30);
-// Not yet read from the file.
-const DEFAULT_RETENTION: Duration = Duration::from_secs(60 * 60);
-const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
-const DEFAULT_MAX_CLIENTS: u32 = 256;
-const DEFAULT_MAX_PENDING: u32 = 16;
-const DEFAULT_WEBHOOK_BURST: u32 = 10;
-const DEFAULT_WEBHOOK_REFILL: Duration = Duration::from_secs(6);
+pub(super) const DEFAULT_RETENTION: Duration = Duration::from_secs(60 * 60);
+pub(super) const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
+const CHECKPOINT_EVERY_RANGE: RangeInclusive<u64> = 10..=1_000_000;
+pub(super) const DEFAULT_MAX_CLIENTS: u32 = 256;
+const MAX_CLIENTS_RANGE: RangeInclusive<u32> = 8..=65536;
+pub(super) const DEFAULT_MAX_PENDING: u32 = 16;
+const MAX_PENDING_RANGE: RangeInclusive<u32> = 1..=1000;
 const APPROVALS_RANGE: RangeInclusive<u32> = 1..=10;
 const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) const DEFAULT_WEBHOOK_ATTEMPTS: u32 = 5;
 const WEBHOOK_ATTEMPTS_RANGE: RangeInclusive<u32> = 1..=20;
+pub(super) const DEFAULT_WEBHOOK_BURST: u32 = 10;
+const WEBHOOK_BURST_RANGE: RangeInclusive<u32> = 1..=1000;
+pub(super) const DEFAULT_WEBHOOK_REFILL: Duration = Duration::from_secs(6);
 const MIN_GENERIC_SECRET_LEN: usize = 16;
 
 pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
@@ -92,6 +95,9 @@ struct DaemonSection {
     pin_dir: PathBuf,
     resolve_interval: Duration,
     redeliver_interval: Duration,
+    retention: Duration,
+    checkpoint_every: u64,
+    max_clients: u32,
 }
 
 /// The settings of `[agents]`.
@@ -100,6 +106,7 @@ struct AgentsSection {
     exec_allowlist: bool,
     allowed: Vec<PathBuf>,
     owners: Vec<(PathBuf, String)>,
+    max_pending: u32,
 }
 
 /// The settings of `[approval]`.
@@ -147,11 +154,11 @@ impl Parser {
             pin_dir: daemon.pin_dir,
             resolve_interval: daemon.resolve_interval,
             redeliver_interval: daemon.redeliver_interval,
-            retention: DEFAULT_RETENTION,
-            checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
-            max_clients: DEFAULT_MAX_CLIENTS,
+            retention: daemon.retention,
+            checkpoint_every: daemon.checkpoint_every,
+            max_clients: daemon.max_clients,
             agent_cgroups: agents.cgroups,
-            max_pending: DEFAULT_MAX_PENDING,
+            max_pending: agents.max_pending,
             exec_allowlist: agents.exec_allowlist,
             allowed: agents.allowed,
             exec_rules,
@@ -189,6 +196,19 @@ impl Parser {
             raw.redeliver_interval,
             DEFAULT_REDELIVER_INTERVAL,
         );
+        let retention = self.duration("daemon.retention", raw.retention, DEFAULT_RETENTION);
+        let checkpoint_every = self.number(
+            "daemon.checkpoint_every",
+            raw.checkpoint_every,
+            DEFAULT_CHECKPOINT_EVERY,
+            CHECKPOINT_EVERY_RANGE,
+        );
+        let max_clients = self.number(
+            "daemon.max_clients",
+            raw.max_clients,
+            DEFAULT_MAX_CLIENTS,
+            MAX_CLIENTS_RANGE,
+        );
         Ok(DaemonSection {
             socket: raw.socket.unwrap_or_else(|| DEFAULT_SOCKET.into()),
             listen: listen?,
@@ -196,6 +216,9 @@ impl Parser {
             pin_dir: pin_dir?,
             resolve_interval: resolve_interval?,
             redeliver_interval: redeliver_interval?,
+            retention: retention?,
+            checkpoint_every: checkpoint_every?,
+            max_clients: max_clients?,
         })
     }
 
@@ -225,12 +248,19 @@ impl Parser {
         let owners = all(raw.owner.into_iter().enumerate().map(|(index, owner)| {
             self.owner(&format!("agents.owner[{index}]"), owner, &raw.cgroups)
         }));
+        let max_pending = self.number(
+            "agents.max_pending",
+            raw.max_pending,
+            DEFAULT_MAX_PENDING,
+            MAX_PENDING_RANGE,
+        );
         cgroups?;
         Ok(AgentsSection {
             cgroups: raw.cgroups,
             exec_allowlist: exec_allowlist?,
             allowed: allowed?,
             owners: owners?,
+            max_pending: max_pending?,
         })
     }
 
@@ -441,13 +471,20 @@ impl Parser {
             DEFAULT_WEBHOOK_ATTEMPTS,
             WEBHOOK_ATTEMPTS_RANGE,
         );
+        let burst = self.number(
+            &format!("{key}.burst"),
+            raw.burst,
+            DEFAULT_WEBHOOK_BURST,
+            WEBHOOK_BURST_RANGE,
+        );
+        let refill = self.duration(&format!("{key}.refill"), raw.refill, DEFAULT_WEBHOOK_REFILL);
         Ok(Webhook {
             kind: kind?,
             url: url?,
             timeout: timeout?,
             attempts: attempts?,
-            burst: DEFAULT_WEBHOOK_BURST,
-            refill: DEFAULT_WEBHOOK_REFILL,
+            burst: burst?,
+            refill: refill?,
         })
     }
 

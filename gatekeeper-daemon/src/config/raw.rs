@@ -33,6 +33,9 @@ pub(super) struct RawDaemon {
     pub(super) pin_dir: Option<PathBuf>,
     pub(super) resolve_interval: Option<String>,
     pub(super) redeliver_interval: Option<String>,
+    pub(super) retention: Option<String>,
+    pub(super) checkpoint_every: Option<i64>,
+    pub(super) max_clients: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -47,6 +50,7 @@ pub(super) struct RawAgents {
     pub(super) exec: Option<String>,
     #[serde(default)]
     pub(super) allow: Vec<PathBuf>,
+    pub(super) max_pending: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -106,4 +110,6 @@ pub(super) struct RawWebhook {
     pub(super) signing_secret: Option<String>,
     pub(super) timeout: Option<String>,
     pub(super) attempts: Option<i64>,
+    pub(super) burst: Option<i64>,
+    pub(super) refill: Option<String>,
 }

@@ -4,7 +4,10 @@ use std::{
 };
 
 use super::{
-    parse::{DEFAULT_LISTEN, DEFAULT_WEBHOOK_ATTEMPTS},
+    parse::{
+        DEFAULT_CHECKPOINT_EVERY, DEFAULT_LISTEN, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_PENDING,
+        DEFAULT_RETENTION, DEFAULT_WEBHOOK_ATTEMPTS, DEFAULT_WEBHOOK_BURST, DEFAULT_WEBHOOK_REFILL,
+    },
     *,
 };
 use crate::cgroups;
@@ -70,6 +73,93 @@ fn valid_config_has_defaults() {
     assert_eq!(config.exec_rules[0].name, "shell");
     assert_eq!(config.webhooks[0].attempts, DEFAULT_WEBHOOK_ATTEMPTS);
     assert_eq!(config.listen, Some(DEFAULT_LISTEN.parse().unwrap()));
+}
+
+#[test]
+fn new_keys_have_defaults() {
+    let config = parse(&config_text(
+        "[[webhook]]\nurl = \"http://127.0.0.1:9000/hook\"\nsecret = \"0123456789abcdef\"",
+    ))
+    .expect("valid config");
+    assert_eq!(config.max_pending, DEFAULT_MAX_PENDING);
+    assert_eq!(config.max_pending, 16);
+    assert_eq!(config.retention, DEFAULT_RETENTION);
+    assert_eq!(config.retention, Duration::from_secs(3600));
+    assert_eq!(config.checkpoint_every, DEFAULT_CHECKPOINT_EVERY);
+    assert_eq!(config.checkpoint_every, 1000);
+    assert_eq!(config.max_clients, DEFAULT_MAX_CLIENTS);
+    assert_eq!(config.max_clients, 256);
+    assert_eq!(config.webhooks[0].burst, DEFAULT_WEBHOOK_BURST);
+    assert_eq!(config.webhooks[0].burst, 10);
+    assert_eq!(config.webhooks[0].refill, DEFAULT_WEBHOOK_REFILL);
+    assert_eq!(config.webhooks[0].refill, Duration::from_secs(6));
+}
+
+#[test]
+fn new_keys_are_read() {
+    let text = config_text(
+        r#"
+[daemon]
+retention = "2h"
+checkpoint_every = 50
+max_clients = 8
+[[webhook]]
+url = "http://127.0.0.1:9000/hook"
+secret = "0123456789abcdef"
+burst = 1000
+refill = "1m"
+"#,
+    )
+    .replace("[agents]", "[agents]\nmax_pending = 1000");
+    let config = parse(&text).expect("valid config");
+    assert_eq!(config.max_pending, 1000);
+    assert_eq!(config.retention, Duration::from_secs(2 * 3600));
+    assert_eq!(config.checkpoint_every, 50);
+    assert_eq!(config.max_clients, 8);
+    assert_eq!(config.webhooks[0].burst, 1000);
+    assert_eq!(config.webhooks[0].refill, Duration::from_secs(60));
+}
+
+#[test]
+fn new_keys_are_bounded() {
+    let hook = "[[webhook]]\nurl = \"http://127.0.0.1:9000/hook\"\nsecret = \"0123456789abcdef\"";
+    let daemon = |line: &str| config_text(&format!("[daemon]\n{line}"));
+    let agents = |line: &str| config_text("").replace("[agents]", &format!("[agents]\n{line}"));
+    let webhook = |line: &str| config_text(&format!("{hook}\n{line}"));
+    let accepted = [
+        agents("max_pending = 1"),
+        agents("max_pending = 1000"),
+        daemon("checkpoint_every = 10"),
+        daemon("checkpoint_every = 1000000"),
+        daemon("max_clients = 8"),
+        daemon("max_clients = 65536"),
+        webhook("burst = 1"),
+        webhook("burst = 1000"),
+        webhook("refill = \"1ms\""),
+    ];
+    for text in accepted {
+        parse(&text).unwrap_or_else(|error| panic!("{error}\n{text}"));
+    }
+    let refused = [
+        (agents("max_pending = 0"), "agents.max_pending"),
+        (agents("max_pending = 1001"), "agents.max_pending"),
+        (agents("max_pending = -1"), "agents.max_pending"),
+        (daemon("retention = \"0s\""), "daemon.retention"),
+        (daemon("retention = \"forever\""), "daemon.retention"),
+        (daemon("checkpoint_every = 9"), "daemon.checkpoint_every"),
+        (
+            daemon("checkpoint_every = 1000001"),
+            "daemon.checkpoint_every",
+        ),
+        (daemon("max_clients = 7"), "daemon.max_clients"),
+        (daemon("max_clients = 65537"), "daemon.max_clients"),
+        (webhook("burst = 0"), "webhook[0].burst"),
+        (webhook("burst = 1001"), "webhook[0].burst"),
+        (webhook("refill = \"0s\""), "webhook[0].refill"),
+    ];
+    for (text, key) in refused {
+        assert_eq!(keys_of(parse(&text)), [key], "{text}");
+    }
 }
 
 #[test]
