@@ -34,7 +34,7 @@ mount -t securityfs securityfs /sys/kernel/security
 mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
 mode=$(sed -n 's/.*gk\.mode=\([a-z-]*\).*/\1/p' /proc/cmdline)
-filter=$(sed -n 's/.*gk\.filter=\([A-Za-z0-9_:]*\).*/\1/p' /proc/cmdline)
+filter=$(sed -n 's/.*gk\.filter=\([A-Za-z0-9_:,]*\).*/\1/p' /proc/cmdline | tr , ' ')
 echo "guest: kernel $(uname -r), LSMs $(cat /sys/kernel/security/lsm), mode $mode"
 case "$mode" in
   tests) guest-tests --test-threads=1 --skip refuses_without_bpf_lsm $filter 2>&1 ;;

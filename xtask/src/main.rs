@@ -29,7 +29,8 @@ enum Task {
     Setup,
     /// Host unit tests, then the integration suite inside a guest for each kernel.
     Test {
-        /// Run only the guest tests whose names contain this (no host tests, no LSM-off check).
+        /// Run only the guest tests whose names contain this, or one of several given as
+        /// `a,b` (no host tests, no LSM-off check).
         filter: Option<String>,
         /// Only this kernel (6.1 or 6.12).
         #[arg(long)]

@@ -45,7 +45,7 @@ fn agent_exec_of_protected_binary_is_denied_and_requested() {
             .is_some_and(|s| s.starts_with("v1="))
     );
     scenario.wait_journal("webhook_delivery", |event| {
-        event["request_id"] == id && event["delivered"] == true
+        event["request_ids"][0] == id && event["delivered"] == true
     });
 
     // A repeat while pending joins the request instead of making another.

@@ -276,7 +276,7 @@ fn a_down_webhook_gets_the_request_once_it_is_back_also_across_a_restart() {
     );
     let id = scenario.denied_request();
     scenario.wait_journal("webhook_delivery", |event| {
-        event["request_id"] == id.as_str() && event["delivered"] == false
+        event["request_ids"][0] == id.as_str() && event["delivered"] == false
     });
     assert_eq!(scenario.request(&id)["state"], "pending");
     scenario.bring_webhook_up();
