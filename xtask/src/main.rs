@@ -273,10 +273,10 @@ fn test(filter: Option<&str>, kernel: Option<&str>) -> anyhow::Result<ExitCode> 
         && (filter.is_empty()
             || !filter
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | ',')))
     {
         bail!(
-            "the filter {filter:?} must be a test name or part of one (letters, digits, _ and :)"
+            "the filter {filter:?} must be test names or parts of them, separated by commas (letters, digits, _ and :)"
         );
     }
     if let Some(kernel) = kernel
