@@ -39,6 +39,7 @@ use crate::{
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 const MAX_BODY_BYTES: usize = 64 * 1024;
 const MAX_LOCAL_LINE: u64 = 64 * 1024;
+const MAX_ID_LEN: usize = 32;
 
 /// One call on the local socket: a JSON object on one line.
 #[derive(Debug, Serialize, Deserialize)]
@@ -384,6 +385,9 @@ impl Connection {
                 decision,
                 reason,
             } => {
+                if let Err(error) = check_request_id(&id) {
+                    return LocalReply::error(error);
+                }
                 let decider = match self.decider() {
                     Ok(decider) => decider,
                     Err(reply) => return reply,
@@ -511,6 +515,17 @@ impl HttpState {
     }
 }
 
+/// Request ids are short hex strings; anything else is refused before it reaches the engine.
+fn check_request_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_ID_LEN || !id.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        return Err(format!(
+            "not a request id (up to {MAX_ID_LEN} hex digits): {:?}",
+            id.chars().take(MAX_ID_LEN).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
 /// The HTTP status that tells a caller why its decision was not taken.
 fn decision_status(failure: &DecideFailure) -> StatusCode {
     match failure {
@@ -538,6 +553,9 @@ async fn http_decide(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    if let Err(error) = check_request_id(&id) {
+        return http_error(StatusCode::BAD_REQUEST, error);
+    }
     if let Err(error) = authenticate(&headers, &body, &state.generic_secrets) {
         return http_error(StatusCode::UNAUTHORIZED, error);
     }
@@ -625,6 +643,9 @@ async fn slack_interaction(
     let Some(action) = payload.actions.first() else {
         return http_error(StatusCode::BAD_REQUEST, "no action");
     };
+    if let Err(error) = check_request_id(&action.value) {
+        return http_error(StatusCode::BAD_REQUEST, error);
+    }
     let decision = match action.action_id.as_str() {
         "approve" => Decision::Approve,
         "deny" => Decision::Deny,
@@ -726,6 +747,112 @@ pub fn http_router(state: HttpState) -> Router {
         .with_state(state)
 }
 
+/// HTTP connections served at once; more are closed as they arrive.
+const MAX_HTTP_CONNECTIONS: usize = 64;
+/// How long one HTTP connection may live: a decision or a button press takes a moment, and a
+/// client that holds its connection gives its place back.
+const HTTP_CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// The HTTP listener with a bounded number of connections, each of bounded life, so that
+/// nobody who can reach the port can take the daemon's descriptors.
+struct LimitedListener {
+    listener: tokio::net::TcpListener,
+    places: Arc<Semaphore>,
+}
+
+/// A connection holding its place until it ends or its life runs out.
+struct LimitedStream {
+    stream: tokio::net::TcpStream,
+    _place: OwnedSemaphorePermit,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl LimitedStream {
+    fn expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        self.deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn lifetime_over() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "connection lifetime over")
+}
+
+impl tokio::io::AsyncRead for LimitedStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.expired(cx) {
+            return std::task::Poll::Ready(Err(lifetime_over()));
+        }
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for LimitedStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.expired(cx) {
+            return std::task::Poll::Ready(Err(lifetime_over()));
+        }
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl axum::serve::Listener for LimitedListener {
+    type Io = LimitedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let (stream, addr) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    warn!(%error, "HTTP accept failed; backing off");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                    continue;
+                }
+            };
+            // No place: closed at once, holding nothing.
+            if let Ok(place) = self.places.clone().try_acquire_owned() {
+                let deadline = Box::pin(tokio::time::sleep(HTTP_CONNECTION_LIFETIME));
+                return (
+                    LimitedStream {
+                        stream,
+                        _place: place,
+                        deadline,
+                    },
+                    addr,
+                );
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
 /// Binds the HTTP listener now (so a taken port fails start-up) and returns the server future.
 pub async fn bind_http(
     addr: SocketAddr,
@@ -734,6 +861,10 @@ pub async fn bind_http(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|cause| ApiError::Listen { addr, cause })?;
+    let listener = LimitedListener {
+        listener,
+        places: Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS)),
+    };
     Ok(async move {
         axum::serve(listener, http_router(state))
             .await

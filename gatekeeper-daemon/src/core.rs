@@ -139,6 +139,9 @@ struct Grant {
     key: GrantKey,
     expires_boot_ns: u64,
     phase: GrantPhase,
+    /// Known to have reached the kernel (false: restored from a decision record without its
+    /// `grant_issued`, so only the kernel can tell).
+    confirmed: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -317,6 +320,10 @@ impl Core {
         decider: &Decider,
         now: Now,
     ) -> Result<Request, DecisionFailure> {
+        // Unknown ids are not journaled: anyone could fill the journal with them.
+        if self.requests.get(id).is_none() {
+            return Err(DecideError::NotFound(id.to_owned()).into());
+        }
         if let Err(refusal) = authorize_reviewer(
             &self.settings.reviewers,
             &decider.reviewer,
@@ -348,14 +355,19 @@ impl Core {
             }
             return Err(error.into());
         }
-        self.journal(records::decision_event(id, &info));
+        // The approval that completes the request names its grant in the decision record.
+        let grant_id = self
+            .requests
+            .completes_approval(id, &info)
+            .then(|| (self.ids)() >> 1);
+        self.journal(records::decision_event(id, &info, grant_id));
         let outcome = self.requests.decide(id, info)?;
         let request = match outcome {
             Outcome::Approval { request, .. } => return Ok(request),
             Outcome::Decided(request) => request,
         };
-        if request.state == State::Approved {
-            self.start_grant(&request, now);
+        if let Some(grant_id) = grant_id {
+            self.start_grant(&request, grant_id, now);
         }
         self.settled(&request.id, request.state);
         Ok(self.requests.get(id).cloned().unwrap_or(request))
@@ -377,8 +389,7 @@ impl Core {
             .retain(|cgroup_id| requests.pending_in_cgroup(*cgroup_id) >= max);
     }
 
-    fn start_grant(&mut self, request: &Request, now: Now) {
-        let grant_id = (self.ids)() >> 1;
+    fn start_grant(&mut self, request: &Request, grant_id: u64, now: Now) {
         let key = GrantKey {
             cgroup_id: request.cgroup_id,
             target: request.target_key,
@@ -391,6 +402,7 @@ impl Core {
                 key,
                 expires_boot_ns,
                 phase: GrantPhase::Installing,
+                confirmed: true,
             },
         );
         self.effects.push_back(Effect::PutGrant {
@@ -540,10 +552,19 @@ impl Core {
         }
         for grant_id in used_silently {
             if let Some(grant) = self.grants.remove(&grant_id) {
-                self.journal(Event::GrantUsed {
-                    grant_id,
-                    request_id: grant.request_id,
-                    pid: None,
+                // Gone from the kernel without an event: used with the event lost, or, for a
+                // grant never confirmed, perhaps never there. Either way it can no longer pass.
+                self.journal(if grant.confirmed {
+                    Event::GrantUsed {
+                        grant_id,
+                        request_id: grant.request_id,
+                        pid: None,
+                    }
+                } else {
+                    Event::GrantExpired {
+                        grant_id,
+                        request_id: grant.request_id,
+                    }
                 });
             }
         }
@@ -717,7 +738,7 @@ impl Core {
         }
     }
 
-    fn restore_grant(&mut self, grant_id: u64, request_id: &str) {
+    fn restore_grant(&mut self, grant_id: u64, request_id: &str, confirmed: bool) {
         let Some(request) = self.requests.get(request_id) else {
             return;
         };
@@ -731,9 +752,10 @@ impl Core {
             Grant {
                 request_id: request_id.to_owned(),
                 key,
-                // Read from the kernel by the owner before anything expires (see `adopt_grants`).
+                // Read from the kernel by the owner before anything expires (see `adopt_grant`).
                 expires_boot_ns: 0,
                 phase: GrantPhase::Live,
+                confirmed,
             },
         );
     }
@@ -755,7 +777,7 @@ impl Core {
                     }
                 }
                 for grant in &state.grants {
-                    self.restore_grant(grant.grant_id, &grant.request_id);
+                    self.restore_grant(grant.grant_id, &grant.request_id, true);
                 }
             }
             Event::EnforcementInstalled { .. } => self.enforcing_since = Some(time),
@@ -772,25 +794,36 @@ impl Core {
                 reviewer,
                 reason,
                 channel,
-            } => self.requests.restore_decision(
-                request_id,
-                DecisionInfo {
-                    decision: records::decision_of(*decision),
-                    reviewer: reviewer.clone(),
-                    reason: reason.clone(),
-                    channel: channel.clone(),
-                    at: time,
-                },
-            ),
+                grant_id,
+            } => {
+                self.requests.restore_decision(
+                    request_id,
+                    DecisionInfo {
+                        decision: records::decision_of(*decision),
+                        reviewer: reviewer.clone(),
+                        reason: reason.clone(),
+                        channel: channel.clone(),
+                        at: time,
+                    },
+                );
+                if let Some(grant_id) = grant_id {
+                    self.restore_grant(*grant_id, request_id, false);
+                }
+            }
             Event::RequestExpired { request_id } => self.requests.restore_expired(request_id, time),
             Event::GrantIssued {
                 grant_id,
                 request_id,
                 ..
-            } => self.restore_grant(*grant_id, request_id),
+            } => self.restore_grant(*grant_id, request_id, true),
             Event::GrantFailed {
-                request_id, error, ..
-            } => self.requests.set_grant_error(request_id, error.clone()),
+                grant_id,
+                request_id,
+                error,
+            } => {
+                self.grants.remove(grant_id);
+                self.requests.set_grant_error(request_id, error.clone());
+            }
             Event::GrantUsed { grant_id, .. } | Event::GrantExpired { grant_id, .. } => {
                 self.grants.remove(grant_id);
             }
@@ -820,13 +853,28 @@ impl Core {
     /// holds it, or None where the kernel no longer has it (used while the daemon was away;
     /// its event waits in the ring buffer).
     pub fn adopt_grant(&mut self, grant_id: u64, expires_boot_ns: Option<u64>, now: Now) {
-        if let Some(grant) = self.grants.get_mut(&grant_id) {
-            match expires_boot_ns {
-                Some(expires) => grant.expires_boot_ns = expires,
-                None => {
-                    grant.phase = GrantPhase::Consumed {
-                        since_boot_ns: now.boot_ns,
-                    }
+        let Some(grant) = self.grants.get_mut(&grant_id) else {
+            return;
+        };
+        match expires_boot_ns {
+            Some(expires) => {
+                grant.expires_boot_ns = expires;
+                if !grant.confirmed {
+                    // It did reach the kernel: the record the stop cut off is written now.
+                    grant.confirmed = true;
+                    let request_id = grant.request_id.clone();
+                    let wall = now.wall
+                        + Duration::from_nanos(expires.saturating_sub(now.boot_ns));
+                    self.journal(Event::GrantIssued {
+                        grant_id,
+                        request_id,
+                        expires: wall,
+                    });
+                }
+            }
+            None => {
+                grant.phase = GrantPhase::Consumed {
+                    since_boot_ns: now.boot_ns,
                 }
             }
         }
@@ -843,29 +891,6 @@ impl Core {
         }
     }
 
-    /// After replay: approvals whose grant never reached the kernel (the daemon stopped in
-    /// between) get it now, while their grant would still be fresh.
-    pub fn resume_grants(&mut self, now: Now) {
-        let grant_ttl = self.settings.grant_ttl;
-        let waiting: Vec<Request> = self
-            .requests
-            .list(true)
-            .into_iter()
-            .filter(|request| {
-                request.state == State::Approved
-                    && request.grant_id.is_none()
-                    && request.grant_error.is_none()
-                    && request
-                        .decision
-                        .as_ref()
-                        .is_some_and(|decision| decision.at + grant_ttl > now.wall)
-            })
-            .cloned()
-            .collect();
-        for request in waiting {
-            self.start_grant(&request, now);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -1088,9 +1113,14 @@ mod tests {
                 .all(|effect| matches!(effect, Effect::Journal(_)))
         );
         assert_eq!(core.get(&id).unwrap().state, State::Pending);
-        // Unknown ids are not journaled: anyone could fill the journal with them.
+        // Unknown ids are not journaled, whoever asks: anyone could fill the journal with them.
         assert!(
             core.decide("nope", Decision::Approve, None, &cli("alice"), start())
+                .is_err()
+        );
+        let made_up = "f".repeat(60_000);
+        assert!(
+            core.decide(&made_up, Decision::Deny, None, &cli("mallory"), start())
                 .is_err()
         );
         assert!(core.take_effects().is_empty());
@@ -1423,18 +1453,26 @@ mod tests {
     }
 
     #[test]
-    fn after_a_restart_grants_are_adopted_voided_or_resumed() {
+    fn after_a_restart_grants_are_adopted_or_voided_never_issued_again() {
         let mut original = core();
         let mut events = Vec::new();
         let first = new_id(original.on_denial(denial(7, 100), start()));
         events.extend(journal_events(&original.take_effects()));
         let grant_id = approve_logged(&mut original, &first, start(), &mut events);
+        events.extend(journal_events(&original.take_effects()));
         let second = new_id(original.on_denial(denial(7, 101), start()));
         original
             .decide(&second, Decision::Approve, None, &cli("alice"), start())
             .unwrap();
-        // The daemon stops before the second grant reached the kernel.
-        events.extend(journal_events(&original.take_effects()));
+        // The daemon stops after the decision record, before `grant_issued` was written:
+        // whether the grant reached the kernel only the kernel knows.
+        let effects = original.take_effects();
+        let (unconfirmed, _) = put_grant(&effects).unwrap();
+        events.extend(journal_events(&effects));
+        assert!(matches!(
+            events.last(),
+            Some(Event::Decision { grant_id: Some(named), .. }) if *named == unconfirmed
+        ));
         let replay = || {
             let mut core = core();
             for event in &events {
@@ -1443,28 +1481,83 @@ mod tests {
             core
         };
 
+        // The kernel has both: adopted, and the missing record written now.
         let mut adopted = replay();
         let expiry = start().plus(Duration::from_secs(30)).boot_ns;
-        adopted.adopt_grant(grant_id, Some(expiry), start());
-        adopted.resume_grants(start());
+        for (grant, _) in adopted.outstanding_grants() {
+            adopted.adopt_grant(grant, Some(expiry), start());
+        }
         let effects = adopted.take_effects();
-        assert!(
-            matches!(put_grant(&effects), Some((_, key)) if key.target == Target::exec(1, 101)),
-            "the approval whose grant never reached the kernel gets it now"
-        );
+        assert_eq!(put_grant(&effects), None, "nothing is granted again");
+        assert!(matches!(
+            &effects[0],
+            Effect::Journal(Event::GrantIssued { grant_id, .. }) if *grant_id == unconfirmed
+        ));
         adopted.tick(Now {
             boot_ns: expiry,
             ..start()
         });
-        assert!(matches!(
-            adopted.take_effects()[0],
-            Effect::TakeGrant { .. }
-        ));
+        assert!(matches!(adopted.take_effects()[0], Effect::TakeGrant { .. }));
+
+        // The kernel has neither (used, or never put): no new grant; after the grace the
+        // confirmed one reads as used, the unconfirmed one as expired.
+        let mut gone = replay();
+        for (grant, _) in gone.outstanding_grants() {
+            gone.adopt_grant(grant, None, start());
+        }
+        assert!(gone.take_effects().is_empty());
+        gone.tick(start().plus(USED_EVENT_GRACE));
+        let effects = gone.take_effects();
+        assert_eq!(put_grant(&effects), None);
+        assert!(effects.iter().any(|effect| matches!(
+            effect,
+            Effect::Journal(Event::GrantUsed { grant_id: used, pid: None, .. }) if *used == grant_id
+        )));
+        assert!(effects.iter().any(|effect| matches!(
+            effect,
+            Effect::Journal(Event::GrantExpired { grant_id: expired, .. }) if *expired == unconfirmed
+        )));
 
         let mut rebooted = replay();
         rebooted.void_grants();
-        assert_eq!(journaled(&rebooted.take_effects()), ["grant_expired"]);
+        assert_eq!(
+            journaled(&rebooted.take_effects()),
+            ["grant_expired", "grant_expired"]
+        );
         assert_eq!(rebooted.counts().grants, 0);
+    }
+
+    #[test]
+    fn one_approval_is_never_granted_twice_across_a_restart() {
+        let mut original = core();
+        let mut disk = Vec::new();
+        let id = new_id(original.on_denial(denial(7, 100), start()));
+        disk.extend(journal_events(&original.take_effects()));
+        original
+            .decide(&id, Decision::Approve, None, &cli("alice"), start())
+            .unwrap();
+        let effects = original.take_effects();
+        // The decision is on disk, the grant reaches the kernel, `grant_issued` cannot be
+        // written, and the agent uses the grant.
+        disk.extend(
+            journal_events(&effects)
+                .into_iter()
+                .filter(|event| matches!(event, Event::Decision { .. })),
+        );
+        let (first_grant, _) = put_grant(&effects).unwrap();
+        original.grant_put(first_grant, Ok(()), start());
+        assert!(original.on_grant_used(first_grant, 4242));
+
+        let mut restarted = core();
+        for event in &disk {
+            restarted.replay(start().wall, event);
+        }
+        let later = start().plus(Duration::from_secs(5));
+        for (grant_id, _) in restarted.outstanding_grants() {
+            restarted.adopt_grant(grant_id, None, later);
+        }
+        restarted.tick(later.plus(USED_EVENT_GRACE));
+        assert_eq!(put_grant(&restarted.take_effects()), None, "granted once");
     }
 
     #[test]

@@ -148,7 +148,6 @@ impl Engine {
             });
             core.set_enforcing_since(start.wall);
         }
-        core.resume_grants(start);
         let mut engine = Self {
             config,
             kernel,

@@ -15,6 +15,23 @@ use crate::{
 
 /// Cgroup names remembered at most (a cgroup's id is not reused while it exists).
 const CGROUP_NAMES: usize = 1024;
+/// The agent sets its own command line: only this much of it is read, journaled and shown.
+const MAX_CMDLINE: u64 = 4096;
+const MAX_ARGS: usize = 64;
+/// Stands last in an argv that was cut.
+const TRUNCATED: &str = "…(truncated)";
+
+/// At most [`MAX_CMDLINE`] bytes of a /proc file.
+fn read_bounded(path: &std::path::Path) -> Option<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(MAX_CMDLINE)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    Some(bytes)
+}
 
 pub fn user_name(uid: u32) -> Option<String> {
     nix::unistd::User::from_uid(uid.into())
@@ -26,11 +43,17 @@ pub fn user_name(uid: u32) -> Option<String> {
 /// What /proc still tells about the process that was denied.
 fn describe_process(event: &KernelEvent) -> Process {
     let proc_dir = PathBuf::from(format!("/proc/{}", event.pid));
-    let argv = std::fs::read(proc_dir.join("cmdline")).ok().map(|raw| {
-        raw.split(|byte| *byte == 0)
+    let argv = read_bounded(&proc_dir.join("cmdline")).map(|raw| {
+        let mut argv: Vec<String> = raw
+            .split(|byte| *byte == 0)
             .filter(|arg| !arg.is_empty())
+            .take(MAX_ARGS)
             .map(|arg| String::from_utf8_lossy(arg).into_owned())
-            .collect()
+            .collect();
+        if raw.len() as u64 >= MAX_CMDLINE {
+            argv.push(TRUNCATED.to_owned());
+        }
+        argv
     });
     let parent = std::fs::read_to_string(proc_dir.join("stat"))
         .ok()

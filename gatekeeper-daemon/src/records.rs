@@ -46,13 +46,14 @@ fn state_of(state: RequestState) -> State {
     }
 }
 
-pub fn decision_event(request_id: &str, info: &DecisionInfo) -> Event {
+pub fn decision_event(request_id: &str, info: &DecisionInfo, grant_id: Option<u64>) -> Event {
     Event::Decision {
         request_id: request_id.to_owned(),
         decision: verdict_of(info.decision),
         reviewer: info.reviewer.clone(),
         reason: info.reason.clone(),
         channel: info.channel.clone(),
+        grant_id,
     }
 }
 

@@ -61,6 +61,11 @@ pub enum Event {
         reviewer: String,
         reason: Option<String>,
         channel: String,
+        /// On the approval that completes the request: the grant about to go to the kernel.
+        /// A restart that finds no `grant_issued` for it asks the kernel rather than granting
+        /// again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grant_id: Option<u64>,
     },
     DecisionRefused {
         request_id: String,
