@@ -863,8 +863,7 @@ impl Core {
                     // It did reach the kernel: the record the stop cut off is written now.
                     grant.confirmed = true;
                     let request_id = grant.request_id.clone();
-                    let wall = now.wall
-                        + Duration::from_nanos(expires.saturating_sub(now.boot_ns));
+                    let wall = now.wall + Duration::from_nanos(expires.saturating_sub(now.boot_ns));
                     self.journal(Event::GrantIssued {
                         grant_id,
                         request_id,
@@ -890,7 +889,6 @@ impl Core {
             });
         }
     }
-
 }
 
 #[cfg(test)]
@@ -1497,7 +1495,10 @@ mod tests {
             boot_ns: expiry,
             ..start()
         });
-        assert!(matches!(adopted.take_effects()[0], Effect::TakeGrant { .. }));
+        assert!(matches!(
+            adopted.take_effects()[0],
+            Effect::TakeGrant { .. }
+        ));
 
         // The kernel has neither (used, or never put): no new grant; after the grace the
         // confirmed one reads as used, the unconfirmed one as expired.

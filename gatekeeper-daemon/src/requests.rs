@@ -314,10 +314,9 @@ impl Requests {
     /// Whether `info`, already checked, is the approval that completes request `id`.
     pub fn completes_approval(&self, id: &str, info: &DecisionInfo) -> bool {
         info.decision == Decision::Approve
-            && self
-                .by_id
-                .get(id)
-                .is_some_and(|request| request.approvals.len() as u32 + 1 >= request.approvals_required)
+            && self.by_id.get(id).is_some_and(|request| {
+                request.approvals.len() as u32 + 1 >= request.approvals_required
+            })
     }
 
     /// Records a decision on request `id`: a deny ends it, an approval counts towards the

@@ -23,6 +23,9 @@ const USAGE: &str = "usage: gk-helper target
   | tamper CGROUP OP [ARGS...]             (see `tamper` below)
   | sweep CGROUP OP ADDRESS FIRST_PORT COUNT   (one OP to each of COUNT ports)
   | hold SOCKET COUNT SECONDS              (open COUNT connections to a unix socket, keep them)
+  | as-user UID CGROUP PROGRAM [ARGS...]   (join CGROUP as root, become UID, exec)
+  | net-hold OP ADDRESS:PORT SECONDS [PAD...]  (one OP, then stay alive; PAD fills argv)
+  | bpf-flood COUNT SECONDS                (bpf() calls until COUNT or SECONDS)
 CGROUP may be - to stay where the helper is.";
 
 fn join_cgroup(cgroup: &str) -> Result<(), String> {
@@ -524,6 +527,75 @@ fn main() -> ExitCode {
                 let count = count.parse().map_err(|_| ExitCode::from(2))?;
                 joined(cgroup)?;
                 println!("{}", sweep(op, address, first_port, count));
+            }
+            ["as-user", uid, cgroup, program, rest @ ..] => {
+                joined(cgroup)?;
+                let uid: u32 = uid.parse().map_err(|_| ExitCode::from(2))?;
+                // SAFETY: plain credential calls on this process before the exec.
+                let dropped = unsafe {
+                    libc::setgroups(0, std::ptr::null()) == 0
+                        && libc::setgid(uid) == 0
+                        && libc::setuid(uid) == 0
+                };
+                if !dropped {
+                    eprintln!("cannot become uid {uid}");
+                    return Err(ExitCode::from(2));
+                }
+                let errno = exec(program, rest);
+                eprintln!("EXEC_ERRNO={errno}");
+                return Err(ExitCode::from(126));
+            }
+            ["net-hold", op, target, seconds, ..] => {
+                let target = address(target)?;
+                let seconds: u64 = seconds.parse().map_err(|_| ExitCode::from(2))?;
+                print_result(net(op, &target));
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+                std::thread::sleep(Duration::from_secs(seconds));
+            }
+            ["hold-tcp", target, count, seconds] => {
+                let target = address(target)?;
+                let count: usize = count.parse().map_err(|_| ExitCode::from(2))?;
+                let seconds: u64 = seconds.parse().map_err(|_| ExitCode::from(2))?;
+                // SAFETY: getrlimit/setrlimit on this process with a valid struct.
+                unsafe {
+                    let mut limit: libc::rlimit = std::mem::zeroed();
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+                        limit.rlim_cur = limit.rlim_max;
+                        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+                    }
+                }
+                use std::io::Write as _;
+                let mut held = Vec::new();
+                for _ in 0..count {
+                    match TcpStream::connect_timeout(&target, Duration::from_secs(5)) {
+                        Ok(mut stream) => {
+                            // A whole request: the connection then idles in keep-alive.
+                            let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+                            held.push(stream);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                println!("held={}", held.len());
+                let _ = std::io::stdout().flush();
+                std::thread::sleep(Duration::from_secs(seconds));
+            }
+            ["bpf-flood", count, seconds] => {
+                let count: u64 = count.parse().map_err(|_| ExitCode::from(2))?;
+                let seconds: u64 = seconds.parse().map_err(|_| ExitCode::from(2))?;
+                let until = std::time::Instant::now() + Duration::from_secs(seconds);
+                let (mut denied, mut other) = (0u64, 0u64);
+                for done in 0..count {
+                    if done % 1024 == 0 && std::time::Instant::now() >= until {
+                        break;
+                    }
+                    match bpf(1, 0) {
+                        Err(libc::EPERM) => denied += 1,
+                        _ => other += 1,
+                    }
+                }
+                println!("denied={denied} other={other}");
             }
             ["hold", socket, count, seconds] => {
                 let count = count.parse().map_err(|_| ExitCode::from(2))?;
