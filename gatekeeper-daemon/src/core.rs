@@ -158,6 +158,18 @@ struct Bucket {
     at: OffsetDateTime,
 }
 
+/// Records of a noisy kind journaled at most once per this interval.
+pub const NOISE_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+struct Noise {
+    /// When one of this kind was last journaled.
+    last: OffsetDateTime,
+    /// How many came since, not journaled.
+    count: u64,
+    latest: Option<Event>,
+}
+
 /// The numbers `status` reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -180,6 +192,8 @@ pub struct Core {
     over_cap: HashMap<u64, u64>,
     capped: HashSet<u64>,
     enforcing_since: Option<OffsetDateTime>,
+    /// Records of noisy kinds (tamper attempts, refusals) held back, by kind.
+    noise: HashMap<String, Noise>,
     effects: VecDeque<Effect>,
     ids: Box<dyn FnMut() -> u64 + Send>,
 }
@@ -205,6 +219,7 @@ impl Core {
             over_cap: HashMap::new(),
             capped: HashSet::new(),
             enforcing_since: None,
+            noise: HashMap::new(),
             effects: VecDeque::new(),
             ids,
         }
@@ -276,9 +291,63 @@ impl Core {
         Admission::New(id)
     }
 
-    /// An agent's tamper attempt, denied by the kernel.
-    pub fn on_tamper(&mut self, event: Event) {
-        self.journal(event);
+    /// An agent's tamper attempt, denied by the kernel: journaled, at most once a second per
+    /// cgroup and hook (the rest counted on the next record), so attempts cannot flood the
+    /// journal.
+    pub fn on_tamper(&mut self, event: Event, now: Now) {
+        let key = match &event {
+            Event::TamperAttempt { hook, cgroup, .. } => format!("tamper {cgroup} {hook}"),
+            _ => String::new(),
+        };
+        self.journal_noise(key, event, now);
+    }
+
+    /// Journals `event` unless one of its kind (`key`) was journaled in the last
+    /// [`NOISE_INTERVAL`]; then it is held and counted, and the latest goes out when the
+    /// interval is over.
+    fn journal_noise(&mut self, key: String, event: Event, now: Now) {
+        match self.noise.get_mut(&key) {
+            Some(held) if now.wall < held.last + NOISE_INTERVAL => {
+                held.count += 1;
+                held.latest = Some(event);
+            }
+            _ => {
+                self.journal(event);
+                self.noise.insert(
+                    key,
+                    Noise {
+                        last: now.wall,
+                        count: 0,
+                        latest: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Writes what was held back once its interval is over; forgets quiet kinds.
+    fn release_noise(&mut self, now: Now) {
+        let mut due = Vec::new();
+        self.noise.retain(|_, held| {
+            if now.wall < held.last + NOISE_INTERVAL {
+                return true;
+            }
+            if let Some(event) = held.latest.take() {
+                due.push((held.count, event));
+                held.count = 0;
+                held.last = now.wall;
+                return true;
+            }
+            false
+        });
+        for (count, mut event) in due {
+            if let Event::TamperAttempt { repeated, .. } | Event::DecisionRefused { repeated, .. } =
+                &mut event
+            {
+                *repeated = count.saturating_sub(1);
+            }
+            self.journal(event);
+        }
     }
 
     /// The kernel let an action through on `grant_id`, consuming it.
@@ -294,20 +363,25 @@ impl Core {
         true
     }
 
-    /// Journals a decision refused before it reached a request (e.g. an unmapped Slack user).
+    /// Journals a refused decision (also one refused before it reached a request, e.g. an
+    /// unmapped Slack user), at most once a second per caller and channel.
     pub fn refuse(
         &mut self,
         request_id: &str,
         reviewer: Option<String>,
         channel: &str,
         why: String,
+        now: Now,
     ) {
-        self.journal(Event::DecisionRefused {
+        let key = format!("refused {channel} {}", reviewer.as_deref().unwrap_or(""));
+        let event = Event::DecisionRefused {
             request_id: request_id.to_owned(),
             reviewer,
             channel: channel.to_owned(),
             why,
-        });
+            repeated: 0,
+        };
+        self.journal_noise(key, event, now);
     }
 
     /// A reviewer's decision: authorised, checked, journaled, then (for the approval that
@@ -334,6 +408,7 @@ impl Core {
                 Some(decider.reviewer.clone()),
                 decider.channel,
                 refusal.to_string(),
+                now,
             );
             return Err(refusal.into());
         }
@@ -351,6 +426,7 @@ impl Core {
                     Some(decider.reviewer.clone()),
                     decider.channel,
                     error.to_string(),
+                    now,
                 );
             }
             return Err(error.into());
@@ -570,6 +646,7 @@ impl Core {
         }
         self.schedule_deliveries(now);
         self.forget_finished(now);
+        self.release_noise(now);
     }
 
     fn forget_finished(&mut self, now: Now) {
@@ -1103,6 +1180,13 @@ mod tests {
             core.decide(&id, Decision::Approve, None, &cli("alice"), late),
             Err(DecisionFailure::Request(DecideError::Expired(_)))
         ));
+        // mallory again within the second: held, counted, journaled after it.
+        for _ in 0..3 {
+            assert!(
+                core.decide(&id, Decision::Approve, None, &cli("mallory"), start())
+                    .is_err()
+            );
+        }
         let effects = core.take_effects();
         assert_eq!(journaled(&effects), ["decision_refused"; 4]);
         assert!(
@@ -1111,6 +1195,16 @@ mod tests {
                 .all(|effect| matches!(effect, Effect::Journal(_)))
         );
         assert_eq!(core.get(&id).unwrap().state, State::Pending);
+        core.tick(start().plus(NOISE_INTERVAL));
+        let held: Vec<Effect> = core
+            .take_effects()
+            .into_iter()
+            .filter(|effect| matches!(effect, Effect::Journal(Event::DecisionRefused { .. })))
+            .collect();
+        assert!(matches!(
+            &held[..],
+            [Effect::Journal(Event::DecisionRefused { reviewer: Some(who), repeated: 2, .. })] if who == "mallory"
+        ));
         // Unknown ids are not journaled, whoever asks: anyone could fill the journal with them.
         assert!(
             core.decide("nope", Decision::Approve, None, &cli("alice"), start())
@@ -1122,6 +1216,42 @@ mod tests {
                 .is_err()
         );
         assert!(core.take_effects().is_empty());
+    }
+
+    #[test]
+    fn tamper_attempts_are_journaled_at_most_once_a_second_and_counted() {
+        let mut core = core();
+        let attempt = |pid: u32, hook: &str| Event::TamperAttempt {
+            hook: hook.into(),
+            pid,
+            uid: 0,
+            comm: "kill".into(),
+            cgroup: "/sys/fs/cgroup/agents".into(),
+            detail: [1, 9],
+            repeated: 0,
+        };
+        for pid in 0..1000 {
+            core.on_tamper(attempt(pid, "signal"), start());
+        }
+        core.on_tamper(attempt(5000, "bpf"), start());
+        assert_eq!(journaled(&core.take_effects()), ["tamper_attempt"; 2]);
+        core.tick(start().plus(Duration::from_millis(500)));
+        assert!(core.take_effects().is_empty());
+        core.tick(start().plus(NOISE_INTERVAL));
+        let effects = core.take_effects();
+        assert_eq!(effects.len(), 1);
+        assert!(matches!(
+            &effects[0],
+            Effect::Journal(Event::TamperAttempt {
+                pid: 999,
+                repeated: 998,
+                ..
+            })
+        ));
+        // Quiet again: the next one goes out at once.
+        core.tick(start().plus(NOISE_INTERVAL * 3));
+        core.on_tamper(attempt(1, "signal"), start().plus(NOISE_INTERVAL * 3));
+        assert_eq!(journaled(&core.take_effects()), ["tamper_attempt"]);
     }
 
     #[test]

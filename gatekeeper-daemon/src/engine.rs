@@ -251,7 +251,7 @@ impl Engine {
                 reviewer,
                 channel,
                 why,
-            } => self.core.refuse(&request_id, reviewer, channel, why),
+            } => self.core.refuse(&request_id, reviewer, channel, why, at),
             Command::Await {
                 cgroup_id,
                 id,
@@ -338,14 +338,18 @@ impl Engine {
                 detail,
             } => {
                 warn!(%hook, pid, %cgroup, "tamper attempt denied");
-                self.core.on_tamper(Event::TamperAttempt {
-                    hook,
-                    pid,
-                    uid,
-                    comm,
-                    cgroup,
-                    detail,
-                });
+                self.core.on_tamper(
+                    Event::TamperAttempt {
+                        hook,
+                        pid,
+                        uid,
+                        comm,
+                        cgroup,
+                        detail,
+                        repeated: 0,
+                    },
+                    at,
+                );
             }
             KernelInput::GrantUsed { grant_id, pid } => {
                 if self.core.on_grant_used(grant_id, pid) {

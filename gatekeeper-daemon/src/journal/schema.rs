@@ -8,6 +8,10 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+fn is_zero(count: &u64) -> bool {
+    *count == 0
+}
+
 /// The format this build writes (records carry it as `"v"`; records without one are format 0).
 pub const FORMAT: u32 = 1;
 
@@ -72,6 +76,10 @@ pub enum Event {
         reviewer: Option<String>,
         channel: String,
         why: String,
+        /// Refusals of the same caller on the same channel in the second before this one that
+        /// were counted here instead of journaled one by one.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        repeated: u64,
     },
     /// Written once the grant is in the kernel, never before.
     GrantIssued {
@@ -106,6 +114,10 @@ pub enum Event {
         cgroup: String,
         /// Hook-specific: e.g. (target pid, signal), (bpf command, 0).
         detail: [u64; 2],
+        /// Attempts on the same hook from the same cgroup in the second before this one that
+        /// were counted here instead of journaled one by one (this record is the latest).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        repeated: u64,
     },
     RequestExpired {
         request_id: String,
