@@ -15,6 +15,10 @@ use gatekeeper_common::{
 };
 
 pub const EPERM: i32 = 1;
+/// Bytes of unread events above which tamper events are dropped (counted).
+const TAMPER_RING_SHARE: u64 = RING_BUFFER_BYTES as u64 / 2;
+/// `bpf_ringbuf_query`: bytes not yet consumed.
+const BPF_RB_AVAIL_DATA: u64 = 0;
 
 // Every map is pinned by name: a restarted or upgraded daemon adopts them with their grants and
 // the events queued while it was away.
@@ -169,6 +173,12 @@ fn report(
     grant_id: u64,
     filename: *const u8,
 ) {
+    // Tamper attempts are only journaled, never decided: they may fill half the ring, so that
+    // a flood of them leaves room for the denials reviewers act on and the grant uses.
+    if kind == EventKind::Tamper && EVENTS.query(BPF_RB_AVAIL_DATA) > TAMPER_RING_SHARE {
+        count(Counter::EventsDropped);
+        return;
+    }
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(Counter::EventsDropped);
         return;
