@@ -268,8 +268,11 @@ fn http_decision_needs_a_fresh_valid_signature() {
     let unlisted = r#"{"decision":"approve","reviewer":"bob","reason":null}"#;
     let (status, _) = scenario.http_decision(&id, unlisted, WEBHOOK_SECRET, now_unix());
     assert_eq!(status, 403);
-    let (status, _) = scenario.http_decision("nosuchid", body, WEBHOOK_SECRET, now_unix());
+    let (status, _) = scenario.http_decision("0123456789ab", body, WEBHOOK_SECRET, now_unix());
     assert_eq!(status, 404);
+    // Not even the shape of a request id: refused before anything else.
+    let (status, _) = scenario.http_decision("nosuchid", body, WEBHOOK_SECRET, now_unix());
+    assert_eq!(status, 400);
     assert_eq!(scenario.request(&id)["state"], "pending");
     assert_eq!(scenario.agent_exec(), Exec::Denied);
 
