@@ -25,7 +25,10 @@ use crate::destinations::Prefix;
 const LSM_LIST: &str = "/sys/kernel/security/lsm";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gatekeeper"));
+/// The kernel programs, as built. Public so `gatekeeper-bench` can load the empty floor programs
+/// from the very object the daemon runs.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gatekeeper"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {

@@ -1,0 +1,78 @@
+//! Empty programs on Gatekeeper's hooks, for `cargo xtask bench` only: the floor an LSM program
+//! costs on each hook, measured next to the real one in the same guest. The daemon never loads
+//! them (it loads only `gatekeeper_common::PROGRAMS`).
+//!
+//! Where the real program reads the previous verdict, its floor returns it, so both do the least
+//! a chaining program must; the others allow, as their real counterparts do on the common path.
+
+use aya_ebpf::{macros::lsm, programs::LsmContext};
+
+#[lsm(hook = "bprm_check_security")]
+pub fn floor_bprm_check_security(ctx: LsmContext) -> i32 {
+    ctx.arg(1)
+}
+
+#[lsm(hook = "socket_connect")]
+pub fn floor_socket_connect(ctx: LsmContext) -> i32 {
+    ctx.arg(3)
+}
+
+#[lsm(hook = "socket_sendmsg")]
+pub fn floor_socket_sendmsg(ctx: LsmContext) -> i32 {
+    ctx.arg(3)
+}
+
+#[lsm(hook = "bpf")]
+pub fn floor_bpf(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "task_kill")]
+pub fn floor_task_kill(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "ptrace_access_check")]
+pub fn floor_ptrace_access_check(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "inode_unlink")]
+pub fn floor_inode_unlink(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "inode_rename")]
+pub fn floor_inode_rename(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "sb_umount")]
+pub fn floor_sb_umount(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "sb_remount")]
+pub fn floor_sb_remount(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "inode_permission")]
+pub fn floor_inode_permission(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "kernel_read_file")]
+pub fn floor_kernel_read_file(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "kernel_load_data")]
+pub fn floor_kernel_load_data(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "mmap_file")]
+pub fn floor_mmap_file(_ctx: LsmContext) -> i32 {
+    0
+}
