@@ -73,6 +73,8 @@ pub struct WebhookReceiver {
 pub struct Received {
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// When the whole request had arrived, in [`monotonic_ns`] time.
+    pub at_ns: u64,
 }
 
 impl Received {
@@ -106,12 +108,17 @@ impl WebhookReceiver {
                 for mut request in server.incoming_requests() {
                     let mut body = String::new();
                     let _ = request.as_reader().read_to_string(&mut body);
+                    let at_ns = monotonic_ns();
                     let headers = request
                         .headers()
                         .iter()
                         .map(|h| (h.field.to_string(), h.value.to_string()))
                         .collect();
-                    received.lock().unwrap().push(Received { headers, body });
+                    received.lock().unwrap().push(Received {
+                        headers,
+                        body,
+                        at_ns,
+                    });
                     let _ = request.respond(tiny_http::Response::from_string("ok"));
                 }
             })
@@ -126,6 +133,16 @@ impl WebhookReceiver {
 
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
+    }
+
+    /// How many requests arrived so far.
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
+    /// Request number `index` (from 0), once it arrived.
+    pub fn nth(&self, index: usize) -> Option<Received> {
+        self.received.lock().unwrap().get(index).cloned()
     }
 }
 
@@ -321,6 +338,17 @@ request_ttl = "{request_ttl}"
 
     /// Starts (or restarts) the daemon and waits until it enforces.
     pub fn start_daemon(&mut self) {
+        self.spawn_daemon();
+        wait_for("the daemon to enforce", || {
+            if let Some(status) = self.daemon_exited() {
+                panic!("daemon exited with {status}:\n{}", self.daemon_log());
+            }
+            self.gatekeeper(&["status"]).status.success().then_some(())
+        });
+    }
+
+    /// Starts the daemon without waiting for it (see [`Scenario::daemon_exited`]).
+    pub fn spawn_daemon(&mut self) {
         assert!(self.daemon.is_none(), "a daemon is already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -336,16 +364,13 @@ request_ttl = "{request_ttl}"
             .spawn()
             .expect("start gatekeeper daemon");
         self.daemon = Some(child);
-        wait_for("the daemon to enforce", || {
-            if let Some(status) = self
-                .daemon
-                .as_mut()
-                .and_then(|d| d.try_wait().ok().flatten())
-            {
-                panic!("daemon exited with {status}:\n{}", self.daemon_log());
-            }
-            self.gatekeeper(&["status"]).status.success().then_some(())
-        });
+    }
+
+    /// The exit status of a daemon that has stopped by itself.
+    pub fn daemon_exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.daemon
+            .as_mut()
+            .and_then(|d| d.try_wait().ok().flatten())
     }
 
     /// Starts the receiver of a webhook that was down.
@@ -618,10 +643,7 @@ request_ttl = "{request_ttl}"
         secret: &str,
         timestamp: i64,
     ) -> (u16, String) {
-        use hmac::Mac as _;
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-        mac.update(format!("{timestamp}.{body}").as_bytes());
-        let signature = format!("v1={}", hex::encode(mac.finalize().into_bytes()));
+        let signature = decision_signature(secret, timestamp, body);
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .build()
@@ -675,6 +697,26 @@ fn race_counts(args: &[&str]) -> (usize, usize, usize) {
             .unwrap_or_else(|| panic!("race output without {key}: {output:?}"))
     };
     (count("passed="), count("denied="), count("other="))
+}
+
+/// The `X-Gatekeeper-Signature` of an HTTP decision, computed here independently of the daemon's
+/// code.
+pub fn decision_signature(secret: &str, timestamp: i64, body: &str) -> String {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key");
+    mac.update(format!("{timestamp}.{body}").as_bytes());
+    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process in the guest.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// Slack's request signature, computed here independently of the daemon's code.
