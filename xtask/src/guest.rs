@@ -40,6 +40,7 @@ case "$mode" in
   tests) guest-tests --test-threads=1 --skip refuses_without_bpf_lsm $filter 2>&1 ;;
   nolsm) guest-tests --test-threads=1 --exact refuses_without_bpf_lsm 2>&1 ;;
   demo) gatekeeper-demo 2>&1 ;;
+  bench) gatekeeper-bench run 2>&1 ;;
   *) echo "guest: unknown mode $mode" ;;
 esac
 echo "guest: finished with status $?"
@@ -56,6 +57,12 @@ const NSSWITCH: &str = "hosts: files\n";
 
 /// Builds `out/initramfs.cpio` holding busybox, `binaries` and the libraries they link.
 pub fn build_initramfs(out: &Path, binaries: &[(PathBuf, &str)]) -> anyhow::Result<PathBuf> {
+    let root = populate_root(out, binaries)?;
+    pack(out, &root)
+}
+
+/// Lays out `out/root`: busybox, `binaries`, the libraries they link, /etc and /init.
+pub fn populate_root(out: &Path, binaries: &[(PathBuf, &str)]) -> anyhow::Result<PathBuf> {
     let root = out.join("root");
     if root.exists() {
         std::fs::remove_dir_all(&root)?;
@@ -83,19 +90,9 @@ pub fn build_initramfs(out: &Path, binaries: &[(PathBuf, &str)]) -> anyhow::Resu
         let target = root.join(GUEST_BIN.trim_start_matches('/')).join(name);
         std::fs::copy(source, &target)
             .with_context(|| format!("copy {} into the guest", source.display()))?;
-        libraries.extend(linked_libraries(source)?);
+        libraries.extend(linked_libraries(source, &[])?);
     }
-    libraries.sort();
-    libraries.dedup();
-    for library in libraries {
-        let target = root.join(library.strip_prefix("/").unwrap_or(&library));
-        if let Some(dir) = target.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        // Follows symlinks: the guest gets the file under the name the loader asks for.
-        std::fs::copy(&library, &target)
-            .with_context(|| format!("copy {} into the guest", library.display()))?;
-    }
+    copy_libraries(&root, libraries, None)?;
     std::fs::write(root.join("etc/passwd"), PASSWD)?;
     std::fs::write(root.join("etc/group"), GROUP)?;
     std::fs::write(root.join("etc/hosts"), HOSTS)?;
@@ -103,18 +100,53 @@ pub fn build_initramfs(out: &Path, binaries: &[(PathBuf, &str)]) -> anyhow::Resu
     let init = root.join("init");
     std::fs::write(&init, INIT)?;
     run(Command::new("chmod").arg("755").arg(&init))?;
+    Ok(root)
+}
+
+/// Copies `libraries` into the guest `root` at the paths the loader looks for them; those under
+/// `staged` (an unpacked package tree) go to their path inside it.
+pub fn copy_libraries(
+    root: &Path,
+    mut libraries: Vec<PathBuf>,
+    staged: Option<&Path>,
+) -> anyhow::Result<()> {
+    libraries.sort();
+    libraries.dedup();
+    for library in libraries {
+        let inside = staged
+            .and_then(|staged| library.strip_prefix(staged).ok())
+            .unwrap_or(&library);
+        let target = root.join(inside.strip_prefix("/").unwrap_or(inside));
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        // Follows symlinks: the guest gets the file under the name the loader asks for.
+        std::fs::copy(&library, &target)
+            .with_context(|| format!("copy {} into the guest", library.display()))?;
+    }
+    Ok(())
+}
+
+/// Packs `root` into `out/initramfs.cpio`.
+pub fn pack(out: &Path, root: &Path) -> anyhow::Result<PathBuf> {
     let cpio = out.join("initramfs.cpio");
     run(Command::new("sh")
         .arg("-c")
         .arg("find . -print0 | cpio --null --create --format=newc --quiet > \"$0\"")
         .arg(&cpio)
-        .current_dir(&root))?;
+        .current_dir(root))?;
     Ok(cpio)
 }
 
-/// Shared libraries `binary` loads, as `ldd` resolves them on this machine.
-fn linked_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let listing = cmd_output(Command::new("ldd").arg(binary))?;
+/// Shared libraries `binary` loads, as `ldd` resolves them on this machine, looking in
+/// `extra_dirs` first.
+pub fn linked_libraries(binary: &Path, extra_dirs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut ldd = Command::new("ldd");
+    ldd.arg(binary);
+    if !extra_dirs.is_empty() {
+        ldd.env("LD_LIBRARY_PATH", std::env::join_paths(extra_dirs)?);
+    }
+    let listing = cmd_output(&mut ldd)?;
     Ok(listing
         .lines()
         .filter_map(|line| {
@@ -136,6 +168,21 @@ pub fn boot(
     timeout: Duration,
     echo: bool,
 ) -> anyhow::Result<String> {
+    boot_with_memory(kernel, initramfs, cmdline, timeout, echo, DEFAULT_MEMORY_MB)
+}
+
+/// Guest memory for tests and the demo.
+pub const DEFAULT_MEMORY_MB: u32 = 2048;
+
+/// [`boot`] with `memory_mb` of guest memory.
+pub fn boot_with_memory(
+    kernel: &Path,
+    initramfs: &Path,
+    cmdline: &str,
+    timeout: Duration,
+    echo: bool,
+    memory_mb: u32,
+) -> anyhow::Result<String> {
     if !kernel.exists() {
         bail!("{} is missing: run cargo xtask setup", kernel.display());
     }
@@ -144,16 +191,9 @@ pub fn boot(
         // thread for both vCPUs: with a thread per vCPU, the kernel patching its own code as BPF
         // trampolines attach and detach (int3, then the new instruction) was seen to leave a stale
         // int3 on the other vCPU, an oops that real hardware does not have.
-        .args([
-            "-accel",
-            "tcg,thread=single",
-            "-cpu",
-            "max",
-            "-smp",
-            "2",
-            "-m",
-            "2048",
-        ])
+        .args(["-accel", "tcg,thread=single", "-cpu", "max", "-smp", "2"])
+        .arg("-m")
+        .arg(memory_mb.to_string())
         .args([
             "-display",
             "none",

@@ -1,5 +1,6 @@
-//! Project tasks: `setup`, `test` and `demo`.
+//! Project tasks: `setup`, `test`, `demo`, `bench` and `lint`.
 
+mod bench;
 mod guest;
 mod setup;
 
@@ -40,6 +41,25 @@ enum Task {
     Demo,
     /// rustfmt and clippy, the kernel crate included.
     Lint,
+    /// Boot one guest and measure what Gatekeeper costs; prints the table and writes it (and the
+    /// raw figures) under target/bench/.
+    Bench {
+        /// The guest kernel: 6.12 or 6.1.
+        #[arg(long, default_value = "6.12")]
+        kernel: String,
+        /// A few rounds and small floods and journals: quick and noisy, for development.
+        #[arg(long)]
+        quick: bool,
+        /// Interleaved rounds of the syscall loops (default 15).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Only these phases, joined by '+': overhead, hooks, approval, flood, footprint.
+        #[arg(long)]
+        only: Option<String>,
+        /// More guest settings, e.g. flood:200000,journal:100000,run_ms:200,requests:100.
+        #[arg(long)]
+        set: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +68,19 @@ fn main() -> ExitCode {
         Task::Test { filter, kernel } => test(filter.as_deref(), kernel.as_deref()),
         Task::Demo => demo(),
         Task::Lint => lint().map(|()| ExitCode::SUCCESS),
+        Task::Bench {
+            kernel,
+            quick,
+            rounds,
+            only,
+            set,
+        } => bench::bench(&bench::Options {
+            kernel,
+            quick,
+            rounds,
+            only,
+            set,
+        }),
     };
     result.unwrap_or_else(|error| {
         eprintln!("xtask: {error:#}");

@@ -96,8 +96,92 @@ pub fn setup() -> anyhow::Result<()> {
         apt_update(&mut apt_updated)?;
         fetch_kernel(label, pattern)?;
     }
+    // Only the bench needs it, and it measures without it if it cannot be had.
+    if let Err(error) = ensure_fapolicyd() {
+        eprintln!("setup: fapolicyd (for cargo xtask bench) is not available: {error:#}");
+    }
     eprintln!("setup: complete (kernels in {})", cache_dir().display());
     Ok(())
+}
+
+/// Where fapolicyd's package, and the libraries it needs that this machine lacks, are unpacked
+/// for the bench guest. Nothing is installed on this machine.
+pub fn fapolicyd_root() -> PathBuf {
+    cache_dir().join("fapolicyd/root")
+}
+
+/// The magic database fapolicyd's libmagic reads, beside the libraries it links.
+const FAPOLICYD_DATA: [&str; 1] = ["libmagic-mgc"];
+
+/// Downloads and unpacks fapolicyd (once; the unpacked tree is kept in the cache).
+pub fn ensure_fapolicyd() -> anyhow::Result<PathBuf> {
+    let work = cache_dir().join("fapolicyd");
+    let complete = work.join("complete");
+    if complete.exists() {
+        return Ok(fapolicyd_root());
+    }
+    let fetch = || -> anyhow::Result<()> {
+        let _ = std::fs::remove_dir_all(&work);
+        let debs = work.join("debs");
+        std::fs::create_dir_all(&debs)?;
+        let packages = fapolicyd_packages()?;
+        cmd_output(
+            Command::new("apt-get")
+                .args(["download", "-qq"])
+                .args(&packages)
+                .current_dir(&debs),
+        )?;
+        for deb in std::fs::read_dir(&debs)? {
+            run(Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(deb?.path())
+                .arg(fapolicyd_root()))?;
+        }
+        std::fs::write(&complete, packages.join("\n") + "\n")?;
+        Ok(())
+    };
+    // Stale or missing package lists are the usual reason for a failed download.
+    if fetch().is_err() {
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        fetch()?;
+    }
+    eprintln!(
+        "setup: fapolicyd unpacked in {}",
+        fapolicyd_root().display()
+    );
+    Ok(fapolicyd_root())
+}
+
+/// fapolicyd, and those of its dependencies (and their data) this machine has not installed.
+fn fapolicyd_packages() -> anyhow::Result<Vec<String>> {
+    let listing = cmd_output(Command::new("apt-cache").args([
+        "depends",
+        "--no-recommends",
+        "--no-suggests",
+        "--no-conflicts",
+        "--no-breaks",
+        "--no-replaces",
+        "--no-enhances",
+        "fapolicyd",
+    ]))?;
+    let depends = listing
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("Depends: "))
+        // Virtual packages read <name>: something real provides them.
+        .filter(|name| !name.starts_with('<'))
+        .map(str::to_owned);
+    let mut packages = vec!["fapolicyd".to_owned()];
+    packages.extend(
+        depends
+            .chain(FAPOLICYD_DATA.iter().map(|name| name.to_string()))
+            .filter(|name| !is_installed(name)),
+    );
+    Ok(packages)
+}
+
+fn is_installed(package: &str) -> bool {
+    cmd_output(Command::new("dpkg-query").args(["-W", "-f=${db:Status-Status}", package]))
+        .is_ok_and(|status| status.trim() == "installed")
 }
 
 fn has_rust_src() -> bool {
