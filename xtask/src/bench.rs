@@ -41,8 +41,36 @@ const FAPOLICYD_RULES: [&str; 11] = [
     "95-allow-open.rules",
 ];
 
+/// Guest time under QEMU, for the bench.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Clock {
+    /// One nanosecond per guest instruction (QEMU icount): what the host does meanwhile does
+    /// not enter the figures.
+    Instructions,
+    /// The host's real time, which TCG follows: every hiccup of a shared host shows.
+    Host,
+}
+
+impl Clock {
+    fn qemu_args(self) -> &'static [&'static str] {
+        match self {
+            // sleep=off: an idle guest's clock jumps to its next timer instead of waiting.
+            Self::Instructions => &["-icount", "shift=0,sleep=off"],
+            Self::Host => &[],
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Instructions => "guest time counted in instructions (QEMU icount, 1 ns each)",
+            Self::Host => "guest time following the host's clock",
+        }
+    }
+}
+
 pub struct Options {
     pub kernel: String,
+    pub clock: Clock,
     pub quick: bool,
     pub rounds: Option<usize>,
     pub only: Option<String>,
@@ -94,7 +122,8 @@ pub fn bench(options: &Options) -> anyhow::Result<ExitCode> {
         .find(|label| *label == options.kernel)
         .with_context(|| format!("no kernel {}: use 6.1 or 6.12", options.kernel))?;
     ensure_setup()?;
-    let out = workspace_root().join("target/guest-bench");
+    // One tree per kernel: two benches may run side by side (instruction time does not mind).
+    let out = workspace_root().join("target/guest-bench").join(label);
     let root = guest::populate_root(&out, &bench_binaries()?)?;
     let fapolicyd = setup::ensure_fapolicyd()
         .and_then(|staged| install_fapolicyd(&root, &staged))
@@ -109,21 +138,21 @@ pub fn bench(options: &Options) -> anyhow::Result<ExitCode> {
         cmdline.push_str(&format!(" gk.bench={spec}"));
     }
     println!("== bench on Linux {label} (software emulation: this takes a while)");
-    let console = guest::boot_with_memory(
+    let booted = std::time::Instant::now();
+    let console = guest::boot_with(
         &setup::kernel_image(label),
         &initramfs,
         &cmdline,
         BENCH_TIMEOUT,
-        false,
+        |line| line.starts_with("bench: ") || line.starts_with("guest: "),
         BENCH_MEMORY_MB,
+        options.clock.qemu_args(),
     )?;
     let results = workspace_root().join("target/bench");
     std::fs::create_dir_all(&results)?;
     let log = results.join(format!("console-{label}.log"));
     std::fs::write(&log, &console)?;
-    for line in console.lines().filter(|line| line.starts_with("bench: ")) {
-        println!("  {line}");
-    }
+    println!("guest ran for {:.0?} of real time", booted.elapsed());
     let Some(mut raw) = extract(&console) else {
         println!("the bench did not report (console in {})", log.display());
         return Ok(ExitCode::FAILURE);
@@ -135,6 +164,7 @@ pub fn bench(options: &Options) -> anyhow::Result<ExitCode> {
         std::fs::read_to_string(setup::cache_dir().join(format!("vmlinuz-{label}.package")))
             .unwrap_or_default();
     let date = time::OffsetDateTime::now_utc().date().to_string();
+    raw["clock"] = json!(options.clock.describe());
     let summary = summarize(&raw);
     let table = render(&raw, &summary, &date, package.trim());
     println!("\n{table}");
@@ -388,8 +418,15 @@ pub fn summarize(raw: &Value) -> Value {
             "iterations": samples["iterations"],
             "noise": spread(baseline_ratios(&baseline)),
         });
-        for variant in ["non_agent", "agent", "fapolicyd"] {
-            entry[variant] = spread(bracketed_ratios(&baseline, &numbers(&samples[variant])));
+        // The agent's worker is compared with its own runs without programs.
+        let agent_baseline = numbers(&samples["agent_baseline"]);
+        for (variant, baseline) in [
+            ("non_agent", &baseline),
+            ("agent", &agent_baseline),
+            ("floor", &baseline),
+            ("fapolicyd", &baseline),
+        ] {
+            entry[variant] = spread(bracketed_ratios(baseline, &numbers(&samples[variant])));
         }
         loops.push(entry);
     }
@@ -525,7 +562,7 @@ fn goals(raw: &Value, summary: &Value) -> Value {
         let p99 = summary["approval"][key]["p99_ms"].as_f64();
         goals.push(goal(
             what,
-            p99.map(|ms| format!("{ms:.1} ms (TCG)"))
+            p99.map(|ms| format!("{ms:.1} ms (guest time)"))
                 .unwrap_or_else(|| "not measured".into()),
             p99.map(|ms| ms <= limit),
         ));
@@ -578,6 +615,43 @@ fn goals(raw: &Value, summary: &Value) -> Value {
         None => goal("the flood loses no decision", "not measured".into(), None),
     });
     Value::Array(goals)
+}
+
+const MILLION: f64 = 1_000_000.0;
+
+struct Extrapolation {
+    seconds_per_100k: f64,
+    mb_per_100k: f64,
+    start_s: f64,
+    rss_mb: f64,
+}
+
+/// The line through the two long-journal starts, taken to `records`.
+fn journal_extrapolation(starts: &[Value], records: f64) -> Option<Extrapolation> {
+    let [first, second] = starts else {
+        return None;
+    };
+    let figure = |start: &Value, key: &str| start[key].as_f64();
+    let (r1, r2) = (figure(first, "records")?, figure(second, "records")?);
+    if r2 <= r1 {
+        return None;
+    }
+    let (t1, t2) = (
+        figure(first, "start_ns")? / 1e9,
+        figure(second, "start_ns")? / 1e9,
+    );
+    let (m1, m2) = (
+        figure(first, "rss_kb")? / 1024.0,
+        figure(second, "rss_kb")? / 1024.0,
+    );
+    let time_slope = (t2 - t1) / (r2 - r1);
+    let memory_slope = (m2 - m1) / (r2 - r1);
+    Some(Extrapolation {
+        seconds_per_100k: time_slope * 1e5,
+        mb_per_100k: memory_slope * 1e5,
+        start_s: t2 + time_slope * (records - r2),
+        rss_mb: m2 + memory_slope * (records - r2),
+    })
 }
 
 // ---- The table.
@@ -635,13 +709,16 @@ pub fn render(raw: &Value, summary: &Value, date: &str, package: &str) -> String
     let rounds = &raw["params"]["rounds"];
     let _ = writeln!(
         out,
-        "#### Linux {} under QEMU TCG, {date}{}",
+        "#### Linux {} under QEMU TCG, {date}{}; {}",
         raw["kernel"].as_str().unwrap_or("?"),
         if package.is_empty() {
             String::new()
         } else {
             format!(" ({package})")
-        }
+        },
+        raw["clock"]
+            .as_str()
+            .unwrap_or("guest time following the host's clock"),
     );
     let _ = writeln!(
         out,
@@ -651,16 +728,17 @@ pub fn render(raw: &Value, summary: &Value, date: &str, package: &str) -> String
     );
     let _ = writeln!(
         out,
-        "| loop | iterations | non-agent | agent, unprotected | fapolicyd | noise |\n|---|---|---|---|---|---|"
+        "| loop | iterations | non-agent | agent, unprotected | empty programs | fapolicyd | noise |\n|---|--:|---|---|---|---|---|"
     );
     for entry in summary["loops"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             entry["label"].as_str().unwrap_or("?"),
             entry["iterations"],
             ratio_cell(&entry["non_agent"]),
             ratio_cell(&entry["agent"]),
+            ratio_cell(&entry["floor"]),
             ratio_cell(&entry["fapolicyd"]),
             noise_cell(&entry["noise"]),
         );
@@ -680,7 +758,7 @@ pub fn render(raw: &Value, summary: &Value, date: &str, package: &str) -> String
     );
     let _ = writeln!(
         out,
-        "| hook | agent runs | agent ns | floor ns | × floor | non-agent runs | non-agent ns | floor ns | × floor |\n|---|---|---|---|---|---|---|---|---|"
+        "| hook | agent runs | agent ns | floor ns | × floor | non-agent runs | non-agent ns | floor ns | × floor |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|"
     );
     for hook in summary["hooks"].as_array().into_iter().flatten() {
         let cells = |window: &Value| {
@@ -702,7 +780,7 @@ pub fn render(raw: &Value, summary: &Value, date: &str, package: &str) -> String
     }
     error_line(&mut out, raw, "hooks");
 
-    let _ = writeln!(out, "\nApproval path (TCG times):\n");
+    let _ = writeln!(out, "\nApproval path (guest time):\n");
     let _ = writeln!(out, "| | n | p50 | p99 | max |\n|---|---|---|---|---|");
     for (key, label) in [
         ("deny_to_webhook", "denied execve → webhook received"),
@@ -764,7 +842,7 @@ pub fn render(raw: &Value, summary: &Value, date: &str, package: &str) -> String
     let journal = &footprint["long_journal"];
     let _ = writeln!(
         out,
-        "\nFootprint (TCG times): idle RSS {} ({} anonymous), idle CPU {:.2}%; start-up {} fresh, \
+        "\nFootprint (guest time): idle RSS {} ({} anonymous), idle CPU {:.2}%; start-up {} fresh, \
          {} adopting its pins (median of {}).",
         kb_as_mb(&footprint["idle"]["rss_kb"]),
         kb_as_mb(&footprint["idle"]["anon_kb"]),
@@ -780,18 +858,45 @@ pub fn render(raw: &Value, summary: &Value, date: &str, package: &str) -> String
         },
         restarts.len(),
     );
-    if journal["error"].is_null() && !journal.is_null() {
+    let starts = journal["starts"].as_array().cloned().unwrap_or_default();
+    if let Some(last) = starts.last() {
         let _ = writeln!(
             out,
-            "With a journal of {} more records ({} asked; {:.0} MB): start-up {}, RSS then {}; \
-             `gatekeeper journal verify` {}.",
-            journal["records"],
-            journal["asked"],
-            journal["bytes"].as_f64().unwrap_or(0.0) / 1e6,
-            ns_as_s(&journal["start_ns"]),
-            kb_as_mb(&journal["rss_kb"]),
+            "With a longer journal (copies of one request's whole life, written by the daemon's \
+             journal code): {}; `gatekeeper journal verify` of {} records {}.",
+            starts
+                .iter()
+                .map(|start| format!(
+                    "{} more records ({:.0} MB) start in {}, RSS then {}",
+                    start["records"],
+                    start["bytes"].as_f64().unwrap_or(0.0) / 1e6,
+                    ns_as_s(&start["start_ns"]),
+                    kb_as_mb(&start["rss_kb"])
+                ))
+                .collect::<Vec<_>>()
+                .join("; "),
+            last["records"],
             ns_as_s(&journal["verify_ns"]),
         );
+        if let Some(line) = journal_extrapolation(&starts, MILLION) {
+            let _ = write!(
+                out,
+                "Start-up grows by {:.2} s and {:.1} MB RSS per 100,000 records",
+                line.seconds_per_100k, line.mb_per_100k,
+            );
+            if last["records"]
+                .as_f64()
+                .is_some_and(|records| records < MILLION)
+            {
+                let _ = write!(
+                    out,
+                    ": a million would start in about {:.0} s with {:.0} MB (extrapolated, not \
+                     measured)",
+                    line.start_s, line.rss_mb
+                );
+            }
+            let _ = writeln!(out, ".");
+        }
     } else if let Some(error) = journal["error"].as_str() {
         let _ = writeln!(out, "\n*long journal failed: {error}*");
     }
@@ -847,13 +952,14 @@ mod tests {
                 "loops": [
                     { "kind": "exec", "label": "fork+exec", "iterations": 10,
                       "baseline": [100, 100, 100], "non_agent": [100, 101], "agent": [102, 102],
+                      "agent_baseline": [100, 100, 100],
                       "fapolicyd": [140, 150] },
                     { "kind": "connect", "label": "TCP", "iterations": 10,
-                      "baseline": [100, 100, 100], "non_agent": [100, 100], "agent": [101, 101] },
+                      "baseline": [100, 100, 100], "non_agent": [100, 100], "agent": [101, 101], "agent_baseline": [100, 100, 100] },
                     { "kind": "open", "label": "open", "iterations": 10,
-                      "baseline": [100, 100, 100], "non_agent": [100, 100], "agent": [105, 105] },
+                      "baseline": [100, 100, 100], "non_agent": [100, 100], "agent": [105, 105], "agent_baseline": [100, 100, 100] },
                     { "kind": "sendto", "label": "udp", "iterations": 10,
-                      "baseline": [100, 100, 100], "non_agent": [100, 100], "agent": [100, 100] }
+                      "baseline": [100, 100, 100], "non_agent": [100, 100], "agent": [100, 100], "agent_baseline": [100, 100, 100] }
                 ]
             },
             "hooks": [
@@ -895,8 +1001,22 @@ mod tests {
         let raw = sample();
         let table = render(&raw, &summarize(&raw), "2026-01-01", "linux-image-test");
         assert!(table.contains("| fork+exec | 10 | +0.5% "), "{table}");
+        assert!(table.contains("| – | +45.0% "), "{table}");
         assert!(table.contains("*flood failed: boom*"), "{table}");
         assert!(table.contains("**missed**"), "{table}");
+    }
+
+    #[test]
+    fn journal_starts_extrapolate_along_their_line() {
+        let starts = [
+            json!({ "records": 100_000, "start_ns": 20e9, "rss_kb": 40_960 }),
+            json!({ "records": 200_000, "start_ns": 30e9, "rss_kb": 61_440 }),
+        ];
+        let line = journal_extrapolation(&starts, MILLION).expect("two starts");
+        assert!((line.seconds_per_100k - 10.0).abs() < 1e-9);
+        assert!((line.start_s - 110.0).abs() < 1e-6);
+        assert!((line.rss_mb - 220.0).abs() < 1e-6);
+        assert!(journal_extrapolation(&starts[..1], MILLION).is_none());
     }
 
     #[test]

@@ -168,20 +168,31 @@ pub fn boot(
     timeout: Duration,
     echo: bool,
 ) -> anyhow::Result<String> {
-    boot_with_memory(kernel, initramfs, cmdline, timeout, echo, DEFAULT_MEMORY_MB)
+    let shown: fn(&str) -> bool = if echo { |_| true } else { |_| false };
+    boot_with(
+        kernel,
+        initramfs,
+        cmdline,
+        timeout,
+        shown,
+        DEFAULT_MEMORY_MB,
+        &[],
+    )
 }
 
 /// Guest memory for tests and the demo.
 pub const DEFAULT_MEMORY_MB: u32 = 2048;
 
-/// [`boot`] with `memory_mb` of guest memory.
-pub fn boot_with_memory(
+/// [`boot`] with `memory_mb` of guest memory and more QEMU arguments, showing live the console
+/// lines `echo` picks.
+pub fn boot_with(
     kernel: &Path,
     initramfs: &Path,
     cmdline: &str,
     timeout: Duration,
-    echo: bool,
+    echo: fn(&str) -> bool,
     memory_mb: u32,
+    qemu_args: &[&str],
 ) -> anyhow::Result<String> {
     if !kernel.exists() {
         bail!("{} is missing: run cargo xtask setup", kernel.display());
@@ -194,6 +205,7 @@ pub fn boot_with_memory(
         .args(["-accel", "tcg,thread=single", "-cpu", "max", "-smp", "2"])
         .arg("-m")
         .arg(memory_mb.to_string())
+        .args(qemu_args)
         .args([
             "-display",
             "none",
@@ -220,7 +232,7 @@ pub fn boot_with_memory(
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             let line = line.trim_end_matches('\r').to_owned();
-            if echo {
+            if echo(&line) {
                 println!("{line}");
             }
             if lines.send(line).is_err() {

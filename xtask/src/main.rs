@@ -47,6 +47,9 @@ enum Task {
         /// The guest kernel: 6.12 or 6.1.
         #[arg(long, default_value = "6.12")]
         kernel: String,
+        /// What guest time is: instructions executed (steady on a busy host) or the host's clock.
+        #[arg(long, value_enum, default_value = "instructions")]
+        clock: bench::Clock,
         /// A few rounds and small floods and journals: quick and noisy, for development.
         #[arg(long)]
         quick: bool,
@@ -70,12 +73,14 @@ fn main() -> ExitCode {
         Task::Lint => lint().map(|()| ExitCode::SUCCESS),
         Task::Bench {
             kernel,
+            clock,
             quick,
             rounds,
             only,
             set,
         } => bench::bench(&bench::Options {
             kernel,
+            clock,
             quick,
             rounds,
             only,

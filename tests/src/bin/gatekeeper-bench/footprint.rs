@@ -72,15 +72,21 @@ pub fn restarts(scenario: &mut Scenario, count: usize) -> anyhow::Result<Vec<u64
 }
 
 #[derive(Serialize)]
-pub struct LongJournal {
-    /// Records written (fewer than asked if the time cap was reached first).
+pub struct JournalStart {
+    /// Records added so far.
     pub records: u64,
-    pub asked: u64,
     pub bytes: u64,
-    pub generate_ns: u64,
     pub start_ns: u64,
     pub rss_kb: u64,
-    /// `gatekeeper journal verify` on it.
+}
+
+#[derive(Serialize)]
+pub struct LongJournal {
+    pub asked: u64,
+    pub generate_ns: u64,
+    /// A start at half the records and one at all of them: start-up's cost per record.
+    pub starts: Vec<JournalStart>,
+    /// `gatekeeper journal verify` on the whole journal.
     pub verify_ns: u64,
 }
 
@@ -135,51 +141,62 @@ fn instantiate(value: &Value, request_id: &str, grant_id: u64, copy: u64) -> Val
 }
 
 /// Appends copies of one request's whole life to the daemon's journal through the daemon's own
-/// journal code (so the records follow its format), then times a start on it.
+/// journal code (so the records follow its format), and times a start at a tenth and at all of
+/// `params.journal` records.
 pub fn long_journal(scenario: &mut Scenario, params: &Params) -> anyhow::Result<LongJournal> {
     scenario.stop_daemon();
     let (cycle, request_id, grant_id) = templates(&scenario.journal)?;
-    let started = Instant::now();
-    let (mut journal, _) = Journal::open(&scenario.journal)?;
+    let mut result = LongJournal {
+        asked: params.journal,
+        generate_ns: 0,
+        starts: Vec::new(),
+        verify_ns: 0,
+    };
     let mut records = 0u64;
     let mut copy = 0u64;
-    'fill: while records < params.journal {
-        for template in &cycle {
-            let event: JournalEvent =
-                serde_json::from_value(instantiate(template, &request_id, grant_id, copy))?;
-            journal.append(&event)?;
-            records += 1;
-            if records >= params.journal
-                || (records.is_multiple_of(1000)
-                    && started.elapsed().as_secs() > params.journal_secs)
-            {
-                break 'fill;
+    let mut writing = Duration::ZERO;
+    // Two sizes: the line through them tells the cost per record.
+    for target in [params.journal / 10, params.journal] {
+        let started = Instant::now();
+        let (mut journal, _) = Journal::open(&scenario.journal)?;
+        'fill: while records < target {
+            for template in &cycle {
+                let event: JournalEvent =
+                    serde_json::from_value(instantiate(template, &request_id, grant_id, copy))?;
+                journal.append(&event)?;
+                records += 1;
+                if records >= target
+                    || (records.is_multiple_of(1000)
+                        && (writing + started.elapsed()).as_secs() > params.journal_secs)
+                {
+                    break 'fill;
+                }
             }
+            copy += 1;
         }
-        copy += 1;
+        drop(journal);
+        writing += started.elapsed();
+        result.generate_ns = writing.as_nanos() as u64;
+        println!("bench: journal has {records} more records");
+        let bytes = std::fs::metadata(&scenario.journal)?.len();
+        let start_ns = timed_start(scenario)?.as_nanos() as u64;
+        std::thread::sleep(Duration::from_secs(2));
+        let rss_kb = procfs::status_kb(scenario.daemon_pid(), "VmRSS")?;
+        scenario.stop_daemon();
+        result.starts.push(JournalStart {
+            records,
+            bytes,
+            start_ns,
+            rss_kb,
+        });
     }
-    drop(journal);
-    let generate_ns = started.elapsed().as_nanos() as u64;
-    println!("bench: journal of {records} more records written");
-    let bytes = std::fs::metadata(&scenario.journal)?.len();
-    // Verified before the daemon runs, which would append while it is read.
+    // Verified with the daemon stopped: it would append while the journal is read.
     let verify_started = Instant::now();
     let journal_path = scenario.journal.display().to_string();
     let verified = scenario.gatekeeper(&["journal", "verify", &journal_path]);
-    let verify_ns = verify_started.elapsed().as_nanos() as u64;
+    result.verify_ns = verify_started.elapsed().as_nanos() as u64;
     if !verified.status.success() {
         bail!("the long journal does not verify: {verified:?}");
     }
-    let start_ns = timed_start(scenario)?.as_nanos() as u64;
-    std::thread::sleep(Duration::from_secs(2));
-    let rss_kb = procfs::status_kb(scenario.daemon_pid(), "VmRSS")?;
-    Ok(LongJournal {
-        records,
-        asked: params.journal,
-        bytes,
-        generate_ns,
-        start_ns,
-        rss_kb,
-        verify_ns,
-    })
+    Ok(result)
 }

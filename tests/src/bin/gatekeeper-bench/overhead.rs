@@ -20,10 +20,17 @@ pub struct LoopSamples {
     pub kind: &'static str,
     pub label: &'static str,
     pub iterations: u64,
-    /// Nanoseconds per run, rounds + 1 of them: every variant run sits between two.
+    /// Nanoseconds per run of the worker outside every agent cgroup with no program attached,
+    /// rounds + 1 of them: every variant run sits between two.
     pub baseline: Vec<u64>,
+    /// The same for the agent's worker: each process is compared with itself.
+    pub agent_baseline: Vec<u64>,
     pub non_agent: Vec<u64>,
     pub agent: Vec<u64>,
+    /// Only the empty floor programs attached, on the same hooks (outside worker): what any BPF
+    /// LSM program there costs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub floor: Vec<u64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fapolicyd: Vec<u64>,
 }
@@ -50,17 +57,21 @@ pub fn calibrate(worker: &mut Worker, params: &Params) -> anyhow::Result<BTreeMa
     Ok(sizes)
 }
 
+#[derive(Clone, Copy)]
 enum Block {
     Gatekeeper,
+    Floor,
     Fapolicyd,
 }
 
-/// Every round measures the baseline (no program attached) of each loop, then, in alternating
-/// order, Gatekeeper attached (the non-agent and the agent worker, also alternating) and
-/// fapolicyd running. The next round's baseline closes the bracket.
+/// Every round measures the baseline (no program attached) of each loop with each worker, then,
+/// in an order that rotates from round to round, Gatekeeper attached (the non-agent and the
+/// agent worker, alternating), the empty programs alone, and fapolicyd running. The next round's
+/// baseline closes the bracket.
 pub fn run(
     params: &Params,
     links: &mut GatekeeperLinks,
+    mut floors: Option<&mut Floors>,
     outside: &mut Worker,
     agent: &mut Worker,
     sizes: &BTreeMap<String, u64>,
@@ -79,26 +90,29 @@ pub fn run(
     // A round nobody counts: first runs in each state fault in pages and fill caches.
     for round in 0..=params.rounds + 1 {
         let counted = round > 0;
+        let agent_first = round % 2 == 1;
         for samples in &mut loops {
-            let ns = outside.run(samples.kind, samples.iterations)?;
-            if counted {
-                samples.baseline.push(ns);
+            for is_agent in [agent_first, !agent_first] {
+                let worker = if is_agent { &mut *agent } else { &mut *outside };
+                let ns = worker.run(samples.kind, samples.iterations)?;
+                match (counted, is_agent) {
+                    (false, _) => {}
+                    (true, true) => samples.agent_baseline.push(ns),
+                    (true, false) => samples.baseline.push(ns),
+                }
             }
         }
         if round == params.rounds + 1 {
             break;
         }
-        let blocks = if round % 2 == 0 {
-            [Block::Gatekeeper, Block::Fapolicyd]
-        } else {
-            [Block::Fapolicyd, Block::Gatekeeper]
-        };
+        let mut blocks = [Block::Gatekeeper, Block::Floor, Block::Fapolicyd];
+        let kinds = blocks.len();
+        blocks.rotate_left(round % kinds);
         for block in blocks {
             match block {
                 Block::Gatekeeper => {
                     links.attach()?;
                     for samples in &mut loops {
-                        let agent_first = round % 2 == 1;
                         for is_agent in [agent_first, !agent_first] {
                             let worker = if is_agent { &mut *agent } else { &mut *outside };
                             let ns = worker.run(samples.kind, samples.iterations)?;
@@ -110,6 +124,18 @@ pub fn run(
                         }
                     }
                     links.detach();
+                }
+                Block::Floor => {
+                    if let Some(floors) = floors.as_deref_mut() {
+                        floors.attach()?;
+                        for samples in &mut loops {
+                            let ns = outside.run(samples.kind, samples.iterations)?;
+                            if counted {
+                                samples.floor.push(ns);
+                            }
+                        }
+                        floors.detach();
+                    }
                 }
                 Block::Fapolicyd if fapolicyd_state.is_none() => {
                     match fapolicyd_round(outside, &loops[0]) {
@@ -167,11 +193,11 @@ pub struct HookCost {
 /// agent's loops in one window and the non-agent's in another.
 pub fn hooks(
     links: &mut GatekeeperLinks,
+    floors: &mut Floors,
     outside: &mut Worker,
     agent: &mut Worker,
     sizes: &BTreeMap<String, u64>,
 ) -> anyhow::Result<Vec<HookCost>> {
-    let mut floors = Floors::load()?;
     links.attach()?;
     // Attached after Gatekeeper's, the floor runs second on every hook.
     floors.attach()?;
@@ -203,6 +229,7 @@ pub fn hooks(
     })();
     set_bpf_stats(false)?;
     floors.detach();
+    links.detach();
     let snapshots = measured?;
     let window = |from: usize, id: u32, floor: u32| {
         let delta = |id: u32| {
