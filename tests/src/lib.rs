@@ -170,6 +170,8 @@ pub struct Options {
     /// Keep the journal in this subdirectory of the scenario's (e.g. to mount a small
     /// filesystem there).
     pub journal_subdir: Option<&'static str>,
+    /// The webhook's `burst` (messages before its rate limit), when not the default.
+    pub webhook_burst: Option<u32>,
 }
 
 impl Default for Options {
@@ -184,6 +186,7 @@ impl Default for Options {
             webhook_attempts: 5,
             webhook_down: false,
             journal_subdir: None,
+            webhook_burst: None,
         }
     }
 }
@@ -267,10 +270,14 @@ impl Scenario {
             None => dir.join("journal.jsonl"),
         };
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/gk-{name}"));
+        let burst = options
+            .webhook_burst
+            .map(|burst| format!("burst = {burst}\n"))
+            .unwrap_or_default();
         let webhook_section = webhook_url
             .map(|url| {
                 format!(
-                    "[[webhook]]\nurl = \"{url}\"\nsecret = \"{WEBHOOK_SECRET}\"\ntimeout = \"5s\"\nattempts = {}\n",
+                    "[[webhook]]\nurl = \"{url}\"\nsecret = \"{WEBHOOK_SECRET}\"\ntimeout = \"5s\"\nattempts = {}\n{burst}",
                     options.webhook_attempts
                 )
             })

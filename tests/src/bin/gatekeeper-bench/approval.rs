@@ -21,6 +21,9 @@ use crate::{Params, procfs, worker::Worker};
 /// The destination the flood hammers: protected by the bench's config, and nothing listens.
 pub const FLOOD_TARGET: &str = "127.0.9.9:9";
 pub const FLOOD_RULE: &str = "[[protect.connect]]\nname = \"flood target\"\ncidr = \"127.0.9.9\"\nports = [9]\nprotocol = \"tcp\"\n";
+/// The bench's webhook may take this many messages before its rate limit: more than the bench
+/// sends (the largest `burst` the config allows).
+pub const WEBHOOK_BURST: u32 = 1000;
 /// First cycles are not counted: the first delivery opens connections, pages fault in.
 const WARM_UP: usize = 5;
 
@@ -76,8 +79,11 @@ fn webhook(scenario: &Scenario, from: usize, target: &str) -> anyhow::Result<(St
         while let Some(message) = hook.nth(index) {
             index += 1;
             let body = message.json();
-            if body["request"]["target"] == target {
-                let id = body["request"]["id"]
+            // One request, or several in a digest.
+            let mut requests = vec![body["request"].clone()];
+            requests.extend(body["requests"].as_array().cloned().unwrap_or_default());
+            if let Some(request) = requests.iter().find(|request| request["target"] == target) {
+                let id = request["id"]
                     .as_str()
                     .context("webhook without request id")?
                     .to_owned();

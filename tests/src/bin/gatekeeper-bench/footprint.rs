@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use gatekeeper_daemon::journal::{Journal, JournalEvent};
+use gatekeeper_daemon::journal::{Event, Journal};
 use gatekeeper_tests::Scenario;
 use serde::Serialize;
 use serde_json::Value;
@@ -14,6 +14,8 @@ use serde_json::Value;
 use crate::{Params, procfs};
 
 const START_PATIENCE: Duration = Duration::from_secs(30 * 60);
+/// Records between checkpoints, as the daemon writes them by default.
+const CHECKPOINT_EVERY: u64 = 1000;
 /// How long the daemon is left alone before its idle memory and CPU are read.
 pub const IDLE: Duration = Duration::from_secs(5);
 
@@ -90,9 +92,17 @@ pub struct LongJournal {
     pub verify_ns: u64,
 }
 
-/// The events of the last request the journal saw through to a used grant, in order: a whole
-/// request's life, as the daemon itself wrote it.
-fn templates(journal: &Path) -> anyhow::Result<(Vec<Value>, String, u64)> {
+/// What the generator copies, as the daemon itself wrote it.
+struct Templates {
+    /// The events of the last request seen through to a used grant, in order: a whole life.
+    cycle: Vec<Value>,
+    request_id: String,
+    grant_id: u64,
+    /// The daemon's last checkpoint (its state then), if it wrote one.
+    checkpoint: Option<Value>,
+}
+
+fn templates(journal: &Path) -> anyhow::Result<Templates> {
     let events: Vec<Value> = std::fs::read_to_string(journal)?
         .lines()
         .map(|line| serde_json::from_str::<Value>(line).map(|record| record["event"].clone()))
@@ -109,12 +119,22 @@ fn templates(journal: &Path) -> anyhow::Result<(Vec<Value>, String, u64)> {
     let grant_id = used["grant_id"]
         .as_u64()
         .context("grant_used without grant_id")?;
+    let checkpoint = events
+        .iter()
+        .rev()
+        .find(|event| event["type"] == "checkpoint")
+        .cloned();
     let needle = format!("\"{request_id}\"");
     let cycle: Vec<Value> = events
         .into_iter()
-        .filter(|event| event.to_string().contains(&needle))
+        .filter(|event| event["type"] != "checkpoint" && event.to_string().contains(&needle))
         .collect();
-    Ok((cycle, request_id, grant_id))
+    Ok(Templates {
+        cycle,
+        request_id,
+        grant_id,
+        checkpoint,
+    })
 }
 
 /// `value` with every occurrence of the template's ids replaced by this copy's.
@@ -141,11 +161,17 @@ fn instantiate(value: &Value, request_id: &str, grant_id: u64, copy: u64) -> Val
 }
 
 /// Appends copies of one request's whole life to the daemon's journal through the daemon's own
-/// journal code (so the records follow its format), and times a start at a tenth and at all of
-/// `params.journal` records.
+/// journal code (so the records follow its format), with a copy of its last checkpoint every
+/// [`CHECKPOINT_EVERY`] records as the daemon would write them, and times a start at a tenth
+/// and at all of `params.journal` records.
 pub fn long_journal(scenario: &mut Scenario, params: &Params) -> anyhow::Result<LongJournal> {
     scenario.stop_daemon();
-    let (cycle, request_id, grant_id) = templates(&scenario.journal)?;
+    let templates = templates(&scenario.journal)?;
+    let checkpoint: Option<Event> = templates
+        .checkpoint
+        .clone()
+        .map(serde_json::from_value)
+        .transpose()?;
     let mut result = LongJournal {
         asked: params.journal,
         generate_ns: 0,
@@ -158,13 +184,23 @@ pub fn long_journal(scenario: &mut Scenario, params: &Params) -> anyhow::Result<
     // Two sizes: the line through them tells the cost per record.
     for target in [params.journal / 10, params.journal] {
         let started = Instant::now();
-        let (mut journal, _) = Journal::open(&scenario.journal)?;
+        let mut journal = Journal::open(&scenario.journal)?.journal;
         'fill: while records < target {
-            for template in &cycle {
-                let event: JournalEvent =
-                    serde_json::from_value(instantiate(template, &request_id, grant_id, copy))?;
+            for template in &templates.cycle {
+                let event: Event = serde_json::from_value(instantiate(
+                    template,
+                    &templates.request_id,
+                    templates.grant_id,
+                    copy,
+                ))?;
                 journal.append(&event)?;
                 records += 1;
+                if let Some(checkpoint) = &checkpoint
+                    && journal.since_checkpoint() >= CHECKPOINT_EVERY
+                {
+                    journal.append(checkpoint)?;
+                    records += 1;
+                }
                 if records >= target
                     || (records.is_multiple_of(1000)
                         && (writing + started.elapsed()).as_secs() > params.journal_secs)

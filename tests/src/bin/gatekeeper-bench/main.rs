@@ -149,6 +149,8 @@ fn run() -> anyhow::Result<()> {
         "bench",
         Options {
             extra: approval::FLOOD_RULE.into(),
+            // The default rate limit (10, then one per 6 s) would time itself, not the path.
+            webhook_burst: Some(approval::WEBHOOK_BURST),
             ..Options::default()
         },
     );
