@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-use crate::{cargo, ensure_setup, guest, run, setup, workspace_root};
+use crate::{ensure_setup, guest, setup, workspace_root};
 
 const BEGIN: &str = "GK-BENCH-JSON-BEGIN";
 const END: &str = "GK-BENCH-JSON-END";
@@ -114,15 +114,7 @@ impl Options {
 }
 
 fn bench_binaries() -> anyhow::Result<Vec<(PathBuf, &'static str)>> {
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "gatekeeper-daemon",
-        "-p",
-        "gatekeeper-tests",
-        "--bins",
-    ]))?;
+    crate::build_release_binaries()?;
     let release = workspace_root().join("target/release");
     Ok(["gatekeeper", "gk-helper", "gatekeeper-bench"]
         .into_iter()

@@ -207,8 +207,8 @@ fn host_tests() -> anyhow::Result<Counts> {
     }
 }
 
-/// Builds the release binaries the guest runs and returns (path, name in the guest).
-fn guest_binaries() -> anyhow::Result<Vec<(PathBuf, &'static str)>> {
+/// Builds the release binaries guests run: the daemon and the tests crate's programs.
+pub fn build_release_binaries() -> anyhow::Result<()> {
     run(cargo().args([
         "build",
         "--release",
@@ -218,6 +218,12 @@ fn guest_binaries() -> anyhow::Result<Vec<(PathBuf, &'static str)>> {
         "gatekeeper-tests",
         "--bins",
     ]))?;
+    Ok(())
+}
+
+/// Builds the release binaries the guest runs and returns (path, name in the guest).
+fn guest_binaries() -> anyhow::Result<Vec<(PathBuf, &'static str)>> {
+    build_release_binaries()?;
     let listing = cmd_output(cargo().args([
         "test",
         "--release",
