@@ -527,6 +527,24 @@ request_ttl = "{request_ttl}"
         helper_outcome(&all)
     }
 
+    /// [`Scenario::tamper`] as the ordinary user [`UNLISTED_UID`] (no capabilities) in `cgroup`.
+    pub fn tamper_as_user(&self, cgroup: &Path, op: &str, args: &[&str]) -> Outcome {
+        let uid = UNLISTED_UID.to_string();
+        let cgroup = cgroup.display().to_string();
+        let helper = bin("gk-helper").display().to_string();
+        let mut all = vec![
+            "as-user",
+            uid.as_str(),
+            cgroup.as_str(),
+            helper.as_str(),
+            "tamper",
+            "-",
+            op,
+        ];
+        all.extend_from_slice(args);
+        helper_outcome(&all)
+    }
+
     pub fn daemon_pid(&self) -> u32 {
         self.daemon.as_ref().expect("daemon running").id()
     }
