@@ -24,6 +24,9 @@ pub mod maps {
     pub const ALLOWED: &str = "ALLOWED";
     /// Array of u32 settings, indexed by [`crate::Setting`].
     pub const SETTINGS: &str = "SETTINGS";
+    /// [`crate::Target`] (exec form: device, inode) -> [`crate::DaemonFile`] bits: the files the
+    /// daemon relies on, and the directories above them.
+    pub const DAEMON_FILES: &str = "DAEMON_FILES";
 }
 
 /// The kernel struct members the programs read, each as (global that receives its byte offset,
@@ -55,6 +58,11 @@ macro_rules! kernel_members {
             (OFF_PATH_MNT, "path", "mnt"),
             (OFF_TASK_MM, "task_struct", "mm"),
             (OFF_MM_EXE_FILE, "mm_struct", "exe_file"),
+            (OFF_FILE_MODE, "file", "f_mode"),
+            (OFF_FILE_FLAGS, "file", "f_flags"),
+            (OFF_DENTRY_INODE, "dentry", "d_inode"),
+            (OFF_PATH_DENTRY, "path", "dentry"),
+            (OFF_INODE_MODE, "inode", "i_mode"),
         }
     };
 }
@@ -90,7 +98,7 @@ pub mod offsets {
 pub const EXEC_PROGRAM: &str = "bprm_check_security";
 pub const CONNECT_PROGRAM: &str = "socket_connect";
 pub const SENDMSG_PROGRAM: &str = "socket_sendmsg";
-pub const PROGRAMS: [&str; 14] = [
+pub const PROGRAMS: [&str; 17] = [
     EXEC_PROGRAM,
     CONNECT_PROGRAM,
     SENDMSG_PROGRAM,
@@ -106,6 +114,11 @@ pub const PROGRAMS: [&str; 14] = [
     "kernel_read_file",
     "kernel_load_data",
     "mmap_file",
+    // Files: protected code is read only through an approved exec; protected, allowlisted and
+    // the daemon's own files are not changed by agents.
+    "file_open",
+    "inode_link",
+    "path_truncate",
 ];
 
 /// Indices into the settings array.
@@ -119,6 +132,18 @@ pub enum Setting {
 pub const SETTING_SLOTS: u32 = 4;
 pub const MAX_DAEMON_PIDS: u32 = 16;
 pub const MAX_ALLOWED: u32 = 4096;
+pub const MAX_DAEMON_FILES: u32 = 256;
+
+/// Bits of a [`maps::DAEMON_FILES`] entry: what agents may not do to it.
+pub mod daemon_file {
+    /// Neither opened (read or written) nor changed: config, journal, keys.
+    pub const SECRET: u32 = 1;
+    /// Executed, never opened otherwise nor changed: the daemon's binary, which is also the CLI
+    /// agents run.
+    pub const BINARY: u32 = 2;
+    /// A directory above one of them: not renamed or unlinked, so the path keeps naming it.
+    pub const ANCESTOR: u32 = 4;
+}
 
 /// How many cgroup levels below the root the kernel walks looking for an agent ancestor.
 pub const MAX_CGROUP_DEPTH: i32 = 16;
@@ -134,6 +159,15 @@ pub const TARGET_KIND_EXEC: u32 = 1;
 pub const TARGET_KIND_CONNECT: u32 = 2;
 /// A tamper attempt: `aux` is the [`TamperHook`], `data` hook-specific detail.
 pub const TARGET_KIND_TAMPER: u32 = 3;
+/// An open of a protected file other than to execute it: `aux` the [`file_access`] bits,
+/// `data` (device, inode) as for exec.
+pub const TARGET_KIND_FILE: u32 = 4;
+
+/// Bits of a file target's `aux`: the access an open asks for.
+pub mod file_access {
+    pub const READ: u32 = 1;
+    pub const WRITE: u32 = 2;
+}
 
 /// What an agent tried against the enforcer. Denied outright: there is nothing to approve.
 #[repr(u32)]
@@ -163,6 +197,19 @@ pub enum TamperHook {
     ExecMapping = 11,
     /// Executing a file that lives on no mounted filesystem (a memfd).
     ExecInternal = 12,
+    /// Writing, truncating, renaming, unlinking or linking a protected or allowlisted file
+    /// (data: device, inode).
+    ProtectedChange = 13,
+    /// Opening, or changing, a file the daemon relies on (data: device, inode).
+    DaemonFile = 14,
+    /// Opening anything on bpffs, where the pins live (data: open flags).
+    PinOpen = 15,
+    /// Opening a protected file through a stacking filesystem (overlayfs), whose own inode
+    /// would not match (data: device, inode of the file below).
+    StackedOpen = 16,
+    /// Opening a block device: its raw blocks hold every file, protected or the daemon's
+    /// (data: device number).
+    BlockDevice = 17,
 }
 
 impl TamperHook {
@@ -181,6 +228,11 @@ impl TamperHook {
             KernelLoad,
             ExecMapping,
             ExecInternal,
+            ProtectedChange,
+            DaemonFile,
+            PinOpen,
+            StackedOpen,
+            BlockDevice,
         ]
         .into_iter()
         .find(|hook| *hook as u32 == raw)
@@ -200,6 +252,11 @@ impl TamperHook {
             Self::KernelLoad => "kernel_load_data",
             Self::ExecMapping => "exec_mapping",
             Self::ExecInternal => "exec_internal",
+            Self::ProtectedChange => "protected_change",
+            Self::DaemonFile => "daemon_file",
+            Self::PinOpen => "pin_open",
+            Self::StackedOpen => "stacked_open",
+            Self::BlockDevice => "block_device",
         }
     }
 }
@@ -284,6 +341,20 @@ impl Target {
             aux: port as u32 | (protocol as u32) << 16,
             data: [u64::from_ne_bytes(high), u64::from_ne_bytes(low)],
         }
+    }
+
+    /// An open of the file (device, inode) asking for `access` ([`file_access`] bits).
+    pub const fn file(dev: u32, ino: u64, access: u32) -> Self {
+        Self {
+            kind: TARGET_KIND_FILE,
+            aux: access,
+            data: [dev as u64, ino],
+        }
+    }
+
+    /// The same file as an exec target: how protected and allowlisted files are keyed.
+    pub const fn as_exec(&self) -> Self {
+        Self::exec(self.data[0] as u32, self.data[1])
     }
 
     /// For a network target: (address, port, protocol).
@@ -454,12 +525,12 @@ mod tests {
 
     #[test]
     fn tamper_hooks_round_trip() {
-        for raw in 1..=12 {
+        for raw in 1..=17 {
             let hook = TamperHook::from_raw(raw).expect("every id names a hook");
             assert_eq!(hook as u32, raw);
             assert!(!hook.name().is_empty());
         }
-        assert_eq!(TamperHook::from_raw(13), None);
+        assert_eq!(TamperHook::from_raw(18), None);
     }
 
     #[test]

@@ -9,14 +9,11 @@ use gatekeeper_common::TamperHook;
 
 use crate::{
     exec::exec_target,
-    offsets::{
-        OFF_INODE_SB, OFF_MM_EXE_FILE, OFF_SB_MAGIC, OFF_TASK_MM, OFF_TASK_TGID, OFF_VFSMOUNT_SB,
-    },
-    read::read_field,
+    offsets::{OFF_MM_EXE_FILE, OFF_TASK_MM, OFF_TASK_TGID, OFF_VFSMOUNT_SB},
+    read::{BPF_FS_MAGIC, inode_magic, read_field, sb_magic},
     verdict::{agent_cgroup, is_daemon, is_protected, tamper},
 };
 
-const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
 const MAY_WRITE: i32 = 2;
 const PROT_EXEC: u64 = 4;
@@ -28,16 +25,6 @@ fn deny_agents(hook: TamperHook, detail: [u64; 2]) -> i32 {
         Some(agent) => tamper(agent, hook, detail),
         None => 0,
     }
-}
-
-#[inline(always)]
-unsafe fn sb_magic(sb: *const u8) -> Result<u64, i32> {
-    unsafe { read_field::<u64>(sb, &OFF_SB_MAGIC) }
-}
-
-#[inline(always)]
-unsafe fn inode_magic(inode: *const u8) -> Result<u64, i32> {
-    unsafe { sb_magic(read_field(inode, &OFF_INODE_SB)?) }
 }
 
 /// Every bpf() command: fds by id, detaching links, map updates, program loads.
@@ -71,27 +58,6 @@ pub fn task_kill(ctx: LsmContext) -> i32 {
 pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
     let mode: u32 = ctx.arg(1);
     guard_daemon(ctx.arg(0), TamperHook::Ptrace, mode as u64)
-}
-
-/// Removing pinned links or maps would detach the programs.
-#[lsm(hook = "inode_unlink")]
-pub fn inode_unlink(ctx: LsmContext) -> i32 {
-    let dir: *const u8 = ctx.arg(0);
-    match unsafe { inode_magic(dir) } {
-        Ok(BPF_FS_MAGIC) => deny_agents(TamperHook::PinUnlink, [0, 0]),
-        _ => 0,
-    }
-}
-
-#[lsm(hook = "inode_rename")]
-pub fn inode_rename(ctx: LsmContext) -> i32 {
-    let old_dir: *const u8 = ctx.arg(0);
-    let new_dir: *const u8 = ctx.arg(2);
-    let on_bpffs = |dir| matches!(unsafe { inode_magic(dir) }, Ok(BPF_FS_MAGIC));
-    if on_bpffs(old_dir) || on_bpffs(new_dir) {
-        return deny_agents(TamperHook::PinRename, [0, 0]);
-    }
-    0
 }
 
 /// Any unmount: unmounting bpffs, or a tree holding it, drops the pins.

@@ -48,8 +48,13 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
 /// (device, inode) of an open file.
 #[inline(always)]
 pub unsafe fn exec_target(file: *const u8) -> Result<Target, i32> {
+    unsafe { inode_target(read_field(file, &OFF_FILE_INODE)?) }
+}
+
+/// (device, inode) of an inode: how protected, allowlisted and daemon files are keyed.
+#[inline(always)]
+pub unsafe fn inode_target(inode: *const u8) -> Result<Target, i32> {
     unsafe {
-        let inode: *const u8 = read_field(file, &OFF_FILE_INODE)?;
         let ino: u64 = read_field(inode, &OFF_INODE_INO)?;
         let sb: *const u8 = read_field(inode, &OFF_INODE_SB)?;
         let dev: u32 = read_field(sb, &OFF_SB_DEV)?;

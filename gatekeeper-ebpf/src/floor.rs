@@ -76,3 +76,18 @@ pub fn floor_kernel_load_data(_ctx: LsmContext) -> i32 {
 pub fn floor_mmap_file(_ctx: LsmContext) -> i32 {
     0
 }
+
+#[lsm(hook = "file_open")]
+pub fn floor_file_open(ctx: LsmContext) -> i32 {
+    ctx.arg(1)
+}
+
+#[lsm(hook = "inode_link")]
+pub fn floor_inode_link(ctx: LsmContext) -> i32 {
+    ctx.arg(3)
+}
+
+#[lsm(hook = "path_truncate")]
+pub fn floor_path_truncate(ctx: LsmContext) -> i32 {
+    ctx.arg(1)
+}

@@ -10,6 +10,8 @@ mod defend;
 #[cfg(target_arch = "bpf")]
 mod exec;
 #[cfg(target_arch = "bpf")]
+mod files;
+#[cfg(target_arch = "bpf")]
 mod floor;
 #[cfg(target_arch = "bpf")]
 mod net;

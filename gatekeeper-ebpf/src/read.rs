@@ -2,6 +2,11 @@
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 
+use crate::offsets::{OFF_INODE_SB, OFF_SB_MAGIC};
+
+/// Where the pins live.
+pub const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
+
 #[inline(always)]
 fn offset(global: &'static u32) -> usize {
     // Volatile so the compiler does not fold the placeholder zero; the loader rewrites it.
@@ -18,4 +23,15 @@ pub unsafe fn read_field<T>(base: *const u8, global: &'static u32) -> Result<T, 
 #[inline(always)]
 pub unsafe fn read_at<T>(base: *const u8, offset: usize) -> Result<T, i32> {
     unsafe { bpf_probe_read_kernel(base.add(offset).cast::<T>()) }
+}
+
+#[inline(always)]
+pub unsafe fn sb_magic(sb: *const u8) -> Result<u64, i32> {
+    unsafe { read_field::<u64>(sb, &OFF_SB_MAGIC) }
+}
+
+/// The magic of the filesystem an inode lives on.
+#[inline(always)]
+pub unsafe fn inode_magic(inode: *const u8) -> Result<u64, i32> {
+    unsafe { sb_magic(read_field(inode, &OFF_INODE_SB)?) }
 }

@@ -91,6 +91,23 @@ pub fn needs_allowlist_approval(target: &Target) -> bool {
 }
 
 #[inline(always)]
+pub fn is_allowlisted(target: &Target) -> bool {
+    ALLOWED.get_ptr(target).is_some()
+}
+
+/// In allowlist mode, takes a file that is about to be changed off the allowlist: what it will
+/// hold is not what was allowed.
+#[inline(always)]
+pub fn forget_allowlisted(target: &Target) {
+    let allowlist = SETTINGS
+        .get(Setting::ExecAllowlist as u32)
+        .is_some_and(|mode| *mode == 1);
+    if allowlist {
+        let _ = ALLOWED.remove(target);
+    }
+}
+
+#[inline(always)]
 pub fn is_daemon(tgid: u32) -> bool {
     DAEMON_PIDS.get_ptr(tgid).is_some()
 }

@@ -1,0 +1,238 @@
+//! Files: protected code is read only through an approved exec, and agents change neither
+//! protected nor allowlisted files, nor the files the daemon relies on, nor the pins.
+//!
+//! `file_open` sees every open on the host; for everyone but agents it only reads two fields
+//! and, in allowlist mode, takes a file opened for writing off the allowlist.
+
+use aya_ebpf::{macros::lsm, macros::map, maps::HashMap, programs::LsmContext};
+use gatekeeper_common::{MAX_DAEMON_FILES, TamperHook, Target, daemon_file, file_access};
+
+use crate::{
+    exec::{exec_target, inode_target},
+    offsets::{
+        OFF_DENTRY_INODE, OFF_FILE_FLAGS, OFF_FILE_INODE, OFF_FILE_MODE, OFF_FILE_PATH,
+        OFF_INODE_MODE, OFF_INODE_SB, OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_VFSMOUNT_SB,
+    },
+    read::{BPF_FS_MAGIC, inode_magic, read_field},
+    verdict::{
+        EPERM, agent_caller, agent_cgroup, decide, forget_allowlisted, is_allowlisted,
+        is_protected, tamper,
+    },
+};
+
+#[map]
+static DAEMON_FILES: HashMap<Target, u32> = HashMap::pinned(MAX_DAEMON_FILES, 0);
+
+const FMODE_WRITE: u32 = 0x2;
+/// `f_flags` bits: an exec's own open, and truncation on open (which needs no write mode).
+const FMODE_EXEC_FLAG: u32 = 0x20;
+const O_TRUNC: u32 = 0o1000;
+const S_IFMT: u16 = 0o170_000;
+const S_IFBLK: u16 = 0o060_000;
+
+/// What an open asks for.
+struct Access {
+    writes: bool,
+    exec: bool,
+}
+
+#[inline(always)]
+unsafe fn access_of(file: *const u8) -> Result<Access, i32> {
+    unsafe {
+        let mode: u32 = read_field(file, &OFF_FILE_MODE)?;
+        let flags: u32 = read_field(file, &OFF_FILE_FLAGS)?;
+        Ok(Access {
+            writes: mode & FMODE_WRITE != 0 || flags & O_TRUNC != 0,
+            exec: flags & FMODE_EXEC_FLAG != 0,
+        })
+    }
+}
+
+#[inline(always)]
+fn daemon_file_bits(target: &Target) -> u32 {
+    DAEMON_FILES
+        .get_ptr(target)
+        .map_or(0, |bits| unsafe { *bits })
+}
+
+/// Whether agents may not change the file: protected, allowlisted, or the daemon's.
+#[inline(always)]
+fn unchangeable(target: &Target) -> Option<TamperHook> {
+    if daemon_file_bits(target) != 0 {
+        Some(TamperHook::DaemonFile)
+    } else if is_protected(target) || is_allowlisted(target) {
+        Some(TamperHook::ProtectedChange)
+    } else {
+        None
+    }
+}
+
+/// Whether the file is opened through a stacking filesystem: its path is on another
+/// superblock than its inode (overlayfs opens the file below on the caller's behalf).
+#[inline(always)]
+unsafe fn is_stacked(file: *const u8) -> Result<bool, i32> {
+    unsafe {
+        let path = file.add(core::ptr::read_volatile(&OFF_FILE_PATH) as usize);
+        let mnt: *const u8 = read_field(path, &OFF_PATH_MNT)?;
+        let path_sb: *const u8 = read_field(mnt, &OFF_VFSMOUNT_SB)?;
+        let inode: *const u8 = read_field(file, &OFF_FILE_INODE)?;
+        let inode_sb: *const u8 = read_field(inode, &OFF_INODE_SB)?;
+        Ok(path_sb != inode_sb)
+    }
+}
+
+#[lsm(hook = "file_open")]
+pub fn file_open(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let file: *const u8 = ctx.arg(0);
+    let Some(agent) = agent_cgroup() else {
+        // A trusted writer takes a file off the allowlist: changed in place, it may no longer
+        // be what was allowed. (Agents may not write it at all.)
+        if let Ok(access) = unsafe { access_of(file) }
+            && access.writes
+            && let Ok(target) = unsafe { exec_target(file) }
+        {
+            forget_allowlisted(&target);
+        }
+        return 0;
+    };
+    match unsafe { agent_open(agent, file) } {
+        Ok(verdict) => verdict,
+        // Unreadable open of an agent: refuse rather than guess.
+        Err(_) => -EPERM,
+    }
+}
+
+#[inline(always)]
+unsafe fn agent_open(agent: u64, file: *const u8) -> Result<i32, i32> {
+    let access = unsafe { access_of(file)? };
+    let inode: *const u8 = unsafe { read_field(file, &OFF_FILE_INODE)? };
+    let target = unsafe { inode_target(inode)? };
+    let bits = daemon_file_bits(&target);
+    if bits & (daemon_file::SECRET | daemon_file::BINARY) != 0 {
+        let exec_of_binary = bits & daemon_file::BINARY != 0 && access.exec && !access.writes;
+        if !exec_of_binary {
+            return Ok(tamper(agent, TamperHook::DaemonFile, target.data));
+        }
+    }
+    let mode: u16 = unsafe { read_field(inode, &OFF_INODE_MODE)? };
+    if mode & S_IFMT == S_IFBLK {
+        return Ok(tamper(agent, TamperHook::BlockDevice, target.data));
+    }
+    if unsafe { inode_magic(inode)? } == BPF_FS_MAGIC {
+        return Ok(tamper(
+            agent,
+            TamperHook::PinOpen,
+            [access.writes as u64, 0],
+        ));
+    }
+    if access.writes && (is_protected(&target) || is_allowlisted(&target)) {
+        return Ok(tamper(agent, TamperHook::ProtectedChange, target.data));
+    }
+    if !is_protected(&target) {
+        return Ok(0);
+    }
+    if unsafe { is_stacked(file)? } {
+        return Ok(tamper(agent, TamperHook::StackedOpen, target.data));
+    }
+    if access.exec {
+        // The exec's own open: bprm_check_security decides the exec.
+        return Ok(0);
+    }
+    let [dev, ino] = target.data;
+    Ok(decide(
+        agent,
+        Target::file(dev as u32, ino, file_access::READ),
+        core::ptr::null(),
+    ))
+}
+
+/// The verdict on an agent changing what `dentry` names.
+#[inline(always)]
+unsafe fn guard_dentry(agent: u64, dentry: *const u8) -> i32 {
+    let Ok(inode) = (unsafe { read_field::<*const u8>(dentry, &OFF_DENTRY_INODE) }) else {
+        return -EPERM;
+    };
+    // A negative dentry (a name not there yet) changes nothing that exists.
+    if inode.is_null() {
+        return 0;
+    }
+    let Ok(target) = (unsafe { inode_target(inode) }) else {
+        return -EPERM;
+    };
+    match unchangeable(&target) {
+        Some(hook) => tamper(agent, hook, target.data),
+        None => 0,
+    }
+}
+
+/// Unlinking a protected, allowlisted or daemon file, or a pin (which would detach a program).
+#[lsm(hook = "inode_unlink")]
+pub fn inode_unlink(ctx: LsmContext) -> i32 {
+    let Some(agent) = agent_cgroup() else {
+        return 0;
+    };
+    let dir: *const u8 = ctx.arg(0);
+    if matches!(unsafe { inode_magic(dir) }, Ok(BPF_FS_MAGIC)) {
+        return tamper(agent, TamperHook::PinUnlink, [0, 0]);
+    }
+    unsafe { guard_dentry(agent, ctx.arg(1)) }
+}
+
+/// Renaming such a file away, another file over it (or exchanging the two), a directory above
+/// a daemon file, or anything on or onto bpffs.
+#[lsm(hook = "inode_rename")]
+pub fn inode_rename(ctx: LsmContext) -> i32 {
+    let Some(agent) = agent_cgroup() else {
+        return 0;
+    };
+    let old_dir: *const u8 = ctx.arg(0);
+    let new_dir: *const u8 = ctx.arg(2);
+    let on_bpffs = |dir| matches!(unsafe { inode_magic(dir) }, Ok(BPF_FS_MAGIC));
+    if on_bpffs(old_dir) || on_bpffs(new_dir) {
+        return tamper(agent, TamperHook::PinRename, [0, 0]);
+    }
+    match unsafe { guard_dentry(agent, ctx.arg(1)) } {
+        0 => unsafe { guard_dentry(agent, ctx.arg(3)) },
+        verdict => verdict,
+    }
+}
+
+/// A hard link to such a file: another name for it, out of the daemon's sight.
+#[lsm(hook = "inode_link")]
+pub fn inode_link(ctx: LsmContext) -> i32 {
+    let agent = match agent_caller(ctx.arg(3)) {
+        Ok(agent) => agent,
+        Err(verdict) => return verdict,
+    };
+    unsafe { guard_dentry(agent, ctx.arg(0)) }
+}
+
+/// truncate(2) by path; opens with O_TRUNC and ftruncate need a write open, judged above.
+#[lsm(hook = "path_truncate")]
+pub fn path_truncate(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let path: *const u8 = ctx.arg(0);
+    let dentry = unsafe { read_field::<*const u8>(path, &OFF_PATH_DENTRY) };
+    match agent_cgroup() {
+        Some(agent) => match dentry {
+            Ok(dentry) => unsafe { guard_dentry(agent, dentry) },
+            Err(_) => -EPERM,
+        },
+        None => {
+            if let Ok(dentry) = dentry
+                && let Ok(inode) = unsafe { read_field::<*const u8>(dentry, &OFF_DENTRY_INODE) }
+                && let Ok(target) = unsafe { inode_target(inode) }
+            {
+                forget_allowlisted(&target);
+            }
+            0
+        }
+    }
+}
