@@ -141,7 +141,8 @@ pub enum Command {
     /// What the protected and allowlisted paths name now (None: not there this moment).
     PathsNow {
         protected: Vec<Option<Target>>,
-        allowed: Vec<Option<Target>>,
+        /// With the digest of the content, which decides whether it stays allowed.
+        allowed: Vec<Option<(Target, crate::policy::Digest)>>,
     },
     Uninstall {
         by: String,

@@ -134,6 +134,7 @@ pub struct Kernel {
     daemon_pids: HashMap<MapData, u32, u32>,
     allowed: HashMap<MapData, Target, u32>,
     settings: Array<MapData, u32>,
+    daemon_files: HashMap<MapData, Target, u32>,
     /// Taken by the event reader.
     events: Option<RingBuf<MapData>>,
 }
@@ -273,6 +274,7 @@ impl Kernel {
         let daemon_pids = take(maps::DAEMON_PIDS)?;
         let allowed = take(maps::ALLOWED)?;
         let settings = take(maps::SETTINGS)?;
+        let daemon_files = take(maps::DAEMON_FILES)?;
         let events = take(maps::EVENTS)?;
         let map_error = |name| move |cause| LoaderError::Map { name, cause };
         let kernel = Self {
@@ -284,6 +286,7 @@ impl Kernel {
             daemon_pids: HashMap::try_from(daemon_pids).map_err(map_error(maps::DAEMON_PIDS))?,
             allowed: HashMap::try_from(allowed).map_err(map_error(maps::ALLOWED))?,
             settings: Array::try_from(settings).map_err(map_error(maps::SETTINGS))?,
+            daemon_files: HashMap::try_from(daemon_files).map_err(map_error(maps::DAEMON_FILES))?,
             events: Some(RingBuf::try_from(events).map_err(map_error(maps::EVENTS))?),
             ebpf,
         };
@@ -343,6 +346,27 @@ impl Kernel {
 
     pub fn add_path(&mut self, list: PathList, target: Target, rule: u32) -> Result<(), MapError> {
         self.path_map(list).insert(target, rule, 0)
+    }
+
+    /// Whether `list` still holds `target` (the kernel takes a file opened for writing off the
+    /// allowlist).
+    pub fn has_path(&self, list: PathList, target: &Target) -> bool {
+        let map = match list {
+            PathList::Protected => &self.protected,
+            PathList::Allowed => &self.allowed,
+        };
+        map.get(target, 0).is_ok()
+    }
+
+    /// Makes `files` ((device, inode), [`gatekeeper_common::daemon_file`] bits) the daemon's
+    /// files agents may not touch: new ones in first, then the stale ones out.
+    pub fn set_daemon_files(&mut self, files: &[(Target, u32)]) -> Result<(), MapError> {
+        for (target, bits) in files {
+            self.daemon_files.insert(target, bits, 0)?;
+        }
+        keep_only(&mut self.daemon_files, |target| {
+            files.iter().any(|(file, _)| file == target)
+        })
     }
 
     /// Takes out of `list` every file `wanted` does not keep.

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::{
     config::{Webhook, WebhookKind},
     core::DeliveryAttempt,
-    requests::Request,
+    requests::{Kind, Request},
 };
 
 pub const TIMESTAMP_HEADER: &str = "x-gatekeeper-timestamp";
@@ -97,9 +97,10 @@ fn facts(request: &Request) -> Vec<(&'static str, String)> {
         .user
         .clone()
         .unwrap_or_else(|| format!("uid {}", process.uid));
-    let what = match &request.destination {
-        Some(destination) => format!("connect to {destination}"),
-        None => format!("exec {}", request.target),
+    let what = match (&request.destination, request.kind) {
+        (Some(destination), _) => format!("connect to {destination}"),
+        (None, Kind::File) => format!("read {}", request.target),
+        (None, _) => format!("exec {}", request.target),
     };
     let command = process
         .argv

@@ -10,7 +10,9 @@ use std::{
     sync::Arc,
 };
 
-use gatekeeper_common::{PortRanges, Setting, TARGET_KIND_CONNECT, Target};
+use gatekeeper_common::{
+    PortRanges, Setting, TARGET_KIND_CONNECT, TARGET_KIND_FILE, Target, daemon_file,
+};
 
 use crate::{
     cgroups,
@@ -31,6 +33,11 @@ pub enum PolicyError {
     },
     #[error("protected path {path}: {cause}")]
     ProtectedPath {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("daemon file {path}: {cause}")]
+    DaemonFile {
         path: PathBuf,
         cause: std::io::Error,
     },
@@ -57,6 +64,23 @@ pub fn exec_target_of(path: &Path) -> std::io::Result<Target> {
     Ok(Target::exec(kernel_dev(metadata.dev()), metadata.ino()))
 }
 
+/// SHA-256 of a file's content.
+pub type Digest = [u8; 32];
+
+/// The file `path` names now and the digest of its content, read from one open file so the two
+/// belong together.
+pub fn content_of(path: &Path) -> std::io::Result<(Target, Digest)> {
+    use sha2::Digest as _;
+    let mut file = std::fs::File::open(path)?;
+    let metadata = file.metadata()?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok((
+        Target::exec(kernel_dev(metadata.dev()), metadata.ino()),
+        hasher.finalize().into(),
+    ))
+}
+
 struct WatchedPath {
     path: PathBuf,
     name: String,
@@ -64,6 +88,11 @@ struct WatchedPath {
     /// Files the path named before a replacement. They stay protected: a hard link made
     /// beforehand would otherwise keep the old binary runnable.
     previous: Vec<Target>,
+    /// For an allowlisted path: the content that was allowed.
+    digest: Option<Digest>,
+    /// For an allowlisted path: files it named that are not allowed (other content, or changed
+    /// in place), each journaled once.
+    refused: Vec<Target>,
 }
 
 pub struct Policy {
@@ -98,16 +127,26 @@ fn install_paths(
 ) -> Result<Vec<WatchedPath>, PolicyError> {
     let mut installed = Vec::new();
     for (index, (path, name)) in paths.enumerate() {
-        let target = exec_target_of(&path).map_err(|cause| PolicyError::ProtectedPath {
+        let failed = |cause| PolicyError::ProtectedPath {
             path: path.clone(),
             cause,
-        })?;
+        };
+        // What an allowlisted path may later name is judged by its content now.
+        let (target, digest) = match list {
+            PathList::Protected => (exec_target_of(&path).map_err(failed)?, None),
+            PathList::Allowed => {
+                let (target, digest) = content_of(&path).map_err(failed)?;
+                (target, Some(digest))
+            }
+        };
         kernel.add_path(list, target, index as u32)?;
         installed.push(WatchedPath {
             path,
             name,
             current: Some(target),
             previous: Vec::new(),
+            digest,
+            refused: Vec::new(),
         });
     }
     kernel.keep_paths(list, |target| {
@@ -150,6 +189,7 @@ impl Policy {
         )?;
         kernel.set_setting(Setting::ExecAllowlist, u32::from(config.exec_allowlist))?;
         kernel.set_daemon_pid(std::process::id())?;
+        kernel.set_daemon_files(&daemon_files(&config)?)?;
         let reaches = config
             .connect_rules
             .iter()
@@ -213,26 +253,68 @@ impl Policy {
     }
 
     /// Follows the paths to the files they name now; journals each move. A file a path named
-    /// before stays in the map.
+    /// before stays in the map. An allowlisted path follows only to a file with the content
+    /// that was allowed, and a file the kernel took off the allowlist (opened for writing) is
+    /// not allowed again.
     pub fn follow(
         &mut self,
         kernel: &mut Kernel,
         protected_now: &[Option<Target>],
-        allowed_now: &[Option<Target>],
+        allowed_now: &[Option<(Target, Digest)>],
     ) -> Vec<Event> {
-        let mut moved = follow_list(
+        let mut events = follow_list(
             kernel,
             PathList::Protected,
             &mut self.protected,
             protected_now,
         );
-        moved.extend(follow_list(
+        let accepted = self.judge_allowed(kernel, allowed_now, &mut events);
+        events.extend(follow_list(
             kernel,
             PathList::Allowed,
             &mut self.allowed,
-            allowed_now,
+            &accepted,
         ));
-        moved
+        events
+    }
+
+    /// The allowlisted paths' files that may be allowed; journals each one refused.
+    fn judge_allowed(
+        &mut self,
+        kernel: &Kernel,
+        now: &[Option<(Target, Digest)>],
+        events: &mut Vec<Event>,
+    ) -> Vec<Option<Target>> {
+        let mut refuse = |entry: &mut WatchedPath, target: Target, why: &str| {
+            entry.refused.push(target);
+            tracing::warn!(path = %entry.path.display(), why, "not allowlisted");
+            events.push(Event::AllowlistRefused {
+                path: entry.path.display().to_string(),
+                dev: target.data[0] as u32,
+                ino: target.data[1],
+                why: why.to_owned(),
+            });
+        };
+        let mut accepted = Vec::with_capacity(now.len());
+        for (entry, named) in self.allowed.iter_mut().zip(now) {
+            if let Some(current) = entry.current
+                && !entry.refused.contains(&current)
+                && !kernel.has_path(PathList::Allowed, &current)
+            {
+                refuse(entry, current, "opened for writing or truncated");
+            }
+            accepted.push(match *named {
+                Some((target, _)) if entry.refused.contains(&target) => None,
+                Some((target, _)) if entry.current == Some(target) => Some(target),
+                Some((target, digest)) if Some(digest) != entry.digest => {
+                    refuse(entry, target, "replaced by different content");
+                    None
+                }
+                Some((target, _)) => Some(target),
+                None => None,
+            });
+        }
+        accepted
     }
 
     /// Host rules to resolve again: (rule index, host).
@@ -294,14 +376,13 @@ impl Policy {
         }))
     }
 
-    /// The `[[protect.exec]]` rule whose path names (or named) `target`.
-    fn exec_rule(&self, target: &Target) -> Option<&ExecRule> {
-        self.protected
-            .iter()
-            .position(|rule| {
-                rule.current.as_ref() == Some(target) || rule.previous.contains(target)
-            })
-            .and_then(|index| self.config.exec_rules.get(index))
+    /// The protected path that names (or named) `target`, and its `[[protect.exec]]` rule.
+    fn exec_rule(&self, target: &Target) -> Option<(&Path, &ExecRule)> {
+        let index = self.protected.iter().position(|rule| {
+            rule.current.as_ref() == Some(target) || rule.previous.contains(target)
+        })?;
+        let rule = self.config.exec_rules.get(index)?;
+        Some((&self.protected[index].path, rule))
     }
 
     /// A denial in the words reviewers read: what, which rule, which cgroup, which process.
@@ -330,8 +411,18 @@ impl Policy {
                 destination.to_string(),
                 Some(destination),
             )
+        } else if target.kind == TARGET_KIND_FILE {
+            // Reading a protected binary: how its code would run without an exec.
+            let rule = self.exec_rule(&target.as_exec());
+            (
+                Kind::File,
+                rule.map_or("protected binary", |(_, rule)| rule.name.as_str()),
+                rule.map(|(_, rule)| rule.approval).unwrap_or_default(),
+                rule.map_or(filename, |(path, _)| path.display().to_string()),
+                None,
+            )
         } else {
-            let rule = self.exec_rule(&target);
+            let rule = self.exec_rule(&target).map(|(_, rule)| rule);
             let fallback = if self.config.exec_allowlist {
                 "not on the allowlist"
             } else {
@@ -372,6 +463,42 @@ impl Policy {
             })
             .collect()
     }
+}
+
+/// The files the daemon relies on, with what agents may not do to them, and every directory
+/// above them (which, renamed, would let another file take a path's place).
+fn daemon_files(config: &Config) -> Result<Vec<(Target, u32)>, PolicyError> {
+    let binary = std::env::current_exe().map_err(|cause| PolicyError::DaemonFile {
+        path: PathBuf::from("/proc/self/exe"),
+        cause,
+    })?;
+    let mut files: Vec<(Target, u32)> = Vec::new();
+    let mut add = |target: Target, bits: u32| match files.iter_mut().find(|(t, _)| *t == target) {
+        Some((_, existing)) => *existing |= bits,
+        None => files.push((target, bits)),
+    };
+    for (path, bits) in [
+        (config.path.as_path(), daemon_file::SECRET),
+        (config.journal.as_path(), daemon_file::SECRET),
+        (binary.as_path(), daemon_file::BINARY),
+    ] {
+        let failed = |cause| PolicyError::DaemonFile {
+            path: path.to_owned(),
+            cause,
+        };
+        let path = std::fs::canonicalize(path).map_err(failed)?;
+        add(exec_target_of(&path).map_err(failed)?, bits);
+        for ancestor in path.ancestors().skip(1) {
+            if ancestor.parent().is_none() {
+                break;
+            }
+            add(
+                exec_target_of(ancestor).map_err(failed)?,
+                daemon_file::ANCESTOR,
+            );
+        }
+    }
+    Ok(files)
 }
 
 fn follow_list(

@@ -84,6 +84,7 @@ pub fn request_record(request: &Request) -> RequestRecord {
         kind: match request.kind {
             Kind::Exec => RequestKind::Exec,
             Kind::Connect => RequestKind::Connect,
+            Kind::File => RequestKind::File,
         },
         rule: request.rule.clone(),
         target: request.target.clone(),
@@ -132,6 +133,7 @@ pub fn request_from_record(record: &RequestRecord) -> Request {
         kind: match record.kind {
             RequestKind::Exec => Kind::Exec,
             RequestKind::Connect => Kind::Connect,
+            RequestKind::File => Kind::File,
         },
         rule: record.rule.clone(),
         target: record.target.clone(),

@@ -34,6 +34,8 @@ pub enum State {
 pub enum Kind {
     Exec,
     Connect,
+    /// An open of a protected file other than to execute it (reading a protected binary).
+    File,
 }
 
 /// The process that attempted the action, as far as /proc still knew it.

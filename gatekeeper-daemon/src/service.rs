@@ -3,7 +3,9 @@
 //! The engine owns the state; the ring-buffer reader, the path watcher, the resolver, the local
 //! socket, the HTTP listener and the signal handler only send it commands.
 
-use std::{sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use gatekeeper_common::Target;
 
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -15,7 +17,7 @@ use crate::{
     enrich,
     events::EventReader,
     handle::{self, Command, Handle},
-    policy::exec_target_of,
+    policy::{Digest, content_of, exec_target_of},
 };
 
 /// How often protected paths are checked for replacement (the promise is within 2 s).
@@ -48,24 +50,40 @@ fn raise_open_file_limit() {
     }
 }
 
-/// Stats the watched paths every [`PATHS_INTERVAL`] off the async threads.
-async fn watch_paths(paths: (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>), handle: Handle) {
+/// Stats the watched paths every [`PATHS_INTERVAL`] off the async threads; an allowlisted
+/// path's content is read again only when it names another file.
+async fn watch_paths(paths: (Vec<PathBuf>, Vec<PathBuf>), handle: Handle) {
     let paths = Arc::new(paths);
+    let mut known: Vec<Option<(Target, Digest)>> = Vec::new();
     let mut interval = tokio::time::interval(PATHS_INTERVAL);
     loop {
         interval.tick().await;
         let paths = paths.clone();
         let stat = tokio::task::spawn_blocking(move || {
-            let now = |list: &[std::path::PathBuf]| {
-                list.iter()
-                    .map(|path| exec_target_of(path).ok())
-                    .collect::<Vec<_>>()
-            };
-            (now(&paths.0), now(&paths.1))
+            let protected = paths
+                .0
+                .iter()
+                .map(|path| exec_target_of(path).ok())
+                .collect();
+            let allowed: Vec<_> = paths
+                .1
+                .iter()
+                .enumerate()
+                .map(|(index, path)| {
+                    let target = exec_target_of(path).ok()?;
+                    match known.get(index).copied().flatten() {
+                        Some((same, digest)) if same == target => Some((target, digest)),
+                        _ => content_of(path).ok(),
+                    }
+                })
+                .collect();
+            (protected, allowed)
         });
         let Ok((protected, allowed)) = stat.await else {
+            known = Vec::new();
             continue;
         };
+        known = allowed.clone();
         if !handle.send(Command::PathsNow { protected, allowed }).await {
             return;
         }

@@ -41,6 +41,14 @@ pub enum Event {
         dev: u32,
         ino: u64,
     },
+    /// An allowlisted path names a file that is not allowed: other content than was
+    /// allowlisted, or changed in place.
+    AllowlistRefused {
+        path: String,
+        dev: u32,
+        ino: u64,
+        why: String,
+    },
     /// A `host` destination now resolves to (also) these addresses.
     HostResolved {
         rule: String,
@@ -149,6 +157,7 @@ impl Event {
             Self::EnforcementInstalled { .. } => "enforcement_installed",
             Self::Uninstalled { .. } => "uninstalled",
             Self::ProtectionUpdated { .. } => "protection_updated",
+            Self::AllowlistRefused { .. } => "allowlist_refused",
             Self::HostResolved { .. } => "host_resolved",
             Self::RequestCreated { .. } => "request_created",
             Self::WebhookDelivery { .. } => "webhook_delivery",
@@ -179,6 +188,7 @@ pub enum Verdict {
 pub enum RequestKind {
     Exec,
     Connect,
+    File,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
