@@ -410,6 +410,30 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
             } as libc::c_long)
         }
         "write" => outcome(std::fs::write(text(0)?, text(1)?)),
+        "read" => std::fs::read(text(0)?)
+            .map(|bytes| println!("READ={}", bytes.len()))
+            .map_err(|error| error.raw_os_error().unwrap_or(-1)),
+        "open" => outcome(std::fs::File::open(text(0)?).map(drop)),
+        "append" => outcome(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(text(0)?)
+                .and_then(|mut file| std::io::Write::write_all(&mut file, b"#")),
+        ),
+        "open-trunc" => {
+            let path = c_path(text(0)?)?;
+            let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_TRUNC) };
+            if fd >= 0 {
+                unsafe { libc::close(fd) };
+            }
+            errno_of(fd as libc::c_long)
+        }
+        "truncate" => {
+            let path = c_path(text(0)?)?;
+            errno_of(unsafe { libc::truncate(path.as_ptr(), 0) } as libc::c_long)
+        }
+        "link" => outcome(std::fs::hard_link(text(0)?, text(1)?)),
+        "list" => outcome(std::fs::read_dir(text(0)?).map(drop)),
         "mkdir" => outcome(std::fs::create_dir(text(0)?)),
         "clone-into" => clone_into(text(0)?),
         "finit-module" => {

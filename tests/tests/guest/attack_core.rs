@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use gatekeeper_tests::{Exec, Options, Scenario, UNLISTED_UID, bin};
+use gatekeeper_tests::{Exec, Options, Outcome, Scenario, UNLISTED_UID, bin};
 use sha2::{Digest as _, Sha256};
 
 /// The record an attacker appends: `event` chained to the journal's last line, hashed the way
@@ -36,7 +36,6 @@ fn quiet_after_delivery(scenario: &Scenario, id: &str) {
 }
 
 #[test]
-#[ignore = "issue 9: agents can still write the files the daemon relies on (the journal); issue 12 seals it"]
 fn attack_root_agent_cannot_forge_an_approval_into_the_journal() {
     let mut scenario = Scenario::start("atk-forge", Options::default());
     // Control: outside the agent cgroups the binary runs.
@@ -57,7 +56,7 @@ fn attack_root_agent_cannot_forge_an_approval_into_the_journal() {
     );
     let journal = scenario.journal.display().to_string();
     let wrote = scenario.tamper(&scenario.agents, "write", &[&journal, &(text + &forged)]);
-    eprintln!("agent write of the journal: {wrote:?}");
+    assert_eq!(wrote, Outcome::Denied, "agent write of the journal");
     let verify = scenario.gatekeeper(&["journal", "verify", &journal]);
     eprintln!("journal verify after the agent's write: {verify:?}");
 
@@ -76,7 +75,6 @@ fn attack_root_agent_cannot_forge_an_approval_into_the_journal() {
 }
 
 #[test]
-#[ignore = "issue 9: agents can still write the files the daemon relies on (the journal)"]
 fn attack_root_agent_cannot_make_the_next_start_refuse_the_journal() {
     let mut scenario = Scenario::start("atk-corrupt", Options::default());
     let id = scenario.denied_request();
@@ -88,7 +86,7 @@ fn attack_root_agent_cannot_make_the_next_start_refuse_the_journal() {
         "write",
         &[&journal, &(text + "{\"not\":\"a record\"}\n")],
     );
-    eprintln!("agent write of the journal: {wrote:?}");
+    assert_eq!(wrote, Outcome::Denied, "agent write of the journal");
     scenario.kill_daemon();
     // Panics (test fails) if the daemon refuses to start: then no decision can ever be taken
     // again while the pins keep denying.

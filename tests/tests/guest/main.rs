@@ -5,6 +5,7 @@ mod attack_core;
 mod connect;
 mod defend;
 mod exec;
+mod files;
 mod limits;
 mod reviewers;
 mod survival;
