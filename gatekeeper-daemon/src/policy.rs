@@ -268,7 +268,12 @@ impl Policy {
             &mut self.protected,
             protected_now,
         );
-        let accepted = self.judge_allowed(kernel, allowed_now, &mut events);
+        let accepted = judge_allowed(
+            &mut self.allowed,
+            allowed_now,
+            |target| kernel.has_path(PathList::Allowed, target),
+            &mut events,
+        );
         events.extend(follow_list(
             kernel,
             PathList::Allowed,
@@ -276,45 +281,6 @@ impl Policy {
             &accepted,
         ));
         events
-    }
-
-    /// The allowlisted paths' files that may be allowed; journals each one refused.
-    fn judge_allowed(
-        &mut self,
-        kernel: &Kernel,
-        now: &[Option<(Target, Digest)>],
-        events: &mut Vec<Event>,
-    ) -> Vec<Option<Target>> {
-        let mut refuse = |entry: &mut WatchedPath, target: Target, why: &str| {
-            entry.refused.push(target);
-            tracing::warn!(path = %entry.path.display(), why, "not allowlisted");
-            events.push(Event::AllowlistRefused {
-                path: entry.path.display().to_string(),
-                dev: target.data[0] as u32,
-                ino: target.data[1],
-                why: why.to_owned(),
-            });
-        };
-        let mut accepted = Vec::with_capacity(now.len());
-        for (entry, named) in self.allowed.iter_mut().zip(now) {
-            if let Some(current) = entry.current
-                && !entry.refused.contains(&current)
-                && !kernel.has_path(PathList::Allowed, &current)
-            {
-                refuse(entry, current, "opened for writing or truncated");
-            }
-            accepted.push(match *named {
-                Some((target, _)) if entry.refused.contains(&target) => None,
-                Some((target, _)) if entry.current == Some(target) => Some(target),
-                Some((target, digest)) if Some(digest) != entry.digest => {
-                    refuse(entry, target, "replaced by different content");
-                    None
-                }
-                Some((target, _)) => Some(target),
-                None => None,
-            });
-        }
-        accepted
     }
 
     /// Host rules to resolve again: (rule index, host).
@@ -501,6 +467,47 @@ fn daemon_files(config: &Config) -> Result<Vec<(Target, u32)>, PolicyError> {
     Ok(files)
 }
 
+/// The files allowlisted paths name now that may be allowed (`still_allowed`: whether the
+/// kernel still holds a file, which it drops once the file is opened for writing); journals each
+/// one refused, once.
+fn judge_allowed(
+    entries: &mut [WatchedPath],
+    now: &[Option<(Target, Digest)>],
+    still_allowed: impl Fn(&Target) -> bool,
+    events: &mut Vec<Event>,
+) -> Vec<Option<Target>> {
+    let mut refuse = |entry: &mut WatchedPath, target: Target, why: &str| {
+        entry.refused.push(target);
+        tracing::warn!(path = %entry.path.display(), why, "not allowlisted");
+        events.push(Event::AllowlistRefused {
+            path: entry.path.display().to_string(),
+            dev: target.data[0] as u32,
+            ino: target.data[1],
+            why: why.to_owned(),
+        });
+    };
+    let mut accepted = Vec::with_capacity(now.len());
+    for (entry, named) in entries.iter_mut().zip(now) {
+        if let Some(current) = entry.current
+            && !entry.refused.contains(&current)
+            && !still_allowed(&current)
+        {
+            refuse(entry, current, "opened for writing or truncated");
+        }
+        accepted.push(match *named {
+            Some((target, _)) if entry.refused.contains(&target) => None,
+            Some((target, _)) if entry.current == Some(target) => Some(target),
+            Some((target, digest)) if Some(digest) != entry.digest => {
+                refuse(entry, target, "replaced by different content");
+                None
+            }
+            Some((target, _)) => Some(target),
+            None => None,
+        });
+    }
+    accepted
+}
+
 fn follow_list(
     kernel: &mut Kernel,
     list: PathList,
@@ -529,4 +536,92 @@ fn follow_list(
         });
     }
     moved
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowlisted(current: Target, digest: Digest) -> WatchedPath {
+        WatchedPath {
+            path: PathBuf::from("/usr/bin/python3"),
+            name: "allowlisted".into(),
+            current: Some(current),
+            previous: Vec::new(),
+            digest: Some(digest),
+            refused: Vec::new(),
+        }
+    }
+
+    fn refusals(events: &[Event]) -> Vec<&str> {
+        events
+            .iter()
+            .filter_map(|event| match event {
+                Event::AllowlistRefused { why, .. } => Some(why.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    const ALLOWED: Digest = [1; 32];
+    const OTHER: Digest = [2; 32];
+
+    #[test]
+    fn a_replacement_is_allowed_only_with_the_same_content() {
+        let (first, same, other) = (
+            Target::exec(1, 10),
+            Target::exec(1, 11),
+            Target::exec(1, 12),
+        );
+        let mut entries = [allowlisted(first, ALLOWED)];
+        let mut events = Vec::new();
+        let judged = judge_allowed(
+            &mut entries,
+            &[Some((same, ALLOWED))],
+            |_| true,
+            &mut events,
+        );
+        assert_eq!(judged, [Some(same)]);
+        assert!(events.is_empty());
+
+        let judged = judge_allowed(&mut entries, &[Some((other, OTHER))], |_| true, &mut events);
+        assert_eq!(judged, [None]);
+        assert_eq!(refusals(&events), ["replaced by different content"]);
+        // Refused once, journaled once.
+        let judged = judge_allowed(&mut entries, &[Some((other, OTHER))], |_| true, &mut events);
+        assert_eq!(judged, [None]);
+        assert_eq!(events.len(), 1);
+        // A path briefly naming nothing keeps what it had.
+        assert_eq!(
+            judge_allowed(&mut entries, &[None], |_| true, &mut events),
+            [None]
+        );
+    }
+
+    #[test]
+    fn a_file_changed_in_place_is_not_allowed_again() {
+        let file = Target::exec(1, 10);
+        let mut entries = [allowlisted(file, ALLOWED)];
+        let mut events = Vec::new();
+        // The kernel dropped it (opened for writing): even with the same digest, never again.
+        for _ in 0..2 {
+            let judged = judge_allowed(
+                &mut entries,
+                &[Some((file, ALLOWED))],
+                |_| false,
+                &mut events,
+            );
+            assert_eq!(judged, [None]);
+        }
+        assert_eq!(refusals(&events), ["opened for writing or truncated"]);
+        // A new file with the allowlisted content at the path is allowed.
+        let fresh = Target::exec(1, 20);
+        let judged = judge_allowed(
+            &mut entries,
+            &[Some((fresh, ALLOWED))],
+            |_| false,
+            &mut events,
+        );
+        assert_eq!(judged, [Some(fresh)]);
+    }
 }
