@@ -55,6 +55,10 @@ macro_rules! kernel_members {
             (OFF_PATH_MNT, "path", "mnt"),
             (OFF_TASK_MM, "task_struct", "mm"),
             (OFF_MM_EXE_FILE, "mm_struct", "exe_file"),
+            (OFF_UNIX_PATH, "unix_sock", "path"),
+            (OFF_UNIX_PEER, "unix_sock", "peer"),
+            (OFF_PATH_DENTRY, "path", "dentry"),
+            (OFF_DENTRY_INODE, "dentry", "d_inode"),
         }
     };
 }
@@ -90,7 +94,7 @@ pub mod offsets {
 pub const EXEC_PROGRAM: &str = "bprm_check_security";
 pub const CONNECT_PROGRAM: &str = "socket_connect";
 pub const SENDMSG_PROGRAM: &str = "socket_sendmsg";
-pub const PROGRAMS: [&str; 14] = [
+pub const PROGRAMS: [&str; 17] = [
     EXEC_PROGRAM,
     CONNECT_PROGRAM,
     SENDMSG_PROGRAM,
@@ -106,6 +110,10 @@ pub const PROGRAMS: [&str; 14] = [
     "kernel_read_file",
     "kernel_load_data",
     "mmap_file",
+    // No side door on the network: sockets agents may not have, unix sockets at protected paths.
+    "socket_create",
+    "unix_stream_connect",
+    "unix_may_send",
 ];
 
 /// Indices into the settings array.
@@ -134,6 +142,8 @@ pub const TARGET_KIND_EXEC: u32 = 1;
 pub const TARGET_KIND_CONNECT: u32 = 2;
 /// A tamper attempt: `aux` is the [`TamperHook`], `data` hook-specific detail.
 pub const TARGET_KIND_TAMPER: u32 = 3;
+/// A unix socket bound at a protected path: `data` is (device, inode) of the bound file.
+pub const TARGET_KIND_UNIX: u32 = 4;
 
 /// What an agent tried against the enforcer. Denied outright: there is nothing to approve.
 #[repr(u32)]
@@ -163,6 +173,9 @@ pub enum TamperHook {
     ExecMapping = 11,
     /// Executing a file that lives on no mounted filesystem (a memfd).
     ExecInternal = 12,
+    /// Creating a socket agents may not have: raw, packet, transports other than TCP and UDP,
+    /// families that reach the network by other routes (data: family, type << 32 | protocol).
+    SocketCreate = 13,
 }
 
 impl TamperHook {
@@ -181,6 +194,7 @@ impl TamperHook {
             KernelLoad,
             ExecMapping,
             ExecInternal,
+            SocketCreate,
         ]
         .into_iter()
         .find(|hook| *hook as u32 == raw)
@@ -200,6 +214,7 @@ impl TamperHook {
             Self::KernelLoad => "kernel_load_data",
             Self::ExecMapping => "exec_mapping",
             Self::ExecInternal => "exec_internal",
+            Self::SocketCreate => "socket_create",
         }
     }
 }
@@ -266,6 +281,15 @@ impl Target {
     pub const fn exec(dev: u32, ino: u64) -> Self {
         Self {
             kind: TARGET_KIND_EXEC,
+            aux: 0,
+            data: [dev as u64, ino],
+        }
+    }
+
+    /// A unix socket by the (device, inode) of the file it is bound to.
+    pub const fn unix_socket(dev: u32, ino: u64) -> Self {
+        Self {
+            kind: TARGET_KIND_UNIX,
             aux: 0,
             data: [dev as u64, ino],
         }
@@ -454,12 +478,12 @@ mod tests {
 
     #[test]
     fn tamper_hooks_round_trip() {
-        for raw in 1..=12 {
+        for raw in 1..=13 {
             let hook = TamperHook::from_raw(raw).expect("every id names a hook");
             assert_eq!(hook as u32, raw);
             assert!(!hook.name().is_empty());
         }
-        assert_eq!(TamperHook::from_raw(13), None);
+        assert_eq!(TamperHook::from_raw(14), None);
     }
 
     #[test]

@@ -50,10 +50,19 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
 pub unsafe fn exec_target(file: *const u8) -> Result<Target, i32> {
     unsafe {
         let inode: *const u8 = read_field(file, &OFF_FILE_INODE)?;
+        let (dev, ino) = inode_id(inode)?;
+        Ok(Target::exec(dev, ino))
+    }
+}
+
+/// (device, inode) of an inode, the device in the kernel's `dev_t` encoding.
+#[inline(always)]
+pub unsafe fn inode_id(inode: *const u8) -> Result<(u32, u64), i32> {
+    unsafe {
         let ino: u64 = read_field(inode, &OFF_INODE_INO)?;
         let sb: *const u8 = read_field(inode, &OFF_INODE_SB)?;
         let dev: u32 = read_field(sb, &OFF_SB_DEV)?;
-        Ok(Target::exec(dev, ino))
+        Ok((dev, ino))
     }
 }
 

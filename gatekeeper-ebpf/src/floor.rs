@@ -76,3 +76,18 @@ pub fn floor_kernel_load_data(_ctx: LsmContext) -> i32 {
 pub fn floor_mmap_file(_ctx: LsmContext) -> i32 {
     0
 }
+
+#[lsm(hook = "socket_create")]
+pub fn floor_socket_create(ctx: LsmContext) -> i32 {
+    ctx.arg(4)
+}
+
+#[lsm(hook = "unix_stream_connect")]
+pub fn floor_unix_stream_connect(ctx: LsmContext) -> i32 {
+    ctx.arg(3)
+}
+
+#[lsm(hook = "unix_may_send")]
+pub fn floor_unix_may_send(ctx: LsmContext) -> i32 {
+    ctx.arg(2)
+}

@@ -19,3 +19,9 @@ pub unsafe fn read_field<T>(base: *const u8, global: &'static u32) -> Result<T, 
 pub unsafe fn read_at<T>(base: *const u8, offset: usize) -> Result<T, i32> {
     unsafe { bpf_probe_read_kernel(base.add(offset).cast::<T>()) }
 }
+
+/// The address of the struct embedded at the offset held in `global` in the struct at `base`.
+#[inline(always)]
+pub unsafe fn embedded(base: *const u8, global: &'static u32) -> *const u8 {
+    unsafe { base.add(offset(global)) }
+}
