@@ -7,6 +7,7 @@ mod defend;
 mod exec;
 mod limits;
 mod reviewers;
+mod sockets;
 mod survival;
 
 use std::process::Command;
