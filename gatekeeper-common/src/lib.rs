@@ -63,6 +63,8 @@ macro_rules! kernel_members {
             (OFF_DENTRY_INODE, "dentry", "d_inode"),
             (OFF_PATH_DENTRY, "path", "dentry"),
             (OFF_INODE_MODE, "inode", "i_mode"),
+            (OFF_UNIX_PATH, "unix_sock", "path"),
+            (OFF_UNIX_PEER, "unix_sock", "peer"),
         }
     };
 }
@@ -98,7 +100,7 @@ pub mod offsets {
 pub const EXEC_PROGRAM: &str = "bprm_check_security";
 pub const CONNECT_PROGRAM: &str = "socket_connect";
 pub const SENDMSG_PROGRAM: &str = "socket_sendmsg";
-pub const PROGRAMS: [&str; 17] = [
+pub const PROGRAMS: [&str; 20] = [
     EXEC_PROGRAM,
     CONNECT_PROGRAM,
     SENDMSG_PROGRAM,
@@ -119,6 +121,10 @@ pub const PROGRAMS: [&str; 17] = [
     "file_open",
     "inode_link",
     "path_truncate",
+    // No side door on the network: sockets agents may not have, unix sockets at protected paths.
+    "socket_create",
+    "unix_stream_connect",
+    "unix_may_send",
 ];
 
 /// Indices into the settings array.
@@ -162,6 +168,8 @@ pub const TARGET_KIND_TAMPER: u32 = 3;
 /// An open of a protected file other than to execute it: `aux` the [`file_access`] bits,
 /// `data` (device, inode) as for exec.
 pub const TARGET_KIND_FILE: u32 = 4;
+/// A unix socket bound at a protected path: `data` is (device, inode) of the bound file.
+pub const TARGET_KIND_UNIX: u32 = 5;
 
 /// Bits of a file target's `aux`: the access an open asks for.
 pub mod file_access {
@@ -210,6 +218,9 @@ pub enum TamperHook {
     /// Opening a block device: its raw blocks hold every file, protected or the daemon's
     /// (data: device number).
     BlockDevice = 17,
+    /// Creating a socket agents may not have: raw, packet, transports other than TCP and UDP,
+    /// families that reach the network by other routes (data: family, type << 32 | protocol).
+    SocketCreate = 18,
 }
 
 impl TamperHook {
@@ -233,6 +244,7 @@ impl TamperHook {
             PinOpen,
             StackedOpen,
             BlockDevice,
+            SocketCreate,
         ]
         .into_iter()
         .find(|hook| *hook as u32 == raw)
@@ -257,6 +269,7 @@ impl TamperHook {
             Self::PinOpen => "pin_open",
             Self::StackedOpen => "stacked_open",
             Self::BlockDevice => "block_device",
+            Self::SocketCreate => "socket_create",
         }
     }
 }
@@ -323,6 +336,15 @@ impl Target {
     pub const fn exec(dev: u32, ino: u64) -> Self {
         Self {
             kind: TARGET_KIND_EXEC,
+            aux: 0,
+            data: [dev as u64, ino],
+        }
+    }
+
+    /// A unix socket by the (device, inode) of the file it is bound to.
+    pub const fn unix_socket(dev: u32, ino: u64) -> Self {
+        Self {
+            kind: TARGET_KIND_UNIX,
             aux: 0,
             data: [dev as u64, ino],
         }
@@ -525,12 +547,12 @@ mod tests {
 
     #[test]
     fn tamper_hooks_round_trip() {
-        for raw in 1..=17 {
+        for raw in 1..=18 {
             let hook = TamperHook::from_raw(raw).expect("every id names a hook");
             assert_eq!(hook as u32, raw);
             assert!(!hook.name().is_empty());
         }
-        assert_eq!(TamperHook::from_raw(18), None);
+        assert_eq!(TamperHook::from_raw(19), None);
     }
 
     #[test]

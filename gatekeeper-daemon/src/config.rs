@@ -145,6 +145,8 @@ pub enum DestinationSpec {
     Cidr(Prefix),
     /// Resolved at start and again every `resolve_interval`.
     Host(String),
+    /// A unix socket, by the file bound at this path (followed like protected binaries).
+    Socket(PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,6 +185,17 @@ impl WebhookKind {
 }
 
 impl Config {
+    /// The paths of `[[protect.connect]]` unix socket rules, with each rule's index.
+    pub fn socket_rules(&self) -> impl Iterator<Item = (usize, &ConnectRule, &Path)> {
+        self.connect_rules
+            .iter()
+            .enumerate()
+            .filter_map(|(index, rule)| match &rule.destination {
+                DestinationSpec::Socket(path) => Some((index, rule, path.as_path())),
+                _ => None,
+            })
+    }
+
     /// The owner of the agent running in `cgroup`: the most specific `[[agents.owner]]` entry.
     pub fn owner_of(&self, cgroup: &Path) -> Option<&str> {
         self.owners
@@ -209,7 +222,8 @@ impl Config {
     }
 
     /// Checks what the config names on this host: agent cgroups are readable cgroup v2
-    /// directories, protected and allowlisted binaries are files.
+    /// directories, protected and allowlisted binaries are files, protected socket paths that
+    /// exist are sockets.
     pub fn check_host(&self) -> Result<(), ConfigError> {
         host::check(self)
     }

@@ -2,7 +2,8 @@
 //! longest-prefix-match trie, and naming the rule a denied destination matched.
 //!
 //! Every address is handled in IPv6 form, IPv4 as `::ffff:a.b.c.d`, so that one rule holds for
-//! v4 and v6 sockets alike.
+//! v4 and v6 sockets alike. IPv4 rules hold in the NAT64 form `64:ff9b::a.b.c.d` too, which a
+//! translator on the way delivers to the IPv4 address.
 
 use std::{
     collections::BTreeMap,
@@ -40,6 +41,11 @@ pub fn natural(address: [u8; 16]) -> IpAddr {
     }
 }
 
+/// The first 96 bits of an IPv4-mapped address, `::ffff:0:0/96`.
+const IPV4_MAPPED: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+/// The NAT64 well-known prefix `64:ff9b::/96` (RFC 6052).
+const NAT64: [u8; 12] = [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0];
+
 fn masked(address: [u8; 16], len: u8) -> [u8; 16] {
     let bits = u128::from_be_bytes(address);
     let mask = if len == 0 {
@@ -64,6 +70,19 @@ impl Prefix {
 
     fn contains_prefix(&self, other: &Prefix) -> bool {
         self.len <= other.len && self.contains(other.address)
+    }
+
+    /// An IPv4 prefix (in IPv4-mapped form) as it reads behind the NAT64 prefix.
+    fn nat64_twin(&self) -> Option<Prefix> {
+        if self.len < 96 || self.address[..12] != IPV4_MAPPED {
+            return None;
+        }
+        let mut address = self.address;
+        address[..12].copy_from_slice(&NAT64);
+        Some(Prefix {
+            address,
+            len: self.len,
+        })
     }
 }
 
@@ -167,6 +186,13 @@ pub struct Reach {
 }
 
 impl Reach {
+    /// The rule's prefixes with the NAT64 form of its IPv4 ones.
+    fn all_prefixes(&self) -> impl Iterator<Item = Prefix> + '_ {
+        self.prefixes
+            .iter()
+            .flat_map(|prefix| std::iter::once(*prefix).chain(prefix.nat64_twin()))
+    }
+
     fn ranges(&self) -> Vec<PortRange> {
         if self.ports.is_empty() {
             return vec![PortRange {
@@ -198,10 +224,7 @@ impl Reach {
 /// The trie's contents: each prefix with the port ranges of every rule whose prefix contains it,
 /// because the kernel sees only the longest match.
 pub fn compile(reaches: &[Reach]) -> Result<BTreeMap<Prefix, PortRanges>, DestinationError> {
-    let prefixes: Vec<Prefix> = reaches
-        .iter()
-        .flat_map(|reach| reach.prefixes.iter().copied())
-        .collect();
+    let prefixes: Vec<Prefix> = reaches.iter().flat_map(Reach::all_prefixes).collect();
     let mut table = BTreeMap::new();
     for prefix in prefixes {
         if table.contains_key(&prefix) {
@@ -211,8 +234,7 @@ pub fn compile(reaches: &[Reach]) -> Result<BTreeMap<Prefix, PortRanges>, Destin
             .iter()
             .filter(|reach| {
                 reach
-                    .prefixes
-                    .iter()
+                    .all_prefixes()
                     .any(|outer| outer.contains_prefix(&prefix))
             })
             .flat_map(Reach::ranges)
@@ -249,8 +271,7 @@ pub fn matching_rule(
         .filter(|(_, reach)| reach.covers(port, bit))
         .filter_map(|(index, reach)| {
             reach
-                .prefixes
-                .iter()
+                .all_prefixes()
                 .filter(|prefix| prefix.contains(address))
                 .map(|prefix| prefix.len)
                 .max()
@@ -390,7 +411,7 @@ mod tests {
             reach("192.168.0.0/16", &[], PROTOCOL_UDP),
         ];
         let table = compile(&reaches).unwrap();
-        assert_eq!(table.len(), 3);
+        assert_eq!(table.len(), 6, "each v4 prefix also in its NAT64 form");
         let inner = table[&parse_cidr("10.20.0.0/16").unwrap()];
         assert!(
             inner.covers(22, PROTOCOL_TCP),
@@ -428,6 +449,64 @@ mod tests {
         assert_eq!(
             matching_rule(&reaches, v4(11, 0, 0, 1), 53, IPPROTO_UDP),
             None
+        );
+    }
+
+    fn nat64(a: u8, b: u8, c: u8, d: u8) -> [u8; 16] {
+        let mut address = [0u8; 16];
+        address[..12].copy_from_slice(&NAT64);
+        address[12..].copy_from_slice(&[a, b, c, d]);
+        address
+    }
+
+    #[test]
+    fn v4_rules_cover_the_nat64_form() {
+        let reaches = [
+            reach("10.20.0.0/16", &[(5432, 5432)], PROTOCOL_TCP),
+            reach("fd00::/8", &[], PROTOCOL_TCP),
+        ];
+        let table = compile(&reaches).unwrap();
+        assert_eq!(table.len(), 3, "the v4 rule twice, the v6 rule once");
+        let twin = parse_cidr("64:ff9b::a14:0/112").unwrap();
+        assert!(table[&twin].covers(5432, PROTOCOL_TCP));
+        assert!(!table[&twin].covers(5433, PROTOCOL_TCP));
+        assert_eq!(
+            matching_rule(&reaches, nat64(10, 20, 0, 5), 5432, IPPROTO_TCP),
+            Some(0)
+        );
+        assert_eq!(
+            matching_rule(&reaches, nat64(10, 21, 0, 5), 5432, IPPROTO_TCP),
+            None
+        );
+        // Shown as the address the agent named.
+        let destination = Destination::new(nat64(10, 20, 0, 5), 5432, IPPROTO_TCP, None);
+        assert_eq!(destination.to_string(), "tcp [64:ff9b::a14:5]:5432");
+    }
+
+    #[test]
+    fn nat64_twins_nest_like_their_v4_prefixes() {
+        // Every v4 address, and a v6 rule over the whole NAT64 range with its own ports.
+        let reaches = [
+            reach("0.0.0.0/0", &[(22, 22)], PROTOCOL_TCP),
+            reach("64:ff9b::/96", &[(443, 443)], PROTOCOL_TCP),
+            reach("10.0.0.0/8", &[(5432, 5432)], PROTOCOL_TCP),
+        ];
+        let table = compile(&reaches).unwrap();
+        let inner = table[&parse_cidr("64:ff9b::a00:0/104").unwrap()];
+        for port in [22, 443, 5432] {
+            assert!(inner.covers(port, PROTOCOL_TCP), "{port}");
+        }
+        let v4_inner = table[&parse_cidr("10.0.0.0/8").unwrap()];
+        assert!(
+            !v4_inner.covers(443, PROTOCOL_TCP),
+            "the v6 rule is not a v4 one"
+        );
+        // A v6 rule has no twin; host rules get theirs as they resolve.
+        assert!(parse_cidr("fd00::1").unwrap().nat64_twin().is_none());
+        assert!(
+            Prefix::host("10.0.0.1".parse().unwrap())
+                .nat64_twin()
+                .is_some()
         );
     }
 

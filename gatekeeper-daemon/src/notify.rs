@@ -90,6 +90,17 @@ impl<'a> RequestMessage<'a> {
 /// Slack rejects longer field texts.
 const SLACK_FIELD_LIMIT: usize = 1900;
 
+/// What the agent attempted, in a reviewer's words.
+fn attempted(request: &Request) -> String {
+    match (request.kind, &request.destination) {
+        (_, Some(destination)) => format!("connect to {destination}"),
+        // A unix socket: the target names it.
+        (Kind::Connect, None) => format!("connect to {}", request.target),
+        (Kind::Exec, None) => format!("exec {}", request.target),
+        (Kind::File, None) => format!("read {}", request.target),
+    }
+}
+
 /// The facts a reviewer needs, as (label, value) pairs, in the order they are shown.
 fn facts(request: &Request) -> Vec<(&'static str, String)> {
     let process = &request.process;
@@ -97,11 +108,7 @@ fn facts(request: &Request) -> Vec<(&'static str, String)> {
         .user
         .clone()
         .unwrap_or_else(|| format!("uid {}", process.uid));
-    let what = match (&request.destination, request.kind) {
-        (Some(destination), _) => format!("connect to {destination}"),
-        (None, Kind::File) => format!("read {}", request.target),
-        (None, _) => format!("exec {}", request.target),
-    };
+    let what = attempted(request);
     let command = process
         .argv
         .as_ref()
@@ -166,10 +173,7 @@ pub fn message(kind: &WebhookKind, requests: &[Request]) -> Value {
 
 /// One short line per request, for digests.
 fn summary(request: &Request) -> String {
-    let what = match &request.destination {
-        Some(destination) => format!("connect to {destination}"),
-        None => format!("exec {}", request.target),
-    };
+    let what = attempted(request);
     format!(
         "{} · {} · {what} · {}",
         request.id, request.rule, request.cgroup
@@ -509,6 +513,21 @@ mod tests {
                 .iter()
                 .all(|b| b["type"] == "button" && b["value"] == "a1b2c3d4e5f6")
         );
+    }
+
+    #[test]
+    fn reviewers_read_what_was_attempted() {
+        let exec = sample_request();
+        assert_eq!(attempted(&exec), "exec /usr/bin/pg_dump");
+        let mut socket = sample_request();
+        socket.kind = Kind::Connect;
+        socket.target = "unix socket /run/docker.sock".into();
+        socket.target_key = gatekeeper_common::Target::unix_socket(1, 2);
+        assert_eq!(
+            attempted(&socket),
+            "connect to unix socket /run/docker.sock"
+        );
+        assert!(summary(&socket).contains("connect to unix socket /run/docker.sock"));
     }
 
     #[test]

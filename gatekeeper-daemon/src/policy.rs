@@ -11,12 +11,13 @@ use std::{
 };
 
 use gatekeeper_common::{
-    PortRanges, Setting, TARGET_KIND_CONNECT, TARGET_KIND_FILE, Target, daemon_file,
+    PortRanges, Setting, TARGET_KIND_CONNECT, TARGET_KIND_FILE, TARGET_KIND_UNIX, Target,
+    daemon_file,
 };
 
 use crate::{
     cgroups,
-    config::{Config, DestinationSpec, ExecRule},
+    config::{Config, ConnectRule, DestinationSpec, ExecRule},
     destinations::{self, Destination, DestinationError, Prefix, Reach},
     handle::ProtectedStatus,
     journal::Event,
@@ -99,6 +100,9 @@ pub struct Policy {
     config: Arc<Config>,
     protected: Vec<WatchedPath>,
     allowed: Vec<WatchedPath>,
+    /// One per unix socket rule of `[[protect.connect]]`, in order; held in the kernel's
+    /// protected map beside the binaries, as [`TARGET_KIND_UNIX`] targets.
+    sockets: Vec<WatchedPath>,
     /// One per `[[protect.connect]]` rule, with its addresses resolved.
     reaches: Vec<Reach>,
     /// What the kernel's destination trie holds now.
@@ -118,8 +122,53 @@ fn resolve(host: &str) -> Result<Vec<IpAddr>, String> {
     Ok(addresses)
 }
 
-/// Puts the files `paths` name into the kernel's `list` and takes out what an earlier
-/// configuration left.
+/// The unix socket bound to the file a stat found.
+fn as_socket(file: Target) -> Target {
+    Target::unix_socket(file.data[0] as u32, file.data[1])
+}
+
+/// Puts the sockets bound at `paths` into the kernel's protected map. A path with nothing there
+/// yet is protected once its server binds it (the paths are followed).
+fn install_sockets(
+    kernel: &mut Kernel,
+    paths: impl Iterator<Item = (PathBuf, String)>,
+) -> Result<Vec<WatchedPath>, PolicyError> {
+    let mut installed = Vec::new();
+    for (index, (path, name)) in paths.enumerate() {
+        let current = exec_target_of(&path).ok().map(as_socket);
+        if let Some(target) = current {
+            kernel.add_path(PathList::Protected, target, index as u32)?;
+        } else {
+            tracing::warn!(path = %path.display(), "protected socket path does not exist yet");
+        }
+        installed.push(WatchedPath {
+            path,
+            name,
+            current,
+            previous: Vec::new(),
+            digest: None,
+            refused: Vec::new(),
+        });
+    }
+    Ok(installed)
+}
+
+/// Takes out of the kernel's `list` what an earlier configuration left: whatever none of
+/// `kept` names now.
+fn prune_paths(
+    kernel: &mut Kernel,
+    list: PathList,
+    kept: &[&[WatchedPath]],
+) -> Result<(), PolicyError> {
+    kernel.keep_paths(list, |target| {
+        kept.iter()
+            .flat_map(|paths| paths.iter())
+            .any(|path| path.current.as_ref() == Some(target))
+    })?;
+    Ok(())
+}
+
+/// Puts the files `paths` name into the kernel's `list`.
 fn install_paths(
     kernel: &mut Kernel,
     list: PathList,
@@ -149,11 +198,6 @@ fn install_paths(
             refused: Vec::new(),
         });
     }
-    kernel.keep_paths(list, |target| {
-        installed
-            .iter()
-            .any(|path| path.current.as_ref() == Some(target))
-    })?;
     Ok(installed)
 }
 
@@ -187,6 +231,14 @@ impl Policy {
                 .iter()
                 .map(|path| (path.clone(), "allowlisted".to_owned())),
         )?;
+        let sockets = install_sockets(
+            kernel,
+            config
+                .socket_rules()
+                .map(|(_, rule, path)| (path.to_owned(), rule.name.clone())),
+        )?;
+        prune_paths(kernel, PathList::Protected, &[&protected, &sockets])?;
+        prune_paths(kernel, PathList::Allowed, &[&allowed])?;
         kernel.set_setting(Setting::ExecAllowlist, u32::from(config.exec_allowlist))?;
         kernel.set_daemon_pid(std::process::id())?;
         kernel.set_daemon_files(&daemon_files(&config)?)?;
@@ -197,6 +249,8 @@ impl Policy {
             .map(|(index, rule)| {
                 let prefixes = match &rule.destination {
                     DestinationSpec::Cidr(prefix) => vec![*prefix],
+                    // Judged by the unix socket hooks, not the destination trie.
+                    DestinationSpec::Socket(_) => Vec::new(),
                     DestinationSpec::Host(host) => resolve(host)
                         .map_err(|cause| PolicyError::Resolve {
                             index,
@@ -219,6 +273,7 @@ impl Policy {
             config,
             protected,
             allowed,
+            sockets,
             reaches,
         };
         policy.sync_nets(kernel)?;
@@ -246,10 +301,13 @@ impl Policy {
         Ok(())
     }
 
-    /// The paths to watch for replacement: (protected, allowlisted).
+    /// The paths to watch for replacement: (protected binaries, then protected sockets;
+    /// allowlisted).
     pub fn watched(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
         let paths = |list: &[WatchedPath]| list.iter().map(|entry| entry.path.clone()).collect();
-        (paths(&self.protected), paths(&self.allowed))
+        let mut protected: Vec<PathBuf> = paths(&self.protected);
+        protected.extend(self.sockets.iter().map(|entry| entry.path.clone()));
+        (protected, paths(&self.allowed))
     }
 
     /// Follows the paths to the files they name now; journals each move. A file a path named
@@ -262,11 +320,15 @@ impl Policy {
         protected_now: &[Option<Target>],
         allowed_now: &[Option<(Target, Digest)>],
     ) -> Vec<Event> {
+        let (binaries_now, sockets_now) =
+            protected_now.split_at(self.protected.len().min(protected_now.len()));
+        let sockets_now: Vec<Option<Target>> =
+            sockets_now.iter().map(|file| file.map(as_socket)).collect();
         let mut events = follow_list(
             kernel,
             PathList::Protected,
             &mut self.protected,
-            protected_now,
+            binaries_now,
         );
         let accepted = judge_allowed(
             &mut self.allowed,
@@ -274,6 +336,12 @@ impl Policy {
             |target| kernel.has_path(PathList::Allowed, target),
             &mut events,
         );
+        events.extend(follow_list(
+            kernel,
+            PathList::Protected,
+            &mut self.sockets,
+            &sockets_now,
+        ));
         events.extend(follow_list(
             kernel,
             PathList::Allowed,
@@ -291,7 +359,7 @@ impl Policy {
             .enumerate()
             .filter_map(|(index, rule)| match &rule.destination {
                 DestinationSpec::Host(host) => Some((index, host.clone())),
-                DestinationSpec::Cidr(_) => None,
+                DestinationSpec::Cidr(_) | DestinationSpec::Socket(_) => None,
             })
             .collect()
     }
@@ -329,6 +397,7 @@ impl Policy {
         let host = match &rule.destination {
             DestinationSpec::Host(host) => host.clone(),
             DestinationSpec::Cidr(prefix) => prefix.to_string(),
+            DestinationSpec::Socket(path) => path.display().to_string(),
         };
         let addresses = self.reaches[index]
             .prefixes
@@ -351,6 +420,17 @@ impl Policy {
         Some((&self.protected[index].path, rule))
     }
 
+    /// The unix socket rule, with its path, whose path names (or named) the socket `target`.
+    fn socket_rule(&self, target: &Target) -> Option<(&Path, &ConnectRule)> {
+        let position = self.sockets.iter().position(|socket| {
+            socket.current.as_ref() == Some(target) || socket.previous.contains(target)
+        })?;
+        self.config
+            .socket_rules()
+            .nth(position)
+            .map(|(_, rule, path)| (path, rule))
+    }
+
     /// A denial in the words reviewers read: what, which rule, which cgroup, which process.
     pub fn denial(
         &self,
@@ -367,7 +447,7 @@ impl Policy {
                 .and_then(|index| self.config.connect_rules.get(index));
             let host = rule.and_then(|rule| match &rule.destination {
                 DestinationSpec::Host(host) => Some(host.clone()),
-                DestinationSpec::Cidr(_) => None,
+                DestinationSpec::Cidr(_) | DestinationSpec::Socket(_) => None,
             });
             let destination = Destination::new(address, port, protocol, host);
             (
@@ -385,6 +465,23 @@ impl Policy {
                 rule.map_or("protected binary", |(_, rule)| rule.name.as_str()),
                 rule.map(|(_, rule)| rule.approval).unwrap_or_default(),
                 rule.map_or(filename, |(path, _)| path.display().to_string()),
+                None,
+            )
+        } else if target.kind == TARGET_KIND_UNIX {
+            let socket = self.socket_rule(&target);
+            let target_text = match socket {
+                Some((path, _)) => format!("unix socket {}", path.display()),
+                None => format!(
+                    "unix socket dev {} inode {}",
+                    target.data[0], target.data[1]
+                ),
+            };
+            let rule = socket.map(|(_, rule)| rule);
+            (
+                Kind::Connect,
+                rule.map_or("protected unix socket", |rule| rule.name.as_str()),
+                rule.map(|rule| rule.approval).unwrap_or_default(),
+                target_text,
                 None,
             )
         } else {

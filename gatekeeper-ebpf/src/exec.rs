@@ -10,7 +10,7 @@ use crate::{
         OFF_BPRM_FILE, OFF_BPRM_FILENAME, OFF_FILE_INODE, OFF_FILE_PATH, OFF_INODE_INO,
         OFF_INODE_SB, OFF_PATH_MNT, OFF_SB_DEV, OFF_VFSMOUNT_FLAGS,
     },
-    read::read_field,
+    read::{embedded, read_field},
     verdict::{EPERM, agent_caller, decide, is_protected, needs_allowlist_approval, tamper},
 };
 
@@ -65,7 +65,7 @@ pub unsafe fn inode_target(inode: *const u8) -> Result<Target, i32> {
 #[inline(always)]
 unsafe fn on_internal_mount(file: *const u8) -> Result<bool, i32> {
     unsafe {
-        let path = file.add(core::ptr::read_volatile(&OFF_FILE_PATH) as usize);
+        let path = embedded(file, &OFF_FILE_PATH);
         let mnt: *const u8 = read_field(path, &OFF_PATH_MNT)?;
         let flags: i32 = read_field(mnt, &OFF_VFSMOUNT_FLAGS)?;
         Ok(flags & MNT_INTERNAL != 0)

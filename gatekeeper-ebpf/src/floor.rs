@@ -91,3 +91,18 @@ pub fn floor_inode_link(ctx: LsmContext) -> i32 {
 pub fn floor_path_truncate(ctx: LsmContext) -> i32 {
     ctx.arg(1)
 }
+
+#[lsm(hook = "socket_create")]
+pub fn floor_socket_create(ctx: LsmContext) -> i32 {
+    ctx.arg(4)
+}
+
+#[lsm(hook = "unix_stream_connect")]
+pub fn floor_unix_stream_connect(ctx: LsmContext) -> i32 {
+    ctx.arg(3)
+}
+
+#[lsm(hook = "unix_may_send")]
+pub fn floor_unix_may_send(ctx: LsmContext) -> i32 {
+    ctx.arg(2)
+}

@@ -22,6 +22,10 @@ mod read;
 #[cfg(target_arch = "bpf")]
 mod sendmsg;
 #[cfg(target_arch = "bpf")]
+mod socket;
+#[cfg(target_arch = "bpf")]
+mod unix;
+#[cfg(target_arch = "bpf")]
 mod verdict;
 
 /// The kernel refuses LSM programs whose license is not GPL-compatible.

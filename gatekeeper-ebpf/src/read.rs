@@ -35,3 +35,9 @@ pub unsafe fn sb_magic(sb: *const u8) -> Result<u64, i32> {
 pub unsafe fn inode_magic(inode: *const u8) -> Result<u64, i32> {
     unsafe { sb_magic(read_field(inode, &OFF_INODE_SB)?) }
 }
+
+/// The address of the struct embedded at the offset held in `global` in the struct at `base`.
+#[inline(always)]
+pub unsafe fn embedded(base: *const u8, global: &'static u32) -> *const u8 {
+    unsafe { base.add(offset(global)) }
+}

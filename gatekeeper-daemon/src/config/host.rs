@@ -23,6 +23,14 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
             problems.push(Problem::new(key, message));
         }
     }
+    for (index, _, path) in config.socket_rules() {
+        if let Err(message) = check_socket(path) {
+            problems.push(Problem::new(
+                format!("protect.connect[{index}].path"),
+                message,
+            ));
+        }
+    }
     if problems.is_empty() {
         Ok(())
     } else {
@@ -40,5 +48,17 @@ fn check_file(path: &Path) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{} is not a file", path.display()))
+    }
+}
+
+/// A protected socket path need not exist yet (its server may start later); what is there must
+/// be a socket.
+fn check_socket(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt as _;
+    match std::fs::metadata(path) {
+        Ok(metadata) if metadata.file_type().is_socket() => Ok(()),
+        Ok(_) => Err(format!("{} is not a unix socket", path.display())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(format!("{}: {error}", path.display())),
     }
 }

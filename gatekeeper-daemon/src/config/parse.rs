@@ -333,7 +333,7 @@ impl Parser {
                     ports: rule.ports.clone(),
                     protocols: rule.protocols,
                 }),
-                DestinationSpec::Host(_) => None,
+                DestinationSpec::Host(_) | DestinationSpec::Socket(_) => None,
             })
             .collect();
         let fits = self.check("protect.connect", destinations::compile(&reaches));
@@ -343,7 +343,19 @@ impl Parser {
     }
 
     fn connect_rule(&mut self, key: &str, raw: RawConnectRule) -> Result<ConnectRule, Reported> {
-        let destination = self.destination(key, raw.cidr, raw.host);
+        let socket = raw.path.is_some();
+        let destination = self.destination(key, raw.cidr, raw.host, raw.path);
+        let network_only = match (socket, &raw.ports, &raw.protocol) {
+            (true, Some(_), _) => Err(self.report(
+                format!("{key}.ports"),
+                "a unix socket has no ports: omit the key",
+            )),
+            (true, _, Some(_)) => Err(self.report(
+                format!("{key}.protocol"),
+                "a unix socket has no protocol: omit the key",
+            )),
+            _ => Ok(()),
+        };
         let ports = self.ports(&format!("{key}.ports"), raw.ports);
         let protocols = self.check(
             format!("{key}.protocol"),
@@ -351,10 +363,12 @@ impl Parser {
         );
         let approval = self.policy(key, raw.approvals, raw.require_reason);
         let destination = destination?;
+        network_only?;
         Ok(ConnectRule {
             name: raw.name.unwrap_or_else(|| match &destination {
                 DestinationSpec::Cidr(prefix) => prefix.to_string(),
                 DestinationSpec::Host(host) => host.clone(),
+                DestinationSpec::Socket(path) => path.display().to_string(),
             }),
             destination,
             ports: ports?,
@@ -368,17 +382,25 @@ impl Parser {
         key: &str,
         cidr: Option<String>,
         host: Option<String>,
+        path: Option<PathBuf>,
     ) -> Result<DestinationSpec, Reported> {
-        match (cidr, host) {
-            (Some(cidr), None) => self
+        match (cidr, host, path) {
+            (Some(cidr), None, None) => self
                 .check(format!("{key}.cidr"), destinations::parse_cidr(&cidr))
                 .map(DestinationSpec::Cidr),
-            (None, Some(host)) if !host.trim().is_empty() => Ok(DestinationSpec::Host(host)),
-            (None, Some(_)) => Err(self.report(format!("{key}.host"), "must not be empty")),
-            (Some(_), Some(_)) => {
-                Err(self.report(format!("{key}.cidr"), "give either cidr or host, not both"))
-            }
-            (None, None) => Err(self.report(format!("{key}.cidr"), "a cidr or a host is required")),
+            (None, Some(host), None) if !host.trim().is_empty() => Ok(DestinationSpec::Host(host)),
+            (None, Some(_), None) => Err(self.report(format!("{key}.host"), "must not be empty")),
+            (None, None, Some(path)) => self
+                .absolute_path(&format!("{key}.path"), path)
+                .map(DestinationSpec::Socket),
+            (None, None, None) => Err(self.report(
+                format!("{key}.cidr"),
+                "a cidr, a host or a (unix socket) path is required",
+            )),
+            _ => Err(self.report(
+                format!("{key}.cidr"),
+                "give one of cidr, host and path, not several",
+            )),
         }
     }
 

@@ -84,6 +84,8 @@ pub(super) struct RawConnectRule {
     pub(super) name: Option<String>,
     pub(super) cidr: Option<String>,
     pub(super) host: Option<String>,
+    /// A unix socket by the path it is bound to.
+    pub(super) path: Option<PathBuf>,
     pub(super) ports: Option<Vec<PortSpec>>,
     pub(super) protocol: Option<String>,
     pub(super) approvals: Option<i64>,

@@ -427,6 +427,54 @@ host = "db.internal"
 }
 
 #[test]
+fn unix_socket_rules_parse_and_need_no_socket_yet() {
+    let config = load(&config_text(
+        r#"
+[[protect.connect]]
+cidr = "10.0.0.0/8"
+[[protect.connect]]
+name = "docker"
+path = "/run/gatekeeper-test-no-such.sock"
+approvals = 2
+"#,
+    ))
+    .expect("valid config: the socket may appear later");
+    let rule = &config.connect_rules[1];
+    assert_eq!(
+        rule.destination,
+        DestinationSpec::Socket("/run/gatekeeper-test-no-such.sock".into())
+    );
+    assert_eq!(rule.approval.approvals, 2);
+    let sockets: Vec<usize> = config.socket_rules().map(|(index, ..)| index).collect();
+    assert_eq!(sockets, vec![1]);
+}
+
+#[test]
+fn bad_unix_socket_rules_name_the_key() {
+    let cases = [
+        ("path = \"run/docker.sock\"", "protect.connect[0].path"),
+        (
+            "path = \"/run/docker.sock\"\nports = [22]",
+            "protect.connect[0].ports",
+        ),
+        (
+            "path = \"/run/docker.sock\"\nprotocol = \"tcp\"",
+            "protect.connect[0].protocol",
+        ),
+        (
+            "path = \"/run/docker.sock\"\nhost = \"db\"",
+            "protect.connect[0].cidr",
+        ),
+        // Something other than a socket is there.
+        ("path = \"/bin/sh\"", "protect.connect[0].path"),
+    ];
+    for (rule, key) in cases {
+        let error = error_of(&config_text(&format!("[[protect.connect]]\n{rule}")));
+        assert!(error.contains(key), "{rule}: {error}");
+    }
+}
+
+#[test]
 fn bad_connect_rules_name_the_key() {
     let cases = [
         ("cidr = \"10.20.0.0/33\"", "protect.connect[0].cidr"),

@@ -459,7 +459,73 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         "exec-proc-fd" => exec_by("proc-fd", text(0)?),
         "execveat" => exec_by("execveat", text(0)?),
         "exec-memfd" => exec_by("memfd", text(0)?),
+        "socket" => {
+            let fd = unsafe { libc::socket(number(0)?, number(1)?, number(2)?) };
+            if fd >= 0 {
+                unsafe { libc::close(fd) };
+            }
+            errno_of(fd as libc::c_long)
+        }
+        "socketpair" => {
+            let mut fds = [-1; 2];
+            let result =
+                unsafe { libc::socketpair(number(0)?, number(1)?, number(2)?, fds.as_mut_ptr()) };
+            let outcome = errno_of(result as libc::c_long);
+            // On failure the kernel may have written descriptors it then took back.
+            if outcome.is_ok() {
+                for fd in fds {
+                    unsafe { libc::close(fd) };
+                }
+            }
+            outcome
+        }
+        "unix-connect" => unix_socket_op("stream", text(0)?),
+        "unix-seqpacket" => unix_socket_op("seqpacket", text(0)?),
+        "unix-send" => unix_socket_op("send", text(0)?),
+        // From inside DIR, so that the path may be relative.
+        "unix-connect-in" => {
+            outcome(std::env::set_current_dir(text(0)?))?;
+            unix_socket_op("stream", text(1)?)
+        }
         _ => Err(libc::EINVAL),
+    }
+}
+
+/// A stream or seqpacket connect, or one datagram, to the unix socket at `path`.
+fn unix_socket_op(op: &str, path: &str) -> Result<(), i32> {
+    use std::os::unix::net::{UnixDatagram, UnixStream};
+    match op {
+        "stream" => outcome(UnixStream::connect(path).map(drop)),
+        "send" => outcome(
+            UnixDatagram::unbound()
+                .and_then(|socket| socket.send_to(b"datagram", path))
+                .map(drop),
+        ),
+        _ => {
+            let c_path = c_path(path)?;
+            // SAFETY: all-zero is a valid sockaddr_un; the path is copied in bounded.
+            let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+            address.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            let bytes = c_path.as_bytes();
+            if bytes.len() >= address.sun_path.len() {
+                return Err(libc::ENAMETOOLONG);
+            }
+            for (slot, byte) in address.sun_path.iter_mut().zip(bytes) {
+                *slot = *byte as libc::c_char;
+            }
+            // SAFETY: a plain socket; the address outlives the connect.
+            let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0) };
+            errno_of(fd as libc::c_long)?;
+            let result = unsafe {
+                libc::connect(
+                    fd,
+                    (&raw const address).cast(),
+                    size_of::<libc::sockaddr_un>() as libc::socklen_t,
+                )
+            };
+            unsafe { libc::close(fd) };
+            errno_of(result as libc::c_long)
+        }
     }
 }
 

@@ -8,6 +8,7 @@ mod exec;
 mod files;
 mod limits;
 mod reviewers;
+mod sockets;
 mod survival;
 
 use std::process::Command;
