@@ -6,7 +6,7 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
     },
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use gatekeeper_common::{
     COUNTER_SLOTS, Counter, Event, EventKind, GrantKey, GrantValue, MAX_AGENT_CGROUPS, MAX_ALLOWED,
@@ -47,6 +47,15 @@ static ALLOWED: HashMap<Target, u32> = HashMap::pinned(MAX_ALLOWED, 0);
 #[map]
 static SETTINGS: Array<u32> = Array::pinned(SETTING_SLOTS, 0);
 
+/// cgroup id -> the agent cgroup it is in or below, 0 for none: the answer of the ancestor walk,
+/// kept so that the hooks every process runs exit after one lookup. A cgroup's ancestors never
+/// change, and the agent cgroups are set before the programs attach; the map is not pinned, so
+/// each load starts it empty.
+#[map]
+static AGENT_OF: LruHashMap<u64, u64> = LruHashMap::with_max_entries(AGENT_OF_ENTRIES, 0);
+
+const AGENT_OF_ENTRIES: u32 = 8192;
+
 /// The agent cgroup of the caller of a hook whose trailing argument is `previous`, the verdict of
 /// the LSM programs before: Err(that verdict) when one already denied, Err(0) (allow) when the
 /// caller is no agent.
@@ -61,6 +70,21 @@ pub fn agent_caller(previous: i32) -> Result<u64, i32> {
 /// The configured agent cgroup the current task is in or descends from.
 #[inline(always)]
 pub fn agent_cgroup() -> Option<u64> {
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    let agent = match AGENT_OF.get_ptr(cgroup) {
+        Some(known) => unsafe { *known },
+        None => {
+            let walked = walk_to_agent_cgroup().unwrap_or(0);
+            let _ = AGENT_OF.insert(cgroup, walked, 0);
+            walked
+        }
+    };
+    (agent != 0).then_some(agent)
+}
+
+/// The ancestor walk behind [`agent_cgroup`].
+#[inline(always)]
+fn walk_to_agent_cgroup() -> Option<u64> {
     // Level 0 is the root cgroup, which is never an agent cgroup.
     for level in 1..=MAX_CGROUP_DEPTH {
         let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
