@@ -9,21 +9,19 @@ use gatekeeper_common::TamperHook;
 
 use crate::{
     exec::exec_target,
-    offsets::{
-        OFF_INODE_SB, OFF_MM_EXE_FILE, OFF_SB_MAGIC, OFF_TASK_MM, OFF_TASK_TGID, OFF_VFSMOUNT_SB,
-    },
+    offsets::{OFF_INODE_SB, OFF_MM_EXE_FILE, OFF_SB_MAGIC, OFF_TASK_MM, OFF_TASK_TGID},
     read::read_field,
     verdict::{agent_cgroup, is_daemon, is_protected, tamper},
 };
 
-const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
+pub const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
 const MAY_WRITE: i32 = 2;
 const PROT_EXEC: u64 = 4;
 
 /// Denies the call outright when the caller is an agent.
 #[inline(always)]
-fn deny_agents(hook: TamperHook, detail: [u64; 2]) -> i32 {
+pub fn deny_agents(hook: TamperHook, detail: [u64; 2]) -> i32 {
     match agent_cgroup() {
         Some(agent) => tamper(agent, hook, detail),
         None => 0,
@@ -31,7 +29,7 @@ fn deny_agents(hook: TamperHook, detail: [u64; 2]) -> i32 {
 }
 
 #[inline(always)]
-unsafe fn sb_magic(sb: *const u8) -> Result<u64, i32> {
+pub unsafe fn sb_magic(sb: *const u8) -> Result<u64, i32> {
     unsafe { read_field::<u64>(sb, &OFF_SB_MAGIC) }
 }
 
@@ -92,24 +90,6 @@ pub fn inode_rename(ctx: LsmContext) -> i32 {
         return deny_agents(TamperHook::PinRename, [0, 0]);
     }
     0
-}
-
-/// Any unmount: unmounting bpffs, or a tree holding it, drops the pins.
-#[lsm(hook = "sb_umount")]
-pub fn sb_umount(ctx: LsmContext) -> i32 {
-    let mnt: *const u8 = ctx.arg(0);
-    let magic =
-        unsafe { read_field::<*const u8>(mnt, &OFF_VFSMOUNT_SB).and_then(|sb| sb_magic(sb)) };
-    deny_agents(TamperHook::Umount, [magic.unwrap_or(0), 0])
-}
-
-#[lsm(hook = "sb_remount")]
-pub fn sb_remount(ctx: LsmContext) -> i32 {
-    let sb: *const u8 = ctx.arg(0);
-    match unsafe { sb_magic(sb) } {
-        Ok(BPF_FS_MAGIC) => deny_agents(TamperHook::Remount, [BPF_FS_MAGIC, 0]),
-        _ => 0,
-    }
 }
 
 /// Writes on cgroupfs: moving a process (cgroup.procs, also clone3 with CLONE_INTO_CGROUP,

@@ -76,3 +76,23 @@ pub fn floor_kernel_load_data(_ctx: LsmContext) -> i32 {
 pub fn floor_mmap_file(_ctx: LsmContext) -> i32 {
     0
 }
+
+#[lsm(hook = "sb_mount")]
+pub fn floor_sb_mount(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "move_mount")]
+pub fn floor_move_mount(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "sb_pivotroot")]
+pub fn floor_sb_pivotroot(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "sb_set_mnt_opts")]
+pub fn floor_sb_set_mnt_opts(_ctx: LsmContext) -> i32 {
+    0
+}

@@ -12,6 +12,8 @@ mod exec;
 #[cfg(target_arch = "bpf")]
 mod floor;
 #[cfg(target_arch = "bpf")]
+mod mounts;
+#[cfg(target_arch = "bpf")]
 mod net;
 #[cfg(target_arch = "bpf")]
 mod offsets;
