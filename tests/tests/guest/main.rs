@@ -6,6 +6,7 @@ mod connect;
 mod defend;
 mod exec;
 mod limits;
+mod mounts;
 mod reviewers;
 mod survival;
 
