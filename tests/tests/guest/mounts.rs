@@ -67,11 +67,14 @@ fn agent_mounts_nothing_in_the_host_namespace() {
         &format!("{pr}/old"),
     ]);
     let tamper = |cgroup, op, args: &[&str]| scenario.tamper(cgroup, op, args);
+    // The agent's refused attempt and the control mount name the same cgroup v1 hierarchy: the
+    // refused one never made it (mount(2) in the host's namespace stops before any superblock).
+    let v1 = "none,name=gkmounts";
 
     // Each attempt is denied to the agent and works from outside (then undone).
     let cases: [(&str, &[&str], &str); 6] = [
         ("mount", &["tmpfs", "tmp", &protected_dir], &protected_dir),
-        ("mount", &["cgroup", "none", &cg, "none,name=gkmounts"], &cg),
+        ("mount", &["cgroup", "none", &cg, v1], &cg),
         ("mount", &["bpf", "bpf", &bpf], &bpf),
         ("fsmount", &["tmpfs", &fs], &fs),
         ("open-tree", &[&src, &tree], &tree),
@@ -166,16 +169,26 @@ fn a_runtime_mounts_in_its_private_namespace() {
         Outcome::Denied
     );
     assert_eq!(private(agents, "fsmount", &["bpf", &bpf]), Outcome::Denied);
-    let v1 = ["cgroup", "none", cg.as_str(), "none,name=gkruntime"];
-    assert_eq!(private(agents, "mount", &v1), Outcome::Denied);
-    let fs_v1 = ["cgroup", cg.as_str(), "none", "name=gkruntime"];
-    assert_eq!(private(agents, "fsmount", &fs_v1), Outcome::Denied);
+    // A named hierarchy per attempt: one refused is torn down asynchronously, and mounting it
+    // again meanwhile is EBUSY.
+    let v1 = |name: &str| format!("none,name={name}");
+    let mount_v1 =
+        |cgroup, name: &str| private(cgroup, "mount", &["cgroup", "none", &cg, &v1(name)]);
+    let fsmount_v1 = |cgroup, name: &str| {
+        private(
+            cgroup,
+            "fsmount",
+            &["cgroup", &cg, "none", &format!("name={name}")],
+        )
+    };
+    assert_eq!(mount_v1(agents, "gkrt1"), Outcome::Denied);
+    assert_eq!(fsmount_v1(agents, "gkrt2"), Outcome::Denied);
     assert_eq!(
         private(outside, "mount", &["bpf", "bpf", &bpf]),
         Outcome::Ok
     );
-    assert_eq!(private(outside, "mount", &v1), Outcome::Ok);
-    assert_eq!(private(outside, "fsmount", &fs_v1), Outcome::Ok);
+    assert_eq!(mount_v1(outside, "gkrt3"), Outcome::Ok);
+    assert_eq!(fsmount_v1(outside, "gkrt4"), Outcome::Ok);
     let event = journaled(&scenario, "mount_fs");
     assert_eq!(event["detail"][1], FILESYSTEM, "{event}");
 
