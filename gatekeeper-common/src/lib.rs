@@ -65,6 +65,19 @@ macro_rules! kernel_members {
             (OFF_INODE_MODE, "inode", "i_mode"),
             (OFF_UNIX_PATH, "unix_sock", "path"),
             (OFF_UNIX_PEER, "unix_sock", "peer"),
+            // Mounts: which namespace the caller is in, and how a mount propagates.
+            (OFF_TASK_NSPROXY, "task_struct", "nsproxy"),
+            (OFF_NSPROXY_MNT_NS, "nsproxy", "mnt_ns"),
+            (OFF_MNT_NS_NS, "mnt_namespace", "ns"),
+            (OFF_NS_COMMON_INUM, "ns_common", "inum"),
+            (OFF_MOUNT_MNT, "mount", "mnt"),
+            (OFF_MOUNT_PARENT, "mount", "mnt_parent"),
+            (OFF_MOUNT_NS, "mount", "mnt_ns"),
+            (OFF_MOUNT_MOUNTS, "mount", "mnt_mounts"),
+            (OFF_MOUNT_CHILD, "mount", "mnt_child"),
+            (OFF_MOUNT_INSTANCE, "mount", "mnt_instance"),
+            (OFF_SB_MOUNTS, "super_block", "s_mounts"),
+            (OFF_LIST_HEAD_NEXT, "list_head", "next"),
         }
     };
 }
@@ -100,7 +113,7 @@ pub mod offsets {
 pub const EXEC_PROGRAM: &str = "bprm_check_security";
 pub const CONNECT_PROGRAM: &str = "socket_connect";
 pub const SENDMSG_PROGRAM: &str = "socket_sendmsg";
-pub const PROGRAMS: [&str; 20] = [
+pub const PROGRAMS: [&str; 24] = [
     EXEC_PROGRAM,
     CONNECT_PROGRAM,
     SENDMSG_PROGRAM,
@@ -125,6 +138,11 @@ pub const PROGRAMS: [&str; 20] = [
     "socket_create",
     "unix_stream_connect",
     "unix_may_send",
+    // Mounts (with sb_umount and sb_remount above): nothing that changes what the host sees.
+    "sb_mount",
+    "move_mount",
+    "sb_pivotroot",
+    "sb_set_mnt_opts",
 ];
 
 /// Indices into the settings array.
@@ -133,6 +151,10 @@ pub const PROGRAMS: [&str; 20] = [
 pub enum Setting {
     /// 1: agents may exec only allowlisted binaries; anything else needs approval.
     ExecAllowlist = 0,
+    /// The inode number of the daemon's mount namespace: agents change no mount in it.
+    HostMountNs = 1,
+    /// The inode number of init's mount namespace, when the daemon runs in another one.
+    InitMountNs = 2,
 }
 
 pub const SETTING_SLOTS: u32 = 4;
@@ -191,9 +213,10 @@ pub enum TamperHook {
     PinUnlink = 4,
     /// Renaming something on or onto bpffs.
     PinRename = 5,
-    /// Unmounting a filesystem.
+    /// Unmounting (data: filesystem magic, [`MountRefusal`]).
     Umount = 6,
-    /// Remounting bpffs.
+    /// Reconfiguring a superblock: mount -o remount, fspick (data: filesystem magic,
+    /// [`MountRefusal`]).
     Remount = 7,
     /// Writing on cgroupfs: moving processes, making or changing cgroups.
     CgroupWrite = 8,
@@ -221,6 +244,32 @@ pub enum TamperHook {
     /// Creating a socket agents may not have: raw, packet, transports other than TCP and UDP,
     /// families that reach the network by other routes (data: family, type << 32 | protocol).
     SocketCreate = 18,
+    /// mount(2): a new mount, bind, move or propagation change (data: flags, [`MountRefusal`]).
+    Mount = 19,
+    /// Making a cgroup v1 or bpffs superblock, by mount(2) or fsconfig (data: magic).
+    MountFs = 20,
+    /// move_mount(2): attaching an fsmount or open_tree mount, or moving one (data: 0,
+    /// [`MountRefusal`]).
+    MoveMount = 21,
+    /// pivot_root(2) in the host's mount namespace.
+    PivotRoot = 22,
+}
+
+/// Why a mount operation was refused: the second detail word of the mount tamper hooks.
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MountRefusal {
+    /// The caller is in the host's (the daemon's or init's) mount namespace.
+    HostNamespace = 1,
+    /// The mount point is shared: the change would propagate to its peers, which may be the
+    /// host's.
+    Shared = 2,
+    /// The superblock is also mounted in the host's namespace.
+    HostSuperblock = 3,
+    /// The mount tree was too large or could not be read: refused rather than guessed.
+    Unchecked = 4,
+    /// A filesystem agents may never mount or reconfigure (bpffs, cgroup v1).
+    Filesystem = 5,
 }
 
 impl TamperHook {
@@ -245,6 +294,10 @@ impl TamperHook {
             StackedOpen,
             BlockDevice,
             SocketCreate,
+            Mount,
+            MountFs,
+            MoveMount,
+            PivotRoot,
         ]
         .into_iter()
         .find(|hook| *hook as u32 == raw)
@@ -270,6 +323,10 @@ impl TamperHook {
             Self::StackedOpen => "stacked_open",
             Self::BlockDevice => "block_device",
             Self::SocketCreate => "socket_create",
+            Self::Mount => "mount",
+            Self::MountFs => "mount_fs",
+            Self::MoveMount => "move_mount",
+            Self::PivotRoot => "pivot_root",
         }
     }
 }
@@ -547,12 +604,12 @@ mod tests {
 
     #[test]
     fn tamper_hooks_round_trip() {
-        for raw in 1..=18 {
+        for raw in 1..=22 {
             let hook = TamperHook::from_raw(raw).expect("every id names a hook");
             assert_eq!(hook as u32, raw);
             assert!(!hook.name().is_empty());
         }
-        assert_eq!(TamperHook::from_raw(19), None);
+        assert_eq!(TamperHook::from_raw(23), None);
     }
 
     #[test]

@@ -482,7 +482,7 @@ impl Engine {
     fn status(&self) -> Status {
         let counts = self.core.counts();
         Status {
-            enforcing: loader::links_pinned(&self.config.pin_dir),
+            enforcing: self.kernel.pins_are_ours(&self.config.pin_dir),
             since: self.core.enforcing_since(),
             pid: std::process::id(),
             pending_requests: counts.pending,

@@ -13,7 +13,10 @@ use aya::{
         Array, HashMap, MapData, MapError, PerCpuArray, RingBuf,
         lpm_trie::{self, LpmTrie},
     },
-    programs::{Lsm, ProgramError, links::FdLink},
+    programs::{
+        Lsm, ProgramError,
+        links::{FdLink, PinnedLink},
+    },
 };
 use gatekeeper_common::{
     Counter, GrantKey, GrantValue, PROGRAMS, PortRanges, Setting, Target, maps, offsets,
@@ -80,11 +83,23 @@ pub fn link_pin(pin_dir: &Path, program: &str) -> PathBuf {
     pin_dir.join(format!("link_{program}"))
 }
 
-/// Whether every program's link is pinned: enforcement is live, with or without a daemon.
+/// The id of the BPF link pinned at `path`, if a link is pinned there.
+fn pinned_link_id(path: &Path) -> Option<u32> {
+    use std::os::unix::ffi::OsStrExt as _;
+    // aya cannot take a path holding a NUL byte.
+    if path.as_os_str().as_bytes().contains(&0) {
+        return None;
+    }
+    let link: FdLink = PinnedLink::from_pin(path).ok()?.into();
+    link.info().ok().map(|info| info.id())
+}
+
+/// Whether every program's link is pinned, as a live BPF link (a file of that name on anything
+/// mounted over the pin directory is none): enforcement is live, with or without a daemon.
 pub fn links_pinned(pin_dir: &Path) -> bool {
     PROGRAMS
         .iter()
-        .all(|program| link_pin(pin_dir, program).exists())
+        .all(|program| pinned_link_id(&link_pin(pin_dir, program)).is_some())
 }
 
 /// Creates the pin directory, which must be on a BPF filesystem.
@@ -137,6 +152,8 @@ pub struct Kernel {
     daemon_files: HashMap<MapData, Target, u32>,
     /// Taken by the event reader.
     events: Option<RingBuf<MapData>>,
+    /// The ids of the links this daemon attached, in the order of `PROGRAMS`.
+    link_ids: Vec<u32>,
 }
 
 /// The two maps of files matched by (device, inode).
@@ -288,6 +305,7 @@ impl Kernel {
             settings: Array::try_from(settings).map_err(map_error(maps::SETTINGS))?,
             daemon_files: HashMap::try_from(daemon_files).map_err(map_error(maps::DAEMON_FILES))?,
             events: Some(RingBuf::try_from(events).map_err(map_error(maps::EVENTS))?),
+            link_ids: Vec::new(),
             ebpf,
         };
         Ok(kernel)
@@ -299,6 +317,7 @@ impl Kernel {
     pub fn attach(&mut self, pin_dir: &Path) -> Result<(), LoaderError> {
         // bpffs refuses names with dots.
         let staged = |program: &str| pin_dir.join(format!("link_{program}_new"));
+        let mut link_ids = Vec::with_capacity(PROGRAMS.len());
         for name in PROGRAMS {
             let program: &mut Lsm = self
                 .ebpf
@@ -311,6 +330,11 @@ impl Kernel {
                 .take_link(link_id)
                 .map_err(LoaderError::Attach)?
                 .into();
+            let id = link.info().map_err(|cause| LoaderError::Pin {
+                path: staged(name),
+                cause: with_sources(&cause),
+            })?;
+            link_ids.push(id.id());
             let path = staged(name);
             let _ = std::fs::remove_file(&path);
             link.pin(&path).map_err(|cause| LoaderError::Pin {
@@ -326,7 +350,19 @@ impl Kernel {
                 cause: cause.to_string(),
             })?;
         }
+        self.link_ids = link_ids;
         Ok(())
+    }
+
+    /// Whether the pins in `pin_dir` are the links this daemon attached. A bpffs or a bind mount
+    /// over the pin directory hides them: what is seen there then is not what enforces, and
+    /// `gatekeeper uninstall` or an adopting daemon would act on the wrong thing.
+    pub fn pins_are_ours(&self, pin_dir: &Path) -> bool {
+        self.link_ids.len() == PROGRAMS.len()
+            && PROGRAMS
+                .iter()
+                .zip(&self.link_ids)
+                .all(|(program, id)| pinned_link_id(&link_pin(pin_dir, program)) == Some(*id))
     }
 
     /// Makes `ids` the agent cgroups: new ones in first, then the stale ones out.

@@ -52,6 +52,19 @@ pub enum PolicyError {
     },
     #[error("protect.connect: {0}")]
     Destinations(#[from] DestinationError),
+    #[error("mount namespace {path}: {cause}")]
+    MountNamespace {
+        path: &'static str,
+        cause: std::io::Error,
+    },
+}
+
+/// The inode number of the mount namespace behind `path` (a /proc/PID/ns/mnt link).
+fn mount_namespace(path: &'static str) -> Result<u32, PolicyError> {
+    let metadata =
+        std::fs::metadata(path).map_err(|cause| PolicyError::MountNamespace { path, cause })?;
+    // Namespace inode numbers come from the proc inode allocator: they fit in 32 bits.
+    Ok(metadata.ino() as u32)
 }
 
 /// The kernel's `dev_t` encoding (major << 20 | minor) of a userspace `st_dev`.
@@ -240,6 +253,9 @@ impl Policy {
         prune_paths(kernel, PathList::Protected, &[&protected, &sockets])?;
         prune_paths(kernel, PathList::Allowed, &[&allowed])?;
         kernel.set_setting(Setting::ExecAllowlist, u32::from(config.exec_allowlist))?;
+        // Agents change no mount where the daemon, or init, looks.
+        kernel.set_setting(Setting::HostMountNs, mount_namespace("/proc/self/ns/mnt")?)?;
+        kernel.set_setting(Setting::InitMountNs, mount_namespace("/proc/1/ns/mnt")?)?;
         kernel.set_daemon_pid(std::process::id())?;
         kernel.set_daemon_files(&daemon_files(&config)?)?;
         let reaches = config

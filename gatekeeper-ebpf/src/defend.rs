@@ -9,8 +9,8 @@ use gatekeeper_common::TamperHook;
 
 use crate::{
     exec::exec_target,
-    offsets::{OFF_MM_EXE_FILE, OFF_TASK_MM, OFF_TASK_TGID, OFF_VFSMOUNT_SB},
-    read::{BPF_FS_MAGIC, inode_magic, read_field, sb_magic},
+    offsets::{OFF_MM_EXE_FILE, OFF_TASK_MM, OFF_TASK_TGID},
+    read::{inode_magic, read_field},
     verdict::{agent_cgroup, is_daemon, is_protected, tamper},
 };
 
@@ -58,24 +58,6 @@ pub fn task_kill(ctx: LsmContext) -> i32 {
 pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
     let mode: u32 = ctx.arg(1);
     guard_daemon(ctx.arg(0), TamperHook::Ptrace, mode as u64)
-}
-
-/// Any unmount: unmounting bpffs, or a tree holding it, drops the pins.
-#[lsm(hook = "sb_umount")]
-pub fn sb_umount(ctx: LsmContext) -> i32 {
-    let mnt: *const u8 = ctx.arg(0);
-    let magic =
-        unsafe { read_field::<*const u8>(mnt, &OFF_VFSMOUNT_SB).and_then(|sb| sb_magic(sb)) };
-    deny_agents(TamperHook::Umount, [magic.unwrap_or(0), 0])
-}
-
-#[lsm(hook = "sb_remount")]
-pub fn sb_remount(ctx: LsmContext) -> i32 {
-    let sb: *const u8 = ctx.arg(0);
-    match unsafe { sb_magic(sb) } {
-        Ok(BPF_FS_MAGIC) => deny_agents(TamperHook::Remount, [BPF_FS_MAGIC, 0]),
-        _ => 0,
-    }
 }
 
 /// Writes on cgroupfs: moving a process (cgroup.procs, also clone3 with CLONE_INTO_CGROUP,

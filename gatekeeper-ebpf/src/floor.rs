@@ -106,3 +106,23 @@ pub fn floor_unix_stream_connect(ctx: LsmContext) -> i32 {
 pub fn floor_unix_may_send(ctx: LsmContext) -> i32 {
     ctx.arg(2)
 }
+
+#[lsm(hook = "sb_mount")]
+pub fn floor_sb_mount(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "move_mount")]
+pub fn floor_move_mount(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "sb_pivotroot")]
+pub fn floor_sb_pivotroot(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "sb_set_mnt_opts")]
+pub fn floor_sb_set_mnt_opts(_ctx: LsmContext) -> i32 {
+    0
+}

@@ -19,6 +19,13 @@ pub unsafe fn read_field<T>(base: *const u8, global: &'static u32) -> Result<T, 
     unsafe { bpf_probe_read_kernel(base.add(offset(global)).cast::<T>()) }
 }
 
+/// The byte offset held in `global`: to add for nested members (a field of an embedded struct),
+/// or to subtract for `container_of`.
+#[inline(always)]
+pub fn field_offset(global: &'static u32) -> usize {
+    offset(global)
+}
+
 /// Reads a `T` at a fixed byte offset (for ABI structs such as `sockaddr_in`).
 #[inline(always)]
 pub unsafe fn read_at<T>(base: *const u8, offset: usize) -> Result<T, i32> {

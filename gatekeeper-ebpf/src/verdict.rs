@@ -114,6 +114,12 @@ pub fn needs_allowlist_approval(target: &Target) -> bool {
     allowlist && ALLOWED.get_ptr(target).is_none()
 }
 
+/// A value the daemon set in the settings array (0 until it does).
+#[inline(always)]
+pub fn setting(setting: Setting) -> u32 {
+    SETTINGS.get(setting as u32).copied().unwrap_or(0)
+}
+
 #[inline(always)]
 pub fn is_allowlisted(target: &Target) -> bool {
     ALLOWED.get_ptr(target).is_some()

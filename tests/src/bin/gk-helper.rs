@@ -487,6 +487,8 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
             outcome(std::env::set_current_dir(text(0)?))?;
             unix_socket_op("stream", text(1)?)
         }
+        "mount" | "bind" | "move" | "umount-lazy" | "pivot-root" | "fsmount" | "open-tree"
+        | "fspick-ro" | "in-ns" | "runtime" | "mount-remount" => mount_op(op, args),
         _ => Err(libc::EINVAL),
     }
 }
@@ -700,4 +702,242 @@ fn main() -> ExitCode {
         Ok(())
     })();
     result.err().unwrap_or(ExitCode::SUCCESS)
+}
+
+/// Errors of setting up a namespace, told apart from the errno of the attempt itself.
+const SETUP_ERRNO_BASE: i32 = 1000;
+
+const FSOPEN_CLOEXEC: u32 = 1;
+const FSCONFIG_SET_FLAG: u32 = 0;
+const FSCONFIG_SET_STRING: u32 = 1;
+const FSCONFIG_CMD_CREATE: u32 = 6;
+const FSCONFIG_CMD_RECONFIGURE: u32 = 7;
+const FSMOUNT_CLOEXEC: u32 = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: u32 = 4;
+const OPEN_TREE_CLONE: u32 = 1;
+const AT_RECURSIVE: u32 = 0x8000;
+
+/// mount(2) with optional strings.
+fn mount(
+    source: &str,
+    target: &str,
+    fstype: Option<&str>,
+    flags: u64,
+    data: Option<&str>,
+) -> Result<(), i32> {
+    let source = c_path(source)?;
+    let target = c_path(target)?;
+    let fstype = fstype.map(c_path).transpose()?;
+    let data = data.map(c_path).transpose()?;
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call, or null.
+    errno_of(unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ref().map_or(std::ptr::null(), |t| t.as_ptr()),
+            flags,
+            data.as_ref()
+                .map_or(std::ptr::null(), |d| d.as_ptr().cast()),
+        )
+    } as libc::c_long)
+}
+
+fn umount(target: &str, flags: i32) -> Result<(), i32> {
+    let target = c_path(target)?;
+    // SAFETY: a NUL-terminated path that outlives the call.
+    errno_of(unsafe { libc::umount2(target.as_ptr(), flags) } as libc::c_long)
+}
+
+/// A raw syscall returning a descriptor.
+fn fd_of(result: libc::c_long) -> Result<i32, i32> {
+    errno_of(result).map(|()| result as i32)
+}
+
+/// Attaches the detached mount `fd` at `target` (move_mount with an empty source path).
+fn move_mount_fd(fd: i32, target: &str) -> Result<(), i32> {
+    let empty = c_path("")?;
+    let target = c_path(target)?;
+    // SAFETY: strings outlive the call.
+    errno_of(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            fd,
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })
+}
+
+/// fsconfig(2) with a key and an optional string value.
+fn fsconfig(fd: i32, command: u32, key: Option<&str>, value: Option<&str>) -> Result<(), i32> {
+    let key = key.map(c_path).transpose()?;
+    let value = value.map(c_path).transpose()?;
+    // SAFETY: strings outlive the call, or are null.
+    errno_of(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fd,
+            command,
+            key.as_ref().map_or(std::ptr::null(), |k| k.as_ptr()),
+            value.as_ref().map_or(std::ptr::null(), |v| v.as_ptr()),
+            0,
+        )
+    })
+}
+
+/// The new mount API: fsopen FSTYPE, its options (KEY=VALUE or FLAG), create, fsmount, attach.
+fn fs_mount(fstype: &str, target: &str, options: &[&str]) -> Result<(), i32> {
+    let name = c_path(fstype)?;
+    // SAFETY: a NUL-terminated name that outlives the call.
+    let fs = fd_of(unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) })?;
+    for option in options {
+        match option.split_once('=') {
+            Some((key, value)) => fsconfig(fs, FSCONFIG_SET_STRING, Some(key), Some(value))?,
+            None => fsconfig(fs, FSCONFIG_SET_FLAG, Some(option), None)?,
+        }
+    }
+    fsconfig(fs, FSCONFIG_CMD_CREATE, None, None)?;
+    // SAFETY: plain syscall on a descriptor this process owns.
+    let mnt = fd_of(unsafe { libc::syscall(libc::SYS_fsmount, fs, FSMOUNT_CLOEXEC, 0) })?;
+    move_mount_fd(mnt, target)
+}
+
+/// Enters a new mount namespace the way `MODE` says: `private` as container runtimes and
+/// `unshare -m` do (then / recursively private), `bare` (propagation left as it was: shared
+/// mounts stay peers of the host's), `user` (with a user namespace mapping this uid to root).
+fn enter_namespace(mode: &str) -> Result<(), i32> {
+    let setup = |errno: i32| SETUP_ERRNO_BASE + errno;
+    let (uid, gid) = (unsafe { libc::getuid() }, unsafe { libc::getgid() });
+    let flags = match mode {
+        "private" | "bare" => libc::CLONE_NEWNS,
+        "user" => libc::CLONE_NEWUSER | libc::CLONE_NEWNS,
+        _ => return Err(setup(libc::EINVAL)),
+    };
+    // SAFETY: unshare of this single-threaded process.
+    errno_of(unsafe { libc::unshare(flags) } as libc::c_long).map_err(setup)?;
+    if mode == "user" {
+        let write = |file: &str, text: String| {
+            std::fs::write(file, text).map_err(|e| setup(e.raw_os_error().unwrap_or(-1)))
+        };
+        write("/proc/self/setgroups", "deny".into())?;
+        write("/proc/self/uid_map", format!("0 {uid} 1"))?;
+        write("/proc/self/gid_map", format!("0 {gid} 1"))?;
+    }
+    if mode != "bare" {
+        mount("none", "/", None, libc::MS_REC | libc::MS_PRIVATE, None).map_err(setup)?;
+    }
+    Ok(())
+}
+
+/// What a container runtime does in its private namespace: a tmpfs for the new root, a bind
+/// mount into it, pivot_root, unmounting the old root (lazily, with everything under it) and a
+/// bind mount. The guest's root is the initramfs, which pivot_root cannot leave, so the runtime
+/// first moves into a recursive bind of it, as runtimes on a ramdisk do.
+fn runtime(dir: &str) -> Result<(), i32> {
+    let step = |name: &'static str| {
+        move |errno: i32| {
+            eprintln!("runtime: {name} failed: errno {errno}");
+            errno
+        }
+    };
+    let io = |e: std::io::Error| e.raw_os_error().unwrap_or(-1);
+    mount("tmp", dir, Some("tmpfs"), 0, None).map_err(step("tmpfs"))?;
+    for sub in ["host", "rootfs"] {
+        std::fs::create_dir(format!("{dir}/{sub}")).map_err(io)?;
+    }
+    let rootfs = format!("{dir}/rootfs");
+    mount("tmp", &rootfs, Some("tmpfs"), 0, None).map_err(step("root tmpfs"))?;
+    for sub in ["old", "bin"] {
+        std::fs::create_dir(format!("{rootfs}/{sub}")).map_err(io)?;
+    }
+    mount(
+        "/usr/local/bin",
+        &format!("{rootfs}/bin"),
+        None,
+        libc::MS_BIND,
+        None,
+    )
+    .map_err(step("bind"))?;
+    let host = format!("{dir}/host");
+    mount("/", &host, None, libc::MS_BIND | libc::MS_REC, None).map_err(step("rbind /"))?;
+    std::os::unix::fs::chroot(&host)
+        .map_err(io)
+        .map_err(step("chroot"))?;
+    std::env::set_current_dir("/").map_err(io)?;
+    let new = c_path(&rootfs)?;
+    let old = c_path(&format!("{rootfs}/old"))?;
+    // SAFETY: strings outlive the call.
+    errno_of(unsafe { libc::syscall(libc::SYS_pivot_root, new.as_ptr(), old.as_ptr()) })
+        .map_err(step("pivot_root"))?;
+    std::env::set_current_dir("/").map_err(io)?;
+    umount("/old", libc::MNT_DETACH).map_err(step("umount old root"))?;
+    if !Path::new("/bin/gk-helper").exists() {
+        eprintln!("runtime: the bind mount is not in the new root");
+        return Err(libc::ENOENT);
+    }
+    umount("/bin", 0).map_err(step("umount bind"))
+}
+
+/// Mount attempts (see `tamper`).
+fn mount_op(op: &str, args: &[&str]) -> Result<(), i32> {
+    let text = |index: usize| args.get(index).copied().ok_or(libc::EINVAL);
+    match op {
+        // mount FSTYPE SOURCE TARGET [DATA]
+        "mount" => mount(text(1)?, text(2)?, Some(text(0)?), 0, args.get(3).copied()),
+        "bind" => mount(text(0)?, text(1)?, None, libc::MS_BIND, None),
+        "move" => mount(text(0)?, text(1)?, None, libc::MS_MOVE, None),
+        "umount-lazy" => umount(text(0)?, libc::MNT_DETACH),
+        "pivot-root" => {
+            let new = c_path(text(0)?)?;
+            let old = c_path(text(1)?)?;
+            // SAFETY: strings outlive the call.
+            errno_of(unsafe { libc::syscall(libc::SYS_pivot_root, new.as_ptr(), old.as_ptr()) })
+        }
+        // fsmount FSTYPE TARGET [OPTION...]
+        "fsmount" => fs_mount(text(0)?, text(1)?, args.get(2..).unwrap_or_default()),
+        // open-tree SOURCE TARGET: a detached recursive clone, attached at TARGET.
+        "open-tree" => {
+            let source = c_path(text(0)?)?;
+            // SAFETY: a string that outlives the call.
+            let tree = fd_of(unsafe {
+                libc::syscall(
+                    libc::SYS_open_tree,
+                    libc::AT_FDCWD,
+                    source.as_ptr(),
+                    OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as u32,
+                )
+            })?;
+            move_mount_fd(tree, text(1)?)
+        }
+        // fspick-ro PATH: reconfigure the superblock at PATH read-only through the new API.
+        "fspick-ro" => {
+            let path = c_path(text(0)?)?;
+            // SAFETY: a string that outlives the call.
+            let fs = fd_of(unsafe {
+                libc::syscall(libc::SYS_fspick, libc::AT_FDCWD, path.as_ptr(), 1)
+            })?;
+            fsconfig(fs, FSCONFIG_SET_FLAG, Some("ro"), None)?;
+            fsconfig(fs, FSCONFIG_CMD_RECONFIGURE, None, None)
+        }
+        // in-ns MODE OP [ARGS...]: OP in a new mount namespace (see enter_namespace).
+        "in-ns" => {
+            enter_namespace(text(0)?)?;
+            tamper(text(1)?, args.get(2..).unwrap_or_default())
+        }
+        "runtime" => runtime(text(0)?),
+        // mount-remount DIR: a fresh tmpfs at DIR, then its superblock remounted read-only.
+        "mount-remount" => {
+            mount("tmp", text(0)?, Some("tmpfs"), 0, None)?;
+            mount(
+                "none",
+                text(0)?,
+                None,
+                libc::MS_REMOUNT | libc::MS_RDONLY,
+                None,
+            )
+        }
+        _ => Err(libc::EINVAL),
+    }
 }

@@ -7,6 +7,7 @@ mod defend;
 mod exec;
 mod files;
 mod limits;
+mod mounts;
 mod reviewers;
 mod sockets;
 mod survival;

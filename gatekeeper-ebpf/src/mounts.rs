@@ -1,0 +1,307 @@
+//! Mounts: an agent changes nothing the host or the daemon sees.
+//!
+//! In the host's mount namespace (the daemon's, or init's) an agent mounts, moves, remounts,
+//! unmounts and pivots nothing. In a private namespace of its own (a container runtime's) it may,
+//! unless the change would propagate out: a bare `unshare(CLONE_NEWNS)` keeps the host's shared
+//! mounts as peers, so a mount on one of them, or an unmount under one, would reach the host.
+//! Superblocks are shared by every mount of them: reconfiguring one the host also mounts is
+//! refused wherever the caller is. bpffs and cgroup v1 are never made by an agent: a private
+//! bpffs hides nothing, but a cgroup v1 hierarchy carries `release_agent`, and neither is
+//! something a container needs.
+//!
+//! The mount tree is read without the kernel's locks: a tree changing under the walk can only
+//! make it fail, and a walk that fails refuses.
+
+use aya_ebpf::{helpers::bpf_get_current_task, macros::lsm, programs::LsmContext};
+use gatekeeper_common::{MountRefusal, Setting, TamperHook};
+
+use crate::{
+    offsets::{
+        OFF_LIST_HEAD_NEXT, OFF_MNT_NS_NS, OFF_MOUNT_CHILD, OFF_MOUNT_INSTANCE, OFF_MOUNT_MNT,
+        OFF_MOUNT_MOUNTS, OFF_MOUNT_NS, OFF_MOUNT_PARENT, OFF_NS_COMMON_INUM, OFF_NSPROXY_MNT_NS,
+        OFF_PATH_MNT, OFF_SB_MOUNTS, OFF_TASK_NSPROXY, OFF_VFSMOUNT_FLAGS, OFF_VFSMOUNT_SB,
+    },
+    read::{BPF_FS_MAGIC, field_offset, read_field, sb_magic},
+    verdict::{agent_cgroup, setting, tamper},
+};
+
+const CGROUP_SUPER_MAGIC: u64 = 0x0027_e0eb;
+/// `vfsmount.mnt_flags`: the mount is in a peer group, and what happens under it propagates.
+const MNT_SHARED: i32 = 0x1000;
+const MS_REMOUNT: u64 = 32;
+const MS_BIND: u64 = 4096;
+const MS_PROPAGATION: u64 = (1 << 17) | (1 << 18) | (1 << 19) | (1 << 20);
+/// Steps of a mount tree walk (each mount takes one or two): a container's old root fits.
+const MAX_TREE_STEPS: u32 = 256;
+/// Mounts of one superblock looked at for one in the host's namespace.
+const MAX_SB_MOUNTS: u32 = 64;
+
+/// Denies the agent's `hook` for `why`, and reports it.
+#[inline(always)]
+fn refuse(agent: u64, hook: TamperHook, first: u64, why: MountRefusal) -> i32 {
+    tamper(agent, hook, [first, why as u64])
+}
+
+/// The inode number of a `struct mnt_namespace`.
+#[inline(always)]
+unsafe fn namespace_inum(ns: *const u8) -> Result<u32, i32> {
+    unsafe { read_field(ns.add(field_offset(&OFF_MNT_NS_NS)), &OFF_NS_COMMON_INUM) }
+}
+
+/// Whether `inum` names the host's mount namespace. Before the daemon has said which one that is,
+/// every namespace is.
+#[inline(always)]
+fn is_host_namespace(inum: u32) -> bool {
+    let daemon = setting(Setting::HostMountNs);
+    let init = setting(Setting::InitMountNs);
+    daemon == 0 || inum == daemon || inum == init
+}
+
+/// Whether the caller is in the host's mount namespace (or could not be told apart from it).
+#[inline(always)]
+fn caller_in_host_namespace() -> bool {
+    let inum = unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        read_field::<*const u8>(task, &OFF_TASK_NSPROXY)
+            .and_then(|nsproxy| read_field::<*const u8>(nsproxy, &OFF_NSPROXY_MNT_NS))
+            .and_then(|ns| namespace_inum(ns))
+    };
+    inum.map_or(true, is_host_namespace)
+}
+
+/// Whether the `struct vfsmount` at `mnt` is shared (unreadable counts as shared).
+#[inline(always)]
+unsafe fn vfsmount_shared(mnt: *const u8) -> bool {
+    unsafe { read_field::<i32>(mnt, &OFF_VFSMOUNT_FLAGS) }.map_or(true, |f| f & MNT_SHARED != 0)
+}
+
+/// The `struct mount` holding the `struct vfsmount` at `mnt`.
+#[inline(always)]
+unsafe fn mount_of(mnt: *const u8) -> *const u8 {
+    mnt.wrapping_sub(field_offset(&OFF_MOUNT_MNT))
+}
+
+/// The `struct vfsmount` of the `struct mount` at `mount`.
+#[inline(always)]
+unsafe fn vfsmount_of(mount: *const u8) -> *const u8 {
+    mount.wrapping_add(field_offset(&OFF_MOUNT_MNT))
+}
+
+/// The `struct vfsmount` a mount is mounted on.
+#[inline(always)]
+unsafe fn parent_vfsmount(mnt: *const u8) -> Result<*const u8, i32> {
+    unsafe {
+        let parent: *const u8 = read_field(mount_of(mnt), &OFF_MOUNT_PARENT)?;
+        Ok(vfsmount_of(parent))
+    }
+}
+
+#[inline(always)]
+unsafe fn list_next(node: *const u8) -> Result<*const u8, i32> {
+    unsafe { read_field(node, &OFF_LIST_HEAD_NEXT) }
+}
+
+/// Whether a mount of the tree under `root` (a `struct mount`, itself included) is shared, in
+/// the kernel's own order (`next_mnt`). Err when the tree is too large to walk.
+#[inline(always)]
+unsafe fn tree_has_shared(root: *const u8) -> Result<bool, i32> {
+    let mounts = field_offset(&OFF_MOUNT_MOUNTS);
+    let child = field_offset(&OFF_MOUNT_CHILD);
+    let mut current = root;
+    // Whether `current` is newly reached (look at it, then at its children) or done.
+    let mut arriving = true;
+    for _ in 0..MAX_TREE_STEPS {
+        unsafe {
+            if arriving {
+                if vfsmount_shared(vfsmount_of(current)) {
+                    return Ok(true);
+                }
+                let head = current.wrapping_add(mounts);
+                let first = list_next(head)?;
+                if first != head {
+                    current = first.wrapping_sub(child);
+                    continue;
+                }
+                arriving = false;
+            }
+            if current == root {
+                return Ok(false);
+            }
+            // The next sibling, or up to the parent once the siblings are done.
+            let parent: *const u8 = read_field(current, &OFF_MOUNT_PARENT)?;
+            let next = list_next(current.wrapping_add(child))?;
+            if next == parent.wrapping_add(mounts) {
+                current = parent;
+            } else {
+                current = next.wrapping_sub(child);
+                arriving = true;
+            }
+        }
+    }
+    Err(0)
+}
+
+/// Whether the superblock at `sb` is mounted in the host's namespace. Err when it has more
+/// mounts than are looked at.
+#[inline(always)]
+unsafe fn mounted_in_host(sb: *const u8) -> Result<bool, i32> {
+    unsafe {
+        let head = sb.wrapping_add(field_offset(&OFF_SB_MOUNTS));
+        let mut node = list_next(head)?;
+        for _ in 0..MAX_SB_MOUNTS {
+            if node == head {
+                return Ok(false);
+            }
+            let mount = node.wrapping_sub(field_offset(&OFF_MOUNT_INSTANCE));
+            let ns: *const u8 = read_field(mount, &OFF_MOUNT_NS)?;
+            if !ns.is_null() && is_host_namespace(namespace_inum(ns)?) {
+                return Ok(true);
+            }
+            node = list_next(node)?;
+        }
+        Err(0)
+    }
+}
+
+/// mount(2) in every form: new mounts, bind, move, remount and propagation changes.
+#[lsm(hook = "sb_mount")]
+pub fn sb_mount(ctx: LsmContext) -> i32 {
+    let Some(agent) = agent_cgroup() else {
+        return 0;
+    };
+    let path: *const u8 = ctx.arg(1);
+    let flags: u64 = ctx.arg(3);
+    // The kernel's own order of cases. A remount of a whole superblock is judged in sb_remount,
+    // wherever the caller is.
+    if flags & MS_REMOUNT != 0 && flags & MS_BIND == 0 {
+        return 0;
+    }
+    if caller_in_host_namespace() {
+        return refuse(agent, TamperHook::Mount, flags, MountRefusal::HostNamespace);
+    }
+    // A bind remount and a propagation change touch only this namespace's own mount.
+    if flags & MS_REMOUNT != 0 || (flags & MS_BIND == 0 && flags & MS_PROPAGATION != 0) {
+        return 0;
+    }
+    // A new mount, a bind or a move lands on the mount point: it must not propagate.
+    let shared = unsafe { read_field::<*const u8>(path, &OFF_PATH_MNT) }
+        .map_or(true, |mnt| unsafe { vfsmount_shared(mnt) });
+    if shared {
+        return refuse(agent, TamperHook::Mount, flags, MountRefusal::Shared);
+    }
+    0
+}
+
+/// move_mount(2): what fsmount and open_tree(OPEN_TREE_CLONE) made reaches a namespace only here.
+#[lsm(hook = "move_mount")]
+pub fn move_mount(ctx: LsmContext) -> i32 {
+    let Some(agent) = agent_cgroup() else {
+        return 0;
+    };
+    if caller_in_host_namespace() {
+        return refuse(agent, TamperHook::MoveMount, 0, MountRefusal::HostNamespace);
+    }
+    let to: *const u8 = ctx.arg(1);
+    // MOVE_MOUNT_BENEATH (6.5) attaches to the parent of the mount at `to`: neither may propagate.
+    let shared = unsafe {
+        read_field::<*const u8>(to, &OFF_PATH_MNT).map_or(true, |mnt| {
+            vfsmount_shared(mnt) || parent_vfsmount(mnt).map_or(true, |p| vfsmount_shared(p))
+        })
+    };
+    if shared {
+        return refuse(agent, TamperHook::MoveMount, 0, MountRefusal::Shared);
+    }
+    0
+}
+
+/// umount(2). An unmount propagates from the parent of each mount it takes away: for a lazy one
+/// that is the whole tree under the mount.
+#[lsm(hook = "sb_umount")]
+pub fn sb_umount(ctx: LsmContext) -> i32 {
+    let Some(agent) = agent_cgroup() else {
+        return 0;
+    };
+    let mnt: *const u8 = ctx.arg(0);
+    let magic = unsafe {
+        read_field::<*const u8>(mnt, &OFF_VFSMOUNT_SB)
+            .and_then(|sb| sb_magic(sb))
+            .unwrap_or(0)
+    };
+    if caller_in_host_namespace() {
+        return refuse(
+            agent,
+            TamperHook::Umount,
+            magic,
+            MountRefusal::HostNamespace,
+        );
+    }
+    if unsafe { parent_vfsmount(mnt).map_or(true, |p| vfsmount_shared(p)) } {
+        return refuse(agent, TamperHook::Umount, magic, MountRefusal::Shared);
+    }
+    match unsafe { tree_has_shared(mount_of(mnt)) } {
+        Ok(false) => 0,
+        Ok(true) => refuse(agent, TamperHook::Umount, magic, MountRefusal::Shared),
+        Err(_) => refuse(agent, TamperHook::Umount, magic, MountRefusal::Unchecked),
+    }
+}
+
+/// Reconfiguring a superblock (mount -o remount, fspick + fsconfig): every mount of it sees the
+/// change, so one the host mounts too is the host's.
+#[lsm(hook = "sb_remount")]
+pub fn sb_remount(ctx: LsmContext) -> i32 {
+    let Some(agent) = agent_cgroup() else {
+        return 0;
+    };
+    let sb: *const u8 = ctx.arg(0);
+    let magic = unsafe { sb_magic(sb) }.unwrap_or(0);
+    if magic == BPF_FS_MAGIC || magic == CGROUP_SUPER_MAGIC {
+        return refuse(agent, TamperHook::Remount, magic, MountRefusal::Filesystem);
+    }
+    if caller_in_host_namespace() {
+        return refuse(
+            agent,
+            TamperHook::Remount,
+            magic,
+            MountRefusal::HostNamespace,
+        );
+    }
+    match unsafe { mounted_in_host(sb) } {
+        Ok(false) => 0,
+        Ok(true) => refuse(
+            agent,
+            TamperHook::Remount,
+            magic,
+            MountRefusal::HostSuperblock,
+        ),
+        Err(_) => refuse(agent, TamperHook::Remount, magic, MountRefusal::Unchecked),
+    }
+}
+
+/// pivot_root(2): the kernel itself refuses it across shared mounts; in the host's namespace it
+/// would change the host's root.
+#[lsm(hook = "sb_pivotroot")]
+pub fn sb_pivotroot(_ctx: LsmContext) -> i32 {
+    let Some(agent) = agent_cgroup() else {
+        return 0;
+    };
+    if caller_in_host_namespace() {
+        return refuse(agent, TamperHook::PivotRoot, 0, MountRefusal::HostNamespace);
+    }
+    0
+}
+
+/// Every superblock a mount asks for passes here once it exists (vfs_get_tree), whether by
+/// mount(2) or by fsopen + fsconfig(FSCONFIG_CMD_CREATE), new or reused.
+#[lsm(hook = "sb_set_mnt_opts")]
+pub fn sb_set_mnt_opts(ctx: LsmContext) -> i32 {
+    let Some(agent) = agent_cgroup() else {
+        return 0;
+    };
+    let sb: *const u8 = ctx.arg(0);
+    match unsafe { sb_magic(sb) } {
+        Ok(magic @ (BPF_FS_MAGIC | CGROUP_SUPER_MAGIC)) => {
+            refuse(agent, TamperHook::MountFs, magic, MountRefusal::Filesystem)
+        }
+        _ => 0,
+    }
+}

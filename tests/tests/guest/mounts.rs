@@ -1,0 +1,327 @@
+//! An agent changes no mount the host or the daemon sees: nothing mounted, moved, remounted or
+//! unmounted in the host's mount namespace, no bpffs or cgroup v1 anywhere, and no propagation
+//! out of a namespace of its own. A container runtime's private namespace keeps working.
+
+use std::{path::Path, process::Command};
+
+use gatekeeper_tests::{Exec, Options, Outcome, Scenario};
+use serde_json::Value;
+
+/// Waits until the journal holds a tamper attempt through `hook`; returns it.
+fn journaled(scenario: &Scenario, hook: &str) -> Value {
+    scenario.wait_journal("tamper_attempt", |event| event["hook"] == hook)
+}
+
+/// The second detail word of the mount hooks (gatekeeper_common::MountRefusal).
+const HOST_NAMESPACE: u64 = 1;
+const SHARED: u64 = 2;
+const HOST_SUPERBLOCK: u64 = 3;
+const FILESYSTEM: u64 = 5;
+
+/// Whether something is mounted at `path` in the test's (the host's) mount namespace.
+fn mounted(path: &Path) -> bool {
+    let path = path.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|line| line.split(' ').nth(4) == Some(path.as_str()))
+}
+
+/// Runs a command of the host's, outside the agent cgroups, which must work.
+fn host(program: &str, args: &[&str]) {
+    let status = Command::new(program).args(args).status().unwrap();
+    assert!(status.success(), "{program} {args:?}: {status}");
+}
+
+fn mkdirs(paths: &[&str]) {
+    for path in paths {
+        std::fs::create_dir_all(path).unwrap();
+    }
+}
+
+/// `gatekeeper status --json`, whatever its exit code: (enforcing, exit success).
+fn status(scenario: &Scenario) -> (bool, bool) {
+    let output = scenario.gatekeeper(&["status", "--json"]);
+    let data: Value = serde_json::from_slice(&output.stdout).expect("status --json is JSON");
+    (data["enforcing"] == true, output.status.success())
+}
+
+#[test]
+fn agent_mounts_nothing_in_the_host_namespace() {
+    let scenario = Scenario::start("mounts-host", Options::default());
+    let (agents, outside) = (&scenario.agents, &scenario.outside);
+    let dir = scenario.dir.display().to_string();
+    let protected_dir = scenario.dir.join("protected").display().to_string();
+    let pin_dir = scenario.pin_dir.display().to_string();
+    let [src, a, b, cg, bpf, fs, tree, rm, pr] =
+        ["src", "a", "b", "cg", "bpf", "fs", "tree", "rm", "pr"].map(|d| format!("{dir}/{d}"));
+    mkdirs(&[
+        &src,
+        &a,
+        &b,
+        &cg,
+        &bpf,
+        &fs,
+        &tree,
+        &rm,
+        &format!("{pr}/old"),
+    ]);
+    let tamper = |cgroup, op, args: &[&str]| scenario.tamper(cgroup, op, args);
+    // The agent's refused attempt and the control mount name the same cgroup v1 hierarchy: the
+    // refused one never made it (mount(2) in the host's namespace stops before any superblock).
+    let v1 = "none,name=gkmounts";
+
+    // Each attempt is denied to the agent and works from outside (then undone).
+    let cases: [(&str, &[&str], &str); 6] = [
+        ("mount", &["tmpfs", "tmp", &protected_dir], &protected_dir),
+        ("mount", &["cgroup", "none", &cg, v1], &cg),
+        ("mount", &["bpf", "bpf", &bpf], &bpf),
+        ("fsmount", &["tmpfs", &fs], &fs),
+        ("open-tree", &[&src, &tree], &tree),
+        ("fsmount", &["bpf", &fs], &fs),
+    ];
+    for (op, args, target) in cases {
+        assert_eq!(tamper(agents, op, args), Outcome::Denied, "{op} {args:?}");
+        assert!(!mounted(Path::new(target)), "{op} {args:?} left a mount");
+        assert_eq!(
+            tamper(outside, op, args),
+            Outcome::Ok,
+            "control {op} {args:?}"
+        );
+        assert!(mounted(Path::new(target)), "control {op} {args:?}");
+        assert_eq!(tamper(outside, "umount", &[target]), Outcome::Ok);
+    }
+    assert_eq!(
+        scenario.agent_exec(),
+        Exec::Denied,
+        "the protected binary is still seen"
+    );
+
+    // Over the pin directory (the control for this one is in status_tells_when_pins_are_hidden).
+    assert_eq!(tamper(agents, "bind", &[&src, &pin_dir]), Outcome::Denied);
+
+    // Moving, unmounting and remounting what the host mounted.
+    assert_eq!(tamper(outside, "mount", &["tmpfs", "tmp", &a]), Outcome::Ok);
+    assert_eq!(tamper(agents, "move", &[&a, &b]), Outcome::Denied);
+    assert_eq!(tamper(outside, "move", &[&a, &b]), Outcome::Ok);
+    assert_eq!(tamper(agents, "umount", &[&b]), Outcome::Denied);
+    assert_eq!(tamper(agents, "umount-lazy", &[&b]), Outcome::Denied);
+    assert!(mounted(Path::new(&b)));
+    assert_eq!(tamper(outside, "umount", &[&b]), Outcome::Ok);
+    assert_eq!(
+        tamper(outside, "mount", &["tmpfs", "tmp", &rm]),
+        Outcome::Ok
+    );
+    assert_eq!(tamper(agents, "remount", &[&rm]), Outcome::Denied);
+    assert_eq!(tamper(agents, "fspick-ro", &[&rm]), Outcome::Denied);
+    assert_eq!(tamper(outside, "fspick-ro", &[&rm]), Outcome::Ok);
+    assert_eq!(tamper(outside, "umount", &[&rm]), Outcome::Ok);
+
+    // pivot_root from the initramfs fails for everyone (EINVAL); the agent is stopped first.
+    let old = format!("{pr}/old");
+    assert_eq!(tamper(agents, "pivot-root", &[&pr, &old]), Outcome::Denied);
+    assert_ne!(tamper(outside, "pivot-root", &[&pr, &old]), Outcome::Denied);
+
+    for hook in [
+        "mount",
+        "move_mount",
+        "mount_fs",
+        "umount",
+        "remount",
+        "pivot_root",
+    ] {
+        let event = journaled(&scenario, hook);
+        let why = event["detail"][1].as_u64();
+        assert!(
+            why == Some(HOST_NAMESPACE) || why == Some(FILESYSTEM),
+            "{hook}: {event}"
+        );
+    }
+}
+
+#[test]
+fn a_runtime_mounts_in_its_private_namespace() {
+    let scenario = Scenario::start("mounts-runtime", Options::default());
+    let (agents, outside) = (&scenario.agents, &scenario.outside);
+    let dir = scenario.dir.display().to_string();
+    let [rt, own, fs, tree, src, cg, bpf, hosts] =
+        ["rt", "own", "fs", "tree", "src", "cg", "bpf", "hosts"].map(|d| format!("{dir}/{d}"));
+    mkdirs(&[&rt, &own, &fs, &tree, &src, &cg, &bpf, &hosts]);
+    let private = |cgroup, op: &str, args: &[&str]| {
+        let mut all = vec!["private", op];
+        all.extend_from_slice(args);
+        scenario.tamper(cgroup, "in-ns", &all)
+    };
+
+    // What a runtime does: tmpfs, bind, pivot_root, lazy unmount of the old root, unmount.
+    assert_eq!(private(agents, "runtime", &[&rt]), Outcome::Ok);
+    assert_eq!(private(agents, "mount-remount", &[&own]), Outcome::Ok);
+    assert_eq!(private(agents, "fsmount", &["tmpfs", &fs]), Outcome::Ok);
+    assert_eq!(private(agents, "open-tree", &[&src, &tree]), Outcome::Ok);
+    // None of it is seen from the host.
+    for path in [&rt, &own, &fs, &tree] {
+        assert!(!mounted(Path::new(path)), "{path}");
+    }
+
+    // Still never: bpffs and cgroup v1, by either mount API.
+    assert_eq!(
+        private(agents, "mount", &["bpf", "bpf", &bpf]),
+        Outcome::Denied
+    );
+    assert_eq!(private(agents, "fsmount", &["bpf", &bpf]), Outcome::Denied);
+    // A named hierarchy per attempt: one refused is torn down asynchronously, and mounting it
+    // again meanwhile is EBUSY.
+    let v1 = |name: &str| format!("none,name={name}");
+    let mount_v1 =
+        |cgroup, name: &str| private(cgroup, "mount", &["cgroup", "none", &cg, &v1(name)]);
+    let fsmount_v1 = |cgroup, name: &str| {
+        private(
+            cgroup,
+            "fsmount",
+            &["cgroup", &cg, "none", &format!("name={name}")],
+        )
+    };
+    assert_eq!(mount_v1(agents, "gkrt1"), Outcome::Denied);
+    assert_eq!(fsmount_v1(agents, "gkrt2"), Outcome::Denied);
+    assert_eq!(
+        private(outside, "mount", &["bpf", "bpf", &bpf]),
+        Outcome::Ok
+    );
+    assert_eq!(mount_v1(outside, "gkrt3"), Outcome::Ok);
+    assert_eq!(fsmount_v1(outside, "gkrt4"), Outcome::Ok);
+    let event = journaled(&scenario, "mount_fs");
+    assert_eq!(event["detail"][1], FILESYSTEM, "{event}");
+
+    // A superblock the host mounts is the host's, from any namespace.
+    host("mount", &["-t", "tmpfs", "tmp", &hosts]);
+    assert_eq!(private(agents, "remount", &[&hosts]), Outcome::Denied);
+    assert_eq!(private(agents, "fspick-ro", &[&hosts]), Outcome::Denied);
+    assert_eq!(private(outside, "remount", &[&hosts]), Outcome::Ok);
+    host("umount", &[&hosts]);
+    let event = journaled(&scenario, "remount");
+    assert_eq!(event["detail"][1], HOST_SUPERBLOCK, "{event}");
+}
+
+#[test]
+fn a_bare_namespace_does_not_reach_the_host() {
+    let scenario = Scenario::start("mounts-bare", Options::default());
+    let (agents, outside) = (&scenario.agents, &scenario.outside);
+    let dir = scenario.dir.display().to_string();
+    let shared = format!("{dir}/shared");
+    let sub = format!("{shared}/sub");
+    let bare = |cgroup, op: &str, args: &[&str]| {
+        let mut all = vec!["bare", op];
+        all.extend_from_slice(args);
+        scenario.tamper(cgroup, "in-ns", &all)
+    };
+    // A shared mount of the host's, as systemd makes every mount.
+    mkdirs(&[&shared]);
+    host("mount", &["-t", "tmpfs", "tmp", &shared]);
+    host("mount", &["--make-shared", &shared]);
+    mkdirs(&[&sub]);
+
+    // unshare(CLONE_NEWNS) alone: the copy of the shared mount is a peer of the host's.
+    assert_eq!(
+        bare(agents, "mount", &["tmpfs", "tmp", &sub]),
+        Outcome::Denied
+    );
+    assert_eq!(bare(agents, "fsmount", &["tmpfs", &sub]), Outcome::Denied);
+    assert_eq!(bare(agents, "bind", &[&dir, &sub]), Outcome::Denied);
+    assert!(!mounted(Path::new(&sub)));
+    let event = journaled(&scenario, "mount");
+    assert_eq!(event["detail"][1], SHARED, "{event}");
+    journaled(&scenario, "move_mount");
+    // The control: the same from outside propagates into the host's namespace.
+    assert_eq!(bare(outside, "mount", &["tmpfs", "tmp", &sub]), Outcome::Ok);
+    assert!(mounted(Path::new(&sub)), "the mount propagated to the host");
+    host("umount", &[&sub]);
+    // Made private first, as runtimes do, the same mount stays in the agent's namespace.
+    let private = ["private", "mount", "tmpfs", "tmp", sub.as_str()];
+    assert_eq!(scenario.tamper(agents, "in-ns", &private), Outcome::Ok);
+    assert!(!mounted(Path::new(&sub)));
+
+    // A lazy unmount propagates from under every shared mount in the tree it takes away.
+    let tree = format!("{dir}/tree");
+    let peer = format!("{tree}/peer");
+    let leaf = format!("{peer}/leaf");
+    mkdirs(&[&tree]);
+    host("mount", &["-t", "tmpfs", "tmp", &tree]);
+    mkdirs(&[&peer]);
+    host("mount", &["-t", "tmpfs", "tmp", &peer]);
+    host("mount", &["--make-shared", &peer]);
+    mkdirs(&[&leaf]);
+    host("mount", &["-t", "tmpfs", "tmp", &leaf]);
+    assert_eq!(bare(agents, "umount-lazy", &[&tree]), Outcome::Denied);
+    assert!(mounted(Path::new(&leaf)));
+    let event = journaled(&scenario, "umount");
+    assert_eq!(event["detail"][1], SHARED, "{event}");
+    // The control: the same unmount from outside takes the host's leaf away.
+    assert_eq!(bare(outside, "umount-lazy", &[&tree]), Outcome::Ok);
+    assert!(
+        !mounted(Path::new(&leaf)),
+        "the unmount propagated to the host"
+    );
+    for path in [&peer, &tree, &shared] {
+        host("umount", &["-l", path]);
+    }
+}
+
+#[test]
+fn an_unprivileged_user_namespace_mounts_no_bpffs_or_cgroup_v1() {
+    let scenario = Scenario::start("mounts-user", Options::default());
+    let (agents, outside) = (&scenario.agents, &scenario.outside);
+    let dir = scenario.dir.display().to_string();
+    let [tmp, bpf, cg] = ["tmp", "bpf", "cg"].map(|d| format!("{dir}/{d}"));
+    mkdirs(&[&tmp, &bpf, &cg]);
+    let user = |cgroup, op: &str, args: &[&str]| {
+        let mut all = vec!["user", op];
+        all.extend_from_slice(args);
+        scenario.tamper_as_user(cgroup, "in-ns", &all)
+    };
+    // As an ordinary user the host's namespace is out of reach anyway (the kernel refuses).
+    assert_eq!(
+        scenario.tamper_as_user(agents, "mount", &["bpf", "bpf", &bpf]),
+        Outcome::Denied
+    );
+    // The control: Debian's kernels let users make user namespaces.
+    assert_eq!(user(outside, "mount", &["tmpfs", "tmp", &tmp]), Outcome::Ok);
+    // Its own tmpfs in its own namespaces is the agent's too.
+    assert_eq!(user(agents, "mount", &["tmpfs", "tmp", &tmp]), Outcome::Ok);
+    // Denied whether the kernel refuses first (bpffs before 6.9, cgroup v1 in a user
+    // namespace) or Gatekeeper does.
+    let v1 = ["cgroup", "none", cg.as_str(), "none,name=gkuser"];
+    assert_eq!(
+        user(agents, "mount", &["bpf", "bpf", &bpf]),
+        Outcome::Denied
+    );
+    assert_eq!(user(agents, "fsmount", &["bpf", &bpf]), Outcome::Denied);
+    assert_eq!(user(agents, "mount", &v1), Outcome::Denied);
+    // Where the kernel lets users mount bpffs (6.9 on), only Gatekeeper stops the agent.
+    if user(outside, "mount", &["bpf", "bpf", &bpf]) == Outcome::Ok {
+        scenario.wait_journal("tamper_attempt", |event| {
+            event["hook"] == "mount_fs" && event["uid"] == 1001
+        });
+    }
+}
+
+#[test]
+fn status_tells_when_pins_are_hidden() {
+    let scenario = Scenario::start("mounts-status", Options::default());
+    let pin_dir = scenario.pin_dir.display().to_string();
+    let empty = scenario.dir.join("empty").display().to_string();
+    mkdirs(&[&empty]);
+    assert_eq!(status(&scenario), (true, true));
+    // A confused admin hides the pins: with a bind mount, then with another bpffs.
+    let hiders: [&[&str]; 2] = [
+        &["--bind", &empty, &pin_dir],
+        &["-t", "bpf", "bpf", &pin_dir],
+    ];
+    for hider in hiders {
+        host("mount", hider);
+        assert_eq!(status(&scenario), (false, false), "hidden by {hider:?}");
+        // The programs enforce on; only what status can see changed.
+        assert_eq!(scenario.agent_exec(), Exec::Denied);
+        host("umount", &[&pin_dir]);
+        assert_eq!(status(&scenario), (true, true), "uncovered after {hider:?}");
+    }
+}
