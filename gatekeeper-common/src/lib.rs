@@ -42,6 +42,7 @@ macro_rules! kernel_members {
         $then! {
             (OFF_BPRM_FILE, "linux_binprm", "file"),
             (OFF_BPRM_FILENAME, "linux_binprm", "filename"),
+            (OFF_BPRM_BUF, "linux_binprm", "buf"),
             (OFF_FILE_INODE, "file", "f_inode"),
             (OFF_INODE_INO, "inode", "i_ino"),
             (OFF_INODE_SB, "inode", "i_sb"),
@@ -160,7 +161,7 @@ pub enum Setting {
 pub const SETTING_SLOTS: u32 = 4;
 pub const MAX_DAEMON_PIDS: u32 = 16;
 pub const MAX_ALLOWED: u32 = 4096;
-pub const MAX_DAEMON_FILES: u32 = 256;
+pub const MAX_DAEMON_FILES: u32 = 1024;
 
 /// Bits of a [`maps::DAEMON_FILES`] entry: what agents may not do to it.
 pub mod daemon_file {

@@ -545,7 +545,8 @@ impl Policy {
 }
 
 /// The files the daemon relies on, with what agents may not do to them, and every directory
-/// above them (which, renamed, would let another file take a path's place).
+/// and symlink above them and above the protected and allowlisted paths (which, renamed, would
+/// let another file take a path's place).
 fn daemon_files(config: &Config) -> Result<Vec<(Target, u32)>, PolicyError> {
     let binary = std::env::current_exe().map_err(|cause| PolicyError::DaemonFile {
         path: PathBuf::from("/proc/self/exe"),
@@ -556,28 +557,45 @@ fn daemon_files(config: &Config) -> Result<Vec<(Target, u32)>, PolicyError> {
         Some((_, existing)) => *existing |= bits,
         None => files.push((target, bits)),
     };
-    for (path, bits) in [
+    let own = [
         (config.path.as_path(), daemon_file::SECRET),
         (config.journal.as_path(), daemon_file::SECRET),
         (binary.as_path(), daemon_file::BINARY),
-    ] {
+    ];
+    let named = config
+        .exec_rules
+        .iter()
+        .map(|rule| (rule.path.as_path(), 0))
+        .chain(config.allowed.iter().map(|path| (path.as_path(), 0)));
+    for (path, bits) in own.into_iter().chain(named) {
         let failed = |cause| PolicyError::DaemonFile {
             path: path.to_owned(),
             cause,
         };
-        let path = std::fs::canonicalize(path).map_err(failed)?;
-        add(exec_target_of(&path).map_err(failed)?, bits);
-        for ancestor in path.ancestors().skip(1) {
-            if ancestor.parent().is_none() {
-                break;
+        let canonical = std::fs::canonicalize(path).map_err(failed)?;
+        if bits != 0 {
+            add(exec_target_of(&canonical).map_err(failed)?, bits);
+        }
+        // Above the path as configured (a symlinked directory is a node of its own) and as
+        // resolved.
+        let configured = std::path::absolute(path).map_err(failed)?;
+        let above = configured
+            .ancestors()
+            .skip(1)
+            .chain(canonical.ancestors().skip(1));
+        for ancestor in above {
+            if ancestor.parent().is_some() {
+                add(node_of(ancestor).map_err(failed)?, daemon_file::ANCESTOR);
             }
-            add(
-                exec_target_of(ancestor).map_err(failed)?,
-                daemon_file::ANCESTOR,
-            );
         }
     }
     Ok(files)
+}
+
+/// The (device, inode) of `path` itself, a symlink not followed.
+fn node_of(path: &Path) -> std::io::Result<Target> {
+    let metadata = std::fs::symlink_metadata(path)?;
+    Ok(Target::exec(kernel_dev(metadata.dev()), metadata.ino()))
 }
 
 /// The files allowlisted paths name now that may be allowed (`still_allowed`: whether the

@@ -3,15 +3,18 @@
 //! filesystem (a memfd copy).
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use gatekeeper_common::{TamperHook, Target};
+use gatekeeper_common::{TamperHook, Target, file_access};
 
 use crate::{
     offsets::{
-        OFF_BPRM_FILE, OFF_BPRM_FILENAME, OFF_FILE_INODE, OFF_FILE_PATH, OFF_INODE_INO,
-        OFF_INODE_SB, OFF_PATH_MNT, OFF_SB_DEV, OFF_VFSMOUNT_FLAGS,
+        OFF_BPRM_BUF, OFF_BPRM_FILE, OFF_BPRM_FILENAME, OFF_FILE_INODE, OFF_FILE_PATH,
+        OFF_INODE_INO, OFF_INODE_SB, OFF_PATH_MNT, OFF_SB_DEV, OFF_VFSMOUNT_FLAGS,
     },
-    read::{embedded, read_field},
-    verdict::{EPERM, agent_caller, decide, is_protected, needs_allowlist_approval, tamper},
+    read::{embedded, read_at, read_field},
+    verdict::{
+        EPERM, agent_caller, decide_granted, grant_script_read, is_protected,
+        needs_allowlist_approval, tamper,
+    },
 };
 
 /// Marks the kernel's own mounts (shmem behind memfd, pipes, sockets): no path leads there.
@@ -42,7 +45,19 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     }
     let filename =
         unsafe { read_field::<*const u8>(bprm, &OFF_BPRM_FILENAME) }.unwrap_or(core::ptr::null());
-    decide(agent_cgroup_id, target, filename)
+    let Some(grant) = decide_granted(agent_cgroup_id, target, filename) else {
+        return -EPERM;
+    };
+    // The kernel has read the file's first bytes into bprm->buf already.
+    let buf = unsafe { embedded(bprm, &OFF_BPRM_BUF) };
+    if is_protected(&target)
+        && let Ok(magic) = unsafe { read_at::<[u8; 2]>(buf, 0) }
+        && magic == *b"#!"
+    {
+        let [dev, ino] = target.data;
+        grant_script_read(Target::file(dev as u32, ino, file_access::READ), &grant);
+    }
+    0
 }
 
 /// (device, inode) of an open file.

@@ -168,6 +168,19 @@ pub fn tamper(agent_cgroup_id: u64, hook: TamperHook, detail: [u64; 2]) -> i32 {
 /// very call, denied otherwise. Returns the LSM verdict.
 #[inline(always)]
 pub fn decide(agent_cgroup_id: u64, target: Target, filename: *const u8) -> i32 {
+    match decide_granted(agent_cgroup_id, target, filename) {
+        Some(_) => 0,
+        None => -EPERM,
+    }
+}
+
+/// [`decide`], returning the grant consumed (None: denied).
+#[inline(always)]
+pub fn decide_granted(
+    agent_cgroup_id: u64,
+    target: Target,
+    filename: *const u8,
+) -> Option<GrantValue> {
     let key = GrantKey {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         target,
@@ -185,12 +198,30 @@ pub fn decide(agent_cgroup_id: u64, target: Target, filename: *const u8) -> i32 
                 grant.grant_id,
                 filename,
             );
-            return 0;
+            return Some(grant);
         }
     }
     count(Counter::Denied);
     report(EventKind::Denied, agent_cgroup_id, &key, 0, filename);
-    -EPERM
+    None
+}
+
+/// How long the interpreter of an approved script has to open it.
+const SCRIPT_READ_NS: u64 = 5_000_000_000;
+
+/// After an approved exec of a script, one read of it by the same cgroup: the interpreter the
+/// kernel starts opens the script itself. Its use is not reported again (the exec was).
+#[inline(always)]
+pub fn grant_script_read(script: Target, exec_grant: &GrantValue) {
+    let key = GrantKey {
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        target: script,
+    };
+    let value = GrantValue {
+        expires_boot_ns: unsafe { bpf_ktime_get_boot_ns() } + SCRIPT_READ_NS,
+        grant_id: exec_grant.grant_id,
+    };
+    let _ = GRANTS.insert(key, value, 0);
 }
 
 /// The verdict on an agent's action that may touch a protected target: none touched allows,

@@ -104,8 +104,25 @@ fn a_protected_script_does_not_run_through_its_interpreter() {
     // Control: outside the agent cgroups sh runs it.
     assert!(through_sh(&["run", &outside]));
     assert!(through_sh(&["as-user", &uid, &outside]));
-    // Run directly, it is an exec, asked for as such.
+    // Run directly, it is an exec, asked for as such; approved, it runs once, its interpreter
+    // reading it.
     assert_eq!(scenario.exec_in(&scenario.agents, &script), Exec::Denied);
+    let id = wait_for("the exec request", || {
+        scenario
+            .requests(false)
+            .into_iter()
+            .find(|request| request["kind"] == "exec" && request["target"] == script_text.as_str())
+    })["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    approve(&scenario, &id);
+    assert_eq!(scenario.exec_in(&scenario.agents, &script), Exec::Ran);
+    assert_eq!(scenario.exec_in(&scenario.agents, &script), Exec::Denied);
+    assert!(
+        !through_sh(&["run", &agents]),
+        "the approval was for one run"
+    );
 }
 
 #[test]
