@@ -55,6 +55,22 @@ macro_rules! kernel_members {
             (OFF_PATH_MNT, "path", "mnt"),
             (OFF_TASK_MM, "task_struct", "mm"),
             (OFF_MM_EXE_FILE, "mm_struct", "exe_file"),
+            (OFF_TASK_CGROUPS, "task_struct", "cgroups"),
+            (OFF_CSS_SET_DFL_CGRP, "css_set", "dfl_cgrp"),
+            (OFF_CGROUP_KN, "cgroup", "kn"),
+            (OFF_KERNFS_NODE_ID, "kernfs_node", "id"),
+            (OFF_KERNFS_NODE_PARENT, "kernfs_node", "parent"),
+            (OFF_PROC_INODE_VFS_INODE, "proc_inode", "vfs_inode"),
+            (OFF_PROC_INODE_PID, "proc_inode", "pid"),
+            (OFF_PROC_INODE_SYSCTL, "proc_inode", "sysctl"),
+            (OFF_PID_TASKS, "pid", "tasks"),
+            (OFF_TASK_PID_LINKS, "task_struct", "pid_links"),
+            (OFF_CTL_HEADER_SET, "ctl_table_header", "set"),
+            (OFF_TASK_NSPROXY, "task_struct", "nsproxy"),
+            (OFF_NSPROXY_NET_NS, "nsproxy", "net_ns"),
+            (OFF_NET_SYSCTLS, "net", "sysctls"),
+            (OFF_NET_NS, "net", "ns"),
+            (OFF_NS_COMMON_INUM, "ns_common", "inum"),
         }
     };
 }
@@ -90,7 +106,7 @@ pub mod offsets {
 pub const EXEC_PROGRAM: &str = "bprm_check_security";
 pub const CONNECT_PROGRAM: &str = "socket_connect";
 pub const SENDMSG_PROGRAM: &str = "socket_sendmsg";
-pub const PROGRAMS: [&str; 14] = [
+pub const PROGRAMS: [&str; 21] = [
     EXEC_PROGRAM,
     CONNECT_PROGRAM,
     SENDMSG_PROGRAM,
@@ -106,6 +122,14 @@ pub const PROGRAMS: [&str; 14] = [
     "kernel_read_file",
     "kernel_load_data",
     "mmap_file",
+    // Processes outside the agent's subtree, and the daemon's resources.
+    "ptrace_traceme",
+    "task_setrlimit",
+    "task_setscheduler",
+    "task_setnice",
+    "task_setioprio",
+    "task_movememory",
+    "kernel_module_request",
 ];
 
 /// Indices into the settings array.
@@ -114,6 +138,9 @@ pub const PROGRAMS: [&str; 14] = [
 pub enum Setting {
     /// 1: agents may exec only allowlisted binaries; anything else needs approval.
     ExecAllowlist = 0,
+    /// The inode number of the host's network namespace (0: unknown, so no namespace is the
+    /// agent's own): agents may write only the sysctls of their own, other, network namespace.
+    HostNetns = 1,
 }
 
 pub const SETTING_SLOTS: u32 = 4;
@@ -163,6 +190,32 @@ pub enum TamperHook {
     ExecMapping = 11,
     /// Executing a file that lives on no mounted filesystem (a memfd).
     ExecInternal = 12,
+    /// ptrace, process_vm_*, pidfd_getfd, /proc/PID/mem and the like on a process outside the
+    /// agent's subtree (data: tgid, ptrace mode).
+    PtraceOutside = 13,
+    /// PTRACE_TRACEME with a parent outside the agent's subtree (data: the parent's tgid).
+    TraceMe = 14,
+    /// Changing the daemon's resource limits (data: tgid, resource).
+    DaemonRlimit = 15,
+    /// Changing the daemon's scheduling policy, parameters or CPU affinity (data: tgid).
+    DaemonScheduler = 16,
+    /// Changing the daemon's nice value (data: tgid, nice).
+    DaemonNice = 17,
+    /// Changing the daemon's I/O priority (data: tgid, ioprio).
+    DaemonIoprio = 18,
+    /// Moving the daemon's memory between NUMA nodes (data: tgid).
+    DaemonMemory = 19,
+    /// Writing a /proc/PID file of a process outside the agent's subtree, such as the
+    /// daemon's oom_score_adj (data: tgid, mask).
+    ProcWrite = 20,
+    /// Writing a host-wide /proc file: a sysctl not private to the agent's own network
+    /// namespace, sysrq-trigger (data: inode number).
+    SysctlWrite = 21,
+    /// Writing sysfs or another file system of kernel knobs (debugfs, tracefs, securityfs,
+    /// configfs, efivarfs, binfmt_misc, pstore, fusectl, selinuxfs) (data: magic, inode number).
+    KernelFsWrite = 22,
+    /// Asking the kernel to load a module (data: the first 16 bytes of its name).
+    ModuleRequest = 23,
 }
 
 impl TamperHook {
@@ -181,6 +234,17 @@ impl TamperHook {
             KernelLoad,
             ExecMapping,
             ExecInternal,
+            PtraceOutside,
+            TraceMe,
+            DaemonRlimit,
+            DaemonScheduler,
+            DaemonNice,
+            DaemonIoprio,
+            DaemonMemory,
+            ProcWrite,
+            SysctlWrite,
+            KernelFsWrite,
+            ModuleRequest,
         ]
         .into_iter()
         .find(|hook| *hook as u32 == raw)
@@ -200,6 +264,17 @@ impl TamperHook {
             Self::KernelLoad => "kernel_load_data",
             Self::ExecMapping => "exec_mapping",
             Self::ExecInternal => "exec_internal",
+            Self::PtraceOutside => "ptrace_outside",
+            Self::TraceMe => "ptrace_traceme",
+            Self::DaemonRlimit => "daemon_rlimit",
+            Self::DaemonScheduler => "daemon_scheduler",
+            Self::DaemonNice => "daemon_nice",
+            Self::DaemonIoprio => "daemon_ioprio",
+            Self::DaemonMemory => "daemon_move_memory",
+            Self::ProcWrite => "proc_write",
+            Self::SysctlWrite => "sysctl_write",
+            Self::KernelFsWrite => "kernel_fs_write",
+            Self::ModuleRequest => "module_request",
         }
     }
 }
@@ -454,12 +529,12 @@ mod tests {
 
     #[test]
     fn tamper_hooks_round_trip() {
-        for raw in 1..=12 {
+        for raw in 1..=23 {
             let hook = TamperHook::from_raw(raw).expect("every id names a hook");
             assert_eq!(hook as u32, raw);
             assert!(!hook.name().is_empty());
         }
-        assert_eq!(TamperHook::from_raw(13), None);
+        assert_eq!(TamperHook::from_raw(24), None);
     }
 
     #[test]

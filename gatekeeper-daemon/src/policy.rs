@@ -44,6 +44,18 @@ pub enum PolicyError {
     },
     #[error("protect.connect: {0}")]
     Destinations(#[from] DestinationError),
+    #[error("the host's network namespace ({HOST_NETNS}): {0}")]
+    HostNetns(std::io::Error),
+}
+
+/// The host's network namespace is init's (the daemon itself might run in one of its own).
+const HOST_NETNS: &str = "/proc/1/ns/net";
+
+/// The inode number of the host's network namespace: agents in any other may set its sysctls.
+fn host_netns() -> Result<u32, PolicyError> {
+    let metadata = std::fs::metadata(HOST_NETNS).map_err(PolicyError::HostNetns)?;
+    // Namespace inode numbers are the kernel's 32-bit `ns_common.inum`.
+    Ok(metadata.ino() as u32)
 }
 
 /// The kernel's `dev_t` encoding (major << 20 | minor) of a userspace `st_dev`.
@@ -149,6 +161,7 @@ impl Policy {
                 .map(|path| (path.clone(), "allowlisted".to_owned())),
         )?;
         kernel.set_setting(Setting::ExecAllowlist, u32::from(config.exec_allowlist))?;
+        kernel.set_setting(Setting::HostNetns, host_netns()?)?;
         kernel.set_daemon_pid(std::process::id())?;
         let reaches = config
             .connect_rules

@@ -16,9 +16,13 @@ mod net;
 #[cfg(target_arch = "bpf")]
 mod offsets;
 #[cfg(target_arch = "bpf")]
+mod procs;
+#[cfg(target_arch = "bpf")]
 mod read;
 #[cfg(target_arch = "bpf")]
 mod sendmsg;
+#[cfg(target_arch = "bpf")]
+mod tunables;
 #[cfg(target_arch = "bpf")]
 mod verdict;
 

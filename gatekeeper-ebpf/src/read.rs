@@ -19,3 +19,17 @@ pub unsafe fn read_field<T>(base: *const u8, global: &'static u32) -> Result<T, 
 pub unsafe fn read_at<T>(base: *const u8, offset: usize) -> Result<T, i32> {
     unsafe { bpf_probe_read_kernel(base.add(offset).cast::<T>()) }
 }
+
+/// The address of the member at the offset held in `global` inside the struct at `base` (for
+/// reading a member of an embedded struct).
+#[inline(always)]
+pub fn member_ptr(base: *const u8, global: &'static u32) -> *const u8 {
+    base.wrapping_add(offset(global))
+}
+
+/// The struct that embeds, at the offset held in `global`, the member at `member`
+/// (the kernel's `container_of`).
+#[inline(always)]
+pub fn container_of(member: *const u8, global: &'static u32) -> *const u8 {
+    member.wrapping_sub(offset(global))
+}

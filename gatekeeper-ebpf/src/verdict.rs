@@ -90,6 +90,15 @@ pub fn needs_allowlist_approval(target: &Target) -> bool {
     allowlist && ALLOWED.get_ptr(target).is_none()
 }
 
+/// The inode number of the host's network namespace, 0 while the daemon has not said.
+#[inline(always)]
+pub fn host_netns() -> u32 {
+    SETTINGS
+        .get(Setting::HostNetns as u32)
+        .copied()
+        .unwrap_or(0)
+}
+
 #[inline(always)]
 pub fn is_daemon(tgid: u32) -> bool {
     DAEMON_PIDS.get_ptr(tgid).is_some()
