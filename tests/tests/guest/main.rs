@@ -6,8 +6,10 @@ mod connect;
 mod defend;
 mod exec;
 mod limits;
+mod procs;
 mod reviewers;
 mod survival;
+mod tunables;
 
 use std::process::Command;
 
