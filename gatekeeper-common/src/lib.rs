@@ -79,6 +79,20 @@ macro_rules! kernel_members {
             (OFF_MOUNT_INSTANCE, "mount", "mnt_instance"),
             (OFF_SB_MOUNTS, "super_block", "s_mounts"),
             (OFF_LIST_HEAD_NEXT, "list_head", "next"),
+            (OFF_TASK_CGROUPS, "task_struct", "cgroups"),
+            (OFF_CSS_SET_DFL_CGRP, "css_set", "dfl_cgrp"),
+            (OFF_CGROUP_KN, "cgroup", "kn"),
+            (OFF_KERNFS_NODE_ID, "kernfs_node", "id"),
+            (OFF_KERNFS_NODE_PARENT, "kernfs_node", "parent"),
+            (OFF_PROC_INODE_VFS_INODE, "proc_inode", "vfs_inode"),
+            (OFF_PROC_INODE_PID, "proc_inode", "pid"),
+            (OFF_PROC_INODE_SYSCTL, "proc_inode", "sysctl"),
+            (OFF_PID_TASKS, "pid", "tasks"),
+            (OFF_TASK_PID_LINKS, "task_struct", "pid_links"),
+            (OFF_CTL_HEADER_SET, "ctl_table_header", "set"),
+            (OFF_NSPROXY_NET_NS, "nsproxy", "net_ns"),
+            (OFF_NET_SYSCTLS, "net", "sysctls"),
+            (OFF_NET_NS, "net", "ns"),
         }
     };
 }
@@ -114,7 +128,7 @@ pub mod offsets {
 pub const EXEC_PROGRAM: &str = "bprm_check_security";
 pub const CONNECT_PROGRAM: &str = "socket_connect";
 pub const SENDMSG_PROGRAM: &str = "socket_sendmsg";
-pub const PROGRAMS: [&str; 24] = [
+pub const PROGRAMS: [&str; 31] = [
     EXEC_PROGRAM,
     CONNECT_PROGRAM,
     SENDMSG_PROGRAM,
@@ -144,6 +158,14 @@ pub const PROGRAMS: [&str; 24] = [
     "move_mount",
     "sb_pivotroot",
     "sb_set_mnt_opts",
+    // Processes outside the agent's subtree, and the daemon's resources.
+    "ptrace_traceme",
+    "task_setrlimit",
+    "task_setscheduler",
+    "task_setnice",
+    "task_setioprio",
+    "task_movememory",
+    "kernel_module_request",
 ];
 
 /// Indices into the settings array.
@@ -156,6 +178,9 @@ pub enum Setting {
     HostMountNs = 1,
     /// The inode number of init's mount namespace, when the daemon runs in another one.
     InitMountNs = 2,
+    /// The inode number of the host's network namespace (0: unknown, so no namespace is the
+    /// agent's own): agents may write only the sysctls of their own, other, network namespace.
+    HostNetns = 3,
 }
 
 pub const SETTING_SLOTS: u32 = 4;
@@ -254,6 +279,32 @@ pub enum TamperHook {
     MoveMount = 21,
     /// pivot_root(2) in the host's mount namespace.
     PivotRoot = 22,
+    /// ptrace, process_vm_*, pidfd_getfd, /proc/PID/mem and the like on a process outside the
+    /// agent's subtree (data: tgid, ptrace mode).
+    PtraceOutside = 23,
+    /// PTRACE_TRACEME with a parent outside the agent's subtree (data: the parent's tgid).
+    TraceMe = 24,
+    /// Changing the daemon's resource limits (data: tgid, resource).
+    DaemonRlimit = 25,
+    /// Changing the daemon's scheduling policy, parameters or CPU affinity (data: tgid).
+    DaemonScheduler = 26,
+    /// Changing the daemon's nice value (data: tgid, nice).
+    DaemonNice = 27,
+    /// Changing the daemon's I/O priority (data: tgid, ioprio).
+    DaemonIoprio = 28,
+    /// Moving the daemon's memory between NUMA nodes (data: tgid).
+    DaemonMemory = 29,
+    /// Writing a /proc/PID file of a process outside the agent's subtree, such as the
+    /// daemon's oom_score_adj (data: tgid, mask).
+    ProcWrite = 30,
+    /// Writing a host-wide /proc file: a sysctl not private to the agent's own network
+    /// namespace, sysrq-trigger (data: inode number).
+    SysctlWrite = 31,
+    /// Writing sysfs or another file system of kernel knobs (debugfs, tracefs, securityfs,
+    /// configfs, efivarfs, binfmt_misc, pstore, fusectl, selinuxfs) (data: magic, inode number).
+    KernelFsWrite = 32,
+    /// Asking the kernel to load a module (data: the first 16 bytes of its name).
+    ModuleRequest = 33,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -299,6 +350,17 @@ impl TamperHook {
             MountFs,
             MoveMount,
             PivotRoot,
+            PtraceOutside,
+            TraceMe,
+            DaemonRlimit,
+            DaemonScheduler,
+            DaemonNice,
+            DaemonIoprio,
+            DaemonMemory,
+            ProcWrite,
+            SysctlWrite,
+            KernelFsWrite,
+            ModuleRequest,
         ]
         .into_iter()
         .find(|hook| *hook as u32 == raw)
@@ -328,6 +390,17 @@ impl TamperHook {
             Self::MountFs => "mount_fs",
             Self::MoveMount => "move_mount",
             Self::PivotRoot => "pivot_root",
+            Self::PtraceOutside => "ptrace_outside",
+            Self::TraceMe => "ptrace_traceme",
+            Self::DaemonRlimit => "daemon_rlimit",
+            Self::DaemonScheduler => "daemon_scheduler",
+            Self::DaemonNice => "daemon_nice",
+            Self::DaemonIoprio => "daemon_ioprio",
+            Self::DaemonMemory => "daemon_move_memory",
+            Self::ProcWrite => "proc_write",
+            Self::SysctlWrite => "sysctl_write",
+            Self::KernelFsWrite => "kernel_fs_write",
+            Self::ModuleRequest => "module_request",
         }
     }
 }
@@ -605,12 +678,12 @@ mod tests {
 
     #[test]
     fn tamper_hooks_round_trip() {
-        for raw in 1..=22 {
+        for raw in 1..=33 {
             let hook = TamperHook::from_raw(raw).expect("every id names a hook");
             assert_eq!(hook as u32, raw);
             assert!(!hook.name().is_empty());
         }
-        assert_eq!(TamperHook::from_raw(23), None);
+        assert_eq!(TamperHook::from_raw(34), None);
     }
 
     #[test]

@@ -52,18 +52,18 @@ pub enum PolicyError {
     },
     #[error("protect.connect: {0}")]
     Destinations(#[from] DestinationError),
-    #[error("mount namespace {path}: {cause}")]
-    MountNamespace {
+    #[error("namespace {path}: {cause}")]
+    Namespace {
         path: &'static str,
         cause: std::io::Error,
     },
 }
 
-/// The inode number of the mount namespace behind `path` (a /proc/PID/ns/mnt link).
-fn mount_namespace(path: &'static str) -> Result<u32, PolicyError> {
+/// The inode number of the namespace behind `path` (a /proc/PID/ns/* link).
+fn namespace(path: &'static str) -> Result<u32, PolicyError> {
     let metadata =
-        std::fs::metadata(path).map_err(|cause| PolicyError::MountNamespace { path, cause })?;
-    // Namespace inode numbers come from the proc inode allocator: they fit in 32 bits.
+        std::fs::metadata(path).map_err(|cause| PolicyError::Namespace { path, cause })?;
+    // Namespace inode numbers are the kernel's 32-bit `ns_common.inum`.
     Ok(metadata.ino() as u32)
 }
 
@@ -254,8 +254,11 @@ impl Policy {
         prune_paths(kernel, PathList::Allowed, &[&allowed])?;
         kernel.set_setting(Setting::ExecAllowlist, u32::from(config.exec_allowlist))?;
         // Agents change no mount where the daemon, or init, looks.
-        kernel.set_setting(Setting::HostMountNs, mount_namespace("/proc/self/ns/mnt")?)?;
-        kernel.set_setting(Setting::InitMountNs, mount_namespace("/proc/1/ns/mnt")?)?;
+        kernel.set_setting(Setting::HostMountNs, namespace("/proc/self/ns/mnt")?)?;
+        kernel.set_setting(Setting::InitMountNs, namespace("/proc/1/ns/mnt")?)?;
+        // The host's network namespace is init's (the daemon might run in one of its own):
+        // agents in any other may set its sysctls.
+        kernel.set_setting(Setting::HostNetns, namespace("/proc/1/ns/net")?)?;
         kernel.set_daemon_pid(std::process::id())?;
         kernel.set_daemon_files(&daemon_files(&config)?)?;
         let reaches = config

@@ -10,17 +10,21 @@ use gatekeeper_common::TamperHook;
 use crate::{
     exec::exec_target,
     offsets::{OFF_MM_EXE_FILE, OFF_TASK_MM, OFF_TASK_TGID},
+    procs,
     read::{inode_magic, read_field},
+    tunables,
     verdict::{agent_cgroup, is_daemon, is_protected, tamper},
 };
 
 const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
+const CGROUP_SUPER_MAGIC: u64 = 0x0027_e0eb;
+const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 const MAY_WRITE: i32 = 2;
 const PROT_EXEC: u64 = 4;
 
 /// Denies the call outright when the caller is an agent.
 #[inline(always)]
-fn deny_agents(hook: TamperHook, detail: [u64; 2]) -> i32 {
+pub fn deny_agents(hook: TamperHook, detail: [u64; 2]) -> i32 {
     match agent_cgroup() {
         Some(agent) => tamper(agent, hook, detail),
         None => 0,
@@ -36,7 +40,7 @@ pub fn bpf(ctx: LsmContext) -> i32 {
 
 /// Denies an agent's `hook` against `task` when that task is the daemon.
 #[inline(always)]
-fn guard_daemon(task: *const u8, hook: TamperHook, detail: u64) -> i32 {
+pub fn guard_daemon(task: *const u8, hook: TamperHook, detail: u64) -> i32 {
     let Ok(tgid) = (unsafe { read_field::<i32>(task, &OFF_TASK_TGID) }) else {
         return 0;
     };
@@ -53,15 +57,18 @@ pub fn task_kill(ctx: LsmContext) -> i32 {
     guard_daemon(ctx.arg(0), TamperHook::Signal, sig as u64)
 }
 
-/// ptrace, process_vm_readv/writev and /proc/PID/mem of the daemon.
+/// ptrace, process_vm_readv/writev and /proc/PID/mem of the daemon or of any process outside
+/// the agent's subtree.
 #[lsm(hook = "ptrace_access_check")]
 pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
     let mode: u32 = ctx.arg(1);
-    guard_daemon(ctx.arg(0), TamperHook::Ptrace, mode as u64)
+    procs::ptrace_access_check(ctx.arg(0), mode)
 }
 
-/// Writes on cgroupfs: moving a process (cgroup.procs, also clone3 with CLONE_INTO_CGROUP,
-/// whose permission check asks for write access there), creating cgroups, changing limits.
+/// Writes on cgroupfs (v2 and v1): moving a process (cgroup.procs, also clone3 with
+/// CLONE_INTO_CGROUP, whose permission check asks for write access there), creating cgroups,
+/// changing limits, release_agent. Writes on /proc files of processes outside the agent's
+/// subtree, and on kernel tunables (procfs, sysfs and the like).
 #[lsm(hook = "inode_permission")]
 pub fn inode_permission(ctx: LsmContext) -> i32 {
     let mask: i32 = ctx.arg(1);
@@ -71,7 +78,11 @@ pub fn inode_permission(ctx: LsmContext) -> i32 {
     }
     let inode: *const u8 = ctx.arg(0);
     match unsafe { inode_magic(inode) } {
-        Ok(CGROUP2_SUPER_MAGIC) => deny_agents(TamperHook::CgroupWrite, [mask as u64, 0]),
+        Ok(CGROUP2_SUPER_MAGIC | CGROUP_SUPER_MAGIC) => {
+            deny_agents(TamperHook::CgroupWrite, [mask as u64, 0])
+        }
+        Ok(PROC_SUPER_MAGIC) => procs::proc_write(inode, mask),
+        Ok(magic) if tunables::is_kernel_fs(magic) => tunables::kernel_fs_write(inode, magic),
         _ => 0,
     }
 }

@@ -10,7 +10,7 @@ use crate::{
         OFF_BPRM_BUF, OFF_BPRM_FILE, OFF_BPRM_FILENAME, OFF_FILE_INODE, OFF_FILE_PATH,
         OFF_INODE_INO, OFF_INODE_SB, OFF_PATH_MNT, OFF_SB_DEV, OFF_VFSMOUNT_FLAGS,
     },
-    read::{embedded, read_at, read_field},
+    read::{member_ptr, read_at, read_field},
     verdict::{
         EPERM, agent_caller, decide_granted, grant_script_read, is_protected,
         needs_allowlist_approval, tamper,
@@ -49,7 +49,7 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
         return -EPERM;
     };
     // The kernel has read the file's first bytes into bprm->buf already.
-    let buf = unsafe { embedded(bprm, &OFF_BPRM_BUF) };
+    let buf = member_ptr(bprm, &OFF_BPRM_BUF);
     if is_protected(&target)
         && let Ok(magic) = unsafe { read_at::<[u8; 2]>(buf, 0) }
         && magic == *b"#!"
@@ -80,7 +80,7 @@ pub unsafe fn inode_target(inode: *const u8) -> Result<Target, i32> {
 #[inline(always)]
 unsafe fn on_internal_mount(file: *const u8) -> Result<bool, i32> {
     unsafe {
-        let path = embedded(file, &OFF_FILE_PATH);
+        let path = member_ptr(file, &OFF_FILE_PATH);
         let mnt: *const u8 = read_field(path, &OFF_PATH_MNT)?;
         let flags: i32 = read_field(mnt, &OFF_VFSMOUNT_FLAGS)?;
         Ok(flags & MNT_INTERNAL != 0)

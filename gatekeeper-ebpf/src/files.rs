@@ -13,7 +13,7 @@ use crate::{
         OFF_DENTRY_INODE, OFF_FILE_FLAGS, OFF_FILE_INODE, OFF_FILE_MODE, OFF_FILE_PATH,
         OFF_INODE_MODE, OFF_INODE_SB, OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_VFSMOUNT_SB,
     },
-    read::{BPF_FS_MAGIC, embedded, inode_magic, read_field},
+    read::{BPF_FS_MAGIC, inode_magic, member_ptr, read_field},
     verdict::{
         EPERM, agent_caller, agent_cgroup, decide, forget_allowlisted, is_allowlisted,
         is_protected, tamper,
@@ -72,7 +72,7 @@ fn unchangeable(target: &Target) -> Option<TamperHook> {
 #[inline(always)]
 unsafe fn is_stacked(file: *const u8) -> Result<bool, i32> {
     unsafe {
-        let path = embedded(file, &OFF_FILE_PATH);
+        let path = member_ptr(file, &OFF_FILE_PATH);
         let mnt: *const u8 = read_field(path, &OFF_PATH_MNT)?;
         let path_sb: *const u8 = read_field(mnt, &OFF_VFSMOUNT_SB)?;
         let inode: *const u8 = read_field(file, &OFF_FILE_INODE)?;

@@ -126,3 +126,38 @@ pub fn floor_sb_pivotroot(_ctx: LsmContext) -> i32 {
 pub fn floor_sb_set_mnt_opts(_ctx: LsmContext) -> i32 {
     0
 }
+
+#[lsm(hook = "ptrace_traceme")]
+pub fn floor_ptrace_traceme(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "task_setrlimit")]
+pub fn floor_task_setrlimit(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "task_setscheduler")]
+pub fn floor_task_setscheduler(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "task_setnice")]
+pub fn floor_task_setnice(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "task_setioprio")]
+pub fn floor_task_setioprio(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "task_movememory")]
+pub fn floor_task_movememory(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "kernel_module_request")]
+pub fn floor_kernel_module_request(_ctx: LsmContext) -> i32 {
+    0
+}

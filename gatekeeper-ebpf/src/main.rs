@@ -20,11 +20,15 @@ mod net;
 #[cfg(target_arch = "bpf")]
 mod offsets;
 #[cfg(target_arch = "bpf")]
+mod procs;
+#[cfg(target_arch = "bpf")]
 mod read;
 #[cfg(target_arch = "bpf")]
 mod sendmsg;
 #[cfg(target_arch = "bpf")]
 mod socket;
+#[cfg(target_arch = "bpf")]
+mod tunables;
 #[cfg(target_arch = "bpf")]
 mod unix;
 #[cfg(target_arch = "bpf")]

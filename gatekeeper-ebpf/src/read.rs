@@ -43,8 +43,16 @@ pub unsafe fn inode_magic(inode: *const u8) -> Result<u64, i32> {
     unsafe { sb_magic(read_field(inode, &OFF_INODE_SB)?) }
 }
 
-/// The address of the struct embedded at the offset held in `global` in the struct at `base`.
+/// The address of the member at the offset held in `global` inside the struct at `base` (for
+/// reading a member of an embedded struct).
 #[inline(always)]
-pub unsafe fn embedded(base: *const u8, global: &'static u32) -> *const u8 {
-    unsafe { base.add(offset(global)) }
+pub fn member_ptr(base: *const u8, global: &'static u32) -> *const u8 {
+    base.wrapping_add(offset(global))
+}
+
+/// The struct that embeds, at the offset held in `global`, the member at `member`
+/// (the kernel's `container_of`).
+#[inline(always)]
+pub fn container_of(member: *const u8, global: &'static u32) -> *const u8 {
+    member.wrapping_sub(offset(global))
 }

@@ -10,7 +10,7 @@ use gatekeeper_common::Target;
 use crate::{
     exec::inode_target,
     offsets::{OFF_DENTRY_INODE, OFF_PATH_DENTRY, OFF_SOCKET_SK, OFF_UNIX_PATH, OFF_UNIX_PEER},
-    read::{embedded, read_field},
+    read::{member_ptr, read_field},
     verdict::{agent_caller, decide_found, is_protected},
 };
 
@@ -57,7 +57,7 @@ unsafe fn datagram_target(sock: *const u8, other: *const u8) -> Result<Option<Ta
 #[inline(always)]
 unsafe fn protected_socket(sk: *const u8) -> Result<Option<Target>, i32> {
     unsafe {
-        let path = embedded(sk, &OFF_UNIX_PATH);
+        let path = member_ptr(sk, &OFF_UNIX_PATH);
         let dentry: *const u8 = read_field(path, &OFF_PATH_DENTRY)?;
         // Abstract or unbound: no file to match.
         if dentry.is_null() {

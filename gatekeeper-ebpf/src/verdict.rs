@@ -108,10 +108,7 @@ pub fn is_protected(target: &Target) -> bool {
 /// protected: everything not allowlisted does.
 #[inline(always)]
 pub fn needs_allowlist_approval(target: &Target) -> bool {
-    let allowlist = SETTINGS
-        .get(Setting::ExecAllowlist as u32)
-        .is_some_and(|mode| *mode == 1);
-    allowlist && ALLOWED.get_ptr(target).is_none()
+    setting(Setting::ExecAllowlist) == 1 && ALLOWED.get_ptr(target).is_none()
 }
 
 /// A value the daemon set in the settings array (0 until it does).
@@ -129,12 +126,15 @@ pub fn is_allowlisted(target: &Target) -> bool {
 /// hold is not what was allowed.
 #[inline(always)]
 pub fn forget_allowlisted(target: &Target) {
-    let allowlist = SETTINGS
-        .get(Setting::ExecAllowlist as u32)
-        .is_some_and(|mode| *mode == 1);
-    if allowlist {
+    if setting(Setting::ExecAllowlist) == 1 {
         let _ = ALLOWED.remove(target);
     }
+}
+
+/// The inode number of the host's network namespace, 0 while the daemon has not said.
+#[inline(always)]
+pub fn host_netns() -> u32 {
+    setting(Setting::HostNetns)
 }
 
 #[inline(always)]

@@ -459,6 +459,22 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         "exec-proc-fd" => exec_by("proc-fd", text(0)?),
         "execveat" => exec_by("execveat", text(0)?),
         "exec-memfd" => exec_by("memfd", text(0)?),
+        "vm-read" => vm_read(number(0)?),
+        "pidfd-getfd" => pidfd_getfd(number(0)?, number(1)?),
+        "rewrite" => rewrite(text(0)?),
+        "traceme" => errno_of(unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) }),
+        "own-child" => own_child(args.first() == Some(&"userns")),
+        "prlimit" => prlimit_same(number(0)?),
+        "setscheduler" => {
+            let param = libc::sched_param { sched_priority: 0 };
+            errno_of(
+                unsafe { libc::sched_setscheduler(number(0)?, libc::SCHED_OTHER, &param) }
+                    as libc::c_long,
+            )
+        }
+        "setnice" => setnice_same(number(0)?),
+        "ioprio" => ioprio_same(number(0)?),
+        "migrate-pages" => migrate_pages(number(0)?),
         "socket" => {
             let fd = unsafe { libc::socket(number(0)?, number(1)?, number(2)?) };
             if fd >= 0 {
@@ -489,6 +505,7 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         }
         "mount" | "bind" | "move" | "umount-lazy" | "pivot-root" | "fsmount" | "open-tree"
         | "fspick-ro" | "in-ns" | "runtime" | "mount-remount" => mount_op(op, args),
+        "unshare-net-write" => unshare_net_write(text(0)?, text(1)?),
         _ => Err(libc::EINVAL),
     }
 }
@@ -529,6 +546,189 @@ fn unix_socket_op(op: &str, path: &str) -> Result<(), i32> {
             errno_of(result as libc::c_long)
         }
     }
+}
+
+fn io_errno(error: std::io::Error) -> i32 {
+    error.raw_os_error().unwrap_or(-1)
+}
+
+/// Reads a file and writes the same bytes back: the write is attempted, nothing changes.
+fn rewrite(path: &str) -> Result<(), i32> {
+    let text = std::fs::read(path).map_err(io_errno)?;
+    outcome(std::fs::write(path, text))
+}
+
+/// process_vm_readv of one byte at the start of `pid`'s first mapping (of a page no process
+/// maps when its maps cannot be read: the call still shows whether it may access the process).
+fn vm_read(pid: i32) -> Result<(), i32> {
+    let start = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .ok()
+        .and_then(|maps| {
+            let start = maps.split('-').next()?;
+            usize::from_str_radix(start, 16).ok()
+        })
+        .unwrap_or(0x1000);
+    let mut byte = [0u8; 1];
+    let local = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let remote = libc::iovec {
+        iov_base: start as *mut libc::c_void,
+        iov_len: 1,
+    };
+    // SAFETY: one local byte, described by `local`, receives the copy.
+    errno_of(unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) } as libc::c_long)
+}
+
+/// pidfd_getfd: a duplicate of `pid`'s descriptor `fd`.
+fn pidfd_getfd(pid: i32, fd: i32) -> Result<(), i32> {
+    // SAFETY: plain syscalls; the descriptors they return are closed here.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+        errno_of(pidfd)?;
+        let got = libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0);
+        libc::close(pidfd as i32);
+        errno_of(got)?;
+        libc::close(got as i32);
+    }
+    Ok(())
+}
+
+/// prlimit on `pid` with its own RLIMIT_NOFILE: the call is made, the limit unchanged.
+fn prlimit_same(pid: i32) -> Result<(), i32> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reads into and from a local struct.
+    unsafe {
+        errno_of(
+            libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut limit) as libc::c_long,
+        )?;
+        errno_of(
+            libc::prlimit(pid, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) as libc::c_long,
+        )
+    }
+}
+
+/// setpriority on `pid` with its own nice value.
+fn setnice_same(pid: i32) -> Result<(), i32> {
+    // SAFETY: plain syscalls; getpriority's -1 is also a valid nice value, hence errno.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let nice = libc::getpriority(libc::PRIO_PROCESS, pid as libc::id_t);
+        if nice == -1 && last_errno() != 0 {
+            return Err(last_errno());
+        }
+        errno_of(libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, nice) as libc::c_long)
+    }
+}
+
+/// ioprio_set on `pid` with its own I/O priority.
+fn ioprio_same(pid: i32) -> Result<(), i32> {
+    const IOPRIO_WHO_PROCESS: i32 = 1;
+    // SAFETY: plain syscalls on numbers.
+    unsafe {
+        let ioprio = libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, pid);
+        errno_of(ioprio)?;
+        // The class "none" takes no level (the kernel may report one).
+        let ioprio = if ioprio >> 13 == 0 { 0 } else { ioprio };
+        errno_of(libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            pid,
+            ioprio,
+        ))
+    }
+}
+
+/// migrate_pages of `pid` from node 0 to node 0: asks to move its memory, moves nothing.
+fn migrate_pages(pid: i32) -> Result<(), i32> {
+    let nodes: u64 = 1;
+    // SAFETY: both node masks are one live u64, and maxnode says 64 bits.
+    errno_of(unsafe {
+        libc::syscall(
+            libc::SYS_migrate_pages,
+            pid,
+            64,
+            &raw const nodes,
+            &raw const nodes,
+        )
+    })
+}
+
+/// What a process does to its own child, as a debugger or a container runtime would: trace it,
+/// read its memory, take a descriptor, set its OOM score (and with `userns`, its uid map),
+/// and a second child asks to be traced. Fails with the first errno.
+fn own_child(userns: bool) -> Result<(), i32> {
+    let mut fds = [0; 2];
+    // SAFETY: fork in a single-threaded helper; the children only make syscalls and exit.
+    unsafe {
+        errno_of(libc::pipe(fds.as_mut_ptr()) as libc::c_long)?;
+        let child = libc::fork();
+        errno_of(child as libc::c_long)?;
+        if child == 0 {
+            if userns {
+                libc::unshare(libc::CLONE_NEWUSER);
+            }
+            libc::write(fds[1], [1u8].as_ptr().cast(), 1);
+            libc::sleep(60);
+            libc::_exit(0);
+        }
+        let mut ready = [0u8; 1];
+        libc::read(fds[0], ready.as_mut_ptr().cast(), 1);
+        let result = child_actions(child, userns);
+        libc::kill(child, libc::SIGKILL);
+        libc::waitpid(child, std::ptr::null_mut(), 0);
+        result?;
+
+        let tracee = libc::fork();
+        errno_of(tracee as libc::c_long)?;
+        if tracee == 0 {
+            let traced = libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+            libc::_exit(if traced < 0 { last_errno() } else { 0 });
+        }
+        let mut status = 0;
+        libc::waitpid(tracee, &mut status, 0);
+        match libc::WEXITSTATUS(status) {
+            0 => Ok(()),
+            errno => Err(errno),
+        }
+    }
+}
+
+fn child_actions(child: i32, userns: bool) -> Result<(), i32> {
+    // SAFETY: PTRACE_SEIZE of our own child; it ends when the child is killed.
+    errno_of(unsafe { libc::ptrace(libc::PTRACE_SEIZE, child, 0, 0) })?;
+    vm_read(child)?;
+    pidfd_getfd(child, 0)?;
+    outcome(std::fs::File::open(format!("/proc/{child}/mem")).map(drop))?;
+    rewrite(&format!("/proc/{child}/oom_score_adj"))?;
+    if userns {
+        // SAFETY: geteuid cannot fail.
+        let uid = unsafe { libc::geteuid() };
+        outcome(std::fs::write(
+            format!("/proc/{child}/uid_map"),
+            format!("0 {uid} 1"),
+        ))?;
+    }
+    Ok(())
+}
+
+/// Writes `value` to the sysctl at `path` from a network namespace of its own (for an
+/// ordinary user, inside a user namespace of its own that maps it to root).
+fn unshare_net_write(path: &str, value: &str) -> Result<(), i32> {
+    // SAFETY: plain calls on this single-threaded process.
+    unsafe {
+        let uid = libc::geteuid();
+        if uid != 0 {
+            errno_of(libc::unshare(libc::CLONE_NEWUSER) as libc::c_long)?;
+            outcome(std::fs::write("/proc/self/uid_map", format!("0 {uid} 1")))?;
+        }
+        errno_of(libc::unshare(libc::CLONE_NEWNET) as libc::c_long)?;
+    }
+    outcome(std::fs::write(path, value))
 }
 
 /// One operation to each of `count` consecutive ports: `passed= denied= other=`.

@@ -8,9 +8,11 @@ mod exec;
 mod files;
 mod limits;
 mod mounts;
+mod procs;
 mod reviewers;
 mod sockets;
 mod survival;
+mod tunables;
 
 use std::process::Command;
 

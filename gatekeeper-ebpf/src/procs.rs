@@ -1,0 +1,175 @@
+//! Processes: an agent acts on no process outside its own agent subtree (ptrace and its
+//! relatives, /proc/PID files), and cannot change how the daemon is scheduled or limited.
+
+use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, macros::lsm, programs::LsmContext};
+use gatekeeper_common::{MAX_CGROUP_DEPTH, TamperHook};
+
+use crate::{
+    defend::guard_daemon,
+    offsets::{
+        OFF_CGROUP_KN, OFF_CSS_SET_DFL_CGRP, OFF_INODE_INO, OFF_KERNFS_NODE_ID,
+        OFF_KERNFS_NODE_PARENT, OFF_PID_TASKS, OFF_PROC_INODE_PID, OFF_PROC_INODE_VFS_INODE,
+        OFF_TASK_CGROUPS, OFF_TASK_PID_LINKS, OFF_TASK_TGID,
+    },
+    read::{container_of, read_field},
+    tunables::sysctl_write,
+    verdict::{EPERM, agent_cgroup, is_daemon, tamper},
+};
+
+/// ptrace_may_access callers that only decide what to show (ps reading /proc/PID/stat).
+const PTRACE_MODE_NOAUDIT: u32 = 0x04;
+
+#[inline(always)]
+fn tgid_of(task: *const u8) -> u32 {
+    unsafe { read_field::<i32>(task, &OFF_TASK_TGID) }.unwrap_or(0) as u32
+}
+
+/// Whether `task`'s cgroup (v2) is `agent` or one below it.
+#[inline(always)]
+unsafe fn in_subtree(task: *const u8, agent: u64) -> Result<bool, i32> {
+    unsafe {
+        let css_set: *const u8 = read_field(task, &OFF_TASK_CGROUPS)?;
+        let cgroup: *const u8 = read_field(css_set, &OFF_CSS_SET_DFL_CGRP)?;
+        // A cgroup's id is its kernfs node's; the root's node has no parent.
+        let mut node: *const u8 = read_field(cgroup, &OFF_CGROUP_KN)?;
+        for _ in 0..=MAX_CGROUP_DEPTH {
+            if node.is_null() {
+                return Ok(false);
+            }
+            if read_field::<u64>(node, &OFF_KERNFS_NODE_ID)? == agent {
+                return Ok(true);
+            }
+            node = read_field(node, &OFF_KERNFS_NODE_PARENT)?;
+        }
+    }
+    // Further below than the walk reaches: not known to be inside.
+    Ok(false)
+}
+
+/// Whether `task` is out of reach of the agent in `agent`: the daemon (`hook` for it), or a
+/// process outside the agent's subtree (`outside`). None when it is the agent's own.
+#[inline(always)]
+fn out_of_reach(task: *const u8, agent: u64, outside: TamperHook) -> Option<TamperHook> {
+    if is_daemon(tgid_of(task)) {
+        return Some(TamperHook::Ptrace);
+    }
+    match unsafe { in_subtree(task, agent) } {
+        Ok(true) => None,
+        _ => Some(outside),
+    }
+}
+
+/// ptrace, process_vm_readv/writev, pidfd_getfd, kcmp, /proc/PID/mem, environ, fd, ns and
+/// the other /proc files the kernel guards with ptrace_may_access.
+pub fn ptrace_access_check(child: *const u8, mode: u32) -> i32 {
+    let Some(agent) = agent_cgroup() else {
+        return 0;
+    };
+    let Some(hook) = out_of_reach(child, agent, TamperHook::PtraceOutside) else {
+        return 0;
+    };
+    if mode & PTRACE_MODE_NOAUDIT != 0 {
+        // Denied quietly: `ps` asks this of every process it lists.
+        return -EPERM;
+    }
+    tamper(agent, hook, [tgid_of(child) as u64, mode as u64])
+}
+
+/// PTRACE_TRACEME: no ptrace bond with a process outside the subtree, in either direction.
+#[lsm(hook = "ptrace_traceme")]
+pub fn ptrace_traceme(ctx: LsmContext) -> i32 {
+    let parent: *const u8 = ctx.arg(0);
+    let Some(agent) = agent_cgroup() else {
+        return 0;
+    };
+    match unsafe { in_subtree(parent, agent) } {
+        Ok(true) => 0,
+        _ => tamper(agent, TamperHook::TraceMe, [tgid_of(parent) as u64, 0]),
+    }
+}
+
+/// prlimit and setrlimit.
+#[lsm(hook = "task_setrlimit")]
+pub fn task_setrlimit(ctx: LsmContext) -> i32 {
+    let resource: u32 = ctx.arg(1);
+    guard_daemon(ctx.arg(0), TamperHook::DaemonRlimit, resource as u64)
+}
+
+/// sched_setscheduler, sched_setparam, sched_setattr, sched_setaffinity.
+#[lsm(hook = "task_setscheduler")]
+pub fn task_setscheduler(ctx: LsmContext) -> i32 {
+    guard_daemon(ctx.arg(0), TamperHook::DaemonScheduler, 0)
+}
+
+/// setpriority.
+#[lsm(hook = "task_setnice")]
+pub fn task_setnice(ctx: LsmContext) -> i32 {
+    let nice: i32 = ctx.arg(1);
+    guard_daemon(ctx.arg(0), TamperHook::DaemonNice, nice as u64)
+}
+
+/// ioprio_set.
+#[lsm(hook = "task_setioprio")]
+pub fn task_setioprio(ctx: LsmContext) -> i32 {
+    let ioprio: i32 = ctx.arg(1);
+    guard_daemon(ctx.arg(0), TamperHook::DaemonIoprio, ioprio as u64)
+}
+
+/// migrate_pages and move_pages (which ask ptrace_access_check first).
+#[lsm(hook = "task_movememory")]
+pub fn task_movememory(ctx: LsmContext) -> i32 {
+    guard_daemon(ctx.arg(0), TamperHook::DaemonMemory, 0)
+}
+
+/// A module the kernel would load on the agent's behalf: socket() of an unloaded family, a
+/// file system type, a device, a crypto algorithm, a link type.
+#[lsm(hook = "kernel_module_request")]
+pub fn kernel_module_request(ctx: LsmContext) -> i32 {
+    let name: *const u8 = ctx.arg(0);
+    let Some(agent) = agent_cgroup() else {
+        return 0;
+    };
+    let mut start = [0u8; 16];
+    let _ = unsafe { bpf_probe_read_kernel_str_bytes(name, &mut start) };
+    let mut words = [0u64; 2];
+    for (index, word) in words.iter_mut().enumerate() {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&start[index * 8..index * 8 + 8]);
+        *word = u64::from_le_bytes(bytes);
+    }
+    tamper(agent, TamperHook::ModuleRequest, words)
+}
+
+/// An agent's write to a procfs file: a process's files (/proc/PID/...) are the agent's only
+/// for processes in its subtree; the rest belong to the kernel (see [`sysctl_write`]).
+#[inline(always)]
+pub fn proc_write(inode: *const u8, mask: i32) -> i32 {
+    let Some(agent) = agent_cgroup() else {
+        return 0;
+    };
+    let proc_inode = container_of(inode, &OFF_PROC_INODE_VFS_INODE);
+    let Ok(pid) = (unsafe { read_field::<*const u8>(proc_inode, &OFF_PROC_INODE_PID) }) else {
+        return tamper(agent, TamperHook::ProcWrite, [0, mask as u64]);
+    };
+    if pid.is_null() {
+        let ino = unsafe { read_field::<u64>(inode, &OFF_INODE_INO) }.unwrap_or(0);
+        return sysctl_write(agent, proc_inode, ino);
+    }
+    // The task of a pid (`pid_task(pid, PIDTYPE_PID)`), through its first link.
+    let Ok(link) = (unsafe { read_field::<*const u8>(pid, &OFF_PID_TASKS) }) else {
+        return tamper(agent, TamperHook::ProcWrite, [0, mask as u64]);
+    };
+    if link.is_null() {
+        // The process is gone: the write fails by itself.
+        return 0;
+    }
+    let task = container_of(link, &OFF_TASK_PID_LINKS);
+    match out_of_reach(task, agent, TamperHook::ProcWrite) {
+        None => 0,
+        Some(_) => tamper(
+            agent,
+            TamperHook::ProcWrite,
+            [tgid_of(task) as u64, mask as u64],
+        ),
+    }
+}

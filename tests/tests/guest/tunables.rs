@@ -1,0 +1,125 @@
+//! No agent sets a kernel tunable that acts on the whole host (sysctls outside a network
+//! namespace of its own, sysfs, cgroup v1 files), nor has the kernel load a module for it.
+
+use std::{path::Path, process::Command};
+
+use gatekeeper_tests::{Options, Outcome, Scenario};
+
+fn journaled(scenario: &Scenario, hook: &str) {
+    scenario.wait_journal("tamper_attempt", |event| event["hook"] == hook);
+}
+
+/// Host-wide tunables, each written back with the value it has: denied to agents, root or not
+/// (an ordinary user could not open most of them anyway), and working from outside.
+#[test]
+fn agent_cannot_set_host_tunables() {
+    let scenario = Scenario::start("tunables", Options::default());
+    let sysfs = [
+        "/sys/kernel/uevent_helper",
+        "/sys/module/printk/parameters/time",
+    ]
+    .into_iter()
+    .find(|path| Path::new(path).exists())
+    .expect("a writable sysfs file");
+    let tunables = [
+        "/proc/sys/kernel/core_pattern",
+        "/proc/sys/kernel/modprobe",
+        "/proc/sys/net/ipv4/ip_forward",
+        sysfs,
+    ];
+    for file in tunables {
+        assert_eq!(
+            scenario.tamper(&scenario.agents, "rewrite", &[file]),
+            Outcome::Denied,
+            "{file}"
+        );
+    }
+    journaled(&scenario, "sysctl_write");
+    journaled(&scenario, "kernel_fs_write");
+    // sysrq-trigger acts on the whole host too ("h" only prints the help).
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "write", &["/proc/sysrq-trigger", "h"]),
+        Outcome::Denied
+    );
+    for file in tunables {
+        assert_eq!(
+            scenario.tamper(&scenario.outside, "rewrite", &[file]),
+            Outcome::Ok,
+            "{file} from outside"
+        );
+    }
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "write", &["/proc/sysrq-trigger", "h"]),
+        Outcome::Ok
+    );
+
+    // A network namespace of the agent's own is the agent's to configure.
+    let forward = "/proc/sys/net/ipv4/ip_forward";
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "unshare-net-write", &[forward, "1"]),
+        Outcome::Ok
+    );
+    assert_eq!(
+        scenario.tamper_as_user(&scenario.agents, "unshare-net-write", &[forward, "1"]),
+        Outcome::Ok
+    );
+}
+
+#[test]
+fn agent_cannot_write_cgroup_v1_files() {
+    let scenario = Scenario::start("tunables-v1", Options::default());
+    // A named hierarchy without controllers: every kernel allows one next to cgroup v2.
+    let mount = scenario.dir.join("cgroup-v1");
+    std::fs::create_dir_all(&mount).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "cgroup", "-o", "none,name=gktest", "cgroup"])
+        .arg(&mount)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let release_agent = mount.join("release_agent").display().to_string();
+    let outcome = scenario.tamper(&scenario.agents, "rewrite", &[&release_agent]);
+    let control = scenario.tamper(&scenario.outside, "rewrite", &[&release_agent]);
+    let _ = Command::new("umount").arg(&mount).status();
+    assert_eq!(outcome, Outcome::Denied);
+    assert_eq!(control, Outcome::Ok);
+    journaled(&scenario, "cgroup_write");
+}
+
+/// socket() of a family no module has registered asks the kernel to load one.
+#[test]
+fn agent_cannot_have_a_module_loaded() {
+    let scenario = Scenario::start("tunables-modules", Options::default());
+    // Family 25 (once AF_WANPIPE) has no code in today's kernels.
+    let socket = ["25", &libc::SOCK_DGRAM.to_string(), "0"].map(str::to_owned);
+    let socket: Vec<&str> = socket.iter().map(String::as_str).collect();
+    // Outside first, then something journaled from the agent: by then the outside call would
+    // have been journaled too, had it been taken for an attempt.
+    assert_ne!(
+        scenario.tamper(&scenario.outside, "socket", &socket),
+        Outcome::Denied
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "bpf", &["0"]),
+        Outcome::Denied
+    );
+    journaled(&scenario, "bpf");
+    let module_requests = || {
+        scenario
+            .journal_events()
+            .iter()
+            .filter(|event| event["type"] == "tamper_attempt" && event["hook"] == "module_request")
+            .count()
+    };
+    assert_eq!(module_requests(), 0, "a request from outside was taken");
+    for user in [false, true] {
+        let outcome = if user {
+            scenario.tamper_as_user(&scenario.agents, "socket", &socket)
+        } else {
+            scenario.tamper(&scenario.agents, "socket", &socket)
+        };
+        // The kernel reports the family as unsupported once it may not load a module for it.
+        assert_eq!(outcome, Outcome::Errno(libc::EAFNOSUPPORT), "user: {user}");
+    }
+    journaled(&scenario, "module_request");
+}
