@@ -64,6 +64,12 @@ macro_rules! kernel_members {
             (OFF_DENTRY_INODE, "dentry", "d_inode"),
             (OFF_PATH_DENTRY, "path", "dentry"),
             (OFF_INODE_MODE, "inode", "i_mode"),
+            (OFF_INODE_RDEV, "inode", "i_rdev"),
+            (OFF_TASK_PTRACE, "task_struct", "ptrace"),
+            (OFF_TASK_FLAGS, "task_struct", "flags"),
+            (OFF_DENTRY_NAME, "dentry", "d_name"),
+            (OFF_QSTR_NAME, "qstr", "name"),
+            (OFF_DENTRY_PARENT, "dentry", "d_parent"),
             (OFF_UNIX_PATH, "unix_sock", "path"),
             (OFF_UNIX_PEER, "unix_sock", "peer"),
             // Mounts: which namespace the caller is in, and how a mount propagates.
@@ -128,7 +134,7 @@ pub mod offsets {
 pub const EXEC_PROGRAM: &str = "bprm_check_security";
 pub const CONNECT_PROGRAM: &str = "socket_connect";
 pub const SENDMSG_PROGRAM: &str = "socket_sendmsg";
-pub const PROGRAMS: [&str; 31] = [
+pub const PROGRAMS: [&str; 35] = [
     EXEC_PROGRAM,
     CONNECT_PROGRAM,
     SENDMSG_PROGRAM,
@@ -166,6 +172,11 @@ pub const PROGRAMS: [&str; 31] = [
     "task_setioprio",
     "task_movememory",
     "kernel_module_request",
+    // Files, continued: modes, owners and extended attributes.
+    "path_chmod",
+    "path_chown",
+    "inode_setxattr",
+    "inode_removexattr",
 ];
 
 /// Indices into the settings array.
@@ -305,6 +316,17 @@ pub enum TamperHook {
     KernelFsWrite = 32,
     /// Asking the kernel to load a module (data: the first 16 bytes of its name).
     ModuleRequest = 33,
+    /// Tracing or reading the memory of a process running a protected binary, even the
+    /// agent's own (data: tgid, ptrace mode).
+    ProtectedProcess = 34,
+    /// Executing a protected binary while traced (data: device, inode).
+    TracedExec = 35,
+    /// A process running a protected binary dumping core: the dump holds its code
+    /// (data: device, inode of the core file).
+    ProtectedCore = 36,
+    /// Opening kernel memory: /proc/kcore, /dev/mem, /dev/kmem, /dev/port (data: device,
+    /// inode).
+    KernelMemory = 37,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -361,6 +383,10 @@ impl TamperHook {
             SysctlWrite,
             KernelFsWrite,
             ModuleRequest,
+            ProtectedProcess,
+            TracedExec,
+            ProtectedCore,
+            KernelMemory,
         ]
         .into_iter()
         .find(|hook| *hook as u32 == raw)
@@ -401,6 +427,10 @@ impl TamperHook {
             Self::SysctlWrite => "sysctl_write",
             Self::KernelFsWrite => "kernel_fs_write",
             Self::ModuleRequest => "module_request",
+            Self::ProtectedProcess => "protected_process",
+            Self::TracedExec => "traced_exec",
+            Self::ProtectedCore => "protected_core",
+            Self::KernelMemory => "kernel_memory",
         }
     }
 }
@@ -678,12 +708,12 @@ mod tests {
 
     #[test]
     fn tamper_hooks_round_trip() {
-        for raw in 1..=33 {
+        for raw in 1..=37 {
             let hook = TamperHook::from_raw(raw).expect("every id names a hook");
             assert_eq!(hook as u32, raw);
             assert!(!hook.name().is_empty());
         }
-        assert_eq!(TamperHook::from_raw(34), None);
+        assert_eq!(TamperHook::from_raw(38), None);
     }
 
     #[test]

@@ -8,8 +8,8 @@ use aya_ebpf::{helpers::bpf_get_current_task, macros::lsm, programs::LsmContext}
 use gatekeeper_common::TamperHook;
 
 use crate::{
-    exec::exec_target,
-    offsets::{OFF_MM_EXE_FILE, OFF_TASK_MM, OFF_TASK_TGID},
+    exec::{exe_file_of, exec_target},
+    offsets::OFF_TASK_TGID,
     procs,
     read::{inode_magic, read_field},
     tunables,
@@ -104,15 +104,8 @@ pub fn kernel_load_data(ctx: LsmContext) -> i32 {
 /// Whether `file` is the executable of the current process (`mm->exe_file`).
 #[inline(always)]
 unsafe fn is_own_executable(file: *const u8) -> Result<bool, i32> {
-    unsafe {
-        let task = bpf_get_current_task() as *const u8;
-        let mm: *const u8 = read_field(task, &OFF_TASK_MM)?;
-        if mm.is_null() {
-            return Ok(false);
-        }
-        let exe: *const u8 = read_field(mm, &OFF_MM_EXE_FILE)?;
-        Ok(exe == file)
-    }
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    Ok(unsafe { exe_file_of(task)? } == Some(file))
 }
 
 /// `ld-linux.so /usr/bin/pg_dump` runs a protected binary without exec: the loader maps it

@@ -2,13 +2,14 @@
 //! allowlist mode, of anything not allowlisted; and never of a file outside every mounted
 //! filesystem (a memfd copy).
 
-use aya_ebpf::{macros::lsm, programs::LsmContext};
+use aya_ebpf::{helpers::bpf_get_current_task, macros::lsm, programs::LsmContext};
 use gatekeeper_common::{TamperHook, Target, file_access};
 
 use crate::{
     offsets::{
         OFF_BPRM_BUF, OFF_BPRM_FILE, OFF_BPRM_FILENAME, OFF_FILE_INODE, OFF_FILE_PATH,
-        OFF_INODE_INO, OFF_INODE_SB, OFF_PATH_MNT, OFF_SB_DEV, OFF_VFSMOUNT_FLAGS,
+        OFF_INODE_INO, OFF_INODE_SB, OFF_MM_EXE_FILE, OFF_PATH_MNT, OFF_SB_DEV, OFF_TASK_MM,
+        OFF_TASK_PTRACE, OFF_VFSMOUNT_FLAGS,
     },
     read::{member_ptr, read_at, read_field},
     verdict::{
@@ -43,6 +44,11 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     if !is_protected(&target) && !needs_allowlist_approval(&target) {
         return 0;
     }
+    // A tracer attached before the exec reads the new program's memory without another check.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    if is_protected(&target) && unsafe { read_field::<u32>(task, &OFF_TASK_PTRACE) } != Ok(0) {
+        return tamper(agent_cgroup_id, TamperHook::TracedExec, target.data);
+    }
     let filename =
         unsafe { read_field::<*const u8>(bprm, &OFF_BPRM_FILENAME) }.unwrap_or(core::ptr::null());
     let Some(grant) = decide_granted(agent_cgroup_id, target, filename) else {
@@ -58,6 +64,29 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
         grant_script_read(Target::file(dev as u32, ino, file_access::READ), &grant);
     }
     0
+}
+
+/// The executable file `task` runs (`mm->exe_file`); None for a task without memory of its own.
+#[inline(always)]
+pub unsafe fn exe_file_of(task: *const u8) -> Result<Option<*const u8>, i32> {
+    unsafe {
+        let mm: *const u8 = read_field(task, &OFF_TASK_MM)?;
+        if mm.is_null() {
+            return Ok(None);
+        }
+        let exe: *const u8 = read_field(mm, &OFF_MM_EXE_FILE)?;
+        Ok((!exe.is_null()).then_some(exe))
+    }
+}
+
+/// Whether `task` runs a protected binary; one that cannot be read counts as protected.
+#[inline(always)]
+pub unsafe fn runs_protected(task: *const u8) -> bool {
+    match unsafe { exe_file_of(task) } {
+        Ok(Some(exe)) => unsafe { exec_target(exe) }.map_or(true, |target| is_protected(&target)),
+        Ok(None) => false,
+        Err(_) => true,
+    }
 }
 
 /// (device, inode) of an open file.

@@ -4,16 +4,19 @@
 //! `file_open` sees every open on the host; for everyone but agents it only reads two fields
 //! and, in allowlist mode, takes a file opened for writing off the allowlist.
 
-use aya_ebpf::{macros::lsm, macros::map, maps::HashMap, programs::LsmContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_task, macros::lsm, macros::map, maps::HashMap, programs::LsmContext,
+};
 use gatekeeper_common::{MAX_DAEMON_FILES, TamperHook, Target, daemon_file, file_access};
 
 use crate::{
-    exec::{exec_target, inode_target},
+    exec::{exec_target, inode_target, runs_protected},
     offsets::{
-        OFF_DENTRY_INODE, OFF_FILE_FLAGS, OFF_FILE_INODE, OFF_FILE_MODE, OFF_FILE_PATH,
-        OFF_INODE_MODE, OFF_INODE_SB, OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_VFSMOUNT_SB,
+        OFF_DENTRY_INODE, OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_FILE_FLAGS, OFF_FILE_INODE,
+        OFF_FILE_MODE, OFF_FILE_PATH, OFF_INODE_MODE, OFF_INODE_RDEV, OFF_INODE_SB,
+        OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_QSTR_NAME, OFF_TASK_FLAGS, OFF_VFSMOUNT_SB,
     },
-    read::{BPF_FS_MAGIC, inode_magic, member_ptr, read_field},
+    read::{BPF_FS_MAGIC, inode_magic, member_ptr, read_at, read_field},
     verdict::{
         EPERM, agent_caller, agent_cgroup, decide, forget_allowlisted, is_allowlisted,
         is_protected, tamper,
@@ -29,6 +32,13 @@ const FMODE_EXEC_FLAG: u32 = 0x20;
 const O_TRUNC: u32 = 0o1000;
 const S_IFMT: u16 = 0o170_000;
 const S_IFBLK: u16 = 0o060_000;
+const S_IFCHR: u16 = 0o020_000;
+/// /dev/mem, /dev/kmem and /dev/port in the kernel's `dev_t` encoding (major << 20 | minor).
+const MEMORY_DEVICES: [u32; 3] = [1 << 20 | 1, 1 << 20 | 2, 1 << 20 | 4];
+const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+const PROC_ROOT_INO: u64 = 1;
+/// `task_struct.flags` while the task writes its core dump.
+const PF_DUMPCORE: u32 = 0x200;
 
 /// What an open asks for.
 struct Access {
@@ -122,7 +132,21 @@ unsafe fn agent_open(agent: u64, file: *const u8) -> Result<i32, i32> {
     if mode & S_IFMT == S_IFBLK {
         return Ok(tamper(agent, TamperHook::BlockDevice, target.data));
     }
-    if unsafe { inode_magic(inode)? } == BPF_FS_MAGIC {
+    if mode & S_IFMT == S_IFCHR
+        && MEMORY_DEVICES.contains(&unsafe { read_field::<u32>(inode, &OFF_INODE_RDEV)? })
+    {
+        return Ok(tamper(agent, TamperHook::KernelMemory, target.data));
+    }
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let flags: u32 = unsafe { read_field(task, &OFF_TASK_FLAGS)? };
+    if flags & PF_DUMPCORE != 0 && unsafe { runs_protected(task) } {
+        return Ok(tamper(agent, TamperHook::ProtectedCore, target.data));
+    }
+    let magic = unsafe { inode_magic(inode)? };
+    if magic == PROC_SUPER_MAGIC && unsafe { is_kcore(file)? } {
+        return Ok(tamper(agent, TamperHook::KernelMemory, target.data));
+    }
+    if magic == BPF_FS_MAGIC {
         return Ok(tamper(
             agent,
             TamperHook::PinOpen,
@@ -148,6 +172,22 @@ unsafe fn agent_open(agent: u64, file: *const u8) -> Result<i32, i32> {
         Target::file(dev as u32, ino, file_access::READ),
         core::ptr::null(),
     ))
+}
+
+/// Whether `file` (on procfs) is /proc/kcore: the kernel's memory, every page cache and
+/// process among it. Matched by name below the procfs root, which every procfs instance shares.
+#[inline(always)]
+unsafe fn is_kcore(file: *const u8) -> Result<bool, i32> {
+    unsafe {
+        let dentry: *const u8 = read_field(member_ptr(file, &OFF_FILE_PATH), &OFF_PATH_DENTRY)?;
+        let name: *const u8 = read_field(member_ptr(dentry, &OFF_DENTRY_NAME), &OFF_QSTR_NAME)?;
+        if read_at::<[u8; 6]>(name, 0)? != *b"kcore\0" {
+            return Ok(false);
+        }
+        let parent: *const u8 = read_field(dentry, &OFF_DENTRY_PARENT)?;
+        let parent_inode: *const u8 = read_field(parent, &OFF_DENTRY_INODE)?;
+        Ok(inode_target(parent_inode)?.data[1] == PROC_ROOT_INO)
+    }
 }
 
 /// The verdict on an agent changing what `dentry` names.
@@ -234,5 +274,47 @@ pub fn path_truncate(ctx: LsmContext) -> i32 {
             }
             0
         }
+    }
+}
+
+/// The verdict on an agent changing the file at `path` (a `struct path`).
+#[inline(always)]
+fn guard_path(path: *const u8) -> i32 {
+    let Some(agent) = agent_cgroup() else {
+        return 0;
+    };
+    match unsafe { read_field::<*const u8>(path, &OFF_PATH_DENTRY) } {
+        Ok(dentry) => unsafe { guard_dentry(agent, dentry) },
+        Err(_) => -EPERM,
+    }
+}
+
+/// chmod, also through an fd: a daemon binary made unrunnable, a config made unreadable.
+#[lsm(hook = "path_chmod")]
+pub fn path_chmod(ctx: LsmContext) -> i32 {
+    guard_path(ctx.arg(0))
+}
+
+/// chown and its siblings, also through an fd.
+#[lsm(hook = "path_chown")]
+pub fn path_chown(ctx: LsmContext) -> i32 {
+    guard_path(ctx.arg(0))
+}
+
+/// Extended attributes (file capabilities, ACLs on 6.1, security labels). The dentry is the
+/// second argument on 6.1 and 6.12 alike.
+#[lsm(hook = "inode_setxattr")]
+pub fn inode_setxattr(ctx: LsmContext) -> i32 {
+    match agent_cgroup() {
+        Some(agent) => unsafe { guard_dentry(agent, ctx.arg(1)) },
+        None => 0,
+    }
+}
+
+#[lsm(hook = "inode_removexattr")]
+pub fn inode_removexattr(ctx: LsmContext) -> i32 {
+    match agent_cgroup() {
+        Some(agent) => unsafe { guard_dentry(agent, ctx.arg(1)) },
+        None => 0,
     }
 }

@@ -161,3 +161,23 @@ pub fn floor_task_movememory(_ctx: LsmContext) -> i32 {
 pub fn floor_kernel_module_request(_ctx: LsmContext) -> i32 {
     0
 }
+
+#[lsm(hook = "path_chmod")]
+pub fn floor_path_chmod(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "path_chown")]
+pub fn floor_path_chown(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "inode_setxattr")]
+pub fn floor_inode_setxattr(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "inode_removexattr")]
+pub fn floor_inode_removexattr(_ctx: LsmContext) -> i32 {
+    0
+}

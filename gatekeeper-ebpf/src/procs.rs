@@ -6,6 +6,7 @@ use gatekeeper_common::{MAX_CGROUP_DEPTH, TamperHook};
 
 use crate::{
     defend::guard_daemon,
+    exec::runs_protected,
     offsets::{
         OFF_CGROUP_KN, OFF_CSS_SET_DFL_CGRP, OFF_INODE_INO, OFF_KERNFS_NODE_ID,
         OFF_KERNFS_NODE_PARENT, OFF_PID_TASKS, OFF_PROC_INODE_PID, OFF_PROC_INODE_VFS_INODE,
@@ -65,7 +66,11 @@ pub fn ptrace_access_check(child: *const u8, mode: u32) -> i32 {
     let Some(agent) = agent_cgroup() else {
         return 0;
     };
-    let Some(hook) = out_of_reach(child, agent, TamperHook::PtraceOutside) else {
+    let Some(hook) = out_of_reach(child, agent, TamperHook::PtraceOutside).or_else(|| {
+        // Its own child running an approved protected binary: the code and what the run
+        // holds are not the agent's to read or steer.
+        unsafe { runs_protected(child) }.then_some(TamperHook::ProtectedProcess)
+    }) else {
         return 0;
     };
     if mode & PTRACE_MODE_NOAUDIT != 0 {
