@@ -320,6 +320,7 @@ fn exec_by(route: &str, path: &str) -> Result<(), i32> {
             }
             fd
         }
+        "opath" => open_raw(path, libc::O_PATH)?,
         _ => std::fs::File::open(path)
             .map_err(|error| error.raw_os_error().unwrap_or(-1))?
             .into_raw_fd(),
@@ -459,8 +460,291 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         "exec-proc-fd" => exec_by("proc-fd", text(0)?),
         "execveat" => exec_by("execveat", text(0)?),
         "exec-memfd" => exec_by("memfd", text(0)?),
+        _ => attack(op, args),
+    }
+}
+
+/// More doors around file protection (attack_files tests). RESULT=ok means the door is open.
+fn attack(op: &str, args: &[&str]) -> Result<(), i32> {
+    let text = |index: usize| args.get(index).copied().ok_or(libc::EINVAL);
+    let number = |index: usize| -> Result<i32, i32> {
+        text(index).and_then(|arg| arg.parse().map_err(|_| libc::EINVAL))
+    };
+    let io = |error: std::io::Error| error.raw_os_error().unwrap_or(-1);
+    match op {
+        "peek-exec" => peek_exec(text(0)?, text(1)?, args.get(2..4).unwrap_or_default()),
+        "bind" => {
+            let (source, target) = (c_path(text(0)?)?, c_path(text(1)?)?);
+            // SAFETY (all below): plain syscalls on arguments that live for the call.
+            errno_of(unsafe {
+                libc::mount(
+                    source.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                )
+            } as libc::c_long)
+        }
+        "chmod" => {
+            let path = c_path(text(0)?)?;
+            let mode = u32::from_str_radix(text(1)?, 8).map_err(|_| libc::EINVAL)?;
+            errno_of(unsafe { libc::chmod(path.as_ptr(), mode) } as libc::c_long)
+        }
+        "setxattr" => {
+            let (path, name) = (c_path(text(0)?)?, c_path(text(1)?)?);
+            let value = text(2)?;
+            errno_of(unsafe {
+                libc::setxattr(
+                    path.as_ptr(),
+                    name.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    0,
+                )
+            } as libc::c_long)
+        }
+        "exchange" => {
+            let (first, second) = (c_path(text(0)?)?, c_path(text(1)?)?);
+            errno_of(unsafe {
+                libc::syscall(
+                    libc::SYS_renameat2,
+                    libc::AT_FDCWD,
+                    first.as_ptr(),
+                    libc::AT_FDCWD,
+                    second.as_ptr(),
+                    libc::RENAME_EXCHANGE,
+                )
+            })
+        }
+        "opath-reopen" => {
+            let fd = open_raw(text(0)?, libc::O_PATH)?;
+            std::fs::read(format!("/proc/self/fd/{fd}"))
+                .map(|bytes| println!("READ={}", bytes.len()))
+                .map_err(io)
+        }
+        "link-opath" => {
+            let fd = open_raw(text(0)?, libc::O_PATH)?;
+            let (empty, new) = (c_path("")?, c_path(text(1)?)?);
+            errno_of(unsafe {
+                libc::linkat(
+                    fd,
+                    empty.as_ptr(),
+                    libc::AT_FDCWD,
+                    new.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                )
+            } as libc::c_long)
+        }
+        "by-handle" => by_handle(text(0)?),
+        "swap-hold" => swap_hold(text(0)?, text(1)?, text(2)?),
+        "hold-open" => hold_open(text(0)?, text(1)?),
+        "exec-opath" => exec_by("opath", text(0)?),
+        "getfd" => getfd(number(0)?, number(1)?),
         _ => Err(libc::EINVAL),
     }
+}
+
+fn open_raw(path: &str, flags: i32) -> Result<i32, i32> {
+    let path = c_path(path)?;
+    // SAFETY: plain open of a NUL-terminated path.
+    let fd = unsafe { libc::open(path.as_ptr(), flags) };
+    if fd < 0 { Err(last_errno()) } else { Ok(fd) }
+}
+
+/// Runs `path target` stopped under ptrace (an exec that may need a grant), then reads the start
+/// of its executable mapping through /proc/PID/mem (`mem`), process_vm_readv (`vm`),
+/// /proc/PID/map_files (`map_files`) or /proc/PID/exe (`exe`), or dumps
+/// it to `DUMPS/core.PID` (`core DUMPS COPY`, with that core_pattern; COPY holds the same
+/// bytes as `path`, to look for them in the dump). Ok only when the ELF magic was read.
+/// An exec that did not happen is errno 1000.
+fn peek_exec(path: &str, how: &str, dump: &[&str]) -> Result<(), i32> {
+    let program = c_path(path)?;
+    let arg = c_path("target")?;
+    let argv = [program.as_ptr(), arg.as_ptr(), std::ptr::null()];
+    if how == "core" {
+        // Every mapping in the dump, the file-backed code too; inherited across the exec.
+        std::fs::write("/proc/self/coredump_filter", "0x7f")
+            .map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+        let unlimited = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: sets this process's own limit.
+        unsafe { libc::setrlimit(libc::RLIMIT_CORE, &unlimited) };
+    }
+    // SAFETY: the child only calls async-signal-safe functions before the exec.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(last_errno());
+    }
+    if pid == 0 {
+        unsafe {
+            libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+            libc::execv(program.as_ptr(), argv.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    if !libc::WIFSTOPPED(status) {
+        return Err(1000);
+    }
+    let result = match how {
+        "core" => {
+            // SAFETY: our stopped tracee: let it go with a signal that dumps core.
+            unsafe {
+                libc::ptrace(libc::PTRACE_DETACH, pid, 0, libc::SIGQUIT);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            if libc::WIFSIGNALED(status) && libc::WCOREDUMP(status) {
+                let [dumps, copy] = dump else {
+                    return Err(libc::EINVAL);
+                };
+                let core = std::fs::read(format!("{dumps}/core.{pid}"))
+                    .map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+                let code = std::fs::read(copy).unwrap_or_default();
+                // A stretch of the binary's code past its first page, found in the dump.
+                let sample = code.get(8192..8192 + 64).ok_or(libc::EINVAL)?;
+                if core.windows(sample.len()).any(|window| window == sample) {
+                    Ok(())
+                } else {
+                    Err(1001)
+                }
+            } else {
+                Err(1002)
+            }
+        }
+        _ => {
+            let result = read_exe_start(pid, how);
+            // SAFETY: our stopped tracee.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            result
+        }
+    };
+    result
+}
+
+fn read_exe_start(pid: i32, how: &str) -> Result<(), i32> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+    let start = maps
+        .lines()
+        .next()
+        .and_then(|line| line.split('-').next())
+        .and_then(|start| u64::from_str_radix(start, 16).ok())
+        .ok_or(libc::EINVAL)?;
+    let mut bytes = [0u8; 4];
+    let first = maps
+        .lines()
+        .next()
+        .and_then(|line| line.split(' ').next())
+        .unwrap_or("");
+    if how == "map_files" || how == "exe" {
+        use std::io::Read as _;
+        let link = match how {
+            "exe" => format!("/proc/{pid}/exe"),
+            _ => format!("/proc/{pid}/map_files/{first}"),
+        };
+        let mut file = std::fs::File::open(link).map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+        file.read_exact(&mut bytes)
+            .map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+    } else if how == "vm" {
+        let local = libc::iovec {
+            iov_base: bytes.as_mut_ptr().cast(),
+            iov_len: 4,
+        };
+        let remote = libc::iovec {
+            iov_base: start as *mut libc::c_void,
+            iov_len: 4,
+        };
+        // SAFETY: local buffer outlives the call.
+        errno_of(unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) } as libc::c_long)?;
+    } else {
+        use std::os::unix::fs::FileExt as _;
+        let mem = std::fs::File::open(format!("/proc/{pid}/mem"))
+            .map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+        mem.read_exact_at(&mut bytes, start)
+            .map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+    }
+    if &bytes == b"\x7fELF" {
+        Ok(())
+    } else {
+        Err(1003)
+    }
+}
+
+/// name_to_handle_at, then open_by_handle_at: a second way to open a file, by its handle.
+fn by_handle(path: &str) -> Result<(), i32> {
+    let c = c_path(path)?;
+    // struct file_handle: bytes, type, then up to 128 bytes of handle.
+    let mut handle = [0u32; 2 + 32];
+    handle[0] = 128;
+    let mut mount_id = 0i32;
+    // SAFETY: handle is large enough for the size it declares.
+    errno_of(unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            handle.as_mut_ptr(),
+            &mut mount_id,
+            0,
+        )
+    })?;
+    let dir = Path::new(path)
+        .parent()
+        .and_then(|dir| dir.to_str())
+        .ok_or(libc::EINVAL)?;
+    let mount_fd = open_raw(dir, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    // SAFETY: as above.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount_fd,
+            handle.as_mut_ptr(),
+            libc::O_RDONLY,
+        )
+    };
+    errno_of(fd)?;
+    let mut byte = [0u8; 1];
+    // SAFETY: reads one byte from the fd we got.
+    errno_of(unsafe { libc::read(fd as i32, byte.as_mut_ptr().cast(), 1) } as libc::c_long)
+}
+
+/// Moves `dir` aside and puts a copy of its `name` back at the same path, kept open for
+/// writing; prints READY, waits for a line on stdin, then writes `other` over it through that
+/// open file.
+fn swap_hold(dir: &str, name: &str, other: &str) -> Result<(), i32> {
+    use std::io::{BufRead as _, Write as _};
+    use std::os::unix::fs::FileExt as _;
+    let io = |error: std::io::Error| error.raw_os_error().unwrap_or(-1);
+    let aside = format!("{dir}.aside");
+    std::fs::rename(dir, &aside).map_err(io)?;
+    std::fs::create_dir(dir).map_err(io)?;
+    let content = std::fs::read(format!("{aside}/{name}")).map_err(io)?;
+    let path = format!("{dir}/{name}");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(io)?;
+    file.write_all_at(&content, 0).map_err(io)?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .map_err(io)?;
+    println!("READY");
+    std::io::stdout().flush().map_err(io)?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map_err(io)?;
+    let other = std::fs::read(other).map_err(io)?;
+    file.write_all_at(&other, 0).map_err(io)?;
+    Ok(())
 }
 
 /// One operation to each of `count` consecutive ports: `passed= denied= other=`.
@@ -634,4 +918,53 @@ fn main() -> ExitCode {
         Ok(())
     })();
     result.err().unwrap_or(ExitCode::SUCCESS)
+}
+
+/// Opens `path` for reading and writing, prints READY, waits for a line on stdin, then reads
+/// (`read`: Ok when the ELF magic came back) or writes (`write`) through that open file.
+fn hold_open(path: &str, how: &str) -> Result<(), i32> {
+    use std::io::{BufRead as _, Write as _};
+    use std::os::unix::fs::FileExt as _;
+    let io = |error: std::io::Error| error.raw_os_error().unwrap_or(-1);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io)?;
+    println!("READY");
+    std::io::stdout().flush().map_err(io)?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map_err(io)?;
+    match how {
+        "read" => {
+            let mut bytes = [0u8; 4];
+            file.read_exact_at(&mut bytes, 0).map_err(io)?;
+            if &bytes == b"\x7fELF" {
+                Ok(())
+            } else {
+                Err(1003)
+            }
+        }
+        _ => {
+            let size = file.metadata().map_err(io)?.len();
+            file.write_all_at(b"#", size).map_err(io)
+        }
+    }
+}
+
+/// pidfd_getfd: a copy of another process's open file, taken without opening anything. Ok when
+/// the ELF magic reads through it.
+fn getfd(pid: i32, fd: i32) -> Result<(), i32> {
+    // SAFETY (all below): plain syscalls on numbers and a buffer that lives for the call.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    errno_of(pidfd)?;
+    let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) };
+    errno_of(copy)?;
+    let mut bytes = [0u8; 4];
+    errno_of(unsafe { libc::pread(copy as i32, bytes.as_mut_ptr().cast(), 4, 0) } as libc::c_long)?;
+    if &bytes == b"\x7fELF" {
+        Ok(())
+    } else {
+        Err(1003)
+    }
 }
