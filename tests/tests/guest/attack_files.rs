@@ -351,7 +351,8 @@ fn an_allowlisted_path_is_not_rewritten_through_a_kept_file() {
     };
     let before = follows(&scenario);
     let dir = text(allowed.parent().unwrap());
-    let other = text(&bin("gatekeeper"));
+    // Other content any agent may read (the daemon binary it may not).
+    let other = "/bin/echo".to_owned();
     let mut child = Command::new(bin("gk-helper"))
         .args([
             "tamper",
