@@ -541,6 +541,8 @@ fn attack(op: &str, args: &[&str]) -> Result<(), i32> {
         "hold-open" => hold_open(text(0)?, text(1)?),
         "exec-opath" => exec_by("opath", text(0)?),
         "getfd" => getfd(number(0)?, number(1)?),
+        "race-read" => race_read(number(0)? as usize, text(1)?),
+        "uring-read" => uring_read(text(0)?),
         _ => Err(libc::EINVAL),
     }
 }
@@ -966,5 +968,138 @@ fn getfd(pid: i32, fd: i32) -> Result<(), i32> {
         Ok(())
     } else {
         Err(1003)
+    }
+}
+
+/// `threads` simultaneous opens of `path`: Ok when exactly one got through, else errno
+/// 1000 + how many did.
+fn race_read(threads: usize, path: &str) -> Result<(), i32> {
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (barrier, path) = (barrier.clone(), path.to_owned());
+            std::thread::spawn(move || {
+                barrier.wait();
+                std::fs::File::open(path).is_ok()
+            })
+        })
+        .collect();
+    let passed = handles
+        .into_iter()
+        .filter_map(|handle| handle.join().ok())
+        .filter(|opened| *opened)
+        .count();
+    match passed {
+        1 => Ok(()),
+        passed => Err(1000 + passed as i32),
+    }
+}
+
+/// The io_uring ABI pieces an OPENAT needs (include/uapi/linux/io_uring.h).
+#[repr(C)]
+#[derive(Default)]
+struct RingOffsets {
+    head: u32,
+    tail: u32,
+    ring_mask: u32,
+    ring_entries: u32,
+    flags_or_overflow: u32,
+    dropped_or_cqes: u32,
+    array_or_flags: u32,
+    resv1: u32,
+    user_addr: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UringParams {
+    sq_entries: u32,
+    cq_entries: u32,
+    flags: u32,
+    sq_thread_cpu: u32,
+    sq_thread_idle: u32,
+    features: u32,
+    wq_fd: u32,
+    resv: [u32; 3],
+    sq_off: RingOffsets,
+    cq_off: RingOffsets,
+}
+
+/// Opens `path` with an io_uring OPENAT (done by the kernel, maybe in a worker thread), then
+/// reads it: Ok when the ELF magic came back.
+fn uring_read(path: &str) -> Result<(), i32> {
+    const IORING_OP_OPENAT: u8 = 18;
+    const IORING_ENTER_GETEVENTS: u32 = 1;
+    const IORING_OFF_CQ_RING: i64 = 0x800_0000;
+    const IORING_OFF_SQES: i64 = 0x1000_0000;
+    let path = c_path(path)?;
+    let mut params = UringParams::default();
+    // SAFETY (all below): the ring's memory is mapped at the sizes the kernel reported, and
+    // every offset into it comes from the kernel's own params.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_io_uring_setup, 1, &mut params);
+        errno_of(fd)?;
+        let fd = fd as i32;
+        let map = |size: usize, offset: i64| -> Result<*mut u8, i32> {
+            let ptr = libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd,
+                offset,
+            );
+            if ptr == libc::MAP_FAILED {
+                Err(last_errno())
+            } else {
+                Ok(ptr.cast())
+            }
+        };
+        let sq = map(
+            params.sq_off.array_or_flags as usize + params.sq_entries as usize * 4,
+            0,
+        )?;
+        let cq = map(
+            params.cq_off.dropped_or_cqes as usize + params.cq_entries as usize * 16,
+            IORING_OFF_CQ_RING,
+        )?;
+        let sqes = map(params.sq_entries as usize * 64, IORING_OFF_SQES)?;
+        let sqe = sqes;
+        std::ptr::write_bytes(sqe, 0, 64);
+        *sqe = IORING_OP_OPENAT;
+        *(sqe.add(4) as *mut i32) = libc::AT_FDCWD;
+        *(sqe.add(16) as *mut u64) = path.as_ptr() as u64;
+        *(sqe.add(28) as *mut u32) = libc::O_RDONLY as u32;
+        let tail = sq.add(params.sq_off.tail as usize) as *mut u32;
+        let mask = *(sq.add(params.sq_off.ring_mask as usize) as *const u32);
+        let array = sq.add(params.sq_off.array_or_flags as usize) as *mut u32;
+        let index = *tail & mask;
+        *array.add(index as usize) = 0;
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        *tail = tail.read_volatile() + 1;
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        errno_of(libc::syscall(
+            libc::SYS_io_uring_enter,
+            fd,
+            1,
+            1,
+            IORING_ENTER_GETEVENTS,
+            std::ptr::null::<u8>(),
+            0,
+        ))?;
+        let head = (cq.add(params.cq_off.head as usize) as *const u32).read_volatile();
+        let cq_mask = *(cq.add(params.cq_off.ring_mask as usize) as *const u32);
+        let cqe = cq.add(params.cq_off.dropped_or_cqes as usize + (head & cq_mask) as usize * 16);
+        let res = (cqe.add(8) as *const i32).read_volatile();
+        if res < 0 {
+            return Err(-res);
+        }
+        let mut bytes = [0u8; 4];
+        errno_of(libc::pread(res, bytes.as_mut_ptr().cast(), 4, 0) as libc::c_long)?;
+        if &bytes == b"\x7fELF" {
+            Ok(())
+        } else {
+            Err(1003)
+        }
     }
 }

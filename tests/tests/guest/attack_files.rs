@@ -729,3 +729,87 @@ fn agents_do_not_swap_a_link_above_the_config() {
         Outcome::Ok
     );
 }
+
+/// Other ways into an open: several threads racing one read grant, and an io_uring OPENAT
+/// (which the kernel may do in a worker thread).
+#[test]
+fn one_read_grant_opens_once_however_opened() {
+    let scenario = Scenario::start("attack-race", Options::default());
+    let protected = text(&scenario.protected);
+    // io_uring: refused like a plain open, as root and as the user.
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "uring-read", &[&protected]),
+        Outcome::Denied
+    );
+    assert_eq!(
+        scenario.tamper_as_user(&scenario.agents, "uring-read", &[&protected]),
+        Outcome::Denied
+    );
+    let request =
+        wait_for("a file request", || {
+            scenario.requests(true).into_iter().rev().find(|request| {
+                request["kind"] == "file" && request["target"] == protected.as_str()
+            })
+        });
+    approve(&scenario, request["id"].as_str().unwrap());
+    // Eight threads, one grant: exactly one opens.
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "race-read", &["8", &protected]),
+        Outcome::Ok
+    );
+    // Controls: outside, io_uring opens it and all eight threads do.
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "uring-read", &[&protected]),
+        Outcome::Ok
+    );
+    assert_eq!(
+        scenario.tamper_as_user(&scenario.outside, "uring-read", &[&protected]),
+        Outcome::Ok
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "race-read", &["8", &protected]),
+        Outcome::Errno(1008)
+    );
+}
+
+/// In allowlist mode an allowlisted loader (or any allowlisted program that maps code) must
+/// not run code that is not on the allowlist: `ld.so ./copy` runs the copy without an exec.
+#[test]
+fn an_allowlisted_loader_runs_no_unlisted_code() {
+    let mut scenario = Scenario::prepare("attack-loader", Options::default());
+    let loader = std::fs::canonicalize("/lib64/ld-linux-x86-64.so.2").unwrap();
+    let config = std::fs::read_to_string(&scenario.config).unwrap();
+    std::fs::write(
+        &scenario.config,
+        config.replace(
+            "[agents]\n",
+            &format!(
+                "[agents]\nexec = \"allowlist\"\nallow = [\"{}\", \"{}\"]\n",
+                scenario.unprotected.display(),
+                loader.display()
+            ),
+        ),
+    )
+    .unwrap();
+    scenario.start_daemon();
+    let copy = scenario.dir.join("bin/copy");
+    std::fs::copy(bin("gk-helper"), &copy).unwrap();
+    // The copy is not allowlisted: run directly, it is asked for.
+    assert_eq!(scenario.exec_in(&scenario.agents, &copy), Exec::Denied);
+    let through_loader = |cgroup: &Path| {
+        let output = Command::new(bin("gk-helper"))
+            .arg("run")
+            .arg(cgroup)
+            .arg(&loader)
+            .args([text(&copy).as_str(), "target"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).contains(gatekeeper_tests::TARGET_RAN)
+    };
+    assert!(
+        !through_loader(&scenario.agents),
+        "the allowlisted loader ran an unlisted copy"
+    );
+    // Control: outside it runs.
+    assert!(through_loader(&scenario.outside));
+}
