@@ -593,7 +593,7 @@ fn peek_exec(path: &str, how: &str, dump: &[&str]) -> Result<(), i32> {
     if !libc::WIFSTOPPED(status) {
         return Err(1000);
     }
-    let result = match how {
+    match how {
         "core" => {
             // SAFETY: our stopped tracee: let it go with a signal that dumps core.
             unsafe {
@@ -627,8 +627,7 @@ fn peek_exec(path: &str, how: &str, dump: &[&str]) -> Result<(), i32> {
             }
             result
         }
-    };
-    result
+    }
 }
 
 fn read_exe_start(pid: i32, how: &str) -> Result<(), i32> {
