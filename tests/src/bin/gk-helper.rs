@@ -543,6 +543,7 @@ fn attack(op: &str, args: &[&str]) -> Result<(), i32> {
         "getfd" => getfd(number(0)?, number(1)?),
         "race-read" => race_read(number(0)? as usize, text(1)?),
         "uring-read" => uring_read(text(0)?),
+        "kcore" => kcore(),
         _ => Err(libc::EINVAL),
     }
 }
@@ -1101,4 +1102,41 @@ fn uring_read(path: &str) -> Result<(), i32> {
             Err(1003)
         }
     }
+}
+
+/// Reads a page of RAM through /proc/kcore (the kernel's direct map: page cache, every
+/// process's memory). Ok when a page of a RAM segment came back.
+fn kcore() -> Result<(), i32> {
+    use std::os::unix::fs::FileExt as _;
+    let io = |error: std::io::Error| error.raw_os_error().unwrap_or(-1);
+    let file = std::fs::File::open("/proc/kcore").map_err(io)?;
+    let mut header = [0u8; 64];
+    file.read_exact_at(&mut header, 0).map_err(io)?;
+    let field = |bytes: &[u8], at: usize, size: usize| -> u64 {
+        bytes[at..at + size]
+            .iter()
+            .rev()
+            .fold(0, |value, byte| (value << 8) | u64::from(*byte))
+    };
+    let (phoff, phentsize, phnum) = (
+        field(&header, 32, 8),
+        field(&header, 54, 2),
+        field(&header, 56, 2),
+    );
+    let mut last_error = 1004;
+    for index in 0..phnum {
+        let mut entry = [0u8; 56];
+        file.read_exact_at(&mut entry, phoff + index * phentsize)
+            .map_err(io)?;
+        // PT_LOAD segments; the biggest ones are RAM.
+        if field(&entry, 0, 4) != 1 || field(&entry, 32, 8) < (64 << 20) {
+            continue;
+        }
+        let mut page = [0u8; 4096];
+        match file.read_exact_at(&mut page, field(&entry, 8, 8) + (16 << 20)) {
+            Ok(()) => return Ok(()),
+            Err(error) => last_error = io(error),
+        }
+    }
+    Err(last_error)
 }

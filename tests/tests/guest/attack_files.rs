@@ -813,3 +813,25 @@ fn an_allowlisted_loader_runs_no_unlisted_code() {
     // Control: outside it runs.
     assert!(through_loader(&scenario.outside));
 }
+
+/// /proc/kcore maps all RAM, the page cache of the protected binary and the daemon's memory
+/// included: a root agent must not read it.
+#[test]
+fn a_root_agent_reads_no_kernel_memory() {
+    let scenario = Scenario::start("attack-kcore", Options::default());
+    // Put the protected binary in the page cache.
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "read", &[&text(&scenario.protected)]),
+        Outcome::Ok
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "kcore", &[]),
+        Outcome::Denied,
+        "a root agent read RAM through /proc/kcore"
+    );
+    // Control: from outside it reads.
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "kcore", &[]),
+        Outcome::Ok
+    );
+}
