@@ -544,6 +544,19 @@ fn attack(op: &str, args: &[&str]) -> Result<(), i32> {
         "race-read" => race_read(number(0)? as usize, text(1)?),
         "uring-read" => uring_read(text(0)?),
         "kcore" => kcore(),
+        "chattr" => {
+            // FS_IOC_SETFLAGS with FS_IMMUTABLE_FL set (`+i`) or cleared (`-i`), on a read-only
+            // open: no write open needed.
+            const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
+            const FS_IMMUTABLE_FL: libc::c_long = 0x10;
+            let fd = open_raw(text(0)?, libc::O_RDONLY)?;
+            // SAFETY: an ioctl on our own fd with a long that lives for the call, then close.
+            let mut flags: libc::c_long = if text(1)? == "+i" { FS_IMMUTABLE_FL } else { 0 };
+            let result =
+                errno_of(unsafe { libc::ioctl(fd, FS_IOC_SETFLAGS, &mut flags) } as libc::c_long);
+            unsafe { libc::close(fd) };
+            result
+        }
         _ => Err(libc::EINVAL),
     }
 }

@@ -835,3 +835,36 @@ fn a_root_agent_reads_no_kernel_memory() {
         Outcome::Ok
     );
 }
+
+/// chattr +i needs only a read-only open: an immutable allowlisted file can no longer be
+/// updated by its trusted owner.
+#[test]
+fn agents_make_no_allowlisted_file_immutable() {
+    let mut scenario = Scenario::prepare("attack-chattr", Options::default());
+    let allowed = text(&scenario.unprotected);
+    let config = std::fs::read_to_string(&scenario.config).unwrap();
+    std::fs::write(
+        &scenario.config,
+        config.replace(
+            "[agents]\n",
+            &format!("[agents]\nexec = \"allowlist\"\nallow = [\"{allowed}\"]\n"),
+        ),
+    )
+    .unwrap();
+    scenario.start_daemon();
+    let agent = scenario.tamper(&scenario.agents, "chattr", &[&allowed, "+i"]);
+    // Undo it (if it happened) and show the same works from outside.
+    let _ = scenario.tamper(&scenario.outside, "chattr", &[&allowed, "-i"]);
+    let control = scenario.tamper(&scenario.outside, "chattr", &[&allowed, "+i"]);
+    let _ = scenario.tamper(&scenario.outside, "chattr", &[&allowed, "-i"]);
+    if control == Outcome::Errno(libc::ENOTTY) || control == Outcome::Errno(libc::EOPNOTSUPP) {
+        eprintln!("no chattr on this filesystem: {control:?}");
+        return;
+    }
+    assert_eq!(control, Outcome::Ok, "outside: chattr +i");
+    assert_eq!(
+        agent,
+        Outcome::Denied,
+        "a root agent made an allowlisted file immutable"
+    );
+}
