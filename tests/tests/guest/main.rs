@@ -2,6 +2,7 @@
 //! QEMU guests; each test starts its own daemon on its own cgroup, binary and destinations.
 
 mod attack_core;
+mod attack_files;
 mod connect;
 mod defend;
 mod exec;
