@@ -18,8 +18,8 @@ use crate::{
     },
     read::{BPF_FS_MAGIC, inode_magic, member_ptr, read_at, read_field},
     verdict::{
-        EPERM, agent_caller, agent_cgroup, decide, forget_allowlisted, is_allowlisted,
-        is_protected, tamper,
+        EPERM, agent_caller, agent_cgroup, allowlist_mode, decide, forget_allowlisted,
+        is_allowlisted, is_protected, tamper,
     },
 };
 
@@ -100,8 +100,10 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     let file: *const u8 = ctx.arg(0);
     let Some(agent) = agent_cgroup() else {
         // A trusted writer takes a file off the allowlist: changed in place, it may no longer
-        // be what was allowed. (Agents may not write it at all.)
-        if let Ok(access) = unsafe { access_of(file) }
+        // be what was allowed. (Agents may not write it at all.) Outside allowlist mode a
+        // non-agent's open costs the agent check alone.
+        if allowlist_mode()
+            && let Ok(access) = unsafe { access_of(file) }
             && access.writes
             && let Ok(target) = unsafe { exec_target(file) }
         {

@@ -108,13 +108,19 @@ pub fn is_protected(target: &Target) -> bool {
 /// protected: everything not allowlisted does.
 #[inline(always)]
 pub fn needs_allowlist_approval(target: &Target) -> bool {
-    setting(Setting::ExecAllowlist) == 1 && ALLOWED.get_ptr(target).is_none()
+    allowlist_mode() && ALLOWED.get_ptr(target).is_none()
 }
 
 /// A value the daemon set in the settings array (0 until it does).
 #[inline(always)]
 pub fn setting(setting: Setting) -> u32 {
     SETTINGS.get(setting as u32).copied().unwrap_or(0)
+}
+
+/// Whether agents may exec only allowlisted binaries unasked.
+#[inline(always)]
+pub fn allowlist_mode() -> bool {
+    setting(Setting::ExecAllowlist) == 1
 }
 
 #[inline(always)]
@@ -126,7 +132,7 @@ pub fn is_allowlisted(target: &Target) -> bool {
 /// hold is not what was allowed.
 #[inline(always)]
 pub fn forget_allowlisted(target: &Target) {
-    if setting(Setting::ExecAllowlist) == 1 {
+    if allowlist_mode() {
         let _ = ALLOWED.remove(target);
     }
 }
