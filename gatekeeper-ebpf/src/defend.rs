@@ -11,14 +11,12 @@ use crate::{
     exec::{exe_file_of, exec_target},
     offsets::OFF_TASK_TGID,
     procs,
-    read::{inode_magic, read_field},
+    read::{CGROUP_SUPER_MAGIC, PROC_SUPER_MAGIC, inode_magic, read_field},
     tunables,
     verdict::{agent_cgroup, is_daemon, is_protected, tamper},
 };
 
 const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
-const CGROUP_SUPER_MAGIC: u64 = 0x0027_e0eb;
-const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 const MAY_WRITE: i32 = 2;
 const PROT_EXEC: u64 = 4;
 

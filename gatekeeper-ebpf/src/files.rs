@@ -16,7 +16,7 @@ use crate::{
         OFF_FILE_MODE, OFF_FILE_PATH, OFF_INODE_MODE, OFF_INODE_RDEV, OFF_INODE_SB,
         OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_QSTR_NAME, OFF_TASK_FLAGS, OFF_VFSMOUNT_SB,
     },
-    read::{BPF_FS_MAGIC, inode_magic, member_ptr, read_at, read_field},
+    read::{BPF_FS_MAGIC, PROC_SUPER_MAGIC, inode_magic, member_ptr, read_at, read_field},
     verdict::{
         EPERM, agent_caller, agent_cgroup, allowlist_mode, decide, forget_allowlisted,
         is_allowlisted, is_protected, tamper,
@@ -35,7 +35,6 @@ const S_IFBLK: u16 = 0o060_000;
 const S_IFCHR: u16 = 0o020_000;
 /// /dev/mem, /dev/kmem and /dev/port in the kernel's `dev_t` encoding (major << 20 | minor).
 const MEMORY_DEVICES: [u32; 3] = [1 << 20 | 1, 1 << 20 | 2, 1 << 20 | 4];
-const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 const PROC_ROOT_INO: u64 = 1;
 /// `task_struct.flags` while the task writes its core dump.
 const PF_DUMPCORE: u32 = 0x200;

@@ -21,11 +21,10 @@ use crate::{
         OFF_MOUNT_MOUNTS, OFF_MOUNT_NS, OFF_MOUNT_PARENT, OFF_NS_COMMON_INUM, OFF_NSPROXY_MNT_NS,
         OFF_PATH_MNT, OFF_SB_MOUNTS, OFF_TASK_NSPROXY, OFF_VFSMOUNT_FLAGS, OFF_VFSMOUNT_SB,
     },
-    read::{BPF_FS_MAGIC, field_offset, read_field, sb_magic},
+    read::{BPF_FS_MAGIC, CGROUP_SUPER_MAGIC, field_offset, read_field, sb_magic},
     verdict::{agent_cgroup, setting, tamper},
 };
 
-const CGROUP_SUPER_MAGIC: u64 = 0x0027_e0eb;
 /// `vfsmount.mnt_flags`: the mount is in a peer group, and what happens under it propagates.
 const MNT_SHARED: i32 = 0x1000;
 const MS_REMOUNT: u64 = 32;

@@ -6,6 +6,8 @@ use crate::offsets::{OFF_INODE_SB, OFF_SB_MAGIC};
 
 /// Where the pins live.
 pub const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
+pub const CGROUP_SUPER_MAGIC: u64 = 0x0027_e0eb;
+pub const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 
 #[inline(always)]
 fn offset(global: &'static u32) -> usize {
