@@ -338,6 +338,20 @@ request_ttl = "{request_ttl}"
         }
     }
 
+    /// Puts the prepared config in allowlist mode: agents run only `allowed` unasked.
+    pub fn allow_only(&self, allowed: &[&Path]) {
+        let list: Vec<String> = allowed
+            .iter()
+            .map(|path| format!("\"{}\"", path.display()))
+            .collect();
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let agents = format!(
+            "[agents]\nexec = \"allowlist\"\nallow = [{}]\n",
+            list.join(", ")
+        );
+        std::fs::write(&self.config, text.replacen("[agents]\n", &agents, 1)).unwrap();
+    }
+
     fn with_daemon(mut self) -> Self {
         self.start_daemon();
         self

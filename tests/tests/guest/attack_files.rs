@@ -369,18 +369,7 @@ fn agents_mount_nothing_over_the_daemons_files() {
 fn an_allowlisted_path_is_not_rewritten_through_a_kept_file() {
     let mut scenario = Scenario::prepare("attack-allow", Options::default());
     let allowed = scenario.unprotected.clone();
-    let config = std::fs::read_to_string(&scenario.config).unwrap();
-    std::fs::write(
-        &scenario.config,
-        config.replace(
-            "[agents]\n",
-            &format!(
-                "[agents]\nexec = \"allowlist\"\nallow = [\"{}\"]\n",
-                allowed.display()
-            ),
-        ),
-    )
-    .unwrap();
+    scenario.allow_only(&[&allowed]);
     scenario.start_daemon();
     assert_eq!(scenario.exec_in(&scenario.agents, &allowed), Exec::Ran);
     let allowed_t = text(&allowed);
@@ -801,19 +790,7 @@ fn one_read_grant_opens_once_however_opened() {
 fn an_allowlisted_loader_runs_no_unlisted_code() {
     let mut scenario = Scenario::prepare("attack-loader", Options::default());
     let loader = std::fs::canonicalize("/lib64/ld-linux-x86-64.so.2").unwrap();
-    let config = std::fs::read_to_string(&scenario.config).unwrap();
-    std::fs::write(
-        &scenario.config,
-        config.replace(
-            "[agents]\n",
-            &format!(
-                "[agents]\nexec = \"allowlist\"\nallow = [\"{}\", \"{}\"]\n",
-                scenario.unprotected.display(),
-                loader.display()
-            ),
-        ),
-    )
-    .unwrap();
+    scenario.allow_only(&[&scenario.unprotected, &loader]);
     scenario.start_daemon();
     let copy = scenario.dir.join("bin/copy");
     std::fs::copy(bin("gk-helper"), &copy).unwrap();
@@ -866,15 +843,7 @@ fn a_root_agent_reads_no_kernel_memory() {
 fn agents_make_no_allowlisted_file_immutable() {
     let mut scenario = Scenario::prepare("attack-chattr", Options::default());
     let allowed = text(&scenario.unprotected);
-    let config = std::fs::read_to_string(&scenario.config).unwrap();
-    std::fs::write(
-        &scenario.config,
-        config.replace(
-            "[agents]\n",
-            &format!("[agents]\nexec = \"allowlist\"\nallow = [\"{allowed}\"]\n"),
-        ),
-    )
-    .unwrap();
+    scenario.allow_only(&[&scenario.unprotected]);
     scenario.start_daemon();
     let agent = scenario.tamper(&scenario.agents, "chattr", &[&allowed, "+i"]);
     // Undo it (if it happened) and show the same works from outside.

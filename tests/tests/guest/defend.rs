@@ -197,18 +197,8 @@ fn protected_binary_cannot_run_by_other_routes() {
 
 #[test]
 fn allowlist_mode_denies_a_copied_binary() {
-    let scenario = Scenario::prepare("allowlist", Options::default());
-    let text = std::fs::read_to_string(&scenario.config).unwrap();
-    let allowlisted = scenario.unprotected.display().to_string();
-    std::fs::write(
-        &scenario.config,
-        text.replace(
-            "[[protect.exec]]",
-            &format!("exec = \"allowlist\"\nallow = [\"{allowlisted}\"]\n\n[[protect.exec]]"),
-        ),
-    )
-    .unwrap();
-    let mut scenario = scenario;
+    let mut scenario = Scenario::prepare("allowlist", Options::default());
+    scenario.allow_only(&[&scenario.unprotected]);
     scenario.start_daemon();
 
     let copy = scenario.dir.join("bin/copied");

@@ -298,18 +298,7 @@ fn agents_neither_read_nor_change_the_daemons_files() {
 fn an_allowlisted_path_stays_allowed_only_with_the_same_content() {
     let mut scenario = Scenario::prepare("files-allow", Options::default());
     let allowed = scenario.unprotected.clone();
-    let text = std::fs::read_to_string(&scenario.config).unwrap();
-    std::fs::write(
-        &scenario.config,
-        text.replace(
-            "[agents]\n",
-            &format!(
-                "[agents]\nexec = \"allowlist\"\nallow = [\"{}\"]\n",
-                allowed.display()
-            ),
-        ),
-    )
-    .unwrap();
+    scenario.allow_only(&[&allowed]);
     scenario.start_daemon();
     assert_eq!(scenario.exec_in(&scenario.agents, &allowed), Exec::Ran);
     let allowed_text = allowed.display().to_string();
