@@ -22,6 +22,7 @@ use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     sync::{OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
 };
 use tracing::warn;
 
@@ -99,6 +100,8 @@ impl LocalReply {
 const CALL_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest pause between accept attempts after an error (e.g. EMFILE).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+/// How long calls in flight may take to answer once the daemon stops.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -260,12 +263,20 @@ impl LocalApi {
         })
     }
 
-    /// Serves until the engine is gone. Accept errors (e.g. out of file descriptors) pause the
-    /// loop with a growing backoff; they never end it.
-    pub async fn serve(self) {
+    /// Serves until `stop` resolves. Accept errors (e.g. out of file descriptors) pause the loop
+    /// with a growing backoff; they never end it. On stop, calls in flight get up to
+    /// [`DRAIN_TIMEOUT`] to send their answers: an uninstall is answered after the engine ends.
+    pub async fn serve(self, stop: impl Future<Output = ()>) {
+        let mut calls = JoinSet::new();
         let mut backoff = Duration::from_millis(10);
+        tokio::pin!(stop);
         loop {
-            let stream = match self.listener.accept().await {
+            let accepted = tokio::select! {
+                () = &mut stop => break,
+                Some(_) = calls.join_next(), if !calls.is_empty() => continue,
+                accepted = self.listener.accept() => accepted,
+            };
+            let stream = match accepted {
                 Ok((stream, _)) => {
                     backoff = Duration::from_millis(10);
                     stream
@@ -289,13 +300,16 @@ impl LocalApi {
                 handle: self.handle.clone(),
                 reviewers: self.reviewers.clone(),
             };
-            tokio::spawn(async move {
+            calls.spawn(async move {
                 let _admitted = admitted;
                 if let Err(error) = connection.serve(stream).await {
                     warn!(%error, "local API connection");
                 }
             });
         }
+        drop(self.listener);
+        let drained = async { while calls.join_next().await.is_some() {} };
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, drained).await;
     }
 }
 

@@ -153,7 +153,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         config.resolve_interval,
         handle.clone(),
     ));
-    let local = tokio::spawn(local.serve());
+    let (stop_local, local_stopped) = tokio::sync::oneshot::channel::<()>();
+    let local = tokio::spawn(local.serve(async {
+        let _ = local_stopped.await;
+    }));
     let http = http.map(tokio::spawn);
     let signals = {
         let handle = handle.clone();
@@ -185,7 +188,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     let reason = engine.run(inbox).await;
     info!(%reason, "stopping");
-    for task in [paths, resolver, local, signals, watchdog] {
+    let _ = stop_local.send(());
+    let _ = local.await;
+    for task in [paths, resolver, signals, watchdog] {
         task.abort();
     }
     if let Some(http) = http {
