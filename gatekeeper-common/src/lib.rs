@@ -99,6 +99,9 @@ macro_rules! kernel_members {
             (OFF_NSPROXY_NET_NS, "nsproxy", "net_ns"),
             (OFF_NET_SYSCTLS, "net", "sysctls"),
             (OFF_NET_NS, "net", "ns"),
+            (OFF_USER_NS_LEVEL, "user_namespace", "level"),
+            // The system call a hook runs in (x86-64).
+            (OFF_PT_REGS_ORIG_AX, "pt_regs", "orig_ax"),
         }
     };
 }
@@ -134,7 +137,7 @@ pub mod offsets {
 pub const EXEC_PROGRAM: &str = "bprm_check_security";
 pub const CONNECT_PROGRAM: &str = "socket_connect";
 pub const SENDMSG_PROGRAM: &str = "socket_sendmsg";
-pub const PROGRAMS: [&str; 35] = [
+pub const PROGRAMS: [&str; 38] = [
     EXEC_PROGRAM,
     CONNECT_PROGRAM,
     SENDMSG_PROGRAM,
@@ -177,6 +180,11 @@ pub const PROGRAMS: [&str; 35] = [
     "path_chown",
     "inode_setxattr",
     "inode_removexattr",
+    // Inode flags (chattr) and fs-verity on files agents may not change, also from 32-bit code.
+    "file_ioctl",
+    "file_ioctl_compat",
+    // The host's network configuration, and mount_setattr(2), which has no hook of its own.
+    "capable",
 ];
 
 /// Indices into the settings array.
@@ -283,7 +291,9 @@ pub enum TamperHook {
     SocketCreate = 18,
     /// mount(2): a new mount, bind, move or propagation change (data: flags, [`MountRefusal`]).
     Mount = 19,
-    /// Making a cgroup v1 or bpffs superblock, by mount(2) or fsconfig (data: magic).
+    /// Making a cgroup v1, bpffs or network file system superblock, by mount(2) or fsconfig
+    /// (data: magic, or for mount(2) of a network file system the first eight bytes of the type's
+    /// name as a little-endian word, [`MountRefusal`]).
     MountFs = 20,
     /// move_mount(2): attaching an fsmount or open_tree mount, or moving one (data: 0,
     /// [`MountRefusal`]).
@@ -327,6 +337,12 @@ pub enum TamperHook {
     /// Opening kernel memory: /proc/kcore, /dev/mem, /dev/kmem, /dev/port (data: device,
     /// inode).
     KernelMemory = 37,
+    /// Administering the host's network (CAP_NET_ADMIN in the initial user namespace): routes,
+    /// addresses, links, firewall and NAT rules, traffic control, tunnels (data: capability).
+    NetAdmin = 38,
+    /// mount_setattr(2) in the host's mount namespace: a mount's flags or propagation
+    /// (data: 0, [`MountRefusal`]).
+    MountSetattr = 39,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -342,12 +358,14 @@ pub enum MountRefusal {
     HostSuperblock = 3,
     /// The mount tree was too large or could not be read: refused rather than guessed.
     Unchecked = 4,
-    /// A filesystem agents may never mount or reconfigure (bpffs, cgroup v1).
+    /// A filesystem agents may never mount or reconfigure (bpffs, cgroup v1, network file
+    /// systems).
     Filesystem = 5,
 }
 
 impl TamperHook {
-    pub fn from_raw(raw: u32) -> Option<Self> {
+    /// Every hook, in id order (ids start at 1).
+    pub const ALL: [Self; 39] = {
         use TamperHook::*;
         [
             Bpf,
@@ -387,9 +405,13 @@ impl TamperHook {
             TracedExec,
             ProtectedCore,
             KernelMemory,
+            NetAdmin,
+            MountSetattr,
         ]
-        .into_iter()
-        .find(|hook| *hook as u32 == raw)
+    };
+
+    pub fn from_raw(raw: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|hook| *hook as u32 == raw)
     }
 
     pub fn name(self) -> &'static str {
@@ -431,6 +453,8 @@ impl TamperHook {
             Self::TracedExec => "traced_exec",
             Self::ProtectedCore => "protected_core",
             Self::KernelMemory => "kernel_memory",
+            Self::NetAdmin => "net_admin",
+            Self::MountSetattr => "mount_setattr",
         }
     }
 }
@@ -708,12 +732,21 @@ mod tests {
 
     #[test]
     fn tamper_hooks_round_trip() {
-        for raw in 1..=37 {
-            let hook = TamperHook::from_raw(raw).expect("every id names a hook");
-            assert_eq!(hook as u32, raw);
+        for (index, hook) in TamperHook::ALL.into_iter().enumerate() {
+            let raw = index as u32 + 1;
+            assert_eq!(hook as u32, raw, "ids are dense and in order");
+            assert_eq!(TamperHook::from_raw(raw), Some(hook));
             assert!(!hook.name().is_empty());
         }
-        assert_eq!(TamperHook::from_raw(38), None);
+        for (index, hook) in TamperHook::ALL.into_iter().enumerate() {
+            let later = &TamperHook::ALL[index + 1..];
+            assert!(
+                later.iter().all(|other| other.name() != hook.name()),
+                "names are distinct"
+            );
+        }
+        assert_eq!(TamperHook::from_raw(0), None);
+        assert_eq!(TamperHook::from_raw(TamperHook::ALL.len() as u32 + 1), None);
     }
 
     #[test]

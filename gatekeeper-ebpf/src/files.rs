@@ -1,5 +1,7 @@
 //! Files: protected code is read only through an approved exec, and agents change neither
-//! protected nor allowlisted files, nor the files the daemon relies on, nor the pins.
+//! protected nor allowlisted files, nor the files the daemon relies on, nor the pins: not by
+//! writing, truncating, renaming, unlinking or linking, nor through modes, owners, extended
+//! attributes or inode flags.
 //!
 //! `file_open` sees every open on the host; for everyone but agents it only reads two fields
 //! and, in allowlist mode, takes a file opened for writing off the allowlist.
@@ -36,6 +38,12 @@ const S_IFCHR: u16 = 0o020_000;
 /// /dev/mem, /dev/kmem and /dev/port in the kernel's `dev_t` encoding (major << 20 | minor).
 const MEMORY_DEVICES: [u32; 3] = [1 << 20 | 1, 1 << 20 | 2, 1 << 20 | 4];
 const PROC_ROOT_INO: u64 = 1;
+/// ioctls that change a file through a read-only open: inode flags (`chattr +i`, `+a`), the
+/// same flags through fsxattr, and fs-verity, which makes the file read-only for good.
+const FS_IOC_SETFLAGS: u32 = 0x4008_6602;
+const FS_IOC32_SETFLAGS: u32 = 0x4004_6602;
+const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
+const FS_IOC_ENABLE_VERITY: u32 = 0x4080_6685;
 /// `task_struct.flags` while the task writes its core dump.
 const PF_DUMPCORE: u32 = 0x200;
 
@@ -316,6 +324,45 @@ pub fn inode_setxattr(ctx: LsmContext) -> i32 {
 pub fn inode_removexattr(ctx: LsmContext) -> i32 {
     match agent_cgroup() {
         Some(agent) => unsafe { guard_dentry(agent, ctx.arg(1)) },
+        None => 0,
+    }
+}
+
+/// ioctls that change a protected, allowlisted or daemon file without a write open.
+#[lsm(hook = "file_ioctl")]
+pub fn file_ioctl(ctx: LsmContext) -> i32 {
+    guard_ioctl(ctx.arg(0), ctx.arg(1), ctx.arg(3))
+}
+
+/// The same from 32-bit code, whose ioctls take this hook instead.
+#[lsm(hook = "file_ioctl_compat")]
+pub fn file_ioctl_compat(ctx: LsmContext) -> i32 {
+    guard_ioctl(ctx.arg(0), ctx.arg(1), ctx.arg(3))
+}
+
+#[inline(always)]
+fn guard_ioctl(file: *const u8, cmd: u32, previous: i32) -> i32 {
+    if previous != 0 {
+        return previous;
+    }
+    // The command first: every other ioctl on the host costs one comparison.
+    if !matches!(
+        cmd,
+        FS_IOC_SETFLAGS | FS_IOC32_SETFLAGS | FS_IOC_FSSETXATTR | FS_IOC_ENABLE_VERITY
+    ) {
+        return 0;
+    }
+    let Some(agent) = agent_cgroup() else {
+        return 0;
+    };
+    let Ok(inode) = (unsafe { read_field::<*const u8>(file, &OFF_FILE_INODE) }) else {
+        return -EPERM;
+    };
+    let Ok(target) = (unsafe { inode_target(inode) }) else {
+        return -EPERM;
+    };
+    match unchangeable(&target) {
+        Some(hook) => tamper(agent, hook, target.data),
         None => 0,
     }
 }

@@ -181,3 +181,18 @@ pub fn floor_inode_setxattr(_ctx: LsmContext) -> i32 {
 pub fn floor_inode_removexattr(_ctx: LsmContext) -> i32 {
     0
 }
+
+#[lsm(hook = "file_ioctl")]
+pub fn floor_file_ioctl(ctx: LsmContext) -> i32 {
+    ctx.arg(3)
+}
+
+#[lsm(hook = "file_ioctl_compat")]
+pub fn floor_file_ioctl_compat(ctx: LsmContext) -> i32 {
+    ctx.arg(3)
+}
+
+#[lsm(hook = "capable")]
+pub fn floor_capable(ctx: LsmContext) -> i32 {
+    ctx.arg(4)
+}

@@ -9,10 +9,19 @@
 //! bpffs hides nothing, but a cgroup v1 hierarchy carries `release_agent`, and neither is
 //! something a container needs.
 //!
+//! Network file systems (NFS, SMB, Ceph, 9P, AFS) are never mounted by an agent: their
+//! kernel-made sockets pass no socket hook, so such a mount would reach any server, a protected
+//! one too. mount(2) is refused by the type's name, before the kernel contacts the server; a
+//! superblock made through fsconfig is refused by its magic once made.
+//!
 //! The mount tree is read without the kernel's locks: a tree changing under the walk can only
 //! make it fail, and a walk that fails refuses.
 
-use aya_ebpf::{helpers::bpf_get_current_task, macros::lsm, programs::LsmContext};
+use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_probe_read_kernel_str_bytes},
+    macros::lsm,
+    programs::LsmContext,
+};
 use gatekeeper_common::{MountRefusal, Setting, TamperHook};
 
 use crate::{
@@ -34,6 +43,52 @@ const MS_PROPAGATION: u64 = (1 << 17) | (1 << 18) | (1 << 19) | (1 << 20);
 const MAX_TREE_STEPS: u32 = 256;
 /// Mounts of one superblock looked at for one in the host's namespace.
 const MAX_SB_MOUNTS: u32 = 64;
+
+/// The names of the network file system types, as the first eight bytes of the name read as a
+/// little-endian word (names are shorter, NUL-padded).
+const NETWORK_FS_NAMES: [u64; 7] = [
+    name_word(b"nfs"),
+    name_word(b"nfs4"),
+    name_word(b"cifs"),
+    name_word(b"smb3"),
+    name_word(b"ceph"),
+    name_word(b"9p"),
+    name_word(b"afs"),
+];
+/// Their magics: NFS, CIFS, SMB2, Ceph, 9P, AFS.
+const NETWORK_FS_MAGICS: [u64; 6] = [
+    0x6969,
+    0xff53_4d42,
+    0xfe53_4d42,
+    0x00c3_6400,
+    0x0102_1997,
+    0x6b41_4653,
+];
+
+const fn name_word(name: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let mut index = 0;
+    while index < name.len() {
+        bytes[index] = name[index];
+        index += 1;
+    }
+    u64::from_le_bytes(bytes)
+}
+
+/// The name word of the file system type string at `name` (0 for none), and whether it names a
+/// network file system.
+#[inline(always)]
+unsafe fn network_fs_name(name: *const u8) -> (u64, bool) {
+    if name.is_null() {
+        return (0, false);
+    }
+    let mut bytes = [0u8; 8];
+    if unsafe { bpf_probe_read_kernel_str_bytes(name, &mut bytes) }.is_err() {
+        return (0, false);
+    }
+    let word = u64::from_le_bytes(bytes);
+    (word, NETWORK_FS_NAMES.contains(&word))
+}
 
 /// Denies the agent's `hook` for `why`, and reports it.
 #[inline(always)]
@@ -58,7 +113,7 @@ fn is_host_namespace(inum: u32) -> bool {
 
 /// Whether the caller is in the host's mount namespace (or could not be told apart from it).
 #[inline(always)]
-fn caller_in_host_namespace() -> bool {
+pub fn caller_in_host_namespace() -> bool {
     let inum = unsafe {
         let task = bpf_get_current_task() as *const u8;
         read_field::<*const u8>(task, &OFF_TASK_NSPROXY)
@@ -170,6 +225,9 @@ pub fn sb_mount(ctx: LsmContext) -> i32 {
     };
     let path: *const u8 = ctx.arg(1);
     let flags: u64 = ctx.arg(3);
+    if let (name, true) = unsafe { network_fs_name(ctx.arg(2)) } {
+        return refuse(agent, TamperHook::MountFs, name, MountRefusal::Filesystem);
+    }
     // The kernel's own order of cases. A remount of a whole superblock is judged in sb_remount,
     // wherever the caller is.
     if flags & MS_REMOUNT != 0 && flags & MS_BIND == 0 {
@@ -299,6 +357,9 @@ pub fn sb_set_mnt_opts(ctx: LsmContext) -> i32 {
     let sb: *const u8 = ctx.arg(0);
     match unsafe { sb_magic(sb) } {
         Ok(magic @ (BPF_FS_MAGIC | CGROUP_SUPER_MAGIC)) => {
+            refuse(agent, TamperHook::MountFs, magic, MountRefusal::Filesystem)
+        }
+        Ok(magic) if NETWORK_FS_MAGICS.contains(&magic) => {
             refuse(agent, TamperHook::MountFs, magic, MountRefusal::Filesystem)
         }
         _ => 0,

@@ -505,8 +505,13 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
             unix_socket_op("stream", text(1)?)
         }
         "mount" | "bind" | "move" | "umount-lazy" | "pivot-root" | "fsmount" | "open-tree"
-        | "fspick-ro" | "in-ns" | "runtime" | "mount-remount" => mount_op(op, args),
-        "unshare-net-write" => unshare_net_write(text(0)?, text(1)?),
+        | "fspick-ro" | "in-ns" | "runtime" | "mount-remount" | "mount-setattr" => {
+            mount_op(op, args)
+        }
+        "unshare-net-write" => unshare_net_write(text(0)?, text(1)?, text(2)?),
+        // add|del ADDRESS [host|own-netns|own-userns]
+        "net-address" => net_address(text(0)?, text(1)?, args.get(2).copied().unwrap_or("host")),
+        "loopback-mtu" => loopback_mtu(number(0)?),
         _ => attack(op, args),
     }
 }
@@ -717,19 +722,120 @@ fn child_actions(child: i32, userns: bool) -> Result<(), i32> {
     Ok(())
 }
 
-/// Writes `value` to the sysctl at `path` from a network namespace of its own (for an
-/// ordinary user, inside a user namespace of its own that maps it to root).
-fn unshare_net_write(path: &str, value: &str) -> Result<(), i32> {
+/// Writes `value` to the sysctl at `path` from a network namespace of its own (`place`, as for
+/// [`net_address`]).
+fn unshare_net_write(path: &str, value: &str, place: &str) -> Result<(), i32> {
+    enter_network_namespace(place)?;
+    outcome(std::fs::write(path, value))
+}
+
+/// Stays in the host's network namespace (`host`), or enters a new one: owned by the caller's
+/// user namespace (`own-netns`), or inside a new user namespace that maps the caller to root
+/// (`own-userns`).
+fn enter_network_namespace(place: &str) -> Result<(), i32> {
     // SAFETY: plain calls on this single-threaded process.
     unsafe {
         let uid = libc::geteuid();
-        if uid != 0 {
-            errno_of(libc::unshare(libc::CLONE_NEWUSER) as libc::c_long)?;
-            outcome(std::fs::write("/proc/self/uid_map", format!("0 {uid} 1")))?;
+        match place {
+            "host" => Ok(()),
+            "own-netns" => errno_of(libc::unshare(libc::CLONE_NEWNET) as libc::c_long),
+            "own-userns" => {
+                errno_of(libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) as libc::c_long)?;
+                outcome(std::fs::write("/proc/self/uid_map", format!("0 {uid} 1")))
+            }
+            _ => Err(libc::EINVAL),
         }
-        errno_of(libc::unshare(libc::CLONE_NEWNET) as libc::c_long)?;
     }
-    outcome(std::fs::write(path, value))
+}
+
+/// Adds or deletes (`op`) ADDRESS/32 on the loopback interface over rtnetlink, in the network
+/// namespace `place` names (see [`enter_network_namespace`]).
+fn net_address(op: &str, address: &str, place: &str) -> Result<(), i32> {
+    let address: std::net::Ipv4Addr = address.parse().map_err(|_| libc::EINVAL)?;
+    enter_network_namespace(place)?;
+    #[repr(C)]
+    struct Request {
+        header: libc::nlmsghdr,
+        message: libc::ifaddrmsg,
+        attribute: libc::rtattr,
+        local: [u8; 4],
+    }
+    let (kind, flags) = match op {
+        "add" => (libc::RTM_NEWADDR, libc::NLM_F_CREATE | libc::NLM_F_EXCL),
+        "del" => (libc::RTM_DELADDR, 0),
+        _ => return Err(libc::EINVAL),
+    };
+    let lo = c_path("lo")?;
+    // SAFETY: a NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(lo.as_ptr()) };
+    if index == 0 {
+        return Err(last_errno());
+    }
+    let request = Request {
+        header: libc::nlmsghdr {
+            nlmsg_len: size_of::<Request>() as u32,
+            nlmsg_type: kind,
+            nlmsg_flags: (libc::NLM_F_REQUEST | libc::NLM_F_ACK | flags) as u16,
+            nlmsg_seq: 1,
+            nlmsg_pid: 0,
+        },
+        message: libc::ifaddrmsg {
+            ifa_family: libc::AF_INET as u8,
+            ifa_prefixlen: 32,
+            ifa_flags: 0,
+            ifa_scope: 0,
+            ifa_index: index,
+        },
+        attribute: libc::rtattr {
+            rta_len: (size_of::<libc::rtattr>() + 4) as u16,
+            rta_type: libc::IFA_LOCAL,
+        },
+        local: address.octets(),
+    };
+    // SAFETY: a netlink socket of our own; the request and the reply buffer outlive the calls.
+    unsafe {
+        let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE);
+        errno_of(fd as libc::c_long)?;
+        let sent = libc::send(fd, (&raw const request).cast(), size_of::<Request>(), 0);
+        if sent < 0 {
+            let errno = last_errno();
+            libc::close(fd);
+            return Err(errno);
+        }
+        let mut reply = [0u8; 256];
+        let received = libc::recv(fd, reply.as_mut_ptr().cast(), reply.len(), 0);
+        let errno = last_errno();
+        libc::close(fd);
+        let header_len = size_of::<libc::nlmsghdr>();
+        if received < (header_len + 4) as isize {
+            return Err(if received < 0 { errno } else { libc::EPROTO });
+        }
+        // The acknowledgement: NLMSG_ERROR carrying 0 or a negative errno.
+        let header: libc::nlmsghdr = std::ptr::read_unaligned(reply.as_ptr().cast());
+        if header.nlmsg_type != libc::NLMSG_ERROR as u16 {
+            return Err(libc::EPROTO);
+        }
+        let error: i32 = std::ptr::read_unaligned(reply[header_len..].as_ptr().cast());
+        if error < 0 { Err(-error) } else { Ok(()) }
+    }
+}
+
+/// Sets the loopback interface's MTU with the SIOCSIFMTU ioctl: the older door to the same
+/// configuration.
+fn loopback_mtu(mtu: i32) -> Result<(), i32> {
+    // SAFETY: all-zero is a valid ifreq; the name fits; the socket is ours.
+    unsafe {
+        let mut request: libc::ifreq = std::mem::zeroed();
+        for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo") {
+            *slot = *byte as libc::c_char;
+        }
+        request.ifr_ifru.ifru_mtu = mtu;
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        errno_of(fd as libc::c_long)?;
+        let result = libc::ioctl(fd, libc::SIOCSIFMTU, &mut request);
+        libc::close(fd);
+        errno_of(result as libc::c_long)
+    }
 }
 
 /// More doors around file protection (attack_files tests). RESULT=ok means the door is open.
@@ -813,7 +919,53 @@ fn attack(op: &str, args: &[&str]) -> Result<(), i32> {
             unsafe { libc::close(fd) };
             result
         }
+        "chattr-compat" => chattr_compat(text(0)?, text(1)? == "+i"),
         _ => Err(libc::EINVAL),
+    }
+}
+
+/// `chattr +i` or `-i` as 32-bit code does it: FS_IOC32_SETFLAGS through the 32-bit system
+/// call entry (`int 0x80`), whose ioctls reach the file_ioctl_compat hook, not file_ioctl.
+fn chattr_compat(path: &str, immutable: bool) -> Result<(), i32> {
+    const FS_IOC32_SETFLAGS: u32 = 0x4004_6602;
+    const FS_IMMUTABLE_FL: u32 = 0x10;
+    /// ioctl in the 32-bit system call table.
+    const IA32_IOCTL: u32 = 54;
+    let fd = open_raw(path, libc::O_RDONLY)?;
+    // SAFETY: a fresh anonymous page below 4 GiB (a 32-bit pointer reaches it), written once and
+    // unmapped after the call; the fd is ours. `int 0x80` takes its arguments in ebx, ecx and
+    // edx; rbx is reserved by the compiler, so the fd is swapped in and out around the call,
+    // and the registers the 32-bit entry does not preserve are marked clobbered.
+    unsafe {
+        let page = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+            -1,
+            0,
+        );
+        if page == libc::MAP_FAILED {
+            let errno = last_errno();
+            libc::close(fd);
+            return Err(errno);
+        }
+        *page.cast::<u32>() = if immutable { FS_IMMUTABLE_FL } else { 0 };
+        let result: i32;
+        std::arch::asm!(
+            "xchg {fd:r}, rbx",
+            "int 0x80",
+            "xchg {fd:r}, rbx",
+            fd = inout(reg) fd as u64 => _,
+            inlateout("eax") IA32_IOCTL => result,
+            in("ecx") FS_IOC32_SETFLAGS,
+            in("edx") page as u64 as u32,
+            out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+            out("r12") _, out("r13") _, out("r14") _, out("r15") _,
+        );
+        libc::munmap(page, 4096);
+        libc::close(fd);
+        if result < 0 { Err(-result) } else { Ok(()) }
     }
 }
 
@@ -1414,6 +1566,29 @@ fn mount_op(op: &str, args: &[&str]) -> Result<(), i32> {
             tamper(text(1)?, args.get(2..).unwrap_or_default())
         }
         "runtime" => runtime(text(0)?),
+        // mount-setattr PATH ro|rw: the mount at PATH made read-only or writable again.
+        "mount-setattr" => {
+            const MOUNT_ATTR_RDONLY: u64 = 1;
+            /// `struct mount_attr`: attr_set, attr_clr, propagation, userns_fd.
+            let mut attr = [0u64; 4];
+            match text(1)? {
+                "ro" => attr[0] = MOUNT_ATTR_RDONLY,
+                "rw" => attr[1] = MOUNT_ATTR_RDONLY,
+                _ => return Err(libc::EINVAL),
+            }
+            let path = c_path(text(0)?)?;
+            // SAFETY: a string and a struct that outlive the call.
+            errno_of(unsafe {
+                libc::syscall(
+                    libc::SYS_mount_setattr,
+                    libc::AT_FDCWD,
+                    path.as_ptr(),
+                    0,
+                    attr.as_mut_ptr(),
+                    size_of_val(&attr),
+                )
+            })
+        }
         // mount-remount DIR: a fresh tmpfs at DIR, then its superblock remounted read-only.
         "mount-remount" => {
             mount("tmp", text(0)?, Some("tmpfs"), 0, None)?;

@@ -837,27 +837,30 @@ fn a_root_agent_reads_no_kernel_memory() {
 }
 
 /// chattr +i needs only a read-only open: an immutable allowlisted file can no longer be
-/// updated by its trusted owner.
+/// updated by its trusted owner, an immutable directory of the daemon's takes no new files.
+/// 64-bit and 32-bit ioctls take different hooks. (Setting the immutable flag needs
+/// CAP_LINUX_IMMUTABLE, so this is a root agent's door.)
 #[test]
-#[ignore = "open: FS_IOC_SETFLAGS on a read-only fd needs a file_ioctl hook (README, Limits today)"]
-fn agents_make_no_allowlisted_file_immutable() {
+fn agents_make_no_guarded_file_immutable() {
     let mut scenario = Scenario::prepare("attack-chattr", Options::default());
     let allowed = text(&scenario.unprotected);
+    let daemon_dir = text(scenario.config.parent().unwrap());
     scenario.allow_only(&[&scenario.unprotected]);
     scenario.start_daemon();
-    let agent = scenario.tamper(&scenario.agents, "chattr", &[&allowed, "+i"]);
-    // Undo it (if it happened) and show the same works from outside.
-    let _ = scenario.tamper(&scenario.outside, "chattr", &[&allowed, "-i"]);
-    let control = scenario.tamper(&scenario.outside, "chattr", &[&allowed, "+i"]);
-    let _ = scenario.tamper(&scenario.outside, "chattr", &[&allowed, "-i"]);
-    if control == Outcome::Errno(libc::ENOTTY) || control == Outcome::Errno(libc::EOPNOTSUPP) {
-        eprintln!("no chattr on this filesystem: {control:?}");
-        return;
+    for file in [&allowed, &daemon_dir] {
+        for op in ["chattr", "chattr-compat"] {
+            let agent = scenario.tamper(&scenario.agents, op, &[file, "+i"]);
+            // Undo it (if it happened) and show the same works from outside.
+            let _ = scenario.tamper(&scenario.outside, "chattr", &[file, "-i"]);
+            let control = scenario.tamper(&scenario.outside, op, &[file, "+i"]);
+            let undone = scenario.tamper(&scenario.outside, op, &[file, "-i"]);
+            assert_eq!(control, Outcome::Ok, "outside: {op} +i {file}");
+            assert_eq!(undone, Outcome::Ok, "outside: {op} -i {file}");
+            assert_eq!(agent, Outcome::Denied, "a root agent's {op} +i on {file}");
+        }
     }
-    assert_eq!(control, Outcome::Ok, "outside: chattr +i");
-    assert_eq!(
-        agent,
-        Outcome::Denied,
-        "a root agent made an allowlisted file immutable"
-    );
+    scenario.wait_journal("tamper_attempt", |event| {
+        event["hook"] == "protected_change"
+    });
+    scenario.wait_journal("tamper_attempt", |event| event["hook"] == "daemon_file");
 }

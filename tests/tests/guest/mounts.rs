@@ -325,3 +325,95 @@ fn status_tells_when_pins_are_hidden() {
         assert_eq!(status(&scenario), (true, true), "uncovered after {hider:?}");
     }
 }
+
+/// mount_setattr(2) passes no LSM hook: it is refused at its capability check. In the host's
+/// namespace an agent, root or not, changes no mount's flags (a read-only journal directory
+/// would blind the daemon); in a private namespace it changes its own copies.
+#[test]
+fn agents_change_no_host_mount_flags() {
+    let scenario = Scenario::start("mounts-setattr", Options::default());
+    let (agents, outside) = (&scenario.agents, &scenario.outside);
+    let target = format!("{}/setattr", scenario.dir.display());
+    mkdirs(&[&target]);
+    host("mount", &["-t", "tmpfs", "tmp", &target]);
+
+    assert_eq!(
+        scenario.tamper(agents, "mount-setattr", &[&target, "ro"]),
+        Outcome::Denied
+    );
+    assert_eq!(
+        scenario.tamper_as_user(agents, "mount-setattr", &[&target, "ro"]),
+        Outcome::Denied
+    );
+    let event = journaled(&scenario, "mount_setattr");
+    assert_eq!(event["detail"][1], HOST_NAMESPACE, "{event}");
+    assert!(std::fs::write(format!("{target}/still-writable"), "x").is_ok());
+    // Its own copy in a private namespace is the agent's.
+    assert_eq!(
+        scenario.tamper(
+            agents,
+            "in-ns",
+            &["private", "mount-setattr", &target, "ro"]
+        ),
+        Outcome::Ok
+    );
+    assert!(std::fs::write(format!("{target}/host-copy-untouched"), "x").is_ok());
+
+    // From outside it works.
+    assert_eq!(
+        scenario.tamper(outside, "mount-setattr", &[&target, "ro"]),
+        Outcome::Ok
+    );
+    assert!(std::fs::write(format!("{target}/now-read-only"), "x").is_err());
+    assert_eq!(
+        scenario.tamper(outside, "mount-setattr", &[&target, "rw"]),
+        Outcome::Ok
+    );
+    host("umount", &[&target]);
+}
+
+/// A network file system's kernel sockets pass no socket hook: agents mount none, even in a
+/// private namespace. The guest kernels have no network file system loaded, so from outside
+/// the same mount fails for want of the type (ENODEV), not with EPERM.
+#[test]
+fn agents_mount_no_network_file_system() {
+    let scenario = Scenario::start("mounts-netfs", Options::default());
+    let (agents, outside) = (&scenario.agents, &scenario.outside);
+    let target = format!("{}/netfs", scenario.dir.display());
+    mkdirs(&[&target]);
+    let private = |cgroup, fs_type: &str, source: &str| {
+        scenario.tamper(
+            cgroup,
+            "in-ns",
+            &[
+                "private",
+                "mount",
+                fs_type,
+                source,
+                &target,
+                "addr=127.0.0.1",
+            ],
+        )
+    };
+    for (fs_type, source) in [
+        ("nfs", "127.0.0.1:/export"),
+        ("nfs4", "127.0.0.1:/export"),
+        ("cifs", "//127.0.0.1/share"),
+        ("ceph", "127.0.0.1:/"),
+    ] {
+        assert_eq!(
+            private(agents, fs_type, source),
+            Outcome::Denied,
+            "{fs_type}"
+        );
+        let control = private(outside, fs_type, source);
+        assert_ne!(control, Outcome::Denied, "{fs_type} from outside");
+        assert_ne!(
+            control,
+            Outcome::Ok,
+            "{fs_type} mounted from outside: no server here"
+        );
+    }
+    let event = journaled(&scenario, "mount_fs");
+    assert_eq!(event["detail"][1], FILESYSTEM, "{event}");
+}

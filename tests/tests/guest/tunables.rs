@@ -53,14 +53,39 @@ fn agent_cannot_set_host_tunables() {
         Outcome::Ok
     );
 
-    // A network namespace of the agent's own is the agent's to configure.
+    // A network namespace inside a user namespace of the agent's own is the agent's to
+    // configure; one the host's user namespace owns is not (see the network test below).
     let forward = "/proc/sys/net/ipv4/ip_forward";
     assert_eq!(
-        scenario.tamper(&scenario.agents, "unshare-net-write", &[forward, "1"]),
+        scenario.tamper(
+            &scenario.agents,
+            "unshare-net-write",
+            &[forward, "1", "own-userns"]
+        ),
         Outcome::Ok
     );
     assert_eq!(
-        scenario.tamper_as_user(&scenario.agents, "unshare-net-write", &[forward, "1"]),
+        scenario.tamper_as_user(
+            &scenario.agents,
+            "unshare-net-write",
+            &[forward, "1", "own-userns"]
+        ),
+        Outcome::Ok
+    );
+    assert_eq!(
+        scenario.tamper(
+            &scenario.agents,
+            "unshare-net-write",
+            &[forward, "1", "own-netns"]
+        ),
+        Outcome::Denied
+    );
+    assert_eq!(
+        scenario.tamper(
+            &scenario.outside,
+            "unshare-net-write",
+            &[forward, "1", "own-netns"]
+        ),
         Outcome::Ok
     );
 }
@@ -132,4 +157,84 @@ fn agent_cannot_have_a_module_loaded() {
         assert_eq!(outcome, Outcome::Errno(libc::ENXIO), "user: {user}");
     }
     journaled(&scenario, "module_request");
+}
+
+/// A route or NAT rule would send an agent's connection somewhere else than the destination the
+/// socket hooks judged: agents administer no network the host's user namespace owns, by
+/// netlink or by ioctl, root or not. A network namespace inside a user namespace of the
+/// agent's own is the agent's to configure.
+#[test]
+fn agent_cannot_reconfigure_the_host_network() {
+    let scenario = Scenario::start("netadmin", Options::default());
+    let address = "198.51.100.77";
+    let mtu = std::fs::read_to_string("/sys/class/net/lo/mtu").unwrap();
+    let mtu = mtu.trim();
+
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "net-address", &["add", address]),
+        Outcome::Denied
+    );
+    assert_eq!(
+        scenario.tamper_as_user(&scenario.agents, "net-address", &["add", address]),
+        Outcome::Denied
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "loopback-mtu", &["1500"]),
+        Outcome::Denied
+    );
+    // A network namespace made without a user namespace is owned by the host's one too.
+    assert_eq!(
+        scenario.tamper(
+            &scenario.agents,
+            "net-address",
+            &["add", address, "own-netns"]
+        ),
+        Outcome::Denied
+    );
+    journaled(&scenario, "net_admin");
+
+    // From outside, the same changes work (and are undone).
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "net-address", &["add", address]),
+        Outcome::Ok
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "net-address", &["del", address]),
+        Outcome::Ok
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "loopback-mtu", &["1500"]),
+        Outcome::Ok
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "loopback-mtu", &[mtu]),
+        Outcome::Ok
+    );
+    assert_eq!(
+        scenario.tamper(
+            &scenario.outside,
+            "net-address",
+            &["add", address, "own-netns"]
+        ),
+        Outcome::Ok
+    );
+
+    for own in [
+        scenario.tamper(
+            &scenario.agents,
+            "net-address",
+            &["add", address, "own-userns"],
+        ),
+        scenario.tamper_as_user(
+            &scenario.agents,
+            "net-address",
+            &["add", address, "own-userns"],
+        ),
+    ] {
+        assert_eq!(
+            own,
+            Outcome::Ok,
+            "an agent's own user and network namespace"
+        );
+    }
 }

@@ -1,0 +1,87 @@
+//! `capable`: the capability checks that guard what passes no hook of its own.
+//!
+//! The host's network configuration (routes, addresses, links, firewall and NAT rules, traffic
+//! control, tunnels): a NAT rule or route would send an agent's connection somewhere other than
+//! the destination `socket_connect` judged, so agents get no CAP_NET_ADMIN in the initial user
+//! namespace, which owns the host's network namespace (and every one made without a user
+//! namespace of its own). In a user namespace of their own they configure their own network
+//! namespace freely; its way out is through sockets of the host's, which the socket hooks judge.
+//!
+//! `mount_setattr(2)`, which changes a mount's flags and propagation, has no LSM hook; its first
+//! step is the CAP_SYS_ADMIN check of `may_mount()`, which is refused here when the system call
+//! is mount_setattr and the caller is in the host's mount namespace.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    macros::lsm,
+    programs::LsmContext,
+};
+use gatekeeper_common::{MountRefusal, TamperHook};
+
+use crate::{
+    mounts::caller_in_host_namespace,
+    offsets::{OFF_PT_REGS_ORIG_AX, OFF_USER_NS_LEVEL},
+    read::read_field,
+    verdict::{EPERM, agent_cgroup, tamper},
+};
+
+const CAP_NET_ADMIN: i32 = 12;
+const CAP_SYS_ADMIN: i32 = 21;
+/// A check that only probes (`ns_capable_noaudit`): refused quietly, it is no attempt.
+const CAP_OPT_NOAUDIT: u32 = 1 << 1;
+/// mount_setattr in the x86-64 and the 32-bit system call tables alike.
+const NR_MOUNT_SETATTR: u64 = 442;
+/// Marks x32 system calls.
+const X32_SYSCALL_BIT: u64 = 0x4000_0000;
+
+#[lsm(hook = "capable")]
+pub fn capable(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(4);
+    if previous != 0 {
+        return previous;
+    }
+    // The capability first: every other check on the host costs one comparison.
+    let capability: i32 = ctx.arg(2);
+    if capability != CAP_NET_ADMIN && capability != CAP_SYS_ADMIN {
+        return 0;
+    }
+    let Some(agent) = agent_cgroup() else {
+        return 0;
+    };
+    if capability == CAP_SYS_ADMIN {
+        return mount_setattr(agent);
+    }
+    let namespace: *const u8 = ctx.arg(1);
+    match unsafe { read_field::<u32>(namespace, &OFF_USER_NS_LEVEL) } {
+        // A user namespace below the initial one: the agent's own.
+        Ok(level) if level > 0 => 0,
+        _ => {
+            let options: u32 = ctx.arg(3);
+            if options & CAP_OPT_NOAUDIT != 0 {
+                return -EPERM;
+            }
+            tamper(agent, TamperHook::NetAdmin, [capability as u64, 0])
+        }
+    }
+}
+
+/// The verdict on an agent's CAP_SYS_ADMIN check: refused if it is mount_setattr's in the
+/// host's mount namespace.
+#[inline(always)]
+fn mount_setattr(agent: u64) -> i32 {
+    let syscall = unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
+        read_field::<u64>(regs, &OFF_PT_REGS_ORIG_AX)
+    };
+    match syscall {
+        Ok(number) if number & !X32_SYSCALL_BIT != NR_MOUNT_SETATTR => 0,
+        Ok(_) if !caller_in_host_namespace() => 0,
+        Ok(_) => tamper(
+            agent,
+            TamperHook::MountSetattr,
+            [0, MountRefusal::HostNamespace as u64],
+        ),
+        // Unreadable registers: any CAP_SYS_ADMIN check of an agent could be this one.
+        Err(_) => -EPERM,
+    }
+}
