@@ -1569,7 +1569,7 @@ fn mount_op(op: &str, args: &[&str]) -> Result<(), i32> {
         // mount-setattr PATH ro|rw: the mount at PATH made read-only or writable again.
         "mount-setattr" => {
             const MOUNT_ATTR_RDONLY: u64 = 1;
-            /// `struct mount_attr`: attr_set, attr_clr, propagation, userns_fd.
+            // `struct mount_attr`: attr_set, attr_clr, propagation, userns_fd.
             let mut attr = [0u64; 4];
             match text(1)? {
                 "ro" => attr[0] = MOUNT_ATTR_RDONLY,
