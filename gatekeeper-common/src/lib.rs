@@ -102,6 +102,9 @@ macro_rules! kernel_members {
             (OFF_USER_NS_LEVEL, "user_namespace", "level"),
             // The system call a hook runs in (x86-64).
             (OFF_PT_REGS_ORIG_AX, "pt_regs", "orig_ax"),
+            // The type of a file system being mounted.
+            (OFF_FS_CONTEXT_FS_TYPE, "fs_context", "fs_type"),
+            (OFF_FS_TYPE_NAME, "file_system_type", "name"),
         }
     };
 }
@@ -133,11 +136,34 @@ pub mod offsets {
     crate::kernel_members!(names_and_members);
 }
 
+/// Hook arguments whose position differs between kernels. The daemon finds it in the kernel's
+/// BTF (the hook's `bpf_lsm_` function) and writes it into the program's global before loading.
+pub mod hook_args {
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct HookArg {
+        /// The program's global that receives the argument's index.
+        pub global: &'static str,
+        /// The BPF LSM function of the hook, as BTF names it.
+        pub function: &'static str,
+        /// How many arguments come after it (the hook's return-value slot not counted).
+        pub from_last: usize,
+    }
+
+    /// `inode_setattr`'s dentry: (dentry, attr) on 6.1, (idmap, dentry, attr) since 6.3.
+    pub const INODE_SETATTR_DENTRY: HookArg = HookArg {
+        global: "ARG_INODE_SETATTR_DENTRY",
+        function: "bpf_lsm_inode_setattr",
+        from_last: 1,
+    };
+
+    pub const ALL: [HookArg; 1] = [INODE_SETATTR_DENTRY];
+}
+
 /// LSM programs, each named after the hook it attaches to.
 pub const EXEC_PROGRAM: &str = "bprm_check_security";
 pub const CONNECT_PROGRAM: &str = "socket_connect";
 pub const SENDMSG_PROGRAM: &str = "socket_sendmsg";
-pub const PROGRAMS: [&str; 38] = [
+pub const PROGRAMS: [&str; 40] = [
     EXEC_PROGRAM,
     CONNECT_PROGRAM,
     SENDMSG_PROGRAM,
@@ -185,6 +211,11 @@ pub const PROGRAMS: [&str; 38] = [
     "file_ioctl_compat",
     // The host's network configuration, and mount_setattr(2), which has no hook of its own.
     "capable",
+    // Network file systems through fsconfig, before they contact a server.
+    "fs_context_parse_param",
+    // Changes of size, mode, owner and times on the inode itself, also made on an agent's
+    // behalf by a stacking file system (an overlay whose upper layer holds a guarded file).
+    "inode_setattr",
 ];
 
 /// Indices into the settings array.

@@ -19,7 +19,7 @@ use aya::{
     },
 };
 use gatekeeper_common::{
-    Counter, GrantKey, GrantValue, PROGRAMS, PortRanges, Setting, Target, maps, offsets,
+    Counter, GrantKey, GrantValue, PROGRAMS, PortRanges, Setting, Target, hook_args, maps, offsets,
 };
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
@@ -49,6 +49,8 @@ pub enum LoaderError {
     Btf(String),
     #[error("kernel BTF has no member {member} in struct {structure}")]
     MissingMember { structure: String, member: String },
+    #[error("kernel BTF has no hook function {0} with the arguments Gatekeeper knows")]
+    MissingHook(&'static str),
     #[error("cannot prepare the eBPF object: {0}")]
     Object(#[from] aya::EbpfError),
     #[error("the eBPF object has no {0}")]
@@ -220,6 +222,36 @@ pub fn offsets_from_kernel(path: &Path) -> Result<Vec<(&'static str, u32)>, Load
         .collect()
 }
 
+/// The index of each of [`hook_args::ALL`] in the running kernel, from its BTF, by global name.
+pub fn hook_args_from_kernel(path: &Path) -> Result<Vec<(&'static str, u32)>, LoaderError> {
+    let btf = btf_rs::Btf::from_file(path).map_err(|error| LoaderError::Btf(error.to_string()))?;
+    hook_args::ALL
+        .iter()
+        .map(|arg| {
+            let count = parameter_count(&btf, arg.function)
+                .ok_or(LoaderError::MissingHook(arg.function))?;
+            let index = count
+                .checked_sub(1 + arg.from_last)
+                .ok_or(LoaderError::MissingHook(arg.function))?;
+            Ok((arg.global, index as u32))
+        })
+        .collect()
+}
+
+/// How many parameters the function `name` takes.
+fn parameter_count(btf: &btf_rs::Btf, name: &str) -> Option<usize> {
+    btf.resolve_types_by_name(name)
+        .ok()?
+        .iter()
+        .find_map(|ty| match ty {
+            btf_rs::Type::Func(function) => match btf.resolve_chained_type(function) {
+                Ok(btf_rs::Type::FuncProto(proto)) => Some(proto.parameters.len()),
+                _ => None,
+            },
+            _ => None,
+        })
+}
+
 fn member_offset(btf: &btf_rs::Btf, structure: &str, member: &str) -> Result<u32, LoaderError> {
     let missing = || LoaderError::MissingMember {
         structure: structure.to_owned(),
@@ -263,11 +295,12 @@ impl Kernel {
         check_bpf_lsm()?;
         prepare_pin_dir(pin_dir)?;
         let offsets = offsets_from_kernel(Path::new(VMLINUX_BTF))?;
+        let hook_args = hook_args_from_kernel(Path::new(VMLINUX_BTF))?;
         let btf = Btf::from_sys_fs().map_err(|error| LoaderError::Btf(error.to_string()))?;
         let mut loader = EbpfLoader::new();
         loader.btf(Some(&btf)).default_map_pin_directory(pin_dir);
-        for (global, offset) in &offsets {
-            loader.override_global(global, offset, true);
+        for (global, value) in offsets.iter().chain(&hook_args) {
+            loader.override_global(global, value, true);
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
 

@@ -28,6 +28,11 @@ use crate::{
 #[map]
 static DAEMON_FILES: HashMap<Target, u32> = HashMap::pinned(MAX_DAEMON_FILES, 0);
 
+/// The index of `inode_setattr`'s dentry argument on the running kernel
+/// ([`gatekeeper_common::hook_args::INODE_SETATTR_DENTRY`]), written by the daemon.
+#[unsafe(no_mangle)]
+static ARG_INODE_SETATTR_DENTRY: u32 = 0;
+
 const FMODE_WRITE: u32 = 0x2;
 /// `f_flags` bits: an exec's own open, and truncation on open (which needs no write mode).
 const FMODE_EXEC_FLAG: u32 = 0x20;
@@ -308,6 +313,21 @@ pub fn path_chmod(ctx: LsmContext) -> i32 {
 #[lsm(hook = "path_chown")]
 pub fn path_chown(ctx: LsmContext) -> i32 {
     guard_path(ctx.arg(0))
+}
+
+/// Size, mode, owner and times, on the inode that changes: also when a stacking file system
+/// (overlayfs) changes the file below on the agent's behalf, which passes no path hook.
+#[lsm(hook = "inode_setattr")]
+pub fn inode_setattr(ctx: LsmContext) -> i32 {
+    let Some(agent) = agent_cgroup() else {
+        return 0;
+    };
+    // Volatile so the compiler does not fold the placeholder zero; the loader rewrites it.
+    let dentry: *const u8 = match unsafe { core::ptr::read_volatile(&ARG_INODE_SETATTR_DENTRY) } {
+        0 => ctx.arg(0),
+        _ => ctx.arg(1),
+    };
+    unsafe { guard_dentry(agent, dentry) }
 }
 
 /// Extended attributes (file capabilities, ACLs on 6.1, security labels). The dentry is the

@@ -196,3 +196,13 @@ pub fn floor_file_ioctl_compat(ctx: LsmContext) -> i32 {
 pub fn floor_capable(ctx: LsmContext) -> i32 {
     ctx.arg(4)
 }
+
+#[lsm(hook = "fs_context_parse_param")]
+pub fn floor_fs_context_parse_param(ctx: LsmContext) -> i32 {
+    ctx.arg(2)
+}
+
+#[lsm(hook = "inode_setattr")]
+pub fn floor_inode_setattr(_ctx: LsmContext) -> i32 {
+    0
+}

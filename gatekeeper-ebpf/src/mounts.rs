@@ -11,8 +11,9 @@
 //!
 //! Network file systems (NFS, SMB, Ceph, 9P, AFS) are never mounted by an agent: their
 //! kernel-made sockets pass no socket hook, so such a mount would reach any server, a protected
-//! one too. mount(2) is refused by the type's name, before the kernel contacts the server; a
-//! superblock made through fsconfig is refused by its magic once made.
+//! one too. They are refused by the type's name before the kernel contacts the server: in
+//! mount(2), and for each parameter the new API (fsconfig) or mount(2) passes; and by magic
+//! for any superblock made that slipped past both.
 //!
 //! The mount tree is read without the kernel's locks: a tree changing under the walk can only
 //! make it fail, and a walk that fails refuses.
@@ -26,9 +27,10 @@ use gatekeeper_common::{MountRefusal, Setting, TamperHook};
 
 use crate::{
     offsets::{
-        OFF_LIST_HEAD_NEXT, OFF_MNT_NS_NS, OFF_MOUNT_CHILD, OFF_MOUNT_INSTANCE, OFF_MOUNT_MNT,
-        OFF_MOUNT_MOUNTS, OFF_MOUNT_NS, OFF_MOUNT_PARENT, OFF_NS_COMMON_INUM, OFF_NSPROXY_MNT_NS,
-        OFF_PATH_MNT, OFF_SB_MOUNTS, OFF_TASK_NSPROXY, OFF_VFSMOUNT_FLAGS, OFF_VFSMOUNT_SB,
+        OFF_FS_CONTEXT_FS_TYPE, OFF_FS_TYPE_NAME, OFF_LIST_HEAD_NEXT, OFF_MNT_NS_NS,
+        OFF_MOUNT_CHILD, OFF_MOUNT_INSTANCE, OFF_MOUNT_MNT, OFF_MOUNT_MOUNTS, OFF_MOUNT_NS,
+        OFF_MOUNT_PARENT, OFF_NS_COMMON_INUM, OFF_NSPROXY_MNT_NS, OFF_PATH_MNT, OFF_SB_MOUNTS,
+        OFF_TASK_NSPROXY, OFF_VFSMOUNT_FLAGS, OFF_VFSMOUNT_SB,
     },
     read::{BPF_FS_MAGIC, CGROUP_SUPER_MAGIC, field_offset, read_field, sb_magic},
     verdict::{agent_cgroup, setting, tamper},
@@ -247,6 +249,28 @@ pub fn sb_mount(ctx: LsmContext) -> i32 {
         return refuse(agent, TamperHook::Mount, flags, MountRefusal::Shared);
     }
     0
+}
+
+/// Each parameter of a mount, through fsconfig or mount(2), before the superblock is made.
+#[lsm(hook = "fs_context_parse_param")]
+pub fn fs_context_parse_param(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return previous;
+    }
+    let Some(agent) = agent_cgroup() else {
+        return 0;
+    };
+    let context: *const u8 = ctx.arg(0);
+    let name = unsafe {
+        read_field::<*const u8>(context, &OFF_FS_CONTEXT_FS_TYPE)
+            .and_then(|fs_type| read_field::<*const u8>(fs_type, &OFF_FS_TYPE_NAME))
+    };
+    match name.map(|name| unsafe { network_fs_name(name) }) {
+        Ok((_, false)) => 0,
+        Ok((word, true)) => refuse(agent, TamperHook::MountFs, word, MountRefusal::Filesystem),
+        Err(_) => refuse(agent, TamperHook::MountFs, 0, MountRefusal::Unchecked),
+    }
 }
 
 /// move_mount(2): what fsmount and open_tree(OPEN_TREE_CLONE) made reaches a namespace only here.

@@ -505,9 +505,8 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
             unix_socket_op("stream", text(1)?)
         }
         "mount" | "bind" | "move" | "umount-lazy" | "pivot-root" | "fsmount" | "open-tree"
-        | "fspick-ro" | "in-ns" | "runtime" | "mount-remount" | "mount-setattr" => {
-            mount_op(op, args)
-        }
+        | "fspick-ro" | "in-ns" | "runtime" | "mount-remount" | "mount-setattr"
+        | "overlay-then" => mount_op(op, args),
         "unshare-net-write" => unshare_net_write(text(0)?, text(1)?, text(2)?),
         // add|del ADDRESS [host|own-netns|own-userns]
         "net-address" => net_address(text(0)?, text(1)?, args.get(2).copied().unwrap_or("host")),
@@ -852,6 +851,11 @@ fn attack(op: &str, args: &[&str]) -> Result<(), i32> {
             let path = c_path(text(0)?)?;
             let mode = u32::from_str_radix(text(1)?, 8).map_err(|_| libc::EINVAL)?;
             errno_of(unsafe { libc::chmod(path.as_ptr(), mode) } as libc::c_long)
+        }
+        "chown" => {
+            let path = c_path(text(0)?)?;
+            let owner: libc::uid_t = text(1)?.parse().map_err(|_| libc::EINVAL)?;
+            errno_of(unsafe { libc::chown(path.as_ptr(), owner, owner) } as libc::c_long)
         }
         "setxattr" => {
             let (path, name) = (c_path(text(0)?)?, c_path(text(1)?)?);
@@ -1566,6 +1570,18 @@ fn mount_op(op: &str, args: &[&str]) -> Result<(), i32> {
             tamper(text(1)?, args.get(2..).unwrap_or_default())
         }
         "runtime" => runtime(text(0)?),
+        // overlay-then LOWER UPPER WORK MERGED OP [ARGS...]: an overlay at MERGED, then OP
+        // (in the same mount namespace).
+        "overlay-then" => {
+            let options = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                text(0)?,
+                text(1)?,
+                text(2)?
+            );
+            mount("overlay", text(3)?, Some("overlay"), 0, Some(&options))?;
+            tamper(text(4)?, args.get(5..).unwrap_or_default())
+        }
         // mount-setattr PATH ro|rw: the mount at PATH made read-only or writable again.
         "mount-setattr" => {
             const MOUNT_ATTR_RDONLY: u64 = 1;

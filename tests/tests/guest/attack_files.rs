@@ -5,7 +5,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    os::unix::fs::PermissionsExt as _,
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::Path,
     process::{Command, Stdio},
 };
@@ -863,4 +863,100 @@ fn agents_make_no_guarded_file_immutable() {
         event["hook"] == "protected_change"
     });
     scenario.wait_journal("tamper_attempt", |event| event["hook"] == "daemon_file");
+}
+
+/// An overlay whose upper layer is the directory of a guarded file changes that file on the
+/// agent's behalf: the path hooks see the overlay's inode, `inode_setattr` the real one. A root
+/// agent in a private mount namespace truncates, chmods and chowns nothing through it.
+#[test]
+fn an_overlay_changes_no_guarded_file() {
+    assert!(
+        std::fs::read_to_string("/proc/filesystems")
+            .unwrap()
+            .contains("\toverlay\n"),
+        "the guest has overlayfs loaded"
+    );
+    let scenario = Scenario::start("attack-overlay", Options::default());
+    let protected = &scenario.protected;
+    let name = protected.file_name().unwrap().to_str().unwrap();
+    let journal_name = scenario.journal.file_name().unwrap().to_str().unwrap();
+    let before = std::fs::metadata(protected).unwrap();
+    let journal_before = std::fs::metadata(&scenario.journal).unwrap();
+    // Lower, work and mount point beside the scenario, on the same file system as the uppers.
+    let scratch = scenario.dir.with_extension("overlay");
+    let lower = scratch.join("lower");
+    std::fs::create_dir_all(&lower).unwrap();
+    let mut attempt = 0;
+    let mut through_overlay = |cgroup: &Path, upper: &Path, op: &str, file: &str, arg: &str| {
+        attempt += 1;
+        let (work, merged) = (
+            scratch.join(format!("work{attempt}")),
+            scratch.join(format!("m{attempt}")),
+        );
+        std::fs::create_dir_all(&work).unwrap();
+        std::fs::create_dir_all(&merged).unwrap();
+        let target = text(&merged.join(file));
+        let mut args = vec!["private", "overlay-then"];
+        let (lower, upper, work, merged) = (text(&lower), text(upper), text(&work), text(&merged));
+        args.extend([
+            lower.as_str(),
+            upper.as_str(),
+            work.as_str(),
+            merged.as_str(),
+            op,
+            &target,
+        ]);
+        if !arg.is_empty() {
+            args.push(arg);
+        }
+        scenario.tamper(cgroup, "in-ns", &args)
+    };
+    let protected_dir = protected.parent().unwrap();
+    let journal_dir = scenario.journal.parent().unwrap();
+    let agents = &scenario.agents;
+    for (op, arg) in [("truncate", ""), ("chmod", "4777"), ("chown", "1001")] {
+        assert_eq!(
+            through_overlay(agents, protected_dir, op, name, arg),
+            Outcome::Denied,
+            "{op} of the protected file through an overlay"
+        );
+    }
+    for (op, arg) in [("chmod", "666"), ("chown", "1001")] {
+        assert_eq!(
+            through_overlay(agents, journal_dir, op, journal_name, arg),
+            Outcome::Denied,
+            "{op} of the journal through an overlay"
+        );
+    }
+    let after = std::fs::metadata(protected).unwrap();
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "the protected file kept its content"
+    );
+    assert_eq!(after.mode(), before.mode(), "and its mode");
+    assert_eq!(after.uid(), before.uid(), "and its owner");
+    let journal = std::fs::metadata(&scenario.journal).unwrap();
+    assert_eq!(
+        journal.mode(),
+        journal_before.mode(),
+        "the journal kept its mode"
+    );
+    assert_eq!(journal.uid(), journal_before.uid(), "and its owner");
+    scenario.wait_journal("tamper_attempt", |event| {
+        event["hook"] == "protected_change"
+    });
+    scenario.wait_journal("tamper_attempt", |event| event["hook"] == "daemon_file");
+
+    // From outside, the same overlay changes the file.
+    let outside = &scenario.outside;
+    assert_eq!(
+        through_overlay(outside, protected_dir, "chmod", name, "700"),
+        Outcome::Ok
+    );
+    assert_eq!(
+        through_overlay(outside, protected_dir, "truncate", name, ""),
+        Outcome::Ok
+    );
+    assert_eq!(std::fs::metadata(protected).unwrap().len(), 0);
 }
