@@ -7,7 +7,8 @@
 //! and, in allowlist mode, takes a file opened for writing off the allowlist.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_task, macros::lsm, macros::map, maps::HashMap, programs::LsmContext,
+    EbpfContext as _, helpers::bpf_get_current_task, macros::lsm, macros::map, maps::HashMap,
+    programs::LsmContext,
 };
 use gatekeeper_common::{MAX_DAEMON_FILES, TamperHook, Target, daemon_file, file_access};
 
@@ -322,10 +323,19 @@ pub fn inode_setattr(ctx: LsmContext) -> i32 {
     let Some(agent) = agent_cgroup() else {
         return 0;
     };
-    // Volatile so the compiler does not fold the placeholder zero; the loader rewrites it.
-    let dentry: *const u8 = match unsafe { core::ptr::read_volatile(&ARG_INODE_SETATTR_DENTRY) } {
-        0 => ctx.arg(0),
-        _ => ctx.arg(1),
+    // Both arguments are read at fixed offsets, as the verifier demands of the context (volatile,
+    // so the compiler does not turn the choice into one read at a chosen offset); the index is
+    // volatile so its placeholder zero is not folded.
+    let args = ctx.as_ptr() as *const *const u8;
+    let (first, second) = unsafe {
+        (
+            core::ptr::read_volatile(args),
+            core::ptr::read_volatile(args.add(1)),
+        )
+    };
+    let dentry = match unsafe { core::ptr::read_volatile(&ARG_INODE_SETATTR_DENTRY) } {
+        0 => first,
+        _ => second,
     };
     unsafe { guard_dentry(agent, dentry) }
 }
