@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{cmd_output, run};
+use crate::{cmd_output, run, setup};
 
 /// Where the project's binaries go inside the guest (busybox owns /bin).
 pub const GUEST_BIN: &str = "/usr/local/bin";
@@ -32,6 +32,12 @@ mount -t tmpfs run /run
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t securityfs securityfs /sys/kernel/security
 mount -t bpf bpf /sys/fs/bpf
+# overlayfs and NFS are modules in these kernels; setup put them here, dependencies first.
+m=/lib/modules/$(uname -r)
+[ -f $m/order ] && for name in $(cat $m/order); do
+  insmod $m/$name.ko || echo "guest: insmod $name failed"
+done
+echo "guest: modules:" $(cut -d' ' -f1 /proc/modules)
 ip link set lo up
 mode=$(sed -n 's/.*gk\.mode=\([a-z-]*\).*/\1/p' /proc/cmdline)
 filter=$(sed -n 's/.*gk\.filter=\([A-Za-z0-9_:,]*\).*/\1/p' /proc/cmdline | tr , ' ')
@@ -93,6 +99,7 @@ pub fn populate_root(out: &Path, binaries: &[(PathBuf, &str)]) -> anyhow::Result
         libraries.extend(linked_libraries(source, &[])?);
     }
     copy_libraries(&root, libraries, None)?;
+    copy_modules(&root)?;
     std::fs::write(root.join("etc/passwd"), PASSWD)?;
     std::fs::write(root.join("etc/group"), GROUP)?;
     std::fs::write(root.join("etc/hosts"), HOSTS)?;
@@ -101,6 +108,30 @@ pub fn populate_root(out: &Path, binaries: &[(PathBuf, &str)]) -> anyhow::Result
     std::fs::write(&init, INIT)?;
     run(Command::new("chmod").arg("755").arg(&init))?;
     Ok(root)
+}
+
+/// Copies every kernel's modules (`modules-<label>/<release>` in the cache) to
+/// `/lib/modules/<release>`: one initramfs serves all kernels, and /init picks by `uname -r`.
+fn copy_modules(root: &Path) -> anyhow::Result<()> {
+    let cache = setup::cache_dir();
+    let entries = std::fs::read_dir(&cache).with_context(|| format!("read {}", cache.display()))?;
+    for entry in entries {
+        let entry = entry?;
+        if !entry.file_name().to_string_lossy().starts_with("modules-") {
+            continue;
+        }
+        for release in std::fs::read_dir(entry.path())? {
+            let release = release?;
+            let target = root.join("lib/modules").join(release.file_name());
+            std::fs::create_dir_all(&target)?;
+            for file in std::fs::read_dir(release.path())? {
+                let file = file?;
+                std::fs::copy(file.path(), target.join(file.file_name()))
+                    .with_context(|| format!("copy {} into the guest", file.path().display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Copies `libraries` into the guest `root` at the paths the loader looks for them; those under

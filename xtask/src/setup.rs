@@ -2,6 +2,7 @@
 //! Debian kernels the guests boot. Each step checks first, so a second run costs seconds.
 
 use std::{
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     process::Command,
 };
@@ -19,10 +20,14 @@ pub const KERNELS: [(&str, &str); 2] = [
     ),
 ];
 
-const APT_PACKAGES: [(&str, &str); 3] = [
+/// Modules the guests load at boot (with their dependencies), for tests that need overlayfs or NFS.
+pub const GUEST_MODULES: [&str; 2] = ["overlay", "nfsv3"];
+
+const APT_PACKAGES: [(&str, &str); 4] = [
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("busybox-static", "/bin/busybox"),
     ("cpio", "/usr/bin/cpio"),
+    ("xz-utils", "/usr/bin/xz"),
 ];
 
 /// Where downloaded kernels live: outside the checkout, so fresh clones on this machine reuse them.
@@ -39,6 +44,20 @@ pub fn kernel_image(label: &str) -> PathBuf {
     cache_dir().join(format!("vmlinuz-{label}"))
 }
 
+/// Where a kernel's modules live: `modules-{label}/<release>/`, with `<name>.ko` files and `order`.
+fn modules_dir(label: &str) -> PathBuf {
+    cache_dir().join(format!("modules-{label}"))
+}
+
+/// Whether the kernel's modules were extracted (`order` is written last, so it marks completion).
+fn has_modules(label: &str) -> bool {
+    std::fs::read_dir(modules_dir(label)).is_ok_and(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .any(|entry| entry.path().join("order").exists())
+    })
+}
+
 /// Whether everything is already in place (no network, no changes).
 pub fn is_complete() -> bool {
     APT_PACKAGES
@@ -48,7 +67,7 @@ pub fn is_complete() -> bool {
         && has_bpf_linker()
         && KERNELS
             .iter()
-            .all(|(label, _)| kernel_image(label).exists())
+            .all(|(label, _)| kernel_image(label).exists() && has_modules(label))
 }
 
 pub fn setup() -> anyhow::Result<()> {
@@ -90,7 +109,8 @@ pub fn setup() -> anyhow::Result<()> {
 
     std::fs::create_dir_all(cache_dir())?;
     for (label, pattern) in KERNELS {
-        if kernel_image(label).exists() {
+        // Caches from before modules were kept have the image alone: fetch the package again.
+        if kernel_image(label).exists() && has_modules(label) {
             continue;
         }
         apt_update(&mut apt_updated)?;
@@ -243,7 +263,7 @@ fn install_bpf_linker() -> anyhow::Result<()> {
 }
 
 /// Downloads the newest package matching `pattern` (falling back to older ones the mirror still
-/// has) and keeps only its kernel image.
+/// has) and keeps only its kernel image and the modules in [`GUEST_MODULES`].
 fn fetch_kernel(label: &str, pattern: &str) -> anyhow::Result<()> {
     let found = cmd_output(Command::new("apt-cache").args(["search", "--names-only", pattern]))?;
     let mut packages: Vec<&str> = found
@@ -281,16 +301,123 @@ fn fetch_kernel(label: &str, pattern: &str) -> anyhow::Result<()> {
                     .is_some_and(|n| n.starts_with("vmlinuz-"))
             })
             .with_context(|| format!("{package} has no kernel image"))?;
-        std::fs::copy(&image, kernel_image(label))?;
+        // Staged in the work dir and renamed into place, so nothing is ever half there (guests
+        // may be booting the old image right now). Modules go last: they mark the kernel done.
+        let staged = work.join("modules");
+        let loaded = extract_modules(&extract, &staged)
+            .with_context(|| format!("extract modules from {package}"))?;
+        let copied = work.join("vmlinuz");
+        std::fs::copy(&image, &copied)?;
+        std::fs::rename(&copied, kernel_image(label))?;
         std::fs::write(
             cache_dir().join(format!("vmlinuz-{label}.package")),
             package,
         )?;
+        let modules = modules_dir(label);
+        let _ = std::fs::remove_dir_all(&modules);
+        std::fs::rename(&staged, &modules)
+            .with_context(|| format!("move modules to {}", modules.display()))?;
         std::fs::remove_dir_all(&work)?;
-        eprintln!("setup: kernel {label} from {package}");
+        eprintln!(
+            "setup: kernel {label} from {package}, modules {}",
+            loaded.join(" ")
+        );
         return Ok(());
     }
     bail!("no package matching {pattern} could be downloaded (run apt-get update?)")
+}
+
+/// Copies [`GUEST_MODULES`] and the modules they depend on from the unpacked package `extract`
+/// to `out/<release>/<name>.ko` (decompressed), then writes `order`. Returns the load order.
+fn extract_modules(extract: &Path, out: &Path) -> anyhow::Result<Vec<String>> {
+    let lib = extract.join("lib/modules");
+    let release = std::fs::read_dir(&lib)
+        .with_context(|| format!("read {}", lib.display()))?
+        .filter_map(Result::ok)
+        .find(|entry| entry.path().is_dir())
+        .with_context(|| format!("no release directory in {}", lib.display()))?
+        .file_name();
+    let mut files = HashMap::new();
+    index_modules(&lib.join(&release).join("kernel"), &mut files)?;
+    let target = out.join(&release);
+    std::fs::create_dir_all(&target)?;
+    let mut order = Vec::new();
+    let mut seen = HashSet::new();
+    for name in GUEST_MODULES {
+        add_module(name, &files, &target, &mut seen, &mut order)?;
+    }
+    std::fs::write(target.join("order"), order.join("\n") + "\n")?;
+    Ok(order)
+}
+
+/// Module name (dashes made underscores, as the kernel names them) to file, under `dir`.
+fn index_modules(dir: &Path, files: &mut HashMap<String, PathBuf>) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            index_modules(&path, files)?;
+            continue;
+        }
+        let file = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if let Some(name) = file
+            .strip_suffix(".ko")
+            .or_else(|| file.strip_suffix(".ko.xz"))
+        {
+            files.insert(name.replace('-', "_"), path);
+        }
+    }
+    Ok(())
+}
+
+/// Copies module `name` to `target`, after its dependencies, appending each to `order`.
+fn add_module(
+    name: &str,
+    files: &HashMap<String, PathBuf>,
+    target: &Path,
+    seen: &mut HashSet<String>,
+    order: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    if !seen.insert(name.to_owned()) {
+        return Ok(());
+    }
+    let path = files
+        .get(name)
+        .with_context(|| format!("no module {name} in the package"))?;
+    let bytes = if path.extension().is_some_and(|ext| ext == "xz") {
+        let output = Command::new("xz")
+            .arg("-dc")
+            .arg(path)
+            .output()
+            .context("cannot run xz")?;
+        if !output.status.success() {
+            bail!("xz -dc {} failed: {}", path.display(), output.status);
+        }
+        output.stdout
+    } else {
+        std::fs::read(path).with_context(|| format!("read {}", path.display()))?
+    };
+    for dependency in module_depends(&bytes) {
+        add_module(&dependency, files, target, seen, order)
+            .with_context(|| format!("{name} depends on {dependency}"))?;
+    }
+    std::fs::write(target.join(format!("{name}.ko")), &bytes)?;
+    order.push(name.to_owned());
+    Ok(())
+}
+
+/// The `depends=` entry of a module's .modinfo section: NUL-terminated, comma-separated names.
+fn module_depends(bytes: &[u8]) -> Vec<String> {
+    const KEY: &[u8] = b"\0depends=";
+    let Some(start) = bytes.windows(KEY.len()).position(|window| window == KEY) else {
+        return Vec::new();
+    };
+    let value = &bytes[start + KEY.len()..];
+    let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
+    String::from_utf8_lossy(&value[..end])
+        .split(',')
+        .filter(|name| !name.is_empty())
+        .map(|name| name.replace('-', "_"))
+        .collect()
 }
 
 /// Orders package names by the numbers in them, so 6.1.0-56 sorts after 6.1.0-9.
@@ -303,7 +430,14 @@ fn version_key(name: &str) -> Vec<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::version_key;
+    use super::{module_depends, version_key};
+
+    #[test]
+    fn depends_read_from_modinfo() {
+        let modinfo = b"\x7fELF\0license=GPL\0depends=sunrpc,nfs-acl\0intree=Y\0";
+        assert_eq!(module_depends(modinfo), ["sunrpc", "nfs_acl"]);
+        assert!(module_depends(b"\0depends=\0name=overlay\0").is_empty());
+    }
 
     #[test]
     fn newest_kernel_sorts_last() {
