@@ -13,7 +13,7 @@ use aya_ebpf::{
 use gatekeeper_common::{MAX_DAEMON_FILES, TamperHook, Target, daemon_file, file_access};
 
 use crate::{
-    exec::{exec_target, inode_target, runs_protected},
+    exec::{exec_target, inode_target, note_exec_open, runs_protected},
     offsets::{
         OFF_DENTRY_INODE, OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_FILE_FLAGS, OFF_FILE_INODE,
         OFF_FILE_MODE, OFF_FILE_PATH, OFF_INODE_MODE, OFF_INODE_RDEV, OFF_INODE_SB,
@@ -178,7 +178,9 @@ unsafe fn agent_open(agent: u64, file: *const u8) -> Result<i32, i32> {
         return Ok(tamper(agent, TamperHook::StackedOpen, target.data));
     }
     if access.exec {
-        // The exec's own open: bprm_check_security decides the exec.
+        // The exec's own open: bprm_check_security decides the exec, and checks that it runs
+        // this very file.
+        note_exec_open(target);
         return Ok(0);
     }
     let [dev, ino] = target.data;
