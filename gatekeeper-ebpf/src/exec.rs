@@ -1,13 +1,9 @@
 //! `bprm_check_security`: exec of a protected binary, matched by the file's (device, inode); in
 //! allowlist mode, of anything not allowlisted; and never of a file outside every mounted
-//! filesystem (a memfd copy), nor of a protected binary through a stacking file system.
+//! filesystem (a memfd copy). A protected binary's exec through a stacking file system is
+//! refused at the open of the file below (`file_open`).
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
-    macros::{lsm, map},
-    maps::LruHashMap,
-    programs::LsmContext,
-};
+use aya_ebpf::{helpers::bpf_get_current_task, macros::lsm, programs::LsmContext};
 use gatekeeper_common::{TamperHook, Target, file_access};
 
 use crate::{
@@ -26,32 +22,6 @@ use crate::{
 /// Marks the kernel's own mounts (shmem behind memfd, pipes, sockets): no path leads there.
 const MNT_INTERNAL: i32 = 0x4000;
 
-/// Per thread, the protected file its exec opened, until the exec's bprm_check_security. A
-/// stacking file system (overlayfs) opens the real file under its own, and the exec then
-/// carries the stacked file, whose inode is not the protected one. (6.1 marks such opens with
-/// the stacked path, 6.12 not: this holds on both.)
-#[map]
-static EXEC_OPENS: LruHashMap<u64, Target> = LruHashMap::with_max_entries(EXEC_OPENS_ENTRIES, 0);
-
-const EXEC_OPENS_ENTRIES: u32 = 1024;
-
-/// Notes that the current thread's exec opened the protected `target`.
-#[inline(always)]
-pub fn note_exec_open(target: Target) {
-    let _ = EXEC_OPENS.insert(bpf_get_current_pid_tgid(), target, 0);
-}
-
-/// The protected file the current thread's exec opened, forgotten as it is read.
-#[inline(always)]
-fn take_exec_open() -> Option<Target> {
-    let thread = bpf_get_current_pid_tgid();
-    let opened = EXEC_OPENS.get_ptr(thread).map(|target| unsafe { *target });
-    if opened.is_some() {
-        let _ = EXEC_OPENS.remove(thread);
-    }
-    opened
-}
-
 #[lsm(hook = "bprm_check_security")]
 pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     // An earlier LSM program's denial stands; non-agents pass.
@@ -69,15 +39,9 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
         Ok(true) => return tamper(agent_cgroup_id, TamperHook::ExecInternal, [0, 0]),
         Err(_) => return -EPERM,
     }
-    let opened = take_exec_open();
     let Ok(target) = (unsafe { exec_target(file) }) else {
         return -EPERM;
     };
-    if let Some(opened) = opened
-        && opened != target
-    {
-        return tamper(agent_cgroup_id, TamperHook::StackedOpen, opened.data);
-    }
     if !is_protected(&target) && !needs_allowlist_approval(&target) {
         return 0;
     }

@@ -13,7 +13,7 @@ use aya_ebpf::{
 use gatekeeper_common::{MAX_DAEMON_FILES, TamperHook, Target, daemon_file, file_access};
 
 use crate::{
-    exec::{exec_target, inode_target, note_exec_open, runs_protected},
+    exec::{exec_target, inode_target, runs_protected},
     offsets::{
         OFF_DENTRY_INODE, OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_FILE_FLAGS, OFF_FILE_INODE,
         OFF_FILE_MODE, OFF_FILE_PATH, OFF_INODE_MODE, OFF_INODE_RDEV, OFF_INODE_SB,
@@ -90,11 +90,22 @@ fn unchangeable(target: &Target) -> Option<TamperHook> {
     }
 }
 
-/// Whether the file is opened through a stacking filesystem: its path is on another
-/// superblock than its inode (overlayfs opens the file below on the caller's behalf).
+/// `FMODE_BACKING` on the running kernel (0 where it has none), written by the daemon.
+#[unsafe(no_mangle)]
+static FMODE_BACKING: u32 = 0;
+
+/// Whether the file is opened by a stacking filesystem (overlayfs) below its own, on the
+/// caller's behalf: marked as a backing file (6.5 and later), or, before, carrying the stacked
+/// path, on another superblock than its inode. Its exec then carries the stacked file, whose
+/// inode is not the protected one.
 #[inline(always)]
 unsafe fn is_stacked(file: *const u8) -> Result<bool, i32> {
     unsafe {
+        // Volatile so the compiler does not fold the placeholder zero; the loader rewrites it.
+        let backing = core::ptr::read_volatile(&FMODE_BACKING);
+        if read_field::<u32>(file, &OFF_FILE_MODE)? & backing != 0 {
+            return Ok(true);
+        }
         let path = member_ptr(file, &OFF_FILE_PATH);
         let mnt: *const u8 = read_field(path, &OFF_PATH_MNT)?;
         let path_sb: *const u8 = read_field(mnt, &OFF_VFSMOUNT_SB)?;
@@ -178,9 +189,7 @@ unsafe fn agent_open(agent: u64, file: *const u8) -> Result<i32, i32> {
         return Ok(tamper(agent, TamperHook::StackedOpen, target.data));
     }
     if access.exec {
-        // The exec's own open: bprm_check_security decides the exec, and checks that it runs
-        // this very file.
-        note_exec_open(target);
+        // The exec's own open: bprm_check_security decides the exec.
         return Ok(0);
     }
     let [dev, ino] = target.data;
