@@ -67,6 +67,9 @@ macro_rules! kernel_members {
             (OFF_INODE_RDEV, "inode", "i_rdev"),
             (OFF_TASK_PTRACE, "task_struct", "ptrace"),
             (OFF_TASK_FLAGS, "task_struct", "flags"),
+            // Credentials a kernel service put over the task's own (overlayfs opening below).
+            (OFF_TASK_CRED, "task_struct", "cred"),
+            (OFF_TASK_REAL_CRED, "task_struct", "real_cred"),
             (OFF_DENTRY_NAME, "dentry", "d_name"),
             (OFF_QSTR_NAME, "qstr", "name"),
             (OFF_DENTRY_PARENT, "dentry", "d_parent"),
@@ -157,23 +160,6 @@ pub mod hook_args {
     };
 
     pub const ALL: [HookArg; 1] = [INODE_SETATTR_DENTRY];
-}
-
-/// Kernel constants that are not in BTF and moved between releases, by release.
-pub mod release_constants {
-    /// The program's global that receives [`fmode_backing`].
-    pub const FMODE_BACKING: &str = "FMODE_BACKING";
-
-    /// `FMODE_BACKING`, the `f_mode` flag of a file a stacking file system (overlayfs) opened
-    /// below its own, on kernel `major.minor`: none before 6.5 (such files carry the stacked path
-    /// instead), bit 25 from 6.5, bit 24 from 6.14.
-    pub const fn fmode_backing(major: u32, minor: u32) -> u32 {
-        match (major, minor) {
-            (0..=5, _) | (6, 0..=4) => 0,
-            (6, 5..=13) => 1 << 25,
-            _ => 1 << 24,
-        }
-    }
 }
 
 /// LSM programs, each named after the hook it attaches to.
@@ -776,19 +762,6 @@ mod tests {
         // Entries past `count` are ignored.
         ranges.count = 1;
         assert!(!ranges.covers(8000, PROTOCOL_TCP));
-    }
-
-    #[test]
-    fn fmode_backing_follows_the_release() {
-        use crate::release_constants::fmode_backing;
-        assert_eq!(fmode_backing(5, 15), 0);
-        assert_eq!(fmode_backing(6, 1), 0);
-        assert_eq!(fmode_backing(6, 4), 0);
-        assert_eq!(fmode_backing(6, 5), 1 << 25);
-        assert_eq!(fmode_backing(6, 12), 1 << 25);
-        assert_eq!(fmode_backing(6, 13), 1 << 25);
-        assert_eq!(fmode_backing(6, 14), 1 << 24);
-        assert_eq!(fmode_backing(7, 0), 1 << 24);
     }
 
     #[test]

@@ -20,7 +20,6 @@ use aya::{
 };
 use gatekeeper_common::{
     Counter, GrantKey, GrantValue, PROGRAMS, PortRanges, Setting, Target, hook_args, maps, offsets,
-    release_constants,
 };
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
@@ -52,8 +51,6 @@ pub enum LoaderError {
     MissingMember { structure: String, member: String },
     #[error("kernel BTF has no hook function {0} with the arguments Gatekeeper knows")]
     MissingHook(&'static str),
-    #[error("cannot tell the kernel's version from its release {0:?}")]
-    KernelRelease(String),
     #[error("cannot prepare the eBPF object: {0}")]
     Object(#[from] aya::EbpfError),
     #[error("the eBPF object has no {0}")]
@@ -241,29 +238,6 @@ pub fn hook_args_from_kernel(path: &Path) -> Result<Vec<(&'static str, u32)>, Lo
         .collect()
 }
 
-/// The release constants for the running kernel, by global name.
-fn release_constants_of_kernel() -> Result<Vec<(&'static str, u32)>, LoaderError> {
-    let release = nix::sys::utsname::uname()
-        .map_err(|error| LoaderError::KernelRelease(error.to_string()))?
-        .release()
-        .to_string_lossy()
-        .into_owned();
-    let (major, minor) =
-        major_minor(&release).ok_or_else(|| LoaderError::KernelRelease(release.clone()))?;
-    Ok(vec![(
-        release_constants::FMODE_BACKING,
-        release_constants::fmode_backing(major, minor),
-    )])
-}
-
-/// (major, minor) of a kernel release such as `6.12.117+deb12-cloud-amd64`.
-fn major_minor(release: &str) -> Option<(u32, u32)> {
-    let mut numbers = release.split(['.', '-', '+']);
-    let major = numbers.next()?.parse().ok()?;
-    let minor = numbers.next()?.parse().ok()?;
-    Some((major, minor))
-}
-
 /// How many parameters the function `name` takes.
 fn parameter_count(btf: &btf_rs::Btf, name: &str) -> Option<usize> {
     btf.resolve_types_by_name(name)
@@ -322,11 +296,10 @@ impl Kernel {
         prepare_pin_dir(pin_dir)?;
         let offsets = offsets_from_kernel(Path::new(VMLINUX_BTF))?;
         let hook_args = hook_args_from_kernel(Path::new(VMLINUX_BTF))?;
-        let release_constants = release_constants_of_kernel()?;
         let btf = Btf::from_sys_fs().map_err(|error| LoaderError::Btf(error.to_string()))?;
         let mut loader = EbpfLoader::new();
         loader.btf(Some(&btf)).default_map_pin_directory(pin_dir);
-        for (global, value) in offsets.iter().chain(&hook_args).chain(&release_constants) {
+        for (global, value) in offsets.iter().chain(&hook_args) {
             loader.override_global(global, value, true);
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
@@ -541,19 +514,5 @@ impl Kernel {
             .get(&(counter as u32), 0)
             .map(|values| values.iter().sum())
             .unwrap_or(0)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::major_minor;
-
-    #[test]
-    fn major_minor_reads_distribution_releases() {
-        assert_eq!(major_minor("6.12.117+deb12-cloud-amd64"), Some((6, 12)));
-        assert_eq!(major_minor("6.1.0-57-cloud-amd64"), Some((6, 1)));
-        assert_eq!(major_minor("6.14-rc1"), Some((6, 14)));
-        assert_eq!(major_minor("6"), None);
-        assert_eq!(major_minor("linux"), None);
     }
 }

@@ -17,7 +17,8 @@ use crate::{
     offsets::{
         OFF_DENTRY_INODE, OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_FILE_FLAGS, OFF_FILE_INODE,
         OFF_FILE_MODE, OFF_FILE_PATH, OFF_INODE_MODE, OFF_INODE_RDEV, OFF_INODE_SB,
-        OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_QSTR_NAME, OFF_TASK_FLAGS, OFF_VFSMOUNT_SB,
+        OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_QSTR_NAME, OFF_TASK_CRED, OFF_TASK_FLAGS,
+        OFF_TASK_REAL_CRED, OFF_VFSMOUNT_SB,
     },
     read::{BPF_FS_MAGIC, PROC_SUPER_MAGIC, inode_magic, member_ptr, read_at, read_field},
     verdict::{
@@ -90,20 +91,18 @@ fn unchangeable(target: &Target) -> Option<TamperHook> {
     }
 }
 
-/// `FMODE_BACKING` on the running kernel (0 where it has none), written by the daemon.
-#[unsafe(no_mangle)]
-static FMODE_BACKING: u32 = 0;
-
 /// Whether the file is opened by a stacking filesystem (overlayfs) below its own, on the
-/// caller's behalf: marked as a backing file (6.5 and later), or, before, carrying the stacked
-/// path, on another superblock than its inode. Its exec then carries the stacked file, whose
-/// inode is not the protected one.
+/// caller's behalf: with the mounter's credentials put over the caller's, or (6.1) carrying the
+/// stacked path, on another superblock than its inode. 6.12's backing files carry the real path,
+/// so the credentials tell. Its exec would carry the stacked file, whose inode is not the
+/// protected one.
 #[inline(always)]
 unsafe fn is_stacked(file: *const u8) -> Result<bool, i32> {
     unsafe {
-        // Volatile so the compiler does not fold the placeholder zero; the loader rewrites it.
-        let backing = core::ptr::read_volatile(&FMODE_BACKING);
-        if read_field::<u32>(file, &OFF_FILE_MODE)? & backing != 0 {
+        let task = bpf_get_current_task() as *const u8;
+        let effective: *const u8 = read_field(task, &OFF_TASK_CRED)?;
+        let real: *const u8 = read_field(task, &OFF_TASK_REAL_CRED)?;
+        if effective != real {
             return Ok(true);
         }
         let path = member_ptr(file, &OFF_FILE_PATH);
