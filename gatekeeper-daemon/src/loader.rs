@@ -211,25 +211,23 @@ pub fn check_bpf_lsm() -> Result<(), LoaderError> {
 }
 
 /// Byte offsets of [`offsets::MEMBERS`] in the running kernel, from its BTF, by global name.
-pub fn offsets_from_kernel(path: &Path) -> Result<Vec<(&'static str, u32)>, LoaderError> {
-    let btf = btf_rs::Btf::from_file(path).map_err(|error| LoaderError::Btf(error.to_string()))?;
+pub fn offsets_from_kernel(btf: &btf_rs::Btf) -> Result<Vec<(&'static str, u32)>, LoaderError> {
     offsets::MEMBERS
         .iter()
         .map(|member| {
-            let offset = member_offset(&btf, member.structure, member.member)?;
+            let offset = member_offset(btf, member.structure, member.member)?;
             Ok((member.global, offset))
         })
         .collect()
 }
 
 /// The index of each of [`hook_args::ALL`] in the running kernel, from its BTF, by global name.
-pub fn hook_args_from_kernel(path: &Path) -> Result<Vec<(&'static str, u32)>, LoaderError> {
-    let btf = btf_rs::Btf::from_file(path).map_err(|error| LoaderError::Btf(error.to_string()))?;
+pub fn hook_args_from_kernel(btf: &btf_rs::Btf) -> Result<Vec<(&'static str, u32)>, LoaderError> {
     hook_args::ALL
         .iter()
         .map(|arg| {
-            let count = parameter_count(&btf, arg.function)
-                .ok_or(LoaderError::MissingHook(arg.function))?;
+            let count =
+                parameter_count(btf, arg.function).ok_or(LoaderError::MissingHook(arg.function))?;
             let index = count
                 .checked_sub(1 + arg.from_last)
                 .ok_or(LoaderError::MissingHook(arg.function))?;
@@ -294,8 +292,11 @@ impl Kernel {
     pub fn load(pin_dir: &Path) -> Result<Self, LoaderError> {
         check_bpf_lsm()?;
         prepare_pin_dir(pin_dir)?;
-        let offsets = offsets_from_kernel(Path::new(VMLINUX_BTF))?;
-        let hook_args = hook_args_from_kernel(Path::new(VMLINUX_BTF))?;
+        // Parsed once for both: the kernel's BTF is megabytes.
+        let kernel_btf = btf_rs::Btf::from_file(VMLINUX_BTF)
+            .map_err(|error| LoaderError::Btf(error.to_string()))?;
+        let offsets = offsets_from_kernel(&kernel_btf)?;
+        let hook_args = hook_args_from_kernel(&kernel_btf)?;
         let btf = Btf::from_sys_fs().map_err(|error| LoaderError::Btf(error.to_string()))?;
         let mut loader = EbpfLoader::new();
         loader.btf(Some(&btf)).default_map_pin_directory(pin_dir);
