@@ -27,6 +27,9 @@ pub mod maps {
     /// [`crate::Target`] (exec form: device, inode) -> [`crate::DaemonFile`] bits: the files the
     /// daemon relies on, and the directories above them.
     pub const DAEMON_FILES: &str = "DAEMON_FILES";
+    /// [`crate::Target`] (exec form: device, inode) -> [`crate::file_rule`] bits: the files and
+    /// directories of `[[protect.file]]`, and one entry per device that holds a directory rule.
+    pub const PROTECTED_FILES: &str = "PROTECTED_FILES";
 }
 
 /// The kernel struct members the programs read, each as (global that receives its byte offset,
@@ -108,6 +111,13 @@ macro_rules! kernel_members {
             // The type of a file system being mounted.
             (OFF_FS_CONTEXT_FS_TYPE, "fs_context", "fs_type"),
             (OFF_FS_TYPE_NAME, "file_system_type", "name"),
+            // Where a file sits below the protected directories: its file system's root, the
+            // name (alias) of a directory's inode, and what a change of attributes changes.
+            (OFF_SB_ROOT, "super_block", "s_root"),
+            (OFF_INODE_DENTRY, "inode", "i_dentry"),
+            // `d_u.d_alias`, the first member of the union `d_u`.
+            (OFF_DENTRY_ALIAS, "dentry", "d_u"),
+            (OFF_IATTR_VALID, "iattr", "ia_valid"),
         }
     };
 }
@@ -240,6 +250,24 @@ pub const SETTING_SLOTS: u32 = 4;
 pub const MAX_DAEMON_PIDS: u32 = 16;
 pub const MAX_ALLOWED: u32 = 4096;
 pub const MAX_DAEMON_FILES: u32 = 1024;
+pub const MAX_PROTECTED_FILES: u32 = 4096;
+/// How many directory levels above a file the kernel looks for a protected directory. A file
+/// deeper than that on a device holding a directory rule is refused to agents, not guessed.
+pub const MAX_TREE_DEPTH: u32 = 32;
+
+/// Bits of a [`maps::PROTECTED_FILES`] entry: the accesses agents need approval for.
+pub mod file_rule {
+    pub const READ: u32 = super::file_access::READ;
+    pub const WRITE: u32 = super::file_access::WRITE;
+    /// A directory: the rule covers everything below it.
+    pub const TREE: u32 = 4;
+
+    /// The key that marks a device holding a directory rule: (device, inode 0). Inode 0 names
+    /// no file.
+    pub const fn device_marker(dev: u32) -> crate::Target {
+        crate::Target::exec(dev, 0)
+    }
+}
 
 /// Bits of a [`maps::DAEMON_FILES`] entry: what agents may not do to it.
 pub mod daemon_file {
@@ -266,8 +294,9 @@ pub const TARGET_KIND_EXEC: u32 = 1;
 pub const TARGET_KIND_CONNECT: u32 = 2;
 /// A tamper attempt: `aux` is the [`TamperHook`], `data` hook-specific detail.
 pub const TARGET_KIND_TAMPER: u32 = 3;
-/// An open of a protected file other than to execute it: `aux` the [`file_access`] bits,
-/// `data` (device, inode) as for exec.
+/// An open of a protected file other than to execute it (a protected binary read, or a file of
+/// `[[protect.file]]`): `aux` the [`file_access`] bits it needs approval for, `data` (device,
+/// inode) as for exec.
 pub const TARGET_KIND_FILE: u32 = 4;
 /// A unix socket bound at a protected path: `data` is (device, inode) of the bound file.
 pub const TARGET_KIND_UNIX: u32 = 5;
@@ -377,6 +406,10 @@ pub enum TamperHook {
     /// mount_setattr(2) in the host's mount namespace: a mount's flags or propagation
     /// (data: 0, [`MountRefusal`]).
     MountSetattr = 39,
+    /// Opening or changing a file on a device that holds a protected directory, when where the
+    /// file sits cannot be told (a handle opened out of its directory, a path deeper than the
+    /// kernel looks) (data: device, inode).
+    UnplacedFile = 40,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -399,7 +432,7 @@ pub enum MountRefusal {
 
 impl TamperHook {
     /// Every hook, in id order (ids start at 1).
-    pub const ALL: [Self; 39] = {
+    pub const ALL: [Self; 40] = {
         use TamperHook::*;
         [
             Bpf,
@@ -441,6 +474,7 @@ impl TamperHook {
             KernelMemory,
             NetAdmin,
             MountSetattr,
+            UnplacedFile,
         ]
     };
 
@@ -489,6 +523,7 @@ impl TamperHook {
             Self::KernelMemory => "kernel_memory",
             Self::NetAdmin => "net_admin",
             Self::MountSetattr => "mount_setattr",
+            Self::UnplacedFile => "unplaced_file",
         }
     }
 }

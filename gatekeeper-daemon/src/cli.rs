@@ -160,10 +160,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig { file } => {
             let config = Config::load(file)?;
             println!(
-                "{}: ok ({} agent cgroups, {} protected binaries, {} webhooks)",
+                "{}: ok ({} agent cgroups, {} protected binaries, {} protected files, {} webhooks)",
                 file.display(),
                 config.agent_cgroups.len(),
                 config.exec_rules.len(),
+                config.file_rules.len(),
                 config.webhooks.len()
             );
             Ok(ExitCode::SUCCESS)

@@ -94,6 +94,7 @@ pub struct Config {
     pub allowed: Vec<PathBuf>,
     pub exec_rules: Vec<ExecRule>,
     pub connect_rules: Vec<ConnectRule>,
+    pub file_rules: Vec<FileRule>,
     pub reviewers: Vec<String>,
     /// Slack user id -> reviewer name.
     pub slack_users: BTreeMap<String, String>,
@@ -108,6 +109,16 @@ pub struct Config {
 pub struct ExecRule {
     pub path: PathBuf,
     pub name: String,
+    pub approval: RulePolicy,
+}
+
+/// A file, or a directory and everything below it, that agents read or change only with approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRule {
+    pub path: PathBuf,
+    pub name: String,
+    /// The [`gatekeeper_common::file_access`] bits that need approval.
+    pub access: u32,
     pub approval: RulePolicy,
 }
 
@@ -222,8 +233,8 @@ impl Config {
     }
 
     /// Checks what the config names on this host: agent cgroups are readable cgroup v2
-    /// directories, protected and allowlisted binaries are files, protected socket paths that
-    /// exist are sockets.
+    /// directories, protected and allowlisted binaries are files, protected files are files or
+    /// directories, protected socket paths that exist are sockets.
     pub fn check_host(&self) -> Result<(), ConfigError> {
         host::check(self)
     }

@@ -152,19 +152,22 @@ pub struct Kernel {
     allowed: HashMap<MapData, Target, u32>,
     settings: Array<MapData, u32>,
     daemon_files: HashMap<MapData, Target, u32>,
+    files: HashMap<MapData, Target, u32>,
     /// Taken by the event reader.
     events: Option<RingBuf<MapData>>,
     /// The ids of the links this daemon attached, in the order of `PROGRAMS`.
     link_ids: Vec<u32>,
 }
 
-/// The two maps of files matched by (device, inode).
+/// The maps of files matched by (device, inode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathList {
     /// Protected binaries: agents need approval to run them.
     Protected,
     /// Allowlisted binaries: in allowlist mode, what agents may run unasked.
     Allowed,
+    /// Files and directories of `[[protect.file]]`, with [`gatekeeper_common::file_rule`] bits.
+    Files,
 }
 
 /// Removes the entries of an adopted map that the current configuration no longer wants.
@@ -326,6 +329,7 @@ impl Kernel {
         let allowed = take(maps::ALLOWED)?;
         let settings = take(maps::SETTINGS)?;
         let daemon_files = take(maps::DAEMON_FILES)?;
+        let files = take(maps::PROTECTED_FILES)?;
         let events = take(maps::EVENTS)?;
         let map_error = |name| move |cause| LoaderError::Map { name, cause };
         let kernel = Self {
@@ -338,6 +342,7 @@ impl Kernel {
             allowed: HashMap::try_from(allowed).map_err(map_error(maps::ALLOWED))?,
             settings: Array::try_from(settings).map_err(map_error(maps::SETTINGS))?,
             daemon_files: HashMap::try_from(daemon_files).map_err(map_error(maps::DAEMON_FILES))?,
+            files: HashMap::try_from(files).map_err(map_error(maps::PROTECTED_FILES))?,
             events: Some(RingBuf::try_from(events).map_err(map_error(maps::EVENTS))?),
             link_ids: Vec::new(),
             ebpf,
@@ -411,11 +416,14 @@ impl Kernel {
         match list {
             PathList::Protected => &mut self.protected,
             PathList::Allowed => &mut self.allowed,
+            PathList::Files => &mut self.files,
         }
     }
 
-    pub fn add_path(&mut self, list: PathList, target: Target, rule: u32) -> Result<(), MapError> {
-        self.path_map(list).insert(target, rule, 0)
+    /// Puts `target` into `list` with `value`: the rule's index, or for [`PathList::Files`] its
+    /// bits.
+    pub fn add_path(&mut self, list: PathList, target: Target, value: u32) -> Result<(), MapError> {
+        self.path_map(list).insert(target, value, 0)
     }
 
     /// Whether `list` still holds `target` (the kernel takes a file opened for writing off the
@@ -424,6 +432,7 @@ impl Kernel {
         let map = match list {
             PathList::Protected => &self.protected,
             PathList::Allowed => &self.allowed,
+            PathList::Files => &self.files,
         };
         map.get(target, 0).is_ok()
     }

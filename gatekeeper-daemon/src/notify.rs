@@ -97,7 +97,22 @@ fn attempted(request: &Request) -> String {
         // A unix socket: the target names it.
         (Kind::Connect, None) => format!("connect to {}", request.target),
         (Kind::Exec, None) => format!("exec {}", request.target),
-        (Kind::File, None) => format!("read {}", request.target),
+        (Kind::File, None) => format!(
+            "{} {}",
+            access_words(request.target_key.aux),
+            request.target
+        ),
+    }
+}
+
+/// A file target's access bits, as a reviewer reads them.
+fn access_words(access: u32) -> &'static str {
+    use gatekeeper_common::file_access::{READ, WRITE};
+    match (access & READ != 0, access & WRITE != 0) {
+        (true, true) => "read and write",
+        (false, true) => "write",
+        // A protected binary's read, and anything unexpected: reading is the lesser claim.
+        _ => "read",
     }
 }
 

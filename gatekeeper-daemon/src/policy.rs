@@ -1,6 +1,6 @@
-//! The configured policy as the kernel holds it: agent cgroups, protected and allowlisted files
-//! (followed across replacement), protected destinations (host names resolved again over time),
-//! and the rule behind each denial.
+//! The configured policy as the kernel holds it: agent cgroups, protected and allowlisted
+//! binaries and protected files (followed across replacement), protected destinations (host names
+//! resolved again over time), and the rule behind each denial.
 
 use std::{
     collections::BTreeMap,
@@ -12,12 +12,12 @@ use std::{
 
 use gatekeeper_common::{
     PortRanges, Setting, TARGET_KIND_CONNECT, TARGET_KIND_FILE, TARGET_KIND_UNIX, Target,
-    daemon_file,
+    daemon_file, file_rule,
 };
 
 use crate::{
     cgroups,
-    config::{Config, ConnectRule, DestinationSpec, ExecRule},
+    config::{Config, ConnectRule, DestinationSpec, ExecRule, FileRule},
     destinations::{self, Destination, DestinationError, Prefix, Reach},
     handle::ProtectedStatus,
     journal::Event,
@@ -98,6 +98,9 @@ pub fn content_of(path: &Path) -> std::io::Result<(Target, Digest)> {
 struct WatchedPath {
     path: PathBuf,
     name: String,
+    /// What the kernel's map holds for each file the path names: the rule's index, or for a
+    /// file rule its [`file_rule`] bits.
+    value: u32,
     current: Option<Target>,
     /// Files the path named before a replacement. They stay protected: a hard link made
     /// beforehand would otherwise keep the old binary runnable.
@@ -116,6 +119,8 @@ pub struct Policy {
     /// One per unix socket rule of `[[protect.connect]]`, in order; held in the kernel's
     /// protected map beside the binaries, as [`TARGET_KIND_UNIX`] targets.
     sockets: Vec<WatchedPath>,
+    /// One per `[[protect.file]]` rule, in order.
+    files: Vec<WatchedPath>,
     /// One per `[[protect.connect]]` rule, with its addresses resolved.
     reaches: Vec<Reach>,
     /// What the kernel's destination trie holds now.
@@ -157,6 +162,7 @@ fn install_sockets(
         installed.push(WatchedPath {
             path,
             name,
+            value: index as u32,
             current,
             previous: Vec::new(),
             digest: None,
@@ -166,17 +172,65 @@ fn install_sockets(
     Ok(installed)
 }
 
+/// Puts the files and directories of the file rules into the kernel's map, each directory's
+/// device marked (the kernel walks up from a file only on such a device).
+fn install_files(kernel: &mut Kernel, rules: &[FileRule]) -> Result<Vec<WatchedPath>, PolicyError> {
+    let mut installed = Vec::new();
+    for rule in rules {
+        let metadata =
+            std::fs::metadata(&rule.path).map_err(|cause| PolicyError::ProtectedPath {
+                path: rule.path.clone(),
+                cause,
+            })?;
+        let target = Target::exec(kernel_dev(metadata.dev()), metadata.ino());
+        let value = rule.access
+            | if metadata.is_dir() {
+                file_rule::TREE
+            } else {
+                0
+            };
+        add_file(kernel, target, value)?;
+        installed.push(WatchedPath {
+            path: rule.path.clone(),
+            name: rule.name.clone(),
+            value,
+            current: Some(target),
+            previous: Vec::new(),
+            digest: None,
+            refused: Vec::new(),
+        });
+    }
+    Ok(installed)
+}
+
+/// Puts one file or directory of a file rule into the kernel's map: a directory's device marker
+/// first, so that no file below it is ever judged without the walk.
+fn add_file(kernel: &mut Kernel, target: Target, value: u32) -> Result<(), PolicyError> {
+    if value & file_rule::TREE != 0 {
+        let marker = file_rule::device_marker(target.data[0] as u32);
+        kernel.add_path(PathList::Files, marker, file_rule::TREE)?;
+    }
+    kernel.add_path(PathList::Files, target, value)?;
+    Ok(())
+}
+
 /// Takes out of the kernel's `list` what an earlier configuration left: whatever none of
-/// `kept` names now.
+/// `kept` names now (with, for file rules, the markers of their directories' devices).
 fn prune_paths(
     kernel: &mut Kernel,
     list: PathList,
     kept: &[&[WatchedPath]],
 ) -> Result<(), PolicyError> {
     kernel.keep_paths(list, |target| {
-        kept.iter()
-            .flat_map(|paths| paths.iter())
-            .any(|path| path.current.as_ref() == Some(target))
+        kept.iter().flat_map(|paths| paths.iter()).any(|path| {
+            path.current.as_ref() == Some(target)
+                || (path.value & file_rule::TREE != 0
+                    && list == PathList::Files
+                    && path
+                        .current
+                        .map(|dir| file_rule::device_marker(dir.data[0] as u32))
+                        == Some(*target))
+        })
     })?;
     Ok(())
 }
@@ -195,7 +249,7 @@ fn install_paths(
         };
         // What an allowlisted path may later name is judged by its content now.
         let (target, digest) = match list {
-            PathList::Protected => (exec_target_of(&path).map_err(failed)?, None),
+            PathList::Protected | PathList::Files => (exec_target_of(&path).map_err(failed)?, None),
             PathList::Allowed => {
                 let (target, digest) = content_of(&path).map_err(failed)?;
                 (target, Some(digest))
@@ -205,6 +259,7 @@ fn install_paths(
         installed.push(WatchedPath {
             path,
             name,
+            value: index as u32,
             current: Some(target),
             previous: Vec::new(),
             digest,
@@ -250,8 +305,10 @@ impl Policy {
                 .socket_rules()
                 .map(|(_, rule, path)| (path.to_owned(), rule.name.clone())),
         )?;
+        let files = install_files(kernel, &config.file_rules)?;
         prune_paths(kernel, PathList::Protected, &[&protected, &sockets])?;
         prune_paths(kernel, PathList::Allowed, &[&allowed])?;
+        prune_paths(kernel, PathList::Files, &[&files])?;
         kernel.set_setting(Setting::ExecAllowlist, u32::from(config.exec_allowlist))?;
         // Agents change no mount where the daemon, or init, looks.
         kernel.set_setting(Setting::HostMountNs, namespace("/proc/self/ns/mnt")?)?;
@@ -293,6 +350,7 @@ impl Policy {
             protected,
             allowed,
             sockets,
+            files,
             reaches,
         };
         policy.sync_nets(kernel)?;
@@ -320,12 +378,13 @@ impl Policy {
         Ok(())
     }
 
-    /// The paths to watch for replacement: (protected binaries, then protected sockets;
-    /// allowlisted).
+    /// The paths to watch for replacement: (protected binaries, then protected sockets, then
+    /// protected files; allowlisted).
     pub fn watched(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
         let paths = |list: &[WatchedPath]| list.iter().map(|entry| entry.path.clone()).collect();
         let mut protected: Vec<PathBuf> = paths(&self.protected);
         protected.extend(self.sockets.iter().map(|entry| entry.path.clone()));
+        protected.extend(self.files.iter().map(|entry| entry.path.clone()));
         (protected, paths(&self.allowed))
     }
 
@@ -339,8 +398,9 @@ impl Policy {
         protected_now: &[Option<Target>],
         allowed_now: &[Option<(Target, Digest)>],
     ) -> Vec<Event> {
-        let (binaries_now, sockets_now) =
+        let (binaries_now, rest) =
             protected_now.split_at(self.protected.len().min(protected_now.len()));
+        let (sockets_now, files_now) = rest.split_at(self.sockets.len().min(rest.len()));
         let sockets_now: Vec<Option<Target>> =
             sockets_now.iter().map(|file| file.map(as_socket)).collect();
         let mut events = follow_list(
@@ -366,6 +426,12 @@ impl Policy {
             PathList::Allowed,
             &mut self.allowed,
             &accepted,
+        ));
+        events.extend(follow_list(
+            kernel,
+            PathList::Files,
+            &mut self.files,
+            files_now,
         ));
         events
     }
@@ -439,6 +505,48 @@ impl Policy {
         Some((&self.protected[index].path, rule))
     }
 
+    /// The file rule that covers the file of `target` (with its rule's path), and the file's path
+    /// if found. The file's own rule comes first; else, of the directory rules that hold it, the
+    /// strictest (most approvals), found by its name `leaf` as the kernel saw it or by a bounded
+    /// search below each directory.
+    fn file_rule(
+        &self,
+        target: &Target,
+        leaf: &str,
+    ) -> (Option<(&Path, &FileRule)>, Option<PathBuf>) {
+        let file = target.as_exec();
+        let with_rule = |index: usize| {
+            let rule = self.config.file_rules.get(index)?;
+            Some((self.files[index].path.as_path(), rule))
+        };
+        if let Some(index) = self
+            .files
+            .iter()
+            .position(|entry| entry.current == Some(file) || entry.previous.contains(&file))
+        {
+            return (with_rule(index), Some(self.files[index].path.clone()));
+        }
+        let mut found: Option<PathBuf> = None;
+        let mut strictest: Option<(&Path, &FileRule)> = None;
+        for (index, entry) in self.files.iter().enumerate() {
+            if entry.value & file_rule::TREE == 0 {
+                continue;
+            }
+            let Some(path) = find_below(&entry.path, file, leaf) else {
+                continue;
+            };
+            found.get_or_insert(path);
+            let Some(candidate) = with_rule(index) else {
+                continue;
+            };
+            let key = |rule: &FileRule| (rule.approval.approvals, rule.approval.require_reason);
+            if strictest.is_none_or(|(_, rule)| key(candidate.1) > key(rule)) {
+                strictest = Some(candidate);
+            }
+        }
+        (strictest, found)
+    }
+
     /// The unix socket rule, with its path, whose path names (or named) the socket `target`.
     fn socket_rule(&self, target: &Target) -> Option<(&Path, &ConnectRule)> {
         let position = self.sockets.iter().position(|socket| {
@@ -476,14 +584,33 @@ impl Policy {
                 destination.to_string(),
                 Some(destination),
             )
-        } else if target.kind == TARGET_KIND_FILE {
+        } else if target.kind == TARGET_KIND_FILE
+            && let Some((path, rule)) = self.exec_rule(&target.as_exec())
+        {
             // Reading a protected binary: how its code would run without an exec.
-            let rule = self.exec_rule(&target.as_exec());
             (
                 Kind::File,
-                rule.map_or("protected binary", |(_, rule)| rule.name.as_str()),
-                rule.map(|(_, rule)| rule.approval).unwrap_or_default(),
-                rule.map_or(filename, |(path, _)| path.display().to_string()),
+                rule.name.as_str(),
+                rule.approval,
+                path.display().to_string(),
+                None,
+            )
+        } else if target.kind == TARGET_KIND_FILE {
+            let (rule, path) = self.file_rule(&target, &filename);
+            let target_text = match (path, rule) {
+                (Some(path), _) => path.display().to_string(),
+                (None, Some((dir, _))) => format!("{filename} (below {})", dir.display()),
+                (None, None) => format!(
+                    "{filename} (device {} inode {})",
+                    target.data[0], target.data[1]
+                ),
+            };
+            let rule = rule.map(|(_, rule)| rule);
+            (
+                Kind::File,
+                rule.map_or("protected file", |rule| rule.name.as_str()),
+                rule.map(|rule| rule.approval).unwrap_or_default(),
+                target_text,
                 None,
             )
         } else if target.kind == TARGET_KIND_UNIX {
@@ -548,8 +675,8 @@ impl Policy {
 }
 
 /// The files the daemon relies on, with what agents may not do to them, and every directory
-/// and symlink above them and above the protected and allowlisted paths (which, renamed, would
-/// let another file take a path's place).
+/// and symlink above them and above the protected, allowlisted and file rule paths (which,
+/// renamed, would let another file take a path's place).
 fn daemon_files(config: &Config) -> Result<Vec<(Target, u32)>, PolicyError> {
     let binary = std::env::current_exe().map_err(|cause| PolicyError::DaemonFile {
         path: PathBuf::from("/proc/self/exe"),
@@ -569,7 +696,13 @@ fn daemon_files(config: &Config) -> Result<Vec<(Target, u32)>, PolicyError> {
         .exec_rules
         .iter()
         .map(|rule| (rule.path.as_path(), 0))
-        .chain(config.allowed.iter().map(|path| (path.as_path(), 0)));
+        .chain(config.allowed.iter().map(|path| (path.as_path(), 0)))
+        .chain(
+            config
+                .file_rules
+                .iter()
+                .map(|rule| (rule.path.as_path(), 0)),
+        );
     for (path, bits) in own.into_iter().chain(named) {
         let failed = |cause| PolicyError::DaemonFile {
             path: path.to_owned(),
@@ -593,6 +726,40 @@ fn daemon_files(config: &Config) -> Result<Vec<(Target, u32)>, PolicyError> {
         }
     }
     Ok(files)
+}
+
+/// Entries a search below a protected directory looks at before giving up.
+const SEARCH_LIMIT: usize = 10_000;
+
+/// The path below `dir` of the file `file` (device, inode), `leaf` its name: first as a direct
+/// child, then breadth first, symlinks not followed.
+fn find_below(dir: &Path, file: Target, leaf: &str) -> Option<PathBuf> {
+    let is_file = |path: &Path| node_of(path).is_ok_and(|node| node == file);
+    let direct = dir.join(leaf);
+    if !leaf.is_empty() && !leaf.contains('/') && is_file(&direct) {
+        return Some(direct);
+    }
+    let mut queue = std::collections::VecDeque::from([dir.to_path_buf()]);
+    let mut seen = 0;
+    while let Some(next) = queue.pop_front() {
+        let Ok(entries) = std::fs::read_dir(&next) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > SEARCH_LIMIT {
+                return None;
+            }
+            let path = entry.path();
+            if is_file(&path) {
+                return Some(path);
+            }
+            if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                queue.push_back(path);
+            }
+        }
+    }
+    None
 }
 
 /// The (device, inode) of `path` itself, a symlink not followed.
@@ -649,7 +816,7 @@ fn follow_list(
     now: &[Option<Target>],
 ) -> Vec<Event> {
     let mut moved = Vec::new();
-    for (index, (entry, target)) in entries.iter_mut().zip(now).enumerate() {
+    for (entry, target) in entries.iter_mut().zip(now) {
         // Mid-replacement the path may briefly not exist: keep the old entry meanwhile.
         let Some(target) = *target else {
             continue;
@@ -657,7 +824,13 @@ fn follow_list(
         if entry.current == Some(target) {
             continue;
         }
-        if let Err(error) = kernel.add_path(list, target, index as u32) {
+        let added = match list {
+            PathList::Files => add_file(kernel, target, entry.value),
+            PathList::Protected | PathList::Allowed => kernel
+                .add_path(list, target, entry.value)
+                .map_err(PolicyError::from),
+        };
+        if let Err(error) = added {
             tracing::error!(%error, path = %entry.path.display(), "cannot follow replaced file");
             continue;
         }
@@ -680,6 +853,7 @@ mod tests {
         WatchedPath {
             path: PathBuf::from("/usr/bin/python3"),
             name: "allowlisted".into(),
+            value: 0,
             current: Some(current),
             previous: Vec::new(),
             digest: Some(digest),

@@ -9,6 +9,7 @@ use gatekeeper_common::TamperHook;
 
 use crate::{
     exec::{exe_file_of, exec_target},
+    files,
     offsets::OFF_TASK_TGID,
     procs,
     read::{CGROUP_SUPER_MAGIC, PROC_SUPER_MAGIC, inode_magic, read_field},
@@ -66,7 +67,8 @@ pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
 /// Writes on cgroupfs (v2 and v1): moving a process (cgroup.procs, also clone3 with
 /// CLONE_INTO_CGROUP, whose permission check asks for write access there), creating cgroups,
 /// changing limits, release_agent. Writes on /proc files of processes outside the agent's
-/// subtree, and on kernel tunables (procfs, sysfs and the like).
+/// subtree, and on kernel tunables (procfs, sysfs and the like). Names made, removed or moved
+/// in a directory a file rule protects from writing.
 #[lsm(hook = "inode_permission")]
 pub fn inode_permission(ctx: LsmContext) -> i32 {
     let mask: i32 = ctx.arg(1);
@@ -81,7 +83,7 @@ pub fn inode_permission(ctx: LsmContext) -> i32 {
         }
         Ok(PROC_SUPER_MAGIC) => procs::proc_write(inode, mask),
         Ok(magic) if tunables::is_kernel_fs(magic) => tunables::kernel_fs_write(inode, magic),
-        _ => 0,
+        _ => files::directory_write(inode),
     }
 }
 

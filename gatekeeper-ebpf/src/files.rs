@@ -1,7 +1,8 @@
 //! Files: protected code is read only through an approved exec, and agents change neither
 //! protected nor allowlisted files, nor the files the daemon relies on, nor the pins: not by
 //! writing, truncating, renaming, unlinking or linking, nor through modes, owners, extended
-//! attributes or inode flags.
+//! attributes or inode flags. The files of `[[protect.file]]` are opened for the access their
+//! rule protects only with a grant, and changed otherwise not at all ([`crate::file_rules`]).
 //!
 //! `file_open` sees every open on the host; for everyone but agents it only reads two fields
 //! and, in allowlist mode, takes a file opened for writing off the allowlist.
@@ -14,10 +15,11 @@ use gatekeeper_common::{MAX_DAEMON_FILES, TamperHook, Target, daemon_file, file_
 
 use crate::{
     exec::{exec_target, inode_target, runs_protected},
+    file_rules::{alias_of, leaves_read_tree, placement},
     offsets::{
         OFF_DENTRY_INODE, OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_FILE_FLAGS, OFF_FILE_INODE,
-        OFF_FILE_MODE, OFF_FILE_PATH, OFF_INODE_MODE, OFF_INODE_RDEV, OFF_INODE_SB,
-        OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_QSTR_NAME, OFF_TASK_CRED, OFF_TASK_FLAGS,
+        OFF_FILE_MODE, OFF_FILE_PATH, OFF_IATTR_VALID, OFF_INODE_MODE, OFF_INODE_RDEV,
+        OFF_INODE_SB, OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_QSTR_NAME, OFF_TASK_CRED, OFF_TASK_FLAGS,
         OFF_TASK_REAL_CRED, OFF_VFSMOUNT_SB,
     },
     read::{BPF_FS_MAGIC, PROC_SUPER_MAGIC, inode_magic, member_ptr, read_at, read_field},
@@ -35,6 +37,7 @@ static DAEMON_FILES: HashMap<Target, u32> = HashMap::pinned(MAX_DAEMON_FILES, 0)
 #[unsafe(no_mangle)]
 static ARG_INODE_SETATTR_DENTRY: u32 = 0;
 
+const FMODE_READ: u32 = 0x1;
 const FMODE_WRITE: u32 = 0x2;
 /// `f_flags` bits: an exec's own open, and truncation on open (which needs no write mode).
 const FMODE_EXEC_FLAG: u32 = 0x20;
@@ -42,6 +45,7 @@ const O_TRUNC: u32 = 0o1000;
 const S_IFMT: u16 = 0o170_000;
 const S_IFBLK: u16 = 0o060_000;
 const S_IFCHR: u16 = 0o020_000;
+const S_IFDIR: u16 = 0o040_000;
 /// /dev/mem, /dev/kmem and /dev/port in the kernel's `dev_t` encoding (major << 20 | minor).
 const MEMORY_DEVICES: [u32; 3] = [1 << 20 | 1, 1 << 20 | 2, 1 << 20 | 4];
 const PROC_ROOT_INO: u64 = 1;
@@ -51,11 +55,14 @@ const FS_IOC_SETFLAGS: u32 = 0x4008_6602;
 const FS_IOC32_SETFLAGS: u32 = 0x4004_6602;
 const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
 const FS_IOC_ENABLE_VERITY: u32 = 0x4080_6685;
+/// `iattr.ia_valid`: the change comes through an open file.
+const ATTR_FILE: u32 = 1 << 13;
 /// `task_struct.flags` while the task writes its core dump.
 const PF_DUMPCORE: u32 = 0x200;
 
 /// What an open asks for.
 struct Access {
+    reads: bool,
     writes: bool,
     exec: bool,
 }
@@ -66,6 +73,7 @@ unsafe fn access_of(file: *const u8) -> Result<Access, i32> {
         let mode: u32 = read_field(file, &OFF_FILE_MODE)?;
         let flags: u32 = read_field(file, &OFF_FILE_FLAGS)?;
         Ok(Access {
+            reads: mode & FMODE_READ != 0,
             writes: mode & FMODE_WRITE != 0 || flags & O_TRUNC != 0,
             exec: flags & FMODE_EXEC_FLAG != 0,
         })
@@ -182,7 +190,7 @@ unsafe fn agent_open(agent: u64, file: *const u8) -> Result<i32, i32> {
         return Ok(tamper(agent, TamperHook::ProtectedChange, target.data));
     }
     if !is_protected(&target) {
-        return Ok(0);
+        return unsafe { judge_rule_open(agent, file, inode, mode, &access) };
     }
     if unsafe { is_stacked(file)? } {
         return Ok(tamper(agent, TamperHook::StackedOpen, target.data));
@@ -197,6 +205,51 @@ unsafe fn agent_open(agent: u64, file: *const u8) -> Result<i32, i32> {
         Target::file(dev as u32, ino, file_access::READ),
         core::ptr::null(),
     ))
+}
+
+/// The verdict on an agent's open of a file no protected binary is: approval for the accesses
+/// its file rules protect. A directory's listing is not protected, only what its files hold.
+#[inline(always)]
+unsafe fn judge_rule_open(
+    agent: u64,
+    file: *const u8,
+    inode: *const u8,
+    mode: u16,
+    access: &Access,
+) -> Result<i32, i32> {
+    let dentry = unsafe { opened_dentry(file, inode)? };
+    let placed = unsafe { placement(dentry)? };
+    if placed.unplaced {
+        return Ok(tamper(agent, TamperHook::UnplacedFile, placed.file.data));
+    }
+    let mut wanted = 0;
+    if access.reads && mode & S_IFMT != S_IFDIR {
+        wanted |= file_access::READ;
+    }
+    if access.writes {
+        wanted |= file_access::WRITE;
+    }
+    let asked = wanted & placed.bits;
+    if asked == 0 {
+        return Ok(0);
+    }
+    let [dev, ino] = placed.file.data;
+    let name: *const u8 =
+        unsafe { read_field(member_ptr(dentry, &OFF_DENTRY_NAME), &OFF_QSTR_NAME)? };
+    Ok(decide(agent, Target::file(dev as u32, ino, asked), name))
+}
+
+/// The dentry of the opened file: its path's, or, when a stacking file system opens the file
+/// below with its own path (6.1), the file's own name.
+#[inline(always)]
+unsafe fn opened_dentry(file: *const u8, inode: *const u8) -> Result<*const u8, i32> {
+    let dentry: *const u8 =
+        unsafe { read_field(member_ptr(file, &OFF_FILE_PATH), &OFF_PATH_DENTRY)? };
+    if unsafe { read_field::<*const u8>(dentry, &OFF_DENTRY_INODE)? } == inode {
+        Ok(dentry)
+    } else {
+        unsafe { alias_of(inode) }
+    }
 }
 
 /// Whether `file` (on procfs) is /proc/kcore: the kernel's memory, every page cache and
@@ -215,9 +268,22 @@ unsafe fn is_kcore(file: *const u8) -> Result<bool, i32> {
     }
 }
 
-/// The verdict on an agent changing what `dentry` names.
+/// The verdict on an agent changing what `dentry` names: not a protected, allowlisted or daemon
+/// file, nor one a file rule protects from writing.
 #[inline(always)]
 unsafe fn guard_dentry(agent: u64, dentry: *const u8) -> i32 {
+    unsafe { guard(agent, dentry, true) }
+}
+
+/// [`guard_dentry`] for a change made through a file opened for writing (truncation on open,
+/// ftruncate): the open's grant covered it, so the file rules are not asked again.
+#[inline(always)]
+unsafe fn guard_dentry_opened(agent: u64, dentry: *const u8) -> i32 {
+    unsafe { guard(agent, dentry, false) }
+}
+
+#[inline(always)]
+unsafe fn guard(agent: u64, dentry: *const u8, file_rules: bool) -> i32 {
     let Ok(inode) = (unsafe { read_field::<*const u8>(dentry, &OFF_DENTRY_INODE) }) else {
         return -EPERM;
     };
@@ -228,9 +294,41 @@ unsafe fn guard_dentry(agent: u64, dentry: *const u8) -> i32 {
     let Ok(target) = (unsafe { inode_target(inode) }) else {
         return -EPERM;
     };
-    match unchangeable(&target) {
-        Some(hook) => tamper(agent, hook, target.data),
-        None => 0,
+    if let Some(hook) = unchangeable(&target) {
+        return tamper(agent, hook, target.data);
+    }
+    if !file_rules {
+        return 0;
+    }
+    match unsafe { placement(dentry) } {
+        Ok(placed) if placed.unplaced => tamper(agent, TamperHook::UnplacedFile, target.data),
+        Ok(placed) if placed.guarded_from_change() => {
+            tamper(agent, TamperHook::ProtectedChange, target.data)
+        }
+        Ok(_) => 0,
+        Err(_) => -EPERM,
+    }
+}
+
+/// A name made, removed or moved in a directory (each asks for write permission on it) that a
+/// file rule protects from writing, or whose place cannot be told. Non-directories return after
+/// one read: their writes are judged at the open.
+#[inline(always)]
+pub fn directory_write(inode: *const u8) -> i32 {
+    match unsafe { read_field::<u16>(inode, &OFF_INODE_MODE) } {
+        Ok(mode) if mode & S_IFMT == S_IFDIR => {}
+        _ => return 0,
+    }
+    let Some(agent) = agent_cgroup() else {
+        return 0;
+    };
+    match unsafe { alias_of(inode).and_then(|dentry| placement(dentry)) } {
+        Ok(placed) if placed.unplaced => tamper(agent, TamperHook::UnplacedFile, placed.file.data),
+        Ok(placed) if placed.guarded_from_change() => {
+            tamper(agent, TamperHook::ProtectedChange, placed.file.data)
+        }
+        Ok(_) => 0,
+        Err(_) => -EPERM,
     }
 }
 
@@ -260,9 +358,32 @@ pub fn inode_rename(ctx: LsmContext) -> i32 {
     if on_bpffs(old_dir) || on_bpffs(new_dir) {
         return tamper(agent, TamperHook::PinRename, [0, 0]);
     }
-    match unsafe { guard_dentry(agent, ctx.arg(1)) } {
-        0 => unsafe { guard_dentry(agent, ctx.arg(3)) },
-        verdict => verdict,
+    let moved: *const u8 = ctx.arg(1);
+    match unsafe { guard_dentry(agent, moved) } {
+        0 => {}
+        verdict => return verdict,
+    }
+    match unsafe { guard_dentry(agent, ctx.arg(3)) } {
+        0 => {}
+        verdict => return verdict,
+    }
+    // An exchange passes here both ways round.
+    unsafe { guard_read_tree(agent, moved, new_dir) }
+}
+
+/// Moving or linking `moved` into the directory `to` out from below a directory protected from
+/// reading, where its new name would be free to read.
+#[inline(always)]
+unsafe fn guard_read_tree(agent: u64, moved: *const u8, to: *const u8) -> i32 {
+    match unsafe { leaves_read_tree(moved, to) } {
+        Ok(false) => 0,
+        Ok(true) => {
+            let target = unsafe { read_field::<*const u8>(moved, &OFF_DENTRY_INODE) }
+                .and_then(|inode| unsafe { inode_target(inode) })
+                .unwrap_or_default();
+            tamper(agent, TamperHook::ProtectedChange, target.data)
+        }
+        Err(_) => -EPERM,
     }
 }
 
@@ -273,10 +394,15 @@ pub fn inode_link(ctx: LsmContext) -> i32 {
         Ok(agent) => agent,
         Err(verdict) => return verdict,
     };
-    unsafe { guard_dentry(agent, ctx.arg(0)) }
+    let linked: *const u8 = ctx.arg(0);
+    match unsafe { guard_dentry(agent, linked) } {
+        0 => unsafe { guard_read_tree(agent, linked, ctx.arg(1)) },
+        verdict => verdict,
+    }
 }
 
-/// truncate(2) by path; opens with O_TRUNC and ftruncate need a write open, judged above.
+/// truncate(2) by path, and on 6.1 truncation on open. The file rules judge both at
+/// `inode_setattr`, which tells them apart.
 #[lsm(hook = "path_truncate")]
 pub fn path_truncate(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(1);
@@ -287,7 +413,7 @@ pub fn path_truncate(ctx: LsmContext) -> i32 {
     let dentry = unsafe { read_field::<*const u8>(path, &OFF_PATH_DENTRY) };
     match agent_cgroup() {
         Some(agent) => match dentry {
-            Ok(dentry) => unsafe { guard_dentry(agent, dentry) },
+            Ok(dentry) => unsafe { guard_dentry_opened(agent, dentry) },
             Err(_) => -EPERM,
         },
         None => {
@@ -333,21 +459,27 @@ pub fn inode_setattr(ctx: LsmContext) -> i32 {
     let Some(agent) = agent_cgroup() else {
         return 0;
     };
-    // Both arguments are read at fixed offsets, as the verifier demands of the context (volatile,
+    // The arguments are read at fixed offsets, as the verifier demands of the context (volatile,
     // so the compiler does not turn the choice into one read at a chosen offset); the index is
-    // volatile so its placeholder zero is not folded.
+    // volatile so its placeholder zero is not folded. The attributes follow the dentry.
     let args = ctx.as_ptr() as *const *const u8;
-    let (first, second) = unsafe {
+    let (first, second, third) = unsafe {
         (
             core::ptr::read_volatile(args),
             core::ptr::read_volatile(args.add(1)),
+            core::ptr::read_volatile(args.add(2)),
         )
     };
-    let dentry = match unsafe { core::ptr::read_volatile(&ARG_INODE_SETATTR_DENTRY) } {
-        0 => first,
-        _ => second,
+    let (dentry, attr) = match unsafe { core::ptr::read_volatile(&ARG_INODE_SETATTR_DENTRY) } {
+        0 => (first, second),
+        _ => (second, third),
     };
-    unsafe { guard_dentry(agent, dentry) }
+    match unsafe { read_field::<u32>(attr, &OFF_IATTR_VALID) } {
+        // Truncation through a file opened for writing (on open, or ftruncate).
+        Ok(valid) if valid & ATTR_FILE != 0 => unsafe { guard_dentry_opened(agent, dentry) },
+        Ok(_) => unsafe { guard_dentry(agent, dentry) },
+        Err(_) => -EPERM,
+    }
 }
 
 /// Extended attributes (file capabilities, ACLs on 6.1, security labels). The dentry is the
@@ -368,7 +500,8 @@ pub fn inode_removexattr(ctx: LsmContext) -> i32 {
     }
 }
 
-/// ioctls that change a protected, allowlisted or daemon file without a write open.
+/// ioctls that change a protected, allowlisted, daemon or write-protected file without a write
+/// open.
 #[lsm(hook = "file_ioctl")]
 pub fn file_ioctl(ctx: LsmContext) -> i32 {
     guard_ioctl(ctx.arg(0), ctx.arg(1), ctx.arg(3))
@@ -395,14 +528,10 @@ fn guard_ioctl(file: *const u8, cmd: u32, previous: i32) -> i32 {
     let Some(agent) = agent_cgroup() else {
         return 0;
     };
-    let Ok(inode) = (unsafe { read_field::<*const u8>(file, &OFF_FILE_INODE) }) else {
-        return -EPERM;
-    };
-    let Ok(target) = (unsafe { inode_target(inode) }) else {
-        return -EPERM;
-    };
-    match unchangeable(&target) {
-        Some(hook) => tamper(agent, hook, target.data),
-        None => 0,
+    let dentry = unsafe { read_field::<*const u8>(file, &OFF_FILE_INODE) }
+        .and_then(|inode| unsafe { opened_dentry(file, inode) });
+    match dentry {
+        Ok(dentry) => unsafe { guard_dentry(agent, dentry) },
+        Err(_) => -EPERM,
     }
 }

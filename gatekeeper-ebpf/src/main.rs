@@ -12,6 +12,8 @@ mod defend;
 #[cfg(target_arch = "bpf")]
 mod exec;
 #[cfg(target_arch = "bpf")]
+mod file_rules;
+#[cfg(target_arch = "bpf")]
 mod files;
 #[cfg(target_arch = "bpf")]
 mod floor;

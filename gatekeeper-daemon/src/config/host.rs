@@ -1,5 +1,6 @@
 //! What a parsed config names must exist on this host: agent cgroups as readable cgroup v2
-//! directories, protected and allowlisted binaries as files. Keys index the config's lists, which
+//! directories, protected and allowlisted binaries as files, protected files as files or
+//! directories. Keys index the config's lists, which
 //! keep the order of the file.
 
 use std::path::Path;
@@ -21,6 +22,11 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
     for (key, path) in allowed.chain(protected) {
         if let Err(message) = check_file(path) {
             problems.push(Problem::new(key, message));
+        }
+    }
+    for (index, rule) in config.file_rules.iter().enumerate() {
+        if let Err(message) = check_file_or_directory(&rule.path) {
+            problems.push(Problem::new(format!("protect.file[{index}].path"), message));
         }
     }
     for (index, _, path) in config.socket_rules() {
@@ -48,6 +54,19 @@ fn check_file(path: &Path) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{} is not a file", path.display()))
+    }
+}
+
+fn check_file_or_directory(path: &Path) -> Result<(), String> {
+    let metadata =
+        std::fs::metadata(path).map_err(|error| format!("{}: {error}", path.display()))?;
+    if metadata.is_file() || metadata.is_dir() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} is neither a file nor a directory",
+            path.display()
+        ))
     }
 }
 

@@ -10,12 +10,14 @@ use std::{
     time::Duration,
 };
 
+use gatekeeper_common::file_access;
+
 use super::{
-    Config, ConfigError, ConnectRule, DEFAULT_SOCKET, DestinationSpec, ExecRule, Problem,
+    Config, ConfigError, ConnectRule, DEFAULT_SOCKET, DestinationSpec, ExecRule, FileRule, Problem,
     RulePolicy, Webhook, WebhookKind,
     raw::{
-        RawAgents, RawApproval, RawConfig, RawConnectRule, RawDaemon, RawExecRule, RawOwner,
-        RawWebhook,
+        RawAgents, RawApproval, RawConfig, RawConnectRule, RawDaemon, RawExecRule, RawFileRule,
+        RawOwner, RawWebhook,
     },
 };
 use crate::{
@@ -137,6 +139,7 @@ impl Parser {
         let agents = self.agents(raw.agents);
         let exec_rules = self.exec_rules(raw.protect.exec);
         let connect_rules = self.connect_rules(raw.protect.connect);
+        let file_rules = self.file_rules(raw.protect.file);
         let approval = self.approval(raw.approval);
         let webhooks = all(raw
             .webhook
@@ -145,6 +148,7 @@ impl Parser {
             .map(|(index, hook)| self.webhook(&format!("webhook[{index}]"), hook)));
         let (daemon, agents) = both(daemon, agents)?;
         let (exec_rules, connect_rules) = both(exec_rules, connect_rules)?;
+        let file_rules = file_rules?;
         let (approval, webhooks) = both(approval, webhooks)?;
         Ok(Config {
             path: path.to_owned(),
@@ -163,6 +167,7 @@ impl Parser {
             allowed: agents.allowed,
             exec_rules,
             connect_rules,
+            file_rules,
             reviewers: approval.reviewers,
             slack_users: approval.slack_users,
             owners: agents.owners,
@@ -313,6 +318,47 @@ impl Parser {
         Ok(ExecRule {
             name: raw.name.unwrap_or_else(|| path.display().to_string()),
             path,
+            approval: approval?,
+        })
+    }
+
+    fn file_rules(&mut self, raw: Vec<RawFileRule>) -> Result<Vec<FileRule>, Reported> {
+        let mut seen = HashSet::new();
+        all(raw.into_iter().enumerate().map(|(index, rule)| {
+            self.file_rule(&format!("protect.file[{index}]"), rule, &mut seen)
+        }))
+    }
+
+    fn file_rule(
+        &mut self,
+        key: &str,
+        raw: RawFileRule,
+        seen: &mut HashSet<PathBuf>,
+    ) -> Result<FileRule, Reported> {
+        let path_key = format!("{key}.path");
+        let unique = if seen.insert(raw.path.clone()) {
+            Ok(())
+        } else {
+            let message = format!("{} is listed twice", raw.path.display());
+            Err(self.report(&path_key, message))
+        };
+        let path = self.absolute_path(&path_key, raw.path);
+        let access = match raw.access.as_deref() {
+            None | Some("any") => Ok(file_access::READ | file_access::WRITE),
+            Some("read") => Ok(file_access::READ),
+            Some("write") => Ok(file_access::WRITE),
+            Some(other) => Err(self.report(
+                format!("{key}.access"),
+                format!("{other:?}: use \"read\", \"write\" or \"any\""),
+            )),
+        };
+        let approval = self.policy(key, raw.approvals, raw.require_reason);
+        unique?;
+        let path = path?;
+        Ok(FileRule {
+            name: raw.name.unwrap_or_else(|| path.display().to_string()),
+            path,
+            access: access?,
             approval: approval?,
         })
     }

@@ -67,6 +67,8 @@ pub(super) struct RawProtect {
     pub(super) exec: Vec<RawExecRule>,
     #[serde(default)]
     pub(super) connect: Vec<RawConnectRule>,
+    #[serde(default)]
+    pub(super) file: Vec<RawFileRule>,
 }
 
 #[derive(Deserialize)]
@@ -74,6 +76,17 @@ pub(super) struct RawProtect {
 pub(super) struct RawExecRule {
     pub(super) path: PathBuf,
     pub(super) name: Option<String>,
+    pub(super) approvals: Option<i64>,
+    pub(super) require_reason: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFileRule {
+    pub(super) path: PathBuf,
+    pub(super) name: Option<String>,
+    /// "read", "write" or "any" (the default).
+    pub(super) access: Option<String>,
     pub(super) approvals: Option<i64>,
     pub(super) require_reason: Option<bool>,
 }

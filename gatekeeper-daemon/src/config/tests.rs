@@ -612,3 +612,67 @@ fn bad_listen_address_names_key() {
     let error = error_of(&config_text("[daemon]\nlisten = \"nowhere\""));
     assert!(error.contains("daemon.listen"), "{error}");
 }
+
+#[test]
+fn file_rules_parse_with_access_defaulting_to_any() {
+    use gatekeeper_common::file_access::{READ, WRITE};
+    let config = load(&config_text(
+        r#"
+[[protect.file]]
+path = "/etc/passwd"
+name = "accounts"
+access = "read"
+approvals = 2
+require_reason = true
+[[protect.file]]
+path = "/etc"
+access = "write"
+[[protect.file]]
+path = "/bin/sh"
+"#,
+    ))
+    .expect("valid config");
+    let rules = &config.file_rules;
+    assert_eq!(rules[0].name, "accounts");
+    assert_eq!(rules[0].access, READ);
+    assert_eq!(rules[0].approval.approvals, 2);
+    assert!(rules[0].approval.require_reason);
+    assert_eq!(rules[1].access, WRITE);
+    assert_eq!(rules[1].name, "/etc", "the path names an unnamed rule");
+    assert_eq!(rules[2].access, READ | WRITE);
+}
+
+#[test]
+fn bad_file_rules_name_the_key() {
+    let cases = [
+        ("path = \"etc/passwd\"", "protect.file[0].path"),
+        (
+            "path = \"/etc/passwd\"\naccess = \"execute\"",
+            "protect.file[0].access",
+        ),
+        (
+            "path = \"/etc/passwd\"\napprovals = 0",
+            "protect.file[0].approvals",
+        ),
+        // Missing at start: an error, as for exec rules.
+        (
+            "path = \"/etc/gatekeeper-test-no-such\"",
+            "protect.file[0].path",
+        ),
+        // Neither a file nor a directory.
+        ("path = \"/dev/null\"", "protect.file[0].path"),
+    ];
+    for (rule, key) in cases {
+        let error = error_of(&config_text(&format!("[[protect.file]]\n{rule}")));
+        assert!(error.contains(key), "{rule}: {error}");
+    }
+    let twice = config_text("[[protect.file]]\npath = \"/etc\"\n[[protect.file]]\npath = \"/etc\"");
+    assert_eq!(keys_of(parse(&twice)), ["protect.file[1].path"]);
+    let error = error_of(&config_text(
+        "[[protect.file]]\npath = \"/etc/passwd\"\naccess = \"execute\"",
+    ));
+    assert!(
+        error.contains("use \"read\", \"write\" or \"any\""),
+        "{error}"
+    );
+}

@@ -415,6 +415,9 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
             .map(|bytes| println!("READ={}", bytes.len()))
             .map_err(|error| error.raw_os_error().unwrap_or(-1)),
         "open" => outcome(std::fs::File::open(text(0)?).map(drop)),
+        "cat" => std::fs::read_to_string(text(0)?)
+            .map(|content| println!("CONTENT={content}"))
+            .map_err(|error| error.raw_os_error().unwrap_or(-1)),
         "append" => outcome(
             std::fs::OpenOptions::new()
                 .append(true)
@@ -436,6 +439,7 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         "link" => outcome(std::fs::hard_link(text(0)?, text(1)?)),
         "list" => outcome(std::fs::read_dir(text(0)?).map(drop)),
         "mkdir" => outcome(std::fs::create_dir(text(0)?)),
+        "rmdir" => outcome(std::fs::remove_dir(text(0)?)),
         "clone-into" => clone_into(text(0)?),
         "finit-module" => {
             let file = std::fs::File::open(text(0)?).map_err(|e| e.raw_os_error().unwrap_or(-1))?;

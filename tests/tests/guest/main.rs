@@ -11,6 +11,7 @@ mod limits;
 mod mounts;
 mod procs;
 mod reviewers;
+mod secrets;
 mod sockets;
 mod survival;
 mod tunables;

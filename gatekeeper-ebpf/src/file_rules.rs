@@ -1,0 +1,124 @@
+//! `[[protect.file]]`: files and directories whose reading or changing by agents needs approval.
+//! A file is covered by its own rule (matched by inode) and by every protected directory above it,
+//! found by walking up its file system's dentry tree (which bind mounts and mount namespaces do
+//! not change). The walk runs only for agents, and only on a device that holds a directory rule.
+
+use aya_ebpf::{macros::map, maps::HashMap};
+use gatekeeper_common::{MAX_PROTECTED_FILES, MAX_TREE_DEPTH, Target, file_rule};
+
+use crate::{
+    offsets::{
+        OFF_DENTRY_ALIAS, OFF_DENTRY_INODE, OFF_DENTRY_PARENT, OFF_INODE_DENTRY, OFF_INODE_INO,
+        OFF_INODE_SB, OFF_SB_DEV, OFF_SB_ROOT,
+    },
+    read::{container_of, read_field},
+};
+
+#[map]
+static PROTECTED_FILES: HashMap<Target, u32> = HashMap::pinned(MAX_PROTECTED_FILES, 0);
+
+/// No directory: a [`Placement::read_tree`] that names none.
+const NO_TREE: Target = Target::exec(0, 0);
+
+/// Where a file sits with respect to the rules.
+pub struct Placement {
+    /// The file itself (device, inode).
+    pub file: Target,
+    /// The accesses that need approval: its own rule's and those of every directory rule above.
+    pub bits: u32,
+    /// The outermost directory, itself included, whose rule protects reading ([`NO_TREE`]:
+    /// none): a file moved from below it to a place outside it would be readable there.
+    pub read_tree: Target,
+    /// Its device holds a directory rule, but whether one is above it cannot be told (a dentry
+    /// cut off from its file system's root, or deeper than the walk goes).
+    pub unplaced: bool,
+}
+
+impl Placement {
+    /// Whether an agent may not change the file without approval, or cannot be judged.
+    #[inline(always)]
+    pub fn guarded_from_change(&self) -> bool {
+        self.unplaced || self.bits & file_rule::WRITE != 0
+    }
+}
+
+#[inline(always)]
+fn rule_bits(target: &Target) -> u32 {
+    PROTECTED_FILES
+        .get_ptr(target)
+        .map_or(0, |bits| unsafe { *bits })
+}
+
+/// The placement of the file a positive `dentry` names.
+#[inline(always)]
+pub unsafe fn placement(dentry: *const u8) -> Result<Placement, i32> {
+    let inode: *const u8 = unsafe { read_field(dentry, &OFF_DENTRY_INODE)? };
+    let sb: *const u8 = unsafe { read_field(inode, &OFF_INODE_SB)? };
+    let dev: u32 = unsafe { read_field(sb, &OFF_SB_DEV)? };
+    let file = Target::exec(dev, unsafe { read_field(inode, &OFF_INODE_INO)? });
+    let own = rule_bits(&file);
+    let mut placed = Placement {
+        file,
+        bits: own,
+        read_tree: if own & (file_rule::TREE | file_rule::READ) == file_rule::TREE | file_rule::READ
+        {
+            file
+        } else {
+            NO_TREE
+        },
+        unplaced: false,
+    };
+    // Most devices hold no directory rule: one lookup says so.
+    if rule_bits(&file_rule::device_marker(dev)) == 0 {
+        return Ok(placed);
+    }
+    let root: *const u8 = unsafe { read_field(sb, &OFF_SB_ROOT)? };
+    let mut current = dentry;
+    placed.unplaced = true;
+    for _ in 0..MAX_TREE_DEPTH {
+        let parent: *const u8 = unsafe { read_field(current, &OFF_DENTRY_PARENT)? };
+        if parent == current {
+            // The top: the file system's root, or a dentry cut off from it (a file opened by
+            // its handle before its directory was looked up).
+            placed.unplaced = current != root;
+            break;
+        }
+        let inode: *const u8 = unsafe { read_field(parent, &OFF_DENTRY_INODE)? };
+        let dir = Target::exec(dev, unsafe { read_field(inode, &OFF_INODE_INO)? });
+        let bits = rule_bits(&dir);
+        if bits & file_rule::TREE != 0 {
+            placed.bits |= bits;
+            if bits & file_rule::READ != 0 {
+                placed.read_tree = dir;
+            }
+        }
+        current = parent;
+    }
+    Ok(placed)
+}
+
+/// The dentry of an inode: for a directory its only one, for a file one of its names.
+#[inline(always)]
+pub unsafe fn alias_of(inode: *const u8) -> Result<*const u8, i32> {
+    // `i_dentry` is a list head: its first member points at the `d_alias` of a dentry.
+    let first: *const u8 = unsafe { read_field(inode, &OFF_INODE_DENTRY)? };
+    if first.is_null() {
+        return Err(-1);
+    }
+    Ok(container_of(first, &OFF_DENTRY_ALIAS))
+}
+
+/// Whether moving or linking the file `moved` (a dentry) into the directory `to` (an inode) takes
+/// it out from below a directory whose rule protects reading: its new name would be free to read.
+#[inline(always)]
+pub unsafe fn leaves_read_tree(moved: *const u8, to: *const u8) -> Result<bool, i32> {
+    let from = unsafe { placement(read_field(moved, &OFF_DENTRY_PARENT)?)? };
+    if from.unplaced {
+        return Ok(true);
+    }
+    if from.read_tree == NO_TREE {
+        return Ok(false);
+    }
+    let to = unsafe { placement(alias_of(to)?)? };
+    Ok(to.unplaced || to.read_tree != from.read_tree)
+}

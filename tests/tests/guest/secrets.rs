@@ -1,0 +1,421 @@
+//! Files of `[[protect.file]]`: agents read or change protected files and directories only with
+//! an approval, one open per grant. Each attempt is made as root and as an ordinary user inside
+//! an agent cgroup, with a control from outside that shows the same action works there.
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use gatekeeper_common::file_access::{READ, WRITE};
+use gatekeeper_tests::{Options, Outcome, Scenario, UNLISTED_UID, bin, wait_for};
+
+fn text(path: &Path) -> String {
+    path.display().to_string()
+}
+
+fn approve(scenario: &Scenario, id: &str) {
+    let output = scenario.gatekeeper(&["approve", id, "--reason", "test"]);
+    assert!(output.status.success(), "approve failed: {output:?}");
+}
+
+/// The pending request of kind `file` for `path`, asking for `access`.
+fn file_request(scenario: &Scenario, path: &Path, access: u32) -> serde_json::Value {
+    let path = text(path);
+    wait_for(&format!("a file request for {path}"), || {
+        scenario.requests(true).into_iter().rev().find(|request| {
+            request["kind"] == "file"
+                && request["target"] == path.as_str()
+                && request["target_key"]["aux"] == access
+                && request["state"] == "pending"
+        })
+    })
+}
+
+/// A scenario whose config protects `rule_path` (relative to the scenario's directory) with
+/// `access`; `build` fills the directory before the daemon starts.
+fn start(name: &str, rule_path: &str, access: &str, build: impl FnOnce(&Path)) -> Scenario {
+    let dir = PathBuf::from(format!("/tmp/gk-{name}"));
+    let mut scenario = Scenario::prepare(
+        name,
+        Options {
+            extra: format!(
+                "[[protect.file]]\npath = \"{}\"\nname = \"prod {access}\"\naccess = \"{access}\"\n",
+                dir.join(rule_path).display()
+            ),
+            ..Options::default()
+        },
+    );
+    build(&scenario.dir);
+    // The ordinary user may do everything but for Gatekeeper: the scenario's files are its own.
+    own_all(&scenario.dir);
+    scenario.start_daemon();
+    scenario
+}
+
+fn own_all(path: &Path) {
+    std::os::unix::fs::chown(path, Some(UNLISTED_UID), Some(UNLISTED_UID)).unwrap();
+    let mode = if path.is_dir() { 0o777 } else { 0o666 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            own_all(&entry.unwrap().path());
+        }
+    }
+}
+
+/// gk-helper's `cat` of `path` in `cgroup`, as root: the content when the read passed.
+fn cat(cgroup: &Path, path: &Path) -> Option<String> {
+    let output = Command::new(bin("gk-helper"))
+        .args(["tamper", &text(cgroup), "cat", &text(path)])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    stdout
+        .split_once("CONTENT=")
+        .map(|(_, content)| content.trim_end_matches("\nRESULT=ok\n").to_owned())
+}
+
+#[test]
+fn a_protected_secret_is_read_once_per_approval() {
+    let scenario = start("secret-read", "secrets.env", "read", |dir| {
+        std::fs::write(dir.join("secrets.env"), "TOKEN=s3cret\n").unwrap();
+    });
+    let secret = scenario.dir.join("secrets.env");
+    let path = text(&secret);
+    let agents = &scenario.agents;
+    assert_eq!(scenario.tamper(agents, "read", &[&path]), Outcome::Denied);
+    assert_eq!(
+        scenario.tamper_as_user(agents, "read", &[&path]),
+        Outcome::Denied
+    );
+    let request = file_request(&scenario, &secret, READ);
+    assert_eq!(request["rule"], "prod read");
+    // The repeat joined the request.
+    let pending = |scenario: &Scenario| {
+        scenario
+            .requests(false)
+            .into_iter()
+            .filter(|request| request["kind"] == "file" && request["state"] == "pending")
+            .count()
+    };
+    assert_eq!(pending(&scenario), 1, "one request for both reads");
+    // Control: outside the agent cgroups the same reads work.
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "read", &[&path]),
+        Outcome::Ok
+    );
+    assert_eq!(
+        scenario.tamper_as_user(&scenario.outside, "read", &[&path]),
+        Outcome::Ok
+    );
+
+    approve(&scenario, request["id"].as_str().unwrap());
+    assert_eq!(
+        cat(agents, &secret).as_deref(),
+        Some("TOKEN=s3cret\n"),
+        "the approved read prints the secret"
+    );
+    scenario.wait_journal("grant_used", |_| true);
+    assert_eq!(
+        cat(agents, &secret),
+        None,
+        "a grant serves one open: the next read is denied"
+    );
+
+    // Racing readers with one grant: exactly one open succeeds.
+    let request = file_request(&scenario, &secret, READ);
+    approve(&scenario, request["id"].as_str().unwrap());
+    assert_eq!(
+        scenario.tamper(agents, "race-read", &["8", &path]),
+        Outcome::Ok,
+        "exactly one of eight racing opens passed"
+    );
+
+    // A read rule leaves writing alone.
+    assert_eq!(scenario.tamper(agents, "append", &[&path]), Outcome::Ok);
+    assert_eq!(
+        scenario.tamper_as_user(agents, "append", &[&path]),
+        Outcome::Ok
+    );
+}
+
+#[test]
+fn a_protected_directory_changes_only_with_approval() {
+    let scenario = start("secret-dir", "prod", "write", |dir| {
+        let prod = dir.join("prod");
+        std::fs::create_dir(&prod).unwrap();
+        for name in ["app.conf", "old.conf", "gone.conf"] {
+            std::fs::write(prod.join(name), "port=1\n").unwrap();
+        }
+        std::fs::create_dir(prod.join("keep")).unwrap();
+        std::fs::write(dir.join("other.conf"), "port=2\n").unwrap();
+    });
+    let dir = &scenario.dir;
+    let prod = dir.join("prod");
+    let at = |name: &str| text(&prod.join(name));
+    let other = text(&dir.join("other.conf"));
+    let agents = &scenario.agents;
+    let attempts = |who: &str| -> Vec<(&'static str, Vec<String>)> {
+        let mut attempts = vec![
+            ("write", vec![at("app.conf"), "port=666\n".into()]),
+            ("append", vec![at("app.conf")]),
+            ("truncate", vec![at("app.conf")]),
+            ("chmod", vec![at("app.conf"), "600".into()]),
+            ("write", vec![at(&format!("new-{who}.conf")), "x".into()]),
+            ("mkdir", vec![at(&format!("sub-{who}"))]),
+            ("link", vec![other.clone(), at(&format!("linked-{who}"))]),
+            ("rename", vec![other.clone(), at("old.conf")]),
+            (
+                "rename",
+                vec![at("app.conf"), text(&dir.join(format!("moved-{who}")))],
+            ),
+            ("unlink", vec![at("gone.conf")]),
+            ("rmdir", vec![at("keep")]),
+        ];
+        // trusted.* xattrs need root; tmpfs has user.* ones only since 6.6.
+        if who == "root" {
+            attempts.push((
+                "setxattr",
+                vec![at("app.conf"), "trusted.gk".into(), "x".into()],
+            ));
+        }
+        attempts
+    };
+    for (who, user) in [("root", false), ("user", true)] {
+        for (op, args) in attempts(who) {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let outcome = if user {
+                scenario.tamper_as_user(agents, op, &args)
+            } else {
+                scenario.tamper(agents, op, &args)
+            };
+            assert_eq!(outcome, Outcome::Denied, "{who}: {op} {args:?}");
+        }
+    }
+    let request = file_request(&scenario, &prod.join("app.conf"), WRITE);
+    assert_eq!(request["rule"], "prod write");
+    for name in ["app.conf", "old.conf", "gone.conf"] {
+        assert_eq!(
+            std::fs::read_to_string(prod.join(name)).unwrap(),
+            "port=1\n",
+            "{name} is unchanged"
+        );
+    }
+    assert!(prod.join("keep").is_dir());
+    let mut names: Vec<String> = std::fs::read_dir(&prod)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["app.conf", "gone.conf", "keep", "old.conf"]);
+    // A write rule leaves reading alone.
+    assert_eq!(
+        scenario.tamper(agents, "read", &[&at("app.conf")]),
+        Outcome::Ok
+    );
+    assert_eq!(
+        scenario.tamper_as_user(agents, "read", &[&at("app.conf")]),
+        Outcome::Ok
+    );
+
+    // The approved write passes once, truncating on open; the next is denied.
+    approve(&scenario, request["id"].as_str().unwrap());
+    assert_eq!(
+        scenario.tamper(agents, "write", &[&at("app.conf"), "port=2\n"]),
+        Outcome::Ok
+    );
+    assert_eq!(
+        std::fs::read_to_string(prod.join("app.conf")).unwrap(),
+        "port=2\n"
+    );
+    assert_eq!(
+        scenario.tamper(agents, "write", &[&at("app.conf"), "port=3\n"]),
+        Outcome::Denied
+    );
+
+    // Control: outside the agent cgroups every one of them works.
+    std::fs::write(dir.join("other.conf"), "port=2\n").unwrap();
+    own_all(dir);
+    for (who, user) in [("root", false), ("user", true)] {
+        for (op, args) in attempts(who) {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let outcome = if user {
+                scenario.tamper_as_user(&scenario.outside, op, &args)
+            } else {
+                scenario.tamper(&scenario.outside, op, &args)
+            };
+            assert_eq!(outcome, Outcome::Ok, "outside, {who}: {op} {args:?}");
+            // Put back what the next attempt needs.
+            match (op, args.as_slice()) {
+                ("rename", [from, to]) => {
+                    std::fs::write(from, "x").unwrap();
+                    if to.ends_with(&format!("moved-{who}")) {
+                        std::fs::rename(to, from).unwrap();
+                    }
+                }
+                ("rmdir", [path]) => std::fs::create_dir(path).unwrap(),
+                ("unlink", [path]) => std::fs::write(path, "x").unwrap(),
+                _ => {}
+            }
+            own_all(dir);
+        }
+    }
+}
+
+#[test]
+fn a_secret_does_not_leave_its_directory() {
+    let scenario = start("secret-tree", "vault", "read", |dir| {
+        let vault = dir.join("vault");
+        std::fs::create_dir_all(vault.join("sub")).unwrap();
+        std::fs::write(vault.join("key.pem"), "KEY\n").unwrap();
+        std::fs::write(vault.join("sub/deep.pem"), "DEEP\n").unwrap();
+        std::fs::create_dir(dir.join("out")).unwrap();
+        for name in ["upper", "work", "merged"] {
+            std::fs::create_dir(dir.join(name)).unwrap();
+        }
+    });
+    let dir = &scenario.dir;
+    let vault = dir.join("vault");
+    let in_vault = |name: &str| text(&vault.join(name));
+    let out = |name: &str| text(&dir.join("out").join(name));
+    let agents = &scenario.agents;
+    let as_who = |user: bool, cgroup: &Path, op: &str, args: &[&str]| {
+        if user {
+            scenario.tamper_as_user(cgroup, op, args)
+        } else {
+            scenario.tamper(cgroup, op, args)
+        }
+    };
+    for (who, user) in [("root", false), ("user", true)] {
+        let denied = [
+            ("read", vec![in_vault("sub/deep.pem")]),
+            (
+                "link",
+                vec![in_vault("key.pem"), out(&format!("key-{who}"))],
+            ),
+            (
+                "rename",
+                vec![in_vault("key.pem"), out(&format!("key-{who}"))],
+            ),
+            ("rename", vec![in_vault("sub"), out(&format!("sub-{who}"))]),
+        ];
+        for (op, args) in &denied {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            assert_eq!(
+                as_who(user, agents, op, &args),
+                Outcome::Denied,
+                "{who}: {op} {args:?}"
+            );
+        }
+        // Within the directory a file may move; a new file is covered too; writing is free.
+        let renamed = in_vault(&format!("key-{who}.pem"));
+        assert_eq!(
+            as_who(user, agents, "rename", &[&in_vault("key.pem"), &renamed]),
+            Outcome::Ok,
+            "{who}: rename within"
+        );
+        std::fs::rename(&renamed, vault.join("key.pem")).unwrap();
+        let new = in_vault(&format!("new-{who}.pem"));
+        assert_eq!(
+            as_who(user, agents, "write", &[&new, "NEW\n"]),
+            Outcome::Ok,
+            "{who}: a read rule leaves writing alone"
+        );
+        assert_eq!(
+            as_who(user, agents, "read", &[&new]),
+            Outcome::Denied,
+            "{who}: a file made later is covered"
+        );
+        // Through an overlay whose lower layer is the directory: the file below is opened for
+        // the agent, and judged.
+        let (lower, upper, work, merged) = (
+            text(&vault),
+            text(&dir.join("upper")),
+            text(&dir.join(format!("work-{who}"))),
+            text(&dir.join(format!("merged-{who}"))),
+        );
+        std::fs::create_dir_all(&work).unwrap();
+        std::fs::create_dir_all(&merged).unwrap();
+        own_all(dir);
+        let through = text(&Path::new(&merged).join("key.pem"));
+        let namespace = if user { "user" } else { "private" };
+        assert_eq!(
+            as_who(
+                user,
+                agents,
+                "in-ns",
+                &[
+                    namespace,
+                    "overlay-then",
+                    &lower,
+                    &upper,
+                    &work,
+                    &merged,
+                    "read",
+                    &through
+                ],
+            ),
+            Outcome::Denied,
+            "{who}: read through an overlay"
+        );
+    }
+    // By handle (root only: open_by_handle_at needs CAP_DAC_READ_SEARCH).
+    assert_eq!(
+        scenario.tamper(agents, "by-handle", &[&in_vault("key.pem")]),
+        Outcome::Denied
+    );
+    assert_eq!(
+        std::fs::read_to_string(vault.join("key.pem")).unwrap(),
+        "KEY\n"
+    );
+
+    // Control: outside the agent cgroups the same actions work.
+    let outside = &scenario.outside;
+    assert_eq!(
+        scenario.tamper(outside, "by-handle", &[&in_vault("key.pem")]),
+        Outcome::Ok
+    );
+    for (who, user) in [("root", false), ("user", true)] {
+        let key = in_vault("key.pem");
+        let moved = out(&format!("key-{who}"));
+        let ok = [
+            ("read", vec![in_vault("sub/deep.pem")]),
+            ("link", vec![key.clone(), moved.clone()]),
+            ("unlink", vec![moved.clone()]),
+            ("rename", vec![key.clone(), moved.clone()]),
+            ("rename", vec![moved.clone(), key.clone()]),
+        ];
+        for (op, args) in &ok {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            assert_eq!(
+                as_who(user, outside, op, &args),
+                Outcome::Ok,
+                "outside, {who}: {op} {args:?}"
+            );
+        }
+        let merged = text(&dir.join(format!("merged-{who}")));
+        let through = text(&Path::new(&merged).join("key.pem"));
+        let namespace = if user { "user" } else { "private" };
+        assert_eq!(
+            as_who(
+                user,
+                outside,
+                "in-ns",
+                &[
+                    namespace,
+                    "overlay-then",
+                    &text(&vault),
+                    &text(&dir.join("upper")),
+                    &text(&dir.join(format!("work-{who}"))),
+                    &merged,
+                    "read",
+                    &through,
+                ],
+            ),
+            Outcome::Ok,
+            "outside, {who}: read through an overlay"
+        );
+    }
+}
