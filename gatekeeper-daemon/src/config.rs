@@ -12,6 +12,7 @@ use std::{
 };
 
 use crate::destinations::Prefix;
+pub use crate::requests::Risk;
 
 mod host;
 mod parse;
@@ -129,6 +130,8 @@ pub struct RulePolicy {
     pub approvals: u32,
     /// An approval without a reason is refused.
     pub require_reason: bool,
+    /// Shown to reviewers first, carried in the journal and the webhook body.
+    pub risk: Risk,
 }
 
 impl Default for RulePolicy {
@@ -136,6 +139,7 @@ impl Default for RulePolicy {
         Self {
             approvals: 1,
             require_reason: false,
+            risk: Risk::default(),
         }
     }
 }

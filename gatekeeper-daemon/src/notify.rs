@@ -134,6 +134,7 @@ fn facts(request: &Request) -> Vec<(&'static str, String)> {
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
     vec![
+        ("Risk", request.risk.name().to_uppercase()),
         ("Request", request.id.clone()),
         ("Rule", request.rule.clone()),
         ("What", what),
@@ -190,8 +191,20 @@ pub fn message(kind: &WebhookKind, requests: &[Request]) -> Value {
 fn summary(request: &Request) -> String {
     let what = attempted(request);
     format!(
-        "{} · {} · {what} · {}",
-        request.id, request.rule, request.cgroup
+        "{} · {} risk · {} · {what} · {}",
+        request.id,
+        request.risk.name(),
+        request.rule,
+        request.cgroup
+    )
+}
+
+/// A message's title: the risk first, then the rule.
+fn headline(request: &Request) -> String {
+    format!(
+        "Approval requested ({} risk): {}",
+        request.risk.name(),
+        request.rule
     )
 }
 
@@ -285,7 +298,7 @@ pub fn slack_message(request: &Request) -> Value {
         .collect();
     let mut blocks = vec![json!({
         "type": "header",
-        "text": {"type": "plain_text", "text": truncated(&format!("Approval requested: {}", request.rule), 140)}
+        "text": {"type": "plain_text", "text": truncated(&headline(request), 140)}
     })];
     blocks.extend(sections);
     blocks.push(decision_buttons("gatekeeper_decision", &request.id));
@@ -303,7 +316,7 @@ pub fn teams_message(request: &Request) -> Value {
         .map(|(title, value)| (title.to_owned(), value))
         .collect();
     adaptive_card(
-        format!("Approval requested: {}", request.rule),
+        headline(request),
         facts,
         format!(
             "Decide on the host with `gatekeeper approve {id} --reason ...` or `gatekeeper deny {id}`, or through your reviewers' integration: POST /v1/requests/{id}/decision.",
@@ -440,6 +453,7 @@ mod tests {
             grant_id: None,
             owner: Some("alice".into()),
             approvals_required: 2,
+            risk: crate::requests::Risk::High,
             require_reason: false,
             approvals: Vec::new(),
             grant_error: None,
@@ -497,6 +511,10 @@ mod tests {
         assert!(message["text"].as_str().unwrap().contains("a1b2c3d4e5f6"));
         let blocks = message["blocks"].as_array().unwrap();
         assert_eq!(blocks[0]["type"], "header");
+        assert_eq!(
+            blocks[0]["text"]["text"],
+            "Approval requested (high risk): database export"
+        );
         let text: String = blocks
             .iter()
             .filter(|block| block["type"] == "section")
@@ -512,6 +530,7 @@ mod tests {
             "alice-agent",
             "python3 agent.py",
             "0 of 2",
+            "*Risk*\nHIGH",
         ] {
             assert!(text.contains(fact), "{fact} missing from {text}");
         }
@@ -543,6 +562,14 @@ mod tests {
             "connect to unix socket /run/docker.sock"
         );
         assert!(summary(&socket).contains("connect to unix socket /run/docker.sock"));
+        assert!(summary(&socket).contains("high risk"));
+        let mut file = sample_request();
+        file.kind = Kind::File;
+        file.target = "/etc/prod/secrets.env".into();
+        for (access, words) in [(1, "read"), (2, "write"), (3, "read and write")] {
+            file.target_key = gatekeeper_common::Target::file(1, 2, access);
+            assert_eq!(attempted(&file), format!("{words} /etc/prod/secrets.env"));
+        }
     }
 
     #[test]

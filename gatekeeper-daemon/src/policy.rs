@@ -539,7 +539,10 @@ impl Policy {
             let Some(candidate) = with_rule(index) else {
                 continue;
             };
-            let key = |rule: &FileRule| (rule.approval.approvals, rule.approval.require_reason);
+            let key = |rule: &FileRule| {
+                let approval = rule.approval;
+                (approval.approvals, approval.require_reason, approval.risk)
+            };
             if strictest.is_none_or(|(_, rule)| key(candidate.1) > key(rule)) {
                 strictest = Some(candidate);
             }
@@ -658,6 +661,7 @@ impl Policy {
             owner,
             approvals_required: approval.approvals,
             require_reason: approval.require_reason,
+            risk: approval.risk,
         }
     }
 
@@ -869,6 +873,34 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_file_below_a_protected_directory_is_found_by_its_name_or_a_search() {
+        let dir = std::env::temp_dir().join(format!("gk-find-below-{}", std::process::id()));
+        let deep = dir.join("a/b/c");
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::write(dir.join("direct.env"), "x").unwrap();
+        std::fs::write(deep.join("deep.env"), "y").unwrap();
+        // A symlink back up must not send the search round in circles.
+        std::os::unix::fs::symlink(&dir, deep.join("loop")).unwrap();
+        let direct = node_of(&dir.join("direct.env")).unwrap();
+        let deep_file = node_of(&deep.join("deep.env")).unwrap();
+        assert_eq!(
+            find_below(&dir, direct, "direct.env"),
+            Some(dir.join("direct.env"))
+        );
+        // The kernel's name is only a hint: a file found elsewhere below is found by search.
+        assert_eq!(
+            find_below(&dir, deep_file, "renamed.env"),
+            Some(deep.join("deep.env"))
+        );
+        assert_eq!(
+            find_below(&dir, deep_file, "../escape"),
+            Some(deep.join("deep.env"))
+        );
+        assert_eq!(find_below(&dir, Target::exec(0, 1), "direct.env"), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     const ALLOWED: Digest = [1; 32];

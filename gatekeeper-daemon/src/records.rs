@@ -9,9 +9,9 @@ use crate::{
     destinations::Destination,
     journal::schema::{
         DecisionRecord, DestinationRecord, Event, ParentRecord, ProcessRecord, RequestKind,
-        RequestRecord, RequestSnapshot, RequestState, TargetRecord, Verdict,
+        RequestRecord, RequestSnapshot, RequestState, RiskRecord, TargetRecord, Verdict,
     },
-    requests::{Decision, DecisionInfo, Kind, Parent, Process, Request, State},
+    requests::{Decision, DecisionInfo, Kind, Parent, Process, Request, Risk, State},
 };
 
 pub fn verdict_of(decision: Decision) -> Verdict {
@@ -121,6 +121,12 @@ pub fn request_record(request: &Request) -> RequestRecord {
         owner: request.owner.clone(),
         approvals_required: request.approvals_required,
         require_reason: request.require_reason,
+        risk: match request.risk {
+            Risk::Low => RiskRecord::Low,
+            Risk::Medium => RiskRecord::Medium,
+            Risk::High => RiskRecord::High,
+            Risk::Critical => RiskRecord::Critical,
+        },
     }
 }
 
@@ -175,6 +181,12 @@ pub fn request_from_record(record: &RequestRecord) -> Request {
         owner: record.owner.clone(),
         approvals_required: record.approvals_required.max(1),
         require_reason: record.require_reason,
+        risk: match record.risk {
+            RiskRecord::Low => Risk::Low,
+            RiskRecord::Medium => Risk::Medium,
+            RiskRecord::High => Risk::High,
+            RiskRecord::Critical => Risk::Critical,
+        },
         approvals: Vec::new(),
         grant_error: None,
         finished: None,

@@ -20,6 +20,32 @@ pub enum Decision {
     Deny,
 }
 
+/// How much harm the protected action can do, as the rule's author judged it; shown to
+/// reviewers first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Risk {
+    Low,
+    #[default]
+    Medium,
+    High,
+    Critical,
+}
+
+impl Risk {
+    pub const ALL: [Self; 4] = [Self::Low, Self::Medium, Self::High, Self::Critical];
+
+    /// The word the config and the channels use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::High => "high",
+            Self::Critical => "critical",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
@@ -98,6 +124,9 @@ pub struct Request {
     /// Distinct approvals needed before the grant.
     pub approvals_required: u32,
     pub require_reason: bool,
+    /// The rule's risk (requests made before risks existed read as medium).
+    #[serde(default)]
+    pub risk: Risk,
     /// Approvals so far (the last one completes the decision).
     pub approvals: Vec<DecisionInfo>,
     /// Approved, but the grant could not be put into the kernel: why.
@@ -126,6 +155,7 @@ pub struct Denial {
     pub owner: Option<String>,
     pub approvals_required: u32,
     pub require_reason: bool,
+    pub risk: Risk,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -242,6 +272,7 @@ impl Requests {
             owner: denial.owner,
             approvals_required: denial.approvals_required.max(1),
             require_reason: denial.require_reason,
+            risk: denial.risk,
             approvals: Vec::new(),
             grant_error: None,
             finished: None,
@@ -450,6 +481,7 @@ pub(crate) mod tests {
             },
             owner: Some("olivia".into()),
             approvals_required: 1,
+            risk: Risk::Medium,
             require_reason: false,
         }
     }

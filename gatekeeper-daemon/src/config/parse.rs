@@ -14,7 +14,7 @@ use gatekeeper_common::file_access;
 
 use super::{
     Config, ConfigError, ConnectRule, DEFAULT_SOCKET, DestinationSpec, ExecRule, FileRule, Problem,
-    RulePolicy, Webhook, WebhookKind,
+    Risk, RulePolicy, Webhook, WebhookKind,
     raw::{
         RawAgents, RawApproval, RawConfig, RawConnectRule, RawDaemon, RawExecRule, RawFileRule,
         RawOwner, RawWebhook,
@@ -312,7 +312,7 @@ impl Parser {
             Err(self.report(&path_key, message))
         };
         let path = self.absolute_path(&path_key, raw.path);
-        let approval = self.policy(key, raw.approvals, raw.require_reason);
+        let approval = self.policy(key, raw.approvals, raw.require_reason, raw.risk);
         unique?;
         let path = path?;
         Ok(ExecRule {
@@ -352,7 +352,7 @@ impl Parser {
                 format!("{other:?}: use \"read\", \"write\" or \"any\""),
             )),
         };
-        let approval = self.policy(key, raw.approvals, raw.require_reason);
+        let approval = self.policy(key, raw.approvals, raw.require_reason, raw.risk);
         unique?;
         let path = path?;
         Ok(FileRule {
@@ -407,7 +407,7 @@ impl Parser {
             format!("{key}.protocol"),
             destinations::parse_protocol(raw.protocol.as_deref().unwrap_or("any")),
         );
-        let approval = self.policy(key, raw.approvals, raw.require_reason);
+        let approval = self.policy(key, raw.approvals, raw.require_reason, raw.risk);
         let destination = destination?;
         network_only?;
         Ok(ConnectRule {
@@ -471,16 +471,29 @@ impl Parser {
         rule_key: &str,
         approvals: Option<i64>,
         require_reason: Option<bool>,
+        risk: Option<String>,
     ) -> Result<RulePolicy, Reported> {
         let defaults = RulePolicy::default();
+        let approvals = self.number(
+            &format!("{rule_key}.approvals"),
+            approvals,
+            defaults.approvals,
+            APPROVALS_RANGE,
+        );
+        let risk = match risk {
+            None => Ok(defaults.risk),
+            Some(word) => match Risk::ALL.into_iter().find(|risk| risk.name() == word) {
+                Some(risk) => Ok(risk),
+                None => Err(self.report(
+                    format!("{rule_key}.risk"),
+                    format!("{word:?}: use \"low\", \"medium\", \"high\" or \"critical\""),
+                )),
+            },
+        };
         Ok(RulePolicy {
-            approvals: self.number(
-                &format!("{rule_key}.approvals"),
-                approvals,
-                defaults.approvals,
-                APPROVALS_RANGE,
-            )?,
+            approvals: approvals?,
             require_reason: require_reason.unwrap_or(defaults.require_reason),
+            risk: risk?,
         })
     }
 

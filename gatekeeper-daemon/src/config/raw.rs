@@ -78,6 +78,7 @@ pub(super) struct RawExecRule {
     pub(super) name: Option<String>,
     pub(super) approvals: Option<i64>,
     pub(super) require_reason: Option<bool>,
+    pub(super) risk: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -89,6 +90,7 @@ pub(super) struct RawFileRule {
     pub(super) access: Option<String>,
     pub(super) approvals: Option<i64>,
     pub(super) require_reason: Option<bool>,
+    pub(super) risk: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +105,7 @@ pub(super) struct RawConnectRule {
     pub(super) protocol: Option<String>,
     pub(super) approvals: Option<i64>,
     pub(super) require_reason: Option<bool>,
+    pub(super) risk: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

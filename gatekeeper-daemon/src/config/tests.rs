@@ -561,6 +561,7 @@ owner = "alice"
 cidr = "10.0.0.0/8"
 approvals = 2
 require_reason = true
+risk = "critical"
 "#,
         owned.display()
     );
@@ -575,7 +576,8 @@ require_reason = true
         config.connect_rules[0].approval,
         RulePolicy {
             approvals: 2,
-            require_reason: true
+            require_reason: true,
+            risk: Risk::Critical,
         }
     );
 
@@ -599,6 +601,10 @@ require_reason = true
         (
             extra.replace("approvals = 2", "approvals = 0"),
             "protect.connect[0].approvals",
+        ),
+        (
+            extra.replace("risk = \"critical\"", "risk = \"severe\""),
+            "protect.connect[0].risk",
         ),
     ];
     for (text, key) in cases {

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 
 use super::schema::{
-    DestinationRecord, Event, ProcessRecord, RequestKind, RequestRecord, TargetRecord,
+    DestinationRecord, Event, ProcessRecord, RequestKind, RequestRecord, RiskRecord, TargetRecord,
 };
 
 /// The events format 0 knew; all but two read as format 1 unchanged.
@@ -77,6 +77,7 @@ pub fn read(value: serde_json::Value) -> Result<Event, String> {
                 owner: request.owner,
                 approvals_required: request.approvals_required.max(1),
                 require_reason: request.require_reason,
+                risk: RiskRecord::default(),
             }),
         },
         LegacyEvent::WebhookDelivery {

@@ -191,6 +191,17 @@ pub enum RequestKind {
     File,
 }
 
+/// A rule's risk; records written before risks existed read as medium.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RiskRecord {
+    Low,
+    #[default]
+    Medium,
+    High,
+    Critical,
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestState {
@@ -260,6 +271,8 @@ pub struct RequestRecord {
     pub approvals_required: u32,
     #[serde(default)]
     pub require_reason: bool,
+    #[serde(default)]
+    pub risk: RiskRecord,
 }
 
 /// One reviewer's decision, with when it was taken.

@@ -145,15 +145,22 @@ fn run() -> anyhow::Result<()> {
     );
     report.insert("params".into(), serde_json::to_value(&params)?);
 
+    // A protected directory on the device of the loops' files: every open of an agent there
+    // walks up to the file system's root looking for it.
+    let secrets = "/tmp/gk-bench/secrets";
     let mut scenario = Scenario::prepare(
         "bench",
         Options {
-            extra: approval::FLOOD_RULE.into(),
+            extra: format!(
+                "{}[[protect.file]]\npath = \"{secrets}\"\nname = \"bench secrets\"\n",
+                approval::FLOOD_RULE
+            ),
             // The default rate limit (10, then one per 6 s) would time itself, not the path.
             webhook_burst: Some(approval::WEBHOOK_BURST),
             ..Options::default()
         },
     );
+    std::fs::create_dir_all(secrets)?;
     let mut footprint = Map::new();
     let fresh = footprint::timed_start(&mut scenario)?;
     footprint.insert("fresh_start_ns".into(), json!(fresh.as_nanos() as u64));
