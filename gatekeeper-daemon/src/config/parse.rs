@@ -304,22 +304,33 @@ impl Parser {
         raw: RawExecRule,
         seen: &mut HashSet<PathBuf>,
     ) -> Result<ExecRule, Reported> {
-        let path_key = format!("{key}.path");
-        let unique = if seen.insert(raw.path.clone()) {
-            Ok(())
-        } else {
-            let message = format!("{} is listed twice", raw.path.display());
-            Err(self.report(&path_key, message))
-        };
-        let path = self.absolute_path(&path_key, raw.path);
+        let path = self.rule_path(key, raw.path, seen);
         let approval = self.policy(key, raw.approvals, raw.require_reason, raw.risk);
-        unique?;
         let path = path?;
         Ok(ExecRule {
             name: raw.name.unwrap_or_else(|| path.display().to_string()),
             path,
             approval: approval?,
         })
+    }
+
+    /// A rule's `path`: absolute, and in no other rule of its kind (`seen`).
+    fn rule_path(
+        &mut self,
+        key: &str,
+        path: PathBuf,
+        seen: &mut HashSet<PathBuf>,
+    ) -> Result<PathBuf, Reported> {
+        let path_key = format!("{key}.path");
+        let unique = if seen.insert(path.clone()) {
+            Ok(())
+        } else {
+            let message = format!("{} is listed twice", path.display());
+            Err(self.report(&path_key, message))
+        };
+        let path = self.absolute_path(&path_key, path);
+        unique?;
+        path
     }
 
     fn file_rules(&mut self, raw: Vec<RawFileRule>) -> Result<Vec<FileRule>, Reported> {
@@ -335,14 +346,7 @@ impl Parser {
         raw: RawFileRule,
         seen: &mut HashSet<PathBuf>,
     ) -> Result<FileRule, Reported> {
-        let path_key = format!("{key}.path");
-        let unique = if seen.insert(raw.path.clone()) {
-            Ok(())
-        } else {
-            let message = format!("{} is listed twice", raw.path.display());
-            Err(self.report(&path_key, message))
-        };
-        let path = self.absolute_path(&path_key, raw.path);
+        let path = self.rule_path(key, raw.path, seen);
         let access = match raw.access.as_deref() {
             None | Some("any") => Ok(file_access::READ | file_access::WRITE),
             Some("read") => Ok(file_access::READ),
@@ -353,7 +357,6 @@ impl Parser {
             )),
         };
         let approval = self.policy(key, raw.approvals, raw.require_reason, raw.risk);
-        unique?;
         let path = path?;
         Ok(FileRule {
             name: raw.name.unwrap_or_else(|| path.display().to_string()),

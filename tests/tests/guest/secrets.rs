@@ -41,7 +41,7 @@ fn start(name: &str, rule_path: &str, access: &str, build: impl FnOnce(&Path)) -
         name,
         Options {
             extra: format!(
-                "[[protect.file]]\npath = \"{}\"\nname = \"prod {access}\"\naccess = \"{access}\"\n",
+                "[[protect.file]]\npath = \"{}\"\nname = \"prod {access}\"\naccess = \"{access}\"\nrisk = \"high\"\n",
                 dir.join(rule_path).display()
             ),
             ..Options::default()
@@ -92,6 +92,25 @@ fn a_protected_secret_is_read_once_per_approval() {
     );
     let request = file_request(&scenario, &secret, READ);
     assert_eq!(request["rule"], "prod read");
+    assert_eq!(request["risk"], "high");
+    assert_eq!(request["process"]["comm"], "gk-helper");
+    let id = request["id"].as_str().unwrap().to_owned();
+    // The reviewers' webhook has it, as a file request.
+    let webhook = scenario.webhook.as_ref().unwrap();
+    wait_for("the webhook delivery", || {
+        webhook
+            .received()
+            .into_iter()
+            .find(|delivery| delivery.json()["request"]["id"] == id.as_str())
+    });
+    let delivered = webhook
+        .received()
+        .into_iter()
+        .map(|delivery| delivery.json())
+        .find(|body| body["request"]["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(delivered["request"]["kind"], "file");
+    assert_eq!(delivered["request"]["target"], path.as_str());
     // The repeat joined the request.
     let pending = |scenario: &Scenario| {
         scenario
@@ -111,7 +130,12 @@ fn a_protected_secret_is_read_once_per_approval() {
         Outcome::Ok
     );
 
-    approve(&scenario, request["id"].as_str().unwrap());
+    // The agent waits for the decision like for any other.
+    let waiting = scenario.spawn_gatekeeper_in(agents, &["await", "--last", "--timeout", "60s"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    approve(&scenario, &id);
+    let awaited = waiting.wait_with_output().unwrap();
+    assert_eq!(awaited.status.code(), Some(0), "{awaited:?}");
     assert_eq!(
         cat(agents, &secret).as_deref(),
         Some("TOKEN=s3cret\n"),
@@ -139,6 +163,22 @@ fn a_protected_secret_is_read_once_per_approval() {
         scenario.tamper_as_user(agents, "append", &[&path]),
         Outcome::Ok
     );
+
+    // A new file renamed over the path (from outside) is protected too, within a second; the
+    // old one stays protected.
+    let kept = scenario.dir.join("kept.env");
+    std::fs::hard_link(&secret, &kept).unwrap();
+    let fresh = scenario.dir.join("fresh.env");
+    std::fs::write(&fresh, "TOKEN=new\n").unwrap();
+    own_all(&fresh);
+    std::fs::rename(&fresh, &secret).unwrap();
+    scenario.wait_journal("protection_updated", |event| event["path"] == path.as_str());
+    assert_eq!(cat(agents, &secret), None, "the new file at the path");
+    assert_eq!(cat(agents, &kept), None, "the old file under another name");
+    assert_eq!(
+        cat(&scenario.outside, &secret).as_deref(),
+        Some("TOKEN=new\n")
+    );
 }
 
 #[test]
@@ -163,6 +203,7 @@ fn a_protected_directory_changes_only_with_approval() {
             ("append", vec![at("app.conf")]),
             ("truncate", vec![at("app.conf")]),
             ("chmod", vec![at("app.conf"), "600".into()]),
+            ("chown", vec![at("app.conf"), UNLISTED_UID.to_string()]),
             ("write", vec![at(&format!("new-{who}.conf")), "x".into()]),
             ("mkdir", vec![at(&format!("sub-{who}"))]),
             ("link", vec![other.clone(), at(&format!("linked-{who}"))]),
@@ -174,12 +215,13 @@ fn a_protected_directory_changes_only_with_approval() {
             ("unlink", vec![at("gone.conf")]),
             ("rmdir", vec![at("keep")]),
         ];
-        // trusted.* xattrs need root; tmpfs has user.* ones only since 6.6.
+        // trusted.* xattrs and inode flags need root; tmpfs has user.* xattrs only since 6.6.
         if who == "root" {
             attempts.push((
                 "setxattr",
                 vec![at("app.conf"), "trusted.gk".into(), "x".into()],
             ));
+            attempts.push(("chattr", vec![at("app.conf"), "+i".into()]));
         }
         attempts
     };
@@ -256,6 +298,10 @@ fn a_protected_directory_changes_only_with_approval() {
                     }
                 }
                 ("rmdir", [path]) => std::fs::create_dir(path).unwrap(),
+                ("chattr", [path, _]) => assert_eq!(
+                    scenario.tamper(&scenario.outside, "chattr", &[path, "-i"]),
+                    Outcome::Ok
+                ),
                 ("unlink", [path]) => std::fs::write(path, "x").unwrap(),
                 _ => {}
             }
