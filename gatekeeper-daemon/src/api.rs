@@ -34,6 +34,7 @@ use crate::{
     handle::{DecideFailure, Handle, Waiting},
     notify,
     requests::{self, DecideError, Decision, authorize_reviewer},
+    shown::{FIELD_LIMIT, slack_escaped, visible},
 };
 
 /// Signed HTTP decisions older (or further in the future) than this are refused.
@@ -688,7 +689,7 @@ async fn slack_interaction(
             let text = format!(
                 "Your approval of request {} ({}) is recorded: {} of {} approvals",
                 request.id,
-                request.target,
+                slack_escaped(&visible(&request.target, FIELD_LIMIT)),
                 request.approvals.len(),
                 request.approvals_required
             );
@@ -711,7 +712,7 @@ async fn slack_interaction(
             let text = format!(
                 "Request {} ({}) {} by {reviewer}{failed}",
                 request.id,
-                request.target,
+                slack_escaped(&visible(&request.target, FIELD_LIMIT)),
                 format!("{:?}", request.state).to_lowercase()
             );
             if let Some(url) = payload.response_url {

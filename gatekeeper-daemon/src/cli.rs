@@ -15,6 +15,7 @@ use crate::{
     config::{Config, ConfigError, DEFAULT_CONFIG, DEFAULT_SOCKET},
     journal,
     requests::{Decision, Request, State},
+    shown::{FIELD_LIMIT, visible},
 };
 
 /// Exit code for a bad configuration or bad arguments.
@@ -256,11 +257,15 @@ fn decide(
         ),
         (Decision::Approve, _) => println!(
             "approved request {} ({} for {})",
-            request.id, request.target, request.cgroup
+            request.id,
+            visible(&request.target, FIELD_LIMIT),
+            visible(&request.cgroup, FIELD_LIMIT)
         ),
         (Decision::Deny, _) => println!(
             "denied request {} ({} for {})",
-            request.id, request.target, request.cgroup
+            request.id,
+            visible(&request.target, FIELD_LIMIT),
+            visible(&request.cgroup, FIELD_LIMIT)
         ),
     }
     Ok(ExitCode::SUCCESS)
@@ -282,8 +287,8 @@ fn print_requests(requests: &[Request]) {
             format!("{:?}", request.state).to_lowercase(),
             format!("{:?}", request.kind).to_lowercase(),
             created,
-            request.cgroup,
-            request.target
+            visible(&request.cgroup, FIELD_LIMIT),
+            visible(&request.target, FIELD_LIMIT)
         );
     }
 }

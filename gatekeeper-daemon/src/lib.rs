@@ -20,3 +20,4 @@ pub mod policy;
 pub mod records;
 pub mod requests;
 pub mod service;
+pub mod shown;

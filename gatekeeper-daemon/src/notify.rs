@@ -15,6 +15,7 @@ use crate::{
     config::{Webhook, WebhookKind},
     core::DeliveryAttempt,
     requests::{Kind, Request},
+    shown::{FIELD_LIMIT, slack_escaped, teams_escaped, visible},
 };
 
 pub const TIMESTAMP_HEADER: &str = "x-gatekeeper-timestamp";
@@ -87,8 +88,8 @@ impl<'a> RequestMessage<'a> {
     }
 }
 
-/// Slack rejects longer field texts.
-const SLACK_FIELD_LIMIT: usize = 1900;
+/// Slack cuts header texts at 150 characters.
+const HEADER_LIMIT: usize = 140;
 
 /// What the agent attempted, in a reviewer's words.
 fn attempted(request: &Request) -> String {
@@ -116,8 +117,16 @@ fn access_words(access: u32) -> &'static str {
     }
 }
 
-/// The facts a reviewer needs, as (label, value) pairs, in the order they are shown.
+/// The facts a reviewer needs, as (label, value) pairs, in the order they are shown; every value
+/// made [`visible`] and capped, since most come from the agent.
 fn facts(request: &Request) -> Vec<(&'static str, String)> {
+    raw_facts(request)
+        .into_iter()
+        .map(|(label, value)| (label, visible(&value, FIELD_LIMIT)))
+        .collect()
+}
+
+fn raw_facts(request: &Request) -> Vec<(&'static str, String)> {
     let process = &request.process;
     let user = process
         .user
@@ -160,17 +169,6 @@ fn facts(request: &Request) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn truncated(text: &str, limit: usize) -> String {
-    if text.len() <= limit {
-        return text.to_owned();
-    }
-    let mut end = limit;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
-}
-
 /// The body each kind of webhook receives: one request's message, or a digest of several that
 /// piled up while the endpoint's rate limit held them back.
 pub fn message(kind: &WebhookKind, requests: &[Request]) -> Value {
@@ -187,16 +185,17 @@ pub fn message(kind: &WebhookKind, requests: &[Request]) -> Value {
     }
 }
 
-/// One short line per request, for digests.
+/// One short line per request, for digests, made [`visible`] and capped.
 fn summary(request: &Request) -> String {
     let what = attempted(request);
-    format!(
+    let line = format!(
         "{} · {} risk · {} · {what} · {}",
         request.id,
         request.risk.name(),
         request.rule,
         request.cgroup
-    )
+    );
+    visible(&line, FIELD_LIMIT)
 }
 
 /// A message's title: the risk first, then the rule.
@@ -217,7 +216,7 @@ fn slack_digest(requests: &[Request]) -> Value {
     for request in requests {
         blocks.push(json!({
             "type": "section",
-            "text": {"type": "mrkdwn", "text": truncated(&summary(request), SLACK_FIELD_LIMIT)}
+            "text": plain_text(&summary(request))
         }));
         blocks.push(decision_buttons(
             &format!("gatekeeper_decision_{}", request.id),
@@ -233,7 +232,7 @@ fn slack_digest(requests: &[Request]) -> Value {
 fn teams_digest(requests: &[Request]) -> Value {
     let facts = requests
         .iter()
-        .map(|request| (request.id.clone(), summary(request)))
+        .map(|request| (request.id.clone(), teams_escaped(&summary(request))))
         .collect();
     adaptive_card(
         format!("{} approval requests", requests.len()),
@@ -282,28 +281,43 @@ fn adaptive_card(title: String, facts: Vec<(String, String)>, how_to_decide: Str
     })
 }
 
+/// Text Slack shows as it is: no formatting, mentions, links or emoji codes.
+fn plain_text(text: &str) -> Value {
+    json!({"type": "plain_text", "text": text, "emoji": false})
+}
+
 /// A Block Kit message whose buttons carry the decision in `action_id` and the request id in
-/// `value`, for `POST /v1/slack/interactions`.
+/// `value`, for `POST /v1/slack/interactions`. Each fact is a bold label beside its value as
+/// plain text, which Slack does not parse.
 pub fn slack_message(request: &Request) -> Value {
     let fields: Vec<Value> = facts(request)
         .into_iter()
-        .map(|(label, value)| {
-            json!({"type": "mrkdwn", "text": format!("*{label}*\n{}", truncated(&value, SLACK_FIELD_LIMIT))})
+        .flat_map(|(label, value)| {
+            [
+                json!({"type": "mrkdwn", "text": format!("*{label}*")}),
+                plain_text(&value),
+            ]
         })
         .collect();
-    // A section holds at most ten fields.
+    // A section holds at most ten fields: five facts.
     let sections: Vec<Value> = fields
         .chunks(10)
         .map(|chunk| json!({"type": "section", "fields": chunk}))
         .collect();
     let mut blocks = vec![json!({
         "type": "header",
-        "text": {"type": "plain_text", "text": truncated(&headline(request), 140)}
+        "text": plain_text(&visible(&headline(request), HEADER_LIMIT))
     })];
     blocks.extend(sections);
     blocks.push(decision_buttons("gatekeeper_decision", &request.id));
+    // The notification text is mrkdwn, and carries nothing of the agent's.
     json!({
-        "text": format!("Gatekeeper: approval requested for {} ({})", request.target, request.id),
+        "text": slack_escaped(&format!(
+            "Gatekeeper: approval requested ({} risk), rule {} ({})",
+            request.risk.name(),
+            visible(&request.rule, HEADER_LIMIT),
+            request.id
+        )),
         "blocks": blocks,
     })
 }
@@ -313,10 +327,10 @@ pub fn slack_message(request: &Request) -> Value {
 pub fn teams_message(request: &Request) -> Value {
     let facts = facts(request)
         .into_iter()
-        .map(|(title, value)| (title.to_owned(), value))
+        .map(|(title, value)| (title.to_owned(), teams_escaped(&value)))
         .collect();
     adaptive_card(
-        headline(request),
+        teams_escaped(&visible(&headline(request), HEADER_LIMIT)),
         facts,
         format!(
             "Decide on the host with `gatekeeper approve {id} --reason ...` or `gatekeeper deny {id}`, or through your reviewers' integration: POST /v1/requests/{id}/decision.",
@@ -515,22 +529,31 @@ mod tests {
             blocks[0]["text"]["text"],
             "Approval requested (high risk): database export"
         );
-        let text: String = blocks
+        let fields: Vec<&Value> = blocks
             .iter()
             .filter(|block| block["type"] == "section")
             .flat_map(|block| block["fields"].as_array().unwrap().iter())
-            .map(|field| {
-                assert_eq!(field["type"], "mrkdwn");
-                field["text"].as_str().unwrap().to_owned()
+            .collect();
+        // Labels in bold beside values in plain text, which Slack does not parse.
+        let pairs: Vec<(&str, &str)> = fields
+            .chunks(2)
+            .map(|pair| {
+                assert_eq!(pair[0]["type"], "mrkdwn");
+                assert_eq!(pair[1]["type"], "plain_text");
+                (
+                    pair[0]["text"].as_str().unwrap(),
+                    pair[1]["text"].as_str().unwrap(),
+                )
             })
             .collect();
+        assert_eq!(pairs[0], ("*Risk*", "HIGH"), "the risk comes first");
+        let text: String = pairs.iter().map(|(_, value)| *value).collect();
         for fact in [
             "a1b2c3d4e5f6",
             "database export",
             "alice-agent",
             "python3 agent.py",
             "0 of 2",
-            "*Risk*\nHIGH",
         ] {
             assert!(text.contains(fact), "{fact} missing from {text}");
         }
@@ -601,6 +624,72 @@ mod tests {
                 .as_str()
                 .unwrap()
                 .contains("gatekeeper approve a1b2c3d4e5f6")
+        );
+    }
+
+    /// An agent's text as it would try to pass for the system's own.
+    fn hostile_request() -> Request {
+        let mut request = sample_request();
+        request.target = "/tmp/x\n*Approved by security* <!channel> <https://evil|docs>".into();
+        request.process.comm = "\u{202e}pmud_gp".into();
+        request.process.argv = Some(vec![
+            "sh".into(),
+            "-c".into(),
+            format!("[ok](https://evil) `x` {}", "A".repeat(5000)),
+        ]);
+        request
+    }
+
+    #[test]
+    fn agent_text_stays_text_in_every_channel() {
+        let request = hostile_request();
+        let single = message(&slack(), std::slice::from_ref(&request));
+        let blocks = single["blocks"].as_array().unwrap();
+        for block in blocks.iter().filter(|block| block["type"] == "section") {
+            for pair in block["fields"].as_array().unwrap().chunks(2) {
+                // Whatever came from the agent is a plain_text value; labels are ours.
+                assert_eq!(pair[1]["type"], "plain_text");
+                assert_eq!(pair[1]["emoji"], false);
+                let value = pair[1]["text"].as_str().unwrap();
+                assert!(
+                    !value.contains('\n') && !value.contains('\u{202e}'),
+                    "{value}"
+                );
+                assert!(value.len() <= FIELD_LIMIT + 32, "capped: {}", value.len());
+            }
+        }
+        let all = single.to_string();
+        assert!(all.contains("more bytes]"), "the cap is marked");
+        let fallback = single["text"].as_str().unwrap();
+        assert!(
+            !fallback.contains("<!") && !fallback.contains("evil"),
+            "{fallback}"
+        );
+        let digest = message(&slack(), &[request.clone(), request.clone()]);
+        for block in digest["blocks"].as_array().unwrap() {
+            if block["type"] == "section" {
+                assert_eq!(block["text"]["type"], "plain_text");
+            }
+        }
+
+        let teams = message(&WebhookKind::Teams, std::slice::from_ref(&request));
+        let facts = teams["attachments"][0]["content"]["body"][1]["facts"]
+            .as_array()
+            .unwrap();
+        let what = facts.iter().find(|fact| fact["title"] == "What").unwrap();
+        assert_eq!(
+            what["value"],
+            "exec /tmp/x\\\\n\\*Approved by security\\* \\<\\!channel\\> \\<https://evil\\|docs\\>"
+        );
+        let command = facts
+            .iter()
+            .find(|fact| fact["title"] == "Command line")
+            .unwrap();
+        assert!(
+            command["value"]
+                .as_str()
+                .unwrap()
+                .starts_with("sh -c \\[ok\\]\\(https://evil\\)")
         );
     }
 

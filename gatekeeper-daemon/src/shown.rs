@@ -1,0 +1,135 @@
+//! Text an agent controls (argv, paths, file names, comm, justifications), made safe to show to a
+//! reviewer: what cannot be seen is written visibly, every field has a cap with a visible marker,
+//! and each channel's markup is neutralized, so that no value can mention anyone, link anywhere,
+//! or draw a line that looks like the system's own.
+
+use std::fmt::Write as _;
+
+/// Bytes of one value shown in a message field or a CLI line, before the cap's marker.
+pub const FIELD_LIMIT: usize = 1000;
+
+/// Characters that change how text around them looks without being seen themselves: bidi
+/// overrides and isolates, zero-width spaces and joiners, the byte-order mark.
+fn is_invisible_format(ch: char) -> bool {
+    matches!(
+        ch,
+        '\u{061c}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{feff}'
+    )
+}
+
+/// `text` with control and invisible formatting characters written as escapes (`\n`, `\t`,
+/// `\u{202e}`, and `\\` for a backslash, so an escape cannot be faked), cut to at most `limit`
+/// bytes followed by a marker saying how much was cut.
+pub fn visible(text: &str, limit: usize) -> String {
+    let mut shown = String::with_capacity(text.len().min(limit) + 16);
+    for (offset, ch) in text.char_indices() {
+        let mut piece = String::new();
+        match ch {
+            '\n' => piece.push_str("\\n"),
+            '\r' => piece.push_str("\\r"),
+            '\t' => piece.push_str("\\t"),
+            '\\' => piece.push_str("\\\\"),
+            ch if ch.is_control() || is_invisible_format(ch) => {
+                let _ = write!(piece, "\\u{{{:x}}}", ch as u32);
+            }
+            ch => piece.push(ch),
+        }
+        if shown.len() + piece.len() > limit {
+            let _ = write!(shown, "…[{} more bytes]", text.len() - offset);
+            return shown;
+        }
+        shown.push_str(&piece);
+    }
+    shown
+}
+
+/// Slack mrkdwn: `&`, `<` and `>` as entities, so no `<!channel>`, `<@U…>` or `<url|label>`
+/// survives. (Values that need no formatting go out as `plain_text`, which Slack does not
+/// parse at all.)
+pub fn slack_escaped(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Teams (Adaptive Card) markdown: the punctuation that opens emphasis, code, links, headings,
+/// quotes and tables backslash-escaped, and a value that would start a list item escaped too.
+pub fn teams_escaped(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len() + 8);
+    let digits = text.chars().take_while(char::is_ascii_digit).count();
+    for (index, ch) in text.chars().enumerate() {
+        let opens_list = match ch {
+            '-' | '+' => index == 0,
+            '.' | ')' => digits > 0 && index == digits,
+            _ => false,
+        };
+        if opens_list || "\\*_`~[]()<>#|!".contains(ch) {
+            escaped.push('\\');
+        }
+        escaped.push(ch);
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_cannot_be_seen_is_written_visibly() {
+        assert_eq!(
+            visible("ls\n✅ approved by security\r\t\x1b[2K", 100),
+            "ls\\n✅ approved by security\\r\\t\\u{1b}[2K"
+        );
+        // A right-to-left override would show `pg_dump --all` reversed; a zero-width space
+        // would hide between letters.
+        assert_eq!(
+            visible("a\u{202e}b\u{200b}c\u{7f}", 100),
+            "a\\u{202e}b\\u{200b}c\\u{7f}"
+        );
+        // A backslash typed by the agent cannot pose as an escape.
+        assert_eq!(visible("\\n", 100), "\\\\n");
+        assert_eq!(
+            visible("plain /usr/bin/pg_dump", 100),
+            "plain /usr/bin/pg_dump"
+        );
+    }
+
+    #[test]
+    fn long_values_are_cut_with_a_marker() {
+        let long = "x".repeat(50);
+        assert_eq!(
+            visible(&long, 10),
+            format!("{}…[40 more bytes]", "x".repeat(10))
+        );
+        // Never inside a character or an escape.
+        assert_eq!(visible("ééé", 3), "é…[4 more bytes]");
+        assert_eq!(visible("a\nb", 2), "a…[2 more bytes]");
+        assert_eq!(visible(&long, 50), long);
+    }
+
+    #[test]
+    fn slack_markup_is_neutralized() {
+        assert_eq!(
+            slack_escaped("<!channel> <@U123> <https://evil|click> & co"),
+            "&lt;!channel&gt; &lt;@U123&gt; &lt;https://evil|click&gt; &amp; co"
+        );
+    }
+
+    #[test]
+    fn teams_markup_is_neutralized() {
+        assert_eq!(
+            teams_escaped("**approved** by [security](https://evil) `x` _y_ # z"),
+            "\\*\\*approved\\*\\* by \\[security\\]\\(https://evil\\) \\`x\\` \\_y\\_ \\# z"
+        );
+        assert_eq!(teams_escaped("- item"), "\\- item");
+        assert_eq!(teams_escaped("12. item"), "12\\. item");
+        assert_eq!(teams_escaped("a-b 1.5"), "a-b 1.5");
+        assert_eq!(teams_escaped("c:\\x"), "c:\\\\x");
+    }
+}
