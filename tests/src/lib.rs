@@ -5,6 +5,7 @@
 //! release binary, the webhook is a real HTTP listener on loopback.
 
 use std::{
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::{Arc, Mutex},
@@ -321,6 +322,8 @@ request_ttl = "{request_ttl}"
             ),
         )
         .unwrap();
+        // It holds the webhook's secret: the daemon refuses it open to others.
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
         Self {
             dir,
             agents,

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::{Config, ConfigError, Problem};
+use super::{Config, ConfigError, Problem, WebhookKind};
 use crate::cgroups;
 
 pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
@@ -29,6 +29,9 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
             problems.push(Problem::new(format!("protect.file[{index}].path"), message));
         }
     }
+    if let Some(problem) = exposed_secrets(config) {
+        problems.push(problem);
+    }
     for (index, _, path) in config.socket_rules() {
         if let Err(message) = check_socket(path) {
             problems.push(Problem::new(
@@ -45,6 +48,33 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
             problems,
         })
     }
+}
+
+/// A config holding webhook secrets must be readable by its owner only: whoever reads a generic
+/// webhook's secret can sign decisions, and a Slack signing secret forges button presses.
+fn exposed_secrets(config: &Config) -> Option<Problem> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (index, hook) = config
+        .webhooks
+        .iter()
+        .enumerate()
+        .find(|(_, hook)| !matches!(hook.kind, WebhookKind::Teams))?;
+    let key = match hook.kind {
+        WebhookKind::Slack { .. } => "signing_secret",
+        WebhookKind::Generic { .. } | WebhookKind::Teams => "secret",
+    };
+    let mode = std::fs::metadata(&config.path).ok()?.permissions().mode();
+    (mode & 0o077 != 0).then(|| {
+        Problem::new(
+            format!("webhook[{index}].{key}"),
+            format!(
+                "{} holds secrets but is open to group or others (mode {:04o}): run chmod 600 {}",
+                config.path.display(),
+                mode & 0o7777,
+                config.path.display()
+            ),
+        )
+    })
 }
 
 fn check_file(path: &Path) -> Result<(), String> {

@@ -620,6 +620,37 @@ fn bad_listen_address_names_key() {
 }
 
 #[test]
+fn a_config_with_secrets_must_be_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = std::env::temp_dir().join(format!("gk-secret-config-{}.toml", std::process::id()));
+    let text = config_text(
+        "[[webhook]]\nurl = \"https://hooks.example/x\"\nsecret = \"0123456789abcdef\"\n",
+    );
+    std::fs::write(&path, &text).unwrap();
+    for (mode, private) in [(0o644, false), (0o640, false), (0o600, true), (0o400, true)] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        match Config::load(&path) {
+            Ok(_) => assert!(private, "mode {mode:o} was accepted"),
+            Err(error) => {
+                assert!(!private, "mode {mode:o}: {error}");
+                let error = error.to_string();
+                assert!(error.contains("webhook[0].secret"), "{error}");
+                assert!(
+                    error.contains(&format!("chmod 600 {}", path.display())),
+                    "{error}"
+                );
+            }
+        }
+    }
+    // Without secrets (a Teams webhook only) the mode is the operator's business.
+    let teams = config_text("[[webhook]]\nkind = \"teams\"\nurl = \"https://teams.example/x\"\n");
+    std::fs::write(&path, teams).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    Config::load(&path).expect("no secrets, no restriction");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
 fn file_rules_parse_with_access_defaulting_to_any() {
     use gatekeeper_common::file_access::{READ, WRITE};
     let config = load(&config_text(
