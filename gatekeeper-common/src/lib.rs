@@ -176,7 +176,7 @@ pub mod hook_args {
 pub const EXEC_PROGRAM: &str = "bprm_check_security";
 pub const CONNECT_PROGRAM: &str = "socket_connect";
 pub const SENDMSG_PROGRAM: &str = "socket_sendmsg";
-pub const PROGRAMS: [&str; 40] = [
+pub const PROGRAMS: [&str; 41] = [
     EXEC_PROGRAM,
     CONNECT_PROGRAM,
     SENDMSG_PROGRAM,
@@ -229,6 +229,8 @@ pub const PROGRAMS: [&str; 40] = [
     // Changes of size, mode, owner and times on the inode itself, also made on an agent's
     // behalf by a stacking file system (an overlay whose upper layer holds a guarded file).
     "inode_setattr",
+    // Removing a protected directory, whose path another could then take.
+    "inode_rmdir",
 ];
 
 /// Indices into the settings array.
@@ -253,7 +255,7 @@ pub const MAX_DAEMON_FILES: u32 = 1024;
 pub const MAX_PROTECTED_FILES: u32 = 4096;
 /// How many directory levels above a file the kernel looks for a protected directory. A file
 /// deeper than that on a device holding a directory rule is refused to agents, not guessed.
-pub const MAX_TREE_DEPTH: u32 = 32;
+pub const MAX_TREE_DEPTH: u32 = 64;
 
 /// Bits of a [`maps::PROTECTED_FILES`] entry: the accesses agents need approval for.
 pub mod file_rule {

@@ -17,18 +17,16 @@ use crate::{
 #[map]
 static PROTECTED_FILES: HashMap<Target, u32> = HashMap::pinned(MAX_PROTECTED_FILES, 0);
 
-/// No directory: a [`Placement::read_tree`] that names none.
-const NO_TREE: Target = Target::exec(0, 0);
-
 /// Where a file sits with respect to the rules.
 pub struct Placement {
     /// The file itself (device, inode).
     pub file: Target,
+    /// Its own rule's bits (0: it is no rule's file or directory).
+    pub own: u32,
     /// The accesses that need approval: its own rule's and those of every directory rule above.
     pub bits: u32,
-    /// The outermost directory, itself included, whose rule protects reading ([`NO_TREE`]:
-    /// none): a file moved from below it to a place outside it would be readable there.
-    pub read_tree: Target,
+    /// Whether it is, or is below, a directory whose rule protects reading.
+    pub in_read_tree: bool,
     /// Its device holds a directory rule, but whether one is above it cannot be told (a dentry
     /// cut off from its file system's root, or deeper than the walk goes).
     pub unplaced: bool,
@@ -59,13 +57,10 @@ pub unsafe fn placement(dentry: *const u8) -> Result<Placement, i32> {
     let own = rule_bits(&file);
     let mut placed = Placement {
         file,
+        own,
         bits: own,
-        read_tree: if own & (file_rule::TREE | file_rule::READ) == file_rule::TREE | file_rule::READ
-        {
-            file
-        } else {
-            NO_TREE
-        },
+        in_read_tree: own & (file_rule::TREE | file_rule::READ)
+            == file_rule::TREE | file_rule::READ,
         unplaced: false,
     };
     // Most devices hold no directory rule: one lookup says so.
@@ -88,9 +83,7 @@ pub unsafe fn placement(dentry: *const u8) -> Result<Placement, i32> {
         let bits = rule_bits(&dir);
         if bits & file_rule::TREE != 0 {
             placed.bits |= bits;
-            if bits & file_rule::READ != 0 {
-                placed.read_tree = dir;
-            }
+            placed.in_read_tree |= bits & file_rule::READ != 0;
         }
         current = parent;
     }
@@ -108,17 +101,17 @@ pub unsafe fn alias_of(inode: *const u8) -> Result<*const u8, i32> {
     Ok(container_of(first, &OFF_DENTRY_ALIAS))
 }
 
-/// Whether moving or linking the file `moved` (a dentry) into the directory `to` (an inode) takes
-/// it out from below a directory whose rule protects reading: its new name would be free to read.
+/// Whether moving or linking the file `moved` (a dentry) into the directory `to` (an inode)
+/// takes it into or out of a directory whose rule protects reading, or moves it within one. Out,
+/// its new name would be free to read; in, a file the agent holds open, or has another name
+/// for, would become the secret a trusted writer puts there; within, the agent would choose the
+/// name reviewers are shown for a secret, or take it out of a stricter nested rule.
 #[inline(always)]
-pub unsafe fn leaves_read_tree(moved: *const u8, to: *const u8) -> Result<bool, i32> {
+pub unsafe fn moves_with_read_tree(moved: *const u8, to: *const u8) -> Result<bool, i32> {
     let from = unsafe { placement(read_field(moved, &OFF_DENTRY_PARENT)?)? };
-    if from.unplaced {
+    if from.unplaced || from.in_read_tree {
         return Ok(true);
     }
-    if from.read_tree == NO_TREE {
-        return Ok(false);
-    }
     let to = unsafe { placement(alias_of(to)?)? };
-    Ok(to.unplaced || to.read_tree != from.read_tree)
+    Ok(to.unplaced || to.in_read_tree)
 }

@@ -15,7 +15,7 @@ use gatekeeper_common::{MAX_DAEMON_FILES, TamperHook, Target, daemon_file, file_
 
 use crate::{
     exec::{exec_target, inode_target, runs_protected},
-    file_rules::{alias_of, leaves_read_tree, placement},
+    file_rules::{alias_of, moves_with_read_tree, placement},
     offsets::{
         OFF_DENTRY_INODE, OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_FILE_FLAGS, OFF_FILE_INODE,
         OFF_FILE_MODE, OFF_FILE_PATH, OFF_IATTR_VALID, OFF_INODE_MODE, OFF_INODE_RDEV,
@@ -268,22 +268,41 @@ unsafe fn is_kcore(file: *const u8) -> Result<bool, i32> {
     }
 }
 
+/// What an agent's change does to the file a dentry names.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// Its content, mode, owner, times, attributes or flags.
+    Content,
+    /// Its content through a file opened for writing (truncation on open, ftruncate): that
+    /// open's grant covered it, so the file rules are not asked again.
+    Opened,
+    /// Its name: unlinked, renamed, replaced by a rename, removed as a directory.
+    Name,
+}
+
 /// The verdict on an agent changing what `dentry` names: not a protected, allowlisted or daemon
 /// file, nor one a file rule protects from writing.
 #[inline(always)]
 unsafe fn guard_dentry(agent: u64, dentry: *const u8) -> i32 {
-    unsafe { guard(agent, dentry, true) }
+    unsafe { guard(agent, dentry, Change::Content) }
 }
 
-/// [`guard_dentry`] for a change made through a file opened for writing (truncation on open,
-/// ftruncate): the open's grant covered it, so the file rules are not asked again.
+/// [`guard_dentry`] for a change through a file opened for writing ([`Change::Opened`]).
 #[inline(always)]
 unsafe fn guard_dentry_opened(agent: u64, dentry: *const u8) -> i32 {
-    unsafe { guard(agent, dentry, false) }
+    unsafe { guard(agent, dentry, Change::Opened) }
+}
+
+/// [`guard_dentry`] for a change of name, which neither a rule's own file or directory takes,
+/// whatever access the rule protects: a path that named an agent's file would hand it what a
+/// trusted writer puts there.
+#[inline(always)]
+unsafe fn guard_name(agent: u64, dentry: *const u8) -> i32 {
+    unsafe { guard(agent, dentry, Change::Name) }
 }
 
 #[inline(always)]
-unsafe fn guard(agent: u64, dentry: *const u8, file_rules: bool) -> i32 {
+unsafe fn guard(agent: u64, dentry: *const u8, change: Change) -> i32 {
     let Ok(inode) = (unsafe { read_field::<*const u8>(dentry, &OFF_DENTRY_INODE) }) else {
         return -EPERM;
     };
@@ -297,12 +316,14 @@ unsafe fn guard(agent: u64, dentry: *const u8, file_rules: bool) -> i32 {
     if let Some(hook) = unchangeable(&target) {
         return tamper(agent, hook, target.data);
     }
-    if !file_rules {
+    if change == Change::Opened {
         return 0;
     }
     match unsafe { placement(dentry) } {
         Ok(placed) if placed.unplaced => tamper(agent, TamperHook::UnplacedFile, target.data),
-        Ok(placed) if placed.guarded_from_change() => {
+        Ok(placed)
+            if placed.guarded_from_change() || (change == Change::Name && placed.own != 0) =>
+        {
             tamper(agent, TamperHook::ProtectedChange, target.data)
         }
         Ok(_) => 0,
@@ -342,7 +363,17 @@ pub fn inode_unlink(ctx: LsmContext) -> i32 {
     if matches!(unsafe { inode_magic(dir) }, Ok(BPF_FS_MAGIC)) {
         return tamper(agent, TamperHook::PinUnlink, [0, 0]);
     }
-    unsafe { guard_dentry(agent, ctx.arg(1)) }
+    unsafe { guard_name(agent, ctx.arg(1)) }
+}
+
+/// Removing a directory a file rule names (empty, or it could not go): another, the agent's,
+/// could take its path.
+#[lsm(hook = "inode_rmdir")]
+pub fn inode_rmdir(ctx: LsmContext) -> i32 {
+    match agent_cgroup() {
+        Some(agent) => unsafe { guard_name(agent, ctx.arg(1)) },
+        None => 0,
+    }
 }
 
 /// Renaming such a file away, another file over it (or exchanging the two), a directory above
@@ -359,11 +390,11 @@ pub fn inode_rename(ctx: LsmContext) -> i32 {
         return tamper(agent, TamperHook::PinRename, [0, 0]);
     }
     let moved: *const u8 = ctx.arg(1);
-    match unsafe { guard_dentry(agent, moved) } {
+    match unsafe { guard_name(agent, moved) } {
         0 => {}
         verdict => return verdict,
     }
-    match unsafe { guard_dentry(agent, ctx.arg(3)) } {
+    match unsafe { guard_name(agent, ctx.arg(3)) } {
         0 => {}
         verdict => return verdict,
     }
@@ -371,11 +402,11 @@ pub fn inode_rename(ctx: LsmContext) -> i32 {
     unsafe { guard_read_tree(agent, moved, new_dir) }
 }
 
-/// Moving or linking `moved` into the directory `to` out from below a directory protected from
-/// reading, where its new name would be free to read.
+/// Moving or linking `moved` into the directory `to` into, out of or within a directory
+/// protected from reading ([`moves_with_read_tree`]).
 #[inline(always)]
 unsafe fn guard_read_tree(agent: u64, moved: *const u8, to: *const u8) -> i32 {
-    match unsafe { leaves_read_tree(moved, to) } {
+    match unsafe { moves_with_read_tree(moved, to) } {
         Ok(false) => 0,
         Ok(true) => {
             let target = unsafe { read_field::<*const u8>(moved, &OFF_DENTRY_INODE) }

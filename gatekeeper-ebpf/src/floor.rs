@@ -206,3 +206,8 @@ pub fn floor_fs_context_parse_param(ctx: LsmContext) -> i32 {
 pub fn floor_inode_setattr(_ctx: LsmContext) -> i32 {
     0
 }
+
+#[lsm(hook = "inode_rmdir")]
+pub fn floor_inode_rmdir(_ctx: LsmContext) -> i32 {
+    0
+}

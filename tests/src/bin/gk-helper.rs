@@ -928,8 +928,111 @@ fn attack(op: &str, args: &[&str]) -> Result<(), i32> {
             result
         }
         "chattr-compat" => chattr_compat(text(0)?, text(1)? == "+i"),
+        // plant-hold OUTSIDE INSIDE link|rename|replace (see plant_hold).
+        "plant-hold" => plant_hold(text(0)?, text(1)?, text(2)?),
+        // tmpfile-link SCRATCH_DIR NEW: an O_TMPFILE made in SCRATCH_DIR, linked in as NEW.
+        "tmpfile-link" => {
+            let dir = c_path(text(0)?)?;
+            let fd =
+                fd_of(
+                    unsafe { libc::open(dir.as_ptr(), libc::O_TMPFILE | libc::O_WRONLY, 0o644) }
+                        as libc::c_long,
+                )?;
+            let _ = unsafe { libc::write(fd, b"tmp".as_ptr().cast(), 3) };
+            let (from, new) = (c_path(&format!("/proc/self/fd/{fd}"))?, c_path(text(1)?)?);
+            errno_of(unsafe {
+                libc::linkat(
+                    libc::AT_FDCWD,
+                    from.as_ptr(),
+                    libc::AT_FDCWD,
+                    new.as_ptr(),
+                    libc::AT_SYMLINK_FOLLOW,
+                )
+            } as libc::c_long)
+        }
+        "mkfifo" => {
+            let path = c_path(text(0)?)?;
+            errno_of(unsafe { libc::mkfifo(path.as_ptr(), 0o644) } as libc::c_long)
+        }
+        "symlink" => {
+            let (target, path) = (c_path(text(0)?)?, c_path(text(1)?)?);
+            errno_of(unsafe { libc::symlink(target.as_ptr(), path.as_ptr()) } as libc::c_long)
+        }
+        // utimes PATH: `touch` (times set to now, no fd).
+        "utimes" => {
+            let path = c_path(text(0)?)?;
+            errno_of(
+                unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), std::ptr::null(), 0) }
+                    as libc::c_long,
+            )
+        }
+        // whiteout FROM TO: renameat2 with RENAME_WHITEOUT (leaves a whiteout at FROM).
+        "whiteout" => {
+            let (first, second) = (c_path(text(0)?)?, c_path(text(1)?)?);
+            errno_of(unsafe {
+                libc::syscall(
+                    libc::SYS_renameat2,
+                    libc::AT_FDCWD,
+                    first.as_ptr(),
+                    libc::AT_FDCWD,
+                    second.as_ptr(),
+                    libc::RENAME_WHITEOUT,
+                )
+            })
+        }
+        // deep-read ROOT DEPTH: DEPTH nested directories below ROOT, a file at the bottom, then
+        // a read of it; prints the path.
+        "deep-read" => {
+            let depth: usize = number(1)? as usize;
+            let mut path = std::path::PathBuf::from(text(0)?);
+            for _ in 0..depth {
+                path.push("d");
+            }
+            std::fs::create_dir_all(&path).map_err(io)?;
+            path.push("f");
+            std::fs::write(&path, "deep").map_err(io)?;
+            println!("PATH={}", path.display());
+            std::fs::read(&path).map(drop).map_err(io)
+        }
         _ => Err(libc::EINVAL),
     }
+}
+
+/// A file of the agent's own made at OUTSIDE and held open for reading, then given
+/// a name INSIDE a read-protected place: `link` (INSIDE removed first if there, then a hard link),
+/// `rename` (renamed over INSIDE), `replace` (INSIDE, a read-protected file of its own rule, is
+/// first renamed to OUTSIDE.orig, then OUTSIDE renamed to INSIDE). Prints READY, waits for a
+/// line on stdin (meanwhile someone trusted writes INSIDE in place), then reads the held fd and
+/// prints CONTENT=.
+fn plant_hold(outside: &str, inside: &str, how: &str) -> Result<(), i32> {
+    use std::io::{BufRead as _, Write as _};
+    use std::os::unix::fs::FileExt as _;
+    let io = |error: std::io::Error| error.raw_os_error().unwrap_or(-1);
+    std::fs::write(outside, "planted").map_err(io)?;
+    let file = std::fs::File::open(outside).map_err(io)?;
+    match how {
+        "link" => {
+            let _ = std::fs::remove_file(inside);
+            std::fs::hard_link(outside, inside).map_err(io)?;
+        }
+        "rename" => std::fs::rename(outside, inside).map_err(io)?,
+        "replace" => {
+            std::fs::rename(inside, format!("{outside}.orig")).map_err(io)?;
+            std::fs::rename(outside, inside).map_err(io)?;
+        }
+        _ => return Err(libc::EINVAL),
+    }
+    println!("READY");
+    std::io::stdout().flush().map_err(io)?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map_err(io)?;
+    let mut bytes = vec![0u8; 256];
+    let read = file.read_at(&mut bytes, 0).map_err(io)?;
+    println!(
+        "CONTENT={}",
+        String::from_utf8_lossy(&bytes[..read]).trim_end()
+    );
+    Ok(())
 }
 
 /// `chattr +i` or `-i` as 32-bit code does it: FS_IOC32_SETFLAGS through the 32-bit system

@@ -355,14 +355,14 @@ fn a_secret_does_not_leave_its_directory() {
                 "{who}: {op} {args:?}"
             );
         }
-        // Within the directory a file may move; a new file is covered too; writing is free.
+        // Not within the directory either (the agent would choose the name reviewers see); a
+        // new file is covered too; writing is free.
         let renamed = in_vault(&format!("key-{who}.pem"));
         assert_eq!(
             as_who(user, agents, "rename", &[&in_vault("key.pem"), &renamed]),
-            Outcome::Ok,
+            Outcome::Denied,
             "{who}: rename within"
         );
-        std::fs::rename(&renamed, vault.join("key.pem")).unwrap();
         let new = in_vault(&format!("new-{who}.pem"));
         assert_eq!(
             as_who(user, agents, "write", &[&new, "NEW\n"]),
