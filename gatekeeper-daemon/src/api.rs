@@ -490,40 +490,40 @@ fn authenticate_signed(
     }
 }
 
-/// A generic receiver's call, signed with a webhook secret.
-fn authenticate(headers: &HeaderMap, body: &[u8], secrets: &[String]) -> Result<(), String> {
+/// A reviewer's HTTP decision, signed with that reviewer's key.
+fn authenticate(headers: &HeaderMap, body: &[u8], key: &str) -> Result<(), String> {
     authenticate_signed(
         headers,
         notify::TIMESTAMP_HEADER,
         notify::SIGNATURE_HEADER,
-        secrets,
+        std::slice::from_ref(&key.to_owned()),
         |secret, _, timestamp, signature| notify::verify(secret, timestamp, body, signature),
     )
 }
 
-/// What the HTTP endpoints need: the engine and the secrets that sign calls to them.
+/// What the HTTP endpoints need: the engine and the keys that sign calls to them.
 #[derive(Clone)]
 pub struct HttpState {
     handle: Handle,
-    generic_secrets: Arc<Vec<String>>,
+    /// Reviewer -> the key that signs their decisions.
+    reviewer_keys: Arc<BTreeMap<String, String>>,
     slack_secrets: Arc<Vec<String>>,
     slack_users: Arc<BTreeMap<String, String>>,
 }
 
 impl HttpState {
     pub fn new(config: &Config, handle: Handle) -> Self {
-        let mut generic_secrets = Vec::new();
-        let mut slack_secrets = Vec::new();
-        for hook in &config.webhooks {
-            match &hook.kind {
-                WebhookKind::Generic { secret } => generic_secrets.push(secret.clone()),
-                WebhookKind::Slack { signing_secret } => slack_secrets.push(signing_secret.clone()),
-                WebhookKind::Teams => {}
-            }
-        }
+        let slack_secrets = config
+            .webhooks
+            .iter()
+            .filter_map(|hook| match &hook.kind {
+                WebhookKind::Slack { signing_secret } => Some(signing_secret.clone()),
+                WebhookKind::Generic { .. } | WebhookKind::Teams => None,
+            })
+            .collect();
         Self {
             handle,
-            generic_secrets: Arc::new(generic_secrets),
+            reviewer_keys: Arc::new(config.reviewer_keys.clone()),
             slack_secrets: Arc::new(slack_secrets),
             slack_users: Arc::new(config.slack_users.clone()),
         }
@@ -571,15 +571,25 @@ async fn http_decide(
     if let Err(error) = check_request_id(&id) {
         return http_error(StatusCode::BAD_REQUEST, error);
     }
-    if let Err(error) = authenticate(&headers, &body, &state.generic_secrets) {
-        return http_error(StatusCode::UNAUTHORIZED, error);
-    }
+    // The body names the reviewer, whose key alone may have signed it.
     let call: HttpDecision = match serde_json::from_slice(&body) {
         Ok(call) => call,
         Err(error) => {
             return http_error(StatusCode::BAD_REQUEST, format!("malformed body: {error}"));
         }
     };
+    let Some(key) = state.reviewer_keys.get(&call.reviewer) else {
+        return http_error(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "no HTTP key for reviewer {:?} (approval.keys)",
+                call.reviewer
+            ),
+        );
+    };
+    if let Err(error) = authenticate(&headers, &body, key) {
+        return http_error(StatusCode::UNAUTHORIZED, error);
+    }
     let decider = Decider {
         reviewer: call.reviewer,
         caller_is_agent: false,
@@ -908,29 +918,20 @@ mod tests {
 
     #[test]
     fn authentication() {
-        let secrets = vec![
-            "first-secret-0000".to_owned(),
-            "second-secret-000".to_owned(),
-        ];
-        let body = br#"{"decision":"approve","reviewer":"root"}"#;
+        let key = "alices-own-key-0000";
+        let body = br#"{"decision":"approve","reviewer":"alice"}"#;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         assert_eq!(
-            authenticate(&signed_headers(&secrets[1], now, body), body, &secrets),
+            authenticate(&signed_headers(key, now, body), body, key),
             Ok(())
         );
-        assert!(
-            authenticate(
-                &signed_headers("other-secret-0000", now, body),
-                body,
-                &secrets
-            )
-            .is_err()
-        );
+        // Another key (a webhook's secret, another reviewer's) does not sign for alice.
+        assert!(authenticate(&signed_headers("bobs-own-key-00000", now, body), body, key).is_err());
         let stale = now - MAX_CLOCK_SKEW.as_secs() as i64 - 1;
-        assert!(authenticate(&signed_headers(&secrets[0], stale, body), body, &secrets).is_err());
-        assert!(authenticate(&HeaderMap::new(), body, &secrets).is_err());
-        // No webhook configured: nothing authenticates.
-        assert!(authenticate(&signed_headers(&secrets[0], now, body), body, &[]).is_err());
+        assert!(authenticate(&signed_headers(key, stale, body), body, key).is_err());
+        assert!(authenticate(&HeaderMap::new(), body, key).is_err());
+        let other_body = br#"{"decision":"approve","reviewer":"root"}"#;
+        assert!(authenticate(&signed_headers(key, now, body), other_body, key).is_err());
     }
 
     #[test]

@@ -99,6 +99,9 @@ pub struct Config {
     pub reviewers: Vec<String>,
     /// Slack user id -> reviewer name.
     pub slack_users: BTreeMap<String, String>,
+    /// Reviewer -> the key that signs their HTTP decisions (none: that reviewer cannot decide
+    /// over HTTP).
+    pub reviewer_keys: BTreeMap<String, String>,
     /// Agent cgroup -> the person who runs that agent (who may never approve it).
     pub owners: Vec<(PathBuf, String)>,
     pub grant_ttl: Duration,

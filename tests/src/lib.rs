@@ -20,6 +20,11 @@ use serde_json::Value;
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
 pub const WEBHOOK_SECRET: &str = "guest-webhook-secret-0123456789";
+
+/// The key that signs a scenario reviewer's HTTP decisions (`[approval.keys]`).
+pub fn reviewer_key(reviewer: &str) -> String {
+    format!("guest-http-key-of-{reviewer}-0123456789")
+}
 pub const TARGET_RAN: &str = "TARGET RAN";
 pub const UNLISTED_UID: u32 = 1001;
 
@@ -307,6 +312,10 @@ reviewers = ["root", "alice"]
 grant_ttl = "{grant_ttl}"
 request_ttl = "{request_ttl}"
 
+[approval.keys]
+root = "{root_key}"
+alice = "{alice_key}"
+
 {webhook_section}
 {extra}"#,
                 socket = socket.display(),
@@ -315,6 +324,8 @@ request_ttl = "{request_ttl}"
                 agents = agents.display(),
                 protected = protected.display(),
                 grant_ttl = options.grant_ttl,
+                root_key = reviewer_key("root"),
+                alice_key = reviewer_key("alice"),
                 request_ttl = options.request_ttl,
                 resolve_interval = options.resolve_interval,
                 redeliver_interval = options.redeliver_interval,

@@ -50,23 +50,27 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
     }
 }
 
-/// A config holding webhook secrets must be readable by its owner only: whoever reads a generic
-/// webhook's secret can sign decisions, and a Slack signing secret forges button presses.
+/// A config holding secrets must be readable by its owner only: a reviewer's key signs their
+/// decisions, and a Slack signing secret forges button presses.
 fn exposed_secrets(config: &Config) -> Option<Problem> {
     use std::os::unix::fs::PermissionsExt as _;
-    let (index, hook) = config
+    let hook = config
         .webhooks
         .iter()
         .enumerate()
-        .find(|(_, hook)| !matches!(hook.kind, WebhookKind::Teams))?;
-    let key = match hook.kind {
-        WebhookKind::Slack { .. } => "signing_secret",
-        WebhookKind::Generic { .. } | WebhookKind::Teams => "secret",
+        .find(|(_, hook)| !matches!(hook.kind, WebhookKind::Teams));
+    let key = match (hook, config.reviewer_keys.keys().next()) {
+        (Some((index, hook)), _) => match hook.kind {
+            WebhookKind::Slack { .. } => format!("webhook[{index}].signing_secret"),
+            WebhookKind::Generic { .. } | WebhookKind::Teams => format!("webhook[{index}].secret"),
+        },
+        (None, Some(name)) => format!("approval.keys.{name}"),
+        (None, None) => return None,
     };
     let mode = std::fs::metadata(&config.path).ok()?.permissions().mode();
     (mode & 0o077 != 0).then(|| {
         Problem::new(
-            format!("webhook[{index}].{key}"),
+            key,
             format!(
                 "{} holds secrets but is open to group or others (mode {:04o}): run chmod 600 {}",
                 config.path.display(),

@@ -115,6 +115,7 @@ struct AgentsSection {
 struct ApprovalSection {
     reviewers: Vec<String>,
     slack_users: BTreeMap<String, String>,
+    reviewer_keys: BTreeMap<String, String>,
     grant_ttl: Duration,
     request_ttl: Duration,
 }
@@ -150,6 +151,7 @@ impl Parser {
         let (exec_rules, connect_rules) = both(exec_rules, connect_rules)?;
         let file_rules = file_rules?;
         let (approval, webhooks) = both(approval, webhooks)?;
+        self.keys_apart(&approval.reviewer_keys, &webhooks)?;
         Ok(Config {
             path: path.to_owned(),
             socket: daemon.socket,
@@ -170,6 +172,7 @@ impl Parser {
             file_rules,
             reviewers: approval.reviewers,
             slack_users: approval.slack_users,
+            reviewer_keys: approval.reviewer_keys,
             owners: agents.owners,
             grant_ttl: approval.grant_ttl,
             request_ttl: approval.request_ttl,
@@ -512,16 +515,62 @@ impl Parser {
                 ))
             }
         }));
+        let keys = all(raw.keys.iter().map(|(name, key)| {
+            let at = format!("approval.keys.{name}");
+            if !raw.reviewers.contains(name) {
+                Err(self.report(at, "is not in approval.reviewers"))
+            } else if key.len() < MIN_GENERIC_SECRET_LEN {
+                Err(self.report(
+                    at,
+                    format!("too short: at least {MIN_GENERIC_SECRET_LEN} characters"),
+                ))
+            } else if raw
+                .keys
+                .iter()
+                .any(|(other, same)| other != name && same == key)
+            {
+                Err(self.report(at, "is another reviewer's key too: give each their own"))
+            } else {
+                Ok(())
+            }
+        }));
         let grant_ttl = self.required_duration("approval.grant_ttl", raw.grant_ttl, "60s");
         let request_ttl = self.required_duration("approval.request_ttl", raw.request_ttl, "15m");
         reviewers?;
         slack_users?;
+        keys?;
         Ok(ApprovalSection {
             reviewers: raw.reviewers,
             slack_users: raw.slack_users,
+            reviewer_keys: raw.keys,
             grant_ttl: grant_ttl?,
             request_ttl: request_ttl?,
         })
+    }
+
+    /// A reviewer's key signs decisions only: whoever holds a webhook's secret (the receiver)
+    /// must not be able to decide as a reviewer with it.
+    fn keys_apart(
+        &mut self,
+        keys: &BTreeMap<String, String>,
+        webhooks: &[Webhook],
+    ) -> Result<(), Reported> {
+        all(keys.iter().map(|(name, key)| {
+            let shared = webhooks.iter().any(|hook| match &hook.kind {
+                WebhookKind::Generic { secret } => secret == key,
+                WebhookKind::Slack { signing_secret } => signing_secret == key,
+                WebhookKind::Teams => false,
+            });
+            if shared {
+                Err(self.report(
+                    format!("approval.keys.{name}"),
+                    "is a webhook's secret too: a reviewer's key must be their own",
+                ))
+            } else {
+                Ok(())
+            }
+        }))
+        .map(drop)
     }
 
     fn reviewers(&mut self, reviewers: &[String]) -> Result<(), Reported> {

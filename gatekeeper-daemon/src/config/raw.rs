@@ -115,6 +115,9 @@ pub(super) struct RawApproval {
     pub(super) reviewers: Vec<String>,
     #[serde(default)]
     pub(super) slack_users: BTreeMap<String, String>,
+    /// Reviewer -> the key that signs their HTTP decisions.
+    #[serde(default)]
+    pub(super) keys: BTreeMap<String, String>,
     pub(super) grant_ttl: Option<String>,
     pub(super) request_ttl: Option<String>,
 }

@@ -713,3 +713,39 @@ fn bad_file_rules_name_the_key() {
         "{error}"
     );
 }
+
+#[test]
+fn reviewer_keys_are_their_own() {
+    let hook = "[[webhook]]\nurl = \"https://hooks.example/x\"\nsecret = \"webhook-secret-0123\"\n";
+    let with_keys = |keys: &str| config_text(&format!("{hook}[approval.keys]\n{keys}"));
+    let config = parse(&with_keys("root = \"roots-own-key-01234\"\n")).expect("valid keys");
+    assert_eq!(config.reviewer_keys["root"], "roots-own-key-01234");
+    let cases = [
+        ("bob = \"bobs-own-key-0123456\"\n", "approval.keys.bob"),
+        ("root = \"short\"\n", "approval.keys.root"),
+        ("root = \"webhook-secret-0123\"\n", "approval.keys.root"),
+    ];
+    for (keys, key) in cases {
+        let error = match parse(&with_keys(keys)) {
+            Ok(_) => panic!("accepted: {keys}"),
+            Err(error) => error.to_string(),
+        };
+        assert!(error.contains(key), "{keys}: {error}");
+    }
+    // One key for two reviewers names both.
+    let shared = config_text(&format!(
+        "{hook}[approval.keys]\nroot = \"shared-key-0123456\"\n"
+    ))
+    .replace(
+        "reviewers = [\"root\"]",
+        "reviewers = [\"root\", \"alice\"]",
+    )
+    .replace(
+        "root = \"shared-key-0123456\"\n",
+        "root = \"shared-key-0123456\"\nalice = \"shared-key-0123456\"\n",
+    );
+    assert_eq!(
+        keys_of(parse(&shared)),
+        ["approval.keys.alice", "approval.keys.root"]
+    );
+}

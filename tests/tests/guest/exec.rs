@@ -3,7 +3,7 @@
 use std::{os::unix::process::CommandExt as _, process::Command, time::Duration};
 
 use gatekeeper_tests::{
-    Exec, Options, Scenario, UNLISTED_UID, WEBHOOK_SECRET, bin, now_unix, wait_for,
+    Exec, Options, Scenario, UNLISTED_UID, WEBHOOK_SECRET, bin, now_unix, reviewer_key, wait_for,
 };
 
 fn approve(scenario: &Scenario, id: &str) {
@@ -258,32 +258,39 @@ fn http_decision_needs_a_fresh_valid_signature() {
     let id = scenario.denied_request();
     let body = r#"{"decision":"approve","reviewer":"alice","reason":"ticket 42"}"#;
 
+    let key = reviewer_key("alice");
     let (status, _) = scenario.http_decision(&id, body, "wrong-secret-0123456789", now_unix());
     assert_eq!(status, 401);
-    let stale = now_unix() - 6 * 60;
-    let (status, _) = scenario.http_decision(&id, body, WEBHOOK_SECRET, stale);
+    // The webhook's secret, or another reviewer's key, does not sign for alice.
+    let (status, _) = scenario.http_decision(&id, body, WEBHOOK_SECRET, now_unix());
     assert_eq!(status, 401);
-    let (status, _) = scenario.http_decision(&id, "{not json", WEBHOOK_SECRET, now_unix());
+    let (status, _) = scenario.http_decision(&id, body, &reviewer_key("root"), now_unix());
+    assert_eq!(status, 401);
+    let stale = now_unix() - 6 * 60;
+    let (status, _) = scenario.http_decision(&id, body, &key, stale);
+    assert_eq!(status, 401);
+    let (status, _) = scenario.http_decision(&id, "{not json", &key, now_unix());
     assert_eq!(status, 400);
+    // A reviewer without a key (and anyone not a reviewer) has no HTTP channel.
     let unlisted = r#"{"decision":"approve","reviewer":"bob","reason":null}"#;
-    let (status, _) = scenario.http_decision(&id, unlisted, WEBHOOK_SECRET, now_unix());
-    assert_eq!(status, 403);
-    let (status, _) = scenario.http_decision("0123456789ab", body, WEBHOOK_SECRET, now_unix());
+    let (status, _) = scenario.http_decision(&id, unlisted, &key, now_unix());
+    assert_eq!(status, 401);
+    let (status, _) = scenario.http_decision("0123456789ab", body, &key, now_unix());
     assert_eq!(status, 404);
     // Not even the shape of a request id: refused before anything else.
-    let (status, _) = scenario.http_decision("nosuchid", body, WEBHOOK_SECRET, now_unix());
+    let (status, _) = scenario.http_decision("nosuchid", body, &key, now_unix());
     assert_eq!(status, 400);
     assert_eq!(scenario.request(&id)["state"], "pending");
     assert_eq!(scenario.agent_exec(), Exec::Denied);
 
-    let (status, answer) = scenario.http_decision(&id, body, WEBHOOK_SECRET, now_unix());
+    let (status, answer) = scenario.http_decision(&id, body, &key, now_unix());
     assert_eq!(status, 200, "{answer}");
     let request = scenario.request(&id);
     assert_eq!(request["state"], "approved");
     assert_eq!(request["decision"]["reviewer"], "alice");
     assert_eq!(request["decision"]["channel"], "webhook");
     assert_eq!(scenario.agent_exec(), Exec::Ran);
-    let (status, _) = scenario.http_decision(&id, body, WEBHOOK_SECRET, now_unix());
+    let (status, _) = scenario.http_decision(&id, body, &key, now_unix());
     assert_eq!(status, 409);
 }
 

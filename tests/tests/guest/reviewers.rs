@@ -4,7 +4,7 @@
 use std::{os::unix::process::CommandExt as _, process::Command, time::Duration};
 
 use gatekeeper_tests::{
-    Exec, Options, Scenario, WEBHOOK_SECRET, WebhookReceiver, bin, now_unix, slack_signature,
+    Exec, Options, Scenario, WebhookReceiver, bin, now_unix, reviewer_key, slack_signature,
     wait_for,
 };
 
@@ -172,7 +172,7 @@ fn the_owner_never_approves_on_any_channel() {
     let body = r#"{"decision":"approve","reviewer":"alice","reason":"mine"}"#;
     assert_eq!(
         scenario
-            .http_decision(&id, body, WEBHOOK_SECRET, now_unix())
+            .http_decision(&id, body, &reviewer_key("alice"), now_unix())
             .0,
         403
     );
@@ -219,7 +219,7 @@ fn two_approval_rule_needs_two_distinct_reviewers_and_a_reason() {
     let again = scenario.gatekeeper(&["approve", &id, "--reason", "ticket 42"]);
     assert!(!again.status.success(), "the same reviewer twice");
     let body = r#"{"decision":"approve","reviewer":"alice","reason":"ticket 42 too"}"#;
-    let (status, answer) = scenario.http_decision(&id, body, WEBHOOK_SECRET, now_unix());
+    let (status, answer) = scenario.http_decision(&id, body, &reviewer_key("alice"), now_unix());
     assert_eq!(status, 200, "{answer}");
     assert_eq!(scenario.request(&id)["state"], "approved");
     assert_eq!(scenario.agent_exec(), Exec::Ran);

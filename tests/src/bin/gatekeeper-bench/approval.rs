@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use gatekeeper_tests::{
-    PATIENCE, Scenario, WEBHOOK_SECRET, decision_signature, monotonic_ns, now_unix,
+    PATIENCE, Scenario, decision_signature, monotonic_ns, now_unix, reviewer_key,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -54,7 +54,7 @@ impl Reviewer {
             .header("x-gatekeeper-timestamp", timestamp.to_string())
             .header(
                 "x-gatekeeper-signature",
-                decision_signature(WEBHOOK_SECRET, timestamp, body),
+                decision_signature(&reviewer_key("alice"), timestamp, body),
             )
             .send(body)?;
         let status = response.status().as_u16();
