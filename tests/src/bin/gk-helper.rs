@@ -874,19 +874,7 @@ fn attack(op: &str, args: &[&str]) -> Result<(), i32> {
                 )
             } as libc::c_long)
         }
-        "exchange" => {
-            let (first, second) = (c_path(text(0)?)?, c_path(text(1)?)?);
-            errno_of(unsafe {
-                libc::syscall(
-                    libc::SYS_renameat2,
-                    libc::AT_FDCWD,
-                    first.as_ptr(),
-                    libc::AT_FDCWD,
-                    second.as_ptr(),
-                    libc::RENAME_EXCHANGE,
-                )
-            })
-        }
+        "exchange" => rename_with(text(0)?, text(1)?, libc::RENAME_EXCHANGE),
         "opath-reopen" => {
             let fd = open_raw(text(0)?, libc::O_PATH)?;
             std::fs::read(format!("/proc/self/fd/{fd}"))
@@ -967,19 +955,7 @@ fn attack(op: &str, args: &[&str]) -> Result<(), i32> {
             )
         }
         // whiteout FROM TO: renameat2 with RENAME_WHITEOUT (leaves a whiteout at FROM).
-        "whiteout" => {
-            let (first, second) = (c_path(text(0)?)?, c_path(text(1)?)?);
-            errno_of(unsafe {
-                libc::syscall(
-                    libc::SYS_renameat2,
-                    libc::AT_FDCWD,
-                    first.as_ptr(),
-                    libc::AT_FDCWD,
-                    second.as_ptr(),
-                    libc::RENAME_WHITEOUT,
-                )
-            })
-        }
+        "whiteout" => rename_with(text(0)?, text(1)?, libc::RENAME_WHITEOUT),
         // deep-read ROOT DEPTH: DEPTH nested directories below ROOT, a file at the bottom, then
         // a read of it; prints the path.
         "deep-read" => {
@@ -1033,6 +1009,22 @@ fn plant_hold(outside: &str, inside: &str, how: &str) -> Result<(), i32> {
         String::from_utf8_lossy(&bytes[..read]).trim_end()
     );
     Ok(())
+}
+
+/// renameat2(2) of `first` to `second` with `flags`.
+fn rename_with(first: &str, second: &str, flags: libc::c_uint) -> Result<(), i32> {
+    let (first, second) = (c_path(first)?, c_path(second)?);
+    // SAFETY: a plain syscall on paths that live for the call.
+    errno_of(unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            first.as_ptr(),
+            libc::AT_FDCWD,
+            second.as_ptr(),
+            flags,
+        )
+    })
 }
 
 /// `chattr +i` or `-i` as 32-bit code does it: FS_IOC32_SETFLAGS through the 32-bit system

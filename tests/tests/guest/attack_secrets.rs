@@ -4,30 +4,14 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
-use gatekeeper_tests::{Options, Outcome, Scenario, UNLISTED_UID, bin, wait_for};
+use gatekeeper_tests::{Options, Outcome, Scenario, UNLISTED_UID, bin, hand_to_user, wait_for};
 
 fn text(path: &Path) -> String {
     path.display().to_string()
-}
-
-fn own_all(path: &Path) {
-    // The config holds the webhook's secret: the daemon wants it private.
-    if path.file_name().is_some_and(|name| name == "config.toml") {
-        return;
-    }
-    std::os::unix::fs::chown(path, Some(UNLISTED_UID), Some(UNLISTED_UID)).unwrap();
-    let mode = if path.is_dir() { 0o777 } else { 0o666 };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-    if path.is_dir() {
-        for entry in std::fs::read_dir(path).unwrap() {
-            own_all(&entry.unwrap().path());
-        }
-    }
 }
 
 /// A scenario with `rules` (TOML of `[[protect.file]]` tables; `{dir}` stands for the
@@ -42,7 +26,7 @@ fn start(name: &str, rules: &str, build: impl FnOnce(&Path)) -> Scenario {
         },
     );
     build(&scenario.dir);
-    own_all(&scenario.dir);
+    hand_to_user(&scenario.dir);
     scenario.start_daemon();
     scenario
 }

@@ -3,13 +3,12 @@
 //! an agent cgroup, with a control from outside that shows the same action works there.
 
 use std::{
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::Command,
 };
 
 use gatekeeper_common::file_access::{READ, WRITE};
-use gatekeeper_tests::{Options, Outcome, Scenario, UNLISTED_UID, bin, wait_for};
+use gatekeeper_tests::{Options, Outcome, Scenario, UNLISTED_UID, bin, hand_to_user, wait_for};
 
 fn text(path: &Path) -> String {
     path.display().to_string()
@@ -49,24 +48,9 @@ fn start(name: &str, rule_path: &str, access: &str, build: impl FnOnce(&Path)) -
     );
     build(&scenario.dir);
     // The ordinary user may do everything but for Gatekeeper: the scenario's files are its own.
-    own_all(&scenario.dir);
+    hand_to_user(&scenario.dir);
     scenario.start_daemon();
     scenario
-}
-
-fn own_all(path: &Path) {
-    // The config holds the webhook's secret: the daemon wants it private.
-    if path.file_name().is_some_and(|name| name == "config.toml") {
-        return;
-    }
-    std::os::unix::fs::chown(path, Some(UNLISTED_UID), Some(UNLISTED_UID)).unwrap();
-    let mode = if path.is_dir() { 0o777 } else { 0o666 };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-    if path.is_dir() {
-        for entry in std::fs::read_dir(path).unwrap() {
-            own_all(&entry.unwrap().path());
-        }
-    }
 }
 
 /// gk-helper's `cat` of `path` in `cgroup`, as root: the content when the read passed.
@@ -174,7 +158,7 @@ fn a_protected_secret_is_read_once_per_approval() {
     std::fs::hard_link(&secret, &kept).unwrap();
     let fresh = scenario.dir.join("fresh.env");
     std::fs::write(&fresh, "TOKEN=new\n").unwrap();
-    own_all(&fresh);
+    hand_to_user(&fresh);
     std::fs::rename(&fresh, &secret).unwrap();
     scenario.wait_journal("protection_updated", |event| event["path"] == path.as_str());
     assert_eq!(cat(agents, &secret), None, "the new file at the path");
@@ -283,7 +267,7 @@ fn a_protected_directory_changes_only_with_approval() {
 
     // Control: outside the agent cgroups every one of them works.
     std::fs::write(dir.join("other.conf"), "port=2\n").unwrap();
-    own_all(dir);
+    hand_to_user(dir);
     for (who, user) in [("root", false), ("user", true)] {
         for (op, args) in attempts(who) {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -309,7 +293,7 @@ fn a_protected_directory_changes_only_with_approval() {
                 ("unlink", [path]) => std::fs::write(path, "x").unwrap(),
                 _ => {}
             }
-            own_all(dir);
+            hand_to_user(dir);
         }
     }
 }
@@ -388,7 +372,7 @@ fn a_secret_does_not_leave_its_directory() {
         );
         std::fs::create_dir_all(&work).unwrap();
         std::fs::create_dir_all(&merged).unwrap();
-        own_all(dir);
+        hand_to_user(dir);
         let through = text(&Path::new(&merged).join("key.pem"));
         let namespace = if user { "user" } else { "private" };
         assert_eq!(
