@@ -263,6 +263,10 @@ pub mod file_rule {
     pub const WRITE: u32 = super::file_access::WRITE;
     /// A directory: the rule covers everything below it.
     pub const TREE: u32 = 4;
+    /// The directory holding a rule's file: agents make, remove and move no names in it (a name
+    /// of theirs, a symlink or a file they hold open, at the temporary name a trusted writer
+    /// then renames over the rule's file would hand them what it writes).
+    pub const NAMES: u32 = 8;
 
     /// The key that marks a device holding a directory rule: (device, inode 0). Inode 0 names
     /// no file.

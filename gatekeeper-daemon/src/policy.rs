@@ -203,6 +203,43 @@ fn install_files(kernel: &mut Kernel, rules: &[FileRule]) -> Result<Vec<WatchedP
     Ok(installed)
 }
 
+/// Marks the directory holding each rule's file ([`file_rule::NAMES`]): agents make no names
+/// there. A directory that is a rule's own gets the bit on its entry; the others get entries of
+/// their own, returned.
+fn guard_rule_directories(
+    kernel: &mut Kernel,
+    files: &mut [WatchedPath],
+) -> Result<Vec<WatchedPath>, PolicyError> {
+    let mut guards: Vec<WatchedPath> = Vec::new();
+    let parents: Vec<PathBuf> = files
+        .iter()
+        .filter(|entry| entry.value & file_rule::TREE == 0)
+        .filter_map(|entry| entry.path.parent().map(Path::to_path_buf))
+        .collect();
+    for parent in parents {
+        let target = exec_target_of(&parent).map_err(|cause| PolicyError::ProtectedPath {
+            path: parent.clone(),
+            cause,
+        })?;
+        if let Some(rule) = files.iter_mut().find(|entry| entry.current == Some(target)) {
+            rule.value |= file_rule::NAMES;
+            add_file(kernel, target, rule.value)?;
+        } else if !guards.iter().any(|guard| guard.current == Some(target)) {
+            kernel.add_path(PathList::Files, target, file_rule::NAMES)?;
+            guards.push(WatchedPath {
+                path: parent,
+                name: "directory of a protected file".into(),
+                value: file_rule::NAMES,
+                current: Some(target),
+                previous: Vec::new(),
+                digest: None,
+                refused: Vec::new(),
+            });
+        }
+    }
+    Ok(guards)
+}
+
 /// Puts one file or directory of a file rule into the kernel's map: a directory's device marker
 /// first, so that no file below it is ever judged without the walk.
 fn add_file(kernel: &mut Kernel, target: Target, value: u32) -> Result<(), PolicyError> {
@@ -308,7 +345,9 @@ impl Policy {
         let files = install_files(kernel, &config.file_rules)?;
         prune_paths(kernel, PathList::Protected, &[&protected, &sockets])?;
         prune_paths(kernel, PathList::Allowed, &[&allowed])?;
-        prune_paths(kernel, PathList::Files, &[&files])?;
+        let mut files = files;
+        let name_guards = guard_rule_directories(kernel, &mut files)?;
+        prune_paths(kernel, PathList::Files, &[&files, &name_guards])?;
         kernel.set_setting(Setting::ExecAllowlist, u32::from(config.exec_allowlist))?;
         // Agents change no mount where the daemon, or init, looks.
         kernel.set_setting(Setting::HostMountNs, namespace("/proc/self/ns/mnt")?)?;

@@ -40,6 +40,16 @@ impl Placement {
     }
 }
 
+/// A file renamed over a rule's own file or directory takes its rule at once: between the rename
+/// and the daemon's next look at the path (half a second) it would be unprotected.
+#[inline(always)]
+pub fn inherit_rule(replaced: &Target, incoming: &Target) {
+    let bits = rule_bits(replaced) & !file_rule::NAMES;
+    if bits != 0 {
+        let _ = PROTECTED_FILES.insert(incoming, bits, 0);
+    }
+}
+
 #[inline(always)]
 fn rule_bits(target: &Target) -> u32 {
     PROTECTED_FILES

@@ -11,11 +11,13 @@ use aya_ebpf::{
     EbpfContext as _, helpers::bpf_get_current_task, macros::lsm, macros::map, maps::HashMap,
     programs::LsmContext,
 };
-use gatekeeper_common::{MAX_DAEMON_FILES, TamperHook, Target, daemon_file, file_access};
+use gatekeeper_common::{
+    MAX_DAEMON_FILES, TamperHook, Target, daemon_file, file_access, file_rule,
+};
 
 use crate::{
     exec::{exec_target, inode_target, runs_protected},
-    file_rules::{alias_of, moves_with_read_tree, placement},
+    file_rules::{alias_of, inherit_rule, moves_with_read_tree, placement},
     offsets::{
         OFF_DENTRY_INODE, OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_FILE_FLAGS, OFF_FILE_INODE,
         OFF_FILE_MODE, OFF_FILE_PATH, OFF_IATTR_VALID, OFF_INODE_MODE, OFF_INODE_RDEV,
@@ -25,7 +27,7 @@ use crate::{
     read::{BPF_FS_MAGIC, PROC_SUPER_MAGIC, inode_magic, member_ptr, read_at, read_field},
     verdict::{
         EPERM, agent_caller, agent_cgroup, allowlist_mode, decide, forget_allowlisted,
-        is_allowlisted, is_protected, tamper,
+        inherit_protected, is_allowlisted, is_protected, tamper,
     },
 };
 
@@ -332,7 +334,7 @@ unsafe fn guard(agent: u64, dentry: *const u8, change: Change) -> i32 {
 }
 
 /// A name made, removed or moved in a directory (each asks for write permission on it) that a
-/// file rule protects from writing, or whose place cannot be told. Non-directories return after
+/// file rule protects, that holds a rule's file, or whose place cannot be told. Non-directories return after
 /// one read: their writes are judged at the open.
 #[inline(always)]
 pub fn directory_write(inode: *const u8) -> i32 {
@@ -345,7 +347,13 @@ pub fn directory_write(inode: *const u8) -> i32 {
     };
     match unsafe { alias_of(inode).and_then(|dentry| placement(dentry)) } {
         Ok(placed) if placed.unplaced => tamper(agent, TamperHook::UnplacedFile, placed.file.data),
-        Ok(placed) if placed.guarded_from_change() => {
+        // Under a read rule too: a name the agent makes there (a symlink, a file it holds open)
+        // would catch what a trusted writer puts at it.
+        Ok(placed)
+            if placed.guarded_from_change()
+                || placed.in_read_tree
+                || placed.own & file_rule::NAMES != 0 =>
+        {
             tamper(agent, TamperHook::ProtectedChange, placed.file.data)
         }
         Ok(_) => 0,
@@ -381,6 +389,8 @@ pub fn inode_rmdir(ctx: LsmContext) -> i32 {
 #[lsm(hook = "inode_rename")]
 pub fn inode_rename(ctx: LsmContext) -> i32 {
     let Some(agent) = agent_cgroup() else {
+        // A trusted rename over a protected binary or a rule's file hands its protection on.
+        unsafe { hand_on_protection(ctx.arg(1), ctx.arg(3)) };
         return 0;
     };
     let old_dir: *const u8 = ctx.arg(0);
@@ -400,6 +410,22 @@ pub fn inode_rename(ctx: LsmContext) -> i32 {
     }
     // An exchange passes here both ways round.
     unsafe { guard_read_tree(agent, moved, new_dir) }
+}
+
+/// What `replaced` was protected as, `moved` is from now (an exchange passes here both ways).
+#[inline(always)]
+unsafe fn hand_on_protection(moved: *const u8, replaced: *const u8) {
+    let target_of = |dentry: *const u8| {
+        let inode = unsafe { read_field::<*const u8>(dentry, &OFF_DENTRY_INODE) }.ok()?;
+        if inode.is_null() {
+            return None;
+        }
+        unsafe { inode_target(inode) }.ok()
+    };
+    if let (Some(incoming), Some(replaced)) = (target_of(moved), target_of(replaced)) {
+        inherit_protected(&replaced, &incoming);
+        inherit_rule(&replaced, &incoming);
+    }
 }
 
 /// Moving or linking `moved` into the directory `to` into, out of or within a directory

@@ -104,6 +104,17 @@ pub fn is_protected(target: &Target) -> bool {
     PROTECTED.get_ptr(target).is_some()
 }
 
+/// A file renamed over a protected binary is protected from that moment, under the same rule
+/// (the daemon, which follows the path twice a second, learns of it then). A full map leaves it
+/// to the daemon.
+#[inline(always)]
+pub fn inherit_protected(replaced: &Target, incoming: &Target) {
+    if let Some(rule) = PROTECTED.get_ptr(replaced) {
+        let rule = unsafe { *rule };
+        let _ = PROTECTED.insert(incoming, rule, 0);
+    }
+}
+
 /// In allowlist mode, whether an agent needs approval to run `target` although it is not
 /// protected: everything not allowlisted does.
 #[inline(always)]

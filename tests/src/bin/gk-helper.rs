@@ -916,6 +916,38 @@ fn attack(op: &str, args: &[&str]) -> Result<(), i32> {
             result
         }
         "chattr-compat" => chattr_compat(text(0)?, text(1)? == "+i"),
+        // ancestor-hold ANCESTOR ASIDE INNER rename|exchange (see ancestor_hold).
+        "ancestor-hold" => ancestor_hold(text(0)?, text(1)?, text(2)?, text(3)?),
+        // wronly-hold PATH: made and held write-only; later reopened for reading via /proc.
+        "wronly-hold" => wronly_hold(text(0)?),
+        // create-rdwr PATH: a new file opened for reading and writing (O_CREAT|O_RDWR).
+        "create-rdwr" => {
+            let fd = fd_of(unsafe {
+                libc::open(
+                    c_path(text(0)?)?.as_ptr(),
+                    libc::O_CREAT | libc::O_RDWR,
+                    0o644,
+                )
+            } as libc::c_long)?;
+            unsafe { libc::close(fd) };
+            Ok(())
+        }
+        // poll-read PATH NEEDLE MILLIS: READY, then reads PATH over and over for MILLIS until
+        // what it holds contains NEEDLE (printed as CONTENT=); the last errno otherwise.
+        "poll-read" => poll_read(text(0)?, text(1)?, number(2)? as u64),
+        // symlink-hold TARGET LINK: TARGET made and held open for reading and writing, LINK a
+        // symlink to it; READY, then what TARGET holds as CONTENT=.
+        "symlink-hold" => {
+            let io = |error: std::io::Error| error.raw_os_error().unwrap_or(-1);
+            std::fs::write(text(0)?, "mine").map_err(io)?;
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(text(0)?)
+                .map_err(io)?;
+            std::os::unix::fs::symlink(text(0)?, text(1)?).map_err(io)?;
+            ready_then_read(&file)
+        }
         // plant-hold OUTSIDE INSIDE link|rename|replace (see plant_hold).
         "plant-hold" => plant_hold(text(0)?, text(1)?, text(2)?),
         // tmpfile-link SCRATCH_DIR NEW: an O_TMPFILE made in SCRATCH_DIR, linked in as NEW.
@@ -1025,6 +1057,119 @@ fn rename_with(first: &str, second: &str, flags: libc::c_uint) -> Result<(), i32
             flags,
         )
     })
+}
+
+/// Waits for a line on stdin after printing READY, then prints what `file` holds as CONTENT=.
+fn ready_then_read(file: &std::fs::File) -> Result<(), i32> {
+    use std::io::{BufRead as _, Write as _};
+    use std::os::unix::fs::FileExt as _;
+    let io = |error: std::io::Error| error.raw_os_error().unwrap_or(-1);
+    println!("READY");
+    std::io::stdout().flush().map_err(io)?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map_err(io)?;
+    let mut bytes = vec![0u8; 256];
+    let read = file.read_at(&mut bytes, 0).map_err(io)?;
+    println!(
+        "CONTENT={}",
+        String::from_utf8_lossy(&bytes[..read]).trim_end()
+    );
+    Ok(())
+}
+
+/// A directory above a rule's path swapped for the agent's own tree, whose file at the rule's
+/// path (ANCESTOR/INNER) the agent holds open for reading and writing. `rename`: ANCESTOR is
+/// renamed to ASIDE, then the tree made afresh; `exchange`: the tree is made at ASIDE first and
+/// swapped in with RENAME_EXCHANGE (no moment without the path).
+fn ancestor_hold(ancestor: &str, aside: &str, inner: &str, how: &str) -> Result<(), i32> {
+    let io = |error: std::io::Error| error.raw_os_error().unwrap_or(-1);
+    let open_rw = |path: &str| {
+        let path = std::path::Path::new(path);
+        std::fs::create_dir_all(path.parent().unwrap()).map_err(io)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io)?;
+        std::io::Write::write_all(&mut &file, b"planted").map_err(io)?;
+        Ok::<_, i32>(file)
+    };
+    let file = match how {
+        "rename" => {
+            std::fs::rename(ancestor, aside).map_err(io)?;
+            open_rw(&format!("{ancestor}/{inner}"))?
+        }
+        "exchange" => {
+            let file = open_rw(&format!("{aside}/{inner}"))?;
+            let (from, to) = (c_path(ancestor)?, c_path(aside)?);
+            errno_of(unsafe {
+                libc::syscall(
+                    libc::SYS_renameat2,
+                    libc::AT_FDCWD,
+                    from.as_ptr(),
+                    libc::AT_FDCWD,
+                    to.as_ptr(),
+                    libc::RENAME_EXCHANGE,
+                )
+            })?;
+            file
+        }
+        _ => return Err(libc::EINVAL),
+    };
+    ready_then_read(&file)
+}
+
+/// A new file made write-only (writing is free under a read rule) and held; once READY is
+/// answered, reopened for reading through /proc/self/fd.
+fn wronly_hold(path: &str) -> Result<(), i32> {
+    use std::io::{BufRead as _, Write as _};
+    let io = |error: std::io::Error| error.raw_os_error().unwrap_or(-1);
+    let held = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io)?;
+    println!("READY");
+    std::io::stdout().flush().map_err(io)?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map_err(io)?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&held);
+    let reopened = std::fs::File::open(format!("/proc/self/fd/{fd}")).map_err(io)?;
+    let mut bytes = vec![0u8; 256];
+    let read = std::os::unix::fs::FileExt::read_at(&reopened, &mut bytes, 0).map_err(io)?;
+    println!(
+        "CONTENT={}",
+        String::from_utf8_lossy(&bytes[..read]).trim_end()
+    );
+    Ok(())
+}
+
+fn poll_read(path: &str, needle: &str, millis: u64) -> Result<(), i32> {
+    use std::io::Write as _;
+    println!("READY");
+    std::io::stdout()
+        .flush()
+        .map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(millis);
+    let mut last = Ok(());
+    let mut tries = 0u64;
+    while std::time::Instant::now() < deadline {
+        tries += 1;
+        match std::fs::read_to_string(path) {
+            Ok(content) if content.contains(needle) => {
+                println!("TRIES={tries}");
+                println!("CONTENT={}", content.trim_end());
+                return Ok(());
+            }
+            Ok(_) => last = Ok(()),
+            Err(error) => last = Err(error.raw_os_error().unwrap_or(-1)),
+        }
+    }
+    println!("TRIES={tries}");
+    last.and(Err(libc::ETIMEDOUT))
 }
 
 /// `chattr +i` or `-i` as 32-bit code does it: FS_IOC32_SETFLAGS through the 32-bit system

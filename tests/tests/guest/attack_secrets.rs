@@ -475,18 +475,21 @@ fn a_deep_tree_below_a_read_protected_directory_is_judged() {
     let dir = scenario.dir.clone();
     let mut failures = Vec::new();
     for (who, user) in [("root", false), ("user", true)] {
-        for depth in ["20", "40", "70"] {
-            let root = text(&dir.join(format!("vault/{who}{depth}")));
-            let got = as_who(
-                &scenario,
-                user,
-                &scenario.agents,
-                "deep-read",
-                &[&root, depth],
-            );
+        for depth in [20, 40, 70] {
+            // Made by someone trusted (agents make no names there), read by the agent.
+            let mut path = dir.join(format!("vault/{who}{depth}"));
+            for _ in 0..depth {
+                path.push("d");
+            }
+            std::fs::create_dir_all(&path).unwrap();
+            path.push("f");
+            std::fs::write(&path, "deep").unwrap();
+            hand_to_user(&dir.join(format!("vault/{who}{depth}")));
+            let root = text(&path);
+            let got = as_who(&scenario, user, &scenario.agents, "read", &[&root]);
             check(
                 &mut failures,
-                format!("{who}: deep-read {root} {depth}"),
+                format!("{who}: read {root} ({depth} deep)"),
                 got,
                 Outcome::Denied,
             );

@@ -3,6 +3,7 @@
 
 mod attack_core;
 mod attack_files;
+mod attack_secret_paths;
 mod attack_secrets;
 mod connect;
 mod defend;

@@ -351,12 +351,22 @@ fn a_secret_does_not_leave_its_directory() {
             Outcome::Denied,
             "{who}: rename within"
         );
+        // No new names either (a name of the agent's would catch what a trusted writer puts
+        // there); writing a file in place is free; a file made later (by someone trusted) is
+        // covered.
         let new = in_vault(&format!("new-{who}.pem"));
         assert_eq!(
             as_who(user, agents, "write", &[&new, "NEW\n"]),
-            Outcome::Ok,
-            "{who}: a read rule leaves writing alone"
+            Outcome::Denied,
+            "{who}: a new name below a read rule"
         );
+        assert_eq!(
+            as_who(user, agents, "append", &[&in_vault("key.pem")]),
+            Outcome::Ok,
+            "{who}: a read rule leaves writing in place alone"
+        );
+        std::fs::write(&new, "NEW\n").unwrap();
+        hand_to_user(Path::new(&new));
         assert_eq!(
             as_who(user, agents, "read", &[&new]),
             Outcome::Denied,
@@ -400,9 +410,10 @@ fn a_secret_does_not_leave_its_directory() {
         scenario.tamper(agents, "by-handle", &[&in_vault("key.pem")]),
         Outcome::Denied
     );
+    // Only the agents' appends (writing in place is free under a read rule) changed it.
     assert_eq!(
         std::fs::read_to_string(vault.join("key.pem")).unwrap(),
-        "KEY\n"
+        "KEY\n##"
     );
 
     // Control: outside the agent cgroups the same actions work.
