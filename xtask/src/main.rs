@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
-const GUEST_TEST_TIMEOUT: Duration = Duration::from_secs(25 * 60);
+const GUEST_TEST_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 const GUEST_CHECK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 const DEMO_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 

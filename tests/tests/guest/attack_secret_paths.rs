@@ -578,6 +578,9 @@ fn an_editor_save_in_a_read_protected_directory_is_refused() {
     for (who, user) in [("root", false), ("user", true)] {
         let tmp = format!("{dir}/vault/.notes.txt.swp-{who}");
         let write = as_who(&scenario, user, &scenario.agents, "write", &[&tmp, "y"]);
+        // Had it made one anyway (here: someone trusted did), the rename is refused too.
+        std::fs::write(&tmp, "y").unwrap();
+        hand_to_user(Path::new(&tmp));
         let rename = as_who(
             &scenario,
             user,
