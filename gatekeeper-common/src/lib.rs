@@ -30,6 +30,11 @@ pub mod maps {
     /// [`crate::Target`] (exec form: device, inode) -> [`crate::file_rule`] bits: the files and
     /// directories of `[[protect.file]]`, and one entry per device that holds a directory rule.
     pub const PROTECTED_FILES: &str = "PROTECTED_FILES";
+    /// One [`crate::ArgvKey`]: the secret that keys [`crate::ArgvHasher`], set once by the daemon.
+    pub const ARGV_KEY: &str = "ARGV_KEY";
+    /// Grant id (with [`crate::GRANT_BINDS_ARGV`]) -> the [`crate::ArgvHasher`] hash of the
+    /// arguments it was approved for.
+    pub const ARGV_GRANTS: &str = "ARGV_GRANTS";
 }
 
 /// The kernel struct members the programs read, each as (global that receives its byte offset,
@@ -46,6 +51,9 @@ macro_rules! kernel_members {
             (OFF_BPRM_FILE, "linux_binprm", "file"),
             (OFF_BPRM_FILENAME, "linux_binprm", "filename"),
             (OFF_BPRM_BUF, "linux_binprm", "buf"),
+            // The new program's arguments: their count and where they start on its stack.
+            (OFF_BPRM_ARGC, "linux_binprm", "argc"),
+            (OFF_BPRM_P, "linux_binprm", "p"),
             (OFF_FILE_INODE, "file", "f_inode"),
             (OFF_INODE_INO, "inode", "i_ino"),
             (OFF_INODE_SB, "inode", "i_sb"),
@@ -108,6 +116,10 @@ macro_rules! kernel_members {
             (OFF_USER_NS_LEVEL, "user_namespace", "level"),
             // The system call a hook runs in (x86-64).
             (OFF_PT_REGS_ORIG_AX, "pt_regs", "orig_ax"),
+            // Where execve and execveat callers pass their argument vector.
+            (OFF_PT_REGS_CX, "pt_regs", "cx"),
+            (OFF_PT_REGS_DX, "pt_regs", "dx"),
+            (OFF_PT_REGS_SI, "pt_regs", "si"),
             // The type of a file system being mounted.
             (OFF_FS_CONTEXT_FS_TYPE, "fs_context", "fs_type"),
             (OFF_FS_TYPE_NAME, "file_system_type", "name"),
@@ -176,7 +188,7 @@ pub mod hook_args {
 pub const EXEC_PROGRAM: &str = "bprm_check_security";
 pub const CONNECT_PROGRAM: &str = "socket_connect";
 pub const SENDMSG_PROGRAM: &str = "socket_sendmsg";
-pub const PROGRAMS: [&str; 41] = [
+pub const PROGRAMS: [&str; 43] = [
     EXEC_PROGRAM,
     CONNECT_PROGRAM,
     SENDMSG_PROGRAM,
@@ -231,6 +243,10 @@ pub const PROGRAMS: [&str; 41] = [
     "inode_setattr",
     // Removing a protected directory, whose path another could then take.
     "inode_rmdir",
+    // An exec let through on a grant for certain arguments runs with exactly those: checked on
+    // the new program's own copy once nothing else can change it.
+    "bprm_creds_for_exec",
+    "bprm_committing_creds",
 ];
 
 /// Indices into the settings array.
@@ -416,6 +432,10 @@ pub enum TamperHook {
     /// file sits cannot be told (a handle opened out of its directory, a path deeper than the
     /// kernel looks) (data: device, inode).
     UnplacedFile = 40,
+    /// An exec let through on a grant for certain arguments that reached the new program with
+    /// others (a thread rewrote them during the exec): the process is killed before it runs
+    /// (data: device, inode).
+    ArgvChanged = 41,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -438,7 +458,7 @@ pub enum MountRefusal {
 
 impl TamperHook {
     /// Every hook, in id order (ids start at 1).
-    pub const ALL: [Self; 40] = {
+    pub const ALL: [Self; 41] = {
         use TamperHook::*;
         [
             Bpf,
@@ -481,6 +501,7 @@ impl TamperHook {
             NetAdmin,
             MountSetattr,
             UnplacedFile,
+            ArgvChanged,
         ]
     };
 
@@ -530,6 +551,7 @@ impl TamperHook {
             Self::NetAdmin => "net_admin",
             Self::MountSetattr => "mount_setattr",
             Self::UnplacedFile => "unplaced_file",
+            Self::ArgvChanged => "argv_changed",
         }
     }
 }
@@ -664,6 +686,133 @@ pub struct GrantValue {
     pub grant_id: u64,
 }
 
+/// Set in the id of a grant that lets through only the exec arguments it was approved for (their
+/// hash is in [`maps::ARGV_GRANTS`]); a grant without it covers any arguments. An id bit rather
+/// than a map entry, so that a binding entry missing for any reason denies.
+pub const GRANT_BINDS_ARGV: u64 = 1 << 63;
+
+/// Bytes of an exec's arguments read, shown to reviewers and bound by grants.
+pub const ARGV_BYTES: usize = 4096;
+/// Arguments read at most.
+pub const MAX_ARGS: u32 = 64;
+
+/// Bits of [`ExecArgs::flags`].
+pub mod argv_flags {
+    /// More than [`crate::ARGV_BYTES`] bytes or [`crate::MAX_ARGS`] arguments: what is shown is
+    /// cut, and no argument-bound grant matches.
+    pub const TRUNCATED: u32 = 1;
+    /// The arguments could not be read (an unknown system call, memory that faults).
+    pub const UNREAD: u32 = 2;
+    /// An exec of a script: `argv[0]` is left out, since the kernel gives the script's
+    /// interpreter its own (the interpreter's path, then the script's).
+    pub const WITHOUT_ARGV0: u32 = 4;
+}
+
+/// What the kernel read of an exec's arguments: `count` NUL-terminated strings in the first
+/// `len` bytes of [`ExecEvent::argv`], and their [`ArgvHasher`] hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecArgs {
+    pub hash: u64,
+    pub len: u32,
+    pub count: u32,
+    pub flags: u32,
+    pub _reserved: u32,
+}
+
+impl ExecArgs {
+    /// Whether a grant bound to arguments can match these: read whole.
+    pub const fn bindable(&self) -> bool {
+        self.flags & (argv_flags::TRUNCATED | argv_flags::UNREAD) == 0
+    }
+}
+
+/// The record of an exec's denial: the event, then the arguments the caller passed.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecEvent {
+    pub event: Event,
+    pub args: ExecArgs,
+    pub argv: [u8; ARGV_BYTES],
+}
+
+/// The secret key of [`ArgvHasher`]: random, made by the daemon, never leaves the kernel maps.
+pub type ArgvKey = [u64; 2];
+
+/// SipHash-2-4 (Aumasson and Bernstein, 2012), keyed with [`ArgvKey`]: binds a grant to the
+/// arguments a reviewer saw. A keyed hash, so that an agent, which cannot read the key, cannot
+/// make two argument lists that collide. Fed one little-endian word at a time, so that kernel
+/// programs can loop over a bounded buffer.
+#[derive(Clone, Copy)]
+pub struct ArgvHasher {
+    v: [u64; 4],
+}
+
+impl ArgvHasher {
+    #[inline(always)]
+    pub const fn new(key: ArgvKey) -> Self {
+        Self {
+            v: [
+                key[0] ^ 0x736f_6d65_7073_6575,
+                key[1] ^ 0x646f_7261_6e64_6f6d,
+                key[0] ^ 0x6c79_6765_6e65_7261,
+                key[1] ^ 0x7465_6462_7974_6573,
+            ],
+        }
+    }
+
+    #[inline(always)]
+    fn round(&mut self) {
+        let [v0, v1, v2, v3] = &mut self.v;
+        *v0 = v0.wrapping_add(*v1);
+        *v1 = v1.rotate_left(13) ^ *v0;
+        *v0 = v0.rotate_left(32);
+        *v2 = v2.wrapping_add(*v3);
+        *v3 = v3.rotate_left(16) ^ *v2;
+        *v0 = v0.wrapping_add(*v3);
+        *v3 = v3.rotate_left(21) ^ *v0;
+        *v2 = v2.wrapping_add(*v1);
+        *v1 = v1.rotate_left(17) ^ *v2;
+        *v2 = v2.rotate_left(32);
+    }
+
+    /// The next eight bytes of the message.
+    #[inline(always)]
+    pub fn word(&mut self, word: u64) {
+        self.v[3] ^= word;
+        self.round();
+        self.round();
+        self.v[0] ^= word;
+    }
+
+    /// The hash of a message of `len` bytes whose last `len % 8` bytes are `tail` (the rest of
+    /// the word zero).
+    #[inline(always)]
+    pub fn finish(mut self, len: usize, tail: u64) -> u64 {
+        self.word((len as u64) << 56 | tail);
+        self.v[2] ^= 0xff;
+        self.round();
+        self.round();
+        self.round();
+        self.round();
+        self.v[0] ^ self.v[1] ^ self.v[2] ^ self.v[3]
+    }
+
+    /// The hash of `bytes` in one call.
+    pub fn hash(key: ArgvKey, bytes: &[u8]) -> u64 {
+        let mut hasher = Self::new(key);
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let mut le = [0u8; 8];
+            le.copy_from_slice(word);
+            hasher.word(u64::from_le_bytes(le));
+        }
+        let mut tail = [0u8; 8];
+        tail[..words.remainder().len()].copy_from_slice(words.remainder());
+        hasher.finish(bytes.len(), u64::from_le_bytes(tail))
+    }
+}
+
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
@@ -731,10 +880,13 @@ mod user {
     unsafe impl aya::Pod for super::GrantKey {}
     unsafe impl aya::Pod for super::GrantValue {}
     unsafe impl aya::Pod for super::PortRanges {}
+    unsafe impl aya::Pod for super::ExecArgs {}
 }
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
     use core::mem::size_of;
 
@@ -752,6 +904,43 @@ mod tests {
         assert_eq!(
             size_of::<Event>(),
             4 * 4 + 8 + 8 + size_of::<Target>() + 8 + COMM_LEN + FILENAME_LEN
+        );
+    }
+
+    #[test]
+    fn exec_records_have_no_implicit_padding() {
+        assert_eq!(size_of::<ExecArgs>(), 8 + 4 * 4);
+        assert_eq!(
+            size_of::<ExecEvent>(),
+            size_of::<Event>() + size_of::<ExecArgs>() + ARGV_BYTES
+        );
+    }
+
+    /// The reference vectors of the SipHash paper (key 00..0f, message 00..len-1), and std's
+    /// own SipHash-2-4 for every length up to three words.
+    #[test]
+    fn argv_hasher_is_siphash_2_4() {
+        let key = [
+            u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7]),
+            u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]),
+        ];
+        let message: [u8; 24] = core::array::from_fn(|index| index as u8);
+        assert_eq!(ArgvHasher::hash(key, &[]), 0x726f_db47_dd0e_0e31);
+        assert_eq!(ArgvHasher::hash(key, &message[..15]), 0xa129_ca61_49be_45e5);
+        for len in 0..=message.len() {
+            #[allow(deprecated)]
+            let mut reference = std::hash::SipHasher::new_with_keys(key[0], key[1]);
+            std::hash::Hasher::write(&mut reference, &message[..len]);
+            assert_eq!(
+                ArgvHasher::hash(key, &message[..len]),
+                std::hash::Hasher::finish(&reference),
+                "length {len}"
+            );
+        }
+        // The key matters.
+        assert_ne!(
+            ArgvHasher::hash([1, 2], b"echo\0one\0"),
+            ArgvHasher::hash([1, 3], b"echo\0one\0")
         );
     }
 

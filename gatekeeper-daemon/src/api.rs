@@ -62,7 +62,25 @@ pub enum LocalCall {
     /// `id`); answers `{id, state}` with state `timeout` when the wait ran out.
     Await {
         id: Option<String>,
+        /// The latest request for an exec of exactly these arguments that is pending or was
+        /// decided at or after `since_ms` (Unix milliseconds) (`gatekeeper run`).
+        #[serde(default)]
+        argv: Option<Vec<String>>,
+        #[serde(default)]
+        since_ms: u64,
         timeout_ms: u64,
+    },
+    /// The agent's justification for an exec of `argv` it is about to try (`gatekeeper run
+    /// --reason`): the request it makes carries it from the start.
+    Announce {
+        argv: Vec<String>,
+        reason: String,
+    },
+    /// The agent's justification for one of its own cgroup's pending requests (its latest
+    /// without `id`).
+    Justify {
+        id: Option<String>,
+        reason: String,
     },
 }
 
@@ -378,9 +396,37 @@ impl Connection {
                     .await
                     .map_or_else(gone, LocalReply::data)
             }
-            LocalCall::Await { id, timeout_ms } => {
-                self.await_decision(id, Duration::from_millis(timeout_ms))
+            LocalCall::Await {
+                id,
+                argv,
+                since_ms,
+                timeout_ms,
+            } => {
+                let exec = argv.map(|argv| (argv, since_ms));
+                self.await_decision(id, exec, Duration::from_millis(timeout_ms))
                     .await
+            }
+            LocalCall::Announce { argv, reason } => {
+                let cgroup_id = match self.caller_cgroup_id() {
+                    Ok(cgroup_id) => cgroup_id,
+                    Err(reply) => return reply,
+                };
+                match self.handle.announce(cgroup_id, argv, reason).await {
+                    Some(Ok(())) => LocalReply::data("noted"),
+                    Some(Err(error)) => LocalReply::error(error.to_string()),
+                    None => gone(),
+                }
+            }
+            LocalCall::Justify { id, reason } => {
+                let cgroup_id = match self.caller_cgroup_id() {
+                    Ok(cgroup_id) => cgroup_id,
+                    Err(reply) => return reply,
+                };
+                match self.handle.justify(cgroup_id, id, reason).await {
+                    Some(Ok(id)) => LocalReply::data(serde_json::json!({ "id": id })),
+                    Some(Err(error)) => LocalReply::error(error.to_string()),
+                    None => gone(),
+                }
             }
             LocalCall::Uninstall => {
                 let decider = match self.decider() {
@@ -415,16 +461,27 @@ impl Connection {
         }
     }
 
+    /// The id of the caller's cgroup: whose requests it may wait on and justify.
+    fn caller_cgroup_id(&self) -> Result<u64, LocalReply> {
+        cgroups::of_process(self.caller.pid)
+            .ok()
+            .and_then(|cgroup| cgroups::id_of(&cgroup).ok())
+            .ok_or_else(|| LocalReply::error("cannot tell the caller's cgroup"))
+    }
+
     /// Waits for a decision on the caller's own request; other cgroups' requests do not exist
     /// for it. The engine says when the request settles: nothing polls.
-    async fn await_decision(&self, id: Option<String>, timeout: Duration) -> LocalReply {
-        let cgroup_id = cgroups::of_process(self.caller.pid)
-            .ok()
-            .and_then(|cgroup| cgroups::id_of(&cgroup).ok());
-        let Some(cgroup_id) = cgroup_id else {
-            return LocalReply::error("cannot tell the caller's cgroup");
+    async fn await_decision(
+        &self,
+        id: Option<String>,
+        exec: Option<(Vec<String>, u64)>,
+        timeout: Duration,
+    ) -> LocalReply {
+        let cgroup_id = match self.caller_cgroup_id() {
+            Ok(cgroup_id) => cgroup_id,
+            Err(reply) => return reply,
         };
-        match self.handle.wait_on(cgroup_id, id).await {
+        match self.handle.wait_on(cgroup_id, id, exec).await {
             Waiting::NoSuchRequest => LocalReply::error("no such request for this cgroup"),
             Waiting::Settled { id, state } => {
                 LocalReply::data(serde_json::json!({"id": id, "state": state}))

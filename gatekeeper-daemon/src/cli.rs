@@ -84,6 +84,22 @@ pub enum Command {
         /// Give up after this long, e.g. "5m" [default: until the request expires].
         #[arg(long, value_parser = parse_duration)]
         timeout: Option<std::time::Duration>,
+        /// Why the agent needs it, in its own words: shown to reviewers as the agent's.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Run a command that may need approval (from an agent): ask with a reason, wait for the
+    /// decision, then run exactly this command. Not approved: exits like `await`.
+    Run {
+        /// Why the agent needs it, in its own words: shown to reviewers as the agent's.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// Give up after this long, e.g. "5m" [default: until the request expires].
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
     },
     /// Audit journal tools.
     Journal {
@@ -109,31 +125,137 @@ const AWAIT_UNKNOWN: u8 = 3;
 /// Longer than any request lives: without --timeout, await ends when the request does.
 const AWAIT_FOREVER: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
+/// How long `run` looks for the request its denied exec made.
+const RUN_FINDS_REQUEST: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn await_decision(
     cli: &Cli,
     id: &Option<String>,
     timeout: Option<std::time::Duration>,
+    reason: &Option<String>,
 ) -> ExitCode {
-    let timeout = timeout.unwrap_or(AWAIT_FOREVER);
-    let call = LocalCall::Await {
-        id: id.clone(),
-        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-    };
-    match call_with_timeout(cli, &call, None) {
-        Ok(data) => {
-            let state = data["state"].as_str().unwrap_or_default();
-            println!("request {}: {state}", data["id"].as_str().unwrap_or("?"));
-            match state {
-                "approved" => ExitCode::SUCCESS,
-                "denied" => ExitCode::from(AWAIT_DENIED),
-                _ => ExitCode::from(AWAIT_EXPIRED),
+    let mut id = id.clone();
+    if let Some(reason) = reason {
+        let justify = LocalCall::Justify {
+            id: id.clone(),
+            reason: reason.clone(),
+        };
+        match call(cli, &justify) {
+            // Wait on the very request the reason went to.
+            Ok(data) => id = data["id"].as_str().map(str::to_owned),
+            Err(error) => {
+                eprintln!("gatekeeper: the reason was not taken: {error:#}");
+                return ExitCode::from(AWAIT_UNKNOWN);
             }
         }
+    }
+    let call = LocalCall::Await {
+        id,
+        argv: None,
+        since_ms: 0,
+        timeout_ms: millis(timeout.unwrap_or(AWAIT_FOREVER)),
+    };
+    match call_with_timeout(cli, &call, None) {
+        Ok(data) => await_exit(&data),
         Err(error) => {
             eprintln!("gatekeeper: {error:#}");
             ExitCode::from(AWAIT_UNKNOWN)
         }
     }
+}
+
+fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Prints an `await` answer; its exit code.
+fn await_exit(data: &serde_json::Value) -> ExitCode {
+    let state = data["state"].as_str().unwrap_or_default();
+    println!("request {}: {state}", data["id"].as_str().unwrap_or("?"));
+    match state {
+        "approved" => ExitCode::SUCCESS,
+        "denied" => ExitCode::from(AWAIT_DENIED),
+        _ => ExitCode::from(AWAIT_EXPIRED),
+    }
+}
+
+/// `gatekeeper run`: the exec itself asks (the kernel denies it and the daemon makes the request
+/// with the arguments it read); an approval lets exactly this command through once.
+fn run_command(
+    cli: &Cli,
+    reason: &Option<String>,
+    timeout: Option<std::time::Duration>,
+    command: &[String],
+) -> ExitCode {
+    use std::os::unix::process::CommandExt as _;
+    if let Some(reason) = reason {
+        let announce = LocalCall::Announce {
+            argv: command.to_vec(),
+            reason: reason.clone(),
+        };
+        if let Err(error) = call(cli, &announce) {
+            eprintln!("gatekeeper: the reason was not taken, nothing was run: {error:#}");
+            return ExitCode::from(AWAIT_UNKNOWN);
+        }
+    }
+    let since_ms = millis(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default(),
+    );
+    let exec = || {
+        std::process::Command::new(&command[0])
+            .args(&command[1..])
+            .exec()
+    };
+    let error = exec();
+    if error.raw_os_error() != Some(libc::EPERM) {
+        return exec_failed(&command[0], &error);
+    }
+    eprintln!(
+        "gatekeeper: {} needs approval; waiting for a decision",
+        visible(&command[0], FIELD_LIMIT)
+    );
+    let wait = LocalCall::Await {
+        id: None,
+        argv: Some(command.to_vec()),
+        since_ms,
+        timeout_ms: millis(timeout.unwrap_or(AWAIT_FOREVER)),
+    };
+    let give_up = std::time::Instant::now() + RUN_FINDS_REQUEST;
+    let data = loop {
+        match call_with_timeout(cli, &wait, None) {
+            Ok(data) => break data,
+            // The daemon makes the request from the kernel's report, a moment after the denial.
+            Err(error)
+                if error.to_string().contains("no such request")
+                    && std::time::Instant::now() < give_up =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(error) => {
+                eprintln!("gatekeeper: {error:#}");
+                return ExitCode::from(AWAIT_UNKNOWN);
+            }
+        }
+    };
+    if data["state"] != "approved" {
+        return await_exit(&data);
+    }
+    let error = exec();
+    exec_failed(&command[0], &error)
+}
+
+/// The exit code of a command that could not be started, as shells use them.
+fn exec_failed(program: &str, error: &std::io::Error) -> ExitCode {
+    eprintln!(
+        "gatekeeper: cannot run {}: {error}",
+        visible(program, FIELD_LIMIT)
+    );
+    ExitCode::from(match error.kind() {
+        std::io::ErrorKind::NotFound => 127,
+        _ => 126,
+    })
 }
 
 /// Runs the parsed command line; errors are printed here, once, with the right exit code.
@@ -150,7 +272,17 @@ pub fn run(cli: Cli) -> ExitCode {
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
-        Command::Await { id, timeout, .. } => Ok(await_decision(&cli, id, *timeout)),
+        Command::Await {
+            id,
+            timeout,
+            reason,
+            ..
+        } => Ok(await_decision(&cli, id, *timeout, reason)),
+        Command::Run {
+            reason,
+            timeout,
+            command,
+        } => Ok(run_command(&cli, reason, *timeout, command)),
         Command::Daemon => {
             let path = cli.config.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG));
             let config = Config::load(path)?;

@@ -12,7 +12,7 @@ use std::{
 };
 
 use crate::destinations::Prefix;
-pub use crate::requests::Risk;
+pub use crate::requests::{Bind, Risk};
 
 mod host;
 mod parse;
@@ -114,6 +114,8 @@ pub struct ExecRule {
     pub path: PathBuf,
     pub name: String,
     pub approval: RulePolicy,
+    /// What a grant covers: the approved arguments (the default) or any.
+    pub bind: Bind,
 }
 
 /// A file, or a directory and everything below it, that agents read or change only with approval.

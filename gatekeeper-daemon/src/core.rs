@@ -11,17 +11,29 @@ use std::{
     time::Duration,
 };
 
-use gatekeeper_common::GrantKey;
+use gatekeeper_common::{GRANT_BINDS_ARGV, GrantKey};
 use time::OffsetDateTime;
 
 use crate::{
     journal::schema::{Event, GrantSnapshot, Snapshot},
     records,
     requests::{
-        Admission, DecideError, Decision, DecisionInfo, Denial, Outcome, Refusal, Request,
-        Requests, State, authorize_reviewer,
+        Admission, DecideError, Decision, DecisionInfo, Denial, JustifyError, MAX_ANNOUNCED,
+        MAX_ANNOUNCED_ARGS, Outcome, Refusal, Request, Requests, State, authorize_reviewer,
+        check_justification,
     },
 };
+
+/// How long a justification announced for an exec waits for it.
+pub const ANNOUNCED_FOR: Duration = Duration::from_secs(30);
+
+/// A justification given before the exec it is for.
+struct Announced {
+    cgroup_id: u64,
+    argv: Vec<String>,
+    text: String,
+    until: OffsetDateTime,
+}
 
 /// How long after its expiry a consumed grant waits for its kernel event before it is journaled
 /// as used without one.
@@ -97,6 +109,9 @@ pub enum Effect {
         grant_id: u64,
         key: GrantKey,
         expires_boot_ns: u64,
+        /// Bound to the exec arguments of this hash (the id carries
+        /// [`gatekeeper_common::GRANT_BINDS_ARGV`]).
+        argv: Option<u64>,
     },
     /// Take an expired grant out of the kernel; answer with [`Core::grant_taken`].
     TakeGrant { grant_id: u64, key: GrantKey },
@@ -194,6 +209,8 @@ pub struct Core {
     enforcing_since: Option<OffsetDateTime>,
     /// Records of noisy kinds (tamper attempts, refusals) held back, by kind.
     noise: HashMap<String, Noise>,
+    /// Justifications agents gave for an exec they are about to try, until it comes.
+    announced: Vec<Announced>,
     effects: VecDeque<Effect>,
     ids: Box<dyn FnMut() -> u64 + Send>,
 }
@@ -220,6 +237,7 @@ impl Core {
             capped: HashSet::new(),
             enforcing_since: None,
             noise: HashMap::new(),
+            announced: Vec::new(),
             effects: VecDeque::new(),
             ids,
         }
@@ -264,10 +282,7 @@ impl Core {
     /// A kernel denial. Repeats of a pending (cgroup, target) join it; a cgroup at its cap of
     /// pending requests gets no new one, only a count on the open ones.
     pub fn on_denial(&mut self, denial: Denial, now: Now) -> Admission {
-        if let Some(id) = self
-            .requests
-            .pending_for(denial.cgroup_id, &denial.target_key)
-        {
+        if let Some(id) = self.requests.pending_for(&denial.pending_key()) {
             self.requests.join(&id);
             return Admission::Joined(id);
         }
@@ -282,6 +297,8 @@ impl Core {
             }
             return Admission::OverCap;
         }
+        let mut denial = denial;
+        denial.justification = self.take_announced(&denial, now);
         let id = self.request_id();
         let request = self.requests.create(denial, id.clone(), now.wall).clone();
         self.journal(Event::RequestCreated {
@@ -289,6 +306,79 @@ impl Core {
         });
         self.schedule_deliveries(now);
         Admission::New(id)
+    }
+
+    /// An agent says why it is about to run `argv` (`gatekeeper run --reason`): the request its
+    /// exec makes within [`ANNOUNCED_FOR`] carries the text from the start.
+    pub fn announce(
+        &mut self,
+        cgroup_id: u64,
+        argv: Vec<String>,
+        text: String,
+        now: Now,
+    ) -> Result<(), JustifyError> {
+        check_justification(&text)?;
+        if argv.len() > MAX_ANNOUNCED_ARGS {
+            return Err(JustifyError::TooManyArgs(argv.len()));
+        }
+        self.announced
+            .retain(|announced| announced.until > now.wall);
+        let waiting = self
+            .announced
+            .iter()
+            .filter(|announced| announced.cgroup_id == cgroup_id)
+            .count();
+        if waiting >= MAX_ANNOUNCED {
+            return Err(JustifyError::TooMany);
+        }
+        self.announced.push(Announced {
+            cgroup_id,
+            argv,
+            text,
+            until: now.wall + ANNOUNCED_FOR,
+        });
+        Ok(())
+    }
+
+    /// The justification announced for the exec `denial` is.
+    fn take_announced(&mut self, denial: &Denial, now: Now) -> Option<String> {
+        let exec = denial.exec.as_ref()?;
+        let index = self.announced.iter().position(|announced| {
+            announced.cgroup_id == denial.cgroup_id
+                && announced.until > now.wall
+                && exec.matches(&announced.argv)
+        })?;
+        Some(self.announced.remove(index).text)
+    }
+
+    /// An agent says why it needs the action of its cgroup's pending request `id` (its latest
+    /// pending one without): journaled and shown with the request. Returns the request's id.
+    pub fn justify(
+        &mut self,
+        cgroup_id: u64,
+        id: Option<&str>,
+        text: String,
+    ) -> Result<String, JustifyError> {
+        check_justification(&text)?;
+        let request = match id {
+            Some(id) => self
+                .request_for_cgroup(cgroup_id, Some(id))
+                .ok_or_else(|| JustifyError::NoRequest(id.to_owned()))?,
+            None => self
+                .requests
+                .list(false)
+                .into_iter()
+                .filter(|request| request.cgroup_id == cgroup_id)
+                .max_by_key(|request| request.created)
+                .cloned()
+                .ok_or(JustifyError::NothingPending)?,
+        };
+        self.requests.justify(&request.id, text.clone())?;
+        self.journal(Event::Justification {
+            request_id: request.id.clone(),
+            text,
+        });
+        Ok(request.id)
     }
 
     /// An agent's tamper attempt, denied by the kernel: journaled, at most once a second per
@@ -432,10 +522,11 @@ impl Core {
             return Err(error.into());
         }
         // The approval that completes the request names its grant in the decision record.
+        let binds_argv = self.requests.get(id).is_some_and(Request::binds_argv);
         let grant_id = self
             .requests
             .completes_approval(id, &info)
-            .then(|| (self.ids)() >> 1);
+            .then(|| (self.ids)() >> 1 | if binds_argv { GRANT_BINDS_ARGV } else { 0 });
         self.journal(records::decision_event(id, &info, grant_id));
         let outcome = self.requests.decide(id, info)?;
         let request = match outcome {
@@ -485,6 +576,7 @@ impl Core {
             grant_id,
             key,
             expires_boot_ns,
+            argv: request.bound_argv(),
         });
     }
 
@@ -758,6 +850,26 @@ impl Core {
         .cloned()
     }
 
+    /// The latest request of cgroup `cgroup_id` for an exec of exactly `argv` that is pending
+    /// or finished at or after `since`.
+    pub fn request_for_exec(
+        &self,
+        cgroup_id: u64,
+        argv: &[String],
+        since: OffsetDateTime,
+    ) -> Option<Request> {
+        self.requests
+            .list(true)
+            .into_iter()
+            .filter(|request| {
+                request.cgroup_id == cgroup_id
+                    && request.exec.as_ref().is_some_and(|exec| exec.matches(argv))
+                    && request.finished.is_none_or(|finished| finished >= since)
+            })
+            .max_by_key(|request| request.created)
+            .cloned()
+    }
+
     pub fn counts(&self) -> Counts {
         let pending = self.requests.list(false).len();
         Counts {
@@ -888,6 +1000,9 @@ impl Core {
                 }
             }
             Event::RequestExpired { request_id } => self.requests.restore_expired(request_id, time),
+            Event::Justification { request_id, text } => {
+                let _ = self.requests.justify(request_id, text.clone());
+            }
             Event::GrantIssued {
                 grant_id,
                 request_id,
@@ -1135,6 +1250,115 @@ mod tests {
         assert_eq!(journaled(&core.take_effects()), ["grant_issued"]);
         assert_eq!(core.get(&id).unwrap().grant_id, Some(grant_id));
         assert_eq!(core.counts().grants, 1);
+    }
+
+    #[test]
+    fn an_exec_grant_is_bound_to_the_approved_arguments_unless_the_rule_binds_the_binary() {
+        let mut core = core();
+        let bound = new_id(core.on_denial(denial(7, 100), start()));
+        let any = new_id(core.on_denial(
+            crate::requests::Denial {
+                bind: crate::requests::Bind::Binary,
+                ..denial(7, 101)
+            },
+            start(),
+        ));
+        core.take_effects();
+        let grant = |core: &mut Core, id: &str| {
+            core.decide(id, Decision::Approve, None, &cli("alice"), start())
+                .unwrap();
+            core.take_effects()
+                .into_iter()
+                .find_map(|effect| match effect {
+                    Effect::PutGrant { grant_id, argv, .. } => Some((grant_id, argv)),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let (grant_id, argv) = grant(&mut core, &bound);
+        assert_ne!(grant_id & GRANT_BINDS_ARGV, 0);
+        assert_eq!(argv, Some(0xfeed), "the hash the kernel reported");
+        let (grant_id, argv) = grant(&mut core, &any);
+        assert_eq!(grant_id & GRANT_BINDS_ARGV, 0);
+        assert_eq!(argv, None);
+    }
+
+    #[test]
+    fn an_agents_reason_joins_its_request_and_stays_its_own() {
+        use crate::requests::MAX_JUSTIFICATION;
+        let mut core = core();
+        let argv = |words: &[&str]| words.iter().map(|word| word.to_string()).collect();
+        assert_eq!(
+            core.announce(7, argv(&["pg_dump", "prod"]), " ".into(), start()),
+            Err(JustifyError::Empty)
+        );
+        assert_eq!(
+            core.announce(
+                7,
+                argv(&["pg_dump", "prod"]),
+                "x".repeat(MAX_JUSTIFICATION + 1),
+                start()
+            ),
+            Err(JustifyError::TooLong(MAX_JUSTIFICATION + 1))
+        );
+        core.announce(
+            7,
+            argv(&["pg_dump", "prod"]),
+            "nightly export".into(),
+            start(),
+        )
+        .unwrap();
+        core.announce(
+            7,
+            argv(&["pg_dump", "other"]),
+            "not this one".into(),
+            start(),
+        )
+        .unwrap();
+        // Another cgroup's exec of the same command does not take it.
+        let other = new_id(core.on_denial(denial(8, 100), start()));
+        assert_eq!(core.get(&other).unwrap().justification, None);
+        let own = new_id(core.on_denial(denial(7, 100), start()));
+        assert_eq!(
+            core.get(&own).unwrap().justification.as_deref(),
+            Some("nightly export")
+        );
+        let created = core.take_effects();
+        assert!(
+            created.iter().any(|effect| matches!(effect,
+                Effect::Journal(Event::RequestCreated { request })
+                    if request.justification.as_deref() == Some("nightly export"))),
+            "journaled with the request"
+        );
+        // A reason announced too long ago is dropped.
+        core.announce(9, argv(&["pg_dump", "prod"]), "stale".into(), start())
+            .unwrap();
+        let late = start().plus(ANNOUNCED_FOR + Duration::from_secs(1));
+        let stale = new_id(core.on_denial(denial(9, 100), late));
+        assert_eq!(core.get(&stale).unwrap().justification, None);
+        core.take_effects();
+
+        // Afterwards, on a pending request of the caller's own cgroup only, once.
+        assert_eq!(
+            core.justify(9, Some(&other), "mine".into()),
+            Err(JustifyError::NoRequest(other.clone()))
+        );
+        assert_eq!(core.justify(8, None, "because".into()), Ok(other.clone()));
+        assert_eq!(journaled(&core.take_effects()), ["justification"]);
+        assert_eq!(
+            core.get(&other).unwrap().justification.as_deref(),
+            Some("because")
+        );
+        assert_eq!(
+            core.justify(8, Some(&other), "again".into()),
+            Err(JustifyError::AlreadyJustified(other.clone()))
+        );
+        core.decide(&other, Decision::Deny, None, &cli("alice"), start())
+            .unwrap();
+        assert_eq!(
+            core.justify(8, None, "late".into()),
+            Err(JustifyError::NothingPending)
+        );
     }
 
     #[test]

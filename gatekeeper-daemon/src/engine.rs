@@ -255,9 +255,17 @@ impl Engine {
             Command::Await {
                 cgroup_id,
                 id,
+                exec,
                 reply,
             } => {
-                let waiting = match self.core.request_for_cgroup(cgroup_id, id.as_deref()) {
+                let found = match &exec {
+                    Some((argv, since_ms)) => {
+                        let since = OffsetDateTime::UNIX_EPOCH + Duration::from_millis(*since_ms);
+                        self.core.request_for_exec(cgroup_id, argv, since)
+                    }
+                    None => self.core.request_for_cgroup(cgroup_id, id.as_deref()),
+                };
+                let waiting = match found {
                     None => Waiting::NoSuchRequest,
                     Some(request) if request.state == State::Pending => {
                         let (settled, receiver) = oneshot::channel();
@@ -300,6 +308,26 @@ impl Engine {
             Command::Uninstall { by, reply } => {
                 let _ = reply.send(self.uninstall(&by));
             }
+            Command::Announce {
+                cgroup_id,
+                argv,
+                text,
+                reply,
+            } => {
+                let _ = reply.send(self.core.announce(cgroup_id, argv, text, at));
+            }
+            Command::Justify {
+                cgroup_id,
+                id,
+                text,
+                reply,
+            } => {
+                let result = self.core.justify(cgroup_id, id.as_deref(), text);
+                if let Ok(id) = &result {
+                    info!(%id, "the agent justified its request");
+                }
+                let _ = reply.send(result);
+            }
             Command::Stop { reason } => self.stopping = Some(reason),
         }
         self.flush();
@@ -313,10 +341,11 @@ impl Engine {
                 cgroup_id,
                 cgroup,
                 process,
+                exec,
             } => {
                 let denial = self
                     .policy
-                    .denial(target, filename, cgroup_id, cgroup, process);
+                    .denial(target, filename, cgroup_id, cgroup, process, exec);
                 let what = denial.target.clone();
                 let cgroup = denial.cgroup.clone();
                 match self.core.on_denial(denial, at) {
@@ -389,6 +418,7 @@ impl Engine {
                     grant_id,
                     key,
                     expires_boot_ns,
+                    argv,
                 } => {
                     let value = GrantValue {
                         expires_boot_ns,
@@ -396,7 +426,7 @@ impl Engine {
                     };
                     let result = self
                         .kernel
-                        .put_grant(&key, &value)
+                        .put_grant(&key, &value, argv)
                         .map_err(|error| error.to_string());
                     if let Err(error) = &result {
                         error!(%error, grant = grant_id, "the grant could not reach the kernel");

@@ -110,6 +110,7 @@ fn describe(event: KernelEvent, names: &mut CgroupNames) -> KernelInput {
             target: event.target,
             filename: event.filename,
             cgroup_id: event.cgroup_id,
+            exec: event.exec,
         },
         EventKind::Tamper => KernelInput::Tamper {
             hook: TamperHook::from_raw(event.target.aux)

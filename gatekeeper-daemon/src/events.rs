@@ -3,8 +3,10 @@
 use std::ffi::CStr;
 
 use aya::maps::{MapData, RingBuf};
-use gatekeeper_common::{Event, EventKind, Target};
+use gatekeeper_common::{ARGV_BYTES, Event, EventKind, ExecEvent, Target, argv_flags};
 use tokio::io::unix::AsyncFd;
+
+use crate::requests::ExecCall;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelEvent {
@@ -18,6 +20,8 @@ pub struct KernelEvent {
     pub grant_id: u64,
     pub comm: String,
     pub filename: String,
+    /// Set on an exec's denial.
+    pub exec: Option<ExecCall>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -42,6 +46,11 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     // arrays only), and the read is unaligned-safe.
     let raw: Event = unsafe { bytes.as_ptr().cast::<Event>().read_unaligned() };
     let kind = EventKind::from_raw(raw.kind).ok_or(DecodeError::UnknownKind(raw.kind))?;
+    let exec = (bytes.len() >= size_of::<ExecEvent>()).then(|| {
+        // SAFETY: as above, for the longer record.
+        let record: ExecEvent = unsafe { bytes.as_ptr().cast::<ExecEvent>().read_unaligned() };
+        exec_call(&record)
+    });
     Ok(KernelEvent {
         kind,
         pid: raw.pid,
@@ -53,7 +62,25 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         grant_id: raw.grant_id,
         comm: c_string(&raw.comm),
         filename: c_string(&raw.filename),
+        exec,
     })
+}
+
+/// The arguments of an exec record: NUL-terminated strings, the last one cut if it ran over.
+fn exec_call(record: &ExecEvent) -> ExecCall {
+    let args = record.args;
+    let used = &record.argv[..(args.len as usize).min(ARGV_BYTES)];
+    let mut argv: Vec<String> = used
+        .split_inclusive(|byte| *byte == 0)
+        .map(|arg| String::from_utf8_lossy(arg.strip_suffix(&[0]).unwrap_or(arg)).into_owned())
+        .collect();
+    argv.truncate(args.count as usize + 1);
+    ExecCall {
+        argv,
+        script: args.flags & argv_flags::WITHOUT_ARGV0 != 0,
+        complete: args.bindable(),
+        hash: args.hash,
+    }
 }
 
 /// Async reader over the kernel's ring buffer.

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     core::{Decider, DecisionFailure, DeliveryAttempt},
-    requests::{Decision, Process, Request, State},
+    requests::{Decision, ExecCall, JustifyError, Process, Request, State},
 };
 
 /// Commands queued for the engine at most; senders wait beyond that (backpressure, not loss).
@@ -26,6 +26,8 @@ pub enum KernelInput {
         /// The cgroup's path, or `cgroup id N` when it could not be named.
         cgroup: String,
         process: Process,
+        /// For an exec: its arguments as the kernel read them.
+        exec: Option<ExecCall>,
     },
     Tamper {
         hook: String,
@@ -126,6 +128,9 @@ pub enum Command {
     Await {
         cgroup_id: u64,
         id: Option<String>,
+        /// Instead of `id`: an exec's arguments, and the Unix milliseconds from which a decided
+        /// request still counts.
+        exec: Option<(Vec<String>, u64)>,
         reply: oneshot::Sender<Waiting>,
     },
     DeliveryDone {
@@ -147,6 +152,20 @@ pub enum Command {
     Uninstall {
         by: String,
         reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// An agent's justification for an exec it is about to try.
+    Announce {
+        cgroup_id: u64,
+        argv: Vec<String>,
+        text: String,
+        reply: oneshot::Sender<Result<(), JustifyError>>,
+    },
+    /// An agent's justification for one of its pending requests.
+    Justify {
+        cgroup_id: u64,
+        id: Option<String>,
+        text: String,
+        reply: oneshot::Sender<Result<String, JustifyError>>,
     },
     /// Stop (a signal): the pinned programs keep enforcing.
     Stop {
@@ -220,14 +239,50 @@ impl Handle {
         .await;
     }
 
-    pub async fn wait_on(&self, cgroup_id: u64, id: Option<String>) -> Waiting {
+    pub async fn wait_on(
+        &self,
+        cgroup_id: u64,
+        id: Option<String>,
+        exec: Option<(Vec<String>, u64)>,
+    ) -> Waiting {
         self.ask(|reply| Command::Await {
             cgroup_id,
             id,
+            exec,
             reply,
         })
         .await
         .unwrap_or(Waiting::NoSuchRequest)
+    }
+
+    pub async fn announce(
+        &self,
+        cgroup_id: u64,
+        argv: Vec<String>,
+        text: String,
+    ) -> Option<Result<(), JustifyError>> {
+        self.ask(|reply| Command::Announce {
+            cgroup_id,
+            argv,
+            text,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn justify(
+        &self,
+        cgroup_id: u64,
+        id: Option<String>,
+        text: String,
+    ) -> Option<Result<String, JustifyError>> {
+        self.ask(|reply| Command::Justify {
+            cgroup_id,
+            id,
+            text,
+            reply,
+        })
+        .await
     }
 
     pub async fn uninstall(&self, by: String) -> Result<(), String> {

@@ -19,7 +19,8 @@ use aya::{
     },
 };
 use gatekeeper_common::{
-    Counter, GrantKey, GrantValue, PROGRAMS, PortRanges, Setting, Target, hook_args, maps, offsets,
+    ArgvKey, Counter, GrantKey, GrantValue, PROGRAMS, PortRanges, Setting, Target, hook_args, maps,
+    offsets,
 };
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
@@ -63,10 +64,29 @@ pub enum LoaderError {
     Attach(ProgramError),
     #[error("map {name}: {cause}")]
     Map { name: &'static str, cause: MapError },
+    #[error("cannot make the key that binds grants to arguments: {0}")]
+    ArgvKey(String),
     #[error("pin directory {path}: {cause}")]
     PinDir { path: PathBuf, cause: String },
     #[error("cannot pin {path}: {cause}")]
     Pin { path: PathBuf, cause: String },
+}
+
+/// Makes the secret key of the argument hash, once: a key an earlier daemon made stays, since
+/// the pinned grants' bindings were made with it.
+fn ensure_argv_key(map: &mut Array<MapData, ArgvKey>) -> Result<(), String> {
+    if map.get(&0, 0).map_err(|error| error.to_string())? != [0, 0] {
+        return Ok(());
+    }
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|error| error.to_string())?;
+    let [low, high] = [&bytes[..8], &bytes[8..]].map(|half| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(half);
+        u64::from_ne_bytes(word)
+    });
+    map.set(0, [low, high], 0)
+        .map_err(|error| error.to_string())
 }
 
 /// An error with its causes, for errors whose message leaves them out.
@@ -153,6 +173,7 @@ pub struct Kernel {
     settings: Array<MapData, u32>,
     daemon_files: HashMap<MapData, Target, u32>,
     files: HashMap<MapData, Target, u32>,
+    argv_grants: HashMap<MapData, u64, u64>,
     /// Taken by the event reader.
     events: Option<RingBuf<MapData>>,
     /// The ids of the links this daemon attached, in the order of `PROGRAMS`.
@@ -330,8 +351,13 @@ impl Kernel {
         let settings = take(maps::SETTINGS)?;
         let daemon_files = take(maps::DAEMON_FILES)?;
         let files = take(maps::PROTECTED_FILES)?;
+        let argv_key = take(maps::ARGV_KEY)?;
+        let argv_grants = take(maps::ARGV_GRANTS)?;
         let events = take(maps::EVENTS)?;
         let map_error = |name| move |cause| LoaderError::Map { name, cause };
+        let mut argv_key: Array<MapData, ArgvKey> =
+            Array::try_from(argv_key).map_err(map_error(maps::ARGV_KEY))?;
+        ensure_argv_key(&mut argv_key).map_err(LoaderError::ArgvKey)?;
         let kernel = Self {
             agents: HashMap::try_from(agents).map_err(map_error(maps::AGENT_CGROUPS))?,
             protected: HashMap::try_from(protected).map_err(map_error(maps::PROTECTED))?,
@@ -343,6 +369,7 @@ impl Kernel {
             settings: Array::try_from(settings).map_err(map_error(maps::SETTINGS))?,
             daemon_files: HashMap::try_from(daemon_files).map_err(map_error(maps::DAEMON_FILES))?,
             files: HashMap::try_from(files).map_err(map_error(maps::PROTECTED_FILES))?,
+            argv_grants: HashMap::try_from(argv_grants).map_err(map_error(maps::ARGV_GRANTS))?,
             events: Some(RingBuf::try_from(events).map_err(map_error(maps::EVENTS))?),
             link_ids: Vec::new(),
             ebpf,
@@ -490,7 +517,17 @@ impl Kernel {
         self.nets.remove(&trie_key(prefix))
     }
 
-    pub fn put_grant(&mut self, key: &GrantKey, value: &GrantValue) -> Result<(), MapError> {
+    /// Puts a grant into the kernel; with `argv`, bound to the arguments of that hash (its id
+    /// says so, and the hash goes in first, so the kernel never sees the grant without it).
+    pub fn put_grant(
+        &mut self,
+        key: &GrantKey,
+        value: &GrantValue,
+        argv: Option<u64>,
+    ) -> Result<(), MapError> {
+        if let Some(hash) = argv {
+            self.argv_grants.insert(value.grant_id, hash, 0)?;
+        }
         self.grants.insert(key, value, 0)
     }
 
@@ -502,16 +539,20 @@ impl Kernel {
     /// kernel had consumed it. A map delete succeeds for exactly one of racing deleters, so an
     /// agent's retry and this cannot both have it.
     pub fn take_grant(&mut self, key: &GrantKey, grant_id: u64) -> Result<bool, MapError> {
-        match self.grants.get(key, 0) {
-            Ok(value) if value.grant_id == grant_id => {}
-            Ok(_) => return Ok(false),
-            Err(error) if is_not_found(&error) => return Ok(false),
+        let taken = match self.grants.get(key, 0) {
+            Ok(value) if value.grant_id == grant_id => match self.grants.remove(key) {
+                Ok(()) => true,
+                Err(error) if is_not_found(&error) => false,
+                Err(error) => return Err(error),
+            },
+            Ok(_) => false,
+            Err(error) if is_not_found(&error) => false,
             Err(error) => return Err(error),
-        }
-        match self.grants.remove(key) {
-            Ok(()) => Ok(true),
-            Err(error) if is_not_found(&error) => Ok(false),
-            Err(error) => Err(error),
+        };
+        // Its argument binding, if the kernel did not drop it on use (a replaced grant's).
+        match self.argv_grants.remove(&grant_id) {
+            Err(error) if !is_not_found(&error) => Err(error),
+            _ => Ok(taken),
         }
     }
 

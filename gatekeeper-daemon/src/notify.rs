@@ -142,11 +142,22 @@ fn raw_facts(request: &Request) -> Vec<(&'static str, String)> {
         .expires
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    vec![
+    let mut facts = vec![
         ("Risk", request.risk.name().to_uppercase()),
         ("Request", request.id.clone()),
         ("Rule", request.rule.clone()),
         ("What", what),
+    ];
+    if let Some(command) = request.will_run() {
+        facts.push(("Will run", command));
+    }
+    if let Some(covers) = request.grant_covers() {
+        facts.push(("Approval allows", covers.to_owned()));
+    }
+    if let Some(text) = &request.justification {
+        facts.push(("Agent's own words (unverified)", text.clone()));
+    }
+    facts.extend([
         ("Agent", request.cgroup.clone()),
         (
             "Owner",
@@ -156,7 +167,7 @@ fn raw_facts(request: &Request) -> Vec<(&'static str, String)> {
             "Process",
             format!("{} (pid {}, {user})", process.comm, process.pid),
         ),
-        ("Command line", command),
+        ("Caller's command line", command),
         (
             "Approvals",
             format!(
@@ -166,7 +177,8 @@ fn raw_facts(request: &Request) -> Vec<(&'static str, String)> {
             ),
         ),
         ("Expires", expires),
-    ]
+    ]);
+    facts
 }
 
 /// The body each kind of webhook receives: one request's message, or a digest of several that
@@ -469,6 +481,19 @@ mod tests {
             approvals_required: 2,
             risk: crate::requests::Risk::High,
             require_reason: false,
+            exec: Some(crate::requests::ExecCall {
+                argv: vec![
+                    "pg_dump".into(),
+                    "prod".into(),
+                    "-t".into(),
+                    "orders".into(),
+                ],
+                script: false,
+                complete: true,
+                hash: 7,
+            }),
+            bind: crate::requests::Bind::Argv,
+            justification: Some("nightly export for finance".into()),
             approvals: Vec::new(),
             grant_error: None,
             finished: None,
@@ -632,11 +657,15 @@ mod tests {
         let mut request = sample_request();
         request.target = "/tmp/x\n*Approved by security* <!channel> <https://evil|docs>".into();
         request.process.comm = "\u{202e}pmud_gp".into();
-        request.process.argv = Some(vec![
+        let argv = vec![
             "sh".into(),
             "-c".into(),
             format!("[ok](https://evil) `x` {}", "A".repeat(5000)),
-        ]);
+        ];
+        request.process.argv = Some(argv.clone());
+        if let Some(exec) = &mut request.exec {
+            exec.argv = argv;
+        }
         request
     }
 
@@ -681,15 +710,17 @@ mod tests {
             what["value"],
             "exec /tmp/x\\\\n\\*Approved by security\\* \\<\\!channel\\> \\<https://evil\\|docs\\>"
         );
-        let command = facts
-            .iter()
-            .find(|fact| fact["title"] == "Command line")
-            .unwrap();
-        assert!(
-            command["value"]
+        let value = |title: &str| {
+            facts.iter().find(|fact| fact["title"] == title).unwrap()["value"]
                 .as_str()
                 .unwrap()
-                .starts_with("sh -c \\[ok\\]\\(https://evil\\)")
+                .to_owned()
+        };
+        assert!(value("Caller's command line").starts_with("sh -c \\[ok\\]\\(https://evil\\)"));
+        assert!(
+            value("Will run").starts_with("sh -c '\\[ok\\]\\(https://evil\\) \\`x\\`"),
+            "{}",
+            value("Will run")
         );
     }
 

@@ -22,7 +22,7 @@ use crate::{
     handle::ProtectedStatus,
     journal::Event,
     loader::{Kernel, PathList},
-    requests::{Denial, Kind, Process},
+    requests::{Bind, Denial, ExecCall, Kind, Process},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -608,7 +608,9 @@ impl Policy {
         cgroup_id: u64,
         cgroup: String,
         process: Process,
+        exec: Option<ExecCall>,
     ) -> Denial {
+        let mut bind = Bind::default();
         let (kind, rule, approval, target_text, destination) = if target.kind == TARGET_KIND_CONNECT
         {
             let (address, port, protocol) = target.destination();
@@ -674,6 +676,7 @@ impl Policy {
             )
         } else {
             let rule = self.exec_rule(&target).map(|(_, rule)| rule);
+            bind = rule.map(|rule| rule.bind).unwrap_or_default();
             let fallback = if self.config.exec_allowlist {
                 "not on the allowlist"
             } else {
@@ -701,6 +704,9 @@ impl Policy {
             approvals_required: approval.approvals,
             require_reason: approval.require_reason,
             risk: approval.risk,
+            exec: exec.filter(|_| kind == Kind::Exec),
+            bind,
+            justification: None,
         }
     }
 

@@ -8,10 +8,13 @@ use gatekeeper_common::Target;
 use crate::{
     destinations::Destination,
     journal::schema::{
-        DecisionRecord, DestinationRecord, Event, ParentRecord, ProcessRecord, RequestKind,
-        RequestRecord, RequestSnapshot, RequestState, RiskRecord, TargetRecord, Verdict,
+        BindRecord, DecisionRecord, DestinationRecord, Event, ExecRecord, ParentRecord,
+        ProcessRecord, RequestKind, RequestRecord, RequestSnapshot, RequestState, RiskRecord,
+        TargetRecord, Verdict,
     },
-    requests::{Decision, DecisionInfo, Kind, Parent, Process, Request, Risk, State},
+    requests::{
+        Bind, Decision, DecisionInfo, ExecCall, Kind, Parent, Process, Request, Risk, State,
+    },
 };
 
 pub fn verdict_of(decision: Decision) -> Verdict {
@@ -127,6 +130,17 @@ pub fn request_record(request: &Request) -> RequestRecord {
             Risk::High => RiskRecord::High,
             Risk::Critical => RiskRecord::Critical,
         },
+        exec: request.exec.as_ref().map(|exec| ExecRecord {
+            argv: exec.argv.clone(),
+            script: exec.script,
+            complete: exec.complete,
+            hash: exec.hash,
+        }),
+        bind: match request.bind {
+            Bind::Argv => BindRecord::Argv,
+            Bind::Binary => BindRecord::Binary,
+        },
+        justification: request.justification.clone(),
     }
 }
 
@@ -187,6 +201,17 @@ pub fn request_from_record(record: &RequestRecord) -> Request {
             RiskRecord::High => Risk::High,
             RiskRecord::Critical => Risk::Critical,
         },
+        exec: record.exec.as_ref().map(|exec| ExecCall {
+            argv: exec.argv.clone(),
+            script: exec.script,
+            complete: exec.complete,
+            hash: exec.hash,
+        }),
+        bind: match record.bind {
+            BindRecord::Argv => Bind::Argv,
+            BindRecord::Binary => Bind::Binary,
+        },
+        justification: record.justification.clone(),
         approvals: Vec::new(),
         grant_error: None,
         finished: None,

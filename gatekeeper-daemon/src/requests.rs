@@ -1,6 +1,7 @@
 //! Approval requests: the pure state machine from a kernel denial to one human decision.
 //!
-//! A request is decided once; repeats of the same (cgroup, target) while it is pending join it.
+//! A request is decided once; repeats of the same action (cgroup, target and, for a grant bound to
+//! them, the exec's arguments) while it is pending join it.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -44,6 +45,53 @@ impl Risk {
             Self::Critical => "critical",
         }
     }
+}
+
+/// What an exec grant covers: the exact arguments the reviewer saw, or any arguments of the binary
+/// (for tools whose arguments change on every call).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bind {
+    #[default]
+    Argv,
+    Binary,
+}
+
+impl Bind {
+    pub const ALL: [Self; 2] = [Self::Argv, Self::Binary];
+
+    /// The word the config uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Argv => "argv",
+            Self::Binary => "binary",
+        }
+    }
+}
+
+/// An exec's arguments as the kernel read them from the caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecCall {
+    /// As passed to execve; for a script from `argv[1]` (its interpreter gets the script's path
+    /// instead of `argv[0]`).
+    pub argv: Vec<String>,
+    /// Whether `argv[0]` is left out (a script).
+    pub script: bool,
+    /// Read whole: otherwise what is shown is cut and no argument-bound grant can match.
+    pub complete: bool,
+    /// The kernel's keyed hash of the arguments, which an argument-bound grant carries.
+    pub hash: u64,
+}
+
+/// Which pending request a denial joins: (cgroup, target, hash of the arguments a grant would be
+/// bound to).
+pub type PendingKey = (u64, Target, Option<u64>);
+
+/// The hash an argument-bound grant for this exec would carry.
+fn bound_hash(exec: &Option<ExecCall>, bind: Bind) -> Option<u64> {
+    exec.as_ref()
+        .filter(|_| bind == Bind::Argv)
+        .map(|exec| exec.hash)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +175,15 @@ pub struct Request {
     /// The rule's risk (requests made before risks existed read as medium).
     #[serde(default)]
     pub risk: Risk,
+    /// For an exec: its arguments as the kernel read them (absent in older records).
+    #[serde(default)]
+    pub exec: Option<ExecCall>,
+    /// For an exec: what its grant covers.
+    #[serde(default)]
+    pub bind: Bind,
+    /// The agent's own words on why it needs this: untrusted, shown as the agent's.
+    #[serde(default)]
+    pub justification: Option<String>,
     /// Approvals so far (the last one completes the decision).
     pub approvals: Vec<DecisionInfo>,
     /// Approved, but the grant could not be put into the kernel: why.
@@ -156,6 +213,123 @@ pub struct Denial {
     pub approvals_required: u32,
     pub require_reason: bool,
     pub risk: Risk,
+    pub exec: Option<ExecCall>,
+    pub bind: Bind,
+    /// Given by the agent before the action (`gatekeeper run --reason`).
+    pub justification: Option<String>,
+}
+
+impl Denial {
+    pub fn pending_key(&self) -> PendingKey {
+        (
+            self.cgroup_id,
+            self.target_key,
+            bound_hash(&self.exec, self.bind),
+        )
+    }
+}
+
+impl Request {
+    pub fn pending_key(&self) -> PendingKey {
+        (
+            self.cgroup_id,
+            self.target_key,
+            bound_hash(&self.exec, self.bind),
+        )
+    }
+
+    /// For an exec, the command that would run as the kernel read it: the binary as the caller
+    /// named it (a script's path), then its arguments, each quoted where needed.
+    pub fn will_run(&self) -> Option<String> {
+        let exec = self.exec.as_ref()?;
+        let script_path = exec.script.then_some(self.target.as_str());
+        let line = crate::shown::quoted_args(
+            script_path
+                .into_iter()
+                .chain(exec.argv.iter().map(String::as_str)),
+        );
+        Some(if exec.complete {
+            line
+        } else {
+            format!("{line} …(cut: longer than the kernel reads)")
+        })
+    }
+
+    /// What an approval lets through, in a reviewer's words.
+    pub fn grant_covers(&self) -> Option<&'static str> {
+        if self.kind != Kind::Exec {
+            return None;
+        }
+        Some(match (self.bind, &self.exec) {
+            (Bind::Binary, _) => "one run of the binary, with any arguments",
+            (Bind::Argv, Some(exec)) if exec.complete => "one run of exactly this command",
+            (Bind::Argv, _) => {
+                "nothing: the arguments could not be read whole, so no run can match (bind = \"binary\" covers such tools)"
+            }
+        })
+    }
+
+    /// Whether its grant lets through only the arguments shown: an exec under `bind = "argv"`.
+    /// One whose arguments the kernel did not report is bound to none, and never passes.
+    pub fn binds_argv(&self) -> bool {
+        self.kind == Kind::Exec && self.bind == Bind::Argv
+    }
+
+    /// The argument hash its grant is bound to, if it is.
+    pub fn bound_argv(&self) -> Option<u64> {
+        bound_hash(&self.exec, self.bind).filter(|_| self.binds_argv())
+    }
+}
+
+/// Why an agent's justification was not taken.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JustifyError {
+    #[error("no such request {0} for this cgroup")]
+    NoRequest(String),
+    #[error("no pending request for this cgroup")]
+    NothingPending,
+    #[error("request {0} is no longer pending")]
+    NotPending(String),
+    #[error("request {0} already has the agent's justification")]
+    AlreadyJustified(String),
+    #[error("the justification is empty")]
+    Empty,
+    #[error("the justification is {0} bytes; at most {MAX_JUSTIFICATION} are taken")]
+    TooLong(usize),
+    #[error("this cgroup has {MAX_ANNOUNCED} justifications waiting for their actions already")]
+    TooMany,
+    #[error("arguments: {0} given, at most {MAX_ANNOUNCED_ARGS} are taken")]
+    TooManyArgs(usize),
+}
+
+/// Bytes of an agent's justification taken at most.
+pub const MAX_JUSTIFICATION: usize = 2000;
+/// Justifications one agent cgroup may have announced and not yet used.
+pub const MAX_ANNOUNCED: usize = 8;
+/// Arguments of an announced command taken at most (the kernel reads no more).
+pub const MAX_ANNOUNCED_ARGS: usize = gatekeeper_common::MAX_ARGS as usize;
+
+/// Checks an agent's justification: not empty, not longer than [`MAX_JUSTIFICATION`].
+pub fn check_justification(text: &str) -> Result<(), JustifyError> {
+    if text.trim().is_empty() {
+        return Err(JustifyError::Empty);
+    }
+    if text.len() > MAX_JUSTIFICATION {
+        return Err(JustifyError::TooLong(text.len()));
+    }
+    Ok(())
+}
+
+impl ExecCall {
+    /// Whether these are the arguments of `argv` as a caller passed it to execve.
+    pub fn matches(&self, argv: &[String]) -> bool {
+        let passed = if self.script {
+            argv.get(1..).unwrap_or_default()
+        } else {
+            argv
+        };
+        self.complete && self.argv == passed
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -220,7 +394,7 @@ pub fn authorize_reviewer(
 pub struct Requests {
     ttl: Duration,
     by_id: BTreeMap<String, Request>,
-    pending: HashMap<(u64, Target), String>,
+    pending: HashMap<PendingKey, String>,
 }
 
 impl Requests {
@@ -232,9 +406,9 @@ impl Requests {
         }
     }
 
-    /// The pending request for (cgroup, target), if there is one.
-    pub fn pending_for(&self, cgroup_id: u64, target: &Target) -> Option<String> {
-        self.pending.get(&(cgroup_id, *target)).cloned()
+    /// The pending request a denial with this key joins, if there is one.
+    pub fn pending_for(&self, key: &PendingKey) -> Option<String> {
+        self.pending.get(key).cloned()
     }
 
     /// Counts a repeat of a pending request's action.
@@ -247,7 +421,7 @@ impl Requests {
     pub fn pending_in_cgroup(&self, cgroup_id: u64) -> usize {
         self.pending
             .keys()
-            .filter(|(cgroup, _)| *cgroup == cgroup_id)
+            .filter(|(cgroup, _, _)| *cgroup == cgroup_id)
             .count()
     }
 
@@ -273,13 +447,15 @@ impl Requests {
             approvals_required: denial.approvals_required.max(1),
             require_reason: denial.require_reason,
             risk: denial.risk,
+            exec: denial.exec,
+            bind: denial.bind,
+            justification: denial.justification,
             approvals: Vec::new(),
             grant_error: None,
             finished: None,
             over_cap: 0,
         };
-        self.pending
-            .insert((request.cgroup_id, request.target_key), id.clone());
+        self.pending.insert(request.pending_key(), id.clone());
         self.by_id.entry(id).or_insert(request)
     }
 
@@ -379,8 +555,7 @@ impl Requests {
         };
         request.finished = Some(info.at);
         request.decision = Some(info);
-        self.pending
-            .remove(&(request.cgroup_id, request.target_key));
+        self.pending.remove(&request.pending_key());
         Some(Outcome::Decided(request.clone()))
     }
 
@@ -388,7 +563,7 @@ impl Requests {
     pub fn restore(&mut self, request: Request) {
         if request.state == State::Pending {
             self.pending
-                .insert((request.cgroup_id, request.target_key), request.id.clone());
+                .insert(request.pending_key(), request.id.clone());
         }
         self.by_id.insert(request.id.clone(), request);
     }
@@ -403,9 +578,24 @@ impl Requests {
         if let Some(request) = self.by_id.get_mut(id) {
             request.state = State::Expired;
             request.finished = Some(at);
-            self.pending
-                .remove(&(request.cgroup_id, request.target_key));
+            self.pending.remove(&request.pending_key());
         }
+    }
+
+    /// Records the agent's justification of pending request `id`, once.
+    pub fn justify(&mut self, id: &str, text: String) -> Result<(), JustifyError> {
+        let request = self
+            .by_id
+            .get_mut(id)
+            .ok_or_else(|| JustifyError::NoRequest(id.to_owned()))?;
+        if request.state != State::Pending {
+            return Err(JustifyError::NotPending(id.to_owned()));
+        }
+        if request.justification.is_some() {
+            return Err(JustifyError::AlreadyJustified(id.to_owned()));
+        }
+        request.justification = Some(text);
+        Ok(())
     }
 
     pub fn attach_grant(&mut self, id: &str, grant_id: u64) {
@@ -431,10 +621,9 @@ impl Requests {
 
     pub fn remove(&mut self, id: &str) {
         if let Some(request) = self.by_id.remove(id)
-            && self.pending.get(&(request.cgroup_id, request.target_key)) == Some(&request.id)
+            && self.pending.get(&request.pending_key()) == Some(&request.id)
         {
-            self.pending
-                .remove(&(request.cgroup_id, request.target_key));
+            self.pending.remove(&request.pending_key());
         }
     }
 
@@ -445,8 +634,7 @@ impl Requests {
             if request.state == State::Pending && now >= request.expires {
                 request.state = State::Expired;
                 request.finished = Some(now);
-                self.pending
-                    .remove(&(request.cgroup_id, request.target_key));
+                self.pending.remove(&request.pending_key());
                 expired.push(request.id.clone());
             }
         }
@@ -483,6 +671,18 @@ pub(crate) mod tests {
             approvals_required: 1,
             risk: Risk::Medium,
             require_reason: false,
+            exec: Some(exec_call(&["pg_dump", "prod"], 0xfeed)),
+            bind: Bind::Argv,
+            justification: None,
+        }
+    }
+
+    pub(crate) fn exec_call(argv: &[&str], hash: u64) -> ExecCall {
+        ExecCall {
+            argv: argv.iter().map(|arg| arg.to_string()).collect(),
+            script: false,
+            complete: true,
+            hash,
         }
     }
 
@@ -502,7 +702,7 @@ pub(crate) mod tests {
 
     /// Joins a pending request or creates one, as the core does (without its cap).
     fn admit(requests: &mut Requests, denial: Denial, now: OffsetDateTime) -> Admission {
-        if let Some(id) = requests.pending_for(denial.cgroup_id, &denial.target_key) {
+        if let Some(id) = requests.pending_for(&denial.pending_key()) {
             requests.join(&id);
             return Admission::Joined(id);
         }
@@ -534,6 +734,91 @@ pub(crate) mod tests {
         assert_ne!(other_cgroup, id);
         assert_ne!(other_target, id);
         assert_eq!(requests.list(false).len(), 3);
+    }
+
+    #[test]
+    fn other_arguments_are_another_request_unless_the_rule_binds_the_binary() {
+        let now = OffsetDateTime::now_utc();
+        let mut requests = Requests::new(TTL);
+        let with_args = |argv: &[&str], hash, bind| Denial {
+            exec: Some(exec_call(argv, hash)),
+            bind,
+            ..denial(7, 100)
+        };
+        let one = new_id_of(admit(
+            &mut requests,
+            with_args(&["echo", "one"], 1, Bind::Argv),
+            now,
+        ));
+        let two = new_id_of(admit(
+            &mut requests,
+            with_args(&["echo", "two"], 2, Bind::Argv),
+            now,
+        ));
+        assert_ne!(one, two);
+        assert_eq!(
+            admit(
+                &mut requests,
+                with_args(&["echo", "one"], 1, Bind::Argv),
+                now
+            ),
+            Admission::Joined(one.clone())
+        );
+        // Under bind = "binary" every argument list is the same action.
+        let any = new_id_of(admit(
+            &mut requests,
+            with_args(&["a"], 3, Bind::Binary),
+            now,
+        ));
+        assert_eq!(
+            admit(&mut requests, with_args(&["b"], 4, Bind::Binary), now),
+            Admission::Joined(any.clone())
+        );
+        let request = requests.get(&one).unwrap();
+        assert_eq!(request.bound_argv(), Some(1));
+        assert_eq!(request.will_run().as_deref(), Some("echo one"));
+        assert_eq!(requests.get(&any).unwrap().bound_argv(), None);
+    }
+
+    #[test]
+    fn what_an_approval_covers_is_said_plainly() {
+        let now = OffsetDateTime::now_utc();
+        let mut requests = Requests::new(TTL);
+        let mut cut = exec_call(&["psql", "-c", "select"], 5);
+        cut.complete = false;
+        let mut script = exec_call(&["--prod", "it's"], 6);
+        script.script = true;
+        let cases = [
+            (
+                Some(exec_call(&["ls"], 1)),
+                Bind::Argv,
+                "exactly this command",
+            ),
+            (Some(exec_call(&["ls"], 1)), Bind::Binary, "any arguments"),
+            (Some(cut), Bind::Argv, "nothing"),
+            (None, Bind::Argv, "nothing"),
+        ];
+        for (index, (exec, bind, covers)) in cases.into_iter().enumerate() {
+            let denial = Denial {
+                exec,
+                bind,
+                ..denial(7, 200 + index as u64)
+            };
+            let id = new_id_of(admit(&mut requests, denial, now));
+            let request = requests.get(&id).unwrap();
+            assert!(request.grant_covers().unwrap().contains(covers), "{index}");
+        }
+        let denial = Denial {
+            exec: Some(script),
+            target: "/opt/deploy.sh".into(),
+            ..denial(7, 300)
+        };
+        let id = new_id_of(admit(&mut requests, denial, now));
+        // A script's path stands where argv[0] stood.
+        assert_eq!(
+            requests.get(&id).unwrap().will_run().as_deref(),
+            Some("/opt/deploy.sh --prod 'it'\\''s'")
+        );
     }
 
     #[test]

@@ -48,6 +48,22 @@ pub fn visible(text: &str, limit: usize) -> String {
     shown
 }
 
+/// An argument list as a shell would take it back: each argument that holds anything but plain
+/// characters single-quoted, so that where one ends and the next begins is never ambiguous.
+pub fn quoted_args<'a>(args: impl IntoIterator<Item = &'a str>) -> String {
+    let plain = |ch: char| ch.is_ascii_alphanumeric() || "_./:=,@%+-".contains(ch);
+    args.into_iter()
+        .map(|arg| {
+            if !arg.is_empty() && arg.chars().all(plain) {
+                arg.to_owned()
+            } else {
+                format!("'{}'", arg.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Slack mrkdwn: `&`, `<` and `>` as entities, so no `<!channel>`, `<@U…>` or `<url|label>`
 /// survives. (Values that need no formatting go out as `plain_text`, which Slack does not
 /// parse at all.)
@@ -78,6 +94,18 @@ pub fn teams_escaped(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn quoted_args_mark_every_boundary() {
+        assert_eq!(
+            super::quoted_args(["pg_dump", "prod", "-t", "orders"]),
+            "pg_dump prod -t orders"
+        );
+        assert_eq!(
+            super::quoted_args(["sh", "-c", "rm -rf /tmp/x", "", "it's"]),
+            "sh -c 'rm -rf /tmp/x' '' 'it'\\''s'"
+        );
+    }
+
     use super::*;
 
     #[test]

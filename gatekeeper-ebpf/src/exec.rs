@@ -7,6 +7,7 @@ use aya_ebpf::{helpers::bpf_get_current_task, macros::lsm, programs::LsmContext}
 use gatekeeper_common::{TamperHook, Target, file_access};
 
 use crate::{
+    argv::decide_exec,
     offsets::{
         OFF_BPRM_BUF, OFF_BPRM_FILE, OFF_BPRM_FILENAME, OFF_FILE_INODE, OFF_FILE_PATH,
         OFF_INODE_INO, OFF_INODE_SB, OFF_MM_EXE_FILE, OFF_PATH_MNT, OFF_SB_DEV, OFF_TASK_MM,
@@ -14,8 +15,7 @@ use crate::{
     },
     read::{member_ptr, read_at, read_field},
     verdict::{
-        EPERM, agent_caller, decide_granted, grant_script_read, is_protected,
-        needs_allowlist_approval, tamper,
+        EPERM, agent_caller, grant_script_read, is_protected, needs_allowlist_approval, tamper,
     },
 };
 
@@ -52,15 +52,12 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     }
     let filename =
         unsafe { read_field::<*const u8>(bprm, &OFF_BPRM_FILENAME) }.unwrap_or(core::ptr::null());
-    let Some(grant) = decide_granted(agent_cgroup_id, target, filename) else {
+    // The kernel has read the file's first bytes into bprm->buf already.
+    let script = unsafe { read_at::<[u8; 2]>(member_ptr(bprm, &OFF_BPRM_BUF), 0) } == Ok(*b"#!");
+    let Some(grant) = decide_exec(agent_cgroup_id, target, filename, bprm, script) else {
         return -EPERM;
     };
-    // The kernel has read the file's first bytes into bprm->buf already.
-    let buf = member_ptr(bprm, &OFF_BPRM_BUF);
-    if is_protected(&target)
-        && let Ok(magic) = unsafe { read_at::<[u8; 2]>(buf, 0) }
-        && magic == *b"#!"
-    {
+    if is_protected(&target) && script {
         let [dev, ino] = target.data;
         grant_script_read(Target::file(dev as u32, ino, file_access::READ), &grant);
     }

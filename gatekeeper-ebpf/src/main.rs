@@ -4,6 +4,8 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod argv;
+#[cfg(target_arch = "bpf")]
 mod capable;
 #[cfg(target_arch = "bpf")]
 mod connect;

@@ -185,42 +185,47 @@ pub fn tamper(agent_cgroup_id: u64, hook: TamperHook, detail: [u64; 2]) -> i32 {
 /// very call, denied otherwise. Returns the LSM verdict.
 #[inline(always)]
 pub fn decide(agent_cgroup_id: u64, target: Target, filename: *const u8) -> i32 {
-    match decide_granted(agent_cgroup_id, target, filename) {
-        Some(_) => 0,
-        None => -EPERM,
-    }
-}
-
-/// [`decide`], returning the grant consumed (None: denied).
-#[inline(always)]
-pub fn decide_granted(
-    agent_cgroup_id: u64,
-    target: Target,
-    filename: *const u8,
-) -> Option<GrantValue> {
     let key = GrantKey {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         target,
     };
-    if let Some(grant) = GRANTS.get_ptr(key) {
-        let grant = unsafe { *grant };
-        let now = unsafe { bpf_ktime_get_boot_ns() };
-        // Of several racing callers only one deletion succeeds: that caller is the one allowed.
-        if now < grant.expires_boot_ns && GRANTS.remove(key).is_ok() {
-            count(Counter::GrantsUsed);
-            report(
-                EventKind::GrantUsed,
-                agent_cgroup_id,
-                &key,
-                grant.grant_id,
-                filename,
-            );
-            return Some(grant);
-        }
+    if take_grant(agent_cgroup_id, &key, filename, |_| true).is_some() {
+        return 0;
     }
     count(Counter::Denied);
     report(EventKind::Denied, agent_cgroup_id, &key, 0, filename);
+    -EPERM
+}
+
+/// Consumes the unexpired grant for `key` that `accepts` takes, reporting its use. Of several
+/// racing callers only one deletion succeeds: that caller is the one allowed.
+#[inline(always)]
+pub fn take_grant(
+    agent_cgroup_id: u64,
+    key: &GrantKey,
+    filename: *const u8,
+    accepts: impl Fn(&GrantValue) -> bool,
+) -> Option<GrantValue> {
+    let grant = unsafe { *GRANTS.get_ptr(key)? };
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if now < grant.expires_boot_ns && accepts(&grant) && GRANTS.remove(key).is_ok() {
+        count(Counter::GrantsUsed);
+        report(
+            EventKind::GrantUsed,
+            agent_cgroup_id,
+            key,
+            grant.grant_id,
+            filename,
+        );
+        return Some(grant);
+    }
     None
+}
+
+/// Counts a denial that the caller reports itself (with more than an [`Event`] holds).
+#[inline(always)]
+pub fn count_denial() {
+    count(Counter::Denied);
 }
 
 /// How long the interpreter of an approved script has to open it.
@@ -278,7 +283,35 @@ fn report(
         count(Counter::EventsDropped);
         return;
     };
-    let event = entry.as_mut_ptr();
+    fill_event(
+        entry.as_mut_ptr(),
+        kind,
+        agent_cgroup_id,
+        key,
+        grant_id,
+        filename,
+    );
+    entry.submit(0);
+}
+
+/// Sends a record that begins with an [`Event`] (filled by [`fill_event`]); see [`report`].
+#[inline(always)]
+pub fn report_record<T>(record: &T) {
+    if EVENTS.output::<T>(record, 0).is_err() {
+        count(Counter::EventsDropped);
+    }
+}
+
+/// Writes the caller's side of an event: who, in which cgroup, what, and the grant used.
+#[inline(always)]
+pub fn fill_event(
+    event: *mut Event,
+    kind: EventKind,
+    agent_cgroup_id: u64,
+    key: &GrantKey,
+    grant_id: u64,
+    filename: *const u8,
+) {
     let pid_tgid = bpf_get_current_pid_tgid();
     unsafe {
         (*event).kind = kind as u32;
@@ -291,11 +324,10 @@ fn report(
         (*event).grant_id = grant_id;
         (*event).comm = bpf_get_current_comm().unwrap_or_default();
         let name = &mut (*event).filename;
-        // Ring buffer memory is not zeroed: an empty string must still be terminated.
+        // Ring buffer and scratch memory is not zeroed: an empty string must still be terminated.
         name[0] = 0;
         if !filename.is_null() {
             let _ = aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(filename, name);
         }
     }
-    entry.submit(0);
 }

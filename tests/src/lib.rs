@@ -391,12 +391,18 @@ alice = "{alice_key}"
     /// Starts (or restarts) the daemon and waits until it enforces.
     pub fn start_daemon(&mut self) {
         self.spawn_daemon();
-        wait_for("the daemon to enforce", || {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.gatekeeper(&["status"]).status.success() {
             if let Some(status) = self.daemon_exited() {
                 panic!("daemon exited with {status}:\n{}", self.daemon_log());
             }
-            self.gatekeeper(&["status"]).status.success().then_some(())
-        });
+            assert!(
+                Instant::now() < deadline,
+                "gave up waiting for the daemon to enforce:\n{}",
+                self.daemon_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Starts the daemon without waiting for it (see [`Scenario::daemon_exited`]).
@@ -540,6 +546,21 @@ alice = "{alice_key}"
         exec_result(&output)
     }
 
+    /// Execs `program args...` from a fresh process in `cgroup`; with what it printed.
+    pub fn exec_with(&self, cgroup: &Path, program: &Path, args: &[&str]) -> (Exec, String) {
+        let output = Command::new(bin("gk-helper"))
+            .arg("run")
+            .arg(cgroup)
+            .arg(program)
+            .args(args)
+            .output()
+            .expect("run gk-helper");
+        (
+            exec_result(&output),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    }
+
     /// The agent tries the protected binary.
     pub fn agent_exec(&self) -> Exec {
         self.exec_in(&self.agents, &self.protected)
@@ -660,6 +681,15 @@ alice = "{alice_key}"
                 .into_iter()
                 .rev()
                 .find(|request| request["target"] == target && request["state"] == "pending")
+        })
+    }
+
+    /// The pending request for an exec whose arguments, as the kernel read them, are `argv`.
+    pub fn wait_exec_request(&self, argv: &[&str]) -> Value {
+        wait_for(&format!("a request to run {argv:?}"), || {
+            self.requests(true).into_iter().rev().find(|request| {
+                request["state"] == "pending" && request["exec"]["argv"] == serde_json::json!(argv)
+            })
         })
     }
 

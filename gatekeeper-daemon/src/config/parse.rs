@@ -13,8 +13,8 @@ use std::{
 use gatekeeper_common::file_access;
 
 use super::{
-    Config, ConfigError, ConnectRule, DEFAULT_SOCKET, DestinationSpec, ExecRule, FileRule, Problem,
-    Risk, RulePolicy, Webhook, WebhookKind,
+    Bind, Config, ConfigError, ConnectRule, DEFAULT_SOCKET, DestinationSpec, ExecRule, FileRule,
+    Problem, Risk, RulePolicy, Webhook, WebhookKind,
     raw::{
         RawAgents, RawApproval, RawConfig, RawConnectRule, RawDaemon, RawExecRule, RawFileRule,
         RawOwner, RawWebhook,
@@ -309,11 +309,22 @@ impl Parser {
     ) -> Result<ExecRule, Reported> {
         let path = self.rule_path(key, raw.path, seen);
         let approval = self.policy(key, raw.approvals, raw.require_reason, raw.risk);
+        let bind = match raw.bind {
+            None => Ok(Bind::default()),
+            Some(word) => match Bind::ALL.into_iter().find(|bind| bind.name() == word) {
+                Some(bind) => Ok(bind),
+                None => Err(self.report(
+                    format!("{key}.bind"),
+                    format!("{word:?}: use \"argv\" (the approved arguments) or \"binary\" (any)"),
+                )),
+            },
+        };
         let path = path?;
         Ok(ExecRule {
             name: raw.name.unwrap_or_else(|| path.display().to_string()),
             path,
             approval: approval?,
+            bind: bind?,
         })
     }
 

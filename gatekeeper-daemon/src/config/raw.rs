@@ -79,6 +79,8 @@ pub(super) struct RawExecRule {
     pub(super) approvals: Option<i64>,
     pub(super) require_reason: Option<bool>,
     pub(super) risk: Option<String>,
+    /// "argv" (the default) or "binary".
+    pub(super) bind: Option<String>,
 }
 
 #[derive(Deserialize)]

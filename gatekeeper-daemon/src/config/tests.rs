@@ -749,3 +749,18 @@ fn reviewer_keys_are_their_own() {
         ["approval.keys.alice", "approval.keys.root"]
     );
 }
+
+#[test]
+fn an_exec_rule_binds_the_arguments_unless_it_says_binary() {
+    let config = parse(&config_text("")).expect("valid config");
+    assert_eq!(config.exec_rules[0].bind, Bind::Argv);
+    let text = config_text("").replace("name = \"shell\"", "name = \"shell\"\nbind = \"binary\"");
+    assert_eq!(
+        parse(&text).expect("valid config").exec_rules[0].bind,
+        Bind::Binary
+    );
+    let text = config_text("").replace("name = \"shell\"", "name = \"shell\"\nbind = \"args\"");
+    let error = error_of(&text);
+    assert!(error.contains("protect.exec[0].bind"), "{error}");
+    assert!(error.contains("\"args\""), "{error}");
+}

@@ -5,7 +5,8 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 
 use super::schema::{
-    DestinationRecord, Event, ProcessRecord, RequestKind, RequestRecord, RiskRecord, TargetRecord,
+    BindRecord, DestinationRecord, Event, ProcessRecord, RequestKind, RequestRecord, RiskRecord,
+    TargetRecord,
 };
 
 /// The events format 0 knew; all but two read as format 1 unchanged.
@@ -78,6 +79,9 @@ pub fn read(value: serde_json::Value) -> Result<Event, String> {
                 approvals_required: request.approvals_required.max(1),
                 require_reason: request.require_reason,
                 risk: RiskRecord::default(),
+                exec: None,
+                bind: BindRecord::default(),
+                justification: None,
             }),
         },
         LegacyEvent::WebhookDelivery {

@@ -130,6 +130,12 @@ pub enum Event {
     RequestExpired {
         request_id: String,
     },
+    /// The agent's own words on why it needs a pending request's action (`gatekeeper await
+    /// --reason`); a justification given before the action is in its `request_created`.
+    Justification {
+        request_id: String,
+        text: String,
+    },
     /// An agent cgroup reached its cap of pending requests: further distinct denials are counted
     /// on its open requests instead of becoming requests, until one is decided or expires.
     PendingCapReached {
@@ -169,6 +175,7 @@ impl Event {
             Self::GrantExpired { .. } => "grant_expired",
             Self::TamperAttempt { .. } => "tamper_attempt",
             Self::RequestExpired { .. } => "request_expired",
+            Self::Justification { .. } => "justification",
             Self::PendingCapReached { .. } => "pending_cap_reached",
             Self::JournalRepaired { .. } => "journal_repaired",
             Self::Checkpoint { .. } => "checkpoint",
@@ -200,6 +207,29 @@ pub enum RiskRecord {
     Medium,
     High,
     Critical,
+}
+
+/// What an exec grant covers; records written before grants were bound to arguments read as
+/// `binary`, which is what their grants covered.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BindRecord {
+    Argv,
+    #[default]
+    Binary,
+}
+
+/// An exec's arguments as the kernel read them from the caller.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExecRecord {
+    /// As passed to execve; for a script from `argv[1]`.
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub script: bool,
+    /// Read whole (otherwise cut, and no argument-bound grant matches).
+    pub complete: bool,
+    /// The kernel's keyed hash of the arguments.
+    pub hash: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -273,6 +303,13 @@ pub struct RequestRecord {
     pub require_reason: bool,
     #[serde(default)]
     pub risk: RiskRecord,
+    #[serde(default)]
+    pub exec: Option<ExecRecord>,
+    #[serde(default)]
+    pub bind: BindRecord,
+    /// The agent's own words, when it gave them before the action (`gatekeeper run --reason`).
+    #[serde(default)]
+    pub justification: Option<String>,
 }
 
 /// One reviewer's decision, with when it was taken.

@@ -26,6 +26,8 @@ const USAGE: &str = "usage: gk-helper target
   | as-user UID CGROUP PROGRAM [ARGS...]   (join CGROUP as root, become UID, exec)
   | net-hold OP ADDRESS:PORT SECONDS [PAD...]  (one OP, then stay alive; PAD fills argv)
   | bpf-flood COUNT SECONDS                (bpf() calls until COUNT or SECONDS)
+  | argv-swap CGROUP PROGRAM               (exec PROGRAM target two, rewriting it to one
+                                           after the kernel copied it; see argv_swap)
 CGROUP may be - to stay where the helper is.";
 
 fn join_cgroup(cgroup: &str) -> Result<(), String> {
@@ -1471,7 +1473,8 @@ fn main() -> ExitCode {
     };
     let result = (|| -> Result<(), ExitCode> {
         match args.as_slice() {
-            ["target", ..] => println!("{RAN}"),
+            // What it ran with, for tests of argument-bound grants.
+            ["target", rest @ ..] => println!("{RAN} {}", rest.join(" ")),
             ["run", cgroup, program, rest @ ..] => {
                 joined(cgroup)?;
                 let errno = exec(program, rest);
@@ -1576,6 +1579,10 @@ fn main() -> ExitCode {
                 }
                 println!("denied={denied} other={other}");
             }
+            ["argv-swap", cgroup, program] => {
+                joined(cgroup)?;
+                println!("{}", argv_swap(program));
+            }
             ["hold", socket, count, seconds] => {
                 let count = count.parse().map_err(|_| ExitCode::from(2))?;
                 let seconds = seconds.parse().map_err(|_| ExitCode::from(2))?;
@@ -1589,6 +1596,109 @@ fn main() -> ExitCode {
         Ok(())
     })();
     result.err().unwrap_or(ExitCode::SUCCESS)
+}
+
+/// userfaultfd(2) ABI pieces (not in the libc crate).
+mod uffd {
+    pub const API: u64 = 0xaa;
+    /// `_IOWR(0xaa, 0x3f, struct uffdio_api)`.
+    pub const IOCTL_API: u64 = 0xc018_aa3f;
+    /// `_IOWR(0xaa, 0x00, struct uffdio_register)`.
+    pub const IOCTL_REGISTER: u64 = 0xc020_aa00;
+    /// `_IOWR(0xaa, 0x03, struct uffdio_copy)`.
+    pub const IOCTL_COPY: u64 = 0xc028_aa03;
+    pub const REGISTER_MODE_MISSING: u64 = 1;
+    pub const EVENT_PAGEFAULT: u8 = 0x12;
+    pub const MSG_BYTES: usize = 32;
+}
+
+/// `argv-swap`: execs `program target two`, where the page holding "target" is not there yet.
+/// The kernel copies the arguments last to first: "two" is copied, then copying "target" faults
+/// into userfaultfd, whose handler here writes "one" over "two" before it supplies the page. A
+/// check that reads the caller's memory after the copy then sees `program target one`.
+/// Prints how the exec ended.
+fn argv_swap(program: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    static WORD: AtomicU32 = AtomicU32::new(0);
+    let Ok(path) = CString::new(program) else {
+        return "bad program".into();
+    };
+    WORD.store(u32::from_le_bytes(*b"two\0"), SeqCst);
+    let mut pipe = [0i32; 2];
+    // SAFETY: pipe fills two descriptors; fork in a single-threaded process.
+    let pid = unsafe {
+        if libc::pipe(pipe.as_mut_ptr()) != 0 {
+            return "pipe failed".into();
+        }
+        libc::fork()
+    };
+    if pid == 0 {
+        // SAFETY: raw userfaultfd setup on memory this child maps; the handler thread only
+        // touches WORD and the fault page through the kernel.
+        unsafe {
+            libc::dup2(pipe[1], 1);
+            let fd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) as i32;
+            let mut api = [uffd::API, 0, 0];
+            if fd < 0 || libc::ioctl(fd, uffd::IOCTL_API as _, api.as_mut_ptr()) != 0 {
+                println!("SETUP uffd errno {}", last_errno());
+                libc::_exit(3);
+            }
+            let page = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            let mut register = [page as u64, 4096, uffd::REGISTER_MODE_MISSING, 0];
+            if page == libc::MAP_FAILED
+                || libc::ioctl(fd, uffd::IOCTL_REGISTER as _, register.as_mut_ptr()) != 0
+            {
+                println!("SETUP register errno {}", last_errno());
+                libc::_exit(3);
+            }
+            let page = page as u64;
+            std::thread::spawn(move || {
+                let mut message = [0u8; uffd::MSG_BYTES];
+                if libc::read(fd, message.as_mut_ptr().cast(), message.len()) as usize
+                    != message.len()
+                    || message[0] != uffd::EVENT_PAGEFAULT
+                {
+                    return;
+                }
+                WORD.store(u32::from_le_bytes(*b"one\0"), SeqCst);
+                let mut source = [0u8; 4096];
+                source[..7].copy_from_slice(b"target\0");
+                let mut copy = [page, source.as_ptr() as u64, 4096, 0, 0];
+                libc::ioctl(fd, uffd::IOCTL_COPY as _, copy.as_mut_ptr());
+            });
+            let argv = [
+                path.as_ptr(),
+                page as *const libc::c_char,
+                WORD.as_ptr().cast::<libc::c_char>(),
+                std::ptr::null(),
+            ];
+            libc::execv(path.as_ptr(), argv.as_ptr());
+            libc::_exit(100 + last_errno());
+        }
+    }
+    let mut output = String::new();
+    let mut status = 0;
+    // SAFETY: the read end is ours; the write end is closed here first.
+    unsafe {
+        use std::{io::Read as _, os::fd::FromRawFd as _};
+        libc::close(pipe[1]);
+        let _ = std::fs::File::from_raw_fd(pipe[0]).read_to_string(&mut output);
+        libc::waitpid(pid, &mut status, 0);
+    }
+    if libc::WIFSIGNALED(status) {
+        format!("SIGNAL={}", libc::WTERMSIG(status))
+    } else if libc::WEXITSTATUS(status) == 100 + libc::EPERM {
+        "DENIED".into()
+    } else {
+        format!("EXIT={} {}", libc::WEXITSTATUS(status), output.trim())
+    }
 }
 
 /// Errors of setting up a namespace, told apart from the errno of the attempt itself.

@@ -1,6 +1,7 @@
 //! The integration suite, in a real kernel with the BPF LSM on. Run by `cargo xtask test` inside
 //! QEMU guests; each test starts its own daemon on its own cgroup, binary and destinations.
 
+mod argv;
 mod attack_core;
 mod attack_files;
 mod attack_secret_paths;

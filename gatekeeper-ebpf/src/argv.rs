@@ -1,0 +1,386 @@
+//! An exec's arguments, and grants bound to them.
+//!
+//! `bprm_check_security` reads the arguments from the caller's memory, where the system call
+//! points: they are what reviewers see, and what an argument-bound grant is matched against.
+//! Another thread of the caller could change that memory after the read, so the match is checked
+//! again at `bprm_committing_creds` on the new program's own copy, made by the kernel, once no
+//! other thread of the caller is left and nobody can attach to it: an exec let through on a
+//! grant for other arguments is killed there, before its first instruction.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_task_btf, bpf_probe_read_user, bpf_send_signal,
+        bpf_task_pt_regs, generated::bpf_probe_read_user_str,
+    },
+    macros::{lsm, map},
+    maps::{Array, HashMap, PerCpuArray},
+    programs::LsmContext,
+};
+use gatekeeper_common::{
+    ARGV_BYTES, ArgvHasher, ArgvKey, EventKind, ExecArgs, ExecEvent, GRANT_BINDS_ARGV, GrantKey,
+    GrantValue, MAX_ARGS, MAX_GRANTS, TamperHook, Target, argv_flags,
+};
+
+use crate::{
+    offsets::{
+        OFF_BPRM_ARGC, OFF_BPRM_P, OFF_PT_REGS_CX, OFF_PT_REGS_DX, OFF_PT_REGS_ORIG_AX,
+        OFF_PT_REGS_SI,
+    },
+    read::read_field,
+    verdict::{agent_cgroup, count_denial, fill_event, report_record, take_grant, tamper},
+};
+
+#[map]
+static ARGV_KEY: Array<ArgvKey> = Array::pinned(1, 0);
+
+#[map]
+static ARGV_GRANTS: HashMap<u64, u64> = HashMap::pinned(MAX_GRANTS, 0);
+
+/// What an argument-bound grant let through at `bprm_check_security`, by the address of the
+/// exec's `linux_binprm`, until `bprm_committing_creds` checks it. Not an LRU map: an entry
+/// evicted before its check would skip it.
+#[map]
+static BOUND_EXECS: HashMap<u64, BoundExec> = HashMap::with_max_entries(BOUND_EXECS_ENTRIES, 0);
+
+const BOUND_EXECS_ENTRIES: u32 = 1024;
+
+#[map]
+static EXEC_SCRATCH: PerCpuArray<ExecScratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct BoundExec {
+    hash: u64,
+    /// Arguments hashed: the last `count` of the new program's.
+    count: u32,
+    _reserved: u32,
+    /// (device, inode) of the binary, for the report.
+    file: [u64; 2],
+}
+
+/// An exec record being built, and room for a string read at its end to run over.
+#[repr(C)]
+struct ExecScratch {
+    record: ExecEvent,
+    overflow: [u8; ARGV_BYTES],
+}
+
+const SIGKILL: u32 = 9;
+/// Marks x32 system calls.
+const X32_SYSCALL_BIT: u64 = 0x4000_0000;
+const NR_EXECVE: u64 = 59;
+const NR_EXECVEAT: u64 = 322;
+const NR_X32_EXECVE: u64 = X32_SYSCALL_BIT | 520;
+const NR_X32_EXECVEAT: u64 = X32_SYSCALL_BIT | 545;
+const NR_IA32_EXECVE: u64 = 11;
+const NR_IA32_EXECVEAT: u64 = 358;
+/// Strings the kernel may put before the caller's arguments: a script's interpreter, its
+/// argument and the script's path, for each level of interpreters.
+const MAX_PREPENDED: u32 = 16;
+
+/// Decides an agent's exec of a binary that needs approval: allowed once by an unexpired grant
+/// for it whose arguments, if it is bound to them, are these. A denial is reported with the
+/// arguments. `script`: the binary starts with `#!`.
+#[inline(always)]
+pub fn decide_exec(
+    agent_cgroup_id: u64,
+    target: Target,
+    filename: *const u8,
+    bprm: *const u8,
+    script: bool,
+) -> Option<GrantValue> {
+    let scratch = EXEC_SCRATCH.get_ptr_mut(0)?;
+    let args = unsafe {
+        read_caller_args(scratch, script);
+        let hash = hash_args(scratch);
+        let args = &raw mut (*scratch).record.args;
+        (*args).hash = hash;
+        *args
+    };
+    let key = GrantKey {
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        target,
+    };
+    let granted = take_grant(agent_cgroup_id, &key, filename, |grant| {
+        binding_holds(grant, &args)
+    });
+    if let Some(grant) = granted {
+        if grant.grant_id & GRANT_BINDS_ARGV == 0 {
+            return Some(grant);
+        }
+        let _ = ARGV_GRANTS.remove(grant.grant_id);
+        let bound = BoundExec {
+            hash: args.hash,
+            count: args.count,
+            _reserved: 0,
+            file: target.data,
+        };
+        // Without its entry the new program's arguments would go unchecked: refuse.
+        return BOUND_EXECS
+            .insert(bprm as u64, bound, 0)
+            .is_ok()
+            .then_some(grant);
+    }
+    count_denial();
+    unsafe {
+        let record = &mut (*scratch).record;
+        fill_event(
+            &mut record.event,
+            EventKind::Denied,
+            agent_cgroup_id,
+            &key,
+            0,
+            filename,
+        );
+        report_record(record);
+    }
+    None
+}
+
+/// Whether `grant` lets these arguments through: any, unless it is bound to arguments.
+#[inline(always)]
+fn binding_holds(grant: &GrantValue, args: &ExecArgs) -> bool {
+    if grant.grant_id & GRANT_BINDS_ARGV == 0 {
+        return true;
+    }
+    args.bindable()
+        && ARGV_GRANTS
+            .get_ptr(grant.grant_id)
+            .is_some_and(|hash| unsafe { *hash } == args.hash)
+}
+
+#[lsm(hook = "bprm_creds_for_exec")]
+pub fn bprm_creds_for_exec(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    // An exec that failed after its grant was used left its entry; a new exec whose
+    // `linux_binprm` has the same address starts without one.
+    if agent_cgroup().is_some() {
+        let bprm: u64 = ctx.arg(0);
+        let _ = BOUND_EXECS.remove(bprm);
+    }
+    0
+}
+
+#[lsm(hook = "bprm_committing_creds")]
+pub fn bprm_committing_creds(ctx: LsmContext) -> i32 {
+    let Some(agent) = agent_cgroup() else {
+        return 0;
+    };
+    let bprm: *const u8 = ctx.arg(0);
+    let Some(bound) = BOUND_EXECS.get_ptr(bprm as u64) else {
+        return 0;
+    };
+    let bound = unsafe { *bound };
+    let _ = BOUND_EXECS.remove(bprm as u64);
+    if unsafe { new_args_match(bprm, &bound) } {
+        return 0;
+    }
+    // Past the point of no return the exec cannot fail: the process dies before it runs.
+    unsafe { bpf_send_signal(SIGKILL) };
+    tamper(agent, TamperHook::ArgvChanged, bound.file);
+    0
+}
+
+/// Whether the last `bound.count` arguments of the new program hash as approved. The kernel
+/// copied them onto the new program's stack, whose memory is the caller's now.
+#[inline(always)]
+unsafe fn new_args_match(bprm: *const u8, bound: &BoundExec) -> bool {
+    let Some(scratch) = EXEC_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    unsafe {
+        let (Ok(argc), Ok(mut address)) = (
+            read_field::<i32>(bprm, &OFF_BPRM_ARGC),
+            read_field::<u64>(bprm, &OFF_BPRM_P),
+        ) else {
+            return false;
+        };
+        let Some(prepended) = (argc as u32).checked_sub(bound.count) else {
+            return false;
+        };
+        if argc < 0 || prepended > MAX_PREPENDED {
+            return false;
+        }
+        start_args(scratch, 0);
+        for index in 0..MAX_PREPENDED + MAX_ARGS {
+            if index >= prepended + bound.count {
+                break;
+            }
+            let read = if index < prepended {
+                // Read over the start of the buffer, which the arguments then overwrite.
+                skip_string(scratch, address)
+            } else {
+                push_string(scratch, address)
+            };
+            let Some(read) = read else {
+                return false;
+            };
+            address += read as u64;
+        }
+        let hash = hash_args(scratch);
+        let args = (*scratch).record.args;
+        args.count == bound.count && args.bindable() && hash == bound.hash
+    }
+}
+
+/// Where the caller's argument vector is, and whether its pointers are 64 bits wide.
+#[inline(always)]
+unsafe fn caller_vector() -> Option<(u64, bool)> {
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
+        let number: u64 = read_field(regs, &OFF_PT_REGS_ORIG_AX).ok()?;
+        let (register, wide) = match number {
+            NR_EXECVE => (&OFF_PT_REGS_SI, true),
+            NR_EXECVEAT => (&OFF_PT_REGS_DX, true),
+            NR_X32_EXECVE => (&OFF_PT_REGS_SI, false),
+            NR_X32_EXECVEAT => (&OFF_PT_REGS_DX, false),
+            NR_IA32_EXECVE => (&OFF_PT_REGS_CX, false),
+            NR_IA32_EXECVEAT => (&OFF_PT_REGS_DX, false),
+            _ => return None,
+        };
+        let vector: u64 = read_field(regs, register).ok()?;
+        // 32-bit callers' registers hold 32-bit values.
+        Some((if wide { vector } else { vector & 0xffff_ffff }, wide))
+    }
+}
+
+// The arguments read so far live in the scratch record and are read back through volatile loads
+// at every step: the verifier then carries no exact value out of the loops, so every path into
+// the hash looks the same to it and is checked once.
+
+#[inline(always)]
+unsafe fn start_args(scratch: *mut ExecScratch, flags: u32) {
+    unsafe {
+        core::ptr::write_volatile(
+            &raw mut (*scratch).record.args,
+            ExecArgs {
+                flags,
+                ..ExecArgs::default()
+            },
+        )
+    }
+}
+
+#[inline(always)]
+unsafe fn flag_args(scratch: *mut ExecScratch, flag: u32) {
+    unsafe {
+        let flags = &raw mut (*scratch).record.args.flags;
+        core::ptr::write_volatile(flags, core::ptr::read_volatile(flags) | flag);
+    }
+}
+
+/// Reads the caller's arguments into the scratch record (without `argv[0]` for a script).
+#[inline(always)]
+unsafe fn read_caller_args(scratch: *mut ExecScratch, script: bool) {
+    unsafe {
+        start_args(scratch, if script { argv_flags::WITHOUT_ARGV0 } else { 0 });
+        let Some((vector, wide)) = caller_vector() else {
+            flag_args(scratch, argv_flags::UNREAD);
+            return;
+        };
+        let first = script as u32;
+        for index in 0..=MAX_ARGS + 1 {
+            let pointer = if wide {
+                bpf_probe_read_user((vector + index as u64 * 8) as *const u64)
+            } else {
+                bpf_probe_read_user((vector + index as u64 * 4) as *const u32).map(u64::from)
+            };
+            let Ok(pointer) = pointer else {
+                flag_args(scratch, argv_flags::UNREAD);
+                return;
+            };
+            if pointer == 0 {
+                return;
+            }
+            if index < first {
+                continue;
+            }
+            if core::ptr::read_volatile(&raw const (*scratch).record.args.count) >= MAX_ARGS {
+                flag_args(scratch, argv_flags::TRUNCATED);
+                return;
+            }
+            if push_string(scratch, pointer).is_none() {
+                return;
+            }
+        }
+    }
+}
+
+/// Appends the NUL-terminated user string at `address` to the arguments read; its length with
+/// the NUL, or None (flagged) when it does not fit or cannot be read.
+#[inline(always)]
+unsafe fn push_string(scratch: *mut ExecScratch, address: u64) -> Option<u32> {
+    unsafe {
+        let len = &raw mut (*scratch).record.args.len;
+        let count = &raw mut (*scratch).record.args.count;
+        let used = core::ptr::read_volatile(len) as usize;
+        if used >= ARGV_BYTES {
+            flag_args(scratch, argv_flags::TRUNCATED);
+            return None;
+        }
+        let dest = (*scratch)
+            .record
+            .argv
+            .as_mut_ptr()
+            .add(used & (ARGV_BYTES - 1));
+        let read = bpf_probe_read_user_str(dest.cast(), ARGV_BYTES as u32, address as *const _);
+        if read <= 0 {
+            flag_args(scratch, argv_flags::UNREAD);
+            return None;
+        }
+        let read = read as usize;
+        // A string that filled the whole read may go on past it.
+        if read >= ARGV_BYTES || used + read > ARGV_BYTES {
+            flag_args(scratch, argv_flags::TRUNCATED);
+            core::ptr::write_volatile(len, ARGV_BYTES as u32);
+            return None;
+        }
+        core::ptr::write_volatile(len, (used + read) as u32);
+        core::ptr::write_volatile(count, core::ptr::read_volatile(count) + 1);
+        Some(read as u32)
+    }
+}
+
+/// The length with the NUL of the user string at `address`, read over the start of the
+/// scratch buffer.
+#[inline(always)]
+unsafe fn skip_string(scratch: *mut ExecScratch, address: u64) -> Option<u32> {
+    let read = unsafe {
+        bpf_probe_read_user_str(
+            (*scratch).record.argv.as_mut_ptr().cast(),
+            ARGV_BYTES as u32,
+            address as *const _,
+        )
+    };
+    (read > 0 && (read as usize) < ARGV_BYTES).then_some(read as u32)
+}
+
+/// The keyed hash of the arguments in the scratch record.
+#[inline(always)]
+unsafe fn hash_args(scratch: *const ExecScratch) -> u64 {
+    let key = ARGV_KEY.get(0).copied().unwrap_or_default();
+    let mut hasher = ArgvHasher::new(key);
+    unsafe {
+        let len = (core::ptr::read_volatile(&raw const (*scratch).record.args.len) as usize)
+            .min(ARGV_BYTES);
+        let words = len / 8;
+        let argv = (*scratch).record.argv.as_ptr();
+        for index in 0..ARGV_BYTES / 8 {
+            if index >= words {
+                break;
+            }
+            hasher.word(u64::from_le(*argv.add(index * 8).cast::<u64>()));
+        }
+        let rest = len % 8;
+        let tail = if rest == 0 {
+            0
+        } else {
+            let word = u64::from_le(*argv.add((words * 8) & (ARGV_BYTES - 8)).cast::<u64>());
+            word & ((1u64 << (rest * 8)) - 1)
+        };
+        hasher.finish(len, tail)
+    }
+}

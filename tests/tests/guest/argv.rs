@@ -1,0 +1,246 @@
+//! What a reviewer approves is exactly what runs: exec grants bound to the arguments the kernel
+//! read, and the kernel's own copy checked again before the new program starts.
+
+use std::path::Path;
+
+use gatekeeper_tests::{Exec, Options, Scenario, bin, wait_for};
+use serde_json::Value;
+
+fn approve(scenario: &Scenario, request: &Value) {
+    let id = request["id"].as_str().expect("request id");
+    let output = scenario.gatekeeper(&["approve", id, "--reason", "test"]);
+    assert!(output.status.success(), "approve failed: {output:?}");
+}
+
+/// `program target WORDS...`, as gk-helper passes it: the argv a request shows.
+fn argv<'a>(program: &'a str, words: &[&'a str]) -> Vec<&'a str> {
+    [program, "target"]
+        .into_iter()
+        .chain(words.iter().copied())
+        .collect()
+}
+
+fn run(scenario: &Scenario, cgroup: &Path, program: &Path, words: &[&str]) -> (Exec, String) {
+    let args: Vec<&str> = ["target"]
+        .into_iter()
+        .chain(words.iter().copied())
+        .collect();
+    scenario.exec_with(cgroup, program, &args)
+}
+
+#[test]
+fn an_approval_lets_exactly_the_shown_command_run_once() {
+    let scenario = Scenario::start("argv-bound", Options::default());
+    let program = scenario.protected.display().to_string();
+    let agents = &scenario.agents;
+    assert_eq!(
+        run(&scenario, agents, &scenario.protected, &["one"]).0,
+        Exec::Denied
+    );
+    let one = scenario.wait_exec_request(&argv(&program, &["one"]));
+    assert_eq!(one["bind"], "argv");
+    assert_eq!(one["exec"]["complete"], true);
+    // The reviewers' webhook shows the command that would run, not the caller's.
+    let hook = scenario.webhook.as_ref().unwrap();
+    let body = wait_for("the webhook delivery", || {
+        hook.received()
+            .into_iter()
+            .map(|message| message.json())
+            .find(|body| body["request"]["id"] == one["id"])
+    });
+    assert_eq!(
+        body["request"]["exec"]["argv"],
+        serde_json::json!(argv(&program, &["one"]))
+    );
+    approve(&scenario, &one);
+
+    // Other arguments from the same cgroup: denied, and a request of their own.
+    assert_eq!(
+        run(&scenario, agents, &scenario.protected, &["two"]).0,
+        Exec::Denied
+    );
+    let two = scenario.wait_exec_request(&argv(&program, &["two"]));
+    assert_ne!(two["id"], one["id"]);
+    // More arguments, or fewer, are other commands too.
+    for words in [&["one", "more"][..], &[]] {
+        assert_eq!(
+            run(&scenario, agents, &scenario.protected, words).0,
+            Exec::Denied
+        );
+    }
+
+    // The approved command runs, once.
+    let (outcome, printed) = run(&scenario, agents, &scenario.protected, &["one"]);
+    assert_eq!(outcome, Exec::Ran);
+    assert!(printed.contains("TARGET RAN one"), "{printed}");
+    assert_eq!(
+        run(&scenario, agents, &scenario.protected, &["one"]).0,
+        Exec::Denied
+    );
+    scenario.wait_journal("grant_used", |event| event["request_id"] == one["id"]);
+
+    // Control: outside the agent cgroups any arguments run.
+    let (outcome, printed) = run(&scenario, &scenario.outside, &scenario.protected, &["two"]);
+    assert_eq!(outcome, Exec::Ran);
+    assert!(printed.contains("TARGET RAN two"), "{printed}");
+}
+
+#[test]
+fn a_rule_bound_to_the_binary_lets_any_arguments_through_once() {
+    let mut scenario = Scenario::prepare(
+        "argv-binary",
+        Options {
+            extra: "[[protect.exec]]\npath = \"/tmp/gk-argv-binary/protected/anyargs\"\nname = \"any arguments\"\nbind = \"binary\"\n".into(),
+            ..Options::default()
+        },
+    );
+    let anyargs = scenario.dir.join("protected/anyargs");
+    std::fs::copy(bin("gk-helper"), &anyargs).unwrap();
+    scenario.start_daemon();
+    let program = anyargs.display().to_string();
+    assert_eq!(
+        run(&scenario, &scenario.agents, &anyargs, &["x"]).0,
+        Exec::Denied
+    );
+    let request = scenario.wait_exec_request(&argv(&program, &["x"]));
+    assert_eq!(request["bind"], "binary");
+    // Other arguments while it is pending join it.
+    assert_eq!(
+        run(&scenario, &scenario.agents, &anyargs, &["y"]).0,
+        Exec::Denied
+    );
+    wait_for("the repeat to join", || {
+        (scenario.request(request["id"].as_str().unwrap())["attempts"] == 2).then_some(())
+    });
+    approve(&scenario, &request);
+    let (outcome, printed) = run(&scenario, &scenario.agents, &anyargs, &["y", "z"]);
+    assert_eq!(outcome, Exec::Ran);
+    assert!(printed.contains("TARGET RAN y z"), "{printed}");
+    assert_eq!(
+        run(&scenario, &scenario.agents, &anyargs, &["x"]).0,
+        Exec::Denied
+    );
+}
+
+/// The kernel copies an exec's arguments before the exec is judged; the caller rewrites them in
+/// its own memory in between ("two" copied, "one" read back), with a grant for "one" in place.
+/// The new program's own copy is checked again before it runs: it is killed, never run with
+/// "two". Without the grant the same exec is simply denied; outside the agent cgroups it runs.
+#[test]
+fn arguments_rewritten_after_the_kernel_copied_them_never_run() {
+    let scenario = Scenario::start("argv-swap", Options::default());
+    let program = scenario.protected.display().to_string();
+    let swap = |cgroup: &Path| {
+        let output = std::process::Command::new(bin("gk-helper"))
+            .args(["argv-swap", &cgroup.display().to_string(), &program])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    // Without a grant: denied.
+    assert_eq!(swap(&scenario.agents), "DENIED");
+    // A grant for "one": the swapped exec uses it and dies before its first instruction.
+    assert_eq!(
+        run(&scenario, &scenario.agents, &scenario.protected, &["one"]).0,
+        Exec::Denied
+    );
+    approve(
+        &scenario,
+        &scenario.wait_exec_request(&argv(&program, &["one"])),
+    );
+    assert_eq!(swap(&scenario.agents), format!("SIGNAL={}", libc::SIGKILL));
+    let killed = scenario.wait_journal("tamper_attempt", |event| event["hook"] == "argv_changed");
+    assert!(
+        killed["pid"].as_u64().is_some_and(|pid| pid > 0),
+        "{killed}"
+    );
+    // The grant is spent: "one" itself is denied now.
+    assert_eq!(
+        run(&scenario, &scenario.agents, &scenario.protected, &["one"]).0,
+        Exec::Denied
+    );
+    // Control: the same swap outside the agent cgroups runs with what the kernel copied.
+    assert_eq!(swap(&scenario.outside), "EXIT=0 TARGET RAN two");
+}
+
+/// `gatekeeper run --reason` asks with the agent's words, waits, and on approval runs exactly
+/// the command; `await --reason` gives words to a request already made.
+#[test]
+fn an_agent_asks_first_with_its_reason_and_runs_on_approval() {
+    let scenario = Scenario::start("argv-run", Options::default());
+    let program = scenario.protected.display().to_string();
+    let run_args = [
+        "run",
+        "--reason",
+        "nightly export <!channel>",
+        "--",
+        &program,
+        "target",
+        "one",
+    ];
+    let waiting = scenario.spawn_gatekeeper_in(&scenario.agents, &run_args);
+    let request = scenario.wait_exec_request(&argv(&program, &["one"]));
+    assert_eq!(request["justification"], "nightly export <!channel>");
+    let created = scenario.wait_journal("request_created", |event| {
+        event["request"]["id"] == request["id"]
+    });
+    assert_eq!(
+        created["request"]["justification"],
+        "nightly export <!channel>"
+    );
+    let hook = scenario.webhook.as_ref().unwrap();
+    wait_for("the webhook delivery with the reason", || {
+        hook.received().into_iter().find(|message| {
+            let body = message.json();
+            body["request"]["id"] == request["id"]
+                && body["request"]["justification"] == "nightly export <!channel>"
+        })
+    });
+    approve(&scenario, &request);
+    let output = waiting.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("TARGET RAN one"),
+        "{output:?}"
+    );
+    // Its grant is spent.
+    assert_eq!(
+        run(&scenario, &scenario.agents, &scenario.protected, &["one"]).0,
+        Exec::Denied
+    );
+
+    // A denied exec first, then the reason: journaled, on that request.
+    assert_eq!(
+        run(&scenario, &scenario.agents, &scenario.protected, &["two"]).0,
+        Exec::Denied
+    );
+    let two = scenario.wait_exec_request(&argv(&program, &["two"]));
+    let output = scenario.gatekeeper_in(
+        &scenario.agents,
+        &["await", "--reason", "need two", "--timeout", "1s"],
+    );
+    assert_eq!(output.status.code(), Some(2), "timed out: {output:?}");
+    assert_eq!(
+        scenario.request(two["id"].as_str().unwrap())["justification"],
+        "need two"
+    );
+    scenario.wait_journal("justification", |event| {
+        event["request_id"] == two["id"] && event["text"] == "need two"
+    });
+    // A reviewer's denial ends `run` with await's code for it, nothing run.
+    let denied_run = scenario.spawn_gatekeeper_in(
+        &scenario.agents,
+        &["run", "--", &program, "target", "three"],
+    );
+    let three = scenario.wait_exec_request(&argv(&program, &["three"]));
+    let output = scenario.gatekeeper(&["deny", three["id"].as_str().unwrap()]);
+    assert!(output.status.success(), "{output:?}");
+    let output = denied_run.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("TARGET RAN"));
+
+    // Control: outside the agent cgroups `run` runs at once.
+    let output = scenario.gatekeeper_in(&scenario.outside, &["run", "--", &program, "target", "x"]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("TARGET RAN x"));
+}
