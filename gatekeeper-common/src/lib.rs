@@ -436,6 +436,9 @@ pub enum TamperHook {
     /// others (a thread rewrote them during the exec): the process is killed before it runs
     /// (data: device, inode).
     ArgvChanged = 41,
+    /// Connecting to the daemon's HTTP listener, where reviewers' decisions arrive
+    /// (data: port, 0).
+    DaemonListener = 42,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -458,7 +461,7 @@ pub enum MountRefusal {
 
 impl TamperHook {
     /// Every hook, in id order (ids start at 1).
-    pub const ALL: [Self; 41] = {
+    pub const ALL: [Self; 42] = {
         use TamperHook::*;
         [
             Bpf,
@@ -502,6 +505,7 @@ impl TamperHook {
             MountSetattr,
             UnplacedFile,
             ArgvChanged,
+            DaemonListener,
         ]
     };
 
@@ -552,6 +556,7 @@ impl TamperHook {
             Self::MountSetattr => "mount_setattr",
             Self::UnplacedFile => "unplaced_file",
             Self::ArgvChanged => "argv_changed",
+            Self::DaemonListener => "daemon_listener",
         }
     }
 }
@@ -563,6 +568,9 @@ pub const IPPROTO_UDP: u8 = 17;
 /// Bits of [`PortRange::protocols`].
 pub const PROTOCOL_TCP: u32 = 1;
 pub const PROTOCOL_UDP: u32 = 2;
+/// With [`PROTOCOL_TCP`]: the daemon's own HTTP listener, which agents never reach (no request:
+/// there is nothing to approve).
+pub const PROTOCOL_DAEMON: u32 = 4;
 
 /// Port ranges one protected prefix covers, already merged with those of every shorter prefix
 /// containing it (the trie returns only the longest match).

@@ -8,11 +8,12 @@
 use std::{
     collections::BTreeMap,
     fmt,
-    net::{IpAddr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 use gatekeeper_common::{
-    IPPROTO_TCP, IPPROTO_UDP, MAX_PORT_RANGES, PROTOCOL_TCP, PROTOCOL_UDP, PortRange, PortRanges,
+    IPPROTO_TCP, IPPROTO_UDP, MAX_PORT_RANGES, PROTOCOL_DAEMON, PROTOCOL_TCP, PROTOCOL_UDP,
+    PortRange, PortRanges,
 };
 use serde::{Deserialize, Serialize};
 
@@ -221,6 +222,27 @@ impl Reach {
     }
 }
 
+/// The daemon's HTTP listener at `address`, which agents never reach: that address, or on a
+/// wildcard every address of its family (an IPv6 wildcard takes IPv4 too), for that TCP port.
+pub fn listener_reach(address: SocketAddr) -> Reach {
+    let prefix = match address.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => Prefix {
+            address: v6_form(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            len: 96,
+        },
+        IpAddr::V6(v6) if v6.is_unspecified() => Prefix {
+            address: [0; 16],
+            len: 0,
+        },
+        ip => Prefix::host(ip),
+    };
+    Reach {
+        prefixes: vec![prefix],
+        ports: vec![(address.port(), address.port())],
+        protocols: PROTOCOL_TCP | PROTOCOL_DAEMON,
+    }
+}
+
 /// The trie's contents: each prefix with the port ranges of every rule whose prefix contains it,
 /// because the kernel sees only the longest match.
 pub fn compile(reaches: &[Reach]) -> Result<BTreeMap<Prefix, PortRanges>, DestinationError> {
@@ -423,6 +445,36 @@ mod tests {
         assert!(!outer.covers(5432, PROTOCOL_TCP));
         let all_ports = table[&parse_cidr("192.168.0.0/16").unwrap()];
         assert!(all_ports.covers(0, PROTOCOL_UDP) && all_ports.covers(65535, PROTOCOL_UDP));
+    }
+
+    #[test]
+    fn the_daemon_listener_is_marked_on_its_address_or_under_a_wildcard() {
+        let daemon = |port| PortRange {
+            first: port,
+            last: port,
+            protocols: PROTOCOL_TCP | PROTOCOL_DAEMON,
+        };
+        let table = compile(&[listener_reach("127.0.0.1:8787".parse().unwrap())]).unwrap();
+        let loopback = Prefix::host("127.0.0.1".parse().unwrap());
+        assert_eq!(table[&loopback].ranges[..1], [daemon(8787)]);
+        assert!(table[&loopback].covers(8787, PROTOCOL_DAEMON));
+        assert!(!table[&loopback].covers(8788, PROTOCOL_DAEMON));
+
+        // On every IPv4 address: a rule's prefix carries the listener's range too.
+        let reaches = [
+            reach("10.0.0.0/8", &[(5432, 5432)], PROTOCOL_TCP),
+            listener_reach("0.0.0.0:9000".parse().unwrap()),
+        ];
+        let table = compile(&reaches).unwrap();
+        let rule = parse_cidr("10.0.0.0/8").unwrap();
+        assert!(table[&rule].covers(9000, PROTOCOL_DAEMON));
+        assert!(table[&rule].covers(5432, PROTOCOL_TCP));
+        assert!(!table[&rule].covers(5432, PROTOCOL_DAEMON));
+        let everything_v6 = compile(&[listener_reach("[::]:9000".parse().unwrap())]).unwrap();
+        assert_eq!(
+            everything_v6.keys().next().map(|prefix| prefix.len),
+            Some(0)
+        );
     }
 
     #[test]

@@ -382,7 +382,11 @@ impl Policy {
                     protocols: rule.protocols,
                 })
             })
-            .collect::<Result<Vec<_>, PolicyError>>()?;
+            .collect::<Result<Vec<Reach>, PolicyError>>()?;
+        // After the rules, so that a rule's index is its reach's: agents never reach the HTTP
+        // listener, where reviewers' decisions arrive.
+        let mut reaches = reaches;
+        reaches.extend(config.listen.map(destinations::listener_reach));
         let mut policy = Self {
             installed_nets: kernel.nets(),
             config,

@@ -364,11 +364,13 @@ unsafe fn hash_args(scratch: *const ExecScratch) -> u64 {
     let key = ARGV_KEY.get(0).copied().unwrap_or_default();
     let mut hasher = ArgvHasher::new(key);
     unsafe {
-        let len = (core::ptr::read_volatile(&raw const (*scratch).record.args.len) as usize)
-            .min(ARGV_BYTES);
-        let words = len / 8;
+        // The readers keep `len` within the buffer; the mask, which the compiler cannot drop,
+        // bounds the loop for every verifier (6.1's loses a bound made with `min` or a branch)
+        // and keeps each read inside the scratch record.
+        let len = core::ptr::read_volatile(&raw const (*scratch).record.args.len) as usize;
+        let words = (len / 8) & (2 * ARGV_BYTES / 8 - 1);
         let argv = (*scratch).record.argv.as_ptr();
-        for index in 0..ARGV_BYTES / 8 {
+        for index in 0..2 * ARGV_BYTES / 8 {
             if index >= words {
                 break;
             }

@@ -6,12 +6,14 @@ use aya_ebpf::{
     maps::lpm_trie::{Key, LpmTrie},
 };
 use gatekeeper_common::{
-    IPPROTO_TCP, IPPROTO_UDP, MAX_PROTECTED_NETS, PROTOCOL_TCP, PROTOCOL_UDP, PortRanges, Target,
+    IPPROTO_TCP, IPPROTO_UDP, MAX_PROTECTED_NETS, PROTOCOL_DAEMON, PROTOCOL_TCP, PROTOCOL_UDP,
+    PortRanges, TamperHook, Target,
 };
 
 use crate::{
     offsets::{OFF_SOCK_PROTOCOL, OFF_SOCKET_SK},
     read::{read_at, read_field},
+    verdict::tamper_target,
 };
 
 #[map]
@@ -35,7 +37,8 @@ pub unsafe fn transport(sock: *const u8) -> Result<Option<(u8, u32)>, i32> {
     })
 }
 
-/// The protected destination `address` (a kernel `sockaddr`) names, if any. IPv4 is looked up in
+/// The protected destination `address` (a kernel `sockaddr`) names, if any; the daemon's HTTP
+/// listener as a tamper target. IPv4 is looked up in
 /// its IPv4-mapped IPv6 form, so a v4 rule also holds for a v6 socket given `::ffff:a.b.c.d`.
 #[inline(always)]
 pub unsafe fn protected_destination(
@@ -60,6 +63,12 @@ pub unsafe fn protected_destination(
     let Some(ranges) = PROTECTED_NETS.get(Key::new(128, ip)) else {
         return Ok(None);
     };
+    if protocol_bit == PROTOCOL_TCP && ranges.covers(port, PROTOCOL_DAEMON) {
+        return Ok(Some(tamper_target(
+            TamperHook::DaemonListener,
+            [port as u64, 0],
+        )));
+    }
     if !ranges.covers(port, protocol_bit) {
         return Ok(None);
     }

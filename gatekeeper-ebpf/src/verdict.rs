@@ -162,13 +162,25 @@ pub fn is_daemon(tgid: u32) -> bool {
 /// Denies a tamper attempt of an agent and reports it; there is nothing to approve.
 #[inline(always)]
 pub fn tamper(agent_cgroup_id: u64, hook: TamperHook, detail: [u64; 2]) -> i32 {
+    refuse_tamper(agent_cgroup_id, tamper_target(hook, detail))
+}
+
+/// A tamper attempt as a target, for code that finds one where it looks for protected targets.
+#[inline(always)]
+pub fn tamper_target(hook: TamperHook, detail: [u64; 2]) -> Target {
+    Target {
+        kind: TARGET_KIND_TAMPER,
+        aux: hook as u32,
+        data: detail,
+    }
+}
+
+/// [`tamper`], for a target made by [`tamper_target`].
+#[inline(always)]
+fn refuse_tamper(agent_cgroup_id: u64, target: Target) -> i32 {
     let key = GrantKey {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        target: Target {
-            kind: TARGET_KIND_TAMPER,
-            aux: hook as u32,
-            data: detail,
-        },
+        target,
     };
     count(Counter::Tamper);
     report(
@@ -247,10 +259,14 @@ pub fn grant_script_read(script: Target, exec_grant: &GrantValue) {
 }
 
 /// The verdict on an agent's action that may touch a protected target: none touched allows,
-/// one touched is decided, and one that could not be read is refused rather than guessed.
+/// one touched is decided (a tamper target refused outright), and one that could not be read is
+/// refused rather than guessed.
 #[inline(always)]
 pub fn decide_found(agent_cgroup_id: u64, found: Result<Option<Target>, i32>) -> i32 {
     match found {
+        Ok(Some(target)) if target.kind == TARGET_KIND_TAMPER => {
+            refuse_tamper(agent_cgroup_id, target)
+        }
         Ok(Some(target)) => decide(agent_cgroup_id, target, core::ptr::null()),
         Ok(None) => 0,
         Err(_) => -EPERM,

@@ -4,8 +4,8 @@
 use std::{os::unix::process::CommandExt as _, process::Command, time::Duration};
 
 use gatekeeper_tests::{
-    Exec, Options, Scenario, WebhookReceiver, bin, now_unix, reviewer_key, slack_signature,
-    wait_for,
+    Exec, Options, Outcome, Scenario, WebhookReceiver, bin, now_unix, reviewer_key,
+    slack_signature, wait_for,
 };
 
 const SLACK_SECRET: &str = "slack-signing-secret-for-tests";
@@ -360,4 +360,43 @@ fn await_reports_expiry() {
     let expired = scenario.gatekeeper_in(&scenario.agents, &["await", &id]);
     assert_eq!(expired.status.code(), Some(2), "{expired:?}");
     assert!(String::from_utf8_lossy(&expired.stdout).contains("expired"));
+}
+
+/// Reviewers' HTTP decisions arrive on the daemon's listener: no agent reaches it, root or not,
+/// by connect or TCP Fast Open, v4 or v4-mapped v6; from outside it answers.
+#[test]
+fn agents_cannot_reach_the_http_listener() {
+    let scenario = Scenario::start("http-off-limits", Options::default());
+    let address = scenario.http.trim_start_matches("http://").to_owned();
+    let port = address.rsplit_once(':').unwrap().1.to_owned();
+    let mapped = format!("[::ffff:127.0.0.1]:{port}");
+    for (op, target) in [("tcp", &address), ("fastopen", &address), ("tcp", &mapped)] {
+        assert_eq!(
+            scenario.net(&scenario.agents, op, target),
+            Outcome::Denied,
+            "{op} {target}"
+        );
+    }
+    let uid = gatekeeper_tests::UNLISTED_UID.to_string();
+    let as_user = Command::new(bin("gk-helper"))
+        .args(["as-user", &uid])
+        .arg(&scenario.agents)
+        .arg(bin("gk-helper"))
+        .args(["net", "-", "tcp", &address])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&as_user.stdout);
+    assert!(
+        printed.contains(&format!("RESULT=errno:{}", libc::EPERM)),
+        "{as_user:?}"
+    );
+    let refused =
+        scenario.wait_journal("tamper_attempt", |event| event["hook"] == "daemon_listener");
+    assert_eq!(refused["detail"][0].as_u64(), port.parse::<u64>().ok());
+    assert!(scenario.requests(true).is_empty(), "nothing to approve");
+    // Control: from outside the agent cgroups the listener answers.
+    assert_eq!(
+        scenario.net(&scenario.outside, "tcp", &address),
+        Outcome::Ok
+    );
 }
