@@ -211,3 +211,13 @@ pub fn floor_inode_setattr(_ctx: LsmContext) -> i32 {
 pub fn floor_inode_rmdir(_ctx: LsmContext) -> i32 {
     0
 }
+
+#[lsm(hook = "bprm_creds_for_exec")]
+pub fn floor_bprm_creds_for_exec(ctx: LsmContext) -> i32 {
+    ctx.arg(1)
+}
+
+#[lsm(hook = "bprm_committing_creds")]
+pub fn floor_bprm_committing_creds(_ctx: LsmContext) -> i32 {
+    0
+}
