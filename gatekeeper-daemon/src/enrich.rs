@@ -10,7 +10,7 @@ use crate::{
     cgroups,
     events::{EventReader, KernelEvent},
     handle::{Command, Handle, KernelInput},
-    requests::{Parent, Process},
+    requests::{Ancestor, MAX_ANCESTORS, Parent, Process},
 };
 
 /// Cgroup names remembered at most (a cgroup's id is not reused while it exists).
@@ -40,10 +40,9 @@ pub fn user_name(uid: u32) -> Option<String> {
         .map(|user| user.name)
 }
 
-/// What /proc still tells about the process that was denied.
-fn describe_process(event: &KernelEvent) -> Process {
-    let proc_dir = PathBuf::from(format!("/proc/{}", event.pid));
-    let argv = read_bounded(&proc_dir.join("cmdline")).map(|raw| {
+/// A command line from /proc: at most [`MAX_ARGS`] arguments of [`MAX_CMDLINE`] bytes.
+fn cmdline_of(pid: u32) -> Option<Vec<String>> {
+    read_bounded(&PathBuf::from(format!("/proc/{pid}/cmdline"))).map(|raw| {
         let mut argv: Vec<String> = raw
             .split(|byte| *byte == 0)
             .filter(|arg| !arg.is_empty())
@@ -54,28 +53,54 @@ fn describe_process(event: &KernelEvent) -> Process {
             argv.push(TRUNCATED.to_owned());
         }
         argv
-    });
-    let parent = std::fs::read_to_string(proc_dir.join("stat"))
+    })
+}
+
+fn comm_of(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .ok()
-        .and_then(|stat| {
-            // The command name may hold spaces and parentheses; fields resume after the last ')'.
-            let (_, rest) = stat.rsplit_once(')')?;
-            rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-        })
-        .map(|pid| Parent {
+        .map(|comm| comm.trim_end().to_owned())
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses; fields resume after the last ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+}
+
+/// What /proc still tells about the process that was denied, and up to [`MAX_ANCESTORS`] above
+/// it (all of it written by the agent: shown as its text).
+fn describe_process(event: &KernelEvent) -> Process {
+    let mut ancestors = Vec::new();
+    let mut below = event.pid;
+    while ancestors.len() < MAX_ANCESTORS {
+        // pid 0 is the kernel: nothing above init.
+        let Some(pid) = parent_of(below).filter(|pid| *pid != 0) else {
+            break;
+        };
+        ancestors.push(Ancestor {
             pid,
-            comm: std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .ok()
-                .map(|comm| comm.trim_end().to_owned()),
+            comm: comm_of(pid),
+            argv: cmdline_of(pid),
         });
+        below = pid;
+    }
     Process {
         pid: event.pid,
         tgid: event.tgid,
         uid: event.uid,
         user: user_name(event.uid),
         comm: event.comm.clone(),
-        argv,
-        parent,
+        argv: cmdline_of(event.pid),
+        parent: ancestors.first().map(|parent| Parent {
+            pid: parent.pid,
+            comm: parent.comm.clone(),
+        }),
+        cwd: std::fs::read_link(format!("/proc/{}/cwd", event.pid))
+            .ok()
+            .map(|cwd| cwd.display().to_string()),
+        ancestors,
     }
 }
 

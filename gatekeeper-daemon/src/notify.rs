@@ -169,6 +169,11 @@ fn raw_facts(request: &Request) -> Vec<(&'static str, String)> {
         ),
         ("Caller's command line", command),
         (
+            "Working directory",
+            process.cwd.clone().unwrap_or_else(|| "(gone)".into()),
+        ),
+        ("Called by", called_by(process)),
+        (
             "Approvals",
             format!(
                 "{} of {}",
@@ -179,6 +184,26 @@ fn raw_facts(request: &Request) -> Vec<(&'static str, String)> {
         ("Expires", expires),
     ]);
     facts
+}
+
+/// The processes above the caller, parent first: `bash -l (pid 9) < sshd (pid 1)`.
+fn called_by(process: &crate::requests::Process) -> String {
+    if process.ancestors.is_empty() {
+        return "(gone)".into();
+    }
+    process
+        .ancestors
+        .iter()
+        .map(|ancestor| {
+            let name = match (&ancestor.argv, &ancestor.comm) {
+                (Some(argv), _) if !argv.is_empty() => argv.join(" "),
+                (_, Some(comm)) => comm.clone(),
+                _ => "?".into(),
+            };
+            format!("{name} (pid {})", ancestor.pid)
+        })
+        .collect::<Vec<_>>()
+        .join(" < ")
 }
 
 /// The body each kind of webhook receives: one request's message, or a digest of several that
@@ -471,6 +496,12 @@ mod tests {
                 comm: "python3".into(),
                 argv: Some(vec!["python3".into(), "agent.py".into()]),
                 parent: None,
+                cwd: Some("/srv/agent".into()),
+                ancestors: vec![crate::requests::Ancestor {
+                    pid: 9,
+                    comm: Some("bash".into()),
+                    argv: Some(vec!["bash".into(), "-l".into()]),
+                }],
             },
             created: now,
             expires: now + Duration::from_secs(900),
@@ -618,6 +649,34 @@ mod tests {
             file.target_key = gatekeeper_common::Target::file(1, 2, access);
             assert_eq!(attempted(&file), format!("{words} /etc/prod/secrets.env"));
         }
+        // Everything a reviewer weighs, in the order shown.
+        let shown: Vec<(&str, String)> = facts(&exec);
+        let labels: Vec<&str> = shown.iter().map(|(label, _)| *label).collect();
+        assert_eq!(
+            labels,
+            [
+                "Risk",
+                "Request",
+                "Rule",
+                "What",
+                "Will run",
+                "Approval allows",
+                "Agent's own words (unverified)",
+                "Agent",
+                "Owner",
+                "Process",
+                "Caller's command line",
+                "Working directory",
+                "Called by",
+                "Approvals",
+                "Expires"
+            ]
+        );
+        let value = |label: &str| shown.iter().find(|(l, _)| *l == label).unwrap().1.clone();
+        assert_eq!(value("Will run"), "pg_dump prod -t orders");
+        assert_eq!(value("Approval allows"), "one run of exactly this command");
+        assert_eq!(value("Called by"), "bash -l (pid 9)");
+        assert_eq!(value("Working directory"), "/srv/agent");
     }
 
     #[test]

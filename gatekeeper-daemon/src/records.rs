@@ -8,12 +8,13 @@ use gatekeeper_common::Target;
 use crate::{
     destinations::Destination,
     journal::schema::{
-        BindRecord, DecisionRecord, DestinationRecord, Event, ExecRecord, ParentRecord,
-        ProcessRecord, RequestKind, RequestRecord, RequestSnapshot, RequestState, RiskRecord,
-        TargetRecord, Verdict,
+        AncestorRecord, BindRecord, DecisionRecord, DestinationRecord, Event, ExecRecord,
+        ParentRecord, ProcessRecord, RequestKind, RequestRecord, RequestSnapshot, RequestState,
+        RiskRecord, TargetRecord, Verdict,
     },
     requests::{
-        Bind, Decision, DecisionInfo, ExecCall, Kind, Parent, Process, Request, Risk, State,
+        Ancestor, Bind, Decision, DecisionInfo, ExecCall, Kind, Parent, Process, Request, Risk,
+        State,
     },
 };
 
@@ -118,6 +119,16 @@ pub fn request_record(request: &Request) -> RequestRecord {
                 pid: parent.pid,
                 comm: parent.comm.clone(),
             }),
+            cwd: process.cwd.clone(),
+            ancestors: process
+                .ancestors
+                .iter()
+                .map(|ancestor| AncestorRecord {
+                    pid: ancestor.pid,
+                    comm: ancestor.comm.clone(),
+                    argv: ancestor.argv.clone(),
+                })
+                .collect(),
         },
         created: request.created,
         expires: request.expires,
@@ -186,6 +197,16 @@ pub fn request_from_record(record: &RequestRecord) -> Request {
                 pid: parent.pid,
                 comm: parent.comm.clone(),
             }),
+            cwd: process.cwd.clone(),
+            ancestors: process
+                .ancestors
+                .iter()
+                .map(|ancestor| Ancestor {
+                    pid: ancestor.pid,
+                    comm: ancestor.comm.clone(),
+                    argv: ancestor.argv.clone(),
+                })
+                .collect(),
         },
         created: record.created,
         expires: record.expires,

@@ -123,6 +123,22 @@ pub struct Process {
     /// Command line of the process that attempted the exec (the new program never started).
     pub argv: Option<Vec<String>>,
     pub parent: Option<Parent>,
+    /// Its working directory, as /proc told it.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Up to [`MAX_ANCESTORS`] processes above it, its parent first.
+    #[serde(default)]
+    pub ancestors: Vec<Ancestor>,
+}
+
+/// Processes above the one that asked, shown to reviewers.
+pub const MAX_ANCESTORS: usize = 3;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ancestor {
+    pub pid: u32,
+    pub comm: Option<String>,
+    pub argv: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -666,6 +682,8 @@ pub(crate) mod tests {
                 comm: "sh".into(),
                 argv: None,
                 parent: None,
+                cwd: None,
+                ancestors: Vec::new(),
             },
             owner: Some("olivia".into()),
             approvals_required: 1,

@@ -270,6 +270,20 @@ pub struct ProcessRecord {
     pub argv: Option<Vec<String>>,
     #[serde(default)]
     pub parent: Option<ParentRecord>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Up to three processes above it, its parent first.
+    #[serde(default)]
+    pub ancestors: Vec<AncestorRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AncestorRecord {
+    pub pid: u32,
+    #[serde(default)]
+    pub comm: Option<String>,
+    #[serde(default)]
+    pub argv: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

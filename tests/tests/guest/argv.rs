@@ -39,6 +39,14 @@ fn an_approval_lets_exactly_the_shown_command_run_once() {
     );
     let one = scenario.wait_exec_request(&argv(&program, &["one"]));
     assert_eq!(one["bind"], "argv");
+    // Who asked, from where, called by whom.
+    assert!(one["process"]["cwd"].is_string(), "{one}");
+    let ancestors = one["process"]["ancestors"].as_array().unwrap();
+    assert!(!ancestors.is_empty() && ancestors.len() <= 3, "{one}");
+    assert!(
+        ancestors[0]["pid"].as_u64().is_some_and(|pid| pid > 0),
+        "{one}"
+    );
     assert_eq!(one["exec"]["complete"], true);
     // The reviewers' webhook shows the command that would run, not the caller's.
     let hook = scenario.webhook.as_ref().unwrap();
