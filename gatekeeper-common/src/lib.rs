@@ -54,6 +54,8 @@ macro_rules! kernel_members {
             // The new program's arguments: their count and where they start on its stack.
             (OFF_BPRM_ARGC, "linux_binprm", "argc"),
             (OFF_BPRM_P, "linux_binprm", "p"),
+            // Set once the file the caller named turned out to need an interpreter.
+            (OFF_BPRM_EXECUTABLE, "linux_binprm", "executable"),
             (OFF_FILE_INODE, "file", "f_inode"),
             (OFF_INODE_INO, "inode", "i_ino"),
             (OFF_INODE_SB, "inode", "i_sb"),
@@ -714,6 +716,13 @@ pub mod argv_flags {
     /// An exec of a script: `argv[0]` is left out, since the kernel gives the script's
     /// interpreter its own (the interpreter's path, then the script's).
     pub const WITHOUT_ARGV0: u32 = 4;
+    /// The binary is reached as the interpreter of another file (a `#!` line naming it): what
+    /// it gets is that file's line and path, not what the caller passed. No argument-bound
+    /// grant matches.
+    pub const INTERPRETER: u32 = 8;
+    /// The kernel copied another number of arguments than the caller's memory holds now: it
+    /// changed after the copy. No argument-bound grant matches.
+    pub const CHANGED: u32 = 16;
 }
 
 /// What the kernel read of an exec's arguments: `count` NUL-terminated strings in the first
@@ -731,7 +740,8 @@ pub struct ExecArgs {
 impl ExecArgs {
     /// Whether a grant bound to arguments can match these: read whole.
     pub const fn bindable(&self) -> bool {
-        self.flags & (argv_flags::TRUNCATED | argv_flags::UNREAD) == 0
+        use argv_flags::{CHANGED, INTERPRETER, TRUNCATED, UNREAD};
+        self.flags & (TRUNCATED | UNREAD | INTERPRETER | CHANGED) == 0
     }
 }
 

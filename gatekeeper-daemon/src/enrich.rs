@@ -72,6 +72,11 @@ fn parent_of(pid: u32) -> Option<u32> {
 /// What /proc still tells about the process that was denied, and up to [`MAX_ANCESTORS`] above
 /// it (all of it written by the agent: shown as its text).
 fn describe_process(event: &KernelEvent) -> Process {
+    // First: a caller whose exec was denied often exits at once.
+    let cwd = std::fs::read_link(format!("/proc/{}/cwd", event.pid))
+        .ok()
+        .map(|cwd| cwd.display().to_string());
+    let argv = cmdline_of(event.pid);
     let mut ancestors = Vec::new();
     let mut below = event.pid;
     while ancestors.len() < MAX_ANCESTORS {
@@ -92,14 +97,12 @@ fn describe_process(event: &KernelEvent) -> Process {
         uid: event.uid,
         user: user_name(event.uid),
         comm: event.comm.clone(),
-        argv: cmdline_of(event.pid),
+        argv,
         parent: ancestors.first().map(|parent| Parent {
             pid: parent.pid,
             comm: parent.comm.clone(),
         }),
-        cwd: std::fs::read_link(format!("/proc/{}/cwd", event.pid))
-            .ok()
-            .map(|cwd| cwd.display().to_string()),
+        cwd,
         ancestors,
     }
 }

@@ -267,7 +267,7 @@ impl Request {
         Some(if exec.complete {
             line
         } else {
-            format!("{line} …(cut: longer than the kernel reads)")
+            format!("{line} …(not bindable: cut, changed, or run as an interpreter)")
         })
     }
 
@@ -280,7 +280,7 @@ impl Request {
             (Bind::Binary, _) => "one run of the binary, with any arguments",
             (Bind::Argv, Some(exec)) if exec.complete => "one run of exactly this command",
             (Bind::Argv, _) => {
-                "nothing: the arguments could not be read whole, so no run can match (bind = \"binary\" covers such tools)"
+                "nothing: these arguments cannot be bound (longer than the kernel reads, changed after it copied them, or the binary runs as another file's interpreter), so no run can match (bind = \"binary\" covers such tools)"
             }
         })
     }

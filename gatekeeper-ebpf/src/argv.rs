@@ -23,8 +23,8 @@ use gatekeeper_common::{
 
 use crate::{
     offsets::{
-        OFF_BPRM_ARGC, OFF_BPRM_P, OFF_PT_REGS_CX, OFF_PT_REGS_DX, OFF_PT_REGS_ORIG_AX,
-        OFF_PT_REGS_SI,
+        OFF_BPRM_ARGC, OFF_BPRM_EXECUTABLE, OFF_BPRM_P, OFF_PT_REGS_CX, OFF_PT_REGS_DX,
+        OFF_PT_REGS_ORIG_AX, OFF_PT_REGS_SI,
     },
     read::read_field,
     verdict::{agent_cgroup, count_denial, fill_event, report_record, take_grant, tamper},
@@ -53,7 +53,9 @@ struct BoundExec {
     hash: u64,
     /// Arguments hashed: the last `count` of the new program's.
     count: u32,
-    _reserved: u32,
+    /// 1: a script, whose interpreter's path, `#!` argument and the script's path stand before
+    /// them; 0: nothing does.
+    script: u32,
     /// (device, inode) of the binary, for the report.
     file: [u64; 2],
 }
@@ -74,9 +76,9 @@ const NR_X32_EXECVE: u64 = X32_SYSCALL_BIT | 520;
 const NR_X32_EXECVEAT: u64 = X32_SYSCALL_BIT | 545;
 const NR_IA32_EXECVE: u64 = 11;
 const NR_IA32_EXECVEAT: u64 = 358;
-/// Strings the kernel may put before the caller's arguments: a script's interpreter, its
-/// argument and the script's path, for each level of interpreters.
-const MAX_PREPENDED: u32 = 16;
+/// Strings the kernel puts before a script's arguments: its interpreter, the interpreter's
+/// argument and the script's path.
+const MAX_PREPENDED: u32 = 3;
 
 /// Decides an agent's exec of a binary that needs approval: allowed once by an unexpired grant
 /// for it whose arguments, if it is bound to them, are these. A denial is reported with the
@@ -92,6 +94,7 @@ pub fn decide_exec(
     let scratch = EXEC_SCRATCH.get_ptr_mut(0)?;
     let args = unsafe {
         read_caller_args(scratch, script);
+        check_against_kernel(scratch, bprm, script);
         let hash = hash_args(scratch);
         let args = &raw mut (*scratch).record.args;
         (*args).hash = hash;
@@ -112,7 +115,7 @@ pub fn decide_exec(
         let bound = BoundExec {
             hash: args.hash,
             count: args.count,
-            _reserved: 0,
+            script: script as u32,
             file: target.data,
         };
         // Without its entry the new program's arguments would go unchecked: refuse.
@@ -198,10 +201,17 @@ unsafe fn new_args_match(bprm: *const u8, bound: &BoundExec) -> bool {
         ) else {
             return false;
         };
+        // A script's interpreter gets its path, its `#!` argument if there is one, and the
+        // script's path in place of `argv[0]`; anything else gets exactly what was checked.
         let Some(prepended) = (argc as u32).checked_sub(bound.count) else {
             return false;
         };
-        if argc < 0 || prepended > MAX_PREPENDED {
+        let expected = if bound.script == 0 {
+            prepended == 0
+        } else {
+            prepended == 2 || prepended == 3
+        };
+        if argc < 0 || !expected {
             return false;
         }
         start_args(scratch, 0);
@@ -223,6 +233,24 @@ unsafe fn new_args_match(bprm: *const u8, bound: &BoundExec) -> bool {
         let hash = hash_args(scratch);
         let args = (*scratch).record.args;
         args.count == bound.count && args.bindable() && hash == bound.hash
+    }
+}
+
+/// Flags what the kernel knows better than the caller's memory: a binary reached as another
+/// file's interpreter, and an argument count other than the one read.
+#[inline(always)]
+unsafe fn check_against_kernel(scratch: *mut ExecScratch, bprm: *const u8, script: bool) {
+    unsafe {
+        let interpreted = read_field::<*const u8>(bprm, &OFF_BPRM_EXECUTABLE);
+        if interpreted != Ok(core::ptr::null()) {
+            flag_args(scratch, argv_flags::INTERPRETER);
+        }
+        let count = core::ptr::read_volatile(&raw const (*scratch).record.args.count);
+        // The caller's argv[0], left out for a script, is in the kernel's count.
+        let read = count + script as u32;
+        if read_field::<i32>(bprm, &OFF_BPRM_ARGC) != Ok(read as i32) {
+            flag_args(scratch, argv_flags::CHANGED);
+        }
     }
 }
 

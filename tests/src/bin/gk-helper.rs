@@ -1579,6 +1579,44 @@ fn main() -> ExitCode {
                 }
                 println!("denied={denied} other={other}");
             }
+            // exec-as CGROUP UID|- DIR|- ENV|- PROGRAM ARGV...: execve(PROGRAM, ARGV) exactly
+            // (ARGV[0] included), from DIR, with no environment or the one ENV entry.
+            ["exec-as", cgroup, uid, dir, env, program, argv @ ..] => {
+                joined(cgroup)?;
+                if *uid != "-" {
+                    let uid: u32 = uid.parse().map_err(|_| ExitCode::from(2))?;
+                    // SAFETY: plain credential calls on this process before the exec.
+                    let dropped = unsafe {
+                        libc::setgroups(0, std::ptr::null()) == 0
+                            && libc::setgid(uid) == 0
+                            && libc::setuid(uid) == 0
+                    };
+                    if !dropped {
+                        eprintln!("cannot become uid {uid}");
+                        return Err(ExitCode::from(2));
+                    }
+                }
+                if *dir != "-" && std::env::set_current_dir(dir).is_err() {
+                    eprintln!("cannot enter {dir}");
+                    return Err(ExitCode::from(2));
+                }
+                let errno = exec_exact(program, argv, (*env != "-").then_some(*env));
+                eprintln!("EXEC_ERRNO={errno}");
+                return Err(ExitCode::from(126));
+            }
+            // exec-hostile CGROUP PROGRAM KIND: an exec with a hostile argument vector.
+            ["exec-hostile", cgroup, program, kind] => {
+                joined(cgroup)?;
+                let errno = exec_hostile(program, kind);
+                eprintln!("EXEC_ERRNO={errno}");
+                return Err(ExitCode::from(126));
+            }
+            // argv-shift CGROUP PROGRAM ARGV0: the kernel copies `x target ARGV0 target one`,
+            // the caller's vector reads `ARGV0 target one` by the time the exec is judged.
+            ["argv-shift", cgroup, program, argv0] => {
+                joined(cgroup)?;
+                println!("{}", argv_shift(program, argv0));
+            }
             ["argv-swap", cgroup, program] => {
                 joined(cgroup)?;
                 println!("{}", argv_swap(program));
@@ -2191,4 +2229,247 @@ struct UringParams {
     resv: [u32; 3],
     sq_off: RingOffsets,
     cq_off: RingOffsets,
+}
+
+/// execve(program, argv) with argv exactly as given and no environment (or just `env`).
+fn exec_exact(program: &str, argv: &[&str], env: Option<&str>) -> i32 {
+    let Ok(path) = CString::new(program) else {
+        return libc::EINVAL;
+    };
+    let args: Vec<CString> = argv
+        .iter()
+        .filter_map(|arg| CString::new(*arg).ok())
+        .collect();
+    let mut pointers: Vec<*const libc::c_char> = args.iter().map(|arg| arg.as_ptr()).collect();
+    pointers.push(std::ptr::null());
+    let env = env.and_then(|env| CString::new(env).ok());
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|env| env.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // SAFETY: NUL-terminated strings, null-terminated vectors.
+    unsafe { libc::execve(path.as_ptr(), pointers.as_ptr(), envp.as_ptr()) };
+    last_errno()
+}
+
+/// Execs `program` with a hostile argument vector of `kind`; returns the errno on failure.
+fn exec_hostile(program: &str, kind: &str) -> i32 {
+    let Ok(path) = CString::new(program) else {
+        return libc::EINVAL;
+    };
+    let envp = [std::ptr::null::<libc::c_char>()];
+    let strings: Vec<Vec<u8>> = match kind {
+        "null-argv" => {
+            // SAFETY: a NULL argv is what this attack is; the kernel accepts it.
+            unsafe { libc::execve(path.as_ptr(), std::ptr::null(), envp.as_ptr()) };
+            return last_errno();
+        }
+        "empty-argv" => vec![],
+        "many" => std::iter::repeat_n(b"x".to_vec(), 100_000).collect(),
+        "long" => vec![
+            program.as_bytes().to_vec(),
+            b"target".to_vec(),
+            vec![b'a'; 131_000],
+        ],
+        "nonutf8" => vec![
+            program.as_bytes().to_vec(),
+            b"target".to_vec(),
+            vec![0xff, 0xfe, b'o', b'n', b'e'],
+            vec![0xc3],
+            b"\x1b[2K\xe2\x80\xae".to_vec(),
+        ],
+        // Exactly the bytes the kernel reads, then one more.
+        "exact" | "exact-plus-one" => {
+            let mut args = vec![program.as_bytes().to_vec(), b"target".to_vec()];
+            let used = program.len() + 1 + 7;
+            let fill = 4096 - used - 1 + usize::from(kind == "exact-plus-one");
+            args.push(vec![b'e'; fill]);
+            args
+        }
+        "sixty-five" => {
+            let mut args = vec![program.as_bytes().to_vec(), b"target".to_vec()];
+            args.extend(std::iter::repeat_n(b"y".to_vec(), 63));
+            args
+        }
+        // 32-bit int 0x80 execve of `program target one`.
+        "int80" | "int80-two" => {
+            let word: &[u8] = if kind == "int80" { b"one" } else { b"two" };
+            return int80_exec(program, &[b"target", word]);
+        }
+        // A 64-bit execve whose rax has bits above 32 set (the kernel uses only the low half).
+        "high-rax" => {
+            let target = CString::new("target").unwrap();
+            let one = CString::new("one").unwrap();
+            let argv = [
+                path.as_ptr(),
+                target.as_ptr(),
+                one.as_ptr(),
+                std::ptr::null(),
+            ];
+            let ret: i64;
+            // SAFETY: execve's arguments are live; on success this never returns.
+            unsafe {
+                core::arch::asm!("syscall",
+                    inlateout("rax") (1i64 << 32) | 59 => ret,
+                    in("rdi") path.as_ptr(), in("rsi") argv.as_ptr(), in("rdx") envp.as_ptr(),
+                    lateout("rcx") _, lateout("r11") _);
+            }
+            return if ret < 0 { -ret as i32 } else { 0 };
+        }
+        _ => return libc::EINVAL,
+    };
+    let args: Vec<CString> = strings
+        .into_iter()
+        .map(|s| CString::new(s).unwrap())
+        .collect();
+    let mut pointers: Vec<*const libc::c_char> = args.iter().map(|arg| arg.as_ptr()).collect();
+    pointers.push(std::ptr::null());
+    // SAFETY: NUL-terminated strings, null-terminated vectors.
+    unsafe { libc::execve(path.as_ptr(), pointers.as_ptr(), envp.as_ptr()) };
+    last_errno()
+}
+
+/// The 32-bit system call execve (int 0x80, number 11) of `program` with argv[0] = program.
+fn int80_exec(program: &str, rest: &[&[u8]]) -> i32 {
+    // SAFETY: memory below 4 GiB that this process maps and fills, then execs from.
+    unsafe {
+        let base = libc::mmap(
+            std::ptr::null_mut(),
+            1 << 16,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+            -1,
+            0,
+        );
+        if base == libc::MAP_FAILED {
+            return last_errno();
+        }
+        let base = base as *mut u8;
+        let mut at = 1024usize;
+        let mut put = |bytes: &[u8]| -> u32 {
+            let start = base.add(at);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), start, bytes.len());
+            *start.add(bytes.len()) = 0;
+            at += bytes.len() + 1;
+            start as u64 as u32
+        };
+        let path = put(program.as_bytes());
+        let mut vector = vec![path];
+        for arg in rest {
+            vector.push(put(arg));
+        }
+        vector.push(0);
+        let argv = base as *mut u32;
+        for (index, pointer) in vector.iter().enumerate() {
+            *argv.add(index) = *pointer;
+        }
+        let envp = base.add(512) as *mut u32;
+        *envp = 0;
+        let ret: i64;
+        core::arch::asm!(
+            "xchg {path}, rbx",
+            "int 0x80",
+            "xchg {path}, rbx",
+            path = inout(reg) path as u64 => _,
+            inlateout("rax") 11i64 => ret,
+            in("rcx") argv as u64,
+            in("rdx") envp as u64,
+        );
+        let ret = ret as i32;
+        if ret < 0 { -ret } else { 0 }
+    }
+}
+
+/// `argv-shift`: execs `program` with the vector `[page, "target", argv0, "target", "one"]`,
+/// where `page` (argv[0]) is not there yet. The kernel copies the strings last to first; copying
+/// argv[0] faults, and while it waits the vector is rewritten in place to
+/// `[argv0, "target", "one", NULL]`, then the page is supplied holding "x". The kernel's copy has
+/// five arguments, the vector read afterwards three.
+fn argv_shift(program: &str, argv0: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    static VECTOR: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+    let (Ok(path), Ok(argv0)) = (CString::new(program), CString::new(argv0)) else {
+        return "bad program".into();
+    };
+    let target = CString::new("target").unwrap();
+    let one = CString::new("one").unwrap();
+    let mut pipe = [0i32; 2];
+    // SAFETY: pipe fills two descriptors; fork in a single-threaded process.
+    let pid = unsafe {
+        if libc::pipe(pipe.as_mut_ptr()) != 0 {
+            return "pipe failed".into();
+        }
+        libc::fork()
+    };
+    if pid == 0 {
+        // SAFETY: as argv_swap.
+        unsafe {
+            libc::dup2(pipe[1], 1);
+            let fd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) as i32;
+            let mut api = [uffd::API, 0, 0];
+            if fd < 0 || libc::ioctl(fd, uffd::IOCTL_API as _, api.as_mut_ptr()) != 0 {
+                println!("SETUP uffd errno {}", last_errno());
+                libc::_exit(3);
+            }
+            let page = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            let mut register = [page as u64, 4096, uffd::REGISTER_MODE_MISSING, 0];
+            if page == libc::MAP_FAILED
+                || libc::ioctl(fd, uffd::IOCTL_REGISTER as _, register.as_mut_ptr()) != 0
+            {
+                println!("SETUP register errno {}", last_errno());
+                libc::_exit(3);
+            }
+            let page = page as u64;
+            let (argv0_at, target_at, one_at) = (
+                argv0.as_ptr() as u64,
+                target.as_ptr() as u64,
+                one.as_ptr() as u64,
+            );
+            for (slot, value) in VECTOR
+                .iter()
+                .zip([page, target_at, argv0_at, target_at, one_at, 0])
+            {
+                slot.store(value, SeqCst);
+            }
+            std::thread::spawn(move || {
+                let mut message = [0u8; uffd::MSG_BYTES];
+                if libc::read(fd, message.as_mut_ptr().cast(), message.len()) as usize
+                    != message.len()
+                    || message[0] != uffd::EVENT_PAGEFAULT
+                {
+                    return;
+                }
+                for (slot, value) in VECTOR.iter().zip([argv0_at, target_at, one_at, 0]) {
+                    slot.store(value, SeqCst);
+                }
+                let mut source = [0u8; 4096];
+                source[..2].copy_from_slice(b"x\0");
+                let mut copy = [page, source.as_ptr() as u64, 4096, 0, 0];
+                libc::ioctl(fd, uffd::IOCTL_COPY as _, copy.as_mut_ptr());
+            });
+            libc::execv(path.as_ptr(), VECTOR.as_ptr().cast());
+            libc::_exit(100 + last_errno());
+        }
+    }
+    let mut output = String::new();
+    let mut status = 0;
+    // SAFETY: as argv_swap.
+    unsafe {
+        use std::{io::Read as _, os::fd::FromRawFd as _};
+        libc::close(pipe[1]);
+        let _ = std::fs::File::from_raw_fd(pipe[0]).read_to_string(&mut output);
+        libc::waitpid(pid, &mut status, 0);
+    }
+    if libc::WIFSIGNALED(status) {
+        format!("SIGNAL={}", libc::WTERMSIG(status))
+    } else if libc::WEXITSTATUS(status) == 100 + libc::EPERM {
+        "DENIED".into()
+    } else {
+        format!("EXIT={} {}", libc::WEXITSTATUS(status), output.trim())
+    }
 }

@@ -2,6 +2,7 @@
 //! QEMU guests; each test starts its own daemon on its own cgroup, binary and destinations.
 
 mod argv;
+mod attack_argv;
 mod attack_core;
 mod attack_files;
 mod attack_secret_paths;
