@@ -302,6 +302,14 @@ pub mod daemon_file {
     pub const BINARY: u32 = 2;
     /// A directory above one of them: not renamed or unlinked, so the path keeps naming it.
     pub const ANCESTOR: u32 = 4;
+    /// The reviewers' socket: connected to only from outside the agent cgroups, so whoever
+    /// is on a connection there is no agent, whatever its pid names later.
+    pub const REVIEWER_SOCKET: u32 = 8;
+    /// The agents' socket: connected to by anyone, never renamed or unlinked by agents.
+    pub const AGENT_SOCKET: u32 = 16;
+    /// The daemon's own directory (its sockets'): agents make no name in it, so none can stand
+    /// in for a socket while the daemon is away.
+    pub const DIRECTORY: u32 = 32;
 }
 
 /// How many cgroup levels below the root the kernel walks looking for an agent ancestor.
@@ -441,6 +449,8 @@ pub enum TamperHook {
     /// Connecting to the daemon's HTTP listener, where reviewers' decisions arrive
     /// (data: port, 0).
     DaemonListener = 42,
+    /// Connecting to the reviewers' socket, where decisions are taken (data: device, inode).
+    ReviewerSocket = 43,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -463,7 +473,7 @@ pub enum MountRefusal {
 
 impl TamperHook {
     /// Every hook, in id order (ids start at 1).
-    pub const ALL: [Self; 42] = {
+    pub const ALL: [Self; 43] = {
         use TamperHook::*;
         [
             Bpf,
@@ -508,6 +518,7 @@ impl TamperHook {
             UnplacedFile,
             ArgvChanged,
             DaemonListener,
+            ReviewerSocket,
         ]
     };
 
@@ -559,6 +570,7 @@ impl TamperHook {
             Self::UnplacedFile => "unplaced_file",
             Self::ArgvChanged => "argv_changed",
             Self::DaemonListener => "daemon_listener",
+            Self::ReviewerSocket => "reviewer_socket",
         }
     }
 }

@@ -1,11 +1,15 @@
-//! How decisions reach the daemon: the local unix socket (CLI, caller identified by SO_PEERCRED)
-//! and the HTTP endpoint for webhook receivers (caller identified by an HMAC signature).
+//! How decisions reach the daemon: the local unix sockets, the reviewers' and the agents' (CLI,
+//! caller identified by SO_PEERCRED), and the HTTP endpoint for webhook receivers (caller
+//! identified by an HMAC signature).
 
 use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
-    os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
-    path::PathBuf,
+    os::{
+        fd::{AsRawFd as _, OwnedFd},
+        unix::fs::{FileTypeExt as _, PermissionsExt as _},
+    },
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -28,7 +32,7 @@ use tracing::warn;
 
 use crate::{
     cgroups,
-    config::{Config, WebhookKind},
+    config::{Config, WebhookKind, agent_socket},
     core::{Decider, DecisionFailure},
     enrich::user_name,
     handle::{DecideFailure, Handle, Waiting},
@@ -219,6 +223,33 @@ impl Limits {
     }
 }
 
+/// Which of the daemon's two sockets a connection came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    /// Reviewers and operators: the kernel refuses agents' connects here (`reviewer_socket`),
+    /// so no caller on it is an agent, whatever its pid names by the time it is looked up.
+    Reviewers,
+    /// Agents waiting on and explaining their own cgroup's requests; nothing is decided here.
+    Agents,
+}
+
+impl Side {
+    /// Why `call` is refused on this side, if it is.
+    fn refuses(self, call: &LocalCall) -> Option<&'static str> {
+        match (self, call) {
+            (
+                Self::Agents,
+                LocalCall::List { .. } | LocalCall::Decide { .. } | LocalCall::Uninstall,
+            ) => Some("the agents' socket takes no decisions: reviewers use the reviewers' socket"),
+            (
+                Self::Reviewers,
+                LocalCall::Await { .. } | LocalCall::Announce { .. } | LocalCall::Justify { .. },
+            ) => Some("waiting and justifying belong on the agents' socket"),
+            _ => None,
+        }
+    }
+}
+
 /// Who is on the other end of a local connection, from the kernel at connect time.
 struct Caller {
     uid: u32,
@@ -226,13 +257,16 @@ struct Caller {
     is_agent: bool,
 }
 
-fn caller_of(stream: &UnixStream, agent_cgroups: &[PathBuf]) -> Option<Caller> {
+fn caller_of(stream: &UnixStream, side: Side, agent_cgroups: &[PathBuf]) -> Option<Caller> {
     let credentials = stream.peer_cred().ok()?;
     let pid = credentials.pid().and_then(|pid| u32::try_from(pid).ok())?;
-    // If the caller's cgroup cannot be read, it is treated as an agent: fail closed.
-    let is_agent = cgroups::of_process(pid)
-        .map(|cgroup| cgroups::is_within(&cgroup, agent_cgroups))
-        .unwrap_or(true);
+    // Everyone on the agents' socket counts as an agent. On the reviewers' socket the kernel
+    // already kept agents out; the cgroup is checked again all the same, and one that cannot be
+    // read counts as an agent: fail closed.
+    let is_agent = side == Side::Agents
+        || cgroups::of_process(pid)
+            .map(|cgroup| cgroups::is_within(&cgroup, agent_cgroups))
+            .unwrap_or(true);
     Some(Caller {
         uid: credentials.uid(),
         pid,
@@ -240,48 +274,93 @@ fn caller_of(stream: &UnixStream, agent_cgroups: &[PathBuf]) -> Option<Caller> {
     })
 }
 
-/// The local socket: the CLI's way to the daemon.
+/// The daemon's two sockets, bound but not yet listening: [`LocalSockets::bind`] runs before
+/// the policy names them to the kernel, [`LocalSockets::listen`] after, so no agent connects to
+/// the reviewers' socket in between.
+pub struct LocalSockets {
+    reviewers: (PathBuf, OwnedFd),
+    agents: (PathBuf, OwnedFd),
+}
+
+impl LocalSockets {
+    pub fn bind(config: &Config) -> Result<Self, ApiError> {
+        let reviewers = config.socket.clone();
+        let agents = agent_socket(&reviewers);
+        let reviewers_fd = bind_socket(&reviewers)?;
+        let agents_fd = bind_socket(&agents)?;
+        Ok(Self {
+            reviewers: (reviewers, reviewers_fd),
+            agents: (agents, agents_fd),
+        })
+    }
+
+    /// Starts listening on both sockets.
+    pub fn listen(self, config: &Config, handle: Handle) -> Result<LocalApi, ApiError> {
+        let listen = |(path, fd): (PathBuf, OwnedFd)| {
+            let error = |cause| ApiError::Socket {
+                path: path.clone(),
+                cause,
+            };
+            nix::sys::socket::listen(&fd, nix::sys::socket::Backlog::MAXCONN)
+                .map_err(|errno| error(std::io::Error::from(errno)))?;
+            UnixListener::from_std(std::os::unix::net::UnixListener::from(fd)).map_err(error)
+        };
+        Ok(LocalApi {
+            reviewers: listen(self.reviewers)?,
+            agents: listen(self.agents)?,
+            handle,
+            agent_cgroups: Arc::new(config.agent_cgroups.clone()),
+            reviewers_list: Arc::new(config.reviewers.clone()),
+            limits: Limits::new(config.max_clients),
+        })
+    }
+}
+
+/// Binds a unix stream socket at `path` without listening, refusing to steal it from a daemon
+/// that is still running. Anyone may connect (reviewers are ordinary users): who may do what is
+/// checked per call from the peer's credentials, and each kind of caller has a bounded share.
+fn bind_socket(path: &Path) -> Result<OwnedFd, ApiError> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, socket};
+    let error = |cause| ApiError::Socket {
+        path: path.to_owned(),
+        cause,
+    };
+    let errno = |errno: nix::errno::Errno| error(std::io::Error::from(errno));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(error)?;
+    }
+    if let Ok(metadata) = std::fs::symlink_metadata(path) {
+        if !metadata.file_type().is_socket() {
+            return Err(ApiError::NotSocket(path.to_owned()));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ApiError::Taken(path.to_owned()));
+        }
+        std::fs::remove_file(path).map_err(error)?;
+    }
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(errno)?;
+    bind(fd.as_raw_fd(), &UnixAddr::new(path).map_err(errno)?).map_err(errno)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(error)?;
+    Ok(fd)
+}
+
+/// The local sockets: the CLI's way to the daemon.
 pub struct LocalApi {
-    listener: UnixListener,
+    reviewers: UnixListener,
+    agents: UnixListener,
     handle: Handle,
     agent_cgroups: Arc<Vec<PathBuf>>,
-    reviewers: Arc<Vec<String>>,
+    reviewers_list: Arc<Vec<String>>,
     limits: Limits,
 }
 
 impl LocalApi {
-    /// Binds the socket, refusing to steal it from a daemon that is still running.
-    pub fn bind(config: &Config, handle: Handle) -> Result<Self, ApiError> {
-        let path = &config.socket;
-        let error = |cause| ApiError::Socket {
-            path: path.clone(),
-            cause,
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(error)?;
-        }
-        if let Ok(metadata) = std::fs::symlink_metadata(path) {
-            if !metadata.file_type().is_socket() {
-                return Err(ApiError::NotSocket(path.clone()));
-            }
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(ApiError::Taken(path.clone()));
-            }
-            std::fs::remove_file(path).map_err(error)?;
-        }
-        let listener = UnixListener::bind(path).map_err(error)?;
-        // Anyone may connect (agents wait on their requests here); who may do what is checked
-        // per call from the peer's credentials, and each kind of caller has a bounded share.
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(error)?;
-        Ok(Self {
-            listener,
-            handle,
-            agent_cgroups: Arc::new(config.agent_cgroups.clone()),
-            reviewers: Arc::new(config.reviewers.clone()),
-            limits: Limits::new(config.max_clients),
-        })
-    }
-
     /// Serves until `stop` resolves. Accept errors (e.g. out of file descriptors) pause the loop
     /// with a growing backoff; they never end it. On stop, calls in flight get up to
     /// [`DRAIN_TIMEOUT`] to send their answers: an uninstall is answered after the engine ends.
@@ -290,10 +369,11 @@ impl LocalApi {
         let mut backoff = Duration::from_millis(10);
         tokio::pin!(stop);
         loop {
-            let accepted = tokio::select! {
+            let (accepted, side) = tokio::select! {
                 () = &mut stop => break,
                 Some(_) = calls.join_next(), if !calls.is_empty() => continue,
-                accepted = self.listener.accept() => accepted,
+                accepted = self.reviewers.accept() => (accepted, Side::Reviewers),
+                accepted = self.agents.accept() => (accepted, Side::Agents),
             };
             let stream = match accepted {
                 Ok((stream, _)) => {
@@ -307,7 +387,7 @@ impl LocalApi {
                     continue;
                 }
             };
-            let Some(caller) = caller_of(&stream, &self.agent_cgroups) else {
+            let Some(caller) = caller_of(&stream, side, &self.agent_cgroups) else {
                 continue;
             };
             // Over its share: closed at once, holding nothing.
@@ -316,8 +396,9 @@ impl LocalApi {
             };
             let connection = Connection {
                 caller,
+                side,
                 handle: self.handle.clone(),
-                reviewers: self.reviewers.clone(),
+                reviewers: self.reviewers_list.clone(),
             };
             calls.spawn(async move {
                 let _admitted = admitted;
@@ -326,7 +407,8 @@ impl LocalApi {
                 }
             });
         }
-        drop(self.listener);
+        drop(self.reviewers);
+        drop(self.agents);
         let drained = async { while calls.join_next().await.is_some() {} };
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, drained).await;
     }
@@ -334,6 +416,7 @@ impl LocalApi {
 
 struct Connection {
     caller: Caller,
+    side: Side,
     handle: Handle,
     reviewers: Arc<Vec<String>>,
 }
@@ -374,6 +457,9 @@ impl Connection {
 
     async fn answer(&self, call: LocalCall) -> LocalReply {
         let gone = || LocalReply::error("the daemon is shutting down");
+        if let Some(refusal) = self.side.refuses(&call) {
+            return LocalReply::error(refusal);
+        }
         match call {
             LocalCall::Status => self
                 .handle

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     api::{LocalCall, LocalReply},
-    config::{Config, ConfigError, DEFAULT_CONFIG, DEFAULT_SOCKET},
+    config::{Config, ConfigError, DEFAULT_CONFIG, DEFAULT_SOCKET, agent_socket},
     journal,
     requests::{Decision, Request, State},
     shown::{FIELD_LIMIT, visible},
@@ -31,7 +31,8 @@ pub struct Cli {
     /// Configuration file (the daemon's, and where clients find the socket).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// The daemon's socket [default: the config's [daemon] socket, else /run/gatekeeper/api.sock].
+    /// The daemon's (reviewers') socket; agents' calls go to agent.sock beside it [default: the
+    /// config's [daemon] socket, else /run/gatekeeper/api.sock].
     #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     #[command(subcommand)]
@@ -484,9 +485,33 @@ fn call_with_timeout(
     request: &LocalCall,
     timeout: Option<std::time::Duration>,
 ) -> anyhow::Result<serde_json::Value> {
-    let path = socket_path(cli)?;
-    let mut stream = UnixStream::connect(&path)
-        .with_context(|| format!("cannot reach the daemon at {}", path.display()))?;
+    let reviewers = socket_path(cli)?;
+    let agents = agent_socket(&reviewers);
+    let connect = |path: &Path| {
+        UnixStream::connect(path)
+            .with_context(|| format!("cannot reach the daemon at {}", path.display()))
+    };
+    let mut stream = match request {
+        LocalCall::Await { .. } | LocalCall::Announce { .. } | LocalCall::Justify { .. } => {
+            connect(&agents)?
+        }
+        _ => match UnixStream::connect(&reviewers) {
+            Ok(stream) => stream,
+            // An agent asking how the daemon is: the agents' socket answers that too.
+            Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+                if matches!(request, LocalCall::Status) {
+                    connect(&agents)?
+                } else {
+                    bail!(
+                        "cannot reach the daemon at {}: {error} (the reviewers' socket refuses processes in agent cgroups)",
+                        reviewers.display()
+                    );
+                }
+            }
+            Err(error) => Err(error)
+                .with_context(|| format!("cannot reach the daemon at {}", reviewers.display()))?,
+        },
+    };
     stream.set_read_timeout(timeout)?;
     let mut line = serde_json::to_string(request)?;
     line.push('\n');

@@ -22,6 +22,13 @@ mod tests;
 
 pub const DEFAULT_CONFIG: &str = "/etc/gatekeeper/config.toml";
 pub const DEFAULT_SOCKET: &str = "/run/gatekeeper/api.sock";
+/// The agents' socket's name, beside the reviewers' (`[daemon] socket`).
+pub const AGENT_SOCKET_NAME: &str = "agent.sock";
+
+/// The agents' socket that goes with the reviewers' socket `reviewers`.
+pub fn agent_socket(reviewers: &Path) -> PathBuf {
+    reviewers.with_file_name(AGENT_SOCKET_NAME)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -72,6 +79,8 @@ fn one_per_line(problems: &[Problem]) -> String {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub path: PathBuf,
+    /// The reviewers' socket (agents use [`agent_socket`] beside it); the directory holding
+    /// both is the daemon's alone.
     pub socket: PathBuf,
     pub listen: Option<SocketAddr>,
     pub journal: PathBuf,

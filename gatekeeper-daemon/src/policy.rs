@@ -740,10 +740,16 @@ fn daemon_files(config: &Config) -> Result<Vec<(Target, u32)>, PolicyError> {
         Some((_, existing)) => *existing |= bits,
         None => files.push((target, bits)),
     };
+    let agent_socket = crate::config::agent_socket(&config.socket);
+    let socket_dir = config.socket.parent().unwrap_or(&config.socket);
     let own = [
         (config.path.as_path(), daemon_file::SECRET),
         (config.journal.as_path(), daemon_file::SECRET),
         (binary.as_path(), daemon_file::BINARY),
+        // Bound (not yet listening) before the policy is installed: no agent connects first.
+        (config.socket.as_path(), daemon_file::REVIEWER_SOCKET),
+        (agent_socket.as_path(), daemon_file::AGENT_SOCKET),
+        (socket_dir, daemon_file::DIRECTORY),
     ];
     let named = config
         .exec_rules

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
-    api::{self, ApiError, HttpState, LocalApi},
+    api::{self, ApiError, HttpState, LocalSockets},
     config::Config,
     engine::{Engine, EngineError},
     enrich,
@@ -127,13 +127,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let config = Arc::new(config);
     let (commands, inbox) = mpsc::channel(handle::QUEUE);
     let handle = Handle::new(commands);
+    // Bound before the policy names the sockets to the kernel, listening only after.
+    let sockets = LocalSockets::bind(&config)?;
     let mut engine = Engine::start(config.clone(), handle.clone())?;
     let ring = engine
         .take_events()
         .ok_or_else(|| DaemonError::Events(std::io::Error::other("ring buffer already taken")))?;
     let reader = EventReader::new(ring).map_err(DaemonError::Events)?;
 
-    let local = LocalApi::bind(&config, handle.clone())?;
+    let local = sockets.listen(&config, handle.clone())?;
     let http = match config.listen {
         Some(addr) => Some(api::bind_http(addr, HttpState::new(&config, handle.clone())).await?),
         None => None,
@@ -197,6 +199,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         http.abort();
     }
     let _ = std::fs::remove_file(&config.socket);
+    let _ = std::fs::remove_file(crate::config::agent_socket(&config.socket));
     if reason.starts_with("event") {
         return Err(DaemonError::Events(std::io::Error::other(reason)));
     }

@@ -83,7 +83,7 @@ unsafe fn access_of(file: *const u8) -> Result<Access, i32> {
 }
 
 #[inline(always)]
-fn daemon_file_bits(target: &Target) -> u32 {
+pub fn daemon_file_bits(target: &Target) -> u32 {
     DAEMON_FILES
         .get_ptr(target)
         .map_or(0, |bits| unsafe { *bits })
@@ -345,6 +345,13 @@ pub fn directory_write(inode: *const u8) -> i32 {
     let Some(agent) = agent_cgroup() else {
         return 0;
     };
+    match unsafe { inode_target(inode) } {
+        Ok(dir) if daemon_file_bits(&dir) & daemon_file::DIRECTORY != 0 => {
+            return tamper(agent, TamperHook::DaemonFile, dir.data);
+        }
+        Ok(_) => {}
+        Err(_) => return -EPERM,
+    }
     match unsafe { alias_of(inode).and_then(|dentry| placement(dentry)) } {
         Ok(placed) if placed.unplaced => tamper(agent, TamperHook::UnplacedFile, placed.file.data),
         // Under a read rule too: a name the agent makes there (a symlink, a file it holds open)

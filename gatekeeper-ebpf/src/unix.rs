@@ -2,16 +2,18 @@
 //! seqpacket connect, and its datagrams, to such a socket need approval. The socket is matched by
 //! the (device, inode) of the file it is bound to, whatever path the caller gave: relative
 //! paths, symlinks, hard links and /proc/self/cwd all arrive at the same listening socket here.
-//! Abstract sockets have no file and are not matched.
+//! Abstract sockets have no file and are not matched. The reviewers' socket is off-limits to
+//! agents altogether: a tamper attempt, never a request.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use gatekeeper_common::Target;
+use gatekeeper_common::{TamperHook, Target, daemon_file};
 
 use crate::{
     exec::inode_target,
+    files::daemon_file_bits,
     offsets::{OFF_DENTRY_INODE, OFF_PATH_DENTRY, OFF_SOCKET_SK, OFF_UNIX_PATH, OFF_UNIX_PEER},
     read::{member_ptr, read_field},
-    verdict::{agent_caller, decide_found, is_protected},
+    verdict::{agent_caller, decide_found, is_protected, tamper_target},
 };
 
 /// Stream and seqpacket connects: `other` is the listening socket.
@@ -53,7 +55,8 @@ unsafe fn datagram_target(sock: *const u8, other: *const u8) -> Result<Option<Ta
     }
 }
 
-/// The protected target a unix socket (`struct sock`) is, if it is one.
+/// The protected target a unix socket (`struct sock`) is, if it is one; the reviewers' socket is
+/// a tamper target.
 #[inline(always)]
 unsafe fn protected_socket(sk: *const u8) -> Result<Option<Target>, i32> {
     unsafe {
@@ -67,7 +70,11 @@ unsafe fn protected_socket(sk: *const u8) -> Result<Option<Target>, i32> {
         if inode.is_null() {
             return Ok(None);
         }
-        let [dev, ino] = inode_target(inode)?.data;
+        let file = inode_target(inode)?;
+        if daemon_file_bits(&file) & daemon_file::REVIEWER_SOCKET != 0 {
+            return Ok(Some(tamper_target(TamperHook::ReviewerSocket, file.data)));
+        }
+        let [dev, ino] = file.data;
         let target = Target::unix_socket(dev as u32, ino);
         Ok(is_protected(&target).then_some(target))
     }

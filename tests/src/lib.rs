@@ -284,7 +284,8 @@ impl Scenario {
             .map(|hook| hook.url.clone())
             .or_else(|| webhook_down_port.map(|port| format!("http://127.0.0.1:{port}/hook")));
         let port = free_port();
-        let socket = dir.join("api.sock");
+        // The daemon's own directory: agents may create nothing in it.
+        let socket = dir.join("run/api.sock");
         let journal = match options.journal_subdir {
             Some(subdir) => {
                 std::fs::create_dir_all(dir.join(subdir)).unwrap();

@@ -13,8 +13,8 @@ use std::{
 use gatekeeper_common::file_access;
 
 use super::{
-    Bind, Config, ConfigError, ConnectRule, DEFAULT_SOCKET, DestinationSpec, ExecRule, FileRule,
-    Problem, Risk, RulePolicy, Webhook, WebhookKind,
+    AGENT_SOCKET_NAME, Bind, Config, ConfigError, ConnectRule, DEFAULT_SOCKET, DestinationSpec,
+    ExecRule, FileRule, Problem, Risk, RulePolicy, Webhook, WebhookKind,
     raw::{
         RawAgents, RawApproval, RawConfig, RawConnectRule, RawDaemon, RawExecRule, RawFileRule,
         RawOwner, RawWebhook,
@@ -217,8 +217,9 @@ impl Parser {
             DEFAULT_MAX_CLIENTS,
             MAX_CLIENTS_RANGE,
         );
+        let socket = self.socket(raw.socket.unwrap_or_else(|| DEFAULT_SOCKET.into()));
         Ok(DaemonSection {
-            socket: raw.socket.unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            socket: socket?,
             listen: listen?,
             journal: raw.journal.unwrap_or_else(|| DEFAULT_JOURNAL.into()),
             pin_dir: pin_dir?,
@@ -720,6 +721,31 @@ impl Parser {
             )),
             None => Ok(()),
         }
+    }
+
+    /// The reviewers' socket: absolute, in a directory of the daemon's own (agents may make no
+    /// name there, so a shared directory such as /run or /tmp would not do), and not named
+    /// like the agents' socket that goes beside it.
+    fn socket(&mut self, path: PathBuf) -> Result<PathBuf, Reported> {
+        const KEY: &str = "daemon.socket";
+        let path = self.absolute_path(KEY, path)?;
+        let depth = path.parent().map_or(0, |dir| dir.components().count());
+        if depth < 3 {
+            return Err(self.report(
+                KEY,
+                format!(
+                    "{} needs a directory of the daemon's own, such as /run/gatekeeper/: agents may create nothing in the socket's directory",
+                    path.display()
+                ),
+            ));
+        }
+        if path.file_name() == Some(std::ffi::OsStr::new(AGENT_SOCKET_NAME)) {
+            return Err(self.report(
+                KEY,
+                format!("{AGENT_SOCKET_NAME} is the agents' socket's name: choose another"),
+            ));
+        }
+        Ok(path)
     }
 
     fn absolute_path(&mut self, key: &str, path: PathBuf) -> Result<PathBuf, Reported> {

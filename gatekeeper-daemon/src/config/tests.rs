@@ -269,6 +269,28 @@ fn unknown_key_is_named() {
 }
 
 #[test]
+fn the_socket_needs_a_directory_of_its_own_and_another_name_than_the_agents() {
+    for (socket, expected) in [
+        ("/api.sock", "directory of the daemon's own"),
+        ("/run/api.sock", "directory of the daemon's own"),
+        ("run/gatekeeper/api.sock", "absolute"),
+        ("/run/gatekeeper/agent.sock", "agents' socket's name"),
+    ] {
+        let error = error_of(&config_text(&format!("[daemon]\nsocket = \"{socket}\"")));
+        assert!(error.contains("daemon.socket"), "{socket}: {error}");
+        assert!(error.contains(expected), "{socket}: {error}");
+    }
+    let config = load(&config_text(
+        "[daemon]\nsocket = \"/run/gk/reviewers.sock\"",
+    ))
+    .unwrap();
+    assert_eq!(
+        agent_socket(&config.socket),
+        PathBuf::from("/run/gk/agent.sock")
+    );
+}
+
+#[test]
 fn syntax_error_is_reported() {
     let error = error_of("[agents\ncgroups = []");
     assert!(error.starts_with("invalid config test.toml"), "{error}");

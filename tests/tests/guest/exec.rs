@@ -238,21 +238,6 @@ fn unanswered_request_expires_and_cannot_be_approved() {
 }
 
 #[test]
-fn approval_from_inside_an_agent_cgroup_is_refused() {
-    let scenario = Scenario::start("self-approval", Options::default());
-    let id = scenario.denied_request();
-    // root, a listed reviewer, but calling from the agent's own cgroup.
-    let output = scenario.gatekeeper_in(&scenario.agents, &["approve", &id]);
-    assert!(!output.status.success());
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("inside an agent cgroup"),
-        "{output:?}"
-    );
-    assert_eq!(scenario.request(&id)["state"], "pending");
-    assert_eq!(scenario.agent_exec(), Exec::Denied);
-}
-
-#[test]
 fn http_decision_needs_a_fresh_valid_signature() {
     let scenario = Scenario::start("http", Options::default());
     let id = scenario.denied_request();

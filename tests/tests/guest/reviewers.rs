@@ -1,7 +1,11 @@
 //! Reviewers where they work: Slack interactions, separation of duties, multi-approval rules,
 //! reasons, webhooks that come back, and agents that wait for the outcome.
 
-use std::{os::unix::process::CommandExt as _, process::Command, time::Duration};
+use std::{
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    process::Command,
+    time::Duration,
+};
 
 use gatekeeper_tests::{
     Exec, Options, Outcome, Scenario, WebhookReceiver, bin, now_unix, reviewer_key,
@@ -399,4 +403,105 @@ fn agents_cannot_reach_the_http_listener() {
         scenario.net(&scenario.outside, "tcp", &address),
         Outcome::Ok
     );
+}
+
+/// Decisions on the CLI arrive on the reviewers' socket, which the kernel keeps agents off: no
+/// agent (root, an ordinary user, or a listed reviewer running inside an agent cgroup) connects
+/// to it, by its path or another; the agents' socket beside it takes no decision; and no agent
+/// replaces either socket or makes a name beside them (one that could stand in for a socket
+/// while the daemon is away). Controls: from outside, each works.
+#[test]
+fn agents_cannot_reach_the_reviewers_socket() {
+    let scenario = Scenario::start("socket-off-limits", Options::default());
+    let id = scenario.denied_request();
+    let run_dir = scenario.socket.parent().unwrap().to_owned();
+    let socket = scenario.socket.display().to_string();
+    let agent_socket = run_dir.join("agent.sock").display().to_string();
+    let symlink = scenario.dir.join("socket-link");
+    std::os::unix::fs::symlink(&scenario.socket, &symlink).unwrap();
+    let symlink = symlink.display().to_string();
+    // (A seqpacket or datagram socket fails on the socket's type before any LSM is asked.)
+    for path in [&socket, &symlink] {
+        assert_eq!(
+            scenario.tamper(&scenario.agents, "unix-connect", &[path]),
+            Outcome::Denied,
+            "{path}"
+        );
+        assert_eq!(
+            scenario.tamper_as_user(&scenario.agents, "unix-connect", &[path]),
+            Outcome::Denied,
+            "as a user: {path}"
+        );
+    }
+    scenario.wait_journal("tamper_attempt", |event| event["hook"] == "reviewer_socket");
+
+    // The CLI, as root and as alice (a listed reviewer) inside the agent cgroup.
+    let refused = scenario.gatekeeper_in(&scenario.agents, &["approve", &id]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("refuses processes in agent cgroups"),
+        "{refused:?}"
+    );
+    let as_alice = Command::new(bin("gk-helper"))
+        .args(["as-user", &ALICE_UID.to_string()])
+        .arg(&scenario.agents)
+        .arg(bin("gatekeeper"))
+        .args(["--socket", &socket, "approve", &id])
+        .output()
+        .unwrap();
+    assert!(!as_alice.status.success(), "{as_alice:?}");
+    // Pointed at the agents' socket, a decision is refused there.
+    let on_agents = Command::new(bin("gk-helper"))
+        .arg("run")
+        .arg(&scenario.agents)
+        .arg(bin("gatekeeper"))
+        .args(["--socket", &agent_socket, "approve", &id])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&on_agents.stderr).contains("takes no decisions"),
+        "{on_agents:?}"
+    );
+    // Status still answers agents, on their socket.
+    let status = scenario.gatekeeper_in(&scenario.agents, &["status"]);
+    assert!(status.status.success(), "{status:?}");
+
+    // Neither socket is unlinked or renamed, and no name is made beside them: the kernel's
+    // refusal, also where the directory's mode would let an ordinary user in.
+    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let planted = run_dir.join("planted").display().to_string();
+    for path in [&socket, &agent_socket] {
+        for user in [false, true] {
+            let tamper = |op: &str, args: &[&str]| match user {
+                true => scenario.tamper_as_user(&scenario.agents, op, args),
+                false => scenario.tamper(&scenario.agents, op, args),
+            };
+            assert_eq!(tamper("unlink", &[path]), Outcome::Denied, "unlink {path}");
+            assert_eq!(
+                tamper("rename", &[path, &planted]),
+                Outcome::Denied,
+                "rename {path}"
+            );
+            assert_eq!(tamper("mkdir", &[&planted]), Outcome::Denied, "mkdir");
+            assert_eq!(tamper("write", &[&planted, "x"]), Outcome::Denied, "create");
+        }
+    }
+    assert_eq!(scenario.request(&id)["state"], "pending");
+    assert!(!scenario.journal_has("decision"));
+
+    // Controls: outside, the socket answers, names can be made, and the decision is taken.
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "unix-connect", &[&symlink]),
+        Outcome::Ok
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "mkdir", &[&planted]),
+        Outcome::Ok
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "rmdir", &[&planted]),
+        Outcome::Ok
+    );
+    assert!(scenario.gatekeeper(&["approve", &id]).status.success());
+    assert_eq!(scenario.agent_exec(), Exec::Ran);
 }
