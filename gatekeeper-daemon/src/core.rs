@@ -163,6 +163,9 @@ struct Grant {
 struct DeliveryState {
     delivered: bool,
     in_flight: bool,
+    /// The request changed (the agent gave its reason) while a delivery of it was in flight:
+    /// it goes out again once that one is done.
+    stale: bool,
     /// A failed round waits until then.
     not_before: Option<OffsetDateTime>,
 }
@@ -378,7 +381,22 @@ impl Core {
             request_id: request.id.clone(),
             text,
         });
+        self.deliver_again(&request.id);
         Ok(request.id)
+    }
+
+    /// Reviewers who already have `request_id` get it again (with what changed), on every
+    /// channel; one on its way goes again when it arrives.
+    fn deliver_again(&mut self, request_id: &str) {
+        for ((id, _), state) in &mut self.deliveries {
+            if id == request_id {
+                if state.in_flight {
+                    state.stale = true;
+                } else {
+                    state.delivered = false;
+                }
+            }
+        }
     }
 
     /// An agent's tamper attempt, denied by the kernel: journaled, at most once a second per
@@ -682,7 +700,8 @@ impl Core {
         for id in request_ids {
             if let Some(state) = self.deliveries.get_mut(&(id, hook)) {
                 state.in_flight = false;
-                state.delivered |= delivered;
+                state.delivered |= delivered && !state.stale;
+                state.stale = false;
                 if !delivered {
                     state.not_before = Some(retry_at);
                 }
@@ -1002,6 +1021,7 @@ impl Core {
             Event::RequestExpired { request_id } => self.requests.restore_expired(request_id, time),
             Event::Justification { request_id, text } => {
                 let _ = self.requests.justify(request_id, text.clone());
+                self.deliver_again(request_id);
             }
             Event::GrantIssued {
                 grant_id,
@@ -1641,6 +1661,57 @@ mod tests {
         ));
         assert_eq!(core.on_denial(denial(7, 61), start()), Admission::OverCap);
         assert!(journaled(&core.take_effects()).contains(&"pending_cap_reached"));
+    }
+
+    #[test]
+    fn a_reason_given_after_delivery_reaches_the_reviewers_again() {
+        let mut core = core();
+        let delivered = new_id(core.on_denial(denial(1, 1), start()));
+        let on_its_way = new_id(core.on_denial(denial(2, 2), start()));
+        let sent = deliveries(&core.take_effects());
+        assert_eq!(sent.len(), 2);
+        let done = |core: &mut Core, delivery: u64| {
+            let attempt = DeliveryAttempt {
+                attempt: 1,
+                delivered: true,
+                status: Some(200),
+                error: None,
+            };
+            core.delivery_done(delivery, vec![attempt], true, start());
+            core.take_effects();
+        };
+        done(&mut core, sent[0].0);
+        // One reason after its request was delivered, one while it is on its way.
+        core.justify(1, None, "nightly export".into()).unwrap();
+        core.justify(2, None, "<!channel> urgent".into()).unwrap();
+        done(&mut core, sent[1].0);
+        let mut again = Vec::new();
+        for step in 1..=3 {
+            core.tick(start().plus(Duration::from_secs(10 * step)));
+            for effect in core.take_effects() {
+                if let Effect::Deliver {
+                    delivery, requests, ..
+                } = effect
+                {
+                    done(&mut core, delivery);
+                    again.extend(requests);
+                }
+            }
+        }
+        let reasons: Vec<(String, Option<String>)> = again
+            .into_iter()
+            .map(|request| (request.id, request.justification))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                (delivered, Some("nightly export".into())),
+                (on_its_way, Some("<!channel> urgent".into()))
+            ]
+        );
+        // Delivered and unchanged: never again.
+        core.tick(start().plus(Duration::from_secs(120)));
+        assert!(deliveries(&core.take_effects()).is_empty());
     }
 
     #[test]

@@ -1,9 +1,15 @@
 //! `bprm_check_security`: exec of a protected binary, matched by the file's (device, inode); in
 //! allowlist mode, of anything not allowlisted; and never of a file outside every mounted
 //! filesystem (a memfd copy). A protected binary's exec through a stacking file system is
-//! refused at the open of the file below (`file_open`).
+//! refused at the open of the file below (`file_open`). What a grant lets run, runs in
+//! secure-execution mode.
 
-use aya_ebpf::{helpers::bpf_get_current_task, macros::lsm, programs::LsmContext};
+use aya_ebpf::{
+    bindings::BPF_F_BPRM_SECUREEXEC,
+    helpers::{bpf_bprm_opts_set, bpf_get_current_task},
+    macros::lsm,
+    programs::LsmContext,
+};
 use gatekeeper_common::{TamperHook, Target, file_access};
 
 use crate::{
@@ -57,6 +63,11 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let Some(grant) = decide_exec(agent_cgroup_id, target, filename, bprm, script) else {
         return -EPERM;
     };
+    // What runs on a grant is the program as approved: in secure-execution mode (AT_SECURE) the
+    // dynamic loader ignores LD_PRELOAD, LD_AUDIT, LD_LIBRARY_PATH and the like, so the agent's
+    // environment cannot load its own code into it. The kernel keeps the flag for the
+    // interpreter of a script, whose exec reuses this bprm.
+    unsafe { bpf_bprm_opts_set(ctx.arg(0), BPF_F_BPRM_SECUREEXEC as u64) };
     if is_protected(&target) && script {
         let [dev, ino] = target.data;
         grant_script_read(Target::file(dev as u32, ino, file_access::READ), &grant);
