@@ -62,6 +62,8 @@ pub enum LocalCall {
     },
     /// End enforcement: root only, never from an agent cgroup.
     Uninstall,
+    /// Make the journal's sealing key: root only, never from an agent cgroup.
+    SetupKeys,
     /// Wait for the decision on one of the caller's own cgroup's requests (its latest without
     /// `id`); answers `{id, state}` with state `timeout` when the wait ran out.
     Await {
@@ -239,7 +241,10 @@ impl Side {
         match (self, call) {
             (
                 Self::Agents,
-                LocalCall::List { .. } | LocalCall::Decide { .. } | LocalCall::Uninstall,
+                LocalCall::List { .. }
+                | LocalCall::Decide { .. }
+                | LocalCall::Uninstall
+                | LocalCall::SetupKeys,
             ) => Some("the agents' socket takes no decisions: reviewers use the reviewers' socket"),
             (
                 Self::Reviewers,
@@ -257,16 +262,20 @@ struct Caller {
     is_agent: bool,
 }
 
+/// Whether process `pid` is in an agent cgroup now; a cgroup that cannot be read counts as one.
+fn in_agent_cgroup(pid: u32, agent_cgroups: &[PathBuf]) -> bool {
+    cgroups::of_process(pid)
+        .map(|cgroup| cgroups::is_within(&cgroup, agent_cgroups))
+        .unwrap_or(true)
+}
+
 fn caller_of(stream: &UnixStream, side: Side, agent_cgroups: &[PathBuf]) -> Option<Caller> {
     let credentials = stream.peer_cred().ok()?;
     let pid = credentials.pid().and_then(|pid| u32::try_from(pid).ok())?;
     // Everyone on the agents' socket counts as an agent. On the reviewers' socket the kernel
     // already kept agents out; the cgroup is checked again all the same, and one that cannot be
     // read counts as an agent: fail closed.
-    let is_agent = side == Side::Agents
-        || cgroups::of_process(pid)
-            .map(|cgroup| cgroups::is_within(&cgroup, agent_cgroups))
-            .unwrap_or(true);
+    let is_agent = side == Side::Agents || in_agent_cgroup(pid, agent_cgroups);
     Some(Caller {
         uid: credentials.uid(),
         pid,
@@ -397,6 +406,7 @@ impl LocalApi {
             let connection = Connection {
                 caller,
                 side,
+                agent_cgroups: self.agent_cgroups.clone(),
                 handle: self.handle.clone(),
                 reviewers: self.reviewers_list.clone(),
             };
@@ -417,12 +427,13 @@ impl LocalApi {
 struct Connection {
     caller: Caller,
     side: Side,
+    agent_cgroups: Arc<Vec<PathBuf>>,
     handle: Handle,
     reviewers: Arc<Vec<String>>,
 }
 
 impl Connection {
-    async fn serve(self, mut stream: UnixStream) -> std::io::Result<()> {
+    async fn serve(mut self, mut stream: UnixStream) -> std::io::Result<()> {
         let mut line = String::new();
         let mut reader = BufReader::new((&mut stream).take(MAX_LOCAL_LINE));
         let read = reader.read_line(&mut line);
@@ -431,6 +442,11 @@ impl Connection {
             return Ok(());
         }
         drop(reader);
+        // Where the caller is now: a process that connected from outside and then joined an
+        // agent cgroup calls as an agent.
+        if self.side == Side::Reviewers && in_agent_cgroup(self.caller.pid, &self.agent_cgroups) {
+            self.caller.is_agent = true;
+        }
         let reply = match serde_json::from_str::<LocalCall>(line.trim_end()) {
             Ok(call) => self.answer(call).await,
             Err(error) => LocalReply::error(format!("malformed call: {error}")),
@@ -512,6 +528,17 @@ impl Connection {
                     Some(Ok(id)) => LocalReply::data(serde_json::json!({ "id": id })),
                     Some(Err(error)) => LocalReply::error(error.to_string()),
                     None => gone(),
+                }
+            }
+            LocalCall::SetupKeys => {
+                if self.caller.is_agent || self.caller.uid != 0 {
+                    return LocalReply::error(
+                        "only root outside agent cgroups may make the sealing key",
+                    );
+                }
+                match self.handle.setup_keys().await {
+                    Ok(verification) => LocalReply::data(verification),
+                    Err(error) => LocalReply::error(error),
                 }
             }
             LocalCall::Uninstall => {

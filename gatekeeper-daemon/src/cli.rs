@@ -111,8 +111,17 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum JournalCommand {
-    /// Check the hash chain; exits non-zero naming the first bad record.
-    Verify { file: PathBuf },
+    /// Check the hash chain, and with --key every seal; exits non-zero naming the first bad
+    /// record.
+    Verify {
+        /// The verification key `setup-keys` printed (gkseal1-...).
+        #[arg(long, value_name = "VERIFICATION_KEY")]
+        key: Option<String>,
+        file: PathBuf,
+    },
+    /// Make the host's forward-secure sealing key ([daemon] seal_key) and print the
+    /// verification key, to keep off this host, as the last line.
+    SetupKeys,
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -304,12 +313,22 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Journal {
-            command: JournalCommand::Verify { file },
+            command: JournalCommand::Verify { key: None, file },
         } => {
             let tail = journal::verify(file)?;
             println!("{}: intact, {} records", file.display(), tail.records);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Journal {
+            command:
+                JournalCommand::Verify {
+                    key: Some(key),
+                    file,
+                },
+        } => verify_sealed(file, key),
+        Command::Journal {
+            command: JournalCommand::SetupKeys,
+        } => setup_keys(&cli),
         Command::Requests { all, json } => {
             let data = call(&cli, &LocalCall::List { all: *all })?;
             if *json {
@@ -442,12 +461,71 @@ fn socket_path(cli: &Cli) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(DEFAULT_SOCKET))
 }
 
+/// Whether a daemon answers on the reviewers' socket.
+fn daemon_reachable(cli: &Cli) -> bool {
+    socket_path(cli)
+        .map(|path| UnixStream::connect(path).is_ok())
+        .unwrap_or(false)
+}
+
+/// `journal verify --key`: the chain, every seal, and how far the seals reach.
+fn verify_sealed(file: &Path, key: &str) -> anyhow::Result<ExitCode> {
+    let key: journal::VerificationKey = key.parse()?;
+    let report = journal::verify_sealed(file, &key)?;
+    let Some((sealed, time)) = report.sealed_through else {
+        bail!(
+            "{}: the chain is intact ({} records) but no seal covers any record: the journal was not sealed, or its seals were cut off",
+            file.display(),
+            report.chain.records
+        );
+    };
+    let time = time
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    println!(
+        "{}: intact, {} records, {} seals; sealed through record {sealed} ({time})",
+        file.display(),
+        report.chain.records,
+        report.seals
+    );
+    let unsealed = report.chain.records.saturating_sub(sealed + 2);
+    if unsealed > 0 {
+        println!("{unsealed} records after the last seal are not sealed yet");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Through the daemon when it runs, which guards the key file from agents before writing the
+/// key. With no daemon, only on a host where nothing enforces yet: under pins with no daemon
+/// the file could not be guarded before the key is in it.
+fn setup_keys(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let verification = if daemon_reachable(cli) {
+        let data = call(cli, &LocalCall::SetupKeys)?;
+        data.as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("unexpected answer from the daemon: {data}"))?
+    } else {
+        let config =
+            client_config(cli).context("no daemon is running; setup-keys needs its config")?;
+        if crate::loader::links_pinned(&config.pin_dir) {
+            bail!(
+                "enforcement is live in {} but the daemon is not running: start it, then run setup-keys again, so the key is guarded from agents before it is written",
+                config.pin_dir.display()
+            );
+        }
+        let (_, verification) = journal::SealKey::create(&config.seal_key, |_| Ok(()))?;
+        verification.to_string()
+    };
+    println!(
+        "The journal is sealed from now on. Keep the verification key below off this host; auditors check the journal with\n  gatekeeper journal verify --key VERIFICATION_KEY JOURNAL\nverification key:"
+    );
+    println!("{verification}");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Through the daemon when it runs (it detaches and exits); otherwise directly, from the config.
 fn uninstall(cli: &Cli) -> anyhow::Result<ExitCode> {
-    let reachable = socket_path(cli)
-        .map(|path| UnixStream::connect(path).is_ok())
-        .unwrap_or(false);
-    if reachable {
+    if daemon_reachable(cli) {
         call(cli, &LocalCall::Uninstall)?;
         println!("uninstalled: enforcement has ended");
         return Ok(ExitCode::SUCCESS);

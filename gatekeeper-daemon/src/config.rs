@@ -96,6 +96,12 @@ pub struct Config {
     pub checkpoint_every: u64,
     /// Concurrent connections on the CLI socket.
     pub max_clients: u32,
+    /// The journal's forward-secure sealing key; without the file the journal is not sealed.
+    pub seal_key: PathBuf,
+    /// While records come in, a seal at least this often...
+    pub seal_interval: Duration,
+    /// ...and after at most this many records.
+    pub seal_every: u64,
     pub agent_cgroups: Vec<PathBuf>,
     /// Pending requests each agent cgroup may have at once.
     pub max_pending: u32,
@@ -113,6 +119,9 @@ pub struct Config {
     pub reviewer_keys: BTreeMap<String, String>,
     /// Agent cgroup -> the person who runs that agent (who may never approve it).
     pub owners: Vec<(PathBuf, String)>,
+    /// Host directories agents change only with approval: each one that exists (a real
+    /// directory, not a symlink to another) becomes a `write` file rule at load.
+    pub host_paths: Vec<PathBuf>,
     pub grant_ttl: Duration,
     pub request_ttl: Duration,
     pub webhooks: Vec<Webhook>,
@@ -240,9 +249,26 @@ impl Config {
             path: path.to_owned(),
             cause,
         })?;
-        let config = Self::parse(path, &text)?;
+        let mut config = Self::parse(path, &text)?;
         config.check_host()?;
+        config.guard_host_paths();
         Ok(config)
+    }
+
+    /// Adds a `write` rule for each host path that is a directory here and has no rule of its
+    /// own: agents write there only with approval and make, move or remove no names there.
+    pub fn guard_host_paths(&mut self) {
+        for path in &self.host_paths {
+            let is_directory = std::fs::symlink_metadata(path).is_ok_and(|meta| meta.is_dir());
+            if is_directory && !self.file_rules.iter().any(|rule| rule.path == *path) {
+                self.file_rules.push(FileRule {
+                    path: path.clone(),
+                    name: format!("host files {}", path.display()),
+                    access: gatekeeper_common::file_access::WRITE,
+                    approval: RulePolicy::default(),
+                });
+            }
+        }
     }
 
     /// Parses and validates `text` without looking at the host; `path` only names the file.

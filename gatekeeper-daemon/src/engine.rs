@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use gatekeeper_common::{Counter, GrantValue};
+use gatekeeper_common::{Counter, GrantValue, daemon_file};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
@@ -18,7 +18,7 @@ use crate::{
     config::Config,
     core::{Core, Effect, HookSettings, Now, Settings},
     handle::{Command, DecideFailure, Handle, KernelInput, Status, Waiting},
-    journal::{Event, Journal, JournalError},
+    journal::{Event, Journal, JournalError, SealError, SealKey},
     loader::{self, Kernel, LoaderError},
     notify,
     policy::{Policy, PolicyError},
@@ -97,6 +97,9 @@ pub struct Engine {
     client: reqwest::Client,
     /// Set when the engine should stop, with why.
     stopping: Option<String>,
+    /// The journal's sealing key, when the host has one.
+    sealing: Option<SealKey>,
+    last_seal: std::time::Instant,
 }
 
 impl Engine {
@@ -114,6 +117,17 @@ impl Engine {
                 "journal ended in a torn record; its bytes were moved aside"
             );
         }
+        let sealing = match SealKey::load(&config.seal_key) {
+            Ok(key) => Some(key),
+            Err(SealError::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {
+                warn!(
+                    key = %config.seal_key.display(),
+                    "the journal is not sealed: `gatekeeper journal setup-keys` makes a sealing key"
+                );
+                None
+            }
+            Err(error) => return Err(JournalError::from(error).into()),
+        };
         let was_enforcing = loader::links_pinned(&config.pin_dir);
         let mut kernel = Kernel::load(&config.pin_dir)?;
         let policy = Policy::install(config.clone(), &mut kernel)?;
@@ -160,6 +174,8 @@ impl Engine {
             handle,
             client: reqwest::Client::new(),
             stopping: None,
+            sealing,
+            last_seal: std::time::Instant::now(),
         };
         engine.flush();
         if let Some(error) = engine.journal_error.take() {
@@ -170,6 +186,7 @@ impl Engine {
         }
         // A restart from here on reads only what follows.
         engine.checkpoint();
+        engine.seal();
         Ok(engine)
     }
 
@@ -210,6 +227,7 @@ impl Engine {
         });
         self.flush();
         self.checkpoint();
+        self.seal();
         reason
     }
 
@@ -304,6 +322,9 @@ impl Engine {
                 for event in self.policy.follow(&mut self.kernel, &protected, &allowed) {
                     self.core.note(event);
                 }
+            }
+            Command::SetupKeys { reply } => {
+                let _ = reply.send(self.setup_keys());
             }
             Command::Uninstall { by, reply } => {
                 let _ = reply.send(self.uninstall(&by));
@@ -462,6 +483,50 @@ impl Engine {
         if self.journal.since_checkpoint() >= self.config.checkpoint_every {
             self.checkpoint();
         }
+        let since_seal = self.journal.since_seal();
+        if since_seal >= self.config.seal_every
+            || (since_seal > 0 && self.last_seal.elapsed() >= self.config.seal_interval)
+        {
+            self.seal();
+        }
+    }
+
+    /// Seals what the journal holds, if the host has a sealing key, anything is unsealed and
+    /// every earlier record is on disk.
+    fn seal(&mut self) {
+        let Some(key) = self.sealing.as_mut() else {
+            return;
+        };
+        if self.journal.since_seal() == 0 || !self.queue.is_empty() {
+            return;
+        }
+        self.last_seal = std::time::Instant::now();
+        if let Err(error) = self.journal.seal(key) {
+            warn!(%error, "cannot seal the journal; trying again later");
+        }
+    }
+
+    /// Makes the sealing key at `[daemon] seal_key`: the empty file goes into the kernel's
+    /// daemon files before the key is written into it, so no agent ever reads it. Seals at once.
+    fn setup_keys(&mut self) -> Result<String, String> {
+        if self.sealing.is_some() {
+            return Err(format!(
+                "the journal is already sealed with the key at {}",
+                self.config.seal_key.display()
+            ));
+        }
+        let kernel = &mut self.kernel;
+        let (key, verification) = SealKey::create(&self.config.seal_key, |path| {
+            let target = crate::policy::exec_target_of(path).map_err(|error| error.to_string())?;
+            kernel
+                .add_daemon_file(&target, daemon_file::SECRET)
+                .map_err(|error| error.to_string())
+        })
+        .map_err(|error| error.to_string())?;
+        info!(key = %self.config.seal_key.display(), "the journal is sealed from now on");
+        self.sealing = Some(key);
+        self.seal();
+        Ok(verification.to_string())
     }
 
     /// Effects that follow from the one just carried out come before the rest of the queue.

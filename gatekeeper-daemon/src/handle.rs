@@ -153,6 +153,11 @@ pub enum Command {
         by: String,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Make the journal's sealing key (guarded from agents before it is written); answers the
+    /// verification key.
+    SetupKeys {
+        reply: oneshot::Sender<Result<String, String>>,
+    },
     /// An agent's justification for an exec it is about to try.
     Announce {
         cgroup_id: u64,
@@ -287,6 +292,12 @@ impl Handle {
 
     pub async fn uninstall(&self, by: String) -> Result<(), String> {
         self.ask(|reply| Command::Uninstall { by, reply })
+            .await
+            .unwrap_or_else(|| Err("the daemon is shutting down".into()))
+    }
+
+    pub async fn setup_keys(&self) -> Result<String, String> {
+        self.ask(|reply| Command::SetupKeys { reply })
             .await
             .unwrap_or_else(|| Err("the daemon is shutting down".into()))
     }

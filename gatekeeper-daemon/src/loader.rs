@@ -475,6 +475,11 @@ impl Kernel {
         })
     }
 
+    /// Adds one file to the daemon's files (a sealing key made while the daemon runs).
+    pub fn add_daemon_file(&mut self, target: &Target, bits: u32) -> Result<(), MapError> {
+        self.daemon_files.insert(target, bits, 0)
+    }
+
     /// Takes out of `list` every file `wanted` does not keep.
     pub fn keep_paths(
         &mut self,

@@ -24,9 +24,10 @@ const SIGNATURE_PREFIX: &str = "v1=";
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
-type HmacSha256 = Hmac<Sha256>;
+pub(crate) type HmacSha256 = Hmac<Sha256>;
 
-fn keyed(secret: &[u8]) -> HmacSha256 {
+/// An HMAC-SHA-256 keyed with `secret`.
+pub(crate) fn keyed(secret: &[u8]) -> HmacSha256 {
     HmacSha256::new_from_slice(secret)
         .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"))
 }

@@ -751,6 +751,11 @@ fn daemon_files(config: &Config) -> Result<Vec<(Target, u32)>, PolicyError> {
         (agent_socket.as_path(), daemon_file::AGENT_SOCKET),
         (socket_dir, daemon_file::DIRECTORY),
     ];
+    // The sealing key, once there is one (a key made while the daemon runs is guarded as it is
+    // made, see `Engine::setup_keys`).
+    let seal_key = std::fs::symlink_metadata(&config.seal_key)
+        .is_ok()
+        .then_some((config.seal_key.as_path(), daemon_file::SECRET));
     let named = config
         .exec_rules
         .iter()
@@ -762,7 +767,7 @@ fn daemon_files(config: &Config) -> Result<Vec<(Target, u32)>, PolicyError> {
                 .iter()
                 .map(|rule| (rule.path.as_path(), 0)),
         );
-    for (path, bits) in own.into_iter().chain(named) {
+    for (path, bits) in own.into_iter().chain(seal_key).chain(named) {
         let failed = |cause| PolicyError::DaemonFile {
             path: path.to_owned(),
             cause,

@@ -314,6 +314,7 @@ impl Scenario {
 socket = "{socket}"
 listen = "127.0.0.1:{port}"
 journal = "{journal}"
+seal_key = "{seal_key}"
 pin_dir = "{pin_dir}"
 resolve_interval = "{resolve_interval}"
 redeliver_interval = "{redeliver_interval}"
@@ -338,6 +339,7 @@ alice = "{alice_key}"
 {extra}"#,
                 socket = socket.display(),
                 journal = journal.display(),
+                seal_key = dir.join("seal.key").display(),
                 pin_dir = pin_dir.display(),
                 agents = agents.display(),
                 protected = protected.display(),
@@ -549,11 +551,23 @@ alice = "{alice_key}"
 
     /// Execs `program args...` from a fresh process in `cgroup`; with what it printed.
     pub fn exec_with(&self, cgroup: &Path, program: &Path, args: &[&str]) -> (Exec, String) {
+        self.exec_with_env(cgroup, program, args, &[])
+    }
+
+    /// [`Scenario::exec_with`] with `env` added to the environment.
+    pub fn exec_with_env(
+        &self,
+        cgroup: &Path,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Exec, String) {
         let output = Command::new(bin("gk-helper"))
             .arg("run")
             .arg(cgroup)
             .arg(program)
             .args(args)
+            .envs(env.iter().copied())
             .output()
             .expect("run gk-helper");
         (

@@ -27,6 +27,28 @@ use crate::{
 
 pub(super) const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 const DEFAULT_JOURNAL: &str = "/var/lib/gatekeeper/journal.jsonl";
+/// Where the host keeps what processes outside the agent cgroups run or read as configuration
+/// (cron tables, systemd units, `/etc/ld.so.preload`, the kernel's `/sbin/request-key`, root's
+/// shell profile): a root agent that changed them would act through those processes.
+pub(super) const DEFAULT_HOST_PATHS: &[&str] = &[
+    "/etc",
+    "/usr",
+    "/boot",
+    "/opt",
+    "/root",
+    "/var/lib",
+    "/var/spool",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+];
+const DEFAULT_SEAL_KEY: &str = "/var/lib/gatekeeper/seal.key";
+pub(super) const DEFAULT_SEAL_INTERVAL: Duration = Duration::from_secs(5 * 60);
+pub(super) const DEFAULT_SEAL_EVERY: u64 = 1000;
+const SEAL_EVERY_RANGE: RangeInclusive<u64> = 1..=1_000_000;
 const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/gatekeeper";
 const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 const DEFAULT_REDELIVER_INTERVAL: Duration = Duration::from_secs(30);
@@ -100,6 +122,9 @@ struct DaemonSection {
     retention: Duration,
     checkpoint_every: u64,
     max_clients: u32,
+    seal_key: PathBuf,
+    seal_interval: Duration,
+    seal_every: u64,
 }
 
 /// The settings of `[agents]`.
@@ -109,6 +134,7 @@ struct AgentsSection {
     allowed: Vec<PathBuf>,
     owners: Vec<(PathBuf, String)>,
     max_pending: u32,
+    host_paths: Vec<PathBuf>,
 }
 
 /// The settings of `[approval]`.
@@ -163,6 +189,9 @@ impl Parser {
             retention: daemon.retention,
             checkpoint_every: daemon.checkpoint_every,
             max_clients: daemon.max_clients,
+            seal_key: daemon.seal_key,
+            seal_interval: daemon.seal_interval,
+            seal_every: daemon.seal_every,
             agent_cgroups: agents.cgroups,
             max_pending: agents.max_pending,
             exec_allowlist: agents.exec_allowlist,
@@ -174,6 +203,7 @@ impl Parser {
             slack_users: approval.slack_users,
             reviewer_keys: approval.reviewer_keys,
             owners: agents.owners,
+            host_paths: agents.host_paths,
             grant_ttl: approval.grant_ttl,
             request_ttl: approval.request_ttl,
             webhooks,
@@ -217,6 +247,21 @@ impl Parser {
             DEFAULT_MAX_CLIENTS,
             MAX_CLIENTS_RANGE,
         );
+        let seal_key = self.absolute_path(
+            "daemon.seal_key",
+            raw.seal_key.unwrap_or_else(|| DEFAULT_SEAL_KEY.into()),
+        );
+        let seal_interval = self.duration(
+            "daemon.seal_interval",
+            raw.seal_interval,
+            DEFAULT_SEAL_INTERVAL,
+        );
+        let seal_every = self.number(
+            "daemon.seal_every",
+            raw.seal_every,
+            DEFAULT_SEAL_EVERY,
+            SEAL_EVERY_RANGE,
+        );
         let socket = self.socket(raw.socket.unwrap_or_else(|| DEFAULT_SOCKET.into()));
         Ok(DaemonSection {
             socket: socket?,
@@ -228,6 +273,9 @@ impl Parser {
             retention: retention?,
             checkpoint_every: checkpoint_every?,
             max_clients: max_clients?,
+            seal_key: seal_key?,
+            seal_interval: seal_interval?,
+            seal_every: seal_every?,
         })
     }
 
@@ -263,8 +311,15 @@ impl Parser {
             DEFAULT_MAX_PENDING,
             MAX_PENDING_RANGE,
         );
+        let host_paths = match raw.host_paths {
+            None => Ok(DEFAULT_HOST_PATHS.iter().map(PathBuf::from).collect()),
+            Some(paths) => all(paths.into_iter().enumerate().map(|(index, path)| {
+                self.absolute_path(&format!("agents.host_paths[{index}]"), path)
+            })),
+        };
         cgroups?;
         Ok(AgentsSection {
+            host_paths: host_paths?,
             cgroups: raw.cgroups,
             exec_allowlist: exec_allowlist?,
             allowed: allowed?,

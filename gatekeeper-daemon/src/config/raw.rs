@@ -36,6 +36,9 @@ pub(super) struct RawDaemon {
     pub(super) retention: Option<String>,
     pub(super) checkpoint_every: Option<i64>,
     pub(super) max_clients: Option<i64>,
+    pub(super) seal_key: Option<PathBuf>,
+    pub(super) seal_interval: Option<String>,
+    pub(super) seal_every: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -51,6 +54,8 @@ pub(super) struct RawAgents {
     #[serde(default)]
     pub(super) allow: Vec<PathBuf>,
     pub(super) max_pending: Option<i64>,
+    /// Host directories agents change only with approval (absent: the defaults).
+    pub(super) host_paths: Option<Vec<PathBuf>>,
 }
 
 #[derive(Deserialize)]

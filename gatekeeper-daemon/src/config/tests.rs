@@ -290,6 +290,36 @@ fn the_socket_needs_a_directory_of_its_own_and_another_name_than_the_agents() {
     );
 }
 
+/// `config_text` with `host_paths = [paths]` in `[agents]`.
+fn with_host_paths(paths: &str) -> String {
+    config_text("").replacen(
+        "[agents]\n",
+        &format!("[agents]\nhost_paths = [{paths}]\n"),
+        1,
+    )
+}
+
+#[test]
+fn host_paths_become_write_rules_where_they_are_directories() {
+    let dir = std::env::temp_dir();
+    let text = with_host_paths(&format!("\"{}\", \"/nonexistent/dir\"", dir.display()));
+    let file = dir.join(format!("gk-host-paths-{}.toml", std::process::id()));
+    std::fs::write(&file, &text).unwrap();
+    let config = Config::load(&file);
+    std::fs::remove_file(&file).unwrap();
+    let guarded: Vec<_> = config
+        .unwrap()
+        .file_rules
+        .iter()
+        .map(|rule| (rule.path.clone(), rule.access))
+        .collect();
+    assert_eq!(guarded, [(dir, gatekeeper_common::file_access::WRITE)]);
+    let defaults = parse(&config_text("")).unwrap();
+    assert!(defaults.host_paths.contains(&PathBuf::from("/etc")));
+    let error = error_of(&with_host_paths("\"etc\""));
+    assert!(error.contains("agents.host_paths[0]"), "{error}");
+}
+
 #[test]
 fn syntax_error_is_reported() {
     let error = error_of("[agents\ncgroups = []");

@@ -11,6 +11,7 @@
 
 pub mod legacy;
 pub mod schema;
+pub mod seal;
 
 use std::{
     fs::{File, OpenOptions},
@@ -24,6 +25,7 @@ use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 
 pub use schema::{Event, FORMAT};
+pub use seal::{SealError, SealKey, VerificationKey};
 
 /// `prev` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -49,6 +51,8 @@ pub enum JournalError {
     },
     #[error("cannot encode journal record: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error(transparent)]
+    Seal(#[from] SealError),
 }
 
 #[derive(Serialize)]
@@ -106,6 +110,7 @@ pub struct Journal {
     next_seq: u64,
     last_hash: String,
     since_checkpoint: u64,
+    since_seal: u64,
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -147,6 +152,12 @@ impl Journal {
             .rev()
             .position(|record| matches!(record.event, Event::Checkpoint { .. }))
             .unwrap_or(records.len()) as u64;
+        // Counted from the records read back: at most since the last checkpoint.
+        let since_seal = records
+            .iter()
+            .rev()
+            .position(|record| matches!(record.event, Event::Seal { .. }))
+            .unwrap_or(records.len()) as u64;
         let mut journal = Self {
             path: path.to_owned(),
             file,
@@ -154,6 +165,7 @@ impl Journal {
             next_seq: tail.records,
             last_hash: tail.last_hash,
             since_checkpoint,
+            since_seal,
         };
         let repaired = match torn {
             Some((offset, bytes)) => Some(journal.repair(offset, &bytes)?),
@@ -211,6 +223,22 @@ impl Journal {
         self.since_checkpoint
     }
 
+    /// Records appended since the last seal (or since the last checkpoint, at most, after a
+    /// restart).
+    pub fn since_seal(&self) -> u64 {
+        self.since_seal
+    }
+
+    /// Seals every record so far with `key`, which moves on to the next epoch first.
+    pub fn seal(&mut self, key: &mut SealKey) -> Result<(), JournalError> {
+        let seal = key.seal(self.next_seq, &self.last_hash)?;
+        self.append(&Event::Seal {
+            epoch: seal.epoch,
+            tag: seal.tag,
+        })?;
+        Ok(())
+    }
+
     /// Appends one record and makes it durable before returning; returns the record's time. On
     /// failure nothing of the record stays in the file, so the append can be tried again.
     pub fn append(&mut self, event: &Event) -> Result<OffsetDateTime, JournalError> {
@@ -243,6 +271,10 @@ impl Journal {
         self.since_checkpoint = match event {
             Event::Checkpoint { .. } => 0,
             _ => self.since_checkpoint + 1,
+        };
+        self.since_seal = match event {
+            Event::Seal { .. } => 0,
+            _ => self.since_seal + 1,
         };
         Ok(time)
     }
@@ -313,6 +345,45 @@ pub struct ChainTail {
 /// to the record before. Returns the first bad record's line number on failure.
 pub fn verify(path: &Path) -> Result<ChainTail, JournalError> {
     walk(path, 0, u64::MAX, |_| Ok(()))
+}
+
+/// What `verify --key` found: the chain and how far the seals reach.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SealedTail {
+    pub chain: ChainTail,
+    pub seals: u64,
+    /// The last record a seal covers (the one before the last seal), and its time.
+    pub sealed_through: Option<(u64, OffsetDateTime)>,
+}
+
+/// [`verify`], and every seal checked with `key`: a seal that does not verify, or a record
+/// changed before a seal (even with every hash after it recomputed), names its line.
+pub fn verify_sealed(path: &Path, key: &VerificationKey) -> Result<SealedTail, JournalError> {
+    let mut checker = seal::SealChecker::new(key);
+    let mut seals = 0;
+    let mut sealed_through = None;
+    let mut previous_time = None;
+    let chain = walk(path, 0, u64::MAX, |body| {
+        if body.event.get("type").and_then(|kind| kind.as_str()) == Some("seal") {
+            let epoch = body.event.get("epoch").and_then(serde_json::Value::as_u64);
+            let tag = body.event.get("tag").and_then(serde_json::Value::as_str);
+            let (Some(epoch), Some(tag)) = (epoch, tag) else {
+                return Err("seal without an epoch or a tag".into());
+            };
+            checker.check(epoch, tag, body.seq, &body.prev)?;
+            seals += 1;
+            if let (Some(before), Some(time)) = (body.seq.checked_sub(1), previous_time) {
+                sealed_through = Some((before, time));
+            }
+        }
+        previous_time = Some(body.time);
+        Ok(())
+    })?;
+    Ok(SealedTail {
+        chain,
+        seals,
+        sealed_through,
+    })
 }
 
 /// Every record of an intact journal, in order; a record this version cannot read is an error.
@@ -668,5 +739,66 @@ mod tests {
         write_lines(&temp.0, &[rewritten]);
         let error = Journal::open(&temp.0).err().expect("refused").to_string();
         assert!(error.contains("format 9"), "{error}");
+    }
+
+    /// The journal's lines with `edit` applied to the `index`th, every hash and link after it
+    /// recomputed: what someone who can write the file, but holds no sealing key, can do.
+    fn rehashed(path: &Path, index: usize, edit: impl Fn(&str) -> String) -> Vec<String> {
+        let mut prev = GENESIS.to_owned();
+        let mut out = Vec::new();
+        for (at, line) in lines(path).iter().enumerate() {
+            let (head, _) = line.rsplit_once(HASH_SUFFIX_START).expect("hash");
+            let mut body: serde_json::Value =
+                serde_json::from_str(&format!("{head}}}")).expect("body");
+            body["prev"] = serde_json::Value::String(prev.clone());
+            let mut text = serde_json::to_string(&body).expect("encode");
+            if at == index {
+                text = edit(&text);
+            }
+            let hash = sha256_hex(text.as_bytes());
+            out.push(format!(
+                "{}{HASH_SUFFIX_START}{hash}\"}}",
+                &text[..text.len() - 1]
+            ));
+            prev = hash;
+        }
+        out
+    }
+
+    #[test]
+    fn sealed_records_cannot_be_rewritten_even_with_every_hash_recomputed() {
+        let temp = TempJournal::new("sealed");
+        let key_path = temp.0.with_file_name("seal.key");
+        write_records(&temp.0, 3);
+        let (mut key, verification) = {
+            std::fs::create_dir_all(temp.0.parent().unwrap()).unwrap();
+            SealKey::create(&key_path, |_| Ok(())).unwrap()
+        };
+        let mut journal = Journal::open(&temp.0).unwrap().journal;
+        journal.seal(&mut key).unwrap();
+        assert_eq!(journal.since_seal(), 0);
+        journal.append(&expired(3)).unwrap();
+        journal.seal(&mut key).unwrap();
+        journal.append(&expired(4)).unwrap();
+        drop(journal);
+
+        let report = verify_sealed(&temp.0, &verification).unwrap();
+        assert_eq!(report.seals, 2);
+        assert_eq!(report.chain.records, 7);
+        assert_eq!(report.sealed_through.map(|(seq, _)| seq), Some(4));
+        // Another key does not verify these seals.
+        let other: VerificationKey = format!("gkseal1-{}", "00".repeat(32)).parse().unwrap();
+        assert!(verify_sealed(&temp.0, &other).is_err());
+        // The plain chain check cannot tell a rewrite; the seals can.
+        let forged = rehashed(&temp.0, 1, |text| text.replace("\"r1\"", "\"r9\""));
+        write_lines(&temp.0, &forged);
+        verify(&temp.0).expect("a recomputed chain is intact");
+        let error = verify_sealed(&temp.0, &verification)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("line 4") && error.contains("seal"),
+            "{error}"
+        );
     }
 }

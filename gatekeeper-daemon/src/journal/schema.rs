@@ -152,6 +152,12 @@ pub enum Event {
     Checkpoint {
         state: Snapshot,
     },
+    /// A forward-secure seal over every record before it (see `seal.rs`): `tag` is the
+    /// HMAC-SHA-256, with the key of `epoch`, of the epoch, this record's `seq` and its `prev`.
+    Seal {
+        epoch: u64,
+        tag: String,
+    },
 }
 
 impl Event {
@@ -179,6 +185,7 @@ impl Event {
             Self::PendingCapReached { .. } => "pending_cap_reached",
             Self::JournalRepaired { .. } => "journal_repaired",
             Self::Checkpoint { .. } => "checkpoint",
+            Self::Seal { .. } => "seal",
         }
     }
 }

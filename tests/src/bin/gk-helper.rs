@@ -988,6 +988,63 @@ fn attack(op: &str, args: &[&str]) -> Result<(), i32> {
                     as libc::c_long,
             )
         }
+        // unix-bind PATH: a stream socket bound (and listening) at PATH.
+        "unix-bind" => outcome(std::os::unix::net::UnixListener::bind(text(0)?).map(drop)),
+        // local-call SOCKET LINE: one call on a daemon socket, reply printed.
+        "local-call" => {
+            use std::io::{BufRead as _, Write as _};
+            let mut stream = std::os::unix::net::UnixStream::connect(text(0)?).map_err(io)?;
+            stream
+                .write_all(format!("{}\n", text(1)?).as_bytes())
+                .map_err(io)?;
+            let mut reply = String::new();
+            std::io::BufReader::new(&stream)
+                .read_line(&mut reply)
+                .map_err(io)?;
+            println!("REPLY={}", reply.trim());
+            Ok(())
+        }
+        // connect-then-join SOCKET CGROUP LINE: connect while here, then join CGROUP, then call.
+        "connect-then-join" => {
+            use std::io::{BufRead as _, Write as _};
+            let mut stream = std::os::unix::net::UnixStream::connect(text(0)?).map_err(io)?;
+            std::thread::sleep(Duration::from_millis(1500));
+            join_cgroup(text(1)?).map_err(|error| {
+                println!("JOIN={error}");
+                libc::EIO
+            })?;
+            println!(
+                "CGROUP={}",
+                std::fs::read_to_string("/proc/self/cgroup")
+                    .unwrap_or_default()
+                    .trim()
+            );
+            stream
+                .write_all(format!("{}\n", text(2)?).as_bytes())
+                .map_err(io)?;
+            let mut reply = String::new();
+            std::io::BufReader::new(&stream)
+                .read_line(&mut reply)
+                .map_err(io)?;
+            println!("REPLY={}", reply.trim());
+            Ok(())
+        }
+        // request-key TYPE DESC CALLOUT: request_key(2) with a callout: the kernel runs
+        // /sbin/request-key as root from a kernel thread when the key is not found.
+        "request-key" => {
+            let (kind, desc, callout) = (c_path(text(0)?)?, c_path(text(1)?)?, c_path(text(2)?)?);
+            let result = unsafe {
+                libc::syscall(
+                    libc::SYS_request_key,
+                    kind.as_ptr(),
+                    desc.as_ptr(),
+                    callout.as_ptr(),
+                    0,
+                )
+            };
+            println!("REQUEST_KEY={} errno={}", result, last_errno());
+            Ok(())
+        }
         // whiteout FROM TO: renameat2 with RENAME_WHITEOUT (leaves a whiteout at FROM).
         "whiteout" => rename_with(text(0)?, text(1)?, libc::RENAME_WHITEOUT),
         // deep-read ROOT DEPTH: DEPTH nested directories below ROOT, a file at the bottom, then
@@ -1473,8 +1530,19 @@ fn main() -> ExitCode {
     };
     let result = (|| -> Result<(), ExitCode> {
         match args.as_slice() {
-            // What it ran with, for tests of argument-bound grants.
-            ["target", rest @ ..] => println!("{RAN} {}", rest.join(" ")),
+            // What it ran with, for tests of argument-bound grants, and whether the dynamic
+            // loader ran it in secure-execution mode (which drops LD_PRELOAD, TMPDIR, ...).
+            ["target", rest @ ..] => {
+                println!("{RAN} {}", rest.join(" "));
+                // SAFETY: getauxval reads the process's own auxiliary vector.
+                let secure = unsafe { libc::getauxval(libc::AT_SECURE) };
+                let var = |name| std::env::var(name).unwrap_or_else(|_| "-".into());
+                println!(
+                    "TARGET ENV secure={secure} LD_PRELOAD={} TMPDIR={}",
+                    var("LD_PRELOAD"),
+                    var("TMPDIR")
+                );
+            }
             ["run", cgroup, program, rest @ ..] => {
                 joined(cgroup)?;
                 let errno = exec(program, rest);

@@ -68,18 +68,37 @@ fn an_approval_lets_exactly_the_shown_command_run_once() {
         );
     }
 
-    // The approved command runs, once.
-    let (outcome, printed) = run(&scenario, agents, &scenario.protected, &["one"]);
+    // The approved command runs, once, and as approved: the agent's environment cannot load
+    // its own code into it (secure-execution mode: the loader drops LD_PRELOAD and the like).
+    let env = [
+        ("LD_PRELOAD", "/nonexistent/agent.so"),
+        ("TMPDIR", "/agent"),
+    ];
+    let (outcome, printed) =
+        scenario.exec_with_env(agents, &scenario.protected, &["target", "one"], &env);
     assert_eq!(outcome, Exec::Ran);
     assert!(printed.contains("TARGET RAN one"), "{printed}");
+    assert!(
+        printed.contains("TARGET ENV secure=1 LD_PRELOAD=- TMPDIR=-"),
+        "{printed}"
+    );
     assert_eq!(
         run(&scenario, agents, &scenario.protected, &["one"]).0,
         Exec::Denied
     );
     scenario.wait_journal("grant_used", |event| event["request_id"] == one["id"]);
 
-    // Control: outside the agent cgroups any arguments run.
-    let (outcome, printed) = run(&scenario, &scenario.outside, &scenario.protected, &["two"]);
+    // Control: outside the agent cgroups any arguments run, in the caller's environment.
+    let (outcome, printed) = scenario.exec_with_env(
+        &scenario.outside,
+        &scenario.protected,
+        &["target", "two"],
+        &env,
+    );
+    assert!(
+        printed.contains("TARGET ENV secure=0 LD_PRELOAD=/nonexistent/agent.so TMPDIR=/agent"),
+        "{printed}"
+    );
     assert_eq!(outcome, Exec::Ran);
     assert!(printed.contains("TARGET RAN two"), "{printed}");
 }
@@ -159,7 +178,10 @@ fn arguments_rewritten_after_the_kernel_copied_them_never_run() {
         Exec::Denied
     );
     // Control: the same swap outside the agent cgroups runs with what the kernel copied.
-    assert_eq!(swap(&scenario.outside), "EXIT=0 TARGET RAN two");
+    assert_eq!(
+        swap(&scenario.outside).lines().next(),
+        Some("EXIT=0 TARGET RAN two")
+    );
 }
 
 /// `gatekeeper run --reason` asks with the agent's words, waits, and on approval runs exactly
@@ -245,6 +267,13 @@ fn an_agent_asks_first_with_its_reason_and_runs_on_approval() {
     );
     scenario.wait_journal("justification", |event| {
         event["request_id"] == two["id"] && event["text"] == "need two"
+    });
+    // The reviewers, who had the request already, get it again with the reason.
+    wait_for("the request again, with the reason given later", || {
+        hook.received().into_iter().find(|message| {
+            let body = message.json();
+            body["request"]["id"] == two["id"] && body["request"]["justification"] == "need two"
+        })
     });
     // A reviewer's denial ends `run` with await's code for it, nothing run.
     let denied_run = scenario.spawn_gatekeeper_in(

@@ -7,6 +7,8 @@ mod attack_core;
 mod attack_files;
 mod attack_secret_paths;
 mod attack_secrets;
+mod attack_sockets;
+mod audit;
 mod connect;
 mod defend;
 mod exec;

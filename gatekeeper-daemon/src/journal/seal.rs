@@ -1,0 +1,428 @@
+//! Forward-secure sealing: a MAC key that evolves through a one-way function after every seal,
+//! the forward-secure MAC of Bellare and Yee ("Forward-Security in Private-Key Cryptography",
+//! CT-RSA 2003), with HMAC-SHA-256 as the MAC and SHA-256 as the key update.
+//!
+//! The host holds only the current key `k_i`; the auditor holds the first, `k_0` (the
+//! verification key, kept off the host), from which every later key follows. Whoever takes the
+//! host learns `k_i` and can seal what comes next, but cannot compute `k_0 … k_(i-1)`, so the
+//! seals already written cannot be redone over changed records. A seal record's tag covers its
+//! epoch, its own sequence number and the hash of the record before it, which chains back over
+//! every earlier record.
+
+use std::{
+    fs::OpenOptions,
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use hmac::Mac as _;
+use sha2::{Digest as _, Sha256};
+
+use crate::notify::keyed;
+
+const KEY_BYTES: usize = 32;
+/// How a verification key is written: a prefix that names the scheme, then `k_0` in hex.
+const VERIFICATION_PREFIX: &str = "gkseal1-";
+const EVOLVE_LABEL: &[u8] = b"gatekeeper seal key evolution v1";
+const TAG_LABEL: &[u8] = b"gatekeeper seal v1";
+/// Epochs a verifier walks the key forward at most: about a seal a minute for twenty years.
+pub const MAX_EPOCH: u64 = 20 * 366 * 24 * 60;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("sealing key {path}: {cause}")]
+    Io {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("sealing key {path} is unreadable: {reason}")]
+    Malformed { path: PathBuf, reason: String },
+    #[error(
+        "sealing key {path} is readable by group or others (mode {mode:o}): chmod 600 {path}, then make a new key (`gatekeeper journal setup-keys`), since this one may have been read"
+    )]
+    Exposed { path: PathBuf, mode: u32 },
+    #[error(
+        "a sealing key already exists at {0}: its verification key was printed when it was made; to start over, move it away first"
+    )]
+    Exists(PathBuf),
+    #[error("sealing key {path} could not be guarded from agents, so none was made: {why}")]
+    Unguarded { path: PathBuf, why: String },
+    #[error(
+        "not a verification key: expected {VERIFICATION_PREFIX} followed by 64 hex digits, as `gatekeeper journal setup-keys` printed it"
+    )]
+    BadVerificationKey,
+}
+
+fn evolve(key: &[u8; KEY_BYTES]) -> [u8; KEY_BYTES] {
+    let mut hasher = Sha256::new();
+    hasher.update(EVOLVE_LABEL);
+    hasher.update(key);
+    hasher.finalize().into()
+}
+
+/// The tag of a seal in `epoch` written as record `seq` after the record whose hash is `prev`.
+fn tag(key: &[u8; KEY_BYTES], epoch: u64, seq: u64, prev: &str) -> [u8; 32] {
+    let mut mac = keyed(key);
+    mac.update(TAG_LABEL);
+    mac.update(&epoch.to_be_bytes());
+    mac.update(&seq.to_be_bytes());
+    mac.update(prev.as_bytes());
+    mac.finalize().into_bytes().into()
+}
+
+/// The key file's one line: `gkseal-key1 <epoch, 20 digits> <key, 64 hex>`. Its length never
+/// changes, so each update is one small write in place: the file keeps its inode, which the
+/// kernel guards from agents, and a single-sector write leaves the old line or the new one.
+const KEY_FILE_TAG: &str = "gkseal-key1";
+const KEY_LINE_BYTES: usize = KEY_FILE_TAG.len() + 1 + 20 + 1 + 2 * KEY_BYTES + 1;
+
+fn key_line(epoch: u64, key: &[u8; KEY_BYTES]) -> String {
+    format!("{KEY_FILE_TAG} {epoch:020} {}\n", hex::encode(key))
+}
+
+fn parse_key_line(text: &str) -> Option<(u64, [u8; KEY_BYTES])> {
+    let mut fields = text.strip_suffix('\n')?.split(' ');
+    let (Some(KEY_FILE_TAG), Some(epoch), Some(key), None) =
+        (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return None;
+    };
+    if epoch.len() != 20 {
+        return None;
+    }
+    Some((epoch.parse().ok()?, decode_key(key)?))
+}
+
+/// The host's current sealing key, bound to its file: every seal moves the file on to the next
+/// key before the seal is written, so the key of a written seal is not kept on disk (what the
+/// file system or the device keeps of overwritten blocks is beyond this).
+pub struct SealKey {
+    path: PathBuf,
+    epoch: u64,
+    key: [u8; KEY_BYTES],
+}
+
+/// One seal to write: the epoch and the tag, made with a key that is no longer on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seal {
+    pub epoch: u64,
+    pub tag: String,
+}
+
+impl SealKey {
+    /// Makes a new key at `path` (0600; never over an existing one); returns it and the
+    /// verification key for the auditor. `guard` runs on the empty file before any key is
+    /// written to it (the daemon puts it out of agents' reach there); if it fails, the file is
+    /// removed.
+    pub fn create(
+        path: &Path,
+        guard: impl FnOnce(&Path) -> Result<(), String>,
+    ) -> Result<(Self, VerificationKey), SealError> {
+        let io = |cause| SealError::Io {
+            path: path.to_owned(),
+            cause,
+        };
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        match OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(SealError::Exists(path.to_owned()));
+            }
+            Err(error) => return Err(io(error)),
+        }
+        if let Err(why) = guard(path) {
+            let _ = std::fs::remove_file(path);
+            return Err(SealError::Unguarded {
+                path: path.to_owned(),
+                why,
+            });
+        }
+        let mut key = [0u8; KEY_BYTES];
+        getrandom::fill(&mut key).map_err(|error| io(std::io::Error::other(error.to_string())))?;
+        let sealing = Self {
+            path: path.to_owned(),
+            epoch: 0,
+            key,
+        };
+        sealing.store()?;
+        Ok((sealing, VerificationKey { first: key }))
+    }
+
+    /// Reads the key at `path`, refusing one that group or others could read.
+    pub fn load(path: &Path) -> Result<Self, SealError> {
+        let io = |cause| SealError::Io {
+            path: path.to_owned(),
+            cause,
+        };
+        let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(SealError::Exposed {
+                path: path.to_owned(),
+                mode: mode & 0o777,
+            });
+        }
+        let malformed = |reason: String| SealError::Malformed {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        let (epoch, key) = parse_key_line(&text).ok_or_else(|| {
+            malformed(format!(
+                "expected one line of {KEY_LINE_BYTES} bytes: {KEY_FILE_TAG}, the epoch and the key"
+            ))
+        })?;
+        Ok(Self {
+            path: path.to_owned(),
+            epoch,
+            key,
+        })
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Seals record `seq`, which follows the record hashed `prev`: first the file moves on to
+    /// the next key (durably), then the tag is made with the key left behind, which is erased.
+    /// On failure the file is unchanged or already on the next key; either way no key that
+    /// signed a written seal stays on disk.
+    pub fn seal(&mut self, seq: u64, prev: &str) -> Result<Seal, SealError> {
+        let current = self.key;
+        let epoch = self.epoch;
+        self.key = evolve(&current);
+        self.epoch += 1;
+        self.store()?;
+        let seal = Seal {
+            epoch,
+            tag: hex::encode(tag(&current, epoch, seq, prev)),
+        };
+        Ok(seal)
+    }
+
+    /// Writes the key line over the old one in place, durably.
+    fn store(&self) -> Result<(), SealError> {
+        use std::os::unix::fs::FileExt as _;
+        let io = |cause| SealError::Io {
+            path: self.path.clone(),
+            cause,
+        };
+        // Same length every time: nothing of the old line is left past the new one.
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&self.path)
+            .map_err(io)?;
+        file.write_all_at(key_line(self.epoch, &self.key).as_bytes(), 0)
+            .map_err(io)?;
+        file.sync_data().map_err(io)
+    }
+}
+
+fn decode_key(text: &str) -> Option<[u8; KEY_BYTES]> {
+    hex::decode(text).ok()?.try_into().ok()
+}
+
+/// The auditor's key: `k_0`, from which the key of every epoch follows.
+#[derive(Clone, PartialEq, Eq)]
+pub struct VerificationKey {
+    first: [u8; KEY_BYTES],
+}
+
+impl std::fmt::Display for VerificationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{VERIFICATION_PREFIX}{}", hex::encode(self.first))
+    }
+}
+
+impl std::str::FromStr for VerificationKey {
+    type Err = SealError;
+
+    fn from_str(text: &str) -> Result<Self, SealError> {
+        text.trim()
+            .strip_prefix(VERIFICATION_PREFIX)
+            .and_then(decode_key)
+            .map(|first| Self { first })
+            .ok_or(SealError::BadVerificationKey)
+    }
+}
+
+impl VerificationKey {
+    /// Walks the key forward from epoch `from` (whose key is `key`) to `epoch`.
+    fn key_at(key: [u8; KEY_BYTES], from: u64, epoch: u64) -> [u8; KEY_BYTES] {
+        (from..epoch).fold(key, |key, _| evolve(&key))
+    }
+}
+
+/// Checks seals in journal order, walking the key forward only as far as each seal needs.
+pub struct SealChecker {
+    epoch: u64,
+    key: [u8; KEY_BYTES],
+    /// The epoch of the last seal checked: epochs only grow (gaps are seals that failed to be
+    /// written, or were cut out).
+    last: Option<u64>,
+}
+
+impl SealChecker {
+    pub fn new(verification: &VerificationKey) -> Self {
+        Self {
+            epoch: 0,
+            key: verification.first,
+            last: None,
+        }
+    }
+
+    /// Checks the seal of `epoch` with `tag`, written as record `seq` after the record hashed
+    /// `prev`.
+    pub fn check(&mut self, epoch: u64, tag_hex: &str, seq: u64, prev: &str) -> Result<(), String> {
+        if self.last.is_some_and(|last| epoch <= last) {
+            return Err(format!(
+                "seal of epoch {epoch} after one of epoch {}: epochs only grow",
+                self.last.unwrap_or_default()
+            ));
+        }
+        if epoch > MAX_EPOCH {
+            return Err(format!("seal of epoch {epoch}, beyond any real journal"));
+        }
+        let key = VerificationKey::key_at(self.key, self.epoch, epoch);
+        let expected = tag(&key, epoch, seq, prev);
+        let given = hex::decode(tag_hex).map_err(|_| "seal tag is not hex".to_owned())?;
+        // Both are public once written; plain comparison leaks nothing worth having.
+        if given != expected {
+            return Err(format!(
+                "seal of epoch {epoch} does not verify: the records before it were changed, or it was not made with this key"
+            ));
+        }
+        self.epoch = epoch;
+        self.key = key;
+        self.last = Some(epoch);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("gk-seal-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const PREV: &str = "ab";
+
+    #[test]
+    fn seals_verify_with_the_first_key_and_the_key_file_moves_on() {
+        let dir = Dir::new("verify");
+        let path = dir.0.join("seal.key");
+        let (mut key, verification) = SealKey::create(&path, |_| Ok(())).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let seals: Vec<Seal> = (0..5)
+            .map(|seq| key.seal(seq * 10, PREV).unwrap())
+            .collect();
+        assert_eq!(
+            seals.iter().map(|seal| seal.epoch).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4]
+        );
+        assert_eq!(SealKey::load(&path).unwrap().epoch(), 5);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.len(), KEY_LINE_BYTES, "{text}");
+        let mut checker = SealChecker::new(&verification);
+        for (seq, seal) in (0..5).map(|seq| seq * 10).zip(&seals) {
+            checker.check(seal.epoch, &seal.tag, seq, PREV).unwrap();
+        }
+        // Parsed back from its printed form, it verifies the same seals; gaps are allowed.
+        let printed: VerificationKey = verification.to_string().parse().unwrap();
+        let mut checker = SealChecker::new(&printed);
+        checker.check(1, &seals[1].tag, 10, PREV).unwrap();
+        checker.check(4, &seals[4].tag, 40, PREV).unwrap();
+    }
+
+    #[test]
+    fn a_seal_over_other_records_or_at_another_place_fails() {
+        let dir = Dir::new("moved");
+        let (mut key, verification) = SealKey::create(&dir.0.join("seal.key"), |_| Ok(())).unwrap();
+        let seal = key.seal(7, PREV).unwrap();
+        for (seq, prev) in [(7, "ac"), (8, PREV)] {
+            let mut checker = SealChecker::new(&verification);
+            assert!(checker.check(seal.epoch, &seal.tag, seq, prev).is_err());
+        }
+        // Epochs only grow: a seal replayed later fails.
+        let next = key.seal(9, PREV).unwrap();
+        let mut checker = SealChecker::new(&verification);
+        checker.check(next.epoch, &next.tag, 9, PREV).unwrap();
+        assert!(checker.check(seal.epoch, &seal.tag, 7, PREV).is_err());
+    }
+
+    #[test]
+    fn the_current_key_cannot_forge_an_earlier_seal() {
+        let dir = Dir::new("forge");
+        let path = dir.0.join("seal.key");
+        let (mut key, verification) = SealKey::create(&path, |_| Ok(())).unwrap();
+        for seq in 0..3 {
+            key.seal(seq, PREV).unwrap();
+        }
+        // What an attacker finds on the host: epoch 3's key. Sealing changed records as epoch
+        // 3 or later verifies (that is the future), but as any earlier epoch it cannot.
+        let stolen = SealKey::load(&path).unwrap();
+        for epoch in 0..3 {
+            let forged = hex::encode(tag(&stolen.key, epoch, 1, "changed"));
+            let mut checker = SealChecker::new(&verification);
+            assert!(checker.check(epoch, &forged, 1, "changed").is_err());
+        }
+        let mut later = SealKey::load(&path).unwrap();
+        let future = later.seal(5, PREV).unwrap();
+        let mut checker = SealChecker::new(&verification);
+        checker.check(future.epoch, &future.tag, 5, PREV).unwrap();
+    }
+
+    #[test]
+    fn bad_keys_and_files_are_named() {
+        let dir = Dir::new("bad");
+        let path = dir.0.join("seal.key");
+        SealKey::create(&path, |_| Ok(())).unwrap();
+        assert!(matches!(
+            SealKey::create(&path, |_| Ok(())),
+            Err(SealError::Exists(_))
+        ));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let exposed = SealKey::load(&path).err().unwrap().to_string();
+        assert!(exposed.contains("chmod 600"), "{exposed}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&path, "gkseal-key1 1 00\n").unwrap();
+        assert!(matches!(
+            SealKey::load(&path),
+            Err(SealError::Malformed { .. })
+        ));
+        let unguarded = dir.0.join("unguarded.key");
+        assert!(matches!(
+            SealKey::create(&unguarded, |_| Err("no kernel".into())),
+            Err(SealError::Unguarded { .. })
+        ));
+        assert!(!unguarded.exists(), "nothing is left behind");
+        for text in ["", "gkseal1-zz", "deadbeef", "gkseal1-00"] {
+            assert!(text.parse::<VerificationKey>().is_err(), "{text}");
+        }
+    }
+}
