@@ -303,6 +303,13 @@ impl LocalSockets {
         })
     }
 
+    /// Removes both sockets' files (the daemon did not start).
+    pub fn remove(self) {
+        for (path, _) in [self.reviewers, self.agents] {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
     /// Starts listening on both sockets.
     pub fn listen(self, config: &Config, handle: Handle) -> Result<LocalApi, ApiError> {
         let listen = |(path, fd): (PathBuf, OwnedFd)| {

@@ -506,8 +506,9 @@ impl Engine {
         }
     }
 
-    /// Makes the sealing key at `[daemon] seal_key`: the empty file goes into the kernel's
-    /// daemon files before the key is written into it, so no agent ever reads it. Seals at once.
+    /// Makes the sealing key at `[daemon] seal_key`: the file, not named yet, goes into the
+    /// kernel's daemon files before the key is written into it and it is linked at its path, so
+    /// no agent ever reads it. Seals at once.
     fn setup_keys(&mut self) -> Result<String, String> {
         if self.sealing.is_some() {
             return Err(format!(
@@ -516,10 +517,9 @@ impl Engine {
             ));
         }
         let kernel = &mut self.kernel;
-        let (key, verification) = SealKey::create(&self.config.seal_key, |path| {
-            let target = crate::policy::exec_target_of(path).map_err(|error| error.to_string())?;
+        let (key, verification) = SealKey::create(&self.config.seal_key, |file| {
             kernel
-                .add_daemon_file(&target, daemon_file::SECRET)
+                .add_daemon_file(&crate::policy::target_of(file), daemon_file::SECRET)
                 .map_err(|error| error.to_string())
         })
         .map_err(|error| error.to_string())?;

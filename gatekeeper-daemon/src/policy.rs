@@ -74,8 +74,12 @@ pub fn kernel_dev(st_dev: u64) -> u32 {
 
 /// The (device, inode) a path names now.
 pub fn exec_target_of(path: &Path) -> std::io::Result<Target> {
-    let metadata = std::fs::metadata(path)?;
-    Ok(Target::exec(kernel_dev(metadata.dev()), metadata.ino()))
+    Ok(target_of(&std::fs::metadata(path)?))
+}
+
+/// The (device, inode) of the file `metadata` describes.
+pub fn target_of(metadata: &std::fs::Metadata) -> Target {
+    Target::exec(kernel_dev(metadata.dev()), metadata.ino())
 }
 
 /// SHA-256 of a file's content.

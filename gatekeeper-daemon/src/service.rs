@@ -127,9 +127,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let config = Arc::new(config);
     let (commands, inbox) = mpsc::channel(handle::QUEUE);
     let handle = Handle::new(commands);
-    // Bound before the policy names the sockets to the kernel, listening only after.
+    // Bound before the policy names the sockets to the kernel, listening only after; gone
+    // again if the engine cannot start (no API while nothing is enforced).
     let sockets = LocalSockets::bind(&config)?;
-    let mut engine = Engine::start(config.clone(), handle.clone())?;
+    let mut engine = match Engine::start(config.clone(), handle.clone()) {
+        Ok(engine) => engine,
+        Err(error) => {
+            sockets.remove();
+            return Err(error.into());
+        }
+    };
     let ring = engine
         .take_events()
         .ok_or_else(|| DaemonError::Events(std::io::Error::other("ring buffer already taken")))?;

@@ -281,14 +281,25 @@ fn guest_run(
 ) -> anyhow::Result<Counts> {
     let kernel = setup::kernel_image(label);
     let output = guest::boot(&kernel, initramfs, cmdline, timeout, false)?;
+    guest_report(label, cmdline, &output, expected_min)
+}
+
+/// Counts a guest's tests from its console `output` (kept in target/guest) and prints them, or
+/// all of the console when something failed.
+fn guest_report(
+    label: &str,
+    cmdline: &str,
+    output: &str,
+    expected_min: usize,
+) -> anyhow::Result<Counts> {
     let log = workspace_root().join(format!(
         "target/guest/console-{label}-{}.log",
         cmdline.split_whitespace().last().unwrap_or("run")
     ));
-    std::fs::write(&log, &output)?;
+    std::fs::write(&log, output)?;
     // libtest's summary is the authority; per-test lines can be interleaved with output.
-    let summary = parse_summaries(&output);
-    let mut counts = summary.unwrap_or_else(|| guest_counts(&output));
+    let summary = parse_summaries(output);
+    let mut counts = summary.unwrap_or_else(|| guest_counts(output));
     let finished = summary.is_some();
     let failed = counts.failed > 0 || !finished || counts.passed < expected_min;
     if failed {
@@ -345,16 +356,45 @@ fn test(filter: Option<&str>, kernel: Option<&str>) -> anyhow::Result<ExitCode> 
     }
     match build_guest() {
         Ok(initramfs) => {
-            for (label, _) in setup::KERNELS {
-                if kernel.is_some_and(|only| only != label) {
-                    continue;
-                }
-                println!("== guest tests on Linux {label} (BPF LSM on)");
-                let mut cmdline = format!("{} gk.mode=tests", guest::LSM_ON);
-                if let Some(filter) = filter {
-                    cmdline.push_str(&format!(" gk.filter={filter}"));
-                }
-                let result = guest_run(label, &initramfs, &cmdline, 1, GUEST_TEST_TIMEOUT);
+            let mut cmdline = format!("{} gk.mode=tests", guest::LSM_ON);
+            if let Some(filter) = filter {
+                cmdline.push_str(&format!(" gk.filter={filter}"));
+            }
+            let labels: Vec<&str> = setup::KERNELS
+                .iter()
+                .map(|(label, _)| *label)
+                .filter(|label| kernel.is_none_or(|only| only == *label))
+                .collect();
+            // Each guest is one emulator thread: the kernels run side by side, one per core.
+            println!(
+                "== guest tests on Linux {} (BPF LSM on), side by side",
+                labels.join(" and ")
+            );
+            let outputs: Vec<(&str, anyhow::Result<String>)> = std::thread::scope(|scope| {
+                let running: Vec<_> = labels
+                    .iter()
+                    .map(|label| {
+                        let (initramfs, cmdline) = (&initramfs, &cmdline);
+                        let image = setup::kernel_image(label);
+                        scope.spawn(move || {
+                            guest::boot(&image, initramfs, cmdline, GUEST_TEST_TIMEOUT, false)
+                        })
+                    })
+                    .collect();
+                labels
+                    .iter()
+                    .zip(running)
+                    .map(|(label, run)| {
+                        let output = run.join().unwrap_or_else(|_| {
+                            Err(anyhow::anyhow!("the guest's thread panicked"))
+                        });
+                        (*label, output)
+                    })
+                    .collect()
+            });
+            for (label, output) in outputs {
+                println!("== Linux {label}");
+                let result = output.and_then(|output| guest_report(label, &cmdline, &output, 1));
                 stage(&format!("linux {label}"), result);
             }
             if filter.is_some() || kernel.is_some() {

@@ -111,47 +111,59 @@ pub struct Seal {
 
 impl SealKey {
     /// Makes a new key at `path` (0600; never over an existing one); returns it and the
-    /// verification key for the auditor. `guard` runs on the empty file before any key is
-    /// written to it (the daemon puts it out of agents' reach there); if it fails, the file is
-    /// removed.
+    /// verification key for the auditor. The key is written into a file with no name yet
+    /// (O_TMPFILE), which nobody can open; `guard` runs on it first (the daemon puts it out of
+    /// agents' reach there), and only then is it linked at `path`. If `guard` fails, nothing is
+    /// left behind.
     pub fn create(
         path: &Path,
-        guard: impl FnOnce(&Path) -> Result<(), String>,
+        guard: impl FnOnce(&std::fs::Metadata) -> Result<(), String>,
     ) -> Result<(Self, VerificationKey), SealError> {
+        use std::os::fd::AsRawFd as _;
         let io = |cause| SealError::Io {
             path: path.to_owned(),
             cause,
         };
-        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io)?;
+        let dir = path
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(io)?;
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Err(SealError::Exists(path.to_owned()));
         }
-        match OpenOptions::new()
-            .create_new(true)
+        let file = OpenOptions::new()
             .write(true)
             .mode(0o600)
-            .open(path)
-        {
-            Ok(_) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(SealError::Exists(path.to_owned()));
-            }
-            Err(error) => return Err(io(error)),
-        }
-        if let Err(why) = guard(path) {
-            let _ = std::fs::remove_file(path);
-            return Err(SealError::Unguarded {
-                path: path.to_owned(),
-                why,
-            });
-        }
+            .custom_flags(libc::O_TMPFILE)
+            .open(dir)
+            .map_err(io)?;
+        let metadata = file.metadata().map_err(io)?;
+        guard(&metadata).map_err(|why| SealError::Unguarded {
+            path: path.to_owned(),
+            why,
+        })?;
         let mut key = [0u8; KEY_BYTES];
         getrandom::fill(&mut key).map_err(|error| io(std::io::Error::other(error.to_string())))?;
+        write_key_line(&file, 0, &key).map_err(io)?;
+        // The file's name in /proc, followed: a link needs no capability that way.
+        let unnamed = format!("/proc/self/fd/{}", file.as_raw_fd());
+        nix::unistd::linkat(
+            nix::fcntl::AT_FDCWD,
+            unnamed.as_str(),
+            nix::fcntl::AT_FDCWD,
+            path,
+            nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+        )
+        .map_err(|errno| match errno {
+            nix::errno::Errno::EEXIST => SealError::Exists(path.to_owned()),
+            errno => io(std::io::Error::from(errno)),
+        })?;
         let sealing = Self {
             path: path.to_owned(),
             epoch: 0,
             key,
         };
-        sealing.store()?;
         Ok((sealing, VerificationKey { first: key }))
     }
 
@@ -208,23 +220,24 @@ impl SealKey {
 
     /// Writes the key line over the old one in place, durably.
     fn store(&self) -> Result<(), SealError> {
-        use std::os::unix::fs::FileExt as _;
         let io = |cause| SealError::Io {
             path: self.path.clone(),
             cause,
         };
         // Same length every time: nothing of the old line is left past the new one.
         let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
             .write(true)
-            .mode(0o600)
             .open(&self.path)
             .map_err(io)?;
-        file.write_all_at(key_line(self.epoch, &self.key).as_bytes(), 0)
-            .map_err(io)?;
-        file.sync_data().map_err(io)
+        write_key_line(&file, self.epoch, &self.key).map_err(io)
     }
+}
+
+/// Writes the key line at the start of `file` and makes it durable.
+fn write_key_line(file: &std::fs::File, epoch: u64, key: &[u8; KEY_BYTES]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    file.write_all_at(key_line(epoch, key).as_bytes(), 0)?;
+    file.sync_data()
 }
 
 fn decode_key(text: &str) -> Option<[u8; KEY_BYTES]> {

@@ -992,22 +992,12 @@ fn attack(op: &str, args: &[&str]) -> Result<(), i32> {
         "unix-bind" => outcome(std::os::unix::net::UnixListener::bind(text(0)?).map(drop)),
         // local-call SOCKET LINE: one call on a daemon socket, reply printed.
         "local-call" => {
-            use std::io::{BufRead as _, Write as _};
-            let mut stream = std::os::unix::net::UnixStream::connect(text(0)?).map_err(io)?;
-            stream
-                .write_all(format!("{}\n", text(1)?).as_bytes())
-                .map_err(io)?;
-            let mut reply = String::new();
-            std::io::BufReader::new(&stream)
-                .read_line(&mut reply)
-                .map_err(io)?;
-            println!("REPLY={}", reply.trim());
-            Ok(())
+            let stream = std::os::unix::net::UnixStream::connect(text(0)?).map_err(io)?;
+            call_line(stream, text(1)?)
         }
         // connect-then-join SOCKET CGROUP LINE: connect while here, then join CGROUP, then call.
         "connect-then-join" => {
-            use std::io::{BufRead as _, Write as _};
-            let mut stream = std::os::unix::net::UnixStream::connect(text(0)?).map_err(io)?;
+            let stream = std::os::unix::net::UnixStream::connect(text(0)?).map_err(io)?;
             std::thread::sleep(Duration::from_millis(1500));
             join_cgroup(text(1)?).map_err(|error| {
                 println!("JOIN={error}");
@@ -1019,15 +1009,7 @@ fn attack(op: &str, args: &[&str]) -> Result<(), i32> {
                     .unwrap_or_default()
                     .trim()
             );
-            stream
-                .write_all(format!("{}\n", text(2)?).as_bytes())
-                .map_err(io)?;
-            let mut reply = String::new();
-            std::io::BufReader::new(&stream)
-                .read_line(&mut reply)
-                .map_err(io)?;
-            println!("REPLY={}", reply.trim());
-            Ok(())
+            call_line(stream, text(2)?)
         }
         // request-key TYPE DESC CALLOUT: request_key(2) with a callout: the kernel runs
         // /sbin/request-key as root from a kernel thread when the key is not found.
@@ -2540,4 +2522,19 @@ fn argv_shift(program: &str, argv0: &str) -> String {
     } else {
         format!("EXIT={} {}", libc::WEXITSTATUS(status), output.trim())
     }
+}
+
+/// Sends one line on a daemon socket and prints the reply line (`REPLY=...`).
+fn call_line(mut stream: std::os::unix::net::UnixStream, line: &str) -> Result<(), i32> {
+    use std::io::{BufRead as _, Write as _};
+    let io = |error: std::io::Error| error.raw_os_error().unwrap_or(-1);
+    stream
+        .write_all(format!("{line}\n").as_bytes())
+        .map_err(io)?;
+    let mut reply = String::new();
+    std::io::BufReader::new(&stream)
+        .read_line(&mut reply)
+        .map_err(io)?;
+    println!("REPLY={}", reply.trim());
+    Ok(())
 }

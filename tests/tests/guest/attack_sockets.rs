@@ -26,7 +26,15 @@ fn local_call(cgroup: &str, uid: Option<&str>, socket: &str, line: &str) -> Stri
     match uid {
         None => helper(&["tamper", cgroup, "local-call", socket, line]),
         Some(uid) => helper(&[
-            "as-user", uid, cgroup, &gk, "tamper", "-", "local-call", socket, line,
+            "as-user",
+            uid,
+            cgroup,
+            &gk,
+            "tamper",
+            "-",
+            "local-call",
+            socket,
+            line,
         ]),
     }
 }
@@ -137,8 +145,7 @@ fn attack_sockets_directory_and_plants() {
     let agent_socket = run_dir.join("agent.sock").display().to_string();
     let spare = scenario.dir.join("spare");
     std::fs::write(&spare, "x").unwrap();
-    std::fs::set_permissions(&spare, std::os::unix::fs::PermissionsExt::from_mode(0o666))
-        .unwrap();
+    std::fs::set_permissions(&spare, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
     let spare_dir = scenario.dir.join("spare-dir");
     std::fs::create_dir(&spare_dir).unwrap();
     let spare = spare.display().to_string();
@@ -165,8 +172,14 @@ fn attack_sockets_directory_and_plants() {
         ("chmod", vec![dir.clone(), "000".into()]),
         ("chown", vec![socket.clone(), "1001".into()]),
         ("chown", vec![dir.clone(), "1001".into()]),
-        ("setxattr", vec![socket.clone(), "user.x".into(), "y".into()]),
-        ("setxattr", vec![dir.clone(), "trusted.overlay.opaque".into(), "y".into()]),
+        (
+            "setxattr",
+            vec![socket.clone(), "user.x".into(), "y".into()],
+        ),
+        (
+            "setxattr",
+            vec![dir.clone(), "trusted.overlay.opaque".into(), "y".into()],
+        ),
         ("utimes", vec![socket.clone()]),
         ("utimes", vec![dir.clone()]),
     ];
@@ -214,7 +227,9 @@ fn attack_sockets_directory_and_plants() {
             };
             eprintln!("daemon away: agent bind {path} user={user}: {outcome:?}");
             if outcome == Outcome::Ok || std::path::Path::new(path).exists() {
-                broken.push(format!("BROKEN daemon away: agent bound {path} user={user}"));
+                broken.push(format!(
+                    "BROKEN daemon away: agent bound {path} user={user}"
+                ));
                 let _ = std::fs::remove_file(path);
             }
         }
@@ -316,7 +331,14 @@ fn attack_sockets_request_key_helper_decides() {
     let wrote = scenario.tamper(&scenario.agents, "write", &[helper_path, &script]);
     let chmod = scenario.tamper(&scenario.agents, "chmod", &[helper_path, "755"]);
     eprintln!("root agent writes {helper_path}: {wrote:?}, chmod {chmod:?}");
-    let triggered = helper(&["tamper", &agents, "request-key", "user", "gk-attack:1", "callout"]);
+    let triggered = helper(&[
+        "tamper",
+        &agents,
+        "request-key",
+        "user",
+        "gk-attack:1",
+        "callout",
+    ]);
     eprintln!("request-key from the agent: {triggered}");
     std::thread::sleep(std::time::Duration::from_secs(3));
     let ran = std::fs::read_to_string(&out).unwrap_or_default();
@@ -330,9 +352,19 @@ fn attack_sockets_request_key_helper_decides() {
     } else {
         // Control: the same from outside.
         std::fs::write(helper_path, &script).unwrap();
-        std::fs::set_permissions(helper_path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
-        let _ = helper(&["tamper", &outside, "request-key", "user", "gk-attack:2", "callout"]);
+        std::fs::set_permissions(
+            helper_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let _ = helper(&[
+            "tamper",
+            &outside,
+            "request-key",
+            "user",
+            "gk-attack:2",
+            "callout",
+        ]);
         std::thread::sleep(std::time::Duration::from_secs(3));
         assert_ne!(scenario.request(&id)["state"], "pending");
     }
