@@ -132,6 +132,15 @@ macro_rules! kernel_members {
             // `d_u.d_alias`, the first member of the union `d_u`.
             (OFF_DENTRY_ALIAS, "dentry", "d_u"),
             (OFF_IATTR_VALID, "iattr", "ia_valid"),
+            // Where an approved exec looks for its loader and libraries: the caller's root.
+            (OFF_TASK_FS, "task_struct", "fs"),
+            (OFF_FS_ROOT, "fs_struct", "root"),
+            // Which process image an approved script's interpreter is: the process (its
+            // leader's start time, which exec keeps) and how many execs it has made.
+            (OFF_TASK_GROUP_LEADER, "task_struct", "group_leader"),
+            (OFF_TASK_START_TIME, "task_struct", "start_time"),
+            (OFF_TASK_SELF_EXEC_ID, "task_struct", "self_exec_id"),
+            (OFF_TASK_REAL_PARENT, "task_struct", "real_parent"),
         }
     };
 }
@@ -264,9 +273,16 @@ pub enum Setting {
     /// The inode number of the host's network namespace (0: unknown, so no namespace is the
     /// agent's own): agents may write only the sysctls of their own, other, network namespace.
     HostNetns = 3,
+    /// The device of init's root directory (kernel encoding): with the inode below, the root an
+    /// agent must have for a grant to let its exec through (0: unknown, no exec is let through).
+    HostRootDevice = 4,
+    /// The low 32 bits of the inode number of init's root directory.
+    HostRootInodeLow = 5,
+    /// The high 32 bits of that inode number.
+    HostRootInodeHigh = 6,
 }
 
-pub const SETTING_SLOTS: u32 = 4;
+pub const SETTING_SLOTS: u32 = 7;
 pub const MAX_DAEMON_PIDS: u32 = 16;
 pub const MAX_ALLOWED: u32 = 4096;
 pub const MAX_DAEMON_FILES: u32 = 1024;
@@ -451,6 +467,10 @@ pub enum TamperHook {
     DaemonListener = 42,
     /// Connecting to the reviewers' socket, where decisions are taken (data: device, inode).
     ReviewerSocket = 43,
+    /// An exec that needs a grant, by a caller that does not see the host's files: in a mount
+    /// namespace of its own or under another root (chroot), where the loader, the libraries or a
+    /// script's interpreter the exec would load may be the agent's (data: device, inode).
+    ForeignRootExec = 44,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -473,7 +493,7 @@ pub enum MountRefusal {
 
 impl TamperHook {
     /// Every hook, in id order (ids start at 1).
-    pub const ALL: [Self; 43] = {
+    pub const ALL: [Self; 44] = {
         use TamperHook::*;
         [
             Bpf,
@@ -519,6 +539,7 @@ impl TamperHook {
             ArgvChanged,
             DaemonListener,
             ReviewerSocket,
+            ForeignRootExec,
         ]
     };
 
@@ -571,6 +592,7 @@ impl TamperHook {
             Self::ArgvChanged => "argv_changed",
             Self::DaemonListener => "daemon_listener",
             Self::ReviewerSocket => "reviewer_socket",
+            Self::ForeignRootExec => "foreign_root_exec",
         }
     }
 }

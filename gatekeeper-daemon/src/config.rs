@@ -7,6 +7,7 @@ use std::{
     collections::BTreeMap,
     fmt,
     net::SocketAddr,
+    os::unix::ffi::OsStringExt as _,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -44,7 +45,12 @@ pub enum ConfigError {
         path: PathBuf,
         problems: Vec<Problem>,
     },
+    #[error("cannot read this host's mounts ({MOUNTINFO}) to guard the host paths: {0}")]
+    Mounts(std::io::Error),
 }
+
+/// Where the daemon finds the file systems mounted below the host paths.
+const MOUNTINFO: &str = "/proc/self/mountinfo";
 
 /// One thing wrong with a config, under the key it concerns (`protect.connect[0].ports[1]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,14 +257,23 @@ impl Config {
         })?;
         let mut config = Self::parse(path, &text)?;
         config.check_host()?;
-        config.guard_host_paths();
+        let mounts = std::fs::read_to_string(MOUNTINFO).map_err(ConfigError::Mounts)?;
+        config.guard_host_paths(&mount_points(&mounts));
         Ok(config)
     }
 
     /// Adds a `write` rule for each host path that is a directory here and has no rule of its
-    /// own: agents write there only with approval and make, move or remove no names there.
-    pub fn guard_host_paths(&mut self) {
-        for path in &self.host_paths {
+    /// own, and for each of `mounts` below one (the kernel's walk up from a file stops at the
+    /// root of its own file system): agents write there only with approval and make, move or
+    /// remove no names there.
+    pub fn guard_host_paths(&mut self, mounts: &[PathBuf]) {
+        let below = mounts.iter().filter(|mount| {
+            self.host_paths
+                .iter()
+                .any(|path| mount.starts_with(path) && *mount != path)
+        });
+        let guarded: Vec<PathBuf> = self.host_paths.iter().chain(below).cloned().collect();
+        for path in &guarded {
             let is_directory = std::fs::symlink_metadata(path).is_ok_and(|meta| meta.is_dir());
             if is_directory && !self.file_rules.iter().any(|rule| rule.path == *path) {
                 self.file_rules.push(FileRule {
@@ -269,6 +284,16 @@ impl Config {
                 });
             }
         }
+    }
+
+    /// Whether a host path is guarded: then `/` keeps its names too, where merged-/usr systems
+    /// link `/bin`, `/lib64` and the like into `/usr`.
+    pub fn guards_host_paths(&self) -> bool {
+        self.file_rules.iter().any(|rule| {
+            self.host_paths
+                .iter()
+                .any(|path| rule.path.starts_with(path))
+        })
     }
 
     /// Parses and validates `text` without looking at the host; `path` only names the file.
@@ -282,4 +307,39 @@ impl Config {
     pub fn check_host(&self) -> Result<(), ConfigError> {
         host::check(self)
     }
+}
+
+/// The mount points a `/proc/PID/mountinfo` text lists (its fifth field, octal escapes decoded).
+pub fn mount_points(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|escaped| PathBuf::from(std::ffi::OsString::from_vec(unescape_octal(escaped))))
+        .collect()
+}
+
+/// `\040` and the like, as the kernel writes spaces, tabs, newlines and backslashes in names.
+fn unescape_octal(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let digits = bytes.get(index + 1..index + 4);
+        match digits {
+            Some(digits)
+                if bytes[index] == b'\\' && digits.iter().all(|d| (b'0'..=b'7').contains(d)) =>
+            {
+                let value = digits
+                    .iter()
+                    .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+                out.push(value as u8);
+                index += 4;
+            }
+            _ => {
+                out.push(bytes[index]);
+                index += 1;
+            }
+        }
+    }
+    out
 }

@@ -57,6 +57,8 @@ pub enum PolicyError {
         path: &'static str,
         cause: std::io::Error,
     },
+    #[error("init's root directory (/proc/1/root): {0}")]
+    HostRoot(std::io::Error),
 }
 
 /// The inode number of the namespace behind `path` (a /proc/PID/ns/* link).
@@ -65,6 +67,11 @@ fn namespace(path: &'static str) -> Result<u32, PolicyError> {
         std::fs::metadata(path).map_err(|cause| PolicyError::Namespace { path, cause })?;
     // Namespace inode numbers are the kernel's 32-bit `ns_common.inum`.
     Ok(metadata.ino() as u32)
+}
+
+/// (device, inode) of init's root directory.
+fn host_root() -> Result<Target, PolicyError> {
+    exec_target_of(Path::new("/proc/1/root")).map_err(PolicyError::HostRoot)
 }
 
 /// The kernel's `dev_t` encoding (major << 20 | minor) of a userspace `st_dev`.
@@ -213,12 +220,14 @@ fn install_files(kernel: &mut Kernel, rules: &[FileRule]) -> Result<Vec<WatchedP
 fn guard_rule_directories(
     kernel: &mut Kernel,
     files: &mut [WatchedPath],
+    root_names: bool,
 ) -> Result<Vec<WatchedPath>, PolicyError> {
     let mut guards: Vec<WatchedPath> = Vec::new();
     let parents: Vec<PathBuf> = files
         .iter()
         .filter(|entry| entry.value & file_rule::TREE == 0)
         .filter_map(|entry| entry.path.parent().map(Path::to_path_buf))
+        .chain(root_names.then(|| PathBuf::from("/")))
         .collect();
     for parent in parents {
         let target = exec_target_of(&parent).map_err(|cause| PolicyError::ProtectedPath {
@@ -350,7 +359,8 @@ impl Policy {
         prune_paths(kernel, PathList::Protected, &[&protected, &sockets])?;
         prune_paths(kernel, PathList::Allowed, &[&allowed])?;
         let mut files = files;
-        let name_guards = guard_rule_directories(kernel, &mut files)?;
+        // Host paths guarded: `/` keeps its names, such as the links of merged /usr.
+        let name_guards = guard_rule_directories(kernel, &mut files, config.guards_host_paths())?;
         prune_paths(kernel, PathList::Files, &[&files, &name_guards])?;
         kernel.set_setting(Setting::ExecAllowlist, u32::from(config.exec_allowlist))?;
         // Agents change no mount where the daemon, or init, looks.
@@ -359,6 +369,13 @@ impl Policy {
         // The host's network namespace is init's (the daemon might run in one of its own):
         // agents in any other may set its sysctls.
         kernel.set_setting(Setting::HostNetns, namespace("/proc/1/ns/net")?)?;
+        // An agent's exec runs on a grant only from init's root, where the loader, libraries and
+        // interpreters are the host's.
+        let root = host_root()?;
+        let [device, inode] = root.data;
+        kernel.set_setting(Setting::HostRootDevice, device as u32)?;
+        kernel.set_setting(Setting::HostRootInodeLow, inode as u32)?;
+        kernel.set_setting(Setting::HostRootInodeHigh, (inode >> 32) as u32)?;
         kernel.set_daemon_pid(std::process::id())?;
         kernel.set_daemon_files(&daemon_files(&config)?)?;
         let reaches = config

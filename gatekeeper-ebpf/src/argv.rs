@@ -27,6 +27,7 @@ use crate::{
         OFF_PT_REGS_ORIG_AX, OFF_PT_REGS_SI,
     },
     read::read_field,
+    script::forget_unstarted_script,
     verdict::{agent_cgroup, count_denial, fill_event, report_record, take_grant, tamper},
 };
 
@@ -158,11 +159,12 @@ pub fn bprm_creds_for_exec(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    // An exec that failed after its grant was used left its entry; a new exec whose
-    // `linux_binprm` has the same address starts without one.
+    // An exec that failed after its grant was used left its entries; a new exec whose
+    // `linux_binprm` has the same address starts without one, and its image reads no script.
     if agent_cgroup().is_some() {
         let bprm: u64 = ctx.arg(0);
         let _ = BOUND_EXECS.remove(bprm);
+        forget_unstarted_script();
     }
     0
 }

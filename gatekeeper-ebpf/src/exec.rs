@@ -2,7 +2,7 @@
 //! allowlist mode, of anything not allowlisted; and never of a file outside every mounted
 //! filesystem (a memfd copy). A protected binary's exec through a stacking file system is
 //! refused at the open of the file below (`file_open`). What a grant lets run, runs in
-//! secure-execution mode.
+//! secure-execution mode, and only for a caller that sees the host's files.
 
 use aya_ebpf::{
     bindings::BPF_F_BPRM_SECUREEXEC,
@@ -14,15 +14,15 @@ use gatekeeper_common::{TamperHook, Target, file_access};
 
 use crate::{
     argv::decide_exec,
+    mounts::caller_at_host_root,
     offsets::{
         OFF_BPRM_BUF, OFF_BPRM_FILE, OFF_BPRM_FILENAME, OFF_FILE_INODE, OFF_FILE_PATH,
-        OFF_INODE_INO, OFF_INODE_SB, OFF_MM_EXE_FILE, OFF_PATH_MNT, OFF_SB_DEV, OFF_TASK_MM,
-        OFF_TASK_PTRACE, OFF_VFSMOUNT_FLAGS,
+        OFF_INODE_INO, OFF_INODE_SB, OFF_MM_EXE_FILE, OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_SB_DEV,
+        OFF_TASK_MM, OFF_TASK_PTRACE, OFF_VFSMOUNT_FLAGS,
     },
     read::{member_ptr, read_at, read_field},
-    verdict::{
-        EPERM, agent_caller, grant_script_read, is_protected, needs_allowlist_approval, tamper,
-    },
+    script::{grant_script_read, pass_script_read},
+    verdict::{EPERM, agent_caller, is_protected, needs_allowlist_approval, tamper},
 };
 
 /// Marks the kernel's own mounts (shmem behind memfd, pipes, sockets): no path leads there.
@@ -48,6 +48,13 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let Ok(target) = (unsafe { exec_target(file) }) else {
         return -EPERM;
     };
+    let passed_script_read = unsafe {
+        read_field::<*const u8>(member_ptr(file, &OFF_FILE_PATH), &OFF_PATH_DENTRY)
+            .is_ok_and(|program| pass_script_read(program))
+    };
+    if passed_script_read {
+        unsafe { bpf_bprm_opts_set(ctx.arg(0), BPF_F_BPRM_SECUREEXEC as u64) };
+    }
     if !is_protected(&target) && !needs_allowlist_approval(&target) {
         return 0;
     }
@@ -56,13 +63,20 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     if is_protected(&target) && unsafe { read_field::<u32>(task, &OFF_TASK_PTRACE) } != Ok(0) {
         return tamper(agent_cgroup_id, TamperHook::TracedExec, target.data);
     }
+    // The kernel and the loader go on to open the ELF interpreter, the libraries and a script's
+    // interpreter by path from the caller's root and mount namespace: an agent's own (a bind
+    // mount over the loader, a chroot) would run its code as the approved program. No grant is
+    // used there, nor a request made: nothing a reviewer approves could run as shown.
+    if !caller_at_host_root() {
+        return tamper(agent_cgroup_id, TamperHook::ForeignRootExec, target.data);
+    }
     let filename =
         unsafe { read_field::<*const u8>(bprm, &OFF_BPRM_FILENAME) }.unwrap_or(core::ptr::null());
     // The kernel has read the file's first bytes into bprm->buf already.
     let script = unsafe { read_at::<[u8; 2]>(member_ptr(bprm, &OFF_BPRM_BUF), 0) } == Ok(*b"#!");
-    let Some(grant) = decide_exec(agent_cgroup_id, target, filename, bprm, script) else {
+    if decide_exec(agent_cgroup_id, target, filename, bprm, script).is_none() {
         return -EPERM;
-    };
+    }
     // What runs on a grant is the program as approved: in secure-execution mode (AT_SECURE) the
     // dynamic loader ignores LD_PRELOAD, LD_AUDIT, LD_LIBRARY_PATH and the like, so the agent's
     // environment cannot load its own code into it. The kernel keeps the flag for the
@@ -70,7 +84,7 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     unsafe { bpf_bprm_opts_set(ctx.arg(0), BPF_F_BPRM_SECUREEXEC as u64) };
     if is_protected(&target) && script {
         let [dev, ino] = target.data;
-        grant_script_read(Target::file(dev as u32, ino, file_access::READ), &grant);
+        grant_script_read(Target::file(dev as u32, ino, file_access::READ));
     }
     0
 }

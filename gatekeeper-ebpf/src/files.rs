@@ -25,6 +25,7 @@ use crate::{
         OFF_TASK_REAL_CRED, OFF_VFSMOUNT_SB,
     },
     read::{BPF_FS_MAGIC, PROC_SUPER_MAGIC, inode_magic, member_ptr, read_at, read_field},
+    script::take_script_read,
     verdict::{
         EPERM, agent_caller, agent_cgroup, allowlist_mode, decide, forget_allowlisted,
         inherit_protected, is_allowlisted, is_protected, tamper,
@@ -202,11 +203,11 @@ unsafe fn agent_open(agent: u64, file: *const u8) -> Result<i32, i32> {
         return Ok(0);
     }
     let [dev, ino] = target.data;
-    Ok(decide(
-        agent,
-        Target::file(dev as u32, ino, file_access::READ),
-        core::ptr::null(),
-    ))
+    let read = Target::file(dev as u32, ino, file_access::READ);
+    if take_script_read(&read) {
+        return Ok(0);
+    }
+    Ok(decide(agent, read, core::ptr::null()))
 }
 
 /// The verdict on an agent's open of a file no protected binary is: approval for the accesses

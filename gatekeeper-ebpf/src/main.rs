@@ -30,6 +30,8 @@ mod procs;
 #[cfg(target_arch = "bpf")]
 mod read;
 #[cfg(target_arch = "bpf")]
+mod script;
+#[cfg(target_arch = "bpf")]
 mod sendmsg;
 #[cfg(target_arch = "bpf")]
 mod socket;

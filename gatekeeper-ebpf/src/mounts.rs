@@ -26,13 +26,15 @@ use aya_ebpf::{
 use gatekeeper_common::{MountRefusal, Setting, TamperHook};
 
 use crate::{
+    exec::inode_target,
     offsets::{
-        OFF_FS_CONTEXT_FS_TYPE, OFF_FS_TYPE_NAME, OFF_LIST_HEAD_NEXT, OFF_MNT_NS_NS,
-        OFF_MOUNT_CHILD, OFF_MOUNT_INSTANCE, OFF_MOUNT_MNT, OFF_MOUNT_MOUNTS, OFF_MOUNT_NS,
-        OFF_MOUNT_PARENT, OFF_NS_COMMON_INUM, OFF_NSPROXY_MNT_NS, OFF_PATH_MNT, OFF_SB_MOUNTS,
-        OFF_TASK_NSPROXY, OFF_VFSMOUNT_FLAGS, OFF_VFSMOUNT_SB,
+        OFF_DENTRY_INODE, OFF_FS_CONTEXT_FS_TYPE, OFF_FS_ROOT, OFF_FS_TYPE_NAME,
+        OFF_LIST_HEAD_NEXT, OFF_MNT_NS_NS, OFF_MOUNT_CHILD, OFF_MOUNT_INSTANCE, OFF_MOUNT_MNT,
+        OFF_MOUNT_MOUNTS, OFF_MOUNT_NS, OFF_MOUNT_PARENT, OFF_NS_COMMON_INUM, OFF_NSPROXY_MNT_NS,
+        OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_SB_MOUNTS, OFF_TASK_FS, OFF_TASK_NSPROXY,
+        OFF_VFSMOUNT_FLAGS, OFF_VFSMOUNT_SB,
     },
-    read::{BPF_FS_MAGIC, CGROUP_SUPER_MAGIC, field_offset, read_field, sb_magic},
+    read::{BPF_FS_MAGIC, CGROUP_SUPER_MAGIC, field_offset, member_ptr, read_field, sb_magic},
     verdict::{agent_cgroup, setting, tamper},
 };
 
@@ -123,6 +125,39 @@ pub fn caller_in_host_namespace() -> bool {
             .and_then(|ns| namespace_inum(ns))
     };
     inum.map_or(true, is_host_namespace)
+}
+
+/// Whether the caller sees the host's files where the host does: in the host's mount namespace
+/// (where agents change no mount) and at init's root directory, not under a chroot. Unreadable,
+/// or not yet told by the daemon, counts as not.
+#[inline(always)]
+pub fn caller_at_host_root() -> bool {
+    let root_device = setting(Setting::HostRootDevice);
+    let root_inode = u64::from(setting(Setting::HostRootInodeHigh)) << 32
+        | u64::from(setting(Setting::HostRootInodeLow));
+    if root_device == 0 {
+        return false;
+    }
+    let seen = unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        read_field::<*const u8>(task, &OFF_TASK_NSPROXY)
+            .and_then(|nsproxy| read_field::<*const u8>(nsproxy, &OFF_NSPROXY_MNT_NS))
+            .and_then(|ns| namespace_inum(ns))
+            .and_then(|inum| {
+                let fs: *const u8 = read_field(task, &OFF_TASK_FS)?;
+                let root: *const u8 = read_field(member_ptr(fs, &OFF_FS_ROOT), &OFF_PATH_DENTRY)?;
+                let inode: *const u8 = read_field(root, &OFF_DENTRY_INODE)?;
+                Ok((inum, inode_target(inode)?))
+            })
+    };
+    match seen {
+        Ok((inum, root)) => {
+            is_host_namespace(inum)
+                && root.data[0] == u64::from(root_device)
+                && root.data[1] == root_inode
+        }
+        Err(_) => false,
+    }
 }
 
 /// Whether the `struct vfsmount` at `mnt` is shared (unreadable counts as shared).

@@ -13,6 +13,7 @@ use crate::{
         OFF_TASK_CGROUPS, OFF_TASK_PID_LINKS, OFF_TASK_TGID,
     },
     read::{container_of, read_field},
+    script::runs_approved_script,
     tunables::sysctl_write,
     verdict::{EPERM, agent_cgroup, is_daemon, tamper},
 };
@@ -67,9 +68,10 @@ pub fn ptrace_access_check(child: *const u8, mode: u32) -> i32 {
         return 0;
     };
     let Some(hook) = out_of_reach(child, agent, TamperHook::PtraceOutside).or_else(|| {
-        // Its own child running an approved protected binary: the code and what the run
-        // holds are not the agent's to read or steer.
-        unsafe { runs_protected(child) }.then_some(TamperHook::ProtectedProcess)
+        // Its own child running an approved protected binary or script (or started by one):
+        // the code and what the run holds are not the agent's to read or steer.
+        unsafe { runs_protected(child) || runs_approved_script(child) }
+            .then_some(TamperHook::ProtectedProcess)
     }) else {
         return 0;
     };

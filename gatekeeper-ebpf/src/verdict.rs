@@ -240,24 +240,6 @@ pub fn count_denial() {
     count(Counter::Denied);
 }
 
-/// How long the interpreter of an approved script has to open it.
-const SCRIPT_READ_NS: u64 = 5_000_000_000;
-
-/// After an approved exec of a script, one read of it by the same cgroup: the interpreter the
-/// kernel starts opens the script itself. Its use is not reported again (the exec was).
-#[inline(always)]
-pub fn grant_script_read(script: Target, exec_grant: &GrantValue) {
-    let key = GrantKey {
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        target: script,
-    };
-    let value = GrantValue {
-        expires_boot_ns: unsafe { bpf_ktime_get_boot_ns() } + SCRIPT_READ_NS,
-        grant_id: exec_grant.grant_id,
-    };
-    let _ = GRANTS.insert(key, value, 0);
-}
-
 /// The verdict on an agent's action that may touch a protected target: none touched allows,
 /// one touched is decided (a tamper target refused outright), and one that could not be read is
 /// refused rather than guessed.

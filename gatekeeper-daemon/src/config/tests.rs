@@ -321,6 +321,43 @@ fn host_paths_become_write_rules_where_they_are_directories() {
 }
 
 #[test]
+fn file_systems_mounted_below_host_paths_are_guarded_too() {
+    let base = std::env::temp_dir().join(format!("gk-host-mounts-{}", std::process::id()));
+    let (host, below, beside) = (
+        base.join("host"),
+        base.join("host/sub"),
+        base.join("beside"),
+    );
+    for dir in [&below, &beside] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let mut config = parse(&with_host_paths(&format!("\"{}\"", host.display()))).unwrap();
+    assert!(!config.guards_host_paths());
+    let mountinfo = format!(
+        "22 1 0:21 / {} rw - tmpfs tmpfs rw\n23 1 0:22 / {} rw - tmpfs tmpfs rw\n24 1 0:23 / {} rw - tmpfs tmpfs rw\n",
+        host.display(),
+        below.display(),
+        beside.display()
+    );
+    config.guard_host_paths(&mount_points(&mountinfo));
+    let guarded: Vec<_> = config
+        .file_rules
+        .iter()
+        .map(|rule| rule.path.clone())
+        .collect();
+    assert_eq!(guarded, [host, below]);
+    assert!(config.guards_host_paths());
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
+#[test]
+fn mount_points_decode_the_kernels_escapes() {
+    let mountinfo = "36 35 98:0 /mnt1 /mnt\\040two\\134x rw,noatime master:1 - ext3 /dev/root rw\n";
+    assert_eq!(mount_points(mountinfo), [PathBuf::from("/mnt two\\x")]);
+    assert_eq!(mount_points(""), Vec::<PathBuf>::new());
+}
+
+#[test]
 fn syntax_error_is_reported() {
     let error = error_of("[agents\ncgroups = []");
     assert!(error.starts_with("invalid config test.toml"), "{error}");

@@ -28,6 +28,8 @@ const USAGE: &str = "usage: gk-helper target
   | bpf-flood COUNT SECONDS                (bpf() calls until COUNT or SECONDS)
   | argv-swap CGROUP PROGRAM               (exec PROGRAM target two, rewriting it to one
                                            after the kernel copied it; see argv_swap)
+  | exec-rooted CGROUP UID|- PLACE PROGRAM ARGS...  (exec with a loader of the caller's;
+                                           PLACE: private, user, chroot:DIR)
 CGROUP may be - to stay where the helper is.";
 
 fn join_cgroup(cgroup: &str) -> Result<(), String> {
@@ -1562,17 +1564,7 @@ fn main() -> ExitCode {
             }
             ["as-user", uid, cgroup, program, rest @ ..] => {
                 joined(cgroup)?;
-                let uid: u32 = uid.parse().map_err(|_| ExitCode::from(2))?;
-                // SAFETY: plain credential calls on this process before the exec.
-                let dropped = unsafe {
-                    libc::setgroups(0, std::ptr::null()) == 0
-                        && libc::setgid(uid) == 0
-                        && libc::setuid(uid) == 0
-                };
-                if !dropped {
-                    eprintln!("cannot become uid {uid}");
-                    return Err(ExitCode::from(2));
-                }
+                become_user(uid)?;
                 let errno = exec(program, rest);
                 eprintln!("EXEC_ERRNO={errno}");
                 return Err(ExitCode::from(126));
@@ -1633,24 +1625,20 @@ fn main() -> ExitCode {
             // (ARGV[0] included), from DIR, with no environment or the one ENV entry.
             ["exec-as", cgroup, uid, dir, env, program, argv @ ..] => {
                 joined(cgroup)?;
-                if *uid != "-" {
-                    let uid: u32 = uid.parse().map_err(|_| ExitCode::from(2))?;
-                    // SAFETY: plain credential calls on this process before the exec.
-                    let dropped = unsafe {
-                        libc::setgroups(0, std::ptr::null()) == 0
-                            && libc::setgid(uid) == 0
-                            && libc::setuid(uid) == 0
-                    };
-                    if !dropped {
-                        eprintln!("cannot become uid {uid}");
-                        return Err(ExitCode::from(2));
-                    }
-                }
+                become_user(uid)?;
                 if *dir != "-" && std::env::set_current_dir(dir).is_err() {
                     eprintln!("cannot enter {dir}");
                     return Err(ExitCode::from(2));
                 }
                 let errno = exec_exact(program, argv, (*env != "-").then_some(*env));
+                eprintln!("EXEC_ERRNO={errno}");
+                return Err(ExitCode::from(126));
+            }
+            // exec-rooted CGROUP UID|- PLACE PROGRAM ARGS...: see exec_own_root.
+            ["exec-rooted", cgroup, uid, place, program, args @ ..] => {
+                joined(cgroup)?;
+                become_user(uid)?;
+                let errno = exec_own_root(place, program, args);
                 eprintln!("EXEC_ERRNO={errno}");
                 return Err(ExitCode::from(126));
             }
@@ -1684,6 +1672,113 @@ fn main() -> ExitCode {
         Ok(())
     })();
     result.err().unwrap_or(ExitCode::SUCCESS)
+}
+
+/// Drops from root to `uid` (its own group, no others); `-` stays root.
+fn become_user(uid: &str) -> Result<(), ExitCode> {
+    if uid == "-" {
+        return Ok(());
+    }
+    let uid: u32 = uid.parse().map_err(|_| ExitCode::from(2))?;
+    // SAFETY: plain credential calls on this process before an exec.
+    let dropped = unsafe {
+        libc::setgroups(0, std::ptr::null()) == 0
+            && libc::setgid(uid) == 0
+            && libc::setuid(uid) == 0
+    };
+    if !dropped {
+        eprintln!("cannot become uid {uid}");
+        return Err(ExitCode::from(2));
+    }
+    Ok(())
+}
+
+/// The ELF interpreter the programs here name.
+const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
+
+/// Execs `program args` where the caller chose the loader the kernel starts for it: `private`
+/// or `user` (a mount namespace of its own, as root or as root of a user namespace of its own,
+/// with a copy of the loader bound over the host's), or `chroot:DIR` (DIR filled with copies of
+/// the loader and of the libraries this helper maps, the program opened first and run by its
+/// descriptor from under DIR). Returns the errno of the exec, or SETUP_ERRNO_BASE + the errno of
+/// a step before it.
+fn exec_own_root(place: &str, program: &str, args: &[&str]) -> i32 {
+    let setup = |error: std::io::Error| SETUP_ERRNO_BASE + error.raw_os_error().unwrap_or(-1);
+    if let Some(dir) = place.strip_prefix("chroot:") {
+        if let Err(error) = build_jail(Path::new(dir)) {
+            return setup(error);
+        }
+        let fd = match open_raw(program, libc::O_PATH) {
+            Ok(fd) => fd,
+            Err(errno) => return SETUP_ERRNO_BASE + errno,
+        };
+        if let Err(error) =
+            std::os::unix::fs::chroot(dir).and_then(|()| std::env::set_current_dir("/"))
+        {
+            return setup(error);
+        }
+        return exec_fd(fd, program, args);
+    }
+    let copy = std::env::temp_dir().join(format!("gk-loader-{}", std::process::id()));
+    if let Err(error) = std::fs::copy(LOADER, &copy) {
+        eprintln!("copy {LOADER} to {}: {error}", copy.display());
+        return setup(error);
+    }
+    // A root process that became a user is not dumpable: its /proc/self files, uid_map
+    // among them, stay root's. (An exec would reset that; so does this.)
+    // SAFETY: prctl on this process.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1) };
+    if let Err(errno) = enter_namespace(place) {
+        eprintln!("enter a namespace ({place}): errno {errno}");
+        return errno;
+    }
+    let copy = copy.display().to_string();
+    if let Err(errno) = mount(&copy, LOADER, None, libc::MS_BIND, None) {
+        eprintln!("bind {copy} over {LOADER}: errno {errno}");
+        return SETUP_ERRNO_BASE + errno;
+    }
+    exec(program, args)
+}
+
+/// Copies into `dir`, at their own paths, the loader and every library this process maps.
+fn build_jail(dir: &Path) -> std::io::Result<()> {
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    let mut files: Vec<&str> = maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .filter(|path| path.starts_with('/') && path.contains(".so"))
+        .collect();
+    files.push(LOADER);
+    for file in files {
+        let copy = dir.join(file.trim_start_matches('/'));
+        if let Some(parent) = copy.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(file, &copy)?;
+    }
+    Ok(())
+}
+
+/// execveat(fd, "", [argv0, args...], AT_EMPTY_PATH) with an empty environment; returns the
+/// errno.
+fn exec_fd(fd: i32, argv0: &str, args: &[&str]) -> i32 {
+    let mut argv: Vec<CString> = CString::new(argv0).into_iter().collect();
+    argv.extend(args.iter().filter_map(|arg| CString::new(*arg).ok()));
+    let mut pointers: Vec<*const libc::c_char> = argv.iter().map(|arg| arg.as_ptr()).collect();
+    pointers.push(std::ptr::null());
+    let envp = [std::ptr::null::<libc::c_char>()];
+    // SAFETY: NUL-terminated argv and envp; AT_EMPTY_PATH runs the open file itself.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd,
+            c"".as_ptr(),
+            pointers.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    last_errno()
 }
 
 /// userfaultfd(2) ABI pieces (not in the libc crate).

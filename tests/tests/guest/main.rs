@@ -5,6 +5,7 @@ mod argv;
 mod attack_argv;
 mod attack_core;
 mod attack_files;
+mod attack_roots;
 mod attack_secret_paths;
 mod attack_secrets;
 mod attack_sockets;

@@ -1,0 +1,327 @@
+//! Attacks on what an approved exec loads: the agent chooses the files the kernel and the loader
+//! open by path for the approved program (its ELF interpreter, its libraries, a script's
+//! interpreter) from a mount namespace or a root of its own, or through `env` on its PATH; or
+//! reads the approved script from another process. Each attack has a control outside the agent
+//! cgroups showing the same action does what it claims there.
+
+use std::{os::unix::fs::PermissionsExt as _, path::Path, process::Command};
+
+use gatekeeper_tests::{
+    Exec, Options, Outcome, Scenario, TARGET_RAN, UNLISTED_UID, bin, hand_to_user, wait_for,
+};
+use serde_json::Value;
+
+fn outcome(output: &std::process::Output) -> (Exec, String) {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let denied = format!("EXEC_ERRNO={}", libc::EPERM);
+    let exec = if stdout.contains(TARGET_RAN) {
+        Exec::Ran
+    } else if stderr.lines().any(|line| line == denied) {
+        Exec::Denied
+    } else {
+        Exec::Other(format!("{}: {stdout}{stderr}", output.status))
+    };
+    (exec, stdout)
+}
+
+/// `program target one` from `cgroup`, as root or `uid`, with the loader `place` chooses (see
+/// gk-helper's exec_own_root).
+fn exec_rooted(cgroup: &Path, uid: Option<u32>, place: &str, program: &Path) -> Exec {
+    let uid = uid.map_or("-".to_owned(), |uid| uid.to_string());
+    let output = Command::new(bin("gk-helper"))
+        .arg("exec-rooted")
+        .arg(cgroup)
+        .args([&uid, place])
+        .arg(program)
+        .args(["target", "one"])
+        .output()
+        .unwrap();
+    let (exec, _) = outcome(&output);
+    eprintln!(
+        "exec-rooted {cgroup:?} {uid} {place} -> {exec:?} ({})",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    exec
+}
+
+/// execve(program, argv) exactly, from `cgroup`, as root or `uid`, with `env` alone.
+fn exec_as(cgroup: &Path, uid: Option<u32>, env: &str, program: &str) -> (Exec, String) {
+    let uid = uid.map_or("-".to_owned(), |uid| uid.to_string());
+    let output = Command::new(bin("gk-helper"))
+        .arg("exec-as")
+        .arg(cgroup)
+        .args([&uid, "-", env, program, program])
+        .output()
+        .unwrap();
+    outcome(&output)
+}
+
+fn approve(scenario: &Scenario, request: &Value) {
+    let id = request["id"].as_str().expect("request id");
+    let output = scenario.gatekeeper(&["approve", id, "--reason", "test"]);
+    assert!(output.status.success(), "approve failed: {output:?}");
+    scenario.wait_journal("grant_issued", |event| event["request_id"] == request["id"]);
+}
+
+/// The pending exec request for `program` (its denied reads make file requests of their own).
+fn exec_request(scenario: &Scenario, program: &str) -> Value {
+    wait_for("the exec request", || {
+        // Without --all: the pending ones.
+        scenario
+            .requests(false)
+            .into_iter()
+            .find(|request| request["kind"] == "exec" && request["target"] == program)
+    })
+}
+
+fn write_script(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// An approved `P target one` run from a mount namespace of the agent's own with its copy of the
+/// loader bound over the host's (as root, and as a user through a user namespace), or from a
+/// chroot it filled with copies: refused as `foreign_root_exec`, the grant left for the exec from
+/// the host's root, which runs once.
+#[test]
+fn an_approved_exec_does_not_run_with_a_loader_of_the_agents() {
+    let scenario = Scenario::start("aa-roots", Options::default());
+    let program = scenario.protected.display().to_string();
+    let jail = scenario.dir.join("jail");
+    let places = [
+        (None, "private".to_owned()),
+        (Some(UNLISTED_UID), "user".to_owned()),
+        (None, format!("chroot:{}", jail.display())),
+    ];
+    // Control: outside the agent cgroups each route runs the program (with the copies).
+    for (uid, place) in &places {
+        let control_jail = format!("chroot:{}", scenario.dir.join("control-jail").display());
+        let place = if place.starts_with("chroot:") {
+            &control_jail
+        } else {
+            place
+        };
+        assert_eq!(
+            exec_rooted(&scenario.outside, *uid, place, &scenario.protected),
+            Exec::Ran,
+            "control {place} as {uid:?}"
+        );
+    }
+    assert_eq!(
+        scenario
+            .exec_with(&scenario.agents, &scenario.protected, &["target", "one"])
+            .0,
+        Exec::Denied
+    );
+    let request = scenario.wait_exec_request(&[&program, "target", "one"]);
+    approve(&scenario, &request);
+    // The user agent's approved command is the same: the grant is its cgroup's.
+    for (uid, place) in &places {
+        assert_eq!(
+            exec_rooted(&scenario.agents, *uid, place, &scenario.protected),
+            Exec::Denied,
+            "{place} as {uid:?}"
+        );
+    }
+    scenario.wait_journal("tamper_attempt", |event| {
+        event["hook"] == "foreign_root_exec"
+    });
+    assert!(
+        !scenario
+            .journal_events()
+            .iter()
+            .any(|event| event["type"] == "grant_used"),
+        "a refused exec used the grant"
+    );
+    // From the host's root the approved command runs, once.
+    let (exec, printed) =
+        scenario.exec_with(&scenario.agents, &scenario.protected, &["target", "one"]);
+    assert_eq!(exec, Exec::Ran, "{printed}");
+    assert_eq!(
+        scenario
+            .exec_with(&scenario.agents, &scenario.protected, &["target", "one"])
+            .0,
+        Exec::Denied
+    );
+}
+
+/// An approved script whose `#!` line goes through `env`: with the host's PATH its interpreter
+/// (a host file) reads it and it runs; with a PATH of the agent's, the agent's interpreter of
+/// that name gets no read of it, neither in the approved process nor from a process of its own
+/// (`cat`). A process of the agent's reading the script while an approved run of it starts gets
+/// nothing either. (The guest's busybox `env` runs its own applets without a PATH search, so the
+/// interpreter has a name of its own.)
+#[test]
+fn an_approved_scripts_read_belongs_to_its_interpreter() {
+    let mut scenario = Scenario::prepare(
+        "aa-script-read",
+        Options {
+            extra: "[[protect.exec]]\npath = \"/tmp/gk-aa-script-read/protected/deploy.sh\"\nname = \"deploy\"\n".into(),
+            ..Options::default()
+        },
+    );
+    let script = scenario.dir.join("protected/deploy.sh");
+    write_script(
+        &script,
+        &format!("#!/bin/env gk-aa-sh\necho {TARGET_RAN} SECRET-LINE\n"),
+    );
+    // The host's interpreter, in a host directory: runs the script in its own process.
+    let host_bin = Path::new("/usr/local/bin");
+    std::fs::create_dir_all(host_bin).unwrap();
+    let host_interpreter = host_bin.join("gk-aa-sh");
+    write_script(&host_interpreter, "#!/bin/sh\n. \"$1\"\n");
+    // The agent's: prints what it can read of the script, by itself and through cat.
+    let agent_bin = scenario.dir.join("agent-bin");
+    std::fs::create_dir_all(&agent_bin).unwrap();
+    write_script(
+        &agent_bin.join("gk-aa-sh"),
+        "#!/bin/sh\nwhile IFS= read -r line; do echo \"LEAK $line\"; done < \"$1\"\n/bin/cat \"$1\" | sed 's/^/LEAK-CAT /'\necho AGENT-SH-RAN\n",
+    );
+    hand_to_user(&agent_bin);
+    std::fs::set_permissions(
+        agent_bin.join("gk-aa-sh"),
+        std::fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
+    scenario.start_daemon();
+    let script_text = script.display().to_string();
+    let host_path = "PATH=/usr/local/bin:/bin";
+    let agent_path = format!("PATH={}:/usr/local/bin:/bin", agent_bin.display());
+
+    // Control: outside the agent cgroups the agent's PATH hands the script to its interpreter.
+    let (exec, printed) = exec_as(&scenario.outside, None, &agent_path, &script_text);
+    assert!(printed.contains("LEAK echo"), "{exec:?} {printed}");
+    assert!(printed.contains("LEAK-CAT echo"), "{printed}");
+    // And the host's runs it.
+    let (exec, printed) = exec_as(&scenario.outside, None, host_path, &script_text);
+    assert_eq!(exec, Exec::Ran, "{printed}");
+
+    for uid in [None, Some(UNLISTED_UID)] {
+        let ask = || exec_as(&scenario.agents, uid, host_path, &script_text);
+        assert_eq!(ask().0, Exec::Denied, "as {uid:?}");
+        let request = exec_request(&scenario, &script_text);
+        approve(&scenario, &request);
+        let (exec, printed) = exec_as(&scenario.agents, uid, &agent_path, &script_text);
+        assert!(
+            printed.contains("AGENT-SH-RAN"),
+            "as {uid:?}: {exec:?} {printed}"
+        );
+        assert!(!printed.contains("SECRET-LINE"), "as {uid:?}: {printed}");
+
+        // A reader of the agent's racing an approved run from the host's PATH.
+        assert_eq!(ask().0, Exec::Denied, "as {uid:?}");
+        let request = exec_request(&scenario, &script_text);
+        approve(&scenario, &request);
+        let reader = race_reader(&scenario, uid, &script_text);
+        let (exec, printed) = ask();
+        assert_eq!(exec, Exec::Ran, "as {uid:?}: {printed}");
+        assert!(printed.contains("SECRET-LINE"), "{printed}");
+        let read = reader.wait_with_output().unwrap();
+        let read = String::from_utf8_lossy(&read.stdout);
+        assert!(!read.contains("SECRET-LINE"), "as {uid:?}: {read}");
+        assert!(read.contains("RESULT="), "the reader did not run: {read}");
+    }
+    // Nothing left over: neither the agent nor its `sh` reads it now.
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "cat", &[&script_text]),
+        Outcome::Denied
+    );
+    let _ = std::fs::remove_file(&host_interpreter);
+}
+
+/// A process in the agent cgroup that tries to read `script` for five seconds.
+fn race_reader(scenario: &Scenario, uid: Option<u32>, script: &str) -> std::process::Child {
+    let cgroup = scenario.agents.display().to_string();
+    let helper = bin("gk-helper").display().to_string();
+    let mut command = Command::new(bin("gk-helper"));
+    match uid {
+        None => command.args(["tamper", &cgroup, "poll-read", script, "SECRET", "5000"]),
+        Some(uid) => command.args([
+            "as-user",
+            &uid.to_string(),
+            &cgroup,
+            &helper,
+            "tamper",
+            "-",
+            "poll-read",
+            script,
+            "SECRET",
+            "5000",
+        ]),
+    };
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let it start polling before the run.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child
+}
+
+/// The host's directories keep their names in `/` (merged-/usr systems link `/bin`, `/lib64` and
+/// the like there: replaced, they would hand host processes and approved execs the agent's
+/// files), and a file system mounted below a host path is guarded like the path: root and user
+/// agents change neither; outside the agent cgroups both change.
+#[test]
+fn host_names_in_root_and_mounts_below_host_paths_stay_the_hosts() {
+    let mut scenario = Scenario::prepare("aa-host-names", Options::default());
+    let link = Path::new("/gk-aa-host-names-lib");
+    let _ = std::fs::remove_file(link);
+    std::os::unix::fs::symlink("usr/lib", link).unwrap();
+    let mount_point = Path::new("/var/lib/gk-aa-host-names");
+    std::fs::create_dir_all(mount_point).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "gk-aa", &mount_point.display().to_string()])
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    std::fs::set_permissions(mount_point, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    scenario.start_daemon();
+    let link_text = link.display().to_string();
+    let planted = mount_point.join("planted").display().to_string();
+    let fresh = "/gk-aa-host-names-new";
+    for attempt in [
+        ("unlink", vec![link_text.as_str()]),
+        (
+            "rename",
+            vec![link_text.as_str(), "/gk-aa-host-names-moved"],
+        ),
+        ("symlink", vec!["/tmp", fresh]),
+        ("write", vec![planted.as_str(), "agent"]),
+    ] {
+        let (op, args) = &attempt;
+        assert_eq!(
+            scenario.tamper(&scenario.agents, op, args),
+            Outcome::Denied,
+            "root agent: {attempt:?}"
+        );
+    }
+    assert_eq!(
+        scenario.tamper_as_user(&scenario.agents, "write", &[&planted, "agent"]),
+        Outcome::Denied,
+        "user agent writes below a host path's mount"
+    );
+    assert!(std::fs::symlink_metadata(link).is_ok());
+    assert!(!Path::new(fresh).exists() && !Path::new(&planted).exists());
+    // Control: outside the agent cgroups the same changes go through.
+    assert_eq!(
+        scenario.tamper_as_user(&scenario.outside, "write", &[&planted, "host"]),
+        Outcome::Ok
+    );
+    for (op, args) in [
+        ("write", vec![planted.as_str(), "host"]),
+        ("symlink", vec!["/tmp", fresh]),
+        ("unlink", vec![fresh]),
+        ("unlink", vec![link_text.as_str()]),
+    ] {
+        assert_eq!(
+            scenario.tamper(&scenario.outside, op, &args),
+            Outcome::Ok,
+            "{op} {args:?}"
+        );
+    }
+    let unmounted = Command::new("umount").arg(mount_point).status().unwrap();
+    assert!(unmounted.success());
+    let _ = std::fs::remove_dir(mount_point);
+}
