@@ -108,7 +108,7 @@ impl Engine {
     pub fn start(config: Arc<Config>, handle: Handle) -> Result<Self, EngineError> {
         // Before anything is written: a host that cannot enforce is told so first.
         loader::check_bpf_lsm()?;
-        let opened = Journal::open(&config.journal)?;
+        let mut opened = Journal::open(&config.journal)?;
         if let Some(repair) = &opened.repaired {
             warn!(
                 offset = repair.offset,
@@ -118,7 +118,11 @@ impl Engine {
             );
         }
         let sealing = match SealKey::load(&config.seal_key) {
-            Ok(key) => Some(key),
+            Ok(mut key) => {
+                key.catch_up(opened.journal.last_seal_epoch()?)
+                    .map_err(JournalError::from)?;
+                Some(key)
+            }
             Err(SealError::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {
                 warn!(
                     key = %config.seal_key.display(),

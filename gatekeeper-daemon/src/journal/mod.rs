@@ -32,6 +32,8 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 const HASH_SUFFIX_START: &str = ",\"hash\":\"";
 /// How a checkpoint record's event starts; serde writes the tag first.
 const CHECKPOINT_MARK: &[u8] = b"\"event\":{\"type\":\"checkpoint\"";
+/// What starts the event of a seal record.
+const SEAL_MARK: &[u8] = b"\"event\":{\"type\":\"seal\"";
 /// How far into a line the event tag can be (format, seq, time and prev come before it).
 const LINE_HEAD: usize = 256;
 const MODE: u32 = 0o600;
@@ -229,14 +231,34 @@ impl Journal {
         self.since_seal
     }
 
-    /// Seals every record so far with `key`, which moves on to the next epoch first.
+    /// Seals every record so far with `key`, which moves on to the next epoch once the seal is
+    /// durable: a seal that could not be written is made again later at the same epoch, so the
+    /// epochs in the journal have no gaps.
     pub fn seal(&mut self, key: &mut SealKey) -> Result<(), JournalError> {
-        let seal = key.seal(self.next_seq, &self.last_hash)?;
+        let seal = key.seal(self.next_seq, &self.last_hash);
         self.append(&Event::Seal {
             epoch: seal.epoch,
             tag: seal.tag,
         })?;
+        key.advance()?;
         Ok(())
+    }
+
+    /// The epoch of the journal's last seal, found by reading back from its end.
+    pub fn last_seal_epoch(&mut self) -> Result<Option<u64>, JournalError> {
+        let io_error = |cause| JournalError::Io {
+            path: self.path.clone(),
+            cause,
+        };
+        let Some(start) = last_line_with(&mut self.file, self.len, SEAL_MARK).map_err(io_error)?
+        else {
+            return Ok(None);
+        };
+        let (records, _) = read_from(&self.path, start, self.len)?;
+        Ok(records.first().and_then(|record| match record.event {
+            Event::Seal { epoch, .. } => Some(epoch),
+            _ => None,
+        }))
     }
 
     /// Appends one record and makes it durable before returning; returns the record's time. On
@@ -315,6 +337,11 @@ fn last_line_end(file: &mut File, end: u64) -> std::io::Result<u64> {
 /// Where the last checkpoint record before `end` starts (0 when there is none): found from the
 /// end, so a long history costs nothing at start.
 fn last_checkpoint(file: &mut File, end: u64) -> std::io::Result<u64> {
+    Ok(last_line_with(file, end, CHECKPOINT_MARK)?.unwrap_or(0))
+}
+
+/// The offset of the last line before `end` whose head holds `mark`.
+fn last_line_with(file: &mut File, end: u64, mark: &[u8]) -> std::io::Result<Option<u64>> {
     let mut line_end = end;
     let mut head = vec![0u8; LINE_HEAD];
     while line_end > 0 {
@@ -324,14 +351,14 @@ fn last_checkpoint(file: &mut File, end: u64) -> std::io::Result<u64> {
         file.seek(SeekFrom::Start(line_start))?;
         file.read_exact(&mut head[..length])?;
         if head[..length]
-            .windows(CHECKPOINT_MARK.len())
-            .any(|window| window == CHECKPOINT_MARK)
+            .windows(mark.len())
+            .any(|window| window == mark)
         {
-            return Ok(line_start);
+            return Ok(Some(line_start));
         }
         line_end = line_start;
     }
-    Ok(0)
+    Ok(None)
 }
 
 /// The end of an intact chain.
@@ -782,6 +809,9 @@ mod tests {
         journal.append(&expired(4)).unwrap();
         drop(journal);
 
+        let mut reopened = Journal::open(&temp.0).unwrap().journal;
+        assert_eq!(reopened.last_seal_epoch().unwrap(), Some(1));
+        drop(reopened);
         let report = verify_sealed(&temp.0, &verification).unwrap();
         assert_eq!(report.seals, 2);
         assert_eq!(report.chain.records, 7);
@@ -800,5 +830,40 @@ mod tests {
             error.contains("line 4") && error.contains("seal"),
             "{error}"
         );
+    }
+
+    /// Someone who takes the host later holds the current key: they cut the journal after an
+    /// early seal, append records of their own and seal them with that key. The seals cut out
+    /// leave a gap in the epochs, which verification names.
+    #[test]
+    fn sealed_records_cannot_be_cut_out_and_resealed_with_a_later_key() {
+        let temp = TempJournal::new("cut-reseal");
+        let key_path = temp.0.with_file_name("seal.key");
+        write_records(&temp.0, 2);
+        let (mut key, verification) = {
+            std::fs::create_dir_all(temp.0.parent().unwrap()).unwrap();
+            SealKey::create(&key_path, |_| Ok(())).unwrap()
+        };
+        let mut journal = Journal::open(&temp.0).unwrap().journal;
+        assert_eq!(journal.last_seal_epoch().unwrap(), None);
+        journal.seal(&mut key).unwrap();
+        journal.append(&expired(2)).unwrap();
+        journal.seal(&mut key).unwrap();
+        drop(journal);
+        verify_sealed(&temp.0, &verification).unwrap();
+        // Cut after the first seal (line 3), then the attacker's record and seal.
+        let kept: Vec<String> = lines(&temp.0).into_iter().take(3).collect();
+        write_lines(&temp.0, &kept);
+        let mut stolen = SealKey::load(&key_path).unwrap();
+        assert_eq!(stolen.epoch(), 2);
+        let mut journal = Journal::open(&temp.0).unwrap().journal;
+        journal.append(&expired(9)).unwrap();
+        journal.seal(&mut stolen).unwrap();
+        drop(journal);
+        verify(&temp.0).expect("the chain itself is intact");
+        let error = verify_sealed(&temp.0, &verification)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("cut out"), "{error}");
     }
 }

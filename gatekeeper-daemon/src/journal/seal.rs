@@ -25,8 +25,6 @@ const KEY_BYTES: usize = 32;
 const VERIFICATION_PREFIX: &str = "gkseal1-";
 const EVOLVE_LABEL: &[u8] = b"gatekeeper seal key evolution v1";
 const TAG_LABEL: &[u8] = b"gatekeeper seal v1";
-/// Epochs a verifier walks the key forward at most: about a seal a minute for twenty years.
-pub const MAX_EPOCH: u64 = 20 * 366 * 24 * 60;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
@@ -45,6 +43,15 @@ pub enum SealError {
         "a sealing key already exists at {0}: its verification key was printed when it was made; to start over, move it away first"
     )]
     Exists(PathBuf),
+    #[error(
+        "sealing key {path} is at epoch {key}, but the journal's last seal is {}: the key or the journal was replaced; check the journal with `gatekeeper journal verify --key`, then move the key away and make a new one (`gatekeeper journal setup-keys`)",
+        journal.map_or("none".to_owned(), |epoch| format!("of epoch {epoch}"))
+    )]
+    OutOfStep {
+        path: PathBuf,
+        key: u64,
+        journal: Option<u64>,
+    },
     #[error("sealing key {path} could not be guarded from agents, so none was made: {why}")]
     Unguarded { path: PathBuf, why: String },
     #[error(
@@ -201,21 +208,40 @@ impl SealKey {
         self.epoch
     }
 
-    /// Seals record `seq`, which follows the record hashed `prev`: first the file moves on to
-    /// the next key (durably), then the tag is made with the key left behind, which is erased.
-    /// On failure the file is unchanged or already on the next key; either way no key that
-    /// signed a written seal stays on disk.
-    pub fn seal(&mut self, seq: u64, prev: &str) -> Result<Seal, SealError> {
-        let current = self.key;
-        let epoch = self.epoch;
-        self.key = evolve(&current);
+    /// The seal of record `seq`, which follows the record hashed `prev`, made with the current
+    /// key. Nothing moves on until [`SealKey::advance`]: a seal that could not be written is
+    /// made again at the same epoch, and the journal's epochs have no gaps.
+    pub fn seal(&self, seq: u64, prev: &str) -> Seal {
+        Seal {
+            epoch: self.epoch,
+            tag: hex::encode(tag(&self.key, self.epoch, seq, prev)),
+        }
+    }
+
+    /// Once the current epoch's seal is durable: moves on to the next key and overwrites this
+    /// one, in memory and then on disk. A file left a key behind by a failed write or a crash
+    /// is brought forward by [`SealKey::catch_up`] at the next start.
+    pub fn advance(&mut self) -> Result<(), SealError> {
+        self.key = evolve(&self.key);
         self.epoch += 1;
-        self.store()?;
-        let seal = Seal {
-            epoch,
-            tag: hex::encode(tag(&current, epoch, seq, prev)),
-        };
-        Ok(seal)
+        self.store()
+    }
+
+    /// Brings the key in step with the journal, whose last seal is of epoch `last_sealed`
+    /// (None: it has none). A key whose seal was written but that did not move on does now;
+    /// any other mismatch means the key or the journal was replaced, and sealing on would
+    /// leave a gap that no verifier accepts.
+    pub fn catch_up(&mut self, last_sealed: Option<u64>) -> Result<(), SealError> {
+        match last_sealed {
+            Some(epoch) if epoch == self.epoch => self.advance(),
+            Some(epoch) if epoch.checked_add(1) == Some(self.epoch) => Ok(()),
+            None if self.epoch == 0 => Ok(()),
+            journal => Err(SealError::OutOfStep {
+                path: self.path.clone(),
+                key: self.epoch,
+                journal,
+            }),
+        }
     }
 
     /// Writes the key line over the old one in place, durably.
@@ -279,8 +305,8 @@ impl VerificationKey {
 pub struct SealChecker {
     epoch: u64,
     key: [u8; KEY_BYTES],
-    /// The epoch of the last seal checked: epochs only grow (gaps are seals that failed to be
-    /// written, or were cut out).
+    /// The epoch of the last seal checked: each seal's is the next (the daemon makes a seal
+    /// that could not be written again at the same epoch, so a gap is seals cut out).
     last: Option<u64>,
 }
 
@@ -296,14 +322,16 @@ impl SealChecker {
     /// Checks the seal of `epoch` with `tag`, written as record `seq` after the record hashed
     /// `prev`.
     pub fn check(&mut self, epoch: u64, tag_hex: &str, seq: u64, prev: &str) -> Result<(), String> {
-        if self.last.is_some_and(|last| epoch <= last) {
-            return Err(format!(
-                "seal of epoch {epoch} after one of epoch {}: epochs only grow",
-                self.last.unwrap_or_default()
-            ));
-        }
-        if epoch > MAX_EPOCH {
-            return Err(format!("seal of epoch {epoch}, beyond any real journal"));
+        let expected_epoch = self.last.map_or(0, |last| last + 1);
+        if epoch != expected_epoch {
+            return Err(match self.last {
+                Some(last) => format!(
+                    "seal of epoch {epoch} after one of epoch {last}: the seals between were cut out"
+                ),
+                None => format!(
+                    "the first seal is of epoch {epoch}, not 0: the seals before it were cut out"
+                ),
+            });
         }
         let key = VerificationKey::key_at(self.key, self.epoch, epoch);
         let expected = tag(&key, epoch, seq, prev);
@@ -344,6 +372,13 @@ mod tests {
 
     const PREV: &str = "ab";
 
+    /// A seal as the journal makes it: written, then the key moves on.
+    fn seal_written(key: &mut SealKey, seq: u64) -> Seal {
+        let seal = key.seal(seq, PREV);
+        key.advance().unwrap();
+        seal
+    }
+
     #[test]
     fn seals_verify_with_the_first_key_and_the_key_file_moves_on() {
         let dir = Dir::new("verify");
@@ -351,9 +386,7 @@ mod tests {
         let (mut key, verification) = SealKey::create(&path, |_| Ok(())).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let seals: Vec<Seal> = (0..5)
-            .map(|seq| key.seal(seq * 10, PREV).unwrap())
-            .collect();
+        let seals: Vec<Seal> = (0..5).map(|seq| seal_written(&mut key, seq * 10)).collect();
         assert_eq!(
             seals.iter().map(|seal| seal.epoch).collect::<Vec<_>>(),
             [0, 1, 2, 3, 4]
@@ -365,25 +398,58 @@ mod tests {
         for (seq, seal) in (0..5).map(|seq| seq * 10).zip(&seals) {
             checker.check(seal.epoch, &seal.tag, seq, PREV).unwrap();
         }
-        // Parsed back from its printed form, it verifies the same seals; gaps are allowed.
+        // Parsed back from its printed form, it verifies the same seals, with no gap between
+        // them and from epoch 0: seals cut out are found.
         let printed: VerificationKey = verification.to_string().parse().unwrap();
         let mut checker = SealChecker::new(&printed);
-        checker.check(1, &seals[1].tag, 10, PREV).unwrap();
-        checker.check(4, &seals[4].tag, 40, PREV).unwrap();
+        checker.check(0, &seals[0].tag, 0, PREV).unwrap();
+        let gap = checker.check(2, &seals[2].tag, 20, PREV).unwrap_err();
+        assert!(gap.contains("cut out"), "{gap}");
+        let mut checker = SealChecker::new(&printed);
+        let late_start = checker.check(1, &seals[1].tag, 10, PREV).unwrap_err();
+        assert!(late_start.contains("not 0"), "{late_start}");
+    }
+
+    #[test]
+    fn a_seal_not_written_is_made_again_at_its_epoch_and_the_key_catches_up() {
+        let dir = Dir::new("catch-up");
+        let path = dir.0.join("seal.key");
+        let (mut key, verification) = SealKey::create(&path, |_| Ok(())).unwrap();
+        key.catch_up(None).unwrap();
+        // A seal whose write failed: the next one is of the same epoch, at the new place.
+        let lost = key.seal(0, PREV);
+        let again = seal_written(&mut key, 1);
+        assert_eq!((lost.epoch, again.epoch), (0, 0));
+        let mut checker = SealChecker::new(&verification);
+        checker.check(again.epoch, &again.tag, 1, PREV).unwrap();
+        // A crash after the seal was written, before the key moved on: the journal's last
+        // seal is of the key's epoch, and the key moves on at start.
+        let written = key.seal(2, PREV);
+        let mut restarted = SealKey::load(&path).unwrap();
+        assert_eq!(restarted.epoch(), 1);
+        restarted.catch_up(Some(written.epoch)).unwrap();
+        assert_eq!(SealKey::load(&path).unwrap().epoch(), 2);
+        restarted.catch_up(Some(1)).unwrap();
+        // A key or journal replaced: named, not sealed on.
+        for journal in [None, Some(0), Some(5)] {
+            let error = restarted.catch_up(journal).unwrap_err().to_string();
+            assert!(error.contains("epoch 2"), "{error}");
+        }
     }
 
     #[test]
     fn a_seal_over_other_records_or_at_another_place_fails() {
         let dir = Dir::new("moved");
         let (mut key, verification) = SealKey::create(&dir.0.join("seal.key"), |_| Ok(())).unwrap();
-        let seal = key.seal(7, PREV).unwrap();
+        let seal = seal_written(&mut key, 7);
         for (seq, prev) in [(7, "ac"), (8, PREV)] {
             let mut checker = SealChecker::new(&verification);
             assert!(checker.check(seal.epoch, &seal.tag, seq, prev).is_err());
         }
-        // Epochs only grow: a seal replayed later fails.
-        let next = key.seal(9, PREV).unwrap();
+        // Each seal's epoch is the next: a seal replayed later fails.
+        let next = seal_written(&mut key, 9);
         let mut checker = SealChecker::new(&verification);
+        checker.check(seal.epoch, &seal.tag, 7, PREV).unwrap();
         checker.check(next.epoch, &next.tag, 9, PREV).unwrap();
         assert!(checker.check(seal.epoch, &seal.tag, 7, PREV).is_err());
     }
@@ -393,20 +459,29 @@ mod tests {
         let dir = Dir::new("forge");
         let path = dir.0.join("seal.key");
         let (mut key, verification) = SealKey::create(&path, |_| Ok(())).unwrap();
-        for seq in 0..3 {
-            key.seal(seq, PREV).unwrap();
-        }
-        // What an attacker finds on the host: epoch 3's key. Sealing changed records as epoch
-        // 3 or later verifies (that is the future), but as any earlier epoch it cannot.
+        let seals: Vec<Seal> = (0..3).map(|seq| seal_written(&mut key, seq)).collect();
+        // What an attacker finds on the host: epoch 3's key. A seal of changed records as an
+        // earlier epoch does not verify, and seals of epoch 3 or later verify only after every
+        // seal before them: the sealed records cannot be cut out and replaced.
         let stolen = SealKey::load(&path).unwrap();
         for epoch in 0..3 {
             let forged = hex::encode(tag(&stolen.key, epoch, 1, "changed"));
             let mut checker = SealChecker::new(&verification);
+            for (seq, seal) in seals.iter().enumerate().take(epoch as usize) {
+                checker
+                    .check(seal.epoch, &seal.tag, seq as u64, PREV)
+                    .unwrap();
+            }
             assert!(checker.check(epoch, &forged, 1, "changed").is_err());
         }
-        let mut later = SealKey::load(&path).unwrap();
-        let future = later.seal(5, PREV).unwrap();
+        let future = stolen.seal(5, PREV);
         let mut checker = SealChecker::new(&verification);
+        assert!(checker.check(future.epoch, &future.tag, 5, PREV).is_err());
+        for (seq, seal) in seals.iter().enumerate() {
+            checker
+                .check(seal.epoch, &seal.tag, seq as u64, PREV)
+                .unwrap();
+        }
         checker.check(future.epoch, &future.tag, 5, PREV).unwrap();
     }
 
