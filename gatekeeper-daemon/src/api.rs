@@ -90,6 +90,24 @@ pub enum LocalCall {
     },
 }
 
+impl LocalCall {
+    /// Agents' calls (waiting, justifying): served on the agents' socket only.
+    pub fn is_agents(&self) -> bool {
+        matches!(
+            self,
+            Self::Await { .. } | Self::Announce { .. } | Self::Justify { .. }
+        )
+    }
+
+    /// Decisions and administration: served on the reviewers' socket only.
+    pub fn is_reviewers(&self) -> bool {
+        matches!(
+            self,
+            Self::List { .. } | Self::Decide { .. } | Self::Uninstall | Self::SetupKeys
+        )
+    }
+}
+
 /// The answer: a JSON object on one line.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LocalReply {
@@ -238,18 +256,13 @@ enum Side {
 impl Side {
     /// Why `call` is refused on this side, if it is.
     fn refuses(self, call: &LocalCall) -> Option<&'static str> {
-        match (self, call) {
-            (
-                Self::Agents,
-                LocalCall::List { .. }
-                | LocalCall::Decide { .. }
-                | LocalCall::Uninstall
-                | LocalCall::SetupKeys,
-            ) => Some("the agents' socket takes no decisions: reviewers use the reviewers' socket"),
-            (
-                Self::Reviewers,
-                LocalCall::Await { .. } | LocalCall::Announce { .. } | LocalCall::Justify { .. },
-            ) => Some("waiting and justifying belong on the agents' socket"),
+        match self {
+            Self::Agents if call.is_reviewers() => {
+                Some("the agents' socket takes no decisions: reviewers use the reviewers' socket")
+            }
+            Self::Reviewers if call.is_agents() => {
+                Some("waiting and justifying belong on the agents' socket")
+            }
             _ => None,
         }
     }
@@ -283,6 +296,13 @@ fn caller_of(stream: &UnixStream, side: Side, agent_cgroups: &[PathBuf]) -> Opti
     })
 }
 
+/// Removes the files of the reviewers' socket at `socket` and of the agents' socket beside it.
+pub fn remove_socket_files(socket: &Path) {
+    for path in [socket.to_path_buf(), agent_socket(socket)] {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// The daemon's two sockets, bound but not yet listening: [`LocalSockets::bind`] runs before
 /// the policy names them to the kernel, [`LocalSockets::listen`] after, so no agent connects to
 /// the reviewers' socket in between.
@@ -305,9 +325,7 @@ impl LocalSockets {
 
     /// Removes both sockets' files (the daemon did not start).
     pub fn remove(self) {
-        for (path, _) in [self.reviewers, self.agents] {
-            let _ = std::fs::remove_file(path);
-        }
+        remove_socket_files(&self.reviewers.0);
     }
 
     /// Starts listening on both sockets.

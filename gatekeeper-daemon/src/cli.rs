@@ -570,9 +570,7 @@ fn call_with_timeout(
             .with_context(|| format!("cannot reach the daemon at {}", path.display()))
     };
     let mut stream = match request {
-        LocalCall::Await { .. } | LocalCall::Announce { .. } | LocalCall::Justify { .. } => {
-            connect(&agents)?
-        }
+        request if request.is_agents() => connect(&agents)?,
         _ => match UnixStream::connect(&reviewers) {
             Ok(stream) => stream,
             // An agent asking how the daemon is: the agents' socket answers that too.

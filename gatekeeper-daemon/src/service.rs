@@ -205,8 +205,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if let Some(http) = http {
         http.abort();
     }
-    let _ = std::fs::remove_file(&config.socket);
-    let _ = std::fs::remove_file(crate::config::agent_socket(&config.socket));
+    crate::api::remove_socket_files(&config.socket);
     if reason.starts_with("event") {
         return Err(DaemonError::Events(std::io::Error::other(reason)));
     }

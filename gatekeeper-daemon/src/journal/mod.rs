@@ -392,12 +392,10 @@ pub fn verify_sealed(path: &Path, key: &VerificationKey) -> Result<SealedTail, J
     let mut previous_time = None;
     let chain = walk(path, 0, u64::MAX, |body| {
         if body.event.get("type").and_then(|kind| kind.as_str()) == Some("seal") {
-            let epoch = body.event.get("epoch").and_then(serde_json::Value::as_u64);
-            let tag = body.event.get("tag").and_then(serde_json::Value::as_str);
-            let (Some(epoch), Some(tag)) = (epoch, tag) else {
+            let Ok(Event::Seal { epoch, tag }) = serde_json::from_value(body.event.clone()) else {
                 return Err("seal without an epoch or a tag".into());
             };
-            checker.check(epoch, tag, body.seq, &body.prev)?;
+            checker.check(epoch, &tag, body.seq, &body.prev)?;
             seals += 1;
             if let (Some(before), Some(time)) = (body.seq.checked_sub(1), previous_time) {
                 sealed_through = Some((before, time));
