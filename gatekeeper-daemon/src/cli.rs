@@ -122,6 +122,35 @@ pub enum JournalCommand {
     /// Make the host's forward-secure sealing key ([daemon] seal_key) and print the
     /// verification key, to keep off this host, as the last line.
     SetupKeys,
+    /// The journal as a timeline: who asked for what and why, who decided, when the grant was
+    /// used and by which process.
+    Show {
+        /// Only the records of this request.
+        #[arg(long, value_name = "ID")]
+        request: Option<String>,
+        /// Only records of this type (request_created, decision, grant_used, ...).
+        #[arg(long = "type", value_name = "TYPE")]
+        kind: Option<String>,
+        /// Only records from this time on: RFC 3339 (2026-12-01T09:00:00Z) or a span before
+        /// now (2h, 3days).
+        #[arg(long, value_name = "TIME", value_parser = parse_since)]
+        since: Option<time::OffsetDateTime>,
+        /// The journal to read (default: [daemon] journal of the config).
+        file: Option<PathBuf>,
+    },
+}
+
+/// `--since`: an RFC 3339 time, or a span before now.
+fn parse_since(text: &str) -> Result<time::OffsetDateTime, String> {
+    if let Ok(time) =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+    {
+        return Ok(time);
+    }
+    let span = humantime::parse_duration(text).map_err(|_| {
+        format!("{text:?} is neither an RFC 3339 time (2026-12-01T09:00:00Z) nor a span (2h)")
+    })?;
+    Ok(time::OffsetDateTime::now_utc() - span)
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -329,6 +358,25 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Journal {
             command: JournalCommand::SetupKeys,
         } => setup_keys(&cli),
+        Command::Journal {
+            command:
+                JournalCommand::Show {
+                    request,
+                    kind,
+                    since,
+                    file,
+                },
+        } => {
+            let filter = journal::show::Filter::new(request.clone(), kind.as_deref(), *since)?;
+            let path = match file {
+                Some(file) => file.clone(),
+                None => client_config(&cli)?.journal,
+            };
+            for line in journal::show::timeline(&journal::records(&path)?, &filter) {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Requests { all, json } => {
             let data = call(&cli, &LocalCall::List { all: *all })?;
             if *json {

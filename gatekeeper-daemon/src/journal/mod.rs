@@ -12,6 +12,7 @@
 pub mod legacy;
 pub mod schema;
 pub mod seal;
+pub mod show;
 
 use std::{
     fs::{File, OpenOptions},

@@ -126,6 +126,32 @@ fn approval_lets_exactly_one_retry_pass() {
 
     let used = scenario.wait_journal("grant_used", |event| event["request_id"] == id.as_str());
     assert!(used["pid"].as_u64().is_some_and(|pid| pid > 0), "{used}");
+    // The auditor's timeline of it: asked, approved by root, used by that process.
+    let config = scenario.config.display().to_string();
+    let shown = scenario.gatekeeper(&["--config", &config, "journal", "show", "--request", &id]);
+    assert!(shown.status.success(), "{shown:?}");
+    let text = String::from_utf8_lossy(&shown.stdout);
+    let has = |kind: &str, words: &str| {
+        text.lines()
+            .any(|line| line.contains(kind) && line.contains(words))
+    };
+    assert!(has("request_created", "asked by pid"), "{text}");
+    assert!(
+        has("decision", "approved by root on cli, reason: test"),
+        "{text}"
+    );
+    assert!(
+        has("grant_used", &format!("used by pid {}", used["pid"])),
+        "{text}"
+    );
+    assert!(!text.contains("daemon_started"), "{text}");
+    let journal = scenario.journal.display().to_string();
+    let unknown = scenario.gatekeeper(&["journal", "show", "--type", "grants", &journal]);
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("unknown record type \"grants\""),
+        "{unknown:?}"
+    );
     // Deciding again is refused.
     let again = scenario.gatekeeper(&["approve", &id]);
     assert!(!again.status.success());
