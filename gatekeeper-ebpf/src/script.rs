@@ -75,6 +75,14 @@ fn current_image() -> Result<Image, i32> {
     unsafe { image_of(bpf_get_current_task() as *const u8) }
 }
 
+/// The caller's image, and the approved script run recorded for its process if there is one.
+#[inline(always)]
+fn current_run() -> Option<(Image, *mut ScriptRun)> {
+    let image = current_image().ok()?;
+    let run = SCRIPT_RUNS.get_ptr_mut(image.tgid)?;
+    Some((image, run))
+}
+
 /// At the approved exec of `script` (a read target): the image it is about to start may read
 /// it once. Without the entry the interpreter cannot read the script: the run fails, closed.
 #[inline(always)]
@@ -96,10 +104,7 @@ pub fn grant_script_read(script: Target) {
 /// takes the read.
 #[inline(always)]
 pub fn take_script_read(script: &Target) -> bool {
-    let Ok(image) = current_image() else {
-        return false;
-    };
-    let Some(run) = SCRIPT_RUNS.get_ptr_mut(image.tgid) else {
+    let Some((image, run)) = current_run() else {
         return false;
     };
     let now = unsafe { bpf_ktime_get_boot_ns() };
@@ -128,10 +133,7 @@ pub fn take_script_read(script: &Target) -> bool {
 /// secure-execution mode too.
 #[inline(always)]
 pub unsafe fn pass_script_read(program: *const u8) -> bool {
-    let Ok(image) = current_image() else {
-        return false;
-    };
-    let Some(run) = SCRIPT_RUNS.get_ptr_mut(image.tgid) else {
+    let Some((image, run)) = current_run() else {
         return false;
     };
     let now = unsafe { bpf_ktime_get_boot_ns() };

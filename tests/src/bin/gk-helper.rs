@@ -938,7 +938,12 @@ fn attack(op: &str, args: &[&str]) -> Result<(), i32> {
         }
         // poll-read PATH NEEDLE MILLIS: READY, then reads PATH over and over for MILLIS until
         // what it holds contains NEEDLE (printed as CONTENT=); the last errno otherwise.
-        "poll-read" => poll_read(text(0)?, text(1)?, number(2)? as u64),
+        "poll-read" => poll_read(
+            text(0)?,
+            text(1)?,
+            number(2)? as u64,
+            number(3).unwrap_or(0) as u64,
+        ),
         // symlink-hold TARGET LINK: TARGET made and held open for reading and writing, LINK a
         // symlink to it; READY, then what TARGET holds as CONTENT=.
         "symlink-hold" => {
@@ -1190,7 +1195,7 @@ fn wronly_hold(path: &str) -> Result<(), i32> {
     Ok(())
 }
 
-fn poll_read(path: &str, needle: &str, millis: u64) -> Result<(), i32> {
+fn poll_read(path: &str, needle: &str, millis: u64, pause_millis: u64) -> Result<(), i32> {
     use std::io::Write as _;
     println!("READY");
     std::io::stdout()
@@ -1210,6 +1215,7 @@ fn poll_read(path: &str, needle: &str, millis: u64) -> Result<(), i32> {
             Ok(_) => last = Ok(()),
             Err(error) => last = Err(error.raw_os_error().unwrap_or(-1)),
         }
+        std::thread::sleep(std::time::Duration::from_millis(pause_millis));
     }
     println!("TRIES={tries}");
     last.and(Err(libc::ETIMEDOUT))
@@ -1807,6 +1813,31 @@ fn argv_swap(program: &str) -> String {
         return "bad program".into();
     };
     WORD.store(u32::from_le_bytes(*b"two\0"), SeqCst);
+    exec_with_faulting_page(
+        b"target\0",
+        move |page| {
+            let argv = [
+                path.as_ptr(),
+                page as *const libc::c_char,
+                WORD.as_ptr().cast::<libc::c_char>(),
+                std::ptr::null(),
+            ];
+            // SAFETY: NUL-terminated strings and a null-terminated vector.
+            unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
+        },
+        || WORD.store(u32::from_le_bytes(*b"one\0"), SeqCst),
+    )
+}
+
+/// In a child: maps a page that is not there yet and calls `exec` with its address, which
+/// execs with a vector pointing into it. When the kernel's copy of the strings faults on the
+/// page, the userfaultfd handler calls `on_fault`, then supplies the page holding `content`.
+/// Returns how the exec ended: `SIGNAL=N`, `DENIED` (EPERM) or `EXIT=N` with what it printed.
+fn exec_with_faulting_page(
+    content: &'static [u8],
+    exec: impl FnOnce(u64),
+    on_fault: impl FnOnce() + Send + 'static,
+) -> String {
     let mut pipe = [0i32; 2];
     // SAFETY: pipe fills two descriptors; fork in a single-threaded process.
     let pid = unsafe {
@@ -1817,7 +1848,7 @@ fn argv_swap(program: &str) -> String {
     };
     if pid == 0 {
         // SAFETY: raw userfaultfd setup on memory this child maps; the handler thread only
-        // touches WORD and the fault page through the kernel.
+        // touches the fault page through the kernel, and what `on_fault` does.
         unsafe {
             libc::dup2(pipe[1], 1);
             let fd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) as i32;
@@ -1850,19 +1881,13 @@ fn argv_swap(program: &str) -> String {
                 {
                     return;
                 }
-                WORD.store(u32::from_le_bytes(*b"one\0"), SeqCst);
+                on_fault();
                 let mut source = [0u8; 4096];
-                source[..7].copy_from_slice(b"target\0");
+                source[..content.len()].copy_from_slice(content);
                 let mut copy = [page, source.as_ptr() as u64, 4096, 0, 0];
                 libc::ioctl(fd, uffd::IOCTL_COPY as _, copy.as_mut_ptr());
             });
-            let argv = [
-                path.as_ptr(),
-                page as *const libc::c_char,
-                WORD.as_ptr().cast::<libc::c_char>(),
-                std::ptr::null(),
-            ];
-            libc::execv(path.as_ptr(), argv.as_ptr());
+            exec(page);
             libc::_exit(100 + last_errno());
         }
     }
@@ -2534,89 +2559,33 @@ fn argv_shift(program: &str, argv0: &str) -> String {
     let (Ok(path), Ok(argv0)) = (CString::new(program), CString::new(argv0)) else {
         return "bad program".into();
     };
-    let target = CString::new("target").unwrap();
-    let one = CString::new("one").unwrap();
-    let mut pipe = [0i32; 2];
-    // SAFETY: pipe fills two descriptors; fork in a single-threaded process.
-    let pid = unsafe {
-        if libc::pipe(pipe.as_mut_ptr()) != 0 {
-            return "pipe failed".into();
-        }
-        libc::fork()
-    };
-    if pid == 0 {
-        // SAFETY: as argv_swap.
-        unsafe {
-            libc::dup2(pipe[1], 1);
-            let fd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) as i32;
-            let mut api = [uffd::API, 0, 0];
-            if fd < 0 || libc::ioctl(fd, uffd::IOCTL_API as _, api.as_mut_ptr()) != 0 {
-                println!("SETUP uffd errno {}", last_errno());
-                libc::_exit(3);
-            }
-            let page = libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            let mut register = [page as u64, 4096, uffd::REGISTER_MODE_MISSING, 0];
-            if page == libc::MAP_FAILED
-                || libc::ioctl(fd, uffd::IOCTL_REGISTER as _, register.as_mut_ptr()) != 0
-            {
-                println!("SETUP register errno {}", last_errno());
-                libc::_exit(3);
-            }
-            let page = page as u64;
-            let (argv0_at, target_at, one_at) = (
-                argv0.as_ptr() as u64,
-                target.as_ptr() as u64,
-                one.as_ptr() as u64,
-            );
+    let target = c"target";
+    let one = c"one";
+    let (argv0_at, target_at, one_at) = (
+        argv0.as_ptr() as u64,
+        target.as_ptr() as u64,
+        one.as_ptr() as u64,
+    );
+    exec_with_faulting_page(
+        b"x\0",
+        move |page| {
             for (slot, value) in VECTOR
                 .iter()
                 .zip([page, target_at, argv0_at, target_at, one_at, 0])
             {
                 slot.store(value, SeqCst);
             }
-            std::thread::spawn(move || {
-                let mut message = [0u8; uffd::MSG_BYTES];
-                if libc::read(fd, message.as_mut_ptr().cast(), message.len()) as usize
-                    != message.len()
-                    || message[0] != uffd::EVENT_PAGEFAULT
-                {
-                    return;
-                }
-                for (slot, value) in VECTOR.iter().zip([argv0_at, target_at, one_at, 0]) {
-                    slot.store(value, SeqCst);
-                }
-                let mut source = [0u8; 4096];
-                source[..2].copy_from_slice(b"x\0");
-                let mut copy = [page, source.as_ptr() as u64, 4096, 0, 0];
-                libc::ioctl(fd, uffd::IOCTL_COPY as _, copy.as_mut_ptr());
-            });
-            libc::execv(path.as_ptr(), VECTOR.as_ptr().cast());
-            libc::_exit(100 + last_errno());
-        }
-    }
-    let mut output = String::new();
-    let mut status = 0;
-    // SAFETY: as argv_swap.
-    unsafe {
-        use std::{io::Read as _, os::fd::FromRawFd as _};
-        libc::close(pipe[1]);
-        let _ = std::fs::File::from_raw_fd(pipe[0]).read_to_string(&mut output);
-        libc::waitpid(pid, &mut status, 0);
-    }
-    if libc::WIFSIGNALED(status) {
-        format!("SIGNAL={}", libc::WTERMSIG(status))
-    } else if libc::WEXITSTATUS(status) == 100 + libc::EPERM {
-        "DENIED".into()
-    } else {
-        format!("EXIT={} {}", libc::WEXITSTATUS(status), output.trim())
-    }
+            // SAFETY: the vector points at NUL-terminated strings that outlive the exec, and
+            // ends in a null pointer.
+            unsafe { libc::execv(path.as_ptr(), VECTOR.as_ptr().cast()) };
+            drop(argv0);
+        },
+        move || {
+            for (slot, value) in VECTOR.iter().zip([argv0_at, target_at, one_at, 0]) {
+                slot.store(value, SeqCst);
+            }
+        },
+    )
 }
 
 /// Sends one line on a daemon socket and prints the reply line (`REPLY=...`).

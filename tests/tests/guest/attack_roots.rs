@@ -230,13 +230,23 @@ fn an_approved_scripts_read_belongs_to_its_interpreter() {
     let _ = std::fs::remove_file(&host_interpreter);
 }
 
-/// A process in the agent cgroup that tries to read `script` for five seconds.
+/// A process in the agent cgroup that tries to read `script` for five seconds, every 5 ms (each
+/// try is a denial the daemon handles: as fast as it can go, the tries would bury the requests
+/// the test waits for).
 fn race_reader(scenario: &Scenario, uid: Option<u32>, script: &str) -> std::process::Child {
     let cgroup = scenario.agents.display().to_string();
     let helper = bin("gk-helper").display().to_string();
     let mut command = Command::new(bin("gk-helper"));
     match uid {
-        None => command.args(["tamper", &cgroup, "poll-read", script, "SECRET", "5000"]),
+        None => command.args([
+            "tamper",
+            &cgroup,
+            "poll-read",
+            script,
+            "SECRET",
+            "5000",
+            "5",
+        ]),
         Some(uid) => command.args([
             "as-user",
             &uid.to_string(),
@@ -248,6 +258,7 @@ fn race_reader(scenario: &Scenario, uid: Option<u32>, script: &str) -> std::proc
             script,
             "SECRET",
             "5000",
+            "5",
         ]),
     };
     let child = command
