@@ -135,6 +135,8 @@ macro_rules! kernel_members {
             // Where an approved exec looks for its loader and libraries: the caller's root.
             (OFF_TASK_FS, "task_struct", "fs"),
             (OFF_FS_ROOT, "fs_struct", "root"),
+            // How many tasks share that root: another could move it during the exec.
+            (OFF_FS_USERS, "fs_struct", "users"),
             // Which process image an approved script's interpreter is: the process (its
             // leader's start time, which exec keeps) and how many execs it has made.
             (OFF_TASK_GROUP_LEADER, "task_struct", "group_leader"),

@@ -28,7 +28,7 @@ use gatekeeper_common::{MountRefusal, Setting, TamperHook};
 use crate::{
     exec::inode_target,
     offsets::{
-        OFF_DENTRY_INODE, OFF_FS_CONTEXT_FS_TYPE, OFF_FS_ROOT, OFF_FS_TYPE_NAME,
+        OFF_DENTRY_INODE, OFF_FS_CONTEXT_FS_TYPE, OFF_FS_ROOT, OFF_FS_TYPE_NAME, OFF_FS_USERS,
         OFF_LIST_HEAD_NEXT, OFF_MNT_NS_NS, OFF_MOUNT_CHILD, OFF_MOUNT_INSTANCE, OFF_MOUNT_MNT,
         OFF_MOUNT_MOUNTS, OFF_MOUNT_NS, OFF_MOUNT_PARENT, OFF_NS_COMMON_INUM, OFF_NSPROXY_MNT_NS,
         OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_SB_MOUNTS, OFF_TASK_FS, OFF_TASK_NSPROXY,
@@ -128,8 +128,9 @@ pub fn caller_in_host_namespace() -> bool {
 }
 
 /// Whether the caller sees the host's files where the host does: in the host's mount namespace
-/// (where agents change no mount) and at init's root directory, not under a chroot. Unreadable,
-/// or not yet told by the daemon, counts as not.
+/// (where agents change no mount) and at init's root directory, not under a chroot, with a root
+/// of its own (a thread or a `CLONE_FS` child sharing it could chroot while the kernel opens
+/// the loader). Unreadable, or not yet told by the daemon, counts as not.
 #[inline(always)]
 pub fn caller_at_host_root() -> bool {
     let root_device = setting(Setting::HostRootDevice);
@@ -145,14 +146,16 @@ pub fn caller_at_host_root() -> bool {
             .and_then(|ns| namespace_inum(ns))
             .and_then(|inum| {
                 let fs: *const u8 = read_field(task, &OFF_TASK_FS)?;
+                let users: i32 = read_field(fs, &OFF_FS_USERS)?;
                 let root: *const u8 = read_field(member_ptr(fs, &OFF_FS_ROOT), &OFF_PATH_DENTRY)?;
                 let inode: *const u8 = read_field(root, &OFF_DENTRY_INODE)?;
-                Ok((inum, inode_target(inode)?))
+                Ok((inum, users, inode_target(inode)?))
             })
     };
     match seen {
-        Ok((inum, root)) => {
-            is_host_namespace(inum)
+        Ok((inum, users, root)) => {
+            users == 1
+                && is_host_namespace(inum)
                 && root.data[0] == u64::from(root_device)
                 && root.data[1] == root_inode
         }

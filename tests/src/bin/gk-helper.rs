@@ -29,7 +29,7 @@ const USAGE: &str = "usage: gk-helper target
   | argv-swap CGROUP PROGRAM               (exec PROGRAM target two, rewriting it to one
                                            after the kernel copied it; see argv_swap)
   | exec-rooted CGROUP UID|- PLACE PROGRAM ARGS...  (exec with a loader of the caller's;
-                                           PLACE: private, user, chroot:DIR)
+                                           PLACE: private, user, threaded, chroot:DIR)
 CGROUP may be - to stay where the helper is.";
 
 fn join_cgroup(cgroup: &str) -> Result<(), String> {
@@ -1704,12 +1704,18 @@ const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
 
 /// Execs `program args` where the caller chose the loader the kernel starts for it: `private`
 /// or `user` (a mount namespace of its own, as root or as root of a user namespace of its own,
-/// with a copy of the loader bound over the host's), or `chroot:DIR` (DIR filled with copies of
+/// with a copy of the loader bound over the host's), `threaded` (from a process with a second
+/// thread, which shares its root and could move it mid-exec), or `chroot:DIR` (DIR filled with copies of
 /// the loader and of the libraries this helper maps, the program opened first and run by its
 /// descriptor from under DIR). Returns the errno of the exec, or SETUP_ERRNO_BASE + the errno of
 /// a step before it.
 fn exec_own_root(place: &str, program: &str, args: &[&str]) -> i32 {
     let setup = |error: std::io::Error| SETUP_ERRNO_BASE + error.raw_os_error().unwrap_or(-1);
+    if place == "threaded" {
+        // A thread shares the root (and could chroot while the kernel opens the loader).
+        std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_secs(60)));
+        return exec(program, args);
+    }
     if let Some(dir) = place.strip_prefix("chroot:") {
         if let Err(error) = build_jail(Path::new(dir)) {
             return setup(error);
@@ -1887,6 +1893,12 @@ fn exec_with_faulting_page(
                 let mut copy = [page, source.as_ptr() as u64, 4096, 0, 0];
                 libc::ioctl(fd, uffd::IOCTL_COPY as _, copy.as_mut_ptr());
             });
+            // A file system context of its own, as a single-threaded process has: an exec on
+            // a grant from one shared with the handler thread is refused before any of this.
+            if libc::unshare(libc::CLONE_FS) != 0 {
+                println!("SETUP unshare errno {}", last_errno());
+                libc::_exit(3);
+            }
             exec(page);
             libc::_exit(100 + last_errno());
         }

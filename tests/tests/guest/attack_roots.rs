@@ -81,9 +81,10 @@ fn write_script(path: &Path, text: &str) {
 }
 
 /// An approved `P target one` run from a mount namespace of the agent's own with its copy of the
-/// loader bound over the host's (as root, and as a user through a user namespace), or from a
-/// chroot it filled with copies: refused as `foreign_root_exec`, the grant left for the exec from
-/// the host's root, which runs once.
+/// loader bound over the host's (as root, and as a user through a user namespace), from a
+/// chroot it filled with copies, or from a process whose second thread shares its root (and
+/// could chroot while the kernel opens the loader): refused as `foreign_root_exec`, the grant
+/// left for the exec from the host's root, which runs once.
 #[test]
 fn an_approved_exec_does_not_run_with_a_loader_of_the_agents() {
     let scenario = Scenario::start("aa-roots", Options::default());
@@ -93,6 +94,7 @@ fn an_approved_exec_does_not_run_with_a_loader_of_the_agents() {
         (None, "private".to_owned()),
         (Some(UNLISTED_UID), "user".to_owned()),
         (None, format!("chroot:{}", jail.display())),
+        (Some(UNLISTED_UID), "threaded".to_owned()),
     ];
     // Control: outside the agent cgroups each route runs the program (with the copies).
     for (uid, place) in &places {
