@@ -143,6 +143,11 @@ macro_rules! kernel_members {
             (OFF_TASK_START_TIME, "task_struct", "start_time"),
             (OFF_TASK_SELF_EXEC_ID, "task_struct", "self_exec_id"),
             (OFF_TASK_REAL_PARENT, "task_struct", "real_parent"),
+            // Seccomp filters whose system calls a listener answers (user notification).
+            (OFF_TASK_SECCOMP, "task_struct", "seccomp"),
+            (OFF_SECCOMP_FILTER, "seccomp", "filter"),
+            (OFF_SECCOMP_FILTER_PREV, "seccomp_filter", "prev"),
+            (OFF_SECCOMP_FILTER_NOTIF, "seccomp_filter", "notif"),
         }
     };
 }
@@ -473,6 +478,10 @@ pub enum TamperHook {
     /// namespace of its own or under another root (chroot), where the loader, the libraries or a
     /// script's interpreter the exec would load may be the agent's (data: device, inode).
     ForeignRootExec = 44,
+    /// An exec that needs a grant, by a caller under a seccomp filter whose system calls a
+    /// listener answers (user notification): the listener could answer the loader's opens with
+    /// files of its own (data: device, inode).
+    ListenedExec = 45,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -495,7 +504,7 @@ pub enum MountRefusal {
 
 impl TamperHook {
     /// Every hook, in id order (ids start at 1).
-    pub const ALL: [Self; 44] = {
+    pub const ALL: [Self; 45] = {
         use TamperHook::*;
         [
             Bpf,
@@ -542,6 +551,7 @@ impl TamperHook {
             DaemonListener,
             ReviewerSocket,
             ForeignRootExec,
+            ListenedExec,
         ]
     };
 
@@ -595,6 +605,7 @@ impl TamperHook {
             Self::DaemonListener => "daemon_listener",
             Self::ReviewerSocket => "reviewer_socket",
             Self::ForeignRootExec => "foreign_root_exec",
+            Self::ListenedExec => "listened_exec",
         }
     }
 }

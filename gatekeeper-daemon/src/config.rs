@@ -263,19 +263,24 @@ impl Config {
     }
 
     /// Adds a `write` rule for each host path that is a directory here and has no rule of its
-    /// own, and for each of `mounts` below one (the kernel's walk up from a file stops at the
-    /// root of its own file system): agents write there only with approval and make, move or
-    /// remove no names there.
+    /// own, and for each of `mounts` below one, directory or file (the kernel's walk up from a
+    /// file stops at the root of its own file system): agents write there only with approval and
+    /// make, move or remove no names there.
     pub fn guard_host_paths(&mut self, mounts: &[PathBuf]) {
         let below = mounts.iter().filter(|mount| {
             self.host_paths
                 .iter()
                 .any(|path| mount.starts_with(path) && *mount != path)
         });
-        let guarded: Vec<PathBuf> = self.host_paths.iter().chain(below).cloned().collect();
-        for path in &guarded {
-            let is_directory = std::fs::symlink_metadata(path).is_ok_and(|meta| meta.is_dir());
-            if is_directory && !self.file_rules.iter().any(|rule| rule.path == *path) {
+        // A file mounted over one (a container runtime's /etc/resolv.conf) is guarded as a file.
+        let guarded: Vec<(PathBuf, bool)> = (self.host_paths.iter().map(|path| (path, false)))
+            .chain(below.map(|path| (path, true)))
+            .map(|(path, mounted)| (path.clone(), mounted))
+            .collect();
+        for (path, mounted) in &guarded {
+            let guardable = std::fs::symlink_metadata(path)
+                .is_ok_and(|meta| meta.is_dir() || (*mounted && meta.is_file()));
+            if guardable && !self.file_rules.iter().any(|rule| rule.path == *path) {
                 self.file_rules.push(FileRule {
                     path: path.clone(),
                     name: format!("host files {}", path.display()),

@@ -17,11 +17,12 @@ use crate::{
     mounts::caller_at_host_root,
     offsets::{
         OFF_BPRM_BUF, OFF_BPRM_FILE, OFF_BPRM_FILENAME, OFF_FILE_INODE, OFF_FILE_PATH,
-        OFF_INODE_INO, OFF_INODE_SB, OFF_MM_EXE_FILE, OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_SB_DEV,
-        OFF_TASK_MM, OFF_TASK_PTRACE, OFF_VFSMOUNT_FLAGS,
+        OFF_INODE_INO, OFF_INODE_SB, OFF_MM_EXE_FILE, OFF_PATH_MNT, OFF_SB_DEV, OFF_SECCOMP_FILTER,
+        OFF_SECCOMP_FILTER_NOTIF, OFF_SECCOMP_FILTER_PREV, OFF_TASK_MM, OFF_TASK_PTRACE,
+        OFF_TASK_SECCOMP, OFF_VFSMOUNT_FLAGS,
     },
     read::{member_ptr, read_at, read_field},
-    script::{grant_script_read, pass_script_read},
+    script::grant_script_read,
     verdict::{EPERM, agent_caller, is_protected, needs_allowlist_approval, tamper},
 };
 
@@ -48,13 +49,6 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let Ok(target) = (unsafe { exec_target(file) }) else {
         return -EPERM;
     };
-    let passed_script_read = unsafe {
-        read_field::<*const u8>(member_ptr(file, &OFF_FILE_PATH), &OFF_PATH_DENTRY)
-            .is_ok_and(|program| pass_script_read(program))
-    };
-    if passed_script_read {
-        unsafe { bpf_bprm_opts_set(ctx.arg(0), BPF_F_BPRM_SECUREEXEC as u64) };
-    }
     if !is_protected(&target) && !needs_allowlist_approval(&target) {
         return 0;
     }
@@ -69,6 +63,10 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     // used there, nor a request made: nothing a reviewer approves could run as shown.
     if !caller_at_host_root() {
         return tamper(agent_cgroup_id, TamperHook::ForeignRootExec, target.data);
+    }
+    // Nor under a seccomp filter a listener answers: it could hand the loader files of its own.
+    if unsafe { seccomp_listened(task) } {
+        return tamper(agent_cgroup_id, TamperHook::ListenedExec, target.data);
     }
     let filename =
         unsafe { read_field::<*const u8>(bprm, &OFF_BPRM_FILENAME) }.unwrap_or(core::ptr::null());
@@ -87,6 +85,33 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
         grant_script_read(Target::file(dev as u32, ino, file_access::READ));
     }
     0
+}
+
+/// How many of a task's seccomp filters are looked at; a longer chain counts as listened to.
+const MAX_SECCOMP_FILTERS: u32 = 32;
+
+/// Whether one of `task`'s seccomp filters has a listener (user notification), whose holder
+/// answers the filtered system calls in the task's stead. Unreadable counts as yes.
+#[inline(always)]
+unsafe fn seccomp_listened(task: *const u8) -> bool {
+    let seccomp = member_ptr(task, &OFF_TASK_SECCOMP);
+    let Ok(mut filter) = (unsafe { read_field::<*const u8>(seccomp, &OFF_SECCOMP_FILTER) }) else {
+        return true;
+    };
+    for _ in 0..MAX_SECCOMP_FILTERS {
+        if filter.is_null() {
+            return false;
+        }
+        match unsafe { read_field::<*const u8>(filter, &OFF_SECCOMP_FILTER_NOTIF) } {
+            Ok(notif) if notif.is_null() => {}
+            _ => return true,
+        }
+        filter = match unsafe { read_field(filter, &OFF_SECCOMP_FILTER_PREV) } {
+            Ok(prev) => prev,
+            Err(_) => return true,
+        };
+    }
+    true
 }
 
 /// The executable file `task` runs (`mm->exe_file`); None for a task without memory of its own.

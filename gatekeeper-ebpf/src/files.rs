@@ -24,8 +24,10 @@ use crate::{
         OFF_INODE_SB, OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_QSTR_NAME, OFF_TASK_CRED, OFF_TASK_FLAGS,
         OFF_TASK_REAL_CRED, OFF_VFSMOUNT_SB,
     },
-    read::{BPF_FS_MAGIC, PROC_SUPER_MAGIC, inode_magic, member_ptr, read_at, read_field},
-    script::take_script_read,
+    read::{
+        BPF_FS_MAGIC, PROC_SUPER_MAGIC, SYSFS_MAGIC, inode_magic, member_ptr, read_at, read_field,
+    },
+    script::{note_open_before_read, take_script_read},
     verdict::{
         EPERM, agent_caller, agent_cgroup, allowlist_mode, decide, forget_allowlisted,
         inherit_protected, is_allowlisted, is_protected, tamper,
@@ -46,6 +48,7 @@ const FMODE_WRITE: u32 = 0x2;
 const FMODE_EXEC_FLAG: u32 = 0x20;
 const O_TRUNC: u32 = 0o1000;
 const S_IFMT: u16 = 0o170_000;
+const S_IFREG: u16 = 0o100_000;
 const S_IFBLK: u16 = 0o060_000;
 const S_IFCHR: u16 = 0o020_000;
 const S_IFDIR: u16 = 0o040_000;
@@ -193,6 +196,11 @@ unsafe fn agent_open(agent: u64, file: *const u8) -> Result<i32, i32> {
         return Ok(tamper(agent, TamperHook::ProtectedChange, target.data));
     }
     if !is_protected(&target) {
+        if mode & S_IFMT == S_IFREG && magic != PROC_SUPER_MAGIC && magic != SYSFS_MAGIC {
+            // Before an approved script's interpreter read it: a file of the agent's here means
+            // the interpreter was handed something else.
+            unsafe { note_open_before_read(opened_dentry(file, inode)?) };
+        }
         return unsafe { judge_rule_open(agent, file, inode, mode, &access) };
     }
     if unsafe { is_stacked(file)? } {

@@ -143,18 +143,26 @@ pub fn caller_at_host_root() -> bool {
         let task = bpf_get_current_task() as *const u8;
         read_field::<*const u8>(task, &OFF_TASK_NSPROXY)
             .and_then(|nsproxy| read_field::<*const u8>(nsproxy, &OFF_NSPROXY_MNT_NS))
-            .and_then(|ns| namespace_inum(ns))
-            .and_then(|inum| {
+            .and_then(|ns| {
                 let fs: *const u8 = read_field(task, &OFF_TASK_FS)?;
                 let users: i32 = read_field(fs, &OFF_FS_USERS)?;
-                let root: *const u8 = read_field(member_ptr(fs, &OFF_FS_ROOT), &OFF_PATH_DENTRY)?;
-                let inode: *const u8 = read_field(root, &OFF_DENTRY_INODE)?;
-                Ok((inum, users, inode_target(inode)?))
+                let root = member_ptr(fs, &OFF_FS_ROOT);
+                // The root's mount must be one of the namespace's own: a bind of `/` made in
+                // an agent's namespace has the host's root dentry but the agent's mounts below.
+                let root_mount: *const u8 = read_field(root, &OFF_PATH_MNT)?;
+                let root_ns: *const u8 = read_field(mount_of(root_mount), &OFF_MOUNT_NS)?;
+                let dentry: *const u8 = read_field(root, &OFF_PATH_DENTRY)?;
+                let inode: *const u8 = read_field(dentry, &OFF_DENTRY_INODE)?;
+                Ok((
+                    namespace_inum(ns)?,
+                    users == 1 && root_ns == ns,
+                    inode_target(inode)?,
+                ))
             })
     };
     match seen {
-        Ok((inum, users, root)) => {
-            users == 1
+        Ok((inum, own_root, root)) => {
+            own_root
                 && is_host_namespace(inum)
                 && root.data[0] == u64::from(root_device)
                 && root.data[1] == root_inode

@@ -8,6 +8,7 @@ use crate::offsets::{OFF_INODE_SB, OFF_SB_MAGIC};
 pub const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 pub const CGROUP_SUPER_MAGIC: u64 = 0x0027_e0eb;
 pub const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+pub const SYSFS_MAGIC: u64 = 0x6265_6572;
 
 #[inline(always)]
 fn offset(global: &'static u32) -> usize {

@@ -3,8 +3,10 @@
 //! for the process image it starts and no other. An image is its process (told apart from a
 //! later one with the same pid by the start time, which exec keeps) and its exec count: not the
 //! agent's other processes, not what the process runs next (`#!/usr/bin/env` would find the
-//! interpreter on the agent's PATH, unless that is a host file). The image and what it starts
-//! hold the script in memory, so agents may not trace them or read their memory.
+//! interpreter on the agent's PATH). Before it reads the script, the image opens only host files
+//! (the loader, libraries, locale data): one of the agent's (a script of its own the interpreter
+//! was handed by a swapped symlink) takes the read away. The image and what it starts hold the
+//! script in memory, so agents may not trace them or read their memory.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_ktime_get_boot_ns},
@@ -15,7 +17,6 @@ use gatekeeper_common::{Target, file_rule};
 
 use crate::{
     file_rules::placement,
-    mounts::caller_at_host_root,
     offsets::{
         OFF_TASK_GROUP_LEADER, OFF_TASK_REAL_PARENT, OFF_TASK_SELF_EXEC_ID, OFF_TASK_START_TIME,
         OFF_TASK_TGID,
@@ -123,35 +124,25 @@ pub fn take_script_read(script: &Target) -> bool {
     true
 }
 
-/// At each stage of an exec (`bprm_check_security`: the file named, then each interpreter) by
-/// the image of an approved script that has not read it yet. A `#!/usr/bin/env python3` line
-/// starts env, which runs the interpreter it finds on the PATH: the read passes to the next
-/// image if every file of its exec is a host file, one agents cannot change, and the caller sees
-/// the host's files. One that is not (the agent's own `python3`, or a script of the agent's run
-/// by the host's `sh`) takes the read away, from this image too, which is about to end.
-/// `program` is the stage's file (a dentry). Returns whether the read passed: that exec runs in
-/// secure-execution mode too.
+/// At an agent's open of a regular file that is not `script`-like (`opened`, a dentry), by the
+/// image of an approved script that has not read it yet: a file of the agent's (not below a
+/// host path) takes the read away, since the interpreter was handed something other than the
+/// approved script. Pseudo files (proc, sysfs) are neither.
 #[inline(always)]
-pub unsafe fn pass_script_read(program: *const u8) -> bool {
+pub unsafe fn note_open_before_read(opened: *const u8) {
     let Some((image, run)) = current_run() else {
-        return false;
+        return;
     };
-    let now = unsafe { bpf_ktime_get_boot_ns() };
     unsafe {
-        // This image's own exec: before its first stage passes the read on, or after.
-        let this_exec = (*run).exec_id == image.exec_id || (*run).exec_id == image.exec_id + 1;
-        if (*run).started != image.started || !this_exec || (*run).read != 0 {
-            return false;
+        if (*run).read != 0 || !runs_image(&*run, &image) {
+            return;
         }
-        let host_file = placement(program)
+        let host_file = placement(opened)
             .is_ok_and(|placed| !placed.unplaced && placed.bits & file_rule::WRITE != 0);
-        if now >= (*run).read_until || !host_file || !caller_at_host_root() {
+        if !host_file {
             (*run).read = 1;
-            return false;
         }
-        (*run).exec_id = image.exec_id + 1;
     }
-    true
 }
 
 /// At the start of an exec by the caller: an approved exec that failed before its image ran

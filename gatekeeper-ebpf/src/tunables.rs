@@ -10,11 +10,10 @@ use crate::{
         OFF_CTL_HEADER_SET, OFF_INODE_INO, OFF_NET_NS, OFF_NET_SYSCTLS, OFF_NS_COMMON_INUM,
         OFF_NSPROXY_NET_NS, OFF_PROC_INODE_SYSCTL, OFF_TASK_NSPROXY,
     },
-    read::{member_ptr, read_field},
+    read::{SYSFS_MAGIC, member_ptr, read_field},
     verdict::{host_netns, tamper},
 };
 
-const SYSFS_MAGIC: u64 = 0x6265_6572;
 const DEBUGFS_MAGIC: u64 = 0x6462_6720;
 const TRACEFS_MAGIC: u64 = 0x7472_6163;
 const SECURITYFS_MAGIC: u64 = 0x7363_6673;

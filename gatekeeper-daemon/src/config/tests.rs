@@ -331,13 +331,17 @@ fn file_systems_mounted_below_host_paths_are_guarded_too() {
     for dir in [&below, &beside] {
         std::fs::create_dir_all(dir).unwrap();
     }
+    // A file mounted over one, as container runtimes mount /etc/resolv.conf.
+    let file = host.join("resolv.conf");
+    std::fs::write(&file, "").unwrap();
     let mut config = parse(&with_host_paths(&format!("\"{}\"", host.display()))).unwrap();
     assert!(!config.guards_host_paths());
     let mountinfo = format!(
-        "22 1 0:21 / {} rw - tmpfs tmpfs rw\n23 1 0:22 / {} rw - tmpfs tmpfs rw\n24 1 0:23 / {} rw - tmpfs tmpfs rw\n",
+        "22 1 0:21 / {} rw - tmpfs tmpfs rw\n23 1 0:22 / {} rw - tmpfs tmpfs rw\n24 1 0:23 / {} rw - tmpfs tmpfs rw\n25 1 0:24 /r {} rw - tmpfs tmpfs rw\n",
         host.display(),
         below.display(),
-        beside.display()
+        beside.display(),
+        file.display()
     );
     config.guard_host_paths(&mount_points(&mountinfo));
     let guarded: Vec<_> = config
@@ -345,7 +349,7 @@ fn file_systems_mounted_below_host_paths_are_guarded_too() {
         .iter()
         .map(|rule| rule.path.clone())
         .collect();
-    assert_eq!(guarded, [host, below]);
+    assert_eq!(guarded, [host, below, file]);
     assert!(config.guards_host_paths());
     std::fs::remove_dir_all(&base).unwrap();
 }

@@ -29,7 +29,9 @@ const USAGE: &str = "usage: gk-helper target
   | argv-swap CGROUP PROGRAM               (exec PROGRAM target two, rewriting it to one
                                            after the kernel copied it; see argv_swap)
   | exec-rooted CGROUP UID|- PLACE PROGRAM ARGS...  (exec with a loader of the caller's;
-                                           PLACE: private, user, threaded, chroot:DIR)
+                                           PLACE: private, user, threaded, fd-root,
+                                           seccomp-listener, chroot:DIR)
+  | script-swap CGROUP UID|- LINK SCRIPT OTHER [ENV]  (exec LINK -> SCRIPT, then LINK -> OTHER)
 CGROUP may be - to stay where the helper is.";
 
 fn join_cgroup(cgroup: &str) -> Result<(), String> {
@@ -1648,6 +1650,12 @@ fn main() -> ExitCode {
                 eprintln!("EXEC_ERRNO={errno}");
                 return Err(ExitCode::from(126));
             }
+            // script-swap CGROUP UID|- LINK SCRIPT OTHER [ENV]: see script_swap.
+            ["script-swap", cgroup, uid, link, script, other, env @ ..] => {
+                joined(cgroup)?;
+                become_user(uid)?;
+                println!("{}", script_swap(link, script, other, env.first().copied()));
+            }
             // exec-hostile CGROUP PROGRAM KIND: an exec with a hostile argument vector.
             ["exec-hostile", cgroup, program, kind] => {
                 joined(cgroup)?;
@@ -1705,12 +1713,26 @@ const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
 /// Execs `program args` where the caller chose the loader the kernel starts for it: `private`
 /// or `user` (a mount namespace of its own, as root or as root of a user namespace of its own,
 /// with a copy of the loader bound over the host's), `threaded` (from a process with a second
-/// thread, which shares its root and could move it mid-exec), or `chroot:DIR` (DIR filled with copies of
+/// thread, which shares its root and could move it mid-exec), `fd-root` (under a bind of `/`
+/// made in another mount namespace, see enter_foreign_bind_of_root), `seccomp-listener` (under
+/// a filter a listener answers), or `chroot:DIR` (DIR filled with copies of
 /// the loader and of the libraries this helper maps, the program opened first and run by its
 /// descriptor from under DIR). Returns the errno of the exec, or SETUP_ERRNO_BASE + the errno of
 /// a step before it.
 fn exec_own_root(place: &str, program: &str, args: &[&str]) -> i32 {
     let setup = |error: std::io::Error| SETUP_ERRNO_BASE + error.raw_os_error().unwrap_or(-1);
+    if place == "fd-root" {
+        return match enter_foreign_bind_of_root() {
+            Ok(()) => exec(program, args),
+            Err(errno) => SETUP_ERRNO_BASE + errno,
+        };
+    }
+    if place == "seccomp-listener" {
+        return match listen_to_own_system_calls() {
+            Ok(_listener) => exec(program, args),
+            Err(errno) => SETUP_ERRNO_BASE + errno,
+        };
+    }
     if place == "threaded" {
         // A thread shares the root (and could chroot while the kernel opens the loader).
         std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_secs(60)));
@@ -1750,6 +1772,187 @@ fn exec_own_root(place: &str, program: &str, args: &[&str]) -> i32 {
         return SETUP_ERRNO_BASE + errno;
     }
     exec(program, args)
+}
+
+/// Takes as root a bind of `/` made in another mount namespace, staying in the host's: a child
+/// in a mount namespace of its own binds `/` at a directory of its own, and this process goes
+/// there through the child's /proc/PID/root and chroots. The root's dentry is the host's; its
+/// mount is the child namespace's. As a user, this process first enters a user namespace of its
+/// own (keeping the host's mount namespace) so that it may chroot.
+fn enter_foreign_bind_of_root() -> Result<(), i32> {
+    let io = |error: std::io::Error| error.raw_os_error().unwrap_or(-1);
+    // SAFETY: plain calls on this single-threaded process.
+    unsafe {
+        if libc::geteuid() != 0 {
+            let (uid, gid) = (libc::getuid(), libc::getgid());
+            libc::prctl(libc::PR_SET_DUMPABLE, 1);
+            errno_of(libc::unshare(libc::CLONE_NEWUSER) as libc::c_long)?;
+            std::fs::write("/proc/self/setgroups", "deny").map_err(io)?;
+            std::fs::write("/proc/self/uid_map", format!("0 {uid} 1")).map_err(io)?;
+            std::fs::write("/proc/self/gid_map", format!("0 {gid} 1")).map_err(io)?;
+        }
+    }
+    let bind = std::env::temp_dir().join(format!("gk-fd-root-{}", std::process::id()));
+    std::fs::create_dir_all(&bind).map_err(io)?;
+    let bind_text = bind.display().to_string();
+    let mut ready = [0i32; 2];
+    // SAFETY: pipe, then fork in a single-threaded process; the child only makes syscalls.
+    let child = unsafe {
+        errno_of(libc::pipe(ready.as_mut_ptr()) as libc::c_long)?;
+        libc::fork()
+    };
+    if child == 0 {
+        // Its namespace must outlive the exec (a dying namespace takes the mounts below the
+        // bind with it): it ends with its parent, whatever that runs by then.
+        // SAFETY: prctl on this process.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        let made = enter_namespace("private")
+            .and_then(|()| mount("/", &bind_text, None, libc::MS_BIND | libc::MS_REC, None));
+        // SAFETY: tells the parent, then waits for its end.
+        unsafe {
+            libc::write(ready[1], [u8::from(made.is_ok())].as_ptr().cast(), 1);
+            libc::sleep(60);
+            libc::_exit(0);
+        }
+    }
+    let mut made = [0u8; 1];
+    // SAFETY: reads one byte the child writes.
+    unsafe { libc::read(ready[0], made.as_mut_ptr().cast(), 1) };
+    let entered = if made[0] == 1 {
+        let there = format!("/proc/{child}/root{bind_text}");
+        std::env::set_current_dir(&there)
+            .and_then(|()| std::os::unix::fs::chroot("."))
+            .and_then(|()| std::env::set_current_dir("/"))
+            .map_err(io)
+    } else {
+        Err(libc::EPERM)
+    };
+    if entered.is_err() {
+        // SAFETY: ends the child forked above.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+    }
+    entered
+}
+
+/// Puts this process under a seccomp filter whose `getppid` calls a listener answers (user
+/// notification), as a supervisor would; returns the listener's descriptor, which stays open
+/// until the exec.
+fn listen_to_own_system_calls() -> Result<i32, i32> {
+    const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
+    const SECCOMP_FILTER_FLAG_NEW_LISTENER: libc::c_ulong = 1 << 3;
+    const SECCOMP_RET_USER_NOTIF: u32 = 0x7fc0_0000;
+    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+    // Load the system call number; getppid goes to the listener, the rest are allowed.
+    let program = [
+        libc::sock_filter {
+            code: 0x20,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: 0x15,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_getppid as u32,
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: SECCOMP_RET_USER_NOTIF,
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: SECCOMP_RET_ALLOW,
+        },
+    ];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: no_new_privs, then the filter from a valid program that outlives the call.
+    unsafe {
+        errno_of(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as libc::c_long)?;
+        let listener = libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_SET_MODE_FILTER,
+            SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &fprog as *const libc::sock_fprog,
+        );
+        if listener < 0 {
+            return Err(last_errno());
+        }
+        Ok(listener as i32)
+    }
+}
+
+/// Waits up to `millis` for an event on the inotify descriptor `fd`; whether one came.
+fn wait_inotify(fd: i32, millis: i32) -> bool {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    if unsafe { libc::poll(&mut poll, 1, millis) } != 1 {
+        return false;
+    }
+    let mut buffer = [0u8; 4096];
+    // SAFETY: reads into a local buffer of its size.
+    unsafe { libc::read(fd, buffer.as_mut_ptr().cast(), buffer.len()) > 0 }
+}
+
+/// An inotify descriptor watching `path` for opens.
+fn watch_opens(path: &str) -> Result<i32, i32> {
+    let path = c_path(path)?;
+    // SAFETY: plain syscalls with a valid path.
+    unsafe {
+        let fd = libc::inotify_init1(libc::IN_CLOEXEC);
+        if fd < 0 || libc::inotify_add_watch(fd, path.as_ptr(), libc::IN_OPEN) < 0 {
+            return Err(last_errno());
+        }
+        Ok(fd)
+    }
+}
+
+/// Execs `link` (made a symlink to the protected `script`) in a child, and once the kernel's
+/// exec has opened `script`, points `link` at `other`: the kernel's checks saw the script, the
+/// interpreter opens `link` by path afterwards. Prints what the child printed and how it ended.
+fn script_swap(link: &str, script: &str, other: &str, env: Option<&str>) -> String {
+    let _ = std::fs::remove_file(link);
+    if let Err(error) = std::os::unix::fs::symlink(script, link) {
+        return format!("SETUP symlink: {error}");
+    }
+    let watch = match watch_opens(script) {
+        Ok(fd) => fd,
+        Err(errno) => return format!("SETUP watch: errno {errno}"),
+    };
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    // SAFETY: single-threaded; the child only execs or exits.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        let errno = exec_exact(link, &[link], env);
+        eprintln!("EXEC_ERRNO={errno}");
+        // SAFETY: leaves the child.
+        unsafe { libc::_exit(126) };
+    }
+    let seen = wait_inotify(watch, 5000);
+    let aside = format!("{link}.new");
+    let _ = std::fs::remove_file(&aside);
+    let swapped = std::os::unix::fs::symlink(other, &aside)
+        .and_then(|()| std::fs::rename(&aside, link))
+        .is_ok();
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    format!("SWAP seen={seen} swapped={swapped} status={status}")
 }
 
 /// Copies into `dir`, at their own paths, the loader and every library this process maps.

@@ -82,9 +82,11 @@ fn write_script(path: &Path, text: &str) {
 
 /// An approved `P target one` run from a mount namespace of the agent's own with its copy of the
 /// loader bound over the host's (as root, and as a user through a user namespace), from a
-/// chroot it filled with copies, or from a process whose second thread shares its root (and
-/// could chroot while the kernel opens the loader): refused as `foreign_root_exec`, the grant
-/// left for the exec from the host's root, which runs once.
+/// chroot it filled with copies, from a process whose second thread shares its root (and could
+/// chroot while the kernel opens the loader), or under a bind of `/` made in another namespace
+/// (the host's root dentry, the agent's mounts): refused as `foreign_root_exec`. Under a seccomp
+/// filter a listener answers (which could hand the loader files of its own): refused as
+/// `listened_exec`. The grant is left for the exec from the host's root, which runs once.
 #[test]
 fn an_approved_exec_does_not_run_with_a_loader_of_the_agents() {
     let scenario = Scenario::start("aa-roots", Options::default());
@@ -95,6 +97,10 @@ fn an_approved_exec_does_not_run_with_a_loader_of_the_agents() {
         (Some(UNLISTED_UID), "user".to_owned()),
         (None, format!("chroot:{}", jail.display())),
         (Some(UNLISTED_UID), "threaded".to_owned()),
+        (None, "fd-root".to_owned()),
+        (Some(UNLISTED_UID), "fd-root".to_owned()),
+        (None, "seccomp-listener".to_owned()),
+        (Some(UNLISTED_UID), "seccomp-listener".to_owned()),
     ];
     // Control: outside the agent cgroups each route runs the program (with the copies).
     for (uid, place) in &places {
@@ -126,9 +132,9 @@ fn an_approved_exec_does_not_run_with_a_loader_of_the_agents() {
             "{place} as {uid:?}"
         );
     }
-    scenario.wait_journal("tamper_attempt", |event| {
-        event["hook"] == "foreign_root_exec"
-    });
+    for hook in ["foreign_root_exec", "listened_exec"] {
+        scenario.wait_journal("tamper_attempt", |event| event["hook"] == hook);
+    }
     assert!(
         !scenario
             .journal_events()
@@ -148,24 +154,30 @@ fn an_approved_exec_does_not_run_with_a_loader_of_the_agents() {
     );
 }
 
-/// An approved script whose `#!` line goes through `env`: with the host's PATH its interpreter
-/// (a host file) reads it and it runs; with a PATH of the agent's, the agent's interpreter of
-/// that name gets no read of it, neither in the approved process nor from a process of its own
-/// (`cat`). A process of the agent's reading the script while an approved run of it starts gets
-/// nothing either. (The guest's busybox `env` runs its own applets without a PATH search, so the
-/// interpreter has a name of its own.)
+/// An approved script's read belongs to the interpreter the kernel starts for it, before it
+/// opens anything of the agent's:
+/// - a `#!` line through `env` gets no read at all, whatever `PATH` finds (the agent's own
+///   interpreter of that name, or a host one);
+/// - a process of the agent's reading the script while an approved run starts gets nothing;
+/// - the agent's symlink to the script, pointed at a script of its own once the kernel opened
+///   the real one, hands the interpreter the agent's script, which gets no read.
 #[test]
 fn an_approved_scripts_read_belongs_to_its_interpreter() {
     let mut scenario = Scenario::prepare(
         "aa-script-read",
         Options {
-            extra: "[[protect.exec]]\npath = \"/tmp/gk-aa-script-read/protected/deploy.sh\"\nname = \"deploy\"\n".into(),
+            extra: "[[protect.exec]]\npath = \"/tmp/gk-aa-script-read/protected/deploy.sh\"\nname = \"deploy\"\n[[protect.exec]]\npath = \"/tmp/gk-aa-script-read/protected/env.sh\"\nname = \"env\"\n".into(),
             ..Options::default()
         },
     );
     let script = scenario.dir.join("protected/deploy.sh");
     write_script(
         &script,
+        &format!("#!/bin/sh\necho {TARGET_RAN} SECRET-LINE\n"),
+    );
+    let env_script = scenario.dir.join("protected/env.sh");
+    write_script(
+        &env_script,
         &format!("#!/bin/env gk-aa-sh\necho {TARGET_RAN} SECRET-LINE\n"),
     );
     // The host's interpreter, in a host directory: runs the script in its own process.
@@ -173,58 +185,101 @@ fn an_approved_scripts_read_belongs_to_its_interpreter() {
     std::fs::create_dir_all(host_bin).unwrap();
     let host_interpreter = host_bin.join("gk-aa-sh");
     write_script(&host_interpreter, "#!/bin/sh\n. \"$1\"\n");
-    // The agent's: prints what it can read of the script, by itself and through cat.
+    // The agent's: its interpreter of that name, and a script of its own; both print what they
+    // can read of the protected script.
     let agent_bin = scenario.dir.join("agent-bin");
     std::fs::create_dir_all(&agent_bin).unwrap();
+    let leak = |path: &str| {
+        format!("while IFS= read -r line; do echo \"LEAK $line\"; done < \"{path}\"\n")
+    };
+    let agent_interpreter = agent_bin.join("gk-aa-sh");
     write_script(
-        &agent_bin.join("gk-aa-sh"),
-        "#!/bin/sh\nwhile IFS= read -r line; do echo \"LEAK $line\"; done < \"$1\"\n/bin/cat \"$1\" | sed 's/^/LEAK-CAT /'\necho AGENT-SH-RAN\n",
+        &agent_interpreter,
+        &format!(
+            "#!/bin/sh\n{}/bin/cat \"$1\" | sed 's/^/LEAK-CAT /'\necho AGENT-SH-RAN\n",
+            leak("$1")
+        ),
+    );
+    let script_text = script.display().to_string();
+    let agent_script = agent_bin.join("evil.sh");
+    write_script(
+        &agent_script,
+        &format!("#!/bin/sh\n{}echo AGENT-SCRIPT-RAN\n", leak(&script_text)),
     );
     hand_to_user(&agent_bin);
-    std::fs::set_permissions(
-        agent_bin.join("gk-aa-sh"),
-        std::fs::Permissions::from_mode(0o777),
-    )
-    .unwrap();
+    for file in [&agent_interpreter, &agent_script] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
     scenario.start_daemon();
-    let script_text = script.display().to_string();
+    let env_text = env_script.display().to_string();
     let host_path = "PATH=/usr/local/bin:/bin";
     let agent_path = format!("PATH={}:/usr/local/bin:/bin", agent_bin.display());
 
-    // Control: outside the agent cgroups the agent's PATH hands the script to its interpreter.
-    let (exec, printed) = exec_as(&scenario.outside, None, &agent_path, &script_text);
+    // Control: outside the agent cgroups the agent's PATH hands the script to its interpreter,
+    // the host's runs it, and the swapped symlink runs the agent's script, which reads it.
+    let (exec, printed) = exec_as(&scenario.outside, None, &agent_path, &env_text);
     assert!(printed.contains("LEAK echo"), "{exec:?} {printed}");
     assert!(printed.contains("LEAK-CAT echo"), "{printed}");
-    // And the host's runs it.
-    let (exec, printed) = exec_as(&scenario.outside, None, host_path, &script_text);
+    let (exec, printed) = exec_as(&scenario.outside, None, host_path, &env_text);
     assert_eq!(exec, Exec::Ran, "{printed}");
+    let link = agent_bin.join("run.sh").display().to_string();
+    let agent_script_text = agent_script.display().to_string();
+    let swap = |cgroup: &Path, uid: Option<u32>| {
+        let uid = uid.map_or("-".to_owned(), |uid| uid.to_string());
+        let output = Command::new(bin("gk-helper"))
+            .arg("script-swap")
+            .arg(cgroup)
+            .args([&uid, &link, &script_text, &agent_script_text, host_path])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let swapped_outside = (0..4).any(|_| swap(&scenario.outside, None).contains("LEAK echo"));
+    assert!(
+        swapped_outside,
+        "the swap never ran the agent's script outside"
+    );
 
     for uid in [None, Some(UNLISTED_UID)] {
-        let ask = || exec_as(&scenario.agents, uid, host_path, &script_text);
-        assert_eq!(ask().0, Exec::Denied, "as {uid:?}");
-        let request = exec_request(&scenario, &script_text);
-        approve(&scenario, &request);
-        let (exec, printed) = exec_as(&scenario.agents, uid, &agent_path, &script_text);
-        assert!(
-            printed.contains("AGENT-SH-RAN"),
-            "as {uid:?}: {exec:?} {printed}"
-        );
-        assert!(!printed.contains("SECRET-LINE"), "as {uid:?}: {printed}");
-
-        // A reader of the agent's racing an approved run from the host's PATH.
-        assert_eq!(ask().0, Exec::Denied, "as {uid:?}");
-        let request = exec_request(&scenario, &script_text);
-        approve(&scenario, &request);
+        let ask = |path: &str, env: &str| {
+            let (exec, _) = exec_as(&scenario.agents, uid, env, path);
+            assert_eq!(exec, Exec::Denied, "as {uid:?}");
+            approve(&scenario, &exec_request(&scenario, path));
+        };
+        // Through env: neither the agent's interpreter nor the host's gets a read.
+        for path in [agent_path.as_str(), host_path] {
+            ask(&env_text, host_path);
+            let (exec, printed) = exec_as(&scenario.agents, uid, path, &env_text);
+            assert!(
+                !printed.contains("SECRET-LINE"),
+                "as {uid:?} with {path}: {exec:?} {printed}"
+            );
+        }
+        // A reader of the agent's racing an approved run.
+        ask(&script_text, host_path);
         let reader = race_reader(&scenario, uid, &script_text);
-        let (exec, printed) = ask();
+        let (exec, printed) = exec_as(&scenario.agents, uid, host_path, &script_text);
         assert_eq!(exec, Exec::Ran, "as {uid:?}: {printed}");
         assert!(printed.contains("SECRET-LINE"), "{printed}");
         let read = reader.wait_with_output().unwrap();
         let read = String::from_utf8_lossy(&read.stdout);
         assert!(!read.contains("SECRET-LINE"), "as {uid:?}: {read}");
         assert!(read.contains("RESULT="), "the reader did not run: {read}");
+        // The swapped symlink: the agent's script runs in the approved process (or, when the
+        // swap comes too late, the approved script itself), and never reads the script.
+        let mut agent_script_ran = false;
+        for _ in 0..4 {
+            ask(&script_text, host_path);
+            let printed = swap(&scenario.agents, uid);
+            assert!(!printed.contains("LEAK"), "as {uid:?}: {printed}");
+            agent_script_ran |= printed.contains("AGENT-SCRIPT-RAN");
+            if agent_script_ran {
+                break;
+            }
+        }
+        assert!(agent_script_ran, "as {uid:?}: the swap never came in time");
     }
-    // Nothing left over: neither the agent nor its `sh` reads it now.
+    // Nothing left over: the agent does not read it now.
     assert_eq!(
         scenario.tamper(&scenario.agents, "cat", &[&script_text]),
         Outcome::Denied
@@ -274,8 +329,8 @@ fn race_reader(scenario: &Scenario, uid: Option<u32>, script: &str) -> std::proc
 
 /// The host's directories keep their names in `/` (merged-/usr systems link `/bin`, `/lib64` and
 /// the like there: replaced, they would hand host processes and approved execs the agent's
-/// files), and a file system mounted below a host path is guarded like the path: root and user
-/// agents change neither; outside the agent cgroups both change.
+/// files), and a file system or a file mounted below a host path is guarded like the path: root
+/// and user agents change none of them; outside the agent cgroups they change.
 #[test]
 fn host_names_in_root_and_mounts_below_host_paths_stay_the_hosts() {
     let mut scenario = Scenario::prepare("aa-host-names", Options::default());
@@ -290,7 +345,41 @@ fn host_names_in_root_and_mounts_below_host_paths_stay_the_hosts() {
         .unwrap();
     assert!(mounted.success());
     std::fs::set_permissions(mount_point, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    // A file mounted over one in /etc, as container runtimes mount /etc/resolv.conf.
+    let mounted_file = Path::new("/etc/gk-aa-host-names.conf");
+    let source = Path::new("/run/gk-aa-host-names.conf");
+    std::fs::write(mounted_file, "host\n").unwrap();
+    std::fs::write(source, "mounted\n").unwrap();
+    std::fs::set_permissions(source, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let bound = Command::new("mount")
+        .args([
+            "--bind",
+            "/run/gk-aa-host-names.conf",
+            "/etc/gk-aa-host-names.conf",
+        ])
+        .status()
+        .unwrap();
+    assert!(bound.success());
     scenario.start_daemon();
+    let mounted_text = mounted_file.display().to_string();
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "write", &[&mounted_text, "agent"]),
+        Outcome::Denied,
+        "root agent writes a file mounted below a host path"
+    );
+    assert_eq!(
+        scenario.tamper_as_user(&scenario.agents, "write", &[&mounted_text, "agent"]),
+        Outcome::Denied,
+        "user agent writes a file mounted below a host path"
+    );
+    assert_eq!(
+        scenario.tamper_as_user(&scenario.outside, "write", &[&mounted_text, "outside"]),
+        Outcome::Ok
+    );
+    let unbound = Command::new("umount").arg(mounted_file).status().unwrap();
+    assert!(unbound.success());
+    let _ = std::fs::remove_file(mounted_file);
+    let _ = std::fs::remove_file(source);
     let link_text = link.display().to_string();
     let planted = mount_point.join("planted").display().to_string();
     let fresh = "/gk-aa-host-names-new";
