@@ -48,7 +48,6 @@ const FMODE_WRITE: u32 = 0x2;
 const FMODE_EXEC_FLAG: u32 = 0x20;
 const O_TRUNC: u32 = 0o1000;
 const S_IFMT: u16 = 0o170_000;
-const S_IFREG: u16 = 0o100_000;
 const S_IFBLK: u16 = 0o060_000;
 const S_IFCHR: u16 = 0o020_000;
 const S_IFDIR: u16 = 0o040_000;
@@ -196,9 +195,10 @@ unsafe fn agent_open(agent: u64, file: *const u8) -> Result<i32, i32> {
         return Ok(tamper(agent, TamperHook::ProtectedChange, target.data));
     }
     if !is_protected(&target) {
-        if mode & S_IFMT == S_IFREG && magic != PROC_SUPER_MAGIC && magic != SYSFS_MAGIC {
-            // Before an approved script's interpreter read it: a file of the agent's here means
-            // the interpreter was handed something else.
+        let kind = mode & S_IFMT;
+        if kind != S_IFDIR && kind != S_IFCHR && magic != PROC_SUPER_MAGIC && magic != SYSFS_MAGIC {
+            // Before an approved script's interpreter read it: a file, FIFO or pipe of the
+            // agent's here means the interpreter was handed something else.
             unsafe { note_open_before_read(opened_dentry(file, inode)?) };
         }
         return unsafe { judge_rule_open(agent, file, inode, mode, &access) };

@@ -124,10 +124,10 @@ pub fn take_script_read(script: &Target) -> bool {
     true
 }
 
-/// At an agent's open of a regular file that is not `script`-like (`opened`, a dentry), by the
-/// image of an approved script that has not read it yet: a file of the agent's (not below a
-/// host path) takes the read away, since the interpreter was handed something other than the
-/// approved script. Pseudo files (proc, sysfs) are neither.
+/// At an agent's open of anything but a directory or a device (`opened`, a dentry), by the
+/// image of an approved script that has not read it yet: a file, FIFO or pipe of the agent's
+/// (not below a host path) takes the read away, since the interpreter was handed something other
+/// than the approved script. Pseudo files (proc, sysfs) are neither.
 #[inline(always)]
 pub unsafe fn note_open_before_read(opened: *const u8) {
     let Some((image, run)) = current_run() else {

@@ -159,8 +159,9 @@ fn an_approved_exec_does_not_run_with_a_loader_of_the_agents() {
 /// - a `#!` line through `env` gets no read at all, whatever `PATH` finds (the agent's own
 ///   interpreter of that name, or a host one);
 /// - a process of the agent's reading the script while an approved run starts gets nothing;
-/// - the agent's symlink to the script, pointed at a script of its own once the kernel opened
-///   the real one, hands the interpreter the agent's script, which gets no read.
+/// - the agent's symlink to the script, pointed at a script of its own (a file, or a FIFO) once
+///   the kernel opened the real one, hands the interpreter the agent's script, which gets no
+///   read.
 #[test]
 fn an_approved_scripts_read_belongs_to_its_interpreter() {
     let mut scenario = Scenario::prepare(
@@ -278,6 +279,43 @@ fn an_approved_scripts_read_belongs_to_its_interpreter() {
             }
         }
         assert!(agent_script_ran, "as {uid:?}: the swap never came in time");
+        // The same with a FIFO that hands the interpreter the agent's script.
+        let fifo = agent_bin.join("evil.fifo");
+        let _ = std::fs::remove_file(&fifo);
+        let fifo_text = fifo.display().to_string();
+        let made = std::ffi::CString::new(fifo_text.clone()).unwrap();
+        // SAFETY: mkfifo with a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(made.as_ptr(), 0o666) }, 0);
+        std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let evil = format!("{}echo AGENT-FIFO-RAN\n", leak(&script_text));
+        let mut fifo_ran = false;
+        for _ in 0..4 {
+            ask(&script_text, host_path);
+            let writer = feed_fifo(fifo.clone(), evil.clone());
+            let output = Command::new(bin("gk-helper"))
+                .arg("script-swap")
+                .arg(&scenario.agents)
+                .args([
+                    &uid.map_or("-".to_owned(), |uid| uid.to_string()),
+                    &link,
+                    &script_text,
+                    &fifo_text,
+                    host_path,
+                ])
+                .output()
+                .unwrap();
+            let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+            let _ = writer.join();
+            assert!(
+                !printed.contains("LEAK"),
+                "as {uid:?} through a FIFO: {printed}"
+            );
+            fifo_ran |= printed.contains("AGENT-FIFO-RAN");
+            if fifo_ran {
+                break;
+            }
+        }
+        assert!(fifo_ran, "as {uid:?}: the FIFO swap never came in time");
     }
     // Nothing left over: the agent does not read it now.
     assert_eq!(
@@ -285,6 +323,26 @@ fn an_approved_scripts_read_belongs_to_its_interpreter() {
         Outcome::Denied
     );
     let _ = std::fs::remove_file(&host_interpreter);
+}
+
+/// Writes `text` into the FIFO at `path` once a reader opens it (for up to five seconds).
+fn feed_fifo(path: std::path::PathBuf, text: String) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            // Non-blocking: no reader yet is ENXIO, tried again.
+            let opened = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path);
+            if let Ok(mut fifo) = opened {
+                let _ = fifo.write_all(text.as_bytes());
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    })
 }
 
 /// A process in the agent cgroup that tries to read `script` for five seconds, every 5 ms (each
