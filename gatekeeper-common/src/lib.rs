@@ -35,6 +35,9 @@ pub mod maps {
     /// Grant id (with [`crate::GRANT_BINDS_ARGV`]) -> the [`crate::ArgvHasher`] hash of the
     /// arguments it was approved for.
     pub const ARGV_GRANTS: &str = "ARGV_GRANTS";
+    /// [`crate::EnvName`] -> 1 for each of [`crate::APPROVED_ENV`]: the only variables an exec on
+    /// a grant may pass.
+    pub const APPROVED_ENV: &str = "APPROVED_ENV";
 }
 
 /// The kernel struct members the programs read, each as (global that receives its byte offset,
@@ -54,6 +57,8 @@ macro_rules! kernel_members {
             // The new program's arguments: their count and where they start on its stack.
             (OFF_BPRM_ARGC, "linux_binprm", "argc"),
             (OFF_BPRM_P, "linux_binprm", "p"),
+            // How many environment strings follow the arguments there.
+            (OFF_BPRM_ENVC, "linux_binprm", "envc"),
             // Set once the file the caller named turned out to need an interpreter.
             (OFF_BPRM_EXECUTABLE, "linux_binprm", "executable"),
             (OFF_FILE_INODE, "file", "f_inode"),
@@ -122,6 +127,8 @@ macro_rules! kernel_members {
             (OFF_PT_REGS_CX, "pt_regs", "cx"),
             (OFF_PT_REGS_DX, "pt_regs", "dx"),
             (OFF_PT_REGS_SI, "pt_regs", "si"),
+            // Where execveat callers pass their environment.
+            (OFF_PT_REGS_R10, "pt_regs", "r10"),
             // The type of a file system being mounted.
             (OFF_FS_CONTEXT_FS_TYPE, "fs_context", "fs_type"),
             (OFF_FS_TYPE_NAME, "file_system_type", "name"),
@@ -206,7 +213,7 @@ pub mod hook_args {
 pub const EXEC_PROGRAM: &str = "bprm_check_security";
 pub const CONNECT_PROGRAM: &str = "socket_connect";
 pub const SENDMSG_PROGRAM: &str = "socket_sendmsg";
-pub const PROGRAMS: [&str; 43] = [
+pub const PROGRAMS: [&str; 44] = [
     EXEC_PROGRAM,
     CONNECT_PROGRAM,
     SENDMSG_PROGRAM,
@@ -261,10 +268,12 @@ pub const PROGRAMS: [&str; 43] = [
     "inode_setattr",
     // Removing a protected directory, whose path another could then take.
     "inode_rmdir",
-    // An exec let through on a grant for certain arguments runs with exactly those: checked on
-    // the new program's own copy once nothing else can change it.
+    // An exec let through on a grant for certain arguments runs with exactly those, and with
+    // approved environment variables alone: checked on the new program's own copy once nothing
+    // else can change it.
     "bprm_creds_for_exec",
     "bprm_committing_creds",
+    "bprm_committed_creds",
 ];
 
 /// Indices into the settings array.
@@ -482,6 +491,10 @@ pub enum TamperHook {
     /// listener answers (user notification): the listener could answer the loader's opens with
     /// files of its own (data: device, inode).
     ListenedExec = 45,
+    /// An exec on a grant whose environment holds a variable outside [`APPROVED_ENV`]: refused
+    /// before the grant is used, or killed before its first instruction when the variable
+    /// appeared after that check (data: device, inode).
+    UnapprovedEnv = 46,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -504,7 +517,7 @@ pub enum MountRefusal {
 
 impl TamperHook {
     /// Every hook, in id order (ids start at 1).
-    pub const ALL: [Self; 45] = {
+    pub const ALL: [Self; 46] = {
         use TamperHook::*;
         [
             Bpf,
@@ -552,6 +565,7 @@ impl TamperHook {
             ReviewerSocket,
             ForeignRootExec,
             ListenedExec,
+            UnapprovedEnv,
         ]
     };
 
@@ -606,6 +620,7 @@ impl TamperHook {
             Self::ReviewerSocket => "reviewer_socket",
             Self::ForeignRootExec => "foreign_root_exec",
             Self::ListenedExec => "listened_exec",
+            Self::UnapprovedEnv => "unapproved_env",
         }
     }
 }
@@ -801,6 +816,107 @@ pub struct ExecEvent {
     pub argv: [u8; ARGV_BYTES],
 }
 
+/// The environment variables a program let through on a grant may be given. Interpreters run
+/// code named in their environment (`BASH_ENV`, exported shell functions, `PYTHONPATH`,
+/// `PERL5OPT`, `NODE_OPTIONS`, ...), and many programs run commands it names (`GIT_SSH_COMMAND`,
+/// `PAGER`): the agent's would run inside what the reviewer approved. The dynamic loader's
+/// variables are removed by secure-execution mode already; the values of these are used only
+/// where secure-execution mode or the program restricts them.
+pub const APPROVED_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "PWD",
+    "OLDPWD",
+    "USER",
+    "LOGNAME",
+    "HOSTNAME",
+    "SHLVL",
+    "_",
+    "TERM",
+    "COLUMNS",
+    "LINES",
+    "NO_COLOR",
+    "TZ",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_ADDRESS",
+    "LC_COLLATE",
+    "LC_CTYPE",
+    "LC_IDENTIFICATION",
+    "LC_MEASUREMENT",
+    "LC_MESSAGES",
+    "LC_MONETARY",
+    "LC_NAME",
+    "LC_NUMERIC",
+    "LC_PAPER",
+    "LC_TELEPHONE",
+    "LC_TIME",
+];
+
+/// Bytes of a variable's name the kernel compares: longer names are never approved.
+pub const ENV_NAME_BYTES: usize = 32;
+
+/// An environment variable's name as the kernel looks it up: its bytes, zero-padded, as
+/// little-endian words.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EnvName(pub [u64; ENV_NAME_BYTES / 8]);
+
+impl EnvName {
+    /// The key of `name`; None for a name the kernel cannot approve (empty, too long, or with
+    /// `=` or NUL in it).
+    pub fn new(name: &str) -> Option<Self> {
+        let bytes = name.as_bytes();
+        if bytes.is_empty()
+            || bytes.len() > ENV_NAME_BYTES
+            || bytes.contains(&b'=')
+            || bytes.contains(&0)
+        {
+            return None;
+        }
+        let mut padded = [0u8; ENV_NAME_BYTES];
+        padded[..bytes.len()].copy_from_slice(bytes);
+        let mut words = [0u64; ENV_NAME_BYTES / 8];
+        for (word, chunk) in words.iter_mut().zip(padded.chunks_exact(8)) {
+            let mut eight = [0u8; 8];
+            eight.copy_from_slice(chunk);
+            *word = u64::from_le_bytes(eight);
+        }
+        Some(Self(words))
+    }
+
+    /// The name in the `NAME=value` string whose first bytes are `text` (read as little-endian
+    /// words, zero after the string's end), as the kernel finds it without a loop over bytes.
+    /// None when no `=` ends a name of at most [`ENV_NAME_BYTES`] bytes.
+    #[inline(always)]
+    pub fn of_entry(text: &[u64; ENV_NAME_BYTES / 8 + 1]) -> Option<Self> {
+        const EQUALS: u64 = 0x3d3d_3d3d_3d3d_3d3d;
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGHS: u64 = 0x8080_8080_8080_8080;
+        let mut name = [0u64; ENV_NAME_BYTES / 8];
+        for (index, word) in text.iter().enumerate() {
+            // A byte of `word` is '=' where `equal` is zero; the lowest flagged byte is exact.
+            let equal = word ^ EQUALS;
+            let flagged = equal.wrapping_sub(ONES) & !equal & HIGHS;
+            if flagged != 0 {
+                // The bytes before the first '=': all bits below the flagged byte.
+                let before = ((flagged & flagged.wrapping_neg()) >> 7) - 1;
+                if index < name.len() {
+                    name[index] = word & before;
+                    return Some(Self(name));
+                }
+                // Past the name's room, '=' may only be the first byte.
+                return (before == 0).then_some(Self(name));
+            }
+            if index < name.len() {
+                name[index] = *word;
+            }
+        }
+        None
+    }
+}
+
 /// The secret key of [`ArgvHasher`]: random, made by the daemon, never leaves the kernel maps.
 pub type ArgvKey = [u64; 2];
 
@@ -946,6 +1062,7 @@ mod user {
     unsafe impl aya::Pod for super::GrantValue {}
     unsafe impl aya::Pod for super::PortRanges {}
     unsafe impl aya::Pod for super::ExecArgs {}
+    unsafe impl aya::Pod for super::EnvName {}
 }
 
 #[cfg(test)]
@@ -1084,5 +1201,61 @@ mod tests {
             assert_eq!(EventKind::from_raw(kind as u32), Some(kind));
         }
         assert_eq!(EventKind::from_raw(0), None);
+    }
+
+    /// An entry as the kernel reads it: its first 40 bytes, zero after the string.
+    fn entry_words(entry: &str) -> [u64; ENV_NAME_BYTES / 8 + 1] {
+        let mut bytes = [0u8; ENV_NAME_BYTES + 8];
+        let take = entry.len().min(bytes.len() - 1);
+        bytes[..take].copy_from_slice(&entry.as_bytes()[..take]);
+        let mut words = [0u64; ENV_NAME_BYTES / 8 + 1];
+        for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+            *word = u64::from_le_bytes(chunk.try_into().unwrap());
+        }
+        words
+    }
+
+    #[test]
+    fn an_entry_names_what_stands_before_its_first_equals_sign() {
+        let cases = [
+            ("PATH=/usr/bin:/bin", Some("PATH")),
+            ("_=/usr/bin/env", Some("_")),
+            ("LC_IDENTIFICATION=C", Some("LC_IDENTIFICATION")),
+            ("A=B=C", Some("A")),
+            // Exactly eight, exactly 32 bytes: '=' starts the next word.
+            ("ABCDEFGH=1", Some("ABCDEFGH")),
+            (
+                "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345=1",
+                Some("ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"),
+            ),
+            // Bytes with the high bit set are no '='.
+            ("\u{e9}T\u{e9}=x", Some("\u{e9}T\u{e9}")),
+        ];
+        for (entry, name) in cases {
+            let expected = name.map(|name| EnvName::new(name).unwrap());
+            assert_eq!(EnvName::of_entry(&entry_words(entry)), expected, "{entry}");
+        }
+        // The empty name is nobody's.
+        assert_eq!(
+            EnvName::of_entry(&entry_words("=x")),
+            Some(EnvName::default())
+        );
+        for entry in [
+            "NOEQUALS",
+            "",
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456=1",
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789=1",
+        ] {
+            assert_eq!(EnvName::of_entry(&entry_words(entry)), None, "{entry}");
+        }
+    }
+
+    #[test]
+    fn only_names_the_kernel_can_compare_have_keys() {
+        assert!(EnvName::new("PATH").is_some());
+        assert!(EnvName::new("").is_none());
+        assert!(EnvName::new("A=B").is_none());
+        assert!(EnvName::new(&"N".repeat(ENV_NAME_BYTES + 1)).is_none());
+        assert!(APPROVED_ENV.iter().all(|name| EnvName::new(name).is_some()));
     }
 }

@@ -9,6 +9,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Parser, Subcommand};
+use gatekeeper_common::APPROVED_ENV;
 
 use crate::{
     api::{LocalCall, LocalReply},
@@ -90,7 +91,8 @@ pub enum Command {
         reason: Option<String>,
     },
     /// Run a command that may need approval (from an agent): ask with a reason, wait for the
-    /// decision, then run exactly this command. Not approved: exits like `await`.
+    /// decision, then run exactly this command, with only the environment variables an approved
+    /// program may be given (PATH, HOME, the locale, ...). Not approved: exits like `await`.
     Run {
         /// Why the agent needs it, in its own words: shown to reviewers as the agent's.
         #[arg(long, value_name = "TEXT")]
@@ -212,7 +214,17 @@ fn await_exit(data: &serde_json::Value) -> ExitCode {
     let state = data["state"].as_str().unwrap_or_default();
     println!("request {}: {state}", data["id"].as_str().unwrap_or("?"));
     match state {
-        "approved" => ExitCode::SUCCESS,
+        "approved" => {
+            let unapproved = unapproved_env_names();
+            if !unapproved.is_empty() {
+                eprintln!(
+                    "gatekeeper: an approved program is refused these environment variables: {}; \
+                     run it without them (`gatekeeper run -- COMMAND` drops them)",
+                    visible(&unapproved.join(" "), FIELD_LIMIT)
+                );
+            }
+            ExitCode::SUCCESS
+        }
         "denied" => ExitCode::from(AWAIT_DENIED),
         _ => ExitCode::from(AWAIT_EXPIRED),
     }
@@ -245,6 +257,8 @@ fn run_command(
     let exec = || {
         std::process::Command::new(&command[0])
             .args(&command[1..])
+            .env_clear()
+            .envs(std::env::vars_os().filter(|(name, _)| env_approved(name)))
             .exec()
     };
     let error = exec();
@@ -283,6 +297,21 @@ fn run_command(
     }
     let error = exec();
     exec_failed(&command[0], &error)
+}
+
+/// Whether an exec on a grant may pass the variable `name` (see [`APPROVED_ENV`]).
+fn env_approved(name: &std::ffi::OsStr) -> bool {
+    name.to_str()
+        .is_some_and(|name| APPROVED_ENV.contains(&name))
+}
+
+/// The names in this process's environment that an exec on a grant may not pass.
+fn unapproved_env_names() -> Vec<String> {
+    std::env::vars_os()
+        .map(|(name, _)| name)
+        .filter(|name| !env_approved(name))
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect()
 }
 
 /// The exit code of a command that could not be started, as shells use them.

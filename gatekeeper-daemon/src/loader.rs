@@ -19,8 +19,8 @@ use aya::{
     },
 };
 use gatekeeper_common::{
-    ArgvKey, Counter, GrantKey, GrantValue, PROGRAMS, PortRanges, Setting, Target, hook_args, maps,
-    offsets,
+    APPROVED_ENV, ArgvKey, Counter, EnvName, GrantKey, GrantValue, PROGRAMS, PortRanges, Setting,
+    Target, hook_args, maps, offsets,
 };
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
@@ -353,11 +353,19 @@ impl Kernel {
         let files = take(maps::PROTECTED_FILES)?;
         let argv_key = take(maps::ARGV_KEY)?;
         let argv_grants = take(maps::ARGV_GRANTS)?;
+        let approved_env = take(maps::APPROVED_ENV)?;
         let events = take(maps::EVENTS)?;
         let map_error = |name| move |cause| LoaderError::Map { name, cause };
         let mut argv_key: Array<MapData, ArgvKey> =
             Array::try_from(argv_key).map_err(map_error(maps::ARGV_KEY))?;
         ensure_argv_key(&mut argv_key).map_err(LoaderError::ArgvKey)?;
+        let mut approved_env: HashMap<MapData, EnvName, u8> =
+            HashMap::try_from(approved_env).map_err(map_error(maps::APPROVED_ENV))?;
+        for name in APPROVED_ENV.iter().filter_map(|name| EnvName::new(name)) {
+            approved_env
+                .insert(name, 1, 0)
+                .map_err(map_error(maps::APPROVED_ENV))?;
+        }
         let kernel = Self {
             agents: HashMap::try_from(agents).map_err(map_error(maps::AGENT_CGROUPS))?,
             protected: HashMap::try_from(protected).map_err(map_error(maps::PROTECTED))?,

@@ -22,13 +22,16 @@ use gatekeeper_common::{
 };
 
 use crate::{
+    env::{caller_env_approved, expect_env_check, judge_caller_env},
     offsets::{
         OFF_BPRM_ARGC, OFF_BPRM_EXECUTABLE, OFF_BPRM_P, OFF_PT_REGS_CX, OFF_PT_REGS_DX,
-        OFF_PT_REGS_ORIG_AX, OFF_PT_REGS_SI,
+        OFF_PT_REGS_ORIG_AX, OFF_PT_REGS_R10, OFF_PT_REGS_SI,
     },
     read::read_field,
     script::forget_unstarted_script,
-    verdict::{agent_cgroup, count_denial, fill_event, report_record, take_grant, tamper},
+    verdict::{
+        agent_cgroup, count_denial, fill_event, grant_waiting, report_record, take_grant, tamper,
+    },
 };
 
 #[map]
@@ -105,10 +108,21 @@ pub fn decide_exec(
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         target,
     };
+    // The agent's environment could make the approved program run code of the agent's: a grant
+    // is used only by an exec that passes approved variables alone, and one that passes others
+    // leaves it for the exec that does.
+    if grant_waiting(&key, |grant| binding_holds(grant, &args)) && !caller_env_approved(bprm) {
+        tamper(agent_cgroup_id, TamperHook::UnapprovedEnv, target.data);
+        return None;
+    }
     let granted = take_grant(agent_cgroup_id, &key, filename, |grant| {
         binding_holds(grant, &args)
     });
     if let Some(grant) = granted {
+        // Without its entry the new program's environment would go unchecked: refuse.
+        if !expect_env_check(bprm, target.data) {
+            return None;
+        }
         if grant.grant_id & GRANT_BINDS_ARGV == 0 {
             return Some(grant);
         }
@@ -153,6 +167,8 @@ fn binding_holds(grant: &GrantValue, args: &ExecArgs) -> bool {
             .is_some_and(|hash| unsafe { *hash } == args.hash)
 }
 
+/// Before the exec is judged (the kernel has copied the caller's strings): forgets what an
+/// earlier exec at the same address left, and judges the caller's environment for a grant.
 #[lsm(hook = "bprm_creds_for_exec")]
 pub fn bprm_creds_for_exec(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(1);
@@ -162,9 +178,10 @@ pub fn bprm_creds_for_exec(ctx: LsmContext) -> i32 {
     // An exec that failed after its grant was used left its entries; a new exec whose
     // `linux_binprm` has the same address starts without one, and its image reads no script.
     if agent_cgroup().is_some() {
-        let bprm: u64 = ctx.arg(0);
-        let _ = BOUND_EXECS.remove(bprm);
+        let bprm: *const u8 = ctx.arg(0);
+        let _ = BOUND_EXECS.remove(bprm as u64);
         forget_unstarted_script();
+        unsafe { judge_caller_env(bprm) };
     }
     0
 }
@@ -256,24 +273,49 @@ unsafe fn check_against_kernel(scratch: *mut ExecScratch, bprm: *const u8, scrip
     }
 }
 
-/// Where the caller's argument vector is, and whether its pointers are 64 bits wide.
+/// Where the caller's argument and environment vectors are, and whether its pointers are 64
+/// bits wide.
+#[derive(Clone, Copy)]
+pub struct CallerVectors {
+    pub argv: u64,
+    pub envp: u64,
+    pub wide: bool,
+}
+
+/// The vectors the caller passed to execve or execveat, from the system call's registers.
 #[inline(always)]
-unsafe fn caller_vector() -> Option<(u64, bool)> {
+pub unsafe fn caller_vectors() -> Option<CallerVectors> {
     unsafe {
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
         let number: u64 = read_field(regs, &OFF_PT_REGS_ORIG_AX).ok()?;
-        let (register, wide) = match number {
-            NR_EXECVE => (&OFF_PT_REGS_SI, true),
-            NR_EXECVEAT => (&OFF_PT_REGS_DX, true),
-            NR_X32_EXECVE => (&OFF_PT_REGS_SI, false),
-            NR_X32_EXECVEAT => (&OFF_PT_REGS_DX, false),
-            NR_IA32_EXECVE => (&OFF_PT_REGS_CX, false),
-            NR_IA32_EXECVEAT => (&OFF_PT_REGS_DX, false),
+        let (argv, envp, wide) = match number {
+            NR_EXECVE => (&OFF_PT_REGS_SI, &OFF_PT_REGS_DX, true),
+            NR_EXECVEAT => (&OFF_PT_REGS_DX, &OFF_PT_REGS_R10, true),
+            NR_X32_EXECVE => (&OFF_PT_REGS_SI, &OFF_PT_REGS_DX, false),
+            NR_X32_EXECVEAT => (&OFF_PT_REGS_DX, &OFF_PT_REGS_R10, false),
+            NR_IA32_EXECVE => (&OFF_PT_REGS_CX, &OFF_PT_REGS_DX, false),
+            NR_IA32_EXECVEAT => (&OFF_PT_REGS_DX, &OFF_PT_REGS_SI, false),
             _ => return None,
         };
-        let vector: u64 = read_field(regs, register).ok()?;
         // 32-bit callers' registers hold 32-bit values.
-        Some((if wide { vector } else { vector & 0xffff_ffff }, wide))
+        let mask = if wide { u64::MAX } else { 0xffff_ffff };
+        Some(CallerVectors {
+            argv: read_field::<u64>(regs, argv).ok()? & mask,
+            envp: read_field::<u64>(regs, envp).ok()? & mask,
+            wide,
+        })
+    }
+}
+
+/// Entry `index` of the caller's vector at `vector`: a string's address, 0 at its end.
+#[inline(always)]
+pub unsafe fn vector_entry(vector: u64, wide: bool, index: u32) -> Result<u64, i32> {
+    unsafe {
+        if wide {
+            bpf_probe_read_user((vector + index as u64 * 8) as *const u64)
+        } else {
+            bpf_probe_read_user((vector + index as u64 * 4) as *const u32).map(u64::from)
+        }
     }
 }
 
@@ -307,18 +349,13 @@ unsafe fn flag_args(scratch: *mut ExecScratch, flag: u32) {
 unsafe fn read_caller_args(scratch: *mut ExecScratch, script: bool) {
     unsafe {
         start_args(scratch, if script { argv_flags::WITHOUT_ARGV0 } else { 0 });
-        let Some((vector, wide)) = caller_vector() else {
+        let Some(vectors) = caller_vectors() else {
             flag_args(scratch, argv_flags::UNREAD);
             return;
         };
         let first = script as u32;
         for index in 0..=MAX_ARGS + 1 {
-            let pointer = if wide {
-                bpf_probe_read_user((vector + index as u64 * 8) as *const u64)
-            } else {
-                bpf_probe_read_user((vector + index as u64 * 4) as *const u32).map(u64::from)
-            };
-            let Ok(pointer) = pointer else {
+            let Ok(pointer) = vector_entry(vectors.argv, vectors.wide, index) else {
                 flag_args(scratch, argv_flags::UNREAD);
                 return;
             };

@@ -221,3 +221,8 @@ pub fn floor_bprm_creds_for_exec(ctx: LsmContext) -> i32 {
 pub fn floor_bprm_committing_creds(_ctx: LsmContext) -> i32 {
     0
 }
+
+#[lsm(hook = "bprm_committed_creds")]
+pub fn floor_bprm_committed_creds(_ctx: LsmContext) -> i32 {
+    0
+}

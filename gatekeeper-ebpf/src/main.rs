@@ -12,6 +12,8 @@ mod connect;
 #[cfg(target_arch = "bpf")]
 mod defend;
 #[cfg(target_arch = "bpf")]
+mod env;
+#[cfg(target_arch = "bpf")]
 mod exec;
 #[cfg(target_arch = "bpf")]
 mod file_rules;

@@ -219,8 +219,7 @@ pub fn take_grant(
     accepts: impl Fn(&GrantValue) -> bool,
 ) -> Option<GrantValue> {
     let grant = unsafe { *GRANTS.get_ptr(key)? };
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    if now < grant.expires_boot_ns && accepts(&grant) && GRANTS.remove(key).is_ok() {
+    if unexpired(&grant) && accepts(&grant) && GRANTS.remove(key).is_ok() {
         count(Counter::GrantsUsed);
         report(
             EventKind::GrantUsed,
@@ -232,6 +231,20 @@ pub fn take_grant(
         return Some(grant);
     }
     None
+}
+
+/// Whether a grant for `key` that `accepts` takes is waiting, unexpired; it stays unused.
+#[inline(always)]
+pub fn grant_waiting(key: &GrantKey, accepts: impl Fn(&GrantValue) -> bool) -> bool {
+    GRANTS
+        .get_ptr(key)
+        .is_some_and(|grant| unexpired(unsafe { &*grant }) && accepts(unsafe { &*grant }))
+}
+
+#[inline(always)]
+fn unexpired(grant: &GrantValue) -> bool {
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    now < grant.expires_boot_ns
 }
 
 /// Counts a denial that the caller reports itself (with more than an [`Event`] holds).

@@ -26,6 +26,8 @@ const USAGE: &str = "usage: gk-helper target
   | as-user UID CGROUP PROGRAM [ARGS...]   (join CGROUP as root, become UID, exec)
   | net-hold OP ADDRESS:PORT SECONDS [PAD...]  (one OP, then stay alive; PAD fills argv)
   | bpf-flood COUNT SECONDS                (bpf() calls until COUNT or SECONDS)
+  | env-swap CGROUP PROGRAM                (exec PROGRAM target one with X=agent in its
+                                           environment, rewritten to HOME=/ after the copy)
   | argv-swap CGROUP PROGRAM               (exec PROGRAM target two, rewriting it to one
                                            after the kernel copied it; see argv_swap)
   | exec-rooted CGROUP UID|- PLACE PROGRAM ARGS...  (exec with a loader of the caller's;
@@ -1529,10 +1531,15 @@ fn main() -> ExitCode {
                 // SAFETY: getauxval reads the process's own auxiliary vector.
                 let secure = unsafe { libc::getauxval(libc::AT_SECURE) };
                 let var = |name| std::env::var(name).unwrap_or_else(|_| "-".into());
+                let mut names: Vec<_> = std::env::vars_os()
+                    .map(|(name, _)| name.to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
                 println!(
-                    "TARGET ENV secure={secure} LD_PRELOAD={} TMPDIR={}",
+                    "TARGET ENV secure={secure} LD_PRELOAD={} TMPDIR={} NAMES={}",
                     var("LD_PRELOAD"),
-                    var("TMPDIR")
+                    var("TMPDIR"),
+                    names.join(",")
                 );
             }
             ["run", cgroup, program, rest @ ..] => {
@@ -1672,6 +1679,10 @@ fn main() -> ExitCode {
             ["argv-swap", cgroup, program] => {
                 joined(cgroup)?;
                 println!("{}", argv_swap(program));
+            }
+            ["env-swap", cgroup, program] => {
+                joined(cgroup)?;
+                println!("{}", env_swap(program));
             }
             ["hold", socket, count, seconds] => {
                 let count = count.parse().map_err(|_| ExitCode::from(2))?;
@@ -2035,6 +2046,39 @@ fn argv_swap(program: &str) -> String {
             unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
         },
         || WORD.store(u32::from_le_bytes(*b"one\0"), SeqCst),
+    )
+}
+
+/// `env-swap`: execs `program target one` with the environment `PATH=/bin X=agent`, where the
+/// page holding "PATH=/bin" is not there yet. The kernel copies the environment before the
+/// arguments, last to first: "X=agent" is copied, then copying "PATH=/bin" faults, and the
+/// handler here writes "HOME=/" over "X=agent" before it supplies the page. A check that reads
+/// the caller's memory after the copy then sees approved names alone. Prints how the exec ended.
+fn env_swap(program: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    static ENTRY: AtomicU64 = AtomicU64::new(0);
+    let Ok(path) = CString::new(program) else {
+        return "bad program".into();
+    };
+    ENTRY.store(u64::from_le_bytes(*b"X=agent\0"), SeqCst);
+    exec_with_faulting_page(
+        b"PATH=/bin\0",
+        move |page| {
+            let argv = [
+                path.as_ptr(),
+                c"target".as_ptr(),
+                c"one".as_ptr(),
+                std::ptr::null(),
+            ];
+            let envp = [
+                page as *const libc::c_char,
+                ENTRY.as_ptr().cast::<libc::c_char>(),
+                std::ptr::null(),
+            ];
+            // SAFETY: NUL-terminated strings and null-terminated vectors.
+            unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        },
+        || ENTRY.store(u64::from_le_bytes(*b"HOME=/\0\0"), SeqCst),
     )
 }
 

@@ -68,20 +68,24 @@ fn an_approval_lets_exactly_the_shown_command_run_once() {
         );
     }
 
-    // The approved command runs, once, and as approved: the agent's environment cannot load
-    // its own code into it (secure-execution mode: the loader drops LD_PRELOAD and the like).
+    // The approved command runs only with approved environment variables: with the loader's
+    // (LD_PRELOAD) or one of the agent's it is refused, and the grant waits.
     let env = [
         ("LD_PRELOAD", "/nonexistent/agent.so"),
         ("TMPDIR", "/agent"),
     ];
-    let (outcome, printed) =
-        scenario.exec_with_env(agents, &scenario.protected, &["target", "one"], &env);
+    for extra in [&env[..1], &[("GK_AGENT_HOOK", "x")]] {
+        let (outcome, printed) =
+            scenario.exec_with_env(agents, &scenario.protected, &["target", "one"], extra);
+        assert_eq!(outcome, Exec::Denied, "{extra:?}: {printed}");
+    }
+    scenario.wait_journal("tamper_attempt", |event| event["hook"] == "unapproved_env");
+    // Without them it runs, once, in secure-execution mode (the loader would drop LD_PRELOAD
+    // and the like, and libraries their secure_getenv settings).
+    let (outcome, printed) = scenario.exec_with(agents, &scenario.protected, &["target", "one"]);
     assert_eq!(outcome, Exec::Ran);
     assert!(printed.contains("TARGET RAN one"), "{printed}");
-    assert!(
-        printed.contains("TARGET ENV secure=1 LD_PRELOAD=- TMPDIR=-"),
-        "{printed}"
-    );
+    assert!(printed.contains("TARGET ENV secure=1 "), "{printed}");
     assert_eq!(
         run(&scenario, agents, &scenario.protected, &["one"]).0,
         Exec::Denied
@@ -182,6 +186,42 @@ fn arguments_rewritten_after_the_kernel_copied_them_never_run() {
         swap(&scenario.outside).lines().next(),
         Some("EXIT=0 TARGET RAN two")
     );
+}
+
+/// The environment, like the arguments, is copied by the kernel before the exec is judged: the
+/// caller rewrites a variable of its own ("X=agent" copied) to an approved one ("HOME=/" read
+/// back) in between, with a grant in place. The new program's own copy is checked again: it is
+/// killed before it runs. Outside the agent cgroups the same exec runs with what was copied.
+#[test]
+fn environment_rewritten_after_the_kernel_copied_it_never_runs() {
+    let scenario = Scenario::start("env-swap", Options::default());
+    let program = scenario.protected.display().to_string();
+    let swap = |cgroup: &Path| {
+        let output = std::process::Command::new(bin("gk-helper"))
+            .args(["env-swap", &cgroup.display().to_string(), &program])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    assert_eq!(swap(&scenario.agents), "DENIED");
+    approve(
+        &scenario,
+        &scenario.wait_exec_request(&argv(&program, &["one"])),
+    );
+    assert_eq!(swap(&scenario.agents), format!("SIGNAL={}", libc::SIGKILL));
+    let killed = scenario.wait_journal("tamper_attempt", |event| event["hook"] == "unapproved_env");
+    assert!(
+        killed["pid"].as_u64().is_some_and(|pid| pid > 0),
+        "{killed}"
+    );
+    // The grant is spent.
+    assert_eq!(
+        run(&scenario, &scenario.agents, &scenario.protected, &["one"]).0,
+        Exec::Denied
+    );
+    let control = swap(&scenario.outside);
+    assert!(control.starts_with("EXIT=0 TARGET RAN one"), "{control}");
+    assert!(control.ends_with("NAMES=PATH,X"), "{control}");
 }
 
 /// `gatekeeper run --reason` asks with the agent's words, waits, and on approval runs exactly

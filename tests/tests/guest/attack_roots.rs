@@ -158,6 +158,7 @@ fn an_approved_exec_does_not_run_with_a_loader_of_the_agents() {
 /// opens anything of the agent's:
 /// - a `#!` line through `env` gets no read at all, whatever `PATH` finds (the agent's own
 ///   interpreter of that name, or a host one);
+/// - a variable of the agent's in its environment (`BASH_ENV`) refuses the run, grant kept;
 /// - a process of the agent's reading the script while an approved run starts gets nothing;
 /// - the agent's symlink to the script, pointed at a script of its own (a file, or a FIFO) once
 ///   the kernel opened the real one, hands the interpreter the agent's script, which gets no
@@ -256,6 +257,14 @@ fn an_approved_scripts_read_belongs_to_its_interpreter() {
                 "as {uid:?} with {path}: {exec:?} {printed}"
             );
         }
+        // With a variable of the agent's in its environment (BASH_ENV, which bash would run
+        // first) the approved script is refused, and its grant waits for the run without it.
+        ask(&script_text, host_path);
+        let (exec, printed) = exec_as(&scenario.agents, uid, "BASH_ENV=/dev/null", &script_text);
+        assert_eq!(exec, Exec::Denied, "as {uid:?}: {printed}");
+        let (exec, printed) = exec_as(&scenario.agents, uid, host_path, &script_text);
+        assert_eq!(exec, Exec::Ran, "as {uid:?}: {printed}");
+        assert!(printed.contains("SECRET-LINE"), "{printed}");
         // A reader of the agent's racing an approved run.
         ask(&script_text, host_path);
         let reader = race_reader(&scenario, uid, &script_text);

@@ -1,0 +1,239 @@
+//! The environment of a program let through on a grant: only [`APPROVED_ENV`] names.
+//!
+//! Checked as the arguments are, twice: in the caller's memory before the grant is used (at
+//! `bprm_creds_for_exec`, for an exec a grant waits for, so that `bprm_check_security` only looks
+//! the answer up), and at `bprm_committed_creds` in the new program's own copy, which another
+//! thread of the caller could not change: a variable that appeared in between is caught there.
+//!
+//! [`APPROVED_ENV`]: gatekeeper_common::APPROVED_ENV
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_send_signal, generated::bpf_probe_read_user_str},
+    macros::{lsm, map},
+    maps::{HashMap, LruHashMap, PerCpuArray},
+    programs::LsmContext,
+};
+use gatekeeper_common::{ENV_NAME_BYTES, EnvName, GrantKey, TamperHook};
+
+use crate::{
+    argv::{caller_vectors, vector_entry},
+    exec::exec_target,
+    offsets::{OFF_BPRM_ARGC, OFF_BPRM_ENVC, OFF_BPRM_FILE, OFF_BPRM_P},
+    read::read_field,
+    verdict::{agent_cgroup, grant_waiting, tamper},
+};
+
+/// The names of [`gatekeeper_common::APPROVED_ENV`], filled by the daemon before it attaches.
+#[map]
+static APPROVED_ENV: HashMap<EnvName, u8> = HashMap::with_max_entries(MAX_APPROVED_NAMES, 0);
+
+const MAX_APPROVED_NAMES: u32 = 64;
+
+/// Whether the caller's environment was approved (1) or not (0), by the address of the exec's
+/// `linux_binprm`, for an exec a grant waited for at `bprm_creds_for_exec`. Evicted or never
+/// judged counts as not approved.
+#[map]
+static CALLER_ENV: LruHashMap<u64, u32> = LruHashMap::with_max_entries(EXECS_IN_FLIGHT, 0);
+
+/// Execs let through on a grant, by the address of their `linux_binprm`, until
+/// `bprm_committed_creds` checks the new program's environment: the (device, inode) of the
+/// binary, for the report. Not an LRU map: an entry evicted before its check would skip it.
+#[map]
+static NEW_ENV_CHECKS: HashMap<u64, [u64; 2]> = HashMap::with_max_entries(EXECS_IN_FLIGHT, 0);
+
+const EXECS_IN_FLIGHT: u32 = 1024;
+
+#[map]
+static ENV_SCRATCH: PerCpuArray<EnvScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// More variables than this are never approved.
+const MAX_ENV: u32 = 256;
+/// Strings of the new program (arguments, then the environment) read at most, in chunks of
+/// [`CHUNK`] bytes: a program given more, or much longer ones, is not checked and so not run.
+const MAX_STRINGS: u32 = 512;
+const CHUNK: usize = 4096;
+const SIGKILL: u32 = 9;
+
+#[repr(C)]
+struct EnvScratch {
+    /// An entry's first bytes, zero after its end.
+    entry: [u64; ENV_NAME_BYTES / 8 + 1],
+    /// A string read to find its end.
+    chunk: [u8; CHUNK],
+    /// Where the walk over the new program's strings is: kept here and read back through
+    /// volatile loads, so the verifier carries no exact value from one step to the next.
+    address: u64,
+    strings_done: u32,
+    /// 1 while `address` is the start of a string.
+    at_start: u32,
+}
+
+/// At `bprm_creds_for_exec` of an agent's exec, after the kernel copied the caller's strings:
+/// judges the caller's environment when a grant waits for the file.
+#[inline(always)]
+pub unsafe fn judge_caller_env(bprm: *const u8) {
+    let key = bprm as u64;
+    let _ = CALLER_ENV.remove(key);
+    let Ok(file) = (unsafe { read_field::<*const u8>(bprm, &OFF_BPRM_FILE) }) else {
+        return;
+    };
+    let Ok(target) = (unsafe { exec_target(file) }) else {
+        return;
+    };
+    let grant = GrantKey {
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        target,
+    };
+    if grant_waiting(&grant, |_| true) {
+        let approved = unsafe { walk_caller_env(bprm) } as u32;
+        let _ = CALLER_ENV.insert(key, approved, 0);
+    }
+}
+
+/// At `bprm_check_security`: whether the caller's environment was judged approved for this exec.
+#[inline(always)]
+pub fn caller_env_approved(bprm: *const u8) -> bool {
+    let key = bprm as u64;
+    let approved = CALLER_ENV
+        .get_ptr(key)
+        .is_some_and(|verdict| unsafe { *verdict } == 1);
+    let _ = CALLER_ENV.remove(key);
+    approved
+}
+
+/// Has the new program's environment checked before it runs: false when that cannot be
+/// arranged, and the exec must be refused.
+#[inline(always)]
+pub fn expect_env_check(bprm: *const u8, file: [u64; 2]) -> bool {
+    NEW_ENV_CHECKS.insert(bprm as u64, file, 0).is_ok()
+}
+
+#[lsm(hook = "bprm_committed_creds")]
+pub fn bprm_committed_creds(ctx: LsmContext) -> i32 {
+    let Some(agent) = agent_cgroup() else {
+        return 0;
+    };
+    let bprm: *const u8 = ctx.arg(0);
+    let Some(file) = NEW_ENV_CHECKS.get_ptr(bprm as u64) else {
+        return 0;
+    };
+    let file = unsafe { *file };
+    let _ = NEW_ENV_CHECKS.remove(bprm as u64);
+    if !unsafe { new_env_approved(bprm) } {
+        // Past the point of no return the exec cannot fail: the process dies before it runs.
+        unsafe { bpf_send_signal(SIGKILL) };
+        tamper(agent, TamperHook::UnapprovedEnv, file);
+    }
+    0
+}
+
+/// Whether the caller's environment holds approved names alone, and as many as the kernel
+/// copied for the new program.
+#[inline(always)]
+unsafe fn walk_caller_env(bprm: *const u8) -> bool {
+    unsafe {
+        let (Some(scratch), Some(vectors), Ok(envc)) = (
+            ENV_SCRATCH.get_ptr_mut(0),
+            caller_vectors(),
+            read_field::<i32>(bprm, &OFF_BPRM_ENVC),
+        ) else {
+            return false;
+        };
+        // Linux takes a null vector for an empty one.
+        if vectors.envp == 0 {
+            return envc == 0;
+        }
+        for index in 0..=MAX_ENV {
+            let Ok(entry) = vector_entry(vectors.envp, vectors.wide, index) else {
+                return false;
+            };
+            if entry == 0 {
+                return envc == index as i32;
+            }
+            if index == MAX_ENV || !approved_entry(scratch, entry) {
+                return false;
+            }
+        }
+        false
+    }
+}
+
+/// Whether the environment the kernel copied onto the new program's stack, after its
+/// arguments, holds approved names alone. Called once that stack is the caller's memory.
+#[inline(always)]
+unsafe fn new_env_approved(bprm: *const u8) -> bool {
+    unsafe {
+        let (Some(scratch), Ok(argc), Ok(envc), Ok(start)) = (
+            ENV_SCRATCH.get_ptr_mut(0),
+            read_field::<i32>(bprm, &OFF_BPRM_ARGC),
+            read_field::<i32>(bprm, &OFF_BPRM_ENVC),
+            read_field::<u64>(bprm, &OFF_BPRM_P),
+        ) else {
+            return false;
+        };
+        if argc < 0 || envc < 0 || envc as u32 > MAX_ENV {
+            return false;
+        }
+        let (argc, strings) = (argc as u32, argc as u32 + envc as u32);
+        let address = &raw mut (*scratch).address;
+        let done = &raw mut (*scratch).strings_done;
+        let at_start = &raw mut (*scratch).at_start;
+        core::ptr::write_volatile(address, start);
+        core::ptr::write_volatile(done, 0);
+        core::ptr::write_volatile(at_start, 1);
+        for _ in 0..MAX_STRINGS {
+            let (here, finished) = (
+                core::ptr::read_volatile(address),
+                core::ptr::read_volatile(done),
+            );
+            if finished >= strings {
+                return true;
+            }
+            if finished >= argc
+                && core::ptr::read_volatile(at_start) == 1
+                && !approved_entry(scratch, here)
+            {
+                return false;
+            }
+            let read = bpf_probe_read_user_str(
+                (*scratch).chunk.as_mut_ptr().cast(),
+                CHUNK as u32,
+                here as *const _,
+            );
+            if read <= 0 {
+                return false;
+            }
+            // A read that filled the chunk may have stopped short of the string's end (it holds
+            // all but the chunk's last byte): the next goes on from the first byte it left.
+            if (read as usize) < CHUNK {
+                core::ptr::write_volatile(address, here + read as u64);
+                core::ptr::write_volatile(done, finished + 1);
+                core::ptr::write_volatile(at_start, 1);
+            } else {
+                core::ptr::write_volatile(address, here + CHUNK as u64 - 1);
+                core::ptr::write_volatile(at_start, 0);
+            }
+        }
+        false
+    }
+}
+
+/// Whether the `NAME=value` string at `address` names an approved variable.
+#[inline(always)]
+unsafe fn approved_entry(scratch: *mut EnvScratch, address: u64) -> bool {
+    unsafe {
+        let entry = &raw mut (*scratch).entry;
+        // Zero first, word by word (an array store would be a loop over bytes): the name ends
+        // at the first '=' before the string's end.
+        for word in 0..ENV_NAME_BYTES / 8 + 1 {
+            core::ptr::write_volatile((*entry).as_mut_ptr().add(word), 0);
+        }
+        let read = bpf_probe_read_user_str(
+            entry.cast(),
+            core::mem::size_of_val(&*entry) as u32,
+            address as *const _,
+        );
+        read > 0
+            && EnvName::of_entry(&*entry).is_some_and(|name| APPROVED_ENV.get_ptr(name).is_some())
+    }
+}
