@@ -140,6 +140,23 @@ pub enum JournalCommand {
         /// The journal to read (default: [daemon] journal of the config).
         file: Option<PathBuf>,
     },
+    /// The journal for a SIEM, one JSON object per line: requests, decisions and grant uses as
+    /// OCSF 1.3.0 events or ECS 8.11 documents, or every record as written (jsonl).
+    Export {
+        #[arg(long, value_enum)]
+        format: journal::export::Format,
+        /// Only records from this time on: RFC 3339 or a span before now (2h).
+        #[arg(long, value_name = "TIME", value_parser = parse_since)]
+        since: Option<time::OffsetDateTime>,
+        /// Only records before this time: RFC 3339 or a span before now.
+        #[arg(long, value_name = "TIME", value_parser = parse_since)]
+        until: Option<time::OffsetDateTime>,
+        /// The host the journal comes from [default: this machine's host name].
+        #[arg(long, value_name = "NAME")]
+        host: Option<String>,
+        /// The journal to read (default: [daemon] journal of the config).
+        file: Option<PathBuf>,
+    },
 }
 
 /// `--since`: an RFC 3339 time, or a span before now.
@@ -403,6 +420,51 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             for line in journal::show::timeline(&journal::records(&path)?, &filter) {
                 println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Journal {
+            command:
+                JournalCommand::Export {
+                    format,
+                    since,
+                    until,
+                    host,
+                    file,
+                },
+        } => {
+            let path = match file {
+                Some(file) => file.clone(),
+                None => client_config(&cli)?.journal,
+            };
+            let host = match host {
+                Some(host) => host.clone(),
+                None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .context("this machine's host name (give --host)")?
+                    .trim()
+                    .to_owned(),
+            };
+            if let (Some(since), Some(until)) = (since, until)
+                && until <= since
+            {
+                bail!("--until must be later than --since");
+            }
+            let window = journal::export::Window {
+                since: *since,
+                until: *until,
+            };
+            let exported =
+                journal::export::export(&journal::records(&path)?, *format, window, &host);
+            let mut out = std::io::stdout().lock();
+            for line in &exported.lines {
+                writeln!(out, "{line}")?;
+            }
+            if exported.orphans > 0 {
+                eprintln!(
+                    "gatekeeper: {} decisions or grant uses left out: their request is not in {}",
+                    exported.orphans,
+                    path.display()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -9,6 +9,7 @@
 //! A daemon reads back only from the last `checkpoint` record on, so start-up does not grow with
 //! the history; `verify` still walks every record.
 
+pub mod export;
 pub mod legacy;
 pub mod schema;
 pub mod seal;

@@ -152,6 +152,28 @@ fn approval_lets_exactly_one_retry_pass() {
         String::from_utf8_lossy(&unknown.stderr).contains("unknown record type \"grants\""),
         "{unknown:?}"
     );
+    // The SIEM's view: the request, the decision and the use as OCSF Process Activity events
+    // of this request; a bad format is refused.
+    let exported = scenario.gatekeeper(&["journal", "export", "--format", "ocsf", &journal]);
+    assert!(exported.status.success(), "{exported:?}");
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&exported.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|event: &serde_json::Value| event["metadata"]["correlation_uid"] == id.as_str())
+        .collect();
+    let dispositions: Vec<&str> = events
+        .iter()
+        .map(|event| event["disposition"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        dispositions,
+        ["denied", "approved", "allowed"],
+        "{events:?}"
+    );
+    assert!(events.iter().all(|event| event["class_uid"] == 1007));
+    assert_eq!(events[2]["process"]["pid"], used["pid"]);
+    let bad = scenario.gatekeeper(&["journal", "export", "--format", "cef", &journal]);
+    assert!(!bad.status.success(), "{bad:?}");
     // Deciding again is refused.
     let again = scenario.gatekeeper(&["approve", &id]);
     assert!(!again.status.success());
