@@ -73,15 +73,28 @@ pub enum Exec {
 }
 
 fn exec_result(output: &Output) -> Exec {
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    match exec_outcome(output) {
+        (Exec::Ran, _) if !output.status.success() => {
+            Exec::Other(format!("{}: ran, then failed", output.status))
+        }
+        (exec, _) => exec,
+    }
+}
+
+/// How a helper's exec ended, with what it printed: ran (the target printed that it did),
+/// denied (the helper's exec failed with EPERM, on a line of its own) or something else.
+pub fn exec_outcome(output: &Output) -> (Exec, String) {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    if output.status.success() && stdout.contains(TARGET_RAN) {
+    let denied = format!("EXEC_ERRNO={}", libc::EPERM);
+    let exec = if stdout.contains(TARGET_RAN) {
         Exec::Ran
-    } else if stderr.contains(&format!("EXEC_ERRNO={}", libc::EPERM)) {
+    } else if stderr.lines().any(|line| line == denied) {
         Exec::Denied
     } else {
         Exec::Other(format!("{}: {stdout}{stderr}", output.status))
-    }
+    };
+    (exec, stdout)
 }
 
 /// A real HTTP listener on loopback that records every POST and answers 200.

@@ -9,22 +9,9 @@ use std::{
 };
 
 use gatekeeper_tests::{
-    Exec, Options, Scenario, TARGET_RAN, UNLISTED_UID, bin, hand_to_user, wait_for,
+    Exec, Options, Scenario, TARGET_RAN, UNLISTED_UID, bin, exec_outcome, hand_to_user, wait_for,
 };
 use serde_json::Value;
-
-fn result(output: &Output) -> (Exec, String) {
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let exec = if stdout.contains(TARGET_RAN) {
-        Exec::Ran
-    } else if stderr.contains(&format!("EXEC_ERRNO={}", libc::EPERM)) {
-        Exec::Denied
-    } else {
-        Exec::Other(format!("{}: {stdout}{stderr}", output.status))
-    };
-    (exec, stdout)
-}
 
 /// execve(program, argv) exactly, from `cgroup`, as root or `uid`, in `dir`, with `env`.
 fn exec_as(
@@ -44,7 +31,7 @@ fn exec_as(
         .args(argv)
         .output()
         .unwrap();
-    let outcome = result(&output);
+    let outcome = exec_outcome(&output);
     eprintln!("exec-as {cgroup:?} {uid} {program} {argv:?} -> {outcome:?}");
     outcome
 }
@@ -56,7 +43,7 @@ fn hostile(cgroup: &Path, program: &str, kind: &str) -> (Exec, String) {
         .args([program, kind])
         .output()
         .unwrap();
-    let outcome = result(&output);
+    let outcome = exec_outcome(&output);
     eprintln!("hostile {kind} in {cgroup:?} -> {outcome:?}");
     outcome
 }

@@ -7,23 +7,10 @@
 use std::{os::unix::fs::PermissionsExt as _, path::Path, process::Command};
 
 use gatekeeper_tests::{
-    Exec, Options, Outcome, Scenario, TARGET_RAN, UNLISTED_UID, bin, hand_to_user, wait_for,
+    Exec, Options, Outcome, Scenario, TARGET_RAN, UNLISTED_UID, bin, exec_outcome, hand_to_user,
+    wait_for,
 };
 use serde_json::Value;
-
-fn outcome(output: &std::process::Output) -> (Exec, String) {
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let denied = format!("EXEC_ERRNO={}", libc::EPERM);
-    let exec = if stdout.contains(TARGET_RAN) {
-        Exec::Ran
-    } else if stderr.lines().any(|line| line == denied) {
-        Exec::Denied
-    } else {
-        Exec::Other(format!("{}: {stdout}{stderr}", output.status))
-    };
-    (exec, stdout)
-}
 
 /// `program target one` from `cgroup`, as root or `uid`, with the loader `place` chooses (see
 /// gk-helper's exec_own_root).
@@ -37,7 +24,7 @@ fn exec_rooted(cgroup: &Path, uid: Option<u32>, place: &str, program: &Path) -> 
         .args(["target", "one"])
         .output()
         .unwrap();
-    let (exec, _) = outcome(&output);
+    let (exec, _) = exec_outcome(&output);
     eprintln!(
         "exec-rooted {cgroup:?} {uid} {place} -> {exec:?} ({})",
         String::from_utf8_lossy(&output.stderr).trim()
@@ -54,7 +41,7 @@ fn exec_as(cgroup: &Path, uid: Option<u32>, env: &str, program: &str) -> (Exec, 
         .args([&uid, "-", env, program, program])
         .output()
         .unwrap();
-    outcome(&output)
+    exec_outcome(&output)
 }
 
 fn approve(scenario: &Scenario, request: &Value) {
