@@ -32,6 +32,9 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
     if let Some(problem) = exposed_secrets(config) {
         problems.push(problem);
     }
+    if let Err(message) = check_seal_key_place(&config.seal_key) {
+        problems.push(Problem::new("daemon.seal_key", message));
+    }
     for (index, _, path) in config.socket_rules() {
         if let Err(message) = check_socket(path) {
             problems.push(Problem::new(
@@ -79,6 +82,53 @@ fn exposed_secrets(config: &Config) -> Option<Problem> {
             ),
         )
     })
+}
+
+/// The sealing key must be the daemon's own: a key file put in place before the daemon made
+/// its key, by someone who could write where it goes, would be a key they know. So the key's
+/// directories must belong to root (or the daemon's user) and be closed to others' writes (one
+/// above the key's own directory may be open if it is sticky, as `/tmp` is: others cannot move
+/// a name they do not own there), and a key file already there must belong to them too.
+fn check_seal_key_place(key: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    // SAFETY: geteuid has no preconditions.
+    let daemon = unsafe { libc::geteuid() };
+    let ours = |uid: u32| uid == 0 || uid == daemon;
+    const STICKY: u32 = 0o1000;
+    const OTHERS_WRITE: u32 = 0o022;
+    match std::fs::symlink_metadata(key) {
+        Ok(metadata) if !metadata.is_file() || !ours(metadata.uid()) => {
+            return Err(format!(
+                "{} is already there and is not a file of root's: remove it, or name another \
+                 path",
+                key.display()
+            ));
+        }
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(format!("{}: {error}", key.display())),
+    }
+    for (depth, directory) in key.ancestors().skip(1).enumerate() {
+        let metadata = match std::fs::metadata(directory) {
+            Ok(metadata) => metadata,
+            // Made by the daemon, as root, when it makes the key.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(format!("{}: {error}", directory.display())),
+        };
+        let mode = metadata.mode();
+        let open = mode & OTHERS_WRITE != 0 && (depth == 0 || mode & STICKY == 0);
+        if !ours(metadata.uid()) || open {
+            return Err(format!(
+                "{} (owner uid {}, mode {:04o}) lets others than root put a key there before \
+                 the daemon makes its own: keep the key in a directory only root writes, such \
+                 as /var/lib/gatekeeper",
+                directory.display(),
+                metadata.uid(),
+                mode & 0o7777
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_file(path: &Path) -> Result<(), String> {

@@ -857,3 +857,56 @@ fn an_exec_rule_binds_the_arguments_unless_it_says_binary() {
     assert!(error.contains("protect.exec[0].bind"), "{error}");
     assert!(error.contains("\"args\""), "{error}");
 }
+
+#[test]
+fn a_seal_key_goes_where_only_root_writes() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("gk-seal-place-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.toml");
+    let key = dir.join("keys/seal.key");
+    let text = config_text(&format!("[daemon]\nseal_key = \"{}\"\n", key.display()));
+    std::fs::write(&path, &text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Not there yet, below a closed directory: the daemon makes it.
+    Config::load(&path).expect("a closed directory");
+    // A directory others write, sticky or not, is refused for the key itself; above it only
+    // when not sticky.
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    for (keys_mode, dir_mode, accepted) in [
+        (0o755, 0o755, true),
+        (0o777, 0o755, false),
+        (0o1777, 0o755, false),
+        (0o755, 0o1777, true),
+        (0o755, 0o777, false),
+        (0o775, 0o755, false),
+    ] {
+        std::fs::set_permissions(
+            key.parent().unwrap(),
+            std::fs::Permissions::from_mode(keys_mode),
+        )
+        .unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(dir_mode)).unwrap();
+        match Config::load(&path) {
+            Ok(_) => assert!(accepted, "{keys_mode:o} below {dir_mode:o} was accepted"),
+            Err(error) => {
+                let error = error.to_string();
+                assert!(!accepted, "{keys_mode:o} below {dir_mode:o}: {error}");
+                assert!(error.contains("daemon.seal_key"), "{error}");
+            }
+        }
+    }
+    // Something other than a file where the key goes is refused.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        key.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::create_dir(&key).unwrap();
+    let error = Config::load(&path).unwrap_err().to_string();
+    assert!(error.contains("is already there"), "{error}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
