@@ -145,23 +145,40 @@ fn a_rule_bound_to_the_binary_lets_any_arguments_through_once() {
 }
 
 /// The kernel copies an exec's arguments before the exec is judged; the caller rewrites them in
-/// its own memory in between ("two" copied, "one" read back), with a grant for "one" in place.
-/// The new program's own copy is checked again before it runs: it is killed, never run with
-/// "two". Without the grant the same exec is simply denied; outside the agent cgroups it runs.
+/// its own memory in between ("two" copied, "one" read back), with a grant in place. The new
+/// program's own copy is checked again before it runs: it is killed, never run with "two".
+/// Without the grant the same exec is simply denied; outside the agent cgroups it runs.
 #[test]
 fn arguments_rewritten_after_the_kernel_copied_them_never_run() {
-    let scenario = Scenario::start("argv-swap", Options::default());
+    let control = swap_is_killed("argv-swap", "argv_changed");
+    assert_eq!(control.lines().next(), Some("EXIT=0 TARGET RAN two"));
+}
+
+/// The environment, like the arguments, is copied by the kernel before the exec is judged: the
+/// caller rewrites a variable of its own ("X=agent" copied) to an approved one ("HOME=/" read
+/// back) in between, with a grant in place. The new program's own copy is checked again: it is
+/// killed before it runs. Outside the agent cgroups the same exec runs with what was copied.
+#[test]
+fn environment_rewritten_after_the_kernel_copied_it_never_runs() {
+    let control = swap_is_killed("env-swap", "unapproved_env");
+    assert!(control.starts_with("EXIT=0 TARGET RAN one"), "{control}");
+    assert!(control.ends_with("NAMES=PATH,X"), "{control}");
+}
+
+/// Runs gk-helper's `op` (a swap of what the kernel copied for `program target one`): denied
+/// without a grant; with a grant for "one", killed before it runs and journaled as `hook`, the
+/// grant spent. Returns what the same swap printed outside the agent cgroups.
+fn swap_is_killed(op: &str, hook: &str) -> String {
+    let scenario = Scenario::start(op, Options::default());
     let program = scenario.protected.display().to_string();
     let swap = |cgroup: &Path| {
         let output = std::process::Command::new(bin("gk-helper"))
-            .args(["argv-swap", &cgroup.display().to_string(), &program])
+            .args([op, &cgroup.display().to_string(), &program])
             .output()
             .unwrap();
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     };
-    // Without a grant: denied.
     assert_eq!(swap(&scenario.agents), "DENIED");
-    // A grant for "one": the swapped exec uses it and dies before its first instruction.
     assert_eq!(
         run(&scenario, &scenario.agents, &scenario.protected, &["one"]).0,
         Exec::Denied
@@ -171,7 +188,7 @@ fn arguments_rewritten_after_the_kernel_copied_them_never_run() {
         &scenario.wait_exec_request(&argv(&program, &["one"])),
     );
     assert_eq!(swap(&scenario.agents), format!("SIGNAL={}", libc::SIGKILL));
-    let killed = scenario.wait_journal("tamper_attempt", |event| event["hook"] == "argv_changed");
+    let killed = scenario.wait_journal("tamper_attempt", |event| event["hook"] == hook);
     assert!(
         killed["pid"].as_u64().is_some_and(|pid| pid > 0),
         "{killed}"
@@ -181,47 +198,7 @@ fn arguments_rewritten_after_the_kernel_copied_them_never_run() {
         run(&scenario, &scenario.agents, &scenario.protected, &["one"]).0,
         Exec::Denied
     );
-    // Control: the same swap outside the agent cgroups runs with what the kernel copied.
-    assert_eq!(
-        swap(&scenario.outside).lines().next(),
-        Some("EXIT=0 TARGET RAN two")
-    );
-}
-
-/// The environment, like the arguments, is copied by the kernel before the exec is judged: the
-/// caller rewrites a variable of its own ("X=agent" copied) to an approved one ("HOME=/" read
-/// back) in between, with a grant in place. The new program's own copy is checked again: it is
-/// killed before it runs. Outside the agent cgroups the same exec runs with what was copied.
-#[test]
-fn environment_rewritten_after_the_kernel_copied_it_never_runs() {
-    let scenario = Scenario::start("env-swap", Options::default());
-    let program = scenario.protected.display().to_string();
-    let swap = |cgroup: &Path| {
-        let output = std::process::Command::new(bin("gk-helper"))
-            .args(["env-swap", &cgroup.display().to_string(), &program])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
-    };
-    assert_eq!(swap(&scenario.agents), "DENIED");
-    approve(
-        &scenario,
-        &scenario.wait_exec_request(&argv(&program, &["one"])),
-    );
-    assert_eq!(swap(&scenario.agents), format!("SIGNAL={}", libc::SIGKILL));
-    let killed = scenario.wait_journal("tamper_attempt", |event| event["hook"] == "unapproved_env");
-    assert!(
-        killed["pid"].as_u64().is_some_and(|pid| pid > 0),
-        "{killed}"
-    );
-    // The grant is spent.
-    assert_eq!(
-        run(&scenario, &scenario.agents, &scenario.protected, &["one"]).0,
-        Exec::Denied
-    );
-    let control = swap(&scenario.outside);
-    assert!(control.starts_with("EXIT=0 TARGET RAN one"), "{control}");
-    assert!(control.ends_with("NAMES=PATH,X"), "{control}");
+    swap(&scenario.outside)
 }
 
 /// `gatekeeper run --reason` asks with the agent's words, waits, and on approval runs exactly
