@@ -119,6 +119,10 @@ pub enum JournalCommand {
         /// The verification key `setup-keys` printed (gkseal1-...).
         #[arg(long, value_name = "VERIFICATION_KEY")]
         key: Option<String>,
+        /// A receiver's log of what `[[audit.forward]]` sent: the journal must still hold every
+        /// record a checkpoint there names, as it was.
+        #[arg(long, value_name = "FILE")]
+        checkpoints: Option<PathBuf>,
         file: PathBuf,
     },
     /// Make the host's forward-secure sealing key ([daemon] seal_key) and print the
@@ -388,19 +392,25 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Journal {
-            command: JournalCommand::Verify { key: None, file },
-        } => {
-            let tail = journal::verify(file)?;
-            println!("{}: intact, {} records", file.display(), tail.records);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Journal {
             command:
                 JournalCommand::Verify {
-                    key: Some(key),
+                    key,
+                    checkpoints,
                     file,
                 },
-        } => verify_sealed(file, key),
+        } => {
+            match key {
+                Some(key) => verify_sealed(file, key)?,
+                None => {
+                    let tail = journal::verify(file)?;
+                    println!("{}: intact, {} records", file.display(), tail.records);
+                }
+            }
+            if let Some(checkpoints) = checkpoints {
+                verify_against_checkpoints(file, checkpoints)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Journal {
             command: JournalCommand::SetupKeys,
         } => setup_keys(&cli),
@@ -608,7 +618,30 @@ fn daemon_reachable(cli: &Cli) -> bool {
 }
 
 /// `journal verify --key`: the chain, every seal, and how far the seals reach.
-fn verify_sealed(file: &Path, key: &str) -> anyhow::Result<ExitCode> {
+fn verify_against_checkpoints(file: &Path, checkpoints: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(checkpoints)
+        .with_context(|| format!("checkpoints {}", checkpoints.display()))?;
+    let checkpoints_found = journal::forwarded_checkpoints(&text)
+        .map_err(|error| anyhow!("checkpoints {}: {error}", checkpoints.display()))?;
+    let Some(last) = checkpoints_found
+        .iter()
+        .max_by_key(|checkpoint| checkpoint.seq)
+    else {
+        bail!("checkpoints {}: none in it", checkpoints.display());
+    };
+    journal::verify_checkpoints(file, &checkpoints_found)?;
+    println!(
+        "{}: holds all {} checkpoints of {}, the last for record {} ({})",
+        file.display(),
+        checkpoints_found.len(),
+        checkpoints.display(),
+        last.seq,
+        last.time
+    );
+    Ok(())
+}
+
+fn verify_sealed(file: &Path, key: &str) -> anyhow::Result<()> {
     let key: journal::VerificationKey = key.parse()?;
     let report = journal::verify_sealed(file, &key)?;
     let Some((sealed, time)) = report.sealed_through else {
@@ -631,7 +664,7 @@ fn verify_sealed(file: &Path, key: &str) -> anyhow::Result<ExitCode> {
     if unsealed > 0 {
         println!("{unsealed} records after the last seal are not sealed yet");
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Through the daemon when it runs, which guards the key file from agents before writing the

@@ -131,6 +131,15 @@ pub struct Config {
     pub grant_ttl: Duration,
     pub request_ttl: Duration,
     pub webhooks: Vec<Webhook>,
+    /// `[[audit.forward]]`: receivers that get every journal record as it is written.
+    pub forwards: Vec<Forward>,
+}
+
+/// A syslog receiver over TCP (RFC 5424 messages, RFC 6587 octet-counted frames).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// `host:port`, which also names the receiver in the journal's checkpoints.
+    pub address: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -210,6 +210,8 @@ pub struct Core {
     over_cap: HashMap<u64, u64>,
     capped: HashSet<u64>,
     enforcing_since: Option<OffsetDateTime>,
+    /// Forwarding receiver -> the last record it has had.
+    forwarded: BTreeMap<String, u64>,
     /// Records of noisy kinds (tamper attempts, refusals) held back, by kind.
     noise: HashMap<String, Noise>,
     /// Justifications agents gave for an exec they are about to try, until it comes.
@@ -239,6 +241,7 @@ impl Core {
             over_cap: HashMap::new(),
             capped: HashSet::new(),
             enforcing_since: None,
+            forwarded: BTreeMap::new(),
             noise: HashMap::new(),
             announced: Vec::new(),
             effects: VecDeque::new(),
@@ -934,7 +937,19 @@ impl Core {
             enforcing_since: self.enforcing_since,
             requests,
             grants,
+            forwarded: self.forwarded.clone(),
         }
+    }
+
+    /// A forwarding receiver has had the records up to `seq`: the next checkpoint notes it.
+    pub fn note_forwarded(&mut self, receiver: &str, seq: u64) {
+        let last = self.forwarded.entry(receiver.to_owned()).or_default();
+        *last = (*last).max(seq);
+    }
+
+    /// Forwarding receiver -> the last record it has had, as the journal last noted.
+    pub fn forwarded(&self) -> &BTreeMap<String, u64> {
+        &self.forwarded
     }
 
     fn mark_delivered(&mut self, request_id: &str, url: &str) {
@@ -976,6 +991,7 @@ impl Core {
                 self.grants.clear();
                 self.deliveries.clear();
                 self.enforcing_since = state.enforcing_since;
+                self.forwarded = state.forwarded.clone();
                 for snapshot in &state.requests {
                     let request = records::request_from_snapshot(snapshot);
                     let id = request.id.clone();

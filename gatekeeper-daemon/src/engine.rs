@@ -208,6 +208,11 @@ impl Engine {
         self.policy.hosts()
     }
 
+    /// Forwarding receiver -> the last record it had, as the journal last noted.
+    pub fn forwarded(&self) -> std::collections::BTreeMap<String, u64> {
+        self.core.forwarded().clone()
+    }
+
     /// Runs until a `Stop` or `Uninstall` command, or until every handle is gone; returns why
     /// it stopped, journaled.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> String {
@@ -312,6 +317,7 @@ impl Engine {
                 attempts,
                 delivered,
             } => self.core.delivery_done(delivery, attempts, delivered, at),
+            Command::Forwarded { receiver, seq } => self.core.note_forwarded(&receiver, seq),
             Command::Resolved { rule, addresses } => {
                 match self.policy.add_resolved(&mut self.kernel, rule, addresses) {
                     Ok(Some(event)) => {

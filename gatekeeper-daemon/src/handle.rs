@@ -138,6 +138,11 @@ pub enum Command {
         attempts: Vec<DeliveryAttempt>,
         delivered: bool,
     },
+    /// An `[[audit.forward]]` receiver has had the records up to `seq`.
+    Forwarded {
+        receiver: String,
+        seq: u64,
+    },
     /// Addresses a `host` rule resolves to now.
     Resolved {
         rule: usize,

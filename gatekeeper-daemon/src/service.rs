@@ -17,6 +17,7 @@ use crate::{
     enrich,
     events::EventReader,
     handle::{self, Command, Handle},
+    journal::forward::Forwarder,
     policy::{Digest, content_of, exec_target_of},
 };
 
@@ -162,6 +163,26 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         config.resolve_interval,
         handle.clone(),
     ));
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "-".to_owned());
+    let forwarded = engine.forwarded();
+    let forwarders: Vec<_> = config
+        .forwards
+        .iter()
+        .map(|forward| {
+            tokio::spawn(
+                Forwarder {
+                    address: forward.address.clone(),
+                    journal: config.journal.clone(),
+                    after: forwarded.get(&forward.address).copied(),
+                    host: host.clone(),
+                    handle: handle.clone(),
+                }
+                .run(),
+            )
+        })
+        .collect();
     let (stop_local, local_stopped) = tokio::sync::oneshot::channel::<()>();
     let local = tokio::spawn(local.serve(async {
         let _ = local_stopped.await;
@@ -199,7 +220,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     info!(%reason, "stopping");
     let _ = stop_local.send(());
     let _ = local.await;
-    for task in [paths, resolver, signals, watchdog] {
+    for task in [paths, resolver, signals, watchdog]
+        .into_iter()
+        .chain(forwarders)
+    {
         task.abort();
     }
     if let Some(http) = http {

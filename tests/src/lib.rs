@@ -97,6 +97,82 @@ pub fn exec_outcome(output: &Output) -> (Exec, String) {
     (exec, stdout)
 }
 
+/// A syslog receiver over TCP on loopback (RFC 6587 octet-counted frames of RFC 5424
+/// messages), as a log collector off the host would run one: it keeps every message it got.
+/// Dropping it closes the port and every connection.
+pub struct SyslogReceiver {
+    pub port: u16,
+    received: Arc<Mutex<Vec<String>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SyslogReceiver {
+    /// A receiver on `port` (0: any free one), appending to `received`.
+    pub fn start_on(port: u16, received: Arc<Mutex<Vec<String>>>) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("syslog listener");
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (received, stop) = (received.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut connections: Vec<(std::net::TcpStream, Vec<u8>)> = Vec::new();
+                while !stop.load(SeqCst) {
+                    if let Ok((stream, _)) = listener.accept() {
+                        stream.set_nonblocking(true).unwrap();
+                        connections.push((stream, Vec::new()));
+                    }
+                    for (stream, pending) in &mut connections {
+                        let mut buffer = [0u8; 65536];
+                        while let Ok(read @ 1..) = std::io::Read::read(stream, &mut buffer) {
+                            pending.extend_from_slice(&buffer[..read]);
+                        }
+                        // Each frame: its length in octets, a space, the message.
+                        while let Some(space) = pending.iter().position(|byte| *byte == b' ') {
+                            let length: usize = std::str::from_utf8(&pending[..space])
+                                .ok()
+                                .and_then(|digits| digits.parse().ok())
+                                .expect("an octet count");
+                            if pending.len() < space + 1 + length {
+                                break;
+                            }
+                            let message = pending[space + 1..space + 1 + length].to_vec();
+                            pending.drain(..space + 1 + length);
+                            received
+                                .lock()
+                                .unwrap()
+                                .push(String::from_utf8(message).expect("UTF-8 message"));
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        Self {
+            port,
+            received,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Every message so far, in the order it came.
+    pub fn messages(&self) -> Vec<String> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+impl Drop for SyslogReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// A real HTTP listener on loopback that records every POST and answers 200.
 pub struct WebhookReceiver {
     pub url: String,
@@ -259,7 +335,7 @@ pub struct Scenario {
     daemon: Option<Child>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())

@@ -2,7 +2,7 @@
 //! an earlier one failed, so the error lists every problem.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     fmt,
     net::SocketAddr,
     ops::RangeInclusive,
@@ -14,10 +14,10 @@ use gatekeeper_common::file_access;
 
 use super::{
     AGENT_SOCKET_NAME, Bind, Config, ConfigError, ConnectRule, DEFAULT_SOCKET, DestinationSpec,
-    ExecRule, FileRule, Problem, Risk, RulePolicy, Webhook, WebhookKind,
+    ExecRule, FileRule, Forward, Problem, Risk, RulePolicy, Webhook, WebhookKind,
     raw::{
         RawAgents, RawApproval, RawConfig, RawConnectRule, RawDaemon, RawExecRule, RawFileRule,
-        RawOwner, RawWebhook,
+        RawForward, RawOwner, RawWebhook,
     },
 };
 use crate::{
@@ -176,7 +176,9 @@ impl Parser {
         let (daemon, agents) = both(daemon, agents)?;
         let (exec_rules, connect_rules) = both(exec_rules, connect_rules)?;
         let file_rules = file_rules?;
+        let forwards = self.forwards(raw.audit.forward);
         let (approval, webhooks) = both(approval, webhooks)?;
+        let forwards = forwards?;
         self.keys_apart(&approval.reviewer_keys, &webhooks)?;
         Ok(Config {
             path: path.to_owned(),
@@ -207,7 +209,47 @@ impl Parser {
             grant_ttl: approval.grant_ttl,
             request_ttl: approval.request_ttl,
             webhooks,
+            forwards,
         })
+    }
+
+    fn forwards(&mut self, raw: Vec<RawForward>) -> Result<Vec<Forward>, Reported> {
+        let mut seen = BTreeSet::new();
+        let forwards = raw.into_iter().enumerate().map(|(index, forward)| {
+            let key = format!("audit.forward[{index}]");
+            match forward.kind.as_deref() {
+                Some("syslog") => {}
+                Some(other) => {
+                    return Err(self.report(
+                        format!("{key}.kind"),
+                        format!("{other:?} is not a kind of receiver this build has: \"syslog\""),
+                    ));
+                }
+                None => {
+                    return Err(self.report(format!("{key}.kind"), "missing: \"syslog\""));
+                }
+            }
+            let Some(address) = forward.address else {
+                return Err(self.report(format!("{key}.address"), "missing: host:port"));
+            };
+            let port = address
+                .rsplit_once(':')
+                .map(|(host, port)| (host, port.parse::<u16>()));
+            if !matches!(port, Some((host, Ok(port))) if !host.is_empty() && port != 0) {
+                return Err(self.report(
+                    format!("{key}.address"),
+                    format!("{address:?} is not host:port"),
+                ));
+            }
+            if !seen.insert(address.clone()) {
+                return Err(self.report(
+                    format!("{key}.address"),
+                    format!("{address} is forwarded to twice"),
+                ));
+            }
+            Ok(Forward { address })
+        });
+        all(forwards.collect::<Vec<_>>())
     }
 
     fn daemon(&mut self, raw: RawDaemon) -> Result<DaemonSection, Reported> {

@@ -21,6 +21,23 @@ pub(super) struct RawConfig {
     pub(super) approval: RawApproval,
     #[serde(default)]
     pub(super) webhook: Vec<RawWebhook>,
+    #[serde(default)]
+    pub(super) audit: RawAudit,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAudit {
+    #[serde(default)]
+    pub(super) forward: Vec<RawForward>,
+}
+
+/// `[[audit.forward]]`: a receiver off the host that gets every journal record.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawForward {
+    pub(super) kind: Option<String>,
+    pub(super) address: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -10,12 +10,14 @@
 //! the history; `verify` still walks every record.
 
 pub mod export;
+pub mod forward;
 pub mod legacy;
 pub mod schema;
 pub mod seal;
 pub mod show;
 
 use std::{
+    collections::HashMap,
     fs::{File, OpenOptions},
     io::{BufRead as _, BufReader, Read as _, Seek as _, SeekFrom, Write as _},
     os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
@@ -57,6 +59,16 @@ pub enum JournalError {
     Encode(#[from] serde_json::Error),
     #[error(transparent)]
     Seal(#[from] SealError),
+    #[error(
+        "journal {path}: it ends before record {seq}, which a checkpoint sent off the host at \
+         {time} had ({records} records left): the journal was cut"
+    )]
+    Cut {
+        path: PathBuf,
+        records: u64,
+        seq: u64,
+        time: String,
+    },
 }
 
 #[derive(Serialize)]
@@ -373,7 +385,74 @@ pub struct ChainTail {
 /// Checks every record of the journal at `path`: its own hash, its sequence number and its link
 /// to the record before. Returns the first bad record's line number on failure.
 pub fn verify(path: &Path) -> Result<ChainTail, JournalError> {
-    walk(path, 0, u64::MAX, |_| Ok(()))
+    walk(path, 0, u64::MAX, |_, _| Ok(()))
+}
+
+/// A checkpoint that left the host (`[[audit.forward]]`): the journal's record `seq` had `hash`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ForwardedCheckpoint {
+    pub seq: u64,
+    pub hash: String,
+    pub time: String,
+}
+
+/// The checkpoints in a receiver's log: each line that holds `{"checkpoint":{...}}` (a syslog
+/// message's text) gives one; other lines are skipped. An error names a line whose checkpoint
+/// cannot be read.
+pub fn forwarded_checkpoints(text: &str) -> Result<Vec<ForwardedCheckpoint>, String> {
+    #[derive(Deserialize)]
+    struct Message {
+        checkpoint: ForwardedCheckpoint,
+    }
+    let mut checkpoints = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let Some(start) = line.find(r#"{"checkpoint":"#) else {
+            continue;
+        };
+        let message: Message = serde_json::from_str(&line[start..])
+            .map_err(|error| format!("line {}: not a checkpoint: {error}", index + 1))?;
+        checkpoints.push(message.checkpoint);
+    }
+    Ok(checkpoints)
+}
+
+/// Holds the journal at `path` against checkpoints that left the host: the chain must be intact
+/// and hold, for every checkpoint, its record with its hash. A journal cut after a checkpoint,
+/// or rewritten up to one (every hash recomputed), fails, naming the checkpoint.
+pub fn verify_checkpoints(
+    path: &Path,
+    checkpoints: &[ForwardedCheckpoint],
+) -> Result<ChainTail, JournalError> {
+    let wanted: HashMap<u64, &ForwardedCheckpoint> = checkpoints
+        .iter()
+        .map(|checkpoint| (checkpoint.seq, checkpoint))
+        .collect();
+    let mismatch = |checkpoint: &ForwardedCheckpoint| {
+        format!(
+            "record {} is not the one a checkpoint sent off the host at {} had (hash {}): the \
+             journal was rewritten",
+            checkpoint.seq, checkpoint.time, checkpoint.hash
+        )
+    };
+    let tail = walk(path, 0, u64::MAX, |body, hash| {
+        match wanted.get(&body.seq) {
+            Some(checkpoint) if checkpoint.hash != hash => Err(mismatch(checkpoint)),
+            _ => Ok(()),
+        }
+    })?;
+    if let Some(beyond) = checkpoints
+        .iter()
+        .filter(|checkpoint| checkpoint.seq >= tail.records)
+        .max_by_key(|checkpoint| checkpoint.seq)
+    {
+        return Err(JournalError::Cut {
+            path: path.to_owned(),
+            records: tail.records,
+            seq: beyond.seq,
+            time: beyond.time.clone(),
+        });
+    }
+    Ok(tail)
 }
 
 /// What `verify --key` found: the chain and how far the seals reach.
@@ -392,7 +471,7 @@ pub fn verify_sealed(path: &Path, key: &VerificationKey) -> Result<SealedTail, J
     let mut seals = 0;
     let mut sealed_through = None;
     let mut previous_time = None;
-    let chain = walk(path, 0, u64::MAX, |body| {
+    let chain = walk(path, 0, u64::MAX, |body, _| {
         if body.event.get("type").and_then(|kind| kind.as_str()) == Some("seal") {
             let Ok(Event::Seal { epoch, tag }) = serde_json::from_value(body.event.clone()) else {
                 return Err("seal without an epoch or a tag".into());
@@ -421,7 +500,7 @@ pub fn records(path: &Path) -> Result<Vec<Record>, JournalError> {
 /// The records between byte offsets `start` (a record's first byte) and `end`.
 fn read_from(path: &Path, start: u64, end: u64) -> Result<(Vec<Record>, ChainTail), JournalError> {
     let mut records = Vec::new();
-    let tail = walk(path, start, end, |body| {
+    let tail = walk(path, start, end, |body, _| {
         let event = match body.v {
             0 => legacy::read(body.event.clone())?,
             FORMAT => serde_json::from_value(body.event.clone())
@@ -448,7 +527,7 @@ fn walk(
     path: &Path,
     start: u64,
     end: u64,
-    mut visit: impl FnMut(&ParsedBody) -> Result<(), String>,
+    mut visit: impl FnMut(&ParsedBody, &str) -> Result<(), String>,
 ) -> Result<ChainTail, JournalError> {
     let io_error = |cause| JournalError::Io {
         path: path.to_owned(),
@@ -471,7 +550,7 @@ fn walk(
         };
         let line = String::from_utf8(line).map_err(|_| corrupt("not UTF-8".into()))?;
         let (hash, body) = check_record(&line, tail.as_ref()).map_err(corrupt)?;
-        visit(&body).map_err(corrupt)?;
+        visit(&body, &hash).map_err(corrupt)?;
         tail = Some(ChainTail {
             records: body.seq + 1,
             last_hash: hash,
@@ -580,6 +659,74 @@ mod tests {
         assert_eq!(first["event"]["type"], "request_expired");
         let mode = std::fs::metadata(&temp.0).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    /// What a syslog receiver logged of the journal at `path`: every line framed, and a
+    /// checkpoint after the last.
+    fn receiver_log(path: &Path) -> String {
+        let lines = lines(path);
+        let last = forward::line_head(lines.last().unwrap()).unwrap();
+        let mut log: String = lines
+            .iter()
+            .map(|line| forward::frame("-", "h", 1, "record", line) + "\n")
+            .collect();
+        log.push_str(&forward::frame(
+            "-",
+            "h",
+            1,
+            "checkpoint",
+            &forward::checkpoint(&last, None),
+        ));
+        log
+    }
+
+    #[test]
+    fn checkpoints_off_the_host_catch_a_cut_or_a_rewritten_journal() {
+        let temp = TempJournal::new("checkpoints");
+        write_records(&temp.0, 4);
+        let log = receiver_log(&temp.0);
+        let checkpoints = forwarded_checkpoints(&log).unwrap();
+        assert_eq!(checkpoints.len(), 1);
+        assert_eq!(
+            verify_checkpoints(&temp.0, &checkpoints).unwrap().records,
+            4
+        );
+        // More records since: still holds.
+        write_records(&temp.0, 2);
+        assert!(verify_checkpoints(&temp.0, &checkpoints).is_ok());
+        // Cut after the checkpoint's record: its chain is intact, the checkpoint names the cut.
+        let all = lines(&temp.0);
+        write_lines(&temp.0, &all[..3]);
+        verify(&temp.0).expect("a cut chain is intact on its own");
+        let error = verify_checkpoints(&temp.0, &checkpoints).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                JournalError::Cut {
+                    seq: 3,
+                    records: 3,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        // Regenerated with other records and every hash recomputed: intact, but not the one.
+        std::fs::remove_file(&temp.0).unwrap();
+        {
+            let mut journal = Journal::open(&temp.0).unwrap().journal;
+            for index in [0, 1, 7, 3] {
+                journal.append(&expired(index)).unwrap();
+            }
+        }
+        verify(&temp.0).expect("a regenerated chain is intact on its own");
+        let error = verify_checkpoints(&temp.0, &checkpoints)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("rewritten"), "{error}");
+        assert!(error.contains("line 4"), "{error}");
+        // A receiver's log with a broken checkpoint is named, not skipped.
+        let broken = forwarded_checkpoints("x {\"checkpoint\":{\"seq\":\"a\"}}").unwrap_err();
+        assert!(broken.contains("line 1"), "{broken}");
     }
 
     #[test]

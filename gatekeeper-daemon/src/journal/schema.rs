@@ -384,4 +384,8 @@ pub struct Snapshot {
     pub requests: Vec<RequestSnapshot>,
     #[serde(default)]
     pub grants: Vec<GrantSnapshot>,
+    /// `[[audit.forward]]` receiver (its address) -> the last record it has had: a restarted
+    /// daemon sends from the next one.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub forwarded: std::collections::BTreeMap<String, u64>,
 }

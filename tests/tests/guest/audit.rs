@@ -1,9 +1,13 @@
 //! The journal as auditors rely on it: sealed with keys the host no longer holds, and out of
 //! agents' reach.
 
-use std::{os::unix::fs::PermissionsExt as _, path::Path};
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::Path,
+    sync::{Arc, Mutex},
+};
 
-use gatekeeper_tests::{Options, Outcome, Scenario};
+use gatekeeper_tests::{Exec, Options, Outcome, Scenario, SyslogReceiver, free_port, wait_for};
 use sha2::{Digest as _, Sha256};
 
 const HASH_FIELD: &str = ",\"hash\":\"";
@@ -109,5 +113,95 @@ fn a_sealed_journal_rewritten_with_every_hash_recomputed_fails_verification() {
     assert!(
         String::from_utf8_lossy(&sealed.stderr).contains("seal of epoch"),
         "{sealed:?}"
+    );
+}
+
+/// The journal's records as a syslog receiver got them: (seq, type) of each record message.
+fn forwarded_records(messages: &[String]) -> Vec<(u64, String)> {
+    messages
+        .iter()
+        .filter_map(|message| message.split_once(" record - "))
+        .map(|(_, line)| {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                record["seq"].as_u64().unwrap(),
+                record["event"]["type"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// `[[audit.forward]]` sends every record to a syslog receiver listening in the guest (RFC 5424
+/// messages in octet-counted frames); while the receiver is down the records wait in the
+/// journal, and once it is back it gets them all, none missing. Its checkpoints then catch a
+/// journal cut after them, which the chain alone does not (the control).
+#[test]
+fn records_reach_a_syslog_receiver_without_a_gap_and_its_checkpoints_catch_a_cut() {
+    let port = free_port();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let receiver = SyslogReceiver::start_on(port, received.clone());
+    let mut scenario = Scenario::start(
+        "forward",
+        Options {
+            extra: format!(
+                "[[audit.forward]]\nkind = \"syslog\"\naddress = \"127.0.0.1:{port}\"\n"
+            ),
+            ..Options::default()
+        },
+    );
+    let id = scenario.denied_request();
+    wait_for("the request at the receiver", || {
+        forwarded_records(&receiver.messages())
+            .iter()
+            .any(|(_, kind)| kind == "request_created")
+            .then_some(())
+    });
+    let first = receiver.messages();
+    assert!(first[0].starts_with("<110>1 "), "{}", first[0]);
+    assert!(first[0].contains(" gatekeeper "), "{}", first[0]);
+    // The receiver goes away; the request is approved and its grant used meanwhile.
+    drop(receiver);
+    let approved = scenario.gatekeeper(&["approve", &id]);
+    assert!(approved.status.success(), "{approved:?}");
+    assert_eq!(scenario.agent_exec(), Exec::Ran);
+    scenario.wait_journal("grant_used", |event| event["request_id"] == id.as_str());
+    // Back on the same port: the backlog arrives, and no record is missing.
+    let receiver = SyslogReceiver::start_on(port, received);
+    wait_for("the backlog at the receiver", || {
+        forwarded_records(&receiver.messages())
+            .iter()
+            .any(|(_, kind)| kind == "grant_used")
+            .then_some(())
+    });
+    let records = forwarded_records(&receiver.messages());
+    let seqs: std::collections::BTreeSet<u64> = records.iter().map(|(seq, _)| *seq).collect();
+    let last = *seqs.last().unwrap();
+    assert_eq!(seqs, (0..=last).collect(), "a gap in {records:?}");
+    assert!(records.iter().any(|(_, kind)| kind == "decision"));
+
+    // What left the host holds the journal to account: intact now...
+    scenario.stop_daemon();
+    let log = scenario.dir.join("receiver.log");
+    std::fs::write(&log, receiver.messages().join("\n")).unwrap();
+    let journal = scenario.journal.display().to_string();
+    let log_text = log.display().to_string();
+    let verified =
+        scenario.gatekeeper(&["journal", "verify", "--checkpoints", &log_text, &journal]);
+    assert!(verified.status.success(), "{verified:?}");
+    // ...and cut back to before the grant's use: its own chain is still intact (the control),
+    // the checkpoints are not.
+    let text = std::fs::read_to_string(&scenario.journal).unwrap();
+    let kept: Vec<&str> = text
+        .lines()
+        .take_while(|line| !line.contains("\"grant_used\""))
+        .collect();
+    std::fs::write(&scenario.journal, kept.join("\n") + "\n").unwrap();
+    let chain = scenario.gatekeeper(&["journal", "verify", &journal]);
+    assert!(chain.status.success(), "{chain:?}");
+    let cut = scenario.gatekeeper(&["journal", "verify", "--checkpoints", &log_text, &journal]);
+    assert!(!cut.status.success(), "{cut:?}");
+    assert!(
+        String::from_utf8_lossy(&cut.stderr).contains("the journal was cut"),
+        "{cut:?}"
     );
 }
