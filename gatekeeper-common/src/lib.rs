@@ -57,8 +57,10 @@ macro_rules! kernel_members {
             // The new program's arguments: their count and where they start on its stack.
             (OFF_BPRM_ARGC, "linux_binprm", "argc"),
             (OFF_BPRM_P, "linux_binprm", "p"),
-            // How many environment strings follow the arguments there.
+            // How many environment strings follow the arguments there, and where the file name
+            // the kernel copied above them starts.
             (OFF_BPRM_ENVC, "linux_binprm", "envc"),
+            (OFF_BPRM_EXEC, "linux_binprm", "exec"),
             // Set once the file the caller named turned out to need an interpreter.
             (OFF_BPRM_EXECUTABLE, "linux_binprm", "executable"),
             (OFF_FILE_INODE, "file", "f_inode"),
@@ -838,7 +840,6 @@ pub const APPROVED_ENV: &[&str] = &[
     "NO_COLOR",
     "TZ",
     "LANG",
-    "LANGUAGE",
     "LC_ALL",
     "LC_ADDRESS",
     "LC_COLLATE",

@@ -135,11 +135,27 @@ pub struct Config {
     pub forwards: Vec<Forward>,
 }
 
-/// A syslog receiver over TCP (RFC 5424 messages, RFC 6587 octet-counted frames).
+/// A receiver off the host for every journal record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Forward {
-    /// `host:port`, which also names the receiver in the journal's checkpoints.
-    pub address: String,
+pub enum Forward {
+    /// Syslog over TCP (RFC 5424 messages in RFC 6587 octet-counted frames) to `host:port`.
+    Syslog { address: String },
+    /// Each batch POSTed as JSON lines; an answer 2xx acknowledges it. `ca_file`: the
+    /// certificates to trust for it besides the usual roots.
+    Https {
+        url: reqwest::Url,
+        ca_file: Option<PathBuf>,
+    },
+}
+
+impl Forward {
+    /// How the journal's checkpoints name the receiver.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Syslog { address } => address.clone(),
+            Self::Https { url, .. } => url.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

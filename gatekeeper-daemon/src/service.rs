@@ -173,9 +173,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .map(|forward| {
             tokio::spawn(
                 Forwarder {
-                    address: forward.address.clone(),
+                    receiver: forward.clone(),
                     journal: config.journal.clone(),
-                    after: forwarded.get(&forward.address).copied(),
+                    after: forwarded.get(&forward.name()).copied(),
                     host: host.clone(),
                     handle: handle.clone(),
                 }

@@ -22,7 +22,7 @@ use gatekeeper_common::{
 };
 
 use crate::{
-    env::{caller_env_approved, expect_env_check, judge_caller_env},
+    env::{caller_env_refused, expect_env_check, judge_caller_env},
     offsets::{
         OFF_BPRM_ARGC, OFF_BPRM_EXECUTABLE, OFF_BPRM_P, OFF_PT_REGS_CX, OFF_PT_REGS_DX,
         OFF_PT_REGS_ORIG_AX, OFF_PT_REGS_R10, OFF_PT_REGS_SI,
@@ -111,7 +111,7 @@ pub fn decide_exec(
     // The agent's environment could make the approved program run code of the agent's: a grant
     // is used only by an exec that passes approved variables alone, and one that passes others
     // leaves it for the exec that does.
-    if grant_waiting(&key, |grant| binding_holds(grant, &args)) && !caller_env_approved(bprm) {
+    if grant_waiting(&key, |grant| binding_holds(grant, &args)) && caller_env_refused(bprm) {
         tamper(agent_cgroup_id, TamperHook::UnapprovedEnv, target.data);
         return None;
     }

@@ -18,7 +18,7 @@ use gatekeeper_common::{ENV_NAME_BYTES, EnvName, GrantKey, TamperHook};
 use crate::{
     argv::{caller_vectors, vector_entry},
     exec::exec_target,
-    offsets::{OFF_BPRM_ARGC, OFF_BPRM_ENVC, OFF_BPRM_FILE, OFF_BPRM_P},
+    offsets::{OFF_BPRM_ARGC, OFF_BPRM_ENVC, OFF_BPRM_EXEC, OFF_BPRM_FILE, OFF_BPRM_P},
     read::read_field,
     verdict::{agent_cgroup, grant_waiting, tamper},
 };
@@ -30,8 +30,7 @@ static APPROVED_ENV: HashMap<EnvName, u8> = HashMap::with_max_entries(MAX_APPROV
 const MAX_APPROVED_NAMES: u32 = 64;
 
 /// Whether the caller's environment was approved (1) or not (0), by the address of the exec's
-/// `linux_binprm`, for an exec a grant waited for at `bprm_creds_for_exec`. Evicted or never
-/// judged counts as not approved.
+/// `linux_binprm`, for an exec a grant waited for at `bprm_creds_for_exec`.
 #[map]
 static CALLER_ENV: LruHashMap<u64, u32> = LruHashMap::with_max_entries(EXECS_IN_FLIGHT, 0);
 
@@ -49,7 +48,8 @@ static ENV_SCRATCH: PerCpuArray<EnvScratch> = PerCpuArray::with_max_entries(1, 0
 /// More variables than this are never approved.
 const MAX_ENV: u32 = 256;
 /// Strings of the new program (arguments, then the environment) read at most, in chunks of
-/// [`CHUNK`] bytes: a program given more, or much longer ones, is not checked and so not run.
+/// [`CHUNK`] bytes: an exec on a grant given more, or much longer ones, is refused before the
+/// grant is used ([`strings_fit`]).
 const MAX_STRINGS: u32 = 512;
 const CHUNK: usize = 4096;
 const SIGKILL: u32 = 9;
@@ -69,11 +69,14 @@ struct EnvScratch {
 }
 
 /// At `bprm_creds_for_exec` of an agent's exec, after the kernel copied the caller's strings:
-/// judges the caller's environment when a grant waits for the file.
+/// forgets what an earlier exec at the same address left (one that failed after its grant was
+/// used never reached `bprm_committed_creds`), and judges the caller's environment when a grant
+/// waits for the file.
 #[inline(always)]
 pub unsafe fn judge_caller_env(bprm: *const u8) {
     let key = bprm as u64;
     let _ = CALLER_ENV.remove(key);
+    let _ = NEW_ENV_CHECKS.remove(key);
     let Ok(file) = (unsafe { read_field::<*const u8>(bprm, &OFF_BPRM_FILE) }) else {
         return;
     };
@@ -85,20 +88,47 @@ pub unsafe fn judge_caller_env(bprm: *const u8) {
         target,
     };
     if grant_waiting(&grant, |_| true) {
-        let approved = unsafe { walk_caller_env(bprm) } as u32;
+        let approved = unsafe { strings_fit(bprm) && walk_caller_env(bprm) } as u32;
         let _ = CALLER_ENV.insert(key, approved, 0);
     }
 }
 
-/// At `bprm_check_security`: whether the caller's environment was judged approved for this exec.
+/// At `bprm_check_security`: whether the caller's environment was judged and refused for this
+/// exec. One not judged (the grant is for a binary reached as another file's interpreter) goes
+/// on: the check of the new program's own copy decides.
 #[inline(always)]
-pub fn caller_env_approved(bprm: *const u8) -> bool {
+pub fn caller_env_refused(bprm: *const u8) -> bool {
     let key = bprm as u64;
-    let approved = CALLER_ENV
+    let refused = CALLER_ENV
         .get_ptr(key)
-        .is_some_and(|verdict| unsafe { *verdict } == 1);
+        .is_some_and(|verdict| unsafe { *verdict } == 0);
     let _ = CALLER_ENV.remove(key);
-    approved
+    refused
+}
+
+/// Whether the new program's strings can all be walked at `bprm_committed_creds`: their count,
+/// and one more read for each chunk of their bytes (from `bprm->p` up to the file name the
+/// kernel copied above them), with room for what a script's interpreter puts before them.
+#[inline(always)]
+unsafe fn strings_fit(bprm: *const u8) -> bool {
+    const ROOM_FOR_INTERPRETER: u64 = 8;
+    let (Ok(argc), Ok(envc), Ok(start), Ok(end)) = (unsafe {
+        (
+            read_field::<i32>(bprm, &OFF_BPRM_ARGC),
+            read_field::<i32>(bprm, &OFF_BPRM_ENVC),
+            read_field::<u64>(bprm, &OFF_BPRM_P),
+            read_field::<u64>(bprm, &OFF_BPRM_EXEC),
+        )
+    }) else {
+        return false;
+    };
+    let (Ok(argc), Ok(envc)) = (u64::try_from(argc), u64::try_from(envc)) else {
+        return false;
+    };
+    let Some(bytes) = end.checked_sub(start) else {
+        return false;
+    };
+    argc + envc + bytes / (CHUNK as u64 - 1) + ROOM_FOR_INTERPRETER <= MAX_STRINGS as u64
 }
 
 /// Has the new program's environment checked before it runs: false when that cannot be

@@ -173,6 +173,115 @@ impl Drop for SyslogReceiver {
     }
 }
 
+/// The test CA that signed [`HttpsReceiver`]'s certificate (for 127.0.0.1), for the daemon to
+/// trust.
+pub const TEST_CA_PEM: &str = include_str!("../fixtures/tls/ca.pem");
+const TEST_SERVER_PEM: &str = include_str!("../fixtures/tls/server.pem");
+/// A key for tests only: it protects nothing.
+const TEST_SERVER_KEY: &str = include_str!("../fixtures/tls/server.key");
+
+/// An HTTPS listener on loopback, as a log collector off the host would run one: it answers
+/// every POST with 200 and keeps each body. Dropping it closes the port.
+pub struct HttpsReceiver {
+    pub port: u16,
+    received: Arc<Mutex<Vec<String>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpsReceiver {
+    /// A receiver on `port` (0: any free one), appending the bodies it gets to `received`.
+    pub fn start_on(port: u16, received: Arc<Mutex<Vec<String>>>) -> Self {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        let certificates = CertificateDer::pem_slice_iter(TEST_SERVER_PEM.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("test certificate");
+        let key = PrivateKeyDer::from_pem_slice(TEST_SERVER_KEY.as_bytes()).expect("test key");
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(certificates, key)
+            .expect("TLS config"),
+        );
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("https listener");
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (received, stop) = (received.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(SeqCst) {
+                    let Ok((tcp, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    };
+                    tcp.set_nonblocking(false).unwrap();
+                    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let connection = rustls::ServerConnection::new(config.clone()).unwrap();
+                    let mut tls = rustls::StreamOwned::new(connection, tcp);
+                    if let Some(body) = read_post(&mut tls) {
+                        received.lock().unwrap().push(body);
+                        let _ = std::io::Write::write_all(
+                            &mut tls,
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                        );
+                        tls.conn.send_close_notify();
+                        let _ = std::io::Write::flush(&mut tls);
+                    }
+                }
+            })
+        };
+        Self {
+            port,
+            received,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Every body so far, in the order it came.
+    pub fn bodies(&self) -> Vec<String> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// The body of one HTTP/1.1 request (with a Content-Length) read from `stream`.
+fn read_post(stream: &mut impl std::io::Read) -> Option<String> {
+    let mut data = Vec::new();
+    let mut buffer = [0u8; 16384];
+    let head_end = loop {
+        if let Some(end) = data.windows(4).position(|window| window == b"\r\n\r\n") {
+            break end + 4;
+        }
+        let read = stream.read(&mut buffer).ok().filter(|read| *read > 0)?;
+        data.extend_from_slice(&buffer[..read]);
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|value| value.trim().parse().ok())?;
+    while data.len() < head_end + length {
+        let read = stream.read(&mut buffer).ok().filter(|read| *read > 0)?;
+        data.extend_from_slice(&buffer[..read]);
+    }
+    String::from_utf8(data[head_end..head_end + length].to_vec()).ok()
+}
+
+impl Drop for HttpsReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// A real HTTP listener on loopback that records every POST and answers 200.
 pub struct WebhookReceiver {
     pub url: String,

@@ -32,6 +32,30 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
     if let Some(problem) = exposed_secrets(config) {
         problems.push(problem);
     }
+    for (index, forward) in config.forwards.iter().enumerate() {
+        if let super::Forward::Https {
+            ca_file: Some(path),
+            ..
+        } = forward
+        {
+            let certificates = std::fs::read(path)
+                .map_err(|error| error.to_string())
+                .and_then(|pem| {
+                    reqwest::Certificate::from_pem_bundle(&pem).map_err(|error| error.to_string())
+                });
+            match certificates {
+                Ok(certificates) if !certificates.is_empty() => {}
+                Ok(_) => problems.push(Problem::new(
+                    format!("audit.forward[{index}].ca_file"),
+                    format!("{} holds no certificate", path.display()),
+                )),
+                Err(error) => problems.push(Problem::new(
+                    format!("audit.forward[{index}].ca_file"),
+                    format!("{}: {error}", path.display()),
+                )),
+            }
+        }
+    }
     if let Err(message) = check_seal_key_place(&config.seal_key) {
         problems.push(Problem::new("daemon.seal_key", message));
     }

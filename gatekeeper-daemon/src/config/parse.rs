@@ -215,41 +215,81 @@ impl Parser {
 
     fn forwards(&mut self, raw: Vec<RawForward>) -> Result<Vec<Forward>, Reported> {
         let mut seen = BTreeSet::new();
-        let forwards = raw.into_iter().enumerate().map(|(index, forward)| {
-            let key = format!("audit.forward[{index}]");
-            match forward.kind.as_deref() {
-                Some("syslog") => {}
-                Some(other) => {
+        let forwards: Vec<_> = raw
+            .into_iter()
+            .enumerate()
+            .map(|(index, raw)| {
+                let key = format!("audit.forward[{index}]");
+                let forward = self.forward(&key, raw)?;
+                if !seen.insert(forward.name()) {
+                    return Err(
+                        self.report(key, format!("{} is forwarded to twice", forward.name()))
+                    );
+                }
+                Ok(forward)
+            })
+            .collect();
+        all(forwards)
+    }
+
+    fn forward(&mut self, key: &str, raw: RawForward) -> Result<Forward, Reported> {
+        let unwanted = |parser: &mut Self, field: &str, set: bool, kind: &str| {
+            if set {
+                Err(parser.report(
+                    format!("{key}.{field}"),
+                    format!("a {kind} receiver takes none"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match raw.kind.as_deref() {
+            Some("syslog") => {
+                unwanted(self, "url", raw.url.is_some(), "syslog")?;
+                unwanted(self, "ca_file", raw.ca_file.is_some(), "syslog")?;
+                let Some(address) = raw.address else {
+                    return Err(self.report(format!("{key}.address"), "missing: host:port"));
+                };
+                let port = address
+                    .rsplit_once(':')
+                    .map(|(host, port)| (host, port.parse::<u16>()));
+                if !matches!(port, Some((host, Ok(port))) if !host.is_empty() && port != 0) {
                     return Err(self.report(
-                        format!("{key}.kind"),
-                        format!("{other:?} is not a kind of receiver this build has: \"syslog\""),
+                        format!("{key}.address"),
+                        format!("{address:?} is not host:port"),
                     ));
                 }
-                None => {
-                    return Err(self.report(format!("{key}.kind"), "missing: \"syslog\""));
-                }
+                Ok(Forward::Syslog { address })
             }
-            let Some(address) = forward.address else {
-                return Err(self.report(format!("{key}.address"), "missing: host:port"));
-            };
-            let port = address
-                .rsplit_once(':')
-                .map(|(host, port)| (host, port.parse::<u16>()));
-            if !matches!(port, Some((host, Ok(port))) if !host.is_empty() && port != 0) {
-                return Err(self.report(
-                    format!("{key}.address"),
-                    format!("{address:?} is not host:port"),
-                ));
+            Some("https") => {
+                unwanted(self, "address", raw.address.is_some(), "https")?;
+                let Some(url) = raw.url else {
+                    return Err(self.report(format!("{key}.url"), "missing: https://..."));
+                };
+                let url = match reqwest::Url::parse(&url) {
+                    Ok(url) if url.scheme() == "https" => url,
+                    Ok(_) => {
+                        return Err(self.report(
+                            format!("{key}.url"),
+                            format!("{url:?} is not https: records leave the host encrypted"),
+                        ));
+                    }
+                    Err(error) => {
+                        return Err(self.report(format!("{key}.url"), format!("{url:?}: {error}")));
+                    }
+                };
+                let ca_file = match raw.ca_file {
+                    Some(path) => Some(self.absolute_path(&format!("{key}.ca_file"), path)?),
+                    None => None,
+                };
+                Ok(Forward::Https { url, ca_file })
             }
-            if !seen.insert(address.clone()) {
-                return Err(self.report(
-                    format!("{key}.address"),
-                    format!("{address} is forwarded to twice"),
-                ));
-            }
-            Ok(Forward { address })
-        });
-        all(forwards.collect::<Vec<_>>())
+            Some(other) => Err(self.report(
+                format!("{key}.kind"),
+                format!("{other:?} is not a kind of receiver: \"syslog\" or \"https\""),
+            )),
+            None => Err(self.report(format!("{key}.kind"), "missing: \"syslog\" or \"https\"")),
+        }
     }
 
     fn daemon(&mut self, raw: RawDaemon) -> Result<DaemonSection, Reported> {

@@ -38,6 +38,8 @@ pub(super) struct RawAudit {
 pub(super) struct RawForward {
     pub(super) kind: Option<String>,
     pub(super) address: Option<String>,
+    pub(super) url: Option<String>,
+    pub(super) ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]

@@ -17,9 +17,12 @@ use std::{
 use serde_json::{Value, json};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio::{io::AsyncWriteExt as _, net::TcpStream};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::handle::{Command, Handle};
+use crate::{
+    config::Forward,
+    handle::{Command, Handle},
+};
 
 /// Facility "log audit" (13), severity informational (6).
 const PRIORITY: u32 = 13 * 8 + 6;
@@ -29,6 +32,7 @@ const IDLE_POLL: Duration = Duration::from_millis(250);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MOST: Duration = Duration::from_secs(30);
+const HTTPS_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One RFC 5424 message (the journal line, or a checkpoint, as its MSG) in an RFC 6587
 /// octet-counted frame.
@@ -104,7 +108,7 @@ fn read_lines(path: &Path, offset: u64) -> std::io::Result<(Vec<String>, u64)> {
 
 /// One receiver's forwarding, run until the daemon stops.
 pub struct Forwarder {
-    pub address: String,
+    pub receiver: Forward,
     pub journal: PathBuf,
     /// The last record the receiver had; None: none yet.
     pub after: Option<u64>,
@@ -112,16 +116,95 @@ pub struct Forwarder {
     pub handle: Handle,
 }
 
+/// The records to send next: their lines, the head of the last, and where the journal goes on.
+struct Batch {
+    lines: Vec<(LineHead, String)>,
+    next_offset: u64,
+}
+
+impl Batch {
+    fn last(&self) -> Option<&LineHead> {
+        self.lines.last().map(|(head, _)| head)
+    }
+}
+
+/// Where a forwarder is in the journal.
+struct Reader {
+    offset: u64,
+    /// The last seal read so far: (epoch, seq).
+    seal: Option<(u64, u64)>,
+}
+
+impl Reader {
+    /// The records after `after` from the reader's place on; None when the journal cannot be
+    /// read (warned; tried again later).
+    async fn next_batch(&mut self, journal: &Path, after: Option<u64>) -> Option<Batch> {
+        let path = journal.to_owned();
+        let offset = self.offset;
+        let (lines, next_offset) = match tokio::task::spawn_blocking(move || {
+            read_lines(&path, offset)
+        })
+        .await
+        {
+            Ok(Ok(read)) => read,
+            Ok(Err(error)) => {
+                warn!(journal = %journal.display(), %error, "cannot read the journal to forward it");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let mut batch = Batch {
+            lines: Vec::new(),
+            next_offset,
+        };
+        for line in lines {
+            let Some(head) = line_head(&line) else {
+                continue;
+            };
+            if let Some(epoch) = head.seal {
+                self.seal = Some((epoch, head.seq));
+            }
+            if after.is_none_or(|after| head.seq > after) {
+                batch.lines.push((head, line));
+            }
+        }
+        Some(batch)
+    }
+}
+
 impl Forwarder {
-    pub async fn run(mut self) {
+    pub async fn run(self) {
+        match self.receiver.clone() {
+            Forward::Syslog { address } => self.send_to_syslog(&address).await,
+            Forward::Https { url, ca_file } => {
+                let client = match https_client(ca_file.as_deref()) {
+                    Ok(client) => client,
+                    Err(error) => {
+                        error!(receiver = %url, %error, "cannot forward the journal there");
+                        return;
+                    }
+                };
+                self.send_to_https(&client, url).await
+            }
+        }
+    }
+
+    async fn noted(&self, seq: u64) {
+        let receiver = self.receiver.name();
+        self.handle.send(Command::Forwarded { receiver, seq }).await;
+    }
+
+    async fn send_to_syslog(mut self, address: &str) {
         let pid = std::process::id();
-        let mut offset = 0;
-        let mut seal = None;
+        let mut reader = Reader {
+            offset: 0,
+            seal: None,
+        };
         let mut retry = RETRY_FIRST;
         let mut down = false;
         loop {
             let connected =
-                tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.address)).await;
+                tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await;
             let mut stream = match connected {
                 Ok(Ok(stream)) => stream,
                 failed => {
@@ -130,7 +213,7 @@ impl Forwarder {
                             Ok(Err(error)) => error.to_string(),
                             _ => "timed out".to_owned(),
                         };
-                        warn!(receiver = %self.address, %why, "audit receiver unreachable; records wait in the journal");
+                        warn!(receiver = %address, %why, "audit receiver unreachable; records wait in the journal");
                         down = true;
                     }
                     tokio::time::sleep(retry).await;
@@ -139,80 +222,129 @@ impl Forwarder {
                 }
             };
             if std::mem::take(&mut down) {
-                info!(receiver = %self.address, "audit receiver back; sending what it missed");
+                info!(receiver = %address, "audit receiver back; sending what it missed");
             }
             retry = RETRY_FIRST;
             // What the receiver surely has: a batch counts once the connection was still open
             // after it was written (a receiver that went away answers the next look with its
             // close). On a lost connection, sending resumes from here.
-            let mut confirmed = (self.after, offset);
+            let mut confirmed = (self.after, reader.offset);
             loop {
                 if !still_open(&stream) {
                     break;
                 }
-                if confirmed != (self.after, offset) {
-                    confirmed = (self.after, offset);
+                if confirmed != (self.after, reader.offset) {
+                    confirmed = (self.after, reader.offset);
                     if let Some(seq) = self.after {
-                        let receiver = self.address.clone();
-                        self.handle.send(Command::Forwarded { receiver, seq }).await;
+                        self.noted(seq).await;
                     }
                 }
-                let journal = self.journal.clone();
-                let read = tokio::task::spawn_blocking(move || read_lines(&journal, offset)).await;
-                let (lines, next) = match read {
-                    Ok(Ok(read)) => read,
-                    Ok(Err(error)) => {
-                        warn!(journal = %self.journal.display(), %error, "cannot read the journal to forward it");
-                        tokio::time::sleep(RETRY_MOST).await;
-                        continue;
-                    }
-                    Err(_) => return,
+                let Some(batch) = reader.next_batch(&self.journal, self.after).await else {
+                    tokio::time::sleep(RETRY_MOST).await;
+                    continue;
                 };
-                let mut batch = String::new();
-                let mut last = None;
-                for line in &lines {
-                    let Some(head) = line_head(line) else {
-                        continue;
-                    };
-                    if let Some(epoch) = head.seal {
-                        seal = Some((epoch, head.seq));
-                    }
-                    if self.after.is_some_and(|after| head.seq <= after) {
-                        continue;
-                    }
-                    batch.push_str(&frame(&head.time, &self.host, pid, "record", line));
-                    last = Some(head);
-                }
-                let Some(last) = last else {
-                    offset = next;
+                let Some(last) = batch.last() else {
+                    reader.offset = batch.next_offset;
                     tokio::time::sleep(IDLE_POLL).await;
                     continue;
                 };
-                let now = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
-                batch.push_str(&frame(
-                    &now,
-                    &self.host,
-                    pid,
-                    "checkpoint",
-                    &checkpoint(&last, seal),
-                ));
+                let mut frames: String = batch
+                    .lines
+                    .iter()
+                    .map(|(head, line)| frame(&head.time, &self.host, pid, "record", line))
+                    .collect();
+                let now = OffsetDateTime::now_utc()
+                    .format(&Rfc3339)
+                    .unwrap_or_default();
+                let checkpoint = checkpoint(last, reader.seal);
+                frames.push_str(&frame(&now, &self.host, pid, "checkpoint", &checkpoint));
                 let sent = async {
-                    stream.write_all(batch.as_bytes()).await?;
+                    stream.write_all(frames.as_bytes()).await?;
                     stream.flush().await
                 };
                 if sent.await.is_err() {
                     break;
                 }
-                offset = next;
                 self.after = Some(last.seq);
+                reader.offset = batch.next_offset;
                 // Give a receiver that is going away time to say so before the batch counts.
                 tokio::time::sleep(IDLE_POLL).await;
             }
-            warn!(receiver = %self.address, "audit receiver lost; records wait in the journal");
+            warn!(receiver = %address, "audit receiver lost; records wait in the journal");
             down = true;
-            (self.after, offset) = confirmed;
+            (self.after, reader.offset) = confirmed;
         }
     }
+
+    async fn send_to_https(mut self, client: &reqwest::Client, url: reqwest::Url) {
+        let mut reader = Reader {
+            offset: 0,
+            seal: None,
+        };
+        let mut retry = RETRY_FIRST;
+        let mut down = false;
+        loop {
+            let Some(batch) = reader.next_batch(&self.journal, self.after).await else {
+                tokio::time::sleep(RETRY_MOST).await;
+                continue;
+            };
+            let Some(last) = batch.last() else {
+                reader.offset = batch.next_offset;
+                tokio::time::sleep(IDLE_POLL).await;
+                continue;
+            };
+            let mut body: String = batch
+                .lines
+                .iter()
+                .map(|(_, line)| format!("{line}\n"))
+                .collect();
+            body.push_str(&checkpoint(last, reader.seal));
+            body.push('\n');
+            let answer = client
+                .post(url.clone())
+                .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+                .body(body)
+                .send()
+                .await;
+            match answer {
+                Ok(answer) if answer.status().is_success() => {
+                    if std::mem::take(&mut down) {
+                        info!(receiver = %url, "audit receiver back; it has what it missed");
+                    }
+                    retry = RETRY_FIRST;
+                    self.after = Some(last.seq);
+                    reader.offset = batch.next_offset;
+                    self.noted(last.seq).await;
+                }
+                failed => {
+                    if !down {
+                        let why = match failed {
+                            Ok(answer) => format!("status {}", answer.status()),
+                            Err(error) => error.to_string(),
+                        };
+                        warn!(receiver = %url, %why, "audit receiver did not take the records; they wait in the journal");
+                        down = true;
+                    }
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(RETRY_MOST);
+                }
+            }
+        }
+    }
+}
+
+/// A client trusting the usual roots, and the certificates in `ca_file` if given.
+fn https_client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder().timeout(HTTPS_TIMEOUT);
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|error| format!("{}: {error}", path.display()))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|error| format!("{}: {error}", path.display()))?;
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder.build().map_err(|error| error.to_string())
 }
 
 /// Whether the receiver has neither closed the connection nor reset it.

@@ -1680,6 +1680,14 @@ fn main() -> ExitCode {
                 joined(cgroup)?;
                 println!("{}", argv_swap(program));
             }
+            // env-attack CGROUP UID|- KIND PROGRAM ARGV...: see env_attack.
+            ["env-attack", cgroup, uid, kind, program, argv @ ..] => {
+                joined(cgroup)?;
+                become_user(uid)?;
+                let errno = env_attack(kind, program, argv);
+                eprintln!("EXEC_ERRNO={errno}");
+                return Err(ExitCode::from(126));
+            }
             ["env-swap", cgroup, program] => {
                 joined(cgroup)?;
                 println!("{}", env_swap(program));
@@ -2860,4 +2868,163 @@ fn call_line(mut stream: std::os::unix::net::UnixStream, line: &str) -> Result<(
         .map_err(io)?;
     println!("REPLY={}", reply.trim());
     Ok(())
+}
+
+/// Execs PROGRAM with ARGV (`argv[0]` included) and an environment of `kind`:
+/// - `cloexec-then:OTHER`: execveat of PROGRAM by an O_CLOEXEC descriptor (O_PATH; a script then
+///   fails with ENOENT after its grant was used), prints FIRST_ERRNO, then execs `OTHER target
+///   second` with an unapproved variable (GK_AGENT=1) from the same process.
+/// - `vector:SPEC`: a hostile environment vector (see the match below).
+/// - `long-approved`: 18 approved names whose values are 130000 bytes each, the stack limit
+///   raised so that the kernel takes them.
+fn env_attack(kind: &str, program: &str, argv: &[&str]) -> i32 {
+    let cstrings = |items: &[String]| -> Vec<CString> {
+        items
+            .iter()
+            .filter_map(|item| CString::new(item.as_str()).ok())
+            .collect()
+    };
+    let vector = |items: &[CString]| -> Vec<*const libc::c_char> {
+        let mut pointers: Vec<*const libc::c_char> = items.iter().map(|c| c.as_ptr()).collect();
+        pointers.push(std::ptr::null());
+        pointers
+    };
+    let args = cstrings(&argv.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+    let argp = vector(&args);
+    if let Some(other) = kind.strip_prefix("cloexec-then:") {
+        let env = cstrings(&["PATH=/usr/sbin:/usr/bin:/sbin:/bin".to_string()]);
+        let envp = vector(&env);
+        let Ok(path) = CString::new(program) else {
+            return libc::EINVAL;
+        };
+        // SAFETY: plain system calls with NUL-terminated strings and null-terminated vectors.
+        let first = unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+            if fd < 0 {
+                return SETUP_ERRNO_BASE + last_errno();
+            }
+            libc::syscall(
+                libc::SYS_execveat,
+                fd,
+                c"".as_ptr(),
+                argp.as_ptr(),
+                envp.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            );
+            let errno = last_errno();
+            libc::close(fd);
+            errno
+        };
+        eprintln!("FIRST_ERRNO={first}");
+        let env2 = cstrings(&[
+            "PATH=/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            "GK_AGENT=1".to_string(),
+        ]);
+        let envp2 = vector(&env2);
+        let args2 = cstrings(&[
+            other.to_string(),
+            "target".to_string(),
+            "second".to_string(),
+        ]);
+        let argp2 = vector(&args2);
+        // SAFETY: as above.
+        unsafe { libc::execve(args2[0].as_ptr(), argp2.as_ptr(), envp2.as_ptr()) };
+        return last_errno();
+    }
+    if let Some(spec) = kind.strip_prefix("vector:") {
+        let path_entry = b"PATH=/usr/sbin:/usr/bin:/sbin:/bin".to_vec();
+        let entries: Vec<Vec<u8>> = match spec {
+            "noeq" => vec![path_entry, b"PATH".to_vec(), b"GK_NOEQ".to_vec()],
+            "highbyte" => vec![path_entry, b"PATH\xbd=x".to_vec()],
+            "name32" => vec![path_entry, [vec![b'A'; 32], b"=x".to_vec()].concat()],
+            "name33" => vec![
+                path_entry,
+                [b"PATH".to_vec(), vec![b'A'; 29], b"=x".to_vec()].concat(),
+            ],
+            "emptyname" => vec![path_entry, b"=x".to_vec()],
+            "many257" => vec![path_entry; 257],
+            "dup" => vec![path_entry, b"PATH=/tmp/agent".to_vec()],
+            "null" => vec![],
+            _ => return libc::EINVAL,
+        };
+        let env: Vec<CString> = entries
+            .into_iter()
+            .filter_map(|e| CString::new(e).ok())
+            .collect();
+        let envp = vector(&env);
+        let Ok(path) = CString::new(program) else {
+            return libc::EINVAL;
+        };
+        // SAFETY: as above; "null" passes a NULL environment vector, which Linux takes as empty.
+        unsafe {
+            libc::execve(
+                path.as_ptr(),
+                argp.as_ptr(),
+                if spec == "null" {
+                    std::ptr::null()
+                } else {
+                    envp.as_ptr()
+                },
+            )
+        };
+        return last_errno();
+    }
+    if kind == "long-approved" {
+        let names = [
+            "PATH",
+            "HOME",
+            "PWD",
+            "OLDPWD",
+            "USER",
+            "LOGNAME",
+            "HOSTNAME",
+            "TERM",
+            "TZ",
+            "LANG",
+            "SHLVL",
+            "LC_ALL",
+            "LC_CTYPE",
+            "LC_TIME",
+            "LC_NAME",
+            "LC_PAPER",
+            "LC_NUMERIC",
+            "LC_COLLATE",
+        ];
+        let value = "a".repeat(130_000);
+        let env = cstrings(
+            &names
+                .iter()
+                .map(|name| format!("{name}={value}"))
+                .collect::<Vec<_>>(),
+        );
+        let envp = vector(&env);
+        let limit = libc::rlimit {
+            rlim_cur: 64 << 20,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: as above.
+        unsafe {
+            let mut old = limit;
+            libc::getrlimit(libc::RLIMIT_STACK, &mut old);
+            let raised = libc::rlimit {
+                rlim_cur: 64 << 20,
+                rlim_max: old.rlim_max.max(64 << 20),
+            };
+            if libc::setrlimit(libc::RLIMIT_STACK, &raised) != 0 {
+                let _ = libc::setrlimit(
+                    libc::RLIMIT_STACK,
+                    &libc::rlimit {
+                        rlim_cur: old.rlim_max,
+                        rlim_max: old.rlim_max,
+                    },
+                );
+            }
+            let Ok(path) = CString::new(program) else {
+                return libc::EINVAL;
+            };
+            libc::execve(path.as_ptr(), argp.as_ptr(), envp.as_ptr());
+        }
+        return last_errno();
+    }
+    libc::EINVAL
 }

@@ -2,11 +2,7 @@
 //! argument vectors, and agents' reasons attached where they do not belong. Each attack has a
 //! control outside the agent cgroups showing the same action does what it claims there.
 
-use std::{
-    os::unix::fs::PermissionsExt as _,
-    path::Path,
-    process::{Command, Output},
-};
+use std::{os::unix::fs::PermissionsExt as _, path::Path, process::Command};
 
 use gatekeeper_tests::{
     Exec, Options, Scenario, TARGET_RAN, UNLISTED_UID, bin, exec_outcome, hand_to_user, wait_for,

@@ -7,7 +7,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use gatekeeper_tests::{Exec, Options, Outcome, Scenario, SyslogReceiver, free_port, wait_for};
+use gatekeeper_tests::{
+    Exec, HttpsReceiver, Options, Outcome, Scenario, SyslogReceiver, TEST_CA_PEM, free_port,
+    wait_for,
+};
 use sha2::{Digest as _, Sha256};
 
 const HASH_FIELD: &str = ",\"hash\":\"";
@@ -204,4 +207,72 @@ fn records_reach_a_syslog_receiver_without_a_gap_and_its_checkpoints_catch_a_cut
         String::from_utf8_lossy(&cut.stderr).contains("the journal was cut"),
         "{cut:?}"
     );
+}
+
+/// `[[audit.forward]]` kind `https`: each batch is POSTed as JSON lines ending in a checkpoint,
+/// and counts once answered 2xx. A receiver that is not there at first (nothing listens on its
+/// port) gets every record once it is, none missing, over TLS it trusts through `ca_file`.
+#[test]
+fn records_reach_an_https_receiver_that_was_down_for_a_while() {
+    let port = free_port();
+    let dir = Path::new("/tmp/gk-forward-https");
+    let mut scenario = Scenario::prepare(
+        "forward-https",
+        Options {
+            extra: format!(
+                "[[audit.forward]]\nkind = \"https\"\nurl = \"https://127.0.0.1:{port}/records\"\nca_file = \"{}\"\n",
+                dir.join("ca.pem").display()
+            ),
+            ..Options::default()
+        },
+    );
+    assert_eq!(scenario.dir, dir);
+    std::fs::write(dir.join("ca.pem"), TEST_CA_PEM).unwrap();
+    scenario.start_daemon();
+    let id = scenario.denied_request();
+    // The records wait while nobody listens.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let receiver = HttpsReceiver::start_on(port, received);
+    let records = || {
+        receiver
+            .bodies()
+            .iter()
+            .flat_map(|body| body.lines().map(str::to_owned).collect::<Vec<_>>())
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(&line).ok())
+            .filter(|value| value["seq"].is_u64())
+            .collect::<Vec<_>>()
+    };
+    wait_for("the request at the receiver", || {
+        records()
+            .iter()
+            .any(|record| record["event"]["request"]["id"] == id.as_str())
+            .then_some(())
+    });
+    let seqs: std::collections::BTreeSet<u64> = records()
+        .iter()
+        .map(|record| record["seq"].as_u64().unwrap())
+        .collect();
+    let last = *seqs.last().unwrap();
+    assert_eq!(seqs, (0..=last).collect(), "a gap");
+    // Every body ends in its checkpoint, which the journal holds.
+    for body in receiver.bodies() {
+        assert!(
+            body.lines()
+                .last()
+                .unwrap()
+                .starts_with(r#"{"checkpoint":"#),
+            "{body}"
+        );
+    }
+    let log = dir.join("receiver.log");
+    std::fs::write(&log, receiver.bodies().join("\n")).unwrap();
+    let verified = scenario.gatekeeper(&[
+        "journal",
+        "verify",
+        "--checkpoints",
+        &log.display().to_string(),
+        &scenario.journal.display().to_string(),
+    ]);
+    assert!(verified.status.success(), "{verified:?}");
 }

@@ -4,6 +4,7 @@
 mod argv;
 mod attack_argv;
 mod attack_core;
+mod attack_env;
 mod attack_files;
 mod attack_roots;
 mod attack_secret_paths;
