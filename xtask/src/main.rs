@@ -450,6 +450,17 @@ fn lint() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The guest suite is no test target of its own (`test = false`): --all-targets skips it.
+    run(cargo().args([
+        "clippy",
+        "-p",
+        "gatekeeper-tests",
+        "--test",
+        "guest",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // The kernel crate only builds for the BPF target, with the nightly toolchain.
     run(Command::new("rustup")
         .args([

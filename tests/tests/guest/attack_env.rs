@@ -9,7 +9,7 @@ use std::{
     process::{Command, Output},
 };
 
-use gatekeeper_tests::{Exec, Options, Scenario, UNLISTED_UID, bin, exec_outcome, hand_to_user};
+use gatekeeper_tests::{Exec, Options, Scenario, UNLISTED_UID, bin, exec_outcome};
 use serde_json::Value;
 
 fn approve(scenario: &Scenario, request: &Value) {

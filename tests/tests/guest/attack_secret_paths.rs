@@ -11,6 +11,9 @@ use std::{
     time::Duration,
 };
 
+/// One step of the agent's: a tamper op and its arguments.
+type Step<'a> = (&'a str, Vec<String>);
+
 use gatekeeper_tests::{Options, Outcome, Scenario, UNLISTED_UID, bin, hand_to_user};
 
 fn text(path: &Path) -> String {
@@ -270,7 +273,7 @@ fn a_symlink_in_a_read_protected_directory_catches_no_secret() {
         let vault = format!("{dir}/vault");
         let out = format!("{dir}/out");
         // (label, agent's steps, path the trusted writer writes, file the agent then reads)
-        let cases: Vec<(&str, Vec<(&str, Vec<String>)>, String, String)> = vec![
+        let cases: Vec<(&str, Vec<Step>, String, String)> = vec![
             (
                 "replace an existing secret",
                 vec![
