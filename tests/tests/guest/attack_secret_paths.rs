@@ -11,10 +11,10 @@ use std::{
     time::Duration,
 };
 
+use gatekeeper_tests::{Options, Outcome, Scenario, UNLISTED_UID, bin, hand_to_user};
+
 /// One step of the agent's: a tamper op and its arguments.
 type Step<'a> = (&'a str, Vec<String>);
-
-use gatekeeper_tests::{Options, Outcome, Scenario, UNLISTED_UID, bin, hand_to_user};
 
 fn text(path: &Path) -> String {
     path.display().to_string()
