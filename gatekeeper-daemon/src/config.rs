@@ -138,8 +138,12 @@ pub struct Config {
 /// A receiver off the host for every journal record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Forward {
-    /// Syslog over TCP (RFC 5424 messages in RFC 6587 octet-counted frames) to `host:port`.
-    Syslog { address: String },
+    /// Syslog over TCP (RFC 5424 messages in RFC 6587 octet-counted frames) to `host:port`,
+    /// with TLS (RFC 5425) when `tls` is set.
+    Syslog {
+        address: String,
+        tls: Option<ForwardTls>,
+    },
     /// Each batch POSTed as JSON lines; an answer 2xx acknowledges it. `ca_file`: the
     /// certificates to trust for it besides the usual roots.
     Https {
@@ -148,11 +152,26 @@ pub enum Forward {
     },
 }
 
+/// TLS to a syslog receiver: its certificate must verify against the usual roots or
+/// `ca_file`'s, for the host name (or address) in `address`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardTls {
+    pub ca_file: Option<PathBuf>,
+}
+
 impl Forward {
+    /// The certificates to trust besides the usual roots.
+    pub fn ca_file(&self) -> Option<&Path> {
+        match self {
+            Self::Syslog { tls, .. } => tls.as_ref()?.ca_file.as_deref(),
+            Self::Https { ca_file, .. } => ca_file.as_deref(),
+        }
+    }
+
     /// How the journal's checkpoints name the receiver.
     pub fn name(&self) -> String {
         match self {
-            Self::Syslog { address } => address.clone(),
+            Self::Syslog { address, .. } => address.clone(),
             Self::Https { url, .. } => url.to_string(),
         }
     }

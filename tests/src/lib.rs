@@ -98,8 +98,8 @@ pub fn exec_outcome(output: &Output) -> (Exec, String) {
 }
 
 /// A syslog receiver over TCP on loopback (RFC 6587 octet-counted frames of RFC 5424
-/// messages), as a log collector off the host would run one: it keeps every message it got.
-/// Dropping it closes the port and every connection.
+/// messages, with TLS as RFC 5425 when asked), as a log collector off the host would run one:
+/// it keeps every message it got. Dropping it closes the port and every connection.
 pub struct SyslogReceiver {
     pub port: u16,
     received: Arc<Mutex<Vec<String>>>,
@@ -108,9 +108,11 @@ pub struct SyslogReceiver {
 }
 
 impl SyslogReceiver {
-    /// A receiver on `port` (0: any free one), appending to `received`.
-    pub fn start_on(port: u16, received: Arc<Mutex<Vec<String>>>) -> Self {
+    /// A receiver on `port` (0: any free one), appending to `received`; with `tls`, it
+    /// presents the certificate [`TEST_CA_PEM`] signed for 127.0.0.1.
+    pub fn start_on(port: u16, received: Arc<Mutex<Vec<String>>>, tls: bool) -> Self {
         use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        let config = tls.then(test_server_tls);
         let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("syslog listener");
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -118,35 +120,29 @@ impl SyslogReceiver {
         let thread = {
             let (received, stop) = (received.clone(), stop.clone());
             std::thread::spawn(move || {
-                let mut connections: Vec<(std::net::TcpStream, Vec<u8>)> = Vec::new();
+                let mut connections = Vec::new();
                 while !stop.load(SeqCst) {
-                    if let Ok((stream, _)) = listener.accept() {
-                        stream.set_nonblocking(true).unwrap();
-                        connections.push((stream, Vec::new()));
-                    }
-                    for (stream, pending) in &mut connections {
-                        let mut buffer = [0u8; 65536];
-                        while let Ok(read @ 1..) = std::io::Read::read(stream, &mut buffer) {
-                            pending.extend_from_slice(&buffer[..read]);
-                        }
-                        // Each frame: its length in octets, a space, the message.
-                        while let Some(space) = pending.iter().position(|byte| *byte == b' ') {
-                            let length: usize = std::str::from_utf8(&pending[..space])
-                                .ok()
-                                .and_then(|digits| digits.parse().ok())
-                                .expect("an octet count");
-                            if pending.len() < space + 1 + length {
-                                break;
-                            }
-                            let message = pending[space + 1..space + 1 + length].to_vec();
-                            pending.drain(..space + 1 + length);
-                            received
-                                .lock()
-                                .unwrap()
-                                .push(String::from_utf8(message).expect("UTF-8 message"));
-                        }
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
+                    let Ok((tcp, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    };
+                    tcp.set_nonblocking(false).unwrap();
+                    tcp.set_read_timeout(Some(Duration::from_millis(100)))
+                        .unwrap();
+                    let stream: Box<dyn std::io::Read + Send> = match &config {
+                        Some(config) => Box::new(rustls::StreamOwned::new(
+                            rustls::ServerConnection::new(config.clone()).unwrap(),
+                            tcp,
+                        )),
+                        None => Box::new(tcp),
+                    };
+                    let (received, stop) = (received.clone(), stop.clone());
+                    connections.push(std::thread::spawn(move || {
+                        read_frames(stream, &received, &stop)
+                    }));
+                }
+                for connection in connections {
+                    let _ = connection.join();
                 }
             })
         };
@@ -164,6 +160,44 @@ impl SyslogReceiver {
     }
 }
 
+/// Reads octet-counted frames (its length in octets, a space, the message) from `stream` into
+/// `received` until it ends or `stop` is set; the stream is closed then.
+fn read_frames(
+    mut stream: Box<dyn std::io::Read + Send>,
+    received: &Mutex<Vec<String>>,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    let mut pending = Vec::new();
+    let mut buffer = [0u8; 65536];
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        match stream.read(&mut buffer) {
+            Ok(0) => return,
+            Ok(read) => pending.extend_from_slice(&buffer[..read]),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+        while let Some(space) = pending.iter().position(|byte| *byte == b' ') {
+            let length: usize = std::str::from_utf8(&pending[..space])
+                .ok()
+                .and_then(|digits| digits.parse().ok())
+                .expect("an octet count");
+            if pending.len() < space + 1 + length {
+                break;
+            }
+            let message = pending[space + 1..space + 1 + length].to_vec();
+            pending.drain(..space + 1 + length);
+            received
+                .lock()
+                .unwrap()
+                .push(String::from_utf8(message).expect("UTF-8 message"));
+        }
+    }
+}
+
 impl Drop for SyslogReceiver {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -171,6 +205,25 @@ impl Drop for SyslogReceiver {
             let _ = thread.join();
         }
     }
+}
+
+/// TLS for the test receivers: the certificate [`TEST_CA_PEM`] signed for 127.0.0.1.
+fn test_server_tls() -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+    let certificates = CertificateDer::pem_slice_iter(TEST_SERVER_PEM.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("test certificate");
+    let key = PrivateKeyDer::from_pem_slice(TEST_SERVER_KEY.as_bytes()).expect("test key");
+    Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certificates, key)
+        .expect("TLS config"),
+    )
 }
 
 /// The test CA that signed [`HttpsReceiver`]'s certificate (for 127.0.0.1), for the daemon to
@@ -192,22 +245,8 @@ pub struct HttpsReceiver {
 impl HttpsReceiver {
     /// A receiver on `port` (0: any free one), appending the bodies it gets to `received`.
     pub fn start_on(port: u16, received: Arc<Mutex<Vec<String>>>) -> Self {
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
         use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-        let certificates = CertificateDer::pem_slice_iter(TEST_SERVER_PEM.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .expect("test certificate");
-        let key = PrivateKeyDer::from_pem_slice(TEST_SERVER_KEY.as_bytes()).expect("test key");
-        let config = Arc::new(
-            rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_no_client_auth()
-            .with_single_cert(certificates, key)
-            .expect("TLS config"),
-        );
+        let config = test_server_tls();
         let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("https listener");
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();

@@ -33,11 +33,7 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
         problems.push(problem);
     }
     for (index, forward) in config.forwards.iter().enumerate() {
-        if let super::Forward::Https {
-            ca_file: Some(path),
-            ..
-        } = forward
-        {
+        if let Some(path) = forward.ca_file() {
             let certificates = std::fs::read(path)
                 .map_err(|error| error.to_string())
                 .and_then(|pem| {

@@ -14,7 +14,7 @@ use gatekeeper_common::file_access;
 
 use super::{
     AGENT_SOCKET_NAME, Bind, Config, ConfigError, ConnectRule, DEFAULT_SOCKET, DestinationSpec,
-    ExecRule, FileRule, Forward, Problem, Risk, RulePolicy, Webhook, WebhookKind,
+    ExecRule, FileRule, Forward, ForwardTls, Problem, Risk, RulePolicy, Webhook, WebhookKind,
     raw::{
         RawAgents, RawApproval, RawConfig, RawConnectRule, RawDaemon, RawExecRule, RawFileRule,
         RawForward, RawOwner, RawWebhook,
@@ -246,7 +246,12 @@ impl Parser {
         match raw.kind.as_deref() {
             Some("syslog") => {
                 unwanted(self, "url", raw.url.is_some(), "syslog")?;
-                unwanted(self, "ca_file", raw.ca_file.is_some(), "syslog")?;
+                let tls = raw.tls.unwrap_or(false);
+                if raw.ca_file.is_some() && !tls {
+                    return Err(
+                        self.report(format!("{key}.ca_file"), "is for TLS: set tls = true too")
+                    );
+                }
                 let Some(address) = raw.address else {
                     return Err(self.report(format!("{key}.address"), "missing: host:port"));
                 };
@@ -259,10 +264,18 @@ impl Parser {
                         format!("{address:?} is not host:port"),
                     ));
                 }
-                Ok(Forward::Syslog { address })
+                let ca_file = match raw.ca_file {
+                    Some(path) => Some(self.absolute_path(&format!("{key}.ca_file"), path)?),
+                    None => None,
+                };
+                Ok(Forward::Syslog {
+                    address,
+                    tls: tls.then_some(ForwardTls { ca_file }),
+                })
             }
             Some("https") => {
                 unwanted(self, "address", raw.address.is_some(), "https")?;
+                unwanted(self, "tls", raw.tls.is_some(), "https (always TLS)")?;
                 let Some(url) = raw.url else {
                     return Err(self.report(format!("{key}.url"), "missing: https://..."));
                 };

@@ -39,6 +39,7 @@ pub(super) struct RawForward {
     pub(super) kind: Option<String>,
     pub(super) address: Option<String>,
     pub(super) url: Option<String>,
+    pub(super) tls: Option<bool>,
     pub(super) ca_file: Option<PathBuf>,
 }
 

@@ -11,12 +11,20 @@
 use std::{
     io::{Read as _, Seek as _, SeekFrom},
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
 use serde_json::{Value, json};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+use tokio_rustls::{
+    TlsConnector,
+    rustls::{
+        ClientConfig, RootCertStore,
+        pki_types::{CertificateDer, ServerName, pem::PemObject as _},
+    },
+};
 use tracing::{error, info, warn};
 
 use crate::{
@@ -175,7 +183,19 @@ impl Reader {
 impl Forwarder {
     pub async fn run(self) {
         match self.receiver.clone() {
-            Forward::Syslog { address } => self.send_to_syslog(&address).await,
+            Forward::Syslog { address, tls } => {
+                let tls = match tls
+                    .map(|tls| tls_connector(tls.ca_file.as_deref()))
+                    .transpose()
+                {
+                    Ok(tls) => tls,
+                    Err(error) => {
+                        error!(receiver = %address, %error, "cannot forward the journal there");
+                        return;
+                    }
+                };
+                self.send_to_syslog(&address, tls.as_ref()).await
+            }
             Forward::Https { url, ca_file } => {
                 let client = match https_client(ca_file.as_deref()) {
                     Ok(client) => client,
@@ -194,7 +214,7 @@ impl Forwarder {
         self.handle.send(Command::Forwarded { receiver, seq }).await;
     }
 
-    async fn send_to_syslog(mut self, address: &str) {
+    async fn send_to_syslog(mut self, address: &str, tls: Option<&TlsConnector>) {
         let pid = std::process::id();
         let mut reader = Reader {
             offset: 0,
@@ -204,7 +224,7 @@ impl Forwarder {
         let mut down = false;
         loop {
             let connected =
-                tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await;
+                tokio::time::timeout(CONNECT_TIMEOUT, SyslogStream::connect(address, tls)).await;
             let mut stream = match connected {
                 Ok(Ok(stream)) => stream,
                 failed => {
@@ -230,7 +250,7 @@ impl Forwarder {
             // close). On a lost connection, sending resumes from here.
             let mut confirmed = (self.after, reader.offset);
             loop {
-                if !still_open(&stream) {
+                if !still_open(stream.tcp()) {
                     break;
                 }
                 if confirmed != (self.after, reader.offset) {
@@ -258,11 +278,7 @@ impl Forwarder {
                     .unwrap_or_default();
                 let checkpoint = checkpoint(last, reader.seal);
                 frames.push_str(&frame(&now, &self.host, pid, "checkpoint", &checkpoint));
-                let sent = async {
-                    stream.write_all(frames.as_bytes()).await?;
-                    stream.flush().await
-                };
-                if sent.await.is_err() {
+                if stream.send(frames.as_bytes()).await.is_err() {
                     break;
                 }
                 self.after = Some(last.seq);
@@ -331,6 +347,82 @@ impl Forwarder {
             }
         }
     }
+}
+
+/// A connection to a syslog receiver, with TLS or without.
+enum SyslogStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl SyslogStream {
+    async fn connect(address: &str, tls: Option<&TlsConnector>) -> std::io::Result<Self> {
+        let tcp = TcpStream::connect(address).await?;
+        let Some(tls) = tls else {
+            return Ok(Self::Plain(tcp));
+        };
+        // The name the receiver's certificate must carry: the address's host part.
+        let host = address
+            .rsplit_once(':')
+            .map_or(address, |(host, _)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|error| std::io::Error::other(format!("{host}: {error}")))?;
+        Ok(Self::Tls(Box::new(tls.connect(name, tcp).await?)))
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Self::Plain(stream) => {
+                stream.write_all(bytes).await?;
+                stream.flush().await
+            }
+            Self::Tls(stream) => {
+                stream.write_all(bytes).await?;
+                stream.flush().await
+            }
+        }
+    }
+
+    /// The TCP connection below, to see whether the receiver closed it. What a TLS receiver
+    /// sends (session tickets) is read and dropped there: nothing is read from it otherwise.
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(stream) => stream,
+            Self::Tls(stream) => stream.get_ref().0,
+        }
+    }
+}
+
+/// The certificates in the PEM file at `path`.
+fn pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let failed = |error: &dyn std::fmt::Display| format!("{}: {error}", path.display());
+    let pem = std::fs::read(path).map_err(|error| failed(&error))?;
+    CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| failed(&error))
+}
+
+/// TLS that trusts the usual roots, and the certificates in `ca_file` if given.
+fn tls_connector(ca_file: Option<&Path>) -> Result<TlsConnector, String> {
+    let mut roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = ca_file {
+        for certificate in pem_certificates(path)? {
+            roots
+                .add(certificate)
+                .map_err(|error| format!("{}: {error}", path.display()))?;
+        }
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| error.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 /// A client trusting the usual roots, and the certificates in `ca_file` if given.

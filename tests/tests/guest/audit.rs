@@ -142,7 +142,7 @@ fn forwarded_records(messages: &[String]) -> Vec<(u64, String)> {
 fn records_reach_a_syslog_receiver_without_a_gap_and_its_checkpoints_catch_a_cut() {
     let port = free_port();
     let received = Arc::new(Mutex::new(Vec::new()));
-    let receiver = SyslogReceiver::start_on(port, received.clone());
+    let receiver = SyslogReceiver::start_on(port, received.clone(), false);
     let mut scenario = Scenario::start(
         "forward",
         Options {
@@ -169,7 +169,7 @@ fn records_reach_a_syslog_receiver_without_a_gap_and_its_checkpoints_catch_a_cut
     assert_eq!(scenario.agent_exec(), Exec::Ran);
     scenario.wait_journal("grant_used", |event| event["request_id"] == id.as_str());
     // Back on the same port: the backlog arrives, and no record is missing.
-    let receiver = SyslogReceiver::start_on(port, received);
+    let receiver = SyslogReceiver::start_on(port, received, false);
     wait_for("the backlog at the receiver", || {
         forwarded_records(&receiver.messages())
             .iter()
@@ -275,4 +275,36 @@ fn records_reach_an_https_receiver_that_was_down_for_a_while() {
         &scenario.journal.display().to_string(),
     ]);
     assert!(verified.status.success(), "{verified:?}");
+}
+
+/// Syslog over TLS (`tls = true`): the receiver's certificate verified against `ca_file`; the
+/// records arrive as over plain TCP.
+#[test]
+fn records_reach_a_syslog_receiver_over_tls() {
+    let port = free_port();
+    let dir = Path::new("/tmp/gk-forward-tls");
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let receiver = SyslogReceiver::start_on(port, received, true);
+    let mut scenario = Scenario::prepare(
+        "forward-tls",
+        Options {
+            extra: format!(
+                "[[audit.forward]]\nkind = \"syslog\"\naddress = \"127.0.0.1:{port}\"\ntls = true\nca_file = \"{}\"\n",
+                dir.join("ca.pem").display()
+            ),
+            ..Options::default()
+        },
+    );
+    std::fs::write(dir.join("ca.pem"), TEST_CA_PEM).unwrap();
+    scenario.start_daemon();
+    let id = scenario.denied_request();
+    wait_for("the request at the receiver", || {
+        receiver
+            .messages()
+            .iter()
+            .any(|message| message.contains(" record - ") && message.contains(&id))
+            .then_some(())
+    });
+    let records = forwarded_records(&receiver.messages());
+    assert_eq!(records[0].0, 0, "{records:?}");
 }
