@@ -475,6 +475,8 @@ pub struct Scenario {
     pub config: PathBuf,
     pub socket: PathBuf,
     pub journal: PathBuf,
+    /// Where the config puts the journal's sealing key (`[daemon] seal_key`).
+    pub seal_key: PathBuf,
     pub pin_dir: PathBuf,
     pub http: String,
     pub webhook: Option<WebhookReceiver>,
@@ -502,6 +504,13 @@ impl Scenario {
         let dir = PathBuf::from(format!("/tmp/gk-{name}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("protected")).unwrap();
+        // Outside the scenario's directory, which tests may hand to an ordinary user: the
+        // daemon refuses a sealing key where others than root could put one first.
+        let keys = PathBuf::from(format!("/tmp/gk-keys-{name}"));
+        let _ = std::fs::remove_dir_all(&keys);
+        std::fs::create_dir_all(&keys).unwrap();
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let seal_key = keys.join("seal.key");
         std::fs::create_dir_all(dir.join("bin")).unwrap();
         let agents = PathBuf::from(format!("/sys/fs/cgroup/gk-{name}-agents"));
         let outside = PathBuf::from(format!("/sys/fs/cgroup/gk-{name}-outside"));
@@ -576,7 +585,7 @@ alice = "{alice_key}"
 {extra}"#,
                 socket = socket.display(),
                 journal = journal.display(),
-                seal_key = dir.join("seal.key").display(),
+                seal_key = seal_key.display(),
                 pin_dir = pin_dir.display(),
                 agents = agents.display(),
                 protected = protected.display(),
@@ -601,6 +610,7 @@ alice = "{alice_key}"
             config,
             socket,
             journal,
+            seal_key,
             pin_dir,
             http: format!("http://127.0.0.1:{port}"),
             webhook,

@@ -47,7 +47,7 @@ fn a_sealed_journal_rewritten_with_every_hash_recomputed_fails_verification() {
     let printed = String::from_utf8_lossy(&setup.stdout).into_owned();
     let verification = printed.lines().last().unwrap().to_owned();
     assert!(verification.starts_with("gkseal1-"), "{printed}");
-    let key = scenario.dir.join("seal.key");
+    let key = scenario.seal_key.clone();
     let mode = std::fs::metadata(&key).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     let again = scenario.gatekeeper(&["--config", &config, "journal", "setup-keys"]);
