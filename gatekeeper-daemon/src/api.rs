@@ -64,6 +64,13 @@ pub enum LocalCall {
     Uninstall,
     /// Make the journal's sealing key: root only, never from an agent cgroup.
     SetupKeys,
+    /// Make a cgroup for an agent and record its owner (`gatekeeper agent run`): root only,
+    /// never from an agent cgroup. Answers `{cgroup}`.
+    StartAgent {
+        name: String,
+        owner: String,
+        command: Vec<String>,
+    },
     /// Wait for the decision on one of the caller's own cgroup's requests (its latest without
     /// `id`); answers `{id, state}` with state `timeout` when the wait ran out.
     Await {
@@ -103,7 +110,11 @@ impl LocalCall {
     pub fn is_reviewers(&self) -> bool {
         matches!(
             self,
-            Self::List { .. } | Self::Decide { .. } | Self::Uninstall | Self::SetupKeys
+            Self::List { .. }
+                | Self::Decide { .. }
+                | Self::Uninstall
+                | Self::SetupKeys
+                | Self::StartAgent { .. }
         )
     }
 }
@@ -577,6 +588,34 @@ impl Connection {
                 match self.handle.uninstall(decider.reviewer).await {
                     Ok(()) => LocalReply::data("uninstalled"),
                     Err(error) => LocalReply::error(format!("uninstall failed: {error}")),
+                }
+            }
+            LocalCall::StartAgent {
+                name,
+                owner,
+                command,
+            } => {
+                let decider = match self.decider() {
+                    Ok(decider) => decider,
+                    Err(reply) => return reply,
+                };
+                if decider.caller_is_agent || self.caller.uid != 0 {
+                    return LocalReply::error("only root outside agent cgroups may start agents");
+                }
+                if nix::unistd::User::from_name(&owner)
+                    .ok()
+                    .flatten()
+                    .is_none()
+                {
+                    return LocalReply::error(format!("owner {owner:?} is no user of this host"));
+                }
+                match self
+                    .handle
+                    .start_agent(name, owner, decider.reviewer, command)
+                    .await
+                {
+                    Ok(cgroup) => LocalReply::data(serde_json::json!({ "cgroup": cgroup })),
+                    Err(error) => LocalReply::error(error),
                 }
             }
             LocalCall::Decide {

@@ -80,6 +80,33 @@ pub fn of_process(pid: u32) -> Result<PathBuf, CgroupError> {
     Ok(mount_point()?.join(relative.trim_start_matches('/')))
 }
 
+/// The longest name `gatekeeper agent run` gives a cgroup.
+pub const MAX_AGENT_NAME: usize = 64;
+
+/// A name for an agent's cgroup: letters, digits and `._@-`, not starting with a dot (no `..`,
+/// no hidden or cgroup core file names).
+pub fn check_agent_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_AGENT_NAME {
+        return Err(format!(
+            "an agent name has 1 to {MAX_AGENT_NAME} characters"
+        ));
+    }
+    if name.starts_with('.') || name.starts_with("cgroup.") {
+        return Err(format!(
+            "{name:?}: an agent name may not start with a dot or \"cgroup.\""
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._@-".contains(*c)))
+    {
+        return Err(format!(
+            "{name:?}: {bad:?} is not allowed in an agent name (letters, digits and ._@- are)"
+        ));
+    }
+    Ok(())
+}
+
 /// Whether `cgroup` is one of `roots` or below one of them.
 pub fn is_within(cgroup: &Path, roots: &[PathBuf]) -> bool {
     roots.iter().any(|root| cgroup.starts_with(root))
@@ -125,6 +152,29 @@ mod tests {
         let own = of_process(std::process::id()).expect("own cgroup");
         let id = id_of(&own).expect("id");
         assert_eq!(find_by_id(std::slice::from_ref(&own), id), Some(own));
+    }
+
+    #[test]
+    fn agent_names_stay_one_plain_directory() {
+        for good in ["deploy", "agent-123", "bob@build.1", "A_b"] {
+            assert_eq!(check_agent_name(good), Ok(()), "{good}");
+        }
+        let long = "a".repeat(MAX_AGENT_NAME + 1);
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "../up",
+            "a/b",
+            "cgroup.procs",
+            "sp ace",
+            "nl\n",
+            "é",
+            &long,
+        ] {
+            assert!(check_agent_name(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -109,6 +109,28 @@ pub enum Command {
         #[command(subcommand)]
         command: JournalCommand,
     },
+    /// Start agents (root, outside agent cgroups).
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Run a command as an agent, in a cgroup of its own below the first agent cgroup, with its
+    /// owner journaled (who may then not approve its requests). Exits as the command did.
+    Run {
+        /// The agent's cgroup [default: agent-PID]: letters, digits and ._@-.
+        #[arg(long)]
+        name: Option<String>,
+        /// Who runs the agent (a user of this host) [default: the sudo user, else the caller].
+        #[arg(long)]
+        owner: Option<String>,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -372,6 +394,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout,
             command,
         } => Ok(run_command(&cli, reason, *timeout, command)),
+        Command::Agent {
+            command:
+                AgentCommand::Run {
+                    name,
+                    owner,
+                    command,
+                },
+        } => crate::launcher::run_agent(
+            |request| call(&cli, request),
+            name.as_deref(),
+            owner.as_deref(),
+            command,
+        ),
         Command::Daemon => {
             let path = cli.config.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG));
             let config = Config::load(path)?;

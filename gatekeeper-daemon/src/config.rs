@@ -89,6 +89,8 @@ pub struct Config {
     /// both is the daemon's alone.
     pub socket: PathBuf,
     pub listen: Option<SocketAddr>,
+    /// `/metrics`, `/livez` and `/readyz`, on a loopback address.
+    pub metrics: Option<SocketAddr>,
     pub journal: PathBuf,
     /// Where programs' links and maps are pinned (on bpffs).
     pub pin_dir: PathBuf,

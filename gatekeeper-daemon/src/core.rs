@@ -15,7 +15,8 @@ use gatekeeper_common::{GRANT_BINDS_ARGV, GrantKey};
 use time::OffsetDateTime;
 
 use crate::{
-    journal::schema::{Event, GrantSnapshot, Snapshot},
+    journal::schema::{Event, GrantSnapshot, LaunchedAgent, Snapshot},
+    //, GrantSnapshot, Snapshot},
     records,
     requests::{
         Admission, DecideError, Decision, DecisionInfo, Denial, JustifyError, MAX_ANNOUNCED,
@@ -212,6 +213,8 @@ pub struct Core {
     enforcing_since: Option<OffsetDateTime>,
     /// Forwarding receiver -> the last record it has had.
     forwarded: BTreeMap<String, u64>,
+    /// Agents started by `gatekeeper agent run`, by cgroup id.
+    agents: BTreeMap<u64, LaunchedAgent>,
     /// Records of noisy kinds (tamper attempts, refusals) held back, by kind.
     noise: HashMap<String, Noise>,
     /// Justifications agents gave for an exec they are about to try, until it comes.
@@ -242,6 +245,7 @@ impl Core {
             capped: HashSet::new(),
             enforcing_since: None,
             forwarded: BTreeMap::new(),
+            agents: BTreeMap::new(),
             noise: HashMap::new(),
             announced: Vec::new(),
             effects: VecDeque::new(),
@@ -938,7 +942,39 @@ impl Core {
             requests,
             grants,
             forwarded: self.forwarded.clone(),
+            agents: self.agents.values().cloned().collect(),
         }
+    }
+
+    /// `gatekeeper agent run` made cgroup `cgroup_id` for an agent of `owner`.
+    pub fn agent_started(
+        &mut self,
+        cgroup: String,
+        cgroup_id: u64,
+        owner: String,
+        by: String,
+        command: Vec<String>,
+    ) {
+        self.agents.insert(
+            cgroup_id,
+            LaunchedAgent {
+                cgroup_id,
+                cgroup: cgroup.clone(),
+                owner: owner.clone(),
+            },
+        );
+        self.note(Event::AgentStarted {
+            cgroup,
+            cgroup_id,
+            owner,
+            by,
+            command,
+        });
+    }
+
+    /// The agent `gatekeeper agent run` started in cgroup `cgroup_id`.
+    pub fn launched(&self, cgroup_id: u64) -> Option<&LaunchedAgent> {
+        self.agents.get(&cgroup_id)
     }
 
     /// A forwarding receiver has had the records up to `seq`: the next checkpoint notes it.
@@ -992,6 +1028,11 @@ impl Core {
                 self.deliveries.clear();
                 self.enforcing_since = state.enforcing_since;
                 self.forwarded = state.forwarded.clone();
+                self.agents = state
+                    .agents
+                    .iter()
+                    .map(|agent| (agent.cgroup_id, agent.clone()))
+                    .collect();
                 for snapshot in &state.requests {
                     let request = records::request_from_snapshot(snapshot);
                     let id = request.id.clone();
@@ -1035,6 +1076,21 @@ impl Core {
                 }
             }
             Event::RequestExpired { request_id } => self.requests.restore_expired(request_id, time),
+            Event::AgentStarted {
+                cgroup_id,
+                cgroup,
+                owner,
+                ..
+            } => {
+                self.agents.insert(
+                    *cgroup_id,
+                    LaunchedAgent {
+                        cgroup_id: *cgroup_id,
+                        cgroup: cgroup.clone(),
+                        owner: owner.clone(),
+                    },
+                );
+            }
             Event::Justification { request_id, text } => {
                 let _ = self.requests.justify(request_id, text.clone());
                 self.deliver_again(request_id);
@@ -1889,6 +1945,37 @@ mod tests {
             restarted.on_denial(denial(7, 101), start()),
             Admission::Joined(pending)
         );
+    }
+
+    #[test]
+    fn launched_agents_owners_survive_a_restart_by_record_and_by_checkpoint() {
+        let mut original = core();
+        original.agent_started(
+            "/sys/fs/cgroup/agents/deploy".into(),
+            42,
+            "alice".into(),
+            "root".into(),
+            vec!["/usr/bin/agent".into()],
+        );
+        let owner = |core: &Core, id| core.launched(id).map(|agent| agent.owner.clone());
+        assert_eq!(owner(&original, 42).as_deref(), Some("alice"));
+        assert_eq!(owner(&original, 43), None);
+        let records = journal_events(&original.take_effects());
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].name(), "agent_started");
+
+        let mut from_record = core();
+        from_record.replay(start().wall, &records[0]);
+        assert_eq!(from_record.launched(42), original.launched(42));
+
+        let checkpoint = Event::Checkpoint {
+            state: original.snapshot(),
+        };
+        let checkpoint: Event =
+            serde_json::from_str(&serde_json::to_string(&checkpoint).unwrap()).unwrap();
+        let mut from_checkpoint = core();
+        from_checkpoint.replay(start().wall, &checkpoint);
+        assert_eq!(from_checkpoint.launched(42), original.launched(42));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
@@ -15,14 +16,16 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use crate::{
+    cgroups,
     config::Config,
     core::{Core, Effect, HookSettings, Now, Settings},
     handle::{Command, DecideFailure, Handle, KernelInput, Status, Waiting},
     journal::{Event, Journal, JournalError, SealError, SealKey},
     loader::{self, Kernel, LoaderError},
+    metrics::Metrics,
     notify,
     policy::{Policy, PolicyError},
-    requests::{Admission, Request, State},
+    requests::{Admission, Denial, Request, State},
 };
 
 /// How often time passes for the core: expiry, grant sweeps, deliveries, retention.
@@ -100,12 +103,18 @@ pub struct Engine {
     /// The journal's sealing key, when the host has one.
     sealing: Option<SealKey>,
     last_seal: std::time::Instant,
+    metrics: Arc<Metrics>,
 }
 
 impl Engine {
     /// Opens the journal, loads the programs, fills the maps, picks up the journal's state and
-    /// only then attaches. `handle` reaches this engine once it runs (delivery results).
-    pub fn start(config: Arc<Config>, handle: Handle) -> Result<Self, EngineError> {
+    /// only then attaches. `handle` reaches this engine once it runs (delivery results);
+    /// `metrics` count what it journals.
+    pub fn start(
+        config: Arc<Config>,
+        handle: Handle,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, EngineError> {
         // Before anything is written: a host that cannot enforce is told so first.
         loader::check_bpf_lsm()?;
         let mut opened = Journal::open(&config.journal)?;
@@ -180,6 +189,7 @@ impl Engine {
             stopping: None,
             sealing,
             last_seal: std::time::Instant::now(),
+            metrics,
         };
         engine.flush();
         if let Some(error) = engine.journal_error.take() {
@@ -339,6 +349,15 @@ impl Engine {
             Command::Uninstall { by, reply } => {
                 let _ = reply.send(self.uninstall(&by));
             }
+            Command::StartAgent {
+                name,
+                owner,
+                by,
+                command,
+                reply,
+            } => {
+                let _ = reply.send(self.start_agent(&name, owner, by, command));
+            }
             Command::Announce {
                 cgroup_id,
                 argv,
@@ -374,9 +393,10 @@ impl Engine {
                 process,
                 exec,
             } => {
-                let denial = self
+                let mut denial = self
                     .policy
                     .denial(target, filename, cgroup_id, cgroup, process, exec);
+                self.name_launched(&mut denial);
                 let what = denial.target.clone();
                 let cgroup = denial.cgroup.clone();
                 match self.core.on_denial(denial, at) {
@@ -432,6 +452,7 @@ impl Engine {
             match effect {
                 Effect::Journal(event) => match self.journal.append(&event) {
                     Ok(_) => {
+                        self.metrics.journaled(&event, self.waited(&event));
                         if self.journal_error.take().is_some() {
                             info!("the journal is writable again");
                         }
@@ -482,6 +503,7 @@ impl Engine {
                     requests,
                 } => self.deliver(delivery, hook, requests),
                 Effect::Settled { request_id, state } => {
+                    self.metrics.settled(state);
                     for waiter in self.waiters.remove(&request_id).unwrap_or_default() {
                         let _ = waiter.send(state);
                     }
@@ -584,6 +606,17 @@ impl Engine {
         });
     }
 
+    /// How long the request of a decision record had waited for it.
+    fn waited(&self, event: &Event) -> Option<Duration> {
+        let Event::Decision { request_id, .. } = event else {
+            return None;
+        };
+        let request = self.core.get(request_id)?;
+        (OffsetDateTime::now_utc() - request.created)
+            .try_into()
+            .ok()
+    }
+
     fn status(&self) -> Status {
         let counts = self.core.counts();
         Status {
@@ -602,6 +635,69 @@ impl Engine {
             journal_error: self.journal_error.clone(),
             protected: self.policy.protected_status(),
         }
+    }
+
+    /// Makes cgroup `name` below the first agent cgroup for `gatekeeper agent run` and records
+    /// who owns the agent that will run there.
+    fn start_agent(
+        &mut self,
+        name: &str,
+        owner: String,
+        by: String,
+        command: Vec<String>,
+    ) -> Result<PathBuf, String> {
+        cgroups::check_agent_name(name)?;
+        let root = self
+            .config
+            .agent_cgroups
+            .first()
+            .ok_or("no agent cgroup is configured")?;
+        let cgroup = root.join(name);
+        std::fs::create_dir(&cgroup).map_err(|error| match error.kind() {
+            std::io::ErrorKind::AlreadyExists => {
+                format!(
+                    "{} exists: another agent runs under that name",
+                    cgroup.display()
+                )
+            }
+            _ => format!("cannot make {}: {error}", cgroup.display()),
+        })?;
+        let cgroup_id = match cgroups::id_of(&cgroup) {
+            Ok(id) => id,
+            Err(error) => {
+                let _ = std::fs::remove_dir(&cgroup);
+                return Err(error.to_string());
+            }
+        };
+        self.core
+            .agent_started(cgroup.display().to_string(), cgroup_id, owner, by, command);
+        self.flush();
+        if let Some(error) = &self.journal_error {
+            let _ = std::fs::remove_dir(&cgroup);
+            return Err(format!("the journal cannot be written: {error}"));
+        }
+        Ok(cgroup)
+    }
+
+    /// A denial in an agent `gatekeeper agent run` started (in its cgroup, or the nearest
+    /// ancestor of it that it started) gets that agent's owner, and its cgroup as made: the
+    /// launcher may have removed it before the event got here. Looked up by cgroup id:
+    /// renaming a cgroup changes no owner.
+    fn name_launched(&self, denial: &mut Denial) {
+        let launched = self.core.launched(denial.cgroup_id).or_else(|| {
+            Path::new(&denial.cgroup)
+                .ancestors()
+                .take_while(|dir| cgroups::is_within(dir, &self.config.agent_cgroups))
+                .filter_map(|dir| cgroups::id_of(dir).ok())
+                .find_map(|id| self.core.launched(id))
+        });
+        let Some(agent) = launched else {
+            return;
+        };
+        if denial.cgroup_id == agent.cgroup_id {
+            denial.cgroup = agent.cgroup.clone();
+        }
+        denial.owner = Some(agent.owner.clone());
     }
 
     /// Ends enforcement for good: journals it and removes the pins, which detaches the programs.

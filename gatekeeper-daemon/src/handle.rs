@@ -158,6 +158,15 @@ pub enum Command {
         by: String,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Make an agent cgroup `name` below the first agent cgroup and record its owner
+    /// (`gatekeeper agent run`); answers its path.
+    StartAgent {
+        name: String,
+        owner: String,
+        by: String,
+        command: Vec<String>,
+        reply: oneshot::Sender<Result<std::path::PathBuf, String>>,
+    },
     /// Make the journal's sealing key (guarded from agents before it is written); answers the
     /// verification key.
     SetupKeys {
@@ -299,6 +308,24 @@ impl Handle {
         self.ask(|reply| Command::Uninstall { by, reply })
             .await
             .unwrap_or_else(|| Err("the daemon is shutting down".into()))
+    }
+
+    pub async fn start_agent(
+        &self,
+        name: String,
+        owner: String,
+        by: String,
+        command: Vec<String>,
+    ) -> Result<std::path::PathBuf, String> {
+        self.ask(|reply| Command::StartAgent {
+            name,
+            owner,
+            by,
+            command,
+            reply,
+        })
+        .await
+        .unwrap_or_else(|| Err("the daemon is shutting down".into()))
     }
 
     pub async fn setup_keys(&self) -> Result<String, String> {

@@ -405,9 +405,10 @@ impl Policy {
             })
             .collect::<Result<Vec<Reach>, PolicyError>>()?;
         // After the rules, so that a rule's index is its reach's: agents never reach the HTTP
-        // listener, where reviewers' decisions arrive.
+        // listener, where reviewers' decisions arrive, nor the metrics one.
         let mut reaches = reaches;
         reaches.extend(config.listen.map(destinations::listener_reach));
+        reaches.extend(config.metrics.map(destinations::listener_reach));
         let mut policy = Self {
             installed_nets: kernel.nets(),
             config,

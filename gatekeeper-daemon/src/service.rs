@@ -18,6 +18,7 @@ use crate::{
     events::EventReader,
     handle::{self, Command, Handle},
     journal::forward::Forwarder,
+    metrics::{self, Metrics},
     policy::{Digest, content_of, exec_target_of},
 };
 
@@ -131,7 +132,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // Bound before the policy names the sockets to the kernel, listening only after; gone
     // again if the engine cannot start (no API while nothing is enforced).
     let sockets = LocalSockets::bind(&config)?;
-    let mut engine = match Engine::start(config.clone(), handle.clone()) {
+    let metrics = Arc::new(Metrics::new());
+    let mut engine = match Engine::start(config.clone(), handle.clone(), metrics.clone()) {
         Ok(engine) => engine,
         Err(error) => {
             sockets.remove();
@@ -148,9 +150,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         Some(addr) => Some(api::bind_http(addr, HttpState::new(&config, handle.clone())).await?),
         None => None,
     };
+    let metrics = match config.metrics {
+        Some(addr) => Some(metrics::bind(addr, metrics, handle.clone()).await?),
+        None => None,
+    };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(DaemonError::Signals)?;
     info!(socket = %config.socket.display(), listen = ?config.listen, "enforcing");
+    // Under systemd (Type=notify), units ordered after this one start only now.
+    if let Err(error) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        warn!(%error, "cannot tell systemd that enforcement is live");
+    }
 
     let events = tokio::spawn(enrich::forward_events(
         reader,
@@ -188,6 +198,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         let _ = local_stopped.await;
     }));
     let http = http.map(tokio::spawn);
+    let metrics = metrics.map(tokio::spawn);
     let signals = {
         let handle = handle.clone();
         tokio::spawn(async move {
@@ -218,6 +229,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     let reason = engine.run(inbox).await;
     info!(%reason, "stopping");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let _ = stop_local.send(());
     let _ = local.await;
     for task in [paths, resolver, signals, watchdog]
@@ -226,8 +238,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     {
         task.abort();
     }
-    if let Some(http) = http {
-        http.abort();
+    for listener in [http, metrics].into_iter().flatten() {
+        listener.abort();
     }
     crate::api::remove_socket_files(&config.socket);
     if reason.starts_with("event") {

@@ -479,10 +479,35 @@ pub struct Scenario {
     pub seal_key: PathBuf,
     pub pin_dir: PathBuf,
     pub http: String,
+    /// The metrics and health listener.
+    pub metrics: String,
     pub webhook: Option<WebhookReceiver>,
     /// The port of a webhook that is down until brought up.
     pub webhook_down_port: Option<u16>,
     daemon: Option<Child>,
+}
+
+/// A request named by its id or given whole, as the daemon lists it.
+pub trait RequestId {
+    fn request_id(&self) -> &str;
+}
+
+impl RequestId for str {
+    fn request_id(&self) -> &str {
+        self
+    }
+}
+
+impl RequestId for String {
+    fn request_id(&self) -> &str {
+        self
+    }
+}
+
+impl RequestId for Value {
+    fn request_id(&self) -> &str {
+        self["id"].as_str().expect("a request with an id")
+    }
 }
 
 pub fn free_port() -> u16 {
@@ -530,6 +555,9 @@ impl Scenario {
             .map(|hook| hook.url.clone())
             .or_else(|| webhook_down_port.map(|port| format!("http://127.0.0.1:{port}/hook")));
         let port = free_port();
+        let metrics_port = std::iter::repeat_with(free_port)
+            .find(|other| *other != port)
+            .expect("a second free port");
         // The daemon's own directory: agents may create nothing in it.
         let socket = dir.join("run/api.sock");
         let journal = match options.journal_subdir {
@@ -559,6 +587,7 @@ impl Scenario {
                 r#"[daemon]
 socket = "{socket}"
 listen = "127.0.0.1:{port}"
+metrics = "127.0.0.1:{metrics_port}"
 journal = "{journal}"
 seal_key = "{seal_key}"
 pin_dir = "{pin_dir}"
@@ -613,6 +642,7 @@ alice = "{alice_key}"
             seal_key,
             pin_dir,
             http: format!("http://127.0.0.1:{port}"),
+            metrics: format!("http://127.0.0.1:{metrics_port}"),
             webhook,
             webhook_down_port,
             daemon: None,
@@ -1001,6 +1031,37 @@ alice = "{alice_key}"
     }
 
     /// Sends an HTTP decision signed with `secret` at `timestamp`; returns (status, body).
+    /// Approves `request` as root on the CLI and waits until its grant is in the kernel.
+    pub fn approve<R: RequestId + ?Sized>(&self, request: &R) {
+        let id = request.request_id();
+        let output = self.gatekeeper(&["approve", id, "--reason", "test"]);
+        assert!(output.status.success(), "approve failed: {output:?}");
+        self.wait_journal("grant_issued", |event| event["request_id"] == id);
+    }
+
+    /// GETs `path` from the metrics listener: the status and the body.
+    pub fn get_metrics(&self, path: &str) -> (u16, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent
+            .get(format!("{}{path}", self.metrics))
+            .call()
+            .expect("metrics listener answers");
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (status, text)
+    }
+
+    /// The value of the sample `name` (with its labels, as exposed), if there is one.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (status, text) = self.get_metrics("/metrics");
+        assert_eq!(status, 200, "{text}");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
     pub fn http_decision(
         &self,
         id: &str,

@@ -115,6 +115,7 @@ fn both<A, B>(a: Result<A, Reported>, b: Result<B, Reported>) -> Result<(A, B), 
 struct DaemonSection {
     socket: PathBuf,
     listen: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
     journal: PathBuf,
     pin_dir: PathBuf,
     resolve_interval: Duration,
@@ -184,6 +185,7 @@ impl Parser {
             path: path.to_owned(),
             socket: daemon.socket,
             listen: daemon.listen,
+            metrics: daemon.metrics,
             journal: daemon.journal,
             pin_dir: daemon.pin_dir,
             resolve_interval: daemon.resolve_interval,
@@ -315,6 +317,17 @@ impl Parser {
                 )
                 .map(Some),
         };
+        let metrics = match raw.metrics.as_deref().map(str::parse::<SocketAddr>) {
+            None => Ok(None),
+            Some(Ok(addr)) if addr.ip().is_loopback() => Ok(Some(addr)),
+            Some(Ok(addr)) => Err(self.report(
+                "daemon.metrics",
+                format!(
+                    "{addr} is not a loopback address: metrics are served on 127.0.0.1 or ::1 only"
+                ),
+            )),
+            Some(Err(error)) => Err(self.report("daemon.metrics", error)),
+        };
         let pin_dir = self.absolute_path(
             "daemon.pin_dir",
             raw.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
@@ -361,6 +374,7 @@ impl Parser {
         Ok(DaemonSection {
             socket: socket?,
             listen: listen?,
+            metrics: metrics?,
             journal: raw.journal.unwrap_or_else(|| DEFAULT_JOURNAL.into()),
             pin_dir: pin_dir?,
             resolve_interval: resolve_interval?,

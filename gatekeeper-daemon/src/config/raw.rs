@@ -49,6 +49,8 @@ pub(super) struct RawDaemon {
     pub(super) socket: Option<PathBuf>,
     /// An empty string turns the HTTP listener off.
     pub(super) listen: Option<String>,
+    /// Prometheus metrics and health probes (off unless set).
+    pub(super) metrics: Option<String>,
     pub(super) journal: Option<PathBuf>,
     pub(super) pin_dir: Option<PathBuf>,
     pub(super) resolve_interval: Option<String>,

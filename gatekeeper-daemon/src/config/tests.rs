@@ -713,6 +713,18 @@ fn bad_listen_address_names_key() {
 }
 
 #[test]
+fn metrics_listen_on_loopback_only() {
+    let error = error_of(&config_text("[daemon]\nmetrics = \"0.0.0.0:9464\""));
+    assert!(error.contains("daemon.metrics"), "{error}");
+    assert!(error.contains("loopback"), "{error}");
+    let error = error_of(&config_text("[daemon]\nmetrics = \"nowhere\""));
+    assert!(error.contains("daemon.metrics"), "{error}");
+    let config = parse(&config_text("[daemon]\nmetrics = \"127.0.0.1:9464\"")).unwrap();
+    assert_eq!(config.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+    assert_eq!(parse(&config_text("")).unwrap().metrics, None);
+}
+
+#[test]
 fn a_config_with_secrets_must_be_private() {
     use std::os::unix::fs::PermissionsExt as _;
     let path = std::env::temp_dir().join(format!("gk-secret-config-{}.toml", std::process::id()));

@@ -142,6 +142,16 @@ pub enum Event {
         cgroup: String,
         cap: u32,
     },
+    /// `gatekeeper agent run` started an agent in a cgroup of its own.
+    AgentStarted {
+        cgroup: String,
+        cgroup_id: u64,
+        /// Who runs the agent: never allowed to approve its requests.
+        owner: String,
+        /// Who started it.
+        by: String,
+        command: Vec<String>,
+    },
     /// The last line was torn (e.g. power loss mid-write): its bytes were moved aside.
     JournalRepaired {
         offset: u64,
@@ -183,6 +193,7 @@ impl Event {
             Self::RequestExpired { .. } => "request_expired",
             Self::Justification { .. } => "justification",
             Self::PendingCapReached { .. } => "pending_cap_reached",
+            Self::AgentStarted { .. } => "agent_started",
             Self::JournalRepaired { .. } => "journal_repaired",
             Self::Checkpoint { .. } => "checkpoint",
             Self::Seal { .. } => "seal",
@@ -388,4 +399,15 @@ pub struct Snapshot {
     /// daemon sends from the next one.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub forwarded: std::collections::BTreeMap<String, u64>,
+    /// Agents started by `gatekeeper agent run`, with their owners.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<LaunchedAgent>,
+}
+
+/// An agent `gatekeeper agent run` started: its cgroup, as made, and its owner.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LaunchedAgent {
+    pub cgroup_id: u64,
+    pub cgroup: String,
+    pub owner: String,
 }

@@ -258,6 +258,19 @@ fn describe(event: &Event) -> String {
                 shown(cgroup)
             )
         }
+        Event::AgentStarted {
+            cgroup,
+            owner,
+            by,
+            command,
+            ..
+        } => format!(
+            "{} for {} by {}: {}",
+            shown(cgroup),
+            shown(owner),
+            shown(by),
+            shown(&command.join(" "))
+        ),
         Event::JournalRepaired {
             offset,
             bytes,

@@ -4,13 +4,6 @@
 use std::path::Path;
 
 use gatekeeper_tests::{Exec, Options, Scenario, bin, wait_for};
-use serde_json::Value;
-
-fn approve(scenario: &Scenario, request: &Value) {
-    let id = request["id"].as_str().expect("request id");
-    let output = scenario.gatekeeper(&["approve", id, "--reason", "test"]);
-    assert!(output.status.success(), "approve failed: {output:?}");
-}
 
 /// `program target WORDS...`, as gk-helper passes it: the argv a request shows.
 fn argv<'a>(program: &'a str, words: &[&'a str]) -> Vec<&'a str> {
@@ -51,7 +44,7 @@ fn an_approval_lets_exactly_the_shown_command_run_once() {
         body["request"]["exec"]["argv"],
         serde_json::json!(argv(&program, &["one"]))
     );
-    approve(&scenario, &one);
+    scenario.approve(&one);
 
     // Other arguments from the same cgroup: denied, and a request of their own.
     assert_eq!(
@@ -134,7 +127,7 @@ fn a_rule_bound_to_the_binary_lets_any_arguments_through_once() {
     wait_for("the repeat to join", || {
         (scenario.request(request["id"].as_str().unwrap())["attempts"] == 2).then_some(())
     });
-    approve(&scenario, &request);
+    scenario.approve(&request);
     let (outcome, printed) = run(&scenario, &scenario.agents, &anyargs, &["y", "z"]);
     assert_eq!(outcome, Exec::Ran);
     assert!(printed.contains("TARGET RAN y z"), "{printed}");
@@ -183,10 +176,7 @@ fn swap_is_killed(op: &str, hook: &str) -> String {
         run(&scenario, &scenario.agents, &scenario.protected, &["one"]).0,
         Exec::Denied
     );
-    approve(
-        &scenario,
-        &scenario.wait_exec_request(&argv(&program, &["one"])),
-    );
+    scenario.approve(&scenario.wait_exec_request(&argv(&program, &["one"])));
     assert_eq!(swap(&scenario.agents), format!("SIGNAL={}", libc::SIGKILL));
     let killed = scenario.wait_journal("tamper_attempt", |event| event["hook"] == hook);
     assert!(
@@ -254,7 +244,7 @@ fn an_agent_asks_first_with_its_reason_and_runs_on_approval() {
                 && body["request"]["justification"] == "nightly export <!channel>"
         })
     });
-    approve(&scenario, &request);
+    scenario.approve(&request);
     let output = waiting.wait_with_output().unwrap();
     assert!(output.status.success(), "{output:?}");
     assert!(

@@ -49,14 +49,6 @@ fn pending(scenario: &Scenario, argv: &[&str]) -> Value {
     scenario.wait_exec_request(argv)
 }
 
-fn approve(scenario: &Scenario, request: &Value) {
-    let id = request["id"].as_str().expect("request id");
-    let output = scenario.gatekeeper(&["approve", id, "--reason", "test"]);
-    assert!(output.status.success(), "approve failed: {output:?}");
-    // The grant is in the kernel once the daemon journaled it.
-    scenario.wait_journal("grant_issued", |event| event["request_id"] == request["id"]);
-}
-
 fn write_script(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -100,7 +92,7 @@ fn a_wrapper_script_cannot_prepend_arguments_to_an_approved_script() {
             .0,
             Exec::Denied
         );
-        approve(&scenario, &pending(&scenario, &["one"]));
+        scenario.approve(&pending(&scenario, &["one"]));
         // The wrapper uses that grant for other arguments.
         let (outcome, printed) = exec_as(
             &scenario.agents,
@@ -166,7 +158,7 @@ fn a_script_named_like_argv0_cannot_use_an_approved_binary_with_other_arguments(
             exec_as(&scenario.agents, uid, None, None, &program, &argv).0,
             Exec::Denied
         );
-        approve(&scenario, &pending(&scenario, &argv));
+        scenario.approve(&pending(&scenario, &argv));
         let (outcome, printed) =
             exec_as(&scenario.agents, uid, Some(&work), None, "dbexport", &argv);
         if printed.contains("RAN dbexport") {
@@ -235,7 +227,7 @@ fn hostile_argument_vectors_are_denied_and_bound_exactly() {
         .find(|request| request["exec"]["complete"] == false)
         .expect("an incomplete request")
         .clone();
-    approve(&scenario, &cut);
+    scenario.approve(&cut);
     for kind in ["many", "long", "exact-plus-one", "sixty-five"] {
         assert_eq!(
             hostile(&scenario.agents, &program, kind).0,
@@ -254,7 +246,7 @@ fn hostile_argument_vectors_are_denied_and_bound_exactly() {
         })
         .expect("the exact request")
         .clone();
-    approve(&scenario, &exact);
+    scenario.approve(&exact);
     assert_eq!(
         hostile(&scenario.agents, &program, "exact-plus-one").0,
         Exec::Denied
@@ -276,7 +268,7 @@ fn hostile_argument_vectors_are_denied_and_bound_exactly() {
         Exec::Denied
     );
     // The int80 denial above already made this request (same hash): approve it.
-    approve(&scenario, &pending(&scenario, &[&program, "target", "one"]));
+    scenario.approve(&pending(&scenario, &[&program, "target", "one"]));
     assert_eq!(
         hostile(&scenario.agents, &program, "int80-two").0,
         Exec::Denied
@@ -418,7 +410,7 @@ fn a_vector_shortened_after_the_copy_cannot_run_extra_arguments() {
         exec_as(&scenario.agents, None, None, None, &program, &argv).0,
         Exec::Denied
     );
-    approve(&scenario, &pending(&scenario, &argv));
+    scenario.approve(&pending(&scenario, &argv));
     let mut bypasses: Vec<String> = Vec::new();
     let printed = shift(&scenario.agents);
     if printed.contains(TARGET_RAN) {

@@ -10,14 +10,6 @@ use std::{
 };
 
 use gatekeeper_tests::{Exec, Options, Scenario, UNLISTED_UID, bin, exec_outcome};
-use serde_json::Value;
-
-fn approve(scenario: &Scenario, request: &Value) {
-    let id = request["id"].as_str().expect("request id");
-    let output = scenario.gatekeeper(&["approve", id, "--reason", "test"]);
-    assert!(output.status.success(), "approve failed: {output:?}");
-    scenario.wait_journal("grant_issued", |event| event["request_id"] == request["id"]);
-}
 
 fn write_script(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
@@ -81,7 +73,7 @@ fn hostile_environment_vectors_are_refused_and_keep_the_grant() {
     for uid in [None, Some(UNLISTED_UID)] {
         let first = env_attack(&scenario.agents, uid, "vector:null", &program, &argv);
         assert_eq!(exec_outcome(&first).0, Exec::Denied);
-        approve(&scenario, &scenario.wait_exec_request(&argv));
+        scenario.approve(&scenario.wait_exec_request(&argv));
         for spec in specs {
             let kind = format!("vector:{spec}");
             let output = env_attack(&scenario.agents, uid, &kind, &program, &argv);
@@ -90,7 +82,7 @@ fn hostile_environment_vectors_are_refused_and_keep_the_grant() {
         let clean = || env_attack(&scenario.agents, uid, "vector:null", &program, &argv);
         assert_eq!(exec_outcome(&clean()).0, Exec::Ran, "as {uid:?}");
         assert_eq!(exec_outcome(&clean()).0, Exec::Denied, "as {uid:?}");
-        approve(&scenario, &scenario.wait_exec_request(&argv));
+        scenario.approve(&scenario.wait_exec_request(&argv));
         let dup = env_attack(&scenario.agents, uid, "vector:dup", &program, &argv);
         assert_eq!(exec_outcome(&dup).0, Exec::Ran, "as {uid:?}");
     }
@@ -110,7 +102,7 @@ fn an_exec_too_long_to_check_is_refused_before_its_grant_is_used() {
     for uid in [None, Some(UNLISTED_UID)] {
         let first = exec_clean(&scenario.agents, uid, None, &program, &argv);
         assert_eq!(exec_outcome(&first).0, Exec::Denied);
-        approve(&scenario, &scenario.wait_exec_request(&argv));
+        scenario.approve(&scenario.wait_exec_request(&argv));
         let long = env_attack(&scenario.agents, uid, "long-approved", &program, &argv);
         assert_eq!(exec_outcome(&long).0, Exec::Denied, "as {uid:?}: {long:?}");
         let clean = exec_clean(&scenario.agents, uid, None, &program, &argv);
@@ -147,7 +139,7 @@ fn an_exec_that_failed_on_its_grant_leaves_nothing_for_the_next() {
             stderr.contains(&format!("FIRST_ERRNO={}", libc::EPERM)),
             "{stderr}"
         );
-        approve(&scenario, &scenario.wait_exec_request(&["one"]));
+        scenario.approve(&scenario.wait_exec_request(&["one"]));
         let failed = env_attack(&scenario.agents, uid, &kind, &script, &argv);
         let stderr = String::from_utf8_lossy(&failed.stderr);
         assert!(stderr.contains("FIRST_ERRNO=2"), "as {uid:?}: {failed:?}");
@@ -200,12 +192,12 @@ fn a_binary_grant_holds_for_the_binary_as_a_scripts_interpreter() {
     for uid in [None, Some(UNLISTED_UID)] {
         let direct = exec_clean(&scenario.agents, uid, None, &any, &[&any, "target", "x"]);
         assert_eq!(exec_outcome(&direct).0, Exec::Denied);
-        approve(&scenario, &scenario.wait_request(&anyargs));
+        scenario.approve(&scenario.wait_request(&anyargs));
         let ran = run_wrapper(&scenario.agents, uid, None);
         assert_eq!(exec_outcome(&ran).0, Exec::Ran, "as {uid:?}: {ran:?}");
         let again = exec_clean(&scenario.agents, uid, None, &any, &[&any, "target", "y"]);
         assert_eq!(exec_outcome(&again).0, Exec::Denied, "as {uid:?}");
-        approve(&scenario, &scenario.wait_request(&anyargs));
+        scenario.approve(&scenario.wait_request(&anyargs));
         let dirty = run_wrapper(&scenario.agents, uid, Some("GK_AGENT=1"));
         assert_eq!(
             dirty.status.signal(),

@@ -12,11 +12,6 @@ use std::{
 
 use gatekeeper_tests::{Exec, Options, Outcome, Scenario, UNLISTED_UID, bin, wait_for};
 
-fn approve(scenario: &Scenario, id: &str) {
-    let output = scenario.gatekeeper(&["approve", id, "--reason", "test"]);
-    assert!(output.status.success(), "approve failed: {output:?}");
-}
-
 fn text(path: &Path) -> String {
     path.display().to_string()
 }
@@ -56,7 +51,7 @@ fn an_approved_run_does_not_hand_over_its_code() {
     let mut refused_traced = false;
     for args in ways {
         for user in [false, true] {
-            approve(&scenario, &scenario.denied_request());
+            scenario.approve(&scenario.denied_request());
             let outcome = match user {
                 false => scenario.tamper(&scenario.agents, "peek-exec", args),
                 true => scenario.tamper_as_user(&scenario.agents, "peek-exec", args),
@@ -761,7 +756,7 @@ fn one_read_grant_opens_once_however_opened() {
                 request["kind"] == "file" && request["target"] == protected.as_str()
             })
         });
-    approve(&scenario, request["id"].as_str().unwrap());
+    scenario.approve(request["id"].as_str().unwrap());
     // Eight threads, one grant: exactly one opens.
     assert_eq!(
         scenario.tamper(&scenario.agents, "race-read", &["8", &protected]),

@@ -44,13 +44,6 @@ fn exec_as(cgroup: &Path, uid: Option<u32>, env: &str, program: &str) -> (Exec, 
     exec_outcome(&output)
 }
 
-fn approve(scenario: &Scenario, request: &Value) {
-    let id = request["id"].as_str().expect("request id");
-    let output = scenario.gatekeeper(&["approve", id, "--reason", "test"]);
-    assert!(output.status.success(), "approve failed: {output:?}");
-    scenario.wait_journal("grant_issued", |event| event["request_id"] == request["id"]);
-}
-
 /// The pending exec request for `program` (its denied reads make file requests of their own).
 fn exec_request(scenario: &Scenario, program: &str) -> Value {
     wait_for("the exec request", || {
@@ -110,7 +103,7 @@ fn an_approved_exec_does_not_run_with_a_loader_of_the_agents() {
         Exec::Denied
     );
     let request = scenario.wait_exec_request(&[&program, "target", "one"]);
-    approve(&scenario, &request);
+    scenario.approve(&request);
     // The user agent's approved command is the same: the grant is its cgroup's.
     for (uid, place) in &places {
         assert_eq!(
@@ -233,7 +226,7 @@ fn an_approved_scripts_read_belongs_to_its_interpreter() {
         let ask = |path: &str, env: &str| {
             let (exec, _) = exec_as(&scenario.agents, uid, env, path);
             assert_eq!(exec, Exec::Denied, "as {uid:?}");
-            approve(&scenario, &exec_request(&scenario, path));
+            scenario.approve(&exec_request(&scenario, path));
         };
         // Through env: neither the agent's interpreter nor the host's gets a read.
         for path in [agent_path.as_str(), host_path] {

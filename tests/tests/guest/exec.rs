@@ -6,11 +6,6 @@ use gatekeeper_tests::{
     Exec, Options, Scenario, UNLISTED_UID, WEBHOOK_SECRET, bin, now_unix, reviewer_key, wait_for,
 };
 
-fn approve(scenario: &Scenario, id: &str) {
-    let output = scenario.gatekeeper(&["approve", id, "--reason", "test"]);
-    assert!(output.status.success(), "approve failed: {output:?}");
-}
-
 #[test]
 fn agent_exec_of_protected_binary_is_denied_and_requested() {
     let scenario = Scenario::start("denied", Options::default());
@@ -98,7 +93,7 @@ fn child_cgroup_of_agent_cgroup_is_an_agent() {
     let request = scenario.wait_request(&scenario.protected);
     assert_eq!(request["cgroup"], grandchild.display().to_string());
     // A grant is for the cgroup that asked: approving lets the grandchild through once.
-    approve(&scenario, request["id"].as_str().unwrap());
+    scenario.approve(request["id"].as_str().unwrap());
     assert_eq!(
         scenario.exec_in(&scenario.agents, &scenario.protected),
         Exec::Denied
@@ -115,7 +110,7 @@ fn child_cgroup_of_agent_cgroup_is_an_agent() {
 fn approval_lets_exactly_one_retry_pass() {
     let scenario = Scenario::start("once", Options::default());
     let id = scenario.denied_request();
-    approve(&scenario, &id);
+    scenario.approve(&id);
     let request = scenario.request(&id);
     assert_eq!(request["state"], "approved");
     assert_eq!(request["decision"]["reviewer"], "root");
@@ -187,7 +182,7 @@ fn approval_lets_exactly_one_retry_pass() {
 fn concurrent_retries_after_one_approval_pass_exactly_once() {
     let scenario = Scenario::start("race", Options::default());
     let id = scenario.denied_request();
-    approve(&scenario, &id);
+    scenario.approve(&id);
     let (ran, denied, other) = scenario.race(&scenario.agents, 8, &scenario.protected);
     assert_eq!((ran, denied, other), (1, 7, 0));
 }
@@ -202,7 +197,7 @@ fn unused_grant_expires_and_never_allows() {
         },
     );
     let id = scenario.denied_request();
-    approve(&scenario, &id);
+    scenario.approve(&id);
     let grant = scenario.wait_journal("grant_issued", |event| event["request_id"] == id.as_str());
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(scenario.agent_exec(), Exec::Denied);
@@ -353,7 +348,7 @@ fn replaced_protected_path_stays_protected() {
 fn journal_verifies_then_fails_after_an_edit() {
     let mut scenario = Scenario::start("journal", Options::default());
     let id = scenario.denied_request();
-    approve(&scenario, &id);
+    scenario.approve(&id);
     assert_eq!(scenario.agent_exec(), Exec::Ran);
     scenario.wait_journal("grant_used", |_| true);
     scenario.stop_daemon();

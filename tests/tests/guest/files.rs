@@ -6,11 +6,6 @@ use std::{os::unix::fs::PermissionsExt as _, path::Path, process::Command};
 
 use gatekeeper_tests::{Exec, Options, Outcome, Scenario, TARGET_RAN, UNLISTED_UID, bin, wait_for};
 
-fn approve(scenario: &Scenario, id: &str) {
-    let output = scenario.gatekeeper(&["approve", id, "--reason", "test"]);
-    assert!(output.status.success(), "approve failed: {output:?}");
-}
-
 fn journaled(scenario: &Scenario, hook: &str) {
     scenario.wait_journal("tamper_attempt", |event| event["hook"] == hook);
 }
@@ -51,7 +46,7 @@ fn reading_a_protected_binary_needs_approval_once() {
         Outcome::Ok
     );
 
-    approve(&scenario, &id);
+    scenario.approve(&id);
     assert_eq!(
         scenario.tamper(&scenario.agents, "read", &[&protected]),
         Outcome::Ok,
@@ -116,7 +111,7 @@ fn a_protected_script_does_not_run_through_its_interpreter() {
         .as_str()
         .unwrap()
         .to_owned();
-    approve(&scenario, &id);
+    scenario.approve(&id);
     assert_eq!(scenario.exec_in(&scenario.agents, &script), Exec::Ran);
     assert_eq!(scenario.exec_in(&scenario.agents, &script), Exec::Denied);
     assert!(
@@ -147,7 +142,7 @@ fn the_loader_cannot_read_a_protected_binary() {
     // Control: outside, the loader runs it.
     assert!(via_loader(&scenario.outside));
     // An approved read is no licence to map the code executable: the loader is still refused.
-    approve(&scenario, &id);
+    scenario.approve(&id);
     assert!(!via_loader(&scenario.agents));
     journaled(&scenario, "exec_mapping");
 }

@@ -20,6 +20,7 @@ mod mounts;
 mod procs;
 mod reviewers;
 mod secrets;
+mod service;
 mod sockets;
 mod survival;
 mod tunables;

@@ -14,11 +14,6 @@ fn text(path: &Path) -> String {
     path.display().to_string()
 }
 
-fn approve(scenario: &Scenario, id: &str) {
-    let output = scenario.gatekeeper(&["approve", id, "--reason", "test"]);
-    assert!(output.status.success(), "approve failed: {output:?}");
-}
-
 /// The pending request of kind `file` for `path`, asking for `access`.
 fn file_request(scenario: &Scenario, path: &Path, access: u32) -> serde_json::Value {
     let path = text(path);
@@ -121,7 +116,7 @@ fn a_protected_secret_is_read_once_per_approval() {
     // The agent waits for the decision like for any other.
     let waiting = scenario.spawn_gatekeeper_in(agents, &["await", "--last", "--timeout", "60s"]);
     std::thread::sleep(std::time::Duration::from_millis(500));
-    approve(&scenario, &id);
+    scenario.approve(&id);
     let awaited = waiting.wait_with_output().unwrap();
     assert_eq!(awaited.status.code(), Some(0), "{awaited:?}");
     assert_eq!(
@@ -138,7 +133,7 @@ fn a_protected_secret_is_read_once_per_approval() {
 
     // Racing readers with one grant: exactly one open succeeds.
     let request = file_request(&scenario, &secret, READ);
-    approve(&scenario, request["id"].as_str().unwrap());
+    scenario.approve(request["id"].as_str().unwrap());
     assert_eq!(
         scenario.tamper(agents, "race-read", &["8", &path]),
         Outcome::Ok,
@@ -251,7 +246,7 @@ fn a_protected_directory_changes_only_with_approval() {
     );
 
     // The approved write passes once, truncating on open; the next is denied.
-    approve(&scenario, request["id"].as_str().unwrap());
+    scenario.approve(request["id"].as_str().unwrap());
     assert_eq!(
         scenario.tamper(agents, "write", &[&at("app.conf"), "port=2\n"]),
         Outcome::Ok

@@ -1,0 +1,149 @@
+//! `gatekeeper agent run`: starts a command as an agent, in a cgroup of its own that the daemon
+//! makes below the first agent cgroup and journals with the agent's owner. The launcher stays
+//! the agent's parent: it passes signals on, and once the command ends it ends whatever the
+//! agent left running in its cgroup and removes the cgroup.
+
+use std::{
+    fs::OpenOptions,
+    io::Write as _,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _, unix::process::ExitStatusExt as _},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow};
+use nix::sys::signal::{SigSet, Signal, kill};
+
+use crate::{api::LocalCall, cgroups::check_agent_name, enrich::user_name};
+
+/// How long what an agent left behind gets to die before its cgroup is given up on.
+const CLEANUP_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Signals the launcher passes on to the agent; SIGCHLD tells it the agent ended.
+const FORWARDED: [Signal; 4] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+];
+
+/// The agent's owner when none is named: whoever ran sudo, else the caller.
+fn default_owner() -> anyhow::Result<String> {
+    let uid = nix::unistd::getuid();
+    if uid.is_root()
+        && let Ok(user) = std::env::var("SUDO_USER")
+        && !user.is_empty()
+    {
+        return Ok(user);
+    }
+    user_name(uid.as_raw()).ok_or_else(|| anyhow!("uid {uid} has no user name: name the owner"))
+}
+
+/// Runs `command` as an agent of `owner` in cgroup `name`; exits as the command did.
+pub fn run_agent(
+    call: impl FnOnce(&LocalCall) -> anyhow::Result<serde_json::Value>,
+    name: Option<&str>,
+    owner: Option<&str>,
+    command: &[String],
+) -> anyhow::Result<ExitCode> {
+    let owner = match owner {
+        Some(owner) => owner.to_owned(),
+        None => default_owner()?,
+    };
+    let name = name.map_or_else(|| format!("agent-{}", std::process::id()), str::to_owned);
+    check_agent_name(&name).map_err(|error| anyhow!(error))?;
+    let started = call(&LocalCall::StartAgent {
+        name,
+        owner,
+        command: command.to_vec(),
+    })?;
+    let cgroup = PathBuf::from(
+        started["cgroup"]
+            .as_str()
+            .context("the daemon answered without the agent's cgroup")?,
+    );
+    let status = supervise(&cgroup, command);
+    if let Err(error) = end_cgroup(&cgroup) {
+        eprintln!("gatekeeper: {error:#}");
+    }
+    let status = status?;
+    Ok(ExitCode::from(match (status.code(), status.signal()) {
+        (Some(code), _) => u8::try_from(code).unwrap_or(1),
+        (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(1),
+        (None, None) => 1,
+    }))
+}
+
+/// Starts `command` inside `cgroup` (before its first instruction) and waits for it, passing
+/// signals on.
+fn supervise(cgroup: &Path, command: &[String]) -> anyhow::Result<std::process::ExitStatus> {
+    let (program, args) = command.split_first().context("no command to run")?;
+    let mut signals = SigSet::empty();
+    for signal in FORWARDED {
+        signals.add(signal);
+    }
+    signals.add(Signal::SIGCHLD);
+    // Blocked before the agent exists, so none is missed; waited for below.
+    signals.thread_block().context("block signals")?;
+    let procs_path = cgroup.join("cgroup.procs");
+    let procs = OpenOptions::new()
+        .write(true)
+        .open(&procs_path)
+        .with_context(|| format!("open {}", procs_path.display()))?;
+    let procs_fd = procs.as_raw_fd();
+    let mut agent = std::process::Command::new(program);
+    agent.args(args);
+    // SAFETY: between fork and exec only async-signal-safe calls: write(2), prctl(2) and
+    // pthread_sigmask(3), on a descriptor and values prepared before the fork.
+    unsafe {
+        agent.pre_exec(move || {
+            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The agent's first process dies with its launcher (a SIGKILLed launcher cannot
+            // pass signals on or clean up).
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            SigSet::empty()
+                .thread_set_mask()
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = agent.spawn().with_context(|| format!("start {program}"))?;
+    drop(procs);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).context("pid")?);
+    loop {
+        let signal = signals.wait().context("wait for signals")?;
+        if signal == Signal::SIGCHLD {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+        } else {
+            let _ = kill(pid, signal);
+        }
+    }
+}
+
+/// Kills whatever is left in the agent's cgroup and removes it.
+fn end_cgroup(cgroup: &Path) -> anyhow::Result<()> {
+    let kill_file = cgroup.join("cgroup.kill");
+    OpenOptions::new()
+        .write(true)
+        .open(&kill_file)
+        .and_then(|mut file| file.write_all(b"1"))
+        .with_context(|| format!("end what is left in {}", cgroup.display()))?;
+    let deadline = Instant::now() + CLEANUP_PATIENCE;
+    let events = cgroup.join("cgroup.events");
+    while std::fs::read_to_string(&events)
+        .map(|text| text.lines().any(|line| line == "populated 1"))
+        .unwrap_or(false)
+    {
+        if Instant::now() > deadline {
+            anyhow::bail!("{} still has processes", cgroup.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_dir(cgroup).with_context(|| format!("remove {}", cgroup.display()))
+}

@@ -1,0 +1,170 @@
+//! Running as a service: metrics and health probes, agents started by `gatekeeper agent run`.
+
+use std::{os::unix::process::CommandExt as _, path::Path, process::Command};
+
+use gatekeeper_tests::{
+    Exec, Options, Outcome, RequestId as _, Scenario, TARGET_RAN, UNLISTED_UID, bin, wait_for,
+};
+
+const ALICE_UID: u32 = 1000;
+
+#[test]
+fn metrics_and_health_follow_a_request_and_agents_cannot_reach_them() {
+    let scenario = Scenario::start("metrics", Options::default());
+    assert_eq!(scenario.get_metrics("/livez").0, 200);
+    assert_eq!(scenario.get_metrics("/readyz"), (200, "ready\n".into()));
+    assert_eq!(scenario.metric("gatekeeper_enforcing"), Some(1.0));
+    assert_eq!(scenario.metric("gatekeeper_pending_requests"), Some(0.0));
+
+    // Agents reach neither listener of the daemon; the same connect works from outside.
+    let metrics = scenario.metrics.trim_start_matches("http://");
+    assert_eq!(
+        scenario.net(&scenario.agents, "tcp", metrics),
+        Outcome::Denied
+    );
+    assert_eq!(scenario.net(&scenario.outside, "tcp", metrics), Outcome::Ok);
+
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+    let request = scenario.wait_request(&scenario.protected);
+    assert_eq!(scenario.metric("gatekeeper_pending_requests"), Some(1.0));
+    assert_eq!(
+        scenario.metric("gatekeeper_requests_created_total"),
+        Some(1.0)
+    );
+    assert!(
+        scenario
+            .metric("gatekeeper_denials_total")
+            .is_some_and(|denials| denials >= 1.0)
+    );
+
+    scenario.approve(&request);
+    assert_eq!(scenario.metric("gatekeeper_pending_requests"), Some(0.0));
+    assert_eq!(
+        scenario.metric("gatekeeper_requests_total{outcome=\"approved\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        scenario.metric("gatekeeper_decision_latency_seconds_count"),
+        Some(1.0)
+    );
+    assert_eq!(scenario.metric("gatekeeper_grants_issued_total"), Some(1.0));
+
+    assert_eq!(scenario.agent_exec(), Exec::Ran);
+    wait_for("the grant's use counted", || {
+        (scenario.metric("gatekeeper_grants_used_total") == Some(1.0)).then_some(())
+    });
+    let (_, text) = scenario.get_metrics("/metrics");
+    assert!(
+        !text.contains(&scenario.agents.display().to_string()),
+        "a cgroup path in the metrics:\n{text}"
+    );
+}
+
+/// `gatekeeper agent run` from root outside the agents: the command runs in a cgroup of its own
+/// below the agent cgroup, its owner is recorded (and may not approve), and the cgroup is gone
+/// once the command ends.
+#[test]
+fn agent_run_starts_an_agent_whose_owner_cannot_approve_it() {
+    let scenario = Scenario::start("launcher", Options::default());
+    let launch = |name: &str, owner: &str, program: &Path| {
+        scenario.gatekeeper(&[
+            "agent",
+            "run",
+            "--name",
+            name,
+            "--owner",
+            owner,
+            "--",
+            "/bin/sh",
+            "-c",
+            &format!("cat /proc/self/cgroup; exec {} target", program.display()),
+        ])
+    };
+    let cgroup = scenario.agents.join("deploy-1");
+    let run = launch("deploy-1", "alice", &scenario.protected);
+    let text = String::from_utf8_lossy(&run.stdout);
+    let relative = cgroup.strip_prefix("/sys/fs/cgroup").unwrap();
+    assert!(
+        text.contains(&format!("0::/{}", relative.display())),
+        "{run:?}"
+    );
+    assert!(!run.status.success(), "the protected exec ran: {run:?}");
+    assert!(!cgroup.exists(), "the agent's cgroup was left behind");
+
+    let request = scenario.wait_request(&scenario.protected);
+    assert_eq!(request["cgroup"], cgroup.display().to_string());
+    assert_eq!(request["owner"], "alice");
+    let started = scenario.wait_journal("agent_started", |_| true);
+    assert_eq!(started["owner"], "alice");
+    assert_eq!(started["by"], "root");
+    let by_owner = Command::new(bin("gatekeeper"))
+        .arg("--socket")
+        .arg(&scenario.socket)
+        .args(["approve", request.request_id(), "--reason", "mine"])
+        .uid(ALICE_UID)
+        .gid(ALICE_UID)
+        .output()
+        .unwrap();
+    assert!(!by_owner.status.success(), "{by_owner:?}");
+
+    // The same command outside the launcher runs unasked: the cgroup made it an agent.
+    let unprotected = launch("deploy-2", "alice", &scenario.unprotected);
+    assert!(unprotected.status.success(), "{unprotected:?}");
+    assert!(
+        String::from_utf8_lossy(&unprotected.stdout).contains(TARGET_RAN),
+        "{unprotected:?}"
+    );
+}
+
+/// Agents cannot start agents (and so cannot name another owner), nor can ordinary users;
+/// bad names and unknown owners are refused before anything is made.
+#[test]
+fn agent_run_refuses_agents_users_and_bad_input() {
+    let scenario = Scenario::start("launcher-refusals", Options::default());
+    let args = |name: &'static str, owner: &'static str| {
+        vec![
+            "agent",
+            "run",
+            "--name",
+            name,
+            "--owner",
+            owner,
+            "--",
+            "/bin/true",
+        ]
+    };
+    let from_agent = scenario.gatekeeper_in(&scenario.agents, &args("x", "bob"));
+    assert!(!from_agent.status.success(), "{from_agent:?}");
+    let from_user = Command::new(bin("gatekeeper"))
+        .arg("--socket")
+        .arg(&scenario.socket)
+        .args(args("y", "bob"))
+        .uid(UNLISTED_UID)
+        .gid(UNLISTED_UID)
+        .output()
+        .unwrap();
+    assert!(!from_user.status.success(), "{from_user:?}");
+    for (name, owner, says) in [
+        ("up/../escape", "bob", "not allowed in an agent name"),
+        ("..", "bob", "may not start with"),
+        ("cgroup.procs", "bob", "may not start with"),
+        ("fine", "nobody-here", "no user of this host"),
+    ] {
+        let refused = scenario.gatekeeper(&args(name, owner));
+        assert!(!refused.status.success(), "{refused:?}");
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains(says),
+            "{says}: {refused:?}"
+        );
+    }
+    // Nothing was made for any of them, and nothing journaled.
+    let made: Vec<_> = std::fs::read_dir(&scenario.agents)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path().is_dir())
+        .collect();
+    assert!(made.is_empty(), "{made:?}");
+    assert!(!scenario.journal_has("agent_started"));
+    // Control: root outside the agents starts one.
+    assert!(scenario.gatekeeper(&args("fine", "bob")).status.success());
+}
