@@ -1,7 +1,9 @@
 //! Project tasks: `setup`, `test`, `demo`, `bench` and `lint`.
 
 mod bench;
+mod debian;
 mod guest;
+mod package;
 mod setup;
 
 use std::{
@@ -38,11 +40,20 @@ enum Task {
         /// Only this kernel (6.1 or 6.12).
         #[arg(long)]
         kernel: Option<String>,
+        /// Only the packaging test, in a Debian guest with systemd.
+        #[arg(long, conflicts_with = "filter")]
+        debian: bool,
     },
     /// Boot a guest and walk through the main story.
     Demo,
     /// rustfmt and clippy, the kernel crate included.
     Lint,
+    /// Build the Debian package (target/package/gatekeeper_VERSION_amd64.deb).
+    Package {
+        /// The package's version [default: the workspace's].
+        #[arg(long)]
+        version: Option<String>,
+    },
     /// Boot one guest and measure what Gatekeeper costs; prints the table and writes it (and the
     /// raw figures) under target/bench/.
     Bench {
@@ -70,9 +81,16 @@ enum Task {
 fn main() -> ExitCode {
     let result = match Cli::parse().task {
         Task::Setup => setup::setup().map(|()| ExitCode::SUCCESS),
-        Task::Test { filter, kernel } => test(filter.as_deref(), kernel.as_deref()),
+        Task::Test {
+            filter,
+            kernel,
+            debian,
+        } => test(filter.as_deref(), kernel.as_deref(), debian),
         Task::Demo => demo(),
         Task::Lint => lint().map(|()| ExitCode::SUCCESS),
+        Task::Package { version } => {
+            package::package(version.as_deref()).map(|_| ExitCode::SUCCESS)
+        }
         Task::Bench {
             kernel,
             clock,
@@ -325,7 +343,7 @@ fn guest_report(
 }
 
 /// Every stage counts: one that cannot run is a failure, and the last line always sums up.
-fn test(filter: Option<&str>, kernel: Option<&str>) -> anyhow::Result<ExitCode> {
+fn test(filter: Option<&str>, kernel: Option<&str>, debian: bool) -> anyhow::Result<ExitCode> {
     if let Some(filter) = filter
         && (filter.is_empty()
             || !filter
@@ -353,6 +371,15 @@ fn test(filter: Option<&str>, kernel: Option<&str>) -> anyhow::Result<ExitCode> 
         }
     };
     stage("setup", ensure_setup().map(|()| Counts::default()));
+    let labels: Vec<&str> = setup::KERNELS
+        .iter()
+        .map(|(label, _)| *label)
+        .filter(|label| kernel.is_none_or(|only| only == *label))
+        .collect();
+    if debian {
+        debian_tests(&labels, &mut stage);
+        return Ok(summary(total));
+    }
     if filter.is_none() {
         stage("host", host_tests());
     }
@@ -362,37 +389,19 @@ fn test(filter: Option<&str>, kernel: Option<&str>) -> anyhow::Result<ExitCode> 
             if let Some(filter) = filter {
                 cmdline.push_str(&format!(" gk.filter={filter}"));
             }
-            let labels: Vec<&str> = setup::KERNELS
-                .iter()
-                .map(|(label, _)| *label)
-                .filter(|label| kernel.is_none_or(|only| only == *label))
-                .collect();
             // Each guest is one emulator thread: the kernels run side by side, one per core.
             println!(
                 "== guest tests on Linux {} (BPF LSM on), side by side",
                 labels.join(" and ")
             );
-            let outputs: Vec<(&str, anyhow::Result<String>)> = std::thread::scope(|scope| {
-                let running: Vec<_> = labels
-                    .iter()
-                    .map(|label| {
-                        let (initramfs, cmdline) = (&initramfs, &cmdline);
-                        let image = setup::kernel_image(label);
-                        scope.spawn(move || {
-                            guest::boot(&image, initramfs, cmdline, GUEST_TEST_TIMEOUT, false)
-                        })
-                    })
-                    .collect();
-                labels
-                    .iter()
-                    .zip(running)
-                    .map(|(label, run)| {
-                        let output = run.join().unwrap_or_else(|_| {
-                            Err(anyhow::anyhow!("the guest's thread panicked"))
-                        });
-                        (*label, output)
-                    })
-                    .collect()
+            let outputs = side_by_side(&labels, |label| {
+                guest::boot(
+                    &setup::kernel_image(label),
+                    &initramfs,
+                    &cmdline,
+                    GUEST_TEST_TIMEOUT,
+                    false,
+                )
             });
             for (label, output) in outputs {
                 println!("== Linux {label}");
@@ -400,12 +409,7 @@ fn test(filter: Option<&str>, kernel: Option<&str>) -> anyhow::Result<ExitCode> 
                 stage(&format!("linux {label}"), result);
             }
             if filter.is_some() || kernel.is_some() {
-                println!("{} passed, {} failed", total.passed, total.failed);
-                return Ok(if total.failed == 0 {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                });
+                return Ok(summary(total));
             }
             let (label, _) = setup::KERNELS[0];
             println!("== daemon on Linux {label} with the BPF LSM off");
@@ -415,12 +419,59 @@ fn test(filter: Option<&str>, kernel: Option<&str>) -> anyhow::Result<ExitCode> 
         }
         Err(error) => stage("guest build", Err(error)),
     }
+    debian_tests(&labels, &mut stage);
+    Ok(summary(total))
+}
+
+/// Prints the last line, `N passed, N failed`, and exits accordingly.
+fn summary(total: Counts) -> ExitCode {
     println!("{} passed, {} failed", total.passed, total.failed);
-    Ok(if total.failed == 0 {
+    if total.failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// Runs `boot` for each kernel at once (each guest is one emulator thread, one per core).
+fn side_by_side<'a>(
+    labels: &[&'a str],
+    boot: impl Fn(&str) -> anyhow::Result<String> + Sync,
+) -> Vec<(&'a str, anyhow::Result<String>)> {
+    std::thread::scope(|scope| {
+        let boot = &boot;
+        let running: Vec<_> = labels
+            .iter()
+            .map(|label| scope.spawn(move || boot(label)))
+            .collect();
+        labels
+            .iter()
+            .zip(running)
+            .map(|(label, run)| {
+                let output = run
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the guest's thread panicked")));
+                (*label, output)
+            })
+            .collect()
     })
+}
+
+/// The package on Debian with systemd, on each kernel.
+fn debian_tests(labels: &[&str], stage: &mut impl FnMut(&str, anyhow::Result<Counts>)) {
+    let archive = match debian::build_boot_archive() {
+        Ok(archive) => archive,
+        Err(error) => return stage("debian build", Err(error)),
+    };
+    println!(
+        "== the Debian package under systemd on Linux {}, side by side",
+        labels.join(" and ")
+    );
+    for (label, output) in side_by_side(labels, |label| debian::boot(label, &archive)) {
+        println!("== Debian bookworm on Linux {label}");
+        let result = output.and_then(|output| guest_report(label, "gk.mode=debian", &output, 1));
+        stage(&format!("debian on linux {label}"), result);
+    }
 }
 
 fn demo() -> anyhow::Result<ExitCode> {
@@ -452,13 +503,16 @@ fn lint() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // The guest suite is no test target of its own (`test = false`): --all-targets skips it.
+    // The guest suites are no test targets of their own (`test = false`): --all-targets skips
+    // them.
     run(cargo().args([
         "clippy",
         "-p",
         "gatekeeper-tests",
         "--test",
         "guest",
+        "--test",
+        "package",
         "--",
         "-D",
         "warnings",

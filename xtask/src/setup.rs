@@ -23,11 +23,12 @@ pub const KERNELS: [(&str, &str); 2] = [
 /// Modules the guests load at boot (with their dependencies), for tests that need overlayfs or NFS.
 pub const GUEST_MODULES: [&str; 2] = ["overlay", "nfsv3"];
 
-const APT_PACKAGES: [(&str, &str); 4] = [
+const APT_PACKAGES: [(&str, &str); 5] = [
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("busybox-static", "/bin/busybox"),
     ("cpio", "/usr/bin/cpio"),
     ("xz-utils", "/usr/bin/xz"),
+    ("mmdebstrap", "/usr/bin/mmdebstrap"),
 ];
 
 /// Where downloaded kernels live: outside the checkout, so fresh clones on this machine reuse them.
@@ -68,6 +69,7 @@ pub fn is_complete() -> bool {
         && KERNELS
             .iter()
             .all(|(label, _)| kernel_image(label).exists() && has_modules(label))
+        && crate::debian::root_archive().exists()
 }
 
 pub fn setup() -> anyhow::Result<()> {
@@ -116,6 +118,7 @@ pub fn setup() -> anyhow::Result<()> {
         apt_update(&mut apt_updated)?;
         fetch_kernel(label, pattern)?;
     }
+    crate::debian::ensure_root()?;
     // Only the bench needs it, and it measures without it if it cannot be had.
     if let Err(error) = ensure_fapolicyd() {
         eprintln!("setup: fapolicyd (for cargo xtask bench) is not available: {error:#}");
