@@ -145,6 +145,28 @@ fn the_package_installs_enforces_upgrades_and_purges_under_systemd() {
     ok("systemctl start gatekeeper");
     assert_eq!(ok("systemctl is-active gatekeeper").trim(), "active");
     assert!(Path::new(PINS).exists(), "active without pins");
+    // Enforcing under the unit's hardening and OOM protection, as the running daemon has them.
+    let pid = ok("systemctl show -p MainPID --value gatekeeper");
+    let pid = pid.trim();
+    assert_eq!(
+        ok(&format!("cat /proc/{pid}/oom_score_adj")).trim(),
+        "-1000"
+    );
+    assert!(ok(&format!("cat /proc/{pid}/status")).contains("NoNewPrivs:\t1"));
+    let shown = ok(
+        "systemctl show gatekeeper -p ProtectSystem -p ProtectKernelModules \
+         -p MemoryDenyWriteExecute -p RestrictNamespaces -p LockPersonality -p Type",
+    );
+    for setting in [
+        "ProtectSystem=full",
+        "ProtectKernelModules=yes",
+        "MemoryDenyWriteExecute=yes",
+        "RestrictNamespaces=yes",
+        "LockPersonality=yes",
+        "Type=notify",
+    ] {
+        assert!(shown.contains(setting), "{setting} not in effect:\n{shown}");
+    }
     let readyz = ok("curl -sS --max-time 10 http://127.0.0.1:9464/readyz");
     assert_eq!(readyz.trim(), "ready");
 
