@@ -397,14 +397,17 @@ impl Engine {
                     .policy
                     .denial(target, filename, cgroup_id, cgroup, process, exec);
                 self.name_launched(&mut denial);
+                // Agents name targets and cgroups: logged quoted, so no line of theirs can pass
+                // for one of the daemon's.
                 let what = denial.target.clone();
                 let cgroup = denial.cgroup.clone();
+                let (rule, kind) = (denial.rule.clone(), denial.kind);
                 match self.core.on_denial(denial, at) {
                     Admission::New(id) => {
-                        info!(%id, target = %what, %cgroup, "approval requested")
+                        info!(%id, %rule, ?kind, target = ?what, cgroup = ?cgroup, "approval requested")
                     }
                     Admission::OverCap => {
-                        warn!(target = %what, %cgroup, "denied; the cgroup has its cap of pending requests")
+                        warn!(target = ?what, cgroup = ?cgroup, "denied; the cgroup has its cap of pending requests")
                     }
                     Admission::Joined(_) => {}
                 }
@@ -417,7 +420,7 @@ impl Engine {
                 cgroup,
                 detail,
             } => {
-                warn!(%hook, pid, %cgroup, "tamper attempt denied");
+                warn!(%hook, pid, cgroup = ?cgroup, "tamper attempt denied");
                 self.core.on_tamper(
                     Event::TamperAttempt {
                         hook,
