@@ -510,6 +510,14 @@ impl RequestId for Value {
     }
 }
 
+/// An HTTP client that answers every status rather than failing on 4xx and 5xx.
+fn http_client() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
@@ -741,10 +749,7 @@ alice = "{alice_key}"
 
     /// Posts to the Slack interactions endpoint with the given headers as they are.
     pub fn post_slack(&self, body: &str, timestamp: &str, signature: &str) -> (u16, String) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = http_client();
         let mut response = agent
             .post(format!("{}/v1/slack/interactions", self.http))
             .header("content-type", "application/x-www-form-urlencoded")
@@ -1041,10 +1046,7 @@ alice = "{alice_key}"
 
     /// GETs `path` from the metrics listener: the status and the body.
     pub fn get_metrics(&self, path: &str) -> (u16, String) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = http_client();
         let mut response = agent
             .get(format!("{}{path}", self.metrics))
             .call()
@@ -1070,10 +1072,7 @@ alice = "{alice_key}"
         timestamp: i64,
     ) -> (u16, String) {
         let signature = decision_signature(secret, timestamp, body);
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = http_client();
         let mut response = agent
             .post(format!("{}/v1/requests/{id}/decision", self.http))
             .header("content-type", "application/json")
