@@ -127,6 +127,10 @@ pub enum AgentCommand {
         /// Who runs the agent (a user of this host) [default: the sudo user, else the caller].
         #[arg(long)]
         owner: Option<String>,
+        /// Run the command as this user (with its groups, HOME, USER and LOGNAME) [default:
+        /// as the caller].
+        #[arg(long)]
+        user: Option<String>,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -399,12 +403,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 AgentCommand::Run {
                     name,
                     owner,
+                    user,
                     command,
                 },
         } => crate::launcher::run_agent(
             |request| call(&cli, request),
             name.as_deref(),
             owner.as_deref(),
+            user.as_deref(),
             command,
         ),
         Command::Daemon => {

@@ -40,13 +40,44 @@ fn default_owner() -> anyhow::Result<String> {
     user_name(uid.as_raw()).ok_or_else(|| anyhow!("uid {uid} has no user name: name the owner"))
 }
 
-/// Runs `command` as an agent of `owner` in cgroup `name`; exits as the command did.
+/// Whom the agent runs as, when not as the launcher's caller.
+struct RunAs {
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    groups: Vec<libc::gid_t>,
+    home: PathBuf,
+    name: String,
+}
+
+impl RunAs {
+    fn of(name: &str) -> anyhow::Result<Self> {
+        let user = nix::unistd::User::from_name(name)
+            .ok()
+            .flatten()
+            .ok_or_else(|| anyhow!("--user: {name:?} is no user of this host"))?;
+        let c_name = std::ffi::CString::new(name).context("--user: a NUL in the name")?;
+        let groups = nix::unistd::getgrouplist(&c_name, user.gid)
+            .with_context(|| format!("--user: the groups of {name}"))?;
+        Ok(Self {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            groups: groups.into_iter().map(|gid| gid.as_raw()).collect(),
+            home: user.dir,
+            name: user.name,
+        })
+    }
+}
+
+/// Runs `command` as an agent of `owner` in cgroup `name` (as `user` when given); exits as the
+/// command did.
 pub fn run_agent(
     call: impl FnOnce(&LocalCall) -> anyhow::Result<serde_json::Value>,
     name: Option<&str>,
     owner: Option<&str>,
+    user: Option<&str>,
     command: &[String],
 ) -> anyhow::Result<ExitCode> {
+    let run_as = user.map(RunAs::of).transpose()?;
     let owner = match owner {
         Some(owner) => owner.to_owned(),
         None => default_owner()?,
@@ -63,7 +94,7 @@ pub fn run_agent(
             .as_str()
             .context("the daemon answered without the agent's cgroup")?,
     );
-    let status = supervise(&cgroup, command);
+    let status = supervise(&cgroup, command, run_as.as_ref());
     if let Err(error) = end_cgroup(&cgroup) {
         eprintln!("gatekeeper: {error:#}");
     }
@@ -75,9 +106,13 @@ pub fn run_agent(
     }))
 }
 
-/// Starts `command` inside `cgroup` (before its first instruction) and waits for it, passing
-/// signals on.
-fn supervise(cgroup: &Path, command: &[String]) -> anyhow::Result<std::process::ExitStatus> {
+/// Starts `command` inside `cgroup` (before its first instruction), as `run_as` when given, and
+/// waits for it, passing signals on.
+fn supervise(
+    cgroup: &Path,
+    command: &[String],
+    run_as: Option<&RunAs>,
+) -> anyhow::Result<std::process::ExitStatus> {
     let (program, args) = command.split_first().context("no command to run")?;
     let mut signals = SigSet::empty();
     for signal in FORWARDED {
@@ -94,17 +129,34 @@ fn supervise(cgroup: &Path, command: &[String]) -> anyhow::Result<std::process::
     let procs_fd = procs.as_raw_fd();
     let mut agent = std::process::Command::new(program);
     agent.args(args);
-    // SAFETY: between fork and exec only async-signal-safe calls: write(2), prctl(2) and
-    // pthread_sigmask(3), on a descriptor and values prepared before the fork.
+    let identity = run_as.map(|user| (user.uid, user.gid, user.groups.clone()));
+    if let Some(user) = run_as {
+        agent
+            .env("HOME", &user.home)
+            .env("USER", &user.name)
+            .env("LOGNAME", &user.name);
+    }
+    // SAFETY: between fork and exec only async-signal-safe calls: write(2), setgroups(2),
+    // setgid(2), setuid(2), prctl(2) and pthread_sigmask(3), on a descriptor and values
+    // prepared before the fork.
     unsafe {
         agent.pre_exec(move || {
+            let failed = || Err(std::io::Error::last_os_error());
+            // Moved while still root: the agent's user may not write cgroup.procs.
             if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
+                return failed();
             }
-            // The agent's first process dies with its launcher (a SIGKILLed launcher cannot
-            // pass signals on or clean up).
+            if let Some((uid, gid, groups)) = &identity
+                && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(*gid) != 0
+                    || libc::setuid(*uid) != 0)
+            {
+                return failed();
+            }
+            // After the change of user, which clears it: the agent's first process dies with
+            // its launcher (a SIGKILLed launcher cannot pass signals on or clean up).
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
+                return failed();
             }
             SigSet::empty()
                 .thread_set_mask()

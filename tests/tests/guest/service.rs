@@ -114,6 +114,33 @@ fn agent_run_starts_an_agent_whose_owner_cannot_approve_it() {
         String::from_utf8_lossy(&unprotected.stdout).contains(TARGET_RAN),
         "{unprotected:?}"
     );
+
+    // As another user: its uid, groups and home, still inside its own agent cgroup.
+    let as_bob = scenario.gatekeeper(&[
+        "agent",
+        "run",
+        "--name",
+        "bob-1",
+        "--owner",
+        "alice",
+        "--user",
+        "bob",
+        "--",
+        "/bin/sh",
+        "-c",
+        "id -u; id -g; echo $HOME; cat /proc/self/cgroup",
+    ]);
+    let text = String::from_utf8_lossy(&as_bob.stdout);
+    assert!(as_bob.status.success(), "{as_bob:?}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[..3], ["1001", "1001", "/tmp"], "{as_bob:?}");
+    let relative = scenario.agents.join("bob-1");
+    let relative = relative.strip_prefix("/sys/fs/cgroup").unwrap();
+    assert_eq!(
+        lines[3],
+        format!("0::/{}", relative.display()),
+        "{as_bob:?}"
+    );
 }
 
 /// Agents cannot start agents (and so cannot name another owner), nor can ordinary users;

@@ -194,7 +194,7 @@ fn the_package_installs_enforces_upgrades_and_purges_under_systemd() {
     // The agent template unit: ordered after the daemon, the agent denied the same way.
     std::fs::write(
         "/etc/gatekeeper/agents/unit.env",
-        format!("AGENT_OWNER=alice\nAGENT_COMMAND={PROTECTED}\n"),
+        format!("AGENT_OWNER=alice\nAGENT_USER=alice\nAGENT_COMMAND={PROTECTED}\n"),
     )
     .expect("agent env");
     let unit = sh("systemctl start gatekeeper-agent@unit");
