@@ -118,7 +118,10 @@ pub fn setup() -> anyhow::Result<()> {
         apt_update(&mut apt_updated)?;
         fetch_kernel(label, pattern)?;
     }
-    crate::debian::ensure_root()?;
+    // Only the packaging test needs it, and fails on its own (trying again) without it.
+    if let Err(error) = crate::debian::ensure_root() {
+        eprintln!("setup: the Debian root (for the packaging test) is not available: {error:#}");
+    }
     // Only the bench needs it, and it measures without it if it cannot be had.
     if let Err(error) = ensure_fapolicyd() {
         eprintln!("setup: fapolicyd (for cargo xtask bench) is not available: {error:#}");
