@@ -497,6 +497,12 @@ pub enum TamperHook {
     /// before the grant is used, or killed before its first instruction when the variable
     /// appeared after that check (data: device, inode).
     UnapprovedEnv = 46,
+    /// A connect or send to the unspecified address (`0.0.0.0`, `::`), which the kernel
+    /// delivers to a local address, a protected listener's included (data: port, protocol).
+    UnspecifiedDestination = 47,
+    /// Input pushed into a terminal (TIOCSTI, TIOCLINUX): whoever reads that terminal outside
+    /// the agent cgroups would run it (data: ioctl command, 0).
+    TerminalInput = 48,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -519,7 +525,7 @@ pub enum MountRefusal {
 
 impl TamperHook {
     /// Every hook, in id order (ids start at 1).
-    pub const ALL: [Self; 46] = {
+    pub const ALL: [Self; 48] = {
         use TamperHook::*;
         [
             Bpf,
@@ -568,6 +574,8 @@ impl TamperHook {
             ForeignRootExec,
             ListenedExec,
             UnapprovedEnv,
+            UnspecifiedDestination,
+            TerminalInput,
         ]
     };
 
@@ -623,6 +631,8 @@ impl TamperHook {
             Self::ForeignRootExec => "foreign_root_exec",
             Self::ListenedExec => "listened_exec",
             Self::UnapprovedEnv => "unapproved_env",
+            Self::UnspecifiedDestination => "unspecified_destination",
+            Self::TerminalInput => "terminal_input",
         }
     }
 }

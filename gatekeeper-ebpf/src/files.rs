@@ -57,6 +57,10 @@ const PROC_ROOT_INO: u64 = 1;
 /// ioctls that change a file through a read-only open: inode flags (`chattr +i`, `+a`), the
 /// same flags through fsxattr, and fs-verity, which makes the file read-only for good.
 const FS_IOC_SETFLAGS: u32 = 0x4008_6602;
+/// Pushes a byte into a terminal's input, as if typed (TIOCLINUX's subcommand 2 pastes the
+/// selection): both make the terminal's reader run what an agent chose.
+const TIOCSTI: u32 = 0x5412;
+const TIOCLINUX: u32 = 0x541c;
 const FS_IOC32_SETFLAGS: u32 = 0x4004_6602;
 const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
 const FS_IOC_ENABLE_VERITY: u32 = 0x4080_6685;
@@ -594,13 +598,21 @@ fn guard_ioctl(file: *const u8, cmd: u32, previous: i32) -> i32 {
     // The command first: every other ioctl on the host costs one comparison.
     if !matches!(
         cmd,
-        FS_IOC_SETFLAGS | FS_IOC32_SETFLAGS | FS_IOC_FSSETXATTR | FS_IOC_ENABLE_VERITY
+        FS_IOC_SETFLAGS
+            | FS_IOC32_SETFLAGS
+            | FS_IOC_FSSETXATTR
+            | FS_IOC_ENABLE_VERITY
+            | TIOCSTI
+            | TIOCLINUX
     ) {
         return 0;
     }
     let Some(agent) = agent_cgroup() else {
         return 0;
     };
+    if matches!(cmd, TIOCSTI | TIOCLINUX) {
+        return tamper(agent, TamperHook::TerminalInput, [cmd as u64, 0]);
+    }
     let dentry = unsafe { read_field::<*const u8>(file, &OFF_FILE_INODE) }
         .and_then(|inode| unsafe { opened_dentry(file, inode) });
     match dentry {

@@ -60,6 +60,16 @@ pub unsafe fn protected_destination(
         AF_INET6 => ip = unsafe { read_at(address, 8)? },
         _ => return Ok(None),
     }
+    // The kernel sends 0.0.0.0 and :: to a local address (loopback, or the socket's bound
+    // one): no rule could name where that lands, so agents do not go there at all.
+    let high = u64::from_be_bytes([ip[0], ip[1], ip[2], ip[3], ip[4], ip[5], ip[6], ip[7]]);
+    let low = u64::from_be_bytes([ip[8], ip[9], ip[10], ip[11], ip[12], ip[13], ip[14], ip[15]]);
+    if high == 0 && (low == 0 || low == 0x0000_ffff_0000_0000) {
+        return Ok(Some(tamper_target(
+            TamperHook::UnspecifiedDestination,
+            [port as u64, protocol as u64],
+        )));
+    }
     let Some(ranges) = PROTECTED_NETS.get(Key::new(128, ip)) else {
         return Ok(None);
     };

@@ -205,6 +205,15 @@ fn fastopen(address: &SocketAddr) -> Result<(), i32> {
     result
 }
 
+/// Pushes `text` into the input queue of the terminal on fd 0 (TIOCSTI), as if it were typed.
+fn tiocsti(text: &str) -> Result<(), i32> {
+    for byte in text.bytes().chain(std::iter::once(b'\n')) {
+        // SAFETY: TIOCSTI reads one byte from a live pointer.
+        errno_of(unsafe { libc::ioctl(0, libc::TIOCSTI, &byte as *const u8) } as libc::c_long)?;
+    }
+    Ok(())
+}
+
 fn print_result(result: Result<(), i32>) {
     match result {
         Ok(()) => println!("RESULT=ok"),
@@ -910,6 +919,7 @@ fn attack(op: &str, args: &[&str]) -> Result<(), i32> {
         "race-read" => race_read(number(0)? as usize, text(1)?),
         "uring-read" => uring_read(text(0)?),
         "kcore" => kcore(),
+        "tiocsti" => tiocsti(text(0)?),
         "chattr" => {
             // FS_IOC_SETFLAGS with FS_IMMUTABLE_FL set (`+i`) or cleared (`-i`), on a read-only
             // open: no write open needed.

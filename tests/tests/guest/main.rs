@@ -9,6 +9,7 @@ mod attack_files;
 mod attack_roots;
 mod attack_secret_paths;
 mod attack_secrets;
+mod attack_service;
 mod attack_sockets;
 mod audit;
 mod connect;
