@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::{cmd_output, guest, run, setup, workspace_root};
+use crate::{guest, run, setup, workspace_root};
 
 /// How long one packaging guest may take (about 3 min on an idle machine).
 pub const TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -99,26 +99,6 @@ pub fn ensure_root() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The test program, built for the guest.
-fn test_program() -> anyhow::Result<PathBuf> {
-    let listing = cmd_output(crate::cargo().args([
-        "test",
-        "--release",
-        "-p",
-        "gatekeeper-tests",
-        "--test",
-        "package",
-        "--no-run",
-        "--message-format=json",
-    ]))?;
-    listing
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find(|message| message["target"]["name"] == "package" && message["executable"].is_string())
-        .and_then(|message| message["executable"].as_str().map(PathBuf::from))
-        .context("cargo did not report the package test executable")
-}
-
 /// Builds the two packages (the second an upgrade of the first) and the boot archive: the
 /// cached root with the run's files appended.
 pub fn build_boot_archive() -> anyhow::Result<PathBuf> {
@@ -127,7 +107,7 @@ pub fn build_boot_archive() -> anyhow::Result<PathBuf> {
     let upgrade = format!("{version}+upgrade1");
     let first = crate::package::package(Some(version))?;
     let second = crate::package::package(Some(&upgrade))?;
-    let program = test_program()?;
+    let program = crate::test_executable("package")?;
 
     let out = workspace_root().join("target/debian");
     let overlay = out.join("overlay");

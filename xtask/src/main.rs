@@ -241,25 +241,30 @@ pub fn build_release_binaries() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the release binaries the guest runs and returns (path, name in the guest).
-fn guest_binaries() -> anyhow::Result<Vec<(PathBuf, &'static str)>> {
-    build_release_binaries()?;
+/// Builds the tests crate's test target `name` for release and returns its executable.
+pub fn test_executable(name: &str) -> anyhow::Result<PathBuf> {
     let listing = cmd_output(cargo().args([
         "test",
         "--release",
         "-p",
         "gatekeeper-tests",
         "--test",
-        "guest",
+        name,
         "--no-run",
         "--message-format=json",
     ]))?;
-    let tests = listing
+    listing
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find(|message| message["target"]["name"] == "guest" && message["executable"].is_string())
+        .find(|message| message["target"]["name"] == name && message["executable"].is_string())
         .and_then(|message| message["executable"].as_str().map(PathBuf::from))
-        .context("cargo did not report the guest test executable")?;
+        .with_context(|| format!("cargo did not report the {name} test executable"))
+}
+
+/// Builds the release binaries the guest runs and returns (path, name in the guest).
+fn guest_binaries() -> anyhow::Result<Vec<(PathBuf, &'static str)>> {
+    build_release_binaries()?;
+    let tests = test_executable("guest")?;
     let release = workspace_root().join("target/release");
     Ok(vec![
         (release.join("gatekeeper"), "gatekeeper"),
