@@ -38,6 +38,9 @@ pub mod maps {
     /// [`crate::EnvName`] -> 1 for each of [`crate::APPROVED_ENV`]: the only variables an exec on
     /// a grant may pass.
     pub const APPROVED_ENV: &str = "APPROVED_ENV";
+    /// Cookie of the daemon's end of a connection to the agents' socket (u64) -> the cgroup id
+    /// (u64) the agent connected from.
+    pub const AGENT_CONNECTIONS: &str = "AGENT_CONNECTIONS";
 }
 
 /// The kernel struct members the programs read, each as (global that receives its byte offset,
@@ -354,6 +357,7 @@ pub const MAX_AGENT_CGROUPS: u32 = 256;
 pub const MAX_PROTECTED: u32 = 4096;
 pub const MAX_GRANTS: u32 = 4096;
 pub const MAX_PROTECTED_NETS: u32 = 4096;
+pub const MAX_AGENT_CONNECTIONS: u32 = 4096;
 pub const RING_BUFFER_BYTES: u32 = 256 * 1024;
 
 pub const TARGET_KIND_EXEC: u32 = 1;

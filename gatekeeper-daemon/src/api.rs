@@ -284,7 +284,15 @@ struct Caller {
     uid: u32,
     pid: u32,
     is_agent: bool,
+    /// On the agents' socket, the cgroup an agent connected from, as the kernel noted it: whose
+    /// requests the connection may wait on and justify. None for a caller outside the agent
+    /// cgroups (and on the reviewers' socket).
+    agent_cgroup_id: Option<u64>,
 }
+
+/// The kernel's note of the cgroup each agent connected to the agents' socket from, by the
+/// cookie of the daemon's end of the connection (`AGENT_CONNECTIONS`).
+pub type AgentConnections = aya::maps::HashMap<aya::maps::MapData, u64, u64>;
 
 /// Whether process `pid` is in an agent cgroup now; a cgroup that cannot be read counts as one.
 fn in_agent_cgroup(pid: u32, agent_cgroups: &[PathBuf]) -> bool {
@@ -293,17 +301,53 @@ fn in_agent_cgroup(pid: u32, agent_cgroups: &[PathBuf]) -> bool {
         .unwrap_or(true)
 }
 
-fn caller_of(stream: &UnixStream, side: Side, agent_cgroups: &[PathBuf]) -> Option<Caller> {
+/// The kernel's cookie of a socket: the same number its programs see for it.
+fn socket_cookie(stream: &UnixStream) -> std::io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut length = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: the fd is open for the call, and `cookie` and `length` are valid for writes of
+    // the sizes given.
+    let result = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut length,
+        )
+    };
+    match result {
+        0 => Ok(cookie),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+fn caller_of(
+    stream: &UnixStream,
+    side: Side,
+    agent_cgroups: &[PathBuf],
+    connections: &mut AgentConnections,
+) -> Option<Caller> {
     let credentials = stream.peer_cred().ok()?;
     let pid = credentials.pid().and_then(|pid| u32::try_from(pid).ok())?;
     // Everyone on the agents' socket counts as an agent. On the reviewers' socket the kernel
     // already kept agents out; the cgroup is checked again all the same, and one that cannot be
     // read counts as an agent: fail closed.
     let is_agent = side == Side::Agents || in_agent_cgroup(pid, agent_cgroups);
+    let agent_cgroup_id = match side {
+        Side::Agents => {
+            let cookie = socket_cookie(stream).ok()?;
+            let cgroup_id = connections.get(&cookie, 0).ok();
+            let _ = connections.remove(&cookie);
+            cgroup_id
+        }
+        Side::Reviewers => None,
+    };
     Some(Caller {
         uid: credentials.uid(),
         pid,
         is_agent,
+        agent_cgroup_id,
     })
 }
 
@@ -340,7 +384,12 @@ impl LocalSockets {
     }
 
     /// Starts listening on both sockets.
-    pub fn listen(self, config: &Config, handle: Handle) -> Result<LocalApi, ApiError> {
+    pub fn listen(
+        self,
+        config: &Config,
+        handle: Handle,
+        agent_connections: AgentConnections,
+    ) -> Result<LocalApi, ApiError> {
         let listen = |(path, fd): (PathBuf, OwnedFd)| {
             let error = |cause| ApiError::Socket {
                 path: path.clone(),
@@ -357,6 +406,7 @@ impl LocalSockets {
             agent_cgroups: Arc::new(config.agent_cgroups.clone()),
             reviewers_list: Arc::new(config.reviewers.clone()),
             limits: Limits::new(config.max_clients),
+            agent_connections,
         })
     }
 }
@@ -403,13 +453,14 @@ pub struct LocalApi {
     agent_cgroups: Arc<Vec<PathBuf>>,
     reviewers_list: Arc<Vec<String>>,
     limits: Limits,
+    agent_connections: AgentConnections,
 }
 
 impl LocalApi {
     /// Serves until `stop` resolves. Accept errors (e.g. out of file descriptors) pause the loop
     /// with a growing backoff; they never end it. On stop, calls in flight get up to
     /// [`DRAIN_TIMEOUT`] to send their answers: an uninstall is answered after the engine ends.
-    pub async fn serve(self, stop: impl Future<Output = ()>) {
+    pub async fn serve(mut self, stop: impl Future<Output = ()>) {
         let mut calls = JoinSet::new();
         let mut backoff = Duration::from_millis(10);
         tokio::pin!(stop);
@@ -432,7 +483,12 @@ impl LocalApi {
                     continue;
                 }
             };
-            let Some(caller) = caller_of(&stream, side, &self.agent_cgroups) else {
+            let Some(caller) = caller_of(
+                &stream,
+                side,
+                &self.agent_cgroups,
+                &mut self.agent_connections,
+            ) else {
                 continue;
             };
             // Over its share: closed at once, holding nothing.
@@ -545,9 +601,11 @@ impl Connection {
                     .await
             }
             LocalCall::Announce { argv, reason } => {
-                let cgroup_id = match self.caller_cgroup_id() {
-                    Ok(cgroup_id) => cgroup_id,
-                    Err(reply) => return reply,
+                let Some(cgroup_id) = self.caller.agent_cgroup_id else {
+                    // `gatekeeper run` outside the agent cgroups: its exec needs no approval.
+                    return LocalReply::data(
+                        "outside the agent cgroups: nothing waits for approval",
+                    );
                 };
                 match self.handle.announce(cgroup_id, argv, reason).await {
                     Some(Ok(())) => LocalReply::data("noted"),
@@ -638,12 +696,14 @@ impl Connection {
         }
     }
 
-    /// The id of the caller's cgroup: whose requests it may wait on and justify.
+    /// The id of the cgroup the caller connected from: whose requests it may wait on and
+    /// justify, whatever its pid names by now.
     fn caller_cgroup_id(&self) -> Result<u64, LocalReply> {
-        cgroups::of_process(self.caller.pid)
-            .ok()
-            .and_then(|cgroup| cgroups::id_of(&cgroup).ok())
-            .ok_or_else(|| LocalReply::error("cannot tell the caller's cgroup"))
+        self.caller.agent_cgroup_id.ok_or_else(|| {
+            LocalReply::error(
+                "the caller connected from outside the agent cgroups: it has no requests",
+            )
+        })
     }
 
     /// Waits for a decision on the caller's own request; other cgroups' requests do not exist

@@ -209,6 +209,11 @@ impl Engine {
         self.kernel.take_events()
     }
 
+    /// Takes the kernel's notes of agents' connections for the local API.
+    pub fn take_agent_connections(&mut self) -> Option<crate::api::AgentConnections> {
+        self.kernel.take_agent_connections()
+    }
+
     /// The paths the watcher stats for replacement: (protected, allowlisted).
     pub fn watched_paths(&self) -> (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>) {
         self.policy.watched()

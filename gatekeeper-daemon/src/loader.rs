@@ -176,6 +176,8 @@ pub struct Kernel {
     argv_grants: HashMap<MapData, u64, u64>,
     /// Taken by the event reader.
     events: Option<RingBuf<MapData>>,
+    /// Taken by the local API.
+    agent_connections: Option<HashMap<MapData, u64, u64>>,
     /// The ids of the links this daemon attached, in the order of `PROGRAMS`.
     link_ids: Vec<u32>,
 }
@@ -355,6 +357,7 @@ impl Kernel {
         let argv_grants = take(maps::ARGV_GRANTS)?;
         let approved_env = take(maps::APPROVED_ENV)?;
         let events = take(maps::EVENTS)?;
+        let agent_connections = take(maps::AGENT_CONNECTIONS)?;
         let map_error = |name| move |cause| LoaderError::Map { name, cause };
         let mut argv_key: Array<MapData, ArgvKey> =
             Array::try_from(argv_key).map_err(map_error(maps::ARGV_KEY))?;
@@ -379,6 +382,9 @@ impl Kernel {
             files: HashMap::try_from(files).map_err(map_error(maps::PROTECTED_FILES))?,
             argv_grants: HashMap::try_from(argv_grants).map_err(map_error(maps::ARGV_GRANTS))?,
             events: Some(RingBuf::try_from(events).map_err(map_error(maps::EVENTS))?),
+            agent_connections: Some(
+                HashMap::try_from(agent_connections).map_err(map_error(maps::AGENT_CONNECTIONS))?,
+            ),
             link_ids: Vec::new(),
             ebpf,
         };
@@ -571,6 +577,10 @@ impl Kernel {
 
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
+    }
+
+    pub fn take_agent_connections(&mut self) -> Option<HashMap<MapData, u64, u64>> {
+        self.agent_connections.take()
     }
 
     pub fn counter(&self, counter: Counter) -> u64 {

@@ -35,6 +35,8 @@ pub enum DaemonError {
     Events(std::io::Error),
     #[error("signal handler: {0}")]
     Signals(std::io::Error),
+    #[error("the kernel map {0} was taken already")]
+    MapTaken(&'static str),
 }
 
 /// Raises the soft open-file limit to the hard one: connections must never starve the daemon
@@ -142,10 +144,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     let ring = engine
         .take_events()
-        .ok_or_else(|| DaemonError::Events(std::io::Error::other("ring buffer already taken")))?;
+        .ok_or(DaemonError::MapTaken(gatekeeper_common::maps::EVENTS))?;
     let reader = EventReader::new(ring).map_err(DaemonError::Events)?;
+    let agent_connections = engine
+        .take_agent_connections()
+        .ok_or(DaemonError::MapTaken(
+            gatekeeper_common::maps::AGENT_CONNECTIONS,
+        ))?;
 
-    let local = sockets.listen(&config, handle.clone())?;
+    let local = sockets.listen(&config, handle.clone(), agent_connections)?;
     let http = match config.listen {
         Some(addr) => Some(api::bind_http(addr, HttpState::new(&config, handle.clone())).await?),
         None => None,

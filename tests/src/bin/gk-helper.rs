@@ -1594,6 +1594,29 @@ fn main() -> ExitCode {
                 eprintln!("EXEC_ERRNO={errno}");
                 return Err(ExitCode::from(126));
             }
+            // Connects to a daemon socket in `cgroup`, says so, and sends the line it then reads
+            // on stdin: the caller moves elsewhere between the two.
+            ["call-later", cgroup, socket] => {
+                use std::io::{BufRead as _, Write as _};
+                joined(cgroup)?;
+                let mut stream =
+                    std::os::unix::net::UnixStream::connect(socket).map_err(|error| {
+                        eprintln!("connect {socket}: {error}");
+                        ExitCode::from(2)
+                    })?;
+                println!("connected");
+                let _ = std::io::stdout().flush();
+                let mut call = String::new();
+                let _ = std::io::stdin().lock().read_line(&mut call);
+                let mut reply = String::new();
+                let sent = stream.write_all(call.as_bytes());
+                let read = std::io::BufReader::new(&stream).read_line(&mut reply);
+                if sent.is_err() || read.is_err() {
+                    eprintln!("call failed: {sent:?} {read:?}");
+                    return Err(ExitCode::from(2));
+                }
+                print!("{reply}");
+            }
             ["net-hold", op, target, seconds, ..] => {
                 let target = address(target)?;
                 let seconds: u64 = seconds.parse().map_err(|_| ExitCode::from(2))?;

@@ -3,7 +3,11 @@
 //! outside its cgroup to do it. Each test collects what got through ("BROKEN: ...") and fails
 //! listing them; controls run outside.
 
-use std::process::Command;
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::Path,
+    process::{Command, Stdio},
+};
 
 use gatekeeper_tests::{Exec, Options, Outcome, Scenario, bin};
 
@@ -39,6 +43,42 @@ fn local_call(cgroup: &str, uid: Option<&str>, socket: &str, line: &str) -> Stri
     }
 }
 
+/// Connects to `socket` from `from`, has the trusted outside move the connected process into
+/// `to`, and only then sends `line` on that connection; the reply.
+fn call_after_a_move(from: &Path, to: &Path, socket: &str, line: &str) -> String {
+    let mut child = Command::new(bin("gk-helper"))
+        .arg("call-later")
+        .arg(from)
+        .arg(socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut connected = String::new();
+    stdout.read_line(&mut connected).unwrap();
+    assert_eq!(connected.trim_end(), "connected");
+    let pid = child.id();
+    std::fs::write(to.join("cgroup.procs"), pid.to_string()).unwrap();
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let relative = to
+        .strip_prefix("/sys/fs/cgroup")
+        .unwrap()
+        .display()
+        .to_string();
+    assert_eq!(
+        membership.trim_end(),
+        format!("0::/{relative}"),
+        "not moved"
+    );
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{line}").unwrap();
+    let mut reply = String::new();
+    stdout.read_line(&mut reply).unwrap();
+    let _ = child.wait();
+    reply
+}
+
 fn decide(id: &str, decision: &str) -> String {
     format!(r#"{{"op":"decide","id":"{id}","decision":"{decision}","reason":null}}"#)
 }
@@ -50,8 +90,9 @@ fn finish(broken: Vec<String>) {
     assert!(broken.is_empty(), "attacks that got through: {broken:#?}");
 }
 
-/// The agents' socket, spoken to raw (not through the CLI), and other paths to the reviewers'
-/// socket: /proc/self/root, /proc/DAEMON/root, /proc/DAEMON/fd/N.
+/// The agents' socket, spoken to raw (not through the CLI) and from connections moved between
+/// cgroups, and other paths to the reviewers' socket: /proc/self/root, /proc/DAEMON/root,
+/// /proc/DAEMON/fd/N.
 #[test]
 fn attack_sockets_raw_calls_and_proc_paths() {
     let scenario = Scenario::start("atk-raw", Options::default());
@@ -86,6 +127,33 @@ fn attack_sockets_raw_calls_and_proc_paths() {
             }
         }
     }
+
+    // The agents' socket knows a caller by the cgroup it connected from, as the kernel noted it,
+    // never by where its pid is when the call comes: a connection made in another agent cgroup,
+    // or outside them, then moved into the requester's cgroup, cannot give the request its words
+    // (nor would a pid reused by then).
+    let other = scenario.agents.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let justify = |reason: &str| format!(r#"{{"op":"justify","id":"{id}","reason":"{reason}"}}"#);
+    for from in [&other, &scenario.outside] {
+        let reply = call_after_a_move(from, &scenario.agents, &agent_socket, &justify("moved"));
+        if reply.contains(r#""ok":true"#) {
+            broken.push(format!(
+                "BROKEN justify from {} moved in: {reply}",
+                from.display()
+            ));
+        }
+    }
+    assert!(scenario.request(&id)["justification"].is_null());
+    // Control: connected from the requester's own cgroup, its words are taken.
+    let reply = call_after_a_move(
+        &scenario.agents,
+        &scenario.agents,
+        &agent_socket,
+        &justify("mine"),
+    );
+    assert!(reply.contains(r#""ok":true"#), "{reply}");
+    assert_eq!(scenario.request(&id)["justification"], "mine");
 
     let daemon = scenario.daemon_pid();
     let mut paths = vec![
