@@ -50,7 +50,7 @@ pub enum ConfigError {
 }
 
 /// Where the daemon finds the file systems mounted below the host paths.
-const MOUNTINFO: &str = "/proc/self/mountinfo";
+pub const MOUNTINFO: &str = "/proc/self/mountinfo";
 
 /// One thing wrong with a config, under the key it concerns (`protect.connect[0].ports[1]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,33 +308,10 @@ impl Config {
         Ok(config)
     }
 
-    /// Adds a `write` rule for each host path that is a directory here and has no rule of its
-    /// own, and for each of `mounts` below one, directory or file (the kernel's walk up from a
-    /// file stops at the root of its own file system): agents write there only with approval and
-    /// make, move or remove no names there.
+    /// Adds the rules [`host_guards`] finds for this config's host paths and `mounts`.
     pub fn guard_host_paths(&mut self, mounts: &[PathBuf]) {
-        let below = mounts.iter().filter(|mount| {
-            self.host_paths
-                .iter()
-                .any(|path| mount.starts_with(path) && *mount != path)
-        });
-        // A file mounted over one (a container runtime's /etc/resolv.conf) is guarded as a file.
-        let guarded: Vec<(PathBuf, bool)> = (self.host_paths.iter().map(|path| (path, false)))
-            .chain(below.map(|path| (path, true)))
-            .map(|(path, mounted)| (path.clone(), mounted))
-            .collect();
-        for (path, mounted) in &guarded {
-            let guardable = std::fs::symlink_metadata(path)
-                .is_ok_and(|meta| meta.is_dir() || (*mounted && meta.is_file()));
-            if guardable && !self.file_rules.iter().any(|rule| rule.path == *path) {
-                self.file_rules.push(FileRule {
-                    path: path.clone(),
-                    name: format!("host files {}", path.display()),
-                    access: gatekeeper_common::file_access::WRITE,
-                    approval: RulePolicy::default(),
-                });
-            }
-        }
+        let guards = host_guards(&self.host_paths, &self.file_rules, mounts);
+        self.file_rules.extend(guards);
     }
 
     /// Whether a host path is guarded: then `/` keeps its names too, where merged-/usr systems
@@ -358,6 +335,40 @@ impl Config {
     pub fn check_host(&self) -> Result<(), ConfigError> {
         host::check(self)
     }
+}
+
+/// A `write` rule for each of `host_paths` that is a directory here, and for each of `mounts`
+/// below one, directory or file (the kernel's walk up from a file stops at the root of its own
+/// file system), that none of `rules` names yet: agents write there only with approval and make,
+/// move or remove no names there.
+pub fn host_guards(
+    host_paths: &[PathBuf],
+    rules: &[FileRule],
+    mounts: &[PathBuf],
+) -> Vec<FileRule> {
+    let below = mounts.iter().filter(|mount| {
+        host_paths
+            .iter()
+            .any(|path| mount.starts_with(path) && *mount != path)
+    });
+    let mut guards: Vec<FileRule> = Vec::new();
+    // A file mounted over one (a container runtime's /etc/resolv.conf) is guarded as a file.
+    for (path, mounted) in
+        (host_paths.iter().map(|path| (path, false))).chain(below.map(|path| (path, true)))
+    {
+        let guardable = std::fs::symlink_metadata(path)
+            .is_ok_and(|meta| meta.is_dir() || (mounted && meta.is_file()));
+        let named = |rule: &FileRule| rule.path == *path;
+        if guardable && !rules.iter().any(named) && !guards.iter().any(named) {
+            guards.push(FileRule {
+                path: path.clone(),
+                name: format!("host files {}", path.display()),
+                access: gatekeeper_common::file_access::WRITE,
+                approval: RulePolicy::default(),
+            });
+        }
+    }
+    guards
 }
 
 /// The mount points a `/proc/PID/mountinfo` text lists (its fifth field, octal escapes decoded).

@@ -348,6 +348,16 @@ impl Engine {
                     self.core.note(event);
                 }
             }
+            Command::MountsNow { mounts } => {
+                match self.policy.guard_mounts(&mut self.kernel, &mounts) {
+                    Ok(guarded) => {
+                        for path in guarded {
+                            info!(path = %path.display(), "guarding a mount below a host path");
+                        }
+                    }
+                    Err(error) => error!(%error, "cannot guard a mount below a host path"),
+                }
+            }
             Command::SetupKeys { reply } => {
                 let _ = reply.send(self.setup_keys());
             }

@@ -154,6 +154,10 @@ pub enum Command {
         /// With the digest of the content, which decides whether it stays allowed.
         allowed: Vec<Option<(Target, crate::policy::Digest)>>,
     },
+    /// The host's mount points now: those below a host path get guarded like it.
+    MountsNow {
+        mounts: Vec<std::path::PathBuf>,
+    },
     Uninstall {
         by: String,
         reply: oneshot::Sender<Result<(), String>>,

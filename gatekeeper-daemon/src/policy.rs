@@ -17,7 +17,7 @@ use gatekeeper_common::{
 
 use crate::{
     cgroups,
-    config::{Config, ConnectRule, DestinationSpec, ExecRule, FileRule},
+    config::{Config, ConnectRule, DestinationSpec, ExecRule, FileRule, host_guards},
     destinations::{self, Destination, DestinationError, Prefix, Reach},
     handle::ProtectedStatus,
     journal::Event,
@@ -130,8 +130,11 @@ pub struct Policy {
     /// One per unix socket rule of `[[protect.connect]]`, in order; held in the kernel's
     /// protected map beside the binaries, as [`TARGET_KIND_UNIX`] targets.
     sockets: Vec<WatchedPath>,
-    /// One per `[[protect.file]]` rule, in order.
+    /// One per file rule of `file_rules`, in order.
     files: Vec<WatchedPath>,
+    /// The config's file rules, then those made for file systems mounted below a host path
+    /// while the daemon ran.
+    file_rules: Vec<FileRule>,
     /// One per `[[protect.connect]]` rule, with its addresses resolved.
     reaches: Vec<Reach>,
     /// What the kernel's destination trie holds now.
@@ -411,6 +414,7 @@ impl Policy {
         reaches.extend(config.metrics.map(destinations::listener_reach));
         let mut policy = Self {
             installed_nets: kernel.nets(),
+            file_rules: config.file_rules.clone(),
             config,
             protected,
             allowed,
@@ -501,6 +505,21 @@ impl Policy {
         events
     }
 
+    /// Guards each of `mounts` below a host path that no rule covers yet, as at start: a file
+    /// system or file mounted there while the daemon ran. Returns the paths it guarded.
+    pub fn guard_mounts(
+        &mut self,
+        kernel: &mut Kernel,
+        mounts: &[PathBuf],
+    ) -> Result<Vec<PathBuf>, PolicyError> {
+        let guards = host_guards(&self.config.host_paths, &self.file_rules, mounts);
+        let installed = install_files(kernel, &guards)?;
+        let paths = guards.iter().map(|rule| rule.path.clone()).collect();
+        self.file_rules.extend(guards);
+        self.files.extend(installed);
+        Ok(paths)
+    }
+
     /// Host rules to resolve again: (rule index, host).
     pub fn hosts(&self) -> Vec<(usize, String)> {
         self.config
@@ -581,7 +600,7 @@ impl Policy {
     ) -> (Option<(&Path, &FileRule)>, Option<PathBuf>) {
         let file = target.as_exec();
         let with_rule = |index: usize| {
-            let rule = self.config.file_rules.get(index)?;
+            let rule = self.file_rules.get(index)?;
             Some((self.files[index].path.as_path(), rule))
         };
         if let Some(index) = self

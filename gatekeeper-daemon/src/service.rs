@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use crate::{
     api::{self, ApiError, HttpState, LocalSockets},
-    config::Config,
+    config::{Config, MOUNTINFO, mount_points},
     engine::{Engine, EngineError},
     enrich,
     events::EventReader,
@@ -59,9 +59,29 @@ fn raise_open_file_limit() {
 async fn watch_paths(paths: (Vec<PathBuf>, Vec<PathBuf>), handle: Handle) {
     let paths = Arc::new(paths);
     let mut known: Vec<Option<(Target, Digest)>> = Vec::new();
+    let mut mounts_known = String::new();
     let mut interval = tokio::time::interval(PATHS_INTERVAL);
     loop {
         interval.tick().await;
+        // File systems mounted below a host path since: guarded like the path.
+        match tokio::fs::read_to_string(MOUNTINFO).await {
+            Ok(mounts) if mounts != mounts_known => {
+                let command = Command::MountsNow {
+                    mounts: mount_points(&mounts),
+                };
+                if !handle.send(command).await {
+                    return;
+                }
+                mounts_known = mounts;
+            }
+            Ok(_) => {}
+            // Said once; the next change is still looked for.
+            Err(error) if !mounts_known.is_empty() => {
+                warn!(%error, "cannot read {MOUNTINFO}: mounts made now are not guarded");
+                mounts_known.clear();
+            }
+            Err(_) => {}
+        }
         let paths = paths.clone();
         let stat = tokio::task::spawn_blocking(move || {
             let protected = paths

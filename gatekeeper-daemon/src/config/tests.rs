@@ -354,6 +354,34 @@ fn file_systems_mounted_below_host_paths_are_guarded_too() {
     std::fs::remove_dir_all(&base).unwrap();
 }
 
+/// Mounts seen while the daemon runs: only those below a host path that no rule names yet get
+/// a rule, each once.
+#[test]
+fn later_mounts_get_rules_once() {
+    let base = std::env::temp_dir().join(format!("gk-later-mounts-{}", std::process::id()));
+    let (host, first, second) = (base.join("host"), base.join("host/a"), base.join("host/b"));
+    for dir in [&first, &second] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let host_paths = [host.clone()];
+    let at_start = super::host_guards(&host_paths, &[], &[first.clone()]);
+    let paths = |rules: &[super::FileRule]| -> Vec<PathBuf> {
+        rules.iter().map(|rule| rule.path.clone()).collect()
+    };
+    assert_eq!(paths(&at_start), [host.clone(), first.clone()]);
+    let mounts = [
+        first.clone(),
+        second.clone(),
+        second.clone(),
+        base.join("elsewhere"),
+        host.clone(),
+    ];
+    let later = super::host_guards(&host_paths, &at_start, &mounts);
+    assert_eq!(paths(&later), [second]);
+    assert_eq!(later[0].access, gatekeeper_common::file_access::WRITE);
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
 #[test]
 fn mount_points_decode_the_kernels_escapes() {
     let mountinfo = "36 35 98:0 /mnt1 /mnt\\040two\\134x rw,noatime master:1 - ext3 /dev/root rw\n";

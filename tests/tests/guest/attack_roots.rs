@@ -376,8 +376,9 @@ fn race_reader(scenario: &Scenario, uid: Option<u32>, script: &str) -> std::proc
 
 /// The host's directories keep their names in `/` (merged-/usr systems link `/bin`, `/lib64` and
 /// the like there: replaced, they would hand host processes and approved execs the agent's
-/// files), and a file system or a file mounted below a host path is guarded like the path: root
-/// and user agents change none of them; outside the agent cgroups they change.
+/// files), and a file system or a file mounted below a host path, before the daemon started or
+/// after, is guarded like the path: root and user agents change none of them; outside the agent
+/// cgroups they change.
 #[test]
 fn host_names_in_root_and_mounts_below_host_paths_stay_the_hosts() {
     let mut scenario = Scenario::prepare("aa-host-names", Options::default());
@@ -470,6 +471,62 @@ fn host_names_in_root_and_mounts_below_host_paths_stay_the_hosts() {
             "{op} {args:?}"
         );
     }
+    // Mounted while the daemon runs: guarded as soon as the daemon sees it, a file system and
+    // a file alike.
+    let later = Path::new("/var/lib/gk-aa-host-names-later");
+    std::fs::create_dir_all(later).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "gk-aa-later", &later.display().to_string()])
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    std::fs::set_permissions(later, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let later_file = Path::new("/etc/gk-aa-host-names-later.conf");
+    let later_source = Path::new("/run/gk-aa-host-names-later.conf");
+    std::fs::write(later_file, "host\n").unwrap();
+    std::fs::write(later_source, "mounted\n").unwrap();
+    std::fs::set_permissions(later_source, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let bound = Command::new("mount")
+        .arg("--bind")
+        .args([later_source, later_file])
+        .status()
+        .unwrap();
+    assert!(bound.success());
+    for path in [later, later_file] {
+        let path = path.display().to_string();
+        wait_for(&format!("{path} guarded"), || {
+            let log = scenario.daemon_log();
+            log.lines()
+                .any(|line| line.contains("guarding a mount") && line.contains(&path))
+                .then_some(())
+        });
+    }
+    let planted_later = later.join("planted").display().to_string();
+    let later_file_text = later_file.display().to_string();
+    for target in [&planted_later, &later_file_text] {
+        assert_eq!(
+            scenario.tamper(&scenario.agents, "write", &[target, "agent"]),
+            Outcome::Denied,
+            "root agent writes {target}, mounted after the daemon started"
+        );
+        assert_eq!(
+            scenario.tamper_as_user(&scenario.agents, "write", &[target, "agent"]),
+            Outcome::Denied,
+            "user agent writes {target}, mounted after the daemon started"
+        );
+        assert_eq!(
+            scenario.tamper_as_user(&scenario.outside, "write", &[target, "outside"]),
+            Outcome::Ok,
+            "outside writes {target}"
+        );
+    }
+    for path in [later_file, later] {
+        let unmounted = Command::new("umount").arg(path).status().unwrap();
+        assert!(unmounted.success());
+    }
+    let _ = std::fs::remove_file(later_file);
+    let _ = std::fs::remove_file(later_source);
+    let _ = std::fs::remove_dir(later);
     let unmounted = Command::new("umount").arg(mount_point).status().unwrap();
     assert!(unmounted.success());
     let _ = std::fs::remove_dir(mount_point);
