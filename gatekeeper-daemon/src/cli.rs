@@ -46,8 +46,10 @@ pub enum Command {
     Daemon,
     /// Validate a configuration file without loading anything.
     CheckConfig { file: PathBuf },
-    /// List pending approval requests.
+    /// List pending approval requests, or show one whole: what it would do, who asked and why.
     Requests {
+        /// Show this request with everything a reviewer needs to decide it.
+        id: Option<String>,
         /// Include decided and expired requests.
         #[arg(long)]
         all: bool,
@@ -519,7 +521,28 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Requests { all, json } => {
+        Command::Requests {
+            id: Some(id), json, ..
+        } => {
+            let data = call(&cli, &LocalCall::List { all: true })?;
+            let requests: Vec<Request> = serde_json::from_value(data)?;
+            let Some(request) = requests.iter().find(|request| request.id == *id) else {
+                bail!("no request {}", visible(id, FIELD_LIMIT));
+            };
+            if *json {
+                println!("{}", serde_json::to_string_pretty(request)?);
+            } else {
+                for (label, value) in crate::notify::facts(request) {
+                    println!("{label}: {value}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Requests {
+            id: None,
+            all,
+            json,
+        } => {
             let data = call(&cli, &LocalCall::List { all: *all })?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&data)?);
@@ -615,8 +638,8 @@ fn decide(
 
 fn print_requests(requests: &[Request]) {
     println!(
-        "{:<13} {:<9} {:<5} {:<25} {:<30} TARGET",
-        "ID", "STATE", "KIND", "CREATED", "CGROUP"
+        "{:<13} {:<9} {:<9} {:<5} {:<25} {:<30} TARGET",
+        "ID", "STATE", "RISK", "KIND", "CREATED", "CGROUP"
     );
     for request in requests {
         let created = request
@@ -624,9 +647,10 @@ fn print_requests(requests: &[Request]) {
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         println!(
-            "{:<13} {:<9} {:<5} {:<25} {:<30} {}",
+            "{:<13} {:<9} {:<9} {:<5} {:<25} {:<30} {}",
             request.id,
             format!("{:?}", request.state).to_lowercase(),
+            request.risk.name().to_uppercase(),
             format!("{:?}", request.kind).to_lowercase(),
             created,
             visible(&request.cgroup, FIELD_LIMIT),

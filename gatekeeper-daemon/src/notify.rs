@@ -120,7 +120,7 @@ fn access_words(access: u32) -> &'static str {
 
 /// The facts a reviewer needs, as (label, value) pairs, in the order they are shown; every value
 /// made [`visible`] and capped, since most come from the agent.
-fn facts(request: &Request) -> Vec<(&'static str, String)> {
+pub fn facts(request: &Request) -> Vec<(&'static str, String)> {
     raw_facts(request)
         .into_iter()
         .map(|(label, value)| (label, visible(&value, FIELD_LIMIT)))

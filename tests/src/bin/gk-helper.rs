@@ -1012,6 +1012,30 @@ fn attack(op: &str, args: &[&str]) -> Result<(), i32> {
         // unix-bind PATH: a stream socket bound (and listening) at PATH.
         "unix-bind" => outcome(std::os::unix::net::UnixListener::bind(text(0)?).map(drop)),
         // local-call SOCKET LINE: one call on a daemon socket, reply printed.
+        // http-post ADDRESS PATH BODY [HEADER]...: one HTTP POST; prints the status line.
+        "http-post" => {
+            use std::io::{BufRead as _, Write as _};
+            let address: SocketAddr = text(0)?.parse().map_err(|_| libc::EINVAL)?;
+            let mut stream =
+                TcpStream::connect_timeout(&address, Duration::from_secs(10)).map_err(io)?;
+            let body = text(2)?;
+            let mut request = format!(
+                "POST {} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
+                text(1)?,
+                body.len()
+            );
+            for header in args.iter().skip(3) {
+                request.push_str(&format!("{header}\r\n"));
+            }
+            request.push_str(&format!("\r\n{body}"));
+            stream.write_all(request.as_bytes()).map_err(io)?;
+            let mut status = String::new();
+            std::io::BufReader::new(&stream)
+                .read_line(&mut status)
+                .map_err(io)?;
+            println!("STATUS={}", status.trim_end());
+            Ok(())
+        }
         "local-call" => {
             let stream = std::os::unix::net::UnixStream::connect(text(0)?).map_err(io)?;
             call_line(stream, text(1)?)

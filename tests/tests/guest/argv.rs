@@ -236,6 +236,23 @@ fn an_agent_asks_first_with_its_reason_and_runs_on_approval() {
         created["request"]["justification"],
         "nightly export <!channel>"
     );
+    // The reviewer's CLI shows the whole request: what would run, the agent's words as its own,
+    // who asked; the agent's markup as text.
+    let id = request["id"].as_str().unwrap();
+    let shown = scenario.gatekeeper(&["requests", id]);
+    assert!(shown.status.success(), "{shown:?}");
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    for line in [
+        "Risk: MEDIUM".to_owned(),
+        format!("Will run: {program} target one"),
+        "Agent's own words (unverified): nightly export <!channel>".to_owned(),
+        format!("Agent: {}", scenario.agents.display()),
+    ] {
+        assert!(shown.lines().any(|shown| shown == line), "{line}\n{shown}");
+    }
+    assert!(shown.contains("Called by: "), "{shown}");
+    let unknown = scenario.gatekeeper(&["requests", "0123456789ab"]);
+    assert!(!unknown.status.success(), "{unknown:?}");
     let hook = scenario.webhook.as_ref().unwrap();
     wait_for("the webhook delivery with the reason", || {
         hook.received().into_iter().find(|message| {

@@ -8,8 +8,8 @@ use std::{
 };
 
 use gatekeeper_tests::{
-    Exec, Options, Outcome, Scenario, WebhookReceiver, bin, now_unix, reviewer_key,
-    slack_signature, wait_for,
+    Exec, Options, Outcome, Scenario, UNLISTED_UID, WEBHOOK_SECRET, WebhookReceiver, bin,
+    decision_signature, now_unix, reviewer_key, slack_signature, wait_for,
 };
 
 const SLACK_SECRET: &str = "slack-signing-secret-for-tests";
@@ -403,6 +403,171 @@ fn agents_cannot_reach_the_http_listener() {
         scenario.net(&scenario.outside, "tcp", &address),
         Outcome::Ok
     );
+}
+
+/// An agent's hostile arguments reach Slack and Teams as text: in Slack as plain_text values (no
+/// mention, link or bold works there) on one line, in Teams with markdown escaped. And the agent,
+/// root or not, decides nothing over HTTP: signed with the webhooks' shared secret, with a
+/// reviewer's own key, unsigned, or as a Slack interaction; the journal shows no decision until a
+/// reviewer outside decides (the control).
+#[test]
+fn hostile_arguments_stay_text_in_chat_and_agents_decide_nothing_over_http() {
+    let receiver = WebhookReceiver::start();
+    let scenario = start_edited("chat-hostile", |_, text| text + &slack_webhooks(&receiver));
+    let hostile = [
+        "target",
+        "<!channel>",
+        "<https://evil|docs>",
+        "*Approved by security*",
+        "ok\nAPPROVED by root",
+        "\u{202e}txt",
+    ];
+    let (exec, _) = scenario.exec_with(&scenario.agents, &scenario.protected, &hostile);
+    assert_eq!(exec, Exec::Denied);
+    let program = scenario.protected.display().to_string();
+    let argv: Vec<&str> = std::iter::once(program.as_str()).chain(hostile).collect();
+    let request = scenario.wait_exec_request(&argv);
+    let id = request["id"].as_str().unwrap().to_owned();
+    let body_with = |key: &str| {
+        wait_for(&format!("the {key} message"), || {
+            receiver
+                .received()
+                .into_iter()
+                .map(|message| message.json())
+                .find(|body| body.get(key).is_some() && body.to_string().contains(&id))
+        })
+    };
+    let slack = body_with("blocks");
+    let mut values = 0;
+    for block in slack["blocks"].as_array().unwrap() {
+        let Some(fields) = block["fields"].as_array() else {
+            continue;
+        };
+        for pair in fields.chunks(2) {
+            assert_eq!(pair[1]["type"], "plain_text", "{pair:?}");
+            let value = pair[1]["text"].as_str().unwrap();
+            assert!(
+                !value.contains('\n') && !value.contains('\u{202e}'),
+                "{value}"
+            );
+            values += 1;
+        }
+    }
+    assert!(values > 0, "{slack}");
+    assert!(
+        slack.to_string().contains("<!channel>"),
+        "the argv is shown"
+    );
+    let fallback = slack["text"].as_str().unwrap_or_default();
+    assert!(
+        !fallback.contains("<!") && !fallback.contains("evil"),
+        "{fallback}"
+    );
+    let teams = body_with("attachments");
+    let facts = teams["attachments"][0]["content"]["body"][1]["facts"]
+        .as_array()
+        .unwrap();
+    let will_run = facts
+        .iter()
+        .find(|fact| fact["title"] == "Will run")
+        .and_then(|fact| fact["value"].as_str())
+        .unwrap();
+    for escaped in [
+        "\\<\\!channel\\>",
+        "\\<https://evil\\|docs\\>",
+        "\\*Approved by security\\*",
+    ] {
+        assert!(will_run.contains(escaped), "{escaped} in {will_run}");
+    }
+    assert!(
+        !will_run.contains('\n') && !will_run.contains('\u{202e}'),
+        "{will_run}"
+    );
+
+    // The agent tries to decide its own request over HTTP, root and an ordinary user.
+    let address = scenario.http.trim_start_matches("http://").to_owned();
+    let decision_path = format!("/v1/requests/{id}/decision");
+    let decision = r#"{"decision":"approve","reviewer":"alice","reason":"self"}"#;
+    let signed = |secret: &str| {
+        let now = now_unix();
+        vec![
+            "Content-Type: application/json".to_owned(),
+            format!("X-Gatekeeper-Timestamp: {now}"),
+            format!(
+                "X-Gatekeeper-Signature: {}",
+                decision_signature(secret, now, decision)
+            ),
+        ]
+    };
+    let interaction = button("UALICE", "approve", &id, &receiver.url);
+    let now = now_unix();
+    let slack_headers = vec![
+        "Content-Type: application/x-www-form-urlencoded".to_owned(),
+        format!("X-Slack-Request-Timestamp: {now}"),
+        format!(
+            "X-Slack-Signature: {}",
+            slack_signature(SLACK_SECRET, now, &interaction)
+        ),
+    ];
+    let attempts: Vec<(&str, &str, Vec<String>)> = vec![
+        (&decision_path, decision, signed(WEBHOOK_SECRET)),
+        (&decision_path, decision, signed(&reviewer_key("alice"))),
+        (
+            &decision_path,
+            decision,
+            vec!["Content-Type: application/json".to_owned()],
+        ),
+        ("/v1/slack/interactions", &interaction, slack_headers),
+    ];
+    let helper = bin("gk-helper").display().to_string();
+    let agents = scenario.agents.display().to_string();
+    let uid = UNLISTED_UID.to_string();
+    for (path, body, headers) in &attempts {
+        let mut root = vec!["tamper", agents.as_str(), "http-post", &address, path, body];
+        root.extend(headers.iter().map(String::as_str));
+        let mut user = vec![
+            "as-user",
+            uid.as_str(),
+            agents.as_str(),
+            helper.as_str(),
+            "tamper",
+            "-",
+            "http-post",
+            &address,
+            path,
+            body,
+        ];
+        user.extend(headers.iter().map(String::as_str));
+        for (who, args) in [("root", root), ("user", user)] {
+            let output = Command::new(bin("gk-helper")).args(&args).output().unwrap();
+            let printed = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                printed.contains(&format!("RESULT=errno:{}", libc::EPERM)),
+                "{who} agent {path}: {printed}"
+            );
+        }
+    }
+    assert_eq!(decisions(&scenario), 0);
+    assert_eq!(scenario.request(&id)["state"], "pending");
+    // Control: outside, the webhook secret signs nothing, and alice's own key decides.
+    let post = |headers: Vec<String>| {
+        let mut args = vec![
+            "tamper",
+            "-",
+            "http-post",
+            &address,
+            &decision_path,
+            decision,
+        ];
+        args.extend(headers.iter().map(String::as_str));
+        let output = Command::new(bin("gk-helper")).args(&args).output().unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let refused = post(signed(WEBHOOK_SECRET));
+    assert!(refused.contains("STATUS=HTTP/1.1 401"), "{refused}");
+    let taken = post(signed(&reviewer_key("alice")));
+    assert!(taken.contains("STATUS=HTTP/1.1 200"), "{taken}");
+    assert_eq!(decisions(&scenario), 1);
 }
 
 /// Decisions on the CLI arrive on the reviewers' socket, which the kernel keeps agents off: no

@@ -94,6 +94,23 @@ fn a_protected_secret_is_read_once_per_approval() {
         .unwrap();
     assert_eq!(delivered["request"]["kind"], "file");
     assert_eq!(delivered["request"]["target"], path.as_str());
+    // The rule's risk goes with the request everywhere: webhook, journal, the reviewer's CLI.
+    assert_eq!(delivered["request"]["risk"], "high");
+    let created = scenario.wait_journal("request_created", |event| {
+        event["request"]["id"] == id.as_str()
+    });
+    assert_eq!(created["request"]["risk"], "high");
+    let listed = scenario.gatekeeper(&["requests"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed
+            .lines()
+            .any(|line| line.starts_with(id.as_str()) && line.contains(" HIGH ")),
+        "{listed}"
+    );
+    let shown = scenario.gatekeeper(&["requests", &id]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert_eq!(shown.lines().next(), Some("Risk: HIGH"), "{shown}");
     // The repeat joined the request.
     let pending = |scenario: &Scenario| {
         scenario
