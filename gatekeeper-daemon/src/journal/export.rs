@@ -649,7 +649,12 @@ mod tests {
         ] {
             assert!(!event[required].is_null(), "{required} missing: {event}");
         }
-        assert!(event["metadata"]["product"].is_object(), "{event}");
+        // Product: its vendor_name is required in OCSF 1.3.0, the name recommended.
+        assert!(
+            event["metadata"]["product"]["vendor_name"].is_string(),
+            "{event}"
+        );
+        assert!(event["metadata"]["product"]["name"].is_string(), "{event}");
         assert_eq!(event["metadata"]["version"], OCSF_VERSION);
         let class = event["class_uid"].as_u64().unwrap();
         assert_eq!(

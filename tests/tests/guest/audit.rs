@@ -38,7 +38,17 @@ fn rewrite_with_fresh_hashes(journal: &Path, edit: impl Fn(&str) -> String) {
 
 #[test]
 fn a_sealed_journal_rewritten_with_every_hash_recomputed_fails_verification() {
-    let mut scenario = Scenario::start("sealing", Options::default());
+    let mut scenario = Scenario::prepare("sealing", Options::default());
+    // Sealed by record count first (no interval comes due in this test), by time later.
+    set_sealing(&scenario, "2", "1h");
+    scenario.start_daemon();
+    assert!(
+        scenario
+            .daemon_log()
+            .contains("the journal is not sealed: `gatekeeper journal setup-keys`"),
+        "{}",
+        scenario.daemon_log()
+    );
     let config = scenario.config.display().to_string();
     let journal = scenario.journal.display().to_string();
     // Made through the running daemon, which guards the file before the key is in it.
@@ -88,19 +98,37 @@ fn a_sealed_journal_rewritten_with_every_hash_recomputed_fails_verification() {
         );
     }
 
+    let before = seals(&scenario);
     let id = scenario.denied_request();
+    // Sealed while it runs, every second record.
+    wait_for("a seal by count", || {
+        (seals(&scenario) > before).then_some(())
+    });
     // Stopping seals what came last.
     scenario.stop_daemon();
-    let verify = |key: &str| scenario.gatekeeper(&["journal", "verify", "--key", key, &journal]);
-    let intact = verify(&verification);
+    let verify = |scenario: &Scenario, key: &str| {
+        scenario.gatekeeper(&["journal", "verify", "--key", key, &journal])
+    };
+    let intact = verify(&scenario, &verification);
     assert!(intact.status.success(), "{intact:?}");
     assert!(
         String::from_utf8_lossy(&intact.stdout).contains("sealed through record"),
         "{intact:?}"
     );
+    // By time: a daemon that writes a few records at start and nothing after seals them once
+    // the interval is up.
+    let before = seals(&scenario);
+    set_sealing(&scenario, "1000000", "2s");
+    scenario.start_daemon();
+    wait_for("a seal by time", || {
+        (seals(&scenario) > before).then_some(())
+    });
+    scenario.stop_daemon();
+    let intact = verify(&scenario, &verification);
+    assert!(intact.status.success(), "{intact:?}");
     let other_key = format!("gkseal1-{}", "11".repeat(32));
-    assert!(!verify(&other_key).status.success());
-    let bad_key = verify("not-a-key");
+    assert!(!verify(&scenario, &other_key).status.success());
+    let bad_key = verify(&scenario, "not-a-key");
     assert!(
         String::from_utf8_lossy(&bad_key.stderr).contains("not a verification key"),
         "{bad_key:?}"
@@ -111,12 +139,36 @@ fn a_sealed_journal_rewritten_with_every_hash_recomputed_fails_verification() {
     rewrite_with_fresh_hashes(&scenario.journal, |body| body.replace(&id, "forged"));
     let chain = scenario.gatekeeper(&["journal", "verify", &journal]);
     assert!(chain.status.success(), "{chain:?}");
-    let sealed = verify(&verification);
+    let sealed = verify(&scenario, &verification);
     assert!(!sealed.status.success(), "{sealed:?}");
     assert!(
         String::from_utf8_lossy(&sealed.stderr).contains("seal of epoch"),
         "{sealed:?}"
     );
+}
+
+fn seals(scenario: &Scenario) -> usize {
+    scenario
+        .journal_events()
+        .iter()
+        .filter(|event| event["type"] == "seal")
+        .count()
+}
+
+/// Sets `[daemon] seal_every` and `seal_interval` in the scenario's config.
+fn set_sealing(scenario: &Scenario, every: &str, interval: &str) {
+    let text = std::fs::read_to_string(&scenario.config).unwrap();
+    let text: String = text
+        .lines()
+        .filter(|line| !line.starts_with("seal_every") && !line.starts_with("seal_interval"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let text = text.replacen(
+        "[daemon]\n",
+        &format!("[daemon]\nseal_every = {every}\nseal_interval = \"{interval}\"\n"),
+        1,
+    );
+    std::fs::write(&scenario.config, text).unwrap();
 }
 
 /// The journal's records as a syslog receiver got them: (seq, type) of each record message.
@@ -211,7 +263,9 @@ fn records_reach_a_syslog_receiver_without_a_gap_and_its_checkpoints_catch_a_cut
 
 /// `[[audit.forward]]` kind `https`: each batch is POSTed as JSON lines ending in a checkpoint,
 /// and counts once answered 2xx. A receiver that is not there at first (nothing listens on its
-/// port) gets every record once it is, none missing, over TLS it trusts through `ca_file`.
+/// port) gets every record once it is, none missing, over TLS it trusts through `ca_file`; one
+/// that goes away after it had records gets what was written meanwhile when it is back; the
+/// journal's checkpoints note how far it has acknowledged.
 #[test]
 fn records_reach_an_https_receiver_that_was_down_for_a_while() {
     let port = free_port();
@@ -232,11 +286,12 @@ fn records_reach_an_https_receiver_that_was_down_for_a_while() {
     let id = scenario.denied_request();
     // The records wait while nobody listens.
     std::thread::sleep(std::time::Duration::from_secs(3));
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let receiver = HttpsReceiver::start_on(port, received);
+    let received = Arc::new(Mutex::new(Vec::<String>::new()));
+    let receiver = HttpsReceiver::start_on(port, received.clone());
     let records = || {
-        receiver
-            .bodies()
+        received
+            .lock()
+            .unwrap()
             .iter()
             .flat_map(|body| body.lines().map(str::to_owned).collect::<Vec<_>>())
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(&line).ok())
@@ -265,6 +320,42 @@ fn records_reach_an_https_receiver_that_was_down_for_a_while() {
             "{body}"
         );
     }
+    // Down after it had records: what is written meanwhile waits, and arrives once it is back.
+    let had = last;
+    drop(receiver);
+    let approved = scenario.gatekeeper(&["approve", &id]);
+    assert!(approved.status.success(), "{approved:?}");
+    assert_eq!(scenario.agent_exec(), Exec::Ran);
+    scenario.wait_journal("grant_used", |event| event["request_id"] == id.as_str());
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let receiver = HttpsReceiver::start_on(port, received.clone());
+    wait_for("the backlog at the receiver", || {
+        records()
+            .iter()
+            .any(|record| record["event"]["type"] == "grant_used")
+            .then_some(())
+    });
+    let seqs: std::collections::BTreeSet<u64> = records()
+        .iter()
+        .map(|record| record["seq"].as_u64().unwrap())
+        .collect();
+    let last = *seqs.last().unwrap();
+    assert!(last > had);
+    assert_eq!(
+        seqs,
+        (0..=last).collect(),
+        "a gap after the receiver was down"
+    );
+    // The journal notes how far the receiver has acknowledged.
+    scenario.stop_daemon();
+    let url = format!("https://127.0.0.1:{port}/records");
+    let noted = scenario
+        .journal_events()
+        .iter()
+        .rev()
+        .find(|event| event["type"] == "checkpoint")
+        .and_then(|event| event["state"]["forwarded"][&url].as_u64());
+    assert!(noted.is_some_and(|noted| noted >= had), "{noted:?}");
     let log = dir.join("receiver.log");
     std::fs::write(&log, receiver.bodies().join("\n")).unwrap();
     let verified = scenario.gatekeeper(&[

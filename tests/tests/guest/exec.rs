@@ -166,7 +166,58 @@ fn approval_lets_exactly_one_retry_pass() {
         "{events:?}"
     );
     assert!(events.iter().all(|event| event["class_uid"] == 1007));
+    // What OCSF 1.3.0 requires of every Process Activity event.
+    for event in &events {
+        for required in [
+            "/activity_id",
+            "/action_id",
+            "/category_uid",
+            "/class_uid",
+            "/severity_id",
+            "/time",
+            "/type_uid",
+            "/metadata/version",
+            "/metadata/product/vendor_name",
+            "/device/hostname",
+            "/device/type_id",
+            "/process",
+            "/actor",
+        ] {
+            assert!(
+                event
+                    .pointer(required)
+                    .is_some_and(|value| !value.is_null()),
+                "{required} missing: {event}"
+            );
+        }
+        assert_eq!(
+            event["type_uid"],
+            100_700 + event["activity_id"].as_u64().unwrap()
+        );
+    }
     assert_eq!(events[2]["process"]["pid"], used["pid"]);
+    // A time window: the last hour holds the request; a window in the future or long past
+    // holds nothing.
+    let recent = scenario.gatekeeper(&["journal", "show", "--since", "1h", &journal]);
+    assert!(
+        String::from_utf8_lossy(&recent.stdout).contains(&id),
+        "{recent:?}"
+    );
+    for window in [
+        ["--since", "2999-01-01T00:00:00Z"],
+        ["--until", "2000-01-01T00:00:00Z"],
+    ] {
+        let none = scenario.gatekeeper(
+            &[
+                &["journal", "export", "--format", "jsonl"][..],
+                &window,
+                &[&journal],
+            ]
+            .concat(),
+        );
+        assert!(none.status.success(), "{none:?}");
+        assert!(none.stdout.is_empty(), "{none:?}");
+    }
     let bad = scenario.gatekeeper(&["journal", "export", "--format", "cef", &journal]);
     assert!(!bad.status.success(), "{bad:?}");
     // Deciding again is refused.
