@@ -364,7 +364,7 @@ fn later_mounts_get_rules_once() {
         std::fs::create_dir_all(dir).unwrap();
     }
     let host_paths = [host.clone()];
-    let at_start = super::host_guards(&host_paths, &[], &[first.clone()]);
+    let at_start = super::host_guards(&host_paths, &[], std::slice::from_ref(&first));
     let paths = |rules: &[super::FileRule]| -> Vec<PathBuf> {
         rules.iter().map(|rule| rule.path.clone()).collect()
     };

@@ -568,6 +568,20 @@ fn hostile_arguments_stay_text_in_chat_and_agents_decide_nothing_over_http() {
     let taken = post(signed(&reviewer_key("alice")));
     assert!(taken.contains("STATUS=HTTP/1.1 200"), "{taken}");
     assert_eq!(decisions(&scenario), 1);
+
+    // The keys live in a config only root reads: a copy open to others is refused, the error
+    // naming the file and the fix.
+    let open = scenario.dir.join("open-config.toml");
+    std::fs::copy(&scenario.config, &open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let open_text = open.display().to_string();
+    let refused = scenario.gatekeeper(&["check-config", &open_text]);
+    assert!(!refused.status.success(), "{refused:?}");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains(&format!("chmod 600 {open_text}")), "{said}");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let accepted = scenario.gatekeeper(&["check-config", &open_text]);
+    assert!(accepted.status.success(), "{accepted:?}");
 }
 
 /// Decisions on the CLI arrive on the reviewers' socket, which the kernel keeps agents off: no
