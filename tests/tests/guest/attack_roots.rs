@@ -374,6 +374,31 @@ fn race_reader(scenario: &Scenario, uid: Option<u32>, script: &str) -> std::proc
     child
 }
 
+/// Mounts a tmpfs open to all at `path` (made if missing).
+fn mount_open_tmpfs(path: &Path) {
+    std::fs::create_dir_all(path).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "gk-aa"])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o1777)).unwrap();
+}
+
+/// Mounts `source`, a file open to all, over the host's file `target`.
+fn bind_open_file(source: &Path, target: &Path) {
+    std::fs::write(target, "host\n").unwrap();
+    std::fs::write(source, "mounted\n").unwrap();
+    std::fs::set_permissions(source, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let bound = Command::new("mount")
+        .arg("--bind")
+        .args([source, target])
+        .status()
+        .unwrap();
+    assert!(bound.success());
+}
+
 /// The host's directories keep their names in `/` (merged-/usr systems link `/bin`, `/lib64` and
 /// the like there: replaced, they would hand host processes and approved execs the agent's
 /// files), and a file system or a file mounted below a host path, before the daemon started or
@@ -386,28 +411,11 @@ fn host_names_in_root_and_mounts_below_host_paths_stay_the_hosts() {
     let _ = std::fs::remove_file(link);
     std::os::unix::fs::symlink("usr/lib", link).unwrap();
     let mount_point = Path::new("/var/lib/gk-aa-host-names");
-    std::fs::create_dir_all(mount_point).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "gk-aa", &mount_point.display().to_string()])
-        .status()
-        .unwrap();
-    assert!(mounted.success());
-    std::fs::set_permissions(mount_point, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    mount_open_tmpfs(mount_point);
     // A file mounted over one in /etc, as container runtimes mount /etc/resolv.conf.
     let mounted_file = Path::new("/etc/gk-aa-host-names.conf");
     let source = Path::new("/run/gk-aa-host-names.conf");
-    std::fs::write(mounted_file, "host\n").unwrap();
-    std::fs::write(source, "mounted\n").unwrap();
-    std::fs::set_permissions(source, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let bound = Command::new("mount")
-        .args([
-            "--bind",
-            "/run/gk-aa-host-names.conf",
-            "/etc/gk-aa-host-names.conf",
-        ])
-        .status()
-        .unwrap();
-    assert!(bound.success());
+    bind_open_file(source, mounted_file);
     scenario.start_daemon();
     let mounted_text = mounted_file.display().to_string();
     assert_eq!(
@@ -474,24 +482,10 @@ fn host_names_in_root_and_mounts_below_host_paths_stay_the_hosts() {
     // Mounted while the daemon runs: guarded as soon as the daemon sees it, a file system and
     // a file alike.
     let later = Path::new("/var/lib/gk-aa-host-names-later");
-    std::fs::create_dir_all(later).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "gk-aa-later", &later.display().to_string()])
-        .status()
-        .unwrap();
-    assert!(mounted.success());
-    std::fs::set_permissions(later, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    mount_open_tmpfs(later);
     let later_file = Path::new("/etc/gk-aa-host-names-later.conf");
     let later_source = Path::new("/run/gk-aa-host-names-later.conf");
-    std::fs::write(later_file, "host\n").unwrap();
-    std::fs::write(later_source, "mounted\n").unwrap();
-    std::fs::set_permissions(later_source, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let bound = Command::new("mount")
-        .arg("--bind")
-        .args([later_source, later_file])
-        .status()
-        .unwrap();
-    assert!(bound.success());
+    bind_open_file(later_source, later_file);
     for path in [later, later_file] {
         let path = path.display().to_string();
         wait_for(&format!("{path} guarded"), || {

@@ -298,18 +298,21 @@ fn records_reach_an_https_receiver_that_was_down_for_a_while() {
             .filter(|value| value["seq"].is_u64())
             .collect::<Vec<_>>()
     };
+    let seqs = || -> std::collections::BTreeSet<u64> {
+        records()
+            .iter()
+            .map(|record| record["seq"].as_u64().unwrap())
+            .collect()
+    };
     wait_for("the request at the receiver", || {
         records()
             .iter()
             .any(|record| record["event"]["request"]["id"] == id.as_str())
             .then_some(())
     });
-    let seqs: std::collections::BTreeSet<u64> = records()
-        .iter()
-        .map(|record| record["seq"].as_u64().unwrap())
-        .collect();
-    let last = *seqs.last().unwrap();
-    assert_eq!(seqs, (0..=last).collect(), "a gap");
+    let got = seqs();
+    let last = *got.last().unwrap();
+    assert_eq!(got, (0..=last).collect(), "a gap");
     // Every body ends in its checkpoint, which the journal holds.
     for body in receiver.bodies() {
         assert!(
@@ -335,14 +338,11 @@ fn records_reach_an_https_receiver_that_was_down_for_a_while() {
             .any(|record| record["event"]["type"] == "grant_used")
             .then_some(())
     });
-    let seqs: std::collections::BTreeSet<u64> = records()
-        .iter()
-        .map(|record| record["seq"].as_u64().unwrap())
-        .collect();
-    let last = *seqs.last().unwrap();
+    let got = seqs();
+    let last = *got.last().unwrap();
     assert!(last > had);
     assert_eq!(
-        seqs,
+        got,
         (0..=last).collect(),
         "a gap after the receiver was down"
     );
