@@ -311,8 +311,23 @@ fn an_agent_asks_first_with_its_reason_and_runs_on_approval() {
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(!String::from_utf8_lossy(&output.stdout).contains("TARGET RAN"));
 
-    // Control: outside the agent cgroups `run` runs at once.
+    // No decision within `--timeout`: await's code for that, nothing run.
+    let output = scenario.gatekeeper_in(
+        &scenario.agents,
+        &["run", "--timeout", "1s", "--", &program, "target", "four"],
+    );
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("TARGET RAN"));
+
+    // Control: outside the agent cgroups `run` runs at once, with a reason too (nothing waits
+    // for approval there).
     let output = scenario.gatekeeper_in(&scenario.outside, &["run", "--", &program, "target", "x"]);
     assert!(output.status.success(), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stdout).contains("TARGET RAN x"));
+    let output = scenario.gatekeeper_in(
+        &scenario.outside,
+        &["run", "--reason", "outside", "--", &program, "target", "y"],
+    );
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("TARGET RAN y"));
 }
