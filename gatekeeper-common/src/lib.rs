@@ -357,7 +357,9 @@ pub const MAX_AGENT_CGROUPS: u32 = 256;
 pub const MAX_PROTECTED: u32 = 4096;
 pub const MAX_GRANTS: u32 = 4096;
 pub const MAX_PROTECTED_NETS: u32 = 4096;
-pub const MAX_AGENT_CONNECTIONS: u32 = 4096;
+/// Four times the agents' socket's backlog (4096): notes are taken as connections are accepted,
+/// so no flood of connections can push out a note still waiting.
+pub const MAX_AGENT_CONNECTIONS: u32 = 16384;
 pub const RING_BUFFER_BYTES: u32 = 256 * 1024;
 
 pub const TARGET_KIND_EXEC: u32 = 1;

@@ -284,10 +284,25 @@ struct Caller {
     uid: u32,
     pid: u32,
     is_agent: bool,
-    /// On the agents' socket, the cgroup an agent connected from, as the kernel noted it: whose
-    /// requests the connection may wait on and justify. None for a caller outside the agent
-    /// cgroups (and on the reviewers' socket).
-    agent_cgroup_id: Option<u64>,
+    /// On the agents' socket, where the caller connected from: whose requests the connection
+    /// may wait on and justify.
+    origin: Origin,
+}
+
+const UNKNOWN_ORIGIN: &str =
+    "cannot tell which agent cgroup this connection came from: connect again";
+
+/// Where a caller on the agents' socket connected from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// The agent cgroup the kernel noted at connect.
+    Agent(u64),
+    /// Outside the agent cgroups (no note, and its pid is outside them too); also every caller
+    /// on the reviewers' socket.
+    Outside,
+    /// No note, though its pid is in an agent cgroup now: a note pushed out of the kernel's
+    /// map by a flood of connections. Refused, never taken for outside.
+    Unknown,
 }
 
 /// The kernel's note of the cgroup each agent connected to the agents' socket from, by the
@@ -334,20 +349,24 @@ fn caller_of(
     // already kept agents out; the cgroup is checked again all the same, and one that cannot be
     // read counts as an agent: fail closed.
     let is_agent = side == Side::Agents || in_agent_cgroup(pid, agent_cgroups);
-    let agent_cgroup_id = match side {
+    let origin = match side {
         Side::Agents => {
             let cookie = socket_cookie(stream).ok()?;
-            let cgroup_id = connections.get(&cookie, 0).ok();
+            let noted = connections.get(&cookie, 0).ok();
             let _ = connections.remove(&cookie);
-            cgroup_id
+            match noted {
+                Some(cgroup_id) => Origin::Agent(cgroup_id),
+                None if in_agent_cgroup(pid, agent_cgroups) => Origin::Unknown,
+                None => Origin::Outside,
+            }
         }
-        Side::Reviewers => None,
+        Side::Reviewers => Origin::Outside,
     };
     Some(Caller {
         uid: credentials.uid(),
         pid,
         is_agent,
-        agent_cgroup_id,
+        origin,
     })
 }
 
@@ -601,11 +620,15 @@ impl Connection {
                     .await
             }
             LocalCall::Announce { argv, reason } => {
-                let Some(cgroup_id) = self.caller.agent_cgroup_id else {
+                let cgroup_id = match self.caller.origin {
+                    Origin::Agent(cgroup_id) => cgroup_id,
                     // `gatekeeper run` outside the agent cgroups: its exec needs no approval.
-                    return LocalReply::data(
-                        "outside the agent cgroups: nothing waits for approval",
-                    );
+                    Origin::Outside => {
+                        return LocalReply::data(
+                            "outside the agent cgroups: nothing waits for approval",
+                        );
+                    }
+                    Origin::Unknown => return LocalReply::error(UNKNOWN_ORIGIN),
                 };
                 match self.handle.announce(cgroup_id, argv, reason).await {
                     Some(Ok(())) => LocalReply::data("noted"),
@@ -699,11 +722,13 @@ impl Connection {
     /// The id of the cgroup the caller connected from: whose requests it may wait on and
     /// justify, whatever its pid names by now.
     fn caller_cgroup_id(&self) -> Result<u64, LocalReply> {
-        self.caller.agent_cgroup_id.ok_or_else(|| {
-            LocalReply::error(
+        match self.caller.origin {
+            Origin::Agent(cgroup_id) => Ok(cgroup_id),
+            Origin::Outside => Err(LocalReply::error(
                 "the caller connected from outside the agent cgroups: it has no requests",
-            )
-        })
+            )),
+            Origin::Unknown => Err(LocalReply::error(UNKNOWN_ORIGIN)),
+        }
     }
 
     /// Waits for a decision on the caller's own request; other cgroups' requests do not exist

@@ -506,7 +506,8 @@ impl Policy {
     }
 
     /// Guards each of `mounts` below a host path that no rule covers yet, as at start: a file
-    /// system or file mounted there while the daemon ran. Returns the paths it guarded.
+    /// system or file mounted there while the daemon ran; and follows each already guarded to
+    /// the file system mounted there now. Returns the paths it guarded anew.
     pub fn guard_mounts(
         &mut self,
         kernel: &mut Kernel,
@@ -514,9 +515,25 @@ impl Policy {
     ) -> Result<Vec<PathBuf>, PolicyError> {
         let guards = host_guards(&self.config.host_paths, &self.file_rules, mounts);
         let installed = install_files(kernel, &guards)?;
-        let paths = guards.iter().map(|rule| rule.path.clone()).collect();
+        let mut paths: Vec<PathBuf> = guards.iter().map(|rule| rule.path.clone()).collect();
         self.file_rules.extend(guards);
         self.files.extend(installed);
+        // A mount point guarded before that names another file system now (mounted again, or
+        // another mounted over it): the new root is guarded too, the old one stays.
+        for entry in &mut self.files {
+            if !mounts.contains(&entry.path) {
+                continue;
+            }
+            let Ok(target) = exec_target_of(&entry.path) else {
+                continue;
+            };
+            if entry.current == Some(target) || entry.previous.contains(&target) {
+                continue;
+            }
+            add_file(kernel, target, entry.value)?;
+            entry.previous.extend(entry.current.replace(target));
+            paths.push(entry.path.clone());
+        }
         Ok(paths)
     }
 

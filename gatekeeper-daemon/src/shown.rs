@@ -22,19 +22,36 @@ fn is_invisible_format(ch: char) -> bool {
     )
 }
 
-/// `text` with control and invisible formatting characters written as escapes (`\n`, `\t`,
-/// `\u{202e}`, and `\\` for a backslash, so an escape cannot be faked), cut to at most `limit`
-/// bytes followed by a marker saying how much was cut.
+/// Spaces in a row shown as they are; a longer run is counted instead, so that no padding can
+/// push the agent's words to the start of a line a reviewer's terminal or chat window wraps.
+const SPACES_SHOWN: usize = 2;
+
+/// `text` with control, invisible formatting and whitespace characters other than the space
+/// written as escapes (`\n`, `\t`, `\u{202e}`, `\u{2028}`, and `\\` for a backslash, so an
+/// escape cannot be faked), runs of more than [`SPACES_SHOWN`] spaces as `[N spaces]`, cut to at
+/// most `limit` bytes followed by a marker saying how much was cut.
 pub fn visible(text: &str, limit: usize) -> String {
     let mut shown = String::with_capacity(text.len().min(limit) + 16);
-    for (offset, ch) in text.char_indices() {
+    let mut chars = text.char_indices().peekable();
+    while let Some((offset, ch)) = chars.next() {
         let mut piece = String::new();
         match ch {
             '\n' => piece.push_str("\\n"),
             '\r' => piece.push_str("\\r"),
             '\t' => piece.push_str("\\t"),
             '\\' => piece.push_str("\\\\"),
-            ch if ch.is_control() || is_invisible_format(ch) => {
+            ' ' => {
+                let mut run = 1;
+                while chars.next_if(|(_, next)| *next == ' ').is_some() {
+                    run += 1;
+                }
+                if run > SPACES_SHOWN {
+                    let _ = write!(piece, "[{run} spaces]");
+                } else {
+                    piece.push_str(&" ".repeat(run));
+                }
+            }
+            ch if ch.is_control() || ch.is_whitespace() || is_invisible_format(ch) => {
                 let _ = write!(piece, "\\u{{{:x}}}", ch as u32);
             }
             ch => piece.push(ch),
@@ -125,6 +142,15 @@ mod tests {
         assert_eq!(
             visible("plain /usr/bin/pg_dump", 100),
             "plain /usr/bin/pg_dump"
+        );
+        // Padding that would wrap `Risk: LOW` to the start of a reviewer's line is counted, and
+        // other line breaks and blanks are escapes.
+        let padded = format!("ticket 1.{}Risk: LOW", " ".repeat(231));
+        assert_eq!(visible(&padded, 1000), "ticket 1.[231 spaces]Risk: LOW");
+        assert_eq!(visible("a  b   c", 100), "a  b[3 spaces]c");
+        assert_eq!(
+            visible("a\u{2028}b\u{2029}c\u{a0}d\u{3000}e", 100),
+            "a\\u{2028}b\\u{2029}c\\u{a0}d\\u{3000}e"
         );
     }
 

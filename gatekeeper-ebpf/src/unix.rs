@@ -25,7 +25,8 @@ use crate::{
 
 /// The cgroup id an agent connected to the agents' socket from, by the cookie of the daemon's
 /// end of the connection (`SO_COOKIE` on the accepted socket). The daemon takes each entry as
-/// it accepts; one an agent's flood of connections pushes out is a caller the daemon refuses.
+/// it accepts, so no more wait here than the socket's backlog holds; a caller whose note is
+/// missing all the same is refused, never taken for another.
 #[map]
 static AGENT_CONNECTIONS: LruHashMap<u64, u64> =
     LruHashMap::with_max_entries(MAX_AGENT_CONNECTIONS, 0);

@@ -399,6 +399,38 @@ fn bind_open_file(source: &Path, target: &Path) {
     assert!(bound.success());
 }
 
+/// Waits until the daemon has logged guarding the mount at `path` `times` times.
+fn wait_guarded(scenario: &Scenario, path: &Path, times: usize) {
+    let path = path.display().to_string();
+    wait_for(&format!("{path} guarded ({times})"), || {
+        let log = scenario.daemon_log();
+        let logged = log
+            .lines()
+            .filter(|line| line.contains("guarding a mount") && line.contains(&path))
+            .count();
+        (logged >= times).then_some(())
+    });
+}
+
+/// Root and user agents cannot write `target`; the user outside can (the control).
+fn writes_only_from_outside(scenario: &Scenario, target: &str) {
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "write", &[target, "agent"]),
+        Outcome::Denied,
+        "root agent writes {target}"
+    );
+    assert_eq!(
+        scenario.tamper_as_user(&scenario.agents, "write", &[target, "agent"]),
+        Outcome::Denied,
+        "user agent writes {target}"
+    );
+    assert_eq!(
+        scenario.tamper_as_user(&scenario.outside, "write", &[target, "outside"]),
+        Outcome::Ok,
+        "outside writes {target}"
+    );
+}
+
 /// The host's directories keep their names in `/` (merged-/usr systems link `/bin`, `/lib64` and
 /// the like there: replaced, they would hand host processes and approved execs the agent's
 /// files), and a file system or a file mounted below a host path, before the daemon started or
@@ -487,33 +519,30 @@ fn host_names_in_root_and_mounts_below_host_paths_stay_the_hosts() {
     let later_source = Path::new("/run/gk-aa-host-names-later.conf");
     bind_open_file(later_source, later_file);
     for path in [later, later_file] {
-        let path = path.display().to_string();
-        wait_for(&format!("{path} guarded"), || {
-            let log = scenario.daemon_log();
-            log.lines()
-                .any(|line| line.contains("guarding a mount") && line.contains(&path))
-                .then_some(())
-        });
+        wait_guarded(&scenario, path, 1);
     }
     let planted_later = later.join("planted").display().to_string();
     let later_file_text = later_file.display().to_string();
     for target in [&planted_later, &later_file_text] {
-        assert_eq!(
-            scenario.tamper(&scenario.agents, "write", &[target, "agent"]),
-            Outcome::Denied,
-            "root agent writes {target}, mounted after the daemon started"
-        );
-        assert_eq!(
-            scenario.tamper_as_user(&scenario.agents, "write", &[target, "agent"]),
-            Outcome::Denied,
-            "user agent writes {target}, mounted after the daemon started"
-        );
-        assert_eq!(
-            scenario.tamper_as_user(&scenario.outside, "write", &[target, "outside"]),
-            Outcome::Ok,
-            "outside writes {target}"
-        );
+        writes_only_from_outside(&scenario, target);
     }
+    // Mounted there again (another device: a mount in between takes the freed number), then
+    // another mounted over it: each new file system guarded in turn.
+    let unmounted = Command::new("umount").arg(later).status().unwrap();
+    assert!(unmounted.success());
+    let spacer = Path::new("/run/gk-aa-host-names-spacer");
+    mount_open_tmpfs(spacer);
+    mount_open_tmpfs(later);
+    wait_guarded(&scenario, later, 2);
+    writes_only_from_outside(&scenario, &later.join("again").display().to_string());
+    mount_open_tmpfs(later);
+    wait_guarded(&scenario, later, 3);
+    writes_only_from_outside(&scenario, &later.join("over").display().to_string());
+    for path in [later, spacer] {
+        let unmounted = Command::new("umount").arg(path).status().unwrap();
+        assert!(unmounted.success());
+    }
+    let _ = std::fs::remove_dir(spacer);
     for path in [later_file, later] {
         let unmounted = Command::new("umount").arg(path).status().unwrap();
         assert!(unmounted.success());
