@@ -507,17 +507,22 @@ impl Policy {
 
     /// Guards each of `mounts` below a host path that no rule covers yet, as at start: a file
     /// system or file mounted there while the daemon ran; and follows each already guarded to
-    /// the file system mounted there now. Returns the paths it guarded anew.
-    pub fn guard_mounts(
-        &mut self,
-        kernel: &mut Kernel,
-        mounts: &[PathBuf],
-    ) -> Result<Vec<PathBuf>, PolicyError> {
-        let guards = host_guards(&self.config.host_paths, &self.file_rules, mounts);
-        let installed = install_files(kernel, &guards)?;
-        let mut paths: Vec<PathBuf> = guards.iter().map(|rule| rule.path.clone()).collect();
-        self.file_rules.extend(guards);
-        self.files.extend(installed);
+    /// the file system mounted there now. Returns the paths it guarded anew; one it could not
+    /// (gone again before its stat) is logged and tried at the next change of the mount table.
+    pub fn guard_mounts(&mut self, kernel: &mut Kernel, mounts: &[PathBuf]) -> Vec<PathBuf> {
+        let mut paths = Vec::new();
+        for rule in host_guards(&self.config.host_paths, &self.file_rules, mounts) {
+            match install_files(kernel, std::slice::from_ref(&rule)) {
+                Ok(installed) => {
+                    paths.push(rule.path.clone());
+                    self.file_rules.push(rule);
+                    self.files.extend(installed);
+                }
+                Err(error) => {
+                    tracing::error!(%error, path = %rule.path.display(), "cannot guard a mount below a host path")
+                }
+            }
+        }
         // A mount point guarded before that names another file system now (mounted again, or
         // another mounted over it): the new root is guarded too, the old one stays.
         for entry in &mut self.files {
@@ -530,11 +535,14 @@ impl Policy {
             if entry.current == Some(target) || entry.previous.contains(&target) {
                 continue;
             }
-            add_file(kernel, target, entry.value)?;
+            if let Err(error) = add_file(kernel, target, entry.value) {
+                tracing::error!(%error, path = %entry.path.display(), "cannot guard a mount below a host path");
+                continue;
+            }
             entry.previous.extend(entry.current.replace(target));
             paths.push(entry.path.clone());
         }
-        Ok(paths)
+        paths
     }
 
     /// Host rules to resolve again: (rule index, host).

@@ -60,12 +60,14 @@ async fn watch_paths(paths: (Vec<PathBuf>, Vec<PathBuf>), handle: Handle) {
     let paths = Arc::new(paths);
     let mut known: Vec<Option<(Target, Digest)>> = Vec::new();
     let mut mounts_known = String::new();
+    let mut mounts_unreadable = false;
     let mut interval = tokio::time::interval(PATHS_INTERVAL);
     loop {
         interval.tick().await;
         // File systems mounted below a host path since: guarded like the path.
         match tokio::fs::read_to_string(MOUNTINFO).await {
             Ok(mounts) if mounts != mounts_known => {
+                mounts_unreadable = false;
                 let command = Command::MountsNow {
                     mounts: mount_points(&mounts),
                 };
@@ -76,11 +78,13 @@ async fn watch_paths(paths: (Vec<PathBuf>, Vec<PathBuf>), handle: Handle) {
             }
             Ok(_) => {}
             // Said once; the next change is still looked for.
-            Err(error) if !mounts_known.is_empty() => {
-                warn!(%error, "cannot read {MOUNTINFO}: mounts made now are not guarded");
+            Err(error) => {
+                if !mounts_unreadable {
+                    warn!(%error, "cannot read {MOUNTINFO}: mounts made now are not guarded");
+                }
+                mounts_unreadable = true;
                 mounts_known.clear();
             }
-            Err(_) => {}
         }
         let paths = paths.clone();
         let stat = tokio::task::spawn_blocking(move || {

@@ -8,17 +8,36 @@ use std::fmt::Write as _;
 /// Bytes of one value shown in a message field or a CLI line, before the cap's marker.
 pub const FIELD_LIMIT: usize = 1000;
 
-/// Characters that change how text around them looks without being seen themselves: bidi
-/// overrides and isolates, zero-width spaces and joiners, the byte-order mark.
+/// Characters that change how text around them looks without being seen themselves (bidi
+/// overrides and isolates, zero-width spaces and joiners, the byte-order mark, tags), and
+/// letters that draw nothing.
 fn is_invisible_format(ch: char) -> bool {
     matches!(
         ch,
-        '\u{061c}'
+        // Format characters (soft hyphen, bidi controls, joiners, invisible operators, tags).
+        '\u{ad}'
+            | '\u{61c}'
+            | '\u{180e}'
             | '\u{200b}'..='\u{200f}'
             | '\u{202a}'..='\u{202e}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{2069}'
+            | '\u{2060}'..='\u{206f}'
             | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}'
+            | '\u{e0000}'..='\u{e007f}'
+            // Letters and marks that draw nothing: a run of them pads like spaces.
+            | '\u{34f}'
+            | '\u{115f}'
+            | '\u{1160}'
+            | '\u{17b4}'
+            | '\u{17b5}'
+            | '\u{180b}'..='\u{180d}'
+            | '\u{2800}'
+            | '\u{3164}'
+            | '\u{fe00}'..='\u{fe0f}'
+            | '\u{ffa0}'
+            | '\u{1d159}'
+            | '\u{1d173}'..='\u{1d17a}'
+            | '\u{e0100}'..='\u{e01ef}'
     )
 }
 
@@ -152,6 +171,18 @@ mod tests {
             visible("a\u{2028}b\u{2029}c\u{a0}d\u{3000}e", 100),
             "a\\u{2028}b\\u{2029}c\\u{a0}d\\u{3000}e"
         );
+        // Blank letters and format characters that are no whitespace pad as well.
+        for blank in [
+            '\u{2800}',
+            '\u{3164}',
+            '\u{ffa0}',
+            '\u{115f}',
+            '\u{ad}',
+            '\u{e0020}',
+        ] {
+            let shown = visible(&format!("a{blank}b"), 100);
+            assert_eq!(shown, format!("a\\u{{{:x}}}b", blank as u32));
+        }
     }
 
     #[test]

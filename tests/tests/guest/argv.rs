@@ -253,6 +253,10 @@ fn an_agent_asks_first_with_its_reason_and_runs_on_approval() {
     assert!(shown.contains("Called by: "), "{shown}");
     let unknown = scenario.gatekeeper(&["requests", "0123456789ab"]);
     assert!(!unknown.status.success(), "{unknown:?}");
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no request 0123456789ab"),
+        "{unknown:?}"
+    );
     let hook = scenario.webhook.as_ref().unwrap();
     wait_for("the webhook delivery with the reason", || {
         hook.received().into_iter().find(|message| {
