@@ -4,7 +4,7 @@
 //! both before anything is loaded.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     fmt,
     net::SocketAddr,
     os::unix::ffi::OsStringExt as _,
@@ -352,14 +352,19 @@ pub fn host_guards(
             .any(|path| mount.starts_with(path) && *mount != path)
     });
     let mut guards: Vec<FileRule> = Vec::new();
+    // Thousands of mounts on container hosts: each looked up once.
+    let mut named: HashSet<&Path> = rules.iter().map(|rule| rule.path.as_path()).collect();
     // A file mounted over one (a container runtime's /etc/resolv.conf) is guarded as a file.
     for (path, mounted) in
         (host_paths.iter().map(|path| (path, false))).chain(below.map(|path| (path, true)))
     {
+        if named.contains(path.as_path()) {
+            continue;
+        }
         let guardable = std::fs::symlink_metadata(path)
             .is_ok_and(|meta| meta.is_dir() || (mounted && meta.is_file()));
-        let named = |rule: &FileRule| rule.path == *path;
-        if guardable && !rules.iter().any(named) && !guards.iter().any(named) {
+        if guardable {
+            named.insert(path);
             guards.push(FileRule {
                 path: path.clone(),
                 name: format!("host files {}", path.display()),

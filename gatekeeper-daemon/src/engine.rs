@@ -21,7 +21,7 @@ use crate::{
     core::{Core, Effect, HookSettings, Now, Settings},
     handle::{Command, DecideFailure, Handle, KernelInput, Status, Waiting},
     journal::{Event, Journal, JournalError, SealError, SealKey},
-    loader::{self, Kernel, LoaderError},
+    loader::{self, Kernel, LoaderError, PathList},
     metrics::Metrics,
     notify,
     policy::{Policy, PolicyError},
@@ -349,8 +349,8 @@ impl Engine {
                 }
             }
             Command::MountsNow { mounts } => {
-                for path in self.policy.guard_mounts(&mut self.kernel, &mounts) {
-                    info!(path = %path.display(), "guarding a mount below a host path");
+                for event in self.policy.guard_mounts(&mut self.kernel, &mounts) {
+                    self.core.note(event);
                 }
             }
             Command::SetupKeys { reply } => {
@@ -647,6 +647,11 @@ impl Engine {
             journal_writable: self.journal_error.is_none(),
             journal_error: self.journal_error.clone(),
             protected: self.policy.protected_status(),
+            protected_files: self.kernel.path_entries(PathList::Files).len(),
+            protected_files_capacity: gatekeeper_common::MAX_PROTECTED_FILES,
+            unguarded_mounts: (self.policy.unguarded_mounts().iter())
+                .map(|path| path.display().to_string())
+                .collect(),
         }
     }
 

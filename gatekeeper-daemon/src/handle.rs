@@ -80,6 +80,11 @@ pub struct Status {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub journal_error: Option<String>,
     pub protected: Vec<ProtectedStatus>,
+    /// Entries in the kernel's map of protected files, of how many it holds.
+    pub protected_files: usize,
+    pub protected_files_capacity: u32,
+    /// Mounts below host paths left unguarded: the map had no room for them.
+    pub unguarded_mounts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -470,12 +470,28 @@ impl Kernel {
     /// Whether `list` still holds `target` (the kernel takes a file opened for writing off the
     /// allowlist).
     pub fn has_path(&self, list: PathList, target: &Target) -> bool {
-        let map = match list {
+        self.path_list(list).get(target, 0).is_ok()
+    }
+
+    fn path_list(&self, list: PathList) -> &HashMap<MapData, Target, u32> {
+        match list {
             PathList::Protected => &self.protected,
             PathList::Allowed => &self.allowed,
             PathList::Files => &self.files,
-        };
-        map.get(target, 0).is_ok()
+        }
+    }
+
+    /// Takes `target` out of `list`; one the list does not hold is no error.
+    pub fn remove_path(&mut self, list: PathList, target: &Target) -> Result<(), MapError> {
+        match self.path_map(list).remove(target) {
+            Err(error) if !is_not_found(&error) => Err(error),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every entry of `list` now, also those the kernel added itself.
+    pub fn path_entries(&self, list: PathList) -> Vec<(Target, u32)> {
+        self.path_list(list).iter().filter_map(Result::ok).collect()
     }
 
     /// Makes `files` ((device, inode), [`gatekeeper_common::daemon_file`] bits) the daemon's

@@ -337,6 +337,9 @@ mod tests {
             journal_writable: true,
             journal_error: None,
             protected: Vec::new(),
+            protected_files: 0,
+            protected_files_capacity: 4096,
+            unguarded_mounts: Vec::new(),
         }
     }
 

@@ -3,7 +3,7 @@
 //! resolved again over time), and the rule behind each denial.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     net::{IpAddr, ToSocketAddrs as _},
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -11,8 +11,8 @@ use std::{
 };
 
 use gatekeeper_common::{
-    PortRanges, Setting, TARGET_KIND_CONNECT, TARGET_KIND_FILE, TARGET_KIND_UNIX, Target,
-    daemon_file, file_rule,
+    MAX_PROTECTED_FILES, PortRanges, Setting, TARGET_KIND_CONNECT, TARGET_KIND_FILE,
+    TARGET_KIND_UNIX, Target, daemon_file, file_rule,
 };
 
 use crate::{
@@ -135,6 +135,12 @@ pub struct Policy {
     /// The config's file rules, then those made for file systems mounted below a host path
     /// while the daemon ran.
     file_rules: Vec<FileRule>,
+    /// How many of `file_rules` are the config's: the others go when their mount does.
+    configured_files: usize,
+    /// The directories of file rules that hold no rule of their own.
+    name_guards: Vec<WatchedPath>,
+    /// Mounts below host paths left unguarded for want of room in the kernel's map.
+    unguarded_mounts: Vec<PathBuf>,
     /// One per `[[protect.connect]]` rule, with its addresses resolved.
     reaches: Vec<Reach>,
     /// What the kernel's destination trie holds now.
@@ -254,6 +260,60 @@ fn guard_rule_directories(
         }
     }
     Ok(guards)
+}
+
+/// Room kept in the kernel's map of protected files when guarding mounts made while the daemon
+/// runs: protected files replaced since take entries too.
+const MOUNT_GUARD_RESERVE: usize = 512;
+
+/// Whether the kernel's map of protected files, holding `used` entries, has room for another
+/// mount's guard (its root and its device's marker) and the reserve.
+fn room_for_mount_guard(used: usize) -> bool {
+    used + 2 + MOUNT_GUARD_RESERVE <= MAX_PROTECTED_FILES as usize
+}
+
+/// The journal's word that `entry`'s path is guarded as the file it names now.
+fn guarded_now(entry: &WatchedPath) -> Option<Event> {
+    let target = entry.current?;
+    tracing::info!(path = %entry.path.display(), "guarding a mount below a host path");
+    Some(Event::ProtectionUpdated {
+        path: entry.path.display().to_string(),
+        dev: target.data[0] as u32,
+        ino: target.data[1],
+    })
+}
+
+/// What taking the guard `gone` out of the kernel's map (`entries`) removes: each file it names,
+/// now or before, that no entry of `kept` names, and the marker of each of its devices where no
+/// other directory rule is left.
+fn released(gone: &WatchedPath, kept: &[&WatchedPath], entries: &[(Target, u32)]) -> Vec<Target> {
+    let held = |target: &Target| {
+        kept.iter()
+            .any(|entry| entry.current.as_ref() == Some(target) || entry.previous.contains(target))
+    };
+    let mut out: Vec<Target> = Vec::new();
+    for target in gone.current.iter().chain(&gone.previous) {
+        if !held(target) && !out.contains(target) {
+            out.push(*target);
+        }
+    }
+    if gone.value & file_rule::TREE == 0 {
+        return out;
+    }
+    for target in gone.current.iter().chain(&gone.previous) {
+        let dev = target.data[0];
+        let marker = file_rule::device_marker(dev as u32);
+        let tree_left = entries.iter().any(|(other, bits)| {
+            bits & file_rule::TREE != 0
+                && other.data[0] == dev
+                && *other != marker
+                && !out.contains(other)
+        });
+        if !tree_left && !out.contains(&marker) {
+            out.push(marker);
+        }
+    }
+    out
 }
 
 /// Puts one file or directory of a file rule into the kernel's map: a directory's device marker
@@ -415,6 +475,9 @@ impl Policy {
         let mut policy = Self {
             installed_nets: kernel.nets(),
             file_rules: config.file_rules.clone(),
+            configured_files: config.file_rules.len(),
+            name_guards,
+            unguarded_mounts: Vec::new(),
             config,
             protected,
             allowed,
@@ -506,15 +569,53 @@ impl Policy {
     }
 
     /// Guards each of `mounts` below a host path that no rule covers yet, as at start: a file
-    /// system or file mounted there while the daemon ran; and follows each already guarded to
-    /// the file system mounted there now. Returns the paths it guarded anew; one it could not
-    /// (gone again before its stat) is logged and tried at the next change of the mount table.
-    pub fn guard_mounts(&mut self, kernel: &mut Kernel, mounts: &[PathBuf]) -> Vec<PathBuf> {
-        let mut paths = Vec::new();
+    /// system or file mounted there while the daemon ran; follows each already guarded to the
+    /// file system mounted there now; and takes out the guards of mounts made while the daemon
+    /// ran that are gone. Returns what to journal. A mount that cannot be guarded (gone again
+    /// before its stat) is logged and tried at the next change of the mount table.
+    pub fn guard_mounts(&mut self, kernel: &mut Kernel, mounts: &[PathBuf]) -> Vec<Event> {
+        let mut entries = kernel.path_entries(PathList::Files);
+        let mounted: HashSet<&Path> = mounts.iter().map(PathBuf::as_path).collect();
+        let mut events = self.guard_new_mounts(kernel, mounts, entries.len());
+        events.extend(self.follow_mount_points(kernel, &mounted));
+        let released = self.release_unmounted(kernel, &mounted, &mut entries);
+        // Room freed for mounts that found none.
+        if !released.is_empty() && !self.unguarded_mounts.is_empty() {
+            events.extend(self.guard_new_mounts(kernel, mounts, entries.len()));
+        }
+        events.extend(released);
+        events
+    }
+
+    /// Guards the mounts below host paths no rule covers yet while the kernel's map (`used`
+    /// entries) has room; remembers the others.
+    fn guard_new_mounts(
+        &mut self,
+        kernel: &mut Kernel,
+        mounts: &[PathBuf],
+        mut used: usize,
+    ) -> Vec<Event> {
+        let mut events = Vec::new();
+        let mut unguarded = Vec::new();
         for rule in host_guards(&self.config.host_paths, &self.file_rules, mounts) {
+            if !room_for_mount_guard(used) {
+                if !self.unguarded_mounts.contains(&rule.path) {
+                    let why = format!(
+                        "the kernel's map of protected files holds {used} of {MAX_PROTECTED_FILES} entries, and {MOUNT_GUARD_RESERVE} are kept for protected files replaced"
+                    );
+                    tracing::error!(path = %rule.path.display(), %why, "cannot guard a mount below a host path");
+                    events.push(Event::MountUnguarded {
+                        path: rule.path.display().to_string(),
+                        why,
+                    });
+                }
+                unguarded.push(rule.path);
+                continue;
+            }
             match install_files(kernel, std::slice::from_ref(&rule)) {
                 Ok(installed) => {
-                    paths.push(rule.path.clone());
+                    used += 2;
+                    events.extend(installed.iter().filter_map(guarded_now));
                     self.file_rules.push(rule);
                     self.files.extend(installed);
                 }
@@ -523,10 +624,16 @@ impl Policy {
                 }
             }
         }
-        // A mount point guarded before that names another file system now (mounted again, or
-        // another mounted over it): the new root is guarded too, the old one stays.
+        self.unguarded_mounts = unguarded;
+        events
+    }
+
+    /// A mount point guarded before that names another file system now (mounted again, or
+    /// another mounted over it): the new root is guarded too, the old one stays.
+    fn follow_mount_points(&mut self, kernel: &mut Kernel, mounted: &HashSet<&Path>) -> Vec<Event> {
+        let mut events = Vec::new();
         for entry in &mut self.files {
-            if !mounts.contains(&entry.path) {
+            if !mounted.contains(entry.path.as_path()) {
                 continue;
             }
             let Ok(target) = exec_target_of(&entry.path) else {
@@ -540,9 +647,48 @@ impl Policy {
                 continue;
             }
             entry.previous.extend(entry.current.replace(target));
-            paths.push(entry.path.clone());
+            events.extend(guarded_now(entry));
         }
-        paths
+        events
+    }
+
+    /// Takes out the guards of mounts made while the daemon ran that are unmounted now (the
+    /// path is its host path's again): they would only fill the kernel's map (`entries`, kept up
+    /// to date).
+    fn release_unmounted(
+        &mut self,
+        kernel: &mut Kernel,
+        mounted: &HashSet<&Path>,
+        entries: &mut Vec<(Target, u32)>,
+    ) -> Vec<Event> {
+        let mut events = Vec::new();
+        let mut index = self.configured_files;
+        while index < self.files.len() {
+            if mounted.contains(self.files[index].path.as_path()) {
+                index += 1;
+                continue;
+            }
+            let gone = self.files.remove(index);
+            self.file_rules.remove(index);
+            let kept: Vec<&WatchedPath> = self.files.iter().chain(&self.name_guards).collect();
+            let released = released(&gone, &kept, entries);
+            for target in &released {
+                if let Err(error) = kernel.remove_path(PathList::Files, target) {
+                    tracing::error!(%error, path = %gone.path.display(), "cannot take out the guard of an unmounted mount");
+                }
+            }
+            entries.retain(|(target, _)| !released.contains(target));
+            events.push(Event::MountUnguarded {
+                path: gone.path.display().to_string(),
+                why: "unmounted".into(),
+            });
+        }
+        events
+    }
+
+    /// Mounts below host paths that are not guarded for want of room in the kernel's map.
+    pub fn unguarded_mounts(&self) -> &[PathBuf] {
+        &self.unguarded_mounts
     }
 
     /// Host rules to resolve again: (rule index, host).
@@ -637,8 +783,13 @@ impl Policy {
         }
         let mut found: Option<PathBuf> = None;
         let mut strictest: Option<(&Path, &FileRule)> = None;
+        // The kernel's walk stays on the file's own file system: a directory on another holds
+        // no rule for it (and a host with thousands of mounts is not searched through).
+        let on_device = |entry: &WatchedPath| {
+            (entry.current.iter().chain(&entry.previous)).any(|dir| dir.data[0] == file.data[0])
+        };
         for (index, entry) in self.files.iter().enumerate() {
-            if entry.value & file_rule::TREE == 0 {
+            if entry.value & file_rule::TREE == 0 || !on_device(entry) {
                 continue;
             }
             let Some(path) = find_below(&entry.path, file, leaf) else {
@@ -999,6 +1150,67 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    fn mount_guard(path: &str, current: Target, previous: Vec<Target>) -> WatchedPath {
+        WatchedPath {
+            path: PathBuf::from(path),
+            name: format!("host files {path}"),
+            value: file_rule::WRITE | file_rule::TREE,
+            current: Some(current),
+            previous,
+            digest: None,
+            refused: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_unmounted_guard_releases_only_what_no_other_rule_holds() {
+        let marker = file_rule::device_marker;
+        let (root, old_root) = (Target::exec(40, 2), Target::exec(41, 2));
+        let gone = mount_guard("/var/lib/docker/a", root, vec![old_root]);
+        // Alone on its devices: both roots and both markers go.
+        let entries = [
+            (root, file_rule::WRITE | file_rule::TREE),
+            (old_root, file_rule::WRITE | file_rule::TREE),
+            (marker(40), file_rule::TREE),
+            (marker(41), file_rule::TREE),
+            (Target::exec(8, 2), file_rule::WRITE | file_rule::TREE),
+            (marker(8), file_rule::TREE),
+        ];
+        let mut released_now = released(&gone, &[], &entries);
+        released_now.sort_by_key(|target| target.data);
+        let mut expected = vec![root, old_root, marker(40), marker(41)];
+        expected.sort_by_key(|target| target.data);
+        assert_eq!(released_now, expected);
+        // The same file system bound at another path below a host path keeps its root and
+        // marker; the old root, which nothing else names, goes with its marker.
+        let twin = mount_guard("/var/lib/docker/b", root, Vec::new());
+        assert_eq!(
+            released(&gone, &[&twin], &entries),
+            vec![old_root, marker(41)]
+        );
+        // A directory rule of the config on the same device keeps the marker.
+        let entries_with_rule = [
+            (root, file_rule::WRITE | file_rule::TREE),
+            (Target::exec(40, 77), file_rule::READ | file_rule::TREE),
+            (marker(40), file_rule::TREE),
+        ];
+        let gone_alone = mount_guard("/var/lib/docker/a", root, Vec::new());
+        assert_eq!(released(&gone_alone, &[], &entries_with_rule), vec![root]);
+        // A mounted file (no directory rule) has no marker to release.
+        let mut file = mount_guard("/etc/resolv.conf", Target::exec(40, 9), Vec::new());
+        file.value = file_rule::WRITE;
+        assert_eq!(released(&file, &[], &entries), vec![Target::exec(40, 9)]);
+    }
+
+    #[test]
+    fn mount_guards_keep_room_for_replaced_protected_files() {
+        let capacity = MAX_PROTECTED_FILES as usize;
+        assert!(room_for_mount_guard(0));
+        assert!(room_for_mount_guard(capacity - MOUNT_GUARD_RESERVE - 2));
+        assert!(!room_for_mount_guard(capacity - MOUNT_GUARD_RESERVE - 1));
+        assert!(!room_for_mount_guard(capacity));
     }
 
     #[test]

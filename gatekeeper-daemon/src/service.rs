@@ -54,38 +54,71 @@ fn raise_open_file_limit() {
     }
 }
 
-/// Stats the watched paths every [`PATHS_INTERVAL`] off the async threads; an allowlisted
-/// path's content is read again only when it names another file.
-async fn watch_paths(paths: (Vec<PathBuf>, Vec<PathBuf>), handle: Handle) {
-    let paths = Arc::new(paths);
-    let mut known: Vec<Option<(Target, Digest)>> = Vec::new();
-    let mut mounts_known = String::new();
-    let mut mounts_unreadable = false;
+/// Sends the mount points each time the mount table changes, so that a file system mounted below
+/// a host path is guarded at once: the kernel wakes a poll of the mount table for priority data
+/// on every change. The table is also read every [`PATHS_INTERVAL`], should no wakeup come.
+async fn watch_mounts(handle: Handle) {
+    use tokio::io::{Interest, unix::AsyncFd};
+    // SAFETY: the File owns its descriptor, open until the AsyncFd drops it.
+    let changes = std::fs::File::open(MOUNTINFO).and_then(|table| unsafe {
+        AsyncFd::register_with_interest(table, Interest::PRIORITY).map_err(|error| error.into())
+    });
+    let changes = match changes {
+        Ok(changes) => Some(changes),
+        Err(error) => {
+            warn!(%error, "cannot watch {MOUNTINFO} for changes: it is read every half second");
+            None
+        }
+    };
+    let mut known = String::new();
+    let mut unreadable = false;
     let mut interval = tokio::time::interval(PATHS_INTERVAL);
     loop {
-        interval.tick().await;
-        // File systems mounted below a host path since: guarded like the path.
+        match &changes {
+            Some(changes) => tokio::select! {
+                ready = changes.ready(Interest::PRIORITY) => {
+                    if let Ok(mut ready) = ready {
+                        ready.clear_ready();
+                    }
+                }
+                _ = interval.tick() => {}
+            },
+            None => {
+                interval.tick().await;
+            }
+        }
         match tokio::fs::read_to_string(MOUNTINFO).await {
-            Ok(mounts) if mounts != mounts_known => {
-                mounts_unreadable = false;
+            Ok(mounts) if mounts != known => {
+                unreadable = false;
                 let command = Command::MountsNow {
                     mounts: mount_points(&mounts),
                 };
                 if !handle.send(command).await {
                     return;
                 }
-                mounts_known = mounts;
+                known = mounts;
             }
             Ok(_) => {}
             // Said once; the next change is still looked for.
             Err(error) => {
-                if !mounts_unreadable {
+                if !unreadable {
                     warn!(%error, "cannot read {MOUNTINFO}: mounts made now are not guarded");
                 }
-                mounts_unreadable = true;
-                mounts_known.clear();
+                unreadable = true;
+                known.clear();
             }
         }
+    }
+}
+
+/// Stats the watched paths every [`PATHS_INTERVAL`] off the async threads; an allowlisted
+/// path's content is read again only when it names another file.
+async fn watch_paths(paths: (Vec<PathBuf>, Vec<PathBuf>), handle: Handle) {
+    let paths = Arc::new(paths);
+    let mut known: Vec<Option<(Target, Digest)>> = Vec::new();
+    let mut interval = tokio::time::interval(PATHS_INTERVAL);
+    loop {
+        interval.tick().await;
         let paths = paths.clone();
         let stat = tokio::task::spawn_blocking(move || {
             let protected = paths
@@ -199,6 +232,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         handle.clone(),
     ));
     let paths = tokio::spawn(watch_paths(engine.watched_paths(), handle.clone()));
+    let mounts = tokio::spawn(watch_mounts(handle.clone()));
     let resolver = tokio::spawn(resolve_hosts(
         engine.hosts(),
         config.resolve_interval,
@@ -263,7 +297,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let _ = stop_local.send(());
     let _ = local.await;
-    for task in [paths, resolver, signals, watchdog]
+    for task in [paths, mounts, resolver, signals, watchdog]
         .into_iter()
         .chain(forwarders)
     {

@@ -41,6 +41,12 @@ pub enum Event {
         dev: u32,
         ino: u64,
     },
+    /// A file system or file mounted below a host path while the daemon ran is no longer
+    /// guarded: unmounted, or no room was left for its guard in the kernel's map.
+    MountUnguarded {
+        path: String,
+        why: String,
+    },
     /// An allowlisted path names a file that is not allowed: other content than was
     /// allowlisted, or changed in place.
     AllowlistRefused {
@@ -179,6 +185,7 @@ impl Event {
             Self::EnforcementInstalled { .. } => "enforcement_installed",
             Self::Uninstalled { .. } => "uninstalled",
             Self::ProtectionUpdated { .. } => "protection_updated",
+            Self::MountUnguarded { .. } => "mount_unguarded",
             Self::AllowlistRefused { .. } => "allowlist_refused",
             Self::HostResolved { .. } => "host_resolved",
             Self::RequestCreated { .. } => "request_created",

@@ -136,6 +136,9 @@ fn describe(event: &Event) -> String {
         Event::ProtectionUpdated { path, dev, ino } => {
             format!("{} is now device {dev} inode {ino}", shown(path))
         }
+        Event::MountUnguarded { path, why } => {
+            format!("{} is not guarded: {}", shown(path), shown(why))
+        }
         Event::AllowlistRefused { path, why, .. } => format!("{}: {}", shown(path), shown(why)),
         Event::HostResolved {
             rule,

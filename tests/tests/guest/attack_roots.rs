@@ -554,3 +554,120 @@ fn host_names_in_root_and_mounts_below_host_paths_stay_the_hosts() {
     assert!(unmounted.success());
     let _ = std::fs::remove_dir(mount_point);
 }
+
+/// Mounts a tmpfs at `path` (made if missing) with mount(2) itself: a test makes thousands.
+fn mount_tmpfs_quickly(path: &Path) {
+    std::fs::create_dir_all(path).unwrap();
+    let target = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mounted = unsafe {
+        libc::mount(
+            c"gk-aa".as_ptr(),
+            target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(
+        mounted,
+        0,
+        "mount {path:?}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Entries in the kernel's map of protected files, as `gatekeeper status` says.
+fn protected_files(scenario: &Scenario) -> u64 {
+    scenario.status()["protected_files"]
+        .as_u64()
+        .expect("status names protected_files")
+}
+
+/// A guard the daemon put in for a mount made while it ran goes with the mount, so a host that
+/// mounts below host paths all day does not fill the kernel's map; the path it guarded stays its
+/// host path's. When the map has no room left, the daemon says which mounts it leaves unguarded
+/// (status, journal) and guards them once room is free again.
+#[test]
+fn mount_guards_go_with_their_mounts_and_a_full_map_is_said() {
+    let mut scenario = Scenario::prepare("aa-mount-guards", Options::default());
+    scenario.start_daemon();
+    let before = protected_files(&scenario);
+    let mount_point = Path::new("/var/lib/gk-aa-mount-guards");
+    mount_open_tmpfs(mount_point);
+    wait_guarded(&scenario, mount_point, 1);
+    // Its root and the marker of its device.
+    assert_eq!(protected_files(&scenario), before + 2);
+    writes_only_from_outside(
+        &scenario,
+        &mount_point.join("planted").display().to_string(),
+    );
+    let unmounted = Command::new("umount").arg(mount_point).status().unwrap();
+    assert!(unmounted.success());
+    let path = mount_point.display().to_string();
+    scenario.wait_journal("mount_unguarded", |event| {
+        event["path"] == path.as_str() && event["why"] == "unmounted"
+    });
+    assert_eq!(protected_files(&scenario), before);
+    // The mount point is /var/lib's again, and guarded as such.
+    let below = mount_point.join("after").display().to_string();
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "write", &[&below, "agent"]),
+        Outcome::Denied,
+        "root agent writes where a mount was"
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "write", &[&below, "outside"]),
+        Outcome::Ok
+    );
+    std::fs::remove_file(&below).unwrap();
+    std::fs::remove_dir(mount_point).unwrap();
+
+    // A container host's day: more file systems below host paths than the map holds.
+    let fill = Path::new("/var/lib/gk-aa-mount-guards-fill");
+    mount_tmpfs_quickly(fill);
+    let capacity = u64::from(gatekeeper_common::MAX_PROTECTED_FILES);
+    for index in 0..capacity / 2 {
+        mount_tmpfs_quickly(&fill.join(index.to_string()));
+    }
+    let late = Path::new("/var/lib/gk-aa-mount-guards-late");
+    mount_open_tmpfs(late);
+    let late_text = late.display().to_string();
+    let full = scenario.wait_journal("mount_unguarded", |event| {
+        event["path"] == late_text.as_str()
+    });
+    assert!(
+        full["why"]
+            .as_str()
+            .is_some_and(|why| why.contains("map of protected files")),
+        "{full}"
+    );
+    wait_for("the late mount listed unguarded", || {
+        let status = scenario.status();
+        let listed = status["unguarded_mounts"]
+            .as_array()
+            .is_some_and(|paths| paths.iter().any(|path| *path == late_text.as_str()));
+        listed.then_some(status)
+    });
+    // Room is kept for protected files replaced meanwhile.
+    assert!(protected_files(&scenario) <= capacity - 512);
+    let text = scenario.gatekeeper(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("NOT GUARDED: ") && line.contains(&late_text)),
+        "{text}"
+    );
+    // All of them gone at once: their guards go, and the late one is guarded now.
+    let detached = Command::new("umount").arg("-l").arg(fill).status().unwrap();
+    assert!(detached.success());
+    wait_guarded(&scenario, late, 1);
+    writes_only_from_outside(&scenario, &late.join("planted").display().to_string());
+    wait_for("the fill's guards taken out", || {
+        (protected_files(&scenario) == before + 2).then_some(())
+    });
+    assert_eq!(scenario.status()["unguarded_mounts"], serde_json::json!([]));
+    let unmounted = Command::new("umount").arg(late).status().unwrap();
+    assert!(unmounted.success());
+    let _ = std::fs::remove_dir(late);
+    let _ = std::fs::remove_dir(fill);
+}
