@@ -218,6 +218,37 @@ fn the_package_installs_enforces_upgrades_and_purges_under_systemd() {
         "no structured fields:\n{fields}"
     );
 
+    // A file system mounted below a host path after the service started (the host's mounts
+    // reach the unit's own mount namespace) is guarded: an agent cannot write there, alice
+    // outside can; unmounted, its guard goes, journaled both times.
+    ok(
+        "mkdir -p /etc/gk-mounted && mount -t tmpfs gk /etc/gk-mounted && chmod 1777 /etc/gk-mounted",
+    );
+    let journaled = |kind: &str| {
+        let journal = ok("cat /var/lib/gatekeeper/journal.jsonl");
+        match journal
+            .lines()
+            .any(|line| line.contains(kind) && line.contains("\"/etc/gk-mounted\""))
+        {
+            true => Ok(()),
+            false => Err(format!("no {kind} for /etc/gk-mounted")),
+        }
+    };
+    wait_until("the daemon to guard the new mount", || {
+        journaled("\"protection_updated\"")
+    });
+    let planted = sh(
+        "gatekeeper agent run --name mounted --owner alice --user alice -- \
+         /bin/sh -c 'echo agent > /etc/gk-mounted/planted'",
+    );
+    assert!(!planted.status.success(), "{}", text(&planted));
+    assert!(!Path::new("/etc/gk-mounted/planted").exists());
+    ok("runuser -u alice -- /bin/sh -c 'echo outside > /etc/gk-mounted/planted'");
+    ok("umount /etc/gk-mounted && rmdir /etc/gk-mounted");
+    wait_until("the daemon to drop the mount's guard", || {
+        journaled("\"mount_unguarded\"")
+    });
+
     // Restart and upgrade: an agent trying all along never gets through.
     let prober = Prober::start("prober");
     ok("systemctl restart gatekeeper");
