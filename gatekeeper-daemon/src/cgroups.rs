@@ -58,8 +58,9 @@ pub fn id_of(path: &Path) -> Result<u64, CgroupError> {
 /// Where the (first) cgroup v2 hierarchy is mounted, from /proc/self/mountinfo.
 pub fn mount_point() -> Result<PathBuf, CgroupError> {
     let path = Path::new("/proc/self/mountinfo");
-    let mountinfo = fs::read_to_string(path).map_err(io_error(path))?;
-    mountinfo
+    // An agent may put a name that is no UTF-8 above a mount point: read past it.
+    let mountinfo = fs::read(path).map_err(io_error(path))?;
+    String::from_utf8_lossy(&mountinfo)
         .lines()
         .find_map(|line| {
             let (mount, fs) = line.split_once(" - ")?;

@@ -303,7 +303,8 @@ impl Config {
         })?;
         let mut config = Self::parse(path, &text)?;
         config.check_host()?;
-        let mounts = std::fs::read_to_string(MOUNTINFO).map_err(ConfigError::Mounts)?;
+        // Bytes: a name that is no UTF-8 (an agent may make one) must not hide the others.
+        let mounts = std::fs::read(MOUNTINFO).map_err(ConfigError::Mounts)?;
         config.guard_host_paths(&mount_points(&mounts));
         Ok(config)
     }
@@ -376,18 +377,18 @@ pub fn host_guards(
     guards
 }
 
-/// The mount points a `/proc/PID/mountinfo` text lists (its fifth field, octal escapes decoded).
-pub fn mount_points(mountinfo: &str) -> Vec<PathBuf> {
+/// The mount points a `/proc/PID/mountinfo` text lists (its fifth field, octal escapes decoded),
+/// names that are no UTF-8 included.
+pub fn mount_points(mountinfo: &[u8]) -> Vec<PathBuf> {
     mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
+        .split(|byte| *byte == b'\n')
+        .filter_map(|line| line.split(|byte| *byte == b' ').nth(4))
         .map(|escaped| PathBuf::from(std::ffi::OsString::from_vec(unescape_octal(escaped))))
         .collect()
 }
 
 /// `\040` and the like, as the kernel writes spaces, tabs, newlines and backslashes in names.
-fn unescape_octal(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
+fn unescape_octal(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut index = 0;
     while index < bytes.len() {

@@ -56,14 +56,18 @@ fn cmdline_of(pid: u32) -> Option<Vec<String>> {
     })
 }
 
+/// `/proc/PID/FILE` as text; the agent names its processes, in bytes that need be no UTF-8.
+fn proc_text(pid: u32, file: &str) -> Option<String> {
+    let bytes = std::fs::read(format!("/proc/{pid}/{file}")).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 fn comm_of(pid: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|comm| comm.trim_end().to_owned())
+    proc_text(pid, "comm").map(|comm| comm.trim_end().to_owned())
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = proc_text(pid, "stat")?;
     // The command name may hold spaces and parentheses; fields resume after the last ')'.
     let (_, rest) = stat.rsplit_once(')')?;
     rest.split_whitespace().nth(1)?.parse::<u32>().ok()

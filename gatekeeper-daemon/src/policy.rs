@@ -285,7 +285,7 @@ fn guarded_now(entry: &WatchedPath) -> Option<Event> {
 
 /// What taking the guard `gone` out of the kernel's map (`entries`) removes: each file it names,
 /// now or before, that no entry of `kept` names, and the marker of each of its devices where no
-/// other directory rule is left.
+/// other directory rule is left, in `kept` or in the map.
 fn released(gone: &WatchedPath, kept: &[&WatchedPath], entries: &[(Target, u32)]) -> Vec<Target> {
     let held = |target: &Target| {
         kept.iter()
@@ -303,12 +303,17 @@ fn released(gone: &WatchedPath, kept: &[&WatchedPath], entries: &[(Target, u32)]
     for target in gone.current.iter().chain(&gone.previous) {
         let dev = target.data[0];
         let marker = file_rule::device_marker(dev as u32);
-        let tree_left = entries.iter().any(|(other, bits)| {
-            bits & file_rule::TREE != 0
-                && other.data[0] == dev
-                && *other != marker
-                && !out.contains(other)
+        let kept_tree = kept.iter().any(|entry| {
+            entry.value & file_rule::TREE != 0
+                && (entry.current.iter().chain(&entry.previous)).any(|dir| dir.data[0] == dev)
         });
+        let tree_left = kept_tree
+            || entries.iter().any(|(other, bits)| {
+                bits & file_rule::TREE != 0
+                    && other.data[0] == dev
+                    && *other != marker
+                    && !out.contains(other)
+            });
         if !tree_left && !out.contains(&marker) {
             out.push(marker);
         }
@@ -574,14 +579,16 @@ impl Policy {
     /// ran that are gone. Returns what to journal. A mount that cannot be guarded (gone again
     /// before its stat) is logged and tried at the next change of the mount table.
     pub fn guard_mounts(&mut self, kernel: &mut Kernel, mounts: &[PathBuf]) -> Vec<Event> {
-        let mut entries = kernel.path_entries(PathList::Files);
+        let used = kernel.path_entries(PathList::Files).len();
         let mounted: HashSet<&Path> = mounts.iter().map(PathBuf::as_path).collect();
-        let mut events = self.guard_new_mounts(kernel, mounts, entries.len());
+        let mut events = self.guard_new_mounts(kernel, mounts, used);
         events.extend(self.follow_mount_points(kernel, &mounted));
-        let released = self.release_unmounted(kernel, &mounted, &mut entries);
+        // After the new guards, which may share a device with the gone ones.
+        let released = self.release_unmounted(kernel, &mounted);
         // Room freed for mounts that found none.
         if !released.is_empty() && !self.unguarded_mounts.is_empty() {
-            events.extend(self.guard_new_mounts(kernel, mounts, entries.len()));
+            let used = kernel.path_entries(PathList::Files).len();
+            events.extend(self.guard_new_mounts(kernel, mounts, used));
         }
         events.extend(released);
         events
@@ -653,15 +660,10 @@ impl Policy {
     }
 
     /// Takes out the guards of mounts made while the daemon ran that are unmounted now (the
-    /// path is its host path's again): they would only fill the kernel's map (`entries`, kept up
-    /// to date).
-    fn release_unmounted(
-        &mut self,
-        kernel: &mut Kernel,
-        mounted: &HashSet<&Path>,
-        entries: &mut Vec<(Target, u32)>,
-    ) -> Vec<Event> {
+    /// path is its host path's again): they would only fill the kernel's map.
+    fn release_unmounted(&mut self, kernel: &mut Kernel, mounted: &HashSet<&Path>) -> Vec<Event> {
         let mut events = Vec::new();
+        let mut entries = kernel.path_entries(PathList::Files);
         let mut index = self.configured_files;
         while index < self.files.len() {
             if mounted.contains(self.files[index].path.as_path()) {
@@ -671,7 +673,7 @@ impl Policy {
             let gone = self.files.remove(index);
             self.file_rules.remove(index);
             let kept: Vec<&WatchedPath> = self.files.iter().chain(&self.name_guards).collect();
-            let released = released(&gone, &kept, entries);
+            let released = released(&gone, &kept, &entries);
             for target in &released {
                 if let Err(error) = kernel.remove_path(PathList::Files, target) {
                     tracing::error!(%error, path = %gone.path.display(), "cannot take out the guard of an unmounted mount");
@@ -1198,6 +1200,10 @@ mod tests {
         ];
         let gone_alone = mount_guard("/var/lib/docker/a", root, Vec::new());
         assert_eq!(released(&gone_alone, &[], &entries_with_rule), vec![root]);
+        // A guard just added on the same device (a bind of a directory of the gone mount), not
+        // in the map as read before it: the device keeps its marker.
+        let bound = mount_guard("/var/lib/pod", Target::exec(40, 5), Vec::new());
+        assert_eq!(released(&gone_alone, &[&bound], &[]), vec![root]);
         // A mounted file (no directory rule) has no marker to release.
         let mut file = mount_guard("/etc/resolv.conf", Target::exec(40, 9), Vec::new());
         file.value = file_rule::WRITE;

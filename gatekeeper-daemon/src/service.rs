@@ -70,7 +70,7 @@ async fn watch_mounts(handle: Handle) {
             None
         }
     };
-    let mut known = String::new();
+    let mut known = Vec::new();
     let mut unreadable = false;
     let mut interval = tokio::time::interval(PATHS_INTERVAL);
     loop {
@@ -87,7 +87,8 @@ async fn watch_mounts(handle: Handle) {
                 interval.tick().await;
             }
         }
-        match tokio::fs::read_to_string(MOUNTINFO).await {
+        // Bytes: a name that is no UTF-8 (an agent may make one) must not hide the others.
+        match tokio::fs::read(MOUNTINFO).await {
             Ok(mounts) if mounts != known => {
                 unreadable = false;
                 let command = Command::MountsNow {

@@ -343,7 +343,7 @@ fn file_systems_mounted_below_host_paths_are_guarded_too() {
         beside.display(),
         file.display()
     );
-    config.guard_host_paths(&mount_points(&mountinfo));
+    config.guard_host_paths(&mount_points(mountinfo.as_bytes()));
     let guarded: Vec<_> = config
         .file_rules
         .iter()
@@ -384,9 +384,20 @@ fn later_mounts_get_rules_once() {
 
 #[test]
 fn mount_points_decode_the_kernels_escapes() {
-    let mountinfo = "36 35 98:0 /mnt1 /mnt\\040two\\134x rw,noatime master:1 - ext3 /dev/root rw\n";
+    let mountinfo =
+        b"36 35 98:0 /mnt1 /mnt\\040two\\134x rw,noatime master:1 - ext3 /dev/root rw\n";
     assert_eq!(mount_points(mountinfo), [PathBuf::from("/mnt two\\x")]);
-    assert_eq!(mount_points(""), Vec::<PathBuf>::new());
+    assert_eq!(mount_points(b""), Vec::<PathBuf>::new());
+    // A name that is no UTF-8 (an agent renamed a directory above a mount point) hides nothing.
+    let mountinfo =
+        b"40 1 0:30 / /tmp/d\xff/m rw - tmpfs t rw\n41 1 0:31 / /var/lib/new rw - tmpfs t rw\n";
+    assert_eq!(
+        mount_points(mountinfo),
+        [
+            PathBuf::from(std::ffi::OsString::from_vec(b"/tmp/d\xff/m".to_vec())),
+            PathBuf::from("/var/lib/new")
+        ]
+    );
 }
 
 #[test]
