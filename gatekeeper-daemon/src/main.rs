@@ -33,7 +33,10 @@ fn init_logging() {
         logs.with(fmt::layer().json().with_writer(std::io::stderr))
             .init();
     } else {
-        logs.with(fmt::layer().with_writer(std::io::stderr)).init();
+        // Colours for a terminal only: a log file gets plain `field=value` text to search.
+        let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        logs.with(fmt::layer().with_ansi(colours).with_writer(std::io::stderr))
+            .init();
     }
 }
 
