@@ -15,6 +15,10 @@ use gatekeeper_common::{
     TARGET_KIND_UNIX, Target, daemon_file, file_rule,
 };
 
+mod handles;
+
+use handles::FileHandle;
+
 use crate::{
     cgroups,
     config::{Config, ConnectRule, DestinationSpec, ExecRule, FileRule, host_guards},
@@ -113,9 +117,12 @@ struct WatchedPath {
     /// file rule its [`file_rule`] bits.
     value: u32,
     current: Option<Target>,
-    /// Files the path named before a replacement. They stay protected: a hard link made
-    /// beforehand would otherwise keep the old binary runnable.
+    /// Files the path named before a replacement. They stay protected while they exist: a hard
+    /// link made beforehand would otherwise keep the old binary runnable.
     previous: Vec<Target>,
+    /// The handles of `current` and `previous` where the file system gives them: a file that is
+    /// gone leaves the map, before its inode number names another file.
+    handles: Vec<(Target, FileHandle)>,
     /// For an allowlisted path: the content that was allowed.
     digest: Option<Digest>,
     /// For an allowlisted path: files it named that are not allowed (other content, or changed
@@ -180,6 +187,7 @@ fn install_sockets(
             tracing::warn!(path = %path.display(), "protected socket path does not exist yet");
         }
         installed.push(WatchedPath {
+            handles: handles_for(&path, current),
             path,
             name,
             value: index as u32,
@@ -216,6 +224,7 @@ fn install_files(kernel: &mut Kernel, rules: &[FileRule]) -> Result<Vec<WatchedP
             value,
             current: Some(target),
             previous: Vec::new(),
+            handles: handles_for(&rule.path, Some(target)),
             digest: None,
             refused: Vec::new(),
         });
@@ -254,12 +263,57 @@ fn guard_rule_directories(
                 value: file_rule::NAMES,
                 current: Some(target),
                 previous: Vec::new(),
+                handles: Vec::new(),
                 digest: None,
                 refused: Vec::new(),
             });
         }
     }
     Ok(guards)
+}
+
+/// The handle of the file `path` names, if that is `current` still.
+fn handles_for(path: &Path, current: Option<Target>) -> Vec<(Target, FileHandle)> {
+    current
+        .and_then(|target| Some((target, handles::handle_of(path, target)?)))
+        .into_iter()
+        .collect()
+}
+
+/// Takes out of the kernel's `list` the files paths of `entries` named before that exist no
+/// more (no name, no open file), unless an entry of `entries` or `others` still names the inode:
+/// its number may be given to another file next.
+fn forget_freed(
+    kernel: &mut Kernel,
+    list: PathList,
+    entries: &mut [WatchedPath],
+    others: &[WatchedPath],
+) {
+    for index in 0..entries.len() {
+        let entry = &entries[index];
+        let on = entry.path.parent().unwrap_or(Path::new("/"));
+        let freed: Vec<Target> = (entry.handles.iter())
+            .filter(|(old, handle)| {
+                entry.previous.contains(old) && handles::is_freed(handle, old.data[0] as u32, on)
+            })
+            .map(|(old, _)| *old)
+            // Named by the path again (a file given the same number, renamed there since).
+            .filter(|old| exec_target_of(&entry.path).is_ok_and(|now| now.data != old.data))
+            .collect();
+        for old in freed {
+            let entry = &mut entries[index];
+            entry.previous.retain(|target| *target != old);
+            entry.handles.retain(|(target, _)| *target != old);
+            let path = entry.path.display().to_string();
+            let held = (entries.iter().chain(others))
+                .any(|other| other.current == Some(old) || other.previous.contains(&old));
+            if !held && let Err(error) = kernel.remove_path(list, &old) {
+                tracing::error!(%error, %path, "cannot take a file that is gone out of the kernel's map");
+                continue;
+            }
+            tracing::info!(%path, dev = old.data[0], ino = old.data[1], "a file a protected path named before is gone: no longer held");
+        }
+    }
 }
 
 /// Room kept in the kernel's map of protected files when guarding mounts made while the daemon
@@ -375,6 +429,7 @@ fn install_paths(
         };
         kernel.add_path(list, target, index as u32)?;
         installed.push(WatchedPath {
+            handles: handles_for(&path, Some(target)),
             path,
             name,
             value: index as u32,
@@ -570,6 +625,20 @@ impl Policy {
             &mut self.files,
             files_now,
         ));
+        forget_freed(
+            kernel,
+            PathList::Protected,
+            &mut self.protected,
+            &self.sockets,
+        );
+        forget_freed(
+            kernel,
+            PathList::Protected,
+            &mut self.sockets,
+            &self.protected,
+        );
+        forget_freed(kernel, PathList::Allowed, &mut self.allowed, &[]);
+        forget_freed(kernel, PathList::Files, &mut self.files, &self.name_guards);
         events
     }
 
@@ -1118,6 +1187,7 @@ fn follow_list(
             continue;
         }
         entry.previous.extend(entry.current.replace(target));
+        entry.handles.extend(handles_for(&entry.path, Some(target)));
         tracing::info!(path = %entry.path.display(), "path now names a new file");
         moved.push(Event::ProtectionUpdated {
             path: entry.path.display().to_string(),
@@ -1139,6 +1209,7 @@ mod tests {
             value: 0,
             current: Some(current),
             previous: Vec::new(),
+            handles: Vec::new(),
             digest: Some(digest),
             refused: Vec::new(),
         }
@@ -1161,6 +1232,7 @@ mod tests {
             value: file_rule::WRITE | file_rule::TREE,
             current: Some(current),
             previous,
+            handles: Vec::new(),
             digest: None,
             refused: Vec::new(),
         }

@@ -393,6 +393,23 @@ fn replaced_protected_path_stays_protected() {
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&scenario.protected).unwrap());
     assert_eq!(status["protected"][0]["ino"], ino);
+    // Held while it has a name; gone with its last one, it leaves the kernel's map before its
+    // inode number can name another file.
+    let released = "a file a protected path named before is gone";
+    let old_ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&old_binary).unwrap());
+    assert!(!scenario.daemon_log().contains(released));
+    assert_eq!(
+        scenario.exec_in(&scenario.agents, &old_binary),
+        Exec::Denied
+    );
+    std::fs::remove_file(&old_binary).unwrap();
+    wait_for("the old binary let go", || {
+        let log = scenario.daemon_log();
+        log.lines()
+            .any(|line| line.contains(released) && line.contains(&format!("ino={old_ino}")))
+            .then_some(())
+    });
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
 }
 
 #[test]
