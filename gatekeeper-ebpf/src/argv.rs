@@ -150,7 +150,7 @@ pub fn decide_exec(
             0,
             filename,
         );
-        report_record(record);
+        report_record(record, key.cgroup_id);
     }
     None
 }

@@ -19,6 +19,14 @@ pub const EPERM: i32 = 1;
 const TAMPER_RING_SHARE: u64 = RING_BUFFER_BYTES as u64 / 2;
 /// `bpf_ringbuf_query`: bytes not yet consumed.
 const BPF_RB_AVAIL_DATA: u64 = 0;
+/// Bytes of unread events above which each cgroup's events are rationed (see [`rationed`]).
+const RATION_ABOVE: u64 = RING_BUFFER_BYTES as u64 / 4;
+/// Events a cgroup may add at once while rationed...
+const RATION_BURST: u64 = 128;
+/// ...and then one per this many nanoseconds (32 a second).
+const RATION_INTERVAL_NS: u64 = 1_000_000_000 / 32;
+/// Cgroups whose ration is kept; agents cannot make cgroups, so these are the host's.
+const RATIONED_CGROUPS: u32 = 4096;
 
 // Every map is pinned by name: a restarted or upgraded daemon adopts them with their grants and
 // the events queued while it was away.
@@ -55,6 +63,11 @@ static SETTINGS: Array<u32> = Array::pinned(SETTING_SLOTS, 0);
 static AGENT_OF: LruHashMap<u64, u64> = LruHashMap::with_max_entries(AGENT_OF_ENTRIES, 0);
 
 const AGENT_OF_ENTRIES: u32 = 8192;
+
+/// cgroup id -> when its ration is used up (the next event's earliest time, less the burst):
+/// a flood of one agent's denials cannot fill the ring and drop those of the others.
+#[map]
+static RATIONS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(RATIONED_CGROUPS, 0);
 
 /// The agent cgroup of the caller of a hook whose trailing argument is `previous`, the verdict of
 /// the LSM programs before: Err(that verdict) when one already denied, Err(0) (allow) when the
@@ -286,7 +299,14 @@ fn report(
 ) {
     // Tamper attempts are only journaled, never decided: they may fill half the ring, so that
     // a flood of them leaves room for the denials reviewers act on and the grant uses.
-    if kind == EventKind::Tamper && EVENTS.query(BPF_RB_AVAIL_DATA) > TAMPER_RING_SHARE {
+    let unread = EVENTS.query(BPF_RB_AVAIL_DATA);
+    if kind == EventKind::Tamper && unread > TAMPER_RING_SHARE {
+        count(Counter::EventsDropped);
+        return;
+    }
+    // A grant's use is a fact the journal must hold; what the agent was refused may be asked
+    // again.
+    if kind != EventKind::GrantUsed && rationed(key.cgroup_id, unread) {
         count(Counter::EventsDropped);
         return;
     }
@@ -305,9 +325,36 @@ fn report(
     entry.submit(0);
 }
 
-/// Sends a record that begins with an [`Event`] (filled by [`fill_event`]); see [`report`].
+/// Whether an event of `cgroup` is dropped to leave room for other cgroups' events: while the
+/// daemon is behind (`unread` bytes above [`RATION_ABOVE`]), each cgroup adds
+/// [`RATION_BURST`] events at once and then one each [`RATION_INTERVAL_NS`] (a generic cell
+/// rate: the map holds when the cgroup's allowance is used up). Races between CPUs may let an
+/// event more through, never fewer.
 #[inline(always)]
-pub fn report_record<T>(record: &T) {
+fn rationed(cgroup: u64, unread: u64) -> bool {
+    if unread <= RATION_ABOVE {
+        return false;
+    }
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let used_up = RATIONS
+        .get_ptr(&cgroup)
+        .map_or(0, |at| unsafe { *at })
+        .max(now.saturating_sub(RATION_BURST * RATION_INTERVAL_NS));
+    if used_up > now {
+        return true;
+    }
+    let _ = RATIONS.insert(&cgroup, &(used_up + RATION_INTERVAL_NS), 0);
+    false
+}
+
+/// Sends a denial record that begins with an [`Event`] (filled by [`fill_event`]); see
+/// [`report`].
+#[inline(always)]
+pub fn report_record<T>(record: &T, cgroup: u64) {
+    if rationed(cgroup, EVENTS.query(BPF_RB_AVAIL_DATA)) {
+        count(Counter::EventsDropped);
+        return;
+    }
     if EVENTS.output::<T>(record, 0).is_err() {
         count(Counter::EventsDropped);
     }

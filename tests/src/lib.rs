@@ -63,6 +63,24 @@ pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// A process held stopped (SIGSTOP) until this is dropped, also when a test fails meanwhile.
+pub struct Stopped(String);
+
+impl Stopped {
+    pub fn new(pid: u32) -> Self {
+        let pid = pid.to_string();
+        let stopped = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+        assert!(stopped.success());
+        Self(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+    }
+}
+
 /// What an attempted exec came to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Exec {

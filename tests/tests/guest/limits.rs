@@ -8,7 +8,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use gatekeeper_tests::{Exec, Options, Outcome, Scenario, UNLISTED_UID, bin, wait_for};
+use gatekeeper_tests::{Exec, Options, Outcome, Scenario, Stopped, UNLISTED_UID, bin, wait_for};
 
 /// The default `[agents] max_pending`.
 const MAX_PENDING: usize = 16;
@@ -123,6 +123,46 @@ protocol = "tcp"
         .filter(|message| message.json()["type"] == "gatekeeper.digest")
         .count();
     assert!(digests >= 1, "the burst beyond the rate became a digest");
+}
+
+/// An agent that floods the kernel's event ring with denials while the daemon is behind (here:
+/// stopped) gets its ration, and the rest are dropped: another agent's denial made meanwhile
+/// still becomes a request.
+#[test]
+fn a_flood_of_one_agents_denials_leaves_room_for_the_others() {
+    let scenario = Scenario::start(
+        "ration",
+        Options {
+            extra: r#"
+[[protect.connect]]
+name = "prod network"
+cidr = "127.0.8.0/24"
+protocol = "tcp"
+"#
+            .to_owned(),
+            ..Options::default()
+        },
+    );
+    let other = scenario.agents.join("other");
+    std::fs::create_dir(&other).unwrap();
+    let stopped = Stopped::new(scenario.daemon_pid());
+    // Far more denials than the ring holds (about 740 events).
+    let flood = scenario.sweep(&scenario.agents, "tcp", "127.0.8.1", 2000, 3000);
+    let single = scenario.sweep(&other, "tcp", "127.0.8.2", 7000, 1);
+    drop(stopped);
+    assert_eq!(flood, (0, 3000, 0));
+    assert_eq!(single, (0, 1, 0));
+    scenario.wait_request_for("tcp 127.0.8.2:7000");
+    let status = scenario.status();
+    assert!(
+        status["events_dropped"].as_u64().is_some_and(|n| n > 1000),
+        "the flood was not rationed: {status}"
+    );
+    // Control: outside the agent cgroups the same sweep is not Gatekeeper's business (nothing
+    // listens there: refused, not denied).
+    let (_, outside_denied, _) = scenario.sweep(&scenario.outside, "tcp", "127.0.8.1", 2000, 20);
+    assert_eq!(outside_denied, 0);
+    std::fs::remove_dir(&other).unwrap();
 }
 
 #[test]
