@@ -21,10 +21,14 @@ const TAMPER_RING_SHARE: u64 = RING_BUFFER_BYTES as u64 / 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 /// Bytes of unread events above which each cgroup's events are rationed (see [`rationed`]).
 const RATION_ABOVE: u64 = RING_BUFFER_BYTES as u64 / 4;
-/// Events a cgroup may add at once while rationed...
-const RATION_BURST: u64 = 128;
-/// ...and then one per this many nanoseconds (32 a second).
-const RATION_INTERVAL_NS: u64 = 1_000_000_000 / 32;
+/// Bytes of events a cgroup may add at once while rationed (some 46 denials, or 3 execs with
+/// their arguments)...
+const RATION_BURST_BYTES: u64 = RING_BUFFER_BYTES as u64 / 16;
+/// ...and then a byte per this many nanoseconds (4 KiB a second).
+const RATION_NS_PER_BYTE: u64 = 1_000_000_000 / 4096;
+/// Unread bytes above which only grant uses are added: the last quarter is theirs, however
+/// many cgroups flood.
+const GRANT_USE_RESERVE_ABOVE: u64 = RING_BUFFER_BYTES as u64 / 4 * 3;
 /// Cgroups whose ration is kept; agents cannot make cgroups, so these are the host's.
 const RATIONED_CGROUPS: u32 = 4096;
 
@@ -306,7 +310,7 @@ fn report(
     }
     // A grant's use is a fact the journal must hold; what the agent was refused may be asked
     // again.
-    if kind != EventKind::GrantUsed && rationed(key.cgroup_id, unread) {
+    if kind != EventKind::GrantUsed && rationed(key.cgroup_id, unread, size_of::<Event>()) {
         count(Counter::EventsDropped);
         return;
     }
@@ -325,25 +329,30 @@ fn report(
     entry.submit(0);
 }
 
-/// Whether an event of `cgroup` is dropped to leave room for other cgroups' events: while the
-/// daemon is behind (`unread` bytes above [`RATION_ABOVE`]), each cgroup adds
-/// [`RATION_BURST`] events at once and then one each [`RATION_INTERVAL_NS`] (a generic cell
-/// rate: the map holds when the cgroup's allowance is used up). Races between CPUs may let an
-/// event more through, never fewer.
+/// Whether an event of `bytes` of `cgroup` that is no grant's use is dropped, to leave room for
+/// other cgroups' events and for grant uses: while the daemon is behind (`unread` bytes above
+/// [`RATION_ABOVE`]), each cgroup adds [`RATION_BURST_BYTES`] at once and then a byte each
+/// [`RATION_NS_PER_BYTE`] (a generic cell rate counted in bytes, since an exec's record is
+/// twelve times a connect's: the map holds when the cgroup's allowance is used up); above
+/// [`GRANT_USE_RESERVE_ABOVE`] nothing. Races between CPUs may let an event more through.
 #[inline(always)]
-fn rationed(cgroup: u64, unread: u64) -> bool {
+fn rationed(cgroup: u64, unread: u64, bytes: usize) -> bool {
     if unread <= RATION_ABOVE {
         return false;
     }
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    let used_up = RATIONS
-        .get_ptr(&cgroup)
-        .map_or(0, |at| unsafe { *at })
-        .max(now.saturating_sub(RATION_BURST * RATION_INTERVAL_NS));
-    if used_up > now {
+    if unread > GRANT_USE_RESERVE_ABOVE {
         return true;
     }
-    let _ = RATIONS.insert(&cgroup, &(used_up + RATION_INTERVAL_NS), 0);
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let cost = bytes as u64 * RATION_NS_PER_BYTE;
+    let used_up = RATIONS
+        .get_ptr(cgroup)
+        .map_or(0, |at| unsafe { *at })
+        .max(now.saturating_sub(RATION_BURST_BYTES * RATION_NS_PER_BYTE));
+    if used_up + cost > now {
+        return true;
+    }
+    let _ = RATIONS.insert(cgroup, used_up + cost, 0);
     false
 }
 
@@ -351,7 +360,7 @@ fn rationed(cgroup: u64, unread: u64) -> bool {
 /// [`report`].
 #[inline(always)]
 pub fn report_record<T>(record: &T, cgroup: u64) {
-    if rationed(cgroup, EVENTS.query(BPF_RB_AVAIL_DATA)) {
+    if rationed(cgroup, EVENTS.query(BPF_RB_AVAIL_DATA), size_of::<T>()) {
         count(Counter::EventsDropped);
         return;
     }

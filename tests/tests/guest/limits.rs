@@ -127,7 +127,7 @@ protocol = "tcp"
 
 /// An agent that floods the kernel's event ring with denials while the daemon is behind (here:
 /// stopped) gets its ration, and the rest are dropped: another agent's denial made meanwhile
-/// still becomes a request.
+/// still becomes a request, and its use of a grant is journaled.
 #[test]
 fn a_flood_of_one_agents_denials_leaves_room_for_the_others() {
     let scenario = Scenario::start(
@@ -158,6 +158,24 @@ protocol = "tcp"
         status["events_dropped"].as_u64().is_some_and(|n| n > 1000),
         "the flood was not rationed: {status}"
     );
+    // An exec's record is twelve times a connect's: the ration counts bytes, so a flood of
+    // denied execs leaves room too, and a grant's use is journaled whatever the flood.
+    assert_eq!(scenario.exec_in(&other, &scenario.protected), Exec::Denied);
+    let request = scenario.wait_request(&scenario.protected);
+    scenario.approve(&request);
+    let id = request["id"].as_str().unwrap().to_owned();
+    let stopped = Stopped::new(scenario.daemon_pid());
+    for _ in 0..4 {
+        let (ran, _, _) = scenario.race(&scenario.agents, 50, &scenario.protected);
+        assert_eq!(ran, 0, "a rationed denial still denies");
+    }
+    let flood = scenario.sweep(&scenario.agents, "tcp", "127.0.8.1", 2000, 400);
+    let single = scenario.sweep(&other, "tcp", "127.0.8.3", 7001, 1);
+    let approved = scenario.exec_in(&other, &scenario.protected);
+    drop(stopped);
+    assert_eq!((flood.1, single, approved), (400, (0, 1, 0), Exec::Ran));
+    scenario.wait_request_for("tcp 127.0.8.3:7001");
+    scenario.wait_journal("grant_used", |event| event["request_id"] == id.as_str());
     // Control: outside the agent cgroups the same sweep is not Gatekeeper's business (nothing
     // listens there: refused, not denied).
     let (_, outside_denied, _) = scenario.sweep(&scenario.outside, "tcp", "127.0.8.1", 2000, 20);
