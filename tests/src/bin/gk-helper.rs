@@ -2011,9 +2011,15 @@ fn script_swap(link: &str, script: &str, other: &str, env: Option<&str>) -> Stri
     };
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
+    // Both on one CPU and the child at idle priority: the watcher's wake-up preempts the child
+    // between the kernel's open and the interpreter's, so a loaded host does not lose the race.
+    pin_to_one_cpu();
     // SAFETY: single-threaded; the child only execs or exits.
     let child = unsafe { libc::fork() };
     if child == 0 {
+        let idle = libc::sched_param { sched_priority: 0 };
+        // SAFETY: changes this process's own policy; SCHED_IDLE needs no privilege.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) };
         let errno = exec_exact(link, &[link], env);
         eprintln!("EXEC_ERRNO={errno}");
         // SAFETY: leaves the child.
@@ -2029,6 +2035,19 @@ fn script_swap(link: &str, script: &str, other: &str, env: Option<&str>) -> Stri
     // SAFETY: waits for the child forked above.
     unsafe { libc::waitpid(child, &mut status, 0) };
     format!("SWAP seen={seen} swapped={swapped} status={status}")
+}
+
+/// Keeps this process (and what it forks) on the CPU it runs on now.
+fn pin_to_one_cpu() {
+    // SAFETY: sched_getcpu has no arguments; the set is zeroed before CPU_SET.
+    unsafe {
+        let Ok(cpu) = usize::try_from(libc::sched_getcpu()) else {
+            return;
+        };
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
 }
 
 /// Copies into `dir`, at their own paths, the loader and every library this process maps.

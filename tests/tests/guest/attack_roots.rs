@@ -258,7 +258,7 @@ fn an_approved_scripts_read_belongs_to_its_interpreter() {
         // The swapped symlink: the agent's script runs in the approved process (or, when the
         // swap comes too late, the approved script itself), and never reads the script.
         let mut agent_script_ran = false;
-        for _ in 0..4 {
+        for _ in 0..8 {
             ask(&script_text, host_path);
             let printed = swap(&scenario.agents, uid);
             assert!(!printed.contains("LEAK"), "as {uid:?}: {printed}");
@@ -278,7 +278,7 @@ fn an_approved_scripts_read_belongs_to_its_interpreter() {
         std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o666)).unwrap();
         let evil = format!("{}echo AGENT-FIFO-RAN\n", leak(&script_text));
         let mut fifo_ran = false;
-        for _ in 0..4 {
+        for _ in 0..8 {
             ask(&script_text, host_path);
             let writer = feed_fifo(fifo.clone(), evil.clone());
             let output = Command::new(bin("gk-helper"))
