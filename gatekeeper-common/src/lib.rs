@@ -105,6 +105,7 @@ macro_rules! kernel_members {
             (OFF_NS_COMMON_INUM, "ns_common", "inum"),
             (OFF_MOUNT_MNT, "mount", "mnt"),
             (OFF_MOUNT_PARENT, "mount", "mnt_parent"),
+            (OFF_MOUNT_MOUNTPOINT, "mount", "mnt_mountpoint"),
             (OFF_MOUNT_NS, "mount", "mnt_ns"),
             (OFF_MOUNT_MOUNTS, "mount", "mnt_mounts"),
             (OFF_MOUNT_CHILD, "mount", "mnt_child"),
@@ -509,6 +510,10 @@ pub enum TamperHook {
     /// Input pushed into a terminal (TIOCSTI, TIOCLINUX): whoever reads that terminal outside
     /// the agent cgroups would run it (data: ioctl command, 0).
     TerminalInput = 48,
+    /// Opening for writing a file on a file system mounted in the host's mount namespace below a
+    /// directory whose rule protects writing (a host path), before the daemon guarded that mount
+    /// (data: device, inode).
+    UnguardedMount = 49,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -531,7 +536,7 @@ pub enum MountRefusal {
 
 impl TamperHook {
     /// Every hook, in id order (ids start at 1).
-    pub const ALL: [Self; 48] = {
+    pub const ALL: [Self; 49] = {
         use TamperHook::*;
         [
             Bpf,
@@ -582,6 +587,7 @@ impl TamperHook {
             UnapprovedEnv,
             UnspecifiedDestination,
             TerminalInput,
+            UnguardedMount,
         ]
     };
 
@@ -639,6 +645,7 @@ impl TamperHook {
             Self::UnapprovedEnv => "unapproved_env",
             Self::UnspecifiedDestination => "unspecified_destination",
             Self::TerminalInput => "terminal_input",
+            Self::UnguardedMount => "unguarded_mount",
         }
     }
 }

@@ -7,12 +7,16 @@ use aya_ebpf::{macros::map, maps::HashMap};
 use gatekeeper_common::{MAX_PROTECTED_FILES, MAX_TREE_DEPTH, Target, file_rule};
 
 use crate::{
+    mounts::{mount_in_host_namespace, mount_of},
     offsets::{
         OFF_DENTRY_ALIAS, OFF_DENTRY_INODE, OFF_DENTRY_PARENT, OFF_INODE_DENTRY, OFF_INODE_INO,
-        OFF_INODE_SB, OFF_SB_DEV, OFF_SB_ROOT,
+        OFF_INODE_SB, OFF_MOUNT_MOUNTPOINT, OFF_MOUNT_PARENT, OFF_SB_DEV, OFF_SB_ROOT,
     },
     read::{container_of, read_field},
 };
+
+/// Mounts looked through from a file's own up: a volume below a host path, a mount on that.
+const MOUNT_HOPS: usize = 4;
 
 #[map]
 static PROTECTED_FILES: HashMap<Target, u32> = HashMap::pinned(MAX_PROTECTED_FILES, 0);
@@ -124,4 +128,31 @@ pub unsafe fn moves_with_read_tree(moved: *const u8, to: *const u8) -> Result<bo
     }
     let to = unsafe { placement(alias_of(to)?)? };
     Ok(to.unplaced || to.in_read_tree)
+}
+
+/// Whether the mount `mnt` (a `struct vfsmount`) of a file no rule protects from writing is in
+/// the host's mount namespace below a directory whose rule does, looking at its own mount point
+/// and those of up to three mounts above. The daemon guards such a mount moments after it
+/// appears; until then an agent watching the mount table could open a file there for writing
+/// first, and keep it. A bind of a ruled device is looked at too: the walk up the file's own
+/// tree does not pass the place it is bound to. Mounts in the agents' own namespaces are theirs
+/// (a sandbox binding its scratch space over a host path) and are not looked at.
+#[inline(always)]
+pub unsafe fn below_unguarded_mount(mnt: *const u8) -> Result<bool, i32> {
+    let mut mount = unsafe { mount_of(mnt) };
+    for _ in 0..MOUNT_HOPS {
+        if !unsafe { mount_in_host_namespace(mount) } {
+            return Ok(false);
+        }
+        let parent: *const u8 = unsafe { read_field(mount, &OFF_MOUNT_PARENT)? };
+        if parent == mount {
+            return Ok(false);
+        }
+        let mountpoint: *const u8 = unsafe { read_field(mount, &OFF_MOUNT_MOUNTPOINT)? };
+        if unsafe { placement(mountpoint)? }.guarded_from_change() {
+            return Ok(true);
+        }
+        mount = parent;
+    }
+    Ok(false)
 }

@@ -17,7 +17,7 @@ use gatekeeper_common::{
 
 use crate::{
     exec::{exec_target, inode_target, runs_protected},
-    file_rules::{alias_of, inherit_rule, moves_with_read_tree, placement},
+    file_rules::{alias_of, below_unguarded_mount, inherit_rule, moves_with_read_tree, placement},
     offsets::{
         OFF_DENTRY_INODE, OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_FILE_FLAGS, OFF_FILE_INODE,
         OFF_FILE_MODE, OFF_FILE_PATH, OFF_IATTR_VALID, OFF_INODE_MODE, OFF_INODE_RDEV,
@@ -236,6 +236,13 @@ unsafe fn judge_rule_open(
     let placed = unsafe { placement(dentry)? };
     if placed.unplaced {
         return Ok(tamper(agent, TamperHook::UnplacedFile, placed.file.data));
+    }
+    if access.writes && placed.bits & file_access::WRITE == 0 {
+        let mnt: *const u8 =
+            unsafe { read_field(member_ptr(file, &OFF_FILE_PATH), &OFF_PATH_MNT)? };
+        if unsafe { below_unguarded_mount(mnt)? } {
+            return Ok(tamper(agent, TamperHook::UnguardedMount, placed.file.data));
+        }
     }
     let mut wanted = 0;
     if access.reads && mode & S_IFMT != S_IFDIR {

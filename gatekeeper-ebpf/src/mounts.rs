@@ -115,6 +115,17 @@ fn is_host_namespace(inum: u32) -> bool {
     daemon == 0 || inum == daemon || inum == init
 }
 
+/// Whether the mount at `mount` (a `struct mount`) is in the host's mount namespace; not one
+/// detached or internal to the kernel (pipes, sockets), whose namespace cannot be read.
+#[inline(always)]
+pub unsafe fn mount_in_host_namespace(mount: *const u8) -> bool {
+    unsafe {
+        read_field::<*const u8>(mount, &OFF_MOUNT_NS)
+            .and_then(|ns| namespace_inum(ns))
+            .is_ok_and(is_host_namespace)
+    }
+}
+
 /// Whether the caller is in the host's mount namespace (or could not be told apart from it).
 #[inline(always)]
 pub fn caller_in_host_namespace() -> bool {
@@ -179,7 +190,7 @@ unsafe fn vfsmount_shared(mnt: *const u8) -> bool {
 
 /// The `struct mount` holding the `struct vfsmount` at `mnt`.
 #[inline(always)]
-unsafe fn mount_of(mnt: *const u8) -> *const u8 {
+pub unsafe fn mount_of(mnt: *const u8) -> *const u8 {
     mnt.wrapping_sub(field_offset(&OFF_MOUNT_MNT))
 }
 

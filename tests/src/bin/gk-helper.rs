@@ -525,8 +525,8 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
             outcome(std::env::set_current_dir(text(0)?))?;
             unix_socket_op("stream", text(1)?)
         }
-        "mount" | "bind" | "move" | "umount-lazy" | "pivot-root" | "fsmount" | "open-tree"
-        | "fspick-ro" | "in-ns" | "runtime" | "mount-remount" | "mount-setattr"
+        "mount" | "bind" | "bind-then" | "move" | "umount-lazy" | "pivot-root" | "fsmount"
+        | "open-tree" | "fspick-ro" | "in-ns" | "runtime" | "mount-remount" | "mount-setattr"
         | "overlay-then" => mount_op(op, args),
         "unshare-net-write" => unshare_net_write(text(0)?, text(1)?, text(2)?),
         // add|del ADDRESS [host|own-netns|own-userns]
@@ -2435,6 +2435,11 @@ fn mount_op(op: &str, args: &[&str]) -> Result<(), i32> {
         // mount FSTYPE SOURCE TARGET [DATA]
         "mount" => mount(text(1)?, text(2)?, Some(text(0)?), 0, args.get(3).copied()),
         "bind" => mount(text(0)?, text(1)?, None, libc::MS_BIND, None),
+        // bind-then SOURCE TARGET OP [ARGS...]: OP once SOURCE is bound at TARGET.
+        "bind-then" => {
+            mount(text(0)?, text(1)?, None, libc::MS_BIND, None)?;
+            tamper(text(2)?, args.get(3..).unwrap_or_default())
+        }
         "move" => mount(text(0)?, text(1)?, None, libc::MS_MOVE, None),
         "umount-lazy" => umount(text(0)?, libc::MNT_DETACH),
         "pivot-root" => {

@@ -7,8 +7,8 @@
 use std::{os::unix::fs::PermissionsExt as _, path::Path, process::Command};
 
 use gatekeeper_tests::{
-    Exec, Options, Outcome, Scenario, TARGET_RAN, UNLISTED_UID, bin, exec_outcome, hand_to_user,
-    wait_for,
+    Exec, Options, Outcome, Scenario, Stopped, TARGET_RAN, UNLISTED_UID, bin, exec_outcome,
+    hand_to_user, wait_for,
 };
 use serde_json::Value;
 
@@ -591,6 +591,100 @@ fn protected_files(scenario: &Scenario) -> u64 {
 fn mount_guards_go_with_their_mounts_and_a_full_map_is_said() {
     let mut scenario = Scenario::prepare("aa-mount-guards", Options::default());
     scenario.start_daemon();
+
+    // Before the daemon guards a mount below a host path (here it is held up, stopped), the
+    // kernel refuses agents' opens for writing there itself: a root agent watching the mount
+    // table gets no file open first. So for a bind of a directory of a device with rules, whose
+    // own tree does not pass the host path. Mounts elsewhere, an agent's sandbox bound over a
+    // host path in a namespace of its own, and pipes reached through /proc, stay the agents'.
+    let held = Stopped::new(scenario.daemon_pid());
+    let early = Path::new("/var/lib/gk-aa-mount-guards-early");
+    mount_open_tmpfs(early);
+    let nested = early.join("inner");
+    mount_open_tmpfs(&nested);
+    let beside = Path::new("/run/gk-aa-mount-guards-beside");
+    mount_open_tmpfs(beside);
+    let bound_source = Path::new("/gk-aa-mount-guards-source");
+    std::fs::create_dir_all(bound_source).unwrap();
+    std::fs::set_permissions(bound_source, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let bound = Path::new("/var/lib/gk-aa-mount-guards-bound");
+    std::fs::create_dir_all(bound).unwrap();
+    let bound_now = Command::new("mount")
+        .arg("--bind")
+        .args([bound_source, bound])
+        .status()
+        .unwrap();
+    assert!(bound_now.success());
+    // Each writer its own file: a root agent's denied open may leave the name it made.
+    let outcomes = |target: &str| {
+        (
+            scenario.tamper(&scenario.agents, "write", &[&format!("{target}-root"), "a"]),
+            scenario.tamper_as_user(&scenario.agents, "write", &[&format!("{target}-user"), "a"]),
+            scenario.tamper_as_user(&scenario.outside, "write", &[&format!("{target}-out"), "o"]),
+        )
+    };
+    for target in [
+        early.join("planted"),
+        nested.join("planted"),
+        bound.join("planted"),
+    ] {
+        let target = target.display().to_string();
+        assert_eq!(
+            outcomes(&target),
+            (Outcome::Denied, Outcome::Denied, Outcome::Ok),
+            "{target} before its guard"
+        );
+    }
+    let shadow = beside.display().to_string();
+    let own = early.join("own").display().to_string();
+    std::fs::create_dir(&own).unwrap();
+    for (mode, agent) in [("private", false), ("user", true)] {
+        let sandboxed = format!("{own}/planted-{mode}");
+        let args = [
+            "in-ns",
+            mode,
+            "bind-then",
+            &shadow,
+            &own,
+            "write",
+            &sandboxed,
+            "a",
+        ];
+        let outcome = match agent {
+            false => scenario.tamper(&scenario.agents, args[0], &args[1..]),
+            true => scenario.tamper_as_user(&scenario.agents, args[0], &args[1..]),
+        };
+        assert_eq!(
+            outcome,
+            Outcome::Ok,
+            "a {mode} agent's own bind over a host path"
+        );
+    }
+    let beside_text = beside.join("planted").display().to_string();
+    assert_eq!(
+        outcomes(&beside_text),
+        (Outcome::Ok, Outcome::Ok, Outcome::Ok)
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "write", &["/proc/self/fd/2", "agent\n"]),
+        Outcome::Ok,
+        "an agent writes its own stderr pipe through /proc"
+    );
+    drop(held);
+    scenario.wait_journal("tamper_attempt", |event| event["hook"] == "unguarded_mount");
+    wait_guarded(&scenario, early, 1);
+    wait_guarded(&scenario, &nested, 1);
+    writes_only_from_outside(&scenario, &nested.join("after").display().to_string());
+    wait_guarded(&scenario, bound, 1);
+    for path in [nested.as_path(), early, beside, bound] {
+        let unmounted = Command::new("umount").arg(path).status().unwrap();
+        assert!(unmounted.success(), "umount {path:?}");
+    }
+    for path in [early, beside, bound] {
+        let _ = std::fs::remove_dir(path);
+    }
+    let _ = std::fs::remove_dir_all(bound_source);
+
     let before = protected_files(&scenario);
     let mount_point = Path::new("/var/lib/gk-aa-mount-guards");
     mount_open_tmpfs(mount_point);
@@ -657,6 +751,12 @@ fn mount_guards_go_with_their_mounts_and_a_full_map_is_said() {
             .any(|line| line.starts_with("NOT GUARDED: ") && line.contains(&late_text)),
         "{text}"
     );
+    // Meanwhile the kernel still refuses agents' opens for writing there (of a file the host
+    // made: a name an agent makes there in this state is a limit the README states).
+    let unguarded = late.join("unguarded");
+    std::fs::write(&unguarded, "host\n").unwrap();
+    std::fs::set_permissions(&unguarded, std::fs::Permissions::from_mode(0o666)).unwrap();
+    writes_only_from_outside(&scenario, &unguarded.display().to_string());
     // All of them gone at once: their guards go, and the late one is guarded now.
     let detached = Command::new("umount").arg("-l").arg(fill).status().unwrap();
     assert!(detached.success());
