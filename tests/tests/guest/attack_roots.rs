@@ -391,12 +391,17 @@ fn bind_open_file(source: &Path, target: &Path) {
     std::fs::write(target, "host\n").unwrap();
     std::fs::write(source, "mounted\n").unwrap();
     std::fs::set_permissions(source, std::fs::Permissions::from_mode(0o666)).unwrap();
+    bind(source, target);
+}
+
+/// Binds `source` (a file or directory) at `target`, in the host's mount namespace.
+fn bind(source: &Path, target: &Path) {
     let bound = Command::new("mount")
         .arg("--bind")
         .args([source, target])
         .status()
         .unwrap();
-    assert!(bound.success());
+    assert!(bound.success(), "mount --bind {source:?} {target:?}");
 }
 
 /// Waits until the daemon has logged guarding the mount at `path` `times` times.
@@ -609,12 +614,7 @@ fn mount_guards_go_with_their_mounts_and_a_full_map_is_said() {
     std::fs::set_permissions(bound_source, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let bound = Path::new("/var/lib/gk-aa-mount-guards-bound");
     std::fs::create_dir_all(bound).unwrap();
-    let bound_now = Command::new("mount")
-        .arg("--bind")
-        .args([bound_source, bound])
-        .status()
-        .unwrap();
-    assert!(bound_now.success());
+    bind(bound_source, bound);
     // Each writer its own file: a root agent's denied open may leave the name it made.
     let outcomes = |target: &str| {
         (
