@@ -19,12 +19,14 @@ pub const EPERM: i32 = 1;
 const TAMPER_RING_SHARE: u64 = RING_BUFFER_BYTES as u64 / 2;
 /// `bpf_ringbuf_query`: bytes not yet consumed.
 const BPF_RB_AVAIL_DATA: u64 = 0;
+/// `bpf_ringbuf_query`: the daemon's read position (bytes read since the ring was made).
+const BPF_RB_CONS_POS: u64 = 2;
 /// Bytes of unread events above which each cgroup's events are rationed (see [`rationed`]).
 const RATION_ABOVE: u64 = RING_BUFFER_BYTES as u64 / 4;
 /// Bytes of events a cgroup may add at once while rationed (some 46 denials, or 3 execs with
 /// their arguments)...
 const RATION_BURST_BYTES: u64 = RING_BUFFER_BYTES as u64 / 16;
-/// ...and then a byte per this many nanoseconds (4 KiB a second).
+/// ...and then a byte per this many nanoseconds (4 KiB a second) while the daemon reads.
 const RATION_NS_PER_BYTE: u64 = 1_000_000_000 / 4096;
 /// Unread bytes above which only grant uses are added: the last quarter is theirs, however
 /// many cgroups flood.
@@ -68,10 +70,22 @@ static AGENT_OF: LruHashMap<u64, u64> = LruHashMap::with_max_entries(AGENT_OF_EN
 
 const AGENT_OF_ENTRIES: u32 = 8192;
 
-/// cgroup id -> when its ration is used up (the next event's earliest time, less the burst):
-/// a flood of one agent's denials cannot fill the ring and drop those of the others.
+/// cgroup id -> its ration: a flood of one agent's denials cannot fill the ring and drop those
+/// of the others.
 #[map]
-static RATIONS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(RATIONED_CGROUPS, 0);
+static RATIONS: LruHashMap<u64, Ration> = LruHashMap::with_max_entries(RATIONED_CGROUPS, 0);
+
+/// What a cgroup may still add to the ring while it is rationed.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ration {
+    /// Bytes it may add now.
+    bytes: u64,
+    /// The daemon's read position when they were last topped up.
+    read_position: u64,
+    /// When that was (boot clock, ns).
+    topped_up_at: u64,
+}
 
 /// The agent cgroup of the caller of a hook whose trailing argument is `previous`, the verdict of
 /// the LSM programs before: Err(that verdict) when one already denied, Err(0) (allow) when the
@@ -331,10 +345,11 @@ fn report(
 
 /// Whether an event of `bytes` of `cgroup` that is no grant's use is dropped, to leave room for
 /// other cgroups' events and for grant uses: while the daemon is behind (`unread` bytes above
-/// [`RATION_ABOVE`]), each cgroup adds [`RATION_BURST_BYTES`] at once and then a byte each
-/// [`RATION_NS_PER_BYTE`] (a generic cell rate counted in bytes, since an exec's record is
-/// twelve times a connect's: the map holds when the cgroup's allowance is used up); above
-/// [`GRANT_USE_RESERVE_ABOVE`] nothing. Races between CPUs may let an event more through.
+/// [`RATION_ABOVE`]), each cgroup may add [`RATION_BURST_BYTES`] at once, topped up by a byte
+/// each [`RATION_NS_PER_BYTE`] only once the daemon has read on (counted in bytes, since an
+/// exec's record is twelve times a connect's); above [`GRANT_USE_RESERVE_ABOVE`] nothing. A
+/// daemon that reads nothing (stopped, frozen) tops up nobody, however long a flood is paced.
+/// Races between CPUs may let an event more through.
 #[inline(always)]
 fn rationed(cgroup: u64, unread: u64, bytes: usize) -> bool {
     if unread <= RATION_ABOVE {
@@ -344,16 +359,29 @@ fn rationed(cgroup: u64, unread: u64, bytes: usize) -> bool {
         return true;
     }
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let cost = bytes as u64 * RATION_NS_PER_BYTE;
-    let used_up = RATIONS
-        .get_ptr(cgroup)
-        .map_or(0, |at| unsafe { *at })
-        .max(now.saturating_sub(RATION_BURST_BYTES * RATION_NS_PER_BYTE));
-    if used_up + cost > now {
-        return true;
+    let read_position = EVENTS.query(BPF_RB_CONS_POS);
+    let mut ration = RATIONS.get_ptr(cgroup).map_or(
+        Ration {
+            bytes: RATION_BURST_BYTES,
+            read_position,
+            topped_up_at: now,
+        },
+        |ration| unsafe { *ration },
+    );
+    if ration.read_position != read_position {
+        let earned = now.saturating_sub(ration.topped_up_at) / RATION_NS_PER_BYTE;
+        ration = Ration {
+            bytes: ration.bytes.saturating_add(earned).min(RATION_BURST_BYTES),
+            read_position,
+            topped_up_at: now,
+        };
     }
-    let _ = RATIONS.insert(cgroup, used_up + cost, 0);
-    false
+    let dropped = ration.bytes < bytes as u64;
+    if !dropped {
+        ration.bytes -= bytes as u64;
+    }
+    let _ = RATIONS.insert(cgroup, ration, 0);
+    dropped
 }
 
 /// Sends a denial record that begins with an [`Event`] (filled by [`fill_event`]); see

@@ -6,6 +6,7 @@ use std::{
     io::{BufRead as _, BufReader},
     os::unix::process::CommandExt as _,
     process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use gatekeeper_tests::{Exec, Options, Outcome, Scenario, Stopped, UNLISTED_UID, bin, wait_for};
@@ -126,7 +127,7 @@ protocol = "tcp"
 }
 
 /// An agent that floods the kernel's event ring with denials while the daemon is behind (here:
-/// stopped) gets its ration, and the rest are dropped: another agent's denial made meanwhile
+/// stopped), at once and then paced, gets its ration, and the rest are dropped: another agent's denial made meanwhile
 /// still becomes a request, and its use of a grant is journaled.
 #[test]
 fn a_flood_of_one_agents_denials_leaves_room_for_the_others() {
@@ -148,9 +149,22 @@ protocol = "tcp"
     let stopped = Stopped::new(scenario.daemon_pid());
     // Far more denials than the ring holds (about 740 events).
     let flood = scenario.sweep(&scenario.agents, "tcp", "127.0.8.1", 2000, 3000);
+    // Then paced at about the ration's rate for longer than a refill by the clock would take to
+    // bring the ring to the grant uses' quarter (28 s): a daemon that reads nothing tops up
+    // nobody's ration.
+    let paced = Instant::now();
+    let (mut tried, mut paced_denied) = (0, 0);
+    while paced.elapsed() < Duration::from_secs(32) {
+        paced_denied += scenario
+            .sweep(&scenario.agents, "tcp", "127.0.8.1", 3000, 40)
+            .1;
+        tried += 40;
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let single = scenario.sweep(&other, "tcp", "127.0.8.2", 7000, 1);
     drop(stopped);
     assert_eq!(flood, (0, 3000, 0));
+    assert_eq!(paced_denied, tried);
     assert_eq!(single, (0, 1, 0));
     scenario.wait_request_for("tcp 127.0.8.2:7000");
     let status = scenario.status();
