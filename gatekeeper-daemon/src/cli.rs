@@ -585,7 +585,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 // Agents may write below these: say so where the operator looks.
                 for path in data["unguarded_mounts"].as_array().into_iter().flatten() {
                     println!(
-                        "NOT GUARDED: {} (mounted below a host path; the kernel's map of protected files is full: {} of {})",
+                        "NOT GUARDED: {} (mounted below a host path or protected directory; the kernel's map of protected files is full: {} of {})",
                         visible(path.as_str().unwrap_or("?"), FIELD_LIMIT),
                         data["protected_files"],
                         data["protected_files_capacity"]

@@ -45,8 +45,6 @@ pub enum ConfigError {
         path: PathBuf,
         problems: Vec<Problem>,
     },
-    #[error("cannot read this host's mounts ({MOUNTINFO}) to guard the host paths: {0}")]
-    Mounts(std::io::Error),
 }
 
 /// Where the daemon finds the file systems mounted below the host paths.
@@ -130,6 +128,9 @@ pub struct Config {
     /// Host directories agents change only with approval: each one that exists (a real
     /// directory, not a symlink to another) becomes a `write` file rule at load.
     pub host_paths: Vec<PathBuf>,
+    /// The host paths and the config's own file rules, below which mounts get rules too; set
+    /// at load, before the rules for mounts are added to `file_rules`.
+    pub guard_roots: Vec<GuardRoot>,
     pub grant_ttl: Duration,
     pub request_ttl: Duration,
     pub webhooks: Vec<Webhook>,
@@ -207,6 +208,13 @@ pub struct RulePolicy {
     pub require_reason: bool,
     /// Shown to reviewers first, carried in the journal and the webhook body.
     pub risk: Risk,
+}
+
+impl RulePolicy {
+    /// Orders policies from the least strict: more approvals, then a reason required, then risk.
+    pub fn strictness(&self) -> (u32, bool, Risk) {
+        (self.approvals, self.require_reason, self.risk)
+    }
 }
 
 impl Default for RulePolicy {
@@ -303,15 +311,17 @@ impl Config {
         })?;
         let mut config = Self::parse(path, &text)?;
         config.check_host()?;
-        // Bytes: a name that is no UTF-8 (an agent may make one) must not hide the others.
-        let mounts = std::fs::read(MOUNTINFO).map_err(ConfigError::Mounts)?;
-        config.guard_host_paths(&mount_points(&mounts));
+        // The file systems mounted below get their rules as the daemon reads the mount table,
+        // the first time as it starts, where the room left in the kernel's map is counted.
+        config.guard_host_paths(&[]);
         Ok(config)
     }
 
-    /// Adds the rules [`host_guards`] finds for this config's host paths and `mounts`.
+    /// Adds the rules [`host_guards`] finds for this config's host paths and file rules and
+    /// `mounts`.
     pub fn guard_host_paths(&mut self, mounts: &[PathBuf]) {
-        let guards = host_guards(&self.host_paths, &self.file_rules, mounts);
+        self.guard_roots = guard_roots(&self.host_paths, &self.file_rules);
+        let guards = host_guards(&self.guard_roots, &self.file_rules, mounts);
         self.file_rules.extend(guards);
     }
 
@@ -338,27 +348,68 @@ impl Config {
     }
 }
 
-/// A `write` rule for each of `host_paths` that is a directory here, and for each of `mounts`
-/// below one, directory or file (the kernel's walk up from a file stops at the root of its own
-/// file system), that none of `rules` names yet: agents write there only with approval and make,
-/// move or remove no names there.
-pub fn host_guards(
-    host_paths: &[PathBuf],
-    rules: &[FileRule],
-    mounts: &[PathBuf],
-) -> Vec<FileRule> {
-    let below = mounts.iter().filter(|mount| {
-        host_paths
-            .iter()
-            .any(|path| mount.starts_with(path) && *mount != path)
+/// A place below which a file system mounted gets a rule: a host path (its own rule a `write`
+/// rule) or a file rule of the config.
+#[derive(Debug, Clone)]
+pub struct GuardRoot {
+    /// The path as the mount table names it (symlinks resolved).
+    resolved: PathBuf,
+    rule: FileRule,
+    host_path: bool,
+}
+
+/// The roots of `host_paths` and `rules`.
+pub fn guard_roots(host_paths: &[PathBuf], rules: &[FileRule]) -> Vec<GuardRoot> {
+    let host_rules = host_paths.iter().map(|path| {
+        let rule = FileRule {
+            path: path.clone(),
+            name: format!("host files {}", path.display()),
+            access: gatekeeper_common::file_access::WRITE,
+            approval: RulePolicy::default(),
+        };
+        (rule, true)
     });
+    let config_rules = rules.iter().map(|rule| (rule.clone(), false));
+    host_rules
+        .chain(config_rules)
+        .map(|(rule, host_path)| GuardRoot {
+            resolved: std::fs::canonicalize(&rule.path).unwrap_or_else(|_| rule.path.clone()),
+            rule,
+            host_path,
+        })
+        .collect()
+}
+
+/// The rules that `roots` make and none of `rules` names yet: a `write` rule for each host path
+/// that is a directory here, and one for each of `mounts` below a root, directory or file (the
+/// kernel's walk up from a file stops at the root of its own file system). A mount takes the
+/// accesses of every root above it and the approval of the strictest (with its name, or `host
+/// files PATH` for a host path): agents write there only with approval, read there only with it
+/// where a rule above protects reading, and make, move or remove no names there.
+pub fn host_guards(roots: &[GuardRoot], rules: &[FileRule], mounts: &[PathBuf]) -> Vec<FileRule> {
     let mut guards: Vec<FileRule> = Vec::new();
     // Thousands of mounts on container hosts: each looked up once.
     let mut named: HashSet<&Path> = rules.iter().map(|rule| rule.path.as_path()).collect();
-    // A file mounted over one (a container runtime's /etc/resolv.conf) is guarded as a file.
-    for (path, mounted) in
-        (host_paths.iter().map(|path| (path, false))).chain(below.map(|path| (path, true)))
-    {
+    let host = (roots.iter())
+        .filter(|root| root.host_path)
+        .map(|root| (&root.rule.path, root.rule.clone(), false));
+    let below = mounts.iter().filter_map(|mount| {
+        let covering = (roots.iter())
+            .filter(|root| mount.starts_with(&root.resolved) && *mount != root.resolved);
+        let strictest = (covering.clone()).max_by_key(|root| root.rule.approval.strictness())?;
+        let rule = FileRule {
+            path: mount.clone(),
+            name: match strictest.host_path {
+                true => format!("host files {}", mount.display()),
+                false => strictest.rule.name.clone(),
+            },
+            access: covering.fold(0, |access, root| access | root.rule.access),
+            approval: strictest.rule.approval,
+        };
+        // A file mounted over one (a container runtime's /etc/resolv.conf) is guarded as a file.
+        Some((mount, rule, true))
+    });
+    for (path, rule, mounted) in host.chain(below) {
         if named.contains(path.as_path()) {
             continue;
         }
@@ -366,12 +417,7 @@ pub fn host_guards(
             .is_ok_and(|meta| meta.is_dir() || (mounted && meta.is_file()));
         if guardable {
             named.insert(path);
-            guards.push(FileRule {
-                path: path.clone(),
-                name: format!("host files {}", path.display()),
-                access: gatekeeper_common::file_access::WRITE,
-                approval: RulePolicy::default(),
-            });
+            guards.push(rule);
         }
     }
     guards

@@ -139,8 +139,8 @@ pub struct Policy {
     sockets: Vec<WatchedPath>,
     /// One per file rule of `file_rules`, in order.
     files: Vec<WatchedPath>,
-    /// The config's file rules, then those made for file systems mounted below a host path
-    /// while the daemon ran.
+    /// The config's file rules, then those made for file systems mounted below a host path or a
+    /// protected directory while the daemon ran.
     file_rules: Vec<FileRule>,
     /// How many of `file_rules` are the config's: the others go when their mount does.
     configured_files: usize,
@@ -329,7 +329,7 @@ fn room_for_mount_guard(used: usize) -> bool {
 /// The journal's word that `entry`'s path is guarded as the file it names now.
 fn guarded_now(entry: &WatchedPath) -> Option<Event> {
     let target = entry.current?;
-    tracing::info!(path = %entry.path.display(), "guarding a mount below a host path");
+    tracing::info!(path = %entry.path.display(), "guarding a mount below a host path or protected directory");
     Some(Event::ProtectionUpdated {
         path: entry.path.display().to_string(),
         dev: target.data[0] as u32,
@@ -642,10 +642,10 @@ impl Policy {
         events
     }
 
-    /// Guards each of `mounts` below a host path that no rule covers yet, as at start: a file
-    /// system or file mounted there while the daemon ran; follows each already guarded to the
-    /// file system mounted there now; and takes out the guards of mounts made while the daemon
-    /// ran that are gone. Returns what to journal. A mount that cannot be guarded (gone again
+    /// Guards each of `mounts` below a host path or a protected directory that no rule names yet,
+    /// as at start (see [`host_guards`]): a file system or file mounted there while the daemon
+    /// ran; follows each already guarded to the file system mounted there now; and takes out the
+    /// guards of mounts made while the daemon ran that are gone. Returns what to journal. A mount that cannot be guarded (gone again
     /// before its stat) is logged and tried at the next change of the mount table.
     pub fn guard_mounts(&mut self, kernel: &mut Kernel, mounts: &[PathBuf]) -> Vec<Event> {
         let used = kernel.path_entries(PathList::Files).len();
@@ -663,8 +663,8 @@ impl Policy {
         events
     }
 
-    /// Guards the mounts below host paths no rule covers yet while the kernel's map (`used`
-    /// entries) has room; remembers the others.
+    /// Guards the mounts below host paths and protected directories that no rule names yet while
+    /// the kernel's map (`used` entries) has room; remembers the others.
     fn guard_new_mounts(
         &mut self,
         kernel: &mut Kernel,
@@ -673,13 +673,13 @@ impl Policy {
     ) -> Vec<Event> {
         let mut events = Vec::new();
         let mut unguarded = Vec::new();
-        for rule in host_guards(&self.config.host_paths, &self.file_rules, mounts) {
+        for rule in host_guards(&self.config.guard_roots, &self.file_rules, mounts) {
             if !room_for_mount_guard(used) {
                 if !self.unguarded_mounts.contains(&rule.path) {
                     let why = format!(
                         "the kernel's map of protected files holds {used} of {MAX_PROTECTED_FILES} entries, and {MOUNT_GUARD_RESERVE} are kept for protected files replaced"
                     );
-                    tracing::error!(path = %rule.path.display(), %why, "cannot guard a mount below a host path");
+                    tracing::error!(path = %rule.path.display(), %why, "cannot guard a mount below a host path or protected directory");
                     events.push(Event::MountUnguarded {
                         path: rule.path.display().to_string(),
                         why,
@@ -696,7 +696,7 @@ impl Policy {
                     self.files.extend(installed);
                 }
                 Err(error) => {
-                    tracing::error!(%error, path = %rule.path.display(), "cannot guard a mount below a host path")
+                    tracing::error!(%error, path = %rule.path.display(), "cannot guard a mount below a host path or protected directory")
                 }
             }
         }
@@ -719,7 +719,7 @@ impl Policy {
                 continue;
             }
             if let Err(error) = add_file(kernel, target, entry.value) {
-                tracing::error!(%error, path = %entry.path.display(), "cannot guard a mount below a host path");
+                tracing::error!(%error, path = %entry.path.display(), "cannot guard a mount below a host path or protected directory");
                 continue;
             }
             entry.previous.extend(entry.current.replace(target));
@@ -870,11 +870,9 @@ impl Policy {
             let Some(candidate) = with_rule(index) else {
                 continue;
             };
-            let key = |rule: &FileRule| {
-                let approval = rule.approval;
-                (approval.approvals, approval.require_reason, approval.risk)
-            };
-            if strictest.is_none_or(|(_, rule)| key(candidate.1) > key(rule)) {
+            if strictest.is_none_or(|(_, rule)| {
+                candidate.1.approval.strictness() > rule.approval.strictness()
+            }) {
                 strictest = Some(candidate);
             }
         }

@@ -7,10 +7,11 @@ use aya_ebpf::{macros::map, maps::HashMap};
 use gatekeeper_common::{MAX_PROTECTED_FILES, MAX_TREE_DEPTH, Target, file_rule};
 
 use crate::{
-    mounts::{mount_in_host_namespace, mount_of},
+    mounts::{host_mount_of, mount_in_host_namespace, mount_of},
     offsets::{
         OFF_DENTRY_ALIAS, OFF_DENTRY_INODE, OFF_DENTRY_PARENT, OFF_INODE_DENTRY, OFF_INODE_INO,
         OFF_INODE_SB, OFF_MOUNT_MOUNTPOINT, OFF_MOUNT_PARENT, OFF_SB_DEV, OFF_SB_ROOT,
+        OFF_VFSMOUNT_SB,
     },
     read::{container_of, read_field},
 };
@@ -135,11 +136,21 @@ pub unsafe fn moves_with_read_tree(moved: *const u8, to: *const u8) -> Result<bo
 /// and those of up to three mounts above. The daemon guards such a mount moments after it
 /// appears; until then an agent watching the mount table could open a file there for writing
 /// first, and keep it. A bind of a ruled device is looked at too: the walk up the file's own
-/// tree does not pass the place it is bound to. Mounts in the agents' own namespaces are theirs
-/// (a sandbox binding its scratch space over a host path) and are not looked at.
+/// tree does not pass the place it is bound to. A mount in another namespace is judged as its
+/// file system's mount in the host's, so that a copy of a new host mount (a namespace the mount
+/// propagated into, an `unshare`, a bind or `open_tree` of it) is no way around; a file system
+/// mounted only in the agents' own namespaces is theirs, and so is where they bind it (a
+/// sandbox binding its scratch space over a host path).
 #[inline(always)]
 pub unsafe fn below_unguarded_mount(mnt: *const u8) -> Result<bool, i32> {
     let mut mount = unsafe { mount_of(mnt) };
+    if !unsafe { mount_in_host_namespace(mount) } {
+        let sb: *const u8 = unsafe { read_field(mnt, &OFF_VFSMOUNT_SB)? };
+        match unsafe { host_mount_of(sb)? } {
+            Some(host) => mount = host,
+            None => return Ok(false),
+        }
+    }
     for _ in 0..MOUNT_HOPS {
         if !unsafe { mount_in_host_namespace(mount) } {
             return Ok(false);

@@ -258,17 +258,24 @@ unsafe fn tree_has_shared(root: *const u8) -> Result<bool, i32> {
 /// mounts than are looked at.
 #[inline(always)]
 unsafe fn mounted_in_host(sb: *const u8) -> Result<bool, i32> {
+    unsafe { host_mount_of(sb) }.map(|mount| mount.is_some())
+}
+
+/// The first of the superblock `sb`'s mounts (a `struct mount`) that is in the host's
+/// namespace, if any (the kernel's internal ones, of pipes and sockets, are in none). Err when
+/// it has more mounts than are looked at.
+#[inline(always)]
+pub unsafe fn host_mount_of(sb: *const u8) -> Result<Option<*const u8>, i32> {
     unsafe {
         let head = sb.wrapping_add(field_offset(&OFF_SB_MOUNTS));
         let mut node = list_next(head)?;
         for _ in 0..MAX_SB_MOUNTS {
             if node == head {
-                return Ok(false);
+                return Ok(None);
             }
             let mount = node.wrapping_sub(field_offset(&OFF_MOUNT_INSTANCE));
-            let ns: *const u8 = read_field(mount, &OFF_MOUNT_NS)?;
-            if !ns.is_null() && is_host_namespace(namespace_inum(ns)?) {
-                return Ok(true);
+            if mount_in_host_namespace(mount) {
+                return Ok(Some(mount));
             }
             node = list_next(node)?;
         }

@@ -208,6 +208,7 @@ impl Parser {
             reviewer_keys: approval.reviewer_keys,
             owners: agents.owners,
             host_paths: agents.host_paths,
+            guard_roots: Vec::new(),
             grant_ttl: approval.grant_ttl,
             request_ttl: approval.request_ttl,
             webhooks,

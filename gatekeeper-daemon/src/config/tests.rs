@@ -363,8 +363,8 @@ fn later_mounts_get_rules_once() {
     for dir in [&first, &second] {
         std::fs::create_dir_all(dir).unwrap();
     }
-    let host_paths = [host.clone()];
-    let at_start = super::host_guards(&host_paths, &[], std::slice::from_ref(&first));
+    let roots = super::guard_roots(std::slice::from_ref(&host), &[]);
+    let at_start = super::host_guards(&roots, &[], std::slice::from_ref(&first));
     let paths = |rules: &[super::FileRule]| -> Vec<PathBuf> {
         rules.iter().map(|rule| rule.path.clone()).collect()
     };
@@ -376,9 +376,65 @@ fn later_mounts_get_rules_once() {
         base.join("elsewhere"),
         host.clone(),
     ];
-    let later = super::host_guards(&host_paths, &at_start, &mounts);
+    let later = super::host_guards(&roots, &at_start, &mounts);
     assert_eq!(paths(&later), [second]);
     assert_eq!(later[0].access, gatekeeper_common::file_access::WRITE);
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
+/// A mount below a `[[protect.file]]` directory that is no host path takes the accesses of
+/// every rule above it and the approval and name of the strictest; beside them, none.
+#[test]
+fn mounts_below_file_rule_directories_take_their_rules() {
+    let base = std::env::temp_dir().join(format!("gk-rule-mounts-{}", std::process::id()));
+    let (secrets, inner, volume, beside) = (
+        base.join("secrets"),
+        base.join("secrets/inner"),
+        base.join("secrets/inner/volume"),
+        base.join("beside"),
+    );
+    for dir in [&volume, &beside] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let rule = |path: &Path, name: &str, access: u32, approvals: u32| super::FileRule {
+        path: path.to_owned(),
+        name: name.to_owned(),
+        access,
+        approval: super::RulePolicy {
+            approvals,
+            ..super::RulePolicy::default()
+        },
+    };
+    use gatekeeper_common::file_access::{READ, WRITE};
+    let rules = [
+        rule(&secrets, "prod secrets", READ, 2),
+        rule(&inner, "inner configs", WRITE, 1),
+    ];
+    // Named through a symlink, as the config may: the mount table names resolved paths.
+    let link = base.join("link");
+    std::os::unix::fs::symlink(&secrets, &link).unwrap();
+    let linked = [rule(&link, "linked secrets", READ, 1)];
+    let guards = super::host_guards(
+        &super::guard_roots(&[], &rules),
+        &rules,
+        &[volume.clone(), beside.clone()],
+    );
+    let shown: Vec<_> = guards
+        .iter()
+        .map(|guard| (guard.path.clone(), guard.name.as_str(), guard.access))
+        .collect();
+    assert_eq!(shown, [(volume.clone(), "prod secrets", READ | WRITE)]);
+    assert_eq!(guards[0].approval.approvals, 2);
+    let guards = super::host_guards(
+        &super::guard_roots(&[], &linked),
+        &linked,
+        std::slice::from_ref(&inner),
+    );
+    assert_eq!(guards.len(), 1, "{guards:?}");
+    assert_eq!(
+        (guards[0].name.as_str(), guards[0].access),
+        ("linked secrets", READ)
+    );
     std::fs::remove_dir_all(&base).unwrap();
 }
 

@@ -41,8 +41,9 @@ pub enum Event {
         dev: u32,
         ino: u64,
     },
-    /// A file system or file mounted below a host path while the daemon ran is no longer
-    /// guarded: unmounted, or no room was left for its guard in the kernel's map.
+    /// A file system or file mounted below a host path or a protected directory while the daemon
+    /// ran is no longer guarded: unmounted, or no room was left for its guard in the kernel's
+    /// map.
     MountUnguarded {
         path: String,
         why: String,

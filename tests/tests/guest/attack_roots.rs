@@ -6,6 +6,7 @@
 
 use std::{os::unix::fs::PermissionsExt as _, path::Path, process::Command};
 
+use gatekeeper_common::file_access;
 use gatekeeper_tests::{
     Exec, Options, Outcome, Scenario, Stopped, TARGET_RAN, UNLISTED_UID, bin, exec_outcome,
     hand_to_user, wait_for,
@@ -635,6 +636,18 @@ fn mount_guards_go_with_their_mounts_and_a_full_map_is_said() {
             "{target} before its guard"
         );
     }
+    // A copy of the mount in a namespace of the agent's own is judged as the host's mount.
+    let copy = |who: &str| early.join(format!("copied-{who}")).display().to_string();
+    let (root, user, out) = (copy("root"), copy("user"), copy("out"));
+    assert_eq!(
+        (
+            scenario.tamper(&scenario.agents, "in-ns", &["private", "write", &root, "a"]),
+            scenario.tamper_as_user(&scenario.agents, "in-ns", &["user", "write", &user, "a"]),
+            scenario.tamper_as_user(&scenario.outside, "in-ns", &["user", "write", &out, "o"]),
+        ),
+        (Outcome::Denied, Outcome::Denied, Outcome::Ok),
+        "a copy of the mount in a namespace of one's own"
+    );
     let shadow = beside.display().to_string();
     let own = early.join("own").display().to_string();
     std::fs::create_dir(&own).unwrap();
@@ -770,4 +783,78 @@ fn mount_guards_go_with_their_mounts_and_a_full_map_is_said() {
     assert!(unmounted.success());
     let _ = std::fs::remove_dir(late);
     let _ = std::fs::remove_dir(fill);
+}
+
+/// A file system mounted below a `[[protect.file]]` directory that is no host path is covered
+/// by that rule like the files beside it: once the daemon has guarded it, an agent's read or
+/// write there is a request named by the rule, and an approval passes one open. Before the guard
+/// (the daemon held stopped) the kernel refuses agents' writes there itself.
+#[test]
+fn a_mount_below_a_protected_directory_keeps_its_rule() {
+    let ruled = Path::new("/srv/gk-aa-ruled-mounts");
+    std::fs::create_dir_all(ruled).unwrap();
+    let scenario = Scenario::start(
+        "aa-ruled-mounts",
+        Options {
+            extra: format!(
+                "[[protect.file]]\npath = \"{}\"\nname = \"ruled volume\"\naccess = \"any\"\n",
+                ruled.display()
+            ),
+            ..Options::default()
+        },
+    );
+    let held = Stopped::new(scenario.daemon_pid());
+    let volume = ruled.join("volume");
+    mount_open_tmpfs(&volume);
+    let data = volume.join("data");
+    std::fs::write(&data, "secret\n").unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let data_text = data.display().to_string();
+    writes_only_from_outside(&scenario, &data_text);
+    drop(held);
+    scenario.wait_journal("tamper_attempt", |event| event["hook"] == "unguarded_mount");
+    wait_guarded(&scenario, &volume, 1);
+
+    let request_for = |access: u32| {
+        wait_for(&format!("a request for {data_text} ({access})"), || {
+            scenario.requests(true).into_iter().rev().find(|request| {
+                request["target"] == data_text.as_str()
+                    && request["target_key"]["aux"] == access
+                    && request["state"] == "pending"
+            })
+        })
+    };
+    for (op, args, access) in [
+        ("cat", vec![data_text.as_str()], file_access::READ),
+        (
+            "write",
+            vec![data_text.as_str(), "agent"],
+            file_access::WRITE,
+        ),
+    ] {
+        assert_eq!(
+            scenario.tamper(&scenario.agents, op, &args),
+            Outcome::Denied
+        );
+        assert_eq!(
+            scenario.tamper_as_user(&scenario.agents, op, &args),
+            Outcome::Denied
+        );
+        let request = request_for(access);
+        assert_eq!(request["rule"], "ruled volume", "{request}");
+        scenario.approve(&request);
+        assert_eq!(scenario.tamper(&scenario.agents, op, &args), Outcome::Ok);
+        assert_eq!(
+            scenario.tamper(&scenario.agents, op, &args),
+            Outcome::Denied,
+            "one open per approval"
+        );
+        assert_eq!(
+            scenario.tamper_as_user(&scenario.outside, op, &args),
+            Outcome::Ok
+        );
+    }
+    let unmounted = Command::new("umount").arg(&volume).status().unwrap();
+    assert!(unmounted.success());
+    std::fs::remove_dir_all(ruled).unwrap();
 }
