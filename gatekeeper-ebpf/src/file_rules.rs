@@ -133,7 +133,7 @@ pub unsafe fn moves_with_read_tree(moved: *const u8, to: *const u8) -> Result<bo
 
 /// Whether the mount `mnt` (a `struct vfsmount`) of a file no rule protects from writing is in
 /// the host's mount namespace below a directory whose rule does, looking at its own mount point
-/// and those of up to three mounts above. The daemon guards such a mount moments after it
+/// and those of up to three mounts above (a mount deeper than that counts as below one). The daemon guards such a mount moments after it
 /// appears; until then an agent watching the mount table could open a file there for writing
 /// first, and keep it. A bind of a ruled device is looked at too: the walk up the file's own
 /// tree does not pass the place it is bound to. A mount in another namespace is judged as its
@@ -165,5 +165,8 @@ pub unsafe fn below_unguarded_mount(mnt: *const u8) -> Result<bool, i32> {
         }
         mount = parent;
     }
-    Ok(false)
+    // Mounts nested deeper than that are refused rather than let through: rare on real hosts,
+    // and the journal names them.
+    let parent: *const u8 = unsafe { read_field(mount, &OFF_MOUNT_PARENT)? };
+    Ok(parent != mount)
 }

@@ -4,7 +4,11 @@
 //! reads the approved script from another process. Each attack has a control outside the agent
 //! cgroups showing the same action does what it claims there.
 
-use std::{os::unix::fs::PermissionsExt as _, path::Path, process::Command};
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use gatekeeper_common::file_access;
 use gatekeeper_tests::{
@@ -608,6 +612,11 @@ fn mount_guards_go_with_their_mounts_and_a_full_map_is_said() {
     mount_open_tmpfs(early);
     let nested = early.join("inner");
     mount_open_tmpfs(&nested);
+    // Deeper than the kernel looks up (five mounts): refused all the same.
+    let deep = [nested.join("3"), nested.join("3/4"), nested.join("3/4/5")];
+    for level in &deep {
+        mount_open_tmpfs(level);
+    }
     let beside = Path::new("/run/gk-aa-mount-guards-beside");
     mount_open_tmpfs(beside);
     let bound_source = Path::new("/gk-aa-mount-guards-source");
@@ -627,6 +636,7 @@ fn mount_guards_go_with_their_mounts_and_a_full_map_is_said() {
     for target in [
         early.join("planted"),
         nested.join("planted"),
+        deep[2].join("planted"),
         bound.join("planted"),
     ] {
         let target = target.display().to_string();
@@ -689,7 +699,9 @@ fn mount_guards_go_with_their_mounts_and_a_full_map_is_said() {
     wait_guarded(&scenario, &nested, 1);
     writes_only_from_outside(&scenario, &nested.join("after").display().to_string());
     wait_guarded(&scenario, bound, 1);
-    for path in [nested.as_path(), early, beside, bound] {
+    for path in
+        (deep.iter().rev().map(PathBuf::as_path)).chain([nested.as_path(), early, beside, bound])
+    {
         let unmounted = Command::new("umount").arg(path).status().unwrap();
         assert!(unmounted.success(), "umount {path:?}");
     }
