@@ -146,9 +146,11 @@ pub unsafe fn below_unguarded_mount(mnt: *const u8) -> Result<bool, i32> {
     let mut mount = unsafe { mount_of(mnt) };
     if !unsafe { mount_in_host_namespace(mount) } {
         let sb: *const u8 = unsafe { read_field(mnt, &OFF_VFSMOUNT_SB)? };
-        match unsafe { host_mount_of(sb)? } {
-            Some(host) => mount = host,
-            None => return Ok(false),
+        match unsafe { host_mount_of(sb) } {
+            Ok(Some(host)) => mount = host,
+            Ok(None) => return Ok(false),
+            // More mounts of it than are looked at: refused, and journaled.
+            Err(_) => return Ok(true),
         }
     }
     for _ in 0..MOUNT_HOPS {

@@ -527,7 +527,7 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         }
         "mount" | "bind" | "bind-then" | "move" | "umount-lazy" | "pivot-root" | "fsmount"
         | "open-tree" | "fspick-ro" | "in-ns" | "runtime" | "mount-remount" | "mount-setattr"
-        | "overlay-then" => mount_op(op, args),
+        | "overlay-then" | "tmpfs-binds-then" => mount_op(op, args),
         "unshare-net-write" => unshare_net_write(text(0)?, text(1)?, text(2)?),
         // add|del ADDRESS [host|own-netns|own-userns]
         "net-address" => net_address(text(0)?, text(1)?, args.get(2).copied().unwrap_or("host")),
@@ -2438,6 +2438,18 @@ fn mount_op(op: &str, args: &[&str]) -> Result<(), i32> {
         // bind-then SOURCE TARGET OP [ARGS...]: OP once SOURCE is bound at TARGET.
         "bind-then" => {
             mount(text(0)?, text(1)?, None, libc::MS_BIND, None)?;
+            tamper(text(2)?, args.get(3..).unwrap_or_default())
+        }
+        // tmpfs-binds-then DIR N OP [ARGS...]: a tmpfs at DIR bound again at N directories of
+        // its own, then OP.
+        "tmpfs-binds-then" => {
+            mount("gk", text(0)?, Some("tmpfs"), 0, None)?;
+            let count: u32 = text(1)?.parse().map_err(|_| libc::EINVAL)?;
+            for index in 0..count {
+                let at = format!("{}/{index}", text(0)?);
+                std::fs::create_dir(&at).map_err(|error| error.raw_os_error().unwrap_or(-1))?;
+                mount(text(0)?, &at, None, libc::MS_BIND, None)?;
+            }
             tamper(text(2)?, args.get(3..).unwrap_or_default())
         }
         "move" => mount(text(0)?, text(1)?, None, libc::MS_MOVE, None),

@@ -683,6 +683,32 @@ fn mount_guards_go_with_their_mounts_and_a_full_map_is_said() {
             "a {mode} agent's own bind over a host path"
         );
     }
+    // A file system of the agent's own bound more often than the kernel looks through for a
+    // mount in the host's namespace is refused (journaled), not let through unjudged.
+    let scratch = beside.join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let scratch = scratch.display().to_string();
+    let file = format!("{scratch}/file");
+    let binds = |count: &'static str| {
+        [
+            "user",
+            "tmpfs-binds-then",
+            &scratch,
+            count,
+            "write",
+            &file,
+            "a",
+        ]
+    };
+    assert_eq!(
+        (
+            scenario.tamper_as_user(&scenario.agents, "in-ns", &binds("8")),
+            scenario.tamper_as_user(&scenario.agents, "in-ns", &binds("64")),
+            scenario.tamper_as_user(&scenario.outside, "in-ns", &binds("64")),
+        ),
+        (Outcome::Ok, Outcome::Denied, Outcome::Ok),
+        "an agent's own tmpfs bound 8 and 64 times"
+    );
     let beside_text = beside.join("planted").display().to_string();
     assert_eq!(
         outcomes(&beside_text),
