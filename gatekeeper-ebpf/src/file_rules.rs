@@ -133,9 +133,9 @@ pub unsafe fn moves_with_read_tree(moved: *const u8, to: *const u8) -> Result<bo
 
 /// Whether the mount `mnt` (a `struct vfsmount`) of a file no rule protects from writing is in
 /// the host's mount namespace below a directory whose rule does, looking at its own mount point
-/// and those of up to three mounts above (a mount deeper than that counts as below one). The daemon guards such a mount moments after it
-/// appears; until then an agent watching the mount table could open a file there for writing
-/// first, and keep it. A bind of a ruled device is looked at too: the walk up the file's own
+/// and those of up to three mounts above (a mount deeper than that counts as below one). The
+/// daemon guards such a mount moments after it appears; until then an agent watching the mount
+/// table could open a file there for writing first, and keep it. A bind of a ruled device is looked at too: the walk up the file's own
 /// tree does not pass the place it is bound to. A mount in another namespace is judged as its
 /// file system's mount in the host's, so that a copy of a new host mount (a namespace the mount
 /// propagated into, an `unshare`, a bind or `open_tree` of it) is no way around; a file system
