@@ -77,6 +77,7 @@ macro_rules! kernel_members {
             (OFF_TASK_TGID, "task_struct", "tgid"),
             (OFF_SB_MAGIC, "super_block", "s_magic"),
             (OFF_VFSMOUNT_SB, "vfsmount", "mnt_sb"),
+            (OFF_VFSMOUNT_ROOT, "vfsmount", "mnt_root"),
             (OFF_VFSMOUNT_FLAGS, "vfsmount", "mnt_flags"),
             (OFF_FILE_PATH, "file", "f_path"),
             (OFF_PATH_MNT, "path", "mnt"),

@@ -352,32 +352,26 @@ impl Config {
 /// rule) or a file rule of the config.
 #[derive(Debug, Clone)]
 pub struct GuardRoot {
-    /// The path as the mount table names it (symlinks resolved).
-    resolved: PathBuf,
     rule: FileRule,
     host_path: bool,
 }
 
 /// The roots of `host_paths` and `rules`.
 pub fn guard_roots(host_paths: &[PathBuf], rules: &[FileRule]) -> Vec<GuardRoot> {
-    let host_rules = host_paths.iter().map(|path| {
-        let rule = FileRule {
+    let host_rules = host_paths.iter().map(|path| GuardRoot {
+        rule: FileRule {
             path: path.clone(),
             name: format!("host files {}", path.display()),
             access: gatekeeper_common::file_access::WRITE,
             approval: RulePolicy::default(),
-        };
-        (rule, true)
+        },
+        host_path: true,
     });
-    let config_rules = rules.iter().map(|rule| (rule.clone(), false));
-    host_rules
-        .chain(config_rules)
-        .map(|(rule, host_path)| GuardRoot {
-            resolved: std::fs::canonicalize(&rule.path).unwrap_or_else(|_| rule.path.clone()),
-            rule,
-            host_path,
-        })
-        .collect()
+    let config_rules = rules.iter().map(|rule| GuardRoot {
+        rule: rule.clone(),
+        host_path: false,
+    });
+    host_rules.chain(config_rules).collect()
 }
 
 /// The rules that `roots` make and none of `rules` names yet: a `write` rule for each host path
@@ -393,9 +387,20 @@ pub fn host_guards(roots: &[GuardRoot], rules: &[FileRule], mounts: &[PathBuf]) 
     let host = (roots.iter())
         .filter(|root| root.host_path)
         .map(|root| (&root.rule.path, root.rule.clone(), false));
+    // As the mount table names them, resolved at each look: a symlink may be pointed elsewhere.
+    let resolved: Vec<(PathBuf, &GuardRoot)> = (roots.iter())
+        .map(|root| {
+            let path = &root.rule.path;
+            (
+                std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()),
+                root,
+            )
+        })
+        .collect();
     let below = mounts.iter().filter_map(|mount| {
-        let covering = (roots.iter())
-            .filter(|root| mount.starts_with(&root.resolved) && *mount != root.resolved);
+        let covering = (resolved.iter())
+            .filter(|(path, _)| mount.starts_with(path) && mount != path)
+            .map(|(_, root)| *root);
         let strictest = (covering.clone()).max_by_key(|root| root.rule.approval.strictness())?;
         let rule = FileRule {
             path: mount.clone(),

@@ -11,7 +11,7 @@ use crate::{
     offsets::{
         OFF_DENTRY_ALIAS, OFF_DENTRY_INODE, OFF_DENTRY_PARENT, OFF_INODE_DENTRY, OFF_INODE_INO,
         OFF_INODE_SB, OFF_MOUNT_MOUNTPOINT, OFF_MOUNT_PARENT, OFF_SB_DEV, OFF_SB_ROOT,
-        OFF_VFSMOUNT_SB,
+        OFF_VFSMOUNT_ROOT,
     },
     read::{container_of, read_field},
 };
@@ -136,17 +136,22 @@ pub unsafe fn moves_with_read_tree(moved: *const u8, to: *const u8) -> Result<bo
 /// and those of up to three mounts above (a mount deeper than that counts as below one). The
 /// daemon guards such a mount moments after it appears; until then an agent watching the mount
 /// table could open a file there for writing first, and keep it. A bind of a ruled device is looked at too: the walk up the file's own
-/// tree does not pass the place it is bound to. A mount in another namespace is judged as its
-/// file system's mount in the host's, so that a copy of a new host mount (a namespace the mount
-/// propagated into, an `unshare`, a bind or `open_tree` of it) is no way around; a file system
-/// mounted only in the agents' own namespaces is theirs, and so is where they bind it (a
-/// sandbox binding its scratch space over a host path).
+/// tree does not pass the place it is bound to. A mount in another namespace is judged as the
+/// newest mount in the host's of the file's (`inode`'s) file system with the same root, else its
+/// first,
+/// so that a copy of a new host mount (a namespace the mount propagated into, an `unshare`, a
+/// bind or `open_tree` of it) is no way around; a file system mounted only in the agents' own
+/// namespaces is theirs, and so is where they bind it (a sandbox binding its scratch space over
+/// a host path).
 #[inline(always)]
-pub unsafe fn below_unguarded_mount(mnt: *const u8) -> Result<bool, i32> {
+pub unsafe fn below_unguarded_mount(mnt: *const u8, inode: *const u8) -> Result<bool, i32> {
     let mut mount = unsafe { mount_of(mnt) };
     if !unsafe { mount_in_host_namespace(mount) } {
-        let sb: *const u8 = unsafe { read_field(mnt, &OFF_VFSMOUNT_SB)? };
-        match unsafe { host_mount_of(sb) } {
+        // The file's own superblock: on 6.1 a file an overlay opened below carries the
+        // overlay's mount.
+        let sb: *const u8 = unsafe { read_field(inode, &OFF_INODE_SB)? };
+        let root: *const u8 = unsafe { read_field(mnt, &OFF_VFSMOUNT_ROOT)? };
+        match unsafe { host_mount_of(sb, root) } {
             Ok(Some(host)) => mount = host,
             Ok(None) => return Ok(false),
             // More mounts of it than are looked at: refused, and journaled.

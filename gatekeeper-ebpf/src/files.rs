@@ -240,7 +240,7 @@ unsafe fn judge_rule_open(
     if access.writes && placed.bits & file_access::WRITE == 0 {
         let mnt: *const u8 =
             unsafe { read_field(member_ptr(file, &OFF_FILE_PATH), &OFF_PATH_MNT)? };
-        if unsafe { below_unguarded_mount(mnt)? } {
+        if unsafe { below_unguarded_mount(mnt, inode)? } {
             return Ok(tamper(agent, TamperHook::UnguardedMount, placed.file.data));
         }
     }

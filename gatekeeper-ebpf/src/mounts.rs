@@ -32,7 +32,7 @@ use crate::{
         OFF_LIST_HEAD_NEXT, OFF_MNT_NS_NS, OFF_MOUNT_CHILD, OFF_MOUNT_INSTANCE, OFF_MOUNT_MNT,
         OFF_MOUNT_MOUNTS, OFF_MOUNT_NS, OFF_MOUNT_PARENT, OFF_NS_COMMON_INUM, OFF_NSPROXY_MNT_NS,
         OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_SB_MOUNTS, OFF_TASK_FS, OFF_TASK_NSPROXY,
-        OFF_VFSMOUNT_FLAGS, OFF_VFSMOUNT_SB,
+        OFF_VFSMOUNT_FLAGS, OFF_VFSMOUNT_ROOT, OFF_VFSMOUNT_SB,
     },
     read::{BPF_FS_MAGIC, CGROUP_SUPER_MAGIC, field_offset, member_ptr, read_field, sb_magic},
     verdict::{agent_cgroup, setting, tamper},
@@ -258,29 +258,40 @@ unsafe fn tree_has_shared(root: *const u8) -> Result<bool, i32> {
 /// mounts than are looked at.
 #[inline(always)]
 unsafe fn mounted_in_host(sb: *const u8) -> Result<bool, i32> {
-    unsafe { host_mount_of(sb) }.map(|mount| mount.is_some())
+    unsafe { host_mount_of(sb, core::ptr::null()) }.map(|mount| mount.is_some())
 }
 
-/// The first of the superblock `sb`'s mounts (a `struct mount`) that is in the host's
-/// namespace, if any (the kernel's internal ones, of pipes and sockets, are in none). Err when
-/// it has more mounts than are looked at.
+/// The superblock `sb`'s mount (a `struct mount`) in the host's namespace that stands for one of
+/// its mounts elsewhere whose root is the dentry `root`: the newest with the same root (the bind
+/// it was copied from; of several, the one the host made last, which the daemon may not have
+/// guarded yet), else the first, if any (the kernel's internal mounts, of pipes and sockets, are
+/// in none). A null `root` takes the first. Err when none was found among the mounts looked at
+/// and there are more.
 #[inline(always)]
-pub unsafe fn host_mount_of(sb: *const u8) -> Result<Option<*const u8>, i32> {
+pub unsafe fn host_mount_of(sb: *const u8, root: *const u8) -> Result<Option<*const u8>, i32> {
+    let (mut first, mut same_root) = (None, None);
     unsafe {
         let head = sb.wrapping_add(field_offset(&OFF_SB_MOUNTS));
         let mut node = list_next(head)?;
         for _ in 0..MAX_SB_MOUNTS {
             if node == head {
-                return Ok(None);
+                return Ok(same_root.or(first));
             }
             let mount = node.wrapping_sub(field_offset(&OFF_MOUNT_INSTANCE));
             if mount_in_host_namespace(mount) {
-                return Ok(Some(mount));
+                if root.is_null() {
+                    return Ok(Some(mount));
+                }
+                let mount_root: *const u8 = read_field(vfsmount_of(mount), &OFF_VFSMOUNT_ROOT)?;
+                if mount_root == root {
+                    same_root = Some(mount);
+                }
+                first = first.or(Some(mount));
             }
             node = list_next(node)?;
         }
-        Err(0)
     }
+    same_root.or(first).map(Some).ok_or(0)
 }
 
 /// mount(2) in every form: new mounts, bind, move, remount and propagation changes.

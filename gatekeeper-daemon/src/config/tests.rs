@@ -425,16 +425,20 @@ fn mounts_below_file_rule_directories_take_their_rules() {
         .collect();
     assert_eq!(shown, [(volume.clone(), "prod secrets", READ | WRITE)]);
     assert_eq!(guards[0].approval.approvals, 2);
-    let guards = super::host_guards(
-        &super::guard_roots(&[], &linked),
-        &linked,
-        std::slice::from_ref(&inner),
-    );
+    let roots = super::guard_roots(&[], &linked);
+    let guards = super::host_guards(&roots, &linked, std::slice::from_ref(&inner));
     assert_eq!(guards.len(), 1, "{guards:?}");
     assert_eq!(
         (guards[0].name.as_str(), guards[0].access),
         ("linked secrets", READ)
     );
+    // Pointed elsewhere while the daemon runs: the mounts below the new place are the rule's.
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&beside, &link).unwrap();
+    let below_beside = beside.join("mounted");
+    std::fs::create_dir(&below_beside).unwrap();
+    let guards = super::host_guards(&roots, &linked, std::slice::from_ref(&below_beside));
+    assert_eq!(guards.len(), 1, "{guards:?}");
     std::fs::remove_dir_all(&base).unwrap();
 }
 

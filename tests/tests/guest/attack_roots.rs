@@ -719,19 +719,69 @@ fn mount_guards_go_with_their_mounts_and_a_full_map_is_said() {
         Outcome::Ok,
         "an agent writes its own stderr pipe through /proc"
     );
+    // An overlay of the agent's own whose upper directory is on the new mount (on 6.1 the
+    // file below carries the overlay's mount).
+    let layers = ["lower", "upper", "work", "merged"].map(|layer| early.join(layer));
+    for layer in &layers {
+        std::fs::create_dir(layer).unwrap();
+    }
+    let [lower, upper, work, merged] = layers.map(|layer| layer.display().to_string());
+    let overlay = |cgroup: &Path, who: &str| {
+        let file = format!("{merged}/through-{who}");
+        let args = [
+            "private",
+            "overlay-then",
+            &lower,
+            &upper,
+            &work,
+            &merged,
+            "write",
+            &file,
+            "a",
+        ];
+        scenario.tamper(cgroup, "in-ns", &args)
+    };
+    assert_eq!(
+        (
+            overlay(&scenario.agents, "agent"),
+            overlay(&scenario.outside, "outside")
+        ),
+        (Outcome::Denied, Outcome::Ok),
+        "an overlay of one's own with its upper directory on the new mount"
+    );
+    // A file system mounted first where no guard is needed, then bound below a host path: a
+    // copy of the bind is judged by the bind.
+    let rebound = Path::new("/var/lib/gk-aa-mount-guards-rebound");
+    std::fs::create_dir_all(rebound).unwrap();
+    bind(beside, rebound);
+    let copy = |who: &str| rebound.join(format!("copied-{who}")).display().to_string();
+    let (root, user, out) = (copy("root"), copy("user"), copy("out"));
+    assert_eq!(
+        (
+            scenario.tamper(&scenario.agents, "in-ns", &["private", "write", &root, "a"]),
+            scenario.tamper_as_user(&scenario.agents, "in-ns", &["user", "write", &user, "a"]),
+            scenario.tamper_as_user(&scenario.outside, "in-ns", &["user", "write", &out, "o"]),
+        ),
+        (Outcome::Denied, Outcome::Denied, Outcome::Ok),
+        "a copy of a host bind of a file system mounted elsewhere first"
+    );
     drop(held);
     scenario.wait_journal("tamper_attempt", |event| event["hook"] == "unguarded_mount");
     wait_guarded(&scenario, early, 1);
     wait_guarded(&scenario, &nested, 1);
     writes_only_from_outside(&scenario, &nested.join("after").display().to_string());
     wait_guarded(&scenario, bound, 1);
-    for path in
-        (deep.iter().rev().map(PathBuf::as_path)).chain([nested.as_path(), early, beside, bound])
-    {
+    for path in (deep.iter().rev().map(PathBuf::as_path)).chain([
+        nested.as_path(),
+        early,
+        rebound,
+        beside,
+        bound,
+    ]) {
         let unmounted = Command::new("umount").arg(path).status().unwrap();
         assert!(unmounted.success(), "umount {path:?}");
     }
-    for path in [early, beside, bound] {
+    for path in [early, rebound, beside, bound] {
         let _ = std::fs::remove_dir(path);
     }
     let _ = std::fs::remove_dir_all(bound_source);
