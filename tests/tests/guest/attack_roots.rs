@@ -422,6 +422,22 @@ fn wait_guarded(scenario: &Scenario, path: &Path, times: usize) {
     });
 }
 
+/// Root and user agents cannot write in `dir` through a copy of its mount in a namespace of
+/// their own (a private one for root, a user namespace for the user); the user outside can.
+fn copies_written_only_from_outside(scenario: &Scenario, dir: &Path) {
+    let copy = |who: &str| dir.join(format!("copied-{who}")).display().to_string();
+    let (root, user, out) = (copy("root"), copy("user"), copy("out"));
+    assert_eq!(
+        (
+            scenario.tamper(&scenario.agents, "in-ns", &["private", "write", &root, "a"]),
+            scenario.tamper_as_user(&scenario.agents, "in-ns", &["user", "write", &user, "a"]),
+            scenario.tamper_as_user(&scenario.outside, "in-ns", &["user", "write", &out, "o"]),
+        ),
+        (Outcome::Denied, Outcome::Denied, Outcome::Ok),
+        "copies of {dir:?} in namespaces of one's own"
+    );
+}
+
 /// Root and user agents cannot write `target`; the user outside can (the control).
 fn writes_only_from_outside(scenario: &Scenario, target: &str) {
     assert_eq!(
@@ -647,17 +663,7 @@ fn mount_guards_go_with_their_mounts_and_a_full_map_is_said() {
         );
     }
     // A copy of the mount in a namespace of the agent's own is judged as the host's mount.
-    let copy = |who: &str| early.join(format!("copied-{who}")).display().to_string();
-    let (root, user, out) = (copy("root"), copy("user"), copy("out"));
-    assert_eq!(
-        (
-            scenario.tamper(&scenario.agents, "in-ns", &["private", "write", &root, "a"]),
-            scenario.tamper_as_user(&scenario.agents, "in-ns", &["user", "write", &user, "a"]),
-            scenario.tamper_as_user(&scenario.outside, "in-ns", &["user", "write", &out, "o"]),
-        ),
-        (Outcome::Denied, Outcome::Denied, Outcome::Ok),
-        "a copy of the mount in a namespace of one's own"
-    );
+    copies_written_only_from_outside(&scenario, early);
     let shadow = beside.display().to_string();
     let own = early.join("own").display().to_string();
     std::fs::create_dir(&own).unwrap();
@@ -754,17 +760,7 @@ fn mount_guards_go_with_their_mounts_and_a_full_map_is_said() {
     let rebound = Path::new("/var/lib/gk-aa-mount-guards-rebound");
     std::fs::create_dir_all(rebound).unwrap();
     bind(beside, rebound);
-    let copy = |who: &str| rebound.join(format!("copied-{who}")).display().to_string();
-    let (root, user, out) = (copy("root"), copy("user"), copy("out"));
-    assert_eq!(
-        (
-            scenario.tamper(&scenario.agents, "in-ns", &["private", "write", &root, "a"]),
-            scenario.tamper_as_user(&scenario.agents, "in-ns", &["user", "write", &user, "a"]),
-            scenario.tamper_as_user(&scenario.outside, "in-ns", &["user", "write", &out, "o"]),
-        ),
-        (Outcome::Denied, Outcome::Denied, Outcome::Ok),
-        "a copy of a host bind of a file system mounted elsewhere first"
-    );
+    copies_written_only_from_outside(&scenario, rebound);
     drop(held);
     scenario.wait_journal("tamper_attempt", |event| event["hook"] == "unguarded_mount");
     wait_guarded(&scenario, early, 1);
