@@ -311,8 +311,8 @@ impl Config {
         })?;
         let mut config = Self::parse(path, &text)?;
         config.check_host()?;
-        // The file systems mounted below get their rules as the daemon reads the mount table,
-        // the first time as it starts, where the room left in the kernel's map is counted.
+        // The file systems mounted below get their rules where the room left in the kernel's
+        // map is counted: as the daemon installs its policy, and at each change after.
         config.guard_host_paths(&[]);
         Ok(config)
     }
@@ -378,8 +378,9 @@ pub fn guard_roots(host_paths: &[PathBuf], rules: &[FileRule]) -> Vec<GuardRoot>
 /// that is a directory here, and one for each of `mounts` below a root, directory or file (the
 /// kernel's walk up from a file stops at the root of its own file system). A mount takes the
 /// accesses of every root above it and the approval of the strictest (with its name, or `host
-/// files PATH` for a host path): agents write there only with approval, read there only with it
-/// where a rule above protects reading, and make, move or remove no names there.
+/// files PATH` for a host path): agents write there only with approval, where a rule above
+/// protects writing (and then make, move or remove no names there), and read there only with
+/// it where one protects reading.
 pub fn host_guards(roots: &[GuardRoot], rules: &[FileRule], mounts: &[PathBuf]) -> Vec<FileRule> {
     let mut guards: Vec<FileRule> = Vec::new();
     // Thousands of mounts on container hosts: each looked up once.
@@ -401,7 +402,9 @@ pub fn host_guards(roots: &[GuardRoot], rules: &[FileRule], mounts: &[PathBuf]) 
         let covering = (resolved.iter())
             .filter(|(path, _)| mount.starts_with(path) && mount != path)
             .map(|(_, root)| *root);
-        let strictest = (covering.clone()).max_by_key(|root| root.rule.approval.strictness())?;
+        // The first of the strictest, as requests name it.
+        let strictest =
+            (covering.clone().rev()).max_by_key(|root| root.rule.approval.strictness())?;
         let rule = FileRule {
             path: mount.clone(),
             name: match strictest.host_path {

@@ -143,12 +143,13 @@ impl Engine {
         };
         let was_enforcing = loader::links_pinned(&config.pin_dir);
         let mut kernel = Kernel::load(&config.pin_dir)?;
-        let policy = Policy::install(config.clone(), &mut kernel)?;
+        let (policy, mounts_guarded) = Policy::install(config.clone(), &mut kernel)?;
         let start = now();
         let mut core = Core::new(settings(&config), start, Box::new(random_id));
         for record in &opened.records {
             core.replay(record.time, &record.event);
         }
+
         if was_enforcing {
             for (grant_id, key) in core.outstanding_grants() {
                 let expires = kernel
@@ -169,6 +170,13 @@ impl Engine {
             pid: std::process::id(),
             kernel: kernel_release,
         });
+        // The mounts there were at start are guarded as a matter of course (logged); those the
+        // kernel's map had no room for are journaled.
+        for event in mounts_guarded {
+            if matches!(event, Event::MountUnguarded { .. }) {
+                core.note(event);
+            }
+        }
         if !was_enforcing || core.enforcing_since().is_none() {
             core.note(Event::EnforcementInstalled {
                 pin_dir: config.pin_dir.display().to_string(),

@@ -21,7 +21,10 @@ use handles::FileHandle;
 
 use crate::{
     cgroups,
-    config::{Config, ConnectRule, DestinationSpec, ExecRule, FileRule, host_guards},
+    config::{
+        Config, ConnectRule, DestinationSpec, ExecRule, FileRule, MOUNTINFO, host_guards,
+        mount_points,
+    },
     destinations::{self, Destination, DestinationError, Prefix, Reach},
     handle::ProtectedStatus,
     journal::Event,
@@ -31,6 +34,8 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
+    #[error("cannot read this host's mounts ({MOUNTINFO}) to guard those below host paths: {0}")]
+    Mounts(std::io::Error),
     #[error("agent cgroup {path}: {cause}")]
     AgentCgroup {
         path: PathBuf,
@@ -443,10 +448,14 @@ fn install_paths(
 }
 
 impl Policy {
-    /// Fills the kernel's maps with the configuration. An earlier daemon's maps are adopted: the
-    /// new policy goes in first and what is no longer configured comes out after, so nothing is
-    /// unprotected in between.
-    pub fn install(config: Arc<Config>, kernel: &mut Kernel) -> Result<Self, PolicyError> {
+    /// Fills the kernel's maps with the configuration and guards the mounts below host paths and
+    /// protected directories; returns what to journal of the latter. An earlier daemon's maps
+    /// are adopted: the new policy goes in first and what is no longer configured comes out
+    /// after, so nothing is unprotected in between.
+    pub fn install(
+        config: Arc<Config>,
+        kernel: &mut Kernel,
+    ) -> Result<(Self, Vec<Event>), PolicyError> {
         let mut agents = Vec::new();
         for path in &config.agent_cgroups {
             let id = cgroups::id_of(path).map_err(|cause| PolicyError::AgentCgroup {
@@ -484,7 +493,8 @@ impl Policy {
         let mut files = files;
         // Host paths guarded: `/` keeps its names, such as the links of merged /usr.
         let name_guards = guard_rule_directories(kernel, &mut files, config.guards_host_paths())?;
-        prune_paths(kernel, PathList::Files, &[&files, &name_guards])?;
+        // Bytes: a name that is no UTF-8 (an agent may make one) must not hide the others.
+        let mounts = std::fs::read(MOUNTINFO).map_err(PolicyError::Mounts)?;
         kernel.set_setting(Setting::ExecAllowlist, u32::from(config.exec_allowlist))?;
         // Agents change no mount where the daemon, or init, looks.
         kernel.set_setting(Setting::HostMountNs, namespace("/proc/self/ns/mnt")?)?;
@@ -545,8 +555,16 @@ impl Policy {
             files,
             reaches,
         };
+        // The mounts below host paths and protected directories, before what an earlier daemon
+        // guarded comes out: a restart leaves none of them unguarded.
+        let guarded = policy.guard_mounts(kernel, &mount_points(&mounts));
+        prune_paths(
+            kernel,
+            PathList::Files,
+            &[&policy.files, &policy.name_guards],
+        )?;
         policy.sync_nets(kernel)?;
-        Ok(policy)
+        Ok((policy, guarded))
     }
 
     /// Makes the kernel's destination trie hold exactly what the rules compile to.

@@ -135,14 +135,14 @@ pub unsafe fn moves_with_read_tree(moved: *const u8, to: *const u8) -> Result<bo
 /// the host's mount namespace below a directory whose rule does, looking at its own mount point
 /// and those of up to three mounts above (a mount deeper than that counts as below one). The
 /// daemon guards such a mount moments after it appears; until then an agent watching the mount
-/// table could open a file there for writing first, and keep it. A bind of a ruled device is looked at too: the walk up the file's own
-/// tree does not pass the place it is bound to. A mount in another namespace is judged as the
-/// newest mount in the host's of the file's (`inode`'s) file system with the same root, else its
-/// first,
-/// so that a copy of a new host mount (a namespace the mount propagated into, an `unshare`, a
-/// bind or `open_tree` of it) is no way around; a file system mounted only in the agents' own
-/// namespaces is theirs, and so is where they bind it (a sandbox binding its scratch space over
-/// a host path).
+/// table could open a file there for writing first, and keep it. A bind of a ruled device is
+/// looked at too: the walk up the file's own tree does not pass the place it is bound to. A
+/// mount in another namespace is judged as the newest mount in the host's of the file's
+/// (`inode`'s) file system with the same root, else its first, so that a copy of a new host
+/// mount (a namespace the mount propagated into, an `unshare`, a bind or `open_tree` of it, an
+/// overlay over it) is no way around; a file system mounted only in the agents' own namespaces
+/// is theirs, and so is where they bind it (a sandbox binding its scratch space over a host
+/// path).
 #[inline(always)]
 pub unsafe fn below_unguarded_mount(mnt: *const u8, inode: *const u8) -> Result<bool, i32> {
     let mut mount = unsafe { mount_of(mnt) };
@@ -173,7 +173,7 @@ pub unsafe fn below_unguarded_mount(mnt: *const u8, inode: *const u8) -> Result<
         mount = parent;
     }
     // Mounts nested deeper than that are refused rather than let through: rare on real hosts,
-    // and the journal names them.
+    // and the journal names them. (Where `/` sits on the kernel's rootfs, `/` is one of them.)
     let parent: *const u8 = unsafe { read_field(mount, &OFF_MOUNT_PARENT)? };
     Ok(parent != mount)
 }

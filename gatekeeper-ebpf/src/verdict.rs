@@ -346,9 +346,10 @@ fn report(
 /// Whether an event of `bytes` of `cgroup` that is no grant's use is dropped, to leave room for
 /// other cgroups' events and for grant uses: while the daemon is behind (`unread` bytes above
 /// [`RATION_ABOVE`]), each cgroup may add [`RATION_BURST_BYTES`] at once, topped up by a byte
-/// each [`RATION_NS_PER_BYTE`] only once the daemon has read on (counted in bytes, since an
-/// exec's record is twelve times a connect's); above [`GRANT_USE_RESERVE_ABOVE`] nothing. A
-/// daemon that reads nothing (stopped, frozen) tops up nobody, however long a flood is paced.
+/// each [`RATION_NS_PER_BYTE`] but by no more than the daemon has read since (counted in bytes,
+/// since an exec's record is twelve times a connect's); above [`GRANT_USE_RESERVE_ABOVE`]
+/// nothing. A daemon that reads nothing (stopped, frozen) tops up nobody, however long a flood
+/// is paced.
 /// Races between CPUs may let an event more through.
 #[inline(always)]
 fn rationed(cgroup: u64, unread: u64, bytes: usize) -> bool {
@@ -368,8 +369,11 @@ fn rationed(cgroup: u64, unread: u64, bytes: usize) -> bool {
         },
         |ration| unsafe { *ration },
     );
-    if ration.read_position != read_position {
-        let earned = now.saturating_sub(ration.topped_up_at) / RATION_NS_PER_BYTE;
+    let read = read_position.wrapping_sub(ration.read_position);
+    let topped_up = read != 0;
+    if topped_up {
+        // No more than the daemon has read since: a daemon slowed down tops up as slowly.
+        let earned = (now.saturating_sub(ration.topped_up_at) / RATION_NS_PER_BYTE).min(read);
         ration = Ration {
             bytes: ration.bytes.saturating_add(earned).min(RATION_BURST_BYTES),
             read_position,
@@ -380,7 +384,10 @@ fn rationed(cgroup: u64, unread: u64, bytes: usize) -> bool {
     if !dropped {
         ration.bytes -= bytes as u64;
     }
-    let _ = RATIONS.insert(cgroup, ration, 0);
+    // A flood's drops change nothing to keep.
+    if !dropped || topped_up {
+        let _ = RATIONS.insert(cgroup, ration, 0);
+    }
     dropped
 }
 

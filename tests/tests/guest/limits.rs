@@ -149,12 +149,12 @@ protocol = "tcp"
     let stopped = Stopped::new(scenario.daemon_pid());
     // Far more denials than the ring holds (about 740 events).
     let flood = scenario.sweep(&scenario.agents, "tcp", "127.0.8.1", 2000, 3000);
-    // Then paced at about the ration's rate for longer than a refill by the clock would take to
-    // bring the ring to the grant uses' quarter (28 s): a daemon that reads nothing tops up
-    // nobody's ration.
+    // Then paced (faster than the ration's 4 KiB a second) for longer than a refill by the
+    // clock would take to bring the ring to the grant uses' quarter (28 s): a daemon that reads
+    // nothing tops up nobody's ration.
     let paced = Instant::now();
     let (mut tried, mut paced_denied) = (0, 0);
-    while paced.elapsed() < Duration::from_secs(32) {
+    while paced.elapsed() < Duration::from_secs(40) {
         paced_denied += scenario
             .sweep(&scenario.agents, "tcp", "127.0.8.1", 3000, 40)
             .1;
