@@ -311,17 +311,16 @@ impl Config {
         })?;
         let mut config = Self::parse(path, &text)?;
         config.check_host()?;
-        // The file systems mounted below get their rules where the room left in the kernel's
-        // map is counted: as the daemon installs its policy, and at each change after.
-        config.guard_host_paths(&[]);
+        config.guard_host_paths();
         Ok(config)
     }
 
-    /// Adds the rules [`host_guards`] finds for this config's host paths and file rules and
-    /// `mounts`.
-    pub fn guard_host_paths(&mut self, mounts: &[PathBuf]) {
+    /// Adds a rule for each host path that is a directory here (see [`host_guards`]). The file
+    /// systems mounted below get theirs where the room left in the kernel's map is counted: as
+    /// the daemon installs its policy, and at each change after.
+    pub fn guard_host_paths(&mut self) {
         self.guard_roots = guard_roots(&self.host_paths, &self.file_rules);
-        let guards = host_guards(&self.guard_roots, &self.file_rules, mounts);
+        let guards = host_guards(&self.guard_roots, &self.file_rules, &[]);
         self.file_rules.extend(guards);
     }
 

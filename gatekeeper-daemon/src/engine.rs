@@ -149,7 +149,6 @@ impl Engine {
         for record in &opened.records {
             core.replay(record.time, &record.event);
         }
-
         if was_enforcing {
             for (grant_id, key) in core.outstanding_grants() {
                 let expires = kernel

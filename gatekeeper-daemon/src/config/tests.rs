@@ -343,7 +343,13 @@ fn file_systems_mounted_below_host_paths_are_guarded_too() {
         beside.display(),
         file.display()
     );
-    config.guard_host_paths(&mount_points(mountinfo.as_bytes()));
+    config.guard_host_paths();
+    let mounted = host_guards(
+        &config.guard_roots,
+        &config.file_rules,
+        &mount_points(mountinfo.as_bytes()),
+    );
+    config.file_rules.extend(mounted);
     let guarded: Vec<_> = config
         .file_rules
         .iter()
