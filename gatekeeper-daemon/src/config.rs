@@ -379,42 +379,50 @@ pub fn guard_roots(host_paths: &[PathBuf], rules: &[FileRule]) -> Vec<GuardRoot>
 /// accesses of every root above it and the approval of the strictest (with its name, or `host
 /// files PATH` for a host path): agents write there only with approval, where a rule above
 /// protects writing (and then make, move or remove no names there), and read there only with
-/// it where one protects reading.
-pub fn host_guards(roots: &[GuardRoot], rules: &[FileRule], mounts: &[PathBuf]) -> Vec<FileRule> {
+/// it where one protects reading. A mount is below a root by its path, or as the kernel sees it:
+/// by the place of its mount point, or of a mount it sits on, in that mount's file system (a
+/// volume below a bind of a protected directory made elsewhere).
+pub fn host_guards(roots: &[GuardRoot], rules: &[FileRule], mounts: &[Mount]) -> Vec<FileRule> {
     let mut guards: Vec<FileRule> = Vec::new();
     // Thousands of mounts on container hosts: each looked up once.
     let mut named: HashSet<&Path> = rules.iter().map(|rule| rule.path.as_path()).collect();
     let host = (roots.iter())
         .filter(|root| root.host_path)
         .map(|root| (&root.rule.path, root.rule.clone(), false));
+    let tree = MountTree::new(mounts);
     // As the mount table names them, resolved at each look: a symlink may be pointed elsewhere.
-    let resolved: Vec<(PathBuf, &GuardRoot)> = (roots.iter())
+    let resolved: Vec<(PathBuf, Option<Place>, &GuardRoot)> = (roots.iter())
         .map(|root| {
             let path = &root.rule.path;
-            (
-                std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()),
-                root,
-            )
+            let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+            (path.clone(), tree.place_of(&path), root)
         })
         .collect();
     let below = mounts.iter().filter_map(|mount| {
+        let places = tree.mount_point_places(mount);
         let covering = (resolved.iter())
-            .filter(|(path, _)| mount.starts_with(path) && mount != path)
-            .map(|(_, root)| *root);
+            .filter(|(path, place, _)| {
+                mount.point != *path
+                    && (mount.point.starts_with(path)
+                        || place
+                            .as_ref()
+                            .is_some_and(|root| places.iter().any(|place| place.is_below(root))))
+            })
+            .map(|(_, _, root)| *root);
         // The first of the strictest, as requests name it.
         let strictest =
             (covering.clone().rev()).max_by_key(|root| root.rule.approval.strictness())?;
         let rule = FileRule {
-            path: mount.clone(),
+            path: mount.point.clone(),
             name: match strictest.host_path {
-                true => format!("host files {}", mount.display()),
+                true => format!("host files {}", mount.point.display()),
                 false => strictest.rule.name.clone(),
             },
             access: covering.fold(0, |access, root| access | root.rule.access),
             approval: strictest.rule.approval,
         };
         // A file mounted over one (a container runtime's /etc/resolv.conf) is guarded as a file.
-        Some((mount, rule, true))
+        Some((&mount.point, rule, true))
     });
     for (path, rule, mounted) in host.chain(below) {
         if named.contains(path.as_path()) {
@@ -430,13 +438,110 @@ pub fn host_guards(roots: &[GuardRoot], rules: &[FileRule], mounts: &[PathBuf]) 
     guards
 }
 
-/// The mount points a `/proc/PID/mountinfo` text lists (its fifth field, octal escapes decoded),
-/// names that are no UTF-8 included.
-pub fn mount_points(mountinfo: &[u8]) -> Vec<PathBuf> {
+/// A mount of this host's mount table: a line of `/proc/PID/mountinfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    id: u64,
+    parent: u64,
+    /// `major:minor`: which file system.
+    device: Vec<u8>,
+    /// The directory of its file system that is mounted.
+    root: PathBuf,
+    /// Where it is mounted.
+    pub point: PathBuf,
+}
+
+/// A directory as a file system knows it: its path from the file system's root.
+#[derive(Debug, PartialEq, Eq)]
+struct Place<'a> {
+    device: &'a [u8],
+    path: PathBuf,
+}
+
+impl Place<'_> {
+    fn is_below(&self, other: &Place) -> bool {
+        self.device == other.device && self.path.starts_with(&other.path)
+    }
+}
+
+/// The mount table by mount id.
+struct MountTree<'a> {
+    mounts: &'a [Mount],
+    by_id: std::collections::HashMap<u64, &'a Mount>,
+}
+
+impl<'a> MountTree<'a> {
+    fn new(mounts: &'a [Mount]) -> Self {
+        let by_id = mounts.iter().map(|mount| (mount.id, mount)).collect();
+        Self { mounts, by_id }
+    }
+
+    /// Where `path` sits in the file system mounted on top of it, if a mount holds it.
+    fn place_of(&self, path: &Path) -> Option<Place<'a>> {
+        // The deepest mount point above it; of mounts stacked there, the one nothing sits on.
+        let holding = (self.mounts.iter())
+            .filter(|mount| path.starts_with(&mount.point))
+            .max_by_key(|mount| mount.point.components().count())?;
+        let mut top = holding;
+        for _ in 0..self.mounts.len() {
+            let above = (self.mounts.iter()).find(|mount| {
+                mount.parent == top.id && mount.point == top.point && mount.id != top.id
+            });
+            match above {
+                Some(above) => top = above,
+                None => break,
+            }
+        }
+        Some(Place {
+            device: &top.device,
+            path: top.root.join(path.strip_prefix(&top.point).ok()?),
+        })
+    }
+
+    /// The places of `mount`'s mount point, and of those of the mounts it sits on, each in the
+    /// file system it is on, as the kernel walks them. A loop in a table read while it changed
+    /// ends the walk.
+    fn mount_point_places(&self, mount: &Mount) -> Vec<Place<'a>> {
+        let mut places = Vec::new();
+        let mut current = mount;
+        for _ in 0..self.mounts.len() {
+            let Some(parent) = self.by_id.get(&current.parent).copied() else {
+                break;
+            };
+            if parent.id == current.id {
+                break;
+            }
+            let Ok(inside) = current.point.strip_prefix(&parent.point) else {
+                break;
+            };
+            places.push(Place {
+                device: &parent.device,
+                path: parent.root.join(inside),
+            });
+            current = parent;
+        }
+        places
+    }
+}
+
+/// The mounts a `/proc/PID/mountinfo` text lists (names octal-escaped by the kernel decoded,
+/// names that are no UTF-8 included); lines that are not such are left out.
+pub fn mount_table(mountinfo: &[u8]) -> Vec<Mount> {
+    let path =
+        |escaped: &[u8]| PathBuf::from(std::ffi::OsString::from_vec(unescape_octal(escaped)));
+    let number = |field: &[u8]| std::str::from_utf8(field).ok()?.parse().ok();
     mountinfo
         .split(|byte| *byte == b'\n')
-        .filter_map(|line| line.split(|byte| *byte == b' ').nth(4))
-        .map(|escaped| PathBuf::from(std::ffi::OsString::from_vec(unescape_octal(escaped))))
+        .filter_map(|line| {
+            let mut fields = line.split(|byte| *byte == b' ');
+            Some(Mount {
+                id: number(fields.next()?)?,
+                parent: number(fields.next()?)?,
+                device: fields.next()?.to_vec(),
+                root: path(fields.next()?),
+                point: path(fields.next()?),
+            })
+        })
         .collect()
 }
 

@@ -159,10 +159,10 @@ pub enum Command {
         /// With the digest of the content, which decides whether it stays allowed.
         allowed: Vec<Option<(Target, crate::policy::Digest)>>,
     },
-    /// The host's mount points now: those below a host path or a protected directory get guarded
+    /// The host's mounts now: those below a host path or a protected directory get guarded
     /// like it.
     MountsNow {
-        mounts: Vec<std::path::PathBuf>,
+        mounts: Vec<crate::config::Mount>,
     },
     Uninstall {
         by: String,

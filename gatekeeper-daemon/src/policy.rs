@@ -22,8 +22,8 @@ use handles::FileHandle;
 use crate::{
     cgroups,
     config::{
-        Config, ConnectRule, DestinationSpec, ExecRule, FileRule, MOUNTINFO, host_guards,
-        mount_points,
+        Config, ConnectRule, DestinationSpec, ExecRule, FileRule, MOUNTINFO, Mount, host_guards,
+        mount_table,
     },
     destinations::{self, Destination, DestinationError, Prefix, Reach},
     handle::ProtectedStatus,
@@ -557,7 +557,7 @@ impl Policy {
         };
         // The mounts below host paths and protected directories, before what an earlier daemon
         // guarded comes out: a restart leaves none of them unguarded.
-        let guarded = policy.guard_mounts(kernel, &mount_points(&mounts));
+        let guarded = policy.guard_mounts(kernel, &mount_table(&mounts));
         prune_paths(
             kernel,
             PathList::Files,
@@ -665,9 +665,9 @@ impl Policy {
     /// ran; follows each already guarded to the file system mounted there now; and takes out the
     /// guards of mounts made while the daemon ran that are gone. Returns what to journal. A mount that cannot be guarded (gone again
     /// before its stat) is logged and tried at the next change of the mount table.
-    pub fn guard_mounts(&mut self, kernel: &mut Kernel, mounts: &[PathBuf]) -> Vec<Event> {
+    pub fn guard_mounts(&mut self, kernel: &mut Kernel, mounts: &[Mount]) -> Vec<Event> {
         let used = kernel.path_entries(PathList::Files).len();
-        let mounted: HashSet<&Path> = mounts.iter().map(PathBuf::as_path).collect();
+        let mounted: HashSet<&Path> = mounts.iter().map(|mount| mount.point.as_path()).collect();
         let mut events = self.guard_new_mounts(kernel, mounts, used);
         events.extend(self.follow_mount_points(kernel, &mounted));
         // After the new guards, which may share a device with the gone ones.
@@ -686,7 +686,7 @@ impl Policy {
     fn guard_new_mounts(
         &mut self,
         kernel: &mut Kernel,
-        mounts: &[PathBuf],
+        mounts: &[Mount],
         mut used: usize,
     ) -> Vec<Event> {
         let mut events = Vec::new();

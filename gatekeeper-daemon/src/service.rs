@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use crate::{
     api::{self, ApiError, HttpState, LocalSockets},
-    config::{Config, MOUNTINFO, mount_points},
+    config::{Config, MOUNTINFO, mount_table},
     engine::{Engine, EngineError},
     enrich,
     events::EventReader,
@@ -92,7 +92,7 @@ async fn watch_mounts(handle: Handle) {
             Ok(mounts) if mounts != known => {
                 unreadable = false;
                 let command = Command::MountsNow {
-                    mounts: mount_points(&mounts),
+                    mounts: mount_table(&mounts),
                 };
                 if !handle.send(command).await {
                     return;

@@ -347,7 +347,7 @@ fn file_systems_mounted_below_host_paths_are_guarded_too() {
     let mounted = host_guards(
         &config.guard_roots,
         &config.file_rules,
-        &mount_points(mountinfo.as_bytes()),
+        &mount_table(mountinfo.as_bytes()),
     );
     config.file_rules.extend(mounted);
     let guarded: Vec<_> = config
@@ -370,7 +370,7 @@ fn later_mounts_get_rules_once() {
         std::fs::create_dir_all(dir).unwrap();
     }
     let roots = super::guard_roots(std::slice::from_ref(&host), &[]);
-    let at_start = super::host_guards(&roots, &[], std::slice::from_ref(&first));
+    let at_start = super::host_guards(&roots, &[], &mounts_at(std::slice::from_ref(&first)));
     let paths = |rules: &[super::FileRule]| -> Vec<PathBuf> {
         rules.iter().map(|rule| rule.path.clone()).collect()
     };
@@ -382,7 +382,7 @@ fn later_mounts_get_rules_once() {
         base.join("elsewhere"),
         host.clone(),
     ];
-    let later = super::host_guards(&roots, &at_start, &mounts);
+    let later = super::host_guards(&roots, &at_start, &mounts_at(&mounts));
     assert_eq!(paths(&later), [second]);
     assert_eq!(later[0].access, gatekeeper_common::file_access::WRITE);
     std::fs::remove_dir_all(&base).unwrap();
@@ -427,7 +427,7 @@ fn mounts_below_file_rule_directories_take_their_rules() {
     let guards = super::host_guards(
         &super::guard_roots(&[], &rules),
         &rules,
-        &[volume.clone(), beside.clone()],
+        &mounts_at(&[volume.clone(), beside.clone()]),
     );
     let shown: Vec<_> = guards
         .iter()
@@ -436,7 +436,7 @@ fn mounts_below_file_rule_directories_take_their_rules() {
     assert_eq!(shown, [(volume.clone(), "prod secrets", READ | WRITE)]);
     assert_eq!(guards[0].approval.approvals, 2);
     let roots = super::guard_roots(&[], &linked);
-    let guards = super::host_guards(&roots, &linked, std::slice::from_ref(&inner));
+    let guards = super::host_guards(&roots, &linked, &mounts_at(std::slice::from_ref(&inner)));
     assert_eq!(guards.len(), 1, "{guards:?}");
     assert_eq!(
         (guards[0].name.as_str(), guards[0].access),
@@ -447,28 +447,116 @@ fn mounts_below_file_rule_directories_take_their_rules() {
     std::os::unix::fs::symlink(&beside, &link).unwrap();
     let below_beside = beside.join("mounted");
     std::fs::create_dir(&below_beside).unwrap();
-    let guards = super::host_guards(&roots, &linked, &[inner.clone(), below_beside.clone()]);
+    let guards = super::host_guards(
+        &roots,
+        &linked,
+        &mounts_at(&[inner.clone(), below_beside.clone()]),
+    );
     let paths: Vec<_> = guards.iter().map(|guard| guard.path.clone()).collect();
     assert_eq!(paths, [below_beside]);
     std::fs::remove_dir_all(&base).unwrap();
 }
 
+/// Mounts of a file system each, at `points`, on one mounted at `/`.
+fn mounts_at(points: &[PathBuf]) -> Vec<super::Mount> {
+    let lines: String = (points.iter().enumerate())
+        .map(|(index, point)| {
+            format!(
+                "{} 1 0:{index} / {} rw - tmpfs t rw\n",
+                index + 2,
+                point.display()
+            )
+        })
+        .collect();
+    mount_table(format!("1 0 8:1 / / rw - ext4 /dev/root rw\n{lines}").as_bytes())[1..].to_vec()
+}
+
 #[test]
-fn mount_points_decode_the_kernels_escapes() {
+fn mount_table_decodes_the_kernels_escapes() {
+    let points = |mountinfo: &[u8]| -> Vec<PathBuf> {
+        mount_table(mountinfo)
+            .into_iter()
+            .map(|mount| mount.point)
+            .collect()
+    };
     let mountinfo =
         b"36 35 98:0 /mnt1 /mnt\\040two\\134x rw,noatime master:1 - ext3 /dev/root rw\n";
-    assert_eq!(mount_points(mountinfo), [PathBuf::from("/mnt two\\x")]);
-    assert_eq!(mount_points(b""), Vec::<PathBuf>::new());
+    assert_eq!(points(mountinfo), [PathBuf::from("/mnt two\\x")]);
+    assert_eq!(points(b""), Vec::<PathBuf>::new());
     // A name that is no UTF-8 (an agent renamed a directory above a mount point) hides nothing.
     let mountinfo =
         b"40 1 0:30 / /tmp/d\xff/m rw - tmpfs t rw\n41 1 0:31 / /var/lib/new rw - tmpfs t rw\n";
     assert_eq!(
-        mount_points(mountinfo),
+        points(mountinfo),
         [
             PathBuf::from(std::ffi::OsString::from_vec(b"/tmp/d\xff/m".to_vec())),
             PathBuf::from("/var/lib/new")
         ]
     );
+    // Not a mount table: nothing, rather than made-up mounts.
+    assert_eq!(points(b"x y 0:1 / /a\n12\n"), Vec::<PathBuf>::new());
+}
+
+/// A volume mounted below a bind of a protected directory made elsewhere (or of a directory
+/// above one) is below the rule, as the kernel walks up from its mount point; a bind of the
+/// directory itself and a mount beside are not.
+#[test]
+fn mounts_below_binds_of_rule_directories_take_their_rules() {
+    let base = std::env::temp_dir()
+        .canonicalize()
+        .unwrap()
+        .join(format!("gk-bind-mounts-{}", std::process::id()));
+    let secrets = base.join("etc/secrets");
+    let (bind, above, beside) = (base.join("bind"), base.join("above"), base.join("beside"));
+    let (in_bind, in_above, stacked) = (bind.join("v"), above.join("secrets/w"), bind.clone());
+    for dir in [&secrets, &in_bind, &in_above, &beside] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let fs_path = |path: &Path| path.strip_prefix("/").unwrap().display().to_string();
+    let mountinfo = format!(
+        "1 0 8:1 / / rw - ext4 /dev/root rw\n\
+         2 1 8:1 /{secrets} {bind} rw - ext4 /dev/root rw\n\
+         3 2 0:50 / {in_bind} rw - tmpfs t rw\n\
+         4 1 8:1 /{etc} {above} rw - ext4 /dev/root rw\n\
+         5 4 0:51 / {in_above} rw - tmpfs t rw\n\
+         6 1 0:52 / {beside} rw - tmpfs t rw\n",
+        secrets = fs_path(&secrets),
+        etc = fs_path(&base.join("etc")),
+        bind = bind.display(),
+        in_bind = in_bind.display(),
+        above = above.display(),
+        in_above = in_above.display(),
+        beside = beside.display(),
+    );
+    let rules = [super::FileRule {
+        path: secrets.clone(),
+        name: "prod secrets".to_owned(),
+        access: gatekeeper_common::file_access::READ,
+        approval: super::RulePolicy::default(),
+    }];
+    let roots = super::guard_roots(&[], &rules);
+    let guards = super::host_guards(&roots, &rules, &mount_table(mountinfo.as_bytes()));
+    let shown: Vec<_> = (guards.iter())
+        .map(|guard| (guard.path.clone(), guard.name.as_str()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (in_bind.clone(), "prod secrets"),
+            (in_above, "prod secrets")
+        ]
+    );
+    // A file system mounted over the bind itself sits on the protected directory.
+    let mountinfo = format!(
+        "{mountinfo}7 2 0:53 / {} rw - tmpfs t rw\n",
+        stacked.display()
+    );
+    let guards = super::host_guards(&roots, &rules, &mount_table(mountinfo.as_bytes()));
+    assert!(
+        guards.iter().any(|guard| guard.path == stacked),
+        "{guards:?}"
+    );
+    std::fs::remove_dir_all(&base).unwrap();
 }
 
 #[test]

@@ -907,22 +907,57 @@ fn a_mount_below_a_protected_directory_keeps_its_rule() {
     scenario.wait_journal("tamper_attempt", |event| event["hook"] == "unguarded_mount");
     wait_guarded(&scenario, &volume, 1);
 
+    asked_once_per_approval(&scenario, &data_text, "ruled volume");
+
+    // A volume below a bind of the directory made elsewhere (private: nothing propagates to the
+    // directory's own path) is below the rule as the kernel sees it, and guarded as such.
+    let bind = Path::new("/mnt/gk-aa-ruled-bind");
+    std::fs::create_dir_all(bind).unwrap();
+    std::fs::create_dir_all(ruled.join("elsewhere")).unwrap();
+    for args in [
+        vec![
+            "--bind",
+            &ruled.display().to_string(),
+            "/mnt/gk-aa-ruled-bind",
+        ],
+        vec!["--make-private", "/mnt/gk-aa-ruled-bind"],
+    ] {
+        assert!(Command::new("mount").args(args).status().unwrap().success());
+    }
+    let below_bind = bind.join("elsewhere");
+    mount_open_tmpfs(&below_bind);
+    let data = below_bind.join("data");
+    std::fs::write(&data, "secret\n").unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o666)).unwrap();
+    wait_guarded(&scenario, &below_bind, 1);
+    asked_once_per_approval(&scenario, &data.display().to_string(), "ruled volume");
+    for mount in [&below_bind, bind, &volume] {
+        assert!(
+            Command::new("umount")
+                .arg(mount)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    std::fs::remove_dir_all(ruled).unwrap();
+}
+
+/// Root and user agents' reads and writes of `target` are denied and asked for under `rule`, one
+/// open passes per approval, and the user outside reads and writes it.
+fn asked_once_per_approval(scenario: &Scenario, target: &str, rule: &str) {
     let request_for = |access: u32| {
-        wait_for(&format!("a request for {data_text} ({access})"), || {
+        wait_for(&format!("a request for {target} ({access})"), || {
             scenario.requests(true).into_iter().rev().find(|request| {
-                request["target"] == data_text.as_str()
+                request["target"] == target
                     && request["target_key"]["aux"] == access
                     && request["state"] == "pending"
             })
         })
     };
     for (op, args, access) in [
-        ("cat", vec![data_text.as_str()], file_access::READ),
-        (
-            "write",
-            vec![data_text.as_str(), "agent"],
-            file_access::WRITE,
-        ),
+        ("cat", vec![target], file_access::READ),
+        ("write", vec![target, "agent"], file_access::WRITE),
     ] {
         assert_eq!(
             scenario.tamper(&scenario.agents, op, &args),
@@ -933,7 +968,7 @@ fn a_mount_below_a_protected_directory_keeps_its_rule() {
             Outcome::Denied
         );
         let request = request_for(access);
-        assert_eq!(request["rule"], "ruled volume", "{request}");
+        assert_eq!(request["rule"], rule, "{request}");
         scenario.approve(&request);
         assert_eq!(scenario.tamper(&scenario.agents, op, &args), Outcome::Ok);
         assert_eq!(
@@ -946,7 +981,4 @@ fn a_mount_below_a_protected_directory_keeps_its_rule() {
             Outcome::Ok
         );
     }
-    let unmounted = Command::new("umount").arg(&volume).status().unwrap();
-    assert!(unmounted.success());
-    std::fs::remove_dir_all(ruled).unwrap();
 }
