@@ -360,7 +360,7 @@ pub fn guard_roots(host_paths: &[PathBuf], rules: &[FileRule]) -> Vec<GuardRoot>
     let host_rules = host_paths.iter().map(|path| GuardRoot {
         rule: FileRule {
             path: path.clone(),
-            name: format!("host files {}", path.display()),
+            name: host_files_name(path),
             access: gatekeeper_common::file_access::WRITE,
             approval: RulePolicy::default(),
         },
@@ -384,11 +384,27 @@ pub fn guard_roots(host_paths: &[PathBuf], rules: &[FileRule]) -> Vec<GuardRoot>
 /// volume below a bind of a protected directory made elsewhere).
 pub fn host_guards(roots: &[GuardRoot], rules: &[FileRule], mounts: &[Mount]) -> Vec<FileRule> {
     let mut guards: Vec<FileRule> = Vec::new();
-    // Thousands of mounts on container hosts: each looked up once.
+    // Thousands of mounts on container hosts: each looked up once, and a rule made only for
+    // those no rule names yet.
     let mut named: HashSet<&Path> = rules.iter().map(|rule| rule.path.as_path()).collect();
-    let host = (roots.iter())
-        .filter(|root| root.host_path)
-        .map(|root| (&root.rule.path, root.rule.clone(), false));
+    let mut guard = |path, rule: &dyn Fn() -> Option<FileRule>, mounted: bool| {
+        if named.contains(path) {
+            return;
+        }
+        let Some(rule) = rule() else {
+            return;
+        };
+        // A file mounted over one (a container runtime's /etc/resolv.conf) is guarded as a file.
+        let guardable = std::fs::symlink_metadata(path)
+            .is_ok_and(|meta| meta.is_dir() || (mounted && meta.is_file()));
+        if guardable {
+            named.insert(path);
+            guards.push(rule);
+        }
+    };
+    for root in roots.iter().filter(|root| root.host_path) {
+        guard(&root.rule.path, &|| Some(root.rule.clone()), false);
+    }
     let tree = MountTree::new(mounts);
     // As the mount table names them, resolved at each look: a symlink may be pointed elsewhere.
     let resolved: Vec<(PathBuf, Option<Place>, &GuardRoot)> = (roots.iter())
@@ -398,44 +414,39 @@ pub fn host_guards(roots: &[GuardRoot], rules: &[FileRule], mounts: &[Mount]) ->
             (path.clone(), tree.place_of(&path), root)
         })
         .collect();
-    let below = mounts.iter().filter_map(|mount| {
-        let places = tree.mount_point_places(mount);
-        let covering = (resolved.iter())
-            .filter(|(path, place, _)| {
-                mount.point != *path
-                    && (mount.point.starts_with(path)
-                        || place
-                            .as_ref()
-                            .is_some_and(|root| places.iter().any(|place| place.is_below(root))))
+    for mount in mounts {
+        let rule = || {
+            let places = tree.mount_point_places(mount);
+            let covering = (resolved.iter())
+                .filter(|(path, place, _)| {
+                    mount.point != *path
+                        && (mount.point.starts_with(path)
+                            || place.as_ref().is_some_and(|root| {
+                                places.iter().any(|place| place.is_below(root))
+                            }))
+                })
+                .map(|(_, _, root)| *root);
+            // The first of the strictest, as requests name it.
+            let strictest =
+                (covering.clone().rev()).max_by_key(|root| root.rule.approval.strictness())?;
+            Some(FileRule {
+                path: mount.point.clone(),
+                name: match strictest.host_path {
+                    true => host_files_name(&mount.point),
+                    false => strictest.rule.name.clone(),
+                },
+                access: covering.fold(0, |access, root| access | root.rule.access),
+                approval: strictest.rule.approval,
             })
-            .map(|(_, _, root)| *root);
-        // The first of the strictest, as requests name it.
-        let strictest =
-            (covering.clone().rev()).max_by_key(|root| root.rule.approval.strictness())?;
-        let rule = FileRule {
-            path: mount.point.clone(),
-            name: match strictest.host_path {
-                true => format!("host files {}", mount.point.display()),
-                false => strictest.rule.name.clone(),
-            },
-            access: covering.fold(0, |access, root| access | root.rule.access),
-            approval: strictest.rule.approval,
         };
-        // A file mounted over one (a container runtime's /etc/resolv.conf) is guarded as a file.
-        Some((&mount.point, rule, true))
-    });
-    for (path, rule, mounted) in host.chain(below) {
-        if named.contains(path.as_path()) {
-            continue;
-        }
-        let guardable = std::fs::symlink_metadata(path)
-            .is_ok_and(|meta| meta.is_dir() || (mounted && meta.is_file()));
-        if guardable {
-            named.insert(path);
-            guards.push(rule);
-        }
+        guard(&mount.point, &rule, true);
     }
     guards
+}
+
+/// The name of the rule of a host path, or of a mount below one.
+fn host_files_name(path: &Path) -> String {
+    format!("host files {}", path.display())
 }
 
 /// A mount of this host's mount table: a line of `/proc/PID/mountinfo`.
