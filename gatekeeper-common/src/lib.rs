@@ -220,13 +220,14 @@ pub mod hook_args {
 pub const EXEC_PROGRAM: &str = "bprm_check_security";
 pub const CONNECT_PROGRAM: &str = "socket_connect";
 pub const SENDMSG_PROGRAM: &str = "socket_sendmsg";
-pub const PROGRAMS: [&str; 44] = [
+pub const PROGRAMS: [&str; 45] = [
     EXEC_PROGRAM,
     CONNECT_PROGRAM,
     SENDMSG_PROGRAM,
     // Self-defence: what an agent could use to switch Gatekeeper off or walk around it.
     "bpf",
     "task_kill",
+    "file_send_sigiotask",
     "ptrace_access_check",
     "inode_unlink",
     "inode_rename",
@@ -515,6 +516,10 @@ pub enum TamperHook {
     /// directory whose rule protects writing (a host path), before the daemon guarded that mount
     /// (data: device, inode).
     UnguardedMount = 49,
+    /// A signal the kernel sends a file's owner when its I/O is ready (SIGIO, SIGURG, or the
+    /// one `F_SETSIG` chose), aimed at the daemon: it passes no `task_kill` (data: tgid,
+    /// signal, 0 for SIGIO).
+    FileSignal = 50,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -537,7 +542,7 @@ pub enum MountRefusal {
 
 impl TamperHook {
     /// Every hook, in id order (ids start at 1).
-    pub const ALL: [Self; 49] = {
+    pub const ALL: [Self; 50] = {
         use TamperHook::*;
         [
             Bpf,
@@ -589,6 +594,7 @@ impl TamperHook {
             UnspecifiedDestination,
             TerminalInput,
             UnguardedMount,
+            FileSignal,
         ]
     };
 
@@ -647,6 +653,7 @@ impl TamperHook {
             Self::UnspecifiedDestination => "unspecified_destination",
             Self::TerminalInput => "terminal_input",
             Self::UnguardedMount => "unguarded_mount",
+            Self::FileSignal => "file_signal",
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::{
     procs,
     read::{CGROUP_SUPER_MAGIC, PROC_SUPER_MAGIC, inode_magic, read_field},
     tunables,
-    verdict::{agent_cgroup, is_daemon, is_protected, tamper},
+    verdict::{EPERM, agent_cgroup, is_daemon, is_protected, tamper},
 };
 
 const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
@@ -54,6 +54,28 @@ pub fn guard_daemon(task: *const u8, hook: TamperHook, detail: u64) -> i32 {
 pub fn task_kill(ctx: LsmContext) -> i32 {
     let sig: i32 = ctx.arg(2);
     guard_daemon(ctx.arg(0), TamperHook::Signal, sig as u64)
+}
+
+/// The signal the kernel sends a file's owner when its I/O is ready (SIGIO, SIGURG, or what
+/// `F_SETSIG` chose, SIGKILL too), which `task_kill` never sees: an agent that sets the daemon,
+/// or one of its threads, as the owner of a pipe or socket of its own could stop it. The daemon
+/// owns no file, so every such signal to it is refused, wherever the kernel raises it (in an
+/// agent's write, or in the network code for an agent's socket), and reported when an agent's
+/// own call raised it.
+#[lsm(hook = "file_send_sigiotask")]
+pub fn file_send_sigiotask(ctx: LsmContext) -> i32 {
+    let task: *const u8 = ctx.arg(0);
+    let sig: i32 = ctx.arg(2);
+    let Ok(tgid) = (unsafe { read_field::<i32>(task, &OFF_TASK_TGID) }) else {
+        return 0;
+    };
+    if !is_daemon(tgid as u32) {
+        return 0;
+    }
+    match agent_cgroup() {
+        Some(agent) => tamper(agent, TamperHook::FileSignal, [tgid as u64, sig as u64]),
+        None => -EPERM,
+    }
 }
 
 /// ptrace, process_vm_readv/writev and /proc/PID/mem of the daemon or of any process outside

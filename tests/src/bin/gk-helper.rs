@@ -365,6 +365,26 @@ fn exec_by(route: &str, path: &str) -> Result<(), i32> {
     Err(last_errno())
 }
 
+/// Makes the kernel send `signal` to `id` (a process, or with `thread` a thread) as the owner of
+/// a pipe's read end that data just reached: a signal that passes no kill(2). Ok says the pipe
+/// was set up and written, not that the signal arrived.
+fn sigio(thread: bool, id: i32, signal: i32) -> Result<(), i32> {
+    // fcntl commands and owner kinds the libc crate does not name for this target.
+    const F_SETSIG: i32 = 10;
+    const F_SETOWN_EX: i32 = 15;
+    const F_OWNER_TID: i32 = 0;
+    const F_OWNER_PID: i32 = 1;
+    let mut fds = [0; 2];
+    // SAFETY (all below): plain syscalls on arguments that live for the call.
+    errno_of(unsafe { libc::pipe(fds.as_mut_ptr()) } as libc::c_long)?;
+    // struct f_owner_ex: the owner's kind, then its id.
+    let owner: [i32; 2] = [if thread { F_OWNER_TID } else { F_OWNER_PID }, id];
+    errno_of(unsafe { libc::fcntl(fds[0], F_SETOWN_EX, owner.as_ptr()) } as libc::c_long)?;
+    errno_of(unsafe { libc::fcntl(fds[0], F_SETSIG, signal) } as libc::c_long)?;
+    errno_of(unsafe { libc::fcntl(fds[0], libc::F_SETFL, libc::O_ASYNC) } as libc::c_long)?;
+    errno_of(unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) } as libc::c_long)
+}
+
 /// Attempts against the enforcer. Each prints RESULT=ok or RESULT=errno:N.
 fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
     let number = |index: usize| -> Result<i32, i32> {
@@ -380,6 +400,7 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         "tgkill" => {
             errno_of(unsafe { libc::syscall(libc::SYS_tgkill, number(0)?, number(0)?, number(1)?) })
         }
+        "sigio" => sigio(text(0)? == "tid", number(1)?, number(2)?),
         "pidfd-signal" => {
             let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, number(0)?, 0) };
             errno_of(pidfd)?;

@@ -1,7 +1,10 @@
 //! The agent cannot switch Gatekeeper off or walk around it: each attempt, made as root from inside
 //! an agent cgroup, fails and is journaled as a tamper attempt.
 
-use std::process::{Command, Stdio};
+use std::{
+    os::unix::process::ExitStatusExt as _,
+    process::{Command, Stdio},
+};
 
 use gatekeeper_tests::{Exec, Options, Outcome, Scenario, TARGET_RAN, bin, wait_for};
 
@@ -66,18 +69,42 @@ fn agent_cannot_signal_or_trace_the_daemon() {
         "the daemon lives on"
     );
 
-    // Other processes are still the agent's to signal.
-    let mut bystander = Command::new("sleep")
-        .arg("60")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = bystander.id().to_string();
-    assert_eq!(
-        scenario.tamper(&scenario.agents, "kill", &[&pid, "9"]),
-        Outcome::Ok
-    );
-    let _ = bystander.wait();
+    // Nor by making it, or one of its threads, the owner of a pipe that data reaches: the kernel
+    // sends that signal (SIGKILL chosen with F_SETSIG) past kill(2).
+    let thread = std::fs::read_dir(format!("/proc/{daemon}/task"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .find(|tid| *tid != daemon)
+        .expect("the daemon has threads");
+    for (kind, id) in [("pid", &daemon), ("tid", &thread)] {
+        assert_eq!(
+            scenario.tamper(&scenario.agents, "sigio", &[kind, id, "9"]),
+            Outcome::Ok,
+            "the pipe is set up ({kind})"
+        );
+        assert!(
+            scenario.gatekeeper(&["status"]).status.success(),
+            "the daemon lives on after SIGKILL to its {kind} through a pipe"
+        );
+    }
+    journaled(&scenario, "file_signal");
+
+    // Other processes are still the agent's to signal, either way.
+    for op in ["kill", "sigio"] {
+        let mut bystander = Command::new("sleep")
+            .arg("60")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = bystander.id().to_string();
+        let args = match op {
+            "kill" => vec![pid.as_str(), "9"],
+            _ => vec!["pid", &pid, "9"],
+        };
+        assert_eq!(scenario.tamper(&scenario.agents, op, &args), Outcome::Ok);
+        let status = bystander.wait().unwrap();
+        assert_eq!(status.signal(), Some(9), "{op} reached the bystander");
+    }
 }
 
 #[test]
