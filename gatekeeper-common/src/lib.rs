@@ -220,7 +220,7 @@ pub mod hook_args {
 pub const EXEC_PROGRAM: &str = "bprm_check_security";
 pub const CONNECT_PROGRAM: &str = "socket_connect";
 pub const SENDMSG_PROGRAM: &str = "socket_sendmsg";
-pub const PROGRAMS: [&str; 45] = [
+pub const PROGRAMS: [&str; 46] = [
     EXEC_PROGRAM,
     CONNECT_PROGRAM,
     SENDMSG_PROGRAM,
@@ -228,6 +228,7 @@ pub const PROGRAMS: [&str; 45] = [
     "bpf",
     "task_kill",
     "file_send_sigiotask",
+    "path_notify",
     "ptrace_access_check",
     "inode_unlink",
     "inode_rename",
@@ -520,6 +521,10 @@ pub enum TamperHook {
     /// one `F_SETSIG` chose), aimed at the daemon: it passes no `task_kill` (data: tgid,
     /// signal, 0 for SIGIO).
     FileSignal = 50,
+    /// A notification mark with permission events (fanotify's open, access or exec ones), whose
+    /// listener holds other processes' opens and reads, the daemon's too, until it answers
+    /// (data: event mask, object kind: inode 0, mount 1, file system 2).
+    NotifyPermission = 51,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -542,7 +547,7 @@ pub enum MountRefusal {
 
 impl TamperHook {
     /// Every hook, in id order (ids start at 1).
-    pub const ALL: [Self; 50] = {
+    pub const ALL: [Self; 51] = {
         use TamperHook::*;
         [
             Bpf,
@@ -595,6 +600,7 @@ impl TamperHook {
             TerminalInput,
             UnguardedMount,
             FileSignal,
+            NotifyPermission,
         ]
     };
 
@@ -654,6 +660,7 @@ impl TamperHook {
             Self::TerminalInput => "terminal_input",
             Self::UnguardedMount => "unguarded_mount",
             Self::FileSignal => "file_signal",
+            Self::NotifyPermission => "notify_permission",
         }
     }
 }

@@ -20,6 +20,8 @@ use crate::{
 const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
 const MAY_WRITE: i32 = 2;
 const PROT_EXEC: u64 = 4;
+/// fsnotify's permission events: open, access and exec (6.14 adds pre-access, 0x0010_0000).
+const PERMISSION_EVENTS: u64 = 0x0001_0000 | 0x0002_0000 | 0x0004_0000 | 0x0010_0000;
 
 /// Denies the call outright when the caller is an agent.
 #[inline(always)]
@@ -76,6 +78,19 @@ pub fn file_send_sigiotask(ctx: LsmContext) -> i32 {
         Some(agent) => tamper(agent, TamperHook::FileSignal, [tgid as u64, sig as u64]),
         None => -EPERM,
     }
+}
+
+/// fanotify marks with permission events: their listener holds each open, read or exec they
+/// match, of any process, until it answers, so an agent could stall the daemon (its journal,
+/// its config) or fail host processes' opens. Marks that only report stay the agent's.
+#[lsm(hook = "path_notify")]
+pub fn path_notify(ctx: LsmContext) -> i32 {
+    let mask: u64 = ctx.arg(1);
+    if mask & PERMISSION_EVENTS == 0 {
+        return 0;
+    }
+    let kind: u32 = ctx.arg(2);
+    deny_agents(TamperHook::NotifyPermission, [mask, u64::from(kind)])
 }
 
 /// ptrace, process_vm_readv/writev and /proc/PID/mem of the daemon or of any process outside

@@ -385,6 +385,26 @@ fn sigio(thread: bool, id: i32, signal: i32) -> Result<(), i32> {
     errno_of(unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) } as libc::c_long)
 }
 
+/// Marks `path` (its inode, or with `mount` its mount) for fanotify's open events: `perm` the
+/// permission event, whose listener holds every such open until it answers, else the one that
+/// only reports.
+fn fanotify(path: &str, events: &str, kind: &str) -> Result<(), i32> {
+    let path = std::ffi::CString::new(path).map_err(|_| libc::EINVAL)?;
+    let (class, mask) = match events {
+        "perm" => (libc::FAN_CLASS_CONTENT, libc::FAN_OPEN_PERM),
+        _ => (libc::FAN_CLASS_NOTIF, libc::FAN_OPEN),
+    };
+    let flags = match kind {
+        "mount" => libc::FAN_MARK_ADD | libc::FAN_MARK_MOUNT,
+        _ => libc::FAN_MARK_ADD,
+    };
+    // SAFETY: plain syscalls on arguments that live for the call.
+    let group = unsafe { libc::fanotify_init(class, libc::O_RDONLY as u32) };
+    errno_of(group as libc::c_long)?;
+    let marked = unsafe { libc::fanotify_mark(group, flags, mask, libc::AT_FDCWD, path.as_ptr()) };
+    errno_of(marked as libc::c_long)
+}
+
 /// Attempts against the enforcer. Each prints RESULT=ok or RESULT=errno:N.
 fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
     let number = |index: usize| -> Result<i32, i32> {
@@ -400,6 +420,7 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         "tgkill" => {
             errno_of(unsafe { libc::syscall(libc::SYS_tgkill, number(0)?, number(0)?, number(1)?) })
         }
+        "fanotify" => fanotify(text(0)?, text(1)?, text(2)?),
         "sigio" => sigio(text(0)? == "tid", number(1)?, number(2)?),
         "pidfd-signal" => {
             let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, number(0)?, 0) };

@@ -43,7 +43,7 @@ fn agent_cannot_use_bpf() {
 }
 
 #[test]
-fn agent_cannot_signal_or_trace_the_daemon() {
+fn agent_cannot_signal_trace_or_stall_the_daemon() {
     let scenario = Scenario::start("defend-signal", Options::default());
     let daemon = scenario.daemon_pid().to_string();
     let cases: [(&str, &[&str]); 7] = [
@@ -88,6 +88,27 @@ fn agent_cannot_signal_or_trace_the_daemon() {
         );
     }
     journaled(&scenario, "file_signal");
+
+    // Nor hold its opens (and everyone's) with a fanotify permission mark; marks that only
+    // report are the agent's, and outside a permission mark is made.
+    let watched = "/tmp/gk-defend-fanotify";
+    std::fs::create_dir_all(watched).unwrap();
+    for kind in ["inode", "mount"] {
+        assert_eq!(
+            scenario.tamper(&scenario.agents, "fanotify", &[watched, "perm", kind]),
+            Outcome::Denied,
+            "a permission mark on the {kind}"
+        );
+    }
+    journaled(&scenario, "notify_permission");
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "fanotify", &[watched, "report", "inode"]),
+        Outcome::Ok
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "fanotify", &[watched, "perm", "inode"]),
+        Outcome::Ok
+    );
 
     // Other processes are still the agent's to signal, either way.
     for op in ["kill", "sigio"] {
