@@ -220,7 +220,7 @@ pub mod hook_args {
 pub const EXEC_PROGRAM: &str = "bprm_check_security";
 pub const CONNECT_PROGRAM: &str = "socket_connect";
 pub const SENDMSG_PROGRAM: &str = "socket_sendmsg";
-pub const PROGRAMS: [&str; 46] = [
+pub const PROGRAMS: [&str; 47] = [
     EXEC_PROGRAM,
     CONNECT_PROGRAM,
     SENDMSG_PROGRAM,
@@ -229,6 +229,7 @@ pub const PROGRAMS: [&str; 46] = [
     "task_kill",
     "file_send_sigiotask",
     "path_notify",
+    "file_fcntl",
     "ptrace_access_check",
     "inode_unlink",
     "inode_rename",
@@ -525,6 +526,9 @@ pub enum TamperHook {
     /// listener holds other processes' opens and reads, the daemon's too, until it answers
     /// (data: event mask, object kind: inode 0, mount 1, file system 2).
     NotifyPermission = 51,
+    /// A file lease: whoever opens the file then waits until the holder gives it up, up to the
+    /// kernel's `lease-break-time` (data: lease kind, 0).
+    Lease = 52,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -547,7 +551,7 @@ pub enum MountRefusal {
 
 impl TamperHook {
     /// Every hook, in id order (ids start at 1).
-    pub const ALL: [Self; 51] = {
+    pub const ALL: [Self; 52] = {
         use TamperHook::*;
         [
             Bpf,
@@ -601,6 +605,7 @@ impl TamperHook {
             UnguardedMount,
             FileSignal,
             NotifyPermission,
+            Lease,
         ]
     };
 
@@ -661,6 +666,7 @@ impl TamperHook {
             Self::UnguardedMount => "unguarded_mount",
             Self::FileSignal => "file_signal",
             Self::NotifyPermission => "notify_permission",
+            Self::Lease => "lease",
         }
     }
 }

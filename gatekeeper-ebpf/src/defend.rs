@@ -22,6 +22,8 @@ const MAY_WRITE: i32 = 2;
 const PROT_EXEC: u64 = 4;
 /// fsnotify's permission events: open, access and exec (6.14 adds pre-access, 0x0010_0000).
 const PERMISSION_EVENTS: u64 = 0x0001_0000 | 0x0002_0000 | 0x0004_0000 | 0x0010_0000;
+const F_SETLEASE: u32 = 1024;
+const F_UNLCK: u64 = 2;
 
 /// Denies the call outright when the caller is an agent.
 #[inline(always)]
@@ -91,6 +93,22 @@ pub fn path_notify(ctx: LsmContext) -> i32 {
     }
     let kind: u32 = ctx.arg(2);
     deny_agents(TamperHook::NotifyPermission, [mask, u64::from(kind)])
+}
+
+/// File leases: whoever opens a leased file waits until the holder gives it up, up to the
+/// kernel's `lease-break-time` (45 s by default), so an agent's lease on a file the daemon opens
+/// (its mount table, through /proc) would stall it. Giving a lease up stays possible.
+#[lsm(hook = "file_fcntl")]
+pub fn file_fcntl(ctx: LsmContext) -> i32 {
+    let cmd: u32 = ctx.arg(1);
+    if cmd != F_SETLEASE {
+        return 0;
+    }
+    let kind: u64 = ctx.arg(2);
+    if kind == F_UNLCK {
+        return 0;
+    }
+    deny_agents(TamperHook::Lease, [kind, 0])
 }
 
 /// ptrace, process_vm_readv/writev and /proc/PID/mem of the daemon or of any process outside

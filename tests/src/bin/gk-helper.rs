@@ -405,6 +405,15 @@ fn fanotify(path: &str, events: &str, kind: &str) -> Result<(), i32> {
     errno_of(marked as libc::c_long)
 }
 
+/// Takes a read lease on the file at `path`.
+fn lease(path: &str) -> Result<(), i32> {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::File::open(path).map_err(|error| error.raw_os_error().unwrap_or(-1))?;
+    // SAFETY: a plain fcntl on a descriptor the File keeps open.
+    let leased = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) };
+    errno_of(leased as libc::c_long)
+}
+
 /// Attempts against the enforcer. Each prints RESULT=ok or RESULT=errno:N.
 fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
     let number = |index: usize| -> Result<i32, i32> {
@@ -421,6 +430,7 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
             errno_of(unsafe { libc::syscall(libc::SYS_tgkill, number(0)?, number(0)?, number(1)?) })
         }
         "fanotify" => fanotify(text(0)?, text(1)?, text(2)?),
+        "lease" => lease(text(0)?),
         "sigio" => sigio(text(0)? == "tid", number(1)?, number(2)?),
         "pidfd-signal" => {
             let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, number(0)?, 0) };

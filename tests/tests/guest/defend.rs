@@ -3,10 +3,11 @@
 
 use std::{
     os::unix::process::ExitStatusExt as _,
+    path::Path,
     process::{Command, Stdio},
 };
 
-use gatekeeper_tests::{Exec, Options, Outcome, Scenario, TARGET_RAN, bin, wait_for};
+use gatekeeper_tests::{Exec, Options, Outcome, Scenario, TARGET_RAN, UNLISTED_UID, bin, wait_for};
 
 /// Waits until the journal holds a tamper attempt through `hook`.
 fn journaled(scenario: &Scenario, hook: &str) {
@@ -107,6 +108,30 @@ fn agent_cannot_signal_trace_or_stall_the_daemon() {
     );
     assert_eq!(
         scenario.tamper(&scenario.outside, "fanotify", &[watched, "perm", "inode"]),
+        Outcome::Ok
+    );
+
+    // Nor make its opens wait with a lease on a file: root and user agents take none, on files
+    // of their own, as root and the user outside do.
+    let leased = Path::new("/tmp/gk-defend-lease");
+    std::fs::write(leased, "").unwrap();
+    std::os::unix::fs::chown(leased, Some(UNLISTED_UID), None).unwrap();
+    let leased = leased.to_str().unwrap();
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "lease", &[leased]),
+        Outcome::Denied
+    );
+    assert_eq!(
+        scenario.tamper_as_user(&scenario.agents, "lease", &[leased]),
+        Outcome::Denied
+    );
+    journaled(&scenario, "lease");
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "lease", &[leased]),
+        Outcome::Ok
+    );
+    assert_eq!(
+        scenario.tamper_as_user(&scenario.outside, "lease", &[leased]),
         Outcome::Ok
     );
 
