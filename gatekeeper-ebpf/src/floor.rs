@@ -226,3 +226,18 @@ pub fn floor_bprm_committing_creds(_ctx: LsmContext) -> i32 {
 pub fn floor_bprm_committed_creds(_ctx: LsmContext) -> i32 {
     0
 }
+
+#[lsm(hook = "file_send_sigiotask")]
+pub fn floor_file_send_sigiotask(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "path_notify")]
+pub fn floor_path_notify(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[lsm(hook = "file_fcntl")]
+pub fn floor_file_fcntl(_ctx: LsmContext) -> i32 {
+    0
+}

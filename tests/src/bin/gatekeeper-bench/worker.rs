@@ -335,19 +335,57 @@ fn sendto_loop(
     Ok(())
 }
 
-/// What the loops above leave out: rename and unlink, a signal check, another process's /proc.
+/// What the loops above leave out: rename and unlink, a signal check, another process's /proc, an
+/// fcntl, an inotify watch and a SIGIO.
 fn misc_loop(iterations: u64) -> anyhow::Result<()> {
     let first = PathBuf::from(format!("/tmp/gk-bench-misc-{}", std::process::id()));
     let second = first.with_extension("moved");
+    let (ready, notify) = (sigio_pipe()?, c_string("/tmp")?);
+    // SAFETY: a new inotify instance, watched paths that live for the call.
+    let watches = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+    if watches < 0 {
+        bail!("inotify_init1: errno {}", errno());
+    }
     for _ in 0..iterations {
         std::fs::write(&first, b"x")?;
         std::fs::rename(&first, &second)?;
         std::fs::remove_file(&second)?;
-        // SAFETY: signal 0 to ourselves only checks permission.
+        // SAFETY (all below): plain syscalls on descriptors and buffers that live for the call.
+        // Signal 0 to ourselves only checks permission.
         unsafe { libc::kill(libc::getpid(), 0) };
         let _ = std::fs::read_to_string("/proc/1/stat")?;
+        unsafe {
+            libc::fcntl(ready[0], libc::F_GETFL);
+            libc::inotify_add_watch(watches, notify.as_ptr(), libc::IN_CREATE);
+            // Data on the pipe: the kernel sends its owner (this process, which ignores it) SIGIO.
+            let mut byte = 0u8;
+            libc::write(ready[1], (&raw const byte).cast(), 1);
+            libc::read(ready[0], (&raw mut byte).cast(), 1);
+        }
+    }
+    // SAFETY: closing descriptors this function opened.
+    unsafe {
+        libc::close(watches);
+        libc::close(ready[0]);
+        libc::close(ready[1]);
     }
     Ok(())
+}
+
+/// A pipe whose read end signals this process (SIGIO, ignored) when data reaches it.
+fn sigio_pipe() -> anyhow::Result<[i32; 2]> {
+    let mut fds = [0; 2];
+    // SAFETY: plain syscalls on the new pipe; ignoring SIGIO changes no memory.
+    unsafe {
+        libc::signal(libc::SIGIO, libc::SIG_IGN);
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0
+            || libc::fcntl(fds[0], libc::F_SETOWN, libc::getpid()) != 0
+            || libc::fcntl(fds[0], libc::F_SETFL, libc::O_ASYNC) != 0
+        {
+            bail!("a SIGIO pipe: errno {}", errno());
+        }
+    }
+    Ok(fds)
 }
 
 /// One exec of the protected binary, which must be denied: returns when execve came back.
