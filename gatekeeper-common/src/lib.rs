@@ -529,6 +529,11 @@ pub enum TamperHook {
     /// A file lease: whoever opens the file then waits until the holder gives it up, up to the
     /// kernel's `lease-break-time` (data: lease kind, 0).
     Lease = 52,
+    /// Scheduling priority above the ordinary (a realtime or deadline policy, a nice value below
+    /// 0, the realtime I/O class): an agent's process spinning there would leave the daemon a
+    /// sliver of each CPU, or of the disk (data: CAP_SYS_NICE and 0, the resource limit raised
+    /// and its new value, or 0 and the I/O priority).
+    Priority = 53,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -551,7 +556,7 @@ pub enum MountRefusal {
 
 impl TamperHook {
     /// Every hook, in id order (ids start at 1).
-    pub const ALL: [Self; 52] = {
+    pub const ALL: [Self; 53] = {
         use TamperHook::*;
         [
             Bpf,
@@ -606,6 +611,7 @@ impl TamperHook {
             FileSignal,
             NotifyPermission,
             Lease,
+            Priority,
         ]
     };
 
@@ -667,6 +673,7 @@ impl TamperHook {
             Self::FileSignal => "file_signal",
             Self::NotifyPermission => "notify_permission",
             Self::Lease => "lease",
+            Self::Priority => "priority",
         }
     }
 }

@@ -7,6 +7,11 @@
 //! namespace of its own). In a user namespace of their own they configure their own network
 //! namespace freely; its way out is through sockets of the host's, which the socket hooks judge.
 //!
+//! Priority above the ordinary: without CAP_SYS_NICE in the initial user namespace an agent
+//! sets no realtime or deadline policy and no nice value below the limits it was given (none,
+//! by default), so it cannot spin above the daemon and leave it a sliver of each CPU. (Raising
+//! those limits is refused in `task_setrlimit`.)
+//!
 //! `mount_setattr(2)`, which changes a mount's flags and propagation, has no LSM hook; its first
 //! step is the CAP_SYS_ADMIN check of `may_mount()`, which is refused here when the system call
 //! is mount_setattr and the caller is in the host's mount namespace.
@@ -27,6 +32,7 @@ use crate::{
 
 const CAP_NET_ADMIN: i32 = 12;
 const CAP_SYS_ADMIN: i32 = 21;
+const CAP_SYS_NICE: i32 = 23;
 /// A check that only probes (`ns_capable_noaudit`): refused quietly, it is no attempt.
 const CAP_OPT_NOAUDIT: u32 = 1 << 1;
 /// mount_setattr in the x86-64 and the 32-bit system call tables alike.
@@ -42,9 +48,12 @@ pub fn capable(ctx: LsmContext) -> i32 {
     }
     // The capability first: every other check on the host costs one comparison.
     let capability: i32 = ctx.arg(2);
-    if capability != CAP_NET_ADMIN && capability != CAP_SYS_ADMIN {
-        return 0;
-    }
+    let hook = match capability {
+        CAP_NET_ADMIN => TamperHook::NetAdmin,
+        CAP_SYS_NICE => TamperHook::Priority,
+        CAP_SYS_ADMIN => TamperHook::MountSetattr,
+        _ => return 0,
+    };
     let Some(agent) = agent_cgroup() else {
         return 0;
     };
@@ -60,7 +69,7 @@ pub fn capable(ctx: LsmContext) -> i32 {
             if options & CAP_OPT_NOAUDIT != 0 {
                 return -EPERM;
             }
-            tamper(agent, TamperHook::NetAdmin, [capability as u64, 0])
+            tamper(agent, hook, [capability as u64, 0])
         }
     }
 }

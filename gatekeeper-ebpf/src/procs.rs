@@ -12,11 +12,19 @@ use crate::{
         OFF_KERNFS_NODE_PARENT, OFF_PID_TASKS, OFF_PROC_INODE_PID, OFF_PROC_INODE_VFS_INODE,
         OFF_TASK_CGROUPS, OFF_TASK_PID_LINKS, OFF_TASK_TGID,
     },
-    read::{container_of, read_field},
+    read::{container_of, read_at, read_field},
     script::runs_approved_script,
     tunables::sysctl_write,
     verdict::{EPERM, agent_cgroup, is_daemon, tamper},
 };
+
+const RLIMIT_NICE: u32 = 13;
+const IOPRIO_CLASS_SHIFT: i32 = 13;
+const IOPRIO_CLASS_RT: i32 = 1;
+const RLIMIT_RTPRIO: u32 = 14;
+/// RLIMIT_NICE's value that lets a process go down to nice 0 (the kernel's ceiling is 20 minus
+/// the limit), but not below.
+const NICE_LIMIT_AT_NICE_0: u64 = 20;
 
 /// ptrace_may_access callers that only decide what to show (ps reading /proc/PID/stat).
 const PTRACE_MODE_NOAUDIT: u32 = 0x04;
@@ -95,10 +103,29 @@ pub fn ptrace_traceme(ctx: LsmContext) -> i32 {
     }
 }
 
-/// prlimit and setrlimit.
+/// prlimit and setrlimit: of the daemon, and agents raising the limits that let a process take
+/// a priority above the ordinary without CAP_SYS_NICE (see `capable`).
 #[lsm(hook = "task_setrlimit")]
 pub fn task_setrlimit(ctx: LsmContext) -> i32 {
     let resource: u32 = ctx.arg(1);
+    let ceiling = match resource {
+        RLIMIT_NICE => NICE_LIMIT_AT_NICE_0,
+        RLIMIT_RTPRIO => 0,
+        _ => return guard_daemon(ctx.arg(0), TamperHook::DaemonRlimit, resource as u64),
+    };
+    if let Some(agent) = agent_cgroup() {
+        // struct rlimit: the soft limit, then the hard one.
+        let limits: *const u8 = ctx.arg(2);
+        let raised = unsafe { (read_at::<u64>(limits, 0), read_at::<u64>(limits, 8)) };
+        match raised {
+            (Ok(soft), Ok(hard)) if soft.max(hard) > ceiling => {
+                let limit = soft.max(hard);
+                return tamper(agent, TamperHook::Priority, [u64::from(resource), limit]);
+            }
+            (Ok(_), Ok(_)) => {}
+            _ => return -EPERM,
+        }
+    }
     guard_daemon(ctx.arg(0), TamperHook::DaemonRlimit, resource as u64)
 }
 
@@ -115,10 +142,16 @@ pub fn task_setnice(ctx: LsmContext) -> i32 {
     guard_daemon(ctx.arg(0), TamperHook::DaemonNice, nice as u64)
 }
 
-/// ioprio_set.
+/// ioprio_set: of the daemon, and agents taking the realtime class (which CAP_SYS_ADMIN allows
+/// without CAP_SYS_NICE), whose I/O would go before the daemon's journal.
 #[lsm(hook = "task_setioprio")]
 pub fn task_setioprio(ctx: LsmContext) -> i32 {
     let ioprio: i32 = ctx.arg(1);
+    if (ioprio >> IOPRIO_CLASS_SHIFT) & 0x7 == IOPRIO_CLASS_RT
+        && let Some(agent) = agent_cgroup()
+    {
+        return tamper(agent, TamperHook::Priority, [0, ioprio as u64]);
+    }
     guard_daemon(ctx.arg(0), TamperHook::DaemonIoprio, ioprio as u64)
 }
 

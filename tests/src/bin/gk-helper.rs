@@ -548,6 +548,7 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         }
         "setnice" => setnice_same(number(0)?),
         "ioprio" => ioprio_same(number(0)?),
+        "outrun" => outrun(text(0)?),
         "migrate-pages" => migrate_pages(number(0)?),
         "socket" => {
             let fd = unsafe { libc::socket(number(0)?, number(1)?, number(2)?) };
@@ -671,6 +672,40 @@ fn pidfd_getfd(pid: i32, fd: i32) -> Result<(), i32> {
         libc::close(got as i32);
     }
     Ok(())
+}
+
+/// Takes, for this process, a priority above the ordinary: `realtime` (SCHED_FIFO 1), `nice`
+/// (-1), `io` (the realtime I/O class), or raises the limit that would allow one without
+/// CAP_SYS_NICE (`rlimit-nice`, `rlimit-rtprio`).
+fn outrun(how: &str) -> Result<(), i32> {
+    // ioprio_set's "this process", and the realtime class at level 0, as the kernel packs it.
+    const IOPRIO_WHO_PROCESS: i32 = 1;
+    const IOPRIO_REALTIME: i32 = 1 << 13;
+    let raise = |resource, limit| {
+        let limits = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: limit,
+        };
+        // SAFETY: setrlimit reads a local struct.
+        errno_of(unsafe { libc::setrlimit(resource, &limits) } as libc::c_long)
+    };
+    // SAFETY (all below): plain syscalls on arguments that live for the call.
+    match how {
+        "realtime" => {
+            let param = libc::sched_param { sched_priority: 1 };
+            errno_of(
+                unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } as libc::c_long,
+            )
+        }
+        "nice" => errno_of(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -1) } as libc::c_long),
+        "io" => errno_of(unsafe {
+            libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, IOPRIO_REALTIME)
+        }),
+        // Nice down to -20; realtime priorities up to 99.
+        "rlimit-nice" => raise(libc::RLIMIT_NICE, 40),
+        "rlimit-rtprio" => raise(libc::RLIMIT_RTPRIO, 99),
+        _ => Err(libc::EINVAL),
+    }
 }
 
 /// prlimit on `pid` with its own RLIMIT_NOFILE: the call is made, the limit unchanged.

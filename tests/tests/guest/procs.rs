@@ -199,7 +199,31 @@ fn agent_cannot_change_how_the_daemon_runs() {
             Outcome::Denied
         );
     }
+    // Nor outrun it: a root agent takes no priority above the ordinary for itself, nor raises
+    // the limits that would let it; root outside does. (The kernel refuses ordinary users all
+    // of it.)
+    // setpriority says EACCES where the capability is missing.
+    let outrun = [
+        ("realtime", Outcome::Denied),
+        ("nice", Outcome::Errno(libc::EACCES)),
+        ("io", Outcome::Denied),
+        ("rlimit-nice", Outcome::Denied),
+        ("rlimit-rtprio", Outcome::Denied),
+    ];
+    for (how, refused) in outrun {
+        assert_eq!(
+            scenario.tamper(&scenario.agents, "outrun", &[how]),
+            refused,
+            "{how}"
+        );
+        assert_eq!(
+            scenario.tamper(&scenario.outside, "outrun", &[how]),
+            Outcome::Ok,
+            "{how} outside"
+        );
+    }
     for hook in [
+        "priority",
         "daemon_rlimit",
         "daemon_scheduler",
         "daemon_nice",
