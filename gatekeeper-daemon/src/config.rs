@@ -4,7 +4,7 @@
 //! both before anything is loaded.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt,
     net::SocketAddr,
     os::unix::ffi::OsStringExt as _,
@@ -373,7 +373,7 @@ pub fn guard_roots(host_paths: &[PathBuf], rules: &[FileRule]) -> Vec<GuardRoot>
     host_rules.chain(config_rules).collect()
 }
 
-/// The rules that `roots` make and none of `rules` names yet: a `write` rule for each host path
+/// The rules that `roots` make and no guard among `rules` names yet: a `write` rule for each host path
 /// that is a directory here, and one for each of `mounts` below a root, directory or file (the
 /// kernel's walk up from a file stops at the root of its own file system). A mount takes the
 /// accesses of every root above it and the approval of the strictest (with its name, or `host
@@ -385,10 +385,20 @@ pub fn guard_roots(host_paths: &[PathBuf], rules: &[FileRule]) -> Vec<GuardRoot>
 pub fn host_guards(roots: &[GuardRoot], rules: &[FileRule], mounts: &[Mount]) -> Vec<FileRule> {
     let mut guards: Vec<FileRule> = Vec::new();
     // Thousands of mounts on container hosts: each looked up once, and a rule made only for
-    // those no rule names yet.
-    let mut named: HashSet<&Path> = rules.iter().map(|rule| rule.path.as_path()).collect();
+    // those no guard names yet. A mount point a rule of the config names gets a guard beside
+    // that rule, with the accesses of the rules above (the kernel's walk up from a file there
+    // stops at the mount's root).
+    let mut named: HashMap<&Path, usize> = HashMap::new();
+    for rule in rules {
+        *named.entry(rule.path.as_path()).or_default() += 1;
+    }
+    let configured: HashSet<&Path> = (roots.iter())
+        .filter(|root| !root.host_path)
+        .map(|root| root.rule.path.as_path())
+        .collect();
     let mut guard = |path, rule: &dyn Fn() -> Option<FileRule>, mounted: bool| {
-        if named.contains(path) {
+        let rules_of_config = usize::from(configured.contains(path));
+        if named.get(path).copied().unwrap_or(0) > rules_of_config {
             return;
         }
         let Some(rule) = rule() else {
@@ -398,7 +408,7 @@ pub fn host_guards(roots: &[GuardRoot], rules: &[FileRule], mounts: &[Mount]) ->
         let guardable = std::fs::symlink_metadata(path)
             .is_ok_and(|meta| meta.is_dir() || (mounted && meta.is_file()));
         if guardable {
-            named.insert(path);
+            *named.entry(path).or_default() += 1;
             guards.push(rule);
         }
     };
@@ -478,7 +488,7 @@ impl Place<'_> {
 /// The mount table by mount id.
 struct MountTree<'a> {
     mounts: &'a [Mount],
-    by_id: std::collections::HashMap<u64, &'a Mount>,
+    by_id: HashMap<u64, &'a Mount>,
 }
 
 impl<'a> MountTree<'a> {

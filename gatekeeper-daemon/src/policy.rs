@@ -206,9 +206,14 @@ fn install_sockets(
 }
 
 /// Puts the files and directories of the file rules into the kernel's map, each directory's
-/// device marked (the kernel walks up from a file only on such a device).
-fn install_files(kernel: &mut Kernel, rules: &[FileRule]) -> Result<Vec<WatchedPath>, PolicyError> {
-    let mut installed = Vec::new();
+/// device marked (the kernel walks up from a file only on such a device), with the bits of the
+/// entries of `others` that name the same file.
+fn install_files(
+    kernel: &mut Kernel,
+    rules: &[FileRule],
+    others: &[&[WatchedPath]],
+) -> Result<Vec<WatchedPath>, PolicyError> {
+    let mut installed: Vec<WatchedPath> = Vec::new();
     for rule in rules {
         let metadata =
             std::fs::metadata(&rule.path).map_err(|cause| PolicyError::ProtectedPath {
@@ -222,7 +227,8 @@ fn install_files(kernel: &mut Kernel, rules: &[FileRule]) -> Result<Vec<WatchedP
             } else {
                 0
             };
-        add_file(kernel, target, value)?;
+        let held = held_bits(&target, others) | held_bits(&target, &[&installed]);
+        add_file(kernel, target, value | held)?;
         installed.push(WatchedPath {
             path: rule.path.clone(),
             name: rule.name.clone(),
@@ -257,9 +263,10 @@ fn guard_rule_directories(
             path: parent.clone(),
             cause,
         })?;
+        let held = held_bits(&target, &[files]);
         if let Some(rule) = files.iter_mut().find(|entry| entry.current == Some(target)) {
             rule.value |= file_rule::NAMES;
-            add_file(kernel, target, rule.value)?;
+            add_file(kernel, target, held | file_rule::NAMES)?;
         } else if !guards.iter().any(|guard| guard.current == Some(target)) {
             kernel.add_path(PathList::Files, target, file_rule::NAMES)?;
             guards.push(WatchedPath {
@@ -382,6 +389,15 @@ fn released(gone: &WatchedPath, kept: &[&WatchedPath], entries: &[(Target, u32)]
 
 /// Puts one file or directory of a file rule into the kernel's map: a directory's device marker
 /// first, so that no file below it is ever judged without the walk.
+/// The bits of every entry of `lists` that names `target` now or named it before. Two rules, or
+/// a rule and a mount guard, may name one file by different paths (a bind of it): the kernel
+/// keeps them all, so that neither weakens the other.
+fn held_bits(target: &Target, lists: &[&[WatchedPath]]) -> u32 {
+    (lists.iter().flat_map(|list| list.iter()))
+        .filter(|entry| entry.current.as_ref() == Some(target) || entry.previous.contains(target))
+        .fold(0, |bits, entry| bits | entry.value)
+}
+
 fn add_file(kernel: &mut Kernel, target: Target, value: u32) -> Result<(), PolicyError> {
     if value & file_rule::TREE != 0 {
         let marker = file_rule::device_marker(target.data[0] as u32);
@@ -487,7 +503,7 @@ impl Policy {
                 .socket_rules()
                 .map(|(_, rule, path)| (path.to_owned(), rule.name.clone())),
         )?;
-        let files = install_files(kernel, &config.file_rules)?;
+        let files = install_files(kernel, &config.file_rules, &[])?;
         prune_paths(kernel, PathList::Protected, &[&protected, &sockets])?;
         prune_paths(kernel, PathList::Allowed, &[&allowed])?;
         let mut files = files;
@@ -706,7 +722,8 @@ impl Policy {
                 unguarded.push(rule.path);
                 continue;
             }
-            match install_files(kernel, std::slice::from_ref(&rule)) {
+            let others = [self.files.as_slice(), &self.name_guards];
+            match install_files(kernel, std::slice::from_ref(&rule), &others) {
                 Ok(installed) => {
                     used += 2;
                     events.extend(installed.iter().filter_map(guarded_now));
@@ -726,7 +743,8 @@ impl Policy {
     /// another mounted over it): the new root is guarded too, the old one stays.
     fn follow_mount_points(&mut self, kernel: &mut Kernel, mounted: &HashSet<&Path>) -> Vec<Event> {
         let mut events = Vec::new();
-        for entry in &mut self.files {
+        for index in 0..self.files.len() {
+            let entry = &self.files[index];
             if !mounted.contains(entry.path.as_path()) {
                 continue;
             }
@@ -736,7 +754,9 @@ impl Policy {
             if entry.current == Some(target) || entry.previous.contains(&target) {
                 continue;
             }
-            if let Err(error) = add_file(kernel, target, entry.value) {
+            let held = held_bits(&target, &[&self.files, &self.name_guards]);
+            let entry = &mut self.files[index];
+            if let Err(error) = add_file(kernel, target, entry.value | held) {
                 tracing::error!(%error, path = %entry.path.display(), "cannot guard a mount below a host path or protected directory");
                 continue;
             }
@@ -764,6 +784,15 @@ impl Policy {
             for target in &released {
                 if let Err(error) = kernel.remove_path(PathList::Files, target) {
                     tracing::error!(%error, path = %gone.path.display(), "cannot take out the guard of an unmounted mount");
+                }
+            }
+            // A file another entry names keeps that entry's bits, no longer the guard's.
+            let held_on = (gone.current.iter().chain(&gone.previous))
+                .filter(|target| !released.contains(target));
+            for target in held_on {
+                let bits = held_bits(target, &[&self.files, &self.name_guards]);
+                if let Err(error) = add_file(kernel, *target, bits) {
+                    tracing::error!(%error, path = %gone.path.display(), "cannot take the guard of an unmounted mount off a file a rule keeps");
                 }
             }
             entries.retain(|(target, _)| !released.contains(target));
@@ -863,12 +892,17 @@ impl Policy {
             let rule = self.file_rules.get(index)?;
             Some((self.files[index].path.as_path(), rule))
         };
-        if let Some(index) = self
-            .files
-            .iter()
-            .position(|entry| entry.current == Some(file) || entry.previous.contains(&file))
-        {
-            return (with_rule(index), Some(self.files[index].path.clone()));
+        // Of the rules that name the file itself (a rule, and the guard of a mount or bind of
+        // it), the strictest, the first of equals.
+        let naming: Vec<usize> = (self.files.iter().enumerate())
+            .filter(|(_, entry)| entry.current == Some(file) || entry.previous.contains(&file))
+            .map(|(index, _)| index)
+            .collect();
+        if let Some(first) = naming.first() {
+            let strictest = (naming.iter().rev())
+                .filter_map(|index| with_rule(*index))
+                .max_by_key(|(_, rule)| rule.approval.strictness());
+            return (strictest, Some(self.files[*first].path.clone()));
         }
         let mut found: Option<PathBuf> = None;
         let mut strictest: Option<(&Path, &FileRule)> = None;
@@ -1184,16 +1218,18 @@ fn follow_list(
     now: &[Option<Target>],
 ) -> Vec<Event> {
     let mut moved = Vec::new();
-    for (entry, target) in entries.iter_mut().zip(now) {
+    for (index, target) in now.iter().enumerate().take(entries.len()) {
         // Mid-replacement the path may briefly not exist: keep the old entry meanwhile.
         let Some(target) = *target else {
             continue;
         };
-        if entry.current == Some(target) {
+        if entries[index].current == Some(target) {
             continue;
         }
+        let held = held_bits(&target, &[entries]);
+        let entry = &mut entries[index];
         let added = match list {
-            PathList::Files => add_file(kernel, target, entry.value),
+            PathList::Files => add_file(kernel, target, entry.value | held),
             PathList::Protected | PathList::Allowed => kernel
                 .add_path(list, target, entry.value)
                 .map_err(PolicyError::from),

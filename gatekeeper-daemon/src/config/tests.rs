@@ -435,6 +435,16 @@ fn mounts_below_file_rule_directories_take_their_rules() {
         .collect();
     assert_eq!(shown, [(volume.clone(), "prod secrets", READ | WRITE)]);
     assert_eq!(guards[0].approval.approvals, 2);
+    // Mounted at a rule's own path: a guard beside that rule takes the rules above it, once.
+    let roots = super::guard_roots(&[], &rules);
+    let at_rule = super::host_guards(&roots, &rules, &mounts_at(std::slice::from_ref(&inner)));
+    let shown: Vec<_> = (at_rule.iter())
+        .map(|guard| (guard.path.clone(), guard.name.as_str(), guard.access))
+        .collect();
+    assert_eq!(shown, [(inner.clone(), "prod secrets", READ)]);
+    let guarded = [rules.to_vec(), at_rule].concat();
+    let again = super::host_guards(&roots, &guarded, &mounts_at(std::slice::from_ref(&inner)));
+    assert!(again.is_empty(), "{again:?}");
     let roots = super::guard_roots(&[], &linked);
     let guards = super::host_guards(&roots, &linked, &mounts_at(std::slice::from_ref(&inner)));
     assert_eq!(guards.len(), 1, "{guards:?}");

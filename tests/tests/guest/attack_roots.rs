@@ -982,3 +982,116 @@ fn asked_once_per_approval(scenario: &Scenario, target: &str, rule: &str) {
         );
     }
 }
+
+/// A file that two entries name (a rule, and the guard of a bind of it below a host path or a
+/// protected directory; a rule, and the guard of a mount at its path below another rule) keeps
+/// the bits of both: neither weakens the other, and once the bind or mount is gone the rule's
+/// own are left.
+#[test]
+fn binds_and_mounts_keep_every_rules_bits() {
+    let base = Path::new("/srv/gk-aa-bits");
+    let (secrets, key, read_dir) = (base.join("secrets"), base.join("key"), base.join("read"));
+    let volume = read_dir.join("vol");
+    let host_file = Path::new("/etc/gk-aa-bits-file");
+    for dir in [&secrets, &volume] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    for file in [&secrets.join("data"), &key, &host_file.to_path_buf()] {
+        std::fs::write(file, "secret\n").unwrap();
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    let rule = |path: &Path, name: &str, access: &str| {
+        format!(
+            "[[protect.file]]\npath = \"{}\"\nname = \"{name}\"\naccess = \"{access}\"\n",
+            path.display()
+        )
+    };
+    let scenario = Scenario::start(
+        "aa-bits",
+        Options {
+            extra: [
+                rule(&secrets, "bits secrets", "read"),
+                rule(&key, "bits key", "read"),
+                rule(&read_dir, "bits read", "read"),
+                rule(&volume, "bits volume", "write"),
+            ]
+            .concat(),
+            ..Options::default()
+        },
+    );
+    let text = |path: &Path| path.display().to_string();
+    let only_outside = |op: &str, path: &Path| {
+        let args = match op {
+            "write" => vec![text(path), "agent".to_owned()],
+            _ => vec![text(path)],
+        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_eq!(
+            scenario.tamper(&scenario.agents, op, &args),
+            Outcome::Denied,
+            "root agent: {op} {path:?}"
+        );
+        assert_eq!(
+            scenario.tamper_as_user(&scenario.agents, op, &args),
+            Outcome::Denied,
+            "user agent: {op} {path:?}"
+        );
+        assert_eq!(
+            scenario.tamper_as_user(&scenario.outside, op, &args),
+            Outcome::Ok,
+            "outside: {op} {path:?}"
+        );
+    };
+    let reads_and_writes_guarded = || {
+        only_outside("cat", &secrets.join("data"));
+        only_outside("cat", &key);
+        only_outside("write", host_file);
+    };
+    reads_and_writes_guarded();
+
+    // The host binds the read-protected directory and file below /var/lib, and /etc (a host
+    // path, protected from writing) below the read-protected directory.
+    let app = Path::new("/var/lib/gk-aa-bits");
+    let (bound_secrets, bound_key, bound_etc) =
+        (app.join("secrets"), app.join("key"), read_dir.join("etc"));
+    for dir in [&bound_secrets, &bound_etc] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(&bound_key, "").unwrap();
+    bind(&secrets, &bound_secrets);
+    bind(&key, &bound_key);
+    bind(Path::new("/etc"), &bound_etc);
+    for guarded in [&bound_secrets, &bound_key, &bound_etc] {
+        wait_guarded(&scenario, guarded, 1);
+    }
+    reads_and_writes_guarded();
+    only_outside("cat", &bound_secrets.join("data"));
+
+    // A file system mounted at the write rule's path below the read rule: read there too only
+    // with approval.
+    mount_open_tmpfs(&volume);
+    let mounted = volume.join("data");
+    std::fs::write(&mounted, "secret\n").unwrap();
+    std::fs::set_permissions(&mounted, std::fs::Permissions::from_mode(0o666)).unwrap();
+    wait_guarded(&scenario, &volume, 1);
+    only_outside("cat", &mounted);
+    only_outside("write", &mounted);
+
+    // Gone again: each rule keeps its own bits.
+    for mount in [&bound_secrets, &bound_key, &bound_etc, &volume] {
+        assert!(
+            Command::new("umount")
+                .arg(mount)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    scenario.wait_journal("mount_unguarded", |event| {
+        event["path"] == text(&bound_etc).as_str()
+    });
+    reads_and_writes_guarded();
+    std::fs::remove_dir_all(base).unwrap();
+    std::fs::remove_dir_all(app).unwrap();
+    std::fs::remove_file(host_file).unwrap();
+}
