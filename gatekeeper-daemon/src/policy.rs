@@ -513,8 +513,17 @@ impl Policy {
         let mounts = std::fs::read(MOUNTINFO).map_err(PolicyError::Mounts)?;
         kernel.set_setting(Setting::ExecAllowlist, u32::from(config.exec_allowlist))?;
         // Agents change no mount where the daemon, or init, looks.
-        kernel.set_setting(Setting::HostMountNs, namespace("/proc/self/ns/mnt")?)?;
-        kernel.set_setting(Setting::InitMountNs, namespace("/proc/1/ns/mnt")?)?;
+        let (own_mounts, init_mounts) = (
+            namespace("/proc/self/ns/mnt")?,
+            namespace("/proc/1/ns/mnt")?,
+        );
+        if own_mounts != init_mounts {
+            tracing::warn!(
+                "the daemon runs in a mount namespace other than init's: a mount the host makes private in init's is not seen, and a volume there below a host path or protected directory is not guarded"
+            );
+        }
+        kernel.set_setting(Setting::HostMountNs, own_mounts)?;
+        kernel.set_setting(Setting::InitMountNs, init_mounts)?;
         // The host's network namespace is init's (the daemon might run in one of its own):
         // agents in any other may set its sysctls.
         kernel.set_setting(Setting::HostNetns, namespace("/proc/1/ns/net")?)?;
