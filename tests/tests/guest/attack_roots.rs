@@ -448,20 +448,30 @@ fn copies_written_only_from_outside(scenario: &Scenario, dir: &Path) {
 
 /// Root and user agents cannot write `target`; the user outside can (the control).
 fn writes_only_from_outside(scenario: &Scenario, target: &str) {
+    only_from_outside(scenario, "write", &[target, "agent"]);
+}
+
+fn unmount(path: &Path) {
+    let unmounted = Command::new("umount").arg(path).status().unwrap();
+    assert!(unmounted.success(), "umount {path:?}");
+}
+
+/// Root and user agents are denied `op` on `args`; the user outside is not.
+fn only_from_outside(scenario: &Scenario, op: &str, args: &[&str]) {
     assert_eq!(
-        scenario.tamper(&scenario.agents, "write", &[target, "agent"]),
+        scenario.tamper(&scenario.agents, op, args),
         Outcome::Denied,
-        "root agent writes {target}"
+        "root agent: {op} {args:?}"
     );
     assert_eq!(
-        scenario.tamper_as_user(&scenario.agents, "write", &[target, "agent"]),
+        scenario.tamper_as_user(&scenario.agents, op, args),
         Outcome::Denied,
-        "user agent writes {target}"
+        "user agent: {op} {args:?}"
     );
     assert_eq!(
-        scenario.tamper_as_user(&scenario.outside, "write", &[target, "outside"]),
+        scenario.tamper_as_user(&scenario.outside, op, args),
         Outcome::Ok,
-        "outside writes {target}"
+        "outside: {op} {args:?}"
     );
 }
 
@@ -932,13 +942,7 @@ fn a_mount_below_a_protected_directory_keeps_its_rule() {
     wait_guarded(&scenario, &below_bind, 1);
     asked_once_per_approval(&scenario, &data.display().to_string(), "ruled volume");
     for mount in [&below_bind, bind, &volume] {
-        assert!(
-            Command::new("umount")
-                .arg(mount)
-                .status()
-                .unwrap()
-                .success()
-        );
+        unmount(mount);
     }
     std::fs::remove_dir_all(ruled).unwrap();
 }
@@ -1020,27 +1024,9 @@ fn binds_and_mounts_keep_every_rules_bits() {
         },
     );
     let text = |path: &Path| path.display().to_string();
-    let only_outside = |op: &str, path: &Path| {
-        let args = match op {
-            "write" => vec![text(path), "agent".to_owned()],
-            _ => vec![text(path)],
-        };
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        assert_eq!(
-            scenario.tamper(&scenario.agents, op, &args),
-            Outcome::Denied,
-            "root agent: {op} {path:?}"
-        );
-        assert_eq!(
-            scenario.tamper_as_user(&scenario.agents, op, &args),
-            Outcome::Denied,
-            "user agent: {op} {path:?}"
-        );
-        assert_eq!(
-            scenario.tamper_as_user(&scenario.outside, op, &args),
-            Outcome::Ok,
-            "outside: {op} {path:?}"
-        );
+    let only_outside = |op: &str, path: &Path| match op {
+        "write" => only_from_outside(&scenario, op, &[&text(path), "agent"]),
+        _ => only_from_outside(&scenario, op, &[&text(path)]),
     };
     let reads_and_writes_guarded = || {
         only_outside("cat", &secrets.join("data"));
@@ -1079,13 +1065,7 @@ fn binds_and_mounts_keep_every_rules_bits() {
 
     // Gone again: each rule keeps its own bits.
     for mount in [&bound_secrets, &bound_key, &bound_etc, &volume] {
-        assert!(
-            Command::new("umount")
-                .arg(mount)
-                .status()
-                .unwrap()
-                .success()
-        );
+        unmount(mount);
     }
     scenario.wait_journal("mount_unguarded", |event| {
         event["path"] == text(&bound_etc).as_str()
