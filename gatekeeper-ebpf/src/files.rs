@@ -18,6 +18,7 @@ use gatekeeper_common::{
 use crate::{
     exec::{exec_target, inode_target, runs_protected},
     file_rules::{alias_of, below_unguarded_mount, inherit_rule, moves_with_read_tree, placement},
+    mounts::{host_mount_of, vfsmount_of},
     offsets::{
         OFF_DENTRY_INODE, OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_FILE_FLAGS, OFF_FILE_INODE,
         OFF_FILE_MODE, OFF_FILE_PATH, OFF_IATTR_VALID, OFF_INODE_MODE, OFF_INODE_RDEV,
@@ -354,8 +355,9 @@ unsafe fn guard(agent: u64, dentry: *const u8, change: Change) -> i32 {
 }
 
 /// A name made, removed or moved in a directory (each asks for write permission on it) that a
-/// file rule protects, that holds a rule's file, or whose place cannot be told. Non-directories return after
-/// one read: their writes are judged at the open.
+/// file rule protects, that holds a rule's file, whose place cannot be told, or that is on a
+/// file system mounted below a protected directory that the daemon has not guarded yet.
+/// Non-directories return after one read: their writes are judged at the open.
 #[inline(always)]
 pub fn directory_write(inode: *const u8) -> i32 {
     match unsafe { read_field::<u16>(inode, &OFF_INODE_MODE) } {
@@ -383,8 +385,27 @@ pub fn directory_write(inode: *const u8) -> i32 {
         {
             tamper(agent, TamperHook::ProtectedChange, placed.file.data)
         }
-        Ok(_) => 0,
+        Ok(placed) => match unsafe { on_unguarded_mount(inode) } {
+            Ok(false) => 0,
+            Ok(true) => tamper(agent, TamperHook::UnguardedMount, placed.file.data),
+            Err(_) => -EPERM,
+        },
         Err(_) => -EPERM,
+    }
+}
+
+/// Whether the file system of `inode` is mounted in the host's namespace below a directory
+/// whose rule protects writing, and the daemon has not guarded it yet (see
+/// [`below_unguarded_mount`]; its first mount there is judged): its names change only once it
+/// has, and while no daemon runs not at all.
+#[inline(always)]
+unsafe fn on_unguarded_mount(inode: *const u8) -> Result<bool, i32> {
+    unsafe {
+        let sb: *const u8 = read_field(inode, &OFF_INODE_SB)?;
+        match host_mount_of(sb, core::ptr::null())? {
+            Some(mount) => below_unguarded_mount(vfsmount_of(mount), inode),
+            None => Ok(false),
+        }
     }
 }
 

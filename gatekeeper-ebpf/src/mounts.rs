@@ -196,7 +196,7 @@ pub unsafe fn mount_of(mnt: *const u8) -> *const u8 {
 
 /// The `struct vfsmount` of the `struct mount` at `mount`.
 #[inline(always)]
-unsafe fn vfsmount_of(mount: *const u8) -> *const u8 {
+pub unsafe fn vfsmount_of(mount: *const u8) -> *const u8 {
     mount.wrapping_add(field_offset(&OFF_MOUNT_MNT))
 }
 

@@ -463,6 +463,11 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         }
         "unlink" => outcome(std::fs::remove_file(text(0)?)),
         "rename" => outcome(std::fs::rename(text(0)?, text(1)?)),
+        "symlink" => outcome(std::os::unix::fs::symlink(text(0)?, text(1)?)),
+        "mkfifo" => {
+            let path = c_path(text(0)?)?;
+            errno_of(unsafe { libc::mkfifo(path.as_ptr(), 0o600) } as libc::c_long)
+        }
         "umount" => {
             let path = c_path(text(0)?)?;
             errno_of(unsafe { libc::umount2(path.as_ptr(), 0) } as libc::c_long)
