@@ -136,12 +136,24 @@ fn supervise(
             .env("USER", &user.name)
             .env("LOGNAME", &user.name);
     }
-    // SAFETY: between fork and exec only async-signal-safe calls: write(2), setgroups(2),
-    // setgid(2), setuid(2), prctl(2) and pthread_sigmask(3), on a descriptor and values
-    // prepared before the fork.
+    let no_priority = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: between fork and exec only async-signal-safe calls: setrlimit(2), write(2),
+    // setgroups(2), setgid(2), setuid(2), prctl(2) and pthread_sigmask(3), on a descriptor and
+    // values prepared before the fork.
     unsafe {
         agent.pre_exec(move || {
             let failed = || Err(std::io::Error::last_os_error());
+            // Whatever limits the launcher was given (PAM, its unit): within them the kernel
+            // grants realtime policies and nice values below 0 without CAP_SYS_NICE, which would
+            // let the agent spin above the daemon.
+            if libc::setrlimit(libc::RLIMIT_RTPRIO, &no_priority) != 0
+                || libc::setrlimit(libc::RLIMIT_NICE, &no_priority) != 0
+            {
+                return failed();
+            }
             // Moved while still root: the agent's user may not write cgroup.procs.
             if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
                 return failed();

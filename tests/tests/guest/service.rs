@@ -115,6 +115,44 @@ fn agent_run_starts_an_agent_whose_owner_cannot_approve_it() {
         "{unprotected:?}"
     );
 
+    // Started with no priority limits, whatever the launcher had: none above the ordinary
+    // without CAP_SYS_NICE.
+    let generous = libc::rlimit {
+        rlim_cur: 50,
+        rlim_max: 50,
+    };
+    let resources = [libc::RLIMIT_RTPRIO, libc::RLIMIT_NICE];
+    let mut before = [generous; 2];
+    for (resource, old) in resources.into_iter().zip(&mut before) {
+        // SAFETY: getrlimit and setrlimit write and read local structs; raising them is root's.
+        unsafe {
+            assert_eq!(libc::getrlimit(resource, old), 0);
+            assert_eq!(libc::setrlimit(resource, &generous), 0);
+        }
+    }
+    let limits = scenario.gatekeeper(&[
+        "agent",
+        "run",
+        "--name",
+        "limits-1",
+        "--owner",
+        "alice",
+        "--",
+        "/bin/sh",
+        "-c",
+        "grep -E '^Max (nice|realtime) priority' /proc/self/limits",
+    ]);
+    let text = String::from_utf8_lossy(&limits.stdout);
+    let values: Vec<Vec<&str>> = (text.lines())
+        .map(|line| line.split_whitespace().skip(3).take(2).collect())
+        .collect();
+    // The tests after this one, in this process, get what they had.
+    for (resource, old) in resources.into_iter().zip(&before) {
+        // SAFETY: setrlimit reads a local struct.
+        assert_eq!(unsafe { libc::setrlimit(resource, old) }, 0);
+    }
+    assert_eq!(values, [["0", "0"], ["0", "0"]], "{limits:?}");
+
     // As another user: its uid, groups and home, still inside its own agent cgroup.
     let as_bob = scenario.gatekeeper(&[
         "agent",
