@@ -421,7 +421,8 @@ pub fn host_guards(roots: &[GuardRoot], rules: &[FileRule], mounts: &[Mount]) ->
         .map(|root| {
             let path = &root.rule.path;
             let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
-            (path.clone(), tree.place_of(&path), root)
+            let place = tree.place_of(&path);
+            (path, place, root)
         })
         .collect();
     for mount in mounts {

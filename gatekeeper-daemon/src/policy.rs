@@ -387,8 +387,6 @@ fn released(gone: &WatchedPath, kept: &[&WatchedPath], entries: &[(Target, u32)]
     out
 }
 
-/// Puts one file or directory of a file rule into the kernel's map: a directory's device marker
-/// first, so that no file below it is ever judged without the walk.
 /// The bits of every entry of `lists` that names `target` now or named it before. Two rules, or
 /// a rule and a mount guard, may name one file by different paths (a bind of it): the kernel
 /// keeps them all, so that neither weakens the other.
@@ -398,6 +396,8 @@ fn held_bits(target: &Target, lists: &[&[WatchedPath]]) -> u32 {
         .fold(0, |bits, entry| bits | entry.value)
 }
 
+/// Puts one file or directory of a file rule into the kernel's map: a directory's device marker
+/// first, so that no file below it is ever judged without the walk.
 fn add_file(kernel: &mut Kernel, target: Target, value: u32) -> Result<(), PolicyError> {
     if value & file_rule::TREE != 0 {
         let marker = file_rule::device_marker(target.data[0] as u32);
