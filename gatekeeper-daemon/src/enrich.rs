@@ -1,7 +1,16 @@
 //! Kernel events become inputs for the engine: decoded from the ring buffer and completed with
 //! what /proc and cgroupfs say of the process, here, so that no blocking read runs in the engine.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+        mpsc,
+    },
+    time::Duration,
+};
 
 use gatekeeper_common::{EventKind, TamperHook};
 use tracing::warn;
@@ -20,6 +29,15 @@ const MAX_CMDLINE: u64 = 4096;
 const MAX_ARGS: usize = 64;
 /// Stands last in an argv that was cut.
 const TRUNCATED: &str = "…(truncated)";
+/// How long one command line is waited for. Reading it takes the process's memory map lock,
+/// which an agent can keep taken for as long as it likes (a page of a file that a FUSE server
+/// of its own never serves): past this the request goes on without it. (The other /proc files
+/// read here take no lock of the process's.)
+const CMDLINE_WAIT: Duration = Duration::from_secs(1);
+/// Reader threads alive at most, each left waiting on a read but the current one; beyond them
+/// no command line is read until one returns, so that an agent cannot leave a thread behind
+/// with every request.
+const CMDLINE_READERS: usize = 4;
 
 /// At most [`MAX_CMDLINE`] bytes of a /proc file.
 fn read_bounded(path: &std::path::Path) -> Option<Vec<u8>> {
@@ -40,20 +58,103 @@ pub fn user_name(uid: u32) -> Option<String> {
         .map(|user| user.name)
 }
 
-/// A command line from /proc: at most [`MAX_ARGS`] arguments of [`MAX_CMDLINE`] bytes.
-fn cmdline_of(pid: u32) -> Option<Vec<String>> {
-    read_bounded(&PathBuf::from(format!("/proc/{pid}/cmdline"))).map(|raw| {
-        let mut argv: Vec<String> = raw
-            .split(|byte| *byte == 0)
-            .filter(|arg| !arg.is_empty())
-            .take(MAX_ARGS)
-            .map(|arg| String::from_utf8_lossy(arg).into_owned())
-            .collect();
-        if raw.len() as u64 >= MAX_CMDLINE {
-            argv.push(TRUNCATED.to_owned());
+/// Reads files on a thread of its own and waits for each at most `wait`: a read that takes
+/// longer is left to its thread, and the next read starts another.
+struct PatientReader {
+    wait: Duration,
+    current: Option<ReaderThread>,
+    /// Reader threads alive, the current one's included.
+    alive: Arc<AtomicUsize>,
+}
+
+struct ReaderThread {
+    paths: mpsc::Sender<PathBuf>,
+    contents: mpsc::Receiver<Option<Vec<u8>>>,
+}
+
+/// Counts a reader thread out when it ends.
+struct Alive(Arc<AtomicUsize>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl PatientReader {
+    fn new(wait: Duration) -> Self {
+        Self {
+            wait,
+            current: None,
+            alive: Arc::new(AtomicUsize::new(0)),
         }
-        argv
-    })
+    }
+
+    /// At most [`MAX_CMDLINE`] bytes of `path`; None if it cannot be read, or not in time.
+    fn read(&mut self, path: PathBuf) -> Option<Vec<u8>> {
+        let thread = match self.current.take() {
+            Some(thread) => thread,
+            None => self.start()?,
+        };
+        thread.paths.send(path.clone()).ok()?;
+        match thread.contents.recv_timeout(self.wait) {
+            Ok(contents) => {
+                self.current = Some(thread);
+                contents
+            }
+            Err(_) => {
+                warn!(path = %path.display(), wait = ?self.wait, "read took too long, left behind");
+                None
+            }
+        }
+    }
+
+    fn start(&self) -> Option<ReaderThread> {
+        if self.alive.load(Ordering::SeqCst) >= CMDLINE_READERS {
+            return None;
+        }
+        let (paths, asked) = mpsc::channel::<PathBuf>();
+        let (answer, contents) = mpsc::channel();
+        self.alive.fetch_add(1, Ordering::SeqCst);
+        let alive = Alive(Arc::clone(&self.alive));
+        let spawned = std::thread::Builder::new()
+            .name("gk-cmdline".into())
+            .spawn(move || {
+                let _alive = alive;
+                for path in asked {
+                    // The reader gave up on this thread: end with it.
+                    if answer.send(read_bounded(&path)).is_err() {
+                        break;
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => Some(ReaderThread { paths, contents }),
+            Err(error) => {
+                // The closure, and with it the count, was dropped.
+                warn!(%error, "cannot start a thread to read command lines");
+                None
+            }
+        }
+    }
+}
+
+/// A command line from /proc: at most [`MAX_ARGS`] arguments of [`MAX_CMDLINE`] bytes.
+fn cmdline_of(pid: u32, reader: &mut PatientReader) -> Option<Vec<String>> {
+    reader
+        .read(PathBuf::from(format!("/proc/{pid}/cmdline")))
+        .map(|raw| {
+            let mut argv: Vec<String> = raw
+                .split(|byte| *byte == 0)
+                .filter(|arg| !arg.is_empty())
+                .take(MAX_ARGS)
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect();
+            if raw.len() as u64 >= MAX_CMDLINE {
+                argv.push(TRUNCATED.to_owned());
+            }
+            argv
+        })
 }
 
 /// `/proc/PID/FILE` as text; the agent names its processes, in bytes that need be no UTF-8.
@@ -75,12 +176,12 @@ fn parent_of(pid: u32) -> Option<u32> {
 
 /// What /proc still tells about the process that was denied, and up to [`MAX_ANCESTORS`] above
 /// it (all of it written by the agent: shown as its text).
-fn describe_process(event: &KernelEvent) -> Process {
+fn describe_process(event: &KernelEvent, cmdlines: &mut PatientReader) -> Process {
     // First: a caller whose exec was denied often exits at once.
     let cwd = std::fs::read_link(format!("/proc/{}/cwd", event.pid))
         .ok()
         .map(|cwd| cwd.display().to_string());
-    let argv = cmdline_of(event.pid);
+    let argv = cmdline_of(event.pid, cmdlines);
     let mut ancestors = Vec::new();
     let mut below = event.pid;
     while ancestors.len() < MAX_ANCESTORS {
@@ -91,7 +192,7 @@ fn describe_process(event: &KernelEvent) -> Process {
         ancestors.push(Ancestor {
             pid,
             comm: comm_of(pid),
-            argv: cmdline_of(pid),
+            argv: cmdline_of(pid, cmdlines),
         });
         below = pid;
     }
@@ -109,6 +210,12 @@ fn describe_process(event: &KernelEvent) -> Process {
         cwd,
         ancestors,
     }
+}
+
+/// What completes events, carried from batch to batch.
+struct Enricher {
+    names: CgroupNames,
+    cmdlines: PatientReader,
 }
 
 /// Names cgroups by id, walking cgroupfs below the agent cgroups once per cgroup.
@@ -134,10 +241,11 @@ impl CgroupNames {
     }
 }
 
-fn describe(event: KernelEvent, names: &mut CgroupNames) -> KernelInput {
+fn describe(event: KernelEvent, enricher: &mut Enricher) -> KernelInput {
+    let names = &mut enricher.names;
     match event.kind {
         EventKind::Denied => KernelInput::Denied {
-            process: describe_process(&event),
+            process: describe_process(&event, &mut enricher.cmdlines),
             cgroup: names.name(event.cgroup_id),
             target: event.target,
             filename: event.filename,
@@ -168,13 +276,16 @@ pub async fn forward_events(
     roots: Vec<PathBuf>,
     handle: Handle,
 ) -> std::io::Result<()> {
-    let mut names = Some(CgroupNames {
-        roots,
-        known: HashMap::new(),
+    let mut enricher = Some(Enricher {
+        names: CgroupNames {
+            roots,
+            known: HashMap::new(),
+        },
+        cmdlines: PatientReader::new(CMDLINE_WAIT),
     });
     loop {
         let batch = reader.next_batch().await?;
-        let Some(mut owned) = names.take() else {
+        let Some(mut owned) = enricher.take() else {
             return Ok(());
         };
         let (inputs, returned) = tokio::task::spawn_blocking(move || {
@@ -192,11 +303,65 @@ pub async fn forward_events(
         })
         .await
         .map_err(std::io::Error::other)?;
-        names = Some(returned);
+        enricher = Some(returned);
         for input in inputs {
             if !handle.send(Command::Kernel(input)).await {
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::{os::unix::fs::OpenOptionsExt, time::Instant};
+
+    /// A FIFO stands for a process whose memory map lock an agent holds: opening it for
+    /// reading waits until someone opens it for writing.
+    #[test]
+    fn a_read_that_never_ends_is_left_behind_and_reading_goes_on() {
+        let dir = std::env::temp_dir().join(format!("gk-patient-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("cmdline");
+        std::fs::write(&file, b"sh\0-c\0true\0").unwrap();
+        let fifo = dir.join("stalled");
+        let _ = std::fs::remove_file(&fifo);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+
+        let mut reader = PatientReader::new(Duration::from_millis(500));
+        let alive = Arc::clone(&reader.alive);
+        assert_eq!(
+            reader.read(file.clone()).as_deref(),
+            Some(&b"sh\0-c\0true\0"[..])
+        );
+        // Each stalled read leaves its thread behind; the next read starts another.
+        for stalled in 1..CMDLINE_READERS {
+            assert_eq!(reader.read(fifo.clone()), None);
+            assert_eq!(alive.load(Ordering::SeqCst), stalled);
+            assert!(
+                reader.read(file.clone()).is_some(),
+                "after {stalled} stalled"
+            );
+        }
+        assert_eq!(reader.read(fifo.clone()), None);
+        assert_eq!(alive.load(Ordering::SeqCst), CMDLINE_READERS);
+        // As many threads wait as allowed: no more are started, and nothing is read.
+        assert_eq!(reader.read(file.clone()), None);
+        assert_eq!(alive.load(Ordering::SeqCst), CMDLINE_READERS);
+
+        // Once the stalled reads end, their threads end with them, and reading resumes.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive.load(Ordering::SeqCst) > 0 {
+            assert!(Instant::now() < deadline, "stalled readers never ended");
+            // Fails while no reader has the FIFO open yet.
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(reader.read(file).is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
