@@ -162,6 +162,9 @@ macro_rules! kernel_members {
             (OFF_SECCOMP_FILTER, "seccomp", "filter"),
             (OFF_SECCOMP_FILTER_PREV, "seccomp_filter", "prev"),
             (OFF_SECCOMP_FILTER_NOTIF, "seccomp_filter", "notif"),
+            // A process's resource limits (`signal->rlim`, an array of `struct rlimit`).
+            (OFF_TASK_SIGNAL, "task_struct", "signal"),
+            (OFF_SIGNAL_RLIM, "signal_struct", "rlim"),
         }
     };
 }
@@ -531,8 +534,9 @@ pub enum TamperHook {
     Lease = 52,
     /// Scheduling priority above the ordinary (a realtime or deadline policy, a nice value below
     /// 0, the realtime I/O class): an agent's process spinning there would leave the daemon a
-    /// sliver of each CPU, or of the disk (data: CAP_SYS_NICE and 0, the resource limit raised
-    /// and its new value, or 0 and the I/O priority).
+    /// sliver of each CPU, or of the disk (data: CAP_SYS_NICE and 0; a resource limit raised
+    /// and its new value; a limit the process was given above the ordinary and its value, for
+    /// a change of policy or a nice value below 0 within it; or 0 and the I/O priority).
     Priority = 53,
 }
 

@@ -140,7 +140,9 @@ fn supervise(
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: between fork and exec only async-signal-safe calls: setrlimit(2), write(2),
+    let ordinary = libc::sched_param { sched_priority: 0 };
+    // SAFETY: between fork and exec only async-signal-safe calls: setrlimit(2),
+    // sched_getscheduler(2), sched_setscheduler(2), getpriority(2), setpriority(2), write(2),
     // setgroups(2), setgid(2), setuid(2), prctl(2) and pthread_sigmask(3), on a descriptor and
     // values prepared before the fork.
     unsafe {
@@ -151,6 +153,19 @@ fn supervise(
             // let the agent spin above the daemon.
             if libc::setrlimit(libc::RLIMIT_RTPRIO, &no_priority) != 0
                 || libc::setrlimit(libc::RLIMIT_NICE, &no_priority) != 0
+            {
+                return failed();
+            }
+            // Nor the priority the launcher ran at, if above the ordinary (a lower one stays).
+            let policy = libc::sched_getscheduler(0) & !libc::SCHED_RESET_ON_FORK;
+            if (policy == libc::SCHED_FIFO || policy == libc::SCHED_RR)
+                && libc::sched_setscheduler(0, libc::SCHED_OTHER, &ordinary) != 0
+            {
+                return failed();
+            }
+            // getpriority's -1 may also be an error; setting 0 is harmless then.
+            if libc::getpriority(libc::PRIO_PROCESS, 0) < 0
+                && libc::setpriority(libc::PRIO_PROCESS, 0, 0) != 0
             {
                 return failed();
             }

@@ -16,17 +16,13 @@
 //! step is the CAP_SYS_ADMIN check of `may_mount()`, which is refused here when the system call
 //! is mount_setattr and the caller is in the host's mount namespace.
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_task_btf, bpf_task_pt_regs},
-    macros::lsm,
-    programs::LsmContext,
-};
+use aya_ebpf::{macros::lsm, programs::LsmContext};
 use gatekeeper_common::{MountRefusal, TamperHook};
 
 use crate::{
     mounts::caller_in_host_namespace,
-    offsets::{OFF_PT_REGS_ORIG_AX, OFF_USER_NS_LEVEL},
-    read::read_field,
+    offsets::OFF_USER_NS_LEVEL,
+    read::{current_syscall, read_field},
     verdict::{EPERM, agent_cgroup, tamper},
 };
 
@@ -37,8 +33,6 @@ const CAP_SYS_NICE: i32 = 23;
 const CAP_OPT_NOAUDIT: u32 = 1 << 1;
 /// mount_setattr in the x86-64 and the 32-bit system call tables alike.
 const NR_MOUNT_SETATTR: u64 = 442;
-/// Marks x32 system calls.
-const X32_SYSCALL_BIT: u64 = 0x4000_0000;
 
 #[lsm(hook = "capable")]
 pub fn capable(ctx: LsmContext) -> i32 {
@@ -78,12 +72,8 @@ pub fn capable(ctx: LsmContext) -> i32 {
 /// host's mount namespace.
 #[inline(always)]
 fn mount_setattr(agent: u64) -> i32 {
-    let syscall = unsafe {
-        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
-        read_field::<u64>(regs, &OFF_PT_REGS_ORIG_AX)
-    };
-    match syscall {
-        Ok(number) if number & !X32_SYSCALL_BIT != NR_MOUNT_SETATTR => 0,
+    match current_syscall() {
+        Ok(number) if number != NR_MOUNT_SETATTR => 0,
         Ok(_) if !caller_in_host_namespace() => 0,
         Ok(_) => tamper(
             agent,

@@ -10,9 +10,9 @@ use crate::{
     offsets::{
         OFF_CGROUP_KN, OFF_CSS_SET_DFL_CGRP, OFF_INODE_INO, OFF_KERNFS_NODE_ID,
         OFF_KERNFS_NODE_PARENT, OFF_PID_TASKS, OFF_PROC_INODE_PID, OFF_PROC_INODE_VFS_INODE,
-        OFF_TASK_CGROUPS, OFF_TASK_PID_LINKS, OFF_TASK_TGID,
+        OFF_SIGNAL_RLIM, OFF_TASK_CGROUPS, OFF_TASK_PID_LINKS, OFF_TASK_SIGNAL, OFF_TASK_TGID,
     },
-    read::{container_of, read_at, read_field},
+    read::{container_of, current_syscall, field_offset, read_at, read_field},
     script::runs_approved_script,
     tunables::sysctl_write,
     verdict::{EPERM, agent_cgroup, is_daemon, tamper},
@@ -25,6 +25,10 @@ const RLIMIT_RTPRIO: u32 = 14;
 /// RLIMIT_NICE's value that lets a process go down to nice 0 (the kernel's ceiling is 20 minus
 /// the limit), but not below.
 const NICE_LIMIT_AT_NICE_0: u64 = 20;
+/// sched_setaffinity in the x86-64 and the 32-bit system call tables: the one system call that
+/// reaches `task_setscheduler` and changes no priority. (No other system call with either
+/// number reaches it.)
+const NR_SCHED_SETAFFINITY: [u64; 2] = [203, 241];
 
 /// ptrace_may_access callers that only decide what to show (ps reading /proc/PID/stat).
 const PTRACE_MODE_NOAUDIT: u32 = 0x04;
@@ -129,17 +133,58 @@ pub fn task_setrlimit(ctx: LsmContext) -> i32 {
     guard_daemon(ctx.arg(0), TamperHook::DaemonRlimit, resource as u64)
 }
 
-/// sched_setscheduler, sched_setparam, sched_setattr, sched_setaffinity.
-#[lsm(hook = "task_setscheduler")]
-pub fn task_setscheduler(ctx: LsmContext) -> i32 {
-    guard_daemon(ctx.arg(0), TamperHook::DaemonScheduler, 0)
+/// The limit `task` was given that lets it take a priority above the ordinary without
+/// CAP_SYS_NICE, as (resource, soft limit): agents cannot raise these (`task_setrlimit`), but
+/// whoever started one may have (PAM, a unit's LimitRTPRIO=, a container's spec). None if it has
+/// none; an unreadable limit counts as given.
+#[inline(always)]
+fn priority_limit(task: *const u8) -> Option<[u64; 2]> {
+    let soft = |resource: u32| -> Result<u64, i32> {
+        unsafe {
+            let signal: *const u8 = read_field(task, &OFF_TASK_SIGNAL)?;
+            // Each struct rlimit: the soft limit, then the hard one.
+            let limit = field_offset(&OFF_SIGNAL_RLIM) + resource as usize * 16;
+            read_at(signal, limit)
+        }
+    };
+    match (soft(RLIMIT_RTPRIO), soft(RLIMIT_NICE)) {
+        (Ok(0), Ok(nice)) if nice <= NICE_LIMIT_AT_NICE_0 => None,
+        (Ok(0), Ok(nice)) => Some([u64::from(RLIMIT_NICE), nice]),
+        (Ok(rtprio), _) => Some([u64::from(RLIMIT_RTPRIO), rtprio]),
+        (Err(_), _) => Some([u64::from(RLIMIT_RTPRIO), u64::MAX]),
+    }
 }
 
-/// setpriority.
+/// sched_setscheduler, sched_setparam, sched_setattr, sched_setaffinity: of the daemon, and
+/// agents' changes of policy or priority for a process given a limit above the ordinary, within
+/// which the kernel grants realtime policies and nice values below 0 without CAP_SYS_NICE.
+/// Judged by the limit, not by the policy asked for, which sched_setattr passes in memory the
+/// caller could change after the kernel read it.
+#[lsm(hook = "task_setscheduler")]
+pub fn task_setscheduler(ctx: LsmContext) -> i32 {
+    let task: *const u8 = ctx.arg(0);
+    if let Some(agent) = agent_cgroup()
+        && let Some(limit) = priority_limit(task)
+        && !matches!(current_syscall(), Ok(number) if NR_SCHED_SETAFFINITY.contains(&number))
+    {
+        return tamper(agent, TamperHook::Priority, limit);
+    }
+    guard_daemon(task, TamperHook::DaemonScheduler, 0)
+}
+
+/// setpriority, nice, and the nice value of an autogroup: of the daemon, and agents' nice values
+/// below 0 for a process given a limit above the ordinary (see `task_setscheduler`).
 #[lsm(hook = "task_setnice")]
 pub fn task_setnice(ctx: LsmContext) -> i32 {
+    let task: *const u8 = ctx.arg(0);
     let nice: i32 = ctx.arg(1);
-    guard_daemon(ctx.arg(0), TamperHook::DaemonNice, nice as u64)
+    if nice < 0
+        && let Some(agent) = agent_cgroup()
+        && let Some(limit) = priority_limit(task)
+    {
+        return tamper(agent, TamperHook::Priority, limit);
+    }
+    guard_daemon(task, TamperHook::DaemonNice, nice as u64)
 }
 
 /// ioprio_set: of the daemon, and agents taking the realtime class (which CAP_SYS_ADMIN allows

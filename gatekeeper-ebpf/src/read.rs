@@ -1,8 +1,11 @@
 //! Reading kernel structs at offsets the daemon found in the running kernel's BTF.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs};
 
-use crate::offsets::{OFF_INODE_SB, OFF_SB_MAGIC};
+use crate::offsets::{OFF_INODE_SB, OFF_PT_REGS_ORIG_AX, OFF_SB_MAGIC};
+
+/// Marks x32 system calls, whose numbers are otherwise the x86-64 ones.
+pub const X32_SYSCALL_BIT: u64 = 0x4000_0000;
 
 /// Where the pins live.
 pub const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
@@ -58,4 +61,15 @@ pub fn member_ptr(base: *const u8, global: &'static u32) -> *const u8 {
 #[inline(always)]
 pub fn container_of(member: *const u8, global: &'static u32) -> *const u8 {
     member.wrapping_sub(offset(global))
+}
+
+/// The number of the system call the current task is in, in its caller's table (x86-64 or
+/// 32-bit), without the x32 mark.
+#[inline(always)]
+pub fn current_syscall() -> Result<u64, i32> {
+    let number = unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
+        read_field::<u64>(regs, &OFF_PT_REGS_ORIG_AX)?
+    };
+    Ok(number & !X32_SYSCALL_BIT)
 }

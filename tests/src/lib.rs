@@ -51,6 +51,40 @@ pub fn bin(name: &str) -> PathBuf {
     PathBuf::from(dir).join(name)
 }
 
+/// This process's RLIMIT_RTPRIO and RLIMIT_NICE at a value above the ordinary, which the
+/// processes it starts inherit (as from PAM or a unit's LimitRTPRIO=), until dropped: then
+/// back to what they were, for the tests after.
+pub struct PriorityLimits([libc::rlimit; 2]);
+
+impl PriorityLimits {
+    const RESOURCES: [libc::__rlimit_resource_t; 2] = [libc::RLIMIT_RTPRIO, libc::RLIMIT_NICE];
+
+    pub fn raise(limit: u64) -> Self {
+        let raised = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: limit,
+        };
+        let mut before = [raised; 2];
+        for (resource, old) in Self::RESOURCES.into_iter().zip(&mut before) {
+            // SAFETY: getrlimit and setrlimit write and read local structs; raising is root's.
+            unsafe {
+                assert_eq!(libc::getrlimit(resource, old), 0);
+                assert_eq!(libc::setrlimit(resource, &raised), 0);
+            }
+        }
+        Self(before)
+    }
+}
+
+impl Drop for PriorityLimits {
+    fn drop(&mut self) {
+        for (resource, old) in Self::RESOURCES.into_iter().zip(&self.0) {
+            // SAFETY: setrlimit reads a local struct.
+            unsafe { libc::setrlimit(resource, old) };
+        }
+    }
+}
+
 /// Waits until `check` returns something, or panics naming `what`.
 pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + PATIENCE;

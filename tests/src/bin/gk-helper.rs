@@ -703,6 +703,24 @@ fn outrun(how: &str) -> Result<(), i32> {
             )
         }
         "nice" => errno_of(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -1) } as libc::c_long),
+        // sched_setattr's own nice value, which passes no setpriority.
+        "attr-nice" => {
+            let attr = SchedAttr {
+                size: std::mem::size_of::<SchedAttr>() as u32,
+                nice: -1,
+                ..SchedAttr::default()
+            };
+            errno_of(unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr, 0) })
+        }
+        // The first CPU only: a change of placement, not of priority.
+        "affinity" => {
+            let mut cpus: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+            unsafe { libc::CPU_SET(0, &mut cpus) };
+            errno_of(
+                unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&cpus), &cpus) }
+                    as libc::c_long,
+            )
+        }
         "io" => errno_of(unsafe {
             libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, IOPRIO_REALTIME)
         }),
@@ -711,6 +729,20 @@ fn outrun(how: &str) -> Result<(), i32> {
         "rlimit-rtprio" => raise(libc::RLIMIT_RTPRIO, 99),
         _ => Err(libc::EINVAL),
     }
+}
+
+/// The first version of the kernel's `struct sched_attr` (policy SCHED_OTHER when zeroed).
+#[repr(C)]
+#[derive(Default)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    runtime: u64,
+    deadline: u64,
+    period: u64,
 }
 
 /// prlimit on `pid` with its own RLIMIT_NOFILE: the call is made, the limit unchanged.

@@ -7,7 +7,7 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-use gatekeeper_tests::{Options, Outcome, Scenario, UNLISTED_UID, bin};
+use gatekeeper_tests::{Options, Outcome, PriorityLimits, Scenario, UNLISTED_UID, bin};
 
 fn journaled(scenario: &Scenario, hook: &str) {
     scenario.wait_journal("tamper_attempt", |event| event["hook"] == hook);
@@ -222,6 +222,50 @@ fn agent_cannot_change_how_the_daemon_runs() {
             "{how} outside"
         );
     }
+    // Nor when it was given limits above the ordinary (PAM, a unit's LimitRTPRIO=, a container's
+    // spec), within which the kernel grants all of this without CAP_SYS_NICE: an ordinary user
+    // outside gets it. Changes of placement stay the agent's.
+    let raised = PriorityLimits::raise(50);
+    let mut outcomes = Vec::new();
+    for how in ["realtime", "nice", "attr-nice", "affinity"] {
+        outcomes.push((
+            how,
+            scenario.tamper(&scenario.agents, "outrun", &[how]),
+            scenario.tamper_as_user(&scenario.agents, "outrun", &[how]),
+            scenario.tamper_as_user(&scenario.outside, "outrun", &[how]),
+        ));
+    }
+    let own_autogroup = has_autogroup.then(|| {
+        (
+            scenario.tamper_as_user(&scenario.agents, "write", &["/proc/self/autogroup", "-1"]),
+            scenario.tamper_as_user(&scenario.outside, "write", &["/proc/self/autogroup", "-1"]),
+        )
+    });
+    drop(raised);
+    for (how, root, user, outside) in outcomes {
+        let refused = || {
+            if how == "affinity" {
+                Outcome::Ok
+            } else {
+                Outcome::Denied
+            }
+        };
+        assert_eq!((root, user), (refused(), refused()), "{how} with limits");
+        assert_eq!(outside, Outcome::Ok, "{how} with limits outside");
+    }
+    if let Some((agent, outside)) = own_autogroup {
+        assert_eq!(agent, Outcome::Denied, "autogroup nice with limits");
+        // Past every permission check outside: a process in no session of its own is in the
+        // root autogroup, whose weight the kernel keeps (EINVAL).
+        assert!(
+            matches!(outside, Outcome::Ok | Outcome::Errno(libc::EINVAL)),
+            "autogroup nice with limits outside: {outside:?}"
+        );
+    }
+    // The limit that allowed it is recorded.
+    scenario.wait_journal("tamper_attempt", |event| {
+        event["hook"] == "priority" && event["detail"] == serde_json::json!([14, 50])
+    });
     for hook in [
         "priority",
         "daemon_rlimit",

@@ -3,7 +3,8 @@
 use std::{os::unix::process::CommandExt as _, path::Path, process::Command};
 
 use gatekeeper_tests::{
-    Exec, Options, Outcome, RequestId as _, Scenario, TARGET_RAN, UNLISTED_UID, bin, wait_for,
+    Exec, Options, Outcome, PriorityLimits, RequestId as _, Scenario, TARGET_RAN, UNLISTED_UID,
+    bin, wait_for,
 };
 
 const ALICE_UID: u32 = 1000;
@@ -115,22 +116,11 @@ fn agent_run_starts_an_agent_whose_owner_cannot_approve_it() {
         "{unprotected:?}"
     );
 
-    // Started with no priority limits, whatever the launcher had: none above the ordinary
-    // without CAP_SYS_NICE.
-    let generous = libc::rlimit {
-        rlim_cur: 50,
-        rlim_max: 50,
-    };
-    let resources = [libc::RLIMIT_RTPRIO, libc::RLIMIT_NICE];
-    let mut before = [generous; 2];
-    for (resource, old) in resources.into_iter().zip(&mut before) {
-        // SAFETY: getrlimit and setrlimit write and read local structs; raising them is root's.
-        unsafe {
-            assert_eq!(libc::getrlimit(resource, old), 0);
-            assert_eq!(libc::setrlimit(resource, &generous), 0);
-        }
-    }
-    let limits = scenario.gatekeeper(&[
+    // Started with no priority above the ordinary, whatever the launcher had: no limits within
+    // which the kernel grants one without CAP_SYS_NICE, no realtime policy, no nice below 0.
+    let raised = PriorityLimits::raise(50);
+    let mut launcher = Command::new(bin("gatekeeper"));
+    launcher.arg("--socket").arg(&scenario.socket).args([
         "agent",
         "run",
         "--name",
@@ -140,18 +130,32 @@ fn agent_run_starts_an_agent_whose_owner_cannot_approve_it() {
         "--",
         "/bin/sh",
         "-c",
-        "grep -E '^Max (nice|realtime) priority' /proc/self/limits",
+        // Then its nice value and policy (fields 19 and 41 of stat).
+        "grep -E '^Max (nice|realtime) priority' /proc/self/limits; \
+         cut -d' ' -f19,41 /proc/self/stat",
     ]);
+    // SAFETY: between fork and exec only sched_setscheduler(2) and setpriority(2).
+    unsafe {
+        launcher.pre_exec(|| {
+            let realtime = libc::sched_param { sched_priority: 1 };
+            if libc::sched_setscheduler(0, libc::SCHED_FIFO, &realtime) != 0
+                || libc::setpriority(libc::PRIO_PROCESS, 0, -5) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let limits = launcher.output().unwrap();
+    drop(raised);
     let text = String::from_utf8_lossy(&limits.stdout);
     let values: Vec<Vec<&str>> = (text.lines())
-        .map(|line| line.split_whitespace().skip(3).take(2).collect())
+        .map(|line| match line.strip_prefix("Max ") {
+            Some(limit) => limit.split_whitespace().skip(2).take(2).collect(),
+            None => line.split_whitespace().collect(),
+        })
         .collect();
-    // The tests after this one, in this process, get what they had.
-    for (resource, old) in resources.into_iter().zip(&before) {
-        // SAFETY: setrlimit reads a local struct.
-        assert_eq!(unsafe { libc::setrlimit(resource, old) }, 0);
-    }
-    assert_eq!(values, [["0", "0"], ["0", "0"]], "{limits:?}");
+    assert_eq!(values, [["0", "0"], ["0", "0"], ["0", "0"]], "{limits:?}");
 
     // As another user: its uid, groups and home, still inside its own agent cgroup.
     let as_bob = scenario.gatekeeper(&[
