@@ -289,6 +289,11 @@ pub const PROGRAMS: [&str; 47] = [
     "bprm_committed_creds",
 ];
 
+/// Programs on hooks that came with kernels later than the oldest supported, loaded and attached
+/// where the running kernel has the hook: from 6.2 a POSIX ACL, which sets mode bits too, is set
+/// and removed through these alone; before, through `inode_setxattr` and `inode_removexattr`.
+pub const LATER_PROGRAMS: [&str; 2] = ["inode_set_acl", "inode_remove_acl"];
+
 /// Indices into the settings array.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug)]

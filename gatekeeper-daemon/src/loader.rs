@@ -19,8 +19,8 @@ use aya::{
     },
 };
 use gatekeeper_common::{
-    APPROVED_ENV, ArgvKey, Counter, EnvName, GrantKey, GrantValue, PROGRAMS, PortRanges, Setting,
-    Target, hook_args, maps, offsets,
+    APPROVED_ENV, ArgvKey, Counter, EnvName, GrantKey, GrantValue, LATER_PROGRAMS, PROGRAMS,
+    PortRanges, Setting, Target, hook_args, maps, offsets,
 };
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
@@ -146,7 +146,7 @@ pub fn uninstall(pin_dir: &Path) -> std::io::Result<()> {
         return Ok(());
     }
     // Links first, so nothing is left half enforced with its maps gone.
-    for program in PROGRAMS {
+    for program in PROGRAMS.iter().chain(&LATER_PROGRAMS) {
         let path = link_pin(pin_dir, program);
         if path.exists() {
             std::fs::remove_file(path)?;
@@ -178,7 +178,10 @@ pub struct Kernel {
     events: Option<RingBuf<MapData>>,
     /// Taken by the local API.
     agent_connections: Option<HashMap<MapData, u64, u64>>,
-    /// The ids of the links this daemon attached, in the order of `PROGRAMS`.
+    /// What it loads and attaches: `PROGRAMS`, then those of `LATER_PROGRAMS` whose hooks the
+    /// running kernel has.
+    programs: Vec<&'static str>,
+    /// The ids of the links this daemon attached, in the order of `programs`.
     link_ids: Vec<u32>,
 }
 
@@ -262,6 +265,14 @@ pub fn hook_args_from_kernel(btf: &btf_rs::Btf) -> Result<Vec<(&'static str, u32
         .collect()
 }
 
+/// `PROGRAMS`, and those of `LATER_PROGRAMS` whose hooks `btf` (the running kernel's) has.
+fn programs_for(btf: &btf_rs::Btf) -> Vec<&'static str> {
+    let later = LATER_PROGRAMS
+        .into_iter()
+        .filter(|hook| parameter_count(btf, &format!("bpf_lsm_{hook}")).is_some());
+    PROGRAMS.into_iter().chain(later).collect()
+}
+
 /// How many parameters the function `name` takes.
 fn parameter_count(btf: &btf_rs::Btf, name: &str) -> Option<usize> {
     btf.resolve_types_by_name(name)
@@ -323,6 +334,7 @@ impl Kernel {
             .map_err(|error| LoaderError::Btf(error.to_string()))?;
         let offsets = offsets_from_kernel(&kernel_btf)?;
         let hook_args = hook_args_from_kernel(&kernel_btf)?;
+        let programs = programs_for(&kernel_btf);
         let btf = Btf::from_sys_fs().map_err(|error| LoaderError::Btf(error.to_string()))?;
         let mut loader = EbpfLoader::new();
         loader.btf(Some(&btf)).default_map_pin_directory(pin_dir);
@@ -331,7 +343,7 @@ impl Kernel {
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
 
-        for name in PROGRAMS {
+        for &name in &programs {
             let program: &mut Lsm = ebpf
                 .program_mut(name)
                 .ok_or(LoaderError::Missing(name))?
@@ -385,6 +397,7 @@ impl Kernel {
             agent_connections: Some(
                 HashMap::try_from(agent_connections).map_err(map_error(maps::AGENT_CONNECTIONS))?,
             ),
+            programs,
             link_ids: Vec::new(),
             ebpf,
         };
@@ -397,8 +410,8 @@ impl Kernel {
     pub fn attach(&mut self, pin_dir: &Path) -> Result<(), LoaderError> {
         // bpffs refuses names with dots.
         let staged = |program: &str| pin_dir.join(format!("link_{program}_new"));
-        let mut link_ids = Vec::with_capacity(PROGRAMS.len());
-        for name in PROGRAMS {
+        let mut link_ids = Vec::with_capacity(self.programs.len());
+        for &name in &self.programs {
             let program: &mut Lsm = self
                 .ebpf
                 .program_mut(name)
@@ -422,7 +435,7 @@ impl Kernel {
                 cause: with_sources(&cause),
             })?;
         }
-        for name in PROGRAMS {
+        for &name in &self.programs {
             let path = link_pin(pin_dir, name);
             // Renaming over the old pin drops the old link's last reference: it detaches.
             std::fs::rename(staged(name), &path).map_err(|cause| LoaderError::Pin {
@@ -438,8 +451,9 @@ impl Kernel {
     /// over the pin directory hides them: what is seen there then is not what enforces, and
     /// `gatekeeper uninstall` or an adopting daemon would act on the wrong thing.
     pub fn pins_are_ours(&self, pin_dir: &Path) -> bool {
-        self.link_ids.len() == PROGRAMS.len()
-            && PROGRAMS
+        self.link_ids.len() == self.programs.len()
+            && self
+                .programs
                 .iter()
                 .zip(&self.link_ids)
                 .all(|(program, id)| pinned_link_id(&link_pin(pin_dir, program)) == Some(*id))

@@ -605,6 +605,24 @@ pub fn inode_removexattr(ctx: LsmContext) -> i32 {
     }
 }
 
+/// A POSIX ACL set (which sets the mode bits too, past `inode_setattr`) or removed, from 6.2 on,
+/// where it passes no `inode_setxattr`. The dentry is the second argument of both.
+#[lsm(hook = "inode_set_acl")]
+pub fn inode_set_acl(ctx: LsmContext) -> i32 {
+    match agent_cgroup() {
+        Some(agent) => unsafe { guard_dentry(agent, ctx.arg(1)) },
+        None => 0,
+    }
+}
+
+#[lsm(hook = "inode_remove_acl")]
+pub fn inode_remove_acl(ctx: LsmContext) -> i32 {
+    match agent_cgroup() {
+        Some(agent) => unsafe { guard_dentry(agent, ctx.arg(1)) },
+        None => 0,
+    }
+}
+
 /// ioctls that change a protected, allowlisted, daemon or write-protected file without a write
 /// open.
 #[lsm(hook = "file_ioctl")]

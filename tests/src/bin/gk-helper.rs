@@ -731,6 +731,35 @@ fn outrun(how: &str) -> Result<(), i32> {
     }
 }
 
+/// The xattr form of an access ACL with the owner's, group's and others' entries of `mode`
+/// (octal), and with `user` (a uid) an entry for that user and the mask, both with the group's
+/// permissions: version 2, then (tag, permissions, id) for each, in the kernel's order.
+fn access_acl(mode: &str, user: Option<u32>) -> Option<Vec<u8>> {
+    const ACL_USER_OBJ: u16 = 0x01;
+    const ACL_USER: u16 = 0x02;
+    const ACL_GROUP_OBJ: u16 = 0x04;
+    const ACL_MASK: u16 = 0x10;
+    const ACL_OTHER: u16 = 0x20;
+    let mode = u32::from_str_radix(mode, 8).ok()?;
+    let bits = |shift: u32| ((mode >> shift) & 7) as u16;
+    let mut entries = vec![(ACL_USER_OBJ, bits(6), u32::MAX)];
+    if let Some(uid) = user {
+        entries.push((ACL_USER, bits(3), uid));
+    }
+    entries.push((ACL_GROUP_OBJ, bits(3), u32::MAX));
+    if user.is_some() {
+        entries.push((ACL_MASK, bits(3), u32::MAX));
+    }
+    entries.push((ACL_OTHER, bits(0), u32::MAX));
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, permissions, id) in entries {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&permissions.to_le_bytes());
+        acl.extend_from_slice(&id.to_le_bytes());
+    }
+    Some(acl)
+}
+
 /// The first version of the kernel's `struct sched_attr` (policy SCHED_OTHER when zeroed).
 #[repr(C)]
 #[derive(Default)]
@@ -1013,6 +1042,30 @@ fn attack(op: &str, args: &[&str]) -> Result<(), i32> {
                     value.len(),
                     0,
                 )
+            } as libc::c_long)
+        }
+        // An access ACL: MODE ("0750"), which it sets too, [and an entry for the user UID].
+        "acl" => {
+            let path = c_path(text(0)?)?;
+            let user = match args.get(2) {
+                Some(uid) => Some(uid.parse().map_err(|_| libc::EINVAL)?),
+                None => None,
+            };
+            let acl = access_acl(text(1)?, user).ok_or(libc::EINVAL)?;
+            errno_of(unsafe {
+                libc::setxattr(
+                    path.as_ptr(),
+                    c"system.posix_acl_access".as_ptr(),
+                    acl.as_ptr().cast(),
+                    acl.len(),
+                    0,
+                )
+            } as libc::c_long)
+        }
+        "remove-acl" => {
+            let path = c_path(text(0)?)?;
+            errno_of(unsafe {
+                libc::removexattr(path.as_ptr(), c"system.posix_acl_access".as_ptr())
             } as libc::c_long)
         }
         "exchange" => rename_with(text(0)?, text(1)?, libc::RENAME_EXCHANGE),

@@ -236,7 +236,7 @@ fn agents_change_no_metadata_of_protected_or_daemon_files() {
     let config = text(&scenario.config);
     let binary = text(&bin("gatekeeper"));
     // (user?, op, args, the outside control that also puts things back)
-    let attempts: [(bool, &str, [&str; 3], [&str; 3]); 7] = [
+    let attempts: [(bool, &str, [&str; 3], [&str; 3]); 12] = [
         (
             false,
             "chmod",
@@ -269,6 +269,28 @@ fn agents_change_no_metadata_of_protected_or_daemon_files() {
             [&config, "trusted.gk", "y"],
         ),
         (false, "chmod", [&binary, "0700", ""], [&binary, "0755", ""]),
+        // An access ACL sets the mode too; from 6.2 it passes no setxattr hook.
+        (
+            false,
+            "acl",
+            [&protected, "0700", ""],
+            [&protected, "0755", ""],
+        ),
+        (
+            true,
+            "acl",
+            [&protected, "0700", ""],
+            [&protected, "0755", ""],
+        ),
+        (false, "acl", [&config, "0000", ""], [&config, "0600", ""]),
+        // The control leaves an ACL with a user's entry, for the removal next.
+        (
+            false,
+            "acl",
+            [&binary, "0700", ""],
+            [&binary, "0755", "1001"],
+        ),
+        (false, "remove-acl", [&binary, "", ""], [&binary, "", ""]),
     ];
     let mut open = Vec::new();
     for (user, op, args, control) in &attempts {
