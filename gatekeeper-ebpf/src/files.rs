@@ -396,8 +396,8 @@ pub fn directory_write(inode: *const u8) -> i32 {
 
 /// Whether the file system of `inode` is mounted in the host's namespace below a directory
 /// whose rule protects writing, and the daemon has not guarded it yet (see
-/// [`below_unguarded_mount`]; its first mount there is judged): its names change only once it
-/// has, and while no daemon runs not at all.
+/// [`below_unguarded_mount`]; its first mount there is judged): its names and attributes change
+/// only once it has, and while no daemon runs not at all.
 #[inline(always)]
 unsafe fn on_unguarded_mount(inode: *const u8) -> Result<bool, i32> {
     unsafe {
@@ -582,7 +582,30 @@ pub fn inode_setattr(ctx: LsmContext) -> i32 {
     match unsafe { read_field::<u32>(attr, &OFF_IATTR_VALID) } {
         // Truncation through a file opened for writing (on open, or ftruncate).
         Ok(valid) if valid & ATTR_FILE != 0 => unsafe { guard_dentry_opened(agent, dentry) },
-        Ok(_) => unsafe { guard_dentry(agent, dentry) },
+        Ok(_) => match unsafe { guard_dentry(agent, dentry) } {
+            0 => unsafe { guard_unguarded_mount(agent, dentry) },
+            verdict => verdict,
+        },
+        Err(_) => -EPERM,
+    }
+}
+
+/// A change of size, mode, owner or times by path on a file system not guarded yet below a
+/// write-protected place (see [`on_unguarded_mount`]): refused as a write open there is.
+#[inline(always)]
+unsafe fn guard_unguarded_mount(agent: u64, dentry: *const u8) -> i32 {
+    let Ok(inode) = (unsafe { read_field::<*const u8>(dentry, &OFF_DENTRY_INODE) }) else {
+        return -EPERM;
+    };
+    if inode.is_null() {
+        return 0;
+    }
+    match unsafe { on_unguarded_mount(inode) } {
+        Ok(false) => 0,
+        Ok(true) => {
+            let target = unsafe { inode_target(inode) }.unwrap_or_default();
+            tamper(agent, TamperHook::UnguardedMount, target.data)
+        }
         Err(_) => -EPERM,
     }
 }

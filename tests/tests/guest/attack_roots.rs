@@ -476,12 +476,32 @@ fn names_changed_only_from_outside(scenario: &Scenario, dir: &Path) {
             ),
         ]
     };
+    // Nor its attributes changed by path (a user may truncate it; only root may chmod it).
+    for (op, args) in [
+        ("truncate", vec![victim.as_str()]),
+        ("utimes", vec![victim.as_str()]),
+    ] {
+        agents_denied(scenario, op, &args);
+    }
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "chmod", &[&victim, "0600"]),
+        Outcome::Denied
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host\n");
     for (op, args) in attempts("root")
         .into_iter()
         .chain([("unlink", vec![victim.clone()])])
     {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         agents_denied(scenario, op, &args);
+    }
+    for op in ["truncate", "utimes"] {
+        let args = [victim.as_str()];
+        assert_eq!(
+            scenario.tamper_as_user(&scenario.outside, op, &args),
+            Outcome::Ok,
+            "outside user: {op} {args:?}"
+        );
     }
     let moved = path("moved-outside");
     for (op, args) in attempts("outside")
