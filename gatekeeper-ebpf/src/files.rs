@@ -614,14 +614,17 @@ unsafe fn guard_unguarded_mount(agent: u64, dentry: *const u8) -> i32 {
 /// second argument on 6.1 and 6.12 alike.
 #[lsm(hook = "inode_setxattr")]
 pub fn inode_setxattr(ctx: LsmContext) -> i32 {
-    match agent_cgroup() {
-        Some(agent) => unsafe { guard_dentry(agent, ctx.arg(1)) },
-        None => 0,
-    }
+    guard_second_dentry(&ctx)
 }
 
 #[lsm(hook = "inode_removexattr")]
 pub fn inode_removexattr(ctx: LsmContext) -> i32 {
+    guard_second_dentry(&ctx)
+}
+
+/// The verdict on an agent changing the file whose dentry is the hook's second argument.
+#[inline(always)]
+fn guard_second_dentry(ctx: &LsmContext) -> i32 {
     match agent_cgroup() {
         Some(agent) => unsafe { guard_dentry(agent, ctx.arg(1)) },
         None => 0,
@@ -632,18 +635,12 @@ pub fn inode_removexattr(ctx: LsmContext) -> i32 {
 /// where it passes no `inode_setxattr`. The dentry is the second argument of both.
 #[lsm(hook = "inode_set_acl")]
 pub fn inode_set_acl(ctx: LsmContext) -> i32 {
-    match agent_cgroup() {
-        Some(agent) => unsafe { guard_dentry(agent, ctx.arg(1)) },
-        None => 0,
-    }
+    guard_second_dentry(&ctx)
 }
 
 #[lsm(hook = "inode_remove_acl")]
 pub fn inode_remove_acl(ctx: LsmContext) -> i32 {
-    match agent_cgroup() {
-        Some(agent) => unsafe { guard_dentry(agent, ctx.arg(1)) },
-        None => 0,
-    }
+    guard_second_dentry(&ctx)
 }
 
 /// ioctls that change a protected, allowlisted, daemon or write-protected file without a write
