@@ -20,6 +20,11 @@ use crate::{api::LocalCall, cgroups::check_agent_name, enrich::user_name};
 /// How long what an agent left behind gets to die before its cgroup is given up on.
 const CLEANUP_PATIENCE: Duration = Duration::from_secs(5);
 
+/// ioprio_get and ioprio_set on one process, and where the class sits in the value.
+const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
+const IOPRIO_CLASS_RT: libc::c_long = 1;
+
 /// Signals the launcher passes on to the agent; SIGCHLD tells it the agent ended.
 const FORWARDED: [Signal; 4] = [
     Signal::SIGINT,
@@ -141,10 +146,10 @@ fn supervise(
         rlim_max: 0,
     };
     let ordinary = libc::sched_param { sched_priority: 0 };
-    // SAFETY: between fork and exec only async-signal-safe calls: setrlimit(2),
-    // sched_getscheduler(2), sched_setscheduler(2), getpriority(2), setpriority(2), write(2),
-    // setgroups(2), setgid(2), setuid(2), prctl(2) and pthread_sigmask(3), on a descriptor and
-    // values prepared before the fork.
+    // SAFETY: between fork and exec only thin wrappers of system calls, which neither allocate
+    // nor lock: setrlimit, sched_getscheduler, sched_setscheduler, getpriority, setpriority,
+    // ioprio_get, ioprio_set, write, setgroups, setgid, setuid, prctl and pthread_sigmask, on a
+    // descriptor and values prepared before the fork.
     unsafe {
         agent.pre_exec(move || {
             let failed = || Err(std::io::Error::last_os_error());
@@ -166,6 +171,14 @@ fn supervise(
             // getpriority's -1 may also be an error; setting 0 is harmless then.
             if libc::getpriority(libc::PRIO_PROCESS, 0) < 0
                 && libc::setpriority(libc::PRIO_PROCESS, 0, 0) != 0
+            {
+                return failed();
+            }
+            // The realtime I/O class: back to none, which follows the CPU priority.
+            let ioprio = libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, 0);
+            if ioprio >= 0
+                && ioprio >> IOPRIO_CLASS_SHIFT == IOPRIO_CLASS_RT
+                && libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, 0) != 0
             {
                 return failed();
             }

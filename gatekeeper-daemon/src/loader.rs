@@ -116,8 +116,10 @@ fn pinned_link_id(path: &Path) -> Option<u32> {
     link.info().ok().map(|info| info.id())
 }
 
-/// Whether every program's link is pinned, as a live BPF link (a file of that name on anything
-/// mounted over the pin directory is none): enforcement is live, with or without a daemon.
+/// Whether the link of every program of `PROGRAMS` is pinned, as a live BPF link (a file of that
+/// name on anything mounted over the pin directory is none): enforcement is live, with or
+/// without a daemon. (Those of `LATER_PROGRAMS` depend on the kernel; the daemon that attached
+/// them checks them, in [`Kernel::pins_are_ours`].)
 pub fn links_pinned(pin_dir: &Path) -> bool {
     PROGRAMS
         .iter()

@@ -590,8 +590,9 @@ pub fn inode_setattr(ctx: LsmContext) -> i32 {
     }
 }
 
-/// A change of size, mode, owner or times by path on a file system not guarded yet below a
-/// write-protected place (see [`on_unguarded_mount`]): refused as a write open there is.
+/// A change of size, mode, owner, times, extended attributes or ACLs on a file system not
+/// guarded yet below a write-protected place (see [`on_unguarded_mount`]): refused as a write
+/// open there is. (A change through a file opened for writing was judged at the open.)
 #[inline(always)]
 unsafe fn guard_unguarded_mount(agent: u64, dentry: *const u8) -> i32 {
     let Ok(inode) = (unsafe { read_field::<*const u8>(dentry, &OFF_DENTRY_INODE) }) else {
@@ -622,12 +623,17 @@ pub fn inode_removexattr(ctx: LsmContext) -> i32 {
     guard_second_dentry(&ctx)
 }
 
-/// The verdict on an agent changing the file whose dentry is the hook's second argument.
+/// The verdict on an agent changing the attributes of the file whose dentry is the hook's
+/// second argument, also on a mount not guarded yet (see [`guard_unguarded_mount`]).
 #[inline(always)]
 fn guard_second_dentry(ctx: &LsmContext) -> i32 {
-    match agent_cgroup() {
-        Some(agent) => unsafe { guard_dentry(agent, ctx.arg(1)) },
-        None => 0,
+    let Some(agent) = agent_cgroup() else {
+        return 0;
+    };
+    let dentry: *const u8 = ctx.arg(1);
+    match unsafe { guard_dentry(agent, dentry) } {
+        0 => unsafe { guard_unguarded_mount(agent, dentry) },
+        verdict => verdict,
     }
 }
 

@@ -1,6 +1,6 @@
 //! Empty programs on Gatekeeper's hooks, for `cargo xtask bench` only: the floor an LSM program
 //! costs on each hook, measured next to the real one in the same guest. The daemon never loads
-//! them (it loads only `gatekeeper_common::PROGRAMS`).
+//! them. Hooks of `gatekeeper_common::LATER_PROGRAMS` have none: the bench does not reach them.
 //!
 //! Where the real program reads the previous verdict, its floor returns it, so both do the least
 //! a chaining program must; the others allow, as their real counterparts do on the common path.

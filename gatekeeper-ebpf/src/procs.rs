@@ -26,8 +26,9 @@ const RLIMIT_RTPRIO: u32 = 14;
 /// the limit), but not below.
 const NICE_LIMIT_AT_NICE_0: u64 = 20;
 /// sched_setaffinity in the x86-64 and the 32-bit system call tables: the one system call that
-/// reaches `task_setscheduler` and changes no priority. (No other system call with either
-/// number reaches it.)
+/// reaches `task_setscheduler` and changes no priority, let through. (No other system call with
+/// either number reaches it.) A move into a cpuset cgroup, which reaches it too, is refused with
+/// the rest: whatever reaches it is refused unless known to change no priority.
 const NR_SCHED_SETAFFINITY: [u64; 2] = [203, 241];
 
 /// ptrace_may_access callers that only decide what to show (ps reading /proc/PID/stat).
@@ -150,6 +151,7 @@ fn priority_limit(task: *const u8) -> Option<[u64; 2]> {
     match (soft(RLIMIT_RTPRIO), soft(RLIMIT_NICE)) {
         (Ok(0), Ok(nice)) if nice <= NICE_LIMIT_AT_NICE_0 => None,
         (Ok(0), Ok(nice)) => Some([u64::from(RLIMIT_NICE), nice]),
+        (Ok(0), Err(_)) => Some([u64::from(RLIMIT_NICE), u64::MAX]),
         (Ok(rtprio), _) => Some([u64::from(RLIMIT_RTPRIO), rtprio]),
         (Err(_), _) => Some([u64::from(RLIMIT_RTPRIO), u64::MAX]),
     }

@@ -51,28 +51,35 @@ pub fn bin(name: &str) -> PathBuf {
     PathBuf::from(dir).join(name)
 }
 
-/// This process's RLIMIT_RTPRIO and RLIMIT_NICE at a value above the ordinary, which the
-/// processes it starts inherit (as from PAM or a unit's LimitRTPRIO=), until dropped: then
-/// back to what they were, for the tests after.
+/// This process's RLIMIT_RTPRIO and RLIMIT_NICE raised (as from PAM or a unit's LimitRTPRIO=),
+/// which the processes it starts inherit, until dropped: then back to what they were, for the
+/// tests after.
 pub struct PriorityLimits([libc::rlimit; 2]);
 
 impl PriorityLimits {
     const RESOURCES: [libc::__rlimit_resource_t; 2] = [libc::RLIMIT_RTPRIO, libc::RLIMIT_NICE];
 
-    pub fn raise(limit: u64) -> Self {
-        let raised = libc::rlimit {
-            rlim_cur: limit,
-            rlim_max: limit,
-        };
-        let mut before = [raised; 2];
+    /// Both limits, soft and hard, at `rtprio` and `nice`.
+    pub fn raise(rtprio: u64, nice: u64) -> Self {
+        let mut before = [libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        }; 2];
         for (resource, old) in Self::RESOURCES.into_iter().zip(&mut before) {
-            // SAFETY: getrlimit and setrlimit write and read local structs; raising is root's.
-            unsafe {
-                assert_eq!(libc::getrlimit(resource, old), 0);
-                assert_eq!(libc::setrlimit(resource, &raised), 0);
-            }
+            // SAFETY: getrlimit writes a local struct.
+            assert_eq!(unsafe { libc::getrlimit(resource, old) }, 0);
         }
-        Self(before)
+        // Made first, so that a failure below puts back what was raised.
+        let raised = Self(before);
+        for (resource, limit) in Self::RESOURCES.into_iter().zip([rtprio, nice]) {
+            let limits = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: setrlimit reads a local struct; raising is root's.
+            assert_eq!(unsafe { libc::setrlimit(resource, &limits) }, 0);
+        }
+        raised
     }
 }
 

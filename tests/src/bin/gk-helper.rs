@@ -712,6 +712,11 @@ fn outrun(how: &str) -> Result<(), i32> {
             };
             errno_of(unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr, 0) })
         }
+        // Prints this process's I/O priority class.
+        "io-class" => {
+            let ioprio = unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, 0) };
+            errno_of(ioprio).map(|()| println!("IOCLASS={}", ioprio >> 13))
+        }
         // The first CPU only: a change of placement, not of priority.
         "affinity" => {
             let mut cpus: libc::cpu_set_t = unsafe { std::mem::zeroed() };

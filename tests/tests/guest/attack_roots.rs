@@ -483,10 +483,17 @@ fn names_changed_only_from_outside(scenario: &Scenario, dir: &Path) {
     ] {
         agents_denied(scenario, op, &args);
     }
-    assert_eq!(
-        scenario.tamper(&scenario.agents, "chmod", &[&victim, "0600"]),
-        Outcome::Denied
-    );
+    for (op, args) in [
+        ("chmod", vec![victim.as_str(), "0600"]),
+        ("acl", vec![victim.as_str(), "0600"]),
+        ("setxattr", vec![victim.as_str(), "trusted.gk", "x"]),
+    ] {
+        assert_eq!(
+            scenario.tamper(&scenario.agents, op, &args),
+            Outcome::Denied,
+            "root agent: {op}"
+        );
+    }
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host\n");
     for (op, args) in attempts("root")
         .into_iter()
@@ -495,6 +502,10 @@ fn names_changed_only_from_outside(scenario: &Scenario, dir: &Path) {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         agents_denied(scenario, op, &args);
     }
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "acl", &[&victim, "0666"]),
+        Outcome::Ok
+    );
     for op in ["truncate", "utimes"] {
         let args = [victim.as_str()];
         assert_eq!(

@@ -225,7 +225,7 @@ fn agent_cannot_change_how_the_daemon_runs() {
     // Nor when it was given limits above the ordinary (PAM, a unit's LimitRTPRIO=, a container's
     // spec), within which the kernel grants all of this without CAP_SYS_NICE: an ordinary user
     // outside gets it. Changes of placement stay the agent's.
-    let raised = PriorityLimits::raise(50);
+    let raised = PriorityLimits::raise(50, 50);
     let mut outcomes = Vec::new();
     for how in ["realtime", "nice", "attr-nice", "affinity"] {
         outcomes.push((
@@ -265,6 +265,21 @@ fn agent_cannot_change_how_the_daemon_runs() {
     // The limit that allowed it is recorded.
     scenario.wait_journal("tamper_attempt", |event| {
         event["hook"] == "priority" && event["detail"] == serde_json::json!([14, 50])
+    });
+    // A nice limit alone (nice down to -10): the same for nice values. At the ordinary limit
+    // (nice 0 at the lowest) the kernel refuses by itself, without CAP_SYS_NICE.
+    for (nice_limit, refused) in [(30, Outcome::Denied), (20, Outcome::Errno(libc::EACCES))] {
+        let raised = PriorityLimits::raise(0, nice_limit);
+        let agent = scenario.tamper_as_user(&scenario.agents, "outrun", &["nice"]);
+        let outside = scenario.tamper_as_user(&scenario.outside, "outrun", &["nice"]);
+        drop(raised);
+        assert_eq!(agent, refused, "nice with a nice limit of {nice_limit}");
+        if nice_limit > 20 {
+            assert_eq!(outside, Outcome::Ok, "nice with a nice limit outside");
+        }
+    }
+    scenario.wait_journal("tamper_attempt", |event| {
+        event["hook"] == "priority" && event["detail"] == serde_json::json!([13, 30])
     });
     for hook in [
         "priority",

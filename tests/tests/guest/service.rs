@@ -118,28 +118,27 @@ fn agent_run_starts_an_agent_whose_owner_cannot_approve_it() {
 
     // Started with no priority above the ordinary, whatever the launcher had: no limits within
     // which the kernel grants one without CAP_SYS_NICE, no realtime policy, no nice below 0.
-    let raised = PriorityLimits::raise(50);
+    let raised = PriorityLimits::raise(50, 50);
+    let report = format!(
+        "grep -E '^Max (nice|realtime) priority' /proc/self/limits; \
+         cut -d' ' -f19,41 /proc/self/stat; {} tamper - outrun io-class",
+        bin("gk-helper").display()
+    );
     let mut launcher = Command::new(bin("gatekeeper"));
     launcher.arg("--socket").arg(&scenario.socket).args([
-        "agent",
-        "run",
-        "--name",
-        "limits-1",
-        "--owner",
-        "alice",
-        "--",
-        "/bin/sh",
-        "-c",
-        // Then its nice value and policy (fields 19 and 41 of stat).
-        "grep -E '^Max (nice|realtime) priority' /proc/self/limits; \
-         cut -d' ' -f19,41 /proc/self/stat",
+        "agent", "run", "--name", "limits-1", "--owner", "alice", "--", "/bin/sh", "-c",
+        // Its limits, nice value and policy (fields 19 and 41 of stat), and I/O class.
+        &report,
     ]);
-    // SAFETY: between fork and exec only sched_setscheduler(2) and setpriority(2).
+    // SAFETY: between fork and exec only sched_setscheduler(2), setpriority(2), ioprio_set(2).
     unsafe {
         launcher.pre_exec(|| {
             let realtime = libc::sched_param { sched_priority: 1 };
+            // This process's I/O: the realtime class at level 4.
+            let realtime_io = (1 << 13) | 4;
             if libc::sched_setscheduler(0, libc::SCHED_FIFO, &realtime) != 0
                 || libc::setpriority(libc::PRIO_PROCESS, 0, -5) != 0
+                || libc::syscall(libc::SYS_ioprio_set, 1, 0, realtime_io) != 0
             {
                 return Err(std::io::Error::last_os_error());
             }
@@ -149,7 +148,11 @@ fn agent_run_starts_an_agent_whose_owner_cannot_approve_it() {
     let limits = launcher.output().unwrap();
     drop(raised);
     let text = String::from_utf8_lossy(&limits.stdout);
+    // Not the realtime class (1); which of the others depends on the kernel.
+    let io_class = text.lines().find_map(|line| line.strip_prefix("IOCLASS="));
+    assert!(matches!(io_class, Some("0" | "2")), "{limits:?}");
     let values: Vec<Vec<&str>> = (text.lines())
+        .filter(|line| !line.starts_with("RESULT=") && !line.starts_with("IOCLASS="))
         .map(|line| match line.strip_prefix("Max ") {
             Some(limit) => limit.split_whitespace().skip(2).take(2).collect(),
             None => line.split_whitespace().collect(),

@@ -16,7 +16,7 @@ use aya::{
         loaded_programs,
     },
 };
-use gatekeeper_common::PROGRAMS;
+use gatekeeper_common::{LATER_PROGRAMS, PROGRAMS};
 use gatekeeper_daemon::loader::{EBPF_OBJECT, link_pin};
 
 const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
@@ -43,7 +43,11 @@ impl GatekeeperLinks {
     /// back).
     pub fn adopt(pin_dir: &Path) -> anyhow::Result<Self> {
         let mut hooked = Vec::new();
-        for name in PROGRAMS {
+        // Later programs where the daemon attached them (where the kernel has their hooks).
+        let later = LATER_PROGRAMS
+            .into_iter()
+            .filter(|name| link_pin(pin_dir, name).exists());
+        for name in PROGRAMS.into_iter().chain(later) {
             let path = link_pin(pin_dir, name);
             let link = PinnedLink::from_pin(&path)
                 .with_context(|| format!("open {}", path.display()))?
