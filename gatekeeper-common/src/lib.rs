@@ -543,6 +543,10 @@ pub enum TamperHook {
     /// and its new value; a limit the process was given above the ordinary and its value, for
     /// a change of policy or a nice value below 0 within it; or 0 and the I/O priority).
     Priority = 53,
+    /// A file opened by handle (`open_by_handle_at`): a handle reaches a file through any mount
+    /// of its file system, so the mount it is opened through says nothing of where it lies
+    /// (data: device, inode).
+    OpenByHandle = 54,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -565,7 +569,7 @@ pub enum MountRefusal {
 
 impl TamperHook {
     /// Every hook, in id order (ids start at 1).
-    pub const ALL: [Self; 53] = {
+    pub const ALL: [Self; 54] = {
         use TamperHook::*;
         [
             Bpf,
@@ -621,6 +625,7 @@ impl TamperHook {
             NotifyPermission,
             Lease,
             Priority,
+            OpenByHandle,
         ]
     };
 
@@ -683,6 +688,7 @@ impl TamperHook {
             Self::NotifyPermission => "notify_permission",
             Self::Lease => "lease",
             Self::Priority => "priority",
+            Self::OpenByHandle => "open_by_handle",
         }
     }
 }

@@ -26,7 +26,8 @@ use crate::{
         OFF_TASK_REAL_CRED, OFF_VFSMOUNT_SB,
     },
     read::{
-        BPF_FS_MAGIC, PROC_SUPER_MAGIC, SYSFS_MAGIC, inode_magic, member_ptr, read_at, read_field,
+        BPF_FS_MAGIC, PROC_SUPER_MAGIC, SYSFS_MAGIC, current_syscall, inode_magic, member_ptr,
+        read_at, read_field,
     },
     script::{note_open_before_read, take_script_read},
     verdict::{
@@ -69,6 +70,8 @@ const FS_IOC_ENABLE_VERITY: u32 = 0x4080_6685;
 const ATTR_FILE: u32 = 1 << 13;
 /// `task_struct.flags` while the task writes its core dump.
 const PF_DUMPCORE: u32 = 0x200;
+/// open_by_handle_at in the x86-64 and the 32-bit system call tables.
+const NR_OPEN_BY_HANDLE_AT: [u64; 2] = [304, 342];
 
 /// What an open asks for.
 struct Access {
@@ -164,6 +167,9 @@ unsafe fn agent_open(agent: u64, file: *const u8) -> Result<i32, i32> {
     let access = unsafe { access_of(file)? };
     let inode: *const u8 = unsafe { read_field(file, &OFF_FILE_INODE)? };
     let target = unsafe { inode_target(inode)? };
+    if matches!(current_syscall(), Ok(number) if NR_OPEN_BY_HANDLE_AT.contains(&number)) {
+        return Ok(tamper(agent, TamperHook::OpenByHandle, target.data));
+    }
     let bits = daemon_file_bits(&target);
     if bits & (daemon_file::SECRET | daemon_file::BINARY) != 0 {
         let exec_of_binary = bits & daemon_file::BINARY != 0 && access.exec && !access.writes;

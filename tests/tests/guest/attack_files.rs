@@ -149,6 +149,14 @@ fn other_opens_of_a_protected_binary_are_decided() {
         Outcome::Denied
     );
     assert_eq!(scenario.agent_exec(), Exec::Denied);
+    // Nor any other file by handle: a handle reaches a file through any mount of its file
+    // system, so the mount opened through says nothing of where the file lies. (Outside, the
+    // same works: see the controls below.)
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "by-handle", &[&other]),
+        Outcome::Denied
+    );
+    scenario.wait_journal("tamper_attempt", |event| event["hook"] == "open_by_handle");
 
     // Through an overlay whose lower layer holds the binary (mounted by a trusted hand).
     assert!(has_filesystem("overlay"), "the guest has overlayfs loaded");
@@ -205,6 +213,7 @@ fn other_opens_of_a_protected_binary_are_decided() {
         ("read", vec![early.as_str()]),
         ("opath-reopen", vec![&protected]),
         ("by-handle", vec![&protected]),
+        ("by-handle", vec![&other]),
         ("link-opath", vec![&protected, &alias]),
         ("exchange", vec![&other, &protected]),
         ("exchange", vec![&other, &protected]),
