@@ -27,7 +27,7 @@ use crate::{
         OFF_BPRM_ARGC, OFF_BPRM_EXECUTABLE, OFF_BPRM_P, OFF_PT_REGS_CX, OFF_PT_REGS_DX,
         OFF_PT_REGS_ORIG_AX, OFF_PT_REGS_R10, OFF_PT_REGS_SI,
     },
-    read::read_field,
+    read::{X32_SYSCALL_BIT, read_field},
     script::forget_unstarted_script,
     verdict::{
         agent_cgroup, count_denial, fill_event, grant_waiting, report_record, take_grant, tamper,
@@ -72,8 +72,6 @@ struct ExecScratch {
 }
 
 const SIGKILL: u32 = 9;
-/// Marks x32 system calls.
-const X32_SYSCALL_BIT: u64 = 0x4000_0000;
 const NR_EXECVE: u64 = 59;
 const NR_EXECVEAT: u64 = 322;
 const NR_X32_EXECVE: u64 = X32_SYSCALL_BIT | 520;

@@ -588,11 +588,18 @@ pub fn inode_setattr(ctx: LsmContext) -> i32 {
     match unsafe { read_field::<u32>(attr, &OFF_IATTR_VALID) } {
         // Truncation through a file opened for writing (on open, or ftruncate).
         Ok(valid) if valid & ATTR_FILE != 0 => unsafe { guard_dentry_opened(agent, dentry) },
-        Ok(_) => match unsafe { guard_dentry(agent, dentry) } {
-            0 => unsafe { guard_unguarded_mount(agent, dentry) },
-            verdict => verdict,
-        },
+        Ok(_) => unsafe { guard_attributes(agent, dentry) },
         Err(_) => -EPERM,
+    }
+}
+
+/// [`guard_dentry`] for a change of attributes, also refused on a mount not guarded yet (see
+/// [`guard_unguarded_mount`]).
+#[inline(always)]
+unsafe fn guard_attributes(agent: u64, dentry: *const u8) -> i32 {
+    match unsafe { guard_dentry(agent, dentry) } {
+        0 => unsafe { guard_unguarded_mount(agent, dentry) },
+        verdict => verdict,
     }
 }
 
@@ -629,17 +636,12 @@ pub fn inode_removexattr(ctx: LsmContext) -> i32 {
     guard_second_dentry(&ctx)
 }
 
-/// The verdict on an agent changing the attributes of the file whose dentry is the hook's
-/// second argument, also on a mount not guarded yet (see [`guard_unguarded_mount`]).
+/// [`guard_attributes`] of the file whose dentry is the hook's second argument.
 #[inline(always)]
 fn guard_second_dentry(ctx: &LsmContext) -> i32 {
-    let Some(agent) = agent_cgroup() else {
-        return 0;
-    };
-    let dentry: *const u8 = ctx.arg(1);
-    match unsafe { guard_dentry(agent, dentry) } {
-        0 => unsafe { guard_unguarded_mount(agent, dentry) },
-        verdict => verdict,
+    match agent_cgroup() {
+        Some(agent) => unsafe { guard_attributes(agent, ctx.arg(1)) },
+        None => 0,
     }
 }
 
