@@ -20,8 +20,9 @@ pub const KERNELS: [(&str, &str); 2] = [
     ),
 ];
 
-/// Modules the guests load at boot (with their dependencies), for tests that need overlayfs or NFS.
-pub const GUEST_MODULES: [&str; 2] = ["overlay", "nfsv3"];
+/// Modules the guests load at boot (with their dependencies), for tests that need overlayfs,
+/// NFS or FUSE. One a kernel has built in is left out.
+pub const GUEST_MODULES: [&str; 3] = ["overlay", "nfsv3", "fuse"];
 
 const APT_PACKAGES: [(&str, &str); 5] = [
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
@@ -50,13 +51,21 @@ fn modules_dir(label: &str) -> PathBuf {
     cache_dir().join(format!("modules-{label}"))
 }
 
-/// Whether the kernel's modules were extracted (`order` is written last, so it marks completion).
+/// Whether the kernel's modules were extracted (`order` is written last, so it marks completion),
+/// for today's [`GUEST_MODULES`] (a cache from before a module was added is fetched again).
 fn has_modules(label: &str) -> bool {
     std::fs::read_dir(modules_dir(label)).is_ok_and(|entries| {
-        entries
-            .filter_map(Result::ok)
-            .any(|entry| entry.path().join("order").exists())
+        entries.filter_map(Result::ok).any(|entry| {
+            entry.path().join("order").exists()
+                && std::fs::read_to_string(entry.path().join("wanted"))
+                    .is_ok_and(|wanted| wanted == wanted_modules())
+        })
     })
+}
+
+/// What `wanted` holds beside `order`: the [`GUEST_MODULES`] it was made for.
+fn wanted_modules() -> String {
+    GUEST_MODULES.join("\n") + "\n"
 }
 
 /// Whether everything is already in place (no network, no changes).
@@ -345,13 +354,21 @@ fn extract_modules(extract: &Path, out: &Path) -> anyhow::Result<Vec<String>> {
         .file_name();
     let mut files = HashMap::new();
     index_modules(&lib.join(&release).join("kernel"), &mut files)?;
+    let builtin_list = lib.join(&release).join("modules.builtin");
+    let builtin = builtin_modules(
+        &std::fs::read_to_string(&builtin_list)
+            .with_context(|| format!("read {}", builtin_list.display()))?,
+    );
     let target = out.join(&release);
     std::fs::create_dir_all(&target)?;
     let mut order = Vec::new();
     let mut seen = HashSet::new();
     for name in GUEST_MODULES {
-        add_module(name, &files, &target, &mut seen, &mut order)?;
+        if files.contains_key(name) || !builtin.contains(name) {
+            add_module(name, &files, &target, &mut seen, &mut order)?;
+        }
     }
+    std::fs::write(target.join("wanted"), wanted_modules())?;
     std::fs::write(target.join("order"), order.join("\n") + "\n")?;
     Ok(order)
 }
@@ -411,6 +428,14 @@ fn add_module(
     Ok(())
 }
 
+/// The names of the modules `modules.builtin` lists (paths such as `kernel/fs/fuse/fuse.ko`).
+fn builtin_modules(list: &str) -> HashSet<String> {
+    list.lines()
+        .filter_map(|line| line.rsplit('/').next()?.strip_suffix(".ko"))
+        .map(|name| name.replace('-', "_"))
+        .collect()
+}
+
 /// The `depends=` entry of a module's .modinfo section: NUL-terminated, comma-separated names.
 fn module_depends(bytes: &[u8]) -> Vec<String> {
     const KEY: &[u8] = b"\0depends=";
@@ -436,7 +461,14 @@ fn version_key(name: &str) -> Vec<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{module_depends, version_key};
+    use super::{builtin_modules, module_depends, version_key};
+
+    #[test]
+    fn builtin_modules_named_as_the_kernel_names_them() {
+        let builtin = builtin_modules("kernel/fs/fuse/fuse.ko\nkernel/fs/nfs_common/nfs-acl.ko\n");
+        assert!(builtin.contains("fuse") && builtin.contains("nfs_acl"));
+        assert!(!builtin.contains("overlay"));
+    }
 
     #[test]
     fn depends_read_from_modinfo() {

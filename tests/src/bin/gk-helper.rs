@@ -590,6 +590,8 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         // add|del ADDRESS [host|own-netns|own-userns]
         "net-address" => net_address(text(0)?, text(1)?, args.get(2).copied().unwrap_or("host")),
         "loopback-mtu" => loopback_mtu(number(0)?),
+        // hold-mm private|user PROGRAM (see hold_mm).
+        "hold-mm" => hold_mm(text(0)?, text(1)?),
         _ => attack(op, args),
     }
 }
@@ -3302,4 +3304,291 @@ fn env_attack(kind: &str, program: &str, argv: &[&str]) -> i32 {
         return last_errno();
     }
     libc::EINVAL
+}
+
+/// Holds this process's memory-map lock for as long as a FUSE server of its own leaves a read
+/// unanswered, as any agent can, so that every reader of its `/proc/PID/cmdline` waits (the
+/// daemon reads the command lines of a denied process's parents). A thread reads a page of the
+/// server's file through /proc/self/mem, which faults with the lock held for reading; another
+/// thread's mmap then queues for it, so later readers queue behind. A child forked beforehand
+/// (fork takes the lock) then execs PROGRAM. Prints PID=, EXEC=denied|errno:N|status:N and
+/// READY, and lets go (ends the server) once a line arrives on stdin. MODE is the server's namespace (see
+/// enter_namespace): `private` as root, `user` as an ordinary user.
+fn hold_mm(mode: &str, program: &str) -> Result<(), i32> {
+    let dir = format!("/tmp/gk-hold-mm-{}", std::process::id());
+    let mount_point = c_path(&dir)?;
+    let program = c_path(program)?;
+    let target = c_path("target")?;
+    let mem = c_path("/proc/self/mem")?;
+    let pipe = || {
+        let mut ends = [0i32; 2];
+        // SAFETY: a two-int array for pipe(2) to fill.
+        errno_of(unsafe { libc::pipe(ends.as_mut_ptr()) } as libc::c_long).map(|()| ends)
+    };
+    let wait_byte = |fd: i32| {
+        let mut byte = 0u8;
+        // SAFETY: one byte into a local.
+        unsafe { libc::read(fd, (&raw mut byte).cast(), 1) };
+    };
+    // SAFETY: one byte from a static.
+    let send_byte = |fd: i32| unsafe { libc::write(fd, b"g".as_ptr().cast(), 1) };
+    let [setup_read, setup_write] = pipe()?;
+    // SAFETY: fork of a single-threaded process; the child sets up, serves and exits.
+    let server = unsafe { libc::fork() };
+    if server == 0 {
+        let errno = match unreadable_file_system(mode, &mount_point) {
+            Ok(fuse) => {
+                // SAFETY: four bytes from a local.
+                unsafe { libc::write(setup_write, 0i32.to_ne_bytes().as_ptr().cast(), 4) };
+                serve_unreadable_file(fuse)
+            }
+            Err(errno) => errno,
+        };
+        // SAFETY: four bytes from a local; then the child ends.
+        unsafe {
+            libc::write(setup_write, errno.to_ne_bytes().as_ptr().cast(), 4);
+            libc::_exit(1)
+        }
+    }
+    let mut errno = [0u8; 4];
+    // SAFETY: four bytes into a local.
+    if unsafe { libc::read(setup_read, errno.as_mut_ptr().cast(), 4) } != 4 {
+        return Err(SETUP_ERRNO_BASE);
+    }
+    match i32::from_ne_bytes(errno) {
+        0 => {}
+        errno => return Err(SETUP_ERRNO_BASE + errno),
+    }
+    // The file, through the server's namespace (this process is outside it).
+    let file = c_path(&format!("/proc/{server}/root{dir}/f"))?;
+    // SAFETY: plain open and mmap; the mapping is never touched by this thread.
+    let map = unsafe {
+        let fd = fd_of(libc::open(file.as_ptr(), libc::O_RDONLY) as libc::c_long)?;
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        return Err(last_errno());
+    }
+    // SAFETY: plain open.
+    let mem = fd_of(unsafe { libc::open(mem.as_ptr(), libc::O_RDONLY) } as libc::c_long)?;
+    let [exec_read, exec_write] = pipe()?;
+    let mut failed = [0i32; 2];
+    // SAFETY: a two-int array for pipe2(2) to fill; an exec closes the child's end.
+    errno_of(unsafe { libc::pipe2(failed.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long)?;
+    let [failed_read, failed_write] = failed;
+    // SAFETY: fork before any thread. The child waits, execs, and if that fails says why and
+    // stays (a request's parents are read while it lives) until this process ends.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        let argv = [program.as_ptr(), target.as_ptr(), std::ptr::null()];
+        // SAFETY: closes of its own descriptors; NUL-terminated strings and a null-terminated
+        // array that outlive the exec; one byte from a local.
+        unsafe {
+            libc::close(exec_write);
+            libc::close(failed_read);
+            wait_byte(exec_read);
+            libc::execv(program.as_ptr(), argv.as_ptr());
+            libc::write(failed_write, [last_errno() as u8].as_ptr().cast(), 1);
+            wait_byte(exec_read);
+            libc::_exit(1)
+        }
+    }
+    // SAFETY: this process's copy of the child's end.
+    unsafe { libc::close(failed_write) };
+    // Both threads are made (their stacks mapped) before the lock is held.
+    let [fault_read, fault_write] = pipe()?;
+    let [queue_read, queue_write] = pipe()?;
+    let address = map as i64;
+    std::thread::spawn(move || {
+        wait_byte(fault_read);
+        let mut page = [0u8; 16];
+        // SAFETY: into a local; the read faults on the unanswered page.
+        unsafe { libc::pread(mem, page.as_mut_ptr().cast(), page.len(), address) };
+    });
+    std::thread::spawn(move || {
+        wait_byte(queue_read);
+        // SAFETY: a fresh anonymous mapping, queued behind the held lock.
+        unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+    });
+    // Printed now: stdout's buffer is allocated on its first use.
+    println!("PID={}", std::process::id());
+    send_byte(fault_write);
+    std::thread::sleep(Duration::from_millis(500));
+    send_byte(queue_write);
+    std::thread::sleep(Duration::from_millis(500));
+    send_byte(exec_write);
+    let mut errno = 0u8;
+    // SAFETY: one byte into a local; nothing comes if the exec succeeded.
+    match unsafe { libc::read(failed_read, (&raw mut errno).cast(), 1) } {
+        1 if i32::from(errno) == libc::EPERM => println!("EXEC=denied"),
+        1 => println!("EXEC=errno:{errno}"),
+        _ => {
+            let mut status = 0;
+            // SAFETY: waits for our own child.
+            unsafe { libc::waitpid(child, &mut status, 0) };
+            println!("EXEC=status:{}", libc::WEXITSTATUS(status));
+        }
+    }
+    println!("READY");
+    wait_byte(libc::STDIN_FILENO);
+    // Ending the server aborts its connection: the read fails and the lock is let go. The child
+    // sees its pipe closed and ends.
+    // SAFETY: our own children and descriptor.
+    unsafe {
+        libc::kill(server, libc::SIGKILL);
+        libc::waitpid(server, std::ptr::null_mut(), 0);
+        libc::close(exec_write);
+        libc::waitpid(child, std::ptr::null_mut(), 0);
+    }
+    let _ = std::fs::remove_dir(&dir);
+    Ok(())
+}
+
+/// In a namespace of its own (MODE), a FUSE file system mounted at `mount_point`; returns the
+/// connection's descriptor.
+fn unreadable_file_system(mode: &str, mount_point: &CString) -> Result<i32, i32> {
+    enter_namespace(mode)?;
+    // SAFETY: plain syscalls on strings that outlive them.
+    let fuse = unsafe {
+        libc::mkdir(mount_point.as_ptr(), 0o755);
+        fd_of(libc::open(c"/dev/fuse".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) as libc::c_long)?
+    };
+    // Ids as the new namespace sees them: its owner may use the mount from outside it.
+    // SAFETY: plain getters.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let options = format!("fd={fuse},rootmode=40000,user_id={uid},group_id={gid}");
+    let mount_point = mount_point.to_str().map_err(|_| libc::EINVAL)?;
+    mount(
+        "gk-hold-mm",
+        mount_point,
+        Some("fuse"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some(&options),
+    )?;
+    Ok(fuse)
+}
+
+const FUSE_LOOKUP: u32 = 1;
+const FUSE_FORGET: u32 = 2;
+const FUSE_GETATTR: u32 = 3;
+const FUSE_OPEN: u32 = 14;
+const FUSE_READ: u32 = 15;
+const FUSE_RELEASE: u32 = 18;
+const FUSE_FLUSH: u32 = 25;
+const FUSE_INIT: u32 = 26;
+const FUSE_OPENDIR: u32 = 27;
+const FUSE_RELEASEDIR: u32 = 29;
+const FUSE_INTERRUPT: u32 = 36;
+const FUSE_DESTROY: u32 = 38;
+const FUSE_BATCH_FORGET: u32 = 42;
+/// Node ids: the root directory and its one file, `f`.
+const FUSE_ROOT: u64 = 1;
+const FUSE_FILE: u64 = 2;
+
+/// Serves the FUSE connection `fuse` until it ends: a root directory holding `f`, one page long,
+/// whose reads are never answered.
+fn serve_unreadable_file(fuse: i32) -> ! {
+    // Big enough for any request with the 4 KiB writes INIT allows.
+    let mut request = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: into our buffer.
+        let read = unsafe { libc::read(fuse, request.as_mut_ptr().cast(), request.len()) };
+        if read < 0 {
+            if matches!(last_errno(), libc::EINTR | libc::ENOENT) {
+                continue;
+            }
+            // SAFETY: the connection ended.
+            unsafe { libc::_exit(0) };
+        }
+        // fuse_in_header: len, opcode, unique, nodeid, uid, gid, pid, padding.
+        let Some(header) = request.get(..40) else {
+            continue;
+        };
+        let opcode = u32::from_ne_bytes(header[4..8].try_into().unwrap_or_default());
+        let unique = u64::from_ne_bytes(header[8..16].try_into().unwrap_or_default());
+        let node = u64::from_ne_bytes(header[16..24].try_into().unwrap_or_default());
+        let name = request.get(40..read as usize).unwrap_or_default();
+        let (error, body): (i32, Vec<u8>) = match opcode {
+            FUSE_INIT => {
+                // fuse_init_out: major 7, minor 31, max_readahead, flags 0, max_background,
+                // congestion_threshold, max_write 4096, time_gran 1, then zeros.
+                let mut out = Vec::new();
+                for word in [7u32, 31, 4096, 0] {
+                    out.extend(word.to_ne_bytes());
+                }
+                out.extend([1u16, 1].iter().flat_map(|half| half.to_ne_bytes()));
+                out.extend([4096u32, 1].iter().flat_map(|word| word.to_ne_bytes()));
+                out.resize(64, 0);
+                (0, out)
+            }
+            FUSE_LOOKUP if node == FUSE_ROOT && name.starts_with(b"f\0") => {
+                // fuse_entry_out: nodeid, generation, entry and attribute validity, then
+                // their nanoseconds and the attributes.
+                let mut out = Vec::new();
+                for word in [FUSE_FILE, 0, 3600, 3600] {
+                    out.extend(word.to_ne_bytes());
+                }
+                out.extend([0u8; 8]);
+                out.extend(fuse_attributes(FUSE_FILE));
+                (0, out)
+            }
+            FUSE_LOOKUP => (-libc::ENOENT, Vec::new()),
+            FUSE_GETATTR => {
+                // fuse_attr_out: attribute validity and its nanoseconds, padding, attributes.
+                let mut out = 3600u64.to_ne_bytes().to_vec();
+                out.extend([0u8; 8]);
+                out.extend(fuse_attributes(node));
+                (0, out)
+            }
+            // fuse_open_out: no handle, no flags.
+            FUSE_OPEN | FUSE_OPENDIR => (0, vec![0u8; 16]),
+            FUSE_READ | FUSE_FORGET | FUSE_BATCH_FORGET | FUSE_INTERRUPT | FUSE_DESTROY => {
+                continue;
+            }
+            FUSE_RELEASE | FUSE_RELEASEDIR | FUSE_FLUSH => (0, Vec::new()),
+            _ => (-libc::ENOSYS, Vec::new()),
+        };
+        // fuse_out_header: len, error, unique.
+        let mut reply = ((16 + body.len()) as u32).to_ne_bytes().to_vec();
+        reply.extend(error.to_ne_bytes());
+        reply.extend(unique.to_ne_bytes());
+        reply.extend(body);
+        // SAFETY: from our buffer.
+        unsafe { libc::write(fuse, reply.as_ptr().cast(), reply.len()) };
+    }
+}
+
+/// fuse_attr of `node`: the root directory, or the one-page file.
+fn fuse_attributes(node: u64) -> Vec<u8> {
+    let (mode, links, size) = if node == FUSE_ROOT {
+        (libc::S_IFDIR | 0o755, 2, 0)
+    } else {
+        (libc::S_IFREG | 0o644, 1, 4096)
+    };
+    // ino, size, blocks, atime, mtime, ctime; their nanoseconds; mode, nlink, uid, gid, rdev,
+    // blksize, flags.
+    let mut attributes = Vec::new();
+    for word in [node, size, size / 512, 0, 0, 0] {
+        attributes.extend(word.to_ne_bytes());
+    }
+    for word in [0, 0, 0, mode, links, 0, 0, 0, 4096, 0] {
+        attributes.extend(word.to_ne_bytes());
+    }
+    attributes
 }

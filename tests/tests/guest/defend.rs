@@ -2,12 +2,17 @@
 //! an agent cgroup, fails and is journaled as a tamper attempt.
 
 use std::{
-    os::unix::process::ExitStatusExt as _,
-    path::Path,
-    process::{Command, Stdio},
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::{fs::PermissionsExt as _, process::ExitStatusExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
 };
 
-use gatekeeper_tests::{Exec, Options, Outcome, Scenario, TARGET_RAN, UNLISTED_UID, bin, wait_for};
+use gatekeeper_tests::{
+    Exec, Options, Outcome, PATIENCE, Scenario, TARGET_RAN, UNLISTED_UID, bin, wait_for,
+};
 
 /// Waits until the journal holds a tamper attempt through `hook`.
 fn journaled(scenario: &Scenario, hook: &str) {
@@ -150,6 +155,193 @@ fn agent_cannot_signal_trace_or_stall_the_daemon() {
         assert_eq!(scenario.tamper(&scenario.agents, op, &args), Outcome::Ok);
         let status = bystander.wait().unwrap();
         assert_eq!(status.signal(), Some(9), "{op} reached the bystander");
+    }
+}
+
+/// Nor hold its work up by making a read of a command line wait. Any agent can hold its own
+/// memory-map lock behind a FUSE read it never answers, and every reader of its
+/// `/proc/PID/cmdline` then waits; the daemon reads those of a denied process's parents.
+/// Requests and tamper records still arrive while one such read waits, the holder's command line
+/// left out. Root and user agents, each in a cgroup of its own (a cgroup whose read was held gets
+/// none read for a while); outside, the same hold lets the program run.
+#[test]
+fn a_held_command_line_holds_up_no_request() {
+    let scenario = Scenario::start("defend-held-cmdline", Options::default());
+    // Ordinary users open /dev/fuse on distributions (udev makes it 0666).
+    std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666))
+        .expect("/dev/fuse: the guest kernel has FUSE");
+    for user in [false, true] {
+        let cgroup = scenario
+            .agents
+            .join(if user { "held-user" } else { "held-root" });
+        std::fs::create_dir_all(&cgroup).unwrap();
+        let cgroup_text = cgroup.display().to_string();
+        let hold = MemoryHold::start(&scenario, &cgroup, user);
+        assert!(hold.said("EXEC=denied"), "user {user}: {:?}", hold.lines);
+        hold.assert_held();
+        let request = wait_for("the request made during the hold", || {
+            scenario
+                .requests(true)
+                .into_iter()
+                .find(|request| request["cgroup"] == cgroup_text.as_str())
+        });
+        let ancestors = request["process"]["ancestors"].as_array().unwrap();
+        let holder = ancestors
+            .iter()
+            .find(|ancestor| ancestor["pid"] == hold.pid)
+            .unwrap_or_else(|| panic!("the holder is a parent: {request}"));
+        assert!(holder["argv"].is_null(), "{request}");
+        // A tamper attempt as well: a lease on a file of the user's, which users and root alike
+        // take outside (see above).
+        let leased = Path::new("/tmp/gk-defend-held-lease");
+        std::fs::write(leased, "").unwrap();
+        std::os::unix::fs::chown(leased, Some(UNLISTED_UID), None).unwrap();
+        let leased = leased.to_str().unwrap();
+        let lease = if user {
+            scenario.tamper_as_user(&cgroup, "lease", &[leased])
+        } else {
+            scenario.tamper(&cgroup, "lease", &[leased])
+        };
+        assert_eq!(lease, Outcome::Denied, "user {user}");
+        scenario.wait_journal("tamper_attempt", |event| {
+            event["hook"] == "lease" && event["cgroup"] == cgroup_text.as_str()
+        });
+        // All of that while the hold lasted.
+        hold.assert_held();
+    }
+    let hold = MemoryHold::start(&scenario, &scenario.outside, false);
+    hold.assert_held();
+    assert!(
+        hold.said("EXEC=status:0") && hold.lines.iter().any(|line| line.contains(TARGET_RAN)),
+        "outside: {:?}",
+        hold.lines
+    );
+}
+
+/// A `gk-helper hold-mm` in `cgroup`, holding its memory-map lock until dropped; dropping it
+/// lets go (and, should that not end it, kills its cgroup, which ends the FUSE server).
+struct MemoryHold {
+    child: Child,
+    cgroup: PathBuf,
+    pid: u64,
+    /// What it printed up to READY.
+    lines: Vec<String>,
+}
+
+impl MemoryHold {
+    fn start(scenario: &Scenario, cgroup: &Path, user: bool) -> Self {
+        let cgroup_text = cgroup.display().to_string();
+        let program = scenario.protected.display().to_string();
+        let helper = bin("gk-helper").display().to_string();
+        let uid = UNLISTED_UID.to_string();
+        let mut args = vec!["tamper", &cgroup_text, "hold-mm", "private", &program];
+        if user {
+            args = vec![
+                "as-user",
+                &uid,
+                &cgroup_text,
+                &helper,
+                "tamper",
+                "-",
+                "hold-mm",
+                "user",
+                &program,
+            ];
+        }
+        let mut child = Command::new(bin("gk-helper"))
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Read on a thread of its own (to the end, so that it can print as it ends), so that a
+        // holder that never gets ready fails the test instead of holding it up.
+        let output = BufReader::new(child.stdout.take().unwrap());
+        let (said, heard) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in output.lines().map_while(Result::ok) {
+                let _ = said.send(line);
+            }
+        });
+        let mut hold = Self {
+            child,
+            cgroup: cgroup.to_owned(),
+            pid: 0,
+            lines: Vec::new(),
+        };
+        loop {
+            let line = heard.recv_timeout(PATIENCE).unwrap_or_else(|_| {
+                panic!(
+                    "hold-mm did not get ready: {:?}\n{}",
+                    hold.lines,
+                    kernel_stacks(&hold.cgroup)
+                )
+            });
+            if line == "READY" {
+                break;
+            }
+            assert!(!line.starts_with("RESULT="), "hold-mm failed: {line}");
+            hold.lines.push(line);
+        }
+        hold.pid = hold
+            .lines
+            .iter()
+            .find_map(|line| line.strip_prefix("PID=")?.parse().ok())
+            .unwrap_or_else(|| panic!("hold-mm said no PID: {:?}", hold.lines));
+        hold
+    }
+
+    fn said(&self, line: &str) -> bool {
+        self.lines.iter().any(|said| said == line)
+    }
+
+    /// The holder's command line cannot be read now (the reader is left waiting).
+    fn assert_held(&self) {
+        let (done, finished) = mpsc::channel();
+        let cmdline = format!("/proc/{}/cmdline", self.pid);
+        std::thread::spawn(move || {
+            let _ = std::fs::read(cmdline);
+            let _ = done.send(());
+        });
+        assert!(
+            finished.recv_timeout(Duration::from_secs(2)).is_err(),
+            "the command line of {} was read: nothing is held",
+            self.pid
+        );
+    }
+}
+
+/// Where each thread of `cgroup` waits in the kernel, for a failure's message.
+fn kernel_stacks(cgroup: &Path) -> String {
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+    let mut stacks = String::new();
+    for pid in procs.lines() {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten();
+        for task in tasks.filter_map(Result::ok) {
+            let stack = std::fs::read_to_string(task.path().join("stack")).unwrap_or_default();
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            stacks += &format!("{pid}/{:?} {}{stack}", task.file_name(), comm);
+        }
+    }
+    stacks
+}
+
+impl Drop for MemoryHold {
+    fn drop(&mut self) {
+        if let Some(mut stdin) = self.child.stdin.take() {
+            let _ = writeln!(stdin);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = std::fs::write(self.cgroup.join("cgroup.kill"), "1");
+        let _ = self.child.wait();
     }
 }
 
