@@ -658,7 +658,8 @@ pub fn inode_remove_acl(ctx: LsmContext) -> i32 {
 }
 
 /// ioctls that change a protected, allowlisted, daemon or write-protected file without a write
-/// open.
+/// open (its flags, such as immutable or append-only, or fs-verity), or one on a mount not
+/// guarded yet.
 #[lsm(hook = "file_ioctl")]
 pub fn file_ioctl(ctx: LsmContext) -> i32 {
     guard_ioctl(ctx.arg(0), ctx.arg(1), ctx.arg(3))
@@ -696,7 +697,7 @@ fn guard_ioctl(file: *const u8, cmd: u32, previous: i32) -> i32 {
     let dentry = unsafe { read_field::<*const u8>(file, &OFF_FILE_INODE) }
         .and_then(|inode| unsafe { opened_dentry(file, inode) });
     match dentry {
-        Ok(dentry) => unsafe { guard_dentry(agent, dentry) },
+        Ok(dentry) => unsafe { guard_attributes(agent, dentry) },
         Err(_) => -EPERM,
     }
 }

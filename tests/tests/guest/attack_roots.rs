@@ -476,7 +476,8 @@ fn names_changed_only_from_outside(scenario: &Scenario, dir: &Path) {
             ),
         ]
     };
-    // Nor its attributes changed by path (a user may truncate it; only root may chmod it).
+    // Nor its attributes changed by path (a user may truncate it; only root may chmod it or set
+    // its flags).
     for (op, args) in [
         ("truncate", vec![victim.as_str()]),
         ("utimes", vec![victim.as_str()]),
@@ -487,6 +488,7 @@ fn names_changed_only_from_outside(scenario: &Scenario, dir: &Path) {
         ("chmod", vec![victim.as_str(), "0600"]),
         ("acl", vec![victim.as_str(), "0600"]),
         ("setxattr", vec![victim.as_str(), "trusted.gk", "x"]),
+        ("chattr", vec![victim.as_str(), "+a"]),
     ] {
         assert_eq!(
             scenario.tamper(&scenario.agents, op, &args),
