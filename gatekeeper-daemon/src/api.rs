@@ -34,7 +34,6 @@ use crate::{
     cgroups,
     config::{Config, WebhookKind, agent_socket},
     core::{Decider, DecisionFailure},
-    enrich::user_name,
     handle::{DecideFailure, Handle, Waiting},
     notify,
     requests::{self, DecideError, Decision, authorize_reviewer},
@@ -569,7 +568,7 @@ impl Connection {
     }
 
     fn decider(&self) -> Result<Decider, LocalReply> {
-        let reviewer = user_name(self.caller.uid).ok_or_else(|| {
+        let reviewer = crate::users::name_of(self.caller.uid).ok_or_else(|| {
             LocalReply::error(format!(
                 "cannot identify caller: uid {} has no user name",
                 self.caller.uid
@@ -683,11 +682,7 @@ impl Connection {
                 if decider.caller_is_agent || self.caller.uid != 0 {
                     return LocalReply::error("only root outside agent cgroups may start agents");
                 }
-                if nix::unistd::User::from_name(&owner)
-                    .ok()
-                    .flatten()
-                    .is_none()
-                {
+                if crate::users::account(&owner).is_none() {
                     return LocalReply::error(format!("owner {owner:?} is no user of this host"));
                 }
                 match self

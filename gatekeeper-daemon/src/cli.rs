@@ -788,7 +788,7 @@ fn uninstall(cli: &Cli) -> anyhow::Result<ExitCode> {
     let mut journal = journal::Journal::open(&config.journal)?.journal;
     journal.append(&journal::Event::Uninstalled {
         pin_dir: config.pin_dir.display().to_string(),
-        by: crate::enrich::user_name(user.as_raw()).unwrap_or_else(|| "root".into()),
+        by: crate::users::name_of(user.as_raw()).unwrap_or_else(|| "root".into()),
     })?;
     crate::loader::uninstall(&config.pin_dir)
         .with_context(|| format!("remove pins in {}", config.pin_dir.display()))?;

@@ -55,13 +55,6 @@ fn read_bounded(path: &std::path::Path) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
-pub fn user_name(uid: u32) -> Option<String> {
-    nix::unistd::User::from_uid(uid.into())
-        .ok()
-        .flatten()
-        .map(|user| user.name)
-}
-
 /// Reads files on a thread of its own and waits for each at most `wait`: a read that takes
 /// longer is left to its thread, and the next read starts another.
 struct PatientReader {
@@ -273,7 +266,7 @@ fn describe_process(event: &KernelEvent, cmdlines: &mut Cmdlines) -> Process {
         pid: event.pid,
         tgid: event.tgid,
         uid: event.uid,
-        user: user_name(event.uid),
+        user: crate::users::name_of(event.uid),
         comm: event.comm.clone(),
         argv,
         parent: ancestors.first().map(|parent| Parent {

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, anyhow};
 use nix::sys::signal::{SigSet, Signal, kill};
 
-use crate::{api::LocalCall, cgroups::check_agent_name, enrich::user_name};
+use crate::{api::LocalCall, cgroups::check_agent_name, users};
 
 /// How long what an agent left behind gets to die before its cgroup is given up on.
 const CLEANUP_PATIENCE: Duration = Duration::from_secs(5);
@@ -42,7 +42,8 @@ fn default_owner() -> anyhow::Result<String> {
     {
         return Ok(user);
     }
-    user_name(uid.as_raw()).ok_or_else(|| anyhow!("uid {uid} has no user name: name the owner"))
+    users::name_of(uid.as_raw())
+        .ok_or_else(|| anyhow!("uid {uid} has no user name: name the owner"))
 }
 
 /// Whom the agent runs as, when not as the launcher's caller.
@@ -56,18 +57,13 @@ struct RunAs {
 
 impl RunAs {
     fn of(name: &str) -> anyhow::Result<Self> {
-        let user = nix::unistd::User::from_name(name)
-            .ok()
-            .flatten()
-            .ok_or_else(|| anyhow!("--user: {name:?} is no user of this host"))?;
-        let c_name = std::ffi::CString::new(name).context("--user: a NUL in the name")?;
-        let groups = nix::unistd::getgrouplist(&c_name, user.gid)
-            .with_context(|| format!("--user: the groups of {name}"))?;
+        let user = users::account(name)
+            .ok_or_else(|| anyhow!("--user: {name:?} is no user in /etc/passwd"))?;
         Ok(Self {
-            uid: user.uid.as_raw(),
-            gid: user.gid.as_raw(),
-            groups: groups.into_iter().map(|gid| gid.as_raw()).collect(),
-            home: user.dir,
+            uid: user.uid,
+            gid: user.gid,
+            groups: users::groups_of(name, user.gid),
+            home: user.home,
             name: user.name,
         })
     }

@@ -23,3 +23,4 @@ pub mod records;
 pub mod requests;
 pub mod service;
 pub mod shown;
+pub mod users;

@@ -592,6 +592,20 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         "loopback-mtu" => loopback_mtu(number(0)?),
         // hold-mm private|user PROGRAM (see hold_mm).
         "hold-mm" => hold_mm(text(0)?, text(1)?),
+        // name-service UID=NAME...: see name_service.
+        "name-service" => name_service(args),
+        // user-name UID: NAME= what glibc's getpwuid says.
+        "user-name" => {
+            // SAFETY: getpwuid's result is read before any other lookup.
+            let entry = unsafe { libc::getpwuid(number(0)? as libc::uid_t) };
+            if entry.is_null() {
+                return Err(libc::ENOENT);
+            }
+            // SAFETY: a non-null entry's name is a NUL-terminated string.
+            let name = unsafe { std::ffi::CStr::from_ptr((*entry).pw_name) };
+            println!("NAME={}", name.to_string_lossy());
+            Ok(())
+        }
         _ => attack(op, args),
     }
 }
@@ -3591,4 +3605,71 @@ fn fuse_attributes(node: u64) -> Vec<u8> {
         attributes.extend(word.to_ne_bytes());
     }
     attributes
+}
+
+/// nscd, as far as glibc's passwd lookups by uid go, at /var/run/nscd/socket (where glibc asks
+/// before /etc/passwd), naming each UID of UID=NAME as NAME and knowing no other. Prints READY,
+/// then serves until killed.
+fn name_service(pairs: &[&str]) -> Result<(), i32> {
+    use std::io::{Read as _, Write as _};
+    const GETPWBYUID: i32 = 1;
+    let io = |error: std::io::Error| error.raw_os_error().unwrap_or(-1);
+    let names: Vec<(String, &str)> = pairs
+        .iter()
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(uid, name)| (format!("{uid}\0"), name))
+        .collect();
+    std::fs::create_dir_all("/var/run/nscd").map_err(io)?;
+    let _ = std::fs::remove_file("/var/run/nscd/socket");
+    let listener = std::os::unix::net::UnixListener::bind("/var/run/nscd/socket").map_err(io)?;
+    std::fs::set_permissions(
+        "/var/run/nscd/socket",
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .map_err(io)?;
+    println!("READY");
+    std::io::stdout().flush().map_err(io)?;
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        // request_header: version, type, key length; then the key.
+        let mut header = [0u8; 12];
+        if stream.read_exact(&mut header).is_err() {
+            continue;
+        }
+        let word =
+            |at: usize| i32::from_ne_bytes(header[at..at + 4].try_into().unwrap_or_default());
+        let mut key = vec![0u8; word(8).clamp(0, 256) as usize];
+        if stream.read_exact(&mut key).is_err() || word(4) != GETPWBYUID {
+            // Anything else (the cache's shared map first) is dropped: glibc then asks this way.
+            continue;
+        }
+        let Some((uid, name)) = names.iter().find(|(uid, _)| uid.as_bytes() == key) else {
+            continue;
+        };
+        let uid: i32 = uid.trim_end_matches('\0').parse().unwrap_or(0);
+        let strings = [
+            format!("{name}\0"),
+            "x\0".into(),
+            "\0".into(),
+            "/tmp\0".into(),
+            "/bin/sh\0".into(),
+        ];
+        // pw_response_header: version, found, the lengths of name and password, uid, gid, the
+        // lengths of gecos, home and shell; then the strings.
+        let mut reply = Vec::new();
+        let lengths = strings
+            .iter()
+            .map(|text| text.len() as i32)
+            .collect::<Vec<_>>();
+        for word in [
+            2, 1, lengths[0], lengths[1], uid, uid, lengths[2], lengths[3], lengths[4],
+        ] {
+            reply.extend(word.to_ne_bytes());
+        }
+        for text in &strings {
+            reply.extend(text.as_bytes());
+        }
+        let _ = stream.write_all(&reply);
+    }
+    Ok(())
 }

@@ -2,8 +2,9 @@
 //! reasons, webhooks that come back, and agents that wait for the outcome.
 
 use std::{
+    io::{BufRead as _, BufReader},
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
-    process::Command,
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -151,6 +152,79 @@ fn slack_interactions_are_verified_and_decide_once() {
     assert!(answer.contains("Not decided"), "{answer}");
     assert_eq!(decisions(&scenario), 1);
     assert_eq!(scenario.agent_exec(), Exec::Ran);
+}
+
+/// Who calls on the reviewers' socket is told by the host's /etc/passwd, not by a name service
+/// an agent can stand up: a root agent's nscd (where glibc asks first) naming bob "alice" and
+/// root "alice" makes neither a reviewer to the daemon, while glibc outside believes it.
+#[test]
+fn an_agents_name_service_names_no_reviewer() {
+    let mut scenario = Scenario::prepare("rv-nscd", Options::default());
+    let bob = UNLISTED_UID.to_string();
+    let pairs = [format!("{bob}=alice"), "0=alice".to_owned()];
+    // Up before the daemon, so that its very first lookup would go there.
+    let agents = scenario.agents.display().to_string();
+    let mut args = vec!["tamper", agents.as_str(), "name-service"];
+    args.extend(pairs.iter().map(String::as_str));
+    let mut service = NameService(
+        Command::new(bin("gk-helper"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut ready = String::new();
+    BufReader::new(service.0.stdout.as_mut().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "READY", "the agent's name service");
+    scenario.start_daemon();
+    // glibc, in a fresh process outside, takes its word.
+    let lookup = Command::new(bin("gk-helper"))
+        .args(["tamper", "-", "user-name", &bob])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&lookup.stdout).contains("NAME=alice"),
+        "{lookup:?}"
+    );
+    let id = scenario.denied_request();
+    assert_eq!(scenario.request(&id)["process"]["user"], "root");
+    let approve = Command::new(bin("gatekeeper"))
+        .arg("--socket")
+        .arg(&scenario.socket)
+        .args(["approve", &id])
+        .uid(UNLISTED_UID)
+        .gid(UNLISTED_UID)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&approve.stderr).contains("bob is not a listed reviewer"),
+        "{approve:?}"
+    );
+    assert_eq!(scenario.request(&id)["state"], "pending");
+    // alice herself, outside, approves it.
+    let approve = Command::new(bin("gatekeeper"))
+        .arg("--socket")
+        .arg(&scenario.socket)
+        .args(["approve", &id, "--reason", "checked"])
+        .uid(ALICE_UID)
+        .gid(ALICE_UID)
+        .output()
+        .unwrap();
+    assert!(approve.status.success(), "{approve:?}");
+}
+
+/// The agent's name service, ended and its socket removed when dropped (also when a test
+/// fails): later tests must not meet it.
+struct NameService(std::process::Child);
+
+impl Drop for NameService {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_file("/var/run/nscd/socket");
+    }
 }
 
 #[test]
