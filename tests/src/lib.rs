@@ -5,7 +5,7 @@
 //! release binary, the webhook is a real HTTP listener on loopback.
 
 use std::{
-    os::unix::fs::PermissionsExt as _,
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::{Arc, Mutex},
@@ -860,6 +860,19 @@ alice = "{alice_key}"
             .arg("--socket")
             .arg(&self.socket)
             .args(args)
+            .output()
+            .expect("run gatekeeper")
+    }
+
+    /// Runs the CLI against this scenario's daemon as the user (and group) `uid`, from outside
+    /// any agent cgroup.
+    pub fn gatekeeper_as(&self, uid: u32, args: &[&str]) -> Output {
+        Command::new(bin("gatekeeper"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .uid(uid)
+            .gid(uid)
             .output()
             .expect("run gatekeeper")
     }

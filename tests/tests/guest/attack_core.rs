@@ -2,7 +2,6 @@
 //! ordinary user outside. Each test asserts the property; where the attack works today, it fails.
 
 use std::{
-    os::unix::process::CommandExt as _,
     path::Path,
     process::{Command, Stdio},
     time::Duration,
@@ -106,14 +105,7 @@ fn attack_refused_decisions_on_made_up_ids_do_not_grow_the_journal() {
     let before = journal_len(&scenario.journal);
     // An ordinary user outside the agent cgroups, not a reviewer.
     for _ in 0..10 {
-        let output = Command::new(bin("gatekeeper"))
-            .arg("--socket")
-            .arg(&scenario.socket)
-            .args(["deny", &long_id])
-            .uid(UNLISTED_UID)
-            .gid(UNLISTED_UID)
-            .output()
-            .unwrap();
+        let output = scenario.gatekeeper_as(UNLISTED_UID, &["deny", &long_id]);
         assert!(!output.status.success());
     }
     let by_user = journal_len(&scenario.journal) - before;

@@ -1,6 +1,6 @@
 //! Exec approvals end to end.
 
-use std::{os::unix::process::CommandExt as _, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use gatekeeper_tests::{
     Exec, Options, Scenario, UNLISTED_UID, WEBHOOK_SECRET, bin, now_unix, reviewer_key, wait_for,
@@ -278,14 +278,7 @@ fn deny_leaves_it_blocked() {
 fn unlisted_reviewer_is_refused() {
     let scenario = Scenario::start("unlisted", Options::default());
     let id = scenario.denied_request();
-    let output = Command::new(bin("gatekeeper"))
-        .arg("--socket")
-        .arg(&scenario.socket)
-        .args(["approve", &id])
-        .uid(UNLISTED_UID)
-        .gid(UNLISTED_UID)
-        .output()
-        .unwrap();
+    let output = scenario.gatekeeper_as(UNLISTED_UID, &["approve", &id]);
     assert!(!output.status.success());
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("bob is not a listed reviewer"),
@@ -295,14 +288,7 @@ fn unlisted_reviewer_is_refused() {
     assert_eq!(scenario.agent_exec(), Exec::Denied);
     scenario.wait_journal("decision_refused", |event| event["reviewer"] == "bob");
     // Requests carry agents' command lines: a non-reviewer cannot list them either.
-    let listing = Command::new(bin("gatekeeper"))
-        .arg("--socket")
-        .arg(&scenario.socket)
-        .args(["requests", "--json"])
-        .uid(UNLISTED_UID)
-        .gid(UNLISTED_UID)
-        .output()
-        .unwrap();
+    let listing = scenario.gatekeeper_as(UNLISTED_UID, &["requests", "--json"]);
     assert!(!listing.status.success(), "{listing:?}");
     assert!(!String::from_utf8_lossy(&listing.stdout).contains(&id));
 }

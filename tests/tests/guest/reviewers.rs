@@ -3,7 +3,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    os::unix::fs::PermissionsExt as _,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -190,28 +190,14 @@ fn an_agents_name_service_names_no_reviewer() {
     );
     let id = scenario.denied_request();
     assert_eq!(scenario.request(&id)["process"]["user"], "root");
-    let approve = Command::new(bin("gatekeeper"))
-        .arg("--socket")
-        .arg(&scenario.socket)
-        .args(["approve", &id])
-        .uid(UNLISTED_UID)
-        .gid(UNLISTED_UID)
-        .output()
-        .unwrap();
+    let approve = scenario.gatekeeper_as(UNLISTED_UID, &["approve", &id]);
     assert!(
         String::from_utf8_lossy(&approve.stderr).contains("bob is not a listed reviewer"),
         "{approve:?}"
     );
     assert_eq!(scenario.request(&id)["state"], "pending");
     // alice herself, outside, approves it.
-    let approve = Command::new(bin("gatekeeper"))
-        .arg("--socket")
-        .arg(&scenario.socket)
-        .args(["approve", &id, "--reason", "checked"])
-        .uid(ALICE_UID)
-        .gid(ALICE_UID)
-        .output()
-        .unwrap();
+    let approve = scenario.gatekeeper_as(ALICE_UID, &["approve", &id, "--reason", "checked"]);
     assert!(approve.status.success(), "{approve:?}");
 }
 
@@ -234,14 +220,7 @@ fn the_owner_never_approves_on_any_channel() {
     let id = scenario.denied_request();
     assert_eq!(scenario.request(&id)["owner"], "alice");
 
-    let by_cli = Command::new(bin("gatekeeper"))
-        .arg("--socket")
-        .arg(&scenario.socket)
-        .args(["approve", &id, "--reason", "mine"])
-        .uid(ALICE_UID)
-        .gid(ALICE_UID)
-        .output()
-        .unwrap();
+    let by_cli = scenario.gatekeeper_as(ALICE_UID, &["approve", &id, "--reason", "mine"]);
     assert!(!by_cli.status.success());
     assert!(
         String::from_utf8_lossy(&by_cli.stderr).contains("owns the agent"),

@@ -98,14 +98,10 @@ fn agent_run_starts_an_agent_whose_owner_cannot_approve_it() {
     let started = scenario.wait_journal("agent_started", |_| true);
     assert_eq!(started["owner"], "alice");
     assert_eq!(started["by"], "root");
-    let by_owner = Command::new(bin("gatekeeper"))
-        .arg("--socket")
-        .arg(&scenario.socket)
-        .args(["approve", request.request_id(), "--reason", "mine"])
-        .uid(ALICE_UID)
-        .gid(ALICE_UID)
-        .output()
-        .unwrap();
+    let by_owner = scenario.gatekeeper_as(
+        ALICE_UID,
+        &["approve", request.request_id(), "--reason", "mine"],
+    );
     assert!(!by_owner.status.success(), "{by_owner:?}");
 
     // The same command outside the launcher runs unasked: the cgroup made it an agent.
