@@ -355,7 +355,8 @@ pub mod daemon_file {
     /// The reviewers' socket: connected to only from outside the agent cgroups, so whoever
     /// is on a connection there is no agent, whatever its pid names later.
     pub const REVIEWER_SOCKET: u32 = 8;
-    /// The agents' socket: connected to by anyone, never renamed or unlinked by agents.
+    /// The agents' socket (and systemd's notify socket): connected to by anyone, never renamed
+    /// or unlinked by agents.
     pub const AGENT_SOCKET: u32 = 16;
     /// The daemon's own directory (its sockets'): agents make no name in it, so none can stand
     /// in for a socket while the daemon is away.

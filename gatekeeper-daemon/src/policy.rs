@@ -1103,6 +1103,14 @@ fn daemon_files(config: &Config) -> Result<Vec<(Target, u32)>, PolicyError> {
     let seal_key = std::fs::symlink_metadata(&config.seal_key)
         .is_ok()
         .then_some((config.seal_key.as_path(), daemon_file::SECRET));
+    // systemd's notify socket (a path, unless abstract): put aside and replaced by an agent's, a
+    // restarted daemon's READY would never reach systemd, which would stop it again and again.
+    let notify = std::env::var_os("NOTIFY_SOCKET")
+        .map(PathBuf::from)
+        .filter(|path| path.is_absolute() && std::fs::symlink_metadata(path).is_ok());
+    let notify = notify
+        .as_deref()
+        .map(|path| (path, daemon_file::AGENT_SOCKET));
     let named = config
         .exec_rules
         .iter()
@@ -1114,7 +1122,7 @@ fn daemon_files(config: &Config) -> Result<Vec<(Target, u32)>, PolicyError> {
                 .iter()
                 .map(|rule| (rule.path.as_path(), 0)),
         );
-    for (path, bits) in own.into_iter().chain(seal_key).chain(named) {
+    for (path, bits) in own.into_iter().chain(seal_key).chain(notify).chain(named) {
         let failed = |cause| PolicyError::DaemonFile {
             path: path.to_owned(),
             cause,

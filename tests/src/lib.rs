@@ -737,7 +737,12 @@ alice = "{alice_key}"
 
     /// Starts (or restarts) the daemon and waits until it enforces.
     pub fn start_daemon(&mut self) {
-        self.spawn_daemon();
+        self.start_daemon_with(&[]);
+    }
+
+    /// [`Scenario::start_daemon`] with more environment variables.
+    pub fn start_daemon_with(&mut self, env: &[(&str, &Path)]) {
+        self.spawn_daemon_with(env);
         let deadline = Instant::now() + PATIENCE;
         while !self.gatekeeper(&["status"]).status.success() {
             if let Some(status) = self.daemon_exited() {
@@ -754,6 +759,11 @@ alice = "{alice_key}"
 
     /// Starts the daemon without waiting for it (see [`Scenario::daemon_exited`]).
     pub fn spawn_daemon(&mut self) {
+        self.spawn_daemon_with(&[]);
+    }
+
+    /// [`Scenario::spawn_daemon`] with more environment variables.
+    pub fn spawn_daemon_with(&mut self, env: &[(&str, &Path)]) {
         assert!(self.daemon.is_none(), "a daemon is already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -764,6 +774,7 @@ alice = "{alice_key}"
             .arg("daemon")
             .arg("--config")
             .arg(&self.config)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

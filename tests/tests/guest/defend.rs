@@ -345,6 +345,64 @@ impl Drop for MemoryHold {
     }
 }
 
+/// Nor put systemd's notify socket aside for one of its own: a restarted daemon's READY would
+/// never reach systemd, which would stop it again and again. Root and user agents neither
+/// unlink nor rename the socket the daemon was given, nor rename its directory; root outside
+/// does. (The guest has no systemd: the test stands in for it.)
+#[test]
+fn agent_cannot_take_the_notify_socket() {
+    let mut scenario = Scenario::prepare("defend-notify", Options::default());
+    let dir = Path::new("/run/gk-defend-notify");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let socket_path = dir.join("notify");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    scenario.start_daemon_with(&[("NOTIFY_SOCKET", &socket_path)]);
+    let mut ready = [0u8; 256];
+    let size = systemd.recv(&mut ready).expect("the daemon's READY");
+    assert!(
+        String::from_utf8_lossy(&ready[..size]).contains("READY=1"),
+        "{:?}",
+        &ready[..size]
+    );
+    let socket = socket_path.display().to_string();
+    let aside = dir.join("aside").display().to_string();
+    let dir_text = dir.display().to_string();
+    let moved_dir = "/run/gk-defend-notify-moved";
+    for (op, args) in [
+        ("unlink", vec![socket.as_str()]),
+        ("rename", vec![socket.as_str(), aside.as_str()]),
+        ("rename", vec![dir_text.as_str(), moved_dir]),
+    ] {
+        assert_eq!(
+            scenario.tamper(&scenario.agents, op, &args),
+            Outcome::Denied,
+            "root agent: {op} {args:?}"
+        );
+        assert_eq!(
+            scenario.tamper_as_user(&scenario.agents, op, &args),
+            Outcome::Denied,
+            "user agent: {op} {args:?}"
+        );
+    }
+    assert!(socket_path.exists());
+    journaled(&scenario, "daemon_file");
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "rename", &[&socket, &aside]),
+        Outcome::Ok
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "rename", &[&aside, &socket]),
+        Outcome::Ok
+    );
+    drop(scenario);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn agent_cannot_remove_pins_or_unmount_bpffs() {
     let scenario = Scenario::start("defend-pins", Options::default());
