@@ -3,7 +3,8 @@
 //! glibc's lookups (`getpwuid`, `getpwnam`, `getgrouplist`) first ask a name service over a unix
 //! socket (nscd's in `/var/run/nscd`, systemd's in `/run/systemd/userdb`), which a root agent can
 //! make where none is: it would then say who a caller of the reviewers' socket is, and could
-//! make each lookup wait for seconds. The files are below `/etc`, which agents cannot change.
+//! make each lookup wait for seconds. The files are below `/etc`, which agents cannot change
+//! while it is among `[agents] host_paths` (the default).
 //! Users known only to a directory service (LDAP, SSSD) have no name here: reviewers, owners and
 //! `--user` must be local users.
 

@@ -3324,9 +3324,11 @@ fn env_attack(kind: &str, program: &str, argv: &[&str]) -> i32 {
 /// unanswered, as any agent can, so that every reader of its `/proc/PID/cmdline` waits (the
 /// daemon reads the command lines of a denied process's parents). A thread reads a page of the
 /// server's file through /proc/self/mem, which faults with the lock held for reading; another
-/// thread's mmap then queues for it, so later readers queue behind. A child forked beforehand
-/// (fork takes the lock) then execs PROGRAM. Prints PID=, EXEC=denied|errno:N|status:N and
-/// READY, and lets go (ends the server) once a line arrives on stdin. MODE is the server's namespace (see
+/// thread's mmap then queues for it, so later readers queue behind. A child (forked first: fork
+/// takes the lock) sets the two threads off and then execs PROGRAM. Prints PID=; the child prints
+/// EXEC=denied or EXEC=failed (PROGRAM prints its own line if it runs). A line on stdin ends the
+/// server, which lets go. This process does nothing once the lock is held: on kernels without
+/// per-VMA locks (6.1) even its own page faults wait for it. MODE is the server's namespace (see
 /// enter_namespace): `private` as root, `user` as an ordinary user.
 fn hold_mm(mode: &str, program: &str) -> Result<(), i32> {
     let dir = format!("/tmp/gk-hold-mm-{}", std::process::id());
@@ -3392,33 +3394,38 @@ fn hold_mm(mode: &str, program: &str) -> Result<(), i32> {
     }
     // SAFETY: plain open.
     let mem = fd_of(unsafe { libc::open(mem.as_ptr(), libc::O_RDONLY) } as libc::c_long)?;
-    let [exec_read, exec_write] = pipe()?;
-    let mut failed = [0i32; 2];
-    // SAFETY: a two-int array for pipe2(2) to fill; an exec closes the child's end.
-    errno_of(unsafe { libc::pipe2(failed.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long)?;
-    let [failed_read, failed_write] = failed;
-    // SAFETY: fork before any thread. The child waits, execs, and if that fails says why and
+    // The child sets the hold off and execs: after the fork every page this process writes
+    // is copy-on-write, so even its own stack faults, and waits, once the lock is held.
+    let [go_read, go_write] = pipe()?;
+    let [fault_read, fault_write] = pipe()?;
+    let [queue_read, queue_write] = pipe()?;
+    // SAFETY: fork before any thread. The child waits for the word, lets the thread that holds
+    // the lock go, then the one that queues behind it, and execs; if that fails it says why and
     // stays (a request's parents are read while it lives) until this process ends.
     let child = unsafe { libc::fork() };
     if child == 0 {
         let argv = [program.as_ptr(), target.as_ptr(), std::ptr::null()];
         // SAFETY: closes of its own descriptors; NUL-terminated strings and a null-terminated
-        // array that outlive the exec; one byte from a local.
+        // array that outlive the exec; bytes from statics.
         unsafe {
-            libc::close(exec_write);
-            libc::close(failed_read);
-            wait_byte(exec_read);
+            libc::close(go_write);
+            wait_byte(go_read);
+            send_byte(fault_write);
+            libc::usleep(500_000);
+            send_byte(queue_write);
+            libc::usleep(500_000);
             libc::execv(program.as_ptr(), argv.as_ptr());
-            libc::write(failed_write, [last_errno() as u8].as_ptr().cast(), 1);
-            wait_byte(exec_read);
+            let said: &[u8] = if last_errno() == libc::EPERM {
+                b"EXEC=denied\n"
+            } else {
+                b"EXEC=failed\n"
+            };
+            libc::write(libc::STDOUT_FILENO, said.as_ptr().cast(), said.len());
+            wait_byte(go_read);
             libc::_exit(1)
         }
     }
-    // SAFETY: this process's copy of the child's end.
-    unsafe { libc::close(failed_write) };
     // Both threads are made (their stacks mapped) before the lock is held.
-    let [fault_read, fault_write] = pipe()?;
-    let [queue_read, queue_write] = pipe()?;
     let address = map as i64;
     std::thread::spawn(move || {
         wait_byte(fault_read);
@@ -3440,34 +3447,13 @@ fn hold_mm(mode: &str, program: &str) -> Result<(), i32> {
             )
         };
     });
-    // Printed now: stdout's buffer is allocated on its first use.
     println!("PID={}", std::process::id());
-    send_byte(fault_write);
-    std::thread::sleep(Duration::from_millis(500));
-    send_byte(queue_write);
-    std::thread::sleep(Duration::from_millis(500));
-    send_byte(exec_write);
-    let mut errno = 0u8;
-    // SAFETY: one byte into a local; nothing comes if the exec succeeded.
-    match unsafe { libc::read(failed_read, (&raw mut errno).cast(), 1) } {
-        1 if i32::from(errno) == libc::EPERM => println!("EXEC=denied"),
-        1 => println!("EXEC=errno:{errno}"),
-        _ => {
-            let mut status = 0;
-            // SAFETY: waits for our own child.
-            unsafe { libc::waitpid(child, &mut status, 0) };
-            println!("EXEC=status:{}", libc::WEXITSTATUS(status));
-        }
-    }
-    println!("READY");
-    wait_byte(libc::STDIN_FILENO);
-    // Ending the server aborts its connection: the read fails and the lock is let go. The child
-    // sees its pipe closed and ends.
+    send_byte(go_write);
+    // Until the server ends; then the child sees its pipe closed and ends too.
     // SAFETY: our own children and descriptor.
     unsafe {
-        libc::kill(server, libc::SIGKILL);
         libc::waitpid(server, std::ptr::null_mut(), 0);
-        libc::close(exec_write);
+        libc::close(go_write);
         libc::waitpid(child, std::ptr::null_mut(), 0);
     }
     let _ = std::fs::remove_dir(&dir);
@@ -3515,12 +3501,30 @@ const FUSE_BATCH_FORGET: u32 = 42;
 const FUSE_ROOT: u64 = 1;
 const FUSE_FILE: u64 = 2;
 
-/// Serves the FUSE connection `fuse` until it ends: a root directory holding `f`, one page long,
-/// whose reads are never answered.
+/// Serves the FUSE connection `fuse` until it ends, or stdin has a line or ends: a root
+/// directory holding `f`, one page long, whose reads are never answered.
 fn serve_unreadable_file(fuse: i32) -> ! {
     // Big enough for any request with the 4 KiB writes INIT allows.
     let mut request = vec![0u8; 64 * 1024];
     loop {
+        let mut ready = [
+            libc::pollfd {
+                fd: fuse,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: libc::STDIN_FILENO,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two pollfds of ours.
+        unsafe { libc::poll(ready.as_mut_ptr(), 2, -1) };
+        if ready[1].revents != 0 {
+            // SAFETY: told to end (the connection aborts with it).
+            unsafe { libc::_exit(0) };
+        }
         // SAFETY: into our buffer.
         let read = unsafe { libc::read(fuse, request.as_mut_ptr().cast(), request.len()) };
         if read < 0 {
