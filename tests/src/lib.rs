@@ -991,6 +991,20 @@ alice = "{alice_key}"
         helper_outcome(&all)
     }
 
+    /// Root and user agents in the configured agent cgroup are both denied `op` on `args`.
+    pub fn agents_denied(&self, op: &str, args: &[&str]) {
+        assert_eq!(
+            self.tamper(&self.agents, op, args),
+            Outcome::Denied,
+            "root agent: {op} {args:?}"
+        );
+        assert_eq!(
+            self.tamper_as_user(&self.agents, op, args),
+            Outcome::Denied,
+            "user agent: {op} {args:?}"
+        );
+    }
+
     pub fn daemon_pid(&self) -> u32 {
         self.daemon.as_ref().expect("daemon running").id()
     }

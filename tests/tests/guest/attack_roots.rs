@@ -482,7 +482,7 @@ fn names_changed_only_from_outside(scenario: &Scenario, dir: &Path) {
         ("truncate", vec![victim.as_str()]),
         ("utimes", vec![victim.as_str()]),
     ] {
-        agents_denied(scenario, op, &args);
+        scenario.agents_denied(op, &args);
     }
     for (op, args) in [
         ("chmod", vec![victim.as_str(), "0600"]),
@@ -502,7 +502,7 @@ fn names_changed_only_from_outside(scenario: &Scenario, dir: &Path) {
         .chain([("unlink", vec![victim.clone()])])
     {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        agents_denied(scenario, op, &args);
+        scenario.agents_denied(op, &args);
     }
     assert_eq!(
         scenario.tamper(&scenario.outside, "acl", &[&victim, "0666"]),
@@ -530,23 +530,9 @@ fn names_changed_only_from_outside(scenario: &Scenario, dir: &Path) {
     }
 }
 
-/// Root and user agents are denied `op` on `args`.
-fn agents_denied(scenario: &Scenario, op: &str, args: &[&str]) {
-    assert_eq!(
-        scenario.tamper(&scenario.agents, op, args),
-        Outcome::Denied,
-        "root agent: {op} {args:?}"
-    );
-    assert_eq!(
-        scenario.tamper_as_user(&scenario.agents, op, args),
-        Outcome::Denied,
-        "user agent: {op} {args:?}"
-    );
-}
-
 /// Root and user agents are denied `op` on `args`; the user outside is not.
 fn only_from_outside(scenario: &Scenario, op: &str, args: &[&str]) {
-    agents_denied(scenario, op, args);
+    scenario.agents_denied(op, args);
     assert_eq!(
         scenario.tamper_as_user(&scenario.outside, op, args),
         Outcome::Ok,
@@ -1043,7 +1029,7 @@ fn asked_once_per_approval(scenario: &Scenario, target: &str, rule: &str) {
         ("cat", vec![target], file_access::READ),
         ("write", vec![target, "agent"], file_access::WRITE),
     ] {
-        agents_denied(scenario, op, &args);
+        scenario.agents_denied(op, &args);
         let request = request_for(access);
         assert_eq!(request["rule"], rule, "{request}");
         scenario.approve(&request);
