@@ -315,11 +315,16 @@ impl Config {
         Ok(config)
     }
 
-    /// Adds a rule for each host path that is a directory here (see [`host_guards`]). The file
+    /// Adds a rule for each host path that is a directory here (see [`host_guards`]), and for
+    /// the directories of the name servers' files (see [`crate::resolver::name_service_dirs`]). The file
     /// systems mounted below get theirs where the room left in the kernel's map is counted: as
     /// the daemon installs its policy, and at each change after.
     pub fn guard_host_paths(&mut self) {
-        self.guard_roots = guard_roots(&self.host_paths, &self.file_rules);
+        // The daemon resolves host names from the files there: agents change them no more than
+        // they change `/etc`.
+        let mut paths = self.host_paths.clone();
+        paths.extend(crate::resolver::name_service_dirs(&self.host_paths));
+        self.guard_roots = guard_roots(&paths, &self.file_rules);
         let guards = host_guards(&self.guard_roots, &self.file_rules, &[]);
         self.file_rules.extend(guards);
     }

@@ -24,8 +24,9 @@ use crate::{
     loader::{self, Kernel, LoaderError, PathList},
     metrics::Metrics,
     notify,
-    policy::{Policy, PolicyError},
+    policy::{Policy, PolicyError, ResolvedHosts},
     requests::{Admission, Denial, Request, State},
+    resolver::HostResolver,
 };
 
 /// How often time passes for the core: expiry, grant sweeps, deliveries, retention.
@@ -39,6 +40,16 @@ pub enum EngineError {
     Journal(#[from] JournalError),
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    #[error("cannot make the notifications' HTTP client: {0}")]
+    Client(reqwest::Error),
+}
+
+/// The HTTP client of notifications, with host names resolved by the daemon.
+fn notification_client(resolver: &HostResolver) -> Result<reqwest::Client, EngineError> {
+    (reqwest::Client::builder())
+        .dns_resolver(Arc::new(resolver.clone()))
+        .build()
+        .map_err(EngineError::Client)
 }
 
 /// CLOCK_BOOTTIME, the clock the kernel program checks grant expiry against.
@@ -114,6 +125,8 @@ impl Engine {
         config: Arc<Config>,
         handle: Handle,
         metrics: Arc<Metrics>,
+        resolver: &HostResolver,
+        resolved: &ResolvedHosts,
     ) -> Result<Self, EngineError> {
         // Before anything is written: a host that cannot enforce is told so first.
         loader::check_bpf_lsm()?;
@@ -143,7 +156,7 @@ impl Engine {
         };
         let was_enforcing = loader::links_pinned(&config.pin_dir);
         let mut kernel = Kernel::load(&config.pin_dir)?;
-        let (policy, mounts_guarded) = Policy::install(config.clone(), &mut kernel)?;
+        let (policy, mounts_guarded) = Policy::install(config.clone(), &mut kernel, resolved)?;
         let start = now();
         let mut core = Core::new(settings(&config), start, Box::new(random_id));
         for record in &opened.records {
@@ -192,7 +205,7 @@ impl Engine {
             journal_error: None,
             waiters: HashMap::new(),
             handle,
-            client: reqwest::Client::new(),
+            client: notification_client(resolver)?,
             stopping: None,
             sealing,
             last_seal: std::time::Instant::now(),

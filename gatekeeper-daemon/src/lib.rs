@@ -21,6 +21,7 @@ pub mod notify;
 pub mod policy;
 pub mod records;
 pub mod requests;
+pub mod resolver;
 pub mod service;
 pub mod shown;
 pub mod users;

@@ -3,8 +3,8 @@
 //! resolved again over time), and the rule behind each denial.
 
 use std::{
-    collections::{BTreeMap, HashSet},
-    net::{IpAddr, ToSocketAddrs as _},
+    collections::{BTreeMap, HashMap, HashSet},
+    net::IpAddr,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::Arc,
@@ -30,6 +30,7 @@ use crate::{
     journal::Event,
     loader::{Kernel, PathList},
     requests::{Bind, Denial, ExecCall, Kind, Process},
+    resolver::HostResolver,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -159,17 +160,22 @@ pub struct Policy {
     installed_nets: BTreeMap<Prefix, PortRanges>,
 }
 
-/// The addresses `host` resolves to now (blocking; used at start).
-fn resolve(host: &str) -> Result<Vec<IpAddr>, String> {
-    let addresses: Vec<IpAddr> = (host, 0)
-        .to_socket_addrs()
-        .map_err(|error| error.to_string())?
-        .map(|address| address.ip())
-        .collect();
-    if addresses.is_empty() {
-        return Err("no addresses".into());
+/// What the host of each `[[protect.connect]]` rule resolved to as the daemon started, or why it
+/// did not: by host.
+pub type ResolvedHosts = HashMap<String, Result<Vec<IpAddr>, String>>;
+
+/// Looks up the host of every `[[protect.connect]]` rule, for [`Policy::install`].
+pub async fn look_up_hosts(config: &Config, resolver: &HostResolver) -> ResolvedHosts {
+    let mut resolved = ResolvedHosts::new();
+    for rule in &config.connect_rules {
+        if let DestinationSpec::Host(host) = &rule.destination
+            && !resolved.contains_key(host)
+        {
+            let addresses = (resolver.addresses(host).await).map_err(|error| error.to_string());
+            resolved.insert(host.clone(), addresses);
+        }
     }
-    Ok(addresses)
+    resolved
 }
 
 /// The unix socket bound to the file a stat found.
@@ -471,6 +477,7 @@ impl Policy {
     pub fn install(
         config: Arc<Config>,
         kernel: &mut Kernel,
+        resolved: &ResolvedHosts,
     ) -> Result<(Self, Vec<Event>), PolicyError> {
         let mut agents = Vec::new();
         for path in &config.agent_cgroups {
@@ -545,7 +552,8 @@ impl Policy {
                     DestinationSpec::Cidr(prefix) => vec![*prefix],
                     // Judged by the unix socket hooks, not the destination trie.
                     DestinationSpec::Socket(_) => Vec::new(),
-                    DestinationSpec::Host(host) => resolve(host)
+                    DestinationSpec::Host(host) => (resolved.get(host).cloned())
+                        .unwrap_or_else(|| Err("not looked up".to_owned()))
                         .map_err(|cause| PolicyError::Resolve {
                             index,
                             host: host.clone(),

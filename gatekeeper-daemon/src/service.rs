@@ -19,7 +19,8 @@ use crate::{
     handle::{self, Command, Handle},
     journal::forward::Forwarder,
     metrics::{self, Metrics},
-    policy::{Digest, content_of, exec_target_of},
+    policy::{self, Digest, content_of, exec_target_of},
+    resolver::HostResolver,
 };
 
 /// How often protected paths are checked for replacement (the promise is within 2 s).
@@ -153,7 +154,12 @@ async fn watch_paths(paths: (Vec<PathBuf>, Vec<PathBuf>), handle: Handle) {
 }
 
 /// Resolves every host rule again each interval; a failed lookup keeps what was protected.
-async fn resolve_hosts(hosts: Vec<(usize, String)>, interval: Duration, handle: Handle) {
+async fn resolve_hosts(
+    hosts: Vec<(usize, String)>,
+    interval: Duration,
+    resolver: HostResolver,
+    handle: Handle,
+) {
     if hosts.is_empty() {
         return;
     }
@@ -162,9 +168,8 @@ async fn resolve_hosts(hosts: Vec<(usize, String)>, interval: Duration, handle: 
     loop {
         ticks.tick().await;
         for (rule, host) in &hosts {
-            match tokio::net::lookup_host((host.as_str(), 0)).await {
+            match resolver.addresses(host).await {
                 Ok(addresses) => {
-                    let addresses = addresses.map(|address| address.ip()).collect();
                     if !handle
                         .send(Command::Resolved {
                             rule: *rule,
@@ -193,7 +198,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // again if the engine cannot start (no API while nothing is enforced).
     let sockets = LocalSockets::bind(&config)?;
     let metrics = Arc::new(Metrics::new());
-    let mut engine = match Engine::start(config.clone(), handle.clone(), metrics.clone()) {
+    let resolver = HostResolver::default();
+    let resolved = policy::look_up_hosts(&config, &resolver).await;
+    let started = Engine::start(
+        config.clone(),
+        handle.clone(),
+        metrics.clone(),
+        &resolver,
+        &resolved,
+    );
+    let mut engine = match started {
         Ok(engine) => engine,
         Err(error) => {
             sockets.remove();
@@ -234,9 +248,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     ));
     let paths = tokio::spawn(watch_paths(engine.watched_paths(), handle.clone()));
     let mounts = tokio::spawn(watch_mounts(handle.clone()));
-    let resolver = tokio::spawn(resolve_hosts(
+    let hosts = tokio::spawn(resolve_hosts(
         engine.hosts(),
         config.resolve_interval,
+        resolver.clone(),
         handle.clone(),
     ));
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -253,6 +268,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                     journal: config.journal.clone(),
                     after: forwarded.get(&forward.name()).copied(),
                     host: host.clone(),
+                    resolver: resolver.clone(),
                     handle: handle.clone(),
                 }
                 .run(),
@@ -298,7 +314,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let _ = stop_local.send(());
     let _ = local.await;
-    for task in [paths, mounts, resolver, signals, watchdog]
+    for task in [paths, mounts, hosts, signals, watchdog]
         .into_iter()
         .chain(forwarders)
     {

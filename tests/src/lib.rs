@@ -520,6 +520,18 @@ pub enum Outcome {
     Errno(i32),
 }
 
+/// An agent's name service ([`Scenario::agents_name_service`]), ended and its socket removed
+/// when dropped (also when a test fails): later tests must not meet it.
+pub struct NameService(Child);
+
+impl Drop for NameService {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_file("/var/run/nscd/socket");
+    }
+}
+
 /// One test's world.
 pub struct Scenario {
     pub dir: PathBuf,
@@ -989,6 +1001,28 @@ alice = "{alice_key}"
         ];
         all.extend_from_slice(args);
         helper_outcome(&all)
+    }
+
+    /// A root agent's nscd (gk-helper's `name-service`, each pair `UID=NAME` or `HOST=IPV4`),
+    /// serving once this returns; ended when the value is dropped.
+    pub fn agents_name_service(&self, pairs: &[String]) -> NameService {
+        use std::io::BufRead as _;
+        let agents = self.agents.display().to_string();
+        let mut args = vec!["tamper", agents.as_str(), "name-service"];
+        args.extend(pairs.iter().map(String::as_str));
+        let mut service = NameService(
+            Command::new(bin("gk-helper"))
+                .args(&args)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut ready = String::new();
+        std::io::BufReader::new(service.0.stdout.as_mut().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        assert_eq!(ready.trim(), "READY", "the agent's name service");
+        service
     }
 
     /// Root and user agents in the configured agent cgroup are both denied `op` on `args`.

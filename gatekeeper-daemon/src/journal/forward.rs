@@ -30,6 +30,7 @@ use tracing::{error, info, warn};
 use crate::{
     config::Forward,
     handle::{Command, Handle},
+    resolver::HostResolver,
 };
 
 /// Facility "log audit" (13), severity informational (6).
@@ -121,6 +122,7 @@ pub struct Forwarder {
     /// The last record the receiver had; None: none yet.
     pub after: Option<u64>,
     pub host: String,
+    pub resolver: HostResolver,
     pub handle: Handle,
 }
 
@@ -197,7 +199,7 @@ impl Forwarder {
                 self.send_to_syslog(&address, tls.as_ref()).await
             }
             Forward::Https { url, ca_file } => {
-                let client = match https_client(ca_file.as_deref()) {
+                let client = match https_client(ca_file.as_deref(), &self.resolver) {
                     Ok(client) => client,
                     Err(error) => {
                         error!(receiver = %url, %error, "cannot forward the journal there");
@@ -223,8 +225,11 @@ impl Forwarder {
         let mut retry = RETRY_FIRST;
         let mut down = false;
         loop {
-            let connected =
-                tokio::time::timeout(CONNECT_TIMEOUT, SyslogStream::connect(address, tls)).await;
+            let connected = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                SyslogStream::connect(address, tls, &self.resolver),
+            )
+            .await;
             let mut stream = match connected {
                 Ok(Ok(stream)) => stream,
                 failed => {
@@ -356,8 +361,12 @@ enum SyslogStream {
 }
 
 impl SyslogStream {
-    async fn connect(address: &str, tls: Option<&TlsConnector>) -> std::io::Result<Self> {
-        let tcp = TcpStream::connect(address).await?;
+    async fn connect(
+        address: &str,
+        tls: Option<&TlsConnector>,
+        resolver: &HostResolver,
+    ) -> std::io::Result<Self> {
+        let tcp = TcpStream::connect(&resolver.socket_addresses(address).await?[..]).await?;
         let Some(tls) = tls else {
             return Ok(Self::Plain(tcp));
         };
@@ -426,8 +435,13 @@ fn tls_connector(ca_file: Option<&Path>) -> Result<TlsConnector, String> {
 }
 
 /// A client trusting the usual roots, and the certificates in `ca_file` if given.
-fn https_client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder().timeout(HTTPS_TIMEOUT);
+fn https_client(
+    ca_file: Option<&Path>,
+    resolver: &HostResolver,
+) -> Result<reqwest::Client, String> {
+    let mut builder = (reqwest::Client::builder())
+        .timeout(HTTPS_TIMEOUT)
+        .dns_resolver(Arc::new(resolver.clone()));
     if let Some(path) = ca_file {
         let pem = std::fs::read(path).map_err(|error| format!("{}: {error}", path.display()))?;
         let certificates = reqwest::Certificate::from_pem_bundle(&pem)

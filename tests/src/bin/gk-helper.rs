@@ -592,8 +592,17 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         "loopback-mtu" => loopback_mtu(number(0)?),
         // hold-mm private|user PROGRAM (see hold_mm).
         "hold-mm" => hold_mm(text(0)?, text(1)?),
-        // name-service UID=NAME...: see name_service.
+        // name-service UID=NAME|HOST=IPV4...: see name_service.
         "name-service" => name_service(args),
+        // host-address HOST: ADDRESS= each address glibc's getaddrinfo gives.
+        "host-address" => {
+            use std::net::ToSocketAddrs as _;
+            let found = (text(0)?, 0).to_socket_addrs().map_err(|_| libc::ENOENT)?;
+            for address in found {
+                println!("ADDRESS={}", address.ip());
+            }
+            Ok(())
+        }
         // user-name UID: NAME= what glibc's getpwuid says.
         "user-name" => {
             // SAFETY: getpwuid's result is read before any other lookup.
@@ -3611,17 +3620,19 @@ fn fuse_attributes(node: u64) -> Vec<u8> {
     attributes
 }
 
-/// nscd, as far as glibc's passwd lookups by uid go, at /var/run/nscd/socket (where glibc asks
-/// before /etc/passwd), naming each UID of UID=NAME as NAME and knowing no other. Prints READY,
-/// then serves until killed.
+/// nscd, as far as glibc's lookups of a passwd entry by uid and of a host's addresses go, at
+/// /var/run/nscd/socket (where glibc asks before /etc/passwd, /etc/hosts and DNS): each UID of
+/// UID=NAME is named NAME, each HOST of HOST=IPV4 has the one address IPV4, and no other is
+/// known. Prints READY, then serves until killed.
 fn name_service(pairs: &[&str]) -> Result<(), i32> {
     use std::io::{Read as _, Write as _};
     const GETPWBYUID: i32 = 1;
+    const GETAI: i32 = 14;
     let io = |error: std::io::Error| error.raw_os_error().unwrap_or(-1);
-    let names: Vec<(String, &str)> = pairs
+    let pairs: Vec<(String, &str)> = pairs
         .iter()
         .filter_map(|pair| pair.split_once('='))
-        .map(|(uid, name)| (format!("{uid}\0"), name))
+        .map(|(key, value)| (format!("{key}\0"), value))
         .collect();
     std::fs::create_dir_all("/var/run/nscd").map_err(io)?;
     let _ = std::fs::remove_file("/var/run/nscd/socket");
@@ -3642,38 +3653,77 @@ fn name_service(pairs: &[&str]) -> Result<(), i32> {
         }
         let word =
             |at: usize| i32::from_ne_bytes(header[at..at + 4].try_into().unwrap_or_default());
-        let mut key = vec![0u8; word(8).clamp(0, 256) as usize];
-        if stream.read_exact(&mut key).is_err() || word(4) != GETPWBYUID {
-            // Anything else (the cache's shared map first) is dropped: glibc then asks this way.
+        let kind = word(4);
+        let mut key = vec![0u8; word(8).clamp(0, 1024) as usize];
+        // Anything else (the cache's shared map first) is dropped: glibc then asks this way.
+        if stream.read_exact(&mut key).is_err() || ![GETPWBYUID, GETAI].contains(&kind) {
             continue;
         }
-        let Some((uid, name)) = names.iter().find(|(uid, _)| uid.as_bytes() == key) else {
-            continue;
-        };
-        let uid: i32 = uid.trim_end_matches('\0').parse().unwrap_or(0);
-        let strings = [
-            format!("{name}\0"),
-            "x\0".into(),
-            "\0".into(),
-            "/tmp\0".into(),
-            "/bin/sh\0".into(),
-        ];
-        // pw_response_header: version, found, the lengths of name and password, uid, gid, the
-        // lengths of gecos, home and shell; then the strings.
-        let mut reply = Vec::new();
-        let lengths = strings
+        let value = pairs
             .iter()
-            .map(|text| text.len() as i32)
-            .collect::<Vec<_>>();
-        for word in [
-            2, 1, lengths[0], lengths[1], uid, uid, lengths[2], lengths[3], lengths[4],
-        ] {
-            reply.extend(word.to_ne_bytes());
-        }
-        for text in &strings {
-            reply.extend(text.as_bytes());
-        }
+            .find(|(known, _)| known.as_bytes() == key)
+            .map(|(_, value)| *value);
+        let reply = match (kind, value) {
+            (GETPWBYUID, Some(name)) => passwd_reply(&key, name),
+            (GETAI, Some(address)) => {
+                let Ok(address) = address.parse::<std::net::Ipv4Addr>() else {
+                    continue;
+                };
+                host_reply(&key, address)
+            }
+            // A host not known: "not found", so glibc looks no further.
+            (GETAI, None) => [2i32, 0, 0, 0, 0, 0]
+                .iter()
+                .flat_map(|word| word.to_ne_bytes())
+                .collect(),
+            _ => continue,
+        };
         let _ = stream.write_all(&reply);
     }
     Ok(())
+}
+
+/// nscd's answer to GETPWBYUID for `key` (the uid, NUL-terminated): found, named `name`.
+fn passwd_reply(key: &[u8], name: &str) -> Vec<u8> {
+    let uid: i32 = String::from_utf8_lossy(key)
+        .trim_end_matches('\0')
+        .parse()
+        .unwrap_or(0);
+    let strings = [
+        format!("{name}\0"),
+        "x\0".into(),
+        "\0".into(),
+        "/tmp\0".into(),
+        "/bin/sh\0".into(),
+    ];
+    // pw_response_header: version, found, the lengths of name and password, uid, gid, the
+    // lengths of gecos, home and shell; then the strings.
+    let mut reply = Vec::new();
+    let lengths = strings
+        .iter()
+        .map(|text| text.len() as i32)
+        .collect::<Vec<_>>();
+    for word in [
+        2, 1, lengths[0], lengths[1], uid, uid, lengths[2], lengths[3], lengths[4],
+    ] {
+        reply.extend(word.to_ne_bytes());
+    }
+    for text in &strings {
+        reply.extend(text.as_bytes());
+    }
+    reply
+}
+
+/// nscd's answer to GETAI for `key` (the host, NUL-terminated): the one address `address`.
+fn host_reply(key: &[u8], address: std::net::Ipv4Addr) -> Vec<u8> {
+    // ai_response_header: version, found, how many addresses, their bytes, the canonical
+    // name's length, an error; then the addresses, a family byte for each, the canonical name.
+    let mut reply = Vec::new();
+    for word in [2i32, 1, 1, 4, key.len() as i32, 0] {
+        reply.extend(word.to_ne_bytes());
+    }
+    reply.extend(address.octets());
+    reply.push(libc::AF_INET as u8);
+    reply.extend(key);
+    reply
 }

@@ -1,8 +1,15 @@
 //! Network destinations end to end: connect and send from agents need approval.
 
-use std::{net::TcpListener, time::Duration};
+use std::{
+    net::TcpListener,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use gatekeeper_tests::{Options, Outcome, Scenario, wait_for};
+use gatekeeper_tests::{Options, Outcome, Scenario, SyslogReceiver, bin, wait_for};
 
 const ECONNREFUSED: i32 = 111;
 
@@ -279,4 +286,153 @@ fn host_rules_resolve_and_follow_the_name() {
         scenario.net(&scenario.agents, "tcp", "127.0.7.1:5432"),
         Outcome::Denied
     );
+}
+
+/// Host names are the daemon's own lookups, in /etc/hosts and with the name servers of
+/// /etc/resolv.conf: a root agent's nscd, up before the daemon (glibc asks it first), that gives
+/// a protected host and the journal's receiver an address of the agent's moves neither, while
+/// glibc outside believes it.
+#[test]
+fn an_agents_name_service_moves_no_destination() {
+    let _hosts = Restored::add_to(
+        "/etc/hosts",
+        "127.0.7.1 db.gatekeeper.test\n127.0.0.1 logs.gatekeeper.test\n",
+    );
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let receiver = SyslogReceiver::start_on(0, received.clone(), false);
+    // Where the agent's nscd says the journal's receiver is.
+    let decoy = TcpListener::bind(("127.0.7.9", receiver.port)).unwrap();
+    decoy.set_nonblocking(true).unwrap();
+    let mut scenario = Scenario::prepare(
+        "net-nscd",
+        Options {
+            extra: format!(
+                "[[protect.connect]]\nname = \"db by name\"\nhost = \"db.gatekeeper.test\"\n\
+                 ports = [5432]\nprotocol = \"tcp\"\n\n[[audit.forward]]\nkind = \"syslog\"\n\
+                 address = \"logs.gatekeeper.test:{}\"\n",
+                receiver.port
+            ),
+            ..Options::default()
+        },
+    );
+    let pairs =
+        ["db.gatekeeper.test", "logs.gatekeeper.test"].map(|host| format!("{host}=127.0.7.9"));
+    let _service = scenario.agents_name_service(&pairs);
+    let lookup = Command::new(bin("gk-helper"))
+        .args(["tamper", "-", "host-address", "db.gatekeeper.test"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&lookup.stdout);
+    let addresses: Vec<&str> = said
+        .lines()
+        .filter_map(|line| line.strip_prefix("ADDRESS="))
+        .collect();
+    assert_eq!(addresses, ["127.0.7.9"], "glibc outside: {lookup:?}");
+    scenario.start_daemon();
+    let _listeners = listen(&["127.0.7.1:5432", "127.0.7.9:5432"]);
+    assert_eq!(
+        scenario.net(&scenario.agents, "tcp", "127.0.7.1:5432"),
+        Outcome::Denied
+    );
+    scenario.wait_request_for("tcp 127.0.7.1:5432 (db.gatekeeper.test)");
+    // The agent's own address is no protected host's.
+    assert_eq!(
+        scenario.net(&scenario.agents, "tcp", "127.0.7.9:5432"),
+        Outcome::Ok
+    );
+    assert_eq!(
+        scenario.net(&scenario.outside, "tcp", "127.0.7.1:5432"),
+        Outcome::Ok
+    );
+    wait_for("the journal's records at its receiver", || {
+        (!received.lock().unwrap().is_empty()).then_some(())
+    });
+    assert_eq!(
+        decoy.accept().map(|_| ()).map_err(|error| error.kind()),
+        Err(std::io::ErrorKind::WouldBlock),
+        "the journal went to the agent's address"
+    );
+}
+
+/// /etc/resolv.conf is often a link into /run (systemd-resolved, resolvconf): the directory it
+/// leads to is guarded like a host path, so agents, root or not, neither rewrite nor replace the
+/// name servers the daemon will ask after its next start. The directory and the file are
+/// everyone's to write, so only Gatekeeper stands in a user agent's way.
+#[test]
+fn the_name_servers_are_host_files_wherever_they_live() {
+    let dir = "/run/gk-names";
+    let file = "/run/gk-names/resolv.conf";
+    let _link = ResolvConfIn::make(dir);
+    let scenario = Scenario::start("net-resolv", Options::default());
+    let spoofed = "nameserver 127.0.7.9\n";
+    scenario.agents_denied("write", &[file, spoofed]);
+    scenario.agents_denied("unlink", &[file]);
+    scenario.agents_denied("rename", &[file, "/run/gk-names/old"]);
+    scenario.agents_denied("write", &["/run/gk-names/new", spoofed]);
+    scenario.agents_denied("rename", &[dir, "/run/gk-names-old"]);
+    assert!(std::fs::read_to_string(file).unwrap().contains("127.0.0.1"));
+    // Outside, the host's own tools (systemd-resolved) keep writing it.
+    assert_eq!(
+        scenario.tamper(
+            &scenario.outside,
+            "write",
+            &[file, "nameserver 127.0.0.2\n"]
+        ),
+        Outcome::Ok
+    );
+}
+
+/// A host file with lines added, put back as it was when dropped (also when a test fails).
+struct Restored {
+    path: &'static str,
+    original: String,
+}
+
+impl Restored {
+    fn add_to(path: &'static str, lines: &str) -> Self {
+        let original = std::fs::read_to_string(path).unwrap_or_default();
+        std::fs::write(path, format!("{original}{lines}")).unwrap();
+        Self { path, original }
+    }
+}
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.path, &self.original);
+    }
+}
+
+/// /etc/resolv.conf made a link to `DIR/resolv.conf` (mode 0666 in a directory of mode 0777),
+/// as systemd-resolved links it; the host's own put back when dropped.
+struct ResolvConfIn {
+    dir: &'static str,
+    /// Where the host's own was put aside, if it had one.
+    aside: Option<PathBuf>,
+}
+
+impl ResolvConfIn {
+    const PATH: &'static str = "/etc/resolv.conf";
+
+    fn make(dir: &'static str) -> Self {
+        let aside = PathBuf::from("/etc/resolv.conf.gk-aside");
+        let aside = std::fs::rename(Self::PATH, &aside).is_ok().then_some(aside);
+        let made = Self { dir, aside };
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let file = Path::new(dir).join("resolv.conf");
+        std::fs::write(&file, "nameserver 127.0.0.1\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::os::unix::fs::symlink(&file, Self::PATH).unwrap();
+        made
+    }
+}
+
+impl Drop for ResolvConfIn {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(Self::PATH);
+        if let Some(aside) = &self.aside {
+            let _ = std::fs::rename(aside, Self::PATH);
+        }
+        let _ = std::fs::remove_dir_all(self.dir);
+    }
 }

@@ -1,12 +1,7 @@
 //! Reviewers where they work: Slack interactions, separation of duties, multi-approval rules,
 //! reasons, webhooks that come back, and agents that wait for the outcome.
 
-use std::{
-    io::{BufRead as _, BufReader},
-    os::unix::fs::PermissionsExt as _,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{os::unix::fs::PermissionsExt as _, process::Command, time::Duration};
 
 use gatekeeper_tests::{
     Exec, Options, Outcome, Scenario, UNLISTED_UID, WEBHOOK_SECRET, WebhookReceiver, bin,
@@ -163,21 +158,7 @@ fn an_agents_name_service_names_no_reviewer() {
     let bob = UNLISTED_UID.to_string();
     let pairs = [format!("{bob}=alice"), "0=alice".to_owned()];
     // Up before the daemon, so that its very first lookup would go there.
-    let agents = scenario.agents.display().to_string();
-    let mut args = vec!["tamper", agents.as_str(), "name-service"];
-    args.extend(pairs.iter().map(String::as_str));
-    let mut service = NameService(
-        Command::new(bin("gk-helper"))
-            .args(&args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut ready = String::new();
-    BufReader::new(service.0.stdout.as_mut().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
-    assert_eq!(ready.trim(), "READY", "the agent's name service");
+    let _service = scenario.agents_name_service(&pairs);
     scenario.start_daemon();
     // glibc, in a fresh process outside, takes its word.
     let lookup = Command::new(bin("gk-helper"))
@@ -199,18 +180,6 @@ fn an_agents_name_service_names_no_reviewer() {
     // alice herself, outside, approves it.
     let approve = scenario.gatekeeper_as(ALICE_UID, &["approve", &id, "--reason", "checked"]);
     assert!(approve.status.success(), "{approve:?}");
-}
-
-/// The agent's name service, ended and its socket removed when dropped (also when a test
-/// fails): later tests must not meet it.
-struct NameService(std::process::Child);
-
-impl Drop for NameService {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_file("/var/run/nscd/socket");
-    }
 }
 
 #[test]

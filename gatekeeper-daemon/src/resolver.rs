@@ -1,0 +1,272 @@
+//! Host names, resolved by the daemon itself from `/etc/hosts` and the name servers of
+//! `/etc/resolv.conf`. Never through glibc: its `getaddrinfo` asks nscd first, at a socket a root
+//! agent can stand up, and would then decide what a `[[protect.connect]]` host rule protects and
+//! where the journal and notifications go. The files are host files agents cannot change (see
+//! [`name_service_dirs`]).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use std::str::FromStr as _;
+
+use hickory_resolver::config::{
+    LookupIpStrategy, NameServerConfigGroup, ResolveHosts, ResolverConfig,
+};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::op::Query;
+use hickory_resolver::proto::rr::RecordType;
+use hickory_resolver::{Hosts, Name, TokioResolver};
+
+/// Where the name servers are named.
+pub const RESOLV_CONF: &str = "/etc/resolv.conf";
+/// Names the host itself gives addresses.
+pub const HOSTS: &str = "/etc/hosts";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("cannot read the name service's files: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Lookup(String),
+    #[error("no addresses")]
+    NoAddresses,
+}
+
+/// Which versions of the two files a resolver was made from: (device, inode, size, mtime).
+type Stamp = [Option<(u64, u64, u64, i64, i64)>; 2];
+
+fn stamp() -> Stamp {
+    [RESOLV_CONF, HOSTS].map(|path| {
+        std::fs::metadata(path).ok().map(|meta| {
+            (
+                meta.dev(),
+                meta.ino(),
+                meta.size(),
+                meta.mtime(),
+                meta.mtime_nsec(),
+            )
+        })
+    })
+}
+
+/// What host names are resolved with: the hosts file as read, and a DNS resolver.
+#[derive(Clone)]
+struct Made {
+    stamp: Stamp,
+    hosts: Arc<Hosts>,
+    dns: TokioResolver,
+}
+
+/// Resolves host names; made again from the files when either changes.
+#[derive(Clone, Default)]
+pub struct HostResolver {
+    made: Arc<Mutex<Option<Made>>>,
+}
+
+impl HostResolver {
+    fn current(&self) -> Result<Made, ResolveError> {
+        let now = stamp();
+        let mut made = self
+            .made
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(current) = made.as_ref()
+            && current.stamp == now
+        {
+            return Ok(current.clone());
+        }
+        let mut builder = match TokioResolver::builder_tokio() {
+            Ok(builder) => builder,
+            // As glibc does without the file: the name server on this host.
+            Err(_) if std::fs::symlink_metadata(RESOLV_CONF).is_err() => {
+                let local =
+                    NameServerConfigGroup::from_ips_clear(&[Ipv4Addr::LOCALHOST.into()], 53, true);
+                TokioResolver::builder_with_config(
+                    ResolverConfig::from_parts(None, Vec::new(), local),
+                    TokioConnectionProvider::default(),
+                )
+            }
+            Err(error) => return Err(ResolveError::Config(format!("{RESOLV_CONF}: {error}"))),
+        };
+        let options = builder.options_mut();
+        // Every address a name has: a protected host is protected on each.
+        options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        // Looked up first, here, as glibc's files: a name there is not asked of DNS at all.
+        options.use_hosts_file = ResolveHosts::Never;
+        let hosts = match Hosts::from_system() {
+            Ok(hosts) => hosts,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Hosts::default(),
+            Err(error) => return Err(ResolveError::Config(format!("{HOSTS}: {error}"))),
+        };
+        let current = Made {
+            stamp: now,
+            hosts: Arc::new(hosts),
+            dns: builder.build(),
+        };
+        *made = Some(current.clone());
+        Ok(current)
+    }
+
+    /// The addresses `host` (a name or an address) has now.
+    pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, ResolveError> {
+        if let Ok(address) = host.parse::<IpAddr>() {
+            return Ok(vec![address]);
+        }
+        let made = self.current()?;
+        let name = Name::from_str(host).map_err(|error| ResolveError::Lookup(error.to_string()))?;
+        let listed: Vec<IpAddr> = [RecordType::A, RecordType::AAAA]
+            .into_iter()
+            .filter_map(|kind| {
+                made.hosts
+                    .lookup_static_host(&Query::query(name.clone(), kind))
+            })
+            .flat_map(|lookup| {
+                lookup
+                    .iter()
+                    .filter_map(|data| data.ip_addr())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut addresses = match listed.is_empty() {
+            false => listed,
+            true => (made.dns.lookup_ip(name).await)
+                .map_err(|error| ResolveError::Lookup(error.to_string()))?
+                .iter()
+                .collect(),
+        };
+        addresses.sort();
+        addresses.dedup();
+        match addresses.is_empty() {
+            true => Err(ResolveError::NoAddresses),
+            false => Ok(addresses),
+        }
+    }
+
+    /// The socket addresses of `address`, `HOST:PORT` (`[V6]:PORT` for an IPv6 address).
+    pub async fn socket_addresses(&self, address: &str) -> std::io::Result<Vec<SocketAddr>> {
+        if let Ok(address) = address.parse::<SocketAddr>() {
+            return Ok(vec![address]);
+        }
+        let invalid = || {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{address}: not HOST:PORT"),
+            )
+        };
+        let (host, port) = address.rsplit_once(':').ok_or_else(invalid)?;
+        let port: u16 = port.parse().map_err(|_| invalid())?;
+        let addresses = (self.addresses(host).await)
+            .map_err(|error| std::io::Error::other(format!("{host}: {error}")))?;
+        Ok(addresses
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect())
+    }
+}
+
+impl reqwest::dns::Resolve for HostResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let resolver = self.clone();
+        Box::pin(async move {
+            let addresses = resolver.addresses(name.as_str()).await?;
+            let addrs: reqwest::dns::Addrs = Box::new(
+                addresses
+                    .into_iter()
+                    .map(|address| SocketAddr::new(address, 0)),
+            );
+            Ok(addrs)
+        })
+    }
+}
+
+/// The directories outside `host_paths` that the files host names are resolved from lead to
+/// from inside: `/etc/resolv.conf` is often a link into `/run` (systemd-resolved, resolvconf).
+/// Guarded like host paths, so agents neither write those files nor replace them.
+pub fn name_service_dirs(host_paths: &[PathBuf]) -> Vec<PathBuf> {
+    dirs_led_to(host_paths, &[Path::new(RESOLV_CONF), Path::new(HOSTS)])
+}
+
+/// The directories of the files `files` below `host_paths` lead to, where not below one.
+fn dirs_led_to(host_paths: &[PathBuf], files: &[&Path]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for file in files {
+        let below =
+            |path: &Path, paths: &[PathBuf]| paths.iter().any(|root| path.starts_with(root));
+        // A name outside the host paths is the agents' to change anyway.
+        if !below(file, host_paths) {
+            continue;
+        }
+        let Some(dir) = std::fs::canonicalize(file)
+            .ok()
+            .and_then(|target| target.parent().map(Path::to_path_buf))
+        else {
+            continue;
+        };
+        if !below(&dir, host_paths) && !below(&dir, &dirs) {
+            dirs.push(dir);
+        }
+    }
+    dirs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn addresses_are_taken_as_they_are() {
+        let resolver = HostResolver::default();
+        assert_eq!(
+            resolver.addresses("192.0.2.7").await.unwrap(),
+            vec!["192.0.2.7".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            resolver
+                .socket_addresses("[2001:db8::1]:514")
+                .await
+                .unwrap(),
+            vec!["[2001:db8::1]:514".parse::<SocketAddr>().unwrap()]
+        );
+    }
+
+    #[tokio::test]
+    async fn names_come_from_the_hosts_file() {
+        // Every Debian host names itself `localhost` in /etc/hosts; no name server is asked.
+        let addresses = HostResolver::default()
+            .addresses("localhost")
+            .await
+            .unwrap();
+        assert!(addresses.iter().all(|address| address.is_loopback()));
+        assert!(!addresses.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_bad_address_is_named() {
+        let resolver = HostResolver::default();
+        for bad in ["no-port", "host:port", "host:99999"] {
+            let error = resolver.socket_addresses(bad).await.unwrap_err();
+            assert!(error.to_string().contains(bad), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_directories_links_lead_to_are_guarded() {
+        let root = std::env::temp_dir().join(format!("gk-resolver-{}", std::process::id()));
+        let (etc, run) = (root.join("etc"), root.join("run/resolve"));
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("stub-resolv.conf"), "nameserver 127.0.0.53\n").unwrap();
+        std::fs::write(etc.join("hosts"), "127.0.0.1 localhost\n").unwrap();
+        let link = etc.join("resolv.conf");
+        std::os::unix::fs::symlink(run.join("stub-resolv.conf"), &link).unwrap();
+        let files = [link.as_path(), &etc.join("hosts"), &etc.join("missing")];
+        let run = std::fs::canonicalize(run).unwrap();
+        assert_eq!(dirs_led_to(std::slice::from_ref(&etc), &files), vec![run]);
+        // Below a host path already, or a link agents could point elsewhere anyway.
+        assert!(dirs_led_to(std::slice::from_ref(&root), &files).is_empty());
+        assert!(dirs_led_to(&[root.join("elsewhere")], &files).is_empty());
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}
