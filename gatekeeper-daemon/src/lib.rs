@@ -17,6 +17,7 @@ pub mod journal;
 pub mod launcher;
 pub mod loader;
 pub mod metrics;
+pub mod name_services;
 pub mod notify;
 pub mod policy;
 pub mod records;

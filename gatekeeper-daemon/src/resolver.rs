@@ -2,11 +2,10 @@
 //! `/etc/resolv.conf`. Never through glibc: its `getaddrinfo` asks nscd first, at a socket a root
 //! agent can stand up, and would then decide what a `[[protect.connect]]` host rule protects and
 //! where the journal and notifications go. The files are host files agents cannot change (see
-//! [`name_service_dirs`]).
+//! [`crate::name_services`]).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use std::str::FromStr as _;
@@ -181,36 +180,6 @@ impl reqwest::dns::Resolve for HostResolver {
     }
 }
 
-/// The directories outside `host_paths` that the files host names are resolved from lead to
-/// from inside: `/etc/resolv.conf` is often a link into `/run` (systemd-resolved, resolvconf).
-/// Guarded like host paths, so agents neither write those files nor replace them.
-pub fn name_service_dirs(host_paths: &[PathBuf]) -> Vec<PathBuf> {
-    dirs_led_to(host_paths, &[Path::new(RESOLV_CONF), Path::new(HOSTS)])
-}
-
-/// The directories of the files `files` below `host_paths` lead to, where not below one.
-fn dirs_led_to(host_paths: &[PathBuf], files: &[&Path]) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    for file in files {
-        let below =
-            |path: &Path, paths: &[PathBuf]| paths.iter().any(|root| path.starts_with(root));
-        // A name outside the host paths is the agents' to change anyway.
-        if !below(file, host_paths) {
-            continue;
-        }
-        let Some(dir) = std::fs::canonicalize(file)
-            .ok()
-            .and_then(|target| target.parent().map(Path::to_path_buf))
-        else {
-            continue;
-        };
-        if !below(&dir, host_paths) && !below(&dir, &dirs) {
-            dirs.push(dir);
-        }
-    }
-    dirs
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,24 +218,5 @@ mod tests {
             let error = resolver.socket_addresses(bad).await.unwrap_err();
             assert!(error.to_string().contains(bad), "{error}");
         }
-    }
-
-    #[test]
-    fn the_directories_links_lead_to_are_guarded() {
-        let root = std::env::temp_dir().join(format!("gk-resolver-{}", std::process::id()));
-        let (etc, run) = (root.join("etc"), root.join("run/resolve"));
-        std::fs::create_dir_all(&etc).unwrap();
-        std::fs::create_dir_all(&run).unwrap();
-        std::fs::write(run.join("stub-resolv.conf"), "nameserver 127.0.0.53\n").unwrap();
-        std::fs::write(etc.join("hosts"), "127.0.0.1 localhost\n").unwrap();
-        let link = etc.join("resolv.conf");
-        std::os::unix::fs::symlink(run.join("stub-resolv.conf"), &link).unwrap();
-        let files = [link.as_path(), &etc.join("hosts"), &etc.join("missing")];
-        let run = std::fs::canonicalize(run).unwrap();
-        assert_eq!(dirs_led_to(std::slice::from_ref(&etc), &files), vec![run]);
-        // Below a host path already, or a link agents could point elsewhere anyway.
-        assert!(dirs_led_to(std::slice::from_ref(&root), &files).is_empty());
-        assert!(dirs_led_to(&[root.join("elsewhere")], &files).is_empty());
-        std::fs::remove_dir_all(root).unwrap();
     }
 }

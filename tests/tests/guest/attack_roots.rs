@@ -540,6 +540,52 @@ fn only_from_outside(scenario: &Scenario, op: &str, args: &[&str]) {
     );
 }
 
+/// glibc asks nscd's socket first, and the services of nsswitch.conf over sockets in `/run`,
+/// before the host's files: agents, root or not, make no name where those listen, so none stands
+/// up a name service that tells `sudo` or `sshd` outside who a uid is (with a password hash of its
+/// choosing) or where a host is. The daemon makes nscd's directory where there is none. Both are
+/// everyone's to write here, so only Gatekeeper stands in a user agent's way.
+#[test]
+fn agents_stand_up_no_name_service() {
+    // Where glibc looks (`/var/run` is a link to `/run` on most hosts).
+    let (nscd, userdb) = (Path::new("/var/run/nscd"), Path::new("/run/systemd/userdb"));
+    let _ = std::fs::remove_file(nscd.join("socket"));
+    let _ = std::fs::remove_dir(nscd);
+    let userdb_mode = std::fs::metadata(userdb)
+        .ok()
+        .map(|meta| meta.permissions());
+    std::fs::create_dir_all(userdb).unwrap();
+    let scenario = Scenario::start("names-run", Options::default());
+    assert!(nscd.is_dir(), "the daemon makes nscd's directory");
+    for dir in [nscd, userdb] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    for socket in ["/var/run/nscd/socket", "/run/systemd/userdb/io.gk.Agent"] {
+        only_from_outside(&scenario, "unix-bind", &[socket]);
+        std::fs::remove_file(socket).unwrap();
+    }
+    only_from_outside(
+        &scenario,
+        "write",
+        &["/var/run/nscd/passwd", "root::0:0::/:/bin/sh\n"],
+    );
+    std::fs::remove_file("/var/run/nscd/passwd").unwrap();
+    // Nor is the directory put aside for one of the agent's.
+    assert_eq!(
+        scenario.tamper(
+            &scenario.agents,
+            "rename",
+            &["/var/run/nscd", "/var/run/nscd.old"]
+        ),
+        Outcome::Denied
+    );
+    std::fs::set_permissions(nscd, std::fs::Permissions::from_mode(0o755)).unwrap();
+    match userdb_mode {
+        Some(mode) => std::fs::set_permissions(userdb, mode).unwrap(),
+        None => std::fs::remove_dir(userdb).unwrap(),
+    }
+}
+
 /// The host's directories keep their names in `/` (merged-/usr systems link `/bin`, `/lib64` and
 /// the like there: replaced, they would hand host processes and approved execs the agent's
 /// files), and a file system or a file mounted below a host path, before the daemon started or

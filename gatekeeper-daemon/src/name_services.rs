@@ -1,0 +1,106 @@
+//! What glibc asks before the host's own files, and where the daemon's own lookups read: kept
+//! out of agents' hands. glibc asks nscd (at `/var/run/nscd/socket`) first for users, groups and
+//! host names, and the services listed in `/etc/nsswitch.conf` over sockets in `/run` (systemd's
+//! user database, resolved, nslcd, winbind). A root agent's socket there would decide what host
+//! programs outside believe: who a uid is to `sudo` or `sshd` (a password hash of the agent's
+//! choosing for a uid 0 account), which address a name has. The daemon itself reads
+//! `/etc/passwd`, `/etc/group` and `/etc/hosts` and asks the name servers of `/etc/resolv.conf`
+//! ([`crate::users`], [`crate::resolver`]); where those are links out of the host paths, the
+//! directories they lead to are guarded as well.
+
+use std::path::{Path, PathBuf};
+
+use crate::resolver::{HOSTS, RESOLV_CONF};
+
+/// nscd's directory: glibc asks a socket there on every host, with or without nscd installed.
+pub const NSCD_DIR: &str = "/var/run/nscd";
+
+/// The directories of name services' sockets, guarded where they exist.
+const SOCKET_DIRS: [&str; 5] = [
+    NSCD_DIR,
+    "/run/systemd/userdb",
+    "/run/systemd/resolve",
+    "/run/nslcd",
+    "/run/samba/winbindd",
+];
+
+/// Makes nscd's directory where there is none, so that it is there to guard: an agent would
+/// otherwise make it and stand up its own nscd.
+pub fn make_nscd_dir() -> std::io::Result<()> {
+    std::fs::create_dir_all(NSCD_DIR)
+}
+
+/// The directories to guard like host paths beside `host_paths`: those of name services' sockets
+/// that exist, and those the name servers' and hosts' files lead to out of the host paths.
+pub fn guarded_dirs(host_paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs = dirs_led_to(host_paths, &[Path::new(RESOLV_CONF), Path::new(HOSTS)]);
+    for dir in SOCKET_DIRS {
+        let Ok(dir) = std::fs::canonicalize(dir) else {
+            continue;
+        };
+        if dir.is_dir() && !below(&dir, host_paths) && !below(&dir, &dirs) {
+            dirs.push(dir);
+        }
+    }
+    dirs
+}
+
+fn below(path: &Path, roots: &[PathBuf]) -> bool {
+    roots.iter().any(|root| path.starts_with(root))
+}
+
+/// The directories of the files `files` below `host_paths` lead to, where not below one.
+fn dirs_led_to(host_paths: &[PathBuf], files: &[&Path]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for file in files {
+        // A name outside the host paths is the agents' to change anyway.
+        if !below(file, host_paths) {
+            continue;
+        }
+        let Some(dir) = std::fs::canonicalize(file)
+            .ok()
+            .and_then(|target| target.parent().map(Path::to_path_buf))
+        else {
+            continue;
+        };
+        if !below(&dir, host_paths) && !below(&dir, &dirs) {
+            dirs.push(dir);
+        }
+    }
+    dirs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_directories_links_lead_to_are_guarded() {
+        let root = std::env::temp_dir().join(format!("gk-resolver-{}", std::process::id()));
+        let (etc, run) = (root.join("etc"), root.join("run/resolve"));
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("stub-resolv.conf"), "nameserver 127.0.0.53\n").unwrap();
+        std::fs::write(etc.join("hosts"), "127.0.0.1 localhost\n").unwrap();
+        let link = etc.join("resolv.conf");
+        std::os::unix::fs::symlink(run.join("stub-resolv.conf"), &link).unwrap();
+        let files = [link.as_path(), &etc.join("hosts"), &etc.join("missing")];
+        let run = std::fs::canonicalize(run).unwrap();
+        assert_eq!(dirs_led_to(std::slice::from_ref(&etc), &files), vec![run]);
+        // Below a host path already, or a link agents could point elsewhere anyway.
+        assert!(dirs_led_to(std::slice::from_ref(&root), &files).is_empty());
+        assert!(dirs_led_to(&[root.join("elsewhere")], &files).is_empty());
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn nscds_directory_is_guarded_once_made() {
+        // Outside every host path given here, it is among the guarded once it exists (the
+        // daemon makes it as it starts).
+        let guarded = guarded_dirs(&[]);
+        if let Ok(nscd) = std::fs::canonicalize(NSCD_DIR) {
+            assert!(guarded.contains(&nscd), "{guarded:?}");
+        }
+        assert!(guarded_dirs(&[PathBuf::from("/")]).is_empty());
+    }
+}
