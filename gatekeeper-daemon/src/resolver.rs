@@ -6,9 +6,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
-use std::sync::{Arc, Mutex};
-
 use std::str::FromStr as _;
+use std::sync::{Arc, Mutex};
 
 use hickory_resolver::config::{
     LookupIpStrategy, NameServerConfigGroup, ResolveHosts, ResolverConfig,
@@ -33,7 +32,7 @@ pub enum ResolveError {
     NoAddresses,
 }
 
-/// Which versions of the two files a resolver was made from: (device, inode, size, mtime).
+/// Which versions of the two files a resolver was made from: device, inode, size, mtime.
 type Stamp = [Option<(u64, u64, u64, i64, i64)>; 2];
 
 fn stamp() -> Stamp {
