@@ -418,8 +418,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Daemon => {
             let path = cli.config.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG));
             // Before the config is read: its guards are made for the directories there are.
-            crate::name_services::make_nscd_dir()
-                .with_context(|| format!("cannot make {}", crate::name_services::NSCD_DIR))?;
+            crate::host_services::make_nscd_dir()
+                .with_context(|| format!("cannot make {}", crate::host_services::NSCD_DIR))?;
             let config = Config::load(path)?;
             let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
             runtime.block_on(crate::service::run(config))?;

@@ -316,14 +316,14 @@ impl Config {
     }
 
     /// Adds a rule for each host path that is a directory here (see [`host_guards`]), and for
-    /// the name services' directories (see [`crate::name_services::guarded_dirs`]). The file
+    /// the host services' directories (see [`crate::host_services::guarded_dirs`]). The file
     /// systems mounted below get theirs where the room left in the kernel's map is counted: as
     /// the daemon installs its policy, and at each change after.
     pub fn guard_host_paths(&mut self) {
-        // Name services' sockets, and the files the daemon resolves host names from: agents
+        // Host services' sockets, and the files the daemon resolves host names from: agents
         // change them no more than they change `/etc`.
         let mut paths = self.host_paths.clone();
-        paths.extend(crate::name_services::guarded_dirs(&self.host_paths));
+        paths.extend(crate::host_services::guarded_dirs(&self.host_paths));
         self.guard_roots = guard_roots(&paths, &self.file_rules);
         let guards = host_guards(&self.guard_roots, &self.file_rules, &[]);
         self.file_rules.extend(guards);

@@ -2,7 +2,7 @@
 //! `/etc/resolv.conf`. Never through glibc: its `getaddrinfo` asks nscd first, at a socket a root
 //! agent can stand up, and would then decide what a `[[protect.connect]]` host rule protects and
 //! where the journal and notifications go. The files are host files agents cannot change (see
-//! [`crate::name_services`]).
+//! [`crate::host_services`]).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::MetadataExt;

@@ -307,7 +307,7 @@ fn host_paths_become_write_rules_where_they_are_directories() {
     std::fs::write(&file, &text).unwrap();
     let config = Config::load(&file);
     std::fs::remove_file(&file).unwrap();
-    // Beside the name services' directories this host has (see name_services).
+    // Beside the host services' directories this host has (see host_services).
     let guarded: Vec<_> = config
         .unwrap()
         .file_rules

@@ -540,27 +540,36 @@ fn only_from_outside(scenario: &Scenario, op: &str, args: &[&str]) {
     );
 }
 
-/// glibc asks nscd's socket first, and the services of nsswitch.conf over sockets in `/run`,
-/// before the host's files: agents, root or not, make no name where those listen, so none stands
-/// up a name service that tells `sudo` or `sshd` outside who a uid is (with a password hash of its
-/// choosing) or where a host is. The daemon makes nscd's directory where there is none. Both are
-/// everyone's to write here, so only Gatekeeper stands in a user agent's way.
+/// Host programs meet the host's services by path: glibc asks nscd's socket first, and the
+/// services of nsswitch.conf over sockets in `/run` (systemd's user database), before the host's
+/// files; they log to journald and ask systemd and the system bus at their sockets. Agents, root
+/// or not, make no name there, so none stands up a service that tells `sudo` or `sshd` outside
+/// who a uid is (with a password hash of its choosing) or hears what they log. The daemon makes
+/// nscd's directory where there is none. The directories are everyone's to write here, so only
+/// Gatekeeper stands in a user agent's way.
 #[test]
-fn agents_stand_up_no_name_service() {
+fn agents_stand_up_no_host_service() {
     // Where glibc looks (`/var/run` is a link to `/run` on most hosts).
-    let (nscd, userdb) = (Path::new("/var/run/nscd"), Path::new("/run/systemd/userdb"));
+    let nscd = Path::new("/var/run/nscd");
     let _ = std::fs::remove_file(nscd.join("socket"));
     let _ = std::fs::remove_dir(nscd);
-    let userdb_mode = std::fs::metadata(userdb)
-        .ok()
-        .map(|meta| meta.permissions());
-    std::fs::create_dir_all(userdb).unwrap();
-    let scenario = Scenario::start("names-run", Options::default());
+    // Each directory as it was: its permissions, or none when the test makes it.
+    let dirs = ["/run/systemd", "/run/systemd/userdb", "/run/dbus"].map(|dir| {
+        let before = std::fs::metadata(dir).ok().map(|meta| meta.permissions());
+        std::fs::create_dir_all(dir).unwrap();
+        (Path::new(dir), before)
+    });
+    let scenario = Scenario::start("services-run", Options::default());
     assert!(nscd.is_dir(), "the daemon makes nscd's directory");
-    for dir in [nscd, userdb] {
+    for dir in dirs.iter().map(|(dir, _)| *dir).chain([nscd]) {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     }
-    for socket in ["/var/run/nscd/socket", "/run/systemd/userdb/io.gk.Agent"] {
+    for socket in [
+        "/var/run/nscd/socket",
+        "/run/systemd/userdb/io.gk.Agent",
+        "/run/systemd/private",
+        "/run/dbus/system_bus_socket",
+    ] {
         only_from_outside(&scenario, "unix-bind", &[socket]);
         std::fs::remove_file(socket).unwrap();
     }
@@ -570,19 +579,21 @@ fn agents_stand_up_no_name_service() {
         &["/var/run/nscd/passwd", "root::0:0::/:/bin/sh\n"],
     );
     std::fs::remove_file("/var/run/nscd/passwd").unwrap();
-    // Nor is the directory put aside for one of the agent's.
-    assert_eq!(
-        scenario.tamper(
-            &scenario.agents,
-            "rename",
-            &["/var/run/nscd", "/var/run/nscd.old"]
-        ),
-        Outcome::Denied
-    );
+    // Nor is a directory put aside for one of the agent's.
+    for dir in ["/var/run/nscd", "/run/systemd/userdb"] {
+        let aside = format!("{dir}.old");
+        assert_eq!(
+            scenario.tamper(&scenario.agents, "rename", &[dir, &aside]),
+            Outcome::Denied,
+            "{dir}"
+        );
+    }
     std::fs::set_permissions(nscd, std::fs::Permissions::from_mode(0o755)).unwrap();
-    match userdb_mode {
-        Some(mode) => std::fs::set_permissions(userdb, mode).unwrap(),
-        None => std::fs::remove_dir(userdb).unwrap(),
+    for (dir, before) in dirs.into_iter().rev() {
+        match before {
+            Some(mode) => std::fs::set_permissions(dir, mode).unwrap(),
+            None => std::fs::remove_dir(dir).unwrap(),
+        }
     }
 }
 

@@ -1,10 +1,12 @@
-//! What glibc asks before the host's own files, and where the daemon's own lookups read: kept
-//! out of agents' hands. glibc asks nscd (at `/var/run/nscd/socket`) first for users, groups and
-//! host names, and the services listed in `/etc/nsswitch.conf` over sockets in `/run` (systemd's
-//! user database, resolved, nslcd, winbind). A root agent's socket there would decide what host
-//! programs outside believe: who a uid is to `sudo` or `sshd` (a password hash of the agent's
-//! choosing for a uid 0 account), which address a name has. The daemon itself reads
-//! `/etc/passwd`, `/etc/group` and `/etc/hosts` and asks the name servers of `/etc/resolv.conf`
+//! Where host programs outside meet the host's services by path, and where the daemon's own
+//! name lookups read: kept out of agents' hands. glibc asks nscd (at `/var/run/nscd/socket`)
+//! first for users, groups and host names, and the services of `/etc/nsswitch.conf` over sockets
+//! in `/run` (systemd's user database and resolved, nslcd, winbind); host programs log to
+//! journald's sockets and ask the system bus and systemd at theirs. A root agent's socket in
+//! their place would decide what host programs believe (who a uid is to `sudo` or `sshd`, with a
+//! password hash of the agent's choosing for a uid 0 account; which address a name has; what
+//! `systemctl` says of a unit) and hear what they log. The daemon itself reads `/etc/passwd`,
+//! `/etc/group` and `/etc/hosts` and asks the name servers of `/etc/resolv.conf`
 //! ([`crate::users`], [`crate::resolver`]); where those are links out of the host paths, the
 //! directories they lead to are guarded as well.
 
@@ -15,11 +17,12 @@ use crate::resolver::{HOSTS, RESOLV_CONF};
 /// nscd's directory: glibc asks a socket there on every host, with or without nscd installed.
 pub const NSCD_DIR: &str = "/var/run/nscd";
 
-/// The directories of name services' sockets, guarded where they exist.
+/// The directories of host services' sockets, guarded where they exist. systemd's holds its
+/// user database, resolved's, journald's, its own private one and the notify socket.
 const SOCKET_DIRS: [&str; 5] = [
     NSCD_DIR,
-    "/run/systemd/userdb",
-    "/run/systemd/resolve",
+    "/run/systemd",
+    "/run/dbus",
     "/run/nslcd",
     "/run/samba/winbindd",
 ];
@@ -30,15 +33,21 @@ pub fn make_nscd_dir() -> std::io::Result<()> {
     std::fs::create_dir_all(NSCD_DIR)
 }
 
-/// The directories to guard like host paths beside `host_paths`: those of name services' sockets
-/// that exist, and those the name servers' and hosts' files lead to out of the host paths.
+/// The directories to guard like host paths beside `host_paths`: those of host services'
+/// sockets that exist, and those the name servers' and hosts' files lead to out of the host
+/// paths; none below another.
 pub fn guarded_dirs(host_paths: &[PathBuf]) -> Vec<PathBuf> {
-    let mut dirs = dirs_led_to(host_paths, &[Path::new(RESOLV_CONF), Path::new(HOSTS)]);
-    for dir in SOCKET_DIRS {
-        let Ok(dir) = std::fs::canonicalize(dir) else {
-            continue;
-        };
-        if dir.is_dir() && !below(&dir, host_paths) && !below(&dir, &dirs) {
+    let sockets = SOCKET_DIRS
+        .into_iter()
+        .filter_map(|dir| std::fs::canonicalize(dir).ok())
+        .filter(|dir| dir.is_dir() && !below(dir, host_paths));
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for dir in sockets.chain(dirs_led_to(
+        host_paths,
+        &[Path::new(RESOLV_CONF), Path::new(HOSTS)],
+    )) {
+        if !below(&dir, &dirs) {
+            dirs.retain(|known| !known.starts_with(&dir));
             dirs.push(dir);
         }
     }
