@@ -361,6 +361,9 @@ pub mod daemon_file {
     /// The daemon's own directory (its sockets'): agents make no name in it, so none can stand
     /// in for a socket while the daemon is away.
     pub const DIRECTORY: u32 = 32;
+    /// A name host programs trust outside the guarded directories (`/dev/log`): not renamed or
+    /// unlinked by agents.
+    pub const HOST_NAME: u32 = 64;
 }
 
 /// How many cgroup levels below the root the kernel walks looking for an agent ancestor.

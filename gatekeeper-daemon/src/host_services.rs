@@ -2,7 +2,7 @@
 //! name lookups read: kept out of agents' hands. glibc asks nscd (at `/var/run/nscd/socket`)
 //! first for users, groups and host names, and the services of `/etc/nsswitch.conf` over sockets
 //! in `/run` (systemd's user database and resolved, nslcd, winbind); host programs log to
-//! journald's sockets and ask the system bus and systemd at theirs. A root agent's socket in
+//! journald's sockets (and `/dev/log`) and ask the system bus and systemd at theirs. A root agent's socket in
 //! their place would decide what host programs believe (who a uid is to `sudo` or `sshd`, with a
 //! password hash of the agent's choosing for a uid 0 account; which address a name has; what
 //! `systemctl` says of a unit) and hear what they log. The daemon itself reads `/etc/passwd`,
@@ -13,6 +13,10 @@
 use std::path::{Path, PathBuf};
 
 use crate::resolver::{HOSTS, RESOLV_CONF};
+
+/// Where host programs send syslog messages: a name of its own in `/dev`, kept by the daemon
+/// (see `policy::daemon_files`).
+pub const DEV_LOG: &str = "/dev/log";
 
 /// nscd's directory: glibc asks a socket there on every host, with or without nscd installed.
 pub const NSCD_DIR: &str = "/var/run/nscd";

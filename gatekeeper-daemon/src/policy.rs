@@ -1152,6 +1152,11 @@ fn daemon_files(config: &Config) -> Result<Vec<(Target, u32)>, PolicyError> {
             }
         }
     }
+    // Where host programs log (a link to journald's socket, or a syslog daemon's socket): put
+    // aside for an agent's, sudo's and sshd's records would go to the agent instead.
+    if let Ok(node) = node_of(Path::new(crate::host_services::DEV_LOG)) {
+        add(node, daemon_file::HOST_NAME);
+    }
     Ok(files)
 }
 

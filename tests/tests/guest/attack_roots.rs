@@ -544,8 +544,8 @@ fn only_from_outside(scenario: &Scenario, op: &str, args: &[&str]) {
 /// services of nsswitch.conf over sockets in `/run` (systemd's user database), before the host's
 /// files; they log to journald and ask systemd and the system bus at their sockets. Agents, root
 /// or not, make no name there, so none stands up a service that tells `sudo` or `sshd` outside
-/// who a uid is (with a password hash of its choosing) or hears what they log. The daemon makes
-/// nscd's directory where there is none. The directories are everyone's to write here, so only
+/// who a uid is (with a password hash of its choosing) or hears what they log, nor puts
+/// `/dev/log` aside. The daemon makes nscd's directory where there is none. The directories are everyone's to write here, so only
 /// Gatekeeper stands in a user agent's way.
 #[test]
 fn agents_stand_up_no_host_service() {
@@ -559,8 +559,31 @@ fn agents_stand_up_no_host_service() {
         std::fs::create_dir_all(dir).unwrap();
         (Path::new(dir), before)
     });
+    // Where host programs log: journald's link, made here where the guest has none.
+    let dev_log = Path::new("/dev/log");
+    let made_dev_log = std::fs::symlink_metadata(dev_log).is_err();
+    if made_dev_log {
+        std::os::unix::fs::symlink("/run/systemd/journal/dev-log", dev_log).unwrap();
+    }
     let scenario = Scenario::start("services-run", Options::default());
     assert!(nscd.is_dir(), "the daemon makes nscd's directory");
+    // /dev is root's alone: only a root agent could put the link aside.
+    for (op, args) in [
+        ("unlink", vec!["/dev/log"]),
+        ("rename", vec!["/dev/log", "/dev/log.old"]),
+    ] {
+        assert_eq!(
+            scenario.tamper(&scenario.agents, op, &args),
+            Outcome::Denied,
+            "{op}"
+        );
+    }
+    for args in [["/dev/log", "/dev/log.old"], ["/dev/log.old", "/dev/log"]] {
+        assert_eq!(
+            scenario.tamper(&scenario.outside, "rename", &args),
+            Outcome::Ok
+        );
+    }
     for dir in dirs.iter().map(|(dir, _)| *dir).chain([nscd]) {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     }
@@ -589,6 +612,9 @@ fn agents_stand_up_no_host_service() {
         );
     }
     std::fs::set_permissions(nscd, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if made_dev_log {
+        std::fs::remove_file(dev_log).unwrap();
+    }
     for (dir, before) in dirs.into_iter().rev() {
         match before {
             Some(mode) => std::fs::set_permissions(dir, mode).unwrap(),
