@@ -2,11 +2,11 @@
 //! name lookups read: kept out of agents' hands. glibc asks nscd (at `/var/run/nscd/socket`)
 //! first for users, groups and host names, and the services of `/etc/nsswitch.conf` over sockets
 //! in `/run` (systemd's user database and resolved, nslcd, winbind); host programs log to
-//! journald's sockets (and `/dev/log`) and ask the system bus and systemd at theirs. A root agent's socket in
-//! their place would decide what host programs believe (who a uid is to `sudo` or `sshd`, with a
-//! password hash of the agent's choosing for a uid 0 account; which address a name has; what
-//! `systemctl` says of a unit) and hear what they log. The daemon itself reads `/etc/passwd`,
-//! `/etc/group` and `/etc/hosts` and asks the name servers of `/etc/resolv.conf`
+//! journald's sockets (and `/dev/log`) and ask the system bus and systemd at theirs. A root
+//! agent's socket in their place would decide what host programs believe (who a uid is to `sudo`
+//! or `sshd`, with a password hash of the agent's choosing for a uid 0 account; which address a
+//! name has; what `systemctl` says of a unit) and hear what they log. The daemon itself reads
+//! `/etc/passwd`, `/etc/group` and `/etc/hosts` and asks the name servers of `/etc/resolv.conf`
 //! ([`crate::users`], [`crate::resolver`]); where those are links out of the host paths, the
 //! directories they lead to are guarded as well.
 
@@ -41,15 +41,20 @@ pub fn make_nscd_dir() -> std::io::Result<()> {
 /// sockets that exist, and those the name servers' and hosts' files lead to out of the host
 /// paths; none below another.
 pub fn guarded_dirs(host_paths: &[PathBuf]) -> Vec<PathBuf> {
-    let sockets = SOCKET_DIRS
-        .into_iter()
+    guarded(
+        host_paths,
+        &SOCKET_DIRS.map(Path::new),
+        &[Path::new(RESOLV_CONF), Path::new(HOSTS)],
+    )
+}
+
+/// [`guarded_dirs`] of `socket_dirs` and the files `files`.
+fn guarded(host_paths: &[PathBuf], socket_dirs: &[&Path], files: &[&Path]) -> Vec<PathBuf> {
+    let sockets = (socket_dirs.iter())
         .filter_map(|dir| std::fs::canonicalize(dir).ok())
         .filter(|dir| dir.is_dir() && !below(dir, host_paths));
     let mut dirs: Vec<PathBuf> = Vec::new();
-    for dir in sockets.chain(dirs_led_to(
-        host_paths,
-        &[Path::new(RESOLV_CONF), Path::new(HOSTS)],
-    )) {
+    for dir in sockets.chain(dirs_led_to(host_paths, files)) {
         if !below(&dir, &dirs) {
             dirs.retain(|known| !known.starts_with(&dir));
             dirs.push(dir);
@@ -107,13 +112,28 @@ mod tests {
     }
 
     #[test]
-    fn nscds_directory_is_guarded_once_made() {
-        // Outside every host path given here, it is among the guarded once it exists (the
-        // daemon makes it as it starts).
-        let guarded = guarded_dirs(&[]);
-        if let Ok(nscd) = std::fs::canonicalize(NSCD_DIR) {
-            assert!(guarded.contains(&nscd), "{guarded:?}");
+    fn socket_directories_are_guarded_where_they_are() {
+        let root = std::env::temp_dir().join(format!("gk-services-{}", std::process::id()));
+        let (etc, systemd, userdb, resolve) = (
+            root.join("etc"),
+            root.join("run/systemd"),
+            root.join("run/systemd/userdb"),
+            root.join("run/resolvconf"),
+        );
+        for dir in [&etc, &userdb, &resolve] {
+            std::fs::create_dir_all(dir).unwrap();
         }
-        assert!(guarded_dirs(&[PathBuf::from("/")]).is_empty());
+        let link = etc.join("resolv.conf");
+        std::fs::write(resolve.join("resolv.conf"), "nameserver 127.0.0.1\n").unwrap();
+        std::os::unix::fs::symlink(resolve.join("resolv.conf"), &link).unwrap();
+        let canonical = |path: &Path| std::fs::canonicalize(path).unwrap();
+        let sockets = [userdb.as_path(), &systemd, &root.join("run/nslcd")];
+        // The one below another goes; the missing one is left out.
+        assert_eq!(
+            guarded(std::slice::from_ref(&etc), &sockets, &[&link]),
+            [canonical(&systemd), canonical(&resolve)]
+        );
+        assert!(guarded(std::slice::from_ref(&root), &sockets, &[&link]).is_empty());
+        std::fs::remove_dir_all(root).unwrap();
     }
 }
