@@ -551,6 +551,10 @@ pub enum TamperHook {
     /// of its file system, so the mount it is opened through says nothing of where it lies
     /// (data: device, inode).
     OpenByHandle = 54,
+    /// Binding a port below 1024 in the host's network (CAP_NET_BIND_SERVICE in the initial user
+    /// namespace): the ports host services listen on, such as DNS's, where an agent's server
+    /// would answer host programs and the daemon in their place (data: capability).
+    HostPort = 55,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -573,7 +577,7 @@ pub enum MountRefusal {
 
 impl TamperHook {
     /// Every hook, in id order (ids start at 1).
-    pub const ALL: [Self; 54] = {
+    pub const ALL: [Self; 55] = {
         use TamperHook::*;
         [
             Bpf,
@@ -630,6 +634,7 @@ impl TamperHook {
             Lease,
             Priority,
             OpenByHandle,
+            HostPort,
         ]
     };
 
@@ -693,6 +698,7 @@ impl TamperHook {
             Self::Lease => "lease",
             Self::Priority => "priority",
             Self::OpenByHandle => "open_by_handle",
+            Self::HostPort => "host_port",
         }
     }
 }

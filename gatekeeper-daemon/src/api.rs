@@ -823,10 +823,12 @@ pub struct HttpState {
     reviewer_keys: Arc<BTreeMap<String, String>>,
     slack_secrets: Arc<Vec<String>>,
     slack_users: Arc<BTreeMap<String, String>>,
+    /// Reaches Slack's response URLs, with host names resolved by the daemon.
+    client: reqwest::Client,
 }
 
 impl HttpState {
-    pub fn new(config: &Config, handle: Handle) -> Self {
+    pub fn new(config: &Config, handle: Handle, client: reqwest::Client) -> Self {
         let slack_secrets = config
             .webhooks
             .iter()
@@ -840,6 +842,7 @@ impl HttpState {
             reviewer_keys: Arc::new(config.reviewer_keys.clone()),
             slack_secrets: Arc::new(slack_secrets),
             slack_users: Arc::new(config.slack_users.clone()),
+            client,
         }
     }
 }
@@ -1040,7 +1043,7 @@ async fn slack_interaction(
                 format!("{:?}", request.state).to_lowercase()
             );
             if let Some(url) = payload.response_url {
-                replace_slack_message(url, text.clone());
+                replace_slack_message(state.client.clone(), url, text.clone());
             }
             (StatusCode::OK, Json(serde_json::json!({ "text": text }))).into_response()
         }
@@ -1058,10 +1061,10 @@ async fn slack_interaction(
 }
 
 /// Replaces the request's Slack message with its outcome, through the interaction's response URL.
-fn replace_slack_message(url: String, text: String) {
+fn replace_slack_message(client: reqwest::Client, url: String, text: String) {
     tokio::spawn(async move {
         let body = serde_json::json!({ "replace_original": true, "text": text });
-        if let Err(error) = reqwest::Client::new()
+        if let Err(error) = client
             .post(&url)
             .timeout(Duration::from_secs(10))
             .json(&body)

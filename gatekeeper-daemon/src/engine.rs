@@ -46,8 +46,7 @@ pub enum EngineError {
 
 /// The HTTP client of notifications, with host names resolved by the daemon.
 fn notification_client(resolver: &HostResolver) -> Result<reqwest::Client, EngineError> {
-    (reqwest::Client::builder())
-        .dns_resolver(Arc::new(resolver.clone()))
+    (resolver.client_builder())
         .build()
         .map_err(EngineError::Client)
 }
@@ -237,6 +236,11 @@ impl Engine {
     /// The paths the watcher stats for replacement: (protected, allowlisted).
     pub fn watched_paths(&self) -> (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>) {
         self.policy.watched()
+    }
+
+    /// The HTTP client notifications go out with (host names resolved by the daemon).
+    pub fn http_client(&self) -> reqwest::Client {
+        self.client.clone()
     }
 
     pub fn hosts(&self) -> Vec<(usize, String)> {

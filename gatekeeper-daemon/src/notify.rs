@@ -903,9 +903,15 @@ mod tests {
             refill: Duration::from_secs(1),
         };
         let mut attempts = Vec::new();
-        let delivered = deliver(&reqwest::Client::new(), &hook, b"{\"x\":1}", |a| {
-            attempts.push(a)
-        })
+        let delivered = deliver(
+            &crate::resolver::HostResolver::default()
+                .client_builder()
+                .build()
+                .unwrap(),
+            &hook,
+            b"{\"x\":1}",
+            |a| attempts.push(a),
+        )
         .await;
         assert!(delivered);
         assert_eq!(attempts.len(), 2);

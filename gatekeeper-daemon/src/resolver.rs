@@ -164,6 +164,15 @@ impl HostResolver {
     }
 }
 
+impl HostResolver {
+    /// An HTTP client's builder that resolves host names here.
+    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        // The one builder allowed: it resolves here from the start.
+        #[allow(clippy::disallowed_methods)]
+        reqwest::Client::builder().dns_resolver(Arc::new(self.clone()))
+    }
+}
+
 impl reqwest::dns::Resolve for HostResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let resolver = self.clone();

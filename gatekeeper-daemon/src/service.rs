@@ -226,7 +226,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     let local = sockets.listen(&config, handle.clone(), agent_connections)?;
     let http = match config.listen {
-        Some(addr) => Some(api::bind_http(addr, HttpState::new(&config, handle.clone())).await?),
+        Some(addr) => {
+            let state = HttpState::new(&config, handle.clone(), engine.http_client());
+            Some(api::bind_http(addr, state).await?)
+        }
         None => None,
     };
     let metrics = match config.metrics {

@@ -7,6 +7,11 @@
 //! namespace of its own). In a user namespace of their own they configure their own network
 //! namespace freely; its way out is through sockets of the host's, which the socket hooks judge.
 //!
+//! The ports below 1024 of the host's network are its services' (DNS, sshd): an agent that got
+//! one while its service is down (or killed), or beside it (SO_REUSEADDR, SO_REUSEPORT), would
+//! answer host programs and the daemon's own name lookups in the service's place. Agents get no
+//! CAP_NET_BIND_SERVICE in the initial user namespace.
+//!
 //! Priority above the ordinary: without CAP_SYS_NICE in the initial user namespace an agent
 //! sets no realtime or deadline policy and no nice value below the limits it was given (none,
 //! by default), so it cannot spin above the daemon and leave it a sliver of each CPU. (Raising
@@ -26,6 +31,7 @@ use crate::{
     verdict::{EPERM, agent_cgroup, tamper},
 };
 
+const CAP_NET_BIND_SERVICE: i32 = 10;
 const CAP_NET_ADMIN: i32 = 12;
 const CAP_SYS_ADMIN: i32 = 21;
 const CAP_SYS_NICE: i32 = 23;
@@ -43,6 +49,7 @@ pub fn capable(ctx: LsmContext) -> i32 {
     // The capability first: every other check on the host costs one comparison.
     let capability: i32 = ctx.arg(2);
     let hook = match capability {
+        CAP_NET_BIND_SERVICE => TamperHook::HostPort,
         CAP_NET_ADMIN => TamperHook::NetAdmin,
         CAP_SYS_NICE => TamperHook::Priority,
         CAP_SYS_ADMIN => TamperHook::MountSetattr,

@@ -439,9 +439,7 @@ fn https_client(
     ca_file: Option<&Path>,
     resolver: &HostResolver,
 ) -> Result<reqwest::Client, String> {
-    let mut builder = (reqwest::Client::builder())
-        .timeout(HTTPS_TIMEOUT)
-        .dns_resolver(Arc::new(resolver.clone()));
+    let mut builder = resolver.client_builder().timeout(HTTPS_TIMEOUT);
     if let Some(path) = ca_file {
         let pem = std::fs::read(path).map_err(|error| format!("{}: {error}", path.display()))?;
         let certificates = reqwest::Certificate::from_pem_bundle(&pem)

@@ -590,6 +590,12 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         // add|del ADDRESS [host|own-netns|own-userns]
         "net-address" => net_address(text(0)?, text(1)?, args.get(2).copied().unwrap_or("host")),
         "loopback-mtu" => loopback_mtu(number(0)?),
+        // bind-port ADDR:PORT [host|own-netns|own-userns]: a UDP socket bound there, in that
+        // network namespace.
+        "bind-port" => {
+            enter_network_namespace(args.get(1).copied().unwrap_or("host"))?;
+            outcome(std::net::UdpSocket::bind(text(0)?).map(drop))
+        }
         // hold-mm private|user PROGRAM (see hold_mm).
         "hold-mm" => hold_mm(text(0)?, text(1)?),
         // name-service UID=NAME|HOST=IPV4...: see name_service.

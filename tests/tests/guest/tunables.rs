@@ -238,3 +238,42 @@ fn agent_cannot_reconfigure_the_host_network() {
         );
     }
 }
+
+/// The ports below 1024 of the host's network are its services': an agent's DNS server on 53
+/// (while the host's is down or killed, or beside it with SO_REUSEADDR) would answer host
+/// programs and the daemon's own lookups. Root agents bind none in the host's network, nor in a
+/// network namespace the host's user namespace owns; their own ports above, and any port in a
+/// network of their own user namespace, stay theirs. An ordinary user gets none from the kernel.
+#[test]
+fn agents_take_no_host_port() {
+    let scenario = Scenario::start("hostport", Options::default());
+    // bind(2) answers a refused capability with EACCES, as it answers an ordinary user; the
+    // journal tells Gatekeeper's refusal.
+    for (address, place) in [
+        ("0.0.0.0:53", "host"),
+        ("127.0.0.53:53", "host"),
+        ("0.0.0.0:22", "own-netns"),
+    ] {
+        assert_eq!(
+            scenario.tamper(&scenario.agents, "bind-port", &[address, place]),
+            Outcome::Errno(libc::EACCES),
+            "{address} {place}"
+        );
+    }
+    journaled(&scenario, "host_port");
+    assert_eq!(
+        scenario.tamper_as_user(&scenario.agents, "bind-port", &["0.0.0.0:53"]),
+        Outcome::Errno(libc::EACCES)
+    );
+    for (address, place) in [("0.0.0.0:5353", "host"), ("0.0.0.0:53", "own-userns")] {
+        assert_eq!(
+            scenario.tamper(&scenario.agents, "bind-port", &[address, place]),
+            Outcome::Ok,
+            "{address} {place}"
+        );
+    }
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "bind-port", &["0.0.0.0:53"]),
+        Outcome::Ok
+    );
+}
