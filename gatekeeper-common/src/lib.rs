@@ -361,8 +361,8 @@ pub mod daemon_file {
     /// The daemon's own directory (its sockets'): agents make no name in it, so none can stand
     /// in for a socket while the daemon is away.
     pub const DIRECTORY: u32 = 32;
-    /// A name host programs trust outside the guarded directories (`/dev/log`): not renamed or
-    /// unlinked by agents.
+    /// A name host programs trust outside the guarded directories (`/dev/log`, `/var/run` and
+    /// other links on the way to host services): not renamed or unlinked by agents.
     pub const HOST_NAME: u32 = 64;
 }
 

@@ -63,6 +63,50 @@ fn guarded(host_paths: &[PathBuf], socket_dirs: &[&Path], files: &[&Path]) -> Ve
     dirs
 }
 
+/// The names agents must neither unlink nor rename, outside the guarded directories: `/dev/log`
+/// and every symlink on the way to the directories and files above (`/var/run`, a link to
+/// `/run`; `/etc/resolv.conf`'s links), so each path keeps leading where it led.
+pub fn kept_names() -> Vec<PathBuf> {
+    let mut names = vec![PathBuf::from(DEV_LOG)];
+    let paths = SOCKET_DIRS.into_iter().chain([RESOLV_CONF, HOSTS, DEV_LOG]);
+    for link in paths.flat_map(|path| links_on_the_way(Path::new(path))) {
+        if !names.contains(&link) {
+            names.push(link);
+        }
+    }
+    names
+}
+
+/// Every symlink met on the way from the absolute `path` to what it names, followed as the
+/// kernel follows them (at most 40).
+fn links_on_the_way(path: &Path) -> Vec<PathBuf> {
+    let mut links = Vec::new();
+    let mut pending: std::collections::VecDeque<std::ffi::OsString> = path
+        .components()
+        .map(|component| component.as_os_str().to_owned())
+        .collect();
+    let mut at = PathBuf::from("/");
+    while let Some(name) = pending.pop_front() {
+        if name == "/" {
+            at = PathBuf::from("/");
+        } else if name == ".." {
+            at.pop();
+        } else if name != "." {
+            let next = at.join(&name);
+            match std::fs::read_link(&next) {
+                Ok(target) if links.len() < 40 => {
+                    links.push(next);
+                    for component in target.components().rev() {
+                        pending.push_front(component.as_os_str().to_owned());
+                    }
+                }
+                _ => at = next,
+            }
+        }
+    }
+    links
+}
+
 fn below(path: &Path, roots: &[PathBuf]) -> bool {
     roots.iter().any(|root| path.starts_with(root))
 }
@@ -108,6 +152,28 @@ mod tests {
         // Below a host path already, or a link agents could point elsewhere anyway.
         assert!(dirs_led_to(std::slice::from_ref(&root), &files).is_empty());
         assert!(dirs_led_to(&[root.join("elsewhere")], &files).is_empty());
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn every_link_on_the_way_is_found() {
+        let root = std::env::temp_dir().join(format!("gk-links-{}", std::process::id()));
+        let (var, run) = (root.join("var"), root.join("run"));
+        std::fs::create_dir_all(run.join("resolve")).unwrap();
+        std::fs::create_dir_all(&var).unwrap();
+        std::fs::write(run.join("resolve/stub"), "").unwrap();
+        // var/run -> ../run (relative); run/hop -> run/resolve/stub (absolute); a file beside.
+        std::os::unix::fs::symlink("../run", var.join("run")).unwrap();
+        std::os::unix::fs::symlink(run.join("resolve/stub"), run.join("hop")).unwrap();
+        std::os::unix::fs::symlink(var.join("run/hop"), root.join("resolv.conf")).unwrap();
+        assert_eq!(
+            links_on_the_way(&root.join("resolv.conf")),
+            [root.join("resolv.conf"), var.join("run"), run.join("hop")]
+        );
+        assert!(links_on_the_way(&run.join("resolve/stub")).is_empty());
+        // A loop ends.
+        std::os::unix::fs::symlink(root.join("loop"), root.join("loop")).unwrap();
+        assert_eq!(links_on_the_way(&root.join("loop")).len(), 40);
         std::fs::remove_dir_all(root).unwrap();
     }
 

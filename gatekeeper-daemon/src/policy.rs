@@ -1152,10 +1152,20 @@ fn daemon_files(config: &Config) -> Result<Vec<(Target, u32)>, PolicyError> {
             }
         }
     }
-    // Where host programs log (a link to journald's socket, or a syslog daemon's socket): put
-    // aside for an agent's, sudo's and sshd's records would go to the agent instead.
-    if let Ok(node) = node_of(Path::new(crate::host_services::DEV_LOG)) {
+    // Where host programs log and the links on the way to host services' directories (see
+    // `host_services`): put aside for an agent's, host programs would meet the agent instead.
+    for name in crate::host_services::kept_names() {
+        let Ok(node) = node_of(&name) else {
+            continue;
+        };
         add(node, daemon_file::HOST_NAME);
+        for ancestor in name.ancestors().skip(1) {
+            if ancestor.parent().is_some()
+                && let Ok(node) = node_of(ancestor)
+            {
+                add(node, daemon_file::ANCESTOR);
+            }
+        }
     }
     Ok(files)
 }

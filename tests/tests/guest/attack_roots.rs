@@ -623,6 +623,37 @@ fn agents_stand_up_no_host_service() {
     }
 }
 
+/// Most hosts reach nscd's directory through `/var/run`, a link to `/run`: the link stays, or a
+/// root agent would put its own `/var/run` (and nscd) in its place. Made here: the guest's
+/// `/var/run`, where there is one, is a directory of its own.
+#[test]
+fn the_links_on_the_way_to_host_services_stay() {
+    let (var_run, aside) = (Path::new("/var/run"), Path::new("/var/run.gk-aside"));
+    let had = std::fs::rename(var_run, aside).is_ok();
+    std::os::unix::fs::symlink("/run", var_run).unwrap();
+    let restore = || {
+        for name in ["/var/run", "/var/run.agent", "/var/run.host"] {
+            let _ = std::fs::remove_file(name);
+        }
+        if had {
+            std::fs::rename(aside, var_run).unwrap();
+        }
+    };
+    let scenario = Scenario::start("services-links", Options::default());
+    let outcomes = [
+        scenario.tamper(&scenario.agents, "rename", &["/var/run", "/var/run.agent"]),
+        scenario.tamper(&scenario.agents, "unlink", &["/var/run"]),
+        scenario.tamper(&scenario.outside, "rename", &["/var/run", "/var/run.host"]),
+        scenario.tamper(&scenario.outside, "rename", &["/var/run.host", "/var/run"]),
+    ];
+    drop(scenario);
+    restore();
+    assert_eq!(
+        outcomes,
+        [Outcome::Denied, Outcome::Denied, Outcome::Ok, Outcome::Ok]
+    );
+}
+
 /// The host's directories keep their names in `/` (merged-/usr systems link `/bin`, `/lib64` and
 /// the like there: replaced, they would hand host processes and approved execs the agent's
 /// files), and a file system or a file mounted below a host path, before the daemon started or
