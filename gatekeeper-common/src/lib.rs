@@ -363,7 +363,7 @@ pub mod daemon_file {
     pub const DIRECTORY: u32 = 32;
     /// A name host programs trust outside the guarded directories (`/dev/log`, `/var/run` and
     /// other links on the way to host services): not renamed or unlinked by agents.
-    pub const HOST_NAME: u32 = 64;
+    pub const KEPT_NAME: u32 = 64;
 }
 
 /// How many cgroup levels below the root the kernel walks looking for an agent ancestor.

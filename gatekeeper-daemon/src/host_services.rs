@@ -34,7 +34,16 @@ const SOCKET_DIRS: [&str; 5] = [
 /// Makes nscd's directory where there is none, so that it is there to guard: an agent would
 /// otherwise make it and stand up its own nscd.
 pub fn make_nscd_dir() -> std::io::Result<()> {
-    std::fs::create_dir_all(NSCD_DIR)
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    if Path::new(NSCD_DIR).exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(NSCD_DIR)?;
+    // Not the daemon's umask (0077): host programs must reach nscd's socket once it runs.
+    std::fs::set_permissions(NSCD_DIR, std::fs::Permissions::from_mode(0o755))
 }
 
 /// The directories to guard like host paths beside `host_paths`: those of host services'
@@ -107,6 +116,14 @@ fn links_on_the_way(path: &Path) -> Vec<PathBuf> {
     links
 }
 
+/// Whether `dir` is the root of a mount: another device than its parent's.
+fn is_mount_root(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let device = |path: &Path| std::fs::metadata(path).map(|meta| meta.dev()).ok();
+    dir.parent()
+        .is_some_and(|parent| device(dir) != device(parent))
+}
+
 fn below(path: &Path, roots: &[PathBuf]) -> bool {
     roots.iter().any(|root| path.starts_with(root))
 }
@@ -125,6 +142,11 @@ fn dirs_led_to(host_paths: &[PathBuf], files: &[&Path]) -> Vec<PathBuf> {
         else {
             continue;
         };
+        // A file straight in `/run`, or in the root of a mount (WSL's `/mnt/wsl`): guarding the
+        // whole directory would hold up every write of agents there (see README, Limits).
+        if dir.components().count() <= 2 || is_mount_root(&dir) {
+            continue;
+        }
         if !below(&dir, host_paths) && !below(&dir, &dirs) {
             dirs.push(dir);
         }

@@ -1142,14 +1142,8 @@ fn daemon_files(config: &Config) -> Result<Vec<(Target, u32)>, PolicyError> {
         // Above the path as configured (a symlinked directory is a node of its own) and as
         // resolved.
         let configured = std::path::absolute(path).map_err(failed)?;
-        let above = configured
-            .ancestors()
-            .skip(1)
-            .chain(canonical.ancestors().skip(1));
-        for ancestor in above {
-            if ancestor.parent().is_some() {
-                add(node_of(ancestor).map_err(failed)?, daemon_file::ANCESTOR);
-            }
+        for ancestor in directories_above(&configured).chain(directories_above(&canonical)) {
+            add(node_of(ancestor).map_err(failed)?, daemon_file::ANCESTOR);
         }
     }
     // Where host programs log and the links on the way to host services' directories (see
@@ -1158,16 +1152,19 @@ fn daemon_files(config: &Config) -> Result<Vec<(Target, u32)>, PolicyError> {
         let Ok(node) = node_of(&name) else {
             continue;
         };
-        add(node, daemon_file::HOST_NAME);
-        for ancestor in name.ancestors().skip(1) {
-            if ancestor.parent().is_some()
-                && let Ok(node) = node_of(ancestor)
-            {
-                add(node, daemon_file::ANCESTOR);
-            }
+        add(node, daemon_file::KEPT_NAME);
+        for node in directories_above(&name).filter_map(|dir| node_of(dir).ok()) {
+            add(node, daemon_file::ANCESTOR);
         }
     }
     Ok(files)
+}
+
+/// The directories above `path`, `/` left out (it has no name to change).
+fn directories_above(path: &Path) -> impl Iterator<Item = &Path> {
+    path.ancestors()
+        .skip(1)
+        .filter(|ancestor| ancestor.parent().is_some())
 }
 
 /// Entries a search below a protected directory looks at before giving up.

@@ -24,8 +24,8 @@ pub const HOSTS: &str = "/etc/hosts";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
-    #[error("cannot read the name service's files: {0}")]
-    Config(String),
+    #[error("cannot read {HOSTS}: {0}")]
+    Hosts(std::io::Error),
     #[error("{0}")]
     Lookup(String),
     #[error("no addresses")]
@@ -51,7 +51,7 @@ fn stamp() -> Stamp {
 
 /// What host names are resolved with: the hosts file as read, and a DNS resolver.
 #[derive(Clone)]
-struct Made {
+struct Resolvers {
     stamp: Stamp,
     hosts: Arc<Hosts>,
     dns: TokioResolver,
@@ -60,11 +60,11 @@ struct Made {
 /// Resolves host names; made again from the files when either changes.
 #[derive(Clone, Default)]
 pub struct HostResolver {
-    made: Arc<Mutex<Option<Made>>>,
+    made: Arc<Mutex<Option<Resolvers>>>,
 }
 
 impl HostResolver {
-    fn current(&self) -> Result<Made, ResolveError> {
+    fn current(&self) -> Result<Resolvers, ResolveError> {
         let now = stamp();
         let mut made = self
             .made
@@ -77,8 +77,10 @@ impl HostResolver {
         }
         let mut builder = match TokioResolver::builder_tokio() {
             Ok(builder) => builder,
-            // As glibc does without the file: the name server on this host.
-            Err(_) if std::fs::symlink_metadata(RESOLV_CONF).is_err() => {
+            // As glibc does without a usable file (none, a dangling link, no name server in it):
+            // the name server on this host. Names in the hosts file resolve all the same.
+            Err(error) => {
+                tracing::warn!(%error, "{RESOLV_CONF} names no usable name server; asking 127.0.0.1");
                 let local =
                     NameServerConfigGroup::from_ips_clear(&[Ipv4Addr::LOCALHOST.into()], 53, true);
                 TokioResolver::builder_with_config(
@@ -86,7 +88,6 @@ impl HostResolver {
                     TokioConnectionProvider::default(),
                 )
             }
-            Err(error) => return Err(ResolveError::Config(format!("{RESOLV_CONF}: {error}"))),
         };
         let options = builder.options_mut();
         // Every address a name has: a protected host is protected on each.
@@ -96,9 +97,9 @@ impl HostResolver {
         let hosts = match Hosts::from_system() {
             Ok(hosts) => hosts,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Hosts::default(),
-            Err(error) => return Err(ResolveError::Config(format!("{HOSTS}: {error}"))),
+            Err(error) => return Err(ResolveError::Hosts(error)),
         };
-        let current = Made {
+        let current = Resolvers {
             stamp: now,
             hosts: Arc::new(hosts),
             dns: builder.build(),
@@ -114,19 +115,7 @@ impl HostResolver {
         }
         let made = self.current()?;
         let name = Name::from_str(host).map_err(|error| ResolveError::Lookup(error.to_string()))?;
-        let listed: Vec<IpAddr> = [RecordType::A, RecordType::AAAA]
-            .into_iter()
-            .filter_map(|kind| {
-                made.hosts
-                    .lookup_static_host(&Query::query(name.clone(), kind))
-            })
-            .flat_map(|lookup| {
-                lookup
-                    .iter()
-                    .filter_map(|data| data.ip_addr())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let listed = listed_in(&made.hosts, &name);
         let mut addresses = match listed.is_empty() {
             false => listed,
             true => (made.dns.lookup_ip(name).await)
@@ -162,6 +151,19 @@ impl HostResolver {
             .map(|ip| SocketAddr::new(ip, port))
             .collect())
     }
+}
+
+/// The addresses the hosts file gives `name`, IPv4 and IPv6.
+fn listed_in(hosts: &Hosts, name: &Name) -> Vec<IpAddr> {
+    [RecordType::A, RecordType::AAAA]
+        .into_iter()
+        .filter_map(|kind| hosts.lookup_static_host(&Query::query(name.clone(), kind)))
+        .flat_map(|lookup| {
+            (lookup.iter())
+                .filter_map(|data| data.ip_addr())
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 impl HostResolver {
@@ -208,15 +210,18 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn names_come_from_the_hosts_file() {
-        // Every Debian host names itself `localhost` in /etc/hosts; no name server is asked.
-        let addresses = HostResolver::default()
-            .addresses("localhost")
-            .await
-            .unwrap();
-        assert!(addresses.iter().all(|address| address.is_loopback()));
-        assert!(!addresses.is_empty());
+    #[test]
+    fn names_come_from_the_hosts_file() {
+        let mut hosts = Hosts::default();
+        let file =
+            "10.0.0.5 db.example.test db\nfd00::5 db.example.test\n# 10.0.0.6 db.example.test\n";
+        hosts.read_hosts_conf(file.as_bytes()).unwrap();
+        let db = |name: &str| listed_in(&hosts, &Name::from_str(name).unwrap());
+        let both: Vec<IpAddr> = vec!["10.0.0.5".parse().unwrap(), "fd00::5".parse().unwrap()];
+        assert_eq!(db("db.example.test"), both);
+        assert_eq!(db("db.example.test."), both);
+        assert_eq!(db("db"), vec!["10.0.0.5".parse::<IpAddr>().unwrap()]);
+        assert!(db("other.example.test").is_empty());
     }
 
     #[tokio::test]

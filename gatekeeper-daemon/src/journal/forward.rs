@@ -366,7 +366,10 @@ impl SyslogStream {
         tls: Option<&TlsConnector>,
         resolver: &HostResolver,
     ) -> std::io::Result<Self> {
-        let tcp = TcpStream::connect(&resolver.socket_addresses(address).await?[..]).await?;
+        let addresses = resolver.socket_addresses(address).await?;
+        // Addresses only: the names were resolved above.
+        #[allow(clippy::disallowed_methods)]
+        let tcp = TcpStream::connect(&addresses[..]).await?;
         let Some(tls) = tls else {
             return Ok(Self::Plain(tcp));
         };

@@ -553,6 +553,7 @@ fn agents_stand_up_no_host_service() {
     let nscd = Path::new("/var/run/nscd");
     let _ = std::fs::remove_file(nscd.join("socket"));
     let _ = std::fs::remove_dir(nscd);
+    assert!(!nscd.exists(), "nscd's directory left by an earlier test");
     // Each directory as it was: its permissions, or none when the test makes it.
     let dirs = ["/run/systemd", "/run/systemd/userdb", "/run/dbus"].map(|dir| {
         let before = std::fs::metadata(dir).ok().map(|meta| meta.permissions());

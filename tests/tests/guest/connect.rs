@@ -369,7 +369,11 @@ fn the_name_servers_are_host_files_wherever_they_live() {
     scenario.agents_denied("unlink", &[file]);
     scenario.agents_denied("rename", &[file, "/run/gk-names/old"]);
     scenario.agents_denied("write", &["/run/gk-names/new", spoofed]);
-    scenario.agents_denied("rename", &[dir, "/run/gk-names-old"]);
+    // /run is sticky: only a root agent could move the directory.
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "rename", &[dir, "/run/gk-names-old"]),
+        Outcome::Denied
+    );
     assert!(std::fs::read_to_string(file).unwrap().contains("127.0.0.1"));
     // Outside, the host's own tools (systemd-resolved) keep writing it.
     assert_eq!(
