@@ -122,6 +122,24 @@ impl Drop for Stopped {
     }
 }
 
+/// Puts back what a test changed in the guest when dropped, also when the test fails: later
+/// tests in the same guest find it as it was.
+pub struct Restore<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Restore<F> {
+    pub fn new(restore: F) -> Self {
+        Self(Some(restore))
+    }
+}
+
+impl<F: FnOnce()> Drop for Restore<F> {
+    fn drop(&mut self) {
+        if let Some(restore) = self.0.take() {
+            restore();
+        }
+    }
+}
+
 /// What an attempted exec came to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Exec {
@@ -605,6 +623,16 @@ impl Scenario {
 
     /// Builds the world (files, cgroups, config) without starting the daemon.
     pub fn prepare(name: &str, options: Options) -> Self {
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/gk-{name}"));
+        // A scenario of the same name before this one: its uninstall is done with its files.
+        if UNINSTALLING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|(pending, _)| *pending == pin_dir)
+        {
+            finish_uninstall();
+        }
         let dir = PathBuf::from(format!("/tmp/gk-{name}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("protected")).unwrap();
@@ -646,7 +674,6 @@ impl Scenario {
             }
             None => dir.join("journal.jsonl"),
         };
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/gk-{name}"));
         let burst = options
             .webhook_burst
             .map(|burst| format!("burst = {burst}\n"))
@@ -756,7 +783,11 @@ alice = "{alice_key}"
     pub fn start_daemon_with(&mut self, env: &[(&str, &Path)]) {
         self.spawn_daemon_with(env);
         let deadline = Instant::now() + PATIENCE;
-        while !self.gatekeeper(&["status"]).status.success() {
+        // The API listens once the programs enforce. A connect costs the guest nothing beside
+        // the daemon's start, where each `gatekeeper status` is a process.
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err()
+            || !self.gatekeeper(&["status"]).status.success()
+        {
             if let Some(status) = self.daemon_exited() {
                 panic!("daemon exited with {status}:\n{}", self.daemon_log());
             }
@@ -767,6 +798,8 @@ alice = "{alice_key}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        // Enforcing, but the last scenario's programs may still be attached: not for long.
+        finish_uninstall();
     }
 
     /// Starts the daemon without waiting for it (see [`Scenario::daemon_exited`]).
@@ -1290,15 +1323,44 @@ pub fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
+/// The last scenario's `gatekeeper uninstall`, left running when it was dropped. Each link's
+/// detach waits out a grace period in the kernel, seconds for all of them in an emulated guest,
+/// and the next scenario's daemon spends them verifying its programs instead of waiting.
+static UNINSTALLING: Mutex<Option<(PathBuf, Child)>> = Mutex::new(None);
+
+/// Waits for the uninstall [`UNINSTALLING`] holds, if any.
+fn finish_uninstall() {
+    let pending = UNINSTALLING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some((pin_dir, child)) = pending {
+        let output = child
+            .wait_with_output()
+            .expect("wait for gatekeeper uninstall");
+        if !output.status.success() {
+            eprintln!("uninstall of {} failed: {output:?}", pin_dir.display());
+        }
+    }
+}
+
 impl Drop for Scenario {
     fn drop(&mut self) {
         self.stop_daemon();
-        // Stopping leaves the programs enforcing: take them away before the next test.
+        // Stopping leaves the programs enforcing: take them away before the next test's daemon
+        // enforces (it waits for this; see UNINSTALLING).
         if self.pin_dir.exists() {
-            let output = self.uninstall();
-            if !output.status.success() {
-                eprintln!("uninstall after the test failed: {output:?}");
-            }
+            finish_uninstall();
+            let uninstall = Command::new(bin("gatekeeper"))
+                .arg("--config")
+                .arg(&self.config)
+                .arg("uninstall")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start gatekeeper uninstall");
+            *UNINSTALLING.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((self.pin_dir.clone(), uninstall));
         }
         // Children first: a cgroup with children cannot be removed.
         for cgroup in [&self.agents, &self.outside] {

@@ -12,8 +12,8 @@ use std::{
 
 use gatekeeper_common::file_access;
 use gatekeeper_tests::{
-    Exec, Options, Outcome, Scenario, Stopped, TARGET_RAN, UNLISTED_UID, bin, exec_outcome,
-    hand_to_user, wait_for,
+    Exec, Options, Outcome, Restore, Scenario, Stopped, TARGET_RAN, UNLISTED_UID, bin,
+    exec_outcome, hand_to_user, wait_for,
 };
 use serde_json::Value;
 
@@ -566,6 +566,28 @@ fn agents_stand_up_no_host_service() {
     if made_dev_log {
         std::os::unix::fs::symlink("/run/systemd/journal/dev-log", dev_log).unwrap();
     }
+    let made = dirs.clone();
+    let _restore = Restore::new(move || {
+        for name in [
+            "/var/run/nscd/socket",
+            "/var/run/nscd/passwd",
+            "/run/systemd/userdb/io.gk.Agent",
+            "/run/systemd/private",
+            "/run/dbus/system_bus_socket",
+        ] {
+            let _ = std::fs::remove_file(name);
+        }
+        let _ = std::fs::set_permissions(nscd, std::fs::Permissions::from_mode(0o755));
+        if made_dev_log {
+            let _ = std::fs::remove_file(dev_log);
+        }
+        for (dir, before) in made.into_iter().rev() {
+            let _ = match before {
+                Some(mode) => std::fs::set_permissions(dir, mode),
+                None => std::fs::remove_dir(dir),
+            };
+        }
+    });
     let scenario = Scenario::start("services-run", Options::default());
     assert!(nscd.is_dir(), "the daemon makes nscd's directory");
     // /dev is root's alone: only a root agent could put the link aside.
@@ -612,16 +634,6 @@ fn agents_stand_up_no_host_service() {
             "{dir}"
         );
     }
-    std::fs::set_permissions(nscd, std::fs::Permissions::from_mode(0o755)).unwrap();
-    if made_dev_log {
-        std::fs::remove_file(dev_log).unwrap();
-    }
-    for (dir, before) in dirs.into_iter().rev() {
-        match before {
-            Some(mode) => std::fs::set_permissions(dir, mode).unwrap(),
-            None => std::fs::remove_dir(dir).unwrap(),
-        }
-    }
 }
 
 /// Most hosts reach nscd's directory through `/var/run`, a link to `/run`: the link stays, or a
@@ -631,15 +643,15 @@ fn agents_stand_up_no_host_service() {
 fn the_links_on_the_way_to_host_services_stay() {
     let (var_run, aside) = (Path::new("/var/run"), Path::new("/var/run.gk-aside"));
     let had = std::fs::rename(var_run, aside).is_ok();
-    std::os::unix::fs::symlink("/run", var_run).unwrap();
-    let restore = || {
+    let _restore = Restore::new(move || {
         for name in ["/var/run", "/var/run.agent", "/var/run.host"] {
             let _ = std::fs::remove_file(name);
         }
         if had {
-            std::fs::rename(aside, var_run).unwrap();
+            let _ = std::fs::rename(aside, var_run);
         }
-    };
+    });
+    std::os::unix::fs::symlink("/run", var_run).unwrap();
     let scenario = Scenario::start("services-links", Options::default());
     let outcomes = [
         scenario.tamper(&scenario.agents, "rename", &["/var/run", "/var/run.agent"]),
@@ -647,8 +659,6 @@ fn the_links_on_the_way_to_host_services_stay() {
         scenario.tamper(&scenario.outside, "rename", &["/var/run", "/var/run.host"]),
         scenario.tamper(&scenario.outside, "rename", &["/var/run.host", "/var/run"]),
     ];
-    drop(scenario);
-    restore();
     assert_eq!(
         outcomes,
         [Outcome::Denied, Outcome::Denied, Outcome::Ok, Outcome::Ok]
