@@ -416,11 +416,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             command,
         ),
         Command::Daemon => {
+            // A host that cannot enforce is told so first, before any name is looked up.
+            crate::loader::check_bpf_lsm()?;
             let path = cli.config.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG));
-            // Before the config is read: its guards are made for the directories there are.
+            let mut config = Config::read(path)?;
+            // Only for a config that holds, and before the guards: they cover the directories
+            // there are.
             crate::host_services::make_nscd_dir()
                 .with_context(|| format!("cannot make {}", crate::host_services::NSCD_DIR))?;
-            let config = Config::load(path)?;
+            config.guard_host_paths();
             let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
             runtime.block_on(crate::service::run(config))?;
             Ok(ExitCode::SUCCESS)

@@ -303,15 +303,21 @@ impl Config {
             .map(|(_, owner)| owner.as_str())
     }
 
-    /// Reads `path`, parses it and checks it against this host.
+    /// Reads `path`, parses it, checks it against this host and guards the host paths.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let mut config = Self::read(path)?;
+        config.guard_host_paths();
+        Ok(config)
+    }
+
+    /// [`Config::load`] without the host paths' guards.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_owned(),
             cause,
         })?;
-        let mut config = Self::parse(path, &text)?;
+        let config = Self::parse(path, &text)?;
         config.check_host()?;
-        config.guard_host_paths();
         Ok(config)
     }
 

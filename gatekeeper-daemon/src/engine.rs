@@ -188,6 +188,9 @@ impl Engine {
                 core.note(event);
             }
         }
+        for event in policy.host_addresses() {
+            core.note(event);
+        }
         if !was_enforcing || core.enforcing_since().is_none() {
             core.note(Event::EnforcementInstalled {
                 pin_dir: config.pin_dir.display().to_string(),

@@ -866,24 +866,32 @@ impl Policy {
             }
             return Err(error);
         }
-        let Some(rule) = self.config.connect_rules.get(index) else {
-            return Ok(None);
+        Ok(self.addresses_of(index))
+    }
+
+    /// What each `host` rule protects now, one `host_resolved` each: journaled at start, so the
+    /// record holds every address a host rule ever had.
+    pub fn host_addresses(&self) -> Vec<Event> {
+        (self.config.connect_rules.iter().enumerate())
+            .filter(|(_, rule)| matches!(rule.destination, DestinationSpec::Host(_)))
+            .filter_map(|(index, _)| self.addresses_of(index))
+            .collect()
+    }
+
+    /// The addresses the `host` rule at `index` protects, as `host_resolved`.
+    fn addresses_of(&self, index: usize) -> Option<Event> {
+        let rule = self.config.connect_rules.get(index)?;
+        let DestinationSpec::Host(host) = &rule.destination else {
+            return None;
         };
-        let host = match &rule.destination {
-            DestinationSpec::Host(host) => host.clone(),
-            DestinationSpec::Cidr(prefix) => prefix.to_string(),
-            DestinationSpec::Socket(path) => path.display().to_string(),
-        };
-        let addresses = self.reaches[index]
-            .prefixes
-            .iter()
+        let addresses = (self.reaches.get(index)?.prefixes.iter())
             .map(|prefix| destinations::natural(prefix.address).to_string())
             .collect();
-        Ok(Some(Event::HostResolved {
+        Some(Event::HostResolved {
             rule: rule.name.clone(),
-            host,
+            host: host.clone(),
             addresses,
-        }))
+        })
     }
 
     /// The protected path that names (or named) `target`, and its `[[protect.exec]]` rule.

@@ -56,7 +56,8 @@ pub enum Event {
         ino: u64,
         why: String,
     },
-    /// A `host` destination now resolves to (also) these addresses.
+    /// The addresses a `host` rule protects: those it had at the daemon's start, and again each
+    /// time a lookup adds some.
     HostResolved {
         rule: String,
         host: String,

@@ -246,9 +246,7 @@ fn expired_connect_grant_never_allows() {
 
 #[test]
 fn host_rules_resolve_and_follow_the_name() {
-    let hosts = "/etc/hosts";
-    let original = std::fs::read_to_string(hosts).unwrap_or_default();
-    std::fs::write(hosts, format!("{original}127.0.7.1 db.gatekeeper.test\n")).unwrap();
+    let hosts = Restored::add_to("/etc/hosts", "127.0.7.1 db.gatekeeper.test\n");
     let scenario = Scenario::start(
         "net-host",
         Options {
@@ -257,6 +255,12 @@ fn host_rules_resolve_and_follow_the_name() {
             ..Options::default()
         },
     );
+    // What the name protects from the start is on record.
+    scenario.wait_journal("host_resolved", |event| {
+        event["rule"] == "db by name"
+            && event["host"] == "db.gatekeeper.test"
+            && event["addresses"] == serde_json::json!(["127.0.7.1"])
+    });
     let _listeners = listen(&["127.0.7.1:5432", "127.0.7.2:5432"]);
     assert_eq!(
         scenario.net(&scenario.agents, "tcp", "127.0.7.1:5432"),
@@ -271,13 +275,17 @@ fn host_rules_resolve_and_follow_the_name() {
         scenario.net(&scenario.agents, "tcp", "127.0.7.2:5432"),
         Outcome::Ok
     );
-    std::fs::write(hosts, format!("{original}127.0.7.2 db.gatekeeper.test\n")).unwrap();
+    std::fs::write(
+        hosts.path,
+        format!("{}127.0.7.2 db.gatekeeper.test\n", hosts.original),
+    )
+    .unwrap();
     scenario.wait_journal("host_resolved", |event| {
         event["addresses"]
             .as_array()
             .is_some_and(|addresses| addresses.iter().any(|a| a == "127.0.7.2"))
     });
-    std::fs::write(hosts, original).unwrap();
+    std::fs::write(hosts.path, &hosts.original).unwrap();
     assert_eq!(
         scenario.net(&scenario.agents, "tcp", "127.0.7.2:5432"),
         Outcome::Denied

@@ -56,4 +56,8 @@ fn refuses_without_bpf_lsm() {
         !scenario.journal.exists(),
         "nothing written before the kernel check"
     );
+    assert!(
+        !std::path::Path::new("/var/run/nscd").exists(),
+        "nothing made before the kernel check"
+    );
 }
