@@ -215,6 +215,8 @@ pub struct Core {
     forwarded: BTreeMap<String, u64>,
     /// Agents started by `gatekeeper agent run`, by cgroup id.
     agents: BTreeMap<u64, LaunchedAgent>,
+    /// Host of a `host` rule -> the addresses it protected as last journaled.
+    hosts: BTreeMap<String, Vec<String>>,
     /// Records of noisy kinds (tamper attempts, refusals) held back, by kind.
     noise: HashMap<String, Noise>,
     /// Justifications agents gave for an exec they are about to try, until it comes.
@@ -246,6 +248,7 @@ impl Core {
             enforcing_since: None,
             forwarded: BTreeMap::new(),
             agents: BTreeMap::new(),
+            hosts: BTreeMap::new(),
             noise: HashMap::new(),
             announced: Vec::new(),
             effects: VecDeque::new(),
@@ -267,6 +270,11 @@ impl Core {
         match &event {
             Event::EnforcementInstalled { .. } => {}
             Event::Uninstalled { .. } => self.enforcing_since = None,
+            Event::HostResolved {
+                host, addresses, ..
+            } => {
+                self.hosts.insert(host.clone(), addresses.clone());
+            }
             _ => {}
         }
         self.journal(event);
@@ -943,7 +951,13 @@ impl Core {
             grants,
             forwarded: self.forwarded.clone(),
             agents: self.agents.values().cloned().collect(),
+            hosts: self.hosts.clone(),
         }
+    }
+
+    /// The addresses `host` protected as last journaled, if it ever had some.
+    pub fn remembered_addresses(&self, host: &str) -> Option<&[String]> {
+        self.hosts.get(host).map(Vec::as_slice)
     }
 
     /// `gatekeeper agent run` made cgroup `cgroup_id` for an agent of `owner`.
@@ -1028,6 +1042,7 @@ impl Core {
                 self.deliveries.clear();
                 self.enforcing_since = state.enforcing_since;
                 self.forwarded = state.forwarded.clone();
+                self.hosts = state.hosts.clone();
                 self.agents = state
                     .agents
                     .iter()
@@ -1090,6 +1105,11 @@ impl Core {
                         owner: owner.clone(),
                     },
                 );
+            }
+            Event::HostResolved {
+                host, addresses, ..
+            } => {
+                self.hosts.insert(host.clone(), addresses.clone());
             }
             Event::Justification { request_id, text } => {
                 let _ = self.requests.justify(request_id, text.clone());
@@ -1944,6 +1964,44 @@ mod tests {
         assert_eq!(
             restarted.on_denial(denial(7, 101), start()),
             Admission::Joined(pending)
+        );
+    }
+
+    #[test]
+    fn a_host_rules_addresses_survive_a_restart_by_record_and_by_checkpoint() {
+        let resolved = |addresses: &[&str]| Event::HostResolved {
+            rule: "db".into(),
+            host: "db.example".into(),
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+        };
+        let mut original = core();
+        assert_eq!(original.remembered_addresses("db.example"), None);
+        original.note(resolved(&["10.0.0.1"]));
+        original.note(resolved(&["10.0.0.1", "10.0.0.2"]));
+        let last: &[String] = &["10.0.0.1".into(), "10.0.0.2".into()];
+        assert_eq!(original.remembered_addresses("db.example"), Some(last));
+        assert_eq!(original.remembered_addresses("other.example"), None);
+        let records = journal_events(&original.take_effects());
+        assert_eq!(records.len(), 2, "noted, and journaled");
+
+        let mut from_records = core();
+        for record in &records {
+            from_records.replay(start().wall, record);
+        }
+        assert_eq!(from_records.remembered_addresses("db.example"), Some(last));
+
+        let checkpoint = Event::Checkpoint {
+            state: original.snapshot(),
+        };
+        let checkpoint: Event =
+            serde_json::from_str(&serde_json::to_string(&checkpoint).unwrap()).unwrap();
+        let mut from_checkpoint = core();
+        from_checkpoint.note(resolved(&["10.9.9.9"]));
+        from_checkpoint.replay(start().wall, &checkpoint);
+        assert_eq!(
+            from_checkpoint.remembered_addresses("db.example"),
+            Some(last),
+            "the checkpoint's addresses replace what came before it"
         );
     }
 

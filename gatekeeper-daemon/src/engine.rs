@@ -24,7 +24,7 @@ use crate::{
     loader::{self, Kernel, LoaderError, PathList},
     metrics::Metrics,
     notify,
-    policy::{Policy, PolicyError, ResolvedHosts},
+    policy::{Policy, PolicyError, ResolvedHosts, or_remembered},
     requests::{Admission, Denial, Request, State},
     resolver::HostResolver,
 };
@@ -153,14 +153,15 @@ impl Engine {
             }
             Err(error) => return Err(JournalError::from(error).into()),
         };
-        let was_enforcing = loader::links_pinned(&config.pin_dir);
-        let mut kernel = Kernel::load(&config.pin_dir)?;
-        let (policy, mounts_guarded) = Policy::install(config.clone(), &mut kernel, resolved)?;
         let start = now();
         let mut core = Core::new(settings(&config), start, Box::new(random_id));
         for record in &opened.records {
             core.replay(record.time, &record.event);
         }
+        let resolved = or_remembered(resolved, |host| core.remembered_addresses(host));
+        let was_enforcing = loader::links_pinned(&config.pin_dir);
+        let mut kernel = Kernel::load(&config.pin_dir)?;
+        let (policy, mounts_guarded) = Policy::install(config.clone(), &mut kernel, &resolved)?;
         if was_enforcing {
             for (grant_id, key) in core.outstanding_grants() {
                 let expires = kernel

@@ -178,6 +178,32 @@ pub async fn look_up_hosts(config: &Config, resolver: &HostResolver) -> Resolved
     resolved
 }
 
+/// `resolved`, with the addresses a host had as last journaled (`remembered`) where it did not
+/// resolve now: a DNS outage as the daemon starts leaves the host's addresses protected. A host
+/// never journaled stays unresolved.
+pub fn or_remembered<'a>(
+    resolved: &ResolvedHosts,
+    remembered: impl Fn(&str) -> Option<&'a [String]>,
+) -> ResolvedHosts {
+    let mut hosts = resolved.clone();
+    for (host, result) in &mut hosts {
+        let Err(error) = result else { continue };
+        let Some(addresses) = remembered(host) else {
+            continue;
+        };
+        let addresses: Vec<IpAddr> = addresses.iter().filter_map(|a| a.parse().ok()).collect();
+        if addresses.is_empty() {
+            continue;
+        }
+        tracing::warn!(
+            %host, %error, ?addresses,
+            "cannot resolve protected host; protecting the addresses it had when last journaled"
+        );
+        *result = Ok(addresses);
+    }
+    hosts
+}
+
 /// The unix socket bound to the file a stat found.
 fn as_socket(file: Target) -> Target {
     Target::unix_socket(file.data[0] as u32, file.data[1])
@@ -1298,6 +1324,39 @@ fn follow_list(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_that_does_not_resolve_keeps_its_journaled_addresses() {
+        let resolved = ResolvedHosts::from([
+            (
+                "up.example".to_owned(),
+                Ok(vec!["10.0.0.1".parse().unwrap()]),
+            ),
+            ("down.example".to_owned(), Err("timed out".to_owned())),
+            ("new.example".to_owned(), Err("timed out".to_owned())),
+            ("garbled.example".to_owned(), Err("timed out".to_owned())),
+        ]);
+        let journaled = HashMap::from([
+            ("up.example", vec!["10.9.9.9".to_owned()]),
+            (
+                "down.example",
+                vec!["10.0.0.2".to_owned(), "::1".to_owned()],
+            ),
+            ("garbled.example", vec!["not an address".to_owned()]),
+        ]);
+        let hosts = or_remembered(&resolved, |host| journaled.get(host).map(Vec::as_slice));
+        assert_eq!(
+            hosts["up.example"],
+            Ok(vec!["10.0.0.1".parse().unwrap()]),
+            "what resolves now wins"
+        );
+        assert_eq!(
+            hosts["down.example"],
+            Ok(vec!["10.0.0.2".parse().unwrap(), "::1".parse().unwrap()])
+        );
+        assert_eq!(hosts["new.example"], Err("timed out".to_owned()));
+        assert_eq!(hosts["garbled.example"], Err("timed out".to_owned()));
+    }
 
     fn allowlisted(current: Target, digest: Digest) -> WatchedPath {
         WatchedPath {

@@ -827,11 +827,11 @@ alice = "{alice_key}"
         self.daemon = Some(child);
     }
 
-    /// The exit status of a daemon that has stopped by itself.
+    /// The exit status of a daemon that has stopped by itself; another may be started then.
     pub fn daemon_exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.daemon
-            .as_mut()
-            .and_then(|d| d.try_wait().ok().flatten())
+        let status = (self.daemon.as_mut()).and_then(|d| d.try_wait().ok().flatten())?;
+        self.daemon = None;
+        Some(status)
     }
 
     /// Starts the receiver of a webhook that was down.

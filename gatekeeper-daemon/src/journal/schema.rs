@@ -411,6 +411,10 @@ pub struct Snapshot {
     /// Agents started by `gatekeeper agent run`, with their owners.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub agents: Vec<LaunchedAgent>,
+    /// Host of a `host` rule -> the addresses it protected as last journaled: a daemon that
+    /// cannot look the name up as it starts protects these.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub hosts: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// An agent `gatekeeper agent run` started: its cgroup, as made, and its owner.

@@ -296,6 +296,57 @@ fn host_rules_resolve_and_follow_the_name() {
     );
 }
 
+/// A host rule's name that does not resolve as the daemon starts (the guest has no name server):
+/// never resolved, the daemon refuses to start and says which; resolved at an earlier start, the
+/// addresses the journal has for it stay protected, also after an uninstall emptied the maps.
+#[test]
+fn a_host_that_stops_resolving_keeps_its_journaled_addresses() {
+    let mut scenario = Scenario::prepare(
+        "net-host-gone",
+        Options {
+            extra: "[[protect.connect]]\nname = \"db by name\"\nhost = \"gone.gatekeeper.test\"\nports = [5432]\nprotocol = \"tcp\"\n".to_owned(),
+            ..Options::default()
+        },
+    );
+    scenario.spawn_daemon();
+    let status = wait_for("the daemon to give up", || scenario.daemon_exited());
+    assert_eq!(status.code(), Some(1), "{}", scenario.daemon_log());
+    assert!(
+        scenario
+            .daemon_log()
+            .contains("cannot resolve gone.gatekeeper.test"),
+        "{}",
+        scenario.daemon_log()
+    );
+
+    let hosts = Restored::add_to("/etc/hosts", "127.0.7.5 gone.gatekeeper.test\n");
+    scenario.start_daemon();
+    scenario.wait_journal("host_resolved", |event| {
+        event["addresses"] == serde_json::json!(["127.0.7.5"])
+    });
+    scenario.stop_daemon();
+    assert!(scenario.uninstall().status.success());
+    drop(hosts);
+
+    scenario.start_daemon();
+    assert!(
+        scenario
+            .daemon_log()
+            .contains("protecting the addresses it had when last journaled"),
+        "{}",
+        scenario.daemon_log()
+    );
+    let _listeners = listen(&["127.0.7.5:5432"]);
+    assert_eq!(
+        scenario.net(&scenario.agents, "tcp", "127.0.7.5:5432"),
+        Outcome::Denied
+    );
+    assert_eq!(
+        scenario.net(&scenario.outside, "tcp", "127.0.7.5:5432"),
+        Outcome::Ok
+    );
+}
+
 /// Host names are the daemon's own lookups, in /etc/hosts and with the name servers of
 /// /etc/resolv.conf: a root agent's nscd, up before the daemon (glibc asks it first), that gives
 /// a protected host and the journal's receiver an address of the agent's moves neither, while
