@@ -420,6 +420,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::loader::check_bpf_lsm()?;
             let path = cli.config.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG));
             let mut config = Config::read(path)?;
+            config.check_host()?;
             // Only for a config that holds, and before the guards: they cover the directories
             // there are.
             crate::host_services::make_nscd_dir()
@@ -676,9 +677,10 @@ fn print_requests(requests: &[Request]) {
 }
 
 /// The configuration a client command was pointed at: `--config`, else the default file.
+/// The config as far as a client needs it: where the daemon's socket, journal and pins are.
 fn client_config(cli: &Cli) -> anyhow::Result<Config> {
     let path = cli.config.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG));
-    Ok(Config::load(path)?)
+    Ok(Config::read(path)?)
 }
 
 fn socket_path(cli: &Cli) -> anyhow::Result<PathBuf> {

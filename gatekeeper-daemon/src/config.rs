@@ -238,6 +238,16 @@ pub struct ConnectRule {
     pub approval: RulePolicy,
 }
 
+impl ConnectRule {
+    /// The host name of a `host` rule.
+    pub fn host(&self) -> Option<&str> {
+        match &self.destination {
+            DestinationSpec::Host(host) => Some(host),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DestinationSpec {
     Cidr(Prefix),
@@ -306,19 +316,19 @@ impl Config {
     /// Reads `path`, parses it, checks it against this host and guards the host paths.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let mut config = Self::read(path)?;
+        config.check_host()?;
         config.guard_host_paths();
         Ok(config)
     }
 
-    /// [`Config::load`] without the host paths' guards.
+    /// Reads and parses `path` without looking at the host: what clients of a daemon need (its
+    /// socket, journal and pins), also once an agent cgroup or a protected file is gone.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_owned(),
             cause,
         })?;
-        let config = Self::parse(path, &text)?;
-        config.check_host()?;
-        Ok(config)
+        Self::parse(path, &text)
     }
 
     /// Adds a rule for each host path that is a directory here (see [`host_guards`]), and for

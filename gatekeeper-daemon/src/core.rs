@@ -951,8 +951,13 @@ impl Core {
             grants,
             forwarded: self.forwarded.clone(),
             agents: self.agents.values().cloned().collect(),
-            hosts: self.hosts.clone(),
+            host_addresses: self.hosts.clone(),
         }
+    }
+
+    /// Forgets the addresses of hosts no rule names any more.
+    pub fn keep_hosts(&mut self, named: impl Fn(&str) -> bool) {
+        self.hosts.retain(|host, _| named(host));
     }
 
     /// The addresses `host` protected as last journaled, if it ever had some.
@@ -1042,7 +1047,7 @@ impl Core {
                 self.deliveries.clear();
                 self.enforcing_since = state.enforcing_since;
                 self.forwarded = state.forwarded.clone();
-                self.hosts = state.hosts.clone();
+                self.hosts = state.host_addresses.clone();
                 self.agents = state
                     .agents
                     .iter()
@@ -2003,6 +2008,10 @@ mod tests {
             Some(last),
             "the checkpoint's addresses replace what came before it"
         );
+        // A host no rule names any more is forgotten.
+        from_checkpoint.keep_hosts(|host| host == "other.example");
+        assert_eq!(from_checkpoint.remembered_addresses("db.example"), None);
+        assert!(from_checkpoint.snapshot().host_addresses.is_empty());
     }
 
     #[test]

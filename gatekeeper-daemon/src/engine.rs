@@ -24,7 +24,7 @@ use crate::{
     loader::{self, Kernel, LoaderError, PathList},
     metrics::Metrics,
     notify,
-    policy::{Policy, PolicyError, ResolvedHosts, or_remembered},
+    policy::{Policy, PolicyError, ResolvedHosts, check_resolved, with_remembered_addresses},
     requests::{Admission, Denial, Request, State},
     resolver::HostResolver,
 };
@@ -117,9 +117,10 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens the journal, loads the programs, fills the maps, picks up the journal's state and
-    /// only then attaches. `handle` reaches this engine once it runs (delivery results);
-    /// `metrics` count what it journals.
+    /// Opens the journal and picks up its state, loads the programs, fills the maps and only
+    /// then attaches. `resolved` are the host rules' addresses looked up now; a host that did
+    /// not resolve has those the journal last had for it. `handle` reaches this engine once it
+    /// runs (delivery results); `metrics` count what it journals.
     pub fn start(
         config: Arc<Config>,
         handle: Handle,
@@ -127,7 +128,7 @@ impl Engine {
         resolver: &HostResolver,
         resolved: &ResolvedHosts,
     ) -> Result<Self, EngineError> {
-        // Before anything is written: a host that cannot enforce is told so first.
+        // Before the journal is opened (`gatekeeper daemon` checks before anything else).
         loader::check_bpf_lsm()?;
         let mut opened = Journal::open(&config.journal)?;
         if let Some(repair) = &opened.repaired {
@@ -153,15 +154,23 @@ impl Engine {
             }
             Err(error) => return Err(JournalError::from(error).into()),
         };
-        let start = now();
-        let mut core = Core::new(settings(&config), start, Box::new(random_id));
+        let mut core = Core::new(settings(&config), now(), Box::new(random_id));
         for record in &opened.records {
             core.replay(record.time, &record.event);
         }
-        let resolved = or_remembered(resolved, |host| core.remembered_addresses(host));
+        core.keep_hosts(|host| {
+            config
+                .connect_rules
+                .iter()
+                .any(|rule| rule.host() == Some(host))
+        });
+        let resolved = with_remembered_addresses(resolved, |host| core.remembered_addresses(host));
+        // A name with no addresses at all stops the start before the programs load.
+        check_resolved(&config, &resolved)?;
         let was_enforcing = loader::links_pinned(&config.pin_dir);
         let mut kernel = Kernel::load(&config.pin_dir)?;
         let (policy, mounts_guarded) = Policy::install(config.clone(), &mut kernel, &resolved)?;
+        let start = now();
         if was_enforcing {
             for (grant_id, key) in core.outstanding_grants() {
                 let expires = kernel

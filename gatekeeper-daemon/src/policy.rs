@@ -168,11 +168,11 @@ pub type ResolvedHosts = HashMap<String, Result<Vec<IpAddr>, String>>;
 pub async fn look_up_hosts(config: &Config, resolver: &HostResolver) -> ResolvedHosts {
     let mut resolved = ResolvedHosts::new();
     for rule in &config.connect_rules {
-        if let DestinationSpec::Host(host) = &rule.destination
+        if let Some(host) = rule.host()
             && !resolved.contains_key(host)
         {
             let addresses = (resolver.addresses(host).await).map_err(|error| error.to_string());
-            resolved.insert(host.clone(), addresses);
+            resolved.insert(host.to_owned(), addresses);
         }
     }
     resolved
@@ -181,7 +181,7 @@ pub async fn look_up_hosts(config: &Config, resolver: &HostResolver) -> Resolved
 /// `resolved`, with the addresses a host had as last journaled (`remembered`) where it did not
 /// resolve now: a DNS outage as the daemon starts leaves the host's addresses protected. A host
 /// never journaled stays unresolved.
-pub fn or_remembered<'a>(
+pub fn with_remembered_addresses<'a>(
     resolved: &ResolvedHosts,
     remembered: impl Fn(&str) -> Option<&'a [String]>,
 ) -> ResolvedHosts {
@@ -202,6 +202,34 @@ pub fn or_remembered<'a>(
         *result = Ok(addresses);
     }
     hosts
+}
+
+/// Fails on the first `host` rule whose name has no addresses in `resolved`.
+pub fn check_resolved(config: &Config, resolved: &ResolvedHosts) -> Result<(), PolicyError> {
+    for (index, rule) in config.connect_rules.iter().enumerate() {
+        if let Some(host) = rule.host() {
+            addresses_of_host(resolved, index, host)?;
+        }
+    }
+    Ok(())
+}
+
+/// The addresses `host`, of the rule at `index`, has in `resolved`.
+fn addresses_of_host<'a>(
+    resolved: &'a ResolvedHosts,
+    index: usize,
+    host: &str,
+) -> Result<&'a [IpAddr], PolicyError> {
+    let failed = |cause: &str| PolicyError::Resolve {
+        index,
+        host: host.to_owned(),
+        cause: cause.to_owned(),
+    };
+    match resolved.get(host) {
+        Some(Ok(addresses)) => Ok(addresses),
+        Some(Err(cause)) => Err(failed(cause)),
+        None => Err(failed("not looked up")),
+    }
 }
 
 /// The unix socket bound to the file a stat found.
@@ -578,15 +606,9 @@ impl Policy {
                     DestinationSpec::Cidr(prefix) => vec![*prefix],
                     // Judged by the unix socket hooks, not the destination trie.
                     DestinationSpec::Socket(_) => Vec::new(),
-                    DestinationSpec::Host(host) => (resolved.get(host).cloned())
-                        .unwrap_or_else(|| Err("not looked up".to_owned()))
-                        .map_err(|cause| PolicyError::Resolve {
-                            index,
-                            host: host.clone(),
-                            cause,
-                        })?
-                        .into_iter()
-                        .map(Prefix::host)
+                    DestinationSpec::Host(host) => addresses_of_host(resolved, index, host)?
+                        .iter()
+                        .map(|address| Prefix::host(*address))
                         .collect(),
                 };
                 Ok(Reach {
@@ -898,24 +920,21 @@ impl Policy {
     /// What each `host` rule protects now, one `host_resolved` each: journaled at start, so the
     /// record holds every address a host rule ever had.
     pub fn host_addresses(&self) -> Vec<Event> {
-        (self.config.connect_rules.iter().enumerate())
-            .filter(|(_, rule)| matches!(rule.destination, DestinationSpec::Host(_)))
-            .filter_map(|(index, _)| self.addresses_of(index))
+        (0..self.config.connect_rules.len())
+            .filter_map(|index| self.addresses_of(index))
             .collect()
     }
 
     /// The addresses the `host` rule at `index` protects, as `host_resolved`.
     fn addresses_of(&self, index: usize) -> Option<Event> {
         let rule = self.config.connect_rules.get(index)?;
-        let DestinationSpec::Host(host) = &rule.destination else {
-            return None;
-        };
+        let host = rule.host()?;
         let addresses = (self.reaches.get(index)?.prefixes.iter())
             .map(|prefix| destinations::natural(prefix.address).to_string())
             .collect();
         Some(Event::HostResolved {
             rule: rule.name.clone(),
-            host: host.clone(),
+            host: host.to_owned(),
             addresses,
         })
     }
@@ -1344,7 +1363,8 @@ mod tests {
             ),
             ("garbled.example", vec!["not an address".to_owned()]),
         ]);
-        let hosts = or_remembered(&resolved, |host| journaled.get(host).map(Vec::as_slice));
+        let hosts =
+            with_remembered_addresses(&resolved, |host| journaled.get(host).map(Vec::as_slice));
         assert_eq!(
             hosts["up.example"],
             Ok(vec!["10.0.0.1".parse().unwrap()]),
@@ -1356,6 +1376,40 @@ mod tests {
         );
         assert_eq!(hosts["new.example"], Err("timed out".to_owned()));
         assert_eq!(hosts["garbled.example"], Err("timed out".to_owned()));
+    }
+
+    #[test]
+    fn a_host_rule_without_addresses_stops_the_start_and_is_named() {
+        let config = Config::parse(
+            Path::new("test.toml"),
+            r#"
+[agents]
+cgroups = ["/sys/fs/cgroup/agents"]
+[approval]
+reviewers = ["root"]
+grant_ttl = "60s"
+request_ttl = "15m"
+[[protect.connect]]
+name = "by address"
+cidr = "10.0.0.0/8"
+[[protect.connect]]
+name = "db"
+host = "db.example"
+ports = [5432]
+"#,
+        )
+        .unwrap();
+        let resolved = |result: Result<Vec<IpAddr>, String>| {
+            ResolvedHosts::from([("db.example".to_owned(), result)])
+        };
+        assert!(check_resolved(&config, &resolved(Ok(vec!["10.0.0.1".parse().unwrap()]))).is_ok());
+        let error = check_resolved(&config, &resolved(Err("timed out".into()))).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "protect.connect[1].host: cannot resolve db.example: timed out"
+        );
+        let error = check_resolved(&config, &ResolvedHosts::new()).unwrap_err();
+        assert!(error.to_string().contains("not looked up"), "{error}");
     }
 
     fn allowlisted(current: Target, digest: Digest) -> WatchedPath {

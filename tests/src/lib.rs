@@ -624,14 +624,15 @@ impl Scenario {
     /// Builds the world (files, cgroups, config) without starting the daemon.
     pub fn prepare(name: &str, options: Options) -> Self {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/gk-{name}"));
-        // A scenario of the same name before this one: its uninstall is done with its files.
-        if UNINSTALLING
+        // A scenario of the same name before this one: its uninstall reads the config and
+        // journal made again below, so it finishes first.
+        let same_name = UNINSTALLING
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .is_some_and(|(pending, _)| *pending == pin_dir)
-        {
-            finish_uninstall();
+            .is_some_and(|(pending, _)| *pending == pin_dir);
+        if same_name && let Err(error) = finish_uninstall() {
+            panic!("{error}");
         }
         let dir = PathBuf::from(format!("/tmp/gk-{name}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -799,7 +800,9 @@ alice = "{alice_key}"
             std::thread::sleep(Duration::from_millis(100));
         }
         // Enforcing, but the last scenario's programs may still be attached: not for long.
-        finish_uninstall();
+        if let Err(error) = finish_uninstall() {
+            panic!("{error}");
+        }
     }
 
     /// Starts the daemon without waiting for it (see [`Scenario::daemon_exited`]).
@@ -1328,19 +1331,22 @@ pub fn now_unix() -> i64 {
 /// and the next scenario's daemon spends them verifying its programs instead of waiting.
 static UNINSTALLING: Mutex<Option<(PathBuf, Child)>> = Mutex::new(None);
 
-/// Waits for the uninstall [`UNINSTALLING`] holds, if any.
-fn finish_uninstall() {
+/// Waits for the uninstall [`UNINSTALLING`] holds, if any; says what went wrong if its programs
+/// may still be attached.
+fn finish_uninstall() -> Result<(), String> {
     let pending = UNINSTALLING
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .take();
-    if let Some((pin_dir, child)) = pending {
-        let output = child
-            .wait_with_output()
-            .expect("wait for gatekeeper uninstall");
-        if !output.status.success() {
-            eprintln!("uninstall of {} failed: {output:?}", pin_dir.display());
-        }
+    let Some((pin_dir, child)) = pending else {
+        return Ok(());
+    };
+    match child.wait_with_output() {
+        Ok(output) if output.status.success() && !pin_dir.exists() => Ok(()),
+        output => Err(format!(
+            "the uninstall of the last scenario's {} failed: {output:?}",
+            pin_dir.display()
+        )),
     }
 }
 
@@ -1350,17 +1356,24 @@ impl Drop for Scenario {
         // Stopping leaves the programs enforcing: take them away before the next test's daemon
         // enforces (it waits for this; see UNINSTALLING).
         if self.pin_dir.exists() {
-            finish_uninstall();
+            // No panic here: one while a failed test unwinds would end the whole run.
+            if let Err(error) = finish_uninstall() {
+                eprintln!("{error}");
+            }
             let uninstall = Command::new(bin("gatekeeper"))
                 .arg("--config")
                 .arg(&self.config)
                 .arg("uninstall")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
-                .spawn()
-                .expect("start gatekeeper uninstall");
-            *UNINSTALLING.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some((self.pin_dir.clone(), uninstall));
+                .spawn();
+            match uninstall {
+                Ok(child) => {
+                    *UNINSTALLING.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((self.pin_dir.clone(), child))
+                }
+                Err(error) => eprintln!("cannot start gatekeeper uninstall: {error}"),
+            }
         }
         // Children first: a cgroup with children cannot be removed.
         for cgroup in [&self.agents, &self.outside] {

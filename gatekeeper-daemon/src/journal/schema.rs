@@ -414,7 +414,7 @@ pub struct Snapshot {
     /// Host of a `host` rule -> the addresses it protected as last journaled: a daemon that
     /// cannot look the name up as it starts protects these.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub hosts: std::collections::BTreeMap<String, Vec<String>>,
+    pub host_addresses: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// An agent `gatekeeper agent run` started: its cgroup, as made, and its owner.

@@ -567,14 +567,18 @@ fn agents_stand_up_no_host_service() {
         std::os::unix::fs::symlink("/run/systemd/journal/dev-log", dev_log).unwrap();
     }
     let made = dirs.clone();
+    let sockets = [
+        "/var/run/nscd/socket",
+        "/run/systemd/userdb/io.gk.Agent",
+        "/run/systemd/private",
+        "/run/dbus/system_bus_socket",
+    ];
+    // The test makes these (the guest runs no such service), and takes away only what it made.
+    for name in sockets {
+        assert!(std::fs::symlink_metadata(name).is_err(), "{name} is there");
+    }
     let _restore = Restore::new(move || {
-        for name in [
-            "/var/run/nscd/socket",
-            "/var/run/nscd/passwd",
-            "/run/systemd/userdb/io.gk.Agent",
-            "/run/systemd/private",
-            "/run/dbus/system_bus_socket",
-        ] {
+        for name in sockets.into_iter().chain(["/var/run/nscd/passwd"]) {
             let _ = std::fs::remove_file(name);
         }
         let _ = std::fs::set_permissions(nscd, std::fs::Permissions::from_mode(0o755));
@@ -610,12 +614,7 @@ fn agents_stand_up_no_host_service() {
     for dir in dirs.iter().map(|(dir, _)| *dir).chain([nscd]) {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     }
-    for socket in [
-        "/var/run/nscd/socket",
-        "/run/systemd/userdb/io.gk.Agent",
-        "/run/systemd/private",
-        "/run/dbus/system_bus_socket",
-    ] {
+    for socket in sockets {
         only_from_outside(&scenario, "unix-bind", &[socket]);
         std::fs::remove_file(socket).unwrap();
     }

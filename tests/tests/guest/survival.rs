@@ -46,6 +46,20 @@ fn status_reports_enforcement_and_stopping_does_not_end_it() {
     scenario.start_daemon();
     assert_eq!(status(&scenario)["since"], first["since"]);
     assert_eq!(scenario.agent_exec(), Exec::Denied);
+
+    // Down again, and the agent cgroup gone: the CLI still finds the pins by the config, tells
+    // of them and takes them away.
+    scenario.stop_daemon();
+    std::fs::remove_dir(&scenario.agents).unwrap();
+    let config = scenario.config.display().to_string();
+    let down = scenario.gatekeeper(&["--config", &config, "status"]);
+    assert!(
+        String::from_utf8_lossy(&down.stderr).contains("still live"),
+        "{down:?}"
+    );
+    let output = scenario.uninstall();
+    assert!(output.status.success(), "{output:?}");
+    assert!(!scenario.pin_dir.exists(), "pins removed");
 }
 
 #[test]
