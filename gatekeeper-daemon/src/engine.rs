@@ -24,7 +24,9 @@ use crate::{
     loader::{self, Kernel, LoaderError, PathList},
     metrics::Metrics,
     notify,
-    policy::{Policy, PolicyError, ResolvedHosts, check_resolved, with_remembered_addresses},
+    policy::{
+        Policy, PolicyError, ResolvedHosts, WatchedPaths, check_resolved, with_remembered_addresses,
+    },
     requests::{Admission, Denial, Request, State},
     resolver::HostResolver,
 };
@@ -247,7 +249,7 @@ impl Engine {
     }
 
     /// The paths the watcher stats for replacement: (protected, allowlisted).
-    pub fn watched_paths(&self) -> (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>) {
+    pub fn watched_paths(&self) -> WatchedPaths {
         self.policy.watched()
     }
 
@@ -380,8 +382,14 @@ impl Engine {
                     Err(error) => error!(%error, "cannot protect newly resolved addresses"),
                 }
             }
-            Command::PathsNow { protected, allowed } => {
-                for event in self.policy.follow(&mut self.kernel, &protected, &allowed) {
+            Command::PathsNow {
+                protected,
+                allowed,
+                kept,
+            } => {
+                let mut events = self.policy.follow(&mut self.kernel, &protected, &allowed);
+                events.extend(self.policy.follow_kept(&mut self.kernel, &kept));
+                for event in events {
                     self.core.note(event);
                 }
             }

@@ -153,11 +153,14 @@ pub enum Command {
         rule: usize,
         addresses: Vec<IpAddr>,
     },
-    /// What the protected and allowlisted paths name now (None: not there this moment).
+    /// What the protected and allowlisted paths and the kept names name now (None: not there
+    /// this moment).
     PathsNow {
         protected: Vec<Option<Target>>,
         /// With the digest of the content, which decides whether it stays allowed.
         allowed: Vec<Option<(Target, crate::policy::Digest)>>,
+        /// The nodes the kept names are now (symlinks not followed).
+        kept: Vec<Option<Target>>,
     },
     /// The host's mounts now: those below a host path or a protected directory get guarded
     /// like it.

@@ -521,9 +521,31 @@ impl Kernel {
         })
     }
 
-    /// Adds one file to the daemon's files (a sealing key made while the daemon runs).
+    /// Adds `bits` to a file's among the daemon's files (a sealing key made while the daemon
+    /// runs, a kept name that names a new file).
     pub fn add_daemon_file(&mut self, target: &Target, bits: u32) -> Result<(), MapError> {
-        self.daemon_files.insert(target, bits, 0)
+        let had = self.daemon_file_bits(target)?;
+        self.daemon_files.insert(target, had | bits, 0)
+    }
+
+    /// Takes `bits` from a file's among the daemon's files; the file goes with its last bit.
+    pub fn remove_daemon_file(&mut self, target: &Target, bits: u32) -> Result<(), MapError> {
+        let had = self.daemon_file_bits(target)?;
+        if had & bits == 0 {
+            return Ok(());
+        }
+        match had & !bits {
+            0 => self.daemon_files.remove(target),
+            left => self.daemon_files.insert(target, left, 0),
+        }
+    }
+
+    /// The bits a file has among the daemon's files (none: not one of them).
+    fn daemon_file_bits(&self, target: &Target) -> Result<u32, MapError> {
+        match self.daemon_files.get(target, 0) {
+            Err(MapError::KeyNotFound) => Ok(0),
+            bits => bits,
+        }
     }
 
     /// Takes out of `list` every file `wanted` does not keep.

@@ -154,10 +154,27 @@ pub struct Policy {
     name_guards: Vec<WatchedPath>,
     /// Mounts below host paths left unguarded for want of room in the kernel's map.
     unguarded_mounts: Vec<PathBuf>,
+    /// Names host programs meet host services by (see `host_services::kept_names`), with the
+    /// node each names, followed like the protected paths.
+    kept: Vec<KeptName>,
     /// One per `[[protect.connect]]` rule, with its addresses resolved.
     reaches: Vec<Reach>,
     /// What the kernel's destination trie holds now.
     installed_nets: BTreeMap<Prefix, PortRanges>,
+}
+
+/// A name agents neither unlink nor rename, and the node (a symlink not followed) it names.
+struct KeptName {
+    path: PathBuf,
+    node: Option<Target>,
+}
+
+/// The paths the daemon stats every half second: protected and allowlisted paths (followed to
+/// the file they name) and kept names (not followed).
+pub struct WatchedPaths {
+    pub protected: Vec<PathBuf>,
+    pub allowed: Vec<PathBuf>,
+    pub kept: Vec<PathBuf>,
 }
 
 /// What the host of each `[[protect.connect]]` rule resolved to as the daemon started, or why it
@@ -596,7 +613,13 @@ impl Policy {
         kernel.set_setting(Setting::HostRootInodeLow, inode as u32)?;
         kernel.set_setting(Setting::HostRootInodeHigh, (inode >> 32) as u32)?;
         kernel.set_daemon_pid(std::process::id())?;
-        kernel.set_daemon_files(&daemon_files(&config)?)?;
+        let kept: Vec<KeptName> = (crate::host_services::kept_names().into_iter())
+            .map(|path| KeptName {
+                node: node_of(&path).ok(),
+                path,
+            })
+            .collect();
+        kernel.set_daemon_files(&daemon_files(&config, &kept)?)?;
         let reaches = config
             .connect_rules
             .iter()
@@ -634,6 +657,7 @@ impl Policy {
             allowed,
             sockets,
             files,
+            kept,
             reaches,
         };
         // The mounts below host paths and protected directories, before what an earlier daemon
@@ -669,14 +693,61 @@ impl Policy {
         Ok(())
     }
 
-    /// The paths to watch for replacement: (protected binaries, then protected sockets, then
-    /// protected files; allowlisted).
-    pub fn watched(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    /// The paths to watch for replacement: protected binaries, then protected sockets, then
+    /// protected files; allowlisted paths; kept names.
+    pub fn watched(&self) -> WatchedPaths {
         let paths = |list: &[WatchedPath]| list.iter().map(|entry| entry.path.clone()).collect();
         let mut protected: Vec<PathBuf> = paths(&self.protected);
         protected.extend(self.sockets.iter().map(|entry| entry.path.clone()));
         protected.extend(self.files.iter().map(|entry| entry.path.clone()));
-        (protected, paths(&self.allowed))
+        WatchedPaths {
+            protected,
+            allowed: paths(&self.allowed),
+            kept: self.kept.iter().map(|name| name.path.clone()).collect(),
+        }
+    }
+
+    /// Keeps each kept name that names a new node (`now`, in the order of [`Policy::watched`]):
+    /// a syslog daemon that binds `/dev/log` anew, a link the host makes again, a name that
+    /// appears after the start. The node it named before is no longer kept. Journals each move.
+    pub fn follow_kept(&mut self, kernel: &mut Kernel, now: &[Option<Target>]) -> Vec<Event> {
+        let mut events = Vec::new();
+        for (index, node) in now.iter().enumerate().take(self.kept.len()) {
+            let (Some(node), name) = (*node, &self.kept[index]) else {
+                continue;
+            };
+            if name.node == Some(node) {
+                continue;
+            }
+            // The directories above too: the name may not have been there at start.
+            let kept = kernel
+                .add_daemon_file(&node, daemon_file::KEPT_NAME)
+                .and_then(|()| {
+                    directories_above(&name.path)
+                        .filter_map(|dir| node_of(dir).ok())
+                        .try_for_each(|dir| kernel.add_daemon_file(&dir, daemon_file::ANCESTOR))
+                });
+            if let Err(error) = kept {
+                // Tried again at the next look: the name still names the new node.
+                tracing::error!(path = %name.path.display(), %error, "cannot keep a name");
+                continue;
+            }
+            let before = self.kept[index].node.replace(node);
+            if let Some(old) = before
+                && !self.kept.iter().any(|other| other.node == Some(old))
+                && let Err(error) = kernel.remove_daemon_file(&old, daemon_file::KEPT_NAME)
+            {
+                tracing::warn!(%error, "cannot let go of a name's old node");
+            }
+            let path = &self.kept[index].path;
+            tracing::info!(path = %path.display(), "a kept name names a new node");
+            events.push(Event::ProtectionUpdated {
+                path: path.display().to_string(),
+                dev: node.data[0] as u32,
+                ino: node.data[1],
+            });
+        }
+        events
     }
 
     /// Follows the paths to the files they name now; journals each move. A file a path named
@@ -1138,7 +1209,7 @@ impl Policy {
 /// The files the daemon relies on, with what agents may not do to them, and every directory
 /// and symlink above them and above the protected, allowlisted and file rule paths (which,
 /// renamed, would let another file take a path's place).
-fn daemon_files(config: &Config) -> Result<Vec<(Target, u32)>, PolicyError> {
+fn daemon_files(config: &Config, kept: &[KeptName]) -> Result<Vec<(Target, u32)>, PolicyError> {
     let binary = std::env::current_exe().map_err(|cause| PolicyError::DaemonFile {
         path: PathBuf::from("/proc/self/exe"),
         cause,
@@ -1201,12 +1272,12 @@ fn daemon_files(config: &Config) -> Result<Vec<(Target, u32)>, PolicyError> {
     }
     // Where host programs log and the links on the way to host services' directories (see
     // `host_services`): put aside for an agent's, host programs would meet the agent instead.
-    for name in crate::host_services::kept_names() {
-        let Ok(node) = node_of(&name) else {
+    for name in kept {
+        let Some(node) = name.node else {
             continue;
         };
         add(node, daemon_file::KEPT_NAME);
-        for node in directories_above(&name).filter_map(|dir| node_of(dir).ok()) {
+        for node in directories_above(&name.path).filter_map(|dir| node_of(dir).ok()) {
             add(node, daemon_file::ANCESTOR);
         }
     }
@@ -1255,7 +1326,7 @@ fn find_below(dir: &Path, file: Target, leaf: &str) -> Option<PathBuf> {
 }
 
 /// The (device, inode) of `path` itself, a symlink not followed.
-fn node_of(path: &Path) -> std::io::Result<Target> {
+pub fn node_of(path: &Path) -> std::io::Result<Target> {
     let metadata = std::fs::symlink_metadata(path)?;
     Ok(Target::exec(kernel_dev(metadata.dev()), metadata.ino()))
 }

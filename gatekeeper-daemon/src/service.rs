@@ -3,7 +3,7 @@
 //! The engine owns the state; the ring-buffer reader, the path watcher, the resolver, the local
 //! socket, the HTTP listener and the signal handler only send it commands.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use gatekeeper_common::Target;
 
@@ -19,7 +19,7 @@ use crate::{
     handle::{self, Command, Handle},
     journal::forward::Forwarder,
     metrics::{self, Metrics},
-    policy::{self, Digest, content_of, exec_target_of},
+    policy::{self, Digest, WatchedPaths, content_of, exec_target_of, node_of},
     resolver::HostResolver,
 };
 
@@ -115,7 +115,7 @@ async fn watch_mounts(handle: Handle) {
 
 /// Stats the watched paths every [`PATHS_INTERVAL`] off the async threads; an allowlisted
 /// path's content is read again only when it names another file.
-async fn watch_paths(paths: (Vec<PathBuf>, Vec<PathBuf>), handle: Handle) {
+async fn watch_paths(paths: WatchedPaths, handle: Handle) {
     let paths = Arc::new(paths);
     let mut known: Vec<Option<(Target, Digest)>> = Vec::new();
     let mut interval = tokio::time::interval(PATHS_INTERVAL);
@@ -123,14 +123,11 @@ async fn watch_paths(paths: (Vec<PathBuf>, Vec<PathBuf>), handle: Handle) {
         interval.tick().await;
         let paths = paths.clone();
         let stat = tokio::task::spawn_blocking(move || {
-            let protected = paths
-                .0
-                .iter()
+            let protected = (paths.protected.iter())
                 .map(|path| exec_target_of(path).ok())
                 .collect();
-            let allowed: Vec<_> = paths
-                .1
-                .iter()
+            let kept = (paths.kept.iter()).map(|path| node_of(path).ok()).collect();
+            let allowed: Vec<_> = (paths.allowed.iter())
                 .enumerate()
                 .map(|(index, path)| {
                     let target = exec_target_of(path).ok()?;
@@ -140,14 +137,19 @@ async fn watch_paths(paths: (Vec<PathBuf>, Vec<PathBuf>), handle: Handle) {
                     }
                 })
                 .collect();
-            (protected, allowed)
+            (protected, allowed, kept)
         });
-        let Ok((protected, allowed)) = stat.await else {
+        let Ok((protected, allowed, kept)) = stat.await else {
             known = Vec::new();
             continue;
         };
         known = allowed.clone();
-        if !handle.send(Command::PathsNow { protected, allowed }).await {
+        let now = Command::PathsNow {
+            protected,
+            allowed,
+            kept,
+        };
+        if !handle.send(now).await {
             return;
         }
     }

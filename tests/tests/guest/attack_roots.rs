@@ -5,7 +5,7 @@
 //! cgroups showing the same action does what it claims there.
 
 use std::{
-    os::unix::fs::PermissionsExt as _,
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     process::Command,
 };
@@ -633,6 +633,67 @@ fn agents_stand_up_no_host_service() {
             "{dir}"
         );
     }
+}
+
+/// `/dev/log` is kept whenever it is made anew: by a syslog daemon that binds it after the daemon
+/// started, or again as it restarts. A root agent unlinks and renames none of them (it would hear
+/// what host programs log, or drop it); the node it named before is let go. Outside the agent
+/// cgroups both work.
+#[test]
+fn dev_log_made_again_is_kept() {
+    let dev_log = Path::new("/dev/log");
+    // The guest runs no syslog: the test binds it as one would.
+    assert!(
+        std::fs::symlink_metadata(dev_log).is_err(),
+        "/dev/log left by an earlier test"
+    );
+    let _restore = Restore::new(|| {
+        for name in [
+            "/dev/log",
+            "/dev/log.old",
+            "/dev/log.host",
+            "/dev/log.agent",
+        ] {
+            let _ = std::fs::remove_file(name);
+        }
+    });
+    let scenario = Scenario::start("services-kept", Options::default());
+    for round in ["made after the start", "made again"] {
+        if dev_log.exists() {
+            // The old one put aside as a restart would leave it.
+            std::fs::rename(dev_log, "/dev/log.old").unwrap();
+        }
+        assert_eq!(
+            scenario.tamper(&scenario.outside, "unix-bind", &["/dev/log"]),
+            Outcome::Ok
+        );
+        let node = std::fs::symlink_metadata(dev_log).unwrap().ino();
+        scenario.wait_journal("protection_updated", |event| {
+            event["path"] == "/dev/log" && event["ino"] == node
+        });
+        for (op, args) in [
+            ("unlink", vec!["/dev/log"]),
+            ("rename", vec!["/dev/log", "/dev/log.agent"]),
+        ] {
+            assert_eq!(
+                scenario.tamper(&scenario.agents, op, &args),
+                Outcome::Denied,
+                "{op}, {round}"
+            );
+        }
+        for args in [["/dev/log", "/dev/log.host"], ["/dev/log.host", "/dev/log"]] {
+            assert_eq!(
+                scenario.tamper(&scenario.outside, "rename", &args),
+                Outcome::Ok,
+                "{round}"
+            );
+        }
+    }
+    // No longer the name's node: an agent may remove it like any file of root's.
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "unlink", &["/dev/log.old"]),
+        Outcome::Ok
+    );
 }
 
 /// Most hosts reach nscd's directory through `/var/run`, a link to `/run`: the link stays, or a
