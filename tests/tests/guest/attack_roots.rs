@@ -540,6 +540,29 @@ fn only_from_outside(scenario: &Scenario, op: &str, args: &[&str]) {
     );
 }
 
+/// A root agent neither unlinks `/dev/log` nor renames it aside; outside the agent cgroups it is
+/// renamed aside and back.
+fn dev_log_kept(scenario: &Scenario, when: &str) {
+    let aside = "/dev/log.aside";
+    for (op, args) in [
+        ("unlink", vec!["/dev/log"]),
+        ("rename", vec!["/dev/log", aside]),
+    ] {
+        assert_eq!(
+            scenario.tamper(&scenario.agents, op, &args),
+            Outcome::Denied,
+            "{op}, {when}"
+        );
+    }
+    for args in [["/dev/log", aside], [aside, "/dev/log"]] {
+        assert_eq!(
+            scenario.tamper(&scenario.outside, "rename", &args),
+            Outcome::Ok,
+            "{when}"
+        );
+    }
+}
+
 /// Host programs meet the host's services by path: glibc asks nscd's socket first, and the
 /// services of nsswitch.conf over sockets in `/run` (systemd's user database), before the host's
 /// files; they log to journald and ask systemd and the system bus at their sockets. Agents, root
@@ -585,6 +608,7 @@ fn agents_stand_up_no_host_service() {
         if made_dev_log {
             let _ = std::fs::remove_file(dev_log);
         }
+        let _ = std::fs::remove_file("/dev/log.aside");
         for (dir, before) in made.into_iter().rev() {
             let _ = match before {
                 Some(mode) => std::fs::set_permissions(dir, mode),
@@ -595,22 +619,7 @@ fn agents_stand_up_no_host_service() {
     let scenario = Scenario::start("services-run", Options::default());
     assert!(nscd.is_dir(), "the daemon makes nscd's directory");
     // /dev is root's alone: only a root agent could put the link aside.
-    for (op, args) in [
-        ("unlink", vec!["/dev/log"]),
-        ("rename", vec!["/dev/log", "/dev/log.old"]),
-    ] {
-        assert_eq!(
-            scenario.tamper(&scenario.agents, op, &args),
-            Outcome::Denied,
-            "{op}"
-        );
-    }
-    for args in [["/dev/log", "/dev/log.old"], ["/dev/log.old", "/dev/log"]] {
-        assert_eq!(
-            scenario.tamper(&scenario.outside, "rename", &args),
-            Outcome::Ok
-        );
-    }
+    dev_log_kept(&scenario, "at the start");
     for dir in dirs.iter().map(|(dir, _)| *dir).chain([nscd]) {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     }
@@ -671,24 +680,27 @@ fn dev_log_made_again_is_kept() {
         scenario.wait_journal("protection_updated", |event| {
             event["path"] == "/dev/log" && event["ino"] == node
         });
-        for (op, args) in [
-            ("unlink", vec!["/dev/log"]),
-            ("rename", vec!["/dev/log", "/dev/log.agent"]),
-        ] {
-            assert_eq!(
-                scenario.tamper(&scenario.agents, op, &args),
-                Outcome::Denied,
-                "{op}, {round}"
-            );
-        }
-        for args in [["/dev/log", "/dev/log.host"], ["/dev/log.host", "/dev/log"]] {
-            assert_eq!(
-                scenario.tamper(&scenario.outside, "rename", &args),
-                Outcome::Ok,
-                "{round}"
-            );
-        }
+        dev_log_kept(&scenario, round);
     }
+    // Nor does an agent give it a second name or put a socket of its own in its place.
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "unix-bind", &["/dev/log.agent"]),
+        Outcome::Ok
+    );
+    for (op, args) in [
+        ("link", ["/dev/log", "/dev/log.link"]),
+        ("rename", ["/dev/log.agent", "/dev/log"]),
+    ] {
+        assert_eq!(
+            scenario.tamper(&scenario.agents, op, &args),
+            Outcome::Denied,
+            "{op}"
+        );
+    }
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "link", &["/dev/log", "/dev/log.link"]),
+        Outcome::Ok
+    );
     // No longer the name's node: an agent may remove it like any file of root's.
     assert_eq!(
         scenario.tamper(&scenario.agents, "unlink", &["/dev/log.old"]),

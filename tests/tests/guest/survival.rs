@@ -1,7 +1,12 @@
 //! Enforcement outlives its daemon: pinned programs keep denying, a restarted daemon picks up
 //! where the last one left, and only `gatekeeper uninstall` ends it.
 
-use std::{os::unix::process::CommandExt as _, process::Command, time::Duration};
+use std::{
+    os::unix::process::CommandExt as _,
+    path::Path,
+    process::{Command, Output},
+    time::Duration,
+};
 
 use gatekeeper_tests::{Exec, Options, Outcome, Scenario, UNLISTED_UID, bin, wait_for};
 
@@ -155,4 +160,49 @@ fn only_root_outside_agent_cgroups_can_uninstall() {
     let verify =
         scenario.gatekeeper(&["journal", "verify", &scenario.journal.display().to_string()]);
     assert!(verify.status.success(), "{verify:?}");
+}
+
+/// Clients read a config without checking it against the host: a root agent that hands
+/// `gatekeeper uninstall` a config of its own (other agent cgroups, so the CLI's own check lets it
+/// by; no daemon at its socket, so the CLI removes the pins itself; the real pin directory)
+/// removes nothing. The same from outside the agent cgroups ends enforcement.
+#[test]
+fn an_agents_own_config_uninstalls_nothing() {
+    let scenario = Scenario::start("uninstall-own", Options::default());
+    let own = scenario.dir.join("own.toml");
+    let text = std::fs::read_to_string(&scenario.config).unwrap();
+    let text = text
+        .replace(
+            &scenario.agents.display().to_string(),
+            "/sys/fs/cgroup/gk-nowhere",
+        )
+        .replace(
+            &scenario.socket.display().to_string(),
+            "/tmp/gk-nowhere/api.sock",
+        )
+        .replace(
+            &scenario.journal.display().to_string(),
+            &scenario.dir.join("own.jsonl").display().to_string(),
+        );
+    std::fs::write(&own, text).unwrap();
+    let uninstall = |cgroup: &Path| -> Output {
+        Command::new(bin("gk-helper"))
+            .arg("run")
+            .arg(cgroup)
+            .arg(bin("gatekeeper"))
+            .arg("--config")
+            .arg(&own)
+            .arg("uninstall")
+            .output()
+            .unwrap()
+    };
+    let from_agent = uninstall(&scenario.agents);
+    assert!(!from_agent.status.success(), "{from_agent:?}");
+    assert_eq!(scenario.agent_exec(), Exec::Denied, "still enforcing");
+    scenario.wait_journal("tamper_attempt", |event| event["hook"] == "pin_unlink");
+
+    let from_outside = uninstall(&scenario.outside);
+    assert!(from_outside.status.success(), "{from_outside:?}");
+    assert!(!scenario.pin_dir.exists(), "pins removed");
+    assert_eq!(scenario.agent_exec(), Exec::Ran, "enforcement ended");
 }
