@@ -676,8 +676,8 @@ fn print_requests(requests: &[Request]) {
     }
 }
 
-/// The configuration a client command was pointed at: `--config`, else the default file.
-/// The config as far as a client needs it: where the daemon's socket, journal and pins are.
+/// The config a client command was pointed at (`--config`, else the default file), read as far
+/// as a client needs it: where the daemon's socket, journal and pins are.
 fn client_config(cli: &Cli) -> anyhow::Result<Config> {
     let path = cli.config.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG));
     Ok(Config::read(path)?)

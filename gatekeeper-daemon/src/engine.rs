@@ -248,7 +248,7 @@ impl Engine {
         self.kernel.take_agent_connections()
     }
 
-    /// The paths the watcher stats for replacement: (protected, allowlisted).
+    /// The paths the watcher stats for replacement: protected, allowlisted, kept names.
     pub fn watched_paths(&self) -> WatchedPaths {
         self.policy.watched()
     }

@@ -765,6 +765,8 @@ fn agents_do_not_swap_a_link_above_the_config() {
         scenario.tamper(&scenario.outside, "rename", &[&fake_link_t, &link_t]),
         Outcome::Ok
     );
+    // The link leads to the fake config now: the uninstall after the test reads the real one.
+    scenario.config = scenario.dir.join("config.toml");
 }
 
 /// Other ways into an open: several threads racing one read grant, and an io_uring OPENAT
