@@ -272,9 +272,7 @@ impl Core {
             Event::Uninstalled { .. } => self.enforcing_since = None,
             Event::HostResolved {
                 host, addresses, ..
-            } => {
-                self.hosts.insert(host.clone(), addresses.clone());
-            }
+            } => self.remember_addresses(host, addresses),
             _ => {}
         }
         self.journal(event);
@@ -955,6 +953,11 @@ impl Core {
         }
     }
 
+    /// Remembers the addresses a `host_resolved` record says `host` protects.
+    fn remember_addresses(&mut self, host: &str, addresses: &[String]) {
+        self.hosts.insert(host.to_owned(), addresses.to_vec());
+    }
+
     /// Forgets the addresses of hosts no rule names any more.
     pub fn keep_hosts(&mut self, named: impl Fn(&str) -> bool) {
         self.hosts.retain(|host, _| named(host));
@@ -1113,9 +1116,7 @@ impl Core {
             }
             Event::HostResolved {
                 host, addresses, ..
-            } => {
-                self.hosts.insert(host.clone(), addresses.clone());
-            }
+            } => self.remember_addresses(host, addresses),
             Event::Justification { request_id, text } => {
                 let _ = self.requests.justify(request_id, text.clone());
                 self.deliver_again(request_id);

@@ -419,11 +419,16 @@ fn room_for_mount_guard(used: usize) -> bool {
 fn guarded_now(entry: &WatchedPath) -> Option<Event> {
     let target = entry.current?;
     tracing::info!(path = %entry.path.display(), "guarding a mount below a host path or protected directory");
-    Some(Event::ProtectionUpdated {
-        path: entry.path.display().to_string(),
+    Some(protection_updated(&entry.path, target))
+}
+
+/// The record of `path` naming the file (or node) `target` from now on.
+fn protection_updated(path: &Path, target: Target) -> Event {
+    Event::ProtectionUpdated {
+        path: path.display().to_string(),
         dev: target.data[0] as u32,
         ino: target.data[1],
-    })
+    }
 }
 
 /// What taking the guard `gone` out of the kernel's map (`entries`) removes: each file it names,
@@ -741,11 +746,7 @@ impl Policy {
             }
             let path = &self.kept[index].path;
             tracing::info!(path = %path.display(), "a kept name names a new node");
-            events.push(Event::ProtectionUpdated {
-                path: path.display().to_string(),
-                dev: node.data[0] as u32,
-                ino: node.data[1],
-            });
+            events.push(protection_updated(path, node));
         }
         events
     }
@@ -985,19 +986,19 @@ impl Policy {
             }
             return Err(error);
         }
-        Ok(self.addresses_of(index))
+        Ok(self.host_resolved(index))
     }
 
     /// What each `host` rule protects now, one `host_resolved` each: journaled at start, so the
     /// record holds every address a host rule ever had.
     pub fn host_addresses(&self) -> Vec<Event> {
         (0..self.config.connect_rules.len())
-            .filter_map(|index| self.addresses_of(index))
+            .filter_map(|index| self.host_resolved(index))
             .collect()
     }
 
     /// The addresses the `host` rule at `index` protects, as `host_resolved`.
-    fn addresses_of(&self, index: usize) -> Option<Event> {
+    fn host_resolved(&self, index: usize) -> Option<Event> {
         let rule = self.config.connect_rules.get(index)?;
         let host = rule.host()?;
         let addresses = (self.reaches.get(index)?.prefixes.iter())
@@ -1402,11 +1403,7 @@ fn follow_list(
         entry.previous.extend(entry.current.replace(target));
         entry.handles.extend(handles_for(&entry.path, Some(target)));
         tracing::info!(path = %entry.path.display(), "path now names a new file");
-        moved.push(Event::ProtectionUpdated {
-            path: entry.path.display().to_string(),
-            dev: target.data[0] as u32,
-            ino: target.data[1],
-        });
+        moved.push(protection_updated(&entry.path, target));
     }
     moved
 }
