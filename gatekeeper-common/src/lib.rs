@@ -41,6 +41,8 @@ pub mod maps {
     /// Cookie of the daemon's end of a connection to the agents' socket (u64) -> the cgroup id
     /// (u64) the agent connected from.
     pub const AGENT_CONNECTIONS: &str = "AGENT_CONNECTIONS";
+    /// [`crate::NameKey`] -> 1 for each name agents may not make (see [`crate::NameKey`]).
+    pub const GUARDED_NAMES: &str = "GUARDED_NAMES";
 }
 
 /// The kernel struct members the programs read, each as (global that receives its byte offset,
@@ -223,7 +225,7 @@ pub mod hook_args {
 pub const EXEC_PROGRAM: &str = "bprm_check_security";
 pub const CONNECT_PROGRAM: &str = "socket_connect";
 pub const SENDMSG_PROGRAM: &str = "socket_sendmsg";
-pub const PROGRAMS: [&str; 47] = [
+pub const PROGRAMS: [&str; 51] = [
     EXEC_PROGRAM,
     CONNECT_PROGRAM,
     SENDMSG_PROGRAM,
@@ -287,6 +289,12 @@ pub const PROGRAMS: [&str; 47] = [
     "bprm_creds_for_exec",
     "bprm_committing_creds",
     "bprm_committed_creds",
+    // Names host programs trust, made by an agent while they are missing; hard links and
+    // renames to them are judged at inode_link and inode_rename above.
+    "inode_create",
+    "inode_mknod",
+    "inode_symlink",
+    "inode_mkdir",
 ];
 
 /// Programs on hooks that came with kernels later than the oldest supported, loaded and attached
@@ -320,6 +328,9 @@ pub const SETTING_SLOTS: u32 = 7;
 pub const MAX_DAEMON_PIDS: u32 = 16;
 pub const MAX_ALLOWED: u32 = 4096;
 pub const MAX_DAEMON_FILES: u32 = 1024;
+pub const MAX_GUARDED_NAMES: u32 = 64;
+/// Room for a name in a [`NameKey`], its closing NUL included.
+pub const GUARDED_NAME_BYTES: usize = 32;
 pub const MAX_PROTECTED_FILES: u32 = 4096;
 /// How many directory levels above a file the kernel looks for a protected directory. A file
 /// deeper than that on a device holding a directory rule is refused to agents, not guessed.
@@ -555,6 +566,10 @@ pub enum TamperHook {
     /// namespace): the ports host services listen on, such as DNS's, where an agent's server
     /// would answer host programs and the daemon in their place (data: capability).
     HostPort = 55,
+    /// Making a name the host relies on where it is missing: `/dev/log` while a syslog daemon
+    /// restarts, the directory of a host service not there yet (data: device, inode of the
+    /// directory).
+    GuardedName = 56,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -577,7 +592,7 @@ pub enum MountRefusal {
 
 impl TamperHook {
     /// Every hook, in id order (ids start at 1).
-    pub const ALL: [Self; 55] = {
+    pub const ALL: [Self; 56] = {
         use TamperHook::*;
         [
             Bpf,
@@ -635,6 +650,7 @@ impl TamperHook {
             Priority,
             OpenByHandle,
             HostPort,
+            GuardedName,
         ]
     };
 
@@ -699,6 +715,7 @@ impl TamperHook {
             Self::Priority => "priority",
             Self::OpenByHandle => "open_by_handle",
             Self::HostPort => "host_port",
+            Self::GuardedName => "guarded_name",
         }
     }
 }
@@ -749,6 +766,31 @@ impl PortRanges {
             index += 1;
         }
         false
+    }
+}
+
+/// A name in a directory that agents may not make, whether or not it is there now: made by an
+/// agent, host programs would meet the agent's socket, link or directory at a path they trust.
+/// Names longer than [`GUARDED_NAME_BYTES`] less one are cut there, on both sides alike (so a
+/// longer name that begins the same is refused too).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NameKey {
+    /// The directory (exec form: device, inode).
+    pub dir: Target,
+    /// The name's bytes, NUL-padded.
+    pub name: [u8; GUARDED_NAME_BYTES],
+}
+
+impl NameKey {
+    pub fn new(dir: Target, name: &[u8]) -> Self {
+        let mut key = Self {
+            dir,
+            name: [0; GUARDED_NAME_BYTES],
+        };
+        let len = name.len().min(GUARDED_NAME_BYTES - 1);
+        key.name[..len].copy_from_slice(&name[..len]);
+        key
     }
 }
 
@@ -1140,6 +1182,7 @@ mod user {
     unsafe impl aya::Pod for super::PortRanges {}
     unsafe impl aya::Pod for super::ExecArgs {}
     unsafe impl aya::Pod for super::EnvName {}
+    unsafe impl aya::Pod for super::NameKey {}
 }
 
 #[cfg(test)]
@@ -1155,6 +1198,10 @@ mod tests {
         assert_eq!(size_of::<Target>(), 4 + 4 + 16);
         assert_eq!(size_of::<GrantKey>(), 8 + size_of::<Target>());
         assert_eq!(size_of::<GrantValue>(), 16);
+        assert_eq!(
+            size_of::<NameKey>(),
+            size_of::<Target>() + GUARDED_NAME_BYTES
+        );
         assert_eq!(size_of::<PortRange>(), 2 + 2 + 4);
         assert_eq!(
             size_of::<PortRanges>(),
@@ -1334,5 +1381,20 @@ mod tests {
         assert!(EnvName::new("A=B").is_none());
         assert!(EnvName::new(&"N".repeat(ENV_NAME_BYTES + 1)).is_none());
         assert!(APPROVED_ENV.iter().all(|name| EnvName::new(name).is_some()));
+    }
+
+    /// The kernel reads a name into the key as `bpf_probe_read_kernel_str` does: at most the
+    /// room less one byte, then NUL, the rest zero.
+    #[test]
+    fn name_keys_cut_long_names_as_the_kernel_reads_them() {
+        let dir = Target::exec(8, 2);
+        let key = NameKey::new(dir, b"log");
+        assert_eq!(&key.name[..4], b"log\0");
+        assert!(key.name[3..].iter().all(|byte| *byte == 0));
+        let long = [b'n'; GUARDED_NAME_BYTES + 5];
+        let cut = NameKey::new(dir, &long);
+        assert_eq!(cut.name[GUARDED_NAME_BYTES - 1], 0);
+        assert_eq!(cut, NameKey::new(dir, &long[..GUARDED_NAME_BYTES - 1]));
+        assert_ne!(key, NameKey::new(Target::exec(8, 3), b"log"));
     }
 }

@@ -10,7 +10,10 @@
 //! ([`crate::users`], [`crate::resolver`]); where those are links out of the host paths, the
 //! directories they lead to are guarded as well.
 
-use std::path::{Path, PathBuf};
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+};
 
 use crate::resolver::{HOSTS, RESOLV_CONF};
 
@@ -84,6 +87,46 @@ pub fn kept_names() -> Vec<PathBuf> {
         }
     }
     names
+}
+
+/// The names agents may not make, as (directory, name): each kept name's, whether or not it is
+/// there (a syslog daemon that stops takes `/dev/log` with it, and makes it again as it starts),
+/// and for each host service's directory that is missing, the first missing name on its way
+/// (`/run/nslcd` where nslcd is not installed), so that no agent stands up a service before the
+/// host does. Directories are canonical; a name whose directory is not there is left out.
+pub fn guarded_names() -> Vec<(PathBuf, OsString)> {
+    names_agents_make_not(&kept_names(), &SOCKET_DIRS.map(Path::new))
+}
+
+/// [`guarded_names`] of the kept names `kept` and the services' directories `service_dirs`.
+fn names_agents_make_not(kept: &[PathBuf], service_dirs: &[&Path]) -> Vec<(PathBuf, OsString)> {
+    let mut names: Vec<(PathBuf, OsString)> = Vec::new();
+    let missing = service_dirs.iter().filter_map(|dir| first_missing(dir));
+    for path in kept.iter().map(PathBuf::as_path).chain(missing) {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            continue;
+        };
+        let Ok(dir) = std::fs::canonicalize(parent) else {
+            continue;
+        };
+        let entry = (dir, name.to_owned());
+        if !names.contains(&entry) {
+            names.push(entry);
+        }
+    }
+    names
+}
+
+/// The first name on the way to `path` that is not there, if one is not (links followed).
+fn first_missing(path: &Path) -> Option<&Path> {
+    let mut at = path;
+    while let Some(parent) = at.parent() {
+        if parent.is_dir() {
+            return (!at.exists()).then_some(at);
+        }
+        at = parent;
+    }
+    None
 }
 
 /// Every symlink met on the way from the absolute `path` to what it names, followed as the
@@ -196,6 +239,40 @@ mod tests {
         // A loop ends.
         std::os::unix::fs::symlink(root.join("loop"), root.join("loop")).unwrap();
         assert_eq!(links_on_the_way(&root.join("loop")).len(), 40);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn kept_names_and_missing_service_directories_are_names_agents_make_not() {
+        let root = std::env::temp_dir().join(format!("gk-names-{}", std::process::id()));
+        let (dev, run, var) = (root.join("dev"), root.join("run"), root.join("var"));
+        for dir in [&dev, &run.join("systemd"), &var] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::os::unix::fs::symlink(&run, var.join("run")).unwrap();
+        let canonical = |path: &Path| std::fs::canonicalize(path).unwrap();
+        let kept = [dev.join("log"), var.join("run"), dev.join("log")];
+        let services = [
+            run.join("systemd"),
+            var.join("run/nslcd"),
+            run.join("samba/winbindd"),
+            root.join("gone/deeper/still"),
+        ];
+        let services: Vec<&Path> = services.iter().map(PathBuf::as_path).collect();
+        let name = |dir: &Path, name: &str| (canonical(dir), OsString::from(name));
+        // Kept whether there or not (dev/log is not), once each; the services' directories
+        // there are guarded as directories; a missing one by its first missing name, through
+        // links; where even the name's directory is missing, by the first one that is.
+        assert_eq!(
+            names_agents_make_not(&kept, &services),
+            [
+                name(&dev, "log"),
+                name(&var, "run"),
+                name(&run, "nslcd"),
+                name(&run, "samba"),
+                name(&root, "gone"),
+            ]
+        );
         std::fs::remove_dir_all(root).unwrap();
     }
 

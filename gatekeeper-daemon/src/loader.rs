@@ -19,8 +19,8 @@ use aya::{
     },
 };
 use gatekeeper_common::{
-    APPROVED_ENV, ArgvKey, Counter, EnvName, GrantKey, GrantValue, LATER_PROGRAMS, PROGRAMS,
-    PortRanges, Setting, Target, hook_args, maps, offsets,
+    APPROVED_ENV, ArgvKey, Counter, EnvName, GrantKey, GrantValue, LATER_PROGRAMS, NameKey,
+    PROGRAMS, PortRanges, Setting, Target, hook_args, maps, offsets,
 };
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
@@ -174,6 +174,7 @@ pub struct Kernel {
     allowed: HashMap<MapData, Target, u32>,
     settings: Array<MapData, u32>,
     daemon_files: HashMap<MapData, Target, u32>,
+    guarded_names: HashMap<MapData, NameKey, u32>,
     files: HashMap<MapData, Target, u32>,
     argv_grants: HashMap<MapData, u64, u64>,
     /// Taken by the event reader.
@@ -366,6 +367,7 @@ impl Kernel {
         let allowed = take(maps::ALLOWED)?;
         let settings = take(maps::SETTINGS)?;
         let daemon_files = take(maps::DAEMON_FILES)?;
+        let guarded_names = take(maps::GUARDED_NAMES)?;
         let files = take(maps::PROTECTED_FILES)?;
         let argv_key = take(maps::ARGV_KEY)?;
         let argv_grants = take(maps::ARGV_GRANTS)?;
@@ -393,6 +395,8 @@ impl Kernel {
             allowed: HashMap::try_from(allowed).map_err(map_error(maps::ALLOWED))?,
             settings: Array::try_from(settings).map_err(map_error(maps::SETTINGS))?,
             daemon_files: HashMap::try_from(daemon_files).map_err(map_error(maps::DAEMON_FILES))?,
+            guarded_names: HashMap::try_from(guarded_names)
+                .map_err(map_error(maps::GUARDED_NAMES))?,
             files: HashMap::try_from(files).map_err(map_error(maps::PROTECTED_FILES))?,
             argv_grants: HashMap::try_from(argv_grants).map_err(map_error(maps::ARGV_GRANTS))?,
             events: Some(RingBuf::try_from(events).map_err(map_error(maps::EVENTS))?),
@@ -519,6 +523,14 @@ impl Kernel {
         keep_only(&mut self.daemon_files, |target| {
             files.iter().any(|(file, _)| file == target)
         })
+    }
+
+    /// Makes `names` the names agents may not make: new ones in first, then the stale ones out.
+    pub fn set_guarded_names(&mut self, names: &[NameKey]) -> Result<(), MapError> {
+        for name in names {
+            self.guarded_names.insert(name, 1, 0)?;
+        }
+        keep_only(&mut self.guarded_names, |key| names.contains(key))
     }
 
     /// Adds `bits` to a file's among the daemon's files (a sealing key made while the daemon

@@ -11,7 +11,7 @@ use std::{
 };
 
 use gatekeeper_common::{
-    MAX_PROTECTED_FILES, PortRanges, Setting, TARGET_KIND_CONNECT, TARGET_KIND_FILE,
+    MAX_PROTECTED_FILES, NameKey, PortRanges, Setting, TARGET_KIND_CONNECT, TARGET_KIND_FILE,
     TARGET_KIND_UNIX, Target, daemon_file, file_rule,
 };
 
@@ -625,6 +625,7 @@ impl Policy {
             })
             .collect();
         kernel.set_daemon_files(&daemon_files(&config, &kept)?)?;
+        kernel.set_guarded_names(&guarded_names())?;
         let reaches = config
             .connect_rules
             .iter()
@@ -1283,6 +1284,16 @@ fn daemon_files(config: &Config, kept: &[KeptName]) -> Result<Vec<(Target, u32)>
         }
     }
     Ok(files)
+}
+
+/// The names agents may not make (see `host_services::guarded_names`), keyed as the kernel
+/// matches them.
+fn guarded_names() -> Vec<NameKey> {
+    use std::os::unix::ffi::OsStrExt as _;
+    crate::host_services::guarded_names()
+        .into_iter()
+        .filter_map(|(dir, name)| Some(NameKey::new(node_of(&dir).ok()?, name.as_bytes())))
+        .collect()
 }
 
 /// The directories above `path`, `/` left out (it has no name to change).

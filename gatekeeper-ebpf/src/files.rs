@@ -19,6 +19,7 @@ use crate::{
     exec::{exec_target, inode_target, runs_protected},
     file_rules::{alias_of, below_unguarded_mount, inherit_rule, moves_with_read_tree, placement},
     mounts::{host_mount_of, vfsmount_of},
+    names::guard_new_name,
     offsets::{
         OFF_DENTRY_INODE, OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_FILE_FLAGS, OFF_FILE_INODE,
         OFF_FILE_MODE, OFF_FILE_PATH, OFF_IATTR_VALID, OFF_INODE_MODE, OFF_INODE_RDEV,
@@ -439,7 +440,7 @@ pub fn inode_rmdir(ctx: LsmContext) -> i32 {
 }
 
 /// Renaming such a file away, another file over it (or exchanging the two), a directory above
-/// a daemon file, or anything on or onto bpffs.
+/// a daemon file, anything on or onto bpffs, or anything to a guarded name.
 #[lsm(hook = "inode_rename")]
 pub fn inode_rename(ctx: LsmContext) -> i32 {
     let Some(agent) = agent_cgroup() else {
@@ -463,7 +464,10 @@ pub fn inode_rename(ctx: LsmContext) -> i32 {
         verdict => return verdict,
     }
     // An exchange passes here both ways round.
-    unsafe { guard_read_tree(agent, moved, new_dir) }
+    match unsafe { guard_read_tree(agent, moved, new_dir) } {
+        0 => unsafe { guard_new_name(agent, new_dir, ctx.arg(3)) },
+        verdict => verdict,
+    }
 }
 
 /// What `replaced` was protected as, `moved` is from now (an exchange passes here both ways).
@@ -498,16 +502,21 @@ unsafe fn guard_read_tree(agent: u64, moved: *const u8, to: *const u8) -> i32 {
     }
 }
 
-/// A hard link to such a file: another name for it, out of the daemon's sight.
+/// A hard link to such a file (another name for it, out of the daemon's sight), or any file's
+/// at a guarded name.
 #[lsm(hook = "inode_link")]
 pub fn inode_link(ctx: LsmContext) -> i32 {
     let agent = match agent_caller(ctx.arg(3)) {
         Ok(agent) => agent,
         Err(verdict) => return verdict,
     };
-    let linked: *const u8 = ctx.arg(0);
+    let (linked, dir): (*const u8, *const u8) = (ctx.arg(0), ctx.arg(1));
     match unsafe { guard_dentry(agent, linked) } {
-        0 => unsafe { guard_read_tree(agent, linked, ctx.arg(1)) },
+        0 => {}
+        verdict => return verdict,
+    }
+    match unsafe { guard_read_tree(agent, linked, dir) } {
+        0 => unsafe { guard_new_name(agent, dir, ctx.arg(2)) },
         verdict => verdict,
     }
 }

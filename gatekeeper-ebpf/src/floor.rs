@@ -241,3 +241,23 @@ pub fn floor_path_notify(_ctx: LsmContext) -> i32 {
 pub fn floor_file_fcntl(_ctx: LsmContext) -> i32 {
     0
 }
+
+#[lsm(hook = "inode_create")]
+pub fn floor_inode_create(ctx: LsmContext) -> i32 {
+    ctx.arg(3)
+}
+
+#[lsm(hook = "inode_mknod")]
+pub fn floor_inode_mknod(ctx: LsmContext) -> i32 {
+    ctx.arg(4)
+}
+
+#[lsm(hook = "inode_symlink")]
+pub fn floor_inode_symlink(ctx: LsmContext) -> i32 {
+    ctx.arg(3)
+}
+
+#[lsm(hook = "inode_mkdir")]
+pub fn floor_inode_mkdir(ctx: LsmContext) -> i32 {
+    ctx.arg(3)
+}

@@ -24,6 +24,8 @@ mod floor;
 #[cfg(target_arch = "bpf")]
 mod mounts;
 #[cfg(target_arch = "bpf")]
+mod names;
+#[cfg(target_arch = "bpf")]
 mod net;
 #[cfg(target_arch = "bpf")]
 mod offsets;

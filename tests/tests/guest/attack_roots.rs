@@ -647,7 +647,8 @@ fn agents_stand_up_no_host_service() {
 /// `/dev/log` is kept whenever it is made anew: by a syslog daemon that binds it after the daemon
 /// started, or again as it restarts. A root agent unlinks and renames none of them (it would hear
 /// what host programs log, or drop it); the node it named before is let go. Outside the agent
-/// cgroups both work.
+/// cgroups both work. While it is missing (before the first, and once the host takes it away
+/// again), and while nslcd's directory is, no agent makes it in any way.
 #[test]
 fn dev_log_made_again_is_kept() {
     let dev_log = Path::new("/dev/log");
@@ -662,11 +663,26 @@ fn dev_log_made_again_is_kept() {
             "/dev/log.old",
             "/dev/log.host",
             "/dev/log.agent",
+            "/dev/log.own",
+            "/run/nslcd.own",
         ] {
             let _ = std::fs::remove_file(name);
         }
+        let _ = std::fs::remove_dir("/run/nslcd");
     });
     let scenario = Scenario::start("services-kept", Options::default());
+    // Everyone's to write here, so that only Gatekeeper stands in a user agent's way.
+    let open_dirs = ["/dev", "/run"].map(|dir| {
+        let mode = std::fs::metadata(dir).unwrap().permissions();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        Restore::new(move || {
+            let _ = std::fs::set_permissions(dir, mode);
+        })
+    });
+    // Missing at the start: neither made by an agent, nor nslcd's directory (the guest has no
+    // nslcd).
+    made_by_no_agent(&scenario, "/dev/log");
+    made_by_no_agent(&scenario, "/run/nslcd");
     for round in ["made after the start", "made again"] {
         if dev_log.exists() {
             // The old one put aside as a restart would leave it.
@@ -706,6 +722,52 @@ fn dev_log_made_again_is_kept() {
         scenario.tamper(&scenario.agents, "unlink", &["/dev/log.old"]),
         Outcome::Ok
     );
+    // Taken away as a syslog daemon that stops takes it (rsyslog without systemd): still no
+    // agent's to make while the host's is away.
+    std::fs::remove_file(dev_log).unwrap();
+    made_by_no_agent(&scenario, "/dev/log");
+    drop(open_dirs);
+}
+
+/// No agent, root or user, makes the missing `path` in any way: a socket bound there, a
+/// symlink, a FIFO, a file, a directory, a hard link or a rename of its own file to it (journaled
+/// as `guarded_name`). Outside the agent cgroups each works, and is taken away again.
+fn made_by_no_agent(scenario: &Scenario, path: &str) {
+    assert!(std::fs::symlink_metadata(path).is_err(), "{path} is there");
+    let take_away = || {
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_dir(path);
+    };
+    for (op, args) in [
+        ("unix-bind", vec![path]),
+        ("symlink", vec!["/run/gk-elsewhere", path]),
+        ("mkfifo", vec![path]),
+        ("write", vec![path, "x"]),
+        ("mkdir", vec![path]),
+    ] {
+        only_from_outside(scenario, op, &args);
+        take_away();
+    }
+    let own = format!("{path}.own");
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "write", &[&own, "x"]),
+        Outcome::Ok
+    );
+    // Linked first, so the agent's file is still there to rename.
+    for op in ["link", "rename"] {
+        assert_eq!(
+            scenario.tamper(&scenario.agents, op, &[&own, path]),
+            Outcome::Denied,
+            "{op} to {path}"
+        );
+        assert_eq!(
+            scenario.tamper(&scenario.outside, op, &[&own, path]),
+            Outcome::Ok,
+            "outside: {op} to {path}"
+        );
+        take_away();
+    }
+    scenario.wait_journal("tamper_attempt", |event| event["hook"] == "guarded_name");
 }
 
 /// Most hosts reach nscd's directory through `/var/run`, a link to `/run`: the link stays, or a

@@ -335,8 +335,8 @@ fn sendto_loop(
     Ok(())
 }
 
-/// What the loops above leave out: rename and unlink, a signal check, another process's /proc, an
-/// fcntl, an inotify watch and a SIGIO.
+/// What the loops above leave out: rename and unlink, names made as a directory, a symlink and a
+/// FIFO, a signal check, another process's /proc, an fcntl, an inotify watch and a SIGIO.
 fn misc_loop(iterations: u64) -> anyhow::Result<()> {
     let first = PathBuf::from(format!("/tmp/gk-bench-misc-{}", std::process::id()));
     let second = first.with_extension("moved");
@@ -346,13 +346,23 @@ fn misc_loop(iterations: u64) -> anyhow::Result<()> {
     if watches < 0 {
         bail!("inotify_init1: errno {}", errno());
     }
+    let fifo = c_string(&format!("{}.fifo", first.display()))?;
     for _ in 0..iterations {
         std::fs::write(&first, b"x")?;
         std::fs::rename(&first, &second)?;
         std::fs::remove_file(&second)?;
-        // SAFETY (all below): plain syscalls on descriptors and buffers that live for the call.
-        // Signal 0 to ourselves only checks permission.
-        unsafe { libc::kill(libc::getpid(), 0) };
+        // The other ways a name is made: a directory, a symlink, a node.
+        std::fs::create_dir(&first)?;
+        std::fs::remove_dir(&first)?;
+        std::os::unix::fs::symlink(&second, &first)?;
+        std::fs::remove_file(&first)?;
+        // SAFETY (all below): plain syscalls on descriptors, paths and buffers that live for the
+        // call. Signal 0 to ourselves only checks permission.
+        unsafe {
+            libc::mkfifo(fifo.as_ptr(), 0o600);
+            libc::unlink(fifo.as_ptr());
+            libc::kill(libc::getpid(), 0);
+        }
         let _ = std::fs::read_to_string("/proc/1/stat")?;
         unsafe {
             libc::fcntl(ready[0], libc::F_GETFL);
