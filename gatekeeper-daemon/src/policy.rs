@@ -4,6 +4,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    ffi::OsString,
     net::IpAddr,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -624,8 +625,9 @@ impl Policy {
                 path,
             })
             .collect();
-        kernel.set_daemon_files(&daemon_files(&config, &kept)?)?;
-        kernel.set_guarded_names(&guarded_names())?;
+        let guarded = crate::host_services::guarded_names();
+        kernel.set_daemon_files(&daemon_files(&config, &kept, &guarded)?)?;
+        kernel.set_guarded_names(&name_keys(&guarded))?;
         let reaches = config
             .connect_rules
             .iter()
@@ -1211,7 +1213,11 @@ impl Policy {
 /// The files the daemon relies on, with what agents may not do to them, and every directory
 /// and symlink above them and above the protected, allowlisted and file rule paths (which,
 /// renamed, would let another file take a path's place).
-fn daemon_files(config: &Config, kept: &[KeptName]) -> Result<Vec<(Target, u32)>, PolicyError> {
+fn daemon_files(
+    config: &Config,
+    kept: &[KeptName],
+    guarded: &[(PathBuf, OsString)],
+) -> Result<Vec<(Target, u32)>, PolicyError> {
     let binary = std::env::current_exe().map_err(|cause| PolicyError::DaemonFile {
         path: PathBuf::from("/proc/self/exe"),
         cause,
@@ -1283,16 +1289,23 @@ fn daemon_files(config: &Config, kept: &[KeptName]) -> Result<Vec<(Target, u32)>
             add(node, daemon_file::ANCESTOR);
         }
     }
+    // The directories on the way to a name agents may not make: renamed away for one of theirs,
+    // the name would be free in it.
+    for (dir, name) in guarded {
+        let path = dir.join(name);
+        for node in directories_above(&path).filter_map(|dir| node_of(dir).ok()) {
+            add(node, daemon_file::ANCESTOR);
+        }
+    }
     Ok(files)
 }
 
-/// The names agents may not make (see `host_services::guarded_names`), keyed as the kernel
-/// matches them.
-fn guarded_names() -> Vec<NameKey> {
+/// The names agents may not make, (directory, name) (see `host_services::guarded_names`), keyed
+/// as the kernel matches them.
+fn name_keys(guarded: &[(PathBuf, OsString)]) -> Vec<NameKey> {
     use std::os::unix::ffi::OsStrExt as _;
-    crate::host_services::guarded_names()
-        .into_iter()
-        .filter_map(|(dir, name)| Some(NameKey::new(node_of(&dir).ok()?, name.as_bytes())))
+    (guarded.iter())
+        .filter_map(|(dir, name)| Some(NameKey::new(node_of(dir).ok()?, name.as_bytes())))
         .collect()
 }
 

@@ -480,7 +480,12 @@ unsafe fn hand_on_protection(moved: *const u8, replaced: *const u8) {
         }
         unsafe { inode_target(inode) }.ok()
     };
-    if let (Some(incoming), Some(replaced)) = (target_of(moved), target_of(replaced)) {
+    // One after the other: read as a pair, the compiler kept the first's value in a register
+    // the verifier found unset where the first read failed (6.12 refused the program).
+    let Some(incoming) = target_of(moved) else {
+        return;
+    };
+    if let Some(replaced) = target_of(replaced) {
         inherit_protected(&replaced, &incoming);
         inherit_rule(&replaced, &incoming);
     }

@@ -1,18 +1,19 @@
-//! Names agents may not make: where a host program trusts a path that is missing for now (a
-//! syslog daemon that stops takes `/dev/log` with it; a host service's directory not made yet),
-//! an agent's socket, link or directory there would be met instead. Matched by directory and
-//! name for every way a name is made: files, nodes and sockets, symlinks and directories here,
-//! hard links and renames in [`crate::files`]. Only agents pay for more than one read.
+//! Names agents may not make, nor anything below them: where a host program trusts a path that
+//! is missing for now (a syslog daemon that stops takes `/dev/log` with it; a host service's
+//! directory not made yet), an agent's socket, link or directory there would be met instead.
+//! Matched by directory and name for every way a name is made: files, nodes and sockets,
+//! symlinks and directories here, hard links and renames in [`crate::files`]. Only agents pay
+//! for more than one read.
 
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel_str_bytes, macros::lsm, macros::map, maps::HashMap,
     programs::LsmContext,
 };
-use gatekeeper_common::{GUARDED_NAME_BYTES, MAX_GUARDED_NAMES, NameKey, TamperHook};
+use gatekeeper_common::{GUARDED_NAME_BYTES, MAX_GUARDED_NAMES, NameKey, TamperHook, Target};
 
 use crate::{
     exec::inode_target,
-    offsets::{OFF_DENTRY_NAME, OFF_QSTR_NAME},
+    offsets::{OFF_DENTRY_INODE, OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_QSTR_NAME},
     read::{member_ptr, read_field},
     verdict::{EPERM, agent_caller, tamper},
 };
@@ -50,28 +51,56 @@ fn name_made(dir: *const u8, dentry: *const u8, previous: i32) -> i32 {
     }
 }
 
+/// How many names a new one is judged by: its own, and those of the two directories above it,
+/// so that nothing is made below a guarded name either, such as a socket in the directory the
+/// host made for a service after the start, or that directory in one the host made above it.
+const LEVELS: usize = 3;
+
 /// The verdict on an agent giving `dentry` (its name, in the directory `dir`) to a file: refused
-/// for a guarded name, there or not.
+/// for a guarded name, there or not, and for a name in a directory at a guarded name or in one
+/// below that.
 #[inline(always)]
 pub unsafe fn guard_new_name(agent: u64, dir: *const u8, dentry: *const u8) -> i32 {
-    let Ok(dir) = (unsafe { inode_target(dir) }) else {
-        return -EPERM;
-    };
-    let Ok(name) =
-        (unsafe { read_field::<*const u8>(member_ptr(dentry, &OFF_DENTRY_NAME), &OFF_QSTR_NAME) })
-    else {
-        return -EPERM;
-    };
+    match unsafe { guarded_dir(dir, dentry) } {
+        Ok(None) => 0,
+        Ok(Some(dir)) => tamper(agent, TamperHook::GuardedName, dir.data),
+        Err(_) => -EPERM,
+    }
+}
+
+/// The directory of the guarded name the new name `dentry` in `dir` is, or is below.
+#[inline(always)]
+unsafe fn guarded_dir(dir: *const u8, dentry: *const u8) -> Result<Option<Target>, i32> {
+    let (mut dir, mut dentry) = (dir, dentry);
+    for level in 0..LEVELS {
+        if level > 0 {
+            // One up: the directory's own name, in its parent (the top is its own parent).
+            let parent: *const u8 = unsafe { read_field(dentry, &OFF_DENTRY_PARENT)? };
+            let above: *const u8 = unsafe { read_field(parent, &OFF_DENTRY_PARENT)? };
+            if above == parent {
+                return Ok(None);
+            }
+            dir = unsafe { read_field(above, &OFF_DENTRY_INODE)? };
+            dentry = parent;
+        }
+        if let Some(found) = unsafe { is_guarded(dir, dentry)? } {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
+/// The directory `dir`, when the name of `dentry` in it is a guarded name.
+#[inline(always)]
+unsafe fn is_guarded(dir: *const u8, dentry: *const u8) -> Result<Option<Target>, i32> {
+    let dir = unsafe { inode_target(dir)? };
+    let name: *const u8 =
+        unsafe { read_field(member_ptr(dentry, &OFF_DENTRY_NAME), &OFF_QSTR_NAME)? };
     let mut key = NameKey {
         dir,
         name: [0; GUARDED_NAME_BYTES],
     };
     // A longer name is cut as the daemon cuts it (NameKey::new).
-    if unsafe { bpf_probe_read_kernel_str_bytes(name, &mut key.name) }.is_err() {
-        return -EPERM;
-    }
-    if GUARDED_NAMES.get_ptr(key).is_some() {
-        return tamper(agent, TamperHook::GuardedName, dir.data);
-    }
-    0
+    unsafe { bpf_probe_read_kernel_str_bytes(name, &mut key.name) }.map_err(|_| -EPERM)?;
+    Ok(GUARDED_NAMES.get_ptr(key).map(|_| dir))
 }

@@ -648,9 +648,10 @@ fn agents_stand_up_no_host_service() {
 /// started, or again as it restarts. A root agent unlinks and renames none of them (it would hear
 /// what host programs log, or drop it); the node it named before is let go. Outside the agent
 /// cgroups both work. While it is missing (before the first, and once the host takes it away
-/// again), and while nslcd's directory is, no agent makes it in any way.
+/// again), and while nslcd's and winbind's directories are, no agent makes it in any way, nor
+/// anything below them once the host makes them, nor puts the directory above aside.
 #[test]
-fn dev_log_made_again_is_kept() {
+fn names_host_programs_trust_are_made_by_no_agent() {
     let dev_log = Path::new("/dev/log");
     // The guest runs no syslog: the test binds it as one would.
     assert!(
@@ -668,11 +669,20 @@ fn dev_log_made_again_is_kept() {
         ] {
             let _ = std::fs::remove_file(name);
         }
-        let _ = std::fs::remove_dir("/run/nslcd");
+        for dir in ["/run/nslcd", "/run/samba", "/run/samba.host"] {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     });
+    // Samba's directory without winbind's.
+    assert!(
+        !Path::new("/run/samba").exists(),
+        "/run/samba left by an earlier test"
+    );
+    std::fs::create_dir("/run/samba").unwrap();
+    std::fs::write("/run/samba/smbd.pid", "1\n").unwrap();
     let scenario = Scenario::start("services-kept", Options::default());
     // Everyone's to write here, so that only Gatekeeper stands in a user agent's way.
-    let open_dirs = ["/dev", "/run"].map(|dir| {
+    let open_dirs = ["/dev", "/run", "/run/samba"].map(|dir| {
         let mode = std::fs::metadata(dir).unwrap().permissions();
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
         Restore::new(move || {
@@ -683,6 +693,40 @@ fn dev_log_made_again_is_kept() {
     // nslcd).
     made_by_no_agent(&scenario, "/dev/log");
     made_by_no_agent(&scenario, "/run/nslcd");
+    made_by_no_agent(&scenario, "/run/samba/winbindd");
+    // Samba's directory is not put aside for one of the agent's, where winbind's would be free.
+    assert_eq!(
+        scenario.tamper(
+            &scenario.agents,
+            "rename",
+            &["/run/samba", "/run/samba.agent"]
+        ),
+        Outcome::Denied
+    );
+    for args in [
+        ["/run/samba", "/run/samba.host"],
+        ["/run/samba.host", "/run/samba"],
+    ] {
+        assert_eq!(
+            scenario.tamper(&scenario.outside, "rename", &args),
+            Outcome::Ok
+        );
+    }
+    // Made by the host after the start, nslcd's directory takes no name of an agent's, nor does
+    // a directory the host makes in it (two and three names below the guarded one).
+    for dir in ["/run/nslcd", "/run/nslcd/sub"] {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        for (op, args) in [
+            ("unix-bind", vec![format!("{dir}/socket")]),
+            ("mkdir", vec![format!("{dir}/made")]),
+        ] {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            only_from_outside(&scenario, op, &args);
+            let _ = std::fs::remove_file(args[0]);
+            let _ = std::fs::remove_dir(args[0]);
+        }
+    }
     for round in ["made after the start", "made again"] {
         if dev_log.exists() {
             // The old one put aside as a restart would leave it.
