@@ -19,7 +19,7 @@ use crate::{
     exec::{exec_target, inode_target, runs_protected},
     file_rules::{alias_of, below_unguarded_mount, inherit_rule, moves_with_read_tree, placement},
     mounts::{host_mount_of, vfsmount_of},
-    names::guard_new_name,
+    names::guard_name_at,
     offsets::{
         OFF_DENTRY_INODE, OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_FILE_FLAGS, OFF_FILE_INODE,
         OFF_FILE_MODE, OFF_FILE_PATH, OFF_IATTR_VALID, OFF_INODE_MODE, OFF_INODE_RDEV,
@@ -416,7 +416,8 @@ unsafe fn on_unguarded_mount(inode: *const u8) -> Result<bool, i32> {
     }
 }
 
-/// Unlinking a protected, allowlisted or daemon file, or a pin (which would detach a program).
+/// Unlinking a protected, allowlisted or daemon file, a pin (which would detach a program), or
+/// a name at or below a guarded name.
 #[lsm(hook = "inode_unlink")]
 pub fn inode_unlink(ctx: LsmContext) -> i32 {
     let Some(agent) = agent_cgroup() else {
@@ -426,21 +427,27 @@ pub fn inode_unlink(ctx: LsmContext) -> i32 {
     if matches!(unsafe { inode_magic(dir) }, Ok(BPF_FS_MAGIC)) {
         return tamper(agent, TamperHook::PinUnlink, [0, 0]);
     }
-    unsafe { guard_name(agent, ctx.arg(1)) }
+    match unsafe { guard_name(agent, ctx.arg(1)) } {
+        0 => unsafe { guard_name_at(agent, dir, ctx.arg(1)) },
+        verdict => verdict,
+    }
 }
 
 /// Removing a directory a file rule names (empty, or it could not go): another, the agent's,
-/// could take its path.
+/// could take its path. Nor one at or below a guarded name.
 #[lsm(hook = "inode_rmdir")]
 pub fn inode_rmdir(ctx: LsmContext) -> i32 {
-    match agent_cgroup() {
-        Some(agent) => unsafe { guard_name(agent, ctx.arg(1)) },
-        None => 0,
+    let Some(agent) = agent_cgroup() else {
+        return 0;
+    };
+    match unsafe { guard_name(agent, ctx.arg(1)) } {
+        0 => unsafe { guard_name_at(agent, ctx.arg(0), ctx.arg(1)) },
+        verdict => verdict,
     }
 }
 
 /// Renaming such a file away, another file over it (or exchanging the two), a directory above
-/// a daemon file, anything on or onto bpffs, or anything to a guarded name.
+/// a daemon file, anything on or onto bpffs, or anything from or to a guarded name.
 #[lsm(hook = "inode_rename")]
 pub fn inode_rename(ctx: LsmContext) -> i32 {
     let Some(agent) = agent_cgroup() else {
@@ -459,13 +466,17 @@ pub fn inode_rename(ctx: LsmContext) -> i32 {
         0 => {}
         verdict => return verdict,
     }
+    match unsafe { guard_name_at(agent, old_dir, moved) } {
+        0 => {}
+        verdict => return verdict,
+    }
     match unsafe { guard_name(agent, ctx.arg(3)) } {
         0 => {}
         verdict => return verdict,
     }
     // An exchange passes here both ways round.
     match unsafe { guard_read_tree(agent, moved, new_dir) } {
-        0 => unsafe { guard_new_name(agent, new_dir, ctx.arg(3)) },
+        0 => unsafe { guard_name_at(agent, new_dir, ctx.arg(3)) },
         verdict => verdict,
     }
 }
@@ -521,7 +532,7 @@ pub fn inode_link(ctx: LsmContext) -> i32 {
         verdict => return verdict,
     }
     match unsafe { guard_read_tree(agent, linked, dir) } {
-        0 => unsafe { guard_new_name(agent, dir, ctx.arg(2)) },
+        0 => unsafe { guard_name_at(agent, dir, ctx.arg(2)) },
         verdict => verdict,
     }
 }

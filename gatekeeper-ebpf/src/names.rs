@@ -2,8 +2,9 @@
 //! is missing for now (a syslog daemon that stops takes `/dev/log` with it; a host service's
 //! directory not made yet), an agent's socket, link or directory there would be met instead.
 //! Matched by directory and name for every way a name is made: files, nodes and sockets,
-//! symlinks and directories here, hard links and renames in [`crate::files`]. Only agents pay
-//! for more than one read.
+//! symlinks and directories here, hard links and renames in [`crate::files`], which also keep
+//! what the host makes there from being moved or removed. Only agents pay for more than one
+//! read.
 
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel_str_bytes, macros::lsm, macros::map, maps::HashMap,
@@ -46,7 +47,7 @@ pub fn inode_mkdir(ctx: LsmContext) -> i32 {
 #[inline(always)]
 fn name_made(dir: *const u8, dentry: *const u8, previous: i32) -> i32 {
     match agent_caller(previous) {
-        Ok(agent) => unsafe { guard_new_name(agent, dir, dentry) },
+        Ok(agent) => unsafe { guard_name_at(agent, dir, dentry) },
         Err(verdict) => verdict,
     }
 }
@@ -56,11 +57,11 @@ fn name_made(dir: *const u8, dentry: *const u8, previous: i32) -> i32 {
 /// host made for a service after the start, or that directory in one the host made above it.
 const LEVELS: usize = 3;
 
-/// The verdict on an agent giving `dentry` (its name, in the directory `dir`) to a file: refused
-/// for a guarded name, there or not, and for a name in a directory at a guarded name or in one
-/// below that.
+/// The verdict on an agent making, moving or removing the name of `dentry` in the directory
+/// `dir`: refused for a guarded name, there or not, and for a name in a directory at a guarded
+/// name or in one below that (whatever the host made there is not the agent's to move either).
 #[inline(always)]
-pub unsafe fn guard_new_name(agent: u64, dir: *const u8, dentry: *const u8) -> i32 {
+pub unsafe fn guard_name_at(agent: u64, dir: *const u8, dentry: *const u8) -> i32 {
     match unsafe { guarded_dir(dir, dentry) } {
         Ok(None) => 0,
         Ok(Some(dir)) => tamper(agent, TamperHook::GuardedName, dir.data),

@@ -669,7 +669,12 @@ fn names_host_programs_trust_are_made_by_no_agent() {
         ] {
             let _ = std::fs::remove_file(name);
         }
-        for dir in ["/run/nslcd", "/run/samba", "/run/samba.host"] {
+        for dir in [
+            "/run/nslcd",
+            "/run/nslcd.aside",
+            "/run/samba",
+            "/run/samba.host",
+        ] {
             let _ = std::fs::remove_dir_all(dir);
         }
     });
@@ -713,7 +718,8 @@ fn names_host_programs_trust_are_made_by_no_agent() {
         );
     }
     // Made by the host after the start, nslcd's directory takes no name of an agent's, nor does
-    // a directory the host makes in it (two and three names below the guarded one).
+    // a directory the host makes in it (two and three names below the guarded one), and what the
+    // host made there stays.
     for dir in ["/run/nslcd", "/run/nslcd/sub"] {
         std::fs::create_dir(dir).unwrap();
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -726,6 +732,13 @@ fn names_host_programs_trust_are_made_by_no_agent() {
             let _ = std::fs::remove_file(args[0]);
             let _ = std::fs::remove_dir(args[0]);
         }
+        // Nor is what the host made there moved or removed by an agent.
+        let file = format!("{dir}/host");
+        std::fs::write(&file, "").unwrap();
+        only_from_outside(&scenario, "unlink", &[&file]);
+        let aside = format!("{dir}.aside");
+        only_from_outside(&scenario, "rename", &[dir, &aside]);
+        std::fs::rename(&aside, dir).unwrap();
     }
     for round in ["made after the start", "made again"] {
         if dev_log.exists() {
