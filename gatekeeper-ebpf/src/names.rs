@@ -52,9 +52,10 @@ fn name_made(dir: *const u8, dentry: *const u8, previous: i32) -> i32 {
     }
 }
 
-/// How many names a new one is judged by: its own, and those of the two directories above it,
-/// so that nothing is made below a guarded name either, such as a socket in the directory the
-/// host made for a service after the start, or that directory in one the host made above it.
+/// How many names a name made, moved or removed is judged by: its own, and those of the two
+/// directories above it, so that nothing is made below a guarded name either, such as a socket
+/// in the directory the host made for a service after the start, or that directory in one the
+/// host made above it.
 const LEVELS: usize = 3;
 
 /// The verdict on an agent making, moving or removing the name of `dentry` in the directory
@@ -69,7 +70,7 @@ pub unsafe fn guard_name_at(agent: u64, dir: *const u8, dentry: *const u8) -> i3
     }
 }
 
-/// The directory of the guarded name the new name `dentry` in `dir` is, or is below.
+/// The directory of the guarded name that the name of `dentry` in `dir` is, or is below.
 #[inline(always)]
 unsafe fn guarded_dir(dir: *const u8, dentry: *const u8) -> Result<Option<Target>, i32> {
     let (mut dir, mut dentry) = (dir, dentry);
