@@ -89,20 +89,21 @@ pub fn kept_names() -> Vec<PathBuf> {
     names
 }
 
-/// The names agents may not make, as (directory, name): each kept name's, whether or not it is
+/// The names agents may not make, as (directory, name): each of the kept names' `kept` (see
+/// [`kept_names`]), whether or not it is
 /// there (a syslog daemon that stops takes `/dev/log` with it, and makes it again as it starts),
 /// and for each host service's directory that is missing, the first missing name on its way
 /// (`/run/nslcd` where nslcd is not installed), so that no agent stands up a service before the
 /// host does. Directories are canonical; a name whose directory is not there is left out.
-pub fn guarded_names() -> Vec<(PathBuf, OsString)> {
-    names_agents_make_not(&kept_names(), &SOCKET_DIRS.map(Path::new))
+pub fn guarded_names(kept: &[&Path]) -> Vec<(PathBuf, OsString)> {
+    names_agents_make_not(kept, &SOCKET_DIRS.map(Path::new))
 }
 
 /// [`guarded_names`] of the kept names `kept` and the services' directories `service_dirs`.
-fn names_agents_make_not(kept: &[PathBuf], service_dirs: &[&Path]) -> Vec<(PathBuf, OsString)> {
+fn names_agents_make_not(kept: &[&Path], service_dirs: &[&Path]) -> Vec<(PathBuf, OsString)> {
     let mut names: Vec<(PathBuf, OsString)> = Vec::new();
     let missing = service_dirs.iter().filter_map(|dir| first_missing(dir));
-    for path in kept.iter().map(PathBuf::as_path).chain(missing) {
+    for path in kept.iter().copied().chain(missing) {
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
             continue;
         };
@@ -252,6 +253,7 @@ mod tests {
         std::os::unix::fs::symlink(&run, var.join("run")).unwrap();
         let canonical = |path: &Path| std::fs::canonicalize(path).unwrap();
         let kept = [dev.join("log"), var.join("run"), dev.join("log")];
+        let kept: Vec<&Path> = kept.iter().map(PathBuf::as_path).collect();
         let services = [
             run.join("systemd"),
             var.join("run/nslcd"),

@@ -625,7 +625,8 @@ impl Policy {
                 path,
             })
             .collect();
-        let guarded = crate::host_services::guarded_names();
+        let kept_paths: Vec<&Path> = kept.iter().map(|name| name.path.as_path()).collect();
+        let guarded = crate::host_services::guarded_names(&kept_paths);
         kernel.set_daemon_files(&daemon_files(&config, &kept, &guarded)?)?;
         kernel.set_guarded_names(&name_keys(&guarded))?;
         let reaches = config

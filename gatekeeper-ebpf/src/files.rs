@@ -323,12 +323,16 @@ unsafe fn guard_dentry_opened(agent: u64, dentry: *const u8) -> i32 {
     unsafe { guard(agent, dentry, Change::Opened) }
 }
 
-/// [`guard_dentry`] for a change of name, which neither a rule's own file or directory takes,
-/// whatever access the rule protects: a path that named an agent's file would hand it what a
-/// trusted writer puts there.
+/// [`guard_dentry`] for a change of name (of `dentry`, in the directory `dir`), which neither a
+/// rule's own file or directory takes, whatever access the rule protects: a path that named an
+/// agent's file would hand it what a trusted writer puts there. Nor does a name at or below a
+/// guarded name ([`guard_name_at`]).
 #[inline(always)]
-unsafe fn guard_name(agent: u64, dentry: *const u8) -> i32 {
-    unsafe { guard(agent, dentry, Change::Name) }
+unsafe fn guard_name(agent: u64, dir: *const u8, dentry: *const u8) -> i32 {
+    match unsafe { guard(agent, dentry, Change::Name) } {
+        0 => unsafe { guard_name_at(agent, dir, dentry) },
+        verdict => verdict,
+    }
 }
 
 #[inline(always)]
@@ -427,22 +431,16 @@ pub fn inode_unlink(ctx: LsmContext) -> i32 {
     if matches!(unsafe { inode_magic(dir) }, Ok(BPF_FS_MAGIC)) {
         return tamper(agent, TamperHook::PinUnlink, [0, 0]);
     }
-    match unsafe { guard_name(agent, ctx.arg(1)) } {
-        0 => unsafe { guard_name_at(agent, dir, ctx.arg(1)) },
-        verdict => verdict,
-    }
+    unsafe { guard_name(agent, dir, ctx.arg(1)) }
 }
 
 /// Removing a directory a file rule names (empty, or it could not go): another, the agent's,
 /// could take its path. Nor one at or below a guarded name.
 #[lsm(hook = "inode_rmdir")]
 pub fn inode_rmdir(ctx: LsmContext) -> i32 {
-    let Some(agent) = agent_cgroup() else {
-        return 0;
-    };
-    match unsafe { guard_name(agent, ctx.arg(1)) } {
-        0 => unsafe { guard_name_at(agent, ctx.arg(0), ctx.arg(1)) },
-        verdict => verdict,
+    match agent_cgroup() {
+        Some(agent) => unsafe { guard_name(agent, ctx.arg(0), ctx.arg(1)) },
+        None => 0,
     }
 }
 
@@ -462,23 +460,16 @@ pub fn inode_rename(ctx: LsmContext) -> i32 {
         return tamper(agent, TamperHook::PinRename, [0, 0]);
     }
     let moved: *const u8 = ctx.arg(1);
-    match unsafe { guard_name(agent, moved) } {
+    match unsafe { guard_name(agent, old_dir, moved) } {
         0 => {}
         verdict => return verdict,
     }
-    match unsafe { guard_name_at(agent, old_dir, moved) } {
-        0 => {}
-        verdict => return verdict,
-    }
-    match unsafe { guard_name(agent, ctx.arg(3)) } {
+    match unsafe { guard_name(agent, new_dir, ctx.arg(3)) } {
         0 => {}
         verdict => return verdict,
     }
     // An exchange passes here both ways round.
-    match unsafe { guard_read_tree(agent, moved, new_dir) } {
-        0 => unsafe { guard_name_at(agent, new_dir, ctx.arg(3)) },
-        verdict => verdict,
-    }
+    unsafe { guard_read_tree(agent, moved, new_dir) }
 }
 
 /// What `replaced` was protected as, `moved` is from now (an exchange passes here both ways).
