@@ -97,7 +97,7 @@ pub fn decide_exec(
     let args = unsafe {
         read_caller_args(scratch, script);
         check_against_kernel(scratch, bprm, script);
-        let hash = hash_args(scratch);
+        let hash = gatekeeper_hash_args(scratch);
         let args = &raw mut (*scratch).record.args;
         (*args).hash = hash;
         *args
@@ -345,33 +345,47 @@ unsafe fn flag_args(scratch: *mut ExecScratch, flag: u32) {
 /// Reads the caller's arguments into the scratch record (without `argv[0]` for a script).
 #[inline(always)]
 unsafe fn read_caller_args(scratch: *mut ExecScratch, script: bool) {
+    gatekeeper_read_caller_args(scratch, script.into());
+}
+
+/// [`read_caller_args`] as a global BPF function (see
+/// [`crate::file_rules::gatekeeper_placement`]). Returns 0.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn gatekeeper_read_caller_args(scratch: *mut ExecScratch, script: u32) -> i32 {
+    // The verifier allows a null here.
+    if scratch.is_null() {
+        return 0;
+    }
+    let script = script != 0;
     unsafe {
         start_args(scratch, if script { argv_flags::WITHOUT_ARGV0 } else { 0 });
         let Some(vectors) = caller_vectors() else {
             flag_args(scratch, argv_flags::UNREAD);
-            return;
+            return 0;
         };
         let first = script as u32;
         for index in 0..=MAX_ARGS + 1 {
             let Ok(pointer) = vector_entry(vectors.argv, vectors.wide, index) else {
                 flag_args(scratch, argv_flags::UNREAD);
-                return;
+                return 0;
             };
             if pointer == 0 {
-                return;
+                return 0;
             }
             if index < first {
                 continue;
             }
             if core::ptr::read_volatile(&raw const (*scratch).record.args.count) >= MAX_ARGS {
                 flag_args(scratch, argv_flags::TRUNCATED);
-                return;
+                return 0;
             }
             if push_string(scratch, pointer).is_none() {
-                return;
+                return 0;
             }
         }
     }
+    0
 }
 
 /// Appends the NUL-terminated user string at `address` to the arguments read; its length with
@@ -421,6 +435,19 @@ unsafe fn skip_string(scratch: *mut ExecScratch, address: u64) -> Option<u32> {
         )
     };
     (read > 0 && (read as usize) < ARGV_BYTES).then_some(read as u32)
+}
+
+/// [`hash_args`] as a global BPF function (see [`crate::file_rules::gatekeeper_placement`]), for
+/// `bprm_check_security`, whose paths to it are many; `bprm_committing_creds` has one, and is
+/// checked faster with it inline.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn gatekeeper_hash_args(scratch: *const ExecScratch) -> u64 {
+    // The verifier allows a null here.
+    if scratch.is_null() {
+        return 0;
+    }
+    unsafe { hash_args(scratch) }
 }
 
 /// The keyed hash of the arguments in the scratch record.

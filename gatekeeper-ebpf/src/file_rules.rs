@@ -7,13 +7,14 @@ use aya_ebpf::{macros::map, maps::HashMap};
 use gatekeeper_common::{MAX_PROTECTED_FILES, MAX_TREE_DEPTH, Target, file_rule};
 
 use crate::{
+    exec::inode_target,
     mounts::{host_mount_of, mount_in_host_namespace, mount_of},
     offsets::{
         OFF_DENTRY_ALIAS, OFF_DENTRY_INODE, OFF_DENTRY_PARENT, OFF_INODE_DENTRY, OFF_INODE_INO,
         OFF_INODE_SB, OFF_MOUNT_MOUNTPOINT, OFF_MOUNT_PARENT, OFF_SB_DEV, OFF_SB_ROOT,
         OFF_VFSMOUNT_ROOT,
     },
-    read::{container_of, read_field},
+    read::{as_scalar, container_of, read_field},
 };
 
 /// Mounts looked through from a file's own up: a volume below a host path, a mount on that.
@@ -65,6 +66,55 @@ fn rule_bits(target: &Target) -> u32 {
 /// The placement of the file a positive `dentry` names.
 #[inline(always)]
 pub unsafe fn placement(dentry: *const u8) -> Result<Placement, i32> {
+    let packed = gatekeeper_placement(unsafe { as_scalar(dentry)? });
+    if packed < 0 {
+        return Err(packed);
+    }
+    let packed = packed as u32;
+    let inode: *const u8 = unsafe { read_field(dentry, &OFF_DENTRY_INODE)? };
+    Ok(Placement {
+        file: unsafe { inode_target(inode)? },
+        own: packed >> PACKED_OWN & PACKED_RULE,
+        bits: packed & PACKED_RULE,
+        in_read_tree: packed & PACKED_IN_READ_TREE != 0,
+        unplaced: packed & PACKED_UNPLACED != 0,
+    })
+}
+
+/// Rule bits are few: the walk's answer fits in a plain number, which a global function may
+/// return (a struct it would have to write through a pointer to the caller's stack, which 6.1's
+/// verifier then forgets all about, and checks every path after again).
+const PACKED_RULE: u32 = 0xff;
+const PACKED_OWN: u32 = 8;
+const PACKED_IN_READ_TREE: u32 = 1 << 16;
+const PACKED_UNPLACED: u32 = 1 << 17;
+const _: () = assert!(
+    (file_rule::READ | file_rule::WRITE | file_rule::TREE | file_rule::NAMES) & !PACKED_RULE == 0
+);
+
+/// [`placement`] as a global BPF function: the verifier checks its walk once per program, not
+/// at each call and on each path there. Negative on failure, else its fields packed.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn gatekeeper_placement(dentry: u64) -> i32 {
+    match unsafe { walk_placement(dentry as *const u8) } {
+        Ok(placed) => {
+            let mut packed = placed.bits & PACKED_RULE | (placed.own & PACKED_RULE) << PACKED_OWN;
+            if placed.in_read_tree {
+                packed |= PACKED_IN_READ_TREE;
+            }
+            if placed.unplaced {
+                packed |= PACKED_UNPLACED;
+            }
+            packed as i32
+        }
+        Err(error) if error >= 0 => -1,
+        Err(error) => error,
+    }
+}
+
+#[inline(always)]
+unsafe fn walk_placement(dentry: *const u8) -> Result<Placement, i32> {
     let inode: *const u8 = unsafe { read_field(dentry, &OFF_DENTRY_INODE)? };
     let sb: *const u8 = unsafe { read_field(inode, &OFF_INODE_SB)? };
     let dev: u32 = unsafe { read_field(sb, &OFF_SB_DEV)? };

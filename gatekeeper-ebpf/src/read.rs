@@ -32,6 +32,15 @@ pub fn field_offset(global: &'static u32) -> usize {
     offset(global)
 }
 
+/// The address `ptr` holds, as a plain number: a global BPF function takes kernel pointers only
+/// so, while a hook's own arguments are typed pointers to the verifier. Copied through the helper,
+/// the verifier forgets the type.
+#[inline(always)]
+pub unsafe fn as_scalar(ptr: *const u8) -> Result<u64, i32> {
+    let address = ptr as u64;
+    unsafe { bpf_probe_read_kernel(&address) }
+}
+
 /// Reads a `T` at a fixed byte offset (for ABI structs such as `sockaddr_in`).
 #[inline(always)]
 pub unsafe fn read_at<T>(base: *const u8, offset: usize) -> Result<T, i32> {
