@@ -349,11 +349,11 @@ unsafe fn read_caller_args(scratch: *mut ExecScratch, script: bool) {
 }
 
 /// [`read_caller_args`] as a global BPF function (see
-/// [`crate::file_rules::gatekeeper_placement`]). Returns 0.
+/// [`crate::file_rules::gatekeeper_placement`]), which must return a number: 0.
 #[unsafe(no_mangle)]
 #[inline(never)]
 extern "C" fn gatekeeper_read_caller_args(scratch: *mut ExecScratch, script: u32) -> i32 {
-    // The verifier allows a null here.
+    // The verifier takes the pointer as maybe null: checked before use.
     if scratch.is_null() {
         return 0;
     }
@@ -443,7 +443,7 @@ unsafe fn skip_string(scratch: *mut ExecScratch, address: u64) -> Option<u32> {
 #[unsafe(no_mangle)]
 #[inline(never)]
 extern "C" fn gatekeeper_hash_args(scratch: *const ExecScratch) -> u64 {
-    // The verifier allows a null here.
+    // The verifier takes the pointer as maybe null: checked before use.
     if scratch.is_null() {
         return 0;
     }

@@ -251,7 +251,20 @@ unsafe fn new_env_approved(bprm: *const u8) -> bool {
 /// Whether the `NAME=value` string at `address` names an approved variable.
 #[inline(always)]
 unsafe fn approved_entry(scratch: *mut EnvScratch, address: u64) -> bool {
-    unsafe {
+    gatekeeper_approved_entry(scratch, address) == 1
+}
+
+/// [`approved_entry`] as a global BPF function (see [`crate::file_rules::gatekeeper_placement`]):
+/// the walks over an environment ask it at each of hundreds of steps, where the verifier would
+/// check its read again each time. 1 for approved.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn gatekeeper_approved_entry(scratch: *mut EnvScratch, address: u64) -> i32 {
+    // The verifier takes the pointer as maybe null: checked before use.
+    if scratch.is_null() {
+        return 0;
+    }
+    let approved = unsafe {
         let entry = &raw mut (*scratch).entry;
         // Zero first, word by word (an array store would be a loop over bytes): the name ends
         // at the first '=' before the string's end.
@@ -265,5 +278,6 @@ unsafe fn approved_entry(scratch: *mut EnvScratch, address: u64) -> bool {
         );
         read > 0
             && EnvName::of_entry(&*entry).is_some_and(|name| APPROVED_ENV.get_ptr(name).is_some())
-    }
+    };
+    approved.into()
 }

@@ -81,9 +81,9 @@ pub unsafe fn placement(dentry: *const u8) -> Result<Placement, i32> {
     })
 }
 
-/// Rule bits are few: the walk's answer fits in a plain number, which a global function may
-/// return (a struct it would have to write through a pointer to the caller's stack, which 6.1's
-/// verifier then forgets all about, and checks every path after again).
+/// Rule bits are few: the walk's answer fits in the number a global function returns. (Written
+/// to the caller's stack instead, it made 6.1's verifier check the callers' paths after the call
+/// far more often.)
 const PACKED_RULE: u32 = 0xff;
 const PACKED_OWN: u32 = 8;
 const PACKED_IN_READ_TREE: u32 = 1 << 16;
@@ -93,10 +93,11 @@ const _: () = assert!(
 );
 
 /// [`placement`] as a global BPF function: the verifier checks its walk once per program, not
-/// at each call and on each path there. Negative on failure, else its fields packed.
+/// at each call and on each path there. Negative on failure, else the rule bits, the own rule's
+/// bits and the two flags packed; [`placement`] reads the file's (device, inode) itself.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn gatekeeper_placement(dentry: u64) -> i32 {
+extern "C" fn gatekeeper_placement(dentry: u64) -> i32 {
     match unsafe { walk_placement(dentry as *const u8) } {
         Ok(placed) => {
             let mut packed = placed.bits & PACKED_RULE | (placed.own & PACKED_RULE) << PACKED_OWN;

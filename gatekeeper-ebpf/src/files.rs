@@ -27,8 +27,8 @@ use crate::{
         OFF_TASK_REAL_CRED, OFF_VFSMOUNT_SB,
     },
     read::{
-        BPF_FS_MAGIC, PROC_SUPER_MAGIC, SYSFS_MAGIC, current_syscall, inode_magic, member_ptr,
-        read_at, read_field,
+        BPF_FS_MAGIC, PROC_SUPER_MAGIC, SYSFS_MAGIC, as_scalar, current_syscall, inode_magic,
+        member_ptr, read_at, read_field,
     },
     script::{note_open_before_read, take_script_read},
     verdict::{
@@ -613,6 +613,21 @@ pub fn inode_setattr(ctx: LsmContext) -> i32 {
 /// [`guard_unguarded_mount`]).
 #[inline(always)]
 unsafe fn guard_attributes(agent: u64, dentry: *const u8) -> i32 {
+    // The verdict is refusal or not: the verifier of 6.12 holds a hook's return to an errno,
+    // which it cannot tell of a global function's answer.
+    match unsafe { as_scalar(dentry) }.map(|dentry| gatekeeper_guard_attributes(agent, dentry)) {
+        Ok(0) => 0,
+        _ => -EPERM,
+    }
+}
+
+/// [`guard_attributes`] as a global BPF function (see
+/// [`crate::file_rules::gatekeeper_placement`]): `inode_setattr` and `file_ioctl` reach it on
+/// several paths, on each of which the verifier would check it again.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn gatekeeper_guard_attributes(agent: u64, dentry: u64) -> i32 {
+    let dentry = dentry as *const u8;
     match unsafe { guard_dentry(agent, dentry) } {
         0 => unsafe { guard_unguarded_mount(agent, dentry) },
         verdict => verdict,
