@@ -89,12 +89,12 @@ pub fn kept_names() -> Vec<PathBuf> {
     names
 }
 
-/// The names agents may not make, as (directory, name): each of the kept names' `kept` (see
-/// [`kept_names`]), whether or not it is
-/// there (a syslog daemon that stops takes `/dev/log` with it, and makes it again as it starts),
-/// and for each host service's directory that is missing, the first missing name on its way
-/// (`/run/nslcd` where nslcd is not installed), so that no agent stands up a service before the
-/// host does. Directories are canonical; a name whose directory is not there is left out.
+/// The names agents may not make, as (directory, name): each of the kept names `kept` (see
+/// [`kept_names`]), whether or not it is there (a syslog daemon that stops takes `/dev/log` with
+/// it, and makes it again as it starts), and for each host service's directory that is missing,
+/// the first missing name on its way (`/run/nslcd` where nslcd is not installed), so that no
+/// agent stands up a service before the host does. Directories are canonical; a name whose
+/// directory is not there is left out.
 pub fn guarded_names(kept: &[&Path]) -> Vec<(PathBuf, OsString)> {
     names_agents_make_not(kept, &SOCKET_DIRS.map(Path::new))
 }
