@@ -7,14 +7,13 @@ use aya_ebpf::{macros::map, maps::HashMap};
 use gatekeeper_common::{MAX_PROTECTED_FILES, MAX_TREE_DEPTH, Target, file_rule};
 
 use crate::{
-    exec::inode_target,
     mounts::{host_mount_of, mount_in_host_namespace, mount_of},
     offsets::{
         OFF_DENTRY_ALIAS, OFF_DENTRY_INODE, OFF_DENTRY_PARENT, OFF_INODE_DENTRY, OFF_INODE_INO,
         OFF_INODE_SB, OFF_MOUNT_MOUNTPOINT, OFF_MOUNT_PARENT, OFF_SB_DEV, OFF_SB_ROOT,
         OFF_VFSMOUNT_ROOT,
     },
-    read::{as_scalar, container_of, read_field},
+    read::{container_of, read_field},
 };
 
 /// Mounts looked through from a file's own up: a volume below a host path, a mount on that.
@@ -25,8 +24,6 @@ static PROTECTED_FILES: HashMap<Target, u32> = HashMap::pinned(MAX_PROTECTED_FIL
 
 /// Where a file sits with respect to the rules.
 pub struct Placement {
-    /// The file itself (device, inode).
-    pub file: Target,
     /// Its own rule's bits (0: it is no rule's file or directory).
     pub own: u32,
     /// The accesses that need approval: its own rule's and those of every directory rule above.
@@ -63,17 +60,16 @@ fn rule_bits(target: &Target) -> u32 {
         .map_or(0, |bits| unsafe { *bits })
 }
 
-/// The placement of the file a positive `dentry` names.
+/// The placement of the file a positive `dentry` names. A hook's own dentry argument goes
+/// through [`crate::read::untyped`] first.
 #[inline(always)]
 pub unsafe fn placement(dentry: *const u8) -> Result<Placement, i32> {
-    let packed = gatekeeper_placement(unsafe { as_scalar(dentry)? });
+    let packed = gatekeeper_placement(dentry as u64);
     if packed < 0 {
         return Err(packed);
     }
     let packed = packed as u32;
-    let inode: *const u8 = unsafe { read_field(dentry, &OFF_DENTRY_INODE)? };
     Ok(Placement {
-        file: unsafe { inode_target(inode)? },
         own: packed >> PACKED_OWN & PACKED_RULE,
         bits: packed & PACKED_RULE,
         in_read_tree: packed & PACKED_IN_READ_TREE != 0,
@@ -94,7 +90,7 @@ const _: () = assert!(
 
 /// [`placement`] as a global BPF function: the verifier checks its walk once per program, not
 /// at each call and on each path there. Negative on failure, else the rule bits, the own rule's
-/// bits and the two flags packed; [`placement`] reads the file's (device, inode) itself.
+/// bits and the two flags packed.
 #[unsafe(no_mangle)]
 #[inline(never)]
 extern "C" fn gatekeeper_placement(dentry: u64) -> i32 {
@@ -119,10 +115,10 @@ unsafe fn walk_placement(dentry: *const u8) -> Result<Placement, i32> {
     let inode: *const u8 = unsafe { read_field(dentry, &OFF_DENTRY_INODE)? };
     let sb: *const u8 = unsafe { read_field(inode, &OFF_INODE_SB)? };
     let dev: u32 = unsafe { read_field(sb, &OFF_SB_DEV)? };
-    let file = Target::exec(dev, unsafe { read_field(inode, &OFF_INODE_INO)? });
-    let own = rule_bits(&file);
+    let own = rule_bits(&Target::exec(dev, unsafe {
+        read_field(inode, &OFF_INODE_INO)?
+    }));
     let mut placed = Placement {
-        file,
         own,
         bits: own,
         in_read_tree: own & (file_rule::TREE | file_rule::READ)

@@ -27,8 +27,8 @@ use crate::{
         OFF_TASK_REAL_CRED, OFF_VFSMOUNT_SB,
     },
     read::{
-        BPF_FS_MAGIC, PROC_SUPER_MAGIC, SYSFS_MAGIC, as_scalar, current_syscall, inode_magic,
-        member_ptr, read_at, read_field,
+        BPF_FS_MAGIC, PROC_SUPER_MAGIC, SYSFS_MAGIC, current_syscall, inode_magic, member_ptr,
+        read_at, read_field, untyped,
     },
     script::{note_open_before_read, take_script_read},
     verdict::{
@@ -213,7 +213,7 @@ unsafe fn agent_open(agent: u64, file: *const u8) -> Result<i32, i32> {
             // agent's here means the interpreter was handed something else.
             unsafe { note_open_before_read(opened_dentry(file, inode)?) };
         }
-        return unsafe { judge_rule_open(agent, file, inode, mode, &access) };
+        return unsafe { judge_rule_open(agent, file, inode, &target, mode, &access) };
     }
     if unsafe { is_stacked(file)? } {
         return Ok(tamper(agent, TamperHook::StackedOpen, target.data));
@@ -230,26 +230,28 @@ unsafe fn agent_open(agent: u64, file: *const u8) -> Result<i32, i32> {
     Ok(decide(agent, read, core::ptr::null()))
 }
 
-/// The verdict on an agent's open of a file no protected binary is: approval for the accesses
-/// its file rules protect. A directory's listing is not protected, only what its files hold.
+/// The verdict on an agent's open of a file no protected binary is (its `inode`, `target`):
+/// approval for the accesses its file rules protect. A directory's listing is not protected,
+/// only what its files hold.
 #[inline(always)]
 unsafe fn judge_rule_open(
     agent: u64,
     file: *const u8,
     inode: *const u8,
+    target: &Target,
     mode: u16,
     access: &Access,
 ) -> Result<i32, i32> {
     let dentry = unsafe { opened_dentry(file, inode)? };
     let placed = unsafe { placement(dentry)? };
     if placed.unplaced {
-        return Ok(tamper(agent, TamperHook::UnplacedFile, placed.file.data));
+        return Ok(tamper(agent, TamperHook::UnplacedFile, target.data));
     }
     if access.writes && placed.bits & file_access::WRITE == 0 {
         let mnt: *const u8 =
             unsafe { read_field(member_ptr(file, &OFF_FILE_PATH), &OFF_PATH_MNT)? };
         if unsafe { below_unguarded_mount(mnt, inode)? } {
-            return Ok(tamper(agent, TamperHook::UnguardedMount, placed.file.data));
+            return Ok(tamper(agent, TamperHook::UnguardedMount, target.data));
         }
     }
     let mut wanted = 0;
@@ -263,7 +265,7 @@ unsafe fn judge_rule_open(
     if asked == 0 {
         return Ok(0);
     }
-    let [dev, ino] = placed.file.data;
+    let [dev, ino] = target.data;
     let name: *const u8 =
         unsafe { read_field(member_ptr(dentry, &OFF_DENTRY_NAME), &OFF_QSTR_NAME)? };
     Ok(decide(agent, Target::file(dev as u32, ino, asked), name))
@@ -335,6 +337,10 @@ unsafe fn guard_name(agent: u64, dir: *const u8, dentry: *const u8) -> i32 {
     }
 }
 
+/// The guards' common part. A `dentry` that reaches the file rules' walk, a global function,
+/// must be a plain number to the verifier: a hook's own argument through [`dentry_arg`] or
+/// [`untyped`], or one read from memory. A typed one comes here only for [`Change::Opened`],
+/// which returns before the walk.
 #[inline(always)]
 unsafe fn guard(agent: u64, dentry: *const u8, change: Change) -> i32 {
     let Ok(inode) = (unsafe { read_field::<*const u8>(dentry, &OFF_DENTRY_INODE) }) else {
@@ -365,6 +371,13 @@ unsafe fn guard(agent: u64, dentry: *const u8, change: Change) -> i32 {
     }
 }
 
+/// The hook's dentry argument `index`, for the file rules' walk and the other global functions
+/// ([`untyped`]).
+#[inline(always)]
+fn dentry_arg(ctx: &LsmContext, index: usize) -> Result<*const u8, i32> {
+    unsafe { untyped(ctx.arg(index)) }
+}
+
 /// A name made, removed or moved in a directory (each asks for write permission on it) that a
 /// file rule protects, that holds a rule's file, whose place cannot be told, or that is on a
 /// file system mounted below a protected directory that the daemon has not guarded yet.
@@ -378,15 +391,15 @@ pub fn directory_write(inode: *const u8) -> i32 {
     let Some(agent) = agent_cgroup() else {
         return 0;
     };
-    match unsafe { inode_target(inode) } {
+    let dir = match unsafe { inode_target(inode) } {
         Ok(dir) if daemon_file_bits(&dir) & daemon_file::DIRECTORY != 0 => {
             return tamper(agent, TamperHook::DaemonFile, dir.data);
         }
-        Ok(_) => {}
+        Ok(dir) => dir,
         Err(_) => return -EPERM,
-    }
+    };
     match unsafe { alias_of(inode).and_then(|dentry| placement(dentry)) } {
-        Ok(placed) if placed.unplaced => tamper(agent, TamperHook::UnplacedFile, placed.file.data),
+        Ok(placed) if placed.unplaced => tamper(agent, TamperHook::UnplacedFile, dir.data),
         // Under a read rule too: a name the agent makes there (a symlink, a file it holds open)
         // would catch what a trusted writer puts at it.
         Ok(placed)
@@ -394,11 +407,11 @@ pub fn directory_write(inode: *const u8) -> i32 {
                 || placed.in_read_tree
                 || placed.own & file_rule::NAMES != 0 =>
         {
-            tamper(agent, TamperHook::ProtectedChange, placed.file.data)
+            tamper(agent, TamperHook::ProtectedChange, dir.data)
         }
-        Ok(placed) => match unsafe { on_unguarded_mount(inode) } {
+        Ok(_) => match unsafe { on_unguarded_mount(inode) } {
             Ok(false) => 0,
-            Ok(true) => tamper(agent, TamperHook::UnguardedMount, placed.file.data),
+            Ok(true) => tamper(agent, TamperHook::UnguardedMount, dir.data),
             Err(_) => -EPERM,
         },
         Err(_) => -EPERM,
@@ -431,16 +444,22 @@ pub fn inode_unlink(ctx: LsmContext) -> i32 {
     if matches!(unsafe { inode_magic(dir) }, Ok(BPF_FS_MAGIC)) {
         return tamper(agent, TamperHook::PinUnlink, [0, 0]);
     }
-    unsafe { guard_name(agent, dir, ctx.arg(1)) }
+    match dentry_arg(&ctx, 1) {
+        Ok(dentry) => unsafe { guard_name(agent, dir, dentry) },
+        Err(_) => -EPERM,
+    }
 }
 
 /// Removing a directory a file rule names (empty, or it could not go): another, the agent's,
 /// could take its path. Nor one at or below a guarded name.
 #[lsm(hook = "inode_rmdir")]
 pub fn inode_rmdir(ctx: LsmContext) -> i32 {
-    match agent_cgroup() {
-        Some(agent) => unsafe { guard_name(agent, ctx.arg(0), ctx.arg(1)) },
-        None => 0,
+    let Some(agent) = agent_cgroup() else {
+        return 0;
+    };
+    match dentry_arg(&ctx, 1) {
+        Ok(dentry) => unsafe { guard_name(agent, ctx.arg(0), dentry) },
+        Err(_) => -EPERM,
     }
 }
 
@@ -459,12 +478,17 @@ pub fn inode_rename(ctx: LsmContext) -> i32 {
     if on_bpffs(old_dir) || on_bpffs(new_dir) {
         return tamper(agent, TamperHook::PinRename, [0, 0]);
     }
-    let moved: *const u8 = ctx.arg(1);
+    let Ok(moved) = dentry_arg(&ctx, 1) else {
+        return -EPERM;
+    };
     match unsafe { guard_name(agent, old_dir, moved) } {
         0 => {}
         verdict => return verdict,
     }
-    match unsafe { guard_name(agent, new_dir, ctx.arg(3)) } {
+    let Ok(replaced) = dentry_arg(&ctx, 3) else {
+        return -EPERM;
+    };
+    match unsafe { guard_name(agent, new_dir, replaced) } {
         0 => {}
         verdict => return verdict,
     }
@@ -517,7 +541,10 @@ pub fn inode_link(ctx: LsmContext) -> i32 {
         Ok(agent) => agent,
         Err(verdict) => return verdict,
     };
-    let (linked, dir): (*const u8, *const u8) = (ctx.arg(0), ctx.arg(1));
+    let Ok(linked) = dentry_arg(&ctx, 0) else {
+        return -EPERM;
+    };
+    let dir: *const u8 = ctx.arg(1);
     match unsafe { guard_dentry(agent, linked) } {
         0 => {}
         verdict => return verdict,
@@ -604,19 +631,22 @@ pub fn inode_setattr(ctx: LsmContext) -> i32 {
     match unsafe { read_field::<u32>(attr, &OFF_IATTR_VALID) } {
         // Truncation through a file opened for writing (on open, or ftruncate).
         Ok(valid) if valid & ATTR_FILE != 0 => unsafe { guard_dentry_opened(agent, dentry) },
-        Ok(_) => unsafe { guard_attributes(agent, dentry) },
+        Ok(_) => match unsafe { untyped(dentry) } {
+            Ok(dentry) => unsafe { guard_attributes(agent, dentry) },
+            Err(_) => -EPERM,
+        },
         Err(_) => -EPERM,
     }
 }
 
 /// [`guard_dentry`] for a change of attributes, also refused on a mount not guarded yet (see
-/// [`guard_unguarded_mount`]).
+/// [`guard_unguarded_mount`]). A hook's own dentry argument goes through [`untyped`] first.
 #[inline(always)]
 unsafe fn guard_attributes(agent: u64, dentry: *const u8) -> i32 {
     // The verdict is refusal or not: the verifier of 6.12 holds a hook's return to an errno,
     // which it cannot tell of a global function's answer.
-    match unsafe { as_scalar(dentry) }.map(|dentry| gatekeeper_guard_attributes(agent, dentry)) {
-        Ok(0) => 0,
+    match gatekeeper_guard_attributes(agent, dentry as u64) {
+        0 => 0,
         _ => -EPERM,
     }
 }
@@ -670,9 +700,12 @@ pub fn inode_removexattr(ctx: LsmContext) -> i32 {
 /// [`guard_attributes`] of the file whose dentry is the hook's second argument.
 #[inline(always)]
 fn guard_second_dentry(ctx: &LsmContext) -> i32 {
-    match agent_cgroup() {
-        Some(agent) => unsafe { guard_attributes(agent, ctx.arg(1)) },
-        None => 0,
+    let Some(agent) = agent_cgroup() else {
+        return 0;
+    };
+    match dentry_arg(ctx, 1) {
+        Ok(dentry) => unsafe { guard_attributes(agent, dentry) },
+        Err(_) => -EPERM,
     }
 }
 

@@ -32,13 +32,14 @@ pub fn field_offset(global: &'static u32) -> usize {
     offset(global)
 }
 
-/// The address `ptr` holds, as a plain number: a global BPF function takes kernel pointers only
-/// so, while a hook's own arguments are typed pointers to the verifier. Copied through the helper,
-/// the verifier forgets the type.
+/// The address `ptr` holds, as a plain number to the verifier: a global BPF function takes
+/// kernel pointers only so, while a hook's own pointer arguments are typed (BTF) pointers to it.
+/// Copied through the helper, the verifier forgets the type. Pointers read from memory
+/// ([`read_field`]) are plain numbers already; a typed one handed to a global function is
+/// refused at load.
 #[inline(always)]
-pub unsafe fn as_scalar(ptr: *const u8) -> Result<u64, i32> {
-    let address = ptr as u64;
-    unsafe { bpf_probe_read_kernel(&address) }
+pub unsafe fn untyped(ptr: *const u8) -> Result<*const u8, i32> {
+    unsafe { bpf_probe_read_kernel(&ptr) }
 }
 
 /// Reads a `T` at a fixed byte offset (for ABI structs such as `sockaddr_in`).
