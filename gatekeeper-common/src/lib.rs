@@ -24,7 +24,7 @@ pub mod maps {
     pub const ALLOWED: &str = "ALLOWED";
     /// Array of u32 settings, indexed by [`crate::Setting`].
     pub const SETTINGS: &str = "SETTINGS";
-    /// [`crate::Target`] (exec form: device, inode) -> [`crate::DaemonFile`] bits: the files the
+    /// [`crate::Target`] (exec form: device, inode) -> [`crate::daemon_file`] bits: the files the
     /// daemon relies on, and the directories above them.
     pub const DAEMON_FILES: &str = "DAEMON_FILES";
     /// [`crate::Target`] (exec form: device, inode) -> [`crate::file_rule`] bits: the files and

@@ -477,7 +477,7 @@ pub struct LocalApi {
 impl LocalApi {
     /// Serves until `stop` resolves. Accept errors (e.g. out of file descriptors) pause the loop
     /// with a growing backoff; they never end it. On stop, calls in flight get up to
-    /// [`DRAIN_TIMEOUT`] to send their answers: an uninstall is answered after the engine ends.
+    /// `DRAIN_TIMEOUT` to send their answers: an uninstall is answered after the engine ends.
     pub async fn serve(mut self, stop: impl Future<Output = ()>) {
         let mut calls = JoinSet::new();
         let mut backoff = Duration::from_millis(10);

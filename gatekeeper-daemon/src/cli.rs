@@ -1,4 +1,7 @@
 //! The `gatekeeper` command line: the daemon itself, and the clients that talk to it.
+//!
+//! Its doc comments are clap's help text, where `[daemon]` names the config's table, not an item.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},

@@ -47,7 +47,7 @@ const SPACES_SHOWN: usize = 2;
 
 /// `text` with control, invisible formatting and whitespace characters other than the space
 /// written as escapes (`\n`, `\t`, `\u{202e}`, `\u{2028}`, and `\\` for a backslash, so an
-/// escape cannot be faked), runs of more than [`SPACES_SHOWN`] spaces as `[N spaces]`, cut to at
+/// escape cannot be faked), runs of more than `SPACES_SHOWN` spaces as `[N spaces]`, cut to at
 /// most `limit` bytes followed by a marker saying how much was cut.
 pub fn visible(text: &str, limit: usize) -> String {
     let mut shown = String::with_capacity(text.len().min(limit) + 16);

@@ -529,6 +529,16 @@ fn lint() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // Broken doc links: rustdoc's lints, which clippy does not run.
+    run(cargo()
+        .args([
+            "doc",
+            "--workspace",
+            "--exclude",
+            "gatekeeper-ebpf",
+            "--no-deps",
+        ])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
     // The kernel crate only builds for the BPF target, with the nightly toolchain.
     run(Command::new("rustup")
         .args([

@@ -3070,7 +3070,7 @@ fn exec_hostile(program: &str, kind: &str) -> i32 {
     last_errno()
 }
 
-/// The 32-bit system call execve (int 0x80, number 11) of `program` with argv[0] = program.
+/// The 32-bit system call execve (int 0x80, number 11) of `program` with `argv[0] = program`.
 fn int80_exec(program: &str, rest: &[&[u8]]) -> i32 {
     // SAFETY: memory below 4 GiB that this process maps and fills, then execs from.
     unsafe {
@@ -3122,8 +3122,8 @@ fn int80_exec(program: &str, rest: &[&[u8]]) -> i32 {
 }
 
 /// `argv-shift`: execs `program` with the vector `[page, "target", argv0, "target", "one"]`,
-/// where `page` (argv[0]) is not there yet. The kernel copies the strings last to first; copying
-/// argv[0] faults, and while it waits the vector is rewritten in place to
+/// where `page` (`argv[0]`) is not there yet. The kernel copies the strings last to first; copying
+/// `argv[0]` faults, and while it waits the vector is rewritten in place to
 /// `[argv0, "target", "one", NULL]`, then the page is supplied holding "x". The kernel's copy has
 /// five arguments, the vector read afterwards three.
 fn argv_shift(program: &str, argv0: &str) -> String {
