@@ -29,10 +29,10 @@ use crate::destinations::Prefix;
 const LSM_LIST: &str = "/sys/kernel/security/lsm";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// The kernel programs, as built. Public so `gatekeeper-bench` can load the empty floor programs
+/// The kernel programs, as built, without their DWARF (see build.rs). Public so `gatekeeper-bench` can load the empty floor programs
 /// from the very object the daemon runs.
 pub static EBPF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gatekeeper"));
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gatekeeper.stripped"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
@@ -62,6 +62,8 @@ pub enum LoaderError {
     Refused { cause: ProgramError },
     #[error("the kernel refused to attach the LSM program: {0}; nothing is enforced")]
     Attach(ProgramError),
+    #[error("the programs are attached already")]
+    AttachedAlready,
     #[error("map {name}: {cause}")]
     Map { name: &'static str, cause: MapError },
     #[error("cannot make the key that binds grants to arguments: {0}")]
@@ -160,11 +162,12 @@ pub fn uninstall(pin_dir: &Path) -> std::io::Result<()> {
     std::fs::remove_dir(pin_dir)
 }
 
-/// The loaded programs and the maps the daemon uses, behind typed operations. Dropping it
-/// detaches what it attached (pinned links stay).
+/// The loaded programs and the maps the daemon uses, behind typed operations. What it attaches
+/// stays attached by pinned links when it is dropped.
 pub struct Kernel {
-    // Owns the programs and their links.
-    ebpf: Ebpf,
+    /// The programs, until [`Kernel::attach`] pins their links: those hold them from then on,
+    /// and the megabytes the loader kept of them (instructions, line info) are freed.
+    ebpf: Option<Ebpf>,
     agents: HashMap<MapData, u64, u32>,
     protected: HashMap<MapData, Target, u32>,
     nets: LpmTrie<MapData, [u8; 16], PortRanges>,
@@ -405,7 +408,7 @@ impl Kernel {
             ),
             programs,
             link_ids: Vec::new(),
-            ebpf,
+            ebpf: Some(ebpf),
         };
         Ok(kernel)
     }
@@ -416,10 +419,10 @@ impl Kernel {
     pub fn attach(&mut self, pin_dir: &Path) -> Result<(), LoaderError> {
         // bpffs refuses names with dots.
         let staged = |program: &str| pin_dir.join(format!("link_{program}_new"));
+        let mut ebpf = self.ebpf.take().ok_or(LoaderError::AttachedAlready)?;
         let mut link_ids = Vec::with_capacity(self.programs.len());
         for &name in &self.programs {
-            let program: &mut Lsm = self
-                .ebpf
+            let program: &mut Lsm = ebpf
                 .program_mut(name)
                 .ok_or(LoaderError::Missing(name))?
                 .try_into()

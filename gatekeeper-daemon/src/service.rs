@@ -190,6 +190,12 @@ async fn resolve_hosts(
     }
 }
 
+/// Returns the allocator's free pages to the kernel.
+fn give_back_freed_memory() {
+    // SAFETY: malloc_trim only releases memory no allocation holds.
+    unsafe { libc::malloc_trim(0) };
+}
+
 /// Runs the daemon until SIGINT, SIGTERM or `gatekeeper uninstall`.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     raise_open_file_limit();
@@ -216,6 +222,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             return Err(error.into());
         }
     };
+    // Loading parsed the kernel's BTF twice: megabytes freed since, which glibc would keep
+    // resident for the daemon's whole life (15 MB of anonymous memory in a 6.12 guest, 1.5 MB
+    // after).
+    give_back_freed_memory();
     let ring = engine
         .take_events()
         .ok_or(DaemonError::MapTaken(gatekeeper_common::maps::EVENTS))?;
