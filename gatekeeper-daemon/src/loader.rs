@@ -64,6 +64,8 @@ pub enum LoaderError {
     Attach(ProgramError),
     #[error("the programs are attached already")]
     AttachedAlready,
+    #[error("loading the programs failed unexpectedly (a panic); nothing is enforced")]
+    LoadPanicked,
     #[error("map {name}: {cause}")]
     Map { name: &'static str, cause: MapError },
     #[error("cannot make the key that binds grants to arguments: {0}")]
