@@ -45,14 +45,30 @@ fn without_dwarf(object: &[u8]) -> anyhow::Result<Vec<u8>> {
     for section in builder.sections.iter_mut() {
         section.delete = is_dwarf(&section.name);
     }
+    // Whatever its name, a relocation section of a section that goes, goes with it.
+    let gone: Vec<_> = (builder.sections.iter())
+        .filter(|section| section.delete)
+        .map(|section| section.id())
+        .collect();
+    for section in builder.sections.iter_mut() {
+        if matches!(section.data, SectionData::Relocation(_))
+            && section.sh_info_section.is_some_and(|of| gone.contains(&of))
+        {
+            section.delete = true;
+        }
+    }
     let kept = relocations(&builder);
     builder.delete_orphans();
     // LLVM keeps section names in the symbols' string table, which the writer does not share.
-    let names = builder.sections.add();
-    names.name = b".shstrtab"[..].into();
-    names.sh_type = object::elf::SHT_STRTAB;
-    names.sh_addralign = 1;
-    names.data = SectionData::SectionString;
+    let has_names =
+        (builder.sections.iter()).any(|section| matches!(section.data, SectionData::SectionString));
+    if !has_names {
+        let names = builder.sections.add();
+        names.name = b".shstrtab"[..].into();
+        names.sh_type = object::elf::SHT_STRTAB;
+        names.sh_addralign = 1;
+        names.data = SectionData::SectionString;
+    }
     // A relocation of a program or of the BTF that named a DWARF section would be lost.
     if relocations(&builder) != kept {
         bail!("a relocation outside the DWARF refers to it");

@@ -170,13 +170,7 @@ impl Engine {
         // A name with no addresses at all stops the start before the programs load.
         check_resolved(&config, &resolved)?;
         let was_enforcing = loader::links_pinned(&config.pin_dir);
-        // On a thread of its own, so on an arena of its own: the tens of megabytes the kernel's
-        // BTF takes to parse for a moment are not scattered among what the daemon keeps, and go
-        // back to the kernel whole once freed.
-        let mut kernel = std::thread::scope(|scope| {
-            let load = scope.spawn(|| Kernel::load(&config.pin_dir));
-            load.join().unwrap_or(Err(LoaderError::LoadPanicked))
-        })?;
+        let mut kernel = Kernel::load(&config.pin_dir)?;
         let (policy, mounts_guarded) = Policy::install(config.clone(), &mut kernel, &resolved)?;
         let start = now();
         if was_enforcing {

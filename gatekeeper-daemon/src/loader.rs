@@ -29,8 +29,8 @@ use crate::destinations::Prefix;
 const LSM_LIST: &str = "/sys/kernel/security/lsm";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// The kernel programs, as built, without their DWARF (see build.rs). Public so `gatekeeper-bench` can load the empty floor programs
-/// from the very object the daemon runs.
+/// The kernel programs, as built, without their DWARF (see build.rs). Public so
+/// `gatekeeper-bench` can load the empty floor programs from the very object the daemon runs.
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gatekeeper.stripped"));
 
@@ -62,10 +62,16 @@ pub enum LoaderError {
     Refused { cause: ProgramError },
     #[error("the kernel refused to attach the LSM program: {0}; nothing is enforced")]
     Attach(ProgramError),
-    #[error("the programs are attached already")]
+    #[error("attach was called already (the loaded programs are gone)")]
     AttachedAlready,
-    #[error("loading the programs failed unexpectedly (a panic); nothing is enforced")]
-    LoadPanicked,
+    #[error(
+        "cannot start the thread that loads the programs: {0}; no new programs are attached (links an earlier daemon pinned stay in force)"
+    )]
+    LoadThread(std::io::Error),
+    #[error(
+        "loading the programs panicked: {0}; no new programs are attached (links an earlier daemon pinned stay in force)"
+    )]
+    LoadPanicked(String),
     #[error("map {name}: {cause}")]
     Map { name: &'static str, cause: MapError },
     #[error("cannot make the key that binds grants to arguments: {0}")]
@@ -168,7 +174,10 @@ pub fn uninstall(pin_dir: &Path) -> std::io::Result<()> {
 /// stays attached by pinned links when it is dropped.
 pub struct Kernel {
     /// The programs, until [`Kernel::attach`] pins their links: those hold them from then on,
-    /// and the megabytes the loader kept of them (instructions, line info) are freed.
+    /// and the megabytes the loader kept of them (instructions, line info) are freed. The maps
+    /// the daemon does not take live on through the programs; a kind the kernel empties when its
+    /// last user reference goes (a program array, a perf event array, a map with timers) would
+    /// have to be taken or pinned first.
     ebpf: Option<Ebpf>,
     agents: HashMap<MapData, u64, u32>,
     protected: HashMap<MapData, Target, u32>,
@@ -332,9 +341,29 @@ fn find_member(btf: &btf_rs::Btf, s: &btf_rs::Struct, member: &str) -> Option<u3
 }
 
 impl Kernel {
-    /// Loads and attaches the programs. Fails, and enforces nothing, unless the kernel enforces.
-    /// Maps are pinned in `pin_dir`, and adopted from there when a daemon ran before.
+    /// Loads the programs. Fails, and attaches nothing, unless the kernel enforces. Maps are
+    /// pinned in `pin_dir`, and adopted from there when a daemon ran before.
+    ///
+    /// On a thread of its own, which glibc gives an allocator arena of its own where it can: the
+    /// tens of megabytes the kernel's BTF takes to parse for a moment are then not scattered
+    /// among what the daemon keeps, and go back to the kernel once freed (with
+    /// `service::give_back_freed_memory`, best effort).
     pub fn load(pin_dir: &Path) -> Result<Self, LoaderError> {
+        std::thread::scope(|scope| {
+            let loading = std::thread::Builder::new()
+                .name("gatekeeper-load".into())
+                .spawn_scoped(scope, || Self::load_here(pin_dir))
+                .map_err(LoaderError::LoadThread)?;
+            loading.join().unwrap_or_else(|panic| {
+                let text = (panic.downcast_ref::<&str>().map(|text| text.to_string()))
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(LoaderError::LoadPanicked(text))
+            })
+        })
+    }
+
+    fn load_here(pin_dir: &Path) -> Result<Self, LoaderError> {
         check_bpf_lsm()?;
         prepare_pin_dir(pin_dir)?;
         // Parsed once for both: the kernel's BTF is megabytes.

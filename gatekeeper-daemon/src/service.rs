@@ -190,10 +190,14 @@ async fn resolve_hosts(
     }
 }
 
-/// Returns the allocator's free pages to the kernel.
+/// Returns the allocator's free pages to the kernel (glibc's; other C libraries have no call
+/// for it).
 fn give_back_freed_memory() {
     // SAFETY: malloc_trim only releases memory no allocation holds.
-    unsafe { libc::malloc_trim(0) };
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Runs the daemon until SIGINT, SIGTERM or `gatekeeper uninstall`.
@@ -222,9 +226,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             return Err(error.into());
         }
     };
-    // Loading parsed the kernel's BTF twice: megabytes freed since, which glibc would keep
-    // resident for the daemon's whole life (15 MB of anonymous memory in a 6.12 guest, 1.5 MB
-    // after).
+    // Loading parsed the kernel's BTF twice: megabytes freed since, which glibc would otherwise
+    // keep resident for the daemon's whole life.
     give_back_freed_memory();
     let ring = engine
         .take_events()
