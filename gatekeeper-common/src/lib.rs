@@ -568,7 +568,8 @@ pub enum TamperHook {
     HostPort = 55,
     /// Making a name the host relies on where it is missing: `/dev/log` while a syslog daemon
     /// restarts, the directory of a host service not there yet (data: device, inode of the
-    /// directory).
+    /// directory); or moving, removing, writing or changing what is at or below one (data:
+    /// device, inode of the file, or for a move or removal, of its directory).
     GuardedName = 56,
 }
 

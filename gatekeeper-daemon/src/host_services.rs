@@ -1,14 +1,15 @@
 //! Where host programs outside meet the host's services by path, and where the daemon's own
 //! name lookups read: kept out of agents' hands. glibc asks nscd (at `/var/run/nscd/socket`)
 //! first for users, groups and host names, and the services of `/etc/nsswitch.conf` over sockets
-//! in `/run` (systemd's user database and resolved, nslcd, winbind); host programs log to
+//! in `/run` (systemd's user database and resolved, nslcd, winbind, avahi) and `/var/lib/sss`
+//! (sssd), or reads their records there (systemd's `/run/userdb`); host programs log to
 //! journald's sockets (and `/dev/log`) and ask the system bus and systemd at theirs. A root
-//! agent's socket in their place would decide what host programs believe (who a uid is to `sudo`
-//! or `sshd`, with a password hash of the agent's choosing for a uid 0 account; which address a
-//! name has; what `systemctl` says of a unit) and hear what they log. The daemon itself reads
-//! `/etc/passwd`, `/etc/group` and `/etc/hosts` and asks the name servers of `/etc/resolv.conf`
-//! ([`crate::users`], [`crate::resolver`]); where those are links out of the host paths, the
-//! directories they lead to are guarded as well.
+//! agent's socket or record in their place would decide what host programs believe (who a uid
+//! is to `sudo` or `sshd`, with a password hash of the agent's choosing for a uid 0 account;
+//! which address a name has; what `systemctl` says of a unit) and hear what they log. The daemon
+//! itself reads `/etc/passwd`, `/etc/group` and `/etc/hosts` and asks the name servers of
+//! `/etc/resolv.conf` ([`crate::users`], [`crate::resolver`]); where those are links out of the
+//! host paths, the directories they lead to are guarded as well.
 
 use std::{
     ffi::OsString,
@@ -24,15 +25,29 @@ pub const DEV_LOG: &str = "/dev/log";
 /// nscd's directory: glibc asks a socket there on every host, with or without nscd installed.
 pub const NSCD_DIR: &str = "/var/run/nscd";
 
-/// The directories of host services' sockets, guarded where they exist. systemd's holds its
-/// user database, resolved's, journald's, its own private one and the notify socket.
-const SOCKET_DIRS: [&str; 5] = [
-    NSCD_DIR,
-    "/run/systemd",
-    "/run/dbus",
-    "/run/nslcd",
-    "/run/samba/winbindd",
+/// The directories of host services' sockets and of the records glibc's name services read
+/// in place, each as (the directory it sits in, its path there): guarded where they exist, and
+/// by the first name of that path always (see [`guarded_names`]). systemd's holds its user
+/// database, resolved's, journald's, its own private one and the notify socket; systemd's name
+/// service also reads user records straight from `/run/userdb` and `/run/host/userdb`;
+/// avahi's answers `.local` names (nss-mdns), sssd's pipes and winbind's answer for users,
+/// and winbind's Samba's RPC sockets sit beside it.
+const SOCKET_DIRS: [(&str, &str); 9] = [
+    ("/var/run", "nscd"),
+    ("/run", "systemd"),
+    ("/run", "dbus"),
+    ("/run", "nslcd"),
+    ("/run", "samba/winbindd"),
+    ("/run", "userdb"),
+    ("/run", "host/userdb"),
+    ("/run", "avahi-daemon"),
+    ("/var/lib/sss", "pipes"),
 ];
+
+/// The paths of [`SOCKET_DIRS`].
+fn socket_dirs() -> [PathBuf; SOCKET_DIRS.len()] {
+    SOCKET_DIRS.map(|(base, path)| Path::new(base).join(path))
+}
 
 /// Makes nscd's directory where there is none, so that it is there to guard: an agent would
 /// otherwise make it and stand up its own nscd.
@@ -53,9 +68,10 @@ pub fn make_nscd_dir() -> std::io::Result<()> {
 /// sockets that exist, and those the name servers' and hosts' files lead to out of the host
 /// paths; none below another.
 pub fn guarded_dirs(host_paths: &[PathBuf]) -> Vec<PathBuf> {
+    let socket_dirs = socket_dirs();
     guarded(
         host_paths,
-        &SOCKET_DIRS.map(Path::new),
+        &socket_dirs.each_ref().map(PathBuf::as_path),
         &[Path::new(RESOLV_CONF), Path::new(HOSTS)],
     )
 }
@@ -80,8 +96,8 @@ fn guarded(host_paths: &[PathBuf], socket_dirs: &[&Path], files: &[&Path]) -> Ve
 /// `/run`; `/etc/resolv.conf`'s links), so each path keeps leading where it led.
 pub fn kept_names() -> Vec<PathBuf> {
     let mut names = vec![PathBuf::from(DEV_LOG)];
-    let paths = SOCKET_DIRS.into_iter().chain([RESOLV_CONF, HOSTS, DEV_LOG]);
-    for link in paths.flat_map(|path| links_on_the_way(Path::new(path))) {
+    let files = [RESOLV_CONF, HOSTS, DEV_LOG].map(PathBuf::from);
+    for link in (socket_dirs().iter().chain(&files)).flat_map(|path| links_on_the_way(path)) {
         if !names.contains(&link) {
             names.push(link);
         }
@@ -91,22 +107,32 @@ pub fn kept_names() -> Vec<PathBuf> {
 
 /// The names agents may not make, as (directory, name): each of the kept names `kept` (see
 /// [`kept_names`]), whether or not it is there (a syslog daemon that stops takes `/dev/log` with
-/// it, and makes it again as it starts), and for each host service's directory that is missing,
-/// the first missing name on its way (`/run/nslcd` where nslcd is not installed), so that no
-/// agent stands up a service before the host does. Directories are canonical; a name whose
-/// directory is not there is left out.
+/// it, and makes it again as it starts), and the first name of each host service's directory in
+/// the directory it sits in (`/run/nslcd`; `/run/samba` for winbind's), there or not. So no agent
+/// stands up a service before the host does, nor while its own service has taken its directory
+/// away (systemd removes a unit's runtime directory as it stops), and nothing is made two names
+/// below either, also in a directory the host made again. Directories are canonical; a name
+/// whose directory is not there is left out.
 pub fn guarded_names(kept: &[&Path]) -> Vec<(PathBuf, OsString)> {
-    names_agents_make_not(kept, &SOCKET_DIRS.map(Path::new))
+    names_agents_make_not(
+        kept,
+        &SOCKET_DIRS.map(|(base, path)| (Path::new(base), Path::new(path))),
+    )
 }
 
-/// [`guarded_names`] of the kept names `kept` and the services' directories `service_dirs`.
-fn names_agents_make_not(kept: &[&Path], service_dirs: &[&Path]) -> Vec<(PathBuf, OsString)> {
+/// [`guarded_names`] of the kept names `kept` and the services' directories `service_dirs`,
+/// each (the directory it sits in, its path there).
+fn names_agents_make_not(
+    kept: &[&Path],
+    service_dirs: &[(&Path, &Path)],
+) -> Vec<(PathBuf, OsString)> {
     let mut names: Vec<(PathBuf, OsString)> = Vec::new();
-    let missing = service_dirs.iter().filter_map(|dir| first_missing(dir));
-    for path in kept.iter().copied().chain(missing) {
-        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-            continue;
-        };
+    let kept = kept
+        .iter()
+        .filter_map(|path| Some((path.parent()?, path.file_name()?)));
+    let services =
+        (service_dirs.iter()).filter_map(|(base, path)| Some((*base, path.iter().next()?)));
+    for (parent, name) in kept.chain(services) {
         let Ok(dir) = std::fs::canonicalize(parent) else {
             continue;
         };
@@ -116,18 +142,6 @@ fn names_agents_make_not(kept: &[&Path], service_dirs: &[&Path]) -> Vec<(PathBuf
         }
     }
     names
-}
-
-/// The first name on the way to `path` that is not there, if one is not (links followed).
-fn first_missing(path: &Path) -> Option<&Path> {
-    let mut at = path;
-    while let Some(parent) = at.parent() {
-        if parent.is_dir() {
-            return (!at.exists()).then_some(at);
-        }
-        at = parent;
-    }
-    None
 }
 
 /// Every symlink met on the way from the absolute `path` to what it names, followed as the
@@ -244,7 +258,7 @@ mod tests {
     }
 
     #[test]
-    fn kept_names_and_missing_service_directories_are_names_agents_make_not() {
+    fn kept_names_and_service_directories_are_names_agents_make_not() {
         let root = std::env::temp_dir().join(format!("gk-names-{}", std::process::id()));
         let (dev, run, var) = (root.join("dev"), root.join("run"), root.join("var"));
         for dir in [&dev, &run.join("systemd"), &var] {
@@ -254,25 +268,25 @@ mod tests {
         let canonical = |path: &Path| std::fs::canonicalize(path).unwrap();
         let kept = [dev.join("log"), var.join("run"), dev.join("log")];
         let kept: Vec<&Path> = kept.iter().map(PathBuf::as_path).collect();
+        let var_run = var.join("run");
         let services = [
-            run.join("systemd"),
-            var.join("run/nslcd"),
-            run.join("samba/winbindd"),
-            root.join("gone/deeper/still"),
+            (run.as_path(), Path::new("systemd")),
+            (&var_run, Path::new("nslcd")),
+            (&run, Path::new("samba/winbindd")),
+            (&root.join("gone"), Path::new("deeper")),
         ];
-        let services: Vec<&Path> = services.iter().map(PathBuf::as_path).collect();
         let name = |dir: &Path, name: &str| (canonical(dir), OsString::from(name));
-        // Kept whether there or not (dev/log is not), once each; the services' directories
-        // there are guarded as directories; a missing one by its first missing name, through
-        // links; where even the name's directory is missing, by the first one that is.
+        // Kept whether there or not (dev/log is not), once each; a service's directory by its
+        // first name, there or not, in the canonical directory it sits in; not where even that
+        // directory is missing.
         assert_eq!(
             names_agents_make_not(&kept, &services),
             [
                 name(&dev, "log"),
                 name(&var, "run"),
+                name(&run, "systemd"),
                 name(&run, "nslcd"),
                 name(&run, "samba"),
-                name(&root, "gone"),
             ]
         );
         std::fs::remove_dir_all(root).unwrap();

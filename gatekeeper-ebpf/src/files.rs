@@ -19,7 +19,7 @@ use crate::{
     exec::{exec_target, inode_target, runs_protected},
     file_rules::{alias_of, below_unguarded_mount, inherit_rule, moves_with_read_tree, placement},
     mounts::{host_mount_of, vfsmount_of},
-    names::guard_name_at,
+    names::{gatekeeper_below_guarded_name, guard_name_at},
     offsets::{
         OFF_DENTRY_INODE, OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_FILE_FLAGS, OFF_FILE_INODE,
         OFF_FILE_MODE, OFF_FILE_PATH, OFF_IATTR_VALID, OFF_INODE_MODE, OFF_INODE_RDEV,
@@ -263,6 +263,11 @@ unsafe fn judge_rule_open(
     }
     let asked = wanted & placed.bits;
     if asked == 0 {
+        // What the host made at or below a guarded name (a host service's directory made after
+        // the start) is no agent's to write, as the names there are not.
+        if access.writes && gatekeeper_below_guarded_name(dentry as u64) != 0 {
+            return Ok(tamper(agent, TamperHook::GuardedName, target.data));
+        }
         return Ok(0);
     }
     let [dev, ino] = target.data;
@@ -533,8 +538,8 @@ unsafe fn guard_read_tree(agent: u64, moved: *const u8, to: *const u8) -> i32 {
     }
 }
 
-/// A hard link to such a file (another name for it, out of the daemon's sight), or any file's
-/// at a guarded name.
+/// A hard link to such a file (another name for it, out of the daemon's sight), to one at or
+/// below a guarded name (a name elsewhere to write it by), or any file's at a guarded name.
 #[lsm(hook = "inode_link")]
 pub fn inode_link(ctx: LsmContext) -> i32 {
     let agent = match agent_caller(ctx.arg(3)) {
@@ -546,6 +551,10 @@ pub fn inode_link(ctx: LsmContext) -> i32 {
     };
     let dir: *const u8 = ctx.arg(1);
     match unsafe { guard_dentry(agent, linked) } {
+        0 => {}
+        verdict => return verdict,
+    }
+    match unsafe { guard_below_guarded_name(agent, linked) } {
         0 => {}
         verdict => return verdict,
     }
@@ -659,8 +668,32 @@ unsafe fn guard_attributes(agent: u64, dentry: *const u8) -> i32 {
 extern "C" fn gatekeeper_guard_attributes(agent: u64, dentry: u64) -> i32 {
     let dentry = dentry as *const u8;
     match unsafe { guard_dentry(agent, dentry) } {
-        0 => unsafe { guard_unguarded_mount(agent, dentry) },
+        0 => match unsafe { guard_unguarded_mount(agent, dentry) } {
+            0 => unsafe { guard_below_guarded_name(agent, dentry) },
+            verdict => verdict,
+        },
         verdict => verdict,
+    }
+}
+
+/// A change of what the positive `dentry` names at or below a guarded name: of its attributes
+/// (a host service's directory made after the start, handed to a user agent by chown or made
+/// one its service refuses by chmod), or another name for it, to write it by.
+#[inline(always)]
+unsafe fn guard_below_guarded_name(agent: u64, dentry: *const u8) -> i32 {
+    let Ok(inode) = (unsafe { read_field::<*const u8>(dentry, &OFF_DENTRY_INODE) }) else {
+        return -EPERM;
+    };
+    if inode.is_null() {
+        return 0;
+    }
+    match gatekeeper_below_guarded_name(dentry as u64) {
+        0 => 0,
+        1 => {
+            let target = unsafe { inode_target(inode) }.unwrap_or_default();
+            tamper(agent, TamperHook::GuardedName, target.data)
+        }
+        _ => -EPERM,
     }
 }
 

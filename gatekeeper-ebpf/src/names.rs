@@ -1,10 +1,10 @@
 //! Names agents may not make, nor anything below them: where a host program trusts a path that
 //! is missing for now (a syslog daemon that stops takes `/dev/log` with it; a host service's
-//! directory not made yet), an agent's socket, link or directory there would be met instead.
-//! Matched by directory and name for every way a name is made: files, nodes and sockets,
-//! symlinks and directories here, hard links and renames in [`crate::files`], which also keep
-//! what the host makes there from being moved or removed. Only agents pay for more than one
-//! read.
+//! directory not made yet, or taken away as its service stopped), an agent's socket, link or
+//! directory there would be met instead. Matched by directory and name for every way a name is
+//! made: files, nodes and sockets, symlinks and directories here, hard links and renames in
+//! [`crate::files`], which also keep what the host makes there from being moved, removed,
+//! written or changed. Only agents pay for more than one read.
 
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel_str_bytes, macros::lsm, macros::map, maps::HashMap,
@@ -52,11 +52,11 @@ fn name_made(dir: *const u8, dentry: *const u8, previous: i32) -> i32 {
     }
 }
 
-/// How many names a name made, moved or removed is judged by: its own, and those of the two
-/// directories above it, so that nothing is made below a guarded name either, such as a socket
-/// in the directory the host made for a service after the start, or that directory in one the
-/// host made above it.
-const LEVELS: usize = 3;
+/// How many names a name made, moved, removed or changed is judged by: its own, and those of
+/// the three directories above it, so that nothing is made below a guarded name either, such as
+/// winbind's socket directory in Samba's (`/run/samba` guarded), the socket in it, or what its
+/// service makes in that.
+const LEVELS: usize = 4;
 
 /// The verdict on an agent making, moving or removing the name of `dentry` in the directory
 /// `dir`: refused for a guarded name, there or not, and for a name in a directory at a guarded
@@ -67,6 +67,25 @@ pub unsafe fn guard_name_at(agent: u64, dir: *const u8, dentry: *const u8) -> i3
         Ok(None) => 0,
         Ok(Some(dir)) => tamper(agent, TamperHook::GuardedName, dir.data),
         Err(_) => -EPERM,
+    }
+}
+
+/// Whether the existing `dentry` is at or below a guarded name: what the host made there is
+/// not the agents' to write or change either. A global BPF function (see
+/// `file_rules::gatekeeper_placement`): 1 if so, 0 if not, negative when unreadable.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn gatekeeper_below_guarded_name(dentry: u64) -> i32 {
+    let dentry = dentry as *const u8;
+    let found = unsafe {
+        read_field::<*const u8>(dentry, &OFF_DENTRY_PARENT)
+            .and_then(|parent| read_field::<*const u8>(parent, &OFF_DENTRY_INODE))
+            .and_then(|dir| guarded_dir(dir, dentry))
+    };
+    match found {
+        Ok(None) => 0,
+        Ok(Some(_)) => 1,
+        Err(_) => -1,
     }
 }
 

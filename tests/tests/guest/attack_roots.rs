@@ -633,6 +633,21 @@ fn agents_stand_up_no_host_service() {
         &["/var/run/nscd/passwd", "root::0:0::/:/bin/sh\n"],
     );
     std::fs::remove_file("/var/run/nscd/passwd").unwrap();
+    // Taken away as its service stops (systemd removes a unit's runtime directory), the bus's
+    // directory is made by no agent while it is away; made again by the host, it takes no socket
+    // of an agent's, at once.
+    std::fs::remove_dir("/run/dbus").unwrap();
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "mkdir", &["/run/dbus"]),
+        Outcome::Denied
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "mkdir", &["/run/dbus"]),
+        Outcome::Ok
+    );
+    std::fs::set_permissions("/run/dbus", std::fs::Permissions::from_mode(0o777)).unwrap();
+    only_from_outside(&scenario, "unix-bind", &["/run/dbus/system_bus_socket"]);
+    std::fs::remove_file("/run/dbus/system_bus_socket").unwrap();
     // Nor is a directory put aside for one of the agent's.
     for dir in ["/var/run/nscd", "/run/systemd/userdb"] {
         let aside = format!("{dir}.old");
@@ -648,8 +663,10 @@ fn agents_stand_up_no_host_service() {
 /// started, or again as it restarts. A root agent unlinks and renames none of them (it would hear
 /// what host programs log, or drop it); the node it named before is let go. Outside the agent
 /// cgroups both work. While it is missing (before the first, and once the host takes it away
-/// again), and while nslcd's and winbind's directories are, no agent makes it in any way, nor
-/// anything below them once the host makes them, nor puts the directory above aside.
+/// again), and while nslcd's, winbind's and systemd's user records' directories are (also once
+/// the host took one away again), no agent makes it in any way, nor anything up to three names
+/// below them once the host makes them, nor writes or changes what the host made there, nor
+/// puts the directory above aside.
 #[test]
 fn names_host_programs_trust_are_made_by_no_agent() {
     let dev_log = Path::new("/dev/log");
@@ -666,6 +683,10 @@ fn names_host_programs_trust_are_made_by_no_agent() {
             "/dev/log.agent",
             "/dev/log.own",
             "/run/nslcd.own",
+            "/run/samba.own",
+            "/run/winbindd.own",
+            "/run/userdb.own",
+            "/run/gk-host-link",
         ] {
             let _ = std::fs::remove_file(name);
         }
@@ -674,6 +695,7 @@ fn names_host_programs_trust_are_made_by_no_agent() {
             "/run/nslcd.aside",
             "/run/samba",
             "/run/samba.host",
+            "/run/userdb",
         ] {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -696,9 +718,9 @@ fn names_host_programs_trust_are_made_by_no_agent() {
     });
     // Missing at the start: neither made by an agent, nor nslcd's directory (the guest has no
     // nslcd).
-    made_by_no_agent(&scenario, "/dev/log");
-    made_by_no_agent(&scenario, "/run/nslcd");
-    made_by_no_agent(&scenario, "/run/samba/winbindd");
+    made_by_no_agent(&scenario, "/dev/log", "/dev/log.own");
+    made_by_no_agent(&scenario, "/run/nslcd", "/run/nslcd.own");
+    made_by_no_agent(&scenario, "/run/samba/winbindd", "/run/winbindd.own");
     // Samba's directory is not put aside for one of the agent's, where winbind's would be free.
     assert_eq!(
         scenario.tamper(
@@ -717,6 +739,30 @@ fn names_host_programs_trust_are_made_by_no_agent() {
             Outcome::Ok
         );
     }
+    // Taken away by the host as its service stops, and made again: no agent makes Samba's
+    // directory while it is away, nor winbind's in it once it is back.
+    std::fs::remove_dir_all("/run/samba").unwrap();
+    made_by_no_agent(&scenario, "/run/samba", "/run/samba.own");
+    std::fs::create_dir("/run/samba").unwrap();
+    std::fs::set_permissions("/run/samba", std::fs::Permissions::from_mode(0o777)).unwrap();
+    made_by_no_agent(&scenario, "/run/samba/winbindd", "/run/winbindd.own");
+    // Nor anything three names below Samba's, where winbind's socket and Samba's RPC sockets
+    // sit, nor a record in systemd's user records, which its name service reads itself.
+    std::fs::create_dir_all("/run/samba/winbindd/sub").unwrap();
+    std::fs::set_permissions(
+        "/run/samba/winbindd/sub",
+        std::fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
+    for (op, path) in [
+        ("mkdir", "/run/samba/winbindd/sub/made"),
+        ("unix-bind", "/run/samba/winbindd/sub/socket"),
+    ] {
+        only_from_outside(&scenario, op, &[path]);
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_dir(path);
+    }
+    made_by_no_agent(&scenario, "/run/userdb", "/run/userdb.own");
     // Made by the host after the start, nslcd's directory takes no name of an agent's, nor does
     // a directory the host makes in it (two and three names below the guarded one), and what the
     // host made there stays.
@@ -732,9 +778,31 @@ fn names_host_programs_trust_are_made_by_no_agent() {
             let _ = std::fs::remove_file(args[0]);
             let _ = std::fs::remove_dir(args[0]);
         }
-        // Nor is what the host made there moved or removed by an agent.
+        // Nor is what the host made there written, moved or removed by an agent, nor given
+        // another mode or owner (handed to a user agent, or made one its service refuses).
         let file = format!("{dir}/host");
         std::fs::write(&file, "").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        only_from_outside(&scenario, "write", &[&file, "agent"]);
+        // Nor given a name elsewhere to write it by.
+        only_from_outside(&scenario, "link", &[&file, "/run/gk-host-link"]);
+        std::fs::remove_file("/run/gk-host-link").unwrap();
+        for (op, args) in [
+            ("chmod", vec![dir, "0777"]),
+            ("chown", vec![dir, "0"]),
+            ("utimes", vec![&file]),
+        ] {
+            assert_eq!(
+                scenario.tamper(&scenario.agents, op, &args),
+                Outcome::Denied,
+                "{op} {args:?}"
+            );
+            assert_eq!(
+                scenario.tamper(&scenario.outside, op, &args),
+                Outcome::Ok,
+                "outside: {op} {args:?}"
+            );
+        }
         only_from_outside(&scenario, "unlink", &[&file]);
         let aside = format!("{dir}.aside");
         only_from_outside(&scenario, "rename", &[dir, &aside]);
@@ -782,14 +850,15 @@ fn names_host_programs_trust_are_made_by_no_agent() {
     // Taken away as a syslog daemon that stops takes it (rsyslog without systemd): still no
     // agent's to make while the host's is away.
     std::fs::remove_file(dev_log).unwrap();
-    made_by_no_agent(&scenario, "/dev/log");
+    made_by_no_agent(&scenario, "/dev/log", "/dev/log.own");
     drop(open_dirs);
 }
 
 /// No agent, root or user, makes the missing `path` in any way: a socket bound there, a
-/// symlink, a FIFO, a file, a directory, a hard link or a rename of its own file to it (journaled
-/// as `guarded_name`). Outside the agent cgroups each works, and is taken away again.
-fn made_by_no_agent(scenario: &Scenario, path: &str) {
+/// symlink, a FIFO, a file, a directory, a hard link or a rename of its own file `own` (made on
+/// the same file system) to it (journaled as `guarded_name`). Outside the agent cgroups each
+/// works, and is taken away again.
+fn made_by_no_agent(scenario: &Scenario, path: &str, own: &str) {
     assert!(std::fs::symlink_metadata(path).is_err(), "{path} is there");
     let take_away = || {
         let _ = std::fs::remove_file(path);
@@ -805,20 +874,19 @@ fn made_by_no_agent(scenario: &Scenario, path: &str) {
         only_from_outside(scenario, op, &args);
         take_away();
     }
-    let own = format!("{path}.own");
     assert_eq!(
-        scenario.tamper(&scenario.agents, "write", &[&own, "x"]),
+        scenario.tamper(&scenario.agents, "write", &[own, "x"]),
         Outcome::Ok
     );
     // Linked first, so the agent's file is still there to rename.
     for op in ["link", "rename"] {
         assert_eq!(
-            scenario.tamper(&scenario.agents, op, &[&own, path]),
+            scenario.tamper(&scenario.agents, op, &[own, path]),
             Outcome::Denied,
             "{op} to {path}"
         );
         assert_eq!(
-            scenario.tamper(&scenario.outside, op, &[&own, path]),
+            scenario.tamper(&scenario.outside, op, &[own, path]),
             Outcome::Ok,
             "outside: {op} to {path}"
         );
