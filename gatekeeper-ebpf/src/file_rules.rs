@@ -8,6 +8,7 @@ use gatekeeper_common::{MAX_PROTECTED_FILES, MAX_TREE_DEPTH, Target, file_rule};
 
 use crate::{
     mounts::{host_mount_of, mount_in_host_namespace, mount_of},
+    names::gatekeeper_below_guarded_name,
     offsets::{
         OFF_DENTRY_ALIAS, OFF_DENTRY_INODE, OFF_DENTRY_PARENT, OFF_INODE_DENTRY, OFF_INODE_INO,
         OFF_INODE_SB, OFF_MOUNT_MOUNTPOINT, OFF_MOUNT_PARENT, OFF_SB_DEV, OFF_SB_ROOT,
@@ -179,10 +180,11 @@ pub unsafe fn moves_with_read_tree(moved: *const u8, to: *const u8) -> Result<bo
 }
 
 /// Whether the mount `mnt` (a `struct vfsmount`) of a file no rule protects from writing is in
-/// the host's mount namespace below a directory whose rule does, looking at its own mount point
-/// and those of up to three mounts above (a mount deeper than that counts as below one). The
-/// daemon guards such a mount moments after it appears; until then an agent watching the mount
-/// table could open a file there for writing first, and keep it. A bind of a ruled device is
+/// the host's mount namespace below a directory whose rule does, or at or below a guarded name,
+/// looking at its own mount point and those of up to three mounts above (a mount deeper than
+/// that counts as below one). The daemon guards a mount below a rule's directory moments after
+/// it appears; until then an agent watching the mount table could open a file there for writing
+/// first, and keep it. One at a guarded name no rule follows: it stays refused. A bind of a ruled device is
 /// looked at too: the walk up the file's own tree does not pass the place it is bound to. A
 /// mount in another namespace is judged as the newest mount in the host's of the file's
 /// (`inode`'s) file system with the same root, else its first, so that a copy of a new host
@@ -214,7 +216,11 @@ pub unsafe fn below_unguarded_mount(mnt: *const u8, inode: *const u8) -> Result<
             return Ok(false);
         }
         let mountpoint: *const u8 = unsafe { read_field(mount, &OFF_MOUNT_MOUNTPOINT)? };
-        if unsafe { placement(mountpoint)? }.guarded_from_change() {
+        // At or below a guarded name too (a file system the host mounts at `/run/samba`): the
+        // names' walk stops at the mount's root, and no rule of the daemon's follows.
+        if unsafe { placement(mountpoint)? }.guarded_from_change()
+            || gatekeeper_below_guarded_name(mountpoint as u64) != 0
+        {
             return Ok(true);
         }
         mount = parent;

@@ -253,6 +253,12 @@ unsafe fn judge_rule_open(
         if unsafe { below_unguarded_mount(mnt, inode)? } {
             return Ok(tamper(agent, TamperHook::UnguardedMount, target.data));
         }
+        // What the host made at or below a guarded name (a host service's directory made after
+        // the start) is no agent's to write, as the names there are not; an approval to read
+        // it is none to write it.
+        if gatekeeper_below_guarded_name(dentry as u64) != 0 {
+            return Ok(tamper(agent, TamperHook::GuardedName, target.data));
+        }
     }
     let mut wanted = 0;
     if access.reads && mode & S_IFMT != S_IFDIR {
@@ -263,11 +269,6 @@ unsafe fn judge_rule_open(
     }
     let asked = wanted & placed.bits;
     if asked == 0 {
-        // What the host made at or below a guarded name (a host service's directory made after
-        // the start) is no agent's to write, as the names there are not.
-        if access.writes && gatekeeper_below_guarded_name(dentry as u64) != 0 {
-            return Ok(tamper(agent, TamperHook::GuardedName, target.data));
-        }
         return Ok(0);
     }
     let [dev, ino] = target.data;

@@ -854,6 +854,82 @@ fn names_host_programs_trust_are_made_by_no_agent() {
     drop(open_dirs);
 }
 
+/// What the host put at or below a guarded name is no agent's to write, also where a rule asks
+/// approval to read it: the approved read passes, an open for reading and writing with that
+/// approval is refused (and leaves the grant); and a file system the host mounts at a guarded
+/// name after the start takes no names, writes or changes of agents either (the names' own walk
+/// stops at its root). Outside the agent cgroups each works.
+#[test]
+fn a_read_approval_at_a_guarded_name_writes_nothing() {
+    let (samba, record) = (Path::new("/run/samba"), "/run/samba/record");
+    assert!(!samba.exists(), "/run/samba left by an earlier test");
+    let _restore = Restore::new(|| {
+        let _ = Command::new("umount").arg("/run/nslcd").status();
+        for dir in ["/run/samba", "/run/nslcd"] {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    });
+    std::fs::create_dir(samba).unwrap();
+    std::fs::write(record, "host\n").unwrap();
+    std::fs::set_permissions(record, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let scenario = Scenario::start(
+        "guarded-read",
+        Options {
+            extra: "[[protect.file]]\npath = \"/run/samba\"\nname = \"samba\"\naccess = \"read\"\n"
+                .into(),
+            ..Options::default()
+        },
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "read", &[record]),
+        Outcome::Denied
+    );
+    let request = scenario.wait_request_for(record);
+    scenario.approve(&request);
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "create-rdwr", &[record]),
+        Outcome::Denied,
+        "approved for reading, opened for writing too"
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "read", &[record]),
+        Outcome::Ok,
+        "the approved read"
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "create-rdwr", &[record]),
+        Outcome::Ok
+    );
+    assert_eq!(std::fs::read_to_string(record).unwrap(), "host\n");
+    // A file system the host mounts at nslcd's directory after the start.
+    let nslcd = Path::new("/run/nslcd");
+    assert!(!nslcd.exists(), "/run/nslcd left by an earlier test");
+    std::fs::create_dir(nslcd).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "mode=0777", "gk-guarded", "/run/nslcd"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount a tmpfs at /run/nslcd");
+    let pid = "/run/nslcd/nslcd.pid";
+    std::fs::write(pid, "1\n").unwrap();
+    std::fs::set_permissions(pid, std::fs::Permissions::from_mode(0o666)).unwrap();
+    only_from_outside(&scenario, "write", &[pid, "agent"]);
+    for path in ["/run/nslcd/made", "/run/nslcd/socket"] {
+        let op = if path.ends_with("made") {
+            "mkdir"
+        } else {
+            "unix-bind"
+        };
+        only_from_outside(&scenario, op, &[path]);
+        let _ = std::fs::remove_dir(path);
+        let _ = std::fs::remove_file(path);
+    }
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "chmod", &["/run/nslcd", "0700"]),
+        Outcome::Denied
+    );
+}
+
 /// No agent, root or user, makes the missing `path` in any way: a socket bound there, a
 /// symlink, a FIFO, a file, a directory, a hard link or a rename of its own file `own` (made on
 /// the same file system) to it (journaled as `guarded_name`). Outside the agent cgroups each
