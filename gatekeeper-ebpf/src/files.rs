@@ -250,7 +250,10 @@ unsafe fn judge_rule_open(
     if access.writes && placed.bits & file_access::WRITE == 0 {
         let mnt: *const u8 =
             unsafe { read_field(member_ptr(file, &OFF_FILE_PATH), &OFF_PATH_MNT)? };
-        if unsafe { below_unguarded_mount(mnt, inode)? } {
+        // Judged by its first mount in the host's namespace too, as its names and attributes
+        // are: a file system mounted at a guarded name and bound elsewhere by the host is
+        // written through neither.
+        if unsafe { below_unguarded_mount(mnt, inode)? || on_unguarded_mount(inode)? } {
             return Ok(tamper(agent, TamperHook::UnguardedMount, target.data));
         }
         // What the host made at or below a guarded name (a host service's directory made after

@@ -858,13 +858,16 @@ fn names_host_programs_trust_are_made_by_no_agent() {
 /// approval to read it: the approved read passes, an open for reading and writing with that
 /// approval is refused (and leaves the grant); and a file system the host mounts at a guarded
 /// name after the start takes no names, writes or changes of agents either (the names' own walk
-/// stops at its root). Outside the agent cgroups each works.
+/// stops at its root), also through a bind of it elsewhere. Outside the agent cgroups each works.
 #[test]
 fn a_read_approval_at_a_guarded_name_writes_nothing() {
     let (samba, record) = (Path::new("/run/samba"), "/run/samba/record");
     assert!(!samba.exists(), "/run/samba left by an earlier test");
     let _restore = Restore::new(|| {
-        let _ = Command::new("umount").arg("/run/nslcd").status();
+        for mount in ["/tmp/gk-nslcd-view", "/run/nslcd"] {
+            let _ = Command::new("umount").arg(mount).status();
+        }
+        let _ = std::fs::remove_dir("/tmp/gk-nslcd-view");
         for dir in ["/run/samba", "/run/nslcd"] {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -927,6 +930,19 @@ fn a_read_approval_at_a_guarded_name_writes_nothing() {
     assert_eq!(
         scenario.tamper(&scenario.agents, "chmod", &["/run/nslcd", "0700"]),
         Outcome::Denied
+    );
+    // Nor through a bind of it elsewhere.
+    let view = Path::new("/tmp/gk-nslcd-view");
+    std::fs::create_dir_all(view).unwrap();
+    let status = Command::new("mount")
+        .args(["--bind", "/run/nslcd", "/tmp/gk-nslcd-view"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "bind /run/nslcd at {}", view.display());
+    only_from_outside(
+        &scenario,
+        "write",
+        &["/tmp/gk-nslcd-view/nslcd.pid", "agent"],
     );
 }
 
