@@ -372,8 +372,6 @@ impl Kernel {
         let offsets = offsets_from_kernel(&kernel_btf)?;
         let hook_args = hook_args_from_kernel(&kernel_btf)?;
         let programs = programs_for(&kernel_btf);
-        // Gone before aya parses the same BTF again: both at once would double the start's peak.
-        drop(kernel_btf);
         let btf = Btf::from_sys_fs().map_err(|error| LoaderError::Btf(error.to_string()))?;
         let mut loader = EbpfLoader::new();
         loader.btf(Some(&btf)).default_map_pin_directory(pin_dir);
