@@ -110,8 +110,8 @@ pub fn kept_names() -> Vec<PathBuf> {
 /// it, and makes it again as it starts), and the first name of each host service's directory in
 /// the directory it sits in (`/run/nslcd`; `/run/samba` for winbind's), there or not. So no agent
 /// stands up a service before the host does, nor while its own service has taken its directory
-/// away (systemd removes a unit's runtime directory as it stops), and nothing is made two names
-/// below either, also in a directory the host made again. Directories are canonical; a name
+/// away (systemd removes a unit's runtime directory as it stops), and nothing is made up to
+/// three names below either (the kernel's `LEVELS`), also in a directory the host made again. Directories are canonical; a name
 /// whose directory is not there is left out.
 pub fn guarded_names(kept: &[&Path]) -> Vec<(PathBuf, OsString)> {
     names_agents_make_not(

@@ -184,8 +184,9 @@ pub unsafe fn moves_with_read_tree(moved: *const u8, to: *const u8) -> Result<bo
 /// looking at its own mount point and those of up to three mounts above (a mount deeper than
 /// that counts as below one). The daemon guards a mount below a rule's directory moments after
 /// it appears; until then an agent watching the mount table could open a file there for writing
-/// first, and keep it. One at a guarded name no rule follows: it stays refused. A bind of a ruled device is
-/// looked at too: the walk up the file's own tree does not pass the place it is bound to. A
+/// first, and keep it. One at a guarded name no rule follows: it stays refused. A bind of a
+/// ruled device is looked at too: the walk up the file's own tree does not pass the place it is
+/// bound to. A
 /// mount in another namespace is judged as the newest mount in the host's of the file's
 /// (`inode`'s) file system with the same root, else its first, so that a copy of a new host
 /// mount (a namespace the mount propagated into, an `unshare`, a bind or `open_tree` of it, an
