@@ -7,7 +7,7 @@ use aya_ebpf::{macros::map, maps::HashMap};
 use gatekeeper_common::{MAX_PROTECTED_FILES, MAX_TREE_DEPTH, Target, file_rule};
 
 use crate::{
-    mounts::{host_mount_of, mount_in_host_namespace, mount_of},
+    mounts::{host_mount_of, mount_in_host_namespace, mount_of, vfsmount_of},
     names::gatekeeper_below_guarded_name,
     offsets::{
         OFF_DENTRY_ALIAS, OFF_DENTRY_INODE, OFF_DENTRY_PARENT, OFF_INODE_DENTRY, OFF_INODE_INO,
@@ -186,8 +186,7 @@ pub unsafe fn moves_with_read_tree(moved: *const u8, to: *const u8) -> Result<bo
 /// it appears; until then an agent watching the mount table could open a file there for writing
 /// first, and keep it. One at a guarded name no rule follows: it stays refused. A bind of a
 /// ruled device is looked at too: the walk up the file's own tree does not pass the place it is
-/// bound to. A
-/// mount in another namespace is judged as the newest mount in the host's of the file's
+/// bound to. A mount in another namespace is judged as the newest mount in the host's of the file's
 /// (`inode`'s) file system with the same root, else its first, so that a copy of a new host
 /// mount (a namespace the mount propagated into, an `unshare`, a bind or `open_tree` of it, an
 /// overlay over it) is no way around; a file system mounted only in the agents' own namespaces
@@ -195,6 +194,66 @@ pub unsafe fn moves_with_read_tree(moved: *const u8, to: *const u8) -> Result<bo
 /// path).
 #[inline(always)]
 pub unsafe fn below_unguarded_mount(mnt: *const u8, inode: *const u8) -> Result<bool, i32> {
+    unguarded_mount_answer(gatekeeper_unguarded_mount(mnt as u64, inode as u64))
+}
+
+/// Whether the file system of `inode` is mounted in the host's namespace below a directory
+/// whose rule protects writing, or at or below a guarded name, and the daemon has not guarded
+/// it yet: [`below_unguarded_mount`] of its first mount there. Its names and attributes, which
+/// the hooks see without a mount, change only once the daemon has, and while no daemon runs not
+/// at all. A hook's own inode argument goes through [`crate::read::untyped`] first.
+#[inline(always)]
+pub unsafe fn on_unguarded_mount(inode: *const u8) -> Result<bool, i32> {
+    unguarded_mount_answer(gatekeeper_unguarded_mount(0, inode as u64))
+}
+
+/// [`gatekeeper_unguarded_mount`]'s answers. Neither is 0: given 0, the compiler returned the
+/// answer itself as a hook's verdict of 0, and 6.12's verifier, which holds a hook's return to
+/// an errno, cannot tell that of a global function's answer.
+const MOUNT_GUARDED: i32 = 1;
+const MOUNT_UNGUARDED: i32 = 2;
+
+#[inline(always)]
+fn unguarded_mount_answer(answer: i32) -> Result<bool, i32> {
+    match answer {
+        MOUNT_GUARDED => Ok(false),
+        MOUNT_UNGUARDED => Ok(true),
+        error => Err(error),
+    }
+}
+
+/// [`below_unguarded_mount`] of `mnt`, or with `mnt` 0 [`on_unguarded_mount`], as a global BPF
+/// function: the verifier checks the two walks over mounts once per program rather than at
+/// each call (inlined twice into `file_open`, they made 6.1's check of it take seconds).
+/// [`MOUNT_UNGUARDED`], [`MOUNT_GUARDED`], or negative when unreadable.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn gatekeeper_unguarded_mount(mnt: u64, inode: u64) -> i32 {
+    let inode = inode as *const u8;
+    // One walk for both, which the verifier then checks once.
+    let found = unsafe {
+        let mnt = match mnt {
+            0 => read_field(inode, &OFF_INODE_SB)
+                .and_then(|sb: *const u8| host_mount_of(sb, core::ptr::null()))
+                .map(|mount| mount.map_or(core::ptr::null(), |mount| vfsmount_of(mount))),
+            mnt => Ok(mnt as *const u8),
+        };
+        match mnt {
+            Ok(mnt) if mnt.is_null() => Ok(false),
+            Ok(mnt) => walk_below_unguarded_mount(mnt, inode),
+            Err(error) => Err(error),
+        }
+    };
+    match found {
+        Ok(false) => MOUNT_GUARDED,
+        Ok(true) => MOUNT_UNGUARDED,
+        Err(error) if error >= 0 => -1,
+        Err(error) => error,
+    }
+}
+
+#[inline(always)]
+unsafe fn walk_below_unguarded_mount(mnt: *const u8, inode: *const u8) -> Result<bool, i32> {
     let mut mount = unsafe { mount_of(mnt) };
     if !unsafe { mount_in_host_namespace(mount) } {
         // The file's own superblock: on 6.1 a file an overlay opened below carries the

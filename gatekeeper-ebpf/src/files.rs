@@ -17,8 +17,10 @@ use gatekeeper_common::{
 
 use crate::{
     exec::{exec_target, inode_target, runs_protected},
-    file_rules::{alias_of, below_unguarded_mount, inherit_rule, moves_with_read_tree, placement},
-    mounts::{host_mount_of, vfsmount_of},
+    file_rules::{
+        alias_of, below_unguarded_mount, inherit_rule, moves_with_read_tree, on_unguarded_mount,
+        placement,
+    },
     names::{gatekeeper_below_guarded_name, guard_name_at},
     offsets::{
         OFF_DENTRY_INODE, OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_FILE_FLAGS, OFF_FILE_INODE,
@@ -418,27 +420,12 @@ pub fn directory_write(inode: *const u8) -> i32 {
         {
             tamper(agent, TamperHook::ProtectedChange, dir.data)
         }
-        Ok(_) => match unsafe { on_unguarded_mount(inode) } {
+        Ok(_) => match unsafe { untyped(inode).and_then(|inode| on_unguarded_mount(inode)) } {
             Ok(false) => 0,
             Ok(true) => tamper(agent, TamperHook::UnguardedMount, dir.data),
             Err(_) => -EPERM,
         },
         Err(_) => -EPERM,
-    }
-}
-
-/// Whether the file system of `inode` is mounted in the host's namespace below a directory
-/// whose rule protects writing, and the daemon has not guarded it yet (see
-/// [`below_unguarded_mount`]; its first mount there is judged): its names and attributes change
-/// only once it has, and while no daemon runs not at all.
-#[inline(always)]
-unsafe fn on_unguarded_mount(inode: *const u8) -> Result<bool, i32> {
-    unsafe {
-        let sb: *const u8 = read_field(inode, &OFF_INODE_SB)?;
-        match host_mount_of(sb, core::ptr::null())? {
-            Some(mount) => below_unguarded_mount(vfsmount_of(mount), inode),
-            None => Ok(false),
-        }
     }
 }
 
@@ -652,19 +639,23 @@ pub fn inode_setattr(ctx: LsmContext) -> i32 {
     }
 }
 
-/// [`guard_dentry`] for a change of attributes, also refused on a mount not guarded yet (see
-/// [`guard_unguarded_mount`]). A hook's own dentry argument goes through [`untyped`] first.
+/// [`guard_dentry`] for a change of attributes, also refused at or below a guarded name and on a
+/// mount not guarded yet (see [`guard_unguarded_mount`]). A hook's own dentry argument goes
+/// through [`untyped`] first.
 #[inline(always)]
 unsafe fn guard_attributes(agent: u64, dentry: *const u8) -> i32 {
     // The verdict is refusal or not: the verifier of 6.12 holds a hook's return to an errno,
     // which it cannot tell of a global function's answer.
     match gatekeeper_guard_attributes(agent, dentry as u64) {
-        0 => 0,
+        0 => match gatekeeper_guard_unguarded_mount(agent, dentry as u64) {
+            0 => 0,
+            _ => -EPERM,
+        },
         _ => -EPERM,
     }
 }
 
-/// [`guard_attributes`] as a global BPF function (see
+/// [`guard_attributes`]'s own checks as a global BPF function (see
 /// [`crate::file_rules::gatekeeper_placement`]): `inode_setattr` and `file_ioctl` reach it on
 /// several paths, on each of which the verifier would check it again.
 #[unsafe(no_mangle)]
@@ -672,12 +663,19 @@ unsafe fn guard_attributes(agent: u64, dentry: *const u8) -> i32 {
 extern "C" fn gatekeeper_guard_attributes(agent: u64, dentry: u64) -> i32 {
     let dentry = dentry as *const u8;
     match unsafe { guard_dentry(agent, dentry) } {
-        0 => match unsafe { guard_unguarded_mount(agent, dentry) } {
-            0 => unsafe { guard_below_guarded_name(agent, dentry) },
-            verdict => verdict,
-        },
+        0 => unsafe { guard_below_guarded_name(agent, dentry) },
         verdict => verdict,
     }
+}
+
+/// [`guard_unguarded_mount`] as a global BPF function of its own, called beside
+/// [`gatekeeper_guard_attributes`] rather than from it: the walk over mounts is one global
+/// function deeper, and nested in the other the frames passed the 512 bytes of stack the
+/// verifier allows.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn gatekeeper_guard_unguarded_mount(agent: u64, dentry: u64) -> i32 {
+    unsafe { guard_unguarded_mount(agent, dentry as *const u8) }
 }
 
 /// A change of what the positive `dentry` names at or below a guarded name: of its attributes
@@ -685,20 +683,12 @@ extern "C" fn gatekeeper_guard_attributes(agent: u64, dentry: u64) -> i32 {
 /// one its service refuses by chmod), or another name for it, to write it by.
 #[inline(always)]
 unsafe fn guard_below_guarded_name(agent: u64, dentry: *const u8) -> i32 {
-    let Ok(inode) = (unsafe { read_field::<*const u8>(dentry, &OFF_DENTRY_INODE) }) else {
-        return -EPERM;
+    let below = |_| match gatekeeper_below_guarded_name(dentry as u64) {
+        0 => Ok(false),
+        1 => Ok(true),
+        error => Err(error),
     };
-    if inode.is_null() {
-        return 0;
-    }
-    match gatekeeper_below_guarded_name(dentry as u64) {
-        0 => 0,
-        1 => {
-            let target = unsafe { inode_target(inode) }.unwrap_or_default();
-            tamper(agent, TamperHook::GuardedName, target.data)
-        }
-        _ => -EPERM,
-    }
+    unsafe { refuse_change_if(agent, dentry, TamperHook::GuardedName, below) }
 }
 
 /// A change of size, mode, owner, times, extended attributes or ACLs on a file system not
@@ -706,17 +696,30 @@ unsafe fn guard_below_guarded_name(agent: u64, dentry: *const u8) -> i32 {
 /// open there is. (A change through a file opened for writing was judged at the open.)
 #[inline(always)]
 unsafe fn guard_unguarded_mount(agent: u64, dentry: *const u8) -> i32 {
+    let unguarded = |inode| unsafe { on_unguarded_mount(inode) };
+    unsafe { refuse_change_if(agent, dentry, TamperHook::UnguardedMount, unguarded) }
+}
+
+/// Refuses, as `hook`, a change of what `dentry` names when `refused` says so of its inode; a
+/// negative dentry names nothing to change.
+#[inline(always)]
+unsafe fn refuse_change_if(
+    agent: u64,
+    dentry: *const u8,
+    hook: TamperHook,
+    refused: impl FnOnce(*const u8) -> Result<bool, i32>,
+) -> i32 {
     let Ok(inode) = (unsafe { read_field::<*const u8>(dentry, &OFF_DENTRY_INODE) }) else {
         return -EPERM;
     };
     if inode.is_null() {
         return 0;
     }
-    match unsafe { on_unguarded_mount(inode) } {
+    match refused(inode) {
         Ok(false) => 0,
         Ok(true) => {
             let target = unsafe { inode_target(inode) }.unwrap_or_default();
-            tamper(agent, TamperHook::UnguardedMount, target.data)
+            tamper(agent, hook, target.data)
         }
         Err(_) => -EPERM,
     }
