@@ -44,9 +44,73 @@ const SOCKET_DIRS: [(&str, &str); 9] = [
     ("/var/lib/sss", "pipes"),
 ];
 
-/// The paths of [`SOCKET_DIRS`].
-fn socket_dirs() -> [PathBuf; SOCKET_DIRS.len()] {
-    SOCKET_DIRS.map(|(base, path)| Path::new(base).join(path))
+/// The places in `/run` from which host programs that run as root take code or configuration,
+/// kept as [`SOCKET_DIRS`] are: what an agent put there would run, or decide what runs, outside
+/// the agent cgroups.
+const CODE_DIRS: [(&str, &str); 33] = [
+    // udev's rules (`RUN+=` at the next device event) and the device database libudev believes.
+    ("/run", "udev"),
+    // kmod: `install` lines run at the next module the host has loaded; depmod maps a module's
+    // name to a file of the agent's.
+    ("/run", "modprobe.d"),
+    ("/run", "depmod.d"),
+    // What systemd's services take in when started again (`systemd-sysctl`, which udev runs for
+    // each new network link; tmpfiles, binfmt, modules-load, sysusers, repart), the environment
+    // of every user manager (root's too), the credentials `LoadCredential=` looks for, and the
+    // system extensions and portable services laid over `/usr`, `/opt` and `/etc`.
+    ("/run", "sysctl.d"),
+    ("/run", "tmpfiles.d"),
+    ("/run", "binfmt.d"),
+    ("/run", "modules-load.d"),
+    ("/run", "sysusers.d"),
+    ("/run", "repart.d"),
+    ("/run", "environment.d"),
+    ("/run", "credstore"),
+    ("/run", "credstore.encrypted"),
+    ("/run", "extensions"),
+    ("/run", "confexts"),
+    ("/run", "portables"),
+    // Root's own sessions: its user manager's units and its session bus.
+    ("/run/user", "0"),
+    // The initramfs systemd hands the machine to at shutdown (`/run/initramfs/shutdown`, which
+    // could rewrite the root file system for the next boot).
+    ("/run", "initramfs"),
+    // The network: NetworkManager's runtime connections and settings, netplan's (routes, name
+    // servers, VPNs), and where resolvconf, connman, netconfig and dnsmasq keep the name servers
+    // `/etc/resolv.conf` may come to point at.
+    ("/run", "NetworkManager"),
+    ("/run", "netplan"),
+    ("/run", "resolvconf"),
+    ("/run", "connman"),
+    ("/run", "netconfig"),
+    ("/run", "dnsmasq"),
+    // The clock's servers as DHCP gave them (chrony's `sourcedir`, ntp's file) and chrony's
+    // command socket.
+    ("/run", "chrony-dhcp"),
+    ("/run", "ntp.conf.dhcp"),
+    ("/run", "chrony"),
+    // Container engines' state: runc runs a container's hooks, as root on the host, from it.
+    ("/run", "docker"),
+    ("/run", "containerd"),
+    // polkit's rules; what the host's storage tools believe of its disks (blkid's cache, LVM's
+    // hints); pam_motd's messages, shown on operators' terminals; the volatile system journal.
+    ("/run", "polkit-1"),
+    ("/run", "blkid"),
+    ("/run", "lvm"),
+    ("/run", "motd.d"),
+    ("/run", "log"),
+];
+
+/// [`SOCKET_DIRS`] and [`CODE_DIRS`].
+fn service_dirs() -> impl Iterator<Item = (&'static str, &'static str)> {
+    SOCKET_DIRS.into_iter().chain(CODE_DIRS)
+}
+
+/// The paths of [`service_dirs`].
+fn service_paths() -> Vec<PathBuf> {
+    service_dirs()
+        .map(|(base, path)| Path::new(base).join(path))
+        .collect()
 }
 
 /// Makes nscd's directory where there is none, so that it is there to guard: an agent would
@@ -68,21 +132,22 @@ pub fn make_nscd_dir() -> std::io::Result<()> {
 /// sockets that exist, and those the name servers' and hosts' files lead to out of the host
 /// paths; none below another.
 pub fn guarded_dirs(host_paths: &[PathBuf]) -> Vec<PathBuf> {
-    let socket_dirs = socket_dirs();
+    let service_paths = service_paths();
+    let service_paths: Vec<&Path> = service_paths.iter().map(PathBuf::as_path).collect();
     guarded(
         host_paths,
-        &socket_dirs.each_ref().map(PathBuf::as_path),
+        &service_paths,
         &[Path::new(RESOLV_CONF), Path::new(HOSTS)],
     )
 }
 
-/// [`guarded_dirs`] of `socket_dirs` and the files `files`.
-fn guarded(host_paths: &[PathBuf], socket_dirs: &[&Path], files: &[&Path]) -> Vec<PathBuf> {
-    let sockets = (socket_dirs.iter())
+/// [`guarded_dirs`] of the services' directories `service_dirs` and the files `files`.
+fn guarded(host_paths: &[PathBuf], service_dirs: &[&Path], files: &[&Path]) -> Vec<PathBuf> {
+    let services = (service_dirs.iter())
         .filter_map(|dir| std::fs::canonicalize(dir).ok())
         .filter(|dir| dir.is_dir() && !below(dir, host_paths));
     let mut dirs: Vec<PathBuf> = Vec::new();
-    for dir in sockets.chain(dirs_led_to(host_paths, files)) {
+    for dir in services.chain(dirs_led_to(host_paths, files)) {
         if !below(&dir, &dirs) {
             dirs.retain(|known| !known.starts_with(&dir));
             dirs.push(dir);
@@ -97,7 +162,7 @@ fn guarded(host_paths: &[PathBuf], socket_dirs: &[&Path], files: &[&Path]) -> Ve
 pub fn kept_names() -> Vec<PathBuf> {
     let mut names = vec![PathBuf::from(DEV_LOG)];
     let files = [RESOLV_CONF, HOSTS, DEV_LOG].map(PathBuf::from);
-    for link in (socket_dirs().iter().chain(&files)).flat_map(|path| links_on_the_way(path)) {
+    for link in (service_paths().iter().chain(&files)).flat_map(|path| links_on_the_way(path)) {
         if !names.contains(&link) {
             names.push(link);
         }
@@ -107,16 +172,18 @@ pub fn kept_names() -> Vec<PathBuf> {
 
 /// The names agents may not make, as (directory, name): each of the kept names `kept` (see
 /// [`kept_names`]), whether or not it is there (a syslog daemon that stops takes `/dev/log` with
-/// it, and makes it again as it starts), and the first name of each host service's directory in
-/// the directory it sits in (`/run/nslcd`; `/run/samba` for winbind's), there or not. So no agent
-/// stands up a service before the host does, nor while its own service has taken its directory
-/// away (systemd removes a unit's runtime directory as it stops), and nothing is made up to
-/// three names below either (the kernel's `LEVELS`), also in a directory the host made again. Directories are canonical; a name
-/// whose directory is not there is left out.
+/// it, and makes it again as it starts), and the first name of each host service's directory in the
+/// directory it sits in (`/run/nslcd`; `/run/samba` for winbind's), there or not. So no agent
+/// stands up a service before the host does, nor while its own service has taken its directory away
+/// (systemd removes a unit's runtime directory as it stops), and nothing is made up to seven names
+/// below either (the kernel's `LEVELS`), also in a directory the host made again. Directories are
+/// canonical; a name whose directory is not there is left out.
 pub fn guarded_names(kept: &[&Path]) -> Vec<(PathBuf, OsString)> {
     names_agents_make_not(
         kept,
-        &SOCKET_DIRS.map(|(base, path)| (Path::new(base), Path::new(path))),
+        &service_dirs()
+            .map(|(base, path)| (Path::new(base), Path::new(path)))
+            .collect::<Vec<_>>(),
     )
 }
 
@@ -290,6 +357,28 @@ mod tests {
             ]
         );
         std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn every_service_directory_fits_the_kernels_name_guard() {
+        use gatekeeper_common::{GUARDED_NAME_BYTES, MAX_GUARDED_NAMES};
+        let dirs: Vec<(&str, &str)> = service_dirs().collect();
+        for (index, (base, path)) in dirs.iter().enumerate() {
+            assert!(Path::new(base).is_absolute(), "{base}");
+            let first = Path::new(path).iter().next().expect("a first name");
+            assert!(
+                Path::new(path).is_relative() && !path.contains(".."),
+                "{path}"
+            );
+            // Cut names would still be guarded, but a longer one would guard its cut too.
+            assert!(first.len() < GUARDED_NAME_BYTES, "{path}");
+            assert!(
+                !dirs[..index].contains(&(base, path)),
+                "{base}/{path} twice"
+            );
+        }
+        // The kept names (`/dev/log` and the links on the way) need room beside these.
+        assert!(dirs.len() + 16 <= MAX_GUARDED_NAMES as usize);
     }
 
     #[test]

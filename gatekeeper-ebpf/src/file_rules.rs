@@ -179,19 +179,19 @@ pub unsafe fn moves_with_read_tree(moved: *const u8, to: *const u8) -> Result<bo
     Ok(to.unplaced || to.in_read_tree)
 }
 
-/// Whether the mount `mnt` (a `struct vfsmount`) of a file no rule protects from writing is in
-/// the host's mount namespace below a directory whose rule does, or at or below a guarded name,
-/// looking at its own mount point and those of up to three mounts above (a mount deeper than
-/// that counts as below one). The daemon guards a mount below a rule's directory moments after
-/// it appears; until then an agent watching the mount table could open a file there for writing
-/// first, and keep it. One at a guarded name no rule follows: it stays refused. A bind of a
-/// ruled device is looked at too: the walk up the file's own tree does not pass the place it is
-/// bound to. A mount in another namespace is judged as the newest mount in the host's of the file's
-/// (`inode`'s) file system with the same root, else its first, so that a copy of a new host
-/// mount (a namespace the mount propagated into, an `unshare`, a bind or `open_tree` of it, an
-/// overlay over it) is no way around; a file system mounted only in the agents' own namespaces
-/// is theirs, and so is where they bind it (a sandbox binding its scratch space over a host
-/// path).
+/// Whether the mount `mnt` (a `struct vfsmount`, not null: 0 would ask [`on_unguarded_mount`]'s
+/// question) of a file no rule protects from writing is in the host's mount namespace below a
+/// directory whose rule does, or at or below a guarded name, looking at its own mount point and
+/// those of up to three mounts above (a mount deeper than that counts as below one). The daemon
+/// guards a mount below a rule's directory moments after it appears; until then an agent watching
+/// the mount table could open a file there for writing first, and keep it. One at a guarded name no
+/// rule follows: it stays refused. A bind of a ruled device is looked at too: the walk up the
+/// file's own tree does not pass the place it is bound to. A mount in another namespace is judged
+/// as the newest mount in the host's of the file's (`inode`'s) file system with the same root, else
+/// its first, so that a copy of a new host mount (a namespace the mount propagated into, an
+/// `unshare`, a bind or `open_tree` of it, an overlay over it) is no way around; a file system
+/// mounted only in the agents' own namespaces is theirs, and so is where they bind it (a sandbox
+/// binding its scratch space over a host path).
 #[inline(always)]
 pub unsafe fn below_unguarded_mount(mnt: *const u8, inode: *const u8) -> Result<bool, i32> {
     unguarded_mount_answer(gatekeeper_unguarded_mount(mnt as u64, inode as u64))
@@ -225,7 +225,8 @@ fn unguarded_mount_answer(answer: i32) -> Result<bool, i32> {
 /// [`below_unguarded_mount`] of `mnt`, or with `mnt` 0 [`on_unguarded_mount`], as a global BPF
 /// function: the verifier checks the two walks over mounts once per program rather than at
 /// each call (inlined twice into `file_open`, they made 6.1's check of it take seconds).
-/// [`MOUNT_UNGUARDED`], [`MOUNT_GUARDED`], or negative when unreadable.
+/// [`MOUNT_UNGUARDED`], [`MOUNT_GUARDED`], or negative when unreadable or when the file system
+/// has more mounts than are looked at for its first in the host's namespace.
 #[unsafe(no_mangle)]
 #[inline(never)]
 extern "C" fn gatekeeper_unguarded_mount(mnt: u64, inode: u64) -> i32 {

@@ -656,8 +656,8 @@ unsafe fn guard_attributes(agent: u64, dentry: *const u8) -> i32 {
 }
 
 /// [`guard_attributes`]'s own checks as a global BPF function (see
-/// [`crate::file_rules::gatekeeper_placement`]): `inode_setattr` and `file_ioctl` reach it on
-/// several paths, on each of which the verifier would check it again.
+/// [`crate::file_rules::gatekeeper_placement`]): `inode_setattr`, the xattr and ACL hooks and
+/// `file_ioctl` reach it on several paths, on each of which the verifier would check it again.
 #[unsafe(no_mangle)]
 #[inline(never)]
 extern "C" fn gatekeeper_guard_attributes(agent: u64, dentry: u64) -> i32 {

@@ -53,10 +53,11 @@ fn name_made(dir: *const u8, dentry: *const u8, previous: i32) -> i32 {
 }
 
 /// How many names a name made, moved, removed or changed is judged by: its own, and those of
-/// the three directories above it, so that nothing is made below a guarded name either, such as
+/// the seven directories above it, so that nothing is made below a guarded name either, such as
 /// winbind's socket directory in Samba's (`/run/samba` guarded), the socket in it, or what its
-/// service makes in that.
-const LEVELS: usize = 4;
+/// service makes in that; or a shutdown hook in the initramfs the host unpacks into
+/// `/run/initramfs` (`usr/lib/dracut/hooks/shutdown/*`, six below).
+const LEVELS: usize = 8;
 
 /// The verdict on an agent making, moving or removing the name of `dentry` in the directory
 /// `dir`: refused for a guarded name, there or not, and for a name in a directory at a guarded

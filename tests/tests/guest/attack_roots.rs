@@ -664,7 +664,7 @@ fn agents_stand_up_no_host_service() {
 /// what host programs log, or drop it); the node it named before is let go. Outside the agent
 /// cgroups both work. While it is missing (before the first, and once the host takes it away
 /// again), and while nslcd's, winbind's and systemd's user records' directories are (also once
-/// the host took one away again), no agent makes it in any way, nor anything up to three names
+/// the host took one away again), no agent makes it in any way, nor anything up to seven names
 /// below them once the host makes them, nor writes or changes what the host made there, nor
 /// puts the directory above aside.
 #[test]
@@ -686,6 +686,9 @@ fn names_host_programs_trust_are_made_by_no_agent() {
             "/run/samba.own",
             "/run/winbindd.own",
             "/run/userdb.own",
+            "/run/modprobe.own",
+            "/run/initramfs.own",
+            "/run/udev.own",
             "/run/gk-host-link",
         ] {
             let _ = std::fs::remove_file(name);
@@ -696,6 +699,9 @@ fn names_host_programs_trust_are_made_by_no_agent() {
             "/run/samba",
             "/run/samba.host",
             "/run/userdb",
+            "/run/modprobe.d",
+            "/run/initramfs",
+            "/run/udev",
         ] {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -763,6 +769,21 @@ fn names_host_programs_trust_are_made_by_no_agent() {
         let _ = std::fs::remove_dir(path);
     }
     made_by_no_agent(&scenario, "/run/userdb", "/run/userdb.own");
+    // Nor where host programs that run as root take code from: kmod's `install` lines, the
+    // initramfs systemd runs at shutdown, udev's rules; nor, once the host made udev's rules
+    // directory, a rule in it (a `RUN+=` would run outside at the next device event).
+    made_by_no_agent(&scenario, "/run/modprobe.d", "/run/modprobe.own");
+    made_by_no_agent(&scenario, "/run/initramfs", "/run/initramfs.own");
+    made_by_no_agent(&scenario, "/run/udev", "/run/udev.own");
+    std::fs::create_dir_all("/run/udev/rules.d").unwrap();
+    std::fs::set_permissions("/run/udev/rules.d", std::fs::Permissions::from_mode(0o777)).unwrap();
+    only_from_outside(&scenario, "write", &["/run/udev/rules.d/99-gk.rules", "x"]);
+    // Nor six names below the initramfs the host unpacks after the start, where the shutdown
+    // program's hooks are.
+    let hooks = "/run/initramfs/usr/lib/dracut/hooks/shutdown";
+    std::fs::create_dir_all(hooks).unwrap();
+    std::fs::set_permissions(hooks, std::fs::Permissions::from_mode(0o777)).unwrap();
+    only_from_outside(&scenario, "write", &[&format!("{hooks}/99-gk.sh"), "x"]);
     // Made by the host after the start, nslcd's directory takes no name of an agent's, nor does
     // a directory the host makes in it (two and three names below the guarded one), and what the
     // host made there stays.
