@@ -497,8 +497,9 @@ pub enum TamperHook {
     /// A process running a protected binary dumping core: the dump holds its code
     /// (data: device, inode of the core file).
     ProtectedCore = 36,
-    /// Opening kernel memory: /proc/kcore, /dev/mem, /dev/kmem, /dev/port (data: device,
-    /// inode).
+    /// Opening kernel memory: /proc/kcore, /dev/mem, /dev/kmem, /dev/port, a block device (data:
+    /// device, inode); or raw access to the hardware, CAP_SYS_RAWIO (`ioperm`, `iopl`,
+    /// `/dev/cpu/*/msr`; data: capability).
     KernelMemory = 37,
     /// Administering the host's network (CAP_NET_ADMIN in the initial user namespace): routes,
     /// addresses, links, firewall and NAT rules, traffic control, tunnels (data: capability).
@@ -571,6 +572,11 @@ pub enum TamperHook {
     /// directory); or moving, removing, writing or changing what is at or below one (data:
     /// device, inode of the file, or for a move or removal, of its directory).
     GuardedName = 56,
+    /// Setting the system clock (CAP_SYS_TIME: `clock_settime`, `settimeofday`, `adjtimex` with
+    /// changes, a real-time clock's time): the journal's times, pending requests' expiry,
+    /// signed requests' freshness, certificates' validity and the host's schedules all read it
+    /// (data: capability).
+    Clock = 57,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -593,7 +599,7 @@ pub enum MountRefusal {
 
 impl TamperHook {
     /// Every hook, in id order (ids start at 1).
-    pub const ALL: [Self; 56] = {
+    pub const ALL: [Self; 57] = {
         use TamperHook::*;
         [
             Bpf,
@@ -652,6 +658,7 @@ impl TamperHook {
             OpenByHandle,
             HostPort,
             GuardedName,
+            Clock,
         ]
     };
 
@@ -717,6 +724,7 @@ impl TamperHook {
             Self::OpenByHandle => "open_by_handle",
             Self::HostPort => "host_port",
             Self::GuardedName => "guarded_name",
+            Self::Clock => "clock",
         }
     }
 }

@@ -17,6 +17,16 @@
 //! by default), so it cannot spin above the daemon and leave it a sliver of each CPU. (Raising
 //! those limits is refused in `task_setrlimit`.)
 //!
+//! Raw access to the hardware: I/O ports (`ioperm`, `iopl`), which reach every device's
+//! registers (a DMA engine told to write the kernel's memory, PCI configuration space, the
+//! real-time clock), model-specific registers (`/dev/cpu/*/msr`), raw SCSI commands and the
+//! like. Agents get no CAP_SYS_RAWIO, which only the initial user namespace grants; the kernel's
+//! memory and block devices are refused to them at the open already (`kernel_memory`).
+//!
+//! The system clock, which the journal's times, pending requests' expiry, certificates'
+//! validity and the host's schedules read: agents get no CAP_SYS_TIME (which only the initial
+//! user namespace grants; a time namespace offsets only the monotonic and boot clocks).
+//!
 //! `mount_setattr(2)`, which changes a mount's flags and propagation, has no LSM hook; its first
 //! step is the CAP_SYS_ADMIN check of `may_mount()`, which is refused here when the system call
 //! is mount_setattr and the caller is in the host's mount namespace.
@@ -35,6 +45,8 @@ const CAP_NET_BIND_SERVICE: i32 = 10;
 const CAP_NET_ADMIN: i32 = 12;
 const CAP_SYS_ADMIN: i32 = 21;
 const CAP_SYS_NICE: i32 = 23;
+const CAP_SYS_RAWIO: i32 = 17;
+const CAP_SYS_TIME: i32 = 25;
 /// A check that only probes (`ns_capable_noaudit`): refused quietly, it is no attempt.
 const CAP_OPT_NOAUDIT: u32 = 1 << 1;
 /// mount_setattr in the x86-64 and the 32-bit system call tables alike.
@@ -53,6 +65,8 @@ pub fn capable(ctx: LsmContext) -> i32 {
         CAP_NET_ADMIN => TamperHook::NetAdmin,
         CAP_SYS_NICE => TamperHook::Priority,
         CAP_SYS_ADMIN => TamperHook::MountSetattr,
+        CAP_SYS_TIME => TamperHook::Clock,
+        CAP_SYS_RAWIO => TamperHook::KernelMemory,
         _ => return 0,
     };
     let Some(agent) = agent_cgroup() else {

@@ -69,6 +69,59 @@ fn outcome(result: std::io::Result<()>) -> Result<(), i32> {
     result.map_err(|error| error.raw_os_error().unwrap_or(-1))
 }
 
+/// Sets the system clock without moving it (see the `set-clock` op): each change needs
+/// CAP_SYS_TIME, a read needs nothing.
+fn set_clock(how: &str) -> Result<(), i32> {
+    // SAFETY: all-zero is a valid timespec and timex; both are only passed to the kernel.
+    let mut now: libc::timespec = unsafe { std::mem::zeroed() };
+    let mut timex: libc::timex = unsafe { std::mem::zeroed() };
+    // SAFETY: each call gets a pointer to a live struct of the type it takes.
+    let status = unsafe {
+        match how {
+            "settime" => match libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) {
+                0 => libc::clock_settime(libc::CLOCK_REALTIME, &now),
+                failed => failed,
+            },
+            "adjtime" => match libc::adjtimex(&mut timex) {
+                -1 => -1,
+                _ => {
+                    timex.modes = libc::ADJ_FREQUENCY;
+                    libc::adjtimex(&mut timex)
+                }
+            },
+            "read" => libc::adjtimex(&mut timex),
+            _ => return Err(libc::EINVAL),
+        }
+    };
+    if status == -1 {
+        Err(last_errno())
+    } else {
+        Ok(())
+    }
+}
+
+/// Takes and gives back access to I/O ports (see the `io-ports` op): CAP_SYS_RAWIO.
+fn io_ports(how: &str) -> Result<(), i32> {
+    let (take, give_back): (&[libc::c_long], &[libc::c_long]) = match how {
+        "ioperm" => (&[libc::SYS_ioperm, 0x80, 1, 1], &[libc::SYS_ioperm, 0x80, 1, 0]),
+        "iopl" => (&[libc::SYS_iopl, 3], &[libc::SYS_iopl, 0]),
+        _ => return Err(libc::EINVAL),
+    };
+    let call = |args: &[libc::c_long]| {
+        // SAFETY: ioperm and iopl take plain numbers; neither touches this process's memory.
+        let status = unsafe {
+            match args {
+                [number, a, b, c] => libc::syscall(*number, *a, *b, *c),
+                [number, a] => libc::syscall(*number, *a),
+                _ => -1,
+            }
+        };
+        if status == -1 { Err(last_errno()) } else { Ok(()) }
+    };
+    call(take)?;
+    call(give_back)
+}
+
 /// A `sockaddr_in`/`sockaddr_in6` for raw libc calls.
 fn raw_address(address: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: all-zero is a valid sockaddr_storage.
@@ -596,6 +649,12 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
             enter_network_namespace(args.get(1).copied().unwrap_or("host"))?;
             outcome(std::net::UdpSocket::bind(text(0)?).map(drop))
         }
+        // set-clock settime|adjtime|read: the system clock set to what it reads (clock_settime),
+        // its frequency to what it is (adjtimex), or only read (adjtimex without modes).
+        "set-clock" => set_clock(text(0)?),
+        // io-ports ioperm|iopl: access to I/O port 0x80 (POST codes, which nothing reads), or
+        // to all ports, taken and given back.
+        "io-ports" => io_ports(text(0)?),
         // hold-mm private|user PROGRAM (see hold_mm).
         "hold-mm" => hold_mm(text(0)?, text(1)?),
         // name-service UID=NAME|HOST=IPV4...: see name_service.

@@ -277,3 +277,35 @@ fn agents_take_no_host_port() {
         Outcome::Ok
     );
 }
+
+/// The system clock is the whole host's: agents, root or not, set it neither by
+/// `clock_settime` nor by `adjtimex` (each here sets it to what it is), and still read it,
+/// also by `adjtimex` without changes. Nor do they get I/O ports (`ioperm`, `iopl`), through
+/// which the real-time clock, PCI configuration space and every device's DMA are reached. From
+/// outside each works. (An ordinary user gets neither from the kernel either.)
+#[test]
+fn agents_set_no_clock_and_reach_no_hardware() {
+    let scenario = Scenario::start("clock", Options::default());
+    for how in ["ioperm", "iopl"] {
+        scenario.agents_denied("io-ports", &[how]);
+        assert_eq!(
+            scenario.tamper(&scenario.outside, "io-ports", &[how]),
+            Outcome::Ok,
+            "outside: {how}"
+        );
+    }
+    journaled(&scenario, "kernel_memory");
+    for how in ["settime", "adjtime"] {
+        scenario.agents_denied("set-clock", &[how]);
+        assert_eq!(
+            scenario.tamper(&scenario.outside, "set-clock", &[how]),
+            Outcome::Ok,
+            "outside: {how}"
+        );
+    }
+    journaled(&scenario, "clock");
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "set-clock", &["read"]),
+        Outcome::Ok
+    );
+}
