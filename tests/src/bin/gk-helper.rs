@@ -103,7 +103,10 @@ fn set_clock(how: &str) -> Result<(), i32> {
 /// Takes and gives back access to I/O ports (see the `io-ports` op): CAP_SYS_RAWIO.
 fn io_ports(how: &str) -> Result<(), i32> {
     let (take, give_back): (&[libc::c_long], &[libc::c_long]) = match how {
-        "ioperm" => (&[libc::SYS_ioperm, 0x80, 1, 1], &[libc::SYS_ioperm, 0x80, 1, 0]),
+        "ioperm" => (
+            &[libc::SYS_ioperm, 0x80, 1, 1],
+            &[libc::SYS_ioperm, 0x80, 1, 0],
+        ),
         "iopl" => (&[libc::SYS_iopl, 3], &[libc::SYS_iopl, 0]),
         _ => return Err(libc::EINVAL),
     };
@@ -116,7 +119,11 @@ fn io_ports(how: &str) -> Result<(), i32> {
                 _ => -1,
             }
         };
-        if status == -1 { Err(last_errno()) } else { Ok(()) }
+        if status == -1 {
+            Err(last_errno())
+        } else {
+            Ok(())
+        }
     };
     call(take)?;
     call(give_back)
