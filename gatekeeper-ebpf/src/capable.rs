@@ -19,9 +19,10 @@
 //!
 //! Raw access to the hardware: I/O ports (`ioperm`, `iopl`), which reach every device's
 //! registers (a DMA engine told to write the kernel's memory, PCI configuration space, the
-//! real-time clock), model-specific registers (`/dev/cpu/*/msr`), raw SCSI commands and the
-//! like. Agents get no CAP_SYS_RAWIO, which only the initial user namespace grants; the kernel's
-//! memory and block devices are refused to them at the open already (`kernel_memory`).
+//! real-time clock), model-specific registers (`/dev/cpu/*/msr`). Agents get no CAP_SYS_RAWIO,
+//! which only the initial user namespace grants; the kernel's memory and block devices are
+//! refused to them at the open already (`kernel_memory`). (SCSI reads and writes through a
+//! SCSI generic device need no CAP_SYS_RAWIO: not closed here.)
 //!
 //! The system clock, which the journal's times, pending requests' expiry, certificates'
 //! validity and the host's schedules read: agents get no CAP_SYS_TIME (which only the initial
