@@ -128,9 +128,9 @@ pub fn make_nscd_dir() -> std::io::Result<()> {
     std::fs::set_permissions(NSCD_DIR, std::fs::Permissions::from_mode(0o755))
 }
 
-/// The directories to guard like host paths beside `host_paths`: those of host services'
-/// sockets that exist, and those the name servers' and hosts' files lead to out of the host
-/// paths; none below another.
+/// The directories to guard like host paths beside `host_paths`: those of the services' lists
+/// that exist (host services' sockets, and where root's programs take code from), and those the
+/// name servers' and hosts' files lead to out of the host paths; none below another.
 pub fn guarded_dirs(host_paths: &[PathBuf]) -> Vec<PathBuf> {
     let service_paths = service_paths();
     let service_paths: Vec<&Path> = service_paths.iter().map(PathBuf::as_path).collect();
