@@ -43,6 +43,9 @@ pub mod maps {
     pub const AGENT_CONNECTIONS: &str = "AGENT_CONNECTIONS";
     /// [`crate::NameKey`] -> 1 for each name agents may not make (see [`crate::NameKey`]).
     pub const GUARDED_NAMES: &str = "GUARDED_NAMES";
+    /// [`crate::raw_device_key`] -> 1 for each character device, or each major with all its
+    /// minors, that agents may not open.
+    pub const RAW_DEVICES: &str = "RAW_DEVICES";
 }
 
 /// The kernel struct members the programs read, each as (global that receives its byte offset,
@@ -78,6 +81,10 @@ macro_rules! kernel_members {
             (OFF_MSGHDR_FLAGS, "msghdr", "msg_flags"),
             (OFF_TASK_TGID, "task_struct", "tgid"),
             (OFF_SB_MAGIC, "super_block", "s_magic"),
+            // Whether a superblock reads a device: its block device, its type's flags.
+            (OFF_SB_BDEV, "super_block", "s_bdev"),
+            (OFF_SB_TYPE, "super_block", "s_type"),
+            (OFF_FS_TYPE_FLAGS, "file_system_type", "fs_flags"),
             (OFF_VFSMOUNT_SB, "vfsmount", "mnt_sb"),
             (OFF_VFSMOUNT_ROOT, "vfsmount", "mnt_root"),
             (OFF_VFSMOUNT_FLAGS, "vfsmount", "mnt_flags"),
@@ -329,6 +336,17 @@ pub const MAX_DAEMON_PIDS: u32 = 16;
 pub const MAX_ALLOWED: u32 = 4096;
 pub const MAX_DAEMON_FILES: u32 = 1024;
 pub const MAX_GUARDED_NAMES: u32 = 64;
+pub const MAX_RAW_DEVICES: u32 = 256;
+
+/// The minor that stands for every minor of a major in [`maps::RAW_DEVICES`] (the kernel's
+/// `MINORMASK`).
+pub const ALL_MINORS: u32 = (1 << 20) - 1;
+
+/// A character device's key in [`maps::RAW_DEVICES`]: its number as the kernel's inodes hold it
+/// (`major << 20 | minor`), with [`ALL_MINORS`] for a whole major.
+pub const fn raw_device_key(major: u32, minor: u32) -> u32 {
+    major << 20 | (minor & ALL_MINORS)
+}
 /// Room for a name in a [`NameKey`], its closing NUL included.
 pub const GUARDED_NAME_BYTES: usize = 32;
 pub const MAX_PROTECTED_FILES: u32 = 4096;
@@ -577,6 +595,15 @@ pub enum TamperHook {
     /// signed requests' freshness, certificates' validity and the host's schedules all read it
     /// (data: capability).
     Clock = 57,
+    /// Opening a character device that fronts storage, memory, firmware, input or device DMA
+    /// past the file systems: SCSI generic and bsg (SG_IO reads and writes sectors), NVMe,
+    /// device-mapper's control, input devices and uinput, USB devices, vfio, the TPM
+    /// (data: device, inode; [`RAW_DEVICES`](crate::maps::RAW_DEVICES) lists them).
+    RawDevice = 58,
+    /// Rebooting, halting or powering off the host, or loading a kernel to boot into
+    /// (CAP_SYS_BOOT: `reboot`, `kexec_load`): every process stops, the daemon's too
+    /// (data: capability).
+    Reboot = 59,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -599,7 +626,7 @@ pub enum MountRefusal {
 
 impl TamperHook {
     /// Every hook, in id order (ids start at 1).
-    pub const ALL: [Self; 57] = {
+    pub const ALL: [Self; 59] = {
         use TamperHook::*;
         [
             Bpf,
@@ -659,6 +686,8 @@ impl TamperHook {
             HostPort,
             GuardedName,
             Clock,
+            RawDevice,
+            Reboot,
         ]
     };
 
@@ -725,6 +754,8 @@ impl TamperHook {
             Self::HostPort => "host_port",
             Self::GuardedName => "guarded_name",
             Self::Clock => "clock",
+            Self::RawDevice => "raw_device",
+            Self::Reboot => "reboot",
         }
     }
 }

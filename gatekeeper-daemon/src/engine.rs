@@ -398,6 +398,11 @@ impl Engine {
                     self.core.note(event);
                 }
             }
+            Command::DevicesNow { keys } => {
+                if let Err(error) = self.kernel.set_raw_devices(&keys) {
+                    error!(%error, "cannot refuse agents the raw devices of drivers loaded now");
+                }
+            }
             Command::SetupKeys { reply } => {
                 let _ = reply.send(self.setup_keys());
             }

@@ -167,6 +167,11 @@ pub enum Command {
     MountsNow {
         mounts: Vec<crate::config::Mount>,
     },
+    /// The character devices agents may not open, as the host's drivers number them now
+    /// ([`crate::devices::raw_devices`]).
+    DevicesNow {
+        keys: Vec<u32>,
+    },
     Uninstall {
         by: String,
         reply: oneshot::Sender<Result<(), String>>,

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod destinations;
+pub mod devices;
 pub mod engine;
 pub mod enrich;
 pub mod events;

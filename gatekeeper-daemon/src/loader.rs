@@ -189,6 +189,7 @@ pub struct Kernel {
     settings: Array<MapData, u32>,
     daemon_files: HashMap<MapData, Target, u32>,
     guarded_names: HashMap<MapData, NameKey, u32>,
+    raw_devices: HashMap<MapData, u32, u32>,
     files: HashMap<MapData, Target, u32>,
     argv_grants: HashMap<MapData, u64, u64>,
     /// Taken by the event reader.
@@ -402,6 +403,7 @@ impl Kernel {
         let settings = take(maps::SETTINGS)?;
         let daemon_files = take(maps::DAEMON_FILES)?;
         let guarded_names = take(maps::GUARDED_NAMES)?;
+        let raw_devices = take(maps::RAW_DEVICES)?;
         let files = take(maps::PROTECTED_FILES)?;
         let argv_key = take(maps::ARGV_KEY)?;
         let argv_grants = take(maps::ARGV_GRANTS)?;
@@ -431,6 +433,7 @@ impl Kernel {
             daemon_files: HashMap::try_from(daemon_files).map_err(map_error(maps::DAEMON_FILES))?,
             guarded_names: HashMap::try_from(guarded_names)
                 .map_err(map_error(maps::GUARDED_NAMES))?,
+            raw_devices: HashMap::try_from(raw_devices).map_err(map_error(maps::RAW_DEVICES))?,
             files: HashMap::try_from(files).map_err(map_error(maps::PROTECTED_FILES))?,
             argv_grants: HashMap::try_from(argv_grants).map_err(map_error(maps::ARGV_GRANTS))?,
             events: Some(RingBuf::try_from(events).map_err(map_error(maps::EVENTS))?),
@@ -565,6 +568,15 @@ impl Kernel {
             self.guarded_names.insert(name, 1, 0)?;
         }
         keep_only(&mut self.guarded_names, |key| names.contains(key))
+    }
+
+    /// Makes `keys` ([`gatekeeper_common::raw_device_key`]s) the character devices agents may
+    /// not open: new ones in first, then the stale ones out.
+    pub fn set_raw_devices(&mut self, keys: &[u32]) -> Result<(), MapError> {
+        for key in keys {
+            self.raw_devices.insert(key, 1, 0)?;
+        }
+        keep_only(&mut self.raw_devices, |key| keys.contains(key))
     }
 
     /// Adds `bits` to a file's among the daemon's files (a sealing key made while the daemon

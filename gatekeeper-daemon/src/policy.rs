@@ -38,6 +38,8 @@ use crate::{
 pub enum PolicyError {
     #[error("cannot read this host's mounts ({MOUNTINFO}) to guard those below host paths: {0}")]
     Mounts(std::io::Error),
+    #[error("cannot read this host's device numbers to refuse agents raw devices: {0}")]
+    Devices(std::io::Error),
     #[error("agent cgroup {path}: {cause}")]
     AgentCgroup {
         path: PathBuf,
@@ -629,6 +631,7 @@ impl Policy {
         let guarded = crate::host_services::guarded_names(&kept_paths);
         kernel.set_daemon_files(&daemon_files(&config, &kept, &guarded)?)?;
         kernel.set_guarded_names(&name_keys(&guarded))?;
+        kernel.set_raw_devices(&crate::devices::read().map_err(PolicyError::Devices)?)?;
         let reaches = config
             .connect_rules
             .iter()

@@ -113,6 +113,38 @@ async fn watch_mounts(handle: Handle) {
     }
 }
 
+/// Reads the host's device numbers every [`PATHS_INTERVAL`] and sends them when they change: a
+/// driver the host loads now (an NVMe disk plugged in) gets its major from the kernel only then.
+async fn watch_devices(handle: Handle) {
+    let mut known = Vec::new();
+    let mut unreadable = false;
+    let mut interval = tokio::time::interval(PATHS_INTERVAL);
+    loop {
+        interval.tick().await;
+        match tokio::task::spawn_blocking(crate::devices::read).await {
+            Ok(Ok(keys)) if keys != known => {
+                unreadable = false;
+                if !handle
+                    .send(Command::DevicesNow { keys: keys.clone() })
+                    .await
+                {
+                    return;
+                }
+                known = keys;
+            }
+            Ok(Ok(_)) => {}
+            // Said once; the kernel keeps the last list.
+            Ok(Err(error)) => {
+                if !unreadable {
+                    warn!(%error, "cannot read the host's device numbers: drivers loaded now are not refused to agents");
+                }
+                unreadable = true;
+            }
+            Err(error) => warn!(%error, "reading the host's device numbers failed"),
+        }
+    }
+}
+
 /// Stats the watched paths every [`PATHS_INTERVAL`] off the async threads; an allowlisted
 /// path's content is read again only when it names another file.
 async fn watch_paths(paths: WatchedPaths, handle: Handle) {
@@ -266,6 +298,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     ));
     let paths = tokio::spawn(watch_paths(engine.watched_paths(), handle.clone()));
     let mounts = tokio::spawn(watch_mounts(handle.clone()));
+    let devices = tokio::spawn(watch_devices(handle.clone()));
     let hosts = tokio::spawn(resolve_hosts(
         engine.hosts(),
         config.resolve_interval,
@@ -332,7 +365,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let _ = stop_local.send(());
     let _ = local.await;
-    for task in [paths, mounts, hosts, signals, watchdog]
+    for task in [paths, mounts, devices, hosts, signals, watchdog]
         .into_iter()
         .chain(forwarders)
     {

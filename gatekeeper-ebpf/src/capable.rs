@@ -22,11 +22,16 @@
 //! real-time clock), model-specific registers (`/dev/cpu/*/msr`). Agents get no CAP_SYS_RAWIO,
 //! which only the initial user namespace grants; the kernel's memory and block devices are
 //! refused to them at the open already (`kernel_memory`). (SCSI reads and writes through a
-//! SCSI generic device need no CAP_SYS_RAWIO: not closed here.)
+//! SCSI generic device need no CAP_SYS_RAWIO: such devices are refused at the open,
+//! `raw_device`.)
 //!
 //! The system clock, which the journal's times, pending requests' expiry, certificates'
 //! validity and the host's schedules read: agents get no CAP_SYS_TIME (which only the initial
 //! user namespace grants; a time namespace offsets only the monotonic and boot clocks).
+//!
+//! The host's power and the kernel it runs: agents get no CAP_SYS_BOOT in the initial user
+//! namespace (no `reboot`, halt or power-off, no `kexec_load`), which would stop every process,
+//! the daemon's too. In a PID namespace of their own, `reboot` only ends that namespace.
 //!
 //! `mount_setattr(2)`, which changes a mount's flags and propagation, has no LSM hook; its first
 //! step is the CAP_SYS_ADMIN check of `may_mount()`, which is refused here when the system call
@@ -45,6 +50,7 @@ use crate::{
 const CAP_NET_BIND_SERVICE: i32 = 10;
 const CAP_NET_ADMIN: i32 = 12;
 const CAP_SYS_ADMIN: i32 = 21;
+const CAP_SYS_BOOT: i32 = 22;
 const CAP_SYS_NICE: i32 = 23;
 const CAP_SYS_RAWIO: i32 = 17;
 const CAP_SYS_TIME: i32 = 25;
@@ -68,6 +74,7 @@ pub fn capable(ctx: LsmContext) -> i32 {
         CAP_SYS_ADMIN => TamperHook::MountSetattr,
         CAP_SYS_TIME => TamperHook::Clock,
         CAP_SYS_RAWIO => TamperHook::KernelMemory,
+        CAP_SYS_BOOT => TamperHook::Reboot,
         _ => return 0,
     };
     let Some(agent) = agent_cgroup() else {

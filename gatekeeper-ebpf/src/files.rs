@@ -12,7 +12,8 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use gatekeeper_common::{
-    MAX_DAEMON_FILES, TamperHook, Target, daemon_file, file_access, file_rule,
+    ALL_MINORS, MAX_DAEMON_FILES, MAX_RAW_DEVICES, TamperHook, Target, daemon_file, file_access,
+    file_rule,
 };
 
 use crate::{
@@ -41,6 +42,10 @@ use crate::{
 
 #[map]
 static DAEMON_FILES: HashMap<Target, u32> = HashMap::pinned(MAX_DAEMON_FILES, 0);
+
+/// The character devices agents may not open, by number or by major (the daemon's list).
+#[map]
+static RAW_DEVICES: HashMap<u32, u32> = HashMap::pinned(MAX_RAW_DEVICES, 0);
 
 /// The index of `inode_setattr`'s dentry argument on the running kernel
 /// ([`gatekeeper_common::hook_args::INODE_SETATTR_DENTRY`]), written by the daemon.
@@ -184,10 +189,14 @@ unsafe fn agent_open(agent: u64, file: *const u8) -> Result<i32, i32> {
     if mode & S_IFMT == S_IFBLK {
         return Ok(tamper(agent, TamperHook::BlockDevice, target.data));
     }
-    if mode & S_IFMT == S_IFCHR
-        && MEMORY_DEVICES.contains(&unsafe { read_field::<u32>(inode, &OFF_INODE_RDEV)? })
-    {
-        return Ok(tamper(agent, TamperHook::KernelMemory, target.data));
+    if mode & S_IFMT == S_IFCHR {
+        let rdev: u32 = unsafe { read_field(inode, &OFF_INODE_RDEV)? };
+        if MEMORY_DEVICES.contains(&rdev) {
+            return Ok(tamper(agent, TamperHook::KernelMemory, target.data));
+        }
+        if is_raw_device(rdev) {
+            return Ok(tamper(agent, TamperHook::RawDevice, target.data));
+        }
     }
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let flags: u32 = unsafe { read_field(task, &OFF_TASK_FLAGS)? };
@@ -230,6 +239,13 @@ unsafe fn agent_open(agent: u64, file: *const u8) -> Result<i32, i32> {
         return Ok(0);
     }
     Ok(decide(agent, read, core::ptr::null()))
+}
+
+/// Whether the character device `rdev` is one agents may not open: listed by its number, or
+/// its major with every minor.
+#[inline(always)]
+fn is_raw_device(rdev: u32) -> bool {
+    RAW_DEVICES.get_ptr(rdev).is_some() || RAW_DEVICES.get_ptr(rdev | ALL_MINORS).is_some()
 }
 
 /// The verdict on an agent's open of a file no protected binary is (its `inode`, `target`):

@@ -15,6 +15,12 @@
 //! mount(2), and for each parameter the new API (fsconfig) or mount(2) passes; and by magic
 //! for any superblock made that slipped past both.
 //!
+//! Nor is a file system on a device: the kernel opens the device for the mount itself, past the
+//! open of block devices agents are refused, so a disk the host does not mount (or a node the
+//! agent made) would be read and written below every file rule. Refused by the type's flag
+//! at the first parameter, before the file system reads the device, and by the superblock's
+//! block device once made.
+//!
 //! The mount tree is read without the kernel's locks: a tree changing under the walk can only
 //! make it fail, and a walk that fails refuses.
 
@@ -28,11 +34,11 @@ use gatekeeper_common::{MountRefusal, Setting, TamperHook};
 use crate::{
     exec::inode_target,
     offsets::{
-        OFF_DENTRY_INODE, OFF_FS_CONTEXT_FS_TYPE, OFF_FS_ROOT, OFF_FS_TYPE_NAME, OFF_FS_USERS,
-        OFF_LIST_HEAD_NEXT, OFF_MNT_NS_NS, OFF_MOUNT_CHILD, OFF_MOUNT_INSTANCE, OFF_MOUNT_MNT,
-        OFF_MOUNT_MOUNTS, OFF_MOUNT_NS, OFF_MOUNT_PARENT, OFF_NS_COMMON_INUM, OFF_NSPROXY_MNT_NS,
-        OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_SB_MOUNTS, OFF_TASK_FS, OFF_TASK_NSPROXY,
-        OFF_VFSMOUNT_FLAGS, OFF_VFSMOUNT_ROOT, OFF_VFSMOUNT_SB,
+        OFF_DENTRY_INODE, OFF_FS_CONTEXT_FS_TYPE, OFF_FS_ROOT, OFF_FS_TYPE_FLAGS, OFF_FS_TYPE_NAME,
+        OFF_FS_USERS, OFF_LIST_HEAD_NEXT, OFF_MNT_NS_NS, OFF_MOUNT_CHILD, OFF_MOUNT_INSTANCE,
+        OFF_MOUNT_MNT, OFF_MOUNT_MOUNTS, OFF_MOUNT_NS, OFF_MOUNT_PARENT, OFF_NS_COMMON_INUM,
+        OFF_NSPROXY_MNT_NS, OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_SB_BDEV, OFF_SB_MOUNTS, OFF_SB_TYPE,
+        OFF_TASK_FS, OFF_TASK_NSPROXY, OFF_VFSMOUNT_FLAGS, OFF_VFSMOUNT_ROOT, OFF_VFSMOUNT_SB,
     },
     read::{BPF_FS_MAGIC, CGROUP_SUPER_MAGIC, field_offset, member_ptr, read_field, sb_magic},
     verdict::{agent_cgroup, setting, tamper},
@@ -41,6 +47,8 @@ use crate::{
 /// `vfsmount.mnt_flags`: the mount is in a peer group, and what happens under it propagates.
 const MNT_SHARED: i32 = 0x1000;
 const MS_REMOUNT: u64 = 32;
+/// `file_system_type.fs_flags`: the file system is made from a block device.
+const FS_REQUIRES_DEV: i32 = 1;
 const MS_BIND: u64 = 4096;
 const MS_PROPAGATION: u64 = (1 << 17) | (1 << 18) | (1 << 19) | (1 << 20);
 /// Steps of a mount tree walk (each mount takes one or two): a container's old root fits.
@@ -337,15 +345,24 @@ pub fn fs_context_parse_param(ctx: LsmContext) -> i32 {
         return 0;
     };
     let context: *const u8 = ctx.arg(0);
-    let name = unsafe {
-        read_field::<*const u8>(context, &OFF_FS_CONTEXT_FS_TYPE)
-            .and_then(|fs_type| read_field::<*const u8>(fs_type, &OFF_FS_TYPE_NAME))
-    };
-    match name.map(|name| unsafe { network_fs_name(name) }) {
+    let fs_type = unsafe { read_field::<*const u8>(context, &OFF_FS_CONTEXT_FS_TYPE) };
+    let checked = fs_type.and_then(|fs_type| unsafe {
+        let (word, network) = network_fs_name(read_field(fs_type, &OFF_FS_TYPE_NAME)?);
+        Ok((word, network || requires_device(fs_type)?))
+    });
+    match checked {
         Ok((_, false)) => 0,
         Ok((word, true)) => refuse(agent, TamperHook::MountFs, word, MountRefusal::Filesystem),
         Err(_) => refuse(agent, TamperHook::MountFs, 0, MountRefusal::Unchecked),
     }
+}
+
+/// Whether the file system type at `fs_type` reads a block device (ext4, xfs, btrfs, vfat...):
+/// mounted by an agent, it would read and write the device's blocks past every file's check.
+#[inline(always)]
+unsafe fn requires_device(fs_type: *const u8) -> Result<bool, i32> {
+    let flags: i32 = unsafe { read_field(fs_type, &OFF_FS_TYPE_FLAGS)? };
+    Ok(flags & FS_REQUIRES_DEV != 0)
 }
 
 /// move_mount(2): what fsmount and open_tree(OPEN_TREE_CLONE) made reaches a namespace only here.
@@ -454,13 +471,22 @@ pub fn sb_set_mnt_opts(ctx: LsmContext) -> i32 {
         return 0;
     };
     let sb: *const u8 = ctx.arg(0);
-    match unsafe { sb_magic(sb) } {
-        Ok(magic @ (BPF_FS_MAGIC | CGROUP_SUPER_MAGIC)) => {
-            refuse(agent, TamperHook::MountFs, magic, MountRefusal::Filesystem)
-        }
-        Ok(magic) if NETWORK_FS_MAGICS.contains(&magic) => {
-            refuse(agent, TamperHook::MountFs, magic, MountRefusal::Filesystem)
-        }
-        _ => 0,
+    let Ok(magic) = (unsafe { sb_magic(sb) }) else {
+        return refuse(agent, TamperHook::MountFs, 0, MountRefusal::Unchecked);
+    };
+    let refused = magic == BPF_FS_MAGIC
+        || magic == CGROUP_SUPER_MAGIC
+        || NETWORK_FS_MAGICS.contains(&magic)
+        || unsafe { on_device(sb) }.unwrap_or(true);
+    if refused {
+        return refuse(agent, TamperHook::MountFs, magic, MountRefusal::Filesystem);
     }
+    0
+}
+
+/// Whether the superblock at `sb` reads a device: it has a block device, or its type needs one.
+#[inline(always)]
+unsafe fn on_device(sb: *const u8) -> Result<bool, i32> {
+    let bdev: *const u8 = unsafe { read_field(sb, &OFF_SB_BDEV)? };
+    Ok(!bdev.is_null() || unsafe { requires_device(read_field(sb, &OFF_SB_TYPE)?)? })
 }

@@ -21,8 +21,18 @@ pub const KERNELS: [(&str, &str); 2] = [
 ];
 
 /// Modules the guests load at boot (with their dependencies), for tests that need overlayfs,
-/// NFS or FUSE. One a kernel has built in is left out.
-pub const GUEST_MODULES: [&str; 3] = ["overlay", "nfsv3", "fuse"];
+/// NFS or FUSE, and real storage behind the raw devices agents may not open: a small SCSI disk
+/// in memory (`scsi_debug`) with its block (`sd_mod`) and SCSI generic (`sg`) devices, and
+/// device-mapper. One a kernel has built in is left out.
+pub const GUEST_MODULES: [&str; 7] = [
+    "overlay",
+    "nfsv3",
+    "fuse",
+    "scsi_debug",
+    "sd_mod",
+    "sg",
+    "dm_mod",
+];
 
 const APT_PACKAGES: [(&str, &str); 5] = [
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),

@@ -129,6 +129,83 @@ fn io_ports(how: &str) -> Result<(), i32> {
     call(give_back)
 }
 
+/// The fields of `struct sg_io_hdr` (the v3 SG_IO interface) sg_read sets or reads.
+#[repr(C)]
+struct SgIoHdr {
+    interface_id: i32,
+    dxfer_direction: i32,
+    cmd_len: u8,
+    mx_sb_len: u8,
+    iovec_count: u16,
+    dxfer_len: u32,
+    dxferp: *mut u8,
+    cmdp: *const u8,
+    sbp: *mut u8,
+    timeout: u32,
+    flags: u32,
+    pack_id: i32,
+    usr_ptr: *mut u8,
+    status: u8,
+    masked_status: u8,
+    msg_status: u8,
+    sb_len_wr: u8,
+    host_status: u16,
+    driver_status: u16,
+    resid: i32,
+    duration: u32,
+    info: u32,
+}
+
+fn sg_read(path: &str) -> Result<(), i32> {
+    const SG_IO: libc::c_ulong = 0x2285;
+    const SG_DXFER_FROM_DEV: i32 = -3;
+    // READ(10) of one block at LBA 0.
+    let command: [u8; 10] = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    let mut sector = [0u8; 512];
+    let mut sense = [0u8; 32];
+    let fd = open_raw(path, libc::O_RDONLY)?;
+    // SAFETY: all-zero is a valid sg_io_hdr; the buffers it points to outlive the ioctl.
+    let mut header: SgIoHdr = unsafe { std::mem::zeroed() };
+    header.interface_id = i32::from(b'S');
+    header.dxfer_direction = SG_DXFER_FROM_DEV;
+    header.cmd_len = command.len() as u8;
+    header.mx_sb_len = sense.len() as u8;
+    header.dxfer_len = sector.len() as u32;
+    header.dxferp = sector.as_mut_ptr();
+    header.cmdp = command.as_ptr();
+    header.sbp = sense.as_mut_ptr();
+    header.timeout = 5000;
+    // SAFETY: SG_IO on a descriptor this function owns, with the header above.
+    let status = unsafe { libc::ioctl(fd, SG_IO, &mut header as *mut SgIoHdr) };
+    let result = errno_of(status as libc::c_long);
+    // SAFETY: closes the descriptor opened above.
+    unsafe { libc::close(fd) };
+    result?;
+    // A command the device failed is no read.
+    if header.status != 0 || header.host_status != 0 || header.driver_status != 0 {
+        return Err(libc::EIO);
+    }
+    Ok(())
+}
+
+fn dm_version(path: &str) -> Result<(), i32> {
+    // struct dm_ioctl: version[3], data_size, data_start, ..., 312 bytes in all.
+    const DM_IOCTL_SIZE: usize = 312;
+    const DM_VERSION: libc::c_ulong =
+        0xc000_0000 | ((DM_IOCTL_SIZE as libc::c_ulong) << 16) | 0xfd00;
+    let mut request = [0u32; DM_IOCTL_SIZE / 4];
+    request[0] = 4;
+    request[3] = DM_IOCTL_SIZE as u32;
+    request[4] = DM_IOCTL_SIZE as u32;
+    let fd = open_raw(path, libc::O_RDWR)?;
+    // SAFETY: DM_VERSION on a descriptor this function owns, with a request of the size it says.
+    let status = unsafe { libc::ioctl(fd, DM_VERSION, request.as_mut_ptr()) };
+    let result = errno_of(status as libc::c_long);
+    // SAFETY: closes the descriptor opened above.
+    unsafe { libc::close(fd) };
+    result
+}
+
 /// A `sockaddr_in`/`sockaddr_in6` for raw libc calls.
 fn raw_address(address: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: all-zero is a valid sockaddr_storage.
@@ -662,6 +739,14 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         // io-ports ioperm|iopl: access to I/O port 0x80 (POST codes, which nothing reads), or
         // to all ports, taken and given back.
         "io-ports" => io_ports(text(0)?),
+        // reboot: reboot(2) with a wrong magic number, which the kernel answers with EINVAL
+        // once the caller has CAP_SYS_BOOT (and reboots nothing).
+        "reboot" => errno_of(unsafe { libc::syscall(libc::SYS_reboot, 0, 0, 0, 0) }),
+        // sg-read PATH: the disk's first sector, read with a SCSI command (SG_IO, READ(10))
+        // through a SCSI generic device.
+        "sg-read" => sg_read(text(0)?),
+        // dm-version PATH: device-mapper's control asked for its version (DM_VERSION).
+        "dm-version" => dm_version(text(0)?),
         // hold-mm private|user PROGRAM (see hold_mm).
         "hold-mm" => hold_mm(text(0)?, text(1)?),
         // name-service UID=NAME|HOST=IPV4...: see name_service.

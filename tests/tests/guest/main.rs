@@ -19,6 +19,7 @@ mod files;
 mod limits;
 mod mounts;
 mod procs;
+mod raw_devices;
 mod reviewers;
 mod secrets;
 mod service;

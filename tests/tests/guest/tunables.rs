@@ -305,4 +305,15 @@ fn agents_set_no_clock_and_reach_no_hardware() {
         scenario.tamper(&scenario.agents, "set-clock", &["read"]),
         Outcome::Ok
     );
+    // Nor do they reboot the host (CAP_SYS_BOOT): reboot(2) with a wrong magic number is
+    // refused to a root agent, and answered EINVAL outside, which has the capability.
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "reboot", &[]),
+        Outcome::Denied
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "reboot", &[]),
+        Outcome::Errno(libc::EINVAL)
+    );
+    journaled(&scenario, "reboot");
 }

@@ -1,0 +1,195 @@
+//! The character devices agents may not open: those that reach storage, memory, firmware, input
+//! or a device's DMA past the file systems and the hooks that judge them. SCSI generic and bsg
+//! devices read and write sectors (SG_IO) without CAP_SYS_RAWIO, device-mapper's control maps
+//! a disk's blocks anywhere, NVMe's character devices pass commands through; input devices and
+//! uinput read and type an operator's keys; USB devices, vfio and uio drive hardware; the TPM
+//! unseals what the host sealed; a watchdog reboots the host; a PTP clock sets the time chrony
+//! follows; a macvtap sends frames onto the host's link past the socket hooks; GPIO, I2C and SPI
+//! buses reach the board's own chips.
+//!
+//! Majors that the kernel hands out as drivers register are read from `/proc/devices` and misc
+//! minors from `/proc/misc`, at start and whenever they change ([`read`]); those with a fixed
+//! number are listed whether or not their driver is there yet (a node an agent makes for one
+//! would reach the driver once the host loads it).
+
+use gatekeeper_common::{ALL_MINORS, raw_device_key};
+
+pub const PROC_DEVICES: &str = "/proc/devices";
+pub const PROC_MISC: &str = "/proc/misc";
+
+/// The major of misc devices, whose minors tell them apart.
+const MISC_MAJOR: u32 = 10;
+
+/// Fixed numbers (Documentation/admin-guide/devices.txt): (major, minor or [`ALL_MINORS`]).
+const FIXED: [(u32, u32); 13] = [
+    (7, ALL_MINORS),   // vcs: the text consoles' screens
+    (13, ALL_MINORS),  // input: event devices, mice, joysticks
+    (21, ALL_MINORS),  // sg: SCSI generic
+    (90, ALL_MINORS),  // mtd: raw flash
+    (189, ALL_MINORS), // usb_device: usbfs's device nodes
+    (MISC_MAJOR, 130), // watchdog
+    (MISC_MAJOR, 144), // nvram: the CMOS's memory
+    (MISC_MAJOR, 196), // vfio
+    (MISC_MAJOR, 223), // uinput
+    (MISC_MAJOR, 224), // tpm
+    (MISC_MAJOR, 231), // snapshot: a hibernation image of all memory
+    (MISC_MAJOR, 236), // device-mapper's control
+    (MISC_MAJOR, 239), // uhid
+];
+
+/// Character majors by the name their driver registers in `/proc/devices`.
+const NAMED_MAJORS: [&str; 26] = [
+    "bsg",
+    "dax",
+    "dimmctl",
+    "gpiochip",
+    "hidraw",
+    "i2c",
+    "input",
+    "ipmidev",
+    "ipvtap",
+    "macvtap",
+    "mei",
+    "mtd",
+    "ndctl",
+    "nvme",
+    "nvme-generic",
+    "ptp",
+    "sg",
+    "spi",
+    "tpm",
+    "tpmrm",
+    "uio",
+    "usb_device",
+    "usbmon",
+    "vfio",
+    "vfio-dev",
+    "watchdog",
+];
+
+/// UBI's per-device majors (`ubi0`, `ubi1`, ...): raw flash volumes.
+const NAMED_MAJOR_PREFIXES: [&str; 1] = ["ubi"];
+
+/// Misc devices by the name they register in `/proc/misc`.
+const NAMED_MISC: [&str; 9] = [
+    "device-mapper",
+    "iommu",
+    "nvram",
+    "snapshot",
+    "ubi_ctrl",
+    "uhid",
+    "uinput",
+    "vfio",
+    "watchdog",
+];
+
+/// The [`raw_device_key`]s of the devices agents may not open, from the texts of
+/// `/proc/devices` and `/proc/misc`: sorted, each once.
+pub fn raw_devices(proc_devices: &str, proc_misc: &str) -> Vec<u32> {
+    let mut keys: Vec<u32> = FIXED
+        .iter()
+        .map(|&(major, minor)| raw_device_key(major, minor))
+        .collect();
+    let character = proc_devices
+        .lines()
+        .skip_while(|line| line.trim() != "Character devices:")
+        .skip(1)
+        .take_while(|line| !line.trim().is_empty());
+    for (major, name) in character.filter_map(numbered) {
+        let listed = NAMED_MAJORS.contains(&name)
+            || (NAMED_MAJOR_PREFIXES.iter()).any(|prefix| {
+                name.strip_prefix(prefix)
+                    .is_some_and(|rest| rest.bytes().all(|byte| byte.is_ascii_digit()))
+            });
+        if listed {
+            keys.push(raw_device_key(major, ALL_MINORS));
+        }
+    }
+    for (minor, name) in proc_misc.lines().filter_map(numbered) {
+        if NAMED_MISC.contains(&name) {
+            keys.push(raw_device_key(MISC_MAJOR, minor));
+        }
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// A line of the form `<number> <name>`.
+fn numbered(line: &str) -> Option<(u32, &str)> {
+    let (number, name) = line.trim().split_once(char::is_whitespace)?;
+    Some((number.parse().ok()?, name.trim()))
+}
+
+/// [`raw_devices`] of this host now.
+pub fn read() -> std::io::Result<Vec<u32>> {
+    let read = |path: &'static str| {
+        std::fs::read_to_string(path)
+            .map_err(|error| std::io::Error::new(error.kind(), format!("{path}: {error}")))
+    };
+    Ok(raw_devices(&read(PROC_DEVICES)?, &read(PROC_MISC)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEVICES: &str = "Character devices:\n  1 mem\n  4 tty\n 10 misc\n 13 input\n\
+        128 ptm\n240 ubi0\n241 ubi_x\n245 hidraw\n248 bsg\n249 watchdog\n250 ptp\n251 nvme-generic\n\
+        252 nvme\n253 rtc\n254 gpiochip\n\nBlock devices:\n  8 sd\n 21 sg\n247 nvme\n";
+    const MISC: &str = "236 device-mapper\n223 uinput\n 57 iommu\n200 tun\n229 fuse\n232 kvm\n";
+
+    fn has(keys: &[u32], major: u32, minor: u32) -> bool {
+        keys.contains(&raw_device_key(major, minor))
+    }
+
+    #[test]
+    fn lists_the_fixed_numbers_without_any_proc_text() {
+        let keys = raw_devices("", "");
+        assert_eq!(keys.len(), FIXED.len());
+        assert!(has(&keys, 21, ALL_MINORS));
+        assert!(has(&keys, MISC_MAJOR, 236));
+    }
+
+    #[test]
+    fn takes_named_character_majors_and_misc_minors() {
+        let keys = raw_devices(DEVICES, MISC);
+        for major in [240, 245, 248, 249, 250, 251, 252, 254] {
+            assert!(has(&keys, major, ALL_MINORS), "{major}");
+        }
+        assert!(has(&keys, MISC_MAJOR, 57), "iommu");
+        // What agents and their containers use stays theirs: ttys, rtc reads, tun, fuse, kvm.
+        for major in [1, 4, 10, 128, 241, 253] {
+            assert!(!has(&keys, major, ALL_MINORS), "{major}");
+        }
+        for minor in [200, 229, 232] {
+            assert!(!has(&keys, MISC_MAJOR, minor), "{minor}");
+        }
+    }
+
+    #[test]
+    fn reads_no_block_major_as_a_character_one() {
+        let keys = raw_devices(DEVICES, "");
+        assert!(!has(&keys, 247, ALL_MINORS));
+        assert!(!has(&keys, 8, ALL_MINORS));
+    }
+
+    #[test]
+    fn ignores_lines_it_cannot_read() {
+        let keys = raw_devices(
+            "Character devices:\nnonsense\n 99\nx bsg\n",
+            "bad line\n70000000000 uinput\n",
+        );
+        assert_eq!(keys, raw_devices("", ""));
+    }
+
+    #[test]
+    fn each_key_once_and_sorted() {
+        let keys = raw_devices(DEVICES, MISC);
+        let mut sorted = keys.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(keys, sorted);
+        assert!(keys.len() < gatekeeper_common::MAX_RAW_DEVICES as usize);
+    }
+}

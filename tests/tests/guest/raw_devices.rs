@@ -1,0 +1,191 @@
+//! Agents reach storage only through files, and the host's hardware not at all: no SCSI generic,
+//! bsg or NVMe device, no device-mapper control, no input device, and no file system on a device
+//! mounted, in any mount namespace, whether the node is the host's or one the agent made. The
+//! guests boot with a small SCSI disk in memory (scsi_debug) and device-mapper loaded.
+
+use std::ffi::CString;
+
+use gatekeeper_tests::{Options, Outcome, Scenario};
+use serde_json::Value;
+
+fn journaled(scenario: &Scenario, hook: &str) -> Value {
+    scenario.wait_journal("tamper_attempt", |event| event["hook"] == hook)
+}
+
+/// The first entry of a sysfs class directory (`/sys/class/scsi_generic`, ...), by name.
+fn first_in(dir: &str) -> String {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|error| panic!("{dir}: {error} (are the guest's storage modules loaded?)"))
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("nothing in {dir}"))
+}
+
+/// (major, minor) of a sysfs device directory's `dev`.
+fn numbers_of(sys: &str) -> (u32, u32) {
+    let dev = std::fs::read_to_string(format!("{sys}/dev")).unwrap();
+    let (major, minor) = dev.trim().split_once(':').unwrap();
+    (major.parse().unwrap(), minor.parse().unwrap())
+}
+
+/// The major `/proc/devices` gives the character driver `name`.
+fn char_major(name: &str) -> u32 {
+    let devices = std::fs::read_to_string("/proc/devices").unwrap();
+    devices
+        .lines()
+        .skip_while(|line| line.trim() != "Character devices:")
+        .take_while(|line| !line.trim().is_empty())
+        .find_map(|line| {
+            let (major, driver) = line.trim().split_once(' ')?;
+            (driver == name).then(|| major.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no character driver {name} in /proc/devices"))
+}
+
+/// A character device node `name` in the scenario's directory, open to everyone: one an agent
+/// could make itself.
+fn node(scenario: &Scenario, name: &str, (major, minor): (u32, u32)) -> String {
+    let path = scenario.dir.join(name);
+    let c_path = CString::new(path.display().to_string()).unwrap();
+    // SAFETY: mknod and chmod on a NUL-terminated path.
+    unsafe {
+        assert_eq!(
+            libc::mknod(
+                c_path.as_ptr(),
+                libc::S_IFCHR | 0o666,
+                libc::makedev(major, minor)
+            ),
+            0,
+            "mknod {major}:{minor}"
+        );
+        assert_eq!(libc::chmod(c_path.as_ptr(), 0o666), 0);
+    }
+    path.display().to_string()
+}
+
+#[test]
+fn agents_reach_no_disk_past_its_files() {
+    let scenario = Scenario::start("raw-storage", Options::default());
+    let (agents, outside) = (&scenario.agents, &scenario.outside);
+
+    // SCSI commands through the disk's SCSI generic device read (and would write) its sectors
+    // with no block device opened: from outside the read works, from agents not.
+    let sg_name = first_in("/sys/class/scsi_generic");
+    let sg = format!("/dev/{sg_name}");
+    let made_sg = node(
+        &scenario,
+        "sg",
+        numbers_of(&format!("/sys/class/scsi_generic/{sg_name}")),
+    );
+    for path in [&sg, &made_sg] {
+        assert_eq!(scenario.tamper(outside, "sg-read", &[path]), Outcome::Ok);
+        assert_eq!(
+            scenario.tamper(agents, "sg-read", &[path]),
+            Outcome::Denied,
+            "a root agent's SCSI read through {path}"
+        );
+    }
+    assert_eq!(
+        scenario.tamper_as_user(agents, "sg-read", &[&made_sg]),
+        Outcome::Denied
+    );
+
+    // The same disk's bsg node: a major the kernel hands out at boot, read from /proc/devices.
+    let bsg = format!("/dev/bsg/{}", first_in("/sys/class/bsg"));
+    assert_eq!(scenario.tamper(outside, "open", &[&bsg]), Outcome::Ok);
+    assert_eq!(scenario.tamper(agents, "open", &[&bsg]), Outcome::Denied);
+
+    // device-mapper's control maps any disk's blocks into a device of its own (a mirror copies
+    // them) with no block device opened by the caller.
+    let control = "/dev/mapper/control";
+    assert_eq!(
+        scenario.tamper(outside, "dm-version", &[control]),
+        Outcome::Ok
+    );
+    assert_eq!(
+        scenario.tamper(agents, "dm-version", &[control]),
+        Outcome::Denied
+    );
+
+    // Nodes of drivers the guest has no device for (NVMe's passthrough, built in), or has not
+    // loaded (input's event devices, uinput): refused before the driver opens, which from
+    // outside answers for itself (no device: not EPERM).
+    for (name, numbers) in [
+        ("nvme", (char_major("nvme"), 0)),
+        ("nvme-generic", (char_major("nvme-generic"), 0)),
+        ("event", (13, 64)),
+        ("uinput", (10, 223)),
+    ] {
+        let path = node(&scenario, name, numbers);
+        assert!(
+            matches!(scenario.tamper(outside, "open", &[&path]), Outcome::Errno(errno) if errno != libc::EPERM),
+            "outside: {name} reaches its driver"
+        );
+        assert_eq!(
+            scenario.tamper(agents, "open", &[&path]),
+            Outcome::Denied,
+            "{name}"
+        );
+        assert_eq!(
+            scenario.tamper_as_user(agents, "open", &[&path]),
+            Outcome::Denied,
+            "{name}"
+        );
+    }
+    journaled(&scenario, "raw_device");
+}
+
+#[test]
+fn agents_mount_no_file_system_on_a_device() {
+    let scenario = Scenario::start("raw-mount", Options::default());
+    let (agents, outside) = (&scenario.agents, &scenario.outside);
+    let disk = std::fs::read_dir("/sys/block")
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .find(|name| name.starts_with("sd"))
+        .map(|name| format!("/dev/{name}"))
+        .expect("the guest's SCSI disk (scsi_debug)");
+    let status = std::process::Command::new("mke2fs")
+        .args(["-F", "-q", &disk])
+        .status()
+        .unwrap();
+    assert!(status.success(), "mke2fs {disk}");
+    let at = scenario.dir.join("mnt").display().to_string();
+    std::fs::create_dir(&at).unwrap();
+    let private = |cgroup, op: &str, args: &[&str]| {
+        let mut all = vec!["private", op];
+        all.extend_from_slice(args);
+        scenario.tamper(cgroup, "in-ns", &all)
+    };
+    // In a mount namespace of its own, as a container's root: by mount(2) and by fsconfig.
+    assert_eq!(
+        private(agents, "mount", &["ext4", &disk, &at]),
+        Outcome::Denied,
+        "a root agent mounted {disk}"
+    );
+    let source = format!("source={disk}");
+    assert_eq!(
+        private(agents, "fsmount", &["ext4", &at, &source]),
+        Outcome::Denied
+    );
+    // What a container needs still mounts.
+    assert_eq!(
+        private(agents, "mount", &["tmpfs", "tmp", &at]),
+        Outcome::Ok
+    );
+    // Control: outside, the same mounts work.
+    assert_eq!(
+        private(outside, "mount", &["ext4", &disk, &at]),
+        Outcome::Ok
+    );
+    assert_eq!(
+        private(outside, "fsmount", &["ext4", &at, &source]),
+        Outcome::Ok
+    );
+    let event = journaled(&scenario, "mount_fs");
+    assert_eq!(event["detail"][1], 5, "refused as a file system: {event}");
+}
