@@ -225,14 +225,21 @@ pub mod hook_args {
         from_last: 1,
     };
 
-    pub const ALL: [HookArg; 1] = [INODE_SETATTR_DENTRY];
+    /// `perf_event_open`'s check: (attr, type) on 6.1, (type) since 6.12.
+    pub const PERF_EVENT_OPEN_TYPE: HookArg = HookArg {
+        global: "ARG_PERF_EVENT_OPEN_TYPE",
+        function: "bpf_lsm_perf_event_open",
+        from_last: 0,
+    };
+
+    pub const ALL: [HookArg; 2] = [INODE_SETATTR_DENTRY, PERF_EVENT_OPEN_TYPE];
 }
 
 /// LSM programs, each named after the hook it attaches to.
 pub const EXEC_PROGRAM: &str = "bprm_check_security";
 pub const CONNECT_PROGRAM: &str = "socket_connect";
 pub const SENDMSG_PROGRAM: &str = "socket_sendmsg";
-pub const PROGRAMS: [&str; 51] = [
+pub const PROGRAMS: [&str; 52] = [
     EXEC_PROGRAM,
     CONNECT_PROGRAM,
     SENDMSG_PROGRAM,
@@ -302,6 +309,9 @@ pub const PROGRAMS: [&str; 51] = [
     "inode_mknod",
     "inode_symlink",
     "inode_mkdir",
+    // perf events on a whole CPU, which watch processes outside the agent's subtree (with
+    // CAP_PERFMON refused in `capable`).
+    "perf_event_open",
 ];
 
 /// Programs on hooks that came with kernels later than the oldest supported, loaded and attached
@@ -604,6 +614,11 @@ pub enum TamperHook {
     /// (CAP_SYS_BOOT: `reboot`, `kexec_load`): every process stops, the daemon's too
     /// (data: capability).
     Reboot = 59,
+    /// Watching processes outside the agent's subtree through perf: an event on a whole CPU
+    /// (or a cgroup's tasks on it), which samples whatever runs there, or CAP_PERFMON, which
+    /// lets an event on another process past the ptrace check (data: the perf check or the
+    /// capability).
+    Perf = 60,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -626,7 +641,7 @@ pub enum MountRefusal {
 
 impl TamperHook {
     /// Every hook, in id order (ids start at 1).
-    pub const ALL: [Self; 59] = {
+    pub const ALL: [Self; 60] = {
         use TamperHook::*;
         [
             Bpf,
@@ -688,6 +703,7 @@ impl TamperHook {
             Clock,
             RawDevice,
             Reboot,
+            Perf,
         ]
     };
 
@@ -756,6 +772,7 @@ impl TamperHook {
             Self::Clock => "clock",
             Self::RawDevice => "raw_device",
             Self::Reboot => "reboot",
+            Self::Perf => "perf",
         }
     }
 }

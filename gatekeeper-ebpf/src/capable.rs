@@ -29,6 +29,11 @@
 //! validity and the host's schedules read: agents get no CAP_SYS_TIME (which only the initial
 //! user namespace grants; a time namespace offsets only the monotonic and boot clocks).
 //!
+//! Processes outside the agent's subtree, through perf: CAP_PERFMON (or CAP_SYS_ADMIN, which
+//! the kernel takes for it) lets a perf event on another process past the ptrace check that
+//! `ptrace_access_check` judges, and its samples hold that process's registers and user stack.
+//! Agents get neither for perf_event_open (see `procs::perf_event_open` for whole CPUs).
+//!
 //! The host's power and the kernel it runs: agents get no CAP_SYS_BOOT in the initial user
 //! namespace (no `reboot`, halt or power-off, no `kexec_load`), which would stop every process,
 //! the daemon's too. In a PID namespace of their own, `reboot` only ends that namespace.
@@ -54,10 +59,14 @@ const CAP_SYS_BOOT: i32 = 22;
 const CAP_SYS_NICE: i32 = 23;
 const CAP_SYS_RAWIO: i32 = 17;
 const CAP_SYS_TIME: i32 = 25;
+const CAP_PERFMON: i32 = 38;
 /// A check that only probes (`ns_capable_noaudit`): refused quietly, it is no attempt.
 const CAP_OPT_NOAUDIT: u32 = 1 << 1;
 /// mount_setattr in the x86-64 and the 32-bit system call tables alike.
 const NR_MOUNT_SETATTR: u64 = 442;
+/// perf_event_open in the x86-64 and the 32-bit system call tables. (The other table's number
+/// is no system call that checks CAP_SYS_ADMIN: 336 is none on x86-64, 298 fchownat on 32-bit.)
+const NR_PERF_EVENT_OPEN: [u64; 2] = [298, 336];
 
 #[lsm(hook = "capable")]
 pub fn capable(ctx: LsmContext) -> i32 {
@@ -75,13 +84,14 @@ pub fn capable(ctx: LsmContext) -> i32 {
         CAP_SYS_TIME => TamperHook::Clock,
         CAP_SYS_RAWIO => TamperHook::KernelMemory,
         CAP_SYS_BOOT => TamperHook::Reboot,
+        CAP_PERFMON => TamperHook::Perf,
         _ => return 0,
     };
     let Some(agent) = agent_cgroup() else {
         return 0;
     };
     if capability == CAP_SYS_ADMIN {
-        return mount_setattr(agent);
+        return sys_admin(agent);
     }
     let namespace: *const u8 = ctx.arg(1);
     match unsafe { read_field::<u32>(namespace, &OFF_USER_NS_LEVEL) } {
@@ -97,11 +107,14 @@ pub fn capable(ctx: LsmContext) -> i32 {
     }
 }
 
-/// The verdict on an agent's CAP_SYS_ADMIN check: refused if it is mount_setattr's in the
-/// host's mount namespace.
+/// The verdict on an agent's CAP_SYS_ADMIN check: refused if it is perf_event_open's (which
+/// takes it for CAP_PERFMON) or mount_setattr's in the host's mount namespace.
 #[inline(always)]
-fn mount_setattr(agent: u64) -> i32 {
+fn sys_admin(agent: u64) -> i32 {
     match current_syscall() {
+        Ok(number) if NR_PERF_EVENT_OPEN.contains(&number) => {
+            tamper(agent, TamperHook::Perf, [CAP_SYS_ADMIN as u64, 0])
+        }
         Ok(number) if number != NR_MOUNT_SETATTR => 0,
         Ok(_) if !caller_in_host_namespace() => 0,
         Ok(_) => tamper(

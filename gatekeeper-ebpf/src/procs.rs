@@ -1,5 +1,10 @@
 //! Processes: an agent acts on no process outside its own agent subtree (ptrace and its
 //! relatives, /proc/PID files), and cannot change how the daemon is scheduled or limited.
+//!
+//! Nor does it watch them through perf: an event on a task passes `ptrace_access_check` (once
+//! CAP_PERFMON, which skips it, is refused in `capable`), but one on a whole CPU (or a cgroup)
+//! samples whatever runs there, the daemon included: its user stack and registers, its raw
+//! tracepoint data. Agents open perf events on their own tasks only.
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, macros::lsm, programs::LsmContext};
 use gatekeeper_common::{MAX_CGROUP_DEPTH, TamperHook};
@@ -30,6 +35,9 @@ const NICE_LIMIT_AT_NICE_0: u64 = 20;
 /// either number reaches it.) A move into a cpuset cgroup, which reaches it too, is refused with
 /// the rest: whatever reaches it is refused unless known to change no priority.
 const NR_SCHED_SETAFFINITY: [u64; 2] = [203, 241];
+
+/// `perf_event_open`'s check of an event on a whole CPU rather than a task.
+const PERF_SECURITY_CPU: i32 = 1;
 
 /// ptrace_may_access callers that only decide what to show (ps reading /proc/PID/stat).
 const PTRACE_MODE_NOAUDIT: u32 = 0x04;
@@ -259,4 +267,38 @@ pub fn proc_write(inode: *const u8, mask: i32) -> i32 {
             [tgid_of(task) as u64, mask as u64],
         ),
     }
+}
+
+/// The index of `perf_event_open`'s check argument on the running kernel
+/// ([`gatekeeper_common::hook_args::PERF_EVENT_OPEN_TYPE`]), written by the daemon.
+#[unsafe(no_mangle)]
+static ARG_PERF_EVENT_OPEN_TYPE: u32 = 0;
+
+/// perf_event_open(2): events on a CPU (or a cgroup's tasks on it) are refused to agents.
+#[lsm(hook = "perf_event_open")]
+pub fn perf_event_open(ctx: LsmContext) -> i32 {
+    // The check, then the previous program's verdict. The index is a constant of the loaded
+    // program (volatile only so its placeholder is not folded), so the verifier follows one
+    // branch: on 6.12, one argument shorter, the third slot is never read. That read stays in
+    // a function of its own, or the compiler would make one read at a chosen offset of both.
+    let (first, second): (i32, i32) = (ctx.arg(0), ctx.arg(1));
+    let (check, previous) = match unsafe { core::ptr::read_volatile(&ARG_PERF_EVENT_OPEN_TYPE) } {
+        0 => (first, second),
+        _ => (second, third_argument(&ctx)),
+    };
+    if previous != 0 {
+        return previous;
+    }
+    if check != PERF_SECURITY_CPU {
+        return 0;
+    }
+    match agent_cgroup() {
+        Some(agent) => tamper(agent, TamperHook::Perf, [check as u64, 0]),
+        None => 0,
+    }
+}
+
+#[inline(never)]
+fn third_argument(ctx: &LsmContext) -> i32 {
+    ctx.arg(2)
 }

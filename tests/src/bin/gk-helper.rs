@@ -129,6 +129,30 @@ fn io_ports(how: &str) -> Result<(), i32> {
     call(give_back)
 }
 
+fn perf_open(on: &str, pid: Option<&str>) -> Result<(), i32> {
+    const PERF_TYPE_SOFTWARE: u32 = 1;
+    // struct perf_event_attr as of its 128-byte version: type, size, config (cpu-clock: 0),
+    // then at byte 40 the flags: disabled, exclude_kernel, exclude_hv.
+    const ATTR_SIZE: usize = 128;
+    const FLAGS: u64 = 1 | 1 << 5 | 1 << 6;
+    let (pid, cpu): (libc::c_long, libc::c_long) = match (on, pid) {
+        ("cpu", None) => (-1, 0),
+        ("self", None) => (0, -1),
+        ("task", Some(pid)) => (pid.parse().map_err(|_| libc::EINVAL)?, -1),
+        _ => return Err(libc::EINVAL),
+    };
+    let mut attr = [0u8; ATTR_SIZE];
+    attr[0..4].copy_from_slice(&PERF_TYPE_SOFTWARE.to_ne_bytes());
+    attr[4..8].copy_from_slice(&(ATTR_SIZE as u32).to_ne_bytes());
+    attr[40..48].copy_from_slice(&FLAGS.to_ne_bytes());
+    // SAFETY: the attribute outlives the call and says its own size.
+    let fd =
+        fd_of(unsafe { libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), pid, cpu, -1, 0) })?;
+    // SAFETY: closes the descriptor opened above.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
 /// The fields of `struct sg_io_hdr` (the v3 SG_IO interface) sg_read sets or reads.
 #[repr(C)]
 struct SgIoHdr {
@@ -742,6 +766,9 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         // reboot: reboot(2) with a wrong magic number, which the kernel answers with EINVAL
         // once the caller has CAP_SYS_BOOT (and reboots nothing).
         "reboot" => errno_of(unsafe { libc::syscall(libc::SYS_reboot, 0, 0, 0, 0) }),
+        // perf cpu|self|task PID: a software event (cpu-clock, user space only) opened on CPU 0,
+        // on this process, or on process PID.
+        "perf" => perf_open(text(0)?, args.get(1).copied()),
         // sg-read PATH: the disk's first sector, read with a SCSI command (SG_IO, READ(10))
         // through a SCSI generic device.
         "sg-read" => sg_read(text(0)?),

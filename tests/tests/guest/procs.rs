@@ -53,6 +53,26 @@ impl Drop for Sleeper {
     }
 }
 
+/// `kernel.perf_event_paranoid` set to -1 (perf open to every user) until dropped, when the
+/// host's value comes back.
+struct ParanoidPerf(String);
+
+impl ParanoidPerf {
+    const PATH: &'static str = "/proc/sys/kernel/perf_event_paranoid";
+
+    fn open_to_all() -> Self {
+        let was = std::fs::read_to_string(Self::PATH).unwrap();
+        std::fs::write(Self::PATH, "-1").unwrap();
+        Self(was)
+    }
+}
+
+impl Drop for ParanoidPerf {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, self.0.trim());
+    }
+}
+
 /// A cgroup below the agent cgroup (made from outside, as the agent may not).
 fn below(scenario: &Scenario) -> std::path::PathBuf {
     let sub = scenario.agents.join("sub");
@@ -115,6 +135,47 @@ fn agent_cannot_act_through_processes_outside_its_subtree() {
         each_reach(&scenario, &scenario.outside, user, &fellow.pid(), true);
     }
     journaled(&scenario, "ptrace_outside");
+
+    // perf: an event on a process outside is refused as ptrace is (EACCES: the kernel would
+    // let CAP_PERFMON past that check, which agents do not get); from outside it opens.
+    let host = Sleeper::start(outside, false);
+    let pid = host.pid();
+    let perf = |cgroup: &Path, user: bool, args: &[&str]| {
+        if user {
+            scenario.tamper_as_user(cgroup, "perf", args)
+        } else {
+            scenario.tamper(cgroup, "perf", args)
+        }
+    };
+    assert_eq!(
+        perf(&scenario.agents, false, &["task", &pid]),
+        Outcome::Errno(libc::EACCES)
+    );
+    assert_eq!(perf(&scenario.outside, false, &["task", &pid]), Outcome::Ok);
+    // An event on a whole CPU samples every process that runs there. With perf open to every
+    // user (perf_event_paranoid -1; Debian's kernels allow unprivileged users none), it is
+    // still refused to agents, root or not, while their own process stays theirs to profile.
+    let paranoid = ParanoidPerf::open_to_all();
+    let user_host = Sleeper::start(outside, true);
+    for user in [false, true] {
+        assert_eq!(
+            perf(&scenario.agents, user, &["cpu"]),
+            Outcome::Denied,
+            "user: {user}"
+        );
+        assert_eq!(perf(&scenario.outside, user, &["cpu"]), Outcome::Ok);
+        assert_eq!(perf(&scenario.agents, user, &["self"]), Outcome::Ok);
+    }
+    assert_eq!(
+        perf(&scenario.agents, true, &["task", &user_host.pid()]),
+        Outcome::Errno(libc::EACCES)
+    );
+    assert_eq!(
+        perf(&scenario.outside, true, &["task", &user_host.pid()]),
+        Outcome::Ok
+    );
+    drop(paranoid);
+    journaled(&scenario, "perf");
 
     // A debugger or container runtime in the agent cgroup still handles its own children.
     assert_eq!(
