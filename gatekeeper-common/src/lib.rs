@@ -619,6 +619,12 @@ pub enum TamperHook {
     /// lets an event on another process past the ptrace check (data: the perf check or the
     /// capability).
     Perf = 60,
+    /// Reconfiguring a host console, keyboard, serial port or real-time clock through an ioctl
+    /// the kernel guards with no capability agents lack: a console keymap or key string (a key
+    /// the operator presses types the agent's text), the keyboard's mode, the console shown or
+    /// its font, where console messages go, a serial port's I/O address (raw port access, or a
+    /// crash), a clock's alarm or parameters (data: ioctl command, 0).
+    DeviceControl = 61,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -641,7 +647,7 @@ pub enum MountRefusal {
 
 impl TamperHook {
     /// Every hook, in id order (ids start at 1).
-    pub const ALL: [Self; 60] = {
+    pub const ALL: [Self; 61] = {
         use TamperHook::*;
         [
             Bpf,
@@ -704,6 +710,7 @@ impl TamperHook {
             RawDevice,
             Reboot,
             Perf,
+            DeviceControl,
         ]
     };
 
@@ -773,6 +780,7 @@ impl TamperHook {
             Self::RawDevice => "raw_device",
             Self::Reboot => "reboot",
             Self::Perf => "perf",
+            Self::DeviceControl => "device_control",
         }
     }
 }

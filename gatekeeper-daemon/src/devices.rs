@@ -3,9 +3,11 @@
 //! devices read and write sectors (SG_IO) without CAP_SYS_RAWIO, device-mapper's control maps
 //! a disk's blocks anywhere, NVMe's character devices pass commands through; input devices and
 //! uinput read and type an operator's keys; USB devices, vfio and uio drive hardware; the TPM
-//! unseals what the host sealed; a watchdog reboots the host; a PTP clock sets the time chrony
+//! unseals what the host sealed; the virtual consoles and serial ports are where an operator
+//! types (and a serial port's settings reach I/O ports); a watchdog reboots the host; a PTP clock sets the time chrony
 //! follows; a macvtap sends frames onto the host's link past the socket hooks; GPIO, I2C and SPI
-//! buses reach the board's own chips.
+//! buses reach the board's own chips; the VGA arbiter changes what PCI devices decode, and a
+//! CPU latency request keeps every CPU out of its idle states.
 //!
 //! Majors that the kernel hands out as drivers register are read from `/proc/devices` and misc
 //! minors from `/proc/misc`, at start and whenever they change ([`read`]); those with a fixed
@@ -21,7 +23,9 @@ pub const PROC_MISC: &str = "/proc/misc";
 const MISC_MAJOR: u32 = 10;
 
 /// Fixed numbers (Documentation/admin-guide/devices.txt): (major, minor or [`ALL_MINORS`]).
-const FIXED: [(u32, u32); 13] = [
+const FIXED: [(u32, u32); 15] = [
+    (4, ALL_MINORS),   // the virtual consoles and serial ports (tty0-63, ttyS*)
+    (5, 1),            // /dev/console
     (7, ALL_MINORS),   // vcs: the text consoles' screens
     (13, ALL_MINORS),  // input: event devices, mice, joysticks
     (21, ALL_MINORS),  // sg: SCSI generic
@@ -71,8 +75,10 @@ const NAMED_MAJORS: [&str; 26] = [
 const NAMED_MAJOR_PREFIXES: [&str; 1] = ["ubi"];
 
 /// Misc devices by the name they register in `/proc/misc`.
-const NAMED_MISC: [&str; 9] = [
+const NAMED_MISC: [&str; 12] = [
+    "cpu_dma_latency",
     "device-mapper",
+    "hpet",
     "iommu",
     "nvram",
     "snapshot",
@@ -80,6 +86,7 @@ const NAMED_MISC: [&str; 9] = [
     "uhid",
     "uinput",
     "vfio",
+    "vga_arbiter",
     "watchdog",
 ];
 
@@ -158,10 +165,14 @@ mod tests {
             assert!(has(&keys, major, ALL_MINORS), "{major}");
         }
         assert!(has(&keys, MISC_MAJOR, 57), "iommu");
-        // What agents and their containers use stays theirs: ttys, rtc reads, tun, fuse, kvm.
-        for major in [1, 4, 10, 128, 241, 253] {
+        // What agents and their containers use stays theirs: memory devices such as /dev/null,
+        // pseudo-terminals, their controlling terminal and ptmx, rtc reads, tun, fuse, kvm.
+        for major in [1, 10, 128, 136, 241, 253] {
             assert!(!has(&keys, major, ALL_MINORS), "{major}");
         }
+        assert!(!has(&keys, 5, 0) && !has(&keys, 5, 2));
+        // The consoles and serial ports are the host's.
+        assert!(has(&keys, 4, ALL_MINORS) && has(&keys, 5, 1));
         for minor in [200, 229, 232] {
             assert!(!has(&keys, MISC_MAJOR, minor), "{minor}");
         }

@@ -71,6 +71,48 @@ const FS_IOC_SETFLAGS: u32 = 0x4008_6602;
 /// selection): both make the terminal's reader run what an agent chose.
 const TIOCSTI: u32 = 0x5412;
 const TIOCLINUX: u32 = 0x541c;
+/// ioctls that reconfigure a host device and need no capability agents lack (see
+/// [`TamperHook::DeviceControl`]): the virtual consoles' keyboard (mode, keymap, key strings,
+/// accents, keycodes, meta, the signal a key sends), display (text or graphics, fonts, screen
+/// and colour maps), switching (mode, activate, lock, resize, deallocate), where console
+/// messages go (TIOCCONS), a serial port's settings and autoconfiguration, RS-485 mode, and a
+/// real-time clock's alarms and parameters.
+const DEVICE_CONTROL_IOCTLS: [u32; 34] = [
+    0x4b3a,      // KDSETMODE
+    0x4b41,      // PIO_SCRNMAP
+    0x4b45,      // KDSKBMODE
+    0x4b47,      // KDSKBENT
+    0x4b49,      // KDSKBSENT
+    0x4b4b,      // KDSKBDIACR
+    0x4b4d,      // KDSETKEYCODE
+    0x4b4e,      // KDSIGACCEPT
+    0x4b61,      // PIO_FONT
+    0x4b63,      // KDSKBMETA
+    0x4b67,      // PIO_UNIMAP
+    0x4b68,      // PIO_UNIMAPCLR
+    0x4b6a,      // PIO_UNISCRNMAP
+    0x4b6c,      // PIO_FONTX
+    0x4b71,      // PIO_CMAP
+    0x4b72,      // KDFONTOP
+    0x4bfb,      // KDSKBDIACRUC
+    0x4b34,      // KDADDIO
+    0x4b36,      // KDENABIO
+    0x5602,      // VT_SETMODE
+    0x5605,      // VT_RELDISP
+    0x5606,      // VT_ACTIVATE
+    0x5608,      // VT_DISALLOCATE
+    0x5609,      // VT_RESIZE
+    0x560a,      // VT_RESIZEX
+    0x560b,      // VT_LOCKSWITCH
+    0x560f,      // VT_SETACTIVATE
+    0x541d,      // TIOCCONS
+    0x541f,      // TIOCSSERIAL
+    0x5453,      // TIOCSERCONFIG
+    0x542f,      // TIOCSRS485
+    0x4024_7007, // RTC_ALM_SET
+    0x4028_700f, // RTC_WKALM_SET
+    0x4018_7014, // RTC_PARAM_SET
+];
 const FS_IOC32_SETFLAGS: u32 = 0x4004_6602;
 const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
 const FS_IOC_ENABLE_VERITY: u32 = 0x4080_6685;
@@ -796,16 +838,19 @@ fn guard_ioctl(file: *const u8, cmd: u32, previous: i32) -> i32 {
     if previous != 0 {
         return previous;
     }
-    // The command first: every other ioctl on the host costs one comparison.
-    if !matches!(
-        cmd,
-        FS_IOC_SETFLAGS
-            | FS_IOC32_SETFLAGS
-            | FS_IOC_FSSETXATTR
-            | FS_IOC_ENABLE_VERITY
-            | TIOCSTI
-            | TIOCLINUX
-    ) {
+    // The command first: every other ioctl on the host costs a few comparisons.
+    let device_control = DEVICE_CONTROL_IOCTLS.contains(&cmd);
+    if !device_control
+        && !matches!(
+            cmd,
+            FS_IOC_SETFLAGS
+                | FS_IOC32_SETFLAGS
+                | FS_IOC_FSSETXATTR
+                | FS_IOC_ENABLE_VERITY
+                | TIOCSTI
+                | TIOCLINUX
+        )
+    {
         return 0;
     }
     let Some(agent) = agent_cgroup() else {
@@ -813,6 +858,9 @@ fn guard_ioctl(file: *const u8, cmd: u32, previous: i32) -> i32 {
     };
     if matches!(cmd, TIOCSTI | TIOCLINUX) {
         return tamper(agent, TamperHook::TerminalInput, [cmd as u64, 0]);
+    }
+    if device_control {
+        return tamper(agent, TamperHook::DeviceControl, [cmd as u64, 0]);
     }
     let dentry = unsafe { read_field::<*const u8>(file, &OFF_FILE_INODE) }
         .and_then(|inode| unsafe { opened_dentry(file, inode) });

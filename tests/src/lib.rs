@@ -1021,6 +1021,15 @@ alice = "{alice_key}"
         helper_outcome(&all)
     }
 
+    /// [`Scenario::tamper`] with `path` opened outside the agent cgroups as the standard input
+    /// (a terminal the agent was started from).
+    pub fn tamper_holding(&self, cgroup: &Path, path: &str, op: &str, args: &[&str]) -> Outcome {
+        let cgroup = cgroup.display().to_string();
+        let mut all = vec!["holding", path, cgroup.as_str(), op];
+        all.extend_from_slice(args);
+        helper_outcome(&all)
+    }
+
     /// [`Scenario::tamper`] as the ordinary user [`UNLISTED_UID`] (no capabilities) in `cgroup`.
     pub fn tamper_as_user(&self, cgroup: &Path, op: &str, args: &[&str]) -> Outcome {
         let uid = UNLISTED_UID.to_string();

@@ -153,6 +153,56 @@ fn perf_open(on: &str, pid: Option<&str>) -> Result<(), i32> {
     Ok(())
 }
 
+/// Opens `path` for reading and writing (no controlling terminal, no wait for a carrier) as
+/// standard input.
+fn hold_as_stdin(path: &str) -> Result<(), i32> {
+    let fd = open_raw(path, libc::O_RDWR | libc::O_NONBLOCK | libc::O_NOCTTY)?;
+    // SAFETY: dup2 and close of descriptors this process owns.
+    errno_of(unsafe { libc::dup2(fd, 0) } as libc::c_long)?;
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
+fn vt_ioctl(what: &str) -> Result<(), i32> {
+    const KDGKBENT: libc::c_ulong = 0x4b46;
+    const KDSKBENT: libc::c_ulong = 0x4b47;
+    const VT_GETSTATE: libc::c_ulong = 0x5603;
+    const VT_ACTIVATE: libc::c_ulong = 0x5606;
+    const TIOCGSERIAL: libc::c_ulong = 0x541e;
+    const TIOCSSERIAL: libc::c_ulong = 0x541f;
+    // A buffer large enough for struct kbentry, vt_stat and serial_struct; for the keymap,
+    // table 0 (plain), key 28 (Enter).
+    let mut buffer = [0u8; 128];
+    if what == "keymap" {
+        buffer[1] = 28;
+    }
+    let at = buffer.as_mut_ptr();
+    let call = |request: libc::c_ulong, arg: *mut u8| {
+        // SAFETY: each request gets a buffer of at least its size that outlives the call.
+        errno_of(unsafe { libc::ioctl(0, request, arg) } as libc::c_long)
+    };
+    match what {
+        "keymap" => {
+            call(KDGKBENT, at)?;
+            call(KDSKBENT, at)
+        }
+        "activate" => {
+            call(VT_GETSTATE, at)?;
+            // SAFETY: v_active, the first field, as VT_GETSTATE wrote it.
+            let active = unsafe { at.cast::<u16>().read_unaligned() };
+            // SAFETY: VT_ACTIVATE takes the console's number.
+            errno_of(
+                unsafe { libc::ioctl(0, VT_ACTIVATE, libc::c_ulong::from(active)) } as libc::c_long,
+            )
+        }
+        "serial" => {
+            call(TIOCGSERIAL, at)?;
+            call(TIOCSSERIAL, at)
+        }
+        _ => Err(libc::EINVAL),
+    }
+}
+
 /// The fields of `struct sg_io_hdr` (the v3 SG_IO interface) sg_read sets or reads.
 #[repr(C)]
 struct SgIoHdr {
@@ -769,6 +819,9 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         // perf cpu|self|task PID: a software event (cpu-clock, user space only) opened on CPU 0,
         // on this process, or on process PID.
         "perf" => perf_open(text(0)?, args.get(1).copied()),
+        // vt-ioctl keymap|activate|serial: on standard input, a setting written back as it
+        // reads (a console keymap entry, the active console, a serial port's settings).
+        "vt-ioctl" => vt_ioctl(text(0)?),
         // sg-read PATH: the disk's first sector, read with a SCSI command (SG_IO, READ(10))
         // through a SCSI generic device.
         "sg-read" => sg_read(text(0)?),
@@ -1985,6 +2038,13 @@ fn main() -> ExitCode {
                 print_result(net(op, &target));
             }
             ["tamper", cgroup, op, rest @ ..] => {
+                joined(cgroup)?;
+                print_result(tamper(op, rest));
+            }
+            // holding PATH CGROUP OP [ARGS...]: PATH opened here, before joining CGROUP, as the
+            // standard input OP then has (a terminal an agent was started from).
+            ["holding", path, cgroup, op, rest @ ..] => {
+                hold_as_stdin(path).map_err(|_| ExitCode::from(2))?;
                 joined(cgroup)?;
                 print_result(tamper(op, rest));
             }

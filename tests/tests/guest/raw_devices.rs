@@ -1,7 +1,9 @@
 //! Agents reach storage only through files, and the host's hardware not at all: no SCSI generic,
-//! bsg or NVMe device, no device-mapper control, no input device, and no file system on a device
-//! mounted, in any mount namespace, whether the node is the host's or one the agent made. The
-//! guests boot with a small SCSI disk in memory (scsi_debug) and device-mapper loaded.
+//! bsg or NVMe device, no device-mapper control, no input device, no console or serial port,
+//! and no file system on a device mounted, in any mount namespace, whether the node is the
+//! host's or one the agent made; nor do they reconfigure a console or serial port they were
+//! handed. The guests boot with a small SCSI disk in memory (scsi_debug) and device-mapper
+//! loaded.
 
 use std::ffi::CString;
 
@@ -179,4 +181,47 @@ fn agents_mount_no_file_system_on_a_device() {
     );
     let event = journaled(&scenario, "mount_fs");
     assert_eq!(event["detail"][1], 5, "refused as a file system: {event}");
+}
+
+#[test]
+fn agents_use_no_console_or_serial_port_of_the_host() {
+    let scenario = Scenario::start("raw-console", Options::default());
+    let (agents, outside) = (&scenario.agents, &scenario.outside);
+    // A virtual console, a serial port the guest does not use, the console: where an operator
+    // types. Opened from outside, by agents not, nor through nodes they made.
+    for (path, numbers) in [
+        ("/dev/tty5", (4, 5)),
+        ("/dev/ttyS1", (4, 65)),
+        ("/dev/console", (5, 1)),
+    ] {
+        assert_eq!(scenario.tamper(outside, "open", &[path]), Outcome::Ok);
+        assert_eq!(
+            scenario.tamper(agents, "open", &[path]),
+            Outcome::Denied,
+            "{path}"
+        );
+        let made = node(&scenario, &path.replace('/', "-"), numbers);
+        scenario.agents_denied("open", &[&made]);
+    }
+    journaled(&scenario, "raw_device");
+    // Handed one, as an agent started from a console is: its keymap (shared by every console,
+    // so a key the operator presses would type the agent's text), the console shown, a serial
+    // port's settings (its I/O address) stay as they are. Each is written back as it reads.
+    for (path, what) in [
+        ("/dev/tty5", "keymap"),
+        ("/dev/tty5", "activate"),
+        ("/dev/ttyS1", "serial"),
+    ] {
+        assert_eq!(
+            scenario.tamper_holding(outside, path, "vt-ioctl", &[what]),
+            Outcome::Ok,
+            "outside: {what}"
+        );
+        assert_eq!(
+            scenario.tamper_holding(agents, path, "vt-ioctl", &[what]),
+            Outcome::Denied,
+            "a root agent's {what} on {path}"
+        );
+    }
+    journaled(&scenario, "device_control");
 }
