@@ -611,8 +611,8 @@ pub enum TamperHook {
     /// (data: device, inode; [`RAW_DEVICES`](crate::maps::RAW_DEVICES) lists them).
     RawDevice = 58,
     /// Rebooting, halting or powering off the host, or loading a kernel to boot into
-    /// (CAP_SYS_BOOT: `reboot`, `kexec_load`): every process stops, the daemon's too
-    /// (data: capability).
+    /// (CAP_SYS_BOOT: `reboot`, `kexec_load`): every process stops, the daemon's too; or
+    /// setting a timer that wakes it from suspend (CAP_WAKE_ALARM) (data: capability).
     Reboot = 59,
     /// Watching processes outside the agent's subtree through perf: an event on a whole CPU
     /// (or a cgroup's tasks on it), which samples whatever runs there, or CAP_PERFMON, which
@@ -623,7 +623,8 @@ pub enum TamperHook {
     /// the kernel guards with no capability agents lack: a console keymap or key string (a key
     /// the operator presses types the agent's text), the keyboard's mode, the console shown or
     /// its font, where console messages go, a serial port's I/O address (raw port access, or a
-    /// crash), a clock's alarm or parameters (data: ioctl command, 0).
+    /// crash), a clock's alarm or parameters; or a whole file system frozen, thawed, shut down
+    /// or relabelled (data: ioctl command, 0).
     DeviceControl = 61,
 }
 

@@ -3,11 +3,12 @@
 //! devices read and write sectors (SG_IO) without CAP_SYS_RAWIO, device-mapper's control maps
 //! a disk's blocks anywhere, NVMe's character devices pass commands through; input devices and
 //! uinput read and type an operator's keys; USB devices, vfio and uio drive hardware; the TPM
-//! unseals what the host sealed; the virtual consoles and serial ports are where an operator
+//! unseals what the host sealed, as a confidential VM's guest device derives its keys; the virtual consoles and serial ports are where an operator
 //! types (and a serial port's settings reach I/O ports); a watchdog reboots the host; a PTP clock sets the time chrony
 //! follows; a macvtap sends frames onto the host's link past the socket hooks; GPIO, I2C and SPI
 //! buses reach the board's own chips; the VGA arbiter changes what PCI devices decode, and a
-//! CPU latency request keeps every CPU out of its idle states.
+//! CPU latency request keeps every CPU out of its idle states; rfkill turns the host's radios
+//! off; autofs's control acts on the host's automounts.
 //!
 //! Majors that the kernel hands out as drivers register are read from `/proc/devices` and misc
 //! minors from `/proc/misc`, at start and whenever they change ([`read`]); those with a fixed
@@ -23,13 +24,17 @@ pub const PROC_MISC: &str = "/proc/misc";
 const MISC_MAJOR: u32 = 10;
 
 /// Fixed numbers (Documentation/admin-guide/devices.txt): (major, minor or [`ALL_MINORS`]).
-const FIXED: [(u32, u32); 15] = [
+const FIXED: [(u32, u32); 19] = [
     (4, ALL_MINORS),   // the virtual consoles and serial ports (tty0-63, ttyS*)
     (5, 1),            // /dev/console
     (7, ALL_MINORS),   // vcs: the text consoles' screens
     (13, ALL_MINORS),  // input: event devices, mice, joysticks
     (21, ALL_MINORS),  // sg: SCSI generic
+    (29, ALL_MINORS),  // fb: the framebuffers, a console's pixels
     (90, ALL_MINORS),  // mtd: raw flash
+    (99, ALL_MINORS),  // ppdev: a parallel port's I/O
+    (204, ALL_MINORS), // ttyAMA and other serial consoles
+    (229, ALL_MINORS), // hvc: hypervisor consoles (the usual cloud and Xen console)
     (189, ALL_MINORS), // usb_device: usbfs's device nodes
     (MISC_MAJOR, 130), // watchdog
     (MISC_MAJOR, 144), // nvram: the CMOS's memory
@@ -75,18 +80,24 @@ const NAMED_MAJORS: [&str; 26] = [
 const NAMED_MAJOR_PREFIXES: [&str; 1] = ["ubi"];
 
 /// Misc devices by the name they register in `/proc/misc`.
-const NAMED_MISC: [&str; 12] = [
+const NAMED_MISC: [&str; 18] = [
+    "autofs",
     "cpu_dma_latency",
     "device-mapper",
     "hpet",
     "iommu",
     "nvram",
+    "rfkill",
+    "sev-guest",
+    "sgx_provision",
     "snapshot",
+    "tdx_guest",
     "ubi_ctrl",
     "uhid",
     "uinput",
     "vfio",
     "vga_arbiter",
+    "vtpmx",
     "watchdog",
 ];
 

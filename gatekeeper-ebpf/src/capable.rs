@@ -36,7 +36,9 @@
 //!
 //! The host's power and the kernel it runs: agents get no CAP_SYS_BOOT in the initial user
 //! namespace (no `reboot`, halt or power-off, no `kexec_load`), which would stop every process,
-//! the daemon's too. In a PID namespace of their own, `reboot` only ends that namespace.
+//! the daemon's too. In a PID namespace of their own, `reboot` only ends that namespace. Nor
+//! CAP_WAKE_ALARM: no timer that wakes the host from suspend, as a real-time clock's alarm
+//! would (refused in `file_ioctl`).
 //!
 //! `mount_setattr(2)`, which changes a mount's flags and propagation, has no LSM hook; its first
 //! step is the CAP_SYS_ADMIN check of `may_mount()`, which is refused here when the system call
@@ -59,6 +61,7 @@ const CAP_SYS_BOOT: i32 = 22;
 const CAP_SYS_NICE: i32 = 23;
 const CAP_SYS_RAWIO: i32 = 17;
 const CAP_SYS_TIME: i32 = 25;
+const CAP_WAKE_ALARM: i32 = 35;
 const CAP_PERFMON: i32 = 38;
 /// A check that only probes (`ns_capable_noaudit`): refused quietly, it is no attempt.
 const CAP_OPT_NOAUDIT: u32 = 1 << 1;
@@ -83,7 +86,7 @@ pub fn capable(ctx: LsmContext) -> i32 {
         CAP_SYS_ADMIN => TamperHook::MountSetattr,
         CAP_SYS_TIME => TamperHook::Clock,
         CAP_SYS_RAWIO => TamperHook::KernelMemory,
-        CAP_SYS_BOOT => TamperHook::Reboot,
+        CAP_SYS_BOOT | CAP_WAKE_ALARM => TamperHook::Reboot,
         CAP_PERFMON => TamperHook::Perf,
         _ => return 0,
     };

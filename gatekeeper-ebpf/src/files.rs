@@ -75,9 +75,10 @@ const TIOCLINUX: u32 = 0x541c;
 /// [`TamperHook::DeviceControl`]): the virtual consoles' keyboard (mode, keymap, key strings,
 /// accents, keycodes, meta, the signal a key sends), display (text or graphics, fonts, screen
 /// and colour maps), switching (mode, activate, lock, resize, deallocate), where console
-/// messages go (TIOCCONS), a serial port's settings and autoconfiguration, RS-485 mode, and a
-/// real-time clock's alarms and parameters.
-const DEVICE_CONTROL_IOCTLS: [u32; 34] = [
+/// messages go (TIOCCONS), a serial port's settings and autoconfiguration, RS-485 mode, a
+/// real-time clock's alarms and parameters; and a whole file system frozen, thawed, shut down
+/// or relabelled (which fstab may mount it by).
+const DEVICE_CONTROL_IOCTLS: [u32; 39] = [
     0x4b3a,      // KDSETMODE
     0x4b41,      // PIO_SCRNMAP
     0x4b45,      // KDSKBMODE
@@ -104,6 +105,7 @@ const DEVICE_CONTROL_IOCTLS: [u32; 34] = [
     0x5609,      // VT_RESIZE
     0x560a,      // VT_RESIZEX
     0x560b,      // VT_LOCKSWITCH
+    0x560c,      // VT_UNLOCKSWITCH
     0x560f,      // VT_SETACTIVATE
     0x541d,      // TIOCCONS
     0x541f,      // TIOCSSERIAL
@@ -112,6 +114,10 @@ const DEVICE_CONTROL_IOCTLS: [u32; 34] = [
     0x4024_7007, // RTC_ALM_SET
     0x4028_700f, // RTC_WKALM_SET
     0x4018_7014, // RTC_PARAM_SET
+    0xc004_5877, // FIFREEZE
+    0xc004_5878, // FITHAW
+    0x8004_587d, // FS_IOC_SHUTDOWN (ext4, xfs, f2fs)
+    0x4100_9432, // FS_IOC_SETFSLABEL
 ];
 const FS_IOC32_SETFLAGS: u32 = 0x4004_6602;
 const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;

@@ -168,6 +168,7 @@ fn vt_ioctl(what: &str) -> Result<(), i32> {
     const KDSKBENT: libc::c_ulong = 0x4b47;
     const VT_GETSTATE: libc::c_ulong = 0x5603;
     const VT_ACTIVATE: libc::c_ulong = 0x5606;
+    const VT_UNLOCKSWITCH: libc::c_ulong = 0x560c;
     const TIOCGSERIAL: libc::c_ulong = 0x541e;
     const TIOCSSERIAL: libc::c_ulong = 0x541f;
     // A buffer large enough for struct kbentry, vt_stat and serial_struct; for the keymap,
@@ -199,8 +200,25 @@ fn vt_ioctl(what: &str) -> Result<(), i32> {
             call(TIOCGSERIAL, at)?;
             call(TIOCSSERIAL, at)
         }
+        // SAFETY: VT_UNLOCKSWITCH takes no argument.
+        "unlock" => errno_of(unsafe { libc::ioctl(0, VT_UNLOCKSWITCH) } as libc::c_long),
         _ => Err(libc::EINVAL),
     }
+}
+
+fn fs_freeze(dir: &str) -> Result<(), i32> {
+    const FIFREEZE: libc::c_ulong = 0xc004_5877;
+    const FITHAW: libc::c_ulong = 0xc004_5878;
+    let fd = open_raw(dir, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    // SAFETY: FIFREEZE and FITHAW take an unused int argument, on a descriptor owned here.
+    let frozen = errno_of(unsafe { libc::ioctl(fd, FIFREEZE, 0) } as libc::c_long);
+    let thawed = match frozen {
+        Ok(()) => errno_of(unsafe { libc::ioctl(fd, FITHAW, 0) } as libc::c_long),
+        Err(_) => Ok(()),
+    };
+    // SAFETY: closes the descriptor opened above.
+    unsafe { libc::close(fd) };
+    frozen.and(thawed)
 }
 
 /// The fields of `struct sg_io_hdr` (the v3 SG_IO interface) sg_read sets or reads.
@@ -819,9 +837,20 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         // perf cpu|self|task PID: a software event (cpu-clock, user space only) opened on CPU 0,
         // on this process, or on process PID.
         "perf" => perf_open(text(0)?, args.get(1).copied()),
-        // vt-ioctl keymap|activate|serial: on standard input, a setting written back as it
-        // reads (a console keymap entry, the active console, a serial port's settings).
+        // vt-ioctl keymap|activate|serial|unlock: on standard input, a setting written back as
+        // it reads (a console keymap entry, the active console, a serial port's settings), or
+        // console switching unlocked (as it is unless someone locked it).
         "vt-ioctl" => vt_ioctl(text(0)?),
+        // fs-freeze DIR: the file system of DIR frozen and thawed at once (FIFREEZE, FITHAW).
+        "fs-freeze" => fs_freeze(text(0)?),
+        // wake-alarm: a timer that would wake the host from suspend (CLOCK_BOOTTIME_ALARM).
+        "wake-alarm" => {
+            const CLOCK_BOOTTIME_ALARM: libc::c_int = 9;
+            // SAFETY: timerfd_create takes numbers; the descriptor is closed at once.
+            let fd = fd_of(unsafe { libc::timerfd_create(CLOCK_BOOTTIME_ALARM, 0) }.into())?;
+            unsafe { libc::close(fd) };
+            Ok(())
+        }
         // sg-read PATH: the disk's first sector, read with a SCSI command (SG_IO, READ(10))
         // through a SCSI generic device.
         "sg-read" => sg_read(text(0)?),

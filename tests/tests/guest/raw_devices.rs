@@ -181,6 +181,21 @@ fn agents_mount_no_file_system_on_a_device() {
     );
     let event = journaled(&scenario, "mount_fs");
     assert_eq!(event["detail"][1], 5, "refused as a file system: {event}");
+
+    // Nor do agents freeze a file system the host mounts (every write to it waits for the
+    // thaw), root or not; from outside it freezes and thaws.
+    let host = scenario.dir.join("host").display().to_string();
+    std::fs::create_dir(&host).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "ext4", &disk, &host])
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount {disk} {host}");
+    scenario.agents_denied("fs-freeze", &[&host]);
+    let control = scenario.tamper(outside, "fs-freeze", &[&host]);
+    let _ = std::process::Command::new("umount").arg(&host).status();
+    assert_eq!(control, Outcome::Ok);
+    journaled(&scenario, "device_control");
 }
 
 #[test]
@@ -211,6 +226,7 @@ fn agents_use_no_console_or_serial_port_of_the_host() {
         ("/dev/tty5", "keymap"),
         ("/dev/tty5", "activate"),
         ("/dev/ttyS1", "serial"),
+        ("/dev/tty5", "unlock"),
     ] {
         assert_eq!(
             scenario.tamper_holding(outside, path, "vt-ioctl", &[what]),

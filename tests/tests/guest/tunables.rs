@@ -316,4 +316,13 @@ fn agents_set_no_clock_and_reach_no_hardware() {
         Outcome::Errno(libc::EINVAL)
     );
     journaled(&scenario, "reboot");
+    // Nor a timer that wakes the host from suspend (CAP_WAKE_ALARM).
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "wake-alarm", &[]),
+        Outcome::Denied
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "wake-alarm", &[]),
+        Outcome::Ok
+    );
 }
