@@ -702,3 +702,23 @@ impl Kernel {
             .unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use object::{Object as _, ObjectSymbol as _};
+
+    use super::*;
+
+    /// `cargo xtask bench` measures each program beside an empty one on the same hook
+    /// (`gatekeeper-ebpf/src/floor.rs`) and stops when one is missing.
+    #[test]
+    fn every_program_has_its_floor_for_the_bench() {
+        let object = object::File::parse(EBPF_OBJECT).unwrap();
+        let symbols: Vec<&str> = object.symbols().filter_map(|s| s.name().ok()).collect();
+        for program in PROGRAMS {
+            assert!(symbols.contains(&program), "{program}");
+            let floor = format!("floor_{program}");
+            assert!(symbols.contains(&floor.as_str()), "{floor} is missing");
+        }
+    }
+}

@@ -261,3 +261,8 @@ pub fn floor_inode_symlink(ctx: LsmContext) -> i32 {
 pub fn floor_inode_mkdir(ctx: LsmContext) -> i32 {
     ctx.arg(3)
 }
+
+#[lsm(hook = "perf_event_open")]
+pub fn floor_perf_event_open(_ctx: LsmContext) -> i32 {
+    0
+}
