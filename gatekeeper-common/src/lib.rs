@@ -174,6 +174,12 @@ macro_rules! kernel_members {
             // A process's resource limits (`signal->rlim`, an array of `struct rlimit`).
             (OFF_TASK_SIGNAL, "task_struct", "signal"),
             (OFF_SIGNAL_RLIM, "signal_struct", "rlim"),
+            // Perf events watching a task: its event contexts (two pointers on 6.1, hardware and
+            // software, one since 6.2: they fill the space up to `perf_event_mutex`) and how many
+            // events a context holds.
+            (OFF_TASK_PERF_EVENT_CTXP, "task_struct", "perf_event_ctxp"),
+            (OFF_TASK_PERF_EVENT_MUTEX, "task_struct", "perf_event_mutex"),
+            (OFF_PERF_CTX_NR_EVENTS, "perf_event_context", "nr_events"),
         }
     };
 }
@@ -239,7 +245,7 @@ pub mod hook_args {
 pub const EXEC_PROGRAM: &str = "bprm_check_security";
 pub const CONNECT_PROGRAM: &str = "socket_connect";
 pub const SENDMSG_PROGRAM: &str = "socket_sendmsg";
-pub const PROGRAMS: [&str; 52] = [
+pub const PROGRAMS: [&str; 53] = [
     EXEC_PROGRAM,
     CONNECT_PROGRAM,
     SENDMSG_PROGRAM,
@@ -312,6 +318,8 @@ pub const PROGRAMS: [&str; 52] = [
     // perf events on a whole CPU, which watch processes outside the agent's subtree (with
     // CAP_PERFMON refused in `capable`).
     "perf_event_open",
+    // The kernel's log cleared, or its console messages switched off (syslog(2)).
+    "syslog",
 ];
 
 /// Programs on hooks that came with kernels later than the oldest supported, loaded and attached
@@ -520,7 +528,8 @@ pub enum TamperHook {
     /// Tracing or reading the memory of a process running a protected binary, even the
     /// agent's own (data: tgid, ptrace mode).
     ProtectedProcess = 34,
-    /// Executing a protected binary while traced (data: device, inode).
+    /// Executing a protected binary while traced or watched by perf events (data: device,
+    /// inode).
     TracedExec = 35,
     /// A process running a protected binary dumping core: the dump holds its code
     /// (data: device, inode of the core file).
@@ -626,6 +635,10 @@ pub enum TamperHook {
     /// crash), a clock's alarm or parameters; or a whole file system frozen, thawed, shut down
     /// or relabelled (data: ioctl command, 0).
     DeviceControl = 61,
+    /// Clearing the kernel's log, turning its messages on the consoles off or on, or setting
+    /// their level (data: the syslog(2) action, 0), or opening /dev/kmsg to write lines into
+    /// the log that read as the kernel's (data: device, inode).
+    KernelLog = 62,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -648,7 +661,7 @@ pub enum MountRefusal {
 
 impl TamperHook {
     /// Every hook, in id order (ids start at 1).
-    pub const ALL: [Self; 61] = {
+    pub const ALL: [Self; 62] = {
         use TamperHook::*;
         [
             Bpf,
@@ -712,6 +725,7 @@ impl TamperHook {
             Reboot,
             Perf,
             DeviceControl,
+            KernelLog,
         ]
     };
 
@@ -782,6 +796,7 @@ impl TamperHook {
             Self::Reboot => "reboot",
             Self::Perf => "perf",
             Self::DeviceControl => "device_control",
+            Self::KernelLog => "kernel_log",
         }
     }
 }

@@ -24,9 +24,10 @@ pub const PROC_MISC: &str = "/proc/misc";
 const MISC_MAJOR: u32 = 10;
 
 /// Fixed numbers (Documentation/admin-guide/devices.txt): (major, minor or [`ALL_MINORS`]).
-const FIXED: [(u32, u32); 19] = [
+const FIXED: [(u32, u32); 20] = [
     (4, ALL_MINORS),   // the virtual consoles and serial ports (tty0-63, ttyS*)
     (5, 1),            // /dev/console
+    (5, 3),            // /dev/ttyprintk: what is written joins the kernel's log
     (7, ALL_MINORS),   // vcs: the text consoles' screens
     (13, ALL_MINORS),  // input: event devices, mice, joysticks
     (21, ALL_MINORS),  // sg: SCSI generic
@@ -182,8 +183,8 @@ mod tests {
             assert!(!has(&keys, major, ALL_MINORS), "{major}");
         }
         assert!(!has(&keys, 5, 0) && !has(&keys, 5, 2));
-        // The consoles and serial ports are the host's.
-        assert!(has(&keys, 4, ALL_MINORS) && has(&keys, 5, 1));
+        // The consoles and serial ports are the host's, and so is the kernel's log.
+        assert!(has(&keys, 4, ALL_MINORS) && has(&keys, 5, 1) && has(&keys, 5, 3));
         for minor in [200, 229, 232] {
             assert!(!has(&keys, MISC_MAJOR, minor), "{minor}");
         }

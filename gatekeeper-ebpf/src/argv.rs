@@ -9,8 +9,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_task_btf, bpf_probe_read_user, bpf_send_signal,
-        bpf_task_pt_regs, generated::bpf_probe_read_user_str,
+        bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf,
+        bpf_probe_read_user, bpf_send_signal, bpf_task_pt_regs, generated::bpf_probe_read_user_str,
     },
     macros::{lsm, map},
     maps::{Array, HashMap, PerCpuArray},
@@ -23,12 +23,14 @@ use gatekeeper_common::{
 
 use crate::{
     env::{caller_env_refused, expect_env_check, judge_caller_env},
+    exec::{exe_file_of, exec_target, runs_protected},
     offsets::{
         OFF_BPRM_ARGC, OFF_BPRM_EXECUTABLE, OFF_BPRM_P, OFF_PT_REGS_CX, OFF_PT_REGS_DX,
         OFF_PT_REGS_ORIG_AX, OFF_PT_REGS_R10, OFF_PT_REGS_SI,
     },
+    procs::watched_by_perf,
     read::{X32_SYSCALL_BIT, read_field},
-    script::forget_unstarted_script,
+    script::{forget_unstarted_script, runs_approved_script},
     verdict::{
         agent_cgroup, count_denial, fill_event, grant_waiting, report_record, take_grant, tamper,
     },
@@ -190,6 +192,24 @@ pub fn bprm_committing_creds(ctx: LsmContext) -> i32 {
         return 0;
     };
     let bprm: *const u8 = ctx.arg(0);
+    // `perf_event_open` waits for an exec only once it swaps its memory: an event attached to
+    // the caller after `bprm_check_security` would sample the approved program. Its memory and
+    // file are the new program's now, and no further event can be attached.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    if unsafe { watched_by_perf(task) && (runs_protected(task) || runs_approved_script(task)) } {
+        let _ = BOUND_EXECS.remove(bprm as u64);
+        unsafe { bpf_send_signal(SIGKILL) };
+        let exe = unsafe { exe_file_of(task) }
+            .ok()
+            .flatten()
+            .and_then(|exe| unsafe { exec_target(exe) }.ok());
+        tamper(
+            agent,
+            TamperHook::TracedExec,
+            exe.map_or([0, 0], |target| target.data),
+        );
+        return 0;
+    }
     let Some(bound) = BOUND_EXECS.get_ptr(bprm as u64) else {
         return 0;
     };

@@ -21,6 +21,7 @@ use crate::{
         OFF_SECCOMP_FILTER_NOTIF, OFF_SECCOMP_FILTER_PREV, OFF_TASK_MM, OFF_TASK_PTRACE,
         OFF_TASK_SECCOMP, OFF_VFSMOUNT_FLAGS,
     },
+    procs::watched_by_perf,
     read::{member_ptr, read_at, read_field},
     script::grant_script_read,
     verdict::{EPERM, agent_caller, is_protected, needs_allowlist_approval, tamper},
@@ -52,9 +53,14 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     if !is_protected(&target) && !needs_allowlist_approval(&target) {
         return 0;
     }
-    // A tracer attached before the exec reads the new program's memory without another check.
+    // A tracer attached before the exec reads the new program's memory without another check;
+    // perf events on the task sample it. (An event attached later in the exec is caught at
+    // `bprm_committing_creds`.)
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    if is_protected(&target) && unsafe { read_field::<u32>(task, &OFF_TASK_PTRACE) } != Ok(0) {
+    if is_protected(&target)
+        && (unsafe { read_field::<u32>(task, &OFF_TASK_PTRACE) } != Ok(0)
+            || unsafe { watched_by_perf(task) })
+    {
         return tamper(agent_cgroup_id, TamperHook::TracedExec, target.data);
     }
     // The kernel and the loader go on to open the ELF interpreter, the libraries and a script's

@@ -63,6 +63,8 @@ const S_IFCHR: u16 = 0o020_000;
 const S_IFDIR: u16 = 0o040_000;
 /// /dev/mem, /dev/kmem and /dev/port in the kernel's `dev_t` encoding (major << 20 | minor).
 const MEMORY_DEVICES: [u32; 3] = [1 << 20 | 1, 1 << 20 | 2, 1 << 20 | 4];
+/// /dev/kmsg: what is written there joins the kernel's log as the kernel's own lines would.
+const KMSG_DEVICE: u32 = 1 << 20 | 11;
 const PROC_ROOT_INO: u64 = 1;
 /// ioctls that change a file through a read-only open: inode flags (`chattr +i`, `+a`), the
 /// same flags through fsxattr, and fs-verity, which makes the file read-only for good.
@@ -77,48 +79,57 @@ const TIOCLINUX: u32 = 0x541c;
 /// and colour maps), switching (mode, activate, lock, resize, deallocate), where console
 /// messages go (TIOCCONS), a serial port's settings and autoconfiguration, RS-485 mode, a
 /// real-time clock's alarms and parameters; and a whole file system frozen, thawed, shut down
-/// or relabelled (which fstab may mount it by).
-const DEVICE_CONTROL_IOCTLS: [u32; 39] = [
-    0x4b3a,      // KDSETMODE
-    0x4b41,      // PIO_SCRNMAP
-    0x4b45,      // KDSKBMODE
-    0x4b47,      // KDSKBENT
-    0x4b49,      // KDSKBSENT
-    0x4b4b,      // KDSKBDIACR
-    0x4b4d,      // KDSETKEYCODE
-    0x4b4e,      // KDSIGACCEPT
-    0x4b61,      // PIO_FONT
-    0x4b63,      // KDSKBMETA
-    0x4b67,      // PIO_UNIMAP
-    0x4b68,      // PIO_UNIMAPCLR
-    0x4b6a,      // PIO_UNISCRNMAP
-    0x4b6c,      // PIO_FONTX
-    0x4b71,      // PIO_CMAP
-    0x4b72,      // KDFONTOP
-    0x4bfb,      // KDSKBDIACRUC
-    0x4b34,      // KDADDIO
-    0x4b36,      // KDENABIO
-    0x5602,      // VT_SETMODE
-    0x5605,      // VT_RELDISP
-    0x5606,      // VT_ACTIVATE
-    0x5608,      // VT_DISALLOCATE
-    0x5609,      // VT_RESIZE
-    0x560a,      // VT_RESIZEX
-    0x560b,      // VT_LOCKSWITCH
-    0x560c,      // VT_UNLOCKSWITCH
-    0x560f,      // VT_SETACTIVATE
-    0x541d,      // TIOCCONS
-    0x541f,      // TIOCSSERIAL
-    0x5453,      // TIOCSERCONFIG
-    0x542f,      // TIOCSRS485
-    0x4024_7007, // RTC_ALM_SET
-    0x4028_700f, // RTC_WKALM_SET
-    0x4018_7014, // RTC_PARAM_SET
-    0xc004_5877, // FIFREEZE
-    0xc004_5878, // FITHAW
-    0x8004_587d, // FS_IOC_SHUTDOWN (ext4, xfs, f2fs)
-    0x4100_9432, // FS_IOC_SETFSLABEL
-];
+/// or relabelled (which fstab may mount it by). A `match`, which the compiler makes a search of
+/// a few comparisons: every ioctl on the host is looked up here before the agent check.
+#[inline(always)]
+fn is_device_control(cmd: u32) -> bool {
+    matches!(
+        cmd,
+        0x4b3a // KDSETMODE
+        | 0x4b41 // PIO_SCRNMAP
+        | 0x4b45 // KDSKBMODE
+        | 0x4b47 // KDSKBENT
+        | 0x4b49 // KDSKBSENT
+        | 0x4b4b // KDSKBDIACR
+        | 0x4b4d // KDSETKEYCODE
+        | 0x4b4e // KDSIGACCEPT
+        | 0x4b61 // PIO_FONT
+        | 0x4b63 // KDSKBMETA
+        | 0x4b67 // PIO_UNIMAP
+        | 0x4b68 // PIO_UNIMAPCLR
+        | 0x4b6a // PIO_UNISCRNMAP
+        | 0x4b6c // PIO_FONTX
+        | 0x4b71 // PIO_CMAP
+        | 0x4b72 // KDFONTOP
+        | 0x4bfb // KDSKBDIACRUC
+        | 0x4b34 // KDADDIO
+        | 0x4b36 // KDENABIO
+        | 0x4b52 // KDKBDREP: the keyboard's repeat rate
+        | 0x4b65 // KDSKBLED: the keyboard's default LEDs
+        | 0x5602 // VT_SETMODE
+        | 0x5605 // VT_RELDISP
+        | 0x5606 // VT_ACTIVATE
+        | 0x5608 // VT_DISALLOCATE
+        | 0x5609 // VT_RESIZE
+        | 0x560a // VT_RESIZEX
+        | 0x560b // VT_LOCKSWITCH
+        | 0x560c // VT_UNLOCKSWITCH
+        | 0x560f // VT_SETACTIVATE
+        | 0x541d // TIOCCONS
+        | 0x541f // TIOCSSERIAL
+        | 0x5453 // TIOCSERCONFIG
+        | 0x542f // TIOCSRS485
+        | 0x5457 // TIOCSLCKTRMIOS: a terminal's settings locked
+        | 0x4024_7007 // RTC_ALM_SET
+        | 0x4028_700f // RTC_WKALM_SET
+        | 0x4018_7014 // RTC_PARAM_SET
+        | 0xc004_5877 // FIFREEZE
+        | 0xc004_5878 // FITHAW
+        | 0x8004_587d // FS_IOC_SHUTDOWN (ext4, xfs, f2fs)
+        | 0x4100_9432 // FS_IOC_SETFSLABEL
+    )
+}
+
 const FS_IOC32_SETFLAGS: u32 = 0x4004_6602;
 const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
 const FS_IOC_ENABLE_VERITY: u32 = 0x4080_6685;
@@ -244,6 +255,9 @@ unsafe fn agent_open(agent: u64, file: *const u8) -> Result<i32, i32> {
         }
         if is_raw_device(rdev) {
             return Ok(tamper(agent, TamperHook::RawDevice, target.data));
+        }
+        if rdev == KMSG_DEVICE && access.writes {
+            return Ok(tamper(agent, TamperHook::KernelLog, target.data));
         }
     }
     let task = unsafe { bpf_get_current_task() } as *const u8;
@@ -845,7 +859,7 @@ fn guard_ioctl(file: *const u8, cmd: u32, previous: i32) -> i32 {
         return previous;
     }
     // The command first: every other ioctl on the host costs a few comparisons.
-    let device_control = DEVICE_CONTROL_IOCTLS.contains(&cmd);
+    let device_control = is_device_control(cmd);
     if !device_control
         && !matches!(
             cmd,

@@ -4,7 +4,8 @@
 //! Nor does it watch them through perf: an event on a task passes `ptrace_access_check` (once
 //! CAP_PERFMON, which skips it, is refused in `capable`), but one on a whole CPU (or a cgroup)
 //! samples whatever runs there, the daemon included: its user stack and registers, its raw
-//! tracepoint data. Agents open perf events on their own tasks only.
+//! tracepoint data. Agents open perf events on their own tasks only, and none follows one of
+//! them into an approved run (`watched_by_perf`).
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, macros::lsm, programs::LsmContext};
 use gatekeeper_common::{MAX_CGROUP_DEPTH, TamperHook};
@@ -14,10 +15,11 @@ use crate::{
     exec::runs_protected,
     offsets::{
         OFF_CGROUP_KN, OFF_CSS_SET_DFL_CGRP, OFF_INODE_INO, OFF_KERNFS_NODE_ID,
-        OFF_KERNFS_NODE_PARENT, OFF_PID_TASKS, OFF_PROC_INODE_PID, OFF_PROC_INODE_VFS_INODE,
-        OFF_SIGNAL_RLIM, OFF_TASK_CGROUPS, OFF_TASK_PID_LINKS, OFF_TASK_SIGNAL, OFF_TASK_TGID,
+        OFF_KERNFS_NODE_PARENT, OFF_PERF_CTX_NR_EVENTS, OFF_PID_TASKS, OFF_PROC_INODE_PID,
+        OFF_PROC_INODE_VFS_INODE, OFF_SIGNAL_RLIM, OFF_TASK_CGROUPS, OFF_TASK_PERF_EVENT_CTXP,
+        OFF_TASK_PERF_EVENT_MUTEX, OFF_TASK_PID_LINKS, OFF_TASK_SIGNAL, OFF_TASK_TGID,
     },
-    read::{container_of, current_syscall, field_offset, read_at, read_field},
+    read::{container_of, current_syscall, field_offset, member_ptr, read_at, read_field},
     script::runs_approved_script,
     tunables::sysctl_write,
     verdict::{EPERM, agent_cgroup, is_daemon, tamper},
@@ -301,4 +303,33 @@ pub fn perf_event_open(ctx: LsmContext) -> i32 {
 #[inline(never)]
 fn third_argument(ctx: &LsmContext) -> i32 {
     ctx.arg(2)
+}
+
+/// The most perf event contexts a task has (6.1: hardware and software; one since 6.2).
+const MAX_PERF_CONTEXTS: usize = 2;
+
+/// Whether perf events watch `task` (opened on it, or inherited from its parent's): they stay
+/// across an exec and sample the new program, its registers and user stack. Unreadable counts
+/// as watched.
+#[inline(always)]
+pub unsafe fn watched_by_perf(task: *const u8) -> bool {
+    let contexts = member_ptr(task, &OFF_TASK_PERF_EVENT_CTXP);
+    let space = field_offset(&OFF_TASK_PERF_EVENT_MUTEX)
+        .saturating_sub(field_offset(&OFF_TASK_PERF_EVENT_CTXP));
+    let pointer = core::mem::size_of::<usize>();
+    for index in 0..MAX_PERF_CONTEXTS {
+        if (index + 1) * pointer > space {
+            break;
+        }
+        let context = match unsafe { read_at::<*const u8>(contexts, index * pointer) } {
+            Ok(context) if context.is_null() => continue,
+            Ok(context) => context,
+            Err(_) => return true,
+        };
+        // A context stays once its last event is closed: only its events count.
+        if unsafe { read_field::<i32>(context, &OFF_PERF_CTX_NR_EVENTS) } != Ok(0) {
+            return true;
+        }
+    }
+    false
 }

@@ -1,7 +1,9 @@
 //! Kernel tunables that act on the whole host: agents write none of them, except the sysctls
-//! of a network namespace of their own.
+//! of a network namespace of their own. Nor do they change the kernel's log: cleared, it loses
+//! the record of what happened; its console messages are how an operator at the console learns
+//! of it.
 
-use aya_ebpf::helpers::bpf_get_current_task;
+use aya_ebpf::{helpers::bpf_get_current_task, macros::lsm, programs::LsmContext};
 use gatekeeper_common::TamperHook;
 
 use crate::{
@@ -40,6 +42,25 @@ pub fn is_kernel_fs(magic: u64) -> bool {
             | FUSE_CTL_SUPER_MAGIC
             | SELINUX_MAGIC
     )
+}
+
+/// syslog(2) actions from the log read and cleared (4) through clear, console off, console on
+/// to the console level (8). Reading (2, 3) and the sizes (9, 10) stay open, as far as
+/// `kernel.dmesg_restrict` allows.
+const SYSLOG_ACTION_READ_CLEAR: i32 = 4;
+const SYSLOG_ACTION_CONSOLE_LEVEL: i32 = 8;
+
+/// syslog(2), and /proc/kmsg's open: the kernel's log changed for the whole host.
+#[lsm(hook = "syslog")]
+pub fn syslog(ctx: LsmContext) -> i32 {
+    let (action, previous): (i32, i32) = (ctx.arg(0), ctx.arg(1));
+    if previous != 0 {
+        return previous;
+    }
+    if !(SYSLOG_ACTION_READ_CLEAR..=SYSLOG_ACTION_CONSOLE_LEVEL).contains(&action) {
+        return 0;
+    }
+    deny_agents(TamperHook::KernelLog, [action as u64, 0])
 }
 
 /// A write on a file system of kernel knobs.

@@ -153,6 +153,103 @@ fn perf_open(on: &str, pid: Option<&str>) -> Result<(), i32> {
     Ok(())
 }
 
+fn kernel_log(how: &str) -> Result<(), i32> {
+    const SYSLOG_ACTION_CONSOLE_ON: libc::c_long = 7;
+    const SYSLOG_ACTION_CONSOLE_LEVEL: libc::c_long = 8;
+    const SYSLOG_ACTION_SIZE_BUFFER: libc::c_long = 10;
+    let (action, argument) = match how {
+        "level" => {
+            let printk = std::fs::read_to_string("/proc/sys/kernel/printk")
+                .map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+            let level = printk
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok());
+            (SYSLOG_ACTION_CONSOLE_LEVEL, level.ok_or(libc::EINVAL)?)
+        }
+        "on" => (SYSLOG_ACTION_CONSOLE_ON, 0),
+        "size" => (SYSLOG_ACTION_SIZE_BUFFER, 0),
+        _ => return Err(libc::EINVAL),
+    };
+    // SAFETY: none of these actions reads or writes the (null) buffer.
+    errno_of(unsafe { libc::syscall(libc::SYS_syslog, action, std::ptr::null::<u8>(), argument) })
+}
+
+/// Runs `program target` in a child that a perf event (user-space task clock) counts from
+/// before its exec: Ok once the child ran and the event counted it. Errors: the exec's errno, 1000 the child
+/// killed, 1001 it exited other than 0, 1002 nothing counted.
+fn perf_exec(program: &str) -> Result<(), i32> {
+    const PERF_TYPE_SOFTWARE: u32 = 1;
+    const PERF_COUNT_SW_TASK_CLOCK: u64 = 1;
+    // struct perf_event_attr as of its 128-byte version: type, size, config, then at byte 40
+    // the flags: exclude_kernel, exclude_hv (enabled from the start).
+    const ATTR_SIZE: usize = 128;
+    const FLAGS: u64 = 1 << 5 | 1 << 6;
+    let (program, target) = (c_path(program)?, c_path("target")?);
+    let argv = [program.as_ptr(), target.as_ptr(), std::ptr::null()];
+    let (mut go, mut failed) = ([0; 2], [0; 2]);
+    // SAFETY: pipes for this process; the child only calls async-signal-safe functions.
+    let pid = unsafe {
+        if libc::pipe2(go.as_mut_ptr(), libc::O_CLOEXEC) != 0
+            || libc::pipe2(failed.as_mut_ptr(), libc::O_CLOEXEC) != 0
+        {
+            return Err(last_errno());
+        }
+        libc::fork()
+    };
+    if pid < 0 {
+        return Err(last_errno());
+    }
+    if pid == 0 {
+        // SAFETY: the child waits for the event, then executes; a failed exec's errno goes back
+        // through the pipe the exec closes when it succeeds.
+        unsafe {
+            libc::close(go[1]);
+            libc::close(failed[0]);
+            let mut byte = 0u8;
+            libc::read(go[0], (&raw mut byte).cast(), 1);
+            libc::execv(program.as_ptr(), argv.as_ptr());
+            let errno = last_errno();
+            libc::write(failed[1], (&raw const errno).cast(), 4);
+            libc::_exit(127);
+        }
+    }
+    let mut attr = [0u8; ATTR_SIZE];
+    attr[0..4].copy_from_slice(&PERF_TYPE_SOFTWARE.to_ne_bytes());
+    attr[4..8].copy_from_slice(&(ATTR_SIZE as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&PERF_COUNT_SW_TASK_CLOCK.to_ne_bytes());
+    attr[40..48].copy_from_slice(&FLAGS.to_ne_bytes());
+    // SAFETY: the attribute outlives the call and says its own size; the child is ours.
+    let event = unsafe { libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), pid, -1, -1, 0) };
+    let (mut status, mut errno, mut count) = (0, 0i32, 0u64);
+    // SAFETY: our own descriptors and child; buffers outlive the calls.
+    unsafe {
+        libc::close(go[1]);
+        libc::close(failed[1]);
+        libc::waitpid(pid, &mut status, 0);
+        let read = libc::read(failed[0], (&raw mut errno).cast(), 4);
+        if event >= 0 {
+            libc::read(event as i32, (&raw mut count).cast(), 8);
+            libc::close(event as i32);
+        }
+        libc::close(go[0]);
+        libc::close(failed[0]);
+        if read == 4 {
+            return Err(errno);
+        }
+    }
+    fd_of(event)?;
+    if libc::WIFSIGNALED(status) {
+        Err(1000)
+    } else if libc::WEXITSTATUS(status) != 0 {
+        Err(1001)
+    } else if count == 0 {
+        Err(1002)
+    } else {
+        Ok(())
+    }
+}
+
 /// Opens `path` for reading and writing (no controlling terminal, no wait for a carrier) as
 /// standard input.
 fn hold_as_stdin(path: &str) -> Result<(), i32> {
@@ -837,6 +934,11 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         // perf cpu|self|task PID: a software event (cpu-clock, user space only) opened on CPU 0,
         // on this process, or on process PID.
         "perf" => perf_open(text(0)?, args.get(1).copied()),
+        // syslog level|on|size: the consoles' log level set to what it is, their messages
+        // turned on (as they are), or the log's size asked (syslog(2)).
+        "syslog" => kernel_log(text(0)?),
+        // perf-exec PROGRAM: see perf_exec.
+        "perf-exec" => perf_exec(text(0)?),
         // vt-ioctl keymap|activate|serial|unlock: on standard input, a setting written back as
         // it reads (a console keymap entry, the active console, a serial port's settings), or
         // console switching unlocked (as it is unless someone locked it).

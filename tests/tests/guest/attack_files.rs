@@ -12,6 +12,8 @@ use std::{
 
 use gatekeeper_tests::{Exec, Options, Outcome, Scenario, UNLISTED_UID, bin, wait_for};
 
+use crate::procs::ParanoidPerf;
+
 fn text(path: &Path) -> String {
     path.display().to_string()
 }
@@ -100,6 +102,42 @@ fn an_approved_run_does_not_hand_over_its_code() {
         open.is_empty(),
         "an approved run handed over its code: {open:#?}"
     );
+}
+
+/// Nor through perf: an event the agent opens on its own child before the child executes the
+/// approved binary would follow it into the run and sample it (registers, user stack). With perf
+/// open to every user, the exec is refused and the grant stays.
+#[test]
+fn perf_follows_no_agent_into_an_approved_run() {
+    let mut scenario = Scenario::prepare("attack-perf-exec", Options::default());
+    std::fs::set_permissions(&scenario.protected, std::fs::Permissions::from_mode(0o755)).unwrap();
+    scenario.start_daemon();
+    let paranoid = ParanoidPerf::open_to_all();
+    let protected = text(&scenario.protected);
+    for user in [false, true] {
+        scenario.approve(&scenario.denied_request());
+        let outcome = match user {
+            false => scenario.tamper(&scenario.agents, "perf-exec", &[&protected]),
+            true => scenario.tamper_as_user(&scenario.agents, "perf-exec", &[&protected]),
+        };
+        assert_eq!(outcome, Outcome::Denied, "user: {user}");
+        assert_eq!(
+            scenario.agent_exec(),
+            Exec::Ran,
+            "user: {user}: the grant stayed"
+        );
+    }
+    scenario.wait_journal("tamper_attempt", |event| event["hook"] == "traced_exec");
+    // Controls: outside the agent cgroups the event follows the exec and counts the run.
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "perf-exec", &[&protected]),
+        Outcome::Ok
+    );
+    assert_eq!(
+        scenario.tamper_as_user(&scenario.outside, "perf-exec", &[&protected]),
+        Outcome::Ok
+    );
+    drop(paranoid);
 }
 
 /// Another name for the protected binary, and other ways to open it, are still that binary.

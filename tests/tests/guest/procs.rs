@@ -55,12 +55,12 @@ impl Drop for Sleeper {
 
 /// `kernel.perf_event_paranoid` set to -1 (perf open to every user) until dropped, when the
 /// host's value comes back.
-struct ParanoidPerf(String);
+pub(crate) struct ParanoidPerf(String);
 
 impl ParanoidPerf {
     const PATH: &'static str = "/proc/sys/kernel/perf_event_paranoid";
 
-    fn open_to_all() -> Self {
+    pub(crate) fn open_to_all() -> Self {
         let was = std::fs::read_to_string(Self::PATH).unwrap();
         std::fs::write(Self::PATH, "-1").unwrap();
         Self(was)

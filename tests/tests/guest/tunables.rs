@@ -52,6 +52,39 @@ fn agent_cannot_set_host_tunables() {
         scenario.tamper(&scenario.outside, "write", &["/proc/sysrq-trigger", "h"]),
         Outcome::Ok
     );
+    // Nor the kernel's log: its console messages turned on or off or their level set
+    // (syslog(2), here to what they are), lines written into it that read as the kernel's
+    // (/dev/kmsg). Reading it stays theirs.
+    for how in ["level", "on"] {
+        scenario.agents_denied("syslog", &[how]);
+        assert_eq!(
+            scenario.tamper(&scenario.outside, "syslog", &[how]),
+            Outcome::Ok,
+            "outside: syslog {how}"
+        );
+    }
+    let line = ["/dev/kmsg", "<0>gatekeeper test: a kernel emergency"];
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "write", &line),
+        Outcome::Denied
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "syslog", &["size"]),
+        Outcome::Ok
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "open", &["/dev/kmsg"]),
+        Outcome::Ok
+    );
+    let line = [
+        "/dev/kmsg",
+        "<6>gatekeeper test: a line from outside the agents",
+    ];
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "write", &line),
+        Outcome::Ok
+    );
+    journaled(&scenario, "kernel_log");
 
     // A network namespace inside a user namespace of the agent's own is the agent's to
     // configure; one the host's user namespace owns is not (see the network test below).
