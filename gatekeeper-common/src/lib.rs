@@ -43,8 +43,9 @@ pub mod maps {
     pub const AGENT_CONNECTIONS: &str = "AGENT_CONNECTIONS";
     /// [`crate::NameKey`] -> 1 for each name agents may not make (see [`crate::NameKey`]).
     pub const GUARDED_NAMES: &str = "GUARDED_NAMES";
-    /// [`crate::raw_device_key`] -> 1 for each character device, or each major with all its
-    /// minors, that agents may not open.
+    /// [`crate::raw_device_key`] -> a [`crate::raw_device`] value for each character device,
+    /// or each major with all its minors, that agents may not open or that the kernel had
+    /// registered when the daemon last looked.
     pub const RAW_DEVICES: &str = "RAW_DEVICES";
 }
 
@@ -354,7 +355,19 @@ pub const MAX_DAEMON_PIDS: u32 = 16;
 pub const MAX_ALLOWED: u32 = 4096;
 pub const MAX_DAEMON_FILES: u32 = 1024;
 pub const MAX_GUARDED_NAMES: u32 = 64;
-pub const MAX_RAW_DEVICES: u32 = 256;
+pub const MAX_RAW_DEVICES: u32 = 1024;
+
+/// Values of [`maps::RAW_DEVICES`]. A device listed by neither its number nor its major (for
+/// misc devices, major 10, by its number alone) was not registered when the daemon last looked:
+/// a driver the host loaded since, refused to agents until the daemon has judged it.
+pub mod raw_device {
+    /// Agents may not open it.
+    pub const REFUSED: u32 = 1;
+    /// Registered with the kernel, and not refused.
+    pub const REGISTERED: u32 = 2;
+    /// The major of misc devices, whose minors tell them apart.
+    pub const MISC_MAJOR: u32 = 10;
+}
 
 /// The minor that stands for every minor of a major in [`maps::RAW_DEVICES`] (the kernel's
 /// `MINORMASK`).

@@ -398,8 +398,8 @@ impl Engine {
                     self.core.note(event);
                 }
             }
-            Command::DevicesNow { keys } => {
-                if let Err(error) = self.kernel.set_raw_devices(&keys) {
+            Command::DevicesNow { devices } => {
+                if let Err(error) = self.kernel.set_raw_devices(&devices) {
                     error!(%error, "cannot refuse agents the raw devices of drivers loaded now");
                 }
             }

@@ -167,10 +167,10 @@ pub enum Command {
     MountsNow {
         mounts: Vec<crate::config::Mount>,
     },
-    /// The character devices agents may not open, as the host's drivers number them now
-    /// ([`crate::devices::raw_devices`]).
+    /// The character devices agents may not open and those registered, as the host's drivers
+    /// number them now ([`crate::devices::raw_devices`]).
     DevicesNow {
-        keys: Vec<u32>,
+        devices: Vec<(u32, u32)>,
     },
     Uninstall {
         by: String,

@@ -20,7 +20,7 @@ use aya::{
 };
 use gatekeeper_common::{
     APPROVED_ENV, ArgvKey, Counter, EnvName, GrantKey, GrantValue, LATER_PROGRAMS, NameKey,
-    PROGRAMS, PortRanges, Setting, Target, hook_args, maps, offsets,
+    PROGRAMS, PortRanges, Setting, Target, hook_args, maps, offsets, raw_device,
 };
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
@@ -570,13 +570,21 @@ impl Kernel {
         keep_only(&mut self.guarded_names, |key| names.contains(key))
     }
 
-    /// Makes `keys` ([`gatekeeper_common::raw_device_key`]s) the character devices agents may
-    /// not open: new ones in first, then the stale ones out.
-    pub fn set_raw_devices(&mut self, keys: &[u32]) -> Result<(), MapError> {
-        for key in keys {
-            self.raw_devices.insert(key, 1, 0)?;
+    /// Makes `devices` ([`gatekeeper_common::raw_device_key`], [`raw_device`] value) the
+    /// character devices agents may not open and those registered: stale ones out first (a
+    /// device neither refused nor registered is refused, so no step lets more through) and
+    /// the refused ones in before the rest, so that a full map costs agents devices, never lets
+    /// one through.
+    pub fn set_raw_devices(&mut self, devices: &[(u32, u32)]) -> Result<(), MapError> {
+        keep_only(&mut self.raw_devices, |key| {
+            devices.iter().any(|(listed, _)| listed == key)
+        })?;
+        for wanted in [raw_device::REFUSED, raw_device::REGISTERED] {
+            for (key, value) in devices.iter().filter(|(_, value)| *value == wanted) {
+                self.raw_devices.insert(key, value, 0)?;
+            }
         }
-        keep_only(&mut self.raw_devices, |key| keys.contains(key))
+        Ok(())
     }
 
     /// Adds `bits` to a file's among the daemon's files (a sealing key made while the daemon

@@ -114,7 +114,8 @@ async fn watch_mounts(handle: Handle) {
 }
 
 /// Reads the host's device numbers every [`PATHS_INTERVAL`] and sends them when they change: a
-/// driver the host loads now (an NVMe disk plugged in) gets its major from the kernel only then.
+/// driver the host loads now (an NVMe disk plugged in) gets its major from the kernel only then,
+/// and is refused to agents until this has judged it.
 async fn watch_devices(handle: Handle) {
     let mut known = Vec::new();
     let mut unreadable = false;
@@ -122,15 +123,15 @@ async fn watch_devices(handle: Handle) {
     loop {
         interval.tick().await;
         match tokio::task::spawn_blocking(crate::devices::read).await {
-            Ok(Ok(keys)) if keys != known => {
+            Ok(Ok(devices)) if devices != known => {
                 unreadable = false;
-                if !handle
-                    .send(Command::DevicesNow { keys: keys.clone() })
-                    .await
-                {
+                let command = Command::DevicesNow {
+                    devices: devices.clone(),
+                };
+                if !handle.send(command).await {
                     return;
                 }
-                known = keys;
+                known = devices;
             }
             Ok(Ok(_)) => {}
             // Said once; the kernel keeps the last list.

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use gatekeeper_common::{
     ALL_MINORS, MAX_DAEMON_FILES, MAX_RAW_DEVICES, TamperHook, Target, daemon_file, file_access,
-    file_rule,
+    file_rule, raw_device,
 };
 
 use crate::{
@@ -303,11 +303,21 @@ unsafe fn agent_open(agent: u64, file: *const u8) -> Result<i32, i32> {
     Ok(decide(agent, read, core::ptr::null()))
 }
 
-/// Whether the character device `rdev` is one agents may not open: listed by its number, or
-/// its major with every minor.
+/// Whether the character device `rdev` is one agents may not open: refused by its number or
+/// its major, or not registered when the daemon last looked (see [`raw_device`]).
 #[inline(always)]
 fn is_raw_device(rdev: u32) -> bool {
-    RAW_DEVICES.get_ptr(rdev).is_some() || RAW_DEVICES.get_ptr(rdev | ALL_MINORS).is_some()
+    let value = |key: u32| RAW_DEVICES.get_ptr(key).map(|value| unsafe { *value });
+    let (exact, major) = (value(rdev), value(rdev | ALL_MINORS));
+    if exact == Some(raw_device::REFUSED) || major == Some(raw_device::REFUSED) {
+        return true;
+    }
+    let registered = if rdev >> 20 == raw_device::MISC_MAJOR {
+        exact
+    } else {
+        major
+    };
+    registered.is_none()
 }
 
 /// The verdict on an agent's open of a file no protected binary is (its `inode`, `target`):

@@ -48,6 +48,32 @@ fn char_major(name: &str) -> u32 {
         .unwrap_or_else(|| panic!("no character driver {name} in /proc/devices"))
 }
 
+/// A major for local or experimental use (60-63) that no character driver has registered.
+fn unregistered_major() -> u32 {
+    let devices = std::fs::read_to_string("/proc/devices").unwrap();
+    let registered: Vec<u32> = devices
+        .lines()
+        .skip_while(|line| line.trim() != "Character devices:")
+        .take_while(|line| !line.trim().is_empty())
+        .filter_map(|line| line.trim().split_once(' ')?.0.parse().ok())
+        .collect();
+    (60..=63)
+        .find(|major| !registered.contains(major))
+        .expect("a free local major")
+}
+
+/// A misc minor for local or experimental use (240-254) that no misc device has registered.
+fn unregistered_misc_minor() -> u32 {
+    let misc = std::fs::read_to_string("/proc/misc").unwrap();
+    let registered: Vec<u32> = misc
+        .lines()
+        .filter_map(|line| line.trim().split_once(' ')?.0.parse().ok())
+        .collect();
+    (240..=254)
+        .find(|minor| !registered.contains(minor))
+        .expect("a free local misc minor")
+}
+
 /// A character device node `name` in the scenario's directory, open to everyone: one an agent
 /// could make itself.
 fn node(scenario: &Scenario, name: &str, (major, minor): (u32, u32)) -> String {
@@ -114,13 +140,16 @@ fn agents_reach_no_disk_past_its_files() {
     );
 
     // Nodes of drivers the guest has no device for (NVMe's passthrough, built in), or has not
-    // loaded (input's event devices, uinput): refused before the driver opens, which from
-    // outside answers for itself (no device: not EPERM).
+    // loaded (input's event devices, uinput), and of numbers no driver has registered (as one
+    // the host loads next would have, until the daemon has looked): refused before the driver
+    // opens, which from outside answers for itself (no device: not EPERM).
     for (name, numbers) in [
         ("nvme", (char_major("nvme"), 0)),
         ("nvme-generic", (char_major("nvme-generic"), 0)),
         ("event", (13, 64)),
         ("uinput", (10, 223)),
+        ("unregistered", (unregistered_major(), 0)),
+        ("unregistered-misc", (10, unregistered_misc_minor())),
     ] {
         let path = node(&scenario, name, numbers);
         assert!(
@@ -130,6 +159,24 @@ fn agents_reach_no_disk_past_its_files() {
         scenario.agents_denied("open", &[&path]);
     }
     journaled(&scenario, "raw_device");
+    // Registered devices no rule refuses stay the agents' (dynamic majors and misc minors
+    // among them: the rtc, fuse).
+    for path in ["/dev/null", "/dev/urandom", "/dev/fuse", "/dev/rtc0"] {
+        if std::path::Path::new(path).exists() {
+            assert_eq!(
+                scenario.tamper(agents, "open", &[path]),
+                Outcome::Ok,
+                "{path}"
+            );
+        }
+    }
+    for path in ["/dev/null", "/dev/urandom"] {
+        assert_eq!(
+            scenario.tamper_as_user(agents, "open", &[path]),
+            Outcome::Ok,
+            "{path}"
+        );
+    }
 }
 
 #[test]
