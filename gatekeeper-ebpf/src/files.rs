@@ -130,6 +130,44 @@ fn is_device_control(cmd: u32) -> bool {
     )
 }
 
+/// The type of the terminal ioctls (`TCGETS` 0x5401 ... and `_IOC('T', ...)`), whose commands
+/// hold it in their second byte.
+const TERMINAL_IOCTL_TYPE: u32 = 0x54;
+
+/// Terminal ioctls that only ask, or that change the calling process's own descriptor: all an
+/// agent may do with a host terminal it was handed (a console or serial port, which it may not
+/// open itself). Everything else there (settings, line discipline, hangup, controlling
+/// terminal, break, flush, modem lines, exclusive use) would act on the host's terminal.
+#[inline(always)]
+fn is_terminal_query(cmd: u32) -> bool {
+    matches!(
+        cmd,
+        0x5401 // TCGETS
+        | 0x5405 // TCGETA
+        | 0x540f // TIOCGPGRP
+        | 0x5411 // TIOCOUTQ
+        | 0x5413 // TIOCGWINSZ
+        | 0x5415 // TIOCMGET
+        | 0x5419 // TIOCGSOFTCAR
+        | 0x541b // FIONREAD
+        | 0x541e // TIOCGSERIAL
+        | 0x5421 // FIONBIO
+        | 0x5424 // TIOCGETD
+        | 0x5429 // TIOCGSID
+        | 0x542e // TIOCGRS485
+        | 0x5450 // FIONCLEX
+        | 0x5451 // FIOCLEX
+        | 0x5452 // FIOASYNC
+        | 0x5456 // TIOCGLCKTRMIOS
+        | 0x5459 // TIOCSERGETLSR
+        | 0x545d // TIOCGICOUNT
+        | 0x5460 // FIOQSIZE
+        | 0x802c_542a // TCGETS2
+        | 0x8004_5432 // TIOCGDEV
+        | 0x8004_5440 // TIOCGEXCL
+    )
+}
+
 const FS_IOC32_SETFLAGS: u32 = 0x4004_6602;
 const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
 const FS_IOC_ENABLE_VERITY: u32 = 0x4080_6685;
@@ -301,6 +339,19 @@ unsafe fn agent_open(agent: u64, file: *const u8) -> Result<i32, i32> {
         return Ok(0);
     }
     Ok(decide(agent, read, core::ptr::null()))
+}
+
+/// Whether `file` is a character device agents may not open (a host terminal it was handed).
+#[inline(always)]
+unsafe fn on_raw_device(file: *const u8) -> Result<bool, i32> {
+    unsafe {
+        let inode: *const u8 = read_field(file, &OFF_FILE_INODE)?;
+        let mode: u16 = read_field(inode, &OFF_INODE_MODE)?;
+        if mode & S_IFMT != S_IFCHR {
+            return Ok(false);
+        }
+        Ok(is_raw_device(read_field(inode, &OFF_INODE_RDEV)?))
+    }
 }
 
 /// Whether the character device `rdev` is one agents may not open: refused by its number or
@@ -868,9 +919,12 @@ fn guard_ioctl(file: *const u8, cmd: u32, previous: i32) -> i32 {
     if previous != 0 {
         return previous;
     }
-    // The command first: every other ioctl on the host costs a few comparisons.
+    // The command first: every other ioctl on the host costs a few comparisons. Terminal
+    // ioctls that change something take the agent check: one on a host terminal is refused.
     let device_control = is_device_control(cmd);
+    let terminal = (cmd >> 8) & 0xff == TERMINAL_IOCTL_TYPE && !is_terminal_query(cmd);
     if !device_control
+        && !terminal
         && !matches!(
             cmd,
             FS_IOC_SETFLAGS
@@ -890,6 +944,12 @@ fn guard_ioctl(file: *const u8, cmd: u32, previous: i32) -> i32 {
         return tamper(agent, TamperHook::TerminalInput, [cmd as u64, 0]);
     }
     if device_control {
+        return tamper(agent, TamperHook::DeviceControl, [cmd as u64, 0]);
+    }
+    if terminal {
+        if unsafe { on_raw_device(file) } == Ok(false) {
+            return 0;
+        }
         return tamper(agent, TamperHook::DeviceControl, [cmd as u64, 0]);
     }
     let dentry = unsafe { read_field::<*const u8>(file, &OFF_FILE_INODE) }

@@ -268,6 +268,8 @@ fn vt_ioctl(what: &str) -> Result<(), i32> {
     const VT_UNLOCKSWITCH: libc::c_ulong = 0x560c;
     const TIOCGSERIAL: libc::c_ulong = 0x541e;
     const TIOCSSERIAL: libc::c_ulong = 0x541f;
+    const TIOCGETD: libc::c_ulong = 0x5424;
+    const TIOCSETD: libc::c_ulong = 0x5423;
     // A buffer large enough for struct kbentry, vt_stat and serial_struct; for the keymap,
     // table 0 (plain), key 28 (Enter).
     let mut buffer = [0u8; 128];
@@ -299,6 +301,20 @@ fn vt_ioctl(what: &str) -> Result<(), i32> {
         }
         // SAFETY: VT_UNLOCKSWITCH takes no argument.
         "unlock" => errno_of(unsafe { libc::ioctl(0, VT_UNLOCKSWITCH) } as libc::c_long),
+        "termios" => {
+            call(libc::TCGETS, at)?;
+            call(libc::TCSETS, at)
+        }
+        "discipline" => {
+            call(TIOCGETD, at)?;
+            call(TIOCSETD, at)
+        }
+        // What a program asks of its terminal: isatty, the window's size, the discipline.
+        "query" => {
+            call(libc::TCGETS, at)?;
+            call(libc::TIOCGWINSZ, at)?;
+            call(TIOCGETD, at)
+        }
         _ => Err(libc::EINVAL),
     }
 }
@@ -939,9 +955,10 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         "syslog" => kernel_log(text(0)?),
         // perf-exec PROGRAM: see perf_exec.
         "perf-exec" => perf_exec(text(0)?),
-        // vt-ioctl keymap|activate|serial|unlock: on standard input, a setting written back as
-        // it reads (a console keymap entry, the active console, a serial port's settings), or
-        // console switching unlocked (as it is unless someone locked it).
+        // vt-ioctl keymap|activate|serial|termios|discipline|unlock|query: on standard input, a
+        // setting written back as it reads (a console keymap entry, the active console, a
+        // serial port's settings, the terminal's settings or line discipline), console
+        // switching unlocked (as it is unless someone locked it), or what programs ask.
         "vt-ioctl" => vt_ioctl(text(0)?),
         // fs-freeze DIR: the file system of DIR frozen and thawed at once (FIFREEZE, FITHAW).
         "fs-freeze" => fs_freeze(text(0)?),

@@ -268,12 +268,16 @@ fn agents_use_no_console_or_serial_port_of_the_host() {
     journaled(&scenario, "raw_device");
     // Handed one, as an agent started from a console is: its keymap (shared by every console,
     // so a key the operator presses would type the agent's text), the console shown, a serial
-    // port's settings (its I/O address) stay as they are. Each is written back as it reads.
+    // port's settings (its I/O address), a terminal's settings and line discipline (which
+    // could cut the host's input) stay as they are. Each is written back as it reads.
     for (path, what) in [
         ("/dev/tty5", "keymap"),
         ("/dev/tty5", "activate"),
         ("/dev/ttyS1", "serial"),
         ("/dev/tty5", "unlock"),
+        // A serial port without a carrier hangs up: these on a virtual console.
+        ("/dev/tty5", "termios"),
+        ("/dev/tty5", "discipline"),
     ] {
         assert_eq!(
             scenario.tamper_holding(outside, path, "vt-ioctl", &[what]),
@@ -287,4 +291,14 @@ fn agents_use_no_console_or_serial_port_of_the_host() {
         );
     }
     journaled(&scenario, "device_control");
+    // What programs ask of their terminal still answers there, and a terminal's settings on a
+    // file that is none answer for themselves (not a terminal: ENOTTY, not EPERM).
+    assert_eq!(
+        scenario.tamper_holding(agents, "/dev/tty5", "vt-ioctl", &["query"]),
+        Outcome::Ok
+    );
+    assert_eq!(
+        scenario.tamper_holding(agents, "/dev/null", "vt-ioctl", &["termios"]),
+        Outcome::Errno(libc::ENOTTY)
+    );
 }
