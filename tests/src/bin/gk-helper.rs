@@ -927,7 +927,7 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         }
         "mount" | "bind" | "bind-then" | "move" | "umount-lazy" | "pivot-root" | "fsmount"
         | "open-tree" | "fspick-ro" | "in-ns" | "runtime" | "mount-remount" | "mount-setattr"
-        | "overlay-then" | "tmpfs-binds-then" => mount_op(op, args),
+        | "overlay-then" | "tmpfs-binds-then" | "pty" => mount_op(op, args),
         "unshare-net-write" => unshare_net_write(text(0)?, text(1)?, text(2)?),
         // add|del ADDRESS [host|own-netns|own-userns]
         "net-address" => net_address(text(0)?, text(1)?, args.get(2).copied().unwrap_or("host")),
@@ -3027,6 +3027,62 @@ fn runtime(dir: &str) -> Result<(), i32> {
     umount("/bin", 0).map_err(step("umount bind"))
 }
 
+/// What a container runtime or terminal program does with pseudo-terminals: a devpts of its
+/// own at `dir`, a pair from its ptmx, and in a new session the terminal taken as controlling
+/// terminal, its settings and window size set.
+fn pseudo_terminal(dir: &str) -> Result<(), i32> {
+    const TIOCGPTN: libc::c_ulong = 0x8004_5430;
+    const TIOCSPTLCK: libc::c_ulong = 0x4004_5431;
+    mount(
+        "devpts",
+        dir,
+        Some("devpts"),
+        0,
+        Some("newinstance,ptmxmode=0666"),
+    )?;
+    let master = open_raw(&format!("{dir}/ptmx"), libc::O_RDWR | libc::O_NOCTTY)?;
+    let (mut number, mut unlock) = (0u32, 0i32);
+    // SAFETY: each request gets an integer that outlives the call.
+    unsafe {
+        errno_of(libc::ioctl(master, TIOCSPTLCK, &raw mut unlock) as libc::c_long)?;
+        errno_of(libc::ioctl(master, TIOCGPTN, &raw mut number) as libc::c_long)?;
+    }
+    let terminal = open_raw(&format!("{dir}/{number}"), libc::O_RDWR | libc::O_NOCTTY)?;
+    // SAFETY: the child only makes system calls before it exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(last_errno());
+    }
+    if pid == 0 {
+        // SAFETY: a new session of this child; buffers outlive the calls.
+        unsafe {
+            let mut settings: libc::termios = std::mem::zeroed();
+            let size = libc::winsize {
+                ws_row: 24,
+                ws_col: 80,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            let steps = [
+                libc::setsid() as libc::c_long,
+                libc::ioctl(terminal, libc::TIOCSCTTY, 0) as libc::c_long,
+                libc::ioctl(terminal, libc::TCGETS, &raw mut settings) as libc::c_long,
+                libc::ioctl(terminal, libc::TCSETS, &raw const settings) as libc::c_long,
+                libc::ioctl(terminal, libc::TIOCSWINSZ, &raw const size) as libc::c_long,
+            ];
+            let failed = steps.iter().position(|result| *result < 0);
+            libc::_exit(failed.map_or(0, |step| 10 + step as i32));
+        }
+    }
+    let mut status = 0;
+    // SAFETY: our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    match libc::WEXITSTATUS(status) {
+        0 => Ok(()),
+        step => Err(1000 + step),
+    }
+}
+
 /// Mount attempts (see `tamper`).
 fn mount_op(op: &str, args: &[&str]) -> Result<(), i32> {
     let text = |index: usize| args.get(index).copied().ok_or(libc::EINVAL);
@@ -3091,6 +3147,8 @@ fn mount_op(op: &str, args: &[&str]) -> Result<(), i32> {
             tamper(text(1)?, args.get(2..).unwrap_or_default())
         }
         "runtime" => runtime(text(0)?),
+        // pty DIR: see pseudo_terminal.
+        "pty" => pseudo_terminal(text(0)?),
         // overlay-then LOWER UPPER WORK MERGED OP [ARGS...]: an overlay at MERGED, then OP
         // (in the same mount namespace).
         "overlay-then" => {

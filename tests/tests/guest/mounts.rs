@@ -158,8 +158,17 @@ fn a_runtime_mounts_in_its_private_namespace() {
     assert_eq!(private(agents, "mount-remount", &[&own]), Outcome::Ok);
     assert_eq!(private(agents, "fsmount", &["tmpfs", &fs]), Outcome::Ok);
     assert_eq!(private(agents, "open-tree", &[&src, &tree]), Outcome::Ok);
+    // Pseudo-terminals of its own, configured as a terminal program does (controlling
+    // terminal, settings, window size): root and user agents alike.
+    let pts = format!("{dir}/pts");
+    mkdirs(&[&pts]);
+    assert_eq!(private(agents, "pty", &[&pts]), Outcome::Ok);
+    assert_eq!(
+        scenario.tamper_as_user(agents, "in-ns", &["user", "pty", &pts]),
+        Outcome::Ok
+    );
     // None of it is seen from the host.
-    for path in [&rt, &own, &fs, &tree] {
+    for path in [&rt, &own, &fs, &tree, &pts] {
         assert!(!mounted(Path::new(path)), "{path}");
     }
 
