@@ -78,8 +78,8 @@ const TIOCLINUX: u32 = 0x541c;
 /// accents, keycodes, meta, the signal a key sends), display (text or graphics, fonts, screen
 /// and colour maps), switching (mode, activate, lock, resize, deallocate), where console
 /// messages go (TIOCCONS), a serial port's settings and autoconfiguration, RS-485 mode, a
-/// real-time clock's alarms and parameters; and a whole file system frozen, thawed, shut down
-/// or relabelled (which fstab may mount it by). A `match`, which the compiler makes a search of
+/// real-time clock's alarms and parameters; and a whole file system frozen, thawed, shut down,
+/// relabelled (which fstab may mount it by), resized or given devices. A `match`, which the compiler makes a search of
 /// a few comparisons: every ioctl on the host is looked up here before the agent check.
 #[inline(always)]
 fn is_device_control(cmd: u32) -> bool {
@@ -127,6 +127,28 @@ fn is_device_control(cmd: u32) -> bool {
         | 0xc004_5878 // FITHAW
         | 0x8004_587d // FS_IOC_SHUTDOWN (ext4, xfs, f2fs)
         | 0x4100_9432 // FS_IOC_SETFSLABEL
+        // A whole file system grown, given devices or a new identity (ext4, xfs, btrfs, also
+        // the 32-bit forms): CAP_SYS_RESOURCE or CAP_SYS_ADMIN, which root agents hold.
+        | 0x4008_6607 // EXT4_IOC_GROUP_EXTEND
+        | 0x4004_6607 // EXT4_IOC32_GROUP_EXTEND
+        | 0x4028_6608 // EXT4_IOC_GROUP_ADD
+        | 0x4024_6608 // EXT4_IOC32_GROUP_ADD
+        | 0x4008_6610 // EXT4_IOC_RESIZE_FS
+        | 0x6611 // EXT4_IOC_SWAP_BOOT
+        | 0x4008_662c // EXT4_IOC_SETFSUUID
+        | 0x4010_586e // XFS_IOC_FSGROWFSDATA
+        | 0x400c_586e // XFS_IOC_FSGROWFSDATA, 32-bit
+        | 0x4008_586f // XFS_IOC_FSGROWFSLOG
+        | 0x4010_5870 // XFS_IOC_FSGROWFSRT
+        | 0x400c_5870 // XFS_IOC_FSGROWFSRT, 32-bit
+        | 0x8010_5872 // XFS_IOC_SET_RESBLKS
+        | 0x5000_9403 // BTRFS_IOC_RESIZE
+        | 0x5000_940a // BTRFS_IOC_ADD_DEV
+        | 0x5000_940b // BTRFS_IOC_RM_DEV
+        | 0x5000_943a // BTRFS_IOC_RM_DEV_V2
+        | 0x4008_9413 // BTRFS_IOC_DEFAULT_SUBVOL: what the host mounts next
+        | 0x4030_9439 // BTRFS_IOC_SET_FEATURES
+        | 0xc400_9420 // BTRFS_IOC_BALANCE_V2
     )
 }
 

@@ -319,6 +319,20 @@ fn vt_ioctl(what: &str) -> Result<(), i32> {
     }
 }
 
+/// The ext4 file system of `dir` asked to resize to one block (EXT4_IOC_RESIZE_FS): ext4
+/// refuses to shrink, EINVAL, once the caller may resize at all.
+fn fs_resize(dir: &str) -> Result<(), i32> {
+    const EXT4_IOC_RESIZE_FS: libc::c_ulong = 0x4008_6610;
+    let fd = open_raw(dir, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    let blocks: u64 = 1;
+    // SAFETY: the new block count outlives the call, on a descriptor owned here.
+    let resized =
+        errno_of(unsafe { libc::ioctl(fd, EXT4_IOC_RESIZE_FS, &raw const blocks) } as libc::c_long);
+    // SAFETY: closes the descriptor opened above.
+    unsafe { libc::close(fd) };
+    resized
+}
+
 fn fs_freeze(dir: &str) -> Result<(), i32> {
     const FIFREEZE: libc::c_ulong = 0xc004_5877;
     const FITHAW: libc::c_ulong = 0xc004_5878;
@@ -962,6 +976,8 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         "vt-ioctl" => vt_ioctl(text(0)?),
         // fs-freeze DIR: the file system of DIR frozen and thawed at once (FIFREEZE, FITHAW).
         "fs-freeze" => fs_freeze(text(0)?),
+        // fs-resize DIR: see fs_resize.
+        "fs-resize" => fs_resize(text(0)?),
         // wake-alarm: a timer that would wake the host from suspend (CLOCK_BOOTTIME_ALARM).
         "wake-alarm" => {
             const CLOCK_BOOTTIME_ALARM: libc::c_int = 9;

@@ -240,8 +240,13 @@ fn agents_mount_no_file_system_on_a_device() {
     assert!(status.success(), "mount {disk} {host}");
     scenario.agents_denied("fs-freeze", &[&host]);
     let control = scenario.tamper(outside, "fs-freeze", &[&host]);
+    // Nor resize it: outside, ext4 answers for itself (it does not shrink: EINVAL).
+    let resized = scenario.tamper(agents, "fs-resize", &[&host]);
+    let resize_control = scenario.tamper(outside, "fs-resize", &[&host]);
     let _ = std::process::Command::new("umount").arg(&host).status();
     assert_eq!(control, Outcome::Ok);
+    assert_eq!(resized, Outcome::Denied);
+    assert_eq!(resize_control, Outcome::Errno(libc::EINVAL));
     journaled(&scenario, "device_control");
 }
 
