@@ -246,7 +246,7 @@ pub mod hook_args {
 pub const EXEC_PROGRAM: &str = "bprm_check_security";
 pub const CONNECT_PROGRAM: &str = "socket_connect";
 pub const SENDMSG_PROGRAM: &str = "socket_sendmsg";
-pub const PROGRAMS: [&str; 53] = [
+pub const PROGRAMS: [&str; 55] = [
     EXEC_PROGRAM,
     CONNECT_PROGRAM,
     SENDMSG_PROGRAM,
@@ -321,6 +321,9 @@ pub const PROGRAMS: [&str; 53] = [
     "perf_event_open",
     // The kernel's log cleared, or its console messages switched off (syslog(2)).
     "syslog",
+    // Keys: agents use only those made in their own cgroup.
+    "key_alloc",
+    "key_permission",
 ];
 
 /// Programs on hooks that came with kernels later than the oldest supported, loaded and attached
@@ -356,6 +359,8 @@ pub const MAX_ALLOWED: u32 = 4096;
 pub const MAX_DAEMON_FILES: u32 = 1024;
 pub const MAX_GUARDED_NAMES: u32 = 64;
 pub const MAX_RAW_DEVICES: u32 = 1024;
+/// Keys agents may have at once (their own: host keys are not counted).
+pub const MAX_AGENT_KEYS: u32 = 16384;
 
 /// Values of [`maps::RAW_DEVICES`]. A device listed by neither its number nor its major (for
 /// misc devices, major 10, by its number alone) was not registered when the daemon last looked:
@@ -648,10 +653,18 @@ pub enum TamperHook {
     /// crash), a clock's alarm or parameters; or a whole file system frozen, thawed, shut down
     /// or relabelled (data: ioctl command, 0).
     DeviceControl = 61,
-    /// Clearing the kernel's log, turning its messages on the consoles off or on, or setting
-    /// their level (data: the syslog(2) action, 0), or opening /dev/kmsg to write lines into
-    /// the log that read as the kernel's (data: device, inode).
+    /// Clearing the kernel's log, turning its messages on the consoles off or on, setting
+    /// their level, or reading /proc/kmsg's stream away from the host's log readers (data: the
+    /// syslog(2) action, 0), or opening /dev/kmsg to write lines into the log that read as the
+    /// kernel's (data: device, inode).
     KernelLog = 62,
+    /// Any use of a key an agent did not make (read, write, link, set attributes): the
+    /// keyrings of its user (root's for a root agent) hold host services' secrets
+    /// (data: the permission asked, 0).
+    HostKey = 63,
+    /// Writing into the host's audit trail (which also reaches the kernel's log), changing
+    /// its rules or switching it off, or reading it as it is written (data: capability, 0).
+    Audit = 64,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -674,7 +687,7 @@ pub enum MountRefusal {
 
 impl TamperHook {
     /// Every hook, in id order (ids start at 1).
-    pub const ALL: [Self; 62] = {
+    pub const ALL: [Self; 64] = {
         use TamperHook::*;
         [
             Bpf,
@@ -739,6 +752,8 @@ impl TamperHook {
             Perf,
             DeviceControl,
             KernelLog,
+            HostKey,
+            Audit,
         ]
     };
 
@@ -810,6 +825,8 @@ impl TamperHook {
             Self::Perf => "perf",
             Self::DeviceControl => "device_control",
             Self::KernelLog => "kernel_log",
+            Self::HostKey => "host_key",
+            Self::Audit => "audit",
         }
     }
 }

@@ -40,6 +40,11 @@
 //! CAP_WAKE_ALARM: no timer that wakes the host from suspend, as a real-time clock's alarm
 //! would (refused in `file_ioctl`).
 //!
+//! The host's audit trail, a record like the kernel's log (where the kernel prints what it
+//! receives when no audit daemon runs): agents write no message into it (CAP_AUDIT_WRITE: an
+//! AVC message's text chosen by the agent, newlines and all), change or stop it
+//! (CAP_AUDIT_CONTROL), or read it as it is written (CAP_AUDIT_READ).
+//!
 //! `mount_setattr(2)`, which changes a mount's flags and propagation, has no LSM hook; its first
 //! step is the CAP_SYS_ADMIN check of `may_mount()`, which is refused here when the system call
 //! is mount_setattr and the caller is in the host's mount namespace.
@@ -61,7 +66,10 @@ const CAP_SYS_BOOT: i32 = 22;
 const CAP_SYS_NICE: i32 = 23;
 const CAP_SYS_RAWIO: i32 = 17;
 const CAP_SYS_TIME: i32 = 25;
+const CAP_AUDIT_WRITE: i32 = 29;
+const CAP_AUDIT_CONTROL: i32 = 30;
 const CAP_WAKE_ALARM: i32 = 35;
+const CAP_AUDIT_READ: i32 = 37;
 const CAP_PERFMON: i32 = 38;
 /// A check that only probes (`ns_capable_noaudit`): refused quietly, it is no attempt.
 const CAP_OPT_NOAUDIT: u32 = 1 << 1;
@@ -88,6 +96,7 @@ pub fn capable(ctx: LsmContext) -> i32 {
         CAP_SYS_RAWIO => TamperHook::KernelMemory,
         CAP_SYS_BOOT | CAP_WAKE_ALARM => TamperHook::Reboot,
         CAP_PERFMON => TamperHook::Perf,
+        CAP_AUDIT_WRITE | CAP_AUDIT_CONTROL | CAP_AUDIT_READ => TamperHook::Audit,
         _ => return 0,
     };
     let Some(agent) = agent_cgroup() else {

@@ -104,6 +104,9 @@ fn is_device_control(cmd: u32) -> bool {
         | 0x4bfb // KDSKBDIACRUC
         | 0x4b34 // KDADDIO
         | 0x4b36 // KDENABIO
+        | 0x4b2f // KIOCSOUND: the console's speaker
+        | 0x4b30 // KDMKTONE
+        | 0x4b32 // KDSETLED: the keyboard's LEDs
         | 0x4b52 // KDKBDREP: the keyboard's repeat rate
         | 0x4b65 // KDSKBLED: the keyboard's default LEDs
         | 0x5602 // VT_SETMODE

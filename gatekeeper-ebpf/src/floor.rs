@@ -271,3 +271,13 @@ pub fn floor_perf_event_open(_ctx: LsmContext) -> i32 {
 pub fn floor_syslog(ctx: LsmContext) -> i32 {
     ctx.arg(1)
 }
+
+#[lsm(hook = "key_alloc")]
+pub fn floor_key_alloc(ctx: LsmContext) -> i32 {
+    ctx.arg(3)
+}
+
+#[lsm(hook = "key_permission")]
+pub fn floor_key_permission(ctx: LsmContext) -> i32 {
+    ctx.arg(3)
+}

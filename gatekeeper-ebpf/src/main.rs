@@ -22,6 +22,8 @@ mod files;
 #[cfg(target_arch = "bpf")]
 mod floor;
 #[cfg(target_arch = "bpf")]
+mod keys;
+#[cfg(target_arch = "bpf")]
 mod mounts;
 #[cfg(target_arch = "bpf")]
 mod names;

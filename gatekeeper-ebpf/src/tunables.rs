@@ -44,9 +44,13 @@ pub fn is_kernel_fs(magic: u64) -> bool {
     )
 }
 
-/// syslog(2) actions from the log read and cleared (4) through clear, console off, console on
-/// to the console level (8). Reading (2, 3) and the sizes (9, 10) stay open, as far as
-/// `kernel.dmesg_restrict` allows.
+/// syslog(2) actions that change the log for everyone: opening /proc/kmsg (1) and reading
+/// (2), which take what they read from every other reader of /proc/kmsg (rsyslog's imklog,
+/// klogd), and from the log read and cleared (4) through clear, console off, console on to the
+/// console level (8). Reading it all (3, as dmesg does) and the sizes (9, 10) stay open, as far
+/// as `kernel.dmesg_restrict` allows.
+const SYSLOG_ACTION_OPEN: i32 = 1;
+const SYSLOG_ACTION_READ: i32 = 2;
 const SYSLOG_ACTION_READ_CLEAR: i32 = 4;
 const SYSLOG_ACTION_CONSOLE_LEVEL: i32 = 8;
 
@@ -57,7 +61,9 @@ pub fn syslog(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    if !(SYSLOG_ACTION_READ_CLEAR..=SYSLOG_ACTION_CONSOLE_LEVEL).contains(&action) {
+    let changes_the_log = matches!(action, SYSLOG_ACTION_OPEN | SYSLOG_ACTION_READ)
+        || (SYSLOG_ACTION_READ_CLEAR..=SYSLOG_ACTION_CONSOLE_LEVEL).contains(&action);
+    if !changes_the_log {
         return 0;
     }
     deny_agents(TamperHook::KernelLog, [action as u64, 0])

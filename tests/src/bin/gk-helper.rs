@@ -319,6 +319,54 @@ fn vt_ioctl(what: &str) -> Result<(), i32> {
     }
 }
 
+fn audit_user() -> Result<(), i32> {
+    const NETLINK_AUDIT: i32 = 9;
+    const AUDIT_USER_AVC: u16 = 1107;
+    const NLM_F_REQUEST_ACK: u16 = 0x1 | 0x4;
+    const NLMSG_ERROR: u16 = 2;
+    let text = b"gatekeeper test: a user AVC message\0";
+    // SAFETY: a socket owned here.
+    let socket =
+        fd_of(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, NETLINK_AUDIT) }.into())?;
+    // struct nlmsghdr: length, type, flags, sequence, port; then the text.
+    let mut message = Vec::with_capacity(16 + text.len());
+    message.extend_from_slice(&((16 + text.len()) as u32).to_ne_bytes());
+    message.extend_from_slice(&AUDIT_USER_AVC.to_ne_bytes());
+    message.extend_from_slice(&NLM_F_REQUEST_ACK.to_ne_bytes());
+    message.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
+    message.extend_from_slice(text);
+    let mut reply = [0u8; 256];
+    // SAFETY: buffers that outlive the calls; the kernel is the default destination.
+    let result = unsafe {
+        let sent = libc::send(socket, message.as_ptr().cast(), message.len(), 0);
+        let received = if sent < 0 {
+            -1
+        } else {
+            libc::recv(socket, reply.as_mut_ptr().cast(), reply.len(), 0)
+        };
+        let result = if received < 0 {
+            Err(last_errno())
+        } else {
+            Ok(received as usize)
+        };
+        libc::close(socket);
+        result
+    };
+    let received = result?;
+    // The acknowledgement: an NLMSG_ERROR message whose error is 0 or minus the errno.
+    let kind = u16::from_ne_bytes([reply[4], reply[5]]);
+    if received < 20 || kind != NLMSG_ERROR {
+        return Err(libc::EPROTO);
+    }
+    match i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]) {
+        0 => Ok(()),
+        error => Err(-error),
+    }
+}
+
+const KEYCTL_READ: libc::c_long = 11;
+const KEY_SPEC_PROCESS_KEYRING: libc::c_long = -2;
+
 /// The ext4 file system of `dir` asked to resize to one block (EXT4_IOC_RESIZE_FS): ext4
 /// refuses to shrink, EINVAL, once the caller may resize at all.
 fn fs_resize(dir: &str) -> Result<(), i32> {
@@ -976,6 +1024,51 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         "vt-ioctl" => vt_ioctl(text(0)?),
         // fs-freeze DIR: the file system of DIR frozen and thawed at once (FIFREEZE, FITHAW).
         "fs-freeze" => fs_freeze(text(0)?),
+        // audit-user: a user AVC message sent to the kernel's audit (which prints it to the
+        // kernel's log when no audit daemon runs), its acknowledgement awaited.
+        "audit-user" => audit_user(),
+        // key-read ID: the key's payload (keyctl read).
+        "key-read" => {
+            let id: libc::c_long = text(0)?.parse().map_err(|_| libc::EINVAL)?;
+            let mut payload = [0u8; 256];
+            // SAFETY: the buffer outlives the call and says its size.
+            errno_of(unsafe {
+                libc::syscall(
+                    libc::SYS_keyctl,
+                    KEYCTL_READ,
+                    id,
+                    payload.as_mut_ptr(),
+                    payload.len(),
+                )
+            })
+        }
+        // key-own: a key of its own added to this process's keyring, then read back.
+        "key-own" => {
+            let (kind, name, payload) = (c_path("user")?, c_path("gatekeeper-agent-key")?, b"own");
+            // SAFETY: NUL-terminated strings and a payload that outlive the call.
+            let id = unsafe {
+                libc::syscall(
+                    libc::SYS_add_key,
+                    kind.as_ptr(),
+                    name.as_ptr(),
+                    payload.as_ptr(),
+                    payload.len(),
+                    KEY_SPEC_PROCESS_KEYRING,
+                )
+            };
+            errno_of(id)?;
+            let mut back = [0u8; 16];
+            // SAFETY: the buffer outlives the call and says its size.
+            errno_of(unsafe {
+                libc::syscall(
+                    libc::SYS_keyctl,
+                    KEYCTL_READ,
+                    id,
+                    back.as_mut_ptr(),
+                    back.len(),
+                )
+            })
+        }
         // fs-resize DIR: see fs_resize.
         "fs-resize" => fs_resize(text(0)?),
         // wake-alarm: a timer that would wake the host from suspend (CLOCK_BOOTTIME_ALARM).

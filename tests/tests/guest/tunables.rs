@@ -84,7 +84,27 @@ fn agent_cannot_set_host_tunables() {
         scenario.tamper(&scenario.outside, "write", &line),
         Outcome::Ok
     );
+    // Nor /proc/kmsg, whose reads take what they read from the host's log readers.
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "open", &["/proc/kmsg"]),
+        Outcome::Denied
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "open", &["/proc/kmsg"]),
+        Outcome::Ok
+    );
     journaled(&scenario, "kernel_log");
+    // Nor the audit trail, where a user message's text (printed to the kernel's log with no
+    // audit daemon running) is the sender's to choose.
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "audit-user", &[]),
+        Outcome::Denied
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "audit-user", &[]),
+        Outcome::Ok
+    );
+    journaled(&scenario, "audit");
 
     // A network namespace inside a user namespace of the agent's own is the agent's to
     // configure; one the host's user namespace owns is not (see the network test below).
@@ -316,6 +336,58 @@ fn agents_take_no_host_port() {
 /// also by `adjtimex` without changes. Nor do they get I/O ports (`ioperm`, `iopl`), through
 /// which the real-time clock, PCI configuration space and every device's DMA are reached. From
 /// outside each works. (An ordinary user gets neither from the kernel either.)
+/// A key the test (root, outside the agents) adds to root's user keyring, as a host service
+/// keeps a secret there: its serial number.
+fn add_host_key(description: &str) -> i64 {
+    let (kind, name) = (c"user", std::ffi::CString::new(description).unwrap());
+    let payload = b"a secret of the host's";
+    const KEY_SPEC_USER_KEYRING: libc::c_long = -4;
+    // SAFETY: NUL-terminated strings and a payload that outlive the call.
+    let id = unsafe {
+        libc::syscall(
+            libc::SYS_add_key,
+            kind.as_ptr(),
+            name.as_ptr(),
+            payload.as_ptr(),
+            payload.len(),
+            KEY_SPEC_USER_KEYRING,
+        )
+    };
+    assert!(id > 0, "add_key: {}", std::io::Error::last_os_error());
+    id
+}
+
+#[test]
+fn agents_use_no_key_of_the_host() {
+    let scenario = Scenario::start("keys", Options::default());
+    // Root's user keyring is every root process's: a root agent would read what host
+    // services keep there. From outside it reads. (keyctl's read answers ENOKEY to any
+    // refusal of its first lookup, which asks the LSM before it reads: the journal says whose.)
+    let id = add_host_key("gatekeeper-test-host-key").to_string();
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "key-read", &[&id]),
+        Outcome::Errno(libc::ENOKEY)
+    );
+    journaled(&scenario, "host_key");
+    assert_ne!(
+        scenario.tamper_as_user(&scenario.agents, "key-read", &[&id]),
+        Outcome::Ok
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "key-read", &[&id]),
+        Outcome::Ok
+    );
+    // Keys the agents make are theirs.
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "key-own", &[]),
+        Outcome::Ok
+    );
+    assert_eq!(
+        scenario.tamper_as_user(&scenario.agents, "key-own", &[]),
+        Outcome::Ok
+    );
+}
+
 #[test]
 fn agents_set_no_clock_and_reach_no_hardware() {
     let scenario = Scenario::start("clock", Options::default());
