@@ -164,7 +164,8 @@ fn agent_cannot_write_cgroup_v1_files() {
     journaled(&scenario, "cgroup_write");
 }
 
-/// Opening a character device no driver has registered asks the kernel to load one.
+/// Opening a character device no driver has registered, or mounting a file system type no
+/// module has brought, asks the kernel to load one.
 #[test]
 fn agent_cannot_have_a_module_loaded() {
     let scenario = Scenario::start("tunables-modules", Options::default());
@@ -181,11 +182,20 @@ fn agent_cannot_have_a_module_loaded() {
     };
     assert_eq!(made, 0);
     let node = node.display().to_string();
-    // Outside first, then something journaled from the agent: by then the outside call would
-    // have been journaled too, had it been taken for an attempt.
+    // A file system type no module has (in a mount namespace of the caller's own).
+    let dir = scenario.dir.join("nofs");
+    std::fs::create_dir(&dir).unwrap();
+    let dir = dir.display().to_string();
+    let no_fs = |mode| [mode, "mount", "gatekeeper-nofs", "none", dir.as_str()];
+    // Outside first, then something journaled from the agent: by then the outside calls would
+    // have been journaled too, had they been taken for attempts.
     assert_ne!(
         scenario.tamper(&scenario.outside, "open", &[&node]),
         Outcome::Denied
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "in-ns", &no_fs("private")),
+        Outcome::Errno(libc::ENODEV)
     );
     assert_eq!(
         scenario.tamper(&scenario.agents, "bpf", &["0"]),
@@ -201,14 +211,24 @@ fn agent_cannot_have_a_module_loaded() {
     };
     assert_eq!(module_requests(), 0, "a request from outside was taken");
     for user in [false, true] {
-        let outcome = if user {
-            scenario.tamper_as_user(&scenario.agents, "open", &[&node])
+        let (node_outcome, mount_outcome) = if user {
+            (
+                scenario.tamper_as_user(&scenario.agents, "open", &[&node]),
+                scenario.tamper_as_user(&scenario.agents, "in-ns", &no_fs("user")),
+            )
         } else {
-            scenario.tamper(&scenario.agents, "open", &[&node])
+            (
+                scenario.tamper(&scenario.agents, "open", &[&node]),
+                scenario.tamper(&scenario.agents, "in-ns", &no_fs("private")),
+            )
         };
-        // No driver, and none may be loaded: the device is not there.
-        assert_eq!(outcome, Outcome::Errno(libc::ENXIO), "user: {user}");
+        // A device number no driver has registered is refused before the kernel looks for
+        // one (raw_device); the file system's module may not be loaded (module_request), so
+        // the type is not there.
+        assert_eq!(node_outcome, Outcome::Denied, "user: {user}");
+        assert_eq!(mount_outcome, Outcome::Errno(libc::ENODEV), "user: {user}");
     }
+    journaled(&scenario, "raw_device");
     journaled(&scenario, "module_request");
 }
 
