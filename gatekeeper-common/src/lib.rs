@@ -144,6 +144,9 @@ macro_rules! kernel_members {
             (OFF_PT_REGS_CX, "pt_regs", "cx"),
             (OFF_PT_REGS_DX, "pt_regs", "dx"),
             (OFF_PT_REGS_SI, "pt_regs", "si"),
+            // The first argument of an x86-64 and of a 32-bit system call (keyctl's command).
+            (OFF_PT_REGS_DI, "pt_regs", "di"),
+            (OFF_PT_REGS_BX, "pt_regs", "bx"),
             // Where execveat callers pass their environment.
             (OFF_PT_REGS_R10, "pt_regs", "r10"),
             // The type of a file system being mounted.
@@ -181,6 +184,15 @@ macro_rules! kernel_members {
             (OFF_TASK_PERF_EVENT_CTXP, "task_struct", "perf_event_ctxp"),
             (OFF_TASK_PERF_EVENT_MUTEX, "task_struct", "perf_event_mutex"),
             (OFF_PERF_CTX_NR_EVENTS, "perf_event_context", "nr_events"),
+            // A key's description (in an anonymous struct of a union), set before `key_alloc`.
+            (OFF_KEY_DESCRIPTION, "key", "description"),
+            // The terminal behind a tty file (/dev/tty): its driver's numbers and its index.
+            (OFF_FILE_PRIVATE_DATA, "file", "private_data"),
+            (OFF_TTY_FILE_PRIVATE_TTY, "tty_file_private", "tty"),
+            (OFF_TTY_DRIVER, "tty_struct", "driver"),
+            (OFF_TTY_INDEX, "tty_struct", "index"),
+            (OFF_TTY_DRIVER_MAJOR, "tty_driver", "major"),
+            (OFF_TTY_DRIVER_MINOR_START, "tty_driver", "minor_start"),
         }
     };
 }

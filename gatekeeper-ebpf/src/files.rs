@@ -25,9 +25,10 @@ use crate::{
     names::{gatekeeper_below_guarded_name, guard_name_at},
     offsets::{
         OFF_DENTRY_INODE, OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_FILE_FLAGS, OFF_FILE_INODE,
-        OFF_FILE_MODE, OFF_FILE_PATH, OFF_IATTR_VALID, OFF_INODE_MODE, OFF_INODE_RDEV,
-        OFF_INODE_SB, OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_QSTR_NAME, OFF_TASK_CRED, OFF_TASK_FLAGS,
-        OFF_TASK_REAL_CRED, OFF_VFSMOUNT_SB,
+        OFF_FILE_MODE, OFF_FILE_PATH, OFF_FILE_PRIVATE_DATA, OFF_IATTR_VALID, OFF_INODE_MODE,
+        OFF_INODE_RDEV, OFF_INODE_SB, OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_QSTR_NAME, OFF_TASK_CRED,
+        OFF_TASK_FLAGS, OFF_TASK_REAL_CRED, OFF_TTY_DRIVER, OFF_TTY_DRIVER_MAJOR,
+        OFF_TTY_DRIVER_MINOR_START, OFF_TTY_FILE_PRIVATE_TTY, OFF_TTY_INDEX, OFF_VFSMOUNT_SB,
     },
     read::{
         BPF_FS_MAGIC, PROC_SUPER_MAGIC, SYSFS_MAGIC, current_syscall, inode_magic, member_ptr,
@@ -366,7 +367,12 @@ unsafe fn agent_open(agent: u64, file: *const u8) -> Result<i32, i32> {
     Ok(decide(agent, read, core::ptr::null()))
 }
 
-/// Whether `file` is a character device agents may not open (a host terminal it was handed).
+/// /dev/tty: the caller's controlling terminal, whatever device that is.
+const CONTROLLING_TTY_DEVICE: u32 = 5 << 20;
+
+/// Whether `file` is a character device agents may not open (a host terminal it was handed),
+/// or /dev/tty opened on one (an agent started from a host console has it as its controlling
+/// terminal).
 #[inline(always)]
 unsafe fn on_raw_device(file: *const u8) -> Result<bool, i32> {
     unsafe {
@@ -375,7 +381,26 @@ unsafe fn on_raw_device(file: *const u8) -> Result<bool, i32> {
         if mode & S_IFMT != S_IFCHR {
             return Ok(false);
         }
-        Ok(is_raw_device(read_field(inode, &OFF_INODE_RDEV)?))
+        let rdev: u32 = read_field(inode, &OFF_INODE_RDEV)?;
+        if rdev != CONTROLLING_TTY_DEVICE {
+            return Ok(is_raw_device(rdev));
+        }
+        Ok(is_raw_device(terminal_behind(file)?))
+    }
+}
+
+/// The device number of the terminal a tty file (/dev/tty) was opened on: its driver's major,
+/// and its first minor plus the terminal's index.
+#[inline(always)]
+unsafe fn terminal_behind(file: *const u8) -> Result<u32, i32> {
+    unsafe {
+        let private: *const u8 = read_field(file, &OFF_FILE_PRIVATE_DATA)?;
+        let tty: *const u8 = read_field(private, &OFF_TTY_FILE_PRIVATE_TTY)?;
+        let driver: *const u8 = read_field(tty, &OFF_TTY_DRIVER)?;
+        let index: i32 = read_field(tty, &OFF_TTY_INDEX)?;
+        let major: i32 = read_field(driver, &OFF_TTY_DRIVER_MAJOR)?;
+        let minor_start: i32 = read_field(driver, &OFF_TTY_DRIVER_MINOR_START)?;
+        Ok((major as u32) << 20 | (minor_start + index) as u32 & ALL_MINORS)
     }
 }
 

@@ -6,6 +6,10 @@
 //! `key_alloc`): every key made at an address, an agent's or not, passes `key_alloc`, which
 //! records or forgets it, so a freed agent key's address gives a later host key to no agent.
 
+use aya_ebpf::helpers::{
+    bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel_str_bytes,
+    bpf_task_pt_regs,
+};
 use aya_ebpf::{
     EbpfContext as _,
     helpers::generated::bpf_get_func_arg,
@@ -15,7 +19,26 @@ use aya_ebpf::{
 };
 use gatekeeper_common::{MAX_AGENT_KEYS, TamperHook};
 
-use crate::verdict::{agent_cgroup, tamper};
+use crate::{
+    offsets::{OFF_KEY_DESCRIPTION, OFF_PT_REGS_BX, OFF_PT_REGS_DI, OFF_TASK_REAL_PARENT},
+    procs::in_subtree,
+    read::{current_syscall, read_field},
+    verdict::{agent_cgroup, tamper},
+};
+
+/// keyctl in the x86-64 and the 32-bit system call tables (neither number is a system call
+/// that reaches a key in the other table), and its command that hands the caller's session
+/// keyring to its parent, where the parent's later keys would land in the agent's keyring.
+const NR_KEYCTL: [u64; 2] = [250, 288];
+const KEYCTL_SESSION_TO_PARENT: u32 = 18;
+const KEY_NEED_LINK: u32 = 5;
+
+/// Keyrings the kernel finds by name for every process of a user or a user namespace: a
+/// user's own keyrings and the registers that hold them (`.user_reg`, `.persistent_register`;
+/// the kernel's other `.` keyrings too). One an agent makes first (`keyctl_get_persistent`)
+/// is the host's as well, so never the agent's: an agent owning a register could clear it or
+/// plant a keyring of its own under a user's name there.
+const SHARED_KEYRINGS: [&[u8]; 4] = [b".", b"_persistent.", b"_uid.", b"_uid_ses."];
 
 /// The address of each key an agent made -> its agent cgroup. LRU: the entries of freed keys
 /// (no hook sees a key go) make room; a live key pushed out is refused to its agent, never given
@@ -43,6 +66,10 @@ pub fn key_alloc(ctx: LsmContext) -> i32 {
         let _ = AGENT_KEYS.remove(key);
         return 0;
     };
+    if unsafe { names_a_shared_keyring(key as *const u8) } {
+        let _ = AGENT_KEYS.remove(key);
+        return 0;
+    }
     // Unrecorded, the key would be refused to its agent: refused now instead.
     match AGENT_KEYS.insert(key, agent, 0) {
         Ok(()) => 0,
@@ -67,15 +94,67 @@ pub fn key_permission(ctx: LsmContext) -> i32 {
         return tamper(agent, TamperHook::HostKey, [0, 0]);
     }
     let key = key_ref & !1;
+    let need: u32 = ctx.arg(2);
+    if need == KEY_NEED_LINK && hands_keyring_to_a_host_parent(agent) {
+        return tamper(
+            agent,
+            TamperHook::HostKey,
+            [need as u64, KEYCTL_SESSION_TO_PARENT as u64],
+        );
+    }
     if AGENT_KEYS
         .get_ptr(key)
         .is_some_and(|owner| unsafe { *owner } == agent)
     {
         return 0;
     }
-    let need: u32 = ctx.arg(2);
     if need == KEY_NEED_VIEW || need == KEY_NEED_SEARCH {
         return -EACCES;
     }
     tamper(agent, TamperHook::HostKey, [need as u64, 0])
+}
+
+/// Whether `key`'s description is one of [`SHARED_KEYRINGS`] (unreadable counts as one).
+#[inline(always)]
+unsafe fn names_a_shared_keyring(key: *const u8) -> bool {
+    let mut name = [0u8; 16];
+    let read = unsafe {
+        read_field::<*const u8>(key, &OFF_KEY_DESCRIPTION).is_ok_and(|description| {
+            bpf_probe_read_kernel_str_bytes(description, &mut name).is_ok()
+        })
+    };
+    !read
+        || SHARED_KEYRINGS
+            .iter()
+            .any(|prefix| name.get(..prefix.len()) == Some(*prefix))
+}
+
+/// Whether the caller is in keyctl(KEYCTL_SESSION_TO_PARENT) with a parent outside the agent
+/// subtree of `agent` (unreadable counts as outside).
+#[inline(always)]
+fn hands_keyring_to_a_host_parent(agent: u64) -> bool {
+    let Ok(number) = current_syscall() else {
+        return true;
+    };
+    if !NR_KEYCTL.contains(&number) {
+        return false;
+    }
+    let first = if number == NR_KEYCTL[0] {
+        &OFF_PT_REGS_DI
+    } else {
+        &OFF_PT_REGS_BX
+    };
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
+        match read_field::<u64>(regs, first) {
+            Ok(command) if command as u32 != KEYCTL_SESSION_TO_PARENT => return false,
+            Ok(_) => {}
+            Err(_) => return true,
+        }
+        let task = bpf_get_current_task() as *const u8;
+        match read_field::<*const u8>(task, &OFF_TASK_REAL_PARENT) {
+            Ok(parent) => !in_subtree(parent, agent).unwrap_or(false),
+            Err(_) => true,
+        }
+    }
 }

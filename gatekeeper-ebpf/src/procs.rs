@@ -51,7 +51,7 @@ fn tgid_of(task: *const u8) -> u32 {
 
 /// Whether `task`'s cgroup (v2) is `agent` or one below it.
 #[inline(always)]
-unsafe fn in_subtree(task: *const u8, agent: u64) -> Result<bool, i32> {
+pub unsafe fn in_subtree(task: *const u8, agent: u64) -> Result<bool, i32> {
     unsafe {
         let css_set: *const u8 = read_field(task, &OFF_TASK_CGROUPS)?;
         let cgroup: *const u8 = read_field(css_set, &OFF_CSS_SET_DFL_CGRP)?;
@@ -317,6 +317,10 @@ pub unsafe fn watched_by_perf(task: *const u8) -> bool {
     let space = field_offset(&OFF_TASK_PERF_EVENT_MUTEX)
         .saturating_sub(field_offset(&OFF_TASK_PERF_EVENT_CTXP));
     let pointer = core::mem::size_of::<usize>();
+    // A layout other than the two known (the mutex right after the pointers): no telling.
+    if space < pointer {
+        return true;
+    }
     for index in 0..MAX_PERF_CONTEXTS {
         if (index + 1) * pointer > space {
             break;

@@ -1263,7 +1263,7 @@ alice = "{alice_key}"
 }
 
 /// Runs gk-helper and reads its `RESULT=` line (or a target that ran, for exec routes).
-fn helper_outcome(args: &[&str]) -> Outcome {
+pub fn helper_outcome(args: &[&str]) -> Outcome {
     let output = Command::new(bin("gk-helper"))
         .args(args)
         .output()

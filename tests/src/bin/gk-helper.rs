@@ -1042,6 +1042,49 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
                 )
             })
         }
+        // key-persistent-add: its user's persistent keyring, and a key added to it.
+        "key-persistent-add" => {
+            const KEYCTL_GET_PERSISTENT: libc::c_long = 22;
+            // SAFETY: numbers only: this process's uid (-1), linked into its own keyring.
+            let ring = unsafe {
+                libc::syscall(
+                    libc::SYS_keyctl,
+                    KEYCTL_GET_PERSISTENT,
+                    -1,
+                    KEY_SPEC_PROCESS_KEYRING,
+                )
+            };
+            errno_of(ring)?;
+            let (kind, name, payload) = (c_path("user")?, c_path("gatekeeper-planted")?, b"x");
+            // SAFETY: NUL-terminated strings and a payload that outlive the call.
+            errno_of(unsafe {
+                libc::syscall(
+                    libc::SYS_add_key,
+                    kind.as_ptr(),
+                    name.as_ptr(),
+                    payload.as_ptr(),
+                    payload.len(),
+                    ring,
+                )
+            })
+        }
+        // devtty-termios: the controlling terminal's settings, through /dev/tty, written back
+        // as they read.
+        "devtty-termios" => {
+            let fd = open_raw("/dev/tty", libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK)?;
+            // SAFETY: a termios that outlives the calls, on a descriptor owned here.
+            let result = unsafe {
+                let mut settings: libc::termios = std::mem::zeroed();
+                errno_of(libc::ioctl(fd, libc::TCGETS, &raw mut settings) as libc::c_long).and_then(
+                    |()| {
+                        errno_of(libc::ioctl(fd, libc::TCSETS, &raw const settings) as libc::c_long)
+                    },
+                )
+            };
+            // SAFETY: closes the descriptor opened above.
+            unsafe { libc::close(fd) };
+            result
+        }
         // key-own: a key of its own added to this process's keyring, then read back.
         "key-own" => {
             let (kind, name, payload) = (c_path("user")?, c_path("gatekeeper-agent-key")?, b"own");
@@ -2304,6 +2347,62 @@ fn main() -> ExitCode {
                 hold_as_stdin(path).map_err(|_| ExitCode::from(2))?;
                 joined(cgroup)?;
                 print_result(tamper(op, rest));
+            }
+            // controlling PATH CGROUP OP [ARGS...]: in a session of its own, PATH opened here
+            // as its controlling terminal and standard input, then CGROUP joined (an agent
+            // started from a console).
+            ["controlling", path, cgroup, op, rest @ ..] => {
+                // SAFETY: a new session for this process, which leads no process group.
+                if unsafe { libc::setsid() } < 0 {
+                    return Err(ExitCode::from(2));
+                }
+                let fd = open_raw(path, libc::O_RDWR | libc::O_NONBLOCK)
+                    .map_err(|_| ExitCode::from(2))?;
+                // SAFETY: dup2 of a descriptor this process owns.
+                unsafe { libc::dup2(fd, 0) };
+                joined(cgroup)?;
+                print_result(tamper(op, rest));
+            }
+            // key-to-parent CGROUP [parent-too]: a child that joins CGROUP, makes a session
+            // keyring and hands it to this process, its parent, which stays where it is (or
+            // joins CGROUP first with `parent-too`).
+            ["key-to-parent", cgroup, rest @ ..] => {
+                let parent_too = rest == ["parent-too"];
+                if parent_too {
+                    joined(cgroup)?;
+                }
+                // SAFETY: the child joins, makes system calls and exits with their errno.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    // (An agent moves no process, itself included: the child of one is in.)
+                    if !parent_too && joined(cgroup).is_err() {
+                        unsafe { libc::_exit(2) };
+                    }
+                    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+                    const KEYCTL_SESSION_TO_PARENT: libc::c_long = 18;
+                    // SAFETY: a null name asks for a new anonymous keyring.
+                    let result = unsafe {
+                        if libc::syscall(
+                            libc::SYS_keyctl,
+                            KEYCTL_JOIN_SESSION_KEYRING,
+                            std::ptr::null::<u8>(),
+                        ) < 0
+                        {
+                            -1
+                        } else {
+                            libc::syscall(libc::SYS_keyctl, KEYCTL_SESSION_TO_PARENT)
+                        }
+                    };
+                    let errno = if result < 0 { last_errno() } else { 0 };
+                    unsafe { libc::_exit(errno) };
+                }
+                let mut status = 0;
+                // SAFETY: our own child.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                print_result(match libc::WEXITSTATUS(status) {
+                    0 => Ok(()),
+                    errno => Err(errno),
+                });
             }
             ["race-net", cgroup, threads, op, target] => {
                 let target = address(target)?;

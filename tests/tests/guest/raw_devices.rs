@@ -302,6 +302,13 @@ fn agents_use_no_console_or_serial_port_of_the_host() {
         scenario.tamper_holding(agents, "/dev/tty5", "vt-ioctl", &["query"]),
         Outcome::Ok
     );
+    // Nor through /dev/tty, when the console is the agent's controlling terminal.
+    let controlling = |cgroup: &std::path::Path| {
+        let cgroup = cgroup.display().to_string();
+        gatekeeper_tests::helper_outcome(&["controlling", "/dev/tty5", &cgroup, "devtty-termios"])
+    };
+    assert_eq!(controlling(outside), Outcome::Ok);
+    assert_eq!(controlling(agents), Outcome::Denied);
     assert_eq!(
         scenario.tamper_holding(agents, "/dev/null", "vt-ioctl", &["termios"]),
         Outcome::Errno(libc::ENOTTY)

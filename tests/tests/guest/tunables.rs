@@ -377,6 +377,19 @@ fn add_host_key(description: &str) -> i64 {
     id
 }
 
+/// The serial number of a keyring of this description, from /proc/keys (which shows this root
+/// process every key).
+fn keyring_serial(description: &str) -> Option<String> {
+    let keys = std::fs::read_to_string("/proc/keys").expect("/proc/keys");
+    keys.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (serial, kind, name) = (fields.first()?, fields.get(7)?, fields.get(8)?);
+        (*kind == "keyring" && name.trim_end_matches(':') == description)
+            .then(|| u64::from_str_radix(serial, 16).ok())?
+            .map(|serial| serial.to_string())
+    })
+}
+
 #[test]
 fn agents_use_no_key_of_the_host() {
     let scenario = Scenario::start("keys", Options::default());
@@ -395,6 +408,46 @@ fn agents_use_no_key_of_the_host() {
     );
     assert_eq!(
         scenario.tamper(&scenario.outside, "key-read", &[&id]),
+        Outcome::Ok
+    );
+    // A user's persistent keyring (where Kerberos keeps tickets) is the host's too, also when
+    // an agent makes it first: agents plant no key there. Outside, one is added.
+    scenario.agents_denied("key-persistent-add", &[]);
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "key-persistent-add", &[]),
+        Outcome::Ok
+    );
+    // The register of persistent keyrings, which the first agent's call made, is no agent's
+    // either: root owns it, and a root agent would read every user's persistent keyring's
+    // serial there. From outside it reads.
+    let register = keyring_serial(".persistent_register").expect("the persistent register");
+    assert_eq!(
+        scenario.tamper(&scenario.agents, "key-read", &[&register]),
+        Outcome::Errno(libc::ENOKEY)
+    );
+    assert_ne!(
+        scenario.tamper_as_user(&scenario.agents, "key-read", &[&register]),
+        Outcome::Ok
+    );
+    assert_eq!(
+        scenario.tamper(&scenario.outside, "key-read", &[&register]),
+        Outcome::Ok
+    );
+    // Nor does an agent hand a session keyring of its own to its parent outside the agents,
+    // where the parent's later keys would land.
+    let agents = scenario.agents.display().to_string();
+    let outside = scenario.outside.display().to_string();
+    assert_eq!(
+        gatekeeper_tests::helper_outcome(&["key-to-parent", &agents]),
+        Outcome::Denied
+    );
+    assert_eq!(
+        gatekeeper_tests::helper_outcome(&["key-to-parent", &outside]),
+        Outcome::Ok
+    );
+    // A parent among the agents takes it.
+    assert_eq!(
+        gatekeeper_tests::helper_outcome(&["key-to-parent", &agents, "parent-too"]),
         Outcome::Ok
     );
     // Keys the agents make are theirs.
