@@ -178,6 +178,8 @@ macro_rules! kernel_members {
             // A process's resource limits (`signal->rlim`, an array of `struct rlimit`).
             (OFF_TASK_SIGNAL, "task_struct", "signal"),
             (OFF_SIGNAL_RLIM, "signal_struct", "rlim"),
+            // A process's controlling terminal (a `tty_struct`, or null).
+            (OFF_SIGNAL_TTY, "signal_struct", "tty"),
             // Perf events watching a task: its event contexts (two pointers on 6.1, hardware and
             // software, one since 6.2: they fill the space up to `perf_event_mutex`) and how many
             // events a context holds.

@@ -45,6 +45,11 @@
 //! AVC message's text chosen by the agent, newlines and all), change or stop it
 //! (CAP_AUDIT_CONTROL), or read it as it is written (CAP_AUDIT_READ).
 //!
+//! The host's terminals: vhangup(2) hangs up the caller's controlling terminal on
+//! CAP_SYS_TTY_CONFIG alone, refused to an agent whose controlling terminal is a host console
+//! or serial port (one agents may not open; its ioctls are refused in `file_ioctl`). On its own
+//! terminals (pseudo-terminals, as `agetty` in a container) an agent hangs up what it likes.
+//!
 //! `mount_setattr(2)`, which changes a mount's flags and propagation, has no LSM hook; its first
 //! step is the CAP_SYS_ADMIN check of `may_mount()`, which is refused here when the system call
 //! is mount_setattr and the caller is in the host's mount namespace.
@@ -52,9 +57,12 @@
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use gatekeeper_common::{MountRefusal, TamperHook};
 
+use aya_ebpf::helpers::bpf_get_current_task;
+
 use crate::{
+    files::{is_raw_device, terminal_device},
     mounts::caller_in_host_namespace,
-    offsets::OFF_USER_NS_LEVEL,
+    offsets::{OFF_SIGNAL_TTY, OFF_TASK_SIGNAL, OFF_USER_NS_LEVEL},
     read::{current_syscall, read_field},
     verdict::{EPERM, agent_cgroup, tamper},
 };
@@ -66,6 +74,7 @@ const CAP_SYS_BOOT: i32 = 22;
 const CAP_SYS_NICE: i32 = 23;
 const CAP_SYS_RAWIO: i32 = 17;
 const CAP_SYS_TIME: i32 = 25;
+const CAP_SYS_TTY_CONFIG: i32 = 26;
 const CAP_AUDIT_WRITE: i32 = 29;
 const CAP_AUDIT_CONTROL: i32 = 30;
 const CAP_WAKE_ALARM: i32 = 35;
@@ -97,6 +106,7 @@ pub fn capable(ctx: LsmContext) -> i32 {
         CAP_SYS_BOOT | CAP_WAKE_ALARM => TamperHook::Reboot,
         CAP_PERFMON => TamperHook::Perf,
         CAP_AUDIT_WRITE | CAP_AUDIT_CONTROL | CAP_AUDIT_READ => TamperHook::Audit,
+        CAP_SYS_TTY_CONFIG => TamperHook::DeviceControl,
         _ => return 0,
     };
     let Some(agent) = agent_cgroup() else {
@@ -104,6 +114,9 @@ pub fn capable(ctx: LsmContext) -> i32 {
     };
     if capability == CAP_SYS_ADMIN {
         return sys_admin(agent);
+    }
+    if capability == CAP_SYS_TTY_CONFIG {
+        return tty_config(agent);
     }
     let namespace: *const u8 = ctx.arg(1);
     match unsafe { read_field::<u32>(namespace, &OFF_USER_NS_LEVEL) } {
@@ -137,4 +150,31 @@ fn sys_admin(agent: u64) -> i32 {
         // Unreadable registers: any CAP_SYS_ADMIN check of an agent could be this one.
         Err(_) => -EPERM,
     }
+}
+
+/// The verdict on an agent's CAP_SYS_TTY_CONFIG check: refused if its controlling terminal is
+/// a host's terminal (or unreadable), which vhangup(2) would hang up.
+#[inline(always)]
+fn tty_config(agent: u64) -> i32 {
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let terminal = unsafe {
+        read_field::<*const u8>(task, &OFF_TASK_SIGNAL)
+            .and_then(|signal| read_field::<*const u8>(signal, &OFF_SIGNAL_TTY))
+    };
+    let hosts = match terminal {
+        Ok(tty) if tty.is_null() => false,
+        Ok(tty) => !matches!(
+            unsafe { terminal_device(tty) },
+            Ok(device) if !is_raw_device(device)
+        ),
+        Err(_) => true,
+    };
+    if hosts {
+        return tamper(
+            agent,
+            TamperHook::DeviceControl,
+            [CAP_SYS_TTY_CONFIG as u64, 0],
+        );
+    }
+    0
 }

@@ -389,13 +389,20 @@ unsafe fn on_raw_device(file: *const u8) -> Result<bool, i32> {
     }
 }
 
-/// The device number of the terminal a tty file (/dev/tty) was opened on: its driver's major,
-/// and its first minor plus the terminal's index.
+/// The device number of the terminal a tty file (/dev/tty) was opened on.
 #[inline(always)]
 unsafe fn terminal_behind(file: *const u8) -> Result<u32, i32> {
     unsafe {
         let private: *const u8 = read_field(file, &OFF_FILE_PRIVATE_DATA)?;
-        let tty: *const u8 = read_field(private, &OFF_TTY_FILE_PRIVATE_TTY)?;
+        terminal_device(read_field(private, &OFF_TTY_FILE_PRIVATE_TTY)?)
+    }
+}
+
+/// The device number of terminal `tty` (a `tty_struct`): its driver's major, and its first
+/// minor plus the terminal's index.
+#[inline(always)]
+pub unsafe fn terminal_device(tty: *const u8) -> Result<u32, i32> {
+    unsafe {
         let driver: *const u8 = read_field(tty, &OFF_TTY_DRIVER)?;
         let index: i32 = read_field(tty, &OFF_TTY_INDEX)?;
         let major: i32 = read_field(driver, &OFF_TTY_DRIVER_MAJOR)?;
@@ -407,7 +414,7 @@ unsafe fn terminal_behind(file: *const u8) -> Result<u32, i32> {
 /// Whether the character device `rdev` is one agents may not open: refused by its number or
 /// its major, or not registered when the daemon last looked (see [`raw_device`]).
 #[inline(always)]
-fn is_raw_device(rdev: u32) -> bool {
+pub fn is_raw_device(rdev: u32) -> bool {
     let value = |key: u32| RAW_DEVICES.get_ptr(key).map(|value| unsafe { *value });
     let (exact, major) = (value(rdev), value(rdev | ALL_MINORS));
     if exact == Some(raw_device::REFUSED) || major == Some(raw_device::REFUSED) {

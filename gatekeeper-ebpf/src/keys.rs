@@ -7,8 +7,7 @@
 //! records or forgets it, so a freed agent key's address gives a later host key to no agent.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel_str_bytes,
-    bpf_task_pt_regs,
+    bpf_get_current_task_btf, bpf_probe_read_kernel_str_bytes, bpf_task_pt_regs,
 };
 use aya_ebpf::{
     EbpfContext as _,
@@ -20,8 +19,7 @@ use aya_ebpf::{
 use gatekeeper_common::{MAX_AGENT_KEYS, TamperHook};
 
 use crate::{
-    offsets::{OFF_KEY_DESCRIPTION, OFF_PT_REGS_BX, OFF_PT_REGS_DI, OFF_TASK_REAL_PARENT},
-    procs::in_subtree,
+    offsets::{OFF_KEY_DESCRIPTION, OFF_PT_REGS_BX, OFF_PT_REGS_DI},
     read::{current_syscall, read_field},
     verdict::{agent_cgroup, tamper},
 };
@@ -95,7 +93,7 @@ pub fn key_permission(ctx: LsmContext) -> i32 {
     }
     let key = key_ref & !1;
     let need: u32 = ctx.arg(2);
-    if need == KEY_NEED_LINK && hands_keyring_to_a_host_parent(agent) {
+    if need == KEY_NEED_LINK && hands_keyring_to_parent() {
         return tamper(
             agent,
             TamperHook::HostKey,
@@ -129,10 +127,11 @@ unsafe fn names_a_shared_keyring(key: *const u8) -> bool {
             .any(|prefix| name.get(..prefix.len()) == Some(*prefix))
 }
 
-/// Whether the caller is in keyctl(KEYCTL_SESSION_TO_PARENT) with a parent outside the agent
-/// subtree of `agent` (unreadable counts as outside).
+/// Whether the caller is in keyctl(KEYCTL_SESSION_TO_PARENT) (unreadable registers count as
+/// that). Refused whatever the parent is now: the kernel reads the parent again later, after
+/// an agent parent that exits has handed its children to a host subreaper.
 #[inline(always)]
-fn hands_keyring_to_a_host_parent(agent: u64) -> bool {
+fn hands_keyring_to_parent() -> bool {
     let Ok(number) = current_syscall() else {
         return true;
     };
@@ -144,17 +143,9 @@ fn hands_keyring_to_a_host_parent(agent: u64) -> bool {
     } else {
         &OFF_PT_REGS_BX
     };
-    unsafe {
-        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
-        match read_field::<u64>(regs, first) {
-            Ok(command) if command as u32 != KEYCTL_SESSION_TO_PARENT => return false,
-            Ok(_) => {}
-            Err(_) => return true,
-        }
-        let task = bpf_get_current_task() as *const u8;
-        match read_field::<*const u8>(task, &OFF_TASK_REAL_PARENT) {
-            Ok(parent) => !in_subtree(parent, agent).unwrap_or(false),
-            Err(_) => true,
-        }
-    }
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    !matches!(
+        unsafe { read_field::<u64>(regs, first) },
+        Ok(command) if command as u32 != KEYCTL_SESSION_TO_PARENT
+    )
 }

@@ -51,7 +51,7 @@ fn tgid_of(task: *const u8) -> u32 {
 
 /// Whether `task`'s cgroup (v2) is `agent` or one below it.
 #[inline(always)]
-pub unsafe fn in_subtree(task: *const u8, agent: u64) -> Result<bool, i32> {
+unsafe fn in_subtree(task: *const u8, agent: u64) -> Result<bool, i32> {
     unsafe {
         let css_set: *const u8 = read_field(task, &OFF_TASK_CGROUPS)?;
         let cgroup: *const u8 = read_field(css_set, &OFF_CSS_SET_DFL_CGRP)?;

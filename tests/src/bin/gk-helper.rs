@@ -1068,6 +1068,9 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
                 )
             })
         }
+        // vhangup: the controlling terminal hung up (vhangup(2)).
+        // SAFETY: no arguments.
+        "vhangup" => errno_of(unsafe { libc::vhangup() }.into()),
         // devtty-termios: the controlling terminal's settings, through /dev/tty, written back
         // as they read.
         "devtty-termios" => {
@@ -2358,8 +2361,12 @@ fn main() -> ExitCode {
                 }
                 let fd = open_raw(path, libc::O_RDWR | libc::O_NONBLOCK)
                     .map_err(|_| ExitCode::from(2))?;
-                // SAFETY: dup2 of a descriptor this process owns.
-                unsafe { libc::dup2(fd, 0) };
+                // SAFETY: dup2 of a descriptor this process owns; a hangup of that terminal
+                // (the `vhangup` op) signals its session's leader, this process, which lives on.
+                unsafe {
+                    libc::dup2(fd, 0);
+                    libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                }
                 joined(cgroup)?;
                 print_result(tamper(op, rest));
             }

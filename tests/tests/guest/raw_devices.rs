@@ -303,14 +303,21 @@ fn agents_use_no_console_or_serial_port_of_the_host() {
         Outcome::Ok
     );
     // Nor through /dev/tty, when the console is the agent's controlling terminal.
-    let controlling = |cgroup: &std::path::Path| {
+    let controlling = |cgroup: &std::path::Path, op| {
         let cgroup = cgroup.display().to_string();
-        gatekeeper_tests::helper_outcome(&["controlling", "/dev/tty5", &cgroup, "devtty-termios"])
+        gatekeeper_tests::helper_outcome(&["controlling", "/dev/tty5", &cgroup, op])
     };
-    assert_eq!(controlling(outside), Outcome::Ok);
-    assert_eq!(controlling(agents), Outcome::Denied);
+    assert_eq!(controlling(outside, "devtty-termios"), Outcome::Ok);
+    assert_eq!(controlling(agents, "devtty-termios"), Outcome::Denied);
     assert_eq!(
         scenario.tamper_holding(agents, "/dev/null", "vt-ioctl", &["termios"]),
         Outcome::Errno(libc::ENOTTY)
     );
+    // Nor does a root agent hang it up by vhangup(2), which asks CAP_SYS_TTY_CONFIG alone
+    // (refused as `device_control`, with the capability's number). From outside it hangs up.
+    assert_eq!(controlling(agents, "vhangup"), Outcome::Denied);
+    scenario.wait_journal("tamper_attempt", |event| {
+        event["hook"] == "device_control" && event["detail"][0] == 26
+    });
+    assert_eq!(controlling(outside, "vhangup"), Outcome::Ok);
 }
