@@ -153,6 +153,32 @@ fn is_device_control(cmd: u32) -> bool {
         | 0x4008_9413 // BTRFS_IOC_DEFAULT_SUBVOL: what the host mounts next
         | 0x4030_9439 // BTRFS_IOC_SET_FEATURES
         | 0xc400_9420 // BTRFS_IOC_BALANCE_V2
+        | 0x5000_940c // BTRFS_IOC_BALANCE
+        | 0x4004_9421 // BTRFS_IOC_BALANCE_CTL
+        | 0xca28_9435 // BTRFS_IOC_DEV_REPLACE
+        | 0xc400_941b // BTRFS_IOC_SCRUB
+        // btrfs subvolumes: a snapshot copies every file of one past the checks of opening
+        // them, to names no rule has; creating, deleting or making one read-only passes no
+        // mkdir, rmdir or attribute hook; a tree search returns files' inline data and a send
+        // stream their contents; quotas limit the host's space.
+        | 0x5000_9401 // BTRFS_IOC_SNAP_CREATE
+        | 0x5000_9417 // BTRFS_IOC_SNAP_CREATE_V2
+        | 0x5000_940e // BTRFS_IOC_SUBVOL_CREATE
+        | 0x5000_9418 // BTRFS_IOC_SUBVOL_CREATE_V2
+        | 0x5000_940f // BTRFS_IOC_SNAP_DESTROY
+        | 0x5000_943f // BTRFS_IOC_SNAP_DESTROY_V2
+        | 0x4008_941a // BTRFS_IOC_SUBVOL_SETFLAGS
+        | 0xc0c8_9425 // BTRFS_IOC_SET_RECEIVED_SUBVOL
+        | 0xc0c0_9425 // BTRFS_IOC_SET_RECEIVED_SUBVOL, 32-bit
+        | 0xd000_9411 // BTRFS_IOC_TREE_SEARCH
+        | 0xc070_9411 // BTRFS_IOC_TREE_SEARCH_V2
+        | 0x4048_9426 // BTRFS_IOC_SEND
+        | 0x4044_9426 // BTRFS_IOC_SEND, 32-bit
+        | 0xc010_9428 // BTRFS_IOC_QUOTA_CTL
+        | 0x4018_9429 // BTRFS_IOC_QGROUP_ASSIGN
+        | 0x4010_942a // BTRFS_IOC_QGROUP_CREATE
+        | 0x8030_942b // BTRFS_IOC_QGROUP_LIMIT
+        | 0x4040_942c // BTRFS_IOC_QUOTA_RESCAN
     )
 }
 

@@ -272,6 +272,7 @@ fn guest_binaries() -> anyhow::Result<Vec<(PathBuf, &'static str)>> {
         (release.join("gk-helper"), "gk-helper"),
         (release.join("gatekeeper-demo"), "gatekeeper-demo"),
         (tests, "guest-tests"),
+        (PathBuf::from(setup::MKFS_BTRFS), "mkfs.btrfs"),
     ])
 }
 

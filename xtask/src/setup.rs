@@ -23,8 +23,9 @@ pub const KERNELS: [(&str, &str); 2] = [
 /// Modules the guests load at boot (with their dependencies), for tests that need overlayfs,
 /// NFS or FUSE, and real storage behind the raw devices agents may not open: a small SCSI disk
 /// in memory (`scsi_debug`) with its block (`sd_mod`) and SCSI generic (`sg`) devices, and
-/// device-mapper. One a kernel has built in is left out.
-pub const GUEST_MODULES: [&str; 7] = [
+/// device-mapper; and btrfs on a loop device, for its subvolume ioctls. One a kernel has built
+/// in is left out.
+pub const GUEST_MODULES: [&str; 9] = [
     "overlay",
     "nfsv3",
     "fuse",
@@ -32,15 +33,21 @@ pub const GUEST_MODULES: [&str; 7] = [
     "sd_mod",
     "sg",
     "dm_mod",
+    "loop",
+    "btrfs",
 ];
 
-const APT_PACKAGES: [(&str, &str); 5] = [
+const APT_PACKAGES: [(&str, &str); 6] = [
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("busybox-static", "/bin/busybox"),
     ("cpio", "/usr/bin/cpio"),
     ("xz-utils", "/usr/bin/xz"),
     ("mmdebstrap", "/usr/bin/mmdebstrap"),
+    ("btrfs-progs", MKFS_BTRFS),
 ];
+
+/// Guests make a btrfs with it (busybox has no mkfs.btrfs).
+pub const MKFS_BTRFS: &str = "/sbin/mkfs.btrfs";
 
 /// Where downloaded kernels live: outside the checkout, so fresh clones on this machine reuse them.
 pub fn cache_dir() -> PathBuf {

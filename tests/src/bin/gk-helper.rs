@@ -381,6 +381,90 @@ fn fs_resize(dir: &str) -> Result<(), i32> {
     resized
 }
 
+/// `struct btrfs_ioctl_vol_args`: a descriptor and a name.
+#[repr(C)]
+struct BtrfsVolArgs {
+    fd: i64,
+    name: [u8; 4088],
+}
+
+/// `struct btrfs_ioctl_search_args`: the key (which items of which tree) and room for them.
+#[repr(C)]
+struct BtrfsSearchArgs {
+    tree_id: u64,
+    min_objectid: u64,
+    max_objectid: u64,
+    min_offset: u64,
+    max_offset: u64,
+    min_transid: u64,
+    max_transid: u64,
+    min_type: u32,
+    max_type: u32,
+    nr_items: u32,
+    unused: [u32; 9],
+    buf: [u8; 3992],
+}
+
+/// A btrfs ioctl on directory `dir`: `create NAME` (a subvolume), `snapshot NAME SOURCE` (of
+/// the subvolume SOURCE), `destroy NAME` (a subvolume), `readonly` (`dir`, a subvolume, made
+/// read-only) or `search` (one item of the tree of `dir`'s subvolume).
+fn btrfs(dir: &str, op: &str, name: Option<&str>, source: Option<&str>) -> Result<(), i32> {
+    const SNAP_CREATE: libc::c_ulong = 0x5000_9401;
+    const SUBVOL_CREATE: libc::c_ulong = 0x5000_940e;
+    const SNAP_DESTROY: libc::c_ulong = 0x5000_940f;
+    const SUBVOL_SETFLAGS: libc::c_ulong = 0x4008_941a;
+    const TREE_SEARCH: libc::c_ulong = 0xd000_9411;
+    const SUBVOL_RDONLY: u64 = 1 << 1;
+    let source = source
+        .map(|path| open_raw(path, libc::O_RDONLY | libc::O_DIRECTORY))
+        .transpose()?;
+    let mut volume = BtrfsVolArgs {
+        fd: source.map_or(0, i64::from),
+        name: [0; 4088],
+    };
+    let name = name.unwrap_or("").as_bytes();
+    volume
+        .name
+        .get_mut(..name.len())
+        .ok_or(libc::ENAMETOOLONG)?
+        .copy_from_slice(name);
+    // Tree 0 is that of `dir`'s subvolume; every key, one item.
+    let mut search = BtrfsSearchArgs {
+        tree_id: 0,
+        min_objectid: 0,
+        max_objectid: u64::MAX,
+        min_offset: 0,
+        max_offset: u64::MAX,
+        min_transid: 0,
+        max_transid: u64::MAX,
+        min_type: 0,
+        max_type: u32::MAX,
+        nr_items: 1,
+        unused: [0; 9],
+        buf: [0; 3992],
+    };
+    let read_only = SUBVOL_RDONLY;
+    let (command, argument): (libc::c_ulong, *mut libc::c_void) = match op {
+        "create" => (SUBVOL_CREATE, (&raw mut volume).cast()),
+        "snapshot" => (SNAP_CREATE, (&raw mut volume).cast()),
+        "destroy" => (SNAP_DESTROY, (&raw mut volume).cast()),
+        "search" => (TREE_SEARCH, (&raw mut search).cast()),
+        "readonly" => (SUBVOL_SETFLAGS, (&raw const read_only).cast_mut().cast()),
+        _ => return Err(libc::EINVAL),
+    };
+    let fd = open_raw(dir, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    // SAFETY: the argument outlives the call, on a descriptor owned here.
+    let done = errno_of(unsafe { libc::ioctl(fd, command, argument) } as libc::c_long);
+    // SAFETY: closes the descriptors opened above.
+    unsafe {
+        libc::close(fd);
+        if let Some(source) = source {
+            libc::close(source);
+        }
+    }
+    done
+}
+
 fn fs_freeze(dir: &str) -> Result<(), i32> {
     const FIFREEZE: libc::c_ulong = 0xc004_5877;
     const FITHAW: libc::c_ulong = 0xc004_5878;
@@ -1117,6 +1201,13 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         }
         // fs-resize DIR: see fs_resize.
         "fs-resize" => fs_resize(text(0)?),
+        // btrfs DIR OP [NAME [SOURCE]]: see `btrfs`.
+        "btrfs" => btrfs(
+            text(0)?,
+            text(1)?,
+            args.get(2).copied(),
+            args.get(3).copied(),
+        ),
         // wake-alarm: a timer that would wake the host from suspend (CLOCK_BOOTTIME_ALARM).
         "wake-alarm" => {
             const CLOCK_BOOTTIME_ALARM: libc::c_int = 9;

@@ -250,6 +250,70 @@ fn agents_mount_no_file_system_on_a_device() {
     journaled(&scenario, "device_control");
 }
 
+/// Runs a command of the guest's and says what it printed; panics if it fails.
+fn ran(program: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("{program}: {error}"));
+    assert!(output.status.success(), "{program} {args:?}: {output:?}");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+#[test]
+fn agents_use_no_btrfs_subvolume_of_the_host() {
+    let scenario = Scenario::start("raw-btrfs", Options::default());
+    let (agents, outside) = (&scenario.agents, &scenario.outside);
+    // A btrfs the host mounts, on a loop device, with a subvolume of the host's holding a file.
+    let image = scenario.dir.join("btrfs.img");
+    std::fs::File::create(&image)
+        .and_then(|file| file.set_len(64 << 20))
+        .unwrap();
+    let device = ran("losetup", &["-f"]);
+    ran("losetup", &[&device, &image.display().to_string()]);
+    ran("mkfs.btrfs", &["-q", "-M", &device]);
+    let host = scenario.dir.join("btrfs").display().to_string();
+    std::fs::create_dir(&host).unwrap();
+    ran("mount", &["-t", "btrfs", &device, &host]);
+    let volume = format!("{host}/volume");
+    let made = scenario.tamper(outside, "btrfs", &[&host, "create", "volume"]);
+    std::fs::write(format!("{volume}/secret"), "the host's").unwrap();
+    // Agents, root or not, snapshot no subvolume (a copy of every file in it, past the checks
+    // of opening them), make or delete none, make none read-only, and search no tree (small
+    // files' data is inline there); from outside each works.
+    let mut outcomes = Vec::new();
+    let mut try_all = |args: &[&str], at: &str| {
+        let all = [&[at][..], args].concat();
+        let root = scenario.tamper(agents, "btrfs", &all);
+        let user = scenario.tamper_as_user(agents, "btrfs", &all);
+        let control = scenario.tamper(outside, "btrfs", &all);
+        outcomes.push((all.join(" "), root, user, control));
+    };
+    try_all(&["snapshot", "copy", &volume], &host);
+    let copied = std::fs::read_to_string(format!("{host}/copy/secret"));
+    try_all(&["create", "agents"], &host);
+    try_all(&["search"], &host);
+    try_all(&["destroy", "copy"], &host);
+    try_all(&["destroy", "agents"], &host);
+    try_all(&["readonly"], &volume);
+    let _ = std::process::Command::new("umount").arg(&host).status();
+    let _ = std::process::Command::new("losetup")
+        .args(["-d", &device])
+        .status();
+    assert_eq!(made, Outcome::Ok);
+    assert_eq!(
+        copied.ok().as_deref(),
+        Some("the host's"),
+        "the control's snapshot"
+    );
+    for (args, root, user, control) in outcomes {
+        assert_eq!(root, Outcome::Denied, "root agent: btrfs {args}");
+        assert_eq!(user, Outcome::Denied, "user agent: btrfs {args}");
+        assert_eq!(control, Outcome::Ok, "outside: btrfs {args}");
+    }
+    journaled(&scenario, "device_control");
+}
+
 #[test]
 fn agents_use_no_console_or_serial_port_of_the_host() {
     let scenario = Scenario::start("raw-console", Options::default());
