@@ -179,6 +179,10 @@ fn is_device_control(cmd: u32) -> bool {
         | 0x4010_942a // BTRFS_IOC_QGROUP_CREATE
         | 0x8030_942b // BTRFS_IOC_QGROUP_LIMIT
         | 0x4040_942c // BTRFS_IOC_QUOTA_RESCAN
+        // Extended attributes (ACLs and security ones among them) set on any inode of an xfs
+        // by its handle, with no xattr hook on the way.
+        | 0x4048_587b // XFS_IOC_ATTRMULTI_BY_HANDLE
+        | 0x4024_587b // XFS_IOC_ATTRMULTI_BY_HANDLE, 32-bit
     )
 }
 

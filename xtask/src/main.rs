@@ -273,6 +273,7 @@ fn guest_binaries() -> anyhow::Result<Vec<(PathBuf, &'static str)>> {
         (release.join("gatekeeper-demo"), "gatekeeper-demo"),
         (tests, "guest-tests"),
         (PathBuf::from(setup::MKFS_BTRFS), "mkfs.btrfs"),
+        (PathBuf::from(setup::MKFS_XFS), "mkfs.xfs"),
     ])
 }
 

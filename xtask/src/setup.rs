@@ -23,9 +23,9 @@ pub const KERNELS: [(&str, &str); 2] = [
 /// Modules the guests load at boot (with their dependencies), for tests that need overlayfs,
 /// NFS or FUSE, and real storage behind the raw devices agents may not open: a small SCSI disk
 /// in memory (`scsi_debug`) with its block (`sd_mod`) and SCSI generic (`sg`) devices, and
-/// device-mapper; and btrfs on a loop device, for its subvolume ioctls. One a kernel has built
+/// device-mapper; and btrfs and xfs on loop devices, for their ioctls. One a kernel has built
 /// in is left out.
-pub const GUEST_MODULES: [&str; 9] = [
+pub const GUEST_MODULES: [&str; 10] = [
     "overlay",
     "nfsv3",
     "fuse",
@@ -35,19 +35,22 @@ pub const GUEST_MODULES: [&str; 9] = [
     "dm_mod",
     "loop",
     "btrfs",
+    "xfs",
 ];
 
-const APT_PACKAGES: [(&str, &str); 6] = [
+const APT_PACKAGES: [(&str, &str); 7] = [
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("busybox-static", "/bin/busybox"),
     ("cpio", "/usr/bin/cpio"),
     ("xz-utils", "/usr/bin/xz"),
     ("mmdebstrap", "/usr/bin/mmdebstrap"),
     ("btrfs-progs", MKFS_BTRFS),
+    ("xfsprogs", MKFS_XFS),
 ];
 
-/// Guests make a btrfs with it (busybox has no mkfs.btrfs).
+/// Guests make a btrfs and an xfs with these (busybox has neither).
 pub const MKFS_BTRFS: &str = "/sbin/mkfs.btrfs";
+pub const MKFS_XFS: &str = "/sbin/mkfs.xfs";
 
 /// Where downloaded kernels live: outside the checkout, so fresh clones on this machine reuse them.
 pub fn cache_dir() -> PathBuf {

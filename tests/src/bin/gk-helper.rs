@@ -465,6 +465,96 @@ fn btrfs(dir: &str, op: &str, name: Option<&str>, source: Option<&str>) -> Resul
     done
 }
 
+/// `struct xfs_fsop_handlereq`: the xfs handle interface's request.
+#[repr(C)]
+struct XfsHandleRequest {
+    fd: u32,
+    path: *const libc::c_char,
+    oflags: u32,
+    ihandle: *const u8,
+    ihandlen: u32,
+    ohandle: *mut u8,
+    ohandlen: *mut u32,
+}
+
+/// `struct xfs_attr_multiop`: one attribute operation.
+#[repr(C)]
+struct XfsAttrOp {
+    opcode: u32,
+    error: i32,
+    name: *const libc::c_char,
+    value: *const u8,
+    length: u32,
+    flags: u32,
+}
+
+/// `struct xfs_fsop_attrmulti_handlereq`.
+#[repr(C)]
+struct XfsAttrMulti {
+    request: XfsHandleRequest,
+    count: u32,
+    ops: *mut XfsAttrOp,
+}
+
+/// The extended attribute `user.gatekeeper` set on `path`, a file of an xfs, by its handle
+/// (XFS_IOC_PATH_TO_HANDLE, then XFS_IOC_ATTRMULTI_BY_HANDLE on its directory).
+fn xfs_attr(path: &str) -> Result<(), i32> {
+    const PATH_TO_HANDLE: libc::c_ulong = 0xc038_5869;
+    const ATTRMULTI_BY_HANDLE: libc::c_ulong = 0x4048_587b;
+    const ATTR_OP_SET: u32 = 2;
+    let c_path = c_path(path)?;
+    let (name, value) = (c"gatekeeper", b"set by handle");
+    let mut handle = [0u8; 64];
+    let mut length = handle.len() as u32;
+    // xfs takes handles only on a directory's descriptor: the file's own.
+    let directory = std::path::Path::new(path)
+        .parent()
+        .and_then(|parent| parent.to_str())
+        .ok_or(libc::EINVAL)?;
+    let fd = open_raw(directory, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    let mut request = XfsHandleRequest {
+        fd: 0,
+        path: c_path.as_ptr(),
+        oflags: 0,
+        ihandle: std::ptr::null(),
+        ihandlen: 0,
+        ohandle: handle.as_mut_ptr(),
+        ohandlen: &raw mut length,
+    };
+    // SAFETY: the request and the buffers it points to outlive the calls, on a descriptor
+    // owned here.
+    let done = unsafe {
+        errno_of(libc::ioctl(fd, PATH_TO_HANDLE, &raw mut request) as libc::c_long).and_then(|()| {
+            let mut op = XfsAttrOp {
+                opcode: ATTR_OP_SET,
+                error: 0,
+                name: name.as_ptr(),
+                value: value.as_ptr(),
+                length: value.len() as u32,
+                flags: 0,
+            };
+            let mut multi = XfsAttrMulti {
+                request: XfsHandleRequest {
+                    ihandle: handle.as_ptr(),
+                    ihandlen: length,
+                    ..request
+                },
+                count: 1,
+                ops: &raw mut op,
+            };
+            errno_of(libc::ioctl(fd, ATTRMULTI_BY_HANDLE, &raw mut multi) as libc::c_long)?;
+            if op.error == 0 {
+                Ok(())
+            } else {
+                Err(op.error.abs())
+            }
+        })
+    };
+    // SAFETY: closes the descriptor opened above.
+    unsafe { libc::close(fd) };
+    done
+}
+
 fn fs_freeze(dir: &str) -> Result<(), i32> {
     const FIFREEZE: libc::c_ulong = 0xc004_5877;
     const FITHAW: libc::c_ulong = 0xc004_5878;
@@ -1201,6 +1291,8 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         }
         // fs-resize DIR: see fs_resize.
         "fs-resize" => fs_resize(text(0)?),
+        // xfs-attr PATH: an extended attribute set by handle; see `xfs_attr`.
+        "xfs-attr" => xfs_attr(text(0)?),
         // btrfs DIR OP [NAME [SOURCE]]: see `btrfs`.
         "btrfs" => btrfs(
             text(0)?,

@@ -300,6 +300,7 @@ fn agents_use_no_btrfs_subvolume_of_the_host() {
     let _ = std::process::Command::new("losetup")
         .args(["-d", &device])
         .status();
+    let _ = std::fs::remove_file(&image);
     assert_eq!(made, Outcome::Ok);
     assert_eq!(
         copied.ok().as_deref(),
@@ -311,6 +312,39 @@ fn agents_use_no_btrfs_subvolume_of_the_host() {
         assert_eq!(user, Outcome::Denied, "user agent: btrfs {args}");
         assert_eq!(control, Outcome::Ok, "outside: btrfs {args}");
     }
+    journaled(&scenario, "device_control");
+}
+
+#[test]
+fn agents_set_no_xfs_attribute_by_handle() {
+    let scenario = Scenario::start("raw-xfs", Options::default());
+    // An xfs the host mounts, on a loop device (mkfs.xfs makes none under 300 MB; the image is
+    // sparse, its 64 MB log aside), with a file of the host's.
+    let image = scenario.dir.join("xfs.img");
+    std::fs::File::create(&image)
+        .and_then(|file| file.set_len(300 << 20))
+        .unwrap();
+    let device = ran("losetup", &["-f"]);
+    ran("losetup", &[&device, &image.display().to_string()]);
+    ran("mkfs.xfs", &["-q", &device]);
+    let host = scenario.dir.join("xfs").display().to_string();
+    std::fs::create_dir(&host).unwrap();
+    ran("mount", &["-t", "xfs", &device, &host]);
+    let file = format!("{host}/file");
+    std::fs::write(&file, "the host's").unwrap();
+    // Agents, root or not, set no extended attribute by a file's handle (which passes no
+    // xattr hook: an ACL or a security attribute of any file there); from outside it is set.
+    let root = scenario.tamper(&scenario.agents, "xfs-attr", &[&file]);
+    let user = scenario.tamper_as_user(&scenario.agents, "xfs-attr", &[&file]);
+    let control = scenario.tamper(&scenario.outside, "xfs-attr", &[&file]);
+    let _ = std::process::Command::new("umount").arg(&host).status();
+    let _ = std::process::Command::new("losetup")
+        .args(["-d", &device])
+        .status();
+    let _ = std::fs::remove_file(&image);
+    assert_eq!(root, Outcome::Denied);
+    assert_eq!(user, Outcome::Denied);
+    assert_eq!(control, Outcome::Ok);
     journaled(&scenario, "device_control");
 }
 
