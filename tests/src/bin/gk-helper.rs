@@ -367,6 +367,23 @@ fn audit_user() -> Result<(), i32> {
 const KEYCTL_READ: libc::c_long = 11;
 const KEY_SPEC_PROCESS_KEYRING: libc::c_long = -2;
 
+/// A key of type `user` added to `keyring`: its serial number.
+fn add_user_key(description: &str, payload: &[u8], keyring: libc::c_long) -> Result<i64, i32> {
+    let (kind, name) = (c_path("user")?, c_path(description)?);
+    // SAFETY: NUL-terminated strings and a payload that outlive the call.
+    let id = unsafe {
+        libc::syscall(
+            libc::SYS_add_key,
+            kind.as_ptr(),
+            name.as_ptr(),
+            payload.as_ptr(),
+            payload.len(),
+            keyring,
+        )
+    };
+    errno_of(id).map(|()| id)
+}
+
 /// The ext4 file system of `dir` asked to resize to one block (EXT4_IOC_RESIZE_FS): ext4
 /// refuses to shrink, EINVAL, once the caller may resize at all.
 fn fs_resize(dir: &str) -> Result<(), i32> {
@@ -1229,18 +1246,7 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
                 )
             };
             errno_of(ring)?;
-            let (kind, name, payload) = (c_path("user")?, c_path("gatekeeper-planted")?, b"x");
-            // SAFETY: NUL-terminated strings and a payload that outlive the call.
-            errno_of(unsafe {
-                libc::syscall(
-                    libc::SYS_add_key,
-                    kind.as_ptr(),
-                    name.as_ptr(),
-                    payload.as_ptr(),
-                    payload.len(),
-                    ring,
-                )
-            })
+            add_user_key("gatekeeper-planted", b"x", ring).map(drop)
         }
         // vhangup: the controlling terminal hung up (vhangup(2)).
         // SAFETY: no arguments.
@@ -1264,19 +1270,7 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         }
         // key-own: a key of its own added to this process's keyring, then read back.
         "key-own" => {
-            let (kind, name, payload) = (c_path("user")?, c_path("gatekeeper-agent-key")?, b"own");
-            // SAFETY: NUL-terminated strings and a payload that outlive the call.
-            let id = unsafe {
-                libc::syscall(
-                    libc::SYS_add_key,
-                    kind.as_ptr(),
-                    name.as_ptr(),
-                    payload.as_ptr(),
-                    payload.len(),
-                    KEY_SPEC_PROCESS_KEYRING,
-                )
-            };
-            errno_of(id)?;
+            let id = add_user_key("gatekeeper-agent-key", b"own", KEY_SPEC_PROCESS_KEYRING)?;
             let mut back = [0u8; 16];
             // SAFETY: the buffer outlives the call and says its size.
             errno_of(unsafe {

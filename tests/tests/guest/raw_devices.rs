@@ -260,21 +260,49 @@ fn ran(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
+/// A file system the host made on a loop device over a sparse image in the scenario's
+/// directory and mounted there at `at`; unmounted, detached and deleted when dropped.
+struct LoopMount {
+    at: String,
+    device: String,
+    image: std::path::PathBuf,
+}
+
+impl LoopMount {
+    fn new(scenario: &Scenario, kind: &str, megabytes: u64, mkfs: &[&str]) -> Self {
+        let image = scenario.dir.join(format!("{kind}.img"));
+        std::fs::File::create(&image)
+            .and_then(|file| file.set_len(megabytes << 20))
+            .unwrap();
+        let device = ran("losetup", &["-f"]);
+        ran("losetup", &[&device, &image.display().to_string()]);
+        let mut args = mkfs.to_vec();
+        args.push(&device);
+        ran(&format!("mkfs.{kind}"), &args);
+        let at = scenario.dir.join(kind).display().to_string();
+        std::fs::create_dir(&at).unwrap();
+        ran("mount", &["-t", kind, &device, &at]);
+        Self { at, device, image }
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.at).status();
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.device])
+            .status();
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
 #[test]
 fn agents_use_no_btrfs_subvolume_of_the_host() {
     let scenario = Scenario::start("raw-btrfs", Options::default());
     let (agents, outside) = (&scenario.agents, &scenario.outside);
-    // A btrfs the host mounts, on a loop device, with a subvolume of the host's holding a file.
-    let image = scenario.dir.join("btrfs.img");
-    std::fs::File::create(&image)
-        .and_then(|file| file.set_len(64 << 20))
-        .unwrap();
-    let device = ran("losetup", &["-f"]);
-    ran("losetup", &[&device, &image.display().to_string()]);
-    ran("mkfs.btrfs", &["-q", "-M", &device]);
-    let host = scenario.dir.join("btrfs").display().to_string();
-    std::fs::create_dir(&host).unwrap();
-    ran("mount", &["-t", "btrfs", &device, &host]);
+    // A btrfs the host mounts, with a subvolume of the host's holding a file.
+    let btrfs = LoopMount::new(&scenario, "btrfs", 64, &["-q", "-M"]);
+    let host = btrfs.at.clone();
     let volume = format!("{host}/volume");
     let made = scenario.tamper(outside, "btrfs", &[&host, "create", "volume"]);
     std::fs::write(format!("{volume}/secret"), "the host's").unwrap();
@@ -296,11 +324,7 @@ fn agents_use_no_btrfs_subvolume_of_the_host() {
     try_all(&["destroy", "copy"], &host);
     try_all(&["destroy", "agents"], &host);
     try_all(&["readonly"], &volume);
-    let _ = std::process::Command::new("umount").arg(&host).status();
-    let _ = std::process::Command::new("losetup")
-        .args(["-d", &device])
-        .status();
-    let _ = std::fs::remove_file(&image);
+    drop(btrfs);
     assert_eq!(made, Outcome::Ok);
     assert_eq!(
         copied.ok().as_deref(),
@@ -318,30 +342,17 @@ fn agents_use_no_btrfs_subvolume_of_the_host() {
 #[test]
 fn agents_set_no_xfs_attribute_by_handle() {
     let scenario = Scenario::start("raw-xfs", Options::default());
-    // An xfs the host mounts, on a loop device (mkfs.xfs makes none under 300 MB; the image is
-    // sparse, its 64 MB log aside), with a file of the host's.
-    let image = scenario.dir.join("xfs.img");
-    std::fs::File::create(&image)
-        .and_then(|file| file.set_len(300 << 20))
-        .unwrap();
-    let device = ran("losetup", &["-f"]);
-    ran("losetup", &[&device, &image.display().to_string()]);
-    ran("mkfs.xfs", &["-q", &device]);
-    let host = scenario.dir.join("xfs").display().to_string();
-    std::fs::create_dir(&host).unwrap();
-    ran("mount", &["-t", "xfs", &device, &host]);
-    let file = format!("{host}/file");
+    // An xfs the host mounts (mkfs.xfs makes none under 300 MB; the image is sparse, its 64 MB
+    // log aside), with a file of the host's.
+    let xfs = LoopMount::new(&scenario, "xfs", 300, &["-q"]);
+    let file = format!("{}/file", xfs.at);
     std::fs::write(&file, "the host's").unwrap();
     // Agents, root or not, set no extended attribute by a file's handle (which passes no
     // xattr hook: an ACL or a security attribute of any file there); from outside it is set.
     let root = scenario.tamper(&scenario.agents, "xfs-attr", &[&file]);
     let user = scenario.tamper_as_user(&scenario.agents, "xfs-attr", &[&file]);
     let control = scenario.tamper(&scenario.outside, "xfs-attr", &[&file]);
-    let _ = std::process::Command::new("umount").arg(&host).status();
-    let _ = std::process::Command::new("losetup")
-        .args(["-d", &device])
-        .status();
-    let _ = std::fs::remove_file(&image);
+    drop(xfs);
     assert_eq!(root, Outcome::Denied);
     assert_eq!(user, Outcome::Denied);
     assert_eq!(control, Outcome::Ok);
