@@ -72,6 +72,36 @@ pub enum PolicyError {
     },
     #[error("init's root directory (/proc/1/root): {0}")]
     HostRoot(std::io::Error),
+    #[error(
+        "{path} is on btrfs, whose files the kernel's checks cannot tell apart yet (each \
+         subvolume numbers its files itself, under a device number of its own that the kernel \
+         does not see): refusing to run rather than guard nothing there; keep the daemon's \
+         files, the rules' paths and the host's configuration off btrfs"
+    )]
+    Btrfs { path: PathBuf },
+}
+
+/// `statfs`'s type of a btrfs.
+const BTRFS_SUPER_MAGIC: libc::c_long = 0x9123_683e;
+
+/// Refuses `path` if it is on btrfs (see [`PolicyError::Btrfs`]); a path that does not exist
+/// is not refused here.
+fn not_on_btrfs(path: &Path) -> Result<(), PolicyError> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return Ok(());
+    };
+    // SAFETY: all-zero is a valid statfs, which the call fills; the path is NUL-terminated.
+    let on_btrfs = unsafe {
+        let mut fs: libc::statfs = std::mem::zeroed();
+        libc::statfs(c_path.as_ptr(), &mut fs) == 0 && fs.f_type == BTRFS_SUPER_MAGIC
+    };
+    if on_btrfs {
+        return Err(PolicyError::Btrfs {
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// The inode number of the namespace behind `path` (a /proc/PID/ns/* link).
@@ -1272,6 +1302,7 @@ fn daemon_files(
             cause,
         };
         let canonical = std::fs::canonicalize(path).map_err(failed)?;
+        not_on_btrfs(&canonical)?;
         if bits != 0 {
             add(exec_target_of(&canonical).map_err(failed)?, bits);
         }
@@ -1288,6 +1319,7 @@ fn daemon_files(
         let Some(node) = name.node else {
             continue;
         };
+        not_on_btrfs(&name.path)?;
         add(node, daemon_file::KEPT_NAME);
         for node in directories_above(&name.path).filter_map(|dir| node_of(dir).ok()) {
             add(node, daemon_file::ANCESTOR);
@@ -1296,6 +1328,7 @@ fn daemon_files(
     // The directories on the way to a name agents may not make: renamed away for one of theirs,
     // the name would be free in it.
     for (dir, name) in guarded {
+        not_on_btrfs(dir)?;
         let path = dir.join(name);
         for node in directories_above(&path).filter_map(|dir| node_of(dir).ok()) {
             add(node, daemon_file::ANCESTOR);

@@ -339,6 +339,37 @@ fn agents_use_no_btrfs_subvolume_of_the_host() {
     journaled(&scenario, "device_control");
 }
 
+/// On btrfs the kernel sees the whole file system's device number and `stat` a subvolume's,
+/// so no rule there would ever match: the daemon refuses to start and names the path. The
+/// same rule on another file system starts.
+#[test]
+fn the_daemon_refuses_rules_on_btrfs() {
+    let name = "raw-btrfs-rule";
+    let secret = format!("/tmp/gk-{name}/btrfs/secret");
+    let mut scenario = Scenario::prepare(
+        name,
+        Options {
+            extra: format!(
+                "[[protect.file]]\npath = \"{secret}\"\nname = \"on btrfs\"\naccess = \"read\"\n"
+            ),
+            ..Options::default()
+        },
+    );
+    let btrfs = LoopMount::new(&scenario, "btrfs", 64, &["-q", "-M"]);
+    std::fs::write(&secret, "the host's").unwrap();
+    scenario.spawn_daemon();
+    let status = gatekeeper_tests::wait_for("the daemon to refuse", || scenario.daemon_exited());
+    let log = scenario.daemon_log();
+    drop(btrfs);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains(&format!("{secret} is on btrfs")), "{log}");
+    let plain = scenario.dir.join("secret").display().to_string();
+    std::fs::write(&plain, "the host's").unwrap();
+    let config = std::fs::read_to_string(&scenario.config).unwrap();
+    std::fs::write(&scenario.config, config.replace(&secret, &plain)).unwrap();
+    scenario.start_daemon();
+}
+
 #[test]
 fn agents_set_no_xfs_attribute_by_handle() {
     let scenario = Scenario::start("raw-xfs", Options::default());
