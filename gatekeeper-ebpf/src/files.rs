@@ -183,6 +183,12 @@ fn is_device_control(cmd: u32) -> bool {
         // by its handle, with no xattr hook on the way.
         | 0x4048_587b // XFS_IOC_ATTRMULTI_BY_HANDLE
         | 0x4024_587b // XFS_IOC_ATTRMULTI_BY_HANDLE, 32-bit
+        // File encryption (ext4, f2fs): an encryption policy set on an empty directory of the
+        // host's (the host's later files there in the agent's key, no xattr hook on the way),
+        // or a key removed from the host's users (their encrypted files locked).
+        | 0x800c_6613 // FS_IOC_SET_ENCRYPTION_POLICY
+        | 0xc040_6618 // FS_IOC_REMOVE_ENCRYPTION_KEY
+        | 0xc040_6619 // FS_IOC_REMOVE_ENCRYPTION_KEY_ALL_USERS
     )
 }
 

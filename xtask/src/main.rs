@@ -274,6 +274,7 @@ fn guest_binaries() -> anyhow::Result<Vec<(PathBuf, &'static str)>> {
         (tests, "guest-tests"),
         (PathBuf::from(setup::MKFS_BTRFS), "mkfs.btrfs"),
         (PathBuf::from(setup::MKFS_XFS), "mkfs.xfs"),
+        (PathBuf::from(setup::MKFS_EXT4), "mkfs.ext4"),
     ])
 }
 

@@ -23,9 +23,10 @@ pub const KERNELS: [(&str, &str); 2] = [
 /// Modules the guests load at boot (with their dependencies), for tests that need overlayfs,
 /// NFS or FUSE, and real storage behind the raw devices agents may not open: a small SCSI disk
 /// in memory (`scsi_debug`) with its block (`sd_mod`) and SCSI generic (`sg`) devices, and
-/// device-mapper; and btrfs and xfs on loop devices, for their ioctls. One a kernel has built
+/// device-mapper; and btrfs, xfs and an encrypting ext4 on loop devices, for their ioctls (an
+/// encryption key is named by a SHA-512 HMAC of it). One a kernel has built
 /// in is left out.
-pub const GUEST_MODULES: [&str; 10] = [
+pub const GUEST_MODULES: [&str; 11] = [
     "overlay",
     "nfsv3",
     "fuse",
@@ -36,9 +37,10 @@ pub const GUEST_MODULES: [&str; 10] = [
     "loop",
     "btrfs",
     "xfs",
+    "sha512_generic",
 ];
 
-const APT_PACKAGES: [(&str, &str); 7] = [
+const APT_PACKAGES: [(&str, &str); 8] = [
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("busybox-static", "/bin/busybox"),
     ("cpio", "/usr/bin/cpio"),
@@ -46,11 +48,14 @@ const APT_PACKAGES: [(&str, &str); 7] = [
     ("mmdebstrap", "/usr/bin/mmdebstrap"),
     ("btrfs-progs", MKFS_BTRFS),
     ("xfsprogs", MKFS_XFS),
+    ("e2fsprogs", MKFS_EXT4),
 ];
 
-/// Guests make a btrfs and an xfs with these (busybox has neither).
+/// Guests make a btrfs, an xfs and an ext4 that encrypts with these (busybox has none of them;
+/// its mke2fs knows no encryption).
 pub const MKFS_BTRFS: &str = "/sbin/mkfs.btrfs";
 pub const MKFS_XFS: &str = "/sbin/mkfs.xfs";
+pub const MKFS_EXT4: &str = "/sbin/mkfs.ext4";
 
 /// Where downloaded kernels live: outside the checkout, so fresh clones on this machine reuse them.
 pub fn cache_dir() -> PathBuf {

@@ -572,6 +572,48 @@ fn xfs_attr(path: &str) -> Result<(), i32> {
     done
 }
 
+/// On the file system of directory `dir`, with the encryption key (fscrypt, v2) of
+/// `identifier` (hex): the key `remove`d from all its users, or made `dir`'s encryption
+/// `policy` (`dir` empty).
+fn fscrypt(dir: &str, op: &str, identifier: &str) -> Result<(), i32> {
+    const REMOVE_KEY_ALL_USERS: libc::c_ulong = 0xc040_6619;
+    const SET_POLICY: libc::c_ulong = 0x800c_6613;
+    const SPEC_TYPE_IDENTIFIER: u8 = 2;
+    let mut key = [0u8; 16];
+    for (index, byte) in key.iter_mut().enumerate() {
+        let digits = identifier
+            .get(index * 2..index * 2 + 2)
+            .ok_or(libc::EINVAL)?;
+        *byte = u8::from_str_radix(digits, 16).map_err(|_| libc::EINVAL)?;
+    }
+    let fd = open_raw(dir, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    // SAFETY: the arguments outlive the calls, on a descriptor owned here.
+    let done = unsafe {
+        match op {
+            "remove" => {
+                // `struct fscrypt_remove_key_arg`: the key's specifier (type, reserved, the
+                // identifier in a union of 32 bytes), status flags, reserved.
+                let mut remove = [0u8; 64];
+                remove[0] = SPEC_TYPE_IDENTIFIER;
+                remove[8..24].copy_from_slice(&key);
+                errno_of(libc::ioctl(fd, REMOVE_KEY_ALL_USERS, remove.as_mut_ptr()) as libc::c_long)
+            }
+            "policy" => {
+                // `struct fscrypt_policy_v2`: version 2, AES-256-XTS contents, AES-256-CTS
+                // names, no flags, reserved, the key's identifier.
+                let mut policy = [0u8; 24];
+                policy[..4].copy_from_slice(&[2, 1, 4, 0]);
+                policy[8..].copy_from_slice(&key);
+                errno_of(libc::ioctl(fd, SET_POLICY, policy.as_ptr()) as libc::c_long)
+            }
+            _ => Err(libc::EINVAL),
+        }
+    };
+    // SAFETY: closes the descriptor opened above.
+    unsafe { libc::close(fd) };
+    done
+}
+
 fn fs_freeze(dir: &str) -> Result<(), i32> {
     const FIFREEZE: libc::c_ulong = 0xc004_5877;
     const FITHAW: libc::c_ulong = 0xc004_5878;
@@ -1285,6 +1327,8 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         }
         // fs-resize DIR: see fs_resize.
         "fs-resize" => fs_resize(text(0)?),
+        // fscrypt DIR remove|policy IDENTIFIER: see `fscrypt`.
+        "fscrypt" => fscrypt(text(0)?, text(1)?, text(2)?),
         // xfs-attr PATH: an extended attribute set by handle; see `xfs_attr`.
         "xfs-attr" => xfs_attr(text(0)?),
         // btrfs DIR OP [NAME [SOURCE]]: see `btrfs`.

@@ -390,6 +390,63 @@ fn agents_set_no_xfs_attribute_by_handle() {
     journaled(&scenario, "device_control");
 }
 
+/// An encryption key (fscrypt, v2) added for the file system of `dir` by this process (outside
+/// the agents): its identifier, in hex.
+fn add_encryption_key(dir: &str) -> String {
+    const ADD_KEY: libc::c_ulong = 0xc050_6617;
+    // `struct fscrypt_add_key_arg`: the key's specifier (type 2, an identifier, which the
+    // kernel writes at 8..24), raw size, key id, reserved; then the raw key.
+    let mut arg = [0u8; 80 + 64];
+    arg[0] = 2;
+    arg[40] = 64;
+    arg[80..].fill(0x42);
+    let file = std::fs::File::open(dir).unwrap();
+    // SAFETY: the argument outlives the call, on a descriptor that stays open through it.
+    let added = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            ADD_KEY,
+            arg.as_mut_ptr(),
+        )
+    };
+    assert_eq!(added, 0, "add key: {}", std::io::Error::last_os_error());
+    arg[8..24]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+#[test]
+fn agents_neither_encrypt_nor_lock_files_of_the_host() {
+    let scenario = Scenario::start("raw-fscrypt", Options::default());
+    let (agents, outside) = (&scenario.agents, &scenario.outside);
+    let ext4 = LoopMount::new(&scenario, "ext4", 32, &["-q", "-F", "-O", "encrypt"]);
+    let empty = |name: &str| {
+        let dir = format!("{}/{name}", ext4.at);
+        std::fs::create_dir(&dir).unwrap();
+        dir
+    };
+    // The host's encryption key: agents, root or not, encrypt no empty directory of the
+    // host's with it (the host's later files there in a key an agent could then take away),
+    // nor remove it from the host's users (their encrypted files locked). From outside both
+    // work.
+    let key = add_encryption_key(&ext4.at);
+    let (first, second) = (empty("first"), empty("second"));
+    let policy = |cgroup, dir: &str| scenario.tamper(cgroup, "fscrypt", &[dir, "policy", &key]);
+    let remove = |cgroup| scenario.tamper(cgroup, "fscrypt", &[&ext4.at, "remove", &key]);
+    let outcomes = [
+        policy(agents, &first),
+        scenario.tamper_as_user(agents, "fscrypt", &[&first, "policy", &key]),
+        remove(agents),
+        scenario.tamper_as_user(agents, "fscrypt", &[&ext4.at, "remove", &key]),
+    ];
+    let controls = [policy(outside, &second), remove(outside)];
+    drop(ext4);
+    assert_eq!(outcomes, [const { Outcome::Denied }; 4]);
+    assert_eq!(controls, [Outcome::Ok, Outcome::Ok]);
+    journaled(&scenario, "device_control");
+}
+
 #[test]
 fn agents_use_no_console_or_serial_port_of_the_host() {
     let scenario = Scenario::start("raw-console", Options::default());
