@@ -86,8 +86,10 @@ const NAMED_MAJORS: [&str; 26] = [
 const NAMED_MAJOR_PREFIXES: [&str; 1] = ["ubi"];
 
 /// Misc devices by the name they register in `/proc/misc`.
-const NAMED_MISC: [&str; 18] = [
+const NAMED_MISC: [&str; 19] = [
     "autofs",
+    // Which devices make up a btrfs: forgetting them fails the host's next mount of one.
+    "btrfs-control",
     "cpu_dma_latency",
     "device-mapper",
     "hpet",

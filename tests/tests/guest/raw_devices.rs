@@ -138,6 +138,16 @@ fn agents_reach_no_disk_past_its_files() {
         scenario.tamper(agents, "dm-version", &[control]),
         Outcome::Denied
     );
+    // btrfs's control, where a root agent would forget the devices of a host's btrfs (its next
+    // mount fails).
+    assert_eq!(
+        scenario.tamper(outside, "open", &["/dev/btrfs-control"]),
+        Outcome::Ok
+    );
+    assert_eq!(
+        scenario.tamper(agents, "open", &["/dev/btrfs-control"]),
+        Outcome::Denied
+    );
 
     // Nodes of drivers the guest has no device for (NVMe's passthrough, built in), or has not
     // loaded (input's event devices, uinput), and of numbers no driver has registered (as one
