@@ -49,6 +49,8 @@
 //! CAP_SYS_TTY_CONFIG alone, refused to an agent whose controlling terminal is a host console
 //! or serial port (one agents may not open; its ioctls are refused in `file_ioctl`). On its own
 //! terminals (pseudo-terminals, as `agetty` in a container) an agent hangs up what it likes.
+//! (The virtual consoles' ioctls ask it too, of any caller on a console not its own: those that
+//! change something are refused in `file_ioctl`, the rest only ask.)
 //!
 //! `mount_setattr(2)`, which changes a mount's flags and propagation, has no LSM hook; its first
 //! step is the CAP_SYS_ADMIN check of `may_mount()`, which is refused here when the system call
@@ -84,6 +86,11 @@ const CAP_PERFMON: i32 = 38;
 const CAP_OPT_NOAUDIT: u32 = 1 << 1;
 /// mount_setattr in the x86-64 and the 32-bit system call tables alike.
 const NR_MOUNT_SETATTR: u64 = 442;
+/// vhangup in the x86-64 and the 32-bit system call tables (the other table's number is no
+/// system call that checks CAP_SYS_TTY_CONFIG: 153 is munlockall on 32-bit, 111 getpgrp on
+/// x86-64).
+const NR_VHANGUP: [u64; 2] = [153, 111];
+
 /// perf_event_open in the x86-64 and the 32-bit system call tables. (The other table's number
 /// is no system call that checks CAP_SYS_ADMIN: 336 is none on x86-64, 298 fchownat on 32-bit.)
 const NR_PERF_EVENT_OPEN: [u64; 2] = [298, 336];
@@ -152,10 +159,14 @@ fn sys_admin(agent: u64) -> i32 {
     }
 }
 
-/// The verdict on an agent's CAP_SYS_TTY_CONFIG check: refused if its controlling terminal is
-/// a host's terminal (or unreadable), which vhangup(2) would hang up.
+/// The verdict on an agent's CAP_SYS_TTY_CONFIG check: refused in vhangup(2) if its
+/// controlling terminal is a host's terminal (or unreadable), which it would hang up.
 #[inline(always)]
 fn tty_config(agent: u64) -> i32 {
+    match current_syscall() {
+        Ok(number) if !NR_VHANGUP.contains(&number) => return 0,
+        _ => {}
+    }
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let terminal = unsafe {
         read_field::<*const u8>(task, &OFF_TASK_SIGNAL)

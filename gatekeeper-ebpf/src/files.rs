@@ -79,9 +79,11 @@ const TIOCLINUX: u32 = 0x541c;
 /// accents, keycodes, meta, the signal a key sends), display (text or graphics, fonts, screen
 /// and colour maps), switching (mode, activate, lock, resize, deallocate), where console
 /// messages go (TIOCCONS), a serial port's settings and autoconfiguration, RS-485 mode, a
-/// real-time clock's alarms and parameters; and a whole file system frozen, thawed, shut down,
-/// relabelled (which fstab may mount it by), resized or given devices. A `match`, which the compiler makes a search of
-/// a few comparisons: every ioctl on the host is looked up here before the agent check.
+/// real-time clock's alarms and parameters; a whole file system frozen, thawed, shut down,
+/// relabelled (which fstab may mount it by), resized or given devices; btrfs subvolumes,
+/// trees and quotas; xfs's calls by file handle; file encryption policies and keys. Refused to
+/// agents whatever the file. A `match`, which the compiler makes a search of a few
+/// comparisons: every ioctl on the host is looked up here before the agent check.
 #[inline(always)]
 fn is_device_control(cmd: u32) -> bool {
     matches!(
@@ -145,7 +147,8 @@ fn is_device_control(cmd: u32) -> bool {
         | 0x4008_586f // XFS_IOC_FSGROWFSLOG
         | 0x4010_5870 // XFS_IOC_FSGROWFSRT
         | 0x400c_5870 // XFS_IOC_FSGROWFSRT, 32-bit
-        | 0x8010_5872 // XFS_IOC_SET_RESBLKS
+        | 0xc010_5872 // XFS_IOC_SET_RESBLKS
+        | 0x4008_f510 // F2FS_IOC_RESIZE_FS
         | 0x5000_9403 // BTRFS_IOC_RESIZE
         | 0x5000_940a // BTRFS_IOC_ADD_DEV
         | 0x5000_940b // BTRFS_IOC_RM_DEV
@@ -157,6 +160,7 @@ fn is_device_control(cmd: u32) -> bool {
         | 0x4004_9421 // BTRFS_IOC_BALANCE_CTL
         | 0xca28_9435 // BTRFS_IOC_DEV_REPLACE
         | 0xc400_941b // BTRFS_IOC_SCRUB
+        | 0x941c // BTRFS_IOC_SCRUB_CANCEL
         // btrfs subvolumes: a snapshot copies every file of one past the checks of opening
         // them, to names no rule has; creating, deleting or making one read-only passes no
         // mkdir, rmdir or attribute hook; a tree search returns files' inline data and a send
@@ -179,8 +183,15 @@ fn is_device_control(cmd: u32) -> bool {
         | 0x4010_942a // BTRFS_IOC_QGROUP_CREATE
         | 0x8030_942b // BTRFS_IOC_QGROUP_LIMIT
         | 0x4040_942c // BTRFS_IOC_QUOTA_RESCAN
-        // Extended attributes (ACLs and security ones among them) set on any inode of an xfs
-        // by its handle, with no xattr hook on the way.
+        // Any inode of an xfs by its handle, as open_by_handle_at(2) (refused in `file_open`):
+        // opened past the names on its paths, its link read, its extended attributes (ACLs and
+        // security ones among them) listed or set with no xattr hook on the way.
+        | 0xc038_586b // XFS_IOC_OPEN_BY_HANDLE
+        | 0xc01c_586b // XFS_IOC_OPEN_BY_HANDLE, 32-bit
+        | 0xc038_586c // XFS_IOC_READLINK_BY_HANDLE
+        | 0xc01c_586c // XFS_IOC_READLINK_BY_HANDLE, 32-bit
+        | 0x4058_587a // XFS_IOC_ATTRLIST_BY_HANDLE
+        | 0x4038_587a // XFS_IOC_ATTRLIST_BY_HANDLE, 32-bit
         | 0x4048_587b // XFS_IOC_ATTRMULTI_BY_HANDLE
         | 0x4024_587b // XFS_IOC_ATTRMULTI_BY_HANDLE, 32-bit
         // File encryption (ext4, f2fs): an encryption policy set on an empty directory of the

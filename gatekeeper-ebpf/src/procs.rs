@@ -317,8 +317,9 @@ pub unsafe fn watched_by_perf(task: *const u8) -> bool {
     let space = field_offset(&OFF_TASK_PERF_EVENT_MUTEX)
         .saturating_sub(field_offset(&OFF_TASK_PERF_EVENT_CTXP));
     let pointer = core::mem::size_of::<usize>();
-    // A layout other than the two known (the mutex right after the pointers): no telling.
-    if space < pointer {
+    // A layout other than the two known (the mutex right after one or two pointers): no
+    // telling what lies between.
+    if space != pointer && space != MAX_PERF_CONTEXTS * pointer {
         return true;
     }
     for index in 0..MAX_PERF_CONTEXTS {

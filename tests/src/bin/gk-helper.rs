@@ -513,10 +513,13 @@ struct XfsAttrMulti {
     ops: *mut XfsAttrOp,
 }
 
-/// The extended attribute `user.gatekeeper` set on `path`, a file of an xfs, by its handle
-/// (XFS_IOC_PATH_TO_HANDLE, then XFS_IOC_ATTRMULTI_BY_HANDLE on its directory).
-fn xfs_attr(path: &str) -> Result<(), i32> {
+/// `path`, a file of an xfs, reached by its handle (XFS_IOC_PATH_TO_HANDLE, then on its
+/// directory): its extended attribute `user.gatekeeper` set (`attr`,
+/// XFS_IOC_ATTRMULTI_BY_HANDLE) or the file opened for reading (`open`,
+/// XFS_IOC_OPEN_BY_HANDLE).
+fn xfs_by_handle(path: &str, op: &str) -> Result<(), i32> {
     const PATH_TO_HANDLE: libc::c_ulong = 0xc038_5869;
+    const OPEN_BY_HANDLE: libc::c_ulong = 0xc038_586b;
     const ATTRMULTI_BY_HANDLE: libc::c_ulong = 0x4048_587b;
     const ATTR_OP_SET: u32 = 2;
     let c_path = c_path(path)?;
@@ -538,32 +541,46 @@ fn xfs_attr(path: &str) -> Result<(), i32> {
         ohandle: handle.as_mut_ptr(),
         ohandlen: &raw mut length,
     };
-    // SAFETY: the request and the buffers it points to outlive the calls, on a descriptor
+    // SAFETY: the requests and the buffers they point to outlive the calls, on a descriptor
     // owned here.
     let done = unsafe {
         errno_of(libc::ioctl(fd, PATH_TO_HANDLE, &raw mut request) as libc::c_long).and_then(|()| {
-            let mut op = XfsAttrOp {
-                opcode: ATTR_OP_SET,
-                error: 0,
-                name: name.as_ptr(),
-                value: value.as_ptr(),
-                length: value.len() as u32,
-                flags: 0,
+            let by_handle = XfsHandleRequest {
+                ihandle: handle.as_ptr(),
+                ihandlen: length,
+                oflags: libc::O_RDONLY as u32,
+                ..request
             };
-            let mut multi = XfsAttrMulti {
-                request: XfsHandleRequest {
-                    ihandle: handle.as_ptr(),
-                    ihandlen: length,
-                    ..request
-                },
-                count: 1,
-                ops: &raw mut op,
-            };
-            errno_of(libc::ioctl(fd, ATTRMULTI_BY_HANDLE, &raw mut multi) as libc::c_long)?;
-            if op.error == 0 {
-                Ok(())
-            } else {
-                Err(op.error.abs())
+            match op {
+                "open" => {
+                    let opened = libc::ioctl(fd, OPEN_BY_HANDLE, &raw const by_handle);
+                    if opened >= 0 {
+                        libc::close(opened);
+                    }
+                    errno_of(opened as libc::c_long)
+                }
+                "attr" => {
+                    let mut op = XfsAttrOp {
+                        opcode: ATTR_OP_SET,
+                        error: 0,
+                        name: name.as_ptr(),
+                        value: value.as_ptr(),
+                        length: value.len() as u32,
+                        flags: 0,
+                    };
+                    let mut multi = XfsAttrMulti {
+                        request: by_handle,
+                        count: 1,
+                        ops: &raw mut op,
+                    };
+                    errno_of(libc::ioctl(fd, ATTRMULTI_BY_HANDLE, &raw mut multi) as libc::c_long)?;
+                    if op.error == 0 {
+                        Ok(())
+                    } else {
+                        Err(op.error.abs())
+                    }
+                }
+                _ => Err(libc::EINVAL),
             }
         })
     };
@@ -573,9 +590,10 @@ fn xfs_attr(path: &str) -> Result<(), i32> {
 }
 
 /// On the file system of directory `dir`, with the encryption key (fscrypt, v2) of
-/// `identifier` (hex): the key `remove`d from all its users, or made `dir`'s encryption
-/// `policy` (`dir` empty).
+/// `identifier` (hex): the key `remove`d from all its users, or from this user
+/// (`remove-own`), or made `dir`'s encryption `policy` (`dir` empty).
 fn fscrypt(dir: &str, op: &str, identifier: &str) -> Result<(), i32> {
+    const REMOVE_KEY: libc::c_ulong = 0xc040_6618;
     const REMOVE_KEY_ALL_USERS: libc::c_ulong = 0xc040_6619;
     const SET_POLICY: libc::c_ulong = 0x800c_6613;
     const SPEC_TYPE_IDENTIFIER: u8 = 2;
@@ -590,13 +608,18 @@ fn fscrypt(dir: &str, op: &str, identifier: &str) -> Result<(), i32> {
     // SAFETY: the arguments outlive the calls, on a descriptor owned here.
     let done = unsafe {
         match op {
-            "remove" => {
+            "remove" | "remove-own" => {
                 // `struct fscrypt_remove_key_arg`: the key's specifier (type, reserved, the
                 // identifier in a union of 32 bytes), status flags, reserved.
                 let mut remove = [0u8; 64];
                 remove[0] = SPEC_TYPE_IDENTIFIER;
                 remove[8..24].copy_from_slice(&key);
-                errno_of(libc::ioctl(fd, REMOVE_KEY_ALL_USERS, remove.as_mut_ptr()) as libc::c_long)
+                let command = if op == "remove" {
+                    REMOVE_KEY_ALL_USERS
+                } else {
+                    REMOVE_KEY
+                };
+                errno_of(libc::ioctl(fd, command, remove.as_mut_ptr()) as libc::c_long)
             }
             "policy" => {
                 // `struct fscrypt_policy_v2`: version 2, AES-256-XTS contents, AES-256-CTS
@@ -1327,10 +1350,10 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         }
         // fs-resize DIR: see fs_resize.
         "fs-resize" => fs_resize(text(0)?),
-        // fscrypt DIR remove|policy IDENTIFIER: see `fscrypt`.
+        // fscrypt DIR remove|remove-own|policy IDENTIFIER: see `fscrypt`.
         "fscrypt" => fscrypt(text(0)?, text(1)?, text(2)?),
-        // xfs-attr PATH: an extended attribute set by handle; see `xfs_attr`.
-        "xfs-attr" => xfs_attr(text(0)?),
+        // xfs-handle PATH attr|open: see `xfs_by_handle`.
+        "xfs-handle" => xfs_by_handle(text(0)?, text(1)?),
         // btrfs DIR OP [NAME [SOURCE]]: see `btrfs`.
         "btrfs" => btrfs(
             text(0)?,
@@ -2599,34 +2622,40 @@ fn main() -> ExitCode {
                 if parent_too {
                     joined(cgroup)?;
                 }
+                // A step before the one tried failed: the child says so apart from any errno.
+                const SETUP_FAILED: i32 = 255;
                 // SAFETY: the child joins, makes system calls and exits with their errno.
                 let pid = unsafe { libc::fork() };
                 if pid == 0 {
-                    // (An agent moves no process, itself included: the child of one is in.)
-                    if !parent_too && joined(cgroup).is_err() {
-                        unsafe { libc::_exit(2) };
-                    }
                     const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
                     const KEYCTL_SESSION_TO_PARENT: libc::c_long = 18;
-                    // SAFETY: a null name asks for a new anonymous keyring.
-                    let result = unsafe {
-                        if libc::syscall(
-                            libc::SYS_keyctl,
-                            KEYCTL_JOIN_SESSION_KEYRING,
-                            std::ptr::null::<u8>(),
-                        ) < 0
+                    // (An agent moves no process, itself included: the child of one is in.)
+                    // SAFETY: a null name asks for a new anonymous keyring; then numbers only.
+                    let code = unsafe {
+                        if (!parent_too && joined(cgroup).is_err())
+                            || libc::syscall(
+                                libc::SYS_keyctl,
+                                KEYCTL_JOIN_SESSION_KEYRING,
+                                std::ptr::null::<u8>(),
+                            ) < 0
                         {
-                            -1
+                            SETUP_FAILED
+                        } else if libc::syscall(libc::SYS_keyctl, KEYCTL_SESSION_TO_PARENT) < 0 {
+                            last_errno()
                         } else {
-                            libc::syscall(libc::SYS_keyctl, KEYCTL_SESSION_TO_PARENT)
+                            0
                         }
                     };
-                    let errno = if result < 0 { last_errno() } else { 0 };
-                    unsafe { libc::_exit(errno) };
+                    // SAFETY: ends the child.
+                    unsafe { libc::_exit(code) };
                 }
                 let mut status = 0;
                 // SAFETY: our own child.
                 unsafe { libc::waitpid(pid, &mut status, 0) };
+                if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) == SETUP_FAILED {
+                    eprintln!("key-to-parent: the child ended before its try ({status})");
+                    return Err(ExitCode::from(2));
+                }
                 print_result(match libc::WEXITSTATUS(status) {
                     0 => Ok(()),
                     errno => Err(errno),

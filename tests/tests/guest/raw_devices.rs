@@ -5,7 +5,7 @@
 //! handed. The guests boot with a small SCSI disk in memory (scsi_debug) and device-mapper
 //! loaded.
 
-use std::ffi::CString;
+use std::{ffi::CString, os::unix::fs::PermissionsExt as _};
 
 use gatekeeper_tests::{Options, Outcome, Scenario};
 use serde_json::Value;
@@ -284,15 +284,18 @@ impl LoopMount {
         std::fs::File::create(&image)
             .and_then(|file| file.set_len(megabytes << 20))
             .unwrap();
+        // (Tests run one at a time: no other takes the free device first.)
         let device = ran("losetup", &["-f"]);
         ran("losetup", &[&device, &image.display().to_string()]);
-        let mut args = mkfs.to_vec();
-        args.push(&device);
-        ran(&format!("mkfs.{kind}"), &args);
         let at = scenario.dir.join(kind).display().to_string();
-        std::fs::create_dir(&at).unwrap();
-        ran("mount", &["-t", kind, &device, &at]);
-        Self { at, device, image }
+        // From here on a failure detaches and deletes what was made.
+        let made = Self { at, device, image };
+        let mut args = mkfs.to_vec();
+        args.push(&made.device);
+        ran(&format!("mkfs.{kind}"), &args);
+        std::fs::create_dir(&made.at).unwrap();
+        ran("mount", &["-t", kind, &made.device, &made.at]);
+        made
     }
 }
 
@@ -316,17 +319,23 @@ fn agents_use_no_btrfs_subvolume_of_the_host() {
     let volume = format!("{host}/volume");
     let made = scenario.tamper(outside, "btrfs", &[&host, "create", "volume"]);
     std::fs::write(format!("{volume}/secret"), "the host's").unwrap();
-    // Agents, root or not, snapshot no subvolume (a copy of every file in it, past the checks
+    // Agents snapshot no subvolume (a copy of every file in it, past the checks
     // of opening them), make or delete none, make none read-only, and search no tree (small
     // files' data is inline there); from outside each works.
     let mut outcomes = Vec::new();
     let mut try_all = |args: &[&str], at: &str| {
         let all = [&[at][..], args].concat();
         let root = scenario.tamper(agents, "btrfs", &all);
-        let user = scenario.tamper_as_user(agents, "btrfs", &all);
         let control = scenario.tamper(outside, "btrfs", &all);
-        outcomes.push((all.join(" "), root, user, control));
+        outcomes.push((all.join(" "), root, control));
     };
+    // An ordinary user may make a subvolume where it may write (the rest asks ownership or
+    // CAP_SYS_ADMIN, which the kernel refuses it anyway): not in an agent.
+    let open = format!("{host}/open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let by_user = |cgroup, name| scenario.tamper_as_user(cgroup, "btrfs", &[&open, "create", name]);
+    let users = [by_user(agents, "agent"), by_user(outside, "outside")];
     try_all(&["snapshot", "copy", &volume], &host);
     let copied = std::fs::read_to_string(format!("{host}/copy/secret"));
     try_all(&["create", "agents"], &host);
@@ -341,11 +350,11 @@ fn agents_use_no_btrfs_subvolume_of_the_host() {
         Some("the host's"),
         "the control's snapshot"
     );
-    for (args, root, user, control) in outcomes {
+    for (args, root, control) in outcomes {
         assert_eq!(root, Outcome::Denied, "root agent: btrfs {args}");
-        assert_eq!(user, Outcome::Denied, "user agent: btrfs {args}");
         assert_eq!(control, Outcome::Ok, "outside: btrfs {args}");
     }
+    assert_eq!(users, [Outcome::Denied, Outcome::Ok], "a user's subvolume");
     journaled(&scenario, "device_control");
 }
 
@@ -354,19 +363,14 @@ fn agents_use_no_btrfs_subvolume_of_the_host() {
 /// same rule on another file system starts.
 #[test]
 fn the_daemon_refuses_rules_on_btrfs() {
-    let name = "raw-btrfs-rule";
-    let secret = format!("/tmp/gk-{name}/btrfs/secret");
-    let mut scenario = Scenario::prepare(
-        name,
-        Options {
-            extra: format!(
-                "[[protect.file]]\npath = \"{secret}\"\nname = \"on btrfs\"\naccess = \"read\"\n"
-            ),
-            ..Options::default()
-        },
-    );
+    let mut scenario = Scenario::prepare("raw-btrfs-rule", Options::default());
     let btrfs = LoopMount::new(&scenario, "btrfs", 64, &["-q", "-M"]);
+    let secret = format!("{}/secret", btrfs.at);
     std::fs::write(&secret, "the host's").unwrap();
+    let rule =
+        format!("[[protect.file]]\npath = \"{secret}\"\nname = \"on btrfs\"\naccess = \"read\"\n");
+    let config = std::fs::read_to_string(&scenario.config).unwrap() + &rule;
+    std::fs::write(&scenario.config, config).unwrap();
     scenario.spawn_daemon();
     let status = gatekeeper_tests::wait_for("the daemon to refuse", || scenario.daemon_exited());
     let log = scenario.daemon_log();
@@ -381,22 +385,30 @@ fn the_daemon_refuses_rules_on_btrfs() {
 }
 
 #[test]
-fn agents_set_no_xfs_attribute_by_handle() {
+fn agents_reach_no_xfs_file_by_handle() {
     let scenario = Scenario::start("raw-xfs", Options::default());
     // An xfs the host mounts (mkfs.xfs makes none under 300 MB; the image is sparse, its 64 MB
     // log aside), with a file of the host's.
     let xfs = LoopMount::new(&scenario, "xfs", 300, &["-q"]);
     let file = format!("{}/file", xfs.at);
     std::fs::write(&file, "the host's").unwrap();
-    // Agents, root or not, set no extended attribute by a file's handle (which passes no
-    // xattr hook: an ACL or a security attribute of any file there); from outside it is set.
-    let root = scenario.tamper(&scenario.agents, "xfs-attr", &[&file]);
-    let user = scenario.tamper_as_user(&scenario.agents, "xfs-attr", &[&file]);
-    let control = scenario.tamper(&scenario.outside, "xfs-attr", &[&file]);
+    // A root agent opens no file by its handle (past the names on its paths, as with
+    // open_by_handle_at), nor sets an extended attribute by it (which passes no xattr hook: an
+    // ACL or a security attribute of any file there); from outside both work. (The kernel
+    // asks CAP_SYS_ADMIN of both: a user agent is refused either way.)
+    let mut outcomes = Vec::new();
+    for op in ["open", "attr"] {
+        outcomes.push((
+            op,
+            scenario.tamper(&scenario.agents, "xfs-handle", &[&file, op]),
+            scenario.tamper(&scenario.outside, "xfs-handle", &[&file, op]),
+        ));
+    }
     drop(xfs);
-    assert_eq!(root, Outcome::Denied);
-    assert_eq!(user, Outcome::Denied);
-    assert_eq!(control, Outcome::Ok);
+    for (op, agent, control) in outcomes {
+        assert_eq!(agent, Outcome::Denied, "agent: {op}");
+        assert_eq!(control, Outcome::Ok, "outside: {op}");
+    }
     journaled(&scenario, "device_control");
 }
 
@@ -439,21 +451,28 @@ fn agents_neither_encrypt_nor_lock_files_of_the_host() {
     // The host's encryption key: agents, root or not, encrypt no empty directory of the
     // host's with it (the host's later files there in a key an agent could then take away),
     // nor remove it from the host's users (their encrypted files locked). From outside both
-    // work.
+    // work. (The kernel's own answers to an ordinary user differ: not the owner, EACCES; no
+    // claim on the key, ENOKEY.)
     let key = add_encryption_key(&ext4.at);
     let (first, second) = (empty("first"), empty("second"));
-    let policy = |cgroup, dir: &str| scenario.tamper(cgroup, "fscrypt", &[dir, "policy", &key]);
-    let remove = |cgroup| scenario.tamper(cgroup, "fscrypt", &[&ext4.at, "remove", &key]);
+    let fscrypt = |cgroup, dir: &str, op| scenario.tamper(cgroup, "fscrypt", &[dir, op, &key]);
+    let as_user = |dir: &str, op| scenario.tamper_as_user(agents, "fscrypt", &[dir, op, &key]);
     let outcomes = [
-        policy(agents, &first),
-        scenario.tamper_as_user(agents, "fscrypt", &[&first, "policy", &key]),
-        remove(agents),
-        scenario.tamper_as_user(agents, "fscrypt", &[&ext4.at, "remove", &key]),
+        fscrypt(agents, &first, "policy"),
+        as_user(&first, "policy"),
+        fscrypt(agents, &ext4.at, "remove"),
+        fscrypt(agents, &ext4.at, "remove-own"),
+        as_user(&ext4.at, "remove-own"),
     ];
-    let controls = [policy(outside, &second), remove(outside)];
+    let mut controls = vec![
+        fscrypt(outside, &second, "policy"),
+        fscrypt(outside, &ext4.at, "remove-own"),
+    ];
+    assert_eq!(add_encryption_key(&ext4.at), key);
+    controls.push(fscrypt(outside, &ext4.at, "remove"));
     drop(ext4);
-    assert_eq!(outcomes, [const { Outcome::Denied }; 4]);
-    assert_eq!(controls, [Outcome::Ok, Outcome::Ok]);
+    assert_eq!(outcomes, [const { Outcome::Denied }; 5]);
+    assert_eq!(controls, [Outcome::Ok, Outcome::Ok, Outcome::Ok]);
     journaled(&scenario, "device_control");
 }
 
