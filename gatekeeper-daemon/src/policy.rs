@@ -81,21 +81,11 @@ pub enum PolicyError {
     Btrfs { path: PathBuf },
 }
 
-/// `statfs`'s type of a btrfs.
-const BTRFS_SUPER_MAGIC: libc::c_long = 0x9123_683e;
-
 /// Refuses `path` if it is on btrfs (see [`PolicyError::Btrfs`]); a path that does not exist
 /// is not refused here.
 fn not_on_btrfs(path: &Path) -> Result<(), PolicyError> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return Ok(());
-    };
-    // SAFETY: all-zero is a valid statfs, which the call fills; the path is NUL-terminated.
-    let on_btrfs = unsafe {
-        let mut fs: libc::statfs = std::mem::zeroed();
-        libc::statfs(c_path.as_ptr(), &mut fs) == 0 && fs.f_type == BTRFS_SUPER_MAGIC
-    };
+    use nix::sys::statfs::{BTRFS_SUPER_MAGIC, statfs};
+    let on_btrfs = statfs(path).is_ok_and(|fs| fs.filesystem_type() == BTRFS_SUPER_MAGIC);
     if on_btrfs {
         return Err(PolicyError::Btrfs {
             path: path.to_owned(),
