@@ -8,6 +8,7 @@
 //! grant for other arguments is killed there, before its first instruction.
 
 use aya_ebpf::{
+    cty::c_void,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf,
         bpf_probe_read_user, bpf_send_signal, bpf_task_pt_regs, generated::bpf_probe_read_user_str,
@@ -29,7 +30,7 @@ use crate::{
         OFF_PT_REGS_ORIG_AX, OFF_PT_REGS_R10, OFF_PT_REGS_SI,
     },
     procs::watched_by_perf,
-    read::{X32_SYSCALL_BIT, read_field},
+    read::{TURN_AGAIN, TURN_DONE, X32_SYSCALL_BIT, read_field, turns},
     script::{forget_unstarted_script, runs_approved_script},
     verdict::{
         agent_cgroup, count_denial, fill_event, grant_waiting, report_record, take_grant, tamper,
@@ -474,27 +475,50 @@ extern "C" fn gatekeeper_hash_args(scratch: *const ExecScratch) -> u64 {
 #[inline(always)]
 unsafe fn hash_args(scratch: *const ExecScratch) -> u64 {
     let key = ARGV_KEY.get(0).copied().unwrap_or_default();
-    let mut hasher = ArgvHasher::new(key);
+    let mut walk = HashWalk {
+        hasher: ArgvHasher::new(key),
+        words: 0,
+    };
     unsafe {
-        // The readers keep `len` within the buffer; the mask, which the compiler cannot drop,
-        // bounds the loop for every verifier (6.1's loses a bound made with `min` or a branch)
-        // and keeps each read inside the scratch record.
         let len = core::ptr::read_volatile(&raw const (*scratch).record.args.len) as usize;
-        let words = (len / 8) & (2 * ARGV_BYTES / 8 - 1);
-        let argv = (*scratch).record.argv.as_ptr();
-        for index in 0..2 * ARGV_BYTES / 8 {
-            if index >= words {
-                break;
-            }
-            hasher.word(u64::from_le(*argv.add(index * 8).cast::<u64>()));
+        walk.words = (len / 8) as u64;
+        if turns(2 * ARGV_BYTES as u32 / 8, hash_step, &mut walk).is_err() {
+            // Unhashed arguments match no grant's.
+            return 0;
         }
         let rest = len % 8;
         let tail = if rest == 0 {
             0
         } else {
-            let word = u64::from_le(*argv.add((words * 8) & (ARGV_BYTES - 8)).cast::<u64>());
+            let argv = (*scratch).record.argv.as_ptr();
+            let word = u64::from_le(*argv.add((len & !7) & (ARGV_BYTES - 8)).cast::<u64>());
             word & ((1u64 << (rest * 8)) - 1)
         };
-        hasher.finish(len, tail)
+        walk.hasher.finish(len, tail)
     }
+}
+
+/// [`hash_args`]'s walk over the arguments' whole words.
+#[repr(C)]
+struct HashWalk {
+    hasher: ArgvHasher,
+    words: u64,
+}
+
+/// One word of [`hash_args`].
+#[inline(never)]
+extern "C" fn hash_step(turn: u64, walk: *mut c_void) -> i64 {
+    let walk = unsafe { &mut *walk.cast::<HashWalk>() };
+    let Some(scratch) = EXEC_SCRATCH.get_ptr(0) else {
+        return TURN_DONE;
+    };
+    if turn >= walk.words {
+        return TURN_DONE;
+    }
+    // The readers keep `len` within the buffer; the mask keeps each read inside the scratch
+    // record for the verifier, which knows nothing of `turn`.
+    let index = turn as usize & (2 * ARGV_BYTES / 8 - 1);
+    let word = unsafe { *(*scratch).record.argv.as_ptr().add(index * 8).cast::<u64>() };
+    walk.hasher.word(u64::from_le(word));
+    TURN_AGAIN
 }

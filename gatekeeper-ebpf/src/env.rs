@@ -8,6 +8,7 @@
 //! [`APPROVED_ENV`]: gatekeeper_common::APPROVED_ENV
 
 use aya_ebpf::{
+    cty::c_void,
     helpers::{bpf_get_current_cgroup_id, bpf_send_signal, generated::bpf_probe_read_user_str},
     macros::{lsm, map},
     maps::{HashMap, LruHashMap, PerCpuArray},
@@ -19,7 +20,7 @@ use crate::{
     argv::{caller_vectors, vector_entry},
     exec::exec_target,
     offsets::{OFF_BPRM_ARGC, OFF_BPRM_ENVC, OFF_BPRM_EXEC, OFF_BPRM_FILE, OFF_BPRM_P},
-    read::read_field,
+    read::{TURN_AGAIN, TURN_DONE, read_field, turns},
     verdict::{agent_cgroup, grant_waiting, tamper},
 };
 
@@ -60,8 +61,7 @@ struct EnvScratch {
     entry: [u64; ENV_NAME_BYTES / 8 + 1],
     /// A string read to find its end.
     chunk: [u8; CHUNK],
-    /// Where the walk over the new program's strings is: kept here and read back through
-    /// volatile loads, so the verifier carries no exact value from one step to the next.
+    /// Where the walk over the new program's strings is.
     address: u64,
     strings_done: u32,
     /// 1 while `address` is the start of a string.
@@ -204,48 +204,70 @@ unsafe fn new_env_approved(bprm: *const u8) -> bool {
         if argc < 0 || envc < 0 || envc as u32 > MAX_ENV {
             return false;
         }
-        let (argc, strings) = (argc as u32, argc as u32 + envc as u32);
-        let address = &raw mut (*scratch).address;
-        let done = &raw mut (*scratch).strings_done;
-        let at_start = &raw mut (*scratch).at_start;
-        core::ptr::write_volatile(address, start);
-        core::ptr::write_volatile(done, 0);
-        core::ptr::write_volatile(at_start, 1);
-        for _ in 0..MAX_STRINGS {
-            let (here, finished) = (
-                core::ptr::read_volatile(address),
-                core::ptr::read_volatile(done),
-            );
-            if finished >= strings {
-                return true;
-            }
-            if finished >= argc
-                && core::ptr::read_volatile(at_start) == 1
-                && !approved_entry(scratch, here)
-            {
-                return false;
-            }
-            let read = bpf_probe_read_user_str(
-                (*scratch).chunk.as_mut_ptr().cast(),
-                CHUNK as u32,
-                here as *const _,
-            );
-            if read <= 0 {
-                return false;
-            }
-            // A read that filled the chunk may have stopped short of the string's end (it holds
-            // all but the chunk's last byte): the next goes on from the first byte it left.
-            if (read as usize) < CHUNK {
-                core::ptr::write_volatile(address, here + read as u64);
-                core::ptr::write_volatile(done, finished + 1);
-                core::ptr::write_volatile(at_start, 1);
-            } else {
-                core::ptr::write_volatile(address, here + CHUNK as u64 - 1);
-                core::ptr::write_volatile(at_start, 0);
-            }
-        }
-        false
+        (*scratch).address = start;
+        (*scratch).strings_done = 0;
+        (*scratch).at_start = 1;
+        let mut walk = NewEnvWalk {
+            argc: argc as u32,
+            strings: argc as u32 + envc as u32,
+            verdict: UNDECIDED,
+        };
+        turns(MAX_STRINGS, new_env_step, &mut walk).is_ok() && walk.verdict == APPROVED
     }
+}
+
+/// [`new_env_approved`]'s walk over the new program's strings; where it is, in [`EnvScratch`].
+#[repr(C)]
+struct NewEnvWalk {
+    argc: u32,
+    strings: u32,
+    verdict: u32,
+}
+
+/// [`NewEnvWalk::verdict`]s. Undecided once the walk's turns ran out: refused.
+const UNDECIDED: u32 = 0;
+const APPROVED: u32 = 1;
+const REFUSED: u32 = 2;
+
+/// One step of [`new_env_approved`]: one string, or one chunk of a long one.
+#[inline(never)]
+extern "C" fn new_env_step(_turn: u64, walk: *mut c_void) -> i64 {
+    let walk = unsafe { &mut *walk.cast::<NewEnvWalk>() };
+    let Some(scratch) = ENV_SCRATCH.get_ptr_mut(0) else {
+        walk.verdict = REFUSED;
+        return TURN_DONE;
+    };
+    unsafe {
+        let (here, finished) = ((*scratch).address, (*scratch).strings_done);
+        if finished >= walk.strings {
+            walk.verdict = APPROVED;
+            return TURN_DONE;
+        }
+        if finished >= walk.argc && (*scratch).at_start == 1 && !approved_entry(scratch, here) {
+            walk.verdict = REFUSED;
+            return TURN_DONE;
+        }
+        let read = bpf_probe_read_user_str(
+            (*scratch).chunk.as_mut_ptr().cast(),
+            CHUNK as u32,
+            here as *const _,
+        );
+        if read <= 0 {
+            walk.verdict = REFUSED;
+            return TURN_DONE;
+        }
+        // A read that filled the chunk may have stopped short of the string's end (it holds
+        // all but the chunk's last byte): the next goes on from the first byte it left.
+        if (read as usize) < CHUNK {
+            (*scratch).address = here + read as u64;
+            (*scratch).strings_done = finished + 1;
+            (*scratch).at_start = 1;
+        } else {
+            (*scratch).address = here + CHUNK as u64 - 1;
+            (*scratch).at_start = 0;
+        }
+    }
+    TURN_AGAIN
 }
 
 /// Whether the `NAME=value` string at `address` names an approved variable.

@@ -3,7 +3,7 @@
 //! found by walking up its file system's dentry tree (which bind mounts and mount namespaces do
 //! not change). The walk runs only for agents, and only on a device that holds a directory rule.
 
-use aya_ebpf::{macros::map, maps::HashMap};
+use aya_ebpf::{cty::c_void, macros::map, maps::HashMap};
 use gatekeeper_common::{MAX_PROTECTED_FILES, MAX_TREE_DEPTH, Target, file_rule};
 
 use crate::{
@@ -14,7 +14,7 @@ use crate::{
         OFF_INODE_SB, OFF_MOUNT_MOUNTPOINT, OFF_MOUNT_PARENT, OFF_SB_DEV, OFF_SB_ROOT,
         OFF_VFSMOUNT_ROOT,
     },
-    read::{container_of, read_field},
+    read::{TURN_AGAIN, TURN_DONE, container_of, read_field, turns},
 };
 
 /// Mounts looked through from a file's own up: a volume below a host path, a mount on that.
@@ -130,27 +130,68 @@ unsafe fn walk_placement(dentry: *const u8) -> Result<Placement, i32> {
     if rule_bits(&file_rule::device_marker(dev)) == 0 {
         return Ok(placed);
     }
-    let root: *const u8 = unsafe { read_field(sb, &OFF_SB_ROOT)? };
-    let mut current = dentry;
-    placed.unplaced = true;
-    for _ in 0..MAX_TREE_DEPTH {
-        let parent: *const u8 = unsafe { read_field(current, &OFF_DENTRY_PARENT)? };
-        if parent == current {
-            // The top: the file system's root, or a dentry cut off from it (a file opened by
-            // its handle before its directory was looked up).
-            placed.unplaced = current != root;
-            break;
-        }
-        let inode: *const u8 = unsafe { read_field(parent, &OFF_DENTRY_INODE)? };
-        let dir = Target::exec(dev, unsafe { read_field(inode, &OFF_INODE_INO)? });
-        let bits = rule_bits(&dir);
-        if bits & file_rule::TREE != 0 {
-            placed.bits |= bits;
-            placed.in_read_tree |= bits & file_rule::READ != 0;
-        }
-        current = parent;
+    let mut walk = TreeWalk {
+        current: dentry as u64,
+        root: unsafe { read_field::<*const u8>(sb, &OFF_SB_ROOT)? } as u64,
+        dev: dev as u64,
+        bits: placed.bits,
+        in_read_tree: placed.in_read_tree as u32,
+        unplaced: 1,
+        failed: 0,
+    };
+    turns(MAX_TREE_DEPTH, tree_step, &mut walk)?;
+    if walk.failed != 0 {
+        return Err(-1);
     }
+    placed.bits = walk.bits;
+    placed.in_read_tree = walk.in_read_tree != 0;
+    placed.unplaced = walk.unplaced != 0;
     Ok(placed)
+}
+
+/// [`walk_placement`]'s walk up the dentry tree, kept on its stack for the loop's steps.
+/// `unplaced` stays set when the walk ends before the top.
+#[repr(C)]
+struct TreeWalk {
+    current: u64,
+    root: u64,
+    dev: u64,
+    bits: u32,
+    in_read_tree: u32,
+    unplaced: u32,
+    failed: u32,
+}
+
+/// One step of [`walk_placement`]: the directory above `current`, and its rule.
+#[inline(never)]
+extern "C" fn tree_step(_turn: u64, walk: *mut c_void) -> i64 {
+    let walk = unsafe { &mut *walk.cast::<TreeWalk>() };
+    let current = walk.current as *const u8;
+    let Ok(parent) = (unsafe { read_field::<*const u8>(current, &OFF_DENTRY_PARENT) }) else {
+        walk.failed = 1;
+        return TURN_DONE;
+    };
+    if parent == current {
+        // The top: the file system's root, or a dentry cut off from it (a file opened by its
+        // handle before its directory was looked up).
+        walk.unplaced = (walk.current != walk.root) as u32;
+        return TURN_DONE;
+    }
+    let ino = unsafe {
+        read_field::<*const u8>(parent, &OFF_DENTRY_INODE)
+            .and_then(|inode| read_field::<u64>(inode, &OFF_INODE_INO))
+    };
+    let Ok(ino) = ino else {
+        walk.failed = 1;
+        return TURN_DONE;
+    };
+    let bits = rule_bits(&Target::exec(walk.dev as u32, ino));
+    if bits & file_rule::TREE != 0 {
+        walk.bits |= bits;
+        walk.in_read_tree |= (bits & file_rule::READ != 0) as u32;
+    }
+    walk.current = parent as u64;
+    TURN_AGAIN
 }
 
 /// The dentry of an inode: for a directory its only one, for a file one of its names.

@@ -25,6 +25,7 @@
 //! make it fail, and a walk that fails refuses.
 
 use aya_ebpf::{
+    cty::c_void,
     helpers::{bpf_get_current_task, bpf_probe_read_kernel_str_bytes},
     macros::lsm,
     programs::LsmContext,
@@ -40,7 +41,10 @@ use crate::{
         OFF_NSPROXY_MNT_NS, OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_SB_BDEV, OFF_SB_MOUNTS, OFF_SB_TYPE,
         OFF_TASK_FS, OFF_TASK_NSPROXY, OFF_VFSMOUNT_FLAGS, OFF_VFSMOUNT_ROOT, OFF_VFSMOUNT_SB,
     },
-    read::{BPF_FS_MAGIC, CGROUP_SUPER_MAGIC, field_offset, member_ptr, read_field, sb_magic},
+    read::{
+        BPF_FS_MAGIC, CGROUP_SUPER_MAGIC, TURN_AGAIN, TURN_DONE, field_offset, member_ptr,
+        read_field, sb_magic, turns,
+    },
     verdict::{agent_cgroup, setting, tamper},
 };
 
@@ -226,40 +230,78 @@ unsafe fn list_next(node: *const u8) -> Result<*const u8, i32> {
 /// the kernel's own order (`next_mnt`). Err when the tree is too large to walk.
 #[inline(always)]
 unsafe fn tree_has_shared(root: *const u8) -> Result<bool, i32> {
+    let mut walk = MountTreeWalk {
+        root: root as u64,
+        current: root as u64,
+        arriving: 1,
+        state: WALKING,
+    };
+    turns(MAX_TREE_STEPS, mount_tree_step, &mut walk)?;
+    match walk.state {
+        WALKING => Err(0),
+        SHARED => Ok(true),
+        DONE => Ok(false),
+        _ => Err(-1),
+    }
+}
+
+/// [`tree_has_shared`]'s walk. `arriving`: 1 when `current` is newly reached (look at it, then
+/// at its children), 0 once it is done.
+#[repr(C)]
+struct MountTreeWalk {
+    root: u64,
+    current: u64,
+    arriving: u64,
+    state: i64,
+}
+
+/// [`MountTreeWalk::state`] once a shared mount was met.
+const SHARED: i64 = 2;
+
+/// One step of [`tree_has_shared`].
+#[inline(never)]
+extern "C" fn mount_tree_step(_turn: u64, walk: *mut c_void) -> i64 {
+    let walk = unsafe { &mut *walk.cast::<MountTreeWalk>() };
+    walk.state = match unsafe { mount_tree_next(walk) } {
+        Ok(WALKING) => return TURN_AGAIN,
+        Ok(state) => state,
+        Err(_) => -1,
+    };
+    TURN_DONE
+}
+
+#[inline(always)]
+unsafe fn mount_tree_next(walk: &mut MountTreeWalk) -> Result<i64, i32> {
     let mounts = field_offset(&OFF_MOUNT_MOUNTS);
     let child = field_offset(&OFF_MOUNT_CHILD);
-    let mut current = root;
-    // Whether `current` is newly reached (look at it, then at its children) or done.
-    let mut arriving = true;
-    for _ in 0..MAX_TREE_STEPS {
-        unsafe {
-            if arriving {
-                if vfsmount_shared(vfsmount_of(current)) {
-                    return Ok(true);
-                }
-                let head = current.wrapping_add(mounts);
-                let first = list_next(head)?;
-                if first != head {
-                    current = first.wrapping_sub(child);
-                    continue;
-                }
-                arriving = false;
+    let current = walk.current as *const u8;
+    unsafe {
+        if walk.arriving != 0 {
+            if vfsmount_shared(vfsmount_of(current)) {
+                return Ok(SHARED);
             }
-            if current == root {
-                return Ok(false);
+            let head = current.wrapping_add(mounts);
+            let first = list_next(head)?;
+            if first != head {
+                walk.current = first.wrapping_sub(child) as u64;
+                return Ok(WALKING);
             }
-            // The next sibling, or up to the parent once the siblings are done.
-            let parent: *const u8 = read_field(current, &OFF_MOUNT_PARENT)?;
-            let next = list_next(current.wrapping_add(child))?;
-            if next == parent.wrapping_add(mounts) {
-                current = parent;
-            } else {
-                current = next.wrapping_sub(child);
-                arriving = true;
-            }
+            walk.arriving = 0;
+        }
+        if walk.current == walk.root {
+            return Ok(DONE);
+        }
+        // The next sibling, or up to the parent once the siblings are done.
+        let parent: *const u8 = read_field(current, &OFF_MOUNT_PARENT)?;
+        let next = list_next(current.wrapping_add(child))?;
+        if next == parent.wrapping_add(mounts) {
+            walk.current = parent as u64;
+        } else {
+            walk.current = next.wrapping_sub(child) as u64;
+            walk.arriving = 1;
         }
     }
-    Err(0)
+    Ok(WALKING)
 }
 
 /// Whether the superblock at `sb` is mounted in the host's namespace. Err when it has more
@@ -277,29 +319,82 @@ unsafe fn mounted_in_host(sb: *const u8) -> Result<bool, i32> {
 /// and there are more.
 #[inline(always)]
 pub unsafe fn host_mount_of(sb: *const u8, root: *const u8) -> Result<Option<*const u8>, i32> {
-    let (mut first, mut same_root) = (None, None);
-    unsafe {
-        let head = sb.wrapping_add(field_offset(&OFF_SB_MOUNTS));
-        let mut node = list_next(head)?;
-        for _ in 0..MAX_SB_MOUNTS {
-            if node == head {
-                return Ok(same_root.or(first));
+    let head = sb.wrapping_add(field_offset(&OFF_SB_MOUNTS));
+    let mut walk = SbMountsWalk {
+        head: head as u64,
+        node: unsafe { list_next(head)? } as u64,
+        root: root as u64,
+        first: 0,
+        same_root: 0,
+        state: WALKING,
+    };
+    turns(MAX_SB_MOUNTS, host_mount_step, &mut walk)?;
+    if walk.state < 0 {
+        return Err(-1);
+    }
+    let found = match walk.same_root {
+        0 => walk.first,
+        same_root => same_root,
+    };
+    match (found, walk.state) {
+        (0, WALKING) => Err(0),
+        (0, _) => Ok(None),
+        (found, _) => Ok(Some(found as *const u8)),
+    }
+}
+
+/// [`host_mount_of`]'s walk, kept on the caller's stack for `bpf_loop`'s callback.
+#[repr(C)]
+struct SbMountsWalk {
+    head: u64,
+    node: u64,
+    root: u64,
+    first: u64,
+    same_root: u64,
+    state: i64,
+}
+
+/// A walk's state: still walking (so its turns ran out), or done; negative when a read failed.
+const WALKING: i64 = 0;
+const DONE: i64 = 1;
+
+/// One turn of [`host_mount_of`]: one mount of the superblock's list.
+#[inline(never)]
+extern "C" fn host_mount_step(_turn: u64, walk: *mut c_void) -> i64 {
+    let walk = unsafe { &mut *walk.cast::<SbMountsWalk>() };
+    if walk.node == walk.head {
+        walk.state = DONE;
+        return TURN_DONE;
+    }
+    let mount = (walk.node as *const u8).wrapping_sub(field_offset(&OFF_MOUNT_INSTANCE));
+    if unsafe { mount_in_host_namespace(mount) } {
+        if walk.root == 0 {
+            walk.first = mount as u64;
+            walk.state = DONE;
+            return TURN_DONE;
+        }
+        match unsafe { read_field::<*const u8>(vfsmount_of(mount), &OFF_VFSMOUNT_ROOT) } {
+            Ok(mount_root) if mount_root as u64 == walk.root => walk.same_root = mount as u64,
+            Ok(_) => {}
+            Err(_) => {
+                walk.state = -1;
+                return TURN_DONE;
             }
-            let mount = node.wrapping_sub(field_offset(&OFF_MOUNT_INSTANCE));
-            if mount_in_host_namespace(mount) {
-                if root.is_null() {
-                    return Ok(Some(mount));
-                }
-                let mount_root: *const u8 = read_field(vfsmount_of(mount), &OFF_VFSMOUNT_ROOT)?;
-                if mount_root == root {
-                    same_root = Some(mount);
-                }
-                first = first.or(Some(mount));
-            }
-            node = list_next(node)?;
+        }
+        if walk.first == 0 {
+            walk.first = mount as u64;
         }
     }
-    same_root.or(first).map(Some).ok_or(0)
+    match unsafe { list_next(walk.node as *const u8) } {
+        Ok(next) => {
+            walk.node = next as u64;
+            TURN_AGAIN
+        }
+        Err(_) => {
+            walk.state = -1;
+            TURN_DONE
+        }
+    }
 }
 
 /// mount(2) in every form: new mounts, bind, move, remount and propagation changes.

@@ -1,6 +1,9 @@
 //! Reading kernel structs at offsets the daemon found in the running kernel's BTF.
 
-use aya_ebpf::helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs};
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel, bpf_task_pt_regs},
+};
 
 use crate::offsets::{OFF_INODE_SB, OFF_PT_REGS_ORIG_AX, OFF_SB_MAGIC};
 
@@ -12,6 +15,25 @@ pub const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 pub const CGROUP_SUPER_MAGIC: u64 = 0x0027_e0eb;
 pub const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 pub const SYSFS_MAGIC: u64 = 0x6265_6572;
+
+/// What a [`turns`] step answers: go on, or stop.
+pub const TURN_AGAIN: i64 = 0;
+pub const TURN_DONE: i64 = 1;
+
+/// Runs `step(turn, state)` up to `turns` times, until it answers [`TURN_DONE`], through the
+/// `bpf_loop` helper: the verifier checks a step once, not once per turn as it does a bounded
+/// loop (64 turns of the mount and dentry walks were most of the programs' verification, paid
+/// at every daemon start). `step` must be a plain function (`#[inline(never)]`, not
+/// `no_mangle`). Err when the helper refused.
+#[inline(always)]
+pub fn turns<S>(
+    turns: u32,
+    step: extern "C" fn(u64, *mut c_void) -> i64,
+    state: &mut S,
+) -> Result<(), i32> {
+    let ran = unsafe { bpf_loop(turns, step as *mut c_void, (state as *mut S).cast(), 0) };
+    if ran < 0 { Err(ran as i32) } else { Ok(()) }
+}
 
 #[inline(always)]
 fn offset(global: &'static u32) -> usize {
