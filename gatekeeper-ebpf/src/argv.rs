@@ -10,8 +10,8 @@
 use aya_ebpf::{
     cty::c_void,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf,
-        bpf_probe_read_user, bpf_send_signal, bpf_task_pt_regs, generated::bpf_probe_read_user_str,
+        bpf_get_current_cgroup_id, bpf_get_current_task, bpf_probe_read_user, bpf_send_signal,
+        generated::bpf_probe_read_user_str,
     },
     macros::{lsm, map},
     maps::{Array, HashMap, PerCpuArray},
@@ -30,7 +30,7 @@ use crate::{
         OFF_PT_REGS_ORIG_AX, OFF_PT_REGS_R10, OFF_PT_REGS_SI,
     },
     procs::watched_by_perf,
-    read::{TURN_AGAIN, TURN_DONE, X32_SYSCALL_BIT, read_field, turns},
+    read::{TURN_AGAIN, TURN_DONE, X32_SYSCALL_BIT, current_register, read_field, turns},
     script::{forget_unstarted_script, runs_approved_script},
     verdict::{
         agent_cgroup, count_denial, fill_event, grant_waiting, report_record, take_grant, tamper,
@@ -303,27 +303,23 @@ pub struct CallerVectors {
 
 /// The vectors the caller passed to execve or execveat, from the system call's registers.
 #[inline(always)]
-pub unsafe fn caller_vectors() -> Option<CallerVectors> {
-    unsafe {
-        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
-        let number: u64 = read_field(regs, &OFF_PT_REGS_ORIG_AX).ok()?;
-        let (argv, envp, wide) = match number {
-            NR_EXECVE => (&OFF_PT_REGS_SI, &OFF_PT_REGS_DX, true),
-            NR_EXECVEAT => (&OFF_PT_REGS_DX, &OFF_PT_REGS_R10, true),
-            NR_X32_EXECVE => (&OFF_PT_REGS_SI, &OFF_PT_REGS_DX, false),
-            NR_X32_EXECVEAT => (&OFF_PT_REGS_DX, &OFF_PT_REGS_R10, false),
-            NR_IA32_EXECVE => (&OFF_PT_REGS_CX, &OFF_PT_REGS_DX, false),
-            NR_IA32_EXECVEAT => (&OFF_PT_REGS_DX, &OFF_PT_REGS_SI, false),
-            _ => return None,
-        };
-        // 32-bit callers' registers hold 32-bit values.
-        let mask = if wide { u64::MAX } else { 0xffff_ffff };
-        Some(CallerVectors {
-            argv: read_field::<u64>(regs, argv).ok()? & mask,
-            envp: read_field::<u64>(regs, envp).ok()? & mask,
-            wide,
-        })
-    }
+pub fn caller_vectors() -> Option<CallerVectors> {
+    let (argv, envp, wide) = match current_register(&OFF_PT_REGS_ORIG_AX).ok()? {
+        NR_EXECVE => (&OFF_PT_REGS_SI, &OFF_PT_REGS_DX, true),
+        NR_EXECVEAT => (&OFF_PT_REGS_DX, &OFF_PT_REGS_R10, true),
+        NR_X32_EXECVE => (&OFF_PT_REGS_SI, &OFF_PT_REGS_DX, false),
+        NR_X32_EXECVEAT => (&OFF_PT_REGS_DX, &OFF_PT_REGS_R10, false),
+        NR_IA32_EXECVE => (&OFF_PT_REGS_CX, &OFF_PT_REGS_DX, false),
+        NR_IA32_EXECVEAT => (&OFF_PT_REGS_DX, &OFF_PT_REGS_SI, false),
+        _ => return None,
+    };
+    // 32-bit callers' registers hold 32-bit values.
+    let mask = if wide { u64::MAX } else { 0xffff_ffff };
+    Some(CallerVectors {
+        argv: current_register(argv).ok()? & mask,
+        envp: current_register(envp).ok()? & mask,
+        wide,
+    })
 }
 
 /// Entry `index` of the caller's vector at `vector`: a string's address, 0 at its end.

@@ -6,12 +6,9 @@
 //! `key_alloc`): every key made at an address, an agent's or not, passes `key_alloc`, which
 //! records or forgets it, so a freed agent key's address gives a later host key to no agent.
 
-use aya_ebpf::helpers::{
-    bpf_get_current_task_btf, bpf_probe_read_kernel_str_bytes, bpf_task_pt_regs,
-};
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::generated::bpf_get_func_arg,
+    helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_get_func_arg},
     macros::{lsm, map},
     maps::LruHashMap,
     programs::LsmContext,
@@ -20,7 +17,7 @@ use gatekeeper_common::{MAX_AGENT_KEYS, TamperHook};
 
 use crate::{
     offsets::{OFF_KEY_DESCRIPTION, OFF_PT_REGS_BX, OFF_PT_REGS_DI},
-    read::{current_syscall, read_field},
+    read::{current_register, current_syscall, read_field},
     verdict::{agent_cgroup, tamper},
 };
 
@@ -143,9 +140,8 @@ fn hands_keyring_to_parent() -> bool {
     } else {
         &OFF_PT_REGS_BX
     };
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
     !matches!(
-        unsafe { read_field::<u64>(regs, first) },
+        current_register(first),
         Ok(command) if command as u32 != KEYCTL_SESSION_TO_PARENT
     )
 }

@@ -99,9 +99,15 @@ pub fn container_of(member: *const u8, global: &'static u32) -> *const u8 {
 /// 32-bit), without the x32 mark.
 #[inline(always)]
 pub fn current_syscall() -> Result<u64, i32> {
-    let number = unsafe {
+    Ok(current_register(&OFF_PT_REGS_ORIG_AX)? & !X32_SYSCALL_BIT)
+}
+
+/// The current task's user register at the `pt_regs` offset held in `global`, as its system
+/// call found it: the call's number (`orig_ax`), or an argument.
+#[inline(always)]
+pub fn current_register(global: &'static u32) -> Result<u64, i32> {
+    unsafe {
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
-        read_field::<u64>(regs, &OFF_PT_REGS_ORIG_AX)?
-    };
-    Ok(number & !X32_SYSCALL_BIT)
+        read_field::<u64>(regs, global)
+    }
 }
