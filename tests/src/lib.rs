@@ -1077,10 +1077,31 @@ alice = "{alice_key}"
             Outcome::Denied,
             "root agent: {op} {args:?}"
         );
+        self.user_agent_denied(op, args);
+    }
+
+    /// The ordinary user [`UNLISTED_UID`] in the configured agent cgroup is denied `op` on
+    /// `args` by Gatekeeper: EPERM, and a `tamper_attempt` of that user journaled. The kernel's
+    /// own refusal of what the user may not do anyway (a capability it lacks) is EPERM too but
+    /// passes no hook of Gatekeeper's: a test of that would prove nothing, and fails here.
+    pub fn user_agent_denied(&self, op: &str, args: &[&str]) {
+        let attempts = || {
+            self.journal_events()
+                .iter()
+                .filter(|event| {
+                    event["type"] == "tamper_attempt" && event["uid"] == u64::from(UNLISTED_UID)
+                })
+                .count()
+        };
+        let before = attempts();
         assert_eq!(
             self.tamper_as_user(&self.agents, op, args),
             Outcome::Denied,
             "user agent: {op} {args:?}"
+        );
+        wait_for(
+            &format!("the user agent's {op} {args:?} journaled as a tamper attempt"),
+            || (attempts() > before).then_some(()),
         );
     }
 

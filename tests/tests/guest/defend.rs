@@ -126,10 +126,7 @@ fn agent_cannot_signal_trace_or_stall_the_daemon() {
         scenario.tamper(&scenario.agents, "lease", &[leased]),
         Outcome::Denied
     );
-    assert_eq!(
-        scenario.tamper_as_user(&scenario.agents, "lease", &[leased]),
-        Outcome::Denied
-    );
+    scenario.user_agent_denied("lease", &[leased]);
     journaled(&scenario, "lease");
     assert_eq!(
         scenario.tamper(&scenario.outside, "lease", &[leased]),

@@ -255,10 +255,7 @@ fn agents_neither_read_nor_change_the_daemons_files() {
         );
     }
     // The binary is world-readable: only Gatekeeper refuses the user.
-    assert_eq!(
-        scenario.tamper_as_user(&scenario.agents, "read", &[&binary]),
-        Outcome::Denied
-    );
+    scenario.user_agent_denied("read", &[&binary]);
     journaled(&scenario, "daemon_file");
     journaled(&scenario, "pin_open");
     // Agents still run the binary: it is also their CLI.
@@ -365,10 +362,7 @@ fn agents_cannot_open_block_devices() {
         scenario.tamper(&scenario.agents, "open", &[&node]),
         Outcome::Denied
     );
-    assert_eq!(
-        scenario.tamper_as_user(&scenario.agents, "open", &[&node]),
-        Outcome::Denied
-    );
+    scenario.user_agent_denied("open", &[&node]);
     journaled(&scenario, "block_device");
     // Control: outside, the open reaches the device (which may still fail for its own reasons).
     assert_ne!(

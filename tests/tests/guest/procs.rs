@@ -192,10 +192,7 @@ fn agent_cannot_act_through_processes_outside_its_subtree() {
         scenario.tamper(&scenario.agents, "traceme", &[]),
         Outcome::Denied
     );
-    assert_eq!(
-        scenario.tamper_as_user(&scenario.agents, "traceme", &[]),
-        Outcome::Denied
-    );
+    scenario.user_agent_denied("traceme", &[]);
     journaled(&scenario, "ptrace_traceme");
     assert_eq!(
         scenario.tamper(&scenario.outside, "traceme", &[]),
@@ -238,11 +235,7 @@ fn agent_cannot_change_how_the_daemon_runs() {
             Outcome::Denied,
             "{op}"
         );
-        assert_eq!(
-            scenario.tamper_as_user(&scenario.agents, op, &[&daemon]),
-            Outcome::Denied,
-            "{op} as a user"
-        );
+        scenario.user_agent_denied(op, &[&daemon]);
     }
     for file in &proc_files {
         assert_eq!(

@@ -631,11 +631,7 @@ fn agents_cannot_reach_the_reviewers_socket() {
             Outcome::Denied,
             "{path}"
         );
-        assert_eq!(
-            scenario.tamper_as_user(&scenario.agents, "unix-connect", &[path]),
-            Outcome::Denied,
-            "as a user: {path}"
-        );
+        scenario.user_agent_denied("unix-connect", &[path]);
     }
     scenario.wait_journal("tamper_attempt", |event| event["hook"] == "reviewer_socket");
 

@@ -57,11 +57,7 @@ fn agents_get_no_raw_packet_or_unguarded_sockets() {
             Outcome::Denied,
             "{what} as root"
         );
-        assert_eq!(
-            scenario.tamper_as_user(&scenario.agents, "socket", &args),
-            Outcome::Denied,
-            "{what} as uid 1001"
-        );
+        scenario.user_agent_denied("socket", &args);
         assert_eq!(
             tamper_attempts(&scenario),
             before + 2,

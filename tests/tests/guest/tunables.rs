@@ -247,10 +247,7 @@ fn agent_cannot_reconfigure_the_host_network() {
         scenario.tamper(&scenario.agents, "net-address", &["add", address]),
         Outcome::Denied
     );
-    assert_eq!(
-        scenario.tamper_as_user(&scenario.agents, "net-address", &["add", address]),
-        Outcome::Denied
-    );
+    scenario.user_agent_denied("net-address", &["add", address]);
     assert_eq!(
         scenario.tamper(&scenario.agents, "loopback-mtu", &["1500"]),
         Outcome::Denied
