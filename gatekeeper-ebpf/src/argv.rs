@@ -467,7 +467,8 @@ extern "C" fn gatekeeper_hash_args(scratch: *const ExecScratch) -> u64 {
     unsafe { hash_args(scratch) }
 }
 
-/// The keyed hash of the arguments in the scratch record.
+/// The keyed hash of the arguments in the scratch record: `scratch` is [`EXEC_SCRATCH`]'s only
+/// entry, which the loop's steps look up again.
 #[inline(always)]
 unsafe fn hash_args(scratch: *const ExecScratch) -> u64 {
     let key = ARGV_KEY.get(0).copied().unwrap_or_default();
@@ -479,7 +480,8 @@ unsafe fn hash_args(scratch: *const ExecScratch) -> u64 {
         let len = core::ptr::read_volatile(&raw const (*scratch).record.args.len) as usize;
         walk.words = (len / 8) as u64;
         if turns(2 * ARGV_BYTES as u32 / 8, hash_step, &mut walk).is_err() {
-            // Unhashed arguments match no grant's.
+            // Not hashed (the helper refuses only other flags or more turns): 0, as good as
+            // no grant's.
             return 0;
         }
         let rest = len % 8;

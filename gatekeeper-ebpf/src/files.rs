@@ -1062,21 +1062,21 @@ fn guard_ioctl(file: *const u8, cmd: u32, previous: i32) -> i32 {
     let Some(agent) = agent_cgroup() else {
         return 0;
     };
+    match class {
+        IOCTL_TERMINAL_INPUT => return tamper(agent, TamperHook::TerminalInput, [cmd as u64, 0]),
+        IOCTL_DEVICE_CONTROL => return tamper(agent, TamperHook::DeviceControl, [cmd as u64, 0]),
+        _ => {}
+    }
     // A plain number: the compiler masks it in a branch 6.1's verifier refuses on a typed pointer.
     let Ok(file) = (unsafe { untyped(file) }) else {
         return -EPERM;
     };
-    match class {
-        IOCTL_TERMINAL_INPUT => return tamper(agent, TamperHook::TerminalInput, [cmd as u64, 0]),
-        IOCTL_DEVICE_CONTROL => return tamper(agent, TamperHook::DeviceControl, [cmd as u64, 0]),
-        // One that changes something on a host terminal is refused.
-        IOCTL_TERMINAL => {
-            if unsafe { on_raw_device(file) } == Ok(false) {
-                return 0;
-            }
-            return tamper(agent, TamperHook::DeviceControl, [cmd as u64, 0]);
+    // One that changes something on a host terminal is refused.
+    if class == IOCTL_TERMINAL {
+        if unsafe { on_raw_device(file) } == Ok(false) {
+            return 0;
         }
-        _ => {}
+        return tamper(agent, TamperHook::DeviceControl, [cmd as u64, 0]);
     }
     let dentry = unsafe { read_field::<*const u8>(file, &OFF_FILE_INODE) }
         .and_then(|inode| unsafe { opened_dentry(file, inode) });

@@ -42,7 +42,7 @@ use crate::{
         OFF_TASK_FS, OFF_TASK_NSPROXY, OFF_VFSMOUNT_FLAGS, OFF_VFSMOUNT_ROOT, OFF_VFSMOUNT_SB,
     },
     read::{
-        BPF_FS_MAGIC, CGROUP_SUPER_MAGIC, TURN_AGAIN, TURN_DONE, field_offset, member_ptr,
+        BPF_FS_MAGIC, CGROUP_SUPER_MAGIC, TURN_AGAIN, TURN_DONE, field_offset, member_ptr, opaque,
         read_field, sb_magic, turns,
     },
     verdict::{agent_cgroup, setting, tamper},
@@ -233,7 +233,7 @@ unsafe fn tree_has_shared(root: *const u8) -> Result<bool, i32> {
     let mut walk = MountTreeWalk {
         root: root as u64,
         current: root as u64,
-        arriving: 1,
+        arriving: opaque(1),
         state: WALKING,
     };
     turns(MAX_TREE_STEPS, mount_tree_step, &mut walk)?;
@@ -324,7 +324,7 @@ pub unsafe fn host_mount_of(sb: *const u8, root: *const u8) -> Result<Option<*co
         head: head as u64,
         node: unsafe { list_next(head)? } as u64,
         root: root as u64,
-        first: 0,
+        first: opaque(0),
         same_root: 0,
         state: WALKING,
     };

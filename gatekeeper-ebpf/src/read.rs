@@ -20,6 +20,15 @@ pub const SYSFS_MAGIC: u64 = 0x6265_6572;
 pub const TURN_AGAIN: i64 = 0;
 pub const TURN_DONE: i64 = 1;
 
+/// `value`, unknown to the verifier: copied through a helper. A field a [`turns`] step branches
+/// on must not start as a constant the verifier knows, since 6.1's may check the step from the
+/// caller's state alone, as if it ran once: the branch the first turn never takes would be
+/// neither checked nor kept.
+#[inline(always)]
+pub fn opaque<T: Copy>(value: T) -> T {
+    unsafe { bpf_probe_read_kernel(&value) }.unwrap_or(value)
+}
+
 /// Runs `step(turn, state)` up to `turns` times, until it answers [`TURN_DONE`], through the
 /// `bpf_loop` helper: the verifier checks a step once, not once per turn as it does a bounded
 /// loop (64 turns of the mount and dentry walks were most of the programs' verification, paid
