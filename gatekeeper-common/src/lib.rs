@@ -186,8 +186,11 @@ macro_rules! kernel_members {
             (OFF_TASK_PERF_EVENT_CTXP, "task_struct", "perf_event_ctxp"),
             (OFF_TASK_PERF_EVENT_MUTEX, "task_struct", "perf_event_mutex"),
             (OFF_PERF_CTX_NR_EVENTS, "perf_event_context", "nr_events"),
-            // A key's description (in an anonymous struct of a union), set before `key_alloc`.
+            // A key's description and type (in an anonymous struct of a union), set before
+            // `key_alloc`, and the type's name.
             (OFF_KEY_DESCRIPTION, "key", "description"),
+            (OFF_KEY_TYPE, "key", "type"),
+            (OFF_KEY_TYPE_NAME, "key_type", "name"),
             // The terminal behind a tty file (/dev/tty): its driver's numbers and its index.
             (OFF_FILE_PRIVATE_DATA, "file", "private_data"),
             (OFF_TTY_FILE_PRIVATE_TTY, "tty_file_private", "tty"),

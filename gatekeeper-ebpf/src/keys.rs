@@ -16,7 +16,9 @@ use aya_ebpf::{
 use gatekeeper_common::{MAX_AGENT_KEYS, TamperHook};
 
 use crate::{
-    offsets::{OFF_KEY_DESCRIPTION, OFF_PT_REGS_BX, OFF_PT_REGS_DI},
+    offsets::{
+        OFF_KEY_DESCRIPTION, OFF_KEY_TYPE, OFF_KEY_TYPE_NAME, OFF_PT_REGS_BX, OFF_PT_REGS_DI,
+    },
     read::{current_register, current_syscall, read_field},
     verdict::{agent_cgroup, tamper},
 };
@@ -109,17 +111,24 @@ pub fn key_permission(ctx: LsmContext) -> i32 {
     tamper(agent, TamperHook::HostKey, [need as u64, 0])
 }
 
-/// Whether `key`'s description is one of [`SHARED_KEYRINGS`] (unreadable counts as one).
+/// Whether `key` is a keyring whose description is one of [`SHARED_KEYRINGS`] (unreadable
+/// counts as one). An agent's own key of another type may be named so.
 #[inline(always)]
 unsafe fn names_a_shared_keyring(key: *const u8) -> bool {
-    let mut name = [0u8; 16];
+    let (mut kind, mut name) = ([0u8; 8], [0u8; 16]);
     let read = unsafe {
-        read_field::<*const u8>(key, &OFF_KEY_DESCRIPTION).is_ok_and(|description| {
-            bpf_probe_read_kernel_str_bytes(description, &mut name).is_ok()
-        })
+        read_field::<*const u8>(key, &OFF_KEY_TYPE)
+            .and_then(|kind| read_field::<*const u8>(kind, &OFF_KEY_TYPE_NAME))
+            .is_ok_and(|type_name| bpf_probe_read_kernel_str_bytes(type_name, &mut kind).is_ok())
+            && read_field::<*const u8>(key, &OFF_KEY_DESCRIPTION).is_ok_and(|description| {
+                bpf_probe_read_kernel_str_bytes(description, &mut name).is_ok()
+            })
     };
-    !read
-        || SHARED_KEYRINGS
+    if !read {
+        return true;
+    }
+    kind == *b"keyring\0"
+        && SHARED_KEYRINGS
             .iter()
             .any(|prefix| name.get(..prefix.len()) == Some(*prefix))
 }

@@ -1333,9 +1333,11 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
             unsafe { libc::close(fd) };
             result
         }
-        // key-own: a key of its own added to this process's keyring, then read back.
+        // key-own [DESCRIPTION]: a key of its own added to this process's keyring, then read
+        // back.
         "key-own" => {
-            let id = add_user_key("gatekeeper-agent-key", b"own", KEY_SPEC_PROCESS_KEYRING)?;
+            let description = args.first().copied().unwrap_or("gatekeeper-agent-key");
+            let id = add_user_key(description, b"own", KEY_SPEC_PROCESS_KEYRING)?;
             let mut back = [0u8; 16];
             // SAFETY: the buffer outlives the call and says its size.
             errno_of(unsafe {

@@ -448,15 +448,20 @@ fn agents_use_no_key_of_the_host() {
         gatekeeper_tests::helper_outcome(&["key-to-parent", &agents, "parent-too"]),
         Outcome::Denied
     );
-    // Keys the agents make are theirs.
-    assert_eq!(
-        scenario.tamper(&scenario.agents, "key-own", &[]),
-        Outcome::Ok
-    );
-    assert_eq!(
-        scenario.tamper_as_user(&scenario.agents, "key-own", &[]),
-        Outcome::Ok
-    );
+    // Keys the agents make are theirs, also keys (not keyrings) named as the shared keyrings
+    // are.
+    for description in ["gatekeeper-agent-key", ".agent", "_uid.0", "_persistent.0"] {
+        assert_eq!(
+            scenario.tamper(&scenario.agents, "key-own", &[description]),
+            Outcome::Ok,
+            "root agent: {description}"
+        );
+        assert_eq!(
+            scenario.tamper_as_user(&scenario.agents, "key-own", &[description]),
+            Outcome::Ok,
+            "user agent: {description}"
+        );
+    }
 }
 
 #[test]
