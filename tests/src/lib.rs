@@ -1105,6 +1105,21 @@ alice = "{alice_key}"
         );
     }
 
+    /// `op` on `args` is what the kernel refuses [`UNLISTED_UID`] itself (a process of another
+    /// user, a capability it lacks), before any hook of Gatekeeper's: refused outside the agent
+    /// cgroups as well as inside, so the property holds for ordinary users without Gatekeeper
+    /// (and [`Scenario::user_agent_denied`] could not tell).
+    pub fn user_refused_anyway(&self, op: &str, args: &[&str]) {
+        for cgroup in [&self.outside, &self.agents] {
+            assert_eq!(
+                self.tamper_as_user(cgroup, op, args),
+                Outcome::Denied,
+                "the kernel refuses the user in {}: {op} {args:?}",
+                cgroup.display()
+            );
+        }
+    }
+
     pub fn daemon_pid(&self) -> u32 {
         self.daemon.as_ref().expect("daemon running").id()
     }
