@@ -1070,14 +1070,21 @@ alice = "{alice_key}"
         service
     }
 
-    /// Root and user agents in the configured agent cgroup are both denied `op` on `args`.
+    /// Root and user agents in the configured agent cgroup are both denied `op` on `args`. (For
+    /// the user, EPERM alone: a refusal that becomes an approval request journals nothing per
+    /// attempt. Where the kernel refuses the user anyway, use [`Scenario::user_refused_anyway`];
+    /// for a tamper attempt, [`Scenario::user_agent_denied`].)
     pub fn agents_denied(&self, op: &str, args: &[&str]) {
         assert_eq!(
             self.tamper(&self.agents, op, args),
             Outcome::Denied,
             "root agent: {op} {args:?}"
         );
-        self.user_agent_denied(op, args);
+        assert_eq!(
+            self.tamper_as_user(&self.agents, op, args),
+            Outcome::Denied,
+            "user agent: {op} {args:?}"
+        );
     }
 
     /// The ordinary user [`UNLISTED_UID`] in the configured agent cgroup is denied `op` on

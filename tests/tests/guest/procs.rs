@@ -235,7 +235,8 @@ fn agent_cannot_change_how_the_daemon_runs() {
             Outcome::Denied,
             "{op}"
         );
-        scenario.user_agent_denied(op, &[&daemon]);
+        // Another user's process: the kernel refuses an ordinary user before the hook.
+        scenario.user_refused_anyway(op, &[&daemon]);
     }
     for file in &proc_files {
         assert_eq!(
