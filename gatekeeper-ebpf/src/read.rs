@@ -20,7 +20,8 @@ pub const SYSFS_MAGIC: u64 = 0x6265_6572;
 pub const TURN_AGAIN: i64 = 0;
 pub const TURN_DONE: i64 = 1;
 
-/// `value`, unknown to the verifier: copied through a helper. A field a [`turns`] step branches
+/// `value`, unknown to the verifier: copied through a helper, as [`untyped`] forgets a pointer's
+/// type (a failed copy, which the verifier must allow for, keeps the value). A field a [`turns`] step branches
 /// on must not start as a constant the verifier knows, since 6.1's may check the step from the
 /// caller's state alone, as if it ran once: the branch the first turn never takes would be
 /// neither checked nor kept.
