@@ -202,6 +202,22 @@ macro_rules! kernel_members {
     };
 }
 
+/// The btrfs members the programs read, in the rows' shape of [`kernel_members`]: where a btrfs
+/// inode's subvolume keeps the device number `stat` reports for its files (btrfs numbers each
+/// subvolume's files itself, under one superblock). From the btrfs module's BTF, or the kernel's
+/// when btrfs is built in; all zero while btrfs is not in the kernel, and the programs then
+/// read no btrfs struct.
+#[macro_export]
+macro_rules! btrfs_members {
+    ($then:ident) => {
+        $then! {
+            (OFF_BTRFS_INODE_ROOT, "btrfs_inode", "root"),
+            (OFF_BTRFS_INODE_VFS_INODE, "btrfs_inode", "vfs_inode"),
+            (OFF_BTRFS_ROOT_ANON_DEV, "btrfs_root", "anon_dev"),
+        }
+    };
+}
+
 /// Names of the offset globals, and [`offsets::MEMBERS`], which the daemon iterates to fill them.
 pub mod offsets {
     /// A struct member whose offset the kernel programs need.
@@ -227,6 +243,12 @@ pub mod offsets {
     }
 
     crate::kernel_members!(names_and_members);
+
+    /// The same for [`crate::btrfs_members`].
+    pub mod btrfs {
+        use super::Member;
+        crate::btrfs_members!(names_and_members);
+    }
 }
 
 /// Hook arguments whose position differs between kernels. The daemon finds it in the kernel's

@@ -28,6 +28,8 @@ use crate::destinations::Prefix;
 
 const LSM_LIST: &str = "/sys/kernel/security/lsm";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+/// The btrfs module's BTF, there while the module is loaded (split from the kernel's).
+const BTRFS_MODULE_BTF: &str = "/sys/kernel/btf/btrfs";
 
 /// The kernel programs, as built, without their DWARF (see build.rs). Public so
 /// `gatekeeper-bench` can load the empty floor programs from the very object the daemon runs.
@@ -50,6 +52,8 @@ pub enum LoaderError {
     Btf(String),
     #[error("kernel BTF has no member {member} in struct {structure}")]
     MissingMember { structure: String, member: String },
+    #[error("cannot read the btrfs module's BTF from {BTRFS_MODULE_BTF}: {0}")]
+    BtrfsBtf(String),
     #[error("kernel BTF has no hook function {0} with the arguments Gatekeeper knows")]
     MissingHook(&'static str),
     #[error("cannot prepare the eBPF object: {0}")]
@@ -199,6 +203,8 @@ pub struct Kernel {
     /// What it loads and attaches: `PROGRAMS`, then those of `LATER_PROGRAMS` whose hooks the
     /// running kernel has.
     programs: Vec<&'static str>,
+    /// Whether the programs read btrfs inodes' own device numbers (btrfs was in the kernel).
+    knows_btrfs: bool,
     /// The ids of the links this daemon attached, in the order of `programs`.
     link_ids: Vec<u32>,
 }
@@ -259,13 +265,40 @@ pub fn check_bpf_lsm() -> Result<(), LoaderError> {
 
 /// Byte offsets of [`offsets::MEMBERS`] in the running kernel, from its BTF, by global name.
 pub fn offsets_from_kernel(btf: &btf_rs::Btf) -> Result<Vec<(&'static str, u32)>, LoaderError> {
-    offsets::MEMBERS
+    member_offsets(btf, &offsets::MEMBERS)
+}
+
+/// Byte offsets of `members` in `btf`, by global name.
+fn member_offsets(
+    btf: &btf_rs::Btf,
+    members: &[offsets::Member],
+) -> Result<Vec<(&'static str, u32)>, LoaderError> {
+    members
         .iter()
         .map(|member| {
             let offset = member_offset(btf, member.structure, member.member)?;
             Ok((member.global, offset))
         })
         .collect()
+}
+
+/// Byte offsets of [`offsets::btrfs::MEMBERS`], from the btrfs module's BTF while it is loaded
+/// or the kernel's when btrfs is built in; None when btrfs is in neither (not loaded: no file is
+/// on btrfs yet).
+pub fn btrfs_offsets_from_kernel(
+    kernel_btf: &btf_rs::Btf,
+) -> Result<Option<Vec<(&'static str, u32)>>, LoaderError> {
+    let module;
+    let btf = if Path::new(BTRFS_MODULE_BTF).exists() {
+        module = btf_rs::Btf::from_split_file(BTRFS_MODULE_BTF, kernel_btf)
+            .map_err(|error| LoaderError::BtrfsBtf(error.to_string()))?;
+        &module
+    } else if kernel_btf.resolve_types_by_name("btrfs_inode").is_ok() {
+        kernel_btf
+    } else {
+        return Ok(None);
+    };
+    member_offsets(btf, &offsets::btrfs::MEMBERS).map(Some)
 }
 
 /// The index of each of [`hook_args::ALL`] in the running kernel, from its BTF, by global name.
@@ -373,10 +406,12 @@ impl Kernel {
         let offsets = offsets_from_kernel(&kernel_btf)?;
         let hook_args = hook_args_from_kernel(&kernel_btf)?;
         let programs = programs_for(&kernel_btf);
+        let btrfs = btrfs_offsets_from_kernel(&kernel_btf)?;
         let btf = Btf::from_sys_fs().map_err(|error| LoaderError::Btf(error.to_string()))?;
         let mut loader = EbpfLoader::new();
         loader.btf(Some(&btf)).default_map_pin_directory(pin_dir);
-        for (global, value) in offsets.iter().chain(&hook_args) {
+        let btrfs_offsets = btrfs.iter().flatten();
+        for (global, value) in offsets.iter().chain(&hook_args).chain(btrfs_offsets) {
             loader.override_global(global, value, true);
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
@@ -441,6 +476,7 @@ impl Kernel {
                 HashMap::try_from(agent_connections).map_err(map_error(maps::AGENT_CONNECTIONS))?,
             ),
             programs,
+            knows_btrfs: btrfs.is_some(),
             link_ids: Vec::new(),
             ebpf: Some(ebpf),
         };
@@ -553,6 +589,12 @@ impl Kernel {
 
     /// Makes `files` ((device, inode), [`gatekeeper_common::daemon_file`] bits) the daemon's
     /// files agents may not touch: new ones in first, then the stale ones out.
+    /// Whether the programs tell btrfs subvolumes' files apart as `stat` does (btrfs was in the
+    /// kernel when they loaded).
+    pub fn knows_btrfs(&self) -> bool {
+        self.knows_btrfs
+    }
+
     pub fn set_daemon_files(&mut self, files: &[(Target, u32)]) -> Result<(), MapError> {
         for (target, bits) in files {
             self.daemon_files.insert(target, bits, 0)?;

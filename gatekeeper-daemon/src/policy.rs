@@ -73,20 +73,26 @@ pub enum PolicyError {
     #[error("init's root directory (/proc/1/root): {0}")]
     HostRoot(std::io::Error),
     #[error(
-        "{path} is on btrfs, whose files the kernel's checks cannot tell apart yet (each \
-         subvolume numbers its files itself, under a device number of its own that the kernel \
-         does not see): refusing to run rather than guard nothing there; keep the daemon's \
-         files, the rules' paths and the host's configuration off btrfs"
+        "{path} is on btrfs, whose files the programs cannot tell apart on this kernel (each \
+         subvolume numbers its files itself, under a device number of its own, and there was no \
+         BTF for btrfs at /sys/kernel/btf/btrfs when they loaded): refusing to run rather than \
+         guard nothing there; start the daemon again (btrfs was loaded during its start), run a \
+         kernel built with CONFIG_DEBUG_INFO_BTF_MODULES=y, or keep the daemon's files, the \
+         rules' paths and the host's configuration off btrfs"
     )]
     Btrfs { path: PathBuf },
 }
 
-/// Refuses `path` if it is on btrfs (see [`PolicyError::Btrfs`]); a path that does not exist
-/// is not refused here.
-fn not_on_btrfs(path: &Path) -> Result<(), PolicyError> {
+/// Whether `path` is on btrfs (not if it cannot be told).
+fn on_btrfs(path: &Path) -> bool {
     use nix::sys::statfs::{BTRFS_SUPER_MAGIC, statfs};
-    let on_btrfs = statfs(path).is_ok_and(|fs| fs.filesystem_type() == BTRFS_SUPER_MAGIC);
-    if on_btrfs {
+    statfs(path).is_ok_and(|fs| fs.filesystem_type() == BTRFS_SUPER_MAGIC)
+}
+
+/// Refuses `path` if it is on btrfs and the programs cannot read btrfs inodes (`knows_btrfs`,
+/// see [`PolicyError::Btrfs`]); a path that does not exist is not refused here.
+fn keyable(path: &Path, knows_btrfs: bool) -> Result<(), PolicyError> {
+    if !knows_btrfs && on_btrfs(path) {
         return Err(PolicyError::Btrfs {
             path: path.to_owned(),
         });
@@ -649,7 +655,8 @@ impl Policy {
             .collect();
         let kept_paths: Vec<&Path> = kept.iter().map(|name| name.path.as_path()).collect();
         let guarded = crate::host_services::guarded_names(&kept_paths);
-        kernel.set_daemon_files(&daemon_files(&config, &kept, &guarded)?)?;
+        let own_files = daemon_files(&config, &kept, &guarded, kernel.knows_btrfs())?;
+        kernel.set_daemon_files(&own_files)?;
         kernel.set_guarded_names(&name_keys(&guarded))?;
         kernel.set_raw_devices(&crate::devices::read().map_err(PolicyError::Devices)?)?;
         let reaches = config
@@ -1076,9 +1083,11 @@ impl Policy {
         let mut found: Option<PathBuf> = None;
         let mut strictest: Option<(&Path, &FileRule)> = None;
         // The kernel's walk stays on the file's own file system: a directory on another holds
-        // no rule for it (and a host with thousands of mounts is not searched through).
+        // no rule for it (and a host with thousands of mounts is not searched through). On
+        // btrfs the walk crosses subvolumes, each of a device number of its own.
         let on_device = |entry: &WatchedPath| {
             (entry.current.iter().chain(&entry.previous)).any(|dir| dir.data[0] == file.data[0])
+                || on_btrfs(&entry.path)
         };
         for (index, entry) in self.files.iter().enumerate() {
             if entry.value & file_rule::TREE == 0 || !on_device(entry) {
@@ -1241,6 +1250,7 @@ fn daemon_files(
     config: &Config,
     kept: &[KeptName],
     guarded: &[(PathBuf, OsString)],
+    knows_btrfs: bool,
 ) -> Result<Vec<(Target, u32)>, PolicyError> {
     let binary = std::env::current_exe().map_err(|cause| PolicyError::DaemonFile {
         path: PathBuf::from("/proc/self/exe"),
@@ -1292,7 +1302,7 @@ fn daemon_files(
             cause,
         };
         let canonical = std::fs::canonicalize(path).map_err(failed)?;
-        not_on_btrfs(&canonical)?;
+        keyable(&canonical, knows_btrfs)?;
         if bits != 0 {
             add(exec_target_of(&canonical).map_err(failed)?, bits);
         }
@@ -1309,7 +1319,7 @@ fn daemon_files(
         let Some(node) = name.node else {
             continue;
         };
-        not_on_btrfs(&name.path)?;
+        keyable(&name.path, knows_btrfs)?;
         add(node, daemon_file::KEPT_NAME);
         for node in directories_above(&name.path).filter_map(|dir| node_of(dir).ok()) {
             add(node, daemon_file::ANCESTOR);
@@ -1318,7 +1328,7 @@ fn daemon_files(
     // The directories on the way to a name agents may not make: renamed away for one of theirs,
     // the name would be free in it.
     for (dir, name) in guarded {
-        not_on_btrfs(dir)?;
+        keyable(dir, knows_btrfs)?;
         let path = dir.join(name);
         for node in directories_above(&path).filter_map(|dir| node_of(dir).ok()) {
             add(node, daemon_file::ANCESTOR);

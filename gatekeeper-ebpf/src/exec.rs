@@ -17,12 +17,12 @@ use crate::{
     mounts::caller_at_host_root,
     offsets::{
         OFF_BPRM_BUF, OFF_BPRM_FILE, OFF_BPRM_FILENAME, OFF_FILE_INODE, OFF_FILE_PATH,
-        OFF_INODE_INO, OFF_INODE_SB, OFF_MM_EXE_FILE, OFF_PATH_MNT, OFF_SB_DEV, OFF_SECCOMP_FILTER,
+        OFF_INODE_INO, OFF_INODE_SB, OFF_MM_EXE_FILE, OFF_PATH_MNT, OFF_SECCOMP_FILTER,
         OFF_SECCOMP_FILTER_NOTIF, OFF_SECCOMP_FILTER_PREV, OFF_TASK_MM, OFF_TASK_PTRACE,
         OFF_TASK_SECCOMP, OFF_VFSMOUNT_FLAGS,
     },
     procs::watched_by_perf,
-    read::{member_ptr, read_at, read_field},
+    read::{inode_device, member_ptr, read_at, read_field},
     script::grant_script_read,
     verdict::{EPERM, agent_caller, is_protected, needs_allowlist_approval, tamper},
 };
@@ -155,8 +155,7 @@ pub unsafe fn inode_target(inode: *const u8) -> Result<Target, i32> {
     unsafe {
         let ino: u64 = read_field(inode, &OFF_INODE_INO)?;
         let sb: *const u8 = read_field(inode, &OFF_INODE_SB)?;
-        let dev: u32 = read_field(sb, &OFF_SB_DEV)?;
-        Ok(Target::exec(dev, ino))
+        Ok(Target::exec(inode_device(inode, sb)?, ino))
     }
 }
 

@@ -14,7 +14,9 @@ use crate::{
         OFF_INODE_SB, OFF_MOUNT_MOUNTPOINT, OFF_MOUNT_PARENT, OFF_SB_DEV, OFF_SB_ROOT,
         OFF_VFSMOUNT_ROOT,
     },
-    read::{TURN_AGAIN, TURN_DONE, container_of, read_field, turns},
+    read::{
+        TURN_AGAIN, TURN_DONE, btrfs_subvolume_device, container_of, on_btrfs, read_field, turns,
+    },
 };
 
 /// Mounts looked through from a file's own up: a volume below a host path, a mount on that.
@@ -115,7 +117,12 @@ extern "C" fn gatekeeper_placement(dentry: u64) -> i32 {
 unsafe fn walk_placement(dentry: *const u8) -> Result<Placement, i32> {
     let inode: *const u8 = unsafe { read_field(dentry, &OFF_DENTRY_INODE)? };
     let sb: *const u8 = unsafe { read_field(inode, &OFF_INODE_SB)? };
-    let dev: u32 = unsafe { read_field(sb, &OFF_SB_DEV)? };
+    let btrfs = unsafe { on_btrfs(sb)? };
+    let dev = if btrfs {
+        unsafe { btrfs_subvolume_device(inode)? }
+    } else {
+        unsafe { read_field(sb, &OFF_SB_DEV)? }
+    };
     let own = rule_bits(&Target::exec(dev, unsafe {
         read_field(inode, &OFF_INODE_INO)?
     }));
@@ -126,14 +133,16 @@ unsafe fn walk_placement(dentry: *const u8) -> Result<Placement, i32> {
             == file_rule::TREE | file_rule::READ,
         unplaced: false,
     };
-    // Most devices hold no directory rule: one lookup says so.
-    if rule_bits(&file_rule::device_marker(dev)) == 0 {
+    // Most devices hold no directory rule: one lookup says so. Not on btrfs, where a directory
+    // above may be another subvolume's, of another device number.
+    if !btrfs && rule_bits(&file_rule::device_marker(dev)) == 0 {
         return Ok(placed);
     }
     let mut walk = TreeWalk {
         current: dentry as u64,
         root: unsafe { read_field::<*const u8>(sb, &OFF_SB_ROOT)? } as u64,
-        dev: dev as u64,
+        dev,
+        per_directory: btrfs as u32,
         bits: placed.bits,
         in_read_tree: placed.in_read_tree as u32,
         unplaced: 1,
@@ -155,7 +164,9 @@ unsafe fn walk_placement(dentry: *const u8) -> Result<Placement, i32> {
 struct TreeWalk {
     current: u64,
     root: u64,
-    dev: u64,
+    dev: u32,
+    /// Each directory's device number is its own (btrfs subvolumes), not `dev`.
+    per_directory: u32,
     bits: u32,
     in_read_tree: u32,
     unplaced: u32,
@@ -177,15 +188,21 @@ extern "C" fn tree_step(_turn: u64, walk: *mut c_void) -> i64 {
         walk.unplaced = (walk.current != walk.root) as u32;
         return TURN_DONE;
     }
-    let ino = unsafe {
-        read_field::<*const u8>(parent, &OFF_DENTRY_INODE)
-            .and_then(|inode| read_field::<u64>(inode, &OFF_INODE_INO))
+    let target = unsafe {
+        read_field::<*const u8>(parent, &OFF_DENTRY_INODE).and_then(|inode| {
+            let dev = if walk.per_directory != 0 {
+                btrfs_subvolume_device(inode)?
+            } else {
+                walk.dev
+            };
+            Ok(Target::exec(dev, read_field::<u64>(inode, &OFF_INODE_INO)?))
+        })
     };
-    let Ok(ino) = ino else {
+    let Ok(target) = target else {
         walk.failed = 1;
         return TURN_DONE;
     };
-    let bits = rule_bits(&Target::exec(walk.dev as u32, ino));
+    let bits = rule_bits(&target);
     if bits & file_rule::TREE != 0 {
         walk.bits |= bits;
         walk.in_read_tree |= (bits & file_rule::READ != 0) as u32;

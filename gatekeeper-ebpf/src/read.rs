@@ -5,7 +5,10 @@ use aya_ebpf::{
     helpers::{bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel, bpf_task_pt_regs},
 };
 
-use crate::offsets::{OFF_INODE_SB, OFF_PT_REGS_ORIG_AX, OFF_SB_MAGIC};
+use crate::offsets::{
+    OFF_BTRFS_INODE_ROOT, OFF_BTRFS_INODE_VFS_INODE, OFF_BTRFS_ROOT_ANON_DEV, OFF_INODE_SB,
+    OFF_PT_REGS_ORIG_AX, OFF_SB_DEV, OFF_SB_MAGIC,
+};
 
 /// Marks x32 system calls, whose numbers are otherwise the x86-64 ones.
 pub const X32_SYSCALL_BIT: u64 = 0x4000_0000;
@@ -15,6 +18,7 @@ pub const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 pub const CGROUP_SUPER_MAGIC: u64 = 0x0027_e0eb;
 pub const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 pub const SYSFS_MAGIC: u64 = 0x6265_6572;
+pub const BTRFS_SUPER_MAGIC: u64 = 0x9123_683e;
 
 /// What a [`turns`] step answers: go on, or stop.
 pub const TURN_AGAIN: i64 = 0;
@@ -83,6 +87,61 @@ pub unsafe fn read_at<T>(base: *const u8, offset: usize) -> Result<T, i32> {
 #[inline(always)]
 pub unsafe fn sb_magic(sb: *const u8) -> Result<u64, i32> {
     unsafe { read_field::<u64>(sb, &OFF_SB_MAGIC) }
+}
+
+/// The device number `stat` reports for `inode` (on superblock `sb`), by which the daemon keys
+/// files: the superblock's, but on btrfs its subvolume's (see [`btrfs_subvolume_device`]).
+#[inline(always)]
+pub unsafe fn inode_device(inode: *const u8, sb: *const u8) -> Result<u32, i32> {
+    unsafe {
+        if on_btrfs(sb)? {
+            btrfs_subvolume_device(inode)
+        } else {
+            read_field(sb, &OFF_SB_DEV)
+        }
+    }
+}
+
+/// Whether superblock `sb` is a btrfs whose inodes the programs can read: not until the daemon
+/// found btrfs's members (btrfs was not in the kernel at its start, and it keyed nothing on
+/// btrfs then; the superblock's device number serves).
+#[inline(always)]
+pub unsafe fn on_btrfs(sb: *const u8) -> Result<bool, i32> {
+    // A btrfs inode never starts with its VFS inode: zero is "not found".
+    if offset(&OFF_BTRFS_INODE_VFS_INODE) == 0 {
+        return Ok(false);
+    }
+    Ok(unsafe { sb_magic(sb)? } == BTRFS_SUPER_MAGIC)
+}
+
+/// The device number of a btrfs `inode`'s subvolume, `BTRFS_I(inode)->root->anon_dev`: btrfs
+/// numbers each subvolume's files itself, under one superblock.
+#[inline(always)]
+pub unsafe fn btrfs_subvolume_device(inode: *const u8) -> Result<u32, i32> {
+    // A hook's own inode argument is a typed pointer, which a global function is not given.
+    let device = gatekeeper_btrfs_subvolume_device(unsafe { untyped(inode)? } as u64);
+    if device < 0 {
+        Err(device as i32)
+    } else {
+        Ok(device as u32)
+    }
+}
+
+/// [`btrfs_subvolume_device`] as a global BPF function, negative on failure: its reads stay out
+/// of the frames of the many callers that key files (6.1 allows 512 bytes of stack to a chain
+/// of calls, and `file_open`'s deepest had none to spare).
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn gatekeeper_btrfs_subvolume_device(inode: u64) -> i64 {
+    let device = unsafe {
+        let btrfs_inode = container_of(inode as *const u8, &OFF_BTRFS_INODE_VFS_INODE);
+        read_field::<*const u8>(btrfs_inode, &OFF_BTRFS_INODE_ROOT)
+            .and_then(|root| read_field::<u32>(root, &OFF_BTRFS_ROOT_ANON_DEV))
+    };
+    match device {
+        Ok(device) => i64::from(device),
+        Err(error) => i64::from(error.min(-1)),
+    }
 }
 
 /// The magic of the filesystem an inode lives on.

@@ -7,7 +7,7 @@
 
 use std::{ffi::CString, os::unix::fs::PermissionsExt as _};
 
-use gatekeeper_tests::{Options, Outcome, Scenario};
+use gatekeeper_tests::{Exec, Options, Outcome, Scenario};
 use serde_json::Value;
 
 fn journaled(scenario: &Scenario, hook: &str) -> Value {
@@ -358,30 +358,102 @@ fn agents_use_no_btrfs_subvolume_of_the_host() {
     journaled(&scenario, "device_control");
 }
 
-/// On btrfs the kernel sees the whole file system's device number and `stat` a subvolume's,
-/// so no rule there would ever match: the daemon refuses to start and names the path. The
-/// same rule on another file system starts.
+/// On btrfs each subvolume numbers its files itself and `stat` reports a device number of the
+/// subvolume's own; the kernel's checks key files the same way. A directory rule covers a
+/// nested subvolume below it, an exec rule its binary, and files of other subvolumes with the
+/// same inode numbers are not taken for them. Controls: the host reads and runs them all.
 #[test]
-fn the_daemon_refuses_rules_on_btrfs() {
+fn rules_hold_on_btrfs() {
+    use std::os::unix::fs::MetadataExt as _;
     let mut scenario = Scenario::prepare("raw-btrfs-rule", Options::default());
     let btrfs = LoopMount::new(&scenario, "btrfs", 64, &["-q", "-M"]);
-    let secret = format!("{}/secret", btrfs.at);
+    let at = btrfs.at.clone();
+    let host = std::path::Path::new("-");
+    let data = format!("{at}/data");
+    for (dir, volume) in [
+        (&at, "data"),
+        (&data, "inner"),
+        (&at, "tools"),
+        (&at, "other"),
+    ] {
+        assert_eq!(
+            scenario.tamper(host, "btrfs", &[dir, "create", volume]),
+            Outcome::Ok
+        );
+    }
+    // The first file of each subvolume: one inode number, four device numbers.
+    let (top, secret) = (format!("{data}/top"), format!("{data}/inner/secret"));
+    let (tool, plain) = (format!("{at}/tools/tool"), format!("{at}/other/plain"));
+    std::fs::write(&top, "the host's").unwrap();
     std::fs::write(&secret, "the host's").unwrap();
-    let rule =
-        format!("[[protect.file]]\npath = \"{secret}\"\nname = \"on btrfs\"\naccess = \"read\"\n");
-    let config = std::fs::read_to_string(&scenario.config).unwrap() + &rule;
+    for program in [&tool, &plain] {
+        std::fs::copy(gatekeeper_tests::bin("gk-helper"), program).unwrap();
+    }
+    let [top_meta, secret_meta, tool_meta, plain_meta] =
+        [&top, &secret, &tool, &plain].map(|path| std::fs::metadata(path).unwrap());
+    assert_eq!(top_meta.ino(), plain_meta.ino(), "the same inode number");
+    assert_eq!(tool_meta.ino(), plain_meta.ino(), "the same inode number");
+    assert_ne!(
+        top_meta.dev(),
+        secret_meta.dev(),
+        "subvolumes' own device numbers"
+    );
+    assert_ne!(
+        tool_meta.dev(),
+        plain_meta.dev(),
+        "subvolumes' own device numbers"
+    );
+    let rules = format!(
+        "[[protect.file]]\npath = \"{data}\"\nname = \"on btrfs\"\naccess = \"read\"\n\
+         [[protect.exec]]\npath = \"{tool}\"\nname = \"tool on btrfs\"\n"
+    );
+    let config = std::fs::read_to_string(&scenario.config).unwrap() + &rules;
     std::fs::write(&scenario.config, config).unwrap();
-    scenario.spawn_daemon();
-    let status = gatekeeper_tests::wait_for("the daemon to refuse", || scenario.daemon_exited());
-    let log = scenario.daemon_log();
-    drop(btrfs);
-    assert_eq!(status.code(), Some(1), "{log}");
-    assert!(log.contains(&format!("{secret} is on btrfs")), "{log}");
-    let plain = scenario.dir.join("secret").display().to_string();
-    std::fs::write(&plain, "the host's").unwrap();
-    let config = std::fs::read_to_string(&scenario.config).unwrap();
-    std::fs::write(&scenario.config, config.replace(&secret, &plain)).unwrap();
     scenario.start_daemon();
+    let (agents, outside) = (&scenario.agents, &scenario.outside);
+    let reads = [&top, &secret, &plain].map(|path| {
+        (
+            path.clone(),
+            scenario.tamper(agents, "read", &[path]),
+            scenario.tamper_as_user(agents, "read", &[path]),
+            scenario.tamper(outside, "read", &[path]),
+        )
+    });
+    let execs = [&tool, &plain].map(|program| {
+        let program = std::path::Path::new(program);
+        (
+            scenario.exec_in(agents, program),
+            scenario.exec_in(outside, program),
+        )
+    });
+    let [top_read, secret_read, plain_read] = reads;
+    for (path, root, user, control) in [top_read, secret_read] {
+        assert_eq!(
+            (root, user),
+            (Outcome::Denied, Outcome::Denied),
+            "agents read {path}"
+        );
+        assert_eq!(control, Outcome::Ok, "the host reads {path}");
+    }
+    let (path, root, user, control) = plain_read;
+    assert_eq!(
+        (root, user, control),
+        (Outcome::Ok, Outcome::Ok, Outcome::Ok),
+        "{path}"
+    );
+    assert_eq!(
+        execs,
+        [(Exec::Denied, Exec::Ran), (Exec::Ran, Exec::Ran)],
+        "{tool}, {plain}"
+    );
+    let nested = gatekeeper_tests::wait_for("a request for the nested subvolume's file", || {
+        scenario
+            .requests(true)
+            .into_iter()
+            .find(|request| request["kind"] == "file" && request["target"] == secret.as_str())
+    });
+    assert_eq!(nested["rule"], "on btrfs");
+    drop(btrfs);
 }
 
 #[test]
