@@ -1350,6 +1350,25 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
                 )
             })
         }
+        // key-own-ring DESCRIPTION: a keyring of its own added to this process's keyring, then
+        // a key linked into it.
+        "key-own-ring" => {
+            let description = c_path(text(0)?)?;
+            let kind = c_path("keyring")?;
+            // SAFETY: NUL-terminated strings that outlive the call; a keyring takes no payload.
+            let ring = unsafe {
+                libc::syscall(
+                    libc::SYS_add_key,
+                    kind.as_ptr(),
+                    description.as_ptr(),
+                    std::ptr::null::<u8>(),
+                    0,
+                    KEY_SPEC_PROCESS_KEYRING,
+                )
+            };
+            errno_of(ring)?;
+            add_user_key("gatekeeper-linked-key", b"own", ring).map(drop)
+        }
         // fs-resize DIR: see fs_resize.
         "fs-resize" => fs_resize(text(0)?),
         // fscrypt DIR remove|remove-own|policy IDENTIFIER: see `fscrypt`.

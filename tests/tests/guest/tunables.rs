@@ -469,6 +469,25 @@ fn agents_use_no_key_of_the_host() {
             "user agent: {description}"
         );
     }
+    // A keyring named as the shared ones is no agent's, though the kernel makes it: nothing is
+    // linked into it (refused at the search for a key to update first, EACCES). Outside, root
+    // and the user link.
+    for description in ["_uid.0", "_uid_ses.0", "_persistent.0"] {
+        let outcomes = [&scenario.agents, &scenario.outside].map(|cgroup| {
+            [
+                scenario.tamper(cgroup, "key-own-ring", &[description]),
+                scenario.tamper_as_user(cgroup, "key-own-ring", &[description]),
+            ]
+        });
+        assert_eq!(
+            outcomes,
+            [
+                [Outcome::Errno(libc::EACCES), Outcome::Errno(libc::EACCES)],
+                [Outcome::Ok, Outcome::Ok]
+            ],
+            "agents, outside (root, user): {description}"
+        );
+    }
 }
 
 #[test]
