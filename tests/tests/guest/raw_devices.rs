@@ -361,7 +361,8 @@ fn agents_use_no_btrfs_subvolume_of_the_host() {
 /// On btrfs each subvolume numbers its files itself and `stat` reports a device number of the
 /// subvolume's own; the kernel's checks key files the same way. A directory rule covers a
 /// nested subvolume below it, an exec rule its binary, and files of other subvolumes with the
-/// same inode numbers are not taken for them. Controls: the host reads and runs them all.
+/// same inode numbers are not taken for them; a file system mounted below the directory rule
+/// is the rule's before the daemon sees it. Controls: the host reads, runs and writes them all.
 #[test]
 fn rules_hold_on_btrfs() {
     use std::os::unix::fs::MetadataExt as _;
@@ -386,6 +387,8 @@ fn rules_hold_on_btrfs() {
     let (tool, plain) = (format!("{at}/tools/tool"), format!("{at}/other/plain"));
     std::fs::write(&top, "the host's").unwrap();
     std::fs::write(&secret, "the host's").unwrap();
+    let late = format!("{data}/inner/late");
+    std::fs::create_dir(&late).unwrap();
     for program in [&tool, &plain] {
         std::fs::copy(gatekeeper_tests::bin("gk-helper"), program).unwrap();
     }
@@ -404,7 +407,7 @@ fn rules_hold_on_btrfs() {
         "subvolumes' own device numbers"
     );
     let rules = format!(
-        "[[protect.file]]\npath = \"{data}\"\nname = \"on btrfs\"\naccess = \"read\"\n\
+        "[[protect.file]]\npath = \"{data}\"\nname = \"on btrfs\"\naccess = \"any\"\n\
          [[protect.exec]]\npath = \"{tool}\"\nname = \"tool on btrfs\"\n"
     );
     let config = std::fs::read_to_string(&scenario.config).unwrap() + &rules;
@@ -445,6 +448,29 @@ fn rules_hold_on_btrfs() {
         execs,
         [(Exec::Denied, Exec::Ran), (Exec::Ran, Exec::Ran)],
         "{tool}, {plain}"
+    );
+    // A file system the host mounts in the nested subvolume while the daemon is held up: the
+    // kernel finds the directory rule above its mount point itself (the daemon would guard it
+    // once it saw it).
+    let held = gatekeeper_tests::Stopped::new(scenario.daemon_pid());
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "gk-btrfs-late", &late])
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    std::fs::set_permissions(&late, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let planted = |who: &str| format!("{late}/planted-{who}");
+    let writes = [
+        scenario.tamper(agents, "write", &[&planted("root"), "agent"]),
+        scenario.tamper_as_user(agents, "write", &[&planted("user"), "agent"]),
+        scenario.tamper_as_user(outside, "write", &[&planted("outside"), "host"]),
+    ];
+    drop(held);
+    let _ = std::process::Command::new("umount").arg(&late).status();
+    assert_eq!(
+        writes,
+        [Outcome::Denied, Outcome::Denied, Outcome::Ok],
+        "writes below the mount (root agent, user agent, user outside)"
     );
     let nested = gatekeeper_tests::wait_for("a request for the nested subvolume's file", || {
         scenario
