@@ -3,7 +3,7 @@
 //! Refuses loudly when the kernel cannot enforce: the BPF LSM not active, or the program refused.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
 };
 
@@ -263,20 +263,115 @@ pub fn check_bpf_lsm() -> Result<(), LoaderError> {
     }
 }
 
-/// Byte offsets of [`offsets::MEMBERS`] in the running kernel, from its BTF, by global name.
-pub fn offsets_from_kernel(btf: &btf_rs::Btf) -> Result<Vec<(&'static str, u32)>, LoaderError> {
-    member_offsets(btf, &offsets::MEMBERS)
+/// Types by name in a BTF: the kernel's, found in one pass ([`KernelTypes`]), or a module's.
+trait NamedTypes {
+    fn btf(&self) -> &btf_rs::Btf;
+    /// The structs, unions and functions named `name`.
+    fn named(&self, name: &str) -> Vec<btf_rs::Type>;
 }
 
-/// Byte offsets of `members` in `btf`, by global name.
+impl NamedTypes for btf_rs::Btf {
+    fn btf(&self) -> &btf_rs::Btf {
+        self
+    }
+
+    fn named(&self, name: &str) -> Vec<btf_rs::Type> {
+        self.resolve_types_by_name(name).unwrap_or_default()
+    }
+}
+
+/// The kernel's types the programs need, found in one pass over its BTF. Parsed whole (btf-rs's
+/// cache: maps of all its hundred thousand types), the BTF took about a second of every start in
+/// the test guests; mapped and searched once, a small fraction of that.
+pub struct KernelTypes {
+    btf: btf_rs::Btf,
+    named: BTreeMap<String, Vec<btf_rs::Type>>,
+}
+
+impl NamedTypes for KernelTypes {
+    fn btf(&self) -> &btf_rs::Btf {
+        &self.btf
+    }
+
+    fn named(&self, name: &str) -> Vec<btf_rs::Type> {
+        self.named.get(name).cloned().unwrap_or_default()
+    }
+}
+
+impl KernelTypes {
+    /// Maps a private copy of the kernel's BTF (sysfs maps it itself only on newer kernels) and
+    /// finds the structs and functions the programs need.
+    pub fn read() -> Result<Self, LoaderError> {
+        use fallible_iterator::FallibleIterator as _;
+        use std::io::Write as _;
+        let failed = |error: &dyn std::fmt::Display| LoaderError::Btf(error.to_string());
+        let bytes = std::fs::read(VMLINUX_BTF).map_err(|error| failed(&error))?;
+        let copy = nix::sys::memfd::memfd_create(
+            c"gatekeeper-kernel-btf",
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+        )
+        .map_err(|error| failed(&error))?;
+        let mut copy = std::fs::File::from(copy);
+        copy.write_all(&bytes).map_err(|error| failed(&error))?;
+        let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&copy));
+        let btf = btf_rs::Btf::from_file_with_backend(path, btf_rs::Backend::Mmap)
+            .map_err(|error| failed(&error))?;
+        let wanted = wanted_names();
+        let mut named: BTreeMap<String, Vec<btf_rs::Type>> = BTreeMap::new();
+        let mut types = btf.type_iter();
+        while let Some(ty) = types.next().map_err(|error| failed(&error))? {
+            let kept = matches!(
+                ty,
+                btf_rs::Type::Struct(_) | btf_rs::Type::Union(_) | btf_rs::Type::Func(_)
+            );
+            let name = match ty.as_btf_type() {
+                Some(typed) if kept => btf.resolve_name(typed).unwrap_or_default(),
+                _ => continue,
+            };
+            if wanted.contains(&name) {
+                named.entry(name).or_default().push(ty);
+            }
+        }
+        Ok(Self { btf, named })
+    }
+}
+
+/// The structs and functions whose types the loader reads: those of [`offsets::MEMBERS`], the
+/// btrfs inode (whether btrfs is built in), the hooks of [`hook_args::ALL`] and of
+/// `LATER_PROGRAMS`.
+fn wanted_names() -> BTreeSet<String> {
+    let structures = (offsets::MEMBERS.iter()).map(|member| member.structure.to_owned());
+    let hooks = (hook_args::ALL.iter()).map(|arg| arg.function.to_owned());
+    let later = LATER_PROGRAMS.iter().map(|hook| lsm_function(hook));
+    structures
+        .chain(hooks)
+        .chain(later)
+        .chain([BTRFS_INODE.to_owned()])
+        .collect()
+}
+
+/// The BPF LSM function of `hook`, as BTF names it.
+fn lsm_function(hook: &str) -> String {
+    format!("bpf_lsm_{hook}")
+}
+
+/// The struct whose presence in the kernel's BTF says btrfs is built in.
+const BTRFS_INODE: &str = "btrfs_inode";
+
+/// Byte offsets of [`offsets::MEMBERS`] in the running kernel, from its BTF, by global name.
+pub fn offsets_from_kernel(kernel: &KernelTypes) -> Result<Vec<(&'static str, u32)>, LoaderError> {
+    member_offsets(kernel, &offsets::MEMBERS)
+}
+
+/// Byte offsets of `members` in `types`, by global name.
 fn member_offsets(
-    btf: &btf_rs::Btf,
+    types: &dyn NamedTypes,
     members: &[offsets::Member],
 ) -> Result<Vec<(&'static str, u32)>, LoaderError> {
     members
         .iter()
         .map(|member| {
-            let offset = member_offset(btf, member.structure, member.member)?;
+            let offset = member_offset(types, member.structure, member.member)?;
             Ok((member.global, offset))
         })
         .collect()
@@ -286,28 +381,30 @@ fn member_offsets(
 /// or the kernel's when btrfs is built in; None when btrfs is in neither (not loaded: no file is
 /// on btrfs yet).
 pub fn btrfs_offsets_from_kernel(
-    kernel_btf: &btf_rs::Btf,
+    kernel: &KernelTypes,
 ) -> Result<Option<Vec<(&'static str, u32)>>, LoaderError> {
     let module;
-    let btf = if Path::new(BTRFS_MODULE_BTF).exists() {
-        module = btf_rs::Btf::from_split_file(BTRFS_MODULE_BTF, kernel_btf)
+    let types: &dyn NamedTypes = if Path::new(BTRFS_MODULE_BTF).exists() {
+        module = btf_rs::Btf::from_split_file(BTRFS_MODULE_BTF, &kernel.btf)
             .map_err(|error| LoaderError::BtrfsBtf(error.to_string()))?;
         &module
-    } else if kernel_btf.resolve_types_by_name("btrfs_inode").is_ok() {
-        kernel_btf
+    } else if !kernel.named(BTRFS_INODE).is_empty() {
+        kernel
     } else {
         return Ok(None);
     };
-    member_offsets(btf, &offsets::btrfs::MEMBERS).map(Some)
+    member_offsets(types, &offsets::btrfs::MEMBERS).map(Some)
 }
 
 /// The index of each of [`hook_args::ALL`] in the running kernel, from its BTF, by global name.
-pub fn hook_args_from_kernel(btf: &btf_rs::Btf) -> Result<Vec<(&'static str, u32)>, LoaderError> {
+pub fn hook_args_from_kernel(
+    kernel: &KernelTypes,
+) -> Result<Vec<(&'static str, u32)>, LoaderError> {
     hook_args::ALL
         .iter()
         .map(|arg| {
-            let count =
-                parameter_count(btf, arg.function).ok_or(LoaderError::MissingHook(arg.function))?;
+            let count = parameter_count(kernel, arg.function)
+                .ok_or(LoaderError::MissingHook(arg.function))?;
             let index = count
                 .checked_sub(1 + arg.from_last)
                 .ok_or(LoaderError::MissingHook(arg.function))?;
@@ -316,37 +413,38 @@ pub fn hook_args_from_kernel(btf: &btf_rs::Btf) -> Result<Vec<(&'static str, u32
         .collect()
 }
 
-/// `PROGRAMS`, and those of `LATER_PROGRAMS` whose hooks `btf` (the running kernel's) has.
-fn programs_for(btf: &btf_rs::Btf) -> Vec<&'static str> {
+/// `PROGRAMS`, and those of `LATER_PROGRAMS` whose hooks the running kernel has.
+fn programs_for(kernel: &KernelTypes) -> Vec<&'static str> {
     let later = LATER_PROGRAMS
         .into_iter()
-        .filter(|hook| parameter_count(btf, &format!("bpf_lsm_{hook}")).is_some());
+        .filter(|hook| parameter_count(kernel, &lsm_function(hook)).is_some());
     PROGRAMS.into_iter().chain(later).collect()
 }
 
 /// How many parameters the function `name` takes.
-fn parameter_count(btf: &btf_rs::Btf, name: &str) -> Option<usize> {
-    btf.resolve_types_by_name(name)
-        .ok()?
-        .iter()
-        .find_map(|ty| match ty {
-            btf_rs::Type::Func(function) => match btf.resolve_chained_type(function) {
-                Ok(btf_rs::Type::FuncProto(proto)) => Some(proto.parameters.len()),
-                _ => None,
-            },
+fn parameter_count(types: &dyn NamedTypes, name: &str) -> Option<usize> {
+    let btf = types.btf();
+    types.named(name).iter().find_map(|ty| match ty {
+        btf_rs::Type::Func(function) => match btf.resolve_chained_type(function) {
+            Ok(btf_rs::Type::FuncProto(proto)) => Some(proto.parameters.len()),
             _ => None,
-        })
+        },
+        _ => None,
+    })
 }
 
-fn member_offset(btf: &btf_rs::Btf, structure: &str, member: &str) -> Result<u32, LoaderError> {
+fn member_offset(
+    types: &dyn NamedTypes,
+    structure: &str,
+    member: &str,
+) -> Result<u32, LoaderError> {
     let missing = || LoaderError::MissingMember {
         structure: structure.to_owned(),
         member: member.to_owned(),
     };
-    let types = btf
-        .resolve_types_by_name(structure)
-        .map_err(|_| missing())?;
+    let btf = types.btf();
     types
+        .named(structure)
         .iter()
         .find_map(|ty| match ty {
             btf_rs::Type::Struct(s) => find_member(btf, s, member),
@@ -400,13 +498,12 @@ impl Kernel {
     fn load_here(pin_dir: &Path) -> Result<Self, LoaderError> {
         check_bpf_lsm()?;
         prepare_pin_dir(pin_dir)?;
-        // Parsed once for both: the kernel's BTF is megabytes.
-        let kernel_btf = btf_rs::Btf::from_file(VMLINUX_BTF)
-            .map_err(|error| LoaderError::Btf(error.to_string()))?;
-        let offsets = offsets_from_kernel(&kernel_btf)?;
-        let hook_args = hook_args_from_kernel(&kernel_btf)?;
-        let programs = programs_for(&kernel_btf);
-        let btrfs = btrfs_offsets_from_kernel(&kernel_btf)?;
+        let kernel_types = KernelTypes::read()?;
+        let offsets = offsets_from_kernel(&kernel_types)?;
+        let hook_args = hook_args_from_kernel(&kernel_types)?;
+        let programs = programs_for(&kernel_types);
+        let btrfs = btrfs_offsets_from_kernel(&kernel_types)?;
+        drop(kernel_types);
         let btf = Btf::from_sys_fs().map_err(|error| LoaderError::Btf(error.to_string()))?;
         let mut loader = EbpfLoader::new();
         loader.btf(Some(&btf)).default_map_pin_directory(pin_dir);
@@ -758,6 +855,35 @@ mod tests {
     use object::{Object as _, ObjectSymbol as _};
 
     use super::*;
+
+    /// The one pass finds every struct and hook function btf-rs's whole parse finds, with the
+    /// same offsets and parameter counts (in the host's BTF, which these machines have).
+    #[test]
+    fn one_pass_over_the_kernels_btf_finds_what_a_whole_parse_does() {
+        let kernel = KernelTypes::read().unwrap();
+        let parsed = btf_rs::Btf::from_file(VMLINUX_BTF).unwrap();
+        for member in offsets::MEMBERS {
+            let (structure, name) = (member.structure, member.member);
+            assert_eq!(
+                member_offset(&kernel, structure, name).ok(),
+                member_offset(&parsed, structure, name).ok(),
+                "{structure}.{name}"
+            );
+        }
+        let functions = (hook_args::ALL.iter().map(|arg| arg.function.to_owned()))
+            .chain(LATER_PROGRAMS.iter().map(|hook| lsm_function(hook)));
+        for function in functions {
+            assert_eq!(
+                parameter_count(&kernel, &function),
+                parameter_count(&parsed, &function),
+                "{function}"
+            );
+        }
+        assert_eq!(
+            kernel.named(BTRFS_INODE).is_empty(),
+            parsed.resolve_types_by_name(BTRFS_INODE).is_err()
+        );
+    }
 
     /// `cargo xtask bench` measures each program beside an empty one on the same hook
     /// (`gatekeeper-ebpf/src/floor.rs`) and stops when one is missing.
