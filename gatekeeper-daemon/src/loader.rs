@@ -52,8 +52,6 @@ pub enum LoaderError {
     Btf(String),
     #[error("kernel BTF has no member {member} in struct {structure}")]
     MissingMember { structure: String, member: String },
-    #[error("cannot read the btrfs module's BTF from {BTRFS_MODULE_BTF}: {0}")]
-    BtrfsBtf(String),
     #[error("kernel BTF has no hook function {0} with the arguments Gatekeeper knows")]
     MissingHook(&'static str),
     #[error("cannot prepare the eBPF object: {0}")]
@@ -379,21 +377,31 @@ fn member_offsets(
 
 /// Byte offsets of [`offsets::btrfs::MEMBERS`], from the btrfs module's BTF while it is loaded
 /// or the kernel's when btrfs is built in; None when btrfs is in neither (not loaded: no file is
-/// on btrfs yet).
-pub fn btrfs_offsets_from_kernel(
-    kernel: &KernelTypes,
-) -> Result<Option<Vec<(&'static str, u32)>>, LoaderError> {
+/// on btrfs yet), or its BTF does not say (logged: the policy then refuses paths on btrfs, a
+/// host without them runs).
+pub fn btrfs_offsets_from_kernel(kernel: &KernelTypes) -> Option<Vec<(&'static str, u32)>> {
     let module;
     let types: &dyn NamedTypes = if Path::new(BTRFS_MODULE_BTF).exists() {
-        module = btf_rs::Btf::from_split_file(BTRFS_MODULE_BTF, &kernel.btf)
-            .map_err(|error| LoaderError::BtrfsBtf(error.to_string()))?;
+        match btf_rs::Btf::from_split_file(BTRFS_MODULE_BTF, &kernel.btf) {
+            Ok(parsed) => module = parsed,
+            Err(error) => {
+                tracing::warn!(
+                    "cannot read the btrfs module's BTF from {BTRFS_MODULE_BTF}: {error}; files on btrfs are not told apart"
+                );
+                return None;
+            }
+        }
         &module
     } else if !kernel.named(BTRFS_INODE).is_empty() {
         kernel
     } else {
-        return Ok(None);
+        return None;
     };
-    member_offsets(types, &offsets::btrfs::MEMBERS).map(Some)
+    member_offsets(types, &offsets::btrfs::MEMBERS)
+        .inspect_err(|error| {
+            tracing::warn!("btrfs: {error}; files on btrfs are not told apart");
+        })
+        .ok()
 }
 
 /// The index of each of [`hook_args::ALL`] in the running kernel, from its BTF, by global name.
@@ -502,7 +510,7 @@ impl Kernel {
         let offsets = offsets_from_kernel(&kernel_types)?;
         let hook_args = hook_args_from_kernel(&kernel_types)?;
         let programs = programs_for(&kernel_types);
-        let btrfs = btrfs_offsets_from_kernel(&kernel_types)?;
+        let btrfs = btrfs_offsets_from_kernel(&kernel_types);
         drop(kernel_types);
         let btf = Btf::from_sys_fs().map_err(|error| LoaderError::Btf(error.to_string()))?;
         let mut loader = EbpfLoader::new();

@@ -75,10 +75,10 @@ pub enum PolicyError {
     #[error(
         "{path} is on btrfs, whose files the programs cannot tell apart on this kernel (each \
          subvolume numbers its files itself, under a device number of its own, and there was no \
-         BTF for btrfs at /sys/kernel/btf/btrfs when they loaded): refusing to run rather than \
-         guard nothing there; start the daemon again (btrfs was loaded during its start), run a \
-         kernel built with CONFIG_DEBUG_INFO_BTF_MODULES=y, or keep the daemon's files, the \
-         rules' paths and the host's configuration off btrfs"
+         usable BTF for btrfs at /sys/kernel/btf/btrfs when they loaded; the log says why): \
+         refusing to run rather than guard nothing there; start the daemon again (btrfs was \
+         loaded during its start), run a kernel built with CONFIG_DEBUG_INFO_BTF_MODULES=y, or \
+         keep the daemon's files, the rules' paths and the host's configuration off btrfs"
     )]
     Btrfs { path: PathBuf },
 }
