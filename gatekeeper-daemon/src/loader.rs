@@ -334,9 +334,9 @@ impl KernelTypes {
     }
 }
 
-/// The structs and functions whose types the loader reads: those of [`offsets::MEMBERS`], the
-/// btrfs inode (whether btrfs is built in), the hooks of [`hook_args::ALL`] and of
-/// `LATER_PROGRAMS`.
+/// The structs and functions whose types the loader reads: those of [`offsets::MEMBERS`] and
+/// [`offsets::btrfs::MEMBERS`] (when btrfs is built in), the hooks of [`hook_args::ALL`] and
+/// of `LATER_PROGRAMS`.
 fn wanted_names() -> BTreeSet<String> {
     let structures = (offsets::MEMBERS.iter()).map(|member| member.structure.to_owned());
     let hooks = (hook_args::ALL.iter()).map(|arg| arg.function.to_owned());
@@ -344,7 +344,11 @@ fn wanted_names() -> BTreeSet<String> {
     structures
         .chain(hooks)
         .chain(later)
-        .chain([BTRFS_INODE.to_owned()])
+        .chain(
+            offsets::btrfs::MEMBERS
+                .iter()
+                .map(|member| member.structure.to_owned()),
+        )
         .collect()
 }
 
@@ -352,9 +356,6 @@ fn wanted_names() -> BTreeSet<String> {
 fn lsm_function(hook: &str) -> String {
     format!("bpf_lsm_{hook}")
 }
-
-/// The struct whose presence in the kernel's BTF says btrfs is built in.
-const BTRFS_INODE: &str = "btrfs_inode";
 
 /// Byte offsets of [`offsets::MEMBERS`] in the running kernel, from its BTF, by global name.
 pub fn offsets_from_kernel(kernel: &KernelTypes) -> Result<Vec<(&'static str, u32)>, LoaderError> {
@@ -377,8 +378,8 @@ fn member_offsets(
 
 /// Byte offsets of [`offsets::btrfs::MEMBERS`], from the btrfs module's BTF while it is loaded
 /// or the kernel's when btrfs is built in; None when btrfs is in neither (not loaded: no file is
-/// on btrfs yet), or its BTF does not say (logged: the policy then refuses paths on btrfs, a
-/// host without them runs).
+/// on btrfs yet), or the module's BTF does not say (logged: the policy then refuses paths on
+/// btrfs, a host without them runs).
 pub fn btrfs_offsets_from_kernel(kernel: &KernelTypes) -> Option<Vec<(&'static str, u32)>> {
     let module;
     let types: &dyn NamedTypes = if Path::new(BTRFS_MODULE_BTF).exists() {
@@ -392,10 +393,10 @@ pub fn btrfs_offsets_from_kernel(kernel: &KernelTypes) -> Option<Vec<(&'static s
             }
         }
         &module
-    } else if !kernel.named(BTRFS_INODE).is_empty() {
-        kernel
     } else {
-        return None;
+        // Built in, or not in the kernel (whose BTF may still name `btrfs_inode`, without
+        // members, where btrfs is a module): silent when not.
+        return member_offsets(kernel, &offsets::btrfs::MEMBERS).ok();
     };
     member_offsets(types, &offsets::btrfs::MEMBERS)
         .inspect_err(|error| {
@@ -887,10 +888,14 @@ mod tests {
                 "{function}"
             );
         }
-        assert_eq!(
-            kernel.named(BTRFS_INODE).is_empty(),
-            parsed.resolve_types_by_name(BTRFS_INODE).is_err()
-        );
+        for member in offsets::btrfs::MEMBERS {
+            let (structure, name) = (member.structure, member.member);
+            assert_eq!(
+                member_offset(&kernel, structure, name).ok(),
+                member_offset(&parsed, structure, name).ok(),
+                "{structure}.{name}"
+            );
+        }
     }
 
     /// `cargo xtask bench` measures each program beside an empty one on the same hook
