@@ -704,6 +704,11 @@ pub enum TamperHook {
     /// Writing into the host's audit trail (which also reaches the kernel's log), changing
     /// its rules or switching it off, or reading it as it is written (data: capability, 0).
     Audit = 64,
+    /// Unloading one of the kernel's modules (CAP_SYS_MODULE, which `delete_module` asks first):
+    /// a filter, driver or file system the host loaded goes once nothing uses it (data:
+    /// capability, 0). Loading one is refused as [`TamperHook::KernelRead`] and
+    /// [`TamperHook::KernelLoad`].
+    KernelModule = 65,
 }
 
 /// Why a mount operation was refused: the second detail word of the mount tamper hooks.
@@ -726,7 +731,7 @@ pub enum MountRefusal {
 
 impl TamperHook {
     /// Every hook, in id order (ids start at 1).
-    pub const ALL: [Self; 64] = {
+    pub const ALL: [Self; 65] = {
         use TamperHook::*;
         [
             Bpf,
@@ -793,6 +798,7 @@ impl TamperHook {
             KernelLog,
             HostKey,
             Audit,
+            KernelModule,
         ]
     };
 
@@ -866,6 +872,7 @@ impl TamperHook {
             Self::KernelLog => "kernel_log",
             Self::HostKey => "host_key",
             Self::Audit => "audit",
+            Self::KernelModule => "kernel_module",
         }
     }
 }

@@ -52,6 +52,11 @@
 //! (The virtual consoles' ioctls ask it too, of any caller on a console not its own: those that
 //! change something are refused in `file_ioctl`, the rest only ask.)
 //!
+//! The kernel's modules: agents unload none (CAP_SYS_MODULE, which only the initial user
+//! namespace grants and `delete_module` asks before anything else): a packet filter, driver or
+//! file system the host loaded would go once unused. (Loading is refused at the module's read
+//! or load, `kernel_read_file` and `kernel_load_data`.)
+//!
 //! `mount_setattr(2)`, which changes a mount's flags and propagation, has no LSM hook; its first
 //! step is the CAP_SYS_ADMIN check of `may_mount()`, which is refused here when the system call
 //! is mount_setattr and the caller is in the host's mount namespace.
@@ -70,6 +75,7 @@ use crate::{
 };
 
 const CAP_NET_BIND_SERVICE: i32 = 10;
+const CAP_SYS_MODULE: i32 = 16;
 const CAP_NET_ADMIN: i32 = 12;
 const CAP_SYS_ADMIN: i32 = 21;
 const CAP_SYS_BOOT: i32 = 22;
@@ -114,6 +120,7 @@ pub fn capable(ctx: LsmContext) -> i32 {
         CAP_PERFMON => TamperHook::Perf,
         CAP_AUDIT_WRITE | CAP_AUDIT_CONTROL | CAP_AUDIT_READ => TamperHook::Audit,
         CAP_SYS_TTY_CONFIG => TamperHook::DeviceControl,
+        CAP_SYS_MODULE => TamperHook::KernelModule,
         _ => return 0,
     };
     let Some(agent) = agent_cgroup() else {

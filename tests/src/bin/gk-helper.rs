@@ -1195,6 +1195,14 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
                 )
             })
         }
+        // delete-module NAME: unload the kernel's module NAME (without waiting for its users).
+        "delete-module" => {
+            let name = c_path(text(0)?)?;
+            // SAFETY: a NUL-terminated name that outlives the call.
+            errno_of(unsafe {
+                libc::syscall(libc::SYS_delete_module, name.as_ptr(), libc::O_NONBLOCK)
+            })
+        }
         "exec-proc-fd" => exec_by("proc-fd", text(0)?),
         "execveat" => exec_by("execveat", text(0)?),
         "exec-memfd" => exec_by("memfd", text(0)?),
