@@ -6,6 +6,9 @@
 
 /// Map names, shared so the daemon finds what the kernel program declares.
 pub mod maps {
+    /// The [`crate::btrfs`] slots (u32 each), written by the daemon, not pinned: what the
+    /// programs need to read a btrfs inode's own device number.
+    pub const BTRFS: &str = "BTRFS";
     /// cgroup id (u64) -> 1 for every configured agent cgroup.
     pub const AGENT_CGROUPS: &str = "AGENT_CGROUPS";
     /// [`crate::Target`] -> rule index (u32) for every protected exec target.
@@ -202,20 +205,30 @@ macro_rules! kernel_members {
     };
 }
 
-/// The btrfs members the programs read, in the rows' shape of [`kernel_members`]: where a btrfs
-/// inode's subvolume keeps the device number `stat` reports for its files (btrfs numbers each
-/// subvolume's files itself, under one superblock). From the btrfs module's BTF, or the kernel's
-/// when btrfs is built in; all zero while btrfs is not in the kernel, and the programs then
-/// read no btrfs struct.
-#[macro_export]
-macro_rules! btrfs_members {
-    ($then:ident) => {
-        $then! {
-            (OFF_BTRFS_INODE_ROOT, "btrfs_inode", "root"),
-            (OFF_BTRFS_INODE_VFS_INODE, "btrfs_inode", "vfs_inode"),
-            (OFF_BTRFS_ROOT_ANON_DEV, "btrfs_root", "anon_dev"),
-        }
-    };
+/// Where a btrfs inode's subvolume keeps the device number `stat` reports for its files (btrfs
+/// numbers each subvolume's files itself, under one superblock): slots of [`maps::BTRFS`]. The
+/// offsets come from the btrfs module's BTF, or the kernel's when btrfs is built in, at the
+/// daemon's start or once btrfs is loaded; zero until then, and the programs read no btrfs
+/// struct (nothing the daemon keyed was on btrfs).
+pub mod btrfs {
+    /// Byte offset of `root` in `struct btrfs_inode`.
+    pub const INODE_ROOT: u32 = 0;
+    /// Byte offset of `vfs_inode` in `struct btrfs_inode`, written last: never zero once known.
+    pub const INODE_VFS_INODE: u32 = 1;
+    /// Byte offset of `anon_dev` in `struct btrfs_root`.
+    pub const ROOT_ANON_DEV: u32 = 2;
+    /// 1 once a directory rule (or mount guard) is on a btrfs: until then a btrfs file is judged
+    /// by its own rule alone, with no walk up (which on btrfs crosses subvolumes of other
+    /// device numbers, so no per-device marker can say there is nothing above).
+    pub const DIRECTORY_RULES: u32 = 3;
+    pub const SLOTS: u32 = 4;
+
+    /// The offsets' slots, each with its struct and member as BTF names them.
+    pub const MEMBERS: [(u32, &str, &str); 3] = [
+        (INODE_ROOT, "btrfs_inode", "root"),
+        (ROOT_ANON_DEV, "btrfs_root", "anon_dev"),
+        (INODE_VFS_INODE, "btrfs_inode", "vfs_inode"),
+    ];
 }
 
 /// Names of the offset globals, and [`offsets::MEMBERS`], which the daemon iterates to fill them.
@@ -243,12 +256,6 @@ pub mod offsets {
     }
 
     crate::kernel_members!(names_and_members);
-
-    /// The same for [`crate::btrfs_members`].
-    pub mod btrfs {
-        use super::Member;
-        crate::btrfs_members!(names_and_members);
-    }
 }
 
 /// Hook arguments whose position differs between kernels. The daemon finds it in the kernel's

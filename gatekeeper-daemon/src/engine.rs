@@ -387,6 +387,8 @@ impl Engine {
                 allowed,
                 kept,
             } => {
+                // Before a path on a btrfs loaded since is keyed as `stat` numbers it.
+                self.kernel.learn_btrfs();
                 let mut events = self.policy.follow(&mut self.kernel, &protected, &allowed);
                 events.extend(self.policy.follow_kept(&mut self.kernel, &kept));
                 for event in events {
@@ -394,6 +396,7 @@ impl Engine {
                 }
             }
             Command::MountsNow { mounts } => {
+                self.kernel.learn_btrfs();
                 for event in self.policy.guard_mounts(&mut self.kernel, &mounts) {
                     self.core.note(event);
                 }

@@ -20,7 +20,7 @@ use aya::{
 };
 use gatekeeper_common::{
     APPROVED_ENV, ArgvKey, Counter, EnvName, GrantKey, GrantValue, LATER_PROGRAMS, NameKey,
-    PROGRAMS, PortRanges, Setting, Target, hook_args, maps, offsets, raw_device,
+    PROGRAMS, PortRanges, Setting, Target, btrfs, hook_args, maps, offsets, raw_device,
 };
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
@@ -201,8 +201,13 @@ pub struct Kernel {
     /// What it loads and attaches: `PROGRAMS`, then those of `LATER_PROGRAMS` whose hooks the
     /// running kernel has.
     programs: Vec<&'static str>,
-    /// Whether the programs read btrfs inodes' own device numbers (btrfs was in the kernel).
+    /// [`btrfs`]'s slots.
+    btrfs: Array<MapData, u32>,
+    /// Whether the programs read btrfs inodes' own device numbers (the offsets are written).
     knows_btrfs: bool,
+    btrfs_directory_rules: bool,
+    /// Whether the btrfs module's BTF was read since it appeared (it is read once).
+    btrfs_module_tried: bool,
     /// The ids of the links this daemon attached, in the order of `programs`.
     link_ids: Vec<u32>,
 }
@@ -335,7 +340,7 @@ impl KernelTypes {
 }
 
 /// The structs and functions whose types the loader reads: those of [`offsets::MEMBERS`] and
-/// [`offsets::btrfs::MEMBERS`] (when btrfs is built in), the hooks of [`hook_args::ALL`] and
+/// [`btrfs::MEMBERS`] (when btrfs is built in), the hooks of [`hook_args::ALL`] and
 /// of `LATER_PROGRAMS`.
 fn wanted_names() -> BTreeSet<String> {
     let structures = (offsets::MEMBERS.iter()).map(|member| member.structure.to_owned());
@@ -344,11 +349,7 @@ fn wanted_names() -> BTreeSet<String> {
     structures
         .chain(hooks)
         .chain(later)
-        .chain(
-            offsets::btrfs::MEMBERS
-                .iter()
-                .map(|member| member.structure.to_owned()),
-        )
+        .chain(btrfs::MEMBERS.map(|(_, structure, _)| structure.to_owned()))
         .collect()
 }
 
@@ -376,33 +377,32 @@ fn member_offsets(
         .collect()
 }
 
-/// Byte offsets of [`offsets::btrfs::MEMBERS`], from the btrfs module's BTF while it is loaded
-/// or the kernel's when btrfs is built in; None when btrfs is in neither (not loaded: no file is
-/// on btrfs yet), or the module's BTF does not say (logged: the policy then refuses paths on
-/// btrfs, a host without them runs).
-pub fn btrfs_offsets_from_kernel(kernel: &KernelTypes) -> Option<Vec<(&'static str, u32)>> {
-    let module;
-    let types: &dyn NamedTypes = if Path::new(BTRFS_MODULE_BTF).exists() {
-        match btf_rs::Btf::from_split_file(BTRFS_MODULE_BTF, &kernel.btf) {
-            Ok(parsed) => module = parsed,
-            Err(error) => {
-                tracing::warn!(
-                    "cannot read the btrfs module's BTF from {BTRFS_MODULE_BTF}: {error}; files on btrfs are not told apart"
-                );
-                return None;
-            }
-        }
-        &module
-    } else {
+/// The [`btrfs::MEMBERS`] offsets by slot, from the btrfs module's BTF while it is loaded or the
+/// kernel's when btrfs is built in; None when btrfs is in neither (not loaded: no file is on
+/// btrfs yet), or the module's BTF does not say (logged: the policy then refuses paths on btrfs,
+/// a host without them runs).
+pub fn btrfs_offsets_from_kernel(kernel: &KernelTypes) -> Option<Vec<(u32, u32)>> {
+    if !Path::new(BTRFS_MODULE_BTF).exists() {
         // Built in, or not in the kernel (whose BTF may still name `btrfs_inode`, without
         // members, where btrfs is a module): silent when not.
-        return member_offsets(kernel, &offsets::btrfs::MEMBERS).ok();
-    };
-    member_offsets(types, &offsets::btrfs::MEMBERS)
+        return btrfs_offsets(kernel).ok();
+    }
+    let module = btf_rs::Btf::from_split_file(BTRFS_MODULE_BTF, &kernel.btf)
+        .inspect_err(|error| {
+            tracing::warn!("cannot read the btrfs module's BTF from {BTRFS_MODULE_BTF}: {error}; files on btrfs are not told apart");
+        })
+        .ok()?;
+    btrfs_offsets(&module)
         .inspect_err(|error| {
             tracing::warn!("btrfs: {error}; files on btrfs are not told apart");
         })
         .ok()
+}
+
+fn btrfs_offsets(types: &dyn NamedTypes) -> Result<Vec<(u32, u32)>, LoaderError> {
+    (btrfs::MEMBERS.iter())
+        .map(|(slot, structure, member)| Ok((*slot, member_offset(types, structure, member)?)))
+        .collect()
 }
 
 /// The index of each of [`hook_args::ALL`] in the running kernel, from its BTF, by global name.
@@ -516,8 +516,7 @@ impl Kernel {
         let btf = Btf::from_sys_fs().map_err(|error| LoaderError::Btf(error.to_string()))?;
         let mut loader = EbpfLoader::new();
         loader.btf(Some(&btf)).default_map_pin_directory(pin_dir);
-        let btrfs_offsets = btrfs.iter().flatten();
-        for (global, value) in offsets.iter().chain(&hook_args).chain(btrfs_offsets) {
+        for (global, value) in offsets.iter().chain(&hook_args) {
             loader.override_global(global, value, true);
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
@@ -562,7 +561,7 @@ impl Kernel {
                 .insert(name, 1, 0)
                 .map_err(map_error(maps::APPROVED_ENV))?;
         }
-        let kernel = Self {
+        let mut kernel = Self {
             agents: HashMap::try_from(agents).map_err(map_error(maps::AGENT_CGROUPS))?,
             protected: HashMap::try_from(protected).map_err(map_error(maps::PROTECTED))?,
             nets: LpmTrie::try_from(nets).map_err(map_error(maps::PROTECTED_NETS))?,
@@ -582,10 +581,18 @@ impl Kernel {
                 HashMap::try_from(agent_connections).map_err(map_error(maps::AGENT_CONNECTIONS))?,
             ),
             programs,
-            knows_btrfs: btrfs.is_some(),
+            btrfs: Array::try_from(take(maps::BTRFS)?).map_err(map_error(maps::BTRFS))?,
+            knows_btrfs: false,
+            btrfs_directory_rules: false,
+            btrfs_module_tried: false,
             link_ids: Vec::new(),
             ebpf: Some(ebpf),
         };
+        if let Some(offsets) = btrfs {
+            kernel
+                .set_btrfs_offsets(&offsets)
+                .map_err(map_error(maps::BTRFS))?;
+        }
         Ok(kernel)
     }
 
@@ -695,10 +702,60 @@ impl Kernel {
 
     /// Makes `files` ((device, inode), [`gatekeeper_common::daemon_file`] bits) the daemon's
     /// files agents may not touch: new ones in first, then the stale ones out.
-    /// Whether the programs tell btrfs subvolumes' files apart as `stat` does (btrfs was in the
-    /// kernel when they loaded).
+    /// Whether the programs tell btrfs subvolumes' files apart as `stat` does.
     pub fn knows_btrfs(&self) -> bool {
         self.knows_btrfs
+    }
+
+    /// Writes btrfs's offsets for the programs (the one that says they are known last).
+    fn set_btrfs_offsets(&mut self, offsets: &[(u32, u32)]) -> Result<(), MapError> {
+        for &(slot, offset) in offsets {
+            self.btrfs.set(slot, offset, 0)?;
+        }
+        self.knows_btrfs = true;
+        Ok(())
+    }
+
+    /// Has the programs read btrfs inodes' own device numbers once btrfs is loaded after the
+    /// start: before the daemon keys a file there, which `stat` numbers by its subvolume. Called
+    /// before each look at the rules' paths and the mounts; reads the module's BTF once.
+    pub fn learn_btrfs(&mut self) {
+        let loaded = Path::new(BTRFS_MODULE_BTF).exists();
+        if self.knows_btrfs || !loaded {
+            self.btrfs_module_tried &= loaded;
+            return;
+        }
+        if self.btrfs_module_tried {
+            return;
+        }
+        self.btrfs_module_tried = true;
+        let offsets = KernelTypes::read()
+            .inspect_err(
+                |error| tracing::error!(%error, "btrfs was loaded: cannot read the kernel's BTF"),
+            )
+            .ok()
+            .and_then(|kernel| btrfs_offsets_from_kernel(&kernel));
+        let Some(offsets) = offsets else {
+            return;
+        };
+        match self.set_btrfs_offsets(&offsets) {
+            Ok(()) => tracing::info!(
+                "btrfs was loaded: its files are told apart by subvolume from now on"
+            ),
+            Err(error) => {
+                tracing::error!(%error, "btrfs was loaded: cannot write its offsets for the programs")
+            }
+        }
+    }
+
+    /// Has the programs walk up from btrfs files to the directory rules above (see
+    /// [`btrfs::DIRECTORY_RULES`]): once one is on a btrfs, for the daemon's life.
+    pub fn mark_btrfs_directory_rules(&mut self) -> Result<(), MapError> {
+        if !self.btrfs_directory_rules {
+            self.btrfs.set(btrfs::DIRECTORY_RULES, 1, 0)?;
+            self.btrfs_directory_rules = true;
+        }
+        Ok(())
     }
 
     pub fn set_daemon_files(&mut self, files: &[(Target, u32)]) -> Result<(), MapError> {
@@ -888,8 +945,7 @@ mod tests {
                 "{function}"
             );
         }
-        for member in offsets::btrfs::MEMBERS {
-            let (structure, name) = (member.structure, member.member);
+        for (_, structure, name) in btrfs::MEMBERS {
             assert_eq!(
                 member_offset(&kernel, structure, name).ok(),
                 member_offset(&parsed, structure, name).ok(),

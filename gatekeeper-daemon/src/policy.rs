@@ -844,7 +844,20 @@ impl Policy {
         );
         forget_freed(kernel, PathList::Allowed, &mut self.allowed, &[]);
         forget_freed(kernel, PathList::Files, &mut self.files, &self.name_guards);
+        self.mark_btrfs_directories(kernel);
         events
+    }
+
+    /// Tells the kernel once a directory rule or mount guard is on a btrfs (see
+    /// [`gatekeeper_common::btrfs::DIRECTORY_RULES`]).
+    fn mark_btrfs_directories(&self, kernel: &mut Kernel) {
+        let on_btrfs_now = self
+            .files
+            .iter()
+            .any(|entry| entry.value & file_rule::TREE != 0 && on_btrfs(&entry.path));
+        if on_btrfs_now && let Err(error) = kernel.mark_btrfs_directory_rules() {
+            tracing::error!(%error, "cannot have the kernel look for directory rules above btrfs files");
+        }
     }
 
     /// Guards each of `mounts` below a host path or a protected directory that no rule names yet,
@@ -865,6 +878,7 @@ impl Policy {
             events.extend(self.guard_new_mounts(kernel, mounts, used));
         }
         events.extend(released);
+        self.mark_btrfs_directories(kernel);
         events
     }
 

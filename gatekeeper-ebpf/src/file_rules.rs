@@ -15,7 +15,8 @@ use crate::{
         OFF_VFSMOUNT_ROOT,
     },
     read::{
-        TURN_AGAIN, TURN_DONE, btrfs_subvolume_device, container_of, on_btrfs, read_field, turns,
+        TURN_AGAIN, TURN_DONE, btrfs_directory_rules, btrfs_subvolume_device, container_of,
+        on_btrfs, read_field, turns,
     },
 };
 
@@ -133,9 +134,14 @@ unsafe fn walk_placement(dentry: *const u8) -> Result<Placement, i32> {
             == file_rule::TREE | file_rule::READ,
         unplaced: false,
     };
-    // Most devices hold no directory rule: one lookup says so. Not on btrfs, where a directory
-    // above may be another subvolume's, of another device number.
-    if !btrfs && rule_bits(&file_rule::device_marker(dev)) == 0 {
+    // Most devices hold no directory rule: one lookup says so. On btrfs a directory above may
+    // be another subvolume's, of another device number: whether any btrfs holds one.
+    let above = if btrfs {
+        btrfs_directory_rules()
+    } else {
+        rule_bits(&file_rule::device_marker(dev)) != 0
+    };
+    if !above {
         return Ok(placed);
     }
     let mut walk = TreeWalk {

@@ -13,4 +13,3 @@ macro_rules! offset_globals {
 }
 
 gatekeeper_common::kernel_members!(offset_globals);
-gatekeeper_common::btrfs_members!(offset_globals);

@@ -5,10 +5,10 @@ use aya_ebpf::{
     helpers::{bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel, bpf_task_pt_regs},
 };
 
-use crate::offsets::{
-    OFF_BTRFS_INODE_ROOT, OFF_BTRFS_INODE_VFS_INODE, OFF_BTRFS_ROOT_ANON_DEV, OFF_INODE_SB,
-    OFF_PT_REGS_ORIG_AX, OFF_SB_DEV, OFF_SB_MAGIC,
-};
+use aya_ebpf::{macros::map, maps::Array};
+use gatekeeper_common::btrfs;
+
+use crate::offsets::{OFF_INODE_SB, OFF_PT_REGS_ORIG_AX, OFF_SB_DEV, OFF_SB_MAGIC};
 
 /// Marks x32 system calls, whose numbers are otherwise the x86-64 ones.
 pub const X32_SYSCALL_BIT: u64 = 0x4000_0000;
@@ -103,16 +103,30 @@ pub unsafe fn inode_device(inode: *const u8, sb: *const u8) -> Result<u32, i32> 
 }
 
 /// Whether superblock `sb` is a btrfs whose inodes the programs can read: not until the daemon
-/// found btrfs's members (btrfs was not in the kernel at its start, and it keyed nothing on
-/// btrfs then; the superblock's device number serves).
+/// wrote btrfs's offsets (btrfs was not in the kernel when it keyed the files it did, none of
+/// them on btrfs: the superblock's device number serves).
 #[inline(always)]
 pub unsafe fn on_btrfs(sb: *const u8) -> Result<bool, i32> {
-    // A btrfs inode never starts with its VFS inode: zero is "not found".
-    if offset(&OFF_BTRFS_INODE_VFS_INODE) == 0 {
+    if btrfs_slot(btrfs::INODE_VFS_INODE) == 0 {
         return Ok(false);
     }
     Ok(unsafe { sb_magic(sb)? } == BTRFS_SUPER_MAGIC)
 }
+
+/// Whether a directory rule is on a btrfs (see [`btrfs::DIRECTORY_RULES`]).
+#[inline(always)]
+pub fn btrfs_directory_rules() -> bool {
+    btrfs_slot(btrfs::DIRECTORY_RULES) != 0
+}
+
+#[inline(always)]
+fn btrfs_slot(slot: u32) -> u32 {
+    BTRFS.get(slot).copied().unwrap_or(0)
+}
+
+/// Written by the daemon: [`btrfs`]'s slots.
+#[map]
+static BTRFS: Array<u32> = Array::with_max_entries(btrfs::SLOTS, 0);
 
 /// The device number of a btrfs `inode`'s subvolume, `BTRFS_I(inode)->root->anon_dev`: btrfs
 /// numbers each subvolume's files itself, under one superblock.
@@ -133,10 +147,17 @@ pub unsafe fn btrfs_subvolume_device(inode: *const u8) -> Result<u32, i32> {
 #[unsafe(no_mangle)]
 #[inline(never)]
 extern "C" fn gatekeeper_btrfs_subvolume_device(inode: u64) -> i64 {
+    let offset = |slot| btrfs_slot(slot) as usize;
+    let btrfs_inode = (inode as *const u8).wrapping_sub(offset(btrfs::INODE_VFS_INODE));
     let device = unsafe {
-        let btrfs_inode = container_of(inode as *const u8, &OFF_BTRFS_INODE_VFS_INODE);
-        read_field::<*const u8>(btrfs_inode, &OFF_BTRFS_INODE_ROOT)
-            .and_then(|root| read_field::<u32>(root, &OFF_BTRFS_ROOT_ANON_DEV))
+        bpf_probe_read_kernel(btrfs_inode.wrapping_add(offset(btrfs::INODE_ROOT)).cast()).and_then(
+            |root: *const u8| {
+                bpf_probe_read_kernel(
+                    root.wrapping_add(offset(btrfs::ROOT_ANON_DEV))
+                        .cast::<u32>(),
+                )
+            },
+        )
     };
     match device {
         Ok(device) => i64::from(device),

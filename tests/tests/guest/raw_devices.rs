@@ -5,7 +5,10 @@
 //! handed. The guests boot with a small SCSI disk in memory (scsi_debug) and device-mapper
 //! loaded.
 
-use std::{ffi::CString, os::unix::fs::PermissionsExt as _};
+use std::{
+    ffi::CString,
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+};
 
 use gatekeeper_tests::{Exec, Options, Outcome, Scenario};
 use serde_json::Value;
@@ -334,6 +337,19 @@ fn agents_use_no_btrfs_subvolume_of_the_host() {
     let open = format!("{host}/open");
     std::fs::create_dir(&open).unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // Deep below the top (70 directories, more than the kernel walks up): with no directory rule
+    // on any btrfs, agents' files there are judged by their own rules alone, not refused as
+    // unplaced.
+    let deep: String = (0..70).fold(host.clone(), |path, level| format!("{path}/d{level}"));
+    std::fs::create_dir_all(&deep).unwrap();
+    let deep_file = format!("{deep}/file");
+    std::fs::write(&deep_file, "deep").unwrap();
+    let deep_reads = [
+        scenario.tamper(agents, "read", &[&deep_file]),
+        scenario.tamper_as_user(agents, "read", &[&deep_file]),
+        scenario.tamper(agents, "write", &[&format!("{deep}/made"), "agent"]),
+        scenario.tamper(outside, "read", &[&deep_file]),
+    ];
     let by_user = |cgroup, name| scenario.tamper_as_user(cgroup, "btrfs", &[&open, "create", name]);
     let users = [by_user(agents, "agent"), by_user(outside, "outside")];
     try_all(&["snapshot", "copy", &volume], &host);
@@ -355,7 +371,93 @@ fn agents_use_no_btrfs_subvolume_of_the_host() {
         assert_eq!(control, Outcome::Ok, "outside: btrfs {args}");
     }
     assert_eq!(users, [Outcome::Denied, Outcome::Ok], "a user's subvolume");
+    assert_eq!(deep_reads, [const { Outcome::Ok }; 4], "deep below the top");
     journaled(&scenario, "device_control");
+}
+
+/// Runs a command of the guest's and says whether it succeeded.
+fn succeeded(command: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", command])
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// btrfs loaded after the daemon started (and not loaded at its start, which it then does not
+/// refuse): a btrfs the host mounts over a rule's directory is followed, and its files are told
+/// apart by subvolume from then on, a nested subvolume's too. Controls: the host reads them.
+#[test]
+fn a_btrfs_loaded_after_the_start_is_told_apart() {
+    const BTRFS_MODULE: &str = "insmod /lib/modules/$(uname -r)/btrfs.ko";
+    let mut scenario = Scenario::prepare("raw-btrfs-late", Options::default());
+    let at = scenario.dir.join("m").display().to_string();
+    let (secret, tree) = (format!("{at}/secret"), format!("{at}/tree"));
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(&secret, "before").unwrap();
+    let rules = format!(
+        "[[protect.file]]\npath = \"{secret}\"\nname = \"late secret\"\naccess = \"read\"\n\
+         [[protect.file]]\npath = \"{tree}\"\nname = \"late tree\"\naccess = \"read\"\n"
+    );
+    let config = std::fs::read_to_string(&scenario.config).unwrap() + &rules;
+    std::fs::write(&scenario.config, config).unwrap();
+    // Loaded again however the test ends: the guest's other tests use it.
+    let _loaded = gatekeeper_tests::Restore::new(|| {
+        succeeded(&format!(
+            "grep -q '^btrfs ' /proc/modules || {BTRFS_MODULE}"
+        ));
+    });
+    assert!(
+        succeeded("rmmod btrfs"),
+        "btrfs unloaded (nothing may be mounted)"
+    );
+    scenario.start_daemon();
+    assert!(succeeded(BTRFS_MODULE));
+    let image = scenario.dir.join("late.img").display().to_string();
+    std::fs::File::create(&image)
+        .and_then(|file| file.set_len(64 << 20))
+        .unwrap();
+    let device = ran("losetup", &["-f"]);
+    ran("losetup", &[&device, &image]);
+    let _detached = gatekeeper_tests::Restore::new(|| {
+        succeeded(&format!("umount {at}; losetup -d {device}"));
+    });
+    ran("mkfs.btrfs", &["-q", "-M", &device]);
+    ran("mount", &["-t", "btrfs", &device, &at]);
+    let host = std::path::Path::new("-");
+    std::fs::create_dir(&tree).unwrap();
+    assert_eq!(
+        scenario.tamper(host, "btrfs", &[&tree, "create", "inner"]),
+        Outcome::Ok
+    );
+    let inner = format!("{tree}/inner/file");
+    std::fs::write(&inner, "on btrfs").unwrap();
+    std::fs::write(&secret, "on btrfs").unwrap();
+    gatekeeper_tests::wait_for("the daemon to follow both paths onto the btrfs", || {
+        let followed = |path: &str| {
+            let dev = std::fs::metadata(path).unwrap().dev();
+            let kernel_dev = (libc::major(dev) << 20) | libc::minor(dev);
+            scenario.journal_events().iter().any(|event| {
+                event["type"] == "protection_updated"
+                    && event["path"] == path
+                    && event["dev"] == u64::from(kernel_dev)
+            })
+        };
+        (followed(&secret) && followed(&tree)).then_some(())
+    });
+    for path in [&secret, &inner] {
+        let outcomes = [
+            scenario.tamper(&scenario.agents, "read", &[path]),
+            scenario.tamper_as_user(&scenario.agents, "read", &[path]),
+            scenario.tamper(&scenario.outside, "read", &[path]),
+        ];
+        assert_eq!(
+            outcomes,
+            [Outcome::Denied, Outcome::Denied, Outcome::Ok],
+            "{path}: root agent, user agent, outside"
+        );
+    }
+    let log = scenario.daemon_log();
+    assert!(log.contains("btrfs was loaded"), "{log}");
 }
 
 /// On btrfs each subvolume numbers its files itself and `stat` reports a device number of the
