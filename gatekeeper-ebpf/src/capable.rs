@@ -75,8 +75,8 @@ use crate::{
 };
 
 const CAP_NET_BIND_SERVICE: i32 = 10;
-const CAP_SYS_MODULE: i32 = 16;
 const CAP_NET_ADMIN: i32 = 12;
+const CAP_SYS_MODULE: i32 = 16;
 const CAP_SYS_ADMIN: i32 = 21;
 const CAP_SYS_BOOT: i32 = 22;
 const CAP_SYS_NICE: i32 = 23;

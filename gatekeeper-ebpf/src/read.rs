@@ -3,9 +3,9 @@
 use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel, bpf_task_pt_regs},
+    macros::map,
+    maps::Array,
 };
-
-use aya_ebpf::{macros::map, maps::Array};
 use gatekeeper_common::btrfs;
 
 use crate::offsets::{OFF_INODE_SB, OFF_PT_REGS_ORIG_AX, OFF_SB_DEV, OFF_SB_MAGIC};
