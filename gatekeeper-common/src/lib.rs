@@ -9,6 +9,11 @@ pub mod maps {
     /// The [`crate::btrfs`] slots (u32 each), written by the daemon, not pinned: what the
     /// programs need to read a btrfs inode's own device number.
     pub const BTRFS: &str = "BTRFS";
+    /// The superblock's device number (u32, kernel encoding) of each btrfs a directory rule or
+    /// mount guard is on -> 1, not pinned: a btrfs file is walked up from only there (the walk
+    /// crosses subvolumes, each of a device number of its own, so no per-device marker serves);
+    /// elsewhere it is judged by its own rule alone.
+    pub const BTRFS_RULE_DEVICES: &str = "BTRFS_RULE_DEVICES";
     /// cgroup id (u64) -> 1 for every configured agent cgroup.
     pub const AGENT_CGROUPS: &str = "AGENT_CGROUPS";
     /// [`crate::Target`] -> rule index (u32) for every protected exec target.
@@ -217,11 +222,9 @@ pub mod btrfs {
     pub const INODE_VFS_INODE: u32 = 1;
     /// Byte offset of `anon_dev` in `struct btrfs_root`.
     pub const ROOT_ANON_DEV: u32 = 2;
-    /// 1 once a directory rule (or mount guard) is on a btrfs: until then a btrfs file is judged
-    /// by its own rule alone, with no walk up (which on btrfs crosses subvolumes of other
-    /// device numbers, so no per-device marker can say there is nothing above).
-    pub const DIRECTORY_RULES: u32 = 3;
-    pub const SLOTS: u32 = 4;
+    pub const SLOTS: u32 = 3;
+    /// btrfs file systems (their superblocks) [`crate::maps::BTRFS_RULE_DEVICES`] can hold.
+    pub const MAX_RULE_DEVICES: u32 = 256;
 
     /// The offsets' slots, each with its struct and member as BTF names them.
     pub const MEMBERS: [(u32, &str, &str); 3] = [

@@ -494,6 +494,18 @@ pub struct Mount {
     pub point: PathBuf,
 }
 
+impl Mount {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Its file system's device number in the kernel's encoding (major << 20 | minor).
+    pub fn kernel_device(&self) -> Option<u32> {
+        let (major, minor) = std::str::from_utf8(&self.device).ok()?.split_once(':')?;
+        Some(major.parse::<u32>().ok()? << 20 | minor.parse::<u32>().ok()?)
+    }
+}
+
 /// A directory as a file system knows it: its path from the file system's root.
 #[derive(Debug, PartialEq, Eq)]
 struct Place<'a> {

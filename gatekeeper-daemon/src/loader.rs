@@ -205,7 +205,8 @@ pub struct Kernel {
     btrfs: Array<MapData, u32>,
     /// Whether the programs read btrfs inodes' own device numbers (the offsets are written).
     knows_btrfs: bool,
-    btrfs_directory_rules: bool,
+    /// See [`maps::BTRFS_RULE_DEVICES`].
+    btrfs_rule_devices: HashMap<MapData, u32, u32>,
     /// Whether the btrfs module's BTF was read since it appeared (it is read once).
     btrfs_module_tried: bool,
     /// The ids of the links this daemon attached, in the order of `programs`.
@@ -583,7 +584,8 @@ impl Kernel {
             programs,
             btrfs: Array::try_from(take(maps::BTRFS)?).map_err(map_error(maps::BTRFS))?,
             knows_btrfs: false,
-            btrfs_directory_rules: false,
+            btrfs_rule_devices: HashMap::try_from(take(maps::BTRFS_RULE_DEVICES)?)
+                .map_err(map_error(maps::BTRFS_RULE_DEVICES))?,
             btrfs_module_tried: false,
             link_ids: Vec::new(),
             ebpf: Some(ebpf),
@@ -748,12 +750,12 @@ impl Kernel {
         }
     }
 
-    /// Has the programs walk up from btrfs files to the directory rules above (see
-    /// [`btrfs::DIRECTORY_RULES`]): once one is on a btrfs, for the daemon's life.
-    pub fn mark_btrfs_directory_rules(&mut self) -> Result<(), MapError> {
-        if !self.btrfs_directory_rules {
-            self.btrfs.set(btrfs::DIRECTORY_RULES, 1, 0)?;
-            self.btrfs_directory_rules = true;
+    /// Has the programs walk up from files on the btrfs of superblock device `device` (kernel
+    /// encoding) to the directory rules above (see [`maps::BTRFS_RULE_DEVICES`]): once one is
+    /// on it, for the daemon's life.
+    pub fn mark_btrfs_directory_rules(&mut self, device: u32) -> Result<(), MapError> {
+        if self.btrfs_rule_devices.get(&device, 0).is_err() {
+            self.btrfs_rule_devices.insert(device, 1, 0)?;
         }
         Ok(())
     }

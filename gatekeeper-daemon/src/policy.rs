@@ -83,6 +83,35 @@ pub enum PolicyError {
     Btrfs { path: PathBuf },
 }
 
+/// The device number of the superblock `path` is on (kernel encoding), which for btrfs is not
+/// `stat`'s (a subvolume's): that of its mount in /proc/self/mountinfo.
+fn superblock_device(path: &Path) -> std::io::Result<u32> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: statx is plain data, all zeroes a valid value.
+    let mut statx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a statx buffer that outlive the call.
+    let done = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            name.as_ptr(),
+            0,
+            libc::STATX_MNT_ID,
+            &mut statx,
+        )
+    };
+    if done != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mounts = std::fs::read(MOUNTINFO)?;
+    (crate::config::mount_table(&mounts).iter())
+        .find(|mount| mount.id() == statx.stx_mnt_id)
+        .and_then(|mount| mount.kernel_device())
+        .ok_or_else(|| {
+            std::io::Error::other(format!("no mount {} in {MOUNTINFO}", statx.stx_mnt_id))
+        })
+}
+
 /// Whether `path` is on btrfs (not if it cannot be told).
 fn on_btrfs(path: &Path) -> bool {
     use nix::sys::statfs::{BTRFS_SUPER_MAGIC, statfs};
@@ -848,15 +877,20 @@ impl Policy {
         events
     }
 
-    /// Tells the kernel once a directory rule or mount guard is on a btrfs (see
-    /// [`gatekeeper_common::btrfs::DIRECTORY_RULES`]).
+    /// Tells the kernel each btrfs a directory rule or mount guard is on (see
+    /// [`gatekeeper_common::maps::BTRFS_RULE_DEVICES`]).
     fn mark_btrfs_directories(&self, kernel: &mut Kernel) {
-        let on_btrfs_now = self
-            .files
-            .iter()
-            .any(|entry| entry.value & file_rule::TREE != 0 && on_btrfs(&entry.path));
-        if on_btrfs_now && let Err(error) = kernel.mark_btrfs_directory_rules() {
-            tracing::error!(%error, "cannot have the kernel look for directory rules above btrfs files");
+        let on_btrfs_now = (self.files.iter())
+            .filter(|entry| entry.value & file_rule::TREE != 0 && on_btrfs(&entry.path));
+        for entry in on_btrfs_now {
+            let marked = superblock_device(&entry.path)
+                .map_err(|error| error.to_string())
+                .and_then(|device| {
+                    (kernel.mark_btrfs_directory_rules(device)).map_err(|error| error.to_string())
+                });
+            if let Err(error) = marked {
+                tracing::error!(%error, path = %entry.path.display(), "cannot have the kernel look for directory rules above btrfs files");
+            }
         }
     }
 

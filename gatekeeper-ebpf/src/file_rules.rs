@@ -135,9 +135,9 @@ unsafe fn walk_placement(dentry: *const u8) -> Result<Placement, i32> {
         unplaced: false,
     };
     // Most devices hold no directory rule: one lookup says so. On btrfs a directory above may
-    // be another subvolume's, of another device number: whether any btrfs holds one.
+    // be another subvolume's, of another device number: whether this btrfs holds one.
     let above = if btrfs {
-        btrfs_directory_rules()
+        unsafe { btrfs_directory_rules(sb)? }
     } else {
         rule_bits(&file_rule::device_marker(dev)) != 0
     };

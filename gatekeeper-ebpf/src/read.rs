@@ -4,7 +4,7 @@ use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel, bpf_task_pt_regs},
     macros::map,
-    maps::Array,
+    maps::{Array, HashMap},
 };
 use gatekeeper_common::btrfs;
 
@@ -113,11 +113,18 @@ pub unsafe fn on_btrfs(sb: *const u8) -> Result<bool, i32> {
     Ok(unsafe { sb_magic(sb)? } == BTRFS_SUPER_MAGIC)
 }
 
-/// Whether a directory rule is on a btrfs (see [`btrfs::DIRECTORY_RULES`]).
+/// Whether a directory rule is on the btrfs of superblock `sb` (see
+/// [`gatekeeper_common::maps::BTRFS_RULE_DEVICES`]).
 #[inline(always)]
-pub fn btrfs_directory_rules() -> bool {
-    btrfs_slot(btrfs::DIRECTORY_RULES) != 0
+pub unsafe fn btrfs_directory_rules(sb: *const u8) -> Result<bool, i32> {
+    let device: u32 = unsafe { read_field(sb, &OFF_SB_DEV)? };
+    Ok(BTRFS_RULE_DEVICES.get_ptr(device).is_some())
 }
+
+/// Written by the daemon: see [`gatekeeper_common::maps::BTRFS_RULE_DEVICES`].
+#[map]
+static BTRFS_RULE_DEVICES: HashMap<u32, u32> =
+    HashMap::with_max_entries(btrfs::MAX_RULE_DEVICES, 0);
 
 #[inline(always)]
 fn btrfs_slot(slot: u32) -> u32 {

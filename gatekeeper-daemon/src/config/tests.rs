@@ -1133,3 +1133,14 @@ fn a_seal_key_goes_where_only_root_writes() {
     assert!(error.contains("is already there"), "{error}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_mounts_device_reads_in_the_kernels_encoding() {
+    let mounts = mount_table(
+        b"36 35 0:52 / /srv/b rw - btrfs /dev/loop0 rw\n40 36 259:3 / /x rw - ext4 /dev/x rw\n",
+    );
+    assert_eq!(mounts[0].id(), 36);
+    assert_eq!(mounts[0].kernel_device(), Some(52));
+    assert_eq!(mounts[1].kernel_device(), Some(259 << 20 | 3));
+    assert_eq!(mount_table(b"7 1 junk / /y rw\n")[0].kernel_device(), None);
+}

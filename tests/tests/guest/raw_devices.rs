@@ -283,14 +283,19 @@ struct LoopMount {
 
 impl LoopMount {
     fn new(scenario: &Scenario, kind: &str, megabytes: u64, mkfs: &[&str]) -> Self {
-        let image = scenario.dir.join(format!("{kind}.img"));
+        Self::named(scenario, kind, kind, megabytes, mkfs)
+    }
+
+    /// [`LoopMount::new`] at the scenario's directory's `name`.
+    fn named(scenario: &Scenario, name: &str, kind: &str, megabytes: u64, mkfs: &[&str]) -> Self {
+        let image = scenario.dir.join(format!("{name}.img"));
         std::fs::File::create(&image)
             .and_then(|file| file.set_len(megabytes << 20))
             .unwrap();
         // (Tests run one at a time: no other takes the free device first.)
         let device = ran("losetup", &["-f"]);
         ran("losetup", &[&device, &image.display().to_string()]);
-        let at = scenario.dir.join(kind).display().to_string();
+        let at = scenario.dir.join(name).display().to_string();
         // From here on a failure detaches and deletes what was made.
         let made = Self { at, device, image };
         let mut args = mkfs.to_vec();
@@ -491,6 +496,14 @@ fn rules_hold_on_btrfs() {
     std::fs::write(&secret, "the host's").unwrap();
     let late = format!("{data}/inner/late");
     std::fs::create_dir(&late).unwrap();
+    // Another btrfs, with no rule: a file deeper than the kernel walks up stays the agents'.
+    let plain_btrfs = LoopMount::named(&scenario, "plain-btrfs", "btrfs", 64, &["-q", "-M"]);
+    let deep: String = (0..70).fold(plain_btrfs.at.clone(), |path, level| {
+        format!("{path}/d{level}")
+    });
+    std::fs::create_dir_all(&deep).unwrap();
+    let deep = format!("{deep}/file");
+    std::fs::write(&deep, "deep").unwrap();
     for program in [&tool, &plain] {
         std::fs::copy(gatekeeper_tests::bin("gk-helper"), program).unwrap();
     }
@@ -516,6 +529,10 @@ fn rules_hold_on_btrfs() {
     std::fs::write(&scenario.config, config).unwrap();
     scenario.start_daemon();
     let (agents, outside) = (&scenario.agents, &scenario.outside);
+    let deep_reads = [
+        scenario.tamper(agents, "read", &[&deep]),
+        scenario.tamper_as_user(agents, "read", &[&deep]),
+    ];
     let reads = [&top, &secret, &plain].map(|path| {
         (
             path.clone(),
@@ -531,6 +548,11 @@ fn rules_hold_on_btrfs() {
             scenario.exec_in(outside, program),
         )
     });
+    assert_eq!(
+        deep_reads,
+        [Outcome::Ok, Outcome::Ok],
+        "agents read a deep file on a btrfs with no rule (root, user)"
+    );
     let [top_read, secret_read, plain_read] = reads;
     for (path, root, user, control) in [top_read, secret_read] {
         assert_eq!(
