@@ -12,7 +12,8 @@ pub mod maps {
     /// The superblock's device number (u32, kernel encoding) of each btrfs a directory rule or
     /// mount guard is on -> 1, not pinned: a btrfs file is walked up from only there (the walk
     /// crosses subvolumes, each of a device number of its own, so no per-device marker serves);
-    /// elsewhere it is judged by its own rule alone.
+    /// elsewhere it is judged by its own rule alone. Device 0 stands for every btrfs: the
+    /// daemon's answer when it cannot tell a rule's, or the map is full.
     pub const BTRFS_RULE_DEVICES: &str = "BTRFS_RULE_DEVICES";
     /// cgroup id (u64) -> 1 for every configured agent cgroup.
     pub const AGENT_CGROUPS: &str = "AGENT_CGROUPS";
@@ -714,10 +715,11 @@ pub enum TamperHook {
     /// Writing into the host's audit trail (which also reaches the kernel's log), changing
     /// its rules or switching it off, or reading it as it is written (data: capability, 0).
     Audit = 64,
-    /// Unloading one of the kernel's modules (CAP_SYS_MODULE, which `delete_module` asks first):
-    /// a filter, driver or file system the host loaded goes once nothing uses it (data:
-    /// capability, 0). Loading one is refused as [`TamperHook::KernelRead`] and
-    /// [`TamperHook::KernelLoad`].
+    /// Loading or unloading one of the kernel's modules (CAP_SYS_MODULE, which `init_module`,
+    /// `finit_module` and `delete_module` ask first): code of the agent's in the kernel, or a
+    /// filter, driver or file system the host loaded gone once nothing uses it (data:
+    /// capability, 0). The module's read or load is refused too ([`TamperHook::KernelRead`],
+    /// [`TamperHook::KernelLoad`]).
     KernelModule = 65,
 }
 

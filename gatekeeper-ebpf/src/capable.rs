@@ -52,10 +52,13 @@
 //! (The virtual consoles' ioctls ask it too, of any caller on a console not its own: those that
 //! change something are refused in `file_ioctl`, the rest only ask.)
 //!
-//! The kernel's modules: agents unload none (CAP_SYS_MODULE, which only the initial user
-//! namespace grants and `delete_module` asks before anything else): a packet filter, driver or
-//! file system the host loaded would go once unused. (Loading is refused at the module's read
-//! or load, `kernel_read_file` and `kernel_load_data`.)
+//! The kernel's modules: agents load and unload none (CAP_SYS_MODULE, which only the initial
+//! user namespace grants and `init_module`, `finit_module` and `delete_module` ask before
+//! anything else): a packet filter, driver or file system the host loaded would go once unused.
+//! (The module's read or load is refused too, `kernel_read_file` and `kernel_load_data`, a
+//! second line.) The kernel also asks it before loading a module for a name (a network
+//! interface's, a line discipline's): refused quietly there, since agents' module requests are
+//! refused anyway (`kernel_module_request`), and no module was the agent's to load.
 //!
 //! `mount_setattr(2)`, which changes a mount's flags and propagation, has no LSM hook; its first
 //! step is the CAP_SYS_ADMIN check of `may_mount()`, which is refused here when the system call
@@ -97,6 +100,11 @@ const NR_MOUNT_SETATTR: u64 = 442;
 /// x86-64).
 const NR_VHANGUP: [u64; 2] = [153, 111];
 
+/// init_module, delete_module and finit_module in the x86-64 table (175, 176, 313) and the
+/// 32-bit one (128, 129, 350). (The other table's numbers only decide whether the refusal is
+/// journaled: it is refused either way.)
+const NR_MODULE_CALLS: [u64; 6] = [175, 176, 313, 128, 129, 350];
+
 /// perf_event_open in the x86-64 and the 32-bit system call tables. (The other table's number
 /// is no system call that checks CAP_SYS_ADMIN: 336 is none on x86-64, 298 fchownat on 32-bit.)
 const NR_PERF_EVENT_OPEN: [u64; 2] = [298, 336];
@@ -132,6 +140,9 @@ pub fn capable(ctx: LsmContext) -> i32 {
     if capability == CAP_SYS_TTY_CONFIG {
         return tty_config(agent);
     }
+    if capability == CAP_SYS_MODULE {
+        return sys_module(agent);
+    }
     let namespace: *const u8 = ctx.arg(1);
     match unsafe { read_field::<u32>(namespace, &OFF_USER_NS_LEVEL) } {
         // A user namespace below the initial one: the agent's own.
@@ -163,6 +174,18 @@ fn sys_admin(agent: u64) -> i32 {
         ),
         // Unreadable registers: any CAP_SYS_ADMIN check of an agent could be this one.
         Err(_) => -EPERM,
+    }
+}
+
+/// The verdict on an agent's CAP_SYS_MODULE check: refused, journaled in the module system
+/// calls, quiet elsewhere (see the module's comment).
+#[inline(always)]
+fn sys_module(agent: u64) -> i32 {
+    match current_syscall() {
+        Ok(number) if NR_MODULE_CALLS.contains(&number) => {
+            tamper(agent, TamperHook::KernelModule, [CAP_SYS_MODULE as u64, 0])
+        }
+        _ => -EPERM,
     }
 }
 
