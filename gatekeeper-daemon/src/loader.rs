@@ -30,6 +30,8 @@ const LSM_LIST: &str = "/sys/kernel/security/lsm";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// The btrfs module's BTF, there while the module is loaded (split from the kernel's).
 const BTRFS_MODULE_BTF: &str = "/sys/kernel/btf/btrfs";
+/// There while the btrfs module is loaded.
+const BTRFS_MODULE: &str = "/sys/module/btrfs";
 
 /// The kernel programs, as built, without their DWARF (see build.rs). Public so
 /// `gatekeeper-bench` can load the empty floor programs from the very object the daemon runs.
@@ -385,8 +387,14 @@ fn member_offsets(
 pub fn btrfs_offsets_from_kernel(kernel: &KernelTypes) -> Option<Vec<(u32, u32)>> {
     if !Path::new(BTRFS_MODULE_BTF).exists() {
         // Built in, or not in the kernel (whose BTF may still name `btrfs_inode`, without
-        // members, where btrfs is a module): silent when not.
-        return btrfs_offsets(kernel).ok();
+        // members, where btrfs is a module): silent when not, unless the module is loaded.
+        let offsets = btrfs_offsets(kernel).ok();
+        if offsets.is_none() && Path::new(BTRFS_MODULE).exists() {
+            tracing::warn!(
+                "btrfs is loaded without BTF ({BTRFS_MODULE_BTF} is missing: a kernel without CONFIG_DEBUG_INFO_BTF_MODULES); files on btrfs are not told apart"
+            );
+        }
+        return offsets;
     }
     let module = btf_rs::Btf::from_split_file(BTRFS_MODULE_BTF, &kernel.btf)
         .inspect_err(|error| {
@@ -487,7 +495,7 @@ impl Kernel {
     /// pinned in `pin_dir`, and adopted from there when a daemon ran before.
     ///
     /// On a thread of its own, which glibc gives an allocator arena of its own where it can: the
-    /// tens of megabytes the kernel's BTF takes to parse for a moment are then not scattered
+    /// megabytes the kernel's BTF takes (aya parses it whole) for a moment are then not scattered
     /// among what the daemon keeps, and go back to the kernel once freed (with
     /// `service::give_back_freed_memory`, best effort).
     pub fn load(pin_dir: &Path) -> Result<Self, LoaderError> {
@@ -702,8 +710,6 @@ impl Kernel {
         self.path_list(list).iter().filter_map(Result::ok).collect()
     }
 
-    /// Makes `files` ((device, inode), [`gatekeeper_common::daemon_file`] bits) the daemon's
-    /// files agents may not touch: new ones in first, then the stale ones out.
     /// Whether the programs tell btrfs subvolumes' files apart as `stat` does.
     pub fn knows_btrfs(&self) -> bool {
         self.knows_btrfs
@@ -722,7 +728,7 @@ impl Kernel {
     /// start: before the daemon keys a file there, which `stat` numbers by its subvolume. Called
     /// before each look at the rules' paths and the mounts; reads the module's BTF once.
     pub fn learn_btrfs(&mut self) {
-        let loaded = Path::new(BTRFS_MODULE_BTF).exists();
+        let loaded = Path::new(BTRFS_MODULE).exists();
         if self.knows_btrfs || !loaded {
             self.btrfs_module_tried &= loaded;
             return;
@@ -751,15 +757,25 @@ impl Kernel {
     }
 
     /// Has the programs walk up from files on the btrfs of superblock device `device` (kernel
-    /// encoding) to the directory rules above (see [`maps::BTRFS_RULE_DEVICES`]): once one is
-    /// on it, for the daemon's life.
-    pub fn mark_btrfs_directory_rules(&mut self, device: u32) -> Result<(), MapError> {
+    /// encoding; None: every btrfs, when it cannot be told) to the directory rules above (see
+    /// [`maps::BTRFS_RULE_DEVICES`]): once one is on it, for the daemon's life. Every btrfs too
+    /// once the map is full.
+    pub fn mark_btrfs_directory_rules(&mut self, device: Option<u32>) -> Result<(), MapError> {
+        const EVERY_BTRFS: u32 = 0;
+        let marked = self.btrfs_rule_devices.keys().filter(Result::is_ok).count();
+        let device = match device {
+            // One slot kept for "every btrfs".
+            Some(device) if marked + 1 < btrfs::MAX_RULE_DEVICES as usize => device,
+            _ => EVERY_BTRFS,
+        };
         if self.btrfs_rule_devices.get(&device, 0).is_err() {
             self.btrfs_rule_devices.insert(device, 1, 0)?;
         }
         Ok(())
     }
 
+    /// Makes `files` ((device, inode), [`gatekeeper_common::daemon_file`] bits) the daemon's
+    /// files agents may not touch: new ones in first, then the stale ones out.
     pub fn set_daemon_files(&mut self, files: &[(Target, u32)]) -> Result<(), MapError> {
         for (target, bits) in files {
             self.daemon_files.insert(target, bits, 0)?;

@@ -212,6 +212,9 @@ pub struct Policy {
     name_guards: Vec<WatchedPath>,
     /// Mounts below host paths left unguarded for want of room in the kernel's map.
     unguarded_mounts: Vec<PathBuf>,
+    /// The directory rules' and mount guards' directories already looked at for the btrfs
+    /// they are on (see `mark_btrfs_directories`).
+    btrfs_looked_at: Vec<Target>,
     /// Names host programs meet host services by (see `host_services::kept_names`), with the
     /// node each names, followed like the protected paths.
     kept: Vec<KeptName>,
@@ -720,6 +723,7 @@ impl Policy {
             configured_files: config.file_rules.len(),
             name_guards,
             unguarded_mounts: Vec::new(),
+            btrfs_looked_at: Vec::new(),
             config,
             protected,
             allowed,
@@ -878,18 +882,27 @@ impl Policy {
     }
 
     /// Tells the kernel each btrfs a directory rule or mount guard is on (see
-    /// [`gatekeeper_common::maps::BTRFS_RULE_DEVICES`]).
-    fn mark_btrfs_directories(&self, kernel: &mut Kernel) {
-        let on_btrfs_now = (self.files.iter())
-            .filter(|entry| entry.value & file_rule::TREE != 0 && on_btrfs(&entry.path));
-        for entry in on_btrfs_now {
-            let marked = superblock_device(&entry.path)
-                .map_err(|error| error.to_string())
-                .and_then(|device| {
-                    (kernel.mark_btrfs_directory_rules(device)).map_err(|error| error.to_string())
-                });
-            if let Err(error) = marked {
-                tracing::error!(%error, path = %entry.path.display(), "cannot have the kernel look for directory rules above btrfs files");
+    /// [`gatekeeper_common::maps::BTRFS_RULE_DEVICES`]); every btrfs for one whose superblock
+    /// cannot be told. Each directory is looked at once.
+    fn mark_btrfs_directories(&mut self, kernel: &mut Kernel) {
+        let directories = (self.files.iter())
+            .filter(|entry| entry.value & file_rule::TREE != 0)
+            .filter_map(|entry| Some((entry.current?, entry.path.as_path())));
+        for (target, path) in directories {
+            if self.btrfs_looked_at.contains(&target) {
+                continue;
+            }
+            self.btrfs_looked_at.push(target);
+            if !on_btrfs(path) {
+                continue;
+            }
+            let device = superblock_device(path)
+                .inspect_err(|error| {
+                    tracing::error!(%error, path = %path.display(), "cannot tell the btrfs of a directory rule: the kernel walks up from files on every btrfs");
+                })
+                .ok();
+            if let Err(error) = kernel.mark_btrfs_directory_rules(device) {
+                tracing::error!(%error, path = %path.display(), "cannot have the kernel look for directory rules above btrfs files");
             }
         }
     }

@@ -118,7 +118,7 @@ pub unsafe fn on_btrfs(sb: *const u8) -> Result<bool, i32> {
 #[inline(always)]
 pub unsafe fn btrfs_directory_rules(sb: *const u8) -> Result<bool, i32> {
     let device: u32 = unsafe { read_field(sb, &OFF_SB_DEV)? };
-    Ok(BTRFS_RULE_DEVICES.get_ptr(device).is_some())
+    Ok(BTRFS_RULE_DEVICES.get_ptr(device).is_some() || BTRFS_RULE_DEVICES.get_ptr(0).is_some())
 }
 
 /// Written by the daemon: see [`gatekeeper_common::maps::BTRFS_RULE_DEVICES`].

@@ -437,10 +437,17 @@ fn a_btrfs_loaded_after_the_start_is_told_apart() {
     let inner = format!("{tree}/inner/file");
     std::fs::write(&inner, "on btrfs").unwrap();
     std::fs::write(&secret, "on btrfs").unwrap();
+    // A file of no rule, the first of another subvolume, as `inner` is of its own: agents'.
+    assert_eq!(
+        scenario.tamper(host, "btrfs", &[&at, "create", "other"]),
+        Outcome::Ok
+    );
+    let other = format!("{at}/other/file");
+    std::fs::write(&other, "on btrfs").unwrap();
     gatekeeper_tests::wait_for("the daemon to follow both paths onto the btrfs", || {
         let followed = |path: &str| {
             let dev = std::fs::metadata(path).unwrap().dev();
-            let kernel_dev = (libc::major(dev) << 20) | libc::minor(dev);
+            let kernel_dev = gatekeeper_daemon::policy::kernel_dev(dev);
             scenario.journal_events().iter().any(|event| {
                 event["type"] == "protection_updated"
                     && event["path"] == path
@@ -461,8 +468,17 @@ fn a_btrfs_loaded_after_the_start_is_told_apart() {
             "{path}: root agent, user agent, outside"
         );
     }
+    let others = [
+        scenario.tamper(&scenario.agents, "read", &[&other]),
+        scenario.tamper_as_user(&scenario.agents, "read", &[&other]),
+    ];
+    assert_eq!(
+        others,
+        [Outcome::Ok, Outcome::Ok],
+        "{other}: root, user agent"
+    );
     let log = scenario.daemon_log();
-    assert!(log.contains("btrfs was loaded"), "{log}");
+    assert!(log.contains("told apart by subvolume from now on"), "{log}");
 }
 
 /// On btrfs each subvolume numbers its files itself and `stat` reports a device number of the
@@ -472,7 +488,6 @@ fn a_btrfs_loaded_after_the_start_is_told_apart() {
 /// is the rule's before the daemon sees it. Controls: the host reads, runs and writes them all.
 #[test]
 fn rules_hold_on_btrfs() {
-    use std::os::unix::fs::MetadataExt as _;
     let mut scenario = Scenario::prepare("raw-btrfs-rule", Options::default());
     let btrfs = LoopMount::new(&scenario, "btrfs", 64, &["-q", "-M"]);
     let at = btrfs.at.clone();
