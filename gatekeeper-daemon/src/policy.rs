@@ -1145,10 +1145,12 @@ impl Policy {
         let mut strictest: Option<(&Path, &FileRule)> = None;
         // The kernel's walk stays on the file's own file system: a directory on another holds
         // no rule for it (and a host with thousands of mounts is not searched through). On
-        // btrfs the walk crosses subvolumes, each of a device number of its own.
+        // btrfs the walk crosses subvolumes, each of a device number of its own (an anonymous
+        // one, major 0: a file on a disk's device is no btrfs file).
+        let anonymous = file.data[0] >> 20 == 0;
         let on_device = |entry: &WatchedPath| {
             (entry.current.iter().chain(&entry.previous)).any(|dir| dir.data[0] == file.data[0])
-                || on_btrfs(&entry.path)
+                || (anonymous && on_btrfs(&entry.path))
         };
         for (index, entry) in self.files.iter().enumerate() {
             if entry.value & file_rule::TREE == 0 || !on_device(entry) {
