@@ -473,6 +473,15 @@ fn agents_use_no_key_of_the_host() {
     // linked into it (refused at the search for a key to update first, EACCES). Outside, root
     // and the user link.
     for description in ["_uid.0", "_uid_ses.0", "_persistent.0"] {
+        let made = [
+            scenario.tamper(&scenario.agents, "key-own-ring", &[description, "made"]),
+            scenario.tamper_as_user(&scenario.agents, "key-own-ring", &[description, "made"]),
+        ];
+        assert_eq!(
+            made,
+            [Outcome::Ok, Outcome::Ok],
+            "agents make {description}"
+        );
         let outcomes = [&scenario.agents, &scenario.outside].map(|cgroup| {
             [
                 scenario.tamper(cgroup, "key-own-ring", &[description]),
