@@ -386,11 +386,14 @@ impl Engine {
                 protected,
                 allowed,
                 kept,
+                ancestors,
             } => {
                 // Before a path on a btrfs loaded since is keyed as `stat` numbers it.
                 self.kernel.learn_btrfs();
                 let mut events = self.policy.follow(&mut self.kernel, &protected, &allowed);
                 events.extend(self.policy.follow_kept(&mut self.kernel, &kept));
+                // After the paths through them are followed.
+                self.policy.keep_ancestors(&mut self.kernel, &ancestors);
                 for event in events {
                     self.core.note(event);
                 }

@@ -161,6 +161,8 @@ pub enum Command {
         allowed: Vec<Option<(Target, crate::policy::Digest)>>,
         /// The nodes the kept names are now (symlinks not followed).
         kept: Vec<Option<Target>>,
+        /// The directories above all of them, looked at before them.
+        ancestors: Vec<Option<Target>>,
     },
     /// The host's mounts now: those below a host path or a protected directory get guarded
     /// like it.

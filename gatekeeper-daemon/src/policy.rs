@@ -218,6 +218,12 @@ pub struct Policy {
     /// Names host programs meet host services by (see `host_services::kept_names`), with the
     /// node each names, followed like the protected paths.
     kept: Vec<KeptName>,
+    /// The directories above the paths the daemon follows (see [`Policy::keep_ancestors`]).
+    ancestor_paths: Vec<PathBuf>,
+    /// The directories the kernel holds as such ([`daemon_file::ANCESTOR`]).
+    ancestors: HashSet<Target>,
+    /// Whether a directory the kernel could not take has been logged.
+    ancestor_refused: bool,
     /// One per `[[protect.connect]]` rule, with its addresses resolved.
     reaches: Vec<Reach>,
     /// What the kernel's destination trie holds now.
@@ -236,6 +242,9 @@ pub struct WatchedPaths {
     pub protected: Vec<PathBuf>,
     pub allowed: Vec<PathBuf>,
     pub kept: Vec<PathBuf>,
+    /// The directories above all of them: looked at before them (see
+    /// [`Policy::keep_ancestors`]).
+    pub ancestors: Vec<PathBuf>,
 }
 
 /// What the host of each `[[protect.connect]]` rule resolved to as the daemon started, or why it
@@ -687,8 +696,15 @@ impl Policy {
             .collect();
         let kept_paths: Vec<&Path> = kept.iter().map(|name| name.path.as_path()).collect();
         let guarded = crate::host_services::guarded_names(&kept_paths);
-        let own_files = daemon_files(&config, &kept, &guarded, kernel.knows_btrfs())?;
+        let DaemonFiles {
+            files: own_files,
+            ancestor_paths,
+        } = daemon_files(&config, &kept, &guarded, kernel.knows_btrfs())?;
         kernel.set_daemon_files(&own_files)?;
+        let ancestors = (own_files.iter())
+            .filter(|(_, bits)| bits & daemon_file::ANCESTOR != 0)
+            .map(|(target, _)| *target)
+            .collect();
         kernel.set_guarded_names(&name_keys(&guarded))?;
         kernel.set_raw_devices(&crate::devices::read().map_err(PolicyError::Devices)?)?;
         let reaches = config
@@ -730,6 +746,9 @@ impl Policy {
             sockets,
             files,
             kept,
+            ancestor_paths,
+            ancestors,
+            ancestor_refused: false,
             reaches,
         };
         // The mounts below host paths and protected directories, before what an earlier daemon
@@ -776,6 +795,7 @@ impl Policy {
             protected,
             allowed: paths(&self.allowed),
             kept: self.kept.iter().map(|name| name.path.clone()).collect(),
+            ancestors: self.ancestor_paths.clone(),
         }
     }
 
@@ -816,6 +836,35 @@ impl Policy {
             events.push(protection_updated(path, node));
         }
         events
+    }
+
+    /// Holds as directories above a followed path those that are now (`now`, in the order of
+    /// [`WatchedPaths::ancestors`]): the root of a file system the host mounted over one. Until
+    /// then the kernel refuses agents the files below such a mount (it does not cover the place
+    /// it hides), so `now` must be looked at before the paths [`Policy::follow`] is given: a
+    /// mount made in between is then one the paths were followed through, or stays refused.
+    /// The directories held before stay held.
+    pub fn keep_ancestors(&mut self, kernel: &mut Kernel, now: &[Option<Target>]) {
+        for (dir, path) in now.iter().zip(&self.ancestor_paths) {
+            let Some(dir) = dir else {
+                continue;
+            };
+            if self.ancestors.contains(dir) {
+                continue;
+            }
+            match kernel.add_daemon_file(dir, daemon_file::ANCESTOR) {
+                Ok(()) => {
+                    self.ancestors.insert(*dir);
+                }
+                Err(error) => {
+                    // Fail closed: what is mounted there stays refused to agents.
+                    if !self.ancestor_refused {
+                        tracing::error!(%error, path = %path.display(), "cannot hold a directory above a followed path: agents are refused the files below what is mounted there");
+                    }
+                    self.ancestor_refused = true;
+                }
+            }
+        }
     }
 
     /// Follows the paths to the files they name now; journals each move. A file a path named
@@ -1314,7 +1363,7 @@ fn daemon_files(
     kept: &[KeptName],
     guarded: &[(PathBuf, OsString)],
     knows_btrfs: bool,
-) -> Result<Vec<(Target, u32)>, PolicyError> {
+) -> Result<DaemonFiles, PolicyError> {
     let binary = std::env::current_exe().map_err(|cause| PolicyError::DaemonFile {
         path: PathBuf::from("/proc/self/exe"),
         cause,
@@ -1323,6 +1372,14 @@ fn daemon_files(
     let mut add = |target: Target, bits: u32| match files.iter_mut().find(|(t, _)| *t == target) {
         Some((_, existing)) => *existing |= bits,
         None => files.push((target, bits)),
+    };
+    let mut ancestor_paths: Vec<PathBuf> = Vec::new();
+    let mut above = |path: &Path| {
+        for dir in directories_above(path) {
+            if !ancestor_paths.iter().any(|known| known == dir) {
+                ancestor_paths.push(dir.to_owned());
+            }
+        }
     };
     let agent_socket = crate::config::agent_socket(&config.socket);
     let socket_dir = config.socket.parent().unwrap_or(&config.socket);
@@ -1375,6 +1432,8 @@ fn daemon_files(
         for ancestor in directories_above(&configured).chain(directories_above(&canonical)) {
             add(node_of(ancestor).map_err(failed)?, daemon_file::ANCESTOR);
         }
+        above(&configured);
+        above(&canonical);
     }
     // Where host programs log and the links on the way to host services' directories (see
     // `host_services`): put aside for an agent's, host programs would meet the agent instead.
@@ -1387,6 +1446,7 @@ fn daemon_files(
         for node in directories_above(&name.path).filter_map(|dir| node_of(dir).ok()) {
             add(node, daemon_file::ANCESTOR);
         }
+        above(&name.path);
     }
     // The directories on the way to a name agents may not make: renamed away for one of theirs,
     // the name would be free in it.
@@ -1396,8 +1456,21 @@ fn daemon_files(
         for node in directories_above(&path).filter_map(|dir| node_of(dir).ok()) {
             add(node, daemon_file::ANCESTOR);
         }
+        above(&path);
     }
-    Ok(files)
+    Ok(DaemonFiles {
+        files,
+        ancestor_paths,
+    })
+}
+
+/// [`daemon_files`]' answer.
+struct DaemonFiles {
+    /// Each file with what agents may not do to it.
+    files: Vec<(Target, u32)>,
+    /// The directories above the paths the daemon follows, as paths (see
+    /// [`Policy::keep_ancestors`]).
+    ancestor_paths: Vec<PathBuf>,
 }
 
 /// The names agents may not make, (directory, name) (see `host_services::guarded_names`), keyed

@@ -156,6 +156,11 @@ async fn watch_paths(paths: WatchedPaths, handle: Handle) {
         interval.tick().await;
         let paths = paths.clone();
         let stat = tokio::task::spawn_blocking(move || {
+            // First: a file system mounted over one of them after this look is one the paths
+            // below are looked at through.
+            let ancestors = (paths.ancestors.iter())
+                .map(|path| node_of(path).ok())
+                .collect();
             let protected = (paths.protected.iter())
                 .map(|path| exec_target_of(path).ok())
                 .collect();
@@ -170,9 +175,9 @@ async fn watch_paths(paths: WatchedPaths, handle: Handle) {
                     }
                 })
                 .collect();
-            (protected, allowed, kept)
+            (protected, allowed, kept, ancestors)
         });
-        let Ok((protected, allowed, kept)) = stat.await else {
+        let Ok((protected, allowed, kept, ancestors)) = stat.await else {
             known = Vec::new();
             continue;
         };
@@ -181,6 +186,7 @@ async fn watch_paths(paths: WatchedPaths, handle: Handle) {
             protected,
             allowed,
             kept,
+            ancestors,
         };
         if !handle.send(now).await {
             return;

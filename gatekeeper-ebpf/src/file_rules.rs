@@ -7,6 +7,8 @@ use aya_ebpf::{cty::c_void, macros::map, maps::HashMap};
 use gatekeeper_common::{MAX_PROTECTED_FILES, MAX_TREE_DEPTH, Target, file_rule};
 
 use crate::{
+    exec::inode_target,
+    files::daemon_file_bits,
     mounts::{host_mount_of, mount_in_host_namespace, mount_of, vfsmount_of},
     names::gatekeeper_below_guarded_name,
     offsets::{
@@ -244,31 +246,44 @@ pub unsafe fn moves_with_read_tree(moved: *const u8, to: *const u8) -> Result<bo
 }
 
 /// Whether the mount `mnt` (a `struct vfsmount`, not null: 0 would ask [`on_unguarded_mount`]'s
-/// question) of a file no rule protects from writing is in the host's mount namespace below a
-/// directory whose rule does, or at or below a guarded name, looking at its own mount point and
-/// those of up to three mounts above (a mount deeper than that counts as below one). The daemon
-/// guards a mount below a rule's directory moments after it appears; until then an agent watching
-/// the mount table could open a file there for writing first, and keep it. One at a guarded name no
-/// rule follows: it stays refused. A bind of a ruled device is looked at too: the walk up the
-/// file's own tree does not pass the place it is bound to. A mount in another namespace is judged
-/// as the newest mount in the host's of the file's (`inode`'s) file system with the same root, else
-/// its first, so that a copy of a new host mount (a namespace the mount propagated into, an
-/// `unshare`, a bind or `open_tree` of it, an overlay over it) is no way around; a file system
-/// mounted only in the agents' own namespaces is theirs, and so is where they bind it (a sandbox
-/// binding its scratch space over a host path).
+/// question) is in the host's mount namespace over a place the rules care about and not yet
+/// looked at by the daemon, looking at its own mount point and those of up to three mounts
+/// above (a mount deeper than that counts as unguarded). A place the rules care about: below a
+/// directory rule, or on a path the daemon follows (a rule's file or directory, the directory
+/// holding a rule's file, a directory above one, a file of the daemon's). Looked at: the mount's
+/// root is as covered as the place it hides (the daemon guards a mount below a directory rule
+/// and follows a rule's path onto what is mounted on it moments after it appears); until then
+/// an agent watching the mount table could read or run the new file at a rule's path, or open
+/// a file there for writing first and keep it. For a write (`writes`), one at or below a guarded
+/// name, which no rule follows, stays unguarded. A bind of a ruled device is looked at too: the
+/// walk up the file's own tree does not pass the place it is bound to. A mount in another
+/// namespace is judged as the newest mount in the host's of the file's (`inode`'s) file system
+/// with the same root, else its first, so that a copy of a new host mount (a namespace the
+/// mount propagated into, an `unshare`, a bind or `open_tree` of it, an overlay over it) is no
+/// way around; a file system mounted only in the agents' own namespaces is theirs, and so is
+/// where they bind it (a sandbox binding its scratch space over a host path).
 #[inline(always)]
-pub unsafe fn below_unguarded_mount(mnt: *const u8, inode: *const u8) -> Result<bool, i32> {
-    unguarded_mount_answer(gatekeeper_unguarded_mount(mnt as u64, inode as u64))
+pub unsafe fn below_unguarded_mount(
+    mnt: *const u8,
+    inode: *const u8,
+    writes: bool,
+) -> Result<bool, i32> {
+    unguarded_mount_answer(gatekeeper_unguarded_mount(
+        mnt as u64,
+        inode as u64,
+        writes as u64,
+    ))
 }
 
-/// Whether the file system of `inode` is mounted in the host's namespace below a directory
-/// whose rule protects writing, or at or below a guarded name, and the daemon has not guarded
-/// it yet: [`below_unguarded_mount`] of its first mount there. Its names and attributes, which
-/// the hooks see without a mount, change only once the daemon has, and while no daemon runs not
-/// at all. A hook's own inode argument goes through [`crate::read::untyped`] first.
+/// Whether the file system of `inode` is mounted in the host's namespace over a place the rules
+/// care about, or for a write (`writes`) at or below a guarded name, and the daemon has not
+/// looked at it yet: [`below_unguarded_mount`] of its first mount there. Its names and
+/// attributes, which the hooks see without a mount, change only once the daemon has, and while
+/// no daemon runs not at all. A hook's own inode argument goes through [`crate::read::untyped`]
+/// first.
 #[inline(always)]
-pub unsafe fn on_unguarded_mount(inode: *const u8) -> Result<bool, i32> {
-    unguarded_mount_answer(gatekeeper_unguarded_mount(0, inode as u64))
+pub unsafe fn on_unguarded_mount(inode: *const u8, writes: bool) -> Result<bool, i32> {
+    unguarded_mount_answer(gatekeeper_unguarded_mount(0, inode as u64, writes as u64))
 }
 
 /// [`gatekeeper_unguarded_mount`]'s answers. Neither is 0: given 0, the compiler returned the
@@ -293,7 +308,7 @@ fn unguarded_mount_answer(answer: i32) -> Result<bool, i32> {
 /// has more mounts than are looked at for its first in the host's namespace.
 #[unsafe(no_mangle)]
 #[inline(never)]
-extern "C" fn gatekeeper_unguarded_mount(mnt: u64, inode: u64) -> i32 {
+extern "C" fn gatekeeper_unguarded_mount(mnt: u64, inode: u64, writes: u64) -> i32 {
     let inode = inode as *const u8;
     // One walk for both, which the verifier then checks once.
     let found = unsafe {
@@ -305,7 +320,7 @@ extern "C" fn gatekeeper_unguarded_mount(mnt: u64, inode: u64) -> i32 {
         };
         match mnt {
             Ok(mnt) if mnt.is_null() => Ok(false),
-            Ok(mnt) => walk_below_unguarded_mount(mnt, inode),
+            Ok(mnt) => walk_below_unguarded_mount(mnt, inode, writes != 0),
             Err(error) => Err(error),
         }
     };
@@ -317,8 +332,15 @@ extern "C" fn gatekeeper_unguarded_mount(mnt: u64, inode: u64) -> i32 {
     }
 }
 
+/// The accesses a rule may ask approval for.
+const RULE_ACCESS: u32 = file_rule::READ | file_rule::WRITE;
+
 #[inline(always)]
-unsafe fn walk_below_unguarded_mount(mnt: *const u8, inode: *const u8) -> Result<bool, i32> {
+unsafe fn walk_below_unguarded_mount(
+    mnt: *const u8,
+    inode: *const u8,
+    writes: bool,
+) -> Result<bool, i32> {
     let mut mount = unsafe { mount_of(mnt) };
     if !unsafe { mount_in_host_namespace(mount) } {
         // The file's own superblock: on 6.1 a file an overlay opened below carries the
@@ -341,17 +363,53 @@ unsafe fn walk_below_unguarded_mount(mnt: *const u8, inode: *const u8) -> Result
             return Ok(false);
         }
         let mountpoint: *const u8 = unsafe { read_field(mount, &OFF_MOUNT_MOUNTPOINT)? };
+        let hidden = unsafe { placement(mountpoint)? };
+        let hidden_watched = hidden.own != 0 || watched(mountpoint);
         // At or below a guarded name too (a file system the host mounts at `/run/samba`): the
         // names' walk stops at the mount's root, and no rule of the daemon's follows.
-        if unsafe { placement(mountpoint)? }.guarded_from_change()
-            || gatekeeper_below_guarded_name(mountpoint as u64) != 0
-        {
+        if hidden.unplaced || writes && gatekeeper_below_guarded_name(mountpoint as u64) != 0 {
             return Ok(true);
+        }
+        if hidden.bits & RULE_ACCESS != 0 || hidden_watched {
+            let root: *const u8 = unsafe { read_field(vfsmount_of(mount), &OFF_VFSMOUNT_ROOT)? };
+            let covering = unsafe { placement(root)? };
+            if covering.unplaced
+                || hidden.bits & RULE_ACCESS & !covering.bits != 0
+                || hidden_watched && covering.own == 0 && !watched(root)
+            {
+                return Ok(true);
+            }
         }
         mount = parent;
     }
-    // Mounts nested deeper than that are refused rather than let through: rare on real hosts,
-    // and the journal names them. (Where `/` sits on the kernel's rootfs, `/` is one of them.)
+    // For a write, mounts nested deeper than that are refused rather than let through: rare on
+    // real hosts, and the journal names them. (Where `/` sits on the kernel's rootfs, `/` is one
+    // of them.) Reads and execs there pass: only the host mounts, and refusing every read so
+    // deep would break hosts for a mount over a rule's path made that deep.
     let parent: *const u8 = unsafe { read_field(mount, &OFF_MOUNT_PARENT)? };
-    Ok(parent != mount)
+    Ok(writes && parent != mount)
+}
+
+/// Whether the daemon follows a path through the directory or file `dentry` names, as one of
+/// its own files: the directories above every rule's path are among them. (A rule's own file or
+/// directory, or the directory holding a rule's file, has a rule entry of its own.) Unreadable
+/// counts as watched.
+#[inline(always)]
+fn watched(dentry: *const u8) -> bool {
+    gatekeeper_watched(dentry as u64) != 0
+}
+
+/// [`watched`] as a global BPF function: its stack is not added to that of
+/// [`gatekeeper_unguarded_mount`], which `file_open` calls at 6.1's limit.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn gatekeeper_watched(dentry: u64) -> i32 {
+    let target = unsafe {
+        read_field::<*const u8>(dentry as *const u8, &OFF_DENTRY_INODE)
+            .and_then(|inode| inode_target(inode))
+    };
+    match target {
+        Ok(target) => (daemon_file_bits(&target) != 0) as i32,
+        Err(_) => 1,
+    }
 }

@@ -492,21 +492,25 @@ unsafe fn judge_rule_open(
     if placed.unplaced {
         return Ok(tamper(agent, TamperHook::UnplacedFile, target.data));
     }
-    if access.writes && placed.bits & file_access::WRITE == 0 {
+    let writes = access.writes && placed.bits & file_access::WRITE == 0;
+    let reads = access.reads && mode & S_IFMT != S_IFDIR && placed.bits & file_access::READ == 0;
+    if writes || reads {
         let mnt: *const u8 =
             unsafe { read_field(member_ptr(file, &OFF_FILE_PATH), &OFF_PATH_MNT)? };
         // Judged by its first mount in the host's namespace too, as its names and attributes
         // are: a file system mounted at a guarded name and bound elsewhere by the host is
         // written through neither.
-        if unsafe { below_unguarded_mount(mnt, inode)? || on_unguarded_mount(inode)? } {
+        if unsafe {
+            below_unguarded_mount(mnt, inode, writes)? || on_unguarded_mount(inode, writes)?
+        } {
             return Ok(tamper(agent, TamperHook::UnguardedMount, target.data));
         }
-        // What the host made at or below a guarded name (a host service's directory made after
-        // the start) is no agent's to write, as the names there are not; an approval to read
-        // it is none to write it.
-        if gatekeeper_below_guarded_name(dentry as u64) != 0 {
-            return Ok(tamper(agent, TamperHook::GuardedName, target.data));
-        }
+    }
+    // What the host made at or below a guarded name (a host service's directory made after the
+    // start) is no agent's to write, as the names there are not; an approval to read it is none
+    // to write it.
+    if writes && gatekeeper_below_guarded_name(dentry as u64) != 0 {
+        return Ok(tamper(agent, TamperHook::GuardedName, target.data));
     }
     let mut wanted = 0;
     if access.reads && mode & S_IFMT != S_IFDIR {
@@ -634,7 +638,7 @@ fn dentry_arg(ctx: &LsmContext, index: usize) -> Result<*const u8, i32> {
 
 /// A name made, removed or moved in a directory (each asks for write permission on it) that a
 /// file rule protects, that holds a rule's file, whose place cannot be told, or that is on a
-/// file system mounted below a protected directory that the daemon has not guarded yet.
+/// file system the daemon has not looked at yet over a place the rules care about.
 /// Non-directories return after one read: their writes are judged at the open.
 #[inline(always)]
 pub fn directory_write(inode: *const u8) -> i32 {
@@ -663,11 +667,13 @@ pub fn directory_write(inode: *const u8) -> i32 {
         {
             tamper(agent, TamperHook::ProtectedChange, dir.data)
         }
-        Ok(_) => match unsafe { untyped(inode).and_then(|inode| on_unguarded_mount(inode)) } {
-            Ok(false) => 0,
-            Ok(true) => tamper(agent, TamperHook::UnguardedMount, dir.data),
-            Err(_) => -EPERM,
-        },
+        Ok(_) => {
+            match unsafe { untyped(inode).and_then(|inode| on_unguarded_mount(inode, true)) } {
+                Ok(false) => 0,
+                Ok(true) => tamper(agent, TamperHook::UnguardedMount, dir.data),
+                Err(_) => -EPERM,
+            }
+        }
         Err(_) => -EPERM,
     }
 }
@@ -934,12 +940,12 @@ unsafe fn guard_below_guarded_name(agent: u64, dentry: *const u8) -> i32 {
     unsafe { refuse_change_if(agent, dentry, TamperHook::GuardedName, below) }
 }
 
-/// A change of size, mode, owner, times, extended attributes or ACLs on a file system not
-/// guarded yet below a write-protected place (see [`on_unguarded_mount`]): refused as a write
-/// open there is. (A change through a file opened for writing was judged at the open.)
+/// A change of size, mode, owner, times, extended attributes or ACLs on a file system the daemon
+/// has not looked at yet over a place the rules care about (see [`on_unguarded_mount`]):
+/// refused as a write open there is. (A change through a file opened for writing was judged at the open.)
 #[inline(always)]
 unsafe fn guard_unguarded_mount(agent: u64, dentry: *const u8) -> i32 {
-    let unguarded = |inode| unsafe { on_unguarded_mount(inode) };
+    let unguarded = |inode| unsafe { on_unguarded_mount(inode, true) };
     unsafe { refuse_change_if(agent, dentry, TamperHook::UnguardedMount, unguarded) }
 }
 

@@ -1510,6 +1510,128 @@ fn a_mount_below_a_protected_directory_keeps_its_rule() {
     std::fs::remove_dir_all(ruled).unwrap();
 }
 
+/// A file system the host mounts over a rule's path, over a directory above one, or below a
+/// protected directory hides the file the daemon keyed the rule to. Until the daemon has looked
+/// at it (held stopped here, so that the moment lasts) the kernel refuses agents, root and user,
+/// every read and run of the files there, while the host reads them and a mount elsewhere stays
+/// the agents'. Once the daemon has followed the paths, the rules hold on the new files and the
+/// other files there are the agents' again.
+#[test]
+fn host_mounts_over_rule_paths_wait_for_the_daemon() {
+    let base = Path::new("/srv/gk-aa-mounted-over");
+    let (read_dir, above, write_dir, free) = (
+        base.join("read"),
+        base.join("above"),
+        base.join("write"),
+        base.join("free"),
+    );
+    let ruled_file = above.join("inner/secret");
+    for dir in [&read_dir, &above.join("inner"), &write_dir, &free] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    for file in [&read_dir.join("secret"), &ruled_file] {
+        std::fs::write(file, "host\n").unwrap();
+    }
+    let scenario = Scenario::start(
+        "aa-mounted-over",
+        Options {
+            extra: format!(
+                "[[protect.file]]\npath = \"{}\"\nname = \"read dir\"\naccess = \"read\"\n\
+                 [[protect.file]]\npath = \"{}\"\nname = \"inner secret\"\naccess = \"read\"\n\
+                 [[protect.file]]\npath = \"{}\"\nname = \"write dir\"\naccess = \"write\"\n",
+                read_dir.display(),
+                ruled_file.display(),
+                write_dir.display()
+            ),
+            ..Options::default()
+        },
+    );
+    let (agents, outside) = (&scenario.agents, &scenario.outside);
+    let tools = scenario.protected.parent().unwrap().to_owned();
+    let volume = write_dir.join("volume");
+    let text = |path: &Path| path.display().to_string();
+    let (new_secret, inner_other, volume_data, free_data) = (
+        read_dir.join("secret"),
+        above.join("inner/other"),
+        volume.join("data"),
+        free.join("data"),
+    );
+    let other_tool = tools.join("other");
+
+    let held = Stopped::new(scenario.daemon_pid());
+    // Over a directory rule, over a directory above a file rule, below a write rule, over the
+    // directory of an exec rule's binary, and elsewhere.
+    for dir in [&read_dir, &above, &volume, &tools, &free] {
+        mount_open_tmpfs(dir);
+    }
+    std::fs::create_dir_all(above.join("inner")).unwrap();
+    for file in [
+        &new_secret,
+        &ruled_file,
+        &inner_other,
+        &volume_data,
+        &free_data,
+    ] {
+        std::fs::write(file, "mounted\n").unwrap();
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    for tool in [&scenario.protected, &other_tool] {
+        std::fs::copy(bin("gk-helper"), tool).unwrap();
+    }
+    for path in [&new_secret, &ruled_file, &inner_other, &volume_data] {
+        only_from_outside(&scenario, "read", &[&text(path)]);
+    }
+    let runs = [&scenario.protected, &other_tool].map(|tool| {
+        (
+            scenario.exec_in(agents, tool),
+            scenario.exec_in(outside, tool),
+        )
+    });
+    let free_reads = [
+        scenario.tamper(agents, "read", &[&text(&free_data)]),
+        scenario.tamper_as_user(agents, "read", &[&text(&free_data)]),
+    ];
+    drop(held);
+    assert_eq!(
+        runs,
+        [(Exec::Denied, Exec::Ran), (Exec::Denied, Exec::Ran)],
+        "runs of the binaries mounted over the exec rule's directory (agent, outside)"
+    );
+    assert_eq!(free_reads, [Outcome::Ok, Outcome::Ok], "{free_data:?}");
+    scenario.wait_journal("tamper_attempt", |event| event["hook"] == "unguarded_mount");
+
+    // The daemon has looked once the other file above the file rule is the agents' again.
+    wait_for("the daemon's look at the mounts", || {
+        (scenario.tamper(agents, "read", &[&text(&inner_other)]) == Outcome::Ok).then_some(())
+    });
+    assert_eq!(
+        scenario.tamper_as_user(agents, "read", &[&text(&inner_other)]),
+        Outcome::Ok
+    );
+    for path in [&volume_data, &free_data] {
+        assert_eq!(
+            scenario.tamper_as_user(agents, "read", &[&text(path)]),
+            Outcome::Ok,
+            "{path:?}"
+        );
+    }
+    assert_eq!(scenario.exec_in(agents, &other_tool), Exec::Ran);
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+    scenario.wait_request(&scenario.protected);
+    for (path, rule) in [(&new_secret, "read dir"), (&ruled_file, "inner secret")] {
+        scenario.agents_denied("read", &[&text(path)]);
+        let request = wait_for(&format!("a request for {path:?}"), || {
+            (scenario.requests(true).into_iter())
+                .find(|request| request["kind"] == "file" && request["target"] == text(path))
+        });
+        assert_eq!(request["rule"], rule, "{request}");
+    }
+    for dir in [&tools, &free, &volume, &above, &read_dir] {
+        unmount(dir);
+    }
+    std::fs::remove_dir_all(base).unwrap();
+}
+
 /// Root and user agents' reads and writes of `target` are denied and asked for under `rule`, one
 /// open passes per approval, and the user outside reads and writes it.
 fn asked_once_per_approval(scenario: &Scenario, target: &str, rule: &str) {
