@@ -212,9 +212,6 @@ pub struct Policy {
     name_guards: Vec<WatchedPath>,
     /// Mounts below host paths left unguarded for want of room in the kernel's map.
     unguarded_mounts: Vec<PathBuf>,
-    /// The directory rules' and mount guards' directories already looked at for the btrfs
-    /// they are on (see `mark_btrfs_directories`).
-    btrfs_looked_at: Vec<Target>,
     /// Names host programs meet host services by (see `host_services::kept_names`), with the
     /// node each names, followed like the protected paths.
     kept: Vec<KeptName>,
@@ -375,7 +372,7 @@ fn install_files(
                 0
             };
         let held = held_bits(&target, others) | held_bits(&target, &[&installed]);
-        add_file(kernel, target, value | held)?;
+        add_file(kernel, target, value | held, &rule.path)?;
         installed.push(WatchedPath {
             path: rule.path.clone(),
             name: rule.name.clone(),
@@ -413,7 +410,7 @@ fn guard_rule_directories(
         let held = held_bits(&target, &[files]);
         if let Some(rule) = files.iter_mut().find(|entry| entry.current == Some(target)) {
             rule.value |= file_rule::NAMES;
-            add_file(kernel, target, held | file_rule::NAMES)?;
+            add_file(kernel, target, held | file_rule::NAMES, &rule.path)?;
         } else if !guards.iter().any(|guard| guard.current == Some(target)) {
             kernel.add_path(PathList::Files, target, file_rule::NAMES)?;
             guards.push(WatchedPath {
@@ -550,13 +547,35 @@ fn held_bits(target: &Target, lists: &[&[WatchedPath]]) -> u32 {
 
 /// Puts one file or directory of a file rule into the kernel's map: a directory's device marker
 /// first, so that no file below it is ever judged without the walk.
-fn add_file(kernel: &mut Kernel, target: Target, value: u32) -> Result<(), PolicyError> {
+fn add_file(
+    kernel: &mut Kernel,
+    target: Target,
+    value: u32,
+    path: &Path,
+) -> Result<(), PolicyError> {
     if value & file_rule::TREE != 0 {
+        mark_btrfs(kernel, path)?;
         let marker = file_rule::device_marker(target.data[0] as u32);
         kernel.add_path(PathList::Files, marker, file_rule::TREE)?;
     }
     kernel.add_path(PathList::Files, target, value)?;
     Ok(())
+}
+
+/// Tells the kernel the btrfs of the directory rule or mount guard at `path` (see
+/// [`gatekeeper_common::maps::BTRFS_RULE_DEVICES`]; every btrfs when its superblock cannot be
+/// told) before its entry goes in: the kernel walks up from btrfs files only on those, and
+/// without the walk the entry would cover none of them.
+fn mark_btrfs(kernel: &mut Kernel, path: &Path) -> Result<(), PolicyError> {
+    if !on_btrfs(path) {
+        return Ok(());
+    }
+    let device = superblock_device(path)
+        .inspect_err(|error| {
+            tracing::error!(%error, path = %path.display(), "cannot tell the btrfs of a directory rule: the kernel walks up from files on every btrfs");
+        })
+        .ok();
+    Ok(kernel.mark_btrfs_directory_rules(device)?)
 }
 
 /// Takes out of the kernel's `list` what an earlier configuration left: whatever none of
@@ -739,7 +758,6 @@ impl Policy {
             configured_files: config.file_rules.len(),
             name_guards,
             unguarded_mounts: Vec::new(),
-            btrfs_looked_at: Vec::new(),
             config,
             protected,
             allowed,
@@ -926,34 +944,7 @@ impl Policy {
         );
         forget_freed(kernel, PathList::Allowed, &mut self.allowed, &[]);
         forget_freed(kernel, PathList::Files, &mut self.files, &self.name_guards);
-        self.mark_btrfs_directories(kernel);
         events
-    }
-
-    /// Tells the kernel each btrfs a directory rule or mount guard is on (see
-    /// [`gatekeeper_common::maps::BTRFS_RULE_DEVICES`]); every btrfs for one whose superblock
-    /// cannot be told. Each directory is looked at once.
-    fn mark_btrfs_directories(&mut self, kernel: &mut Kernel) {
-        let directories = (self.files.iter())
-            .filter(|entry| entry.value & file_rule::TREE != 0)
-            .filter_map(|entry| Some((entry.current?, entry.path.as_path())));
-        for (target, path) in directories {
-            if self.btrfs_looked_at.contains(&target) {
-                continue;
-            }
-            self.btrfs_looked_at.push(target);
-            if !on_btrfs(path) {
-                continue;
-            }
-            let device = superblock_device(path)
-                .inspect_err(|error| {
-                    tracing::error!(%error, path = %path.display(), "cannot tell the btrfs of a directory rule: the kernel walks up from files on every btrfs");
-                })
-                .ok();
-            if let Err(error) = kernel.mark_btrfs_directory_rules(device) {
-                tracing::error!(%error, path = %path.display(), "cannot have the kernel look for directory rules above btrfs files");
-            }
-        }
     }
 
     /// Guards each of `mounts` below a host path or a protected directory that no rule names yet,
@@ -974,7 +965,6 @@ impl Policy {
             events.extend(self.guard_new_mounts(kernel, mounts, used));
         }
         events.extend(released);
-        self.mark_btrfs_directories(kernel);
         events
     }
 
@@ -1037,7 +1027,7 @@ impl Policy {
             }
             let held = held_bits(&target, &[&self.files, &self.name_guards]);
             let entry = &mut self.files[index];
-            if let Err(error) = add_file(kernel, target, entry.value | held) {
+            if let Err(error) = add_file(kernel, target, entry.value | held, &entry.path) {
                 tracing::error!(%error, path = %entry.path.display(), "cannot guard a mount below a host path or protected directory");
                 continue;
             }
@@ -1072,7 +1062,7 @@ impl Policy {
                 .filter(|target| !released.contains(target));
             for target in held_on {
                 let bits = held_bits(target, &[&self.files, &self.name_guards]);
-                if let Err(error) = add_file(kernel, *target, bits) {
+                if let Err(error) = add_file(kernel, *target, bits, &gone.path) {
                     tracing::error!(%error, path = %gone.path.display(), "cannot take the guard of an unmounted mount off a file a rule keeps");
                 }
             }
@@ -1588,7 +1578,7 @@ fn follow_list(
         let held = held_bits(&target, &[entries]);
         let entry = &mut entries[index];
         let added = match list {
-            PathList::Files => add_file(kernel, target, entry.value | held),
+            PathList::Files => add_file(kernel, target, entry.value | held, &entry.path),
             PathList::Protected | PathList::Allowed => kernel
                 .add_path(list, target, entry.value)
                 .map_err(PolicyError::from),
