@@ -219,7 +219,8 @@ macro_rules! kernel_members {
 pub mod btrfs {
     /// Byte offset of `root` in `struct btrfs_inode`.
     pub const INODE_ROOT: u32 = 0;
-    /// Byte offset of `vfs_inode` in `struct btrfs_inode`, written last: never zero once known.
+    /// Byte offset of `vfs_inode` in `struct btrfs_inode`, written last (whatever the order of
+    /// [`MEMBERS`]): never zero once known.
     pub const INODE_VFS_INODE: u32 = 1;
     /// Byte offset of `anon_dev` in `struct btrfs_root`.
     pub const ROOT_ANON_DEV: u32 = 2;

@@ -717,7 +717,10 @@ impl Kernel {
 
     /// Writes btrfs's offsets for the programs (the one that says they are known last).
     fn set_btrfs_offsets(&mut self, offsets: &[(u32, u32)]) -> Result<(), MapError> {
-        for &(slot, offset) in offsets {
+        // The slot that says the offsets are known goes in last, whatever the order given.
+        let (known, rest): (Vec<_>, Vec<_>) =
+            (offsets.iter()).partition(|(slot, _)| *slot == btrfs::INODE_VFS_INODE);
+        for &(slot, offset) in rest.into_iter().chain(known) {
             self.btrfs.set(slot, offset, 0)?;
         }
         self.knows_btrfs = true;
