@@ -15,6 +15,15 @@ pub mod maps {
     /// elsewhere it is judged by its own rule alone. Device 0 stands for every btrfs: the
     /// daemon's answer when it cannot tell a rule's, or the map is full.
     pub const BTRFS_RULE_DEVICES: &str = "BTRFS_RULE_DEVICES";
+    /// The device number (u32, kernel encoding) of each superblock a mount got since the
+    /// programs were loaded -> how many times, counted by the kernel, not pinned. Device 0 counts
+    /// those the map had no room for. A device number is given to a new file system once the
+    /// old one is gone, and the daemon's marks (by device and inode) say nothing of the new one.
+    pub const MADE_DEVICES: &str = "MADE_DEVICES";
+    /// Device number -> the count of [`MADE_DEVICES`] the daemon read before it last looked at
+    /// its paths, written by the daemon, not pinned: a file system on a device made again since
+    /// hides the place it is mounted over until the daemon has looked.
+    pub const LOOKED_DEVICES: &str = "LOOKED_DEVICES";
     /// cgroup id (u64) -> 1 for every configured agent cgroup.
     pub const AGENT_CGROUPS: &str = "AGENT_CGROUPS";
     /// [`crate::Target`] -> rule index (u32) for every protected exec target.
@@ -210,6 +219,10 @@ macro_rules! kernel_members {
         }
     };
 }
+
+/// Entries of [`maps::MADE_DEVICES`] and [`maps::LOOKED_DEVICES`]: device numbers in use at
+/// once on a host with many containers, each with several file systems of its own.
+pub const MAX_MADE_DEVICES: u32 = 16384;
 
 /// Where a btrfs inode's subvolume keeps the device number `stat` reports for its files (btrfs
 /// numbers each subvolume's files itself, under one superblock): slots of [`maps::BTRFS`]. The

@@ -387,6 +387,7 @@ impl Engine {
                 allowed,
                 kept,
                 ancestors,
+                made,
             } => {
                 // Before a path on a btrfs loaded since is keyed as `stat` numbers it.
                 self.kernel.learn_btrfs();
@@ -394,9 +395,16 @@ impl Engine {
                 events.extend(self.policy.follow_kept(&mut self.kernel, &kept));
                 // After the paths through them are followed.
                 self.policy.keep_ancestors(&mut self.kernel, &ancestors);
+                // Marks hold for the file systems of devices made before the look only now.
+                if let Err(error) = self.kernel.note_looked(&made) {
+                    error!(%error, "cannot tell the programs which file systems were looked at: agents are refused what is mounted over followed paths on them");
+                }
                 for event in events {
                     self.core.note(event);
                 }
+            }
+            Command::MadeDevices { reply } => {
+                let _ = reply.send(self.kernel.made_devices());
             }
             Command::MountsNow { mounts } => {
                 self.kernel.learn_btrfs();

@@ -163,6 +163,13 @@ pub enum Command {
         kept: Vec<Option<Target>>,
         /// The directories above all of them, looked at before them.
         ancestors: Vec<Option<Target>>,
+        /// The superblocks made, by device number, as counted before the look (see
+        /// [`crate::loader::Kernel::made_devices`]).
+        made: Vec<(u32, u32)>,
+    },
+    /// The superblocks made so far, by device number: asked before a look at the paths.
+    MadeDevices {
+        reply: oneshot::Sender<Vec<(u32, u32)>>,
     },
     /// The host's mounts now: those below a host path or a protected directory get guarded
     /// like it.
@@ -234,6 +241,10 @@ impl Handle {
             return None;
         }
         answer.await.ok()
+    }
+
+    pub async fn made_devices(&self) -> Option<Vec<(u32, u32)>> {
+        self.ask(|reply| Command::MadeDevices { reply }).await
     }
 
     pub async fn status(&self) -> Option<Status> {

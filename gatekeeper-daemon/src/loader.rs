@@ -211,6 +211,12 @@ pub struct Kernel {
     btrfs_rule_devices: HashMap<MapData, u32, u32>,
     /// Whether the btrfs module's BTF was read since it appeared (it is read once).
     btrfs_module_tried: bool,
+    /// See [`maps::MADE_DEVICES`].
+    made_devices: HashMap<MapData, u32, u32>,
+    /// See [`maps::LOOKED_DEVICES`].
+    looked_devices: HashMap<MapData, u32, u32>,
+    /// What `looked_devices` holds, so that a look writes only what changed.
+    looked: std::collections::HashMap<u32, u32>,
     /// The ids of the links this daemon attached, in the order of `programs`.
     link_ids: Vec<u32>,
 }
@@ -595,6 +601,11 @@ impl Kernel {
             btrfs_rule_devices: HashMap::try_from(take(maps::BTRFS_RULE_DEVICES)?)
                 .map_err(map_error(maps::BTRFS_RULE_DEVICES))?,
             btrfs_module_tried: false,
+            made_devices: HashMap::try_from(take(maps::MADE_DEVICES)?)
+                .map_err(map_error(maps::MADE_DEVICES))?,
+            looked_devices: HashMap::try_from(take(maps::LOOKED_DEVICES)?)
+                .map_err(map_error(maps::LOOKED_DEVICES))?,
+            looked: std::collections::HashMap::new(),
             link_ids: Vec::new(),
             ebpf: Some(ebpf),
         };
@@ -773,6 +784,26 @@ impl Kernel {
         };
         if self.btrfs_rule_devices.get(&device, 0).is_err() {
             self.btrfs_rule_devices.insert(device, 1, 0)?;
+        }
+        Ok(())
+    }
+
+    /// How many times a mount got a superblock of each device number (see
+    /// [`maps::MADE_DEVICES`]): read before a look at the paths, and given to
+    /// [`Kernel::note_looked`] after it.
+    pub fn made_devices(&self) -> Vec<(u32, u32)> {
+        self.made_devices.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Tells the programs that the paths were looked at after the superblocks `made` counts
+    /// (see [`maps::LOOKED_DEVICES`]).
+    pub fn note_looked(&mut self, made: &[(u32, u32)]) -> Result<(), MapError> {
+        for &(device, count) in made {
+            if self.looked.get(&device) == Some(&count) {
+                continue;
+            }
+            self.looked_devices.insert(device, count, 0)?;
+            self.looked.insert(device, count);
         }
         Ok(())
     }

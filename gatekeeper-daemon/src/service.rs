@@ -154,6 +154,10 @@ async fn watch_paths(paths: WatchedPaths, handle: Handle) {
     let mut interval = tokio::time::interval(PATHS_INTERVAL);
     loop {
         interval.tick().await;
+        // Before the stats: a file system made after this count waits for the next look.
+        let Some(made) = handle.made_devices().await else {
+            return;
+        };
         let paths = paths.clone();
         let stat = tokio::task::spawn_blocking(move || {
             // First: a file system mounted over one of them after this look is one the paths
@@ -187,6 +191,7 @@ async fn watch_paths(paths: WatchedPaths, handle: Handle) {
             allowed,
             kept,
             ancestors,
+            made,
         };
         if !handle.send(now).await {
             return;

@@ -9,7 +9,7 @@ use gatekeeper_common::{MAX_PROTECTED_FILES, MAX_TREE_DEPTH, Target, file_rule};
 use crate::{
     exec::inode_target,
     files::daemon_file_bits,
-    mounts::{host_mount_of, mount_in_host_namespace, mount_of, vfsmount_of},
+    mounts::{host_mount_of, made_since_look, mount_in_host_namespace, mount_of, vfsmount_of},
     names::gatekeeper_below_guarded_name,
     offsets::{
         OFF_DENTRY_ALIAS, OFF_DENTRY_INODE, OFF_DENTRY_PARENT, OFF_INODE_DENTRY, OFF_INODE_INO,
@@ -20,6 +20,7 @@ use crate::{
         TURN_AGAIN, TURN_DONE, btrfs_directory_rules, btrfs_subvolume_device, container_of,
         on_btrfs, read_field, turns,
     },
+    verdict::is_protected,
 };
 
 /// Mounts looked through from a file's own up: a volume below a host path, a mount on that.
@@ -364,7 +365,7 @@ unsafe fn walk_below_unguarded_mount(
         }
         let mountpoint: *const u8 = unsafe { read_field(mount, &OFF_MOUNT_MOUNTPOINT)? };
         let hidden = unsafe { placement(mountpoint)? };
-        let hidden_watched = hidden.own != 0 || watched(mountpoint);
+        let hidden_watched = hidden.own != 0 || watched(mountpoint)?;
         // At or below a guarded name too (a file system the host mounts at `/run/samba`): the
         // names' walk stops at the mount's root, and no rule of the daemon's follows.
         if hidden.unplaced || writes && gatekeeper_below_guarded_name(mountpoint as u64) != 0 {
@@ -373,9 +374,12 @@ unsafe fn walk_below_unguarded_mount(
         if hidden.bits & RULE_ACCESS != 0 || hidden_watched {
             let root: *const u8 = unsafe { read_field(vfsmount_of(mount), &OFF_VFSMOUNT_ROOT)? };
             let covering = unsafe { placement(root)? };
+            // Marks by device and inode: a file system that got a device number again since
+            // the daemon looked is one they say nothing of yet.
             if covering.unplaced
                 || hidden.bits & RULE_ACCESS & !covering.bits != 0
-                || hidden_watched && covering.own == 0 && !watched(root)
+                || hidden_watched && covering.own == 0 && !watched(root)?
+                || unsafe { made_since_look(vfsmount_of(mount))? }
             {
                 return Ok(true);
             }
@@ -390,13 +394,17 @@ unsafe fn walk_below_unguarded_mount(
     Ok(writes && parent != mount)
 }
 
-/// Whether the daemon follows a path through the directory or file `dentry` names, as one of
-/// its own files: the directories above every rule's path are among them. (A rule's own file or
-/// directory, or the directory holding a rule's file, has a rule entry of its own.) Unreadable
-/// counts as watched.
+/// Whether the daemon follows a path through the directory or file `dentry` names: a protected
+/// binary, or one of the daemon's own files (the directories above every path it follows among
+/// them). (A rule's own file or directory, or the directory holding a rule's file, has a file
+/// rule entry of its own.)
 #[inline(always)]
-fn watched(dentry: *const u8) -> bool {
-    gatekeeper_watched(dentry as u64) != 0
+fn watched(dentry: *const u8) -> Result<bool, i32> {
+    match gatekeeper_watched(dentry as u64) {
+        0 => Ok(false),
+        1 => Ok(true),
+        error => Err(error),
+    }
 }
 
 /// [`watched`] as a global BPF function: its stack is not added to that of
@@ -409,7 +417,8 @@ extern "C" fn gatekeeper_watched(dentry: u64) -> i32 {
             .and_then(|inode| inode_target(inode))
     };
     match target {
-        Ok(target) => (daemon_file_bits(&target) != 0) as i32,
-        Err(_) => 1,
+        Ok(target) => (daemon_file_bits(&target) != 0 || is_protected(&target)) as i32,
+        Err(error) if error >= 0 => -1,
+        Err(error) => error,
     }
 }

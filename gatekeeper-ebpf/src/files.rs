@@ -497,11 +497,11 @@ unsafe fn judge_rule_open(
     if writes || reads {
         let mnt: *const u8 =
             unsafe { read_field(member_ptr(file, &OFF_FILE_PATH), &OFF_PATH_MNT)? };
-        // Judged by its first mount in the host's namespace too, as its names and attributes
-        // are: a file system mounted at a guarded name and bound elsewhere by the host is
-        // written through neither.
+        // A write is judged by the file system's first mount in the host's namespace too, as
+        // its names and attributes are: a file system mounted at a guarded name and bound
+        // elsewhere by the host is written through neither.
         if unsafe {
-            below_unguarded_mount(mnt, inode, writes)? || on_unguarded_mount(inode, writes)?
+            below_unguarded_mount(mnt, inode, writes)? || writes && on_unguarded_mount(inode, true)?
         } {
             return Ok(tamper(agent, TamperHook::UnguardedMount, target.data));
         }

@@ -25,12 +25,14 @@
 //! make it fail, and a walk that fails refuses.
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     cty::c_void,
     helpers::{bpf_get_current_task, bpf_probe_read_kernel_str_bytes},
-    macros::lsm,
+    macros::{lsm, map},
+    maps::HashMap,
     programs::LsmContext,
 };
-use gatekeeper_common::{MountRefusal, Setting, TamperHook};
+use gatekeeper_common::{MAX_MADE_DEVICES, MountRefusal, Setting, TamperHook};
 
 use crate::{
     exec::inode_target,
@@ -38,8 +40,9 @@ use crate::{
         OFF_DENTRY_INODE, OFF_FS_CONTEXT_FS_TYPE, OFF_FS_ROOT, OFF_FS_TYPE_FLAGS, OFF_FS_TYPE_NAME,
         OFF_FS_USERS, OFF_LIST_HEAD_NEXT, OFF_MNT_NS_NS, OFF_MOUNT_CHILD, OFF_MOUNT_INSTANCE,
         OFF_MOUNT_MNT, OFF_MOUNT_MOUNTS, OFF_MOUNT_NS, OFF_MOUNT_PARENT, OFF_NS_COMMON_INUM,
-        OFF_NSPROXY_MNT_NS, OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_SB_BDEV, OFF_SB_MOUNTS, OFF_SB_TYPE,
-        OFF_TASK_FS, OFF_TASK_NSPROXY, OFF_VFSMOUNT_FLAGS, OFF_VFSMOUNT_ROOT, OFF_VFSMOUNT_SB,
+        OFF_NSPROXY_MNT_NS, OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_SB_BDEV, OFF_SB_DEV, OFF_SB_MOUNTS,
+        OFF_SB_TYPE, OFF_TASK_FS, OFF_TASK_NSPROXY, OFF_VFSMOUNT_FLAGS, OFF_VFSMOUNT_ROOT,
+        OFF_VFSMOUNT_SB,
     },
     read::{
         BPF_FS_MAGIC, CGROUP_SUPER_MAGIC, TURN_AGAIN, TURN_DONE, field_offset, member_ptr, opaque,
@@ -558,14 +561,64 @@ pub fn sb_pivotroot(_ctx: LsmContext) -> i32 {
     0
 }
 
+/// See [`gatekeeper_common::maps::MADE_DEVICES`].
+#[map]
+static MADE_DEVICES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_MADE_DEVICES, 0);
+
+/// See [`gatekeeper_common::maps::LOOKED_DEVICES`].
+#[map]
+static LOOKED_DEVICES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_MADE_DEVICES, 0);
+
+/// Counts a mount's getting the superblock `sb` in [`MADE_DEVICES`] (under device 0 when the
+/// map is full). A reused superblock counts too: its mounts wait for the daemon's next look as
+/// a new one's do.
+#[inline(always)]
+fn count_made(sb: *const u8) {
+    let Ok(device) = (unsafe { read_field::<u32>(sb, &OFF_SB_DEV) }) else {
+        return count_device(0);
+    };
+    if let Some(count) = MADE_DEVICES.get_ptr_mut(device) {
+        // One superblock has a device number at a time: no other CPU counts it now.
+        unsafe { *count += 1 };
+    } else if MADE_DEVICES.insert(device, 1, BPF_NOEXIST as u64).is_err() {
+        count_device(0);
+    }
+}
+
+#[inline(always)]
+fn count_device(device: u32) {
+    match MADE_DEVICES.get_ptr_mut(device) {
+        Some(count) => unsafe { *count += 1 },
+        None => {
+            let _ = MADE_DEVICES.insert(device, 1, 0);
+        }
+    }
+}
+
+/// Whether the superblock of the mount `mnt` (a `struct vfsmount`) was got by a mount since the
+/// daemon last began to look at its paths (or one was that the count could not tell apart).
+#[inline(always)]
+pub unsafe fn made_since_look(mnt: *const u8) -> Result<bool, i32> {
+    let sb: *const u8 = unsafe { read_field(mnt, &OFF_VFSMOUNT_SB)? };
+    let device: u32 = unsafe { read_field(sb, &OFF_SB_DEV)? };
+    Ok(made_since_look_of(device) || made_since_look_of(0))
+}
+
+#[inline(always)]
+fn made_since_look_of(device: u32) -> bool {
+    let made = unsafe { MADE_DEVICES.get(device) }.copied().unwrap_or(0);
+    made > unsafe { LOOKED_DEVICES.get(device) }.copied().unwrap_or(0)
+}
+
 /// Every superblock a mount asks for passes here once it exists (vfs_get_tree), whether by
 /// mount(2) or by fsopen + fsconfig(FSCONFIG_CMD_CREATE), new or reused.
 #[lsm(hook = "sb_set_mnt_opts")]
 pub fn sb_set_mnt_opts(ctx: LsmContext) -> i32 {
+    let sb: *const u8 = ctx.arg(0);
+    count_made(sb);
     let Some(agent) = agent_cgroup() else {
         return 0;
     };
-    let sb: *const u8 = ctx.arg(0);
     let Ok(magic) = (unsafe { sb_magic(sb) }) else {
         return refuse(agent, TamperHook::MountFs, 0, MountRefusal::Unchecked);
     };

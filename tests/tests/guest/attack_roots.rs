@@ -1626,6 +1626,52 @@ fn host_mounts_over_rule_paths_wait_for_the_daemon() {
         });
         assert_eq!(request["rule"], rule, "{request}");
     }
+
+    // Again held: the host mounts a new file system where it had, which the kernel gives the
+    // old one's device number (and a tmpfs's root is always inode 1): what the daemon marked of
+    // the old one says nothing of it (its secret is made last, another inode than before). And
+    // a file bound over the exec rule's binary itself is no binary the rule knows yet.
+    let held = Stopped::new(scenario.daemon_pid());
+    let device = |path: &Path| std::fs::metadata(path).unwrap().dev();
+    let before = device(&above);
+    unmount(&above);
+    mount_open_tmpfs(&above);
+    let after = device(&above);
+    std::fs::create_dir_all(above.join("inner")).unwrap();
+    for file in [&above.join("inner/pad"), &inner_other, &ruled_file] {
+        std::fs::write(file, "mounted again\n").unwrap();
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let bound = Command::new("mount")
+        .arg("--bind")
+        .arg(&other_tool)
+        .arg(&scenario.protected)
+        .status()
+        .unwrap();
+    assert!(bound.success());
+    for path in [&ruled_file, &inner_other] {
+        only_from_outside(&scenario, "read", &[&text(path)]);
+    }
+    let runs = (
+        scenario.exec_in(agents, &scenario.protected),
+        scenario.exec_in(outside, &scenario.protected),
+    );
+    drop(held);
+    assert_eq!(
+        before, after,
+        "the new file system got the old one's device number"
+    );
+    assert_eq!(
+        runs,
+        (Exec::Denied, Exec::Ran),
+        "the file bound over the exec rule's binary (agent, outside)"
+    );
+    wait_for("the daemon's look at the new file systems", || {
+        (scenario.tamper(agents, "read", &[&text(&inner_other)]) == Outcome::Ok).then_some(())
+    });
+    scenario.agents_denied("read", &[&text(&ruled_file)]);
+    assert_eq!(scenario.agent_exec(), Exec::Denied);
+    unmount(&scenario.protected);
     for dir in [&tools, &free, &volume, &above, &read_dir] {
         unmount(dir);
     }
