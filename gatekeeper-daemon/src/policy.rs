@@ -809,6 +809,7 @@ impl Policy {
         let mut protected: Vec<PathBuf> = paths(&self.protected);
         protected.extend(self.sockets.iter().map(|entry| entry.path.clone()));
         protected.extend(self.files.iter().map(|entry| entry.path.clone()));
+        protected.extend(self.name_guards.iter().map(|entry| entry.path.clone()));
         WatchedPaths {
             protected,
             allowed: paths(&self.allowed),
@@ -897,13 +898,15 @@ impl Policy {
     ) -> Vec<Event> {
         let (binaries_now, rest) =
             protected_now.split_at(self.protected.len().min(protected_now.len()));
-        let (sockets_now, files_now) = rest.split_at(self.sockets.len().min(rest.len()));
+        let (sockets_now, rest) = rest.split_at(self.sockets.len().min(rest.len()));
+        let (files_now, guards_now) = rest.split_at(self.files.len().min(rest.len()));
         let sockets_now: Vec<Option<Target>> =
             sockets_now.iter().map(|file| file.map(as_socket)).collect();
         let mut events = follow_list(
             kernel,
             PathList::Protected,
             &mut self.protected,
+            &[],
             binaries_now,
         );
         let accepted = judge_allowed(
@@ -916,19 +919,31 @@ impl Policy {
             kernel,
             PathList::Protected,
             &mut self.sockets,
+            &[],
             &sockets_now,
         ));
         events.extend(follow_list(
             kernel,
             PathList::Allowed,
             &mut self.allowed,
+            &[],
             &accepted,
         ));
         events.extend(follow_list(
             kernel,
             PathList::Files,
             &mut self.files,
+            &[&self.name_guards],
             files_now,
+        ));
+        // The directory holding a rule's file, replaced (a file system mounted over it): agents
+        // make no names in the new one either.
+        events.extend(follow_list(
+            kernel,
+            PathList::Files,
+            &mut self.name_guards,
+            &[&self.files],
+            guards_now,
         ));
         forget_freed(
             kernel,
@@ -944,6 +959,7 @@ impl Policy {
         );
         forget_freed(kernel, PathList::Allowed, &mut self.allowed, &[]);
         forget_freed(kernel, PathList::Files, &mut self.files, &self.name_guards);
+        forget_freed(kernel, PathList::Files, &mut self.name_guards, &self.files);
         events
     }
 
@@ -1564,6 +1580,7 @@ fn follow_list(
     kernel: &mut Kernel,
     list: PathList,
     entries: &mut [WatchedPath],
+    others: &[&[WatchedPath]],
     now: &[Option<Target>],
 ) -> Vec<Event> {
     let mut moved = Vec::new();
@@ -1575,7 +1592,7 @@ fn follow_list(
         if entries[index].current == Some(target) {
             continue;
         }
-        let held = held_bits(&target, &[entries]);
+        let held = held_bits(&target, &[entries]) | held_bits(&target, others);
         let entry = &mut entries[index];
         let added = match list {
             PathList::Files => add_file(kernel, target, entry.value | held, &entry.path),

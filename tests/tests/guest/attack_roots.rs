@@ -1565,6 +1565,8 @@ fn host_mounts_over_rule_paths_wait_for_the_daemon() {
         mount_open_tmpfs(dir);
     }
     std::fs::create_dir_all(above.join("inner")).unwrap();
+    // Open to all: the only refusal of a name made there is Gatekeeper's.
+    std::fs::set_permissions(above.join("inner"), std::fs::Permissions::from_mode(0o777)).unwrap();
     for file in [
         &new_secret,
         &ruled_file,
@@ -1608,6 +1610,10 @@ fn host_mounts_over_rule_paths_wait_for_the_daemon() {
         scenario.tamper_as_user(agents, "read", &[&text(&inner_other)]),
         Outcome::Ok
     );
+    // The new directory holding the rule's file is held as the old one was: agents make no
+    // names there (one of theirs at the name a trusted writer renames over the secret would
+    // catch what it writes).
+    only_from_outside(&scenario, "mkdir", &[&text(&above.join("inner/made"))]);
     for path in [&volume_data, &free_data] {
         assert_eq!(
             scenario.tamper_as_user(agents, "read", &[&text(path)]),
