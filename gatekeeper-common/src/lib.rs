@@ -15,15 +15,20 @@ pub mod maps {
     /// elsewhere it is judged by its own rule alone. Device 0 stands for every btrfs: the
     /// daemon's answer when it cannot tell a rule's, or the map is full.
     pub const BTRFS_RULE_DEVICES: &str = "BTRFS_RULE_DEVICES";
-    /// The device number (u32, kernel encoding) of each superblock a mount got since the
-    /// programs were loaded -> how many times, counted by the kernel, not pinned. Device 0 counts
-    /// those the map had no room for. A device number is given to a new file system once the
-    /// old one is gone, and the daemon's marks (by device and inode) say nothing of the new one.
+    /// The device number (u32, kernel encoding) of each superblock a mount outside the agents
+    /// got since the programs were loaded -> how many times, counted by the kernel, not pinned.
+    /// A device number is given to a new file system once the old one is gone, and the
+    /// daemon's marks (by device and inode) say nothing of the new one.
     pub const MADE_DEVICES: &str = "MADE_DEVICES";
     /// Device number -> the count of [`MADE_DEVICES`] the daemon read before it last looked at
     /// its paths, written by the daemon, not pinned: a file system on a device made again since
     /// hides the place it is mounted over until the daemon has looked.
     pub const LOOKED_DEVICES: &str = "LOOKED_DEVICES";
+    /// [`crate::mount_count`] slots (u32 each), not pinned: how many times a file system was
+    /// attached in the host's namespace (a mount, bind or move, which may bring one made before
+    /// the daemon's last look to a place it cares about) or a superblock could not be counted
+    /// in [`MADE_DEVICES`], and that count as the daemon last read it before a look.
+    pub const MOUNT_COUNTS: &str = "MOUNT_COUNTS";
     /// cgroup id (u64) -> 1 for every configured agent cgroup.
     pub const AGENT_CGROUPS: &str = "AGENT_CGROUPS";
     /// [`crate::Target`] -> rule index (u32) for every protected exec target.
@@ -223,6 +228,15 @@ macro_rules! kernel_members {
 /// Entries of [`maps::MADE_DEVICES`] and [`maps::LOOKED_DEVICES`]: device numbers in use at
 /// once on a host with many containers, each with several file systems of its own.
 pub const MAX_MADE_DEVICES: u32 = 16384;
+
+/// Slots of [`maps::MOUNT_COUNTS`].
+pub mod mount_count {
+    /// Attaches in the host's namespace and superblocks not counted by device: the kernel's.
+    pub const MADE: u32 = 0;
+    /// [`MADE`] as read before the daemon's last look: the daemon's.
+    pub const LOOKED: u32 = 1;
+    pub const SLOTS: u32 = 2;
+}
 
 /// Where a btrfs inode's subvolume keeps the device number `stat` reports for its files (btrfs
 /// numbers each subvolume's files itself, under one superblock): slots of [`maps::BTRFS`]. The

@@ -386,12 +386,15 @@ impl Engine {
                 protected,
                 allowed,
                 kept,
+                name_guards,
                 ancestors,
                 made,
             } => {
                 // Before a path on a btrfs loaded since is keyed as `stat` numbers it.
                 self.kernel.learn_btrfs();
-                let mut events = self.policy.follow(&mut self.kernel, &protected, &allowed);
+                let mut events =
+                    self.policy
+                        .follow(&mut self.kernel, &protected, &allowed, &name_guards);
                 events.extend(self.policy.follow_kept(&mut self.kernel, &kept));
                 // After the paths through them are followed.
                 self.policy.keep_ancestors(&mut self.kernel, &ancestors);
@@ -403,8 +406,8 @@ impl Engine {
                     self.core.note(event);
                 }
             }
-            Command::MadeDevices { reply } => {
-                let _ = reply.send(self.kernel.made_devices());
+            Command::MountsMade { reply } => {
+                let _ = reply.send(self.kernel.mounts_made());
             }
             Command::MountsNow { mounts } => {
                 self.kernel.learn_btrfs();

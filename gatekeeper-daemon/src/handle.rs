@@ -161,15 +161,17 @@ pub enum Command {
         allowed: Vec<Option<(Target, crate::policy::Digest)>>,
         /// The nodes the kept names are now (symlinks not followed).
         kept: Vec<Option<Target>>,
+        /// What the directories holding rules' files (that are no rule's own) are now.
+        name_guards: Vec<Option<Target>>,
         /// The directories above all of them, looked at before them.
         ancestors: Vec<Option<Target>>,
-        /// The superblocks made, by device number, as counted before the look (see
-        /// [`crate::loader::Kernel::made_devices`]).
-        made: Vec<(u32, u32)>,
+        /// File systems attached and superblocks made, as counted before the look (see
+        /// [`crate::loader::Kernel::mounts_made`]).
+        made: crate::loader::MountsMade,
     },
-    /// The superblocks made so far, by device number: asked before a look at the paths.
-    MadeDevices {
-        reply: oneshot::Sender<Vec<(u32, u32)>>,
+    /// File systems attached and superblocks made so far: asked before a look at the paths.
+    MountsMade {
+        reply: oneshot::Sender<crate::loader::MountsMade>,
     },
     /// The host's mounts now: those below a host path or a protected directory get guarded
     /// like it.
@@ -243,8 +245,8 @@ impl Handle {
         answer.await.ok()
     }
 
-    pub async fn made_devices(&self) -> Option<Vec<(u32, u32)>> {
-        self.ask(|reply| Command::MadeDevices { reply }).await
+    pub async fn mounts_made(&self) -> Option<crate::loader::MountsMade> {
+        self.ask(|reply| Command::MountsMade { reply }).await
     }
 
     pub async fn status(&self) -> Option<Status> {

@@ -20,7 +20,8 @@ use aya::{
 };
 use gatekeeper_common::{
     APPROVED_ENV, ArgvKey, Counter, EnvName, GrantKey, GrantValue, LATER_PROGRAMS, NameKey,
-    PROGRAMS, PortRanges, Setting, Target, btrfs, hook_args, maps, offsets, raw_device,
+    PROGRAMS, PortRanges, Setting, Target, btrfs, hook_args, maps, mount_count, offsets,
+    raw_device,
 };
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
@@ -174,6 +175,14 @@ pub fn uninstall(pin_dir: &Path) -> std::io::Result<()> {
     std::fs::remove_dir(pin_dir)
 }
 
+/// What the programs counted of file systems attached in the host's namespace and superblocks
+/// made, by device number (see [`Kernel::mounts_made`]).
+#[derive(Debug, Clone, Default)]
+pub struct MountsMade {
+    pub attached: u32,
+    pub devices: Vec<(u32, u32)>,
+}
+
 /// The loaded programs and the maps the daemon uses, behind typed operations. What it attaches
 /// stays attached by pinned links when it is dropped.
 pub struct Kernel {
@@ -215,6 +224,8 @@ pub struct Kernel {
     made_devices: HashMap<MapData, u32, u32>,
     /// See [`maps::LOOKED_DEVICES`].
     looked_devices: HashMap<MapData, u32, u32>,
+    /// See [`maps::MOUNT_COUNTS`].
+    mount_counts: Array<MapData, u32>,
     /// What `looked_devices` holds, so that a look writes only what changed.
     looked: std::collections::HashMap<u32, u32>,
     /// The ids of the links this daemon attached, in the order of `programs`.
@@ -606,6 +617,8 @@ impl Kernel {
             looked_devices: HashMap::try_from(take(maps::LOOKED_DEVICES)?)
                 .map_err(map_error(maps::LOOKED_DEVICES))?,
             looked: std::collections::HashMap::new(),
+            mount_counts: Array::try_from(take(maps::MOUNT_COUNTS)?)
+                .map_err(map_error(maps::MOUNT_COUNTS))?,
             link_ids: Vec::new(),
             ebpf: Some(ebpf),
         };
@@ -788,23 +801,28 @@ impl Kernel {
         Ok(())
     }
 
-    /// How many times a mount got a superblock of each device number (see
-    /// [`maps::MADE_DEVICES`]): read before a look at the paths, and given to
-    /// [`Kernel::note_looked`] after it.
-    pub fn made_devices(&self) -> Vec<(u32, u32)> {
-        self.made_devices.iter().filter_map(Result::ok).collect()
+    /// What the programs counted of file systems attached and superblocks made (see
+    /// [`maps::MOUNT_COUNTS`], [`maps::MADE_DEVICES`]): read before a look at the paths, and
+    /// given to [`Kernel::note_looked`] after it.
+    pub fn mounts_made(&self) -> MountsMade {
+        MountsMade {
+            attached: self.mount_counts.get(&mount_count::MADE, 0).unwrap_or(0),
+            devices: self.made_devices.iter().filter_map(Result::ok).collect(),
+        }
     }
 
-    /// Tells the programs that the paths were looked at after the superblocks `made` counts
-    /// (see [`maps::LOOKED_DEVICES`]).
-    pub fn note_looked(&mut self, made: &[(u32, u32)]) -> Result<(), MapError> {
-        for &(device, count) in made {
+    /// Tells the programs that the paths were looked at after what `made` counts (see
+    /// [`maps::LOOKED_DEVICES`]): the attached count last, once the devices' say so too.
+    pub fn note_looked(&mut self, made: &MountsMade) -> Result<(), MapError> {
+        for &(device, count) in &made.devices {
             if self.looked.get(&device) == Some(&count) {
                 continue;
             }
             self.looked_devices.insert(device, count, 0)?;
             self.looked.insert(device, count);
         }
+        self.mount_counts
+            .set(mount_count::LOOKED, made.attached, 0)?;
         Ok(())
     }
 

@@ -237,6 +237,8 @@ struct KeptName {
 /// the file they name) and kept names (not followed).
 pub struct WatchedPaths {
     pub protected: Vec<PathBuf>,
+    /// The directories holding rules' files that are no rule's own.
+    pub name_guards: Vec<PathBuf>,
     pub allowed: Vec<PathBuf>,
     pub kept: Vec<PathBuf>,
     /// The directories above all of them: looked at before them (see
@@ -809,8 +811,8 @@ impl Policy {
         let mut protected: Vec<PathBuf> = paths(&self.protected);
         protected.extend(self.sockets.iter().map(|entry| entry.path.clone()));
         protected.extend(self.files.iter().map(|entry| entry.path.clone()));
-        protected.extend(self.name_guards.iter().map(|entry| entry.path.clone()));
         WatchedPaths {
+            name_guards: paths(&self.name_guards),
             protected,
             allowed: paths(&self.allowed),
             kept: self.kept.iter().map(|name| name.path.clone()).collect(),
@@ -895,11 +897,12 @@ impl Policy {
         kernel: &mut Kernel,
         protected_now: &[Option<Target>],
         allowed_now: &[Option<(Target, Digest)>],
+        guards_now: &[Option<Target>],
     ) -> Vec<Event> {
         let (binaries_now, rest) =
             protected_now.split_at(self.protected.len().min(protected_now.len()));
-        let (sockets_now, rest) = rest.split_at(self.sockets.len().min(rest.len()));
-        let (files_now, guards_now) = rest.split_at(self.files.len().min(rest.len()));
+        // The files as at start: mount guards made since are followed as their mounts change.
+        let (sockets_now, files_now) = rest.split_at(self.sockets.len().min(rest.len()));
         let sockets_now: Vec<Option<Target>> =
             sockets_now.iter().map(|file| file.map(as_socket)).collect();
         let mut events = follow_list(

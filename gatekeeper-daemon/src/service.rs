@@ -58,7 +58,9 @@ fn raise_open_file_limit() {
 /// Sends the mount points each time the mount table changes, so that a file system mounted below
 /// a host path is guarded at once: the kernel wakes a poll of the mount table for priority data
 /// on every change. The table is also read every [`PATHS_INTERVAL`], should no wakeup come.
-async fn watch_mounts(handle: Handle) {
+/// Each change also has the paths looked at at once (`look_now`): until then the kernel
+/// refuses agents what is mounted over places the daemon cares about.
+async fn watch_mounts(handle: Handle, look_now: Arc<tokio::sync::Notify>) {
     use tokio::io::{Interest, unix::AsyncFd};
     // SAFETY: the File owns its descriptor, open until the AsyncFd drops it.
     let changes = std::fs::File::open(MOUNTINFO).and_then(|table| unsafe {
@@ -98,6 +100,7 @@ async fn watch_mounts(handle: Handle) {
                 if !handle.send(command).await {
                     return;
                 }
+                look_now.notify_one();
                 known = mounts;
             }
             Ok(_) => {}
@@ -146,16 +149,19 @@ async fn watch_devices(handle: Handle) {
     }
 }
 
-/// Stats the watched paths every [`PATHS_INTERVAL`] off the async threads; an allowlisted
-/// path's content is read again only when it names another file.
-async fn watch_paths(paths: WatchedPaths, handle: Handle) {
+/// Stats the watched paths every [`PATHS_INTERVAL`], and as the mount table changes, off the
+/// async threads; an allowlisted path's content is read again only when it names another file.
+async fn watch_paths(paths: WatchedPaths, handle: Handle, look_now: Arc<tokio::sync::Notify>) {
     let paths = Arc::new(paths);
     let mut known: Vec<Option<(Target, Digest)>> = Vec::new();
     let mut interval = tokio::time::interval(PATHS_INTERVAL);
     loop {
-        interval.tick().await;
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = look_now.notified() => {}
+        }
         // Before the stats: a file system made after this count waits for the next look.
-        let Some(made) = handle.made_devices().await else {
+        let Some(made) = handle.mounts_made().await else {
             return;
         };
         let paths = paths.clone();
@@ -169,6 +175,9 @@ async fn watch_paths(paths: WatchedPaths, handle: Handle) {
                 .map(|path| exec_target_of(path).ok())
                 .collect();
             let kept = (paths.kept.iter()).map(|path| node_of(path).ok()).collect();
+            let name_guards = (paths.name_guards.iter())
+                .map(|path| exec_target_of(path).ok())
+                .collect();
             let allowed: Vec<_> = (paths.allowed.iter())
                 .enumerate()
                 .map(|(index, path)| {
@@ -179,9 +188,9 @@ async fn watch_paths(paths: WatchedPaths, handle: Handle) {
                     }
                 })
                 .collect();
-            (protected, allowed, kept, ancestors)
+            (protected, allowed, kept, name_guards, ancestors)
         });
-        let Ok((protected, allowed, kept, ancestors)) = stat.await else {
+        let Ok((protected, allowed, kept, name_guards, ancestors)) = stat.await else {
             known = Vec::new();
             continue;
         };
@@ -190,6 +199,7 @@ async fn watch_paths(paths: WatchedPaths, handle: Handle) {
             protected,
             allowed,
             kept,
+            name_guards,
             ancestors,
             made,
         };
@@ -308,8 +318,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         config.agent_cgroups.clone(),
         handle.clone(),
     ));
-    let paths = tokio::spawn(watch_paths(engine.watched_paths(), handle.clone()));
-    let mounts = tokio::spawn(watch_mounts(handle.clone()));
+    let look_now = Arc::new(tokio::sync::Notify::new());
+    let paths = tokio::spawn(watch_paths(
+        engine.watched_paths(),
+        handle.clone(),
+        look_now.clone(),
+    ));
+    let mounts = tokio::spawn(watch_mounts(handle.clone(), look_now));
     let devices = tokio::spawn(watch_devices(handle.clone()));
     let hosts = tokio::spawn(resolve_hosts(
         engine.hosts(),

@@ -374,12 +374,15 @@ unsafe fn walk_below_unguarded_mount(
         if hidden.bits & RULE_ACCESS != 0 || hidden_watched {
             let root: *const u8 = unsafe { read_field(vfsmount_of(mount), &OFF_VFSMOUNT_ROOT)? };
             let covering = unsafe { placement(root)? };
-            // Marks by device and inode: a file system that got a device number again since
-            // the daemon looked is one they say nothing of yet.
+            // The marks name files by device and inode, and a file system attached since the
+            // daemon looked may have an old one's device number: its root's old marks say
+            // nothing of the files on the followed path below it. (A directory rule's bits on
+            // its root cover every file below, whichever file system it is.)
             if covering.unplaced
                 || hidden.bits & RULE_ACCESS & !covering.bits != 0
-                || hidden_watched && covering.own == 0 && !watched(root)?
-                || unsafe { made_since_look(vfsmount_of(mount))? }
+                || hidden_watched
+                    && (covering.own == 0 && !watched(root)?
+                        || unsafe { made_since_look(vfsmount_of(mount))? })
             {
                 return Ok(true);
             }

@@ -29,10 +29,10 @@ use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_get_current_task, bpf_probe_read_kernel_str_bytes},
     macros::{lsm, map},
-    maps::HashMap,
+    maps::{Array, HashMap},
     programs::LsmContext,
 };
-use gatekeeper_common::{MAX_MADE_DEVICES, MountRefusal, Setting, TamperHook};
+use gatekeeper_common::{MAX_MADE_DEVICES, MountRefusal, Setting, TamperHook, mount_count};
 
 use crate::{
     exec::inode_target,
@@ -404,6 +404,9 @@ extern "C" fn host_mount_step(_turn: u64, walk: *mut c_void) -> i64 {
 #[lsm(hook = "sb_mount")]
 pub fn sb_mount(ctx: LsmContext) -> i32 {
     let Some(agent) = agent_cgroup() else {
+        if caller_in_host_namespace() {
+            count_attach();
+        }
         return 0;
     };
     let path: *const u8 = ctx.arg(1);
@@ -467,6 +470,9 @@ unsafe fn requires_device(fs_type: *const u8) -> Result<bool, i32> {
 #[lsm(hook = "move_mount")]
 pub fn move_mount(ctx: LsmContext) -> i32 {
     let Some(agent) = agent_cgroup() else {
+        if caller_in_host_namespace() {
+            count_attach();
+        }
         return 0;
     };
     if caller_in_host_namespace() {
@@ -569,45 +575,50 @@ static MADE_DEVICES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_MADE_DEVI
 #[map]
 static LOOKED_DEVICES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_MADE_DEVICES, 0);
 
-/// Counts a mount's getting the superblock `sb` in [`MADE_DEVICES`] (under device 0 when the
-/// map is full). A reused superblock counts too: its mounts wait for the daemon's next look as
-/// a new one's do.
+/// See [`gatekeeper_common::maps::MOUNT_COUNTS`].
+#[map]
+static MOUNT_COUNTS: Array<u32> = Array::with_max_entries(mount_count::SLOTS, 0);
+
+/// Counts a mount's (outside the agents) getting the superblock `sb` in [`MADE_DEVICES`], or
+/// with every attach when the map is full. A reused superblock counts too: its mounts wait for
+/// the daemon's next look as a new one's do.
 #[inline(always)]
 fn count_made(sb: *const u8) {
     let Ok(device) = (unsafe { read_field::<u32>(sb, &OFF_SB_DEV) }) else {
-        return count_device(0);
+        return count_attach();
     };
     if let Some(count) = MADE_DEVICES.get_ptr_mut(device) {
         // One superblock has a device number at a time: no other CPU counts it now.
         unsafe { *count += 1 };
     } else if MADE_DEVICES.insert(device, 1, BPF_NOEXIST as u64).is_err() {
-        count_device(0);
+        count_attach();
     }
 }
 
+/// Counts a file system attached in the host's namespace (by a mount, a bind or a move): one
+/// made before the daemon's last look, somewhere it did not care about or not attached at all,
+/// may come to a place it does, where its old marks would still hold.
 #[inline(always)]
-fn count_device(device: u32) {
-    match MADE_DEVICES.get_ptr_mut(device) {
-        Some(count) => unsafe { *count += 1 },
-        None => {
-            let _ = MADE_DEVICES.insert(device, 1, 0);
-        }
+fn count_attach() {
+    if let Some(count) = MOUNT_COUNTS.get_ptr_mut(mount_count::MADE) {
+        // Racing CPUs may count once for two: either count is past the daemon's.
+        unsafe { *count = (*count).wrapping_add(1) };
     }
 }
 
-/// Whether the superblock of the mount `mnt` (a `struct vfsmount`) was got by a mount since the
-/// daemon last began to look at its paths (or one was that the count could not tell apart).
+/// Whether a file system was attached in the host's namespace since the daemon last began to
+/// look at its paths, or the superblock of the mount `mnt` (a `struct vfsmount`) was got by a
+/// mount since.
 #[inline(always)]
 pub unsafe fn made_since_look(mnt: *const u8) -> Result<bool, i32> {
+    let attached = MOUNT_COUNTS.get(mount_count::MADE).copied().unwrap_or(0);
+    if attached != MOUNT_COUNTS.get(mount_count::LOOKED).copied().unwrap_or(0) {
+        return Ok(true);
+    }
     let sb: *const u8 = unsafe { read_field(mnt, &OFF_VFSMOUNT_SB)? };
     let device: u32 = unsafe { read_field(sb, &OFF_SB_DEV)? };
-    Ok(made_since_look_of(device) || made_since_look_of(0))
-}
-
-#[inline(always)]
-fn made_since_look_of(device: u32) -> bool {
     let made = unsafe { MADE_DEVICES.get(device) }.copied().unwrap_or(0);
-    made > unsafe { LOOKED_DEVICES.get(device) }.copied().unwrap_or(0)
+    Ok(made > unsafe { LOOKED_DEVICES.get(device) }.copied().unwrap_or(0))
 }
 
 /// Every superblock a mount asks for passes here once it exists (vfs_get_tree), whether by
@@ -615,8 +626,10 @@ fn made_since_look_of(device: u32) -> bool {
 #[lsm(hook = "sb_set_mnt_opts")]
 pub fn sb_set_mnt_opts(ctx: LsmContext) -> i32 {
     let sb: *const u8 = ctx.arg(0);
-    count_made(sb);
     let Some(agent) = agent_cgroup() else {
+        // An agent's own file system comes to no place of the host's: its mounts there are
+        // refused.
+        count_made(sb);
         return 0;
     };
     let Ok(magic) = (unsafe { sb_magic(sb) }) else {

@@ -1677,6 +1677,40 @@ fn host_mounts_over_rule_paths_wait_for_the_daemon() {
     });
     scenario.agents_denied("read", &[&text(&ruled_file)]);
     assert_eq!(scenario.agent_exec(), Exec::Denied);
+
+    // A file system the host made while the daemon looked, somewhere it does not care about,
+    // then moved over the directory above the rule's file: the move makes no superblock.
+    let stage = base.join("stage");
+    let before = device(&above);
+    unmount(&above);
+    mount_open_tmpfs(&stage);
+    let staged = device(&stage);
+    std::fs::create_dir_all(stage.join("inner")).unwrap();
+    for name in ["pad", "pad2", "other", "secret"] {
+        let file = stage.join("inner").join(name);
+        std::fs::write(&file, "moved\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    // The daemon looks every half second, and as the mount table changes.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let held = Stopped::new(scenario.daemon_pid());
+    let moved = Command::new("mount")
+        .arg("--move")
+        .arg(&stage)
+        .arg(&above)
+        .status()
+        .unwrap();
+    assert!(moved.success());
+    only_from_outside(&scenario, "read", &[&text(&ruled_file)]);
+    drop(held);
+    assert_eq!(
+        before, staged,
+        "the staged file system got the old one's device number"
+    );
+    wait_for("the daemon's look at the moved file system", || {
+        (scenario.tamper(agents, "read", &[&text(&inner_other)]) == Outcome::Ok).then_some(())
+    });
+    scenario.agents_denied("read", &[&text(&ruled_file)]);
     unmount(&scenario.protected);
     for dir in [&tools, &free, &volume, &above, &read_dir] {
         unmount(dir);
