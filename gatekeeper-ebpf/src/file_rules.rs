@@ -249,11 +249,13 @@ pub unsafe fn moves_with_read_tree(moved: *const u8, to: *const u8) -> Result<bo
 /// Whether the mount `mnt` (a `struct vfsmount`, not null: 0 would ask [`on_unguarded_mount`]'s
 /// question) is in the host's mount namespace over a place the rules care about and not yet
 /// looked at by the daemon, looking at its own mount point and those of up to three mounts
-/// above (a mount deeper than that counts as unguarded). A place the rules care about: below a
-/// directory rule, or on a path the daemon follows (a rule's file or directory, the directory
-/// holding a rule's file, a directory above one, a file of the daemon's). Looked at: the mount's
-/// root is as covered as the place it hides (the daemon guards a mount below a directory rule
-/// and follows a rule's path onto what is mounted on it moments after it appears); until then
+/// above (for a write, a mount deeper than that counts as unguarded). A place the rules care
+/// about: below a directory rule, or on a path the daemon follows (a rule's file or directory, a
+/// protected binary, the directory holding a rule's file, a directory above one, a file of the
+/// daemon's). Looked at: the mount's root is as covered as the place it hides (the daemon guards
+/// a mount below a directory rule and follows a rule's path onto what is mounted on it moments
+/// after it appears), and on a followed path the daemon began a look after the mount's
+/// superblock was made and after the last attach in the host's namespace; until then
 /// an agent watching the mount table could read or run the new file at a rule's path, or open
 /// a file there for writing first and keep it. For a write (`writes`), one at or below a guarded
 /// name, which no rule follows, stays unguarded. A bind of a ruled device is looked at too: the
