@@ -25,9 +25,10 @@ pub mod maps {
     /// hides the place it is mounted over until the daemon has looked.
     pub const LOOKED_DEVICES: &str = "LOOKED_DEVICES";
     /// [`crate::mount_count`] slots (u32 each), not pinned: how many times a file system was
-    /// attached in the host's namespace (a mount, bind or move, which may bring one made before
-    /// the daemon's last look to a place it cares about) or a superblock could not be counted
-    /// in [`MADE_DEVICES`], and that count as the daemon last read it before a look.
+    /// attached in the host's namespace, or on a shared mount elsewhere, from which it may
+    /// propagate there (a mount, bind or move, which may bring one made before the daemon's last
+    /// look to a place it cares about), or a superblock could not be counted in
+    /// [`MADE_DEVICES`], and that count as the daemon last read it before a look.
     pub const MOUNT_COUNTS: &str = "MOUNT_COUNTS";
     /// cgroup id (u64) -> 1 for every configured agent cgroup.
     pub const AGENT_CGROUPS: &str = "AGENT_CGROUPS";
@@ -231,7 +232,8 @@ pub const MAX_MADE_DEVICES: u32 = 16384;
 
 /// Slots of [`maps::MOUNT_COUNTS`].
 pub mod mount_count {
-    /// Attaches in the host's namespace and superblocks not counted by device: the kernel's.
+    /// Attaches that may reach the host's namespace and superblocks not counted by device: the
+    /// kernel's.
     pub const MADE: u32 = 0;
     /// [`MADE`] as read before the daemon's last look: the daemon's.
     pub const LOOKED: u32 = 1;

@@ -255,7 +255,7 @@ pub unsafe fn moves_with_read_tree(moved: *const u8, to: *const u8) -> Result<bo
 /// daemon's). Looked at: the mount's root is as covered as the place it hides (the daemon guards
 /// a mount below a directory rule and follows a rule's path onto what is mounted on it moments
 /// after it appears), and on a followed path the daemon began a look after the mount's
-/// superblock was made and after the last attach in the host's namespace; until then
+/// superblock was made and after the last attach that reached the host's namespace; until then
 /// an agent watching the mount table could read or run the new file at a rule's path, or open
 /// a file there for writing first and keep it. For a write (`writes`), one at or below a guarded
 /// name, which no rule follows, stays unguarded. A bind of a ruled device is looked at too: the

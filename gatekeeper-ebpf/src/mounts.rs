@@ -403,14 +403,14 @@ extern "C" fn host_mount_step(_turn: u64, walk: *mut c_void) -> i64 {
 /// mount(2) in every form: new mounts, bind, move, remount and propagation changes.
 #[lsm(hook = "sb_mount")]
 pub fn sb_mount(ctx: LsmContext) -> i32 {
+    let path: *const u8 = ctx.arg(1);
+    let flags: u64 = ctx.arg(3);
     let Some(agent) = agent_cgroup() else {
-        if caller_in_host_namespace() {
+        if caller_in_host_namespace() || attaches(flags) && unsafe { lands_shared(path, false) } {
             count_attach();
         }
         return 0;
     };
-    let path: *const u8 = ctx.arg(1);
-    let flags: u64 = ctx.arg(3);
     if let (name, true) = unsafe { network_fs_name(ctx.arg(2)) } {
         return refuse(agent, TamperHook::MountFs, name, MountRefusal::Filesystem);
     }
@@ -422,17 +422,32 @@ pub fn sb_mount(ctx: LsmContext) -> i32 {
     if caller_in_host_namespace() {
         return refuse(agent, TamperHook::Mount, flags, MountRefusal::HostNamespace);
     }
-    // A bind remount and a propagation change touch only this namespace's own mount.
-    if flags & MS_REMOUNT != 0 || (flags & MS_BIND == 0 && flags & MS_PROPAGATION != 0) {
-        return 0;
-    }
     // A new mount, a bind or a move lands on the mount point: it must not propagate.
-    let shared = unsafe { read_field::<*const u8>(path, &OFF_PATH_MNT) }
-        .map_or(true, |mnt| unsafe { vfsmount_shared(mnt) });
-    if shared {
+    if attaches(flags) && unsafe { lands_shared(path, false) } {
         return refuse(agent, TamperHook::Mount, flags, MountRefusal::Shared);
     }
     0
+}
+
+/// Whether mount(2) with `flags` attaches a file system (a new mount, a bind or a move), rather
+/// than change one in place (a remount, a bind remount or a propagation change, which touch only
+/// the caller's namespace's own mount).
+#[inline(always)]
+fn attaches(flags: u64) -> bool {
+    flags & MS_REMOUNT == 0 && (flags & MS_BIND != 0 || flags & MS_PROPAGATION == 0)
+}
+
+/// Whether what is attached at `path` (a `struct path`) propagates to other mounts: the mount
+/// it lands on is shared, or with `beneath` (MOVE_MOUNT_BENEATH, 6.5, which attaches to the
+/// parent of the mount at `path`) that mount's parent is. Unreadable counts as shared.
+#[inline(always)]
+unsafe fn lands_shared(path: *const u8, beneath: bool) -> bool {
+    unsafe {
+        read_field::<*const u8>(path, &OFF_PATH_MNT).map_or(true, |mnt| {
+            vfsmount_shared(mnt)
+                || beneath && parent_vfsmount(mnt).map_or(true, |parent| vfsmount_shared(parent))
+        })
+    }
 }
 
 /// Each parameter of a mount, through fsconfig or mount(2), before the superblock is made.
@@ -469,8 +484,11 @@ unsafe fn requires_device(fs_type: *const u8) -> Result<bool, i32> {
 /// move_mount(2): what fsmount and open_tree(OPEN_TREE_CLONE) made reaches a namespace only here.
 #[lsm(hook = "move_mount")]
 pub fn move_mount(ctx: LsmContext) -> i32 {
+    let to: *const u8 = ctx.arg(1);
+    // The hook does not say whether MOVE_MOUNT_BENEATH was asked: either way nothing may
+    // propagate.
     let Some(agent) = agent_cgroup() else {
-        if caller_in_host_namespace() {
+        if caller_in_host_namespace() || unsafe { lands_shared(to, true) } {
             count_attach();
         }
         return 0;
@@ -478,14 +496,7 @@ pub fn move_mount(ctx: LsmContext) -> i32 {
     if caller_in_host_namespace() {
         return refuse(agent, TamperHook::MoveMount, 0, MountRefusal::HostNamespace);
     }
-    let to: *const u8 = ctx.arg(1);
-    // MOVE_MOUNT_BENEATH (6.5) attaches to the parent of the mount at `to`: neither may propagate.
-    let shared = unsafe {
-        read_field::<*const u8>(to, &OFF_PATH_MNT).map_or(true, |mnt| {
-            vfsmount_shared(mnt) || parent_vfsmount(mnt).map_or(true, |p| vfsmount_shared(p))
-        })
-    };
-    if shared {
+    if unsafe { lands_shared(to, true) } {
         return refuse(agent, TamperHook::MoveMount, 0, MountRefusal::Shared);
     }
     0
@@ -595,9 +606,11 @@ fn count_made(sb: *const u8) {
     }
 }
 
-/// Counts a file system attached in the host's namespace (by a mount, a bind or a move): one
-/// made before the daemon's last look, somewhere it did not care about or not attached at all,
-/// may come to a place it does, where its old marks would still hold.
+/// Counts a file system attached in the host's namespace (by a mount, a bind or a move), or
+/// attached in another where it may propagate into the host's (on a shared mount, which a
+/// trusted process's `unshare -m` keeps peered with the host's): one made before the daemon's
+/// last look, somewhere it did not care about or not attached at all, may come to a place it
+/// does, where its old marks would still hold.
 #[inline(always)]
 fn count_attach() {
     if let Some(count) = MOUNT_COUNTS.get_ptr_mut(mount_count::MADE) {
@@ -606,8 +619,8 @@ fn count_attach() {
     }
 }
 
-/// Whether a file system was attached in the host's namespace since the daemon last began to
-/// look at its paths, or the superblock of the mount `mnt` (a `struct vfsmount`) was got by a
+/// Whether a file system was attached in the host's namespace (or where it may propagate
+/// there) since the daemon last began to look at its paths, or the superblock of the mount `mnt` (a `struct vfsmount`) was got by a
 /// mount since.
 #[inline(always)]
 pub unsafe fn made_since_look(mnt: *const u8) -> Result<bool, i32> {

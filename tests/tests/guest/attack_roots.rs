@@ -1711,6 +1711,49 @@ fn host_mounts_over_rule_paths_wait_for_the_daemon() {
         (scenario.tamper(agents, "read", &[&text(&inner_other)]) == Outcome::Ok).then_some(())
     });
     scenario.agents_denied("read", &[&text(&ruled_file)]);
+
+    // The mount over the directory above the rule's file made shared: a trusted process in a
+    // mount namespace of its own that keeps it peered with the host's binds (then copies and
+    // moves) the file system's root over the directory holding the rule's file, and the bind
+    // comes to the host's namespace too. The root is a directory the daemon followed, and the
+    // file at the rule's path now one it never saw.
+    let shared = Command::new("mount")
+        .arg("--make-shared")
+        .arg(&above)
+        .status()
+        .unwrap();
+    assert!(shared.success());
+    for (name, content) in [("other", "moved\n"), ("secret", "propagated\n")] {
+        let file = above.join(name);
+        std::fs::write(&file, content).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let inner = above.join("inner");
+    for op in ["bind", "open-tree"] {
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let held = Stopped::new(scenario.daemon_pid());
+        assert_eq!(
+            scenario.tamper(
+                outside,
+                "in-ns",
+                &["bare", op, &text(&above), &text(&inner)]
+            ),
+            Outcome::Ok,
+            "{op} from a namespace of the host's peers"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&ruled_file).unwrap(),
+            "propagated\n",
+            "{op}: the host sees the propagated mount"
+        );
+        only_from_outside(&scenario, "read", &[&text(&ruled_file)]);
+        drop(held);
+        wait_for(&format!("the daemon's look at the propagated {op}"), || {
+            (scenario.tamper(agents, "read", &[&text(&inner_other)]) == Outcome::Ok).then_some(())
+        });
+        scenario.agents_denied("read", &[&text(&ruled_file)]);
+        unmount(&inner);
+    }
     unmount(&scenario.protected);
     for dir in [&tools, &free, &volume, &above, &read_dir] {
         unmount(dir);

@@ -519,6 +519,16 @@ fn rules_hold_on_btrfs() {
     std::fs::create_dir_all(&deep).unwrap();
     let deep = format!("{deep}/file");
     std::fs::write(&deep, "deep").unwrap();
+    // A subvolume of it with a file, for a mount below a protected directory of the root file
+    // system (at the end).
+    assert_eq!(
+        scenario.tamper(host, "btrfs", &[&plain_btrfs.at, "create", "sub"]),
+        Outcome::Ok
+    );
+    let sub_file = "file";
+    std::fs::write(format!("{}/sub/{sub_file}", plain_btrfs.at), "the host's").unwrap();
+    let ruled = "/srv/gk-raw-btrfs-ruled";
+    std::fs::create_dir_all(ruled).unwrap();
     for program in [&tool, &plain] {
         std::fs::copy(gatekeeper_tests::bin("gk-helper"), program).unwrap();
     }
@@ -538,7 +548,8 @@ fn rules_hold_on_btrfs() {
     );
     let rules = format!(
         "[[protect.file]]\npath = \"{data}\"\nname = \"on btrfs\"\naccess = \"any\"\n\
-         [[protect.exec]]\npath = \"{tool}\"\nname = \"tool on btrfs\"\n"
+         [[protect.exec]]\npath = \"{tool}\"\nname = \"tool on btrfs\"\n\
+         [[protect.file]]\npath = \"{ruled}\"\nname = \"above btrfs\"\naccess = \"any\"\n"
     );
     let config = std::fs::read_to_string(&scenario.config).unwrap() + &rules;
     std::fs::write(&scenario.config, config).unwrap();
@@ -618,6 +629,56 @@ fn rules_hold_on_btrfs() {
             .find(|request| request["kind"] == "file" && request["target"] == secret.as_str())
     });
     assert_eq!(nested["rule"], "on btrfs");
+
+    // The rule-less btrfs's subvolume mounted below a protected directory of the root file
+    // system: the daemon guards the mount with the directory's rule, and the kernel walks up
+    // from the subvolume's files to it (a btrfs it did not walk on before). Until the daemon
+    // has (held up here), the kernel refuses agents the files there itself.
+    let below = format!("{ruled}/volume");
+    std::fs::create_dir(&below).unwrap();
+    let held = gatekeeper_tests::Stopped::new(scenario.daemon_pid());
+    let subvol = ["-o", "subvol=sub", &plain_btrfs.device, &below];
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "btrfs"])
+        .args(subvol)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let file = format!("{below}/{sub_file}");
+    let agents_read = || {
+        [
+            scenario.tamper(agents, "read", &[&file]),
+            scenario.tamper_as_user(agents, "read", &[&file]),
+            scenario.tamper_as_user(outside, "read", &[&file]),
+        ]
+    };
+    let before_the_guard = agents_read();
+    drop(held);
+    gatekeeper_tests::wait_for("the daemon guards the subvolume's mount", || {
+        let log = scenario.daemon_log();
+        log.lines()
+            .any(|line| line.contains("guarding a mount") && line.contains(&below))
+            .then_some(())
+    });
+    let after_the_guard = agents_read();
+    let expected = [Outcome::Denied, Outcome::Denied, Outcome::Ok];
+    assert_eq!(
+        before_the_guard, expected,
+        "{file} before the daemon guards the mount (root agent, user agent, user outside)"
+    );
+    assert_eq!(
+        after_the_guard, expected,
+        "{file} once guarded (root agent, user agent, user outside)"
+    );
+    let asked = gatekeeper_tests::wait_for("a request for the subvolume's file", || {
+        scenario
+            .requests(true)
+            .into_iter()
+            .find(|request| request["kind"] == "file" && request["target"] == file.as_str())
+    });
+    assert_eq!(asked["rule"], "above btrfs");
+    let _ = std::process::Command::new("umount").arg(&below).status();
+    std::fs::remove_dir_all(ruled).unwrap();
     drop(btrfs);
 }
 
