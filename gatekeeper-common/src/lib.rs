@@ -24,11 +24,13 @@ pub mod maps {
     /// its paths, written by the daemon, not pinned: a file system on a device made again since
     /// hides the place it is mounted over until the daemon has looked.
     pub const LOOKED_DEVICES: &str = "LOOKED_DEVICES";
-    /// [`crate::mount_count`] slots (u32 each), not pinned: how many times a file system was
+    /// [`crate::mount_count`] slots (u64 each), not pinned: how many times a file system was
     /// attached in the host's namespace, or on a shared mount elsewhere, from which it may
     /// propagate there (a mount, bind or move, which may bring one made before the daemon's last
-    /// look to a place it cares about), or a superblock could not be counted in
-    /// [`MADE_DEVICES`], and that count as the daemon last read it before a look.
+    /// look to a place it cares about), that count as the daemon last read it before a look,
+    /// and the count of the last attach whose place the kernel could not keep, or superblock
+    /// it could not count in [`MADE_DEVICES`]. (The kernel keeps each attach's count by its
+    /// place, in a map of its own.)
     pub const MOUNT_COUNTS: &str = "MOUNT_COUNTS";
     /// cgroup id (u64) -> 1 for every configured agent cgroup.
     pub const AGENT_CGROUPS: &str = "AGENT_CGROUPS";
@@ -230,14 +232,20 @@ macro_rules! kernel_members {
 /// once on a host with many containers, each with several file systems of its own.
 pub const MAX_MADE_DEVICES: u32 = 16384;
 
+/// Mount points whose last attach the kernel keeps (least recently used ones go first): far
+/// more than a host attaches at while the daemon looks once.
+pub const MAX_ATTACHED_PLACES: u32 = 16384;
+
 /// Slots of [`maps::MOUNT_COUNTS`].
 pub mod mount_count {
-    /// Attaches that may reach the host's namespace and superblocks not counted by device: the
-    /// kernel's.
+    /// Attaches that may reach the host's namespace: the kernel's.
     pub const MADE: u32 = 0;
     /// [`MADE`] as read before the daemon's last look: the daemon's.
     pub const LOOKED: u32 = 1;
-    pub const SLOTS: u32 = 2;
+    /// [`MADE`] at the last attach whose place was not kept, or superblock not counted by
+    /// device: every mount waits for a look past it. The kernel's.
+    pub const UNPLACED: u32 = 2;
+    pub const SLOTS: u32 = 3;
 }
 
 /// Where a btrfs inode's subvolume keeps the device number `stat` reports for its files (btrfs

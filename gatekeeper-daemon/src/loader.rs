@@ -179,7 +179,7 @@ pub fn uninstall(pin_dir: &Path) -> std::io::Result<()> {
 /// made, by device number (see [`Kernel::mounts_made`]).
 #[derive(Debug, Clone, Default)]
 pub struct MountsMade {
-    pub attached: u32,
+    pub attached: u64,
     pub devices: Vec<(u32, u32)>,
 }
 
@@ -225,7 +225,7 @@ pub struct Kernel {
     /// See [`maps::LOOKED_DEVICES`].
     looked_devices: HashMap<MapData, u32, u32>,
     /// See [`maps::MOUNT_COUNTS`].
-    mount_counts: Array<MapData, u32>,
+    mount_counts: Array<MapData, u64>,
     /// What `looked_devices` holds, so that a look writes only what changed.
     looked: std::collections::HashMap<u32, u32>,
     /// The ids of the links this daemon attached, in the order of `programs`.

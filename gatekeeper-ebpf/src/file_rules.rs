@@ -255,7 +255,7 @@ pub unsafe fn moves_with_read_tree(moved: *const u8, to: *const u8) -> Result<bo
 /// daemon's). Looked at: the mount's root is as covered as the place it hides (the daemon guards
 /// a mount below a directory rule and follows a rule's path onto what is mounted on it moments
 /// after it appears), and on a followed path the daemon began a look after the mount's
-/// superblock was made and after the last attach that reached the host's namespace; until then
+/// superblock was made and after the last attach at its mount point; until then
 /// an agent watching the mount table could read or run the new file at a rule's path, or open
 /// a file there for writing first and keep it. For a write (`writes`), one at or below a guarded
 /// name, which no rule follows, stays unguarded. A bind of a ruled device is looked at too: the
@@ -384,7 +384,7 @@ unsafe fn walk_below_unguarded_mount(
                 || hidden.bits & RULE_ACCESS & !covering.bits != 0
                 || hidden_watched
                     && (covering.own == 0 && !watched(root)?
-                        || unsafe { made_since_look(vfsmount_of(mount))? })
+                        || unsafe { made_since_look(mount, mountpoint)? })
             {
                 return Ok(true);
             }
@@ -397,6 +397,26 @@ unsafe fn walk_below_unguarded_mount(
     // deep would break hosts for a mount over a rule's path made that deep.
     let parent: *const u8 = unsafe { read_field(mount, &OFF_MOUNT_PARENT)? };
     Ok(writes && parent != mount)
+}
+
+/// Whether the mount `mount` (a `struct mount`) is over a place the rules care about, as far as
+/// the daemon has seen it: it is below a directory rule, or the daemon followed a path onto its
+/// root. What taking it away shows there is no file the daemon has looked at. Unreadable counts
+/// as over one.
+#[inline(always)]
+pub unsafe fn over_rule_place(mount: *const u8) -> bool {
+    let over = unsafe {
+        read_field::<*const u8>(mount, &OFF_MOUNT_MOUNTPOINT)
+            .and_then(|mountpoint| placement(mountpoint))
+            .and_then(|hidden| {
+                if hidden.unplaced || hidden.bits & RULE_ACCESS != 0 {
+                    return Ok(true);
+                }
+                let root: *const u8 = read_field(vfsmount_of(mount), &OFF_VFSMOUNT_ROOT)?;
+                Ok(placement(root)?.own != 0 || watched(root)?)
+            })
+    };
+    over.unwrap_or(true)
 }
 
 /// Whether the daemon follows a path through the directory or file `dentry` names: a protected

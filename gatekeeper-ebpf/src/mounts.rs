@@ -29,20 +29,23 @@ use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_get_current_task, bpf_probe_read_kernel_str_bytes},
     macros::{lsm, map},
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, LruHashMap},
     programs::LsmContext,
 };
-use gatekeeper_common::{MAX_MADE_DEVICES, MountRefusal, Setting, TamperHook, mount_count};
+use gatekeeper_common::{
+    MAX_ATTACHED_PLACES, MAX_MADE_DEVICES, MountRefusal, Setting, TamperHook, mount_count,
+};
 
 use crate::{
     exec::inode_target,
+    file_rules::over_rule_place,
     offsets::{
         OFF_DENTRY_INODE, OFF_FS_CONTEXT_FS_TYPE, OFF_FS_ROOT, OFF_FS_TYPE_FLAGS, OFF_FS_TYPE_NAME,
         OFF_FS_USERS, OFF_LIST_HEAD_NEXT, OFF_MNT_NS_NS, OFF_MOUNT_CHILD, OFF_MOUNT_INSTANCE,
-        OFF_MOUNT_MNT, OFF_MOUNT_MOUNTS, OFF_MOUNT_NS, OFF_MOUNT_PARENT, OFF_NS_COMMON_INUM,
-        OFF_NSPROXY_MNT_NS, OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_SB_BDEV, OFF_SB_DEV, OFF_SB_MOUNTS,
-        OFF_SB_TYPE, OFF_TASK_FS, OFF_TASK_NSPROXY, OFF_VFSMOUNT_FLAGS, OFF_VFSMOUNT_ROOT,
-        OFF_VFSMOUNT_SB,
+        OFF_MOUNT_MNT, OFF_MOUNT_MOUNTPOINT, OFF_MOUNT_MOUNTS, OFF_MOUNT_NS, OFF_MOUNT_PARENT,
+        OFF_NS_COMMON_INUM, OFF_NSPROXY_MNT_NS, OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_SB_BDEV,
+        OFF_SB_DEV, OFF_SB_MOUNTS, OFF_SB_TYPE, OFF_TASK_FS, OFF_TASK_NSPROXY, OFF_VFSMOUNT_FLAGS,
+        OFF_VFSMOUNT_ROOT, OFF_VFSMOUNT_SB,
     },
     read::{
         BPF_FS_MAGIC, CGROUP_SUPER_MAGIC, TURN_AGAIN, TURN_DONE, field_offset, member_ptr, opaque,
@@ -57,6 +60,7 @@ const MS_REMOUNT: u64 = 32;
 /// `file_system_type.fs_flags`: the file system is made from a block device.
 const FS_REQUIRES_DEV: i32 = 1;
 const MS_BIND: u64 = 4096;
+const MS_MOVE: u64 = 8192;
 const MS_PROPAGATION: u64 = (1 << 17) | (1 << 18) | (1 << 19) | (1 << 20);
 /// Steps of a mount tree walk (each mount takes one or two): a container's old root fits.
 const MAX_TREE_STEPS: u32 = 256;
@@ -407,7 +411,11 @@ pub fn sb_mount(ctx: LsmContext) -> i32 {
     let flags: u64 = ctx.arg(3);
     let Some(agent) = agent_cgroup() else {
         if caller_in_host_namespace() || attaches(flags) && unsafe { lands_shared(path, false) } {
-            count_attach();
+            count_attach(unsafe { read_field(path, &OFF_PATH_DENTRY) }.ok());
+            // mount(2) names the mount it moves by a string: what it leaves shows, somewhere.
+            if flags & MS_MOVE != 0 {
+                count_attach(None);
+            }
         }
         return 0;
     };
@@ -489,7 +497,11 @@ pub fn move_mount(ctx: LsmContext) -> i32 {
     // propagate.
     let Some(agent) = agent_cgroup() else {
         if caller_in_host_namespace() || unsafe { lands_shared(to, true) } {
-            count_attach();
+            unsafe { count_move(to) };
+        }
+        let from: *const u8 = ctx.arg(0);
+        if let Ok(moved) = unsafe { read_field::<*const u8>(from, &OFF_PATH_MNT) } {
+            unsafe { count_reveal(moved) };
         }
         return 0;
     };
@@ -506,10 +518,11 @@ pub fn move_mount(ctx: LsmContext) -> i32 {
 /// that is the whole tree under the mount.
 #[lsm(hook = "sb_umount")]
 pub fn sb_umount(ctx: LsmContext) -> i32 {
+    let mnt: *const u8 = ctx.arg(0);
     let Some(agent) = agent_cgroup() else {
+        unsafe { count_reveal(mnt) };
         return 0;
     };
-    let mnt: *const u8 = ctx.arg(0);
     let magic = unsafe {
         read_field::<*const u8>(mnt, &OFF_VFSMOUNT_SB)
             .and_then(|sb| sb_magic(sb))
@@ -588,7 +601,13 @@ static LOOKED_DEVICES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_MADE_DE
 
 /// See [`gatekeeper_common::maps::MOUNT_COUNTS`].
 #[map]
-static MOUNT_COUNTS: Array<u32> = Array::with_max_entries(mount_count::SLOTS, 0);
+static MOUNT_COUNTS: Array<u64> = Array::with_max_entries(mount_count::SLOTS, 0);
+
+/// A mount point (the address of its dentry, which every mount propagated from there shares)
+/// -> the [`mount_count::MADE`] count of the last attach there, the kernel's alone. Least
+/// recently used places go first: an attach since the daemon's look is among the newest.
+#[map]
+static ATTACHED_PLACES: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_ATTACHED_PLACES, 0);
 
 /// Counts a mount's (outside the agents) getting the superblock `sb` in [`MADE_DEVICES`], or
 /// with every attach when the map is full. A reused superblock counts too: its mounts wait for
@@ -596,39 +615,99 @@ static MOUNT_COUNTS: Array<u32> = Array::with_max_entries(mount_count::SLOTS, 0)
 #[inline(always)]
 fn count_made(sb: *const u8) {
     let Ok(device) = (unsafe { read_field::<u32>(sb, &OFF_SB_DEV) }) else {
-        return count_attach();
+        return count_attach(None);
     };
     if let Some(count) = MADE_DEVICES.get_ptr_mut(device) {
         // One superblock has a device number at a time: no other CPU counts it now.
         unsafe { *count += 1 };
     } else if MADE_DEVICES.insert(device, 1, BPF_NOEXIST as u64).is_err() {
-        count_attach();
+        count_attach(None);
     }
 }
 
 /// Counts a file system attached in the host's namespace (by a mount, a bind or a move), or
 /// attached in another where it may propagate into the host's (on a shared mount, which a
-/// trusted process's `unshare -m` keeps peered with the host's): one made before the daemon's
-/// last look, somewhere it did not care about or not attached at all, may come to a place it
-/// does, where its old marks would still hold.
+/// trusted process's `unshare -m` keeps peered with the host's), at its mount point `place` (a
+/// dentry): one made before the daemon's last look, somewhere it did not care about or not
+/// attached at all, may come to a place it does, where its old marks would still hold. Without
+/// a place, or when it cannot be kept, the attach holds every place until the daemon's next
+/// look.
 #[inline(always)]
-fn count_attach() {
-    if let Some(count) = MOUNT_COUNTS.get_ptr_mut(mount_count::MADE) {
-        // Racing CPUs may count once for two: either count is past the daemon's.
-        unsafe { *count = (*count).wrapping_add(1) };
+fn count_attach(place: Option<*const u8>) {
+    let Some(count) = MOUNT_COUNTS.get_ptr_mut(mount_count::MADE) else {
+        return;
+    };
+    // Racing CPUs may count once for two: either count is past the daemon's.
+    let made = unsafe { *count } + 1;
+    unsafe { *count = made };
+    let kept = place.is_some_and(|place| ATTACHED_PLACES.insert(place as u64, made, 0).is_ok());
+    if !kept && let Some(unplaced) = MOUNT_COUNTS.get_ptr_mut(mount_count::UNPLACED) {
+        unsafe { *unplaced = made };
     }
 }
 
-/// Whether a file system was attached in the host's namespace (or where it may propagate
-/// there) since the daemon last began to look at its paths, or the superblock of the mount `mnt` (a `struct vfsmount`) was got by a
-/// mount since.
+/// Counts a move_mount(2) to `to` (a `struct path`): at the dentry there, and at the mount
+/// point of the mount there, below which MOVE_MOUNT_BENEATH attaches (the hook does not say
+/// which was asked).
 #[inline(always)]
-pub unsafe fn made_since_look(mnt: *const u8) -> Result<bool, i32> {
-    let attached = MOUNT_COUNTS.get(mount_count::MADE).copied().unwrap_or(0);
-    if attached != MOUNT_COUNTS.get(mount_count::LOOKED).copied().unwrap_or(0) {
+unsafe fn count_move(to: *const u8) {
+    let (dentry, mnt) = unsafe {
+        (
+            read_field::<*const u8>(to, &OFF_PATH_DENTRY).ok(),
+            read_field::<*const u8>(to, &OFF_PATH_MNT).ok(),
+        )
+    };
+    count_attach(dentry);
+    let below =
+        mnt.and_then(|mnt| unsafe { read_field(mount_of(mnt), &OFF_MOUNT_MOUNTPOINT) }.ok());
+    count_attach(below);
+}
+
+/// Counts what taking the mount `mnt` (a `struct vfsmount`) away from its place shows, by an
+/// unmount or a move outside the agents, where the host's namespace sees it: the file system it
+/// was on, at that file system's own mount point (the files there, or a file system stacked
+/// below, may be other than the daemon followed its paths onto, or carry old marks), when it was
+/// over a place the rules care about. (A lazy unmount elsewhere whose mounts below propagate on
+/// their own shows places the hook does not name: every place waits.)
+#[inline(always)]
+unsafe fn count_reveal(mnt: *const u8) {
+    let mount = unsafe { mount_of(mnt) };
+    let Ok(parent) = (unsafe { read_field::<*const u8>(mount, &OFF_MOUNT_PARENT) }) else {
+        return count_attach(None);
+    };
+    if parent == mount {
+        // Attached nowhere (what fsmount or open_tree made).
+        return;
+    }
+    if !caller_in_host_namespace() && !unsafe { vfsmount_shared(vfsmount_of(parent)) } {
+        if unsafe { tree_has_shared(mount) } != Ok(false) {
+            count_attach(None);
+        }
+        return;
+    }
+    if unsafe { over_rule_place(mount) } {
+        count_attach(unsafe { read_field(parent, &OFF_MOUNT_MOUNTPOINT) }.ok());
+    }
+}
+
+/// Whether the mount `mount` (a `struct mount`, mounted at the dentry `mountpoint`) may have
+/// come to its place since the daemon last began to look at its paths: a file system was
+/// attached there (or anywhere, when the kernel could not keep the place) since, or its
+/// superblock was got by a mount since.
+#[inline(always)]
+pub unsafe fn made_since_look(mount: *const u8, mountpoint: *const u8) -> Result<bool, i32> {
+    let looked = MOUNT_COUNTS.get(mount_count::LOOKED).copied().unwrap_or(0);
+    let unplaced = MOUNT_COUNTS
+        .get(mount_count::UNPLACED)
+        .copied()
+        .unwrap_or(0);
+    let attached = unsafe { ATTACHED_PLACES.get(mountpoint as u64) }
+        .copied()
+        .unwrap_or(0);
+    if unplaced > looked || attached > looked {
         return Ok(true);
     }
-    let sb: *const u8 = unsafe { read_field(mnt, &OFF_VFSMOUNT_SB)? };
+    let sb: *const u8 = unsafe { read_field(vfsmount_of(mount), &OFF_VFSMOUNT_SB)? };
     let device: u32 = unsafe { read_field(sb, &OFF_SB_DEV)? };
     let made = unsafe { MADE_DEVICES.get(device) }.copied().unwrap_or(0);
     Ok(made > unsafe { LOOKED_DEVICES.get(device) }.copied().unwrap_or(0))

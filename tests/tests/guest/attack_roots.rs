@@ -5,7 +5,10 @@
 //! cgroups showing the same action does what it claims there.
 
 use std::{
-    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+    os::{
+        fd::AsRawFd as _,
+        unix::fs::{MetadataExt as _, PermissionsExt as _},
+    },
     path::{Path, PathBuf},
     process::Command,
 };
@@ -1557,6 +1560,13 @@ fn host_mounts_over_rule_paths_wait_for_the_daemon() {
         free.join("data"),
     );
     let other_tool = tools.join("other");
+    // The daemon has looked once the other file at the rule's file's directory is the agents'
+    // again.
+    let looked = |what: &str| {
+        wait_for(what, || {
+            (scenario.tamper(agents, "read", &[&text(&inner_other)]) == Outcome::Ok).then_some(())
+        })
+    };
 
     let held = Stopped::new(scenario.daemon_pid());
     // Over a directory rule, over a directory above a file rule, below a write rule, over the
@@ -1602,10 +1612,7 @@ fn host_mounts_over_rule_paths_wait_for_the_daemon() {
     assert_eq!(free_reads, [Outcome::Ok, Outcome::Ok], "{free_data:?}");
     scenario.wait_journal("tamper_attempt", |event| event["hook"] == "unguarded_mount");
 
-    // The daemon has looked once the other file above the file rule is the agents' again.
-    wait_for("the daemon's look at the mounts", || {
-        (scenario.tamper(agents, "read", &[&text(&inner_other)]) == Outcome::Ok).then_some(())
-    });
+    looked("the daemon's look at the mounts");
     assert_eq!(
         scenario.tamper_as_user(agents, "read", &[&text(&inner_other)]),
         Outcome::Ok
@@ -1672,9 +1679,7 @@ fn host_mounts_over_rule_paths_wait_for_the_daemon() {
         (Exec::Denied, Exec::Ran),
         "the file bound over the exec rule's binary (agent, outside)"
     );
-    wait_for("the daemon's look at the new file systems", || {
-        (scenario.tamper(agents, "read", &[&text(&inner_other)]) == Outcome::Ok).then_some(())
-    });
+    looked("the daemon's look at the new file systems");
     scenario.agents_denied("read", &[&text(&ruled_file)]);
     assert_eq!(scenario.agent_exec(), Exec::Denied);
 
@@ -1707,9 +1712,7 @@ fn host_mounts_over_rule_paths_wait_for_the_daemon() {
         before, staged,
         "the staged file system got the old one's device number"
     );
-    wait_for("the daemon's look at the moved file system", || {
-        (scenario.tamper(agents, "read", &[&text(&inner_other)]) == Outcome::Ok).then_some(())
-    });
+    looked("the daemon's look at the moved file system");
     scenario.agents_denied("read", &[&text(&ruled_file)]);
 
     // The mount over the directory above the rule's file made shared: a trusted process in a
@@ -1748,14 +1751,59 @@ fn host_mounts_over_rule_paths_wait_for_the_daemon() {
         );
         only_from_outside(&scenario, "read", &[&text(&ruled_file)]);
         drop(held);
-        wait_for(&format!("the daemon's look at the propagated {op}"), || {
-            (scenario.tamper(agents, "read", &[&text(&inner_other)]) == Outcome::Ok).then_some(())
-        });
+        looked(&format!("the daemon's look at the propagated {op}"));
         scenario.agents_denied("read", &[&text(&ruled_file)]);
         unmount(&inner);
     }
+
+    // A host mount somewhere no rule cares about waits for no look of the daemon's, and leaves
+    // the mounts it looked at the agents' meanwhile (the daemon held up again).
+    let elsewhere = base.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    looked("the daemon's look after the unmount");
+    let held = Stopped::new(scenario.daemon_pid());
+    mount_open_tmpfs(&elsewhere);
+    let reads = [
+        scenario.tamper(agents, "read", &[&text(&inner_other)]),
+        scenario.tamper_as_user(agents, "read", &[&text(&inner_other)]),
+    ];
+    drop(held);
+    assert_eq!(
+        reads,
+        [Outcome::Ok, Outcome::Ok],
+        "{inner_other:?} after a mount elsewhere (root agent, user agent)"
+    );
+
+    // What an unmount shows: the file system stacked below one the daemon followed its paths
+    // onto, at the rule's path a file the daemon never saw (the host made it there through a
+    // descriptor of the hidden directory). Until the daemon has looked, agents get none of it.
+    let hidden = std::fs::File::open(above.join("inner")).unwrap();
+    mount_open_tmpfs(&above);
+    std::fs::create_dir_all(above.join("inner")).unwrap();
+    for file in [&inner_other, &ruled_file] {
+        std::fs::write(file, "stacked\n").unwrap();
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    looked("the daemon's look at the stacked file system");
+    // (Made anew, not renamed over the old one, whose rule a file renamed over it takes.)
+    let hidden_secret = format!("/proc/self/fd/{}/secret", hidden.as_raw_fd());
+    std::fs::remove_file(&hidden_secret).unwrap();
+    std::fs::write(&hidden_secret, "revealed\n").unwrap();
+    std::fs::set_permissions(&hidden_secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    drop(hidden);
+    let held = Stopped::new(scenario.daemon_pid());
+    unmount(&above);
+    assert_eq!(
+        std::fs::read_to_string(&ruled_file).unwrap(),
+        "revealed\n",
+        "the unmount shows the file made below"
+    );
+    only_from_outside(&scenario, "read", &[&text(&ruled_file)]);
+    drop(held);
+    looked("the daemon's look after the unmount of the stacked file system");
+    scenario.agents_denied("read", &[&text(&ruled_file)]);
     unmount(&scenario.protected);
-    for dir in [&tools, &free, &volume, &above, &read_dir] {
+    for dir in [&elsewhere, &tools, &free, &volume, &above, &read_dir] {
         unmount(dir);
     }
     std::fs::remove_dir_all(base).unwrap();

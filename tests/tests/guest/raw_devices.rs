@@ -670,13 +670,7 @@ fn rules_hold_on_btrfs() {
         after_the_guard, expected,
         "{file} once guarded (root agent, user agent, user outside)"
     );
-    let asked = gatekeeper_tests::wait_for("a request for the subvolume's file", || {
-        scenario
-            .requests(true)
-            .into_iter()
-            .find(|request| request["kind"] == "file" && request["target"] == file.as_str())
-    });
-    assert_eq!(asked["rule"], "above btrfs");
+    assert_eq!(scenario.wait_request_for(&file)["rule"], "above btrfs");
     let _ = std::process::Command::new("umount").arg(&below).status();
     std::fs::remove_dir_all(ruled).unwrap();
     drop(btrfs);
