@@ -61,6 +61,8 @@ const MS_REMOUNT: u64 = 32;
 const FS_REQUIRES_DEV: i32 = 1;
 const MS_BIND: u64 = 4096;
 const MS_MOVE: u64 = 8192;
+/// umount2(2): the mount and every mount below it go.
+const MNT_DETACH: i32 = 2;
 const MS_PROPAGATION: u64 = (1 << 17) | (1 << 18) | (1 << 19) | (1 << 20);
 /// Steps of a mount tree walk (each mount takes one or two): a container's old root fits.
 const MAX_TREE_STEPS: u32 = 256;
@@ -501,7 +503,7 @@ pub fn move_mount(ctx: LsmContext) -> i32 {
         }
         let from: *const u8 = ctx.arg(0);
         if let Ok(moved) = unsafe { read_field::<*const u8>(from, &OFF_PATH_MNT) } {
-            unsafe { count_reveal(moved) };
+            unsafe { count_reveal(moved, false) };
         }
         return 0;
     };
@@ -520,7 +522,8 @@ pub fn move_mount(ctx: LsmContext) -> i32 {
 pub fn sb_umount(ctx: LsmContext) -> i32 {
     let mnt: *const u8 = ctx.arg(0);
     let Some(agent) = agent_cgroup() else {
-        unsafe { count_reveal(mnt) };
+        let flags: i32 = ctx.arg(1);
+        unsafe { count_reveal(mnt, flags & MNT_DETACH != 0) };
         return 0;
     };
     let magic = unsafe {
@@ -667,10 +670,10 @@ unsafe fn count_move(to: *const u8) {
 /// unmount or a move outside the agents, where the host's namespace sees it: the file system it
 /// was on, at that file system's own mount point (the files there, or a file system stacked
 /// below, may be other than the daemon followed its paths onto, or carry old marks), when it was
-/// over a place the rules care about. (A lazy unmount elsewhere whose mounts below propagate on
+/// over a place the rules care about. (A `lazy` unmount elsewhere whose mounts below propagate on
 /// their own shows places the hook does not name: every place waits.)
 #[inline(always)]
-unsafe fn count_reveal(mnt: *const u8) {
+unsafe fn count_reveal(mnt: *const u8, lazy: bool) {
     let mount = unsafe { mount_of(mnt) };
     let Ok(parent) = (unsafe { read_field::<*const u8>(mount, &OFF_MOUNT_PARENT) }) else {
         return count_attach(None);
@@ -680,7 +683,7 @@ unsafe fn count_reveal(mnt: *const u8) {
         return;
     }
     if !caller_in_host_namespace() && !unsafe { vfsmount_shared(vfsmount_of(parent)) } {
-        if unsafe { tree_has_shared(mount) } != Ok(false) {
+        if lazy && unsafe { tree_has_shared(mount) } != Ok(false) {
             count_attach(None);
         }
         return;
