@@ -133,6 +133,7 @@ macro_rules! kernel_members {
             (OFF_DENTRY_NAME, "dentry", "d_name"),
             (OFF_QSTR_NAME, "qstr", "name"),
             (OFF_DENTRY_PARENT, "dentry", "d_parent"),
+            (OFF_DENTRY_FLAGS, "dentry", "d_flags"),
             (OFF_UNIX_PATH, "unix_sock", "path"),
             (OFF_UNIX_PEER, "unix_sock", "peer"),
             // Mounts: which namespace the caller is in, and how a mount propagates.
@@ -245,7 +246,14 @@ pub mod mount_count {
     /// [`MADE`] at the last attach whose place was not kept, or superblock not counted by
     /// device: every mount waits for a look past it. The kernel's.
     pub const UNPLACED: u32 = 2;
-    pub const SLOTS: u32 = 3;
+    /// [`MADE`] at the last unmount, move or rename that showed a place the rules care about:
+    /// while it is past [`LOOKED`], agents' opens look for such places above them. The
+    /// kernel's.
+    pub const REVEALED: u32 = 3;
+    /// [`MADE`] at the last such change whose place was not kept: every open waits. The
+    /// kernel's.
+    pub const REVEALED_UNPLACED: u32 = 4;
+    pub const SLOTS: u32 = 5;
 }
 
 /// Where a btrfs inode's subvolume keeps the device number `stat` reports for its files (btrfs
@@ -777,6 +785,10 @@ pub enum MountRefusal {
     /// A filesystem agents may never mount or reconfigure (bpffs, cgroup v1, network file
     /// systems).
     Filesystem = 5,
+    /// A name something is mounted on in another namespace (the host's): renaming or removing
+    /// it, which the kernel allows where nothing is mounted on it, would move or take away that
+    /// mount.
+    MountPoint = 6,
 }
 
 impl TamperHook {

@@ -12,8 +12,8 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use gatekeeper_common::{
-    ALL_MINORS, MAX_DAEMON_FILES, MAX_RAW_DEVICES, TamperHook, Target, daemon_file, file_access,
-    file_rule, raw_device,
+    ALL_MINORS, MAX_DAEMON_FILES, MAX_RAW_DEVICES, MountRefusal, TamperHook, Target, daemon_file,
+    file_access, file_rule, raw_device,
 };
 
 use crate::{
@@ -22,6 +22,7 @@ use crate::{
         alias_of, below_unguarded_mount, inherit_rule, moves_with_read_tree, on_unguarded_mount,
         placement,
     },
+    mounts::{count_rename, is_mount_point, revealed_above},
     names::{gatekeeper_below_guarded_name, guard_name_at},
     offsets::{
         OFF_DENTRY_INODE, OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_FILE_FLAGS, OFF_FILE_INODE,
@@ -502,7 +503,8 @@ unsafe fn judge_rule_open(
         // elsewhere by the host is written through neither.
         if unsafe {
             below_unguarded_mount(mnt, inode, writes)? || writes && on_unguarded_mount(inode, true)?
-        } {
+        } || revealed_above(dentry)?
+        {
             return Ok(tamper(agent, TamperHook::UnguardedMount, target.data));
         }
     }
@@ -690,9 +692,21 @@ pub fn inode_unlink(ctx: LsmContext) -> i32 {
         return tamper(agent, TamperHook::PinUnlink, [0, 0]);
     }
     match dentry_arg(&ctx, 1) {
+        Ok(dentry) if is_mount_point(dentry) => refuse_mount_point(agent),
         Ok(dentry) => unsafe { guard_name(agent, dir, dentry) },
         Err(_) => -EPERM,
     }
+}
+
+/// An agent renaming or removing a name something is mounted on in another namespace (its own
+/// copy unmounted first), which would move or take away the host's mount there.
+#[inline(always)]
+fn refuse_mount_point(agent: u64) -> i32 {
+    tamper(
+        agent,
+        TamperHook::Umount,
+        [0, MountRefusal::MountPoint as u64],
+    )
 }
 
 /// Removing a directory a file rule names (empty, or it could not go): another, the agent's,
@@ -703,6 +717,7 @@ pub fn inode_rmdir(ctx: LsmContext) -> i32 {
         return 0;
     };
     match dentry_arg(&ctx, 1) {
+        Ok(dentry) if is_mount_point(dentry) => refuse_mount_point(agent),
         Ok(dentry) => unsafe { guard_name(agent, ctx.arg(0), dentry) },
         Err(_) => -EPERM,
     }
@@ -715,6 +730,9 @@ pub fn inode_rename(ctx: LsmContext) -> i32 {
     let Some(agent) = agent_cgroup() else {
         // A trusted rename over a protected binary or a rule's file hands its protection on.
         unsafe { hand_on_protection(ctx.arg(1), ctx.arg(3)) };
+        if let (Ok(moved), Ok(replaced)) = (dentry_arg(&ctx, 1), dentry_arg(&ctx, 3)) {
+            count_rename(moved, replaced);
+        }
         return 0;
     };
     let old_dir: *const u8 = ctx.arg(0);
@@ -726,13 +744,16 @@ pub fn inode_rename(ctx: LsmContext) -> i32 {
     let Ok(moved) = dentry_arg(&ctx, 1) else {
         return -EPERM;
     };
+    let Ok(replaced) = dentry_arg(&ctx, 3) else {
+        return -EPERM;
+    };
+    if is_mount_point(moved) || is_mount_point(replaced) {
+        return refuse_mount_point(agent);
+    }
     match unsafe { guard_name(agent, old_dir, moved) } {
         0 => {}
         verdict => return verdict,
     }
-    let Ok(replaced) = dentry_arg(&ctx, 3) else {
-        return -EPERM;
-    };
     match unsafe { guard_name(agent, new_dir, replaced) } {
         0 => {}
         verdict => return verdict,

@@ -33,19 +33,20 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use gatekeeper_common::{
-    MAX_ATTACHED_PLACES, MAX_MADE_DEVICES, MountRefusal, Setting, TamperHook, mount_count,
+    MAX_ATTACHED_PLACES, MAX_MADE_DEVICES, MAX_TREE_DEPTH, MountRefusal, Setting, TamperHook,
+    mount_count,
 };
 
 use crate::{
     exec::inode_target,
     file_rules::over_rule_place,
     offsets::{
-        OFF_DENTRY_INODE, OFF_FS_CONTEXT_FS_TYPE, OFF_FS_ROOT, OFF_FS_TYPE_FLAGS, OFF_FS_TYPE_NAME,
-        OFF_FS_USERS, OFF_LIST_HEAD_NEXT, OFF_MNT_NS_NS, OFF_MOUNT_CHILD, OFF_MOUNT_INSTANCE,
-        OFF_MOUNT_MNT, OFF_MOUNT_MOUNTPOINT, OFF_MOUNT_MOUNTS, OFF_MOUNT_NS, OFF_MOUNT_PARENT,
-        OFF_NS_COMMON_INUM, OFF_NSPROXY_MNT_NS, OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_SB_BDEV,
-        OFF_SB_DEV, OFF_SB_MOUNTS, OFF_SB_TYPE, OFF_TASK_FS, OFF_TASK_NSPROXY, OFF_VFSMOUNT_FLAGS,
-        OFF_VFSMOUNT_ROOT, OFF_VFSMOUNT_SB,
+        OFF_DENTRY_FLAGS, OFF_DENTRY_INODE, OFF_DENTRY_PARENT, OFF_FS_CONTEXT_FS_TYPE, OFF_FS_ROOT,
+        OFF_FS_TYPE_FLAGS, OFF_FS_TYPE_NAME, OFF_FS_USERS, OFF_LIST_HEAD_NEXT, OFF_MNT_NS_NS,
+        OFF_MOUNT_CHILD, OFF_MOUNT_INSTANCE, OFF_MOUNT_MNT, OFF_MOUNT_MOUNTPOINT, OFF_MOUNT_MOUNTS,
+        OFF_MOUNT_NS, OFF_MOUNT_PARENT, OFF_NS_COMMON_INUM, OFF_NSPROXY_MNT_NS, OFF_PATH_DENTRY,
+        OFF_PATH_MNT, OFF_SB_BDEV, OFF_SB_DEV, OFF_SB_MOUNTS, OFF_SB_TYPE, OFF_TASK_FS,
+        OFF_TASK_NSPROXY, OFF_VFSMOUNT_FLAGS, OFF_VFSMOUNT_ROOT, OFF_VFSMOUNT_SB,
     },
     read::{
         BPF_FS_MAGIC, CGROUP_SUPER_MAGIC, TURN_AGAIN, TURN_DONE, field_offset, member_ptr, opaque,
@@ -612,6 +613,12 @@ static MOUNT_COUNTS: Array<u64> = Array::with_max_entries(mount_count::SLOTS, 0)
 #[map]
 static ATTACHED_PLACES: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_ATTACHED_PLACES, 0);
 
+/// A directory or file an unmount, move or rename showed at a place the rules care about (a
+/// dentry's address: what a mount hid, or what a rename put where a mount was) -> the
+/// [`mount_count::MADE`] count then, the kernel's alone.
+#[map]
+static REVEALED_PLACES: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_ATTACHED_PLACES, 0);
+
 /// Counts a mount's (outside the agents) getting the superblock `sb` in [`MADE_DEVICES`], or
 /// with every attach when the map is full. A reused superblock counts too: its mounts wait for
 /// the daemon's next look as a new one's do.
@@ -637,15 +644,33 @@ fn count_made(sb: *const u8) {
 /// look.
 #[inline(always)]
 fn count_attach(place: Option<*const u8>) {
+    count_at(&ATTACHED_PLACES, mount_count::UNPLACED, place);
+}
+
+/// Counts a change of the mounts at `place` (a dentry) in `places`, or when it has none or
+/// cannot be kept in the [`MOUNT_COUNTS`] slot `unplaced`; the count.
+#[inline(always)]
+fn count_at(places: &LruHashMap<u64, u64>, unplaced: u32, place: Option<*const u8>) -> u64 {
     let Some(count) = MOUNT_COUNTS.get_ptr_mut(mount_count::MADE) else {
-        return;
+        return 0;
     };
     // Racing CPUs may count once for two: either count is past the daemon's.
     let made = unsafe { *count } + 1;
     unsafe { *count = made };
-    let kept = place.is_some_and(|place| ATTACHED_PLACES.insert(place as u64, made, 0).is_ok());
-    if !kept && let Some(unplaced) = MOUNT_COUNTS.get_ptr_mut(mount_count::UNPLACED) {
-        unsafe { *unplaced = made };
+    let kept = place.is_some_and(|place| places.insert(place as u64, made, 0).is_ok());
+    if !kept && let Some(slot) = MOUNT_COUNTS.get_ptr_mut(unplaced) {
+        unsafe { *slot = made };
+    }
+    made
+}
+
+/// Counts what an unmount, move or rename showed at `place` (a dentry): agents open nothing at
+/// or below it until the daemon has looked (see [`revealed_above`]).
+#[inline(always)]
+fn count_revealed(place: Option<*const u8>) {
+    let made = count_at(&REVEALED_PLACES, mount_count::REVEALED_UNPLACED, place);
+    if let Some(slot) = MOUNT_COUNTS.get_ptr_mut(mount_count::REVEALED) {
+        unsafe { *slot = made };
     }
 }
 
@@ -667,16 +692,16 @@ unsafe fn count_move(to: *const u8) {
 }
 
 /// Counts what taking the mount `mnt` (a `struct vfsmount`) away from its place shows, by an
-/// unmount or a move outside the agents, where the host's namespace sees it: the file system it
-/// was on, at that file system's own mount point (the files there, or a file system stacked
-/// below, may be other than the daemon followed its paths onto, or carry old marks), when it was
-/// over a place the rules care about. (A `lazy` unmount elsewhere whose mounts below propagate on
-/// their own shows places the hook does not name: every place waits.)
+/// unmount or a move outside the agents, where the host's namespace sees it: the directory or
+/// file it was mounted on (what is there, a file system stacked below or the files the mount
+/// hid, may be other than the daemon followed its paths onto, or carry old marks), when it was
+/// over a place the rules care about. (A `lazy` unmount elsewhere whose mounts below propagate
+/// on their own shows places the hook does not name: every open waits.)
 #[inline(always)]
 unsafe fn count_reveal(mnt: *const u8, lazy: bool) {
     let mount = unsafe { mount_of(mnt) };
     let Ok(parent) = (unsafe { read_field::<*const u8>(mount, &OFF_MOUNT_PARENT) }) else {
-        return count_attach(None);
+        return count_revealed(None);
     };
     if parent == mount {
         // Attached nowhere (what fsmount or open_tree made).
@@ -684,12 +709,101 @@ unsafe fn count_reveal(mnt: *const u8, lazy: bool) {
     }
     if !caller_in_host_namespace() && !unsafe { vfsmount_shared(vfsmount_of(parent)) } {
         if lazy && unsafe { tree_has_shared(mount) } != Ok(false) {
-            count_attach(None);
+            count_revealed(None);
         }
         return;
     }
     if unsafe { over_rule_place(mount) } {
-        count_attach(unsafe { read_field(parent, &OFF_MOUNT_MOUNTPOINT) }.ok());
+        count_revealed(unsafe { read_field(mount, &OFF_MOUNT_MOUNTPOINT) }.ok());
+    }
+}
+
+/// `dentry.d_flags`: something is mounted on it, in some namespace.
+const DCACHE_MOUNTED: u32 = 0x1_0000;
+
+/// Whether something is mounted on `dentry` in some namespace (unreadable counts as mounted).
+/// A rename over it or a removal of it, which the kernel allows where nothing is mounted on it,
+/// takes those mounts away everywhere; a rename of it moves them with it.
+#[inline(always)]
+pub fn is_mount_point(dentry: *const u8) -> bool {
+    unsafe { read_field::<u32>(dentry, &OFF_DENTRY_FLAGS) }
+        .map_or(true, |flags| flags & DCACHE_MOUNTED != 0)
+}
+
+/// A rename outside the agents of `moved` (a dentry) over `replaced`: mounts on `moved` come
+/// with it to its new place, as an attach there; mounts on `replaced` go, and what the host saw
+/// there is `moved` now.
+#[inline(always)]
+pub fn count_rename(moved: *const u8, replaced: *const u8) {
+    if is_mount_point(moved) {
+        count_attach(Some(moved));
+    }
+    if is_mount_point(replaced) {
+        count_revealed(Some(moved));
+    }
+}
+
+/// Whether an unmount, move or rename since the daemon last began to look at its paths showed
+/// `dentry` or a directory above it (see [`count_reveal`], [`count_rename`]). Negative when
+/// unreadable.
+#[inline(always)]
+pub fn revealed_above(dentry: *const u8) -> Result<bool, i32> {
+    let slot = |slot| MOUNT_COUNTS.get(slot).copied().unwrap_or(0);
+    let looked = slot(mount_count::LOOKED);
+    if slot(mount_count::REVEALED) <= looked {
+        return Ok(false);
+    }
+    if slot(mount_count::REVEALED_UNPLACED) > looked {
+        return Ok(true);
+    }
+    match gatekeeper_revealed_above(dentry as u64) {
+        0 => Ok(false),
+        1 => Ok(true),
+        error => Err(error),
+    }
+}
+
+/// [`revealed_above`]'s walk up the dentry tree, as a global function (its own stack, checked
+/// once). 1 when found, or when the walk ends before the top.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn gatekeeper_revealed_above(dentry: u64) -> i32 {
+    let mut walk = RevealWalk {
+        current: opaque(dentry),
+        looked: MOUNT_COUNTS.get(mount_count::LOOKED).copied().unwrap_or(0),
+        found: opaque(1),
+    };
+    if turns(MAX_TREE_DEPTH, reveal_step, &mut walk).is_err() {
+        return -1;
+    }
+    walk.found as i32
+}
+
+/// [`gatekeeper_revealed_above`]'s state. `found` stays 1 when the walk ends before the top.
+#[repr(C)]
+struct RevealWalk {
+    current: u64,
+    looked: u64,
+    found: u32,
+}
+
+#[inline(never)]
+extern "C" fn reveal_step(_turn: u64, walk: *mut c_void) -> i64 {
+    let walk = unsafe { &mut *walk.cast::<RevealWalk>() };
+    let revealed = unsafe { REVEALED_PLACES.get(walk.current) };
+    if revealed.is_some_and(|&revealed| revealed > walk.looked) {
+        return TURN_DONE;
+    }
+    match unsafe { read_field::<u64>(walk.current as *const u8, &OFF_DENTRY_PARENT) } {
+        Ok(parent) if parent == walk.current => {
+            walk.found = 0;
+            TURN_DONE
+        }
+        Ok(parent) => {
+            walk.current = parent;
+            TURN_AGAIN
+        }
+        Err(_) => TURN_DONE,
     }
 }
 

@@ -1305,6 +1305,76 @@ alice = "{alice_key}"
     }
 }
 
+/// A gk-helper op started in an agent cgroup (as root, or as the ordinary user) that printed
+/// READY and waits for a line on its standard input before it goes on.
+pub struct Waiting {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    seen: String,
+}
+
+impl Waiting {
+    /// Starts gk-helper `op args` in `cgroup` (with `user`, as [`UNLISTED_UID`]) and waits for
+    /// its READY; the whole output when there is none.
+    pub fn start(user: bool, cgroup: &Path, op: &str, args: &[&str]) -> Result<Self, String> {
+        use std::io::BufRead as _;
+        let helper = bin("gk-helper").display().to_string();
+        let cgroup = cgroup.display().to_string();
+        let uid = UNLISTED_UID.to_string();
+        let mut all: Vec<&str> = if user {
+            vec!["as-user", &uid, &cgroup, &helper, "tamper", "-"]
+        } else {
+            vec!["tamper", &cgroup]
+        };
+        all.push(op);
+        all.extend_from_slice(args);
+        let mut child = Command::new(&helper)
+            .args(&all)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run gk-helper");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        // From here on dropping it ends the helper.
+        let mut waiting = Self {
+            child,
+            stdout,
+            seen: String::new(),
+        };
+        loop {
+            let mut line = String::new();
+            if waiting.stdout.read_line(&mut line).unwrap_or(0) == 0 {
+                return Err(format!("no READY: {}", waiting.seen));
+            }
+            waiting.seen.push_str(&line);
+            if line.trim() == "READY" {
+                return Ok(waiting);
+            }
+        }
+    }
+
+    /// Lets the op go on; its whole output once it ends.
+    pub fn finish(mut self) -> String {
+        use std::io::{Read as _, Write as _};
+        if let Some(mut stdin) = self.child.stdin.take() {
+            let _ = stdin.write_all(b"\n");
+        }
+        let mut rest = String::new();
+        let _ = self.stdout.read_to_string(&mut rest);
+        let _ = self.child.wait();
+        std::mem::take(&mut self.seen) + &rest
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        // Ended already when it finished; else (no READY, or never let go) ended here.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Runs gk-helper and reads its `RESULT=` line (or a target that ran, for exec routes).
 pub fn helper_outcome(args: &[&str]) -> Outcome {
     let output = Command::new(bin("gk-helper"))
@@ -1312,20 +1382,24 @@ pub fn helper_outcome(args: &[&str]) -> Outcome {
         .output()
         .expect("run gk-helper");
     let text = String::from_utf8_lossy(&output.stdout);
+    outcome_in(&text).unwrap_or_else(|| panic!("unexpected gk-helper output: {output:?}"))
+}
+
+/// The outcome gk-helper's standard output `text` reports: its `RESULT=` line (or a target that
+/// ran, for exec routes). None when it reports none.
+pub fn outcome_in(text: &str) -> Option<Outcome> {
     if text.contains(TARGET_RAN) {
-        return Outcome::Ok;
+        return Some(Outcome::Ok);
     }
     let result = text
         .lines()
-        .find_map(|line| line.trim().strip_prefix("RESULT="));
+        .find_map(|line| line.trim().strip_prefix("RESULT="))?;
     match result {
-        Some("ok") => Outcome::Ok,
-        Some(errno) => match errno.strip_prefix("errno:").and_then(|n| n.parse().ok()) {
-            Some(libc::EPERM) => Outcome::Denied,
-            Some(errno) => Outcome::Errno(errno),
-            None => panic!("unexpected gk-helper output: {output:?}"),
+        "ok" => Some(Outcome::Ok),
+        errno => match errno.strip_prefix("errno:")?.parse().ok()? {
+            libc::EPERM => Some(Outcome::Denied),
+            errno => Some(Outcome::Errno(errno)),
         },
-        None => panic!("unexpected gk-helper output: {output:?}"),
     }
 }
 

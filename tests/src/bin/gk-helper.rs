@@ -1253,7 +1253,7 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         }
         "mount" | "bind" | "bind-then" | "move" | "umount-lazy" | "pivot-root" | "fsmount"
         | "open-tree" | "fspick-ro" | "in-ns" | "runtime" | "mount-remount" | "mount-setattr"
-        | "overlay-then" | "tmpfs-binds-then" | "pty" => mount_op(op, args),
+        | "overlay-then" | "tmpfs-binds-then" | "pty" | "umount-then" => mount_op(op, args),
         "unshare-net-write" => unshare_net_write(text(0)?, text(1)?, text(2)?),
         // add|del ADDRESS [host|own-netns|own-userns]
         "net-address" => net_address(text(0)?, text(1)?, args.get(2).copied().unwrap_or("host")),
@@ -1937,6 +1937,18 @@ fn attack(op: &str, args: &[&str]) -> Result<(), i32> {
         "by-handle" => by_handle(text(0)?),
         "swap-hold" => swap_hold(text(0)?, text(1)?, text(2)?),
         "hold-open" => hold_open(text(0)?, text(1)?),
+        // read-on-line PATH: READY, then on a line on stdin PATH read (CONTENT=, one line).
+        "read-on-line" => {
+            use std::io::{BufRead as _, Write as _};
+            let io = |error: std::io::Error| error.raw_os_error().unwrap_or(-1);
+            println!("READY");
+            std::io::stdout().flush().map_err(io)?;
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).map_err(io)?;
+            let content = std::fs::read_to_string(text(0)?).map_err(io)?;
+            println!("CONTENT={}", content.replace('\n', "|"));
+            Ok(())
+        }
         "exec-opath" => exec_by("opath", text(0)?),
         "getfd" => getfd(number(0)?, number(1)?),
         "race-read" => race_read(number(0)? as usize, text(1)?),
@@ -3637,6 +3649,12 @@ fn mount_op(op: &str, args: &[&str]) -> Result<(), i32> {
             })?;
             fsconfig(fs, FSCONFIG_SET_FLAG, Some("ro"), None)?;
             fsconfig(fs, FSCONFIG_CMD_RECONFIGURE, None, None)
+        }
+        // umount-then PATH OP [ARGS...]: OP once the mount at PATH is unmounted (in a namespace
+        // of the caller's own, its copy only).
+        "umount-then" => {
+            umount(text(0)?, 0).map_err(|errno| SETUP_ERRNO_BASE + errno)?;
+            tamper(text(1)?, args.get(2..).unwrap_or_default())
         }
         // in-ns MODE OP [ARGS...]: OP in a new mount namespace (see enter_namespace).
         "in-ns" => {

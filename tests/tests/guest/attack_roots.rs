@@ -15,8 +15,8 @@ use std::{
 
 use gatekeeper_common::file_access;
 use gatekeeper_tests::{
-    Exec, Options, Outcome, Restore, Scenario, Stopped, TARGET_RAN, UNLISTED_UID, bin,
-    exec_outcome, hand_to_user, wait_for,
+    Exec, Options, Outcome, Restore, Scenario, Stopped, TARGET_RAN, UNLISTED_UID, Waiting, bin,
+    exec_outcome, hand_to_user, outcome_in, wait_for,
 };
 use serde_json::Value;
 
@@ -454,9 +454,18 @@ fn writes_only_from_outside(scenario: &Scenario, target: &str) {
     only_from_outside(scenario, "write", &[target, "agent"]);
 }
 
+/// Unmounts `path`, again for a while when busy (the daemon following a path there opens the
+/// file it names for a moment).
 fn unmount(path: &Path) {
-    let unmounted = Command::new("umount").arg(path).status().unwrap();
-    assert!(unmounted.success(), "umount {path:?}");
+    let unmounted = (0..50).any(|_| {
+        let output = Command::new("umount").arg(path).output().unwrap();
+        let busy = String::from_utf8_lossy(&output.stderr).contains("busy");
+        if busy {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        output.status.success() || !busy && panic!("umount {path:?}: {output:?}")
+    });
+    assert!(unmounted, "umount {path:?}: busy");
 }
 
 /// Root and user agents neither make, remove nor move names in `dir`; root outside does.
@@ -1568,6 +1577,9 @@ fn host_mounts_over_rule_paths_wait_for_the_daemon() {
         })
     };
 
+    // The directory of the rule's file on the root file system, for when an unmount shows it
+    // again (at the end).
+    let lower_inner = std::fs::File::open(above.join("inner")).unwrap();
     let held = Stopped::new(scenario.daemon_pid());
     // Over a directory rule, over a directory above a file rule, below a write rule, over the
     // directory of an exec rule's binary, and elsewhere.
@@ -1785,11 +1797,7 @@ fn host_mounts_over_rule_paths_wait_for_the_daemon() {
         std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
     looked("the daemon's look at the stacked file system");
-    // (Made anew, not renamed over the old one, whose rule a file renamed over it takes.)
-    let hidden_secret = format!("/proc/self/fd/{}/secret", hidden.as_raw_fd());
-    std::fs::remove_file(&hidden_secret).unwrap();
-    std::fs::write(&hidden_secret, "revealed\n").unwrap();
-    std::fs::set_permissions(&hidden_secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    remake_hidden(&hidden, "revealed\n");
     drop(hidden);
     let held = Stopped::new(scenario.daemon_pid());
     unmount(&above);
@@ -1802,11 +1810,68 @@ fn host_mounts_over_rule_paths_wait_for_the_daemon() {
     drop(held);
     looked("the daemon's look after the unmount of the stacked file system");
     scenario.agents_denied("read", &[&text(&ruled_file)]);
+
+    // An unmount that shows a directory of `/`'s own file system, whose mount is over no place
+    // the daemon follows: there too the file at the rule's path is one the daemon never saw.
+    // Until it has looked, agents open nothing on that file system (nor run anything from it:
+    // the agents here are started before), while files on those mounted on it are theirs.
+    remake_hidden(&lower_inner, "lower\n");
+    let read_later = |user: bool, cgroup: &Path, path: &Path| {
+        Waiting::start(user, cgroup, "read-on-line", &[&text(path)]).unwrap()
+    };
+    let waiting = [
+        read_later(false, agents, &ruled_file),
+        read_later(true, agents, &ruled_file),
+        read_later(false, agents, &free_data),
+        read_later(true, agents, &free_data),
+        read_later(true, outside, &ruled_file),
+    ];
+    let held = Stopped::new(scenario.daemon_pid());
+    unmount(&above);
+    assert_eq!(
+        std::fs::read_to_string(&ruled_file).unwrap(),
+        "lower\n",
+        "the unmount shows the file made on the root file system"
+    );
+    let reads = waiting.map(|read| {
+        let output = read.finish();
+        let read = output.lines().any(|line| line.starts_with("CONTENT="));
+        outcome_in(&output)
+            .or(read.then_some(Outcome::Ok))
+            .unwrap_or_else(|| panic!("unexpected gk-helper output: {output}"))
+    });
+    drop(held);
+    assert_eq!(
+        reads,
+        [
+            Outcome::Denied,
+            Outcome::Denied,
+            Outcome::Ok,
+            Outcome::Ok,
+            Outcome::Ok
+        ],
+        "{ruled_file:?} shown on the root file system (root agent, user agent), {free_data:?} \
+         on another (root agent, user agent), {ruled_file:?} (user outside)"
+    );
+    looked("the daemon's look after the unmount over the root file system");
+    scenario.agents_denied("read", &[&text(&ruled_file)]);
     unmount(&scenario.protected);
-    for dir in [&elsewhere, &tools, &free, &volume, &above, &read_dir] {
+    for dir in [&elsewhere, &tools, &free, &volume, &read_dir] {
         unmount(dir);
     }
     std::fs::remove_dir_all(base).unwrap();
+}
+
+/// Makes `secret` and `other` anew, each holding `content`, in the directory `dir` holds open
+/// (hidden below a mount by now): files the daemon never saw. (Made anew rather than renamed
+/// over the old ones: a file renamed over a rule's file takes its rule.)
+fn remake_hidden(dir: &std::fs::File, content: &str) {
+    for name in ["secret", "other"] {
+        let path = format!("/proc/self/fd/{}/{name}", dir.as_raw_fd());
+        let _ = std::fs::remove_file(&path);
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
 }
 
 /// Root and user agents' reads and writes of `target` are denied and asked for under `rule`, one

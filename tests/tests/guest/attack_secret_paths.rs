@@ -5,13 +5,11 @@
 //! test so one run reports every hole at once.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     time::Duration,
 };
 
-use gatekeeper_tests::{Options, Outcome, Scenario, UNLISTED_UID, bin, hand_to_user};
+use gatekeeper_tests::{Options, Outcome, Scenario, Waiting, hand_to_user};
 
 /// One step of the agent's: a tamper op and its arguments.
 type Step<'a> = (&'a str, Vec<String>);
@@ -61,43 +59,9 @@ fn hold(
     op_args: &[&str],
     meanwhile: impl FnOnce(),
 ) -> Result<String, String> {
-    let helper = text(&bin("gk-helper"));
-    let cgroup = text(cgroup);
-    let uid = UNLISTED_UID.to_string();
-    let mut args: Vec<&str> = Vec::new();
-    if user {
-        args.extend(["as-user", &uid, &cgroup, &helper, "tamper", "-"]);
-    } else {
-        args.extend(["tamper", &cgroup]);
-    }
-    args.push(op);
-    args.extend_from_slice(op_args);
-    let mut child = Command::new(&helper)
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        if stdout.read_line(&mut line).unwrap() == 0 {
-            let _ = child.wait();
-            return Err(format!("no READY: {seen}"));
-        }
-        seen.push_str(&line);
-        if line.trim() == "READY" {
-            break;
-        }
-    }
+    let waiting = Waiting::start(user, cgroup, op, op_args)?;
     meanwhile();
-    child.stdin.take().unwrap().write_all(b"\n").unwrap();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
-    let _ = child.wait();
-    seen.push_str(&rest);
+    let seen = waiting.finish();
     seen.lines()
         .find_map(|line| line.strip_prefix("CONTENT="))
         .map(str::to_owned)

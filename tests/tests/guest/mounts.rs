@@ -4,7 +4,7 @@
 
 use std::{path::Path, process::Command};
 
-use gatekeeper_tests::{Exec, Options, Outcome, Scenario, bin, wait_for};
+use gatekeeper_tests::{Exec, Options, Outcome, Scenario, Stopped, bin, wait_for};
 use serde_json::Value;
 
 /// Waits until the journal holds a tamper attempt through `hook`; returns it.
@@ -17,6 +17,7 @@ const HOST_NAMESPACE: u64 = 1;
 const SHARED: u64 = 2;
 const HOST_SUPERBLOCK: u64 = 3;
 const FILESYSTEM: u64 = 5;
+const MOUNT_POINT: u64 = 6;
 
 /// Whether something is mounted at `path` in the test's (the host's) mount namespace.
 fn mounted(path: &Path) -> bool {
@@ -454,4 +455,129 @@ fn agents_mount_no_network_file_system() {
     });
     let _ = control.kill();
     let _ = control.wait();
+}
+
+/// A name the host mounts on is a mount point in an agent's own mount namespace too, where the
+/// kernel refuses to rename or remove it; once the agent unmounts its copy there, the kernel
+/// would let it, and that takes the host's mount away (or moves it, renamed). A root agent
+/// renames nothing over such a name, renames none away and removes none (in a directory no rule
+/// guards the names of); from outside the same rename over a bound rule's file works, and what
+/// it shows at the rule's path waits for the daemon's look. (A user agent's copies are locked
+/// to it: it unmounts none.)
+#[test]
+fn agents_take_no_host_mount_away_by_its_name() {
+    let base = Path::new("/srv/gk-named-mounts");
+    let (ruled, free) = (base.join("ruled"), base.join("free"));
+    let (source, bound, renamed) = (base.join("source"), ruled.join("bound"), ruled.join("new"));
+    let (free_bound, covered, new_file, new_dir) = (
+        free.join("bound"),
+        free.join("covered"),
+        free.join("new-file"),
+        free.join("new-dir"),
+    );
+    let text = |path: &Path| path.display().to_string();
+    mkdirs(&[&text(&ruled), &text(&covered), &text(&new_dir)]);
+    for (file, content) in [
+        (&source, "bound\n"),
+        (&bound, "below\n"),
+        (&renamed, "new\n"),
+        (&free_bound, "below\n"),
+        (&new_file, "new\n"),
+    ] {
+        std::fs::write(file, content).unwrap();
+    }
+    for target in [&bound, &free_bound] {
+        host("mount", &["--bind", &text(&source), &text(target)]);
+    }
+    host("mount", &["-t", "tmpfs", "gk-named", &text(&covered)]);
+    let scenario = Scenario::start(
+        "mount-names",
+        Options {
+            extra: format!(
+                "[[protect.file]]\npath = \"{}\"\nname = \"bound\"\naccess = \"read\"\n",
+                text(&bound)
+            ),
+            ..Options::default()
+        },
+    );
+    let in_own_namespace = |cgroup: &Path, mount: &Path, op: &str, args: &[&str]| {
+        let mount = text(mount);
+        let mut all = vec!["private", "umount-then", &mount, op];
+        all.extend_from_slice(args);
+        scenario.tamper(cgroup, "in-ns", &all)
+    };
+    let agents = &scenario.agents;
+    let attempts = [
+        in_own_namespace(
+            agents,
+            &free_bound,
+            "rename",
+            &[&text(&new_file), &text(&free_bound)],
+        ),
+        in_own_namespace(agents, &free_bound, "unlink", &[&text(&free_bound)]),
+        in_own_namespace(
+            agents,
+            &covered,
+            "rename",
+            &[&text(&new_dir), &text(&covered)],
+        ),
+        in_own_namespace(
+            agents,
+            &covered,
+            "rename",
+            &[&text(&covered), &text(&new_dir)],
+        ),
+        in_own_namespace(agents, &covered, "rmdir", &[&text(&covered)]),
+    ];
+    let still = (
+        std::fs::read_to_string(&free_bound).unwrap(),
+        mounted(&covered),
+    );
+    assert_eq!(
+        attempts,
+        [const { Outcome::Denied }; 5],
+        "root agent: rename over a bound file, unlink it, rename over a mounted directory, \
+         rename it away, remove it"
+    );
+    assert_eq!(still, ("bound\n".to_owned(), true), "the host's mounts");
+    let event = journaled(&scenario, "umount");
+    assert_eq!(event["detail"][1], MOUNT_POINT, "{event}");
+
+    // From outside (held, so that the moment lasts): the host's bind over the rule's file goes,
+    // and the file renamed over it waits for the daemon's look.
+    let held = Stopped::new(scenario.daemon_pid());
+    let control = in_own_namespace(
+        &scenario.outside,
+        &bound,
+        "rename",
+        &[&text(&renamed), &text(&bound)],
+    );
+    let shown = std::fs::read_to_string(&bound).unwrap();
+    let reads = [
+        scenario.tamper(agents, "read", &[&text(&bound)]),
+        scenario.tamper_as_user(agents, "read", &[&text(&bound)]),
+        scenario.tamper(&scenario.outside, "read", &[&text(&bound)]),
+    ];
+    drop(held);
+    assert_eq!(control, Outcome::Ok, "outside: rename over the bound file");
+    assert_eq!(shown, "new\n", "the host's bind is gone");
+    assert_eq!(
+        reads,
+        [Outcome::Denied, Outcome::Denied, Outcome::Ok],
+        "the renamed file at the rule's path (root agent, user agent, outside)"
+    );
+    // Once the daemon has looked, the rule follows the new file: an agent's read asks.
+    wait_for("a request for the renamed file", || {
+        assert_eq!(
+            scenario.tamper(agents, "read", &[&text(&bound)]),
+            Outcome::Denied
+        );
+        (scenario.requests(true).into_iter())
+            .any(|request| request["target"] == text(&bound).as_str())
+            .then_some(())
+    });
+    for mount in [&free_bound, &covered] {
+        let _ = Command::new("umount").arg(mount).status();
+    }
+    std::fs::remove_dir_all(base).unwrap();
 }
