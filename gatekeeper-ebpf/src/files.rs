@@ -730,9 +730,7 @@ pub fn inode_rename(ctx: LsmContext) -> i32 {
     let Some(agent) = agent_cgroup() else {
         // A trusted rename over a protected binary or a rule's file hands its protection on.
         unsafe { hand_on_protection(ctx.arg(1), ctx.arg(3)) };
-        if let (Ok(moved), Ok(replaced)) = (dentry_arg(&ctx, 1), dentry_arg(&ctx, 3)) {
-            count_rename(moved, replaced);
-        }
+        count_rename(ctx.arg(1), ctx.arg(3));
         return 0;
     };
     let old_dir: *const u8 = ctx.arg(0);

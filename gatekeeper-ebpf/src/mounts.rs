@@ -414,7 +414,7 @@ pub fn sb_mount(ctx: LsmContext) -> i32 {
     let flags: u64 = ctx.arg(3);
     let Some(agent) = agent_cgroup() else {
         if caller_in_host_namespace() || attaches(flags) && unsafe { lands_shared(path, false) } {
-            count_attach(unsafe { read_field(path, &OFF_PATH_DENTRY) }.ok());
+            count_attach(unsafe { landing(path) });
             // mount(2) names the mount it moves by a string: what it leaves shows, somewhere.
             if flags & MS_MOVE != 0 {
                 count_attach(None);
@@ -450,15 +450,25 @@ fn attaches(flags: u64) -> bool {
 
 /// Whether what is attached at `path` (a `struct path`) propagates to other mounts: the mount
 /// it lands on is shared, or with `beneath` (MOVE_MOUNT_BENEATH, 6.5, which attaches to the
-/// parent of the mount at `path`) that mount's parent is. Unreadable counts as shared.
+/// parent of the mount at `path`) that mount's parent is. Unreadable counts as shared, and so
+/// does a `path` something is mounted on, which the attach climbs past to a mount the hook does
+/// not name (a directory opened before a mount hid it, named through `/proc/self/fd`).
 #[inline(always)]
 unsafe fn lands_shared(path: *const u8, beneath: bool) -> bool {
     unsafe {
         read_field::<*const u8>(path, &OFF_PATH_MNT).map_or(true, |mnt| {
             vfsmount_shared(mnt)
                 || beneath && parent_vfsmount(mnt).map_or(true, |parent| vfsmount_shared(parent))
-        })
+        }) || landing(path).is_none()
     }
+}
+
+/// The dentry what is attached at `path` (a `struct path`) is mounted on: its own, unless
+/// something is mounted there already (in some namespace), when the attach may climb past it.
+#[inline(always)]
+unsafe fn landing(path: *const u8) -> Option<*const u8> {
+    let dentry = unsafe { read_field::<*const u8>(path, &OFF_PATH_DENTRY) }.ok()?;
+    (!is_mount_point(dentry)).then_some(dentry)
 }
 
 /// Each parameter of a mount, through fsconfig or mount(2), before the superblock is made.
@@ -679,12 +689,7 @@ fn count_revealed(place: Option<*const u8>) {
 /// which was asked).
 #[inline(always)]
 unsafe fn count_move(to: *const u8) {
-    let (dentry, mnt) = unsafe {
-        (
-            read_field::<*const u8>(to, &OFF_PATH_DENTRY).ok(),
-            read_field::<*const u8>(to, &OFF_PATH_MNT).ok(),
-        )
-    };
+    let (dentry, mnt) = unsafe { (landing(to), read_field::<*const u8>(to, &OFF_PATH_MNT).ok()) };
     count_attach(dentry);
     let below =
         mnt.and_then(|mnt| unsafe { read_field(mount_of(mnt), &OFF_MOUNT_MOUNTPOINT) }.ok());
