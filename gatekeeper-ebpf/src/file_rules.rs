@@ -419,6 +419,16 @@ pub unsafe fn over_rule_place(mount: *const u8) -> bool {
     over.unwrap_or(true)
 }
 
+/// Whether the directory `dir` (an inode) is on a path the daemon follows: it has an entry of
+/// its own (a rule's directory, the directory holding a rule's file) or is a directory above
+/// one (see [`watched`]). Unreadable counts as on one.
+#[inline(always)]
+pub unsafe fn on_followed_path(dir: *const u8) -> bool {
+    let on = unsafe { alias_of(dir) }
+        .and_then(|dentry| Ok(unsafe { placement(dentry)? }.own != 0 || watched(dentry)?));
+    on.unwrap_or(true)
+}
+
 /// Whether the daemon follows a path through the directory or file `dentry` names: a protected
 /// binary, or one of the daemon's own files (the directories above every path it follows among
 /// them). (A rule's own file or directory, or the directory holding a rule's file, has a file

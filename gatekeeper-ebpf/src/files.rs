@@ -59,10 +59,10 @@ const FMODE_WRITE: u32 = 0x2;
 /// `f_flags` bits: an exec's own open, and truncation on open (which needs no write mode).
 const FMODE_EXEC_FLAG: u32 = 0x20;
 const O_TRUNC: u32 = 0o1000;
-const S_IFMT: u16 = 0o170_000;
+pub const S_IFMT: u16 = 0o170_000;
 const S_IFBLK: u16 = 0o060_000;
 const S_IFCHR: u16 = 0o020_000;
-const S_IFDIR: u16 = 0o040_000;
+pub const S_IFDIR: u16 = 0o040_000;
 /// /dev/mem, /dev/kmem and /dev/port in the kernel's `dev_t` encoding (major << 20 | minor).
 const MEMORY_DEVICES: [u32; 3] = [1 << 20 | 1, 1 << 20 | 2, 1 << 20 | 4];
 /// /dev/kmsg: what is written there joins the kernel's log as the kernel's own lines would.
@@ -730,7 +730,7 @@ pub fn inode_rename(ctx: LsmContext) -> i32 {
     let Some(agent) = agent_cgroup() else {
         // A trusted rename over a protected binary or a rule's file hands its protection on.
         unsafe { hand_on_protection(ctx.arg(1), ctx.arg(3)) };
-        count_rename(ctx.arg(1), ctx.arg(3));
+        count_rename(ctx.arg(1), ctx.arg(3), ctx.arg(2));
         return 0;
     };
     let old_dir: *const u8 = ctx.arg(0);
@@ -747,6 +747,10 @@ pub fn inode_rename(ctx: LsmContext) -> i32 {
     };
     if is_mount_point(moved) || is_mount_point(replaced) {
         return refuse_mount_point(agent);
+    }
+    // A file an unmount showed, taken out from below the place the daemon has not looked at.
+    if revealed_above(moved).unwrap_or(true) {
+        return tamper(agent, TamperHook::UnguardedMount, [0, 0]);
     }
     match unsafe { guard_name(agent, old_dir, moved) } {
         0 => {}
@@ -808,6 +812,10 @@ pub fn inode_link(ctx: LsmContext) -> i32 {
     let Ok(linked) = dentry_arg(&ctx, 0) else {
         return -EPERM;
     };
+    // A name elsewhere for a file an unmount showed, before the daemon has looked at it.
+    if revealed_above(linked).unwrap_or(true) {
+        return tamper(agent, TamperHook::UnguardedMount, [0, 0]);
+    }
     let dir: *const u8 = ctx.arg(1);
     match unsafe { guard_dentry(agent, linked) } {
         0 => {}

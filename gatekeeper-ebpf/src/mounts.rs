@@ -39,14 +39,15 @@ use gatekeeper_common::{
 
 use crate::{
     exec::inode_target,
-    file_rules::over_rule_place,
+    file_rules::{on_followed_path, over_rule_place},
+    files::{S_IFDIR, S_IFMT},
     offsets::{
         OFF_DENTRY_FLAGS, OFF_DENTRY_INODE, OFF_DENTRY_PARENT, OFF_FS_CONTEXT_FS_TYPE, OFF_FS_ROOT,
-        OFF_FS_TYPE_FLAGS, OFF_FS_TYPE_NAME, OFF_FS_USERS, OFF_LIST_HEAD_NEXT, OFF_MNT_NS_NS,
-        OFF_MOUNT_CHILD, OFF_MOUNT_INSTANCE, OFF_MOUNT_MNT, OFF_MOUNT_MOUNTPOINT, OFF_MOUNT_MOUNTS,
-        OFF_MOUNT_NS, OFF_MOUNT_PARENT, OFF_NS_COMMON_INUM, OFF_NSPROXY_MNT_NS, OFF_PATH_DENTRY,
-        OFF_PATH_MNT, OFF_SB_BDEV, OFF_SB_DEV, OFF_SB_MOUNTS, OFF_SB_TYPE, OFF_TASK_FS,
-        OFF_TASK_NSPROXY, OFF_VFSMOUNT_FLAGS, OFF_VFSMOUNT_ROOT, OFF_VFSMOUNT_SB,
+        OFF_FS_TYPE_FLAGS, OFF_FS_TYPE_NAME, OFF_FS_USERS, OFF_INODE_MODE, OFF_LIST_HEAD_NEXT,
+        OFF_MNT_NS_NS, OFF_MOUNT_CHILD, OFF_MOUNT_INSTANCE, OFF_MOUNT_MNT, OFF_MOUNT_MOUNTPOINT,
+        OFF_MOUNT_MOUNTS, OFF_MOUNT_NS, OFF_MOUNT_PARENT, OFF_NS_COMMON_INUM, OFF_NSPROXY_MNT_NS,
+        OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_SB_BDEV, OFF_SB_DEV, OFF_SB_MOUNTS, OFF_SB_TYPE,
+        OFF_TASK_FS, OFF_TASK_NSPROXY, OFF_VFSMOUNT_FLAGS, OFF_VFSMOUNT_ROOT, OFF_VFSMOUNT_SB,
     },
     read::{
         BPF_FS_MAGIC, CGROUP_SUPER_MAGIC, TURN_AGAIN, TURN_DONE, field_offset, member_ptr, opaque,
@@ -735,17 +736,27 @@ pub fn is_mount_point(dentry: *const u8) -> bool {
         .map_or(true, |flags| flags & DCACHE_MOUNTED != 0)
 }
 
-/// A rename outside the agents of `moved` (a dentry) over `replaced`: mounts on `moved` come
-/// with it to its new place, as an attach there; mounts on `replaced` go, and what the host saw
-/// there is `moved` now.
+/// A rename outside the agents of `moved` (a dentry) over `replaced`, into the directory
+/// `new_dir` (an inode). Mounts on either move with it or go (the hook does not tell an exchange,
+/// which passes here both ways round, from a rename over): no place says where, and every
+/// agent's open waits for the daemon's next look. A directory brought onto a path the daemon
+/// follows brings files it never saw: agents open nothing below it until then.
 #[inline(always)]
-pub fn count_rename(moved: *const u8, replaced: *const u8) {
-    if is_mount_point(moved) {
-        count_attach(Some(moved));
-    }
-    if is_mount_point(replaced) {
+pub fn count_rename(moved: *const u8, replaced: *const u8, new_dir: *const u8) {
+    if is_mount_point(moved) || is_mount_point(replaced) {
+        count_attach(None);
+        count_revealed(None);
+    } else if is_directory(moved) && unsafe { on_followed_path(new_dir) } {
         count_revealed(Some(moved));
     }
+}
+
+/// Whether `dentry` names a directory (unreadable counts as one).
+#[inline(always)]
+fn is_directory(dentry: *const u8) -> bool {
+    unsafe { read_field::<*const u8>(dentry, &OFF_DENTRY_INODE) }
+        .and_then(|inode| unsafe { read_field::<u16>(inode, &OFF_INODE_MODE) })
+        .map_or(true, |mode| mode & S_IFMT == S_IFDIR)
 }
 
 /// Whether an unmount, move or rename since the daemon last began to look at its paths showed

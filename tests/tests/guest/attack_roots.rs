@@ -1807,7 +1807,21 @@ fn host_mounts_over_rule_paths_wait_for_the_daemon() {
         "the unmount shows the file made below"
     );
     only_from_outside(&scenario, "read", &[&text(&ruled_file)]);
+    // Nor is it read by another name: agents link it nowhere (the stacked file system's root,
+    // open to all, outside the place shown), nor move it out.
+    let (linked, moved) = (above.join("linked"), above.join("moved"));
+    std::fs::set_permissions(&above, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let names = [
+        scenario.tamper(agents, "link", &[&text(&ruled_file), &text(&linked)]),
+        scenario.tamper(agents, "rename", &[&text(&inner_other), &text(&moved)]),
+        scenario.tamper(outside, "link", &[&text(&ruled_file), &text(&linked)]),
+    ];
     drop(held);
+    assert_eq!(
+        names,
+        [Outcome::Denied, Outcome::Denied, Outcome::Ok],
+        "a link to the file shown, a rename of one out (root agent), a link from outside"
+    );
     looked("the daemon's look after the unmount of the stacked file system");
     scenario.agents_denied("read", &[&text(&ruled_file)]);
 
