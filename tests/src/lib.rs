@@ -1354,6 +1354,12 @@ impl Waiting {
         }
     }
 
+    /// Lets the op go on; the outcome its `RESULT=` line reports.
+    pub fn outcome(self) -> Outcome {
+        let output = self.finish();
+        outcome_in(&output).unwrap_or_else(|| panic!("unexpected gk-helper output: {output}"))
+    }
+
     /// Lets the op go on; its whole output once it ends.
     pub fn finish(mut self) -> String {
         use std::io::{Read as _, Write as _};

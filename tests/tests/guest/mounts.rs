@@ -4,9 +4,7 @@
 
 use std::{path::Path, process::Command};
 
-use gatekeeper_tests::{
-    Exec, Options, Outcome, Scenario, Stopped, Waiting, bin, outcome_in, wait_for,
-};
+use gatekeeper_tests::{Exec, Options, Outcome, Scenario, Stopped, Waiting, bin, wait_for};
 use serde_json::Value;
 
 /// Waits until the journal holds a tamper attempt through `hook`; returns it.
@@ -565,13 +563,7 @@ fn agents_take_no_host_mount_away_by_its_name() {
         &[&text(&renamed), &text(&bound)],
     );
     let shown = std::fs::read_to_string(&bound).unwrap();
-    let reads = waiting.map(|read| {
-        let output = read.finish();
-        let read = output.lines().any(|line| line.starts_with("CONTENT="));
-        outcome_in(&output)
-            .or(read.then_some(Outcome::Ok))
-            .unwrap_or_else(|| panic!("unexpected gk-helper output: {output}"))
-    });
+    let reads = waiting.map(Waiting::outcome);
     drop(held);
     assert_eq!(control, Outcome::Ok, "outside: rename over the bound file");
     assert_eq!(shown, "new\n", "the host's bind is gone");
@@ -583,7 +575,7 @@ fn agents_take_no_host_mount_away_by_its_name() {
     // Once the daemon has looked, the rule follows the new file: an agent's read asks.
     wait_for("a request for the renamed file", || {
         let read = Waiting::start(false, agents, "read-on-line", &[&text(&bound)]).ok()?;
-        assert_eq!(outcome_in(&read.finish()), Some(Outcome::Denied));
+        assert_eq!(read.outcome(), Outcome::Denied);
         (scenario.requests(true).into_iter())
             .any(|request| request["target"] == text(&bound).as_str())
             .then_some(())
