@@ -32,6 +32,11 @@ pub mod maps {
     /// it could not count in [`MADE_DEVICES`]. (The kernel keeps each attach's count by its
     /// place, in a map of its own.)
     pub const MOUNT_COUNTS: &str = "MOUNT_COUNTS";
+    /// [`crate::Target`] (exec form: device, inode) -> 1 for every directory above a mount
+    /// point of the host's namespace, as the daemon last read its mount table, not pinned:
+    /// renaming one would move the host's mounts below it (the kernel refuses only a rename of
+    /// the mount point itself, and only in the caller's namespace).
+    pub const MOUNT_ANCESTORS: &str = "MOUNT_ANCESTORS";
     /// cgroup id (u64) -> 1 for every configured agent cgroup.
     pub const AGENT_CGROUPS: &str = "AGENT_CGROUPS";
     /// [`crate::Target`] -> rule index (u32) for every protected exec target.
@@ -237,6 +242,11 @@ pub const MAX_MADE_DEVICES: u32 = 16384;
 /// more than a host attaches at while the daemon looks once.
 pub const MAX_ATTACHED_PLACES: u32 = 16384;
 
+/// Directories above the host's mount points the daemon keeps in [`maps::MOUNT_ANCESTORS`]
+/// (a host with thousands of container mounts has about as many): past that, agents rename no
+/// directory at all ([`mount_count::ANCESTORS_UNKNOWN`]).
+pub const MAX_MOUNT_ANCESTORS: u32 = 16384;
+
 /// Slots of [`maps::MOUNT_COUNTS`].
 pub mod mount_count {
     /// Attaches that may reach the host's namespace: the kernel's.
@@ -253,7 +263,19 @@ pub mod mount_count {
     /// [`MADE`] at the last such change whose place was not kept: every open waits. The
     /// kernel's.
     pub const REVEALED_UNPLACED: u32 = 4;
-    pub const SLOTS: u32 = 5;
+    /// [`MADE`] at the last attach, or trusted rename of a directory above a host mount point:
+    /// host mounts may be below directories [`crate::maps::MOUNT_ANCESTORS`] does not hold yet.
+    /// The kernel's.
+    pub const ATTACHED: u32 = 5;
+    /// [`MADE`] as read before the daemon last read the mount table for
+    /// [`crate::maps::MOUNT_ANCESTORS`]: while [`ATTACHED`] is past it, agents rename no
+    /// directory. The daemon's.
+    pub const ANCESTORS_LOOKED: u32 = 6;
+    /// Non-zero until the daemon has read the mount table for [`crate::maps::MOUNT_ANCESTORS`]
+    /// since the programs were loaded, and while it could not look at or keep every directory
+    /// above a host mount point: agents rename no directory. The daemon's.
+    pub const ANCESTORS_UNKNOWN: u32 = 7;
+    pub const SLOTS: u32 = 8;
 }
 
 /// Where a btrfs inode's subvolume keeps the device number `stat` reports for its files (btrfs
@@ -789,6 +811,9 @@ pub enum MountRefusal {
     /// it, which the kernel allows where nothing is mounted on it, would move or take away that
     /// mount.
     MountPoint = 6,
+    /// A directory above a mount point of the host's namespace (or any directory, while the
+    /// daemon has not read the mounts made since): renaming it would move those mounts.
+    AboveMountPoint = 7,
 }
 
 impl TamperHook {

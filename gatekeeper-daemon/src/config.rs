@@ -4,7 +4,7 @@
 //! both before anything is loaded.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fmt,
     net::SocketAddr,
     os::unix::ffi::OsStringExt as _,
@@ -598,6 +598,24 @@ pub fn mount_table(mountinfo: &[u8]) -> Vec<Mount> {
             })
         })
         .collect()
+}
+
+/// The directories above the mount points of `mounts` (absolute ones; the root left out, as
+/// nothing renames it): renaming one would move the mounts below.
+pub fn mount_point_ancestors(mounts: &[Mount]) -> BTreeSet<PathBuf> {
+    let mut ancestors = BTreeSet::new();
+    for point in mounts.iter().map(|mount| &mount.point) {
+        if !point.is_absolute() {
+            continue;
+        }
+        for directory in point.ancestors().skip(1) {
+            // Once one is in, so is every directory above it.
+            if directory.parent().is_none() || !ancestors.insert(directory.to_path_buf()) {
+                break;
+            }
+        }
+    }
+    ancestors
 }
 
 /// `\040` and the like, as the kernel writes spaces, tabs, newlines and backslashes in names.

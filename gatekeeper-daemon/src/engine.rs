@@ -409,6 +409,21 @@ impl Engine {
             Command::MountsMade { reply } => {
                 let _ = reply.send(self.kernel.mounts_made());
             }
+            Command::Attached { reply } => {
+                let _ = reply.send(self.kernel.attached());
+            }
+            Command::MountAncestorsNow {
+                directories,
+                looked,
+            } => {
+                let kept = match directories {
+                    Some(directories) => self.kernel.set_mount_ancestors(&directories, looked),
+                    None => self.kernel.mount_ancestors_unknown(),
+                };
+                if let Err(error) = kept {
+                    error!(%error, "cannot tell the programs the directories above the host's mount points: agents rename no directory");
+                }
+            }
             Command::MountsNow { mounts } => {
                 self.kernel.learn_btrfs();
                 for event in self.policy.guard_mounts(&mut self.kernel, &mounts) {

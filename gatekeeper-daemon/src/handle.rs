@@ -178,6 +178,18 @@ pub enum Command {
     MountsNow {
         mounts: Vec<crate::config::Mount>,
     },
+    /// The programs' count of attaches, read before the mount table (see
+    /// [`crate::loader::Kernel::attached`]).
+    Attached {
+        reply: oneshot::Sender<u64>,
+    },
+    /// The directories above the host's mount points now, as read after the programs counted
+    /// `looked` attaches; None when one could not be looked at (see
+    /// [`crate::loader::Kernel::set_mount_ancestors`]).
+    MountAncestorsNow {
+        directories: Option<std::collections::HashSet<gatekeeper_common::Target>>,
+        looked: u64,
+    },
     /// The character devices agents may not open and those registered, as the host's drivers
     /// number them now ([`crate::devices::raw_devices`]).
     DevicesNow {
@@ -247,6 +259,10 @@ impl Handle {
 
     pub async fn mounts_made(&self) -> Option<crate::loader::MountsMade> {
         self.ask(|reply| Command::MountsMade { reply }).await
+    }
+
+    pub async fn attached(&self) -> Option<u64> {
+        self.ask(|reply| Command::Attached { reply }).await
     }
 
     pub async fn status(&self) -> Option<Status> {

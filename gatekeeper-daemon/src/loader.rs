@@ -228,6 +228,10 @@ pub struct Kernel {
     mount_counts: Array<MapData, u64>,
     /// What `looked_devices` holds, so that a look writes only what changed.
     looked: std::collections::HashMap<u32, u32>,
+    /// See [`maps::MOUNT_ANCESTORS`].
+    mount_ancestors: HashMap<MapData, Target, u32>,
+    /// What `mount_ancestors` holds.
+    kept_ancestors: std::collections::HashSet<Target>,
     /// The ids of the links this daemon attached, in the order of `programs`.
     link_ids: Vec<u32>,
 }
@@ -619,6 +623,9 @@ impl Kernel {
             looked: std::collections::HashMap::new(),
             mount_counts: Array::try_from(take(maps::MOUNT_COUNTS)?)
                 .map_err(map_error(maps::MOUNT_COUNTS))?,
+            mount_ancestors: HashMap::try_from(take(maps::MOUNT_ANCESTORS)?)
+                .map_err(map_error(maps::MOUNT_ANCESTORS))?,
+            kept_ancestors: std::collections::HashSet::new(),
             link_ids: Vec::new(),
             ebpf: Some(ebpf),
         };
@@ -627,6 +634,10 @@ impl Kernel {
                 .set_btrfs_offsets(&offsets)
                 .map_err(map_error(maps::BTRFS))?;
         }
+        // Until the daemon has read the mount table with the programs attached.
+        kernel
+            .mount_ancestors_unknown()
+            .map_err(map_error(maps::MOUNT_COUNTS))?;
         Ok(kernel)
     }
 
@@ -824,6 +835,62 @@ impl Kernel {
         self.mount_counts
             .set(mount_count::LOOKED, made.attached, 0)?;
         Ok(())
+    }
+
+    /// The programs' count of attaches (see [`mount_count::MADE`]): read before the mount table
+    /// whose directories above mount points go to [`Kernel::set_mount_ancestors`].
+    pub fn attached(&self) -> u64 {
+        self.mount_counts.get(&mount_count::MADE, 0).unwrap_or(0)
+    }
+
+    /// Makes `directories` the directories above the host's mount points, as a mount table read
+    /// after the programs counted `looked` attaches: the stale ones out first (no longer above
+    /// one), then the new ones in, then the count, which lets agents rename directories again.
+    /// Should a map fail (more than it holds), agents rename no directory until a later call
+    /// succeeds.
+    pub fn set_mount_ancestors(
+        &mut self,
+        directories: &std::collections::HashSet<Target>,
+        looked: u64,
+    ) -> Result<(), MapError> {
+        let kept = self.keep_mount_ancestors(directories, looked);
+        if kept.is_err() {
+            self.mount_ancestors_unknown()?;
+        }
+        kept
+    }
+
+    /// Agents rename no directory until [`Kernel::set_mount_ancestors`] succeeds: the
+    /// directories above the host's mount points could not be looked at.
+    pub fn mount_ancestors_unknown(&mut self) -> Result<(), MapError> {
+        self.mount_counts.set(mount_count::ANCESTORS_UNKNOWN, 1, 0)
+    }
+
+    fn keep_mount_ancestors(
+        &mut self,
+        directories: &std::collections::HashSet<Target>,
+        looked: u64,
+    ) -> Result<(), MapError> {
+        let stale: Vec<Target> = (self.kept_ancestors.difference(directories))
+            .copied()
+            .collect();
+        for directory in stale {
+            match self.mount_ancestors.remove(&directory) {
+                Ok(()) => {}
+                Err(error) if is_not_found(&error) => {}
+                Err(error) => return Err(error),
+            }
+            self.kept_ancestors.remove(&directory);
+        }
+        for directory in directories {
+            if !self.kept_ancestors.contains(directory) {
+                self.mount_ancestors.insert(directory, 1, 0)?;
+                self.kept_ancestors.insert(*directory);
+            }
+        }
+        self.mount_counts
+            .set(mount_count::ANCESTORS_LOOKED, looked, 0)?;
+        self.mount_counts.set(mount_count::ANCESTORS_UNKNOWN, 0, 0)
     }
 
     /// Makes `files` ((device, inode), [`gatekeeper_common::daemon_file`] bits) the daemon's

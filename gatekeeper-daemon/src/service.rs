@@ -5,10 +5,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use gatekeeper_common::Target;
+use gatekeeper_common::{MAX_MOUNT_ANCESTORS, Target};
 
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     api::{self, ApiError, HttpState, LocalSockets},
@@ -19,7 +19,9 @@ use crate::{
     handle::{self, Command, Handle},
     journal::forward::Forwarder,
     metrics::{self, Metrics},
-    policy::{self, Digest, WatchedPaths, content_of, exec_target_of, node_of},
+    policy::{
+        self, Digest, WatchedPaths, content_of, exec_target_of, mount_ancestor_nodes, node_of,
+    },
     resolver::HostResolver,
 };
 
@@ -59,7 +61,9 @@ fn raise_open_file_limit() {
 /// a host path is guarded at once: the kernel wakes a poll of the mount table for priority data
 /// on every change. The table is also read every [`PATHS_INTERVAL`], should no wakeup come.
 /// Each change also has the paths looked at at once (`look_now`): until then the kernel
-/// refuses agents what is mounted over places the daemon cares about.
+/// refuses agents what is mounted over places the daemon cares about. On each change, and each
+/// attach the programs count, the directories above the mount points are looked at: agents
+/// rename none of them (their renames of any directory wait for this look).
 async fn watch_mounts(handle: Handle, look_now: Arc<tokio::sync::Notify>) {
     use tokio::io::{Interest, unix::AsyncFd};
     // SAFETY: the File owns its descriptor, open until the AsyncFd drops it.
@@ -74,7 +78,10 @@ async fn watch_mounts(handle: Handle, look_now: Arc<tokio::sync::Notify>) {
         }
     };
     let mut known = Vec::new();
+    // The table and attach count the directories above its mount points were last sent for.
+    let mut ancestors_known: Option<(Vec<u8>, u64)> = None;
     let mut unreadable = false;
+    let mut ancestors_failed = false;
     let mut interval = tokio::time::interval(PATHS_INTERVAL);
     loop {
         match &changes {
@@ -90,28 +97,73 @@ async fn watch_mounts(handle: Handle, look_now: Arc<tokio::sync::Notify>) {
                 interval.tick().await;
             }
         }
+        // Before the table: what is attached after this count waits for the next read.
+        let Some(attached) = handle.attached().await else {
+            return;
+        };
         // Bytes: a name that is no UTF-8 (an agent may make one) must not hide the others.
-        match tokio::fs::read(MOUNTINFO).await {
-            Ok(mounts) if mounts != known => {
-                unreadable = false;
-                let command = Command::MountsNow {
-                    mounts: mount_table(&mounts),
-                };
-                if !handle.send(command).await {
-                    return;
-                }
-                look_now.notify_one();
-                known = mounts;
-            }
-            Ok(_) => {}
+        let mounts = match tokio::fs::read(MOUNTINFO).await {
+            Ok(mounts) => mounts,
             // Said once; the next change is still looked for.
             Err(error) => {
                 if !unreadable {
-                    warn!(%error, "cannot read {MOUNTINFO}: mounts made now are not guarded");
+                    warn!(%error, "cannot read {MOUNTINFO}: mounts made now are not guarded, and agents rename no directory");
                 }
                 unreadable = true;
                 known.clear();
+                continue;
             }
+        };
+        unreadable = false;
+        let table = mount_table(&mounts);
+        if mounts != known {
+            let command = Command::MountsNow {
+                mounts: table.clone(),
+            };
+            if !handle.send(command).await {
+                return;
+            }
+            look_now.notify_one();
+            known = mounts.clone();
+        }
+        let now = (mounts, attached);
+        if ancestors_known.as_ref() == Some(&now) {
+            continue;
+        }
+        let looked = tokio::task::spawn_blocking(move || mount_ancestor_nodes(&table)).await;
+        let directories = match looked {
+            Ok(Ok(directories)) if directories.len() <= MAX_MOUNT_ANCESTORS as usize => {
+                ancestors_failed = false;
+                ancestors_known = Some(now);
+                Some(directories)
+            }
+            Ok(Ok(directories)) => {
+                error!(
+                    directories = directories.len(),
+                    "more than {MAX_MOUNT_ANCESTORS} directories above the host's mount points: agents rename no directory"
+                );
+                ancestors_known = Some(now);
+                None
+            }
+            // Looked at again at the next tick.
+            Ok(Err((directory, error))) => {
+                if !ancestors_failed {
+                    error!(directory = %directory.display(), %error, "cannot look at a directory above a mount point: agents rename no directory");
+                }
+                ancestors_failed = true;
+                None
+            }
+            Err(error) => {
+                error!(%error, "looking at the directories above the mount points failed: agents rename no directory");
+                None
+            }
+        };
+        let command = Command::MountAncestorsNow {
+            directories,
+            looked: attached,
+        };
+        if !handle.send(command).await {
+            return;
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::{
         alias_of, below_unguarded_mount, inherit_rule, moves_with_read_tree, on_unguarded_mount,
         placement,
     },
-    mounts::{count_rename, is_mount_point, revealed_above},
+    mounts::{count_rename, is_mount_point, moves_host_mounts, revealed_above},
     names::{gatekeeper_below_guarded_name, guard_name_at},
     offsets::{
         OFF_DENTRY_INODE, OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_FILE_FLAGS, OFF_FILE_INODE,
@@ -692,21 +692,18 @@ pub fn inode_unlink(ctx: LsmContext) -> i32 {
         return tamper(agent, TamperHook::PinUnlink, [0, 0]);
     }
     match dentry_arg(&ctx, 1) {
-        Ok(dentry) if is_mount_point(dentry) => refuse_mount_point(agent),
+        Ok(dentry) if is_mount_point(dentry) => refuse_mount_point(agent, MountRefusal::MountPoint),
         Ok(dentry) => unsafe { guard_name(agent, dir, dentry) },
         Err(_) => -EPERM,
     }
 }
 
-/// An agent renaming or removing a name something is mounted on in another namespace (its own
-/// copy unmounted first), which would move or take away the host's mount there.
+/// An agent renaming or removing a name that would move or take away mounts of the host's:
+/// one something is mounted on in another namespace (its own copy unmounted first), or a
+/// directory above one.
 #[inline(always)]
-fn refuse_mount_point(agent: u64) -> i32 {
-    tamper(
-        agent,
-        TamperHook::Umount,
-        [0, MountRefusal::MountPoint as u64],
-    )
+fn refuse_mount_point(agent: u64, why: MountRefusal) -> i32 {
+    tamper(agent, TamperHook::Umount, [0, why as u64])
 }
 
 /// Removing a directory a file rule names (empty, or it could not go): another, the agent's,
@@ -717,14 +714,15 @@ pub fn inode_rmdir(ctx: LsmContext) -> i32 {
         return 0;
     };
     match dentry_arg(&ctx, 1) {
-        Ok(dentry) if is_mount_point(dentry) => refuse_mount_point(agent),
+        Ok(dentry) if is_mount_point(dentry) => refuse_mount_point(agent, MountRefusal::MountPoint),
         Ok(dentry) => unsafe { guard_name(agent, ctx.arg(0), dentry) },
         Err(_) => -EPERM,
     }
 }
 
 /// Renaming such a file away, another file over it (or exchanging the two), a directory above
-/// a daemon file, anything on or onto bpffs, or anything from or to a guarded name.
+/// a daemon file or a host mount point, anything on or onto bpffs, or anything from or to a
+/// guarded name.
 #[lsm(hook = "inode_rename")]
 pub fn inode_rename(ctx: LsmContext) -> i32 {
     let Some(agent) = agent_cgroup() else {
@@ -746,7 +744,10 @@ pub fn inode_rename(ctx: LsmContext) -> i32 {
         return -EPERM;
     };
     if is_mount_point(moved) || is_mount_point(replaced) {
-        return refuse_mount_point(agent);
+        return refuse_mount_point(agent, MountRefusal::MountPoint);
+    }
+    if moves_host_mounts(moved) || moves_host_mounts(replaced) {
+        return refuse_mount_point(agent, MountRefusal::AboveMountPoint);
     }
     // A file an unmount showed, taken out from below the place the daemon has not looked at.
     if revealed_above(moved).unwrap_or(true) {

@@ -33,8 +33,8 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use gatekeeper_common::{
-    MAX_ATTACHED_PLACES, MAX_MADE_DEVICES, MAX_TREE_DEPTH, MountRefusal, Setting, TamperHook,
-    mount_count,
+    MAX_ATTACHED_PLACES, MAX_MADE_DEVICES, MAX_MOUNT_ANCESTORS, MAX_TREE_DEPTH, MountRefusal,
+    Setting, TamperHook, Target, mount_count,
 };
 
 use crate::{
@@ -655,7 +655,7 @@ fn count_made(sb: *const u8) {
 /// look.
 #[inline(always)]
 fn count_attach(place: Option<*const u8>) {
-    count_at(&ATTACHED_PLACES, mount_count::UNPLACED, place);
+    count_ancestry(count_at(&ATTACHED_PLACES, mount_count::UNPLACED, place));
 }
 
 /// Counts a change of the mounts at `place` (a dentry) in `places`, or when it has none or
@@ -673,6 +673,73 @@ fn count_at(places: &LruHashMap<u64, u64>, unplaced: u32, place: Option<*const u
         unsafe { *slot = made };
     }
     made
+}
+
+/// See [`gatekeeper_common::maps::MOUNT_ANCESTORS`].
+#[map]
+static MOUNT_ANCESTORS: HashMap<Target, u32> = HashMap::with_max_entries(MAX_MOUNT_ANCESTORS, 0);
+
+/// Notes that mounts of the host's may be below a directory [`MOUNT_ANCESTORS`] does not hold
+/// yet, as `made`: agents rename no directory until the daemon has read the mount table.
+#[inline(always)]
+fn count_ancestry(made: u64) {
+    if let Some(slot) = MOUNT_COUNTS.get_ptr_mut(mount_count::ATTACHED) {
+        unsafe { *slot = made };
+    }
+}
+
+/// Whether renaming `dentry` (an agent's rename, of it or over it) would move mounts of the
+/// host's: it is a directory above a mount point of the host's namespace, or may be one (the
+/// daemon has not read the mounts made since its last look, or could not keep them all). The
+/// dentries are shared by every namespace: a copy in the agent's own moves the host's too.
+#[inline(always)]
+pub fn moves_host_mounts(dentry: *const u8) -> bool {
+    match unsafe { directory_target(dentry) } {
+        Ok(None) => false,
+        Ok(Some(directory)) => {
+            let slot = |slot| MOUNT_COUNTS.get(slot).copied().unwrap_or(0);
+            slot(mount_count::ATTACHED) > slot(mount_count::ANCESTORS_LOOKED)
+                || slot(mount_count::ANCESTORS_UNKNOWN) != 0
+                || is_mount_ancestor(&directory)
+        }
+        Err(_) => true,
+    }
+}
+
+#[inline(always)]
+fn is_mount_ancestor(directory: &Target) -> bool {
+    unsafe { MOUNT_ANCESTORS.get(directory) }.is_some()
+}
+
+/// The file `dentry` names, when it is a directory.
+#[inline(always)]
+unsafe fn directory_target(dentry: *const u8) -> Result<Option<Target>, i32> {
+    let inode: *const u8 = unsafe { read_field(dentry, &OFF_DENTRY_INODE)? };
+    if inode.is_null() {
+        return Ok(None);
+    }
+    let mode: u16 = unsafe { read_field(inode, &OFF_INODE_MODE)? };
+    if mode & S_IFMT != S_IFDIR {
+        return Ok(None);
+    }
+    unsafe { inode_target(inode) }.map(Some)
+}
+
+/// A trusted rename of `dentry`: when a directory above a host mount point, the mounts below
+/// have paths [`MOUNT_ANCESTORS`] may not hold the new directories above of, until the daemon
+/// reads the mount table again.
+#[inline(always)]
+fn count_renamed_ancestor(dentry: *const u8) {
+    let moved_mounts = match unsafe { directory_target(dentry) } {
+        Ok(Some(directory)) => is_mount_ancestor(&directory),
+        Ok(None) => false,
+        Err(_) => true,
+    };
+    if moved_mounts && let Some(count) = MOUNT_COUNTS.get_ptr_mut(mount_count::MADE) {
+        let made = unsafe { *count } + 1;
+        unsafe { *count = made };
+        count_ancestry(made);
+    }
 }
 
 /// Counts what an unmount, move or rename showed at `place` (a dentry): agents open nothing at
@@ -749,6 +816,8 @@ pub fn count_rename(moved: *const u8, replaced: *const u8, new_dir: *const u8) {
     } else if is_directory(moved) && unsafe { on_followed_path(new_dir) } {
         count_revealed(Some(moved));
     }
+    count_renamed_ancestor(moved);
+    count_renamed_ancestor(replaced);
 }
 
 /// Whether `dentry` names a directory (unreadable counts as one).

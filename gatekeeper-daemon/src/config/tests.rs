@@ -485,6 +485,26 @@ fn mounts_at(points: &[PathBuf]) -> Vec<super::Mount> {
 }
 
 #[test]
+fn the_directories_above_mount_points_are_each_listed_once() {
+    let mounts = mount_table(
+        b"1 0 8:1 / / rw - ext4 /dev/root rw\n\
+          2 1 0:30 / /srv/a/b/m rw - tmpfs t rw\n\
+          3 2 0:31 / /srv/a/b/m/inner rw - tmpfs t rw\n\
+          4 1 0:32 / /srv/a/c rw - tmpfs t rw\n\
+          5 1 0:33 / /var rw - tmpfs t rw\n\
+          6 1 0:34 / relative/m rw - tmpfs t rw\n",
+    );
+    assert_eq!(mounts.len(), 6);
+    let ancestors: Vec<PathBuf> = super::mount_point_ancestors(&mounts).into_iter().collect();
+    assert_eq!(
+        ancestors,
+        ["/srv", "/srv/a", "/srv/a/b", "/srv/a/b/m"].map(PathBuf::from),
+        "the root, mount points with nothing mounted below and relative names are left out"
+    );
+    assert!(super::mount_point_ancestors(&[]).is_empty());
+}
+
+#[test]
 fn mount_table_decodes_the_kernels_escapes() {
     let points = |mountinfo: &[u8]| -> Vec<PathBuf> {
         mount_table(mountinfo)

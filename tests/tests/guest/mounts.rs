@@ -4,7 +4,9 @@
 
 use std::{path::Path, process::Command};
 
-use gatekeeper_tests::{Exec, Options, Outcome, Scenario, Stopped, Waiting, bin, wait_for};
+use gatekeeper_tests::{
+    Exec, Options, Outcome, Scenario, Stopped, Waiting, bin, hand_to_user, wait_for,
+};
 use serde_json::Value;
 
 /// Waits until the journal holds a tamper attempt through `hook`; returns it.
@@ -18,6 +20,7 @@ const SHARED: u64 = 2;
 const HOST_SUPERBLOCK: u64 = 3;
 const FILESYSTEM: u64 = 5;
 const MOUNT_POINT: u64 = 6;
+const ABOVE_MOUNT_POINT: u64 = 7;
 
 /// Whether something is mounted at `path` in the test's (the host's) mount namespace.
 fn mounted(path: &Path) -> bool {
@@ -581,6 +584,138 @@ fn agents_take_no_host_mount_away_by_its_name() {
             .then_some(())
     });
     for mount in [&free_bound, &covered] {
+        let _ = Command::new("umount").arg(mount).status();
+    }
+    std::fs::remove_dir_all(base).unwrap();
+}
+
+/// Nor does an agent, root or not, rename a directory above a mount point of the host's, in the
+/// host's namespace or its own (the directories are the same in every namespace): the kernel
+/// refuses only a rename of the mount point itself, and the host's mounts below would move with
+/// the directory. A directory with nothing mounted below stays the agents' to rename. A mount
+/// made while the daemon is held leaves agents renaming no directory until it has looked, and an
+/// unmount gives the directories above back once it has.
+#[test]
+fn agents_move_no_host_mount_by_a_directory_above() {
+    let base = Path::new("/srv/gk-above");
+    let (upper, middle) = (base.join("upper"), base.join("upper/middle"));
+    let point = middle.join("point");
+    let (user_dir, free) = (base.join("user"), base.join("free"));
+    let (user_inner, user_free) = (user_dir.join("inner"), user_dir.join("free"));
+    let user_point = user_inner.join("point");
+    let (later, other) = (free.join("later"), free.join("other"));
+    let later_point = later.join("point");
+    let text = |path: &Path| path.display().to_string();
+    let moved = |path: &Path| {
+        let mut name = path.as_os_str().to_owned();
+        name.push("-moved");
+        std::path::PathBuf::from(name)
+    };
+    mkdirs(&[
+        &text(&point),
+        &text(&user_point),
+        &text(&user_free),
+        &text(&later_point),
+        &text(&other),
+    ]);
+    hand_to_user(&user_dir);
+    for mount in [&point, &user_point] {
+        host("mount", &["-t", "tmpfs", "gk-above", &text(mount)]);
+    }
+    let scenario = Scenario::start("mounts-above", Options::default());
+    let agents = &scenario.agents;
+    // (the directory, where it is renamed to)
+    let away = |path: &Path| (text(path), text(&moved(path)));
+    let [
+        upper_away,
+        middle_away,
+        inner_away,
+        free_away,
+        user_free_away,
+        other_away,
+        later_away,
+    ] = [
+        &upper,
+        &middle,
+        &user_inner,
+        &free,
+        &user_free,
+        &other,
+        &later,
+    ]
+    .map(|path| away(path));
+    let run = |cgroup: &Path, (from, to): &(String, String)| {
+        scenario.tamper(cgroup, "rename", &[from, to])
+    };
+    let run_as_user =
+        |(from, to): &(String, String)| scenario.tamper_as_user(agents, "rename", &[from, to]);
+    let back = |(from, to): &(String, String)| std::fs::rename(to, from).unwrap();
+
+    // Once the daemon has read the mount table (until then agents rename no directory), a
+    // directory with nothing mounted below is the root agent's.
+    wait_for("the daemon's first look at the mounts", || {
+        (run(agents, &free_away) == Outcome::Ok).then_some(())
+    });
+    back(&free_away);
+    let (from, to) = &middle_away;
+    let attempts = [
+        run(agents, &upper_away),
+        run(agents, &middle_away),
+        scenario.tamper(agents, "in-ns", &["private", "rename", from, to]),
+        run_as_user(&inner_away),
+    ];
+    assert_eq!(
+        attempts,
+        [const { Outcome::Denied }; 4],
+        "root agent: two directories above a host mount point, one in its own namespace; user \
+         agent: its own directory above one"
+    );
+    assert!(
+        mounted(&point) && mounted(&user_point),
+        "the host's mounts stay"
+    );
+    let event = journaled(&scenario, "umount");
+    assert_eq!(event["detail"][1], ABOVE_MOUNT_POINT, "{event}");
+    // Controls: a directory with nothing mounted below is the user agent's too; from outside,
+    // the one above the mount point renames (the mount goes with it).
+    assert_eq!(
+        run_as_user(&user_free_away),
+        Outcome::Ok,
+        "user agent, nothing below"
+    );
+    back(&user_free_away);
+    assert_eq!(run(&scenario.outside, &middle_away), Outcome::Ok, "outside");
+    assert!(
+        mounted(&moved(&middle).join("point")),
+        "the mount went with it"
+    );
+    back(&middle_away);
+
+    // Mounted while the daemon is held: until it has looked, agents rename no directory.
+    let held = Stopped::new(scenario.daemon_pid());
+    host("mount", &["-t", "tmpfs", "gk-above", &text(&later_point)]);
+    let while_held = [run(agents, &later_away), run(agents, &other_away)];
+    drop(held);
+    assert_eq!(
+        while_held,
+        [Outcome::Denied, Outcome::Denied],
+        "root agent, the daemon held: above the new mount, and elsewhere"
+    );
+    wait_for("the daemon's look at the new mount", || {
+        (run(agents, &other_away) == Outcome::Ok).then_some(())
+    });
+    back(&other_away);
+    assert_eq!(
+        run(agents, &later_away),
+        Outcome::Denied,
+        "above the new mount"
+    );
+    host("umount", &[&text(&later_point)]);
+    wait_for("the daemon's look after the unmount", || {
+        (run(agents, &later_away) == Outcome::Ok).then_some(())
+    });
+    back(&later_away);
+    for mount in [&point, &user_point] {
         let _ = Command::new("umount").arg(mount).status();
     }
     std::fs::remove_dir_all(base).unwrap();
