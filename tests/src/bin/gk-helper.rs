@@ -1253,7 +1253,9 @@ fn tamper(op: &str, args: &[&str]) -> Result<(), i32> {
         }
         "mount" | "bind" | "bind-then" | "move" | "umount-lazy" | "pivot-root" | "fsmount"
         | "open-tree" | "fspick-ro" | "in-ns" | "runtime" | "mount-remount" | "mount-setattr"
-        | "overlay-then" | "tmpfs-binds-then" | "pty" | "umount-then" => mount_op(op, args),
+        | "overlay-then" | "tmpfs-binds-then" | "pty" | "umount-then" | "mount-past" => {
+            mount_op(op, args)
+        }
         "unshare-net-write" => unshare_net_write(text(0)?, text(1)?, text(2)?),
         // add|del ADDRESS [host|own-netns|own-userns]
         "net-address" => net_address(text(0)?, text(1)?, args.get(2).copied().unwrap_or("host")),
@@ -3617,6 +3619,17 @@ fn mount_op(op: &str, args: &[&str]) -> Result<(), i32> {
             tamper(text(2)?, args.get(3..).unwrap_or_default())
         }
         "move" => mount(text(0)?, text(1)?, None, libc::MS_MOVE, None),
+        // mount-past DIR: a tmpfs on DIR, then another named by a descriptor of DIR opened
+        // before (through /proc/self/fd), which the kernel attaches on top of the first.
+        "mount-past" => {
+            use std::os::fd::AsRawFd as _;
+            let setup = |errno: i32| SETUP_ERRNO_BASE + errno;
+            let dir = std::fs::File::open(text(0)?)
+                .map_err(|error| setup(error.raw_os_error().unwrap_or(0)))?;
+            mount("gk", text(0)?, Some("tmpfs"), 0, None).map_err(setup)?;
+            let past = format!("/proc/self/fd/{}", dir.as_raw_fd());
+            mount("gk", &past, Some("tmpfs"), 0, None)
+        }
         "umount-lazy" => umount(text(0)?, libc::MNT_DETACH),
         "pivot-root" => {
             let new = c_path(text(0)?)?;

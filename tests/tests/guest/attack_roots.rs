@@ -1870,6 +1870,154 @@ fn host_mounts_over_rule_paths_wait_for_the_daemon() {
     std::fs::remove_dir_all(base).unwrap();
 }
 
+/// A trusted rename that brings another directory to a rule's directory's path (exchanged with
+/// it, or renamed in once the rule's directory was moved away), or the file system the host
+/// mounts on a name to the rule's name (exchanged with it in a mount namespace of the trusted
+/// process's own, its copy of the mount taken away first), brings files the daemon never saw.
+/// Until the daemon has looked (held stopped here, so that the moment lasts) agents, root and
+/// user, read none of them, while a user outside does; after, the rule holds on the new
+/// directory. The agents' readers are started before: while a mount may have moved, agents start
+/// nothing.
+#[test]
+fn trusted_renames_onto_rule_paths_wait_for_the_daemon() {
+    let base = Path::new("/srv/gk-aa-swapped");
+    let ruled = base.join("ruled");
+    let (swap_rule, swap_in) = (ruled.join("swap"), base.join("swap-in"));
+    let (move_rule, move_in, move_old) = (
+        ruled.join("move"),
+        base.join("move-in"),
+        base.join("move-old"),
+    );
+    let (mount_rule, mounted) = (ruled.join("mount"), base.join("mounted"));
+    let free = base.join("free");
+    let text = |path: &Path| path.display().to_string();
+    for (dir, content) in [
+        (&swap_rule, "rule\n"),
+        (&move_rule, "rule\n"),
+        (&mount_rule, "rule\n"),
+        (&swap_in, "swapped in\n"),
+        (&move_in, "moved in\n"),
+        (&free, "free\n"),
+    ] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("secret"), content).unwrap();
+    }
+    mount_open_tmpfs(&mounted);
+    std::fs::write(mounted.join("secret"), "mounted\n").unwrap();
+    std::fs::set_permissions(
+        mounted.join("secret"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let rules: String = [
+        (&swap_rule, "swap"),
+        (&move_rule, "move"),
+        (&mount_rule, "mount"),
+    ]
+    .iter()
+    .map(|(dir, name)| {
+        format!(
+            "[[protect.file]]\npath = \"{}\"\nname = \"{name}\"\naccess = \"read\"\n",
+            text(dir)
+        )
+    })
+    .collect();
+    let scenario = Scenario::start(
+        "aa-swapped",
+        Options {
+            extra: rules,
+            ..Options::default()
+        },
+    );
+    let (agents, outside) = (&scenario.agents, &scenario.outside);
+    let free_data = free.join("secret");
+    /// How the trusted process brings another directory to the rule's path.
+    #[derive(Debug)]
+    enum Swap {
+        /// RENAME_EXCHANGE with the rule's directory.
+        Exchange,
+        /// The rule's directory renamed away, another renamed onto its path.
+        RenameOnto,
+        /// RENAME_EXCHANGE of the name the host mounts on with the rule's directory, in a mount
+        /// namespace of its own where its copy of the mount was taken away first.
+        MountedExchange,
+    }
+    let trusted = |op: &str, args: [&Path; 2]| {
+        let [from, to] = args.map(text);
+        let outcome = scenario.tamper(outside, op, &[&from, &to]);
+        assert_eq!(outcome, Outcome::Ok, "trusted {op} {args:?}");
+    };
+    let act = |swap: &Swap| match swap {
+        Swap::Exchange => trusted("exchange", [&swap_in, &swap_rule]),
+        Swap::RenameOnto => {
+            trusted("rename", [&move_rule, &move_old]);
+            trusted("rename", [&move_in, &move_rule]);
+        }
+        Swap::MountedExchange => {
+            let (mounted, rule) = (text(&mounted), text(&mount_rule));
+            let exchanged = scenario.tamper(
+                outside,
+                "in-ns",
+                &[
+                    "private",
+                    "umount-then",
+                    &mounted,
+                    "exchange",
+                    &rule,
+                    &mounted,
+                ],
+            );
+            assert_eq!(exchanged, Outcome::Ok, "the trusted exchange");
+        }
+    };
+    let swaps = [
+        (Swap::Exchange, &swap_rule, "swapped in\n"),
+        (Swap::RenameOnto, &move_rule, "moved in\n"),
+        (Swap::MountedExchange, &mount_rule, "mounted\n"),
+    ];
+    for (swap, rule_dir, content) in swaps {
+        // The daemon has looked once agents read a file no rule covers.
+        wait_for(&format!("the daemon's look before {swap:?}"), || {
+            (scenario.tamper(agents, "read", &[&text(&free_data)]) == Outcome::Ok).then_some(())
+        });
+        let secret = rule_dir.join("secret");
+        let read_later = |user: bool, cgroup: &Path| {
+            Waiting::start(user, cgroup, "read-on-line", &[&text(&secret)]).unwrap()
+        };
+        let waiting = [
+            read_later(false, agents),
+            read_later(true, agents),
+            read_later(true, outside),
+        ];
+        let held = Stopped::new(scenario.daemon_pid());
+        act(&swap);
+        let shown = std::fs::read_to_string(&secret).unwrap();
+        let reads = waiting.map(Waiting::outcome);
+        drop(held);
+        assert_eq!(
+            shown, content,
+            "{swap:?}: what the host reads at the rule's path"
+        );
+        assert_eq!(
+            reads,
+            [Outcome::Denied, Outcome::Denied, Outcome::Ok],
+            "{swap:?}: the file brought to the rule's path (root agent, user agent, user outside)"
+        );
+        // Once the daemon has looked, the rule holds on the new directory: an agent's read asks.
+        wait_for(&format!("a request for the file {swap:?} brought"), || {
+            assert_eq!(
+                scenario.tamper(agents, "read", &[&text(&secret)]),
+                Outcome::Denied
+            );
+            (scenario.requests(true).into_iter())
+                .any(|request| request["target"] == text(&secret).as_str())
+                .then_some(())
+        });
+    }
+    unmount(&mount_rule);
+    std::fs::remove_dir_all(base).unwrap();
+}
+
 /// Makes `secret` and `other` anew, each holding `content`, in the directory `dir` holds open
 /// (hidden below a mount by now): files the daemon never saw. (Made anew rather than renamed
 /// over the old ones: a file renamed over a rule's file takes its rule.)

@@ -720,3 +720,23 @@ fn agents_move_no_host_mount_by_a_directory_above() {
     }
     std::fs::remove_dir_all(base).unwrap();
 }
+
+/// Nor a mount named by a descriptor of a directory opened before something was mounted on it
+/// (through `/proc/self/fd`), in a namespace of the agent's own: the kernel attaches it on top of
+/// that mount, which the hook does not name and which may be shared with the host's. The same
+/// from outside the agents mounts.
+#[test]
+fn agents_mount_nothing_named_past_a_mount() {
+    let dir = Path::new("/srv/gk-mount-past");
+    let text = dir.display().to_string();
+    mkdirs(&[&text]);
+    let scenario = Scenario::start("mount-past", Options::default());
+    let attempt =
+        |cgroup: &Path| scenario.tamper(cgroup, "in-ns", &["private", "mount-past", &text]);
+    assert_eq!(attempt(&scenario.agents), Outcome::Denied, "root agent");
+    let event = journaled(&scenario, "mount");
+    assert_eq!(event["detail"][1], SHARED, "{event}");
+    assert_eq!(attempt(&scenario.outside), Outcome::Ok, "outside");
+    assert!(!mounted(dir), "each in a namespace of its own");
+    std::fs::remove_dir(dir).unwrap();
+}
