@@ -4,7 +4,7 @@
 //! both before anything is loaded.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt,
     net::SocketAddr,
     os::unix::ffi::OsStringExt as _,
@@ -600,22 +600,65 @@ pub fn mount_table(mountinfo: &[u8]) -> Vec<Mount> {
         .collect()
 }
 
-/// The directories above the mount points of `mounts` (absolute ones; the root left out, as
-/// nothing renames it): renaming one would move the mounts below.
-pub fn mount_point_ancestors(mounts: &[Mount]) -> BTreeSet<PathBuf> {
-    let mut ancestors = BTreeSet::new();
-    for point in mounts.iter().map(|mount| &mount.point) {
-        if !point.is_absolute() {
-            continue;
-        }
-        for directory in point.ancestors().skip(1) {
-            // Once one is in, so is every directory above it.
-            if directory.parent().is_none() || !ancestors.insert(directory.to_path_buf()) {
-                break;
+/// A way to the directories above a mount's mount point, in the file system they are on: a
+/// mount of it, and the names from that mount's root down to the mount point. The directories
+/// after the first `held_from` names are those to hold (renaming one would move the mount);
+/// those before are above the parent mount's root, which shows none of them.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MountPointRoute<'a> {
+    pub through: &'a Mount,
+    pub names: Vec<std::ffi::OsString>,
+    pub held_from: usize,
+}
+
+/// For each mount of `mounts` with directories above its mount point in its parent mount (not
+/// the root's, nor one stacked on another's root), the ways to them: through the parent mount
+/// first, then through the other mounts of the parent's file system whose root is above them
+/// (when the parent is covered, and its path reaches another mount). Found in the file system
+/// rather than by path: a directory covered by a later mount is not where its path leads.
+pub fn mount_point_routes(mounts: &[Mount]) -> Vec<(&Mount, Vec<MountPointRoute<'_>>)> {
+    let tree = MountTree::new(mounts);
+    (mounts.iter())
+        .filter_map(|mount| {
+            let parent = *tree.by_id.get(&mount.parent)?;
+            if parent.id == mount.id {
+                return None;
             }
-        }
-    }
-    ancestors
+            let inside = mount.point.strip_prefix(&parent.point).ok()?;
+            let below_parent = names_of(inside).len();
+            if below_parent < 2 {
+                return None;
+            }
+            let place = parent.root.join(inside);
+            let routes = std::iter::once(parent)
+                .chain(
+                    (mounts.iter())
+                        .filter(|other| other.device == parent.device && other.id != parent.id),
+                )
+                .filter_map(|through| {
+                    let names = names_of(place.strip_prefix(&through.root).ok()?);
+                    // A mount whose root is below the parent's misses directories to hold.
+                    let held_from = names.len().checked_sub(below_parent)?;
+                    Some(MountPointRoute {
+                        through,
+                        names,
+                        held_from,
+                    })
+                })
+                .collect();
+            Some((mount, routes))
+        })
+        .collect()
+}
+
+/// The names of `path`'s components (`.`, `..` and the root left out).
+fn names_of(path: &Path) -> Vec<std::ffi::OsString> {
+    (path.components())
+        .filter_map(|component| match component {
+            std::path::Component::Normal(name) => Some(name.to_owned()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// `\040` and the like, as the kernel writes spaces, tabs, newlines and backslashes in names.

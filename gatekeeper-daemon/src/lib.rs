@@ -19,6 +19,7 @@ pub mod journal;
 pub mod launcher;
 pub mod loader;
 pub mod metrics;
+pub mod mount_ancestors;
 pub mod notify;
 pub mod policy;
 pub mod records;

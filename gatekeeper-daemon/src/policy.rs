@@ -1532,28 +1532,6 @@ fn find_below(dir: &Path, file: Target, leaf: &str) -> Option<PathBuf> {
     None
 }
 
-/// What the directories above the mount points of `mounts` are now (see
-/// [`crate::config::mount_point_ancestors`]), or the first that could not be looked at. One no
-/// path names is left out: gone since the table was read (it has changed, and is read again),
-/// or hidden below a later mount (no path of the host's reaches it).
-pub fn mount_ancestor_nodes(
-    mounts: &[Mount],
-) -> Result<std::collections::HashSet<Target>, (PathBuf, std::io::Error)> {
-    let mut nodes = std::collections::HashSet::new();
-    for directory in crate::config::mount_point_ancestors(mounts) {
-        match node_of(&directory) {
-            Ok(node) => {
-                nodes.insert(node);
-            }
-            Err(error)
-                if error.kind() == std::io::ErrorKind::NotFound
-                    || error.raw_os_error() == Some(libc::ENOTDIR) => {}
-            Err(error) => return Err((directory, error)),
-        }
-    }
-    Ok(nodes)
-}
-
 /// The (device, inode) of `path` itself, a symlink not followed.
 pub fn node_of(path: &Path) -> std::io::Result<Target> {
     let metadata = std::fs::symlink_metadata(path)?;

@@ -19,9 +19,8 @@ use crate::{
     handle::{self, Command, Handle},
     journal::forward::Forwarder,
     metrics::{self, Metrics},
-    policy::{
-        self, Digest, WatchedPaths, content_of, exec_target_of, mount_ancestor_nodes, node_of,
-    },
+    mount_ancestors,
+    policy::{self, Digest, WatchedPaths, content_of, exec_target_of, node_of},
     resolver::HostResolver,
 };
 
@@ -130,7 +129,8 @@ async fn watch_mounts(handle: Handle, look_now: Arc<tokio::sync::Notify>) {
         if ancestors_known.as_ref() == Some(&now) {
             continue;
         }
-        let looked = tokio::task::spawn_blocking(move || mount_ancestor_nodes(&table)).await;
+        let looked =
+            tokio::task::spawn_blocking(move || mount_ancestors::mount_ancestors(&table)).await;
         let directories = match looked {
             Ok(Ok(directories)) if directories.len() <= MAX_MOUNT_ANCESTORS as usize => {
                 ancestors_failed = false;
@@ -146,9 +146,9 @@ async fn watch_mounts(handle: Handle, look_now: Arc<tokio::sync::Notify>) {
                 None
             }
             // Looked at again at the next tick.
-            Ok(Err((directory, error))) => {
+            Ok(Err(error)) => {
                 if !ancestors_failed {
-                    error!(directory = %directory.display(), %error, "cannot look at a directory above a mount point: agents rename no directory");
+                    error!(%error, "cannot look at the directories above the host's mount points: agents rename no directory");
                 }
                 ancestors_failed = true;
                 None

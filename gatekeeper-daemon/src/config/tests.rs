@@ -485,23 +485,61 @@ fn mounts_at(points: &[PathBuf]) -> Vec<super::Mount> {
 }
 
 #[test]
-fn the_directories_above_mount_points_are_each_listed_once() {
+fn the_directories_above_mount_points_are_reached_in_their_own_file_system() {
     let mounts = mount_table(
         b"1 0 8:1 / / rw - ext4 /dev/root rw\n\
           2 1 0:30 / /srv/a/b/m rw - tmpfs t rw\n\
           3 2 0:31 / /srv/a/b/m/inner rw - tmpfs t rw\n\
           4 1 0:32 / /srv/a/c rw - tmpfs t rw\n\
           5 1 0:33 / /var rw - tmpfs t rw\n\
-          6 1 0:34 / relative/m rw - tmpfs t rw\n",
+          6 1 0:34 / relative/m rw - tmpfs t rw\n\
+          7 1 8:1 /data /mnt/data rw - ext4 /dev/root rw\n\
+          8 7 0:35 / /mnt/data/x/y/m8 rw - tmpfs t rw\n\
+          9 1 0:36 / /srv/a rw - tmpfs t rw\n",
     );
-    assert_eq!(mounts.len(), 6);
-    let ancestors: Vec<PathBuf> = super::mount_point_ancestors(&mounts).into_iter().collect();
+    assert_eq!(mounts.len(), 9);
+    // Each route as `through-id:names@held_from`.
+    let routes: Vec<(String, Vec<String>)> = super::mount_point_routes(&mounts)
+        .into_iter()
+        .map(|(mount, routes)| {
+            let routes = (routes.into_iter())
+                .map(|route| {
+                    let names: Vec<_> = (route.names.iter())
+                        .map(|name| name.to_string_lossy().into_owned())
+                        .collect();
+                    format!(
+                        "{}:{}@{}",
+                        route.through.id(),
+                        names.join("/"),
+                        route.held_from
+                    )
+                })
+                .collect();
+            (mount.point.display().to_string(), routes)
+        })
+        .collect();
+    let expected = [
+        // Through `/`, whatever is mounted over /srv/a since (mount 9).
+        ("/srv/a/b/m", vec!["1:srv/a/b/m@0"]),
+        ("/srv/a/c", vec!["1:srv/a/c@0"]),
+        ("/mnt/data", vec!["1:mnt/data@0"]),
+        // Through its parent, a bind of /data; else through `/`, from whose root /data itself
+        // is above the parent's root and not held.
+        ("/mnt/data/x/y/m8", vec!["7:x/y/m8@0", "1:data/x/y/m8@1"]),
+        ("/srv/a", vec!["1:srv/a@0"]),
+    ]
+    .map(|(point, routes)| {
+        (
+            point.to_owned(),
+            routes.into_iter().map(str::to_owned).collect(),
+        )
+    });
     assert_eq!(
-        ancestors,
-        ["/srv", "/srv/a", "/srv/a/b", "/srv/a/b/m"].map(PathBuf::from),
-        "the root, mount points with nothing mounted below and relative names are left out"
+        routes, expected,
+        "mounts at their parent's root (inner, /var), and names that are not absolute, have no \
+         directories to hold"
     );
-    assert!(super::mount_point_ancestors(&[]).is_empty());
+    assert!(super::mount_point_routes(&[]).is_empty());
 }
 
 #[test]

@@ -1951,6 +1951,28 @@ fn attack(op: &str, args: &[&str]) -> Result<(), i32> {
             println!("CONTENT={}", content.replace('\n', "|"));
             Ok(())
         }
+        // rename-on-line DIR FROM TO: DIR opened (O_PATH), READY, then on a line on stdin FROM
+        // renamed to TO, both relative to that descriptor (TO may be absolute).
+        "rename-on-line" => {
+            use std::{
+                io::{BufRead as _, Write as _},
+                os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _},
+            };
+            let io = |error: std::io::Error| error.raw_os_error().unwrap_or(-1);
+            let dir = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                .open(text(0)?)
+                .map_err(io)?;
+            println!("READY");
+            std::io::stdout().flush().map_err(io)?;
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).map_err(io)?;
+            let (from, to) = (c_path(text(1)?)?, c_path(text(2)?)?);
+            let fd = dir.as_raw_fd();
+            // SAFETY: an open descriptor and NUL-terminated paths that outlive the call.
+            errno_of(unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) }.into())
+        }
         "exec-opath" => exec_by("opath", text(0)?),
         "getfd" => getfd(number(0)?, number(1)?),
         "race-read" => race_read(number(0)? as usize, text(1)?),

@@ -740,3 +740,111 @@ fn agents_mount_nothing_named_past_a_mount() {
     assert!(!mounted(dir), "each in a namespace of its own");
     std::fs::remove_dir(dir).unwrap();
 }
+
+/// The directories above a host mount point hold where a later mount covers them too (the
+/// daemon finds them in their own file system, not by path): the root agent renames none in a
+/// namespace of its own once it took its copy of the cover away, nor through a bind of their file
+/// system made without the cover, and the user agent none through a descriptor it opened before
+/// the cover came. The same from outside renames, and the host's mount goes with it.
+#[test]
+fn agents_move_no_host_mount_from_below_a_cover() {
+    let base = Path::new("/srv/gk-covered");
+    let (root_cov, user_dir, src, view) = (
+        base.join("root/cov"),
+        base.join("user"),
+        base.join("src"),
+        base.join("view"),
+    );
+    let (user_cov, src_cov, free) = (user_dir.join("cov"), src.join("cov"), base.join("free"));
+    let text = |path: &Path| path.display().to_string();
+    let covs = [&root_cov, &user_cov, &src_cov];
+    for cov in covs {
+        mkdirs(&[&text(&cov.join("b/m"))]);
+    }
+    mkdirs(&[&text(&view), &text(&free)]);
+    hand_to_user(&user_dir);
+    for cov in covs {
+        host(
+            "mount",
+            &["-t", "tmpfs", "gk-covered", &text(&cov.join("b/m"))],
+        );
+    }
+    // Without the mounts below (not --rbind): what a later mount covers in src, view shows.
+    host("mount", &["--bind", &text(&src), &text(&view)]);
+    let scenario = Scenario::start("mounts-covered", Options::default());
+    let (agents, outside) = (&scenario.agents, &scenario.outside);
+    let [user_out, user_out_outside] = ["b-out", "b-out-outside"].map(|name| user_dir.join(name));
+    let rename_later = |cgroup: &Path, to: &Path| {
+        Waiting::start(
+            true,
+            cgroup,
+            "rename-on-line",
+            &[&text(&user_cov), "b", &text(to)],
+        )
+        .unwrap()
+    };
+    let user_renames = [
+        rename_later(agents, &user_out),
+        rename_later(outside, &user_out_outside),
+    ];
+    for cov in covs {
+        host("mount", &["-t", "tmpfs", "gk-cover", &text(cov)]);
+    }
+    // Until the daemon has looked at the new mounts, agents rename no directory at all.
+    let free_away = (text(&free), format!("{}-moved", text(&free)));
+    wait_for("the daemon's look at the covers", || {
+        let renamed = scenario.tamper(agents, "rename", &[&free_away.0, &free_away.1]);
+        (renamed == Outcome::Ok).then_some(())
+    });
+    std::fs::rename(&free_away.1, &free_away.0).unwrap();
+
+    let root_out = base.join("root/b-out");
+    let in_own_namespace = |cgroup: &Path| {
+        let (cov, from, to) = (text(&root_cov), text(&root_cov.join("b")), text(&root_out));
+        scenario.tamper(
+            cgroup,
+            "in-ns",
+            &["private", "umount-then", &cov, "rename", &from, &to],
+        )
+    };
+    let (view_from, view_to) = (text(&view.join("cov/b")), text(&view.join("b-out")));
+    let through_view = |cgroup: &Path| scenario.tamper(cgroup, "rename", &[&view_from, &view_to]);
+    let [user_rename, user_rename_outside] = user_renames;
+    let attempts = [
+        in_own_namespace(agents),
+        through_view(agents),
+        user_rename.outcome(),
+    ];
+    assert_eq!(
+        attempts,
+        [const { Outcome::Denied }; 3],
+        "root agent: in its own namespace, through the bind; user agent: by a descriptor"
+    );
+    let points = covs.map(|cov| cov.join("b/m"));
+    assert!(
+        points.iter().all(|point| mounted(point)),
+        "the host's mounts stay"
+    );
+    let event = journaled(&scenario, "umount");
+    assert_eq!(event["detail"][1], ABOVE_MOUNT_POINT, "{event}");
+
+    let controls = [
+        in_own_namespace(outside),
+        through_view(outside),
+        user_rename_outside.outcome(),
+    ];
+    assert_eq!(
+        controls,
+        [const { Outcome::Ok }; 3],
+        "the same from outside"
+    );
+    let moved = [&root_out, &src.join("b-out"), &user_out_outside].map(|dir| dir.join("m"));
+    assert!(
+        moved.iter().all(|point| mounted(point)),
+        "the mounts went along"
+    );
+    for mount in moved.iter().chain(covs).chain([&view]) {
+        let _ = Command::new("umount").arg(mount).status();
+    }
+    std::fs::remove_dir_all(base).unwrap();
+}

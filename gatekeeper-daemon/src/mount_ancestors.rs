@@ -1,0 +1,160 @@
+//! The directories above the host's mount points (see
+//! [`gatekeeper_common::maps::MOUNT_ANCESTORS`]), looked at in the file system each is on,
+//! through a copy of one of its mounts that holds no other mount (`open_tree(2)` without
+//! `AT_RECURSIVE`): a later mount over one of them, which an agent's descriptor or its own
+//! mount namespace sees past, hides none of them. Names are followed one at a time, so that no
+//! path is too long to look at.
+
+use std::{
+    collections::{HashMap, HashSet, hash_map::Entry},
+    ffi::OsString,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::PathBuf,
+};
+
+use gatekeeper_common::Target;
+use nix::{
+    fcntl::{OFlag, open, openat},
+    sys::stat::{Mode, fstat},
+};
+
+use crate::{
+    config::{Mount, MountPointRoute, mount_point_routes},
+    policy::kernel_dev,
+};
+
+/// `open_tree(2)`: a copy of the mount, detached, without the mounts below it.
+const OPEN_TREE_CLONE: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AncestorError {
+    #[error(
+        "the directories above the mount point {point}: no mount of their file system is reachable by its own path (each is covered by another)"
+    )]
+    Unreachable { point: PathBuf },
+    #[error(
+        "the directories above the mount point {point}: copying the mount at {through}: {source}"
+    )]
+    Copy {
+        point: PathBuf,
+        through: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the directories above the mount point {point}: {name:?} below {through}: {source}")]
+    Walk {
+        point: PathBuf,
+        through: PathBuf,
+        name: OsString,
+        source: nix::Error,
+    },
+}
+
+/// What the directories above the mount points of `mounts` (the host's mount table) are now.
+pub fn mount_ancestors(mounts: &[Mount]) -> Result<HashSet<Target>, AncestorError> {
+    // By mount id: a copy of the mount, or None when its path leads elsewhere.
+    let mut copies: HashMap<u64, Option<OwnedFd>> = HashMap::new();
+    let mut held = HashSet::new();
+    for (mount, routes) in mount_point_routes(mounts) {
+        let mut walked = false;
+        for route in &routes {
+            let copy =
+                match copies.entry(route.through.id()) {
+                    Entry::Occupied(known) => known.into_mut(),
+                    Entry::Vacant(new) => new.insert(copy_of(route.through).map_err(|source| {
+                        AncestorError::Copy {
+                            point: mount.point.clone(),
+                            through: route.through.point.clone(),
+                            source,
+                        }
+                    })?),
+                };
+            if let Some(copy) = copy {
+                walk(copy, route, &mut held).map_err(|(name, source)| AncestorError::Walk {
+                    point: mount.point.clone(),
+                    through: route.through.point.clone(),
+                    name,
+                    source,
+                })?;
+                walked = true;
+                break;
+            }
+        }
+        if !walked {
+            return Err(AncestorError::Unreachable {
+                point: mount.point.clone(),
+            });
+        }
+    }
+    Ok(held)
+}
+
+/// A copy of `mount` without the mounts below it, when its own path leads to it (not to a mount
+/// over it or over a directory above).
+fn copy_of(mount: &Mount) -> std::io::Result<Option<OwnedFd>> {
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let Ok(dir) = open(&mount.point, flags, Mode::empty()) else {
+        return Ok(None);
+    };
+    if mount_id(&dir)? != mount.id() {
+        return Ok(None);
+    }
+    // SAFETY: an open descriptor and a NUL-terminated empty path, which outlive the call.
+    let copy = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            dir.as_raw_fd(),
+            c"".as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as u32 | libc::AT_EMPTY_PATH as u32,
+        )
+    };
+    if copy < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: open_tree returned a descriptor of its own, owned from here.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(copy as i32) }))
+}
+
+/// The id (as /proc/self/mountinfo numbers it) of the mount `dir` is on.
+fn mount_id(dir: &OwnedFd) -> std::io::Result<u64> {
+    // SAFETY: statx is plain data, all zeroes a valid value.
+    let mut statx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: an open descriptor, an empty path and a statx buffer that outlive the call.
+    let done = unsafe {
+        libc::statx(
+            dir.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_MNT_ID,
+            &mut statx,
+        )
+    };
+    if done != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(statx.stx_mnt_id)
+}
+
+/// Follows `route`'s names down from `copy` (its mount's root) to the mount point's directory,
+/// holding each directory after the first `held_from` names; the name that could not be followed.
+fn walk(
+    copy: &OwnedFd,
+    route: &MountPointRoute,
+    held: &mut HashSet<Target>,
+) -> Result<(), (OsString, nix::Error)> {
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let Some((_, directories)) = route.names.split_last() else {
+        return Ok(());
+    };
+    let mut dir: Option<OwnedFd> = None;
+    for (index, name) in directories.iter().enumerate() {
+        let at = dir.as_ref().unwrap_or(copy);
+        let failed = |error| (name.clone(), error);
+        let next = openat(at, name.as_os_str(), flags, Mode::empty()).map_err(failed)?;
+        if index >= route.held_from {
+            let stat = fstat(&next).map_err(failed)?;
+            held.insert(Target::exec(kernel_dev(stat.st_dev), stat.st_ino));
+        }
+        dir = Some(next);
+    }
+    Ok(())
+}
