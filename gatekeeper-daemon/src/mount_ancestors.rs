@@ -6,7 +6,7 @@
 //! path is too long to look at.
 
 use std::{
-    collections::{HashMap, HashSet, hash_map::Entry},
+    collections::{HashMap, HashSet},
     ffi::OsString,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::PathBuf,
@@ -14,7 +14,7 @@ use std::{
 
 use gatekeeper_common::Target;
 use nix::{
-    fcntl::{OFlag, open, openat},
+    fcntl::{OFlag, OpenHow, ResolveFlag, open, openat2},
     sys::stat::{Mode, fstat},
 };
 
@@ -51,23 +51,23 @@ pub enum AncestorError {
 
 /// What the directories above the mount points of `mounts` (the host's mount table) are now.
 pub fn mount_ancestors(mounts: &[Mount]) -> Result<HashSet<Target>, AncestorError> {
-    // By mount id: a copy of the mount, or None when its path leads elsewhere.
+    // By mount id: a copy of the mount (or the mount), or None when it cannot be had.
     let mut copies: HashMap<u64, Option<OwnedFd>> = HashMap::new();
     let mut held = HashSet::new();
     for (mount, routes) in mount_point_routes(mounts) {
         let mut walked = false;
+        let mut failed = None;
         for route in &routes {
-            let copy =
-                match copies.entry(route.through.id()) {
-                    Entry::Occupied(known) => known.into_mut(),
-                    Entry::Vacant(new) => new.insert(copy_of(route.through).map_err(|source| {
-                        AncestorError::Copy {
-                            point: mount.point.clone(),
-                            through: route.through.point.clone(),
-                            source,
-                        }
-                    })?),
-                };
+            let copy = copies.entry(route.through.id()).or_insert_with(|| {
+                copy_of(route.through).unwrap_or_else(|source| {
+                    failed.get_or_insert(AncestorError::Copy {
+                        point: mount.point.clone(),
+                        through: route.through.point.clone(),
+                        source,
+                    });
+                    None
+                })
+            });
             if let Some(copy) = copy {
                 walk(copy, route, &mut held).map_err(|(name, source)| AncestorError::Walk {
                     point: mount.point.clone(),
@@ -80,16 +80,17 @@ pub fn mount_ancestors(mounts: &[Mount]) -> Result<HashSet<Target>, AncestorErro
             }
         }
         if !walked {
-            return Err(AncestorError::Unreachable {
+            return Err(failed.unwrap_or_else(|| AncestorError::Unreachable {
                 point: mount.point.clone(),
-            });
+            }));
         }
     }
     Ok(held)
 }
 
 /// A copy of `mount` without the mounts below it, when its own path leads to it (not to a mount
-/// over it or over a directory above).
+/// over it or over a directory above). An unbindable mount, which has no copy, is itself: the
+/// walk down from it crosses no mount.
 fn copy_of(mount: &Mount) -> std::io::Result<Option<OwnedFd>> {
     let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
     let Ok(dir) = open(&mount.point, flags, Mode::empty()) else {
@@ -108,7 +109,11 @@ fn copy_of(mount: &Mount) -> std::io::Result<Option<OwnedFd>> {
         )
     };
     if copy < 0 {
-        return Err(std::io::Error::last_os_error());
+        let error = std::io::Error::last_os_error();
+        return match error.raw_os_error() {
+            Some(libc::EINVAL) => Ok(Some(dir)),
+            _ => Err(error),
+        };
     }
     // SAFETY: open_tree returned a descriptor of its own, owned from here.
     Ok(Some(unsafe { OwnedFd::from_raw_fd(copy as i32) }))
@@ -141,7 +146,11 @@ fn walk(
     route: &MountPointRoute,
     held: &mut HashSet<Target>,
 ) -> Result<(), (OsString, nix::Error)> {
-    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    // Not across a mount (none in a copy; a mount over a name below an unbindable mount, whose
+    // directory the walk cannot see), nor through a symlink (a name changed since the table).
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_NO_XDEV | ResolveFlag::RESOLVE_NO_SYMLINKS);
     let Some((_, directories)) = route.names.split_last() else {
         return Ok(());
     };
@@ -149,7 +158,7 @@ fn walk(
     for (index, name) in directories.iter().enumerate() {
         let at = dir.as_ref().unwrap_or(copy);
         let failed = |error| (name.clone(), error);
-        let next = openat(at, name.as_os_str(), flags, Mode::empty()).map_err(failed)?;
+        let next = openat2(at, name.as_os_str(), how).map_err(failed)?;
         if index >= route.held_from {
             let stat = fstat(&next).map_err(failed)?;
             held.insert(Target::exec(kernel_dev(stat.st_dev), stat.st_ino));

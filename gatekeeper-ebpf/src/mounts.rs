@@ -725,17 +725,12 @@ unsafe fn directory_target(dentry: *const u8) -> Result<Option<Target>, i32> {
     unsafe { inode_target(inode) }.map(Some)
 }
 
-/// A trusted rename of `dentry`: when a directory above a host mount point, the mounts below
-/// have paths [`MOUNT_ANCESTORS`] may not hold the new directories above of, until the daemon
-/// reads the mount table again.
+/// Notes a trusted rename of a directory above a host mount point: the mounts below have new
+/// directories above them, which [`MOUNT_ANCESTORS`] holds only once the daemon has read the
+/// mount table again.
 #[inline(always)]
-fn count_renamed_ancestor(dentry: *const u8) {
-    let moved_mounts = match unsafe { directory_target(dentry) } {
-        Ok(Some(directory)) => is_mount_ancestor(&directory),
-        Ok(None) => false,
-        Err(_) => true,
-    };
-    if moved_mounts && let Some(count) = MOUNT_COUNTS.get_ptr_mut(mount_count::MADE) {
+fn count_renamed_ancestor() {
+    if let Some(count) = MOUNT_COUNTS.get_ptr_mut(mount_count::MADE) {
         let made = unsafe { *count } + 1;
         unsafe { *count = made };
         count_ancestry(made);
@@ -807,25 +802,28 @@ pub fn is_mount_point(dentry: *const u8) -> bool {
 /// `new_dir` (an inode). Mounts on either move with it or go (the hook does not tell an exchange,
 /// which passes here both ways round, from a rename over): no place says where, and every
 /// agent's open waits for the daemon's next look. A directory brought onto a path the daemon
-/// follows brings files it never saw: agents open nothing below it until then.
+/// follows brings files it never saw: agents open nothing below it until then. A directory
+/// above a host mount point moves the mounts below (`replaced`, when a directory, is an empty
+/// one, or exchanged: `moved` on the other pass).
 #[inline(always)]
 pub fn count_rename(moved: *const u8, replaced: *const u8, new_dir: *const u8) {
     if is_mount_point(moved) || is_mount_point(replaced) {
         count_attach(None);
         count_revealed(None);
-    } else if is_directory(moved) && unsafe { on_followed_path(new_dir) } {
+        return;
+    }
+    // Unreadable counts as a directory, and as one above a mount point.
+    let directory = match unsafe { directory_target(moved) } {
+        Ok(None) => return,
+        Ok(Some(directory)) => Some(directory),
+        Err(_) => None,
+    };
+    if unsafe { on_followed_path(new_dir) } {
         count_revealed(Some(moved));
     }
-    count_renamed_ancestor(moved);
-    count_renamed_ancestor(replaced);
-}
-
-/// Whether `dentry` names a directory (unreadable counts as one).
-#[inline(always)]
-fn is_directory(dentry: *const u8) -> bool {
-    unsafe { read_field::<*const u8>(dentry, &OFF_DENTRY_INODE) }
-        .and_then(|inode| unsafe { read_field::<u16>(inode, &OFF_INODE_MODE) })
-        .map_or(true, |mode| mode & S_IFMT == S_IFDIR)
+    if directory.is_none_or(|directory| is_mount_ancestor(&directory)) {
+        count_renamed_ancestor();
+    }
 }
 
 /// Whether an unmount, move or rename since the daemon last began to look at its paths showed

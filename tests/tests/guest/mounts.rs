@@ -771,6 +771,25 @@ fn agents_move_no_host_mount_from_below_a_cover() {
     }
     // Without the mounts below (not --rbind): what a later mount covers in src, view shows.
     host("mount", &["--bind", &text(&src), &text(&view)]);
+    // An unbindable file system (no copy of its mount can be had) with a mount below.
+    let unbindable = base.join("unbindable");
+    let unbindable_dir = unbindable.join("a/b");
+    mkdirs(&[&text(&unbindable)]);
+    host(
+        "mount",
+        &["-t", "tmpfs", "gk-unbindable", &text(&unbindable)],
+    );
+    mkdirs(&[&text(&unbindable_dir.join("m"))]);
+    host(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "gk-covered",
+            &text(&unbindable_dir.join("m")),
+        ],
+    );
+    host("mount", &["--make-unbindable", &text(&unbindable)]);
     let scenario = Scenario::start("mounts-covered", Options::default());
     let (agents, outside) = (&scenario.agents, &scenario.outside);
     let [user_out, user_out_outside] = ["b-out", "b-out-outside"].map(|name| user_dir.join(name));
@@ -790,7 +809,8 @@ fn agents_move_no_host_mount_from_below_a_cover() {
     for cov in covs {
         host("mount", &["-t", "tmpfs", "gk-cover", &text(cov)]);
     }
-    // Until the daemon has looked at the new mounts, agents rename no directory at all.
+    // Until the daemon has looked at the new mounts, agents rename no directory at all (nor
+    // would they, had it failed to look at the unbindable one).
     let free_away = (text(&free), format!("{}-moved", text(&free)));
     wait_for("the daemon's look at the covers", || {
         let renamed = scenario.tamper(agents, "rename", &[&free_away.0, &free_away.1]);
@@ -809,16 +829,21 @@ fn agents_move_no_host_mount_from_below_a_cover() {
     };
     let (view_from, view_to) = (text(&view.join("cov/b")), text(&view.join("b-out")));
     let through_view = |cgroup: &Path| scenario.tamper(cgroup, "rename", &[&view_from, &view_to]);
+    let (unbindable_from, unbindable_to) = (text(&unbindable_dir), text(&unbindable.join("b")));
+    let on_unbindable =
+        |cgroup: &Path| scenario.tamper(cgroup, "rename", &[&unbindable_from, &unbindable_to]);
     let [user_rename, user_rename_outside] = user_renames;
     let attempts = [
         in_own_namespace(agents),
         through_view(agents),
+        on_unbindable(agents),
         user_rename.outcome(),
     ];
     assert_eq!(
         attempts,
-        [const { Outcome::Denied }; 3],
-        "root agent: in its own namespace, through the bind; user agent: by a descriptor"
+        [const { Outcome::Denied }; 4],
+        "root agent: in its own namespace, through the bind, on the unbindable file system; user \
+         agent: by a descriptor"
     );
     let points = covs.map(|cov| cov.join("b/m"));
     assert!(
@@ -831,19 +856,26 @@ fn agents_move_no_host_mount_from_below_a_cover() {
     let controls = [
         in_own_namespace(outside),
         through_view(outside),
+        on_unbindable(outside),
         user_rename_outside.outcome(),
     ];
     assert_eq!(
         controls,
-        [const { Outcome::Ok }; 3],
+        [const { Outcome::Ok }; 4],
         "the same from outside"
     );
-    let moved = [&root_out, &src.join("b-out"), &user_out_outside].map(|dir| dir.join("m"));
+    let moved = [
+        &root_out,
+        &src.join("b-out"),
+        &unbindable.join("b"),
+        &user_out_outside,
+    ]
+    .map(|dir| dir.join("m"));
     assert!(
         moved.iter().all(|point| mounted(point)),
         "the mounts went along"
     );
-    for mount in moved.iter().chain(covs).chain([&view]) {
+    for mount in moved.iter().chain(covs).chain([&view, &unbindable]) {
         let _ = Command::new("umount").arg(mount).status();
     }
     std::fs::remove_dir_all(base).unwrap();
