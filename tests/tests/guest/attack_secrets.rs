@@ -2,13 +2,9 @@
 //! Each asserts the secure outcome; a control from outside shows the action itself works.
 //! Failures are collected per test so one run reports every hole at once.
 
-use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-};
+use std::path::{Path, PathBuf};
 
-use gatekeeper_tests::{Options, Outcome, Scenario, UNLISTED_UID, bin, hand_to_user, wait_for};
+use gatekeeper_tests::{Options, Outcome, Scenario, Waiting, hand_to_user, wait_for};
 
 fn text(path: &Path) -> String {
     path.display().to_string()
@@ -60,46 +56,14 @@ fn plant(
     how: &str,
     meanwhile: impl FnOnce(),
 ) -> Result<String, String> {
-    let helper = text(&bin("gk-helper"));
-    let cgroup = text(cgroup);
-    let uid = UNLISTED_UID.to_string();
-    let mut args: Vec<&str> = Vec::new();
-    if user {
-        args.extend(["as-user", &uid, &cgroup, &helper, "tamper", "-"]);
-    } else {
-        args.extend(["tamper", &cgroup]);
-    }
-    args.extend(["plant-hold", outside, inside, how]);
-    let mut child = Command::new(&helper)
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        if stdout.read_line(&mut line).unwrap() == 0 {
-            let _ = child.wait();
-            return Err(format!("no READY: {seen}"));
-        }
-        seen.push_str(&line);
-        if line.trim() == "READY" {
-            break;
-        }
-    }
+    let waiting = Waiting::start(user, cgroup, "plant-hold", &[outside, inside, how])?;
     meanwhile();
-    child.stdin.take().unwrap().write_all(b"\n").unwrap();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
-    let _ = child.wait();
-    seen.push_str(&rest);
-    seen.lines()
+    let output = waiting.finish();
+    output
+        .lines()
         .find_map(|line| line.strip_prefix("CONTENT="))
         .map(str::to_owned)
-        .ok_or(seen)
+        .ok_or(output)
 }
 
 /// The output of a `plant` the kernel refused: the helper stopped before READY with EPERM.
