@@ -492,6 +492,9 @@ pub struct Mount {
     root: PathBuf,
     /// Where it is mounted.
     pub point: PathBuf,
+    /// Its file system's type and options, as the kernel shows them (escaped).
+    fs_type: Vec<u8>,
+    options: Vec<u8>,
 }
 
 impl Mount {
@@ -589,12 +592,20 @@ pub fn mount_table(mountinfo: &[u8]) -> Vec<Mount> {
         .split(|byte| *byte == b'\n')
         .filter_map(|line| {
             let mut fields = line.split(|byte| *byte == b' ');
+            let (id, parent) = (number(fields.next()?)?, number(fields.next()?)?);
+            let (device, root, point) = (fields.next()?, fields.next()?, fields.next()?);
+            // Past the mount's options and optional fields, up to the separator.
+            let mut rest = fields.skip_while(|field| *field != b"-").skip(1);
+            let fs_type = rest.next().unwrap_or_default().to_vec();
+            let options = rest.nth(1).unwrap_or_default().to_vec();
             Some(Mount {
-                id: number(fields.next()?)?,
-                parent: number(fields.next()?)?,
-                device: fields.next()?.to_vec(),
-                root: path(fields.next()?),
-                point: path(fields.next()?),
+                id,
+                parent,
+                device: device.to_vec(),
+                root: path(root),
+                point: path(point),
+                fs_type,
+                options,
             })
         })
         .collect()
@@ -649,6 +660,80 @@ pub fn mount_point_routes(mounts: &[Mount]) -> Vec<(&Mount, Vec<MountPointRoute<
             Some((mount, routes))
         })
         .collect()
+}
+
+/// For each mount of `mounts` on an overlay, the directories in the overlay's layers behind the
+/// directories above its mount point and the mount point itself: renaming one there moves the
+/// overlay's directory with the mount (the overlay's next lookup of the new name finds the same
+/// inode, and the kernel moves its one dentry there). A layer missing one has none there. The
+/// error names an overlay whose layers are not absolute paths (given relative to its mounter's
+/// directory then), which cannot be found.
+pub fn overlay_layer_dirs(mounts: &[Mount]) -> Result<Vec<PathBuf>, PathBuf> {
+    let tree = MountTree::new(mounts);
+    let mut dirs = Vec::new();
+    for mount in mounts {
+        let Some(parent) = tree.by_id.get(&mount.parent).copied() else {
+            continue;
+        };
+        if parent.fs_type != b"overlay" || parent.id == mount.id {
+            continue;
+        }
+        let Ok(inside) = mount.point.strip_prefix(&parent.point) else {
+            continue;
+        };
+        let layers = overlay_layers(&parent.options);
+        if layers.iter().any(|layer| !layer.is_absolute()) {
+            return Err(parent.point.clone());
+        }
+        let skipped = names_of(&parent.root).len();
+        let names = names_of(&parent.root.join(inside));
+        for layer in &layers {
+            for depth in skipped + 1..=names.len() {
+                dirs.push(
+                    names[..depth]
+                        .iter()
+                        .fold(layer.clone(), |dir, name| dir.join(name)),
+                );
+            }
+        }
+    }
+    Ok(dirs)
+}
+
+/// The upper and lower directories an overlay's options (as mountinfo shows them) name. Lower
+/// ones are separated by `:` (`::` before data-only ones); a `:` in a name is escaped, as `\072`
+/// (6.12) or as the user's `\:` (6.1, shown `\134:`).
+fn overlay_layers(options: &[u8]) -> Vec<PathBuf> {
+    let path = |escaped: &[u8]| {
+        let name = unescape_octal(escaped);
+        let mut plain = Vec::with_capacity(name.len());
+        let mut bytes = name.iter().peekable();
+        while let Some(&byte) = bytes.next() {
+            if byte == b'\\' && bytes.peek() == Some(&&b':') {
+                continue;
+            }
+            plain.push(byte);
+        }
+        PathBuf::from(std::ffi::OsString::from_vec(plain))
+    };
+    let mut layers = Vec::new();
+    for option in options.split(|byte| *byte == b',') {
+        if let Some(upper) = option.strip_prefix(b"upperdir=") {
+            layers.push(path(upper));
+        } else if let Some(lower) = option.strip_prefix(b"lowerdir=") {
+            let mut start = 0;
+            for index in 0..=lower.len() {
+                let at_end = index == lower.len();
+                if at_end || lower[index] == b':' && !lower[..index].ends_with(b"\\134") {
+                    if index > start {
+                        layers.push(path(&lower[start..index]));
+                    }
+                    start = index + 1;
+                }
+            }
+        }
+    }
+    layers
 }
 
 /// The names of `path`'s components (`.`, `..` and the root left out).

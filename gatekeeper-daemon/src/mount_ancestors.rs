@@ -3,7 +3,7 @@
 //! through a copy of one of its mounts that holds no other mount (`open_tree(2)` without
 //! `AT_RECURSIVE`): a later mount over one of them, which an agent's descriptor or its own
 //! mount namespace sees past, hides none of them. Names are followed one at a time, so that no
-//! path is too long to look at.
+//! path is too long to look at. Behind an overlay's directories, its layers' are held too.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -19,8 +19,8 @@ use nix::{
 };
 
 use crate::{
-    config::{Mount, MountPointRoute, mount_point_routes},
-    policy::kernel_dev,
+    config::{Mount, MountPointRoute, mount_point_routes, overlay_layer_dirs},
+    policy::{kernel_dev, node_of},
 };
 
 /// `open_tree(2)`: a copy of the mount, detached, without the mounts below it.
@@ -38,6 +38,15 @@ pub enum AncestorError {
     Copy {
         point: PathBuf,
         through: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the overlay at {overlay} has a mount below it and layers given as relative paths: the directories in its layers cannot be found"
+    )]
+    RelativeLayers { overlay: PathBuf },
+    #[error("the overlay layer's directory {dir}: {source}")]
+    Layer {
+        dir: PathBuf,
         source: std::io::Error,
     },
     #[error("the directories above the mount point {point}: {name:?} below {through}: {source}")]
@@ -83,6 +92,20 @@ pub fn mount_ancestors(mounts: &[Mount]) -> Result<HashSet<Target>, AncestorErro
             return Err(failed.unwrap_or_else(|| AncestorError::Unreachable {
                 point: mount.point.clone(),
             }));
+        }
+    }
+    let layer_dirs =
+        overlay_layer_dirs(mounts).map_err(|overlay| AncestorError::RelativeLayers { overlay })?;
+    for dir in layer_dirs {
+        match node_of(&dir) {
+            Ok(node) => {
+                held.insert(node);
+            }
+            // Not in that layer.
+            Err(error)
+                if error.kind() == std::io::ErrorKind::NotFound
+                    || error.raw_os_error() == Some(libc::ENOTDIR) => {}
+            Err(source) => return Err(AncestorError::Layer { dir, source }),
         }
     }
     Ok(held)

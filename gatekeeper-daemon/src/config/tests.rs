@@ -543,6 +543,42 @@ fn the_directories_above_mount_points_are_reached_in_their_own_file_system() {
 }
 
 #[test]
+fn an_overlays_layers_are_held_behind_the_directories_above_a_mount_on_it() {
+    let mounts = mount_table(
+        b"1 0 8:1 / / rw - ext4 /dev/root rw\n\
+          30 1 0:40 / /srv/ov rw,relatime shared:5 - overlay overlay rw,lowerdir=/srv/l1:/srv/l\\134:2::/srv/d\\0723,upperdir=/srv/u,workdir=/srv/w\n\
+          31 30 0:41 / /srv/ov/ua/m rw - tmpfs t rw\n\
+          32 1 0:42 / /srv/free-ov rw - overlay overlay rw,lowerdir=/srv/x,upperdir=/srv/y,workdir=/srv/z\n",
+    );
+    let dirs: Vec<String> = super::overlay_layer_dirs(&mounts)
+        .unwrap()
+        .iter()
+        .map(|dir| dir.display().to_string())
+        .collect();
+    let expected: Vec<String> = ["/srv/l1", "/srv/l:2", "/srv/d:3", "/srv/u"]
+        .iter()
+        .flat_map(|layer| [format!("{layer}/ua"), format!("{layer}/ua/m")])
+        .collect();
+    let (mut dirs, mut expected) = (dirs, expected);
+    dirs.sort();
+    expected.sort();
+    assert_eq!(
+        dirs, expected,
+        "each layer's directories, to the mount point's"
+    );
+    // Docker's short relative layer names: not to be found from here.
+    let relative = mount_table(
+        b"1 0 8:1 / / rw - ext4 /dev/root rw\n\
+          30 1 0:40 / /srv/ov rw - overlay overlay rw,lowerdir=l/ABC:l/DEF,upperdir=/srv/u,workdir=/srv/w\n\
+          31 30 0:41 / /srv/ov/a/m rw - tmpfs t rw\n",
+    );
+    assert_eq!(
+        super::overlay_layer_dirs(&relative),
+        Err(PathBuf::from("/srv/ov"))
+    );
+}
+
+#[test]
 fn mount_table_decodes_the_kernels_escapes() {
     let points = |mountinfo: &[u8]| -> Vec<PathBuf> {
         mount_table(mountinfo)

@@ -880,3 +880,80 @@ fn agents_move_no_host_mount_from_below_a_cover() {
     }
     std::fs::remove_dir_all(base).unwrap();
 }
+
+/// Nor through an overlay's layers: renaming the directory in a layer behind an overlay's
+/// directory above a host mount point (the upper one, or a lower one where the upper has none)
+/// moves the overlay's directory, and the mount, to the new name at its next lookup. Held for
+/// the root agent and the user agent (on layers of its own); from outside the same moves the
+/// host's mount.
+#[test]
+fn agents_move_no_host_mount_through_an_overlays_layers() {
+    let base = Path::new("/srv/gk-overlaid");
+    let [lower, upper, work, merged, free] =
+        ["lower", "upper", "work", "merged", "free"].map(|name| base.join(name));
+    let text = |path: &Path| path.display().to_string();
+    mkdirs(&[
+        &text(&lower.join("la/b/m")),
+        &text(&upper),
+        &text(&work),
+        &text(&merged),
+        &text(&free),
+    ]);
+    hand_to_user(&lower);
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        text(&lower),
+        text(&upper),
+        text(&work)
+    );
+    host(
+        "mount",
+        &[
+            "-t",
+            "overlay",
+            "gk-overlay",
+            "-o",
+            &options,
+            &text(&merged),
+        ],
+    );
+    mkdirs(&[&text(&merged.join("ua/b/m"))]);
+    for point in [merged.join("ua/b/m"), merged.join("la/b/m")] {
+        host("mount", &["-t", "tmpfs", "gk-overlaid", &text(&point)]);
+    }
+    let scenario = Scenario::start("mounts-overlaid", Options::default());
+    let (agents, outside) = (&scenario.agents, &scenario.outside);
+    let free_away = (text(&free), format!("{}-moved", text(&free)));
+    wait_for("the daemon's look at the mounts", || {
+        let renamed = scenario.tamper(agents, "rename", &[&free_away.0, &free_away.1]);
+        (renamed == Outcome::Ok).then_some(())
+    });
+    std::fs::rename(&free_away.1, &free_away.0).unwrap();
+    let (upper_from, upper_to) = (text(&upper.join("ua")), text(&upper.join("uz")));
+    let (lower_from, lower_to) = (text(&lower.join("la")), text(&lower.join("lz")));
+    let attempts = [
+        scenario.tamper(agents, "rename", &[&upper_from, &upper_to]),
+        scenario.tamper_as_user(agents, "rename", &[&lower_from, &lower_to]),
+    ];
+    assert_eq!(
+        attempts,
+        [Outcome::Denied, Outcome::Denied],
+        "root agent: the upper layer's directory; user agent: its lower layer's"
+    );
+    let event = journaled(&scenario, "umount");
+    assert_eq!(event["detail"][1], ABOVE_MOUNT_POINT, "{event}");
+    // From outside: renamed in the layer, then looked up by the new name in the overlay.
+    assert_eq!(
+        scenario.tamper(outside, "rename", &[&upper_from, &upper_to]),
+        Outcome::Ok
+    );
+    let _ = std::fs::metadata(merged.join("uz/b/m"));
+    assert!(
+        mounted(&merged.join("uz/b/m")),
+        "the host's mount went with the layer's directory"
+    );
+    for point in [merged.join("uz/b/m"), merged.join("la/b/m"), merged] {
+        let _ = Command::new("umount").arg(point).status();
+    }
+    std::fs::remove_dir_all(base).unwrap();
+}
