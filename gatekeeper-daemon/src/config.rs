@@ -662,15 +662,26 @@ pub fn mount_point_routes(mounts: &[Mount]) -> Vec<(&Mount, Vec<MountPointRoute<
         .collect()
 }
 
-/// For each mount of `mounts` on an overlay, the directories in the overlay's layers behind the
-/// directories above its mount point and the mount point itself: renaming one there moves the
-/// overlay's directory with the mount (the overlay's next lookup of the new name finds the same
-/// inode, and the kernel moves its one dentry there). A layer missing one has none there. The
-/// error names an overlay whose layers are not absolute paths (given relative to its mounter's
+/// The directories of the host's overlays with a mount below (see [`overlay_layer_dirs`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct OverlayLayerDirs {
+    /// Each layer's directory and every directory above it: renaming one would leave the
+    /// overlay's options naming nothing, so that the directories inside could not be found. They
+    /// must all be there.
+    pub layers: Vec<PathBuf>,
+    /// In each layer, the directories behind the overlay's directories above a mount point and
+    /// the mount point itself: renaming one there moves the overlay's directory with the mount
+    /// (the overlay's next lookup of the new name finds the same inode, and the kernel moves its
+    /// one dentry there). A layer missing one has none there.
+    pub inside: Vec<PathBuf>,
+}
+
+/// For the mounts of `mounts` on an overlay, the directories of its layers to hold. The error
+/// names an overlay whose layers are not absolute paths (given relative to its mounter's
 /// directory then), which cannot be found.
-pub fn overlay_layer_dirs(mounts: &[Mount]) -> Result<Vec<PathBuf>, PathBuf> {
+pub fn overlay_layer_dirs(mounts: &[Mount]) -> Result<OverlayLayerDirs, PathBuf> {
     let tree = MountTree::new(mounts);
-    let mut dirs = Vec::new();
+    let mut dirs = OverlayLayerDirs::default();
     for mount in mounts {
         let Some(parent) = tree.by_id.get(&mount.parent).copied() else {
             continue;
@@ -688,12 +699,11 @@ pub fn overlay_layer_dirs(mounts: &[Mount]) -> Result<Vec<PathBuf>, PathBuf> {
         let skipped = names_of(&parent.root).len();
         let names = names_of(&parent.root.join(inside));
         for layer in &layers {
+            let above = layer.ancestors().filter(|dir| dir.parent().is_some());
+            dirs.layers.extend(above.map(Path::to_path_buf));
             for depth in skipped + 1..=names.len() {
-                dirs.push(
-                    names[..depth]
-                        .iter()
-                        .fold(layer.clone(), |dir, name| dir.join(name)),
-                );
+                let dir = (names[..depth].iter()).fold(layer.clone(), |dir, name| dir.join(name));
+                dirs.inside.push(dir);
             }
         }
     }

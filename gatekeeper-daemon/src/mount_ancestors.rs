@@ -96,7 +96,15 @@ pub fn mount_ancestors(mounts: &[Mount]) -> Result<HashSet<Target>, AncestorErro
     }
     let layer_dirs =
         overlay_layer_dirs(mounts).map_err(|overlay| AncestorError::RelativeLayers { overlay })?;
-    for dir in layer_dirs {
+    for dir in layer_dirs.layers {
+        match node_of(&dir) {
+            Ok(node) => {
+                held.insert(node);
+            }
+            Err(source) => return Err(AncestorError::Layer { dir, source }),
+        }
+    }
+    for dir in layer_dirs.inside {
         match node_of(&dir) {
             Ok(node) => {
                 held.insert(node);

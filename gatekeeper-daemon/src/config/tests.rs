@@ -550,11 +550,19 @@ fn an_overlays_layers_are_held_behind_the_directories_above_a_mount_on_it() {
           31 30 0:41 / /srv/ov/ua/m rw - tmpfs t rw\n\
           32 1 0:42 / /srv/free-ov rw - overlay overlay rw,lowerdir=/srv/x,upperdir=/srv/y,workdir=/srv/z\n",
     );
-    let dirs: Vec<String> = super::overlay_layer_dirs(&mounts)
-        .unwrap()
-        .iter()
-        .map(|dir| dir.display().to_string())
-        .collect();
+    let held = super::overlay_layer_dirs(&mounts).unwrap();
+    let text = |dirs: &[PathBuf]| -> Vec<String> {
+        dirs.iter().map(|dir| dir.display().to_string()).collect()
+    };
+    let mut layers = text(&held.layers);
+    layers.sort();
+    layers.dedup();
+    assert_eq!(
+        layers,
+        ["/srv", "/srv/d:3", "/srv/l1", "/srv/l:2", "/srv/u"],
+        "each layer and the directories above it (the root left out)"
+    );
+    let dirs = text(&held.inside);
     let expected: Vec<String> = ["/srv/l1", "/srv/l:2", "/srv/d:3", "/srv/u"]
         .iter()
         .flat_map(|layer| [format!("{layer}/ua"), format!("{layer}/ua/m")])

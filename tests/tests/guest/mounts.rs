@@ -931,14 +931,18 @@ fn agents_move_no_host_mount_through_an_overlays_layers() {
     std::fs::rename(&free_away.1, &free_away.0).unwrap();
     let (upper_from, upper_to) = (text(&upper.join("ua")), text(&upper.join("uz")));
     let (lower_from, lower_to) = (text(&lower.join("la")), text(&lower.join("lz")));
+    // The layer itself too: renamed, the overlay's options would name nothing.
+    let (layer_from, layer_to) = (text(&upper), text(&base.join("upper-moved")));
     let attempts = [
         scenario.tamper(agents, "rename", &[&upper_from, &upper_to]),
+        scenario.tamper(agents, "rename", &[&layer_from, &layer_to]),
         scenario.tamper_as_user(agents, "rename", &[&lower_from, &lower_to]),
     ];
     assert_eq!(
         attempts,
-        [Outcome::Denied, Outcome::Denied],
-        "root agent: the upper layer's directory; user agent: its lower layer's"
+        [Outcome::Denied, Outcome::Denied, Outcome::Denied],
+        "root agent: the upper layer's directory, the upper layer; user agent: its lower \
+         layer's directory"
     );
     let event = journaled(&scenario, "umount");
     assert_eq!(event["detail"][1], ABOVE_MOUNT_POINT, "{event}");
