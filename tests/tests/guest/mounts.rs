@@ -43,6 +43,20 @@ fn mkdirs(paths: &[&str]) {
     }
 }
 
+/// Waits until the root agent renames `dir` (to `dir-moved`, then back from outside): the daemon
+/// has looked at the mounts since the last change (until then agents rename no directory).
+fn wait_until_agents_rename(scenario: &Scenario, what: &str, dir: &Path) {
+    let (from, to) = (
+        dir.display().to_string(),
+        format!("{}-moved", dir.display()),
+    );
+    wait_for(what, || {
+        let renamed = scenario.tamper(&scenario.agents, "rename", &[&from, &to]);
+        (renamed == Outcome::Ok).then_some(())
+    });
+    std::fs::rename(&to, &from).unwrap();
+}
+
 /// `gatekeeper status --json`, whatever its exit code: (enforcing, exit success).
 fn status(scenario: &Scenario) -> (bool, bool) {
     let output = scenario.gatekeeper(&["status", "--json"]);
@@ -630,20 +644,10 @@ fn agents_move_no_host_mount_by_a_directory_above() {
         upper_away,
         middle_away,
         inner_away,
-        free_away,
         user_free_away,
         other_away,
         later_away,
-    ] = [
-        &upper,
-        &middle,
-        &user_inner,
-        &free,
-        &user_free,
-        &other,
-        &later,
-    ]
-    .map(|path| away(path));
+    ] = [&upper, &middle, &user_inner, &user_free, &other, &later].map(|path| away(path));
     let run = |cgroup: &Path, (from, to): &(String, String)| {
         scenario.tamper(cgroup, "rename", &[from, to])
     };
@@ -653,10 +657,7 @@ fn agents_move_no_host_mount_by_a_directory_above() {
 
     // Once the daemon has read the mount table (until then agents rename no directory), a
     // directory with nothing mounted below is the root agent's.
-    wait_for("the daemon's first look at the mounts", || {
-        (run(agents, &free_away) == Outcome::Ok).then_some(())
-    });
-    back(&free_away);
+    wait_until_agents_rename(&scenario, "the daemon's first look at the mounts", &free);
     let (from, to) = &middle_away;
     let attempts = [
         run(agents, &upper_away),
@@ -701,20 +702,14 @@ fn agents_move_no_host_mount_by_a_directory_above() {
         [Outcome::Denied, Outcome::Denied],
         "root agent, the daemon held: above the new mount, and elsewhere"
     );
-    wait_for("the daemon's look at the new mount", || {
-        (run(agents, &other_away) == Outcome::Ok).then_some(())
-    });
-    back(&other_away);
+    wait_until_agents_rename(&scenario, "the daemon's look at the new mount", &other);
     assert_eq!(
         run(agents, &later_away),
         Outcome::Denied,
         "above the new mount"
     );
     host("umount", &[&text(&later_point)]);
-    wait_for("the daemon's look after the unmount", || {
-        (run(agents, &later_away) == Outcome::Ok).then_some(())
-    });
-    back(&later_away);
+    wait_until_agents_rename(&scenario, "the daemon's look after the unmount", &later);
     for mount in [&point, &user_point] {
         let _ = Command::new("umount").arg(mount).status();
     }
@@ -811,12 +806,7 @@ fn agents_move_no_host_mount_from_below_a_cover() {
     }
     // Until the daemon has looked at the new mounts, agents rename no directory at all (nor
     // would they, had it failed to look at the unbindable one).
-    let free_away = (text(&free), format!("{}-moved", text(&free)));
-    wait_for("the daemon's look at the covers", || {
-        let renamed = scenario.tamper(agents, "rename", &[&free_away.0, &free_away.1]);
-        (renamed == Outcome::Ok).then_some(())
-    });
-    std::fs::rename(&free_away.1, &free_away.0).unwrap();
+    wait_until_agents_rename(&scenario, "the daemon's look at the covers", &free);
 
     let root_out = base.join("root/b-out");
     let in_own_namespace = |cgroup: &Path| {
@@ -923,12 +913,7 @@ fn agents_move_no_host_mount_through_an_overlays_layers() {
     }
     let scenario = Scenario::start("mounts-overlaid", Options::default());
     let (agents, outside) = (&scenario.agents, &scenario.outside);
-    let free_away = (text(&free), format!("{}-moved", text(&free)));
-    wait_for("the daemon's look at the mounts", || {
-        let renamed = scenario.tamper(agents, "rename", &[&free_away.0, &free_away.1]);
-        (renamed == Outcome::Ok).then_some(())
-    });
-    std::fs::rename(&free_away.1, &free_away.0).unwrap();
+    wait_until_agents_rename(&scenario, "the daemon's look at the mounts", &free);
     let (upper_from, upper_to) = (text(&upper.join("ua")), text(&upper.join("uz")));
     let (lower_from, lower_to) = (text(&lower.join("la")), text(&lower.join("lz")));
     // The layer itself too: renamed, the overlay's options would name nothing.
