@@ -666,8 +666,7 @@ pub fn mount_point_routes(mounts: &[Mount]) -> Vec<(&Mount, Vec<MountPointRoute<
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct OverlayLayerDirs {
     /// Each layer's directory and every directory above it: renaming one would leave the
-    /// overlay's options naming nothing, so that the directories inside could not be found. They
-    /// must all be there.
+    /// overlay's options naming nothing, so that the directories inside could not be found.
     pub layers: Vec<PathBuf>,
     /// In each layer, the directories behind the overlay's directories above a mount point and
     /// the mount point itself: renaming one there moves the overlay's directory with the mount
@@ -710,37 +709,37 @@ pub fn overlay_layer_dirs(mounts: &[Mount]) -> Result<OverlayLayerDirs, PathBuf>
     Ok(dirs)
 }
 
-/// The upper and lower directories an overlay's options (as mountinfo shows them) name. Lower
-/// ones are separated by `:` (`::` before data-only ones); a `:` in a name is escaped, as `\072`
-/// (6.12) or as the user's `\:` (6.1, shown `\134:`).
+/// The upper and lower directories an overlay's options (as mountinfo shows them, octal
+/// escapes decoded first) name. `upperdir=` and `lowerdir=` hold the mounter's own text, where
+/// `\` escapes the next byte and unescaped `:`s separate lower layers (`::` before data-only
+/// ones); `lowerdir+=` and `datadir+=` (6.7 on) one path each, as it is.
 fn overlay_layers(options: &[u8]) -> Vec<PathBuf> {
-    let path = |escaped: &[u8]| {
-        let name = unescape_octal(escaped);
-        let mut plain = Vec::with_capacity(name.len());
-        let mut bytes = name.iter().peekable();
+    let path = |name: Vec<u8>| PathBuf::from(std::ffi::OsString::from_vec(name));
+    // The mounter's text split at unescaped `:`s, escapes undone; empty parts left out.
+    let split_escaped = |text: &[u8]| {
+        let mut parts = Vec::new();
+        let mut part = Vec::new();
+        let mut bytes = text.iter();
         while let Some(&byte) = bytes.next() {
-            if byte == b'\\' && bytes.peek() == Some(&&b':') {
-                continue;
+            match byte {
+                b'\\' => part.extend(bytes.next()),
+                b':' => parts.push(std::mem::take(&mut part)),
+                _ => part.push(byte),
             }
-            plain.push(byte);
         }
-        PathBuf::from(std::ffi::OsString::from_vec(plain))
+        parts.push(part);
+        parts.into_iter().filter(|part| !part.is_empty()).map(path)
     };
     let mut layers = Vec::new();
     for option in options.split(|byte| *byte == b',') {
-        if let Some(upper) = option.strip_prefix(b"upperdir=") {
-            layers.push(path(upper));
-        } else if let Some(lower) = option.strip_prefix(b"lowerdir=") {
-            let mut start = 0;
-            for index in 0..=lower.len() {
-                let at_end = index == lower.len();
-                if at_end || lower[index] == b':' && !lower[..index].ends_with(b"\\134") {
-                    if index > start {
-                        layers.push(path(&lower[start..index]));
-                    }
-                    start = index + 1;
-                }
-            }
+        let Some(at) = option.iter().position(|byte| *byte == b'=') else {
+            continue;
+        };
+        let value = unescape_octal(&option[at + 1..]);
+        match &option[..at] {
+            b"upperdir" | b"lowerdir" => layers.extend(split_escaped(&value)),
+            b"lowerdir+" | b"datadir+" => layers.push(path(value)),
+            _ => {}
         }
     }
     layers

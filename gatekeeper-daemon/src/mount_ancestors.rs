@@ -96,20 +96,15 @@ pub fn mount_ancestors(mounts: &[Mount]) -> Result<HashSet<Target>, AncestorErro
     }
     let layer_dirs =
         overlay_layer_dirs(mounts).map_err(|overlay| AncestorError::RelativeLayers { overlay })?;
-    for dir in layer_dirs.layers {
+    // A layer gone was removed while empty (agents may, as any empty directory of theirs): there
+    // is nothing in it to hold. (Renamed away it would not be: it is held, and a trusted
+    // rename of it leaves its directories unheld from the next look on.)
+    for dir in layer_dirs.layers.into_iter().chain(layer_dirs.inside) {
         match node_of(&dir) {
             Ok(node) => {
                 held.insert(node);
             }
-            Err(source) => return Err(AncestorError::Layer { dir, source }),
-        }
-    }
-    for dir in layer_dirs.inside {
-        match node_of(&dir) {
-            Ok(node) => {
-                held.insert(node);
-            }
-            // Not in that layer.
+            // Not in that layer, or the layer gone.
             Err(error)
                 if error.kind() == std::io::ErrorKind::NotFound
                     || error.raw_os_error() == Some(libc::ENOTDIR) => {}

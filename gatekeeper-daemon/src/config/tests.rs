@@ -546,7 +546,7 @@ fn the_directories_above_mount_points_are_reached_in_their_own_file_system() {
 fn an_overlays_layers_are_held_behind_the_directories_above_a_mount_on_it() {
     let mounts = mount_table(
         b"1 0 8:1 / / rw - ext4 /dev/root rw\n\
-          30 1 0:40 / /srv/ov rw,relatime shared:5 - overlay overlay rw,lowerdir=/srv/l1:/srv/l\\134:2::/srv/d\\0723,upperdir=/srv/u,workdir=/srv/w\n\
+          30 1 0:40 / /srv/ov rw,relatime shared:5 - overlay overlay rw,lowerdir=/srv/l1:/srv/l\\134:2:/srv/x\\134\\134::/srv/d3,upperdir=/srv/u,workdir=/srv/w,lowerdir+=/srv/p\\134lo,datadir+=/srv/dd\n\
           31 30 0:41 / /srv/ov/ua/m rw - tmpfs t rw\n\
           32 1 0:42 / /srv/free-ov rw - overlay overlay rw,lowerdir=/srv/x,upperdir=/srv/y,workdir=/srv/z\n",
     );
@@ -559,14 +559,31 @@ fn an_overlays_layers_are_held_behind_the_directories_above_a_mount_on_it() {
     layers.dedup();
     assert_eq!(
         layers,
-        ["/srv", "/srv/d:3", "/srv/l1", "/srv/l:2", "/srv/u"],
+        [
+            "/srv",
+            "/srv/d3",
+            "/srv/dd",
+            "/srv/l1",
+            "/srv/l:2",
+            "/srv/p\\lo",
+            "/srv/u",
+            "/srv/x\\"
+        ],
         "each layer and the directories above it (the root left out)"
     );
     let dirs = text(&held.inside);
-    let expected: Vec<String> = ["/srv/l1", "/srv/l:2", "/srv/d:3", "/srv/u"]
-        .iter()
-        .flat_map(|layer| [format!("{layer}/ua"), format!("{layer}/ua/m")])
-        .collect();
+    let expected: Vec<String> = [
+        "/srv/l1",
+        "/srv/l:2",
+        "/srv/x\\",
+        "/srv/d3",
+        "/srv/u",
+        "/srv/p\\lo",
+        "/srv/dd",
+    ]
+    .iter()
+    .flat_map(|layer| [format!("{layer}/ua"), format!("{layer}/ua/m")])
+    .collect();
     let (mut dirs, mut expected) = (dirs, expected);
     dirs.sort();
     expected.sort();
