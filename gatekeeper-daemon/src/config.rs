@@ -556,6 +556,15 @@ impl<'a> MountTree<'a> {
         })
     }
 
+    /// The mount `mount` sits on, and its mount point's path below that mount's.
+    fn attachment<'m>(&self, mount: &'m Mount) -> Option<(&'a Mount, &'m Path)> {
+        let parent = *self.by_id.get(&mount.parent)?;
+        if parent.id == mount.id {
+            return None;
+        }
+        Some((parent, mount.point.strip_prefix(&parent.point).ok()?))
+    }
+
     /// The places of `mount`'s mount point, and of those of the mounts it sits on, each in the
     /// file system it is on, as the kernel walks them. A loop in a table read while it changed
     /// ends the walk.
@@ -631,11 +640,7 @@ pub fn mount_point_routes(mounts: &[Mount]) -> Vec<(&Mount, Vec<MountPointRoute<
     let tree = MountTree::new(mounts);
     (mounts.iter())
         .filter_map(|mount| {
-            let parent = *tree.by_id.get(&mount.parent)?;
-            if parent.id == mount.id {
-                return None;
-            }
-            let inside = mount.point.strip_prefix(&parent.point).ok()?;
+            let (parent, inside) = tree.attachment(mount)?;
             let below_parent = names_of(inside).len();
             if below_parent < 2 {
                 return None;
@@ -682,15 +687,12 @@ pub fn overlay_layer_dirs(mounts: &[Mount]) -> Result<OverlayLayerDirs, PathBuf>
     let tree = MountTree::new(mounts);
     let mut dirs = OverlayLayerDirs::default();
     for mount in mounts {
-        let Some(parent) = tree.by_id.get(&mount.parent).copied() else {
+        let Some((parent, inside)) = tree.attachment(mount) else {
             continue;
         };
-        if parent.fs_type != b"overlay" || parent.id == mount.id {
+        if parent.fs_type != b"overlay" {
             continue;
         }
-        let Ok(inside) = mount.point.strip_prefix(&parent.point) else {
-            continue;
-        };
         let layers = overlay_layers(&parent.options);
         if layers.iter().any(|layer| !layer.is_absolute()) {
             return Err(parent.point.clone());

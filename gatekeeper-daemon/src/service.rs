@@ -77,8 +77,8 @@ async fn watch_mounts(handle: Handle, look_now: Arc<tokio::sync::Notify>) {
         }
     };
     let mut known = Vec::new();
-    // The table and attach count the directories above its mount points were last sent for.
-    let mut ancestors_known: Option<(Vec<u8>, u64)> = None;
+    // The attach count the directories above the mount points of `known` were last sent for.
+    let mut ancestors_for: Option<u64> = None;
     let mut unreadable = false;
     let mut ancestors_failed = false;
     let mut interval = tokio::time::interval(PATHS_INTERVAL);
@@ -114,8 +114,12 @@ async fn watch_mounts(handle: Handle, look_now: Arc<tokio::sync::Notify>) {
             }
         };
         unreadable = false;
+        let changed = mounts != known;
+        if !changed && ancestors_for == Some(attached) {
+            continue;
+        }
         let table = mount_table(&mounts);
-        if mounts != known {
+        if changed {
             let command = Command::MountsNow {
                 mounts: table.clone(),
             };
@@ -123,18 +127,15 @@ async fn watch_mounts(handle: Handle, look_now: Arc<tokio::sync::Notify>) {
                 return;
             }
             look_now.notify_one();
-            known = mounts.clone();
-        }
-        let now = (mounts, attached);
-        if ancestors_known.as_ref() == Some(&now) {
-            continue;
+            known = mounts;
+            ancestors_for = None;
         }
         let looked =
             tokio::task::spawn_blocking(move || mount_ancestors::mount_ancestors(&table)).await;
         let directories = match looked {
             Ok(Ok(directories)) if directories.len() <= MAX_MOUNT_ANCESTORS as usize => {
                 ancestors_failed = false;
-                ancestors_known = Some(now);
+                ancestors_for = Some(attached);
                 Some(directories)
             }
             Ok(Ok(directories)) => {
@@ -142,7 +143,7 @@ async fn watch_mounts(handle: Handle, look_now: Arc<tokio::sync::Notify>) {
                     directories = directories.len(),
                     "more than {MAX_MOUNT_ANCESTORS} directories above the host's mount points: agents rename no directory"
                 );
-                ancestors_known = Some(now);
+                ancestors_for = Some(attached);
                 None
             }
             // Looked at again at the next tick.
