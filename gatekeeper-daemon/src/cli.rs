@@ -593,6 +593,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     data["grants_used"],
                     data["events_dropped"]
                 );
+                if let Some(why) = data["directory_renames_refused"].as_str() {
+                    println!("AGENTS RENAME NO DIRECTORY: {}", visible(why, FIELD_LIMIT));
+                }
                 // Agents may write below these: say so where the operator looks.
                 for path in data["unguarded_mounts"].as_array().into_iter().flatten() {
                     println!(

@@ -502,6 +502,15 @@ impl Mount {
         self.id
     }
 
+    /// `major:minor`, as mountinfo shows it.
+    pub fn device(&self) -> &[u8] {
+        &self.device
+    }
+
+    pub fn is_overlay(&self) -> bool {
+        self.fs_type == b"overlay"
+    }
+
     /// Its file system's device number in the kernel's encoding (major << 20 | minor).
     pub fn kernel_device(&self) -> Option<u32> {
         let (major, minor) = std::str::from_utf8(&self.device).ok()?.split_once(':')?;
@@ -667,48 +676,41 @@ pub fn mount_point_routes(mounts: &[Mount]) -> Vec<(&Mount, Vec<MountPointRoute<
         .collect()
 }
 
-/// The directories of the host's overlays with a mount below (see [`overlay_layer_dirs`]).
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct OverlayLayerDirs {
-    /// Each layer's directory and every directory above it: renaming one would leave the
-    /// overlay's options naming nothing, so that the directories inside could not be found.
+/// A host overlay and the mounts on it (see [`overlays`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Overlay<'a> {
+    pub mount: &'a Mount,
+    /// Its layers' directories, as its options name them.
     pub layers: Vec<PathBuf>,
-    /// In each layer, the directories behind the overlay's directories above a mount point and
-    /// the mount point itself: renaming one there moves the overlay's directory with the mount
-    /// (the overlay's next lookup of the new name finds the same inode, and the kernel moves its
-    /// one dentry there). A layer missing one has none there.
-    pub inside: Vec<PathBuf>,
+    /// For each mount on it, the names from the overlay's root down to the mount point, and
+    /// how many of the first are above the overlay mount's root. In each layer, the directories
+    /// behind the others are to be held: renaming one there moves the overlay's directory with
+    /// the mount (the overlay's next lookup of the new name finds the same inode, and the kernel
+    /// moves its one dentry there).
+    pub below: Vec<(Vec<std::ffi::OsString>, usize)>,
 }
 
-/// For the mounts of `mounts` on an overlay, the directories of its layers to hold. The error
-/// names an overlay whose layers are not absolute paths (given relative to its mounter's
-/// directory then), which cannot be found.
-pub fn overlay_layer_dirs(mounts: &[Mount]) -> Result<OverlayLayerDirs, PathBuf> {
+/// The overlays of `mounts`, each with its layers and the mounts on it.
+pub fn overlays(mounts: &[Mount]) -> Vec<Overlay<'_>> {
     let tree = MountTree::new(mounts);
-    let mut dirs = OverlayLayerDirs::default();
+    let mut overlays: Vec<Overlay> = (mounts.iter())
+        .filter(|mount| mount.is_overlay())
+        .map(|mount| Overlay {
+            mount,
+            layers: overlay_layers(&mount.options),
+            below: Vec::new(),
+        })
+        .collect();
     for mount in mounts {
         let Some((parent, inside)) = tree.attachment(mount) else {
             continue;
         };
-        if parent.fs_type != b"overlay" {
-            continue;
-        }
-        let layers = overlay_layers(&parent.options);
-        if layers.iter().any(|layer| !layer.is_absolute()) {
-            return Err(parent.point.clone());
-        }
-        let skipped = names_of(&parent.root).len();
-        let names = names_of(&parent.root.join(inside));
-        for layer in &layers {
-            let above = layer.ancestors().filter(|dir| dir.parent().is_some());
-            dirs.layers.extend(above.map(Path::to_path_buf));
-            for depth in skipped + 1..=names.len() {
-                let dir = (names[..depth].iter()).fold(layer.clone(), |dir, name| dir.join(name));
-                dirs.inside.push(dir);
-            }
+        if let Some(overlay) = (overlays.iter_mut()).find(|overlay| overlay.mount.id == parent.id) {
+            let names = names_of(&parent.root.join(inside));
+            overlay.below.push((names, names_of(&parent.root).len()));
         }
     }
-    Ok(dirs)
+    overlays
 }
 
 /// The upper and lower directories an overlay's options (as mountinfo shows them, octal

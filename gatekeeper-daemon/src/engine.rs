@@ -107,6 +107,9 @@ pub struct Engine {
     /// Effects not carried out yet: the head waits while the journal cannot be written.
     queue: VecDeque<Effect>,
     journal_error: Option<String>,
+    /// Why agents rename no directory now, if they do not: the directories above the host's
+    /// mount points were not looked at, or the programs not told them.
+    renames_refused: Option<String>,
     waiters: HashMap<String, Vec<oneshot::Sender<State>>>,
     handle: Handle,
     client: reqwest::Client,
@@ -217,6 +220,7 @@ impl Engine {
             policy,
             queue: VecDeque::new(),
             journal_error: None,
+            renames_refused: Some("the daemon has not looked at the host's mounts yet".into()),
             waiters: HashMap::new(),
             handle,
             client: notification_client(resolver)?,
@@ -416,13 +420,18 @@ impl Engine {
                 directories,
                 looked,
             } => {
-                let kept = match directories {
-                    Some(directories) => self.kernel.set_mount_ancestors(&directories, looked),
-                    None => self.kernel.mount_ancestors_unknown(),
+                let kept = match &directories {
+                    Ok(directories) => self.kernel.set_mount_ancestors(directories, looked),
+                    Err(_) => self.kernel.mount_ancestors_unknown(),
                 };
-                if let Err(error) = kept {
-                    error!(%error, "cannot tell the programs the directories above the host's mount points: agents rename no directory");
-                }
+                self.renames_refused = match (kept, directories) {
+                    (Ok(()), Ok(_)) => None,
+                    (Ok(()), Err(why)) => Some(why),
+                    (Err(error), _) => {
+                        error!(%error, "cannot tell the programs the directories above the host's mount points: agents rename no directory");
+                        Some(format!("the programs' map of them: {error}"))
+                    }
+                };
             }
             Command::MountsNow { mounts } => {
                 self.kernel.learn_btrfs();
@@ -728,6 +737,7 @@ impl Engine {
             tamper_attempts: self.kernel.counter(Counter::Tamper),
             journal_writable: self.journal_error.is_none(),
             journal_error: self.journal_error.clone(),
+            directory_renames_refused: self.renames_refused.clone(),
             protected: self.policy.protected_status(),
             protected_files: self.kernel.path_entries(PathList::Files).len(),
             protected_files_capacity: gatekeeper_common::MAX_PROTECTED_FILES,

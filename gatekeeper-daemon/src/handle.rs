@@ -79,6 +79,10 @@ pub struct Status {
     pub journal_writable: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub journal_error: Option<String>,
+    /// Why agents rename no directory at all now (the daemon could not look at the directories
+    /// above the host's mount points), if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub directory_renames_refused: Option<String>,
     pub protected: Vec<ProtectedStatus>,
     /// Entries in the kernel's map of protected files, of how many it holds.
     pub protected_files: usize,
@@ -184,10 +188,10 @@ pub enum Command {
         reply: oneshot::Sender<u64>,
     },
     /// The directories above the host's mount points now, as read after the programs counted
-    /// `looked` attaches; None when one could not be looked at (see
+    /// `looked` attaches; why not when one could not be looked at (see
     /// [`crate::loader::Kernel::set_mount_ancestors`]).
     MountAncestorsNow {
-        directories: Option<std::collections::HashSet<gatekeeper_common::Target>>,
+        directories: Result<std::collections::HashSet<gatekeeper_common::Target>, String>,
         looked: u64,
     },
     /// The character devices agents may not open and those registered, as the host's drivers

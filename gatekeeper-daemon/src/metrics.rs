@@ -336,6 +336,7 @@ mod tests {
             tamper_attempts: 0,
             journal_writable: true,
             journal_error: None,
+            directory_renames_refused: None,
             protected: Vec::new(),
             protected_files: 0,
             protected_files_capacity: 4096,

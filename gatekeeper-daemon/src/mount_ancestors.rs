@@ -3,23 +3,24 @@
 //! through a copy of one of its mounts that holds no other mount (`open_tree(2)` without
 //! `AT_RECURSIVE`): a later mount over one of them, which an agent's descriptor or its own
 //! mount namespace sees past, hides none of them. Names are followed one at a time, so that no
-//! path is too long to look at. Behind an overlay's directories, its layers' are held too.
+//! path is too long to look at. Behind an overlay's directories, its layers' are held too,
+//! found by handles of the layers taken when the daemon first saw the overlay.
 
 use std::{
     collections::{HashMap, HashSet},
     ffi::OsString,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use gatekeeper_common::Target;
 use nix::{
-    fcntl::{OFlag, OpenHow, ResolveFlag, open, openat2},
+    fcntl::{OFlag, OpenHow, ResolveFlag, open, openat, openat2},
     sys::stat::{Mode, fstat},
 };
 
 use crate::{
-    config::{Mount, MountPointRoute, mount_point_routes, overlay_layer_dirs},
+    config::{Mount, Overlay, mount_point_routes, overlays},
     policy::{kernel_dev, node_of},
 };
 
@@ -44,6 +45,18 @@ pub enum AncestorError {
         "the overlay at {overlay} has a mount below it and layers given as relative paths: the directories in its layers cannot be found"
     )]
     RelativeLayers { overlay: PathBuf },
+    #[error(
+        "the overlay layer {layer}: no mount of its file system is reachable by its own path (each is covered by another)"
+    )]
+    LayerUnreachable { layer: PathBuf },
+    #[error("the overlay layer {layer} is on a mount made since the mount table was read")]
+    LayerMountNew { layer: PathBuf },
+    #[error("the overlay layer {layer}: {name:?} in it: {source}")]
+    LayerWalk {
+        layer: PathBuf,
+        name: OsString,
+        source: nix::Error,
+    },
     #[error("the overlay layer's directory {dir}: {source}")]
     Layer {
         dir: PathBuf,
@@ -59,7 +72,10 @@ pub enum AncestorError {
 }
 
 /// What the directories above the mount points of `mounts` (the host's mount table) are now.
-pub fn mount_ancestors(mounts: &[Mount]) -> Result<HashSet<Target>, AncestorError> {
+pub fn mount_ancestors(
+    mounts: &[Mount],
+    layers: &mut LayerHandles,
+) -> Result<HashSet<Target>, AncestorError> {
     // By mount id: a copy of the mount (or the mount), or None when it cannot be had.
     let mut copies: HashMap<u64, Option<OwnedFd>> = HashMap::new();
     let mut held = HashSet::new();
@@ -78,7 +94,10 @@ pub fn mount_ancestors(mounts: &[Mount]) -> Result<HashSet<Target>, AncestorErro
                 })
             });
             if let Some(copy) = copy {
-                walk(copy, route, &mut held).map_err(|(name, source)| AncestorError::Walk {
+                // The mount point itself the kernel refuses to rename.
+                let directories = route.names.split_last().map_or(&[][..], |(_, above)| above);
+                let walked_down = walk_down(copy, directories, route.held_from, &mut held);
+                walked_down.map_err(|(name, source)| AncestorError::Walk {
                     point: mount.point.clone(),
                     through: route.through.point.clone(),
                     name,
@@ -94,12 +113,225 @@ pub fn mount_ancestors(mounts: &[Mount]) -> Result<HashSet<Target>, AncestorErro
             }));
         }
     }
-    let layer_dirs =
-        overlay_layer_dirs(mounts).map_err(|overlay| AncestorError::RelativeLayers { overlay })?;
-    // A layer gone was removed while empty (agents may, as any empty directory of theirs): there
-    // is nothing in it to hold. (Renamed away it would not be: it is held, and a trusted
-    // rename of it leaves its directories unheld from the next look on.)
-    for dir in layer_dirs.layers.into_iter().chain(layer_dirs.inside) {
+    for overlay in overlays(mounts) {
+        layer_dirs(&overlay, mounts, layers, &mut copies, &mut held)?;
+    }
+    layers.keep_only(mounts);
+    Ok(held)
+}
+
+/// The overlays' layers as the daemon first saw them: by overlay and layer path, a handle of
+/// the layer's directory, which finds it later wherever it was renamed to, whatever was mounted
+/// over its path or linked in its way since; None where its file system gives no handles (the
+/// layer is followed by its path then).
+#[derive(Default)]
+pub struct LayerHandles {
+    first_seen: HashMap<LayerKey, Option<LayerHandle>>,
+}
+
+/// An overlay's mount id and device (a mount id may be used again), and a layer's path.
+type LayerKey = (u64, Option<u32>, PathBuf);
+
+impl LayerHandles {
+    /// Forgets the layers of overlays no longer mounted.
+    fn keep_only(&mut self, mounts: &[Mount]) {
+        let mounted: HashSet<_> = (mounts.iter())
+            .filter(|mount| mount.is_overlay())
+            .map(|mount| (mount.id(), mount.kernel_device()))
+            .collect();
+        (self.first_seen).retain(|(id, device, _), _| mounted.contains(&(*id, *device)));
+    }
+}
+
+/// A file handle (`name_to_handle_at(2)`), and the file system (mountinfo's `major:minor`) to
+/// open it in.
+struct LayerHandle {
+    device: Vec<u8>,
+    handle: FileHandle,
+}
+
+/// `struct file_handle` with room for the largest handle (`MAX_HANDLE_SZ`).
+#[repr(C)]
+struct FileHandle {
+    bytes: u32,
+    kind: i32,
+    handle: [u8; 128],
+}
+
+/// Holds the directories of `overlay`'s layers behind its directories above the mount points
+/// of the mounts on it, and each layer's own; takes a handle of each layer not seen before.
+fn layer_dirs(
+    overlay: &Overlay,
+    mounts: &[Mount],
+    layers: &mut LayerHandles,
+    copies: &mut HashMap<u64, Option<OwnedFd>>,
+    held: &mut HashSet<Target>,
+) -> Result<(), AncestorError> {
+    let id = (overlay.mount.id(), overlay.mount.kernel_device());
+    for layer in &overlay.layers {
+        if !layer.is_absolute() {
+            // Given relative to its mounter's directory then: the layer cannot be found.
+            if overlay.below.is_empty() {
+                continue;
+            }
+            return Err(AncestorError::RelativeLayers {
+                overlay: overlay.mount.point.clone(),
+            });
+        }
+        let key = (id.0, id.1, layer.clone());
+        let seen = match layers.first_seen.get(&key) {
+            Some(seen) => seen,
+            None => {
+                let Some(seen) = first_sight(layer, mounts)? else {
+                    // Gone (removed while empty: nothing in it to hold); looked for again later.
+                    continue;
+                };
+                layers.first_seen.entry(key).or_insert(seen)
+            }
+        };
+        if overlay.below.is_empty() {
+            continue;
+        }
+        match seen {
+            Some(seen) => {
+                let Some(root) = open_handle(seen, mounts, copies, layer)? else {
+                    continue;
+                };
+                hold(&root, held).map_err(|error| AncestorError::Layer {
+                    dir: layer.clone(),
+                    source: error.into(),
+                })?;
+                for (names, held_from) in &overlay.below {
+                    walk_down(&root, names, *held_from, held)
+                        .or_else(not_in_layer)
+                        .map_err(|(name, source)| AncestorError::LayerWalk {
+                            layer: layer.clone(),
+                            name,
+                            source,
+                        })?;
+                }
+            }
+            None => layer_dirs_by_path(layer, &overlay.below, held)?,
+        }
+    }
+    Ok(())
+}
+
+/// A layer's directory as first seen: its handle, None where its file system gives none, or
+/// nothing when it is gone.
+fn first_sight(
+    layer: &Path,
+    mounts: &[Mount],
+) -> Result<Option<Option<LayerHandle>>, AncestorError> {
+    let failed = |source| AncestorError::Layer {
+        dir: layer.to_path_buf(),
+        source,
+    };
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let dir = match open(layer, flags, Mode::empty()) {
+        Ok(dir) => dir,
+        Err(nix::Error::ENOENT | nix::Error::ENOTDIR) => return Ok(None),
+        Err(error) => return Err(failed(error.into())),
+    };
+    let mut handle = FileHandle {
+        bytes: 128,
+        kind: 0,
+        handle: [0; 128],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: an open descriptor, an empty path, a handle buffer as large as `bytes` says and
+    // an int, all outliving the call.
+    let done = unsafe {
+        libc::name_to_handle_at(
+            dir.as_raw_fd(),
+            c"".as_ptr(),
+            (&raw mut handle).cast(),
+            &mut mount_id,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if done != 0 {
+        let error = std::io::Error::last_os_error();
+        return match error.raw_os_error() {
+            Some(libc::EOPNOTSUPP | libc::EOVERFLOW) => Ok(Some(None)),
+            _ => Err(failed(error)),
+        };
+    }
+    let mount = (mounts.iter()).find(|mount| mount.id() == u64::from(mount_id.unsigned_abs()));
+    // Mounted since the table was read: the next look, which that change wakes, takes it.
+    let mount = mount.ok_or_else(|| AncestorError::LayerMountNew {
+        layer: layer.to_path_buf(),
+    })?;
+    Ok(Some(Some(LayerHandle {
+        device: mount.device().to_vec(),
+        handle,
+    })))
+}
+
+/// The layer directory `seen` is a handle of, opened in a copy of a mount of its file system;
+/// nothing when it is gone.
+fn open_handle(
+    seen: &LayerHandle,
+    mounts: &[Mount],
+    copies: &mut HashMap<u64, Option<OwnedFd>>,
+    layer: &Path,
+) -> Result<Option<OwnedFd>, AncestorError> {
+    let failed = |source| AncestorError::Layer {
+        dir: layer.to_path_buf(),
+        source,
+    };
+    let mut copy_failed = None;
+    for mount in mounts.iter().filter(|mount| mount.device() == seen.device) {
+        let copy = copies.entry(mount.id()).or_insert_with(|| {
+            copy_of(mount).unwrap_or_else(|error| {
+                copy_failed.get_or_insert(error);
+                None
+            })
+        });
+        let Some(copy) = copy else {
+            continue;
+        };
+        // open_by_handle_at takes no O_PATH descriptor (as open_tree's are).
+        let read = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let anchor =
+            openat(copy, ".", read, Mode::empty()).map_err(|error| failed(error.into()))?;
+        let mut handle = FileHandle { ..seen.handle };
+        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+        // SAFETY: an open descriptor and a handle that outlive the call.
+        let dir =
+            unsafe { libc::open_by_handle_at(anchor.as_raw_fd(), (&raw mut handle).cast(), flags) };
+        if dir < 0 {
+            let error = std::io::Error::last_os_error();
+            return match error.raw_os_error() {
+                Some(libc::ESTALE) => Ok(None),
+                _ => Err(failed(error)),
+            };
+        }
+        // SAFETY: open_by_handle_at returned a descriptor of its own, owned from here.
+        return Ok(Some(unsafe { OwnedFd::from_raw_fd(dir) }));
+    }
+    Err(match copy_failed {
+        Some(source) => failed(source),
+        None => AncestorError::LayerUnreachable {
+            layer: layer.to_path_buf(),
+        },
+    })
+}
+
+/// Where the layer's file system gives no handles: the layer and the directories above it, and
+/// those in it, by path (a symlink on the way, or a mount over it, leads elsewhere).
+fn layer_dirs_by_path(
+    layer: &Path,
+    below: &[(Vec<OsString>, usize)],
+    held: &mut HashSet<Target>,
+) -> Result<(), AncestorError> {
+    let above = layer.ancestors().filter(|dir| dir.parent().is_some());
+    let inside = below.iter().flat_map(|(names, held_from)| {
+        (held_from + 1..=names.len()).map(|depth| {
+            (names[..depth].iter()).fold(layer.to_path_buf(), |dir, name| dir.join(name))
+        })
+    });
+    for dir in above.map(Path::to_path_buf).chain(inside) {
         match node_of(&dir) {
             Ok(node) => {
                 held.insert(node);
@@ -111,7 +343,15 @@ pub fn mount_ancestors(mounts: &[Mount]) -> Result<HashSet<Target>, AncestorErro
             Err(source) => return Err(AncestorError::Layer { dir, source }),
         }
     }
-    Ok(held)
+    Ok(())
+}
+
+/// A directory the overlay's is not behind in this layer: none there, or no directory.
+fn not_in_layer((name, error): (OsString, nix::Error)) -> Result<(), (OsString, nix::Error)> {
+    match error {
+        nix::Error::ENOENT | nix::Error::ENOTDIR | nix::Error::ELOOP => Ok(()),
+        _ => Err((name, error)),
+    }
 }
 
 /// A copy of `mount` without the mounts below it, when its own path leads to it (not to a mount
@@ -165,11 +405,12 @@ fn mount_id(dir: &OwnedFd) -> std::io::Result<u64> {
     Ok(statx.stx_mnt_id)
 }
 
-/// Follows `route`'s names down from `copy` (its mount's root) to the mount point's directory,
-/// holding each directory after the first `held_from` names; the name that could not be followed.
-fn walk(
-    copy: &OwnedFd,
-    route: &MountPointRoute,
+/// Follows `names` down from `from`, one at a time, and holds each directory reached after the
+/// first `held_from` names; the name that could not be followed.
+fn walk_down(
+    from: &OwnedFd,
+    names: &[OsString],
+    held_from: usize,
     held: &mut HashSet<Target>,
 ) -> Result<(), (OsString, nix::Error)> {
     // Not across a mount (none in a copy; a mount over a name below an unbindable mount, whose
@@ -177,19 +418,21 @@ fn walk(
     let how = OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_NO_XDEV | ResolveFlag::RESOLVE_NO_SYMLINKS);
-    let Some((_, directories)) = route.names.split_last() else {
-        return Ok(());
-    };
     let mut dir: Option<OwnedFd> = None;
-    for (index, name) in directories.iter().enumerate() {
-        let at = dir.as_ref().unwrap_or(copy);
-        let failed = |error| (name.clone(), error);
-        let next = openat2(at, name.as_os_str(), how).map_err(failed)?;
-        if index >= route.held_from {
-            let stat = fstat(&next).map_err(failed)?;
-            held.insert(Target::exec(kernel_dev(stat.st_dev), stat.st_ino));
+    for (index, name) in names.iter().enumerate() {
+        let at = dir.as_ref().unwrap_or(from);
+        let next = openat2(at, name.as_os_str(), how).map_err(|error| (name.clone(), error))?;
+        if index >= held_from {
+            hold(&next, held).map_err(|error| (name.clone(), error))?;
         }
         dir = Some(next);
     }
+    Ok(())
+}
+
+/// Holds the directory `dir` is open on.
+fn hold(dir: &OwnedFd, held: &mut HashSet<Target>) -> nix::Result<()> {
+    let stat = fstat(dir)?;
+    held.insert(Target::exec(kernel_dev(stat.st_dev), stat.st_ino));
     Ok(())
 }

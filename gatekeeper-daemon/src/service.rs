@@ -79,6 +79,7 @@ async fn watch_mounts(handle: Handle, look_now: Arc<tokio::sync::Notify>) {
     let mut known = Vec::new();
     // The attach count the directories above the mount points of `known` were last sent for.
     let mut ancestors_for: Option<u64> = None;
+    let mut layers_seen = mount_ancestors::LayerHandles::default();
     let mut unreadable = false;
     let mut ancestors_failed = false;
     let mut interval = tokio::time::interval(PATHS_INTERVAL);
@@ -130,21 +131,30 @@ async fn watch_mounts(handle: Handle, look_now: Arc<tokio::sync::Notify>) {
             known = mounts;
             ancestors_for = None;
         }
-        let looked =
-            tokio::task::spawn_blocking(move || mount_ancestors::mount_ancestors(&table)).await;
+        let mut layers = std::mem::take(&mut layers_seen);
+        let looked = tokio::task::spawn_blocking(move || {
+            let looked = mount_ancestors::mount_ancestors(&table, &mut layers);
+            (looked, layers)
+        })
+        .await
+        .map(|(looked, layers)| {
+            layers_seen = layers;
+            looked
+        });
         let directories = match looked {
             Ok(Ok(directories)) if directories.len() <= MAX_MOUNT_ANCESTORS as usize => {
                 ancestors_failed = false;
                 ancestors_for = Some(attached);
-                Some(directories)
+                Ok(directories)
             }
             Ok(Ok(directories)) => {
-                error!(
-                    directories = directories.len(),
-                    "more than {MAX_MOUNT_ANCESTORS} directories above the host's mount points: agents rename no directory"
+                let why = format!(
+                    "{} directories above the host's mount points, more than the programs' map holds ({MAX_MOUNT_ANCESTORS})",
+                    directories.len()
                 );
+                error!("{why}: agents rename no directory");
                 ancestors_for = Some(attached);
-                None
+                Err(why)
             }
             // Looked at again at the next tick.
             Ok(Err(error)) => {
@@ -152,11 +162,11 @@ async fn watch_mounts(handle: Handle, look_now: Arc<tokio::sync::Notify>) {
                     error!(%error, "cannot look at the directories above the host's mount points: agents rename no directory");
                 }
                 ancestors_failed = true;
-                None
+                Err(error.to_string())
             }
             Err(error) => {
                 error!(%error, "looking at the directories above the mount points failed: agents rename no directory");
-                None
+                Err(format!("the look at them failed: {error}"))
             }
         };
         let command = Command::MountAncestorsNow {

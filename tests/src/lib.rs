@@ -93,13 +93,26 @@ impl Drop for PriorityLimits {
 }
 
 /// Waits until `check` returns something, or panics naming `what`.
-pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    wait_or_tell(what, check, String::new)
+}
+
+/// [`wait_for`], with what `tell` says when it gives up.
+fn wait_or_tell<T>(
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+    tell: impl Fn() -> String,
+) -> T {
     let deadline = Instant::now() + PATIENCE;
     loop {
         if let Some(value) = check() {
             return value;
         }
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting for {what}{}",
+            tell()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -898,6 +911,13 @@ alice = "{alice_key}"
             .arg("uninstall")
             .output()
             .expect("run gatekeeper uninstall")
+    }
+
+    /// [`wait_for`], showing the daemon's log when it gives up.
+    pub fn wait_for<T>(&self, what: &str, check: impl FnMut() -> Option<T>) -> T {
+        wait_or_tell(what, check, || {
+            format!("; the daemon's log:\n{}", self.daemon_log())
+        })
     }
 
     pub fn daemon_log(&self) -> String {

@@ -543,63 +543,55 @@ fn the_directories_above_mount_points_are_reached_in_their_own_file_system() {
 }
 
 #[test]
-fn an_overlays_layers_are_held_behind_the_directories_above_a_mount_on_it() {
+fn overlays_show_their_layers_and_the_mounts_on_them() {
     let mounts = mount_table(
         b"1 0 8:1 / / rw - ext4 /dev/root rw\n\
           30 1 0:40 / /srv/ov rw,relatime shared:5 - overlay overlay rw,lowerdir=/srv/l1:/srv/l\\134:2:/srv/x\\134\\134::/srv/d3,upperdir=/srv/u,workdir=/srv/w,lowerdir+=/srv/p\\134lo,datadir+=/srv/dd\n\
           31 30 0:41 / /srv/ov/ua/m rw - tmpfs t rw\n\
-          32 1 0:42 / /srv/free-ov rw - overlay overlay rw,lowerdir=/srv/x,upperdir=/srv/y,workdir=/srv/z\n",
+          32 1 0:42 / /srv/free-ov rw - overlay overlay rw,lowerdir=l/ABC:l/DEF,upperdir=/srv/y,workdir=/srv/z\n\
+          33 1 0:40 /ua /srv/ub rw - overlay overlay rw,lowerdir=/srv/l1,upperdir=/srv/u,workdir=/srv/w\n\
+          34 33 0:43 / /srv/ub/x/m rw - tmpfs t rw\n\
+          35 30 0:44 / /srv/ov/top rw - tmpfs t rw\n",
     );
-    let held = super::overlay_layer_dirs(&mounts).unwrap();
-    let text = |dirs: &[PathBuf]| -> Vec<String> {
-        dirs.iter().map(|dir| dir.display().to_string()).collect()
-    };
-    let mut layers = text(&held.layers);
-    layers.sort();
-    layers.dedup();
+    let shown: Vec<(u64, Vec<String>, Vec<String>)> = super::overlays(&mounts)
+        .into_iter()
+        .map(|overlay| {
+            let layers = (overlay.layers.iter())
+                .map(|layer| layer.display().to_string())
+                .collect();
+            let below = (overlay.below.iter())
+                .map(|(names, held_from)| {
+                    let names: Vec<_> = names.iter().map(|name| name.to_string_lossy()).collect();
+                    format!("{}@{held_from}", names.join("/"))
+                })
+                .collect();
+            (overlay.mount.id(), layers, below)
+        })
+        .collect();
+    let strings = |texts: &[&str]| texts.iter().map(|text| text.to_string()).collect();
     assert_eq!(
-        layers,
+        shown,
         [
-            "/srv",
-            "/srv/d3",
-            "/srv/dd",
-            "/srv/l1",
-            "/srv/l:2",
-            "/srv/p\\lo",
-            "/srv/u",
-            "/srv/x\\"
+            (
+                30,
+                strings(&[
+                    "/srv/l1",
+                    "/srv/l:2",
+                    "/srv/x\\",
+                    "/srv/d3",
+                    "/srv/u",
+                    "/srv/p\\lo",
+                    "/srv/dd"
+                ]),
+                // Behind the directories above each mount point and the mount point itself.
+                strings(&["ua/m@0", "top@0"]),
+            ),
+            // Docker's short relative names, as they are.
+            (32, strings(&["l/ABC", "l/DEF", "/srv/y"]), strings(&[])),
+            // A bind of the overlay's `ua`: `ua` is above its root.
+            (33, strings(&["/srv/l1", "/srv/u"]), strings(&["ua/x/m@1"])),
         ],
-        "each layer and the directories above it (the root left out)"
-    );
-    let dirs = text(&held.inside);
-    let expected: Vec<String> = [
-        "/srv/l1",
-        "/srv/l:2",
-        "/srv/x\\",
-        "/srv/d3",
-        "/srv/u",
-        "/srv/p\\lo",
-        "/srv/dd",
-    ]
-    .iter()
-    .flat_map(|layer| [format!("{layer}/ua"), format!("{layer}/ua/m")])
-    .collect();
-    let (mut dirs, mut expected) = (dirs, expected);
-    dirs.sort();
-    expected.sort();
-    assert_eq!(
-        dirs, expected,
-        "each layer's directories, to the mount point's"
-    );
-    // Docker's short relative layer names: not to be found from here.
-    let relative = mount_table(
-        b"1 0 8:1 / / rw - ext4 /dev/root rw\n\
-          30 1 0:40 / /srv/ov rw - overlay overlay rw,lowerdir=l/ABC:l/DEF,upperdir=/srv/u,workdir=/srv/w\n\
-          31 30 0:41 / /srv/ov/a/m rw - tmpfs t rw\n",
-    );
-    assert_eq!(
-        super::overlay_layer_dirs(&relative),
-        Err(PathBuf::from("/srv/ov"))
+        "the mounter's escapes undone, `:` splitting lower layers but when escaped"
     );
 }
 

@@ -50,7 +50,7 @@ fn wait_until_agents_rename(scenario: &Scenario, what: &str, dir: &Path) {
         dir.display().to_string(),
         format!("{}-moved", dir.display()),
     );
-    wait_for(what, || {
+    scenario.wait_for(what, || {
         let renamed = scenario.tamper(&scenario.agents, "rename", &[&from, &to]);
         (renamed == Outcome::Ok).then_some(())
     });
@@ -944,5 +944,175 @@ fn agents_move_no_host_mount_through_an_overlays_layers() {
     for point in [merged.join("uz/b/m"), merged.join("la/b/m"), merged] {
         let _ = Command::new("umount").arg(point).status();
     }
+    std::fs::remove_dir_all(base).unwrap();
+}
+
+/// An overlay's layers are found where the overlay found them, not where their paths lead
+/// later: a layer reached through a symlink whose directory its owner renamed away, and a layer
+/// whose path the host covered since, keep their directories held.
+#[test]
+fn agents_move_no_host_mount_through_a_layer_moved_or_covered() {
+    let base = Path::new("/srv/gk-layered");
+    let user_dir = base.join("user");
+    let (real, away, link) = (
+        user_dir.join("real"),
+        user_dir.join("away"),
+        user_dir.join("link"),
+    );
+    let (lower, merged, free) = (base.join("lower"), base.join("merged"), base.join("free"));
+    let text = |path: &Path| path.display().to_string();
+    mkdirs(&[
+        &text(&real.join("upper")),
+        &text(&base.join("work")),
+        &text(&lower.join("la/b/m")),
+        &text(&merged),
+        &text(&free),
+    ]);
+    std::os::unix::fs::symlink("real", &link).unwrap();
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        text(&lower),
+        text(&link.join("upper")),
+        text(&base.join("work"))
+    );
+    host(
+        "mount",
+        &[
+            "-t",
+            "overlay",
+            "gk-layered",
+            "-o",
+            &options,
+            &text(&merged),
+        ],
+    );
+    mkdirs(&[&text(&merged.join("ua/b/m"))]);
+    hand_to_user(&user_dir);
+    for point in [merged.join("ua/b/m"), merged.join("la/b/m")] {
+        host("mount", &["-t", "tmpfs", "gk-layered", &text(&point)]);
+    }
+    let scenario = Scenario::start("mounts-layered", Options::default());
+    let (agents, outside) = (&scenario.agents, &scenario.outside);
+    wait_until_agents_rename(&scenario, "the daemon's look at the mounts", &free);
+
+    // The user agent's own directory, above its layer: not one the overlay's are behind.
+    assert_eq!(
+        scenario.tamper_as_user(agents, "rename", &[&text(&real), &text(&away)]),
+        Outcome::Ok
+    );
+    // The host covers the lower layer's path with a look-alike.
+    host("mount", &["-t", "tmpfs", "gk-layer-cover", &text(&lower)]);
+    mkdirs(&[&text(&lower.join("la/b"))]);
+    wait_until_agents_rename(&scenario, "the daemon's look at the cover", &free);
+
+    let (upper_from, upper_to) = (text(&away.join("upper/ua")), text(&away.join("upper/uz")));
+    let (lower_from, lower_to) = (text(&lower.join("la")), text(&lower.join("lz")));
+    let below_the_cover = |cgroup: &Path| {
+        scenario.tamper(
+            cgroup,
+            "in-ns",
+            &[
+                "private",
+                "umount-then",
+                &text(&lower),
+                "rename",
+                &lower_from,
+                &lower_to,
+            ],
+        )
+    };
+    let attempts = [
+        scenario.tamper_as_user(agents, "rename", &[&upper_from, &upper_to]),
+        below_the_cover(agents),
+    ];
+    assert_eq!(
+        attempts,
+        [Outcome::Denied, Outcome::Denied],
+        "user agent: in its layer moved away from the symlink's target; root agent: in the \
+         layer below the host's cover, in its own namespace"
+    );
+    let event = journaled(&scenario, "umount");
+    assert_eq!(event["detail"][1], ABOVE_MOUNT_POINT, "{event}");
+
+    let controls = [
+        scenario.tamper_as_user(outside, "rename", &[&upper_from, &upper_to]),
+        below_the_cover(outside),
+    ];
+    assert_eq!(
+        controls,
+        [Outcome::Ok, Outcome::Ok],
+        "the same from outside"
+    );
+    let moved = [merged.join("uz/b/m"), merged.join("lz/b/m")];
+    for point in &moved {
+        let _ = std::fs::metadata(point);
+    }
+    assert!(
+        moved.iter().all(|point| mounted(point)),
+        "the host's mounts went with the layers' directories"
+    );
+    for point in moved.iter().chain([&merged, &lower]) {
+        let _ = Command::new("umount").arg(point).status();
+    }
+    std::fs::remove_dir_all(base).unwrap();
+}
+
+/// `gatekeeper status` says when agents rename no directory at all, and why: here a host
+/// overlay given relative layers, with a mount on it, whose directories cannot be found.
+#[test]
+fn status_tells_when_agents_rename_no_directory() {
+    let base = Path::new("/srv/gk-relative");
+    let (merged, free) = (base.join("merged"), base.join("free"));
+    let text = |path: &Path| path.display().to_string();
+    let point = merged.join("a/m");
+    for dir in ["lower/a/m", "upper", "work", "merged", "free"] {
+        mkdirs(&[&text(&base.join(dir))]);
+    }
+    let mounted_overlay = Command::new("mount")
+        .current_dir(base)
+        .args(["-t", "overlay", "gk-relative", "-o"])
+        .args(["lowerdir=lower,upperdir=upper,workdir=work", "merged"])
+        .status()
+        .unwrap();
+    assert!(mounted_overlay.success(), "{mounted_overlay}");
+    let scenario = Scenario::start("mounts-relative", Options::default());
+    let (agents, outside) = (&scenario.agents, &scenario.outside);
+    let refused = || {
+        let output = scenario.gatekeeper(&["status", "--json"]);
+        let data: Value = serde_json::from_slice(&output.stdout).expect("status --json is JSON");
+        data["directory_renames_refused"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    // Nothing mounted on it: nothing in its layers to find.
+    wait_until_agents_rename(&scenario, "the daemon's look at the mounts", &free);
+    assert_eq!(refused(), None);
+
+    host("mount", &["-t", "tmpfs", "gk-relative", &text(&point)]);
+    let why = scenario.wait_for("status to say agents rename no directory", refused);
+    assert!(why.contains("relative"), "{why}");
+    let shown = scenario.gatekeeper(&["status"]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains(&format!("AGENTS RENAME NO DIRECTORY: {why}")),
+        "{shown}"
+    );
+    let (from, to) = (text(&free), text(&base.join("free-moved")));
+    assert_eq!(
+        scenario.tamper(agents, "rename", &[&from, &to]),
+        Outcome::Denied,
+        "as status says"
+    );
+    assert_eq!(
+        scenario.tamper(outside, "rename", &[&from, &to]),
+        Outcome::Ok
+    );
+    std::fs::rename(&to, &from).unwrap();
+
+    // The host unmounts it: agents rename again, and status says nothing.
+    host("umount", &[&text(&point)]);
+    wait_until_agents_rename(&scenario, "the daemon's look after the unmount", &free);
+    assert_eq!(refused(), None);
+    host("umount", &[&text(&merged)]);
     std::fs::remove_dir_all(base).unwrap();
 }
