@@ -507,6 +507,11 @@ impl Mount {
         &self.device
     }
 
+    /// The directory of its file system that is mounted.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     pub fn is_overlay(&self) -> bool {
         self.fs_type == b"overlay"
     }
@@ -750,7 +755,7 @@ fn overlay_layers(options: &[u8]) -> Vec<PathBuf> {
 }
 
 /// The names of `path`'s components (`.`, `..` and the root left out).
-fn names_of(path: &Path) -> Vec<std::ffi::OsString> {
+pub fn names_of(path: &Path) -> Vec<std::ffi::OsString> {
     (path.components())
         .filter_map(|component| match component {
             std::path::Component::Normal(name) => Some(name.to_owned()),

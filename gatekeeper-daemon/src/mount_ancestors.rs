@@ -20,7 +20,7 @@ use nix::{
 };
 
 use crate::{
-    config::{Mount, Overlay, mount_point_routes, overlays},
+    config::{Mount, Overlay, mount_point_routes, names_of, overlays},
     policy::{kernel_dev, node_of},
 };
 
@@ -51,6 +51,10 @@ pub enum AncestorError {
     LayerUnreachable { layer: PathBuf },
     #[error("the overlay layer {layer} is on a mount made since the mount table was read")]
     LayerMountNew { layer: PathBuf },
+    #[error(
+        "the overlay {overlay} (mount id) has overlays stacked deeper on it than the kernel stacks them"
+    )]
+    StackedDeeper { overlay: u64 },
     #[error("the overlay layer {layer}: {name:?} in it: {source}")]
     LayerWalk {
         layer: PathBuf,
@@ -113,8 +117,40 @@ pub fn mount_ancestors(
             }));
         }
     }
-    for overlay in overlays(mounts) {
-        layer_dirs(&overlay, mounts, layers, &mut copies, &mut held)?;
+    let overlays = overlays(mounts);
+    let mut stacked = Vec::new();
+    for overlay in &overlays {
+        layer_dirs(
+            overlay,
+            mounts,
+            layers,
+            &mut copies,
+            &mut held,
+            &mut stacked,
+        )?;
+    }
+    // A layer on another overlay: renaming the directories there, in that overlay's own layers,
+    // moves the first overlay's directories too. Overlays stack two deep at most (the kernel's
+    // FILESYSTEM_MAX_STACK_DEPTH); a deeper stack, were there one, fails the look.
+    for _ in 0..2 {
+        let mut below: HashMap<u64, Vec<(Vec<OsString>, usize)>> = HashMap::new();
+        for (id, names) in stacked.drain(..) {
+            below.entry(id).or_default().push(names);
+        }
+        for overlay in &overlays {
+            if let Some(below) = below.remove(&overlay.mount.id()) {
+                let layers_below = Overlay {
+                    below,
+                    layers: overlay.layers.clone(),
+                    ..*overlay
+                };
+                let found = (mounts, &mut *layers, &mut copies, &mut held, &mut stacked);
+                layer_dirs(&layers_below, found.0, found.1, found.2, found.3, found.4)?;
+            }
+        }
+    }
+    if let Some((id, _)) = stacked.first() {
+        return Err(AncestorError::StackedDeeper { overlay: *id });
     }
     layers.keep_only(mounts);
     Ok(held)
@@ -160,12 +196,14 @@ struct FileHandle {
 
 /// Holds the directories of `overlay`'s layers behind its directories above the mount points
 /// of the mounts on it, and each layer's own; takes a handle of each layer not seen before.
+/// Adds to `stacked`, by the overlay a layer is on, the names of the directories held in it.
 fn layer_dirs(
     overlay: &Overlay,
     mounts: &[Mount],
     layers: &mut LayerHandles,
     copies: &mut HashMap<u64, Option<OwnedFd>>,
     held: &mut HashSet<Target>,
+    stacked: &mut Vec<(u64, (Vec<OsString>, usize))>,
 ) -> Result<(), AncestorError> {
     let id = (overlay.mount.id(), overlay.mount.kernel_device());
     for layer in &overlay.layers {
@@ -192,26 +230,29 @@ fn layer_dirs(
         if overlay.below.is_empty() {
             continue;
         }
-        match seen {
-            Some(seen) => {
-                let Some(root) = open_handle(seen, mounts, copies, layer)? else {
-                    continue;
-                };
-                hold(&root, held).map_err(|error| AncestorError::Layer {
-                    dir: layer.clone(),
-                    source: error.into(),
+        let root = match seen {
+            Some(seen) => open_handle(seen, mounts, copies, layer)?.map(|root| (root, None)),
+            None => open_by_path(layer, mounts, held)?,
+        };
+        let Some((root, on_overlay)) = root else {
+            continue;
+        };
+        hold(&root, held).map_err(|error| AncestorError::Layer {
+            dir: layer.clone(),
+            source: error.into(),
+        })?;
+        for (names, held_from) in &overlay.below {
+            walk_down(&root, names, *held_from, held)
+                .or_else(not_in_layer)
+                .map_err(|(name, source)| AncestorError::LayerWalk {
+                    layer: layer.clone(),
+                    name,
+                    source,
                 })?;
-                for (names, held_from) in &overlay.below {
-                    walk_down(&root, names, *held_from, held)
-                        .or_else(not_in_layer)
-                        .map_err(|(name, source)| AncestorError::LayerWalk {
-                            layer: layer.clone(),
-                            name,
-                            source,
-                        })?;
-                }
+            if let Some((inner, place)) = &on_overlay {
+                let names = place.iter().chain(names).cloned().collect();
+                stacked.push((*inner, (names, place.len() + held_from)));
             }
-            None => layer_dirs_by_path(layer, &overlay.below, held)?,
         }
     }
     Ok(())
@@ -262,6 +303,10 @@ fn first_sight(
     let mount = mount.ok_or_else(|| AncestorError::LayerMountNew {
         layer: layer.to_path_buf(),
     })?;
+    // Where it is in that overlay is known by its path only.
+    if mount.is_overlay() {
+        return Ok(Some(None));
+    }
     Ok(Some(Some(LayerHandle {
         device: mount.device().to_vec(),
         handle,
@@ -318,32 +363,63 @@ fn open_handle(
     })
 }
 
-/// Where the layer's file system gives no handles: the layer and the directories above it, and
-/// those in it, by path (a symlink on the way, or a mount over it, leads elsewhere).
-fn layer_dirs_by_path(
+/// Where the layer has no handle (its file system gives none, or it is on another overlay): the
+/// layer opened by its path, as a copy without the mounts below it, and where it is in the
+/// overlay it is on, if it is; nothing when it is gone. The directories above it are held (a
+/// symlink on the way, renamed, leads elsewhere).
+fn open_by_path(
     layer: &Path,
-    below: &[(Vec<OsString>, usize)],
+    mounts: &[Mount],
     held: &mut HashSet<Target>,
-) -> Result<(), AncestorError> {
-    let above = layer.ancestors().filter(|dir| dir.parent().is_some());
-    let inside = below.iter().flat_map(|(names, held_from)| {
-        (held_from + 1..=names.len()).map(|depth| {
-            (names[..depth].iter()).fold(layer.to_path_buf(), |dir, name| dir.join(name))
-        })
-    });
-    for dir in above.map(Path::to_path_buf).chain(inside) {
-        match node_of(&dir) {
+) -> Result<Option<(OwnedFd, Option<OverlayPlace>)>, AncestorError> {
+    let failed = |source| AncestorError::Layer {
+        dir: layer.to_path_buf(),
+        source,
+    };
+    for dir in layer.ancestors().filter(|dir| dir.parent().is_some()) {
+        match node_of(dir) {
             Ok(node) => {
                 held.insert(node);
             }
-            // Not in that layer, or the layer gone.
-            Err(error)
-                if error.kind() == std::io::ErrorKind::NotFound
-                    || error.raw_os_error() == Some(libc::ENOTDIR) => {}
-            Err(source) => return Err(AncestorError::Layer { dir, source }),
+            Err(error) if is_gone(&error) => {}
+            Err(source) => return Err(failed(source)),
         }
     }
-    Ok(())
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let dir = match open(layer, flags, Mode::empty()) {
+        Ok(dir) => dir,
+        Err(error) if is_gone(&error.into()) => return Ok(None),
+        Err(error) => return Err(failed(error.into())),
+    };
+    let on = mount_id(&dir).map_err(failed)?;
+    let mount = (mounts.iter()).find(|mount| mount.id() == on);
+    let mount = mount.ok_or_else(|| AncestorError::LayerMountNew {
+        layer: layer.to_path_buf(),
+    })?;
+    let on_overlay = if mount.is_overlay() {
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+        let path = path.map_err(failed)?;
+        let inside = path.strip_prefix(&mount.point).map_err(|_| {
+            failed(std::io::Error::other(format!(
+                "found at {}, not below the overlay at {}",
+                path.display(),
+                mount.point.display()
+            )))
+        })?;
+        Some((mount.id(), names_of(&mount.root().join(inside))))
+    } else {
+        None
+    };
+    Ok(Some((without_mounts(dir).map_err(failed)?, on_overlay)))
+}
+
+/// An overlay's mount id, and the names from its root down to a directory in it.
+type OverlayPlace = (u64, Vec<OsString>);
+
+/// A path that leads to no directory: gone, no directory, or a loop of symlinks.
+fn is_gone(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::NotFound
+        || matches!(error.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP))
 }
 
 /// A directory the overlay's is not behind in this layer: none there, or no directory.
@@ -365,6 +441,12 @@ fn copy_of(mount: &Mount) -> std::io::Result<Option<OwnedFd>> {
     if mount_id(&dir)? != mount.id() {
         return Ok(None);
     }
+    without_mounts(dir).map(Some)
+}
+
+/// A copy of the mount `dir` is on, rooted at `dir`, without the mounts below it; `dir` itself
+/// when its mount is unbindable (the walk down from it crosses no mount).
+fn without_mounts(dir: OwnedFd) -> std::io::Result<OwnedFd> {
     // SAFETY: an open descriptor and a NUL-terminated empty path, which outlive the call.
     let copy = unsafe {
         libc::syscall(
@@ -377,12 +459,12 @@ fn copy_of(mount: &Mount) -> std::io::Result<Option<OwnedFd>> {
     if copy < 0 {
         let error = std::io::Error::last_os_error();
         return match error.raw_os_error() {
-            Some(libc::EINVAL) => Ok(Some(dir)),
+            Some(libc::EINVAL) => Ok(dir),
             _ => Err(error),
         };
     }
     // SAFETY: open_tree returned a descriptor of its own, owned from here.
-    Ok(Some(unsafe { OwnedFd::from_raw_fd(copy as i32) }))
+    Ok(unsafe { OwnedFd::from_raw_fd(copy as i32) })
 }
 
 /// The id (as /proc/self/mountinfo numbers it) of the mount `dir` is on.

@@ -960,18 +960,24 @@ fn agents_move_no_host_mount_through_a_layer_moved_or_covered() {
         user_dir.join("link"),
     );
     let (lower, merged, free) = (base.join("lower"), base.join("merged"), base.join("free"));
+    // A second lower layer, a directory in which the host covered before the overlay's mount:
+    // the overlay, whose layers are copies without the mounts below, sees past the cover.
+    let (lower2, sub) = (base.join("lower2"), base.join("lower2/sub"));
     let text = |path: &Path| path.display().to_string();
     mkdirs(&[
         &text(&real.join("upper")),
         &text(&base.join("work")),
         &text(&lower.join("la/b/m")),
+        &text(&sub.join("b/m")),
         &text(&merged),
         &text(&free),
     ]);
     std::os::unix::fs::symlink("real", &link).unwrap();
+    host("mount", &["-t", "tmpfs", "gk-layer-cover", &text(&sub)]);
     let options = format!(
-        "lowerdir={},upperdir={},workdir={}",
+        "lowerdir={}:{},upperdir={},workdir={}",
         text(&lower),
+        text(&lower2),
         text(&link.join("upper")),
         text(&base.join("work"))
     );
@@ -988,7 +994,7 @@ fn agents_move_no_host_mount_through_a_layer_moved_or_covered() {
     );
     mkdirs(&[&text(&merged.join("ua/b/m"))]);
     hand_to_user(&user_dir);
-    for point in [merged.join("ua/b/m"), merged.join("la/b/m")] {
+    for point in ["ua/b/m", "la/b/m", "sub/b/m"].map(|point| merged.join(point)) {
         host("mount", &["-t", "tmpfs", "gk-layered", &text(&point)]);
     }
     let scenario = Scenario::start("mounts-layered", Options::default());
@@ -1021,15 +1027,22 @@ fn agents_move_no_host_mount_through_a_layer_moved_or_covered() {
             ],
         )
     };
+    let (sub_from, sub_to) = (text(&sub.join("b")), text(&sub.join("z")));
+    let in_the_layer_below_a_cover = |cgroup: &Path| {
+        let (sub, rename) = (text(&sub), "rename");
+        let args = ["private", "umount-then", &sub, rename, &sub_from, &sub_to];
+        scenario.tamper(cgroup, "in-ns", &args)
+    };
     let attempts = [
         scenario.tamper_as_user(agents, "rename", &[&upper_from, &upper_to]),
         below_the_cover(agents),
+        in_the_layer_below_a_cover(agents),
     ];
     assert_eq!(
         attempts,
-        [Outcome::Denied, Outcome::Denied],
-        "user agent: in its layer moved away from the symlink's target; root agent: in the \
-         layer below the host's cover, in its own namespace"
+        [Outcome::Denied, Outcome::Denied, Outcome::Denied],
+        "user agent: in its layer moved away from the symlink's target; root agent, in its own \
+         namespace: in the layer below the host's cover, and below a cover in the layer"
     );
     let event = journaled(&scenario, "umount");
     assert_eq!(event["detail"][1], ABOVE_MOUNT_POINT, "{event}");
@@ -1037,13 +1050,14 @@ fn agents_move_no_host_mount_through_a_layer_moved_or_covered() {
     let controls = [
         scenario.tamper_as_user(outside, "rename", &[&upper_from, &upper_to]),
         below_the_cover(outside),
+        in_the_layer_below_a_cover(outside),
     ];
     assert_eq!(
         controls,
-        [Outcome::Ok, Outcome::Ok],
+        [const { Outcome::Ok }; 3],
         "the same from outside"
     );
-    let moved = [merged.join("uz/b/m"), merged.join("lz/b/m")];
+    let moved = ["uz/b/m", "lz/b/m", "sub/z/m"].map(|point| merged.join(point));
     for point in &moved {
         let _ = std::fs::metadata(point);
     }
@@ -1051,7 +1065,7 @@ fn agents_move_no_host_mount_through_a_layer_moved_or_covered() {
         moved.iter().all(|point| mounted(point)),
         "the host's mounts went with the layers' directories"
     );
-    for point in moved.iter().chain([&merged, &lower]) {
+    for point in moved.iter().chain([&merged, &lower, &sub]) {
         let _ = Command::new("umount").arg(point).status();
     }
     std::fs::remove_dir_all(base).unwrap();
@@ -1114,5 +1128,100 @@ fn status_tells_when_agents_rename_no_directory() {
     wait_until_agents_rename(&scenario, "the daemon's look after the unmount", &free);
     assert_eq!(refused(), None);
     host("umount", &[&text(&merged)]);
+    std::fs::remove_dir_all(base).unwrap();
+}
+
+/// An overlay on another overlay: the directories behind the outer one's are held in the inner
+/// one's layers too, and a symlink loop an agent puts in its own layer, where the daemon looks
+/// for such a directory, does not stop it looking.
+#[test]
+fn agents_move_no_host_mount_through_stacked_overlays() {
+    let base = Path::new("/srv/gk-stacked");
+    let dir = |name: &str| base.join(name);
+    let text = |path: &Path| path.display().to_string();
+    let (inner_lower, inner, outer, free) = (dir("il"), dir("im"), dir("om"), dir("free"));
+    for name in [
+        "il/la/b/m",
+        "il/ka/b/m",
+        "iu",
+        "iw",
+        "im",
+        "ou",
+        "ow",
+        "om",
+        "free",
+    ] {
+        mkdirs(&[&text(&dir(name))]);
+    }
+    hand_to_user(&inner_lower);
+    let overlay = |lower: &str, upper: &str, work: &str, at: &Path| {
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            text(&dir(lower)),
+            text(&dir(upper)),
+            text(&dir(work))
+        );
+        host(
+            "mount",
+            &["-t", "overlay", "gk-stacked", "-o", &options, &text(at)],
+        );
+    };
+    overlay("il", "iu", "iw", &inner);
+    overlay("im", "ou", "ow", &outer);
+    // `ua` in the outer overlay's upper layer only: the daemon looks for it in the inner's too.
+    mkdirs(&[&text(&outer.join("ua/b/m"))]);
+    for point in ["la/b/m", "ka/b/m", "ua/b/m"] {
+        host(
+            "mount",
+            &["-t", "tmpfs", "gk-stacked", &text(&outer.join(point))],
+        );
+    }
+    let scenario = Scenario::start("mounts-stacked", Options::default());
+    let (agents, outside) = (&scenario.agents, &scenario.outside);
+    wait_until_agents_rename(&scenario, "the daemon's look at the mounts", &free);
+
+    let looped = text(&inner_lower.join("ua"));
+    assert_eq!(
+        scenario.tamper_as_user(agents, "symlink", &["ua", &looped]),
+        Outcome::Ok
+    );
+    host("mount", &["-t", "tmpfs", "gk-stacked", &text(&free)]);
+    host("umount", &[&text(&free)]);
+    wait_until_agents_rename(&scenario, "the daemon's look past the loop", &free);
+
+    let [(la, lz), (ka, kz)] = [("la", "lz"), ("ka", "kz")]
+        .map(|(from, to)| (inner_lower.join(from), inner_lower.join(to)));
+    let attempts = [
+        scenario.tamper_as_user(agents, "rename", &[&text(&la), &text(&lz)]),
+        scenario.tamper(agents, "rename", &[&text(&ka), &text(&kz)]),
+    ];
+    assert_eq!(
+        attempts,
+        [Outcome::Denied, Outcome::Denied],
+        "user agent and root agent, in the inner overlay's lower layer"
+    );
+    let event = journaled(&scenario, "umount");
+    assert_eq!(event["detail"][1], ABOVE_MOUNT_POINT, "{event}");
+
+    assert_eq!(
+        scenario.tamper_as_user(outside, "rename", &[&text(&la), &text(&lz)]),
+        Outcome::Ok,
+        "the same from outside"
+    );
+    let moved = outer.join("lz/b/m");
+    let _ = std::fs::metadata(&moved);
+    assert!(
+        mounted(&moved),
+        "the host's mount went with the inner layer's directory"
+    );
+    for point in [
+        moved,
+        outer.join("ka/b/m"),
+        outer.join("ua/b/m"),
+        outer,
+        inner,
+    ] {
+        let _ = Command::new("umount").arg(point).status();
+    }
     std::fs::remove_dir_all(base).unwrap();
 }
