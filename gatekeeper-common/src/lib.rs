@@ -811,9 +811,13 @@ pub enum MountRefusal {
     /// it, which the kernel allows where nothing is mounted on it, would move or take away that
     /// mount.
     MountPoint = 6,
-    /// A directory above a mount point of the host's namespace (or any directory, while the
-    /// daemon has not read the mounts made since): renaming it would move those mounts.
+    /// A directory above a mount point of the host's namespace: renaming it would move those
+    /// mounts.
     AboveMountPoint = 7,
+    /// Any directory, while the daemon has not looked at the directories above the host's
+    /// mount points since a mount was made (or such a directory renamed), or could not: which
+    /// they are is not known.
+    MountsNotLooked = 8,
 }
 
 impl TamperHook {

@@ -746,8 +746,8 @@ pub fn inode_rename(ctx: LsmContext) -> i32 {
     if is_mount_point(moved) || is_mount_point(replaced) {
         return refuse_mount_point(agent, MountRefusal::MountPoint);
     }
-    if moves_host_mounts(moved) || moves_host_mounts(replaced) {
-        return refuse_mount_point(agent, MountRefusal::AboveMountPoint);
+    if let Some(why) = moves_host_mounts(moved).or_else(|| moves_host_mounts(replaced)) {
+        return refuse_mount_point(agent, why);
     }
     // A file an unmount showed, taken out from below the place the daemon has not looked at.
     if revealed_above(moved).unwrap_or(true) {

@@ -688,21 +688,22 @@ fn count_ancestry(made: u64) {
     }
 }
 
-/// Whether renaming `dentry` (an agent's rename, of it or over it) would move mounts of the
-/// host's: it is a directory above a mount point of the host's namespace, or may be one (the
-/// daemon has not read the mounts made since its last look, or could not keep them all). The
-/// dentries are shared by every namespace: a copy in the agent's own moves the host's too.
+/// Why renaming `dentry` (an agent's rename, of it or over it) would move mounts of the host's,
+/// if it would: it is a directory above a mount point of the host's namespace, or may be one
+/// (the daemon has not read the mounts made since its last look, or could not keep them all).
+/// The dentries are shared by every namespace: a copy in the agent's own moves the host's too.
 #[inline(always)]
-pub fn moves_host_mounts(dentry: *const u8) -> bool {
+pub fn moves_host_mounts(dentry: *const u8) -> Option<MountRefusal> {
     match unsafe { directory_target(dentry) } {
-        Ok(None) => false,
-        Ok(Some(directory)) => {
+        Ok(None) => None,
+        Ok(Some(directory)) if is_mount_ancestor(&directory) => Some(MountRefusal::AboveMountPoint),
+        Ok(Some(_)) => {
             let slot = |slot| MOUNT_COUNTS.get(slot).copied().unwrap_or(0);
-            slot(mount_count::ATTACHED) > slot(mount_count::ANCESTORS_LOOKED)
-                || slot(mount_count::ANCESTORS_UNKNOWN) != 0
-                || is_mount_ancestor(&directory)
+            let not_looked = slot(mount_count::ATTACHED) > slot(mount_count::ANCESTORS_LOOKED)
+                || slot(mount_count::ANCESTORS_UNKNOWN) != 0;
+            not_looked.then_some(MountRefusal::MountsNotLooked)
         }
-        Err(_) => true,
+        Err(_) => Some(MountRefusal::Unchecked),
     }
 }
 
