@@ -685,8 +685,10 @@ pub fn mount_point_routes(mounts: &[Mount]) -> Vec<(&Mount, Vec<MountPointRoute<
 #[derive(Debug, PartialEq, Eq)]
 pub struct Overlay<'a> {
     pub mount: &'a Mount,
-    /// Its layers' directories, as its options name them.
+    /// Its layers' directories, as its options name them, the upper one first.
     pub layers: Vec<PathBuf>,
+    /// Whether its own extended attributes are `user.overlay.*` ones (else `trusted.overlay.*`).
+    pub user_xattrs: bool,
     /// For each mount on it, the names from the overlay's root down to the mount point, and
     /// how many of the first are above the overlay mount's root. In each layer, the directories
     /// behind the others are to be held: renaming one there moves the overlay's directory with
@@ -703,6 +705,8 @@ pub fn overlays(mounts: &[Mount]) -> Vec<Overlay<'_>> {
         .map(|mount| Overlay {
             mount,
             layers: overlay_layers(&mount.options),
+            user_xattrs: (mount.options.split(|byte| *byte == b','))
+                .any(|option| option == b"userxattr"),
             below: Vec::new(),
         })
         .collect();
@@ -718,7 +722,7 @@ pub fn overlays(mounts: &[Mount]) -> Vec<Overlay<'_>> {
     overlays
 }
 
-/// The upper and lower directories an overlay's options (as mountinfo shows them, octal
+/// The upper and lower directories, top first, an overlay's options (as mountinfo shows them, octal
 /// escapes decoded first) name. `upperdir=` and `lowerdir=` hold the mounter's own text, where
 /// `\` escapes the next byte and unescaped `:`s separate lower layers (`::` before data-only
 /// ones); `lowerdir+=` and `datadir+=` (6.7 on) one path each, as it is.
@@ -739,19 +743,22 @@ fn overlay_layers(options: &[u8]) -> Vec<PathBuf> {
         parts.push(part);
         parts.into_iter().filter(|part| !part.is_empty()).map(path)
     };
-    let mut layers = Vec::new();
+    // The order the overlay looks names up in: the upper layer first.
+    let (mut upper, mut lower) = (Vec::new(), Vec::new());
     for option in options.split(|byte| *byte == b',') {
         let Some(at) = option.iter().position(|byte| *byte == b'=') else {
             continue;
         };
         let value = unescape_octal(&option[at + 1..]);
         match &option[..at] {
-            b"upperdir" | b"lowerdir" => layers.extend(split_escaped(&value)),
-            b"lowerdir+" | b"datadir+" => layers.push(path(value)),
+            b"upperdir" => upper.extend(split_escaped(&value)),
+            b"lowerdir" => lower.extend(split_escaped(&value)),
+            b"lowerdir+" | b"datadir+" => lower.push(path(value)),
             _ => {}
         }
     }
-    layers
+    upper.extend(lower);
+    upper
 }
 
 /// The names of `path`'s components (`.`, `..` and the root left out).

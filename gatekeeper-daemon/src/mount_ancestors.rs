@@ -206,6 +206,14 @@ fn layer_dirs(
     stacked: &mut Vec<(u64, (Vec<OsString>, usize))>,
 ) -> Result<(), AncestorError> {
     let id = (overlay.mount.id(), overlay.mount.kernel_device());
+    let xattr = match overlay.user_xattrs {
+        true => c"user.overlay.redirect",
+        false => c"trusted.overlay.redirect",
+    };
+    // For each mount on it, by depth: the redirects the layers looked at so far left.
+    let mut redirects: Vec<Vec<Vec<Redirect>>> = (overlay.below.iter())
+        .map(|(names, _)| vec![Vec::new(); names.len()])
+        .collect();
     for layer in &overlay.layers {
         if !layer.is_absolute() {
             // Given relative to its mounter's directory then: the layer cannot be found.
@@ -241,17 +249,24 @@ fn layer_dirs(
             dir: layer.clone(),
             source: error.into(),
         })?;
-        for (names, held_from) in &overlay.below {
-            walk_down(&root, names, *held_from, held)
-                .or_else(not_in_layer)
-                .map_err(|(name, source)| AncestorError::LayerWalk {
+        for ((names, held_from), redirects) in overlay.below.iter().zip(&mut redirects) {
+            let found = behind_in_layer(&root, names, *held_from, redirects, xattr, held).map_err(
+                |(name, source)| AncestorError::LayerWalk {
                     layer: layer.clone(),
                     name,
                     source,
-                })?;
-            if let Some((inner, place)) = &on_overlay {
-                let names = place.iter().chain(names).cloned().collect();
-                stacked.push((*inner, (names, place.len() + held_from)));
+                },
+            )?;
+            // Each held here is a directory of that overlay: those behind it are held in its
+            // layers too.
+            for path in found
+                .iter()
+                .filter_map(|path| Some((path, on_overlay.as_ref()?)))
+            {
+                let ((inner, place), path) = (path.1, path.0);
+                let names: Vec<_> = place.iter().chain(path).cloned().collect();
+                let held_from = names.len() - 1;
+                stacked.push((*inner, (names, held_from)));
             }
         }
     }
@@ -422,12 +437,135 @@ fn is_gone(error: &std::io::Error) -> bool {
         || matches!(error.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP))
 }
 
-/// A directory the overlay's is not behind in this layer: none there, or no directory.
-fn not_in_layer((name, error): (OsString, nix::Error)) -> Result<(), (OsString, nix::Error)> {
-    match error {
-        nix::Error::ENOENT | nix::Error::ENOTDIR | nix::Error::ELOOP => Ok(()),
-        _ => Err((name, error)),
+/// A name an overlay looks a directory up by in the layers below one that left it (an
+/// `overlay.redirect` extended attribute, set when a directory is renamed in an overlay with
+/// `redirect_dir=on`): another name in the same directory, or a path from the layer's root.
+#[derive(Clone, PartialEq, Eq)]
+enum Redirect {
+    Name(OsString),
+    FromRoot(Vec<OsString>),
+}
+
+/// At most this many directories in one layer stand behind one of the overlay's; more fails
+/// the look.
+const MAX_BEHIND: usize = 16;
+
+/// In the layer whose root `root` is, the directories behind the overlay's directories
+/// `names` (from its root), held from depth `held_from` on; their paths in the layer. Each is
+/// looked up by its name and by the redirects the layers above left at its depth
+/// (`redirects`), to which this layer's are added for the layers below: both ways are held,
+/// since the overlay may have looked it up either way. A directory the overlay's is not behind
+/// here (none there, no directory, a symlink) ends that way.
+fn behind_in_layer(
+    root: &OwnedFd,
+    names: &[OsString],
+    held_from: usize,
+    redirects: &mut [Vec<Redirect>],
+    xattr: &std::ffi::CStr,
+    held: &mut HashSet<Target>,
+) -> Result<Vec<Vec<OsString>>, (OsString, nix::Error)> {
+    let mut found = Vec::new();
+    let mut parents: Vec<Vec<OsString>> = vec![Vec::new()];
+    for ((depth, name), redirects) in names.iter().enumerate().zip(redirects) {
+        let mut ways: Vec<Vec<OsString>> = Vec::new();
+        let mut way = |path: Vec<OsString>| {
+            if !ways.contains(&path) {
+                ways.push(path);
+            }
+        };
+        for redirect in redirects.iter() {
+            if let Redirect::FromRoot(path) = redirect {
+                way(path.clone());
+            }
+        }
+        let other_names = redirects.iter().filter_map(|redirect| match redirect {
+            Redirect::Name(name) => Some(name),
+            Redirect::FromRoot(_) => None,
+        });
+        let names_here: Vec<&OsString> = std::iter::once(name).chain(other_names).collect();
+        for parent in &parents {
+            for name in &names_here {
+                way(parent.iter().chain([*name]).cloned().collect());
+            }
+        }
+        let mut reached = Vec::new();
+        for path in ways {
+            let dir = match open_below(root, &path) {
+                Ok(dir) => dir,
+                Err((_, nix::Error::ENOENT | nix::Error::ENOTDIR | nix::Error::ELOOP)) => continue,
+                Err(error) => return Err(error),
+            };
+            let failed = |error| (name.clone(), error);
+            if depth >= held_from {
+                hold(&dir, held).map_err(failed)?;
+                found.push(path.clone());
+            }
+            if let Some(redirect) = redirect_of(&dir, xattr).map_err(failed)?
+                && !redirects.contains(&redirect)
+            {
+                redirects.push(redirect);
+            }
+            reached.push(path);
+        }
+        if reached.len() > MAX_BEHIND {
+            return Err((name.clone(), nix::Error::E2BIG));
+        }
+        parents = reached;
     }
+    Ok(found)
+}
+
+/// The directory `names` lead to from `from`, followed one at a time, across no mount and
+/// through no symlink; the name that could not be followed.
+fn open_below(from: &OwnedFd, names: &[OsString]) -> Result<OwnedFd, (OsString, nix::Error)> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_NO_XDEV | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    let mut dir: Option<OwnedFd> = None;
+    for name in names {
+        let at = dir.as_ref().unwrap_or(from);
+        dir = Some(openat2(at, name.as_os_str(), how).map_err(|error| (name.clone(), error))?);
+    }
+    // An empty path: the directory itself, opened again.
+    match dir {
+        Some(dir) => Ok(dir),
+        None => openat2(from, ".", how).map_err(|error| (OsString::from("."), error)),
+    }
+}
+
+/// The redirect the overlay left on directory `dir`, if any (see [`Redirect`]).
+fn redirect_of(dir: &OwnedFd, xattr: &std::ffi::CStr) -> nix::Result<Option<Redirect>> {
+    use std::os::unix::ffi::OsStrExt as _;
+    // An O_PATH descriptor has no extended attributes to read: its file's, through /proc.
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+        .map_err(|_| nix::Error::EINVAL)?;
+    let mut value = [0u8; libc::PATH_MAX as usize];
+    // SAFETY: NUL-terminated names and a buffer as large as said, all outliving the call.
+    let size = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            xattr.as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    let Ok(size) = usize::try_from(size) else {
+        return match nix::Error::last() {
+            nix::Error::ENODATA | nix::Error::EOPNOTSUPP => Ok(None),
+            error => Err(error),
+        };
+    };
+    let value = value.get(..size).unwrap_or_default();
+    Ok(match value.first() {
+        Some(b'/') => Some(Redirect::FromRoot(names_of(Path::new(
+            std::ffi::OsStr::from_bytes(value),
+        )))),
+        // The overlay takes no other kind (nor would it follow this one).
+        Some(_) if !value.contains(&b'/') => Some(Redirect::Name(
+            std::ffi::OsStr::from_bytes(value).to_owned(),
+        )),
+        _ => None,
+    })
 }
 
 /// A copy of `mount` without the mounts below it, when its own path leads to it (not to a mount

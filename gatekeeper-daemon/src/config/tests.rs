@@ -549,11 +549,14 @@ fn overlays_show_their_layers_and_the_mounts_on_them() {
           30 1 0:40 / /srv/ov rw,relatime shared:5 - overlay overlay rw,lowerdir=/srv/l1:/srv/l\\134:2:/srv/x\\134\\134::/srv/d3,upperdir=/srv/u,workdir=/srv/w,lowerdir+=/srv/p\\134lo,datadir+=/srv/dd\n\
           31 30 0:41 / /srv/ov/ua/m rw - tmpfs t rw\n\
           32 1 0:42 / /srv/free-ov rw - overlay overlay rw,lowerdir=l/ABC:l/DEF,upperdir=/srv/y,workdir=/srv/z\n\
-          33 1 0:40 /ua /srv/ub rw - overlay overlay rw,lowerdir=/srv/l1,upperdir=/srv/u,workdir=/srv/w\n\
+          33 1 0:40 /ua /srv/ub rw - overlay overlay rw,lowerdir=/srv/l1,upperdir=/srv/u,workdir=/srv/w,userxattr\n\
           34 33 0:43 / /srv/ub/x/m rw - tmpfs t rw\n\
           35 30 0:44 / /srv/ov/top rw - tmpfs t rw\n",
     );
-    let shown: Vec<(u64, Vec<String>, Vec<String>)> = super::overlays(&mounts)
+    let overlays = super::overlays(&mounts);
+    let user_xattrs: Vec<bool> = overlays.iter().map(|overlay| overlay.user_xattrs).collect();
+    assert_eq!(user_xattrs, [false, false, true]);
+    let shown: Vec<(u64, Vec<String>, Vec<String>)> = overlays
         .into_iter()
         .map(|overlay| {
             let layers = (overlay.layers.iter())
@@ -575,11 +578,11 @@ fn overlays_show_their_layers_and_the_mounts_on_them() {
             (
                 30,
                 strings(&[
+                    "/srv/u",
                     "/srv/l1",
                     "/srv/l:2",
                     "/srv/x\\",
                     "/srv/d3",
-                    "/srv/u",
                     "/srv/p\\lo",
                     "/srv/dd"
                 ]),
@@ -587,11 +590,11 @@ fn overlays_show_their_layers_and_the_mounts_on_them() {
                 strings(&["ua/m@0", "top@0"]),
             ),
             // Docker's short relative names, as they are.
-            (32, strings(&["l/ABC", "l/DEF", "/srv/y"]), strings(&[])),
+            (32, strings(&["/srv/y", "l/ABC", "l/DEF"]), strings(&[])),
             // A bind of the overlay's `ua`: `ua` is above its root.
-            (33, strings(&["/srv/l1", "/srv/u"]), strings(&["ua/x/m@1"])),
+            (33, strings(&["/srv/u", "/srv/l1"]), strings(&["ua/x/m@1"])),
         ],
-        "the mounter's escapes undone, `:` splitting lower layers but when escaped"
+        "upper first; the mounter's escapes undone, `:` splitting lower layers but when escaped"
     );
 }
 

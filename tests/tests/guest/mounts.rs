@@ -1136,9 +1136,10 @@ fn status_tells_when_agents_rename_no_directory() {
 
 /// An overlay on another overlay: the directories behind the outer one's are held in the inner
 /// one's layers too, and a symlink loop an agent puts in its own layer, where the daemon looks
-/// for such a directory, does not stop it looking.
+/// for such a directory, does not stop it looking. An overlay directory the host renamed with
+/// `redirect_dir=on`: the lower one behind it, under its old name, is held.
 #[test]
-fn agents_move_no_host_mount_through_stacked_overlays() {
+fn agents_move_no_host_mount_through_stacked_or_redirected_overlays() {
     let base = Path::new("/srv/gk-stacked");
     let dir = |name: &str| base.join(name);
     let text = |path: &Path| path.display().to_string();
@@ -1152,14 +1153,21 @@ fn agents_move_no_host_mount_through_stacked_overlays() {
         "ou",
         "ow",
         "om",
+        "rl/la/b/m",
+        "rl/ka/b/m",
+        "ru",
+        "rw",
+        "rm",
         "free",
     ] {
         mkdirs(&[&text(&dir(name))]);
     }
+    let (redirected_lower, redirected) = (dir("rl"), dir("rm"));
     hand_to_user(&inner_lower);
-    let overlay = |lower: &str, upper: &str, work: &str, at: &Path| {
+    hand_to_user(&redirected_lower);
+    let overlay = |lower: &str, upper: &str, work: &str, at: &Path, more: &str| {
         let options = format!(
-            "lowerdir={},upperdir={},workdir={}",
+            "lowerdir={},upperdir={},workdir={}{more}",
             text(&dir(lower)),
             text(&dir(upper)),
             text(&dir(work))
@@ -1169,8 +1177,21 @@ fn agents_move_no_host_mount_through_stacked_overlays() {
             &["-t", "overlay", "gk-stacked", "-o", &options, &text(at)],
         );
     };
-    overlay("il", "iu", "iw", &inner);
-    overlay("im", "ou", "ow", &outer);
+    overlay("il", "iu", "iw", &inner, "");
+    overlay("im", "ou", "ow", &outer, "");
+    overlay("rl", "ru", "rw", &redirected, ",redirect_dir=on");
+    for (from, to) in [("la", "ra"), ("ka", "rk")] {
+        std::fs::rename(redirected.join(from), redirected.join(to)).unwrap();
+        host(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "gk-stacked",
+                &text(&redirected.join(to).join("b/m")),
+            ],
+        );
+    }
     // `ua` in the outer overlay's upper layer only: the daemon looks for it in the inner's too.
     mkdirs(&[&text(&outer.join("ua/b/m"))]);
     for point in ["la/b/m", "ka/b/m", "ua/b/m"] {
@@ -1194,30 +1215,49 @@ fn agents_move_no_host_mount_through_stacked_overlays() {
 
     let [(la, lz), (ka, kz)] = [("la", "lz"), ("ka", "kz")]
         .map(|(from, to)| (inner_lower.join(from), inner_lower.join(to)));
+    let [(lb, lz_b), (kb, kz_b)] = [("la", "ra"), ("ka", "rk")].map(|(old, _)| {
+        (
+            redirected_lower.join(old).join("b"),
+            redirected_lower.join(old).join("z"),
+        )
+    });
     let attempts = [
         scenario.tamper_as_user(agents, "rename", &[&text(&la), &text(&lz)]),
         scenario.tamper(agents, "rename", &[&text(&ka), &text(&kz)]),
+        scenario.tamper_as_user(agents, "rename", &[&text(&lb), &text(&lz_b)]),
+        scenario.tamper(agents, "rename", &[&text(&kb), &text(&kz_b)]),
     ];
     assert_eq!(
         attempts,
-        [Outcome::Denied, Outcome::Denied],
-        "user agent and root agent, in the inner overlay's lower layer"
+        [const { Outcome::Denied }; 4],
+        "user agent and root agent: in the inner overlay's lower layer; behind the redirected \
+         directories, in the lower layer"
     );
     journaled_why(&scenario, "umount", ABOVE_MOUNT_POINT);
 
-    assert_eq!(
+    let controls = [
         scenario.tamper_as_user(outside, "rename", &[&text(&la), &text(&lz)]),
-        Outcome::Ok,
+        scenario.tamper_as_user(outside, "rename", &[&text(&lb), &text(&lz_b)]),
+    ];
+    assert_eq!(
+        controls,
+        [Outcome::Ok, Outcome::Ok],
         "the same from outside"
     );
     let moved = outer.join("lz/b/m");
-    let _ = std::fs::metadata(&moved);
+    let moved_behind = redirected.join("ra/z/m");
+    for point in [&moved, &moved_behind] {
+        let _ = std::fs::metadata(point);
+    }
     assert!(
-        mounted(&moved),
-        "the host's mount went with the inner layer's directory"
+        mounted(&moved) && mounted(&moved_behind),
+        "the host's mounts went with the inner layer's directory, and the redirected one's"
     );
     for point in [
         moved,
+        moved_behind,
+        redirected.join("rk/b/m"),
+        redirected.clone(),
         outer.join("ka/b/m"),
         outer.join("ua/b/m"),
         outer,
