@@ -144,8 +144,8 @@ pub fn mount_ancestors(
                     layers: overlay.layers.clone(),
                     ..*overlay
                 };
-                let found = (mounts, &mut *layers, &mut copies, &mut held, &mut stacked);
-                layer_dirs(&layers_below, found.0, found.1, found.2, found.3, found.4)?;
+                let (copies, held, stacked) = (&mut copies, &mut held, &mut stacked);
+                layer_dirs(&layers_below, mounts, layers, copies, held, stacked)?;
             }
         }
     }
