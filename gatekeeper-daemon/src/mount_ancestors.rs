@@ -210,9 +210,14 @@ fn layer_dirs(
         true => c"user.overlay.redirect",
         false => c"trusted.overlay.redirect",
     };
-    // For each mount on it, by depth: the redirects the layers looked at so far left.
-    let mut redirects: Vec<Vec<Vec<Redirect>>> = (overlay.below.iter())
-        .map(|(names, _)| vec![Vec::new(); names.len()])
+    // For each mount on it, the ways to the directories behind the overlay's (see
+    // [`behind_in_layer`]): at first their names.
+    let mut ways: Vec<Ways> = (overlay.below.iter())
+        .map(|(names, _)| {
+            (1..=names.len())
+                .map(|depth| vec![names[..depth].to_vec()])
+                .collect()
+        })
         .collect();
     for layer in &overlay.layers {
         if !layer.is_absolute() {
@@ -249,8 +254,8 @@ fn layer_dirs(
             dir: layer.clone(),
             source: error.into(),
         })?;
-        for ((names, held_from), redirects) in overlay.below.iter().zip(&mut redirects) {
-            let found = behind_in_layer(&root, names, *held_from, redirects, xattr, held).map_err(
+        for ((names, held_from), ways) in overlay.below.iter().zip(&mut ways) {
+            let found = behind_in_layer(&root, names, *held_from, ways, xattr, held).map_err(
                 |(name, source)| AncestorError::LayerWalk {
                     layer: layer.clone(),
                     name,
@@ -440,132 +445,148 @@ fn is_gone(error: &std::io::Error) -> bool {
 /// A name an overlay looks a directory up by in the layers below one that left it (an
 /// `overlay.redirect` extended attribute, set when a directory is renamed in an overlay with
 /// `redirect_dir=on`): another name in the same directory, or a path from the layer's root.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Redirect {
     Name(OsString),
     FromRoot(Vec<OsString>),
 }
 
-/// At most this many directories in one layer stand behind one of the overlay's; more fails
-/// the look.
-const MAX_BEHIND: usize = 16;
+/// By depth below the overlay's root, the paths (from a layer's root) the overlay may look the
+/// directory at that depth up by in a layer.
+type Ways = Vec<Vec<Vec<OsString>>>;
 
-/// In the layer whose root `root` is, the directories behind the overlay's directories
-/// `names` (from its root), held from depth `held_from` on; their paths in the layer. Each is
-/// looked up by its name and by the redirects the layers above left at its depth
-/// (`redirects`), to which this layer's are added for the layers below: both ways are held,
-/// since the overlay may have looked it up either way. A directory the overlay's is not behind
-/// here (none there, no directory, a symlink) ends that way.
+/// At most this many ways to one directory; more fails the look.
+const MAX_WAYS: usize = 64;
+
+/// In the layer whose root `root` is, the directories behind the overlay's directories `names`
+/// (from its root), held from depth `held_from` on; their paths in the layer. Each is looked up
+/// by each of its `ways`: its names, and what the redirects of the layers above made of them.
+/// A redirect met on the way here (on the directory or one above it) makes another way for the
+/// layers below, as the overlay rewrites the path it looks up there; all are held, since the
+/// overlay may have looked a directory up by any of them. A way that leads to no directory
+/// here (none there, no directory, a symlink) ends there.
 fn behind_in_layer(
     root: &OwnedFd,
     names: &[OsString],
     held_from: usize,
-    redirects: &mut [Vec<Redirect>],
+    ways: &mut Ways,
     xattr: &std::ffi::CStr,
     held: &mut HashSet<Target>,
 ) -> Result<Vec<Vec<OsString>>, (OsString, nix::Error)> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_NO_XDEV | ResolveFlag::RESOLVE_NO_SYMLINKS);
     let mut found = Vec::new();
-    let mut parents: Vec<Vec<OsString>> = vec![Vec::new()];
-    for ((depth, name), redirects) in names.iter().enumerate().zip(redirects) {
-        let mut ways: Vec<Vec<OsString>> = Vec::new();
-        let mut way = |path: Vec<OsString>| {
-            if !ways.contains(&path) {
-                ways.push(path);
+    let mut redirected_ways = Vec::new();
+    for (depth, paths) in ways.iter().enumerate() {
+        for path in paths {
+            // The path the layers below look up, as the redirects met so far rewrote it: it
+            // ends with the names still to follow.
+            let mut below = path.clone();
+            let mut dir: Option<OwnedFd> = None;
+            let mut reached = true;
+            for (index, name) in path.iter().enumerate() {
+                let at = dir.as_ref().unwrap_or(root);
+                let next = match openat2(at, name.as_os_str(), how) {
+                    Ok(next) => next,
+                    Err(nix::Error::ENOENT | nix::Error::ENOTDIR | nix::Error::ELOOP) => {
+                        reached = false;
+                        break;
+                    }
+                    Err(error) => return Err((name.clone(), error)),
+                };
+                let failed = |error| (name.clone(), error);
+                if let Some(redirect) = redirect_of(&next, xattr).map_err(failed)? {
+                    below = redirected(&below, &path[index + 1..], redirect);
+                }
+                dir = Some(next);
             }
-        };
-        for redirect in redirects.iter() {
-            if let Redirect::FromRoot(path) = redirect {
-                way(path.clone());
-            }
-        }
-        let other_names = redirects.iter().filter_map(|redirect| match redirect {
-            Redirect::Name(name) => Some(name),
-            Redirect::FromRoot(_) => None,
-        });
-        let names_here: Vec<&OsString> = std::iter::once(name).chain(other_names).collect();
-        for parent in &parents {
-            for name in &names_here {
-                way(parent.iter().chain([*name]).cloned().collect());
-            }
-        }
-        let mut reached = Vec::new();
-        for path in ways {
-            let dir = match open_below(root, &path) {
-                Ok(dir) => dir,
-                Err((_, nix::Error::ENOENT | nix::Error::ENOTDIR | nix::Error::ELOOP)) => continue,
-                Err(error) => return Err(error),
-            };
-            let failed = |error| (name.clone(), error);
-            if depth >= held_from {
-                hold(&dir, held).map_err(failed)?;
+            if reached && depth >= held_from {
+                let failed = |error| (names[depth].clone(), error);
+                hold(dir.as_ref().unwrap_or(root), held).map_err(failed)?;
                 found.push(path.clone());
             }
-            if let Some(redirect) = redirect_of(&dir, xattr).map_err(failed)?
-                && !redirects.contains(&redirect)
-            {
-                redirects.push(redirect);
+            if below != *path {
+                redirected_ways.push((depth, below));
             }
-            reached.push(path);
         }
-        if reached.len() > MAX_BEHIND {
-            return Err((name.clone(), nix::Error::E2BIG));
+    }
+    // For the layers below: the redirected way, and the ways to the directories below it.
+    for (depth, way) in redirected_ways {
+        for (deeper, paths) in ways.iter_mut().enumerate().skip(depth) {
+            let path: Vec<_> = way
+                .iter()
+                .chain(&names[depth + 1..=deeper])
+                .cloned()
+                .collect();
+            if !paths.contains(&path) {
+                paths.push(path);
+            }
+            if paths.len() > MAX_WAYS {
+                return Err((names[deeper].clone(), nix::Error::E2BIG));
+            }
         }
-        parents = reached;
     }
     Ok(found)
 }
 
-/// The directory `names` lead to from `from`, followed one at a time, across no mount and
-/// through no symlink; the name that could not be followed.
-fn open_below(from: &OwnedFd, names: &[OsString]) -> Result<OwnedFd, (OsString, nix::Error)> {
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_NO_XDEV | ResolveFlag::RESOLVE_NO_SYMLINKS);
-    let mut dir: Option<OwnedFd> = None;
-    for name in names {
-        let at = dir.as_ref().unwrap_or(from);
-        dir = Some(openat2(at, name.as_os_str(), how).map_err(|error| (name.clone(), error))?);
-    }
-    // An empty path: the directory itself, opened again.
-    match dir {
-        Some(dir) => Ok(dir),
-        None => openat2(from, ".", how).map_err(|error| (OsString::from("."), error)),
-    }
+/// `below`, the path the layers below look up (ending with the names `rest` still to follow),
+/// as the overlay rewrites it for a redirect on the directory before `rest`.
+fn redirected(below: &[OsString], rest: &[OsString], redirect: Redirect) -> Vec<OsString> {
+    let this = below.len().saturating_sub(rest.len() + 1);
+    let mut rewritten: Vec<OsString> = match redirect {
+        Redirect::Name(name) => below[..this].iter().cloned().chain([name]).collect(),
+        Redirect::FromRoot(path) => path,
+    };
+    rewritten.extend_from_slice(rest);
+    rewritten
 }
 
 /// The redirect the overlay left on directory `dir`, if any (see [`Redirect`]).
 fn redirect_of(dir: &OwnedFd, xattr: &std::ffi::CStr) -> nix::Result<Option<Redirect>> {
-    use std::os::unix::ffi::OsStrExt as _;
     // An O_PATH descriptor has no extended attributes to read: its file's, through /proc.
     let path = std::ffi::CString::new(format!("/proc/self/fd/{}", dir.as_raw_fd()))
         .map_err(|_| nix::Error::EINVAL)?;
-    let mut value = [0u8; libc::PATH_MAX as usize];
-    // SAFETY: NUL-terminated names and a buffer as large as said, all outliving the call.
-    let size = unsafe {
-        libc::getxattr(
-            path.as_ptr(),
-            xattr.as_ptr(),
-            value.as_mut_ptr().cast(),
-            value.len(),
-        )
-    };
-    let Ok(size) = usize::try_from(size) else {
-        return match nix::Error::last() {
-            nix::Error::ENODATA | nix::Error::EOPNOTSUPP => Ok(None),
-            error => Err(error),
+    // Any size the file system takes (the overlay reads any): asked first, then read; a value
+    // that grew in between is asked again.
+    let mut value: Vec<u8> = Vec::new();
+    for _ in 0..4 {
+        // SAFETY: NUL-terminated names and a buffer as large as said, all outliving the call.
+        let size = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                xattr.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
         };
-    };
-    let value = value.get(..size).unwrap_or_default();
-    Ok(match value.first() {
-        Some(b'/') => Some(Redirect::FromRoot(names_of(Path::new(
-            std::ffi::OsStr::from_bytes(value),
-        )))),
+        match usize::try_from(size) {
+            Ok(size) if value.is_empty() && size > 0 => value.resize(size, 0),
+            Ok(size) => {
+                value.truncate(size);
+                return Ok(redirect(&value));
+            }
+            Err(_) => match nix::Error::last() {
+                nix::Error::ENODATA | nix::Error::EOPNOTSUPP => return Ok(None),
+                nix::Error::ERANGE => value.clear(),
+                error => return Err(error),
+            },
+        }
+    }
+    // Changed at every read.
+    Err(nix::Error::ERANGE)
+}
+
+/// The redirect an `overlay.redirect` value says.
+fn redirect(value: &[u8]) -> Option<Redirect> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let text = std::ffi::OsStr::from_bytes(value);
+    match value.first() {
+        Some(b'/') => Some(Redirect::FromRoot(names_of(Path::new(text)))),
         // The overlay takes no other kind (nor would it follow this one).
-        Some(_) if !value.contains(&b'/') => Some(Redirect::Name(
-            std::ffi::OsStr::from_bytes(value).to_owned(),
-        )),
+        Some(_) if !value.contains(&b'/') => Some(Redirect::Name(text.to_owned())),
         _ => None,
-    })
+    }
 }
 
 /// A copy of `mount` without the mounts below it, when its own path leads to it (not to a mount
@@ -655,4 +676,34 @@ fn hold(dir: &OwnedFd, held: &mut HashSet<Target>) -> nix::Result<()> {
     let stat = fstat(dir)?;
     held.insert(Target::exec(kernel_dev(stat.st_dev), stat.st_ino));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(path: &str) -> Vec<OsString> {
+        names_of(Path::new(path))
+    }
+
+    #[test]
+    fn redirects_rewrite_the_path_the_layers_below_look_up() {
+        assert_eq!(redirect(b"la"), Some(Redirect::Name("la".into())));
+        assert_eq!(redirect(b"/r/t"), Some(Redirect::FromRoot(names("r/t"))));
+        // Neither an empty value nor a relative one with a slash is a redirect to the overlay.
+        assert_eq!((redirect(b""), redirect(b"a/b")), (None, None));
+        // `ra` (redirect `la`) on the way to `ra/b/m`: the layers below look up `la/b/m`.
+        let path = names("ra/b/m");
+        let rewritten = redirected(&path, &path[1..], Redirect::Name("la".into()));
+        assert_eq!(rewritten, names("la/b/m"));
+        // Then `/s/t` on `b`, where the path was rewritten above it.
+        let rewritten = redirected(&rewritten, &path[2..], Redirect::FromRoot(names("s/t")));
+        assert_eq!(rewritten, names("s/t/m"));
+        // A relative redirect on the last directory keeps its parent's rewritten path.
+        let below = names("s/t/m");
+        assert_eq!(
+            redirected(&below, &[], Redirect::Name("n".into())),
+            names("s/t/n")
+        );
+    }
 }

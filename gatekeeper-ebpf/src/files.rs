@@ -22,7 +22,7 @@ use crate::{
         alias_of, below_unguarded_mount, inherit_rule, moves_with_read_tree, on_unguarded_mount,
         placement,
     },
-    mounts::{count_rename, is_mount_point, moves_host_mounts, revealed_above},
+    mounts::{count_rename, is_held_directory, is_mount_point, moves_host_mounts, revealed_above},
     names::{gatekeeper_below_guarded_name, guard_name_at},
     offsets::{
         OFF_DENTRY_INODE, OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_FILE_FLAGS, OFF_FILE_INODE,
@@ -707,7 +707,7 @@ fn refuse_mount_point(agent: u64, why: MountRefusal) -> i32 {
 }
 
 /// Removing a directory a file rule names (empty, or it could not go): another, the agent's,
-/// could take its path. Nor one at or below a guarded name.
+/// could take its path. Nor one at or below a guarded name, nor one the daemon holds.
 #[lsm(hook = "inode_rmdir")]
 pub fn inode_rmdir(ctx: LsmContext) -> i32 {
     let Some(agent) = agent_cgroup() else {
@@ -715,6 +715,9 @@ pub fn inode_rmdir(ctx: LsmContext) -> i32 {
     };
     match dentry_arg(&ctx, 1) {
         Ok(dentry) if is_mount_point(dentry) => refuse_mount_point(agent, MountRefusal::MountPoint),
+        Ok(dentry) if is_held_directory(dentry) => {
+            refuse_mount_point(agent, MountRefusal::AboveMountPoint)
+        }
         Ok(dentry) => unsafe { guard_name(agent, ctx.arg(0), dentry) },
         Err(_) => -EPERM,
     }
@@ -1014,13 +1017,17 @@ pub fn inode_removexattr(ctx: LsmContext) -> i32 {
     guard_second_dentry(&ctx)
 }
 
-/// [`guard_attributes`] of the file whose dentry is the hook's second argument.
+/// [`guard_attributes`] of the file whose dentry is the hook's second argument; no attribute of
+/// a directory the daemon holds (an overlay's redirect).
 #[inline(always)]
 fn guard_second_dentry(ctx: &LsmContext) -> i32 {
     let Some(agent) = agent_cgroup() else {
         return 0;
     };
     match dentry_arg(ctx, 1) {
+        Ok(dentry) if is_held_directory(dentry) => {
+            refuse_mount_point(agent, MountRefusal::AboveMountPoint)
+        }
         Ok(dentry) => unsafe { guard_attributes(agent, dentry) },
         Err(_) => -EPERM,
     }

@@ -707,6 +707,19 @@ pub fn moves_host_mounts(dentry: *const u8) -> Option<MountRefusal> {
     }
 }
 
+/// Whether `dentry` is a directory the daemon holds (see [`MOUNT_ANCESTORS`]): behind an
+/// overlay's directory, its extended attributes (a redirect) and its being there tell the
+/// daemon which directories of the layers below to hold, so agents neither remove it nor change
+/// those.
+#[inline(always)]
+pub fn is_held_directory(dentry: *const u8) -> bool {
+    match unsafe { directory_target(dentry) } {
+        Ok(None) => false,
+        Ok(Some(directory)) => is_mount_ancestor(&directory),
+        Err(_) => true,
+    }
+}
+
 #[inline(always)]
 fn is_mount_ancestor(directory: &Target) -> bool {
     unsafe { MOUNT_ANCESTORS.get(directory) }.is_some()

@@ -1137,7 +1137,9 @@ fn status_tells_when_agents_rename_no_directory() {
 /// An overlay on another overlay: the directories behind the outer one's are held in the inner
 /// one's layers too, and a symlink loop an agent puts in its own layer, where the daemon looks
 /// for such a directory, does not stop it looking. An overlay directory the host renamed with
-/// `redirect_dir=on`: the lower one behind it, under its old name, is held.
+/// `redirect_dir=on`: the lower one behind it, under its old name, is held, also where a
+/// redirect on the way to an absolute one rewrote that name; and agents neither remove nor
+/// change the redirecting directory.
 #[test]
 fn agents_move_no_host_mount_through_stacked_or_redirected_overlays() {
     let base = Path::new("/srv/gk-stacked");
@@ -1158,6 +1160,13 @@ fn agents_move_no_host_mount_through_stacked_or_redirected_overlays() {
         "ru",
         "rw",
         "rm",
+        "al/r/t/b/m",
+        "a1u",
+        "a1w",
+        "a1m",
+        "a2u",
+        "a2w",
+        "a2m",
         "free",
     ] {
         mkdirs(&[&text(&dir(name))]);
@@ -1165,6 +1174,7 @@ fn agents_move_no_host_mount_through_stacked_or_redirected_overlays() {
     let (redirected_lower, redirected) = (dir("rl"), dir("rm"));
     hand_to_user(&inner_lower);
     hand_to_user(&redirected_lower);
+    hand_to_user(&dir("al"));
     let overlay = |lower: &str, upper: &str, work: &str, at: &Path, more: &str| {
         let options = format!(
             "lowerdir={},upperdir={},workdir={}{more}",
@@ -1192,6 +1202,37 @@ fn agents_move_no_host_mount_through_stacked_or_redirected_overlays() {
             ],
         );
     }
+    hand_to_user(&dir("ru"));
+    // Image layers made by renames: in the first overlay `r` renamed `s` (a1u/s: redirect `r`),
+    // in the second, on the first's upper layer, `s/t` renamed `x` (a2u/x: redirect `/s/t`).
+    // Looking `/s/t` up in a1u, the overlay meets `s`'s redirect: in `al` it looks up `r/t`.
+    let (absolute_lower, absolute) = (dir("al"), dir("a2m"));
+    overlay("al", "a1u", "a1w", &dir("a1m"), ",redirect_dir=on");
+    std::fs::rename(dir("a1m/r"), dir("a1m/s")).unwrap();
+    std::fs::write(dir("a1m/s/t/f"), "copied up").unwrap();
+    host("umount", &[&text(&dir("a1m"))]);
+    let two_lower = format!("{}:{}", text(&dir("a1u")), text(&absolute_lower));
+    let options = format!(
+        "lowerdir={two_lower},upperdir={},workdir={},redirect_dir=on",
+        text(&dir("a2u")),
+        text(&dir("a2w"))
+    );
+    host(
+        "mount",
+        &[
+            "-t",
+            "overlay",
+            "gk-stacked",
+            "-o",
+            &options,
+            &text(&absolute),
+        ],
+    );
+    std::fs::rename(absolute.join("s/t"), absolute.join("x")).unwrap();
+    host(
+        "mount",
+        &["-t", "tmpfs", "gk-stacked", &text(&absolute.join("x/b/m"))],
+    );
     // `ua` in the outer overlay's upper layer only: the daemon looks for it in the inner's too.
     mkdirs(&[&text(&outer.join("ua/b/m"))]);
     for point in ["la/b/m", "ka/b/m", "ua/b/m"] {
@@ -1221,39 +1262,58 @@ fn agents_move_no_host_mount_through_stacked_or_redirected_overlays() {
             redirected_lower.join(old).join("z"),
         )
     });
+    let (tb, tz) = (absolute_lower.join("r/t/b"), absolute_lower.join("r/t/z"));
+    let (ra, rk) = (text(&dir("ru/ra")), text(&dir("ru/rk")));
+    let redirect = ["trusted.overlay.redirect", "zz"];
     let attempts = [
         scenario.tamper_as_user(agents, "rename", &[&text(&la), &text(&lz)]),
         scenario.tamper(agents, "rename", &[&text(&ka), &text(&kz)]),
         scenario.tamper_as_user(agents, "rename", &[&text(&lb), &text(&lz_b)]),
         scenario.tamper(agents, "rename", &[&text(&kb), &text(&kz_b)]),
+        scenario.tamper_as_user(agents, "rename", &[&text(&tb), &text(&tz)]),
+        scenario.tamper_as_user(agents, "rmdir", &[&ra]),
+        scenario.tamper(agents, "setxattr", &[&rk, redirect[0], redirect[1]]),
     ];
     assert_eq!(
         attempts,
-        [const { Outcome::Denied }; 4],
+        [const { Outcome::Denied }; 7],
         "user agent and root agent: in the inner overlay's lower layer; behind the redirected \
-         directories, in the lower layer"
+         directories, in the lower layer; user agent: behind a redirect met on the way to an \
+         absolute one; the redirecting directory removed (user), its redirect changed (root)"
     );
     journaled_why(&scenario, "umount", ABOVE_MOUNT_POINT);
 
     let controls = [
         scenario.tamper_as_user(outside, "rename", &[&text(&la), &text(&lz)]),
         scenario.tamper_as_user(outside, "rename", &[&text(&lb), &text(&lz_b)]),
+        scenario.tamper_as_user(outside, "rename", &[&text(&tb), &text(&tz)]),
     ];
     assert_eq!(
         controls,
-        [Outcome::Ok, Outcome::Ok],
+        [const { Outcome::Ok }; 3],
         "the same from outside"
     );
     let moved = outer.join("lz/b/m");
     let moved_behind = redirected.join("ra/z/m");
-    for point in [&moved, &moved_behind] {
+    let moved_absolute = absolute.join("x/z/m");
+    for point in [&moved, &moved_behind, &moved_absolute] {
         let _ = std::fs::metadata(point);
     }
     assert!(
-        mounted(&moved) && mounted(&moved_behind),
-        "the host's mounts went with the inner layer's directory, and the redirected one's"
+        [&moved, &moved_behind, &moved_absolute]
+            .iter()
+            .all(|point| mounted(point)),
+        "the host's mounts went with the inner layer's directory, and the redirected ones'"
     );
+    // Last, as they undo the redirects: removing and changing them works from outside.
+    let undone = [
+        scenario.tamper(outside, "setxattr", &[&rk, redirect[0], redirect[1]]),
+        scenario.tamper_as_user(outside, "rmdir", &[&ra]),
+    ];
+    assert_eq!(undone, [Outcome::Ok, Outcome::Ok], "the same from outside");
     for point in [
+        moved_absolute,
+        absolute,
         moved,
         moved_behind,
         redirected.join("rk/b/m"),
