@@ -459,7 +459,8 @@ type Ways = Vec<Vec<Vec<OsString>>>;
 const MAX_WAYS: usize = 64;
 
 /// In the layer whose root `root` is, the directories behind the overlay's directories `names`
-/// (from its root), held from depth `held_from` on; their paths in the layer. Each is looked up
+/// (from its root), held from depth `held_from` on, and those on the ways to them; their paths
+/// in the layer. Each is looked up
 /// by each of its `ways`: its names, and what the redirects of the layers above made of them.
 /// A redirect met on the way here (on the directory or one above it) makes another way for the
 /// layers below, as the overlay rewrites the path it looks up there; all are held, since the
@@ -483,28 +484,29 @@ fn behind_in_layer(
             // The path the layers below look up, as the redirects met so far rewrote it: it
             // ends with the names still to follow.
             let mut below = path.clone();
+            // Every directory on a redirected way (renaming one there would hide the redirect
+            // on it from the daemon); on the names themselves, those of the overlay's mount.
+            let names_themselves = path.as_slice() == &names[..=depth];
             let mut dir: Option<OwnedFd> = None;
-            let mut reached = true;
             for (index, name) in path.iter().enumerate() {
                 let at = dir.as_ref().unwrap_or(root);
                 let next = match openat2(at, name.as_os_str(), how) {
                     Ok(next) => next,
-                    Err(nix::Error::ENOENT | nix::Error::ENOTDIR | nix::Error::ELOOP) => {
-                        reached = false;
-                        break;
-                    }
+                    Err(nix::Error::ENOENT | nix::Error::ENOTDIR | nix::Error::ELOOP) => break,
                     Err(error) => return Err((name.clone(), error)),
                 };
                 let failed = |error| (name.clone(), error);
+                if !names_themselves || index >= held_from {
+                    hold(&next, held).map_err(failed)?;
+                    let on_the_way = path[..=index].to_vec();
+                    if !found.contains(&on_the_way) {
+                        found.push(on_the_way);
+                    }
+                }
                 if let Some(redirect) = redirect_of(&next, xattr).map_err(failed)? {
                     below = redirected(&below, &path[index + 1..], redirect);
                 }
                 dir = Some(next);
-            }
-            if reached && depth >= held_from {
-                let failed = |error| (names[depth].clone(), error);
-                hold(dir.as_ref().unwrap_or(root), held).map_err(failed)?;
-                found.push(path.clone());
             }
             if below != *path {
                 redirected_ways.push((depth, below));

@@ -1265,6 +1265,8 @@ fn agents_move_no_host_mount_through_stacked_or_redirected_overlays() {
     let (tb, tz) = (absolute_lower.join("r/t/b"), absolute_lower.join("r/t/z"));
     let (ra, rk) = (text(&dir("ru/ra")), text(&dir("ru/rk")));
     let redirect = ["trusted.overlay.redirect", "zz"];
+    // `s`, on the way to the absolute redirect's directory, with the redirect to `r`.
+    let (on_the_way, away) = (text(&dir("a1u/s")), text(&dir("a1u/s-away")));
     let attempts = [
         scenario.tamper_as_user(agents, "rename", &[&text(&la), &text(&lz)]),
         scenario.tamper(agents, "rename", &[&text(&ka), &text(&kz)]),
@@ -1273,13 +1275,15 @@ fn agents_move_no_host_mount_through_stacked_or_redirected_overlays() {
         scenario.tamper_as_user(agents, "rename", &[&text(&tb), &text(&tz)]),
         scenario.tamper_as_user(agents, "rmdir", &[&ra]),
         scenario.tamper(agents, "setxattr", &[&rk, redirect[0], redirect[1]]),
+        scenario.tamper(agents, "rename", &[&on_the_way, &away]),
     ];
     assert_eq!(
         attempts,
-        [const { Outcome::Denied }; 7],
+        [const { Outcome::Denied }; 8],
         "user agent and root agent: in the inner overlay's lower layer; behind the redirected \
          directories, in the lower layer; user agent: behind a redirect met on the way to an \
-         absolute one; the redirecting directory removed (user), its redirect changed (root)"
+         absolute one; the redirecting directory removed (user), its redirect changed (root), the \
+         redirecting directory on the way to an absolute redirect renamed (root)"
     );
     journaled_why(&scenario, "umount", ABOVE_MOUNT_POINT);
 
@@ -1309,8 +1313,9 @@ fn agents_move_no_host_mount_through_stacked_or_redirected_overlays() {
     let undone = [
         scenario.tamper(outside, "setxattr", &[&rk, redirect[0], redirect[1]]),
         scenario.tamper_as_user(outside, "rmdir", &[&ra]),
+        scenario.tamper(outside, "rename", &[&on_the_way, &away]),
     ];
-    assert_eq!(undone, [Outcome::Ok, Outcome::Ok], "the same from outside");
+    assert_eq!(undone, [const { Outcome::Ok }; 3], "the same from outside");
     for point in [
         moved_absolute,
         absolute,
