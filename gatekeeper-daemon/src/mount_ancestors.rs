@@ -61,6 +61,10 @@ pub enum AncestorError {
         name: OsString,
         source: nix::Error,
     },
+    #[error(
+        "the overlay at {overlay}: its directory {dir} above a mount point is in none of its layers as found (a layer's path may lead elsewhere than when the overlay was mounted: covered or replaced before the daemon first saw it)"
+    )]
+    BehindNothing { overlay: PathBuf, dir: PathBuf },
     #[error("the overlay layer's directory {dir}: {source}")]
     Layer {
         dir: PathBuf,
@@ -120,14 +124,9 @@ pub fn mount_ancestors(
     let overlays = overlays(mounts);
     let mut stacked = Vec::new();
     for overlay in &overlays {
-        layer_dirs(
-            overlay,
-            mounts,
-            layers,
-            &mut copies,
-            &mut held,
-            &mut stacked,
-        )?;
+        let (copies, held, stacked) = (&mut copies, &mut held, &mut stacked);
+        layer_dirs(overlay, mounts, layers, copies, held, stacked)
+            .inspect_err(|_| layers.forget(overlay))?;
     }
     // A layer on another overlay: renaming the directories there, in that overlay's own layers,
     // moves the first overlay's directories too. Overlays stack two deep at most (the kernel's
@@ -145,7 +144,8 @@ pub fn mount_ancestors(
                     ..*overlay
                 };
                 let (copies, held, stacked) = (&mut copies, &mut held, &mut stacked);
-                layer_dirs(&layers_below, mounts, layers, copies, held, stacked)?;
+                layer_dirs(&layers_below, mounts, layers, copies, held, stacked)
+                    .inspect_err(|_| layers.forget(overlay))?;
             }
         }
     }
@@ -169,6 +169,13 @@ pub struct LayerHandles {
 type LayerKey = (u64, Option<u32>, PathBuf);
 
 impl LayerHandles {
+    /// Forgets `overlay`'s layers, to be taken again where their paths lead at the next look:
+    /// it failed, perhaps since they led elsewhere (a mount over one) when first taken.
+    fn forget(&mut self, overlay: &Overlay) {
+        let id = (overlay.mount.id(), overlay.mount.kernel_device());
+        (self.first_seen).retain(|(mount, device, _), _| (*mount, *device) != id);
+    }
+
     /// Forgets the layers of overlays no longer mounted.
     fn keep_only(&mut self, mounts: &[Mount]) {
         let mounted: HashSet<_> = (mounts.iter())
@@ -219,6 +226,10 @@ fn layer_dirs(
                 .collect()
         })
         .collect();
+    // For each mount on it, by depth: whether a layer has a directory behind the overlay's.
+    let mut behind: Vec<Vec<bool>> = (overlay.below.iter())
+        .map(|(names, _)| vec![false; names.len()])
+        .collect();
     for layer in &overlay.layers {
         if !layer.is_absolute() {
             // Given relative to its mounter's directory then: the layer cannot be found.
@@ -254,14 +265,21 @@ fn layer_dirs(
             dir: layer.clone(),
             source: error.into(),
         })?;
-        for ((names, held_from), ways) in overlay.below.iter().zip(&mut ways) {
-            let found = behind_in_layer(&root, names, *held_from, ways, xattr, held).map_err(
-                |(name, source)| AncestorError::LayerWalk {
-                    layer: layer.clone(),
-                    name,
-                    source,
-                },
-            )?;
+        let each_below = overlay.below.iter().zip(&mut ways).zip(&mut behind);
+        for (((names, held_from), ways), behind) in each_below {
+            let walk = Walk {
+                names,
+                held_from: *held_from,
+                xattr,
+            };
+            let found =
+                behind_in_layer(&root, &walk, ways, behind, held).map_err(|(name, source)| {
+                    AncestorError::LayerWalk {
+                        layer: layer.clone(),
+                        name,
+                        source,
+                    }
+                })?;
             // Each held here is a directory of that overlay: those behind it are held in its
             // layers too.
             for path in found
@@ -273,6 +291,18 @@ fn layer_dirs(
                 let held_from = names.len() - 1;
                 stacked.push((*inner, (names, held_from)));
             }
+        }
+    }
+    // Each of the overlay's directories is behind something in a layer: one behind nothing,
+    // as the daemon finds the layers, tells that a layer's path leads elsewhere than the
+    // overlay's does (covered or replaced before the daemon first saw it).
+    for ((names, held_from), behind) in overlay.below.iter().zip(&behind) {
+        let missing = (*held_from..names.len()).find(|depth| !behind[*depth]);
+        if let Some(depth) = missing {
+            return Err(AncestorError::BehindNothing {
+                overlay: overlay.mount.point.clone(),
+                dir: names[..=depth].iter().collect(),
+            });
         }
     }
     Ok(())
@@ -451,6 +481,14 @@ enum Redirect {
     FromRoot(Vec<OsString>),
 }
 
+/// What to look for in each layer: the names from the overlay's root down to a mount point on
+/// it, how many of the first are above the overlay mount's root, and the redirects' attribute.
+struct Walk<'a> {
+    names: &'a [OsString],
+    held_from: usize,
+    xattr: &'a std::ffi::CStr,
+}
+
 /// By depth below the overlay's root, the paths (from a layer's root) the overlay may look the
 /// directory at that depth up by in a layer.
 type Ways = Vec<Vec<Vec<OsString>>>;
@@ -458,22 +496,26 @@ type Ways = Vec<Vec<Vec<OsString>>>;
 /// At most this many ways to one directory; more fails the look.
 const MAX_WAYS: usize = 64;
 
-/// In the layer whose root `root` is, the directories behind the overlay's directories `names`
-/// (from its root), held from depth `held_from` on, and those on the ways to them; their paths
-/// in the layer. Each is looked up
-/// by each of its `ways`: its names, and what the redirects of the layers above made of them.
-/// A redirect met on the way here (on the directory or one above it) makes another way for the
-/// layers below, as the overlay rewrites the path it looks up there; all are held, since the
-/// overlay may have looked a directory up by any of them. A way that leads to no directory
-/// here (none there, no directory, a symlink) ends there.
+/// In the layer whose root `root` is, the directories behind the overlay's directories
+/// `walk.names` (from its root), held from depth `walk.held_from` on, and those on the ways to
+/// them; their paths in the layer; `behind` marks the depths a directory was found at. Each is
+/// looked up by each of its `ways`: its names, and what the redirects of the layers above made
+/// of them. A redirect met on the way here (on the directory or one above it) makes another
+/// way for the layers below, as the overlay rewrites the path it looks up there; all are held,
+/// since the overlay may have looked a directory up by any of them. A way that leads to no
+/// directory here (none there, no directory, a symlink) ends there.
 fn behind_in_layer(
     root: &OwnedFd,
-    names: &[OsString],
-    held_from: usize,
+    walk: &Walk,
     ways: &mut Ways,
-    xattr: &std::ffi::CStr,
+    behind: &mut [bool],
     held: &mut HashSet<Target>,
 ) -> Result<Vec<Vec<OsString>>, (OsString, nix::Error)> {
+    let Walk {
+        names,
+        held_from,
+        xattr,
+    } = *walk;
     let how = OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_NO_XDEV | ResolveFlag::RESOLVE_NO_SYMLINKS);
@@ -488,6 +530,7 @@ fn behind_in_layer(
             // on it from the daemon); on the names themselves, those of the overlay's mount.
             let names_themselves = path.as_slice() == &names[..=depth];
             let mut dir: Option<OwnedFd> = None;
+            let mut opened = 0;
             for (index, name) in path.iter().enumerate() {
                 let at = dir.as_ref().unwrap_or(root);
                 let next = match openat2(at, name.as_os_str(), how) {
@@ -507,6 +550,10 @@ fn behind_in_layer(
                     below = redirected(&below, &path[index + 1..], redirect);
                 }
                 dir = Some(next);
+                opened += 1;
+            }
+            if opened == path.len() {
+                behind[depth] = true;
             }
             if below != *path {
                 redirected_ways.push((depth, below));

@@ -65,6 +65,15 @@ fn wait_until_agents_rename(scenario: &Scenario, what: &str, dir: &Path) {
     std::fs::rename(&to, &from).unwrap();
 }
 
+/// Why `gatekeeper status --json` says agents rename no directory, if it does.
+fn renames_refused(scenario: &Scenario) -> Option<String> {
+    let output = scenario.gatekeeper(&["status", "--json"]);
+    let data: Value = serde_json::from_slice(&output.stdout).expect("status --json is JSON");
+    data["directory_renames_refused"]
+        .as_str()
+        .map(str::to_owned)
+}
+
 /// `gatekeeper status --json`, whatever its exit code: (enforcing, exit success).
 fn status(scenario: &Scenario) -> (bool, bool) {
     let output = scenario.gatekeeper(&["status", "--json"]);
@@ -1094,13 +1103,7 @@ fn status_tells_when_agents_rename_no_directory() {
     assert!(mounted_overlay.success(), "{mounted_overlay}");
     let scenario = Scenario::start("mounts-relative", Options::default());
     let (agents, outside) = (&scenario.agents, &scenario.outside);
-    let refused = || {
-        let output = scenario.gatekeeper(&["status", "--json"]);
-        let data: Value = serde_json::from_slice(&output.stdout).expect("status --json is JSON");
-        data["directory_renames_refused"]
-            .as_str()
-            .map(str::to_owned)
-    };
+    let refused = || renames_refused(&scenario);
     // Nothing mounted on it: nothing in its layers to find.
     wait_until_agents_rename(&scenario, "the daemon's look at the mounts", &free);
     assert_eq!(refused(), None);
@@ -1328,6 +1331,98 @@ fn agents_move_no_host_mount_through_stacked_or_redirected_overlays() {
         outer,
         inner,
     ] {
+        let _ = Command::new("umount").arg(point).status();
+    }
+    std::fs::remove_dir_all(base).unwrap();
+}
+
+/// A host mount over an overlay's layer made before the daemon first saw the overlay hides the
+/// real layer from it: the overlay's directories above a mount point are behind nothing it
+/// finds there, so agents rename no directory (and status says why) until the host takes the
+/// cover away; then the layer is taken again, and held.
+#[test]
+fn a_layer_covered_before_the_daemon_starts_fails_its_look_closed() {
+    let base = Path::new("/srv/gk-precovered");
+    let [lower, upper, work, merged, free] =
+        ["lower", "upper", "work", "merged", "free"].map(|name| base.join(name));
+    let text = |path: &Path| path.display().to_string();
+    for dir in [&lower.join("la/b/m"), &upper, &work, &merged, &free] {
+        mkdirs(&[&text(dir)]);
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        text(&lower),
+        text(&upper),
+        text(&work)
+    );
+    host(
+        "mount",
+        &[
+            "-t",
+            "overlay",
+            "gk-precovered",
+            "-o",
+            &options,
+            &text(&merged),
+        ],
+    );
+    host(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "gk-precovered",
+            &text(&merged.join("la/b/m")),
+        ],
+    );
+    host("mount", &["-t", "tmpfs", "gk-layer-cover", &text(&lower)]);
+    let scenario = Scenario::start("mounts-precovered", Options::default());
+    let (agents, outside) = (&scenario.agents, &scenario.outside);
+    let why = scenario.wait_for("status to say agents rename no directory", || {
+        renames_refused(&scenario)
+    });
+    assert!(why.contains("in none of its layers"), "{why}");
+    let (from, to) = (text(&lower.join("la/b")), text(&lower.join("la/z")));
+    let below_the_cover = scenario.tamper(
+        agents,
+        "in-ns",
+        &[
+            "private",
+            "umount-then",
+            &text(&lower),
+            "rename",
+            &from,
+            &to,
+        ],
+    );
+    assert_eq!(
+        below_the_cover,
+        Outcome::Denied,
+        "root agent, in its own namespace"
+    );
+    journaled_why(&scenario, "umount", MOUNTS_NOT_LOOKED);
+
+    host("umount", &[&text(&lower)]);
+    wait_until_agents_rename(&scenario, "the daemon's look after the cover", &free);
+    assert_eq!(renames_refused(&scenario), None);
+    assert_eq!(
+        scenario.tamper(agents, "rename", &[&from, &to]),
+        Outcome::Denied,
+        "root agent, the layer found again"
+    );
+    journaled_why(&scenario, "umount", ABOVE_MOUNT_POINT);
+    assert_eq!(
+        scenario.tamper(outside, "rename", &[&from, &to]),
+        Outcome::Ok,
+        "the same from outside"
+    );
+    let moved = merged.join("la/z/m");
+    let _ = std::fs::metadata(&moved);
+    assert!(
+        mounted(&moved),
+        "the host's mount went with the layer's directory"
+    );
+    for point in [&moved, &merged] {
         let _ = Command::new("umount").arg(point).status();
     }
     std::fs::remove_dir_all(base).unwrap();
