@@ -65,6 +65,23 @@ fn wait_until_agents_rename(scenario: &Scenario, what: &str, dir: &Path) {
     std::fs::rename(&to, &from).unwrap();
 }
 
+/// Mounts an overlay at `at` of the lower layers `lower` (top first), the upper one and its
+/// work directory, with `more` options (each after a comma).
+fn mount_overlay(lower: &[&Path], upper: &Path, work: &Path, at: &Path, more: &str) {
+    let lower: Vec<String> = lower.iter().map(|dir| dir.display().to_string()).collect();
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}{more}",
+        lower.join(":"),
+        upper.display(),
+        work.display()
+    );
+    let at = at.display().to_string();
+    host(
+        "mount",
+        &["-t", "overlay", "gk-overlay", "-o", &options, &at],
+    );
+}
+
 /// Why `gatekeeper status --json` says agents rename no directory, if it does.
 fn renames_refused(scenario: &Scenario) -> Option<String> {
     let output = scenario.gatekeeper(&["status", "--json"]);
@@ -904,23 +921,7 @@ fn agents_move_no_host_mount_through_an_overlays_layers() {
         &text(&free),
     ]);
     hand_to_user(&lower);
-    let options = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        text(&lower),
-        text(&upper),
-        text(&work)
-    );
-    host(
-        "mount",
-        &[
-            "-t",
-            "overlay",
-            "gk-overlay",
-            "-o",
-            &options,
-            &text(&merged),
-        ],
-    );
+    mount_overlay(&[&lower], &upper, &work, &merged, "");
     mkdirs(&[&text(&merged.join("ua/b/m"))]);
     for point in [merged.join("ua/b/m"), merged.join("la/b/m")] {
         host("mount", &["-t", "tmpfs", "gk-overlaid", &text(&point)]);
@@ -987,24 +988,8 @@ fn agents_move_no_host_mount_through_a_layer_moved_or_covered() {
     ]);
     std::os::unix::fs::symlink("real", &link).unwrap();
     host("mount", &["-t", "tmpfs", "gk-layer-cover", &text(&sub)]);
-    let options = format!(
-        "lowerdir={}:{},upperdir={},workdir={}",
-        text(&lower),
-        text(&lower2),
-        text(&link.join("upper")),
-        text(&base.join("work"))
-    );
-    host(
-        "mount",
-        &[
-            "-t",
-            "overlay",
-            "gk-layered",
-            "-o",
-            &options,
-            &text(&merged),
-        ],
-    );
+    let (upper, work) = (link.join("upper"), base.join("work"));
+    mount_overlay(&[&lower, &lower2], &upper, &work, &merged, "");
     mkdirs(&[&text(&merged.join("ua/b/m"))]);
     hand_to_user(&user_dir);
     for point in ["ua/b/m", "la/b/m", "sub/b/m"].map(|point| merged.join(point)) {
@@ -1179,16 +1164,7 @@ fn agents_move_no_host_mount_through_stacked_or_redirected_overlays() {
     hand_to_user(&redirected_lower);
     hand_to_user(&dir("al"));
     let overlay = |lower: &str, upper: &str, work: &str, at: &Path, more: &str| {
-        let options = format!(
-            "lowerdir={},upperdir={},workdir={}{more}",
-            text(&dir(lower)),
-            text(&dir(upper)),
-            text(&dir(work))
-        );
-        host(
-            "mount",
-            &["-t", "overlay", "gk-stacked", "-o", &options, &text(at)],
-        );
+        mount_overlay(&[&dir(lower)], &dir(upper), &dir(work), at, more);
     };
     overlay("il", "iu", "iw", &inner, "");
     overlay("im", "ou", "ow", &outer, "");
@@ -1214,23 +1190,9 @@ fn agents_move_no_host_mount_through_stacked_or_redirected_overlays() {
     std::fs::rename(dir("a1m/r"), dir("a1m/s")).unwrap();
     std::fs::write(dir("a1m/s/t/f"), "copied up").unwrap();
     host("umount", &[&text(&dir("a1m"))]);
-    let two_lower = format!("{}:{}", text(&dir("a1u")), text(&absolute_lower));
-    let options = format!(
-        "lowerdir={two_lower},upperdir={},workdir={},redirect_dir=on",
-        text(&dir("a2u")),
-        text(&dir("a2w"))
-    );
-    host(
-        "mount",
-        &[
-            "-t",
-            "overlay",
-            "gk-stacked",
-            "-o",
-            &options,
-            &text(&absolute),
-        ],
-    );
+    let two_lower: [&Path; 2] = [&dir("a1u"), &absolute_lower];
+    let on = ",redirect_dir=on";
+    mount_overlay(&two_lower, &dir("a2u"), &dir("a2w"), &absolute, on);
     std::fs::rename(absolute.join("s/t"), absolute.join("x")).unwrap();
     host(
         "mount",
@@ -1349,23 +1311,7 @@ fn a_layer_covered_before_the_daemon_starts_fails_its_look_closed() {
     for dir in [&lower.join("la/b/m"), &upper, &work, &merged, &free] {
         mkdirs(&[&text(dir)]);
     }
-    let options = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        text(&lower),
-        text(&upper),
-        text(&work)
-    );
-    host(
-        "mount",
-        &[
-            "-t",
-            "overlay",
-            "gk-precovered",
-            "-o",
-            &options,
-            &text(&merged),
-        ],
-    );
+    mount_overlay(&[&lower], &upper, &work, &merged, "");
     host(
         "mount",
         &[
