@@ -126,7 +126,7 @@ pub fn mount_ancestors(
     for overlay in &overlays {
         let (copies, held, stacked) = (&mut copies, &mut held, &mut stacked);
         layer_dirs(overlay, mounts, layers, copies, held, stacked)
-            .inspect_err(|_| layers.forget(overlay))?;
+            .inspect_err(|error| layers.forget_if_misled(overlay, error))?;
     }
     // A layer on another overlay: renaming the directories there, in that overlay's own layers,
     // moves the first overlay's directories too. Overlays stack two deep at most (the kernel's
@@ -145,7 +145,7 @@ pub fn mount_ancestors(
                 };
                 let (copies, held, stacked) = (&mut copies, &mut held, &mut stacked);
                 layer_dirs(&layers_below, mounts, layers, copies, held, stacked)
-                    .inspect_err(|_| layers.forget(overlay))?;
+                    .inspect_err(|error| layers.forget_if_misled(overlay, error))?;
             }
         }
     }
@@ -169,9 +169,12 @@ pub struct LayerHandles {
 type LayerKey = (u64, Option<u32>, PathBuf);
 
 impl LayerHandles {
-    /// Forgets `overlay`'s layers, to be taken again where their paths lead at the next look:
-    /// it failed, perhaps since they led elsewhere (a mount over one) when first taken.
-    fn forget(&mut self, overlay: &Overlay) {
+    /// Forgets `overlay`'s layers, to be taken again where their paths lead at the next look,
+    /// when its look failed since they led elsewhere (a mount over one) when first taken.
+    fn forget_if_misled(&mut self, overlay: &Overlay, error: &AncestorError) {
+        if !matches!(error, AncestorError::BehindNothing { .. }) {
+            return;
+        }
         let id = (overlay.mount.id(), overlay.mount.kernel_device());
         (self.first_seen).retain(|(mount, device, _), _| (*mount, *device) != id);
     }
