@@ -351,11 +351,7 @@ fn first_sight(
             _ => Err(failed(error)),
         };
     }
-    let mount = (mounts.iter()).find(|mount| mount.id() == u64::from(mount_id.unsigned_abs()));
-    // Mounted since the table was read: the next look, which that change wakes, takes it.
-    let mount = mount.ok_or_else(|| AncestorError::LayerMountNew {
-        layer: layer.to_path_buf(),
-    })?;
+    let mount = layer_mount(mounts, u64::from(mount_id.unsigned_abs()), layer)?;
     // Where it is in that overlay is known by its path only.
     if mount.is_overlay() {
         return Ok(Some(None));
@@ -445,10 +441,7 @@ fn open_by_path(
         Err(error) => return Err(failed(error.into())),
     };
     let on = mount_id(&dir).map_err(failed)?;
-    let mount = (mounts.iter()).find(|mount| mount.id() == on);
-    let mount = mount.ok_or_else(|| AncestorError::LayerMountNew {
-        layer: layer.to_path_buf(),
-    })?;
+    let mount = layer_mount(mounts, on, layer)?;
     let on_overlay = if mount.is_overlay() {
         let path = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()));
         let path = path.map_err(failed)?;
@@ -519,9 +512,7 @@ fn behind_in_layer(
         held_from,
         xattr,
     } = *walk;
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_NO_XDEV | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    let how = beneath();
     let mut found = Vec::new();
     let mut redirected_ways = Vec::new();
     for (depth, paths) in ways.iter().enumerate() {
@@ -706,11 +697,7 @@ fn walk_down(
     held_from: usize,
     held: &mut HashSet<Target>,
 ) -> Result<(), (OsString, nix::Error)> {
-    // Not across a mount (none in a copy; a mount over a name below an unbindable mount, whose
-    // directory the walk cannot see), nor through a symlink (a name changed since the table).
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_NO_XDEV | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    let how = beneath();
     let mut dir: Option<OwnedFd> = None;
     for (index, name) in names.iter().enumerate() {
         let at = dir.as_ref().unwrap_or(from);
@@ -721,6 +708,25 @@ fn walk_down(
         dir = Some(next);
     }
     Ok(())
+}
+
+/// How the walks open a directory's name: not across a mount (none in a copy; a mount over a
+/// name below an unbindable mount, whose directory the walk cannot see), nor through a symlink
+/// (a name changed since the table, or one an agent put in a layer).
+fn beneath() -> OpenHow {
+    OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_NO_XDEV | ResolveFlag::RESOLVE_NO_SYMLINKS)
+}
+
+/// The mount of `mounts` a layer's directory was found on.
+fn layer_mount<'a>(mounts: &'a [Mount], id: u64, layer: &Path) -> Result<&'a Mount, AncestorError> {
+    // Mounted since the table was read: the next look, which that change wakes, takes it.
+    (mounts.iter())
+        .find(|mount| mount.id() == id)
+        .ok_or_else(|| AncestorError::LayerMountNew {
+            layer: layer.to_path_buf(),
+        })
 }
 
 /// Holds the directory `dir` is open on.
